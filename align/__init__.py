@@ -1,0 +1,12 @@
+"""align: CLIP-style contrastive pretraining across images, text and audio.
+
+    import align
+    model = align.load("runs/demo")        # encode_image / encode_text / encode_audio, tokenize, transforms
+"""
+__version__ = "0.1.0"
+
+
+def load(path: str, device: str = "cpu"):
+    """Loads a trained model from a run directory, a checkpoint or an export (see align.api)."""
+    from align.api import load as _load
+    return _load(path, device=device)

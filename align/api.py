@@ -1,0 +1,65 @@
+"""`align.load(path)`: a trained model from a run directory, a checkpoint, or an export.
+
+    model = align.load("runs/demo")                 # newest checkpoint of a run
+    model = align.load("runs/demo/checkpoints/best")
+    img = model.image_transform(pil_image)[None]    # [1, 3, H, W]
+    z_i = model.encode_image(img)                   # [1, E], L2-normalised
+    z_t = model.encode_text(model.tokenize(["a photo of the digit seven."]))
+"""
+import json
+import os
+
+import yaml
+
+from align.checkpoint import list_checkpoints, load_weights
+from align.config import parse_recipe
+from align.errors import AlignError
+from align.model import AlignModel, build_model
+
+ALIGN_CONFIG = "align_config.json"   # written beside every export: the recipe the model came from
+
+
+def _find(path: str):
+    """-> (recipe dict, weights file) for a run dir, checkpoint dir or export dir."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise AlignError(f"no such model: {path}")
+    if os.path.isfile(os.path.join(path, ALIGN_CONFIG)):                      # an export
+        with open(os.path.join(path, ALIGN_CONFIG)) as f:
+            cfg = json.load(f)
+        for name in ("model.safetensors", "align_model.safetensors"):
+            if os.path.isfile(os.path.join(path, name)):
+                return cfg, os.path.join(path, name)
+        raise AlignError(f"{path}: export has {ALIGN_CONFIG} but no align_model.safetensors")
+    if os.path.isfile(os.path.join(path, "config.yaml")):                     # a run dir
+        ckpts = list_checkpoints(os.path.join(path, "checkpoints"))
+        if not ckpts:
+            raise AlignError(f"{path}: run has no complete checkpoint yet")
+        run, ckpt = path, ckpts[-1]
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):             # a checkpoint dir
+        ckpt, run = path, os.path.dirname(os.path.dirname(path))
+    else:
+        raise AlignError(f"{path}: not an align run, checkpoint or export (no config.yaml, model.safetensors "
+                         f"or {ALIGN_CONFIG})")
+    cfg_path = os.path.join(run, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise AlignError(f"{ckpt}: cannot find the run's config.yaml at {cfg_path}")
+    with open(cfg_path) as f:
+        return yaml.safe_load(f), os.path.join(ckpt, "model.safetensors")
+
+
+def load(path: str, device: str = "cpu") -> AlignModel:
+    """Loads a model in eval mode; embeddings from its encode_* methods are L2-normalised."""
+    cfg, weights = _find(path)
+    recipe = parse_recipe(cfg)
+    # Pretrained tower weights are in the checkpoint: do not fetch them again.
+    for t in recipe.model.towers.values():
+        t.pop("pretrained", None)
+    model = build_model(recipe.model)
+    sd = load_weights(weights)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise AlignError(f"{weights}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.config = cfg
+    model.name = cfg.get("name") or os.path.basename(os.path.normpath(path))
+    return model.to(device).eval()

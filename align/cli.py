@@ -1,0 +1,178 @@
+"""The `align` command line: every subcommand in one table, each calling a library function.
+
+    align demo [--out DIR]                         build data, train, benchmark, report
+    align train RECIPE.yaml [key=value ...]        train a recipe (also under `accelerate launch`)
+    align recipes                                  list shipped recipes
+    align data demo|shards|inspect ...             build and check webdataset shards
+    align bench zeroshot|retrieval|suite ...       benchmarks on FAISS indexes
+    align export RUN --out DIR --format ...        open_clip / ONNX export
+
+User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.
+"""
+import argparse
+import json
+import os
+import sys
+
+from align.errors import AlignError
+
+REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+def recipes_dir() -> str:
+    return os.environ.get("ALIGN_RECIPES", REPO_RECIPES)
+
+
+def resolve_recipe(name: str) -> str:
+    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml)."""
+    if os.path.isfile(name):
+        return name
+    cand = os.path.join(recipes_dir(), name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.isfile(cand):
+        return cand
+    raise AlignError(f"recipe not found: {name} (not a file, nor one of `align recipes`)")
+
+
+def recipe_header(path: str) -> str:
+    """The opening comment block of a recipe (what it trains, launch, runtime)."""
+    lines = []
+    for line in open(path):
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_train(a):
+    from align.config import load_recipe
+    from align.train import train
+    recipe = load_recipe(resolve_recipe(a.recipe), a.overrides)
+    train(recipe, progress=not a.no_progress)
+
+
+def cmd_recipes(a):
+    d = recipes_dir()
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".yaml"):
+            head = recipe_header(os.path.join(d, f)).splitlines()
+            print(f"{f[:-5]:16s} {head[0] if head else ''}")
+
+
+def cmd_demo(a):
+    from align.demo import run_demo
+    run_demo(out=a.out, seed=a.seed, overrides=a.overrides, progress=not a.no_progress)
+
+
+def cmd_data_demo(a):
+    from align.data.demo import build_demo
+    man = build_demo(a.out, seed=a.seed, workers=a.workers)
+    print(json.dumps(man, indent=1))
+
+
+def cmd_data_shards(a):
+    from align.data.shards import write_shards
+    stats = write_shards(a.input, a.out, image_col=a.image_col, text_col=a.text_col, audio_col=a.audio_col,
+                         label_col=a.label_col, image_size=a.image_size, resize_mode=a.resize_mode,
+                         image_format=a.image_format, image_quality=a.image_quality, sample_rate=a.sample_rate,
+                         shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
+                         overwrite=a.overwrite)
+    print(f"wrote {stats['written']} samples in {stats['shards']} shards to {a.out}; skipped {stats['skipped']}"
+          + (f" ({', '.join(f'{k}: {v}' for k, v in stats['by_reason'].items())}; see {a.out}/skipped.jsonl)"
+             if stats["skipped"] else ""))
+
+
+def cmd_data_inspect(a):
+    from align.data.inspect import inspect_shards
+    inspect_shards(a.pattern, n=a.n)
+
+
+def cmd_bench(a):
+    from align.bench.cli import run_bench_cli
+    run_bench_cli(a)
+
+
+def cmd_export(a):
+    from align.export import export
+    export(a.model, a.out, fmt=a.format, overwrite=a.overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="align", description="CLIP-style contrastive pretraining across images, "
+                                                          "text and audio.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("demo", help="build the demo data, train recipes/demo.yaml, benchmark, report")
+    s.add_argument("--out", default="align_demo", help="output directory (default: ./align_demo)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.max_steps=100")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("train", help="train a recipe")
+    s.add_argument("recipe", help="recipe YAML path or shipped recipe name")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=128 output_dir=runs/x")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("recipes", help="list shipped recipes")
+    s.set_defaults(fn=cmd_recipes)
+
+    data = sub.add_parser("data", help="build and inspect webdataset shards").add_subparsers(dest="data_cmd",
+                                                                                             required=True)
+    s = data.add_parser("demo", help="write the built-in digits image-text-audio dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(fn=cmd_data_demo)
+
+    s = data.add_parser("shards", help="turn a CSV/TSV/JSONL/Parquet file, a folder of pairs or a HF dataset "
+                                       "into shards")
+    s.add_argument("input")
+    s.add_argument("--out", required=True)
+    for col in ("image", "text", "audio", "label"):
+        s.add_argument(f"--{col}-col", default=None)
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--resize-mode", choices=["keep", "center_crop", "border", "longest"], default="keep")
+    s.add_argument("--image-format", choices=["jpg", "webp", "png"], default="jpg")
+    s.add_argument("--image-quality", type=int, default=95)
+    s.add_argument("--sample-rate", type=int, default=16000)
+    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--prefix", default="shard")
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--split", default=None, help="split of a Hugging Face dataset")
+    s.add_argument("--overwrite", action="store_true", help="replace an unrelated non-empty --out")
+    s.set_defaults(fn=cmd_data_shards)
+
+    s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
+    s.add_argument("pattern")
+    s.add_argument("-n", type=int, default=3, help="samples to print")
+    s.set_defaults(fn=cmd_data_inspect)
+
+    from align.bench.cli import add_bench_parser
+    add_bench_parser(sub, cmd_bench)
+
+    s = sub.add_parser("export", help="export a run or checkpoint for open_clip and/or ONNX")
+    s.add_argument("model", help="run dir, checkpoint dir")
+    s.add_argument("--out", required=True)
+    s.add_argument("--format", choices=["open_clip", "onnx", "all"], default="all")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except AlignError as e:
+        print(f"align: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("align: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

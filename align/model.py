@@ -1,0 +1,106 @@
+"""AlignModel: a dict of named towers plus temperature (and bias for SigLIP).
+
+    model = AlignModel({"image": ..., "text": ..., "audio": ...})
+    out = model({"image": x_img, "text": tokens})   # {"image": [B,E], "text": [B,E]}, L2-normalised
+
+A third modality is one more entry. The model also carries what a user of
+`open_clip.create_model_and_transforms` expects: `encode_image`,
+`encode_text`, `encode_audio`, `tokenize`, `image_transform`, `audio_transform`.
+"""
+import hashlib
+import math
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from align.errors import ConfigError
+from align.towers import build_tower
+from align.towers.base import Tower
+
+MODALITIES = ("image", "text", "audio")
+
+
+class AlignModel(nn.Module):
+    def __init__(self, towers: Dict[str, Tower], init_logit_scale: float = math.log(1 / 0.07),
+                 max_logit_scale: float = 100.0, init_logit_bias: Optional[float] = None):
+        super().__init__()
+        self.towers = nn.ModuleDict(towers)
+        # logit_scale is stored as log(1/T) and clamped to [0, log(100)] after each step (CLIP).
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.max_logit_scale = float(max_logit_scale)
+        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.name = "align"
+        self.config: dict = {}
+
+    @property
+    def modalities(self) -> List[str]:
+        return list(self.towers.keys())
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Embeds every modality of `batch` this model has a tower for: {m: [B, E] normalised}."""
+        return {m: F.normalize(tower(batch[m]), dim=-1) for m, tower in self.towers.items() if m in batch}
+
+    def clamp_logit_scale(self) -> None:
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, math.log(self.max_logit_scale))
+
+    # -- what an open_clip user expects -------------------------------------------------------
+    def encode(self, modality: str, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if modality not in self.towers:
+            raise ConfigError(f"this model has no {modality} tower (it has: {', '.join(self.modalities)})")
+        tower = self.towers[modality]
+        if modality == "audio" and x.dim() == 4 and hasattr(tower, "encode_clips"):
+            z = tower.encode_clips(x)     # [B, n_clips, n_mels, T] -> [B, E], clip embeddings averaged
+        else:
+            z = tower(x)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.encode("image", images, normalize)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.encode("text", tokens, normalize)
+
+    def encode_audio(self, features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.encode("audio", features, normalize)
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        return self.towers["text"].tokenize(texts)
+
+    @property
+    def image_transform(self):
+        return self.towers["image"].preprocess(train=False) if "image" in self.towers else None
+
+    @property
+    def audio_transform(self):
+        return self.towers["audio"].preprocess(train=False) if "audio" in self.towers else None
+
+    def transforms(self, train: bool) -> dict:
+        """Per-modality raw->tensor callables for data pipelines (text: the tokenizer)."""
+        out = {}
+        for m, tower in self.towers.items():
+            out[m] = tower.tokenize if m == "text" else tower.preprocess(train=train)
+        return out
+
+    def fingerprint(self) -> str:
+        """A hash of the weights (benchmark caches key on it)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def build_model(model_cfg) -> AlignModel:
+    """Builds towers from a `ModelConfig` (see align.config)."""
+    towers = {}
+    for modality, tcfg in model_cfg.towers.items():
+        if modality not in MODALITIES:
+            raise ConfigError(f"model.towers: unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")
+        towers[modality] = build_tower(tcfg, modality, model_cfg.embed_dim)
+    if len(towers) < 2:
+        raise ConfigError("model.towers: need at least two towers")
+    return AlignModel(towers, init_logit_scale=model_cfg.init_logit_scale,
+                      max_logit_scale=model_cfg.max_logit_scale, init_logit_bias=model_cfg.init_logit_bias)

@@ -1,0 +1,46 @@
+"""The Tower contract: one modality's encoder plus its projection head.
+
+Every tower maps a batch of preprocessed inputs to un-normalised embeddings
+of the shared size `embed_dim`; `AlignModel` L2-normalises them. A tower also
+owns what turns raw inputs into tensors (image transform, tokenizer, audio
+features), so data pipelines, benchmarks and exports ask the tower, never a
+model name.
+"""
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+
+
+class Tower(nn.Module):
+    """Base class. Subclasses set `modality` and `embed_dim` and implement forward."""
+
+    modality: str = ""        # "image" | "text" | "audio"
+    embed_dim: int = 0        # size of the shared embedding space
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B, embed_dim]
+        raise NotImplementedError
+
+    def preprocess(self, train: bool) -> Optional[Callable]:
+        """Raw input -> tensor for one sample.
+
+        image: PIL.Image -> float [3, H, W]; audio: (np.float32 wave [T], sample_rate) ->
+        float features (see the audio tower); text: None (use `tokenize`).
+        """
+        return None
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:  # text towers: list[str] -> long [B, L]
+        raise NotImplementedError(f"{type(self).__name__} is not a text tower")
+
+    def lock(self, unlocked_groups: int = 0) -> None:
+        """Freeze the tower except its last `unlocked_groups` layer groups (LiT)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def dummy_input(self, batch_size: int) -> torch.Tensor:
+        """A batch of valid random inputs (synthetic data, ONNX export, FLOP counting)."""
+        raise NotImplementedError
+
+    def preprocess_config(self) -> dict:
+        """JSON-able description of preprocessing (for exports and model cards)."""
+        return {}

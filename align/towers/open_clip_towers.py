@@ -1,0 +1,178 @@
+"""open_clip image and text towers (`type: open_clip`).
+
+A tower is built from any open_clip architecture, named (`model: ViT-B-32`) or
+given as a model config (`config: {...}` inline, or `config_file: cfg.json`,
+the same JSON open_clip keeps in `model_configs/`). The tower *is* open_clip's
+own `VisionTransformer`/`TextTransformer` (with its projection to `embed_dim`),
+so an align checkpoint maps 1:1 onto open_clip's `CustomTextCLIP` state dict
+and exports without conversion.
+
+    image: {type: open_clip, model: ViT-B-32, pretrained: laion2b_s34b_b79k}
+    text:  {type: open_clip, config: {embed_dim: 64, vision_cfg: {...}, text_cfg: {...}}}
+"""
+import copy
+import json
+import os
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from align.errors import ConfigError
+from align.towers import TOWERS
+from align.towers.base import Tower
+
+_KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
+         "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg"}
+
+
+def resolve_model_cfg(cfg: dict, where: str) -> dict:
+    """The open_clip model config (embed_dim, vision_cfg, text_cfg, ...) a tower section names."""
+    import open_clip
+    given = [k for k in ("model", "config", "config_file") if cfg.get(k) is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: give exactly one of 'model' (open_clip name), 'config' or 'config_file'")
+    if cfg.get("model") is not None:
+        model_cfg = open_clip.get_model_config(cfg["model"])
+        if model_cfg is None:
+            raise ConfigError(f"{where}.model: unknown open_clip architecture {cfg['model']!r} "
+                              f"(see open_clip.list_models())")
+    elif cfg.get("config_file") is not None:
+        path = cfg["config_file"]
+        if not os.path.isfile(path):
+            raise ConfigError(f"{where}.config_file: no such file {path!r}")
+        with open(path) as f:
+            model_cfg = json.load(f)
+        model_cfg = model_cfg.get("model_cfg", model_cfg)  # accept an open_clip_config.json too
+    else:
+        model_cfg = cfg["config"]
+        if not isinstance(model_cfg, dict):
+            raise ConfigError(f"{where}.config: expected a mapping, got {type(model_cfg).__name__}")
+    return copy.deepcopy(model_cfg)
+
+
+class OpenClipTower(Tower):
+    """Wraps an open_clip VisionTransformer / TextTransformer (or timm/HF-backed variant)."""
+
+    def __init__(self, modality: str, embed_dim: int, model_cfg: dict, cfg: dict):
+        super().__init__()
+        from open_clip.model import _build_text_tower, _build_vision_tower
+        self.modality = modality
+        self.embed_dim = embed_dim
+        self.model_cfg = model_cfg          # full open_clip model cfg, kept for export
+        self.cfg = cfg
+        quick_gelu = bool(cfg.get("quick_gelu", model_cfg.get("quick_gelu", False)))
+        if modality == "image":
+            self.vision_cfg = dict(model_cfg.get("vision_cfg", {}))
+            self.net = _build_vision_tower(embed_dim, self.vision_cfg, quick_gelu)
+        elif modality == "text":
+            self.text_cfg = dict(model_cfg.get("text_cfg", {}))
+            self.net = _build_text_tower(embed_dim, self.text_cfg, quick_gelu)
+            self._tokenizer = None
+        else:
+            raise ConfigError(f"model.towers.{modality}: type open_clip builds image or text towers, not {modality!r}")
+        if cfg.get("grad_checkpointing"):
+            self.net.set_grad_checkpointing(True)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # image [B,3,H,W] | text long [B,L] -> [B,E]
+        return self.net(x)
+
+    # -- preprocessing ---------------------------------------------------------------------
+    @property
+    def image_size(self):
+        size = self.vision_cfg.get("image_size", 224)
+        return tuple(size) if isinstance(size, (list, tuple)) else size
+
+    def preprocess(self, train: bool):
+        if self.modality != "image":
+            return None
+        import open_clip
+        p = self.preprocess_config()
+        return open_clip.image_transform(p["size"], is_train=train, mean=p["mean"], std=p["std"],
+                                         resize_mode=p["resize_mode"], interpolation=p["interpolation"],
+                                         aug_cfg=self.cfg.get("aug_cfg"))
+
+    def preprocess_config(self) -> dict:
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        if self.modality == "text":
+            return {"context_length": self.context_length, "tokenizer": self.tokenizer_name()}
+        pp = self.model_cfg.get("preprocess_cfg", {})
+        return {
+            "size": self.image_size,
+            "mean": tuple(self.cfg.get("image_mean") or pp.get("mean") or self.vision_cfg.get("image_mean")
+                          or OPENAI_DATASET_MEAN),
+            "std": tuple(self.cfg.get("image_std") or pp.get("std") or self.vision_cfg.get("image_std")
+                         or OPENAI_DATASET_STD),
+            "interpolation": self.cfg.get("interpolation") or pp.get("interpolation") or "bicubic",
+            "resize_mode": self.cfg.get("resize_mode") or pp.get("resize_mode") or "shortest",
+        }
+
+    # -- text --------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return int(self.text_cfg.get("context_length", 77))
+
+    def tokenizer_name(self) -> str:
+        return self.text_cfg.get("hf_tokenizer_name") or "open_clip.SimpleTokenizer"
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        if self.modality != "text":
+            raise NotImplementedError("image tower has no tokenizer")
+        if self._tokenizer is None:
+            from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+            kwargs = dict(self.text_cfg.get("tokenizer_kwargs", {}))
+            if self.text_cfg.get("hf_tokenizer_name"):
+                self._tokenizer = HFTokenizer(self.text_cfg["hf_tokenizer_name"], context_length=self.context_length,
+                                              **kwargs)
+            else:
+                # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
+                self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
+        return self._tokenizer(list(texts))
+
+    # -- locking / misc -----------------------------------------------------------------------
+    def lock(self, unlocked_groups: int = 0) -> None:
+        if self.modality == "image":
+            self.net.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=True)
+        elif hasattr(self.net, "lock"):
+            self.net.lock(unlocked_groups, freeze_layer_norm=True)
+        else:
+            super().lock(unlocked_groups)
+
+    def dummy_input(self, batch_size: int) -> torch.Tensor:
+        if self.modality == "image":
+            s = self.image_size
+            h, w = (s, s) if isinstance(s, int) else s
+            return torch.randn(batch_size, 3, h, w)
+        vocab = int(self.text_cfg.get("vocab_size", 49408))
+        return torch.randint(1, vocab - 1, (batch_size, self.context_length))
+
+
+def load_pretrained(tower: OpenClipTower, name: Optional[str], tag: str, where: str) -> None:
+    """Copy pretrained open_clip weights (downloaded or a local file) into the tower."""
+    import open_clip
+    try:
+        full = open_clip.create_model(name, pretrained=tag, force_custom_text=True)
+    except Exception as e:  # offline, unknown tag, ...
+        raise ConfigError(f"{where}.pretrained: cannot load open_clip weights {name}/{tag}: {e}") from None
+    src = full.visual if tower.modality == "image" else full.text
+    tower.net.load_state_dict(src.state_dict())
+
+
+@TOWERS.register("open_clip")
+def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipTower:
+    where = f"model.towers.{modality}"
+    unknown = set(cfg) - _KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(_KEYS)}")
+    model_cfg = resolve_model_cfg(cfg, where)
+    native = model_cfg.get("embed_dim")
+    if cfg.get("pretrained") and native is not None and native != embed_dim:
+        raise ConfigError(f"{where}: pretrained {cfg.get('model')} has embed_dim {native}, but model.embed_dim "
+                          f"is {embed_dim}")
+    tower = OpenClipTower(modality, embed_dim, model_cfg, cfg)
+    if cfg.get("pretrained"):
+        load_pretrained(tower, cfg.get("model"), cfg["pretrained"], where)
+    if cfg.get("lock"):
+        tower.lock(int(cfg.get("unlocked_groups", 0)))
+    return tower

@@ -1,0 +1,271 @@
+"""`align train RECIPE.yaml [key=value ...]`: the training loop, in one place.
+
+Accelerate is used directly: one process on CPU/GPU, or several through
+`accelerate launch` (DDP; FSDP/DeepSpeed through Accelerate's config). The
+whole step is visible below: fetch batch -> embed -> contrastive loss ->
+NaN guard -> backward -> clip -> optimizer/scheduler -> clamp temperature ->
+log -> checkpoint -> eval. No hooks, no callbacks.
+"""
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import torch
+
+from align.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint,
+                              save_rank_rng)
+from align.config import Recipe, recipe_to_dict
+from align.errors import AlignError
+from align.model import AlignModel, build_model
+from align.runtime import (SyntheticLoader, build_optimizer, build_scheduler, estimate_flops_per_sample,
+                           peak_flops, write_loss_plot)
+
+
+def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state: Optional[dict]):
+    """The training stream: real shards through the streaming pipeline, or synthetic inputs."""
+    if r.data.train == "synthetic":
+        return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
+                               samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state)
+    from align.data.pipeline import SourceSpec, build_train_loader
+    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
+    sources = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
+    return build_train_loader(
+        sources, transforms=model.transforms(train=True), batch_size=r.train.batch_size,
+        modalities=model.modalities, rank=rank, world_size=world, num_workers=r.data.num_workers, seed=r.seed,
+        epoch=(resume_state or {}).get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
+        resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
+        max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True)
+
+
+def resolve_resume(r: Recipe) -> Optional[str]:
+    if r.resume == "none":
+        return None
+    if r.resume == "auto":
+        found = list_checkpoints(os.path.join(r.output_dir, "checkpoints"))
+        return found[-1] if found else None
+    return r.resume
+
+
+def train(r: Recipe, progress: bool = True) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    if r.train.num_threads:
+        torch.set_num_threads(r.train.num_threads)
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[r.train.precision]
+    acc = Accelerator(mixed_precision=mp)
+    rank, world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
+    set_seed(r.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # -- model, loss, optimizer ------------------------------------------------------------
+    model = build_model(r.model)
+    model.config = recipe_to_dict(r)
+    if r.train.grad_checkpointing:
+        for t in model.towers.values():
+            if hasattr(t, "net") and hasattr(t.net, "set_grad_checkpointing"):
+                t.net.set_grad_checkpointing(True)
+    from align.losses import MultiPairLoss, build_loss
+    weights = r.loss.weights or [1.0] * len(r.loss.pairs)
+    loss_fn = build_loss(r.loss.type, pairs=[tuple(p) for p in r.loss.pairs], weights=weights, rank=rank,
+                         world_size=world, chunk_size=r.loss.chunk_size)
+    optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
+    total_steps = r.train.max_steps
+    if total_steps is None:
+        if not r.data.samples_per_epoch and r.data.train != "synthetic":
+            raise AlignError("train.epochs needs data.samples_per_epoch (or set train.max_steps)")
+        spe = r.data.samples_per_epoch or r.data.synthetic_size
+        total_steps = r.train.epochs * max(1, spe // (r.train.batch_size * world * r.train.accum_steps))
+    scheduler = build_scheduler(optimizer, r.train, total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    core: AlignModel = acc.unwrap_model(model)
+    if r.train.compile:
+        model = torch.compile(model)
+
+    # -- resume: everything, including the position in the data stream -----------------------
+    os.makedirs(r.output_dir, exist_ok=True)
+    ckpt_dir = os.path.join(r.output_dir, "checkpoints")
+    resume_path = resolve_resume(r)
+    state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "skipped": {}, "seen": 0,
+             "elapsed_s": 0.0, "samples": 0, "best": None}
+    if resume_path:
+        saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False)
+        state.update({k: saved[k] for k in state if k in saved})
+        scheduler.load_state_dict(saved["scheduler"])
+        if acc.scaler is not None and saved.get("scaler"):
+            acc.scaler.load_state_dict(saved["scaler"])
+    loader = build_loader(r, core, rank, world, state["data"] if resume_path else None)
+    batches = iter(loader)      # created before the RNG restore: its seed draw must not shift the RNG stream
+    if resume_path:
+        load_checkpoint(resume_path, rank=rank, restore_rng=True)
+        acc.print(f"resumed from {resume_path} at step {state['step']}")
+    if is_main:
+        with open(os.path.join(r.output_dir, "config.yaml"), "w") as f:
+            import yaml
+            yaml.safe_dump(recipe_to_dict(r), f, sort_keys=False)
+
+    writer = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(r.output_dir, "tb"))
+    metrics_f = open(os.path.join(r.output_dir, "metrics.jsonl"), "a") if is_main else None
+    global_batch = r.train.batch_size * world * r.train.accum_steps
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and is_main), unit="step",
+               dynamic_ncols=True)
+    bad_in_row, last_good = 0, resume_path
+    t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
+    t_start = time.perf_counter() - state["elapsed_s"]
+    loss_val = float("nan")
+    model.train()
+
+    def next_batch():
+        nonlocal batches
+        while True:
+            try:
+                return next(batches)
+            except StopIteration:
+                state["epoch"] += 1
+                loader.set_epoch(state["epoch"])
+                batches = iter(loader)
+
+    def save(name=None, extra=None):
+        sd = acc.get_state_dict(model)
+        st = dict(state, data=loader.state_dict(), scheduler=scheduler.state_dict(),
+                  scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
+        path = save_checkpoint(ckpt_dir, name or f"step-{state['step']:08d}", sd, optimizer, st, rank=rank)
+        acc.wait_for_everyone()
+        if rank != 0:
+            save_rank_rng(path, rank)
+        acc.wait_for_everyone()
+        return path
+
+    while state["step"] < total_steps:
+        # -- data -----------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        micro = [next_batch() for _ in range(r.train.accum_steps)]
+        wait_window += time.perf_counter() - t0
+        for b in micro:
+            for reason, n in b.pop("__skipped__", {}).items():
+                state["skipped"][reason] = state["skipped"].get(reason, 0) + n
+        micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+        masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
+
+        # -- step: embed, loss, NaN guard, backward ------------------------------------------------
+        def compute_loss(feats, mask):
+            scale = core.logit_scale.exp()
+            total, parts = loss_fn(feats, mask or None, scale, core.logit_bias)
+            return total
+
+        if r.train.accum_steps == 1:
+            with acc.autocast():
+                feats = model(micro[0])
+                loss = compute_loss(feats, masks[0])
+            finite = bool(torch.isfinite(loss.detach()).all())
+            if finite:
+                acc.backward(loss)
+        else:
+            from align.gradcache import gradcache_step
+            with acc.autocast():
+                loss = gradcache_step(lambda mb: model(mb), micro, compute_loss, masks=masks, no_sync=lambda: acc.no_sync(model))
+            finite = bool(torch.isfinite(loss.detach()).all())
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            bad_in_row += 1
+            state["bad_steps_total"] += 1
+            if bad_in_row >= r.train.max_bad_steps:
+                raise AlignError(f"loss was NaN/Inf for {bad_in_row} steps in a row (last at step {state['step']}); "
+                                 f"last good checkpoint: {last_good or 'none'}")
+            state["step"] += 1
+            continue
+        bad_in_row = 0
+        if r.train.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), r.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        core.clamp_logit_scale()
+        state["step"] += 1
+        state["samples"] += global_batch
+        n_window += 1
+        loss_val = float(loss.detach())
+
+        # -- log ------------------------------------------------------------------------------
+        if state["step"] % r.train.log_every == 0 or state["step"] == total_steps:
+            dt = time.perf_counter() - t_window
+            sps = n_window * global_batch / max(dt, 1e-9)
+            rec = {"step": state["step"], "epoch": state["epoch"], "loss": loss_val,
+                   "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale.exp()),
+                   "samples_per_s": sps, "data_wait_frac": wait_window / max(dt, 1e-9),
+                   "skipped": sum(state["skipped"].values()), "bad_steps": state["bad_steps_total"]}
+            if core.logit_bias is not None:
+                rec["logit_bias"] = float(core.logit_bias)
+            if is_main:
+                metrics_f.write(json.dumps(rec) + "\n")
+                metrics_f.flush()
+                for k, v in rec.items():
+                    if k not in ("step", "epoch"):
+                        writer.add_scalar(f"train/{k}", v, state["step"])
+            bar.set_postfix(loss=f"{loss_val:.3f}", sps=f"{sps:.0f}", lr=f"{rec['lr']:.2e}")
+            t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
+        bar.update(1)
+
+        # -- eval and checkpoint -------------------------------------------------------------------
+        if r.eval.every and r.data.val and state["step"] % r.eval.every == 0 and state["step"] < total_steps:
+            res = run_val(core, r, acc, writer, state["step"])
+            metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
+            if metric is not None and (state["best"] is None or metric > state["best"]):
+                state["best"] = metric
+                save("best", {"best_metric": r.eval.best_metric})
+            model.train()
+        if r.train.checkpoint_every and state["step"] % r.train.checkpoint_every == 0:
+            state["elapsed_s"] = time.perf_counter() - t_start
+            last_good = save()
+            if is_main:
+                prune_checkpoints(ckpt_dir, r.train.keep_last)
+    bar.close()
+
+    # -- the end: final checkpoint, eval, summary ----------------------------------------------------
+    wall = time.perf_counter() - t_start
+    state["elapsed_s"] = wall
+    final = save()
+    if is_main:
+        prune_checkpoints(ckpt_dir, r.train.keep_last)
+    results = run_val(core, r, acc, writer, state["step"]) if r.data.val else {}
+    summary = {}
+    if is_main:
+        sps = state["samples"] / max(wall, 1e-9)
+        flops = estimate_flops_per_sample(core)
+        peak = peak_flops(acc.device, r.train.precision) * world
+        summary = {"steps": state["step"], "final_loss": loss_val, "wall_time_s": wall, "samples_per_s": sps,
+                   "flops_per_sample": flops, "peak_flops": peak,
+                   "mfu": (flops * sps / peak) if peak else None, "skipped": state["skipped"],
+                   "bad_steps": state["bad_steps_total"], "checkpoint": final, "metrics": results,
+                   "world_size": world, "precision": r.train.precision}
+        with open(os.path.join(r.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        metrics_f.close()
+        writer.close()
+        write_loss_plot(os.path.join(r.output_dir, "metrics.jsonl"), os.path.join(r.output_dir, "loss.png"))
+        skipped = sum(state["skipped"].values())
+        acc.print(f"trained {state['step']} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {loss_val:.3f}"
+                  f", skipped {skipped} samples -> {r.output_dir}")
+    acc.wait_for_everyone()
+    return summary
+
+
+def run_val(core: AlignModel, r: Recipe, acc, writer, step: int) -> dict:
+    """Zero-shot and retrieval on the val set (CLIP_benchmark layout); flat {modality/task/metric: value}."""
+    if not acc.is_main_process:
+        return {}
+    from align.report import evaluate_model
+    core.eval()
+    flat = evaluate_model(core, r.data.val, tasks=r.eval.tasks, batch_size=r.eval.batch_size, progress=False)
+    for k, v in flat.items():
+        if writer is not None:
+            writer.add_scalar(f"val/{k}", v, step)
+    with open(os.path.join(r.output_dir, "eval.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, **flat}) + "\n")
+    return flat
