@@ -68,10 +68,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
         for t in model.towers.values():
             if hasattr(t, "net") and hasattr(t.net, "set_grad_checkpointing"):
                 t.net.set_grad_checkpointing(True)
-    from align.losses import MultiPairLoss, build_loss
+    from align.losses import build_loss
     weights = r.loss.weights or [1.0] * len(r.loss.pairs)
+    loss_opts = {"chunk_size": r.loss.chunk_size} if r.loss.type.startswith("chunked") else {}
     loss_fn = build_loss(r.loss.type, pairs=[tuple(p) for p in r.loss.pairs], weights=weights, rank=rank,
-                         world_size=world, chunk_size=r.loss.chunk_size)
+                         world_size=world, **loss_opts)
     optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
     total_steps = r.train.max_steps
     if total_steps is None:
@@ -116,6 +117,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and is_main), unit="step",
                dynamic_ncols=True)
     bad_in_row, last_good = 0, resume_path
+    # Fault injection for the resume tests: SIGKILL this process right after finishing step N.
+    kill_at = int(os.environ.get("ALIGN_TEST_SIGKILL_AT_STEP", "0"))
     t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
     t_start = time.perf_counter() - state["elapsed_s"]
     loss_val = float("nan")
@@ -197,7 +200,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
             dt = time.perf_counter() - t_window
             sps = n_window * global_batch / max(dt, 1e-9)
             rec = {"step": state["step"], "epoch": state["epoch"], "loss": loss_val,
-                   "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale.exp()),
+                   "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale.detach().exp()),
                    "samples_per_s": sps, "data_wait_frac": wait_window / max(dt, 1e-9),
                    "skipped": sum(state["skipped"].values()), "bad_steps": state["bad_steps_total"]}
             if core.logit_bias is not None:
@@ -225,6 +228,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
             last_good = save()
             if is_main:
                 prune_checkpoints(ckpt_dir, r.train.keep_last)
+        if kill_at and state["step"] == kill_at:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
 
     # -- the end: final checkpoint, eval, summary ----------------------------------------------------

@@ -1,0 +1,64 @@
+"""Training loop: runs, logs, and resumes exactly after SIGKILL (bitwise on CPU, one process)."""
+import json
+import multiprocessing as mp
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from align.config import parse_recipe
+from align.errors import AlignError
+from align.train import train
+
+
+def _run(recipe_dict, kill_at=None):
+    """Trains in a forked child (optionally SIGKILLed after step `kill_at`); returns its exit code."""
+    def child():
+        if kill_at:
+            os.environ["ALIGN_TEST_SIGKILL_AT_STEP"] = str(kill_at)
+        torch.set_num_threads(1)
+        train(parse_recipe(recipe_dict), progress=False)
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    p.join()
+    return p.exitcode
+
+
+def _final_weights(run_dir):
+    ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    return load_file(os.path.join(run_dir, "checkpoints", ckpts[-1], "model.safetensors"))
+
+
+def test_metrics_and_summary(tiny_recipe):
+    assert _run(tiny_recipe) == 0
+    out = tiny_recipe["output_dir"]
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    for k in ("step", "epoch", "loss", "lr", "logit_scale", "samples_per_s", "data_wait_frac"):
+        assert k in rows[0]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["steps"] == 6 and summary["samples_per_s"] > 0 and summary["mfu"] > 0
+    assert os.path.isfile(os.path.join(out, "config.yaml")) and os.path.isfile(os.path.join(out, "loss.png"))
+
+
+def test_sigkill_twice_then_resume_is_bitwise_identical(tiny_recipe, tmp_path):
+    ref = dict(tiny_recipe, output_dir=str(tmp_path / "ref"))
+    ref["train"] = dict(tiny_recipe["train"], max_steps=8, checkpoint_every=2)
+    assert _run(ref) == 0
+    run = dict(ref, output_dir=str(tmp_path / "killed"))
+    assert _run(run, kill_at=3) == -signal.SIGKILL      # dies after step 3 (checkpoint at 2)
+    assert _run(run, kill_at=6) == -signal.SIGKILL      # resumes at 2, dies after 6 (checkpoint at 6)
+    assert _run(run) == 0                               # resumes at 6, finishes
+    a, b = _final_weights(ref["output_dir"]), _final_weights(run["output_dir"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_skipped_then_stops(tiny_recipe):
+    tiny_recipe["model"]["init_logit_scale"] = float("nan")
+    tiny_recipe["train"]["max_bad_steps"] = 3
+    with pytest.raises(AlignError, match=r"NaN/Inf for 3 steps in a row .* last good checkpoint"):
+        train(parse_recipe(tiny_recipe), progress=False)
