@@ -71,15 +71,13 @@ def cmd_data_demo(a):
 
 
 def cmd_data_shards(a):
-    from align.data.shards import write_shards
+    from align.data.shards import summary_line, write_shards
     stats = write_shards(a.input, a.out, image_col=a.image_col, text_col=a.text_col, audio_col=a.audio_col,
                          label_col=a.label_col, image_size=a.image_size, resize_mode=a.resize_mode,
                          image_format=a.image_format, image_quality=a.image_quality, sample_rate=a.sample_rate,
                          shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
                          overwrite=a.overwrite)
-    print(f"wrote {stats['written']} samples in {stats['shards']} shards to {a.out}; skipped {stats['skipped']}"
-          + (f" ({', '.join(f'{k}: {v}' for k, v in stats['by_reason'].items())}; see {a.out}/skipped.jsonl)"
-             if stats["skipped"] else ""))
+    print(summary_line(stats))
 
 
 def cmd_data_inspect(a):
