@@ -1,0 +1,88 @@
+"""Audio bytes <-> waves: decode any soundfile format, encode FLAC, resample.
+
+Waves are mono float32 numpy arrays [T] in [-1, 1] paired with an integer
+sample rate. Resampling is polyphase FIR (scipy.signal.resample_poly, Kaiser
+window), which needs no torchaudio and is exact for rational rate ratios.
+"""
+import functools
+import io
+import math
+from typing import Tuple
+
+import numpy as np
+import soundfile
+
+from align.errors import DataError
+
+
+def decode_audio(data: bytes, name: str = "<audio bytes>") -> Tuple[np.ndarray, int]:
+    """Decode WAV/FLAC/OGG/... bytes to (mono float32 wave [T], sample_rate).
+
+    Multi-channel audio is mixed down by averaging channels. `name` (a sample
+    key or file path) is only used in the error message.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DataError(f"{name}: expected audio bytes, got {type(data).__name__}")
+    try:
+        # [T, C] float32 whatever the file layout, so mixing down is one mean
+        wave, sr = soundfile.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
+    except (RuntimeError, ValueError, TypeError, EOFError) as e:  # LibsndfileError is a RuntimeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name}: cannot decode audio ({len(data)} bytes): {first}") from None
+    if wave.shape[0] == 0:
+        raise DataError(f"{name}: audio has no samples")
+    mono = wave.mean(axis=1, dtype=np.float32) if wave.shape[1] > 1 else wave[:, 0]
+    if not np.isfinite(mono).all():
+        raise DataError(f"{name}: audio contains NaN or infinite samples")
+    return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
+
+
+def encode_flac(wave: np.ndarray, sr: int) -> bytes:
+    """Encode a mono float wave [T] (values clipped to [-1, 1]) as 16-bit FLAC bytes."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"encode_flac expects a mono wave [T], got shape {tuple(wave.shape)}")
+    if wave.size == 0:
+        raise ValueError("encode_flac: wave has no samples")
+    if not np.isfinite(wave).all():
+        raise ValueError("encode_flac: wave contains NaN or infinite samples")
+    _check_rate(sr, "sr")
+    buf = io.BytesIO()
+    soundfile.write(buf, np.clip(wave, -1.0, 1.0), int(sr), format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample along the last axis ([T] or [C, T]) from sr_in to sr_out Hz; float32 out.
+
+    Output length is ceil(T * sr_out / sr_in). The anti-aliasing low-pass
+    cuts at the lower of the two Nyquist frequencies.
+    """
+    _check_rate(sr_in, "sr_in")
+    _check_rate(sr_out, "sr_out")
+    wave = np.asarray(wave, dtype=np.float32)
+    if sr_in == sr_out or wave.shape[-1] == 0:
+        return wave.copy()
+    from scipy.signal import resample_poly  # scipy ships with scikit-learn
+
+    g = math.gcd(int(sr_in), int(sr_out))
+    up, down = int(sr_out) // g, int(sr_in) // g  # e.g. 22050 -> 16000: up 320, down 441
+    # float64 math, float32 out; resample_poly copies the cached taps before scaling them
+    return resample_poly(wave.astype(np.float64), up, down, axis=-1,
+                         window=_lowpass(up, down)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """The FIR taps resample_poly designs by default (Kaiser beta 5), designed once per ratio."""
+    from scipy.signal import firwin
+
+    max_rate = max(up, down)
+    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps.setflags(write=False)
+    return taps
+
+
+def _check_rate(sr, what: str) -> None:
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+        raise ValueError(f"{what} must be a positive integer sample rate, got {sr!r}")
