@@ -1,0 +1,272 @@
+"""Audio front end shared by the audio towers: resampling, cropping and log-mel features.
+
+Everything is plain torch/numpy/scipy (no torchaudio):
+
+    wave (np.float32 [samples], sample_rate)
+      -> resample to `sample_rate` (align.data.audio_io.resample, scipy polyphase)
+      -> crop / zero-pad to `clip_seconds`
+      -> |STFT|^2 (Hann window, centred frames, zero padding at the edges)
+      -> mel filterbank (HTK or Slaney scale, optional Slaney area norm)
+      -> log(mel + log_offset) -> (x - norm_mean) / norm_std
+      -> float32 [n_mels, frames], frames = 1 + clip_samples // hop_length
+
+The defaults (25 ms window, 10 ms hop at 16 kHz, natural log, mean -4.27 / std 4.57)
+follow AST's Kaldi-fbank set-up so its normalisation statistics are about right.
+
+Eval and several clips: with `eval_clips` = C > 1 the eval preprocess returns
+[C, n_mels, frames] (C evenly spaced clips covering the whole recording, the
+first starting at 0 and the last ending at the end; a short recording gives C
+copies of its padded clip). Use the tower's `encode_clips` on [B, C, n_mels, frames]:
+it averages the L2-normalised clip embeddings. With C = 1 (default) eval gives
+one centre-cropped [n_mels, frames] clip like training.
+"""
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from align.errors import ConfigError, DataError
+
+
+# ---- mel scales (same formulas as librosa.hz_to_mel / mel_to_hz) --------------------------
+
+def hz_to_mel(f: torch.Tensor, scale: str) -> torch.Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    # Slaney: linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
+    lin = f / f_sp
+    log = min_log_mel + torch.log(torch.clamp(f, min=min_log_hz) / min_log_hz) / logstep
+    return torch.where(f >= min_log_hz, log, lin)
+
+
+def mel_to_hz(m: torch.Tensor, scale: str) -> torch.Tensor:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    f_sp, min_log_hz, min_log_mel, logstep = 200.0 / 3, 1000.0, 15.0, math.log(6.4) / 27.0
+    lin = m * f_sp
+    log = min_log_hz * torch.exp(logstep * (m - min_log_mel))
+    return torch.where(m >= min_log_mel, log, lin)
+
+
+def mel_filterbank(n_freqs: int, sample_rate: int, n_mels: int, f_min: float, f_max: float,
+                   scale: str = "htk", norm: Optional[str] = None) -> torch.Tensor:
+    """Triangular mel filters, float32 [n_freqs, n_mels] (rows: rfft bins 0..sr/2).
+
+    Filter m rises linearly from centre f[m] to f[m+1] and falls to f[m+2], where
+    f = n_mels + 2 points evenly spaced on the mel scale between f_min and f_max.
+    norm='slaney' scales each filter by 2 / (f[m+2] - f[m]) (constant area).
+    """
+    freqs = torch.linspace(0.0, sample_rate / 2.0, n_freqs, dtype=torch.float64)       # [F]
+    m_pts = torch.linspace(float(hz_to_mel(torch.tensor(float(f_min), dtype=torch.float64), scale)),
+                           float(hz_to_mel(torch.tensor(float(f_max), dtype=torch.float64), scale)),
+                           n_mels + 2, dtype=torch.float64)
+    f_pts = mel_to_hz(m_pts, scale)                                                   # [M+2]
+    f_diff = f_pts[1:] - f_pts[:-1]                                                   # [M+1]
+    slopes = f_pts[None, :] - freqs[:, None]                                          # [F, M+2]
+    down = -slopes[:, :-2] / f_diff[:-1]                                              # [F, M]
+    up = slopes[:, 2:] / f_diff[1:]                                                   # [F, M]
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    if norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:] - f_pts[:-2]))[None, :]
+    elif norm is not None:
+        raise ValueError(f"mel norm {norm!r} is not None or 'slaney'")
+    return fb.float()
+
+
+# ---- front-end configuration -------------------------------------------------------------
+
+@dataclass
+class AudioFrontend:
+    """Recipe keys of the audio front end (shared by `audio` and `audio_cnn` towers)."""
+    sample_rate: int = 16000
+    clip_seconds: float = 10.0
+    n_fft: int = 400           # 25 ms at 16 kHz
+    win_length: int = 400
+    hop_length: int = 160      # 10 ms at 16 kHz
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: float = 8000.0
+    mel_scale: str = "htk"     # htk | slaney
+    mel_norm: str = "none"     # none | slaney
+    log_offset: float = 1e-6
+    norm_mean: float = -4.27   # AST AudioSet statistics of log-mel (natural log)
+    norm_std: float = 4.57
+    eval_clips: int = 1
+    freq_mask: int = 0         # train SpecAugment: max width of one frequency mask (mel bins)
+    time_mask: int = 0         # train SpecAugment: max width of one time mask (frames)
+
+    @classmethod
+    def keys(cls):
+        return [f.name for f in fields(cls)]
+
+    def validate(self, where: str) -> "AudioFrontend":
+        def bad(key, why):
+            raise ConfigError(f"{where}.{key}: {why} (got {getattr(self, key)!r})")
+        for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "eval_clips"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) <= 0:
+                bad(k, "must be a positive integer")
+        if self.win_length > self.n_fft:
+            bad("win_length", f"must be <= n_fft ({self.n_fft})")
+        if not self.clip_seconds > 0:
+            bad("clip_seconds", "must be > 0")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            bad("f_max", f"need 0 <= f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})")
+        if self.mel_scale not in ("htk", "slaney"):
+            bad("mel_scale", "must be 'htk' or 'slaney'")
+        if self.mel_norm not in ("none", "slaney"):
+            bad("mel_norm", "must be 'none' or 'slaney'")
+        if not self.norm_std > 0:
+            bad("norm_std", "must be > 0")
+        if not self.log_offset > 0:
+            bad("log_offset", "must be > 0")
+        for k in ("freq_mask", "time_mask"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 0:
+                bad(k, "must be an integer >= 0")
+        return self
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        return 1 + self.clip_samples // self.hop_length
+
+    def config(self) -> dict:
+        """JSON-able description for exports / model cards."""
+        d = asdict(self)
+        d.update(n_frames=self.n_frames, clip_samples=self.clip_samples, window="hann",
+                 center=True, pad_mode="constant", power=2.0, log="natural",
+                 input="mono float wave in [-1, 1]", output_shape=["n_mels", "n_frames"])
+        return d
+
+
+# ---- log-mel module ----------------------------------------------------------------------
+
+class LogMel(nn.Module):
+    """Normalised log-mel features: wave [..., samples] -> [..., n_mels, 1 + samples // hop]."""
+
+    def __init__(self, fe: AudioFrontend):
+        super().__init__()
+        self.fe = fe
+        self.register_buffer("window", torch.hann_window(fe.win_length, periodic=True), persistent=False)
+        fb = mel_filterbank(fe.n_fft // 2 + 1, fe.sample_rate, fe.n_mels, fe.f_min, fe.f_max,
+                            fe.mel_scale, None if fe.mel_norm == "none" else fe.mel_norm)
+        self.register_buffer("fb", fb, persistent=False)                 # [n_freqs, n_mels]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        fe = self.fe
+        lead = wave.shape[:-1]
+        spec = torch.stft(wave.reshape(-1, wave.shape[-1]).float(), n_fft=fe.n_fft,
+                          hop_length=fe.hop_length, win_length=fe.win_length, window=self.window,
+                          center=True, pad_mode="constant", return_complex=True)  # [N, F, frames]
+        power = spec.real ** 2 + spec.imag ** 2
+        mel = torch.einsum("nft,fm->nmt", power, self.fb)                 # [N, n_mels, frames]
+        logmel = torch.log(mel + fe.log_offset)
+        out = (logmel - fe.norm_mean) / fe.norm_std
+        return out.reshape(*lead, fe.n_mels, out.shape[-1])
+
+
+# ---- waveform handling -------------------------------------------------------------------
+
+def resample_wave(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """float32 [samples] -> float32 at target_sr (align.data.audio_io.resample: polyphase FIR)."""
+    if orig_sr == target_sr:
+        return wave
+    from align.data.audio_io import resample
+    return resample(wave, int(orig_sr), int(target_sr))
+
+
+def to_mono(wave, where: str = "audio") -> np.ndarray:
+    """float32 [samples]; 2-D input is down-mixed over its shorter axis (the channels).
+
+    This accepts both soundfile's [samples, channels] and torchaudio's [channels, samples].
+    """
+    w = np.asarray(wave, dtype=np.float32)
+    if w.ndim == 2:
+        w = w.mean(axis=int(np.argmin(w.shape)))
+    if w.ndim != 1:
+        raise DataError(f"{where}: expected a mono wave [samples] or [samples, channels], got shape {w.shape}")
+    if w.size == 0:
+        raise DataError(f"{where}: empty audio")
+    if not np.isfinite(w).all():
+        raise DataError(f"{where}: audio contains NaN or infinite samples")
+    return w
+
+
+def clip_starts(n: int, clip: int, count: int) -> np.ndarray:
+    """Deterministic eval clip starts: centre for one clip, else evenly spaced from 0 to n - clip."""
+    if n <= clip:
+        return np.zeros(count, dtype=np.int64)
+    if count == 1:
+        return np.array([(n - clip) // 2], dtype=np.int64)
+    return np.round(np.linspace(0, n - clip, count)).astype(np.int64)
+
+
+def crop_or_pad(w: np.ndarray, start: int, clip: int) -> np.ndarray:
+    """w[start:start+clip], zero-padded on the right to exactly `clip` samples."""
+    out = np.zeros(clip, dtype=np.float32)
+    seg = w[start:start + clip]
+    out[:seg.shape[0]] = seg
+    return out
+
+
+class AudioPreprocess:
+    """Per-sample callable: (wave, sample_rate) -> float32 features (see module docstring).
+
+    Train: one random crop (torch RNG; pass `generator=` for reproducibility) plus optional
+    SpecAugment masks -> [n_mels, frames]. Eval: deterministic -> [n_mels, frames] when
+    eval_clips == 1, else [eval_clips, n_mels, frames]. Bad audio raises DataError
+    (the data pipeline skips and counts the sample).
+    """
+
+    def __init__(self, fe: AudioFrontend, train: bool):
+        self.fe, self.train = fe, train
+        self.logmel = LogMel(fe)
+
+    def __call__(self, sample: Tuple[np.ndarray, int],
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        try:
+            wave, sr = sample
+        except (TypeError, ValueError):
+            raise DataError("audio: expected a (wave, sample_rate) pair") from None
+        if not isinstance(sr, (int, np.integer)) or sr <= 0:
+            raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
+        fe = self.fe
+        w = resample_wave(to_mono(wave), int(sr), fe.sample_rate)
+        L = fe.clip_samples
+        if self.train:
+            start = 0
+            if w.shape[0] > L:
+                start = int(torch.randint(0, w.shape[0] - L + 1, (1,), generator=generator))
+            clips = crop_or_pad(w, start, L)[None]                            # [1, L]
+        else:
+            clips = np.stack([crop_or_pad(w, int(s), L)
+                              for s in clip_starts(w.shape[0], L, fe.eval_clips)])  # [C, L]
+        with torch.no_grad():
+            feats = self.logmel(torch.from_numpy(clips))                     # [C, n_mels, T]
+        if self.train:
+            feats = spec_augment(feats[0], fe.freq_mask, fe.time_mask, generator)
+            return feats
+        return feats[0] if fe.eval_clips == 1 else feats
+
+
+def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One frequency and one time mask (SpecAugment) on [n_mels, T]; masked values -> 0 (the mean)."""
+    x = x.clone()
+    for dim, width in ((0, freq_mask), (1, time_mask)):
+        if width <= 0:
+            continue
+        w = int(torch.randint(0, width + 1, (1,), generator=generator))
+        w = min(w, x.shape[dim])
+        s = int(torch.randint(0, x.shape[dim] - w + 1, (1,), generator=generator))
+        if dim == 0:
+            x[s:s + w] = 0.0
+        else:
+            x[:, s:s + w] = 0.0
+    return x

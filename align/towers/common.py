@@ -1,0 +1,141 @@
+"""Helpers shared by the audio, Hugging Face text and timm image towers.
+
+- `check_cfg`: reject unknown recipe keys with one line naming the key and the valid ones.
+- `build_projection`: the head every tower ends with (`proj: linear | mlp | none`).
+- `LockableTower`: LiT-style locking by layer groups. Frozen parts run without
+  gradient and stay in eval mode (BatchNorm statistics and dropout frozen too),
+  while the projection head always stays trainable (it is new for the shared space).
+- `load_weights_file`: safetensors or `torch.load(weights_only=True)`, nothing else.
+"""
+import contextlib
+from pathlib import Path
+from typing import Iterable, List, Mapping, Sequence, Union
+
+import torch
+from torch import nn
+
+from align.errors import ConfigError
+from align.towers.base import Tower
+
+PROJ_KINDS = ("linear", "mlp", "none")
+
+
+def check_cfg(cfg: Mapping, valid: Iterable[str], where: str) -> None:
+    """Raise ConfigError for the first key of `cfg` not in `valid` (recipe typos fail loudly)."""
+    valid = sorted(valid)
+    for key in cfg:
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def build_projection(in_dim: int, embed_dim: int, kind: str, where: str) -> nn.Module:
+    """Projection head [B, in_dim] -> [B, embed_dim].
+
+    linear: one bias-free Linear (as CLIP); mlp: Linear-GELU-Linear with hidden size
+    in_dim (as LAION-CLAP's projections); none: identity, only when in_dim == embed_dim.
+    """
+    if kind == "linear":
+        return nn.Linear(in_dim, embed_dim, bias=False)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, embed_dim))
+    if kind == "none":
+        if in_dim != embed_dim:
+            raise ConfigError(f"{where}.proj: 'none' needs the trunk width ({in_dim}) to equal "
+                              f"embed_dim ({embed_dim}); use proj: linear or mlp")
+        return nn.Identity()
+    raise ConfigError(f"{where}.proj: {kind!r} is not one of {', '.join(PROJ_KINDS)}")
+
+
+Group = Union[nn.Module, nn.Parameter, Sequence["Group"]]
+
+
+def _group_params(group: Group) -> List[nn.Parameter]:
+    if isinstance(group, nn.Parameter):
+        return [group]
+    if isinstance(group, nn.Module):
+        return list(group.parameters())
+    return [p for g in group for p in _group_params(g)]
+
+
+def set_frozen_eval(module: nn.Module) -> None:
+    """Put every maximal sub-module whose parameters are all frozen into eval mode.
+
+    Called after `train(True)`: a frozen BatchNorm must not update its running
+    statistics, and frozen layers should not apply dropout (LiT locks them as-is).
+    Parameter-free modules directly under a partly trainable parent keep their mode.
+    """
+    for child in module.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+        elif params:
+            set_frozen_eval(child)
+
+
+class LockableTower(Tower):
+    """A Tower with a `trunk` (the pretrained/backbone part) and a `head` (projection).
+
+    Subclasses implement `lock_groups()` -> ordered list of groups, input side first;
+    `lock(n)` freezes the whole trunk and unfreezes its last n groups. When the
+    trunk is fully frozen, `trunk_context()` is `torch.no_grad()` so no graph is
+    built; when only a prefix is frozen, autograd already records nothing for it
+    (its inputs and parameters do not require grad).
+    """
+
+    trunk_locked: bool = False
+
+    def lock_groups(self) -> List[Group]:
+        raise NotImplementedError
+
+    def lock(self, unlocked_groups: int = 0) -> None:
+        if isinstance(unlocked_groups, bool) or not isinstance(unlocked_groups, int):
+            raise ConfigError(f"{type(self).__name__}: unlocked groups/layers must be an integer, "
+                              f"got {unlocked_groups!r}")
+        groups = self.lock_groups() if unlocked_groups else []
+        if unlocked_groups and not 0 < unlocked_groups <= len(groups):
+            raise ConfigError(f"{type(self).__name__}: unlocked_groups={unlocked_groups} must be "
+                              f"between 0 and {len(groups)} (the number of layer groups)")
+        for p in self.trunk_parameters():
+            p.requires_grad_(False)
+        if unlocked_groups:
+            for g in groups[-unlocked_groups:]:
+                for p in _group_params(g):
+                    p.requires_grad_(True)
+        self.trunk_locked = not any(p.requires_grad for p in self.trunk_parameters())
+        self.train(self.training)  # re-apply eval to the frozen parts
+
+    def trunk_parameters(self) -> List[nn.Parameter]:
+        head = {id(p) for p in self.head.parameters()}
+        return [p for p in self.parameters() if id(p) not in head]
+
+    def trunk_context(self):
+        return torch.no_grad() if self.trunk_locked else contextlib.nullcontext()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            set_frozen_eval(self)
+        return self
+
+
+def load_weights_file(path: Union[str, Path], where: str) -> dict:
+    """Load a state dict from .safetensors or a torch file (weights_only=True only).
+
+    Unwraps a {'state_dict': ...} checkpoint and strips DDP's 'module.' prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{where}: weights file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with code objects, ...
+        raise ConfigError(f"{where}: cannot load weights from {str(path)!r}: {e}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{where}: {str(path)!r} does not hold a state dict")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}

