@@ -126,12 +126,12 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: dict, optimizer=None, st
     return final
 
 
-def save_rank_rng(final: str, rank: int) -> None:
-    """Non-zero ranks add their own RNG state to a finished checkpoint (after a barrier)."""
+def save_rank_state(final: str, rank: int, state: dict) -> None:
+    """Non-zero ranks add their own RNG and data-stream state to a finished checkpoint (after a barrier)."""
     rt, rmeta = rng_state()
     save_file(rt, os.path.join(final, f".rng-{rank}.tmp"))
     os.replace(os.path.join(final, f".rng-{rank}.tmp"), os.path.join(final, f"rng-{rank}.safetensors"))
-    _write_json(os.path.join(final, f"rng-{rank}.json"), rmeta)
+    _write_json(os.path.join(final, f"rank-{rank}.json"), dict(state, rng=rmeta))
 
 
 def list_checkpoints(ckpt_dir: str) -> List[str]:
@@ -154,6 +154,12 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
         raise AlignError(f"{path}: not a complete align checkpoint (state.json missing)")
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
+    if rank > 0:                              # this rank's own data position and RNG
+        rank_file = os.path.join(path, f"rank-{rank}.json")
+        if not os.path.isfile(rank_file):
+            raise AlignError(f"{path}: no state for rank {rank} (saved with fewer processes?)")
+        with open(rank_file) as f:
+            state.update(json.load(f))
     if model is not None:
         missing, unexpected = model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=False)
         if missing or unexpected:
@@ -164,10 +170,5 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
             meta = json.load(f)
         optimizer.load_state_dict(_unflatten_optim(load_file(os.path.join(path, "optim.safetensors")), meta))
     if restore_rng:
-        rfile = os.path.join(path, f"rng-{rank}.safetensors")
-        if rank == 0:
-            set_rng_state(load_file(rfile), state["rng"])
-        elif os.path.isfile(rfile):
-            with open(os.path.join(path, f"rng-{rank}.json")) as f:
-                set_rng_state(load_file(rfile), json.load(f))
+        set_rng_state(load_file(os.path.join(path, f"rng-{rank}.safetensors")), state["rng"])
     return state

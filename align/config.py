@@ -77,6 +77,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     max_bad_steps: int = 5                                  # consecutive NaN/Inf losses before stopping
     num_threads: Optional[int] = None                       # torch CPU threads
+    deterministic: bool = False                             # deterministic GPU kernels (slower)
 
 
 @dataclass

@@ -4,8 +4,10 @@ import multiprocessing as mp
 import os
 import signal
 
+import open_clip  # noqa: F401  imported once here, so the forked training runs do not pay for it
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 from safetensors.torch import load_file
 
 from align.config import parse_recipe

@@ -1,0 +1,182 @@
+"""Turn one raw webdataset sample into model inputs, and a list of them into a batch.
+
+Shard conventions (extensions, lower-cased): image `jpg|jpeg|png|webp`, audio
+`flac|wav|mp3|ogg`, text `txt` (UTF-8, one caption per line), `cls` (int),
+`json` (ignored here).  A sample is decoded only for the requested
+modalities; anything broken raises `SkipSample(reason)` so the caller counts
+it.  Transform contract (see `build_train_loader`):
+
+- "image": PIL.Image (RGB) -> Tensor[3, H, W]
+- "text":  list[str] -> LongTensor[1, L]; called per sample with [caption]
+           and squeezed to [L] here, so tokenization runs in the workers
+- "audio": (np.float32 mono wave [T], sample_rate) -> Tensor[...] of a fixed
+           shape in training (the transform crops/pads and computes features)
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Callable
+
+import numpy as np
+import torch
+
+from align.data.audio_io import decode_audio
+from align.data.faults import (
+    BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TRANSFORM_FAILED, UNDECODABLE_AUDIO, UNDECODABLE_IMAGE,
+    UNDECODABLE_TEXT, SkipSample,
+)
+from align.errors import DataError
+
+MODALITY_EXTS = {
+    "image": ("jpg", "jpeg", "png", "webp"),
+    "audio": ("flac", "wav", "mp3", "ogg"),
+    "text": ("txt",),
+}
+MODALITIES = tuple(MODALITY_EXTS)
+
+
+def decode_image(data: bytes):
+    """Image bytes -> RGB PIL.Image (fully decoded, so truncation is caught here)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+def captions(data: bytes) -> list[str]:
+    """`txt` bytes -> non-empty stripped lines (may be empty: the caller skips)."""
+    text = data.decode("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class SampleDecoder:
+    """Decode + transform one raw sample; collate decoded samples into a batch.
+
+    train=True picks a random caption (seeded by seed, epoch, shard URL and
+    key, so a resumed run picks the same one); train=False picks the first.
+    """
+
+    def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
+                 seed: int = 0, min_modalities: int = 2):
+        unknown = [m for m in modalities if m not in MODALITY_EXTS]
+        if unknown or not modalities:
+            raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
+        missing = [m for m in modalities if m not in transforms]
+        if missing:
+            raise DataError(f"data modalities {list(modalities)}: no transform given for {missing}")
+        self.modalities = list(modalities)
+        self.transforms = transforms
+        self.train = train
+        self.seed = seed
+        self.min_modalities = min(min_modalities, len(self.modalities))
+        self._templates: dict[str, torch.Tensor] = {}
+
+    def present(self, raw: dict) -> dict[str, str]:
+        """modality -> the extension holding it, for requested modalities present in `raw`."""
+        found = {}
+        for m in self.modalities:
+            for ext in MODALITY_EXTS[m]:
+                if ext in raw:
+                    found[m] = ext
+                    break
+        return found
+
+    def __call__(self, raw: dict, epoch: int) -> dict:
+        """raw sample -> {"__key__", modality: Tensor, ..., "cls": int}; raises SkipSample."""
+        found = self.present(raw)
+        if len(found) < self.min_modalities:
+            reason = FEW_MODALITIES if self.min_modalities == 2 else (
+                "no requested modality" if self.min_modalities == 1 else f"fewer than {self.min_modalities} modalities")
+            raise SkipSample(reason,
+                             f"has {sorted(k for k in raw if not k.startswith('__'))}")
+        out = {"__key__": raw["__key__"]}
+        for m, ext in found.items():
+            data = raw[ext]
+            if m == "image":
+                try:
+                    value = decode_image(data)
+                except Exception as exn:
+                    raise SkipSample(UNDECODABLE_IMAGE, f"{ext}: {exn!r}") from None
+            elif m == "audio":
+                try:
+                    value = decode_audio(data, name=raw["__key__"])
+                except Exception as exn:
+                    raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
+            else:
+                try:
+                    lines = captions(data)
+                except UnicodeDecodeError as exn:
+                    raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
+                if not lines:
+                    raise SkipSample(EMPTY_CAPTION)
+                if self.train and len(lines) > 1:
+                    rng = random.Random(f"align:caption:{self.seed}:{epoch}:{raw.get('__url__')}:{raw['__key__']}")
+                    value = [lines[rng.randrange(len(lines))]]
+                else:
+                    value = [lines[0]]
+            try:
+                out[m] = self._apply(m, value)
+            except Exception as exn:
+                raise SkipSample(TRANSFORM_FAILED.format(modality=m), repr(exn)) from None
+        out["cls"] = -1
+        if "cls" in raw:
+            try:
+                out["cls"] = int(raw["cls"].decode("utf-8").strip())
+            except (UnicodeDecodeError, ValueError):
+                raise SkipSample(BAD_CLS, repr(raw["cls"][:20])) from None
+        return out
+
+    def _apply(self, modality: str, value) -> torch.Tensor:
+        t = self.transforms[modality](value)
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t)
+        if modality == "text" and t.ndim >= 2 and t.shape[0] == 1:
+            t = t[0]  # [1, L] -> [L]
+        return t
+
+    def template(self, modality: str) -> torch.Tensor:
+        """A zero tensor shaped like this modality's transform output (from a dummy input).
+
+        Only needed when no sample of a batch has the modality, to fill its slot.
+        """
+        if modality not in self._templates:
+            from PIL import Image
+
+            dummy = {
+                "image": Image.new("RGB", (256, 256)),
+                "audio": (np.zeros(16000, dtype=np.float32), 16000),
+                "text": ["a"],
+            }[modality]
+            try:
+                t = self._apply(modality, dummy)
+            except Exception as exn:
+                raise DataError(
+                    f"transforms['{modality}'] failed on a dummy input ({exn!r}); it is needed to build "
+                    f"the zero placeholder for batches without any {modality}") from None
+            self._templates[modality] = torch.zeros_like(t)
+        return self._templates[modality]
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Decoded samples -> batch dict.
+
+        {m: Tensor[B, ...], f"{m}_mask": BoolTensor[B], "cls": LongTensor[B] (-1 = none),
+         "__key__": list[str]}; a missing modality is filled with zeros.
+        """
+        batch: dict = {"__key__": [s["__key__"] for s in samples]}
+        for m in self.modalities:
+            have = [s[m] for s in samples if m in s]
+            ref = have[0] if have else self.template(m)
+            for t in have:
+                if t.shape != ref.shape:
+                    keys = [s["__key__"] for s in samples if m in s]
+                    raise DataError(
+                        f"transforms['{m}'] returned shapes {tuple(ref.shape)} ({keys[0]}) and {tuple(t.shape)} "
+                        f"in one batch; the {m} transform must crop/pad to a fixed shape")
+            zero = torch.zeros_like(ref)
+            batch[m] = torch.stack([s[m] if m in s else zero for s in samples])
+            batch[f"{m}_mask"] = torch.tensor([m in s for s in samples], dtype=torch.bool)
+        batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
+        return batch

@@ -1,0 +1,119 @@
+"""Counting and reporting of broken data in the streaming pipeline.
+
+A broken sample or shard is never fatal and never silently lost: it is
+skipped, counted under a short human-readable *reason* (the constants
+below), and announced with a rate-limited `logging.warning` naming the
+sample key or shard URL.  Counts are kept per process (each DataLoader
+worker has its own `FaultCounter`); the worker ships the *deltas* with every
+batch so that the main process (`StreamLoader`) can keep exact totals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from align.errors import DataError
+
+log = logging.getLogger("align.data")
+
+# Reasons a sample (or a whole shard) is skipped.  They are user-facing: they
+# appear in warnings, in `loader.skipped` and in the max_skip_frac error.
+UNDECODABLE_IMAGE = "undecodable image"
+UNDECODABLE_AUDIO = "undecodable audio"
+UNDECODABLE_TEXT = "undecodable text"
+EMPTY_CAPTION = "empty caption"
+BAD_CLS = "bad cls"
+FEW_MODALITIES = "fewer than 2 modalities"
+TRANSFORM_FAILED = "{modality} transform failed"
+MISSING_SHARD = "missing shard"
+UNREADABLE_SHARD = "unreadable shard"
+CORRUPT_TAR = "corrupt tar"
+DUPLICATE_FILE = "duplicate file in sample"
+
+# Reasons that concern a whole shard rather than one sample.
+SHARD_REASONS = (MISSING_SHARD, UNREADABLE_SHARD, CORRUPT_TAR)
+
+# Rate limit for warnings: at most one per reason per this many seconds.
+WARN_EVERY_S = 30.0
+# The skip-rate check only starts after this many samples were seen, so a
+# single bad sample at the start of a run does not trip it.
+MIN_SEEN_FOR_SKIP_CHECK = 100
+
+
+class SkipSample(Exception):
+    """Raised while decoding one sample; `reason` is one of the constants above."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class FaultCounter:
+    """Per-process fault counts with rate-limited warnings.
+
+    `record()` counts a fault and maybe warns; `take_delta()` returns the
+    counts recorded since the previous call (what a worker attaches to the
+    next batch).  `muted` is set while a resumed worker fast-forwards over
+    samples whose faults were already reported before the checkpoint.
+    """
+
+    def __init__(self, warn_every_s: float = WARN_EVERY_S):
+        self.warn_every_s = warn_every_s
+        self.total: Counter = Counter()
+        self._delta: Counter = Counter()
+        self._last_warn: dict[str, float] = {}
+        self._suppressed: Counter = Counter()
+        # Faults not tied to one raw sample (a missing shard, a corrupt tar)
+        # count as one unit each in `seen`, so the skip rate stays a fraction.
+        self._extra_seen = 0
+        self.muted = False
+
+    def record(self, reason: str, where: str, detail: str = "", per_sample: bool = True) -> None:
+        if self.muted:
+            return
+        self.total[reason] += 1
+        self._delta[reason] += 1
+        if not per_sample:
+            self._extra_seen += 1
+        now = time.monotonic()
+        last = self._last_warn.get(reason)
+        if last is not None and now - last < self.warn_every_s:
+            self._suppressed[reason] += 1
+            return
+        self._last_warn[reason] = now
+        more = self._suppressed.pop(reason, 0)
+        tail = f" ({more} more since the last such warning)" if more else ""
+        msg = f"skipping {where}: {reason}"
+        if detail:
+            msg += f" ({detail[:200]})"
+        log.warning(msg + tail)
+
+    def take_delta(self) -> tuple[dict[str, int], int]:
+        """(counts by reason, extra seen units) recorded since the previous call."""
+        delta, extra = dict(self._delta), self._extra_seen
+        self._delta.clear()
+        self._extra_seen = 0
+        return delta, extra
+
+
+def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | None) -> DataError | None:
+    """The DataError to raise when the skip rate is over `max_skip_frac`, else None.
+
+    skip rate = sum(skipped) / seen, where `seen` counts every raw sample read
+    plus every shard that could not be read (each counts as one).
+    """
+    if max_skip_frac is None or seen < MIN_SEEN_FOR_SKIP_CHECK:
+        return None
+    total = sum(skipped.values())
+    rate = total / max(seen, 1)
+    if rate <= max_skip_frac:
+        return None
+    top = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    top_s = ", ".join(f"{reason} ({n})" for reason, n in top)
+    return DataError(
+        f"skip rate {100 * rate:.1f}% ({total} of {seen} samples) exceeds "
+        f"data.max_skip_frac={max_skip_frac}; top reasons: {top_s}"
+    )

@@ -1,0 +1,184 @@
+"""Throughput of the streaming data pipeline (align.data.pipeline), in samples/s.
+
+Writes synthetic webdataset shards in a temp dir (by default 2,000 image-text
+samples with 256x256 JPEGs and 2,000 audio-text samples with 10 s FLACs at
+16 kHz), then times one epoch of `build_train_loader` per workload and worker
+count.  Transforms are the real ones: open_clip's ViT-B-32 train image
+transform (224 px), open_clip's BPE tokenizer, and the audio tower's log-mel
+front end (`align.towers.audio_features.AudioPreprocess`; a torch.stft stand-in
+if that module is missing).  Run:
+
+    python benchmarks/data_throughput.py [--n-image 2000] [--n-audio 2000] [--workers 0 1 2]
+
+Figures depend on the CPU and on other load; with N workers the pipeline can use
+N cores.  "steady" excludes the time to the first batch (worker start-up);
+"cpu ms/sample" (this process + its workers) is the figure least affected by
+other load on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tarfile
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from align.data.pipeline import build_train_loader  # noqa: E402
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_image_shards(root: str, n: int, per_shard: int, size: int = 256) -> list[str]:
+    """n image-text samples: smooth random colour fields + noise, JPEG quality 90."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    paths = []
+    with tqdm(total=n, desc="writing image-text shards", unit="sample") as bar:
+        for s in range(0, n, per_shard):
+            path = os.path.join(root, f"img-{s // per_shard:04d}.tar")
+            with tarfile.open(path, "w") as tf:
+                for i in range(s, min(n, s + per_shard)):
+                    c = rng.uniform(0, 255, (3, 3))
+                    img = c[0] + c[1] * xx[..., None] / 2 + c[2] * yy[..., None] / 2
+                    img = np.clip(img / 2 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+                    _add(tf, f"{i:06d}.jpg", buf.getvalue())
+                    _add(tf, f"{i:06d}.txt", f"a synthetic photo number {i}\nanother caption {i}".encode())
+                    bar.update()
+            paths.append(path)
+    return paths
+
+
+def write_audio_shards(root: str, n: int, per_shard: int, seconds: float = 10.0, sr: int = 16000) -> list[str]:
+    """n audio-text samples: chirps + noise, 16-bit FLAC."""
+    import soundfile as sf
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(1)
+    t = np.arange(int(seconds * sr)) / sr
+    paths = []
+    with tqdm(total=n, desc="writing audio-text shards", unit="sample") as bar:
+        for s in range(0, n, per_shard):
+            path = os.path.join(root, f"aud-{s // per_shard:04d}.tar")
+            with tarfile.open(path, "w") as tf:
+                for i in range(s, min(n, s + per_shard)):
+                    f0 = rng.uniform(100, 2000)
+                    wave = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.05 * t)) + rng.normal(0, 0.02, t.shape)
+                    buf = io.BytesIO()
+                    sf.write(buf, wave.astype(np.float32), sr, format="FLAC", subtype="PCM_16")
+                    _add(tf, f"{i:06d}.flac", buf.getvalue())
+                    _add(tf, f"{i:06d}.txt", f"a synthetic sound number {i}".encode())
+                    bar.update()
+            paths.append(path)
+    return paths
+
+
+def audio_transform():
+    """(wave, sr) -> [64, 1001] log-mel: the audio tower's front end, or a torch.stft stand-in."""
+    try:
+        from align.towers.audio_features import AudioFrontend, AudioPreprocess
+
+        return AudioPreprocess(AudioFrontend(), train=True), "align AudioPreprocess (64 mel, 10 s)"
+    except ImportError:
+        pass
+    n_fft, hop, n_mels, sr, clip = 400, 160, 64, 16000, 160000
+    freqs = torch.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel = lambda f: 2595 * torch.log10(1 + f / 700)  # noqa: E731
+    edges = torch.linspace(mel(torch.tensor(50.0)), mel(torch.tensor(8000.0)), n_mels + 2)
+    m = mel(freqs)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    fb = torch.clamp(torch.minimum((m - lo) / (mid - lo), (hi - m) / (hi - mid)), min=0)  # [n_mels, F]
+    window = torch.hann_window(n_fft)
+
+    def tf(wave_sr):
+        wave, _ = wave_sr
+        w = torch.zeros(clip)
+        w[: min(clip, len(wave))] = torch.from_numpy(wave[:clip])
+        spec = torch.stft(w, n_fft, hop, window=window, return_complex=True).abs() ** 2  # [F, T]
+        return torch.log(fb @ spec + 1e-6)  # [n_mels, T]
+
+    return tf, "torch.stft stand-in (64 mel, 10 s)"
+
+
+def _cpu_seconds() -> float:
+    """User+system CPU time of this process and its reaped children (DataLoader workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def time_epoch(shards, transforms, modalities, workers, batch_size) -> tuple[int, float, float, float]:
+    """One epoch -> (samples, samples/s, steady samples/s after the first batch, CPU ms per sample)."""
+    loader = build_train_loader(shards, transforms=transforms, batch_size=batch_size, modalities=modalities,
+                                num_workers=workers, shuffle_buffer=1000, drop_last=False)
+    cpu0 = _cpu_seconds()
+    n, n_first, t0, t_first = 0, 0, time.perf_counter(), None
+    for batch in loader:  # the DataLoader joins its workers when the epoch ends
+        if t_first is None:
+            t_first, n_first = time.perf_counter(), len(batch["__key__"])
+        n += len(batch["__key__"])
+    t1 = time.perf_counter()
+    cpu_ms = 1000 * (_cpu_seconds() - cpu0) / max(n, 1)
+    if loader.skipped:
+        print(f"  (skipped: {dict(loader.skipped)})")
+    steady = (n - n_first) / (t1 - t_first) if n > n_first and t1 > t_first else float("nan")
+    return n, n / (t1 - t0), steady, cpu_ms
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-image", type=int, default=2000)
+    ap.add_argument("--n-audio", type=int, default=2000)
+    ap.add_argument("--per-shard", type=int, default=250)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--dir", default=None, help="reuse/keep shards here instead of a temp dir")
+    args = ap.parse_args(argv)
+
+    import open_clip
+
+    torch.set_num_threads(1)  # one core per worker process; the main process only collects batches
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    image_tf = open_clip.image_transform(224, is_train=True)
+    aud_tf, aud_name = audio_transform()
+    transforms = {"image": image_tf, "text": tok, "audio": aud_tf}
+
+    tmp = None if args.dir else tempfile.TemporaryDirectory(prefix="align-bench-")
+    root = args.dir or tmp.name
+    os.makedirs(root, exist_ok=True)
+    img = sorted(p for p in os.listdir(root) if p.startswith("img-"))
+    aud = sorted(p for p in os.listdir(root) if p.startswith("aud-"))
+    img = [os.path.join(root, p) for p in img] or write_image_shards(root, args.n_image, args.per_shard)
+    aud = [os.path.join(root, p) for p in aud] or write_audio_shards(root, args.n_audio, args.per_shard)
+
+    print(f"cpu cores: {os.cpu_count()}, torch threads per process: 1, batch size {args.batch_size}")
+    print(f"image: open_clip image_transform(224, is_train=True) on 256x256 JPEG + ViT-B-32 tokenizer")
+    print(f"audio: {aud_name} on 10 s 16 kHz FLAC + ViT-B-32 tokenizer")
+    print(f"{'workload':<12}{'workers':>8}{'samples':>9}{'samples/s':>11}{'steady/s':>10}{'cpu ms/sample':>15}")
+    for name, shards, mods in (("image-text", img, ["image", "text"]), ("audio-text", aud, ["audio", "text"])):
+        for w in args.workers:
+            n, rate, steady, cpu_ms = time_epoch(shards, transforms, mods, w, args.batch_size)
+            print(f"{name:<12}{w:>8}{n:>9}{rate:>11.1f}{steady:>10.1f}{cpu_ms:>15.1f}", flush=True)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

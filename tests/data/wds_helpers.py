@@ -1,0 +1,89 @@
+"""Tiny webdataset shards and cheap transforms shared by the pipeline tests."""
+
+import io
+import tarfile
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+
+L_TEXT = 4
+
+
+def jpeg_bytes(seed: int = 0, size: int = 8) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def flac_bytes(seed: int = 0, n: int = 800, sr: int = 16000) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    sf.write(buf, (rng.standard_normal(n) * 0.1).astype(np.float32), sr, format="FLAC")
+    return buf.getvalue()
+
+
+def write_shard(path, samples: list[dict]) -> str:
+    """samples: [{"__key__": k, ext: bytes | str}] -> a tar at `path` (str values UTF-8 encoded)."""
+    with tarfile.open(path, "w") as tf:
+        for s in samples:
+            for ext, data in s.items():
+                if ext == "__key__":
+                    continue
+                data = data.encode("utf-8") if isinstance(data, str) else data
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def image_text(key: str, seed: int = 0, caption: str | None = None) -> dict:
+    return {"__key__": key, "jpg": jpeg_bytes(seed), "txt": caption or f"a photo {key}"}
+
+
+def audio_text(key: str, seed: int = 0, caption: str | None = None) -> dict:
+    return {"__key__": key, "flac": flac_bytes(seed), "txt": caption or f"a sound {key}"}
+
+
+def make_shards(root, n_shards: int, per_shard: int, kind=image_text, prefix: str = "s") -> tuple[list[str], list[str]]:
+    """n_shards tars of per_shard samples -> (shard paths, all keys)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths, keys = [], []
+    for i in range(n_shards):
+        samples = [kind(f"{prefix}{i:02d}_{j:03d}", seed=i * 1000 + j) for j in range(per_shard)]
+        keys += [s["__key__"] for s in samples]
+        paths.append(write_shard(root / f"{prefix}-{i:03d}.tar", samples))
+    return paths, keys
+
+
+def image_tf(img) -> torch.Tensor:  # PIL -> [3, 4, 4]
+    return torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+def text_tf(captions: list[str]) -> torch.Tensor:  # [str] -> LongTensor[1, L_TEXT] of char codes
+    out = torch.zeros(len(captions), L_TEXT, dtype=torch.long)
+    for i, c in enumerate(captions):
+        codes = [ord(ch) for ch in c[:L_TEXT]]
+        out[i, : len(codes)] = torch.tensor(codes)
+    return out
+
+
+def audio_tf(wave_sr) -> torch.Tensor:  # (wave [T], sr) -> [2, 8] fixed-size "features"
+    wave, sr = wave_sr
+    w = np.zeros(16, dtype=np.float32)
+    w[: min(16, len(wave))] = wave[:16]
+    return torch.from_numpy(w).view(2, 8) + sr * 0
+
+
+TRANSFORMS = {"image": image_tf, "text": text_tf, "audio": audio_tf}
+
+
+def all_keys(loader) -> list[list[str]]:
+    """One epoch of the loader -> list of per-batch key lists."""
+    return [list(b["__key__"]) for b in loader]
+
+
+def flat(batches: list[list[str]]) -> list[str]:
+    return [k for b in batches for k in b]
