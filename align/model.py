@@ -39,8 +39,16 @@ class AlignModel(nn.Module):
         return list(self.towers.keys())
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Embeds every modality of `batch` this model has a tower for: {m: [B, E] normalised}."""
-        return {m: F.normalize(tower(batch[m]), dim=-1) for m, tower in self.towers.items() if m in batch}
+        """Embeds every modality of `batch` this model has a tower for: {m: [B, E] normalised}.
+
+        Also returns "logit_scale" (exp'ed, 0-dim) and "logit_bias" (SigLIP) so the temperature goes
+        through forward: DDP then averages its gradient and GradCache replays it like the towers.
+        """
+        out = {m: F.normalize(tower(batch[m]), dim=-1) for m, tower in self.towers.items() if m in batch}
+        out["logit_scale"] = self.logit_scale.exp()
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
 
     def clamp_logit_scale(self) -> None:
         with torch.no_grad():

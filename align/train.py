@@ -162,8 +162,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
 
         # -- step: embed, loss, NaN guard, backward ------------------------------------------------
         def compute_loss(feats, mask):
-            scale = core.logit_scale.exp()
-            total, parts = loss_fn(feats, mask or None, scale, core.logit_bias)
+            total, parts = loss_fn(feats, mask or None, feats["logit_scale"], feats.get("logit_bias"))
             return total
 
         if r.train.accum_steps == 1:
@@ -175,8 +174,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 acc.backward(loss)
         else:
             from align.gradcache import gradcache_step
+            for b, m in zip(micro, masks):
+                b["masks"] = m                       # {modality: bool [b]}: concatenated by gradcache
             with acc.autocast():
-                loss = gradcache_step(lambda mb: model(mb), micro, compute_loss, masks=masks, no_sync=lambda: acc.no_sync(model))
+                loss = gradcache_step(lambda mb: model(mb), micro, compute_loss, masks_key="masks",
+                                      no_sync=lambda: acc.no_sync(model), loss_backward=acc.backward)
             finite = bool(torch.isfinite(loss.detach()).all())
         if not finite:
             optimizer.zero_grad(set_to_none=True)

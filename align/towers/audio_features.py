@@ -228,8 +228,11 @@ class AudioPreprocess:
         self.fe, self.train = fe, train
         self.logmel = LogMel(fe)
 
-    def __call__(self, sample: Tuple[np.ndarray, int],
+    def __call__(self, sample, sr: Optional[int] = None, *,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """sample: a (wave, sample_rate) pair, or the wave with `sr` given separately."""
+        if sr is not None:
+            sample = (sample, sr)
         try:
             wave, sr = sample
         except (TypeError, ValueError):

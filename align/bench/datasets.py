@@ -1,0 +1,480 @@
+"""Benchmark datasets: one in-memory index of items over several on-disk layouts.
+
+A `BenchDataset` is a list of items. Each item has a key, an optional integer
+label, optional captions (several per item) and, per modality, a handle to
+its raw bytes (image or audio). Metadata (labels, captions) is read once when
+the dataset is opened; pixels and waveforms are read and decoded only when
+`load(i, modality)` is called, so a cached re-run touches no media.
+
+Layouts (`open_dataset(path, type=...)`, explicit type names):
+  wds          CLIP_benchmark's local webdataset layout: ROOT/{split}/{0..n-1}.tar,
+               ROOT/{split}/nshards.txt, ROOT/classnames.txt,
+               ROOT/zeroshot_classification_templates.txt. Keys: image `webp`/`png`/
+               `jpg`/`jpeg`/..., audio `flac`/`wav`/`mp3`/`ogg`, label `cls`, captions
+               `txt` (one per line).
+  imagefolder  ROOT/<class>/**/<image>   (torchvision ImageFolder order: sorted classes, sorted files)
+  audiofolder  ROOT/<class>/**/<audio>
+  hf           a Hugging Face `datasets` save_to_disk folder (image and/or audio column,
+               label and/or caption column)
+  csv          a CSV/TSV with a path column (image or audio file, relative to the CSV)
+               and a caption column; rows with the same path are one item with several
+               captions; optional label column
+
+A sample that cannot be decoded raises `SampleError` from `load`; the embedder
+skips and counts it. Problems found while indexing (bad `cls`, missing files)
+are listed in `dataset.problems`.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import io
+import json
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from align.bench.templates import Templates, get_templates, load_classnames
+from align.errors import ConfigError, DataError
+from align.registry import Registry
+
+# Preference order inside a wds sample: CLIP_benchmark's ["webp", "png", "jpg", "jpeg"] first.
+IMAGE_EXTS = ("webp", "png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff")
+AUDIO_EXTS = ("flac", "wav", "mp3", "ogg")
+MODALITIES = ("image", "text", "audio")
+
+DATASET_TYPES: Registry = Registry("dataset")
+
+
+class SampleError(Exception):
+    """One sample cannot be read or decoded (skipped and counted by the embedder)."""
+
+
+@dataclass
+class Item:
+    key: str                                     # sample key / file path, names the sample in messages
+    label: int = -1                              # class index, -1 = none
+    captions: Optional[List[str]] = None         # several captions per item
+    media: Dict[str, Any] = field(default_factory=dict)  # modality -> raw handle (see each layout)
+
+
+def decode_image(data: Union[bytes, str]):
+    """bytes or path -> PIL RGB image (as webdataset's "pil" decoder: open, load, convert("RGB"))."""
+    import PIL.Image
+
+    try:
+        with (io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")) as f:
+            img = PIL.Image.open(f)
+            img.load()
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        raise SampleError(f"cannot decode image: {type(e).__name__}: {e}") from None
+
+
+def decode_audio(data: Union[bytes, str]):
+    """bytes or path -> (mono float32 wave [T], sample_rate); channels are averaged."""
+    import soundfile as sf
+
+    try:
+        wave, sr = sf.read(io.BytesIO(data) if isinstance(data, bytes) else data, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise SampleError(f"cannot decode audio: {type(e).__name__}: {e}") from None
+    if wave.shape[0] == 0:
+        raise SampleError("audio has no samples")
+    return np.ascontiguousarray(wave.mean(axis=1), dtype=np.float32), int(sr)
+
+
+def _file_stat(path: str) -> list:
+    try:
+        st = os.stat(path)
+        return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [os.path.abspath(path), None, None]
+
+
+class BenchDataset:
+    """Items plus class names / templates. Subclasses implement `_raw(handle)` -> bytes or path."""
+
+    kind = ""
+
+    def __init__(self, path: str, items: List[Item], *, kind: Optional[str] = None, name: Optional[str] = None,
+                 classnames: Optional[List[str]] = None, templates: Optional[Templates] = None,
+                 problems: Optional[List[str]] = None, files: Sequence[str] = (), options: Optional[dict] = None):
+        self.path = path
+        self.kind = kind or self.kind
+        self.name = name or os.path.basename(os.path.normpath(path))
+        self.items = items
+        self.classnames = classnames
+        self.templates = templates
+        self.problems = problems or []
+        self._files = list(files)           # data files whose name/size/mtime make the fingerprint
+        self._options = options or {}
+        self._fp: Optional[str] = None
+        if not items:
+            raise DataError(f"dataset {path!r} ({self.kind}) has no items")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def modalities(self) -> List[str]:
+        """Modalities present in at least one item, in MODALITIES order."""
+        have = {m for it in self.items for m in it.media}
+        if any(it.captions for it in self.items):
+            have.add("text")
+        return [m for m in MODALITIES if m in have]
+
+    @property
+    def labels(self) -> np.ndarray:  # [N] int64, -1 where unlabelled
+        return np.array([it.label for it in self.items], dtype=np.int64)
+
+    def load(self, i: int, modality: str):
+        """Decoded media of item i: PIL image, or (wave, sr) for audio. Raises SampleError."""
+        item = self.items[i]
+        if modality not in item.media:
+            raise SampleError(f"{self.name}: sample {item.key!r} has no {modality}")
+        try:
+            raw = self._raw(item.media[modality])
+            return decode_image(raw) if modality == "image" else decode_audio(raw)
+        except SampleError as e:
+            raise SampleError(f"{self.name}: sample {item.key!r}: {e}") from None
+
+    def _raw(self, handle) -> Union[bytes, str]:
+        return handle  # a file path
+
+    def fingerprint(self) -> str:
+        """Hash of the data files' names, sizes and mtimes plus the layout options."""
+        if self._fp is None:
+            blob = json.dumps({"kind": self.kind, "options": self._options,
+                               "files": [_file_stat(f) for f in self._files]}, sort_keys=True, default=str)
+            self._fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return self._fp
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.kind}, {len(self)} items, modalities {'/'.join(self.modalities)})"
+
+
+# ------------------------------------------------------------------ webdataset
+def _base_plus_ext(name: str):
+    """webdataset's key split: 'dir/s001.seg.png' -> ('dir/s001', 'seg.png')."""
+    m = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return (m.group(1), m.group(2)) if m else (None, None)
+
+
+class WdsDataset(BenchDataset):
+    kind = "wds"
+
+    def _raw(self, handle) -> bytes:
+        shard, offset, size = handle  # plain (uncompressed) tar: member data is a contiguous byte range
+        try:
+            with open(shard, "rb") as f:
+                f.seek(offset)
+                data = f.read(size)
+        except OSError as e:
+            raise SampleError(f"cannot read {shard}: {e}") from None
+        if len(data) != size:
+            raise SampleError(f"{shard} is truncated")
+        return data
+
+
+def _pick_media(item: Optional[Item], found: Dict[str, tuple]) -> None:
+    """Choose the first present extension per modality, like CLIP_benchmark's to_tuple([...])."""
+    if item is None:
+        return
+    for modality, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS)):
+        for ext in exts:
+            if ext in found:
+                item.media[modality] = found[ext]
+                break
+
+
+def _read_member_text(tf: tarfile.TarFile, m: tarfile.TarInfo) -> str:
+    return tf.extractfile(m).read().decode("utf-8")
+
+
+@DATASET_TYPES.register("wds")
+def open_wds(path: str, *, split: str = "test", classnames=None, templates=None, name=None) -> WdsDataset:
+    """CLIP_benchmark's local webdataset layout (see module docstring)."""
+    nshards_file = os.path.join(path, split, "nshards.txt")
+    if not os.path.isdir(path):
+        raise DataError(f"dataset {path!r} does not exist (expected a CLIP_benchmark wds folder)")
+    try:
+        nshards = int(open(nshards_file).read().strip())
+    except FileNotFoundError:
+        raise DataError(f"dataset {path!r}: {nshards_file} is missing (split {split!r})") from None
+    except ValueError:
+        raise DataError(f"dataset {path!r}: {nshards_file} does not hold an integer") from None
+    type_file = os.path.join(path, "dataset_type.txt")
+    if os.path.isfile(type_file) and open(type_file).read().strip().lower() == "multilabel":
+        raise DataError(f"dataset {path!r}: multilabel wds datasets are not supported")
+    items: List[Item] = []
+    problems: List[str] = []
+    shards = [os.path.join(path, split, f"{i}.tar") for i in range(nshards)]
+    for shard in shards:
+        try:
+            tf = tarfile.open(shard, "r:")  # "r:": CLIP_benchmark shards are plain tars; byte ranges rely on it
+        except (OSError, tarfile.TarError) as e:
+            raise DataError(f"dataset {path!r}: shard {shard} cannot be opened as a plain tar: {e}") from None
+        with tf:
+            try:
+                members = tf.getmembers()
+            except tarfile.TarError as e:
+                raise DataError(f"dataset {path!r}: shard {shard} is corrupt: {e}") from None
+            cur_key, cur, found = None, None, {}
+            for m in members:
+                if not m.isfile():
+                    continue
+                key, ext = _base_plus_ext(m.name)
+                if key is None:
+                    continue
+                ext = ext.lower()
+                if key != cur_key:  # webdataset semantics: a sample is a run of members sharing a key
+                    _pick_media(cur, found)
+                    cur_key, cur, found = key, Item(key=f"{os.path.basename(shard)}:{key}"), {}
+                    items.append(cur)
+                found[ext] = (shard, m.offset_data, m.size)
+                if ext == "cls":
+                    raw = _read_member_text(tf, m).strip()
+                    try:
+                        cur.label = int(raw)
+                    except ValueError:
+                        problems.append(f"{cur.key}: cls {raw[:20]!r} is not an integer")
+                elif ext == "txt":
+                    cur.captions = _read_member_text(tf, m).splitlines()  # as CLIP_benchmark: str.splitlines
+            _pick_media(cur, found)
+    empty = [it.key for it in items if not (it.media or it.captions)]
+    if empty:
+        problems.append(f"{len(empty)} samples with no image, audio or txt skipped (first: {empty[0]})")
+        items = [it for it in items if it.media or it.captions]
+    if classnames is None and os.path.isfile(os.path.join(path, "classnames.txt")):
+        classnames = os.path.join(path, "classnames.txt")
+    tfile = os.path.join(path, "zeroshot_classification_templates.txt")
+    if templates is None and os.path.isfile(tfile):
+        templates = tfile
+    meta = [f for f in (type_file, nshards_file) if os.path.isfile(f)]
+    return WdsDataset(path, items, name=name, classnames=_classnames(classnames),
+                      templates=get_templates(templates) if templates is not None else None,
+                      problems=problems, files=shards + meta, options={"split": split})
+
+
+def _classnames(spec) -> Optional[List[str]]:
+    """None, a list of names, or a .txt/.json file of names."""
+    if spec is None or isinstance(spec, list):
+        return spec
+    return load_classnames(spec)
+
+
+# ---------------------------------------------------------------- class folders
+def _open_folder(path: str, exts: Sequence[str], modality: str, kind: str, classnames, templates, name):
+    if not os.path.isdir(path):
+        raise DataError(f"dataset {path!r} does not exist (expected a folder of class folders)")
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"dataset {path!r} has no class folders")
+    items, files, ignored = [], [], 0
+    for label, cls in enumerate(classes):
+        # torchvision ImageFolder order: os.walk(followlinks=True), sorted dirs and file names
+        for root, dirs, fnames in sorted(os.walk(os.path.join(path, cls), followlinks=True)):
+            for fname in sorted(fnames):
+                if fname.startswith("."):
+                    continue
+                if fname.rsplit(".", 1)[-1].lower() not in exts:
+                    ignored += 1
+                    continue
+                fpath = os.path.join(root, fname)
+                items.append(Item(key=os.path.relpath(fpath, path), label=label, media={modality: fpath}))
+                files.append(fpath)
+    problems = [f"{ignored} files without a {modality} extension ({', '.join(exts)}) ignored"] if ignored else []
+    names = _classnames(classnames)
+    if names is not None and len(names) != len(classes):
+        raise DataError(f"dataset {path!r} has {len(classes)} class folders but the class names list "
+                        f"has {len(names)} entries")
+    return BenchDataset(path, items, kind=kind, name=name, classnames=names or classes,
+                   templates=get_templates(templates) if templates is not None else None,
+                   problems=problems, files=files, options={})
+
+
+@DATASET_TYPES.register("imagefolder")
+def open_imagefolder(path: str, *, classnames=None, templates=None, name=None) -> BenchDataset:
+    """ROOT/<class>/**/<image file>; labels follow sorted class folder names."""
+    return _open_folder(path, IMAGE_EXTS, "image", "imagefolder", classnames, templates, name)
+
+
+@DATASET_TYPES.register("audiofolder")
+def open_audiofolder(path: str, *, classnames=None, templates=None, name=None) -> BenchDataset:
+    """ROOT/<class>/**/<audio file>; labels follow sorted class folder names."""
+    return _open_folder(path, AUDIO_EXTS, "audio", "audiofolder", classnames, templates, name)
+
+
+# ------------------------------------------------------------ Hugging Face disk
+class HFDataset(BenchDataset):
+    kind = "hf"
+
+    def __init__(self, *args, hf=None, columns=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hf, self._columns = hf, columns or {}
+        self._views: Dict[str, Any] = {}
+
+    def _raw(self, handle):
+        modality, row = handle
+        col = self._columns[modality]
+        if modality not in self._views:  # one-column view: reading a row must not decode the other columns
+            self._views[modality] = self._hf.select_columns([col])
+        value = self._views[modality][row][col]
+        if isinstance(value, dict):  # Image/Audio feature with decode=False: {"bytes": ..., "path": ...}
+            if value.get("bytes"):
+                return value["bytes"]
+            value = value.get("path")
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        if isinstance(value, str):
+            return value if os.path.isabs(value) else os.path.join(self.path, value)
+        raise SampleError(f"column {self._columns[modality]!r} holds {type(value).__name__}, not bytes or a path")
+
+
+def _pick_column(names, features, explicit, feature_type, candidates, what, path):
+    if explicit is not None:
+        if explicit not in names:
+            raise DataError(f"dataset {path!r}: {what} column {explicit!r} not found; columns: {', '.join(names)}")
+        return explicit
+    for n in names:
+        if feature_type is not None and type(features[n]).__name__ == feature_type:
+            return n
+    for c in candidates:
+        if c in names:
+            return c
+    return None
+
+
+@DATASET_TYPES.register("hf")
+def open_hf(path: str, *, split: str = "test", image_column=None, audio_column=None, label_column=None,
+            caption_column=None, classnames=None, templates=None, name=None) -> HFDataset:
+    """A `datasets.save_to_disk` folder (Dataset or DatasetDict; `split` picks from a DatasetDict)."""
+    import datasets as hfd
+
+    if not os.path.isdir(path):
+        raise DataError(f"dataset {path!r} does not exist (expected a Hugging Face save_to_disk folder)")
+    try:
+        ds = hfd.load_from_disk(path)
+    except Exception as e:  # datasets raises FileNotFoundError / ValueError for foreign folders
+        raise DataError(f"dataset {path!r} is not a Hugging Face save_to_disk folder: {e}") from None
+    if isinstance(ds, hfd.DatasetDict):
+        if split in ds:
+            ds = ds[split]
+        elif len(ds) == 1:
+            ds = next(iter(ds.values()))
+        else:
+            raise DataError(f"dataset {path!r} has no split {split!r}; splits: {', '.join(ds)}")
+    names, feats = list(ds.column_names), ds.features
+    cols = {
+        "image": _pick_column(names, feats, image_column, "Image", ("image", "img"), "image", path),
+        "audio": _pick_column(names, feats, audio_column, "Audio", ("audio",), "audio", path),
+    }
+    cols = {m: c for m, c in cols.items() if c is not None}
+    label_col = _pick_column(names, feats, label_column, "ClassLabel", ("label", "labels", "class", "cls"),
+                             "label", path)
+    cap_col = _pick_column(names, feats, caption_column, None, ("caption", "captions", "text", "sentences"),
+                           "caption", path)
+    if not cols:
+        raise DataError(f"dataset {path!r} has no image or audio column; columns: {', '.join(names)}")
+    # decode ourselves (skip-and-count on failure; datasets' audio decoding needs torchcodec)
+    for m, c in cols.items():
+        if type(feats[c]).__name__ in ("Image", "Audio"):
+            ds = ds.cast_column(c, (hfd.Image if m == "image" else hfd.Audio)(decode=False))
+    labels = list(ds[label_col]) if label_col else [None] * len(ds)
+    caps = list(ds[cap_col]) if cap_col else [None] * len(ds)
+    items, problems = [], []
+    for row in range(len(ds)):
+        it = Item(key=f"row {row}", media={m: (m, row) for m in cols})
+        if labels[row] is not None:
+            try:
+                it.label = int(labels[row])
+            except (TypeError, ValueError):
+                problems.append(f"row {row}: label {labels[row]!r} is not an integer")
+        c = caps[row]
+        if c is not None:
+            it.captions = [c] if isinstance(c, str) else [str(x) for x in c]
+        items.append(it)
+    if classnames is None and label_col and type(feats[label_col]).__name__ == "ClassLabel":
+        classnames = list(feats[label_col].names)
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
+    return HFDataset(path, items, name=name, classnames=_classnames(classnames),
+                     templates=get_templates(templates) if templates is not None else None, problems=problems,
+                     files=files, options={"split": split, "columns": cols, "label": label_col, "caption": cap_col},
+                     hf=ds, columns=cols)
+
+
+# ------------------------------------------------------------------------- CSV
+@DATASET_TYPES.register("csv")
+def open_csv(path: str, *, path_column=None, caption_column=None, label_column=None, sep=None,
+             classnames=None, templates=None, name=None) -> BenchDataset:
+    """CSV/TSV of file path + caption (+ optional label); rows sharing a path form one item."""
+    if not os.path.isfile(path):
+        raise DataError(f"dataset {path!r} does not exist (expected a CSV file)")
+    sep = sep or ("\t" if path.endswith(".tsv") else ",")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=sep)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"dataset {path!r} has no rows")
+
+    def col(explicit, candidates, what, required):
+        if explicit is not None and explicit not in header:
+            raise DataError(f"dataset {path!r}: {what} column {explicit!r} not in header {header}")
+        found = explicit or next((c for c in candidates if c in header), None)
+        if found is None and required:
+            raise DataError(f"dataset {path!r}: no {what} column (tried {', '.join(candidates)}); "
+                            f"header: {header}")
+        return found
+
+    pcol = col(path_column, ("filepath", "path", "file", "filename", "image", "audio"), "path", True)
+    ccol = col(caption_column, ("caption", "text", "title", "captions"), "caption", False)
+    lcol = col(label_column, ("label", "class", "cls"), "label", False)
+    base = os.path.dirname(os.path.abspath(path))
+    by_path: Dict[str, Item] = {}
+    problems: List[str] = []
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        rel = (row.get(pcol) or "").strip()
+        if not rel:
+            problems.append(f"line {n}: empty {pcol!r}")
+            continue
+        fpath = rel if os.path.isabs(rel) else os.path.join(base, rel)
+        it = by_path.get(fpath)
+        if it is None:
+            ext = rel.rsplit(".", 1)[-1].lower()
+            modality = "image" if ext in IMAGE_EXTS else "audio" if ext in AUDIO_EXTS else None
+            if modality is None:
+                problems.append(f"line {n}: {rel!r} is neither an image nor an audio file")
+                continue
+            it = by_path[fpath] = Item(key=rel, media={modality: fpath}, captions=[] if ccol else None)
+        if ccol and row.get(ccol) is not None:
+            it.captions.append(row[ccol])
+        if lcol and row.get(lcol) not in (None, ""):
+            try:
+                it.label = int(row[lcol])
+            except ValueError:
+                problems.append(f"line {n}: label {row[lcol]!r} is not an integer")
+    items = list(by_path.values())
+    return BenchDataset(
+        path, items, kind="csv", name=name, classnames=_classnames(classnames),
+        templates=get_templates(templates) if templates is not None else None,
+        problems=problems, files=[path] + list(by_path), options={"sep": sep, "cols": [pcol, ccol, lcol]})
+
+
+def open_dataset(path: str, type: str, **options) -> BenchDataset:
+    """Open `path` with the layout registered as `type` (wds, imagefolder, audiofolder, hf, csv)."""
+    opener = DATASET_TYPES.get(type)
+    allowed = set(inspect.signature(opener).parameters) - {"path"}
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise ConfigError(f"dataset {path!r}: option {bad[0]!r} is not valid for type {type!r}; "
+                          f"valid: {', '.join(sorted(allowed))}")
+    if not path:
+        raise DataError("dataset path is empty")
+    return opener(path, **options)

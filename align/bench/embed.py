@@ -1,0 +1,301 @@
+"""Batched, disk-cached encoding of benchmark datasets and prompt lists.
+
+`embed_dataset(model, dataset, modality)` decodes, transforms and encodes every
+item that has `modality` (for "text": every caption of every item) under
+torch.no_grad with a tqdm bar, and returns L2-normalised float32 vectors [N, D]
+plus the item index of each row (several text rows can share one item).
+Samples that fail to decode or transform are skipped and counted.
+
+Cache layout (a re-run with the same weights, data files and transforms
+encodes nothing):
+    cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.npy       [N, D] float32
+    cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.ids.npy   [N] int64 item index
+    cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.json      meta (written last)
+`model_fingerprint` is `model.fingerprint()` or a hash of the state_dict;
+`dataset_fingerprint` hashes the data files' names/sizes/mtimes, the layout
+options and the model's transform settings. Prompt lists are cached under
+`cache_dir/{model_fingerprint}/prompts-{hash of the prompts}/text.npy`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from align.bench.datasets import BenchDataset, SampleError
+from align.errors import AlignError, ConfigError, DataError
+
+_ENCODERS = {"image": "encode_image", "text": "encode_text", "audio": "encode_audio"}
+_FP_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+MAX_ERRORS_KEPT = 10
+
+
+@dataclass
+class Embeddings:
+    vectors: np.ndarray            # [N, D] float32, rows L2-normalised
+    ids: np.ndarray                # [N] int64 item index in the dataset
+    skipped: int = 0               # items that failed to decode / transform
+    missing: int = 0               # items without this modality at all
+    errors: List[str] = field(default_factory=list)  # first few skip reasons
+    cached: bool = False
+
+
+def model_fingerprint(model) -> str:
+    """`model.fingerprint()` when present, else sha256 over the state_dict (names, dtypes, shapes, bytes)."""
+    fn = getattr(model, "fingerprint", None)
+    if callable(fn):
+        return str(fn())
+    try:
+        return _FP_MEMO[model]
+    except (KeyError, TypeError):
+        pass
+    if not callable(getattr(model, "state_dict", None)):
+        raise AlignError(f"model {getattr(model, 'name', type(model).__name__)!r} has neither fingerprint() nor "
+                         f"state_dict(); cannot key the embedding cache (pass cache_dir=None)")
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    fp = h.hexdigest()[:16]
+    try:
+        _FP_MEMO[model] = fp
+    except TypeError:
+        pass
+    return fp
+
+
+def _signature(obj) -> str:
+    """A stable text for a transform: its repr, or its qualified name when repr holds a memory address."""
+    if obj is None:
+        return "none"
+    r = repr(obj)
+    if " at 0x" in r:
+        r = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    return r
+
+
+def _model_device(model, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+class MissingModalityError(AlignError):
+    """The model has no tower for a modality a benchmark needs (a suite skips that pair)."""
+
+
+def _check_modality(model, modality: str) -> None:
+    if modality not in _ENCODERS:
+        raise ConfigError(f"unknown modality {modality!r}; valid: {', '.join(_ENCODERS)}")
+    have = list(getattr(model, "modalities", []))
+    if modality not in have:
+        raise MissingModalityError(f"model {getattr(model, 'name', '?')!r} cannot encode {modality!r} "
+                         f"(its modalities: {', '.join(have) or 'none'})")
+
+
+class _EvalMode:
+    """Put an nn.Module in eval for the duration, then restore its training flag."""
+
+    def __init__(self, model):
+        self.model, self.was_training = model, bool(getattr(model, "training", False))
+
+    def __enter__(self):
+        if self.was_training:
+            self.model.eval()
+
+    def __exit__(self, *exc):
+        if self.was_training:
+            self.model.train()
+
+
+def _encode(model, modality: str, batch, device) -> np.ndarray:
+    """batch (tensor [B, ...] or list[str]) -> normalised float32 numpy [B, D]."""
+    if modality == "text":
+        batch = model.tokenize(list(batch))
+    out = getattr(model, _ENCODERS[modality])(batch.to(device))
+    # re-normalise in float32 as CLIP_benchmark does (F.normalize on the model output)
+    return F.normalize(out.float(), dim=-1).cpu().numpy()
+
+
+# ------------------------------------------------------------------- caching
+def _cache_paths(cache_dir: str, model_fp: str, data_fp: str, modality: str):
+    d = os.path.join(cache_dir, model_fp, data_fp)
+    return d, os.path.join(d, f"{modality}.npy"), os.path.join(d, f"{modality}.ids.npy"), \
+        os.path.join(d, f"{modality}.json")
+
+
+def _atomic_save(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _load_cached(vec_p, ids_p, meta_p) -> Optional[Embeddings]:
+    if not (os.path.isfile(meta_p) and os.path.isfile(vec_p) and os.path.isfile(ids_p)):
+        return None
+    try:
+        meta = json.load(open(meta_p))
+        vecs, ids = np.load(vec_p), np.load(ids_p)
+    except (OSError, ValueError):
+        return None  # a damaged cache entry is re-encoded, not trusted
+    if len(vecs) != len(ids) or meta.get("n") != len(vecs):
+        return None
+    return Embeddings(vecs, ids, skipped=meta.get("skipped", 0), missing=meta.get("missing", 0),
+                      errors=meta.get("errors", []), cached=True)
+
+
+def _store(paths, emb: Embeddings, meta: dict) -> None:
+    d, vec_p, ids_p, meta_p = paths
+    os.makedirs(d, exist_ok=True)
+    _atomic_save(vec_p, lambda f: np.save(f, emb.vectors))
+    _atomic_save(ids_p, lambda f: np.save(f, emb.ids))
+    meta = dict(meta, n=int(len(emb.vectors)), dim=int(emb.vectors.shape[1]) if emb.vectors.ndim == 2 else 0,
+                skipped=emb.skipped, missing=emb.missing, errors=emb.errors, created=time.time())
+    _atomic_save(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+
+def dataset_fingerprint(model, dataset: BenchDataset) -> str:
+    """Data files + layout options + the model's transform settings."""
+    blob = "|".join([dataset.fingerprint(), _signature(getattr(model, "image_transform", None)),
+                     _signature(getattr(model, "audio_transform", None))])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ encoding
+class _MediaView(torch.utils.data.Dataset):
+    """Item j -> (item index, transformed tensor or None, error or None); runs in DataLoader workers."""
+
+    def __init__(self, dataset: BenchDataset, modality: str, transform, indices: np.ndarray):
+        self.dataset, self.modality, self.transform, self.indices = dataset, modality, transform, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        i = int(self.indices[j])
+        try:
+            x = self.dataset.load(i, self.modality)
+        except SampleError as e:
+            return i, None, str(e)
+        try:
+            t = self.transform(x) if self.modality == "image" else self.transform(*x)  # audio: (wave, sr)
+        except Exception as e:  # a sample the transform cannot handle is skipped and counted, like a bad decode
+            return i, None, f"{self.dataset.name}: sample {self.dataset.items[i].key!r}: transform failed: " \
+                            f"{type(e).__name__}: {e}"
+        return i, t, None
+
+
+def _stack(tensors, where: str) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise AlignError(f"{where}: the transform returned tensors of different shapes {sorted(shapes)[:2]} in one "
+                         f"batch; it must return a fixed shape")
+    return torch.stack(tensors)
+
+
+def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Optional[str] = None,
+                  batch_size: int = 64, device=None, num_workers: int = 0, progress: bool = True) -> Embeddings:
+    """Encode every item of `dataset` that has `modality` ("text": every caption). Cached when cache_dir is set."""
+    _check_modality(model, modality)
+    paths = None
+    if cache_dir:
+        paths = _cache_paths(cache_dir, model_fingerprint(model), dataset_fingerprint(model, dataset), modality)
+        hit = _load_cached(*paths[1:])
+        if hit is not None:
+            return hit
+    device = _model_device(model, device)
+    if modality == "text":
+        emb = _embed_captions(model, dataset, batch_size, device, progress)
+    else:
+        emb = _embed_media(model, dataset, modality, batch_size, device, num_workers, progress)
+    if len(emb.vectors) == 0:
+        first = emb.errors[0] if emb.errors else f"no item has {modality}"
+        raise DataError(f"dataset {dataset.path!r}: no {modality} could be encoded ({first})")
+    if emb.skipped and progress:
+        print(f"{dataset.name}: skipped {emb.skipped} {modality} samples that failed to decode "
+              f"(first: {emb.errors[0]})")
+    if paths is not None:
+        _store(paths, emb, {"model": getattr(model, "name", ""), "dataset": dataset.path, "modality": modality})
+    return emb
+
+
+def _embed_captions(model, dataset, batch_size, device, progress) -> Embeddings:
+    texts, ids = [], []
+    for i, it in enumerate(dataset.items):
+        for c in it.captions or []:
+            texts.append(c)
+            ids.append(i)
+    missing = sum(1 for it in dataset.items if not it.captions)
+    vecs = _embed_text_list(model, texts, batch_size, device, progress, f"encode {dataset.name} text")
+    return Embeddings(vecs, np.asarray(ids, dtype=np.int64), missing=missing)
+
+
+def _embed_media(model, dataset, modality, batch_size, device, num_workers, progress) -> Embeddings:
+    transform = getattr(model, f"{modality}_transform", None)
+    if transform is None:
+        raise AlignError(f"model {getattr(model, 'name', '?')!r} has no {modality}_transform")
+    indices = np.array([i for i, it in enumerate(dataset.items) if modality in it.media], dtype=np.int64)
+    loader = torch.utils.data.DataLoader(_MediaView(dataset, modality, transform, indices), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers, collate_fn=list)
+    vecs, ids, errors, skipped = [], [], [], 0
+    bar = tqdm(total=len(indices), desc=f"encode {dataset.name} {modality}", unit="item", disable=not progress)
+    with torch.no_grad(), _EvalMode(model):
+        for batch in loader:
+            good = [(i, t) for i, t, err in batch if err is None]
+            for _, _, err in batch:
+                if err is not None:
+                    skipped += 1
+                    if len(errors) < MAX_ERRORS_KEPT:
+                        errors.append(err)
+            if good:
+                x = _stack([t for _, t in good], f"{dataset.name} {modality}")   # [B, ...]
+                vecs.append(_encode(model, modality, x, device))                  # [B, D]
+                ids.extend(i for i, _ in good)
+            bar.update(len(batch))
+    bar.close()
+    dim = vecs[0].shape[1] if vecs else 0
+    return Embeddings(np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32),
+                      np.asarray(ids, dtype=np.int64), skipped=skipped,
+                      missing=len(dataset) - len(indices), errors=errors)
+
+
+def _embed_text_list(model, texts: Sequence[str], batch_size, device, progress, desc) -> np.ndarray:
+    out = []
+    with torch.no_grad(), _EvalMode(model):
+        for s in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
+            out.append(_encode(model, "text", texts[s:s + batch_size], device))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def embed_texts(model, texts: Sequence[str], *, cache_dir: Optional[str] = None, batch_size: int = 256,
+                device=None, progress: bool = True, desc: str = "encode prompts") -> np.ndarray:
+    """Encode a list of strings -> normalised float32 [len(texts), D]; cached by the prompts' hash."""
+    _check_modality(model, "text")
+    texts = list(texts)
+    paths = None
+    if cache_dir:
+        h = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
+        paths = _cache_paths(cache_dir, model_fingerprint(model), f"prompts-{h}", "text")
+        hit = _load_cached(*paths[1:])
+        if hit is not None:
+            return hit.vectors
+    vecs = _embed_text_list(model, texts, batch_size, _model_device(model, device), progress, desc)
+    if paths is not None:
+        _store(paths, Embeddings(vecs, np.arange(len(texts), dtype=np.int64)), {"model": getattr(model, "name", ""),
+                                                                               "dataset": "prompts", "modality": "text"})
+    return vecs

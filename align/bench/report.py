@@ -1,0 +1,143 @@
+"""Benchmark results: CLIP_benchmark-shaped dicts, JSON/CSV files and a Markdown comparison table.
+
+A result is what `clip_benchmark eval` dumps,
+    {"dataset", "model", "pretrained", "task", "metrics": {...}, "language": "en"}
+plus align's extra fields (all optional): "benchmark" (registry name),
+"index" (type, exact, params, approximate recall vs exact), "n" (counts of items,
+queries, gallery), "skipped" (decode failures per modality), "errors" (first few
+skip reasons), "problems" (issues found while indexing the dataset).
+`task` uses CLIP_benchmark's names where they exist ("zeroshot_classification",
+"zeroshot_retrieval") so `clip_benchmark build` can merge align's JSON files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+from align.errors import AlignError
+
+BASE_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
+
+
+def model_name(model) -> str:
+    return str(getattr(model, "name", None) or type(model).__name__)
+
+
+def model_pretrained(model) -> str:
+    """`model.pretrained` when set, else the weights fingerprint (tells checkpoints of one architecture apart)."""
+    p = getattr(model, "pretrained", None)
+    if p:
+        return str(p)
+    from align.bench.embed import model_fingerprint
+
+    try:
+        return model_fingerprint(model)
+    except AlignError:
+        return ""
+
+
+def make_result(*, dataset: str, model, task: str, metrics: Dict[str, float], pretrained: Optional[str] = None,
+                **extra) -> dict:
+    """A CLIP_benchmark-shaped result dict plus align's extra fields."""
+    out = {"dataset": dataset, "model": model_name(model),
+           "pretrained": pretrained if pretrained is not None else model_pretrained(model),
+           "task": task, "metrics": {k: float(v) for k, v in metrics.items()}, "language": "en"}
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def result_filename(result: dict) -> str:
+    """CLIP_benchmark's default '{dataset}_{pretrained}_{model}_{language}_{task}.json', path-safe."""
+    def slug(s):
+        return "".join(c if c.isalnum() or c in "-.+@" else "_" for c in str(s)) or "none"
+
+    return "_".join(slug(result[k]) for k in ("dataset", "pretrained", "model", "language", "task")) + ".json"
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def metric_keys(results: Sequence[dict]) -> List[str]:
+    keys: List[str] = []
+    for r in results:
+        for k in r.get("metrics", {}):
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def write_csv(results: Sequence[dict], path: str) -> None:
+    """One row per result: dataset, model, pretrained, task, benchmark, index, then every metric seen."""
+    keys = metric_keys(results)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "model", "pretrained", "task", "benchmark", "index"] + keys)
+        for r in results:
+            idx = r.get("index", {}).get("type", "") if isinstance(r.get("index"), dict) else ""
+            w.writerow([r["dataset"], r["model"], r["pretrained"], r["task"], r.get("benchmark", ""), idx]
+                       + [_fmt(r["metrics"].get(k)) for k in keys])
+
+
+def _labels(results: Sequence[dict]) -> Dict[tuple, str]:
+    """Column label per (model, pretrained): the model name, plus `pretrained` where names collide."""
+    pairs = list(dict.fromkeys((r["model"], r["pretrained"]) for r in results))
+    names = [m for m, _ in pairs]
+    return {(m, p): (m if names.count(m) == 1 else f"{m} ({str(p)[:16]})") for m, p in pairs}
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    """Models side by side: one row per (dataset, task, metric), one column per model; values in %."""
+    labels = _labels(results)
+    cols = list(labels.values())
+    table: Dict[tuple, Dict[str, float]] = {}
+    for r in results:
+        for k, v in r.get("metrics", {}).items():
+            table.setdefault((r["dataset"], r["task"], k), {})[labels[(r["model"], r["pretrained"])]] = v
+    lines = ["| dataset | task | metric | " + " | ".join(cols) + " |",
+             "|---|---|---|" + "---:|" * len(cols)]
+    for (ds, task, k), vals in table.items():
+        cells = []
+        for c in cols:
+            v = vals.get(c)
+            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}")
+        lines.append(f"| {ds} | {task} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: Sequence[dict], path: str) -> None:
+    with open(path, "w") as f:
+        f.write("Metrics in % (CLIP_benchmark definitions).\n\n" + markdown_table(results))
+
+
+def summary_line(result: dict) -> str:
+    """One line for the console: dataset, model, task and the headline metrics."""
+    m = result["metrics"]
+    head = [k for k in ("acc1", "acc5", "mean_per_class_recall") if k in m] or \
+        [k for k in m if k.endswith("@1") or k.endswith("@5")][:4] or list(m)[:4]
+    vals = ", ".join(f"{k}={100 * m[k]:.2f}" for k in head)
+    return f"{result['dataset']} | {result['model']} | {result['task']}: {vals}"
+
+
+def load_results(out_dir: str) -> List[dict]:
+    """Every result JSON in out_dir (files lacking CLIP_benchmark's keys are ignored)."""
+    out = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(".json"):
+            try:
+                r = json.load(open(os.path.join(out_dir, name)))
+            except (OSError, ValueError):
+                continue
+            if isinstance(r, dict) and all(k in r for k in BASE_KEYS):
+                out.append(r)
+    return out

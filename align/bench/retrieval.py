@@ -1,0 +1,179 @@
+"""Cross-modal retrieval recall@k on FAISS, with CLIP_benchmark's definitions.
+
+Metric keys name the modality being RETRIEVED (the gallery), as CLIP_benchmark does:
+  image_retrieval_recall@k  text -> image: every caption is a query; a hit when its own
+                            item's image is in the top k
+  text_retrieval_recall@k   image -> text: every image is a query; a hit when ANY of its
+                            item's captions is in the top k
+and likewise for other pairs: text -> audio = audio_retrieval_recall@k,
+audio -> text = text_retrieval_recall@k, audio -> image = image_retrieval_recall@k,
+image -> audio = audio_retrieval_recall@k. recall@k is the fraction of queries with a hit
+(CLIP_benchmark: recall_at_k(...) > 0, averaged).
+
+`retrieval` pairs rows by item (the dataset holds both modalities of each item).
+`emergent_retrieval` needs no pairs: a hit is a retrieved item of the query's class
+(labels matched by class name across two datasets, or by label within one).
+Items that lack one of the two modalities are left out and counted.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from align.bench import BENCHMARKS
+from align.bench.datasets import BenchDataset
+from align.bench.embed import embed_dataset
+from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
+from align.bench.report import make_result
+from align.errors import ConfigError, DataError
+
+
+def retrieval_hits(topk_ids: np.ndarray, query_groups: np.ndarray, gallery_groups: np.ndarray) -> np.ndarray:
+    """bool [Q, k]: retrieved gallery row j (ids [Q, k], -1 = none) shares the query's group."""
+    valid = topk_ids >= 0
+    g = gallery_groups[np.where(valid, topk_ids, 0)]           # [Q, k]
+    return valid & (g == np.asarray(query_groups)[:, None])
+
+
+def recall_at_ks(topk_ids: np.ndarray, query_groups: np.ndarray, gallery_groups: np.ndarray,
+                 ks: Sequence[int]) -> Dict[int, float]:
+    """{k: fraction of queries with at least one same-group gallery row in their top k}."""
+    hits = retrieval_hits(topk_ids, query_groups, gallery_groups)
+    return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def _direction(q_vecs, q_groups, g_vecs, g_groups, ks, index, index_params, recall_sample) -> Tuple[dict, dict]:
+    """Search queries [Q, D] against gallery [G, D]; returns ({k: recall}, index info)."""
+    idx = build_index(index, g_vecs, **(index_params or {}))
+    kmax = max(ks)
+    _, topk = search(idx, q_vecs, kmax)                         # [Q, min(kmax, G)]
+    rec = recall_at_ks(topk, q_groups, g_groups, ks)
+    info = {"params": describe_index(idx)}
+    if index not in EXACT:
+        rows = sample_rows(len(q_vecs), recall_sample)
+        info[f"recall_vs_exact@{kmax}"] = recall_against_exact(idx, g_vecs, q_vecs[rows], kmax)
+    return rec, info
+
+
+def _check_pair(query_modality: str, gallery_modality: str) -> None:
+    if query_modality == gallery_modality:
+        raise ConfigError(f"retrieval needs two different modalities, got {query_modality!r} twice")
+
+
+def _score(pairs, ks, index, index_params, recall_sample):
+    """pairs: [(query_mod, gallery_mod, q_vecs, q_groups, g_vecs, g_groups)] -> metrics, index info, counts."""
+    metrics, info, counts = {}, {"type": index, "exact": index in EXACT}, {}
+    per_dir = {}
+    for qm, gm, qv, qg, gv, gg in pairs:
+        per_dir[(qm, gm)], info[f"{qm}->{gm}"] = _direction(qv, qg, gv, gg, ks, index, index_params, recall_sample)
+        counts[f"{qm}->{gm}"] = {"queries": int(len(qv)), "gallery": int(len(gv))}
+    for k in ks:  # CLIP_benchmark's key order: per k, each direction
+        for (qm, gm), rec in per_dir.items():
+            metrics[f"{gm}_retrieval_recall@{k}"] = rec[k]
+    return metrics, info, counts
+
+
+def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gallery_modality: str = "image",
+              ks: Sequence[int] = (1, 5, 10), both_directions: bool = True, index: str = "flat",
+              index_params: Optional[dict] = None, cache_dir: Optional[str] = None, batch_size: int = 64,
+              device=None, num_workers: int = 0, recall_sample: int = 1000, progress: bool = True,
+              pretrained: Optional[str] = None) -> dict:
+    """Paired retrieval query_modality -> gallery_modality (and back when both_directions)."""
+    _check_pair(query_modality, gallery_modality)
+    kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    q = embed_dataset(model, dataset, query_modality, **kw)
+    g = embed_dataset(model, dataset, gallery_modality, **kw)
+    common = np.intersect1d(q.ids, g.ids)                       # items that have both modalities
+    if len(common) == 0:
+        raise DataError(f"dataset {dataset.path!r}: no item has both {query_modality} and {gallery_modality}")
+    qk, gk = np.isin(q.ids, common), np.isin(g.ids, common)
+    a = (query_modality, gallery_modality, q.vectors[qk], q.ids[qk], g.vectors[gk], g.ids[gk])
+    pairs = [a, (a[1], a[0], a[4], a[5], a[2], a[3])] if both_directions else [a]
+    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample)
+    n_items = {m: int(len(np.unique(e.ids))) for m, e in ((query_modality, q), (gallery_modality, g))}
+    return make_result(
+        dataset=dataset.name, model=model, task="zeroshot_retrieval", metrics=metrics, pretrained=pretrained,
+        benchmark="retrieval", modalities=[query_modality, gallery_modality], index=info,
+        n={"items": len(dataset), "paired_items": int(len(common)), "items_with": n_items, **counts},
+        skipped={query_modality: q.skipped, gallery_modality: g.skipped},
+        errors=(q.errors + g.errors) or None, problems=dataset.problems or None)
+
+
+def _class_groups(ds: BenchDataset, labels: np.ndarray, by_name: bool, vocab: dict) -> np.ndarray:
+    """Per-row group id: the label itself, or an id of the normalised class name (shared vocab)."""
+    if not by_name:
+        return labels
+    names = ds.classnames
+    if labels.max(initial=-1) >= len(names):
+        raise DataError(f"dataset {ds.path!r}: label {labels.max()} but only {len(names)} class names")
+    return np.array([vocab.setdefault(names[l].strip().lower(), len(vocab)) if l >= 0 else -1 for l in labels],
+                    dtype=np.int64)
+
+
+def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "audio", gallery_modality: str = "image",
+                       gallery_dataset: Optional[BenchDataset] = None, ks: Sequence[int] = (1, 5, 10),
+                       both_directions: bool = True, index: str = "flat", index_params: Optional[dict] = None,
+                       cache_dir: Optional[str] = None, batch_size: int = 64, device=None, num_workers: int = 0,
+                       recall_sample: int = 1000, progress: bool = True, pretrained: Optional[str] = None) -> dict:
+    """Unpaired retrieval between two modalities scored by class match (recall@k by class)."""
+    _check_pair(query_modality, gallery_modality)
+    gds = gallery_dataset if gallery_dataset is not None else dataset
+    by_name = gds is not dataset
+    if by_name:
+        for ds in (dataset, gds):
+            if not ds.classnames:
+                raise DataError(f"dataset {ds.path!r} has no class names; emergent retrieval across two datasets "
+                                f"matches labels by class name")
+    kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    q = embed_dataset(model, dataset, query_modality, **kw)
+    g = embed_dataset(model, gds, gallery_modality, **kw)
+    vocab: dict = {}
+    qg = _class_groups(dataset, dataset.labels[q.ids], by_name, vocab)     # [Nq]
+    gg = _class_groups(gds, gds.labels[g.ids], by_name, vocab)             # [Ng]
+    qv, gv = q.vectors[qg >= 0], g.vectors[gg >= 0]
+    qg, gg = qg[qg >= 0], gg[gg >= 0]
+    if len(qg) == 0 or len(gg) == 0:
+        raise DataError(f"emergent retrieval on {dataset.path!r}: no labelled {query_modality if len(qg) == 0 else gallery_modality} items")
+    # a query whose class has no item on the other side can never hit: leave it out and count it
+    q_ok, g_ok = np.isin(qg, gg), np.isin(gg, qg)
+    if not q_ok.any():
+        raise DataError(f"emergent retrieval: no class is shared between {dataset.path!r} and {gds.path!r}")
+    pairs = [(query_modality, gallery_modality, qv[q_ok], qg[q_ok], gv, gg)]
+    if both_directions:
+        pairs.append((gallery_modality, query_modality, gv[g_ok], gg[g_ok], qv, qg))
+    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample)
+    name = dataset.name if gds is dataset else f"{dataset.name}+{gds.name}"
+    return make_result(
+        dataset=name, model=model, task="emergent_retrieval", metrics=metrics, pretrained=pretrained,
+        benchmark="emergent_retrieval", modalities=[query_modality, gallery_modality], index=info,
+        n={**counts, "classes_shared": int(len(np.intersect1d(qg, gg))),
+           "queries_without_class_match": {query_modality: int((~q_ok).sum()), gallery_modality: int((~g_ok).sum())}},
+        skipped={query_modality: q.skipped, gallery_modality: g.skipped},
+        errors=(q.errors + g.errors) or None, problems=(dataset.problems + (gds.problems if by_name else [])) or None)
+
+
+ENTRY_KEYS = {"query", "gallery", "ks", "both_directions", "index", "index_params"}
+
+
+def _entry_common(entry: dict, default_q: str, default_g: str) -> dict:
+    return dict(query_modality=entry.get("query", default_q), gallery_modality=entry.get("gallery", default_g),
+                ks=tuple(entry.get("ks", (1, 5, 10))), both_directions=bool(entry.get("both_directions", True)),
+                index=entry.get("index", "flat"), index_params=entry.get("index_params"))
+
+
+@BENCHMARKS.register("retrieval")
+def run_retrieval(model, entry: dict, *, dataset: BenchDataset, gallery_dataset=None, **ctx) -> dict:
+    """Suite adapter: entry keys query (text), gallery (image), ks, both_directions, index, index_params."""
+    return retrieval(model, dataset, **_entry_common(entry, "text", "image"), **ctx)
+
+
+@BENCHMARKS.register("emergent_retrieval")
+def run_emergent(model, entry: dict, *, dataset: BenchDataset, gallery_dataset=None, **ctx) -> dict:
+    """Suite adapter: like retrieval, plus gallery_dataset (optional second, unpaired dataset)."""
+    return emergent_retrieval(model, dataset, gallery_dataset=gallery_dataset,
+                              **_entry_common(entry, "audio", "image"), **ctx)
+
+
+run_retrieval.entry_keys = ENTRY_KEYS
+run_emergent.entry_keys = ENTRY_KEYS | {"gallery_dataset"}

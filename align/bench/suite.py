@@ -1,0 +1,206 @@
+"""Run a YAML suite of benchmarks over several models; write JSON per result, a CSV and a Markdown table.
+
+Suite YAML: a list of entries (or {"benchmarks": [entries]}). Each entry:
+    dataset:   path (relative paths are relative to the YAML file)         required
+    type:      wds | imagefolder | audiofolder | hf | csv                  required
+    task:      zeroshot | retrieval | emergent_retrieval | (probes' names) required
+    name:      label used in results (default: dataset folder name)
+    split:     wds / hf split (default "test")
+    classnames, templates: file path or built-in template set name
+    options:   extra dataset options, e.g. {image_column: img, caption_column: text}
+  task keys:
+    zeroshot            modality (image|audio), index, index_params
+    retrieval           query, gallery (modalities), ks, both_directions, index, index_params
+    emergent_retrieval  as retrieval, plus gallery_dataset (+ gallery_type, gallery_split,
+                        gallery_options, gallery_classnames) for a second, unpaired dataset
+Example:
+    - {dataset: data/esc50, type: audiofolder, task: zeroshot, modality: audio, templates: audio}
+    - {dataset: data/coco_wds, type: wds, task: retrieval, query: text, gallery: image, index: hnsw}
+
+Outputs in out_dir: one JSON per (entry, model) named like CLIP_benchmark's
+'{dataset}_{pretrained}_{model}_{language}_{task}.json'; `results.csv`; `results.md`
+(models side by side). An existing result JSON is never overwritten unless
+overwrite=True; skip_existing=True reuses it. results.csv/.md are regenerated.
+A model without a modality an entry needs is skipped for that entry (listed).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+from typing import Callable, List, Optional, Sequence, Union
+
+import yaml
+
+from align.bench import BENCHMARKS
+from align.bench.datasets import BenchDataset, open_dataset
+from align.bench.embed import MissingModalityError
+from align.bench.report import (model_name, model_pretrained, result_filename, summary_line, write_csv,
+                                write_json, write_markdown)
+from align.bench.templates import BUILTIN_TEMPLATES
+from align.errors import AlignError, ConfigError
+
+COMMON_KEYS = {"dataset", "type", "task", "name", "split", "classnames", "templates", "options"}
+AUX_DATASETS = ("gallery_dataset", "train_dataset")  # opened by the suite when a runner accepts them
+CLIP_TASK_NAMES = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
+
+
+def _resolve_path(p, base: str):
+    if p is None or not isinstance(p, str) or os.path.isabs(p) or p in BUILTIN_TEMPLATES:
+        return p
+    return os.path.normpath(os.path.join(base, p))
+
+
+def load_suite(path: str) -> List[dict]:
+    """Parse and validate a suite YAML; returns entries with paths resolved against the YAML folder."""
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"suite {path!r} cannot be read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"suite {path!r} is not valid YAML: {e}") from None
+    if isinstance(doc, dict):
+        extra = set(doc) - {"benchmarks"}
+        if extra:
+            raise ConfigError(f"suite {path!r}: unknown top-level key {sorted(extra)[0]!r} (expected 'benchmarks')")
+        doc = doc.get("benchmarks")
+    if not isinstance(doc, list) or not doc:
+        raise ConfigError(f"suite {path!r} must be a non-empty list of benchmark entries")
+    base = os.path.dirname(os.path.abspath(path))
+    return [check_entry(e, f"suite {path!r} entry {i}", base) for i, e in enumerate(doc)]
+
+
+def check_entry(e: dict, where: str = "benchmark", base: str = ".") -> dict:
+    """Validate one entry's keys for its task; returns a copy with relative paths resolved against `base`."""
+    if not isinstance(e, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(e).__name__}")
+    for key in ("dataset", "type", "task"):
+        if key not in e:
+            raise ConfigError(f"{where} is missing required key {key!r}")
+    runner = BENCHMARKS.get(e["task"])
+    allowed = COMMON_KEYS | set(getattr(runner, "entry_keys", ()))
+    for aux in AUX_DATASETS:
+        if aux in allowed:
+            p = aux[: -len("_dataset")]
+            allowed |= {f"{p}_type", f"{p}_split", f"{p}_options", f"{p}_classnames"}
+    bad = sorted(set(e) - allowed)
+    if bad:
+        raise ConfigError(f"{where}: key {bad[0]!r} is not valid for task {e['task']!r}; "
+                          f"valid: {', '.join(sorted(allowed))}")
+    if "options" in e and not isinstance(e["options"], dict):
+        raise ConfigError(f"{where}: 'options' must be a mapping")
+    e = dict(e)
+    for key in ("dataset", "classnames", "templates", "gallery_dataset", "train_dataset",
+                "gallery_classnames", "train_classnames"):
+        if key in e:
+            e[key] = _resolve_path(e[key], base)
+    e["_where"] = where
+    return e
+
+
+def _open_all(e: dict):
+    runner = BENCHMARKS.get(e["task"])
+    aux = {a: _open(e, a[: -len("_dataset")]) for a in AUX_DATASETS
+           if a in e and a in getattr(runner, "entry_keys", ())}
+    return runner, _open(e), aux
+
+
+def run_entry(model, *, cache_dir: Optional[str] = None, batch_size: int = 64, device=None, num_workers: int = 0,
+              progress: bool = True, pretrained: Optional[str] = None, out_path: Optional[str] = None,
+              overwrite: bool = False, **entry) -> dict:
+    """One benchmark from keyword arguments (the keys of a suite entry: dataset, type, task, ...).
+    Writes the result JSON to out_path when given (refuses to replace an existing file unless overwrite)."""
+    e = check_entry(entry, f"benchmark {entry.get('task', '?')} on {entry.get('dataset', '?')!r}")
+    if out_path and os.path.exists(out_path) and not overwrite:
+        raise AlignError(f"{out_path} exists; pass overwrite=True to replace it")
+    runner, ds, aux = _open_all(e)
+    r = runner(model, e, dataset=ds, **aux, cache_dir=cache_dir, batch_size=batch_size, device=device,
+               num_workers=num_workers, progress=progress, pretrained=pretrained)
+    if e.get("name"):
+        r["dataset"] = e["name"]
+    if out_path:
+        write_json(r, out_path)
+    if progress:
+        print(summary_line(r))
+    return r
+
+
+def _open(entry: dict, prefix: str = "") -> BenchDataset:
+    """Open entry[dataset] (prefix "") or entry[{prefix}_dataset] with its type/split/options/classnames."""
+    k = (lambda s: f"{prefix}_{s}") if prefix else (lambda s: s)
+    path = entry[k("dataset")]
+    dtype = entry.get(k("type"), entry["type"])
+    opts = dict(entry.get(k("options")) or {})
+    if entry.get(k("split")) is not None:
+        opts["split"] = entry[k("split")]
+    if entry.get(k("classnames")) is not None:
+        opts["classnames"] = entry[k("classnames")]
+    if not prefix:
+        if entry.get("templates") is not None:
+            opts["templates"] = entry["templates"]
+        if entry.get("name"):
+            opts["name"] = entry["name"]
+    try:
+        return open_dataset(path, dtype, **opts)
+    except AlignError as e:
+        raise type(e)(f"{entry['_where']}: {e}") from None
+
+
+def _task_name(task: str) -> str:
+    return CLIP_TASK_NAMES.get(task, task)
+
+
+def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_dir: str, *,
+              load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
+              batch_size: int = 64, device=None, num_workers: int = 0, overwrite: bool = False,
+              skip_existing: bool = False, progress: bool = True) -> List[dict]:
+    """Run every suite entry for every model; returns the result dicts (also written to out_dir)."""
+    entries = load_suite(suite_yaml_path)
+    if not models:
+        raise ConfigError("run_suite: no models given")
+    if any(isinstance(m, str) for m in models) and load_fn is None:
+        raise ConfigError("run_suite: models given as paths need load_fn (e.g. align.load)")
+    # open every dataset first: a bad path fails in seconds, not after hours of encoding
+    opened = [(e, *_open_all(e)) for e in entries]
+    os.makedirs(out_dir, exist_ok=True)
+    results, skipped, written = [], [], set()
+    for m in models:
+        model, pretrained = (load_fn(m), m) if isinstance(m, str) else (m, None)
+        mname = model_name(model)
+        pre = pretrained if pretrained is not None else model_pretrained(model)
+        for e, runner, ds, aux in opened:
+            probe = {"dataset": ds.name, "pretrained": pre, "model": mname, "language": "en",
+                     "task": _task_name(e["task"])}
+            fname = result_filename(probe)
+            if fname in written:  # two entries with one dataset name and task: keep both
+                fname = fname[:-5] + f"_{e['_where'].rsplit(' ', 1)[-1]}.json"
+            path = os.path.join(out_dir, fname)
+            if os.path.exists(path) and not overwrite:
+                if skip_existing:
+                    results.append(json.load(open(path)))
+                    written.add(fname)
+                    continue
+                raise AlignError(f"{path} exists; pass overwrite=True to replace it or skip_existing=True to keep it")
+            try:
+                r = runner(model, e, dataset=ds, **aux, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                           num_workers=num_workers, progress=progress, pretrained=pre)
+            except MissingModalityError as err:
+                skipped.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
+                print(f"skip: {skipped[-1]}")
+                continue
+            if e.get("name"):
+                r["dataset"] = e["name"]
+            write_json(r, path)
+            written.add(fname)
+            results.append(r)
+            if progress:
+                print(summary_line(r))
+        if isinstance(m, str):
+            del model
+            gc.collect()
+    write_csv(results, os.path.join(out_dir, "results.csv"))
+    write_markdown(results, os.path.join(out_dir, "results.md"))
+    print(f"suite: {len(results)} results for {len(models)} model(s) in {out_dir} (results.csv, results.md)"
+          + (f"; {len(skipped)} skipped (model lacks a modality)" if skipped else ""))
+    return results

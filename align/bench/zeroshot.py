@@ -1,0 +1,122 @@
+"""Zero-shot classification (image or audio) with CLIP_benchmark's metric definitions.
+
+Class vector c = mean over the class's prompts of the L2-normalised text
+embeddings, renormalised (CLIP_benchmark `zero_shot_classifier`). Each sample's
+top-k classes come from a FAISS inner-product search over the class vectors
+[C, D]. Metrics (CLIP_benchmark `zeroshot_classification.evaluate`):
+  acc1                   fraction of samples whose top-1 class is the label
+  acc5                   fraction whose label is among the top 5 (only with >= 5 classes;
+                         CLIP_benchmark writes NaN there, align leaves the key out)
+  mean_per_class_recall  sklearn balanced_accuracy_score(label, top-1): the mean, over
+                         classes present in the labels, of that class's top-1 recall
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from align.bench import BENCHMARKS
+from align.bench.datasets import BenchDataset
+from align.bench.embed import embed_dataset, embed_texts
+from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
+from align.bench.report import make_result
+from align.bench.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts_for
+from align.errors import ConfigError, DataError
+
+DEFAULT_TEMPLATES = {"image": "openai_imagenet", "audio": "audio"}
+
+
+def zeroshot_metrics(topk_ids: np.ndarray, labels: np.ndarray, n_classes: int) -> Dict[str, float]:
+    """topk_ids [N, k>=min(5,C)] predicted classes best first, labels [N] -> acc1, acc5, mean_per_class_recall."""
+    labels = np.asarray(labels)
+    pred = topk_ids[:, 0]
+    out = {"acc1": float((pred == labels).mean())}
+    if n_classes >= 5:
+        out["acc5"] = float((topk_ids[:, :5] == labels[:, None]).any(axis=1).mean())
+    # balanced accuracy: per-class recall over the classes that occur in labels, averaged
+    recalls = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
+    out["mean_per_class_recall"] = float(np.mean(recalls))
+    return out
+
+
+def class_vectors(model, classnames: List[str], templates: Templates, *, cache_dir: Optional[str] = None,
+                  batch_size: int = 256, device=None, progress: bool = True) -> np.ndarray:
+    """[C, D] float32 zero-shot classifier: per class, mean of normalised prompt embeddings, renormalised."""
+    per_class = [prompts_for(c, templates) for c in classnames]
+    flat = [p for ps in per_class for p in ps]
+    emb = torch.from_numpy(embed_texts(model, flat, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                                       progress=progress, desc="encode class prompts"))   # [P, D], normalised
+    out, s = [], 0
+    for ps in per_class:
+        v = emb[s:s + len(ps)].mean(dim=0)      # [D]
+        out.append(v / v.norm())
+        s += len(ps)
+    return torch.stack(out).numpy()             # [C, D]
+
+
+def _resolve(dataset: BenchDataset, modality: str, classnames, templates):
+    names = classnames if classnames is not None else dataset.classnames
+    if isinstance(names, str):
+        from align.bench.templates import load_classnames
+
+        names = load_classnames(names)
+    if not names:
+        raise DataError(f"dataset {dataset.path!r} has no class names: add classnames.txt or pass classnames")
+    if templates is None:
+        templates = dataset.templates if dataset.templates is not None else DEFAULT_TEMPLATES[modality]
+    name = templates if isinstance(templates, str) and templates in BUILTIN_TEMPLATES else None
+    return list(names), get_templates(templates), name
+
+
+def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "image", classnames=None,
+                            templates=None, index: str = "flat", index_params: Optional[dict] = None,
+                            cache_dir: Optional[str] = None, batch_size: int = 64, device=None,
+                            num_workers: int = 0, recall_sample: int = 1000, progress: bool = True,
+                            pretrained: Optional[str] = None) -> dict:
+    """Zero-shot classify `dataset`'s `modality` items; returns a CLIP_benchmark-shaped result dict."""
+    if modality not in DEFAULT_TEMPLATES:
+        raise ConfigError(f"zero-shot classification needs modality image or audio, got {modality!r}")
+    names, tmpl, tmpl_name = _resolve(dataset, modality, classnames, templates)
+    emb = embed_dataset(model, dataset, modality, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                        num_workers=num_workers, progress=progress)
+    labels = dataset.labels[emb.ids]                       # [N]
+    keep = labels >= 0
+    if not keep.any():
+        raise DataError(f"dataset {dataset.path!r}: no {modality} item has a label")
+    if labels.max() >= len(names):
+        bad = int(np.flatnonzero(labels >= len(names))[0])
+        raise DataError(f"dataset {dataset.path!r}: sample {dataset.items[emb.ids[bad]].key!r} has label "
+                        f"{labels[bad]} but there are only {len(names)} class names")
+    x, labels = emb.vectors[keep], labels[keep]            # [N, D], [N]
+    classes = class_vectors(model, names, tmpl, cache_dir=cache_dir, device=device, progress=progress)  # [C, D]
+    k = min(5, len(names))
+    idx = build_index(index, classes, **(index_params or {}))
+    _, topk = search(idx, x, k)                            # [N, k] class ids, best first
+    metrics = zeroshot_metrics(topk, labels, len(names))
+    info = {"type": index, "exact": index in EXACT, "params": describe_index(idx)}
+    if index not in EXACT:
+        rows = sample_rows(len(x), recall_sample)
+        info[f"recall_vs_exact@{k}"] = recall_against_exact(idx, classes, x[rows], k)
+    return make_result(
+        dataset=dataset.name, model=model, task="zeroshot_classification", metrics=metrics, pretrained=pretrained,
+        benchmark="zeroshot", modality=modality, index=info,
+        n={"items": len(dataset), "scored": int(len(x)), "unlabelled": int((~keep).sum()), "classes": len(names),
+           "templates": len(tmpl)},
+        templates=tmpl_name, skipped={modality: emb.skipped}, errors=emb.errors or None,
+        problems=dataset.problems or None)
+
+
+ENTRY_KEYS = {"modality", "classnames", "templates", "index", "index_params"}
+
+
+@BENCHMARKS.register("zeroshot")
+def run_zeroshot(model, entry: dict, *, dataset: BenchDataset, **ctx) -> dict:
+    """Suite adapter: entry keys modality (image|audio), classnames, templates, index, index_params."""
+    return zeroshot_classification(model, dataset, modality=entry.get("modality", "image"),
+                                   classnames=entry.get("classnames"), templates=entry.get("templates"),
+                                   index=entry.get("index", "flat"), index_params=entry.get("index_params"), **ctx)
+
+
+run_zeroshot.entry_keys = ENTRY_KEYS

@@ -1,0 +1,187 @@
+"""Export a trained align model for use outside align: open_clip folder, ONNX, model card.
+
+    from align.export import export
+    export("runs/demo", "exports/demo", fmt="all")   # open_clip + ONNX + align files + README.md
+
+Every export folder holds
+    align_config.json, align_model.safetensors   `align.load(DIR)` loads it (self-contained recipe)
+    README.md                                     model card: towers, data, run figures, benchmarks, usage
+    align_run_info.json                           the run facts behind the card (re-exports keep them)
+and, by format,
+    open_clip  open_clip_config.json + open_clip_model.safetensors: open_clip.create_model_and_transforms(
+               'local-dir:DIR') and CLIP_benchmark's `--model local-dir:DIR` load it (image+text towers of
+               type open_clip only; others are refused for fmt="open_clip")
+    onnx       <tower>.onnx per tower + preprocess.json + tokenizer/ (+ audio_mel_filterbank.npy)
+    all        both (open_clip skipped, with a note, when the towers cannot be expressed in it)
+Towers a format cannot carry are never dropped silently: they are exported in
+align (and ONNX) form and named in `notes`, the card and the CLI summary.
+
+Each format is checked at export time: open_clip reloads the folder and must
+reproduce align's embeddings within 1e-5 (and the same tokens); onnxruntime must
+match PyTorch within 1e-4 at batch 3 and 1. The export is built in a temporary
+sibling folder and renamed into place only when every check passed.
+"""
+import copy
+import json
+import os
+import shutil
+import tempfile
+from typing import List, Optional
+
+from align.errors import AlignError
+
+FORMATS = ("open_clip", "onnx", "all")
+AUDIO_NOTE = "audio tower not representable in open_clip format; exported in align/ONNX form"
+
+
+def _check_out_dir(src: str, dst: str, overwrite: bool) -> None:
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise AlignError(f"export: {dst} exists and is not a folder")
+    if dst == src or src.startswith(dst.rstrip(os.sep) + os.sep):
+        raise AlignError(f"export: out_dir {dst} contains the model being exported ({src}); choose another folder")
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+        raise AlignError(f"export: {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to "
+                         f"replace it")
+
+
+def self_contained_recipe(model) -> dict:
+    """The recipe with every outside file reference replaced, so `align.load(DIR)` needs nothing else.
+
+    open_clip towers get their resolved model config inline (no `model` name lookup or `config_file`);
+    `pretrained` weights and `init_from_vit.weights` are dropped (the export's weights replace them);
+    `resume` is set to none. hf towers keep `model` (their architecture and tokenizer come from it).
+    """
+    from align.towers.open_clip_towers import OpenClipTower
+    r = copy.deepcopy(model.config or {})
+    r["resume"] = "none"
+    m = r.setdefault("model", {})
+    towers = m.setdefault("towers", {})
+    m["embed_dim"] = int(next(iter(model.towers.values())).embed_dim)
+    for mod, tower in model.towers.items():
+        t = dict(towers.get(mod, {}))
+        if isinstance(tower, OpenClipTower):
+            keep = {k: v for k, v in tower.cfg.items() if k not in ("model", "config", "config_file", "pretrained")}
+            t = {"type": "open_clip", "config": copy.deepcopy(tower.model_cfg), **keep}
+        t.pop("pretrained", None)
+        if isinstance(t.get("init_from_vit"), dict):
+            t["init_from_vit"] = {k: v for k, v in t["init_from_vit"].items() if k != "weights"}
+        towers[mod] = t
+    m.pop("open_clip", None)   # image/text are explicit above; the shorthand may name a file
+    return r
+
+
+def _write_align(model, d: str) -> List[str]:
+    from safetensors.torch import save_file
+    from align.api import ALIGN_CONFIG
+    with open(os.path.join(d, ALIGN_CONFIG), "w") as f:
+        json.dump(self_contained_recipe(model), f, indent=1)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              os.path.join(d, "align_model.safetensors"))
+    return [ALIGN_CONFIG, "align_model.safetensors"]
+
+
+def _verify_align(model, d: str) -> float:
+    """align.load(d) must rebuild the same model: max abs weight difference (0 expected)."""
+    from align.api import load
+    try:
+        again = load(d)
+    except AlignError as e:
+        raise AlignError(f"{d}: align cannot load the export: {e}") from None
+    a, b = model.state_dict(), again.state_dict()
+    return max((float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel()), default=0.0)
+
+
+def _list_files(d: str) -> List[str]:
+    out = []
+    for root, _, names in os.walk(d):
+        out += [os.path.relpath(os.path.join(root, n), d) for n in names]
+    return sorted(out)
+
+
+def _finalize(tmp: str, dst: str) -> None:
+    """Moves the finished export into place; an old folder (overwrite=True) is removed only afterwards."""
+    old = None
+    if os.path.isdir(dst) and os.listdir(dst):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
+        os.rmdir(old)
+        os.replace(dst, old)
+    elif os.path.isdir(dst):
+        os.rmdir(dst)
+    os.replace(tmp, dst)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: bool = False, *,
+           reports: Optional[List[str]] = None, progress: bool = True) -> dict:
+    """Export the model at `model_path` (run dir, checkpoint dir or export) to `out_dir`.
+
+    fmt: "open_clip" | "onnx" | "all". reports: extra CLIP_benchmark-shaped result JSON files or folders
+    for the model card. Returns {"out_dir", "formats", "files", "notes", "parity", "exporter"}.
+    Raises AlignError when out_dir is non-empty (unless overwrite), the format cannot hold the model,
+    or a parity check fails.
+    """
+    from align.api import load
+    from align.export import model_card, onnx_format, open_clip_format
+    if fmt not in FORMATS:
+        raise AlignError(f"export: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    src, dst = os.path.abspath(model_path), os.path.abspath(out_dir)
+    _check_out_dir(src, dst, overwrite)
+    model = load(model_path).eval()
+    reason = open_clip_format.unsupported_reason(model)
+    if fmt == "open_clip" and reason:
+        raise AlignError(f"export {model_path}: cannot use format open_clip: {reason}. Use fmt='onnx' (or 'all', "
+                         f"which skips open_clip with a note)")
+    info = model_card.run_info(model_path, reports)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+    result = {"out_dir": dst, "source": src, "formats": ["align"], "files": [], "notes": [], "parity": {},
+              "exporter": {}}
+    try:
+        _write_align(model, tmp)
+        result["parity"]["align"] = {"max_weight_diff": _verify_align(model, tmp)}
+        if fmt in ("open_clip", "all"):
+            if reason:
+                result["notes"].append(f"open_clip format skipped: {reason}")
+            else:
+                open_clip_format.write(model, tmp)
+                result["parity"]["open_clip"] = open_clip_format.verify(model, tmp)
+                result["formats"].append("open_clip")
+                for m in open_clip_format.extra_modalities(model):
+                    result["notes"].append(AUDIO_NOTE if m == "audio" else
+                                           f"{m} tower not representable in open_clip format; exported in "
+                                           f"align/ONNX form")
+                    if fmt == "open_clip":
+                        result["notes"][-1] += " (ONNX files only with fmt='all' or 'onnx')"
+        pp = None
+        if fmt in ("onnx", "all"):
+            o = onnx_format.write(model, tmp, progress=progress)
+            result["parity"]["onnx"], result["exporter"] = o["parity"], o["exporter"]
+            result["formats"].append("onnx")
+            pp = o["preprocess"]
+        with open(os.path.join(tmp, model_card.RUN_INFO_NAME), "w") as f:
+            json.dump({k: info[k] for k in ("run_dir", "summary", "eval", "reports")}, f, indent=1)
+        result["files"] = _list_files(tmp) + ["README.md"]
+        name = getattr(model, "name", None) or os.path.basename(dst)
+        card = model_card.render(model, name=name, source=model_path, result=result, info=info, pp=pp)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(card)
+        result["files"] = _list_files(tmp)
+        _finalize(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def summary_lines(result: dict) -> List[str]:
+    """What the CLI prints: one summary line, then one line per note."""
+    par = []
+    for fmt, p in result["parity"].items():
+        if fmt == "align":
+            continue
+        worst = max((v if isinstance(v, float) else max(v.values())) for v in p.values())
+        par.append(f"{fmt} max diff {worst:.1e}")
+    line = (f"exported {result['source']} -> {result['out_dir']} ({', '.join(result['formats'])}; "
+            f"{len(result['files'])} files)" + (f"; parity: {', '.join(par)}" if par else ""))
+    return [line] + [f"note: {n}" for n in result["notes"]]

@@ -1,0 +1,315 @@
+"""The README.md model card written into every export, and the run facts it reports.
+
+The card holds: what the model is (towers, embedding size, temperature), notes
+(towers a format cannot carry, formats skipped), the training data and run
+figures (summary.json), benchmark results (the last line of eval.jsonl and any
+CLIP_benchmark-shaped result JSONs), how to load it with open_clip, onnxruntime
+(a self-contained snippet, preprocessing included) and align, and the recipe.
+The onnxruntime snippet is generated from preprocess.json and is run by the tests.
+"""
+import json
+import os
+from typing import List, Optional
+
+import yaml
+
+RUN_INFO_NAME = "align_run_info.json"   # the facts below, kept so re-exporting an export keeps them
+
+
+def find_run_dir(model_path: str) -> Optional[str]:
+    """The run directory behind a run dir or checkpoint dir (None for an export)."""
+    p = os.path.abspath(model_path)
+    if os.path.isfile(os.path.join(p, "config.yaml")):
+        return p
+    if os.path.isfile(os.path.join(p, "model.safetensors")):
+        run = os.path.dirname(os.path.dirname(p))
+        return run if os.path.isfile(os.path.join(run, "config.yaml")) else None
+    return None
+
+
+def _result_jsons(paths: List[str]) -> List[dict]:
+    from align.bench.report import BASE_KEYS, load_results
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            out.extend(load_results(p))
+        elif os.path.isfile(p):
+            try:
+                r = json.load(open(p))
+            except (OSError, ValueError):
+                continue
+            if isinstance(r, dict) and all(k in r for k in BASE_KEYS):
+                out.append(r)
+    return out
+
+
+def run_info(model_path: str, reports: Optional[List[str]] = None) -> dict:
+    """{"run_dir", "summary", "eval", "reports"} from the run behind model_path (+ explicit report paths).
+
+    summary: run_dir/summary.json; eval: last line of run_dir/eval.jsonl; reports: CLIP_benchmark-shaped
+    result JSONs in run_dir, run_dir/bench and the given files/folders. An export being re-exported
+    contributes its align_run_info.json.
+    """
+    info = {"run_dir": None, "summary": None, "eval": None, "reports": []}
+    prev = os.path.join(os.path.abspath(model_path), RUN_INFO_NAME)
+    if os.path.isfile(prev):
+        try:
+            info.update(json.load(open(prev)))
+        except (OSError, ValueError):
+            pass
+    run = find_run_dir(model_path)
+    if run:
+        info["run_dir"] = run
+        s = os.path.join(run, "summary.json")
+        if os.path.isfile(s):
+            try:
+                info["summary"] = json.load(open(s))
+            except ValueError:
+                pass
+        e = os.path.join(run, "eval.jsonl")
+        if os.path.isfile(e):
+            lines = [l for l in open(e).read().splitlines() if l.strip()]
+            try:
+                info["eval"] = json.loads(lines[-1]) if lines else None
+            except ValueError:
+                pass
+        info["reports"] = _result_jsons([run, os.path.join(run, "bench")])
+    info["reports"] = info["reports"] + _result_jsons(list(reports or []))
+    return info
+
+
+# -- onnxruntime snippet ------------------------------------------------------------------------
+_HEAD = '''\
+import functools, json, os
+import numpy as np
+import onnxruntime as ort
+
+EXPORT_DIR = "."  # this folder
+PP = json.load(open(os.path.join(EXPORT_DIR, "preprocess.json")))
+
+
+@functools.lru_cache(maxsize=None)
+def _session(modality):
+    path = os.path.join(EXPORT_DIR, PP["towers"][modality]["file"])
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def embed(modality, x):
+    """A preprocessed batch -> L2-normalised embeddings [B, E] (float32)."""
+    return _session(modality).run(None, {"input": x})[0]
+'''
+
+_IMAGE = '''
+
+def preprocess_image(img):
+    """PIL image -> float32 [3, H, W], exactly as the model's eval transform."""
+    from PIL import Image
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+    for s in PP["towers"]["image"]["preprocess"]["steps"]:
+        op = s["op"]
+        if op == "to_rgb":
+            img = img.convert("RGB")
+        elif op == "resize_shortest":                  # shorter side -> size, aspect kept (torchvision Resize(int))
+            w, h = img.size
+            short, long = min(w, h), max(w, h)
+            new_short, new_long = s["size"], int(s["size"] * long / short)
+            img = img.resize((new_short, new_long) if w <= h else (new_long, new_short), resample[s["interpolation"]])
+        elif op == "resize":                           # exact [H, W]
+            img = img.resize((s["size"][1], s["size"][0]), resample[s["interpolation"]])
+        elif op == "center_crop":                      # torchvision CenterCrop rounding
+            (ch, cw), (w, h) = s["size"], img.size
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            img = img.crop((left, top, left + cw, top + ch))
+        elif op == "to_float":
+            x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+        elif op == "normalize":
+            x = (x - np.float32(s["mean"])[:, None, None]) / np.float32(s["std"])[:, None, None]
+        else:
+            raise NotImplementedError(f"image preprocessing step {op!r}: see preprocess.json")
+    return np.ascontiguousarray(x, dtype=np.float32)
+'''
+
+_TEXT = {
+    "open_clip_simple": '''
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer   # pip install open_clip_torch (align is not needed)
+    t = PP["towers"]["text"]["preprocess"]
+    return SimpleTokenizer(bpe_path=os.path.join(EXPORT_DIR, t["bpe_path"]), context_length=t["context_length"],
+                           **t["tokenizer_kwargs"])
+
+
+def tokenize(texts):
+    """list of str -> int64 [B, context_length]"""
+    return _tokenizer()(list(texts)).numpy().astype(np.int64)
+''',
+    "open_clip_hf": '''
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+    from open_clip.tokenizer import HFTokenizer   # pip install open_clip_torch transformers
+    t = PP["towers"]["text"]["preprocess"]
+    return HFTokenizer(os.path.join(EXPORT_DIR, t["path"]), context_length=t["context_length"],
+                       **t["tokenizer_kwargs"])
+
+
+def tokenize(texts):
+    """list of str -> int64 [B, context_length]"""
+    return _tokenizer()(list(texts)).numpy().astype(np.int64)
+''',
+    "hf": '''
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+    from transformers import AutoTokenizer   # pip install transformers
+    return AutoTokenizer.from_pretrained(os.path.join(EXPORT_DIR, PP["towers"]["text"]["preprocess"]["path"]))
+
+
+def tokenize(texts):
+    """list of str -> int64 [B, context_length] (right padding, truncation keeps the end token)"""
+    t = PP["towers"]["text"]["preprocess"]
+    ids = _tokenizer()(list(texts), padding="max_length", truncation=True, max_length=t["context_length"],
+                       return_tensors="np")["input_ids"]
+    return ids.astype(np.int64)
+''',
+}
+
+_AUDIO = '''
+
+def audio_clip(wave, sample_rate):
+    """mono float32 wave in [-1, 1] -> the eval clip: centre crop or zero-pad to clip_samples."""
+    a = PP["towers"]["audio"]["preprocess"]
+    if sample_rate != a["sample_rate"]:
+        raise ValueError(f"resample to {a['sample_rate']} Hz first (e.g. scipy.signal.resample_poly)")
+    n = a["clip_samples"]
+    start = max(0, (len(wave) - n) // 2)
+    out = np.zeros(n, dtype=np.float32)
+    seg = np.asarray(wave, dtype=np.float32)[start:start + n]
+    out[:len(seg)] = seg
+    return out
+
+
+def log_mel(clip):
+    """[clip_samples] -> normalised log-mel float32 [n_mels, n_frames] (torch.stft center=True, Hann)."""
+    a = PP["towers"]["audio"]["preprocess"]
+    n_fft, hop, win = a["n_fft"], a["hop_length"], a["win_length"]
+    fb = np.load(os.path.join(EXPORT_DIR, a["mel_filterbank"]))                   # [n_fft // 2 + 1, n_mels]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)                  # periodic Hann
+    window = np.pad(window, ((n_fft - win) // 2, n_fft - win - (n_fft - win) // 2))
+    w = np.pad(np.asarray(clip, dtype=np.float64), n_fft // 2)                      # zero padding
+    frames = np.lib.stride_tricks.sliding_window_view(w, n_fft)[::hop]             # [n_frames, n_fft]
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2                      # [n_frames, n_freqs]
+    logmel = np.log(power @ fb + a["log_offset"])                                  # [n_frames, n_mels]
+    return ((logmel - a["norm_mean"]) / a["norm_std"]).T.astype(np.float32)
+'''
+
+
+def onnx_snippet(pp: dict) -> str:
+    """Self-contained Python (numpy, onnxruntime, PIL / open_clip / transformers as needed) for this export."""
+    towers = pp["towers"]
+    code = _HEAD
+    if "image" in towers and towers["image"]["preprocess"].get("steps"):
+        code += _IMAGE
+    if "text" in towers and towers["text"]["preprocess"]["kind"] in _TEXT:
+        code += _TEXT[towers["text"]["preprocess"]["kind"]]
+    if "audio" in towers and towers["audio"]["preprocess"].get("mel_filterbank"):
+        code += _AUDIO
+    return code
+
+
+def _usage(pp: dict) -> str:
+    towers, lines = pp["towers"], []
+    if "image" in towers:
+        lines.append('from PIL import Image\nz_img = embed("image", preprocess_image(Image.open("cat.jpg"))[None])'
+                     '  # [1, E]')
+    if "text" in towers:
+        lines.append('z_txt = embed("text", tokenize(["a photo of a cat", "a photo of a dog"]))  # [2, E]')
+    if "audio" in towers:
+        lines.append('import soundfile as sf\nwave, sr = sf.read("dog.wav", dtype="float32")  # mono\n'
+                     'z_aud = embed("audio", log_mel(audio_clip(wave, sr))[None])  # [1, E]')
+    mods = [m for m in ("image", "audio") if m in towers]
+    if mods and "text" in towers:
+        bias = ' + PP["logit_bias"]' if pp.get("logit_bias") is not None else ""
+        lines.append(f'logits = PP["logit_scale"] * z_{mods[0][:3]} @ z_txt.T{bias}  # [1, 2]')
+    return "\n".join(lines)
+
+
+# -- the card -----------------------------------------------------------------------------------
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optional[dict]) -> str:
+    """The README.md text."""
+    recipe = model.config or {}
+    towers = recipe.get("model", {}).get("towers", {})
+    L = [f"# {name}", "",
+         f"A contrastive {' + '.join(model.modalities)} model trained with align, exported from `{source}`.", ""]
+    L += ["| tower | type | parameters |", "|---|---|---:|"]
+    for m, t in model.towers.items():
+        kind = towers.get(m, {}).get("type", type(t).__name__)
+        L.append(f"| {m} | {kind} | {sum(p.numel() for p in t.parameters()):,} |")
+    bias = "" if model.logit_bias is None else f", logit_bias {float(model.logit_bias.detach()):.4g}"
+    L += ["", f"Embedding size {next(iter(model.towers.values())).embed_dim}; logit scale "
+              f"{float(model.logit_scale.detach().exp()):.4g} (= exp of the stored {float(model.logit_scale.detach()):.4g})"
+              f"{bias}. Embeddings are L2-normalised.", ""]
+    if result["notes"]:
+        L += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
+    L += ["## Files", ""] + [f"- `{f}`" for f in result["files"] if "/" not in f]
+    if any(f.startswith("tokenizer/") for f in result["files"]):
+        L.append("- `tokenizer/` (tokenizer files for ONNX users)")
+    L.append("")
+
+    # -- how to load --
+    L += ["## Use it", ""]
+    if "open_clip" in result["formats"]:
+        L += ["### open_clip", "", "```python", "import open_clip",
+              "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:path/to/this/folder')",
+              "tokenizer = open_clip.get_tokenizer('local-dir:path/to/this/folder')",
+              "z_img = model.encode_image(preprocess(image)[None], normalize=True)",
+              "z_txt = model.encode_text(tokenizer(['a photo of a cat']), normalize=True)", "```", "",
+              "CLIP_benchmark: `clip_benchmark eval --model local-dir:path/to/this/folder --pretrained '' "
+              "--no_amp ...` (on CPU `--no_amp` avoids bfloat16 autocast).", ""]
+    if pp is not None:
+        L += ["### onnxruntime", "",
+              "Each `<tower>.onnx` takes the preprocessed batch (`input`) and returns L2-normalised embeddings "
+              "(`embedding`), batch size free. `preprocess.json` describes the preprocessing; the code below "
+              "implements it with numpy (tokenizers: open_clip's or transformers', from `tokenizer/`; align is not "
+              "needed).", "", "```python", onnx_snippet(pp).rstrip(), "```", "", "```python", _usage(pp), "```", ""]
+        if "audio" in pp["towers"] and pp["towers"]["audio"]["preprocess"].get("eval_clips", 1) > 1:
+            L += [f"Audio: align averages the L2-normalised embeddings of "
+                  f"{pp['towers']['audio']['preprocess']['eval_clips']} evenly spaced clips per recording at "
+                  f"evaluation; the snippet embeds one centre clip.", ""]
+    L += ["### align", "", "```python", "import align", "model = align.load('path/to/this/folder')",
+          "z = model.encode_text(model.tokenize(['a photo of a cat']))", "```", ""]
+
+    # -- training and results --
+    L += ["## Training", "", f"- data: `{json.dumps(recipe.get('data', {}).get('train'))}`"]
+    s = info.get("summary") or {}
+    if s:
+        wall, sps = s.get("wall_time_s"), s.get("samples_per_s")
+        samples = int(round(wall * sps)) if wall and sps else None
+        facts = [f"- steps: {s.get('steps')}",
+                 f"- training time: {_fmt(wall)} s" if wall is not None else "",
+                 f"- throughput: {_fmt(sps)} samples/s" if sps is not None else "",
+                 f"- samples seen: ~{samples:,}" if samples else "",
+                 f"- final loss: {_fmt(s.get('final_loss'))}" if s.get("final_loss") is not None else "",
+                 f"- processes: {s.get('world_size')}, precision {s.get('precision')}" if s.get("world_size") else ""]
+        L += [f for f in facts if f] + [""]
+    else:
+        L += ["- no run summary found (summary.json)", ""]
+    ev, reports = info.get("eval"), info.get("reports") or []
+    if ev or reports:
+        L += ["## Benchmarks", ""]
+        if ev:
+            L += [f"Last evaluation during training (step {ev.get('step')}, eval.jsonl):", "",
+                  "| metric | value |", "|---|---:|"]
+            L += [f"| {k} | {_fmt(v)} |" for k, v in ev.items() if k != "step"] + [""]
+        if reports:
+            from align.bench.report import markdown_table
+            L += ["Benchmark results (%, CLIP_benchmark definitions):", "", markdown_table(reports)]
+    L += ["## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(L)

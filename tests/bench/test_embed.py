@@ -1,0 +1,120 @@
+"""Batched encoding: skip-and-count, the on-disk cache and its keys (model weights, data files, transforms)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from align.bench.datasets import open_dataset
+from align.bench.embed import MissingModalityError, embed_dataset, embed_texts, model_fingerprint
+from align.bench.zeroshot import zeroshot_classification
+from align.errors import ConfigError, DataError
+from tests.bench.conftest import FakeModel, classification_wds, png_bytes, write_wds
+
+
+def test_vectors_ids_and_batching(tmp_path, fake_model):
+    ds = open_dataset(classification_wds(tmp_path / "d", n=13), "wds")
+    a = embed_dataset(fake_model, ds, "image", batch_size=4, progress=False)
+    b = embed_dataset(fake_model, ds, "image", batch_size=13, progress=False)
+    assert a.vectors.shape == (13, 16) and a.vectors.dtype == np.float32
+    np.testing.assert_array_equal(a.ids, np.arange(13))
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(a.vectors, axis=1), 1, atol=1e-5)
+    assert fake_model.calls["image"] == 4 + 1
+
+
+def test_second_run_encodes_nothing(tmp_path):
+    root = classification_wds(tmp_path / "d", n=10)
+    cache = str(tmp_path / "cache")
+    m1 = FakeModel()
+    r1 = zeroshot_classification(m1, open_dataset(root, "wds"), cache_dir=cache, progress=False)
+    assert m1.calls["image"] > 0 and m1.calls["text"] > 0
+    m2 = FakeModel()  # same weights, fresh call counter
+    r2 = zeroshot_classification(m2, open_dataset(root, "wds"), cache_dir=cache, progress=False)
+    assert sum(m2.calls.values()) == 0
+    assert r1["metrics"] == r2["metrics"]
+    ds = open_dataset(root, "wds")
+    from align.bench.embed import dataset_fingerprint
+
+    d = os.path.join(cache, m1.fingerprint(), dataset_fingerprint(m1, ds))
+    assert sorted(os.listdir(d)) == ["image.ids.npy", "image.json", "image.npy"]
+    meta = json.load(open(os.path.join(d, "image.json")))
+    assert meta["n"] == 10 and meta["dim"] == 16 and meta["modality"] == "image"
+
+
+def test_cache_key_follows_weights_files_and_transforms(tmp_path):
+    root = classification_wds(tmp_path / "d", n=6)
+    cache = str(tmp_path / "cache")
+    embed_dataset(FakeModel(), open_dataset(root, "wds"), "image", cache_dir=cache, progress=False)
+
+    other_weights = FakeModel(seed=9)
+    embed_dataset(other_weights, open_dataset(root, "wds"), "image", cache_dir=cache, progress=False)
+    assert other_weights.calls["image"] > 0
+
+    other_transform = FakeModel()
+    other_transform.image_transform.size = 4
+    other_transform.W_img = other_transform.W_img[: 3 * 16]
+    embed_dataset(other_transform, open_dataset(root, "wds"), "image", cache_dir=cache, progress=False)
+    assert other_transform.calls["image"] > 0
+
+    shard = os.path.join(root, "test", "0.tar")
+    st = os.stat(shard)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # data files changed -> re-encode
+    same = FakeModel()
+    embed_dataset(same, open_dataset(root, "wds"), "image", cache_dir=cache, progress=False)
+    assert same.calls["image"] > 0
+
+
+def test_prompt_cache(tmp_path, fake_model):
+    a = embed_texts(fake_model, ["a dog", "a cat"], cache_dir=str(tmp_path), progress=False)
+    m2 = FakeModel()
+    b = embed_texts(m2, ["a dog", "a cat"], cache_dir=str(tmp_path), progress=False)
+    assert m2.calls["text"] == 0 and np.array_equal(a, b)
+    embed_texts(m2, ["a dog", "a bird"], cache_dir=str(tmp_path), progress=False)
+    assert m2.calls["text"] == 1
+
+
+def test_broken_samples_are_skipped_and_counted(tmp_path, fake_model, capsys):
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i}", {"png": png_bytes(rng), "cls": "0"}) for i in range(5)]
+    samples[1] = ("s1", {"png": b"\x89PNG garbage", "cls": "0"})
+    samples[3] = ("s3", {"cls": "0"})  # no image
+    ds = open_dataset(write_wds(tmp_path / "d", samples, classnames=["x"]), "wds")
+    assert len(ds) == 4 and "1 samples with no image, audio or txt skipped (first: 0.tar:s3)" in ds.problems[0]
+    e = embed_dataset(fake_model, ds, "image", cache_dir=str(tmp_path / "c"), progress=True)
+    assert e.skipped == 1 and e.missing == 0 and list(e.ids) == [0, 2, 3]
+    assert "s1" in e.errors[0] and "cannot decode image" in e.errors[0]
+    assert "skipped 1 image samples" in capsys.readouterr().out
+    again = embed_dataset(FakeModel(), ds, "image", cache_dir=str(tmp_path / "c"), progress=False)
+    assert again.cached and again.skipped == 1 and again.errors == e.errors
+
+
+def test_nothing_decodable_is_a_data_error(tmp_path, fake_model):
+    ds = open_dataset(write_wds(tmp_path / "d", [("a", {"png": b"junk", "cls": "0"})]), "wds")
+    with pytest.raises(DataError, match="no image could be encoded.*cannot decode image"):
+        embed_dataset(fake_model, ds, "image", progress=False)
+
+
+def test_missing_and_unknown_modalities(tmp_path):
+    ds = open_dataset(classification_wds(tmp_path / "d", n=4), "wds")
+    with pytest.raises(MissingModalityError, match="cannot encode 'audio'.*image, text"):
+        embed_dataset(FakeModel(modalities=("image", "text")), ds, "audio", progress=False)
+    with pytest.raises(ConfigError, match="unknown modality 'video'"):
+        embed_dataset(FakeModel(), ds, "video", progress=False)
+
+
+def test_state_dict_fingerprint_for_modules_without_fingerprint():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    with torch.no_grad():
+        b.weight.copy_(a.weight)
+        b.bias.copy_(a.bias)
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        b.bias[0] += 1e-3
+    c = nn.Linear(3, 2)
+    c.load_state_dict(b.state_dict())
+    assert model_fingerprint(c) != model_fingerprint(a)
+    with pytest.raises(Exception, match="neither fingerprint"):
+        model_fingerprint(object())

@@ -1,0 +1,89 @@
+"""FAISS index factory, batched search and approximate-recall measurement vs numpy references."""
+import numpy as np
+import pytest
+
+from align.bench.index import (INDEXES, build_index, default_nlist, default_pq_m, describe_index, exact_topk,
+                               recall_against_exact, search)
+from align.errors import ConfigError, DataError
+
+
+def _norm(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _clustered(n, d, n_centers, seed, spread=0.3):
+    """Unit vectors around random centres (ANN indexes are meant for structured data, not uniform noise)."""
+    rng = np.random.default_rng(seed)
+    centers = _norm(rng.standard_normal((n_centers, d)))
+    x = centers[rng.integers(0, n_centers, n)] + spread * rng.standard_normal((n, d)) / np.sqrt(d)
+    return _norm(x)
+
+
+def _ref_topk(gallery, queries, k):  # plain numpy: full argsort of -scores
+    return np.argsort(-(queries @ gallery.T), axis=1, kind="stable")[:, :k]
+
+
+def test_registry_names():
+    assert INDEXES.names() == ["flat", "hnsw", "ivf", "ivfpq"]
+    with pytest.raises(ConfigError, match="unknown index type 'annoy'"):
+        build_index("annoy", np.ones((4, 2), np.float32))
+
+
+def test_flat_search_equals_numpy_argsort_and_batching_is_invisible():
+    rng = np.random.default_rng(0)
+    g, q = _norm(rng.standard_normal((300, 24))), _norm(rng.standard_normal((70, 24)))
+    idx = build_index("flat", g)
+    scores, ids = search(idx, q, 7, batch_size=16)  # 5 batches, last one partial
+    ref = _ref_topk(g, q, 7)
+    np.testing.assert_array_equal(ids, ref)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ g.T, ref, 1), atol=1e-5)
+    np.testing.assert_array_equal(search(idx, q, 7, batch_size=1000)[1], ids)
+    np.testing.assert_array_equal(exact_topk(g, q, 7), ref)
+    assert recall_against_exact(idx, g, q, 7) == 1.0
+
+
+def test_k_larger_than_gallery_is_clipped():
+    g = _norm(np.random.default_rng(1).standard_normal((3, 8)))
+    scores, ids = search(build_index("flat", g), g, 10)
+    assert ids.shape == (3, 3) and sorted(ids[0]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name,params,min_recall", [
+    ("hnsw", {}, 0.95),
+    ("ivf", {"nprobe": 8}, 0.9),
+    ("ivfpq", {"nprobe": 8, "pq_m": 16}, 0.5),
+])
+def test_approximate_indexes_recall_vs_exact(name, params, min_recall):
+    g = _clustered(4000, 32, 40, seed=2)
+    q = _clustered(200, 32, 40, seed=2)  # same centres (same seed), different points
+    q = _norm(q + 0.05 * np.random.default_rng(3).standard_normal(q.shape).astype(np.float32))
+    idx = build_index(name, g, **params)
+    assert idx.ntotal == len(g) and idx.is_trained
+    r = recall_against_exact(idx, g, q, 10)
+    # the measurement itself, against a numpy reference
+    ref, approx = _ref_topk(g, q, 10), search(idx, q, 10)[1]
+    assert r == pytest.approx(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, ref)]))
+    assert min_recall <= r <= 1.0
+    info = describe_index(idx)
+    assert info["ntotal"] == 4000 and info["dim"] == 32
+    if name != "hnsw":
+        assert info["nprobe"] == 8 and info["nlist"] == default_nlist(4000)
+
+
+def test_ivf_with_one_probe_is_measurably_approximate():
+    g = _norm(np.random.default_rng(4).standard_normal((2000, 16)))  # unstructured: IVF with nprobe=1 misses
+    q = _norm(np.random.default_rng(5).standard_normal((100, 16)))
+    idx = build_index("ivf", g, nlist=32, nprobe=1)
+    assert recall_against_exact(idx, g, q, 10) < 0.9
+
+
+def test_defaults_and_bad_params():
+    assert default_nlist(100_000) == 1265 and default_nlist(100) == 2 and default_nlist(5) == 1
+    assert default_pq_m(512) == 64 and default_pq_m(24) == 3
+    g = _norm(np.random.default_rng(0).standard_normal((500, 24)))
+    with pytest.raises(ConfigError, match="index ivf: bad parameters"):
+        build_index("ivf", g, n_list=4)
+    with pytest.raises(ConfigError, match="pq_m=5 must divide"):
+        build_index("ivfpq", g, pq_m=5)
+    with pytest.raises(DataError, match="non-empty"):
+        build_index("flat", np.zeros((0, 4), np.float32))

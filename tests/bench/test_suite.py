@@ -1,0 +1,136 @@
+"""Suite runner: YAML entries x models -> JSON per result (CLIP_benchmark shape), CSV and Markdown."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from align.bench import BENCHMARKS
+from align.bench.report import markdown_table, result_filename
+from align.bench.suite import load_suite, run_suite
+from align.errors import AlignError, ConfigError, DataError
+from tests.bench.conftest import FakeModel, classification_wds, retrieval_wds
+
+SUITE = """
+- {dataset: cls, type: wds, task: zeroshot}
+- {dataset: aud, type: audiofolder, task: zeroshot, modality: audio, templates: audio, name: sounds}
+- {dataset: ret, type: wds, task: retrieval, query: text, gallery: image, index: hnsw}
+- dataset: aud
+  type: audiofolder
+  task: emergent_retrieval
+  query: audio
+  gallery: image
+  gallery_dataset: cls
+  gallery_type: wds
+  ks: [1, 5]
+"""
+
+
+@pytest.fixture
+def suite_dir(tmp_path):
+    classification_wds(tmp_path / "cls", n=20, n_classes=5)
+    rng = np.random.default_rng(0)
+    for c in ("CLASS0 THING0", "class3 thing10"):
+        os.makedirs(tmp_path / "aud" / c)
+        for j in range(3):
+            sf.write(str(tmp_path / "aud" / c / f"{j}.wav"), rng.standard_normal(64).astype(np.float32), 8000)
+    retrieval_wds(tmp_path / "ret", n=12)
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    return tmp_path
+
+
+def test_registry_has_the_three_benchmarks():
+    assert {"zeroshot", "retrieval", "emergent_retrieval"} <= set(BENCHMARKS.names())
+
+
+def test_two_models_side_by_side(suite_dir, capsys):
+    loaded = []
+
+    def load_fn(path):
+        loaded.append(path)
+        return FakeModel(seed=1, modalities=("image", "text"), name="fakeB")
+
+    a = FakeModel(name="fakeA")
+    out = str(suite_dir / "out")
+    results = run_suite(str(suite_dir / "suite.yaml"), [a, "ckpt/b.safetensors"], out, load_fn=load_fn,
+                        cache_dir=str(suite_dir / "cache"), progress=False)
+    assert loaded == ["ckpt/b.safetensors"]
+    # model A runs all 4 entries; model B has no audio tower: 2 entries
+    assert [(r["model"], r["task"]) for r in results] == [
+        ("fakeA", "zeroshot_classification"), ("fakeA", "zeroshot_classification"), ("fakeA", "zeroshot_retrieval"),
+        ("fakeA", "emergent_retrieval"), ("fakeB", "zeroshot_classification"), ("fakeB", "zeroshot_retrieval")]
+    printed = capsys.readouterr().out
+    assert printed.count("skip:") == 2 and "6 results for 2 model(s)" in printed
+    jsons = sorted(f for f in os.listdir(out) if f.endswith(".json"))
+    assert len(jsons) == 6
+    r = json.load(open(os.path.join(out, result_filename(results[4]))))
+    assert list(r)[:6] == ["dataset", "model", "pretrained", "task", "metrics", "language"]
+    assert r["pretrained"] == "ckpt/b.safetensors" and r["language"] == "en" and r["dataset"] == "cls"
+    assert results[1]["dataset"] == "sounds" and results[1]["templates"] == "audio"
+    assert results[2]["index"]["type"] == "hnsw" and "recall_vs_exact@10" in results[2]["index"]["text->image"]
+    assert set(results[3]["metrics"]) == {f"{m}_retrieval_recall@{k}" for m in ("image", "audio") for k in (1, 5)}
+    rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+    assert len(rows) == 6 and float(rows[0]["acc1"]) == pytest.approx(results[0]["metrics"]["acc1"], rel=1e-5)
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| dataset | task | metric | fakeA | fakeB |" in md
+    line = [l for l in md.splitlines() if l.startswith("| cls | zeroshot_classification | acc1 |")][0]
+    assert line.endswith(f"| {100 * results[0]['metrics']['acc1']:.2f} | {100 * results[4]['metrics']['acc1']:.2f} |")
+
+
+def test_existing_results_are_not_overwritten_unless_asked(suite_dir):
+    out, suite = str(suite_dir / "out"), str(suite_dir / "suite.yaml")
+    cache = str(suite_dir / "cache")
+    first = run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False)
+    with pytest.raises(AlignError, match="exists; pass overwrite=True"):
+        run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False)
+    m = FakeModel(name="m")
+    again = run_suite(suite, [m], out, skip_existing=True, progress=False)
+    assert sum(m.calls.values()) == 0 and [r["metrics"] for r in again] == [r["metrics"] for r in first]
+    m = FakeModel(name="m")
+    run_suite(suite, [m], out, cache_dir=cache, overwrite=True, progress=False)
+    assert sum(m.calls.values()) == 0  # overwritten from the embedding cache
+
+
+def test_suite_validation_errors(suite_dir):
+    bad = suite_dir / "bad.yaml"
+    bad.write_text("- {dataset: cls, type: wds, task: zeroshot, query: text}\n")
+    with pytest.raises(ConfigError, match=r"entry 0: key 'query' is not valid for task 'zeroshot'"):
+        load_suite(str(bad))
+    bad.write_text("- {dataset: cls, type: wds}\n")
+    with pytest.raises(ConfigError, match="missing required key 'task'"):
+        load_suite(str(bad))
+    bad.write_text("- {dataset: cls, type: wds, task: knn}\n")
+    with pytest.raises(ConfigError, match="unknown benchmark type 'knn'"):
+        load_suite(str(bad))
+    bad.write_text("{tasks: []}\n")
+    with pytest.raises(ConfigError, match="unknown top-level key 'tasks'"):
+        load_suite(str(bad))
+    bad.write_text("- {dataset: cls, type: wds, task: zeroshot}\n- {dataset: missing, type: wds, task: zeroshot}\n")
+    called = []
+    with pytest.raises(DataError, match=r"entry 1: dataset '.*missing' does not exist"):
+        run_suite(str(bad), ["x"], str(suite_dir / "o"), load_fn=called.append, progress=False)
+    assert called == []  # datasets are checked before any model is loaded
+    with pytest.raises(ConfigError, match="need load_fn"):
+        run_suite(str(suite_dir / "suite.yaml"), ["x"], str(suite_dir / "o"), progress=False)
+
+
+def test_markdown_labels_disambiguate_same_model_name():
+    rs = [{"dataset": "d", "model": "m", "pretrained": p, "task": "t", "metrics": {"acc1": v}}
+          for p, v in (("a.pt", 0.5), ("b.pt", 0.25))]
+    md = markdown_table(rs)
+    assert "| m (a.pt) | m (b.pt) |" in md and "| d | t | acc1 | 50.00 | 25.00 |" in md
+
+
+def test_run_entry_single_benchmark_from_keywords(suite_dir):
+    from align.bench.suite import run_entry
+
+    out = str(suite_dir / "one.json")
+    r = run_entry(FakeModel(), dataset=str(suite_dir / "ret"), type="wds", task="retrieval", query="text",
+                  gallery="image", ks=[1, 2], out_path=out, progress=False)
+    assert json.load(open(out))["metrics"] == r["metrics"] and "image_retrieval_recall@2" in r["metrics"]
+    with pytest.raises(AlignError, match="one.json exists"):
+        run_entry(FakeModel(), dataset=str(suite_dir / "ret"), type="wds", task="retrieval", out_path=out)
+    with pytest.raises(ConfigError, match="key 'modality' is not valid for task 'retrieval'"):
+        run_entry(FakeModel(), dataset=str(suite_dir / "ret"), type="wds", task="retrieval", modality="image")

@@ -1,0 +1,100 @@
+"""Zero-shot classification metrics vs a plain numpy (argsort) reference, and the full pipeline."""
+import numpy as np
+import pytest
+import torch
+
+from align.bench.datasets import open_dataset
+from align.bench.zeroshot import class_vectors, zeroshot_classification, zeroshot_metrics
+from align.errors import DataError
+from tests.bench.conftest import FakeModel, classification_wds
+
+
+def _ref_metrics(scores, labels):
+    """Reference from first principles: argsort of -scores; per-class recall averaged over present classes."""
+    order = np.argsort(-scores, axis=1, kind="stable")                       # [N, C]
+    out = {"acc1": np.mean(order[:, 0] == labels)}
+    if scores.shape[1] >= 5:
+        out["acc5"] = np.mean([labels[i] in order[i, :5] for i in range(len(labels))])
+    per_class = []
+    for c in np.unique(labels):
+        rows = labels == c
+        per_class.append(np.sum(order[rows, 0] == c) / np.sum(rows))
+    out["mean_per_class_recall"] = np.mean(per_class)
+    return out
+
+
+@pytest.mark.parametrize("n,c,seed", [(200, 10, 0), (57, 3, 1), (120, 5, 2)])
+def test_metrics_match_numpy_reference_and_sklearn(n, c, seed):
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    scores = rng.standard_normal((n, c)) + 1.5 * np.eye(c)[labels]            # better than chance, no ties
+    topk = np.argsort(-scores, axis=1)[:, : min(5, c)]
+    got, ref = zeroshot_metrics(topk, labels, c), _ref_metrics(scores, labels)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-12)
+    assert got["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(labels, topk[:, 0]))
+    assert 1 / c < got["acc1"] < 1
+
+
+def test_mean_per_class_recall_ignores_classes_absent_from_labels():
+    topk = np.array([[0], [0], [2], [1]])      # class 2 predicted but never a label
+    labels = np.array([0, 1, 1, 1])
+    assert zeroshot_metrics(topk, labels, 3)["mean_per_class_recall"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_class_vectors_are_normalised_template_means(fake_model):
+    names, templates = ["dog", "red car"], ["a {c}.", "the {c} here", "{c}"]
+    got = class_vectors(fake_model, names, templates, progress=False)
+    for i, n in enumerate(names):
+        e = fake_model.encode_text(fake_model.tokenize([t.format(c=n) for t in templates])).numpy()
+        v = e.mean(0)
+        np.testing.assert_allclose(got[i], v / np.linalg.norm(v), atol=1e-6)
+
+
+def test_pipeline_matches_direct_computation(tmp_path):
+    root = classification_wds(tmp_path / "d", n=40, n_classes=8)
+    model = FakeModel(dim=20, seed=1)
+    ds = open_dataset(root, "wds")
+    res = zeroshot_classification(model, ds, progress=False)
+    # direct: encode every image, score against class vectors, numpy reference
+    with torch.no_grad():
+        x = torch.stack([model.image_transform(ds.load(i, "image")) for i in range(len(ds))])
+        img = model.encode_image(x).numpy()
+    cls = class_vectors(model, ds.classnames, ds.templates, progress=False)
+    ref = _ref_metrics(img @ cls.T, ds.labels)
+    assert res["metrics"] == pytest.approx(ref, abs=1e-9)
+    assert res["task"] == "zeroshot_classification" and res["index"]["exact"] is True
+    assert res["n"]["scored"] == 40 and res["n"]["classes"] == 8
+
+
+def test_audio_zeroshot_with_builtin_templates_and_approx_index(tmp_path):
+    root = classification_wds(tmp_path / "a", n=30, n_classes=6, image=False, audio=True)
+    res = zeroshot_classification(FakeModel(), open_dataset(root, "wds"), modality="audio", templates="audio",
+                                  index="hnsw", progress=False)
+    assert res["modality"] == "audio" and res["templates"] == "audio"
+    assert res["index"]["type"] == "hnsw" and 0.0 <= res["index"]["recall_vs_exact@5"] <= 1.0
+    assert set(res["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+
+
+def test_fewer_than_five_classes_has_no_acc5(tmp_path):
+    root = classification_wds(tmp_path / "d", n=12, n_classes=3)
+    assert "acc5" not in zeroshot_classification(FakeModel(), open_dataset(root, "wds"), progress=False)["metrics"]
+
+
+def test_label_beyond_classnames_is_a_data_error(tmp_path):
+    root = classification_wds(tmp_path / "d", n=12, n_classes=6)
+    with open(tmp_path / "d" / "classnames.txt", "w") as f:
+        f.write("a\nb\nc\n")
+    with pytest.raises(DataError, match="has label [3-5] but there are only 3 class names"):
+        zeroshot_classification(FakeModel(), open_dataset(root, "wds"), progress=False)
+
+
+def test_text_modality_is_a_config_error(tmp_path):
+    from align.errors import ConfigError
+
+    root = classification_wds(tmp_path / "d", n=6, n_classes=3)
+    with pytest.raises(ConfigError, match="needs modality image or audio, got 'text'"):
+        zeroshot_classification(FakeModel(), open_dataset(root, "wds"), modality="text", progress=False)

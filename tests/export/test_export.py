@@ -1,0 +1,103 @@
+"""export(): never overwrites, loads back with align.load, self-contained, model card contents."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import align
+from align.errors import AlignError
+from align.export import export, summary_lines
+from tests.conftest import TINY_OPEN_CLIP
+from tests.export.conftest import make_run
+
+SUMMARY = {"steps": 1234, "final_loss": 0.5, "wall_time_s": 3600.0, "samples_per_s": 250.0, "world_size": 2,
+           "precision": "bf16"}
+EVALS = [{"step": 500, "image/zeroshot/acc1": 0.1}, {"step": 1234, "image/zeroshot/acc1": 0.4321,
+                                                     "image/retrieval/image_retrieval_recall@5": 0.777}]
+REPORT = {"dataset": "wds/mydata", "model": "demo", "pretrained": "abc", "task": "zeroshot_classification",
+          "metrics": {"acc1": 0.625, "mean_per_class_recall": 0.5}, "language": "en"}
+
+
+def _weights_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_never_overwrites_without_asking(tmp_path, tiny_run):
+    run, model = tiny_run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(AlignError, match="exists and is not empty; pass overwrite=True"):
+        export(run, str(out), fmt="onnx", progress=False)
+    assert os.listdir(out) == ["mine.txt"] and (out / "mine.txt").read_text() == "user data"
+    res = export(run, str(out), fmt="onnx", overwrite=True, progress=False)
+    assert "mine.txt" not in os.listdir(out) and "text.onnx" in res["files"]
+    assert sorted(os.listdir(tmp_path)) == ["out", "run"]                 # no temp or .old folders left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export(run, str(empty), fmt="open_clip", progress=False)             # an empty folder is fine
+    with pytest.raises(AlignError, match="contains the model being exported"):
+        export(run, str(tmp_path), fmt="onnx", overwrite=True, progress=False)
+    with pytest.raises(AlignError, match="unknown format 'tflite'"):
+        export(run, str(tmp_path / "x"), fmt="tflite")
+
+
+def test_every_export_loads_with_align_load(tmp_path):
+    run, model = make_run(tmp_path, logit_bias=-10.0)
+    for fmt in ("open_clip", "onnx", "all"):
+        out = tmp_path / fmt
+        res = export(os.path.join(run, "checkpoints", "step-00000001"), str(out), fmt=fmt, progress=False)
+        assert {"align_config.json", "align_model.safetensors", "README.md"} <= set(res["files"])
+        again = align.load(str(out))
+        assert _weights_equal(again, model) and again.logit_bias.item() == pytest.approx(model.logit_bias.item())
+        assert res["parity"]["align"]["max_weight_diff"] == 0.0
+
+
+def test_export_does_not_depend_on_outside_files(tmp_path):
+    """A recipe naming an open_clip config file: the export inlines it, so deleting the file is harmless."""
+    cfg_file = tmp_path / "arch.json"
+    cfg_file.write_text(json.dumps({"model_cfg": dict(TINY_OPEN_CLIP, embed_dim=16)}))
+    run, model = make_run(tmp_path, open_clip=False, towers={
+        "image": {"type": "open_clip", "config_file": str(cfg_file)},
+        "text": {"type": "open_clip", "config_file": str(cfg_file), "quick_gelu": False}})
+    out = tmp_path / "export"
+    export(run, str(out), fmt="open_clip", progress=False)
+    cfg_file.unlink()
+    recipe = json.load(open(out / "align_config.json"))
+    assert "config_file" not in json.dumps(recipe) and recipe["resume"] == "none"
+    assert recipe["model"]["towers"]["text"]["quick_gelu"] is False      # other tower keys kept
+    assert _weights_equal(align.load(str(out)), model)
+
+
+def test_model_card(tmp_path):
+    run, model = make_run(tmp_path, summary=SUMMARY, evals=EVALS, name="tiny-demo")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "r.json").write_text(json.dumps(REPORT))
+    (tmp_path / "reports" / "other.json").write_text(json.dumps({"not": "a result"}))
+    out = tmp_path / "export"
+    res = export(run, str(out), fmt="all", reports=[str(tmp_path / "reports")], progress=False)
+    card = (out / "README.md").read_text()
+    assert card.startswith("# tiny-demo\n")
+    # recipe as YAML, and it is the run's recipe
+    recipe_yaml = card[card.index("```yaml\n") + 8:card.index("```", card.index("```yaml\n") + 8)]
+    assert yaml.safe_load(recipe_yaml) == model_config(run)
+    assert "- data: `\"synthetic\"`" in card
+    for fact in ("- steps: 1234", "- training time: 3600 s", "- throughput: 250 samples/s",
+                 "- samples seen: ~900,000", "- processes: 2, precision bf16"):
+        assert fact in card, fact
+    assert "step 1234" in card and "| image/zeroshot/acc1 | 0.4321 |" in card and "0.777" in card
+    assert "| wds/mydata | zeroshot_classification | acc1 | 62.50 |" in card
+    for how in ("create_model_and_transforms('local-dir:", "onnxruntime", "align.load("):
+        assert how in card, how
+    assert summary_lines(res)[0].startswith(f"exported {run} -> {out} (align, open_clip, onnx; ")
+
+    # re-exporting the export keeps the run facts (its align_run_info.json)
+    card2 = open(export(str(out), str(tmp_path / "again"), fmt="onnx", progress=False)["out_dir"] + "/README.md").read()
+    assert "- steps: 1234" in card2 and "62.50" in card2
+
+
+def model_config(run):
+    return yaml.safe_load(open(os.path.join(run, "config.yaml")))

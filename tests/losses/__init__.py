@@ -1,0 +1,1 @@
+"""Tests for align.losses (mirrors align/losses/)."""

@@ -1,0 +1,36 @@
+"""Plain, loop-by-loop reference losses for the tests (slow, obviously right)."""
+import torch
+import torch.nn.functional as F
+
+
+def valid_rows(n, mask):
+    return [i for i in range(n) if mask is None or bool(mask[i])]
+
+
+def ref_clip(a, b, s, mask=None):
+    """1/(2n) sum over valid i of [-log softmax_j(s a_i.b_j)[i] - log softmax_j(s b_i.a_j)[i]]."""
+    idx = valid_rows(a.shape[0], mask)
+    total = a.sum() * 0
+    for q, c in ((a, b), (b, a)):
+        for i in idx:
+            logits = torch.stack([s * torch.dot(q[i], c[j]) for j in idx])
+            total = total - (logits[idx.index(i)] - torch.logsumexp(logits, 0))
+    return total / (2 * len(idx)) if idx else total
+
+
+def ref_siglip(a, b, s, t, mask=None):
+    """-1/n sum over valid i, j of log sigmoid(y_ij (s a_i.b_j + t)), y = +1 on i == j else -1."""
+    idx = valid_rows(a.shape[0], mask)
+    total = a.sum() * 0
+    for i in idx:
+        for j in idx:
+            y = 1.0 if i == j else -1.0
+            total = total - F.logsigmoid(y * (s * torch.dot(a[i], b[j]) + t))
+    return total / len(idx) if idx else total
+
+
+def embeddings(n, d, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1).requires_grad_()
+    b = F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1).requires_grad_()
+    return a, b

@@ -1,0 +1,43 @@
+"""CLI: user errors come out as one line on stderr (no traceback), exit status 2."""
+import subprocess
+import sys
+
+import yaml
+
+from align.cli import main
+
+
+def _run(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_unknown_recipe_key_is_one_line(capsys, tmp_path, tiny_recipe):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(tiny_recipe))
+    code, err = _run(["train", str(p), "train.lr_max=3"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "train.lr_max" in lines[0] and "valid keys" in lines[0]
+
+
+def test_shard_pattern_matching_nothing_is_one_line(capsys, tmp_path, tiny_recipe):
+    tiny_recipe["data"]["train"] = str(tmp_path / "nope-{000..009}.tar")
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(tiny_recipe))
+    code, err = _run(["train", str(p), "--no-progress"], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("align: error:") and "nope-" in last and "Traceback" not in err
+
+
+def test_missing_dataset_dir_for_bench(capsys, tmp_path):
+    code, err = _run(["bench", "zeroshot", "--model", str(tmp_path), "--dataset", str(tmp_path / "none"),
+                      "--out", str(tmp_path / "o.json")], capsys)
+    assert code == 2 and "none" in err and "Traceback" not in err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "align.cli", "recipes"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout and "bind" in out.stdout

@@ -1,0 +1,64 @@
+"""End to end, small: demo shards -> train a tiny triple-tower model -> loss falls -> FAISS benchmarks.
+
+The full `align demo` (10 minutes) is the slow test at the bottom (`pytest -m slow`).
+"""
+import json
+import os
+
+import pytest
+
+from align.cli import main
+from align.config import load_recipe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "model.embed_dim=32",
+    "model.open_clip.vision_cfg={image_size: 32, patch_size: 8, width: 32, layers: 1, head_width: 16}",
+    "model.open_clip.text_cfg={context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}",
+    "model.towers.audio={type: audio, clip_seconds: 1.0, n_mels: 32, patch: 16, width: 32, layers: 1, heads: 2}",
+    "train.batch_size=32", "train.max_steps=40", "train.warmup_steps=4", "train.lr=3e-3", "train.log_every=5",
+    "train.checkpoint_every=20", "train.num_threads=2", "data.num_workers=0", "data.shuffle_buffer=100",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from align.data.demo import build_demo
+    out = tmp_path_factory.mktemp("demo") / "data"
+    build_demo(str(out), seed=0, limit=300, progress=False)
+    return str(out)
+
+
+def test_train_then_benchmark(demo_data, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["train", "demo", f"output_dir={run}", "resume=none", f"data.train={demo_data}/train",
+            f"data.val={demo_data}/val", *TINY, "--no-progress"]
+    assert main(args) == 0
+    rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-2:]) / 2
+    assert last < 0.8 * first, f"loss did not fall: {first:.3f} -> {last:.3f}"
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert "image/zeroshot/acc1" in summary["metrics"] and "audio/zeroshot/acc1" in summary["metrics"]
+    assert summary["metrics"]["image/zeroshot/acc1"] > 0.2          # chance is 0.1
+
+    out = str(tmp_path / "zs.json")
+    assert main(["bench", "zeroshot", "--model", run, "--dataset", f"{demo_data}/val", "--modality", "audio",
+                 "--out", out]) == 0
+    res = json.load(open(out))
+    assert res["task"] == "zeroshot_classification" and set(res["metrics"]) >= {"acc1", "acc5",
+                                                                                 "mean_per_class_recall"}
+    out = str(tmp_path / "ret.json")
+    assert main(["bench", "retrieval", "--model", run, "--dataset", f"{demo_data}/val", "--query", "text",
+                 "--gallery", "image", "--out", out]) == 0
+    res = json.load(open(out))
+    assert "image_retrieval_recall@1" in res["metrics"] and "text_retrieval_recall@5" in res["metrics"]
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    """The README's first command: trains the demo recipe and meets its accuracy targets."""
+    from align.demo import run_demo
+    out = run_demo(out=str(tmp_path / "demo"), progress=False)
+    acc = {r["modality"]: r["metrics"]["acc1"] for r in out["results"] if r.get("modality")}
+    assert acc["image"] >= 0.85 and acc["audio"] >= 0.85, acc
+    assert out["timing"]["total_s"] <= 600
