@@ -91,8 +91,9 @@ def cmd_bench(a):
 
 
 def cmd_export(a):
-    from align.export import export
-    export(a.model, a.out, fmt=a.format, overwrite=a.overwrite)
+    from align.export import export, summary_lines
+    result = export(a.model, a.out, fmt=a.format, overwrite=a.overwrite, reports=a.report or None)
+    print("\n".join(summary_lines(result)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="run dir, checkpoint dir")
     s.add_argument("--out", required=True)
     s.add_argument("--format", choices=["open_clip", "onnx", "all"], default="all")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--report", action="append", help="extra result JSON file or folder for the model card")
     s.set_defaults(fn=cmd_export)
     return p
 

@@ -56,7 +56,10 @@ def train(r: Recipe, progress: bool = True) -> dict:
     if r.train.num_threads:
         torch.set_num_threads(r.train.num_threads)
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[r.train.precision]
-    acc = Accelerator(mixed_precision=mp)
+    # Without CUDA, `accelerate launch --multi_gpu --num_processes N` starts N processes that only
+    # form a (gloo) process group when Accelerator is told cpu=True.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(mixed_precision=mp, cpu=multi_cpu)
     rank, world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
     set_seed(r.seed)
     if r.train.deterministic:

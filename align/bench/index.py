@@ -138,6 +138,8 @@ def describe_index(index: faiss.Index) -> dict:
         out.update(nlist=int(ivf.nlist), nprobe=int(ivf.nprobe))
     except RuntimeError:
         pass
+    if isinstance(index, faiss.IndexIVFPQ):
+        out.update(pq_m=int(index.pq.M), pq_nbits=int(index.pq.nbits))
     if isinstance(index, faiss.IndexHNSW):
         out.update(M=int(index.hnsw.nb_neighbors(1)), ef_search=int(index.hnsw.efSearch),
                    ef_construction=int(index.hnsw.efConstruction))

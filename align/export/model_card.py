@@ -8,6 +8,7 @@ CLIP_benchmark-shaped result JSONs), how to load it with open_clip, onnxruntime
 The onnxruntime snippet is generated from preprocess.json and is run by the tests.
 """
 import json
+import math
 import os
 from typing import List, Optional
 
@@ -231,7 +232,8 @@ def _usage(pp: dict) -> str:
     mods = [m for m in ("image", "audio") if m in towers]
     if mods and "text" in towers:
         bias = ' + PP["logit_bias"]' if pp.get("logit_bias") is not None else ""
-        lines.append(f'logits = PP["logit_scale"] * z_{mods[0][:3]} @ z_txt.T{bias}  # [1, 2]')
+        short = {"image": "img", "audio": "aud"}[mods[0]]
+        lines.append(f'logits = PP["logit_scale"] * z_{short} @ z_txt.T{bias}  # [1, 2]')
     return "\n".join(lines)
 
 
@@ -253,9 +255,10 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
         kind = towers.get(m, {}).get("type", type(t).__name__)
         L.append(f"| {m} | {kind} | {sum(p.numel() for p in t.parameters()):,} |")
     bias = "" if model.logit_bias is None else f", logit_bias {float(model.logit_bias.detach()):.4g}"
+    log_scale = float(model.logit_scale.detach())
     L += ["", f"Embedding size {next(iter(model.towers.values())).embed_dim}; logit scale "
-              f"{float(model.logit_scale.detach().exp()):.4g} (= exp of the stored {float(model.logit_scale.detach()):.4g})"
-              f"{bias}. Embeddings are L2-normalised.", ""]
+              f"{math.exp(log_scale):.4g} (= exp of the stored {log_scale:.4g}){bias}. "
+              f"Embeddings are L2-normalised.", ""]
     if result["notes"]:
         L += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     L += ["## Files", ""] + [f"- `{f}`" for f in result["files"] if "/" not in f]

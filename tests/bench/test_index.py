@@ -68,6 +68,8 @@ def test_approximate_indexes_recall_vs_exact(name, params, min_recall):
     assert info["ntotal"] == 4000 and info["dim"] == 32
     if name != "hnsw":
         assert info["nprobe"] == 8 and info["nlist"] == default_nlist(4000)
+    if name == "ivfpq":
+        assert info["pq_m"] == 16 and info["pq_nbits"] == 6  # log2(4000 // 39) -> 6 bits
 
 
 def test_ivf_with_one_probe_is_measurably_approximate():

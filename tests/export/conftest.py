@@ -65,7 +65,8 @@ def make_run(root, *, towers=None, open_clip=True, embed_dim=16, logit_bias=None
 
 def run_without_align(code: str, cwd) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter that must not import align (asserted at its end)."""
-    code += "\nimport sys\nassert not any(m == 'align' or m.startswith('align.') for m in sys.modules), 'align imported'\n"
+    code += ("\nimport sys\nassert not any(m == 'align' or m.startswith('align.') for m in sys.modules), "
+             "'align imported'\n")
     env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     p = subprocess.run([sys.executable, "-c", code], cwd=str(cwd), env=env, capture_output=True, text=True,
                        timeout=300)
@@ -131,7 +132,8 @@ model.eval()
 tok = open_clip.get_tokenizer(name)
 tokens = tok(CAPTIONS)
 with torch.no_grad():
-    np.save('oc_img.npy', model.encode_image(torch.stack([preprocess(Image.open(p)) for p in IMAGES]), normalize=True).numpy())
+    x = torch.stack([preprocess(Image.open(p)) for p in IMAGES])
+    np.save('oc_img.npy', model.encode_image(x, normalize=True).numpy())
     np.save('oc_txt.npy', model.encode_text(tokens, normalize=True).numpy())
 np.save('oc_tokens.npy', tokens.numpy())
 json.dump({{'logit_scale': model.logit_scale.item(), 'class': type(model).__name__,

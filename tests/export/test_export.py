@@ -90,6 +90,7 @@ def test_model_card(tmp_path):
         assert fact in card, fact
     assert "step 1234" in card and "| image/zeroshot/acc1 | 0.4321 |" in card and "0.777" in card
     assert "| wds/mydata | zeroshot_classification | acc1 | 62.50 |" in card
+    assert 'logits = PP["logit_scale"] * z_img @ z_txt.T  # [1, 2]' in card     # names the snippet defines
     for how in ("create_model_and_transforms('local-dir:", "onnxruntime", "align.load("):
         assert how in card, how
     assert summary_lines(res)[0].startswith(f"exported {run} -> {out} (align, open_clip, onnx; ")

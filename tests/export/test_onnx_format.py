@@ -80,6 +80,7 @@ def test_parity_check_catches_a_wrong_graph(tmp_path):
         onnx_format.check_tower(text, str(tmp_path / "bad.onnx"))
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_fallback(tmp_path, monkeypatch):
     """When the TorchScript exporter fails, the dynamo exporter's graph (IO renamed) passes the same check."""
     _, model = make_run(tmp_path)
