@@ -296,6 +296,6 @@ def embed_texts(model, texts: Sequence[str], *, cache_dir: Optional[str] = None,
             return hit.vectors
     vecs = _embed_text_list(model, texts, batch_size, _model_device(model, device), progress, desc)
     if paths is not None:
-        _store(paths, Embeddings(vecs, np.arange(len(texts), dtype=np.int64)), {"model": getattr(model, "name", ""),
-                                                                               "dataset": "prompts", "modality": "text"})
+        meta = {"model": getattr(model, "name", ""), "dataset": "prompts", "modality": "text"}
+        _store(paths, Embeddings(vecs, np.arange(len(texts), dtype=np.int64)), meta)
     return vecs

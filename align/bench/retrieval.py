@@ -134,7 +134,8 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
     qv, gv = q.vectors[qg >= 0], g.vectors[gg >= 0]
     qg, gg = qg[qg >= 0], gg[gg >= 0]
     if len(qg) == 0 or len(gg) == 0:
-        raise DataError(f"emergent retrieval on {dataset.path!r}: no labelled {query_modality if len(qg) == 0 else gallery_modality} items")
+        which = query_modality if len(qg) == 0 else gallery_modality
+        raise DataError(f"emergent retrieval on {dataset.path!r}: no labelled {which} items")
     # a query whose class has no item on the other side can never hit: leave it out and count it
     q_ok, g_ok = np.isin(qg, gg), np.isin(gg, qg)
     if not q_ok.any():

@@ -171,7 +171,8 @@ def retrieval_wds(root, n=20, seed=0, caps=(1, 3), audio=False, **kw):
             if tuple(sorted(words)) not in seen:
                 seen.add(tuple(sorted(words)))
                 captions.append(" ".join(words))
-        fields = {"webp" if i % 2 else "png": png_bytes(rng, fmt="WEBP" if i % 2 else "PNG"), "txt": "\n".join(captions)}
+        ext = "webp" if i % 2 else "png"
+        fields = {ext: png_bytes(rng, fmt=ext.upper()), "txt": "\n".join(captions)}
         if audio:
             fields["wav"] = wav_bytes(rng)
         samples.append((f"s{i:07d}", fields))

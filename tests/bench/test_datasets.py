@@ -37,7 +37,8 @@ def test_wds_prefers_clip_benchmark_image_key_order_and_reads_captions(tmp_path)
 
 def test_wds_bad_label_is_reported_not_fatal(tmp_path):
     rng = np.random.default_rng(0)
-    root = write_wds(tmp_path / "d", [("a", {"png": png_bytes(rng), "cls": "x1"}), ("b", {"png": png_bytes(rng), "cls": "2"})])
+    samples = [("a", {"png": png_bytes(rng), "cls": "x1"}), ("b", {"png": png_bytes(rng), "cls": "2"})]
+    root = write_wds(tmp_path / "d", samples)
     ds = open_dataset(root, "wds")
     assert list(ds.labels) == [-1, 2] and "cls 'x1' is not an integer" in ds.problems[0]
 

@@ -8,7 +8,7 @@ from align.bench.datasets import open_dataset
 from align.bench.embed import embed_dataset
 from align.bench.retrieval import emergent_retrieval, recall_at_ks, retrieval
 from align.errors import ConfigError, DataError
-from tests.bench.conftest import FakeModel, classification_wds, png_bytes, retrieval_wds, wav_bytes, write_wds
+from tests.bench.conftest import FakeModel, classification_wds, png_bytes, retrieval_wds, write_wds
 
 
 def _ref_recall(q, q_groups, g, g_groups, k):
