@@ -4,7 +4,7 @@
   "zeroshot"            zeroshot.run_zeroshot
   "retrieval"           retrieval.run_retrieval
   "emergent_retrieval"  retrieval.run_emergent
-  (probes.py may register "linear_probe", "cca", "fusion_probe").
+  "linear_probe", "fusion_probe", "cca_retrieval"   probe_tasks.py (on top of probes.py)
 
 Runner contract (what `suite.run_suite` calls):
     fn(model, entry: dict, *, dataset: BenchDataset, [gallery_dataset=..., train_dataset=...,]
@@ -21,10 +21,6 @@ BENCHMARKS: Registry = Registry("benchmark")
 # Registration happens on import; BENCHMARKS must exist before these run.
 from align.bench import retrieval, zeroshot  # noqa: E402,F401
 
-try:  # probes.py registers its own runners when it provides them
-    from align.bench import probes  # noqa: E402,F401
-except ModuleNotFoundError as e:  # only a missing probes module is tolerated, not its broken imports
-    if e.name != "align.bench.probes":
-        raise
+from align.bench import probe_tasks  # noqa: E402,F401  linear_probe, fusion_probe, cca_retrieval
 
 __all__ = ["BENCHMARKS"]

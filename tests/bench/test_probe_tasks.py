@@ -1,0 +1,50 @@
+"""Probe runners through a suite: linear probe, fusion probe and the CCA reference row."""
+import json
+import os
+
+import numpy as np
+
+from align.bench import BENCHMARKS
+from align.bench.probes import linear_probe
+from align.bench.suite import run_suite
+from tests.bench.conftest import FakeModel, classification_wds
+
+SUITE = """
+- {dataset: test, train_dataset: train, type: wds, train_type: wds, task: linear_probe, modality: image}
+- {dataset: test, train_dataset: train, type: wds, train_type: wds, task: fusion_probe, modalities: [image, audio],
+   methods: [concat]}
+- {dataset: test, train_dataset: train, type: wds, train_type: wds, task: cca_retrieval, query: audio,
+   gallery: image, n_components: 4}
+"""
+
+
+def test_probe_runners(tmp_path):
+    assert {"linear_probe", "fusion_probe", "cca_retrieval"} <= set(BENCHMARKS.names())
+    classification_wds(tmp_path / "train", n=60, n_classes=3, seed=1, audio=True)
+    classification_wds(tmp_path / "test", n=30, n_classes=3, seed=2, audio=True)
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    model = FakeModel(name="fake")
+    results = run_suite(str(tmp_path / "suite.yaml"), [model], str(tmp_path / "out"), progress=False)
+    by_task = {r["task"]: r for r in results}
+    lp = by_task["linear_probe"]["metrics"]
+    assert 0.0 <= lp["acc1"] <= 1.0 and lp["best_C"] > 0
+    fp = by_task["fusion_probe"]["metrics"]
+    assert {"image/acc1", "audio/acc1", "image+audio (concat)/acc1"} <= set(fp)
+    cca = by_task["cca_retrieval"]["metrics"]
+    assert {"image_retrieval_recall@1", "audio_retrieval_recall@10"} <= set(cca)
+    assert all(os.path.isfile(p) for p in [tmp_path / "out" / "results.csv", tmp_path / "out" / "results.md"])
+
+
+def test_linear_probe_runner_equals_direct_call(tmp_path):
+    """The runner's acc1 equals linear_probe on the same embeddings computed by hand."""
+    from align.bench.datasets import open_wds
+    from align.bench.embed import embed_dataset
+    classification_wds(tmp_path / "train", n=60, n_classes=3, seed=1)
+    classification_wds(tmp_path / "test", n=30, n_classes=3, seed=2)
+    model = FakeModel(name="fake")
+    tr, te = open_wds(str(tmp_path / "train")), open_wds(str(tmp_path / "test"))
+    etr, ete = embed_dataset(model, tr, "image", progress=False), embed_dataset(model, te, "image", progress=False)
+    ref = linear_probe(etr.vectors, tr.labels[etr.ids], ete.vectors, te.labels[ete.ids], progress=False)
+    got = BENCHMARKS.get("linear_probe")(model, {"modality": "image"}, dataset=te, train_dataset=tr,
+                                         progress=False)
+    assert np.isclose(got["metrics"]["acc1"], ref["acc1"]) and np.isclose(got["metrics"]["best_C"], ref["best_C"])
