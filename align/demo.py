@@ -30,7 +30,9 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
     run_dir = os.path.join(out, "run")
     recipe = load_recipe(resolve_recipe("demo"), [
         f"output_dir={run_dir}", f"seed={seed}", f"data.train={os.path.join(data_dir, 'train')}",
-        f"data.val={os.path.join(data_dir, 'val')}", "resume=auto", *(overrides or [])])
+        f"data.val={os.path.join(data_dir, 'val')}", "resume=auto",
+        "eval.tasks=[zeroshot]",   # the run's own final eval; the report below scores everything
+        *(overrides or [])])
     print(f"[2/3] training recipes/demo.yaml -> {run_dir}")
     t1 = time.perf_counter()
     summary = train(recipe, progress=progress)
