@@ -157,9 +157,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         micro = [next_batch() for _ in range(r.train.accum_steps)]
         wait_window += time.perf_counter() - t0
-        for b in micro:
-            for reason, n in b.pop("__skipped__", {}).items():
-                state["skipped"][reason] = state["skipped"].get(reason, 0) + n
+        # Skips are counted by the loader itself (also those at a stream's end, which ride on no batch).
+        state["skipped"] = dict(loader.skipped)
         micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
         masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
 
@@ -211,14 +210,15 @@ def train(r: Recipe, progress: bool = True) -> dict:
             rec = {"step": state["step"], "epoch": state["epoch"], "loss": loss_val,
                    "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale.detach().exp()),
                    "samples_per_s": sps, "data_wait_frac": wait_window / max(dt, 1e-9),
-                   "skipped": sum(state["skipped"].values()), "bad_steps": state["bad_steps_total"]}
+                   "skipped": sum(state["skipped"].values()), "skipped_by_reason": dict(state["skipped"]),
+                   "bad_steps": state["bad_steps_total"]}
             if core.logit_bias is not None:
                 rec["logit_bias"] = float(core.logit_bias)
             if is_main:
                 metrics_f.write(json.dumps(rec) + "\n")
                 metrics_f.flush()
                 for k, v in rec.items():
-                    if k not in ("step", "epoch"):
+                    if k not in ("step", "epoch") and not isinstance(v, dict):
                         writer.add_scalar(f"train/{k}", v, state["step"])
             bar.set_postfix(loss=f"{loss_val:.3f}", sps=f"{sps:.0f}", lr=f"{rec['lr']:.2e}")
             t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
@@ -245,6 +245,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # -- the end: final checkpoint, eval, summary ----------------------------------------------------
     wall = time.perf_counter() - t_start
     state["elapsed_s"] = wall
+    state["skipped"] = dict(loader.skipped)
     final = save()
     if is_main:
         prune_checkpoints(ckpt_dir, r.train.keep_last)

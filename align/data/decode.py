@@ -130,7 +130,10 @@ class SampleDecoder:
         return out
 
     def _apply(self, modality: str, value) -> torch.Tensor:
-        t = self.transforms[modality](value)
+        tf = self.transforms[modality]
+        # A two-stage transform (e.g. the audio front end) does its per-sample part here and its
+        # batched part in collate(): see AudioPreprocess.per_sample / per_batch.
+        t = tf.per_sample(value) if hasattr(tf, "per_batch") else tf(value)
         if not isinstance(t, torch.Tensor):
             t = torch.as_tensor(t)
         if modality == "text" and t.ndim >= 2 and t.shape[0] == 1:
@@ -177,6 +180,13 @@ class SampleDecoder:
                         f"in one batch; the {m} transform must crop/pad to a fixed shape")
             zero = torch.zeros_like(ref)
             batch[m] = torch.stack([s[m] if m in s else zero for s in samples])
+            tf = self.transforms[m]
+            if hasattr(tf, "per_batch"):
+                try:
+                    batch[m] = tf.per_batch(batch[m])
+                except Exception as exn:   # cannot be pinned on one sample: a transform bug, stated plainly
+                    raise DataError(f"transforms['{m}'].per_batch failed on a batch of {len(samples)} "
+                                    f"({batch['__key__'][0]}, ...): {exn!r}") from None
             batch[f"{m}_mask"] = torch.tensor([m in s for s in samples], dtype=torch.bool)
         batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
         return batch

@@ -23,11 +23,5 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
     return TOWERS.get(kind)(cfg, modality, embed_dim)
 
 
-# Importing the modules registers their tower types.
-from align.towers import open_clip_towers  # noqa: E402,F401
-for _optional in ("audio", "hf_text", "timm_image"):
-    try:
-        __import__(f"align.towers.{_optional}")
-    except ImportError as _e:  # a tower module under construction must not break the others
-        if f"align.towers.{_optional}" not in str(_e):
-            raise
+# Importing the modules registers their tower types (each imports its heavy dependency lazily).
+from align.towers import audio, hf_text, open_clip_towers, timm_image  # noqa: E402,F401

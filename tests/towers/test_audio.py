@@ -297,3 +297,19 @@ def test_config_errors(cfg, match):
         build_tower(cfg, "audio", 16)
     with pytest.raises(ConfigError, match="'audio' modality"):
         build_tower({"type": "audio"}, "text", 16)
+
+
+def test_batched_front_end_equals_per_sample():
+    """The pipeline's two-stage path (crop per sample, one STFT per batch) gives the per-sample features."""
+    import numpy as np
+    import torch
+    from align.towers.audio_features import AudioFrontend, AudioPreprocess
+    fe = AudioFrontend(clip_seconds=0.5, eval_clips=2)
+    pp = AudioPreprocess(fe, train=False)
+    rng = np.random.default_rng(0)
+    waves = [(rng.standard_normal(n).astype(np.float32), sr) for n, sr in ((4000, 16000), (20000, 16000),
+                                                                          (11025, 22050))]
+    one_by_one = torch.stack([pp(w) for w in waves])                     # [3, 2, n_mels, T]
+    batched = pp.per_batch(torch.stack([pp.per_sample(w) for w in waves]))
+    assert batched.shape == one_by_one.shape
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-5)
