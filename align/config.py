@@ -78,6 +78,7 @@ class TrainConfig:
     max_bad_steps: int = 5                                  # consecutive NaN/Inf losses before stopping
     num_threads: Optional[int] = None                       # torch CPU threads
     deterministic: bool = False                             # deterministic GPU kernels (slower)
+    wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
 
 
 @dataclass

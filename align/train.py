@@ -115,10 +115,17 @@ def train(r: Recipe, progress: bool = True) -> dict:
             import yaml
             yaml.safe_dump(recipe_to_dict(r), f, sort_keys=False)
 
-    writer = None
+    writer, wandb_run = None, None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(os.path.join(r.output_dir, "tb"))
+        if r.train.wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise AlignError("train.wandb_project is set but wandb is not installed (pip install wandb)") from None
+            wandb_run = wandb.init(project=r.train.wandb_project, config=recipe_to_dict(r), dir=r.output_dir,
+                                   resume="allow")
     metrics_f = open(os.path.join(r.output_dir, "metrics.jsonl"), "a") if is_main else None
     global_batch = r.train.batch_size * world * r.train.accum_steps
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and is_main), unit="step",
@@ -220,6 +227,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 for k, v in rec.items():
                     if k not in ("step", "epoch") and not isinstance(v, dict):
                         writer.add_scalar(f"train/{k}", v, state["step"])
+                if wandb_run is not None:
+                    wandb_run.log({f"train/{k}": v for k, v in rec.items() if not isinstance(v, dict)},
+                                  step=state["step"])
             bar.set_postfix(loss=f"{loss_val:.3f}", sps=f"{sps:.0f}", lr=f"{rec['lr']:.2e}")
             t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
         bar.update(1)
@@ -264,6 +274,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
             json.dump(summary, f, indent=1)
         metrics_f.close()
         writer.close()
+        if wandb_run is not None:
+            wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            wandb_run.finish()
         write_loss_plot(os.path.join(r.output_dir, "metrics.jsonl"), os.path.join(r.output_dir, "loss.png"))
         skipped = sum(state["skipped"].values())
         acc.print(f"trained {state['step']} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {loss_val:.3f}"
