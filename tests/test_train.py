@@ -90,7 +90,9 @@ def test_wandb_logging_when_enabled(tiny_recipe, monkeypatch):
         def finish(self):
             calls["finish"] += 1
 
+    import importlib.machinery
     fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)   # libraries probe find_spec("wandb")
     fake.init = lambda **kw: calls["init"].append(kw) or Run()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     tiny_recipe["train"].update(wandb_project="align-test", checkpoint_every=0)
