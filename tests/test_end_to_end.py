@@ -11,13 +11,9 @@ from align.cli import main
 from align.config import load_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "model.embed_dim=32",
-    "model.open_clip.vision_cfg={image_size: 32, patch_size: 8, width: 32, layers: 1, head_width: 16}",
-    "model.open_clip.text_cfg={context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}",
-    "model.towers.audio={type: audio, clip_seconds: 1.0, n_mels: 32, patch: 16, width: 32, layers: 1, heads: 2}",
-    "train.batch_size=32", "train.max_steps=40", "train.warmup_steps=4", "train.lr=3e-3", "train.log_every=5",
-    "train.checkpoint_every=20", "train.num_threads=2", "data.num_workers=0", "data.shuffle_buffer=100",
+TINY = [   # the demo's towers (recipes/demo.yaml), fewer steps
+    "train.batch_size=64", "train.max_steps=60", "train.warmup_steps=10", "train.lr=1e-3", "train.log_every=5",
+    "train.checkpoint_every=30", "train.num_threads=2", "data.num_workers=0", "data.shuffle_buffer=100",
 ]
 
 
