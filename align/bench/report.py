@@ -82,10 +82,10 @@ def write_csv(results: Sequence[dict], path: str) -> None:
     keys = metric_keys(results)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dataset", "model", "pretrained", "task", "benchmark", "index"] + keys)
+        w.writerow(["dataset", "model", "pretrained", "task", "modalities", "benchmark", "index"] + keys)
         for r in results:
             idx = r.get("index", {}).get("type", "") if isinstance(r.get("index"), dict) else ""
-            w.writerow([r["dataset"], r["model"], r["pretrained"], r["task"], r.get("benchmark", ""), idx]
+            w.writerow([r["dataset"], r["model"], r["pretrained"], r["task"], setting(r), r.get("benchmark", ""), idx]
                        + [_fmt(r["metrics"].get(k)) for k in keys])
 
 
@@ -96,22 +96,34 @@ def _labels(results: Sequence[dict]) -> Dict[tuple, str]:
     return {(m, p): (m if names.count(m) == 1 else f"{m} ({str(p)[:16]})") for m, p in pairs}
 
 
+def setting(result: dict) -> str:
+    """What a result is about beyond its task: 'image', 'audio', 'text->image', 'audio->image', ..."""
+    if result.get("modality"):
+        return str(result["modality"])
+    mods = result.get("modalities")
+    if isinstance(mods, (list, tuple)) and len(mods) == 2:
+        return f"{mods[0]}->{mods[1]}"
+    if isinstance(mods, (list, tuple)):
+        return "+".join(map(str, mods))
+    return ""
+
+
 def markdown_table(results: Sequence[dict]) -> str:
-    """Models side by side: one row per (dataset, task, metric), one column per model; values in %."""
+    """Models side by side: one row per (dataset, task, setting, metric), one column per model; values in %."""
     labels = _labels(results)
     cols = list(labels.values())
     table: Dict[tuple, Dict[str, float]] = {}
     for r in results:
         for k, v in r.get("metrics", {}).items():
-            table.setdefault((r["dataset"], r["task"], k), {})[labels[(r["model"], r["pretrained"])]] = v
-    lines = ["| dataset | task | metric | " + " | ".join(cols) + " |",
-             "|---|---|---|" + "---:|" * len(cols)]
-    for (ds, task, k), vals in table.items():
+            table.setdefault((r["dataset"], r["task"], setting(r), k), {})[labels[(r["model"], r["pretrained"])]] = v
+    lines = ["| dataset | task | modalities | metric | " + " | ".join(cols) + " |",
+             "|---|---|---|---|" + "---:|" * len(cols)]
+    for (ds, task, where, k), vals in table.items():
         cells = []
         for c in cols:
             v = vals.get(c)
             cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}")
-        lines.append(f"| {ds} | {task} | {k} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ds} | {task} | {where} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

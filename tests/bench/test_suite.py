@@ -74,8 +74,8 @@ def test_two_models_side_by_side(suite_dir, capsys):
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
     assert len(rows) == 6 and float(rows[0]["acc1"]) == pytest.approx(results[0]["metrics"]["acc1"], rel=1e-5)
     md = open(os.path.join(out, "results.md")).read()
-    assert "| dataset | task | metric | fakeA | fakeB |" in md
-    line = [l for l in md.splitlines() if l.startswith("| cls | zeroshot_classification | acc1 |")][0]
+    assert "| dataset | task | modalities | metric | fakeA | fakeB |" in md
+    line = [l for l in md.splitlines() if l.startswith("| cls | zeroshot_classification | image | acc1 |")][0]
     assert line.endswith(f"| {100 * results[0]['metrics']['acc1']:.2f} | {100 * results[4]['metrics']['acc1']:.2f} |")
 
 
@@ -120,7 +120,7 @@ def test_markdown_labels_disambiguate_same_model_name():
     rs = [{"dataset": "d", "model": "m", "pretrained": p, "task": "t", "metrics": {"acc1": v}}
           for p, v in (("a.pt", 0.5), ("b.pt", 0.25))]
     md = markdown_table(rs)
-    assert "| m (a.pt) | m (b.pt) |" in md and "| d | t | acc1 | 50.00 | 25.00 |" in md
+    assert "| m (a.pt) | m (b.pt) |" in md and "| d | t |  | acc1 | 50.00 | 25.00 |" in md
 
 
 def test_run_entry_single_benchmark_from_keywords(suite_dir):
@@ -134,3 +134,12 @@ def test_run_entry_single_benchmark_from_keywords(suite_dir):
         run_entry(FakeModel(), dataset=str(suite_dir / "ret"), type="wds", task="retrieval", out_path=out)
     with pytest.raises(ConfigError, match="key 'modality' is not valid for task 'retrieval'"):
         run_entry(FakeModel(), dataset=str(suite_dir / "ret"), type="wds", task="retrieval", modality="image")
+
+
+def test_markdown_keeps_rows_of_different_modalities_apart():
+    """Image and audio zero-shot on one dataset are two rows, not one overwritten by the other."""
+    res = [{"dataset": "d", "model": "m", "pretrained": "p", "task": "zeroshot_classification", "modality": m,
+            "metrics": {"acc1": v}} for m, v in (("image", 0.5), ("audio", 0.25))]
+    table = markdown_table(res)
+    assert "| d | zeroshot_classification | image | acc1 | 50.00 |" in table
+    assert "| d | zeroshot_classification | audio | acc1 | 25.00 |" in table
