@@ -89,7 +89,7 @@ def test_model_card(tmp_path):
                  "- samples seen: ~900,000", "- processes: 2, precision bf16"):
         assert fact in card, fact
     assert "step 1234" in card and "| image/zeroshot/acc1 | 0.4321 |" in card and "0.777" in card
-    assert "| wds/mydata | zeroshot_classification | acc1 | 62.50 |" in card
+    assert "| wds/mydata | zeroshot_classification |  | acc1 | 62.50 |" in card
     assert 'logits = PP["logit_scale"] * z_img @ z_txt.T  # [1, 2]' in card     # names the snippet defines
     for how in ("create_model_and_transforms('local-dir:", "onnxruntime", "align.load("):
         assert how in card, how
