@@ -7,7 +7,6 @@ NaN guard -> backward -> clip -> optimizer/scheduler -> clamp temperature ->
 log -> checkpoint -> eval. No hooks, no callbacks.
 """
 import json
-import math
 import os
 import time
 from typing import Optional
