@@ -96,8 +96,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
     os.makedirs(r.output_dir, exist_ok=True)
     ckpt_dir = os.path.join(r.output_dir, "checkpoints")
     resume_path = resolve_resume(r)
-    state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "skipped": {}, "seen": 0,
-             "elapsed_s": 0.0, "samples": 0, "best": None}
+    # Skip counts live in the loader (and its state_dict), not here.
+    state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "elapsed_s": 0.0, "samples": 0,
+             "best": None}
     if resume_path:
         saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False)
         state.update({k: saved[k] for k in state if k in saved})
@@ -163,8 +164,6 @@ def train(r: Recipe, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         micro = [next_batch() for _ in range(r.train.accum_steps)]
         wait_window += time.perf_counter() - t0
-        # Skips are counted by the loader itself (also those at a stream's end, which ride on no batch).
-        state["skipped"] = dict(loader.skipped)
         micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
         masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
 
@@ -216,7 +215,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
             rec = {"step": state["step"], "epoch": state["epoch"], "loss": loss_val,
                    "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale.detach().exp()),
                    "samples_per_s": sps, "data_wait_frac": wait_window / max(dt, 1e-9),
-                   "skipped": sum(state["skipped"].values()), "skipped_by_reason": dict(state["skipped"]),
+                   # counted by the loader, also those at a stream's end that ride on no batch
+                   "skipped": sum(loader.skipped.values()), "skipped_by_reason": dict(loader.skipped),
                    "bad_steps": state["bad_steps_total"]}
             if core.logit_bias is not None:
                 rec["logit_bias"] = float(core.logit_bias)
@@ -254,7 +254,6 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # -- the end: final checkpoint, eval, summary ----------------------------------------------------
     wall = time.perf_counter() - t_start
     state["elapsed_s"] = wall
-    state["skipped"] = dict(loader.skipped)
     final = save()
     if is_main:
         prune_checkpoints(ckpt_dir, r.train.keep_last)
@@ -266,7 +265,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         peak = peak_flops(acc.device, r.train.precision) * world
         summary = {"steps": state["step"], "final_loss": loss_val, "wall_time_s": wall, "samples_per_s": sps,
                    "flops_per_sample": flops, "peak_flops": peak,
-                   "mfu": (flops * sps / peak) if peak else None, "skipped": state["skipped"],
+                   "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped),
                    "bad_steps": state["bad_steps_total"], "checkpoint": final, "metrics": results,
                    "world_size": world, "precision": r.train.precision}
         with open(os.path.join(r.output_dir, "summary.json"), "w") as f:
@@ -277,7 +276,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
             wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             wandb_run.finish()
         write_loss_plot(os.path.join(r.output_dir, "metrics.jsonl"), os.path.join(r.output_dir, "loss.png"))
-        skipped = sum(state["skipped"].values())
+        skipped = sum(loader.skipped.values())
         acc.print(f"trained {state['step']} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {loss_val:.3f}"
                   f", skipped {skipped} samples -> {r.output_dir}")
     acc.wait_for_everyone()
