@@ -71,15 +71,17 @@ def evaluate_model(model, val_dir: str, tasks: Sequence[str] = ("zeroshot", "ret
 
 
 def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_class: bool = False) -> List[dict]:
+    import tempfile
     from align.bench.report import result_filename, write_json, write_markdown
     os.makedirs(out_dir, exist_ok=True)
-    results = run_tasks(model, val_dir, progress=progress, by_class=by_class)
+    with tempfile.TemporaryDirectory() as cache:    # one cache: the figure reuses the tasks' image embeddings
+        results = run_tasks(model, val_dir, progress=progress, cache_dir=cache, by_class=by_class)
+        if "image" in model.modalities and "text" in model.modalities:
+            retrieval_figure(model, val_dir, os.path.join(out_dir, "retrieval.png"), cache_dir=cache)
     for r in results:
         suffix = r.get("modality") or f"{r.get('query')}-{r.get('gallery')}"
         write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")))
     write_markdown(results, os.path.join(out_dir, "results.md"))
-    if "image" in model.modalities and "text" in model.modalities:
-        retrieval_figure(model, val_dir, os.path.join(out_dir, "retrieval.png"))
     return results
 
 
@@ -103,7 +105,8 @@ def print_table(results: Sequence[dict]) -> None:
     print(table(results))
 
 
-def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: int = 5) -> Optional[str]:
+def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: int = 5,
+                     cache_dir: Optional[str] = None) -> Optional[str]:
     """Text queries (one per class, from the zero-shot templates) and their top-k val images."""
     import matplotlib
     matplotlib.use("Agg")
@@ -114,7 +117,7 @@ def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: i
     ds = open_wds(val_dir, split="test")
     if not ds.classnames:
         return None
-    emb = embed_dataset(model, ds, "image", progress=False)
+    emb = embed_dataset(model, ds, "image", progress=False, cache_dir=cache_dir)
     names = ds.classnames[:n_queries]
     tmpl = ds.templates if isinstance(ds.templates, list) and ds.templates else ["a photo of a {c}."]
     queries = [tmpl[0].format(c=c) for c in names]                  # the dataset's first prompt template
