@@ -40,53 +40,56 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
-def write_image_shards(root: str, n: int, per_shard: int, size: int = 256) -> list[str]:
-    """n image-text samples: smooth random colour fields + noise, JPEG quality 90."""
-    from PIL import Image
+def _write_shards(root: str, prefix: str, n: int, per_shard: int, desc: str, make_sample) -> list[str]:
+    """n samples in shards of per_shard; make_sample(i) -> [(extension, bytes), ...]."""
     from tqdm import tqdm
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
     paths = []
-    with tqdm(total=n, desc="writing image-text shards", unit="sample") as bar:
+    with tqdm(total=n, desc=desc, unit="sample") as bar:
         for s in range(0, n, per_shard):
-            path = os.path.join(root, f"img-{s // per_shard:04d}.tar")
+            path = os.path.join(root, f"{prefix}-{s // per_shard:04d}.tar")
             with tarfile.open(path, "w") as tf:
                 for i in range(s, min(n, s + per_shard)):
-                    c = rng.uniform(0, 255, (3, 3))
-                    img = c[0] + c[1] * xx[..., None] / 2 + c[2] * yy[..., None] / 2
-                    img = np.clip(img / 2 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
-                    buf = io.BytesIO()
-                    Image.fromarray(img).save(buf, format="JPEG", quality=90)
-                    _add(tf, f"{i:06d}.jpg", buf.getvalue())
-                    _add(tf, f"{i:06d}.txt", f"a synthetic photo number {i}\nanother caption {i}".encode())
+                    for ext, data in make_sample(i):
+                        _add(tf, f"{i:06d}.{ext}", data)
                     bar.update()
             paths.append(path)
     return paths
+
+
+def write_image_shards(root: str, n: int, per_shard: int, size: int = 256) -> list[str]:
+    """n image-text samples: smooth random colour fields + noise, JPEG quality 90."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+
+    def sample(i):
+        c = rng.uniform(0, 255, (3, 3))
+        img = c[0] + c[1] * xx[..., None] / 2 + c[2] * yy[..., None] / 2
+        img = np.clip(img / 2 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        return [("jpg", buf.getvalue()), ("txt", f"a synthetic photo number {i}\nanother caption {i}".encode())]
+
+    return _write_shards(root, "img", n, per_shard, "writing image-text shards", sample)
 
 
 def write_audio_shards(root: str, n: int, per_shard: int, seconds: float = 10.0, sr: int = 16000) -> list[str]:
     """n audio-text samples: chirps + noise, 16-bit FLAC."""
     import soundfile as sf
-    from tqdm import tqdm
 
     rng = np.random.default_rng(1)
     t = np.arange(int(seconds * sr)) / sr
-    paths = []
-    with tqdm(total=n, desc="writing audio-text shards", unit="sample") as bar:
-        for s in range(0, n, per_shard):
-            path = os.path.join(root, f"aud-{s // per_shard:04d}.tar")
-            with tarfile.open(path, "w") as tf:
-                for i in range(s, min(n, s + per_shard)):
-                    f0 = rng.uniform(100, 2000)
-                    wave = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.05 * t)) + rng.normal(0, 0.02, t.shape)
-                    buf = io.BytesIO()
-                    sf.write(buf, wave.astype(np.float32), sr, format="FLAC", subtype="PCM_16")
-                    _add(tf, f"{i:06d}.flac", buf.getvalue())
-                    _add(tf, f"{i:06d}.txt", f"a synthetic sound number {i}".encode())
-                    bar.update()
-            paths.append(path)
-    return paths
+
+    def sample(i):
+        f0 = rng.uniform(100, 2000)
+        wave = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.05 * t)) + rng.normal(0, 0.02, t.shape)
+        buf = io.BytesIO()
+        sf.write(buf, wave.astype(np.float32), sr, format="FLAC", subtype="PCM_16")
+        return [("flac", buf.getvalue()), ("txt", f"a synthetic sound number {i}".encode())]
+
+    return _write_shards(root, "aud", n, per_shard, "writing audio-text shards", sample)
 
 
 def audio_transform():
