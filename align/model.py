@@ -17,7 +17,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import build_tower
-from align.towers.base import Tower
+from align.towers.base import CachedTokenize, Tower
 
 MODALITIES = ("image", "text", "audio")
 
@@ -89,7 +89,10 @@ class AlignModel(nn.Module):
         """Per-modality raw->tensor callables for data pipelines (text: the tokenizer)."""
         out = {}
         for m, tower in self.towers.items():
-            out[m] = tower.tokenize if m == "text" else tower.preprocess(train=train)
+            if m == "text":
+                out[m] = CachedTokenize(tower.tokenize) if tower.tokenize_is_deterministic else tower.tokenize
+            else:
+                out[m] = tower.preprocess(train=train)
         return out
 
     def fingerprint(self) -> str:

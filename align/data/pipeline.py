@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -182,9 +183,50 @@ class _StreamDataset(IterableDataset):
 
     def _emit(self, pending: list[dict], lw: int, out: int, seen: int, faults: FaultCounter) -> dict:
         batch = self.decoder.collate(pending)
+        if get_worker_info() is not None:
+            batch = pack_tensors(batch)
         delta, extra = faults.take_delta()
         batch.update(__worker__=lw, __raw__=out, __seen__=seen + extra, __skipped__=delta)
         return batch
+
+
+def pack_tensors(batch: dict) -> dict:
+    """Move a batch's tensors into one uint8 tensor: {"__packed__": (buf, [(key, dtype, shape, offset)])}.
+
+    A worker hands each tensor to the training process through its own shared-memory
+    file descriptor and socket handshake (~0.6 ms of the training process's time per
+    tensor); one buffer per batch makes that one handshake.  `unpack_tensors` undoes it.
+    """
+    keys = [k for k, v in batch.items() if torch.is_tensor(v)]
+    layout, size = [], 0
+    for k in keys:
+        t = batch[k]
+        layout.append((k, t.dtype, tuple(t.shape), size))
+        size += -(-t.numel() * t.element_size() // 64) * 64  # 64-byte aligned, so every dtype view is legal
+    buf = torch.empty(size, dtype=torch.uint8)
+    for k, dtype, shape, off in layout:
+        t = batch[k]
+        buf[off:off + t.numel() * t.element_size()].view(dtype).view(shape).copy_(t)
+    out = {k: v for k, v in batch.items() if k not in keys}
+    out["__packed__"] = (buf, layout)
+    return out
+
+
+def unpack_tensors(item: dict) -> dict:
+    """The inverse of `pack_tensors` (views into the one buffer; no copy)."""
+    if "__packed__" not in item:
+        return item
+    buf, layout = item.pop("__packed__")
+    for k, dtype, shape, off in layout:
+        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        item[k] = buf[off:off + n].view(dtype).view(shape)
+    return item
+
+
+def _drain(items) -> None:
+    """Run an exhausted DataLoader iterator to its end (which shuts its workers down)."""
+    for _ in items:
+        pass
 
 
 class StreamLoader:
@@ -198,6 +240,13 @@ class StreamLoader:
       shards) are exact totals over the batches handed out, kept across resume.
     - `state_dict()` / `load_state_dict()`: the data position after the last
       batch handed out.
+
+    With workers, the next epoch's workers are started as soon as the first
+    batch of this epoch is handed out (their plan is fixed: epoch + 1 from its
+    start), so they have batches queued when this epoch ends instead of the
+    training loop stalling on worker start-up and the shuffle-buffer fill.
+    They fill at most `prefetch_factor` batches each, then wait.  The stream
+    is the same either way: a worker's output is a function of its plan only.
     """
 
     def __init__(self, dataset: _StreamDataset, *, num_workers: int, epoch: int = 0,
@@ -210,6 +259,7 @@ class StreamLoader:
         self.prefetch_factor = prefetch_factor
         self.skipped: Counter = Counter()
         self.seen = 0
+        self._ahead: tuple[int, object] | None = None  # (epoch, DataLoader iterator) started early
         self._reset(epoch)
 
     @property
@@ -227,6 +277,8 @@ class StreamLoader:
         return self.num_batches
 
     def _reset(self, epoch: int) -> None:
+        if self._ahead is not None and self._ahead[0] != int(epoch):
+            self._ahead = None  # its workers shut down when the iterator is collected
         n = self.n_logical
         self.epoch = int(epoch)
         self.batches = 0  # batches handed out in this epoch
@@ -272,13 +324,33 @@ class StreamLoader:
         self.skipped = Counter(state.get("skipped", {}))
         self.seen = int(state.get("seen", 0))
 
-    def __iter__(self):
-        ds = self.dataset
-        ds.plan = _Plan(self.epoch, self._next_worker, list(self._raw), list(self._wbatches), list(self._done))
+    def _at_epoch_start(self) -> bool:
+        return (self.batches == 0 and self._next_worker == 0 and not any(self._raw) and not any(self._wbatches)
+                and not any(self._done))
+
+    def _start(self, plan: _Plan):
+        """A DataLoader iterator over `plan` (workers fork here and copy the plan)."""
+        self.dataset.plan = plan
         kwargs = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 and self.prefetch_factor else {}
-        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            persistent_workers=False, **kwargs)
-        for item in loader:
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, persistent_workers=False, **kwargs)
+        return iter(loader)
+
+    def close(self) -> None:
+        """Stop workers started ahead for the next epoch (they also stop when the loader is collected)."""
+        self._ahead = None
+
+    def __iter__(self):
+        n = self.n_logical
+        if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start():
+            items = self._ahead[1]
+        else:
+            items = self._start(_Plan(self.epoch, self._next_worker, list(self._raw), list(self._wbatches),
+                                      list(self._done)))
+        self._ahead = None
+        for item in items:
+            if self._ahead is None and self.num_workers > 0 and self.batches > 0:
+                self._ahead = (self.epoch + 1, self._start(_Plan(self.epoch + 1, 0, [0] * n, [0] * n, [False] * n)))
             if "__error__" in item:
                 raise DataError(item["__error__"])
             lw = item["__worker__"]
@@ -296,7 +368,12 @@ class StreamLoader:
             if err is not None:
                 raise err
             if not flush:
-                yield item
+                yield unpack_tensors(item)
+            elif all(self._done):
+                # Every worker has sent its last item: torch's own end-of-data handling would now join
+                # the worker processes on this thread (~50 ms); let a background thread run it instead.
+                threading.Thread(target=_drain, args=(items,), daemon=True).start()
+                break
         self._end_epoch()
 
     def _end_epoch(self) -> None:

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import braceexpand
 
 from align.data.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
+from align.data.tarstream import iter_tar
 from align.errors import DataError
 
 log = logging.getLogger("align.data")
@@ -305,11 +306,7 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> I
         return
     current: dict | None = None
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*")
-        for info in tar:
-            if not info.isreg():
-                continue
-            name = info.name
+        for name, data in iter_tar(stream):
             base = os.path.basename(name)
             if base.startswith("__") and base.endswith("__"):
                 continue  # webdataset metadata members
@@ -317,19 +314,20 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> I
             if prefix is None:
                 continue
             ext = ext.lower()
-            # A new key completes the previous sample: hand it out before reading on, so a
-            # shard cut inside this member loses only this (incomplete) sample.
+            # A new key completes the previous sample (iter_tar has read this member whole, so a
+            # shard cut inside it never gets here): the sample being read when it broke is dropped.
             if current is None or prefix != current["__key__"]:
                 if current is not None:
                     yield current
                 current = {"__key__": prefix, "__url__": url}
-            data = tar.extractfile(info).read()
-            tar.members = []  # streaming: do not keep every header in memory
             if ext in current:
                 faults.record(DUPLICATE_FILE, f"file {name} in {url}", "", per_sample=False)
                 continue
             current[ext] = data
     except (tarfile.TarError, EOFError, zlib.error) as exn:
+        cut = getattr(exn, "member", None)  # the member whose data was cut short, when known
+        if current is not None and cut is not None and _split_name(cut)[0] != current["__key__"]:
+            yield current  # complete: the damage is in the next sample
         faults.record(CORRUPT_TAR, f"shard {url}", repr(exn), per_sample=False)
         return
     except OSError as exn:  # read error mid-stream (network, pipe exit status)

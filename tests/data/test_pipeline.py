@@ -59,6 +59,23 @@ def test_epochs_reshuffle_and_are_reproducible(tmp_path):
     assert flat(all_keys(other_seed)) != e0
 
 
+def test_next_epoch_started_early_gives_the_same_stream(tmp_path):
+    # With workers, epoch e+1's workers start once epoch e has handed out a batch; its batches must be
+    # exactly those of a loader that starts epoch e+1 afresh.
+    paths, keys = make_shards(tmp_path, 4, 6)
+    loader = build_train_loader(paths, **_kw(num_workers=2))
+    it = iter(loader)
+    e0 = [list(next(it)["__key__"]) for _ in range(2)]   # started when the second batch is asked for
+    assert loader._ahead is not None and loader._ahead[0] == 1
+    e0 += [list(b["__key__"]) for b in it]
+    e1 = all_keys(loader)
+    fresh = build_train_loader(paths, **_kw(num_workers=2))
+    fresh.set_epoch(1)
+    assert e1 == all_keys(fresh) and sorted(flat(e1)) == sorted(keys)
+    loader.set_epoch(0)           # a jump elsewhere drops the early-started epoch
+    assert loader._ahead is None and all_keys(loader) == e0
+
+
 def test_resampled_is_infinite_and_deterministic(tmp_path):
     paths, keys = make_shards(tmp_path, 3, 4)  # 12 samples; we draw 80
 

@@ -1,0 +1,154 @@
+"""A streaming reader of uncompressed tar members: (name, bytes) in archive order.
+
+Python's `tarfile` in stream mode costs ~85 µs per member (a TarInfo object,
+its field parsing, an ExFileObject per read); a shard sample has 3-5 members,
+so on a small machine tar parsing alone was ~0.35 ms per sample.  This reader
+parses the 512-byte headers directly: ustar/POSIX (with the name prefix),
+GNU long names (`L`) and pax `path` records (`x`), which covers what
+webdataset, GNU tar and Python's tarfile write.  Compressed archives
+(gzip/bzip2/xz) go through `tarfile` instead (see `iter_tar`).
+
+Faults are stricter than `tarfile`'s stream mode, which silently stops at a
+damaged header after the first member: here a bad checksum raises
+`tarfile.ReadError` and a member cut short raises `EOFError`, so the caller
+counts the shard as corrupt.  A clean end (zero blocks, or the end of the
+stream on a header boundary) is not a fault.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from typing import BinaryIO, Iterator
+
+BLOCK = 512
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+_REGULAR = (b"0", b"\x00", b"7")
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 when the high bit is set."""
+    if field[0] & 0x80:
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] & 0x40 else value
+    text = field.split(b"\x00", 1)[0].strip()
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise tarfile.ReadError(f"bad numeric field {field!r} in a tar header") from None
+
+
+def _read_exact(stream: BinaryIO, n: int, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) == n:
+        return data
+    chunks, got = [data], len(data)
+    while got < n:  # pipes and sockets may return short reads before the end
+        more = stream.read(n - got)
+        if not more:
+            raise EOFError(f"unexpected end of data in {what} ({got} of {n} bytes)")
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` record of a pax extended header ("<len> key=value\\n" records)."""
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise tarfile.ReadError("bad pax header record") from None
+        if length <= 0:
+            raise tarfile.ReadError("bad pax header record")
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+        pos += length
+    return None
+
+
+def iter_members(stream: BinaryIO, first: bytes = b"") -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular file in an uncompressed tar stream.
+
+    first: bytes already read from the stream's start (at most one header block).
+    """
+    pending = first
+    long_name: str | None = None
+    while True:
+        header, pending = (pending or stream.read(BLOCK)), b""
+        if not header:
+            return  # end of stream on a header boundary
+        if len(header) < BLOCK:
+            header += _read_exact(stream, BLOCK - len(header), "a tar header")
+        if header.count(0) == BLOCK:
+            return  # end-of-archive marker
+        stored = _number(header[148:156])
+        computed = sum(header) - sum(header[148:156]) + 8 * 32  # the checksum field counts as spaces
+        high = sum(1 for b in header[:148] + header[156:] if b > 127) if stored != computed else 0
+        if stored != computed and stored != computed - 256 * high:  # some writers sum signed bytes
+            raise tarfile.ReadError(f"bad tar header checksum (stored {stored}, computed {computed})")
+        size = _number(header[124:136])
+        if size < 0:
+            raise tarfile.ReadError(f"negative member size {size} in a tar header")
+        kind = header[156:157]
+        name = None
+        if kind in _REGULAR:
+            if long_name is not None:
+                name, long_name = long_name, None
+            else:
+                raw = header[:100].split(b"\x00", 1)[0]
+                if header[257:263] == b"ustar\x00":  # POSIX ustar: a name prefix lives at 345
+                    prefix = header[345:500].split(b"\x00", 1)[0]
+                    if prefix:
+                        raw = prefix + b"/" + raw
+                name = raw.decode("utf-8", "surrogateescape")
+        try:
+            data = _read_exact(stream, size, "a tar member") if size else b""
+            if -size % BLOCK:
+                _read_exact(stream, -size % BLOCK, "tar padding")
+        except EOFError as exn:
+            exn.member = name  # lets the caller tell which sample was cut
+            raise
+        if kind == b"L":      # GNU long name: the data is the next member's name
+            long_name = data.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+        elif kind == b"x":    # pax extended header for the next member
+            long_name = _pax_path(data) or long_name
+        elif name is not None:
+            yield name, data
+        else:
+            long_name = None  # a directory, link, ...: its long name does not carry over
+
+
+def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular file: the fast reader, or `tarfile` for a compressed archive."""
+    first = stream.read(BLOCK)
+    if not first.startswith(_COMPRESSED):
+        yield from iter_members(stream, first)
+        return
+    tar = tarfile.open(fileobj=_Prepended(first, stream), mode="r|*")
+    for info in tar:
+        if info.isreg():
+            yield info.name, tar.extractfile(info).read()
+        tar.members = []  # streaming: do not keep every header in memory
+
+
+class _Prepended:
+    """A read-only stream: `head` bytes, then the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self.head, self.stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.stream.read(n)
+        if n is None or n < 0:
+            out, self.head = self.head + self.stream.read(), b""
+            return out
+        out, self.head = self.head[:n], self.head[n:]
+        return out if len(out) == n else out + self.stream.read(n - len(out))
