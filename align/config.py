@@ -54,6 +54,7 @@ class DataConfig:
     allow_pipe: bool = False                                # pipe: URLs run shell commands
     max_skip_frac: Optional[float] = None                   # abort when the skip rate exceeds this
     synthetic_size: int = 10000                             # samples per epoch for data.train=synthetic
+    synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
 
 
 @dataclass
@@ -247,7 +248,9 @@ def _expand_open_clip(m: ModelConfig) -> None:
         else:
             src = {"model": m.open_clip}
         for modality in ("image", "text"):
-            m.towers.setdefault(modality, {"type": "open_clip", **src})
+            given = m.towers.get(modality) or {}
+            if "type" not in given:  # absent, or only options (e.g. towers.image.grad_checkpointing=true)
+                m.towers[modality] = {"type": "open_clip", **src, **given}
     if m.embed_dim is None:
         from align.towers.open_clip_towers import resolve_model_cfg
         for modality, t in m.towers.items():

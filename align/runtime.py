@@ -61,14 +61,16 @@ def build_scheduler(optimizer, tc, total_steps: int):
 
 
 class SyntheticLoader:
-    """Random inputs at the towers' sizes (open_clip's --dataset-type synthetic), deterministic per step.
+    """Synthetic inputs at the towers' sizes (open_clip's --dataset-type synthetic), deterministic per step.
 
+    Images and audio are random; text is `caption` through the text tower's tokenizer, as open_clip's
+    synthetic set tokenizes "Dummy caption" (so both train on the same text, padding included).
     Batch b of epoch e on rank r is drawn from a generator seeded with (seed, rank, e, b), so the
     stream is exactly resumable from `state_dict()`.
     """
 
     def __init__(self, model, batch_size: int, seed: int = 0, rank: int = 0, samples_per_epoch: int = 10000,
-                 resume_state: Optional[dict] = None):
+                 resume_state: Optional[dict] = None, caption: Optional[str] = "Dummy caption"):
         self.model, self.batch_size, self.seed, self.rank = model, batch_size, seed, rank
         self.batches_per_epoch = max(1, samples_per_epoch // batch_size)
         self.epoch = (resume_state or {}).get("epoch", 0)
@@ -79,6 +81,8 @@ class SyntheticLoader:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.pool = {m: t.dummy_input(batch_size * 4) for m, t in model.towers.items()}
+        if caption is not None and "text" in model.towers:
+            self.pool["text"] = model.towers["text"].tokenize([caption]).expand(batch_size * 4, -1).clone()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.start = epoch, 0
@@ -97,6 +101,21 @@ class SyntheticLoader:
             self.seen += self.batch_size
             yield batch
         self.start = 0
+
+
+def enable_grad_checkpointing(model) -> list:
+    """Turn on activation checkpointing in every tower that supports it; returns their names.
+
+    A tower without it (e.g. `audio_cnn`) is named in a warning rather than silently left as it was.
+    """
+    done, missing = [], []
+    for name, tower in model.towers.items():
+        (done if tower.set_grad_checkpointing(True) else missing).append(name)
+    if missing:
+        import logging
+        logging.getLogger("align.train").warning(
+            "train.grad_checkpointing: tower(s) %s have no gradient checkpointing; they run as before", missing)
+    return done
 
 
 def estimate_flops_per_sample(model) -> Optional[float]:

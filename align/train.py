@@ -18,15 +18,16 @@ from align.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoin
 from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model
-from align.runtime import (SyntheticLoader, build_optimizer, build_scheduler, estimate_flops_per_sample,
-                           peak_flops, write_loss_plot)
+from align.runtime import (SyntheticLoader, build_optimizer, build_scheduler, enable_grad_checkpointing,
+                           estimate_flops_per_sample, peak_flops, write_loss_plot)
 
 
 def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state: Optional[dict]):
     """The training stream: real shards through the streaming pipeline, or synthetic inputs."""
     if r.data.train == "synthetic":
         return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
-                               samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state)
+                               samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state,
+                               caption=r.data.synthetic_caption)
     from align.data.pipeline import SourceSpec, build_train_loader
     train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
     sources = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
@@ -58,7 +59,22 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # Without CUDA, `accelerate launch --multi_gpu --num_processes N` starts N processes that only
     # form a (gloo) process group when Accelerator is told cpu=True.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    acc = Accelerator(mixed_precision=mp, cpu=multi_cpu)
+    accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    if r.train.precision == "fp16" and not accel:
+        # Accelerate turns fp16 autocast off on CPU without a word: the run would be fp32 while its
+        # summary said fp16.  (bf16 autocast does run on CPU.)
+        raise AlignError("train.precision=fp16 needs a GPU: on CPU Accelerate runs it as fp32; "
+                         "use train.precision=bf16 or fp32")
+    try:
+        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu)
+    except ImportError as exn:  # e.g. a DeepSpeed launch config without deepspeed installed
+        raise AlignError(f"accelerate: {exn}") from None
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        # Without CUDA, Accelerate drops an FSDP/DeepSpeed launch config and trains unsharded.
+        if os.environ.get(flag, "").lower() in ("1", "true") and acc.distributed_type.value != name:
+            raise AlignError(f"accelerate was launched with {name}, but Accelerate set up "
+                             f"{acc.distributed_type.value} (it needs CUDA devices); relaunch without it")
     rank, world, is_main = acc.process_index, acc.num_processes, acc.is_main_process
     set_seed(r.seed)
     if r.train.deterministic:
@@ -71,9 +87,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     model = build_model(r.model)
     model.config = recipe_to_dict(r)
     if r.train.grad_checkpointing:
-        for t in model.towers.values():
-            if hasattr(t, "net") and hasattr(t.net, "set_grad_checkpointing"):
-                t.net.set_grad_checkpointing(True)
+        enable_grad_checkpointing(model)
     from align.losses import build_loss
     weights = r.loss.weights or [1.0] * len(r.loss.pairs)
     loss_opts = {"chunk_size": r.loss.chunk_size} if r.loss.type.startswith("chunked") else {}
@@ -98,7 +112,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     resume_path = resolve_resume(r)
     # Skip counts live in the loader (and its state_dict), not here.
     state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "elapsed_s": 0.0, "samples": 0,
-             "best": None}
+             "best": None, "data_wait_s": 0.0}
     if resume_path:
         saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False)
         state.update({k: saved[k] for k in state if k in saved})
@@ -163,7 +177,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
         # -- data -----------------------------------------------------------------------------
         t0 = time.perf_counter()
         micro = [next_batch() for _ in range(r.train.accum_steps)]
-        wait_window += time.perf_counter() - t0
+        waited = time.perf_counter() - t0
+        wait_window += waited
+        state["data_wait_s"] += waited
         micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
         masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
 
@@ -264,6 +280,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         flops = estimate_flops_per_sample(core)
         peak = peak_flops(acc.device, r.train.precision) * world
         summary = {"steps": state["step"], "final_loss": loss_val, "wall_time_s": wall, "samples_per_s": sps,
+                   "data_wait_frac": state["data_wait_s"] / max(wall, 1e-9),
                    "flops_per_sample": flops, "peak_flops": peak,
                    "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped),
                    "bad_steps": state["bad_steps_total"], "checkpoint": final, "metrics": results,

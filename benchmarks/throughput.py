@@ -8,6 +8,13 @@ webdataset <= 0.2.86): build it with `bash tools/make_openclip_env.sh`.
 
     python benchmarks/throughput.py --model ViT-S-32 --batch-size 32 --steps 25 --repeats 2
 Last line: `ratio=X` (align samples/s over open_clip samples/s, medians over repeats).
+
+The data is open_clip's synthetic set on both sides: a constant image and the caption
+"Dummy caption", padded to the context length.  align's text tower skips the padding after the
+last end-of-text token (exact for causal text towers: same embeddings and gradients); open_clip
+runs all context positions.  `--also-untrimmed` adds align runs with that off
+(`model.towers.text.trim_padding=false`), which isolates the rest of the engine, and prints
+`ratio_untrimmed=X` too.
 """
 import argparse
 import json
@@ -24,16 +31,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run_align(a, tmp, i):
-    out = os.path.join(tmp, f"align-{i}")
+def run_align(a, tmp, i, trim=True):
+    out = os.path.join(tmp, f"align-{i}-{trim}")
     recipe = {
         "output_dir": out, "seed": i, "resume": "none",
-        "model": {"open_clip": a.model},
+        "model": {"open_clip": a.model, "towers": {"text": {"trim_padding": trim}}},
         "data": {"train": "synthetic", "synthetic_size": a.batch_size * (a.steps + 1), "num_workers": 0},
         "train": {"batch_size": a.batch_size, "max_steps": a.steps, "precision": a.precision, "lr": 5e-4,
                   "warmup_steps": 2, "log_every": 1, "checkpoint_every": 0, "num_threads": a.threads},
     }
-    path = os.path.join(tmp, f"align-{i}.yaml")
+    path = os.path.join(tmp, f"align-{i}-{trim}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(recipe, f)
     subprocess.run([sys.executable, "-m", "align.cli", "train", path, "--no-progress"], check=True, cwd=ROOT,
@@ -75,20 +82,28 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--openclip-python", default=os.path.join(ROOT, ".bench_env", "bin", "python"))
+    ap.add_argument("--also-untrimmed", action="store_true",
+                    help="also time align with text padding trimming off (isolates the rest of the engine)")
     a = ap.parse_args()
     if not os.path.exists(a.openclip_python):
         raise SystemExit(f"{a.openclip_python} missing: run `bash tools/make_openclip_env.sh` first")
-    res = {"align": [], "open_clip": []}
+    res = {"align": [], "align_untrimmed": [], "open_clip": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
             res["align"].append(run_align(a, tmp, i))
-            print(f"run {i}: align     {res['align'][-1]:8.2f} samples/s", flush=True)
+            print(f"run {i}: align           {res['align'][-1]:8.2f} samples/s", flush=True)
             res["open_clip"].append(run_open_clip(a, tmp, i))
-            print(f"run {i}: open_clip {res['open_clip'][-1]:8.2f} samples/s", flush=True)
+            print(f"run {i}: open_clip       {res['open_clip'][-1]:8.2f} samples/s", flush=True)
+            if a.also_untrimmed:
+                res["align_untrimmed"].append(run_align(a, tmp, i, trim=False))
+                print(f"run {i}: align untrimmed {res['align_untrimmed'][-1]:8.2f} samples/s", flush=True)
     al, oc = statistics.median(res["align"]), statistics.median(res["open_clip"])
     print(f"model={a.model} batch={a.batch_size} precision={a.precision} steps={a.steps} (timed after "
           f"{a.warmup}) threads={a.threads}")
     print(f"align_samples_per_s={al:.2f} open_clip_samples_per_s={oc:.2f}")
+    if a.also_untrimmed:
+        un = statistics.median(res["align_untrimmed"])
+        print(f"align_untrimmed_samples_per_s={un:.2f} ratio_untrimmed={un / oc:.3f}")
     print(f"ratio={al / oc:.3f}")
 
 

@@ -25,6 +25,14 @@ def test_open_clip_shorthand_fills_dual_towers(tiny_recipe):
     assert all(t["type"] == "open_clip" for t in r.model.towers.values())
 
 
+def test_open_clip_shorthand_keeps_tower_options_given_beside_it(tmp_path, tiny_recipe):
+    r = load_recipe(_write(tmp_path, tiny_recipe), ["model.towers.text.trim_padding=false",
+                                                    "model.towers.image.grad_checkpointing=true"])
+    assert r.model.towers["text"] == {"type": "open_clip", "config": tiny_recipe["model"]["open_clip"],
+                                      "trim_padding": False}
+    assert r.model.towers["image"]["grad_checkpointing"] is True and r.model.towers["image"]["type"] == "open_clip"
+
+
 def test_open_clip_name_sets_embed_dim(tiny_recipe):
     tiny_recipe["model"] = {"open_clip": "ViT-B-32"}
     assert parse_recipe(tiny_recipe).model.embed_dim == 512

@@ -4,7 +4,7 @@ import math
 import torch
 
 from align.config import TrainConfig, parse_recipe
-from align.model import build_model
+from align.model import AlignModel, build_model
 from align.runtime import SyntheticLoader, WarmupCosine, build_optimizer, build_scheduler, no_decay
 
 
@@ -56,3 +56,44 @@ def test_synthetic_loader_resumes_exactly(tiny_recipe):
     again = [x["image"] for _, x in zip(range(2), iter(b))]
     assert all(torch.equal(x, y) for x, y in zip(rest, again))
     assert not torch.equal(first[0]["image"], first[1]["image"])
+
+
+def test_synthetic_text_is_the_caption_tokenized_as_open_clip_does(tiny_recipe):
+    model = build_model(parse_recipe(tiny_recipe).model)
+    batch = next(iter(SyntheticLoader(model, batch_size=4, samples_per_epoch=8, caption="Dummy caption")))
+    import open_clip
+    ref = open_clip.tokenize(["Dummy caption"] * 4, context_length=batch["text"].shape[1])
+    assert torch.equal(batch["text"], ref)
+
+
+def _saved_tensors(tower, x):
+    n = [0]
+
+    def pack(t):
+        n[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tower(x).sum().backward()
+    return n[0]
+
+
+def test_grad_checkpointing_stores_fewer_activations_in_every_transformer_tower():
+    from align.runtime import enable_grad_checkpointing
+    from align.towers import build_tower
+    from tests.conftest import TINY_OPEN_CLIP
+
+    cfg = {**TINY_OPEN_CLIP, "vision_cfg": {**TINY_OPEN_CLIP["vision_cfg"], "layers": 3},
+           "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "layers": 3}}
+    towers = {
+        "image": build_tower({"type": "open_clip", "config": cfg}, "image", 16),
+        "text": build_tower({"type": "open_clip", "config": cfg}, "text", 16),
+        "audio": build_tower({"type": "audio", "clip_seconds": 0.5, "n_mels": 32, "patch": 8, "width": 32,
+                              "layers": 3, "heads": 2}, "audio", 16),
+    }
+    inputs = {m: t.dummy_input(2) for m, t in towers.items()}
+    before = {m: _saved_tensors(t, inputs[m]) for m, t in towers.items()}
+    model = AlignModel(towers)
+    assert sorted(enable_grad_checkpointing(model)) == ["audio", "image", "text"]
+    for m, t in towers.items():
+        assert _saved_tensors(t, inputs[m]) < before[m] / 2, m

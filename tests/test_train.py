@@ -21,6 +21,8 @@ def _run(recipe_dict, kill_at=None):
         if kill_at:
             os.environ["ALIGN_TEST_SIGKILL_AT_STEP"] = str(kill_at)
         torch.set_num_threads(1)
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state(True)  # a fresh process's state, not the one forked from pytest
         train(parse_recipe(recipe_dict), progress=False)
     p = mp.get_context("fork").Process(target=child)
     p.start()
@@ -106,4 +108,49 @@ def test_wandb_missing_is_one_line(tiny_recipe, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)      # import wandb -> ImportError
     tiny_recipe["train"]["wandb_project"] = "x"
     with pytest.raises(AlignError, match="pip install wandb"):
+        train(parse_recipe(tiny_recipe), progress=False)
+
+
+def _losses(run_dir):
+    return [json.loads(l)["loss"] for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def _variant(tiny_recipe, tmp_path, name, **train):
+    r = dict(tiny_recipe, output_dir=str(tmp_path / name))
+    r["train"] = dict(tiny_recipe["train"], max_steps=4, log_every=1, checkpoint_every=0, **train)
+    return r
+
+
+def test_grad_checkpointing_trains_to_the_same_weights(tiny_recipe, tmp_path):
+    plain, ckpt = _variant(tiny_recipe, tmp_path, "plain"), _variant(tiny_recipe, tmp_path, "ckpt",
+                                                                      grad_checkpointing=True)
+    assert _run(plain) == 0 and _run(ckpt) == 0
+    a, b = _final_weights(plain["output_dir"]), _final_weights(ckpt["output_dir"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_there(tiny_recipe, tmp_path):
+    fp32, bf16 = _variant(tiny_recipe, tmp_path, "fp32"), _variant(tiny_recipe, tmp_path, "bf16", precision="bf16")
+    assert _run(fp32) == 0 and _run(bf16) == 0
+    a, b = _losses(fp32["output_dir"]), _losses(bf16["output_dir"])
+    assert a != b                                             # autocast really ran in bfloat16
+    assert all(abs(x - y) < 0.05 for x, y in zip(a, b))       # ... and trained the same model
+    fp16 = _variant(tiny_recipe, tmp_path, "fp16", precision="fp16")
+    with pytest.raises(AlignError, match="fp16 needs a GPU"):
+        train(parse_recipe(fp16), progress=False)
+
+
+@pytest.mark.slow  # inductor compiles for ~50 s on 2 CPU cores
+def test_torch_compile_trains_like_eager(tiny_recipe, tmp_path):
+    eager, comp = _variant(tiny_recipe, tmp_path, "eager"), _variant(tiny_recipe, tmp_path, "comp", compile=True)
+    assert _run(eager) == 0 and _run(comp) == 0
+    for x, y in zip(_losses(eager["output_dir"]), _losses(comp["output_dir"])):
+        assert abs(x - y) < 1e-4
+
+
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharded_launch_that_accelerate_cannot_honour_is_refused(tiny_recipe, monkeypatch, flag):
+    monkeypatch.setenv(flag, "true")  # what `accelerate launch --use_fsdp / --use_deepspeed` sets
+    with pytest.raises(AlignError, match="needs CUDA|DeepSpeed is not installed"):
         train(parse_recipe(tiny_recipe), progress=False)

@@ -132,6 +132,10 @@ class AudioTransformerTower(_AudioTowerMixin, LockableTower):
         self.positional_embedding = nn.Parameter(pos.clone())                     # [1 + N, W]
         self.head = build_projection(width, embed_dim, proj, where)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        self.transformer.grad_checkpointing = enable  # open_clip's Transformer checkpoints each block
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:                # [B, n_mels, T] -> [B, D]
         self._check_input(x)
         with self.trunk_context():

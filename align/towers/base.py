@@ -36,6 +36,10 @@ class Tower(nn.Module):
     # False for a tokenizer with random parts (e.g. open_clip's random token dropping): never cached.
     tokenize_is_deterministic: bool = True
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """Recompute activations in backward instead of storing them; False: this tower cannot."""
+        return False
+
     def lock(self, unlocked_groups: int = 0) -> None:
         """Freeze the tower except its last `unlocked_groups` layer groups (LiT)."""
         for p in self.parameters():

@@ -114,6 +114,15 @@ class HFTextTower(LockableTower):
         return self.tokenizer(list(texts), padding="max_length", truncation=True,
                               max_length=self.context_length, return_tensors="pt")["input_ids"]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            return False
+        if enable:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_disable()
+        return True
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:                # [B, L] -> [B, D]
         mask = ids != self.pad_id                                         # [B, L] bool
         with self.trunk_context():

@@ -23,7 +23,13 @@ from align.towers import TOWERS
 from align.towers.base import Tower
 
 _KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
-         "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg"}
+         "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg",
+         "trim_padding"}
+
+
+def _tracing() -> bool:
+    """True while exporting (jit trace / ONNX): the trimmed length must not be baked into a graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def resolve_model_cfg(cfg: dict, where: str) -> dict:
@@ -69,14 +75,56 @@ class OpenClipTower(Tower):
             self.text_cfg = dict(model_cfg.get("text_cfg", {}))
             self.net = _build_text_tower(embed_dim, self.text_cfg, quick_gelu)
             self._tokenizer = None
+            # open_clip's reduction_mask tokenizers (random / shuffle / ...) drop tokens at random.
+            self.tokenize_is_deterministic = not self.text_cfg.get("tokenizer_kwargs", {}).get("reduction_mask")
         else:
             raise ConfigError(f"model.towers.{modality}: type open_clip builds image or text towers, not {modality!r}")
         if cfg.get("grad_checkpointing"):
-            self.net.set_grad_checkpointing(True)
+            self.set_grad_checkpointing(True)
+        self.trim_padding = bool(cfg.get("trim_padding", True))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        self.net.set_grad_checkpointing(enable)
+        return True
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # image [B,3,H,W] | text long [B,L] -> [B,E]
+        if self.modality == "text" and self.trim_padding and self._can_trim() and not _tracing():
+            return self._text_forward_trimmed(x)
         return self.net(x)
+
+    # Exact padding trimming for causal text towers.  open_clip runs its text transformer over all
+    # context_length positions, most of them padding (a LAION caption is ~20 of 77 tokens).  With a
+    # causal mask, position p sees only positions <= p, and the pooled token is the end-of-text
+    # token, so the positions after the last EOT in the batch change nothing: dropping them gives
+    # the same embeddings (to float rounding) and the same gradients for less work.
+    trim_padding: bool = True
+
+    def _can_trim(self) -> bool:
+        from open_clip.transformer import TextTransformer
+        net = self.net
+        return (isinstance(net, TextTransformer) and net.cls_emb is None and net.attn_mask is not None
+                and not getattr(net, "use_pad_mask", False) and not net.output_tokens
+                and net.pool_type in ("argmax", "eos"))
+
+    def _text_forward_trimmed(self, text: torch.Tensor) -> torch.Tensor:  # long [B, L] -> [B, E]
+        from open_clip.transformer import text_global_pool
+        net = self.net
+        eos = getattr(net, "eos_id", None)
+        end = text.argmax(dim=-1) if net.pool_type == "argmax" else (text == eos).int().argmax(dim=-1)  # [B]
+        n = min(text.shape[1], -(-(int(end.max()) + 1) // 8) * 8)  # multiples of 8: few distinct shapes
+        if n == text.shape[1]:
+            return net(text)
+        text = text[:, :n]                                                                   # [B, n]
+        cast = net.transformer.get_cast_dtype()
+        h = net.token_embedding(text).to(cast) + net.positional_embedding[:n].to(cast)      # [B, n, W]
+        h = net.transformer(h, attn_mask=net.attn_mask[:n, :n])
+        pooled = text_global_pool(net.ln_final(h), text, pool_type=net.pool_type, eos_token_id=eos)  # [B, W]
+        if net.text_projection is None:
+            return pooled
+        if isinstance(net.text_projection, nn.Linear):
+            return net.text_projection(pooled)
+        return pooled @ net.text_projection
 
     # -- preprocessing ---------------------------------------------------------------------
     @property

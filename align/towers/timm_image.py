@@ -91,6 +91,10 @@ class TimmImageTower(LockableTower):
         feat = getattr(self.trunk, "head_hidden_size", None) or self.trunk.num_features
         self.head = build_projection(feat, embed_dim, proj, where)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        self.trunk.set_grad_checkpointing(enable)
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:                # [B, 3, H, W] -> [B, D]
         with self.trunk_context():
             feats = self.trunk(x)                                        # [B, F] (num_classes=0)

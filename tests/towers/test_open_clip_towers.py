@@ -30,6 +30,84 @@ def test_tokenizer_keeps_end_of_text_when_truncating():
     assert tok[0, -1].item() == eot
 
 
+def test_cached_tokenize_matches_the_tokenizer_and_evicts_oldest():
+    from align.towers.base import CachedTokenize
+
+    txt = build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP}, "text", 16)
+    cached = CachedTokenize(txt.tokenize, maxsize=2)
+    words = ["a cat", "two dogs", "a cat", "x y z", "a cat", "two dogs"]
+    for w in words:
+        out = cached([w])
+        assert torch.equal(out, txt.tokenize([w]))
+        out.zero_()  # a caller writing into its tensor must not change the cache
+    assert (cached.hits, cached.misses) == (2, 4)  # 'two dogs' was evicted by 'x y z', then missed again
+    assert torch.equal(cached(["a cat", "x"]), txt.tokenize(["a cat", "x"]))  # batches pass through
+
+
+def test_random_token_dropping_tokenizer_is_never_cached():
+    from align.model import AlignModel
+    from align.towers.base import CachedTokenize
+
+    cfg = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "tokenizer_kwargs": {"reduction_mask": "random"}}}
+    txt = build_tower({"type": "open_clip", "config": cfg}, "text", 16)
+    img = build_tower({"type": "open_clip", "config": cfg}, "image", 16)
+    assert not isinstance(AlignModel({"image": img, "text": txt}).transforms(train=True)["text"], CachedTokenize)
+    plain = build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP}, "text", 16)
+    assert isinstance(AlignModel({"image": img, "text": plain}).transforms(train=True)["text"], CachedTokenize)
+
+
+def _text_tower(**text_cfg):
+    cfg = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "context_length": 40, "layers": 2,
+                                          **text_cfg}}
+    return build_tower({"type": "open_clip", "config": cfg}, "text", 16)
+
+
+def _random_captions(n, L, end_id, gen, max_end=None):
+    """[n, L] token rows: random ids, an end token at a random place (<= max_end), zeros after it."""
+    tok = torch.zeros(n, L, dtype=torch.long)
+    for i in range(n):
+        end = int(torch.randint(1, (max_end or L - 1) + 1, (1,), generator=gen))
+        tok[i, :end] = torch.randint(1, 1000, (end,), generator=gen)
+        tok[i, end] = end_id
+    return tok
+
+
+@pytest.mark.parametrize("pool", ["argmax", "eos"])
+def test_padding_trimming_matches_the_full_text_forward_and_its_gradients(pool):
+    torch.manual_seed(0)
+    txt = _text_tower(pool_type=pool, eos_id=49407)
+    assert txt._can_trim()
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(5):
+        # short captions (trimmed to <= 24 of 40 positions), then batches whose longest may fill the context
+        tok = _random_captions(6, 40, 49407, gen, max_end=19 if trial < 3 else None)
+        txt.zero_grad()
+        out = txt(tok)
+        out.pow(2).sum().backward()
+        got = {k: p.grad.clone() for k, p in txt.named_parameters()}
+        txt.zero_grad()
+        ref = txt.net(tok)
+        ref.pow(2).sum().backward()
+        assert torch.allclose(out, ref, atol=1e-5), trial
+        for k, p in txt.named_parameters():
+            assert torch.allclose(got[k], p.grad, atol=1e-5), (trial, k)
+
+
+def test_padding_trimming_does_less_work_and_stays_off_where_it_would_change_results():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    txt = _text_tower()
+    tok = _random_captions(4, 40, 49407, torch.Generator().manual_seed(0), max_end=5)
+    with FlopCounterMode(display=False) as trimmed:
+        txt(tok)
+    with FlopCounterMode(display=False) as full:
+        txt.net(tok)
+    assert trimmed.get_total_flops() < 0.4 * full.get_total_flops()   # 8 of 40 positions
+    # bidirectional attention (SigLIP-style) or last-token pooling: padding matters, never trimmed
+    assert not _text_tower(no_causal_mask=True, pool_type="last")._can_trim()
+    assert not _text_tower(pool_type="last")._can_trim()
+
+
 def test_image_transform_shape():
     img = build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP}, "image", 16)
     x = img.preprocess(train=True)(Image.new("RGB", (40, 30)))
