@@ -130,14 +130,16 @@ def _cpu_seconds() -> float:
 def time_epoch(shards, transforms, modalities, workers, batch_size) -> tuple[int, float, float, float]:
     """One epoch -> (samples, samples/s, steady samples/s after the first batch, CPU ms per sample)."""
     loader = build_train_loader(shards, transforms=transforms, batch_size=batch_size, modalities=modalities,
-                                num_workers=workers, shuffle_buffer=1000, drop_last=False)
+                                num_workers=workers, shuffle_buffer=1000, drop_last=False,
+                                start_next_epoch_early=False)  # one epoch: no workers for the next
     cpu0 = _cpu_seconds()
     n, n_first, t0, t_first = 0, 0, time.perf_counter(), None
-    for batch in loader:  # the DataLoader joins its workers when the epoch ends
+    for batch in loader:
         if t_first is None:
             t_first, n_first = time.perf_counter(), len(batch["__key__"])
         n += len(batch["__key__"])
     t1 = time.perf_counter()
+    loader.close()  # the workers exit on a background thread; wait, so their CPU time is counted
     cpu_ms = 1000 * (_cpu_seconds() - cpu0) / max(n, 1)
     if loader.skipped:
         print(f"  (skipped: {dict(loader.skipped)})")

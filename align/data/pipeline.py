@@ -250,7 +250,8 @@ class StreamLoader:
     """
 
     def __init__(self, dataset: _StreamDataset, *, num_workers: int, epoch: int = 0,
-                 max_skip_frac: float | None = None, pin_memory: bool = False, prefetch_factor: int | None = None):
+                 max_skip_frac: float | None = None, pin_memory: bool = False, prefetch_factor: int | None = None,
+                 start_next_epoch_early: bool = True):
         self.dataset = dataset
         self.num_workers = num_workers
         self.n_logical = max(1, num_workers)
@@ -260,6 +261,8 @@ class StreamLoader:
         self.skipped: Counter = Counter()
         self.seen = 0
         self._ahead: tuple[int, object] | None = None  # (epoch, DataLoader iterator) started early
+        self.start_next_epoch_early = start_next_epoch_early
+        self._drain: threading.Thread | None = None
         self._reset(epoch)
 
     @property
@@ -337,8 +340,11 @@ class StreamLoader:
         return iter(loader)
 
     def close(self) -> None:
-        """Stop workers started ahead for the next epoch (they also stop when the loader is collected)."""
+        """Stop workers started ahead for the next epoch and wait until the last epoch's have exited."""
         self._ahead = None
+        if self._drain is not None:
+            self._drain.join()
+            self._drain = None
 
     def __iter__(self):
         n = self.n_logical
@@ -349,7 +355,7 @@ class StreamLoader:
                                       list(self._done)))
         self._ahead = None
         for item in items:
-            if self._ahead is None and self.num_workers > 0 and self.batches > 0:
+            if self._ahead is None and self.start_next_epoch_early and self.num_workers > 0 and self.batches > 0:
                 self._ahead = (self.epoch + 1, self._start(_Plan(self.epoch + 1, 0, [0] * n, [0] * n, [False] * n)))
             if "__error__" in item:
                 raise DataError(item["__error__"])
@@ -372,7 +378,8 @@ class StreamLoader:
             elif all(self._done):
                 # Every worker has sent its last item: torch's own end-of-data handling would now join
                 # the worker processes on this thread (~50 ms); let a background thread run it instead.
-                threading.Thread(target=_drain, args=(items,), daemon=True).start()
+                self._drain = threading.Thread(target=_drain, args=(items,), daemon=True)
+                self._drain.start()
                 break
         self._end_epoch()
 
@@ -394,7 +401,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        shuffle_buffer: int = 1000, allow_pipe: bool = False, max_skip_frac: float | None = None,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
-                       prefetch_factor: int | None = None) -> StreamLoader:
+                       prefetch_factor: int | None = None, start_next_epoch_early: bool = True) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -410,6 +417,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     resampled: draw shards with replacement, seeded; infinite unless samples_per_epoch.
     drop_last: drop each worker's final partial batch (default: = train).
     min_modalities: a sample needs this many of `modalities` (capped at len(modalities)).
+    start_next_epoch_early: with workers, start the next epoch's workers during this one (see StreamLoader).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -446,7 +454,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         shuffle_buffer=shuffle_buffer if train else 0, allow_pipe=allow_pipe, train=train,
         drop_last=train if drop_last is None else drop_last, batches_per_rank=batches_per_rank)
     loader = StreamLoader(dataset, num_workers=num_workers, epoch=epoch, max_skip_frac=max_skip_frac,
-                          pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+                          pin_memory=pin_memory, prefetch_factor=prefetch_factor,
+                          start_next_epoch_early=start_next_epoch_early)
     if resume_state is not None:
         loader.load_state_dict(resume_state)
     return loader

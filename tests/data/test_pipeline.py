@@ -74,6 +74,9 @@ def test_next_epoch_started_early_gives_the_same_stream(tmp_path):
     assert e1 == all_keys(fresh) and sorted(flat(e1)) == sorted(keys)
     loader.set_epoch(0)           # a jump elsewhere drops the early-started epoch
     assert loader._ahead is None and all_keys(loader) == e0
+    late = build_train_loader(paths, **_kw(num_workers=2, start_next_epoch_early=False))
+    assert all_keys(late) == e0 and late._ahead is None and all_keys(late) == e1
+    late.close()
 
 
 def test_resampled_is_infinite_and_deterministic(tmp_path):
