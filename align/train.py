@@ -266,6 +266,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
+    if hasattr(loader, "close"):
+        loader.close()  # workers started early for an epoch that will not run
 
     # -- the end: final checkpoint, eval, summary ----------------------------------------------------
     wall = time.perf_counter() - t_start

@@ -1,4 +1,5 @@
 """Training loop: runs, logs, and resumes exactly after SIGKILL (bitwise on CPU, one process)."""
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -24,6 +25,10 @@ def _run(recipe_dict, kill_at=None):
         from accelerate.state import AcceleratorState
         AcceleratorState._reset_state(True)  # a fresh process's state, not the one forked from pytest
         train(parse_recipe(recipe_dict), progress=False)
+    # Collect garbage here, not in the child: an unreachable object of a native library (e.g. an
+    # onnxruntime session left by an export test) destroyed in a forked child can wait forever on
+    # its thread pool, whose threads the child does not have.
+    gc.collect()
     p = mp.get_context("fork").Process(target=child)
     p.start()
     p.join()
