@@ -218,7 +218,7 @@ def unpack_tensors(item: dict) -> dict:
         return item
     buf, layout = item.pop("__packed__")
     for k, dtype, shape, off in layout:
-        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        n = torch.Size(shape).numel() * dtype.itemsize
         item[k] = buf[off:off + n].view(dtype).view(shape)
     return item
 
