@@ -342,6 +342,9 @@ class StreamLoader:
     def close(self) -> None:
         """Stop workers started ahead for the next epoch and wait until the last epoch's have exited."""
         self._ahead = None
+        self._join_drain()
+
+    def _join_drain(self) -> None:
         if self._drain is not None:
             self._drain.join()
             self._drain = None
@@ -356,9 +359,7 @@ class StreamLoader:
         self._ahead = None
         for item in items:
             if self._ahead is None and self.start_next_epoch_early and self.num_workers > 0 and self.batches > 0:
-                if self._drain is not None:  # never fork while the last epoch's workers are being joined
-                    self._drain.join()
-                    self._drain = None
+                self._join_drain()  # never fork while the last epoch's workers are being joined
                 self._ahead = (self.epoch + 1, self._start(_Plan(self.epoch + 1, 0, [0] * n, [0] * n, [False] * n)))
             if "__error__" in item:
                 raise DataError(item["__error__"])

@@ -82,6 +82,7 @@ class OpenClipTower(Tower):
         if cfg.get("grad_checkpointing"):
             self.set_grad_checkpointing(True)
         self.trim_padding = bool(cfg.get("trim_padding", True))
+        self._trimmable = modality == "text" and self._can_trim()  # fixed by the architecture
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
         self.net.set_grad_checkpointing(enable)
@@ -89,7 +90,7 @@ class OpenClipTower(Tower):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # image [B,3,H,W] | text long [B,L] -> [B,E]
-        if self.modality == "text" and self.trim_padding and self._can_trim() and not _tracing():
+        if self._trimmable and self.trim_padding and not _tracing():
             return self._text_forward_trimmed(x)
         return self.net(x)
 
