@@ -14,34 +14,8 @@ import json
 import os
 import sys
 
+from align.config import recipe_header, recipes_dir, resolve_recipe
 from align.errors import AlignError
-
-REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-
-
-def recipes_dir() -> str:
-    return os.environ.get("ALIGN_RECIPES", REPO_RECIPES)
-
-
-def resolve_recipe(name: str) -> str:
-    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml)."""
-    if os.path.isfile(name):
-        return name
-    cand = os.path.join(recipes_dir(), name if name.endswith(".yaml") else name + ".yaml")
-    if os.path.isfile(cand):
-        return cand
-    raise AlignError(f"recipe not found: {name} (not a file, nor one of `align recipes`)")
-
-
-def recipe_header(path: str) -> str:
-    """The opening comment block of a recipe (what it trains, launch, runtime)."""
-    lines = []
-    for line in open(path):
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].strip())
-    return "\n".join(lines)
-
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_train(a):
@@ -60,12 +34,12 @@ def cmd_recipes(a):
 
 
 def cmd_demo(a):
-    from align.demo import run_demo
+    from align.demo.run import run_demo
     run_demo(out=a.out, seed=a.seed, overrides=a.overrides, progress=not a.no_progress)
 
 
 def cmd_data_demo(a):
-    from align.data.demo import build_demo
+    from align.demo.data import build_demo
     man = build_demo(a.out, seed=a.seed, workers=a.workers)
     print(json.dumps(man, indent=1))
 

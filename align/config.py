@@ -287,3 +287,31 @@ def _check(r: Recipe) -> None:
 
 def recipe_to_dict(r: Recipe) -> dict:
     return dataclasses.asdict(r)
+
+
+# -- shipped recipes -------------------------------------------------------------------------
+REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+def recipes_dir() -> str:
+    return os.environ.get("ALIGN_RECIPES", REPO_RECIPES)
+
+
+def resolve_recipe(name: str) -> str:
+    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml)."""
+    if os.path.isfile(name):
+        return name
+    cand = os.path.join(recipes_dir(), name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.isfile(cand):
+        return cand
+    raise ConfigError(f"recipe not found: {name} (not a file, nor one of `align recipes`)")
+
+
+def recipe_header(path: str) -> str:
+    """The opening comment block of a recipe (what it trains, launch, runtime)."""
+    lines = []
+    for line in open(path):
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return "\n".join(lines)

@@ -115,3 +115,18 @@ def build_model(model_cfg) -> AlignModel:
         raise ConfigError("model.towers: need at least two towers")
     return AlignModel(towers, init_logit_scale=model_cfg.init_logit_scale,
                       max_logit_scale=model_cfg.max_logit_scale, init_logit_bias=model_cfg.init_logit_bias)
+
+
+def enable_grad_checkpointing(model) -> list:
+    """Turn on activation checkpointing in every tower that supports it; returns their names.
+
+    A tower without it (e.g. `audio_cnn`) is named in a warning rather than silently left as it was.
+    """
+    done, missing = [], []
+    for name, tower in model.towers.items():
+        (done if tower.set_grad_checkpointing(True) else missing).append(name)
+    if missing:
+        import logging
+        logging.getLogger("align.train").warning(
+            "train.grad_checkpointing: tower(s) %s have no gradient checkpointing; they run as before", missing)
+    return done

@@ -17,9 +17,11 @@ from align.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoin
                               save_rank_state)
 from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
-from align.model import AlignModel, build_model
-from align.runtime import (SyntheticLoader, build_optimizer, build_scheduler, enable_grad_checkpointing,
-                           estimate_flops_per_sample, peak_flops, write_loss_plot)
+from align.model import AlignModel, build_model, enable_grad_checkpointing
+from align.data.synthetic import SyntheticLoader
+from align.optim import build_optimizer, build_scheduler
+from align.perf import estimate_flops_per_sample, peak_flops
+from align.plots import write_loss_plot
 
 
 def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state: Optional[dict]):

@@ -19,7 +19,7 @@ TINY = [   # the demo's towers (recipes/demo.yaml), fewer steps
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
-    from align.data.demo import build_demo
+    from align.demo.data import build_demo
     out = tmp_path_factory.mktemp("demo") / "data"
     build_demo(str(out), seed=0, limit=300, progress=False)
     return str(out)
@@ -53,7 +53,7 @@ def test_train_then_benchmark(demo_data, tmp_path, capsys):
 @pytest.mark.slow
 def test_full_demo(tmp_path):
     """The README's first command: trains the demo recipe and meets its accuracy targets."""
-    from align.demo import run_demo
+    from align.demo.run import run_demo
     out = run_demo(out=str(tmp_path / "demo"), progress=False)
     acc = {r["modality"]: r["metrics"]["acc1"] for r in out["results"] if r.get("modality")}
     assert acc["image"] >= 0.85 and acc["audio"] >= 0.85, acc

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from align.data.decode import SampleDecoder
+from align.wds.decode import SampleDecoder
 from align.data.faults import FaultCounter, SkipSample, skip_rate_error
 from align.data.sources import (
     ResolvedSource, SourceSpec, epoch_shards, mix_streams, resampled_shards, resolve_sources, rng_for,

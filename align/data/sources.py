@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import braceexpand
 
 from align.data.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
-from align.data.tarstream import iter_tar
+from align.wds.reader import iter_tar
 from align.errors import DataError
 
 log = logging.getLogger("align.data")

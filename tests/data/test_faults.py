@@ -11,7 +11,7 @@ import align.data.pipeline as pipeline
 from align.data.faults import FaultCounter, skip_rate_error
 from align.data.pipeline import build_train_loader
 from align.errors import DataError
-from wds_helpers import TRANSFORMS, audio_text, flat, image_text, make_shards, write_shard
+from tests.wds_helpers import TRANSFORMS, audio_text, flat, image_text, make_shards, write_shard
 
 MODS = ["image", "text", "audio"]
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from align.data.decode import decode_image
+from align.wds.decode import decode_image
 from align.data.pipeline import build_eval_loader, build_train_loader
 from align.data.sources import SourceSpec
 from align.errors import DataError
-from wds_helpers import (
+from tests.wds_helpers import (
     TRANSFORMS, all_keys, audio_text, flat, image_text, image_tf, jpeg_bytes, make_shards, text_tf, write_shard,
 )
 

@@ -8,7 +8,7 @@ from align.data.faults import FaultCounter
 from align.data.pipeline import build_train_loader
 from align.data.sources import SourceSpec, expand_urls, resolve_sources, shard_samples
 from align.errors import DataError
-from wds_helpers import TRANSFORMS, flat, make_shards
+from tests.wds_helpers import TRANSFORMS, flat, make_shards
 
 KW = dict(transforms=TRANSFORMS, batch_size=2, modalities=["image", "text"], num_workers=0, drop_last=False)
 

@@ -7,7 +7,7 @@ import pytest
 
 from align.data.pipeline import build_train_loader
 from align.data.sources import epoch_shards, split_shards
-from wds_helpers import TRANSFORMS, flat, image_text, write_shard
+from tests.wds_helpers import TRANSFORMS, flat, image_text, write_shard
 
 MODS = ["image", "text"]
 

@@ -90,7 +90,9 @@ def test_padding_trimming_matches_the_full_text_forward_and_its_gradients(pool):
         ref.pow(2).sum().backward()
         assert torch.allclose(out, ref, atol=1e-5), trial
         for k, p in txt.named_parameters():
-            assert torch.allclose(got[k], p.grad, atol=1e-5), (trial, k)
+            # fp32 sums in another order: equal up to rounding relative to the gradient's scale (~1e2 here)
+            scale = max(1.0, float(p.grad.abs().max()))
+            assert torch.allclose(got[k], p.grad, atol=1e-5 * scale), (trial, k)
 
 
 def test_padding_trimming_does_less_work_and_stays_off_where_it_would_change_results():

@@ -9,9 +9,9 @@ import pytest
 
 from align.data.faults import CORRUPT_TAR, FaultCounter
 from align.data.sources import shard_samples
-from align.data.tarstream import BLOCK, iter_tar
+from align.wds.reader import BLOCK, iter_tar
 
-from wds_helpers import write_shard
+from tests.wds_helpers import write_shard
 
 
 def reference(data: bytes) -> list[tuple[str, bytes]]:

@@ -1,4 +1,4 @@
-"""Tests for align.data.demo: determinism, stratified split, webdataset and CLIP_benchmark layouts."""
+"""Tests for align.demo.data: determinism, stratified split, webdataset and CLIP_benchmark layouts."""
 import json
 import math
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.data import demo
+from align.demo import data as demo
 from align.data.audio_io import decode_audio
 from align.errors import DataError
 

@@ -5,7 +5,8 @@ import torch
 
 from align.config import TrainConfig, parse_recipe
 from align.model import AlignModel, build_model
-from align.runtime import SyntheticLoader, WarmupCosine, build_optimizer, build_scheduler, no_decay
+from align.data.synthetic import SyntheticLoader
+from align.optim import WarmupCosine, build_optimizer, build_scheduler, no_decay
 
 
 def test_no_weight_decay_on_biases_norms_temperature_embeddings(tiny_recipe):
@@ -79,7 +80,7 @@ def _saved_tensors(tower, x):
 
 
 def test_grad_checkpointing_stores_fewer_activations_in_every_transformer_tower():
-    from align.runtime import enable_grad_checkpointing
+    from align.model import enable_grad_checkpointing
     from align.towers import build_tower
     from tests.conftest import TINY_OPEN_CLIP
 

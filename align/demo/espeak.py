@@ -9,7 +9,7 @@ holds a module lock, and a forked child re-initialises with a fresh lock.
 Determinism: eSpeak's wave generator keeps function-static state (pitch
 flutter phase, AGC) across utterances, so the same call can differ by a few
 samples depending on what the process synthesised before. Only the first
-utterances of a fresh process are reproducible; `align.data.demo` therefore
+utterances of a fresh process are reproducible; `align.demo.data` therefore
 synthesises fixed chunks of samples in fresh worker processes.
 """
 import ctypes
@@ -189,12 +189,12 @@ def synthesize(text: str, voice: str = "en", rate: int = 175, pitch: int = 50, *
         # eSpeak silently ignores unknown variants, so check the file ourselves
         if variant and not (Path(eng.data_path) / "voices" / "!v" / variant).is_file():
             raise AlignError(f"synthesize: unknown eSpeak NG voice variant {variant!r} in "
-                             f"voice {voice!r} (see align.data.espeak.available_variants())")
+                             f"voice {voice!r} (see align.demo.espeak.available_variants())")
         err = eng.lib.espeak_SetVoiceByName(voice.encode("utf-8"))
         if err != _EE_OK:
             what = "unknown eSpeak NG voice" if err == _EE_NOT_FOUND else f"error {err} selecting voice"
             raise AlignError(f"synthesize: {what} {base!r} "
-                             f"(see align.data.espeak.available_voices())")
+                             f"(see align.demo.espeak.available_voices())")
         # parameters after the voice: selecting a voice resets them
         eng.lib.espeak_SetParameter(_PARAM_RATE, int(rate), 0)
         eng.lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)

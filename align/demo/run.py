@@ -11,13 +11,13 @@ import shutil
 import time
 from typing import List, Optional
 
-from align.cli import resolve_recipe
+from align.config import resolve_recipe
 
 
 def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[str]] = None,
              progress: bool = True) -> dict:
     from align.config import load_recipe
-    from align.data.demo import build_demo
+    from align.demo.data import build_demo
     from align.report import print_table, write_report
     from align.train import train
 

@@ -19,7 +19,7 @@ ASCII int) and `json` ({"label", "voice", "rate", "pitch", "template", ...}).
 The same settings give byte-identical tars: every random draw comes from one
 seeded generator in the parent, tar headers are fixed (mtime 0, uid 0, sorted
 members), and speech is synthesised in fixed chunks, each in a fresh worker
-process (eSpeak keeps state across utterances, see align.data.espeak).
+process (eSpeak keeps state across utterances, see align.demo.espeak).
 """
 import json
 import math
@@ -217,7 +217,7 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
     from PIL import Image
 
     from align.data.audio_io import encode_flac
-    from align.data.espeak import synthesize
+    from align.demo.espeak import synthesize
 
     out = []
     for j in jobs:
@@ -292,7 +292,7 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     ctx = mp.get_context(method)
     if method == "forkserver":
         # import everything the workers need once, in the server, not per chunk
-        ctx.set_forkserver_preload(["align.data.demo", "align.data.espeak", "align.data.audio_io",
+        ctx.set_forkserver_preload(["align.demo.data", "align.demo.espeak", "align.data.audio_io",
                                     "scipy.signal", "PIL.Image", "PIL.PngImagePlugin", "soundfile"])
     bar = tqdm(total=len(train_jobs) + len(val_jobs), desc="demo", unit="sample", disable=not progress)
     results = _map_in_fresh_processes(ctx, [c for _, c in chunks], min(workers, len(chunks)))

@@ -1,4 +1,4 @@
-"""Tests for align.data.espeak: eSpeak NG synthesis through ctypes."""
+"""Tests for align.demo.espeak: eSpeak NG synthesis through ctypes."""
 import multiprocessing as mp
 import os
 import threading
@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from align.data import espeak
+from align.demo import espeak
 from align.errors import AlignError
 
 
