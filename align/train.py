@@ -149,6 +149,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
     bad_in_row, last_good = 0, resume_path
     # Fault injection for the resume tests: SIGKILL this process right after finishing step N.
     kill_at = int(os.environ.get("ALIGN_TEST_SIGKILL_AT_STEP", "0"))
+    # For the no-sample-lost-or-repeated tests: each rank appends the sample keys of every step it trains.
+    keys_log = os.environ.get("ALIGN_TEST_RECORD_KEYS")
+    keys_f = open(f"{keys_log}.rank{rank}.jsonl", "a") if keys_log else None
     t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
     t_start = time.perf_counter() - state["elapsed_s"]
     loss_val = float("nan")
@@ -182,6 +185,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
         waited = time.perf_counter() - t0
         wait_window += waited
         state["data_wait_s"] += waited
+        if keys_f is not None:
+            keys_f.write(json.dumps({"step": state["step"], "keys": [k for b in micro for k in b.get("__key__", [])]}) + "\n")
+            keys_f.flush()
         micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
         masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
 
