@@ -1,12 +1,13 @@
 """Tiny webdataset shards and cheap transforms shared by the pipeline tests."""
 
 import io
-import tarfile
 
 import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image
+
+from align.wds.writer import write_shard as _write
 
 L_TEXT = 4
 
@@ -26,17 +27,8 @@ def flac_bytes(seed: int = 0, n: int = 800, sr: int = 16000) -> bytes:
 
 
 def write_shard(path, samples: list[dict]) -> str:
-    """samples: [{"__key__": k, ext: bytes | str}] -> a tar at `path` (str values UTF-8 encoded)."""
-    with tarfile.open(path, "w") as tf:
-        for s in samples:
-            for ext, data in s.items():
-                if ext == "__key__":
-                    continue
-                data = data.encode("utf-8") if isinstance(data, str) else data
-                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return str(path)
+    """samples: [{"__key__": k, ext: bytes | str}] -> a tar at `path` (align's one writer)."""
+    return _write(path, samples)
 
 
 def image_text(key: str, seed: int = 0, caption: str | None = None) -> dict:
