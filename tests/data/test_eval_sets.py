@@ -191,3 +191,39 @@ def test_cli_clip_benchmark_layout_then_align_bench(tmp_path, capsys):
     assert 0 <= res["metrics"]["acc1"] <= res["metrics"]["acc5"] <= 1 and res["dataset"]
     assert main(["bench", "retrieval", "--model", run, "--dataset", str(out), "--out", str(tmp_path / "r.json")]) == 0
     assert len(json.load(open(tmp_path / "r.json"))["metrics"]) == 6
+
+
+@pytest.mark.slow
+def test_clip_benchmark_cli_and_align_bench_agree_on_a_held_out_split(tmp_path):
+    """`align data shards --val-groups ...` output: the clip_benchmark CLI (on an open_clip export) and
+    `align bench` (on the run) give equal zero-shot numbers on val/."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("clip_benchmark")
+    from align.export import export
+    from tests.export.conftest import make_run
+
+    csv = _labelled_csv(tmp_path, n=60, sites=("s0", "s1", "s2", "s3"))
+    assert main(["data", "shards", str(csv), "--out", str(tmp_path / "data"), "--image-col", "path",
+                 "--label-col", "label", "--text-col", "caption", "--shard-size", "8",
+                 "--val-groups-from", "site", "--val-groups", "s1,s3", "--templates", "openai_imagenet_7"]) == 0
+    run, _ = make_run(tmp_path / "m")
+    export(run, str(tmp_path / "export"), fmt="open_clip", progress=False)
+    compat = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "clip_benchmark_compat.py")
+    cmd = [sys.executable, compat, "eval", "--model", f"local-dir:{tmp_path / 'export'}", "--pretrained", "",
+           "--dataset", "wds/val", "--dataset_root", str(tmp_path / "data" / "val"),
+           "--task", "zeroshot_classification", "--no_amp", "--num_workers", "0", "--batch_size", "16",
+           "--output", str(tmp_path / "cb.json"), "--quiet"]
+    p = subprocess.run(cmd, cwd=str(tmp_path), env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    theirs = json.load(open(tmp_path / "cb.json"))["metrics"]
+    assert main(["bench", "zeroshot", "--model", run, "--dataset", str(tmp_path / "data" / "val"),
+                 "--out", str(tmp_path / "ours.json")]) == 0
+    ours = json.load(open(tmp_path / "ours.json"))["metrics"]
+    assert set(ours) == set(theirs) == {"acc1", "acc5", "mean_per_class_recall"}
+    for k, v in theirs.items():
+        assert ours[k] == pytest.approx(v, abs=1e-6), k
+    assert 0 < theirs["acc5"] < 1   # non-degenerate
+    print(f"clip_benchmark CLI {theirs}; align bench {ours}")
