@@ -31,6 +31,14 @@ def write_shard(path, samples: list[dict]) -> str:
     return _write(path, samples)
 
 
+def member_offset(path, name: str) -> int:
+    """Where member `name`'s data starts in the tar at `path` (to cut a shard inside it)."""
+    from align.wds.reader import index_members
+
+    with open(path, "rb") as f:
+        return next(offset for n, offset, _, _ in index_members(f, lambda n: False) if n == name)
+
+
 def image_text(key: str, seed: int = 0, caption: str | None = None) -> dict:
     return {"__key__": key, "jpg": jpeg_bytes(seed), "txt": caption or f"a photo {key}"}
 

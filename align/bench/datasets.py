@@ -42,7 +42,7 @@ import numpy as np
 from align.bench.templates import Templates, get_templates, load_classnames
 from align.errors import ConfigError, DataError
 from align.registry import Registry
-from align.wds.format import FILE_EXTS, LABEL_EXT, group_samples, pick
+from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
 from align.wds.reader import index_members
 
 # Input-file suffixes of the folder and CSV layouts (the shard extensions are align.wds.format's).
@@ -267,7 +267,7 @@ def _open_folder(path: str, exts: Sequence[str], modality: str, kind: str, class
             for fname in sorted(fnames):
                 if fname.startswith("."):
                     continue
-                if fname.rsplit(".", 1)[-1].lower() not in exts:
+                if file_modality(fname) != modality:
                     ignored += 1
                     continue
                 fpath = os.path.join(root, fname)
@@ -419,8 +419,8 @@ def open_csv(path: str, *, path_column=None, caption_column=None, label_column=N
         fpath = rel if os.path.isabs(rel) else os.path.join(base, rel)
         it = by_path.get(fpath)
         if it is None:
-            ext = rel.rsplit(".", 1)[-1].lower()
-            modality = "image" if ext in IMAGE_EXTS else "audio" if ext in AUDIO_EXTS else None
+            modality = file_modality(rel)
+            modality = modality if modality in ("image", "audio") else None
             if modality is None:
                 problems.append(f"line {n}: {rel!r} is neither an image nor an audio file")
                 continue

@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from align.errors import DataError
-from align.wds.format import FILE_EXTS  # folder-of-pairs file suffixes per modality
+from align.wds.format import file_modality  # folder-of-pairs file suffixes per modality
 
 MODALITIES = ("image", "text", "audio", "label")
 
@@ -200,7 +200,7 @@ class FolderSource(Source):
             for name in sorted(filenames):
                 p = d / name
                 suffix = p.suffix.lower()
-                mod = next((m for m, exts in FILE_EXTS.items() if suffix[1:] in exts), None)
+                mod = file_modality(name)
                 if mod is None and suffix != ".json":
                     continue
                 rel = p.relative_to(root).as_posix()

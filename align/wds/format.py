@@ -32,6 +32,13 @@ FILE_EXTS = {
     "label": ("cls",),
 }
 
+def file_modality(name: str) -> str | None:
+    """The modality of an input file by its suffix (`FILE_EXTS`), or None."""
+    base = name.rsplit("/", 1)[-1]
+    ext = base.rpartition(".")[2].lower() if "." in base else ""
+    return next((m for m, exts in FILE_EXTS.items() if ext in exts), None)
+
+
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./][^./]*)\.([^/]*)$")
 _T = TypeVar("_T")
 

@@ -1,6 +1,5 @@
 """Tests for align.data.inspect.inspect_shards: counts by reason (as training's), corrupt tars, patterns."""
 import io
-import tarfile
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from PIL import Image
 from align.data.inspect import inspect_shards
 from align.errors import DataError
 from align.wds.writer import write_shard
+from tests.wds_helpers import member_offset
 
 
 def _png(size=(8, 6)):
@@ -77,12 +77,12 @@ def test_truncated_and_corrupt_tars(tmp_path, capsys):
     samples = [(f"k{i}", {"png": _png(), "txt": b"caption"}) for i in range(4)]
     _tar(tmp_path / "full.tar", samples)
     data = (tmp_path / "full.tar").read_bytes()
-    with tarfile.open(tmp_path / "full.tar") as tf:  # reference offsets
-        members = tf.getmembers()
-    # Cut inside the 3rd member's data, and cut exactly at a member boundary
+    k1_png = member_offset(tmp_path / "full.tar", "k1.png")
+    k2_png = member_offset(tmp_path / "full.tar", "k2.png")
+    # Cut inside the 3rd member's data, and cut exactly at a member boundary (before k2.png's header)
     # (tarfile reads the latter without complaint: only the missing end marker tells).
-    (tmp_path / "mid.tar").write_bytes(data[: members[2].offset_data + 10])
-    (tmp_path / "edge.tar").write_bytes(data[: members[4].offset])
+    (tmp_path / "mid.tar").write_bytes(data[: k1_png + 10])
+    (tmp_path / "edge.tar").write_bytes(data[: k2_png - 512])
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 40)
     res = inspect_shards(str(tmp_path / "{full,mid,edge,junk}.tar"), n=0, progress=False)
     by_name = {s["path"].rsplit("/", 1)[1]: s for s in res["shards"]}
@@ -129,7 +129,6 @@ def test_inspect_counts_every_case_as_training_does(tmp_path, modalities):
     """Planted duplicates, unknown extensions, broken members, a cut shard and a missing one: inspect's
     counts by reason and its `seen` equal a training epoch's over the same pattern."""
     from align.data.pipeline import build_train_loader
-    from align.wds.reader import index_members
     from tests.wds_helpers import TRANSFORMS, audio_text, image_text
 
     good = [image_text(f"g{j}", seed=j) for j in range(4)] + [audio_text(f"a{j}", seed=j) for j in range(3)]
@@ -148,10 +147,8 @@ def test_inspect_counts_every_case_as_training_does(tmp_path, modalities):
     write_shard(tmp_path / "p-0.tar", good[:4] + planted[:6])
     write_shard(tmp_path / "p-1.tar", good[4:] + planted[6:])
     cut = write_shard(tmp_path / "p-2.tar", [image_text(f"c{j}", seed=20 + j) for j in range(5)])
-    with open(cut, "rb") as f:
-        offset = next(o for name, o, _, _ in index_members(f, lambda n: False) if name == "c3.jpg")
     with open(cut, "r+b") as f:
-        f.truncate(offset + 7)
+        f.truncate(member_offset(cut, "c3.jpg") + 7)
     pattern = str(tmp_path / "p-{0..3}.tar")                                 # p-3.tar does not exist
     res = inspect_shards(pattern, quiet=True, progress=False, modalities=modalities)
     loader = build_train_loader(pattern, transforms=TRANSFORMS, batch_size=4, modalities=modalities,
