@@ -56,6 +56,8 @@ def test_clip_benchmark_layout_is_read_and_scored_by_align_bench(tmp_path):
     assert ds.modalities == ["image", "text"] and ds.load(4, "image").size == (12, 12)
     res = zeroshot_classification(FakeModel(image_size=12), ds, progress=False)
     assert set(res["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    from align.bench.datasets import open_wds   # what training's data.val opens
+    assert len(open_wds(str(out), split="test")) == 18
     assert 0 <= res["metrics"]["acc1"] <= res["metrics"]["acc5"] <= 1
 
 
