@@ -109,6 +109,8 @@ def _walk(stream: BinaryIO, first: bytes, want) -> Iterator[tuple[str, int, int,
                     if prefix:
                         raw = prefix + b"/" + raw
                 name = raw.decode("utf-8", "surrogateescape")
+            if kind == b"\x00" and name.endswith("/"):
+                name = None  # pre-POSIX tar marks a directory by its trailing slash alone
         padded = size + -size % BLOCK
         offset = pos
         try:
