@@ -50,13 +50,15 @@ def cmd_data_shards(a):
                          label_col=a.label_col, image_size=a.image_size, resize_mode=a.resize_mode,
                          image_format=a.image_format, image_quality=a.image_quality, sample_rate=a.sample_rate,
                          shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, layout=a.layout, classnames=a.classnames, templates=a.templates,
+                         val_groups_from=a.val_groups_from, max_skip_frac=a.max_skip_frac,
+                         val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None)
     print(summary_line(stats))
 
 
 def cmd_data_inspect(a):
     from align.data.inspect import inspect_shards
-    inspect_shards(a.pattern, n=a.n)
+    inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()])
 
 
 def cmd_bench(a):
@@ -115,11 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--split", default=None, help="split of a Hugging Face dataset")
     s.add_argument("--overwrite", action="store_true", help="replace an unrelated non-empty --out")
+    s.add_argument("--layout", choices=["shards", "clip_benchmark"], default="shards",
+                   help="clip_benchmark: an eval set (OUT/test/N.tar, classnames, templates) for data.val, "
+                        "align bench and the clip_benchmark CLI")
+    s.add_argument("--classnames", default=None, help="class names file (.txt one per line, or .json list): "
+                                                      "the order gives the class indices")
+    s.add_argument("--templates", default=None, help="zero-shot templates: a built-in set name or a file "
+                                                     "(default: 'photo' for images, 'audio' for audio)")
+    s.add_argument("--val-groups-from", default=None, metavar="COL[:N]",
+                   help="the column holding each row's group, or COL:N for field N of the file name in COL "
+                        "(split at / _ -)")
+    s.add_argument("--val-groups", default=None, metavar="A,B,...",
+                   help="groups held out as OUT/val (clip_benchmark layout); the rest go to OUT/train")
+    s.add_argument("--max-skip-frac", type=float, default=None, metavar="F",
+                   help="exit non-zero when more than this fraction of rows is skipped (no sample written "
+                        "always is an error)")
     s.set_defaults(fn=cmd_data_shards)
 
     s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
     s.add_argument("pattern")
     s.add_argument("-n", type=int, default=3, help="samples to print")
+    s.add_argument("--modalities", default="image,text,audio",
+                   help="modalities training will request (counts skips as a run with them would)")
     s.set_defaults(fn=cmd_data_inspect)
 
     from align.bench.cli import add_bench_parser

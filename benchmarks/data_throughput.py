@@ -5,8 +5,8 @@ samples with 256x256 JPEGs and 2,000 audio-text samples with 10 s FLACs at
 16 kHz), then times one epoch of `build_train_loader` per workload and worker
 count.  Transforms are the real ones: open_clip's ViT-B-32 train image
 transform (224 px), open_clip's BPE tokenizer, and the audio tower's log-mel
-front end (`align.towers.audio_features.AudioPreprocess`; a torch.stft stand-in
-if that module is missing).  Run:
+front end (`align.towers.audio_features.AudioPreprocess`).  Shards are written by
+align's one writer (`align.wds.writer`).  Run:
 
     python benchmarks/data_throughput.py [--n-image 2000] [--n-audio 2000] [--workers 0 1 2]
 
@@ -22,7 +22,6 @@ import argparse
 import io
 import os
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -34,27 +33,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from align.data.pipeline import build_train_loader  # noqa: E402
 
 
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
-
-
 def _write_shards(root: str, prefix: str, n: int, per_shard: int, desc: str, make_sample) -> list[str]:
-    """n samples in shards of per_shard; make_sample(i) -> [(extension, bytes), ...]."""
+    """n samples in shards of per_shard; make_sample(i) -> {extension: bytes}."""
     from tqdm import tqdm
 
-    paths = []
+    from align.wds.writer import NumberedShards
+
+    shards = NumberedShards(root, lambda i: f"{prefix}-{i:04d}.tar", per_shard)
     with tqdm(total=n, desc=desc, unit="sample") as bar:
-        for s in range(0, n, per_shard):
-            path = os.path.join(root, f"{prefix}-{s // per_shard:04d}.tar")
-            with tarfile.open(path, "w") as tf:
-                for i in range(s, min(n, s + per_shard)):
-                    for ext, data in make_sample(i):
-                        _add(tf, f"{i:06d}.{ext}", data)
-                    bar.update()
-            paths.append(path)
-    return paths
+        for i in range(n):
+            shards.write(f"{i:06d}", make_sample(i))
+            bar.update()
+    shards.close()
+    return shards.paths
 
 
 def write_image_shards(root: str, n: int, per_shard: int, size: int = 256) -> list[str]:
@@ -70,7 +61,7 @@ def write_image_shards(root: str, n: int, per_shard: int, size: int = 256) -> li
         img = np.clip(img / 2 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="JPEG", quality=90)
-        return [("jpg", buf.getvalue()), ("txt", f"a synthetic photo number {i}\nanother caption {i}".encode())]
+        return {"jpg": buf.getvalue(), "txt": f"a synthetic photo number {i}\nanother caption {i}"}
 
     return _write_shards(root, "img", n, per_shard, "writing image-text shards", sample)
 
@@ -87,36 +78,16 @@ def write_audio_shards(root: str, n: int, per_shard: int, seconds: float = 10.0,
         wave = 0.3 * np.sin(2 * np.pi * f0 * t * (1 + 0.05 * t)) + rng.normal(0, 0.02, t.shape)
         buf = io.BytesIO()
         sf.write(buf, wave.astype(np.float32), sr, format="FLAC", subtype="PCM_16")
-        return [("flac", buf.getvalue()), ("txt", f"a synthetic sound number {i}".encode())]
+        return {"flac": buf.getvalue(), "txt": f"a synthetic sound number {i}"}
 
     return _write_shards(root, "aud", n, per_shard, "writing audio-text shards", sample)
 
 
 def audio_transform():
-    """(wave, sr) -> [64, 1001] log-mel: the audio tower's front end, or a torch.stft stand-in."""
-    try:
-        from align.towers.audio_features import AudioFrontend, AudioPreprocess
+    """(wave, sr) -> [64, 1001] log-mel: the audio tower's front end."""
+    from align.towers.audio_features import AudioFrontend, AudioPreprocess
 
-        return AudioPreprocess(AudioFrontend(), train=True), "align AudioPreprocess (64 mel, 10 s)"
-    except ImportError:
-        pass
-    n_fft, hop, n_mels, sr, clip = 400, 160, 64, 16000, 160000
-    freqs = torch.linspace(0, sr / 2, n_fft // 2 + 1)
-    mel = lambda f: 2595 * torch.log10(1 + f / 700)  # noqa: E731
-    edges = torch.linspace(mel(torch.tensor(50.0)), mel(torch.tensor(8000.0)), n_mels + 2)
-    m = mel(freqs)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    fb = torch.clamp(torch.minimum((m - lo) / (mid - lo), (hi - m) / (hi - mid)), min=0)  # [n_mels, F]
-    window = torch.hann_window(n_fft)
-
-    def tf(wave_sr):
-        wave, _ = wave_sr
-        w = torch.zeros(clip)
-        w[: min(clip, len(wave))] = torch.from_numpy(wave[:clip])
-        spec = torch.stft(w, n_fft, hop, window=window, return_complex=True).abs() ** 2  # [F, T]
-        return torch.log(fb @ spec + 1e-6)  # [n_mels, T]
-
-    return tf, "torch.stft stand-in (64 mel, 10 s)"
+    return AudioPreprocess(AudioFrontend(), train=True), "align AudioPreprocess (64 mel, 10 s)"
 
 
 def _cpu_seconds() -> float:

@@ -1,12 +1,13 @@
 """Tiny webdataset shards and cheap transforms shared by the pipeline tests."""
 
 import io
-import tarfile
 
 import numpy as np
 import soundfile as sf
 import torch
 from PIL import Image
+
+from align.wds.writer import write_shard as _write
 
 L_TEXT = 4
 
@@ -26,17 +27,16 @@ def flac_bytes(seed: int = 0, n: int = 800, sr: int = 16000) -> bytes:
 
 
 def write_shard(path, samples: list[dict]) -> str:
-    """samples: [{"__key__": k, ext: bytes | str}] -> a tar at `path` (str values UTF-8 encoded)."""
-    with tarfile.open(path, "w") as tf:
-        for s in samples:
-            for ext, data in s.items():
-                if ext == "__key__":
-                    continue
-                data = data.encode("utf-8") if isinstance(data, str) else data
-                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return str(path)
+    """samples: [{"__key__": k, ext: bytes | str}] -> a tar at `path` (align's one writer)."""
+    return _write(path, samples)
+
+
+def member_offset(path, name: str) -> int:
+    """Where member `name`'s data starts in the tar at `path` (to cut a shard inside it)."""
+    from align.wds.reader import index_members
+
+    with open(path, "rb") as f:
+        return next(offset for n, offset, _, _ in index_members(f, lambda n: False) if n == name)
 
 
 def image_text(key: str, seed: int = 0, caption: str | None = None) -> dict:

@@ -9,13 +9,14 @@ the dataset is opened; pixels and waveforms are read and decoded only when
 Layouts (`open_dataset(path, type=...)`, explicit type names):
   wds          CLIP_benchmark's local webdataset layout: ROOT/{split}/{0..n-1}.tar,
                ROOT/{split}/nshards.txt, ROOT/classnames.txt,
-               ROOT/zeroshot_classification_templates.txt. Keys: image `webp`/`png`/
-               `jpg`/`jpeg`/..., audio `flac`/`wav`/`mp3`/`ogg`, label `cls`, captions
-               `txt` (one per line).
+               ROOT/zeroshot_classification_templates.txt (`align data shards --layout
+               clip_benchmark` writes it). Shards are read as training reads them
+               (`align.wds`: extensions per modality, key split, duplicates); label `cls`,
+               captions `txt` (one per line).
   imagefolder  ROOT/<class>/**/<image>   (torchvision ImageFolder order: sorted classes, sorted files)
   audiofolder  ROOT/<class>/**/<audio>
   hf           a Hugging Face `datasets` save_to_disk folder (image and/or audio column,
-               label and/or caption column)
+               label and/or caption column), opened by `align.data.shard_sources`
   csv          a CSV/TSV with a path column (image or audio file, relative to the CSV)
                and a caption column; rows with the same path are one item with several
                captions; optional label column
@@ -32,7 +33,6 @@ import inspect
 import io
 import json
 import os
-import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -42,10 +42,12 @@ import numpy as np
 from align.bench.templates import Templates, get_templates, load_classnames
 from align.errors import ConfigError, DataError
 from align.registry import Registry
+from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
+from align.wds.reader import index_members
 
-# Preference order inside a wds sample: CLIP_benchmark's ["webp", "png", "jpg", "jpeg"] first.
-IMAGE_EXTS = ("webp", "png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff")
-AUDIO_EXTS = ("flac", "wav", "mp3", "ogg")
+# Input-file suffixes of the folder and CSV layouts (the shard extensions are align.wds.format's).
+IMAGE_EXTS = FILE_EXTS["image"]
+AUDIO_EXTS = FILE_EXTS["audio"]
 MODALITIES = ("image", "text", "audio")
 
 DATASET_TYPES: Registry = Registry("dataset")
@@ -160,12 +162,6 @@ class BenchDataset:
 
 
 # ------------------------------------------------------------------ webdataset
-def _base_plus_ext(name: str):
-    """webdataset's key split: 'dir/s001.seg.png' -> ('dir/s001', 'seg.png')."""
-    m = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
-    return (m.group(1), m.group(2)) if m else (None, None)
-
-
 class WdsDataset(BenchDataset):
     kind = "wds"
 
@@ -182,19 +178,37 @@ class WdsDataset(BenchDataset):
         return data
 
 
-def _pick_media(item: Optional[Item], found: Dict[str, tuple]) -> None:
-    """Choose the first present extension per modality, like CLIP_benchmark's to_tuple([...])."""
-    if item is None:
-        return
-    for modality, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS)):
-        for ext in exts:
-            if ext in found:
-                item.media[modality] = found[ext]
-                break
-
-
-def _read_member_text(tf: tarfile.TarFile, m: tarfile.TarInfo) -> str:
-    return tf.extractfile(m).read().decode("utf-8")
+def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
+    """Items of one shard: media as byte ranges, labels and captions read now."""
+    try:
+        f = open(shard, "rb")
+    except OSError as e:
+        raise DataError(f"dataset {path!r}: shard {shard} cannot be opened as a plain tar: {e.strerror or e}") from None
+    items, dups = [], []
+    with f:
+        try:
+            members = ((name, (shard, offset, size, data)) for name, offset, size, data
+                       in index_members(f, want=lambda n: n.lower().endswith((".cls", ".txt"))))
+            for sample in group_samples(members, dups.append):
+                it = Item(key=f"{os.path.basename(shard)}:{sample['__key__']}")
+                for modality in ("image", "audio"):
+                    ext = pick(sample, modality)
+                    if ext is not None:
+                        it.media[modality] = sample[ext][:3]
+                if LABEL_EXT in sample:
+                    raw = sample[LABEL_EXT][3].decode("utf-8", "replace").strip()
+                    try:
+                        it.label = int(raw)
+                    except ValueError:
+                        problems.append(f"{it.key}: cls {raw[:20]!r} is not an integer")
+                if "txt" in sample:  # as CLIP_benchmark: str.splitlines
+                    it.captions = sample["txt"][3].decode("utf-8", "replace").splitlines()
+                items.append(it)
+        except (tarfile.TarError, EOFError) as e:
+            raise DataError(f"dataset {path!r}: shard {shard} is corrupt: {e}") from None
+    if dups:
+        problems.append(f"{shard}: {len(dups)} repeated files in a sample ignored (first: {dups[0]})")
+    return items
 
 
 @DATASET_TYPES.register("wds")
@@ -216,37 +230,7 @@ def open_wds(path: str, *, split: str = "test", classnames=None, templates=None,
     problems: List[str] = []
     shards = [os.path.join(path, split, f"{i}.tar") for i in range(nshards)]
     for shard in shards:
-        try:
-            tf = tarfile.open(shard, "r:")  # "r:": CLIP_benchmark shards are plain tars; byte ranges rely on it
-        except (OSError, tarfile.TarError) as e:
-            raise DataError(f"dataset {path!r}: shard {shard} cannot be opened as a plain tar: {e}") from None
-        with tf:
-            try:
-                members = tf.getmembers()
-            except tarfile.TarError as e:
-                raise DataError(f"dataset {path!r}: shard {shard} is corrupt: {e}") from None
-            cur_key, cur, found = None, None, {}
-            for m in members:
-                if not m.isfile():
-                    continue
-                key, ext = _base_plus_ext(m.name)
-                if key is None:
-                    continue
-                ext = ext.lower()
-                if key != cur_key:  # webdataset semantics: a sample is a run of members sharing a key
-                    _pick_media(cur, found)
-                    cur_key, cur, found = key, Item(key=f"{os.path.basename(shard)}:{key}"), {}
-                    items.append(cur)
-                found[ext] = (shard, m.offset_data, m.size)
-                if ext == "cls":
-                    raw = _read_member_text(tf, m).strip()
-                    try:
-                        cur.label = int(raw)
-                    except ValueError:
-                        problems.append(f"{cur.key}: cls {raw[:20]!r} is not an integer")
-                elif ext == "txt":
-                    cur.captions = _read_member_text(tf, m).splitlines()  # as CLIP_benchmark: str.splitlines
-            _pick_media(cur, found)
+        items += _wds_items(path, shard, problems)
     empty = [it.key for it in items if not (it.media or it.captions)]
     if empty:
         problems.append(f"{len(empty)} samples with no image, audio or txt skipped (first: {empty[0]})")
@@ -283,7 +267,7 @@ def _open_folder(path: str, exts: Sequence[str], modality: str, kind: str, class
             for fname in sorted(fnames):
                 if fname.startswith("."):
                     continue
-                if fname.rsplit(".", 1)[-1].lower() not in exts:
+                if file_modality(fname) != modality:
                     ignored += 1
                     continue
                 fpath = os.path.join(root, fname)
@@ -337,13 +321,14 @@ class HFDataset(BenchDataset):
         raise SampleError(f"column {self._columns[modality]!r} holds {type(value).__name__}, not bytes or a path")
 
 
-def _pick_column(names, features, explicit, feature_type, candidates, what, path):
+def _pick_column(names, kinds, explicit, kind, candidates, what, path):
+    """An explicit column, else the first column typed as `kind` (Image, Audio, ClassLabel), else a name."""
     if explicit is not None:
         if explicit not in names:
             raise DataError(f"dataset {path!r}: {what} column {explicit!r} not found; columns: {', '.join(names)}")
         return explicit
     for n in names:
-        if feature_type is not None and type(features[n]).__name__ == feature_type:
+        if kind is not None and kinds.get(n) == kind:
             return n
     for c in candidates:
         if c in names:
@@ -354,38 +339,25 @@ def _pick_column(names, features, explicit, feature_type, candidates, what, path
 @DATASET_TYPES.register("hf")
 def open_hf(path: str, *, split: str = "test", image_column=None, audio_column=None, label_column=None,
             caption_column=None, classnames=None, templates=None, name=None) -> HFDataset:
-    """A `datasets.save_to_disk` folder (Dataset or DatasetDict; `split` picks from a DatasetDict)."""
-    import datasets as hfd
+    """A `datasets.save_to_disk` folder (Dataset or DatasetDict; `split` picks from a DatasetDict with
+    several splits), opened as `align data shards` opens it (Image/Audio columns left undecoded:
+    decoding failures are skipped and counted here, and datasets' audio decoding needs torchcodec)."""
+    from align.data.shard_sources import open_hf_folder
 
     if not os.path.isdir(path):
         raise DataError(f"dataset {path!r} does not exist (expected a Hugging Face save_to_disk folder)")
-    try:
-        ds = hfd.load_from_disk(path)
-    except Exception as e:  # datasets raises FileNotFoundError / ValueError for foreign folders
-        raise DataError(f"dataset {path!r} is not a Hugging Face save_to_disk folder: {e}") from None
-    if isinstance(ds, hfd.DatasetDict):
-        if split in ds:
-            ds = ds[split]
-        elif len(ds) == 1:
-            ds = next(iter(ds.values()))
-        else:
-            raise DataError(f"dataset {path!r} has no split {split!r}; splits: {', '.join(ds)}")
-    names, feats = list(ds.column_names), ds.features
+    src = open_hf_folder(path, split, only_split_ok=True)
+    ds, names, kinds = src.ds, list(src.columns), src.kinds
     cols = {
-        "image": _pick_column(names, feats, image_column, "Image", ("image", "img"), "image", path),
-        "audio": _pick_column(names, feats, audio_column, "Audio", ("audio",), "audio", path),
+        "image": _pick_column(names, kinds, image_column, "image", ("image", "img"), "image", path),
+        "audio": _pick_column(names, kinds, audio_column, "audio", ("audio",), "audio", path),
     }
     cols = {m: c for m, c in cols.items() if c is not None}
-    label_col = _pick_column(names, feats, label_column, "ClassLabel", ("label", "labels", "class", "cls"),
-                             "label", path)
-    cap_col = _pick_column(names, feats, caption_column, None, ("caption", "captions", "text", "sentences"),
+    label_col = _pick_column(names, kinds, label_column, "label", ("label", "labels", "class", "cls"), "label", path)
+    cap_col = _pick_column(names, kinds, caption_column, None, ("caption", "captions", "text", "sentences"),
                            "caption", path)
     if not cols:
         raise DataError(f"dataset {path!r} has no image or audio column; columns: {', '.join(names)}")
-    # decode ourselves (skip-and-count on failure; datasets' audio decoding needs torchcodec)
-    for m, c in cols.items():
-        if type(feats[c]).__name__ in ("Image", "Audio"):
-            ds = ds.cast_column(c, (hfd.Image if m == "image" else hfd.Audio)(decode=False))
     labels = list(ds[label_col]) if label_col else [None] * len(ds)
     caps = list(ds[cap_col]) if cap_col else [None] * len(ds)
     items, problems = [], []
@@ -400,8 +372,8 @@ def open_hf(path: str, *, split: str = "test", image_column=None, audio_column=N
         if c is not None:
             it.captions = [c] if isinstance(c, str) else [str(x) for x in c]
         items.append(it)
-    if classnames is None and label_col and type(feats[label_col]).__name__ == "ClassLabel":
-        classnames = list(feats[label_col].names)
+    if classnames is None and label_col in src.label_names:
+        classnames = list(src.label_names[label_col])
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs)
     return HFDataset(path, items, name=name, classnames=_classnames(classnames),
                      templates=get_templates(templates) if templates is not None else None, problems=problems,
@@ -447,8 +419,8 @@ def open_csv(path: str, *, path_column=None, caption_column=None, label_column=N
         fpath = rel if os.path.isabs(rel) else os.path.join(base, rel)
         it = by_path.get(fpath)
         if it is None:
-            ext = rel.rsplit(".", 1)[-1].lower()
-            modality = "image" if ext in IMAGE_EXTS else "audio" if ext in AUDIO_EXTS else None
+            modality = file_modality(rel)
+            modality = modality if modality in ("image", "audio") else None
             if modality is None:
                 problems.append(f"line {n}: {rel!r} is neither an image nor an audio file")
                 continue

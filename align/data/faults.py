@@ -60,8 +60,11 @@ class FaultCounter:
     samples whose faults were already reported before the checkpoint.
     """
 
-    def __init__(self, warn_every_s: float = WARN_EVERY_S):
+    def __init__(self, warn_every_s: float = WARN_EVERY_S, warn: bool = True, keep: int = 0):
         self.warn_every_s = warn_every_s
+        self.warn = warn                 # False: count only (`align data inspect` reports itself)
+        self.examples: list[tuple[str, str, str]] = []   # the first `keep` (reason, where, detail)
+        self._keep = keep
         self.total: Counter = Counter()
         self._delta: Counter = Counter()
         self._last_warn: dict[str, float] = {}
@@ -78,6 +81,10 @@ class FaultCounter:
         self._delta[reason] += 1
         if not per_sample:
             self._extra_seen += 1
+        if len(self.examples) < self._keep:
+            self.examples.append((reason, where, detail))
+        if not self.warn:
+            return
         now = time.monotonic()
         last = self._last_warn.get(reason)
         if last is not None and now - last < self.warn_every_s:

@@ -1,33 +1,31 @@
-"""`align data inspect PATTERN`: check local webdataset shards before training.
+"""`align data inspect PATTERN`: check local webdataset shards before training, as training reads them.
 
-`inspect_shards` expands a brace pattern / glob / directory, reads every tar
-member, groups members into samples by key (as webdataset does), counts
-samples and the modalities (file extensions) seen, tries to decode images
-(PIL), audio (soundfile), captions and labels (UTF-8) and json, reports
-corrupt or truncated tars, prints the first `n` samples and a summary, and
-returns all of it as a dict.
+`inspect_shards` expands a brace pattern / glob / directory and reads every
+shard through training's own path (`align.data.sources.shard_samples`: the
+same tar reader, key split, grouping and duplicate rule) and decodes each
+sample with training's own decoder (`align.wds.decode.decode_raw`: the same
+extension table and checks).  So its `skipped` counts, by reason, are the
+counts a training epoch over these shards with the same modalities would give
+(`loader.skipped`); only transform failures, which need a recipe, are not
+checked.  It prints the first `n` samples and a summary and returns all of it
+as a dict.
 """
 from __future__ import annotations
 
 import glob
-import io
-import json
 import os
 import re
-import tarfile
-import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from align.data.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD, FaultCounter, SkipSample
+from align.data.sources import shard_samples
 from align.errors import DataError
+from align.wds.decode import decode_raw
+from align.wds.format import MODALITIES
 
-IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm"}
-AUDIO_EXTS = {"flac", "wav", "ogg", "mp3", "opus"}
-TEXT_EXTS = {"txt", "text", "caption"}
-LABEL_EXTS = {"cls", "cls2", "label"}
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key/extension split
-_MAX_FAILURES_LISTED = 20  # per shard; the count is always exact
+_MAX_FAILURES_LISTED = 20  # per shard; the counts are always exact
 
 
 def expand_pattern(pattern: str) -> Tuple[List[str], List[str]]:
@@ -54,99 +52,60 @@ def expand_pattern(pattern: str) -> Tuple[List[str], List[str]]:
     return found, missing
 
 
-def _decode(ext: str, data: bytes) -> Dict[str, Any]:
-    """Decode one member; returns what to show, raises on failure."""
-    if ext in IMAGE_EXTS:
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return {"image": f"{img.size[0]}x{img.size[1]}"}
-    if ext in AUDIO_EXTS:
-        import soundfile as sf
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # [T, C]
-        return {"audio": {"duration": round(wave.shape[0] / sr, 3), "sample_rate": int(sr)}}
-    if ext in TEXT_EXTS:
-        caps = [c.strip() for c in data.decode("utf-8").splitlines() if c.strip()]
-        if not caps:
-            raise ValueError("empty caption")
-        return {"caption": caps[0], "captions": len(caps)}
-    if ext in LABEL_EXTS:
-        label = data.decode("utf-8").strip()
-        if not label:
-            raise ValueError("empty label")
-        return {"label": label}
-    if ext == "json":
-        json.loads(data.decode("utf-8"))
-    return {}
-
-
-def _end_marker_ok(path: str, offset: int) -> bool:
-    """An uncompressed tar ends with two zero 512-byte blocks after the last member;
-    a tar cut exactly at a member boundary reads fine but lacks them."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        tail = f.read(1024)
-    return len(tail) == 1024 and not any(tail)
-
-
-def _compressed(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(6)
-    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+def _shown(decoded: Dict[str, Any]) -> Dict[str, Any]:
+    """What to print of a decoded sample."""
+    out: Dict[str, Any] = {}
+    if "image" in decoded:
+        out["image"] = f"{decoded['image'].size[0]}x{decoded['image'].size[1]}"
+    if "audio" in decoded:
+        wave, sr = decoded["audio"]
+        out["audio"] = {"duration": round(len(wave) / sr, 3), "sample_rate": int(sr)}
+    if "text" in decoded:
+        out["caption"] = decoded["text"][0]
+    if decoded.get("cls", -1) != -1:
+        out["label"] = decoded["cls"]
+    return out
 
 
 def inspect_shard(path: str, decode: Optional[int] = None, first: Optional[List[dict]] = None,
-                  n_first: int = 0) -> Dict[str, Any]:
+                  n_first: int = 0, modalities: Sequence[str] = MODALITIES, min_modalities: int = 2) -> Dict[str, Any]:
     """Read one shard. decode: how many samples to decode (None = all). Appends up to
     n_first sample summaries to `first`."""
-    info: Dict[str, Any] = {"path": path, "bytes": os.path.getsize(path), "samples": 0, "modalities": Counter(),
-                            "layouts": Counter(), "decode_failures": 0, "failures": [], "duplicate_keys": 0,
-                            "error": None}
-    seen = set()
-
-    def flush(key: Optional[str], members: Dict[str, bytes]) -> None:
-        if key is None:
-            return
+    info: Dict[str, Any] = {"path": path, "bytes": os.path.getsize(path), "samples": 0, "seen": 0,
+                            "skipped": Counter(), "modalities": Counter(), "layouts": Counter(), "failures": [],
+                            "duplicate_keys": 0, "error": None}
+    faults = FaultCounter(warn=False, keep=_MAX_FAILURES_LISTED)
+    seen_keys = set()
+    min_modalities = min(min_modalities, len(modalities))
+    for raw in shard_samples(path, faults):
         info["samples"] += 1
-        if key in seen:
+        key = raw["__key__"]
+        if key in seen_keys:  # not a fault for training (two samples), but usually a writer's mistake
             info["duplicate_keys"] += 1
-        seen.add(key)
-        info["modalities"].update(members.keys())
-        info["layouts"]["+".join(sorted(members))] += 1
+        seen_keys.add(key)
+        exts = sorted(k for k in raw if not k.startswith("__"))
+        info["modalities"].update(exts)
+        info["layouts"]["+".join(exts)] += 1
         if decode is not None and info["samples"] > decode:
-            return
+            continue
         shown: Dict[str, Any] = {"key": key, "shard": os.path.basename(path)}
-        for ext, data in sorted(members.items()):
-            try:
-                shown.update(_decode(ext, data))
-            except Exception as e:  # any decoder error is a decode failure of this member
-                info["decode_failures"] += 1
-                if len(info["failures"]) < _MAX_FAILURES_LISTED:
-                    info["failures"].append({"key": key, "ext": ext, "error": f"{type(e).__name__}: {e}"})
-                shown.setdefault("failed", []).append(ext)
+        try:
+            shown.update(_shown(decode_raw(raw, modalities, min_modalities)))
+        except SkipSample as s:
+            info["skipped"][s.reason] += 1
+            if len(info["failures"]) < _MAX_FAILURES_LISTED:
+                info["failures"].append({"key": key, "reason": s.reason, "error": s.detail})
+            shown["failed"] = s.reason
         if first is not None and len(first) < n_first:
             first.append(shown)
-
-    key, members = None, {}
-    compressed = _compressed(path)
-    try:
-        with tarfile.open(path, "r:*" if compressed else "r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                match = _KEY_EXT.match(m.name)
-                k, ext = (match.group(1), match.group(2).lower()) if match else (m.name, "")
-                if k != key or ext in members:
-                    flush(key, members)
-                    key, members = k, {}
-                members[ext] = tf.extractfile(m).read()
-            flush(key, members)
-            key = None
-            if not compressed and not _end_marker_ok(path, tf.offset):
-                info["error"] = "truncated tar: no end-of-archive marker after the last member"
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        # The sample being read when the tar broke is not counted: it may lack members.
-        info["error"] = f"corrupt or truncated tar: {e}"
+    info["skipped"].update(faults.total)
+    info["seen"] = info["samples"] + faults.take_delta()[1]
+    for reason, where, detail in faults.examples:
+        if reason in SHARD_REASONS:
+            info["error"] = f"{reason}: {detail}"
+        elif len(info["failures"]) < _MAX_FAILURES_LISTED:
+            info["failures"].append({"key": where, "reason": reason, "error": detail})
+    info["skipped"] = dict(sorted(info["skipped"].items()))
     info["modalities"] = dict(sorted(info["modalities"].items()))
     info["layouts"] = dict(sorted(info["layouts"].items()))
     return info
@@ -163,47 +122,61 @@ def _show(sample: Dict[str, Any]) -> str:
         parts.append(f"label {sample['label']}")
     if "caption" in sample:
         cap = sample["caption"] if len(sample["caption"]) <= 70 else sample["caption"][:67] + "..."
-        more = f" (+{sample['captions'] - 1})" if sample.get("captions", 1) > 1 else ""
-        parts.append(f"{cap!r}{more}")
+        parts.append(repr(cap))
     if sample.get("failed"):
-        parts.append(f"FAILED: {', '.join(sample['failed'])}")
+        parts.append(f"SKIPPED: {sample['failed']}")
     return "  ".join(parts)
 
 
-def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False,
-                   progress: bool = True) -> Dict[str, Any]:
-    """Inspect the shards matching `pattern`; print the first n samples and a
-    summary (unless quiet); return per-shard and total counts. check_all=False
-    decodes only the first n samples (all tars are still read end to end)."""
+def _counts(counts: Dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False, progress: bool = True,
+                   modalities: Sequence[str] = MODALITIES, min_modalities: int = 2) -> Dict[str, Any]:
+    """Inspect the shards matching `pattern`; print the first n samples and a summary (unless quiet);
+    return per-shard and total counts. `skipped` (by reason) and `seen` are what training with these
+    `modalities` counts. check_all=False decodes only the first n samples (all tars are still read)."""
+    bad = [m for m in modalities if m not in MODALITIES]
+    if bad or not modalities:
+        raise DataError(f"modalities {list(modalities)}: each must be one of {', '.join(MODALITIES)}")
     paths, missing = expand_pattern(pattern)
     from tqdm.auto import tqdm
     first: List[dict] = []
     shards = []
     for path in tqdm(paths, unit="shard", desc="inspect", disable=not progress or len(paths) < 2):
         budget = None if check_all else max(0, n - len(first))
-        shards.append(inspect_shard(path, decode=budget, first=first, n_first=n))
-    modalities: Counter = Counter()
+        shards.append(inspect_shard(path, decode=budget, first=first, n_first=n, modalities=modalities,
+                                    min_modalities=min_modalities))
+    mods: Counter = Counter()
+    skipped: Counter = Counter({MISSING_SHARD: len(missing)} if missing else {})
     for s in shards:
-        modalities.update(s["modalities"])
-    result = {"pattern": pattern, "shards": shards, "missing": missing,
-              "samples": sum(s["samples"] for s in shards), "modalities": dict(sorted(modalities.items())),
-              "decode_failures": sum(s["decode_failures"] for s in shards),
-              "corrupt": [s["path"] for s in shards if s["error"]], "first": first}
+        mods.update(s["modalities"])
+        skipped.update(s["skipped"])
+    samples = sum(s["samples"] for s in shards)
+    per_sample = sum(v for k, v in skipped.items() if k not in SHARD_REASONS and k != DUPLICATE_FILE)
+    result = {"pattern": pattern, "shards": shards, "missing": missing, "samples": samples,
+              "seen": sum(s["seen"] for s in shards) + len(missing), "skipped": dict(sorted(skipped.items())),
+              "usable": samples - per_sample if check_all else None, "modalities": dict(sorted(mods.items())),
+              "corrupt": [s["path"] for s in shards if s["skipped"].get(CORRUPT_TAR) or s["skipped"].get(UNREADABLE_SHARD)],
+              "first": first}
     if not quiet:
         for sample in first:
             print(_show(sample))
         for s in shards:
-            if s["error"] or s["decode_failures"] or len(s["layouts"]) > 1 or s["duplicate_keys"]:
-                fails = "; ".join(f"{f['key']}.{f['ext']}: {f['error']}" for f in s["failures"][:3])
+            if s["error"] or s["skipped"] or len(s["layouts"]) > 1 or s["duplicate_keys"]:
+                fails = "; ".join(f"{f['key']}: {f['reason']}" + (f" ({f['error'][:80]})" if f["error"] else "")
+                                  for f in s["failures"][:3])
                 print(f"{s['path']}: {s['samples']} samples {s['layouts']}"
-                      + (f", {s['decode_failures']} decode failures ({fails})" if s["decode_failures"] else "")
-                      + (f", {s['duplicate_keys']} duplicate keys" if s["duplicate_keys"] else "")
+                      + (f", skipped {_counts(s['skipped'])} ({fails})" if s["skipped"] else "")
+                      + (f", {s['duplicate_keys']} repeated keys" if s["duplicate_keys"] else "")
                       + (f", {s['error']}" if s["error"] else ""))
         for m in missing:
             print(f"{m}: missing")
-        mods = ", ".join(f"{k} {v}" for k, v in result["modalities"].items()) or "none"
-        print(f"{len(shards)} shards, {result['samples']} samples ({mods}); "
-              f"{result['decode_failures']} decode failures"
+        exts = ", ".join(f"{k} {v}" for k, v in result["modalities"].items()) or "none"
+        print(f"{len(shards)} shards, {samples} samples ({exts}); skipped "
+              + (f"{sum(skipped.values())} ({_counts(skipped)})" if skipped else "0")
               + ("" if check_all else f" in the first {n} samples")
-              + f"; {len(result['corrupt'])} corrupt/truncated shards; {len(missing)} missing")
+              + f" for modalities {'+'.join(modalities)}; {len(result['corrupt'])} corrupt/truncated shards; "
+              f"{len(missing)} missing")
     return result

@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from align.errors import DataError
+from align.wds.format import file_modality  # folder-of-pairs file suffixes per modality
 
 MODALITIES = ("image", "text", "audio", "label")
 
@@ -43,13 +44,6 @@ AUTO_COLUMNS = {
     "label": ("label", "labels", "cls", "class", "class_id", "target"),
 }
 
-# Folder-of-pairs file suffixes per modality (lower-cased).
-FOLDER_EXTS = {
-    "image": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
-    "text": (".txt",),
-    "audio": (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif"),
-    "label": (".cls",),
-}
 _TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                    ".parquet": "parquet", ".pq": "parquet"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -206,7 +200,7 @@ class FolderSource(Source):
             for name in sorted(filenames):
                 p = d / name
                 suffix = p.suffix.lower()
-                mod = next((m for m, exts in FOLDER_EXTS.items() if suffix in exts), None)
+                mod = file_modality(name)
                 if mod is None and suffix != ".json":
                     continue
                 rel = p.relative_to(root).as_posix()
@@ -292,6 +286,31 @@ def _pick_split(dd, split: Optional[str], where: str):
     return dd[split], split
 
 
+def is_hf_folder(path: Path) -> bool:
+    """Whether `path` is a `datasets` save_to_disk folder (a Dataset or a DatasetDict)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False) -> HFSource:
+    """A `save_to_disk` folder as an HFSource (Image/Audio columns undecoded). `split` picks from a
+    DatasetDict; only_split_ok: a DatasetDict with one split gives it whatever `split` says."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist (expected a Hugging Face save_to_disk folder)")
+    if not is_hf_folder(path):
+        raise DataError(f"{path} is not a Hugging Face save_to_disk folder (no dataset_dict.json or state.json)")
+    import datasets
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises assorted errors for damaged folders
+        raise DataError(f"cannot load Hugging Face dataset folder {path}: {type(e).__name__}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if only_split_ok and len(ds) == 1:
+            split = next(iter(ds))
+        ds, split = _pick_split(ds, split, str(path))
+    return HFSource(ds, str(path), path)
+
+
 def open_source(input: Any, split: Optional[str] = None, exclude: Optional[Path] = None) -> Source:
     """Open `input` (path, Hub name or `datasets.Dataset`) as a Source, or raise DataError."""
     import sys
@@ -309,15 +328,8 @@ def open_source(input: Any, split: Optional[str] = None, exclude: Optional[Path]
                             "a folder of pairs or a Hugging Face dataset")
         return TableSource(path, fmt)
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            import datasets
-            try:
-                ds = datasets.load_from_disk(str(path))
-            except Exception as e:  # datasets raises assorted errors for damaged folders
-                raise DataError(f"cannot load Hugging Face dataset folder {path}: {type(e).__name__}: {e}") from None
-            if isinstance(ds, datasets.DatasetDict):
-                ds, split = _pick_split(ds, split, str(path))
-            return HFSource(ds, str(path), path)
+        if is_hf_folder(path):
+            return open_hf_folder(path, split)
         return FolderSource(path, exclude)
     text = str(input)
     if path.suffix.lower() in _TABLE_SUFFIXES or not _HUB_NAME.match(text):

@@ -4,7 +4,18 @@
 folder of pairs or a Hugging Face dataset (see `shard_sources`), re-encodes
 every sample (images -> RGB jpg/webp/png, optionally resized; audio -> mono
 FLAC at `sample_rate`; captions -> `txt`, one per line; labels -> `cls`; the
-rest -> `json`) and writes `DIR/{prefix}-{000000}.tar`.
+rest -> `json`) and writes `DIR/{prefix}-{000000}.tar`, or, with
+`layout="clip_benchmark"`, CLIP_benchmark's wds layout (an eval set that
+`data.val`, `align bench` and the `clip_benchmark` CLI read directly):
+
+    DIR/test/0.tar, 1.tar, ...   DIR/test/nshards.txt
+    DIR/classnames.txt           DIR/zeroshot_classification_templates.txt   (with a label column)
+    DIR/dataset_type.txt ("retrieval")                                        (without: image/audio + captions)
+
+`val_groups_from` + `val_groups` hold out whole groups (speakers, writers,
+sites: a column's value, or a field of a file name): their rows become
+`DIR/val` (clip_benchmark layout) and the rest `DIR/train` (shards), with one
+class list for both.
 
 Guarantees:
   * deterministic: input row r goes to shard r // shard_size; tar members
@@ -15,17 +26,16 @@ Guarantees:
   * resumable: a rerun of the same job (settings in `DIR/.done/job.json`)
     keeps shards whose done-record matches and writes the rest;
   * nothing silently lost: a broken row is skipped, counted under a short
-    reason in `stats.json` and listed in `skipped.jsonl`.
+    reason in `stats.json` and listed in `skipped.jsonl`; writing no sample at
+    all, or skipping more than `max_skip_frac` of the rows, is a DataError.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 import shutil
-import tarfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -34,17 +44,17 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
-from align.data.audio_io import decode_audio, encode_flac, resample
-from align.data.shard_sources import (MODALITIES, Row, SkipRow, Source, class_names, jsonable, open_source,
-                                      read_captions, read_label, read_media, resolve_columns)
+from align.data import eval_sets
+from align.data.media import IMAGE_FORMATS, RESIZE_MODES, _audio, _image, _resized  # noqa: F401 (_resized: tests)
+from align.data.shard_sources import (MODALITIES, Row, SkipRow, Source, jsonable, open_source, read_captions,
+                                      read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
+from align.wds.writer import SampleWriter
 
-RESIZE_MODES = ("keep", "center_crop", "border", "longest")
-IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+LAYOUTS = ("shards", "clip_benchmark")
+CB_SPLIT = "test"          # the split CLIP_benchmark's CLI and `align bench` read by default
+CB_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
 JOB_VERSION = 1
-_MTIME = 0  # fixed tar member mtime: shards must not depend on when they were written
 
 
 @dataclass
@@ -65,105 +75,43 @@ class _Job:
     image_quality: int = 95
     sample_rate: int = 16000
     extra_cols: List[str] = field(default_factory=list)
-    classes: Optional[List[str]] = None      # class names when labels are strings
+    classes: Optional[List[str]] = None      # class names: labels are their indices
+    string_labels: bool = False              # labels are names (-> index in classes), not integers
+    layout: str = "shards"
+    indices: Optional[List[int]] = None      # the input rows of this output (None: all), in order
+    skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
 
     def __post_init__(self):
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
 
+    @property
+    def shard_dir(self) -> Path:
+        return self.out_dir / CB_SPLIT if self.layout == "clip_benchmark" else self.out_dir
+
     def shard_name(self, idx: int) -> str:
-        return f"{self.prefix}-{idx:06d}"
+        return str(idx) if self.layout == "clip_benchmark" else f"{self.prefix}-{idx:06d}"
 
-
-def _resized(img, size: int, mode: str):
-    """Resize an RGB PIL image: keep (shorter side = size), longest (longer side =
-    size), center_crop (size x size), border (longer side = size, padded black)."""
-    from PIL import Image
-    w, h = img.size
-    short = mode in ("keep", "center_crop")
-    scale = size / (min(w, h) if short else max(w, h))
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (w >= h) != short:
-        nw = size   # exact on the side that defines the scale, despite rounding
-    else:
-        nh = size
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
-    if mode == "center_crop":
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    elif mode == "border":
-        canvas = Image.new("RGB", (size, size), (0, 0, 0))
-        canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
-        img = canvas
-    return img
-
-
-def _image(payload, name: Optional[str], job: _Job) -> Tuple[bytes, Dict[str, Any]]:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-    shown = repr(name) if name else "bytes"
-    if isinstance(payload, (bytes, bytearray)):
-        try:
-            img = Image.open(io.BytesIO(payload))
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation; 5-8 swap width and height
-            if orientation in (5, 6, 7, 8):
-                w, h = h, w
-            meta = {"width": w, "height": h, "mode": img.mode}
-            if job.image_size and img.format == "JPEG":
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target
-                # (several times faster on large photos); the short side stays >= its target.
-                short = job.image_size if job.resize_mode in ("keep", "center_crop") else \
-                    max(1, round(min(w, h) * job.image_size / max(w, h)))
-                img.draft("RGB", (short, short))
-            img.load()
-            if orientation != 1:
-                img = ImageOps.exif_transpose(img)
-        except UnidentifiedImageError:
-            raise SkipRow("image: cannot decode", f"image: cannot identify image file {shown}") from None
-        except Exception as e:  # PIL plugins raise OSError, ValueError, SyntaxError, DecompressionBombError...
-            raise SkipRow("image: cannot decode", f"image: cannot decode {shown} ({type(e).__name__}: {e})") from None
-    else:
-        img = payload
-        meta = {"width": img.size[0], "height": img.size[1], "mode": img.mode}
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")  # flatten transparency onto white, not black
-        img = Image.new("RGB", rgba.size, (255, 255, 255))
-        img.paste(rgba, mask=rgba.getchannel("A"))
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
-    if job.image_size:
-        img = _resized(img, job.image_size, job.resize_mode)
-    buf = io.BytesIO()
-    fmt = IMAGE_FORMATS[job.image_format]
-    if fmt == "PNG":
-        img.save(buf, fmt, compress_level=6)
-    else:
-        img.save(buf, fmt, quality=job.image_quality)
-    return buf.getvalue(), meta
-
-
-def _audio(payload, name: Optional[str], job: _Job) -> Tuple[bytes, Dict[str, Any]]:
-    shown = repr(name) if name else "bytes"
-    if isinstance(payload, tuple):  # an already decoded datasets Audio array
-        wave, sr = payload
-        wave = wave.mean(axis=1) if wave.ndim == 2 else wave  # [T, C] -> [T]
-        if wave.size == 0:
-            raise SkipRow("audio: empty", f"audio: no samples in {shown}")
-        if not np.isfinite(wave).all():
-            raise SkipRow("audio: cannot decode", f"audio: NaN or infinite samples in {shown}")
-    else:
-        try:
-            wave, sr = decode_audio(payload, name=shown)
-        except DataError as e:  # names the file and what is wrong
-            raise SkipRow("audio: cannot decode", f"audio: {e}") from None
-    meta = {"duration": round(len(wave) / sr, 6), "sample_rate": int(sr)}
-    return encode_flac(resample(wave, int(sr), job.sample_rate), job.sample_rate), meta
+    def rows(self, start: int, stop: int):
+        """The rows at positions start..stop of this output."""
+        if self.indices is None:
+            yield from self.source.rows(start, stop)
+            return
+        picked = self.indices[start:stop]
+        run = 0
+        while run < len(picked):  # contiguous runs of input rows: one read each
+            end = run + 1
+            while end < len(picked) and picked[end] == picked[end - 1] + 1:
+                end += 1
+            yield from self.source.rows(picked[run], picked[end - 1] + 1)
+            run = end
 
 
 def _sample(row: Row, key: str, job: _Job) -> Tuple[List[Tuple[str, bytes]], set]:
     """One row -> tar members [(ext, bytes)] and the modalities it holds, or SkipRow."""
     if row.error:
         raise SkipRow(row.reason or "row: invalid", row.error)
+    if row.index in job.skip_rows:
+        raise SkipRow(*job.skip_rows[row.index])
     base = job.source.base_dir
     members: Dict[str, bytes] = {}
     meta: Dict[str, Any] = {"key": key, "source": {"row": row.index}}
@@ -192,15 +140,20 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[List[Tuple[str, bytes]], set
             meta["captions"] = len(caps)
         else:
             label = read_label(value, base)
-            if job.classes is not None:  # string labels -> their index in the sorted class list
+            if job.string_labels:  # label names -> their index in the class list
+                if label not in job.class_index:
+                    raise SkipRow("label: not in classnames", f"label: {label!r} is not in the class names")
                 meta["label_name"] = label
                 label = str(job.class_index[label])
             members["cls"] = label.encode("utf-8")
             names = job.source.label_names.get(job.columns["label"])  # a datasets ClassLabel
             if names and label == "-1":  # datasets' "no label"
                 raise SkipRow("label: missing", "label: -1 (no label)")
-            if names and label.isdigit() and int(label) < len(names):
-                meta["label_name"] = names[int(label)]
+            if not job.string_labels and job.classes is not None:
+                if not re.fullmatch(r"\d+", label) or int(label) >= len(job.classes):
+                    raise SkipRow("label: not in classnames",
+                                  f"label: {label!r} is not an index into the {len(job.classes)} class names")
+                meta["label_name"] = job.classes[int(label)]
     extra = {}
     for col in job.extra_cols:
         try:
@@ -219,14 +172,6 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[List[Tuple[str, bytes]], set
     members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
                                  allow_nan=False).encode("utf-8")
     return list(members.items()), {m for m in job.columns}
-
-
-def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), _MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tf.addfile(info, io.BytesIO(data))
 
 
 def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
@@ -249,15 +194,15 @@ def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
 def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
     """Write shard `idx` (rows idx*shard_size ...) atomically; return its done-record."""
     name = job.shard_name(idx)
-    final = job.out_dir / f"{name}.tar"
-    tmp = job.out_dir / f"{name}.tar.tmp"
+    final = job.shard_dir / f"{name}.tar"
+    tmp = job.shard_dir / f"{name}.tar.tmp"
     start = idx * job.shard_size
     stop = min(start + job.shard_size, job.n_rows)
     written, by_reason, mods, skipped = 0, Counter(), Counter(), []
     with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for row in job.source.rows(start, stop):
-                key = f"{name}-{row.index - start:06d}"
+        with SampleWriter(f) as tar:
+            for pos, row in enumerate(job.rows(start, stop)):
+                key = f"{name}-{pos:06d}"
                 try:
                     members, have = _sample(row, key, job)
                 except SkipRow as s:
@@ -265,8 +210,7 @@ def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
                     skipped.append({"row": row.index, "key": row.key, "source": s.source or job.source.description,
                                     "reason": s.detail, "shard": name})
                 else:
-                    for ext, data in members:
-                        _add_member(tf, f"{key}.{ext}", data)
+                    tar.write(key, dict(members))
                     written += 1
                     mods.update(have)
                 if tick is not None:
@@ -298,7 +242,7 @@ def _done_record(job: _Job, idx: int) -> Optional[Dict[str, Any]]:
     """The shard's done-record if its tar is there with the recorded size."""
     name = job.shard_name(idx)
     rec_path = job.out_dir / ".done" / f"{name}.json"
-    tar = job.out_dir / f"{name}.tar"
+    tar = job.shard_dir / f"{name}.tar"
     try:
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
         if rec.get("bytes") == tar.stat().st_size and rec.get("rows") == min(job.shard_size, job.n_rows - idx * job.shard_size):
@@ -334,9 +278,13 @@ def _prepare_dir(out: Path, settings: Dict[str, Any], overwrite: bool) -> None:
         # overwrite=True: remove only what a shard job writes, never the user's other files.
         prefixes = {settings["prefix"], (previous or {}).get("prefix") or settings["prefix"]}
         for p in out.iterdir():
-            if p.name in ("stats.json", "skipped.jsonl", "classes.json") or any(
+            if p.name in ("stats.json", "skipped.jsonl", "classes.json") + CB_FILES or any(
                     re.fullmatch(re.escape(px) + r"-\d+\.tar(\.tmp)?", p.name) for px in prefixes):
                 p.unlink()
+        if (out / CB_SPLIT).is_dir():  # a clip_benchmark layout's shards
+            for p in (out / CB_SPLIT).iterdir():
+                if p.name == "nshards.txt" or re.fullmatch(r"\d+\.tar(\.tmp)?", p.name):
+                    p.unlink()
         shutil.rmtree(out / ".done", ignore_errors=True)
     (out / ".done").mkdir(exist_ok=True)
     _write_json_atomic(job_path, settings)
@@ -346,15 +294,28 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                  image_size: Optional[int] = None, resize_mode: str = "keep", image_format: str = "jpg",
                  image_quality: int = 95, sample_rate: int = 16000, shard_size: int = 1000,
                  prefix: str = "shard", workers: int = 1, split: Optional[str] = None,
-                 progress: bool = True, overwrite: bool = False) -> Dict[str, Any]:
-    """Write `input` as `out_dir/{prefix}-NNNNNN.tar` shards; return the stats
-    (also in out_dir/stats.json) plus `pattern`, a brace pattern of the shards.
-    A *_col of None auto-detects the column, False leaves the modality out.
-    String labels become class indices (names in out_dir/classes.json)."""
+                 progress: bool = True, overwrite: bool = False, layout: str = "shards", classnames=None,
+                 templates=None, val_groups_from: Optional[str] = None, val_groups: Optional[List[str]] = None,
+                 max_skip_frac: Optional[float] = None) -> Dict[str, Any]:
+    """Write `input` as `out_dir/{prefix}-NNNNNN.tar` shards (or CLIP_benchmark's layout, see the module
+    docstring); return the stats (also in out_dir/stats.json) plus `pattern`, a brace pattern of the
+    shards. A *_col of None auto-detects the column, False leaves the modality out. String labels
+    become class indices (names in out_dir/classes.json, or the order of `classnames`).
+    val_groups_from/val_groups: rows of those groups -> out_dir/val (clip_benchmark layout), the rest
+    -> out_dir/train; the stats are train's, with val's under "val".
+    Raises DataError after writing when no sample was written, or more than max_skip_frac of the
+    rows were skipped."""
     if resize_mode not in RESIZE_MODES:
         raise ConfigError(f"resize_mode {resize_mode!r} unknown; valid: {', '.join(RESIZE_MODES)}")
     if image_format not in IMAGE_FORMATS:
         raise ConfigError(f"image_format {image_format!r} unknown; valid: jpg, webp, png")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout {layout!r} unknown; valid: {', '.join(LAYOUTS)}")
+    if (val_groups_from is None) != (not val_groups):
+        raise ConfigError("val_groups_from and val_groups go together: the column (or COL:N file-name field) "
+                          "holding each row's group, and the groups to hold out")
+    if max_skip_frac is not None and not (isinstance(max_skip_frac, (int, float)) and 0 <= max_skip_frac <= 1):
+        raise ConfigError(f"max_skip_frac must be a number in [0, 1], got {max_skip_frac!r}")
     image_format = "jpg" if image_format == "jpeg" else image_format
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ConfigError(f"image_size must be a positive integer or None, got {image_size!r}")
@@ -375,6 +336,21 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     n_rows = len(source)
     if n_rows == 0:
         raise DataError(f"input {source.description} has no rows")
+    eval_set = layout == "clip_benchmark" or val_groups_from is not None
+    if eval_set and "label" not in columns and "text" not in columns:
+        raise DataError("an eval set (clip_benchmark layout) needs a label column (zero-shot classification) "
+                        "or a text column (retrieval); name it with label_col / text_col")
+    classes, string_labels = eval_sets.resolve_classes(source, columns.get("label"), classnames)
+    if eval_set and "label" in columns and classes is None:
+        classes = eval_sets.integer_classes(source, columns["label"])
+    tmpl = None
+    if eval_set and "label" in columns:
+        from align.bench.templates import get_templates
+
+        tmpl = get_templates(templates if templates is not None else "photo" if "image" in columns else "audio")
+        if not isinstance(tmpl, list):
+            raise DataError("templates: class-specific prompts (a JSON dict) cannot be written as "
+                            "zeroshot_classification_templates.txt; give a list of templates")
     local = isinstance(input, (str, os.PathLike)) and Path(os.fspath(input)).expanduser().exists()
     settings = {"version": JOB_VERSION,
                 "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else source.description, "input_kind": source.kind,
@@ -382,16 +358,63 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 "image_size": image_size, "resize_mode": resize_mode, "image_format": image_format,
                 "image_quality": image_quality, "sample_rate": sample_rate, "shard_size": shard_size,
                 "prefix": prefix, "split": split}
-    classes = None
-    if "label" in columns and not source.label_names.get(columns["label"]):
-        classes = class_names(source.column(columns["label"]), source.base_dir)
-    _prepare_dir(out, settings, overwrite)
-    job = _Job(classes=classes, source=source, columns=columns, out_dir=out, settings=settings, n_rows=n_rows,
-               n_shards=math.ceil(n_rows / shard_size), shard_size=shard_size, prefix=prefix,
-               image_size=image_size, resize_mode=resize_mode, image_format=image_format,
-               image_quality=image_quality, sample_rate=sample_rate,
-               extra_cols=[c for c in source.columns if c not in columns.values()])
-    for p in out.glob(f"{prefix}-*.tar.tmp"):  # left by an interrupted run
+    if classnames is not None or eval_set:
+        settings.update(classes=classes, templates=tmpl, layout=layout)
+    common = dict(source=source, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
+                  resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
+                  sample_rate=sample_rate, extra_cols=[c for c in source.columns if c not in columns.values()],
+                  classes=classes, string_labels=string_labels)
+    if val_groups_from is None:
+        parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
+                           layout=layout, **common))]
+    else:
+        train_rows, val_rows, no_group = eval_sets.split_by_groups(source, val_groups_from, val_groups)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"output {out} exists and is not a directory")
+        held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
+        parts = [(name, _Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
+                             n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
+                             **common))
+                 for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
+                                                ("val", val_rows, "clip_benchmark", {}))]
+    results = {name: _write_part(job, overwrite, workers, progress, tmpl) for name, job in parts}
+    _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
+    for st in results.values():
+        del st["rows"]
+    stats = dict(results[parts[0][0]])
+    if len(results) > 1:
+        stats["val"] = results["val"]
+    return stats
+
+
+def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Optional[float]) -> None:
+    """DataError when an output got no sample, or more than max_skip_frac of all rows were skipped."""
+    for out, st in parts:
+        if st["written"] == 0:
+            raise DataError(f"wrote no sample to {out}: all {st['rows']} rows were skipped ({_top(st['by_reason'])}); "
+                            f"see {out / 'skipped.jsonl'}")
+    skipped, rows = sum(st["skipped"] for _, st in parts), sum(st["rows"] for _, st in parts)
+    if max_skip_frac is not None and skipped > max_skip_frac * rows:
+        by_reason: Counter = Counter()
+        for _, st in parts:
+            by_reason.update(st["by_reason"])
+        where = " and ".join(str(out / "skipped.jsonl") for out, st in parts if st["skipped"])
+        raise DataError(f"skipped {skipped} of {rows} rows ({skipped / rows:.1%}), more than max_skip_frac "
+                        f"{max_skip_frac} ({_top(by_reason)}); see {where}")
+
+
+def _top(by_reason: Dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+
+
+def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templates) -> Dict[str, Any]:
+    """Write (or resume) one output folder; its stats, also in its stats.json."""
+    out, n_rows = job.out_dir, job.n_rows
+    if n_rows == 0:
+        raise DataError(f"no input row goes to {out}")
+    _prepare_dir(out, job.settings, overwrite)
+    job.shard_dir.mkdir(exist_ok=True)
+    for p in job.shard_dir.glob("*.tar.tmp"):  # left by an interrupted run
         p.unlink()
     records: Dict[int, Dict[str, Any]] = {}
     for idx in range(job.n_shards):
@@ -434,18 +457,27 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
              "by_reason": dict(sorted(by_reason.items())),
              "modalities": {m: mods.get(m, 0) for m in MODALITIES}, "shards": job.n_shards}
     _write_json_atomic(out / "skipped.jsonl", [s for r in ordered for s in r["skipped_rows"]], lines=True)
-    if classes is not None:
-        _write_json_atomic(out / "classes.json", classes)
+    if job.classes is not None and job.layout == "shards":
+        _write_json_atomic(out / "classes.json", job.classes)
     _write_json_atomic(out / "stats.json", stats)
     last = job.n_shards - 1
-    pattern = str(out / (f"{prefix}-{{000000..{last:06d}}}.tar" if last else f"{prefix}-000000.tar"))
-    return dict(stats, pattern=pattern)
+    if job.layout == "clip_benchmark":
+        eval_sets.write_clip_benchmark_meta(out, job.n_shards, job.classes if "label" in job.columns else None,
+                                            templates)
+        pattern = str(job.shard_dir / (f"{{0..{last}}}.tar" if last else "0.tar"))
+    else:
+        pattern = str(out / (f"{job.prefix}-{{000000..{last:06d}}}.tar" if last else f"{job.prefix}-000000.tar"))
+    return dict(stats, pattern=pattern, rows=n_rows)
 
 
 def summary_line(stats: Dict[str, Any]) -> str:
-    """One line for the CLI: written/skipped counts, top reasons, where."""
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats["by_reason"].items(), key=lambda kv: -kv[1])[:3])
-    mods = "+".join(m for m, n in stats["modalities"].items() if n)
-    return (f"wrote {stats['written']} {mods} samples in {stats['shards']} shards"
-            f"{' to ' + stats['pattern'] if 'pattern' in stats else ''}; skipped {stats['skipped']}"
-            + (f" ({reasons}; see skipped.jsonl)" if reasons else ""))
+    """One line for the CLI: written/skipped counts, top reasons, where (train and val when split)."""
+    def one(st: Dict[str, Any]) -> str:
+        reasons = _top(st["by_reason"])
+        mods = "+".join(m for m, n in st["modalities"].items() if n)
+        return (f"wrote {st['written']} {mods} samples in {st['shards']} shards"
+                f"{' to ' + st['pattern'] if 'pattern' in st else ''}; skipped {st['skipped']}"
+                + (f" ({reasons}; see skipped.jsonl)" if reasons else ""))
+    if "val" in stats:
+        return "train: " + one(stats) + "; val: " + one(stats["val"])
+    return one(stats)

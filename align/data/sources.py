@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import braceexpand
 
 from align.data.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
+from align.wds.format import group_samples
 from align.wds.reader import iter_tar
 from align.errors import DataError
 
@@ -280,19 +281,14 @@ def open_shard(url: str, allow_pipe: bool = False):
     return handler(url, "rb", 8192)
 
 
-def _split_name(name: str) -> tuple[str | None, str | None]:
-    """'dir/key.seg.jpg' -> ('dir/key', 'seg.jpg'): webdataset's key/extension rule."""
-    import webdataset.tariterators as wti
-
-    return wti.base_plus_ext(name)
-
-
 def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> Iterator[dict]:
     """Yield raw samples {"__key__", "__url__", ext: bytes, ...} from one tar shard.
 
     A missing / unopenable shard is counted and yields nothing; a truncated or
     corrupt tar is counted once and yields the complete samples before the
-    damage (the sample being read when it broke is dropped with the shard fault).
+    damage (the sample being read when it broke is dropped with the shard fault,
+    see `align.wds.format.group_samples`).  A repeated extension within a sample
+    is counted as a duplicate file and dropped.
     """
     try:
         stream = open_shard(url, allow_pipe=allow_pipe)
@@ -304,42 +300,23 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> I
     except Exception as exn:  # permissions, network, unknown scheme
         faults.record(UNREADABLE_SHARD, f"shard {url}", repr(exn), per_sample=False)
         return
-    current: dict | None = None
+
+    def duplicate(name: str) -> None:
+        faults.record(DUPLICATE_FILE, f"file {name} in {url}", "", per_sample=False)
+
     try:
-        for name, data in iter_tar(stream):
-            base = os.path.basename(name)
-            if base.startswith("__") and base.endswith("__"):
-                continue  # webdataset metadata members
-            prefix, ext = _split_name(name)
-            if prefix is None:
-                continue
-            ext = ext.lower()
-            # A new key completes the previous sample (iter_tar has read this member whole, so a
-            # shard cut inside it never gets here): the sample being read when it broke is dropped.
-            if current is None or prefix != current["__key__"]:
-                if current is not None:
-                    yield current
-                current = {"__key__": prefix, "__url__": url}
-            if ext in current:
-                faults.record(DUPLICATE_FILE, f"file {name} in {url}", "", per_sample=False)
-                continue
-            current[ext] = data
+        for sample in group_samples(iter_tar(stream), duplicate):
+            sample["__url__"] = url
+            yield sample
     except (tarfile.TarError, EOFError, zlib.error) as exn:
-        cut = getattr(exn, "member", None)  # the member whose data was cut short, when known
-        if current is not None and cut is not None and _split_name(cut)[0] != current["__key__"]:
-            yield current  # complete: the damage is in the next sample
         faults.record(CORRUPT_TAR, f"shard {url}", repr(exn), per_sample=False)
-        return
     except OSError as exn:  # read error mid-stream (network, pipe exit status)
         faults.record(UNREADABLE_SHARD, f"shard {url}", repr(exn), per_sample=False)
-        return
     finally:
         try:
             stream.close()
         except Exception:  # a pipe's exit status on early close is not a data fault
             pass
-    if current is not None:
-        yield current
 
 
 def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe: bool = False,

@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
-import tarfile
 import time
 from io import BytesIO
 from pathlib import Path
@@ -36,12 +35,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from align.errors import DataError
+from align.wds.writer import NumberedShards
 
 DEMO_VERSION = 1
 SAMPLES_PER_SHARD = 256
 SAMPLE_RATE = 16000
 IMAGE_MODE = "RGB"
-KEYS = ("cls", "flac", "json", "png", "txt")   # order of members within a sample
+KEYS = ("cls", "flac", "json", "png", "txt")   # members of a sample (the writer sorts them)
 _CHUNK = 64                                     # samples per fresh synthesis process
 
 CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -244,35 +244,6 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
     return out
 
 
-class _TarShards:
-    """Writes samples into numbered tars with fixed headers (byte-reproducible)."""
-
-    def __init__(self, directory: Path, name_fn, per_shard: int):
-        self.directory, self.name_fn, self.per_shard = directory, name_fn, per_shard
-        self.names: List[str] = []
-        self.sizes: List[int] = []
-        self._tar: Optional[tarfile.TarFile] = None
-
-    def write(self, key: str, files: Dict[str, bytes]) -> None:
-        if self._tar is None or self.sizes[-1] >= self.per_shard:
-            self.close()
-            self.names.append(self.name_fn(len(self.names)))
-            self.sizes.append(0)
-            self._tar = tarfile.open(self.directory / self.names[-1], "w", format=tarfile.USTAR_FORMAT)
-        for ext in KEYS:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(files[ext]), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, BytesIO(files[ext]))
-        self.sizes[-1] += 1
-
-    def close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-
-
 def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
@@ -280,8 +251,8 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     (tmp / "train").mkdir(parents=True)
     (tmp / "val" / "test").mkdir(parents=True)
     per = settings["samples_per_shard"]
-    train_w = _TarShards(tmp / "train", lambda i: f"train-{i:06d}.tar", per)
-    val_w = _TarShards(tmp / "val" / "test", lambda i: f"{i}.tar", per)
+    train_w = NumberedShards(tmp / "train", lambda i: f"train-{i:06d}.tar", per)
+    val_w = NumberedShards(tmp / "val" / "test", lambda i: f"{i}.tar", per)
     per_class = {"train": [0] * len(CLASSNAMES), "val": [0] * len(CLASSNAMES)}
     # chunks never straddle splits; their composition depends only on the settings
     chunks = [("train", train_jobs[i:i + _CHUNK]) for i in range(0, len(train_jobs), _CHUNK)]

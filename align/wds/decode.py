@@ -1,10 +1,10 @@
 """Turn one raw webdataset sample into model inputs, and a list of them into a batch.
 
-Shard conventions (extensions, lower-cased): image `jpg|jpeg|png|webp`, audio
-`flac|wav|mp3|ogg`, text `txt` (UTF-8, one caption per line), `cls` (int),
-`json` (ignored here).  A sample is decoded only for the requested
-modalities; anything broken raises `SkipSample(reason)` so the caller counts
-it.  Transform contract (see `build_train_loader`):
+Shard conventions: `align.wds.format` (extensions per modality; `txt` is UTF-8,
+one caption per line; `cls` an int; `json` ignored here).  `decode_raw` decodes
+a sample's requested modalities (no transforms: what `align data inspect`
+checks); anything broken raises `SkipSample(reason)` so the caller counts it.
+Transform contract (see `build_train_loader`):
 
 - "image": PIL.Image (RGB) -> Tensor[3, H, W]
 - "text":  list[str] -> LongTensor[1, L]; called per sample with [caption]
@@ -28,13 +28,7 @@ from align.data.faults import (
     UNDECODABLE_TEXT, SkipSample,
 )
 from align.errors import DataError
-
-MODALITY_EXTS = {
-    "image": ("jpg", "jpeg", "png", "webp"),
-    "audio": ("flac", "wav", "mp3", "ogg"),
-    "text": ("txt",),
-}
-MODALITIES = tuple(MODALITY_EXTS)
+from align.wds.format import LABEL_EXT, MODALITIES, MODALITY_EXTS, pick
 
 
 def decode_image(data: bytes):
@@ -50,6 +44,60 @@ def captions(data: bytes) -> list[str]:
     """`txt` bytes -> non-empty stripped lines (may be empty: the caller skips)."""
     text = data.decode("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def present(raw: dict, modalities) -> dict[str, str]:
+    """modality -> the extension holding it, for the given modalities present in `raw`."""
+    found = {}
+    for m in modalities:
+        ext = pick(raw, m)
+        if ext is not None:
+            found[m] = ext
+    return found
+
+
+def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str | None = None) -> dict:
+    """raw sample -> {modality: PIL image | (wave [T], sr) | [caption], "cls": int (-1 = none)}.
+
+    Raises SkipSample(reason) for the first problem found.  caption_seed: pick one caption line at
+    random, seeded by it (training); None picks the first.
+    """
+    found = present(raw, modalities)
+    if len(found) < min_modalities:
+        reason = FEW_MODALITIES if min_modalities == 2 else (
+            "no requested modality" if min_modalities == 1 else f"fewer than {min_modalities} modalities")
+        raise SkipSample(reason, f"has {sorted(k for k in raw if not k.startswith('__'))}")
+    out: dict = {}
+    for m, ext in found.items():
+        data = raw[ext]
+        if m == "image":
+            try:
+                out[m] = decode_image(data)
+            except Exception as exn:
+                raise SkipSample(UNDECODABLE_IMAGE, f"{ext}: {exn!r}") from None
+        elif m == "audio":
+            try:
+                out[m] = decode_audio(data, name=raw["__key__"])
+            except Exception as exn:
+                raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
+        else:
+            try:
+                lines = captions(data)
+            except UnicodeDecodeError as exn:
+                raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
+            if not lines:
+                raise SkipSample(EMPTY_CAPTION)
+            if caption_seed is not None and len(lines) > 1:
+                out[m] = [lines[random.Random(caption_seed).randrange(len(lines))]]
+            else:
+                out[m] = [lines[0]]
+    out["cls"] = -1
+    if LABEL_EXT in raw:
+        try:
+            out["cls"] = int(raw[LABEL_EXT].decode("utf-8").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise SkipSample(BAD_CLS, repr(raw[LABEL_EXT][:20])) from None
+    return out
 
 
 class SampleDecoder:
@@ -76,57 +124,18 @@ class SampleDecoder:
 
     def present(self, raw: dict) -> dict[str, str]:
         """modality -> the extension holding it, for requested modalities present in `raw`."""
-        found = {}
-        for m in self.modalities:
-            for ext in MODALITY_EXTS[m]:
-                if ext in raw:
-                    found[m] = ext
-                    break
-        return found
+        return present(raw, self.modalities)
 
     def __call__(self, raw: dict, epoch: int) -> dict:
         """raw sample -> {"__key__", modality: Tensor, ..., "cls": int}; raises SkipSample."""
-        found = self.present(raw)
-        if len(found) < self.min_modalities:
-            reason = FEW_MODALITIES if self.min_modalities == 2 else (
-                "no requested modality" if self.min_modalities == 1 else f"fewer than {self.min_modalities} modalities")
-            raise SkipSample(reason,
-                             f"has {sorted(k for k in raw if not k.startswith('__'))}")
-        out = {"__key__": raw["__key__"]}
-        for m, ext in found.items():
-            data = raw[ext]
-            if m == "image":
-                try:
-                    value = decode_image(data)
-                except Exception as exn:
-                    raise SkipSample(UNDECODABLE_IMAGE, f"{ext}: {exn!r}") from None
-            elif m == "audio":
-                try:
-                    value = decode_audio(data, name=raw["__key__"])
-                except Exception as exn:
-                    raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
-            else:
-                try:
-                    lines = captions(data)
-                except UnicodeDecodeError as exn:
-                    raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
-                if not lines:
-                    raise SkipSample(EMPTY_CAPTION)
-                if self.train and len(lines) > 1:
-                    rng = random.Random(f"align:caption:{self.seed}:{epoch}:{raw.get('__url__')}:{raw['__key__']}")
-                    value = [lines[rng.randrange(len(lines))]]
-                else:
-                    value = [lines[0]]
+        seed = f"align:caption:{self.seed}:{epoch}:{raw.get('__url__')}:{raw['__key__']}" if self.train else None
+        decoded = decode_raw(raw, self.modalities, self.min_modalities, seed)
+        out = {"__key__": raw["__key__"], "cls": decoded.pop("cls")}
+        for m, value in decoded.items():
             try:
                 out[m] = self._apply(m, value)
             except Exception as exn:
                 raise SkipSample(TRANSFORM_FAILED.format(modality=m), repr(exn)) from None
-        out["cls"] = -1
-        if "cls" in raw:
-            try:
-                out["cls"] = int(raw["cls"].decode("utf-8").strip())
-            except (UnicodeDecodeError, ValueError):
-                raise SkipSample(BAD_CLS, repr(raw["cls"][:20])) from None
         return out
 
     def _apply(self, modality: str, value) -> torch.Tensor:

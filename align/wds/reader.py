@@ -11,8 +11,11 @@ webdataset, GNU tar and Python's tarfile write.  Compressed archives
 Faults are stricter than `tarfile`'s stream mode, which silently stops at a
 damaged header after the first member: here a bad checksum raises
 `tarfile.ReadError` and a member cut short raises `EOFError`, so the caller
-counts the shard as corrupt.  A clean end (zero blocks, or the end of the
-stream on a header boundary) is not a fault.
+counts the shard as corrupt.  Every tar writer ends an archive with zero
+blocks; a stream that ends on a header boundary without them was cut there
+(a copy or a download stopped between members), so that raises `EOFError`
+too.  `index_members` walks a seekable file the same way but skips the data
+of members the caller does not want, for readers that keep byte ranges.
 """
 
 from __future__ import annotations
@@ -73,19 +76,17 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def iter_members(stream: BinaryIO, first: bytes = b"") -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each regular file in an uncompressed tar stream.
-
-    first: bytes already read from the stream's start (at most one header block).
-    """
-    pending = first
+def _walk(stream: BinaryIO, first: bytes, want) -> Iterator[tuple[str, int, int, bytes | None]]:
+    """(name, data offset, size, data) of each regular file; want(name) False: data None, skipped by seek."""
+    pending, pos = first, 0
     long_name: str | None = None
     while True:
         header, pending = (pending or stream.read(BLOCK)), b""
         if not header:
-            return  # end of stream on a header boundary
+            raise EOFError("tar ends without its end-of-archive marker (cut between members)")
         if len(header) < BLOCK:
             header += _read_exact(stream, BLOCK - len(header), "a tar header")
+        pos += BLOCK
         if header.count(0) == BLOCK:
             return  # end-of-archive marker
         stored = _number(header[148:156])
@@ -98,7 +99,7 @@ def iter_members(stream: BinaryIO, first: bytes = b"") -> Iterator[tuple[str, by
             raise tarfile.ReadError(f"negative member size {size} in a tar header")
         kind = header[156:157]
         name = None
-        if kind in _REGULAR:
+        if kind in _REGULAR:  # "0", and "\0" of pre-POSIX writers, and "7" (contiguous file)
             if long_name is not None:
                 name, long_name = long_name, None
             else:
@@ -108,21 +109,51 @@ def iter_members(stream: BinaryIO, first: bytes = b"") -> Iterator[tuple[str, by
                     if prefix:
                         raw = prefix + b"/" + raw
                 name = raw.decode("utf-8", "surrogateescape")
+            if kind == b"\x00" and name.endswith("/"):
+                name = None  # pre-POSIX tar marks a directory by its trailing slash alone
+        padded = size + -size % BLOCK
+        offset = pos
         try:
-            data = _read_exact(stream, size, "a tar member") if size else b""
-            if -size % BLOCK:
-                _read_exact(stream, -size % BLOCK, "tar padding")
+            if name is not None and want is not None and not want(name):
+                data = None
+                stream.seek(padded, 1)  # past the end of a cut file: caught when the next header is read
+            else:
+                data = _read_exact(stream, size, "a tar member") if size else b""
+                if padded - size:
+                    _read_exact(stream, padded - size, "tar padding")
         except EOFError as exn:
             exn.member = name  # lets the caller tell which sample was cut
             raise
+        pos += padded
         if kind == b"L":      # GNU long name: the data is the next member's name
             long_name = data.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
         elif kind == b"x":    # pax extended header for the next member
             long_name = _pax_path(data) or long_name
         elif name is not None:
-            yield name, data
+            yield name, offset, size, data
         else:
             long_name = None  # a directory, link, ...: its long name does not carry over
+
+
+def iter_members(stream: BinaryIO, first: bytes = b"") -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular file in an uncompressed tar stream.
+
+    first: bytes already read from the stream's start (at most one header block).
+    """
+    for name, _, _, data in _walk(stream, first, None):
+        yield name, data
+
+
+def index_members(f: BinaryIO, want) -> Iterator[tuple[str, int, int, bytes | None]]:
+    """(name, data offset, size, data or None) of each regular file of an uncompressed tar file.
+
+    want(name) -> bool: whether to read that member's data; the others are skipped with seek and
+    can be read later from their byte range (offset, size).  Faults as `iter_members`.
+    """
+    first = f.read(BLOCK)
+    if first.startswith(_COMPRESSED):
+        raise tarfile.ReadError("compressed tar: byte ranges need an uncompressed archive")
+    return _walk(f, first, want)
 
 
 def iter_tar(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:

@@ -8,7 +8,6 @@ It counts encode calls per modality (`calls`) so cache tests can assert nothing 
 """
 import io
 import os
-import tarfile
 import zlib
 from collections import Counter
 
@@ -110,14 +109,10 @@ def wav_bytes(rng, n=80, sr=8000, fmt="WAV"):
 
 
 def write_tar(path, samples):
-    """samples: list of (key, {ext: bytes|str})."""
-    with tarfile.open(path, "w") as tf:
-        for key, fields in samples:
-            for ext, data in fields.items():
-                data = data.encode() if isinstance(data, str) else data
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
+    """samples: list of (key, {ext: bytes|str}), written by align's one shard writer."""
+    from align.wds.writer import write_shard
+
+    write_shard(path, [dict(fields, __key__=key) for key, fields in samples])
 
 
 def write_wds(root, samples, *, split="test", per_shard=4, classnames=None, templates=None, dataset_type=None):

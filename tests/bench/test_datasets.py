@@ -125,10 +125,10 @@ def test_hf_save_to_disk_image_labels_and_audio_captions(tmp_path):
     with pytest.raises(DataError, match="caption column 'nope' not found"):
         open_dataset(str(tmp_path / "ha"), "hf", caption_column="nope")
     hfd.DatasetDict({"a": d, "b": d}).save_to_disk(str(tmp_path / "h2"))
-    with pytest.raises(DataError, match="no split 'val'; splits: a, b"):
+    with pytest.raises(DataError, match="no split .val.; available: a, b"):
         open_dataset(str(tmp_path / "h2"), "hf", split="val")
     os.makedirs(tmp_path / "plain")
-    with pytest.raises(DataError, match="not a Hugging Face save_to_disk folder"):
+    with pytest.raises(DataError, match="is not a Hugging Face save_to_disk folder"):
         open_dataset(str(tmp_path / "plain"), "hf")
 
 

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import tarfile
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import align.data.pipeline as pipeline
 from align.data.faults import FaultCounter, skip_rate_error
 from align.data.pipeline import build_train_loader
 from align.errors import DataError
-from tests.wds_helpers import TRANSFORMS, audio_text, flat, image_text, make_shards, write_shard
+from tests.wds_helpers import TRANSFORMS, audio_text, flat, image_text, make_shards, member_offset, write_shard
 
 MODS = ["image", "text", "audio"]
 
@@ -31,8 +30,7 @@ def _faulty_dataset(root):
     # s2: 8 samples, cut in the middle of sample 5's image -> samples 0..4 survive.
     trunc = [image_text(f"t{j}", seed=100 + j) for j in range(8)]
     s2 = write_shard(root / "s2.tar", trunc)
-    with tarfile.open(s2) as tf:
-        cut = next(m for m in tf.getmembers() if m.name == "t5.jpg").offset_data + 20
+    cut = member_offset(s2, "t5.jpg") + 20
     with open(s2, "r+b") as f:
         f.truncate(cut)
     s3 = write_shard(root / "s3.tar", [image_text("gone", seed=7)])  # deleted after the loader is built

@@ -2,7 +2,6 @@
 
 import itertools
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ from align.data.pipeline import build_eval_loader, build_train_loader
 from align.data.sources import SourceSpec
 from align.errors import DataError
 from tests.wds_helpers import (
-    TRANSFORMS, all_keys, audio_text, flat, image_text, image_tf, jpeg_bytes, make_shards, text_tf, write_shard,
+    TRANSFORMS, all_keys, audio_text, flat, image_text, image_tf, jpeg_bytes, make_shards, member_offset, text_tf,
+    write_shard,
 )
 
 MODS = ["image", "text", "audio"]
@@ -138,8 +138,7 @@ def _resume_dataset(root):
         if i == 1:
             samples[2] = {"__key__": "s1_bad", "jpg": b"broken", "txt": "x"}
         paths.append(write_shard(root / f"s{i}.tar", samples))
-    with tarfile.open(paths[3]) as tf:
-        cut = next(m for m in tf.getmembers() if m.name == "s3_6.jpg").offset_data + 5
+    cut = member_offset(paths[3], "s3_6.jpg") + 5
     with open(paths[3], "r+b") as f:
         f.truncate(cut)
     return paths
@@ -178,8 +177,7 @@ def test_resume_after_a_worker_finished_counts_its_faults_once(tmp_path):
     root = tmp_path / "d"
     root.mkdir()
     short = write_shard(root / "short.tar", [image_text(f"a{j}", seed=j) for j in range(4)])
-    with tarfile.open(short) as tf:
-        cut = next(m for m in tf.getmembers() if m.name == "a3.jpg").offset_data + 5
+    cut = member_offset(short, "a3.jpg") + 5
     with open(short, "r+b") as f:
         f.truncate(cut)
     long = write_shard(root / "long.tar", [image_text(f"b{j}", seed=j) for j in range(15)])

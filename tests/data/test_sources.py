@@ -78,15 +78,13 @@ def test_bad_weights_and_specs_are_data_errors(tmp_path):
 
 
 def test_shard_samples_groups_by_key_and_counts_duplicates(tmp_path):
-    import tarfile
+    from align.wds.writer import SampleWriter
 
     path = tmp_path / "dup.tar"
-    with tarfile.open(path, "w") as tf:
-        for name, data in [("a.jpg", b"1"), ("a.TXT", b"2"), ("a.txt", b"3"), ("dir/b.seg.json", b"4"),
-                           ("__meta__", b"m")]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    with SampleWriter(path) as w:
+        w.write("a", {"jpg": b"1", "TXT": b"2"})
+        w.write("a", {"txt": b"3"})          # the same key again, at once: a duplicate file of sample a
+        w.write("dir/b", {"seg.json": b"4"})
     faults = FaultCounter()
     got = list(shard_samples(str(path), faults))
     assert [{k: v for k, v in s.items() if k != "__url__"} for s in got] == [

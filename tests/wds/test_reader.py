@@ -9,7 +9,7 @@ import pytest
 
 from align.data.faults import CORRUPT_TAR, FaultCounter
 from align.data.sources import shard_samples
-from align.wds.reader import BLOCK, iter_tar
+from align.wds.reader import BLOCK, index_members, iter_tar
 
 from tests.wds_helpers import write_shard
 
@@ -88,7 +88,7 @@ def test_bad_checksum_is_a_read_error_not_a_silent_end():
         list(iter_tar(io.BytesIO(bytes(data))))
 
 
-def test_cut_inside_a_member_names_it_and_a_cut_on_a_header_boundary_is_a_clean_end():
+def test_cut_inside_a_member_names_it_and_a_cut_on_a_header_boundary_is_a_fault():
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, size in [("a.txt", 10), ("b.bin", 2000)]:
@@ -101,7 +101,93 @@ def test_cut_inside_a_member_names_it_and_a_cut_on_a_header_boundary_is_a_clean_
     assert exc.value.member == "b.bin"
     with pytest.raises(EOFError):
         list(iter_tar(io.BytesIO(data[:2 * BLOCK + 100])))   # cut inside b.bin's header
-    assert list(iter_tar(io.BytesIO(data[:2 * BLOCK]))) == [("a.txt", b"z" * 10)]
+    # Cut between members: every writer ends an archive with zero blocks, so their absence is a cut
+    # (tarfile's stream mode would end quietly here). The member before the cut is still read whole.
+    got = []
+    with pytest.raises(EOFError, match="end-of-archive marker"):
+        for member in iter_tar(io.BytesIO(data[:2 * BLOCK])):
+            got.append(member)
+    assert got == [("a.txt", b"z" * 10)]
+    with pytest.raises(EOFError, match="end-of-archive marker"):
+        list(iter_tar(io.BytesIO(b"")))                       # an empty file is no tar either
+    assert list(iter_tar(io.BytesIO(data[:4 * BLOCK + 2048]))) == reference(data)  # one zero block
+
+
+def _old_style(data: bytes) -> bytes:
+    """Rewrite every regular member's typeflag '0' as NUL (pre-POSIX tar), and every directory's '5' as
+    NUL with a trailing slash on its name (how such tars mark directories), fixing the checksums."""
+    out, pos = bytearray(data), 0
+    while pos + BLOCK <= len(out) and any(out[pos:pos + BLOCK]):
+        header = out[pos:pos + BLOCK]
+        size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        if header[156:157] == b"5":
+            end = header.index(0)
+            assert end < 99
+            header[end] = ord("/")
+        if header[156:157] in (b"0", b"5"):
+            header[156] = 0
+            header[148:156] = b" " * 8
+            header[148:156] = b"%06o\0 " % sum(header)
+            out[pos:pos + BLOCK] = header
+        pos += BLOCK + -(-size // BLOCK) * BLOCK
+    return bytes(out)
+
+
+def test_old_style_regular_files_typeflag_nul_are_members_like_tarfile_reads_them():
+    rng, dirs = np.random.default_rng(11), 0
+    for _ in range(8):
+        data = _old_style(random_tar(rng, tarfile.USTAR_FORMAT))
+        assert b"0" not in bytes(data[156:157])
+        ref = reference(data)
+        assert ref and list(iter_tar(io.BytesIO(data))) == ref
+        dirs += data.count(b"/\0")
+    assert dirs  # some archives held NUL-typed directories, which tarfile (and the reader) skip
+
+
+def _signed_checksums(data: bytes) -> bytes:
+    """Store each header's checksum as the sum of its bytes read as *signed* chars (old Sun/ BSD tars)."""
+    out, pos = bytearray(data), 0
+    while pos + BLOCK <= len(out) and any(out[pos:pos + BLOCK]):
+        header = out[pos:pos + BLOCK]
+        size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        header[148:156] = b" " * 8
+        signed = sum(b - 256 if b > 127 else b for b in header)
+        header[148:156] = b"%06o\0 " % signed
+        out[pos:pos + BLOCK] = header
+        pos += BLOCK + -(-size // BLOCK) * BLOCK
+    return bytes(out)
+
+
+def test_signed_checksum_fallback_matches_tarfile():
+    # Non-ASCII names put bytes > 127 into the headers, where signed and unsigned sums differ.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, name in enumerate(["ünïcödé.txt", "ascii.bin", "日本.txt"]):
+            info = tarfile.TarInfo(name)
+            info.size = 100 * i
+            tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
+    data = _signed_checksums(buf.getvalue())
+    assert data != buf.getvalue()          # the checksums really changed
+    ref = reference(data)
+    assert [n for n, _ in ref] == ["ünïcödé.txt", "ascii.bin", "日本.txt"]
+    assert list(iter_tar(io.BytesIO(data))) == ref
+    bad = bytearray(data)
+    bad[148:154] = b"%06o" % (int(bytes(bad[148:154]), 8) + 1)  # neither sum: still a fault
+    with pytest.raises(tarfile.ReadError, match="checksum"):
+        list(iter_tar(io.BytesIO(bytes(bad))))
+
+
+def test_index_members_gives_byte_ranges_and_skips_unwanted_data(tmp_path):
+    data = random_tar(np.random.default_rng(13), tarfile.PAX_FORMAT)
+    path = tmp_path / "x.tar"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        index = list(index_members(f, want=lambda name: name.endswith("0.bin")))
+    ref = reference(data)
+    assert [n for n, _, _, _ in index] == [n for n, _ in ref]
+    for (name, offset, size, got), (_, content) in zip(index, ref):
+        assert data[offset:offset + size] == content and size == len(content)
+        assert got == (content if name.endswith("0.bin") else None)
 
 
 def test_a_cut_in_the_next_sample_keeps_the_complete_one_before_it(tmp_path):
@@ -110,14 +196,14 @@ def test_a_cut_in_the_next_sample_keeps_the_complete_one_before_it(tmp_path):
         {"__key__": "k1", "txt": "one", "bin": b"r" * 3000},
     ])
     data = open(path, "rb").read()
-    # k0 is 2 members (txt 1+1 blocks, bin 1+2 blocks); cut inside k1's second member.
+    # k0 is 2 members (bin 1+2 blocks, txt 1+1: the writer sorts extensions); cut inside k1's bin.
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[:5 * BLOCK + 2 * BLOCK + BLOCK + 100])
     faults = FaultCounter()
     got = list(shard_samples(str(cut), faults))
     assert [s["__key__"] for s in got] == ["k0"]
     assert faults.total == {CORRUPT_TAR: 1}
-    # Cut inside k1's first member: k0 is still complete and kept.
+    # Cut just after k1's first header: k0 is still complete and kept.
     cut.write_bytes(data[:5 * BLOCK + BLOCK + 1])
     faults = FaultCounter()
     assert [s["__key__"] for s in shard_samples(str(cut), faults)] == ["k0"]

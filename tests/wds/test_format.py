@@ -1,0 +1,99 @@
+"""Key split and sample grouping against webdataset's own rules; the writer against tarfile and the reader."""
+import io
+import os
+import tarfile
+
+import pytest
+
+from align.wds.format import check_key, group_samples, split_name
+from align.wds.reader import iter_tar
+from align.wds.writer import NumberedShards, SampleWriter, write_shard
+
+NAMES = ["a.jpg", "a.TXT", "dir/b.seg.json", "x/y.z/k.tar.gz", "__meta__", "__a.b__", "noext", ".hidden.txt",
+         "dir/.h.txt", "d.i.r/s001.png", "k.", "a/b/c.d.e", "ünï/cödé.flac"]
+
+
+def test_split_name_is_webdatasets_rule_with_lower_cased_extension():
+    from webdataset.tariterators import base_plus_ext
+
+    for name in NAMES:
+        ours = split_name(name)
+        ref = base_plus_ext(name)
+        if os.path.basename(name).startswith("__") and name.endswith("__") or ref[0] is None:
+            assert ours is None, name          # webdataset's metadata members / no extension
+        elif os.path.basename(name).startswith("."):
+            assert ours is None, name          # hidden files are not samples
+        else:
+            assert ours == (ref[0], ref[1].lower()), name
+
+
+def test_group_samples_counts_a_repeated_extension_as_a_duplicate_not_a_new_sample():
+    members = [("a.jpg", 1), ("a.txt", 2), ("a.TXT", 3), ("b.jpg", 4), ("noext", 0), ("a.jpg", 5)]
+    dups = []
+    got = list(group_samples(members, dups.append))
+    assert got == [{"__key__": "a", "jpg": 1, "txt": 2}, {"__key__": "b", "jpg": 4}, {"__key__": "a", "jpg": 5}]
+    assert dups == ["a.TXT"]
+
+
+def _damaged(members, member):
+    def gen():
+        yield from members
+        exn = EOFError("cut")
+        exn.member = member
+        raise exn
+    return gen()
+
+
+def test_group_samples_on_damage_keeps_only_provably_complete_samples():
+    members = [("a.jpg", 1), ("a.txt", 2), ("b.jpg", 3)]
+    got = []
+    with pytest.raises(EOFError):
+        for s in group_samples(_damaged(members, "c.jpg"), None):   # cut in a later sample: b is complete
+            got.append(s["__key__"])
+    assert got == ["a", "b"]
+    got = []
+    with pytest.raises(EOFError):
+        for s in group_samples(_damaged(members, "b.txt"), None):   # cut inside b: dropped
+            got.append(s["__key__"])
+    assert got == ["a"]
+    got = []
+    with pytest.raises(EOFError):
+        for s in group_samples(_damaged(members, None), None):      # unknown where: dropped
+            got.append(s["__key__"])
+    assert got == ["a"]
+
+
+def test_writer_output_reads_back_with_tarfile_and_the_reader_and_is_reproducible(tmp_path):
+    samples = [{"__key__": "dir/s0", "txt": "ünïcode caption", "jpg": b"\xff" * 700, "cls": "3"},
+               {"__key__": "s1", "flac": b"", "json": b"{}"}]
+    a, b = write_shard(tmp_path / "a.tar", samples), write_shard(tmp_path / "b.tar", samples)
+    data = open(a, "rb").read()
+    assert data == open(b, "rb").read()   # no clock, user or machine in the bytes
+    with tarfile.open(a) as tf:           # reference reader
+        ref = [(m.name, tf.extractfile(m).read(), m.mtime, m.mode, m.uid, m.uname) for m in tf.getmembers()]
+    assert [r[0] for r in ref] == ["dir/s0.cls", "dir/s0.jpg", "dir/s0.txt", "s1.flac", "s1.json"]
+    assert {r[2:] for r in ref} == {(0, 0o644, 0, "")}
+    assert list(iter_tar(io.BytesIO(data))) == [(r[0], r[1]) for r in ref]
+    assert ref[2][1] == "ünïcode caption".encode()
+
+
+def test_writer_refuses_keys_and_extensions_that_would_not_read_back(tmp_path):
+    with SampleWriter(tmp_path / "x.tar") as w:
+        for key in ["a.b", "", "dir/", "dir/.x"]:
+            with pytest.raises(ValueError, match="cannot be written"):
+                w.write(key, {"txt": "x"})
+        for ext in ["", "a/b", "_meta"]:
+            with pytest.raises(ValueError, match="cannot be written"):
+                w.write("k", {ext: b"x"})
+        w.write("d.i.r/k", {"txt": "ok"})   # dots in a folder name are fine
+    check_key("d.i.r/k")
+    assert list(iter_tar(open(tmp_path / "x.tar", "rb"))) == [("d.i.r/k.txt", b"ok")]
+
+
+def test_numbered_shards_roll_over(tmp_path):
+    w = NumberedShards(tmp_path, lambda i: f"{i}.tar", per_shard=2)
+    for i in range(5):
+        w.write(f"k{i}", {"txt": str(i)})
+    w.close()
+    assert w.names == ["0.tar", "1.tar", "2.tar"] and w.sizes == [2, 2, 1]
+    assert [n for p in w.paths for n, _ in iter_tar(open(p, "rb"))] == [f"k{i}.txt" for i in range(5)]
