@@ -23,14 +23,16 @@ DEFAULT_TASKS = ("zeroshot", "retrieval")
 
 
 def eval_entries(tasks: Sequence[str], modalities: Sequence[str], *, by_class: bool = False,
-                 classnames: bool = True) -> List[dict]:
-    """Task names -> suite entries (task + its modality keys) over `modalities`.
+                 prompts: bool = True) -> List[dict]:
+    """Task names -> suite entries (task + its modality keys) over `modalities` (those the val set has
+    and the model encodes).
 
     by_class: score every retrieval pair by class match (emergent_retrieval: a hit is an item of the
     query's class) instead of by instance. Right for data whose captions are per class (the demo's):
     there, the instance R@1 of text->image is capped near 1/(items per caption), whatever the model.
     Audio<->image pairs have no shared caption and are always scored by class.
-    classnames: False when the val set has none: tasks that build prompts from them (zeroshot) get no entry.
+    prompts: whether class prompts can be built (the model has a text tower and the val set class names);
+    without them, tasks that take `templates` (zeroshot) get no entry.
     """
     from align.bench import BENCHMARKS
     mods = set(modalities)
@@ -38,9 +40,8 @@ def eval_entries(tasks: Sequence[str], modalities: Sequence[str], *, by_class: b
     for task in tasks:
         keys = getattr(BENCHMARKS.get(task), "entry_keys", set())
         if "modality" in keys:
-            prompts = "templates" in keys          # zero-shot: class prompts need the text tower and class names
             for m in CLASSIFIABLE:
-                if m in mods and (not prompts or ("text" in mods and classnames)):
+                if m in mods and (prompts or "templates" not in keys):
                     out.append({"task": task, "modality": m})
         elif "query" in keys and "gallery" in keys:
             for q, g in PAIRS:
@@ -70,10 +71,28 @@ def metric_keys(tasks: Sequence[str], modalities: Sequence[str]) -> List[str]:
     holding all of them). A runner without a `metric_keys(entry)` attribute gives `WHERE/TASK/*`."""
     from align.bench import BENCHMARKS
     out = []
-    for e in eval_entries(tasks, modalities):
+    for e in eval_entries(tasks, modalities, prompts="text" in modalities):
         names = getattr(BENCHMARKS.get(e["task"]), "metric_keys", lambda entry: ["*"])
         out += [f"{entry_where(e)}/{e['task']}/{k}" for k in names(e)]
     return out
+
+
+def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str]) -> None:
+    """Before training: every task in `tasks` has something to score on `val_dir` (CLIP_benchmark layout)
+    for a model with `modalities`, and the probes find the val set's `train` split; else one DataError line."""
+    from align.bench import BENCHMARKS
+    from align.bench.datasets import open_wds
+    from align.errors import DataError
+    ds = open_wds(val_dir, split="test")
+    have = [m for m in ds.modalities if m in modalities]
+    for task in tasks:
+        if not eval_entries([task], have, prompts=bool(ds.classnames) and "text" in modalities):
+            raise DataError(f"eval.tasks: {task!r} has nothing to score on data.val={val_dir!r} (val items have "
+                            f"{', '.join(ds.modalities) or 'nothing'}; class names: {'yes' if ds.classnames else 'no'})")
+        if "train_dataset" in getattr(BENCHMARKS.get(task), "entry_keys", ()) and \
+                not os.path.isfile(os.path.join(val_dir, "train", "nshards.txt")):
+            raise DataError(f"eval.tasks: {task!r} fits on the val set's train split, but "
+                            f"{os.path.join(val_dir, 'train', 'nshards.txt')} is missing")
 
 
 def run_tasks(model, val_dir: str, tasks: Sequence[str] = DEFAULT_TASKS, batch_size: int = 256,
@@ -91,7 +110,7 @@ def run_tasks(model, val_dir: str, tasks: Sequence[str] = DEFAULT_TASKS, batch_s
     ctx = dict(cache_dir=cache_dir, batch_size=batch_size, device=None, num_workers=0, progress=progress,
                pretrained=None)
     train_ds, results = None, []
-    for e in eval_entries(tasks, have, by_class=by_class, classnames=bool(ds.classnames)):
+    for e in eval_entries(tasks, have, by_class=by_class, prompts=bool(ds.classnames) and "text" in model.modalities):
         runner = BENCHMARKS.get(e["task"])
         aux = {}
         if "train_dataset" in getattr(runner, "entry_keys", ()):   # probes: fit on the val set's train split
