@@ -359,11 +359,20 @@ def recipe_to_dict(r: Recipe) -> dict:
 
 
 # -- shipped recipes -------------------------------------------------------------------------
-REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+_PKG = os.path.dirname(os.path.abspath(__file__))
 
 
 def recipes_dir() -> str:
-    return os.environ.get("ALIGN_RECIPES", REPO_RECIPES)
+    """$ALIGN_RECIPES, else the recipes installed with the package (align/recipes: the repo's recipes/
+    folder, shipped as package data), else those of a source checkout or editable install (recipes/)."""
+    if os.environ.get("ALIGN_RECIPES"):
+        return os.environ["ALIGN_RECIPES"]
+    candidates = [os.path.join(_PKG, "recipes"), os.path.join(os.path.dirname(_PKG), "recipes")]
+    for d in candidates:
+        if os.path.isdir(d):
+            return d
+    raise ConfigError(f"no shipped recipes: neither {' nor '.join(candidates)} exists (a broken install? "
+                      f"reinstall align-clip, or set ALIGN_RECIPES to a folder of recipes)")
 
 
 def resolve_recipe(name: str) -> str:
@@ -373,14 +382,20 @@ def resolve_recipe(name: str) -> str:
     cand = os.path.join(recipes_dir(), name if name.endswith(".yaml") else name + ".yaml")
     if os.path.isfile(cand):
         return cand
-    raise ConfigError(f"recipe not found: {name} (not a file, nor one of `align recipes`)")
+    raise ConfigError(f"recipe not found: {name} (not a file, nor a shipped recipe: {', '.join(shipped_recipes())})")
+
+
+def shipped_recipes() -> List[str]:
+    """Names of the shipped recipes (`align recipes`), sorted."""
+    return sorted(f[:-5] for f in os.listdir(recipes_dir()) if f.endswith(".yaml"))
 
 
 def recipe_header(path: str) -> str:
     """The opening comment block of a recipe (what it trains, launch, runtime)."""
     lines = []
-    for line in open(path):
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].strip())
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line[1:].strip())
     return "\n".join(lines)
