@@ -66,27 +66,37 @@ def entry_where(e: dict) -> str:
     return "+".join(e.get("modalities", ())) or "val"
 
 
-def metric_keys(tasks: Sequence[str], modalities: Sequence[str]) -> List[str]:
+def metric_keys(tasks: Sequence[str], modalities: Sequence[str], prompts: Optional[bool] = None) -> List[str]:
     """Every flat metric name evaluating `tasks` can produce for a model with `modalities` (on a val set
-    holding all of them). A runner without a `metric_keys(entry)` attribute gives `WHERE/TASK/*`."""
+    holding all of them; prompts: see eval_entries, default: a text tower is among `modalities`). A runner
+    without a `metric_keys(entry)` attribute gives `WHERE/TASK/*`."""
     from align.bench import BENCHMARKS
     out = []
-    for e in eval_entries(tasks, modalities, prompts="text" in modalities):
+    for e in eval_entries(tasks, modalities, prompts="text" in modalities if prompts is None else prompts):
         names = getattr(BENCHMARKS.get(e["task"]), "metric_keys", lambda entry: ["*"])
         out += [f"{entry_where(e)}/{e['task']}/{k}" for k in names(e)]
     return out
 
 
-def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str]) -> None:
+def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str],
+                  best_metric: Optional[str] = None) -> None:
     """Before training: every task in `tasks` has something to score on `val_dir` (CLIP_benchmark layout)
-    for a model with `modalities`, and the probes find the val set's `train` split; else one DataError line."""
+    for a model with `modalities`, the probes find the val set's `train` split, and `best_metric` is among
+    the names this val set can produce; else one DataError line."""
+    import fnmatch
     from align.bench import BENCHMARKS
     from align.bench.datasets import open_wds
     from align.errors import DataError
     ds = open_wds(val_dir, split="test")
     have = [m for m in ds.modalities if m in modalities]
+    prompts = bool(ds.classnames) and "text" in modalities
+    if best_metric is not None:
+        keys = metric_keys(tasks, have, prompts=prompts)
+        if not any(fnmatch.fnmatchcase(best_metric, k) for k in keys):
+            raise DataError(f"eval.best_metric: {best_metric!r} cannot come out of data.val={val_dir!r} (val items "
+                            f"have {', '.join(ds.modalities) or 'nothing'}); it gives: {', '.join(keys) or 'nothing'}")
     for task in tasks:
-        if not eval_entries([task], have, prompts=bool(ds.classnames) and "text" in modalities):
+        if not eval_entries([task], have, prompts=prompts):
             raise DataError(f"eval.tasks: {task!r} has nothing to score on data.val={val_dir!r} (val items have "
                             f"{', '.join(ds.modalities) or 'nothing'}; class names: {'yes' if ds.classnames else 'no'})")
         if "train_dataset" in getattr(BENCHMARKS.get(task), "entry_keys", ()) and \

@@ -148,7 +148,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
 
     if r.data.val:                 # fail now, not at the first eval, when a task has nothing to score
         from align.report import check_val_set
-        check_val_set(r.data.val, r.eval.tasks, core.modalities)
+        check_val_set(r.data.val, r.eval.tasks, core.modalities, best_metric=r.eval.best_metric)
     acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
     metrics_f = open(os.path.join(r.output_dir, "metrics.jsonl"), "a") if is_main else None
     global_batch = r.train.batch_size * world * r.train.accum_steps

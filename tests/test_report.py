@@ -57,3 +57,12 @@ def test_val_set_checked_before_training(tmp_path):
         check_val_set(val, ["linear_probe"], ["image", "text"])
     with pytest.raises(DataError, match=r"'zeroshot' has nothing to score"):
         check_val_set(val, ["zeroshot"], ["audio", "image"])      # no text tower: no class prompts
+
+
+def test_best_metric_the_val_set_cannot_give_fails_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i}", {"cls": str(i % 6), "png": png_bytes(rng), "txt": "x"}) for i in range(6)]   # no audio
+    val = write_wds(tmp_path / "val", samples, classnames=NAMES)
+    check_val_set(val, ["zeroshot"], ["image", "text", "audio"], best_metric="image/zeroshot/acc1")
+    with pytest.raises(DataError, match=r"eval.best_metric: 'audio/zeroshot/acc1' cannot come out of data.val"):
+        check_val_set(val, ["zeroshot"], ["image", "text", "audio"], best_metric="audio/zeroshot/acc1")
