@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from align.config import recipe_header, recipes_dir, resolve_recipe
+from align.config import recipe_header, recipes_dir, resolve_recipe, shipped_recipes
 from align.errors import AlignError
 
 # -- commands ------------------------------------------------------------------------------
@@ -27,10 +27,10 @@ def cmd_train(a):
 
 def cmd_recipes(a):
     d = recipes_dir()
-    for f in sorted(os.listdir(d)):
-        if f.endswith(".yaml"):
-            head = recipe_header(os.path.join(d, f)).splitlines()
-            print(f"{f[:-5]:16s} {head[0] if head else ''}")
+    for name in shipped_recipes():
+        head = recipe_header(os.path.join(d, name + ".yaml")).splitlines()
+        print(f"{name:16s} {head[0] if head else ''}")
+    print(f"({d}; `align train NAME` or a path to your own YAML)")
 
 
 def cmd_demo(a):

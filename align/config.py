@@ -2,11 +2,15 @@
 
     cfg = load_recipe("recipes/demo.yaml", ["train.max_steps=100", "model.embed_dim=64"])
 
-An unknown key, a wrong type or a missing required value raises ConfigError
-with one line naming the key (and, for unknown keys, the valid ones). Tower
-sections are free-form mappings validated by their tower factories.
+Every mistake fails here, at load, before anything is built: an unknown key, a
+wrong type, a missing required value, a value out of range (bounds live in the
+field's metadata: `_num(5e-4, ge=0)`), and names that must exist in a registry
+(`loss.type`, a tower `type`, `eval.tasks`, `eval.best_metric`). Each raises
+ConfigError with one line naming the key and the valid values. Tower options
+beyond `type` are validated by the tower factories when the model is built.
 """
 import dataclasses
+import fnmatch
 import os
 import typing
 from dataclasses import dataclass, field
@@ -17,77 +21,83 @@ import yaml
 from align.errors import ConfigError
 
 
+def _num(default, *, ge=None, gt=None, le=None, lt=None):
+    """A numeric field with bounds, checked at load (see _check_bounds)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"bounds": bounds})
+
+
 @dataclass
 class ModelConfig:
     towers: Dict[str, Dict[str, Any]] = field(default_factory=dict)   # modality -> {type: ..., ...}
     # Dual towers from one open_clip architecture: a name ("ViT-B-32"), a JSON config file, or an inline
     # config. Fills towers.image and towers.text (type open_clip) where the recipe does not set them.
     open_clip: Optional[Union[str, Dict[str, Any]]] = None
-    embed_dim: Optional[int] = None                         # default: the open_clip config's, else 512
+    embed_dim: Optional[int] = _num(None, ge=1)             # default: the open_clip config's, else 512
     init_logit_scale: float = 2.6592600369262695            # log(1 / 0.07), as CLIP
-    max_logit_scale: float = 100.0
+    max_logit_scale: float = _num(100.0, gt=0)
     init_logit_bias: Optional[float] = None                 # set (e.g. -10) for SigLIP
 
 
 @dataclass
 class LossConfig:
-    type: str = "clip"                                      # clip | siglip | chunked_clip
+    type: str = "clip"                                      # a LOSSES name (align.losses)
     pairs: List[List[str]] = field(default_factory=lambda: [["image", "text"]])
     weights: Optional[List[float]] = None                   # per pair; default all 1
-    chunk_size: int = 4096                                  # chunked_clip only
+    chunk_size: int = _num(4096, ge=1)                      # chunked losses only
 
 
 @dataclass
 class SourceConfig:
     urls: Union[str, List[str]]
-    weight: float = 1.0
+    weight: float = _num(1.0, ge=0)
 
 
 @dataclass
 class DataConfig:
     train: Union[str, List[Union[str, SourceConfig]]] = "synthetic"   # pattern(s), sources, or "synthetic"
     val: Optional[str] = None                               # CLIP_benchmark-layout dir for periodic eval
-    samples_per_epoch: Optional[int] = None
+    samples_per_epoch: Optional[int] = _num(None, ge=1)
     resampled: bool = False
-    shuffle_buffer: int = 1000
-    num_workers: int = 2
+    shuffle_buffer: int = _num(1000, ge=0)
+    num_workers: int = _num(2, ge=0)
     allow_pipe: bool = False                                # pipe: URLs run shell commands
-    max_skip_frac: Optional[float] = None                   # abort when the skip rate exceeds this
-    synthetic_size: int = 10000                             # samples per epoch for data.train=synthetic
+    max_skip_frac: Optional[float] = _num(None, ge=0, le=1)  # abort when the skip rate exceeds this
+    synthetic_size: int = _num(10000, ge=1)                 # samples per epoch for data.train=synthetic
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64                                    # per process
-    max_steps: Optional[int] = None
-    epochs: Optional[int] = None
-    accum_steps: int = 1                                    # micro-batches per step (GradCache: all negatives kept)
-    lr: float = 5e-4
-    weight_decay: float = 0.2
+    batch_size: int = _num(64, ge=1)                        # per process
+    max_steps: Optional[int] = _num(None, ge=1)
+    epochs: Optional[int] = _num(None, ge=1)
+    accum_steps: int = _num(1, ge=1)                        # micro-batches per step (GradCache: all negatives kept)
+    lr: float = _num(5e-4, ge=0)
+    weight_decay: float = _num(0.2, ge=0)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_clip: Optional[float] = None
+    eps: float = _num(1e-6, ge=0)
+    warmup_steps: int = _num(0, ge=0)
+    min_lr_ratio: float = _num(0.0, ge=0, le=1)
+    grad_clip: Optional[float] = _num(None, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_every: int = 0                               # steps; 0 = only at the end
-    keep_last: int = 2
-    log_every: int = 10
+    checkpoint_every: int = _num(0, ge=0)                   # steps; 0 = only at the end
+    keep_last: int = _num(2, ge=1)
+    log_every: int = _num(10, ge=1)
     compile: bool = False
     grad_checkpointing: bool = False
-    max_bad_steps: int = 5                                  # consecutive NaN/Inf losses before stopping
-    num_threads: Optional[int] = None                       # torch CPU threads
+    max_bad_steps: int = _num(5, ge=1)                      # consecutive NaN/Inf losses before stopping
+    num_threads: Optional[int] = _num(None, ge=1)           # torch CPU threads
     deterministic: bool = False                             # deterministic GPU kernels (slower)
     wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0                                          # steps; 0 = only at the end
+    every: int = _num(0, ge=0)                              # steps; 0 = only at the end
     tasks: List[str] = field(default_factory=lambda: ["zeroshot", "retrieval"])
     best_metric: Optional[str] = None                       # e.g. "image/zeroshot/acc1": keep the best ckpt
-    batch_size: int = 256
+    batch_size: int = _num(256, ge=1)
 
 
 @dataclass
@@ -116,6 +126,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:                 # Optional[X]: X's own, more specific message
             return _convert(value, options[0], key)
+        # A mapping or list can only mean the option of that shape: report its own error (e.g. the
+        # unknown key `url` of a data.train source) rather than "expected a string or a list".
+        shaped = [a for a in options if _shape(a) == _shape_of(value)] if _shape_of(value) else []
+        if len(shaped) == 1:
+            return _convert(value, shaped[0], key)
         for a in options:
             try:
                 return _convert(value, a, key)
@@ -162,6 +177,31 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp}")
 
 
+def _shape(tp) -> Optional[str]:
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) in (dict, Dict):
+        return "mapping"
+    if typing.get_origin(tp) in (list, List):
+        return "list"
+    return None
+
+
+def _shape_of(value) -> Optional[str]:
+    return "mapping" if isinstance(value, dict) else "list" if isinstance(value, (list, tuple)) else None
+
+
+def _check_bounds(value, f: dataclasses.Field, key: str) -> None:
+    """Bounds from _num(...) metadata; None (unset optional) is always fine."""
+    bounds = f.metadata.get("bounds") if f.metadata else None
+    if not bounds or value is None:
+        return
+    ok = {"ge": value >= bounds.get("ge", value), "gt": "gt" not in bounds or value > bounds["gt"],
+          "le": value <= bounds.get("le", value), "lt": "lt" not in bounds or value < bounds["lt"]}
+    if not all(ok.values()):
+        words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        want = " and ".join(f"{words[k]} {v}" for k, v in bounds.items())
+        raise ConfigError(f"{key}: must be {want}, got {value!r}")
+
+
 def _tname(tp) -> str:
     if typing.get_origin(tp) in (list, List):
         return "a list"
@@ -184,6 +224,7 @@ def _to_dataclass(cls, data: dict, prefix: str):
         key = f"{prefix}.{name}" if prefix else name
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], key)
+            _check_bounds(kwargs[name], f, key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key!r}")
     return cls(**kwargs)
@@ -262,10 +303,16 @@ def _expand_open_clip(m: ModelConfig) -> None:
 
 
 def _check(r: Recipe) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Cross-field checks that types alone cannot express, and names checked against the registries
+    (imported here, not at module level: listing recipes must not import torch)."""
     _expand_open_clip(r.model)
     if len(r.model.towers) < 2:
         raise ConfigError("model.towers: need at least two towers (or set model.open_clip)")
+    from align.towers import TOWERS
+    for modality, t in r.model.towers.items():
+        if t.get("type") not in TOWERS:
+            what = "missing" if t.get("type") is None else f"unknown tower type {t['type']!r}"
+            raise ConfigError(f"model.towers.{modality}.type: {what}; valid: {', '.join(TOWERS.names())}")
     if r.train.max_steps is None and r.train.epochs is None:
         raise ConfigError("train: set train.max_steps or train.epochs")
     if r.resume not in ("auto", "none") and not os.path.exists(r.resume):
@@ -279,10 +326,32 @@ def _check(r: Recipe) -> None:
                 raise ConfigError(f"loss.pairs[{i}]: no tower for {m!r} (towers: {', '.join(sorted(mods))})")
     if r.loss.weights is not None and len(r.loss.weights) != len(r.loss.pairs):
         raise ConfigError(f"loss.weights: {len(r.loss.weights)} weights for {len(r.loss.pairs)} pairs")
-    if r.loss.type == "siglip" and r.model.init_logit_bias is None:
-        raise ConfigError("model.init_logit_bias: required for loss.type=siglip (e.g. -10)")
-    if r.train.batch_size < 1 or r.train.accum_steps < 1:
-        raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
+    if r.loss.weights is not None and not all(0 <= w < float("inf") for w in r.loss.weights):
+        raise ConfigError(f"loss.weights: must be finite and >= 0, got {r.loss.weights}")
+    from align.losses import LOSSES
+    if r.loss.type not in LOSSES:
+        raise ConfigError(f"loss.type: unknown loss {r.loss.type!r}; valid: {', '.join(LOSSES.names())}")
+    if getattr(LOSSES.get(r.loss.type), "uses_logit_bias", False) and r.model.init_logit_bias is None:
+        raise ConfigError(f"model.init_logit_bias: required for loss.type={r.loss.type} (e.g. -10)")
+    if len(r.train.betas) != 2 or not all(0 <= b < 1 for b in r.train.betas):
+        raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {r.train.betas}")
+    _check_eval(r)
+
+
+def _check_eval(r: Recipe) -> None:
+    """eval.tasks: names of the benchmark registry; eval.best_metric: a name the eval produces."""
+    from align.bench import BENCHMARKS
+    from align.report import metric_keys
+    for i, task in enumerate(r.eval.tasks):
+        if task not in BENCHMARKS:
+            raise ConfigError(f"eval.tasks[{i}]: unknown task {task!r}; valid: {', '.join(BENCHMARKS.names())}")
+    best = r.eval.best_metric
+    if best is None:
+        return
+    keys = metric_keys(r.eval.tasks, list(r.model.towers))
+    if not any(fnmatch.fnmatchcase(best, k) for k in keys):
+        raise ConfigError(f"eval.best_metric: {best!r} is not a metric of eval.tasks={r.eval.tasks} "
+                          f"(names are WHERE/TASK/METRIC); valid: {', '.join(keys) or 'none'}")
 
 
 def recipe_to_dict(r: Recipe) -> dict:
@@ -290,11 +359,20 @@ def recipe_to_dict(r: Recipe) -> dict:
 
 
 # -- shipped recipes -------------------------------------------------------------------------
-REPO_RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+_PKG = os.path.dirname(os.path.abspath(__file__))
 
 
 def recipes_dir() -> str:
-    return os.environ.get("ALIGN_RECIPES", REPO_RECIPES)
+    """$ALIGN_RECIPES, else the recipes installed with the package (align/recipes: the repo's recipes/
+    folder, shipped as package data), else those of a source checkout or editable install (recipes/)."""
+    if os.environ.get("ALIGN_RECIPES"):
+        return os.environ["ALIGN_RECIPES"]
+    candidates = [os.path.join(_PKG, "recipes"), os.path.join(os.path.dirname(_PKG), "recipes")]
+    for d in candidates:
+        if os.path.isdir(d):
+            return d
+    raise ConfigError(f"no shipped recipes: neither {' nor '.join(candidates)} exists (a broken install? "
+                      f"reinstall align-clip, or set ALIGN_RECIPES to a folder of recipes)")
 
 
 def resolve_recipe(name: str) -> str:
@@ -304,14 +382,20 @@ def resolve_recipe(name: str) -> str:
     cand = os.path.join(recipes_dir(), name if name.endswith(".yaml") else name + ".yaml")
     if os.path.isfile(cand):
         return cand
-    raise ConfigError(f"recipe not found: {name} (not a file, nor one of `align recipes`)")
+    raise ConfigError(f"recipe not found: {name} (not a file, nor a shipped recipe: {', '.join(shipped_recipes())})")
+
+
+def shipped_recipes() -> List[str]:
+    """Names of the shipped recipes (`align recipes`), sorted."""
+    return sorted(f[:-5] for f in os.listdir(recipes_dir()) if f.endswith(".yaml"))
 
 
 def recipe_header(path: str) -> str:
     """The opening comment block of a recipe (what it trains, launch, runtime)."""
     lines = []
-    for line in open(path):
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].strip())
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line[1:].strip())
     return "\n".join(lines)

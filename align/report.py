@@ -1,10 +1,15 @@
-"""Val-set evaluation for training runs and `align demo`: every applicable task, one table, one picture.
+"""Val-set evaluation for training runs and `align demo`: any registered benchmark, one table, one picture.
 
-`evaluate_model` runs zero-shot classification for each classifiable modality the model and
-dataset share (image, audio) and retrieval for each modality pair (text<->image, text<->audio,
-audio<->image), on FAISS through align.bench; it returns flat `{name: value}` metrics for logs.
-`write_report` does the same, writing CLIP_benchmark-shaped JSONs, results.md and
-retrieval.png (text queries with their top retrieved images) to a directory.
+`eval.tasks` names tasks of the benchmark registry (align.bench BENCHMARKS: zeroshot, retrieval,
+emergent_retrieval, linear_probe, fusion_probe, cca_retrieval, ...). `eval_entries` expands each name
+into suite entries over the modalities the model and val set share, from what the runner accepts
+(its `entry_keys`): one entry per classifiable modality (image, audio) for a `modality` task, one per
+modality pair (text<->image, text<->audio, audio<->image) for a `query`/`gallery` task, one over all
+non-text modalities for a `modalities` task; a task that takes a `train_dataset` (the probes) trains on
+the val set's `train` split. `evaluate_model` runs them on FAISS through align.bench and returns flat
+`{WHERE/TASK/METRIC: value}` metrics for logs (e.g. `image/zeroshot/acc1`); `metric_keys` lists those
+names without running anything, so config.py can check `eval.best_metric` at load. `write_report`
+does the same, writing CLIP_benchmark-shaped JSONs, results.md and retrieval.png to a directory.
 """
 import os
 from typing import Dict, List, Optional, Sequence
@@ -13,43 +18,118 @@ import numpy as np
 
 # Retrieval pairs scored when both sides exist: (query, gallery); each is scored in both directions.
 PAIRS = (("text", "image"), ("text", "audio"), ("audio", "image"))
+CLASSIFIABLE = ("image", "audio")       # modalities a `modality` task (zeroshot, linear_probe) scores
+DEFAULT_TASKS = ("zeroshot", "retrieval")
 
 
-def run_tasks(model, val_dir: str, tasks: Sequence[str] = ("zeroshot", "retrieval"), batch_size: int = 256,
-              progress: bool = False, cache_dir: Optional[str] = None, by_class: bool = False) -> List[dict]:
-    """-> CLIP_benchmark-shaped result dicts, with `modality` / `query`,`gallery` fields added.
+def eval_entries(tasks: Sequence[str], modalities: Sequence[str], *, by_class: bool = False,
+                 prompts: bool = True) -> List[dict]:
+    """Task names -> suite entries (task + its modality keys) over `modalities` (those the val set has
+    and the model encodes).
 
-    by_class: score every retrieval pair by class match (a hit is an item of the query's class)
-    instead of by instance. Right for data whose captions are per class (the demo's): there, the
-    instance R@1 of text->image is capped near 1/(items per caption), whatever the model.
+    by_class: score every retrieval pair by class match (emergent_retrieval: a hit is an item of the
+    query's class) instead of by instance. Right for data whose captions are per class (the demo's):
+    there, the instance R@1 of text->image is capped near 1/(items per caption), whatever the model.
     Audio<->image pairs have no shared caption and are always scored by class.
+    prompts: whether class prompts can be built (the model has a text tower and the val set class names);
+    without them, tasks that take `templates` (zeroshot) get no entry.
     """
+    from align.bench import BENCHMARKS
+    mods = set(modalities)
+    out = []
+    for task in tasks:
+        keys = getattr(BENCHMARKS.get(task), "entry_keys", set())
+        if "modality" in keys:
+            for m in CLASSIFIABLE:
+                if m in mods and (prompts or "templates" not in keys):
+                    out.append({"task": task, "modality": m})
+        elif "query" in keys and "gallery" in keys:
+            for q, g in PAIRS:
+                if q in mods and g in mods:
+                    t = "emergent_retrieval" if task == "retrieval" and (by_class or "text" not in (q, g)) else task
+                    out.append({"task": t, "query": q, "gallery": g})
+        elif "modalities" in keys:
+            fused = [m for m in CLASSIFIABLE if m in mods]
+            if len(fused) >= 2:
+                out.append({"task": task, "modalities": fused})
+        else:
+            out.append({"task": task})
+    return out
+
+
+def entry_where(e: dict) -> str:
+    """The WHERE of a flat metric name: `image`, `text-image`, `image+audio`."""
+    if "modality" in e:
+        return e["modality"]
+    if "query" in e:
+        return f"{e['query']}-{e['gallery']}"
+    return "+".join(e.get("modalities", ())) or "val"
+
+
+def metric_keys(tasks: Sequence[str], modalities: Sequence[str], prompts: Optional[bool] = None) -> List[str]:
+    """Every flat metric name evaluating `tasks` can produce for a model with `modalities` (on a val set
+    holding all of them; prompts: see eval_entries, default: a text tower is among `modalities`). A runner
+    without a `metric_keys(entry)` attribute gives `WHERE/TASK/*`."""
+    from align.bench import BENCHMARKS
+    out = []
+    for e in eval_entries(tasks, modalities, prompts="text" in modalities if prompts is None else prompts):
+        names = getattr(BENCHMARKS.get(e["task"]), "metric_keys", lambda entry: ["*"])
+        out += [f"{entry_where(e)}/{e['task']}/{k}" for k in names(e)]
+    return out
+
+
+def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str],
+                  best_metric: Optional[str] = None) -> None:
+    """Before training: every task in `tasks` has something to score on `val_dir` (CLIP_benchmark layout)
+    for a model with `modalities`, the probes find the val set's `train` split, and `best_metric` is among
+    the names this val set can produce; else one DataError line."""
+    import fnmatch
+    from align.bench import BENCHMARKS
+    from align.bench.datasets import open_wds
+    from align.errors import DataError
+    ds = open_wds(val_dir, split="test")
+    have = [m for m in ds.modalities if m in modalities]
+    prompts = bool(ds.classnames) and "text" in modalities
+    if best_metric is not None:
+        keys = metric_keys(tasks, have, prompts=prompts)
+        if not any(fnmatch.fnmatchcase(best_metric, k) for k in keys):
+            raise DataError(f"eval.best_metric: {best_metric!r} cannot come out of data.val={val_dir!r} (val items "
+                            f"have {', '.join(ds.modalities) or 'nothing'}); it gives: {', '.join(keys) or 'nothing'}")
+    for task in tasks:
+        if not eval_entries([task], have, prompts=prompts):
+            raise DataError(f"eval.tasks: {task!r} has nothing to score on data.val={val_dir!r} (val items have "
+                            f"{', '.join(ds.modalities) or 'nothing'}; class names: {'yes' if ds.classnames else 'no'})")
+        if "train_dataset" in getattr(BENCHMARKS.get(task), "entry_keys", ()) and \
+                not os.path.isfile(os.path.join(val_dir, "train", "nshards.txt")):
+            raise DataError(f"eval.tasks: {task!r} fits on the val set's train split, but "
+                            f"{os.path.join(val_dir, 'train', 'nshards.txt')} is missing")
+
+
+def run_tasks(model, val_dir: str, tasks: Sequence[str] = DEFAULT_TASKS, batch_size: int = 256,
+              progress: bool = False, cache_dir: Optional[str] = None, by_class: bool = False) -> List[dict]:
+    """-> CLIP_benchmark-shaped result dicts, each with the flat-name prefix `eval_key` (WHERE/TASK)
+    and `modality` or `query`,`gallery` fields added. by_class: see eval_entries."""
     if cache_dir is None:     # encode each modality once across tasks
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
             return run_tasks(model, val_dir, tasks, batch_size, progress, tmp, by_class)
+    from align.bench import BENCHMARKS
     from align.bench.datasets import open_wds
-    from align.bench.retrieval import emergent_retrieval, retrieval
-    from align.bench.zeroshot import zeroshot_classification
     ds = open_wds(val_dir, split="test")
     have = [m for m in ds.modalities if m in model.modalities]
-    kw = dict(batch_size=batch_size, progress=progress, cache_dir=cache_dir)
-    results = []
-    if "zeroshot" in tasks and "text" in have and ds.classnames:
-        for m in ("image", "audio"):
-            if m in have:
-                r = zeroshot_classification(model, ds, modality=m, **kw)
-                r["modality"] = m
-                results.append(r)
-    if "retrieval" in tasks:
-        for q, g in PAIRS:
-            if q in have and g in have:
-                if by_class or "text" not in (q, g):
-                    r = emergent_retrieval(model, ds, query_modality=q, gallery_modality=g, **kw)
-                else:
-                    r = retrieval(model, ds, query_modality=q, gallery_modality=g, **kw)
-                r["query"], r["gallery"] = q, g
-                results.append(r)
+    ctx = dict(cache_dir=cache_dir, batch_size=batch_size, device=None, num_workers=0, progress=progress,
+               pretrained=None)
+    train_ds, results = None, []
+    for e in eval_entries(tasks, have, by_class=by_class, prompts=bool(ds.classnames) and "text" in model.modalities):
+        runner = BENCHMARKS.get(e["task"])
+        aux = {}
+        if "train_dataset" in getattr(runner, "entry_keys", ()):   # probes: fit on the val set's train split
+            train_ds = train_ds or open_wds(val_dir, split="train")
+            aux["train_dataset"] = train_ds
+        r = runner(model, dict(e), dataset=ds, **aux, **ctx)
+        r.update({k: e[k] for k in ("modality", "query", "gallery") if k in e})
+        r["eval_key"] = f"{entry_where(e)}/{e['task']}"
+        results.append(r)
     return results
 
 
@@ -57,15 +137,18 @@ def flatten(results: Sequence[dict]) -> Dict[str, float]:
     """{"image/zeroshot/acc1": 0.93, "text-image/retrieval/image_retrieval_recall@1": ..., ...}"""
     flat = {}
     for r in results:
-        where = r.get("modality") or f"{r.get('query')}-{r.get('gallery')}"
-        task = {"zeroshot_classification": "zeroshot", "zeroshot_retrieval": "retrieval"}.get(r["task"], r["task"])
+        prefix = r.get("eval_key")
+        if prefix is None:    # a result not made by run_tasks
+            where = r.get("modality") or f"{r.get('query')}-{r.get('gallery')}"
+            task = {"zeroshot_classification": "zeroshot", "zeroshot_retrieval": "retrieval"}.get(r["task"], r["task"])
+            prefix = f"{where}/{task}"
         for k, v in r["metrics"].items():
             if v == v:  # drop NaN (acc5 with < 5 classes)
-                flat[f"{where}/{task}/{k}"] = float(v)
+                flat[f"{prefix}/{k}"] = float(v)
     return flat
 
 
-def evaluate_model(model, val_dir: str, tasks: Sequence[str] = ("zeroshot", "retrieval"), batch_size: int = 256,
+def evaluate_model(model, val_dir: str, tasks: Sequence[str] = DEFAULT_TASKS, batch_size: int = 256,
                    progress: bool = False) -> Dict[str, float]:
     return flatten(run_tasks(model, val_dir, tasks, batch_size=batch_size, progress=progress))
 
@@ -79,7 +162,7 @@ def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_cl
         if "image" in model.modalities and "text" in model.modalities:
             retrieval_figure(model, val_dir, os.path.join(out_dir, "retrieval.png"), cache_dir=cache)
     for r in results:
-        suffix = r.get("modality") or f"{r.get('query')}-{r.get('gallery')}"
+        suffix = r["eval_key"].split("/")[0]
         write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")))
     write_markdown(results, os.path.join(out_dir, "results.md"))
     return results
@@ -89,7 +172,8 @@ def table(results: Sequence[dict]) -> str:
     """Plain-text results table for the console."""
     rows = [("task", "modalities", "metric", "value")]
     for r in results:
-        where = r.get("modality") or f"{r.get('query')}<->{r.get('gallery')}"
+        where = r.get("modality") or (f"{r['query']}<->{r['gallery']}" if "query" in r
+                                      else r.get("eval_key", "/").split("/")[0])
         task = r["task"].replace("zeroshot_", "")
         for k, v in r["metrics"].items():
             if v == v and not k.endswith("_n"):

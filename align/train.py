@@ -41,6 +41,21 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True)
 
 
+def build_trackers(r: Recipe) -> list:
+    """Accelerate trackers: TensorBoard in output_dir/tb always, W&B when train.wandb_project is set.
+    They log on the main process only, beside metrics.jsonl (which the loss plot and tests read)."""
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+    trackers = [TensorBoardTracker("tb", r.output_dir)]
+    if r.train.wandb_project:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise AlignError("train.wandb_project is set but wandb is not installed (pip install wandb)") from None
+        trackers.append(WandBTracker(r.train.wandb_project, config=recipe_to_dict(r), dir=r.output_dir,
+                                     resume="allow"))
+    return trackers
+
+
 def resolve_resume(r: Recipe) -> Optional[str]:
     if r.resume == "none":
         return None
@@ -69,7 +84,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         raise AlignError("train.precision=fp16 needs a GPU: on CPU Accelerate runs it as fp32; "
                          "use train.precision=bf16 or fp32")
     try:
-        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu)
+        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu, log_with=build_trackers(r))
     except ImportError as exn:  # e.g. a DeepSpeed launch config without deepspeed installed
         raise AlignError(f"accelerate: {exn}") from None
     for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
@@ -131,17 +146,10 @@ def train(r: Recipe, progress: bool = True) -> dict:
             import yaml
             yaml.safe_dump(recipe_to_dict(r), f, sort_keys=False)
 
-    writer, wandb_run = None, None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(r.output_dir, "tb"))
-        if r.train.wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise AlignError("train.wandb_project is set but wandb is not installed (pip install wandb)") from None
-            wandb_run = wandb.init(project=r.train.wandb_project, config=recipe_to_dict(r), dir=r.output_dir,
-                                   resume="allow")
+    if r.data.val:                 # fail now, not at the first eval, when a task has nothing to score
+        from align.report import check_val_set
+        check_val_set(r.data.val, r.eval.tasks, core.modalities, best_metric=r.eval.best_metric)
+    acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
     metrics_f = open(os.path.join(r.output_dir, "metrics.jsonl"), "a") if is_main else None
     global_batch = r.train.batch_size * world * r.train.accum_steps
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and is_main), unit="step",
@@ -192,8 +200,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
         masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
 
         # -- step: embed, loss, NaN guard, backward ------------------------------------------------
+        pair_losses = {}
+
         def compute_loss(feats, mask):
             total, parts = loss_fn(feats, mask or None, feats["logit_scale"], feats.get("logit_bias"))
+            pair_losses.update(parts)       # {pair name: detached loss}, e.g. "image-text"
             return total
 
         if r.train.accum_steps == 1:
@@ -244,22 +255,19 @@ def train(r: Recipe, progress: bool = True) -> dict:
                    "bad_steps": state["bad_steps_total"]}
             if core.logit_bias is not None:
                 rec["logit_bias"] = float(core.logit_bias)
+            rec.update({f"loss/{pair}": float(v) for pair, v in pair_losses.items()})   # unweighted, per pair
             if is_main:
                 metrics_f.write(json.dumps(rec) + "\n")
                 metrics_f.flush()
-                for k, v in rec.items():
-                    if k not in ("step", "epoch") and not isinstance(v, dict):
-                        writer.add_scalar(f"train/{k}", v, state["step"])
-                if wandb_run is not None:
-                    wandb_run.log({f"train/{k}": v for k, v in rec.items() if not isinstance(v, dict)},
-                                  step=state["step"])
+            acc.log({f"train/{k}": v for k, v in rec.items() if k not in ("step", "epoch") and not isinstance(v, dict)},
+                    step=state["step"])
             bar.set_postfix(loss=f"{loss_val:.3f}", sps=f"{sps:.0f}", lr=f"{rec['lr']:.2e}")
             t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
         bar.update(1)
 
         # -- eval and checkpoint -------------------------------------------------------------------
         if r.eval.every and r.data.val and state["step"] % r.eval.every == 0 and state["step"] < total_steps:
-            res = run_val(core, r, acc, writer, state["step"])
+            res = run_val(core, r, acc, state["step"])
             metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
             if metric is not None and (state["best"] is None or metric > state["best"]):
                 state["best"] = metric
@@ -283,7 +291,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     final = save()
     if is_main:
         prune_checkpoints(ckpt_dir, r.train.keep_last)
-    results = run_val(core, r, acc, writer, state["step"]) if r.data.val else {}
+    results = run_val(core, r, acc, state["step"]) if r.data.val else {}
     summary = {}
     if is_main:
         sps = state["samples"] / max(wall, 1e-9)
@@ -298,10 +306,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
         with open(os.path.join(r.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         metrics_f.close()
-        writer.close()
-        if wandb_run is not None:
-            wandb_run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-            wandb_run.finish()
+        if r.train.wandb_project:
+            acc.get_tracker("wandb", unwrap=True).summary.update(
+                {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        for tracker in acc.trackers:   # not acc.end_training(): that also destroys the process group
+            tracker.finish()
         write_loss_plot(os.path.join(r.output_dir, "metrics.jsonl"), os.path.join(r.output_dir, "loss.png"))
         skipped = sum(loader.skipped.values())
         acc.print(f"trained {state['step']} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {loss_val:.3f}"
@@ -310,16 +319,15 @@ def train(r: Recipe, progress: bool = True) -> dict:
     return summary
 
 
-def run_val(core: AlignModel, r: Recipe, acc, writer, step: int) -> dict:
-    """Zero-shot and retrieval on the val set (CLIP_benchmark layout); flat {modality/task/metric: value}."""
+def run_val(core: AlignModel, r: Recipe, acc, step: int) -> dict:
+    """eval.tasks (names of the benchmark registry, align.bench BENCHMARKS) on the val set (CLIP_benchmark
+    layout), expanded over the modalities by align.report; flat {WHERE/TASK/METRIC: value}."""
     if not acc.is_main_process:
         return {}
     from align.report import evaluate_model
     core.eval()
     flat = evaluate_model(core, r.data.val, tasks=r.eval.tasks, batch_size=r.eval.batch_size, progress=False)
-    for k, v in flat.items():
-        if writer is not None:
-            writer.add_scalar(f"val/{k}", v, step)
+    acc.log({f"val/{k}": v for k, v in flat.items()}, step=step)
     with open(os.path.join(r.output_dir, "eval.jsonl"), "a") as f:
         f.write(json.dumps({"step": step, **flat}) + "\n")
     return flat

@@ -1,10 +1,13 @@
 """CLI: user errors come out as one line on stderr (no traceback), exit status 2."""
+import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from align.cli import main
+from align.errors import ConfigError
 
 
 def _run(args, capsys):
@@ -41,3 +44,26 @@ def test_missing_dataset_dir_for_bench(capsys, tmp_path):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "align.cli", "recipes"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout and "bind" in out.stdout
+
+
+def test_recipes_come_from_the_package_or_the_checkout(monkeypatch, tmp_path, capsys):
+    from align import config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert config.recipes_dir() == os.path.join(root, "recipes")          # source checkout / editable install
+    assert config.resolve_recipe("demo") == os.path.join(root, "recipes", "demo.yaml")
+    monkeypatch.chdir(tmp_path)                                           # any working directory
+    assert main(["recipes"]) == 0 and "bind " in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"recipe not found: dmeo .*shipped recipe: .*demo"):
+        config.resolve_recipe("dmeo")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "mine.yaml").write_text("# mine: a recipe of my own\n")
+    monkeypatch.setenv("ALIGN_RECIPES", str(tmp_path / "own"))
+    assert main(["recipes"]) == 0 and "mine: a recipe of my own" in capsys.readouterr().out
+
+
+def test_missing_recipes_folder_is_one_line(monkeypatch, tmp_path, capsys):
+    """A broken install (no recipes anywhere) used to crash `align recipes` with a traceback."""
+    from align import config
+    monkeypatch.setattr(config, "_PKG", str(tmp_path / "site-packages" / "align"))
+    code, err = _run(["recipes"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no shipped recipes" in err and "ALIGN_RECIPES" in err

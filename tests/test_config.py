@@ -76,3 +76,107 @@ def test_override_syntax_error():
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="recipe not found"):
         load_recipe(str(tmp_path / "nope.yaml"))
+
+
+# -- every recipe mistake fails at load, in one line naming the key and the valid values ------------------
+def _one_line_error(recipe_dict, *fragments):
+    with pytest.raises(ConfigError) as e:
+        parse_recipe(recipe_dict)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+    return msg
+
+
+def test_unknown_loss_type_lists_the_registry(tiny_recipe):
+    tiny_recipe["loss"] = {"type": "infonce"}
+    _one_line_error(tiny_recipe, "loss.type", "'infonce'", "clip, siglip", "chunked_siglip")
+
+
+def test_chunked_siglip_needs_logit_bias(tiny_recipe):
+    tiny_recipe["loss"] = {"type": "chunked_siglip"}
+    _one_line_error(tiny_recipe, "model.init_logit_bias", "loss.type=chunked_siglip")
+    tiny_recipe["model"]["init_logit_bias"] = -10
+    assert parse_recipe(tiny_recipe).loss.type == "chunked_siglip"
+
+
+def test_unknown_eval_task_lists_the_benchmark_registry(tiny_recipe):
+    tiny_recipe["eval"] = {"tasks": ["zershot"]}
+    _one_line_error(tiny_recipe, "eval.tasks[0]", "'zershot'", "zeroshot", "retrieval", "linear_probe")
+
+
+def test_any_registered_benchmark_is_a_valid_eval_task(tiny_recipe):
+    from align.bench import BENCHMARKS
+    tiny_recipe["eval"] = {"tasks": BENCHMARKS.names()}
+    assert parse_recipe(tiny_recipe).eval.tasks == BENCHMARKS.names()
+
+
+def test_best_metric_must_be_a_metric_the_eval_produces(tiny_recipe):
+    tiny_recipe["eval"] = {"tasks": ["zeroshot"], "best_metric": "acc1"}
+    _one_line_error(tiny_recipe, "eval.best_metric", "'acc1'", "image/zeroshot/acc1")
+    tiny_recipe["eval"]["best_metric"] = "audio/zeroshot/acc1"          # the model has no audio tower
+    _one_line_error(tiny_recipe, "eval.best_metric", "image/zeroshot/mean_per_class_recall")
+    tiny_recipe["eval"]["best_metric"] = "text-image/retrieval/image_retrieval_recall@1"   # task not in eval.tasks
+    _one_line_error(tiny_recipe, "eval.best_metric")
+    for ok in ("image/zeroshot/acc1", "image/zeroshot/acc5"):
+        tiny_recipe["eval"]["best_metric"] = ok
+        assert parse_recipe(tiny_recipe).eval.best_metric == ok
+    tiny_recipe["eval"] = {"tasks": ["retrieval", "linear_probe"],
+                           "best_metric": "text-image/retrieval/text_retrieval_recall@5"}
+    parse_recipe(tiny_recipe)
+    tiny_recipe["eval"]["best_metric"] = "image/linear_probe/acc1"
+    parse_recipe(tiny_recipe)
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("train.lr", -1e-3, "train.lr: must be >= 0"),
+    ("train.warmup_steps", -5, "train.warmup_steps: must be >= 0"),
+    ("train.max_steps", 0, "train.max_steps: must be >= 1"),
+    ("train.epochs", -1, "train.epochs: must be >= 1"),
+    ("train.batch_size", 0, "train.batch_size: must be >= 1"),
+    ("train.accum_steps", -2, "train.accum_steps: must be >= 1"),
+    ("train.weight_decay", -0.1, "train.weight_decay: must be >= 0"),
+    ("train.grad_clip", 0, "train.grad_clip: must be > 0"),
+    ("train.checkpoint_every", -1, "train.checkpoint_every: must be >= 0"),
+    ("train.log_every", 0, "train.log_every: must be >= 1"),
+    ("train.min_lr_ratio", 1.5, "train.min_lr_ratio: must be >= 0 and <= 1"),
+    ("train.betas", [0.9, 1.2], "train.betas: expected two numbers in [0, 1)"),
+    ("data.num_workers", -1, "data.num_workers: must be >= 0"),
+    ("data.max_skip_frac", 2, "data.max_skip_frac: must be >= 0 and <= 1"),
+    ("data.samples_per_epoch", 0, "data.samples_per_epoch: must be >= 1"),
+    ("eval.every", -10, "eval.every: must be >= 0"),
+    ("loss.chunk_size", 0, "loss.chunk_size: must be >= 1"),
+    ("loss.weights", [-1.0], "loss.weights: must be finite and >= 0"),
+])
+def test_negative_and_out_of_range_values_fail_at_load(tiny_recipe, key, value, expect):
+    section, name = key.split(".")
+    tiny_recipe.setdefault(section, {})[name] = value
+    _one_line_error(tiny_recipe, expect)
+
+
+def test_nan_lr_fails(tmp_path, tiny_recipe):
+    with pytest.raises(ConfigError, match=r"train.lr: must be >= 0, got nan"):
+        load_recipe(_write(tmp_path, tiny_recipe), ["train.lr=.nan"])
+
+
+def test_data_train_source_with_unknown_key_names_it(tiny_recipe):
+    tiny_recipe["data"]["train"] = [{"url": "a"}]
+    _one_line_error(tiny_recipe, "unknown key 'data.train[0].url'", "valid keys in data.train[0]: urls, weight")
+    tiny_recipe["data"]["train"] = ["x.tar", {"urls": "a", "wieght": 2}]
+    _one_line_error(tiny_recipe, "unknown key 'data.train[1].wieght'", "urls, weight")
+    tiny_recipe["data"]["train"] = [{"urls": "a", "weight": -1}]
+    _one_line_error(tiny_recipe, "data.train[0].weight: must be >= 0")
+    tiny_recipe["data"]["train"] = [{"weight": 2}]
+    _one_line_error(tiny_recipe, "missing required key 'data.train[0].urls'")
+    tiny_recipe["data"]["train"] = ["a.tar", {"urls": ["b.tar", "c.tar"], "weight": 2}]
+    r = parse_recipe(tiny_recipe)
+    assert r.data.train[0] == "a.tar" and r.data.train[1].urls == ["b.tar", "c.tar"] and r.data.train[1].weight == 2
+
+
+def test_unknown_tower_type_lists_registered_types(tiny_recipe):
+    tiny_recipe["model"] = {"embed_dim": 16, "towers": {"image": {"type": "open_clip", "model": "ViT-B-32"},
+                                                        "text": {"type": "bert"}}}
+    _one_line_error(tiny_recipe, "model.towers.text.type", "'bert'", "audio, audio_cnn, hf, open_clip, timm")
+    tiny_recipe["model"]["towers"]["text"] = {"model": "x"}
+    _one_line_error(tiny_recipe, "model.towers.text.type: missing", "open_clip")

@@ -50,6 +50,13 @@ def test_metrics_and_summary(tiny_recipe):
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["steps"] == 6 and summary["samples_per_s"] > 0 and summary["mfu"] > 0
     assert os.path.isfile(os.path.join(out, "config.yaml")) and os.path.isfile(os.path.join(out, "loss.png"))
+    # the per-pair loss (one pair here: it is the total), in metrics.jsonl and, through Accelerate's
+    # TensorBoard tracker, in output_dir/tb
+    assert all(abs(r["loss/image-text"] - r["loss"]) < 1e-5 for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(os.path.join(out, "tb")).Reload()
+    assert {"train/loss", "train/loss/image-text", "train/lr"} <= set(tb.Tags()["scalars"])
+    assert [e.step for e in tb.Scalars("train/loss/image-text")] == [2, 4, 6]
 
 
 def test_sigkill_twice_then_resume_is_bitwise_identical(tiny_recipe, tmp_path):
@@ -106,6 +113,7 @@ def test_wandb_logging_when_enabled(tiny_recipe, monkeypatch):
     train(parse_recipe(tiny_recipe), progress=False)
     assert calls["init"][0]["project"] == "align-test" and calls["finish"] == 1
     assert [s for s, _ in calls["log"]] == [2, 4, 6] and "train/loss" in calls["log"][0][1]
+    assert "train/loss/image-text" in calls["log"][0][1] and Run.summary["steps"] == 6
 
 
 def test_wandb_missing_is_one_line(tiny_recipe, monkeypatch):

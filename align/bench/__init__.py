@@ -13,6 +13,9 @@ Runner contract (what `suite.run_suite` calls):
 (and `gallery_dataset` / `train_dataset` when the entry names them). A runner may
 set `fn.entry_keys = {...}`: the task-specific YAML keys it accepts (the suite
 rejects others). The result is built with `report.make_result` (CLIP_benchmark shape).
+A runner may also set `fn.metric_keys = lambda entry: [...]`: the metric names a run of
+`entry` produces; recipes' `eval.best_metric` is checked against them at load (align.report).
+Every task here can run during training: `eval.tasks` names them (align.report.eval_entries).
 """
 from align.registry import Registry
 

@@ -26,7 +26,7 @@ def add_bench_parser(sub, fn):
                            help="emergent retrieval: a hit is an item of the same class (no paired data)")
         s.set_defaults(fn=fn)
     s = bench.add_parser("suite", help="many datasets x tasks x models -> JSONs, CSV, Markdown table")
-    s.add_argument("suite", help="suite YAML")
+    s.add_argument("suite", help="suite YAML, or a shipped suite's name (demo)")
     s.add_argument("--model", action="append", required=True, help="run dir, checkpoint or export (repeatable)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--cache-dir", default=None, help="embedding cache")

@@ -97,3 +97,14 @@ def run_cca_retrieval(model, entry: dict, *, dataset, train_dataset, **ctx) -> d
 
 
 run_cca_retrieval.entry_keys = {"query", "gallery", "n_components", "train_dataset"}
+
+# Metric names a run of `entry` produces: config.py checks eval.best_metric with them.
+run_linear_probe.metric_keys = lambda entry: ["acc1", "acc5", "mean_per_class_recall", "best_C"]
+run_fusion_probe.metric_keys = lambda entry: [
+    f"{row}/acc1" for row in [*entry.get("modalities", ["image", "audio"]),
+                              *(f"{'+'.join(entry.get('modalities', ['image', 'audio']))} ({m})"
+                                for m in entry.get("methods", ["concat", "weighted_sum", "attention"]))]]
+run_cca_retrieval.metric_keys = lambda entry: [
+    *(f"{m}_retrieval_recall@{k}" for k in (1, 5, 10)
+      for m in (entry.get("gallery", "image"), entry.get("query", "audio"))),
+    "mean_canonical_corr", "n_components", "reg", "n_train", "n_test"]

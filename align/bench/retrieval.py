@@ -178,3 +178,14 @@ def run_emergent(model, entry: dict, *, dataset: BenchDataset, gallery_dataset=N
 
 run_retrieval.entry_keys = ENTRY_KEYS
 run_emergent.entry_keys = ENTRY_KEYS | {"gallery_dataset"}
+
+
+def _metric_keys(entry: dict) -> list:
+    """Metric names a run of `entry` produces (keys name the retrieved modality): config.py checks
+    eval.best_metric with them."""
+    q, g = entry.get("query", "text"), entry.get("gallery", "image")
+    sides = [g, q] if entry.get("both_directions", True) else [g]
+    return [f"{m}_retrieval_recall@{k}" for k in entry.get("ks", (1, 5, 10)) for m in sides]
+
+
+run_retrieval.metric_keys = run_emergent.metric_keys = _metric_keys

@@ -1,7 +1,10 @@
 """Run a YAML suite of benchmarks over several models; write JSON per result, a CSV and a Markdown table.
 
+A suite is a YAML file, or the name of a suite shipped in align/bench/suites/ (`align bench suite demo`).
+Relative paths in a suite file are relative to that file; in a shipped suite, to the working directory.
+
 Suite YAML: a list of entries (or {"benchmarks": [entries]}). Each entry:
-    dataset:   path (relative paths are relative to the YAML file)         required
+    dataset:   path (relative: see above)                                  required
     type:      wds | imagefolder | audiofolder | hf | csv                  required
     task:      zeroshot | retrieval | emergent_retrieval | (probes' names) required
     name:      label used in results (default: dataset folder name)
@@ -51,8 +54,27 @@ def _resolve_path(p, base: str):
     return os.path.normpath(os.path.join(base, p))
 
 
+SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites")   # shipped with the package
+
+
+def shipped_suites() -> List[str]:
+    return sorted(f[:-5] for f in os.listdir(SUITES_DIR) if f.endswith(".yaml"))
+
+
+def resolve_suite(name: str) -> str:
+    """A suite YAML path, or the name of a shipped suite (`demo` -> align/bench/suites/demo.yaml)."""
+    if os.path.isfile(name):
+        return name
+    cand = os.path.join(SUITES_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    if os.sep not in name and os.path.isfile(cand):
+        return cand
+    raise ConfigError(f"suite not found: {name} (not a file, nor a shipped suite: {', '.join(shipped_suites())})")
+
+
 def load_suite(path: str) -> List[dict]:
-    """Parse and validate a suite YAML; returns entries with paths resolved against the YAML folder."""
+    """Parse and validate a suite YAML (a path or a shipped suite's name); returns entries with paths resolved
+    against the YAML's folder (a shipped suite's: the working directory)."""
+    path = resolve_suite(path)
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)
@@ -68,6 +90,8 @@ def load_suite(path: str) -> List[dict]:
     if not isinstance(doc, list) or not doc:
         raise ConfigError(f"suite {path!r} must be a non-empty list of benchmark entries")
     base = os.path.dirname(os.path.abspath(path))
+    if base == SUITES_DIR:       # a shipped suite names data the user made here (e.g. `align demo`'s align_demo/)
+        base = os.getcwd()
     return [check_entry(e, f"suite {path!r} entry {i}", base) for i, e in enumerate(doc)]
 
 

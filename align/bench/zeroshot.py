@@ -120,3 +120,5 @@ def run_zeroshot(model, entry: dict, *, dataset: BenchDataset, **ctx) -> dict:
 
 
 run_zeroshot.entry_keys = ENTRY_KEYS
+# Metric names a run of `entry` produces (acc5 only with >= 5 classes): config.py checks eval.best_metric with them.
+run_zeroshot.metric_keys = lambda entry: ["acc1", "acc5", "mean_per_class_recall"]
