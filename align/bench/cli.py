@@ -14,6 +14,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> str:
+    """A torch device this machine has, or one line saying why not."""
+    from align.errors import ConfigError
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a torch device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def _common(s) -> None:
     s.add_argument("--device", default=None, help="torch device for encoding (default: cuda when present, else cpu)")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding samples in parallel")
@@ -67,7 +81,7 @@ def run_bench_cli(a):
     from align.bench.report import summary_line, write_json
     from align.errors import ConfigError
 
-    device = a.device or default_device()
+    device = check_device(a.device or default_device())
     check_precision(a.precision, device)
     if a.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")

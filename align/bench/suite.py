@@ -168,7 +168,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
         from align.bench.models import suite_models
         models = suite_models(suite_yaml_path)
     if any(_is_spec(m) for m in models) and load_fn is None:
-        from align.bench.models import load_model as load_fn
+        raise ConfigError("run_suite: models given as paths need load_fn (e.g. align.load)")
     # open every dataset first: a bad path fails in seconds, not after hours of encoding
     opened = [(e, *_open_all(e)) for e in entries]
     os.makedirs(out_dir, exist_ok=True)
