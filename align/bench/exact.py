@@ -41,6 +41,7 @@ U32 = 2.0 ** -24                 # float32 unit roundoff
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp32": 0.0}   # rounding of the score itself (bf16 GEMM output)
 SLACK = 1.01                     # margin on top of the bound (float64 rounding of the bound itself, norms)
 RERANK_ELEMS = 1 << 23           # gathered candidate floats per re-rank chunk ([rows, C, D] <= 8M: 64 MB f64)
+SCORE_BLOCK_BYTES = 256 << 20    # the [B, N] score block: B shrinks for big galleries (1M items: 128 queries)
 
 
 def _gamma(d: int) -> float:
@@ -68,7 +69,7 @@ class ExactIndex:
     """Exact top-k by inner product with a FAISS-like interface (add / search / ntotal / d / is_trained).
 
     scoring: "bf16" (fast; default) or "fp32" (float32 GEMM with the same exact re-rank).
-    batch_size: queries scored per block (the block is [batch_size, N] bf16).
+    batch_size: queries scored per block (the block is [batch_size, N] bf16, at most SCORE_BLOCK_BYTES).
     extra: spare candidates per query beyond k (16); doubled when more than 1/64 of a block's rows need more.
     """
 
@@ -168,8 +169,9 @@ class ExactIndex:
         ids = np.empty((len(q_all), k), dtype=np.int64)
         if k <= 0 or len(q_all) == 0:
             return scores, ids
-        for s in range(0, len(q_all), self.batch_size):
-            q = q_all[s:s + self.batch_size]
+        step = max(1, min(self.batch_size, SCORE_BLOCK_BYTES // (n * self._gh.element_size())))
+        for s in range(0, len(q_all), step):
+            q = q_all[s:s + step]
             _check_finite(q, "query", s)
             sc, ix = self._search_block(q, k)
             scores[s:s + len(q)], ids[s:s + len(q)] = sc.float().numpy(), ix.numpy()

@@ -142,3 +142,12 @@ def test_bad_inputs_are_one_line_errors():
         idx.search(np.ones((2, 3), np.float32), 1)
     with pytest.raises(ConfigError, match="scoring must be one of"):
         ExactIndex(4, scoring="int4")
+
+
+def test_score_block_is_capped_by_memory(monkeypatch):
+    monkeypatch.setattr(exact, "SCORE_BLOCK_BYTES", 1000 * 2 * 7)   # 7 queries per [B, 1000] bf16 block
+    rng = np.random.default_rng(8)
+    g, q = _norm(rng.standard_normal((1000, 24))), _norm(rng.standard_normal((30, 24)))
+    idx, _, ids = search(g, q, 5)
+    assert idx._buf.shape == (7, 1000)
+    np.testing.assert_array_equal(ids, ref_topk(g, q, 5))
