@@ -141,7 +141,7 @@ def main(argv=None):
     p.add_argument("--noise", type=float, default=3.0, help="query noise (norm of the offset from its item)")
     p.add_argument("--nlist", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
-    p.add_argument("--scoring", default="bf16", choices=["bf16", "fp32"], help="flat: low-precision scoring")
+    p.add_argument("--scoring", default="bf16", choices=["bf16", "fp32", "fp64"], help="flat: low-precision scoring")
     p.add_argument("--no-compare", action="store_true", help="flat: skip the FAISS float32 run (the old path)")
     p.add_argument("--threads", type=int, default=0, help="FAISS and torch threads (0 = their defaults)")
     p.add_argument("--seed", type=int, default=0)

@@ -23,7 +23,7 @@ candidates contain every item with s^ >= thr; otherwise that row takes all items
 s^ >= thr from the score block (no fallback search, never a miss). The bound is checked
 against float64 on a sample of the gallery when the index is built; a kernel that breaks it
 (e.g. a BLAS that accumulates in bf16) switches the index to float32 scoring with its own
-bound (a = gamma_D |q| max|g|, u = 0), with a warning.
+bound (a = gamma_D |q| max|g|, u = 0), then to float64, with a warning.
 """
 from __future__ import annotations
 
@@ -33,19 +33,22 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from align.errors import ConfigError, DataError
+from align.errors import AlignError, ConfigError, DataError
 
 log = logging.getLogger("align.bench")
 
 U32 = 2.0 ** -24                 # float32 unit roundoff
-UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp32": 0.0}   # rounding of the score itself (bf16 GEMM output)
+UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp32": 0.0, "fp64": 0.0}   # rounding of the score itself (bf16 GEMM output)
+ACCUM_ROUNDOFF = {"bf16": U32, "fp32": U32, "fp64": 2.0 ** -53}  # the GEMM's accumulation
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+FALLBACK = ("bf16", "fp32", "fp64")   # a scoring whose bound fails on this machine hands over to the next
 SLACK = 1.01                     # margin on top of the bound (float64 rounding of the bound itself, norms)
 RERANK_ELEMS = 1 << 23           # gathered candidate floats per re-rank chunk ([rows, C, D] <= 8M: 64 MB f64)
 SCORE_BLOCK_BYTES = 256 << 20    # the [B, N] score block: B shrinks for big galleries (1M items: 128 queries)
 
 
-def _gamma(d: int) -> float:
-    return d * U32 / (1 - d * U32)
+def _gamma(d: int, unit: float = U32) -> float:
+    return d * unit / (1 - d * unit)
 
 
 def _lo(y: torch.Tensor, u: float) -> torch.Tensor:
@@ -68,7 +71,7 @@ def _check_finite(x: torch.Tensor, what: str, offset: int = 0) -> None:
 class ExactIndex:
     """Exact top-k by inner product with a FAISS-like interface (add / search / ntotal / d / is_trained).
 
-    scoring: "bf16" (fast; default) or "fp32" (float32 GEMM with the same exact re-rank).
+    scoring: "bf16" (fast; default), "fp32" or "fp64" (that GEMM, with the same exact re-rank).
     batch_size: queries scored per block (the block is [batch_size, N] bf16, at most SCORE_BLOCK_BYTES).
     extra: spare candidates per query beyond k (16); doubled when more than 1/64 of a block's rows need more.
     """
@@ -108,21 +111,25 @@ class ExactIndex:
         self._parts = []
         _check_finite(g, "gallery")
         self._g = g                                                        # [N, D] float32
-        self._set_scoring(self.scoring)
-        if self.check_bound and self.scoring != "fp32" and not self._bound_holds():
-            log.warning("exact search: this CPU's %s GEMM breaks the rounding bound; scoring in float32 instead",
-                        self.scoring)
-            self._set_scoring("fp32")
+        for scoring in FALLBACK[FALLBACK.index(self.scoring):]:
+            self._set_scoring(scoring)
+            if not self.check_bound or self._bound_holds():
+                return
+            # e.g. a BLAS that accumulates bf16 in bf16, or torch's float32 matmul precision set to bf16/tf32
+            log.warning("exact search: this machine's %s GEMM breaks the rounding bound; trying the next precision",
+                        scoring)
+        raise AlignError("exact search: even float64 scores break the rounding bound; this torch build's matmul "
+                         "is not usable for exact search (use index flat_faiss)")
 
     def _set_scoring(self, scoring: str) -> None:
         g = self._g
         self.scoring = scoring
-        gh = g.to(torch.bfloat16) if scoring == "bf16" else g             # [N, D] scoring copy
+        gh = g.to(DTYPES[scoring])                                         # [N, D] scoring copy
         ghf = gh.float()
         self._gh = gh
         self._g_max = float(torch.linalg.vector_norm(g.double(), dim=1).max())
         self._gh_max = float(torch.linalg.vector_norm(ghf.double(), dim=1).max())
-        self._r_max = float(torch.linalg.vector_norm((g - ghf).double(), dim=1).max()) if scoring != "fp32" else 0.0
+        self._r_max = float(torch.linalg.vector_norm((g - ghf).double(), dim=1).max())   # 0 unless bf16
         self._buf = None
 
     def _margin(self, q: torch.Tensor, qh: torch.Tensor) -> torch.Tensor:
@@ -130,7 +137,7 @@ class ExactIndex:
         qhf = qh.float()
         nq = torch.linalg.vector_norm(qhf.double(), dim=1)
         rq = torch.linalg.vector_norm((q - qhf).double(), dim=1)
-        a = rq * self._g_max + nq * self._r_max + _gamma(self.d) * nq * self._gh_max
+        a = rq * self._g_max + nq * self._r_max + _gamma(self.d, ACCUM_ROUNDOFF[self.scoring]) * nq * self._gh_max
         # denormals flushed to zero by bf16 dot instructions: each lost product is < 2^-126 * max|element|
         tiny = self.d * 2.0 ** -126 * (1.0 + float(qhf.abs().max()) + self._gh_max)
         return SLACK * a + tiny

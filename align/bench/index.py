@@ -1,7 +1,7 @@
 """FAISS inner-product indexes for benchmarks, by explicit type name.
 
   flat        exact (default): bf16 scoring + exact float64 re-rank of a provably complete
-              candidate set (align.bench.exact.ExactIndex); params scoring (bf16 | fp32),
+              candidate set (align.bench.exact.ExactIndex); params scoring (bf16 | fp32 | fp64),
               batch_size (1024 queries per block), extra (16 spare candidates per query)
   flat_faiss  FAISS IndexFlatIP: exact float32 (the path before ExactIndex; for comparison)
   ivf    IVF-Flat, inner product; params nlist (default ~4*sqrt(N)), nprobe (16)

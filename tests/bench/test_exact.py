@@ -7,7 +7,7 @@ import torch
 
 from align.bench import exact
 from align.bench.exact import ExactIndex, exact_topk_reference
-from align.errors import ConfigError, DataError
+from align.errors import AlignError, ConfigError, DataError
 
 
 def ref_topk(g, q, k):
@@ -26,7 +26,7 @@ def _norm(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-@pytest.mark.parametrize("scoring", ["bf16", "fp32"])
+@pytest.mark.parametrize("scoring", ["bf16", "fp32", "fp64"])
 @pytest.mark.parametrize("n,d,k,seed", [(3000, 64, 10, 0), (777, 33, 1, 1), (2000, 128, 50, 2)])
 def test_random_inputs_equal_the_reference(scoring, n, d, k, seed):
     rng = np.random.default_rng(seed)
@@ -101,14 +101,19 @@ def test_the_rounding_bound_holds_and_is_what_the_search_uses():
     assert ((s_hat - s).abs() > 0.1 * a).any()                  # the bound is not vacuous: errors reach its scale
 
 
-def test_broken_kernel_falls_back_to_float32_scoring(monkeypatch, caplog):
-    monkeypatch.setattr(ExactIndex, "_bound_holds", lambda self: False)
+@pytest.mark.parametrize("broken,used", [({"bf16"}, "fp32"), ({"bf16", "fp32"}, "fp64")])
+def test_broken_kernel_falls_back_to_the_next_precision(monkeypatch, caplog, broken, used):
+    real = ExactIndex._bound_holds
+    monkeypatch.setattr(ExactIndex, "_bound_holds", lambda self: self.scoring not in broken and real(self))
     rng = np.random.default_rng(6)
     g, q = _norm(rng.standard_normal((500, 32))), _norm(rng.standard_normal((40, 32)))
     with caplog.at_level(logging.WARNING, logger="align.bench"):
         idx, _, ids = search(g, q, 5)
-    assert idx.scoring == "fp32" and "breaks the rounding bound" in caplog.text
+    assert idx.scoring == used and caplog.text.count("breaks the rounding bound") == len(broken)
     np.testing.assert_array_equal(ids, ref_topk(g, q, 5))
+    monkeypatch.setattr(ExactIndex, "_bound_holds", lambda self: False)
+    with pytest.raises(AlignError, match="even float64 scores break the rounding bound"):
+        search(g, q, 5)
 
 
 def test_small_galleries_k_clipping_and_incremental_add():
