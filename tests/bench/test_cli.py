@@ -89,3 +89,20 @@ def test_suite_start_and_finetuned_side_by_side(tmp_path, capsys, oc_arch, two_c
     vals1 = [r.split("|")[5:7] for r in rows]
     vals2 = [r.split("|")[5:7] for r in out2.splitlines() if r.startswith("| cls | zeroshot_classification")]
     assert vals1 == vals2
+
+
+def test_suite_export_as_start_next_to_an_align_run(tmp_path, capsys):
+    """The fine-tuning flow's table: the start model in open_clip's layout (local-dir:) beside an align run."""
+    from align.export import export
+    from tests.export.conftest import make_run
+    run, _ = make_run(tmp_path, name="finetuned")
+    export(run, str(tmp_path / "start"), fmt="open_clip", progress=False)
+    classification_wds(tmp_path / "cls", n=12, n_classes=4)
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "models": [{"model": "local-dir:start", "name": "start"}, "run"],      # relative to the YAML
+        "benchmarks": [{"dataset": "cls", "type": "wds", "task": "zeroshot"}]}))
+    assert main(["bench", "suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("| dataset")).endswith("| start | finetuned |")
+    acc1 = next(line for line in lines if line.startswith("| cls |") and "| acc1 |" in line).split("|")[5:7]
+    assert acc1[0] == acc1[1]                      # the export is the run's weights: same numbers
