@@ -5,9 +5,14 @@
     img = model.image_transform(pil_image)[None]    # [1, 3, H, W]
     z_i = model.encode_image(img)                   # [1, E], L2-normalised
     z_t = model.encode_text(model.tokenize(["a photo of the digit seven."]))
+
+open_clip models load through `align.load` (align.bench.models.OpenClipModel), for benchmarks:
+    model = align.load("open_clip:ViT-B-32", pretrained="laion2b_s34b_b79k")   # or a checkpoint file
+    model = align.load("local-dir:exports/demo")                               # open_clip's hub layout
 """
 import json
 import os
+from typing import Optional
 
 import yaml
 
@@ -48,8 +53,10 @@ def _find(path: str):
         return yaml.safe_load(f), os.path.join(ckpt, "model.safetensors")
 
 
-def load(path: str, device: str = "cpu") -> AlignModel:
+def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> AlignModel:
     """Loads a model in eval mode; embeddings from its encode_* methods are L2-normalised."""
+    if pretrained:
+        raise AlignError(f"{path}: pretrained= applies to open_clip:ARCH models only")
     cfg, weights = _find(path)
     recipe = parse_recipe(cfg)
     # Pretrained tower weights are in the checkpoint: do not fetch them again.

@@ -1,4 +1,38 @@
-"""`align bench ...` argument parsing; the work is done by align.bench's task functions."""
+"""`align bench ...` argument parsing; the work is done by align.bench's task functions.
+
+Every subcommand takes the models of align.bench.models (run dirs, checkpoints, exports,
+`open_clip:ARCH --pretrained TAG|FILE`, `local-dir:DIR`) and the run settings
+--device (cuda when present, else cpu), --num-workers (DataLoader workers that decode and
+transform samples in parallel) and --precision (fp32 | bf16 | fp16 autocast while encoding).
+"""
+import torch
+
+MODEL_HELP = "align run dir, checkpoint or export; open_clip:ARCH (with --pretrained); local-dir:DIR (open_clip layout)"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    """A torch device this machine has, or one line saying why not."""
+    from align.errors import ConfigError
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a torch device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _common(s) -> None:
+    s.add_argument("--device", default=None, help="torch device for encoding (default: cuda when present, else cpu)")
+    s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding samples in parallel")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast while encoding (fp16 needs CUDA); embeddings are re-normalised in float32")
 
 
 def add_bench_parser(sub, fn):
@@ -7,14 +41,16 @@ def add_bench_parser(sub, fn):
     for name, helptext in (("zeroshot", "zero-shot classification (image or audio)"),
                            ("retrieval", "retrieval recall@k between two modalities")):
         s = bench.add_parser(name, help=helptext)
-        s.add_argument("--model", required=True, help="run dir, checkpoint or export")
+        s.add_argument("--model", required=True, help=MODEL_HELP)
+        s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
         s.add_argument("--dataset", required=True, help="dataset dir (CLIP_benchmark local layout, ...)")
         s.add_argument("--out", required=True, help="result JSON")
         s.add_argument("--split", default="test")
-        s.add_argument("--index", default="flat", help="flat | ivf | hnsw | ivfpq")
+        s.add_argument("--index", default="flat", help="flat (exact) | flat_faiss | ivf | hnsw | ivfpq")
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--cache-dir", default=None, help="embedding cache (default: none)")
         s.add_argument("--type", default="wds", help="dataset layout: wds | imagefolder | audiofolder | hf | csv")
+        _common(s)
         if name == "zeroshot":
             s.add_argument("--modality", default="image", choices=["image", "audio"])
             s.add_argument("--classnames", default=None, help="file, one class name per line")
@@ -27,22 +63,40 @@ def add_bench_parser(sub, fn):
         s.set_defaults(fn=fn)
     s = bench.add_parser("suite", help="many datasets x tasks x models -> JSONs, CSV, Markdown table")
     s.add_argument("suite", help="suite YAML, or a shipped suite's name (demo)")
-    s.add_argument("--model", action="append", required=True, help="run dir, checkpoint or export (repeatable)")
+    s.add_argument("--model", action="append", default=None,
+                   help=MODEL_HELP + " (repeatable: one column each; default: the suite's models:)")
+    s.add_argument("--pretrained", action="append", default=None,
+                   help="weights of the open_clip:ARCH models, one per such --model, in order")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--cache-dir", default=None, help="embedding cache")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--overwrite", action="store_true")
+    _common(s)
     s.set_defaults(fn=fn)
 
 
 def run_bench_cli(a):
-    import align
+    from align.bench.embed import check_precision, precision_scope
+    from align.bench.models import load_model, pair_pretrained, suite_models
+    from align.bench.suite import resolve_suite
     from align.bench.report import summary_line, write_json
+    from align.errors import ConfigError
+
+    device = check_device(a.device or default_device())
+    check_precision(a.precision, device)
+    if a.num_workers < 0:
+        raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
+    print(f"bench: device {device}, precision {a.precision}, {a.num_workers} decode worker(s)")
     if a.bench_cmd == "suite":
         from align.bench.report import markdown_table
         from align.bench.suite import run_suite
-        results = run_suite(a.suite, a.model, a.out, load_fn=align.load, cache_dir=a.cache_dir,
-                            batch_size=a.batch_size, overwrite=a.overwrite)
+        models = pair_pretrained(a.model, a.pretrained) if a.model else suite_models(resolve_suite(a.suite))
+        if not a.model and a.pretrained:
+            raise ConfigError("--pretrained pairs with --model open_clip:ARCH; the suite's models: give their own")
+        with precision_scope(a.precision):
+            results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
+                                cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
+                                num_workers=a.num_workers, overwrite=a.overwrite)
         print(markdown_table(results))
         print(f"{len(results)} results -> {a.out}")
         return
@@ -53,16 +107,18 @@ def run_bench_cli(a):
     if a.bench_cmd == "zeroshot" and a.templates:
         opts["templates"] = a.templates
     ds = open_dataset(a.dataset, a.type, **opts)
-    model = align.load(a.model)
-    kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size)
-    if a.bench_cmd == "zeroshot":
-        from align.bench.zeroshot import zeroshot_classification
-        result = zeroshot_classification(model, ds, modality=a.modality, **kw)
-    elif a.by_class:
-        from align.bench.retrieval import emergent_retrieval
-        result = emergent_retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
-    else:
-        from align.bench.retrieval import retrieval
-        result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
+    model = load_model(a.model, pretrained=a.pretrained, device=device)
+    kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
+              num_workers=a.num_workers)
+    with precision_scope(a.precision):
+        if a.bench_cmd == "zeroshot":
+            from align.bench.zeroshot import zeroshot_classification
+            result = zeroshot_classification(model, ds, modality=a.modality, **kw)
+        elif a.by_class:
+            from align.bench.retrieval import emergent_retrieval
+            result = emergent_retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
+        else:
+            from align.bench.retrieval import retrieval
+            result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
     write_json(result, a.out)
     print(summary_line(result) + f" -> {a.out}")

@@ -11,13 +11,15 @@ encodes nothing):
     cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.npy       [N, D] float32
     cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.ids.npy   [N] int64 item index
     cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.json      meta (written last)
-`model_fingerprint` is `model.fingerprint()` or a hash of the state_dict;
+`model_fingerprint` is `model.fingerprint()` or a hash of the state_dict (plus `-bf16` / `-fp16`
+when encoded under that autocast precision);
 `dataset_fingerprint` hashes the data files' names/sizes/mtimes, the layout
 options and the model's transform settings. Prompt lists are cached under
 `cache_dir/{model_fingerprint}/prompts-{hash of the prompts}/text.npy`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +37,8 @@ from align.bench.datasets import BenchDataset, SampleError
 from align.errors import AlignError, ConfigError, DataError
 
 _ENCODERS = {"image": "encode_image", "text": "encode_text", "audio": "encode_audio"}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype while encoding
+_SCOPE = {"precision": "fp32"}   # set by precision_scope (the CLI); used where a call passes no precision
 _FP_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 MAX_ERRORS_KEPT = 10
 
@@ -122,11 +126,53 @@ class _EvalMode:
             self.model.train()
 
 
-def _encode(model, modality: str, batch, device) -> np.ndarray:
+def check_precision(precision: str, device) -> None:
+    """One-line refusal of a precision the device cannot autocast to."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    if precision == "fp16" and dev.type != "cuda":
+        raise ConfigError(f"--precision fp16 needs a CUDA device (this run is on {dev.type}); use bf16 or fp32")
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this CUDA device has no bfloat16 support; use fp16 or fp32")
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str):
+    """Encode under `precision` autocast inside the block wherever no precision is passed (suites, probes)."""
+    old = _SCOPE["precision"]
+    _SCOPE["precision"] = precision
+    try:
+        yield
+    finally:
+        _SCOPE["precision"] = old
+
+
+def _precision(precision: Optional[str]) -> str:
+    p = precision or _SCOPE["precision"]
+    if p not in PRECISIONS:
+        raise ConfigError(f"precision {p!r} is not one of {', '.join(PRECISIONS)}")
+    return p
+
+
+def _autocast(device: torch.device, precision: str):
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def _model_key(model, precision: str) -> str:
+    """Cache folder of a model: its fingerprint, plus the precision when not fp32 (other numbers, other cache)."""
+    fp = model_fingerprint(model)
+    return fp if precision == "fp32" else f"{fp}-{precision}"
+
+
+def _encode(model, modality: str, batch, device, precision: str = "fp32") -> np.ndarray:
     """batch (tensor [B, ...] or list[str]) -> normalised float32 numpy [B, D]."""
     if modality == "text":
         batch = model.tokenize(list(batch))
-    out = getattr(model, _ENCODERS[modality])(batch.to(device))
+    with _autocast(device, precision):
+        out = getattr(model, _ENCODERS[modality])(batch.to(device))
     # re-normalise in float32 as CLIP_benchmark does (F.normalize on the model output)
     return F.normalize(out.float(), dim=-1).cpu().numpy()
 
@@ -209,20 +255,24 @@ def _stack(tensors, where: str) -> torch.Tensor:
 
 
 def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Optional[str] = None,
-                  batch_size: int = 64, device=None, num_workers: int = 0, progress: bool = True) -> Embeddings:
-    """Encode every item of `dataset` that has `modality` ("text": every caption). Cached when cache_dir is set."""
+                  batch_size: int = 64, device=None, num_workers: int = 0, progress: bool = True,
+                  precision: Optional[str] = None) -> Embeddings:
+    """Encode every item of `dataset` that has `modality` ("text": every caption). Cached when cache_dir is set.
+    num_workers > 0 decodes and transforms in DataLoader worker processes; precision: fp32 | bf16 | fp16
+    autocast (default: the enclosing precision_scope, else fp32)."""
     _check_modality(model, modality)
+    precision = _precision(precision)
     paths = None
     if cache_dir:
-        paths = _cache_paths(cache_dir, model_fingerprint(model), dataset_fingerprint(model, dataset), modality)
+        paths = _cache_paths(cache_dir, _model_key(model, precision), dataset_fingerprint(model, dataset), modality)
         hit = _load_cached(*paths[1:])
         if hit is not None:
             return hit
     device = _model_device(model, device)
     if modality == "text":
-        emb = _embed_captions(model, dataset, batch_size, device, progress)
+        emb = _embed_captions(model, dataset, batch_size, device, progress, precision)
     else:
-        emb = _embed_media(model, dataset, modality, batch_size, device, num_workers, progress)
+        emb = _embed_media(model, dataset, modality, batch_size, device, num_workers, progress, precision)
     if len(emb.vectors) == 0:
         first = emb.errors[0] if emb.errors else f"no item has {modality}"
         raise DataError(f"dataset {dataset.path!r}: no {modality} could be encoded ({first})")
@@ -230,22 +280,23 @@ def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Opt
         print(f"{dataset.name}: skipped {emb.skipped} {modality} samples that failed to decode "
               f"(first: {emb.errors[0]})")
     if paths is not None:
-        _store(paths, emb, {"model": getattr(model, "name", ""), "dataset": dataset.path, "modality": modality})
+        _store(paths, emb, {"model": getattr(model, "name", ""), "dataset": dataset.path, "modality": modality,
+                            "precision": precision})
     return emb
 
 
-def _embed_captions(model, dataset, batch_size, device, progress) -> Embeddings:
+def _embed_captions(model, dataset, batch_size, device, progress, precision) -> Embeddings:
     texts, ids = [], []
     for i, it in enumerate(dataset.items):
         for c in it.captions or []:
             texts.append(c)
             ids.append(i)
     missing = sum(1 for it in dataset.items if not it.captions)
-    vecs = _embed_text_list(model, texts, batch_size, device, progress, f"encode {dataset.name} text")
+    vecs = _embed_text_list(model, texts, batch_size, device, progress, f"encode {dataset.name} text", precision)
     return Embeddings(vecs, np.asarray(ids, dtype=np.int64), missing=missing)
 
 
-def _embed_media(model, dataset, modality, batch_size, device, num_workers, progress) -> Embeddings:
+def _embed_media(model, dataset, modality, batch_size, device, num_workers, progress, precision) -> Embeddings:
     transform = getattr(model, f"{modality}_transform", None)
     if transform is None:
         raise AlignError(f"model {getattr(model, 'name', '?')!r} has no {modality}_transform")
@@ -264,7 +315,7 @@ def _embed_media(model, dataset, modality, batch_size, device, num_workers, prog
                         errors.append(err)
             if good:
                 x = _stack([t for _, t in good], f"{dataset.name} {modality}")   # [B, ...]
-                vecs.append(_encode(model, modality, x, device))                  # [B, D]
+                vecs.append(_encode(model, modality, x, device, precision))       # [B, D]
                 ids.extend(i for i, _ in good)
             bar.update(len(batch))
     bar.close()
@@ -274,27 +325,30 @@ def _embed_media(model, dataset, modality, batch_size, device, num_workers, prog
                       missing=len(dataset) - len(indices), errors=errors)
 
 
-def _embed_text_list(model, texts: Sequence[str], batch_size, device, progress, desc) -> np.ndarray:
+def _embed_text_list(model, texts: Sequence[str], batch_size, device, progress, desc,
+                     precision: str = "fp32") -> np.ndarray:
     out = []
     with torch.no_grad(), _EvalMode(model):
         for s in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
-            out.append(_encode(model, "text", texts[s:s + batch_size], device))
+            out.append(_encode(model, "text", texts[s:s + batch_size], device, precision))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def embed_texts(model, texts: Sequence[str], *, cache_dir: Optional[str] = None, batch_size: int = 256,
-                device=None, progress: bool = True, desc: str = "encode prompts") -> np.ndarray:
+                device=None, progress: bool = True, desc: str = "encode prompts",
+                precision: Optional[str] = None) -> np.ndarray:
     """Encode a list of strings -> normalised float32 [len(texts), D]; cached by the prompts' hash."""
     _check_modality(model, "text")
+    precision = _precision(precision)
     texts = list(texts)
     paths = None
     if cache_dir:
         h = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
-        paths = _cache_paths(cache_dir, model_fingerprint(model), f"prompts-{h}", "text")
+        paths = _cache_paths(cache_dir, _model_key(model, precision), f"prompts-{h}", "text")
         hit = _load_cached(*paths[1:])
         if hit is not None:
             return hit.vectors
-    vecs = _embed_text_list(model, texts, batch_size, _model_device(model, device), progress, desc)
+    vecs = _embed_text_list(model, texts, batch_size, _model_device(model, device), progress, desc, precision)
     if paths is not None:
         meta = {"model": getattr(model, "name", ""), "dataset": "prompts", "modality": "text"}
         _store(paths, Embeddings(vecs, np.arange(len(texts), dtype=np.int64)), meta)

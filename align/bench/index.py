@@ -1,6 +1,9 @@
 """FAISS inner-product indexes for benchmarks, by explicit type name.
 
-  flat   IndexFlatIP: exact (default)
+  flat        exact (default): bf16 scoring + exact float64 re-rank of a provably complete
+              candidate set (align.bench.exact.ExactIndex); params scoring (bf16 | fp32 | fp64),
+              batch_size (1024 queries per block), extra (16 spare candidates per query)
+  flat_faiss  FAISS IndexFlatIP: exact float32 (the path before ExactIndex; for comparison)
   ivf    IVF-Flat, inner product; params nlist (default ~4*sqrt(N)), nprobe (16)
   hnsw   IndexHNSWFlat(METRIC_INNER_PRODUCT); params M (32), ef_construction (40), ef_search (64)
   ivfpq  IVF-PQ, inner product; params nlist, nprobe, pq_m (sub-quantizers, divides D), pq_nbits (8)
@@ -20,11 +23,12 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from align.bench.exact import ExactIndex
 from align.errors import ConfigError, DataError
 from align.registry import Registry
 
 INDEXES: Registry = Registry("index")
-EXACT = {"flat"}
+EXACT = {"flat", "flat_faiss"}
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -37,7 +41,12 @@ def default_nlist(n: int) -> int:
 
 
 @INDEXES.register("flat")
-def _flat(d: int, n: int) -> faiss.Index:
+def _flat(d: int, n: int, scoring: str = "bf16", batch_size: int = 1024, extra: int = 16) -> ExactIndex:
+    return ExactIndex(d, scoring=scoring, batch_size=batch_size, extra=extra)
+
+
+@INDEXES.register("flat_faiss")
+def _flat_faiss(d: int, n: int) -> faiss.Index:
     return faiss.IndexFlatIP(d)
 
 
@@ -90,7 +99,7 @@ def build_index(name: str, gallery: np.ndarray, *, train_size: Optional[int] = N
         index = factory(d, n, **params)
     except TypeError as e:
         raise ConfigError(f"index {name}: bad parameters {sorted(params)}: {e}") from None
-    if not index.is_trained:
+    if not index.is_trained:  # (ExactIndex is always trained)
         nlist = getattr(faiss.extract_index_ivf(index), "nlist", 1)
         size = min(n, int(train_size or max(40 * nlist, 10000)))
         rng = np.random.default_rng(seed)
@@ -115,9 +124,10 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 81
 
 
 def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-k gallery ids [Q, k] by inner product, without copying the gallery into an index."""
-    _, ids = faiss.knn(_f32(queries), _f32(gallery), int(min(k, len(gallery))), metric=faiss.METRIC_INNER_PRODUCT)
-    return ids
+    """Exact top-k gallery ids [Q, k] by inner product (ExactIndex: float64 scores, ties -> lower id)."""
+    index = ExactIndex(np.shape(gallery)[1])
+    index.add(gallery)
+    return index.search(queries, k)[1]
 
 
 def recall_against_exact(approx_index: faiss.Index, gallery: np.ndarray, queries_sample: np.ndarray,
@@ -132,6 +142,8 @@ def recall_against_exact(approx_index: faiss.Index, gallery: np.ndarray, queries
 
 def describe_index(index: faiss.Index) -> dict:
     """The effective settings of an index, for result JSON."""
+    if isinstance(index, ExactIndex):
+        return index.describe()
     out = {"ntotal": int(index.ntotal), "dim": int(index.d)}
     try:
         ivf = faiss.extract_index_ivf(index)

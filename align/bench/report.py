@@ -90,10 +90,18 @@ def write_csv(results: Sequence[dict], path: str) -> None:
 
 
 def _labels(results: Sequence[dict]) -> Dict[tuple, str]:
-    """Column label per (model, pretrained): the model name, plus `pretrained` where names collide."""
+    """Column label per (model, pretrained): the model name, plus `pretrained` (a file's name) where names
+    collide, plus a column number where even that collides (two checkpoints both called model.pt)."""
     pairs = list(dict.fromkeys((r["model"], r["pretrained"]) for r in results))
     names = [m for m, _ in pairs]
-    return {(m, p): (m if names.count(m) == 1 else f"{m} ({str(p)[:16]})") for m, p in pairs}
+
+    def short(p) -> str:
+        s = str(p)
+        return (os.path.basename(s.rstrip("/")) or s)[:24]
+
+    out = {(m, p): (m if names.count(m) == 1 else f"{m} ({short(p)})") for m, p in pairs}
+    labels = list(out.values())
+    return {k: (v if labels.count(v) == 1 else f"{v} #{i + 1}") for i, (k, v) in enumerate(out.items())}
 
 
 def setting(result: dict) -> str:

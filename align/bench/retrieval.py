@@ -78,10 +78,11 @@ def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gal
               ks: Sequence[int] = (1, 5, 10), both_directions: bool = True, index: str = "flat",
               index_params: Optional[dict] = None, cache_dir: Optional[str] = None, batch_size: int = 64,
               device=None, num_workers: int = 0, recall_sample: int = 1000, progress: bool = True,
-              pretrained: Optional[str] = None) -> dict:
+              pretrained: Optional[str] = None, precision: Optional[str] = None) -> dict:
     """Paired retrieval query_modality -> gallery_modality (and back when both_directions)."""
     _check_pair(query_modality, gallery_modality)
-    kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+              precision=precision)
     q = embed_dataset(model, dataset, query_modality, **kw)
     g = embed_dataset(model, dataset, gallery_modality, **kw)
     common = np.intersect1d(q.ids, g.ids)                       # items that have both modalities
@@ -115,7 +116,8 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
                        gallery_dataset: Optional[BenchDataset] = None, ks: Sequence[int] = (1, 5, 10),
                        both_directions: bool = True, index: str = "flat", index_params: Optional[dict] = None,
                        cache_dir: Optional[str] = None, batch_size: int = 64, device=None, num_workers: int = 0,
-                       recall_sample: int = 1000, progress: bool = True, pretrained: Optional[str] = None) -> dict:
+                       recall_sample: int = 1000, progress: bool = True, pretrained: Optional[str] = None,
+                       precision: Optional[str] = None) -> dict:
     """Unpaired retrieval between two modalities scored by class match (recall@k by class)."""
     _check_pair(query_modality, gallery_modality)
     gds = gallery_dataset if gallery_dataset is not None else dataset
@@ -125,7 +127,8 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
             if not ds.classnames:
                 raise DataError(f"dataset {ds.path!r} has no class names; emergent retrieval across two datasets "
                                 f"matches labels by class name")
-    kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)
+    kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+              precision=precision)
     q = embed_dataset(model, dataset, query_modality, **kw)
     g = embed_dataset(model, gds, gallery_modality, **kw)
     vocab: dict = {}

@@ -3,7 +3,8 @@
 A suite is a YAML file, or the name of a suite shipped in align/bench/suites/ (`align bench suite demo`).
 Relative paths in a suite file are relative to that file; in a shipped suite, to the working directory.
 
-Suite YAML: a list of entries (or {"benchmarks": [entries]}). Each entry:
+Suite YAML: a list of entries (or {"benchmarks": [entries], "models": [specs]}; models: are
+align.bench.models specs, used when no models are passed in). Each entry:
     dataset:   path (relative: see above)                                  required
     type:      wds | imagefolder | audiofolder | hf | csv                  required
     task:      zeroshot | retrieval | emergent_retrieval | (probes' names) required
@@ -83,9 +84,10 @@ def load_suite(path: str) -> List[dict]:
     except yaml.YAMLError as e:
         raise ConfigError(f"suite {path!r} is not valid YAML: {e}") from None
     if isinstance(doc, dict):
-        extra = set(doc) - {"benchmarks"}
+        extra = set(doc) - {"benchmarks", "models"}  # models: read by align.bench.models.suite_models
         if extra:
-            raise ConfigError(f"suite {path!r}: unknown top-level key {sorted(extra)[0]!r} (expected 'benchmarks')")
+            raise ConfigError(f"suite {path!r}: unknown top-level key {sorted(extra)[0]!r} "
+                              f"(expected 'benchmarks', 'models')")
         doc = doc.get("benchmarks")
     if not isinstance(doc, list) or not doc:
         raise ConfigError(f"suite {path!r} must be a non-empty list of benchmark entries")
@@ -171,6 +173,11 @@ def _open(entry: dict, prefix: str = "") -> BenchDataset:
         raise type(e)(f"{entry['_where']}: {e}") from None
 
 
+def _is_spec(m) -> bool:
+    """A model to load (a path / 'open_clip:ARCH' string or a {model, pretrained, name} mapping), not a model."""
+    return isinstance(m, (str, dict))
+
+
 def _task_name(task: str) -> str:
     return CLIP_TASK_NAMES.get(task, task)
 
@@ -181,16 +188,17 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
               skip_existing: bool = False, progress: bool = True) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir)."""
     entries = load_suite(suite_yaml_path)
-    if not models:
-        raise ConfigError("run_suite: no models given")
-    if any(isinstance(m, str) for m in models) and load_fn is None:
+    if not models:  # the suite's own models: list (align.bench.models specs)
+        from align.bench.models import suite_models
+        models = suite_models(resolve_suite(suite_yaml_path))
+    if any(_is_spec(m) for m in models) and load_fn is None:
         raise ConfigError("run_suite: models given as paths need load_fn (e.g. align.load)")
     # open every dataset first: a bad path fails in seconds, not after hours of encoding
     opened = [(e, *_open_all(e)) for e in entries]
     os.makedirs(out_dir, exist_ok=True)
     results, skipped, written = [], [], set()
     for m in models:
-        model, pretrained = (load_fn(m), m) if isinstance(m, str) else (m, None)
+        model, pretrained = (load_fn(m), m if isinstance(m, str) else None) if _is_spec(m) else (m, None)
         mname = model_name(model)
         pre = pretrained if pretrained is not None else model_pretrained(model)
         for e, runner, ds, aux in opened:
@@ -220,7 +228,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
             results.append(r)
             if progress:
                 print(summary_line(r))
-        if isinstance(m, str):
+        if _is_spec(m):
             del model
             gc.collect()
     write_csv(results, os.path.join(out_dir, "results.csv"))

@@ -42,12 +42,14 @@ def zeroshot_metrics(topk_ids: np.ndarray, labels: np.ndarray, n_classes: int) -
 
 
 def class_vectors(model, classnames: List[str], templates: Templates, *, cache_dir: Optional[str] = None,
-                  batch_size: int = 256, device=None, progress: bool = True) -> np.ndarray:
+                  batch_size: int = 256, device=None, progress: bool = True,
+                  precision: Optional[str] = None) -> np.ndarray:
     """[C, D] float32 zero-shot classifier: per class, mean of normalised prompt embeddings, renormalised."""
     per_class = [prompts_for(c, templates) for c in classnames]
     flat = [p for ps in per_class for p in ps]
     emb = torch.from_numpy(embed_texts(model, flat, cache_dir=cache_dir, batch_size=batch_size, device=device,
-                                       progress=progress, desc="encode class prompts"))   # [P, D], normalised
+                                       progress=progress, desc="encode class prompts",
+                                       precision=precision))                              # [P, D], normalised
     out, s = [], 0
     for ps in per_class:
         v = emb[s:s + len(ps)].mean(dim=0)      # [D]
@@ -74,13 +76,13 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
                             templates=None, index: str = "flat", index_params: Optional[dict] = None,
                             cache_dir: Optional[str] = None, batch_size: int = 64, device=None,
                             num_workers: int = 0, recall_sample: int = 1000, progress: bool = True,
-                            pretrained: Optional[str] = None) -> dict:
+                            pretrained: Optional[str] = None, precision: Optional[str] = None) -> dict:
     """Zero-shot classify `dataset`'s `modality` items; returns a CLIP_benchmark-shaped result dict."""
     if modality not in DEFAULT_TEMPLATES:
         raise ConfigError(f"zero-shot classification needs modality image or audio, got {modality!r}")
     names, tmpl, tmpl_name = _resolve(dataset, modality, classnames, templates)
     emb = embed_dataset(model, dataset, modality, cache_dir=cache_dir, batch_size=batch_size, device=device,
-                        num_workers=num_workers, progress=progress)
+                        num_workers=num_workers, progress=progress, precision=precision)
     labels = dataset.labels[emb.ids]                       # [N]
     keep = labels >= 0
     if not keep.any():
@@ -90,7 +92,8 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
         raise DataError(f"dataset {dataset.path!r}: sample {dataset.items[emb.ids[bad]].key!r} has label "
                         f"{labels[bad]} but there are only {len(names)} class names")
     x, labels = emb.vectors[keep], labels[keep]            # [N, D], [N]
-    classes = class_vectors(model, names, tmpl, cache_dir=cache_dir, device=device, progress=progress)  # [C, D]
+    classes = class_vectors(model, names, tmpl, cache_dir=cache_dir, device=device, progress=progress,
+                            precision=precision)                                                 # [C, D]
     k = min(5, len(names))
     idx = build_index(index, classes, **(index_params or {}))
     _, topk = search(idx, x, k)                            # [N, k] class ids, best first

@@ -7,6 +7,7 @@ FakeModel follows the duck-typed model interface the benchmarks use:
 It counts encode calls per modality (`calls`) so cache tests can assert nothing was re-encoded.
 """
 import io
+import json
 import os
 import zlib
 from collections import Counter
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from tests.conftest import TINY_OPEN_CLIP
 
 # one OpenMP thread: on a shared 2-core machine, FAISS's thread barriers make small searches 10-20x slower
 faiss.omp_set_num_threads(1)
@@ -172,3 +175,30 @@ def retrieval_wds(root, n=20, seed=0, caps=(1, 3), audio=False, **kw):
             fields["wav"] = wav_bytes(rng)
         samples.append((f"s{i:07d}", fields))
     return write_wds(root, samples, dataset_type="retrieval", **kw)
+
+
+# ------------------------------------------------------------------ open_clip models
+OC_ARCH = "align-test-tiny"   # registered with open_clip.add_model_config, as a user adds a custom architecture
+
+
+@pytest.fixture(scope="module")
+def oc_arch(tmp_path_factory):
+    import open_clip
+    d = tmp_path_factory.mktemp("oc_cfg")
+    with open(d / f"{OC_ARCH}.json", "w") as f:
+        json.dump({"embed_dim": 16, **TINY_OPEN_CLIP}, f)
+    if open_clip.get_model_config(OC_ARCH) is None:
+        open_clip.add_model_config(str(d / f"{OC_ARCH}.json"))
+    return OC_ARCH
+
+
+@pytest.fixture(scope="module")
+def oc_net(oc_arch):
+    """A model open_clip created, with weights moved off their init (a wrong mapping shows)."""
+    import open_clip
+    torch.manual_seed(0)
+    net = open_clip.create_model(oc_arch)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return net.eval()

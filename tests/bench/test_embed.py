@@ -118,3 +118,50 @@ def test_state_dict_fingerprint_for_modules_without_fingerprint():
     assert model_fingerprint(c) != model_fingerprint(a)
     with pytest.raises(Exception, match="neither fingerprint"):
         model_fingerprint(object())
+
+
+class _AutocastProbe(FakeModel):
+    """FakeModel that records whether it ran under autocast, and in which dtype its matmul came out."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen = []
+
+    def encode_image(self, x):
+        self.seen.append((torch.is_autocast_enabled("cpu"), (x.flatten(1) @ self.W_img).dtype))
+        return super().encode_image(x)
+
+
+def test_precision_autocasts_encoding_and_keys_the_cache(tmp_path):
+    from align.bench.embed import check_precision, precision_scope
+    ds = open_dataset(classification_wds(tmp_path / "d", n=9), "wds")
+    cache = str(tmp_path / "cache")
+    m = _AutocastProbe()
+    a = embed_dataset(m, ds, "image", cache_dir=cache, progress=False)
+    assert m.seen[-1] == (False, torch.float32)
+    with precision_scope("bf16"):
+        b = embed_dataset(m, ds, "image", cache_dir=cache, progress=False)
+        t = embed_texts(m, ["a cat", "a dog"], cache_dir=cache, progress=False)
+    assert m.seen[-1] == (True, torch.bfloat16) and not b.cached
+    assert b.vectors.dtype == np.float32 and t.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(b.vectors, axis=1), 1, atol=1e-5)   # re-normalised in float32
+    assert 0 < np.abs(a.vectors - b.vectors).max() < 0.05                         # bf16 numbers, close to fp32
+    assert sorted(os.listdir(cache)) == [m.fingerprint(), f"{m.fingerprint()}-bf16"]
+    c = embed_dataset(m, ds, "image", cache_dir=cache, progress=False, precision="bf16")
+    assert c.cached and np.array_equal(c.vectors, b.vectors)
+    check_precision("bf16", "cpu")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        check_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="precision 'int8' is not one of"):
+        embed_dataset(m, ds, "image", precision="int8", progress=False)
+
+
+def test_worker_processes_give_the_same_embeddings_and_skip_counts(tmp_path, fake_model):
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i:03d}", {"png": png_bytes(rng) if i != 5 else b"not a png", "cls": "0"}) for i in range(11)]
+    ds = open_dataset(write_wds(tmp_path / "d", samples, per_shard=3), "wds")
+    a = embed_dataset(fake_model, ds, "image", batch_size=4, num_workers=0, progress=False)
+    b = embed_dataset(fake_model, ds, "image", batch_size=4, num_workers=2, progress=False)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert a.skipped == b.skipped == 1 and 5 not in b.ids

@@ -24,7 +24,7 @@ def _ref_topk(gallery, queries, k):  # plain numpy: full argsort of -scores
 
 
 def test_registry_names():
-    assert INDEXES.names() == ["flat", "hnsw", "ivf", "ivfpq"]
+    assert INDEXES.names() == ["flat", "flat_faiss", "hnsw", "ivf", "ivfpq"]
     with pytest.raises(ConfigError, match="unknown index type 'annoy'"):
         build_index("annoy", np.ones((4, 2), np.float32))
 
@@ -40,6 +40,21 @@ def test_flat_search_equals_numpy_argsort_and_batching_is_invisible():
     np.testing.assert_array_equal(search(idx, q, 7, batch_size=1000)[1], ids)
     np.testing.assert_array_equal(exact_topk(g, q, 7), ref)
     assert recall_against_exact(idx, g, q, 7) == 1.0
+
+
+def test_flat_is_the_exact_index_and_agrees_with_faiss_flat():
+    """`flat` (bf16 scoring + float64 re-rank) and the previous FAISS IndexFlatIP give the same top-k."""
+    g = _clustered(3000, 48, 30, seed=8)
+    q = _clustered(400, 48, 30, seed=9)
+    new, old = build_index("flat", g, batch_size=100), build_index("flat_faiss", g)
+    ids_new, ids_old = search(new, q, 10)[1], search(old, q, 10)[1]
+    np.testing.assert_array_equal(ids_new, ids_old)
+    np.testing.assert_array_equal(ids_new, _ref_topk(g, q, 10))
+    info = describe_index(new)
+    assert info["exact"] and info["scoring"] == "bf16" and info["ntotal"] == 3000 and info["mean_candidates"] >= 10
+    assert describe_index(old) == {"ntotal": 3000, "dim": 48}
+    with pytest.raises(ConfigError, match="index flat: bad parameters"):
+        build_index("flat", g, nprobe=3)
 
 
 def test_k_larger_than_gallery_is_clipped():

@@ -121,6 +121,11 @@ def test_markdown_labels_disambiguate_same_model_name():
           for p, v in (("a.pt", 0.5), ("b.pt", 0.25))]
     md = markdown_table(rs)
     assert "| m (a.pt) | m (b.pt) |" in md and "| d | t |  | acc1 | 50.00 | 25.00 |" in md
+    # long paths that share a prefix and even a file name still get one column each
+    rs = [{"dataset": "d", "model": "m", "pretrained": p, "task": "t", "metrics": {"acc1": v}}
+          for p, v in (("/tmp/runs/start/model.pt", 0.5), ("/tmp/runs/tuned/model.pt", 0.25))]
+    md = markdown_table(rs)
+    assert "| m (model.pt) #1 | m (model.pt) #2 |" in md and "| acc1 | 50.00 | 25.00 |" in md
 
 
 def test_run_entry_single_benchmark_from_keywords(suite_dir):

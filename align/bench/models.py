@@ -1,0 +1,222 @@
+"""Models `align bench` can score: align runs/checkpoints/exports and open_clip models, by an explicit scheme.
+
+    run dir, checkpoint or export           align.load(PATH)
+    open_clip:ARCH  + pretrained TAG|FILE   open_clip.create_model(ARCH, pretrained=...): a TAG resolves through
+                                            open_clip (download); a FILE is a checkpoint open_clip or
+                                            open_clip_train wrote (.safetensors, or .pt/.bin loaded weights-only)
+    local-dir:DIR                           open_clip's hub layout (open_clip_config.json +
+                                            open_clip_model.safetensors | open_clip_pytorch_model.bin),
+                                            as `align export` writes it
+
+`OpenClipModel` gives an open_clip model the interface the benchmarks use (the one
+`align.load` models have): `modalities`, `encode_image` / `encode_text` (L2-normalised),
+`tokenize`, `image_transform`, `audio_transform` (None), `name`, `pretrained`, `fingerprint()`.
+
+A model spec is a string, or a mapping {model: ..., pretrained: ..., name: ...} (suite YAML
+`models:` entries); `name` labels the model's column in the side-by-side table.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable, List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from align.errors import AlignError, ConfigError
+from align.registry import Registry
+
+MODEL_SOURCES: Registry = Registry("model source")   # scheme -> loader(rest, pretrained, device) -> model
+SPEC_KEYS = {"model", "pretrained", "name"}
+
+
+class OpenClipModel(nn.Module):
+    """An open_clip CLIP/CustomTextCLIP behind align's benchmark interface (image + text)."""
+
+    def __init__(self, net: nn.Module, image_transform: Callable, tokenizer: Callable, name: str,
+                 pretrained: Optional[str]):
+        super().__init__()
+        self.net = net
+        self.image_transform = image_transform          # PIL -> float [3, H, W] (open_clip's eval preprocess)
+        self.audio_transform = None
+        self._tokenizer = tokenizer
+        self.name, self.pretrained = name, pretrained
+        self._fp: Optional[str] = None
+
+    @property
+    def modalities(self) -> List[str]:
+        return ["image", "text"]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.net.logit_scale
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:  # [B,3,H,W] -> [B,E]
+        z = self.net.encode_image(images)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:   # long [B,L] -> [B,E]
+        z = self.net.encode_text(tokens)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    def fingerprint(self) -> str:
+        """A hash of the weights (benchmark caches key on it); computed once, weights do not change in a bench."""
+        if self._fp is None:
+            h = hashlib.sha256()
+            for k, v in sorted(self.net.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._fp = h.hexdigest()[:16]
+        return self._fp
+
+
+def _open_clip_error(what: str, e: Exception) -> AlignError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return AlignError(f"{what}: open_clip cannot load it: {type(e).__name__}: {msg[:300]}")
+
+
+def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, what: str, name: str,
+                     label: Optional[str]) -> OpenClipModel:
+    import open_clip
+    try:
+        # weights_only=True: a .pt/.bin checkpoint is read with torch.load(weights_only=True), never unpickled code
+        net, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device,
+                                                                   weights_only=True)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as e:  # unknown arch, missing file, offline tag, shape mismatch: one line naming the model
+        raise _open_clip_error(what, e) from None
+    return OpenClipModel(net.eval(), preprocess, tokenizer, name, label)
+
+
+@MODEL_SOURCES.register("open_clip")
+def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "cpu") -> OpenClipModel:
+    """open_clip:ARCH with pretrained TAG (resolved by open_clip) or FILE (a checkpoint open_clip can read)."""
+    import open_clip
+    if not arch:
+        raise ConfigError("model 'open_clip:' names no architecture; e.g. open_clip:ViT-B-32")
+    if open_clip.get_model_config(arch) is None:
+        raise ConfigError(f"model open_clip:{arch}: unknown open_clip architecture (see open_clip.list_models())")
+    if not pretrained:
+        raise ConfigError(f"model open_clip:{arch} needs pretrained weights: --pretrained TAG|FILE "
+                          f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})")
+    is_file = os.path.isfile(pretrained)
+    if not is_file and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        raise ConfigError(f"model open_clip:{arch}: pretrained {pretrained!r} is neither a file nor an open_clip tag "
+                          f"for {arch} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})")
+    label = os.path.abspath(pretrained) if is_file else pretrained
+    return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label)
+
+
+@MODEL_SOURCES.register("local-dir")
+def load_local_dir(path: str, pretrained: Optional[str] = None, device: str = "cpu") -> OpenClipModel:
+    """local-dir:DIR in open_clip's hub layout (config + weights in one folder)."""
+    if pretrained:
+        raise ConfigError(f"model local-dir:{path}: the folder holds its weights; drop --pretrained {pretrained!r}")
+    cfg = os.path.join(path, "open_clip_config.json")
+    if not os.path.isfile(cfg):
+        raise ConfigError(f"model local-dir:{path}: no open_clip_config.json in that folder")
+    path = os.path.abspath(path)
+    return _build_open_clip(f"local-dir:{path}", None, device, f"local-dir:{path}",
+                            os.path.basename(os.path.normpath(path)), path)
+
+
+@MODEL_SOURCES.register("align")
+def load_align(path: str, pretrained: Optional[str] = None, device: str = "cpu"):
+    """An align run dir, checkpoint dir or export (align.load)."""
+    if pretrained:
+        raise ConfigError(f"model {path!r}: --pretrained applies to open_clip:ARCH models only")
+    from align.api import load
+    return load(path, device=device)
+
+
+def split_scheme(spec: str):
+    """'open_clip:ViT-B-32' -> ('open_clip', 'ViT-B-32'); a path (no registered scheme) -> ('align', path)."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in MODEL_SOURCES and head != "align":
+        return head, rest
+    return "align", spec
+
+
+def spec_fields(spec: Union[str, dict], where: str = "model") -> dict:
+    """A string or {model, pretrained, name} mapping -> {"model", "pretrained", "name"} (validated)."""
+    if isinstance(spec, str):
+        return {"model": spec, "pretrained": None, "name": None}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: a model is a string or a mapping with keys model, pretrained, name; "
+                          f"got {type(spec).__name__}")
+    bad = sorted(set(spec) - SPEC_KEYS)
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; valid: {', '.join(sorted(SPEC_KEYS))}")
+    if not isinstance(spec.get("model"), str):
+        raise ConfigError(f"{where}: 'model' (a path, open_clip:ARCH or local-dir:DIR) is required")
+    return {"model": spec["model"], "pretrained": spec.get("pretrained"), "name": spec.get("name")}
+
+
+def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device: str = "cpu"):
+    """A benchmark model from a spec (see the module docstring), in eval mode on `device`."""
+    f = spec_fields(spec)
+    scheme, rest = split_scheme(f["model"])
+    model = MODEL_SOURCES.get(scheme)(rest, pretrained=f["pretrained"] or pretrained, device=device)
+    if f["name"]:
+        model.name = str(f["name"])
+    return model.eval() if hasattr(model, "eval") else model
+
+
+def spec_label(spec: Union[str, dict]) -> str:
+    """How a spec reads in messages: 'open_clip:ViT-B-32 (laion2b_s34b_b79k)', 'runs/demo', ..."""
+    f = spec_fields(spec)
+    return f["model"] + (f" ({f['pretrained']})" if f["pretrained"] else "")
+
+
+def pair_pretrained(models: List[str], pretrained: Optional[List[str]]) -> List[Union[str, dict]]:
+    """CLI: the i-th --pretrained goes to the i-th open_clip:ARCH --model (one each, in order)."""
+    pretrained = list(pretrained or [])
+    oc = [i for i, m in enumerate(models) if split_scheme(m)[0] == "open_clip"]
+    if len(pretrained) != len(oc):
+        raise ConfigError(f"give one --pretrained per open_clip:ARCH --model ({len(oc)} such model(s), "
+                          f"{len(pretrained)} --pretrained)")
+    out: List[Union[str, dict]] = list(models)
+    for i, p in zip(oc, pretrained):
+        out[i] = {"model": models[i], "pretrained": p}
+    return out
+
+
+def _resolve(p: Optional[str], base: str, must_exist: bool) -> Optional[str]:
+    """A path relative to the suite YAML's folder; a pretrained TAG (no such file there) is left as it is."""
+    if p is None or os.path.isabs(p):
+        return p
+    q = os.path.normpath(os.path.join(base, p))
+    return q if must_exist or os.path.exists(q) else p
+
+
+def suite_models(suite_yaml_path: str) -> List[Union[str, dict]]:
+    """The `models:` list of a suite YAML (strings or {model, pretrained, name}), paths resolved against its folder."""
+    import yaml
+    try:
+        with open(suite_yaml_path) as f:
+            doc = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"suite {suite_yaml_path!r} cannot be read: {e}") from None
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not models:
+        raise ConfigError(f"suite {suite_yaml_path!r} lists no models: give --model (repeatable) or a top-level "
+                          f"'models:' list")
+    if not isinstance(models, list):
+        raise ConfigError(f"suite {suite_yaml_path!r}: 'models' must be a list")
+    base = os.path.dirname(os.path.abspath(suite_yaml_path))
+    out: List[Union[str, dict]] = []
+    for i, m in enumerate(models):
+        f = spec_fields(m, f"suite {suite_yaml_path!r} models[{i}]")
+        scheme, rest = split_scheme(f["model"])
+        if scheme == "align":
+            f["model"] = _resolve(rest, base, True)
+        elif scheme == "local-dir":
+            f["model"] = f"local-dir:{_resolve(rest, base, True)}"
+        f["pretrained"] = _resolve(f["pretrained"], base, False)
+        out.append({k: v for k, v in f.items() if v is not None})
+    return out

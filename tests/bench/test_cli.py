@@ -1,0 +1,108 @@
+"""`align bench` from the command line: open_clip models, --device / --num-workers / --precision, suites
+that put a starting model and its fine-tuned version side by side."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from align.cli import main
+from tests.bench.conftest import classification_wds
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, oc_arch, oc_net):
+    """A 'start' checkpoint (open_clip's state_dict) and a 'fine-tuned' one (weights moved), as .pt / .safetensors."""
+    from safetensors.torch import save_file
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.save(oc_net.state_dict(), d / "start.pt")
+    g = torch.Generator().manual_seed(5)
+    tuned = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+             for k, v in oc_net.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in tuned.items()}, str(d / "tuned.safetensors"))
+    return d
+
+
+def _err(capsys):
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_zeroshot_with_an_open_clip_model_workers_and_bf16(tmp_path, capsys, oc_arch, two_checkpoints):
+    ds = classification_wds(tmp_path / "cls", n=24, n_classes=6)
+    base = ["bench", "zeroshot", "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt"),
+            "--dataset", ds, "--batch-size", "5"]
+    assert main(base + ["--out", str(tmp_path / "a.json")]) == 0
+    assert "device cpu, precision fp32, 0 decode worker(s)" in capsys.readouterr().out
+    assert main(base + ["--out", str(tmp_path / "b.json"), "--num-workers", "2", "--device", "cpu"]) == 0
+    a, b = json.load(open(tmp_path / "a.json")), json.load(open(tmp_path / "b.json"))
+    assert a["model"] == oc_arch and a["pretrained"] == str(two_checkpoints / "start.pt")
+    assert a["metrics"] == b["metrics"] and a["n"] == b["n"]          # parallel decoding changes nothing
+    cache = tmp_path / "cache"
+    assert main(base + ["--out", str(tmp_path / "c.json"), "--precision", "bf16", "--cache-dir", str(cache)]) == 0
+    c = json.load(open(tmp_path / "c.json"))
+    assert c["n"] == a["n"] and abs(c["metrics"]["acc1"] - a["metrics"]["acc1"]) <= 0.25
+    assert [p.name.endswith("-bf16") for p in cache.iterdir()] == [True]   # bf16 embeddings cached apart
+
+
+def test_bad_settings_are_one_line(tmp_path, capsys, oc_arch, two_checkpoints):
+    ds = classification_wds(tmp_path / "cls", n=6, n_classes=3)
+    base = ["bench", "zeroshot", "--dataset", ds, "--out", str(tmp_path / "o.json")]
+    m = ["--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt")]
+    for extra, msg in [(["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a CUDA device"),
+                       (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
+                        "--device cuda"),
+                       (["--device", "tpu9"], "is not a torch device"),
+                       (["--num-workers", "-1"], "--num-workers must be >= 0")]:
+        assert main(base + m + extra) == 2
+        err = _err(capsys)
+        assert len(err) == 1 and msg in err[0] and err[0].startswith("align: error:"), (extra, err)
+    assert main(base + ["--model", f"open_clip:{oc_arch}"]) == 2
+    assert "needs pretrained weights" in _err(capsys)[0]
+    assert main(base + ["--model", "open_clip:Nope-1", "--pretrained", "x"]) == 2
+    assert "unknown open_clip architecture" in _err(capsys)[0]
+
+
+def test_suite_start_and_finetuned_side_by_side(tmp_path, capsys, oc_arch, two_checkpoints):
+    classification_wds(tmp_path / "cls", n=20, n_classes=5)
+    suite = {"models": [{"model": f"open_clip:{oc_arch}", "pretrained": str(two_checkpoints / "start.pt"),
+                         "name": "start"},
+                        {"model": f"open_clip:{oc_arch}", "pretrained": str(two_checkpoints / "tuned.safetensors"),
+                         "name": "finetuned"}],
+             "benchmarks": [{"dataset": "cls", "type": "wds", "task": "zeroshot"}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["bench", "suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out"),
+                 "--num-workers", "1"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| dataset"))
+    assert header.endswith("| start | finetuned |")                    # one table, a column per model
+    rows = [line for line in out.splitlines() if line.startswith("| cls | zeroshot_classification")]
+    assert [r.split("|")[4].strip() for r in rows] == ["acc1", "acc5", "mean_per_class_recall"]
+    assert "| start | finetuned |" in (tmp_path / "out" / "results.md").read_text()
+    # the same two columns from the command line (--model repeated, --pretrained paired in order)
+    assert main(["bench", "suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out2"),
+                 "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt"),
+                 "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "tuned.safetensors")]) == 0
+    out2 = capsys.readouterr().out
+    header2 = next(line for line in out2.splitlines() if line.startswith("| dataset"))
+    # same name: told apart by the checkpoint file's name
+    assert header2.endswith(f"| {oc_arch} (start.pt) | {oc_arch} (tuned.safetensors) |")
+    vals1 = [r.split("|")[5:7] for r in rows]
+    vals2 = [r.split("|")[5:7] for r in out2.splitlines() if r.startswith("| cls | zeroshot_classification")]
+    assert vals1 == vals2
+
+
+def test_suite_export_as_start_next_to_an_align_run(tmp_path, capsys):
+    """The fine-tuning flow's table: the start model in open_clip's layout (local-dir:) beside an align run."""
+    from align.export import export
+    from tests.export.conftest import make_run
+    run, _ = make_run(tmp_path, name="finetuned")
+    export(run, str(tmp_path / "start"), fmt="open_clip", progress=False)
+    classification_wds(tmp_path / "cls", n=12, n_classes=4)
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "models": [{"model": "local-dir:start", "name": "start"}, "run"],      # relative to the YAML
+        "benchmarks": [{"dataset": "cls", "type": "wds", "task": "zeroshot"}]}))
+    assert main(["bench", "suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("| dataset")).endswith("| start | finetuned |")
+    acc1 = next(line for line in lines if line.startswith("| cls |") and "| acc1 |" in line).split("|")[5:7]
+    assert acc1[0] == acc1[1]                      # the export is the run's weights: same numbers

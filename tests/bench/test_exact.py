@@ -1,0 +1,158 @@
+"""ExactIndex (bf16 scoring + float64 re-rank) against a plain numpy reference: full argsort of the similarity."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from align.bench import exact
+from align.bench.exact import ExactIndex, exact_topk_reference
+from align.errors import AlignError, ConfigError, DataError
+
+
+def ref_topk(g, q, k):
+    """Plain reference: float64 similarity, stable argsort of -scores (ties -> lower gallery row)."""
+    s = q.astype(np.float64) @ g.astype(np.float64).T
+    return np.argsort(-s, axis=1, kind="stable")[:, :min(k, len(g))]
+
+
+def search(g, q, k, **kw):
+    idx = ExactIndex(g.shape[1], **kw)
+    idx.add(g)
+    return idx, *idx.search(q, k)
+
+
+def _norm(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scoring", ["bf16", "fp32", "fp64"])
+@pytest.mark.parametrize("n,d,k,seed", [(3000, 64, 10, 0), (777, 33, 1, 1), (2000, 128, 50, 2)])
+def test_random_inputs_equal_the_reference(scoring, n, d, k, seed):
+    rng = np.random.default_rng(seed)
+    # clustered unit vectors plus rows of other norms: the bound must hold for any norm
+    centres = _norm(rng.standard_normal((20, d)))
+    g = _norm(centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, d)) / np.sqrt(d))
+    g[::7] *= rng.uniform(0.1, 5.0, (len(g[::7]), 1)).astype(np.float32)
+    q = _norm(centres[rng.integers(0, 20, 300)] + 0.3 * rng.standard_normal((300, d)) / np.sqrt(d))
+    q[::5] *= 3.0
+    idx, scores, ids = search(g, q, k, scoring=scoring, batch_size=128, extra=4)
+    ref = ref_topk(g, q, k)
+    np.testing.assert_array_equal(ids, ref)
+    np.testing.assert_allclose(scores, np.take_along_axis(q.astype(np.float64) @ g.T.astype(np.float64), ref, 1),
+                               rtol=1e-6, atol=1e-6)
+    assert idx.describe()["scoring"] == scoring and idx.stats["queries"] == 300
+
+
+def test_adversarial_near_ties_below_the_bf16_error():
+    """Groups of near-copies whose scores differ by ~1e-5..1e-7: bf16 scores cannot order them, the result must."""
+    rng = np.random.default_rng(3)
+    d = 96
+    base = _norm(rng.standard_normal((40, d)))
+    copies = []
+    for b in base:                                  # 40 groups x 30 near-copies (differences far below 2^-8)
+        eps = rng.choice([1e-7, 1e-6, 1e-5], size=(30, 1))
+        copies.append(b[None] + eps * rng.standard_normal((30, d)))
+    g = np.concatenate(copies + [rng.standard_normal((500, d)) * 0.01]).astype(np.float32)
+    perm = rng.permutation(len(g))
+    g = g[perm]
+    q = (base[rng.integers(0, 40, 200)] + 1e-3 * rng.standard_normal((200, d))).astype(np.float32)
+    s_hat = (torch.from_numpy(q).bfloat16().float() @ torch.from_numpy(g).bfloat16().float().T).numpy()
+    top = np.sort(s_hat, axis=1)[:, ::-1]
+    assert (top[:, 9] == top[:, 10]).mean() > 0.5      # the low-precision scores really are tied
+    wide = {}
+    for extra in (0, 3, 64):                           # extra=0/3: most rows take the "wide" path
+        idx, _, ids = search(g, q, 10, extra=extra, batch_size=64)
+        np.testing.assert_array_equal(ids, ref_topk(g, q, 10))
+        wide[extra] = idx.stats["wide_rows"]
+    assert wide[0] > 20 and wide[64] < wide[0]
+
+
+def test_exact_ties_go_to_the_lower_gallery_row():
+    """Dyadic inputs (multiples of 1/8): every score is exact in any precision, so ties are real ties."""
+    rng = np.random.default_rng(4)
+    g = rng.integers(-4, 5, (400, 16)).astype(np.float32) / 8
+    g[200:300] = g[100:200]                                    # exact duplicates
+    q = rng.integers(-4, 5, (150, 16)).astype(np.float32) / 8
+    q[:50] = g[100:150]                                        # a query equal to a duplicated row
+    for scoring in ("bf16", "fp32"):
+        _, scores, ids = search(g, q, 12, scoring=scoring, extra=2, batch_size=40)
+        ref = ref_topk(g, q, 12)
+        np.testing.assert_array_equal(ids, ref)
+        s = q.astype(np.float64) @ g.T.astype(np.float64)
+        assert (np.diff(np.take_along_axis(s, ref, 1), axis=1) == 0).any()   # the test has ties inside the top k
+    assert exact_topk_reference(g, q, 12).tolist() == ref.tolist()
+
+
+def test_the_rounding_bound_holds_and_is_what_the_search_uses():
+    rng = np.random.default_rng(5)
+    g = (rng.standard_normal((2000, 200)) * rng.uniform(0.1, 3, (2000, 1))).astype(np.float32)
+    q = (rng.standard_normal((64, 200)) * rng.uniform(0.1, 3, (64, 1))).astype(np.float32)
+    idx = ExactIndex(200)
+    idx.add(g)
+    idx._prepare()
+    qt = torch.from_numpy(q)
+    qh = qt.bfloat16()
+    s_hat = idx._scores(qh).double()                            # [64, 2000] what the search ranks by
+    s = qt.double() @ torch.from_numpy(g).double().T
+    a = idx._margin(qt, qh)[:, None]
+    u = exact.UNIT_ROUNDOFF["bf16"]
+    assert ((s_hat - s).abs() <= a + u * s.abs() * 1.01 + a * u).all()
+    assert ((s_hat - s).abs() > 0.1 * a).any()                  # the bound is not vacuous: errors reach its scale
+
+
+@pytest.mark.parametrize("broken,used", [({"bf16"}, "fp32"), ({"bf16", "fp32"}, "fp64")])
+def test_broken_kernel_falls_back_to_the_next_precision(monkeypatch, caplog, broken, used):
+    real = ExactIndex._bound_holds
+    monkeypatch.setattr(ExactIndex, "_bound_holds", lambda self: self.scoring not in broken and real(self))
+    rng = np.random.default_rng(6)
+    g, q = _norm(rng.standard_normal((500, 32))), _norm(rng.standard_normal((40, 32)))
+    with caplog.at_level(logging.WARNING, logger="align.bench"):
+        idx, _, ids = search(g, q, 5)
+    assert idx.scoring == used and caplog.text.count("breaks the rounding bound") == len(broken)
+    np.testing.assert_array_equal(ids, ref_topk(g, q, 5))
+    monkeypatch.setattr(ExactIndex, "_bound_holds", lambda self: False)
+    with pytest.raises(AlignError, match="even float64 scores break the rounding bound"):
+        search(g, q, 5)
+
+
+def test_small_galleries_k_clipping_and_incremental_add():
+    rng = np.random.default_rng(7)
+    g, q = _norm(rng.standard_normal((5, 8))), _norm(rng.standard_normal((9, 8)))
+    idx, scores, ids = search(g, q, 10)
+    assert ids.shape == (9, 5) and (ids == ref_topk(g, q, 10)).all()
+    more = _norm(rng.standard_normal((40, 8)))
+    idx.add(more)                                              # add after a search: the next search sees all 45
+    g2 = np.concatenate([g, more])
+    assert idx.ntotal == 45
+    np.testing.assert_array_equal(idx.search(q, 10)[1], ref_topk(g2, q, 10))
+    empty = idx.search(np.zeros((0, 8), np.float32), 3)
+    assert empty[0].shape == (0, 3) and empty[1].shape == (0, 3)
+
+
+def test_bad_inputs_are_one_line_errors():
+    g = np.ones((10, 4), np.float32)
+    g[3, 1] = np.nan
+    idx = ExactIndex(4)
+    idx.add(g)
+    with pytest.raises(DataError, match="gallery row 3 contains NaN or inf"):
+        idx.search(np.ones((2, 4), np.float32), 1)
+    idx = ExactIndex(4)
+    idx.add(np.ones((10, 4), np.float32))
+    q = np.ones((5, 4), np.float32)
+    q[4, 0] = np.inf
+    with pytest.raises(DataError, match="query row 4 contains NaN or inf"):
+        idx.search(q, 1)
+    with pytest.raises(DataError, match=r"queries must be \[n, 4\]"):
+        idx.search(np.ones((2, 3), np.float32), 1)
+    with pytest.raises(ConfigError, match="scoring must be one of"):
+        ExactIndex(4, scoring="int4")
+
+
+def test_score_block_is_capped_by_memory(monkeypatch):
+    monkeypatch.setattr(exact, "SCORE_BLOCK_BYTES", 1000 * 2 * 7)   # 7 queries per [B, 1000] bf16 block
+    rng = np.random.default_rng(8)
+    g, q = _norm(rng.standard_normal((1000, 24))), _norm(rng.standard_normal((30, 24)))
+    idx, _, ids = search(g, q, 5)
+    assert idx._buf.shape == (7, 1000)
+    np.testing.assert_array_equal(ids, ref_topk(g, q, 5))

@@ -1,0 +1,146 @@
+"""open_clip models in `align bench`: checkpoints open_clip itself wrote, its hub layout, align's export, errors."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import align
+from align.bench.models import OpenClipModel, load_model, pair_pretrained, split_scheme, suite_models
+from align.bench.zeroshot import zeroshot_classification
+from align.errors import AlignError, ConfigError
+from tests.bench.conftest import OC_ARCH as ARCH, classification_wds
+from tests.conftest import TINY_OPEN_CLIP
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 3, 16, 16, generator=g), ["a photo of a dog.", "a red car", ""]
+
+
+def _assert_same_embeddings(model, net):
+    x, texts = _inputs()
+    import open_clip
+    tokens = open_clip.get_tokenizer(ARCH)(texts)
+    with torch.no_grad():
+        assert torch.equal(model.tokenize(texts), tokens)
+        torch.testing.assert_close(model.encode_image(x), F.normalize(net.encode_image(x), dim=-1))
+        torch.testing.assert_close(model.encode_text(tokens), F.normalize(net.encode_text(tokens), dim=-1))
+    assert model.modalities == ["image", "text"] and model.audio_transform is None
+    assert float(model.logit_scale.detach()) == pytest.approx(float(net.logit_scale.detach()))
+
+
+def test_checkpoint_files_open_clip_writes(tmp_path, oc_arch, oc_net):
+    from safetensors.torch import save_file
+    sd = oc_net.state_dict()
+    files = ("plain.pt", "train.pt", "w.safetensors")
+    torch.save(sd, tmp_path / "plain.pt")
+    # open_clip_train's checkpoint: {"epoch", "name", "state_dict" with DDP's module. prefix, "optimizer"}
+    torch.save({"epoch": 3, "name": "x", "state_dict": {f"module.{k}": v for k, v in sd.items()},
+                "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "train.pt")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
+    fps = set()
+    for name in files:
+        model = load_model({"model": f"open_clip:{oc_arch}", "pretrained": str(tmp_path / name)})
+        assert isinstance(model, OpenClipModel) and model.name == oc_arch
+        assert model.pretrained == str(tmp_path / name)
+        _assert_same_embeddings(model, oc_net)
+        fps.add(model.fingerprint())
+    assert len(fps) == 1                                   # same weights, same embedding-cache key
+    # align.load reaches the same loader
+    model = align.load(f"open_clip:{oc_arch}", pretrained=str(tmp_path / "plain.pt"))
+    _assert_same_embeddings(model, oc_net)
+
+
+def test_local_dir_in_open_clips_hub_layout(tmp_path, oc_arch, oc_net):
+    """The folder open_clip's own save helpers write (config + safetensors or pytorch_model.bin)."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+    cfg = {"embed_dim": 16, **TINY_OPEN_CLIP}
+    for weights in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        d = tmp_path / weights.split(".")[0]
+        d.mkdir()
+        save_config_for_hf(oc_net, d / "open_clip_config.json", model_config=cfg)
+        if weights.endswith(".safetensors"):
+            save_file({k: v.contiguous() for k, v in oc_net.state_dict().items()}, str(d / weights))
+        else:
+            torch.save(oc_net.state_dict(), d / weights)
+        model = load_model(f"local-dir:{d}")
+        assert model.name == d.name and model.pretrained == str(d)
+        _assert_same_embeddings(model, oc_net)
+
+
+def test_align_export_scores_like_the_run_it_came_from(tmp_path):
+    """`align export` writes open_clip's layout; benchmarked as local-dir: it gives the run's numbers."""
+    from align.export import export
+    from tests.export.conftest import make_run
+    run, _ = make_run(tmp_path)
+    export(run, str(tmp_path / "exp"), fmt="open_clip", progress=False)
+    ds = classification_wds(tmp_path / "cls", n=16, n_classes=4)
+    from align.bench.datasets import open_dataset
+    data = open_dataset(ds, "wds", split="test")
+    r_run = zeroshot_classification(align.load(run), data, progress=False)
+    r_oc = zeroshot_classification(load_model(f"local-dir:{tmp_path / 'exp'}"), data, progress=False)
+    assert r_oc["metrics"] == r_run["metrics"]
+    assert r_oc["model"] == "exp" and r_oc["pretrained"] == str(tmp_path / "exp")
+
+
+def test_errors_are_one_line(tmp_path, oc_arch):
+    with pytest.raises(ConfigError, match="unknown open_clip architecture"):
+        load_model("open_clip:NoSuchNet-7", pretrained="x")
+    with pytest.raises(ConfigError, match="needs pretrained weights: --pretrained TAG"):
+        load_model(f"open_clip:{oc_arch}")
+    with pytest.raises(ConfigError, match="neither a file nor an open_clip tag"):
+        load_model(f"open_clip:{oc_arch}", pretrained=str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AlignError, match=f"open_clip:{oc_arch} pretrained .*junk.pt.*open_clip cannot load it"):
+        load_model(f"open_clip:{oc_arch}", pretrained=str(tmp_path / "junk.pt"))
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pt")
+    with pytest.raises(AlignError, match="open_clip cannot load it"):
+        load_model(f"open_clip:{oc_arch}", pretrained=str(tmp_path / "wrong.pt"))
+    with pytest.raises(ConfigError, match="no open_clip_config.json"):
+        load_model(f"local-dir:{tmp_path}")
+    with pytest.raises(ConfigError, match="applies to open_clip:ARCH models only"):
+        load_model({"model": str(tmp_path), "pretrained": "x.pt"})
+    with pytest.raises(ConfigError, match="unknown key 'weights'"):
+        load_model({"model": "open_clip:x", "weights": "y"})
+
+
+def test_scheme_parsing_and_pretrained_pairing():
+    assert split_scheme("open_clip:ViT-B-32") == ("open_clip", "ViT-B-32")
+    assert split_scheme("local-dir:/a/b") == ("local-dir", "/a/b")
+    assert split_scheme("runs/demo") == ("align", "runs/demo")
+    assert split_scheme("C:/runs/demo") == ("align", "C:/runs/demo")        # not a registered scheme: a path
+    assert pair_pretrained(["runs/a", "open_clip:A", "open_clip:B"], ["t1", "f.pt"]) == [
+        "runs/a", {"model": "open_clip:A", "pretrained": "t1"}, {"model": "open_clip:B", "pretrained": "f.pt"}]
+    with pytest.raises(ConfigError, match="one --pretrained per open_clip:ARCH --model"):
+        pair_pretrained(["open_clip:A"], None)
+
+
+def test_suite_models_resolve_against_the_yaml(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "models": ["runs/start", {"model": "open_clip:A", "pretrained": "w.pt", "name": "base"},
+                   {"model": "open_clip:A", "pretrained": "laion2b_s34b_b79k"}, "local-dir:exp"],
+        "benchmarks": [{"dataset": "d", "type": "wds", "task": "zeroshot"}]}))
+    got = suite_models(str(tmp_path / "suite.yaml"))
+    assert got == [{"model": str(tmp_path / "runs/start")},
+                   {"model": "open_clip:A", "pretrained": str(tmp_path / "w.pt"), "name": "base"},
+                   {"model": "open_clip:A", "pretrained": "laion2b_s34b_b79k"},
+                   {"model": f"local-dir:{tmp_path / 'exp'}"}]
+    (tmp_path / "none.yaml").write_text("- {dataset: d, type: wds, task: zeroshot}\n")
+    with pytest.raises(ConfigError, match="lists no models: give --model"):
+        suite_models(str(tmp_path / "none.yaml"))
+
+
+def test_embeddings_cache_under_the_model_fingerprint(tmp_path, oc_arch, oc_net):
+    torch.save(oc_net.state_dict(), tmp_path / "w.pt")
+    model = load_model(f"open_clip:{oc_arch}", pretrained=str(tmp_path / "w.pt"))
+    from align.bench.datasets import open_dataset
+    from align.bench.embed import embed_dataset
+    data = open_dataset(classification_wds(tmp_path / "cls", n=8, n_classes=4), "wds", split="test")
+    a = embed_dataset(model, data, "image", cache_dir=str(tmp_path / "c"), progress=False)
+    b = embed_dataset(model, data, "image", cache_dir=str(tmp_path / "c"), progress=False)
+    assert not a.cached and b.cached and np.array_equal(a.vectors, b.vectors)
+    assert os.path.isdir(tmp_path / "c" / model.fingerprint())
