@@ -27,6 +27,9 @@ class ModelConfig:
     init_logit_scale: float = 2.6592600369262695            # log(1 / 0.07), as CLIP
     max_logit_scale: float = 100.0
     init_logit_bias: Optional[float] = None                 # set (e.g. -10) for SigLIP
+    # Weights-only start (align run/checkpoint/export, open_clip checkpoint file or folder); step and
+    # optimizer start fresh, the temperature is the source's. See align/init_from.py.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -80,6 +83,10 @@ class TrainConfig:
     num_threads: Optional[int] = None                       # torch CPU threads
     deterministic: bool = False                             # deterministic GPU kernels (slower)
     wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
+    # Fine-tuning controls (align/optim.py): per-tower base lr, layer-wise lr decay, unlock a locked tower at a step
+    tower_lr: Dict[str, float] = field(default_factory=dict)
+    layer_decay: Optional[float] = None
+    unlock_at_step: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,8 +288,26 @@ def _check(r: Recipe) -> None:
         raise ConfigError(f"loss.weights: {len(r.loss.weights)} weights for {len(r.loss.pairs)} pairs")
     if r.loss.type == "siglip" and r.model.init_logit_bias is None:
         raise ConfigError("model.init_logit_bias: required for loss.type=siglip (e.g. -10)")
+    _check_finetune(r)
     if r.train.batch_size < 1 or r.train.accum_steps < 1:
         raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
+
+
+def _check_finetune(r: Recipe) -> None:
+    """The fine-tuning keys of train (tower_lr, layer_decay, unlock_at_step)."""
+    # model.init_from is read (and a missing path reported) by training only: a finished run stays loadable
+    # by align.load after its starting model is gone.
+    for key in ("tower_lr", "unlock_at_step"):
+        for m, v in getattr(r.train, key).items():
+            if m not in r.model.towers:
+                raise ConfigError(f"train.{key}.{m}: no such tower (towers: {', '.join(sorted(r.model.towers))})")
+            if v <= 0:
+                raise ConfigError(f"train.{key}.{m}: must be > 0, got {v}")
+    for m in r.train.unlock_at_step:
+        if not r.model.towers[m].get("lock"):
+            raise ConfigError(f"train.unlock_at_step.{m}: the {m} tower is not locked (set model.towers.{m}.lock: true)")
+    if r.train.layer_decay is not None and not 0 < r.train.layer_decay <= 1:
+        raise ConfigError(f"train.layer_decay: must be in (0, 1], got {r.train.layer_decay}")
 
 
 def recipe_to_dict(r: Recipe) -> dict:
