@@ -187,3 +187,51 @@ def test_open_clip_tower_pretrained_errors(source, tmp_path):
         build_tower(dict(base, pretrained="no_such_tag"), "image", 16)
     with pytest.raises(ConfigError, match=r"tensor 'proj' has shape \[32, 16\] in the checkpoint but \[32, 8\]"):
         build_tower(dict(base, pretrained="local-dir:" + source["oc"]), "image", 8)
+
+
+def _recaption(src_dir, dst_dir):
+    """The demo's train shards with a new caption set ("a handwritten seven." -> "the digit seven")."""
+    import glob
+    import io
+    import tarfile
+    os.makedirs(dst_dir, exist_ok=True)
+    for path in sorted(glob.glob(os.path.join(src_dir, "*.tar"))):
+        with tarfile.open(path) as tin, tarfile.open(os.path.join(dst_dir, os.path.basename(path)), "w") as tout:
+            for m in tin.getmembers():
+                data = tin.extractfile(m).read()
+                if m.name.endswith(".txt"):
+                    data = ("the digit " + data.decode().strip().rstrip(".").split()[-1]).encode()
+                info = tarfile.TarInfo(m.name)
+                info.size = len(data)
+                tout.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_demo_export_is_the_start_of_a_finetune(tmp_path, capsys):
+    """The README's fine-tuning workflow on the real demo: train, export to open_clip layout, fine-tune on a new
+    caption set from it (first logged temperature = the export's), bench before/after side by side, WiSE-FT."""
+    import open_clip
+    from align.cli import main
+    from align.demo.data import build_demo
+    data = str(tmp_path / "data")
+    build_demo(data, seed=0, limit=400, progress=False)
+    run, exp, ft = str(tmp_path / "run"), str(tmp_path / "export"), str(tmp_path / "ft")
+    assert main(["train", "demo", f"output_dir={run}", f"data.train={data}/train", f"data.val={data}/val", "train.max_steps=60",
+                 "train.warmup_steps=10", "data.num_workers=1", "train.checkpoint_every=0", "--no-progress"]) == 0
+    assert main(["export", run, "--out", exp, "--format", "open_clip"]) == 0
+    want = float(open_clip.create_model("local-dir:" + exp).logit_scale.detach().exp())
+    _recaption(os.path.join(data, "train"), str(tmp_path / "captions"))
+    assert main(["train", "finetune-demo", f"output_dir={ft}", f"data.train={tmp_path / 'captions'}",
+                 f"model.init_from=local-dir:{exp}", "train.max_steps=20", "data.num_workers=1",
+                 "--no-progress"]) == 0
+    rows = [json.loads(l) for l in open(os.path.join(ft, "metrics.jsonl"))]
+    assert rows[0]["step"] == 0 and rows[0]["logit_scale"] == pytest.approx(want, rel=1e-6)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"benchmarks:\n  - {{dataset: {data}/val, type: wds, task: zeroshot, modality: image}}\n")
+    capsys.readouterr()
+    assert main(["bench", "suite", str(suite), "--model", exp, "--model", ft, "--out", str(tmp_path / "b")]) == 0
+    table = capsys.readouterr().out
+    assert "export" in table and "ft" in table
+    assert main(["export", ft, "--out", str(tmp_path / "wise"), "--format", "open_clip",
+                 "--interpolate-with", "local-dir:" + exp, "--alpha", "0,0.5,1"]) == 0
+    assert sorted(os.listdir(tmp_path / "wise")) == ["alpha-0", "alpha-0.5", "alpha-1"]
