@@ -37,7 +37,9 @@ def strip_local_dir(path: str) -> str:
 
 
 def load_file_state(path: str, where: str) -> Dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a weights-only torch file; {"state_dict": ...} unwrapped, `module.` stripped."""
+    """A state dict from .safetensors or a weights-only torch file.
+
+    {"state_dict": ...} (open_clip_train's checkpoints) is unwrapped and DDP's `module.` prefix stripped."""
     if not os.path.isfile(path):
         raise ConfigError(f"{where}: no such file {path!r}")
     try:
@@ -153,8 +155,8 @@ def report_table(report: dict, source: str) -> str:
         note = "new tower" if t in report["new_towers"] else (", ".join(new[:3]) + (" ..." if len(new) > 3 else ""))
         rows.append((t, str(n), str(len(new)), note))
     ign = report["ignored"]
-    rows.append(("(ignored)", "-", "-", f"{len(ign)} source tensors" + (": " + ", ".join(ign[:4]) +
-                                                                        (" ..." if len(ign) > 4 else "") if ign else "")))
+    listed = (": " + ", ".join(ign[:4]) + (" ..." if len(ign) > 4 else "")) if ign else ""
+    rows.append(("(ignored)", "-", "-", f"{len(ign)} source tensors{listed}"))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"init_from {source}"]
     lines += ["  ".join(r[i].ljust(w[i]) for i in range(3)) + ("  " + r[3] if r[3] else "") for r in rows]

@@ -216,8 +216,8 @@ def test_demo_export_is_the_start_of_a_finetune(tmp_path, capsys):
     data = str(tmp_path / "data")
     build_demo(data, seed=0, limit=400, progress=False)
     run, exp, ft = str(tmp_path / "run"), str(tmp_path / "export"), str(tmp_path / "ft")
-    assert main(["train", "demo", f"output_dir={run}", f"data.train={data}/train", f"data.val={data}/val", "train.max_steps=60",
-                 "train.warmup_steps=10", "data.num_workers=1", "train.checkpoint_every=0", "--no-progress"]) == 0
+    assert main(["train", "demo", f"output_dir={run}", f"data.train={data}/train", f"data.val={data}/val",
+                 "train.max_steps=60", "train.warmup_steps=10", "data.num_workers=1", "train.checkpoint_every=0", "--no-progress"]) == 0
     assert main(["export", run, "--out", exp, "--format", "open_clip"]) == 0
     want = float(open_clip.create_model("local-dir:" + exp).logit_scale.detach().exp())
     _recaption(os.path.join(data, "train"), str(tmp_path / "captions"))

@@ -77,8 +77,8 @@ class HFAudioTower(HFEncoderTower):
     def __init__(self, model: str, embed_dim: int, *, clip_seconds: Optional[float] = None, pooling: str = "auto",
                  proj: str = "linear", where: str = "model.towers.audio"):
         super().__init__()
-        from transformers import AutoFeatureExtractor
-        from align.towers.hf_encoder import load_trunk
+        from align.towers.hf_encoder import load_trunk, require_transformers
+        AutoFeatureExtractor = require_transformers(where).AutoFeatureExtractor
         path, local = resolve_source(model, where)
         try:
             self.extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=local)

@@ -16,7 +16,8 @@ differs from its `hidden_size`).
 
 Locking is LiT-style (see common.LockableTower): `lock: true` freezes the trunk,
 `unlocked_layers: N` keeps its last N layers trainable (layers = the ModuleList whose
-length is config.num_hidden_layers, or the stages of a hierarchical model), the projection always trains.
+length is config.num_hidden_layers, or the stages of a hierarchical model); the
+projection always trains.
 """
 import os
 from pathlib import Path
@@ -41,9 +42,17 @@ def resolve_source(name, where: str):
     return name, offline or Path(name).is_dir()
 
 
+def require_transformers(where: str):
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(f"{where}: needs the transformers package (pip install 'align[hf]')") from None
+    return transformers
+
+
 def load_trunk(name: str, modality: str, where: str) -> nn.Module:
     """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
-    from transformers import AutoModel
+    AutoModel = require_transformers(where).AutoModel
     path, local = resolve_source(name, where)
     try:
         model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
@@ -150,29 +159,6 @@ class HFEncoderTower(LockableTower):
                 (post if seen else pre).append(p)
         blocks = list(layers)
         return [pre, *blocks[:-1], [blocks[-1], post]]
-
-    def layer_index(self, name: str) -> Optional[int]:
-        """For layer-wise lr decay: 0 = embeddings, i+1 = layer i, n+1 = after the layers; None for the head."""
-        if name.startswith("head."):
-            return None
-        layers = find_layers(self.trunk)
-        if layers is None:
-            return None
-        prefix = next(n for n, m in self.trunk.named_modules() if m is layers)
-        rest = name[len("trunk."):]
-        if rest.startswith(prefix + "."):
-            return int(rest[len(prefix) + 1:].split(".")[0]) + 1
-        return 0 if _before(self.trunk, rest, prefix) else len(layers) + 1
-
-
-def _before(trunk: nn.Module, pname: str, layers_prefix: str) -> bool:
-    """Is parameter `pname` registered before the layer list?"""
-    for n, _ in trunk.named_parameters():
-        if n.startswith(layers_prefix + "."):
-            return False
-        if n == pname:
-            return True
-    return False
 
 
 def build_checked(cls, cfg: dict, modality: str, embed_dim: int, keys) -> "HFEncoderTower":

@@ -38,8 +38,8 @@ class HFImageTower(HFEncoderTower):
     def __init__(self, model: str, embed_dim: int, *, pooling: str = "auto", proj: str = "linear",
                  where: str = "model.towers.image"):
         super().__init__()
-        from transformers import AutoImageProcessor
-        from align.towers.hf_encoder import load_trunk
+        from align.towers.hf_encoder import load_trunk, require_transformers
+        AutoImageProcessor = require_transformers(where).AutoImageProcessor
         path, local = resolve_source(model, where)
         try:
             self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=local)
