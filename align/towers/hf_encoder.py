@@ -9,6 +9,9 @@ model encodes the modality is read from the model object, never from its name:
   - an encoder-decoder (`config.is_encoder_decoder`, e.g. Whisper): `get_encoder()`;
   - anything else (CLIPVisionModel, Dinov2Model, ASTModel, Wav2Vec2Model, HubertModel): the model.
 
+Parameters the embedding path never uses (found by one dummy backward at build) are frozen,
+and LayerDrop is off, so every trainable parameter gets a gradient in every step (DDP needs it).
+
 Pooling (`pooling:`): auto (the model's `pooler_output` when it has one, else the
 attention-masked mean of `last_hidden_state`) | pooler | cls | mean. The projection
 head's input size is read from one dummy forward at build time (e.g. CLAP's pooled size
@@ -92,11 +95,27 @@ class HFEncoderTower(LockableTower):
             raise ConfigError(f"{where}.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
         self.trunk, self.pooling, self.where, self.embed_dim = trunk, pooling, where, embed_dim
         self.model_type = getattr(trunk.config, "model_type", type(trunk).__name__)
-        with torch.no_grad():
-            was = trunk.training
-            trunk.eval()
-            pooled = self._pool(self.dummy_input(1))                       # [1, H]
-            trunk.train(was)
+        # LayerDrop skips whole layers at random in training: their parameters then get no gradient in that
+        # step, which DDP cannot reduce. Off (wav2vec2/HuBERT default to 0.1).
+        for key in ("layerdrop", "encoder_layerdrop"):
+            if getattr(trunk.config, key, 0):
+                setattr(trunk.config, key, 0.0)
+                for m in trunk.modules():
+                    if hasattr(m, key) and isinstance(getattr(m, key), float):
+                        setattr(m, key, 0.0)
+        # One dummy forward/backward (eval mode: no dropout or masking) gives the pooled size and finds
+        # parameters the embedding never uses (e.g. DINOv2's mask_token, only used with bool_masked_pos):
+        # they are frozen, as DDP would otherwise wait forever for their gradients.
+        was = trunk.training
+        trunk.eval()
+        pooled = self._pool(self.dummy_input(1))                           # [1, H]
+        pooled.float().sum().backward()
+        self.unused = [n for n, p in trunk.named_parameters() if p.requires_grad and p.grad is None]
+        for n, p in trunk.named_parameters():
+            p.grad = None
+            if n in self.unused:
+                p.requires_grad_(False)
+        trunk.train(was)
         self.head = build_projection(int(pooled.shape[-1]), embed_dim, proj, where)
 
     def _split(self, x: torch.Tensor):

@@ -137,3 +137,17 @@ def test_audio_text_run_from_a_local_ast(folders, tmp_path):
     final = _final_weights(r["output_dir"])
     k = "layers.0.attention.q_proj.weight"
     assert not torch.equal(final["towers.audio.trunk." + k], start[k])
+
+
+@pytest.mark.parametrize("kind", AUDIO)
+def test_every_trainable_parameter_gets_a_gradient(folders, kind):
+    """What DDP needs: no trainable parameter is left without a gradient in a training step."""
+    tower = _tower(folders, kind).train()
+    tower(tower.dummy_input(2)).sum().backward()
+    missing = [n for n, p in tower.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [] and set(tower.unused) <= {n for n, _ in tower.trunk.named_parameters()}
+
+
+def test_layerdrop_is_off(folders):
+    tower = _tower(folders, "hubert")
+    assert tower.trunk.config.layerdrop == 0.0

@@ -44,6 +44,14 @@ def test_matches_transformers(folders, kind):
     assert tower.model_type in ("clip_vision_model", "siglip_vision_model", "dinov2")
 
 
+def test_unused_parameters_are_frozen(folders):
+    """DINOv2's mask_token never takes part in an embedding: frozen, so DDP does not wait for its gradient."""
+    tower = build_tower({"type": "hf_image", "model": folders["dinov2"]}, "image", 16).train()
+    assert tower.unused == ["embeddings.mask_token"] and not tower.trunk.embeddings.mask_token.requires_grad
+    tower(tower.dummy_input(2)).sum().backward()
+    assert all(p.grad is not None for p in tower.parameters() if p.requires_grad)
+
+
 def test_registered_by_explicit_type():
     assert "hf_image" in TOWERS and "hf_audio" in TOWERS
 
