@@ -235,3 +235,26 @@ def test_demo_export_is_the_start_of_a_finetune(tmp_path, capsys):
     assert main(["export", ft, "--out", str(tmp_path / "wise"), "--format", "open_clip",
                  "--interpolate-with", "local-dir:" + exp, "--alpha", "0,0.5,1"]) == 0
     assert sorted(os.listdir(tmp_path / "wise")) == ["alpha-0", "alpha-0.5", "alpha-1"]
+
+
+def test_open_clip_tower_pretrained_tag_goes_through_open_clip(source, monkeypatch, tmp_path):
+    """A tag is resolved by open_clip (get_pretrained_cfg -> download_pretrained, the path a network feeds);
+    offline, the download is replaced by the local file it would have written."""
+    import open_clip
+    import open_clip.pretrained as ocp
+    cfg_file = tmp_path / "tiny-align-test.json"
+    cfg_file.write_text(json.dumps(dict(TINY_OPEN_CLIP, embed_dim=16)))
+    open_clip.add_model_config(str(cfg_file))
+    seen = {}
+    monkeypatch.setattr(ocp, "get_pretrained_cfg", lambda name, tag: {"hf_hub": f"x/{name}-{tag}/"}
+                        if (name, tag) == ("tiny-align-test", "mytag") else {})
+
+    def fake_download(cfg, **kw):
+        seen["cfg"] = cfg
+        return os.path.join(source["oc"], "open_clip_model.safetensors")
+    monkeypatch.setattr(ocp, "download_pretrained", fake_download)
+    from align.towers import build_tower
+    t = build_tower({"type": "open_clip", "model": "tiny-align-test", "pretrained": "mytag"}, "text", 16)
+    assert seen["cfg"] == {"hf_hub": "x/tiny-align-test-mytag/"}
+    for k, v in t.net.state_dict().items():
+        assert torch.equal(v, source["model"].towers.text.net.state_dict()[k]), k
