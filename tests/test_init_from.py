@@ -258,3 +258,20 @@ def test_open_clip_tower_pretrained_tag_goes_through_open_clip(source, monkeypat
     assert seen["cfg"] == {"hf_hub": "x/tiny-align-test-mytag/"}
     for k, v in t.net.state_dict().items():
         assert torch.equal(v, source["model"].towers.text.net.state_dict()[k]), k
+
+
+def test_siglip_bias_and_bin_folder(tmp_path):
+    """An open_clip folder holding open_clip_pytorch_model.bin; SigLIP's logit_bias comes along."""
+    from align.export import export
+    run, src = make_run(tmp_path / "s", logit_bias=-7.5)
+    export(run, str(tmp_path / "e"), fmt="open_clip", progress=False)
+    from safetensors.torch import load_file
+    sd = load_file(str(tmp_path / "e" / "open_clip_model.safetensors"))
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    torch.save(sd, folder / "open_clip_pytorch_model.bin")
+    shutil.copy(tmp_path / "e" / "open_clip_config.json", folder / "open_clip_config.json")
+    m = _model(init_logit_bias=-10.0)
+    apply_init_from(m, str(folder), printer=None)
+    assert float(m.logit_bias.detach()) == pytest.approx(float(src.logit_bias.detach()), abs=1e-6)
+    _assert_same_towers(m, src)
