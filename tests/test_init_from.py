@@ -60,7 +60,7 @@ def test_open_clip_folder_restores_weights_and_temperature(source, capsys):
     assert rep["ignored"] == [] and rep["new_towers"] == []
     # the same folder through open_clip itself has this temperature
     oc = open_clip.create_model("local-dir:" + source["oc"])
-    assert float(oc.logit_scale) == pytest.approx(float(m.logit_scale.detach()), abs=0)
+    assert float(oc.logit_scale.detach()) == pytest.approx(float(m.logit_scale.detach()), abs=0)
     out = capsys.readouterr().out
     assert "open_clip folder" in out and "matched" in out
 
