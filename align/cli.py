@@ -68,8 +68,19 @@ def cmd_bench(a):
 
 def cmd_export(a):
     from align.export import export, summary_lines
-    result = export(a.model, a.out, fmt=a.format, overwrite=a.overwrite, reports=a.report or None)
-    print("\n".join(summary_lines(result)))
+    if a.interpolate_with is None and a.alpha is not None:
+        raise AlignError("export: --alpha needs --interpolate-with START")
+    if a.interpolate_with is None:
+        result = export(a.model, a.out, fmt=a.format, overwrite=a.overwrite, reports=a.report or None)
+        print("\n".join(summary_lines(result)))
+        return
+    from align.export.wise_ft import parse_alphas
+    alphas = parse_alphas(a.alpha if a.alpha is not None else "0.5")
+    for al in alphas:   # several alphas: one export per alpha, OUT/alpha-<a>
+        out = a.out if len(alphas) == 1 else os.path.join(a.out, f"alpha-{al:g}")
+        result = export(a.model, out, fmt=a.format, overwrite=a.overwrite, reports=a.report or None,
+                        interpolate_with=a.interpolate_with, alpha=al)
+        print("\n".join(summary_lines(result)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["open_clip", "onnx", "all"], default="all")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     s.add_argument("--report", action="append", help="extra result JSON file or folder for the model card")
+    s.add_argument("--interpolate-with", default=None, metavar="START",
+                   help="WiSE-FT: interpolate the weights with this starting model (align run/export, open_clip "
+                        "checkpoint or folder)")
+    s.add_argument("--alpha", default=None, help="WiSE-FT weight of the fine-tuned model, 0..1 (default 0.5); "
+                                                 "a list (0,0.5,1) writes OUT/alpha-<a> per value")
     s.set_defaults(fn=cmd_export)
     return p
 

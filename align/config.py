@@ -37,6 +37,9 @@ class ModelConfig:
     init_logit_scale: float = 2.6592600369262695            # log(1 / 0.07), as CLIP
     max_logit_scale: float = _num(100.0, gt=0)
     init_logit_bias: Optional[float] = None                 # set (e.g. -10) for SigLIP
+    # Weights-only start (align run/checkpoint/export, open_clip checkpoint file or folder); step and
+    # optimizer start fresh, the temperature is the source's. See align/init_from.py.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -90,6 +93,10 @@ class TrainConfig:
     num_threads: Optional[int] = _num(None, ge=1)           # torch CPU threads
     deterministic: bool = False                             # deterministic GPU kernels (slower)
     wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
+    # Fine-tuning controls (align/optim.py): per-tower base lr, layer-wise lr decay, unlock a locked tower at a step
+    tower_lr: Dict[str, float] = field(default_factory=dict)
+    layer_decay: Optional[float] = None
+    unlock_at_step: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -335,6 +342,7 @@ def _check(r: Recipe) -> None:
         raise ConfigError(f"model.init_logit_bias: required for loss.type={r.loss.type} (e.g. -10)")
     if len(r.train.betas) != 2 or not all(0 <= b < 1 for b in r.train.betas):
         raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {r.train.betas}")
+    _check_finetune(r)
     _check_eval(r)
 
 
@@ -352,6 +360,23 @@ def _check_eval(r: Recipe) -> None:
     if not any(fnmatch.fnmatchcase(best, k) for k in keys):
         raise ConfigError(f"eval.best_metric: {best!r} is not a metric of eval.tasks={r.eval.tasks} "
                           f"(names are WHERE/TASK/METRIC); valid: {', '.join(keys) or 'none'}")
+
+
+def _check_finetune(r: Recipe) -> None:
+    """The fine-tuning keys of train (tower_lr, layer_decay, unlock_at_step)."""
+    # model.init_from is read (and a missing path reported) by training only: a finished run stays loadable
+    # by align.load after its starting model is gone.
+    for key in ("tower_lr", "unlock_at_step"):
+        for m, v in getattr(r.train, key).items():
+            if m not in r.model.towers:
+                raise ConfigError(f"train.{key}.{m}: no such tower (towers: {', '.join(sorted(r.model.towers))})")
+            if v <= 0:
+                raise ConfigError(f"train.{key}.{m}: must be > 0, got {v}")
+    for m in r.train.unlock_at_step:
+        if not r.model.towers[m].get("lock"):
+            raise ConfigError(f"train.unlock_at_step.{m}: the {m} tower is not locked (set model.towers.{m}.lock: true)")
+    if r.train.layer_decay is not None and not 0 < r.train.layer_decay <= 1:
+        raise ConfigError(f"train.layer_decay: must be in (0, 1], got {r.train.layer_decay}")
 
 
 def recipe_to_dict(r: Recipe) -> dict:

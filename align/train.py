@@ -19,7 +19,7 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.data.synthetic import SyntheticLoader
-from align.optim import build_optimizer, build_scheduler
+from align.optim import build_optimizer, build_scheduler, unlock_due
 from align.perf import estimate_flops_per_sample, peak_flops
 from align.plots import write_loss_plot
 
@@ -103,6 +103,22 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # -- model, loss, optimizer ------------------------------------------------------------
     model = build_model(r.model)
     model.config = recipe_to_dict(r)
+    # Weights-only starts (step and optimizer fresh); a resumed run has its own weights.
+    init_row = None
+    if not resolve_resume(r):
+        from align.init_from import apply_init_from, apply_tower_temperature
+        apply_tower_temperature(model, r.model)
+        if r.model.init_from:
+            apply_init_from(model, r.model.init_from, printer=acc.print)
+        if r.model.init_from or any(t.get("pretrained_temperature") for t in r.model.towers.values()):
+            # a step-0 row: the starting temperature, before any update (loss: none yet)
+            init_row = {"step": 0, "epoch": 0, "loss": float("nan"), "lr": 0.0, "init_from": r.model.init_from,
+                        "logit_scale": float(model.logit_scale.detach().exp())}
+            if model.logit_bias is not None:
+                init_row["logit_bias"] = float(model.logit_bias.detach())
+    if r.train.unlock_at_step and world > 1:
+        raise AlignError("train.unlock_at_step: unlocking a tower mid-run is single-process only for now "
+                         "(DDP fixes the set of trained parameters when it wraps the model)")
     if r.train.grad_checkpointing:
         enable_grad_checkpointing(model)
     from align.losses import build_loss
@@ -151,6 +167,10 @@ def train(r: Recipe, progress: bool = True) -> dict:
         check_val_set(r.data.val, r.eval.tasks, core.modalities, best_metric=r.eval.best_metric)
     acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
     metrics_f = open(os.path.join(r.output_dir, "metrics.jsonl"), "a") if is_main else None
+    if init_row is not None:
+        if is_main:
+            metrics_f.write(json.dumps(init_row) + "\n")
+        acc.log({"train/logit_scale": init_row["logit_scale"]}, step=0)
     global_batch = r.train.batch_size * world * r.train.accum_steps
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and is_main), unit="step",
                dynamic_ncols=True)
@@ -162,6 +182,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
     keys_f = open(f"{keys_log}.rank{rank}.jsonl", "a") if keys_log else None
     t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
     t_start = time.perf_counter() - state["elapsed_s"]
+    for m in unlock_due(core, r.train.unlock_at_step, state["step"]):    # resumed past an unlock step
+        acc.print(f"unlocked the {m} tower (train.unlock_at_step.{m}={r.train.unlock_at_step[m]})")
     loss_val = float("nan")
     model.train()
 
@@ -239,6 +261,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
         optimizer.zero_grad(set_to_none=True)
         core.clamp_logit_scale()
         state["step"] += 1
+        for m in unlock_due(core, r.train.unlock_at_step, state["step"]):
+            acc.print(f"unlocked the {m} tower at step {state['step']}")
         state["samples"] += global_batch
         n_window += 1
         loss_val = float(loss.detach())

@@ -98,3 +98,98 @@ def test_grad_checkpointing_stores_fewer_activations_in_every_transformer_tower(
     assert sorted(enable_grad_checkpointing(model)) == ["audio", "image", "text"]
     for m, t in towers.items():
         assert _saved_tensors(t, inputs[m]) < before[m] / 2, m
+
+
+# -- fine-tuning controls: per-tower lr, layer-wise lr decay, unlock after N steps -----------------
+def _two_layer_recipe(tiny_recipe, **train):
+    import copy
+    r = copy.deepcopy(tiny_recipe)
+    r["model"]["open_clip"]["vision_cfg"]["layers"] = 2
+    r["train"].update(train)
+    return r
+
+
+def _expected_depth(name: str) -> int:
+    """Written out by hand for open_clip's VisionTransformer / TextTransformer with 2 / 1 blocks."""
+    tower, rest = name.split(".")[1], ".".join(name.split(".")[3:])
+    n = 2 if tower == "image" else 1
+    if rest.startswith("transformer.resblocks."):
+        return int(rest.split(".")[2]) + 1
+    if rest.split(".")[0] in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "token_embedding"):
+        return 0
+    assert rest.split(".")[0] in ("ln_post", "proj", "ln_final", "text_projection"), rest
+    return n + 1
+
+
+def test_tower_lr_and_layer_decay_give_each_parameter_its_lr(tiny_recipe):
+    r = parse_recipe(_two_layer_recipe(tiny_recipe, lr=1e-3, tower_lr={"image": 1e-4}, layer_decay=0.5))
+    model = build_model(r.model)
+    opt = build_optimizer(model, r.train)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        if n.startswith("towers."):
+            base, top = (1e-4, 3) if n.split(".")[1] == "image" else (1e-3, 2)
+            want = base * 0.5 ** (top - _expected_depth(n))
+        else:
+            want = 1e-3                                       # temperature: train.lr
+        assert math.isclose(lr_of[id(p)], want, rel_tol=1e-12), n
+        assert wd_of[id(p)] == (0.0 if no_decay(n, p) else r.train.weight_decay), n
+    # the schedule scales each group's own lr
+    sched = build_scheduler(opt, TrainConfig(lr=1e-3, warmup_steps=4), total_steps=10)
+    opt.step()
+    sched.step()
+    for g in opt.param_groups:
+        assert math.isclose(g["lr"], g["initial_lr"] * 0.5, rel_tol=1e-9)
+
+
+def test_plain_optimizer_keeps_two_groups(tiny_recipe):
+    model = build_model(parse_recipe(tiny_recipe).model)
+    assert len(build_optimizer(model, TrainConfig()).param_groups) == 2
+
+
+def test_finetune_keys_are_checked(tiny_recipe):
+    import pytest
+    from align.errors import ConfigError
+    for train, msg in (({"tower_lr": {"audio": 1e-4}}, "train.tower_lr.audio: no such tower"),
+                       ({"layer_decay": 1.5}, r"train.layer_decay: must be in \(0, 1\]"),
+                       ({"unlock_at_step": {"image": 3}}, "the image tower is not locked")):
+        with pytest.raises(ConfigError, match=msg):
+            parse_recipe(_two_layer_recipe(tiny_recipe, **train))
+
+
+def _ckpt(run, step):
+    from safetensors.torch import load_file
+    import os
+    return load_file(os.path.join(run, "checkpoints", f"step-{step:08d}", "model.safetensors"))
+
+
+def test_training_uses_per_tower_lr(tiny_recipe):
+    """Through train(): the optimizer saved in the checkpoint has the per-parameter lrs, and an image tower
+    with a 1e-9 lr barely moves while the text tower trains."""
+    import json
+    import os
+    from tests.test_train import _run
+    r = _two_layer_recipe(tiny_recipe, tower_lr={"image": 1e-9}, layer_decay=0.8, max_steps=2, checkpoint_every=1)
+    assert _run(r) == 0
+    meta = json.load(open(os.path.join(r["output_dir"], "checkpoints", "step-00000002", "optim.json")))
+    lrs = sorted({round(g["initial_lr"], 15) for g in meta["param_groups"]})
+    want = sorted({round(b * 0.8 ** k, 15) for b, top in ((1e-9, 3), (1e-3, 2)) for k in range(top + 1)} | {1e-3})
+    assert lrs == want
+    a, b = _ckpt(r["output_dir"], 1), _ckpt(r["output_dir"], 2)
+    img = max(float((a[k] - b[k]).abs().max()) for k in a if k.startswith("towers.image."))
+    txt = max(float((a[k] - b[k]).abs().max()) for k in a if k.startswith("towers.text."))
+    assert img < 1e-7 < 1e-4 < txt
+
+
+def test_unlock_after_n_steps(tiny_recipe):
+    """towers.image.lock + unlock_at_step.image=2: frozen for updates 1-2, trained from update 3."""
+    from tests.test_train import _run
+    r = _two_layer_recipe(tiny_recipe, unlock_at_step={"image": 2}, max_steps=4, checkpoint_every=1, keep_last=10)
+    r["model"]["towers"] = {"image": {"lock": True}}
+    assert _run(r) == 0
+    c = {s: _ckpt(r["output_dir"], s) for s in (1, 2, 3, 4)}
+    moved = lambda s, t, tower: max(float((c[s][k] - c[t][k]).abs().max()) for k in c[s]
+                                    if k.startswith(f"towers.{tower}.net."))
+    assert moved(1, 2, "image") == 0.0 and moved(1, 2, "text") > 0
+    assert moved(2, 3, "image") > 0 and moved(3, 4, "image") > 0

@@ -67,6 +67,7 @@ def self_contained_recipe(model) -> dict:
             t["init_from_vit"] = {k: v for k, v in t["init_from_vit"].items() if k != "weights"}
         towers[mod] = t
     m.pop("open_clip", None)   # image/text are explicit above; the shorthand may name a file
+    m.pop("init_from", None)   # the weights are in the export
     return r
 
 
@@ -113,11 +114,13 @@ def _finalize(tmp: str, dst: str) -> None:
 
 
 def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: bool = False, *,
-           reports: Optional[List[str]] = None, progress: bool = True) -> dict:
+           reports: Optional[List[str]] = None, progress: bool = True, interpolate_with: Optional[str] = None,
+           alpha: Optional[float] = None) -> dict:
     """Export the model at `model_path` (run dir, checkpoint dir or export) to `out_dir`.
 
     fmt: "open_clip" | "onnx" | "all". reports: extra CLIP_benchmark-shaped result JSON files or folders
-    for the model card. Returns {"out_dir", "formats", "files", "notes", "parity", "exporter"}.
+    for the model card. interpolate_with + alpha: export the WiSE-FT interpolation (1 - alpha) * start +
+    alpha * model (see wise_ft.py). Returns {"out_dir", "formats", "files", "notes", "parity", "exporter"}.
     Raises AlignError when out_dir is non-empty (unless overwrite), the format cannot hold the model,
     or a parity check fails.
     """
@@ -128,6 +131,12 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
     src, dst = os.path.abspath(model_path), os.path.abspath(out_dir)
     _check_out_dir(src, dst, overwrite)
     model = load(model_path).eval()
+    wise = None
+    if interpolate_with is not None:
+        from align.export.wise_ft import apply_wise_ft
+        if alpha is None:
+            raise AlignError("export: interpolate_with needs alpha (0 = the start, 1 = the fine-tuned model)")
+        wise = apply_wise_ft(model, interpolate_with, float(alpha))
     reason = open_clip_format.unsupported_reason(model)
     if fmt == "open_clip" and reason:
         raise AlignError(f"export {model_path}: cannot use format open_clip: {reason}. Use fmt='onnx' (or 'all', "
@@ -137,6 +146,10 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
     result = {"out_dir": dst, "source": src, "formats": ["align"], "files": [], "notes": [], "parity": {},
               "exporter": {}}
+    if wise is not None:
+        from align.export.wise_ft import note
+        result["notes"].append(note(wise))
+        result["wise_ft"] = {k: wise[k] for k in ("alpha", "start", "interpolated")}
     try:
         _write_align(model, tmp)
         result["parity"]["align"] = {"max_weight_diff": _verify_align(model, tmp)}

@@ -4,6 +4,7 @@
       image: {type: open_clip, model: ViT-B-32}
       text:  {type: hf, model: /path/to/minilm, lock: true}
       audio: {type: audio, width: 192, layers: 4}
+      image: {type: hf_image, model: /models/clip-vit-b32}     # or audio: {type: hf_audio, ...}
 
 Each factory is called as `factory(cfg: dict, modality: str, embed_dim: int) -> Tower`
 with the tower's section minus `type`.
@@ -25,3 +26,4 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
 
 # Importing the modules registers their tower types (each imports its heavy dependency lazily).
 from align.towers import audio, hf_text, open_clip_towers, timm_image  # noqa: E402,F401
+from align.towers import hf_audio, hf_image  # noqa: E402,F401

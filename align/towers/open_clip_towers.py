@@ -7,8 +7,16 @@ own `VisionTransformer`/`TextTransformer` (with its projection to `embed_dim`),
 so an align checkpoint maps 1:1 onto open_clip's `CustomTextCLIP` state dict
 and exports without conversion.
 
-    image: {type: open_clip, model: ViT-B-32, pretrained: laion2b_s34b_b79k}
+    image: {type: open_clip, model: ViT-B-32, pretrained: laion2b_s34b_b79k}   # tag: open_clip fetches it
+    image: {type: open_clip, model: ViT-B-32, pretrained: /ckpt/epoch_32.pt, pretrained_temperature: true}
+    text:  {type: open_clip, model: ViT-B-32, pretrained: local-dir:/exports/clip}
     text:  {type: open_clip, config: {embed_dim: 64, vision_cfg: {...}, text_cfg: {...}}}
+
+`pretrained` is an open_clip tag (resolved by open_clip where a network or its cache has it), a
+weights file (.safetensors, or .pt/.bin loaded weights-only; open_clip_train's checkpoints too) or
+an open_clip folder; only this tower is built, and its half of the checkpoint is copied (a missing
+tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also takes the
+checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
 """
 import copy
 import json
@@ -24,7 +32,7 @@ from align.towers.base import Tower
 
 _KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
          "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg",
-         "trim_padding"}
+         "trim_padding", "pretrained_temperature"}
 
 
 def _tracing() -> bool:
@@ -197,15 +205,52 @@ class OpenClipTower(Tower):
         return torch.randint(1, vocab - 1, (batch_size, self.context_length))
 
 
-def load_pretrained(tower: OpenClipTower, name: Optional[str], tag: str, where: str) -> None:
-    """Copy pretrained open_clip weights (downloaded or a local file) into the tower."""
+def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
+    """A local weights file for `pretrained`: a file path, an open_clip folder (`local-dir:DIR` or DIR),
+    or an open_clip tag for the architecture `name`, downloaded (or found in the cache) by open_clip."""
+    from align.open_clip_files import open_clip_folder_weights, strip_local_dir
+    local = strip_local_dir(pretrained)
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(local):
+        found = open_clip_folder_weights(local)
+        if found is None:
+            raise ConfigError(f"{where}.pretrained: {pretrained!r} is a folder without open_clip_config.json and "
+                              f"open_clip_model.safetensors / open_clip_pytorch_model.bin")
+        return found
     import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+    cfg = get_pretrained_cfg(name, pretrained) if name else {}
+    if not cfg:
+        raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
+                          f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name or '')) or 'none'})")
     try:
-        full = open_clip.create_model(name, pretrained=tag, force_custom_text=True)
-    except Exception as e:  # offline, unknown tag, ...
-        raise ConfigError(f"{where}.pretrained: cannot load open_clip weights {name}/{tag}: {e}") from None
-    src = full.visual if tower.modality == "image" else full.text
-    tower.net.load_state_dict(src.state_dict())
+        return download_pretrained(cfg)
+    except Exception as e:  # noqa: BLE001  offline, hub error: one line
+        raise ConfigError(f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}: "
+                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+
+
+def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, where: str) -> None:
+    """Copies the tower's half of an open_clip checkpoint into it (only this tower is built).
+
+    Keeps the checkpoint's logit_scale / logit_bias in `tower.pretrained_scales` (used by
+    `pretrained_temperature: true`, see align.init_from.apply_tower_temperature)."""
+    from align.open_clip_files import load_file_state, open_clip_to_align
+    sd = open_clip_to_align(load_file_state(pretrained_file(name, pretrained, where), f"{where}.pretrained"))
+    prefix = f"towers.{tower.modality}.net."
+    mine = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    own = tower.net.state_dict()
+    if not mine:
+        raise ConfigError(f"{where}.pretrained: the checkpoint has no {tower.modality} tower tensors")
+    for k, v in own.items():
+        if k not in mine:
+            raise ConfigError(f"{where}.pretrained: tensor {k!r} of the {tower.modality} tower is not in the checkpoint")
+        if tuple(mine[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{where}.pretrained: tensor {k!r} has shape {list(mine[k].shape)} in the checkpoint "
+                              f"but {list(v.shape)} in the tower")
+    tower.net.load_state_dict({k: mine[k] for k in own})
+    tower.pretrained_scales = {k: sd[k] for k in ("logit_scale", "logit_bias") if k in sd}
 
 
 @TOWERS.register("open_clip")
@@ -217,7 +262,7 @@ def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipT
     model_cfg = resolve_model_cfg(cfg, where)
     native = model_cfg.get("embed_dim")
     if cfg.get("pretrained") and native is not None and native != embed_dim:
-        raise ConfigError(f"{where}: pretrained {cfg.get('model')} has embed_dim {native}, but model.embed_dim "
+        raise ConfigError(f"{where}: pretrained {cfg.get('model') or cfg.get('pretrained')} has embed_dim {native}, but model.embed_dim "
                           f"is {embed_dim}")
     tower = OpenClipTower(modality, embed_dim, model_cfg, cfg)
     if cfg.get("pretrained"):

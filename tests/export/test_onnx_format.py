@@ -172,3 +172,21 @@ def test_timm_and_hf_towers(tmp_path):
 def _weights_equal_after_load(path, model):
     a, b = align.load(path).state_dict(), model.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hf_image_and_audio_towers_export_to_onnx(tmp_path):
+    """A model with transformers image (CLIP vision) and audio (AST) towers: fmt=all writes ONNX for all three
+    towers (parity checked at export) and notes that open_clip format cannot hold it."""
+    from align.export import export
+    from tests.export.conftest import make_run
+    from tests.towers.hf_tiny import save_tiny
+    towers = {"image": {"type": "hf_image", "model": save_tiny("clip_vision", tmp_path / "clipv")},
+              "audio": {"type": "hf_audio", "model": save_tiny("ast", tmp_path / "ast")}}
+    run, _ = make_run(tmp_path, towers=towers, pairs=[["image", "text"], ["audio", "text"]])
+    res = export(run, str(tmp_path / "out"), fmt="all", progress=False)
+    assert {"image.onnx", "text.onnx", "audio.onnx", "preprocess.json"} <= set(res["files"])
+    assert max(max(p.values()) for p in res["parity"]["onnx"].values()) <= 1e-4
+    assert any("open_clip format skipped" in n for n in res["notes"])
+    pp = json.load(open(tmp_path / "out" / "preprocess.json"))
+    assert pp["towers"]["image"]["preprocess"]["tower"]["tower"] == "hf_image"
+    assert pp["towers"]["audio"]["preprocess"]["feature_extractor"] == "ASTFeatureExtractor"

@@ -1,0 +1,69 @@
+"""Reading open_clip's files: checkpoint files (.safetensors, or .pt/.bin loaded weights-only, as
+open_clip and open_clip_train write them), hub-layout folders (open_clip_config.json + weights), and the
+mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrained` (towers) and by
+`model.init_from` (align.init_from); it imports nothing of align but its errors.
+"""
+import os
+from typing import Dict, Optional
+
+import torch
+
+from align.errors import ConfigError
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+TEXT_TOP_LEVEL = ("text_projection", "positional_embedding", "token_embedding", "transformer", "ln_final")
+
+
+def strip_local_dir(path: str) -> str:
+    return path[len("local-dir:"):] if path.startswith("local-dir:") else path
+
+
+def load_file_state(path: str, where: str) -> Dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a weights-only torch file.
+
+    {"state_dict": ...} (open_clip_train's checkpoints) is unwrapped and DDP's `module.` prefix stripped."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: no such file {path!r}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path, device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  a pickle with code, a corrupt file: one line, never a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{where}: cannot load {path!r} as weights (safetensors or weights-only torch file): "
+                          f"{first}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ConfigError(f"{where}: {path!r} does not hold a state dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def open_clip_folder_weights(folder: str) -> Optional[str]:
+    """The weights file of an open_clip hub-layout folder, or None when `folder` is not one."""
+    if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
+        return None
+    for name in OPEN_CLIP_WEIGHTS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def open_clip_to_align(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """open_clip CLIP / CustomTextCLIP keys -> align keys (towers.image.net.*, towers.text.net.*)."""
+    if "text_projection" in sd or any(k.startswith("transformer.") for k in sd):   # CLIP: text at top level
+        sd = {("text." + k if k.split(".")[0] in TEXT_TOP_LEVEL else k): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("visual."):
+            out["towers.image.net." + k[len("visual."):]] = v
+        elif k.startswith("text."):
+            out["towers.text.net." + k[len("text."):]] = v
+        else:
+            out[k] = v
+    return out

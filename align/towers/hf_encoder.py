@@ -1,0 +1,197 @@
+"""Shared trunk of the Hugging Face image and audio towers (`type: hf_image`, `type: hf_audio`).
+
+The encoder is loaded through `transformers.AutoModel` from a local folder (or a Hub
+id, from the local cache when HF_HUB_OFFLINE=1); its preprocessing comes from the same
+folder through `AutoImageProcessor` / `AutoFeatureExtractor`. Which part of the loaded
+model encodes the modality is read from the model object, never from its name:
+  - a two-tower checkpoint (CLIPModel, SiglipModel, ClapModel) has `vision_model` /
+    `audio_model`: that sub-model is the trunk (the text half is dropped);
+  - an encoder-decoder (`config.is_encoder_decoder`, e.g. Whisper): `get_encoder()`;
+  - anything else (CLIPVisionModel, Dinov2Model, ASTModel, Wav2Vec2Model, HubertModel): the model.
+
+Parameters the embedding path never uses (found by one dummy backward at build) are frozen,
+and LayerDrop is off, so every trainable parameter gets a gradient in every step (DDP needs it).
+
+Pooling (`pooling:`): auto (the model's `pooler_output` when it has one, else the
+attention-masked mean of `last_hidden_state`) | pooler | cls | mean. The projection
+head's input size is read from one dummy forward at build time (e.g. CLAP's pooled size
+differs from its `hidden_size`).
+
+Locking is LiT-style (see common.LockableTower): `lock: true` freezes the trunk,
+`unlocked_layers: N` keeps its last N layers trainable (layers = the ModuleList whose
+length is config.num_hidden_layers, or the stages of a hierarchical model); the
+projection always trains.
+"""
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from align.errors import ConfigError
+from align.towers.common import LockableTower, build_projection
+
+POOLINGS = ("auto", "pooler", "cls", "mean")
+# What `modality` looks for on a two-tower checkpoint.
+SUBMODEL_ATTR = {"image": "vision_model", "audio": "audio_model"}
+
+
+def resolve_source(name, where: str):
+    """(folder or Hub id, local_files_only) for a recipe's `model` value."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.model: expected a local folder or a Hub id, got {name!r}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return name, offline or Path(name).is_dir()
+
+
+def require_transformers(where: str):
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError(f"{where}: needs the transformers package (pip install 'align[hf]')") from None
+    return transformers
+
+
+def load_trunk(name: str, modality: str, where: str) -> nn.Module:
+    """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
+    AutoModel = require_transformers(where).AutoModel
+    path, local = resolve_source(name, where)
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{where}.model: cannot load {name!r} with transformers.AutoModel "
+                          f"({str(e).splitlines()[0][:200]})") from None
+    sub = getattr(model, SUBMODEL_ATTR[modality], None)
+    if isinstance(sub, nn.Module):
+        return sub
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        return model.get_encoder()
+    return model
+
+
+def find_layers(model: nn.Module) -> Optional[nn.ModuleList]:
+    """The trunk's list of layers: the ModuleList whose length is config.num_hidden_layers
+    (hierarchical models such as CLAP's Swin: the stages, len(config.depths))."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "num_hidden_layers", None)
+    if isinstance(getattr(cfg, "depths", None), (list, tuple)):
+        n = len(cfg.depths)
+    for _, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and n and len(m) == n:
+            return m
+    return None
+
+
+class HFEncoderTower(LockableTower):
+    """trunk(**{input_name: x[, attention_mask]}) -> pooled [B, H] -> head -> [B, embed_dim]."""
+
+    input_name: str = "pixel_values"
+    has_mask: bool = False        # x packs (values, mask) as [B, 2, ...]; see hf_audio
+
+    def _finish(self, trunk: nn.Module, embed_dim: int, pooling: str, proj: str, where: str) -> None:
+        """Called by subclasses once `self.trunk`'s preprocessing is set up: pooling, head, names."""
+        if pooling not in POOLINGS:
+            raise ConfigError(f"{where}.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.trunk, self.pooling, self.where, self.embed_dim = trunk, pooling, where, embed_dim
+        self.model_type = getattr(trunk.config, "model_type", type(trunk).__name__)
+        # LayerDrop skips whole layers at random in training: their parameters then get no gradient in that
+        # step, which DDP cannot reduce. Off (wav2vec2/HuBERT default to 0.1).
+        for key in ("layerdrop", "encoder_layerdrop"):
+            if getattr(trunk.config, key, 0):
+                setattr(trunk.config, key, 0.0)
+                for m in trunk.modules():
+                    if hasattr(m, key) and isinstance(getattr(m, key), float):
+                        setattr(m, key, 0.0)
+        # One dummy forward/backward (eval mode: no dropout or masking) gives the pooled size and finds
+        # parameters the embedding never uses (e.g. DINOv2's mask_token, only used with bool_masked_pos):
+        # they are frozen, as DDP would otherwise wait forever for their gradients.
+        was = trunk.training
+        trunk.eval()
+        pooled = self._pool(self.dummy_input(1))                           # [1, H]
+        pooled.float().sum().backward()
+        self.unused = [n for n, p in trunk.named_parameters() if p.requires_grad and p.grad is None]
+        for n, p in trunk.named_parameters():
+            p.grad = None
+            if n in self.unused:
+                p.requires_grad_(False)
+        trunk.train(was)
+        self.head = build_projection(int(pooled.shape[-1]), embed_dim, proj, where)
+
+    def _split(self, x: torch.Tensor):
+        if self.has_mask:
+            return x[:, 0], x[:, 1].long()                                 # values [B, ...], mask [B, ...]
+        return x, None
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:                      # -> [B, H]
+        values, mask = self._split(x)
+        kwargs = {self.input_name: values}
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        out = self.trunk(**kwargs)
+        pooler = getattr(out, "pooler_output", None)
+        if self.pooling == "pooler" or (self.pooling == "auto" and pooler is not None):
+            if pooler is None:
+                raise ConfigError(f"{self.where}.pooling: pooler, but {self.model_type} returns no pooler_output")
+            return pooler.flatten(1)
+        h = out.last_hidden_state                                          # [B, T, H]
+        if h.dim() != 3:
+            raise ConfigError(f"{self.where}.pooling: {self.pooling} needs [B, T, H] states; "
+                              f"{self.model_type} gives {list(h.shape)} (use pooling: pooler)")
+        if self.pooling == "cls":
+            return h[:, 0]
+        frame_mask = None
+        if mask is not None and hasattr(self.trunk, "_get_feature_vector_attention_mask"):
+            # sample-level mask [B, N] -> frame-level [B, T] (wav2vec2/HuBERT conv strides)
+            frame_mask = self.trunk._get_feature_vector_attention_mask(h.shape[1], mask)
+        if frame_mask is None:
+            return h.mean(dim=1)
+        m = frame_mask.unsqueeze(-1).to(h.dtype)                           # [B, T, 1]
+        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                    # [B, ...] -> [B, embed_dim]
+        with self.trunk_context():
+            pooled = self._pool(x)
+        return self.head(pooled)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        if not getattr(self.trunk, "supports_gradient_checkpointing", False):
+            return False
+        if enable:
+            self.trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.trunk.gradient_checkpointing_disable()
+        return True
+
+    def lock_groups(self) -> List:
+        """[everything before the layers], layer_0 .. [layer_last + everything after (final norms, pooler)]."""
+        layers = find_layers(self.trunk)
+        if layers is None:
+            raise ConfigError(f"{self.where}.unlocked_layers: cannot find the layer list of {self.model_type}; "
+                              f"use lock: true without unlocked_layers")
+        in_layers = {id(p) for p in layers.parameters()}
+        pre, post, seen = [], [], False
+        for p in self.trunk.parameters():
+            if id(p) in in_layers:
+                seen = True
+            else:
+                (post if seen else pre).append(p)
+        blocks = list(layers)
+        return [pre, *blocks[:-1], [blocks[-1], post]]
+
+
+def build_checked(cls, cfg: dict, modality: str, embed_dim: int, keys) -> "HFEncoderTower":
+    """Shared factory body: key check, lock handling."""
+    from align.towers.common import check_cfg
+    where = f"model.towers.{modality}"
+    check_cfg(cfg, keys, where)
+    if "model" not in cfg:
+        raise ConfigError(f"{where}.model: missing (a local transformers folder or a Hub id)")
+    cfg = dict(cfg)
+    lock, unlocked = cfg.pop("lock", False), cfg.pop("unlocked_layers", None)
+    if unlocked is not None and not lock:
+        raise ConfigError(f"{where}.unlocked_layers: only used with lock: true")
+    tower = cls(cfg.pop("model"), embed_dim, where=where, **cfg)
+    if lock:
+        tower.lock(unlocked or 0)
+    return tower
