@@ -58,6 +58,14 @@ class DataConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """train.sharding=fsdp: torch FSDP2 (fully_shard per tower block, then the root)."""
+    reshard_after_forward: bool = True                      # free gathered block weights after forward (less memory)
+    param_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"   # dtype parameters are gathered and computed in
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype gradients are reduce-scattered in
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 64                                    # per process
     max_steps: Optional[int] = None
@@ -80,6 +88,8 @@ class TrainConfig:
     num_threads: Optional[int] = None                       # torch CPU threads
     deterministic: bool = False                             # deterministic GPU kernels (slower)
     wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
+    sharding: Literal["ddp", "fsdp"] = "ddp"                # fsdp: parameters, grads, optimizer state sharded
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 @dataclass
@@ -283,6 +293,9 @@ def _check(r: Recipe) -> None:
         raise ConfigError("model.init_logit_bias: required for loss.type=siglip (e.g. -10)")
     if r.train.batch_size < 1 or r.train.accum_steps < 1:
         raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
+    if r.train.sharding == "fsdp" and "fp16" in (r.train.precision, r.train.fsdp.param_dtype):
+        raise ConfigError("train.sharding=fsdp: fp16 needs a sharded gradient scaler align does not set up; "
+                          "use bf16 (train.precision or train.fsdp.param_dtype)")
 
 
 def recipe_to_dict(r: Recipe) -> dict:
