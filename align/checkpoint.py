@@ -59,7 +59,8 @@ class _MetadataUnpickler(pickle.Unpickler):
               or (module == "collections" and name == "OrderedDict")
               or (module == "torch" and (name == "Size" or isinstance(getattr(__import__("torch"), name, None), torch.dtype)))
               or (module.startswith("torch.distributed.tensor") and name in ("Shard", "Replicate", "Partial"))
-              or (module == "torch._utils" and name == "_rebuild_tensor_v2"))
+              or (module == "torch.serialization" and name == "_get_layout")        # a layout by its name
+              or (module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath", "WindowsPath")))
         if not ok:
             raise pickle.UnpicklingError(f"DCP metadata wants {module}.{name}, which align does not load")
         return super().find_class(module, name)
@@ -86,23 +87,28 @@ def _safe_reader(path: str):
     return SafeReader(path)
 
 
-def load_dcp_weights(path: str) -> Dict[str, torch.Tensor]:
-    """The full model weights of a DCP checkpoint dir, in this process (no process group needed)."""
+def load_dcp_tensors(path: str, prefix: str = "model.") -> Dict[str, torch.Tensor]:
+    """Every full tensor of a DCP checkpoint dir whose key starts with `prefix` (prefix removed), gathered
+    from all ranks' shards in this process (no process group needed). Tensors only: nothing unpickled."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    meta = _safe_reader(path).read_metadata()
+    flat = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.state_dict_metadata.items()
+            if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    if flat:
+        dcp.load(flat, storage_reader=_safe_reader(path), no_dist=True)
+    return {k[len(prefix):]: v for k, v in flat.items()}
+
+
+def load_dcp_weights(path: str) -> Dict[str, torch.Tensor]:
+    """The full model weights of a DCP checkpoint dir, with the plain AlignModel's shapes."""
     from align.sharding import unshard_shapes
 
-    reader = _safe_reader(path)
-    meta = reader.read_metadata()
-    sd = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype)
-          for k, m in meta.state_dict_metadata.items()
-          if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    sd = load_dcp_tensors(path, "model.")
     if not sd:
         raise AlignError(f"{path}: DCP checkpoint holds no model weights")
-    nested = {"model": sd}
-    dcp.load(nested, storage_reader=_safe_reader(path), no_dist=True)
-    return unshard_shapes(nested["model"])
+    return unshard_shapes(sd)
 
 
 # -- user-facing weight loading --------------------------------------------------------------

@@ -92,8 +92,12 @@ def shard_model(model: nn.Module, *, reshard_after_forward: bool = True, param_d
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    if not (dist.is_available() and dist.is_initialized()):
-        raise AlignError("train.sharding=fsdp needs a distributed launch (accelerate launch --num_processes N ...)")
+    if not dist.is_available():
+        raise AlignError("train.sharding=fsdp needs torch.distributed, which this torch build lacks")
+    if not dist.is_initialized():
+        # One process (e.g. resuming a sharded run on one machine): a group of one, in memory.
+        dist.init_process_group("gloo" if device_type == "cpu" else "nccl", store=dist.HashStore(), rank=0,
+                                world_size=1)
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     kw = dict(mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp_policy(param_dtype, reduce_dtype))
     for name, p in list(model.named_parameters()):

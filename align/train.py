@@ -301,8 +301,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
             last_good = save()
             if is_main:
                 prune_checkpoints(ckpt_dir, r.train.keep_last)
-        if kill_at and state["step"] == kill_at:
+        if kill_at and state["step"] == kill_at and os.environ.get("ALIGN_TEST_SIGKILL_RANK", str(rank)) == str(rank):
             import signal
+            if os.environ.get("ALIGN_TEST_KILL_STAMP"):      # when it died, for the bounded-exit tests
+                with open(os.environ["ALIGN_TEST_KILL_STAMP"], "w") as f:
+                    f.write(str(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     if hasattr(loader, "close"):
@@ -317,9 +320,10 @@ def train(r: Recipe, progress: bool = True) -> dict:
     results = run_val(unsharded_copy(core, r.model, is_main) if fsdp else core, r, acc, writer,
                       state["step"]) if r.data.val else {}
     summary = {}
+    # Counted by a forward pass: a sharded model's forward needs every rank.
+    flops = estimate_flops_per_sample(core) if is_main or fsdp else None
     if is_main:
         sps = state["samples"] / max(wall, 1e-9)
-        flops = estimate_flops_per_sample(core)
         peak = peak_flops(acc.device, r.train.precision) * world
         summary = {"steps": state["step"], "final_loss": loss_val, "wall_time_s": wall, "samples_per_s": sps,
                    "data_wait_frac": state["data_wait_s"] / max(wall, 1e-9),
