@@ -23,6 +23,13 @@ without elasticity). Without a world-size change the old exact per-worker resume
 """
 from __future__ import annotations
 
+import logging
+
+from align.data.faults import FaultCounter, SkipSample
+from align.errors import DataError
+
+log = logging.getLogger("align.data")
+
 Segment = list  # [r0, w0, raw, skip, take]
 
 
@@ -69,3 +76,90 @@ def _cut(segments: list[Segment], start: int, count: int) -> list[Segment]:
             out.append([r0, w0, raw, skip + (lo - pos), hi - lo])
         pos += take
     return out
+
+
+def segment_stream(ds, lw: int, plan):
+    """(A worker of StreamLoader's dataset `ds`) Elastic resume: this worker's segments of the original streams (align.data.elastic), in order."""
+    if plan.done[lw]:
+        return
+    faults, quota, done_batches = FaultCounter(), plan.quota[lw], 0
+    pending, seen, out, k, taken = [], 0, 0, -1, 0
+    for k, (r0, w0, raw, skip, take) in enumerate(plan.segments[lw]):
+        if quota is not None and done_batches >= quota:
+            break
+        it = ds.raw_stream(w0, plan.streams[1], plan.epoch, faults, rank=r0, world_size=plan.streams[0])
+        faults.muted = True   # faults before the checkpoint, or in the part another reader trains on
+        for out in range(1, raw + 1):
+            if next(it, None) is None:
+                raise DataError(f"resume: stream {r0}/{w0} ended after {out - 1} of the {raw} samples the "
+                                f"checkpoint says were read; the shards changed since the checkpoint")
+        out, got = raw, 0
+        while got < skip:
+            sample = next(it, None)
+            if sample is None:
+                break
+            out += 1
+            try:
+                ds.decoder(sample, plan.epoch)
+                got += 1
+            except SkipSample:
+                pass
+        faults.muted, taken = False, 0
+        while take is None or taken < take:
+            if quota is not None and done_batches >= quota:
+                break
+            sample = next(it, None)
+            if sample is None:
+                break
+            out += 1
+            seen += 1
+            try:
+                pending.append(ds.decoder(sample, plan.epoch))
+                taken += 1
+            except SkipSample as exn:
+                faults.record(exn.reason, f"sample {sample['__key__']} in {sample['__url__']}", exn.detail)
+            if len(pending) == ds.batch_size:
+                batch = ds._emit(pending, lw, out, seen, faults)
+                batch["__seg__"] = (k, out, taken)
+                yield batch
+                pending, seen = [], 0
+                done_batches += 1
+    if pending and not ds.drop_last:
+        batch = ds._emit(pending, lw, out, seen, faults)
+        batch["__seg__"] = (k, out, taken)
+        yield batch
+        seen = 0
+    delta, extra = faults.take_delta()
+    yield {"__flush__": True, "__worker__": lw, "__raw__": out, "__seen__": seen + extra, "__skipped__": delta}
+
+
+def load_elastic(loader, states: list) -> None:
+    """(StreamLoader.load_state_dict) Re-partition the rest of the epoch saved by another world size / batch / worker count."""
+    from align.data import elastic
+
+    ds = loader.dataset
+    epochs = {st["epoch"] for st in states}
+    if len(epochs) != 1:
+        raise DataError(f"data resume_state: the ranks of the checkpoint are in different epochs {sorted(epochs)}")
+    segs, geometry = [], None
+    for st in states:
+        sg, geo = segments_of(st)
+        if geometry not in (None, geo):
+            raise DataError("data resume_state: the ranks' positions refer to different stream layouts")
+        segs, geometry = segs + sg, geo
+    mine, quota, dropped = plan(segs, rank=ds.rank, world_size=ds.world_size, num_workers=loader.num_workers,
+                                batch_size=ds.batch_size)
+    loader._reset(states[0]["epoch"])
+    n = loader.n_logical
+    loader._seg = {"streams": tuple(geometry), "segs": mine, "prog": [None] * n, "quota0": list(quota),
+                   "quota": list(quota)}
+    # Totals: rank r keeps old rank r's; old ranks beyond this world size add theirs to rank 0.
+    olds = [states[ds.rank]] if ds.rank < len(states) else []
+    if ds.rank == 0:
+        olds += states[ds.world_size:]
+    for st in olds:
+        loader.skipped.update(st.get("skipped", {}))
+        loader.seen += int(st.get("seen", 0))
+    if dropped and ds.rank == 0:
+        log.warning("data resume: %d samples left in epoch %d do not fill a global batch of %d and are "
+                    "skipped", dropped, loader.epoch, ds.world_size * ds.batch_size)
