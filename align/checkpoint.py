@@ -258,7 +258,10 @@ def prune_checkpoints(ckpt_dir: str, keep_last: int) -> None:
 def data_states(path: str, state: dict) -> list:
     """The data position of every rank that wrote checkpoint `path` (index = rank), for elastic resume."""
     out = [state.get("data")]
-    for r in range(1, int(state.get("world_size", 1))):
+    world = state.get("world_size")          # older checkpoints: one rank-R.json per rank R > 0
+    if world is None:
+        world = 1 + sum(1 for n in os.listdir(path) if re.fullmatch(r"rank-\d+\.json", n))
+    for r in range(1, int(world)):
         f = os.path.join(path, f"rank-{r}.json")
         if not os.path.isfile(f):
             raise AlignError(f"{path}: no state for rank {r} of the {state.get('world_size')} that wrote it")

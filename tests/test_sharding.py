@@ -45,6 +45,7 @@ def _step(model, opt, seed):
          if t.dummy_input(4).is_floating_point() else t.dummy_input(4) for m, t in model.towers.items()}
     out = model(b)
     (out["image"] @ out["text"].T * out["logit_scale"]).logsumexp(-1).mean().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)          # as train.grad_clip does, on DTensors
     opt.step()
     opt.zero_grad()
 
