@@ -55,10 +55,14 @@ class _MetadataUnpickler(pickle.Unpickler):
                      "float", "str", "bool", "complex"}
 
     def find_class(self, module, name):
-        ok = (module.startswith("torch.distributed.checkpoint.") or (module == "builtins" and name in self.SAFE_BUILTINS)
+        import importlib
+
+        ok = ((module == "torch.distributed.checkpoint.metadata"          # its dataclasses and enums only
+               and isinstance(getattr(importlib.import_module(module), name, None), type))
+              or (module == "torch.distributed.checkpoint.filesystem" and name == "_StorageInfo")
+              or (module == "builtins" and name in self.SAFE_BUILTINS)
               or (module == "collections" and name == "OrderedDict")
-              or (module == "torch" and (name == "Size" or isinstance(getattr(__import__("torch"), name, None), torch.dtype)))
-              or (module.startswith("torch.distributed.tensor") and name in ("Shard", "Replicate", "Partial"))
+              or (module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)))
               or (module == "torch.serialization" and name == "_get_layout")        # a layout by its name
               or (module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath", "WindowsPath")))
         if not ok:

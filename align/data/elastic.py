@@ -79,7 +79,10 @@ def _cut(segments: list[Segment], start: int, count: int) -> list[Segment]:
 
 
 def segment_stream(ds, lw: int, plan):
-    """(A worker of StreamLoader's dataset `ds`) Elastic resume: this worker's segments of the original streams (align.data.elastic), in order."""
+    """In a worker of StreamLoader's dataset `ds`: logical worker `lw`'s segments, in order, as batches.
+
+    Each batch carries `__seg__` = (segment index, raw samples read from its stream, good samples taken
+    from it), from which the loader's state_dict derives what is left."""
     if plan.done[lw]:
         return
     faults, quota, done_batches = FaultCounter(), plan.quota[lw], 0
@@ -134,7 +137,8 @@ def segment_stream(ds, lw: int, plan):
 
 
 def load_elastic(loader, states: list) -> None:
-    """(StreamLoader.load_state_dict) Re-partition the rest of the epoch saved by another world size / batch / worker count."""
+    """(StreamLoader.load_state_dict) Re-partition the rest of the epoch that `states` (every rank's, saved
+    at another world size, batch or worker count) describe, for this loader."""
     from align.data import elastic
 
     ds = loader.dataset

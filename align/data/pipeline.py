@@ -340,7 +340,8 @@ class StreamLoader:
             return [list(x) for x in segs]
         k, raw, taken = prog
         r0, w0, _, _, take = segs[k]
-        rest = [] if take is not None and take - taken <= 0 else [[r0, w0, raw, 0, None if take is None else take - taken]]
+        left = None if take is None else take - taken
+        rest = [] if left is not None and left <= 0 else [[r0, w0, raw, 0, left]]
         return rest + [list(x) for x in segs[k + 1:]]
 
     def _load_elastic(self, states: list) -> None:
