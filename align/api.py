@@ -16,7 +16,7 @@ from typing import Optional
 
 import yaml
 
-from align.checkpoint import list_checkpoints, load_weights
+from align.checkpoint import is_checkpoint_dir, list_checkpoints, load_weights, weights_path
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.model import AlignModel, build_model
@@ -41,7 +41,7 @@ def _find(path: str):
         if not ckpts:
             raise AlignError(f"{path}: run has no complete checkpoint yet")
         run, ckpt = path, ckpts[-1]
-    elif os.path.isfile(os.path.join(path, "model.safetensors")):             # a checkpoint dir
+    elif is_checkpoint_dir(path):                                              # a checkpoint dir (or DCP)
         ckpt, run = path, os.path.dirname(os.path.dirname(path))
     else:
         raise AlignError(f"{path}: not an align run, checkpoint or export (no config.yaml, model.safetensors "
@@ -50,7 +50,7 @@ def _find(path: str):
     if not os.path.isfile(cfg_path):
         raise AlignError(f"{ckpt}: cannot find the run's config.yaml at {cfg_path}")
     with open(cfg_path) as f:
-        return yaml.safe_load(f), os.path.join(ckpt, "model.safetensors")
+        return yaml.safe_load(f), weights_path(ckpt)
 
 
 def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> AlignModel:

@@ -71,6 +71,14 @@ class DataConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """train.sharding=fsdp: torch FSDP2 (fully_shard per tower block, then the root)."""
+    reshard_after_forward: bool = True                      # free gathered block weights after forward (less memory)
+    param_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"   # dtype parameters are gathered and computed in
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype gradients are reduce-scattered in
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = _num(64, ge=1)                        # per process
     max_steps: Optional[int] = _num(None, ge=1)
@@ -97,6 +105,8 @@ class TrainConfig:
     tower_lr: Dict[str, float] = field(default_factory=dict)
     layer_decay: Optional[float] = None
     unlock_at_step: Dict[str, int] = field(default_factory=dict)
+    sharding: Literal["ddp", "fsdp"] = "ddp"                # fsdp: parameters, grads, optimizer state sharded
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 @dataclass
@@ -342,6 +352,9 @@ def _check(r: Recipe) -> None:
         raise ConfigError(f"model.init_logit_bias: required for loss.type={r.loss.type} (e.g. -10)")
     if len(r.train.betas) != 2 or not all(0 <= b < 1 for b in r.train.betas):
         raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {r.train.betas}")
+    if r.train.sharding == "fsdp" and "fp16" in (r.train.precision, r.train.fsdp.param_dtype):
+        raise ConfigError("train.sharding=fsdp: fp16 needs a sharded gradient scaler align does not set up; "
+                          "use bf16 (train.precision or train.fsdp.param_dtype)")
     _check_finetune(r)
     _check_eval(r)
 

@@ -13,20 +13,32 @@ from typing import Optional
 
 import torch
 
-from align.checkpoint import (list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint,
-                              save_rank_state)
+from align.checkpoint import data_states, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
+from align.sharding import full_value, shard_model, unsharded_copy
 from align.data.synthetic import SyntheticLoader
 from align.optim import build_optimizer, build_scheduler, unlock_due
 from align.perf import estimate_flops_per_sample, peak_flops
 from align.plots import write_loss_plot
 
 
-def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state: Optional[dict]):
-    """The training stream: real shards through the streaming pipeline, or synthetic inputs."""
+def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state):
+    """The training stream: real shards through the streaming pipeline, or synthetic inputs.
+
+    resume_state: the data position of every rank of the checkpoint (a list, index = rank); the loader
+    re-partitions it when the world size, per-rank batch or number of workers changed.
+    """
     if r.data.train == "synthetic":
+        if resume_state is not None:
+            # Synthetic batches have no identity: after a change of world size or batch, continue at the
+            # same fraction of the epoch.
+            old = resume_state[rank] if len(resume_state) == world else resume_state[0]
+            done = old["batches"] * old.get("batch_size", r.train.batch_size) * len(resume_state)
+            resume_state = {"epoch": old["epoch"], "batches": old["batches"] if len(resume_state) == world and
+                            old.get("batch_size", r.train.batch_size) == r.train.batch_size
+                            else done // (r.train.batch_size * world)}
         return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
                                samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state,
                                caption=r.data.synthetic_caption)
@@ -36,7 +48,7 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
     return build_train_loader(
         sources, transforms=model.transforms(train=True), batch_size=r.train.batch_size,
         modalities=model.modalities, rank=rank, world_size=world, num_workers=r.data.num_workers, seed=r.seed,
-        epoch=(resume_state or {}).get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
+        epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True)
 
@@ -78,6 +90,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
         hasattr(torch, "xpu") and torch.xpu.is_available())
+    fsdp = r.train.sharding == "fsdp"
     if r.train.precision == "fp16" and not accel:
         # Accelerate turns fp16 autocast off on CPU without a word: the run would be fp32 while its
         # summary said fp16.  (bf16 autocast does run on CPU.)
@@ -134,8 +147,21 @@ def train(r: Recipe, progress: bool = True) -> dict:
         spe = r.data.samples_per_epoch or r.data.synthetic_size
         total_steps = r.train.epochs * max(1, spe // (r.train.batch_size * world * r.train.accum_steps))
     scheduler = build_scheduler(optimizer, r.train, total_steps)
-    model, optimizer = acc.prepare(model, optimizer)
+    if fsdp:
+        # FSDP2 shards the model in place (each tower block, then the root); the optimizer is built on
+        # the sharded parameters, and Accelerate prepares only the optimizer (it would wrap the model in DDP).
+        shard_model(model, reshard_after_forward=r.train.fsdp.reshard_after_forward,
+                    param_dtype=r.train.fsdp.param_dtype, reduce_dtype=r.train.fsdp.reduce_dtype,
+                    device_type=acc.device.type)
+        optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
+        scheduler = build_scheduler(optimizer, r.train, total_steps)
+        optimizer = acc.prepare(optimizer)
+    else:
+        model, optimizer = acc.prepare(model, optimizer)
     core: AlignModel = acc.unwrap_model(model)
+    from align.elastic import continue_by_samples, schedule_by_samples
+    global_batch = r.train.batch_size * world * r.train.accum_steps
+    schedule_by_samples(scheduler, global_batch)
     if r.train.compile:
         model = torch.compile(model)
 
@@ -146,13 +172,19 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # Skip counts live in the loader (and its state_dict), not here.
     state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "elapsed_s": 0.0, "samples": 0,
              "best": None, "data_wait_s": 0.0}
+    data_resume = None
     if resume_path:
-        saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False)
+        saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False, sharded=fsdp)
         state.update({k: saved[k] for k in state if k in saved})
         scheduler.load_state_dict(saved["scheduler"])
         if acc.scaler is not None and saved.get("scaler"):
             acc.scaler.load_state_dict(saved["scaler"])
-    loader = build_loader(r, core, rank, world, state["data"] if resume_path else None)
+        data_resume = data_states(resume_path, saved)
+        # Another world size / per-rank batch: silent if the global batch is kept, else one line.
+        total_steps, note = continue_by_samples(scheduler, state["step"], state["samples"], global_batch, total_steps)
+        if note:
+            acc.print(note)
+    loader = build_loader(r, core, rank, world, data_resume)
     batches = iter(loader)      # created before the RNG restore: its seed draw must not shift the RNG stream
     if resume_path:
         load_checkpoint(resume_path, rank=rank, restore_rng=True)
@@ -171,7 +203,6 @@ def train(r: Recipe, progress: bool = True) -> dict:
         if is_main:
             metrics_f.write(json.dumps(init_row) + "\n")
         acc.log({"train/logit_scale": init_row["logit_scale"]}, step=0)
-    global_batch = r.train.batch_size * world * r.train.accum_steps
     bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and is_main), unit="step",
                dynamic_ncols=True)
     bad_in_row, last_good = 0, resume_path
@@ -198,15 +229,15 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 batches = iter(loader)
 
     def save(name=None, extra=None):
-        sd = acc.get_state_dict(model)
-        st = dict(state, data=loader.state_dict(), scheduler=scheduler.state_dict(),
-                  scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
-        path = save_checkpoint(ckpt_dir, name or f"step-{state['step']:08d}", sd, optimizer, st, rank=rank)
-        acc.wait_for_everyone()
-        if rank != 0:
-            save_rank_state(path, rank, {"data": loader.state_dict()})
-        acc.wait_for_everyone()
-        return path
+        # Every rank writes its part (DCP shards under fsdp, its RNG and data position); the checkpoint
+        # appears under its name only after all ranks finished (see align.checkpoint).
+        sd = None if fsdp else acc.get_state_dict(model)
+        st = dict(state, data=loader.state_dict(), scheduler=scheduler.state_dict(), world_size=world,
+                  global_batch=global_batch, scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+                  **(extra or {}))
+        return save_checkpoint(ckpt_dir, name or f"step-{state['step']:08d}", sd, optimizer, st, rank=rank,
+                               barrier=acc.wait_for_everyone, rank_state={"data": loader.state_dict()},
+                               sharded=(model, optimizer) if fsdp else None)
 
     while state["step"] < total_steps:
         # -- data -----------------------------------------------------------------------------
@@ -272,13 +303,13 @@ def train(r: Recipe, progress: bool = True) -> dict:
             dt = time.perf_counter() - t_window
             sps = n_window * global_batch / max(dt, 1e-9)
             rec = {"step": state["step"], "epoch": state["epoch"], "loss": loss_val,
-                   "lr": scheduler.get_last_lr()[0], "logit_scale": float(core.logit_scale.detach().exp()),
+                   "lr": scheduler.get_last_lr()[0], "logit_scale": float(full_value(core.logit_scale.detach()).exp()),
                    "samples_per_s": sps, "data_wait_frac": wait_window / max(dt, 1e-9),
                    # counted by the loader, also those at a stream's end that ride on no batch
                    "skipped": sum(loader.skipped.values()), "skipped_by_reason": dict(loader.skipped),
                    "bad_steps": state["bad_steps_total"]}
             if core.logit_bias is not None:
-                rec["logit_bias"] = float(core.logit_bias)
+                rec["logit_bias"] = float(full_value(core.logit_bias.detach()))
             rec.update({f"loss/{pair}": float(v) for pair, v in pair_losses.items()})   # unweighted, per pair
             if is_main:
                 metrics_f.write(json.dumps(rec) + "\n")
@@ -291,7 +322,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
 
         # -- eval and checkpoint -------------------------------------------------------------------
         if r.eval.every and r.data.val and state["step"] % r.eval.every == 0 and state["step"] < total_steps:
-            res = run_val(core, r, acc, state["step"])
+            res = run_val(unsharded_copy(core, r.model, is_main) if fsdp else core, r, acc, state["step"])
             metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
             if metric is not None and (state["best"] is None or metric > state["best"]):
                 state["best"] = metric
@@ -302,8 +333,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
             last_good = save()
             if is_main:
                 prune_checkpoints(ckpt_dir, r.train.keep_last)
-        if kill_at and state["step"] == kill_at:
+        if kill_at and state["step"] == kill_at and os.environ.get("ALIGN_TEST_SIGKILL_RANK", str(rank)) == str(rank):
             import signal
+            if os.environ.get("ALIGN_TEST_KILL_STAMP"):      # when it died, for the bounded-exit tests
+                with open(os.environ["ALIGN_TEST_KILL_STAMP"], "w") as f:
+                    f.write(str(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     if hasattr(loader, "close"):
@@ -315,11 +349,13 @@ def train(r: Recipe, progress: bool = True) -> dict:
     final = save()
     if is_main:
         prune_checkpoints(ckpt_dir, r.train.keep_last)
-    results = run_val(core, r, acc, state["step"]) if r.data.val else {}
+    results = run_val(unsharded_copy(core, r.model, is_main) if fsdp else core, r, acc,
+                      state["step"]) if r.data.val else {}
     summary = {}
+    # Counted by a forward pass: a sharded model's forward needs every rank.
+    flops = estimate_flops_per_sample(core) if is_main or fsdp else None
     if is_main:
         sps = state["samples"] / max(wall, 1e-9)
-        flops = estimate_flops_per_sample(core)
         peak = peak_flops(acc.device, r.train.precision) * world
         summary = {"steps": state["step"], "final_loss": loss_val, "wall_time_s": wall, "samples_per_s": sps,
                    "data_wait_frac": state["data_wait_s"] / max(wall, 1e-9),

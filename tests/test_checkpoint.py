@@ -64,3 +64,17 @@ def test_plain_torch_weights_load(tmp_path):
     p = tmp_path / "ok.pt"
     torch.save({"state_dict": {"w": torch.ones(2)}}, p)
     assert torch.equal(load_weights(str(p))["w"], torch.ones(2))
+
+
+# -- sharded/elastic resume support (issue 14) ---------------------------------------------------------
+def test_data_states_of_every_rank_also_for_checkpoints_without_world_size(tmp_path):
+    import json as _json
+    from align.checkpoint import data_states
+    m = torch.nn.Linear(2, 2)
+    path = save_checkpoint(str(tmp_path), "step-00000001", m.state_dict(), None,
+                           {"step": 1, "data": {"r": 0}, "world_size": 1})
+    assert data_states(path, load_checkpoint(path)) == [{"r": 0}]
+    (tmp_path / "step-00000001" / "rank-1.json").write_text(_json.dumps({"data": {"r": 1}}))
+    st = load_checkpoint(path)
+    del st["world_size"]                          # written before world_size was recorded
+    assert data_states(path, st) == [{"r": 0}, {"r": 1}]

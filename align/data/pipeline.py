@@ -23,6 +23,11 @@ next_worker follows the last logical worker whose output was consumed, so
 the round-robin continues in exactly the same order.  At the end of its
 stream each worker sends a "flush" item (not yielded) with its last fault
 counts; a consumed flush marks the worker done.
+
+Elastic resume: a checkpoint written at another world size, per-rank batch
+size or number of workers is re-partitioned (see align/data/elastic.py): the
+rest of that epoch runs as "segments" of the original streams, every sample
+of the epoch trained once; the next epoch is planned for the new run.
 """
 
 from __future__ import annotations
@@ -65,6 +70,11 @@ class _Plan:
     raw: list[int]
     batches: list[int]
     done: list[bool] = field(default_factory=list)
+    # Elastic resume: per logical worker its segments (align.data.elastic), the stream geometry
+    # (world_size, num_workers) they refer to, and per worker the batches still due (None: to the end).
+    segments: list | None = None
+    streams: tuple | None = None
+    quota: list | None = None
 
 
 class _StreamDataset(IterableDataset):
@@ -94,26 +104,30 @@ class _StreamDataset(IterableDataset):
         per, extra = divmod(self.batches_per_rank, n)
         return per + (1 if lw < extra else 0)
 
-    def raw_stream(self, lw: int, n: int, epoch: int, faults: FaultCounter):
-        """Undecoded samples of logical worker `lw` of `n`, in their final (shuffled) order."""
+    def raw_stream(self, lw: int, n: int, epoch: int, faults: FaultCounter, rank: int | None = None,
+                   world_size: int | None = None):
+        """Undecoded samples of logical worker `lw` of `n` of `rank` (default: this rank), in their final
+        (shuffled) order."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
         streams = []
         for si, src in enumerate(self.sources):
             if self.resampled:
-                urls = resampled_shards(src.urls, rng_for("resample", self.seed, epoch, self.rank, lw, si))
+                urls = resampled_shards(src.urls, rng_for("resample", self.seed, epoch, rank, lw, si))
             else:
                 order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
-                urls = split_shards(order, rank=self.rank, world_size=self.world_size, worker=lw, num_workers=n)
+                urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
                                                infinite=self.resampled, name=src.name))
         if len(streams) == 1:
             stream = streams[0]
         else:
             stream = mix_streams(streams, [s.weight for s in self.sources],
-                                 rng_for("mix", self.seed, epoch, self.rank, lw))
+                                 rng_for("mix", self.seed, epoch, rank, lw))
         if self.train and self.shuffle_buffer > 1:
             import webdataset as wds
 
-            rng = rng_for("shuffle", self.seed, epoch, self.rank, lw)
+            rng = rng_for("shuffle", self.seed, epoch, rank, lw)
             stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(stream))
         return iter(stream)
 
@@ -132,7 +146,7 @@ class _StreamDataset(IterableDataset):
             random.seed(s)
             np.random.seed(s % 2**32)
         try:
-            yield from self._stream(lw, n, plan)
+            yield from (self._stream(lw, n, plan) if plan.segments is None else self._segment_stream(lw, plan))
         except DataError as exn:
             # Shipped as an item so the main process raises one clean line, not a worker traceback.
             yield {"__error__": str(exn), "__worker__": lw}
@@ -180,6 +194,10 @@ class _StreamDataset(IterableDataset):
             seen = 0
         delta, extra = faults.take_delta()
         yield {"__flush__": True, "__worker__": lw, "__raw__": out, "__seen__": seen + extra, "__skipped__": delta}
+
+    def _segment_stream(self, lw: int, plan: _Plan):
+        from align.data.elastic import segment_stream
+        return segment_stream(self, lw, plan)
 
     def _emit(self, pending: list[dict], lw: int, out: int, seen: int, faults: FaultCounter) -> dict:
         batch = self.decoder.collate(pending)
@@ -272,6 +290,9 @@ class StreamLoader:
     @property
     def num_batches(self) -> int | None:
         """Batches per epoch on this rank when samples_per_epoch was given, else None."""
+        if self._seg is not None:            # the rest of an elastically resumed epoch
+            q = self._seg["quota0"]
+            return None if None in q else sum(q)
         return self.dataset.batches_per_rank
 
     def __len__(self) -> int:
@@ -287,6 +308,9 @@ class StreamLoader:
         self.batches = 0  # batches handed out in this epoch
         self._next_worker = 0
         self._raw, self._wbatches, self._done = [0] * n, [0] * n, [False] * n
+        # Elastic resume (this epoch only): {"streams", "segs": per lw its segments as of the last start,
+        # "prog": per lw (segment index, raw, taken) of its last consumed batch, "quota0", "quota"}.
+        self._seg: dict | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
@@ -294,30 +318,51 @@ class StreamLoader:
 
     def state_dict(self) -> dict:
         ds = self.dataset
-        return {
+        n = self.n_logical
+        out = {
             "version": STATE_VERSION, "epoch": self.epoch, "batches": self.batches,
             "next_worker": self._next_worker, "worker_raw": list(self._raw),
             "worker_batches": list(self._wbatches), "worker_done": list(self._done),
-            "num_workers": self.n_logical, "rank": ds.rank, "world_size": ds.world_size, "seed": ds.seed,
+            "num_workers": n, "rank": ds.rank, "world_size": ds.world_size, "seed": ds.seed,
             "batch_size": ds.batch_size, "resampled": ds.resampled, "skipped": dict(self.skipped), "seen": self.seen,
+            "worker_quota": [ds.quota(lw, n) for lw in range(n)],
         }
+        if self._seg is not None:
+            out.update(streams=list(self._seg["streams"]), segments_left=[s for lw in range(n) for s in self._left(lw)])
+        return out
 
-    def load_state_dict(self, state: dict) -> None:
-        need = {"version", "epoch", "batches", "next_worker", "worker_raw", "worker_batches", "worker_done",
-                "num_workers", "rank", "world_size", "seed", "batch_size", "resampled"}
-        if not isinstance(state, dict) or not need <= set(state):
-            missing = sorted(need - set(state)) if isinstance(state, dict) else "all"
-            raise DataError(f"data resume_state: not a StreamLoader state (missing {missing})")
-        if state["version"] != STATE_VERSION:
-            raise DataError(f"data resume_state: version {state['version']} is not supported (expected {STATE_VERSION})")
-        ds = self.dataset
-        mine = {"num_workers": self.n_logical, "rank": ds.rank, "world_size": ds.world_size, "seed": ds.seed,
-                "batch_size": ds.batch_size, "resampled": ds.resampled}
-        for key, value in mine.items():
-            if state[key] != value:
-                name = "max(1, num_workers)" if key == "num_workers" else key
-                raise DataError(f"data resume_state was saved with {name}={state[key]} but this run has {value}; "
-                                f"exact data resume needs the same {key} (or start the epoch afresh without it)")
+    def _left(self, lw: int) -> list:
+        """Elastic mode: the segments logical worker `lw` has not trained yet."""
+        if self._done[lw]:
+            return []
+        segs, prog = self._seg["segs"][lw], self._seg["prog"][lw]
+        if prog is None:
+            return [list(x) for x in segs]
+        k, raw, taken = prog
+        r0, w0, _, _, take = segs[k]
+        left = None if take is None else take - taken
+        rest = [] if left is not None and left <= 0 else [[r0, w0, raw, 0, left]]
+        return rest + [list(x) for x in segs[k + 1:]]
+
+    def _load_elastic(self, states: list) -> None:
+        from align.data.elastic import load_elastic
+        load_elastic(self, states)
+
+    def load_state_dict(self, state) -> None:
+        """`state`: this loader's own state, or the list of every rank's (index = rank) from a checkpoint,
+        which may come from another world size, batch size or number of workers (elastic resume)."""
+        if isinstance(state, list):
+            ds = self.dataset
+            own = state[ds.rank] if len(state) == ds.world_size else None
+            for st in state:
+                self._check_state(st, elastic=True)
+            if (own is not None and "segments_left" not in own and own["num_workers"] == self.n_logical
+                    and own["batch_size"] == ds.batch_size):
+                state = own                      # same layout: the exact per-worker resume below
+            else:
+                self._load_elastic(state)
+                return
+        self._check_state(state, elastic=False)
         self._reset(state["epoch"])
         self.batches = int(state["batches"])
         self._next_worker = int(state["next_worker"])
@@ -326,6 +371,26 @@ class StreamLoader:
         self._done = [bool(x) for x in state["worker_done"]]
         self.skipped = Counter(state.get("skipped", {}))
         self.seen = int(state.get("seen", 0))
+
+    def _check_state(self, state, elastic: bool) -> None:
+        need = {"version", "epoch", "batches", "next_worker", "worker_raw", "worker_batches", "worker_done",
+                "num_workers", "rank", "world_size", "seed", "batch_size", "resampled"}
+        if not isinstance(state, dict) or not need <= set(state):
+            missing = sorted(need - set(state)) if isinstance(state, dict) else "all"
+            raise DataError(f"data resume_state: not a StreamLoader state (missing {missing})")
+        if state["version"] != STATE_VERSION:
+            raise DataError(f"data resume_state: version {state['version']} is not supported (expected {STATE_VERSION})")
+        ds = self.dataset
+        mine = {"seed": ds.seed, "resampled": ds.resampled}
+        if not elastic:
+            mine.update({"num_workers": self.n_logical, "rank": ds.rank, "world_size": ds.world_size,
+                         "batch_size": ds.batch_size})
+        for key, value in mine.items():
+            if state[key] != value:
+                name = "max(1, num_workers)" if key == "num_workers" else key
+                raise DataError(f"data resume_state was saved with {name}={state[key]} but this run has {value}; "
+                                f"resuming needs the same {key}" + ("" if elastic else
+                                " (pass every rank's state as a list to re-partition it)"))
 
     def _at_epoch_start(self) -> bool:
         return (self.batches == 0 and self._next_worker == 0 and not any(self._raw) and not any(self._wbatches)
@@ -351,8 +416,15 @@ class StreamLoader:
 
     def __iter__(self):
         n = self.n_logical
-        if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start():
+        if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start() and self._seg is None:
             items = self._ahead[1]
+        elif self._seg is not None:
+            # Elastic: each worker starts from what it has not trained yet (its progress is re-based).
+            sg = self._seg
+            sg["segs"], sg["prog"] = [self._left(lw) for lw in range(n)], [None] * n
+            items = self._start(_Plan(self.epoch, self._next_worker, list(self._raw), list(self._wbatches),
+                                      list(self._done), segments=sg["segs"], streams=sg["streams"],
+                                      quota=list(sg["quota"])))
         else:
             items = self._start(_Plan(self.epoch, self._next_worker, list(self._raw), list(self._wbatches),
                                       list(self._done)))
@@ -374,6 +446,10 @@ class StreamLoader:
             else:
                 self._wbatches[lw] += 1
                 self.batches += 1
+                if self._seg is not None:
+                    self._seg["prog"][lw] = item["__seg__"]
+                    if self._seg["quota"][lw] is not None:
+                        self._seg["quota"][lw] -= 1
             err = skip_rate_error(dict(self.skipped), self.seen, self.max_skip_frac)
             if err is not None:
                 raise err

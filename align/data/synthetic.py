@@ -32,7 +32,7 @@ class SyntheticLoader:
         self.epoch, self.start = epoch, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self.yielded}
+        return {"epoch": self.epoch, "batches": self.yielded, "batch_size": self.batch_size}
 
     def __iter__(self):
         self.yielded = self.start

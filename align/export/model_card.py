@@ -22,7 +22,7 @@ def find_run_dir(model_path: str) -> Optional[str]:
     p = os.path.abspath(model_path)
     if os.path.isfile(os.path.join(p, "config.yaml")):
         return p
-    if os.path.isfile(os.path.join(p, "model.safetensors")):
+    if os.path.isfile(os.path.join(p, "model.safetensors")) or os.path.isdir(os.path.join(p, "dcp")):
         run = os.path.dirname(os.path.dirname(p))
         return run if os.path.isfile(os.path.join(run, "config.yaml")) else None
     return None
