@@ -19,7 +19,7 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.data.synthetic import SyntheticLoader
-from align.optim import build_optimizer, build_scheduler
+from align.optim import build_optimizer, build_scheduler, restore_scheduler
 from align.perf import estimate_flops_per_sample, peak_flops
 from align.plots import write_loss_plot
 
@@ -118,7 +118,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     if resume_path:
         saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False)
         state.update({k: saved[k] for k in state if k in saved})
-        scheduler.load_state_dict(saved["scheduler"])
+        restore_scheduler(scheduler, saved["scheduler"])
         if acc.scaler is not None and saved.get("scaler"):
             acc.scaler.load_state_dict(saved["scaler"])
     loader = build_loader(r, core, rank, world, state["data"] if resume_path else None)
