@@ -155,6 +155,7 @@ class _StreamDataset(IterableDataset):
             out += 1
         faults.muted = False
         pending, seen, read_here, good_here = [], 0, 0, 0
+        in_worker = get_worker_info() is not None
         while quota is None or done_batches < quota:
             raw = next(it, None)
             if raw is None:
@@ -163,6 +164,14 @@ class _StreamDataset(IterableDataset):
             seen += 1
             read_here += 1
             try:
+                if in_worker:
+                    # Random transforms draw from a seed of the sample's place in the stream, not from
+                    # where the worker started: a resumed stream skips samples undecoded, and without
+                    # this would crop every later sample differently from the uninterrupted run.
+                    s = rng_for("transforms", self.seed, epoch, self.rank, lw, out).getrandbits(62)
+                    torch.manual_seed(s)
+                    random.seed(s)
+                    np.random.seed(s % 2**32)
                 pending.append(self.decoder(raw, epoch))
                 good_here += 1
             except SkipSample as exn:
