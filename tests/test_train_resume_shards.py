@@ -1,4 +1,4 @@
-"""Resume through training on real shards with 2 data workers: SIGKILL twice, resume, finish.
+"""Resume through training on real shards, with 2 data workers and without: SIGKILL twice, resume, finish.
 
 Against an uninterrupted run: the same sample keys at every step (none lost, none repeated), the
 same final weights bit for bit, and after each restore the learning rate of the schedule computed
@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import signal
 
+import pytest
 import torch
 
 from tests.switch_helpers import final_weights, metrics, recipe
@@ -47,12 +48,15 @@ def _lr(step, lr=0.01, warmup=3, total=10, min_ratio=0.1):
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def test_killed_twice_resumed_run_trains_the_same_samples_and_weights(tmp_path):
+@pytest.mark.parametrize("workers", [2, 0])
+def test_killed_twice_resumed_run_trains_the_same_samples_and_weights(tmp_path, workers):
+    """workers=2: decoding in worker processes (their transform RNG comes from the stream position);
+    workers=0: in the training process, whose RNG the checkpoint restores."""
     pattern = str(tmp_path / "shards" / "s-{000..003}.tar")
     _, all_keys = make_shards(tmp_path / "shards", 4, 8)           # 32 samples: 8 batches of 4 per epoch
     train = {"batch_size": 4, "max_steps": 10, "checkpoint_every": 3, "lr": 0.01, "warmup_steps": 3,
              "min_lr_ratio": 0.1}
-    data = {"train": pattern, "num_workers": 2, "shuffle_buffer": 8}
+    data = {"train": pattern, "num_workers": workers, "shuffle_buffer": 8}
     ref = recipe(tmp_path, "ref", data=data, train=train, resume="auto")
     assert _run(ref, str(tmp_path / "ref-keys")) == 0
     run = recipe(tmp_path, "killed", data=data, train=train, resume="auto")

@@ -344,8 +344,12 @@ class StreamLoader:
         """A DataLoader iterator over `plan` (workers fork here and copy the plan)."""
         self.dataset.plan = plan
         kwargs = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 and self.prefetch_factor else {}
+        # Its own generator: DataLoader draws a base seed when the iteration starts, which with the
+        # global RNG would be one draw after a resume's RNG restore, shifting every later random
+        # transform (num_workers=0) and dropout mask. The workers' RNGs are seeded by the stream anyway.
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=False, **kwargs)
+                            pin_memory=self.pin_memory, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(plan.epoch), **kwargs)
         return iter(loader)
 
     def close(self) -> None:
