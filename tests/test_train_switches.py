@@ -240,9 +240,10 @@ def test_log_every(tmp_path):
 
 
 def test_seed_sets_the_initial_weights(tmp_path):
+    """lr=0: the saved weights are the initial ones (the data, also seeded, cannot move them)."""
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        r = recipe(tmp_path, name, seed=seed, train={"max_steps": 1})
+        r = recipe(tmp_path, name, seed=seed, train={"max_steps": 1, "lr": 0.0})
         train_dict(r)
         runs[name] = final_weights(r["output_dir"])
     assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])

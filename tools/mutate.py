@@ -7,9 +7,9 @@
 Each mutation is (id, file, exact source snippet, replacement, tests). The snippet is text, not a line
 number, so the list survives edits elsewhere in a file; a snippet that is missing or occurs more than
 once is reported as STALE (fix the list). The repository's files (git ls-files, tracked and untracked
-but not ignored) are copied to a temporary directory once; each mutation is applied there, the listed
-tests run (`pytest -x -q`, with a timeout), and the file is restored before the next one. Your tree
-is never modified.
+but not ignored) are copied to a temporary directory once (once per job with --jobs N); each mutation
+is applied there, the listed tests run (`pytest -x -q -m "not slow"`, with a timeout), and the file is
+restored before the next one. Your tree is never modified.
 
 A mutation is KILLED when its tests fail (or time out), SURVIVED when they pass. The listed tests
 must pass on the unmutated copy first (the baseline), or the run stops. Exit status 0 only when every
@@ -17,11 +17,14 @@ mutation is killed and none is stale. It runs before a release, not in CI (see R
 """
 import argparse
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List
 
@@ -110,9 +113,8 @@ MUTATIONS = [
       "group[\"lr\"] = base * fn(scheduler.last_epoch)", "pass", [SW + "::test_restored_scheduler_follows_the_schedule"]),
     M("resume.rng_not_restored", "align/train.py",
       "load_checkpoint(resume_path, rank=rank, restore_rng=True)", "pass", [RES]),
-    M("resume.worker_transform_seed_per_worker", "align/data/pipeline.py",
-      "s = rng_for(\"transforms\", self.seed, epoch, self.rank, lw, out).getrandbits(62)",
-      "s = rng_for(\"transforms\", self.seed, epoch, self.rank, lw).getrandbits(62)", [RES]),
+    M("resume.worker_transforms_seeded_only_at_worker_start", "align/data/pipeline.py",
+      "                if in_worker:\n", "                if False:\n", [RES]),
     M("resume.dataloader_seed_from_global_rng", "align/data/pipeline.py",
       "generator=torch.Generator().manual_seed(plan.epoch), ", "", [RES]),
     M("resume.auto_ignored", "align/train.py",
@@ -241,7 +243,7 @@ MUTATIONS = [
     M("faults.corrupt_tar_not_counted", "align/data/sources.py",
       "faults.record(CORRUPT_TAR, f\"shard {url}\", repr(exn), per_sample=False)", "pass",
       ["tests/data/test_custom_data_e2e.py"]),
-    M("faults.counted_twice", "align/data/faults.py", "self.total[reason] += 1", "self.total[reason] += 2",
+    M("faults.counted_twice", "align/data/faults.py", "self._delta[reason] += 1", "self._delta[reason] += 2",
       ["tests/data/test_custom_data_e2e.py"]),
 ]
 
@@ -277,6 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", default=[], help="run mutations whose id contains this (repeatable)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per test run (default 600)")
     ap.add_argument("--list", action="store_true", help="print the mutations and exit")
+    ap.add_argument("--jobs", type=int, default=1, help="mutations tested at once, each in its own copy (default 1)")
     args = ap.parse_args(argv)
     muts = [m for m in MUTATIONS if not args.only or any(s in m.id for s in args.only)]
     if args.list:
@@ -291,34 +294,49 @@ def main(argv=None) -> int:
         if text.count(m.snippet) != 1:
             stale.append(m)
             print(f"STALE     {m.id}: snippet found {text.count(m.snippet)} times in {m.file}: {m.snippet!r}")
-    with tempfile.TemporaryDirectory(prefix="align-mutate-") as copy:
-        copy_repo(ROOT, copy)
-        base_tests = sorted({t for m in muts if m not in stale for t in m.tests})
+    todo = [m for m in muts if m not in stale]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="align-mutate-") as tmp:
+        copies = [os.path.join(tmp, f"repo{j}") for j in range(max(1, args.jobs))]
+        for c in copies:
+            copy_repo(ROOT, c)
+        base_tests = sorted({t for m in todo for t in m.tests})
         print(f"baseline: {len(base_tests)} test targets on the unmutated copy ...", flush=True)
-        base = run_tests(copy, base_tests, args.timeout * 3)
+        base = run_tests(copies[0], base_tests, args.timeout * 3)
         if base != "pass":
             print(f"baseline {base}: the listed tests must pass before mutating (run them: pytest {' '.join(base_tests)})")
             return 2
         print(f"baseline passed in {time.perf_counter() - t0:.0f}s", flush=True)
-        results = {}
-        for i, m in enumerate(muts, 1):
-            if m in stale:
-                continue
-            path = os.path.join(copy, m.file)
-            original = open(path).read()
-            t1 = time.perf_counter()
+        free = queue.Queue()
+        for c in copies:
+            free.put(c)
+        lock = threading.Lock()
+
+        def one(m):
+            copy = free.get()       # a copy of the repo no other job is mutating now
             try:
-                with open(path, "w") as f:
-                    f.write(original.replace(m.snippet, m.replacement, 1))
-                outcome = run_tests(copy, m.tests, args.timeout)
+                path = os.path.join(copy, m.file)
+                original = open(path).read()
+                t1 = time.perf_counter()
+                try:
+                    with open(path, "w") as f:
+                        f.write(original.replace(m.snippet, m.replacement, 1))
+                    outcome = run_tests(copy, m.tests, args.timeout)
+                finally:
+                    with open(path, "w") as f:
+                        f.write(original)
             finally:
-                with open(path, "w") as f:
-                    f.write(original)
+                free.put(copy)
             verdict = {"pass": "SURVIVED", "fail": "killed", "timeout": "killed (timeout)",
                        "no tests": "STALE (no tests collected)"}[outcome]
-            results[m.id] = verdict
-            note = f"  [{m.note}]" if m.note else ""
-            print(f"[{i:3d}/{len(muts)}] {verdict:16s} {m.id}  ({time.perf_counter() - t1:.0f}s){note}", flush=True)
+            with lock:
+                results[m.id] = verdict
+                note = f"  [{m.note}]" if m.note else ""
+                print(f"[{len(results):3d}/{len(todo)}] {verdict:16s} {m.id}  ({time.perf_counter() - t1:.0f}s){note}",
+                      flush=True)
+
+        with ThreadPoolExecutor(max_workers=len(copies)) as pool:
+            list(pool.map(one, todo))
     killed = sum(v.startswith("killed") for v in results.values())
     survived = [k for k, v in results.items() if v == "SURVIVED"]
     stale_ids = [m.id for m in stale] + [k for k, v in results.items() if v.startswith("STALE")]
