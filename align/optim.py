@@ -146,3 +146,13 @@ def build_scheduler(optimizer, tc, total_steps: int):
     fn = WarmupCosine(tc.warmup_steps, total_steps, tc.min_lr_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, [fn] * len(optimizer.param_groups))
     return sched
+
+
+def restore_scheduler(scheduler, state: dict) -> None:
+    """Resume a schedule at the saved step. Only the step count comes from the checkpoint: the schedule
+    (lr, warmup, total steps) is the recipe's, so a run resumed with a larger train.max_steps follows
+    the new schedule instead of the saved one, which had already decayed to min_lr_ratio."""
+    scheduler.last_epoch, scheduler._step_count = state["last_epoch"], state["_step_count"]
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(scheduler.last_epoch)      # what LambdaLR.step computes, bit for bit
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

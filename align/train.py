@@ -19,7 +19,7 @@ from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.sharding import full_value, shard_model, unsharded_copy
 from align.data.synthetic import SyntheticLoader
-from align.optim import build_optimizer, build_scheduler, unlock_due
+from align.optim import build_optimizer, build_scheduler, restore_scheduler, unlock_due
 from align.perf import estimate_flops_per_sample, peak_flops
 from align.plots import write_loss_plot
 
@@ -176,7 +176,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     if resume_path:
         saved = load_checkpoint(resume_path, core, optimizer, rank=rank, restore_rng=False, sharded=fsdp)
         state.update({k: saved[k] for k in state if k in saved})
-        scheduler.load_state_dict(saved["scheduler"])
+        restore_scheduler(scheduler, saved["scheduler"])
         if acc.scaler is not None and saved.get("scaler"):
             acc.scaler.load_state_dict(saved["scaler"])
         data_resume = data_states(resume_path, saved)

@@ -11,8 +11,13 @@ from align.errors import AlignError
 
 
 class Evil:
+    """Unpickling runs `touch MARKER`: whether the code ran is visible afterwards."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_roundtrip_model_optimizer_rng(tmp_path):
@@ -52,12 +57,18 @@ def test_prune_keeps_last(tmp_path):
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000003", "step-00000004"]
 
 
-def test_pickle_with_code_is_refused(tmp_path):
+def test_pickle_with_code_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pt"
     with open(bad, "wb") as f:
-        pickle.dump({"w": Evil()}, f)
+        pickle.dump({"w": Evil(marker)}, f)
     with pytest.raises(AlignError, match="refused to load"):
         load_weights(str(bad))
+    assert not marker.exists()
+    # the payload is live: an unsafe unpickle of the same file does run it (so the check above can fail)
+    with open(bad, "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
 
 
 def test_plain_torch_weights_load(tmp_path):

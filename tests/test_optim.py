@@ -1,6 +1,7 @@
 """Optimizer groups, LR schedule and synthetic data against plain references."""
 import math
 
+import pytest
 import torch
 
 from align.config import TrainConfig, parse_recipe
@@ -41,9 +42,18 @@ def test_scheduler_state_is_json_safe(tiny_recipe):
         opt.step()
         sched.step()
     state = json.loads(json.dumps(sched.state_dict()))
-    sched2 = build_scheduler(opt, TrainConfig(lr=1.0, warmup_steps=2), total_steps=10)
-    sched2.load_state_dict(state)
-    assert sched2.get_last_lr() == sched.get_last_lr()
+    from align.optim import restore_scheduler
+    model2 = build_model(parse_recipe(tiny_recipe).model)
+    opt2 = build_optimizer(model2, TrainConfig(lr=1.0, warmup_steps=2))
+    sched2 = build_scheduler(opt2, TrainConfig(lr=1.0, warmup_steps=2), total_steps=10)
+    restore_scheduler(sched2, state)
+
+    def cosine(step):   # warmup 2, total 10, min ratio 0, written out (not read back from the state)
+        return (step + 1) / 2 if step < 2 else 0.5 * (1 + math.cos(math.pi * (step - 2) / 8))
+    assert opt2.param_groups[0]["lr"] == pytest.approx(cosine(3), rel=1e-12)
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(cosine(4), rel=1e-12)
 
 
 def test_synthetic_loader_resumes_exactly(tiny_recipe):

@@ -169,6 +169,7 @@ class _StreamDataset(IterableDataset):
             out += 1
         faults.muted = False
         pending, seen, read_here, good_here = [], 0, 0, 0
+        in_worker = get_worker_info() is not None
         while quota is None or done_batches < quota:
             raw = next(it, None)
             if raw is None:
@@ -177,6 +178,14 @@ class _StreamDataset(IterableDataset):
             seen += 1
             read_here += 1
             try:
+                if in_worker:
+                    # Random transforms draw from a seed of the sample's place in the stream, not from
+                    # where the worker started: a resumed stream skips samples undecoded, and without
+                    # this would crop every later sample differently from the uninterrupted run.
+                    s = rng_for("transforms", self.seed, epoch, self.rank, lw, out).getrandbits(62)
+                    torch.default_generator.manual_seed(s)   # CPU only: torch.manual_seed costs ~0.5 ms
+                    random.seed(s)
+                    np.random.seed(s % 2**32)
                 pending.append(self.decoder(raw, epoch))
                 good_here += 1
             except SkipSample as exn:
@@ -400,8 +409,12 @@ class StreamLoader:
         """A DataLoader iterator over `plan` (workers fork here and copy the plan)."""
         self.dataset.plan = plan
         kwargs = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 and self.prefetch_factor else {}
+        # Its own generator: DataLoader draws a base seed when the iteration starts, which with the
+        # global RNG would be one draw after a resume's RNG restore, shifting every later random
+        # transform (num_workers=0) and dropout mask. The workers' RNGs are seeded by the stream anyway.
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=False, **kwargs)
+                            pin_memory=self.pin_memory, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(plan.epoch), **kwargs)
         return iter(loader)
 
     def close(self) -> None:

@@ -48,3 +48,41 @@ def test_linear_probe_runner_equals_direct_call(tmp_path):
     got = BENCHMARKS.get("linear_probe")(model, {"modality": "image"}, dataset=te, train_dataset=tr,
                                          progress=False)
     assert np.isclose(got["metrics"]["acc1"], ref["acc1"]) and np.isclose(got["metrics"]["best_C"], ref["best_C"])
+
+
+def _embeddings(model, ds, mods):
+    """Per-modality embeddings of the items that have all `mods`, in item order, with labels."""
+    from align.bench.embed import embed_dataset
+    embs = {m: embed_dataset(model, ds, m, progress=False) for m in mods}
+    common = sorted(set.intersection(*(set(int(i) for i in e.ids) for e in embs.values())))
+    out = {}
+    for m, e in embs.items():
+        row = {int(i): r for r, i in enumerate(e.ids)}
+        out[m] = e.vectors[[row[i] for i in common]]
+    return out, ds.labels[common]
+
+
+def test_fusion_and_cca_runners_equal_direct_calls(tmp_path):
+    """The suite runners of fusion_probe and cca_retrieval report exactly what the probe functions give on
+    embeddings computed here (so they pair the right rows and pass the right options)."""
+    from align.bench.datasets import open_wds
+    from align.bench.probes import cca_retrieval, fusion_report
+    classification_wds(tmp_path / "train", n=60, n_classes=3, seed=1, audio=True)
+    classification_wds(tmp_path / "test", n=30, n_classes=3, seed=2, audio=True)
+    model = FakeModel(name="fake")
+    tr, te = open_wds(str(tmp_path / "train")), open_wds(str(tmp_path / "test"))
+    etr, ytr = _embeddings(model, tr, ["image", "audio"])
+    ete, yte = _embeddings(model, te, ["image", "audio"])
+
+    rows = fusion_report(etr, ytr, ete, yte, methods=["concat"], progress=False, seed=0)
+    got = BENCHMARKS.get("fusion_probe")(model, {"modalities": ["image", "audio"], "methods": ["concat"]},
+                                         dataset=te, train_dataset=tr, progress=False)["metrics"]
+    assert got == {f"{r['row']}/acc1": r["acc1"] for r in rows}
+
+    ref = cca_retrieval(etr["audio"], etr["image"], ete["audio"], ete["image"], n_components=4,
+                        name_a="audio", name_b="image")
+    got = BENCHMARKS.get("cca_retrieval")(model, {"query": "audio", "gallery": "image", "n_components": 4},
+                                          dataset=te, train_dataset=tr, progress=False)["metrics"]
+    recalls = [k for k in ref if "_recall@" in k]
+    assert len(recalls) == 6 and {k: got[k] for k in recalls} == {k: ref[k] for k in recalls}
+    assert got["mean_canonical_corr"] == ref["mean_canonical_corr"]

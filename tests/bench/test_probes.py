@@ -258,3 +258,108 @@ def test_fusion_probe_rejects_bad_input():
     with pytest.raises(DataError, match="train\\['image'\\]/test\\['image'\\] have 39/40 rows but train_y/test_y "
                                         "have 40/40"):
         probes.fusion_probe({"image": tr["image"][:-1], "text": tr["text"]}, ytr, tr, ytr, progress=False)
+
+
+# ------------------------------------------------------------------ plain references on small random data
+def _ref_cca_retrieval(xa, xb, xa_te, xb_te, k, reg, ks=(1, 5, 10)):
+    """CCA from the eigenproblem Caa^-1 Cab Cbb^-1 Cba w_a = rho^2 w_a (same ridge), unit-variance
+    canonical variates, w_b = Cbb^-1 Cba w_a / rho; then cosine ranks by a stable argsort."""
+    n = len(xa)
+    ma, mb = xa.mean(0), xb.mean(0)
+    a, b = xa - ma, xb - mb
+    caa, cbb, cab = a.T @ a / (n - 1), b.T @ b / (n - 1), a.T @ b / (n - 1)
+    caa = caa + reg * np.trace(caa) / len(caa) * np.eye(len(caa))
+    cbb = cbb + reg * np.trace(cbb) / len(cbb) * np.eye(len(cbb))
+    evals, evecs = np.linalg.eig(np.linalg.solve(caa, cab) @ np.linalg.solve(cbb, cab.T))
+    order = np.argsort(-evals.real)[:k]
+    rho = np.sqrt(evals.real[order])
+    wa = evecs.real[:, order]
+    wa = wa / np.sqrt(np.einsum("ik,ij,jk->k", wa, caa, wa))
+    wb = np.linalg.solve(cbb, cab.T) @ wa / rho
+    za, zb = (xa_te - ma) @ wa, (xb_te - mb) @ wb
+    out = {"mean_canonical_corr": rho.mean()}
+    for name, q, g in (("b", za, zb), ("a", zb, za)):
+        sim = _unit(q).astype(np.float64) @ _unit(g).astype(np.float64).T
+        ranks = np.array([int(np.flatnonzero(np.argsort(-s, kind="stable") == i)[0]) for i, s in enumerate(sim)])
+        for kk in ks:
+            out[f"{name}_retrieval_recall@{kk}"] = (ranks < kk).mean()
+    return out
+
+
+@pytest.mark.parametrize("seed,k,reg", [(0, 3, 1e-3), (1, 5, 0.05)])
+def test_cca_retrieval_matches_a_plain_eigenproblem_reference(seed, k, reg):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((140, 4))                                  # shared latent, 100 train + 40 test
+    xa = z @ rng.standard_normal((4, 7)) + 0.7 * rng.standard_normal((140, 7))
+    xb = z @ rng.standard_normal((4, 6)) + 0.7 * rng.standard_normal((140, 6))
+    got = probes.cca_retrieval(xa[:100], xb[:100], xa[100:], xb[100:], n_components=k, reg=reg)
+    ref = _ref_cca_retrieval(xa[:100], xb[:100], xa[100:], xb[100:], k, reg)
+    assert got["mean_canonical_corr"] == pytest.approx(ref.pop("mean_canonical_corr"), abs=1e-9)
+    assert {key: got[key] for key in ref} == ref
+    assert ref["b_retrieval_recall@1"] > 1 / 40                         # not a degenerate comparison
+
+
+def _ref_fusion(train, ytr, test, yte, method, epochs, lr, wd, patience, seed, val_frac=0.2):
+    """The fusion probe written out plainly: z-score with fit-split stats, a linear head over the concat
+    (or a softmax-weighted sum) of the modalities, full-batch Adam, keep the lowest-val-loss weights."""
+    import torch.nn.functional as F
+    names = list(train)
+    fit, val = probes.stratified_split(ytr, val_frac, seed)
+    xs_tr, xs_te = [], []
+    for m in names:
+        xtr, xte = train[m].astype(np.float32), test[m].astype(np.float32)
+        mu, sd = xtr[fit].mean(0), xtr[fit].std(0) + 1e-6
+        xs_tr.append(torch.from_numpy((xtr - mu) / sd))
+        xs_te.append(torch.from_numpy((xte - mu) / sd))
+    k = len(np.unique(ytr))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if method == "concat":
+            head = torch.nn.Linear(sum(x.shape[1] for x in xs_tr), k)
+            params = {"head": head}
+        else:
+            logit_w = torch.nn.Parameter(torch.zeros(len(names)))
+            head = torch.nn.Linear(xs_tr[0].shape[1], k)
+            params = {"logit_w": logit_w, "head": head}
+
+    def forward(xs):
+        if method == "concat":
+            return head(torch.cat(xs, 1))
+        w = torch.softmax(logit_w, 0)
+        return head(sum(w[i] * x for i, x in enumerate(xs)))
+
+    plist = list(head.parameters()) + ([logit_w] if method != "concat" else [])
+    opt = torch.optim.Adam(plist, lr=lr, weight_decay=wd)
+    yfit, yval = torch.from_numpy(ytr[fit]), torch.from_numpy(ytr[val])
+    best_loss, best_step, best = float("inf"), -1, None
+    for step in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(forward([x[fit] for x in xs_tr]), yfit).backward()
+        opt.step()
+        with torch.no_grad():
+            vloss = float(F.cross_entropy(forward([x[val] for x in xs_tr]), yval))
+        if vloss < best_loss - 1e-6:
+            best_loss, best_step, best = vloss, step, [p.detach().clone() for p in plist]
+        elif step - best_step >= patience:
+            break
+    with torch.no_grad():
+        for p, v in zip(plist, best):
+            p.copy_(v)
+        pred = forward(xs_te).argmax(1).numpy()
+    return {"acc1": float((pred == yte).mean()), "best_step": best_step, "val_loss": best_loss}
+
+
+@pytest.mark.parametrize("method", ["concat", "weighted_sum"])
+def test_fusion_probe_matches_a_plain_reference(method):
+    rng = np.random.default_rng(5)
+    ytr, yte = rng.integers(0, 3, 60), rng.integers(0, 3, 30)
+    cen = rng.standard_normal((2, 3, 6))
+    train = {m: cen[i][ytr] + 1.5 * rng.standard_normal((60, 6)) for i, m in enumerate(("image", "audio"))}
+    test = {m: cen[i][yte] + 1.5 * rng.standard_normal((30, 6)) for i, m in enumerate(("image", "audio"))}
+    kw = dict(epochs=80, lr=0.05, weight_decay=1e-3, patience=10, seed=2)
+    got = probes.fusion_probe(train, ytr, test, yte, method=method, progress=False, **kw)
+    ref = _ref_fusion(train, ytr, test, yte, method, kw["epochs"], kw["lr"], kw["weight_decay"], kw["patience"],
+                      kw["seed"])
+    assert got["best_step"] == ref["best_step"]
+    assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)
+    assert got["acc1"] == ref["acc1"]

@@ -48,10 +48,17 @@ def test_csv_and_audio_folder_to_training(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped" in out
 
-    # corrupt one image shard after the fact: training must skip and count, not crash
-    shard = sorted(p for p in os.listdir(tmp_path / "img_shards") if p.endswith(".tar"))[1]   # a shard with 10 samples
-    data = open(tmp_path / "img_shards" / shard, "rb").read()
-    open(tmp_path / "img_shards" / shard, "wb").write(data[: len(data) // 2])
+    # corrupt one image shard after the fact: cut it inside the 6th sample, so it yields exactly its first
+    # 5 samples and one "corrupt tar" fault. Training must skip and count, not crash.
+    import tarfile
+    shard = tmp_path / "img_shards" / sorted(p for p in os.listdir(tmp_path / "img_shards") if p.endswith(".tar"))[1]
+    with tarfile.open(shard) as tf:
+        members = tf.getmembers()
+    keys = list(dict.fromkeys(m.name.split(".")[0] for m in members))
+    assert len(keys) == 10
+    sixth = next(m for m in members if m.name.split(".")[0] == keys[5])
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[: sixth.offset_data + 10])
 
     run = tmp_path / "run"
     recipe = {
@@ -66,13 +73,14 @@ def test_csv_and_audio_folder_to_training(tmp_path, capsys):
         "data": {"train": [{"urls": str(tmp_path / "img_shards"), "weight": 1.0},
                            {"urls": str(tmp_path / "aud_shards"), "weight": 1.0}],
                  "num_workers": 0, "shuffle_buffer": 20},
-        "train": {"batch_size": 8, "max_steps": 12, "log_every": 4, "num_threads": 1},
+        # one epoch: 30 + 5 image samples and 40 audio samples = 9 batches of 8 (3 dropped)
+        "train": {"batch_size": 8, "max_steps": 9, "log_every": 3, "num_threads": 1},
     }
     import yaml
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", str(tmp_path / "r.yaml"), "--no-progress"]) == 0
     summary = json.load(open(run / "summary.json"))
-    assert summary["steps"] == 12 and sum(summary["skipped"].values()) >= 1, summary["skipped"]
+    assert summary["steps"] == 9 and summary["skipped"] == {"corrupt tar": 1}, summary["skipped"]
     rows = [json.loads(l) for l in open(run / "metrics.jsonl")]
     assert rows[-1]["skipped"] == sum(summary["skipped"].values())
     assert rows[-1]["skipped_by_reason"] == summary["skipped"]
