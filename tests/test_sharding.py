@@ -52,13 +52,16 @@ def _in_forked_child(fn, *args):
 
     def child():
         try:
+            torch.set_num_threads(1)   # the parent's OpenMP pool does not survive the fork (a child using it hangs)
             fn(*args)
             send.send(None)
         except BaseException:   # noqa: BLE001  handed to the parent
             send.send(traceback.format_exc())
     p = ctx.Process(target=child)
     p.start()
-    err = recv.recv() if recv.poll(600) else "child gave no answer in 600 s"
+    err = recv.recv() if recv.poll(300) else "child gave no answer in 300 s"
+    if p.is_alive():
+        p.kill()
     p.join()
     assert err is None, err
 
