@@ -55,6 +55,8 @@ class DataConfig:
     max_skip_frac: Optional[float] = None                   # abort when the skip rate exceeds this
     synthetic_size: int = 10000                             # samples per epoch for data.train=synthetic
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
+    # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.augment (off when unset).
+    augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = None
 
 
 @dataclass
@@ -281,6 +283,9 @@ def _check(r: Recipe) -> None:
         raise ConfigError(f"loss.weights: {len(r.loss.weights)} weights for {len(r.loss.pairs)} pairs")
     if r.loss.type == "siglip" and r.model.init_logit_bias is None:
         raise ConfigError("model.init_logit_bias: required for loss.type=siglip (e.g. -10)")
+    if r.data.augment:
+        from align.data.augment import build_augmenter
+        build_augmenter(r.data.augment, "data.augment")   # one-line ConfigError on a bad stage
     if r.train.batch_size < 1 or r.train.accum_steps < 1:
         raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
 

@@ -21,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from align.data.audio_io import decode_audio
+from align.data.augment import sample_seed
 from align.data.faults import (
     BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TRANSFORM_FAILED, UNDECODABLE_AUDIO, UNDECODABLE_IMAGE,
     UNDECODABLE_TEXT, SkipSample,
@@ -47,8 +49,16 @@ def decode_image(data: bytes):
 
 
 def captions(data: bytes) -> list[str]:
-    """`txt` bytes -> non-empty stripped lines (may be empty: the caller skips)."""
+    """`txt` bytes -> non-empty stripped lines, or the strings of a JSON list (may be empty: the caller skips)."""
     text = data.decode("utf-8")
+    if text.lstrip().startswith("["):  # several captions written as a JSON list
+        import json
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = None
+        if isinstance(items, list) and all(isinstance(c, str) for c in items):
+            return [c.strip() for c in items if c.strip()]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -60,7 +70,7 @@ class SampleDecoder:
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
-                 seed: int = 0, min_modalities: int = 2):
+                 seed: int = 0, min_modalities: int = 2, augment=None):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -73,6 +83,12 @@ class SampleDecoder:
         self.seed = seed
         self.min_modalities = min(min_modalities, len(self.modalities))
         self._templates: dict[str, torch.Tensor] = {}
+        # align.data.augment.Augmenter (training only): image stages before the image transform, wave
+        # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
+        self.augment = augment if train else None
+        if self.augment and self.augment.wave_stages + self.augment.logmel_stages and "audio" in transforms \
+                and not hasattr(transforms["audio"], "per_batch"):
+            raise DataError("data.augment.audio needs the audio towers' two-stage front end (per_sample/per_batch)")
 
     def present(self, raw: dict) -> dict[str, str]:
         """modality -> the extension holding it, for requested modalities present in `raw`."""
@@ -93,6 +109,15 @@ class SampleDecoder:
             raise SkipSample(reason,
                              f"has {sorted(k for k in raw if not k.startswith('__'))}")
         out = {"__key__": raw["__key__"]}
+        aug_seed = None
+        if self.train:
+            aug_seed = sample_seed(self.seed, epoch, raw.get("__url__"), raw["__key__"])
+            out["__aug__"] = aug_seed
+            if get_worker_info() is not None:
+                # The towers' own random transforms (crops) draw from global RNGs: seed them per
+                # sample, so a resumed worker (which skips samples undecoded) draws the same.
+                torch.manual_seed(aug_seed >> 1)
+                random.seed(aug_seed)
         for m, ext in found.items():
             data = raw[ext]
             if m == "image":
@@ -118,7 +143,11 @@ class SampleDecoder:
                 else:
                     value = [lines[0]]
             try:
+                if m == "image" and self.augment and self.augment.image_stages:
+                    value = self.augment.image(value, aug_seed)
                 out[m] = self._apply(m, value)
+                if m == "audio" and self.augment and self.augment.wave_stages:
+                    out[m] = self.augment.wave(out[m], self.transforms[m].fe.sample_rate, aug_seed)
             except Exception as exn:
                 raise SkipSample(TRANSFORM_FAILED.format(modality=m), repr(exn)) from None
         out["cls"] = -1
@@ -184,6 +213,8 @@ class SampleDecoder:
             if hasattr(tf, "per_batch"):
                 try:
                     batch[m] = tf.per_batch(batch[m])
+                    if m == "audio" and self.augment and self.augment.logmel_stages:
+                        batch[m] = self.augment.logmel(batch[m], [s.get("__aug__", 0) for s in samples])
                 except Exception as exn:   # cannot be pinned on one sample: a transform bug, stated plainly
                     raise DataError(f"transforms['{m}'].per_batch failed on a batch of {len(samples)} "
                                     f"({batch['__key__'][0]}, ...): {exn!r}") from None
