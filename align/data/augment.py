@@ -2,7 +2,7 @@
 
     data:
       augment:
-        image: [{type: random_resized_crop, scale: [0.6, 1]}, {type: affine, degrees: 10}, {type: blur}]
+        image: [{type: random_resized_crop, scale: [0.6, 1]}, {type: affine, degrees: 10}, {type: blur}, {type: stroke}]
         audio: [{type: gain, db: [-6, 6]}, {type: noise, snr_db: [10, 30]}, {type: spec_augment}]
 
 They run in the data workers (`SampleDecoder`, training only) between decoding and
@@ -202,6 +202,24 @@ class Blur(ImageStage):
     def apply(self, img, rng):
         from PIL import ImageFilter
         return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*self.sigma))))
+
+
+@register("stroke")
+class Stroke(ImageStage):
+    """Thinner or thicker strokes (light ink on dark): a `size` x `size` min filter (erode) or max filter
+    (dilate), each with half the probability (p defaults to 0.5)."""
+    default_p = 0.5
+    defaults = {"size": 3}
+
+    def check(self):
+        self.size = self._int("size", 3)
+        if self.size % 2 == 0:
+            raise ConfigError(f"{self.where}.size: must be odd, got {self.size}")
+
+    def apply(self, img, rng):
+        from PIL import ImageFilter
+        f = ImageFilter.MinFilter(self.size) if rng.random() < 0.5 else ImageFilter.MaxFilter(self.size)
+        return img.filter(f)
 
 
 @register("random_erasing")

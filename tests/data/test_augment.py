@@ -52,6 +52,7 @@ IMAGE_CASES = {
     "grayscale": dict(p=1.0),
     "blur": dict(sigma=[1.0, 2.0]),
     "random_erasing": dict(p=1.0),
+    "stroke": dict(p=1.0),
 }
 
 
@@ -112,6 +113,12 @@ def test_blur_smooths_edges():
     steepest = lambda im: np.abs(np.diff(np.asarray(im, np.float64)[..., 0], axis=1)).max()
     assert steepest(img) == 255 and steepest(out) < 0.5 * 255
     assert abs(np.asarray(out, np.float64).sum() - np.asarray(img, np.float64).sum()) < 0.05 * np.asarray(img).sum()
+
+
+def test_stroke_thins_or_thickens():
+    img = square_image()                                                  # an 8x8 white square
+    areas = {int((np.asarray(stage("stroke", p=1.0)(img, rng(i)))[..., 0] > 0).sum()) for i in range(20)}
+    assert areas == {6 * 6, 10 * 10}
 
 
 def test_random_erasing_fills_a_rectangle_of_the_requested_area():
