@@ -3,7 +3,7 @@
     align demo [--out DIR]                         build data, train, benchmark, report
     align train RECIPE.yaml [key=value ...]        train a recipe (also under `accelerate launch`)
     align recipes                                  list shipped recipes
-    align data demo|shards|inspect ...             build and check webdataset shards
+    align data demo|shards|inspect|stats ...             build and check webdataset shards
     align bench zeroshot|retrieval|suite ...       benchmarks on FAISS indexes
     align export RUN --out DIR --format ...        open_clip / ONNX export
 
@@ -59,6 +59,22 @@ def cmd_data_shards(a):
 def cmd_data_inspect(a):
     from align.data.inspect import inspect_shards
     inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()])
+
+
+def cmd_data_stats(a):
+    from align.towers.audio_features import AudioFrontend, logmel_stats
+    keys = {}
+    if a.recipe:
+        from align.config import load_recipe
+        tower = load_recipe(resolve_recipe(a.recipe), a.overrides).model.towers.get("audio")
+        if not tower:
+            raise AlignError(f"data stats: recipe {a.recipe} has no audio tower")
+        keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
+    fe = AudioFrontend(**keys).validate("model.towers.audio")
+    stats = logmel_stats(a.pattern, fe, max_samples=a.n, progress=not a.no_progress)
+    print(json.dumps(stats))
+    print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
+          f"model.towers.audio.norm_std={stats['norm_std']}")
 
 
 def cmd_bench(a):
@@ -151,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modalities", default="image,text,audio",
                    help="modalities training will request (counts skips as a run with them would)")
     s.set_defaults(fn=cmd_data_inspect)
+
+    s = data.add_parser("stats", help="log-mel mean/std of the audio in shards (for the audio tower's "
+                                      "norm_mean/norm_std)")
+    s.add_argument("pattern")
+    s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
+    s.add_argument("-n", type=int, default=None, help="at most this many samples")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.towers.audio.clip_seconds=1")
+    s.set_defaults(fn=cmd_data_stats)
 
     from align.bench.cli import add_bench_parser
     add_bench_parser(sub, cmd_bench)

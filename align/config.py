@@ -68,6 +68,8 @@ class DataConfig:
     max_skip_frac: Optional[float] = _num(None, ge=0, le=1)  # abort when the skip rate exceeds this
     synthetic_size: int = _num(10000, ge=1)                 # samples per epoch for data.train=synthetic
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
+    # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.augment (off when unset).
+    augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = None
 
 
 @dataclass
@@ -355,6 +357,9 @@ def _check(r: Recipe) -> None:
     if r.train.sharding == "fsdp" and "fp16" in (r.train.precision, r.train.fsdp.param_dtype):
         raise ConfigError("train.sharding=fsdp: fp16 needs a sharded gradient scaler align does not set up; "
                           "use bf16 (train.precision or train.fsdp.param_dtype)")
+    if r.data.augment:
+        from align.data.augment import build_augmenter
+        build_augmenter(r.data.augment, "data.augment")   # one-line ConfigError on a bad stage
     _check_finetune(r)
     _check_eval(r)
 

@@ -86,3 +86,20 @@ def _lowpass(up: int, down: int) -> np.ndarray:
 def _check_rate(sr, what: str) -> None:
     if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
         raise ValueError(f"{what} must be a positive integer sample rate, got {sr!r}")
+
+
+def to_mono(wave, where: str = "audio") -> np.ndarray:
+    """float32 [samples]; 2-D input is down-mixed over its shorter axis (the channels).
+
+    This accepts both soundfile's [samples, channels] and torchaudio's [channels, samples].
+    """
+    w = np.asarray(wave, dtype=np.float32)
+    if w.ndim == 2:
+        w = w.mean(axis=int(np.argmin(w.shape)))
+    if w.ndim != 1:
+        raise DataError(f"{where}: expected a mono wave [samples] or [samples, channels], got shape {w.shape}")
+    if w.size == 0:
+        raise DataError(f"{where}: empty audio")
+    if not np.isfinite(w).all():
+        raise DataError(f"{where}: audio contains NaN or infinite samples")
+    return w

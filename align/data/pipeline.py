@@ -7,7 +7,8 @@ Per reader, the stream is a pure function of (seed, epoch, rank, logical worker)
       -> weighted interleave of the sources        (seeded: mix)
       -> shuffle buffer                            (seeded: shuffle)
       -> [resume: drop the first N raw samples, undecoded, faults muted]
-      -> decode + transforms (broken samples counted and skipped)
+      -> decode + augment + transforms (broken samples counted and skipped;
+         augmentations seeded per sample: align.data.augment)
       -> batches of `batch_size` built inside the worker
 
 Each batch carries bookkeeping: `__worker__` (logical worker), `__raw__`
@@ -494,7 +495,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        shuffle_buffer: int = 1000, allow_pipe: bool = False, max_skip_frac: float | None = None,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
-                       prefetch_factor: int | None = None, start_next_epoch_early: bool = True) -> StreamLoader:
+                       prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
+                       augment=None) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -511,6 +513,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     drop_last: drop each worker's final partial batch (default: = train).
     min_modalities: a sample needs this many of `modalities` (capped at len(modalities)).
     start_next_epoch_early: with workers, start the next epoch's workers during this one (see StreamLoader).
+    augment: an align.data.augment.Augmenter, or its config {modality: [stages]} (training only).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -531,7 +534,11 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
             raise DataError(f"data.samples_per_epoch={samples_per_epoch} is smaller than one global batch "
                             f"(world_size {world_size} x batch_size {batch_size})")
     resolved = resolve_sources(sources, allow_pipe=allow_pipe)
-    decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities)
+    if isinstance(augment, dict):
+        from align.data.augment import build_augmenter
+        augment = build_augmenter(augment)
+    decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
+                            augment=augment)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

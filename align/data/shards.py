@@ -75,6 +75,7 @@ class _Job:
     image_quality: int = 95
     sample_rate: int = 16000
     extra_cols: List[str] = field(default_factory=list)
+    more_text_cols: List[str] = field(default_factory=list)  # text_col "a,b": captions of b join a's
     classes: Optional[List[str]] = None      # class names: labels are their indices
     string_labels: bool = False              # labels are names (-> index in classes), not integers
     layout: str = "shards"
@@ -136,6 +137,11 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[List[Tuple[str, bytes]], set
             meta[mod] = info
         elif mod == "text":
             caps = read_captions(value, base)
+            for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
+                try:
+                    caps += read_captions(row.values.get(col), base)
+                except SkipRow:
+                    pass
             members["txt"] = "\n".join(caps).encode("utf-8")
             meta["captions"] = len(caps)
         else:
@@ -332,6 +338,13 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     source = open_source(input, split=split, exclude=out.resolve())
     if source.kind == "folder" and Path(source.base_dir).resolve() == out.resolve():
         raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
+    more_text = []
+    if isinstance(text_col, str) and "," in text_col:   # --text-col a,b: several caption columns
+        text_col, *more_text = [c.strip() for c in text_col.split(",") if c.strip()] or [None]
+        for col in more_text:
+            if col not in source.columns:
+                raise DataError(f"{source.description}: no column {col!r} for text; "
+                                f"available columns: {', '.join(map(str, source.columns))}")
     columns = resolve_columns(source, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
     n_rows = len(source)
     if n_rows == 0:
@@ -358,11 +371,14 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 "image_size": image_size, "resize_mode": resize_mode, "image_format": image_format,
                 "image_quality": image_quality, "sample_rate": sample_rate, "shard_size": shard_size,
                 "prefix": prefix, "split": split}
+    if more_text:
+        settings["more_text_cols"] = more_text
     if classnames is not None or eval_set:
         settings.update(classes=classes, templates=tmpl, layout=layout)
     common = dict(source=source, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
                   resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
-                  sample_rate=sample_rate, extra_cols=[c for c in source.columns if c not in columns.values()],
+                  sample_rate=sample_rate, more_text_cols=more_text,
+                  extra_cols=[c for c in source.columns if c not in columns.values() and c not in more_text],
                   classes=classes, string_labels=string_labels)
     if val_groups_from is None:
         parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),

@@ -10,6 +10,11 @@ webdataset that trains and benchmarks in minutes on a CPU:
     OUT/val/test/nshards.txt           dataset_root=OUT/val, split="test"
     OUT/val/classnames.txt             zero .. nine, one per line
     OUT/val/zeroshot_classification_templates.txt
+    OUT/heldout/...                    the same val digits in held-out groups, same layout as val/:
+                                       spoken by eSpeak voices never heard in training, drawn in
+                                       another rendering (smaller, off-centre, thinner or thicker
+                                       strokes, another blur) -- what generalisation, not memorisation,
+                                       is measured on
 
 Each sample: `png` (the 8x8 digit upsampled bicubically to image_size, 0-255,
 RGB, white ink on black), `txt` (one caption from CAPTION_TEMPLATES), `flac`
@@ -37,7 +42,7 @@ import numpy as np
 from align.errors import DataError
 from align.wds.writer import NumberedShards
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 SAMPLES_PER_SHARD = 256
 SAMPLE_RATE = 16000
 IMAGE_MODE = "RGB"
@@ -68,9 +73,16 @@ CAPTION_TEMPLATES = [
     "a blurry {num}, drawn by hand.",
 ]
 
-# English accents x variants (espeak-ng-data/voices/!v); drawn uniformly per sample
-VOICE_BASES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc"]
-VOICE_VARIANTS = ["", "m1", "m3", "m5", "f1", "f2", "f3", "f4", "klatt"]
+# English accents x variants (espeak-ng-data/voices/!v); drawn uniformly per sample. Training and val
+# use the first lists; the held-out split uses the HELDOUT ones: accents and variants never heard in training.
+VOICE_BASES = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp"]
+VOICE_VARIANTS = ["", "m1", "m3", "f1", "f2", "klatt"]
+HELDOUT_VOICE_BASES = ["en-029", "en-us-nyc"]
+HELDOUT_VOICE_VARIANTS = ["m5", "f3", "f4"]
+# Held-out rendering (as real scans look next to upscaled 8x8 digits): the digit drawn at this fraction of
+# the image side, shifted off-centre, strokes thinned or thickened (3x3 min/max filter), Gaussian blur.
+HELDOUT_SCALE = (0.55, 0.8)
+HELDOUT_BLUR = (0.6, 1.2)       # radius in pixels at 32 px
 RATE_RANGE = (130, 210)    # words per minute, inclusive
 PITCH_RANGE = (30, 70)     # eSpeak pitch 0-100, inclusive
 
@@ -117,7 +129,7 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
         manifest = _build(tmp, settings, workers, progress)
         out.mkdir(exist_ok=True)
         # replace only what a previous build of ours wrote; manifest goes last
-        for name in ("demo.json", "train", "val"):
+        for name in ("demo.json", "train", "val", "heldout"):
             old_path = out / name
             if old_path.is_dir():
                 shutil.rmtree(old_path)
@@ -125,6 +137,7 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
                 old_path.unlink()
         os.replace(tmp / "train", out / "train")
         os.replace(tmp / "val", out / "val")
+        os.replace(tmp / "heldout", out / "heldout")
         os.replace(tmp / "demo.json", manifest_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -166,7 +179,8 @@ def _read_manifest(path: Path) -> dict:
 
 def _check_complete(out: Path, manifest: dict) -> None:
     try:
-        shards = list(manifest["train"]["shards"]) + list(manifest["val"]["shards"])
+        shards = (list(manifest["train"]["shards"]) + list(manifest["val"]["shards"])
+                  + list(manifest["heldout"]["shards"]))
     except (KeyError, TypeError):
         raise DataError(f"{out / 'demo.json'}: manifest has no train/val shard lists") from None
     missing = [s for s in shards if not (out / s).is_file()]
@@ -175,8 +189,8 @@ def _check_complete(out: Path, manifest: dict) -> None:
                         f"({len(missing)} shard(s)); delete the directory and build again")
 
 
-def _plan(settings: dict) -> Tuple[List[dict], List[dict]]:
-    """All random draws, in the parent: per-sample jobs for the train and val splits."""
+def _plan(settings: dict) -> Tuple[List[dict], List[dict], List[dict]]:
+    """All random draws, in the parent: per-sample jobs for the train, val and held-out splits."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     digits = load_digits()
@@ -202,20 +216,48 @@ def _plan(settings: dict) -> Tuple[List[dict], List[dict]]:
         raise DataError(f"build_demo: limit={settings['limit']} with val_frac={settings['val_frac']} "
                         "leaves no training samples")
 
-    def job(i: int) -> dict:
-        v = VOICE_VARIANTS[variant[i]]
-        return {"key": f"digit{i:05d}", "index": int(i), "label": int(labels[i]),
-                "image": images[i], "image_size": settings["image_size"],
-                "voice": VOICE_BASES[base[i]] + (f"+{v}" if v else ""),
-                "rate": int(rate[i]), "pitch": int(pitch[i]), "template": int(template[i])}
+    # held-out groups (drawn after the draws above, so train/val stay what they were)
+    h_base = rng.integers(len(HELDOUT_VOICE_BASES), size=n)
+    h_variant = rng.integers(len(HELDOUT_VOICE_VARIANTS), size=n)
+    h_scale = rng.uniform(*HELDOUT_SCALE, size=n)
+    h_offset = rng.uniform(0, 1, size=(n, 2))
+    h_stroke = rng.integers(0, 2, size=n)       # 0: thinner, 1: thicker
+    h_blur = rng.uniform(*HELDOUT_BLUR, size=n)
 
-    return [job(i) for i in train_idx], [job(i) for i in val_idx]
+    def job(i: int, heldout: bool = False) -> dict:
+        v = (HELDOUT_VOICE_VARIANTS[h_variant[i]] if heldout else VOICE_VARIANTS[variant[i]])
+        b = HELDOUT_VOICE_BASES[h_base[i]] if heldout else VOICE_BASES[base[i]]
+        j = {"key": f"digit{i:05d}", "index": int(i), "label": int(labels[i]),
+             "image": images[i], "image_size": settings["image_size"],
+             "voice": b + (f"+{v}" if v else ""),
+             "rate": int(rate[i]), "pitch": int(pitch[i]), "template": int(template[i])}
+        if heldout:
+            j["render"] = {"scale": float(h_scale[i]), "offset": [float(x) for x in h_offset[i]],
+                           "stroke": "thicker" if h_stroke[i] else "thinner", "blur": float(h_blur[i])}
+        return j
+
+    return ([job(i) for i in train_idx], [job(i) for i in val_idx],
+            [job(i, heldout=True) for i in val_idx])
+
+
+def render_digit(grid: np.ndarray, size: int, render: Optional[dict] = None):
+    """[8, 8] uint8 grid -> RGB PIL image [size, size]: bicubic upsampling (training style), or the
+    held-out style `render` = {scale, offset (0..1 of the free margin), stroke, blur}."""
+    from PIL import Image, ImageFilter
+    if render is None:
+        return Image.fromarray(grid).resize((size, size), Image.BICUBIC).convert(IMAGE_MODE)
+    side = max(8, int(round(size * render["scale"])))
+    digit = Image.fromarray(grid).resize((side, side), Image.BICUBIC)
+    canvas = Image.new("L", (size, size), 0)
+    free = size - side
+    canvas.paste(digit, (int(round(render["offset"][0] * free)), int(round(render["offset"][1] * free))))
+    canvas = canvas.filter(ImageFilter.MinFilter(3) if render["stroke"] == "thinner" else ImageFilter.MaxFilter(3))
+    canvas = canvas.filter(ImageFilter.GaussianBlur(radius=render["blur"] * size / 32))
+    return canvas.convert(IMAGE_MODE)
 
 
 def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]]]:
     """Worker: jobs -> [(key, label, {ext: bytes})], in order. Runs in a fresh process."""
-    from PIL import Image
-
     from align.data.audio_io import encode_flac
     from align.demo.espeak import synthesize
 
@@ -223,9 +265,9 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
     for j in jobs:
         # 0..16 -> 0..255, then bicubic upsampling of the [8, 8] grid to [S, S]
         grid = np.clip(np.round(j["image"] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-        img = Image.fromarray(grid).resize((j["image_size"],) * 2, Image.BICUBIC)
+        img = render_digit(grid, j["image_size"], j.get("render"))
         png = BytesIO()
-        img.convert(IMAGE_MODE).save(png, format="PNG")
+        img.save(png, format="PNG")
         word = CLASSNAMES[j["label"]]
         wave, sr = synthesize(word, voice=j["voice"], rate=j["rate"], pitch=j["pitch"],
                               sample_rate=SAMPLE_RATE, seed=j["index"])
@@ -234,6 +276,8 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
                             f"with voice {j['voice']}")
         meta = {"label": j["label"], "voice": j["voice"], "rate": j["rate"], "pitch": j["pitch"],
                 "template": j["template"], "spoken": word, "source_index": j["index"]}
+        if "render" in j:
+            meta["render"] = j["render"]
         out.append((j["key"], j["label"], {
             "cls": str(j["label"]).encode("ascii"),
             "flac": encode_flac(wave, sr),
@@ -247,16 +291,20 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
 def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    train_jobs, val_jobs = _plan(settings)
+    train_jobs, val_jobs, held_jobs = _plan(settings)
     (tmp / "train").mkdir(parents=True)
     (tmp / "val" / "test").mkdir(parents=True)
+    (tmp / "heldout" / "test").mkdir(parents=True)
     per = settings["samples_per_shard"]
     train_w = NumberedShards(tmp / "train", lambda i: f"train-{i:06d}.tar", per)
     val_w = NumberedShards(tmp / "val" / "test", lambda i: f"{i}.tar", per)
-    per_class = {"train": [0] * len(CLASSNAMES), "val": [0] * len(CLASSNAMES)}
+    held_w = NumberedShards(tmp / "heldout" / "test", lambda i: f"{i}.tar", per)
+    writers = {"train": train_w, "val": val_w, "heldout": held_w}
+    per_class = {"train": [0] * len(CLASSNAMES), "val": [0] * len(CLASSNAMES), "heldout": [0] * len(CLASSNAMES)}
     # chunks never straddle splits; their composition depends only on the settings
     chunks = [("train", train_jobs[i:i + _CHUNK]) for i in range(0, len(train_jobs), _CHUNK)]
     chunks += [("val", val_jobs[i:i + _CHUNK]) for i in range(0, len(val_jobs), _CHUNK)]
+    chunks += [("heldout", held_jobs[i:i + _CHUNK]) for i in range(0, len(held_jobs), _CHUNK)]
     # forkserver children start from a process that never synthesised (fresh eSpeak
     # state); one task per child gives every chunk its own fresh process
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -265,11 +313,11 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
         # import everything the workers need once, in the server, not per chunk
         ctx.set_forkserver_preload(["align.demo.data", "align.demo.espeak", "align.data.audio_io",
                                     "scipy.signal", "PIL.Image", "PIL.PngImagePlugin", "soundfile"])
-    bar = tqdm(total=len(train_jobs) + len(val_jobs), desc="demo", unit="sample", disable=not progress)
+    bar = tqdm(total=len(train_jobs) + len(val_jobs) + len(held_jobs), desc="demo", unit="sample", disable=not progress)
     results = _map_in_fresh_processes(ctx, [c for _, c in chunks], min(workers, len(chunks)))
     try:
         for (split, _), samples in zip(chunks, results):
-            writer = train_w if split == "train" else val_w
+            writer = writers[split]
             for key, label, files in samples:
                 writer.write(key, files)
                 per_class[split][label] += 1
@@ -277,8 +325,8 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     finally:
         results.close()  # stops the workers if writing failed
         bar.close()
-        train_w.close()
-        val_w.close()
+        for w in writers.values():
+            w.close()
 
     n_train, n_val = sum(train_w.sizes), sum(val_w.sizes)
     # the keys of align.data.shards.write_shards' stats.json, plus the demo's own
@@ -287,22 +335,30 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
              "shards": len(train_w.names), "shard_sizes": dict(zip(train_w.names, train_w.sizes)),
              "per_class": dict(zip(CLASSNAMES, per_class["train"]))}
     _write_text(tmp / "train" / "stats.json", json.dumps(stats, indent=2) + "\n")
-    _write_text(tmp / "val" / "test" / "nshards.txt", f"{len(val_w.names)}\n")
-    _write_text(tmp / "val" / "classnames.txt", "\n".join(CLASSNAMES) + "\n")
-    _write_text(tmp / "val" / "zeroshot_classification_templates.txt", "\n".join(TEMPLATES) + "\n")
+    for split, w in (("val", val_w), ("heldout", held_w)):
+        _write_text(tmp / split / "test" / "nshards.txt", f"{len(w.names)}\n")
+        _write_text(tmp / split / "classnames.txt", "\n".join(CLASSNAMES) + "\n")
+        _write_text(tmp / split / "zeroshot_classification_templates.txt", "\n".join(TEMPLATES) + "\n")
 
     last_train = len(train_w.names) - 1
     manifest = dict(settings)
     manifest.update({
         "name": "align-demo-digits",
         "image_mode": IMAGE_MODE, "sample_rate": SAMPLE_RATE, "keys": list(KEYS),
-        "counts": {"train": n_train, "val": n_val, "total": n_train + n_val},
+        "counts": {"train": n_train, "val": n_val, "heldout": sum(held_w.sizes), "total": n_train + n_val},
         "per_class": per_class,
         "train": {"pattern": f"train/train-{{000000..{last_train:06d}}}.tar",
                   "shards": [f"train/{u}" for u in train_w.names], "sizes": train_w.sizes},
         "val": {"clip_benchmark": {"dataset_name": "wds/demo", "dataset_root": "val", "split": "test"},
                 "pattern": f"val/test/{{0..{len(val_w.names) - 1}}}.tar",
                 "shards": [f"val/test/{u}" for u in val_w.names], "sizes": val_w.sizes},
+        "heldout": {"clip_benchmark": {"dataset_name": "wds/demo", "dataset_root": "heldout", "split": "test"},
+                    "pattern": f"heldout/test/{{0..{len(held_w.names) - 1}}}.tar",
+                    "shards": [f"heldout/test/{u}" for u in held_w.names], "sizes": held_w.sizes,
+                    "voices": {"bases": HELDOUT_VOICE_BASES, "variants": HELDOUT_VOICE_VARIANTS},
+                    "train_voices": {"bases": VOICE_BASES, "variants": VOICE_VARIANTS},
+                    "rendering": {"scale": list(HELDOUT_SCALE), "blur": list(HELDOUT_BLUR),
+                                  "stroke": ["thinner", "thicker"], "offset": "random in the margin"}},
         "classnames": CLASSNAMES, "templates": TEMPLATES,
     })
     _write_text(tmp / "demo.json", json.dumps(manifest, indent=1) + "\n")

@@ -3,7 +3,7 @@
     towers:
       audio: {type: audio, width: 192, layers: 4, heads: 3, patch: 16, patch_stride: [10, 10]}
       audio: {type: audio, init_from_vit: {model: ViT-B-16, weights: /ckpt/open_clip_b16.safetensors}}
-      audio: {type: audio_cnn, channels: [32, 64, 128, 256]}
+      audio: {type: audio_cnn, channels: [32, 64, 128, 256], stem_stride: 2, block: separable}
 
 Both take [B, n_mels, frames] normalised log-mel (see `audio_features.py` for the
 front-end keys, shared by both types) and return [B, embed_dim] un-normalised.
@@ -21,8 +21,11 @@ LayerNorm, CLS (or mean) pooling, projection.
 The width/layers/heads come from the ViT; the recipe may not set them differently.
 Rebuilding such a tower (e.g. to load a trained checkpoint) reads the ViT weights again.
 
-`audio_cnn`: PANNs-CNN-like: BatchNorm over mel bins, blocks of 2 x (conv3x3-BN-ReLU) +
-2x2 average pool, mean over frequency, max + mean over time, dropout, Linear-ReLU, projection.
+`audio_cnn`: PANNs-CNN-like: BatchNorm over mel bins, a strided conv3x3 stem (`stem_stride`, default 2),
+blocks of depthwise-separable conv3x3-BN-ReLU (`block: separable`, default; `plain`: PANNs'
+2 x (conv3x3-BN-ReLU)) + 2x2 average pool, mean over frequency, max + mean over time, dropout,
+Linear-ReLU, projection.  The defaults train ~30x faster on CPU than the PANNs layout
+(`stem_stride: 1, block: plain`, with an extra stem conv): benchmarks/audio_cnn_speed.py.
 
 Several clips per recording (eval_clips > 1): `encode_clips([B, C, n_mels, frames])`
 averages the L2-normalised clip embeddings; `forward` takes one clip per item only.
@@ -40,7 +43,7 @@ from align.towers.common import LockableTower, build_projection, check_cfg, load
 
 VIT_KEYS = ("patch", "patch_stride", "width", "layers", "heads", "mlp_ratio", "pool", "proj",
             "lock", "unlocked_groups", "init_from_vit")
-CNN_KEYS = ("channels", "dropout", "proj", "lock", "unlocked_groups")
+CNN_KEYS = ("channels", "dropout", "proj", "lock", "unlocked_groups", "stem_stride", "block")
 INIT_KEYS = ("model", "vision_cfg", "weights", "quick_gelu")
 
 
@@ -212,33 +215,51 @@ def build_open_clip_vit(spec: dict, where: str) -> nn.Module:
 
 
 class _ConvBlock(nn.Sequential):
-    """2 x (conv3x3 - BN - ReLU) then 2x2 average pool: [B, Cin, F, T] -> [B, Cout, F/2, T/2]."""
+    """`plain`: 2 x (conv3x3 - BN - ReLU) then 2x2 average pool: [B, Cin, F, T] -> [B, Cout, F/2, T/2].
 
-    def __init__(self, cin: int, cout: int):
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.AvgPool2d(2))
+    `separable`: depthwise conv3x3 - pointwise conv1x1 - BN - ReLU, then the pool: the same receptive
+    field growth for ~1/9 of the multiply-adds of one plain conv (MobileNet's factorisation)."""
+
+    def __init__(self, cin: int, cout: int, kind: str = "plain"):
+        if kind == "plain":
+            layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                      nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        else:
+            layers = [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
+                      nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        super().__init__(*layers, nn.AvgPool2d(2))
 
 
 class AudioCNNTower(_AudioTowerMixin, LockableTower):
-    """PANNs-like CNN over log-mel; see the module docstring."""
+    """CNN over log-mel (PANNs-like by default layout); see the module docstring.
+
+    stem_stride: the first conv (3x3, `channels[0]` maps) runs with this stride, so the blocks start on a
+        smaller map (2: a quarter of the positions; the input conv is where PANNs spends most of its time).
+    block: `separable` (default) or `plain` (PANNs' 2 x conv3x3; with stem_stride 1 the former layout).
+    """
 
     def __init__(self, fe: AudioFrontend, embed_dim: int, *, channels=(32, 64, 128, 256),
-                 dropout: float = 0.2, proj: str = "linear", where: str = "model.towers.audio"):
+                 dropout: float = 0.2, proj: str = "linear", stem_stride=2, block: str = "separable",
+                 where: str = "model.towers.audio"):
         super().__init__()
         if (not isinstance(channels, (list, tuple)) or not channels
                 or not all(isinstance(c, int) and c > 0 for c in channels)):
             raise ConfigError(f"{where}.channels: expected a list of positive ints, got {channels!r}")
-        if 2 ** len(channels) > min(fe.n_mels, fe.n_frames):
-            raise ConfigError(f"{where}.channels: {len(channels)} blocks halve the log-mel "
-                              f"[{fe.n_mels}, {fe.n_frames}] below one bin")
+        if block not in ("plain", "separable"):
+            raise ConfigError(f"{where}.block: {block!r} is not 'plain' or 'separable'")
+        stem = _pair(stem_stride, "stem_stride", where)
+        if stem[0] * 2 ** len(channels) > fe.n_mels or stem[1] * 2 ** len(channels) > fe.n_frames:
+            raise ConfigError(f"{where}.channels: stem_stride {list(stem)} and {len(channels)} blocks halve the "
+                              f"log-mel [{fe.n_mels}, {fe.n_frames}] below one bin")
         if not 0 <= dropout < 1:
             raise ConfigError(f"{where}.dropout: must be in [0, 1), got {dropout!r}")
         self.fe, self.embed_dim, self.channels = fe, embed_dim, list(channels)
+        self.stem_stride, self.block = stem, block
         self.bn0 = nn.BatchNorm1d(fe.n_mels)                   # per-mel-bin input normalisation
-        cins = [1] + self.channels[:-1]
-        self.blocks = nn.ModuleList(_ConvBlock(a, b) for a, b in zip(cins, self.channels))
+        self.stem = nn.Sequential(nn.Conv2d(1, channels[0], 3, stride=stem, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True))
+        cins = [channels[0]] + self.channels[:-1]
+        self.blocks = nn.ModuleList(_ConvBlock(a, b, block) for a, b in zip(cins, self.channels))
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Sequential(nn.Linear(channels[-1], channels[-1]), nn.ReLU(inplace=True))
         self.head = build_projection(channels[-1], embed_dim, proj, where)
@@ -246,7 +267,7 @@ class AudioCNNTower(_AudioTowerMixin, LockableTower):
     def forward(self, x: torch.Tensor) -> torch.Tensor:                # [B, n_mels, T] -> [B, D]
         self._check_input(x)
         with self.trunk_context():
-            h = self.bn0(x).unsqueeze(1)                                 # [B, 1, n_mels, T]
+            h = self.stem(self.bn0(x).unsqueeze(1))                      # [B, C0, n_mels/s, T/s]
             for blk in self.blocks:
                 h = blk(h)                                               # [B, C, F', T']
             h = h.mean(dim=2)                                            # [B, C, T']
@@ -256,11 +277,11 @@ class AudioCNNTower(_AudioTowerMixin, LockableTower):
 
     def lock_groups(self) -> List:
         blocks = list(self.blocks)
-        return [[self.bn0, blocks[0]], *blocks[1:-1], [blocks[-1], self.fc]] if len(blocks) > 1 \
-            else [[self.bn0, blocks[0], self.fc]]
+        return [[self.bn0, self.stem, blocks[0]], *blocks[1:-1], [blocks[-1], self.fc]] if len(blocks) > 1 \
+            else [[self.bn0, self.stem, blocks[0], self.fc]]
 
     def preprocess_config(self) -> dict:
-        return self._base_config("audio_cnn")
+        return dict(self._base_config("audio_cnn"), stem_stride=list(self.stem_stride), block=self.block)
 
 
 def _split(cfg: dict, model_keys, modality: str):

@@ -4,6 +4,8 @@ Everything is plain torch/numpy/scipy (no torchaudio):
 
     wave (np.float32 [samples], sample_rate)
       -> resample to `sample_rate` (align.data.audio_io.resample, scipy polyphase)
+      -> optional: trim leading/trailing silence (`trim_db`), peak or RMS normalisation
+         (`normalize`, `target_db`) -- the same in training and evaluation
       -> crop / zero-pad to `clip_seconds`
       -> |STFT|^2 (Hann window, centred frames, zero padding at the edges)
       -> mel filterbank (HTK or Slaney scale, optional Slaney area norm)
@@ -22,12 +24,13 @@ one centre-cropped [n_mels, frames] clip like training.
 """
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from align.data.audio_io import to_mono  # noqa: F401  (also used by hf_audio through this module)
 from align.errors import ConfigError, DataError
 
 
@@ -98,6 +101,9 @@ class AudioFrontend:
     eval_clips: int = 1
     freq_mask: int = 0         # train SpecAugment: max width of one frequency mask (mel bins)
     time_mask: int = 0         # train SpecAugment: max width of one time mask (frames)
+    trim_db: float = 0.0       # > 0: cut leading/trailing 10 ms frames quieter than (loudest frame - trim_db)
+    normalize: str = "none"    # none | peak | rms: scale each recording to target_db (dBFS)
+    target_db: float = -1.0    # peak: -1 dBFS is usual; rms: e.g. -20
 
     @classmethod
     def keys(cls):
@@ -123,6 +129,13 @@ class AudioFrontend:
             bad("norm_std", "must be > 0")
         if not self.log_offset > 0:
             bad("log_offset", "must be > 0")
+        if self.normalize not in ("none", "peak", "rms"):
+            bad("normalize", "must be 'none', 'peak' or 'rms'")
+        if isinstance(self.target_db, bool) or not isinstance(self.target_db, (int, float)) \
+                or not -80 <= self.target_db <= 0:
+            bad("target_db", "must be a number of dBFS in [-80, 0]")
+        if isinstance(self.trim_db, bool) or not isinstance(self.trim_db, (int, float)) or self.trim_db < 0:
+            bad("trim_db", "must be a number >= 0 (0: no trimming)")
         for k in ("freq_mask", "time_mask"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 0:
                 bad(k, "must be an integer >= 0")
@@ -181,21 +194,30 @@ def resample_wave(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample(wave, int(orig_sr), int(target_sr))
 
 
-def to_mono(wave, where: str = "audio") -> np.ndarray:
-    """float32 [samples]; 2-D input is down-mixed over its shorter axis (the channels).
+def trim_silence(w: np.ndarray, sr: int, top_db: float) -> np.ndarray:
+    """w without its leading/trailing 10 ms frames whose RMS is more than top_db below the loudest frame.
 
-    This accepts both soundfile's [samples, channels] and torchaudio's [channels, samples].
-    """
-    w = np.asarray(wave, dtype=np.float32)
-    if w.ndim == 2:
-        w = w.mean(axis=int(np.argmin(w.shape)))
-    if w.ndim != 1:
-        raise DataError(f"{where}: expected a mono wave [samples] or [samples, channels], got shape {w.shape}")
-    if w.size == 0:
-        raise DataError(f"{where}: empty audio")
-    if not np.isfinite(w).all():
-        raise DataError(f"{where}: audio contains NaN or infinite samples")
-    return w
+    All-silent input is returned unchanged (nothing to measure against)."""
+    hop = max(1, sr // 100)
+    n = -(-w.shape[0] // hop)
+    frames = np.zeros(n * hop, dtype=np.float64)
+    frames[:w.shape[0]] = w
+    rms = np.sqrt((frames.reshape(n, hop) ** 2).mean(axis=1))                   # [n]
+    peak = rms.max()
+    if peak <= 0:
+        return w
+    loud = np.flatnonzero(rms >= peak * 10 ** (-top_db / 20))
+    return w[loud[0] * hop:min(w.shape[0], (loud[-1] + 1) * hop)]
+
+
+def normalize_level(w: np.ndarray, mode: str, target_db: float) -> np.ndarray:
+    """Scale so the peak (mode 'peak') or RMS ('rms') is target_db dBFS; silence is left as it is."""
+    if mode == "none":
+        return w
+    level = float(np.abs(w).max()) if mode == "peak" else float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+    if level <= 1e-8:
+        return w
+    return (w * (10 ** (target_db / 20) / level)).astype(np.float32)
 
 
 def clip_starts(n: int, clip: int, count: int) -> np.ndarray:
@@ -248,6 +270,9 @@ class AudioPreprocess:
             raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
         fe = self.fe
         w = resample_wave(to_mono(wave), int(sr), fe.sample_rate)
+        if fe.trim_db > 0:
+            w = trim_silence(w, fe.sample_rate, fe.trim_db)
+        w = normalize_level(w, fe.normalize, fe.target_db)
         L = fe.clip_samples
         if self.train:
             start = 0
@@ -283,3 +308,41 @@ def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int,
         else:
             x[:, s:s + w] = 0.0
     return x
+
+
+# ---- dataset statistics (`align data stats`) -------------------------------------------------
+
+def logmel_stats(pattern, fe: AudioFrontend, max_samples: Optional[int] = None, batch_size: int = 64,
+                 progress: bool = True) -> dict:
+    """Mean and std of the un-normalised log-mel of a dataset's audio, as the eval front end computes it
+    (same resampling, trimming, level normalisation, clip length; padding included, as the towers see it).
+
+    Returns {"norm_mean", "norm_std", "samples", "skipped"}: put the first two in the audio tower's recipe
+    keys in place of AST's AudioSet constants."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    from align.data.pipeline import build_eval_loader
+    raw = replace(fe, norm_mean=0.0, norm_std=1.0)
+    loader = build_eval_loader(pattern, transforms={"audio": AudioPreprocess(raw, train=False)},
+                               batch_size=batch_size, modalities=["audio"], min_modalities=1)
+    total, total_sq, count, n = 0.0, 0.0, 0, 0
+    with tqdm(total=max_samples, unit="clip", desc="log-mel stats", disable=not progress) as bar:
+        for batch in loader:
+            x = batch["audio"][batch["audio_mask"]].double()                  # [b, (C,) n_mels, T]
+            if max_samples is not None:
+                x = x[:max_samples - n]
+            total += float(x.sum())
+            total_sq += float((x * x).sum())
+            count += x.numel()
+            n += x.shape[0]
+            bar.update(x.shape[0])
+            if max_samples is not None and n >= max_samples:
+                break
+    if n == 0:
+        raise DataError(f"data stats: no audio sample could be read from {pattern}")
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    return {"norm_mean": round(mean, 4), "norm_std": round(std, 4), "samples": n,
+            "skipped": sum(loader.skipped.values())}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from align.data.audio_io import decode_audio
+from align.data.augment import sample_seed
 from align.data.faults import (
     BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TRANSFORM_FAILED, UNDECODABLE_AUDIO, UNDECODABLE_IMAGE,
     UNDECODABLE_TEXT, SkipSample,
@@ -41,8 +42,16 @@ def decode_image(data: bytes):
 
 
 def captions(data: bytes) -> list[str]:
-    """`txt` bytes -> non-empty stripped lines (may be empty: the caller skips)."""
+    """`txt` bytes -> non-empty stripped lines, or the strings of a JSON list (may be empty: the caller skips)."""
     text = data.decode("utf-8")
+    if text.lstrip().startswith("["):  # several captions written as a JSON list
+        import json
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = None
+        if isinstance(items, list) and all(isinstance(c, str) for c in items):
+            return [c.strip() for c in items if c.strip()]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -108,7 +117,7 @@ class SampleDecoder:
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
-                 seed: int = 0, min_modalities: int = 2):
+                 seed: int = 0, min_modalities: int = 2, augment=None):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -121,6 +130,12 @@ class SampleDecoder:
         self.seed = seed
         self.min_modalities = min(min_modalities, len(self.modalities))
         self._templates: dict[str, torch.Tensor] = {}
+        # align.data.augment.Augmenter (training only): image stages before the image transform, wave
+        # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
+        self.augment = augment if train else None
+        if self.augment and self.augment.wave_stages + self.augment.logmel_stages and "audio" in transforms \
+                and not hasattr(transforms["audio"], "per_batch"):
+            raise DataError("data.augment.audio needs the audio towers' two-stage front end (per_sample/per_batch)")
 
     def present(self, raw: dict) -> dict[str, str]:
         """modality -> the extension holding it, for requested modalities present in `raw`."""
@@ -131,9 +146,19 @@ class SampleDecoder:
         seed = f"align:caption:{self.seed}:{epoch}:{raw.get('__url__')}:{raw['__key__']}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, seed)
         out = {"__key__": raw["__key__"], "cls": decoded.pop("cls")}
+        aug_seed = None
+        if self.train:
+            # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key); the towers'
+            # own random transforms are reseeded per sample by the pipeline (align.data.pipeline)
+            aug_seed = sample_seed(self.seed, epoch, raw.get("__url__"), raw["__key__"])
+            out["__aug__"] = aug_seed
         for m, value in decoded.items():
             try:
+                if m == "image" and self.augment and self.augment.image_stages:
+                    value = self.augment.image(value, aug_seed)
                 out[m] = self._apply(m, value)
+                if m == "audio" and self.augment and self.augment.wave_stages:
+                    out[m] = self.augment.wave(out[m], self.transforms[m].fe.sample_rate, aug_seed)
             except Exception as exn:
                 raise SkipSample(TRANSFORM_FAILED.format(modality=m), repr(exn)) from None
         return out
@@ -193,6 +218,8 @@ class SampleDecoder:
             if hasattr(tf, "per_batch"):
                 try:
                     batch[m] = tf.per_batch(batch[m])
+                    if m == "audio" and self.augment and self.augment.logmel_stages:
+                        batch[m] = self.augment.logmel(batch[m], [s.get("__aug__", 0) for s in samples])
                 except Exception as exn:   # cannot be pinned on one sample: a transform bug, stated plainly
                     raise DataError(f"transforms['{m}'].per_batch failed on a batch of {len(samples)} "
                                     f"({batch['__key__'][0]}, ...): {exn!r}") from None

@@ -335,3 +335,19 @@ def test_hub_name_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match=r"cannot load Hugging Face dataset 'someone/pairs'.*offline"):
         write_shards("someone/pairs", tmp_path / "o", progress=False)
+
+
+def test_several_text_columns_become_several_captions(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        _jpg(tmp_path / "imgs" / f"{i}.jpg")
+    pd.DataFrame({"filepath": [f"imgs/{i}.jpg" for i in range(3)], "a": ["one", "two", "three"],
+                  "b": ["uno", None, "tres"], "note": ["x", "y", "z"]}).to_csv(tmp_path / "d.csv", index=False)
+    write_shards(tmp_path / "d.csv", tmp_path / "o", image_col="filepath", text_col="a,b", progress=False)
+    m = _all_members(tmp_path / "o")
+    txt = [v.decode() for k, v in m.items() if k.endswith(".txt")]
+    assert txt == ["one\nuno", "two", "three\ntres"]
+    meta = json.loads(next(v for k, v in m.items() if k.endswith(".json")))
+    assert meta["captions"] == 2 and "b" not in meta.get("extra", {}) and meta["extra"]["note"] == "x"
+    with pytest.raises(DataError, match=r"no column 'c' for text; available columns: filepath, a, b, note"):
+        write_shards(tmp_path / "d.csv", tmp_path / "o2", image_col="filepath", text_col="a,c", progress=False)

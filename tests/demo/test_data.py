@@ -109,7 +109,7 @@ def test_samples_have_expected_content(small_demo):
         small = np.asarray(img.convert("L").resize((8, 8), Image.BOX), dtype=np.float64)
         assert np.corrcoef(small.ravel(), digits.images[idx].ravel())[0, 1] > 0.9
         wave, sr = decode_audio(s["flac"], name=s["__key__"])
-        assert sr == 16000 and 0.1 < len(wave) / sr < 1.5 and np.sqrt(np.mean(wave ** 2)) > 0.02
+        assert sr == 16000 and 0.1 < len(wave) / sr < 1.5 and np.sqrt(np.mean(wave ** 2)) > 0.01
         assert demo.RATE_RANGE[0] <= meta["rate"] <= demo.RATE_RANGE[1]
         assert demo.PITCH_RANGE[0] <= meta["pitch"] <= demo.PITCH_RANGE[1]
         voices.add(meta["voice"])
@@ -185,3 +185,50 @@ def test_full_build(tmp_path):
     m = demo.build_demo(tmp_path / "full", progress=False)
     assert m["counts"]["total"] == 1797
     assert m["counts"]["val"] / 1797 >= 0.2 and min(m["per_class"]["val"]) > 0
+
+
+def test_heldout_split_uses_unseen_voices_and_another_rendering(small_demo):
+    from PIL import Image
+    import io
+
+    root, m, _ = small_demo
+    train = _samples(sorted((root / "a" / "train").glob("*.tar")))
+    val = {s["__key__"]: s for s in _samples(sorted((root / "a" / "val" / "test").glob("*.tar")))}
+    held = _samples(sorted((root / "a" / "heldout" / "test").glob("*.tar")))
+    assert sorted(s["__key__"] for s in held) == sorted(val) and m["counts"]["heldout"] == len(val)
+    nshards = int((root / "a" / "heldout" / "test" / "nshards.txt").read_text())
+    assert [f"heldout/test/{i}.tar" for i in range(nshards)] == m["heldout"]["shards"]
+    assert (root / "a" / "heldout" / "classnames.txt").read_text() == (root / "a" / "val" / "classnames.txt").read_text()
+    train_voices = {json.loads(s["json"])["voice"] for s in train} | {json.loads(s["json"])["voice"] for s in val.values()}
+    held_voices = set()
+    for s in held:
+        meta, ref = json.loads(s["json"]), val[s["__key__"]]
+        base, _, variant = meta["voice"].partition("+")
+        assert base in demo.HELDOUT_VOICE_BASES and variant in demo.HELDOUT_VOICE_VARIANTS
+        held_voices.add(meta["voice"])
+        assert s["cls"] == ref["cls"] and s["flac"] != ref["flac"]
+        r = meta["render"]
+        assert demo.HELDOUT_SCALE[0] <= r["scale"] <= demo.HELDOUT_SCALE[1] and r["stroke"] in ("thinner", "thicker")
+        a = np.asarray(Image.open(io.BytesIO(s["png"])).convert("L"), np.float64)
+        b = np.asarray(Image.open(io.BytesIO(ref["png"])).convert("L"), np.float64)
+        assert a.shape == b.shape == (32, 32)
+        ink = lambda x: (x > 64).sum()
+        assert ink(a) < ink(b)                                          # drawn smaller
+    assert not held_voices & train_voices and len(held_voices) >= 3
+    for s in train:
+        base, _, variant = json.loads(s["json"])["voice"].partition("+")
+        assert base in demo.VOICE_BASES and variant in demo.VOICE_VARIANTS + [""]
+
+
+def test_render_digit_styles():
+    grid = np.zeros((8, 8), np.uint8)
+    grid[2:6, 3:5] = 255
+    train = np.asarray(demo.render_digit(grid, 32).convert("L"), np.float64)
+    r = {"scale": 0.5, "offset": [0.0, 1.0], "stroke": "thicker", "blur": 0.0}
+    held = np.asarray(demo.render_digit(grid, 32, r).convert("L"), np.float64)
+    ys, xs = np.nonzero(held > 64)
+    assert xs.mean() < 12 and ys.mean() > 20                            # bottom-left: off-centre
+    ys0, xs0 = np.nonzero(train > 64)
+    assert abs(xs0.mean() - 15.5) < 1.5 and abs(ys0.mean() - 15.5) < 1.5
+    thin = np.asarray(demo.render_digit(grid, 32, dict(r, stroke="thinner")).convert("L"), np.float64)
+    assert (thin > 64).sum() < (held > 64).sum()

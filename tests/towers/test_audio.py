@@ -268,21 +268,41 @@ def test_init_from_vit_rejects_conflicts(tmp_path):
         build_tower({"type": "audio", **SMALL, "init_from_vit": {"modle": "ViT-B-32"}}, "audio", 16)
 
 
-def test_audio_cnn_shapes_and_frozen_batchnorm():
-    cfg = {"type": "audio_cnn", **SMALL, "channels": [8, 16, 16]}
+def _bn(block):
+    return next(m for m in block if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("layout", [{}, {"block": "plain", "stem_stride": 1}, {"stem_stride": [2, 1]}])
+def test_audio_cnn_shapes_and_frozen_batchnorm(layout):
+    cfg = {"type": "audio_cnn", **SMALL, "channels": [8, 16, 16], **layout}
     t = build_tower(cfg, "audio", 12)
     y = t(t.dummy_input(4))
     assert y.shape == (4, 12)
     y.sum().backward()
-    assert t.blocks[0][0].weight.grad.abs().sum() > 0
+    assert t.blocks[0][0].weight.grad.abs().sum() > 0 and t.stem[0].weight.grad.abs().sum() > 0
     t = build_tower(dict(cfg, lock=True), "audio", 12).train()
-    bn = t.blocks[0][1]
+    bn = _bn(t.blocks[0])
     before = bn.running_mean.clone()
     t(t.dummy_input(4) + 3.0)
     assert torch.equal(bn.running_mean, before)         # frozen BN keeps its statistics
     assert {n for n, p in t.named_parameters() if p.requires_grad} == {"head.weight"}
     t = build_tower(dict(cfg, lock=True, unlocked_groups=1), "audio", 12).train()
-    assert t.blocks[2][1].training and not t.blocks[1][1].training
+    assert _bn(t.blocks[2]).training and not _bn(t.blocks[1]).training
+
+
+def test_audio_cnn_layouts():
+    """Separable blocks: depthwise 3x3 then pointwise 1x1; the stem stride shrinks the first map."""
+    sep = build_tower({"type": "audio_cnn", **SMALL, "channels": [8, 16]}, "audio", 12)
+    dw, pw = sep.blocks[1][0], sep.blocks[1][1]
+    assert dw.groups == 8 and tuple(dw.weight.shape) == (8, 1, 3, 3) and tuple(pw.weight.shape) == (16, 8, 1, 1)
+    x = sep.dummy_input(2)
+    assert sep.stem(sep.bn0(x).unsqueeze(1)).shape[2:] == (16, 16)       # [32, 32] log-mel, stride 2
+    plain = build_tower({"type": "audio_cnn", **SMALL, "channels": [8, 16], "block": "plain", "stem_stride": 1},
+                        "audio", 12)
+    assert [type(m).__name__ for m in plain.blocks[1]][:3] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert plain.stem(plain.bn0(x).unsqueeze(1)).shape[2:] == (32, 32)
+    assert sum(p.numel() for p in sep.parameters()) < sum(p.numel() for p in plain.parameters())
+    assert plain.preprocess_config()["block"] == "plain" and sep.preprocess_config()["stem_stride"] == [2, 2]
 
 
 @pytest.mark.parametrize("cfg,match", [
@@ -291,6 +311,11 @@ def test_audio_cnn_shapes_and_frozen_batchnorm():
     ({"type": "audio", "heads": 5}, "divisible"),
     ({"type": "audio", "unlocked_groups": 1}, "lock: true"),
     ({"type": "audio", **TINY_VIT, "lock": True, "unlocked_groups": 9}, "between"),
+    ({"type": "audio_cnn", "block": "dense"}, r"block: 'dense' is not 'plain' or 'separable'"),
+    ({"type": "audio_cnn", **SMALL, "stem_stride": 4, "channels": [8, 8, 8, 8]}, "below one bin"),
+    ({"type": "audio", "normalize": "loud"}, r"normalize: must be 'none', 'peak' or 'rms'"),
+    ({"type": "audio", "target_db": 3}, r"target_db: must be a number of dBFS"),
+    ({"type": "audio", "trim_db": -1}, r"trim_db: must be a number >= 0"),
 ])
 def test_config_errors(cfg, match):
     with pytest.raises(ConfigError, match=match):
@@ -313,3 +338,79 @@ def test_batched_front_end_equals_per_sample():
     batched = pp.per_batch(torch.stack([pp.per_sample(w) for w in waves]))
     assert batched.shape == one_by_one.shape
     torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-5)
+
+
+# ---- preprocessing shared by training and evaluation ---------------------------------------------
+
+def _spectrum(x, sr):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    return np.fft.rfftfreq(len(x), 1 / sr), spec
+
+
+def test_8khz_tone_is_resampled_without_images():
+    """1 kHz at 8 kHz -> 16 kHz: the tone stays at 1 kHz, no mirror image at 7 kHz, twice the samples."""
+    t = np.arange(8000) / 8000
+    w = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    fe = AudioFrontend(clip_seconds=1.0)
+    clip = AudioPreprocess(fe, train=False).per_sample((w, 8000))[0].numpy()       # [16000]
+    freqs, spec = _spectrum(clip[200:-200], 16000)
+    assert abs(freqs[spec.argmax()] - 1000) < 2
+    assert spec[freqs > 4000].sum() < 1e-6 * spec.sum()
+    feats = AudioPreprocess(fe, train=False)((w, 8000))                            # [n_mels, T]
+    centres = mel_to_hz_centres(fe)
+    assert abs(centres[int(feats[:, 20:-20].mean(1).argmax())] - 1000) < 150       # log-mel peak near 1 kHz
+
+
+def mel_to_hz_centres(fe):
+    from align.towers.audio_features import hz_to_mel, mel_to_hz
+    lo, hi = (float(hz_to_mel(torch.tensor(f, dtype=torch.float64), fe.mel_scale)) for f in (fe.f_min, fe.f_max))
+    pts = torch.linspace(lo, hi, fe.n_mels + 2, dtype=torch.float64)[1:-1]
+    return mel_to_hz(pts, fe.mel_scale).numpy()
+
+
+def test_trim_silence_and_level_normalisation_train_and_eval():
+    from align.towers.audio_features import normalize_level, trim_silence
+    sr = 16000
+    tone = 0.05 * np.sin(2 * np.pi * 440 * np.arange(1600) / sr)
+    w = np.concatenate([np.zeros(3200), 1e-5 * np.ones(800), tone, np.zeros(4800)]).astype(np.float32)
+    trimmed = trim_silence(w, sr, 40)
+    assert 1600 <= len(trimmed) <= 1600 + 2 * 160 and np.allclose(trimmed[trimmed != 0].std(), tone.std(), rtol=0.2)
+    assert len(trim_silence(np.zeros(500, np.float32), sr, 40)) == 500          # all silent: unchanged
+    peak = normalize_level(w, "peak", -1.0)
+    assert abs(np.abs(peak).max() - 10 ** (-1 / 20)) < 1e-6
+    rms = normalize_level(w, "rms", -20.0)
+    assert abs(np.sqrt(np.mean(rms.astype(np.float64) ** 2)) - 0.1) < 1e-6
+    assert np.array_equal(normalize_level(np.zeros(10, np.float32), "peak", -1), np.zeros(10))
+    fe = AudioFrontend(clip_seconds=0.1, trim_db=40.0, normalize="peak", target_db=-1.0)
+    for train in (True, False):                                                 # the same at train and eval
+        clip = AudioPreprocess(fe, train=train).per_sample((w, sr))[0].numpy()
+        assert abs(np.abs(clip).max() - 10 ** (-1 / 20)) < 1e-5
+        assert np.abs(clip[:160]).max() > 0.3                                 # the tone starts the clip
+
+
+def test_logmel_stats_of_shards_match_a_direct_computation(tmp_path, capsys):
+    import io as _io
+    import soundfile as sf
+    from align.cli import main
+    from align.towers.audio_features import logmel_stats
+    from tests.wds_helpers import write_shard
+    rng = np.random.default_rng(0)
+    waves, samples = [], []
+    for i in range(6):
+        w = (rng.standard_normal(4000 + 500 * i) * 0.1 * (i + 1)).astype(np.float32)
+        buf = _io.BytesIO()
+        sf.write(buf, w, 16000, format="WAV", subtype="FLOAT")
+        waves.append(w)
+        samples.append({"__key__": f"k{i}", "wav": buf.getvalue(), "txt": "x"})
+    pattern = write_shard(tmp_path / "a.tar", samples)
+    fe = AudioFrontend(**SMALL)
+    raw = AudioFrontend(**dict(SMALL, norm_mean=0.0, norm_std=1.0))
+    direct = torch.stack([AudioPreprocess(raw, train=False)((w, 16000)) for w in waves]).double()
+    stats = logmel_stats(pattern, fe, progress=False)
+    assert stats["samples"] == 6 and stats["skipped"] == 0
+    assert abs(stats["norm_mean"] - float(direct.mean())) < 1e-3
+    assert abs(stats["norm_std"] - float(direct.std(unbiased=False))) < 1e-3
+    assert logmel_stats(pattern, fe, max_samples=2, progress=False)["samples"] == 2
+    assert main(["data", "stats", pattern, "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert json.loads(out[0])["samples"] == 6 and "model.towers.audio.norm_mean=" in out[1]
