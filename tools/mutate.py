@@ -94,7 +94,7 @@ MUTATIONS = [
       "name_a=q, name_b=g)", "name_a=g, name_b=q)", ["tests/bench/test_probe_tasks.py"]),
     # -- tar reader -------------------------------------------------------------------------------
     M("reader.padding_not_skipped", "align/wds/reader.py",
-      "_read_exact(stream, -size % BLOCK, \"tar padding\")", "pass", ["tests/wds/test_reader.py"]),
+      "_read_exact(stream, padded - size, \"tar padding\")", "pass", ["tests/wds/test_reader.py"]),
     M("reader.ustar_prefix_dropped", "align/wds/reader.py",
       "raw = prefix + b\"/\" + raw", "raw = raw", ["tests/wds/test_reader.py"]),
     M("reader.old_style_regular_dropped", "align/wds/reader.py",
@@ -105,7 +105,7 @@ MUTATIONS = [
       ["tests/wds/test_reader.py"], note="helper A adds the signed-checksum test; verify after merging"),
     # -- resume wiring ----------------------------------------------------------------------------
     M("resume.data_position_dropped", "align/train.py",
-      "loader = build_loader(r, core, rank, world, state[\"data\"] if resume_path else None)",
+      "loader = build_loader(r, core, rank, world, data_resume)",
       "loader = build_loader(r, core, rank, world, None)", [RES]),
     M("resume.scheduler_not_restored", "align/train.py",
       "restore_scheduler(scheduler, saved[\"scheduler\"])", "pass", [SW + "::test_restored_scheduler_follows_the_schedule"]),
@@ -173,7 +173,7 @@ MUTATIONS = [
     M("switch.data.synthetic_caption", "align/train.py", "caption=r.data.synthetic_caption)",
       "caption=\"Dummy caption\")", [SW + "::test_synthetic_caption_is_the_text_trained_on"]),
     M("switch.data.val", "align/train.py",
-      "results = run_val(core, r, acc, writer, state[\"step\"]) if r.data.val else {}", "results = {}",
+      "state[\"step\"]) if r.data.val else {}", "state[\"step\"]) if False else {}",
       [SW + "::test_eval_every_tasks_best_metric_and_batch_size"]),
     # -- train.* ----------------------------------------------------------------------------------
     M("switch.train.batch_size", "align/train.py", "SyntheticLoader(model, r.train.batch_size,",
@@ -190,8 +190,8 @@ MUTATIONS = [
       [SW + "::test_gradcache_gradients_equal_one_dense_large_batch_step"]),
     M("switch.train.lr", "align/optim.py", "kwargs = dict(lr=tc.lr,", "kwargs = dict(lr=5e-4,",
       [SW + "::test_optimizer_and_schedule_settings_reach_every_step"]),
-    M("switch.train.weight_decay", "align/optim.py", "{\"params\": decay, \"weight_decay\": tc.weight_decay}",
-      "{\"params\": decay, \"weight_decay\": 0.2}", [SW + "::test_optimizer_and_schedule_settings_reach_every_step"]),
+    M("switch.train.weight_decay", "align/optim.py", "\"weight_decay\": 0.0 if skip else tc.weight_decay,",
+      "\"weight_decay\": 0.0 if skip else 0.2,", [SW + "::test_optimizer_and_schedule_settings_reach_every_step"]),
     M("switch.train.betas", "align/optim.py", "betas=tuple(tc.betas)", "betas=(0.9, 0.98)",
       [SW + "::test_optimizer_and_schedule_settings_reach_every_step"]),
     M("switch.train.eps", "align/optim.py", "eps=tc.eps)", "eps=1e-6)",
@@ -223,7 +223,8 @@ MUTATIONS = [
       [SW + "::test_num_threads_and_deterministic_are_applied"]),
     M("switch.train.deterministic", "align/train.py", "if r.train.deterministic:", "if False:",
       [SW + "::test_num_threads_and_deterministic_are_applied"]),
-    M("switch.train.wandb_project", "align/train.py", "if r.train.wandb_project:", "if False:",
+    M("switch.train.wandb_project", "align/train.py", "    if r.train.wandb_project:\n        try:",
+      "    if False:\n        try:",
       ["tests/test_train.py::test_wandb_logging_when_enabled"]),
     M("switch.seed", "align/train.py", "set_seed(r.seed)", "set_seed(0)", [SW + "::test_seed_sets_the_initial_weights"]),
     # -- eval.* -----------------------------------------------------------------------------------
