@@ -134,9 +134,13 @@ def train(r: Recipe, progress: bool = True) -> dict:
                          "(DDP fixes the set of trained parameters when it wraps the model)")
     if r.train.grad_checkpointing:
         enable_grad_checkpointing(model)
-    from align.losses import build_loss
+    import inspect
+
+    from align.losses import LOSSES, build_loss
     weights = r.loss.weights or [1.0] * len(r.loss.pairs)
-    loss_opts = {"chunk_size": r.loss.chunk_size} if r.loss.type.startswith("chunked") else {}
+    # loss.chunk_size goes to the loss classes that take it (by their signature, not by their name)
+    takes_chunk = "chunk_size" in inspect.signature(LOSSES.get(r.loss.type).__init__).parameters
+    loss_opts = {"chunk_size": r.loss.chunk_size} if takes_chunk else {}
     loss_fn = build_loss(r.loss.type, pairs=[tuple(p) for p in r.loss.pairs], weights=weights, rank=rank,
                          world_size=world, **loss_opts)
     optimizer = build_optimizer(model, r.train, device_type=acc.device.type)

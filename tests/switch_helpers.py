@@ -65,7 +65,8 @@ class Spy:
 
         def step(opt, *a, **k):
             spy.steps.append({
-                "groups": [{k2: v for k2, v in g.items() if k2 != "params"} for g in opt.param_groups],
+                "groups": [dict({k2: v for k2, v in g.items() if k2 != "params"}, n_params=len(g["params"]))
+                           for g in opt.param_groups],
                 "grads": [None if p.grad is None else p.grad.detach().clone()
                           for g in opt.param_groups for p in g["params"]]})
             return real_step(opt, *a, **k)

@@ -146,6 +146,7 @@ def test_optimizer_and_schedule_settings_reach_every_step(tmp_path, monkeypatch)
     for k, st in enumerate(spy.steps):
         factor = (k + 1) / 2 if k < 2 else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (k - 2) / 4))
         decay, skip = st["groups"]
+        assert decay["n_params"] > 0 and skip["n_params"] > 0     # the lr below is the one the weights get
         assert math.isclose(decay["lr"], 0.01 * factor, rel_tol=1e-9), (k, decay["lr"])
         assert decay["weight_decay"] == 0.05 and skip["weight_decay"] == 0.0
         assert tuple(decay["betas"]) == (0.8, 0.9) and decay["eps"] == 1e-5

@@ -188,7 +188,9 @@ MUTATIONS = [
       "loss = gradcache_step(lambda mb: model(mb), micro, compute_loss,",
       "loss = gradcache_step(lambda mb: model(mb), micro[:1], compute_loss,",
       [SW + "::test_gradcache_gradients_equal_one_dense_large_batch_step"]),
-    M("switch.train.lr", "align/optim.py", "kwargs = dict(lr=tc.lr,", "kwargs = dict(lr=5e-4,",
+    # each parameter group carries its own lr (train.tower_lr, layer_decay): train.lr reaches it here
+    M("switch.train.lr", "align/optim.py", "base = float(tower_lr.get(m, tc.lr))",
+      "base = float(tower_lr.get(m, 5e-4))",
       [SW + "::test_optimizer_and_schedule_settings_reach_every_step"]),
     M("switch.train.weight_decay", "align/optim.py", "\"weight_decay\": 0.0 if skip else tc.weight_decay,",
       "\"weight_decay\": 0.0 if skip else 0.2,", [SW + "::test_optimizer_and_schedule_settings_reach_every_step"]),
