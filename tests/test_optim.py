@@ -203,3 +203,27 @@ def test_unlock_after_n_steps(tiny_recipe):
                                     if k.startswith(f"towers.{tower}.net."))
     assert moved(1, 2, "image") == 0.0 and moved(1, 2, "text") > 0
     assert moved(2, 3, "image") > 0 and moved(3, 4, "image") > 0
+
+
+def test_hf_grad_checkpointing_helper_recomputes_activations():
+    """towers.common.hf_grad_checkpointing (hf, hf_image, hf_audio towers): fewer saved activations when on,
+    as many as before when turned off again, and False for a model without checkpointing."""
+    transformers = pytest.importorskip("transformers")
+    from align.towers.common import hf_grad_checkpointing
+
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3,
+                                                          num_attention_heads=2, intermediate_size=64))
+    bert.train()
+    ids = torch.randint(0, 50, (2, 12))
+
+    def saved():
+        n = [0]
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: n.__setitem__(0, n[0] + 1) or t, lambda t: t):
+            bert(input_ids=ids).last_hidden_state.sum().backward()
+        return n[0]
+    before = saved()
+    assert hf_grad_checkpointing(bert, True) is True
+    assert saved() < before / 2
+    assert hf_grad_checkpointing(bert, False) is True and saved() == before
+    assert hf_grad_checkpointing(torch.nn.Linear(2, 2), True) is False

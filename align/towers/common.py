@@ -139,3 +139,14 @@ def load_weights_file(path: Union[str, Path], where: str) -> dict:
     if not isinstance(sd, dict):
         raise ConfigError(f"{where}: {str(path)!r} does not hold a state dict")
     return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def hf_grad_checkpointing(model: nn.Module, enable: bool) -> bool:
+    """Turns a transformers model's own activation checkpointing on/off; False where it has none."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return False
+    if enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+    return True

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
-from align.towers.common import LockableTower, build_projection
+from align.towers.common import LockableTower, build_projection, hf_grad_checkpointing
 
 POOLINGS = ("auto", "pooler", "cls", "mean")
 # What `modality` looks for on a two-tower checkpoint.
@@ -155,13 +155,7 @@ class HFEncoderTower(LockableTower):
         return self.head(pooled)
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
-        if not getattr(self.trunk, "supports_gradient_checkpointing", False):
-            return False
-        if enable:
-            self.trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            self.trunk.gradient_checkpointing_disable()
-        return True
+        return hf_grad_checkpointing(self.trunk, enable)
 
     def lock_groups(self) -> List:
         """[everything before the layers], layer_0 .. [layer_last + everything after (final norms, pooler)]."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import LockableTower, build_projection, check_cfg
+from align.towers.common import LockableTower, build_projection, check_cfg, hf_grad_checkpointing
 
 KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers")
 POOLINGS = ("mean", "cls", "eos", "max")
@@ -115,13 +115,7 @@ class HFTextTower(LockableTower):
                               max_length=self.context_length, return_tensors="pt")["input_ids"]
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
-        if not getattr(self.model, "supports_gradient_checkpointing", False):
-            return False
-        if enable:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            self.model.gradient_checkpointing_disable()
-        return True
+        return hf_grad_checkpointing(self.model, enable)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:                # [B, L] -> [B, D]
         mask = ids != self.pad_id                                         # [B, L] bool
