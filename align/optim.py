@@ -153,6 +153,12 @@ def restore_scheduler(scheduler, state: dict) -> None:
     (lr, warmup, total steps) is the recipe's, so a run resumed with a larger train.max_steps follows
     the new schedule instead of the saved one, which had already decayed to min_lr_ratio."""
     scheduler.last_epoch, scheduler._step_count = state["last_epoch"], state["_step_count"]
+    # The samples-seen anchor of align.elastic's schedule (the global batch the run was trained with, where
+    # it changed) is the run's history, not the recipe's: it comes from the checkpoint too.
+    for fn, saved in zip(scheduler.lr_lambdas, state.get("lr_lambdas") or []):
+        for key in ("unit", "offset_step", "offset_samples", "global_batch"):
+            if isinstance(saved, dict) and key in saved and hasattr(fn, key):
+                setattr(fn, key, saved[key])
     for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * fn(scheduler.last_epoch)      # what LambdaLR.step computes, bit for bit
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -49,3 +49,22 @@ def test_changed_global_batch_follows_samples_seen_and_survives_a_save():
     s3.load_state_dict(s2.state_dict())
     assert continue_by_samples(s3, total, 32 + (total - 4) * 24, 24, 999)[1] is None
     assert s3.lr_lambdas[0](total) == s2.lr_lambdas[0](total)
+
+
+def test_changed_global_batch_is_noticed_through_restore_scheduler():
+    """train.py resumes with optim.restore_scheduler (the recipe's schedule, the checkpoint's step): the
+    samples-seen anchor must come from the checkpoint, or a changed global batch goes unnoticed."""
+    from align.optim import restore_scheduler
+    ref = WarmupCosine(3, 20, 0.1)
+    _, s = _sched(20)
+    schedule_by_samples(s, 8)
+    for _ in range(4):
+        s.step()                                       # 32 samples at global batch 8
+    _, s2 = _sched(20)                                 # the same recipe, resumed at global batch 24
+    schedule_by_samples(s2, 24)
+    restore_scheduler(s2, s.state_dict())
+    total, note = continue_by_samples(s2, 4, 32, 24, 20)
+    assert note is not None and "from 8 to 24" in note and "(32 of 160)" in note
+    assert total == 4 + math.ceil((160 - 32) / 24)
+    s2.step()
+    assert math.isclose(s2.get_last_lr()[0], ref((32 + 24) / 8), rel_tol=1e-12)

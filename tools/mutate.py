@@ -107,6 +107,8 @@ MUTATIONS = [
     M("resume.data_position_dropped", "align/train.py",
       "loader = build_loader(r, core, rank, world, data_resume)",
       "loader = build_loader(r, core, rank, world, None)", [RES]),
+    M("resume.samples_anchor_not_restored", "align/optim.py", "                setattr(fn, key, saved[key])",
+      "                pass", ["tests/test_elastic.py"]),
     M("resume.scheduler_not_restored", "align/train.py",
       "restore_scheduler(scheduler, saved[\"scheduler\"])", "pass", [SW + "::test_restored_scheduler_follows_the_schedule"]),
     M("resume.scheduler_from_the_checkpoint", "align/optim.py",
