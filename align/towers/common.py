@@ -150,3 +150,34 @@ def hf_grad_checkpointing(model: nn.Module, enable: bool) -> bool:
     else:
         model.gradient_checkpointing_disable()
     return True
+
+
+def find_layers(model: nn.Module):
+    """A transformers model's list of layers: the ModuleList whose length is config.num_hidden_layers
+    (hierarchical models such as CLAP's Swin: the stages, len(config.depths)); None if there is none."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "num_hidden_layers", None)
+    if isinstance(getattr(cfg, "depths", None), (list, tuple)):
+        n = len(cfg.depths)
+    for _, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and n and len(m) == n:
+            return m
+    return None
+
+
+def hf_lock_groups(model: nn.Module, where: str, what: str) -> List:
+    """Lock groups of a transformers model: [everything before the layers (embeddings)], layer_0, ...,
+    [layer_last + everything after (final norms, pooler)], in parameter registration order."""
+    layers = find_layers(model)
+    if layers is None:
+        raise ConfigError(f"{where}.unlocked_layers: cannot find the layer list of {what}; "
+                          f"use lock: true without unlocked_layers")
+    in_layers = {id(p) for p in layers.parameters()}
+    pre, post, seen = [], [], False
+    for p in model.parameters():
+        if id(p) in in_layers:
+            seen = True
+        else:
+            (post if seen else pre).append(p)
+    blocks = list(layers)
+    return [pre, *blocks[:-1], [blocks[-1], post]]

@@ -24,13 +24,13 @@ projection always trains.
 """
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import nn
 
 from align.errors import ConfigError
-from align.towers.common import LockableTower, build_projection, hf_grad_checkpointing
+from align.towers.common import LockableTower, build_projection, hf_grad_checkpointing, hf_lock_groups
 
 POOLINGS = ("auto", "pooler", "cls", "mean")
 # What `modality` looks for on a two-tower checkpoint.
@@ -49,7 +49,7 @@ def require_transformers(where: str):
     try:
         import transformers
     except ImportError:
-        raise ConfigError(f"{where}: needs the transformers package (pip install 'align[hf]')") from None
+        raise ConfigError(f"{where}: needs the transformers package (pip install 'align-clip[hf]')") from None
     return transformers
 
 
@@ -68,19 +68,6 @@ def load_trunk(name: str, modality: str, where: str) -> nn.Module:
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         return model.get_encoder()
     return model
-
-
-def find_layers(model: nn.Module) -> Optional[nn.ModuleList]:
-    """The trunk's list of layers: the ModuleList whose length is config.num_hidden_layers
-    (hierarchical models such as CLAP's Swin: the stages, len(config.depths))."""
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "num_hidden_layers", None)
-    if isinstance(getattr(cfg, "depths", None), (list, tuple)):
-        n = len(cfg.depths)
-    for _, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and n and len(m) == n:
-            return m
-    return None
 
 
 class HFEncoderTower(LockableTower):
@@ -158,20 +145,7 @@ class HFEncoderTower(LockableTower):
         return hf_grad_checkpointing(self.trunk, enable)
 
     def lock_groups(self) -> List:
-        """[everything before the layers], layer_0 .. [layer_last + everything after (final norms, pooler)]."""
-        layers = find_layers(self.trunk)
-        if layers is None:
-            raise ConfigError(f"{self.where}.unlocked_layers: cannot find the layer list of {self.model_type}; "
-                              f"use lock: true without unlocked_layers")
-        in_layers = {id(p) for p in layers.parameters()}
-        pre, post, seen = [], [], False
-        for p in self.trunk.parameters():
-            if id(p) in in_layers:
-                seen = True
-            else:
-                (post if seen else pre).append(p)
-        blocks = list(layers)
-        return [pre, *blocks[:-1], [blocks[-1], post]]
+        return hf_lock_groups(self.trunk, self.where, self.model_type)
 
 
 def build_checked(cls, cfg: dict, modality: str, embed_dim: int, keys) -> "HFEncoderTower":

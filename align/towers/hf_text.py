@@ -32,7 +32,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import LockableTower, build_projection, check_cfg, hf_grad_checkpointing
+from align.towers.common import LockableTower, build_projection, check_cfg, hf_grad_checkpointing, hf_lock_groups
 
 KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers")
 POOLINGS = ("mean", "cls", "eos", "max")
@@ -57,15 +57,6 @@ def resolve_model(name: str, where: str):
         return str(getattr(mod, fn)()), True
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     return name, offline or Path(name).is_dir()
-
-
-def _find_layers(model: nn.Module):
-    """The encoder's list of layers: the ModuleList whose length is config.num_hidden_layers."""
-    n = getattr(model.config, "num_hidden_layers", None)
-    for _, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and n and len(m) == n:
-            return m
-    return None
 
 
 class HFTextTower(LockableTower):
@@ -125,20 +116,7 @@ class HFTextTower(LockableTower):
         return self.head(pooled)
 
     def lock_groups(self) -> List:
-        """[embeddings and anything before the layers], layer_0 .. [layer_last + anything after]."""
-        layers = _find_layers(self.model)
-        if layers is None:
-            raise ConfigError(f"{self.where}.unlocked_layers: cannot find the layer list of "
-                              f"{self.model_name!r}; use lock: true without unlocked_layers")
-        in_layers = {id(p) for p in layers.parameters()}
-        pre, post, seen = [], [], False
-        for p in self.model.parameters():     # registration order: embeddings, layers, final norms
-            if id(p) in in_layers:
-                seen = True
-            else:
-                (post if seen else pre).append(p)
-        blocks = list(layers)
-        return [pre, *blocks[:-1], [blocks[-1], post]]
+        return hf_lock_groups(self.model, self.where, repr(self.model_name))
 
     def dummy_input(self, batch_size: int) -> torch.Tensor:
         return self.tokenize(["a photo of a dog barking"] * batch_size)
