@@ -26,7 +26,7 @@ import torch
 from align.errors import ConfigError
 from align.towers import TOWERS
 from align.towers.audio_features import clip_starts, crop_or_pad, resample_wave, to_mono
-from align.towers.hf_encoder import HFEncoderTower, build_checked, resolve_source
+from align.towers.hf_encoder import HFEncoderTower, build_checked
 
 KEYS = ("model", "clip_seconds", "pooling", "proj", "lock", "unlocked_layers")
 AST_FRAME_SHIFT_S = 0.01       # AST's kaldi fbank: 10 ms per frame
@@ -77,14 +77,8 @@ class HFAudioTower(HFEncoderTower):
     def __init__(self, model: str, embed_dim: int, *, clip_seconds: Optional[float] = None, pooling: str = "auto",
                  proj: str = "linear", where: str = "model.towers.audio"):
         super().__init__()
-        from align.towers.hf_encoder import load_trunk, require_transformers
-        AutoFeatureExtractor = require_transformers(where).AutoFeatureExtractor
-        path, local = resolve_source(model, where)
-        try:
-            self.extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=local)
-        except (OSError, ValueError, KeyError) as e:
-            raise ConfigError(f"{where}.model: no feature extractor for {model!r} "
-                              f"({str(e).splitlines()[0][:200]})") from None
+        from align.towers.hf_encoder import load_preprocessor, load_trunk
+        self.extractor = load_preprocessor("AutoFeatureExtractor", model, where, "feature extractor")
         fe = self.extractor
         self.input_name = fe.model_input_names[0]          # input_values | input_features
         self.has_mask = bool(getattr(fe, "return_attention_mask", False)) and "attention_mask" in fe.model_input_names

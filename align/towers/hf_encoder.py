@@ -53,6 +53,17 @@ def require_transformers(where: str):
     return transformers
 
 
+def load_preprocessor(auto_class: str, name, where: str, what: str):
+    """The model folder's own preprocessor through transformers' `auto_class` (AutoImageProcessor,
+    AutoFeatureExtractor); a folder without one fails with one line naming `what`."""
+    cls = getattr(require_transformers(where), auto_class)
+    path, local = resolve_source(name, where)
+    try:
+        return cls.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{where}.model: no {what} for {name!r} ({str(e).splitlines()[0][:200]})") from None
+
+
 def load_trunk(name: str, modality: str, where: str) -> nn.Module:
     """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
     AutoModel = require_transformers(where).AutoModel

@@ -16,7 +16,7 @@ import torch
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.hf_encoder import HFEncoderTower, build_checked, resolve_source
+from align.towers.hf_encoder import HFEncoderTower, build_checked
 
 KEYS = ("model", "pooling", "proj", "lock", "unlocked_layers")
 
@@ -38,14 +38,8 @@ class HFImageTower(HFEncoderTower):
     def __init__(self, model: str, embed_dim: int, *, pooling: str = "auto", proj: str = "linear",
                  where: str = "model.towers.image"):
         super().__init__()
-        from align.towers.hf_encoder import load_trunk, require_transformers
-        AutoImageProcessor = require_transformers(where).AutoImageProcessor
-        path, local = resolve_source(model, where)
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=local)
-        except (OSError, ValueError, KeyError) as e:
-            raise ConfigError(f"{where}.model: no image processor for {model!r} "
-                              f"({str(e).splitlines()[0][:200]})") from None
+        from align.towers.hf_encoder import load_preprocessor, load_trunk
+        self.processor = load_preprocessor("AutoImageProcessor", model, where, "image processor")
         self.model_name = model
         trunk = load_trunk(model, "image", where)
         self._finish(trunk, embed_dim, pooling, proj, where)
