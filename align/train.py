@@ -114,11 +114,12 @@ def train(r: Recipe, progress: bool = True) -> dict:
         torch.utils.deterministic.fill_uninitialized_memory = False
 
     # -- model, loss, optimizer ------------------------------------------------------------
+    resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
     model = build_model(r.model)
     model.config = recipe_to_dict(r)
     # Weights-only starts (step and optimizer fresh); a resumed run has its own weights.
     init_row = None
-    if not resolve_resume(r):
+    if not resume_path:
         from align.init_from import apply_init_from, apply_tower_temperature
         apply_tower_temperature(model, r.model)
         if r.model.init_from:
@@ -172,7 +173,6 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # -- resume: everything, including the position in the data stream -----------------------
     os.makedirs(r.output_dir, exist_ok=True)
     ckpt_dir = os.path.join(r.output_dir, "checkpoints")
-    resume_path = resolve_resume(r)
     # Skip counts live in the loader (and its state_dict), not here.
     state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "elapsed_s": 0.0, "samples": 0,
              "best": None, "data_wait_s": 0.0}
