@@ -72,7 +72,7 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
                          window=_lowpass(up, down)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=128)
 def _lowpass(up: int, down: int) -> np.ndarray:
     """The FIR taps resample_poly designs by default (Kaiser beta 5), designed once per ratio."""
     from scipy.signal import firwin
