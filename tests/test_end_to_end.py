@@ -51,6 +51,24 @@ def test_train_then_benchmark(demo_data, tmp_path, capsys):
     assert "image_retrieval_recall@1" in res["metrics"] and "text_retrieval_recall@5" in res["metrics"]
 
 
+@pytest.mark.parametrize("name,modalities", [("small-image-text", {"image", "text"}),
+                                             ("small-audio-text", {"audio", "text"})])
+def test_small_data_recipes_train_on_demo_data_with_data_train_alone(demo_data, tmp_path, monkeypatch, name,
+                                                                      modalities):
+    """Issue 11: the small-data recipes need nothing but data.train= (here capped at 4 steps for time)."""
+    monkeypatch.chdir(tmp_path)                      # the recipe's own output_dir, runs/NAME, lands here
+    assert main(["train", name, f"data.train={demo_data}/train", "train.max_steps=4", "--no-progress"]) == 0
+    run = tmp_path / "runs" / name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and not summary["skipped"], summary     # skipped: {reason: count}
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert rows and all(r["loss"] == r["loss"] for r in rows)      # logged, and not NaN
+    import align
+    assert set(align.load(str(run)).modalities) == modalities
+    r = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
+    assert r.data.augment, "the small-data recipes train with augmentation on"
+
+
 @pytest.mark.slow
 def test_full_demo(tmp_path):
     """The README's first command: trains the demo recipe and meets its accuracy targets."""
@@ -58,4 +76,8 @@ def test_full_demo(tmp_path):
     out = run_demo(out=str(tmp_path / "demo"), progress=False)
     acc = {r["modality"]: r["metrics"]["acc1"] for r in out["results"] if r.get("modality")}
     assert acc["image"] >= 0.85 and acc["audio"] >= 0.85, acc
+    # Held-out groups (unseen voices, another rendering): the issue's target is 90 %; two idle runs gave
+    # 93.4-94.5 % (RESULTS.md), so 88 % leaves room for run-to-run noise and still catches a regression.
+    held = {r["modality"]: r["metrics"]["acc1"] for r in out["heldout"] if r.get("modality")}
+    assert held["image"] >= 0.88 and held["audio"] >= 0.88, held
     assert out["timing"]["total_s"] <= 600
