@@ -1,6 +1,6 @@
 """End to end, small: demo shards -> train a tiny triple-tower model -> loss falls -> FAISS benchmarks.
 
-The full `align demo` (10 minutes) is the slow test at the bottom (`pytest -m slow`).
+The full `align demo` (about 4 minutes) is the slow test at the bottom (`pytest -m slow`).
 """
 import json
 import os
