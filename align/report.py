@@ -168,25 +168,22 @@ def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_cl
     return results
 
 
-def table(results: Sequence[dict]) -> str:
-    """Plain-text results table for the console."""
-    rows = [("task", "modalities", "metric", "value")]
-    for r in results:
-        where = r.get("modality") or (f"{r['query']}<->{r['gallery']}" if "query" in r
-                                      else r.get("eval_key", "/").split("/")[0])
-        task = r["task"].replace("zeroshot_", "")
-        for k, v in r["metrics"].items():
-            if v == v and not k.endswith("_n"):
-                rows.append((task, where, k, f"{100 * v:.2f}"))
-    rows = [(t.replace("emergent_retrieval", "retrieval (by class)"), *rest) for t, *rest in rows]
-    w = [max(len(row[i]) for row in rows) for i in range(4)]
+def table(columns: Dict[str, Sequence[dict]]) -> str:
+    """Console table: task, modalities, metric, then one column per named result set (percent; blank where
+    a set lacks the metric). Rows follow the first set, e.g. {"val": ..., "held-out": ...}."""
+    flats = {name: flatten(results) for name, results in columns.items()}
+    rows = [("task", "modalities", "metric", *flats)]
+    for key in next(iter(flats.values()), {}):
+        where, task, metric = key.split("/", 2)
+        if metric.endswith("_n"):
+            continue
+        task = task.replace("emergent_retrieval", "retrieval (by class)")
+        rows.append((task, where.replace("-", "<->"), metric,
+                     *("" if key not in f else f"{100 * f[key]:.2f}" for f in flats.values())))
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * x for x in w))
     return "\n".join(lines)
-
-
-def print_table(results: Sequence[dict]) -> None:
-    print(table(results))
 
 
 def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: int = 5,

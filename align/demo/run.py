@@ -69,19 +69,7 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
 
 def side_by_side(results, heldout) -> str:
     """Console table: task, modalities, metric, value on val, value on the held-out groups (percent)."""
-    from align.report import flatten
-    flat, flat_h = flatten(results), flatten(heldout)
-    rows = [("task", "modalities", "metric", "val", "held-out")]
-    for key, v in flat.items():
-        where, task, metric = key.split("/", 2)
-        if metric.endswith("_n"):
-            continue
-        h = flat_h.get(key)
-        task = task.replace("emergent_retrieval", "retrieval (by class)")
-        rows.append((task, where.replace("-", "<->"), metric, f"{100 * v:.2f}", "" if h is None else f"{100 * h:.2f}"))
-    w = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
-    lines.insert(1, "  ".join("-" * x for x in w))
-    lines.append("held-out: the val digits spoken by eSpeak voices never heard in training and drawn smaller, "
-                 "off-centre, with thinner/thicker strokes and another blur")
-    return "\n".join(lines)
+    from align.report import table
+    return (table({"val": results, "held-out": heldout}) + "\n"
+            "held-out: the val digits spoken by eSpeak voices never heard in training and drawn smaller, "
+            "off-centre, with thinner/thicker strokes and another blur")
