@@ -49,7 +49,7 @@ def main() -> None:
                 clips.append(torch.from_numpy(to_mono(wave, member.name)).reshape(1, -1))
     rng = np.random.default_rng(0)
     for spec in IMAGE_STAGES + AUDIO_STAGES:
-        stage = STAGES[spec["type"]](spec, spec["type"])
+        stage = STAGES.get(spec["type"])(spec, spec["type"])
         items = images if stage.modality == "image" else clips
         call = (lambda x: stage.apply(x, rng)) if stage.modality == "image" else (lambda x: stage.apply(x, rng, sr))
         for x in items[:3]:

@@ -29,15 +29,16 @@ import numpy as np
 import torch
 
 from align.errors import ConfigError, DataError
+from align.registry import Registry
 
-STAGES: Dict[str, type] = {}
+STAGES: Registry = Registry("augmentation")
 
 
 def register(name: str) -> Callable[[type], type]:
+    """STAGES.register, also telling the stage class its type name (for its error messages)."""
     def deco(cls: type) -> type:
         cls.type_name = name
-        STAGES[name] = cls
-        return cls
+        return STAGES.register(name)(cls)
     return deco
 
 
@@ -449,9 +450,9 @@ def build_augmenter(cfg: Optional[dict], where: str = "data.augment") -> Optiona
             w = f"{where}.{modality}[{i}]"
             if not isinstance(item, dict) or "type" not in item:
                 raise ConfigError(f"{w}: expected a mapping with a 'type', got {item!r}")
+            if item["type"] not in STAGES:
+                raise ConfigError(f"{w}.type: unknown augmentation {item['type']!r}; valid: {', '.join(STAGES.names())}")
             cls = STAGES.get(item["type"])
-            if cls is None:
-                raise ConfigError(f"{w}.type: unknown augmentation {item['type']!r}; valid: {', '.join(sorted(STAGES))}")
             if cls.modality != modality:
                 raise ConfigError(f"{w}.type: {item['type']} is a {cls.modality} augmentation, not {modality}")
             stages[modality].append(cls(item, w))

@@ -1,6 +1,5 @@
 """Augmentation stages: each one's effect, determinism per (seed, sample), config errors, and exact
 resume of the streaming loader with augmentation on (bitwise, with and without workers)."""
-import io
 import json
 
 import numpy as np
@@ -19,7 +18,7 @@ from tests.wds_helpers import TRANSFORMS, audio_text, image_text, image_tf, text
 
 
 def stage(name, **params):
-    aug = build_augmenter({STAGES[name].modality: [dict(type=name, **params)]})
+    aug = build_augmenter({STAGES.get(name).modality: [dict(type=name, **params)]})
     return (aug.image_stages + aug.wave_stages + aug.logmel_stages)[0]
 
 
