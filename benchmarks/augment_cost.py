@@ -8,7 +8,6 @@ line per stage.  One process, one generator: this is the data workers' work per 
 """
 import argparse
 import glob
-import io
 import os
 import tarfile
 import time
@@ -26,10 +25,9 @@ AUDIO_STAGES = [{"type": "speed", "factor": [0.85, 1.15]}, {"type": "gain"}, {"t
 
 
 def main() -> None:
-    from PIL import Image
-
-    from align.data.audio_io import decode_audio, to_mono
+    from align.data.audio_io import decode_audio
     from align.data.augment import STAGES
+    from align.wds.decode import decode_image
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="align_demo/data")
     ap.add_argument("--threads", type=int, default=1)
@@ -43,10 +41,10 @@ def main() -> None:
         for member in tar.getmembers():
             data = tar.extractfile(member).read()
             if member.name.endswith(".png"):
-                images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+                images.append(decode_image(data))
             elif member.name.endswith(".flac"):
                 wave, sr = decode_audio(data, name=member.name)
-                clips.append(torch.from_numpy(to_mono(wave, member.name)).reshape(1, -1))
+                clips.append(torch.from_numpy(wave).reshape(1, -1))          # [1, T], decode_audio mixes to mono
     rng = np.random.default_rng(0)
     for spec in IMAGE_STAGES + AUDIO_STAGES:
         stage = STAGES.get(spec["type"])(spec, spec["type"])

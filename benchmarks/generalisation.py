@@ -22,19 +22,19 @@ The default test suite never needs flite.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+from align.demo.data import CLASSNAMES
+
 CAPTIONS = ["someone saying {word}.", "the spoken number {num}.", "a recording of the word {word}.",
             "a voice says {word}.", "{word}, spoken aloud.", "the digit {num}, said out loud."]
 TEMPLATES = ["a recording of someone saying {c}.", "the spoken word {c}.", "a voice saying the number {c}."]
@@ -71,47 +71,24 @@ def espeak_say(text: str, voice: str, rate: int, pitch: int, seed: int) -> tuple
     return synthesize(text, voice=voice, rate=rate, pitch=pitch, sample_rate=16000, seed=seed)
 
 
-class Writer:
-    """Samples -> numbered tars (flac + txt + cls)."""
-
-    def __init__(self, directory: str, per_shard: int = 256, name=lambda i: f"{i}.tar"):
-        os.makedirs(directory, exist_ok=True)
-        self.dir, self.per, self.name = directory, per_shard, name
-        self.names, self.n, self.tar = [], 0, None
-
-    def add(self, key: str, wave, sr: int, caption: str, label: int) -> None:
-        from align.data.audio_io import encode_flac
-        if self.tar is None or self.n % self.per == 0:
-            self.close()
-            self.names.append(self.name(len(self.names)))
-            self.tar = tarfile.open(os.path.join(self.dir, self.names[-1]), "w")
-        for ext, data in (("cls", str(label).encode()), ("flac", encode_flac(wave, sr)), ("txt", caption.encode())):
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            self.tar.addfile(info, io.BytesIO(data))
-        self.n += 1
-
-    def close(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
-            self.tar = None
+def shards(directory: str, name=lambda i: f"{i}.tar"):
+    """align's numbered shard writer (256 samples per tar) into a new directory."""
+    from align.wds.writer import NumberedShards
+    os.makedirs(directory, exist_ok=True)
+    return NumberedShards(directory, name, 256)
 
 
-def eval_dir(root: str) -> Writer:
-    """A CLIP_benchmark "wds/" directory (classnames, templates, test/N.tar)."""
-    os.makedirs(os.path.join(root, "test"), exist_ok=True)
-    with open(os.path.join(root, "classnames.txt"), "w") as f:
-        f.write("\n".join(CLASSNAMES) + "\n")
-    with open(os.path.join(root, "zeroshot_classification_templates.txt"), "w") as f:
-        f.write("\n".join(TEMPLATES) + "\n")
-    return Writer(os.path.join(root, "test"))
+def add(w, key: str, wave, sr: int, caption: str, label: int) -> None:
+    """One spoken digit: flac + caption + class label."""
+    from align.data.audio_io import encode_flac
+    w.write(key, {"cls": str(label), "flac": encode_flac(wave, sr), "txt": caption})
 
 
 def build(out: str, flite: str, train_flite, heldout: str, per_voice: int, seed: int) -> dict:
     from tqdm.auto import tqdm
     rng = np.random.default_rng(seed)
-    train_w = Writer(os.path.join(out, "train"), name=lambda i: f"train-{i:06d}.tar")
-    seen_w, held_w = eval_dir(os.path.join(out, "seen")), eval_dir(os.path.join(out, "heldout"))
+    train_w = shards(os.path.join(out, "train"), name=lambda i: f"train-{i:06d}.tar")
+    seen_w, held_w = shards(os.path.join(out, "seen", "test")), shards(os.path.join(out, "heldout", "test"))
     jobs = []   # (split, engine, voice)
     for v in ESPEAK_VOICES:
         jobs += [("train", "espeak", v)] * per_voice + [("seen", "espeak", v)] * max(1, per_voice // 5)
@@ -131,15 +108,15 @@ def build(out: str, flite: str, train_flite, heldout: str, per_voice: int, seed:
         if split == "train":
             train_rows.append(row)
         else:
-            (seen_w if split == "seen" else held_w).add(*row)
+            add(seen_w if split == "seen" else held_w, *row)
     for j in rng.permutation(len(train_rows)):      # shuffled so every shard mixes voices
-        train_w.add(*train_rows[j])
+        add(train_w, *train_rows[j])
     for w in (train_w, seen_w, held_w):
         w.close()
-    for root, w in ((os.path.join(out, "seen"), seen_w), (os.path.join(out, "heldout"), held_w)):
-        with open(os.path.join(root, "test", "nshards.txt"), "w") as f:
-            f.write(f"{len(w.names)}\n")
-    return {"train": train_w.n, "seen": seen_w.n, "heldout": held_w.n,
+    from align.data.eval_sets import write_clip_benchmark_meta   # CLIP_benchmark's "wds/" layout
+    for split, w in (("seen", seen_w), ("heldout", held_w)):
+        write_clip_benchmark_meta(Path(out) / split, len(w.names), CLASSNAMES, TEMPLATES)
+    return {"train": sum(train_w.sizes), "seen": sum(seen_w.sizes), "heldout": sum(held_w.sizes),
             "train_pattern": os.path.join(out, "train", f"train-{{000000..{len(train_w.names) - 1:06d}}}.tar")}
 
 

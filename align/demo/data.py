@@ -291,6 +291,8 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
 def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
+    from align.data.eval_sets import write_clip_benchmark_meta
+
     train_jobs, val_jobs, held_jobs = _plan(settings)
     (tmp / "train").mkdir(parents=True)
     (tmp / "val" / "test").mkdir(parents=True)
@@ -336,9 +338,7 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
              "per_class": dict(zip(CLASSNAMES, per_class["train"]))}
     _write_text(tmp / "train" / "stats.json", json.dumps(stats, indent=2) + "\n")
     for split, w in (("val", val_w), ("heldout", held_w)):
-        _write_text(tmp / split / "test" / "nshards.txt", f"{len(w.names)}\n")
-        _write_text(tmp / split / "classnames.txt", "\n".join(CLASSNAMES) + "\n")
-        _write_text(tmp / split / "zeroshot_classification_templates.txt", "\n".join(TEMPLATES) + "\n")
+        write_clip_benchmark_meta(tmp / split, len(w.names), CLASSNAMES, TEMPLATES)
 
     last_train = len(train_w.names) - 1
     manifest = dict(settings)

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from align.data.audio_io import to_mono  # noqa: F401  (also used by hf_audio through this module)
 from align.errors import ConfigError, DataError
 
 
@@ -268,6 +267,7 @@ class AudioPreprocess:
             raise DataError("audio: expected a (wave, sample_rate) pair") from None
         if not isinstance(sr, (int, np.integer)) or sr <= 0:
             raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
+        from align.data.audio_io import to_mono   # lazy like resample: soundfile stays out of `import align`
         fe = self.fe
         w = resample_wave(to_mono(wave), int(sr), fe.sample_rate)
         if fe.trim_db > 0:

@@ -25,7 +25,7 @@ import torch
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.audio_features import clip_starts, crop_or_pad, resample_wave, to_mono
+from align.towers.audio_features import clip_starts, crop_or_pad, resample_wave
 from align.towers.hf_encoder import HFEncoderTower, build_checked
 
 KEYS = ("model", "clip_seconds", "pooling", "proj", "lock", "unlocked_layers")
@@ -49,6 +49,7 @@ class HFAudioPreprocess:
         self.fe, self.clip, self.has_mask, self.train = extractor, clip_samples, has_mask, train
 
     def __call__(self, sample, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        from align.data.audio_io import to_mono
         from align.errors import DataError
         try:
             wave, sr = sample
