@@ -137,17 +137,13 @@ class SampleDecoder:
                 and not hasattr(transforms["audio"], "per_batch"):
             raise DataError("data.augment.audio needs the audio towers' two-stage front end (per_sample/per_batch)")
 
-    def present(self, raw: dict) -> dict[str, str]:
-        """modality -> the extension holding it, for requested modalities present in `raw`."""
-        return present(raw, self.modalities)
-
     def __call__(self, raw: dict, epoch: int) -> dict:
         """raw sample -> {"__key__", modality: Tensor, ..., "cls": int}; raises SkipSample."""
         seed = f"align:caption:{self.seed}:{epoch}:{raw.get('__url__')}:{raw['__key__']}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, seed)
         out = {"__key__": raw["__key__"], "cls": decoded.pop("cls")}
         aug_seed = None
-        if self.train:
+        if self.train and self.augment:
             # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key); the towers'
             # own random transforms are reseeded per sample by the pipeline (align.data.pipeline)
             aug_seed = sample_seed(self.seed, epoch, raw.get("__url__"), raw["__key__"])
