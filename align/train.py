@@ -36,9 +36,7 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
             # same fraction of the epoch.
             old = resume_state[rank] if len(resume_state) == world else resume_state[0]
             done = old["batches"] * old.get("batch_size", r.train.batch_size) * len(resume_state)
-            resume_state = {"epoch": old["epoch"], "batches": old["batches"] if len(resume_state) == world and
-                            old.get("batch_size", r.train.batch_size) == r.train.batch_size
-                            else done // (r.train.batch_size * world)}
+            resume_state = {"epoch": old["epoch"], "batches": done // (r.train.batch_size * world)}
         return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
                                samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state,
                                caption=r.data.synthetic_caption)
@@ -135,31 +133,27 @@ def train(r: Recipe, progress: bool = True) -> dict:
                          "(DDP fixes the set of trained parameters when it wraps the model)")
     if r.train.grad_checkpointing:
         enable_grad_checkpointing(model)
-    import inspect
-
-    from align.losses import LOSSES, build_loss
+    from align.losses import build_loss, loss_options
     weights = r.loss.weights or [1.0] * len(r.loss.pairs)
     # loss.chunk_size goes to the loss classes that take it (by their signature, not by their name)
-    takes_chunk = "chunk_size" in inspect.signature(LOSSES.get(r.loss.type).__init__).parameters
-    loss_opts = {"chunk_size": r.loss.chunk_size} if takes_chunk else {}
+    loss_opts = {"chunk_size": r.loss.chunk_size} if "chunk_size" in loss_options(r.loss.type) else {}
     loss_fn = build_loss(r.loss.type, pairs=[tuple(p) for p in r.loss.pairs], weights=weights, rank=rank,
                          world_size=world, **loss_opts)
-    optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
     total_steps = r.train.max_steps
     if total_steps is None:
         if not r.data.samples_per_epoch and r.data.train != "synthetic":
             raise AlignError("train.epochs needs data.samples_per_epoch (or set train.max_steps)")
         spe = r.data.samples_per_epoch or r.data.synthetic_size
         total_steps = r.train.epochs * max(1, spe // (r.train.batch_size * world * r.train.accum_steps))
-    scheduler = build_scheduler(optimizer, r.train, total_steps)
     if fsdp:
-        # FSDP2 shards the model in place (each tower block, then the root); the optimizer is built on
-        # the sharded parameters, and Accelerate prepares only the optimizer (it would wrap the model in DDP).
+        # FSDP2 shards the model in place (each tower block, then the root), so the optimizer below is built
+        # on the sharded parameters; Accelerate then prepares only the optimizer (it would wrap the model in DDP).
         shard_model(model, reshard_after_forward=r.train.fsdp.reshard_after_forward,
                     param_dtype=r.train.fsdp.param_dtype, reduce_dtype=r.train.fsdp.reduce_dtype,
                     device_type=acc.device.type)
-        optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
-        scheduler = build_scheduler(optimizer, r.train, total_steps)
+    optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
+    scheduler = build_scheduler(optimizer, r.train, total_steps)
+    if fsdp:
         optimizer = acc.prepare(optimizer)
     else:
         model, optimizer = acc.prepare(model, optimizer)

@@ -28,18 +28,24 @@ LOSSES.register("chunked_clip")(ChunkedClipLoss)
 LOSSES.register("chunked_siglip")(ChunkedSigLipLoss)
 
 
+def loss_options(type: str) -> list:
+    """The options a loss type takes (its class's keyword arguments, less rank and world_size)."""
+    return [p for p in inspect.signature(LOSSES.get(type).__init__).parameters
+            if p not in ("self", "rank", "world_size")]
+
+
 def build_loss(type: str, pairs: Sequence[Sequence[str]], weights: Optional[Sequence[float]] = None,
                rank: int = 0, world_size: int = 1, **kwargs) -> MultiPairLoss:
     """Recipe -> loss. type: a LOSSES name; pairs/weights: see MultiPairLoss;
     kwargs: options of that loss class (e.g. chunk_size, local_loss, gather_with_grad)."""
     cls = LOSSES.get(type)
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "rank", "world_size")]
+    valid = loss_options(type)
     for key in kwargs:
         if key not in valid:
             raise ConfigError(f"loss.{key}: not an option of loss type {type!r}; valid: {', '.join(valid)}")
     return MultiPairLoss(pairs, weights, cls(rank=rank, world_size=world_size, **kwargs))
 
 
-__all__ = ["LOSSES", "build_loss", "ClipLoss", "SigLipLoss", "ChunkedClipLoss", "ChunkedSigLipLoss",
+__all__ = ["LOSSES", "build_loss", "loss_options", "ClipLoss", "SigLipLoss", "ChunkedClipLoss", "ChunkedSigLipLoss",
            "MultiPairLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
            "pair_name"]
