@@ -248,13 +248,4 @@ def exact_topk_reference(gallery: np.ndarray, queries: np.ndarray, k: int) -> np
     return np.argsort(-s, axis=1, kind="stable")[:, :int(min(k, len(gallery)))]
 
 
-def bf16_supported() -> bool:
-    """True when this torch has a bf16 matmul on CPU (always with oneDNN; fast with AVX512-BF16 / AMX)."""
-    try:
-        torch.mm(torch.ones(2, 2, dtype=torch.bfloat16), torch.ones(2, 2, dtype=torch.bfloat16))
-        return True
-    except RuntimeError:
-        return False
-
-
-__all__ = ["ExactIndex", "exact_topk_reference", "bf16_supported"]
+__all__ = ["ExactIndex", "exact_topk_reference"]

@@ -167,12 +167,6 @@ def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device:
     return model.eval() if hasattr(model, "eval") else model
 
 
-def spec_label(spec: Union[str, dict]) -> str:
-    """How a spec reads in messages: 'open_clip:ViT-B-32 (laion2b_s34b_b79k)', 'runs/demo', ..."""
-    f = spec_fields(spec)
-    return f["model"] + (f" ({f['pretrained']})" if f["pretrained"] else "")
-
-
 def pair_pretrained(models: List[str], pretrained: Optional[List[str]]) -> List[Union[str, dict]]:
     """CLI: the i-th --pretrained goes to the i-th open_clip:ARCH --model (one each, in order)."""
     pretrained = list(pretrained or [])

@@ -139,8 +139,6 @@ def segment_stream(ds, lw: int, plan):
 def load_elastic(loader, states: list) -> None:
     """(StreamLoader.load_state_dict) Re-partition the rest of the epoch that `states` (every rank's, saved
     at another world size, batch or worker count) describe, for this loader."""
-    from align.data import elastic
-
     ds = loader.dataset
     epochs = {st["epoch"] for st in states}
     if len(epochs) != 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from typing import Dict, Optional
 
 from align.errors import DataError
 
@@ -124,3 +125,9 @@ def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | N
         f"skip rate {100 * rate:.1f}% ({total} of {seen} samples) exceeds "
         f"data.max_skip_frac={max_skip_frac}; top reasons: {top_s}"
     )
+
+
+def format_counts(counts: Dict[str, int], limit: Optional[int] = None) -> str:
+    """{"reason": n, ...} -> "reason_a 5, reason_b 2" (most frequent first; the first `limit` only)."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k} {v}" for k, v in ranked[:limit])

@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from align.data.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD, FaultCounter, SkipSample
+from align.data.faults import (CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD,
+                               FaultCounter, SkipSample, format_counts)
 from align.data.sources import shard_samples
 from align.errors import DataError
 from align.wds.decode import decode_raw
@@ -128,10 +129,6 @@ def _show(sample: Dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _counts(counts: Dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
 def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False, progress: bool = True,
                    modalities: Sequence[str] = MODALITIES, min_modalities: int = 2) -> Dict[str, Any]:
     """Inspect the shards matching `pattern`; print the first n samples and a summary (unless quiet);
@@ -168,14 +165,14 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
                 fails = "; ".join(f"{f['key']}: {f['reason']}" + (f" ({f['error'][:80]})" if f["error"] else "")
                                   for f in s["failures"][:3])
                 print(f"{s['path']}: {s['samples']} samples {s['layouts']}"
-                      + (f", skipped {_counts(s['skipped'])} ({fails})" if s["skipped"] else "")
+                      + (f", skipped {format_counts(s['skipped'])} ({fails})" if s["skipped"] else "")
                       + (f", {s['duplicate_keys']} repeated keys" if s["duplicate_keys"] else "")
                       + (f", {s['error']}" if s["error"] else ""))
         for m in missing:
             print(f"{m}: missing")
         exts = ", ".join(f"{k} {v}" for k, v in result["modalities"].items()) or "none"
         print(f"{len(shards)} shards, {samples} samples ({exts}); skipped "
-              + (f"{sum(skipped.values())} ({_counts(skipped)})" if skipped else "0")
+              + (f"{sum(skipped.values())} ({format_counts(skipped)})" if skipped else "0")
               + ("" if check_all else f" in the first {n} samples")
               + f" for modalities {'+'.join(modalities)}; {len(result['corrupt'])} corrupt/truncated shards; "
               f"{len(missing)} missing")

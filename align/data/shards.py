@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from align.data import eval_sets
-from align.data.media import IMAGE_FORMATS, RESIZE_MODES, _audio, _image, _resized  # noqa: F401 (_resized: tests)
+from align.data.faults import format_counts
+from align.data.media import IMAGE_FORMATS, RESIZE_MODES, _audio, _image
 from align.data.shard_sources import (MODALITIES, Row, SkipRow, Source, jsonable, open_source, read_captions,
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
@@ -107,8 +108,8 @@ class _Job:
             run = end
 
 
-def _sample(row: Row, key: str, job: _Job) -> Tuple[List[Tuple[str, bytes]], set]:
-    """One row -> tar members [(ext, bytes)] and the modalities it holds, or SkipRow."""
+def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
+    """One row -> tar members {ext: bytes} and the modalities it holds, or SkipRow."""
     if row.error:
         raise SkipRow(row.reason or "row: invalid", row.error)
     if row.index in job.skip_rows:
@@ -177,7 +178,7 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[List[Tuple[str, bytes]], set
         meta["extra"] = extra
     members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
                                  allow_nan=False).encode("utf-8")
-    return list(members.items()), {m for m in job.columns}
+    return members, {m for m in job.columns}
 
 
 def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
@@ -216,7 +217,7 @@ def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
                     skipped.append({"row": row.index, "key": row.key, "source": s.source or job.source.description,
                                     "reason": s.detail, "shard": name})
                 else:
-                    tar.write(key, dict(members))
+                    tar.write(key, members)
                     written += 1
                     mods.update(have)
                 if tick is not None:
@@ -407,7 +408,7 @@ def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Option
     """DataError when an output got no sample, or more than max_skip_frac of all rows were skipped."""
     for out, st in parts:
         if st["written"] == 0:
-            raise DataError(f"wrote no sample to {out}: all {st['rows']} rows were skipped ({_top(st['by_reason'])}); "
+            raise DataError(f"wrote no sample to {out}: all {st['rows']} rows were skipped ({format_counts(st['by_reason'], 3)}); "
                             f"see {out / 'skipped.jsonl'}")
     skipped, rows = sum(st["skipped"] for _, st in parts), sum(st["rows"] for _, st in parts)
     if max_skip_frac is not None and skipped > max_skip_frac * rows:
@@ -416,11 +417,7 @@ def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Option
             by_reason.update(st["by_reason"])
         where = " and ".join(str(out / "skipped.jsonl") for out, st in parts if st["skipped"])
         raise DataError(f"skipped {skipped} of {rows} rows ({skipped / rows:.1%}), more than max_skip_frac "
-                        f"{max_skip_frac} ({_top(by_reason)}); see {where}")
-
-
-def _top(by_reason: Dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+                        f"{max_skip_frac} ({format_counts(by_reason, 3)}); see {where}")
 
 
 def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templates) -> Dict[str, Any]:
@@ -489,7 +486,7 @@ def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templa
 def summary_line(stats: Dict[str, Any]) -> str:
     """One line for the CLI: written/skipped counts, top reasons, where (train and val when split)."""
     def one(st: Dict[str, Any]) -> str:
-        reasons = _top(st["by_reason"])
+        reasons = format_counts(st["by_reason"], 3)
         mods = "+".join(m for m, n in st["modalities"].items() if n)
         return (f"wrote {st['written']} {mods} samples in {st['shards']} shards"
                 f"{' to ' + st['pattern'] if 'pattern' in st else ''}; skipped {st['skipped']}"

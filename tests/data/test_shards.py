@@ -10,7 +10,8 @@ import soundfile as sf
 from PIL import Image
 
 from align.data import shards as shards_mod
-from align.data.shards import _resized, summary_line, write_shards
+from align.data.media import _resized
+from align.data.shards import summary_line, write_shards
 from align.errors import ConfigError, DataError
 
 
