@@ -76,7 +76,7 @@ def add_bench_parser(sub, fn):
 
 
 def run_bench_cli(a):
-    from align.bench.embed import check_precision, precision_scope
+    from align.bench.embed import check_precision
     from align.bench.models import load_model, pair_pretrained, suite_models
     from align.bench.suite import resolve_suite
     from align.bench.report import summary_line, write_json
@@ -93,10 +93,9 @@ def run_bench_cli(a):
         models = pair_pretrained(a.model, a.pretrained) if a.model else suite_models(resolve_suite(a.suite))
         if not a.model and a.pretrained:
             raise ConfigError("--pretrained pairs with --model open_clip:ARCH; the suite's models: give their own")
-        with precision_scope(a.precision):
-            results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
-                                cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
-                                num_workers=a.num_workers, overwrite=a.overwrite)
+        results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
+                            cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
+                            num_workers=a.num_workers, precision=a.precision, overwrite=a.overwrite)
         print(markdown_table(results))
         print(f"{len(results)} results -> {a.out}")
         return
@@ -109,16 +108,15 @@ def run_bench_cli(a):
     ds = open_dataset(a.dataset, a.type, **opts)
     model = load_model(a.model, pretrained=a.pretrained, device=device)
     kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
-              num_workers=a.num_workers)
-    with precision_scope(a.precision):
-        if a.bench_cmd == "zeroshot":
-            from align.bench.zeroshot import zeroshot_classification
-            result = zeroshot_classification(model, ds, modality=a.modality, **kw)
-        elif a.by_class:
-            from align.bench.retrieval import emergent_retrieval
-            result = emergent_retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
-        else:
-            from align.bench.retrieval import retrieval
-            result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
+              num_workers=a.num_workers, precision=a.precision)
+    if a.bench_cmd == "zeroshot":
+        from align.bench.zeroshot import zeroshot_classification
+        result = zeroshot_classification(model, ds, modality=a.modality, **kw)
+    elif a.by_class:
+        from align.bench.retrieval import emergent_retrieval
+        result = emergent_retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
+    else:
+        from align.bench.retrieval import retrieval
+        result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
     write_json(result, a.out)
     print(summary_line(result) + f" -> {a.out}")

@@ -38,7 +38,6 @@ from align.errors import AlignError, ConfigError, DataError
 
 _ENCODERS = {"image": "encode_image", "text": "encode_text", "audio": "encode_audio"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype while encoding
-_SCOPE = {"precision": "fp32"}   # set by precision_scope (the CLI); used where a call passes no precision
 _FP_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 MAX_ERRORS_KEPT = 10
 
@@ -137,19 +136,8 @@ def check_precision(precision: str, device) -> None:
         raise ConfigError("--precision bf16: this CUDA device has no bfloat16 support; use fp16 or fp32")
 
 
-@contextlib.contextmanager
-def precision_scope(precision: str):
-    """Encode under `precision` autocast inside the block wherever no precision is passed (suites, probes)."""
-    old = _SCOPE["precision"]
-    _SCOPE["precision"] = precision
-    try:
-        yield
-    finally:
-        _SCOPE["precision"] = old
-
-
 def _precision(precision: Optional[str]) -> str:
-    p = precision or _SCOPE["precision"]
+    p = precision or "fp32"
     if p not in PRECISIONS:
         raise ConfigError(f"precision {p!r} is not one of {', '.join(PRECISIONS)}")
     return p
@@ -259,7 +247,7 @@ def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Opt
                   precision: Optional[str] = None) -> Embeddings:
     """Encode every item of `dataset` that has `modality` ("text": every caption). Cached when cache_dir is set.
     num_workers > 0 decodes and transforms in DataLoader worker processes; precision: fp32 | bf16 | fp16
-    autocast (default: the enclosing precision_scope, else fp32)."""
+    autocast (default fp32)."""
     _check_modality(model, modality)
     precision = _precision(precision)
     paths = None

@@ -184,9 +184,10 @@ def _task_name(task: str) -> str:
 
 def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_dir: str, *,
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
-              batch_size: int = 64, device=None, num_workers: int = 0, overwrite: bool = False,
-              skip_existing: bool = False, progress: bool = True) -> List[dict]:
-    """Run every suite entry for every model; returns the result dicts (also written to out_dir)."""
+              batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
+              overwrite: bool = False, skip_existing: bool = False, progress: bool = True) -> List[dict]:
+    """Run every suite entry for every model; returns the result dicts (also written to out_dir).
+    precision: autocast while encoding (fp32 | bf16 | fp16)."""
     entries = load_suite(suite_yaml_path)
     if not models:  # the suite's own models: list (align.bench.models specs)
         from align.bench.models import suite_models
@@ -216,7 +217,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
                 raise AlignError(f"{path} exists; pass overwrite=True to replace it or skip_existing=True to keep it")
             try:
                 r = runner(model, e, dataset=ds, **aux, cache_dir=cache_dir, batch_size=batch_size, device=device,
-                           num_workers=num_workers, progress=progress, pretrained=pre)
+                           num_workers=num_workers, precision=precision, progress=progress, pretrained=pre)
             except MissingModalityError as err:
                 skipped.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
                 print(f"skip: {skipped[-1]}")

@@ -133,15 +133,14 @@ class _AutocastProbe(FakeModel):
 
 
 def test_precision_autocasts_encoding_and_keys_the_cache(tmp_path):
-    from align.bench.embed import check_precision, precision_scope
+    from align.bench.embed import check_precision
     ds = open_dataset(classification_wds(tmp_path / "d", n=9), "wds")
     cache = str(tmp_path / "cache")
     m = _AutocastProbe()
     a = embed_dataset(m, ds, "image", cache_dir=cache, progress=False)
     assert m.seen[-1] == (False, torch.float32)
-    with precision_scope("bf16"):
-        b = embed_dataset(m, ds, "image", cache_dir=cache, progress=False)
-        t = embed_texts(m, ["a cat", "a dog"], cache_dir=cache, progress=False)
+    b = embed_dataset(m, ds, "image", cache_dir=cache, progress=False, precision="bf16")
+    t = embed_texts(m, ["a cat", "a dog"], cache_dir=cache, progress=False, precision="bf16")
     assert m.seen[-1] == (True, torch.bfloat16) and not b.cached
     assert b.vectors.dtype == np.float32 and t.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(b.vectors, axis=1), 1, atol=1e-5)   # re-normalised in float32

@@ -148,3 +148,26 @@ def test_markdown_keeps_rows_of_different_modalities_apart():
     table = markdown_table(res)
     assert "| d | zeroshot_classification | image | acc1 | 50.00 |" in table
     assert "| d | zeroshot_classification | audio | acc1 | 25.00 |" in table
+
+
+def test_precision_reaches_every_suite_task(tmp_path):
+    """run_suite(precision=...) encodes each task's images under that autocast (the CLI's --precision)."""
+    import torch
+
+    class Probe(FakeModel):
+        seen = []
+
+        def encode_image(self, x):
+            Probe.seen.append(torch.is_autocast_enabled("cpu"))
+            return super().encode_image(x)
+
+    classification_wds(tmp_path / "cls", n=8, n_classes=4)
+    retrieval_wds(tmp_path / "ret", n=6)
+    (tmp_path / "suite.yaml").write_text("- {dataset: cls, type: wds, task: zeroshot}\n"
+                                         "- {dataset: ret, type: wds, task: retrieval, query: text, gallery: image}\n")
+    run_suite(str(tmp_path / "suite.yaml"), [Probe(name="p")], str(tmp_path / "out"), precision="bf16",
+              progress=False)
+    assert Probe.seen and all(Probe.seen)
+    Probe.seen.clear()
+    run_suite(str(tmp_path / "suite.yaml"), [Probe(name="p")], str(tmp_path / "out2"), progress=False)
+    assert Probe.seen and not any(Probe.seen)
