@@ -77,8 +77,7 @@ def add_bench_parser(sub, fn):
 
 def run_bench_cli(a):
     from align.bench.embed import check_precision
-    from align.bench.models import load_model, pair_pretrained, suite_models
-    from align.bench.suite import resolve_suite
+    from align.bench.models import load_model, pair_pretrained
     from align.bench.report import summary_line, write_json
     from align.errors import ConfigError
 
@@ -90,9 +89,9 @@ def run_bench_cli(a):
     if a.bench_cmd == "suite":
         from align.bench.report import markdown_table
         from align.bench.suite import run_suite
-        models = pair_pretrained(a.model, a.pretrained) if a.model else suite_models(resolve_suite(a.suite))
         if not a.model and a.pretrained:
             raise ConfigError("--pretrained pairs with --model open_clip:ARCH; the suite's models: give their own")
+        models = pair_pretrained(a.model, a.pretrained) if a.model else None   # None: the suite's own models:
         results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
                             cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
                             num_workers=a.num_workers, precision=a.precision, overwrite=a.overwrite)
