@@ -45,9 +45,6 @@ from align.registry import Registry
 from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
 from align.wds.reader import index_members
 
-# Input-file suffixes of the folder and CSV layouts (the shard extensions are align.wds.format's).
-IMAGE_EXTS = FILE_EXTS["image"]
-AUDIO_EXTS = FILE_EXTS["audio"]
 MODALITIES = ("image", "text", "audio")
 
 DATASET_TYPES: Registry = Registry("dataset")
@@ -254,7 +251,7 @@ def _classnames(spec) -> Optional[List[str]]:
 
 
 # ---------------------------------------------------------------- class folders
-def _open_folder(path: str, exts: Sequence[str], modality: str, kind: str, classnames, templates, name):
+def _open_folder(path: str, modality: str, kind: str, classnames, templates, name):
     if not os.path.isdir(path):
         raise DataError(f"dataset {path!r} does not exist (expected a folder of class folders)")
     classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
@@ -273,7 +270,7 @@ def _open_folder(path: str, exts: Sequence[str], modality: str, kind: str, class
                 fpath = os.path.join(root, fname)
                 items.append(Item(key=os.path.relpath(fpath, path), label=label, media={modality: fpath}))
                 files.append(fpath)
-    problems = [f"{ignored} files without a {modality} extension ({', '.join(exts)}) ignored"] if ignored else []
+    problems = [f"{ignored} files without a {modality} extension ({', '.join(FILE_EXTS[modality])}) ignored"] if ignored else []
     names = _classnames(classnames)
     if names is not None and len(names) != len(classes):
         raise DataError(f"dataset {path!r} has {len(classes)} class folders but the class names list "
@@ -286,13 +283,13 @@ def _open_folder(path: str, exts: Sequence[str], modality: str, kind: str, class
 @DATASET_TYPES.register("imagefolder")
 def open_imagefolder(path: str, *, classnames=None, templates=None, name=None) -> BenchDataset:
     """ROOT/<class>/**/<image file>; labels follow sorted class folder names."""
-    return _open_folder(path, IMAGE_EXTS, "image", "imagefolder", classnames, templates, name)
+    return _open_folder(path, "image", "imagefolder", classnames, templates, name)
 
 
 @DATASET_TYPES.register("audiofolder")
 def open_audiofolder(path: str, *, classnames=None, templates=None, name=None) -> BenchDataset:
     """ROOT/<class>/**/<audio file>; labels follow sorted class folder names."""
-    return _open_folder(path, AUDIO_EXTS, "audio", "audiofolder", classnames, templates, name)
+    return _open_folder(path, "audio", "audiofolder", classnames, templates, name)
 
 
 # ------------------------------------------------------------ Hugging Face disk
