@@ -11,13 +11,13 @@ every other task), then hand the arrays to `align.bench.probes`:
 scores retrieval on the evaluated split: a linear-alignment reference row beside the model's own
 retrieval numbers.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from align.bench import BENCHMARKS
 from align.bench.embed import embed_dataset
-from align.bench.probes import cca_retrieval, fusion_report, linear_probe
+from align.bench.probes import FUSION_METHODS, cca_retrieval, fusion_report, linear_probe
 from align.bench.report import make_result
 from align.errors import DataError
 
@@ -67,12 +67,16 @@ def run_linear_probe(model, entry: dict, *, dataset, train_dataset, **ctx) -> di
 run_linear_probe.entry_keys = {"modality", "train_dataset", "seed"}
 
 
+def _fusion_params(entry: dict) -> Tuple[List[str], List[str]]:
+    """A fusion_probe entry's modalities and fusion methods (defaults: image + audio, every method)."""
+    return list(entry.get("modalities", ["image", "audio"])), list(entry.get("methods", FUSION_METHODS))
+
+
 @BENCHMARKS.register("fusion_probe")
 def run_fusion_probe(model, entry: dict, *, dataset, train_dataset, **ctx) -> dict:
-    mods: List[str] = entry.get("modalities", ["image", "audio"])
+    mods, methods = _fusion_params(entry)
     tr, ytr = _aligned(model, train_dataset, mods, ctx)
     te, yte = _aligned(model, dataset, mods, ctx)
-    methods = entry.get("methods", ["concat", "weighted_sum", "attention"])
     rows = fusion_report(tr, ytr, te, yte, methods=methods, progress=ctx.get("progress", True),
                          seed=entry.get("seed", 0))
     metrics = {}
@@ -100,10 +104,12 @@ run_cca_retrieval.entry_keys = {"query", "gallery", "n_components", "train_datas
 
 # Metric names a run of `entry` produces: config.py checks eval.best_metric with them.
 run_linear_probe.metric_keys = lambda entry: ["acc1", "acc5", "mean_per_class_recall", "best_C"]
-run_fusion_probe.metric_keys = lambda entry: [
-    f"{row}/acc1" for row in [*entry.get("modalities", ["image", "audio"]),
-                              *(f"{'+'.join(entry.get('modalities', ['image', 'audio']))} ({m})"
-                                for m in entry.get("methods", ["concat", "weighted_sum", "attention"]))]]
+def _fusion_metric_keys(entry: dict) -> List[str]:
+    mods, methods = _fusion_params(entry)      # rows of probes.fusion_report: each modality, then each method
+    return [f"{row}/acc1" for row in [*mods, *(f"{'+'.join(mods)} ({m})" for m in methods)]]
+
+
+run_fusion_probe.metric_keys = _fusion_metric_keys
 run_cca_retrieval.metric_keys = lambda entry: [
     *(f"{m}_retrieval_recall@{k}" for k in (1, 5, 10)
       for m in (entry.get("gallery", "image"), entry.get("query", "audio"))),
