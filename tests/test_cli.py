@@ -81,3 +81,15 @@ def test_missing_recipes_folder_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(config, "_PKG", str(tmp_path / "site-packages" / "align"))
     code, err = _run(["recipes"], capsys)
     assert code == 2 and err.count("\n") == 1 and "no shipped recipes" in err and "ALIGN_RECIPES" in err
+
+
+def test_recipes_piped_into_a_reader_that_leaves_ends_quietly():
+    """`align recipes | head -1`: the reader closed the pipe; one quiet exit, no BrokenPipeError traceback.
+    (Deterministic: stdout is a pipe whose read end is already closed, unbuffered so print meets it in main.)"""
+    import subprocess
+    import sys
+    code = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+            "from align.cli import main; sys.exit(main(['recipes']))")
+    p = subprocess.run([sys.executable, "-u", "-c", code], capture_output=True, text=True)
+    assert p.returncode == 141, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
