@@ -65,6 +65,7 @@ class DataConfig:
     shuffle_buffer: int = _num(1000, ge=0)
     num_workers: int = _num(2, ge=0)
     allow_pipe: bool = False                                # pipe: URLs run shell commands
+    retry_budget_s: float = _num(300.0, gt=0)               # http(s) source unreachable this long: stop the run
     max_skip_frac: Optional[float] = _num(None, ge=0, le=1)  # abort when the skip rate exceeds this
     synthetic_size: int = _num(10000, ge=1)                 # samples per epoch for data.train=synthetic
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)

@@ -48,7 +48,8 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         modalities=model.modalities, rank=rank, world_size=world, num_workers=r.data.num_workers, seed=r.seed,
         epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
-        max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment)
+        max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
+        retry_budget_s=r.data.retry_budget_s)
 
 
 def build_trackers(r: Recipe) -> list:

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from align.wds.decode import SampleDecoder
 from align.data.faults import FaultCounter, SkipSample, skip_rate_error
+from align.data.remote import DEFAULT_RETRY_BUDGET_S
 from align.data.sources import (
     ResolvedSource, SourceSpec, epoch_shards, mix_streams, resampled_shards, resolve_sources, rng_for,
     samples_from_shards, split_shards,
@@ -83,7 +84,7 @@ class _StreamDataset(IterableDataset):
 
     def __init__(self, sources: list[ResolvedSource], decoder: SampleDecoder, *, batch_size: int, rank: int,
                  world_size: int, seed: int, resampled: bool, shuffle_buffer: int, allow_pipe: bool,
-                 train: bool, drop_last: bool, batches_per_rank: int | None):
+                 train: bool, drop_last: bool, batches_per_rank: int | None, retry_budget_s: float):
         super().__init__()
         self.sources = sources
         self.decoder = decoder
@@ -93,6 +94,7 @@ class _StreamDataset(IterableDataset):
         self.resampled = resampled
         self.shuffle_buffer = shuffle_buffer
         self.allow_pipe = allow_pipe
+        self.retry_budget_s = retry_budget_s
         self.train = train
         self.drop_last = drop_last
         self.batches_per_rank = batches_per_rank
@@ -119,7 +121,8 @@ class _StreamDataset(IterableDataset):
                 order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
                 urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
-                                               infinite=self.resampled, name=src.name))
+                                               infinite=self.resampled, name=src.name,
+                                               retry_budget_s=self.retry_budget_s))
         if len(streams) == 1:
             stream = streams[0]
         else:
@@ -496,7 +499,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
-                       augment=None) -> StreamLoader:
+                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -514,6 +517,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     min_modalities: a sample needs this many of `modalities` (capped at len(modalities)).
     start_next_epoch_early: with workers, start the next epoch's workers during this one (see StreamLoader).
     augment: an align.data.augment.Augmenter, or its config {modality: [stages]} (training only).
+    retry_budget_s: how long an http(s) source may stay unreachable (retried with backoff) before
+        the stream stops with SourceUnavailable (align.data.remote).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -552,7 +557,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     dataset = _StreamDataset(
         resolved, decoder, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, resampled=resampled,
         shuffle_buffer=shuffle_buffer if train else 0, allow_pipe=allow_pipe, train=train,
-        drop_last=train if drop_last is None else drop_last, batches_per_rank=batches_per_rank)
+        drop_last=train if drop_last is None else drop_last, batches_per_rank=batches_per_rank,
+        retry_budget_s=retry_budget_s)
     loader = StreamLoader(dataset, num_workers=num_workers, epoch=epoch, max_skip_frac=max_skip_frac,
                           pin_memory=pin_memory, prefetch_factor=prefetch_factor,
                           start_next_epoch_early=start_next_epoch_early)

@@ -3,9 +3,10 @@
 A *source* is one set of webdataset tar shards with a mixing weight.  Its
 `urls` may be a brace pattern (`data/shard-{000..099}.tar`, several joined
 with `::`), a list, a local directory (all `*.tar` in it, sorted), a local
-glob, an fsspec URL (`s3://...`, `memory://...`; http(s) goes through
-webdataset's curl-based `gopen`) or, only when explicitly allowed, a
-`pipe:` URL that runs a shell command.
+glob, an http(s) URL (read by `align.data.remote`, never through a shell), an
+fsspec URL (`s3://...`, `memory://...`) or, only when explicitly allowed, a
+`pipe:` URL that runs a shell command.  webdataset's own URL handlers are never
+called: they paste the URL into a `curl`/`gsutil` command line.
 
 Everything here is deterministic: the shard order of an epoch is a function
 of (seed, epoch, source index) and the shards a reader gets are a function of
@@ -27,6 +28,7 @@ from urllib.parse import urlparse
 
 import braceexpand
 
+from align.data.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable, open_http
 from align.data.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
 from align.wds.format import group_samples
 from align.wds.reader import iter_tar
@@ -247,41 +249,37 @@ def check_readable(url: str) -> None:
     scheme = _scheme(url)
     if scheme in ("", "file", "pipe", "http", "https") or _fsspec_knows(scheme):
         return
-    from webdataset.gopen import gopen_schemes
-
-    if scheme not in gopen_schemes:
-        raise DataError(f"{url}: cannot read URL scheme '{scheme}:' (install its fsspec driver, e.g. s3fs or gcsfs)")
+    raise DataError(f"{url}: cannot read URL scheme '{scheme}:' (install its fsspec driver, e.g. s3fs or gcsfs)")
 
 
-def open_shard(url: str, allow_pipe: bool = False):
+def open_shard(url: str, allow_pipe: bool = False, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S):
     """Open one shard for binary reading (caller closes it).
 
-    Local paths and file: URLs use open(); pipe: and http(s) use webdataset's
-    handlers (curl for http); other protocols fsspec when it has the driver,
-    else webdataset's handler for that scheme (gsutil, ...).  webdataset's
-    GOPEN_REWRITE is bypassed on purpose: it could turn a URL into a pipe:.
+    Local paths and file: URLs use open(); http(s) the standard library (align.data.remote, with
+    retries); other protocols fsspec when it has the driver.  Only a `pipe:` URL, and only with
+    allow_pipe, runs a command: a URL is data, whatever characters it holds.
     """
-    from webdataset.gopen import gopen_schemes
-
     if url.startswith("pipe:"):
         if not allow_pipe:
             raise DataError(PIPE_REFUSED.format(url=url))
+        from webdataset.gopen import gopen_schemes
+
         return gopen_schemes["pipe"](url, "rb", 8192)
     path = _local_path(url)
     if path is not None:
         return open(path, "rb")
     scheme = _scheme(url)
-    if scheme not in ("http", "https") and _fsspec_knows(scheme):
+    if scheme in ("http", "https"):
+        return open_http(url, retry_budget_s=retry_budget_s)
+    if _fsspec_knows(scheme):
         import fsspec
 
         return fsspec.open(url, "rb").open()
-    handler = gopen_schemes.get(scheme)
-    if handler is None:
-        raise OSError(f"no reader for URL scheme '{scheme}:'")
-    return handler(url, "rb", 8192)
+    raise OSError(f"no reader for URL scheme '{scheme}:' (install its fsspec driver)")
 
 
-def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> Iterator[dict]:
+def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
+                  retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> Iterator[dict]:
     """Yield raw samples {"__key__", "__url__", ext: bytes, ...} from one tar shard.
 
     A missing / unopenable shard is counted and yields nothing; a truncated or
@@ -291,7 +289,7 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> I
     is counted as a duplicate file and dropped.
     """
     try:
-        stream = open_shard(url, allow_pipe=allow_pipe)
+        stream = open_shard(url, allow_pipe=allow_pipe, retry_budget_s=retry_budget_s)
     except DataError:
         raise
     except FileNotFoundError as exn:
@@ -308,6 +306,8 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> I
         for sample in group_samples(iter_tar(stream), duplicate):
             sample["__url__"] = url
             yield sample
+    except SourceUnavailable:
+        raise                 # the source is gone: stop the stream, never loop over its other shards
     except (tarfile.TarError, EOFError, zlib.error) as exn:
         faults.record(CORRUPT_TAR, f"shard {url}", repr(exn), per_sample=False)
     except OSError as exn:  # read error mid-stream (network, pipe exit status)
@@ -320,7 +320,8 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False) -> I
 
 
 def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe: bool = False,
-                        infinite: bool = False, name: str = "") -> Iterator[dict]:
+                        infinite: bool = False, name: str = "",
+                        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> Iterator[dict]:
     """Chain the samples of a sequence of shards.
 
     For an infinite (resampled) shard sequence, stop with DataError after
@@ -329,7 +330,7 @@ def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe
     empty = 0
     for url in urls:
         got = False
-        for sample in shard_samples(url, faults, allow_pipe=allow_pipe):
+        for sample in shard_samples(url, faults, allow_pipe=allow_pipe, retry_budget_s=retry_budget_s):
             got = True
             yield sample
         empty = 0 if got else empty + 1
