@@ -16,7 +16,7 @@ from typing import Optional
 
 import yaml
 
-from align.checkpoint import is_checkpoint_dir, list_checkpoints, load_weights, weights_path
+from align.train.checkpoint import is_checkpoint_dir, list_checkpoints, load_weights, weights_path
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.model import AlignModel, build_model

@@ -20,7 +20,7 @@ from align.errors import AlignError
 # -- commands ------------------------------------------------------------------------------
 def cmd_train(a):
     from align.config import load_recipe
-    from align.train import train
+    from align.train.loop import train
     recipe = load_recipe(resolve_recipe(a.recipe), a.overrides)
     train(recipe, progress=not a.no_progress)
 
@@ -45,7 +45,7 @@ def cmd_data_demo(a):
 
 
 def cmd_data_shards(a):
-    from align.data.shards import summary_line, write_shards
+    from align.data.write.shards import summary_line, write_shards
     stats = write_shards(a.input, a.out, image_col=a.image_col, text_col=a.text_col, audio_col=a.audio_col,
                          label_col=a.label_col, image_size=a.image_size, resize_mode=a.resize_mode,
                          image_format=a.image_format, image_quality=a.image_quality, sample_rate=a.sample_rate,
@@ -57,7 +57,7 @@ def cmd_data_shards(a):
 
 
 def cmd_data_inspect(a):
-    from align.data.inspect import inspect_shards
+    from align.data.tools.inspect import inspect_shards
     inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()])
 
 

@@ -38,7 +38,7 @@ class ModelConfig:
     max_logit_scale: float = _num(100.0, gt=0)
     init_logit_bias: Optional[float] = None                 # set (e.g. -10) for SigLIP
     # Weights-only start (align run/checkpoint/export, open_clip checkpoint file or folder); step and
-    # optimizer start fresh, the temperature is the source's. See align/init_from.py.
+    # optimizer start fresh, the temperature is the source's. See align/train/init_from.py.
     init_from: Optional[str] = None
 
 
@@ -69,7 +69,7 @@ class DataConfig:
     max_skip_frac: Optional[float] = _num(None, ge=0, le=1)  # abort when the skip rate exceeds this
     synthetic_size: int = _num(10000, ge=1)                 # samples per epoch for data.train=synthetic
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
-    # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.augment (off when unset).
+    # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.stream.augment (off when unset).
     augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = None
 
 
@@ -104,7 +104,7 @@ class TrainConfig:
     num_threads: Optional[int] = _num(None, ge=1)           # torch CPU threads
     deterministic: bool = False                             # deterministic GPU kernels (slower)
     wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
-    # Fine-tuning controls (align/optim.py): per-tower base lr, layer-wise lr decay, unlock a locked tower at a step
+    # Fine-tuning controls (align/train/optim.py): per-tower base lr, layer-wise lr decay, unlock a locked tower at a step
     tower_lr: Dict[str, float] = field(default_factory=dict)
     layer_decay: Optional[float] = None
     unlock_at_step: Dict[str, int] = field(default_factory=dict)
@@ -359,7 +359,7 @@ def _check(r: Recipe) -> None:
         raise ConfigError("train.sharding=fsdp: fp16 needs a sharded gradient scaler align does not set up; "
                           "use bf16 (train.precision or train.fsdp.param_dtype)")
     if r.data.augment:
-        from align.data.augment import build_augmenter
+        from align.data.stream.augment import build_augmenter
         build_augmenter(r.data.augment, "data.augment")   # one-line ConfigError on a bad stage
     _check_finetune(r)
     _check_eval(r)
@@ -368,7 +368,7 @@ def _check(r: Recipe) -> None:
 def _check_eval(r: Recipe) -> None:
     """eval.tasks: names of the benchmark registry; eval.best_metric: a name the eval produces."""
     from align.bench import BENCHMARKS
-    from align.report import metric_keys
+    from align.train.evaluate import metric_keys
     for i, task in enumerate(r.eval.tasks):
         if task not in BENCHMARKS:
             raise ConfigError(f"eval.tasks[{i}]: unknown task {task!r}; valid: {', '.join(BENCHMARKS.names())}")

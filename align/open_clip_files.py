@@ -1,7 +1,7 @@
 """Reading open_clip's files: checkpoint files (.safetensors, or .pt/.bin loaded weights-only, as
 open_clip and open_clip_train write them), hub-layout folders (open_clip_config.json + weights), and the
 mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrained` (towers) and by
-`model.init_from` (align.init_from); it imports nothing of align but its errors.
+`model.init_from` (align.train.init_from); it imports nothing of align but its errors.
 """
 import os
 from typing import Dict, Optional

@@ -25,9 +25,9 @@ AUDIO_STAGES = [{"type": "speed", "factor": [0.85, 1.15]}, {"type": "gain"}, {"t
 
 
 def main() -> None:
-    from align.data.audio_io import decode_audio
-    from align.data.augment import STAGES
-    from align.wds.decode import decode_image
+    from align.media.audio import decode_audio
+    from align.data.stream.augment import STAGES
+    from align.data.stream.decode import decode_image
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="align_demo/data")
     ap.add_argument("--threads", type=int, default=1)

@@ -1,4 +1,4 @@
-"""Throughput of the streaming data pipeline (align.data.pipeline), in samples/s.
+"""Throughput of the streaming data pipeline (align.data.stream.loader), in samples/s.
 
 Writes synthetic webdataset shards in a temp dir (by default 2,000 image-text
 samples with 256x256 JPEGs and 2,000 audio-text samples with 10 s FLACs at
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from align.data.pipeline import build_train_loader  # noqa: E402
+from align.data.stream.loader import build_train_loader  # noqa: E402
 
 
 def _write_shards(root: str, prefix: str, n: int, per_shard: int, desc: str, make_sample) -> list[str]:

@@ -67,8 +67,8 @@ def run_one(name: str, data: str, out: str, extra: list) -> dict:
     torch.set_num_threads(1)
     import align
     from align.config import load_recipe, resolve_recipe
-    from align.report import evaluate_model
-    from align.train import train
+    from align.train.evaluate import evaluate_model
+    from align.train.loop import train
     run = os.path.join(out, "runs", name)
     ov = [f"output_dir={run}", "seed=0", f"data.train={data}/train", f"data.val={data}/val", "resume=none",
           "eval.tasks=[zeroshot]", "train.checkpoint_every=100000", "data.num_workers=2", *VARIANTS[name], *extra]

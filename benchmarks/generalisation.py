@@ -80,7 +80,7 @@ def shards(directory: str, name=lambda i: f"{i}.tar"):
 
 def add(w, key: str, wave, sr: int, caption: str, label: int) -> None:
     """One spoken digit: flac + caption + class label."""
-    from align.data.audio_io import encode_flac
+    from align.media.audio import encode_flac
     w.write(key, {"cls": str(label), "flac": encode_flac(wave, sr), "txt": caption})
 
 
@@ -113,7 +113,7 @@ def build(out: str, flite: str, train_flite, heldout: str, per_voice: int, seed:
         add(train_w, *train_rows[j])
     for w in (train_w, seen_w, held_w):
         w.close()
-    from align.data.eval_sets import write_clip_benchmark_meta   # CLIP_benchmark's "wds/" layout
+    from align.data.write.eval_sets import write_clip_benchmark_meta   # CLIP_benchmark's "wds/" layout
     for split, w in (("seen", seen_w), ("heldout", held_w)):
         write_clip_benchmark_meta(Path(out) / split, len(w.names), CLASSNAMES, TEMPLATES)
     return {"train": sum(train_w.sizes), "seen": sum(seen_w.sizes), "heldout": sum(held_w.sizes),
@@ -127,8 +127,8 @@ def run_one(a, flite: str, heldout: str, train_flite) -> dict:
     """Build the data with `heldout` left out, train small-audio-text, score seen and held-out voices."""
     import align
     from align.config import load_recipe, resolve_recipe
-    from align.report import evaluate_model
-    from align.train import train
+    from align.train.evaluate import evaluate_model
+    from align.train.loop import train
     out = os.path.join(a.out, f"heldout-{heldout}")
     t0 = time.perf_counter()
     data_dir = os.path.join(out, "data")

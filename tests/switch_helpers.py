@@ -35,7 +35,7 @@ def recipe(tmp_path, name, base=None, **sections):
 
 def train_dict(r, **kw):
     from align.config import parse_recipe
-    from align.train import train
+    from align.train.loop import train
     return train(parse_recipe(r), progress=False, **kw)
 
 

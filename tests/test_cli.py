@@ -57,7 +57,7 @@ def test_installed_console_script():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([script, "recipes"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "demo" in out.stdout and "bind" in out.stdout, out.stderr[-2000:]
-    # its error path (exit 2, one line): tests/test_train_data_switches.py's pipe: refusal
+    # its error path (exit 2, one line): tests/train/test_train_data_switches.py's pipe: refusal
 
 
 def test_recipes_come_from_the_package_or_the_checkout(monkeypatch, tmp_path, capsys):

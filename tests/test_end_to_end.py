@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [   # the demo's towers (recipes/demo.yaml), fewer steps
     "train.batch_size=64", "train.max_steps=60", "train.warmup_steps=10", "train.lr=1e-3", "train.log_every=5",
     "train.checkpoint_every=30", "train.num_threads=2", "data.num_workers=0", "data.shuffle_buffer=100",
-    "data.augment=null",   # augmentation slows the first 60 steps; it has its own tests (tests/data/test_augment.py)
+    "data.augment=null",   # augmentation slows the first 60 steps; it has its own tests (tests/data/stream/test_augment.py)
 ]
 
 

@@ -14,8 +14,8 @@ Runner contract (what `suite.run_suite` calls):
 set `fn.entry_keys = {...}`: the task-specific YAML keys it accepts (the suite
 rejects others). The result is built with `report.make_result` (CLIP_benchmark shape).
 A runner may also set `fn.metric_keys = lambda entry: [...]`: the metric names a run of
-`entry` produces; recipes' `eval.best_metric` is checked against them at load (align.report).
-Every task here can run during training: `eval.tasks` names them (align.report.eval_entries).
+`entry` produces; recipes' `eval.best_metric` is checked against them at load (align.train.evaluate).
+Every task here can run during training: `eval.tasks` names them (align.train.evaluate.eval_entries).
 """
 from align.registry import Registry
 

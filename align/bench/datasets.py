@@ -16,7 +16,7 @@ Layouts (`open_dataset(path, type=...)`, explicit type names):
   imagefolder  ROOT/<class>/**/<image>   (torchvision ImageFolder order: sorted classes, sorted files)
   audiofolder  ROOT/<class>/**/<audio>
   hf           a Hugging Face `datasets` save_to_disk folder (image and/or audio column,
-               label and/or caption column), opened by `align.data.shard_sources`
+               label and/or caption column), opened by `align.data.write.inputs`
   csv          a CSV/TSV with a path column (image or audio file, relative to the CSV)
                and a caption column; rows with the same path are one item with several
                captions; optional label column
@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from align.bench.templates import Templates, get_templates, load_classnames
+from align.templates import Templates, get_templates, load_classnames
 from align.errors import ConfigError, DataError
 from align.registry import Registry
 from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
@@ -339,7 +339,7 @@ def open_hf(path: str, *, split: str = "test", image_column=None, audio_column=N
     """A `datasets.save_to_disk` folder (Dataset or DatasetDict; `split` picks from a DatasetDict with
     several splits), opened as `align data shards` opens it (Image/Audio columns left undecoded:
     decoding failures are skipped and counted here, and datasets' audio decoding needs torchcodec)."""
-    from align.data.shard_sources import open_hf_folder
+    from align.data.write.inputs import open_hf_folder
 
     if not os.path.isdir(path):
         raise DataError(f"dataset {path!r} does not exist (expected a Hugging Face save_to_disk folder)")

@@ -41,7 +41,7 @@ from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError
 from align.bench.report import (model_name, model_pretrained, result_filename, summary_line, write_csv,
                                 write_json, write_markdown)
-from align.bench.templates import BUILTIN_TEMPLATES
+from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError
 
 COMMON_KEYS = {"dataset", "type", "task", "name", "split", "classnames", "templates", "options"}

@@ -22,7 +22,7 @@ from align.bench.datasets import BenchDataset
 from align.bench.embed import embed_dataset, embed_texts
 from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
 from align.bench.report import make_result
-from align.bench.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts_for
+from align.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts_for
 from align.errors import ConfigError, DataError
 
 DEFAULT_TEMPLATES = {"image": "openai_imagenet", "audio": "audio"}
@@ -61,7 +61,7 @@ def class_vectors(model, classnames: List[str], templates: Templates, *, cache_d
 def _resolve(dataset: BenchDataset, modality: str, classnames, templates):
     names = classnames if classnames is not None else dataset.classnames
     if isinstance(names, str):
-        from align.bench.templates import load_classnames
+        from align.templates import load_classnames
 
         names = load_classnames(names)
     if not names:

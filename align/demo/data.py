@@ -258,7 +258,7 @@ def render_digit(grid: np.ndarray, size: int, render: Optional[dict] = None):
 
 def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]]]:
     """Worker: jobs -> [(key, label, {ext: bytes})], in order. Runs in a fresh process."""
-    from align.data.audio_io import encode_flac
+    from align.media.audio import encode_flac
     from align.demo.espeak import synthesize
 
     out = []
@@ -291,7 +291,7 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
 def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     from tqdm import tqdm
 
-    from align.data.eval_sets import write_clip_benchmark_meta
+    from align.data.write.eval_sets import write_clip_benchmark_meta
 
     train_jobs, val_jobs, held_jobs = _plan(settings)
     (tmp / "train").mkdir(parents=True)
@@ -313,7 +313,7 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
     ctx = mp.get_context(method)
     if method == "forkserver":
         # import everything the workers need once, in the server, not per chunk
-        ctx.set_forkserver_preload(["align.demo.data", "align.demo.espeak", "align.data.audio_io",
+        ctx.set_forkserver_preload(["align.demo.data", "align.demo.espeak", "align.media.audio",
                                     "scipy.signal", "PIL.Image", "PIL.PngImagePlugin", "soundfile"])
     bar = tqdm(total=len(train_jobs) + len(val_jobs) + len(held_jobs), desc="demo", unit="sample", disable=not progress)
     results = _map_in_fresh_processes(ctx, [c for _, c in chunks], min(workers, len(chunks)))
@@ -331,7 +331,7 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
             w.close()
 
     n_train, n_val = sum(train_w.sizes), sum(val_w.sizes)
-    # the keys of align.data.shards.write_shards' stats.json, plus the demo's own
+    # the keys of align.data.write.shards.write_shards' stats.json, plus the demo's own
     stats = {"written": n_train, "skipped": 0, "by_reason": {},
              "modalities": {"image": n_train, "text": n_train, "audio": n_train, "label": n_train},
              "shards": len(train_w.names), "shard_sizes": dict(zip(train_w.names, train_w.sizes)),

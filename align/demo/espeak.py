@@ -20,7 +20,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from align.data.audio_io import resample
+from align.media.audio import resample
 from align.errors import AlignError
 
 SAMPLE_RATE = 16000            # what synthesize() returns unless told otherwise

@@ -22,8 +22,8 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
              progress: bool = True) -> dict:
     from align.config import load_recipe
     from align.demo.data import build_demo
-    from align.report import write_report
-    from align.train import train
+    from align.train.evaluate import write_report
+    from align.train.loop import train
 
     t0 = time.perf_counter()
     data_dir = os.path.join(out, "data")
@@ -56,7 +56,7 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
     print(side_by_side(results, heldout))
     line = {"data_s": round(t_data, 1), "train_s": round(t_train, 1), "total_s": round(total, 1),
             "train_samples_per_s": round(summary.get("samples_per_s", 0), 1)}
-    from align.report import flatten
+    from align.train.evaluate import flatten
     flat, flat_h = flatten(results), flatten(heldout)
     accs = {f"{m}_zeroshot_acc1": flat.get(f"{m}/zeroshot/acc1") for m in ("image", "audio")}
     accs.update({f"{m}_zeroshot_acc1_heldout": flat_h.get(f"{m}/zeroshot/acc1") for m in ("image", "audio")})
@@ -69,7 +69,7 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
 
 def side_by_side(results, heldout) -> str:
     """Console table: task, modalities, metric, value on val, value on the held-out groups (percent)."""
-    from align.report import table
+    from align.train.evaluate import table
     return (table({"val": results, "held-out": heldout}) + "\n"
             "held-out: the val digits spoken by eSpeak voices never heard in training and drawn smaller, "
             "off-centre, with thinner/thicker strokes and another blur")

@@ -53,7 +53,7 @@ def interpolate_state(finetuned: Dict[str, torch.Tensor], start: Dict[str, torch
 def apply_wise_ft(model, start_path: str, alpha: float) -> dict:
     """Interpolates `model` (the fine-tuned one, in place) towards `start_path`; returns the report."""
     from align.errors import ConfigError
-    from align.init_from import load_source
+    from align.train.init_from import load_source
     try:
         start, source = load_source(start_path, where="--interpolate-with")
     except ConfigError as e:

@@ -3,7 +3,7 @@
 Everything is plain torch/numpy/scipy (no torchaudio):
 
     wave (np.float32 [samples], sample_rate)
-      -> resample to `sample_rate` (align.data.audio_io.resample, scipy polyphase)
+      -> resample to `sample_rate` (align.media.audio.resample, scipy polyphase)
       -> optional: trim leading/trailing silence (`trim_db`), peak or RMS normalisation
          (`normalize`, `target_db`) -- the same in training and evaluation
       -> crop / zero-pad to `clip_seconds`
@@ -186,10 +186,10 @@ class LogMel(nn.Module):
 # ---- waveform handling -------------------------------------------------------------------
 
 def resample_wave(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """float32 [samples] -> float32 at target_sr (align.data.audio_io.resample: polyphase FIR)."""
+    """float32 [samples] -> float32 at target_sr (align.media.audio.resample: polyphase FIR)."""
     if orig_sr == target_sr:
         return wave
-    from align.data.audio_io import resample
+    from align.media.audio import resample
     return resample(wave, int(orig_sr), int(target_sr))
 
 
@@ -267,7 +267,7 @@ class AudioPreprocess:
             raise DataError("audio: expected a (wave, sample_rate) pair") from None
         if not isinstance(sr, (int, np.integer)) or sr <= 0:
             raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
-        from align.data.audio_io import to_mono   # lazy like resample: soundfile stays out of `import align`
+        from align.media.audio import to_mono   # lazy like resample: soundfile stays out of `import align`
         fe = self.fe
         w = resample_wave(to_mono(wave), int(sr), fe.sample_rate)
         if fe.trim_db > 0:
@@ -323,7 +323,7 @@ def logmel_stats(pattern, fe: AudioFrontend, max_samples: Optional[int] = None, 
 
     from tqdm.auto import tqdm
 
-    from align.data.pipeline import build_eval_loader
+    from align.data.stream.loader import build_eval_loader
     raw = replace(fe, norm_mean=0.0, norm_std=1.0)
     loader = build_eval_loader(pattern, transforms={"audio": AudioPreprocess(raw, train=False)},
                                batch_size=batch_size, modalities=["audio"], min_modalities=1)

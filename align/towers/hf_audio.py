@@ -49,7 +49,7 @@ class HFAudioPreprocess:
         self.fe, self.clip, self.has_mask, self.train = extractor, clip_samples, has_mask, train
 
     def __call__(self, sample, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        from align.data.audio_io import to_mono
+        from align.media.audio import to_mono
         from align.errors import DataError
         try:
             wave, sr = sample

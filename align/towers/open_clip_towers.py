@@ -235,7 +235,7 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
     """Copies the tower's half of an open_clip checkpoint into it (only this tower is built).
 
     Keeps the checkpoint's logit_scale / logit_bias in `tower.pretrained_scales` (used by
-    `pretrained_temperature: true`, see align.init_from.apply_tower_temperature)."""
+    `pretrained_temperature: true`, see align.train.init_from.apply_tower_temperature)."""
     from align.open_clip_files import load_file_state, open_clip_to_align
     sd = open_clip_to_align(load_file_state(pretrained_file(name, pretrained, where), f"{where}.pretrained"))
     prefix = f"towers.{tower.modality}.net."

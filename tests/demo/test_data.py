@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from align.demo import data as demo
-from align.data.audio_io import decode_audio
+from align.media.audio import decode_audio
 from align.errors import DataError
 
 LIMIT = 60

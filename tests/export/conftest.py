@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from align.checkpoint import save_checkpoint
+from align.train.checkpoint import save_checkpoint
 from align.config import parse_recipe, recipe_to_dict
 from align.model import build_model
 from tests.conftest import TINY_OPEN_CLIP

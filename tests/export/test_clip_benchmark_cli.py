@@ -25,7 +25,7 @@ from align.bench.retrieval import retrieval
 from align.bench.zeroshot import zeroshot_classification
 from align.config import parse_recipe
 from align.export import export
-from align.train import train
+from align.train.loop import train
 from tests.bench.conftest import classification_wds, retrieval_wds
 
 COMPAT = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "clip_benchmark_compat.py")

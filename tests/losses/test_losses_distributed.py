@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from align.gradcache import gradcache_step
+from align.train.gradcache import gradcache_step
 from align.losses import build_loss, gather_features, gather_masks
 
 N = 10

@@ -119,7 +119,7 @@ def test_onnx_export(folders, kind, tmp_path):
 def test_audio_text_run_from_a_local_ast(folders, tmp_path):
     """An audio-text run starts from a locally saved transformers AST and trains on real (FLAC) shards."""
     from tests.conftest import TINY_OPEN_CLIP
-    from tests.test_train import _final_weights, _run
+    from tests.train.test_train import _final_weights, _run
     from tests.wds_helpers import audio_text, make_shards
     make_shards(tmp_path / "shards", 2, 16, kind=audio_text)
     r = {"output_dir": str(tmp_path / "run"), "resume": "none",

@@ -97,7 +97,7 @@ def test_clip_vision_trains_beside_open_clip_text(folders, tmp_path):
     """A CLIP vision tower from a local transformers folder trains beside an open_clip text tower, through
     real shards (the image processor runs in the data path)."""
     from tests.conftest import TINY_OPEN_CLIP
-    from tests.test_train import _final_weights, _run
+    from tests.train.test_train import _final_weights, _run
     from tests.wds_helpers import make_shards
     paths, _ = make_shards(tmp_path / "shards", 2, 16)
     r = {"output_dir": str(tmp_path / "run"), "resume": "none",

@@ -7,8 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from align.data.faults import CORRUPT_TAR, FaultCounter
-from align.data.sources import shard_samples
+from align.data.stream.faults import CORRUPT_TAR, FaultCounter
+from align.data.stream.sources import shard_samples
 from align.wds.reader import BLOCK, index_members, iter_tar
 
 from tests.wds_helpers import write_shard

@@ -1,0 +1,460 @@
+"""Training augmentations as data stages, keyed by explicit type names and seeded per sample.
+
+    data:
+      augment:
+        image: [{type: random_resized_crop, scale: [0.6, 1]}, {type: affine, degrees: 10}, {type: blur}, {type: stroke}]
+        audio: [{type: gain, db: [-6, 6]}, {type: noise, snr_db: [10, 30]}, {type: spec_augment}]
+
+They run in the data workers (`SampleDecoder`, training only) between decoding and
+the tower's own transform:
+
+    image:  PIL RGB --image stages--> tower transform -> [3, H, W]
+    audio:  wave --tower per_sample (resample, trim, normalise, crop)--> clip [C, L] at the
+            front end's rate --wave stages--> per_batch log-mel [B, n_mels, T] --log-mel stages-->
+
+Every random draw comes from a generator seeded by (seed, epoch, shard URL, sample key, stage
+index), never from a global RNG: a sample gets the same augmentation whichever worker reads it
+and whether or not the run was resumed, so exact resume stays bitwise.  A different epoch draws
+again.  Captions: a sample with several (one per line, or a JSON list) gets one drawn per visit
+(see `align.data.stream.decode.captions`).  Each stage has a probability `p` (default 1, random_erasing 0.5).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from align.errors import ConfigError, DataError
+from align.registry import Registry
+
+STAGES: Registry = Registry("augmentation")
+
+
+def register(name: str) -> Callable[[type], type]:
+    """STAGES.register, also telling the stage class its type name (for its error messages)."""
+    def deco(cls: type) -> type:
+        cls.type_name = name
+        return STAGES.register(name)(cls)
+    return deco
+
+
+def sample_seed(seed: int, epoch: int, url: Optional[str], key: str) -> int:
+    """A 64-bit seed that names one visit of one sample (no global state involved)."""
+    h = hashlib.blake2b(f"align:augment:{seed}:{epoch}:{url}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little")
+
+
+def _rng(seed: int, stage: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage])
+
+
+# ---- parameter checking --------------------------------------------------------------------
+
+class Stage:
+    """One augmentation: checked parameters, applied with an explicit generator."""
+
+    type_name = ""
+    modality = ""           # "image" | "audio"
+    level = ""              # image: "pil"; audio: "wave" (clip [C, L]) or "logmel" ([n_mels, T])
+    defaults: Dict[str, Any] = {}
+
+    def __init__(self, params: dict, where: str):
+        unknown = sorted(set(params) - set(self.defaults) - {"type", "p"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown} for type {self.type_name}; valid: "
+                              f"{sorted(set(self.defaults) | {'p'})}")
+        self.where = where
+        self.p = self._num(params.get("p", getattr(self, "default_p", 1.0)), "p", 0, 1)
+        self.params = {k: params.get(k, v) for k, v in self.defaults.items()}
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+    def _num(self, v, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise ConfigError(f"{self.where}.{key}: expected a number in [{lo}, {hi}], got {v!r}")
+        return float(v)
+
+    def _range(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> tuple:
+        v = self.params[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == 2):
+            raise ConfigError(f"{self.where}.{key}: expected [low, high], got {v!r}")
+        a, b = (self._num(x, key, lo, hi) for x in v)
+        if a > b:
+            raise ConfigError(f"{self.where}.{key}: low {a} is above high {b}")
+        return a, b
+
+    def _int(self, key: str, lo: int = 0) -> int:
+        v = self.params[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{self.where}.{key}: expected an integer >= {lo}, got {v!r}")
+        return v
+
+    def __call__(self, x, rng: np.random.Generator, **kw):
+        if self.p < 1 and rng.random() >= self.p:
+            return x
+        return self.apply(x, rng, **kw)
+
+    def apply(self, x, rng, **kw):
+        raise NotImplementedError
+
+
+# ---- image (PIL RGB in, PIL RGB out, same size) ----------------------------------------------
+
+class ImageStage(Stage):
+    modality, level = "image", "pil"
+
+
+@register("random_resized_crop")
+class RandomResizedCrop(ImageStage):
+    """A crop of `scale` of the area and aspect `ratio` (log-uniform), resized back to the input size."""
+    defaults = {"scale": [0.6, 1.0], "ratio": [3 / 4, 4 / 3]}
+
+    def check(self):
+        self.scale, self.ratio = self._range("scale", 0.01, 1), self._range("ratio", 0.05, 20)
+
+    def apply(self, img, rng):
+        from PIL import Image
+        w, h = img.size
+        for _ in range(10):   # torchvision's rejection sampling, with our generator
+            area = w * h * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return img.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+        return img
+
+
+@register("affine")
+class Affine(ImageStage):
+    """Rotation (degrees), translation (fraction of size), shear (degrees) and scale, about the centre."""
+    defaults = {"degrees": 10.0, "translate": [0.1, 0.1], "shear": 5.0, "scale": [1.0, 1.0], "fill": 0}
+
+    def check(self):
+        self.degrees = self._num(self.params["degrees"], "degrees", 0, 180)
+        self.shear = self._num(self.params["shear"], "shear", 0, 60)
+        t = self.params["translate"]
+        if not (isinstance(t, (list, tuple)) and len(t) == 2):
+            raise ConfigError(f"{self.where}.translate: expected [x, y] fractions of the size, got {t!r}")
+        self.translate = tuple(self._num(v, "translate", 0, 1) for v in t)   # max shift (x, y)
+        self.scale = self._range("scale", 0.1, 10)
+        self.fill = int(self._num(self.params["fill"], "fill", 0, 255))
+
+    def apply(self, img, rng):
+        import torchvision.transforms.functional as TF
+        w, h = img.size
+        angle = float(rng.uniform(-self.degrees, self.degrees))
+        tx = int(round(rng.uniform(-self.translate[0], self.translate[0]) * w))
+        ty = int(round(rng.uniform(-self.translate[1], self.translate[1]) * h))
+        shear = [float(rng.uniform(-self.shear, self.shear)), 0.0]
+        return TF.affine(img, angle=angle, translate=[tx, ty], scale=float(rng.uniform(*self.scale)),
+                         shear=shear, fill=[self.fill] * 3)
+
+
+@register("color_jitter")
+class ColorJitter(ImageStage):
+    """Brightness, contrast, saturation (factors 1 +- value) and hue (+- value, at most 0.5), random order."""
+    defaults = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.0}
+
+    def check(self):
+        for k in ("brightness", "contrast", "saturation"):
+            self._num(self.params[k], k, 0, 1)
+        self._num(self.params["hue"], "hue", 0, 0.5)
+
+    def apply(self, img, rng):
+        import torchvision.transforms.functional as TF
+        ops = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
+               "saturation": TF.adjust_saturation}
+        for i in rng.permutation(4):
+            k = ("brightness", "contrast", "saturation", "hue")[i]
+            v = float(self.params[k])
+            if v == 0:
+                continue
+            if k == "hue":
+                img = TF.adjust_hue(img, float(rng.uniform(-v, v)))
+            else:
+                img = ops[k](img, float(rng.uniform(1 - v, 1 + v)))
+        return img
+
+
+@register("grayscale")
+class Grayscale(ImageStage):
+    """Grey in all three channels (with probability p, default 0.2)."""
+    default_p = 0.2
+
+    def apply(self, img, rng):
+        return img.convert("L").convert("RGB")
+
+
+@register("blur")
+class Blur(ImageStage):
+    """Gaussian blur with a radius (sigma, pixels) drawn from `sigma`."""
+    defaults = {"sigma": [0.1, 1.5]}
+
+    def check(self):
+        self.sigma = self._range("sigma", 0, 50)
+
+    def apply(self, img, rng):
+        from PIL import ImageFilter
+        return img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*self.sigma))))
+
+
+@register("stroke")
+class Stroke(ImageStage):
+    """Thinner or thicker strokes (light ink on dark): a `size` x `size` min filter (erode) or max filter
+    (dilate), each with half the probability (p defaults to 0.5)."""
+    default_p = 0.5
+    defaults = {"size": 3}
+
+    def check(self):
+        self.size = self._int("size", 3)
+        if self.size % 2 == 0:
+            raise ConfigError(f"{self.where}.size: must be odd, got {self.size}")
+
+    def apply(self, img, rng):
+        from PIL import ImageFilter
+        f = ImageFilter.MinFilter(self.size) if rng.random() < 0.5 else ImageFilter.MaxFilter(self.size)
+        return img.filter(f)
+
+
+@register("random_erasing")
+class RandomErasing(ImageStage):
+    """A rectangle of `scale` of the area and aspect `ratio` filled with noise (or `value` 0..255)."""
+    default_p = 0.5
+    defaults = {"scale": [0.02, 0.2], "ratio": [0.3, 3.3], "value": "random"}
+
+    def check(self):
+        self.scale, self.ratio = self._range("scale", 0, 1), self._range("ratio", 0.05, 20)
+        v = self.params["value"]
+        if v != "random":
+            self._num(v, "value", 0, 255)
+
+    def apply(self, img, rng):
+        from PIL import Image
+        w, h = img.size
+        for _ in range(10):
+            area = w * h * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            ew, eh = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < ew < w and 0 < eh < h:
+                x0, y0 = int(rng.integers(0, w - ew + 1)), int(rng.integers(0, h - eh + 1))
+                arr = np.array(img)                                       # [H, W, 3] uint8
+                v = self.params["value"]
+                arr[y0:y0 + eh, x0:x0 + ew] = (rng.integers(0, 256, (eh, ew, 3), dtype=np.uint8)
+                                               if v == "random" else int(v))
+                return Image.fromarray(arr)
+        return img
+
+
+# ---- audio: clips [C, L] float32 at the front end's rate ----------------------------------------
+
+class WaveStage(Stage):
+    modality, level = "audio", "wave"
+
+
+@register("gain")
+class Gain(WaveStage):
+    """Scale by a gain drawn uniformly in decibels."""
+    defaults = {"db": [-6.0, 6.0]}
+
+    def check(self):
+        self.db = self._range("db", -60, 60)
+
+    def apply(self, x, rng, sr):
+        return x * float(10 ** (rng.uniform(*self.db) / 20))
+
+
+@register("time_shift")
+class TimeShift(WaveStage):
+    """Shift the content inside the clip by up to `max_seconds` either way; the gap is silence."""
+    defaults = {"max_seconds": 0.1}
+
+    def check(self):
+        self.max_s = self._num(self.params["max_seconds"], "max_seconds", 0, 60)
+
+    def apply(self, x, rng, sr):
+        n = int(rng.integers(-int(self.max_s * sr), int(self.max_s * sr) + 1))
+        out = torch.zeros_like(x)
+        if n >= 0:
+            out[..., n:] = x[..., :x.shape[-1] - n]
+        else:
+            out[..., :n] = x[..., -n:]
+        return out
+
+
+@register("speed")
+class Speed(WaveStage):
+    """Speed and pitch together by a factor in `factor` (resampling: 1.1 = 10 % faster and higher),
+    in steps of 0.01 (so the polyphase filter is one of a few); cropped/padded back to the clip."""
+    defaults = {"factor": [0.9, 1.1]}
+
+    def check(self):
+        self.factor = self._range("factor", 0.5, 2)
+
+    def apply(self, x, rng, sr):
+        from align.media.audio import resample
+        f = round(float(rng.uniform(*self.factor)), 2)
+        if f == 1.0:
+            return x
+        # Played at sr * f, heard at sr: resample from sr * f down/up to sr.
+        y = torch.from_numpy(resample(x.numpy(), int(round(sr * f)), sr))      # [C, ~L / f]
+        out = torch.zeros_like(x)
+        n = min(x.shape[-1], y.shape[-1])
+        out[..., :n] = y[..., :n]
+        return out
+
+
+@register("noise")
+class Noise(WaveStage):
+    """Additive noise at an SNR drawn from `snr_db`: white, or a random stretch of a random clip from
+    `folder` (wav/flac/ogg/mp3, read once per worker, resampled; looped when shorter than the clip)."""
+    defaults = {"snr_db": [10.0, 30.0], "folder": None}
+
+    def check(self):
+        self.snr = self._range("snr_db", -20, 100)
+        folder = self.params["folder"]
+        self.files: List[str] = []
+        if folder is not None:
+            if not isinstance(folder, str) or not os.path.isdir(os.path.expanduser(folder)):
+                raise ConfigError(f"{self.where}.folder: {folder!r} is not a folder")
+            root = os.path.expanduser(folder)
+            self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                                if f.lower().rsplit(".", 1)[-1] in ("wav", "flac", "ogg", "mp3"))
+            if not self.files:
+                raise ConfigError(f"{self.where}.folder: {folder!r} holds no wav/flac/ogg/mp3 files")
+        self._cache: Dict[tuple, np.ndarray] = {}
+
+    def _clip(self, i: int, sr: int) -> np.ndarray:
+        if (i, sr) not in self._cache:
+            from align.media.audio import decode_audio, resample
+            from align.media.audio import to_mono
+            path = self.files[i]
+            try:
+                with open(path, "rb") as f:
+                    wave, fsr = decode_audio(f.read(), name=path)
+                self._cache[(i, sr)] = resample(to_mono(wave, path), int(fsr), sr)
+            except Exception as exn:
+                raise DataError(f"{self.where}.folder: cannot read noise file {path}: {exn}") from None
+        return self._cache[(i, sr)]
+
+    def apply(self, x, rng, sr):
+        L = x.shape[-1]
+        if self.files:
+            src = self._clip(int(rng.integers(len(self.files))), sr)
+            reps = -(-L // src.shape[0]) + 1
+            src = np.tile(src, reps)
+            s = int(rng.integers(0, src.shape[0] - L + 1))
+            noise = torch.from_numpy(np.ascontiguousarray(src[s:s + L], dtype=np.float32)).expand_as(x)
+        else:
+            noise = torch.from_numpy(rng.standard_normal(tuple(x.shape)).astype(np.float32))
+        p_sig = x.pow(2).mean(dim=-1, keepdim=True)                           # [C, 1]
+        p_noise = noise.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-12)
+        snr = float(rng.uniform(*self.snr))
+        scale = torch.sqrt(p_sig / (p_noise * 10 ** (snr / 10)))
+        return x + scale * noise
+
+
+# ---- audio: one log-mel [n_mels, T] -------------------------------------------------------------
+
+@register("spec_augment")
+class SpecAugment(Stage):
+    """`freq_masks` masks of up to `freq_width` mel bins and `time_masks` of up to `time_width` frames,
+    set to 0 (the normalised mean)."""
+    modality, level = "audio", "logmel"
+    defaults = {"freq_masks": 2, "freq_width": 8, "time_masks": 2, "time_width": 10}
+
+    def check(self):
+        for k in self.defaults:
+            self._int(k)
+
+    def apply(self, x, rng):
+        x = x.clone()
+        for dim, (n, width) in enumerate(((self.params["freq_masks"], self.params["freq_width"]),
+                                          (self.params["time_masks"], self.params["time_width"]))):
+            size = x.shape[dim]
+            for _ in range(n):
+                w = min(int(rng.integers(0, width + 1)), size)
+                s = int(rng.integers(0, size - w + 1))
+                if dim == 0:
+                    x[s:s + w] = 0.0
+                else:
+                    x[:, s:s + w] = 0.0
+        return x
+
+
+# ---- the per-modality chains ---------------------------------------------------------------------
+
+class Augmenter:
+    """The configured stages: `image(img, seed)`, `wave(clips, sr, seed)`, `logmel(feats, seeds)`."""
+
+    def __init__(self, stages: Dict[str, List[Stage]]):
+        self.stages = stages
+        self.image_stages = list(stages.get("image", []))
+        self.wave_stages = [s for s in stages.get("audio", []) if s.level == "wave"]
+        self.logmel_stages = [s for s in stages.get("audio", []) if s.level == "logmel"]
+
+    def __bool__(self) -> bool:
+        return bool(self.image_stages or self.wave_stages or self.logmel_stages)
+
+    def modalities(self) -> List[str]:
+        return [m for m, s in self.stages.items() if s]
+
+    def image(self, img, seed: int):
+        for i, st in enumerate(self.image_stages):
+            img = st(img, _rng(seed, i))
+        return img
+
+    def wave(self, clips: torch.Tensor, sr: int, seed: int) -> torch.Tensor:
+        """clips: float32 [C, L] at `sr` -> same shape."""
+        for i, st in enumerate(self.wave_stages):
+            clips = st(clips, _rng(seed, 100 + i), sr=sr)
+        return clips
+
+    def logmel(self, feats: torch.Tensor, seeds: List[int]) -> torch.Tensor:
+        """feats: [B, n_mels, T] (one per sample, in `seeds` order) -> same shape."""
+        if not self.logmel_stages:
+            return feats
+        out = []
+        for f, seed in zip(feats, seeds):
+            for i, st in enumerate(self.logmel_stages):
+                f = st(f, _rng(seed, 200 + i))
+            out.append(f)
+        return torch.stack(out)
+
+
+def build_augmenter(cfg: Optional[dict], where: str = "data.augment") -> Optional[Augmenter]:
+    """{modality: [{type: name, ...}, ...]} -> Augmenter (None when nothing is configured).
+
+    Raises ConfigError (one line naming the entry) on an unknown type, key or value."""
+    if not cfg:
+        return None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: expected a mapping of modality -> list of stages, got {cfg!r}")
+    stages: Dict[str, List[Stage]] = {}
+    for modality, items in cfg.items():
+        if modality not in ("image", "audio"):
+            raise ConfigError(f"{where}.{modality}: augmentations exist for image and audio (text: several "
+                              f"captions per sample are drawn from automatically)")
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise ConfigError(f"{where}.{modality}: expected a list of stages, got {items!r}")
+        stages[modality] = []
+        for i, item in enumerate(items):
+            w = f"{where}.{modality}[{i}]"
+            if not isinstance(item, dict) or "type" not in item:
+                raise ConfigError(f"{w}: expected a mapping with a 'type', got {item!r}")
+            if item["type"] not in STAGES:
+                raise ConfigError(f"{w}.type: unknown augmentation {item['type']!r}; valid: {', '.join(STAGES.names())}")
+            cls = STAGES.get(item["type"])
+            if cls.modality != modality:
+                raise ConfigError(f"{w}.type: {item['type']} is a {cls.modality} augmentation, not {modality}")
+            stages[modality].append(cls(item, w))
+    aug = Augmenter(stages)
+    return aug if aug else None

@@ -1,0 +1,149 @@
+"""Eval sets from users' own data: class lists, held-out groups, and CLIP_benchmark's metadata files.
+
+Used by `align.data.write.shards.write_shards` for `layout="clip_benchmark"` and `val_groups_from`:
+
+  * `resolve_classes`: the class list a label column's values index into (label names sorted, a
+    datasets ClassLabel's names, integers 0..max, or the user's own class-names file);
+  * `split_by_groups`: which input rows belong to held-out groups (speakers, writers, sites), by a
+    column's value or by a field of a file name;
+  * `write_clip_benchmark_meta`: `test/nshards.txt`, `classnames.txt`,
+    `zeroshot_classification_templates.txt` or `dataset_type.txt`, as CLIP_benchmark's
+    `build_wds_dataset` and `align bench` read them.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from align.data.write.inputs import Source, SkipRow, class_names, is_missing, read_label
+from align.errors import ConfigError, DataError
+
+GROUP_MISSING = "group: missing"
+_FIELD_SEP = re.compile(r"[/\\_-]")
+
+
+def parse_group_spec(spec: str, columns: Sequence[str]) -> Tuple[str, Optional[int]]:
+    """'COL' -> (COL, None): the column's value is the group; 'COL:N' -> (COL, N): field N (0-based,
+    negative from the end) of the file name in COL, split at '/', '_' and '-', extension dropped."""
+    col, field = spec, None
+    m = re.fullmatch(r"(.+):(-?\d+)", spec)
+    if m and spec not in columns:
+        col, field = m.group(1), int(m.group(2))
+    if col not in columns:
+        raise DataError(f"val_groups_from {spec!r}: no column {col!r}; available columns: "
+                        f"{', '.join(map(str, columns)) or '(none)'} (a file-name field is COL:N, e.g. audio:0)")
+    return col, field
+
+
+def group_value(value: Any, field: Optional[int], base_dir: Path) -> Optional[str]:
+    """The group of one row's value: the value itself, or one field of the file name it holds."""
+    if isinstance(value, dict):  # a datasets Image/Audio value
+        value = value.get("path")
+    if isinstance(value, Path):
+        value = value.relative_to(base_dir).as_posix() if value.is_absolute() else value.as_posix()
+    if is_missing(value) or isinstance(value, (bytes, bytearray, list)):
+        return None
+    text = str(value).strip()
+    if field is None:
+        return text
+    stem = re.sub(r"\.[^./\\]*$", "", text)  # drop the extension
+    parts = [p for p in _FIELD_SEP.split(stem) if p]
+    try:
+        return parts[field]
+    except IndexError:
+        return None
+
+
+def split_by_groups(source: Source, spec: str, groups: Sequence[str]
+                    ) -> Tuple[List[int], List[int], Dict[int, Tuple[str, str]]]:
+    """-> (train rows, val rows, rows without a group value -> (reason, detail)); the latter stay in
+    the train list and are skipped there (a row of unknown group could belong to a held-out one)."""
+    col, field = parse_group_spec(spec, source.columns)
+    wanted = [str(g).strip() for g in groups if str(g).strip()]
+    if not wanted:
+        raise ConfigError("val_groups: give at least one group to hold out")
+    values = [group_value(v, field, source.base_dir) for v in source.column(col)]
+    found = {v for v in values if v is not None}
+    absent = [g for g in wanted if g not in found]
+    if absent:
+        some = ", ".join(sorted(found)[:8]) + (", ..." if len(found) > 8 else "")
+        raise DataError(f"val_groups {', '.join(absent)} not found in {spec!r} ({len(found)} groups: {some})")
+    chosen = set(wanted)
+    if found <= chosen:
+        raise DataError(f"val_groups hold out every group of {spec!r}: nothing is left to train on")
+    train, val, missing = [], [], {}
+    for i, v in enumerate(values):
+        if v is not None and v in chosen:
+            val.append(i)
+        else:
+            train.append(i)
+            if v is None:
+                missing[i] = (GROUP_MISSING, f"{GROUP_MISSING}: no group in {spec!r}")
+    return train, val, missing
+
+
+def resolve_classes(source: Source, label_col: Optional[str], classnames: Any = None
+                    ) -> Tuple[Optional[List[str]], bool]:
+    """-> (class names or None, whether labels are names to look up in them).
+
+    classnames: None, a list, or a .txt/.json file.  Without it: the sorted label names for string
+    labels, a ClassLabel's names, or None for integer labels (see `integer_classes`)."""
+    if label_col is None:
+        return None, False
+    given = _load_names(classnames) if classnames is not None else None
+    hf_names = source.label_names.get(label_col)
+    if hf_names:
+        return (given or list(hf_names)), False
+    names = class_names(source.column(label_col), source.base_dir)  # None: all integers
+    if names is None:
+        return given, False
+    if given is not None:
+        return given, True
+    return names, True
+
+
+def integer_classes(source: Source, label_col: str) -> List[str]:
+    """'0'..'max' for integer labels that came without names (the names are the numbers)."""
+    top = -1
+    for v in source.column(label_col):
+        try:
+            top = max(top, int(read_label(v, source.base_dir)))
+        except (SkipRow, ValueError):
+            continue
+    if top < 0:
+        raise DataError(f"label column {label_col!r} holds no non-negative integer label")
+    return [str(i) for i in range(top + 1)]
+
+
+def _load_names(spec: Any) -> List[str]:
+    if isinstance(spec, (list, tuple)):
+        names = [str(n) for n in spec]
+    else:
+        from align.templates import load_classnames
+
+        names = load_classnames(str(spec))
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"classnames: {dup!r} is listed twice")
+    return names
+
+
+def write_clip_benchmark_meta(out: Path, n_shards: int, classes: Optional[List[str]],
+                              templates: Optional[List[str]]) -> None:
+    """CLIP_benchmark's files next to out/test/*.tar: classification with classes, else retrieval."""
+    _write_text(out / "test" / "nshards.txt", f"{n_shards}\n")
+    if classes is not None:
+        bad = [c for c in classes if "\n" in c or not c.strip()]
+        if bad:
+            raise DataError(f"class name {bad[0]!r} cannot be written one per line in classnames.txt")
+        _write_text(out / "classnames.txt", "\n".join(classes) + "\n")
+        _write_text(out / "zeroshot_classification_templates.txt", "\n".join(templates or []) + "\n")
+    else:
+        _write_text(out / "dataset_type.txt", "retrieval\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,499 @@
+"""Input readers for `align.data.write.shards.write_shards`: users' own paired data.
+
+A *source* is an ordered, re-openable list of rows. Each row is a dict
+column -> raw value (a path, raw bytes, a `datasets` Image/Audio dict, a
+caption, a label). Sources are picklable without their loaded data, so each
+shard-writing worker process re-opens the input once and reads only the rows
+of the shards it writes (`rows(start, stop)`).
+
+Supported inputs:
+  * a CSV / TSV / JSONL / Parquet file (paths are relative to its folder);
+  * a folder of pairs `x.jpg` + `x.txt` [+ `x.flac`/wav/ogg/mp3] [+ `x.cls`]
+    [+ `x.json` extra metadata], matched by relative stem, recursive, sorted;
+  * a Hugging Face `datasets` dataset: a `save_to_disk` folder, a Hub name,
+    or a `datasets.Dataset` object.
+
+Also here: `resolve_columns` (auto-detects which column holds which
+modality) and the readers that turn one raw value into bytes, captions or a
+label, raising `SkipRow(reason, detail)` when a row cannot be used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from align.errors import DataError
+from align.wds.format import file_modality  # folder-of-pairs file suffixes per modality
+
+MODALITIES = ("image", "text", "audio", "label")
+
+# Column names tried, in order, when a modality's column is not given.
+AUTO_COLUMNS = {
+    "image": ("image", "img", "jpg", "jpeg", "png", "webp", "image_path", "img_path",
+              "image_file", "filepath", "file_path", "path", "file", "filename"),
+    "text": ("text", "caption", "captions", "txt", "sentence", "sentences", "description"),
+    "audio": ("audio", "wav", "flac", "mp3", "ogg", "audio_path", "audio_file", "sound"),
+    "label": ("label", "labels", "cls", "class", "class_id", "target"),
+}
+
+_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                   ".parquet": "parquet", ".pq": "parquet"}
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class Row:
+    """One input row. `error` is set when the row itself cannot be parsed."""
+
+    index: int                      # position in input order (0-based)
+    key: Optional[str]              # the source's own key (folder stem), if any
+    values: Dict[str, Any]          # column -> raw value
+    error: Optional[str] = None     # e.g. "row: invalid JSON on line 7 of x.jsonl (...)"
+    reason: Optional[str] = None    # the error's short category, e.g. "row: invalid JSON"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Source:
+    """Base class: `columns`, `kinds` (column -> 'image'/'audio'/'label' hints
+    from typed inputs), `base_dir` for relative paths, `__len__`, `rows()`."""
+
+    kind = ""
+
+    def __init__(self, description: str, base_dir: Path):
+        self.description = description
+        self.base_dir = base_dir
+        self.columns: List[str] = []
+        self.kinds: Dict[str, str] = {}
+        self.label_names: Dict[str, List[str]] = {}
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A content fingerprint, stored with the job so a resume on changed input is refused."""
+        raise NotImplementedError
+
+    def rows(self, start: int, stop: int) -> Iterator[Row]:
+        raise NotImplementedError
+
+    def column(self, col: str) -> List[Any]:
+        """All values of one column (used to collect class names before writing)."""
+        return [r.values.get(col) for r in self.rows(0, len(self))]
+
+    # Loaded data is dropped when pickled for a worker process; it re-opens lazily.
+    _lazy: tuple = ()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for name in self._lazy:
+            state[name] = None
+        return state
+
+
+class TableSource(Source):
+    """CSV / TSV / JSONL / Parquet file. CSV cells stay strings (no NA guessing)."""
+
+    _lazy = ("_rows", "_table")
+
+    def __init__(self, path: Path, fmt: str):
+        super().__init__(str(path), path.parent)
+        self.path, self.kind = path, fmt
+        self._rows: Optional[List[Row]] = None
+        self._table = None
+        self._n = 0
+        self._open()
+        self._n = len(self._rows) if self._rows is not None else self._table.num_rows
+
+    def _open(self) -> None:
+        if self._rows is not None or self._table is not None:
+            return
+        try:
+            if self.kind in ("csv", "tsv"):
+                import pandas as pd
+                df = pd.read_csv(self.path, sep="\t" if self.kind == "tsv" else ",", dtype=str,
+                                 keep_default_na=False, na_filter=False, encoding="utf-8")
+                self.columns = [str(c) for c in df.columns]
+                self._rows = [Row(i, None, {str(k): v for k, v in r.items()})
+                              for i, r in enumerate(df.to_dict("records"))]
+            elif self.kind == "jsonl":
+                self._rows, cols = [], {}
+                with open(self.path, encoding="utf-8") as f:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        i = len(self._rows)
+                        try:
+                            obj = json.loads(line)
+                            if not isinstance(obj, dict):
+                                raise ValueError(f"expected an object, got {type(obj).__name__}")
+                        except ValueError as e:
+                            self._rows.append(Row(i, f"line {lineno}", {},
+                                                  f"row: invalid JSON on line {lineno} of {self.path.name} ({e})",
+                                                  "row: invalid JSON"))
+                            continue
+                        cols.update(dict.fromkeys(obj))
+                        self._rows.append(Row(i, f"line {lineno}", obj))
+                self.columns = [str(c) for c in cols]
+            else:
+                import pyarrow.parquet as pq
+                self._table = pq.read_table(self.path)
+                self.columns = list(self._table.column_names)
+        except FileNotFoundError:
+            raise DataError(f"input file not found: {self.path}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{self.path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except (OSError, ValueError) as e:  # pandas ParserError and pyarrow errors are ValueError/OSError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot read {self.kind.upper()} file {self.path}: {first}") from None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def fingerprint(self) -> str:
+        return _sha256_file(self.path)
+
+    def rows(self, start: int, stop: int) -> Iterator[Row]:
+        self._open()
+        if self._rows is not None:
+            yield from self._rows[start:stop]
+            return
+        for i, values in enumerate(self._table.slice(start, max(0, stop - start)).to_pylist(), start):
+            yield Row(i, None, values)
+
+    def column(self, col: str) -> List[Any]:
+        self._open()
+        if self._table is not None:
+            return self._table.column(col).to_pylist()
+        return [r.values.get(col) for r in self._rows]
+
+
+class FolderSource(Source):
+    """A folder of pairs matched by relative stem: `a/x.jpg` + `a/x.txt` -> row 'a/x'."""
+
+    kind = "folder"
+
+    def __init__(self, root: Path, exclude: Optional[Path] = None):
+        super().__init__(str(root), root)
+        self.root = root
+        by_stem: Dict[str, Dict[str, List[str]]] = {}
+        listing = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            d = Path(dirpath)
+            # Hidden folders and the output folder (when nested inside) are not input.
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
+                                 and (exclude is None or (d / n).resolve() != exclude))
+            for name in sorted(filenames):
+                p = d / name
+                suffix = p.suffix.lower()
+                mod = file_modality(name)
+                if mod is None and suffix != ".json":
+                    continue
+                rel = p.relative_to(root).as_posix()
+                stem = rel[: len(rel) - len(p.suffix)]
+                by_stem.setdefault(stem, {}).setdefault(mod or "json", []).append(rel)
+                listing.append(f"{rel}\t{p.stat().st_size}\n")
+        # A stem with only a .json sidecar is not a sample.
+        self.groups = [(s, g) for s, g in sorted(by_stem.items()) if set(g) - {"json"}]
+        self.columns = [m for m in MODALITIES if any(m in g for _, g in self.groups)]
+        self.kinds = {m: m for m in self.columns}
+        self._fp = hashlib.sha256("".join(sorted(listing)).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+    def rows(self, start: int, stop: int) -> Iterator[Row]:
+        for i in range(start, min(stop, len(self.groups))):
+            stem, group = self.groups[i]
+            values: Dict[str, Any] = {}
+            error = reason = None
+            for mod in self.columns:
+                files = group.get(mod, [])
+                if len(files) > 1:
+                    error = f"{mod}: several files for stem {stem!r} ({', '.join(files)})"
+                    reason = f"{mod}: several files"
+                # Path (not str) marks a file to read, also for text and label.
+                values[mod] = self.root / files[0] if files else None
+            for rel in group.get("json", [])[:1]:
+                values["__sidecar__"] = self.root / rel
+            yield Row(i, stem, values, error, reason)
+
+
+class HFSource(Source):
+    """A `datasets.Dataset` (save_to_disk folder, Hub name or object). Image and
+    Audio features are read undecoded ({'bytes', 'path'}) and decoded by us."""
+
+    kind = "hf"
+
+    def __init__(self, ds, description: str, base_dir: Path):
+        super().__init__(description, base_dir)
+        import datasets
+        for col, feat in ds.features.items():
+            if isinstance(feat, datasets.Image):
+                self.kinds[col] = "image"
+                ds = ds.cast_column(col, datasets.Image(decode=False))
+            elif isinstance(feat, datasets.Audio):
+                self.kinds[col] = "audio"
+                ds = ds.cast_column(col, datasets.Audio(decode=False))
+            elif isinstance(feat, datasets.ClassLabel):
+                self.kinds[col] = "label"
+                self.label_names[col] = list(feat.names)
+        self.ds = ds  # memory-mapped Arrow: pickles by file name
+        self.columns = list(ds.column_names)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def fingerprint(self) -> str:
+        return str(getattr(self.ds, "_fingerprint", "")) or "unknown"
+
+    def rows(self, start: int, stop: int) -> Iterator[Row]:
+        stop = min(stop, len(self.ds))
+        if stop <= start:
+            return
+        for i, values in enumerate(self.ds.select(range(start, stop)), start):
+            yield Row(i, str(i), dict(values))
+
+    def column(self, col: str) -> List[Any]:
+        return list(self.ds[col])
+
+
+def _pick_split(dd, split: Optional[str], where: str):
+    names = list(dd.keys())
+    if split is None:
+        if len(names) == 1:
+            return dd[names[0]], names[0]
+        raise DataError(f"{where} has splits {', '.join(names)}; choose one with split=")
+    if split not in dd:
+        raise DataError(f"{where} has no split {split!r}; available: {', '.join(names)}")
+    return dd[split], split
+
+
+def is_hf_folder(path: Path) -> bool:
+    """Whether `path` is a `datasets` save_to_disk folder (a Dataset or a DatasetDict)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False) -> HFSource:
+    """A `save_to_disk` folder as an HFSource (Image/Audio columns undecoded). `split` picks from a
+    DatasetDict; only_split_ok: a DatasetDict with one split gives it whatever `split` says."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist (expected a Hugging Face save_to_disk folder)")
+    if not is_hf_folder(path):
+        raise DataError(f"{path} is not a Hugging Face save_to_disk folder (no dataset_dict.json or state.json)")
+    import datasets
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises assorted errors for damaged folders
+        raise DataError(f"cannot load Hugging Face dataset folder {path}: {type(e).__name__}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if only_split_ok and len(ds) == 1:
+            split = next(iter(ds))
+        ds, split = _pick_split(ds, split, str(path))
+    return HFSource(ds, str(path), path)
+
+
+def open_source(input: Any, split: Optional[str] = None, exclude: Optional[Path] = None) -> Source:
+    """Open `input` (path, Hub name or `datasets.Dataset`) as a Source, or raise DataError."""
+    import sys
+    datasets = sys.modules.get("datasets")  # a Dataset object implies datasets is imported; importing it is slow
+    if datasets is not None and isinstance(input, (datasets.Dataset, datasets.DatasetDict)):
+        ds = input
+        if isinstance(ds, datasets.DatasetDict):
+            ds, split = _pick_split(ds, split, "the given DatasetDict")
+        return HFSource(ds, f"<datasets.Dataset {ds._fingerprint}>", Path.cwd())
+    path = Path(os.fspath(input)).expanduser()
+    if path.is_file():
+        fmt = _TABLE_SUFFIXES.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path}: unsupported input type {path.suffix!r}; use CSV, TSV, JSONL, Parquet, "
+                            "a folder of pairs or a Hugging Face dataset")
+        return TableSource(path, fmt)
+    if path.is_dir():
+        if is_hf_folder(path):
+            return open_hf_folder(path, split)
+        return FolderSource(path, exclude)
+    text = str(input)
+    if path.suffix.lower() in _TABLE_SUFFIXES or not _HUB_NAME.match(text):
+        raise DataError(f"input not found: {text}")
+    import datasets
+    try:
+        ds = datasets.load_dataset(text, split=split)
+    except Exception as e:  # offline, unknown name, gated: all reported the same way
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot load Hugging Face dataset {text!r} (no such local path; Hub load failed, "
+                        f"are you offline?): {type(e).__name__}: {msg}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds, split = _pick_split(ds, split, f"Hugging Face dataset {text!r}")
+    return HFSource(ds, f"{text}" + (f"[{split}]" if split else ""), Path.cwd())
+
+
+def resolve_columns(source: Source, given: Dict[str, Any]) -> Dict[str, str]:
+    """Map modality -> column. `given[m]` is a column name, None (auto-detect) or
+    False (do not use). Needs two modalities, or one plus a label."""
+    cols = source.columns
+    lower = {c.lower(): c for c in reversed(cols)}
+    out: Dict[str, str] = {}
+    for mod in MODALITIES:
+        want = given.get(mod)
+        if want is False or want == "":
+            continue
+        if want is not None:
+            if want not in cols:
+                raise DataError(f"{source.description}: no column {want!r} for {mod}; "
+                                f"available columns: {', '.join(map(str, cols)) or '(none)'}")
+            out[mod] = want
+            continue
+        typed = [c for c in cols if source.kinds.get(c) == mod and c not in out.values()]
+        named = [lower[n] for n in AUTO_COLUMNS[mod] if n in lower and lower[n] not in out.values()]
+        # Typed features win over names; a column typed as another modality is never guessed.
+        named = [c for c in named if source.kinds.get(c, mod) == mod]
+        if typed or named:
+            out[mod] = (typed or named)[0]
+    media = [m for m in ("image", "text", "audio") if m in out]
+    if len(media) < 2 and not (media and "label" in out):
+        found = ", ".join(f"{m}={c!r}" for m, c in out.items()) or "none"
+        raise DataError(f"{source.description}: need two of image/text/audio, or one plus a label "
+                        f"(found {found}); available columns: {', '.join(map(str, cols)) or '(none)'}; "
+                        "name them with image_col/text_col/audio_col/label_col")
+    return out
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN or an empty string."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+class SkipRow(Exception):
+    """A row cannot become a sample. `reason` is the short category counted in
+    stats.json; `detail` the full line for skipped.jsonl; `source` the file."""
+
+    def __init__(self, reason: str, detail: str, source: Optional[str] = None):
+        super().__init__(detail)
+        self.reason, self.detail, self.source = reason, detail, source
+
+
+def read_media(value: Any, base_dir: Path, mod: str) -> Tuple[Any, Optional[str], Optional[str]]:
+    """Raw column value -> (payload, shown name, resolved path). payload is bytes,
+    a PIL image, or (array [T] or [T, C], sample_rate) for decoded audio."""
+    if isinstance(value, dict):  # datasets Image/Audio feature or a parquet struct
+        if value.get("bytes"):
+            return bytes(value["bytes"]), value.get("path") or None, None
+        if value.get("array") is not None and mod == "audio":
+            sr = value.get("sampling_rate") or value.get("sample_rate")
+            if not sr:
+                raise SkipRow("audio: unsupported value", "audio: decoded array without sampling_rate")
+            return (np.asarray(value["array"], dtype=np.float32), int(sr)), value.get("path"), None
+        value = value.get("path")
+    if is_missing(value):
+        raise SkipRow(f"{mod}: missing", f"{mod}: no value")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), None, None
+    if mod == "image" and hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
+        return value, None, None
+    if isinstance(value, (str, Path)):
+        text = str(value) if isinstance(value, str) else value.relative_to(base_dir).as_posix()
+        if re.match(r"^[a-z][a-z0-9+.-]*://", text):
+            raise SkipRow(f"{mod}: URL not supported", f"{mod}: URLs are not read, download first: {text!r}")
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        try:
+            return path.read_bytes(), text, str(path)
+        except FileNotFoundError:
+            raise SkipRow(f"{mod}: file not found", f"{mod}: file not found {text!r}", str(path)) from None
+        except OSError as e:
+            raise SkipRow(f"{mod}: cannot read file", f"{mod}: cannot read {text!r} ({e.strerror})", str(path)) from None
+    raise SkipRow(f"{mod}: unsupported value", f"{mod}: unsupported value of type {type(value).__name__}")
+
+
+def read_captions(value: Any, base_dir: Path) -> List[str]:
+    """A caption string (newline-separated), list of captions, or .txt Path -> captions."""
+    if isinstance(value, Path):
+        name = value.relative_to(base_dir).as_posix()
+        try:
+            value = value.read_bytes()
+        except OSError as e:
+            raise SkipRow("text: cannot read file", f"text: cannot read {name!r} ({e.strerror})", str(value)) from None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise SkipRow("text: not UTF-8", f"text: not UTF-8 ({e.reason} at byte {e.start})") from None
+    if is_missing(value):
+        items: List[Any] = []
+    elif isinstance(value, str):
+        items = value.splitlines()
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        items = [line for v in value if not is_missing(v) for line in str(v).splitlines()]
+    else:
+        items = [str(value)]
+    caps = [c.strip() for c in items if c.strip()]
+    if not caps:
+        raise SkipRow("text: empty caption", "text: empty caption")
+    return caps
+
+
+def read_label(value: Any, base_dir: Path) -> str:
+    if isinstance(value, Path):
+        try:
+            value = value.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SkipRow("label: cannot read file", f"label: cannot read {value.name!r} ({e})") from None
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if is_missing(value) or isinstance(value, (list, dict, bytes)):
+        raise SkipRow("label: missing", "label: no value")
+    return str(value).strip()
+
+
+def class_names(values: List[Any], base_dir: Path) -> Optional[List[str]]:
+    """Labels that are all integers stay as they are (None). Otherwise the sorted
+    distinct label strings are the classes: `cls` holds the index into them,
+    because shard readers expect `cls` to be an integer."""
+    names = set()
+    for v in values:
+        try:
+            names.add(read_label(v, base_dir))
+        except SkipRow:
+            continue  # counted when the row is written
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return None
+    return sorted(names)
+
+
+def jsonable(value: Any) -> Any:
+    """value -> JSON-safe copy, or raise TypeError/ValueError if it is not."""
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(type(value).__name__)

@@ -1,0 +1,104 @@
+"""Re-encoding one row's media for shards: images -> RGB jpg/webp/png (optionally resized), audio -> mono FLAC.
+
+`_image` / `_audio` take the job's settings (image_size, resize_mode, image_format, image_quality,
+sample_rate) and raise `SkipRow(reason, detail)` for media that cannot be decoded.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from align.media.audio import decode_audio, encode_flac, resample
+from align.data.write.inputs import SkipRow
+from align.errors import DataError
+
+RESIZE_MODES = ("keep", "center_crop", "border", "longest")
+IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+
+
+def _resized(img, size: int, mode: str):
+    """Resize an RGB PIL image: keep (shorter side = size), longest (longer side =
+    size), center_crop (size x size), border (longer side = size, padded black)."""
+    from PIL import Image
+    w, h = img.size
+    short = mode in ("keep", "center_crop")
+    scale = size / (min(w, h) if short else max(w, h))
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if (w >= h) != short:
+        nw = size   # exact on the side that defines the scale, despite rounding
+    else:
+        nh = size
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    if mode == "center_crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    elif mode == "border":
+        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+        img = canvas
+    return img
+
+
+def _image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    shown = repr(name) if name else "bytes"
+    if isinstance(payload, (bytes, bytearray)):
+        try:
+            img = Image.open(io.BytesIO(payload))
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation; 5-8 swap width and height
+            if orientation in (5, 6, 7, 8):
+                w, h = h, w
+            meta = {"width": w, "height": h, "mode": img.mode}
+            if job.image_size and img.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target
+                # (several times faster on large photos); the short side stays >= its target.
+                short = job.image_size if job.resize_mode in ("keep", "center_crop") else \
+                    max(1, round(min(w, h) * job.image_size / max(w, h)))
+                img.draft("RGB", (short, short))
+            img.load()
+            if orientation != 1:
+                img = ImageOps.exif_transpose(img)
+        except UnidentifiedImageError:
+            raise SkipRow("image: cannot decode", f"image: cannot identify image file {shown}") from None
+        except Exception as e:  # PIL plugins raise OSError, ValueError, SyntaxError, DecompressionBombError...
+            raise SkipRow("image: cannot decode", f"image: cannot decode {shown} ({type(e).__name__}: {e})") from None
+    else:
+        img = payload
+        meta = {"width": img.size[0], "height": img.size[1], "mode": img.mode}
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # flatten transparency onto white, not black
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    if job.image_size:
+        img = _resized(img, job.image_size, job.resize_mode)
+    buf = io.BytesIO()
+    fmt = IMAGE_FORMATS[job.image_format]
+    if fmt == "PNG":
+        img.save(buf, fmt, compress_level=6)
+    else:
+        img.save(buf, fmt, quality=job.image_quality)
+    return buf.getvalue(), meta
+
+
+def _audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
+    shown = repr(name) if name else "bytes"
+    if isinstance(payload, tuple):  # an already decoded datasets Audio array
+        wave, sr = payload
+        wave = wave.mean(axis=1) if wave.ndim == 2 else wave  # [T, C] -> [T]
+        if wave.size == 0:
+            raise SkipRow("audio: empty", f"audio: no samples in {shown}")
+        if not np.isfinite(wave).all():
+            raise SkipRow("audio: cannot decode", f"audio: NaN or infinite samples in {shown}")
+    else:
+        try:
+            wave, sr = decode_audio(payload, name=shown)
+        except DataError as e:  # names the file and what is wrong
+            raise SkipRow("audio: cannot decode", f"audio: {e}") from None
+    meta = {"duration": round(len(wave) / sr, 6), "sample_rate": int(sr)}
+    return encode_flac(resample(wave, int(sr), job.sample_rate), job.sample_rate), meta

@@ -1,0 +1,496 @@
+"""Write users' own paired data (image/text/audio/label) as WebDataset tar shards.
+
+`write_shards(input, out_dir, ...)` reads a CSV/TSV/JSONL/Parquet file, a
+folder of pairs or a Hugging Face dataset (see `shard_sources`), re-encodes
+every sample (images -> RGB jpg/webp/png, optionally resized; audio -> mono
+FLAC at `sample_rate`; captions -> `txt`, one per line; labels -> `cls`; the
+rest -> `json`) and writes `DIR/{prefix}-{000000}.tar`, or, with
+`layout="clip_benchmark"`, CLIP_benchmark's wds layout (an eval set that
+`data.val`, `align bench` and the `clip_benchmark` CLI read directly):
+
+    DIR/test/0.tar, 1.tar, ...   DIR/test/nshards.txt
+    DIR/classnames.txt           DIR/zeroshot_classification_templates.txt   (with a label column)
+    DIR/dataset_type.txt ("retrieval")                                        (without: image/audio + captions)
+
+`val_groups_from` + `val_groups` hold out whole groups (speakers, writers,
+sites: a column's value, or a field of a file name): their rows become
+`DIR/val` (clip_benchmark layout) and the rest `DIR/train` (shards), with one
+class list for both.
+
+Guarantees:
+  * deterministic: input row r goes to shard r // shard_size; tar members
+    have fixed mtime/uid/gid/names/mode, so the bytes do not depend on
+    `workers` or on the machine;
+  * atomic: a shard is written to `name.tar.tmp` and renamed; its done-record
+    `DIR/.done/name.json` (that shard's stats) is written after the rename;
+  * resumable: a rerun of the same job (settings in `DIR/.done/job.json`)
+    keeps shards whose done-record matches and writes the rest;
+  * nothing silently lost: a broken row is skipped, counted under a short
+    reason in `stats.json` and listed in `skipped.jsonl`; writing no sample at
+    all, or skipping more than `max_skip_frac` of the rows, is a DataError.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from align.data.write import eval_sets
+from align.data.stream.faults import format_counts
+from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, _audio, _image
+from align.data.write.inputs import (MODALITIES, Row, SkipRow, Source, jsonable, open_source, read_captions,
+                                      read_label, read_media, resolve_columns)
+from align.errors import ConfigError, DataError
+from align.wds.writer import SampleWriter
+
+LAYOUTS = ("shards", "clip_benchmark")
+CB_SPLIT = "test"          # the split CLIP_benchmark's CLI and `align bench` read by default
+CB_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
+JOB_VERSION = 1
+
+
+@dataclass
+class _Job:
+    """Everything a worker needs to write any shard of this job (picklable)."""
+
+    source: Source
+    columns: Dict[str, str]          # modality -> column
+    out_dir: Path
+    settings: Dict[str, Any]         # the job.json content
+    n_rows: int
+    n_shards: int
+    shard_size: int
+    prefix: str
+    image_size: Optional[int] = None
+    resize_mode: str = "keep"
+    image_format: str = "jpg"
+    image_quality: int = 95
+    sample_rate: int = 16000
+    extra_cols: List[str] = field(default_factory=list)
+    more_text_cols: List[str] = field(default_factory=list)  # text_col "a,b": captions of b join a's
+    classes: Optional[List[str]] = None      # class names: labels are their indices
+    string_labels: bool = False              # labels are names (-> index in classes), not integers
+    layout: str = "shards"
+    indices: Optional[List[int]] = None      # the input rows of this output (None: all), in order
+    skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
+
+    def __post_init__(self):
+        self.class_index = {c: i for i, c in enumerate(self.classes or [])}
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.out_dir / CB_SPLIT if self.layout == "clip_benchmark" else self.out_dir
+
+    def shard_name(self, idx: int) -> str:
+        return str(idx) if self.layout == "clip_benchmark" else f"{self.prefix}-{idx:06d}"
+
+    def rows(self, start: int, stop: int):
+        """The rows at positions start..stop of this output."""
+        if self.indices is None:
+            yield from self.source.rows(start, stop)
+            return
+        picked = self.indices[start:stop]
+        run = 0
+        while run < len(picked):  # contiguous runs of input rows: one read each
+            end = run + 1
+            while end < len(picked) and picked[end] == picked[end - 1] + 1:
+                end += 1
+            yield from self.source.rows(picked[run], picked[end - 1] + 1)
+            run = end
+
+
+def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
+    """One row -> tar members {ext: bytes} and the modalities it holds, or SkipRow."""
+    if row.error:
+        raise SkipRow(row.reason or "row: invalid", row.error)
+    if row.index in job.skip_rows:
+        raise SkipRow(*job.skip_rows[row.index])
+    base = job.source.base_dir
+    members: Dict[str, bytes] = {}
+    meta: Dict[str, Any] = {"key": key, "source": {"row": row.index}}
+    if row.key is not None:
+        meta["source"]["key"] = row.key
+    for mod in MODALITIES:
+        if mod not in job.columns:
+            continue
+        value = row.values.get(job.columns[mod])
+        if value is None and job.source.kind == "folder":
+            raise SkipRow(f"{mod}: missing", f"{mod}: no file for stem {row.key!r}")
+        if mod in ("image", "audio"):
+            payload, name, path = read_media(value, base, mod)
+            try:
+                data, info = (_image if mod == "image" else _audio)(payload, name, job)
+            except SkipRow as s:
+                s.source = s.source or path
+                raise
+            members[job.image_format if mod == "image" else "flac"] = data
+            if name:
+                meta["source"][mod] = name
+            meta[mod] = info
+        elif mod == "text":
+            caps = read_captions(value, base)
+            for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
+                try:
+                    caps += read_captions(row.values.get(col), base)
+                except SkipRow:
+                    pass
+            members["txt"] = "\n".join(caps).encode("utf-8")
+            meta["captions"] = len(caps)
+        else:
+            label = read_label(value, base)
+            if job.string_labels:  # label names -> their index in the class list
+                if label not in job.class_index:
+                    raise SkipRow("label: not in classnames", f"label: {label!r} is not in the class names")
+                meta["label_name"] = label
+                label = str(job.class_index[label])
+            members["cls"] = label.encode("utf-8")
+            names = job.source.label_names.get(job.columns["label"])  # a datasets ClassLabel
+            if names and label == "-1":  # datasets' "no label"
+                raise SkipRow("label: missing", "label: -1 (no label)")
+            if not job.string_labels and job.classes is not None:
+                if not re.fullmatch(r"\d+", label) or int(label) >= len(job.classes):
+                    raise SkipRow("label: not in classnames",
+                                  f"label: {label!r} is not an index into the {len(job.classes)} class names")
+                meta["label_name"] = job.classes[int(label)]
+    extra = {}
+    for col in job.extra_cols:
+        try:
+            extra[col] = jsonable(row.values.get(col))
+        except (TypeError, ValueError):
+            pass  # bytes, images, arrays: not metadata
+    sidecar = row.values.get("__sidecar__")
+    if sidecar is not None:
+        try:
+            obj = json.loads(Path(sidecar).read_text(encoding="utf-8"))
+            extra.update(obj if isinstance(obj, dict) else {"json": obj})
+        except (OSError, ValueError) as e:
+            raise SkipRow("json: invalid", f"json: invalid sidecar {Path(sidecar).name!r} ({e})", str(sidecar)) from None
+    if extra:
+        meta["extra"] = extra
+    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                                 allow_nan=False).encode("utf-8")
+    return members, {m for m in job.columns}
+
+
+def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        if lines:
+            for item in obj:
+                f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
+        else:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------- shards
+
+
+def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
+    """Write shard `idx` (rows idx*shard_size ...) atomically; return its done-record."""
+    name = job.shard_name(idx)
+    final = job.shard_dir / f"{name}.tar"
+    tmp = job.shard_dir / f"{name}.tar.tmp"
+    start = idx * job.shard_size
+    stop = min(start + job.shard_size, job.n_rows)
+    written, by_reason, mods, skipped = 0, Counter(), Counter(), []
+    with open(tmp, "wb") as f:
+        with SampleWriter(f) as tar:
+            for pos, row in enumerate(job.rows(start, stop)):
+                key = f"{name}-{pos:06d}"
+                try:
+                    members, have = _sample(row, key, job)
+                except SkipRow as s:
+                    by_reason[s.reason] += 1
+                    skipped.append({"row": row.index, "key": row.key, "source": s.source or job.source.description,
+                                    "reason": s.detail, "shard": name})
+                else:
+                    tar.write(key, members)
+                    written += 1
+                    mods.update(have)
+                if tick is not None:
+                    tick(1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    record = {"shard": f"{name}.tar", "rows": stop - start, "written": written, "skipped": len(skipped),
+              "by_reason": dict(sorted(by_reason.items())), "modalities": dict(sorted(mods.items())),
+              "bytes": final.stat().st_size, "skipped_rows": skipped}
+    _write_json_atomic(job.out_dir / ".done" / f"{name}.json", record)
+    return record
+
+
+_WORKER_JOB: Optional[_Job] = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _worker_shard(idx: int) -> Dict[str, Any]:
+    assert _WORKER_JOB is not None
+    return _write_shard(_WORKER_JOB, idx)
+
+
+def _done_record(job: _Job, idx: int) -> Optional[Dict[str, Any]]:
+    """The shard's done-record if its tar is there with the recorded size."""
+    name = job.shard_name(idx)
+    rec_path = job.out_dir / ".done" / f"{name}.json"
+    tar = job.shard_dir / f"{name}.tar"
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        if rec.get("bytes") == tar.stat().st_size and rec.get("rows") == min(job.shard_size, job.n_rows - idx * job.shard_size):
+            return rec
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _prepare_dir(out: Path, settings: Dict[str, Any], overwrite: bool) -> None:
+    """Create `out`, or accept it as a previous run of this job, or refuse it."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    job_path = out / ".done" / "job.json"
+    previous = None
+    if job_path.is_file():
+        try:
+            previous = json.loads(job_path.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+    if previous == settings and not overwrite:
+        return  # resume
+    if any(out.iterdir()) and not overwrite:
+        if previous is None:
+            raise DataError(f"output {out} is not empty and holds no previous run of this job "
+                            "(no .done/job.json); choose an empty directory or pass overwrite=True")
+        diff = [k for k in sorted(set(settings) | set(previous)) if settings.get(k) != previous.get(k)]
+        raise DataError(f"output {out} holds a run with other settings ({', '.join(diff)} differ: "
+                        + "; ".join(f"{k}: was {previous.get(k)!r}, now {settings.get(k)!r}" for k in diff[:3])
+                        + "); choose another directory or pass overwrite=True")
+    if any(out.iterdir()):
+        # overwrite=True: remove only what a shard job writes, never the user's other files.
+        prefixes = {settings["prefix"], (previous or {}).get("prefix") or settings["prefix"]}
+        for p in out.iterdir():
+            if p.name in ("stats.json", "skipped.jsonl", "classes.json") + CB_FILES or any(
+                    re.fullmatch(re.escape(px) + r"-\d+\.tar(\.tmp)?", p.name) for px in prefixes):
+                p.unlink()
+        if (out / CB_SPLIT).is_dir():  # a clip_benchmark layout's shards
+            for p in (out / CB_SPLIT).iterdir():
+                if p.name == "nshards.txt" or re.fullmatch(r"\d+\.tar(\.tmp)?", p.name):
+                    p.unlink()
+        shutil.rmtree(out / ".done", ignore_errors=True)
+    (out / ".done").mkdir(exist_ok=True)
+    _write_json_atomic(job_path, settings)
+
+
+def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_col=None, label_col=None,
+                 image_size: Optional[int] = None, resize_mode: str = "keep", image_format: str = "jpg",
+                 image_quality: int = 95, sample_rate: int = 16000, shard_size: int = 1000,
+                 prefix: str = "shard", workers: int = 1, split: Optional[str] = None,
+                 progress: bool = True, overwrite: bool = False, layout: str = "shards", classnames=None,
+                 templates=None, val_groups_from: Optional[str] = None, val_groups: Optional[List[str]] = None,
+                 max_skip_frac: Optional[float] = None) -> Dict[str, Any]:
+    """Write `input` as `out_dir/{prefix}-NNNNNN.tar` shards (or CLIP_benchmark's layout, see the module
+    docstring); return the stats (also in out_dir/stats.json) plus `pattern`, a brace pattern of the
+    shards. A *_col of None auto-detects the column, False leaves the modality out. String labels
+    become class indices (names in out_dir/classes.json, or the order of `classnames`).
+    val_groups_from/val_groups: rows of those groups -> out_dir/val (clip_benchmark layout), the rest
+    -> out_dir/train; the stats are train's, with val's under "val".
+    Raises DataError after writing when no sample was written, or more than max_skip_frac of the
+    rows were skipped."""
+    if resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"resize_mode {resize_mode!r} unknown; valid: {', '.join(RESIZE_MODES)}")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"image_format {image_format!r} unknown; valid: jpg, webp, png")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout {layout!r} unknown; valid: {', '.join(LAYOUTS)}")
+    if (val_groups_from is None) != (not val_groups):
+        raise ConfigError("val_groups_from and val_groups go together: the column (or COL:N file-name field) "
+                          "holding each row's group, and the groups to hold out")
+    if max_skip_frac is not None and not (isinstance(max_skip_frac, (int, float)) and 0 <= max_skip_frac <= 1):
+        raise ConfigError(f"max_skip_frac must be a number in [0, 1], got {max_skip_frac!r}")
+    image_format = "jpg" if image_format == "jpeg" else image_format
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(f"image_size must be a positive integer or None, got {image_size!r}")
+    if image_size is None and resize_mode != "keep":
+        raise ConfigError(f"resize_mode {resize_mode!r} needs image_size")
+    for name, v, lo in (("image_quality", image_quality, 1), ("sample_rate", sample_rate, 1),
+                        ("shard_size", shard_size, 1), ("workers", workers, 1)):
+        if not isinstance(v, int) or v < lo or (name == "image_quality" and v > 100):
+            raise ConfigError(f"{name} must be an integer >= {lo}" + (" and <= 100" if name == "image_quality" else "")
+                              + f", got {v!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix or ""):
+        raise ConfigError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-' (a '.' would split keys)")
+    out = Path(out_dir).expanduser()
+    source = open_source(input, split=split, exclude=out.resolve())
+    if source.kind == "folder" and Path(source.base_dir).resolve() == out.resolve():
+        raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
+    more_text = []
+    if isinstance(text_col, str) and "," in text_col:   # --text-col a,b: several caption columns
+        text_col, *more_text = [c.strip() for c in text_col.split(",") if c.strip()] or [None]
+        for col in more_text:
+            if col not in source.columns:
+                raise DataError(f"{source.description}: no column {col!r} for text; "
+                                f"available columns: {', '.join(map(str, source.columns))}")
+    columns = resolve_columns(source, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
+    n_rows = len(source)
+    if n_rows == 0:
+        raise DataError(f"input {source.description} has no rows")
+    eval_set = layout == "clip_benchmark" or val_groups_from is not None
+    if eval_set and "label" not in columns and "text" not in columns:
+        raise DataError("an eval set (clip_benchmark layout) needs a label column (zero-shot classification) "
+                        "or a text column (retrieval); name it with label_col / text_col")
+    classes, string_labels = eval_sets.resolve_classes(source, columns.get("label"), classnames)
+    if eval_set and "label" in columns and classes is None:
+        classes = eval_sets.integer_classes(source, columns["label"])
+    tmpl = None
+    if eval_set and "label" in columns:
+        from align.templates import get_templates
+
+        tmpl = get_templates(templates if templates is not None else "photo" if "image" in columns else "audio")
+        if not isinstance(tmpl, list):
+            raise DataError("templates: class-specific prompts (a JSON dict) cannot be written as "
+                            "zeroshot_classification_templates.txt; give a list of templates")
+    local = isinstance(input, (str, os.PathLike)) and Path(os.fspath(input)).expanduser().exists()
+    settings = {"version": JOB_VERSION,
+                "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else source.description, "input_kind": source.kind,
+                "fingerprint": source.fingerprint(), "rows": n_rows, "columns": columns,
+                "image_size": image_size, "resize_mode": resize_mode, "image_format": image_format,
+                "image_quality": image_quality, "sample_rate": sample_rate, "shard_size": shard_size,
+                "prefix": prefix, "split": split}
+    if more_text:
+        settings["more_text_cols"] = more_text
+    if classnames is not None or eval_set:
+        settings.update(classes=classes, templates=tmpl, layout=layout)
+    common = dict(source=source, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
+                  resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
+                  sample_rate=sample_rate, more_text_cols=more_text,
+                  extra_cols=[c for c in source.columns if c not in columns.values() and c not in more_text],
+                  classes=classes, string_labels=string_labels)
+    if val_groups_from is None:
+        parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
+                           layout=layout, **common))]
+    else:
+        train_rows, val_rows, no_group = eval_sets.split_by_groups(source, val_groups_from, val_groups)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"output {out} exists and is not a directory")
+        held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
+        parts = [(name, _Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
+                             n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
+                             **common))
+                 for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
+                                                ("val", val_rows, "clip_benchmark", {}))]
+    results = {name: _write_part(job, overwrite, workers, progress, tmpl) for name, job in parts}
+    _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
+    for st in results.values():
+        del st["rows"]
+    stats = dict(results[parts[0][0]])
+    if len(results) > 1:
+        stats["val"] = results["val"]
+    return stats
+
+
+def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Optional[float]) -> None:
+    """DataError when an output got no sample, or more than max_skip_frac of all rows were skipped."""
+    for out, st in parts:
+        if st["written"] == 0:
+            raise DataError(f"wrote no sample to {out}: all {st['rows']} rows were skipped ({format_counts(st['by_reason'], 3)}); "
+                            f"see {out / 'skipped.jsonl'}")
+    skipped, rows = sum(st["skipped"] for _, st in parts), sum(st["rows"] for _, st in parts)
+    if max_skip_frac is not None and skipped > max_skip_frac * rows:
+        by_reason: Counter = Counter()
+        for _, st in parts:
+            by_reason.update(st["by_reason"])
+        where = " and ".join(str(out / "skipped.jsonl") for out, st in parts if st["skipped"])
+        raise DataError(f"skipped {skipped} of {rows} rows ({skipped / rows:.1%}), more than max_skip_frac "
+                        f"{max_skip_frac} ({format_counts(by_reason, 3)}); see {where}")
+
+
+def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templates) -> Dict[str, Any]:
+    """Write (or resume) one output folder; its stats, also in its stats.json."""
+    out, n_rows = job.out_dir, job.n_rows
+    if n_rows == 0:
+        raise DataError(f"no input row goes to {out}")
+    _prepare_dir(out, job.settings, overwrite)
+    job.shard_dir.mkdir(exist_ok=True)
+    for p in job.shard_dir.glob("*.tar.tmp"):  # left by an interrupted run
+        p.unlink()
+    records: Dict[int, Dict[str, Any]] = {}
+    for idx in range(job.n_shards):
+        rec = _done_record(job, idx)
+        if rec is not None:
+            records[idx] = rec
+    pending = [i for i in range(job.n_shards) if i not in records]
+
+    from tqdm.auto import tqdm
+    done_rows = sum(r["rows"] for r in records.values())
+    with tqdm(total=n_rows, initial=done_rows, unit="sample", desc=f"shards -> {out}", disable=not progress) as bar:
+        n_proc = min(workers, len(pending))
+        if n_proc <= 1:
+            for idx in pending:
+                records[idx] = _write_shard(job, idx, tick=bar.update)
+        else:
+            # spawn, not fork: the parent may hold pyarrow/torch threads.
+            with ProcessPoolExecutor(n_proc, mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(job,)) as pool:
+                futures = {pool.submit(_worker_shard, idx): idx for idx in pending}
+                try:
+                    for fut in as_completed(futures):
+                        records[futures[fut]] = fut.result()
+                        bar.update(records[futures[fut]]["rows"])
+                except BrokenProcessPool:
+                    raise DataError(f"a shard-writing worker process died (out of memory, or write_shards(workers="
+                                    f"{workers}) called from a script without `if __name__ == \"__main__\":`); "
+                                    f"rerun to resume in {out}") from None
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+
+    ordered = [records[i] for i in range(job.n_shards)]
+    by_reason, mods = Counter(), Counter()
+    for r in ordered:
+        by_reason.update(r["by_reason"])
+        mods.update(r["modalities"])
+    stats = {"written": sum(r["written"] for r in ordered), "skipped": sum(r["skipped"] for r in ordered),
+             "by_reason": dict(sorted(by_reason.items())),
+             "modalities": {m: mods.get(m, 0) for m in MODALITIES}, "shards": job.n_shards}
+    _write_json_atomic(out / "skipped.jsonl", [s for r in ordered for s in r["skipped_rows"]], lines=True)
+    if job.classes is not None and job.layout == "shards":
+        _write_json_atomic(out / "classes.json", job.classes)
+    _write_json_atomic(out / "stats.json", stats)
+    last = job.n_shards - 1
+    if job.layout == "clip_benchmark":
+        eval_sets.write_clip_benchmark_meta(out, job.n_shards, job.classes if "label" in job.columns else None,
+                                            templates)
+        pattern = str(job.shard_dir / (f"{{0..{last}}}.tar" if last else "0.tar"))
+    else:
+        pattern = str(out / (f"{job.prefix}-{{000000..{last:06d}}}.tar" if last else f"{job.prefix}-000000.tar"))
+    return dict(stats, pattern=pattern, rows=n_rows)
+
+
+def summary_line(stats: Dict[str, Any]) -> str:
+    """One line for the CLI: written/skipped counts, top reasons, where (train and val when split)."""
+    def one(st: Dict[str, Any]) -> str:
+        reasons = format_counts(st["by_reason"], 3)
+        mods = "+".join(m for m, n in st["modalities"].items() if n)
+        return (f"wrote {st['written']} {mods} samples in {st['shards']} shards"
+                f"{' to ' + st['pattern'] if 'pattern' in st else ''}; skipped {st['skipped']}"
+                + (f" ({reasons}; see skipped.jsonl)" if reasons else ""))
+    if "val" in stats:
+        return "train: " + one(stats) + "; val: " + one(stats["val"])
+    return one(stats)

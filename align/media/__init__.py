@@ -1,0 +1,1 @@
+"""Media primitives: audio decode, resample, downmix and FLAC encode. Imports nothing of align but errors."""

@@ -1,0 +1,321 @@
+"""Checkpoints: safetensors and JSON only, written atomically, loaded safely.
+
+A checkpoint is a directory `RUN/checkpoints/step-00000100/`:
+    model.safetensors      model state dict
+    optim.safetensors      optimizer tensors (flattened) ; optim.json: the rest
+    rng.safetensors        torch CPU/CUDA generator states
+    state.json             step, epoch, data position, python/numpy RNG, scheduler, scaler, counters
+    rng-R.safetensors, rank-R.json   rank R's RNG and data position (R > 0)
+With `train.sharding: fsdp` the model and optimizer are a torch.distributed.checkpoint
+(DCP) directory `dcp/` instead: every rank writes its own shards of both, and DCP
+reshards them when a run resumes at another world size.
+
+Every rank writes into `.step-N.tmp/`; after a barrier rank 0 writes state.json last and
+renames the directory, so a kill during the write (on any rank) leaves the previous
+checkpoint as the newest complete one. Nothing here unpickles code: `load_weights`
+refuses a pickle that carries code, and DCP's metadata file is read with an unpickler
+that admits only DCP's own metadata classes.
+"""
+import io
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from align.errors import AlignError
+
+CKPT_RE = re.compile(r"^step-(\d{8})$")
+MODEL_FILE, DCP_DIR = "model.safetensors", "dcp"
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MODEL_FILE)) or os.path.isfile(os.path.join(path, DCP_DIR, ".metadata"))
+
+
+def weights_path(ckpt: str) -> str:
+    """The file (or DCP directory) holding a checkpoint's model weights; `load_weights` reads either."""
+    dcp_dir = os.path.join(ckpt, DCP_DIR)
+    return dcp_dir if os.path.isdir(dcp_dir) and not os.path.isfile(os.path.join(ckpt, MODEL_FILE)) \
+        else os.path.join(ckpt, MODEL_FILE)
+
+
+# -- DCP: metadata read without running code, full weights gathered in one process ------------
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP writes `.metadata` with pickle; admit only its metadata classes, torch dtypes/sizes, containers."""
+
+    SAFE_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "slice", "bytes", "bytearray", "object", "int",
+                     "float", "str", "bool", "complex"}
+
+    def find_class(self, module, name):
+        import importlib
+
+        ok = ((module == "torch.distributed.checkpoint.metadata"          # its dataclasses and enums only
+               and isinstance(getattr(importlib.import_module(module), name, None), type))
+              or (module == "torch.distributed.checkpoint.filesystem" and name == "_StorageInfo")
+              or (module == "builtins" and name in self.SAFE_BUILTINS)
+              or (module == "collections" and name == "OrderedDict")
+              or (module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)))
+              or (module == "torch.serialization" and name == "_get_layout")        # a layout by its name
+              or (module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath", "WindowsPath")))
+        if not ok:
+            raise pickle.UnpicklingError(f"DCP metadata wants {module}.{name}, which align does not load")
+        return super().find_class(module, name)
+
+
+def _safe_reader(path: str):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            rank = kwargs.get("rank")
+            name = ".metadata" if rank is None else f"__{rank}.metadata"
+            try:
+                with open(os.path.join(path, name), "rb") as f:
+                    meta = _MetadataUnpickler(io.BytesIO(f.read())).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+                raise AlignError(f"{path}: refused to read the DCP metadata ({e})") from None
+            if getattr(meta, "storage_meta", None) is None:
+                meta.storage_meta = StorageMeta()
+            meta.storage_meta.load_id = self.load_id
+            return meta
+
+    return SafeReader(path)
+
+
+def load_dcp_tensors(path: str, prefix: str = "model.") -> Dict[str, torch.Tensor]:
+    """Every full tensor of a DCP checkpoint dir whose key starts with `prefix` (prefix removed), gathered
+    from all ranks' shards in this process (no process group needed). Tensors only: nothing unpickled."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = _safe_reader(path).read_metadata()
+    flat = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.state_dict_metadata.items()
+            if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    if flat:
+        dcp.load(flat, storage_reader=_safe_reader(path), no_dist=True)
+    return {k[len(prefix):]: v for k, v in flat.items()}
+
+
+def load_dcp_weights(path: str) -> Dict[str, torch.Tensor]:
+    """The full model weights of a DCP checkpoint dir, with the plain AlignModel's shapes."""
+    from align.train.sharding import unshard_shapes
+
+    sd = load_dcp_tensors(path, "model.")
+    if not sd:
+        raise AlignError(f"{path}: DCP checkpoint holds no model weights")
+    return unshard_shapes(sd)
+
+
+# -- user-facing weight loading --------------------------------------------------------------
+def load_weights(path: str) -> Dict[str, torch.Tensor]:
+    """Loads a state dict from safetensors, or from a torch file with weights_only=True."""
+    if not os.path.exists(path):
+        raise AlignError(f"no such checkpoint: {path}")
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata")):
+        return load_dcp_weights(path)
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError and friends: the file wants to run code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AlignError(f"refused to load {path}: it is not a plain tensor checkpoint (weights_only load failed: "
+                         f"{first[:200]}); align loads only safetensors or weights-only torch files") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise AlignError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return obj
+
+
+# -- optimizer flattening -------------------------------------------------------------------
+def _flatten_optim(sd: dict):
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for idx, st in sd["state"].items():
+        meta["state"][str(idx)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+                meta["state"][str(idx)][k] = "__tensor__"
+            else:
+                meta["state"][str(idx)][k] = v
+    return tensors, meta
+
+
+def _unflatten_optim(tensors: dict, meta: dict) -> dict:
+    state = {}
+    for idx, st in meta["state"].items():
+        state[int(idx)] = {k: (tensors[f"{idx}.{k}"] if v == "__tensor__" else v) for k, v in st.items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# -- RNG ------------------------------------------------------------------------------------
+def rng_state() -> (dict, dict):
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    py = random.getstate()
+    npst = np.random.get_state()
+    meta = {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+# -- save / find / load ---------------------------------------------------------------------
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _unwrap_optim(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)   # Accelerate's AcceleratedOptimizer wraps torch's
+
+
+def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimizer=None, state: Optional[dict] = None,
+                    rank: int = 0, *, barrier: Optional[Callable[[], None]] = None, rank_state: Optional[dict] = None,
+                    sharded=None) -> str:
+    """Writes `ckpt_dir/name/`, visible only once complete. Every rank calls it (collective when `barrier`).
+
+    model_sd / optimizer: rank 0's full model state dict and optimizer (DDP, one process).
+    sharded: the (FSDP model, optimizer) pair instead: every rank writes its shards through DCP.
+    state: rank 0's counters and data position; rank_state: rank R>0's own (data position).
+    """
+    barrier = barrier or (lambda: None)
+    final = os.path.join(ckpt_dir, name)
+    tmp = os.path.join(ckpt_dir, f".{name}.tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(sharded[0], _unwrap_optim(sharded[1]))
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
+    elif rank == 0:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, os.path.join(tmp, MODEL_FILE))
+        if optimizer is not None:
+            t, meta = _flatten_optim(optimizer.state_dict())
+            save_file(t, os.path.join(tmp, "optim.safetensors"))
+            _write_json(os.path.join(tmp, "optim.json"), meta)
+    rt, rmeta = rng_state()
+    save_file(rt, os.path.join(tmp, f"rng-{rank}.safetensors"))
+    if rank > 0:
+        _write_json(os.path.join(tmp, f"rank-{rank}.json"), dict(rank_state or {}, rng=rmeta))
+    # Fault injection for the kill-mid-write test: the last rank dies with its part written, before the barrier.
+    if os.environ.get("ALIGN_TEST_SIGKILL_IN_SAVE") == name and rank > 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    barrier()
+    if rank == 0:
+        _write_json(os.path.join(tmp, "state.json"), dict(state or {}, rng=rmeta, sharded=sharded is not None))
+        old = None
+        if os.path.exists(final):             # replacing e.g. "best": move the old aside first
+            old = os.path.join(ckpt_dir, f".{name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)                # the atomic step
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def list_checkpoints(ckpt_dir: str) -> List[str]:
+    """Complete step checkpoints, oldest first (temporary dirs are ignored)."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    names = sorted(n for n in os.listdir(ckpt_dir) if CKPT_RE.match(n)
+                   and os.path.isfile(os.path.join(ckpt_dir, n, "state.json")))
+    return [os.path.join(ckpt_dir, n) for n in names]
+
+
+def prune_checkpoints(ckpt_dir: str, keep_last: int) -> None:
+    for path in list_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def data_states(path: str, state: dict) -> list:
+    """The data position of every rank that wrote checkpoint `path` (index = rank), for elastic resume."""
+    out = [state.get("data")]
+    world = state.get("world_size")          # older checkpoints: one rank-R.json per rank R > 0
+    if world is None:
+        world = 1 + sum(1 for n in os.listdir(path) if re.fullmatch(r"rank-\d+\.json", n))
+    for r in range(1, int(world)):
+        f = os.path.join(path, f"rank-{r}.json")
+        if not os.path.isfile(f):
+            raise AlignError(f"{path}: no state for rank {r} of the {state.get('world_size')} that wrote it")
+        with open(f) as fh:
+            out.append(json.load(fh).get("data"))
+    return out
+
+
+def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restore_rng: bool = True,
+                    sharded: bool = False) -> dict:
+    """Restores what is given from checkpoint dir `path`; returns its state dict (step, epoch, ...).
+
+    sharded: `model` is FSDP-sharded; the checkpoint must then be a DCP one (written with sharding=fsdp),
+    resharded by DCP to this run's world size. A rank the checkpoint has no file for (it was written by
+    fewer processes) gets rank 0's counters and keeps its own RNG.
+    """
+    if not os.path.isfile(os.path.join(path, "state.json")):
+        raise AlignError(f"{path}: not a complete align checkpoint (state.json missing)")
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    own_rng = rank == 0
+    if rank > 0:                              # this rank's own data position and RNG
+        rank_file = os.path.join(path, f"rank-{rank}.json")
+        if os.path.isfile(rank_file):
+            with open(rank_file) as f:
+                state.update(json.load(f))
+            own_rng = True
+    is_dcp = os.path.isdir(os.path.join(path, DCP_DIR))
+    if model is not None and is_dcp != sharded:
+        raise AlignError(f"{path}: written with train.sharding={'fsdp' if is_dcp else 'ddp'}; "
+                         f"resume it with the same train.sharding")
+    if model is not None and sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        opt = _unwrap_optim(optimizer) if optimizer is not None else None
+        msd, osd = get_state_dict(model, opt) if opt is not None else (get_state_dict(model, [])[0], None)
+        want = {"model": msd, **({"optim": osd} if opt is not None else {})}
+        dcp.load(want, storage_reader=_safe_reader(os.path.join(path, DCP_DIR)))
+        set_state_dict(model, opt if opt is not None else [], model_state_dict=want["model"],
+                       optim_state_dict=want.get("optim", {}))
+    elif model is not None:
+        missing, unexpected = model.load_state_dict(load_file(os.path.join(path, MODEL_FILE)), strict=False)
+        if missing or unexpected:
+            raise AlignError(f"{path}: checkpoint does not fit the recipe's model "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if optimizer is not None and not sharded and os.path.isfile(os.path.join(path, "optim.json")):
+        with open(os.path.join(path, "optim.json")) as f:
+            meta = json.load(f)
+        optimizer.load_state_dict(_unflatten_optim(load_file(os.path.join(path, "optim.safetensors")), meta))
+    if restore_rng and own_rng:
+        set_rng_state(load_file(os.path.join(path, f"rng-{rank}.safetensors")), state["rng"])
+    return state

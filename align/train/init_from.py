@@ -1,0 +1,134 @@
+"""`model.init_from`: a weights-only start from a pretrained model (step and optimizer start fresh).
+
+    model: {open_clip: ViT-B-32, init_from: exports/demo}            # an align export (open_clip layout too)
+    model: {init_from: runs/demo}                                    # an align run (newest checkpoint) or ckpt dir
+    model: {init_from: epoch_32.pt}                                  # open_clip_train's checkpoint file
+    model: {init_from: local-dir:/models/clip}                       # open_clip_config.json + weights
+
+Sources, tried in this order:
+  - an align run dir, checkpoint dir or export (align_config.json): align's own keys;
+  - an open_clip folder (`local-dir:DIR` or DIR with open_clip_config.json and open_clip_model.safetensors
+    or open_clip_pytorch_model.bin): open_clip keys;
+  - a weights file: .safetensors, or .pt/.bin/.pth loaded with torch.load(weights_only=True). open_clip_train
+    saves {"epoch", "name", "state_dict", "optimizer"}; the state_dict is taken, `module.` (DDP) stripped.
+open_clip keys map onto align's: `visual.*` -> towers.image.net.*, `text.*` -> towers.text.net.* (a CLIP
+state dict with the text tower at top level is first put in CustomTextCLIP form, as open_clip does);
+logit_scale and logit_bias (SigLIP) are copied, so the temperature is the pretrained one.
+
+`apply_init_from` prints one table: per tower the tensors matched and those that start new (a tower
+with nothing matched is "new", e.g. an audio tower added to an image-text model), and the source
+tensors ignored. A tensor whose shape differs fails with one line naming it.
+"""
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from align.errors import ConfigError
+
+from align.open_clip_files import (OPEN_CLIP_CONFIG, load_file_state, open_clip_folder_weights, open_clip_to_align,
+                                     strip_local_dir)
+
+
+def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, torch.Tensor], str]:
+    """-> (state dict in align's key space, a short description of the source)."""
+    p = os.path.abspath(strip_local_dir(path))
+    if not os.path.exists(p):
+        raise ConfigError(f"{where}: no such file or folder {path!r}")
+    if os.path.isdir(p):
+        oc = open_clip_folder_weights(p)
+        from align.api import ALIGN_CONFIG
+        if oc and (path.startswith("local-dir:") or not os.path.isfile(os.path.join(p, ALIGN_CONFIG))):
+            return open_clip_to_align(load_file_state(oc, where)), f"open_clip folder {p}"
+        from align.api import _find
+        from align.train.checkpoint import load_weights
+        from align.errors import AlignError
+        try:
+            _, weights = _find(p)
+            sd = load_weights(weights)
+        except AlignError as e:
+            raise ConfigError(f"{where}: {e} (nor an open_clip folder with {OPEN_CLIP_CONFIG})") from None
+        return dict(sd), f"align model {weights}"
+    sd = load_file_state(p, where)
+    if any(k.startswith("towers.") for k in sd):
+        return sd, f"align weights {p}"
+    return open_clip_to_align(sd), f"open_clip weights {p}"
+
+
+def tower_of(key: str) -> str:
+    parts = key.split(".")
+    return parts[1] if parts[0] == "towers" and len(parts) > 2 else "(model)"
+
+
+def match_state(model, sd: Dict[str, torch.Tensor], where: str = "model.init_from") -> dict:
+    """Copies every source tensor whose key and shape fit the model; returns the report.
+
+    {"matched": {tower: n}, "new": {tower: [keys]}, "new_towers": [...], "ignored": [keys]}.
+    Raises ConfigError (one line) on the first tensor whose shape differs.
+    """
+    own = model.state_dict()
+    load, ignored = {}, []
+    for k, v in sd.items():
+        if k not in own:
+            ignored.append(k)
+            continue
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ConfigError(f"{where}: tensor {k!r} has shape {list(v.shape)} in the source but "
+                              f"{list(own[k].shape)} in the model")
+        load[k] = v.to(own[k].dtype)
+    with torch.no_grad():
+        model.load_state_dict(load, strict=False)
+    matched: Dict[str, int] = {}
+    new: Dict[str, List[str]] = {}
+    for k in own:
+        t = tower_of(k)
+        matched.setdefault(t, 0)
+        if k in load:
+            matched[t] += 1
+        else:
+            new.setdefault(t, []).append(k)
+    new_towers = [t for t in matched if t != "(model)" and matched[t] == 0]
+    return {"matched": matched, "new": new, "new_towers": new_towers, "ignored": sorted(ignored)}
+
+
+def report_table(report: dict, source: str) -> str:
+    """One table: per tower matched / new tensors, then the ignored ones."""
+    rows = [("tower", "matched", "starts new", "")]
+    for t, n in report["matched"].items():
+        new = report["new"].get(t, [])
+        note = "new tower" if t in report["new_towers"] else (", ".join(new[:3]) + (" ..." if len(new) > 3 else ""))
+        rows.append((t, str(n), str(len(new)), note))
+    ign = report["ignored"]
+    listed = (": " + ", ".join(ign[:4]) + (" ..." if len(ign) > 4 else "")) if ign else ""
+    rows.append(("(ignored)", "-", "-", f"{len(ign)} source tensors{listed}"))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"init_from {source}"]
+    lines += ["  ".join(r[i].ljust(w[i]) for i in range(3)) + ("  " + r[3] if r[3] else "") for r in rows]
+    return "\n".join(lines)
+
+
+def apply_init_from(model, path: str, printer=print) -> dict:
+    """Loads `path` into `model` (weights only) and prints the table; returns the report."""
+    sd, source = load_source(path)
+    report = match_state(model, sd)
+    model.clamp_logit_scale()
+    if printer:
+        printer(report_table(report, source))
+    return report
+
+
+def apply_tower_temperature(model, model_cfg) -> Optional[str]:
+    """`pretrained_temperature: true` on an open_clip tower with `pretrained`: that checkpoint's logit_scale
+    (and logit_bias) become the model's. Returns the tower name used, or None."""
+    for m, tcfg in model_cfg.towers.items():
+        if not (tcfg.get("pretrained_temperature") and tcfg.get("pretrained")):
+            continue
+        scales = getattr(model.towers[m], "pretrained_scales", None) or {}
+        if "logit_scale" not in scales:
+            raise ConfigError(f"model.towers.{m}.pretrained_temperature: its pretrained weights hold no logit_scale")
+        with torch.no_grad():
+            model.logit_scale.copy_(scales["logit_scale"].reshape(()))
+            if model.logit_bias is not None and "logit_bias" in scales:
+                model.logit_bias.copy_(scales["logit_bias"].reshape(()))
+        return m
+    return None

@@ -1,0 +1,245 @@
+"""The streaming loader: batch layout, epochs, resampling, mixing, eval order and exact resume."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from align.data.stream.decode import decode_image
+from align.data.stream.loader import build_eval_loader, build_train_loader
+from align.data.stream.sources import SourceSpec
+from align.errors import DataError
+from tests.wds_helpers import (
+    TRANSFORMS, all_keys, audio_text, flat, image_text, image_tf, jpeg_bytes, make_shards, member_offset, text_tf,
+    write_shard,
+)
+
+MODS = ["image", "text", "audio"]
+
+
+def _kw(**over):
+    kw = dict(transforms=TRANSFORMS, batch_size=4, modalities=MODS, num_workers=0, shuffle_buffer=16)
+    kw.update(over)
+    return kw
+
+
+def test_mixed_image_text_and_audio_text_batches_with_masks(tmp_path):
+    img, ikeys = make_shards(tmp_path / "i", 2, 6)
+    aud, akeys = make_shards(tmp_path / "a", 2, 6, kind=audio_text, prefix="au")
+    loader = build_train_loader([SourceSpec(img), SourceSpec(aud)], **_kw(drop_last=False))
+    batches = list(loader)
+    assert sorted(flat([b["__key__"] for b in batches])) == sorted(ikeys + akeys)
+    assert any(b["image_mask"].any() and b["audio_mask"].any() for b in batches)  # one batch mixes both kinds
+    sample_img = {k: image_text(k, seed=int(k[1:3]) * 1000 + int(k[4:]))["jpg"] for k in ikeys}
+    for b in batches:
+        is_img = torch.tensor([not k.startswith("au") for k in b["__key__"]])
+        assert torch.equal(b["image_mask"], is_img) and torch.equal(b["audio_mask"], ~is_img)
+        assert b["text_mask"].all() and b["image"].shape[1:] == (3, 4, 4) and b["audio"].shape[1:] == (2, 8)
+        assert not b["image"][~is_img].any() and not b["audio"][is_img].any()  # zeros where missing
+        for i, k in enumerate(b["__key__"]):
+            cap = f"a sound {k}" if k.startswith("au") else f"a photo {k}"
+            assert torch.equal(b["text"][i], text_tf([cap])[0])
+            if not k.startswith("au"):
+                assert torch.equal(b["image"][i], image_tf(decode_image(sample_img[k])))
+        assert (b["cls"] == -1).all()
+
+
+def test_epochs_reshuffle_and_are_reproducible(tmp_path):
+    paths, keys = make_shards(tmp_path, 4, 6)
+    loader = build_train_loader(paths, **_kw())
+    e0 = flat(all_keys(loader))
+    assert loader.epoch == 1  # moved on at the natural end
+    e1 = flat(all_keys(loader))
+    assert len(e0) == len(e1) == 24 and e0 != e1 and sorted(e0) == sorted(e1) == sorted(keys)
+    loader.set_epoch(0)
+    assert flat(all_keys(loader)) == e0
+    other_seed = build_train_loader(paths, **_kw(seed=1))
+    assert flat(all_keys(other_seed)) != e0
+
+
+def test_next_epoch_started_early_gives_the_same_stream(tmp_path):
+    # With workers, epoch e+1's workers start once epoch e has handed out a batch; its batches must be
+    # exactly those of a loader that starts epoch e+1 afresh.
+    paths, keys = make_shards(tmp_path, 4, 6)
+    loader = build_train_loader(paths, **_kw(num_workers=2))
+    it = iter(loader)
+    e0 = [list(next(it)["__key__"]) for _ in range(2)]   # started when the second batch is asked for
+    assert loader._ahead is not None and loader._ahead[0] == 1
+    e0 += [list(b["__key__"]) for b in it]
+    e1 = all_keys(loader)
+    fresh = build_train_loader(paths, **_kw(num_workers=2))
+    fresh.set_epoch(1)
+    assert e1 == all_keys(fresh) and sorted(flat(e1)) == sorted(keys)
+    loader.set_epoch(0)           # a jump elsewhere drops the early-started epoch
+    assert loader._ahead is None and all_keys(loader) == e0
+    late = build_train_loader(paths, **_kw(num_workers=2, start_next_epoch_early=False))
+    assert all_keys(late) == e0 and late._ahead is None and all_keys(late) == e1
+    late.close()
+
+
+def test_resampled_is_infinite_and_deterministic(tmp_path):
+    paths, keys = make_shards(tmp_path, 3, 4)  # 12 samples; we draw 80
+
+    def draw(**over):
+        loader = build_train_loader(paths, **_kw(resampled=True, **over))
+        return flat([b["__key__"] for b in itertools.islice(iter(loader), 20)])
+
+    a = draw()
+    assert len(a) == 80 and set(a) <= set(keys) and len(set(a)) > 6
+    assert draw() == a
+    assert draw(seed=3) != a and draw(epoch=1) != a
+    loader = build_train_loader(paths, **_kw(resampled=True, samples_per_epoch=40))
+    assert len(loader) == 10 and len(list(loader)) == 10 and len(list(loader)) == 10
+
+
+def test_weighted_mixing_follows_weights(tmp_path):
+    img, _ = make_shards(tmp_path / "i", 2, 10)
+    aud, _ = make_shards(tmp_path / "a", 2, 10, kind=audio_text, prefix="au")
+    loader = build_train_loader([SourceSpec(img, weight=3.0), SourceSpec(aud, weight=1.0)],
+                                **_kw(resampled=True, samples_per_epoch=400, modalities=["image", "audio", "text"]))
+    got = flat(all_keys(loader))
+    frac_img = sum(not k.startswith("au") for k in got) / len(got)
+    assert len(got) == 400 and abs(frac_img - 0.75) < 0.08  # binomial sd ~0.022
+    # epoch mode: weights steer the interleave, and every sample is still read exactly once
+    loader = build_train_loader([SourceSpec(img, weight=3.0), SourceSpec(aud, weight=1.0)], **_kw(drop_last=False))
+    got = flat(all_keys(loader))
+    assert len(got) == len(set(got)) == 40
+
+
+def test_eval_loader_is_deterministic_in_listed_order(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    samples = [{"__key__": f"k{j}", "jpg": jpeg_bytes(j), "txt": f"first {j}\nsecond {j}\n", "cls": str(j % 3)}
+               for j in range(10)]
+    paths = [write_shard(root / "a.tar", samples[:6]), write_shard(root / "b.tar", samples[6:])]
+    loader = build_eval_loader(paths, transforms=TRANSFORMS, batch_size=4, modalities=["image", "text"])
+    batches = list(loader)
+    assert [len(b["__key__"]) for b in batches] == [4, 4, 2]  # last partial batch kept
+    assert flat([b["__key__"] for b in batches]) == [f"k{j}" for j in range(10)]
+    assert torch.equal(torch.cat([b["cls"] for b in batches]), torch.tensor([j % 3 for j in range(10)]))
+    assert all(torch.equal(b["text"][i], text_tf([f"first {k[1:]}"])[0])
+               for b in batches for i, k in enumerate(b["__key__"]))
+    assert flat(all_keys(loader)) == [f"k{j}" for j in range(10)]
+    # training picks a caption line at random: both lines show up
+    train = build_train_loader(paths, **_kw(modalities=["image", "text"], drop_last=False))
+    firsts = [int(torch.equal(b["text"][i], text_tf([f"first {k[1:]}"])[0]))
+              for b in train for i, k in enumerate(b["__key__"])]
+    assert 0 < sum(firsts) < 10
+
+
+def _resume_dataset(root):
+    """Uneven shards (so workers end at different times), a broken image and a truncated shard."""
+    root.mkdir()
+    paths = []
+    for i in range(5):
+        samples = [image_text(f"s{i}_{j}", seed=10 * i + j) for j in range(4 + 2 * i)]
+        if i == 1:
+            samples[2] = {"__key__": "s1_bad", "jpg": b"broken", "txt": "x"}
+        paths.append(write_shard(root / f"s{i}.tar", samples))
+    cut = member_offset(paths[3], "s3_6.jpg") + 5
+    with open(paths[3], "r+b") as f:
+        f.truncate(cut)
+    return paths
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_exact_resume_gives_the_same_next_batches(tmp_path, num_workers):
+    paths = _resume_dataset(tmp_path / "d")
+    kw = _kw(modalities=["image", "text"], batch_size=3, num_workers=num_workers, shuffle_buffer=5)
+    ref_loader = build_train_loader(paths, **kw)
+    ref = all_keys(ref_loader)
+    ref_totals = (dict(ref_loader.skipped), ref_loader.seen)  # totals are cumulative over epochs
+    ref_next_epoch = all_keys(ref_loader)
+    assert ref_totals[0] == {"undecodable image": 1, "corrupt tar": 1}
+    n = len(ref)
+    assert n >= 6
+    for k in sorted({1, 2, n // 2, n - 1, n}):
+        first = build_train_loader(paths, **kw)
+        it = iter(first)
+        head = [list(next(it)["__key__"]) for _ in range(k)]
+        state = json.loads(json.dumps(first.state_dict()))  # checkpoints are JSON-able
+        del it
+        resumed = build_train_loader(paths, resume_state=state, **kw)
+        resumed.set_epoch(0 if k < n else 1)  # the usual call at the top of an epoch loop keeps the position
+        tail = all_keys(resumed)
+        if k < n:
+            assert head + tail == ref, f"resume after {k} batches"
+            assert (dict(resumed.skipped), resumed.seen) == ref_totals  # faults counted exactly once
+        else:
+            assert tail == ref_next_epoch
+
+
+def test_resume_after_a_worker_finished_counts_its_faults_once(tmp_path):
+    # One worker reads a short shard cut inside its 4th sample: without a shuffle buffer the
+    # 'corrupt tar' is hit after its only batch, so it travels with that worker's final flush.
+    root = tmp_path / "d"
+    root.mkdir()
+    short = write_shard(root / "short.tar", [image_text(f"a{j}", seed=j) for j in range(4)])
+    cut = member_offset(short, "a3.jpg") + 5
+    with open(short, "r+b") as f:
+        f.truncate(cut)
+    long = write_shard(root / "long.tar", [image_text(f"b{j}", seed=j) for j in range(15)])
+    kw = _kw(modalities=["image", "text"], batch_size=3, num_workers=2, shuffle_buffer=0)
+    ref_loader = build_train_loader([short, long], **kw)
+    ref = all_keys(ref_loader)
+    assert len(ref) == 6 and dict(ref_loader.skipped) == {"corrupt tar": 1}
+    first = build_train_loader([short, long], **kw)
+    it = iter(first)
+    head = [list(next(it)["__key__"]) for _ in range(4)]
+    del it
+    assert first.state_dict()["worker_done"].count(True) == 1  # the short worker's flush was consumed
+    resumed = build_train_loader([short, long], resume_state=first.state_dict(), **kw)
+    assert head + all_keys(resumed) == ref
+    assert dict(resumed.skipped) == {"corrupt tar": 1} and resumed.seen == ref_loader.seen
+
+
+def test_exact_resume_with_epoch_quota(tmp_path):
+    paths, _ = make_shards(tmp_path, 4, 5)
+    kw = _kw(modalities=["image", "text"], batch_size=2, num_workers=2, samples_per_epoch=14, shuffle_buffer=4)
+    ref = all_keys(build_train_loader(paths, **kw))
+    assert len(ref) == 7
+    first = build_train_loader(paths, **kw)
+    it = iter(first)
+    head = [list(next(it)["__key__"]) for _ in range(4)]
+    state = first.state_dict()
+    del it
+    assert head + all_keys(build_train_loader(paths, resume_state=state, **kw)) == ref
+
+
+def test_resume_state_mismatch_is_a_data_error(tmp_path):
+    paths, _ = make_shards(tmp_path, 2, 4)
+    state = build_train_loader(paths, **_kw(num_workers=2)).state_dict()
+    with pytest.raises(DataError, match="saved with max\\(1, num_workers\\)=2 but this run has 1"):
+        build_train_loader(paths, resume_state=state, **_kw(num_workers=0))
+    with pytest.raises(DataError, match="not a StreamLoader state"):
+        build_train_loader(paths, resume_state={"epoch": 1}, **_kw())
+
+
+def test_bad_arguments_are_data_errors(tmp_path):
+    paths, _ = make_shards(tmp_path, 1, 4)
+    for over in (dict(modalities=["video"]), dict(transforms={"image": image_tf}), dict(batch_size=0),
+                 dict(rank=2, world_size=2), dict(samples_per_epoch=3), dict(max_skip_frac=2.0)):
+        with pytest.raises(DataError):
+            build_train_loader(paths, **_kw(**over))
+    with pytest.raises(TypeError, match="samples_per_epoch"):
+        len(build_train_loader(paths, **_kw()))
+
+
+def test_variable_shape_transform_is_a_clear_error(tmp_path):
+    paths, _ = make_shards(tmp_path, 1, 4)
+    sizes = iter([3, 4, 3, 4])
+    tf = dict(TRANSFORMS, image=lambda img: torch.zeros(3, next(sizes), 2))
+    with pytest.raises(DataError, match="must crop/pad to a fixed shape"):
+        list(build_train_loader(paths, **_kw(transforms=tf, modalities=["image", "text"])))
+
+
+def test_worker_transforms_are_seeded_per_stream(tmp_path):
+    paths, _ = make_shards(tmp_path, 2, 4)
+    tf = dict(TRANSFORMS, image=lambda img: torch.rand(1).expand(3, 4, 4).clone())
+    kw = _kw(transforms=tf, modalities=["image", "text"], num_workers=2)
+    a = [b["image"] for b in build_train_loader(paths, **kw)]
+    b = [b["image"] for b in build_train_loader(paths, **kw)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 2
+    assert not np.allclose(a[0][0, 0, 0, 0].item(), a[1][0, 0, 0, 0].item())

@@ -1,0 +1,165 @@
+"""Tests for align.data.tools.inspect.inspect_shards: counts by reason (as training's), corrupt tars, patterns."""
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from align.data.tools.inspect import inspect_shards
+from align.errors import DataError
+from align.wds.writer import write_shard
+from tests.wds_helpers import member_offset
+
+
+def _png(size=(8, 6)):
+    b = io.BytesIO()
+    Image.new("RGB", size, "green").save(b, "PNG")
+    return b.getvalue()
+
+
+def _flac(seconds=0.5, sr=16000):
+    b = io.BytesIO()
+    sf.write(b, np.zeros(int(seconds * sr), np.float32), sr, format="FLAC")
+    return b.getvalue()
+
+
+def _tar(path, samples):
+    """samples: [(key, {ext: bytes})] -> a tar at path."""
+    write_shard(path, [dict(members, __key__=key) for key, members in samples])
+
+
+def test_counts_and_skips_by_reason(tmp_path, capsys):
+    good = {"png": _png(), "txt": b"a green box\nsecond", "cls": b"4", "json": b"{}"}
+    _tar(tmp_path / "s-000.tar", [("k0", good), ("k1", dict(good, png=b"\x89PNG broken")), ("k2", good)])
+    _tar(tmp_path / "s-001.tar", [("k3", {"flac": _flac(), "txt": "ünïcode".encode()}),
+                                  ("k4", {"flac": b"fLaC junk", "txt": b"\xff\xfe bad utf8"})])
+    res = inspect_shards(str(tmp_path / "s-{000..001}.tar"), n=4, progress=False)
+    assert res["samples"] == 5 and res["corrupt"] == [] and res["missing"] == []
+    # one reason per skipped sample, the first problem found (as training): k4's audio before its text
+    assert res["skipped"] == {"undecodable image": 1, "undecodable audio": 1} and res["usable"] == 3
+    assert res["modalities"] == {"cls": 3, "flac": 2, "json": 3, "png": 3, "txt": 5}
+    s0, s1 = res["shards"]
+    assert [(f["key"], f["reason"]) for f in s0["failures"]] == [("k1", "undecodable image")]
+    assert [(f["key"], f["reason"]) for f in s1["failures"]] == [("k4", "undecodable audio")]
+    first = res["first"]
+    assert [s["key"] for s in first] == ["k0", "k1", "k2", "k3"]
+    assert first[0]["image"] == "8x6" and first[0]["caption"] == "a green box" and first[0]["label"] == 4
+    assert first[3]["audio"] == {"duration": 0.5, "sample_rate": 16000} and first[3]["caption"] == "ünïcode"
+    printed = capsys.readouterr().out
+    assert "k0  image 8x6  label 4  'a green box'" in printed
+    assert "k3  audio 0.50s@16000Hz" in printed and "k1  SKIPPED: undecodable image" in printed
+    assert "2 shards, 5 samples" in printed and "skipped 2 (undecodable audio 1, undecodable image 1)" in printed
+
+
+def test_check_all_false_decodes_only_first_n(tmp_path):
+    good = {"png": _png(), "txt": b"x"}
+    _tar(tmp_path / "a.tar", [("k0", good), ("k1", good), ("k2", dict(good, png=b"bad"))])
+    res = inspect_shards(str(tmp_path / "a.tar"), n=2, check_all=False, quiet=True, progress=False)
+    assert res["samples"] == 3 and res["skipped"] == {}
+    res = inspect_shards(str(tmp_path / "a.tar"), n=2, check_all=True, quiet=True, progress=False)
+    assert res["skipped"] == {"undecodable image": 1}
+
+
+def test_only_training_extensions_count_and_modalities_choose_what_is_needed(tmp_path):
+    # bmp/opus/caption are not extensions training decodes: such a sample has no usable modality.
+    _tar(tmp_path / "a.tar", [("k0", {"bmp": _png(), "caption": b"x", "opus": b"y"}),
+                              ("k1", {"png": _png(), "txt": b"x"}), ("k2", {"flac": _flac(), "txt": b"y"})])
+    res = inspect_shards(str(tmp_path / "a.tar"), quiet=True, progress=False)
+    assert res["skipped"] == {"fewer than 2 modalities": 1}
+    res = inspect_shards(str(tmp_path / "a.tar"), quiet=True, progress=False, modalities=["image", "text"])
+    assert res["skipped"] == {"fewer than 2 modalities": 2}
+    with pytest.raises(DataError, match="each must be one of image, audio, text"):
+        inspect_shards(str(tmp_path / "a.tar"), quiet=True, modalities=["video"])
+
+
+def test_truncated_and_corrupt_tars(tmp_path, capsys):
+    samples = [(f"k{i}", {"png": _png(), "txt": b"caption"}) for i in range(4)]
+    _tar(tmp_path / "full.tar", samples)
+    data = (tmp_path / "full.tar").read_bytes()
+    k1_png = member_offset(tmp_path / "full.tar", "k1.png")
+    k2_png = member_offset(tmp_path / "full.tar", "k2.png")
+    # Cut inside the 3rd member's data, and cut exactly at a member boundary (before k2.png's header)
+    # (tarfile reads the latter without complaint: only the missing end marker tells).
+    (tmp_path / "mid.tar").write_bytes(data[: k1_png + 10])
+    (tmp_path / "edge.tar").write_bytes(data[: k2_png - 512])
+    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 40)
+    res = inspect_shards(str(tmp_path / "{full,mid,edge,junk}.tar"), n=0, progress=False)
+    by_name = {s["path"].rsplit("/", 1)[1]: s for s in res["shards"]}
+    assert by_name["full.tar"]["error"] is None and by_name["full.tar"]["samples"] == 4
+    assert "corrupt tar" in by_name["mid.tar"]["error"] and by_name["mid.tar"]["samples"] == 1
+    # at a boundary the last sample may lack members: dropped with the fault, as in training
+    assert "end-of-archive marker" in by_name["edge.tar"]["error"] and by_name["edge.tar"]["samples"] == 1
+    assert by_name["junk.tar"]["error"] and by_name["junk.tar"]["samples"] == 0
+    assert sorted(p.rsplit("/", 1)[1] for p in res["corrupt"]) == ["edge.tar", "junk.tar", "mid.tar"]
+    assert res["skipped"] == {"corrupt tar": 3}
+    assert "3 corrupt/truncated shards" in capsys.readouterr().out
+
+
+def test_patterns(tmp_path):
+    _tar(tmp_path / "x-0.tar", [("k", {"txt": b"a"})])
+    _tar(tmp_path / "x-1.tar", [("k", {"txt": b"b"})])
+    with pytest.raises(DataError, match="no shards match .*nothing-"):
+        inspect_shards(str(tmp_path / "nothing-{0..3}.tar"), quiet=True)
+    with pytest.raises(DataError, match="local shards only"):
+        inspect_shards("pipe:cat x.tar", quiet=True)
+    res = inspect_shards(str(tmp_path), quiet=True, progress=False)  # a directory
+    assert [s["samples"] for s in res["shards"]] == [1, 1]
+    res = inspect_shards(str(tmp_path / "x-*.tar"), quiet=True, progress=False)  # a glob
+    assert len(res["shards"]) == 2
+    res = inspect_shards(str(tmp_path / "x-{0..2}.tar"), quiet=True, progress=False)  # brace, one missing
+    assert len(res["shards"]) == 2 and res["missing"] == [str(tmp_path / "x-2.tar")]
+
+
+def test_inspects_write_shards_output(tmp_path):
+    """The writer's shards read back clean: every sample has the same members."""
+    import pandas as pd
+    from align.data.write.shards import write_shards
+    for i in range(3):
+        Image.new("RGB", (10, 10)).save(tmp_path / f"{i}.jpg")
+    pd.DataFrame({"image": [f"{i}.jpg" for i in range(3)], "text": ["a", "b", "c"]}).to_csv(tmp_path / "d.csv")
+    stats = write_shards(tmp_path / "d.csv", tmp_path / "out", shard_size=2, progress=False)
+    res = inspect_shards(stats["pattern"], quiet=True, progress=False)
+    assert res["samples"] == 3 and res["skipped"] == {} and res["corrupt"] == []
+    assert [s["layouts"] for s in res["shards"]] == [{"jpg+json+txt": 2}, {"jpg+json+txt": 1}]
+
+
+@pytest.mark.parametrize("modalities", [["image", "text", "audio"], ["image", "text"]])
+def test_inspect_counts_every_case_as_training_does(tmp_path, modalities):
+    """Planted duplicates, unknown extensions, broken members, a cut shard and a missing one: inspect's
+    counts by reason and its `seen` equal a training epoch's over the same pattern."""
+    from align.data.stream.loader import build_train_loader
+    from tests.wds_helpers import TRANSFORMS, audio_text, image_text
+
+    good = [image_text(f"g{j}", seed=j) for j in range(4)] + [audio_text(f"a{j}", seed=j) for j in range(3)]
+    planted = [
+        dict(image_text("dup", seed=9)), {"__key__": "dup", "txt": "a second txt of the same sample"},  # duplicate
+        dict(image_text("unk", seed=8), xyz=b"unknown extension, carried and ignored"),
+        {"__key__": "old", "bmp": _png(), "caption": "caption", "opus": b"x"},   # no extension training decodes
+        {"__key__": "badjpg", "jpg": b"\xff\xd8 broken", "txt": "x"},
+        {"__key__": "badflac", "flac": b"fLaC broken", "txt": "x"},
+        {"__key__": "badtxt", "jpg": good[0]["jpg"], "txt": b"\xff\xfe"},
+        {"__key__": "emptytxt", "jpg": good[0]["jpg"], "txt": " \n "},
+        dict(image_text("badcls", seed=7), cls="seven"),
+        dict(image_text("g0", seed=5)),                                        # a key repeated later in the shard
+        {"__key__": "onlyimg", "jpg": good[0]["jpg"]},
+    ]
+    write_shard(tmp_path / "p-0.tar", good[:4] + planted[:6])
+    write_shard(tmp_path / "p-1.tar", good[4:] + planted[6:])
+    cut = write_shard(tmp_path / "p-2.tar", [image_text(f"c{j}", seed=20 + j) for j in range(5)])
+    with open(cut, "r+b") as f:
+        f.truncate(member_offset(cut, "c3.jpg") + 7)
+    pattern = str(tmp_path / "p-{0..3}.tar")                                 # p-3.tar does not exist
+    res = inspect_shards(pattern, quiet=True, progress=False, modalities=modalities)
+    loader = build_train_loader(pattern, transforms=TRANSFORMS, batch_size=4, modalities=modalities,
+                                num_workers=0, drop_last=False, shuffle_buffer=0)
+    keys = [k for b in loader for k in b["__key__"]]
+    assert res["skipped"] == dict(loader.skipped)
+    assert res["seen"] == loader.seen and res["usable"] == len(keys)
+    expected = {"duplicate file in sample": 1, "corrupt tar": 1, "missing shard": 1, "undecodable image": 1,
+                "undecodable text": 1, "empty caption": 1, "bad cls": 1, "fewer than 2 modalities": 2}
+    if "audio" in modalities:
+        expected["undecodable audio"] = 1
+    else:  # audio-text samples lack the second requested modality
+        expected["fewer than 2 modalities"] += 1 + 3
+    assert res["skipped"] == expected

@@ -1,0 +1,354 @@
+"""Tests for align.data.write.shards.write_shards: inputs, skips, determinism, resume, resizing."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from align.data.write import shards as shards_mod
+from align.data.write.media import _resized
+from align.data.write.shards import summary_line, write_shards
+from align.errors import ConfigError, DataError
+
+
+def _jpg(path, size=(40, 30), color=(200, 10, 10)):
+    Image.new("RGB", size, color).save(path, "JPEG")
+
+
+def _members(tar_path):
+    """tar -> {member name: bytes} in archive order."""
+    with tarfile.open(tar_path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf}
+
+
+def _all_members(out):
+    res = {}
+    for p in sorted(out.glob("*.tar")):
+        res.update(_members(p))
+    return res
+
+
+def _csv_dataset(tmp_path, n_good=6):
+    """CSV of image paths + captions: n_good good rows, then 3 broken ones."""
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i in range(n_good):
+        _jpg(tmp_path / "imgs" / f"{i}.jpg", size=(40 + i, 30))
+        rows.append({"filepath": f"imgs/{i}.jpg", "caption": f"photo {i}\nsecond caption {i}", "note": f"n{i}"})
+    (tmp_path / "imgs" / "bad.jpg").write_bytes(b"\x00not a jpeg")
+    rows.insert(2, {"filepath": "imgs/bad.jpg", "caption": "broken", "note": "b"})
+    rows.insert(4, {"filepath": "imgs/missing.jpg", "caption": "gone", "note": "m"})
+    rows.append({"filepath": "imgs/0.jpg", "caption": "  ", "note": "e"})
+    csv = tmp_path / "data.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+def test_csv_with_broken_rows_exact_stats_and_skipped(tmp_path):
+    csv = _csv_dataset(tmp_path)
+    out = tmp_path / "out"
+    stats = write_shards(csv, out, shard_size=4, progress=False)
+    expect = {"written": 6, "skipped": 3, "shards": 3,
+              "by_reason": {"image: cannot decode": 1, "image: file not found": 1, "text: empty caption": 1},
+              "modalities": {"image": 6, "text": 6, "audio": 0, "label": 0}}
+    assert json.loads((out / "stats.json").read_text()) == expect
+    assert stats == dict(expect, pattern=str(out / "shard-{000000..000002}.tar"))
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert skipped == [
+        {"row": 2, "key": None, "shard": "shard-000000", "source": str(tmp_path / "imgs" / "bad.jpg"),
+         "reason": "image: cannot identify image file 'imgs/bad.jpg'"},
+        {"row": 4, "key": None, "shard": "shard-000001", "source": str(tmp_path / "imgs" / "missing.jpg"),
+         "reason": "image: file not found 'imgs/missing.jpg'"},
+        {"row": 8, "key": None, "shard": "shard-000002", "source": str(csv), "reason": "text: empty caption"},
+    ]
+    members = _all_members(out)
+    # Row r -> shard r // 4, key offset r % 4; skipped rows leave gaps.
+    keys = sorted({name.split(".")[0] for name in members})
+    assert keys == ["shard-000000-000000", "shard-000000-000001", "shard-000000-000003",
+                    "shard-000001-000001", "shard-000001-000002", "shard-000001-000003"]
+    assert members["shard-000000-000001.txt"] == b"photo 1\nsecond caption 1"
+    meta = json.loads(members["shard-000001-000003.json"])
+    assert meta == {"key": "shard-000001-000003", "captions": 2, "extra": {"note": "n5"},
+                    "image": {"width": 45, "height": 30, "mode": "RGB"},
+                    "source": {"row": 7, "image": "imgs/5.jpg"}}
+    img = Image.open(io.BytesIO(members["shard-000001-000003.jpg"]))
+    assert img.format == "JPEG" and img.size == (45, 30)
+    # Fixed tar headers: nothing depends on when or by whom the shard was written.
+    with tarfile.open(out / "shard-000000.tar") as tf:
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tf} == {(0, 0, 0, "", "", 0o644)}
+    assert "wrote 6 image+text samples in 3 shards" in summary_line(stats)
+
+
+def test_folder_of_audio_and_captions(tmp_path):
+    src = tmp_path / "clips"
+    (src / "sub").mkdir(parents=True)
+    t = np.arange(22050) / 22050
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 220 * t)], 1) * 0.3  # [T, 2], 1 s
+    sf.write(src / "a.wav", stereo, 22050)
+    sf.write(src / "sub" / "b.ogg", stereo[:11025, 0], 22050, format="OGG", subtype="VORBIS")
+    sf.write(src / "c.flac", stereo[:, 0], 16000)  # no caption -> skipped
+    (src / "a.txt").write_text("a tone\n\nanother tone\n", encoding="utf-8")
+    (src / "sub" / "b.txt").write_text("short tone", encoding="utf-8")
+    (src / "a.json").write_text('{"speaker": "x"}', encoding="utf-8")
+    out = tmp_path / "out"
+    stats = write_shards(src, out, shard_size=2, sample_rate=16000, progress=False)
+    assert {k: stats[k] for k in ("written", "skipped", "by_reason", "shards")} == {
+        "written": 2, "skipped": 1, "by_reason": {"text: missing": 1}, "shards": 2}
+    assert stats["modalities"] == {"image": 0, "text": 2, "audio": 2, "label": 0}
+    skipped = json.loads((out / "skipped.jsonl").read_text())
+    assert skipped["key"] == "c" and skipped["reason"] == "text: no file for stem 'c'"
+    m = _all_members(out)
+    # Rows in sorted stem order: a, c (skipped), sub/b -> shard 1.
+    assert sorted(m) == ["shard-000000-000000.flac", "shard-000000-000000.json", "shard-000000-000000.txt",
+                         "shard-000001-000000.flac", "shard-000001-000000.json", "shard-000001-000000.txt"]
+    assert m["shard-000000-000000.txt"] == b"a tone\nanother tone"
+    wave, sr = sf.read(io.BytesIO(m["shard-000000-000000.flac"]))
+    assert sr == 16000 and wave.ndim == 1 and abs(len(wave) - 16000) <= 1
+    # Mono mix of the two sines, evaluated directly at 16 kHz (away from the filter's edges).
+    t16 = np.arange(16000) / 16000
+    ref = 0.15 * (np.sin(2 * np.pi * 440 * t16) + np.sin(2 * np.pi * 220 * t16))
+    assert np.abs(wave[200:-200] - ref[200:len(wave) - 200]).max() < 0.01
+    wave_b, _ = sf.read(io.BytesIO(m["shard-000001-000000.flac"]))
+    assert abs(len(wave_b) - 8000) <= 1
+    meta = json.loads(m["shard-000000-000000.json"])
+    assert meta["source"] == {"row": 0, "key": "a", "audio": "a.wav"}
+    assert meta["audio"] == {"duration": 1.0, "sample_rate": 22050}
+    assert meta["extra"] == {"speaker": "x"}
+    assert json.loads(m["shard-000001-000000.json"])["source"] == {"row": 2, "key": "sub/b", "audio": "sub/b.ogg"}
+
+
+def test_jsonl_and_parquet_inputs(tmp_path):
+    _jpg(tmp_path / "x.jpg")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buf, "PNG")
+    lines = [json.dumps({"img": "x.jpg", "captions": ["one", "two"], "cls": 3, "score": 0.5}),
+             "{not json",
+             json.dumps({"img": "x.jpg", "captions": [], "cls": 1}),
+             json.dumps({"img": str(tmp_path / "x.jpg"), "captions": "abs path", "cls": 2})]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    stats = write_shards(tmp_path / "d.jsonl", tmp_path / "o1", progress=False)
+    assert (stats["written"], stats["by_reason"]) == (2, {"row: invalid JSON": 1, "text: empty caption": 1})
+    assert stats["modalities"] == {"image": 2, "text": 2, "audio": 0, "label": 2}
+    m = _all_members(tmp_path / "o1")
+    assert m["shard-000000-000000.txt"] == b"one\ntwo" and m["shard-000000-000000.cls"] == b"3"
+    assert json.loads(m["shard-000000-000000.json"])["extra"] == {"score": 0.5}
+    assert m["shard-000000-000003.cls"] == b"2"
+    bad = json.loads((tmp_path / "o1" / "skipped.jsonl").read_text().splitlines()[0])
+    assert bad["row"] == 1 and bad["key"] == "line 2" and bad["reason"].startswith("row: invalid JSON on line 2")
+
+    # Parquet with raw image bytes and a list caption column.
+    pd.DataFrame({"image": [buf.getvalue(), b"garbage"], "text": [["a", "b"], ["c"]], "label": ["cat", "dog"]}
+                 ).to_parquet(tmp_path / "d.parquet")
+    stats = write_shards(tmp_path / "d.parquet", tmp_path / "o2", image_format="png", progress=False)
+    assert (stats["written"], stats["by_reason"]) == (1, {"image: cannot decode": 1})
+    m = _all_members(tmp_path / "o2")
+    assert set(m) == {"shard-000000-000000.png", "shard-000000-000000.txt", "shard-000000-000000.cls",
+                      "shard-000000-000000.json"}
+    # String labels -> index into the sorted class names (readers expect an integer cls).
+    assert m["shard-000000-000000.cls"] == b"0" and m["shard-000000-000000.txt"] == b"a\nb"
+    assert json.loads(m["shard-000000-000000.json"])["label_name"] == "cat"
+    assert json.loads((tmp_path / "o2" / "classes.json").read_text()) == ["cat", "dog"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(m["shard-000000-000000.png"]))),
+                          np.asarray(Image.open(buf)))  # png is lossless
+
+
+def test_datasets_save_to_disk_with_image_feature(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    imgs = []
+    for i in range(3):
+        b = io.BytesIO()
+        Image.new("RGBA", (10 + i, 12), (0, 0, 255, 0)).save(b, "PNG")  # fully transparent
+        imgs.append({"bytes": b.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"]),
+                                  "caption": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": imgs, "label": [0, 1, 1], "caption": ["a", "b", "c"]},
+                                    features=features)
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DataError, match="has splits test, train|has splits train, test"):
+        write_shards(tmp_path / "hf", tmp_path / "o", progress=False)
+    stats = write_shards(tmp_path / "hf", tmp_path / "o", split="train", progress=False)
+    assert stats["written"] == 3 and stats["modalities"] == {"image": 3, "text": 3, "audio": 0, "label": 3}
+    m = _all_members(tmp_path / "o")
+    assert m["shard-000000-000002.cls"] == b"1" and m["shard-000000-000002.txt"] == b"c"
+    meta = json.loads(m["shard-000000-000002.json"])
+    assert meta["label_name"] == "dog" and meta["image"] == {"width": 12, "height": 12, "mode": "RGBA"}
+    # Transparency is flattened onto white.
+    px = np.asarray(Image.open(io.BytesIO(m["shard-000000-000002.jpg"])))
+    assert px.shape == (12, 12, 3) and px.min() > 240
+
+
+def _mixed_csv(tmp_path, n=11):
+    (tmp_path / "i").mkdir()
+    rows = []
+    for i in range(n):
+        _jpg(tmp_path / "i" / f"{i}.jpg", size=(20 + i, 16), color=(i * 20, 100, 50))
+        rows.append({"image": f"i/{i}.jpg", "text": f"c{i}", "label": i % 3})
+    if n > 5:
+        rows[5]["image"] = "i/none.jpg"
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    return tmp_path / "m.csv"
+
+
+def _snapshot(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_workers_give_byte_identical_shards(tmp_path):
+    csv = _mixed_csv(tmp_path)
+    s1 = write_shards(csv, tmp_path / "w1", shard_size=3, workers=1, image_size=16, progress=False)
+    s2 = write_shards(csv, tmp_path / "w2", shard_size=3, workers=2, image_size=16, progress=False)
+    assert s1["shards"] == 4 and s1["written"] == 10
+    assert {k: v for k, v in s1.items() if k != "pattern"} == {k: v for k, v in s2.items() if k != "pattern"}
+    snap1, snap2 = _snapshot(tmp_path / "w1"), _snapshot(tmp_path / "w2")
+    assert sorted(snap1) == sorted(snap2) and all(snap1[k] == snap2[k] for k in snap1)
+
+
+def test_resume_after_lost_shard_and_crash(tmp_path, monkeypatch):
+    csv = _mixed_csv(tmp_path)
+    ref = tmp_path / "ref"
+    write_shards(csv, ref, shard_size=3, progress=False)
+    want = _snapshot(ref)
+
+    # 1) A run that crashes while writing shard 2 leaves shards 0-1 done and a tmp file.
+    out = tmp_path / "out"
+    real = shards_mod._sample
+
+    def crashing(row, key, job):
+        if row.index == 7:
+            raise RuntimeError("simulated crash")
+        return real(row, key, job)
+    monkeypatch.setattr(shards_mod, "_sample", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        write_shards(csv, out, shard_size=3, progress=False)
+    monkeypatch.setattr(shards_mod, "_sample", real)
+    assert (out / "shard-000002.tar.tmp").exists() and not (out / "shard-000002.tar").exists()
+    assert not (out / "stats.json").exists()
+    kept = (out / "shard-000000.tar").stat().st_mtime_ns
+
+    # 2) Also lose a finished shard's tar (its done-record alone must not count).
+    (out / "shard-000001.tar").unlink()
+    stats = write_shards(csv, out, shard_size=3, progress=False)
+    assert stats["written"] == 10 and stats["skipped"] == 1
+    assert (out / "shard-000000.tar").stat().st_mtime_ns == kept  # finished shard was kept, not rewritten
+    assert not list(out.glob("*.tmp"))
+    assert _snapshot(out) == want
+
+    # 3) A truncated shard (size differs from its done-record) is rewritten too.
+    data = (out / "shard-000003.tar").read_bytes()
+    (out / "shard-000003.tar").write_bytes(data[:700])
+    write_shards(csv, out, shard_size=3, progress=False)
+    assert _snapshot(out) == want
+
+
+def test_refuses_foreign_or_changed_output_dir(tmp_path):
+    csv = _mixed_csv(tmp_path, n=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user file")
+    with pytest.raises(DataError, match="not empty and holds no previous run"):
+        write_shards(csv, out, progress=False)
+    write_shards(csv, out, overwrite=True, progress=False)
+    assert (out / "mine.txt").read_text() == "user file"  # overwrite removes only shard outputs
+    with pytest.raises(DataError, match=r"shard_size differ"):
+        write_shards(csv, out, shard_size=2, progress=False)
+    stats = write_shards(csv, out, shard_size=2, overwrite=True, progress=False)
+    assert stats["shards"] == 2 and sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar",
+                                                                                 "shard-000001.tar"]
+    before = (out / "shard-000000.tar").stat().st_mtime_ns
+    write_shards(csv, out, shard_size=2, overwrite=True, progress=False)  # same job, overwrite: rewritten
+    assert (out / "shard-000000.tar").stat().st_mtime_ns != before
+    with pytest.raises(DataError, match="is the input folder"):
+        write_shards(tmp_path / "i", tmp_path / "i", overwrite=True, progress=False)
+    # Changed input content is a different job too.
+    csv.write_text(csv.read_text().replace("c1", "changed"))
+    with pytest.raises(DataError, match="fingerprint"):
+        write_shards(csv, out, shard_size=2, progress=False)
+
+
+@pytest.mark.parametrize("mode,src,size,expect", [
+    ("keep", (40, 20), 16, (32, 16)), ("keep", (20, 40), 16, (16, 32)), ("keep", (10, 10), 16, (16, 16)),
+    ("longest", (40, 20), 16, (16, 8)), ("longest", (15, 45), 15, (5, 15)),
+    ("center_crop", (40, 20), 16, (16, 16)), ("center_crop", (17, 50), 16, (16, 16)),
+    ("border", (40, 20), 16, (16, 16)), ("border", (16, 16), 16, (16, 16)),
+])
+def test_resize_modes_sizes(mode, src, size, expect):
+    assert _resized(Image.new("RGB", src, (255, 0, 0)), size, mode).size == expect
+
+
+def test_resize_border_pads_black_and_center_crop_keeps_middle():
+    img = Image.new("RGB", (40, 20), (255, 255, 255))
+    out = np.asarray(_resized(img, 16, "border"))  # content 16x8 at rows 4..11
+    assert out[:4].max() == 0 and out[12:].max() == 0 and out[4:12].min() > 250
+    stripes = Image.new("RGB", (30, 10), (0, 0, 0))
+    stripes.paste((255, 255, 255), (10, 0, 20, 10))  # white middle third
+    crop = np.asarray(_resized(stripes, 10, "center_crop"))
+    assert crop.shape == (10, 10, 3) and crop.min() > 250
+
+
+def test_end_to_end_resize_and_formats(tmp_path):
+    csv = _mixed_csv(tmp_path, n=2)
+    write_shards(csv, tmp_path / "o", image_size=12, resize_mode="center_crop", image_format="webp",
+                 progress=False)
+    m = _all_members(tmp_path / "o")
+    img = Image.open(io.BytesIO(m["shard-000000-000001.webp"]))
+    assert img.format == "WEBP" and img.size == (12, 12)
+
+
+def test_large_jpeg_and_exif_rotation(tmp_path):
+    big = np.random.default_rng(0).integers(0, 255, (512, 1024, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
+    rot = Image.new("RGB", (40, 20), "red")
+    exif = rot.getexif()
+    exif[0x0112] = 6  # stored 40x20, displayed rotated 90 degrees: 20x40
+    rot.save(tmp_path / "rot.jpg", exif=exif)
+    pd.DataFrame({"image": ["big.jpg", "rot.jpg"], "text": ["big", "rotated"]}).to_csv(tmp_path / "d.csv")
+    write_shards(tmp_path / "d.csv", tmp_path / "o", image_size=64, resize_mode="longest", progress=False)
+    m = _all_members(tmp_path / "o")
+    assert Image.open(io.BytesIO(m["shard-000000-000000.jpg"])).size == (64, 32)
+    assert json.loads(m["shard-000000-000000.json"])["image"] == {"width": 1024, "height": 512, "mode": "RGB"}
+    assert Image.open(io.BytesIO(m["shard-000000-000001.jpg"])).size == (32, 64)
+    assert json.loads(m["shard-000000-000001.json"])["image"] == {"width": 20, "height": 40, "mode": "RGB"}
+
+
+def test_column_errors_name_available_columns(tmp_path):
+    pd.DataFrame({"foo": ["a.jpg"], "caption": ["x"]}).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(DataError, match=r"need two of image/text/audio.*available columns: foo, caption"):
+        write_shards(tmp_path / "a.csv", tmp_path / "o", progress=False)
+    with pytest.raises(DataError, match=r"no column 'pic' for image; available columns: foo, caption"):
+        write_shards(tmp_path / "a.csv", tmp_path / "o", image_col="pic", progress=False)
+    with pytest.raises(DataError, match="input not found"):
+        write_shards(tmp_path / "nope.csv", tmp_path / "o", progress=False)
+    with pytest.raises(ConfigError, match="needs image_size"):
+        write_shards(tmp_path / "a.csv", tmp_path / "o", resize_mode="border", progress=False)
+    with pytest.raises(ConfigError, match="prefix"):
+        write_shards(tmp_path / "a.csv", tmp_path / "o", image_col="foo", prefix="a.b", progress=False)
+
+
+def test_hub_name_offline_is_a_clear_error(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'someone/pairs' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"cannot load Hugging Face dataset 'someone/pairs'.*offline"):
+        write_shards("someone/pairs", tmp_path / "o", progress=False)
+
+
+def test_several_text_columns_become_several_captions(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        _jpg(tmp_path / "imgs" / f"{i}.jpg")
+    pd.DataFrame({"filepath": [f"imgs/{i}.jpg" for i in range(3)], "a": ["one", "two", "three"],
+                  "b": ["uno", None, "tres"], "note": ["x", "y", "z"]}).to_csv(tmp_path / "d.csv", index=False)
+    write_shards(tmp_path / "d.csv", tmp_path / "o", image_col="filepath", text_col="a,b", progress=False)
+    m = _all_members(tmp_path / "o")
+    txt = [v.decode() for k, v in m.items() if k.endswith(".txt")]
+    assert txt == ["one\nuno", "two", "three\ntres"]
+    meta = json.loads(next(v for k, v in m.items() if k.endswith(".json")))
+    assert meta["captions"] == 2 and "b" not in meta.get("extra", {}) and meta["extra"]["note"] == "x"
+    with pytest.raises(DataError, match=r"no column 'c' for text; available columns: filepath, a, b, note"):
+        write_shards(tmp_path / "d.csv", tmp_path / "o2", image_col="filepath", text_col="a,c", progress=False)

@@ -1,0 +1,86 @@
+"""Tests for align.media.audio: resampling against analytic sines, FLAC round trips, decode errors."""
+import io
+import math
+
+import numpy as np
+import pytest
+import soundfile
+
+from align.media.audio import decode_audio, encode_flac, resample
+from align.errors import DataError
+
+
+def _sine(freq, sr, seconds, phase=0.3):
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.5 * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sr_in,sr_out,freq", [(22050, 16000, 440.0), (16000, 48000, 1000.0),
+                                               (44100, 16000, 3000.0), (8000, 16000, 700.0)])
+def test_resample_matches_analytic_sine(sr_in, sr_out, freq):
+    x = _sine(freq, sr_in, 0.5)
+    y = resample(x, sr_in, sr_out)
+    assert y.dtype == np.float32
+    assert len(y) == math.ceil(len(x) * sr_out / sr_in)
+    ref = _sine(freq, sr_out, len(y) / sr_out)[: len(y)]
+    # the filter's edge effects die out within ~10 input periods of the low-pass
+    edge = int(0.02 * sr_out)
+    err = np.abs(y[edge:-edge] - ref[edge:-edge]).max()
+    assert err < 5e-3, err
+    # and the spectral peak sits at the same frequency
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    peak_hz = np.argmax(spec) * sr_out / len(y)
+    assert abs(peak_hz - freq) <= sr_out / len(y) + 1e-6
+
+
+def test_resample_removes_tones_above_new_nyquist():
+    x = _sine(7000.0, 22050, 0.5)            # above 4 kHz, the Nyquist of 8 kHz
+    y = resample(x, 22050, 8000)
+    edge = 200
+    assert np.sqrt(np.mean(y[edge:-edge] ** 2)) < 0.01 * np.sqrt(np.mean(x ** 2))
+
+
+def test_resample_identity_and_channels():
+    x = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    same = resample(x, 16000, 16000)
+    np.testing.assert_array_equal(same, x)
+    assert same is not x
+    y = resample(x, 16000, 8000)
+    assert y.shape == (2, 500)
+    np.testing.assert_allclose(y[1], resample(x[1], 16000, 8000), atol=1e-6)
+    with pytest.raises(ValueError, match="sr_in"):
+        resample(x, 0, 16000)
+
+
+def test_flac_round_trip_is_16_bit_exact():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.9, 0.9, 4000).astype(np.float32)
+    data = encode_flac(x, 16000)
+    assert data[:4] == b"fLaC"
+    assert encode_flac(x, 16000) == data            # deterministic bytes
+    y, sr = decode_audio(data)
+    assert sr == 16000 and y.dtype == np.float32 and y.shape == x.shape
+    assert np.abs(y - x).max() <= 1.0 / 32768 + 1e-7
+
+
+def test_flac_clips_out_of_range_and_rejects_bad_waves():
+    y, _ = decode_audio(encode_flac(np.array([2.0, -3.0, 0.5], np.float32), 8000))
+    np.testing.assert_allclose(y, [32767 / 32768, -1.0, 0.5], atol=1e-4)
+    with pytest.raises(ValueError, match="mono"):
+        encode_flac(np.zeros((2, 10), np.float32), 16000)
+    with pytest.raises(ValueError, match="NaN"):
+        encode_flac(np.array([0.0, np.nan], np.float32), 16000)
+
+
+def test_decode_mixes_stereo_down_and_reports_bad_bytes():
+    rng = np.random.default_rng(2)
+    stereo = rng.uniform(-0.5, 0.5, (1000, 2)).astype(np.float32)
+    buf = io.BytesIO()
+    soundfile.write(buf, stereo, 22050, format="WAV", subtype="FLOAT")
+    y, sr = decode_audio(buf.getvalue())
+    assert sr == 22050
+    np.testing.assert_allclose(y, stereo.mean(axis=1), atol=1e-6)
+    with pytest.raises(DataError, match="sample-42.flac: cannot decode audio"):
+        decode_audio(b"not audio at all", name="sample-42.flac")
+    with pytest.raises(DataError, match="expected audio bytes"):
+        decode_audio("a string")

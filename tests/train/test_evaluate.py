@@ -1,0 +1,68 @@
+"""Val-set evaluation (align/train/evaluate.py): eval.tasks are names of the benchmark registry, expanded over the
+modalities; what runs produces exactly the metric names config.py accepts for eval.best_metric."""
+import fnmatch
+
+import numpy as np
+import pytest
+
+from align.bench import BENCHMARKS
+from align.errors import DataError
+from align.train.evaluate import check_val_set, eval_entries, evaluate_model, metric_keys
+from tests.bench.conftest import FakeModel, png_bytes, wav_bytes, write_wds
+
+NAMES = ["zero", "one", "two", "three", "four", "five"]
+
+
+def _val_set(root, n=36, train=True):
+    """Image + audio + caption + class per item; a `train` split too (for the probes)."""
+    rng = np.random.default_rng(0)
+    for split in (["test", "train"] if train else ["test"]):
+        samples = [(f"s{i:05d}", {"cls": str(i % 6), "png": png_bytes(rng), "flac": wav_bytes(rng, fmt="FLAC"),
+                                  "txt": f"a {NAMES[i % 6]} {i}"}) for i in range(n)]
+        write_wds(root, samples, split=split, classnames=NAMES, templates=["a {c}."])
+    return str(root)
+
+
+def test_every_registered_task_runs_on_the_val_set_with_the_declared_metric_names(tmp_path):
+    val = _val_set(tmp_path / "val")
+    model = FakeModel()
+    tasks = BENCHMARKS.names()
+    flat = evaluate_model(model, val, tasks=tasks, batch_size=16)
+    expected = metric_keys(tasks, model.modalities)
+    for task in tasks:                      # each task produced something
+        assert any(k.split("/")[1] == task for k in flat), (task, sorted(flat))
+    undeclared = [k for k in flat if not any(fnmatch.fnmatchcase(k, e) for e in expected)]
+    assert not undeclared, undeclared      # best_metric validation at load knows every name the eval writes
+    assert 0 <= flat["image/zeroshot/acc1"] <= 1 and 0 <= flat["image/linear_probe/acc1"] <= 1
+    assert "text-image/retrieval/image_retrieval_recall@1" in flat
+    assert "audio-image/emergent_retrieval/audio_retrieval_recall@5" in flat
+
+
+def test_expansion_over_modalities():
+    e = eval_entries(["zeroshot", "retrieval", "fusion_probe"], ["image", "text", "audio"])
+    assert {"task": "zeroshot", "modality": "audio"} in e
+    assert {"task": "retrieval", "query": "text", "gallery": "image"} in e
+    assert {"task": "emergent_retrieval", "query": "audio", "gallery": "image"} in e   # no captions between them
+    assert {"task": "fusion_probe", "modalities": ["image", "audio"]} in e
+    by_class = eval_entries(["retrieval"], ["image", "text"], by_class=True)
+    assert by_class == [{"task": "emergent_retrieval", "query": "text", "gallery": "image"}]
+    assert eval_entries(["zeroshot"], ["image"], prompts=False) == []     # no class prompts: nothing to score
+    assert eval_entries(["linear_probe"], ["image"], prompts=False) == [{"task": "linear_probe", "modality": "image"}]
+
+
+def test_val_set_checked_before_training(tmp_path):
+    val = _val_set(tmp_path / "val", n=12, train=False)
+    check_val_set(val, ["zeroshot", "retrieval"], ["image", "text"])
+    with pytest.raises(DataError, match=r"'linear_probe' fits on the val set's train split.*train/nshards.txt"):
+        check_val_set(val, ["linear_probe"], ["image", "text"])
+    with pytest.raises(DataError, match=r"'zeroshot' has nothing to score"):
+        check_val_set(val, ["zeroshot"], ["audio", "image"])      # no text tower: no class prompts
+
+
+def test_best_metric_the_val_set_cannot_give_fails_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i}", {"cls": str(i % 6), "png": png_bytes(rng), "txt": "x"}) for i in range(6)]   # no audio
+    val = write_wds(tmp_path / "val", samples, classnames=NAMES)
+    check_val_set(val, ["zeroshot"], ["image", "text", "audio"], best_metric="image/zeroshot/acc1")
+    with pytest.raises(DataError, match=r"eval.best_metric: 'audio/zeroshot/acc1' cannot come out of data.val"):
+        check_val_set(val, ["zeroshot"], ["image", "text", "audio"], best_metric="audio/zeroshot/acc1")
