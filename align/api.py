@@ -24,7 +24,7 @@ from align.model import AlignModel, build_model
 ALIGN_CONFIG = "align_config.json"   # written beside every export: the recipe the model came from
 
 
-def _find(path: str):
+def model_files(path: str):
     """-> (recipe dict, weights file) for a run dir, checkpoint dir or export dir."""
     path = os.path.abspath(path)
     if not os.path.exists(path):
@@ -57,7 +57,7 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
     """Loads a model in eval mode; embeddings from its encode_* methods are L2-normalised."""
     if pretrained:
         raise AlignError(f"{path}: pretrained= applies to open_clip:ARCH models only")
-    cfg, weights = _find(path)
+    cfg, weights = model_files(path)
     recipe = parse_recipe(cfg)
     # Pretrained tower weights are in the checkpoint: do not fetch them again.
     for t in recipe.model.towers.values():

@@ -62,7 +62,8 @@ def cmd_data_inspect(a):
 
 
 def cmd_data_stats(a):
-    from align.towers.audio_features import AudioFrontend, logmel_stats
+    from align.data.tools.stats import feature_stats
+    from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
     keys = {}
     if a.recipe:
         from align.config import load_recipe
@@ -71,7 +72,7 @@ def cmd_data_stats(a):
             raise AlignError(f"data stats: recipe {a.recipe} has no audio tower")
         keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
     fe = AudioFrontend(**keys).validate("model.towers.audio")
-    stats = logmel_stats(a.pattern, fe, max_samples=a.n, progress=not a.no_progress)
+    stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress)
     print(json.dumps(stats))
     print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
           f"model.towers.audio.norm_std={stats['norm_std']}")

@@ -23,7 +23,7 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
     from align.config import load_recipe
     from align.demo.data import build_demo
     from align.train.evaluate import write_report
-    from align.train.loop import train
+    from align.train import train
 
     t0 = time.perf_counter()
     data_dir = os.path.join(out, "data")

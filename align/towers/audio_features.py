@@ -23,7 +23,7 @@ it averages the L2-normalised clip embeddings. With C = 1 (default) eval gives
 one centre-cropped [n_mels, frames] clip like training.
 """
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional
 
 import numpy as np
@@ -310,39 +310,9 @@ def spec_augment(x: torch.Tensor, freq_mask: int, time_mask: int,
     return x
 
 
-# ---- dataset statistics (`align data stats`) -------------------------------------------------
+# ---- what `align data stats` measures ----------------------------------------------------------
 
-def logmel_stats(pattern, fe: AudioFrontend, max_samples: Optional[int] = None, batch_size: int = 64,
-                 progress: bool = True) -> dict:
-    """Mean and std of the un-normalised log-mel of a dataset's audio, as the eval front end computes it
-    (same resampling, trimming, level normalisation, clip length; padding included, as the towers see it).
-
-    Returns {"norm_mean", "norm_std", "samples", "skipped"}: put the first two in the audio tower's recipe
-    keys in place of AST's AudioSet constants."""
-    from dataclasses import replace
-
-    from tqdm.auto import tqdm
-
-    from align.data.stream.loader import build_eval_loader
-    raw = replace(fe, norm_mean=0.0, norm_std=1.0)
-    loader = build_eval_loader(pattern, transforms={"audio": AudioPreprocess(raw, train=False)},
-                               batch_size=batch_size, modalities=["audio"], min_modalities=1)
-    total, total_sq, count, n = 0.0, 0.0, 0, 0
-    with tqdm(total=max_samples, unit="clip", desc="log-mel stats", disable=not progress) as bar:
-        for batch in loader:
-            x = batch["audio"][batch["audio_mask"]].double()                  # [b, (C,) n_mels, T]
-            if max_samples is not None:
-                x = x[:max_samples - n]
-            total += float(x.sum())
-            total_sq += float((x * x).sum())
-            count += x.numel()
-            n += x.shape[0]
-            bar.update(x.shape[0])
-            if max_samples is not None and n >= max_samples:
-                break
-    if n == 0:
-        raise DataError(f"data stats: no audio sample could be read from {pattern}")
-    mean = total / count
-    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
-    return {"norm_mean": round(mean, 4), "norm_std": round(std, 4), "samples": n,
-            "skipped": sum(loader.skipped.values())}
+def unnormalised_eval_frontend(fe: AudioFrontend) -> AudioPreprocess:
+    """The eval front end of `fe` without its norm_mean / norm_std: the log-mel whose mean and std
+    `align data stats` (align.data.tools.stats) measures to set those two keys."""
+    return AudioPreprocess(replace(fe, norm_mean=0.0, norm_std=1.0), train=False)

@@ -40,11 +40,11 @@ def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, to
         from align.api import ALIGN_CONFIG
         if oc and (path.startswith("local-dir:") or not os.path.isfile(os.path.join(p, ALIGN_CONFIG))):
             return open_clip_to_align(load_file_state(oc, where)), f"open_clip folder {p}"
-        from align.api import _find
+        from align.api import model_files
         from align.train.checkpoint import load_weights
         from align.errors import AlignError
         try:
-            _, weights = _find(p)
+            _, weights = model_files(p)
             sd = load_weights(weights)
         except AlignError as e:
             raise ConfigError(f"{where}: {e} (nor an open_clip folder with {OPEN_CLIP_CONFIG})") from None

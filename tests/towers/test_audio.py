@@ -386,31 +386,3 @@ def test_trim_silence_and_level_normalisation_train_and_eval():
         clip = AudioPreprocess(fe, train=train).per_sample((w, sr))[0].numpy()
         assert abs(np.abs(clip).max() - 10 ** (-1 / 20)) < 1e-5
         assert np.abs(clip[:160]).max() > 0.3                                 # the tone starts the clip
-
-
-def test_logmel_stats_of_shards_match_a_direct_computation(tmp_path, capsys):
-    import io as _io
-    import soundfile as sf
-    from align.cli import main
-    from align.towers.audio_features import logmel_stats
-    from tests.wds_helpers import write_shard
-    rng = np.random.default_rng(0)
-    waves, samples = [], []
-    for i in range(6):
-        w = (rng.standard_normal(4000 + 500 * i) * 0.1 * (i + 1)).astype(np.float32)
-        buf = _io.BytesIO()
-        sf.write(buf, w, 16000, format="WAV", subtype="FLOAT")
-        waves.append(w)
-        samples.append({"__key__": f"k{i}", "wav": buf.getvalue(), "txt": "x"})
-    pattern = write_shard(tmp_path / "a.tar", samples)
-    fe = AudioFrontend(**SMALL)
-    raw = AudioFrontend(**dict(SMALL, norm_mean=0.0, norm_std=1.0))
-    direct = torch.stack([AudioPreprocess(raw, train=False)((w, 16000)) for w in waves]).double()
-    stats = logmel_stats(pattern, fe, progress=False)
-    assert stats["samples"] == 6 and stats["skipped"] == 0
-    assert abs(stats["norm_mean"] - float(direct.mean())) < 1e-3
-    assert abs(stats["norm_std"] - float(direct.std(unbiased=False))) < 1e-3
-    assert logmel_stats(pattern, fe, max_samples=2, progress=False)["samples"] == 2
-    assert main(["data", "stats", pattern, "--no-progress"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert json.loads(out[0])["samples"] == 6 and "model.towers.audio.norm_mean=" in out[1]

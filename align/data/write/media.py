@@ -1,7 +1,7 @@
 """Re-encoding one row's media for shards: images -> RGB jpg/webp/png (optionally resized), audio -> mono FLAC.
 
-`_image` / `_audio` take the job's settings (image_size, resize_mode, image_format, image_quality,
-sample_rate) and raise `SkipRow(reason, detail)` for media that cannot be decoded.
+`encode_image` / `encode_audio` take the job's settings (image_size, resize_mode, image_format,
+image_quality, sample_rate) and raise `SkipRow(reason, detail)` for media that cannot be decoded.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _resized(img, size: int, mode: str):
     return img
 
 
-def _image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
+def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
     from PIL import Image, ImageOps, UnidentifiedImageError
     shown = repr(name) if name else "bytes"
     if isinstance(payload, (bytes, bytearray)):
@@ -86,7 +86,7 @@ def _image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
     return buf.getvalue(), meta
 
 
-def _audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
+def encode_audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
     shown = repr(name) if name else "bytes"
     if isinstance(payload, tuple):  # an already decoded datasets Audio array
         wave, sr = payload

@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from align.data.write import eval_sets
 from align.data.stream.faults import format_counts
-from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, _audio, _image
+from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, encode_audio, encode_image
 from align.data.write.inputs import (MODALITIES, Row, SkipRow, Source, jsonable, open_source, read_captions,
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
@@ -128,7 +128,7 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
         if mod in ("image", "audio"):
             payload, name, path = read_media(value, base, mod)
             try:
-                data, info = (_image if mod == "image" else _audio)(payload, name, job)
+                data, info = (encode_image if mod == "image" else encode_audio)(payload, name, job)
             except SkipRow as s:
                 s.source = s.source or path
                 raise

@@ -1,0 +1,187 @@
+"""The import layers of align hold: every import (function-level lazy imports included) runs down the table.
+
+    cli      align.cli
+      |
+    app      align.train  align.bench  align.export  align.demo  align.api  align.config
+      |      (siblings import each other only through APP_SHARED)
+    core     align.data (stream, write, tools)      model: align.model, align.towers, align.losses,
+      |                                                    align.open_clip_files
+      |      (data and model do not import each other)
+    format   align.media (audio/image primitives)   align.wds (the shard format: imports nothing else from align)
+      |
+    base     align (package), align.errors, align.registry, align.templates, align.shipped
+
+A group may import its own modules and the groups listed for it in ALLOWED, nothing else. `align.config`
+sits at the app layer, not at the base: it checks recipe names against the registries of towers, losses,
+augment stages and benchmarks, so it imports (lazily) from the layers below and from bench; nothing below
+the app layer reads a recipe. The one upward edge is `align.load` in align/__init__.py: a lazy import of
+the model factory (align.bench.models.load_model), allowed in EXCEPTIONS and checked to stay lazy.
+
+A second rule: no module imports another module's private name (`from align.x import _y`, or
+`align.x._y` / `mod._y` on an imported align module).
+
+The import parsing is tests/test_imports.py's (same module list, same relative-import resolution).
+"""
+import ast
+
+from tests.test_imports import MODULES, _is_pkg, _imports
+
+# group -> package prefixes (a module belongs to the group of its longest matching prefix)
+GROUPS = {
+    "base": ["align", "align.errors", "align.registry", "align.templates", "align.shipped"],
+    "wds": ["align.wds"],
+    "media": ["align.media"],
+    "data": ["align.data"],
+    "model": ["align.model", "align.towers", "align.losses", "align.open_clip_files"],
+    "train": ["align.train"],
+    "bench": ["align.bench"],
+    "export": ["align.export"],
+    "demo": ["align.demo"],
+    "api": ["align.api"],
+    "config": ["align.config"],
+    "cli": ["align.cli"],
+}
+LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,
+         "train": 3, "bench": 3, "export": 3, "demo": 3, "api": 3, "config": 3, "cli": 4}
+BELOW_APP = {"data", "model", "wds", "media", "base"}
+APP = {g for g, n in LAYER.items() if n == 3}
+# group -> the groups it may import (its own group always)
+ALLOWED = {
+    "base": set(),
+    "wds": set(),                       # the shard format stands alone: no align import at all
+    "media": {"base"},
+    "data": {"wds", "media", "base"},
+    "model": {"wds", "media", "base"},
+    **{g: BELOW_APP for g in APP},
+    "cli": set(GROUPS),
+}
+# what an app group may import from another app group: the run's checkpoints and files, the val-set
+# evaluation, the model loader, the recipe, the training entry point, and the benchmark runners
+APP_SHARED = {
+    "align.api",                        # align.api.load: an align run, checkpoint or export
+    "align.config",                     # the recipe
+    "align.train",                      # `from align.train import train` (the package's lazy entry point)
+    "align.train.checkpoint",           # checkpoint files
+    "align.train.rundir",               # the names of a run dir's files
+    "align.train.evaluate",             # val-set evaluation and its metric names
+    "align.train.init_from",            # starting weights (also WiSE-FT's, in align.export)
+    "align.bench",                      # the BENCHMARKS registry of runners
+    "align.bench.models",               # the model factory (align.load, align bench --model)
+    "align.bench.datasets",             # eval sets for the runners
+    "align.bench.embed",
+    "align.bench.report",               # result files and tables
+}
+# (importer, imported) -> why; must be a function-level (lazy) import
+EXCEPTIONS = {
+    ("align", "align.bench.models"): "align.load() is the model factory's public face",
+    ("align", "align.bench"): "its package runs first when align.load imports align.bench.models",
+}
+
+
+def group_of(module: str) -> str:
+    best, found = -1, None
+    for g, prefixes in GROUPS.items():
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best and (p != "align" or module == "align"):
+                best, found = len(p), g
+    return found
+
+
+def allowed(importer: str, imported: str) -> bool:
+    gi, gt = group_of(importer), group_of(imported)
+    if gi == gt or gt in ALLOWED[gi]:
+        return True
+    if gi in APP and gt in APP:
+        return imported in APP_SHARED
+    return (importer, imported) in EXCEPTIONS
+
+
+def layer_violations(graph: dict) -> list:
+    """One line per import that breaks the table, sorted."""
+    out = []
+    for m, targets in graph.items():
+        for t in sorted(targets):
+            if not allowed(m, t):
+                out.append(f"{m} ({group_of(m)}) imports {t} ({group_of(t)})")
+    return sorted(out)
+
+
+def _base(node: ast.ImportFrom, importer: str) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = importer.split(".")
+    parts = parts[: len(parts) - node.level + (1 if _is_pkg(importer) else 0)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_imports(module: str, source: str) -> list:
+    """`from align.x import _y` and `<align module>._y` in a module's source (its own names excepted)."""
+    tree = ast.parse(source)
+    out, bound = [], {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                if a.name.startswith("align"):
+                    bound[a.asname or a.name.split(".")[0]] = a.name
+        elif isinstance(n, ast.ImportFrom):
+            base = _base(n, module)
+            if not (base == "align" or base.startswith("align.")) or base == module:
+                continue
+            for a in n.names:
+                if _private(a.name):
+                    out.append((n.lineno, f"{module}:{n.lineno} imports {base}.{a.name}"))
+                elif f"{base}.{a.name}" in MODULES:
+                    bound[a.asname or a.name] = f"{base}.{a.name}"
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and _private(n.attr):
+            v = n.value
+            while isinstance(v, ast.Attribute):
+                v = v.value
+            if isinstance(v, ast.Name) and v.id in bound:
+                out.append((n.lineno, f"{module}:{n.lineno} uses {ast.unparse(n)}"))
+    return [line for _, line in sorted(out)]
+
+
+def test_every_module_has_a_group():
+    assert [m for m in MODULES if group_of(m) is None] == []
+    assert group_of("align") == "base" and group_of("align.api") == "api"
+    assert group_of("align.data.stream.loader") == "data" and group_of("align.towers.audio") == "model"
+
+
+def test_the_table_catches_what_it_should():
+    g = {"align.wds.format": {"align.errors"}, "align.towers.audio": {"align.data.stream.loader"},
+         "align.data.write.shards": {"align.bench.templates"}, "align.train.loop": {"align.bench.zeroshot"},
+         "align.bench.datasets": {"align.data.write.inputs", "align.train.checkpoint"}, "align": {"align.api"}}
+    assert layer_violations(g) == [
+        "align (base) imports align.api (api)",
+        "align.data.write.shards (data) imports align.bench.templates (bench)",
+        "align.towers.audio (model) imports align.data.stream.loader (data)",
+        "align.train.loop (train) imports align.bench.zeroshot (bench)",
+        "align.wds.format (wds) imports align.errors (base)"]
+    src = "from align.api import _find\nimport align.x as m\nfrom align.data import write\nm._y()\nwrite._z\n"
+    assert private_imports("align.train.init_from", src) == [
+        "align.train.init_from:1 imports align.api._find", "align.train.init_from:4 uses m._y",
+        "align.train.init_from:5 uses write._z"]
+
+
+def test_imports_run_down_the_layers():
+    graph = {m: _imports(p, m, module_level_only=False) for m, p in MODULES.items()}
+    bad = layer_violations(graph)
+    assert not bad, "imports against the layer table (tests/test_layers.py):\n" + "\n".join(bad)
+
+
+def test_the_exceptions_are_lazy_and_used():
+    top = {m: _imports(p, m, module_level_only=True) for m, p in MODULES.items()}
+    every = {m: _imports(p, m, module_level_only=False) for m, p in MODULES.items()}
+    for importer, imported in EXCEPTIONS:
+        assert imported in every[importer], f"unused exception {importer} -> {imported}: remove it"
+        assert imported not in top[importer], f"{importer} imports {imported} at module level"
+
+
+def test_no_module_imports_a_private_name_of_another():
+    bad = [line for m, p in sorted(MODULES.items()) for line in private_imports(m, open(p).read())]
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
