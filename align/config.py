@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 
 from align.errors import ConfigError
+from align.shipped import resolve_shipped, shipped_names
 
 
 def _num(default, *, ge=None, gt=None, le=None, lt=None):
@@ -420,18 +421,13 @@ def recipes_dir() -> str:
 
 
 def resolve_recipe(name: str) -> str:
-    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml)."""
-    if os.path.isfile(name):
-        return name
-    cand = os.path.join(recipes_dir(), name if name.endswith(".yaml") else name + ".yaml")
-    if os.path.isfile(cand):
-        return cand
-    raise ConfigError(f"recipe not found: {name} (not a file, nor a shipped recipe: {', '.join(shipped_recipes())})")
+    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml): align.shipped's rules."""
+    return resolve_shipped(name, recipes_dir(), "recipe")
 
 
 def shipped_recipes() -> List[str]:
     """Names of the shipped recipes (`align recipes`), sorted."""
-    return sorted(f[:-5] for f in os.listdir(recipes_dir()) if f.endswith(".yaml"))
+    return shipped_names(recipes_dir())
 
 
 def recipe_header(path: str) -> str:

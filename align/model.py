@@ -19,7 +19,18 @@ from align.errors import ConfigError
 from align.towers import build_tower
 from align.towers.base import CachedTokenize, Tower
 
-MODALITIES = ("image", "text", "audio")
+from align.wds.format import MODALITIES
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A hash of a module's weights: sha256 over the sorted state_dict's names and raw bytes, 16 hex digits.
+    The one fingerprint of align (AlignModel, bench's OpenClipModel, any model the benchmarks score):
+    embedding caches and result files key on it."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class AlignModel(nn.Module):
@@ -96,12 +107,8 @@ class AlignModel(nn.Module):
         return out
 
     def fingerprint(self) -> str:
-        """A hash of the weights (benchmark caches key on it)."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        """A hash of the weights (benchmark caches key on it): `weights_fingerprint`."""
+        return weights_fingerprint(self)
 
 
 def build_model(model_cfg) -> AlignModel:

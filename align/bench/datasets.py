@@ -42,10 +42,9 @@ import numpy as np
 from align.templates import Templates, get_templates, load_classnames
 from align.errors import ConfigError, DataError
 from align.registry import Registry
-from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
+from align.wds.format import FILE_EXTS, LABEL_EXT, MODALITIES, file_modality, group_samples, pick
 from align.wds.reader import index_members
 
-MODALITIES = ("image", "text", "audio")
 
 DATASET_TYPES: Registry = Registry("dataset")
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from align.bench.datasets import BenchDataset, SampleError
 from align.errors import AlignError, ConfigError, DataError
+from align.model import weights_fingerprint
 
 _ENCODERS = {"image": "encode_image", "text": "encode_text", "audio": "encode_audio"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype while encoding
@@ -53,7 +54,7 @@ class Embeddings:
 
 
 def model_fingerprint(model) -> str:
-    """`model.fingerprint()` when present, else sha256 over the state_dict (names, dtypes, shapes, bytes)."""
+    """`model.fingerprint()` when present, else align.model.weights_fingerprint of its state_dict (memoised)."""
     fn = getattr(model, "fingerprint", None)
     if callable(fn):
         return str(fn())
@@ -64,12 +65,7 @@ def model_fingerprint(model) -> str:
     if not callable(getattr(model, "state_dict", None)):
         raise AlignError(f"model {getattr(model, 'name', type(model).__name__)!r} has neither fingerprint() nor "
                          f"state_dict(); cannot key the embedding cache (pass cache_dir=None)")
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    fp = h.hexdigest()[:16]
+    fp = weights_fingerprint(model)
     try:
         _FP_MEMO[model] = fp
     except TypeError:

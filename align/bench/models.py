@@ -17,7 +17,6 @@ A model spec is a string, or a mapping {model: ..., pretrained: ..., name: ...} 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Callable, List, Optional, Union
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from align.errors import AlignError, ConfigError
+from align.model import weights_fingerprint
 from align.registry import Registry
 
 MODEL_SOURCES: Registry = Registry("model source")   # scheme -> loader(rest, pretrained, device) -> model
@@ -67,11 +67,7 @@ class OpenClipModel(nn.Module):
     def fingerprint(self) -> str:
         """A hash of the weights (benchmark caches key on it); computed once, weights do not change in a bench."""
         if self._fp is None:
-            h = hashlib.sha256()
-            for k, v in sorted(self.net.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-            self._fp = h.hexdigest()[:16]
+            self._fp = weights_fingerprint(self.net)
         return self._fp
 
 
@@ -188,24 +184,12 @@ def _resolve(p: Optional[str], base: str, must_exist: bool) -> Optional[str]:
     return q if must_exist or os.path.exists(q) else p
 
 
-def suite_models(suite_yaml_path: str) -> List[Union[str, dict]]:
-    """The `models:` list of a suite YAML (strings or {model, pretrained, name}), paths resolved against its folder."""
-    import yaml
-    try:
-        with open(suite_yaml_path) as f:
-            doc = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"suite {suite_yaml_path!r} cannot be read: {e}") from None
-    models = doc.get("models") if isinstance(doc, dict) else None
-    if not models:
-        raise ConfigError(f"suite {suite_yaml_path!r} lists no models: give --model (repeatable) or a top-level "
-                          f"'models:' list")
-    if not isinstance(models, list):
-        raise ConfigError(f"suite {suite_yaml_path!r}: 'models' must be a list")
-    base = os.path.dirname(os.path.abspath(suite_yaml_path))
+def resolve_specs(models: list, base: str, where: str) -> List[Union[str, dict]]:
+    """A suite's `models:` list (strings or {model, pretrained, name}) validated, with relative paths resolved
+    against `base` (a pretrained TAG that is no file there stays as it is)."""
     out: List[Union[str, dict]] = []
     for i, m in enumerate(models):
-        f = spec_fields(m, f"suite {suite_yaml_path!r} models[{i}]")
+        f = spec_fields(m, f"{where} models[{i}]")
         scheme, rest = split_scheme(f["model"])
         if scheme == "align":
             f["model"] = _resolve(rest, base, True)

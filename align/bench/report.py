@@ -68,7 +68,9 @@ def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def metric_keys(results: Sequence[dict]) -> List[str]:
+def metrics_seen(results: Sequence[dict]) -> List[str]:
+    """The metric names present in `results`, in first-seen order (the CSV's columns). Not to be confused
+    with align.train.evaluate.metric_keys: the names a set of eval tasks *will* produce."""
     keys: List[str] = []
     for r in results:
         for k in r.get("metrics", {}):
@@ -79,7 +81,7 @@ def metric_keys(results: Sequence[dict]) -> List[str]:
 
 def write_csv(results: Sequence[dict], path: str) -> None:
     """One row per result: dataset, model, pretrained, task, benchmark, index, then every metric seen."""
-    keys = metric_keys(results)
+    keys = metrics_seen(results)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["dataset", "model", "pretrained", "task", "modalities", "benchmark", "index"] + keys)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Union
 
 import yaml
@@ -39,10 +40,12 @@ import yaml
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError
+from align.bench.models import resolve_specs
 from align.bench.report import (model_name, model_pretrained, result_filename, summary_line, write_csv,
                                 write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError
+from align.shipped import resolve_shipped, shipped_names
 
 COMMON_KEYS = {"dataset", "type", "task", "name", "split", "classnames", "templates", "options"}
 AUX_DATASETS = ("gallery_dataset", "train_dataset")  # opened by the suite when a runner accepts them
@@ -59,23 +62,34 @@ SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites") 
 
 
 def shipped_suites() -> List[str]:
-    return sorted(f[:-5] for f in os.listdir(SUITES_DIR) if f.endswith(".yaml"))
+    return shipped_names(SUITES_DIR)
 
 
 def resolve_suite(name: str) -> str:
-    """A suite YAML path, or the name of a shipped suite (`demo` -> align/bench/suites/demo.yaml)."""
-    if os.path.isfile(name):
-        return name
-    cand = os.path.join(SUITES_DIR, name if name.endswith(".yaml") else name + ".yaml")
-    if os.sep not in name and os.path.isfile(cand):
-        return cand
-    raise ConfigError(f"suite not found: {name} (not a file, nor a shipped suite: {', '.join(shipped_suites())})")
+    """A suite YAML path, or the name of a shipped suite (`demo` -> align/bench/suites/demo.yaml):
+    align.shipped's rules, the same as recipes'."""
+    return resolve_shipped(name, SUITES_DIR, "suite")
 
 
-def load_suite(path: str) -> List[dict]:
-    """Parse and validate a suite YAML (a path or a shipped suite's name); returns entries with paths resolved
-    against the YAML's folder (a shipped suite's: the working directory)."""
-    path = resolve_suite(path)
+@dataclass
+class Suite:
+    """A parsed suite YAML: its benchmark entries (validated) and its `models:` (specs, maybe empty),
+    relative paths of both resolved against `base` (the YAML's folder; a shipped suite's: the working dir)."""
+    path: str
+    entries: List[dict]
+    models: List[Union[str, dict]]
+
+    def model_specs(self) -> List[Union[str, dict]]:
+        """`models`, or one line saying the suite lists none."""
+        if not self.models:
+            raise ConfigError(f"suite {self.path!r} lists no models: give --model (repeatable) or a top-level "
+                              f"'models:' list")
+        return self.models
+
+
+def read_suite(name: str) -> Suite:
+    """Parse and validate a suite YAML (a path or a shipped suite's name), once."""
+    path = resolve_suite(name)
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)
@@ -83,18 +97,33 @@ def load_suite(path: str) -> List[dict]:
         raise ConfigError(f"suite {path!r} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"suite {path!r} is not valid YAML: {e}") from None
+    models = []
     if isinstance(doc, dict):
-        extra = set(doc) - {"benchmarks", "models"}  # models: read by align.bench.models.suite_models
+        extra = set(doc) - {"benchmarks", "models"}
         if extra:
             raise ConfigError(f"suite {path!r}: unknown top-level key {sorted(extra)[0]!r} "
                               f"(expected 'benchmarks', 'models')")
+        models = doc.get("models") or []
+        if not isinstance(models, list):
+            raise ConfigError(f"suite {path!r}: 'models' must be a list")
         doc = doc.get("benchmarks")
     if not isinstance(doc, list) or not doc:
         raise ConfigError(f"suite {path!r} must be a non-empty list of benchmark entries")
     base = os.path.dirname(os.path.abspath(path))
     if base == SUITES_DIR:       # a shipped suite names data the user made here (e.g. `align demo`'s align_demo/)
         base = os.getcwd()
-    return [check_entry(e, f"suite {path!r} entry {i}", base) for i, e in enumerate(doc)]
+    entries = [check_entry(e, f"suite {path!r} entry {i}", base) for i, e in enumerate(doc)]
+    return Suite(path, entries, resolve_specs(models, base, f"suite {path!r}"))
+
+
+def load_suite(name: str) -> List[dict]:
+    """The benchmark entries of a suite (see read_suite)."""
+    return read_suite(name).entries
+
+
+def suite_models(name: str) -> List[Union[str, dict]]:
+    """The `models:` list of a suite (strings or {model, pretrained, name}), paths resolved; refuses none."""
+    return read_suite(name).model_specs()
 
 
 def check_entry(e: dict, where: str = "benchmark", base: str = ".") -> dict:
@@ -188,10 +217,10 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
               overwrite: bool = False, skip_existing: bool = False, progress: bool = True) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir).
     precision: autocast while encoding (fp32 | bf16 | fp16)."""
-    entries = load_suite(suite_yaml_path)
+    suite = read_suite(suite_yaml_path)
+    entries = suite.entries
     if not models:  # the suite's own models: list (align.bench.models specs)
-        from align.bench.models import suite_models
-        models = suite_models(resolve_suite(suite_yaml_path))
+        models = suite.model_specs()
     if any(_is_spec(m) for m in models) and load_fn is None:
         raise ConfigError("run_suite: models given as paths need load_fn (e.g. align.load)")
     # open every dataset first: a bad path fails in seconds, not after hours of encoding

@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 MODALITY_EXTS = {
     "image": ("webp", "png", "jpg", "jpeg"),
-    "audio": ("flac", "wav", "mp3", "ogg"),
     "text": ("txt",),
+    "audio": ("flac", "wav", "mp3", "ogg"),
 }
-MODALITIES = tuple(MODALITY_EXTS)
+MODALITIES = tuple(MODALITY_EXTS)   # ("image", "text", "audio"): the one list of align's modalities, in this order
 LABEL_EXT = "cls"        # an integer class index, ASCII
 META_EXT = "json"        # free-form metadata, never decoded for training
 

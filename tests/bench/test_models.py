@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import yaml
 
 import align
-from align.bench.models import OpenClipModel, load_model, pair_pretrained, split_scheme, suite_models
+from align.bench.models import OpenClipModel, load_model, pair_pretrained, split_scheme
+from align.bench.suite import suite_models
 from align.bench.zeroshot import zeroshot_classification
 from align.errors import AlignError, ConfigError
 from tests.bench.conftest import OC_ARCH as ARCH, classification_wds
@@ -144,3 +145,27 @@ def test_embeddings_cache_under_the_model_fingerprint(tmp_path, oc_arch, oc_net)
     b = embed_dataset(model, data, "image", cache_dir=str(tmp_path / "c"), progress=False)
     assert not a.cached and b.cached and np.array_equal(a.vectors, b.vectors)
     assert os.path.isdir(tmp_path / "c" / model.fingerprint())
+
+
+def test_align_load_and_align_bench_go_through_one_factory(tmp_path, monkeypatch):
+    """align.load, `align bench --model` and a suite's models all resolve a spec through
+    align.bench.models.load_model and its MODEL_SOURCES registry (a plain path: the `align` source)."""
+    import align
+    from align.bench import models as bm
+    from align.cli import main
+    from tests.bench.conftest import FakeModel, classification_wds
+    calls = []
+
+    def source(scheme):
+        def load(rest, pretrained=None, device="cpu"):
+            calls.append((scheme, rest, pretrained))
+            return FakeModel(name=f"{scheme}-{rest}")
+        return load
+
+    monkeypatch.setitem(bm.MODEL_SOURCES._items, "align", source("align"))
+    monkeypatch.setitem(bm.MODEL_SOURCES._items, "fake", source("fake"))
+    assert align.load("runs/x").name == "align-runs/x"
+    assert align.load("fake:y", pretrained="tag").name == "fake-y"
+    ds = classification_wds(tmp_path / "cls", n=12, n_classes=3)
+    assert main(["bench", "zeroshot", "--model", "fake:z", "--dataset", ds, "--out", str(tmp_path / "r.json")]) == 0
+    assert calls == [("align", "runs/x", None), ("fake", "y", "tag"), ("fake", "z", None)]

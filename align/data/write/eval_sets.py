@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from align.data.write.inputs import Source, SkipRow, class_names, is_missing, read_label
+from align.data.write.inputs import Input, SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
 
 GROUP_MISSING = "group: missing"
@@ -55,15 +55,15 @@ def group_value(value: Any, field: Optional[int], base_dir: Path) -> Optional[st
         return None
 
 
-def split_by_groups(source: Source, spec: str, groups: Sequence[str]
+def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
                     ) -> Tuple[List[int], List[int], Dict[int, Tuple[str, str]]]:
     """-> (train rows, val rows, rows without a group value -> (reason, detail)); the latter stay in
     the train list and are skipped there (a row of unknown group could belong to a held-out one)."""
-    col, field = parse_group_spec(spec, source.columns)
+    col, field = parse_group_spec(spec, inp.columns)
     wanted = [str(g).strip() for g in groups if str(g).strip()]
     if not wanted:
         raise ConfigError("val_groups: give at least one group to hold out")
-    values = [group_value(v, field, source.base_dir) for v in source.column(col)]
+    values = [group_value(v, field, inp.base_dir) for v in inp.column(col)]
     found = {v for v in values if v is not None}
     absent = [g for g in wanted if g not in found]
     if absent:
@@ -83,7 +83,7 @@ def split_by_groups(source: Source, spec: str, groups: Sequence[str]
     return train, val, missing
 
 
-def resolve_classes(source: Source, label_col: Optional[str], classnames: Any = None
+def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None
                     ) -> Tuple[Optional[List[str]], bool]:
     """-> (class names or None, whether labels are names to look up in them).
 
@@ -92,10 +92,10 @@ def resolve_classes(source: Source, label_col: Optional[str], classnames: Any = 
     if label_col is None:
         return None, False
     given = _load_names(classnames) if classnames is not None else None
-    hf_names = source.label_names.get(label_col)
+    hf_names = inp.label_names.get(label_col)
     if hf_names:
         return (given or list(hf_names)), False
-    names = class_names(source.column(label_col), source.base_dir)  # None: all integers
+    names = class_names(inp.column(label_col), inp.base_dir)  # None: all integers
     if names is None:
         return given, False
     if given is not None:
@@ -103,12 +103,12 @@ def resolve_classes(source: Source, label_col: Optional[str], classnames: Any = 
     return names, True
 
 
-def integer_classes(source: Source, label_col: str) -> List[str]:
+def integer_classes(inp: Input, label_col: str) -> List[str]:
     """'0'..'max' for integer labels that came without names (the names are the numbers)."""
     top = -1
-    for v in source.column(label_col):
+    for v in inp.column(label_col):
         try:
-            top = max(top, int(read_label(v, source.base_dir)))
+            top = max(top, int(read_label(v, inp.base_dir)))
         except (SkipRow, ValueError):
             continue
     if top < 0:

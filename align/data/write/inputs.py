@@ -1,10 +1,10 @@
 """Input readers for `align.data.write.shards.write_shards`: users' own paired data.
 
-A *source* is an ordered, re-openable list of rows. Each row is a dict
-column -> raw value (a path, raw bytes, a `datasets` Image/Audio dict, a
-caption, a label). Sources are picklable without their loaded data, so each
-shard-writing worker process re-opens the input once and reads only the rows
-of the shards it writes (`rows(start, stop)`).
+An *input* (`Input`, opened by `open_input`) is an ordered, re-openable list of rows. Each row is a
+dict column -> raw value (a path, raw bytes, a `datasets` Image/Audio dict, a caption, a label).
+Inputs are picklable without their loaded data, so each shard-writing worker process re-opens the
+input once and reads only the rows of the shards it writes (`rows(start, stop)`). ("Sources" are
+the read side's: the shard lists training streams, align.data.stream.sources.)
 
 Supported inputs:
   * a CSV / TSV / JSONL / Parquet file (paths are relative to its folder);
@@ -31,9 +31,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from align.errors import DataError
-from align.wds.format import file_modality  # folder-of-pairs file suffixes per modality
+from align.wds.format import MODALITIES, file_modality  # file_modality: folder-of-pairs suffixes
 
-MODALITIES = ("image", "text", "audio", "label")
+COLUMN_KINDS = (*MODALITIES, "label")   # what an input column can hold
 
 # Column names tried, in order, when a modality's column is not given.
 AUTO_COLUMNS = {
@@ -54,7 +54,7 @@ class Row:
     """One input row. `error` is set when the row itself cannot be parsed."""
 
     index: int                      # position in input order (0-based)
-    key: Optional[str]              # the source's own key (folder stem), if any
+    key: Optional[str]              # the input's own key (folder stem), if any
     values: Dict[str, Any]          # column -> raw value
     error: Optional[str] = None     # e.g. "row: invalid JSON on line 7 of x.jsonl (...)"
     reason: Optional[str] = None    # the error's short category, e.g. "row: invalid JSON"
@@ -68,7 +68,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class Source:
+class Input:
     """Base class: `columns`, `kinds` (column -> 'image'/'audio'/'label' hints
     from typed inputs), `base_dir` for relative paths, `__len__`, `rows()`."""
 
@@ -105,7 +105,7 @@ class Source:
         return state
 
 
-class TableSource(Source):
+class TableInput(Input):
     """CSV / TSV / JSONL / Parquet file. CSV cells stay strings (no NA guessing)."""
 
     _lazy = ("_rows", "_table")
@@ -182,7 +182,7 @@ class TableSource(Source):
         return [r.values.get(col) for r in self._rows]
 
 
-class FolderSource(Source):
+class FolderInput(Input):
     """A folder of pairs matched by relative stem: `a/x.jpg` + `a/x.txt` -> row 'a/x'."""
 
     kind = "folder"
@@ -209,7 +209,7 @@ class FolderSource(Source):
                 listing.append(f"{rel}\t{p.stat().st_size}\n")
         # A stem with only a .json sidecar is not a sample.
         self.groups = [(s, g) for s, g in sorted(by_stem.items()) if set(g) - {"json"}]
-        self.columns = [m for m in MODALITIES if any(m in g for _, g in self.groups)]
+        self.columns = [m for m in COLUMN_KINDS if any(m in g for _, g in self.groups)]
         self.kinds = {m: m for m in self.columns}
         self._fp = hashlib.sha256("".join(sorted(listing)).encode()).hexdigest()
 
@@ -236,7 +236,7 @@ class FolderSource(Source):
             yield Row(i, stem, values, error, reason)
 
 
-class HFSource(Source):
+class HFInput(Input):
     """A `datasets.Dataset` (save_to_disk folder, Hub name or object). Image and
     Audio features are read undecoded ({'bytes', 'path'}) and decoded by us."""
 
@@ -291,8 +291,8 @@ def is_hf_folder(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False) -> HFSource:
-    """A `save_to_disk` folder as an HFSource (Image/Audio columns undecoded). `split` picks from a
+def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False) -> HFInput:
+    """A `save_to_disk` folder as an HFInput (Image/Audio columns undecoded). `split` picks from a
     DatasetDict; only_split_ok: a DatasetDict with one split gives it whatever `split` says."""
     path = Path(path)
     if not path.is_dir():
@@ -308,29 +308,29 @@ def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False
         if only_split_ok and len(ds) == 1:
             split = next(iter(ds))
         ds, split = _pick_split(ds, split, str(path))
-    return HFSource(ds, str(path), path)
+    return HFInput(ds, str(path), path)
 
 
-def open_source(input: Any, split: Optional[str] = None, exclude: Optional[Path] = None) -> Source:
-    """Open `input` (path, Hub name or `datasets.Dataset`) as a Source, or raise DataError."""
+def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] = None) -> Input:
+    """Open `input` (path, Hub name or `datasets.Dataset`) as an Input, or raise DataError."""
     import sys
     datasets = sys.modules.get("datasets")  # a Dataset object implies datasets is imported; importing it is slow
     if datasets is not None and isinstance(input, (datasets.Dataset, datasets.DatasetDict)):
         ds = input
         if isinstance(ds, datasets.DatasetDict):
             ds, split = _pick_split(ds, split, "the given DatasetDict")
-        return HFSource(ds, f"<datasets.Dataset {ds._fingerprint}>", Path.cwd())
+        return HFInput(ds, f"<datasets.Dataset {ds._fingerprint}>", Path.cwd())
     path = Path(os.fspath(input)).expanduser()
     if path.is_file():
         fmt = _TABLE_SUFFIXES.get(path.suffix.lower())
         if fmt is None:
             raise DataError(f"{path}: unsupported input type {path.suffix!r}; use CSV, TSV, JSONL, Parquet, "
                             "a folder of pairs or a Hugging Face dataset")
-        return TableSource(path, fmt)
+        return TableInput(path, fmt)
     if path.is_dir():
         if is_hf_folder(path):
             return open_hf_folder(path, split)
-        return FolderSource(path, exclude)
+        return FolderInput(path, exclude)
     text = str(input)
     if path.suffix.lower() in _TABLE_SUFFIXES or not _HUB_NAME.match(text):
         raise DataError(f"input not found: {text}")
@@ -343,35 +343,35 @@ def open_source(input: Any, split: Optional[str] = None, exclude: Optional[Path]
                         f"are you offline?): {type(e).__name__}: {msg}") from None
     if isinstance(ds, datasets.DatasetDict):
         ds, split = _pick_split(ds, split, f"Hugging Face dataset {text!r}")
-    return HFSource(ds, f"{text}" + (f"[{split}]" if split else ""), Path.cwd())
+    return HFInput(ds, f"{text}" + (f"[{split}]" if split else ""), Path.cwd())
 
 
-def resolve_columns(source: Source, given: Dict[str, Any]) -> Dict[str, str]:
+def resolve_columns(inp: Input, given: Dict[str, Any]) -> Dict[str, str]:
     """Map modality -> column. `given[m]` is a column name, None (auto-detect) or
     False (do not use). Needs two modalities, or one plus a label."""
-    cols = source.columns
+    cols = inp.columns
     lower = {c.lower(): c for c in reversed(cols)}
     out: Dict[str, str] = {}
-    for mod in MODALITIES:
+    for mod in COLUMN_KINDS:
         want = given.get(mod)
         if want is False or want == "":
             continue
         if want is not None:
             if want not in cols:
-                raise DataError(f"{source.description}: no column {want!r} for {mod}; "
+                raise DataError(f"{inp.description}: no column {want!r} for {mod}; "
                                 f"available columns: {', '.join(map(str, cols)) or '(none)'}")
             out[mod] = want
             continue
-        typed = [c for c in cols if source.kinds.get(c) == mod and c not in out.values()]
+        typed = [c for c in cols if inp.kinds.get(c) == mod and c not in out.values()]
         named = [lower[n] for n in AUTO_COLUMNS[mod] if n in lower and lower[n] not in out.values()]
         # Typed features win over names; a column typed as another modality is never guessed.
-        named = [c for c in named if source.kinds.get(c, mod) == mod]
+        named = [c for c in named if inp.kinds.get(c, mod) == mod]
         if typed or named:
             out[mod] = (typed or named)[0]
-    media = [m for m in ("image", "text", "audio") if m in out]
+    media = [m for m in MODALITIES if m in out]
     if len(media) < 2 and not (media and "label" in out):
         found = ", ".join(f"{m}={c!r}" for m, c in out.items()) or "none"
-        raise DataError(f"{source.description}: need two of image/text/audio, or one plus a label "
+        raise DataError(f"{inp.description}: need two of image/text/audio, or one plus a label "
                         f"(found {found}); available columns: {', '.join(map(str, cols)) or '(none)'}; "
                         "name them with image_col/text_col/audio_col/label_col")
     return out

@@ -1,7 +1,7 @@
 """Write users' own paired data (image/text/audio/label) as WebDataset tar shards.
 
 `write_shards(input, out_dir, ...)` reads a CSV/TSV/JSONL/Parquet file, a
-folder of pairs or a Hugging Face dataset (see `shard_sources`), re-encodes
+folder of pairs or a Hugging Face dataset (see align.data.write.inputs), re-encodes
 every sample (images -> RGB jpg/webp/png, optionally resized; audio -> mono
 FLAC at `sample_rate`; captions -> `txt`, one per line; labels -> `cls`; the
 rest -> `json`) and writes `DIR/{prefix}-{000000}.tar`, or, with
@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from align.data.write import eval_sets
 from align.data.stream.faults import format_counts
 from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, encode_audio, encode_image
-from align.data.write.inputs import (MODALITIES, Row, SkipRow, Source, jsonable, open_source, read_captions,
+from align.data.write.inputs import (COLUMN_KINDS, Row, SkipRow, Input, jsonable, open_input, read_captions,
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
 from align.wds.writer import SampleWriter
@@ -62,7 +62,7 @@ JOB_VERSION = 1
 class _Job:
     """Everything a worker needs to write any shard of this job (picklable)."""
 
-    source: Source
+    inp: Input
     columns: Dict[str, str]          # modality -> column
     out_dir: Path
     settings: Dict[str, Any]         # the job.json content
@@ -96,7 +96,7 @@ class _Job:
     def rows(self, start: int, stop: int):
         """The rows at positions start..stop of this output."""
         if self.indices is None:
-            yield from self.source.rows(start, stop)
+            yield from self.inp.rows(start, stop)
             return
         picked = self.indices[start:stop]
         run = 0
@@ -104,7 +104,7 @@ class _Job:
             end = run + 1
             while end < len(picked) and picked[end] == picked[end - 1] + 1:
                 end += 1
-            yield from self.source.rows(picked[run], picked[end - 1] + 1)
+            yield from self.inp.rows(picked[run], picked[end - 1] + 1)
             run = end
 
 
@@ -114,16 +114,16 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
         raise SkipRow(row.reason or "row: invalid", row.error)
     if row.index in job.skip_rows:
         raise SkipRow(*job.skip_rows[row.index])
-    base = job.source.base_dir
+    base = job.inp.base_dir
     members: Dict[str, bytes] = {}
     meta: Dict[str, Any] = {"key": key, "source": {"row": row.index}}
     if row.key is not None:
         meta["source"]["key"] = row.key
-    for mod in MODALITIES:
+    for mod in COLUMN_KINDS:
         if mod not in job.columns:
             continue
         value = row.values.get(job.columns[mod])
-        if value is None and job.source.kind == "folder":
+        if value is None and job.inp.kind == "folder":
             raise SkipRow(f"{mod}: missing", f"{mod}: no file for stem {row.key!r}")
         if mod in ("image", "audio"):
             payload, name, path = read_media(value, base, mod)
@@ -153,7 +153,7 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
                 meta["label_name"] = label
                 label = str(job.class_index[label])
             members["cls"] = label.encode("utf-8")
-            names = job.source.label_names.get(job.columns["label"])  # a datasets ClassLabel
+            names = job.inp.label_names.get(job.columns["label"])  # a datasets ClassLabel
             if names and label == "-1":  # datasets' "no label"
                 raise SkipRow("label: missing", "label: -1 (no label)")
             if not job.string_labels and job.classes is not None:
@@ -214,7 +214,7 @@ def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
                     members, have = _sample(row, key, job)
                 except SkipRow as s:
                     by_reason[s.reason] += 1
-                    skipped.append({"row": row.index, "key": row.key, "source": s.source or job.source.description,
+                    skipped.append({"row": row.index, "key": row.key, "source": s.source or job.inp.description,
                                     "reason": s.detail, "shard": name})
                 else:
                     tar.write(key, members)
@@ -336,27 +336,27 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix or ""):
         raise ConfigError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-' (a '.' would split keys)")
     out = Path(out_dir).expanduser()
-    source = open_source(input, split=split, exclude=out.resolve())
-    if source.kind == "folder" and Path(source.base_dir).resolve() == out.resolve():
+    inp = open_input(input, split=split, exclude=out.resolve())
+    if inp.kind == "folder" and Path(inp.base_dir).resolve() == out.resolve():
         raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
     more_text = []
     if isinstance(text_col, str) and "," in text_col:   # --text-col a,b: several caption columns
         text_col, *more_text = [c.strip() for c in text_col.split(",") if c.strip()] or [None]
         for col in more_text:
-            if col not in source.columns:
-                raise DataError(f"{source.description}: no column {col!r} for text; "
-                                f"available columns: {', '.join(map(str, source.columns))}")
-    columns = resolve_columns(source, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
-    n_rows = len(source)
+            if col not in inp.columns:
+                raise DataError(f"{inp.description}: no column {col!r} for text; "
+                                f"available columns: {', '.join(map(str, inp.columns))}")
+    columns = resolve_columns(inp, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
+    n_rows = len(inp)
     if n_rows == 0:
-        raise DataError(f"input {source.description} has no rows")
+        raise DataError(f"input {inp.description} has no rows")
     eval_set = layout == "clip_benchmark" or val_groups_from is not None
     if eval_set and "label" not in columns and "text" not in columns:
         raise DataError("an eval set (clip_benchmark layout) needs a label column (zero-shot classification) "
                         "or a text column (retrieval); name it with label_col / text_col")
-    classes, string_labels = eval_sets.resolve_classes(source, columns.get("label"), classnames)
+    classes, string_labels = eval_sets.resolve_classes(inp, columns.get("label"), classnames)
     if eval_set and "label" in columns and classes is None:
-        classes = eval_sets.integer_classes(source, columns["label"])
+        classes = eval_sets.integer_classes(inp, columns["label"])
     tmpl = None
     if eval_set and "label" in columns:
         from align.templates import get_templates
@@ -367,8 +367,8 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                             "zeroshot_classification_templates.txt; give a list of templates")
     local = isinstance(input, (str, os.PathLike)) and Path(os.fspath(input)).expanduser().exists()
     settings = {"version": JOB_VERSION,
-                "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else source.description, "input_kind": source.kind,
-                "fingerprint": source.fingerprint(), "rows": n_rows, "columns": columns,
+                "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else inp.description, "input_kind": inp.kind,
+                "fingerprint": inp.fingerprint(), "rows": n_rows, "columns": columns,
                 "image_size": image_size, "resize_mode": resize_mode, "image_format": image_format,
                 "image_quality": image_quality, "sample_rate": sample_rate, "shard_size": shard_size,
                 "prefix": prefix, "split": split}
@@ -376,16 +376,16 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         settings["more_text_cols"] = more_text
     if classnames is not None or eval_set:
         settings.update(classes=classes, templates=tmpl, layout=layout)
-    common = dict(source=source, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
+    common = dict(inp=inp, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
                   resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
                   sample_rate=sample_rate, more_text_cols=more_text,
-                  extra_cols=[c for c in source.columns if c not in columns.values() and c not in more_text],
+                  extra_cols=[c for c in inp.columns if c not in columns.values() and c not in more_text],
                   classes=classes, string_labels=string_labels)
     if val_groups_from is None:
         parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
                            layout=layout, **common))]
     else:
-        train_rows, val_rows, no_group = eval_sets.split_by_groups(source, val_groups_from, val_groups)
+        train_rows, val_rows, no_group = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
         if out.exists() and not out.is_dir():
             raise DataError(f"output {out} exists and is not a directory")
         held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
@@ -468,7 +468,7 @@ def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templa
         mods.update(r["modalities"])
     stats = {"written": sum(r["written"] for r in ordered), "skipped": sum(r["skipped"] for r in ordered),
              "by_reason": dict(sorted(by_reason.items())),
-             "modalities": {m: mods.get(m, 0) for m in MODALITIES}, "shards": job.n_shards}
+             "modalities": {m: mods.get(m, 0) for m in COLUMN_KINDS}, "shards": job.n_shards}
     _write_json_atomic(out / "skipped.jsonl", [s for r in ordered for s in r["skipped_rows"]], lines=True)
     if job.classes is not None and job.layout == "shards":
         _write_json_atomic(out / "classes.json", job.classes)

@@ -36,12 +36,13 @@ def test_counts_and_skips_by_reason(tmp_path, capsys):
                                   ("k4", {"flac": b"fLaC junk", "txt": b"\xff\xfe bad utf8"})])
     res = inspect_shards(str(tmp_path / "s-{000..001}.tar"), n=4, progress=False)
     assert res["samples"] == 5 and res["corrupt"] == [] and res["missing"] == []
-    # one reason per skipped sample, the first problem found (as training): k4's audio before its text
-    assert res["skipped"] == {"undecodable image": 1, "undecodable audio": 1} and res["usable"] == 3
+    # one reason per skipped sample, the first problem found in align's modality order (image, text, audio):
+    # k4's text before its audio
+    assert res["skipped"] == {"undecodable image": 1, "undecodable text": 1} and res["usable"] == 3
     assert res["modalities"] == {"cls": 3, "flac": 2, "json": 3, "png": 3, "txt": 5}
     s0, s1 = res["shards"]
     assert [(f["key"], f["reason"]) for f in s0["failures"]] == [("k1", "undecodable image")]
-    assert [(f["key"], f["reason"]) for f in s1["failures"]] == [("k4", "undecodable audio")]
+    assert [(f["key"], f["reason"]) for f in s1["failures"]] == [("k4", "undecodable text")]
     first = res["first"]
     assert [s["key"] for s in first] == ["k0", "k1", "k2", "k3"]
     assert first[0]["image"] == "8x6" and first[0]["caption"] == "a green box" and first[0]["label"] == 4
@@ -49,7 +50,7 @@ def test_counts_and_skips_by_reason(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "k0  image 8x6  label 4  'a green box'" in printed
     assert "k3  audio 0.50s@16000Hz" in printed and "k1  SKIPPED: undecodable image" in printed
-    assert "2 shards, 5 samples" in printed and "skipped 2 (undecodable audio 1, undecodable image 1)" in printed
+    assert "2 shards, 5 samples" in printed and "skipped 2 (undecodable image 1, undecodable text 1)" in printed
 
 
 def test_check_all_false_decodes_only_first_n(tmp_path):
@@ -69,7 +70,7 @@ def test_only_training_extensions_count_and_modalities_choose_what_is_needed(tmp
     assert res["skipped"] == {"fewer than 2 modalities": 1}
     res = inspect_shards(str(tmp_path / "a.tar"), quiet=True, progress=False, modalities=["image", "text"])
     assert res["skipped"] == {"fewer than 2 modalities": 2}
-    with pytest.raises(DataError, match="each must be one of image, audio, text"):
+    with pytest.raises(DataError, match="each must be one of image, text, audio"):
         inspect_shards(str(tmp_path / "a.tar"), quiet=True, modalities=["video"])
 
 
