@@ -156,3 +156,35 @@ def test_score_block_is_capped_by_memory(monkeypatch):
     idx, _, ids = search(g, q, 5)
     assert idx._buf.shape == (7, 1000)
     np.testing.assert_array_equal(ids, ref_topk(g, q, 5))
+
+
+def test_an_item_at_the_bound_is_found():
+    """A true top-1 item whose bf16 score sits between the thresholds with one and with two error margins.
+
+    q = (1 + eps, 1, 1) rounds to (1, 1, 1) in bf16: its rounding error r = (eps, 0, 0) is the whole margin
+    a ~ 1.01 |r| max|g| (the gallery is exact in bf16). Item A = (1, -1, alpha) has exact score eps + alpha
+    but bf16 score alpha (underestimated by eps); item B = (-1, 1, 0) has exact score -eps, bf16 score 0
+    (overestimated by eps). A is the true best, yet its bf16 score is ~1.2 a below B's: only a threshold two
+    margins below B's score (`_down(_lo(s_k) - 2a)`, the module docstring's thr) keeps A as a candidate.
+    F = (-1, 1, gamma) fills the spare candidate slot so the narrow/wide decision is tested too."""
+    eps = 2.0 ** -9 + 2.0 ** -11                                        # 1 + eps rounds to 1 in bf16
+    q = np.array([[1 + eps, 1, 1]], np.float32)
+
+    def bf(x):
+        return float(torch.tensor(x).to(torch.bfloat16).float())
+
+    alpha, gamma = bf(-0.0042), bf(-0.0039)
+    b, a_item, f = [-1, 1, 0], [1, -1, alpha], [-1, 1, gamma]
+    g = np.array([b, a_item, f], np.float32)
+    assert np.array_equal(torch.from_numpy(g).bfloat16().float().numpy(), g)   # no gallery rounding
+    s = q.astype(np.float64) @ g.astype(np.float64).T
+    assert s[0, 1] > s[0, 0] > s[0, 2]                                   # A is the true best, then B
+    for extra in (0, 1):                     # 0: every row is wide; 1: F takes the spare slot (A is 3rd by bf16)
+        idx = ExactIndex(3, scoring="bf16", extra=extra)
+        idx.add(g)
+        _, ids = idx.search(q, 1)
+        if idx.scoring != "bf16":
+            pytest.skip("this machine's bf16 GEMM broke the bound; the index fell back to float32")
+        a = float(idx._margin(torch.from_numpy(q), torch.from_numpy(q).bfloat16())[0])
+        assert 0 - alpha > a and 0 - alpha < 2 * a                      # A's bf16 score: between the thresholds
+        assert ids.tolist() == [[1]], f"extra={extra}: found {ids.tolist()}, the true best is item 1"

@@ -69,6 +69,22 @@ def test_linear_probe_separable_clusters_reach_one():
     assert r["n_classes"] == 6 and r["converged"]
 
 
+def test_linear_probe_breaks_val_accuracy_ties_by_val_loss():
+    """On separable clusters every C reaches val acc1 = 1.0: the tie goes to the lowest val cross-entropy
+    (a weakly regularised fit, confident and right), not to the first C of the sweep (the strongest
+    regularisation, the least confident)."""
+    xtr, ytr = _clusters(30, 0)
+    xte, yte = _clusters(30, 1)
+    r = probes.linear_probe(xtr, ytr, xte, yte, progress=False)
+    acc = {float(c): a for c, a in r["val_acc1"].items()}
+    loss = {float(c): v for c, v in r["val_loss"].items()}
+    tied = [c for c in acc if acc[c] == max(acc.values())]
+    assert len(tied) > 1 and min(tied) == min(probes.DEFAULT_CS)            # a tie that includes the first C
+    want = min(tied, key=lambda c: loss[c])
+    assert want != min(tied) and len({loss[c] for c in tied}) == len(tied)  # the loss decides, no second tie
+    assert r["best_C"] == want
+
+
 def test_linear_probe_matches_manual_sklearn_reference():
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score

@@ -143,3 +143,41 @@ def test_audio_zeroshot_matches_a_numpy_reference(tmp_path):
     ref = _ref_metrics(x @ np.array(cls).T, labels)
     assert res["n"]["scored"] == 30 and res["metrics"] == pytest.approx(ref, abs=1e-12)
     assert 1 / 6 < ref["acc5"] < 1                         # a comparison that can tell rankings apart
+
+
+class _KnowsClassesByName(FakeModel):
+    """A perfect zero-shot model for classes named in `vocab`: an image of grey level 40*j shows vocab[j];
+    a prompt naming vocab[j] embeds to e_j. The class ids of a dataset come from its classnames.txt order."""
+
+    def __init__(self, vocab):
+        super().__init__(dim=len(vocab), name="knows")
+        self.vocab = list(vocab)
+
+    def tokenize(self, texts, length=1):
+        return torch.tensor([[self.vocab.index(t.strip())] for t in texts])
+
+    def encode_text(self, tokens):                     # [B, 1] -> [B, V] one-hot
+        return torch.nn.functional.one_hot(tokens[:, 0], len(self.vocab)).float()
+
+    def encode_image(self, x):                         # [B, 3, S, S] in [0, 1] -> [B, V] one-hot
+        j = torch.round(x.mean(dim=(1, 2, 3)) * 255 / 40).long()
+        return torch.nn.functional.one_hot(j, len(self.vocab)).float()
+
+
+def test_class_ids_follow_classnames_txt_even_when_not_alphabetical(tmp_path):
+    """Label c means line c of classnames.txt: with names not in alphabetical order, a perfect model scores 1.0
+    (sorting the names would silently score the wrong classes)."""
+    import io
+    from PIL import Image
+    from tests.bench.conftest import write_wds
+    names = ["zebra", "apple", "mango"]                # label 0 = zebra, 1 = apple, 2 = mango
+    vocab = sorted(names)                              # the model's own order differs from the file's
+    samples = []
+    for i in range(9):
+        c = i % 3
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (40 * vocab.index(names[c]),) * 3).save(buf, format="PNG")
+        samples.append((f"s{i:07d}", {"png": buf.getvalue(), "cls": str(c)}))
+    root = write_wds(tmp_path / "d", samples, classnames=names, templates=["{c}"])
+    res = zeroshot_classification(_KnowsClassesByName(vocab), open_dataset(root, "wds"), progress=False)
+    assert res["metrics"]["acc1"] == 1.0 and res["metrics"]["mean_per_class_recall"] == 1.0
