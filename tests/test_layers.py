@@ -185,3 +185,33 @@ def test_the_exceptions_are_lazy_and_used():
 def test_no_module_imports_a_private_name_of_another():
     bad = [line for m, p in sorted(MODULES.items()) for line in private_imports(m, open(p).read())]
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def test_every_package_docstring_names_its_modules():
+    """Each package's __init__ docstring lists its modules and subpackages (README "Layout" gives the tree)."""
+    import os
+    missing = []
+    for pkg, path in sorted(MODULES.items()):
+        if not path.endswith("__init__.py") or pkg == "align":
+            continue
+        doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+        words = set(doc.replace("/", " ").replace(",", " ").replace("(", " ").replace(")", " ").split())
+        folder = os.path.dirname(path)
+        for name in sorted(os.listdir(folder)):
+            stem = name[:-3] if name.endswith(".py") else name
+            is_mod = name.endswith(".py") and name != "__init__.py"
+            is_pkg = os.path.isfile(os.path.join(folder, name, "__init__.py"))
+            if (is_mod or is_pkg) and not words & {stem, f"{stem}:", f"{stem}.py"}:
+                missing.append(f"{pkg}: its docstring does not name {stem}")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_readme_draws_this_table():
+    """README's layer picture names every group's packages and every APP_SHARED module."""
+    import os
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    start = readme.index("Imports run one way")
+    block = readme[start:readme.index("```", readme.index("```", start) + 3)]
+    want = {p.rpartition(".")[2] for prefixes in GROUPS.values() for p in prefixes if p != "align"}
+    want |= {m if m.count(".") == 1 else m.partition(".")[2] for m in APP_SHARED}
+    assert sorted(w for w in want if w not in block) == []

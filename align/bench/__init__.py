@@ -16,6 +16,17 @@ rejects others). The result is built with `report.make_result` (CLIP_benchmark s
 A runner may also set `fn.metric_keys = lambda entry: [...]`: the metric names a run of
 `entry` produces; recipes' `eval.best_metric` is checked against them at load (align.train.evaluate).
 Every task here can run during training: `eval.tasks` names them (align.train.evaluate.eval_entries).
+Modules:
+  zeroshot      zero-shot classification (image or audio)
+  retrieval     cross-modal and emergent retrieval recall@k
+  probes        linear probe, CCA baseline, fusion probe (the numerics); probe_tasks: their suite runners
+  datasets      benchmark datasets over several on-disk layouts (wds, folders, HF, CSV)
+  embed         batched, disk-cached encoding
+  index         FAISS indexes by type name; exact: exact top-k (bf16 scoring + float64 re-rank)
+  models        the model factory (`align.load`, `align bench --model`): align runs, open_clip models
+  report        result dicts, JSON/CSV files, the Markdown table
+  suite         YAML suites of benchmarks over several models
+  cli           `align bench` argument parsing
 """
 from align.registry import Registry
 

@@ -20,6 +20,8 @@ Each format is checked at export time: open_clip reloads the folder and must
 reproduce align's embeddings within 1e-5 (and the same tokens); onnxruntime must
 match PyTorch within 1e-4 at batch 3 and 1. The export is built in a temporary
 sibling folder and renamed into place only when every check passed.
+Modules: open_clip_format (open_clip's folder layout), onnx_format (one ONNX file per tower),
+model_card (the README.md of every export), wise_ft (WiSE-FT interpolation); this file: `export`.
 """
 import copy
 import json

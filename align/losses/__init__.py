@@ -9,6 +9,12 @@ and gradients of one process with batch N*b. See distributed.py.
 
 Recipes name a loss by its registered type: "clip", "siglip",
 "chunked_clip", "chunked_siglip".
+Modules:
+  clip          ClipLoss: symmetric InfoNCE with masks, exact across processes
+  siglip        SigLipLoss (and its chunked form): sigmoid loss with a learnable bias
+  chunked       InfoNCE without the [N, N] logits (chunked logsumexp with recomputation)
+  multipair     MultiPairLoss: a weighted sum over several modality pairs
+  distributed   the cross-process gathers the losses share
 """
 import inspect
 from typing import Optional, Sequence

@@ -1,1 +1,3 @@
-"""Media primitives: audio decode, resample, downmix and FLAC encode. Imports nothing of align but errors."""
+"""Media primitives. Imports nothing of align but errors.
+
+  audio   decode, resample, downmix to mono, FLAC encode"""

@@ -8,6 +8,17 @@
 
 Each factory is called as `factory(cfg: dict, modality: str, embed_dim: int) -> Tower`
 with the tower's section minus `type`.
+Modules (the model layer: towers import nothing from data, train or bench):
+  base              the Tower contract (encoder + projection head); CachedTokenize
+  common            helpers shared by the audio, Hugging Face text and timm image towers
+  open_clip_towers  `open_clip`: open_clip image and text towers
+  timm_image        `timm`: any timm image architecture
+  hf_text           `hf`: a Hugging Face text encoder
+  hf_encoder        the shared trunk of `hf_image` and `hf_audio`
+  hf_image          `hf_image`: a Hugging Face vision encoder
+  hf_audio          `hf_audio`: a Hugging Face audio encoder (AST, Whisper encoder, ...)
+  audio             `audio` (AST-style transformer) and `audio_cnn` over log-mel features
+  audio_features    the audio front end: resample, crop, log-mel (what `align data stats` measures)
 """
 from align.registry import Registry
 from align.towers.base import Tower

@@ -1,2 +1,7 @@
-"""Shard writing (`align data shards`): user inputs (CSV/Parquet/JSONL/folders/HF), media re-encoding,
-the shard writer job, and CLIP_benchmark-layout eval sets."""
+"""Shard writing (`align data shards`).
+
+  inputs      users' inputs (CSV/TSV/JSONL/Parquet, folders of pairs, HF datasets) as `Input`s, column
+              detection, raw-value readers
+  media       re-encoding one row's media: images -> jpg/webp/png, audio -> mono FLAC
+  shards      the shard-writing job (workers, resume, stats.json, skipped.jsonl)
+  eval_sets   CLIP_benchmark-layout eval sets: class names, group splits"""
