@@ -1,6 +1,8 @@
 """Helpers shared by the audio, Hugging Face text and timm image towers.
 
 - `check_cfg`: reject unknown recipe keys with one line naming the key and the valid ones.
+- `build_pretrained_tower`: the factory body of the towers over a pretrained encoder (hf, hf_image,
+  hf_audio, timm): keys, modality, `model` required, `lock` with `unlocked_layers|groups`.
 - `build_projection`: the head every tower ends with (`proj: linear | mlp | none`).
 - `LockableTower`: LiT-style locking by layer groups. Frozen parts run without
   gradient and stay in eval mode (BatchNorm statistics and dropout frozen too),
@@ -26,6 +28,26 @@ def check_cfg(cfg: Mapping, valid: Iterable[str], where: str) -> None:
     for key in cfg:
         if key not in valid:
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def build_pretrained_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, *, tower_type: str, encodes: str,
+                           model_hint: str, unlocked_key: str = "unlocked_layers"):
+    """cls(model, embed_dim, where=..., **rest of cfg), locked when `lock: true` (all but `unlocked_key`
+    groups); one-line ConfigError for an unknown key, another modality, a missing `model`."""
+    where = f"model.towers.{modality}"
+    check_cfg(cfg, keys, where)
+    if modality != encodes:
+        raise ConfigError(f"{where}: the {tower_type} tower encodes the {encodes!r} modality, not {modality!r}")
+    if "model" not in cfg:
+        raise ConfigError(f"{where}.model: missing ({model_hint})")
+    cfg = dict(cfg)
+    lock, unlocked = cfg.pop("lock", False), cfg.pop(unlocked_key, None)
+    if unlocked is not None and not lock:
+        raise ConfigError(f"{where}.{unlocked_key}: only used with lock: true")
+    tower = cls(cfg.pop("model"), embed_dim, where=where, **cfg)
+    if lock:
+        tower.lock(unlocked or 0)
+    return tower
 
 
 def build_projection(in_dim: int, embed_dim: int, kind: str, where: str) -> nn.Module:

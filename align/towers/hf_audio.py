@@ -26,7 +26,8 @@ import torch
 from align.errors import ConfigError
 from align.towers import TOWERS
 from align.towers.audio_features import clip_starts, crop_or_pad, resample_wave
-from align.towers.hf_encoder import HFEncoderTower, build_checked
+from align.towers.common import build_pretrained_tower
+from align.towers.hf_encoder import HFEncoderTower
 
 KEYS = ("model", "clip_seconds", "pooling", "proj", "lock", "unlocked_layers")
 AST_FRAME_SHIFT_S = 0.01       # AST's kaldi fbank: 10 ms per frame
@@ -121,7 +122,5 @@ class HFAudioTower(HFEncoderTower):
 
 @TOWERS.register("hf_audio")
 def build_hf_audio_tower(cfg: dict, modality: str, embed_dim: int) -> HFAudioTower:
-    if modality != "audio":
-        raise ConfigError(f"model.towers.{modality}: the hf_audio tower encodes the 'audio' modality, "
-                          f"not {modality!r}")
-    return build_checked(HFAudioTower, cfg, modality, embed_dim, KEYS)
+    return build_pretrained_tower(HFAudioTower, cfg, modality, embed_dim, KEYS, tower_type="hf_audio", encodes="audio",
+                                  model_hint="a local transformers folder or a Hub id")

@@ -157,20 +157,3 @@ class HFEncoderTower(LockableTower):
 
     def lock_groups(self) -> List:
         return hf_lock_groups(self.trunk, self.where, self.model_type)
-
-
-def build_checked(cls, cfg: dict, modality: str, embed_dim: int, keys) -> "HFEncoderTower":
-    """Shared factory body: key check, lock handling."""
-    from align.towers.common import check_cfg
-    where = f"model.towers.{modality}"
-    check_cfg(cfg, keys, where)
-    if "model" not in cfg:
-        raise ConfigError(f"{where}.model: missing (a local transformers folder or a Hub id)")
-    cfg = dict(cfg)
-    lock, unlocked = cfg.pop("lock", False), cfg.pop("unlocked_layers", None)
-    if unlocked is not None and not lock:
-        raise ConfigError(f"{where}.unlocked_layers: only used with lock: true")
-    tower = cls(cfg.pop("model"), embed_dim, where=where, **cfg)
-    if lock:
-        tower.lock(unlocked or 0)
-    return tower

@@ -14,9 +14,9 @@ and eval (HF processors have no augmentation).
 """
 import torch
 
-from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.hf_encoder import HFEncoderTower, build_checked
+from align.towers.common import build_pretrained_tower
+from align.towers.hf_encoder import HFEncoderTower
 
 KEYS = ("model", "pooling", "proj", "lock", "unlocked_layers")
 
@@ -67,7 +67,5 @@ class HFImageTower(HFEncoderTower):
 
 @TOWERS.register("hf_image")
 def build_hf_image_tower(cfg: dict, modality: str, embed_dim: int) -> HFImageTower:
-    if modality != "image":
-        raise ConfigError(f"model.towers.{modality}: the hf_image tower encodes the 'image' modality, "
-                          f"not {modality!r}")
-    return build_checked(HFImageTower, cfg, modality, embed_dim, KEYS)
+    return build_pretrained_tower(HFImageTower, cfg, modality, embed_dim, KEYS, tower_type="hf_image", encodes="image",
+                                  model_hint="a local transformers folder or a Hub id")

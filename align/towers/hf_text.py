@@ -32,7 +32,8 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import LockableTower, build_projection, check_cfg, hf_grad_checkpointing, hf_lock_groups
+from align.towers.common import (LockableTower, build_pretrained_tower, build_projection, hf_grad_checkpointing,
+                                 hf_lock_groups)
 
 KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers")
 POOLINGS = ("mean", "cls", "eos", "max")
@@ -145,18 +146,5 @@ def pool_tokens(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tens
 @TOWERS.register("hf")
 def build_hf_tower(cfg: dict, modality: str, embed_dim: int) -> HFTextTower:
     """Factory for `type: hf`."""
-    where = f"model.towers.{modality}"
-    check_cfg(cfg, KEYS, where)
-    if modality != "text":
-        raise ConfigError(f"{where}: the hf tower encodes the 'text' modality, not {modality!r}")
-    if "model" not in cfg:
-        raise ConfigError(f"{where}.model: missing (a local folder, Hub name or one of: "
-                          f"{', '.join(LOCAL_MODELS)})")
-    cfg = dict(cfg)
-    lock, unlocked = cfg.pop("lock", False), cfg.pop("unlocked_layers", None)
-    if unlocked is not None and not lock:
-        raise ConfigError(f"{where}.unlocked_layers: only used with lock: true")
-    tower = HFTextTower(cfg.pop("model"), embed_dim, where=where, **cfg)
-    if lock:
-        tower.lock(unlocked or 0)
-    return tower
+    return build_pretrained_tower(HFTextTower, cfg, modality, embed_dim, KEYS, tower_type="hf", encodes="text",
+                                  model_hint=f"a local folder, Hub name or one of: {', '.join(LOCAL_MODELS)}")

@@ -32,7 +32,7 @@ import torch
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import LockableTower, build_projection, check_cfg
+from align.towers.common import LockableTower, build_pretrained_tower, build_projection
 
 KEYS = ("model", "pretrained", "image_size", "model_kwargs", "augment", "proj", "lock", "unlocked_groups")
 
@@ -128,17 +128,5 @@ class TimmImageTower(LockableTower):
 @TOWERS.register("timm")
 def build_timm_tower(cfg: dict, modality: str, embed_dim: int) -> TimmImageTower:
     """Factory for `type: timm`."""
-    where = f"model.towers.{modality}"
-    check_cfg(cfg, KEYS, where)
-    if modality != "image":
-        raise ConfigError(f"{where}: the timm tower encodes the 'image' modality, not {modality!r}")
-    if "model" not in cfg:
-        raise ConfigError(f"{where}.model: missing (a timm architecture name)")
-    cfg = dict(cfg)
-    lock, unlocked = cfg.pop("lock", False), cfg.pop("unlocked_groups", None)
-    if unlocked is not None and not lock:
-        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
-    tower = TimmImageTower(cfg.pop("model"), embed_dim, where=where, **cfg)
-    if lock:
-        tower.lock(unlocked or 0)
-    return tower
+    return build_pretrained_tower(TimmImageTower, cfg, modality, embed_dim, KEYS, tower_type="timm", encodes="image",
+                                  model_hint="a timm architecture name", unlocked_key="unlocked_groups")
