@@ -297,6 +297,45 @@ def _prepare_dir(out: Path, settings: Dict[str, Any], overwrite: bool) -> None:
     _write_json_atomic(job_path, settings)
 
 
+def _check_options(*, resize_mode, image_format, layout, val_groups_from, val_groups, max_skip_frac, image_size,
+                   image_quality, sample_rate, shard_size, workers, prefix) -> str:
+    """One-line ConfigError for the first bad option of write_shards; returns image_format ('jpeg' -> 'jpg')."""
+    if resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"resize_mode {resize_mode!r} unknown; valid: {', '.join(RESIZE_MODES)}")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"image_format {image_format!r} unknown; valid: jpg, webp, png")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout {layout!r} unknown; valid: {', '.join(LAYOUTS)}")
+    if (val_groups_from is None) != (not val_groups):
+        raise ConfigError("val_groups_from and val_groups go together: the column (or COL:N file-name field) "
+                          "holding each row's group, and the groups to hold out")
+    if max_skip_frac is not None and not (isinstance(max_skip_frac, (int, float)) and 0 <= max_skip_frac <= 1):
+        raise ConfigError(f"max_skip_frac must be a number in [0, 1], got {max_skip_frac!r}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(f"image_size must be a positive integer or None, got {image_size!r}")
+    if image_size is None and resize_mode != "keep":
+        raise ConfigError(f"resize_mode {resize_mode!r} needs image_size")
+    for name, v, lo in (("image_quality", image_quality, 1), ("sample_rate", sample_rate, 1),
+                        ("shard_size", shard_size, 1), ("workers", workers, 1)):
+        if not isinstance(v, int) or v < lo or (name == "image_quality" and v > 100):
+            raise ConfigError(f"{name} must be an integer >= {lo}" + (" and <= 100" if name == "image_quality" else "")
+                              + f", got {v!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix or ""):
+        raise ConfigError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-' (a '.' would split keys)")
+    return "jpg" if image_format == "jpeg" else image_format
+
+
+def _zeroshot_templates(templates, columns: Dict[str, str]) -> list:
+    """The eval set's zero-shot templates (default: photo for images, audio otherwise), a plain list."""
+    from align.templates import get_templates
+
+    tmpl = get_templates(templates if templates is not None else "photo" if "image" in columns else "audio")
+    if not isinstance(tmpl, list):
+        raise DataError("templates: class-specific prompts (a JSON dict) cannot be written as "
+                        "zeroshot_classification_templates.txt; give a list of templates")
+    return tmpl
+
+
 def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_col=None, label_col=None,
                  image_size: Optional[int] = None, resize_mode: str = "keep", image_format: str = "jpg",
                  image_quality: int = 95, sample_rate: int = 16000, shard_size: int = 1000,
@@ -312,29 +351,10 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     -> out_dir/train; the stats are train's, with val's under "val".
     Raises DataError after writing when no sample was written, or more than max_skip_frac of the
     rows were skipped."""
-    if resize_mode not in RESIZE_MODES:
-        raise ConfigError(f"resize_mode {resize_mode!r} unknown; valid: {', '.join(RESIZE_MODES)}")
-    if image_format not in IMAGE_FORMATS:
-        raise ConfigError(f"image_format {image_format!r} unknown; valid: jpg, webp, png")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout {layout!r} unknown; valid: {', '.join(LAYOUTS)}")
-    if (val_groups_from is None) != (not val_groups):
-        raise ConfigError("val_groups_from and val_groups go together: the column (or COL:N file-name field) "
-                          "holding each row's group, and the groups to hold out")
-    if max_skip_frac is not None and not (isinstance(max_skip_frac, (int, float)) and 0 <= max_skip_frac <= 1):
-        raise ConfigError(f"max_skip_frac must be a number in [0, 1], got {max_skip_frac!r}")
-    image_format = "jpg" if image_format == "jpeg" else image_format
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError(f"image_size must be a positive integer or None, got {image_size!r}")
-    if image_size is None and resize_mode != "keep":
-        raise ConfigError(f"resize_mode {resize_mode!r} needs image_size")
-    for name, v, lo in (("image_quality", image_quality, 1), ("sample_rate", sample_rate, 1),
-                        ("shard_size", shard_size, 1), ("workers", workers, 1)):
-        if not isinstance(v, int) or v < lo or (name == "image_quality" and v > 100):
-            raise ConfigError(f"{name} must be an integer >= {lo}" + (" and <= 100" if name == "image_quality" else "")
-                              + f", got {v!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix or ""):
-        raise ConfigError(f"prefix {prefix!r} may hold only letters, digits, '_' and '-' (a '.' would split keys)")
+    image_format = _check_options(resize_mode=resize_mode, image_format=image_format, layout=layout,
+                                  val_groups_from=val_groups_from, val_groups=val_groups, max_skip_frac=max_skip_frac,
+                                  image_size=image_size, image_quality=image_quality, sample_rate=sample_rate,
+                                  shard_size=shard_size, workers=workers, prefix=prefix)
     out = Path(out_dir).expanduser()
     inp = open_input(input, split=split, exclude=out.resolve())
     if inp.kind == "folder" and Path(inp.base_dir).resolve() == out.resolve():
@@ -357,14 +377,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     classes, string_labels = eval_sets.resolve_classes(inp, columns.get("label"), classnames)
     if eval_set and "label" in columns and classes is None:
         classes = eval_sets.integer_classes(inp, columns["label"])
-    tmpl = None
-    if eval_set and "label" in columns:
-        from align.templates import get_templates
-
-        tmpl = get_templates(templates if templates is not None else "photo" if "image" in columns else "audio")
-        if not isinstance(tmpl, list):
-            raise DataError("templates: class-specific prompts (a JSON dict) cannot be written as "
-                            "zeroshot_classification_templates.txt; give a list of templates")
+    tmpl = _zeroshot_templates(templates, columns) if eval_set and "label" in columns else None
     local = isinstance(input, (str, os.PathLike)) and Path(os.fspath(input)).expanduser().exists()
     settings = {"version": JOB_VERSION,
                 "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else inp.description, "input_kind": inp.kind,
