@@ -76,9 +76,22 @@ def test_second_change_in_the_same_epoch_and_skipped_samples(tmp_path):
 
 
 def test_plan_cuts_segments_into_equal_ranks():
-    segs = [[0, 0, 5, 0, 7], [1, 0, 3, 0, 9]]                     # 16 good samples left
+    segs = [[0, 0, 5, 0, 7, 2, 1], [1, 0, 3, 0, 9, 2, 1]]        # 16 good samples left
     per = [elastic.plan(segs, rank=r, world_size=3, num_workers=2, batch_size=2) for r in range(3)]
     assert all(sum(q) == 2 for _, q, _ in per) and per[0][2] == 16 - 12
     pieces = [s for mine, _, _ in per for w in mine for s in w]
     assert sum(s[4] for s in pieces) == 12
-    assert pieces[0] == [0, 0, 5, 0, 2] and [0, 0, 5, 6, 1] in pieces and [1, 0, 3, 0, 1] in pieces
+    assert pieces[0] == [0, 0, 5, 0, 2, 2, 1] and [0, 0, 5, 6, 1, 2, 1] in pieces and [1, 0, 3, 0, 1, 2, 1] in pieces
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_plan_quotas_keep_the_remainder_of_a_ranks_batches(workers):
+    # 7 batches per rank do not divide over the workers: the first workers take one more each, so
+    # the rank's batches (and every sample but the reported remainder) are still all trained.
+    segs = [[0, 0, 0, 0, 15, 2, 1], [1, 0, 4, 0, 14, 2, 1]]      # 29 good samples, global batch 4
+    per = [elastic.plan(segs, rank=r, world_size=2, num_workers=workers, batch_size=2) for r in range(2)]
+    assert [sum(q) for _, q, _ in per] == [7, 7] and per[0][2] == 29 - 28
+    for mine, quotas, _ in per:
+        assert [sum(s[4] for s in w) for w in mine] == [2 * q for q in quotas]
+    covered = sorted((s[0], s[2] + s[3] + i) for mine, _, _ in per for w in mine for s in w for i in range(s[4]))
+    assert len(covered) == len(set(covered)) == 28
