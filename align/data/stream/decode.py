@@ -236,7 +236,8 @@ class SampleDecoder:
                 "text": ["a"],
             }[modality]
             try:
-                t = self._apply(modality, dummy)
+                with _GlobalRngs(0, restore=True):      # a random transform on the dummy must not shift the RNGs
+                    t = self._apply(modality, dummy)
             except Exception as exn:
                 raise DataError(
                     f"transforms['{modality}'] failed on a dummy input ({exn!r}); it is needed to build "
