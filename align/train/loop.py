@@ -249,7 +249,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
         wait_window += waited
         state["data_wait_s"] += waited
         if keys_f is not None:
-            keys_f.write(json.dumps({"step": state["step"], "keys": [k for b in micro for k in b.get(KEY, [])]}) + "\n")
+            keys_f.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
+                                     "keys": [k for b in micro for k in b.get(KEY, [])]}) + "\n")
             keys_f.flush()
         micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
         masks = [{m: b[mask_key(m)] for m in core.modalities if mask_key(m) in b} for b in micro]

@@ -192,3 +192,8 @@ def test_kill_and_resume_inside_a_segmented_epoch_is_bitwise(tmp_path, workers):
             assert want.keys() == got.keys()
             for name in want:
                 assert torch.equal(want[name], got[name]), (k, i, name)
+
+
+def test_segments_written_before_they_carried_their_layout_still_load():
+    old = {"segments_left": [[0, 1, 5, 0, 7], [1, 0, 3, 2, None]], "streams": [2, 2]}
+    assert elastic.segments_of(old) == [[0, 1, 5, 0, 7, 2, 2], [1, 0, 3, 2, None, 2, 2]]
