@@ -45,6 +45,8 @@ M = Mutation
 SW = "tests/train/test_train_switches.py"
 DSW = "tests/train/test_train_data_switches.py"
 RES = "tests/train/test_train_resume_shards.py"
+WRK = "tests/data/stream/test_worker.py"
+ELA = "tests/data/stream/test_resume.py"
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -124,10 +126,38 @@ MUTATIONS = [
       "group[\"lr\"] = base * fn(scheduler.last_epoch)", "pass", [SW + "::test_restored_scheduler_follows_the_schedule"]),
     M("resume.rng_not_restored", "align/train/loop.py",
       "load_checkpoint(resume_path, rank=rank, restore_rng=True)", "pass", [RES]),
-    M("resume.worker_transforms_seeded_only_at_worker_start", "align/data/stream/loader.py",
-      "                if in_worker:\n", "                if False:\n", [RES]),
+    M("resume.transforms_not_seeded_per_sample", "align/data/stream/decode.py",
+      "        with _GlobalRngs(seed, restore_rng):\n            return self._decode(raw, epoch, seed)\n",
+      "        return self._decode(raw, epoch, seed)\n",
+      [WRK + "::test_a_samples_random_transforms_do_not_depend_on_the_layout_or_a_resume"]),
+    M("resume.transforms_seeded_by_the_reader", "align/data/stream/worker.py",
+      "decoded = self.decoder(sample, epoch, restore_rng=get_worker_info() is None)",
+      "decoded = self.decoder(dict(sample, __url__=f\"{sample[URL]}{self.rank}\"), epoch, "
+      "restore_rng=get_worker_info() is None)",
+      [WRK + "::test_a_samples_random_transforms_do_not_depend_on_the_layout_or_a_resume"]),
+    M("elastic.plan_quota_remainder_dropped", "align/data/stream/resume.py",
+      "quotas = [per + (1 if w < extra else 0) for w in range(n)]", "quotas = [per for w in range(n)]",
+      [ELA + "::test_plan_quotas_keep_the_remainder_of_a_ranks_batches"],
+      note="issue 19: a resume silently lost batches and still reported 0 dropped"),
+    M("elastic.only_the_newest_epoch_resumed", "align/data/stream/resume.py",
+      "first = min(st[\"epoch\"] for st in states)", "first = max(st[\"epoch\"] for st in states)",
+      [ELA + "::test_resume_at_every_checkpoint_of_ranks_in_different_epochs"]),
+    M("elastic.segmented_rest_re_dealt_on_resume", "align/data/stream/loader.py",
+      "own is not None and \"segments_left\" not in own", "own is not None and \"segments\" not in own",
+      [ELA + "::test_kill_and_resume_inside_a_segmented_epoch_is_bitwise"]),
+    M("stream.short_last_batch_kept_in_training", "align/data/stream/worker.py",
+      "        if run.pending and not self.drop_last:", "        if run.pending:",
+      [WRK + "::test_training_drops_each_workers_short_last_batch_eval_keeps_it"],
+      note="issue 19: no test checked that training drops it"),
+    M("stream.all_skipped_guard_off", "align/data/stream/worker.py",
+      "if run.good == 0 and run.read >= MAX_ALL_SKIPPED:", "if False:",
+      [WRK + "::test_everything_skipped_stops_ordinary_epochs_and_elastic_segments"]),
+    M("media.to_mono_last_axis", "align/media/audio.py", "w = w.mean(axis=int(np.argmin(w.shape)))",
+      "w = w.mean(axis=-1)", ["tests/media/test_audio.py::test_to_mono_downmixes_channels_first_and_channels_last"],
+      note="issue 19: channels-first [C, T] became a C-sample wave"),
     M("resume.dataloader_seed_from_global_rng", "align/data/stream/loader.py",
-      "generator=torch.Generator().manual_seed(plan.epoch), ", "", [RES]),
+      "generator=torch.Generator().manual_seed(plan.epoch), ", "",
+      [WRK + "::test_reading_leaves_the_training_processs_rngs_alone", RES]),
     M("resume.auto_ignored", "align/train/loop.py",
       "return found[-1] if found else None", "return None", [SW + "::test_resume_auto_none_and_path"]),
     M("resume.none_ignored", "align/train/loop.py",

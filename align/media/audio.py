@@ -89,9 +89,11 @@ def _check_rate(sr, what: str) -> None:
 
 
 def to_mono(wave, where: str = "audio") -> np.ndarray:
-    """float32 [samples]; 2-D input is down-mixed over its shorter axis (the channels).
+    """float32 [samples]; 2-D input is down-mixed (mean) over its channel axis.
 
-    This accepts both soundfile's [samples, channels] and torchaudio's [channels, samples].
+    This accepts both soundfile's [samples, channels] and torchaudio's [channels, samples]. The rule that
+    tells them apart: the channel axis is the shorter one (a recording has more samples than channels);
+    a square array is read as [channels, samples].
     """
     w = np.asarray(wave, dtype=np.float32)
     if w.ndim == 2:

@@ -284,12 +284,17 @@ class AudioPreprocess:
                               for s in clip_starts(w.shape[0], L, fe.eval_clips)])  # [C, L]
         return torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32))
 
-    def per_batch(self, clips: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """[B, C, clip_samples] -> train: [B, n_mels, T]; eval: [B, n_mels, T] or [B, C, n_mels, T]."""
+    def per_batch(self, clips: torch.Tensor, generator=None) -> torch.Tensor:
+        """[B, C, clip_samples] -> train: [B, n_mels, T]; eval: [B, n_mels, T] or [B, C, n_mels, T].
+
+        generator: one torch.Generator for the batch, or a list of B (one per clip, so a clip's SpecAugment
+        masks do not depend on its batch: what the data loader passes)."""
         with torch.no_grad():
             feats = self.logmel(clips)                                       # [B, C, n_mels, T]
         if self.train:
-            return torch.stack([spec_augment(f[0], self.fe.freq_mask, self.fe.time_mask, generator) for f in feats])
+            gens = generator if isinstance(generator, (list, tuple)) else [generator] * len(feats)
+            return torch.stack([spec_augment(f[0], self.fe.freq_mask, self.fe.time_mask, g)
+                                for f, g in zip(feats, gens)])
         return feats[:, 0] if self.fe.eval_clips == 1 else feats
 
 

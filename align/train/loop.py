@@ -18,6 +18,7 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train.sharding import full_value, shard_model, unsharded_copy
+from align.data.stream.keys import KEY, mask_key
 from align.data.stream.synthetic import SyntheticLoader
 from align.train.optim import build_optimizer, build_scheduler, restore_scheduler, unlock_due
 from align.train.perf import estimate_flops_per_sample, peak_flops
@@ -184,6 +185,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         if note:
             acc.print(note)
     loader = build_loader(r, core, rank, world, data_resume)
+    state["epoch"] = loader.epoch    # this rank's own epoch (ranks of a checkpoint may be in different ones)
     batches = iter(loader)      # created before the RNG restore: its seed draw must not shift the RNG stream
     if resume_path:
         load_checkpoint(resume_path, rank=rank, restore_rng=True)
@@ -223,8 +225,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
             try:
                 return next(batches)
             except StopIteration:
-                state["epoch"] += 1
-                loader.set_epoch(state["epoch"])
+                # the loader has moved on to its next epoch: after an elastic resume from ranks in different
+                # epochs, that may be the rest of an older epoch than the checkpoint's (align.data.stream.resume)
+                state["epoch"] = loader.epoch
                 batches = iter(loader)
 
     def save(name=None, extra=None):
@@ -246,10 +249,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
         wait_window += waited
         state["data_wait_s"] += waited
         if keys_f is not None:
-            keys_f.write(json.dumps({"step": state["step"], "keys": [k for b in micro for k in b.get("__key__", [])]}) + "\n")
+            keys_f.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
+                                     "keys": [k for b in micro for k in b.get(KEY, [])]}) + "\n")
             keys_f.flush()
         micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
-        masks = [{m: b[f"{m}_mask"] for m in core.modalities if f"{m}_mask" in b} for b in micro]
+        masks = [{m: b[mask_key(m)] for m in core.modalities if mask_key(m) in b} for b in micro]
 
         # -- step: embed, loss, NaN guard, backward ------------------------------------------------
         pair_losses = {}

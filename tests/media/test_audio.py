@@ -84,3 +84,15 @@ def test_decode_mixes_stereo_down_and_reports_bad_bytes():
         decode_audio(b"not audio at all", name="sample-42.flac")
     with pytest.raises(DataError, match="expected audio bytes"):
         decode_audio("a string")
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_to_mono_downmixes_channels_first_and_channels_last(layout):
+    from align.media.audio import to_mono
+    t = np.arange(1000, dtype=np.float32) / 1000
+    stereo = np.stack([t, 1 - t])                                  # [C=2, T=1000]: torchaudio's layout
+    wave = stereo if layout == "channels_first" else stereo.T      # [T, C]: soundfile's layout
+    mono = to_mono(wave)
+    assert mono.shape == (1000,) and np.allclose(mono, 0.5)
+    six = np.tile(t, (6, 1)) * np.arange(1, 7, dtype=np.float32)[:, None]   # 6 channels, channel c = (c+1) t
+    assert np.allclose(to_mono(six if layout == "channels_first" else six.T), 3.5 * t)

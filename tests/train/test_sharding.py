@@ -232,3 +232,37 @@ def test_elastic_resume_2_to_1_and_1_to_2_trains_each_sample_of_the_epoch_once(t
     assert len(before) == 8 and Counter(before + after) == Counter(ref_keys)
     m = json.load(open(tmp_path / "grow" / "summary.json"))
     assert m["steps"] == 7 and m["world_size"] == 2
+
+
+def _keys_by_epoch(prefix):
+    out = {}
+    d, name = os.path.split(prefix)
+    for f in sorted(os.listdir(d)):
+        if f.startswith(name + ".rank"):
+            for line in open(os.path.join(d, f)):
+                rec = json.loads(line)
+                out.setdefault(rec["epoch"], []).extend(rec["keys"])
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_resume_2_to_1_from_ranks_in_different_epochs_trains_each_sample_of_each_epoch_once(tiny_recipe,
+                                                                                               tmp_path):
+    # 3 shards of 4, batch 2, no samples_per_epoch: rank 0 reads 2 shards (4 steps an epoch), rank 1 one (2).
+    # Killed after step 6 (checkpoint step-6): rank 0 is in epoch 1, rank 1 has finished epoch 2.  Before
+    # issue 19 the 1-process resume stopped with "the ranks of the checkpoint are in different epochs".
+    _, keys = make_shards(tmp_path / "shards", 3, 4)
+    base = dict(tiny_recipe)
+    base["data"] = {"train": str(tmp_path / "shards" / "s-{000..002}.tar"), "shuffle_buffer": 3, "num_workers": 0}
+    base["train"] = dict(base["train"], batch_size=2, max_steps=12, checkpoint_every=2)
+    path = write_recipe(base, tmp_path, "uneven", sharding="fsdp")
+    res = launch(path, {"ALIGN_TEST_SIGKILL_AT_STEP": "6", "ALIGN_TEST_RECORD_KEYS": str(tmp_path / "k")})
+    assert res.returncode != 0
+    saved = [json.load(open(tmp_path / "uneven" / "checkpoints" / "step-00000006" / f))["data"]["epoch"]
+             for f in ("state.json", "rank-1.json")]
+    assert saved == [1, 2]
+    res = launch(path, {"ALIGN_TEST_RECORD_KEYS": str(tmp_path / "k")}, nproc=1, overrides=["train.batch_size=4"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    trained = _keys_by_epoch(str(tmp_path / "k"))
+    for epoch in range(4):                       # 6 steps x 4 + 6 x 4 = 48 samples = epochs 0..3 (12 each)
+        assert Counter(trained[epoch]) == Counter(keys), epoch

@@ -5,6 +5,9 @@
   decode      raw sample -> decoded modalities; SampleDecoder (decode + transform + collate)
   augment     augmentation stages (image, wave, log-mel), by registered name
   faults      skip reasons and their counts
+  keys        the batch control keys (`__worker__`, `__seen__`, ...) as named constants
+  worker      the one per-worker decode loop that ordinary epochs and elastic segments share
   loader      StreamLoader: the loader with its exact-resume state; build_train_loader / build_eval_loader
-  resume      elastic resume (another world size)
+  pack        packing a batch's tensors for the trip from worker to trainer
+  resume      elastic resume (another world size) from any checkpoint
   synthetic   synthetic batches (data.train: synthetic)"""

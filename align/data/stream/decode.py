@@ -15,6 +15,8 @@ Transform contract (see `build_train_loader`):
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
 import random
 from typing import Callable
@@ -24,6 +26,7 @@ import torch
 
 from align.media.audio import decode_audio
 from align.data.stream.augment import sample_seed
+from align.data.stream.keys import AUG, KEY, SEED, URL, mask_key
 from align.data.stream.faults import (
     BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TRANSFORM_FAILED, UNDECODABLE_AUDIO, UNDECODABLE_IMAGE,
     UNDECODABLE_TEXT, SkipSample,
@@ -86,7 +89,7 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
                 raise SkipSample(UNDECODABLE_IMAGE, f"{ext}: {exn!r}") from None
         elif m == "audio":
             try:
-                out[m] = decode_audio(data, name=raw["__key__"])
+                out[m] = decode_audio(data, name=raw[KEY])
             except Exception as exn:
                 raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
         else:
@@ -109,11 +112,52 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
     return out
 
 
+def transform_seed(seed: int, epoch: int, url: str | None, key: str) -> int:
+    """The 62-bit seed of one sample's tower transforms in one epoch: a function of (seed, epoch, the sample's
+    shard and key), i.e. of its place in the epoch's global order, never of the rank or worker reading it.
+    (With data.resampled a shard drawn twice in an epoch repeats its crops, as its augmentations do.)"""
+    h = hashlib.blake2b(f"align:transforms:{seed}:{epoch}:{url}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 2
+
+
+class _GlobalRngs:
+    """Seed the global RNGs (torch CPU, `random`, numpy) that towers' random transforms draw from
+    (open_clip RandomResizedCrop, timm, the audio crops) for one sample.  restore=True (the training
+    process: 0 workers) puts their previous states back afterwards, so decoding never shifts the
+    training's own random stream (dropout, ...); a worker process needs no restore."""
+
+    def __init__(self, seed: int, restore: bool):
+        self.seed, self.restore = seed, restore
+
+    def __enter__(self):
+        if self.restore:
+            self.saved = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        torch.default_generator.manual_seed(self.seed)   # CPU only: torch.manual_seed costs ~0.5 ms
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+
+    def __exit__(self, *exc):
+        if self.restore:
+            torch.set_rng_state(self.saved[0])
+            random.setstate(self.saved[1])
+            np.random.set_state(self.saved[2])
+        return False
+
+
+def _takes_generator(fn) -> bool:
+    try:
+        return "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class SampleDecoder:
     """Decode + transform one raw sample; collate decoded samples into a batch.
 
     train=True picks a random caption (seeded by seed, epoch, shard URL and
     key, so a resumed run picks the same one); train=False picks the first.
+    Every sample's random transforms (the towers' own and the augmentation stages) are seeded by
+    (seed, epoch, shard URL, key) only: the same tensors whatever rank, worker or resume reads it.
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
@@ -137,17 +181,25 @@ class SampleDecoder:
                 and not hasattr(transforms["audio"], "per_batch"):
             raise DataError("data.augment.audio needs the audio towers' two-stage front end (per_sample/per_batch)")
 
-    def __call__(self, raw: dict, epoch: int) -> dict:
-        """raw sample -> {"__key__", modality: Tensor, ..., "cls": int}; raises SkipSample."""
-        seed = f"align:caption:{self.seed}:{epoch}:{raw.get('__url__')}:{raw['__key__']}" if self.train else None
-        decoded = decode_raw(raw, self.modalities, self.min_modalities, seed)
-        out = {"__key__": raw["__key__"], "cls": decoded.pop("cls")}
+    def __call__(self, raw: dict, epoch: int, restore_rng: bool = False) -> dict:
+        """raw sample -> {KEY, modality: Tensor, ..., "cls": int, SEED: int}; raises SkipSample.
+
+        restore_rng: put the global RNGs back after the sample's seeded transforms (see _GlobalRngs)."""
+        url, key = raw.get(URL), raw[KEY]
+        seed = transform_seed(self.seed, epoch, url, key)
+        with _GlobalRngs(seed, restore_rng):
+            return self._decode(raw, epoch, seed)
+
+    def _decode(self, raw: dict, epoch: int, seed: int) -> dict:
+        url, key = raw.get(URL), raw[KEY]
+        caption_seed = f"align:caption:{self.seed}:{epoch}:{url}:{key}" if self.train else None
+        decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed)
+        out = {KEY: key, "cls": decoded.pop("cls"), SEED: seed}
         aug_seed = None
         if self.train and self.augment:
-            # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key); the towers'
-            # own random transforms are reseeded per sample by the pipeline (align.data.stream.loader)
-            aug_seed = sample_seed(self.seed, epoch, raw.get("__url__"), raw["__key__"])
-            out["__aug__"] = aug_seed
+            # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key)
+            aug_seed = sample_seed(self.seed, epoch, url, key)
+            out[AUG] = aug_seed
         for m, value in decoded.items():
             try:
                 if m == "image" and self.augment and self.augment.image_stages:
@@ -184,7 +236,8 @@ class SampleDecoder:
                 "text": ["a"],
             }[modality]
             try:
-                t = self._apply(modality, dummy)
+                with _GlobalRngs(0, restore=True):      # a random transform on the dummy must not shift the RNGs
+                    t = self._apply(modality, dummy)
             except Exception as exn:
                 raise DataError(
                     f"transforms['{modality}'] failed on a dummy input ({exn!r}); it is needed to build "
@@ -195,16 +248,16 @@ class SampleDecoder:
     def collate(self, samples: list[dict]) -> dict:
         """Decoded samples -> batch dict.
 
-        {m: Tensor[B, ...], f"{m}_mask": BoolTensor[B], "cls": LongTensor[B] (-1 = none),
-         "__key__": list[str]}; a missing modality is filled with zeros.
+        {m: Tensor[B, ...], mask_key(m): BoolTensor[B], "cls": LongTensor[B] (-1 = none),
+         KEY: list[str]}; a missing modality is filled with zeros.
         """
-        batch: dict = {"__key__": [s["__key__"] for s in samples]}
+        batch: dict = {KEY: [s[KEY] for s in samples]}
         for m in self.modalities:
             have = [s[m] for s in samples if m in s]
             ref = have[0] if have else self.template(m)
             for t in have:
                 if t.shape != ref.shape:
-                    keys = [s["__key__"] for s in samples if m in s]
+                    keys = [s[KEY] for s in samples if m in s]
                     raise DataError(
                         f"transforms['{m}'] returned shapes {tuple(ref.shape)} ({keys[0]}) and {tuple(t.shape)} "
                         f"in one batch; the {m} transform must crop/pad to a fixed shape")
@@ -213,12 +266,20 @@ class SampleDecoder:
             tf = self.transforms[m]
             if hasattr(tf, "per_batch"):
                 try:
-                    batch[m] = tf.per_batch(batch[m])
+                    batch[m] = self._per_batch(tf, batch[m], samples)
                     if m == "audio" and self.augment and self.augment.logmel_stages:
-                        batch[m] = self.augment.logmel(batch[m], [s.get("__aug__", 0) for s in samples])
+                        batch[m] = self.augment.logmel(batch[m], [s.get(AUG, 0) for s in samples])
                 except Exception as exn:   # cannot be pinned on one sample: a transform bug, stated plainly
                     raise DataError(f"transforms['{m}'].per_batch failed on a batch of {len(samples)} "
-                                    f"({batch['__key__'][0]}, ...): {exn!r}") from None
-            batch[f"{m}_mask"] = torch.tensor([m in s for s in samples], dtype=torch.bool)
+                                    f"({batch[KEY][0]}, ...): {exn!r}") from None
+            batch[mask_key(m)] = torch.tensor([m in s for s in samples], dtype=torch.bool)
         batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
         return batch
+
+    def _per_batch(self, tf, x: torch.Tensor, samples: list[dict]) -> torch.Tensor:
+        """tf.per_batch on [B, ...]; its random draws (SpecAugment) from one generator per sample, seeded by
+        the sample (so they do not depend on which samples share its batch), where per_batch takes them."""
+        if not (self.train and _takes_generator(tf.per_batch)):
+            return tf.per_batch(x)
+        gens = [torch.Generator().manual_seed(s.get(SEED, 0) ^ 0x5EC) for s in samples]
+        return tf.per_batch(x, generator=gens)

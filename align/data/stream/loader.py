@@ -7,13 +7,14 @@ Per reader, the stream is a pure function of (seed, epoch, rank, logical worker)
       -> weighted interleave of the sources        (seeded: mix)
       -> shuffle buffer                            (seeded: shuffle)
       -> [resume: drop the first N raw samples, undecoded, faults muted]
-      -> decode + augment + transforms (broken samples counted and skipped;
-         augmentations seeded per sample: align.data.stream.augment)
-      -> batches of `batch_size` built inside the worker
+      -> decode + augment + transforms (broken samples counted and skipped; every random
+         transform seeded per sample by (seed, epoch, shard URL, key): align.data.stream.decode)
+      -> batches of `batch_size` built inside the worker (align.data.stream.worker: one decode
+         loop for ordinary epochs and elastic segments alike)
 
-Each batch carries bookkeeping: `__worker__` (logical worker), `__raw__`
-(raw samples that worker has consumed so far), `__seen__` / `__skipped__`
-(deltas).  `StreamLoader` consumes them in the main process, so its totals
+Each batch carries bookkeeping (align.data.stream.keys): WORKER (logical worker), RAW
+(raw samples that worker has consumed so far), SEEN / SKIPPED (deltas), SEG (elastic
+position).  `StreamLoader` consumes them in the main process, so its totals
 (`loader.seen`, `loader.skipped`) and `state_dict()` are exact: they describe
 the batches actually handed out, not what workers prefetched.
 
@@ -26,232 +27,36 @@ stream each worker sends a "flush" item (not yielded) with its last fault
 counts; a consumed flush marks the worker done.
 
 Elastic resume: a checkpoint written at another world size, per-rank batch
-size or number of workers is re-partitioned (see align/data/stream/resume.py): the
-rest of that epoch runs as "segments" of the original streams, every sample
-of the epoch trained once; the next epoch is planned for the new run.
+size or number of workers, or whose ranks are in different epochs, is
+re-partitioned (align.data.stream.resume): the rest of each epoch still
+open runs as "segments" of the original streams, epoch by epoch, every
+sample of each epoch trained once; later epochs are planned for the new run.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from align.data.stream.decode import SampleDecoder
-from align.data.stream.faults import FaultCounter, SkipSample, skip_rate_error
+from align.data.stream.faults import skip_rate_error
+from align.data.stream.keys import ERROR, FLUSH, RAW, SEEN, SEG, SKIPPED, WORKER
+from align.data.stream.pack import unpack_tensors
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S
-from align.data.stream.sources import (
-    ResolvedSource, SourceSpec, epoch_shards, mix_streams, resampled_shards, resolve_sources, rng_for,
-    samples_from_shards, split_shards,
-)
+from align.data.stream.sources import SourceSpec, resolve_sources
+from align.data.stream.worker import Plan, StreamDataset
 from align.errors import DataError
 
 __all__ = ["SourceSpec", "StreamLoader", "build_train_loader", "build_eval_loader"]
 
 log = logging.getLogger("align.data")
 
-# A worker that has read this many raw samples without a single usable one stops with DataError
-# (otherwise a wrong modality list or a broken transform would spin through the data silently).
-MAX_ALL_SKIPPED = 1000
 STATE_VERSION = 1
-
-
-@dataclass
-class _Plan:
-    """Where each logical worker starts: copied into the dataset before workers fork."""
-
-    epoch: int
-    next_worker: int
-    raw: list[int]
-    batches: list[int]
-    done: list[bool] = field(default_factory=list)
-    # Elastic resume: per logical worker its segments (align.data.stream.resume), the stream geometry
-    # (world_size, num_workers) they refer to, and per worker the batches still due (None: to the end).
-    segments: list | None = None
-    streams: tuple | None = None
-    quota: list | None = None
-
-
-class _StreamDataset(IterableDataset):
-    """The per-worker stream (see module docstring); yields batch dicts and control items."""
-
-    def __init__(self, sources: list[ResolvedSource], decoder: SampleDecoder, *, batch_size: int, rank: int,
-                 world_size: int, seed: int, resampled: bool, shuffle_buffer: int, allow_pipe: bool,
-                 train: bool, drop_last: bool, batches_per_rank: int | None, retry_budget_s: float):
-        super().__init__()
-        self.sources = sources
-        self.decoder = decoder
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.seed = seed
-        self.resampled = resampled
-        self.shuffle_buffer = shuffle_buffer
-        self.allow_pipe = allow_pipe
-        self.retry_budget_s = retry_budget_s
-        self.train = train
-        self.drop_last = drop_last
-        self.batches_per_rank = batches_per_rank
-        self.plan: _Plan | None = None
-
-    def quota(self, lw: int, n: int) -> int | None:
-        """Batches logical worker `lw` of `n` yields per epoch (None: until the data ends)."""
-        if self.batches_per_rank is None:
-            return None
-        per, extra = divmod(self.batches_per_rank, n)
-        return per + (1 if lw < extra else 0)
-
-    def raw_stream(self, lw: int, n: int, epoch: int, faults: FaultCounter, rank: int | None = None,
-                   world_size: int | None = None):
-        """Undecoded samples of logical worker `lw` of `n` of `rank` (default: this rank), in their final
-        (shuffled) order."""
-        rank = self.rank if rank is None else rank
-        world_size = self.world_size if world_size is None else world_size
-        streams = []
-        for si, src in enumerate(self.sources):
-            if self.resampled:
-                urls = resampled_shards(src.urls, rng_for("resample", self.seed, epoch, rank, lw, si))
-            else:
-                order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
-                urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
-            streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
-                                               infinite=self.resampled, name=src.name,
-                                               retry_budget_s=self.retry_budget_s))
-        if len(streams) == 1:
-            stream = streams[0]
-        else:
-            stream = mix_streams(streams, [s.weight for s in self.sources],
-                                 rng_for("mix", self.seed, epoch, rank, lw))
-        if self.train and self.shuffle_buffer > 1:
-            import webdataset as wds
-
-            rng = rng_for("shuffle", self.seed, epoch, rank, lw)
-            stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(stream))
-        return iter(stream)
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, n = (0, 1) if info is None else (info.id, info.num_workers)
-        plan = self.plan
-        if plan is None or len(plan.raw) != n:
-            raise RuntimeError("iterate the dataset through StreamLoader, which sets its plan")
-        lw = (worker + plan.next_worker) % n
-        if info is not None:
-            # Random transforms (crops, flips) draw from global RNGs: make them a function of the
-            # stream too.  Only inside worker processes: never reseed the training process.
-            s = rng_for("transforms", self.seed, plan.epoch, self.rank, lw).getrandbits(62)
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s % 2**32)
-        try:
-            yield from (self._stream(lw, n, plan) if plan.segments is None else self._segment_stream(lw, plan))
-        except DataError as exn:
-            # Shipped as an item so the main process raises one clean line, not a worker traceback.
-            yield {"__error__": str(exn), "__worker__": lw}
-
-    def _stream(self, lw: int, n: int, plan: _Plan):
-        if plan.done[lw]:
-            return
-        epoch, faults = plan.epoch, FaultCounter()
-        it = self.raw_stream(lw, n, epoch, faults)
-        consumed, done_batches, quota = plan.raw[lw], plan.batches[lw], self.quota(lw, n)
-        # Fast-forward over samples already consumed before the checkpoint: undecoded, and with
-        # faults muted because they were reported with batches that were already consumed.
-        faults.muted = True
-        out = 0
-        for _ in range(consumed):
-            if next(it, None) is None:
-                raise DataError(
-                    f"resume: logical worker {lw} found only {out} samples but the checkpoint says {consumed} "
-                    f"were read; the shards changed since the checkpoint")
-            out += 1
-        faults.muted = False
-        pending, seen, read_here, good_here = [], 0, 0, 0
-        in_worker = get_worker_info() is not None
-        while quota is None or done_batches < quota:
-            raw = next(it, None)
-            if raw is None:
-                break
-            out += 1
-            seen += 1
-            read_here += 1
-            try:
-                if in_worker:
-                    # Random transforms draw from a seed of the sample's place in the stream, not from
-                    # where the worker started: a resumed stream skips samples undecoded, and without
-                    # this would crop every later sample differently from the uninterrupted run.
-                    s = rng_for("transforms", self.seed, epoch, self.rank, lw, out).getrandbits(62)
-                    torch.default_generator.manual_seed(s)   # CPU only: torch.manual_seed costs ~0.5 ms
-                    random.seed(s)
-                    np.random.seed(s % 2**32)
-                pending.append(self.decoder(raw, epoch))
-                good_here += 1
-            except SkipSample as exn:
-                faults.record(exn.reason, f"sample {raw['__key__']} in {raw['__url__']}", exn.detail)
-                if good_here == 0 and read_here >= MAX_ALL_SKIPPED:
-                    top = ", ".join(f"{r} ({c})" for r, c in faults.total.most_common(3))
-                    raise DataError(f"the first {read_here} samples read from {self.sources[0].name} were all "
-                                    f"skipped ({top}); check data.modalities and the transforms") from None
-            if len(pending) == self.batch_size:
-                yield self._emit(pending, lw, out, seen, faults)
-                pending, seen = [], 0
-                done_batches += 1
-        if pending and not self.drop_last:
-            yield self._emit(pending, lw, out, seen, faults)
-            seen = 0
-        delta, extra = faults.take_delta()
-        yield {"__flush__": True, "__worker__": lw, "__raw__": out, "__seen__": seen + extra, "__skipped__": delta}
-
-    def _segment_stream(self, lw: int, plan: _Plan):
-        from align.data.stream.resume import segment_stream
-        return segment_stream(self, lw, plan)
-
-    def _emit(self, pending: list[dict], lw: int, out: int, seen: int, faults: FaultCounter) -> dict:
-        batch = self.decoder.collate(pending)
-        if get_worker_info() is not None:
-            batch = pack_tensors(batch)
-        delta, extra = faults.take_delta()
-        batch.update(__worker__=lw, __raw__=out, __seen__=seen + extra, __skipped__=delta)
-        return batch
-
-
-def pack_tensors(batch: dict) -> dict:
-    """Move a batch's tensors into one uint8 tensor: {"__packed__": (buf, [(key, dtype, shape, offset)])}.
-
-    A worker hands each tensor to the training process through its own shared-memory
-    file descriptor and socket handshake (~0.6 ms of the training process's time per
-    tensor); one buffer per batch makes that one handshake.  `unpack_tensors` undoes it.
-    """
-    keys = [k for k, v in batch.items() if torch.is_tensor(v)]
-    layout, size = [], 0
-    for k in keys:
-        t = batch[k]
-        layout.append((k, t.dtype, tuple(t.shape), size))
-        size += -(-t.numel() * t.element_size() // 64) * 64  # 64-byte aligned, so every dtype view is legal
-    buf = torch.empty(size, dtype=torch.uint8)
-    for k, dtype, shape, off in layout:
-        t = batch[k]
-        buf[off:off + t.numel() * t.element_size()].view(dtype).view(shape).copy_(t)
-    out = {k: v for k, v in batch.items() if k not in keys}
-    out["__packed__"] = (buf, layout)
-    return out
-
-
-def unpack_tensors(item: dict) -> dict:
-    """The inverse of `pack_tensors` (views into the one buffer; no copy)."""
-    if "__packed__" not in item:
-        return item
-    buf, layout = item.pop("__packed__")
-    for k, dtype, shape, off in layout:
-        n = torch.Size(shape).numel() * dtype.itemsize
-        item[k] = buf[off:off + n].view(dtype).view(shape)
-    return item
 
 
 def _drain(items) -> None:
@@ -280,7 +85,7 @@ class StreamLoader:
     is the same either way: a worker's output is a function of its plan only.
     """
 
-    def __init__(self, dataset: _StreamDataset, *, num_workers: int, epoch: int = 0,
+    def __init__(self, dataset: StreamDataset, *, num_workers: int, epoch: int = 0,
                  max_skip_frac: float | None = None, pin_memory: bool = False, prefetch_factor: int | None = None,
                  start_next_epoch_early: bool = True):
         self.dataset = dataset
@@ -294,6 +99,9 @@ class StreamLoader:
         self._ahead: tuple[int, object] | None = None  # (epoch, DataLoader iterator) started early
         self.start_next_epoch_early = start_next_epoch_early
         self._drain: threading.Thread | None = None
+        # Elastic resume: per later epoch still holding work of the checkpoint's layout, this rank's share:
+        # [{"epoch", "segments": per lw, "quota": per lw}] (align.data.stream.resume).
+        self._later: list[dict] = []
         self._reset(epoch)
 
     @property
@@ -321,13 +129,34 @@ class StreamLoader:
         self.batches = 0  # batches handed out in this epoch
         self._next_worker = 0
         self._raw, self._wbatches, self._done = [0] * n, [0] * n, [False] * n
-        # Elastic resume (this epoch only): {"streams", "segs": per lw its segments as of the last start,
-        # "prog": per lw (segment index, raw, taken) of its last consumed batch, "quota0", "quota"}.
+        # Elastic resume (this epoch only): {"segs": per lw its segments as of the last start, "prog": per lw
+        # (segment index, raw, taken) of its last consumed batch, "quota0": per lw its batches of this rest of
+        # the epoch, "quota": per lw those still due}.  None: an ordinary epoch.
         self._seg: dict | None = None
+
+    def _take_later(self) -> None:
+        """Make the elastic work planned for this epoch (if any) the current epoch's."""
+        while self._later and self._later[0]["epoch"] < self.epoch:
+            self._later.pop(0)
+        if self._later and self._later[0]["epoch"] == self.epoch:
+            self._set_segments(self._later.pop(0))
+
+    def _set_segments(self, work: dict) -> None:
+        """work: {"segments": per lw its segments, "quota": per lw its batches (None: to the end)}."""
+        self._seg = {"segs": [[list(x) for x in w] for w in work["segments"]], "prog": [None] * self.n_logical,
+                     "quota0": list(work["quota"]), "quota": list(work["quota"])}
+
+    def start_elastic(self, epoch: int, work: list[dict]) -> None:
+        """Continue at the start of `epoch` with the elastic work planned per epoch (align.data.stream.resume):
+        [{"epoch", "segments": per lw, "quota": per lw}], oldest first."""
+        self._reset(epoch)
+        self._later = [dict(w) for w in work]
+        self._take_later()
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
             self._reset(epoch)
+            self._take_later()
 
     def state_dict(self) -> dict:
         ds = self.dataset
@@ -339,9 +168,12 @@ class StreamLoader:
             "num_workers": n, "rank": ds.rank, "world_size": ds.world_size, "seed": ds.seed,
             "batch_size": ds.batch_size, "resampled": ds.resampled, "skipped": dict(self.skipped), "seen": self.seen,
             "worker_quota": [ds.quota(lw, n) for lw in range(n)],
+            # elastic resume: what is left of later epochs for this rank (align.data.stream.resume)
+            "later": [{"epoch": w["epoch"], "segments": w["segments"], "quota": w["quota"]} for w in self._later],
         }
         if self._seg is not None:
-            out.update(streams=list(self._seg["streams"]), segments_left=[s for lw in range(n) for s in self._left(lw)])
+            out.update(segments=[self._left(lw) for lw in range(n)], segment_quota=list(self._seg["quota"]),
+                       segment_quota0=list(self._seg["quota0"]))
         return out
 
     def _left(self, lw: int) -> list:
@@ -352,18 +184,15 @@ class StreamLoader:
         if prog is None:
             return [list(x) for x in segs]
         k, raw, taken = prog
-        r0, w0, _, _, take = segs[k]
+        r0, w0, _, _, take, world0, workers0 = segs[k]
         left = None if take is None else take - taken
-        rest = [] if left is not None and left <= 0 else [[r0, w0, raw, 0, left]]
+        rest = [] if left is not None and left <= 0 else [[r0, w0, raw, 0, left, world0, workers0]]
         return rest + [list(x) for x in segs[k + 1:]]
-
-    def _load_elastic(self, states: list) -> None:
-        from align.data.stream.resume import load_elastic
-        load_elastic(self, states)
 
     def load_state_dict(self, state) -> None:
         """`state`: this loader's own state, or the list of every rank's (index = rank) from a checkpoint,
-        which may come from another world size, batch size or number of workers (elastic resume)."""
+        which may come from another world size, batch size or number of workers (elastic resume), and
+        whose ranks may be in different epochs."""
         if isinstance(state, list):
             ds = self.dataset
             own = state[ds.rank] if len(state) == ds.world_size else None
@@ -373,7 +202,8 @@ class StreamLoader:
                     and own["batch_size"] == ds.batch_size):
                 state = own                      # same layout: the exact per-worker resume below
             else:
-                self._load_elastic(state)
+                from align.data.stream.resume import load_elastic
+                load_elastic(self, state)
                 return
         self._check_state(state, elastic=False)
         self._reset(state["epoch"])
@@ -384,6 +214,10 @@ class StreamLoader:
         self._done = [bool(x) for x in state["worker_done"]]
         self.skipped = Counter(state.get("skipped", {}))
         self.seen = int(state.get("seen", 0))
+        self._later = [dict(w) for w in state.get("later", [])]
+        if "segments" in state:
+            self._set_segments({"segments": state["segments"], "quota": state["segment_quota0"]})
+            self._seg["quota"] = list(state["segment_quota"])
 
     def _check_state(self, state, elastic: bool) -> None:
         need = {"version", "epoch", "batches", "next_worker", "worker_raw", "worker_batches", "worker_done",
@@ -407,9 +241,31 @@ class StreamLoader:
 
     def _at_epoch_start(self) -> bool:
         return (self.batches == 0 and self._next_worker == 0 and not any(self._raw) and not any(self._wbatches)
-                and not any(self._done))
+                and not any(self._done) and (self._seg is None or self._seg["prog"] == [None] * self.n_logical))
 
-    def _start(self, plan: _Plan):
+    def _plan(self) -> Plan:
+        """The workers' plan from the current position: an ordinary epoch is one segment per worker (its own
+        stream from the raw samples it has read); an elastic rest re-bases each worker's segments."""
+        ds, n = self.dataset, self.n_logical
+        if self._seg is not None:
+            sg = self._seg
+            sg["segs"], sg["prog"] = [self._left(lw) for lw in range(n)], [None] * n
+            return Plan(self.epoch, self._next_worker, list(self._done), [list(x) for x in sg["segs"]],
+                         list(sg["quota"]))
+        segments = [[[ds.rank, lw, self._raw[lw], 0, None, ds.world_size, n]] for lw in range(n)]
+        quota = [None if ds.quota(lw, n) is None else ds.quota(lw, n) - self._wbatches[lw] for lw in range(n)]
+        return Plan(self.epoch, self._next_worker, list(self._done), segments, quota)
+
+    def _next_epoch_plan(self) -> Plan:
+        """The plan of the next epoch from its start (an elastic one if work was planned for it)."""
+        ds, n, e = self.dataset, self.n_logical, self.epoch + 1
+        work = next((w for w in self._later if w["epoch"] == e), None)
+        if work is not None:
+            return Plan(e, 0, [False] * n, [[list(x) for x in w] for w in work["segments"]], list(work["quota"]))
+        return Plan(e, 0, [False] * n, [[[ds.rank, lw, 0, 0, None, ds.world_size, n]] for lw in range(n)],
+                     [ds.quota(lw, n) for lw in range(n)])
+
+    def _start(self, plan: Plan):
         """A DataLoader iterator over `plan` (workers fork here and copy the plan)."""
         self.dataset.plan = plan
         kwargs = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 and self.prefetch_factor else {}
@@ -432,45 +288,18 @@ class StreamLoader:
             self._drain = None
 
     def __iter__(self):
-        n = self.n_logical
-        if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start() and self._seg is None:
+        if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start():
             items = self._ahead[1]
-        elif self._seg is not None:
-            # Elastic: each worker starts from what it has not trained yet (its progress is re-based).
-            sg = self._seg
-            sg["segs"], sg["prog"] = [self._left(lw) for lw in range(n)], [None] * n
-            items = self._start(_Plan(self.epoch, self._next_worker, list(self._raw), list(self._wbatches),
-                                      list(self._done), segments=sg["segs"], streams=sg["streams"],
-                                      quota=list(sg["quota"])))
         else:
-            items = self._start(_Plan(self.epoch, self._next_worker, list(self._raw), list(self._wbatches),
-                                      list(self._done)))
+            items = self._start(self._plan())
         self._ahead = None
         for item in items:
             if self._ahead is None and self.start_next_epoch_early and self.num_workers > 0 and self.batches > 0:
                 self._join_drain()  # never fork while the last epoch's workers are being joined
-                self._ahead = (self.epoch + 1, self._start(_Plan(self.epoch + 1, 0, [0] * n, [0] * n, [False] * n)))
-            if "__error__" in item:
-                raise DataError(item["__error__"])
-            lw = item["__worker__"]
-            self._raw[lw] = item["__raw__"]
-            self.seen += item["__seen__"]
-            self.skipped.update(item["__skipped__"])
-            self._next_worker = (lw + 1) % self.n_logical
-            flush = item.get("__flush__", False)
-            if flush:
-                self._done[lw] = True
-            else:
-                self._wbatches[lw] += 1
-                self.batches += 1
-                if self._seg is not None:
-                    self._seg["prog"][lw] = item["__seg__"]
-                    if self._seg["quota"][lw] is not None:
-                        self._seg["quota"][lw] -= 1
-            err = skip_rate_error(dict(self.skipped), self.seen, self.max_skip_frac)
-            if err is not None:
-                raise err
-            if not flush:
+                self._ahead = (self.epoch + 1, self._start(self._next_epoch_plan()))
+            if ERROR in item:
+                raise DataError(item[ERROR])
+            if self._consume(item):
                 yield unpack_tensors(item)
             elif all(self._done):
                 # Every worker has sent its last item: torch's own end-of-data handling would now join
@@ -479,6 +308,28 @@ class StreamLoader:
                 self._drain.start()
                 break
         self._end_epoch()
+
+    def _consume(self, item: dict) -> bool:
+        """Book one worker item into the position and totals; -> whether it is a batch to hand out."""
+        lw = item[WORKER]
+        self._raw[lw] = item[RAW]
+        self.seen += item[SEEN]
+        self.skipped.update(item[SKIPPED])
+        self._next_worker = (lw + 1) % self.n_logical
+        flush = item.get(FLUSH, False)
+        if flush:
+            self._done[lw] = True
+        else:
+            self._wbatches[lw] += 1
+            self.batches += 1
+            if self._seg is not None:
+                self._seg["prog"][lw] = item[SEG]
+                if self._seg["quota"][lw] is not None:
+                    self._seg["quota"][lw] -= 1
+        err = skip_rate_error(dict(self.skipped), self.seen, self.max_skip_frac)
+        if err is not None:
+            raise err
+        return not flush
 
     def _end_epoch(self) -> None:
         total = sum(self.skipped.values())
@@ -490,6 +341,7 @@ class StreamLoader:
                         "samples_per_epoch: the shards ran out", self.epoch, self.batches, self.dataset.rank,
                         self.num_batches)
         self._reset(self.epoch + 1)
+        self._take_later()
 
 
 def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str, Callable], batch_size: int,
@@ -506,9 +358,9 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     transforms: modality -> callable, run per sample inside the workers:
         "image" PIL RGB -> Tensor[3,H,W]; "audio" (np.float32 wave [T], sr) -> Tensor (fixed shape);
         "text" list[str] -> LongTensor[1,L], called with [caption] and squeezed to [L].
-    modalities: subset of ["image", "text", "audio"]; batch[m] is Tensor[B,...], batch[m + "_mask"]
+    modalities: subset of ["image", "text", "audio"]; batch[m] is Tensor[B,...], batch[mask_key(m)]
         BoolTensor[B] (False: zeros filled in), plus batch["cls"] LongTensor[B] (-1: none),
-        batch["__key__"] list[str] and bookkeeping (`__worker__`, `__raw__`, `__seen__`, `__skipped__`).
+        batch["__key__"] list[str] and bookkeeping (align.data.stream.keys: WORKER, RAW, SEEN, SKIPPED, SEG).
     samples_per_epoch: GLOBAL samples per epoch (over all ranks); each rank
         yields samples_per_epoch // (world_size * batch_size) batches, or fewer
         if the shards run out first (non-resampled).  None: until the shards end.
@@ -554,7 +406,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         if world_size > 1 and samples_per_epoch is None and train:
             log.warning("data: %d ranks without samples_per_epoch may yield different numbers of batches per "
                         "epoch (distributed training then hangs); set data.samples_per_epoch", world_size)
-    dataset = _StreamDataset(
+    dataset = StreamDataset(
         resolved, decoder, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, resampled=resampled,
         shuffle_buffer=shuffle_buffer if train else 0, allow_pipe=allow_pipe, train=train,
         drop_last=train if drop_last is None else drop_last, batches_per_rank=batches_per_rank,

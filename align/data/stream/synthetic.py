@@ -3,6 +3,8 @@ from typing import Optional
 
 import torch
 
+from align.data.stream.keys import mask_key
+
 
 class SyntheticLoader:
     """Synthetic inputs at the towers' sizes (open_clip's --dataset-type synthetic), deterministic per step.
@@ -40,8 +42,9 @@ class SyntheticLoader:
             g = torch.Generator().manual_seed(hash((self.seed, self.rank, self.epoch, b)) & 0x7FFFFFFF)
             idx = torch.randperm(self.batch_size * 4, generator=g)[: self.batch_size]
             batch = {m: x[idx] for m, x in self.pool.items()}
-            batch.update({f"{m}_mask": torch.ones(self.batch_size, dtype=torch.bool) for m in self.pool})
+            batch.update({mask_key(m): torch.ones(self.batch_size, dtype=torch.bool) for m in self.pool})
             self.yielded = b + 1
             self.seen += self.batch_size
             yield batch
-        self.start = 0
+        # at its natural end the loader moves to the next epoch, as StreamLoader does
+        self.epoch, self.start, self.yielded = self.epoch + 1, 0, 0

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import align.data.stream.loader as pipeline
+import align.data.stream.worker as stream_worker
 from align.data.stream.faults import FaultCounter, skip_rate_error
 from align.data.stream.loader import build_train_loader
 from align.errors import DataError
@@ -130,7 +130,7 @@ def test_max_skip_frac_stops_the_run(tmp_path, num_workers):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_everything_skipped_is_an_error_not_a_silent_spin(tmp_path, num_workers, monkeypatch):
-    monkeypatch.setattr(pipeline, "MAX_ALL_SKIPPED", 10)
+    monkeypatch.setattr(stream_worker, "MAX_ALL_SKIPPED", 10)
     root = tmp_path / "d"
     root.mkdir()
     shards = [write_shard(root / f"s{i}.tar", [{"__key__": f"k{i}_{j}", "txt": "only text"} for j in range(12)])

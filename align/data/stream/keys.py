@@ -1,0 +1,24 @@
+"""Named control keys of the batches and items a StreamLoader's workers send (one owner for each string).
+
+A batch dict holds the model inputs {modality: Tensor[B, ...], mask_key(modality): BoolTensor[B],
+"cls": LongTensor[B], KEY: list[str]} plus the bookkeeping below, which StreamLoader consumes in the
+training process (align.data.stream.loader) before it hands the batch out.
+"""
+
+KEY = "__key__"            # list[str]: the samples' keys (a webdataset field, kept in the batch)
+URL = "__url__"            # str: the shard a raw sample came from (a webdataset field)
+WORKER = "__worker__"      # int: the logical worker that built the item
+RAW = "__raw__"            # int: raw samples that worker has read from its (current) stream so far
+SEEN = "__seen__"          # int: raw samples read (+ unreadable shards) since the worker's last item
+SKIPPED = "__skipped__"    # dict reason -> count: samples/shards skipped since the worker's last item
+SEG = "__seg__"            # (segment index, raw, taken): elastic position of the item's last sample
+FLUSH = "__flush__"        # True: the worker's last item (no batch; carries its final counts)
+ERROR = "__error__"        # str: a DataError raised in the worker, re-raised as one line by the loader
+PACKED = "__packed__"      # (uint8 buffer, layout): the batch's tensors packed for the trip from a worker
+AUG = "__aug__"            # int (per decoded sample): the seed of its augmentation stages
+SEED = "__seed__"          # int (per decoded sample): the seed of its towers' own random transforms
+
+
+def mask_key(modality: str) -> str:
+    """The key of batch[modality]'s presence mask, BoolTensor[B] (False: zeros filled in)."""
+    return f"{modality}_mask"

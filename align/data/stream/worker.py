@@ -1,0 +1,208 @@
+"""The per-worker half of the streaming loader: ONE decode loop for every stream (align.data.stream.loader).
+
+A worker reads its plan's segments in order (an ordinary epoch: one segment per worker, its own stream; the
+rest of an elastically resumed epoch: pieces of the checkpoint's streams, align.data.stream.resume):
+
+    stream (r0, w0) of the epoch: shards split by rank then worker, mixed and shuffle-buffered (seeded)
+      -> pass the first `raw` samples undecoded (read before the checkpoint; faults muted)
+      -> decode and drop `skip` good samples (another reader trains on them; faults muted)
+      -> decode + augment + transforms `take` good samples (broken ones counted and skipped), seeded per
+         sample by (seed, epoch, shard URL, key) only (align.data.stream.decode), never by the layout
+      -> batches of `batch_size`, each with its bookkeeping (align.data.stream.keys)
+
+then one flush item with its last counts.  A worker whose first MAX_ALL_SKIPPED samples were all skipped
+stops with one DataError line, in both cases.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from align.data.stream.decode import SampleDecoder
+from align.data.stream.faults import FaultCounter, SkipSample
+from align.data.stream.keys import ERROR, FLUSH, KEY, RAW, SEEN, SEG, SKIPPED, URL, WORKER
+from align.data.stream.pack import pack_tensors
+from align.data.stream.sources import (
+    ResolvedSource, epoch_shards, mix_streams, resampled_shards, rng_for, samples_from_shards, split_shards,
+)
+from align.errors import DataError
+
+# A worker that has read this many raw samples without a single usable one stops with DataError
+# (otherwise a wrong modality list or a broken transform would spin through the data silently).
+MAX_ALL_SKIPPED = 1000
+
+
+@dataclass
+class Plan:
+    """What each logical worker reads: copied into the dataset before workers fork."""
+
+    epoch: int
+    next_worker: int
+    done: list[bool]
+    # Per logical worker: its segments (align.data.stream.resume: [r0, w0, raw, skip, take, world0, workers0]),
+    # read in order, and the batches still due from it (None: to the end of its segments).
+    segments: list[list[list]]
+    quota: list[int | None]
+
+
+@dataclass
+class Run:
+    """One worker's counters while it reads its segments."""
+
+    faults: FaultCounter = field(default_factory=FaultCounter)
+    pending: list = field(default_factory=list)   # decoded samples of the next batch
+    seen: int = 0            # raw samples read since the last item sent
+    read: int = 0            # raw samples decoded by this worker (for the all-skipped guard)
+    good: int = 0            # ... of which usable
+    out: int = 0             # raw samples read from the current segment's stream
+    taken: int = 0           # good samples batched from the current segment
+    k: int = -1              # the current segment's index
+    batches: int = 0         # batches sent
+    reasons: Counter = field(default_factory=Counter)
+
+
+class StreamDataset(IterableDataset):
+    """The per-worker stream (see module docstring); yields batch dicts and control items."""
+
+    def __init__(self, sources: list[ResolvedSource], decoder: SampleDecoder, *, batch_size: int, rank: int,
+                 world_size: int, seed: int, resampled: bool, shuffle_buffer: int, allow_pipe: bool,
+                 train: bool, drop_last: bool, batches_per_rank: int | None, retry_budget_s: float):
+        super().__init__()
+        self.sources = sources
+        self.decoder = decoder
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed = seed
+        self.resampled = resampled
+        self.shuffle_buffer = shuffle_buffer
+        self.allow_pipe = allow_pipe
+        self.retry_budget_s = retry_budget_s
+        self.train = train
+        self.drop_last = drop_last
+        self.batches_per_rank = batches_per_rank
+        self.plan: Plan | None = None
+
+    def quota(self, lw: int, n: int) -> int | None:
+        """Batches logical worker `lw` of `n` yields per epoch (None: until the data ends)."""
+        if self.batches_per_rank is None:
+            return None
+        per, extra = divmod(self.batches_per_rank, n)
+        return per + (1 if lw < extra else 0)
+
+    def raw_stream(self, lw: int, n: int, epoch: int, faults: FaultCounter, rank: int | None = None,
+                   world_size: int | None = None):
+        """Undecoded samples of logical worker `lw` of `n` of `rank` (default: this rank), in their final
+        (shuffled) order."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        streams = []
+        for si, src in enumerate(self.sources):
+            if self.resampled:
+                urls = resampled_shards(src.urls, rng_for("resample", self.seed, epoch, rank, lw, si))
+            else:
+                order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
+                urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
+            streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
+                                               infinite=self.resampled, name=src.name,
+                                               retry_budget_s=self.retry_budget_s))
+        if len(streams) == 1:
+            stream = streams[0]
+        else:
+            stream = mix_streams(streams, [s.weight for s in self.sources],
+                                 rng_for("mix", self.seed, epoch, rank, lw))
+        if self.train and self.shuffle_buffer > 1:
+            import webdataset as wds
+
+            rng = rng_for("shuffle", self.seed, epoch, rank, lw)
+            stream = wds.shuffle(self.shuffle_buffer, min(100, self.shuffle_buffer), rng=rng)(iter(stream))
+        return iter(stream)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n = (0, 1) if info is None else (info.id, info.num_workers)
+        plan = self.plan
+        if plan is None or len(plan.done) != n:
+            raise RuntimeError("iterate the dataset through StreamLoader, which sets its plan")
+        lw = (worker + plan.next_worker) % n
+        try:
+            yield from self._stream(lw, plan)
+        except DataError as exn:
+            # Shipped as an item so the main process raises one clean line, not a worker traceback.
+            yield {ERROR: str(exn), WORKER: lw}
+
+    def _stream(self, lw: int, plan: Plan):
+        """The one decode loop (an ordinary epoch is one segment per worker; an elastic rest several):
+        logical worker `lw`'s segments in order, as batches, then a flush item with its last counts."""
+        if plan.done[lw]:
+            return
+        run, quota = Run(), plan.quota[lw]
+        for run.k, seg in enumerate(plan.segments[lw]):
+            if quota is not None and run.batches >= quota:
+                break
+            yield from self._read_segment(seg, lw, plan.epoch, run, quota)
+        if run.pending and not self.drop_last:
+            yield self._emit(run, lw)
+        delta, extra = run.faults.take_delta()
+        yield {FLUSH: True, WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta}
+
+    def _read_segment(self, seg: list, lw: int, epoch: int, run: Run, quota: int | None):
+        """Segment `run.k` = [r0, w0, raw, skip, take, world0, workers0] of `lw`: pass `raw` samples of stream
+        (r0, w0) undecoded, decode and drop `skip` good ones, then batch `take` good ones (None: all)."""
+        r0, w0, raw, skip, take, world0, workers0 = seg
+        faults = run.faults
+        it = self.raw_stream(w0, workers0, epoch, faults, rank=r0, world_size=world0)
+        # Faults before the checkpoint, or in the part another reader trains on, were or are counted there.
+        faults.muted = True
+        for run.out in range(1, raw + 1):
+            if next(it, None) is None:
+                raise DataError(f"resume: stream {r0}/{w0} of epoch {epoch} ended after {run.out - 1} of the {raw} "
+                                f"samples the checkpoint says were read; the shards changed since the checkpoint")
+        run.out, got = raw, 0
+        while got < skip:
+            sample = next(it, None)
+            if sample is None:
+                break
+            run.out += 1
+            got += self._decode(sample, epoch, run) is not None
+        faults.muted, run.taken = False, 0
+        while (take is None or run.taken < take) and (quota is None or run.batches < quota):
+            sample = next(it, None)
+            if sample is None:
+                break
+            run.out += 1
+            run.seen += 1
+            decoded = self._decode(sample, epoch, run)
+            if decoded is not None:
+                run.pending.append(decoded)
+                run.taken += 1
+            if len(run.pending) == self.batch_size:
+                yield self._emit(run, lw)
+                run.batches += 1
+
+    def _decode(self, sample: dict, epoch: int, run: Run) -> dict | None:
+        """One sample decoded (None: skipped and counted); stops a worker whose every sample is skipped."""
+        run.read += 1
+        try:
+            # restore_rng in the training process (0 workers): never reseed the training's own RNGs
+            decoded = self.decoder(sample, epoch, restore_rng=get_worker_info() is None)
+            run.good += 1
+            return decoded
+        except SkipSample as exn:
+            run.faults.record(exn.reason, f"sample {sample[KEY]} in {sample[URL]}", exn.detail)
+            run.reasons[exn.reason] += 1
+            if run.good == 0 and run.read >= MAX_ALL_SKIPPED:
+                top = ", ".join(f"{r} ({c})" for r, c in run.reasons.most_common(3))
+                raise DataError(f"the first {run.read} samples read from {self.sources[0].name} were all "
+                                f"skipped ({top}); check data.modalities and the transforms") from None
+            return None
+
+    def _emit(self, run: Run, lw: int) -> dict:
+        batch = self.decoder.collate(run.pending)
+        if get_worker_info() is not None:
+            batch = pack_tensors(batch)
+        delta, extra = run.faults.take_delta()
+        batch.update({WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta, SEG: (run.k, run.out, run.taken)})
+        run.pending, run.seen = [], 0
+        return batch
