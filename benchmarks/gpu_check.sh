@@ -4,14 +4,16 @@
 # How to run on a GPU machine (run it first, before anything else):
 #   bash benchmarks/gpu_check.sh [OUTDIR]              # default OUTDIR ./gpu_check_out; on the device: "$OUT"
 #   bash benchmarks/gpu_check.sh --dry-run [OUTDIR]    # CPU, tiny sizes, every step (what the test runs)
-# Python: $PYTHON (default python3) must import torch and align's dependencies, with this checkout first on
-# PYTHONPATH (the script puts it there). On a machine without network (the lent H200 has torch, accelerate,
-# numpy, pillow, pyyaml, safetensors, pandas, pyarrow, scipy, timm ... but not open_clip_torch, webdataset,
-# braceexpand, faiss-cpu, clip-benchmark, ftfy), carry the missing ones as wheels and install them with
-# `pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site` first.
+# Python: $PYTHON (default python3) must import torch and align's dependencies; the script puts this checkout
+# first on PYTHONPATH. The lent H200 (no network) lacks ~24 MB of them: here, `bash benchmarks/gpu_check_wheels.sh`
+# puts them in .whl/; then one device call with carry [".whl"] and timeout_s 600:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#     .whl/*.whl && export PYTHONPATH=/tmp/site && PYTHON=python3 bash benchmarks/gpu_check.sh "$OUT"
+# and put the figures of $OUT/gpu_check.md into benchmarks/RESULTS.md with the machine and this command.
 # open_clip_train (the baseline) runs from $OPENCLIP_PYTHON, else .bench_env/bin/python
 # (tools/make_openclip_env.sh), else $PYTHON when that imports open_clip_train.main (open_clip_torch ships
-# it; its synthetic data needs no old webdataset); $OPENCLIP_PYTHONPATH is its PYTHONPATH. Without it the
+# it; its synthetic data needs no old webdataset); $OPENCLIP_PYTHONPATH is its PYTHONPATH (default: none
+# for a separate python, $PYTHONPATH when it is $PYTHON). Without it the
 # output says so and align is still measured. Scratch files go to $GPU_CHECK_WORK (default
 # ${TMPDIR:-/tmp}/gpu_check_work, ~1 GB); OUTDIR receives only gpu_check.json, gpu_check.md, gpu_check.log.
 #
@@ -30,7 +32,7 @@ OUTDIR=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg (use --dry-run, OUTDIR)" >&2; exit 2 ;;
     *) OUTDIR="$arg" ;;
   esac
@@ -55,8 +57,9 @@ fi
 # the open_clip_train baseline's python, if any
 OCPY=${OPENCLIP_PYTHON:-}
 if [ -z "$OCPY" ] && [ -x .bench_env/bin/python ]; then OCPY=$PWD/.bench_env/bin/python; fi
-if [ -z "$OCPY" ] && PYTHONPATH=${OPENCLIP_PYTHONPATH:-} "$PY" -c "import open_clip_train.main" >/dev/null 2>&1; then
+if [ -z "$OCPY" ] && PYTHONPATH=${OPENCLIP_PYTHONPATH-$PYTHONPATH} "$PY" -c "import open_clip_train.main" >/dev/null 2>&1; then
   OCPY=$(command -v "$PY")
+  export OPENCLIP_PYTHONPATH=${OPENCLIP_PYTHONPATH-$PYTHONPATH}    # e.g. the wheels' --target dir
 fi
 
 T0=$(date +%s)

@@ -49,7 +49,8 @@ def rows(parts: dict) -> list:
     tp = parts["throughput"]["result"]
     a, u = tp.get("align", {}), tp.get("align_untrimmed", {})
     oc = tp.get("open_clip") if isinstance(tp.get("open_clip"), dict) else {}
-    oc_txt = None if oc else (tp.get("open_clip") or "not run")
+    failed = "open_clip" in (parts["throughput"].get("errors") or {})
+    oc_txt = None if oc else ("failed (see the JSON)" if failed else tp.get("open_clip") or "not run")
     out = [("training samples/s, " + f"{tp.get('model', '?')} {tp.get('precision', '')} batch {tp.get('batch', '?')}",
             _num(a.get("samples_per_s")), oc_txt or _num(oc.get("samples_per_s")), _num(tp.get("ratio"), "{:.2f}×"),
             f"≥ {GOALS['ratio']}×"),
@@ -58,7 +59,7 @@ def rows(parts: dict) -> list:
            ("MFU (counted FLOPs; align untrimmed vs open_clip)", _pct(u.get("mfu")), oc_txt or _pct(oc.get("mfu")),
             "", f"≥ {100 * GOALS['mfu']:.0f} %"),
            ("MFU, align trimmed (FLOPs counted at the trimmed length)", _pct(a.get("mfu")), "", "", ""),
-           ("peak GPU memory (torch max allocated)", _gb(a.get("peak_mem_allocated")),
+           ("peak memory (GPU: torch max allocated; CPU dry run: peak RSS)", _gb(a.get("peak_mem_allocated")),
             oc_txt or _gb(oc.get("peak_mem_allocated")), "", "")]
     mb = parts["maxbatch"]["result"]
     out.append((f"largest batch in {mb.get('cap_gb', '?')} GB, chunked loss ({mb.get('bound', 'not measured')})",
@@ -79,6 +80,13 @@ def rows(parts: dict) -> list:
     return out
 
 
+def _note(part: dict) -> str:
+    """The first line of the part's error, else of its notes (a table cell)."""
+    errs = part.get("errors") or {}
+    text = part.get("error") or "; ".join(f"{k}: {v}" for k, v in errs.items()) or "; ".join(part.get("notes", []))
+    return text.strip().splitlines()[0][:200].replace("|", "/") if text.strip() else ""
+
+
 def markdown(report: dict) -> str:
     env = report["parts"]["env"]["result"]
     head = (f"# GPU check ({report['mode']})\n\n"
@@ -87,8 +95,7 @@ def markdown(report: dict) -> str:
             "| what | align | open_clip_train / CB CLI | ratio | goal |\n|---|---|---|---|---|\n")
     body = "".join(f"| {' | '.join(r)} |\n" for r in rows(report["parts"]))
     status = "\n| part | status | seconds | budget s | note |\n|---|---|---|---|---|\n" + "".join(
-        f"| {n} | {p['status']} | {p.get('seconds', '—')} | {p.get('budget_s', '—')} | "
-        f"{(p.get('error') or '; '.join(p.get('notes', [])) or '').splitlines()[0][:160] if (p.get('error') or p.get('notes')) else ''} |\n"
+        f"| {n} | {p['status']} | {p.get('seconds', '—')} | {p.get('budget_s', '—')} | {_note(p)} |\n"
         for n, p in report["parts"].items())
     return head + body + status
 

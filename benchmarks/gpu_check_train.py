@@ -129,7 +129,9 @@ def run_open_clip(ctx, name: str, timeout: float) -> dict:
            "--log-every-n-steps", "1", "--save-frequency", "0", "--lr", "5e-4", "--warmup", "2",
            "--logs", logs, "--name", "bench", "--seed", "0", "--report-to", ""]
     env = child_env(ctx)
-    env["PYTHONPATH"] = os.environ.get("OPENCLIP_PYTHONPATH", "")    # its own packages, never this checkout's
+    # its own packages: a separate venv must not see ours (webdataset 1.x); gpu_check.sh sets this to
+    # PYTHONPATH when open_clip_train runs from align's python (e.g. wheels installed with --target)
+    env["PYTHONPATH"] = os.environ.get("OPENCLIP_PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(os.cpu_count())
     rc, text, sec = run_cmd(cmd, timeout, env=env, cwd=ctx.work)
     if rc != 0:
