@@ -46,7 +46,7 @@ SIZES = {
     "dry": {"model": TINY_NAME, "batch": 4, "steps": 4, "warmup": 1, "precision": "bf16", "repeats": 1,
             "zs_items": 64, "zs_classes": 4, "zs_px": 32, "zs_batch": 16, "zs_train_batch": 4,
             "ret_n": 64, "ret_dim": 32, "ret_sample": 16,
-            "mb_start": 4, "mb_limit": 64, "mb_cap_gb": 0.4, "mb_step": 4, "chunk": 8},
+            "mb_start": 4, "mb_limit": 32, "mb_cap_gb": 0.4, "mb_step": 4, "chunk": 8},
 }
 CAPTION = "Dummy caption"       # open_clip_train's synthetic caption; align trains on the same text
 TEMPLATES = ["a photo of a {c}.", "a blurry photo of a {c}.", "a close-up photo of a {c}.", "a drawing of a {c}.",

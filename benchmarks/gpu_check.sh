@@ -48,10 +48,15 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 
 if [ "$DRY" = 1 ]; then
   FLAGS=(--dry-run)
-  declare -A BUDGET=([env]=60 [data]=60 [throughput]=300 [maxbatch]=90 [zeroshot]=240 [retrieval]=60)
+  declare -A BUDGET=([env]=60 [data]=60 [throughput]=300 [maxbatch]=150 [zeroshot]=240 [retrieval]=60)
 else
   FLAGS=()
   declare -A BUDGET=([env]=25 [data]=45 [throughput]=150 [maxbatch]=75 [zeroshot]=120 [retrieval]=40)
+fi
+
+if [ "$DRY" = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+  echo "gpu_check.sh: $PY sees no CUDA device (or no torch): these are GPU figures; use --dry-run on CPU" >&2
+  exit 2
 fi
 
 # the open_clip_train baseline's python, if any

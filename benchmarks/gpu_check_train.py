@@ -27,15 +27,18 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 from gpu_check import CAPTION, child_env, run_cmd  # noqa: E402
 
-# Runs open_clip_train's main() in-process, then prints torch's peak memory (argv: CONFIG_JSON_OR_'' ARGS...).
+# Runs open_clip_train's main() in-process, then prints torch's peak memory, on CPU the peak RSS
+# (argv: CONFIG_JSON_OR_'' ARGS...).
 OC_WRAPPER = (
     "import sys, torch\n"
     "if sys.argv[1]:\n"
     "    import open_clip; open_clip.add_model_config(sys.argv[1])\n"
     "from open_clip_train.main import main\n"
     "main(sys.argv[2:])\n"
+    "import resource\n"
     "cuda = torch.cuda.is_available()\n"
-    "print('GPU_CHECK_PEAK', torch.cuda.max_memory_allocated() if cuda else -1,"
+    "print('GPU_CHECK_PEAK', torch.cuda.max_memory_allocated() if cuda else"
+    " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,"   # CPU: peak RSS, as align's child
     " torch.cuda.max_memory_reserved() if cuda else -1, flush=True)\n")
 
 
