@@ -37,6 +37,11 @@ def _req_name(req: str) -> str:
     return _norm(re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0])
 
 
+# first-party modules besides align and tests: the benchmark scripts, which import each other (and the
+# GPU check's test imports them) with benchmarks/ on sys.path
+SCRIPTS = {f[:-3] for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")}
+
+
 def _imports(folder: str) -> dict:
     """Top-level third-party modules imported anywhere under folder (module and function level) -> a file."""
     out = {}
@@ -54,7 +59,7 @@ def _imports(folder: str) -> dict:
                     continue
                 for n in names:
                     top = n.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in ("align", "tests"):
+                    if top not in sys.stdlib_module_names and top not in ("align", "tests") and top not in SCRIPTS:
                         out.setdefault(top, os.path.relpath(path, ROOT))
     return out
 
