@@ -144,6 +144,23 @@ class _GlobalRngs:
         return False
 
 
+def rng_preserving(items):
+    """Run generator `items` with the global RNG states put back before each of its items is handed out:
+    in the training process (0 workers) decoding then never shifts the training's own random stream, at
+    the cost of one save/restore per batch rather than per sample (~0.3 ms on a busy CPU)."""
+    while True:
+        saved = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
+        yield item
+
+
 def _takes_generator(fn) -> bool:
     try:
         return "generator" in inspect.signature(fn).parameters

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from align.data.stream.decode import SampleDecoder
+from align.data.stream.decode import SampleDecoder, rng_preserving
 from align.data.stream.faults import FaultCounter, SkipSample
 from align.data.stream.keys import ERROR, FLUSH, KEY, RAW, SEEN, SEG, SKIPPED, URL, WORKER
 from align.data.stream.pack import pack_tensors
@@ -127,7 +127,8 @@ class StreamDataset(IterableDataset):
             raise RuntimeError("iterate the dataset through StreamLoader, which sets its plan")
         lw = (worker + plan.next_worker) % n
         try:
-            yield from self._stream(lw, plan)
+            # in the training process (0 workers) the per-sample reseeds must not touch its own RNG stream
+            yield from (self._stream(lw, plan) if info is not None else rng_preserving(self._stream(lw, plan)))
         except DataError as exn:
             # Shipped as an item so the main process raises one clean line, not a worker traceback.
             yield {ERROR: str(exn), WORKER: lw}
@@ -185,8 +186,7 @@ class StreamDataset(IterableDataset):
         """One sample decoded (None: skipped and counted); stops a worker whose every sample is skipped."""
         run.read += 1
         try:
-            # restore_rng in the training process (0 workers): never reseed the training's own RNGs
-            decoded = self.decoder(sample, epoch, restore_rng=get_worker_info() is None)
+            decoded = self.decoder(sample, epoch)
             run.good += 1
             return decoded
         except SkipSample as exn:
