@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 
 from align.errors import ConfigError
+from align.limits import DataLimits   # data.limits: sizes a shard may claim (the dataclass lives with its checks)
 
 
 def _num(default, *, ge=None, gt=None, le=None, lt=None):
@@ -71,6 +72,7 @@ class DataConfig:
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
     # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.stream.augment (off when unset).
     augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = None
+    limits: DataLimits = field(default_factory=DataLimits)  # e.g. data.limits.max_image_pixels=200000000
 
 
 @dataclass

@@ -1,1 +1,2 @@
-"""Media primitives: audio decode, resample, downmix and FLAC encode. Imports nothing of align but errors."""
+"""Media primitives: image and audio decode (sizes checked against align.limits first), resample, downmix
+and FLAC encode. Imports nothing of align but the base layer (errors, config, limits)."""

@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from align.data.stream.decode import SampleDecoder
 from align.data.stream.faults import FaultCounter, SkipSample, skip_rate_error
-from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S
+from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable
 from align.data.stream.sources import (
     ResolvedSource, SourceSpec, epoch_shards, mix_streams, resampled_shards, resolve_sources, rng_for,
     samples_from_shards, split_shards,
@@ -122,7 +122,7 @@ class _StreamDataset(IterableDataset):
                 urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
                                                infinite=self.resampled, name=src.name,
-                                               retry_budget_s=self.retry_budget_s))
+                                               retry_budget_s=self.retry_budget_s, limits=self.decoder.limits))
         if len(streams) == 1:
             stream = streams[0]
         else:
@@ -153,7 +153,7 @@ class _StreamDataset(IterableDataset):
             yield from (self._stream(lw, n, plan) if plan.segments is None else self._segment_stream(lw, plan))
         except DataError as exn:
             # Shipped as an item so the main process raises one clean line, not a worker traceback.
-            yield {"__error__": str(exn), "__worker__": lw}
+            yield {"__error__": str(exn), "__worker__": lw, "__unavailable__": isinstance(exn, SourceUnavailable)}
 
     def _stream(self, lw: int, n: int, plan: _Plan):
         if plan.done[lw]:
@@ -451,7 +451,7 @@ class StreamLoader:
                 self._join_drain()  # never fork while the last epoch's workers are being joined
                 self._ahead = (self.epoch + 1, self._start(_Plan(self.epoch + 1, 0, [0] * n, [0] * n, [False] * n)))
             if "__error__" in item:
-                raise DataError(item["__error__"])
+                raise (SourceUnavailable if item.get("__unavailable__") else DataError)(item["__error__"])
             lw = item["__worker__"]
             self._raw[lw] = item["__raw__"]
             self.seen += item["__seen__"]
@@ -499,7 +499,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
-                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> StreamLoader:
+                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -519,6 +519,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     augment: an align.data.stream.augment.Augmenter, or its config {modality: [stages]} (training only).
     retry_budget_s: how long an http(s) source may stay unreachable (retried with backoff) before
         the stream stops with SourceUnavailable (align.data.stream.remote).
+    limits: data.limits (align.limits.DataLimits or a mapping; None: the defaults), given to the tar reader
+        and the decoders.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -543,7 +545,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment)
+                            augment=augment, limits=limits)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:
