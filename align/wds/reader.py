@@ -21,8 +21,8 @@ Sizes come from the input, so none is trusted (`align.limits`): a member larger 
 (`member_limit`: by extension, `data.limits`) is stepped over without being read into memory and
 yielded as an `Oversize` marker, so the caller skips that sample under the limit's reason and goes on
 with the next member.  A header whose size runs past the end of a file of known length, or a long-name
-header (GNU `L`, pax `x`) larger than `MAX_NAME_HEADER`, cannot be trusted: that raises
-`tarfile.ReadError` and the caller drops the rest of the shard.
+header (GNU `L`, pax `x`) larger than `MAX_NAME_HEADER`, cannot be trusted: that raises `EOFError` or
+`tarfile.ReadError` before anything is read, and the caller drops the rest of the shard.
 """
 
 from __future__ import annotations
