@@ -79,8 +79,7 @@ def _add_limit_options(s) -> None:
 def _limits(a):
     """The data.limits given as options, over the defaults."""
     import dataclasses
-    from align.limits import DataLimits
-    from align.limits import as_limits
+    from align.limits import DataLimits, as_limits
     return as_limits({f.name: getattr(a, f.name) for f in dataclasses.fields(DataLimits)
                       if getattr(a, f.name, None) is not None})
 
