@@ -141,6 +141,15 @@ def _fix_checksum(header: bytearray) -> None:
     header[148:156] = b"%06o\x00 " % sum(header)
 
 
+def _set_field(data: bytearray, start: int, lo: int, hi: int, value: bytes, fix: bool) -> None:
+    """Bytes lo..hi of the header at `start` := value (cut or NUL-padded); fix: recompute its checksum."""
+    header = bytearray(data[start:start + 512])
+    header[lo:hi] = value[: hi - lo].ljust(hi - lo, b"\x00")
+    if fix:
+        _fix_checksum(header)
+    data[start:start + 512] = header
+
+
 def _extra_member(kind: str, name: str) -> bytes:
     """A whole tar member (header blocks and data) to insert between samples."""
     info = tarfile.TarInfo(name)
@@ -211,11 +220,8 @@ def fuzzed_shards(draw) -> Fuzzed:
             lo, hi = FIELDS[fname]
             extreme = st.sampled_from(_VALUES[fname])
             value = draw(st.one_of(extreme, extreme, extreme, st.binary(min_size=1, max_size=hi - lo)))
-            header = bytearray(data[start:start + 512])
-            header[lo:hi] = value[: hi - lo].ljust(hi - lo, b"\x00")
-            if fname != "chksum" and draw(st.integers(0, 4)) > 0:   # mostly: damage that passes the checksum
-                _fix_checksum(header)
-            data[start:start + 512] = header
+            # mostly: damage that passes the checksum
+            _set_field(data, start, lo, hi, value, fix=fname != "chksum" and draw(st.integers(0, 4)) > 0)
             touch(start)
             edits.append(f"field {fname}")
         elif kind == "claim" and heads:      # a size field that claims more than the archive holds
@@ -223,10 +229,8 @@ def fuzzed_shards(draw) -> Fuzzed:
             if start + 512 > len(data):
                 continue
             size = draw(st.sampled_from([8 ** 11 - 1, 50 << 30, (1 << 88) - 1, 3 << 30, len(data) - start]))
-            header = bytearray(data[start:start + 512])
-            header[124:136] = b"%011o\x00" % size if size < 8 ** 11 else b"\x80" + size.to_bytes(11, "big")
-            _fix_checksum(header)
-            data[start:start + 512] = header
+            _set_field(data, start, 124, 136, b"%011o\x00" % size if size < 8 ** 11 else
+                       b"\x80" + size.to_bytes(11, "big"), fix=True)
             touch(start)
             edits.append("claim size")
         elif kind == "insert":
