@@ -7,7 +7,9 @@
     align bench zeroshot|retrieval|suite ...       benchmarks on FAISS indexes
     align export RUN --out DIR --format ...        open_clip / ONNX export
 
-User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.
+User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.  A remote data
+source that stayed unreachable for data.retry_budget_s ends `align train` with a checkpoint, one line
+`align: source unavailable: URL: ...` and status 75 (EX_TEMPFAIL: rerun the same command to resume).
 """
 import argparse
 import json
@@ -15,7 +17,9 @@ import os
 import sys
 
 from align.config import recipe_header, recipes_dir, resolve_recipe, shipped_recipes
-from align.errors import AlignError
+from align.errors import AlignError, SourceUnavailable
+
+EXIT_SOURCE_UNAVAILABLE = 75   # sysexits.h EX_TEMPFAIL: a temporary failure, worth retrying
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_train(a):
@@ -52,13 +56,32 @@ def cmd_data_shards(a):
                          shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
                          overwrite=a.overwrite, layout=a.layout, classnames=a.classnames, templates=a.templates,
                          val_groups_from=a.val_groups_from, max_skip_frac=a.max_skip_frac,
-                         val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None)
+                         val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None,
+                         limits=_limits(a), follow_links=a.follow_links)
     print(summary_line(stats))
 
 
 def cmd_data_inspect(a):
     from align.data.tools.inspect import inspect_shards
-    inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()])
+    inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()],
+                   limits=_limits(a))
+
+
+def _add_limit_options(s) -> None:
+    """--max-image-pixels N, ...: one option per data.limits field (align.limits.DataLimits)."""
+    import dataclasses
+    from align.limits import DataLimits
+    for f in dataclasses.fields(DataLimits):
+        s.add_argument("--" + f.name.replace("_", "-"), type=float if f.type in (float, "float") else int,
+                       default=None, metavar="N", help=f"data.limits.{f.name} (default {f.default})")
+
+
+def _limits(a):
+    """The data.limits given as options, over the defaults."""
+    import dataclasses
+    from align.limits import DataLimits, as_limits
+    return as_limits({f.name: getattr(a, f.name) for f in dataclasses.fields(DataLimits)
+                      if getattr(a, f.name, None) is not None})
 
 
 def cmd_data_stats(a):
@@ -160,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-skip-frac", type=float, default=None, metavar="F",
                    help="exit non-zero when more than this fraction of rows is skipped (no sample written "
                         "always is an error)")
+    s.add_argument("--follow-links", action="store_true",
+                   help="follow symbolic links that lead out of the input folder (default: skip and count them)")
+    _add_limit_options(s)
     s.set_defaults(fn=cmd_data_shards)
 
     s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
@@ -167,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=3, help="samples to print")
     s.add_argument("--modalities", default="image,text,audio",
                    help="modalities training will request (counts skips as a run with them would)")
+    _add_limit_options(s)
     s.set_defaults(fn=cmd_data_inspect)
 
     s = data.add_parser("stats", help="log-mel mean/std of the audio in shards (for the audio tower's "
@@ -206,6 +233,9 @@ def main(argv=None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.fn(args)
+    except SourceUnavailable as e:
+        print(f"align: source unavailable: {e}", file=sys.stderr)
+        return EXIT_SOURCE_UNAVAILABLE
     except AlignError as e:
         print(f"align: error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import yaml
 
 from align.errors import ConfigError
 from align.shipped import resolve_shipped, shipped_names
+from align.limits import DataLimits   # data.limits: sizes a shard may claim (the dataclass lives with its checks)
 
 
 def _num(default, *, ge=None, gt=None, le=None, lt=None):
@@ -72,6 +73,7 @@ class DataConfig:
     synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
     # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.stream.augment (off when unset).
     augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = None
+    limits: DataLimits = field(default_factory=DataLimits)  # e.g. data.limits.max_image_pixels=200000000
 
 
 @dataclass

@@ -16,3 +16,8 @@ class ConfigError(AlignError):
 
 class DataError(AlignError):
     """A dataset path, shard pattern or sample cannot be used."""
+
+
+class SourceUnavailable(DataError):
+    """A remote data source stayed unreachable for the whole retry budget (align.data.stream.remote).
+    `align train` saves a checkpoint and the CLI exits with status 75 (rerun to resume)."""

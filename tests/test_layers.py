@@ -9,7 +9,7 @@
       |      (data and model do not import each other)
     format   align.media (audio/image primitives)   align.wds (the shard format: imports nothing else from align)
       |
-    base     align (package), align.errors, align.registry, align.templates, align.shipped
+    base     align (package), align.errors, align.registry, align.templates, align.shipped, align.limits
 
 A group may import its own modules and the groups listed for it in ALLOWED, nothing else. `align.config`
 sits at the app layer, not at the base: it checks recipe names against the registries of towers, losses,
@@ -28,7 +28,7 @@ from tests.test_imports import MODULES, _is_pkg, _imports
 
 # group -> package prefixes (a module belongs to the group of its longest matching prefix)
 GROUPS = {
-    "base": ["align", "align.errors", "align.registry", "align.templates", "align.shipped"],
+    "base": ["align", "align.errors", "align.registry", "align.templates", "align.shipped", "align.limits"],
     "wds": ["align.wds"],
     "media": ["align.media"],
     "data": ["align.data"],

@@ -87,3 +87,50 @@ def all_keys(loader) -> list[list[str]]:
 
 def flat(batches: list[list[str]]) -> list[str]:
     return [k for b in batches for k in b]
+
+
+# -- hostile inputs: headers that claim what the bytes do not hold (issue 24) -------------------------------
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid-looking PNG header that claims width x height pixels (a few bytes of pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)   # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def wav_claiming(sample_rate: int, frames: int = 160, channels: int = 1, data: bytes | None = None) -> bytes:
+    """A 16-bit PCM WAV whose header says `sample_rate` and `channels`, holding `frames` frames (or `data`)."""
+    import struct
+
+    body = data if data is not None else (np.arange(frames * channels, dtype=np.int16) % 50).tobytes()
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate & 0xFFFFFFFF,
+                      (sample_rate * channels * 2) & 0xFFFFFFFF, channels * 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(body)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(body)) + body)
+
+
+def float_wav(wave: np.ndarray, sr: int = 16000) -> bytes:
+    """A float32 WAV of `wave` ([T] or [T, C]) as given: NaN and Inf stay."""
+    buf = io.BytesIO()
+    sf.write(buf, wave.astype(np.float32), sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def set_member_size(path, name: str, size: int) -> None:
+    """Rewrite the size field of member `name`'s header in the tar at `path` (checksum fixed): the header
+    then claims `size` bytes whatever the archive holds, as after a flipped bit."""
+    offset = member_offset(path, name) - 512
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        header = bytearray(f.read(512))
+        header[124:136] = (b"%011o\x00" % size) if size < 8 ** 11 else b"\x80" + size.to_bytes(11, "big")
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\x00 " % sum(header)
+        f.seek(offset)
+        f.write(bytes(header))

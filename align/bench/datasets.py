@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
-import io
 import json
 import os
 import tarfile
@@ -43,14 +42,23 @@ from align.templates import Templates, get_templates, load_classnames
 from align.errors import ConfigError, DataError
 from align.registry import Registry
 from align.wds.format import FILE_EXTS, LABEL_EXT, MODALITIES, file_modality, group_samples, pick
-from align.wds.reader import index_members
+from align.wds.reader import Oversize, index_members
+from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
+from align.limits import DEFAULT_LIMITS, MEMBER_TOO_LARGE, LimitExceeded, member_limiter
 
 
 DATASET_TYPES: Registry = Registry("dataset")
 
 
 class SampleError(Exception):
-    """One sample cannot be read or decoded (skipped and counted by the embedder)."""
+    """One sample cannot be read or decoded (skipped and counted by the embedder).
+
+    `reason`: the skip reason training and `align data inspect` count for the same input
+    (align.data.stream.faults), or None for what only a benchmark layout has (a missing file)."""
+
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -61,30 +69,45 @@ class Item:
     media: Dict[str, Any] = field(default_factory=dict)  # modality -> raw handle (see each layout)
 
 
-def decode_image(data: Union[bytes, str]):
-    """bytes or path -> PIL RGB image (as webdataset's "pil" decoder: open, load, convert("RGB"))."""
-    import PIL.Image
-
+def _read_file(path: str) -> bytes:
+    """A media file's bytes, refused before reading when over data.limits.max_member_bytes (default)."""
     try:
-        with (io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")) as f:
-            img = PIL.Image.open(f)
-            img.load()
-            return img.convert("RGB")
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        raise SampleError(f"cannot decode image: {type(e).__name__}: {e}") from None
+        size = os.path.getsize(path)
+        if size > DEFAULT_LIMITS.max_member_bytes:
+            raise SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over the limit of "
+                              f"{DEFAULT_LIMITS.max_member_bytes}", MEMBER_TOO_LARGE)
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise SampleError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def decode_image(data: Union[bytes, str]):
+    """bytes or path -> PIL RGB image (as webdataset's "pil" decoder: open, load, convert("RGB")), with
+    training's decoder and size limits (align.media.image, align.limits defaults)."""
+    from align.media.image import decode_image as decode
+
+    raw = _read_file(data) if isinstance(data, str) else data
+    try:
+        return decode(raw)
+    except LimitExceeded as e:
+        raise SampleError(f"{e.reason}: {e.detail}", e.reason) from None
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...)
+        raise SampleError(f"cannot decode image: {type(e).__name__}: {e}", UNDECODABLE_IMAGE) from None
 
 
 def decode_audio(data: Union[bytes, str]):
-    """bytes or path -> (mono float32 wave [T], sample_rate); channels are averaged."""
-    import soundfile as sf
+    """bytes or path -> (mono float32 wave [T], sample_rate); channels are averaged (training's decoder,
+    align.media.audio, with the default limits: no NaN, sample rate and length checked from the header)."""
+    from align.media.audio import decode_audio as decode
 
+    raw = _read_file(data) if isinstance(data, str) else data
     try:
-        wave, sr = sf.read(io.BytesIO(data) if isinstance(data, bytes) else data, dtype="float32", always_2d=True)
-    except Exception as e:
-        raise SampleError(f"cannot decode audio: {type(e).__name__}: {e}") from None
-    if wave.shape[0] == 0:
-        raise SampleError("audio has no samples")
-    return np.ascontiguousarray(wave.mean(axis=1), dtype=np.float32), int(sr)
+        return decode(raw, name="audio")
+    except LimitExceeded as e:
+        raise SampleError(f"{e.reason}: {e.detail}", e.reason) from None
+    except DataError as e:
+        raise SampleError(f"cannot decode audio: {e}", UNDECODABLE_AUDIO) from None
 
 
 def _file_stat(path: str) -> list:
@@ -140,7 +163,7 @@ class BenchDataset:
             raw = self._raw(item.media[modality])
             return decode_image(raw) if modality == "image" else decode_audio(raw)
         except SampleError as e:
-            raise SampleError(f"{self.name}: sample {item.key!r}: {e}") from None
+            raise SampleError(f"{self.name}: sample {item.key!r}: {e}", e.reason) from None
 
     def _raw(self, handle) -> Union[bytes, str]:
         return handle  # a file path
@@ -163,6 +186,9 @@ class WdsDataset(BenchDataset):
 
     def _raw(self, handle) -> bytes:
         shard, offset, size = handle  # plain (uncompressed) tar: member data is a contiguous byte range
+        if size > DEFAULT_LIMITS.max_member_bytes:
+            raise SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over the limit of "
+                              f"{DEFAULT_LIMITS.max_member_bytes}", MEMBER_TOO_LARGE)
         try:
             with open(shard, "rb") as f:
                 f.seek(offset)
@@ -184,13 +210,18 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
     with f:
         try:
             members = ((name, (shard, offset, size, data)) for name, offset, size, data
-                       in index_members(f, want=lambda n: n.lower().endswith((".cls", ".txt"))))
+                       in index_members(f, want=lambda n: n.lower().endswith((".cls", ".txt")),
+                                              limits=member_limiter(DEFAULT_LIMITS)))
             for sample in group_samples(members, dups.append):
                 it = Item(key=f"{os.path.basename(shard)}:{sample['__key__']}")
                 for modality in ("image", "audio"):
                     ext = pick(sample, modality)
                     if ext is not None:
                         it.media[modality] = sample[ext][:3]
+                big = [ext for ext in (LABEL_EXT, "txt") if isinstance(sample.get(ext, (0,) * 4)[3], Oversize)]
+                if big:   # a caption or label over its limit: never read (align.wds.reader)
+                    problems.append(f"{it.key}: {sample[big[0]][3].reason} ({big[0]}); sample skipped")
+                    continue
                 if LABEL_EXT in sample:
                     raw = sample[LABEL_EXT][3].decode("utf-8", "replace").strip()
                     try:

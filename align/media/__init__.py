@@ -1,3 +1,5 @@
-"""Media primitives. Imports nothing of align but errors.
+"""Media primitives: image and audio decode (sizes checked against align.limits first), resample, downmix
+and FLAC encode. Imports nothing of align but the base layer (errors, limits).
 
-  audio   decode, resample, downmix to mono, FLAC encode"""
+  audio   decode, resample, downmix to mono, FLAC encode
+  image   decode with pixel limits"""

@@ -7,26 +7,38 @@ window), which needs no torchaudio and is exact for rational rate ratios.
 import functools
 import io
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import soundfile
 
 from align.errors import DataError
+from align.limits import DataLimits, LimitExceeded, as_limits, check_audio_header
 
 
-def decode_audio(data: bytes, name: str = "<audio bytes>") -> Tuple[np.ndarray, int]:
+def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[DataLimits] = None,
+                 ) -> Tuple[np.ndarray, int]:
     """Decode WAV/FLAC/OGG/... bytes to (mono float32 wave [T], sample_rate).
 
     Multi-channel audio is mixed down by averaging channels. `name` (a sample
-    key or file path) is only used in the error message.
+    key or file path) is only used in the error message.  The header's frames,
+    sample rate and channels are checked against `limits` (align.limits) before
+    anything is decoded: LimitExceeded past one, DataError for undecodable audio.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DataError(f"{name}: expected audio bytes, got {type(data).__name__}")
+    limits = as_limits(limits)
     try:
-        # [T, C] float32 whatever the file layout, so mixing down is one mean
-        wave, sr = soundfile.read(io.BytesIO(bytes(data)), dtype="float32", always_2d=True)
-    except (RuntimeError, ValueError, TypeError, EOFError) as e:  # LibsndfileError is a RuntimeError
+        with soundfile.SoundFile(io.BytesIO(bytes(data))) as f:
+            try:
+                check_audio_header(f.frames, f.samplerate, f.channels, limits)
+            except LimitExceeded as exn:
+                raise LimitExceeded(exn.reason, f"{name}: {exn.detail}") from None
+            # [T, C] float32 whatever the file layout, so mixing down is one mean; at most f.frames rows
+            wave = f.read(dtype="float32", always_2d=True)
+            sr = f.samplerate
+    except (RuntimeError, ValueError, TypeError, EOFError, OverflowError, MemoryError) as e:
+        # LibsndfileError is a RuntimeError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: cannot decode audio ({len(data)} bytes): {first}") from None
     if wave.shape[0] == 0:
@@ -68,13 +80,23 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     g = math.gcd(int(sr_in), int(sr_out))
     up, down = int(sr_out) // g, int(sr_in) // g  # e.g. 22050 -> 16000: up 320, down 441
     # float64 math, float32 out; resample_poly copies the cached taps before scaling them
-    return resample_poly(wave.astype(np.float64), up, down, axis=-1,
-                         window=_lowpass(up, down)).astype(np.float32)
+    # Common ratios (44.1 kHz -> 16 kHz: 8,821 taps) are designed once and cached; an odd rate (44,101 Hz
+    # -> 16 kHz: 882,021 taps, 7 MB) is designed for this call only, so a stream of odd rates cannot
+    # fill memory with cached filters.
+    taps = _lowpass(up, down) if max(up, down) <= _CACHED_MAX_RATIO else _design(up, down)
+    return resample_poly(wave.astype(np.float64), up, down, axis=-1, window=taps).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=128)
+_CACHED_MAX_RATIO = 2000   # largest of (up, down) whose filter is cached: at most 40,001 taps (320 KB)
+
+
+@functools.lru_cache(maxsize=32)
 def _lowpass(up: int, down: int) -> np.ndarray:
-    """The FIR taps resample_poly designs by default (Kaiser beta 5), designed once per ratio."""
+    return _design(up, down)
+
+
+def _design(up: int, down: int) -> np.ndarray:
+    """The FIR taps resample_poly designs by default (Kaiser beta 5)."""
     from scipy.signal import firwin
 
     max_rate = max(up, down)

@@ -16,6 +16,7 @@ import torch
 from align.train.checkpoint import data_states, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
+from align.data.stream.remote import SourceUnavailable
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train.sharding import full_value, shard_model, unsharded_copy
 from align.data.stream.keys import KEY, mask_key
@@ -50,7 +51,7 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
-        retry_budget_s=r.data.retry_budget_s)
+        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits)
 
 
 def build_trackers(r: Recipe) -> list:
@@ -244,7 +245,12 @@ def train(r: Recipe, progress: bool = True) -> dict:
     while state["step"] < total_steps:
         # -- data -----------------------------------------------------------------------------
         t0 = time.perf_counter()
-        micro = [next_batch() for _ in range(r.train.accum_steps)]
+        try:
+            micro = [next_batch() for _ in range(r.train.accum_steps)]
+        except SourceUnavailable as exn:   # a remote source stayed down for data.retry_budget_s: keep the work
+            state["elapsed_s"] = time.perf_counter() - t_start
+            ckpt = save()
+            raise SourceUnavailable(f"{exn}; saved {ckpt} at step {state['step']}, rerun to resume") from None
         waited = time.perf_counter() - t0
         wait_window += waited
         state["data_wait_s"] += waited

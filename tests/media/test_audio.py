@@ -96,3 +96,47 @@ def test_to_mono_downmixes_channels_first_and_channels_last(layout):
     assert mono.shape == (1000,) and np.allclose(mono, 0.5)
     six = np.tile(t, (6, 1)) * np.arange(1, 7, dtype=np.float32)[:, None]   # 6 channels, channel c = (c+1) t
     assert np.allclose(to_mono(six if layout == "channels_first" else six.T), 3.5 * t)
+# -- header sizes checked before decoding (issue 24) ---------------------------------------------------------
+
+@pytest.mark.parametrize("sr, frames, channels, reason", [
+    (2_147_483_647, 160, 1, "audio sample rate out of range"),   # was: 0.00s@2147483647Hz, then 43 GB to resample
+    (1, 1600, 1, "audio sample rate out of range"),               # was: trained as 1,600 s of audio
+    (16000, 16000 * 601, 1, "audio too long"),
+    (16000, 160, 64, "audio has too many channels"),
+])
+def test_a_header_past_a_limit_is_refused_before_any_sample_is_decoded(monkeypatch, sr, frames, channels, reason):
+    import soundfile
+
+    from align.limits import LimitExceeded
+    from align.media.audio import decode_audio
+    from tests.wds_helpers import wav_claiming
+
+    data = wav_claiming(sr, frames=frames, channels=channels)
+
+    def no_read(*a, **k):
+        raise AssertionError("decoded samples of a refused header")
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", no_read)
+    with pytest.raises(LimitExceeded) as exn:
+        decode_audio(data, name="k1")
+    assert exn.value.reason == reason and "k1" in str(exn.value)
+
+
+def test_limits_are_settable_and_nan_or_empty_audio_is_undecodable():
+    from align.errors import DataError
+    from align.limits import LimitExceeded
+    from align.media.audio import decode_audio
+    from tests.wds_helpers import float_wav, wav_claiming
+
+    data = wav_claiming(16000, frames=16000 * 3)
+    assert decode_audio(data)[0].shape == (48000,)
+    with pytest.raises(LimitExceeded, match="audio too long"):
+        decode_audio(data, limits={"max_audio_seconds": 2})
+    with pytest.raises(LimitExceeded, match="audio too long"):
+        decode_audio(data, limits={"max_audio_samples": 40000})
+    assert decode_audio(wav_claiming(500, frames=50), limits={"min_sample_rate": 100})[1] == 500
+    for wave in (np.array([0.1, np.nan, 0.2]), np.array([[0.0, np.inf]] * 4)):
+        with pytest.raises(DataError, match="NaN or infinite"):
+            decode_audio(float_wav(wave))
+    with pytest.raises(DataError, match="no samples"):
+        decode_audio(wav_claiming(16000, data=b""))

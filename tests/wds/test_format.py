@@ -97,3 +97,52 @@ def test_numbered_shards_roll_over(tmp_path):
     w.close()
     assert w.names == ["0.tar", "1.tar", "2.tar"] and w.sizes == [2, 2, 1]
     assert [n for p in w.paths for n, _ in iter_tar(open(p, "rb"))] == [f"k{i}.txt" for i in range(5)]
+
+
+def test_hostile_member_names_are_keys_never_paths(tmp_path, monkeypatch):
+    """Members named `../x`, `/abs/x`, links to /etc/passwd and devices: inspect, a training epoch and
+    `align bench` read the shard and nothing is written or read outside (issue 24, item 5)."""
+    from align.bench.datasets import open_dataset
+    from align.data.stream.loader import build_train_loader
+    from align.data.tools.inspect import inspect_shards
+    from tests.wds_helpers import TRANSFORMS, jpeg_bytes
+
+    work = tmp_path / "work"
+    shards = work / "ds" / "test"
+    shards.mkdir(parents=True)
+    escape = tmp_path / "escaped"
+    absolute = tmp_path / "abs"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        def add(name, data=b"", kind=tarfile.REGTYPE, link=""):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data)
+            tar.addfile(info, io.BytesIO(data))
+        add("../../../escaped.jpg", jpeg_bytes(1))
+        add("../../../escaped.txt", b"climbed out")
+        add(f"{absolute}/x.jpg", jpeg_bytes(2))
+        add(f"{absolute}/x.txt", b"absolute")
+        add("link.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add("link.txt", kind=tarfile.LNKTYPE, link="../../../escaped.txt")
+        add("dev.jpg", kind=tarfile.CHRTYPE)
+        add("sub/", kind=tarfile.DIRTYPE)
+        add("ok.jpg", jpeg_bytes(3))
+        add("ok.txt", b"fine")
+    (shards / "0.tar").write_bytes(buf.getvalue())
+    (shards / "nshards.txt").write_text("1")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(work)
+    res = inspect_shards(str(shards / "0.tar"), quiet=True, progress=False, modalities=["image", "text"])
+    loader = build_train_loader(str(shards / "0.tar"), transforms=TRANSFORMS, batch_size=2,
+                                modalities=["image", "text"], num_workers=0, drop_last=False, shuffle_buffer=0)
+    keys = sorted(k for b in loader for k in b["__key__"])
+    ds = open_dataset(str(work / "ds"), "wds")
+    for i, it in enumerate(ds.items):
+        for m in it.media:
+            ds.load(i, m)
+    # the names are sample keys (links, devices and directories are not members of a sample) ...
+    assert keys == sorted(["../../../escaped", f"{absolute}/x", "ok"])
+    assert res["skipped"] == {}
+    # ... and nothing was created outside, or inside, by reading
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert not escape.with_suffix(".jpg").exists() and not absolute.exists()

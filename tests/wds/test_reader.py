@@ -208,3 +208,93 @@ def test_a_cut_in_the_next_sample_keeps_the_complete_one_before_it(tmp_path):
     faults = FaultCounter()
     assert [s["__key__"] for s in shard_samples(str(cut), faults)] == ["k0"]
     assert faults.total == {CORRUPT_TAR: 1}
+
+
+# -- sizes from the header are not trusted (issue 24) --------------------------------------------------------
+
+class _NoBigReads(io.BytesIO):
+    """A non-seekable stream that fails the test on any read larger than `most` bytes."""
+
+    def __init__(self, data: bytes, most: int):
+        super().__init__(data)
+        self.most = most
+
+    def read(self, n=-1):
+        assert n is not None and 0 <= n <= self.most, f"read({n}) of a stream holding {len(self.getvalue())} bytes"
+        return super().read(n)
+
+    def seekable(self):
+        return False
+
+
+def _two_sample_shard(tmp_path, claim: int) -> str:
+    from tests.wds_helpers import image_text, set_member_size
+
+    path = write_shard(tmp_path / "s.tar", [image_text("a", 1), image_text("b", 2), image_text("c", 3)])
+    set_member_size(path, "b.jpg", claim)
+    return path
+
+
+@pytest.mark.parametrize("claim", [50 * 2 ** 30, 8 ** 11 - 1, 2 ** 80])   # 50 GB, octal max, base-256
+def test_a_header_claiming_50_gb_drops_the_shard_rest_without_reading_it(tmp_path, claim):
+    """A flipped size field after one good sample: the good sample is kept, the shard counted as corrupt
+    (its rest cannot be trusted) and no read asks for more than the limit (was: MemoryError)."""
+    path = _two_sample_shard(tmp_path, claim)
+    faults = FaultCounter(warn=False)
+    assert [s["__key__"] for s in shard_samples(path, faults)] == ["a"]
+    assert dict(faults.total) == {CORRUPT_TAR: 1}
+    # an unseekable stream of unknown length: stepped over in bounded reads, until the stream ends
+    data = open(path, "rb").read()
+    with pytest.raises(EOFError):
+        list(iter_tar(_NoBigReads(data, most=1 << 20)))
+
+
+def test_a_member_over_its_limit_is_stepped_over_and_the_next_sample_read(tmp_path):
+    from align.limits import JSON_TOO_LARGE, MEMBER_TOO_LARGE, TEXT_TOO_LONG, member_limiter
+    from align.wds.reader import Oversize
+    from tests.wds_helpers import image_text
+
+    big = {"__key__": "big", "jpg": b"\xff" * 5000, "txt": "x" * 300, "json": "[" + "1," * 400 + "1]"}
+    path = write_shard(tmp_path / "s.tar", [image_text("a", 1), big, image_text("c", 3)])
+    limits = member_limiter({"max_member_bytes": 4096, "max_text_bytes": 200, "max_json_bytes": 500})
+    got = dict(iter_tar(open(path, "rb"), limits))
+    assert got["big.jpg"] == Oversize(MEMBER_TOO_LARGE, 5000, 4096)
+    assert got["big.txt"] == Oversize(TEXT_TOO_LONG, 300, 200)
+    assert got["big.json"] == Oversize(JSON_TOO_LARGE, 803, 500)
+    assert got["c.jpg"] == image_text("c", 3)["jpg"]
+    # the same through an unseekable stream: stepped over in reads of at most 1 MiB, the next sample intact
+    members = dict(iter_tar(_NoBigReads(open(path, "rb").read(), most=1 << 20), limits))
+    assert members == got
+
+
+@pytest.mark.parametrize("kind", [b"L", b"x"])
+def test_a_giant_long_name_header_is_damage(tmp_path, kind):
+    """A GNU long-name or pax header claiming 1 GB is not read as a name: the shard's rest is dropped."""
+    from tests.wds_helpers import image_text
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    data = bytearray(buf.getvalue())
+    header = bytearray(512)
+    header[:13] = b"././@LongLink"
+    header[124:136] = b"%011o\x00" % (1 << 30)
+    header[156:157] = kind
+    header[257:265] = b"ustar  \x00"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\x00 " % sum(header)
+    stream = _NoBigReads(bytes(data[:1024]) + bytes(header) + bytes(data[1024:]), most=1 << 20)
+    with pytest.raises(tarfile.ReadError, match="long-name header"):
+        list(iter_tar(stream))
+
+
+def test_the_format_caps_members_without_align_limits_and_names_the_same_reason():
+    # align.wds imports nothing else of align: its default cap and reason mirror align.limits
+    from align import limits
+    from align.wds import reader
+
+    assert reader.MEMBER_TOO_LARGE == limits.MEMBER_TOO_LARGE
+    assert reader.default_member_limit("x.jpg") == (reader.DEFAULT_MAX_MEMBER_BYTES, limits.MEMBER_TOO_LARGE)
+    assert reader.DEFAULT_MAX_MEMBER_BYTES >= limits.DEFAULT_LIMITS.max_member_bytes

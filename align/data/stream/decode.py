@@ -24,24 +24,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from align.limits import DataLimits, LimitExceeded, as_limits
 from align.media.audio import decode_audio
+from align.media.image import decode_image
 from align.data.stream.augment import sample_seed
 from align.data.stream.keys import AUG, KEY, SEED, URL, mask_key
 from align.data.stream.faults import (
-    BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TRANSFORM_FAILED, UNDECODABLE_AUDIO, UNDECODABLE_IMAGE,
-    UNDECODABLE_TEXT, SkipSample,
+    BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TEXT_TOO_LONG, TRANSFORM_FAILED, UNDECODABLE_AUDIO,
+    UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
 )
 from align.errors import DataError
 from align.wds.format import LABEL_EXT, MODALITIES, MODALITY_EXTS, pick
-
-
-def decode_image(data: bytes):
-    """Image bytes -> RGB PIL.Image (fully decoded, so truncation is caught here)."""
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
+from align.wds.reader import Oversize
 
 
 def captions(data: bytes) -> list[str]:
@@ -68,12 +62,19 @@ def present(raw: dict, modalities) -> dict[str, str]:
     return found
 
 
-def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str | None = None) -> dict:
+def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str | None = None,
+               limits: DataLimits | None = None) -> dict:
     """raw sample -> {modality: PIL image | (wave [T], sr) | [caption], "cls": int (-1 = none)}.
 
-    Raises SkipSample(reason) for the first problem found.  caption_seed: pick one caption line at
-    random, seeded by it (training); None picks the first.
+    Raises SkipSample(reason) for the first problem found: first a member over its size limit (an
+    `Oversize` marker from the tar reader, whatever its extension), then too few modalities, then each
+    modality's decoding (sizes from the media headers checked against `limits` before decoding).
+    caption_seed: pick one caption line at random, seeded by it (training); None picks the first.
     """
+    limits = as_limits(limits)
+    for ext, value in raw.items():
+        if isinstance(value, Oversize):
+            raise SkipSample(value.reason, value.describe(ext))
     found = present(raw, modalities)
     if len(found) < min_modalities:
         reason = FEW_MODALITIES if min_modalities == 2 else (
@@ -84,15 +85,22 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
         data = raw[ext]
         if m == "image":
             try:
-                out[m] = decode_image(data)
+                out[m] = decode_image(data, limits)
+            except LimitExceeded as exn:
+                raise SkipSample(exn.reason, f"{ext}: {exn.detail}") from None
             except Exception as exn:
                 raise SkipSample(UNDECODABLE_IMAGE, f"{ext}: {exn!r}") from None
         elif m == "audio":
             try:
-                out[m] = decode_audio(data, name=raw[KEY])
+                out[m] = decode_audio(data, name=raw[KEY], limits=limits)
+            except LimitExceeded as exn:
+                raise SkipSample(exn.reason, exn.detail) from None
             except Exception as exn:
                 raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
         else:
+            if len(data) > limits.max_text_bytes:   # bytes that did not come through the tar reader
+                raise SkipSample(TEXT_TOO_LONG, f"{ext}: {len(data)} bytes, over data.limits.max_text_bytes="
+                                                f"{limits.max_text_bytes}")
             try:
                 lines = captions(data)
             except UnicodeDecodeError as exn:
@@ -178,7 +186,7 @@ class SampleDecoder:
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
-                 seed: int = 0, min_modalities: int = 2, augment=None):
+                 seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -190,6 +198,7 @@ class SampleDecoder:
         self.train = train
         self.seed = seed
         self.min_modalities = min(min_modalities, len(self.modalities))
+        self.limits = as_limits(limits)   # data.limits: also what the shard reader is given (loader)
         self._templates: dict[str, torch.Tensor] = {}
         # align.data.stream.augment.Augmenter (training only): image stages before the image transform, wave
         # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
@@ -210,7 +219,7 @@ class SampleDecoder:
     def _decode(self, raw: dict, epoch: int, seed: int) -> dict:
         url, key = raw.get(URL), raw[KEY]
         caption_seed = f"align:caption:{self.seed}:{epoch}:{url}:{key}" if self.train else None
-        decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed)
+        decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits)
         out = {KEY: key, "cls": decoded.pop("cls"), SEED: seed}
         aug_seed = None
         if self.train and self.augment:

@@ -33,6 +33,11 @@ UNREADABLE_SHARD = "unreadable shard"
 CORRUPT_TAR = "corrupt tar"
 DUPLICATE_FILE = "duplicate file in sample"
 
+# A size claimed by the input past its limit (data.limits): the reasons live with the limits, in the base
+# layer, because the media decoders and the tar reader below this package raise them.
+from align.limits import (AUDIO_BAD_RATE, AUDIO_TOO_LONG, AUDIO_TOO_MANY_CHANNELS, IMAGE_TOO_LARGE,  # noqa: E402,F401
+                          JSON_TOO_LARGE, LIMIT_REASONS, MEMBER_TOO_LARGE, TEXT_TOO_LONG)
+
 # Reasons that concern a whole shard rather than one sample.
 SHARD_REASONS = (MISSING_SHARD, UNREADABLE_SHARD, CORRUPT_TAR)
 

@@ -14,6 +14,7 @@ SKIPPED = "__skipped__"    # dict reason -> count: samples/shards skipped since 
 SEG = "__seg__"            # (segment index, raw, taken): elastic position of the item's last sample
 FLUSH = "__flush__"        # True: the worker's last item (no batch; carries its final counts)
 ERROR = "__error__"        # str: a DataError raised in the worker, re-raised as one line by the loader
+UNAVAILABLE = "__unavailable__"   # bool: that error was SourceUnavailable (its type does not cross processes)
 PACKED = "__packed__"      # (uint8 buffer, layout): the batch's tensors packed for the trip from a worker
 AUG = "__aug__"            # int (per decoded sample): the seed of its augmentation stages
 SEED = "__seed__"          # int (per decoded sample): the seed of its towers' own random transforms

@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader
 
 from align.data.stream.decode import SampleDecoder
 from align.data.stream.faults import skip_rate_error
-from align.data.stream.keys import ERROR, FLUSH, RAW, SEEN, SEG, SKIPPED, WORKER
+from align.data.stream.keys import ERROR, UNAVAILABLE, FLUSH, RAW, SEEN, SEG, SKIPPED, WORKER
 from align.data.stream.pack import unpack_tensors
-from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S
+from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable
 from align.data.stream.sources import SourceSpec, resolve_sources
 from align.data.stream.worker import Plan, StreamDataset
 from align.errors import DataError
@@ -298,7 +298,7 @@ class StreamLoader:
                 self._join_drain()  # never fork while the last epoch's workers are being joined
                 self._ahead = (self.epoch + 1, self._start(self._next_epoch_plan()))
             if ERROR in item:
-                raise DataError(item[ERROR])
+                raise (SourceUnavailable if item.get(UNAVAILABLE) else DataError)(item[ERROR])
             if self._consume(item):
                 yield unpack_tensors(item)
             elif all(self._done):
@@ -351,7 +351,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
-                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> StreamLoader:
+                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -371,6 +371,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     augment: an align.data.stream.augment.Augmenter, or its config {modality: [stages]} (training only).
     retry_budget_s: how long an http(s) source may stay unreachable (retried with backoff) before
         the stream stops with SourceUnavailable (align.data.stream.remote).
+    limits: data.limits (align.limits.DataLimits or a mapping; None: the defaults), given to the tar reader
+        and the decoders.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -395,7 +397,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment)
+                            augment=augment, limits=limits)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 
-from align.errors import DataError
+from align.errors import SourceUnavailable
 
 log = logging.getLogger("align.data")
 
@@ -31,10 +31,6 @@ CONNECT_TIMEOUT_S = 30.0           # per attempt: connect and each read
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-class SourceUnavailable(DataError):
-    """A remote source stayed unreachable for the whole retry budget."""
 
 
 class HttpStatusError(OSError):

@@ -32,6 +32,7 @@ from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable, 
 from align.data.stream.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
 from align.wds.format import group_samples
 from align.wds.reader import iter_tar
+from align.limits import DataLimits, member_limiter
 from align.errors import DataError
 
 log = logging.getLogger("align.data")
@@ -279,14 +280,15 @@ def open_shard(url: str, allow_pipe: bool = False, retry_budget_s: float = DEFAU
 
 
 def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
-                  retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> Iterator[dict]:
+                  retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits: DataLimits | None = None) -> Iterator[dict]:
     """Yield raw samples {"__key__", "__url__", ext: bytes, ...} from one tar shard.
 
     A missing / unopenable shard is counted and yields nothing; a truncated or
     corrupt tar is counted once and yields the complete samples before the
     damage (the sample being read when it broke is dropped with the shard fault,
     see `align.wds.format.group_samples`).  A repeated extension within a sample
-    is counted as a duplicate file and dropped.
+    is counted as a duplicate file and dropped.  A member over its size limit (`limits`, data.limits)
+    is never read: it arrives as an `align.wds.reader.Oversize` marker, which the decoder counts.
     """
     try:
         stream = open_shard(url, allow_pipe=allow_pipe, retry_budget_s=retry_budget_s)
@@ -303,7 +305,7 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
         faults.record(DUPLICATE_FILE, f"file {name} in {url}", "", per_sample=False)
 
     try:
-        for sample in group_samples(iter_tar(stream), duplicate):
+        for sample in group_samples(iter_tar(stream, member_limiter(limits)), duplicate):
             sample["__url__"] = url
             yield sample
     except SourceUnavailable:
@@ -321,7 +323,8 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
 
 def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe: bool = False,
                         infinite: bool = False, name: str = "",
-                        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> Iterator[dict]:
+                        retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+                        limits: DataLimits | None = None) -> Iterator[dict]:
     """Chain the samples of a sequence of shards.
 
     For an infinite (resampled) shard sequence, stop with DataError after
@@ -330,7 +333,8 @@ def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe
     empty = 0
     for url in urls:
         got = False
-        for sample in shard_samples(url, faults, allow_pipe=allow_pipe, retry_budget_s=retry_budget_s):
+        for sample in shard_samples(url, faults, allow_pipe=allow_pipe, retry_budget_s=retry_budget_s,
+                                    limits=limits):
             got = True
             yield sample
         empty = 0 if got else empty + 1

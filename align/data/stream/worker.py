@@ -22,12 +22,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from align.data.stream.decode import SampleDecoder, rng_preserving
 from align.data.stream.faults import FaultCounter, SkipSample
-from align.data.stream.keys import ERROR, FLUSH, KEY, RAW, SEEN, SEG, SKIPPED, URL, WORKER
+from align.data.stream.keys import ERROR, FLUSH, UNAVAILABLE, KEY, RAW, SEEN, SEG, SKIPPED, URL, WORKER
 from align.data.stream.pack import pack_tensors
 from align.data.stream.sources import (
     ResolvedSource, epoch_shards, mix_streams, resampled_shards, rng_for, samples_from_shards, split_shards,
 )
-from align.errors import DataError
+from align.errors import DataError, SourceUnavailable
 
 # A worker that has read this many raw samples without a single usable one stops with DataError
 # (otherwise a wrong modality list or a broken transform would spin through the data silently).
@@ -106,7 +106,7 @@ class StreamDataset(IterableDataset):
                 urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
                                                infinite=self.resampled, name=src.name,
-                                               retry_budget_s=self.retry_budget_s))
+                                               retry_budget_s=self.retry_budget_s, limits=self.decoder.limits))
         if len(streams) == 1:
             stream = streams[0]
         else:
@@ -131,7 +131,7 @@ class StreamDataset(IterableDataset):
             yield from (self._stream(lw, plan) if info is not None else rng_preserving(self._stream(lw, plan)))
         except DataError as exn:
             # Shipped as an item so the main process raises one clean line, not a worker traceback.
-            yield {ERROR: str(exn), WORKER: lw}
+            yield {ERROR: str(exn), WORKER: lw, UNAVAILABLE: isinstance(exn, SourceUnavailable)}
 
     def _stream(self, lw: int, plan: Plan):
         """The one decode loop (an ordinary epoch is one segment per worker; an elastic rest several):

@@ -23,6 +23,7 @@ from align.data.stream.faults import (CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD
                                FaultCounter, SkipSample, format_counts)
 from align.data.stream.sources import shard_samples
 from align.errors import DataError
+from align.limits import as_limits
 from align.data.stream.decode import decode_raw
 from align.wds.format import MODALITIES
 
@@ -69,16 +70,17 @@ def _shown(decoded: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def inspect_shard(path: str, decode: Optional[int] = None, first: Optional[List[dict]] = None,
-                  n_first: int = 0, modalities: Sequence[str] = MODALITIES, min_modalities: int = 2) -> Dict[str, Any]:
+                  n_first: int = 0, modalities: Sequence[str] = MODALITIES, min_modalities: int = 2,
+                  limits=None) -> Dict[str, Any]:
     """Read one shard. decode: how many samples to decode (None = all). Appends up to
-    n_first sample summaries to `first`."""
+    n_first sample summaries to `first`. limits: data.limits (DataLimits or a mapping; None: defaults)."""
     info: Dict[str, Any] = {"path": path, "bytes": os.path.getsize(path), "samples": 0, "seen": 0,
                             "skipped": Counter(), "modalities": Counter(), "layouts": Counter(), "failures": [],
                             "duplicate_keys": 0, "error": None}
     faults = FaultCounter(warn=False, keep=_MAX_FAILURES_LISTED)
     seen_keys = set()
     min_modalities = min(min_modalities, len(modalities))
-    for raw in shard_samples(path, faults):
+    for raw in shard_samples(path, faults, limits=limits):
         info["samples"] += 1
         key = raw["__key__"]
         if key in seen_keys:  # not a fault for training (two samples), but usually a writer's mistake
@@ -91,7 +93,7 @@ def inspect_shard(path: str, decode: Optional[int] = None, first: Optional[List[
             continue
         shown: Dict[str, Any] = {"key": key, "shard": os.path.basename(path)}
         try:
-            shown.update(_shown(decode_raw(raw, modalities, min_modalities)))
+            shown.update(_shown(decode_raw(raw, modalities, min_modalities, limits=limits)))
         except SkipSample as s:
             info["skipped"][s.reason] += 1
             if len(info["failures"]) < _MAX_FAILURES_LISTED:
@@ -130,10 +132,12 @@ def _show(sample: Dict[str, Any]) -> str:
 
 
 def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False, progress: bool = True,
-                   modalities: Sequence[str] = MODALITIES, min_modalities: int = 2) -> Dict[str, Any]:
+                   modalities: Sequence[str] = MODALITIES, min_modalities: int = 2, limits=None) -> Dict[str, Any]:
     """Inspect the shards matching `pattern`; print the first n samples and a summary (unless quiet);
     return per-shard and total counts. `skipped` (by reason) and `seen` are what training with these
-    `modalities` counts. check_all=False decodes only the first n samples (all tars are still read)."""
+    `modalities` counts. check_all=False decodes only the first n samples (all tars are still read).
+    limits: data.limits, as training's (align.limits.DataLimits or a mapping of some of its fields)."""
+    limits = as_limits(limits)
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise DataError(f"modalities {list(modalities)}: each must be one of {', '.join(MODALITIES)}")
@@ -144,7 +148,7 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
     for path in tqdm(paths, unit="shard", desc="inspect", disable=not progress or len(paths) < 2):
         budget = None if check_all else max(0, n - len(first))
         shards.append(inspect_shard(path, decode=budget, first=first, n_first=n, modalities=modalities,
-                                    min_modalities=min_modalities))
+                                    min_modalities=min_modalities, limits=limits))
     mods: Counter = Counter()
     skipped: Counter = Counter({MISSING_SHARD: len(missing)} if missing else {})
     for s in shards:

@@ -30,7 +30,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from align.data.stream.faults import EMPTY_CAPTION, UNDECODABLE_TEXT
 from align.errors import DataError
+from align.limits import DataLimits, MEMBER_TOO_LARGE, TEXT_TOO_LONG, as_limits
 from align.wds.format import MODALITIES, file_modality  # file_modality: folder-of-pairs suffixes
 
 COLUMN_KINDS = (*MODALITIES, "label")   # what an input column can hold
@@ -182,23 +184,45 @@ class TableInput(Input):
         return [r.values.get(col) for r in self._rows]
 
 
+LINK_OUTSIDE = "link out of the input folder"   # a row reason (align data shards --follow-links reads them)
+
+
 class FolderInput(Input):
-    """A folder of pairs matched by relative stem: `a/x.jpg` + `a/x.txt` -> row 'a/x'."""
+    """A folder of pairs matched by relative stem: `a/x.jpg` + `a/x.txt` -> row 'a/x'.
+
+    A linked file that leads out of the folder is not read unless follow_links: its row is skipped and
+    counted as LINK_OUTSIDE (a folder shared by others must not make the shards copy, say,
+    ~/.ssh/id_rsa into a caption); linked folders are entered only with follow_links.
+    """
 
     kind = "folder"
 
-    def __init__(self, root: Path, exclude: Optional[Path] = None):
+    def __init__(self, root: Path, exclude: Optional[Path] = None, follow_links: bool = False):
         super().__init__(str(root), root)
         self.root = root
+        self.follow_links = follow_links
+        real_root = root.resolve()
+        self.outside: set = set()          # relative paths of files reached through a link out of root
         by_stem: Dict[str, Dict[str, List[str]]] = {}
         listing = []
-        for dirpath, dirnames, filenames in os.walk(root):
+        visited = set()
+        # Without follow_links, linked folders are not entered (os.walk's default) and a linked file
+        # outside root is listed but its row skipped; with it, both are read, each folder once.
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_links):
             d = Path(dirpath)
+            if follow_links:
+                real = d.resolve()
+                if real in visited:        # a link loop, or a folder reached twice through links
+                    dirnames[:] = []
+                    continue
+                visited.add(real)
             # Hidden folders and the output folder (when nested inside) are not input.
             dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
                                  and (exclude is None or (d / n).resolve() != exclude))
             for name in sorted(filenames):
                 p = d / name
+                if not follow_links and p.is_symlink() and not _inside(p.resolve(), real_root):
+                    self.outside.add(p.relative_to(root).as_posix())
                 suffix = p.suffix.lower()
                 mod = file_modality(name)
                 if mod is None and suffix != ".json":
@@ -206,7 +230,11 @@ class FolderInput(Input):
                 rel = p.relative_to(root).as_posix()
                 stem = rel[: len(rel) - len(p.suffix)]
                 by_stem.setdefault(stem, {}).setdefault(mod or "json", []).append(rel)
-                listing.append(f"{rel}\t{p.stat().st_size}\n")
+                try:
+                    size = p.stat().st_size
+                except OSError:            # a dangling link: its row says "file not found" when read
+                    size = -1
+                listing.append(f"{rel}\t{size}\n")
         # A stem with only a .json sidecar is not a sample.
         self.groups = [(s, g) for s, g in sorted(by_stem.items()) if set(g) - {"json"}]
         self.columns = [m for m in COLUMN_KINDS if any(m in g for _, g in self.groups)]
@@ -229,10 +257,16 @@ class FolderInput(Input):
                 if len(files) > 1:
                     error = f"{mod}: several files for stem {stem!r} ({', '.join(files)})"
                     reason = f"{mod}: several files"
+                if any(f in self.outside for f in files):
+                    error = f"{mod}: {files[0]} is a link out of the input folder (--follow-links reads it)"
+                    reason = LINK_OUTSIDE
                 # Path (not str) marks a file to read, also for text and label.
                 values[mod] = self.root / files[0] if files else None
             for rel in group.get("json", [])[:1]:
                 values["__sidecar__"] = self.root / rel
+                if rel in self.outside:
+                    error, reason = f"json: {rel} is a link out of the input folder (--follow-links reads it)", \
+                        LINK_OUTSIDE
             yield Row(i, stem, values, error, reason)
 
 
@@ -311,7 +345,12 @@ def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False
     return HFInput(ds, str(path), path)
 
 
-def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] = None) -> Input:
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] = None,
+                follow_links: bool = False) -> Input:
     """Open `input` (path, Hub name or `datasets.Dataset`) as an Input, or raise DataError."""
     import sys
     datasets = sys.modules.get("datasets")  # a Dataset object implies datasets is imported; importing it is slow
@@ -330,7 +369,7 @@ def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] 
     if path.is_dir():
         if is_hf_folder(path):
             return open_hf_folder(path, split)
-        return FolderInput(path, exclude)
+        return FolderInput(path, exclude, follow_links=follow_links)
     text = str(input)
     if path.suffix.lower() in _TABLE_SUFFIXES or not _HUB_NAME.match(text):
         raise DataError(f"input not found: {text}")
@@ -395,11 +434,31 @@ class SkipRow(Exception):
         self.reason, self.detail, self.source = reason, detail, source
 
 
-def read_media(value: Any, base_dir: Path, mod: str) -> Tuple[Any, Optional[str], Optional[str]]:
+def _check_file_size(path: Path, limit: int, reason: str, what: str, shown: str) -> None:
+    """SkipRow(reason) when the file at `path` is larger than `limit` bytes (checked before reading it)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return   # reading it reports the error
+    if size > limit:
+        raise SkipRow(reason, f"{what}: {shown!r} is {size} bytes, over the limit of {limit}", str(path))
+
+
+def _check_bytes(data, limits: DataLimits, mod: str) -> None:
+    if len(data) > limits.max_member_bytes:
+        raise SkipRow(MEMBER_TOO_LARGE, f"{mod}: {len(data)} bytes, over data.limits.max_member_bytes="
+                                        f"{limits.max_member_bytes}")
+
+
+def read_media(value: Any, base_dir: Path, mod: str,
+               limits: Optional[DataLimits] = None) -> Tuple[Any, Optional[str], Optional[str]]:
     """Raw column value -> (payload, shown name, resolved path). payload is bytes,
-    a PIL image, or (array [T] or [T, C], sample_rate) for decoded audio."""
+    a PIL image, or (array [T] or [T, C], sample_rate) for decoded audio.  A file larger than
+    limits.max_member_bytes is not read (SkipRow "member too large")."""
+    limits = as_limits(limits)
     if isinstance(value, dict):  # datasets Image/Audio feature or a parquet struct
         if value.get("bytes"):
+            _check_bytes(value["bytes"], limits, mod)
             return bytes(value["bytes"]), value.get("path") or None, None
         if value.get("array") is not None and mod == "audio":
             sr = value.get("sampling_rate") or value.get("sample_rate")
@@ -410,6 +469,7 @@ def read_media(value: Any, base_dir: Path, mod: str) -> Tuple[Any, Optional[str]
     if is_missing(value):
         raise SkipRow(f"{mod}: missing", f"{mod}: no value")
     if isinstance(value, (bytes, bytearray, memoryview)):
+        _check_bytes(value, limits, mod)
         return bytes(value), None, None
     if mod == "image" and hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
         return value, None, None
@@ -418,6 +478,7 @@ def read_media(value: Any, base_dir: Path, mod: str) -> Tuple[Any, Optional[str]
         if re.match(r"^[a-z][a-z0-9+.-]*://", text):
             raise SkipRow(f"{mod}: URL not supported", f"{mod}: URLs are not read, download first: {text!r}")
         path = Path(value) if Path(value).is_absolute() else base_dir / value
+        _check_file_size(path, limits.max_member_bytes, MEMBER_TOO_LARGE, mod, text)
         try:
             return path.read_bytes(), text, str(path)
         except FileNotFoundError:
@@ -427,10 +488,12 @@ def read_media(value: Any, base_dir: Path, mod: str) -> Tuple[Any, Optional[str]
     raise SkipRow(f"{mod}: unsupported value", f"{mod}: unsupported value of type {type(value).__name__}")
 
 
-def read_captions(value: Any, base_dir: Path) -> List[str]:
-    """A caption string (newline-separated), list of captions, or .txt Path -> captions."""
+def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = None) -> List[str]:
+    """A caption string (newline-separated), list of captions, or .txt Path -> captions.
+    A .txt file over limits.max_text_bytes is not read (SkipRow "caption too long")."""
     if isinstance(value, Path):
         name = value.relative_to(base_dir).as_posix()
+        _check_file_size(value, as_limits(limits).max_text_bytes, TEXT_TOO_LONG, "text", name)
         try:
             value = value.read_bytes()
         except OSError as e:
@@ -439,7 +502,7 @@ def read_captions(value: Any, base_dir: Path) -> List[str]:
         try:
             value = bytes(value).decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise SkipRow("text: not UTF-8", f"text: not UTF-8 ({e.reason} at byte {e.start})") from None
+            raise SkipRow(UNDECODABLE_TEXT, f"text: not UTF-8 ({e.reason} at byte {e.start})") from None
     if is_missing(value):
         items: List[Any] = []
     elif isinstance(value, str):
@@ -450,7 +513,7 @@ def read_captions(value: Any, base_dir: Path) -> List[str]:
         items = [str(value)]
     caps = [c.strip() for c in items if c.strip()]
     if not caps:
-        raise SkipRow("text: empty caption", "text: empty caption")
+        raise SkipRow(EMPTY_CAPTION, "text: empty caption")
     return caps
 
 

@@ -11,8 +11,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from align.media.audio import decode_audio, encode_flac, resample
+from align.media.image import open_image
+from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
 from align.data.write.inputs import SkipRow
 from align.errors import DataError
+from align.limits import LimitExceeded, check_audio_header, check_image_size
 
 RESIZE_MODES = ("keep", "center_crop", "border", "longest")
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -47,7 +50,7 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
     shown = repr(name) if name else "bytes"
     if isinstance(payload, (bytes, bytearray)):
         try:
-            img = Image.open(io.BytesIO(payload))
+            img = open_image(bytes(payload), job.limits)   # pixels checked from the header first
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)  # EXIF orientation; 5-8 swap width and height
             if orientation in (5, 6, 7, 8):
@@ -62,13 +65,19 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
             img.load()
             if orientation != 1:
                 img = ImageOps.exif_transpose(img)
+        except LimitExceeded as e:
+            raise SkipRow(e.reason, f"image: {shown}: {e.detail}") from None
         except UnidentifiedImageError:
-            raise SkipRow("image: cannot decode", f"image: cannot identify image file {shown}") from None
-        except Exception as e:  # PIL plugins raise OSError, ValueError, SyntaxError, DecompressionBombError...
-            raise SkipRow("image: cannot decode", f"image: cannot decode {shown} ({type(e).__name__}: {e})") from None
+            raise SkipRow(UNDECODABLE_IMAGE, f"image: cannot identify image file {shown}") from None
+        except Exception as e:  # PIL plugins raise OSError, ValueError, SyntaxError...
+            raise SkipRow(UNDECODABLE_IMAGE, f"image: cannot decode {shown} ({type(e).__name__}: {e})") from None
     else:
         img = payload
         meta = {"width": img.size[0], "height": img.size[1], "mode": img.mode}
+        try:
+            check_image_size(img.size[0], img.size[1], job.limits)
+        except LimitExceeded as e:
+            raise SkipRow(e.reason, f"image: {shown}: {e.detail}") from None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")  # flatten transparency onto white, not black
         img = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -90,15 +99,21 @@ def encode_audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
     shown = repr(name) if name else "bytes"
     if isinstance(payload, tuple):  # an already decoded datasets Audio array
         wave, sr = payload
+        try:
+            check_audio_header(wave.shape[0], int(sr), wave.shape[1] if wave.ndim == 2 else 1, job.limits)
+        except LimitExceeded as e:
+            raise SkipRow(e.reason, f"audio: {shown}: {e.detail}") from None
         wave = wave.mean(axis=1) if wave.ndim == 2 else wave  # [T, C] -> [T]
         if wave.size == 0:
-            raise SkipRow("audio: empty", f"audio: no samples in {shown}")
+            raise SkipRow(UNDECODABLE_AUDIO, f"audio: no samples in {shown}")
         if not np.isfinite(wave).all():
-            raise SkipRow("audio: cannot decode", f"audio: NaN or infinite samples in {shown}")
+            raise SkipRow(UNDECODABLE_AUDIO, f"audio: NaN or infinite samples in {shown}")
     else:
         try:
-            wave, sr = decode_audio(payload, name=shown)
+            wave, sr = decode_audio(payload, name=shown, limits=job.limits)
+        except LimitExceeded as e:
+            raise SkipRow(e.reason, f"audio: {e.detail}") from None
         except DataError as e:  # names the file and what is wrong
-            raise SkipRow("audio: cannot decode", f"audio: {e}") from None
+            raise SkipRow(UNDECODABLE_AUDIO, f"audio: {e}") from None
     meta = {"duration": round(len(wave) / sr, 6), "sample_rate": int(sr)}
     return encode_flac(resample(wave, int(sr), job.sample_rate), job.sample_rate), meta

@@ -31,6 +31,7 @@ Guarantees:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, encode_audio, en
 from align.data.write.inputs import (COLUMN_KINDS, Row, SkipRow, Input, jsonable, open_input, read_captions,
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
+from align.limits import DataLimits, DEFAULT_LIMITS, JSON_TOO_LARGE, TEXT_TOO_LONG, as_limits
 from align.wds.writer import SampleWriter
 
 LAYOUTS = ("shards", "clip_benchmark")
@@ -82,9 +84,11 @@ class _Job:
     layout: str = "shards"
     indices: Optional[List[int]] = None      # the input rows of this output (None: all), in order
     skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
+    limits: Optional[DataLimits] = None      # data.limits: inputs past them are skipped (align.limits)
 
     def __post_init__(self):
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
+        self.limits = as_limits(self.limits)
 
     @property
     def shard_dir(self) -> Path:
@@ -126,7 +130,7 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
         if value is None and job.inp.kind == "folder":
             raise SkipRow(f"{mod}: missing", f"{mod}: no file for stem {row.key!r}")
         if mod in ("image", "audio"):
-            payload, name, path = read_media(value, base, mod)
+            payload, name, path = read_media(value, base, mod, job.limits)
             try:
                 data, info = (encode_image if mod == "image" else encode_audio)(payload, name, job)
             except SkipRow as s:
@@ -137,13 +141,16 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
                 meta["source"][mod] = name
             meta[mod] = info
         elif mod == "text":
-            caps = read_captions(value, base)
+            caps = read_captions(value, base, job.limits)
             for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
                 try:
-                    caps += read_captions(row.values.get(col), base)
+                    caps += read_captions(row.values.get(col), base, job.limits)
                 except SkipRow:
                     pass
             members["txt"] = "\n".join(caps).encode("utf-8")
+            if len(members["txt"]) > job.limits.max_text_bytes:   # training would skip it: so do we, now
+                raise SkipRow(TEXT_TOO_LONG, f"text: {len(members['txt'])} bytes of captions, over "
+                                             f"data.limits.max_text_bytes={job.limits.max_text_bytes}")
             meta["captions"] = len(caps)
         else:
             label = read_label(value, base)
@@ -170,6 +177,9 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
     sidecar = row.values.get("__sidecar__")
     if sidecar is not None:
         try:
+            if Path(sidecar).stat().st_size > job.limits.max_json_bytes:
+                raise SkipRow(JSON_TOO_LARGE, f"json: sidecar {Path(sidecar).name!r} is over "
+                                              f"data.limits.max_json_bytes={job.limits.max_json_bytes}", str(sidecar))
             obj = json.loads(Path(sidecar).read_text(encoding="utf-8"))
             extra.update(obj if isinstance(obj, dict) else {"json": obj})
         except (OSError, ValueError) as e:
@@ -178,6 +188,9 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
         meta["extra"] = extra
     members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
                                  allow_nan=False).encode("utf-8")
+    if len(members["json"]) > job.limits.max_json_bytes:
+        raise SkipRow(JSON_TOO_LARGE, f"json: the sample's metadata is {len(members['json'])} bytes, over "
+                                      f"data.limits.max_json_bytes={job.limits.max_json_bytes}")
     return members, {m for m in job.columns}
 
 
@@ -342,7 +355,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                  prefix: str = "shard", workers: int = 1, split: Optional[str] = None,
                  progress: bool = True, overwrite: bool = False, layout: str = "shards", classnames=None,
                  templates=None, val_groups_from: Optional[str] = None, val_groups: Optional[List[str]] = None,
-                 max_skip_frac: Optional[float] = None) -> Dict[str, Any]:
+                 max_skip_frac: Optional[float] = None, limits=None, follow_links: bool = False) -> Dict[str, Any]:
     """Write `input` as `out_dir/{prefix}-NNNNNN.tar` shards (or CLIP_benchmark's layout, see the module
     docstring); return the stats (also in out_dir/stats.json) plus `pattern`, a brace pattern of the
     shards. A *_col of None auto-detects the column, False leaves the modality out. String labels
@@ -350,13 +363,16 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     val_groups_from/val_groups: rows of those groups -> out_dir/val (clip_benchmark layout), the rest
     -> out_dir/train; the stats are train's, with val's under "val".
     Raises DataError after writing when no sample was written, or more than max_skip_frac of the
-    rows were skipped."""
+    rows were skipped.  limits: data.limits (align.limits.DataLimits or a mapping): inputs past them are
+    skipped under the reasons training counts.  follow_links: read linked files and folders that lead
+    out of an input folder (default: such rows are skipped as "link out of the input folder")."""
     image_format = _check_options(resize_mode=resize_mode, image_format=image_format, layout=layout,
                                   val_groups_from=val_groups_from, val_groups=val_groups, max_skip_frac=max_skip_frac,
                                   image_size=image_size, image_quality=image_quality, sample_rate=sample_rate,
                                   shard_size=shard_size, workers=workers, prefix=prefix)
     out = Path(out_dir).expanduser()
-    inp = open_input(input, split=split, exclude=out.resolve())
+    limits = as_limits(limits)
+    inp = open_input(input, split=split, exclude=out.resolve(), follow_links=follow_links)
     if inp.kind == "folder" and Path(inp.base_dir).resolve() == out.resolve():
         raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
     more_text = []
@@ -387,13 +403,17 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 "prefix": prefix, "split": split}
     if more_text:
         settings["more_text_cols"] = more_text
+    if limits != DEFAULT_LIMITS:   # only then: the job.json of earlier runs stays valid for resuming
+        settings["limits"] = dataclasses.asdict(limits)
+    if follow_links:
+        settings["follow_links"] = True
     if classnames is not None or eval_set:
         settings.update(classes=classes, templates=tmpl, layout=layout)
     common = dict(inp=inp, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
                   resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
                   sample_rate=sample_rate, more_text_cols=more_text,
                   extra_cols=[c for c in inp.columns if c not in columns.values() and c not in more_text],
-                  classes=classes, string_labels=string_labels)
+                  classes=classes, string_labels=string_labels, limits=limits)
     if val_groups_from is None:
         parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
                            layout=layout, **common))]

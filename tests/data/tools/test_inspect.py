@@ -1,5 +1,6 @@
 """Tests for align.data.tools.inspect.inspect_shards: counts by reason (as training's), corrupt tars, patterns."""
 import io
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -164,3 +165,88 @@ def test_inspect_counts_every_case_as_training_does(tmp_path, modalities):
     else:  # audio-text samples lack the second requested modality
         expected["fewer than 2 modalities"] += 1 + 3
     assert res["skipped"] == expected
+
+
+def _hostile_samples():
+    """The cases of issue 24's table, plus the other limits: (key, members, reason)."""
+    import numpy as np
+
+    from tests.wds_helpers import float_wav, jpeg_bytes, png_claiming, wav_claiming
+    return [
+        ("bomb", {"png": png_claiming(20000, 20000), "txt": b"a bomb"}, "image too large"),
+        ("hugerate", {"wav": wav_claiming(2_147_483_647), "txt": b"a fast one"}, "audio sample rate out of range"),
+        ("onehz", {"wav": wav_claiming(1, frames=1600), "txt": b"a slow one"}, "audio sample rate out of range"),
+        ("manych", {"wav": wav_claiming(16000, channels=40), "txt": b"wide"}, "audio has too many channels"),
+        ("nan", {"wav": float_wav(np.array([0.1, np.nan] * 80)), "txt": b"nan"}, "undecodable audio"),
+        ("longcap", {"jpg": jpeg_bytes(1), "txt": b"x" * (10 << 20)}, "caption too long"),
+        ("bigjson", {"jpg": jpeg_bytes(2), "txt": b"ok", "json": b"[" + b"0," * (1 << 20) + b"0]"},
+         "json too large"),
+    ]
+
+
+def test_limits_count_alike_in_inspect_training_bench_and_shard_writing(tmp_path):
+    """Issue 24's table: each case is skipped under its own reason, the same one in `align data inspect`,
+    a training epoch, `align bench` datasets and `align data shards`; a header claiming 50 GB after one
+    good sample costs the shard's rest (corrupt tar), not a MemoryError."""
+    from align.bench.datasets import SampleError, open_dataset
+    from align.data.stream.loader import build_train_loader
+    from align.data.write.shards import write_shards
+    from tests.wds_helpers import TRANSFORMS, audio_text, image_text, set_member_size
+
+    cases = _hostile_samples()
+    expected = {key: reason for key, _, reason in cases}
+    good = [image_text("g0", 1), audio_text("g1", 2)]
+    root = tmp_path / "cb"
+    (root / "test").mkdir(parents=True)
+    write_shard(root / "test" / "0.tar", good + [dict(m, __key__=k) for k, m, _ in cases])
+    flipped = write_shard(root / "test" / "1.tar", [image_text("g2", 3), image_text("cut", 4), image_text("g3", 5)])
+    set_member_size(flipped, "cut.jpg", 50 * 2 ** 30)
+    (root / "test" / "nshards.txt").write_text("1")
+    pattern = str(root / "test" / "{0..1}.tar")
+    mods = ["image", "text", "audio"]
+
+    res = inspect_shards(pattern, quiet=True, progress=False, modalities=mods)
+    by_key = {f["key"]: f["reason"] for s in res["shards"] for f in s["failures"] if f["reason"] != "corrupt tar"}
+    assert by_key == expected
+    loader = build_train_loader(pattern, transforms=TRANSFORMS, batch_size=2, modalities=mods, num_workers=0,
+                                drop_last=False, shuffle_buffer=0)
+    keys = [k for b in loader for k in b["__key__"]]
+    assert sorted(keys) == ["g0", "g1", "g2"]                    # the good samples, also the one before the flip
+    assert dict(loader.skipped) == res["skipped"]
+    assert res["skipped"] == dict(Counter(expected.values()), **{"corrupt tar": 1})
+
+    bench = open_dataset(str(root), "wds")                         # CLIP_benchmark layout, shard 0
+    reasons = {}
+    for i, it in enumerate(bench.items):
+        for m in it.media:
+            try:
+                bench.load(i, m)
+            except SampleError as e:
+                reasons[it.key.split(":")[1]] = e.reason
+    problems = " ".join(bench.problems)
+    assert "longcap: caption too long" in problems
+    assert reasons == {k: r for k, r in expected.items() if k not in ("longcap", "bigjson")}
+
+    pairs = tmp_path / "pairs"                                     # the same media as input files
+    pairs.mkdir()
+    for key, members, _ in cases:
+        if key != "bigjson":   # a sidecar json is metadata the writer merges, see test_shards
+            for ext, data in members.items():
+                (pairs / f"{key}.{ext}").write_bytes(data)
+    for sub, kind in (("img", "image"), ("aud", "audio")):
+        d = tmp_path / sub
+        d.mkdir()
+        for p in pairs.iterdir():
+            stem = p.name.split(".")[0]
+            has = {q.suffix for q in pairs.glob(stem + ".*")}
+            if (kind == "image") == bool(has & {".png", ".jpg"}):
+                (d / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "img" / "g.jpg").write_bytes(good[0]["jpg"])
+    (tmp_path / "img" / "g.txt").write_text("good")
+    (tmp_path / "aud" / "g.flac").write_bytes(good[1]["flac"])
+    (tmp_path / "aud" / "g.txt").write_text("good")
+    written = {}
+    for sub in ("img", "aud"):
+        st = write_shards(tmp_path / sub, tmp_path / f"out-{sub}", progress=False)
+        written.update(st["by_reason"])
+    assert written == Counter(r for k, r in expected.items() if k != "bigjson")

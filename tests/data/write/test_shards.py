@@ -53,7 +53,7 @@ def test_csv_with_broken_rows_exact_stats_and_skipped(tmp_path):
     out = tmp_path / "out"
     stats = write_shards(csv, out, shard_size=4, progress=False)
     expect = {"written": 6, "skipped": 3, "shards": 3,
-              "by_reason": {"image: cannot decode": 1, "image: file not found": 1, "text: empty caption": 1},
+              "by_reason": {"undecodable image": 1, "image: file not found": 1, "empty caption": 1},
               "modalities": {"image": 6, "text": 6, "audio": 0, "label": 0}}
     assert json.loads((out / "stats.json").read_text()) == expect
     assert stats == dict(expect, pattern=str(out / "shard-{000000..000002}.tar"))
@@ -131,7 +131,7 @@ def test_jsonl_and_parquet_inputs(tmp_path):
              json.dumps({"img": str(tmp_path / "x.jpg"), "captions": "abs path", "cls": 2})]
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     stats = write_shards(tmp_path / "d.jsonl", tmp_path / "o1", progress=False)
-    assert (stats["written"], stats["by_reason"]) == (2, {"row: invalid JSON": 1, "text: empty caption": 1})
+    assert (stats["written"], stats["by_reason"]) == (2, {"row: invalid JSON": 1, "empty caption": 1})
     assert stats["modalities"] == {"image": 2, "text": 2, "audio": 0, "label": 2}
     m = _all_members(tmp_path / "o1")
     assert m["shard-000000-000000.txt"] == b"one\ntwo" and m["shard-000000-000000.cls"] == b"3"
@@ -144,7 +144,7 @@ def test_jsonl_and_parquet_inputs(tmp_path):
     pd.DataFrame({"image": [buf.getvalue(), b"garbage"], "text": [["a", "b"], ["c"]], "label": ["cat", "dog"]}
                  ).to_parquet(tmp_path / "d.parquet")
     stats = write_shards(tmp_path / "d.parquet", tmp_path / "o2", image_format="png", progress=False)
-    assert (stats["written"], stats["by_reason"]) == (1, {"image: cannot decode": 1})
+    assert (stats["written"], stats["by_reason"]) == (1, {"undecodable image": 1})
     m = _all_members(tmp_path / "o2")
     assert set(m) == {"shard-000000-000000.png", "shard-000000-000000.txt", "shard-000000-000000.cls",
                       "shard-000000-000000.json"}

@@ -1,0 +1,118 @@
+"""Input size limits: every size a shard claims is checked here before anything that size is allocated.
+
+Sizes in a shard come from the input (a tar header's member size, an image header's width and height,
+an audio header's frames, sample rate and channels, a caption's or JSON's length), and web-scale dumps
+hold every kind of damage: a flipped bit in a size field, a 48 KB PNG that claims 20000 x 20000
+pixels, a WAV that claims 2,147,483,647 Hz.  The limits (`align.limits.DataLimits`, `data.limits` in a
+recipe, `--max-*` options of `align data shards` / `inspect`) bound what one sample may cost.
+
+Past a limit, `LimitExceeded` is raised with one of the reasons below; every reader (training, inspect,
+`align bench` datasets, `align data shards`) counts the sample under that same reason and goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from align.errors import ConfigError, DataError
+
+
+def _limit(default, **bounds):
+    """A limit field; its bounds are checked when a recipe is loaded (align.config reads this metadata)."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+@dataclass
+class DataLimits:
+    """Sizes a shard may claim (recipe key `data.limits`); past one, the sample is skipped and counted."""
+    max_member_bytes: int = _limit(256 << 20, ge=1)         # any tar member (image, audio, anything)
+    max_image_pixels: int = _limit(89_478_485, ge=1)        # width x height (PIL's decompression-bomb bound)
+    max_audio_seconds: float = _limit(600.0, gt=0)          # frames / sample rate, from the file header
+    max_audio_samples: int = _limit(57_600_000, ge=1)       # frames x channels decoded (float32: 230 MB)
+    max_audio_channels: int = _limit(8, ge=1)
+    min_sample_rate: int = _limit(1000, ge=1)               # Hz
+    max_sample_rate: int = _limit(384_000, ge=1)            # Hz
+    max_text_bytes: int = _limit(65536, ge=1)               # a txt member (one caption per line)
+    max_json_bytes: int = _limit(1 << 20, ge=1)             # a json member
+
+
+# Skip reasons (user-facing; align.data.stream.faults re-exports them with the other reasons).
+MEMBER_TOO_LARGE = "member too large"
+IMAGE_TOO_LARGE = "image too large"
+AUDIO_TOO_LONG = "audio too long"
+AUDIO_BAD_RATE = "audio sample rate out of range"
+AUDIO_TOO_MANY_CHANNELS = "audio has too many channels"
+TEXT_TOO_LONG = "caption too long"
+JSON_TOO_LARGE = "json too large"
+
+LIMIT_REASONS = (MEMBER_TOO_LARGE, IMAGE_TOO_LARGE, AUDIO_TOO_LONG, AUDIO_BAD_RATE, AUDIO_TOO_MANY_CHANNELS,
+                 TEXT_TOO_LONG, JSON_TOO_LARGE)
+
+DEFAULT_LIMITS = DataLimits()
+
+
+class LimitExceeded(DataError):
+    """A size claimed by the input is past its limit; `reason` is one of the constants above."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def as_limits(limits: Any = None) -> DataLimits:
+    """None (the defaults), a DataLimits, or a mapping of some of its fields -> DataLimits."""
+    if limits is None:
+        return DEFAULT_LIMITS
+    if isinstance(limits, DataLimits):
+        return limits
+    if isinstance(limits, dict):
+        names = {f.name for f in dataclasses.fields(DataLimits)}
+        bad = sorted(set(limits) - names)
+        if bad:
+            raise ConfigError(f"data.limits.{bad[0]}: unknown limit; valid: {', '.join(sorted(names))}")
+        return dataclasses.replace(DEFAULT_LIMITS, **{k: v for k, v in limits.items() if v is not None})
+    raise ConfigError(f"data.limits: expected a mapping, got {limits!r}")
+
+
+def member_limit(ext: Optional[str], limits: DataLimits) -> tuple[int, str]:
+    """(bytes, reason): how large a tar member with this (lower-cased) extension may be."""
+    if ext == "txt":
+        return min(limits.max_text_bytes, limits.max_member_bytes), TEXT_TOO_LONG
+    if ext == "json":
+        return min(limits.max_json_bytes, limits.max_member_bytes), JSON_TOO_LARGE
+    return limits.max_member_bytes, MEMBER_TOO_LARGE
+
+
+def member_limiter(limits: Any = None):
+    """name -> (bytes, reason), by the member's last extension (`x.seg.txt` is text): what the tar reader
+    (align.wds.reader, which imports nothing of align) is given."""
+    limits = as_limits(limits)
+
+    def limit(name: str) -> tuple[int, str]:
+        base = name.rsplit("/", 1)[-1]
+        return member_limit(base.rpartition(".")[2].lower() if "." in base else None, limits)
+
+    return limit
+
+
+def check_image_size(width: int, height: int, limits: DataLimits) -> None:
+    if width * height > limits.max_image_pixels:
+        raise LimitExceeded(IMAGE_TOO_LARGE, f"{width}x{height} = {width * height} pixels, over "
+                                             f"data.limits.max_image_pixels={limits.max_image_pixels}")
+
+
+def check_audio_header(frames: int, sample_rate: int, channels: int, limits: DataLimits) -> None:
+    """What an audio file's header claims, before a single sample is decoded."""
+    if not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
+        raise LimitExceeded(AUDIO_BAD_RATE, f"{sample_rate} Hz, outside data.limits.min_sample_rate.."
+                                            f"max_sample_rate ({limits.min_sample_rate}..{limits.max_sample_rate})")
+    if channels > limits.max_audio_channels:
+        raise LimitExceeded(AUDIO_TOO_MANY_CHANNELS, f"{channels} channels, over data.limits.max_audio_channels="
+                                                     f"{limits.max_audio_channels}")
+    if frames / sample_rate > limits.max_audio_seconds:
+        raise LimitExceeded(AUDIO_TOO_LONG, f"{frames / sample_rate:.1f} s, over data.limits.max_audio_seconds="
+                                            f"{limits.max_audio_seconds:g}")
+    if frames * channels > limits.max_audio_samples:
+        raise LimitExceeded(AUDIO_TOO_LONG, f"{frames} frames x {channels} channels, over "
+                                            f"data.limits.max_audio_samples={limits.max_audio_samples}")

@@ -1,0 +1,75 @@
+"""align.data.stream.decode with data.limits: the recipe's limits reach the tar reader and the decoders."""
+from types import SimpleNamespace
+
+from align.config import parse_recipe
+from align.train.loop import build_loader
+from tests.conftest import TINY_OPEN_CLIP
+from tests.wds_helpers import TRANSFORMS, image_text, wav_claiming, write_shard
+
+
+def _loader(tmp_path, limits: dict):
+    """The training stream exactly as `align train` builds it (align.train.loop.build_loader) for a recipe
+    with these data.limits, over one shard of 4 ordinary samples and 3 that only some limits refuse."""
+    samples = [image_text(f"g{i}", i) for i in range(4)] + [
+        dict(image_text("longcap", 9), txt="a caption " * 30),                           # 300 bytes
+        {"__key__": "slowrate", "wav": wav_claiming(4000, frames=400), "txt": "a low rate"},
+        dict(image_text("bigjson", 8), json="[" + "0," * 400 + "0]"),                   # 803 bytes
+    ]
+    write_shard(tmp_path / "s-0.tar", samples)
+    r = parse_recipe({"model": {"open_clip": dict(TINY_OPEN_CLIP)}, "output_dir": str(tmp_path / "run"),
+                      "data": {"train": str(tmp_path / "s-0.tar"), "num_workers": 0, "shuffle_buffer": 0,
+                               "limits": limits},
+                      "train": {"batch_size": 1, "max_steps": 1}})
+    model = SimpleNamespace(transforms=lambda train: TRANSFORMS, modalities=["image", "text", "audio"])
+    return build_loader(r, model, 0, 1, None)
+
+
+def test_recipe_limits_reach_the_reader_and_the_decoders(tmp_path):
+    loader = _loader(tmp_path, {})
+    assert sorted(k for b in loader for k in b["__key__"]) == ["bigjson", "g0", "g1", "g2", "g3", "longcap", "slowrate"]
+    loader = _loader(tmp_path, {"max_text_bytes": 200, "min_sample_rate": 8000, "max_json_bytes": 500})
+    assert sorted(k for b in loader for k in b["__key__"]) == ["g0", "g1", "g2", "g3"]
+    assert dict(loader.skipped) == {"caption too long": 1, "audio sample rate out of range": 1, "json too large": 1}
+
+
+def test_align_train_on_a_folder_with_issue_24s_shard_beside_good_ones_exits_0(tmp_path):
+    """Issue 24's table through `align train` (image, text and audio towers, audio resampled to 16 kHz):
+    a 50 GB size field after a good sample, a 2,147,483,647 Hz and a 1 Hz WAV, a 20000x20000 PNG; the run
+    finishes every step with exit 0 and counts each under its reason (was: MemoryError, or 43 GB asked for)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.wds_helpers import audio_text, png_claiming, set_member_size
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        write_shard(data / f"good-{i}.tar", [image_text(f"i{i}{j}", j) for j in range(4)]
+                    + [audio_text(f"a{i}{j}", j) for j in range(4)])
+    bad = write_shard(data / "bad.tar", [
+        image_text("before", 1),
+        {"__key__": "fast", "wav": wav_claiming(2_147_483_647), "txt": "a fast one"},
+        {"__key__": "slow", "wav": wav_claiming(1, frames=1600), "txt": "a slow one"},
+        {"__key__": "bomb", "png": png_claiming(20000, 20000), "txt": "a bomb"},
+        image_text("flipped", 2), image_text("after", 3)])
+    set_member_size(bad, "flipped.jpg", 50 * 2 ** 30)
+    recipe = {"output_dir": str(tmp_path / "run"), "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP),
+              "towers": {"audio": {"type": "audio_cnn", "clip_seconds": 0.5, "n_mels": 16, "channels": [4, 8]}}},
+              "loss": {"pairs": [["image", "text"], ["audio", "text"]]},
+              "data": {"train": str(data), "num_workers": 0, "shuffle_buffer": 0},
+              # 26 usable samples: an epoch is 6 batches of 4; step 7 starts the next, so the first is all read
+              "train": {"batch_size": 4, "max_steps": 7, "log_every": 1, "num_threads": 1}, "eval": {"every": 0}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    p = subprocess.run([sys.executable, "-m", "align.cli", "train", str(tmp_path / "r.yaml"), "--no-progress"],
+                       cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["steps"] == 7 and "Traceback" not in p.stderr
+    skipped = summary["skipped"]   # the first epoch's counts, and the second's if step 7 read the bad shard
+    assert set(skipped) == {"audio sample rate out of range", "image too large", "corrupt tar"}
+    assert skipped["audio sample rate out of range"] == 2 * skipped["image too large"] == 2 * skipped["corrupt tar"]

@@ -1,0 +1,42 @@
+"""align.media.image: the pixel count is checked from the header, before any pixel is decoded."""
+import io
+
+import pytest
+from PIL import Image
+
+from align.limits import LimitExceeded
+from align.media.image import decode_image
+from tests.wds_helpers import png_claiming
+
+
+def test_a_20000_by_20000_png_is_refused_from_its_header(monkeypatch):
+    data = png_claiming(20000, 20000)
+    assert len(data) < 200
+
+    def no_load(*a, **k):
+        raise AssertionError("decoded the pixels of a refused header")
+
+    monkeypatch.setattr(Image.Image, "load", no_load)
+    with pytest.raises(LimitExceeded) as exn:
+        decode_image(data)
+    assert exn.value.reason == "image too large" and "400000000 pixels" in str(exn.value)
+
+
+def test_the_pixel_limit_is_one_setting_both_ways():
+    """Smaller than PIL's own bound refuses earlier; larger lifts PIL's bound (it would refuse past 2x its own)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "PNG")
+    assert decode_image(buf.getvalue()).size == (64, 64)
+    with pytest.raises(LimitExceeded, match="image too large"):
+        decode_image(buf.getvalue(), {"max_image_pixels": 4095})
+    big = png_claiming(20000, 20000)   # 400 M pixels: PIL's default (89 M, error past 179 M) refuses it
+    with pytest.raises(Exception) as exn:
+        decode_image(big, {"max_image_pixels": 500_000_000})
+    assert not isinstance(exn.value, LimitExceeded)   # allowed by the limit: fails later, on its broken pixel data
+
+
+@pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n", png_claiming(0, 10), png_claiming(8, 8)[:40]])
+def test_empty_zero_size_and_truncated_images_are_errors_not_crashes(data):
+    with pytest.raises(Exception) as exn:
+        decode_image(data)
+    assert not isinstance(exn.value, (MemoryError, LimitExceeded))
