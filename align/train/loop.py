@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from align.train import rundir
 from align.train.checkpoint import data_states, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
@@ -56,7 +57,7 @@ def build_trackers(r: Recipe) -> list:
     """Accelerate trackers: TensorBoard in output_dir/tb always, W&B when train.wandb_project is set.
     They log on the main process only, beside metrics.jsonl (which the loss plot and tests read)."""
     from accelerate.tracking import TensorBoardTracker, WandBTracker
-    trackers = [TensorBoardTracker("tb", r.output_dir)]
+    trackers = [TensorBoardTracker(rundir.TB_DIR, r.output_dir)]
     if r.train.wandb_project:
         try:
             import wandb  # noqa: F401
@@ -71,7 +72,7 @@ def resolve_resume(r: Recipe) -> Optional[str]:
     if r.resume == "none":
         return None
     if r.resume == "auto":
-        found = list_checkpoints(os.path.join(r.output_dir, "checkpoints"))
+        found = list_checkpoints(rundir.checkpoints_dir(r.output_dir))
         return found[-1] if found else None
     return r.resume
 
@@ -167,7 +168,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
 
     # -- resume: everything, including the position in the data stream -----------------------
     os.makedirs(r.output_dir, exist_ok=True)
-    ckpt_dir = os.path.join(r.output_dir, "checkpoints")
+    ckpt_dir = rundir.checkpoints_dir(r.output_dir)
     # Skip counts live in the loader (and its state_dict), not here.
     state = {"step": 0, "epoch": 0, "data": None, "bad_steps_total": 0, "elapsed_s": 0.0, "samples": 0,
              "best": None, "data_wait_s": 0.0}
@@ -189,7 +190,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         load_checkpoint(resume_path, rank=rank, restore_rng=True)
         acc.print(f"resumed from {resume_path} at step {state['step']}")
     if is_main:
-        with open(os.path.join(r.output_dir, "config.yaml"), "w") as f:
+        with open(os.path.join(r.output_dir, rundir.CONFIG), "w") as f:
             import yaml
             yaml.safe_dump(recipe_to_dict(r), f, sort_keys=False)
 
@@ -197,7 +198,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         from align.train.evaluate import check_val_set
         check_val_set(r.data.val, r.eval.tasks, core.modalities, best_metric=r.eval.best_metric)
     acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
-    metrics_f = open(os.path.join(r.output_dir, "metrics.jsonl"), "a") if is_main else None
+    metrics_f = open(os.path.join(r.output_dir, rundir.METRICS), "a") if is_main else None
     if init_row is not None:
         if is_main:
             metrics_f.write(json.dumps(init_row) + "\n")
@@ -234,7 +235,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         st = dict(state, data=loader.state_dict(), scheduler=scheduler.state_dict(), world_size=world,
                   global_batch=global_batch, scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
                   **(extra or {}))
-        return save_checkpoint(ckpt_dir, name or f"step-{state['step']:08d}", sd, optimizer, st, rank=rank,
+        return save_checkpoint(ckpt_dir, name or rundir.step_name(state["step"]), sd, optimizer, st, rank=rank,
                                barrier=acc.wait_for_everyone, rank_state={"data": loader.state_dict()},
                                sharded=(model, optimizer) if fsdp else None)
 
@@ -325,7 +326,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
             metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
             if metric is not None and (state["best"] is None or metric > state["best"]):
                 state["best"] = metric
-                save("best", {"best_metric": r.eval.best_metric})
+                save(rundir.BEST, {"best_metric": r.eval.best_metric})
             model.train()
         if r.train.checkpoint_every and state["step"] % r.train.checkpoint_every == 0:
             state["elapsed_s"] = time.perf_counter() - t_start
@@ -362,7 +363,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
                    "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped),
                    "bad_steps": state["bad_steps_total"], "checkpoint": final, "metrics": results,
                    "world_size": world, "precision": r.train.precision}
-        with open(os.path.join(r.output_dir, "summary.json"), "w") as f:
+        with open(os.path.join(r.output_dir, rundir.SUMMARY), "w") as f:
             json.dump(summary, f, indent=1)
         metrics_f.close()
         if r.train.wandb_project:
@@ -370,7 +371,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         for tracker in acc.trackers:   # not acc.end_training(): that also destroys the process group
             tracker.finish()
-        write_loss_plot(os.path.join(r.output_dir, "metrics.jsonl"), os.path.join(r.output_dir, "loss.png"))
+        write_loss_plot(os.path.join(r.output_dir, rundir.METRICS), os.path.join(r.output_dir, rundir.LOSS_PLOT))
         skipped = sum(loader.skipped.values())
         acc.print(f"trained {state['step']} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {loss_val:.3f}"
                   f", skipped {skipped} samples -> {r.output_dir}")
@@ -387,6 +388,6 @@ def run_val(core: AlignModel, r: Recipe, acc, step: int) -> dict:
     core.eval()
     flat = evaluate_model(core, r.data.val, tasks=r.eval.tasks, batch_size=r.eval.batch_size, progress=False)
     acc.log({f"val/{k}": v for k, v in flat.items()}, step=step)
-    with open(os.path.join(r.output_dir, "eval.jsonl"), "a") as f:
+    with open(os.path.join(r.output_dir, rundir.EVAL), "a") as f:
         f.write(json.dumps({"step": step, **flat}) + "\n")
     return flat
