@@ -3,7 +3,7 @@
 Accelerate is used directly: one process on CPU/GPU, or several through `accelerate launch` (DDP; FSDP2
 with train.sharding: fsdp). `train()` below reads in this order (each part is named in its module):
 
-  1. settings   thread count and determinism for the run                               setup.process_settings
+  1. settings   thread count and determinism for the run, restored when it ends        setup.process_settings
   2. engine     accelerator; model, loss, optimizer, schedule                          setup.build_engine
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
                 then the loader, then the RNG                                          setup.build_loader

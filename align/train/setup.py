@@ -1,6 +1,6 @@
 """Everything the training loop needs before its first step, and the checkpoint it leaves after one.
 
-  process_settings  torch's thread count and determinism flags for the run
+  process_settings  torch's thread count and determinism flags for the run, restored when it ends
   build_accelerator Accelerate (DDP / one process; FSDP through train.sharding), with the trackers
   build_engine      model (init_from, tower temperature), loss, optimizer and schedule, sharded or wrapped
   resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
@@ -25,15 +25,23 @@ from align.train.step import Objective
 
 @contextlib.contextmanager
 def process_settings(tc):
-    """train.num_threads and train.deterministic for the run (process-wide)."""
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if tc.deterministic:
-        # Deterministic kernels (GPU). CPU kernels already are, which is what makes resume bitwise
-        # there. Filling fresh memory is never needed for that and costs ~25% of a small CPU step.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = False
-    yield
+    """train.num_threads and train.deterministic for the run; torch's previous values come back when it ends,
+    normally or by an exception (they are process-wide: a notebook or test that trains must not keep them)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        if tc.deterministic:
+            # Deterministic kernels (GPU). CPU kernels already are, which is what makes resume bitwise
+            # there. Filling fresh memory is never needed for that and costs ~25% of a small CPU step.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[3]
 
 
 def build_accelerator(r: Recipe):
