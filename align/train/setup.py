@@ -18,7 +18,7 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train import rundir
-from align.train.checkpoint import data_states, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from align.train.checkpoint import data_states, load_checkpoint, prune_checkpoints, save_checkpoint
 from align.train.state import TrainState
 from align.train.step import Objective
 
@@ -99,7 +99,7 @@ def resolve_resume(r: Recipe) -> Optional[str]:
     if r.resume == "none":
         return None
     if r.resume == "auto":
-        found = list_checkpoints(rundir.checkpoints_dir(r.output_dir))
+        found = rundir.list_checkpoints(rundir.checkpoints_dir(r.output_dir))
         return found[-1] if found else None
     return r.resume
 

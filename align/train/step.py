@@ -1,14 +1,14 @@
 """One optimizer step: embed -> contrastive loss -> NaN guard -> backward -> clip -> optimizer and schedule ->
-clamp the temperature. The same function runs the three kinds of step:
+clamp the temperature, in one function for every kind of step:
 
-  plain        one micro-batch (train.accum_steps: 1): forward and loss under autocast, then backward;
-  accumulated  k micro-batches (train.accum_steps: k) through GradCache (align.train.gradcache): the loss of
-               the whole k*b batch with every sample a negative, its exact gradient one micro-batch at a time;
-  GradCache    is how every accumulated step runs (plain accumulation would drop the k-1 other micro-batches
-               from each sample's negatives), so "accumulated" and "GradCache" are one path here.
+  plain        train.accum_steps: 1. Forward and loss under autocast, then backward.
+  accumulated  train.accum_steps: k. Always GradCache (align.train.gradcache): the loss of the whole k*b batch,
+               every sample a negative of every other, with its exact gradient computed one micro-batch at a
+               time (plain gradient accumulation would drop the other micro-batches from the negatives).
 
-The loss is backpropagated in one place, `backward_if_finite`, for both paths: a NaN/Inf loss is never
-backpropagated, its step changes no weight and does not count (see align.train.state).
+The loss is backpropagated in one place for both, `backward_if_finite` (GradCache calls it as its
+loss_backward): a NaN/Inf loss is never backpropagated, its step updates nothing and is not counted as a
+step (align.train.state).
 """
 from dataclasses import dataclass, field
 from functools import partial
