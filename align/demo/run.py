@@ -23,7 +23,7 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
     from align.config import load_recipe
     from align.demo.data import build_demo
     from align.train.evaluate import write_report
-    from align.train import train
+    from align.train import rundir, train
 
     t0 = time.perf_counter()
     data_dir = os.path.join(out, "data")
@@ -49,7 +49,7 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
     report_dir = os.path.join(out, "report")
     # Demo captions are per class ("a handwritten seven."), so retrieval is scored by class match.
     results = write_report(model, os.path.join(data_dir, "val"), report_dir, progress=progress, by_class=True)
-    shutil.copy(os.path.join(run_dir, "loss.png"), os.path.join(report_dir, "loss.png"))
+    shutil.copy(os.path.join(run_dir, rundir.LOSS_PLOT), os.path.join(report_dir, rundir.LOSS_PLOT))
     heldout = write_report(model, os.path.join(data_dir, "heldout"), os.path.join(report_dir, "heldout"),
                            progress=progress, by_class=True)
     total = time.perf_counter() - t0

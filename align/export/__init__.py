@@ -75,12 +75,12 @@ def self_contained_recipe(model) -> dict:
 
 def _write_align(model, d: str) -> List[str]:
     from safetensors.torch import save_file
-    from align.api import ALIGN_CONFIG
-    with open(os.path.join(d, ALIGN_CONFIG), "w") as f:
+    from align.train.rundir import EXPORT_CONFIG, EXPORT_WEIGHTS
+    with open(os.path.join(d, EXPORT_CONFIG), "w") as f:
         json.dump(self_contained_recipe(model), f, indent=1)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              os.path.join(d, "align_model.safetensors"))
-    return [ALIGN_CONFIG, "align_model.safetensors"]
+              os.path.join(d, EXPORT_WEIGHTS))
+    return [EXPORT_CONFIG, EXPORT_WEIGHTS]
 
 
 def _verify_align(model, d: str) -> float:

@@ -14,18 +14,9 @@ from typing import List, Optional
 
 import yaml
 
+from align.train.rundir import EVAL, SUMMARY, find_run_dir
+
 RUN_INFO_NAME = "align_run_info.json"   # the facts below, kept so re-exporting an export keeps them
-
-
-def find_run_dir(model_path: str) -> Optional[str]:
-    """The run directory behind a run dir or checkpoint dir (None for an export)."""
-    p = os.path.abspath(model_path)
-    if os.path.isfile(os.path.join(p, "config.yaml")):
-        return p
-    if os.path.isfile(os.path.join(p, "model.safetensors")) or os.path.isdir(os.path.join(p, "dcp")):
-        run = os.path.dirname(os.path.dirname(p))
-        return run if os.path.isfile(os.path.join(run, "config.yaml")) else None
-    return None
 
 
 def _result_jsons(paths: List[str]) -> List[dict]:
@@ -61,13 +52,13 @@ def run_info(model_path: str, reports: Optional[List[str]] = None) -> dict:
     run = find_run_dir(model_path)
     if run:
         info["run_dir"] = run
-        s = os.path.join(run, "summary.json")
+        s = os.path.join(run, SUMMARY)
         if os.path.isfile(s):
             try:
                 info["summary"] = json.load(open(s))
             except ValueError:
                 pass
-        e = os.path.join(run, "eval.jsonl")
+        e = os.path.join(run, EVAL)
         if os.path.isfile(e):
             lines = [l for l in open(e).read().splitlines() if l.strip()]
             try:
@@ -303,12 +294,12 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
                  f"- processes: {s.get('world_size')}, precision {s.get('precision')}" if s.get("world_size") else ""]
         L += [f for f in facts if f] + [""]
     else:
-        L += ["- no run summary found (summary.json)", ""]
+        L += [f"- no run summary found ({SUMMARY})", ""]
     ev, reports = info.get("eval"), info.get("reports") or []
     if ev or reports:
         L += ["## Benchmarks", ""]
         if ev:
-            L += [f"Last evaluation during training (step {ev.get('step')}, eval.jsonl):", "",
+            L += [f"Last evaluation during training (step {ev.get('step')}, {EVAL}):", "",
                   "| metric | value |", "|---|---:|"]
             L += [f"| {k} | {_fmt(v)} |" for k, v in ev.items() if k != "step"] + [""]
         if reports:

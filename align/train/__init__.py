@@ -1,7 +1,13 @@
 """Training: the engine behind `align train`, laid out so that a reader finds each part by name.
 
-  loop        train(recipe): the whole loop on one page, and the per-step function
-  checkpoint  checkpoint files: save (atomic), list, verify, load (safetensors / DCP)
+  loop        train(recipe): the whole loop on one page, in the order of its docstring
+  setup       accelerator, model/loss/optimizer/schedule (the Engine), resume, the loader, saving a checkpoint
+  step        train_step: forward, loss, NaN guard, backward, clip, optimizer and schedule (plain and GradCache)
+  state       TrainState: the counters a checkpoint saves; "step" = optimizer steps taken
+  metrics     RunLogger: metrics.jsonl, trackers, progress bar, eval.jsonl, summary.json and loss.png
+  rundir      the name of every file of a run dir; run / checkpoint / export from a path; is it sharded (DCP)
+  checkpoint  checkpoint files: save (atomic), verify, load (safetensors / DCP)
+  hooks       fault injection for the tests (environment variables; inert otherwise)
   optim       AdamW parameter groups, per-tower lr, layer decay, warmup-cosine schedule
   elastic     the lr schedule by samples seen when the global batch changes on resume
   sharding    FSDP2 wrapping (train.sharding: fsdp)
@@ -14,8 +20,8 @@
 checkpoint (align.train.checkpoint) does not import the loop and its engines.
 """
 
-_LAZY = {"train": "align.train.loop", "resolve_resume": "align.train.loop", "run_val": "align.train.loop",
-         "build_loader": "align.train.loop"}
+_LAZY = {"train": "align.train.loop", "resolve_resume": "align.train.setup", "run_val": "align.train.metrics",
+         "build_loader": "align.train.setup"}
 
 
 def __getattr__(name):

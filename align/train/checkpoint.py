@@ -21,30 +21,22 @@ import json
 import os
 import pickle
 import random
-import re
 import shutil
-import signal
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from align.errors import AlignError
+from align.train import hooks
+from align.train.rundir import (DCP_DIR, DCP_METADATA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
+                                is_checkpoint_dir, is_dcp_store, is_sharded_checkpoint, list_checkpoints, old_name,
+                                rank_file, read_state, rng_file, tmp_name, weights_path)
 
-CKPT_RE = re.compile(r"^step-(\d{8})$")
-MODEL_FILE, DCP_DIR = "model.safetensors", "dcp"
-
-
-def is_checkpoint_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MODEL_FILE)) or os.path.isfile(os.path.join(path, DCP_DIR, ".metadata"))
-
-
-def weights_path(ckpt: str) -> str:
-    """The file (or DCP directory) holding a checkpoint's model weights; `load_weights` reads either."""
-    dcp_dir = os.path.join(ckpt, DCP_DIR)
-    return dcp_dir if os.path.isdir(dcp_dir) and not os.path.isfile(os.path.join(ckpt, MODEL_FILE)) \
-        else os.path.join(ckpt, MODEL_FILE)
+# Names other modules import from here (the file layout itself is align.train.rundir's).
+__all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",
+           "load_dcp_weights", "save_checkpoint", "load_checkpoint", "prune_checkpoints", "data_states"]
 
 
 # -- DCP: metadata read without running code, full weights gathered in one process ------------
@@ -77,7 +69,7 @@ def _safe_reader(path: str):
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
             rank = kwargs.get("rank")
-            name = ".metadata" if rank is None else f"__{rank}.metadata"
+            name = DCP_METADATA if rank is None else f"__{rank}{DCP_METADATA}"
             try:
                 with open(os.path.join(path, name), "rb") as f:
                     meta = _MetadataUnpickler(io.BytesIO(f.read())).load()
@@ -120,7 +112,7 @@ def load_weights(path: str) -> Dict[str, torch.Tensor]:
     """Loads a state dict from safetensors, or from a torch file with weights_only=True."""
     if not os.path.exists(path):
         raise AlignError(f"no such checkpoint: {path}")
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata")):
+    if os.path.isdir(path) and is_dcp_store(path):
         return load_dcp_weights(path)
     if path.endswith(".safetensors"):
         return load_file(path)
@@ -206,7 +198,7 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
     """
     barrier = barrier or (lambda: None)
     final = os.path.join(ckpt_dir, name)
-    tmp = os.path.join(ckpt_dir, f".{name}.tmp")
+    tmp = os.path.join(ckpt_dir, tmp_name(name))
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -218,24 +210,23 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
         msd, osd = get_state_dict(sharded[0], _unwrap_optim(sharded[1]))
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
     elif rank == 0:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, os.path.join(tmp, MODEL_FILE))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, os.path.join(tmp, MODEL))
         if optimizer is not None:
             t, meta = _flatten_optim(optimizer.state_dict())
-            save_file(t, os.path.join(tmp, "optim.safetensors"))
-            _write_json(os.path.join(tmp, "optim.json"), meta)
+            save_file(t, os.path.join(tmp, OPTIM))
+            _write_json(os.path.join(tmp, OPTIM_META), meta)
     rt, rmeta = rng_state()
-    save_file(rt, os.path.join(tmp, f"rng-{rank}.safetensors"))
+    save_file(rt, os.path.join(tmp, rng_file(rank)))
     if rank > 0:
-        _write_json(os.path.join(tmp, f"rank-{rank}.json"), dict(rank_state or {}, rng=rmeta))
-    # Fault injection for the kill-mid-write test: the last rank dies with its part written, before the barrier.
-    if os.environ.get("ALIGN_TEST_SIGKILL_IN_SAVE") == name and rank > 0:
-        os.kill(os.getpid(), signal.SIGKILL)
+        _write_json(os.path.join(tmp, rank_file(rank)), dict(rank_state or {}, rng=rmeta))
+    hooks.kill_in_save(name, rank)            # the kill-mid-write test: a rank > 0 dies with its part written
     barrier()
     if rank == 0:
-        _write_json(os.path.join(tmp, "state.json"), dict(state or {}, rng=rmeta, sharded=sharded is not None))
+        # `sharded` is what is_sharded_checkpoint reads back (align.load, export, init_from, resume)
+        _write_json(os.path.join(tmp, STATE), dict(state or {}, rng=rmeta, sharded=sharded is not None))
         old = None
         if os.path.exists(final):             # replacing e.g. "best": move the old aside first
-            old = os.path.join(ckpt_dir, f".{name}.old")
+            old = os.path.join(ckpt_dir, old_name(name))
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)                # the atomic step
@@ -243,15 +234,6 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
-
-
-def list_checkpoints(ckpt_dir: str) -> List[str]:
-    """Complete step checkpoints, oldest first (temporary dirs are ignored)."""
-    if not os.path.isdir(ckpt_dir):
-        return []
-    names = sorted(n for n in os.listdir(ckpt_dir) if CKPT_RE.match(n)
-                   and os.path.isfile(os.path.join(ckpt_dir, n, "state.json")))
-    return [os.path.join(ckpt_dir, n) for n in names]
 
 
 def prune_checkpoints(ckpt_dir: str, keep_last: int) -> None:
@@ -264,9 +246,9 @@ def data_states(path: str, state: dict) -> list:
     out = [state.get("data")]
     world = state.get("world_size")          # older checkpoints: one rank-R.json per rank R > 0
     if world is None:
-        world = 1 + sum(1 for n in os.listdir(path) if re.fullmatch(r"rank-\d+\.json", n))
+        world = 1 + sum(1 for n in os.listdir(path) if RANK_FILE_RE.match(n))
     for r in range(1, int(world)):
-        f = os.path.join(path, f"rank-{r}.json")
+        f = os.path.join(path, rank_file(r))
         if not os.path.isfile(f):
             raise AlignError(f"{path}: no state for rank {r} of the {state.get('world_size')} that wrote it")
         with open(f) as fh:
@@ -282,18 +264,17 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
     resharded by DCP to this run's world size. A rank the checkpoint has no file for (it was written by
     fewer processes) gets rank 0's counters and keeps its own RNG.
     """
-    if not os.path.isfile(os.path.join(path, "state.json")):
-        raise AlignError(f"{path}: not a complete align checkpoint (state.json missing)")
-    with open(os.path.join(path, "state.json")) as f:
-        state = json.load(f)
+    state = read_state(path)
+    if state is None:
+        raise AlignError(f"{path}: not a complete align checkpoint ({STATE} missing or unreadable)")
+    is_dcp = is_sharded_checkpoint(path, state)          # before rank R's own file is merged in
     own_rng = rank == 0
     if rank > 0:                              # this rank's own data position and RNG
-        rank_file = os.path.join(path, f"rank-{rank}.json")
-        if os.path.isfile(rank_file):
-            with open(rank_file) as f:
+        own = os.path.join(path, rank_file(rank))
+        if os.path.isfile(own):
+            with open(own) as f:
                 state.update(json.load(f))
             own_rng = True
-    is_dcp = os.path.isdir(os.path.join(path, DCP_DIR))
     if model is not None and is_dcp != sharded:
         raise AlignError(f"{path}: written with train.sharding={'fsdp' if is_dcp else 'ddp'}; "
                          f"resume it with the same train.sharding")
@@ -308,14 +289,14 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
         set_state_dict(model, opt if opt is not None else [], model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))
     elif model is not None:
-        missing, unexpected = model.load_state_dict(load_file(os.path.join(path, MODEL_FILE)), strict=False)
+        missing, unexpected = model.load_state_dict(load_file(os.path.join(path, MODEL)), strict=False)
         if missing or unexpected:
             raise AlignError(f"{path}: checkpoint does not fit the recipe's model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if optimizer is not None and not sharded and os.path.isfile(os.path.join(path, "optim.json")):
-        with open(os.path.join(path, "optim.json")) as f:
+    if optimizer is not None and not sharded and os.path.isfile(os.path.join(path, OPTIM_META)):
+        with open(os.path.join(path, OPTIM_META)) as f:
             meta = json.load(f)
-        optimizer.load_state_dict(_unflatten_optim(load_file(os.path.join(path, "optim.safetensors")), meta))
+        optimizer.load_state_dict(_unflatten_optim(load_file(os.path.join(path, OPTIM)), meta))
     if restore_rng and own_rng:
-        set_rng_state(load_file(os.path.join(path, f"rng-{rank}.safetensors")), state["rng"])
+        set_rng_state(load_file(os.path.join(path, rng_file(rank))), state["rng"])
     return state

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from align.errors import ConfigError
-
 from align.open_clip_files import (OPEN_CLIP_CONFIG, load_file_state, open_clip_folder_weights, open_clip_to_align,
                                      strip_local_dir)
+from align.train.rundir import EXPORT_CONFIG, locate
 
 
 def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, torch.Tensor], str]:
@@ -37,14 +37,12 @@ def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, to
         raise ConfigError(f"{where}: no such file or folder {path!r}")
     if os.path.isdir(p):
         oc = open_clip_folder_weights(p)
-        from align.api import ALIGN_CONFIG
-        if oc and (path.startswith("local-dir:") or not os.path.isfile(os.path.join(p, ALIGN_CONFIG))):
+        if oc and (path.startswith("local-dir:") or not os.path.isfile(os.path.join(p, EXPORT_CONFIG))):
             return open_clip_to_align(load_file_state(oc, where)), f"open_clip folder {p}"
-        from align.api import model_files
-        from align.train.checkpoint import load_weights
         from align.errors import AlignError
+        from align.train.checkpoint import load_weights
         try:
-            _, weights = model_files(p)
+            weights = locate(p).weights          # a run dir, checkpoint dir (plain or DCP) or export
             sd = load_weights(weights)
         except AlignError as e:
             raise ConfigError(f"{where}: {e} (nor an open_clip folder with {OPEN_CLIP_CONFIG})") from None

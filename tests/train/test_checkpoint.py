@@ -89,3 +89,17 @@ def test_data_states_of_every_rank_also_for_checkpoints_without_world_size(tmp_p
     st = load_checkpoint(path)
     del st["world_size"]                          # written before world_size was recorded
     assert data_states(path, st) == [{"r": 0}, {"r": 1}]
+
+
+def test_a_leftover_tmp_dir_of_the_same_step_is_replaced_by_the_next_save(tmp_path):
+    """A run killed while writing step 2 leaves `.step-00000002.tmp/`; the resumed run saves step 2 again."""
+    m = torch.nn.Linear(2, 2)
+    leftover = tmp_path / ".step-00000002.tmp"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"partial")
+    (leftover / "rank-1.json").write_text("{}")                # a part the new save does not write
+    path = save_checkpoint(str(tmp_path), "step-00000002", m.state_dict(), None, {"step": 2})
+    assert not leftover.exists() and sorted(os.listdir(path)) == ["model.safetensors", "rng-0.safetensors",
+                                                                   "state.json"]
+    m2 = torch.nn.Linear(2, 2)
+    assert load_checkpoint(path, m2)["step"] == 2 and torch.equal(m2.weight, m.weight)

@@ -275,3 +275,32 @@ def test_siglip_bias_and_bin_folder(tmp_path):
     apply_init_from(m, str(folder), printer=None)
     assert float(m.logit_bias.detach()) == pytest.approx(float(src.logit_bias.detach()), abs=1e-6)
     _assert_same_towers(m, src)
+
+
+def test_siglip_bias_is_restored_from_the_source_bias_not_its_scale(source, tmp_path):
+    """A SigLIP source holds logit_bias != logit_scale: both paths restore each from its own tensor.
+    pretrained_temperature: an open_clip tower's checkpoint with a bias; init_from: an align SigLIP run."""
+    from safetensors.torch import load_file, save_file
+    from align.train.init_from import apply_tower_temperature
+    bias, scale = -3.75, 2.5
+    sd = load_file(os.path.join(source["oc"], "open_clip_model.safetensors"))
+    sd["logit_scale"], sd["logit_bias"] = torch.tensor(scale), torch.tensor(bias)
+    weights = str(tmp_path / "siglip.safetensors")
+    save_file(sd, weights)
+    towers = {m: {"type": "open_clip", "config": json.loads(json.dumps(dict(TINY_OPEN_CLIP, embed_dim=16))),
+                  "pretrained": weights, "pretrained_temperature": m == "image"} for m in ("image", "text")}
+    r = parse_recipe({"model": {"embed_dim": 16, "towers": towers, "init_logit_bias": -10.0},
+                      "loss": {"type": "siglip"}, "train": {"max_steps": 1}})
+    m = build_model(r.model)
+    assert apply_tower_temperature(m, r.model) == "image"
+    assert float(m.logit_scale.detach()) == scale and float(m.logit_bias.detach()) == bias
+
+    run, src = make_run(tmp_path / "run", logit_bias=bias, seed=4)
+    with torch.no_grad():                              # make_run perturbed both
+        src.logit_scale.fill_(scale)
+        src.logit_bias.fill_(bias)
+    from align.train.checkpoint import save_checkpoint
+    save_checkpoint(os.path.join(run, "checkpoints"), "step-00000002", src.state_dict(), state={"step": 2})
+    fresh = _model(init_logit_bias=-10.0)
+    apply_init_from(fresh, run, printer=None)
+    assert float(fresh.logit_scale.detach()) == scale and float(fresh.logit_bias.detach()) == bias

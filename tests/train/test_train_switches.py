@@ -251,18 +251,38 @@ def test_seed_sets_the_initial_weights(tmp_path):
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
 
 
-def test_num_threads_and_deterministic_are_applied(tmp_path):
-    before_n, before_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    before_warn, before_fill = (torch.is_deterministic_algorithms_warn_only_enabled(),
-                                torch.utils.deterministic.fill_uninitialized_memory)
-    want = 3 if before_n != 3 else 2
+def _torch_settings():
+    return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+
+
+def test_num_threads_and_deterministic_are_applied_then_restored(tmp_path, monkeypatch):
+    """Each optimizer step runs with train.num_threads and deterministic algorithms; when train() returns,
+    normally or by an error, torch's thread count and determinism flags are what they were before."""
+    before = _torch_settings()
+    want = 3 if before[0] != 3 else 2
+    seen, real_step = [], torch.optim.AdamW.step
+
+    def step(opt, *a, **k):
+        seen.append(_torch_settings())
+        return real_step(opt, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     try:
+        torch.use_deterministic_algorithms(False)     # a known start, each flag the opposite of what the run sets
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        start = _torch_settings()
         train_dict(recipe(tmp_path, "thr", train={"max_steps": 1, "num_threads": want, "deterministic": True}))
-        assert torch.get_num_threads() == want and torch.are_deterministic_algorithms_enabled()
+        assert seen == [(want, True, True, False)]
+        assert _torch_settings() == start
+        bad = recipe(tmp_path, "err", model={"init_logit_scale": float("nan")},
+                     train={"max_steps": 3, "max_bad_steps": 1, "num_threads": want, "deterministic": True})
+        with pytest.raises(AlignError, match="NaN/Inf"):
+            train_dict(bad)
+        assert _torch_settings() == start
     finally:
-        torch.set_num_threads(before_n)
-        torch.use_deterministic_algorithms(before_det, warn_only=before_warn)
-        torch.utils.deterministic.fill_uninitialized_memory = before_fill
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.utils.deterministic.fill_uninitialized_memory = before[3]
 
 
 def test_max_bad_steps(tmp_path):

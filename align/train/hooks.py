@@ -1,0 +1,65 @@
+"""Fault injection and recording for the tests, driven by environment variables; inert when they are unset.
+
+    ALIGN_TEST_SIGKILL_AT_STEP=N    SIGKILL this process right after step N (its checkpoint, if due, written)
+    ALIGN_TEST_SIGKILL_RANK=R       ... only on rank R (default: every rank)
+    ALIGN_TEST_KILL_STAMP=FILE      ... after writing the time of death to FILE (the bounded-exit tests)
+    ALIGN_TEST_SIGKILL_IN_SAVE=NAME a rank > 0 dies while writing checkpoint NAME, its part written
+    ALIGN_TEST_RECORD_KEYS=PREFIX   each rank appends the sample keys of every step to PREFIX.rankR.jsonl
+                                    (the no-sample-lost-or-repeated tests)
+
+The training loop calls them at fixed points; nothing here changes a run that does not set them.
+"""
+import json
+import os
+import signal
+import time
+
+from align.data.stream.keys import KEY
+
+SIGKILL_AT_STEP = "ALIGN_TEST_SIGKILL_AT_STEP"
+SIGKILL_RANK = "ALIGN_TEST_SIGKILL_RANK"
+KILL_STAMP = "ALIGN_TEST_KILL_STAMP"
+SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
+RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_in_save(name: str, rank: int) -> None:
+    """Called by save_checkpoint between writing a rank's part and the barrier."""
+    if os.environ.get(SIGKILL_IN_SAVE) == name and rank > 0:
+        _die()
+
+
+class TestHooks:
+    """The loop's hooks for one rank (read from the environment once, at the start of a run)."""
+
+    __test__ = False          # not a pytest class
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.kill_at = int(os.environ.get(SIGKILL_AT_STEP, "0"))
+        self.kill_rank = os.environ.get(SIGKILL_RANK, str(rank))
+        prefix = os.environ.get(RECORD_KEYS)
+        self.keys_f = open(f"{prefix}.rank{rank}.jsonl", "a") if prefix else None
+
+    def record_keys(self, step: int, epoch: int, micro: list) -> None:
+        """The sample keys of the micro-batches about to be trained at `step` (0-based) in `epoch`."""
+        if self.keys_f is not None:
+            keys = [k for b in micro for k in b.get(KEY, [])]
+            self.keys_f.write(json.dumps({"step": step, "epoch": epoch, "keys": keys}) + "\n")
+            self.keys_f.flush()
+
+    def after_step(self, step: int) -> None:
+        """Called once step `step` is complete (logged, evaluated, checkpointed)."""
+        if self.kill_at and step == self.kill_at and self.kill_rank == str(self.rank):
+            if os.environ.get(KILL_STAMP):
+                with open(os.environ[KILL_STAMP], "w") as f:
+                    f.write(str(time.time()))
+            _die()
+
+    def close(self) -> None:
+        if self.keys_f is not None:
+            self.keys_f.close()

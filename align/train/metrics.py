@@ -1,0 +1,150 @@
+"""What a run reports, in one owner: metrics.jsonl, the trackers (TensorBoard, W&B), the progress bar,
+eval.jsonl and the end summary (summary.json, loss.png, one console line).
+
+Rows of metrics.jsonl: every train.log_every steps and the last one: step, epoch, loss (of that step), lr,
+logit_scale (exp applied), logit_bias, samples_per_s and data_wait_frac (over the steps since the last row),
+skipped / skipped_by_reason (samples the loader dropped, whole run), bad_steps (NaN/Inf steps, whole run),
+loss/PAIR (unweighted, per modality pair). A weights-only start writes a step-0 row with its temperature.
+Files are written by the main process; trackers log on it only.
+"""
+import json
+import os
+import time
+
+from align.config import Recipe, recipe_to_dict
+from align.errors import AlignError
+from align.train import rundir
+from align.train.state import TrainState
+from align.train.step import StepResult
+
+
+def build_trackers(r: Recipe) -> list:
+    """Accelerate trackers: TensorBoard in output_dir/tb always, W&B when train.wandb_project is set.
+    They log on the main process only, beside metrics.jsonl (which the loss plot and tests read)."""
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+    trackers = [TensorBoardTracker(rundir.TB_DIR, r.output_dir)]
+    if r.train.wandb_project:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise AlignError("train.wandb_project is set but wandb is not installed (pip install wandb)") from None
+        trackers.append(WandBTracker(r.train.wandb_project, config=recipe_to_dict(r), dir=r.output_dir,
+                                     resume="allow"))
+    return trackers
+
+
+class RunLogger:
+    """One run's reporting (see the module docstring). `eng`: align.train.setup.Engine."""
+
+    def __init__(self, r: Recipe, eng, state: TrainState, progress: bool = True):
+        from tqdm.auto import tqdm
+        self.r, self.eng, self.acc, self.is_main = r, eng, eng.acc, eng.acc.is_main_process
+        self.acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
+        self.path = os.path.join(r.output_dir, rundir.METRICS)
+        self.f = open(self.path, "a") if self.is_main else None
+        self.bar = tqdm(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
+                        unit="step", dynamic_ncols=True)
+        self.loss = float("nan")            # of the last step taken: the summary's final_loss
+        self.t_start = time.perf_counter() - state.elapsed_s
+        self._window()
+        if eng.init_row is not None:
+            self._write(eng.init_row)
+            self.acc.log({"train/logit_scale": eng.init_row["logit_scale"]}, step=0)
+
+    def _window(self) -> None:
+        self.t_window, self.wait_window, self.n_window = time.perf_counter(), 0.0, 0
+
+    def _write(self, row: dict) -> None:
+        if self.is_main:
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
+
+    def elapsed(self) -> float:
+        """Training wall time of the run, resumed parts included."""
+        return time.perf_counter() - self.t_start
+
+    def waited(self, seconds: float, state: TrainState) -> None:
+        """Time spent waiting for the step's batches."""
+        self.wait_window += seconds
+        state.data_wait_s += seconds
+
+    def step(self, state: TrainState, res: StepResult, loader) -> None:
+        """After optimizer step `state.step`: a metrics row when due, the progress bar."""
+        from align.train.sharding import full_value
+        self.n_window += 1
+        self.loss = float(res.loss)
+        if state.step % self.r.train.log_every == 0 or state.step == self.eng.total_steps:
+            dt = max(time.perf_counter() - self.t_window, 1e-9)
+            sps = self.n_window * self.eng.global_batch / dt
+            core = self.eng.core
+            rec = {"step": state.step, "epoch": state.epoch, "loss": self.loss,
+                   "lr": self.eng.scheduler.get_last_lr()[0],
+                   "logit_scale": float(full_value(core.logit_scale.detach()).exp()),
+                   "samples_per_s": sps, "data_wait_frac": self.wait_window / dt,
+                   # counted by the loader, also those at a stream's end that ride on no batch
+                   "skipped": sum(loader.skipped.values()), "skipped_by_reason": dict(loader.skipped),
+                   "bad_steps": state.bad_steps_total}
+            if core.logit_bias is not None:
+                rec["logit_bias"] = float(full_value(core.logit_bias.detach()))
+            rec.update({f"loss/{pair}": float(v) for pair, v in res.pair_losses.items()})   # unweighted, per pair
+            self._write(rec)
+            self.acc.log({f"train/{k}": v for k, v in rec.items() if k not in ("step", "epoch")
+                          and not isinstance(v, dict)}, step=state.step)
+            self.bar.set_postfix(loss=f"{self.loss:.3f}", sps=f"{sps:.0f}", lr=f"{rec['lr']:.2e}")
+            self._window()
+        self.bar.update(1)
+
+    def close_bar(self) -> None:
+        self.bar.close()
+
+    def summary(self, state: TrainState, loader, final: str, results: dict) -> dict:
+        """summary.json, the trackers' end, loss.png and one console line (main process); returns the summary
+        ({} on other ranks). Collective: a sharded model's FLOPs are counted by a forward on every rank."""
+        from align.train.perf import estimate_flops_per_sample, peak_flops
+        from align.train.plots import write_loss_plot
+        r, acc, wall = self.r, self.acc, state.elapsed_s
+        flops = estimate_flops_per_sample(self.eng.core) if self.is_main or self.eng.fsdp else None
+        if not self.is_main:
+            return {}
+        sps = state.samples / max(wall, 1e-9)
+        peak = peak_flops(acc.device, r.train.precision) * self.eng.world
+        summary = {"steps": state.step, "final_loss": self.loss, "wall_time_s": wall, "samples_per_s": sps,
+                   "data_wait_frac": state.data_wait_s / max(wall, 1e-9),
+                   "flops_per_sample": flops, "peak_flops": peak,
+                   "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped),
+                   "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
+                   "world_size": self.eng.world, "precision": r.train.precision}
+        with open(os.path.join(r.output_dir, rundir.SUMMARY), "w") as f:
+            json.dump(summary, f, indent=1)
+        self.f.close()
+        if r.train.wandb_project:
+            acc.get_tracker("wandb", unwrap=True).summary.update(
+                {k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        for tracker in acc.trackers:   # not acc.end_training(): that also destroys the process group
+            tracker.finish()
+        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT))
+        acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
+                  f", skipped {sum(loader.skipped.values())} samples -> {r.output_dir}")
+        return summary
+
+
+def run_val(core, r: Recipe, acc, step: int) -> dict:
+    """eval.tasks (names of the benchmark registry, align.bench BENCHMARKS) on the val set (CLIP_benchmark
+    layout), expanded over the modalities by align.train.evaluate; flat {WHERE/TASK/METRIC: value}, logged
+    to the trackers and appended to eval.jsonl. Main process only ({} elsewhere)."""
+    if not acc.is_main_process:
+        return {}
+    from align.train.evaluate import evaluate_model
+    core.eval()
+    flat = evaluate_model(core, r.data.val, tasks=r.eval.tasks, batch_size=r.eval.batch_size, progress=False)
+    acc.log({f"val/{k}": v for k, v in flat.items()}, step=step)
+    with open(os.path.join(r.output_dir, rundir.EVAL), "a") as f:
+        f.write(json.dumps({"step": step, **flat}) + "\n")
+    return flat
+
+
+def evaluate(eng, r: Recipe, step: int) -> dict:
+    """run_val on the model: a plain copy gathered on the main process when it is sharded (collective)."""
+    from align.train.sharding import unsharded_copy
+    core = unsharded_copy(eng.core, r.model, eng.acc.is_main_process) if eng.fsdp else eng.core
+    return run_val(core, r, eng.acc, step)

@@ -1,0 +1,204 @@
+"""The layout of a run directory, named in one place, and how to find a run, checkpoint or export from a path.
+
+    RUN/                              output_dir of a recipe
+      config.yaml                     CONFIG       the recipe as trained
+      metrics.jsonl                   METRICS      one JSON row per logged step (read by the loss plot and tests)
+      eval.jsonl                      EVAL         one JSON row per val-set evaluation
+      summary.json                    SUMMARY      the figures of the finished run
+      loss.png                        LOSS_PLOT    the loss curve
+      tb/                             TB_DIR       TensorBoard events
+      checkpoints/                    CHECKPOINTS
+        step-00000100/                step_name(100); `best/` (BEST) is the best eval so far
+          state.json                  STATE        counters, data position, RNG, schedule; `sharded`: DCP or not
+          model.safetensors           MODEL        the model (unsharded runs)
+          optim.safetensors           OPTIM        optimizer tensors; optim.json (OPTIM_META): the rest
+          dcp/                        DCP_DIR      model + optimizer as DCP shards (train.sharding: fsdp)
+          rng-R.safetensors           rng_file(R)  rank R's RNG
+          rank-R.json                 rank_file(R) rank R's data position and RNG (R > 0)
+        .step-00000100.tmp/           tmp_name()   being written; never read
+    EXPORT/                           `align export`: align_config.json (EXPORT_CONFIG) + align_model.safetensors
+
+`locate(path)` answers "which model is this" for align.load, export and model.init_from alike: a run dir
+(its newest checkpoint), a checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
+test of whether a checkpoint holds DCP shards: it reads the flag state.json records.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional
+
+from align.errors import AlignError
+
+# -- the run dir ---------------------------------------------------------------------------------
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+EVAL = "eval.jsonl"
+SUMMARY = "summary.json"
+LOSS_PLOT = "loss.png"
+TB_DIR = "tb"
+CHECKPOINTS = "checkpoints"
+
+# -- a checkpoint dir ----------------------------------------------------------------------------
+BEST = "best"
+STATE = "state.json"
+MODEL = "model.safetensors"
+OPTIM = "optim.safetensors"
+OPTIM_META = "optim.json"
+DCP_DIR = "dcp"
+DCP_METADATA = ".metadata"           # what makes a directory a DCP store (torch.distributed.checkpoint)
+STEP_RE = re.compile(r"^step-(\d{8})$")
+RANK_FILE_RE = re.compile(r"^rank-(\d+)\.json$")
+
+# -- an export -----------------------------------------------------------------------------------
+EXPORT_CONFIG = "align_config.json"  # the recipe the model came from (self-contained)
+EXPORT_WEIGHTS = "align_model.safetensors"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def tmp_name(name: str) -> str:
+    """Where checkpoint `name` is written before it appears under its name."""
+    return f".{name}.tmp"
+
+
+def old_name(name: str) -> str:
+    """Where a replaced checkpoint (e.g. `best`) waits while the new one is moved in."""
+    return f".{name}.old"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-{rank}.safetensors"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank}.json"
+
+
+def checkpoints_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, CHECKPOINTS)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def list_checkpoints(ckpt_dir: str) -> List[str]:
+    """Complete step checkpoints in `ckpt_dir`, oldest first (temporary dirs are ignored)."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    names = sorted(n for n in os.listdir(ckpt_dir) if STEP_RE.match(n)
+                   and os.path.isfile(os.path.join(ckpt_dir, n, STATE)))
+    return [os.path.join(ckpt_dir, n) for n in names]
+
+
+def newest_checkpoint(run_dir: str) -> Optional[str]:
+    """The newest complete step checkpoint of a run, or None."""
+    found = list_checkpoints(checkpoints_dir(run_dir))
+    return found[-1] if found else None
+
+
+def read_state(ckpt: str) -> Optional[dict]:
+    """state.json of a checkpoint dir, or None when it has none (incomplete) or it is unreadable."""
+    try:
+        with open(os.path.join(ckpt, STATE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_dcp_store(path: str) -> bool:
+    """Whether directory `path` is a DCP store (its `.metadata` file)."""
+    return os.path.isfile(os.path.join(path, DCP_METADATA))
+
+
+def is_sharded_checkpoint(ckpt: str, state: Optional[dict] = None) -> bool:
+    """Whether checkpoint dir `ckpt` holds its model as DCP shards (written with train.sharding: fsdp).
+
+    Read from the `sharded` flag save_checkpoint records in state.json (`state`: that file, when already
+    read). A checkpoint without the flag (written before it was recorded) is sharded when it has a DCP
+    store and no single-file model.
+    """
+    state = read_state(ckpt) if state is None else state
+    if state is not None and "sharded" in state:
+        return bool(state["sharded"])
+    return is_dcp_store(os.path.join(ckpt, DCP_DIR)) and not os.path.isfile(os.path.join(ckpt, MODEL))
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    """A checkpoint dir: its model as one file or as DCP shards."""
+    return os.path.isfile(os.path.join(path, MODEL)) or is_sharded_checkpoint(path)
+
+
+def weights_path(ckpt: str) -> str:
+    """The file (or DCP store) holding a checkpoint's model weights; align.train.checkpoint.load_weights reads
+    either."""
+    return os.path.join(ckpt, DCP_DIR) if is_sharded_checkpoint(ckpt) else os.path.join(ckpt, MODEL)
+
+
+# -- from a path to a model -------------------------------------------------------------------------
+@dataclass
+class Located:
+    """What a path names. kind: "run", "checkpoint" or "export"; run_dir: None for an export (or a checkpoint
+    outside a run); checkpoint: the checkpoint dir (None for an export); weights: the file or DCP store."""
+    kind: str
+    run_dir: Optional[str]
+    checkpoint: Optional[str]
+    weights: str
+
+    @property
+    def config_path(self) -> Optional[str]:
+        if self.kind == "export":
+            return os.path.join(os.path.dirname(self.weights), EXPORT_CONFIG)
+        return os.path.join(self.run_dir, CONFIG) if self.run_dir else None
+
+
+def find_run_dir(path: str) -> Optional[str]:
+    """The run directory behind a run dir or checkpoint dir (None for an export or anything else)."""
+    p = os.path.abspath(path)
+    if os.path.isfile(os.path.join(p, CONFIG)):
+        return p
+    if is_checkpoint_dir(p):
+        run = os.path.dirname(os.path.dirname(p))          # RUN/checkpoints/NAME
+        return run if os.path.isfile(os.path.join(run, CONFIG)) else None
+    return None
+
+
+def locate(path: str) -> Located:
+    """A run dir (its newest checkpoint), a checkpoint dir (plain or DCP) or an export; one AlignError line if
+    it is none of them."""
+    p = os.path.abspath(path)
+    if not os.path.exists(p):
+        raise AlignError(f"no such model: {p}")
+    if os.path.isfile(os.path.join(p, EXPORT_CONFIG)):
+        for name in (MODEL, EXPORT_WEIGHTS):
+            if os.path.isfile(os.path.join(p, name)):
+                return Located("export", None, None, os.path.join(p, name))
+        raise AlignError(f"{p}: export has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}")
+    if os.path.isfile(os.path.join(p, CONFIG)):
+        ckpt = newest_checkpoint(p)
+        if ckpt is None:
+            raise AlignError(f"{p}: run has no complete checkpoint yet")
+        return Located("run", p, ckpt, weights_path(ckpt))
+    if is_checkpoint_dir(p):
+        return Located("checkpoint", find_run_dir(p), p, weights_path(p))
+    raise AlignError(f"{p}: not an align run, checkpoint or export (no {CONFIG}, {MODEL}, {DCP_DIR}/ "
+                     f"or {EXPORT_CONFIG})")
+
+
+def read_model_config(where: Located) -> dict:
+    """The recipe dict behind a located model: the export's align_config.json or the run's config.yaml."""
+    if where.kind == "export":
+        with open(where.config_path) as f:
+            return json.load(f)
+    if where.run_dir is None:
+        run = os.path.dirname(os.path.dirname(where.checkpoint))
+        raise AlignError(f"{where.checkpoint}: cannot find the run's {CONFIG} at {os.path.join(run, CONFIG)}")
+    import yaml
+    with open(where.config_path) as f:
+        return yaml.safe_load(f)
+
+
+def find_model(path: str):
+    """-> (recipe dict, weights file or DCP store) for a run dir, checkpoint dir or export."""
+    where = locate(path)
+    return read_model_config(where), where.weights

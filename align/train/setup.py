@@ -1,0 +1,284 @@
+"""Everything the training loop needs before its first step, and the checkpoint it leaves after one.
+
+  process_settings  torch's thread count and determinism flags for the run, restored when it ends
+  build_accelerator Accelerate (DDP / one process; FSDP through train.sharding), with the trackers
+  build_engine      model (init_from, tower temperature), loss, optimizer and schedule, sharded or wrapped
+  resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
+  build_loader      the training stream: shards through align.data.stream, or synthetic inputs
+  save              one checkpoint of the run (every rank writes its part)
+"""
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from align.config import Recipe, recipe_to_dict
+from align.errors import AlignError
+from align.model import AlignModel, build_model, enable_grad_checkpointing
+from align.train import rundir
+from align.train.checkpoint import data_states, load_checkpoint, prune_checkpoints, save_checkpoint
+from align.train.state import TrainState
+from align.train.step import Objective
+
+
+@contextlib.contextmanager
+def process_settings(tc):
+    """train.num_threads and train.deterministic for the run; torch's previous values come back when it ends,
+    normally or by an exception (they are process-wide: a notebook or test that trains must not keep them)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        if tc.deterministic:
+            # Deterministic kernels (GPU). CPU kernels already are, which is what makes resume bitwise
+            # there. Filling fresh memory is never needed for that and costs ~25% of a small CPU step.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[3]
+
+
+def build_accelerator(r: Recipe):
+    """The Accelerator for train.precision, refusing the launches it would silently run otherwise."""
+    from accelerate import Accelerator
+
+    from align.train.metrics import build_trackers
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[r.train.precision]
+    # Without CUDA, `accelerate launch --multi_gpu --num_processes N` starts N processes that only
+    # form a (gloo) process group when Accelerator is told cpu=True.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accel = torch.cuda.is_available() or torch.backends.mps.is_available() or (
+        hasattr(torch, "xpu") and torch.xpu.is_available())
+    if r.train.precision == "fp16" and not accel:
+        # Accelerate turns fp16 autocast off on CPU without a word: the run would be fp32 while its
+        # summary said fp16.  (bf16 autocast does run on CPU.)
+        raise AlignError("train.precision=fp16 needs a GPU: on CPU Accelerate runs it as fp32; "
+                         "use train.precision=bf16 or fp32")
+    try:
+        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu, log_with=build_trackers(r))
+    except ImportError as exn:  # e.g. a DeepSpeed launch config without deepspeed installed
+        raise AlignError(f"accelerate: {exn}") from None
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        # Without CUDA, Accelerate drops an FSDP/DeepSpeed launch config and trains unsharded.
+        if os.environ.get(flag, "").lower() in ("1", "true") and acc.distributed_type.value != name:
+            raise AlignError(f"accelerate was launched with {name}, but Accelerate set up "
+                             f"{acc.distributed_type.value} (it needs CUDA devices); relaunch without it")
+    return acc
+
+
+@dataclass
+class Engine:
+    """What a step runs on. model: as prepared (DDP-wrapped, compiled); core: the AlignModel inside it."""
+    acc: object
+    model: torch.nn.Module
+    core: AlignModel
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total_steps: int
+    global_batch: int                  # samples per optimizer step, all ranks: batch x world x accum_steps
+    fsdp: bool
+    init_row: Optional[dict] = None    # the step-0 metrics row of a weights-only start (its temperature)
+
+    @property
+    def rank(self) -> int:
+        return self.acc.process_index
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+
+def resolve_resume(r: Recipe) -> Optional[str]:
+    if r.resume == "none":
+        return None
+    if r.resume == "auto":
+        found = rundir.list_checkpoints(rundir.checkpoints_dir(r.output_dir))
+        return found[-1] if found else None
+    return r.resume
+
+
+def _start_weights(model: AlignModel, r: Recipe, printer) -> Optional[dict]:
+    """Weights-only starts (model.init_from, a tower's pretrained temperature); the step-0 metrics row."""
+    from align.train.init_from import apply_init_from, apply_tower_temperature
+    apply_tower_temperature(model, r.model)
+    if r.model.init_from:
+        apply_init_from(model, r.model.init_from, printer=printer)
+    if not (r.model.init_from or any(t.get("pretrained_temperature") for t in r.model.towers.values())):
+        return None
+    # the starting temperature, before any update (loss: none yet)
+    row = {"step": 0, "epoch": 0, "loss": float("nan"), "lr": 0.0, "init_from": r.model.init_from,
+           "logit_scale": float(model.logit_scale.detach().exp())}
+    if model.logit_bias is not None:
+        row["logit_bias"] = float(model.logit_bias.detach())
+    return row
+
+
+def _objective(r: Recipe, rank: int, world: int) -> Objective:
+    from align.losses import build_loss, loss_options
+    weights = r.loss.weights or [1.0] * len(r.loss.pairs)
+    # loss.chunk_size goes to the loss classes that take it (by their signature, not by their name)
+    loss_opts = {"chunk_size": r.loss.chunk_size} if "chunk_size" in loss_options(r.loss.type) else {}
+    loss_fn = build_loss(r.loss.type, pairs=[tuple(p) for p in r.loss.pairs], weights=weights, rank=rank,
+                         world_size=world, **loss_opts)
+    return Objective(loss_fn)
+
+
+def _total_steps(r: Recipe, world: int) -> int:
+    total_steps = r.train.max_steps
+    if total_steps is None:
+        if not r.data.samples_per_epoch and r.data.train != "synthetic":
+            raise AlignError("train.epochs needs data.samples_per_epoch (or set train.max_steps)")
+        spe = r.data.samples_per_epoch or r.data.synthetic_size
+        total_steps = r.train.epochs * max(1, spe // (r.train.batch_size * world * r.train.accum_steps))
+    return total_steps
+
+
+def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
+    """Model, loss, optimizer and schedule on `acc`; a fresh start gets its init_from / tower temperature."""
+    from align.train.elastic import schedule_by_samples
+    from align.train.optim import build_optimizer, build_scheduler
+    from align.train.sharding import shard_model
+    rank, world, fsdp = acc.process_index, acc.num_processes, r.train.sharding == "fsdp"
+    model = build_model(r.model)
+    model.config = recipe_to_dict(r)
+    # Weights-only starts (step and optimizer fresh); a resumed run has its own weights.
+    init_row = None if resume_path else _start_weights(model, r, acc.print)
+    if r.train.unlock_at_step and world > 1:
+        raise AlignError("train.unlock_at_step: unlocking a tower mid-run is single-process only for now "
+                         "(DDP fixes the set of trained parameters when it wraps the model)")
+    if r.train.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    objective = _objective(r, rank, world)
+    total_steps = _total_steps(r, world)
+    if fsdp:
+        # FSDP2 shards the model in place (each tower block, then the root), so the optimizer below is built
+        # on the sharded parameters; Accelerate then prepares only the optimizer (it would wrap the model in DDP).
+        shard_model(model, reshard_after_forward=r.train.fsdp.reshard_after_forward,
+                    param_dtype=r.train.fsdp.param_dtype, reduce_dtype=r.train.fsdp.reduce_dtype,
+                    device_type=acc.device.type)
+    optimizer = build_optimizer(model, r.train, device_type=acc.device.type)
+    scheduler = build_scheduler(optimizer, r.train, total_steps)
+    if fsdp:
+        optimizer = acc.prepare(optimizer)
+    else:
+        model, optimizer = acc.prepare(model, optimizer)
+    core: AlignModel = acc.unwrap_model(model)
+    global_batch = r.train.batch_size * world * r.train.accum_steps
+    schedule_by_samples(scheduler, global_batch)
+    if r.train.compile:
+        model = torch.compile(model)
+    return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row)
+
+
+def resume(eng: Engine, path: Optional[str]):
+    """-> (TrainState, the data position of every rank of the checkpoint or None). Restores weights, optimizer,
+    schedule and loss scaler; not the RNG (restore_rng, after the loader drew its seed)."""
+    from align.train.elastic import continue_by_samples
+    from align.train.optim import restore_scheduler
+    if not path:
+        return TrainState(), None
+    saved = load_checkpoint(path, eng.core, eng.optimizer, rank=eng.rank, restore_rng=False, sharded=eng.fsdp)
+    state = TrainState.from_checkpoint(saved)
+    restore_scheduler(eng.scheduler, saved["scheduler"])
+    if eng.acc.scaler is not None and saved.get("scaler"):
+        eng.acc.scaler.load_state_dict(saved["scaler"])
+    # Another world size / per-rank batch: silent if the global batch is kept, else one line.
+    eng.total_steps, note = continue_by_samples(eng.scheduler, state.step, state.samples, eng.global_batch,
+                                                eng.total_steps)
+    if note:
+        eng.acc.print(note)
+    return state, data_states(path, saved)
+
+
+def restore_rng(eng: Engine, path: Optional[str], state: TrainState) -> None:
+    if path:
+        load_checkpoint(path, rank=eng.rank, restore_rng=True)
+        eng.acc.print(f"resumed from {path} at step {state.step}")
+
+
+def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state):
+    """The training stream: real shards through the streaming pipeline, or synthetic inputs.
+
+    resume_state: the data position of every rank of the checkpoint (a list, index = rank); the loader
+    re-partitions it when the world size, per-rank batch or number of workers changed.
+    """
+    if r.data.train == "synthetic":
+        from align.data.stream.synthetic import SyntheticLoader
+        if resume_state is not None:
+            # Synthetic batches have no identity: after a change of world size or batch, continue at the
+            # same fraction of the epoch.
+            old = resume_state[rank] if len(resume_state) == world else resume_state[0]
+            done = old["batches"] * old.get("batch_size", r.train.batch_size) * len(resume_state)
+            resume_state = {"epoch": old["epoch"], "batches": done // (r.train.batch_size * world)}
+        return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
+                               samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state,
+                               caption=r.data.synthetic_caption)
+    from align.data.stream.loader import SourceSpec, build_train_loader
+    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
+    sources = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
+    return build_train_loader(
+        sources, transforms=model.transforms(train=True), batch_size=r.train.batch_size,
+        modalities=model.modalities, rank=rank, world_size=world, num_workers=r.data.num_workers, seed=r.seed,
+        epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
+        resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
+        max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
+        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits)
+
+
+class Batches:
+    """The loader's batches across epochs; TrainState.epoch follows the loader's own epoch.
+
+    The loader moves on to its next epoch by itself when one runs out. After an elastic resume from ranks
+    in different epochs, that may be the rest of an older epoch than the checkpoint's
+    (align.data.stream.resume), so the epoch is read from the loader, never counted here.
+    """
+
+    def __init__(self, loader, state: TrainState):
+        self.loader, self.state = loader, state
+        state.epoch = loader.epoch     # this rank's own epoch (ranks of a checkpoint may be in different ones)
+        self.it = iter(loader)     # made now: its seed draw comes before the RNG restore of a resume
+
+    def take(self, n: int) -> list:
+        return [self._next() for _ in range(n)]
+
+    def _next(self):
+        while True:
+            try:
+                return next(self.it)
+            except StopIteration:
+                self.state.epoch = self.loader.epoch
+                self.it = iter(self.loader)
+
+
+def write_config(r: Recipe, is_main: bool) -> None:
+    """RUN/config.yaml: the recipe as trained (align.load and export read it)."""
+    os.makedirs(r.output_dir, exist_ok=True)
+    if is_main:
+        import yaml
+        with open(os.path.join(r.output_dir, rundir.CONFIG), "w") as f:
+            yaml.safe_dump(recipe_to_dict(r), f, sort_keys=False)
+
+
+def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] = None,
+         extra: Optional[dict] = None) -> str:
+    """Checkpoint `name` (default step-N) of the run; every rank writes its part (DCP shards under fsdp, its RNG
+    and data position), and it appears under its name only once all have (align.train.checkpoint). Step
+    checkpoints beyond train.keep_last are pruned."""
+    acc, ckpt_dir = eng.acc, rundir.checkpoints_dir(r.output_dir)
+    sd = None if eng.fsdp else acc.get_state_dict(eng.model)
+    payload = state.to_checkpoint(data=loader.state_dict(), scheduler=eng.scheduler.state_dict(),
+                                  world_size=eng.world, global_batch=eng.global_batch,
+                                  scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
+    path = save_checkpoint(ckpt_dir, name or rundir.step_name(state.step), sd, eng.optimizer, payload, rank=eng.rank,
+                           barrier=acc.wait_for_everyone, rank_state={"data": loader.state_dict()},
+                           sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
+    if name is None and acc.is_main_process:
+        prune_checkpoints(ckpt_dir, r.train.keep_last)
+    return path

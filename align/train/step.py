@@ -1,0 +1,90 @@
+"""One optimizer step: embed -> contrastive loss -> NaN guard -> backward -> clip -> optimizer and schedule ->
+clamp the temperature, in one function for every kind of step:
+
+  plain        train.accum_steps: 1. Forward and loss under autocast, then backward.
+  accumulated  train.accum_steps: k. Always GradCache (align.train.gradcache): the loss of the whole k*b batch,
+               every sample a negative of every other, with its exact gradient computed one micro-batch at a
+               time (plain gradient accumulation would drop the other micro-batches from the negatives).
+
+The loss is backpropagated in one place for both, `backward_if_finite` (GradCache calls it as its
+loss_backward): a NaN/Inf loss is never backpropagated, its step updates nothing and is not counted as a
+step (align.train.state).
+"""
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Dict, List
+
+import torch
+
+from align.data.stream.keys import mask_key
+
+MASKS = "masks"        # the micro-batch key gradcache_step concatenates: {modality: bool [b]}
+
+
+class Objective:
+    """The recipe's contrastive loss as a function of the features; keeps the unweighted per-pair losses of
+    its last call for the log. Built once per run (align.train.setup)."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+        self.pair_losses: Dict[str, torch.Tensor] = {}
+
+    def __call__(self, feats: Dict[str, torch.Tensor], mask) -> torch.Tensor:
+        # feats: {modality: [B, E] embeddings, "logit_scale": 0-dim (exp applied), "logit_bias": 0-dim}
+        total, parts = self.loss_fn(feats, mask or None, feats["logit_scale"], feats.get("logit_bias"))
+        self.pair_losses = dict(parts)          # {pair name: detached loss}, e.g. "image-text"
+        return total
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor                  # detached 0-dim
+    stepped: bool                       # False: the loss was NaN/Inf, nothing was updated
+    pair_losses: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def is_finite(loss: torch.Tensor) -> bool:
+    return bool(torch.isfinite(loss.detach()).all())
+
+
+def backward_if_finite(acc, loss: torch.Tensor) -> None:
+    """The one backward of a step (Accelerate's, so fp16 loss scaling applies), skipped for a NaN/Inf loss."""
+    if is_finite(loss):
+        acc.backward(loss)
+
+
+def batch_masks(batch: dict, modalities) -> Dict[str, torch.Tensor]:
+    """{modality: bool [b]} for the modalities the batch marks as partly missing."""
+    return {m: batch[mask_key(m)] for m in modalities if mask_key(m) in batch}
+
+
+def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
+    """One optimizer step over `micro` (train.accum_steps micro-batches of the per-rank batch).
+
+    eng: the run's engine (align.train.setup.Engine): acc, model, core, objective, optimizer, scheduler.
+    Leaves the gradients zeroed; the caller counts the step (TrainState.record_step).
+    """
+    acc, model = eng.acc, eng.model
+    micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+    masks = [batch_masks(b, eng.core.modalities) for b in micro]
+    if len(micro) == 1:
+        with acc.autocast():
+            loss = eng.objective(model(micro[0]), masks[0])
+        backward_if_finite(acc, loss)
+    else:
+        from align.train.gradcache import gradcache_step
+        for b, m in zip(micro, masks):
+            b[MASKS] = m
+        with acc.autocast():
+            loss = gradcache_step(model, micro, eng.objective, masks_key=MASKS, no_sync=partial(acc.no_sync, model),
+                                  loss_backward=partial(backward_if_finite, acc))
+    if not is_finite(loss):
+        eng.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss.detach(), False)
+    if grad_clip:
+        acc.clip_grad_norm_(model.parameters(), grad_clip)
+    eng.optimizer.step()
+    eng.scheduler.step()
+    eng.optimizer.zero_grad(set_to_none=True)
+    eng.core.clamp_logit_scale()
+    return StepResult(loss.detach(), True, dict(eng.objective.pair_losses))

@@ -1,0 +1,111 @@
+"""align/train/rundir.py: the run-dir layout, finding a model from a path, and the one sharded-checkpoint test.
+
+A sharded (DCP) checkpoint is written here in one process by save_checkpoint itself (a plain model: DCP needs
+no process group for it), then read through every path that takes a checkpoint: align.load, export and
+model.init_from.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+from align.errors import AlignError
+from align.train import rundir
+from align.train.checkpoint import save_checkpoint
+from tests.export.conftest import make_run
+
+
+def _dcp_checkpoint(run, model, name="step-00000002"):
+    """RUN/checkpoints/NAME written as a sharded run writes it: dcp/ (model + optimizer) and state.json."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    path = save_checkpoint(rundir.checkpoints_dir(run), name, None, opt, {"step": 2, "world_size": 1},
+                           sharded=(model, opt))
+    assert os.path.isfile(os.path.join(path, rundir.DCP_DIR, rundir.DCP_METADATA))
+    assert not os.path.exists(os.path.join(path, rundir.MODEL))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dcp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dcp")
+    run, model = make_run(root, seed=5, summary={"steps": 2, "wall_time_s": 1.0, "samples_per_s": 16.0})
+    return run, model, _dcp_checkpoint(run, model)
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_sharded_checkpoint_is_read_by_align_load(dcp_run):
+    import align
+    run, model, ckpt = dcp_run
+    assert rundir.is_sharded_checkpoint(ckpt) and rundir.is_checkpoint_dir(ckpt)
+    assert rundir.weights_path(ckpt) == os.path.join(ckpt, rundir.DCP_DIR)
+    _same(align.load(ckpt), model)                       # the checkpoint dir itself
+    _same(align.load(run), model)                        # the run: its newest checkpoint is the DCP one
+    where = rundir.locate(ckpt)
+    assert (where.kind, where.run_dir, where.checkpoint) == ("checkpoint", run, ckpt)
+
+
+def test_sharded_checkpoint_is_read_by_export(dcp_run, tmp_path):
+    from align.export import export
+    run, model, ckpt = dcp_run
+    out = export(ckpt, str(tmp_path / "exp"), fmt="open_clip", progress=False)
+    assert "open_clip" in out["formats"]
+    import align
+    _same(align.load(str(tmp_path / "exp")), model)
+    card = open(tmp_path / "exp" / "README.md").read()
+    assert "- steps: 2" in card                          # the run's summary.json was found from the DCP checkpoint
+
+
+def test_sharded_checkpoint_is_read_by_init_from(dcp_run):
+    from align.model import build_model
+    from align.config import parse_recipe
+    from align.train.init_from import apply_init_from
+    import yaml
+    run, model, ckpt = dcp_run
+    cfg = yaml.safe_load(open(os.path.join(run, rundir.CONFIG)))
+    fresh = build_model(parse_recipe(cfg).model)
+    report = apply_init_from(fresh, ckpt, printer=None)
+    assert report["ignored"] == [] and not report["new"]
+    _same(fresh, model)
+
+
+def test_the_sharded_flag_of_state_json_decides_and_old_checkpoints_fall_back(tmp_path):
+    run, model = make_run(tmp_path, seed=1)
+    plain = rundir.newest_checkpoint(run)
+    assert rundir.read_state(plain)["sharded"] is False and not rundir.is_sharded_checkpoint(plain)
+    ckpt = _dcp_checkpoint(run, model)
+    # A checkpoint holding both: the recorded flag says which one is the model (a guess from files could not).
+    open(os.path.join(ckpt, rundir.MODEL), "wb").write(open(os.path.join(plain, rundir.MODEL), "rb").read())
+    assert rundir.weights_path(ckpt) == os.path.join(ckpt, rundir.DCP_DIR)
+    state_file = os.path.join(ckpt, rundir.STATE)
+    state = json.load(open(state_file))
+    json.dump(dict(state, sharded=False), open(state_file, "w"))
+    assert rundir.weights_path(ckpt) == os.path.join(ckpt, rundir.MODEL)
+    # Written before the flag existed: a DCP store and no single-file model.
+    os.remove(os.path.join(ckpt, rundir.MODEL))
+    json.dump({k: v for k, v in state.items() if k != "sharded"}, open(state_file, "w"))
+    assert rundir.is_sharded_checkpoint(ckpt) and rundir.weights_path(ckpt).endswith(rundir.DCP_DIR)
+    del state["sharded"]
+    json.dump(state, open(os.path.join(plain, rundir.STATE), "w"))
+    assert not rundir.is_sharded_checkpoint(plain)
+
+
+def test_locate_names_what_it_cannot_read(tmp_path):
+    with pytest.raises(AlignError, match="no such model"):
+        rundir.locate(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AlignError, match="not an align run, checkpoint or export"):
+        rundir.locate(str(tmp_path / "empty"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("{}")
+    with pytest.raises(AlignError, match="no complete checkpoint yet"):
+        rundir.locate(str(run))
+    assert rundir.find_run_dir(str(run)) == str(run)
+    assert rundir.step_name(12) == "step-00000012" and rundir.STEP_RE.match(rundir.step_name(12))
