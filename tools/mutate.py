@@ -250,6 +250,23 @@ MUTATIONS = [
       ["tests/data/write/test_custom_data_e2e.py"]),
     M("faults.counted_twice", "align/data/stream/faults.py", "self._delta[reason] += 1", "self._delta[reason] += 2",
       ["tests/data/write/test_custom_data_e2e.py"]),
+    # -- RNN towers (issue 22, item 3) ------------------------------------------------------------
+    M("towers.rnn.backward_reads_padding", "align/towers/rnn.py",
+      "idx = torch.where(t < n, n - 1 - t, t)", "idx = x.shape[1] - 1 - t.expand(n.shape[0], -1)",
+      ["tests/towers/test_rnn.py"], "the backward RNN starts at the padding (plain flip)"),
+    M("towers.rnn.mean_over_padding", "align/towers/rnn.py",
+      "return (x * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)", "return x.mean(dim=1)",
+      ["tests/towers/test_rnn.py"]),
+    M("towers.rnn.last_pools_final_step", "align/towers/rnn.py",
+      "last = x.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, h)).squeeze(1)", "last = x[:, -1, :h]",
+      ["tests/towers/test_rnn.py"]),
+    M("towers.rnn.lock_skips_embedding", "align/towers/rnn.py",
+      "return [self.token_embedding]", "return []", ["tests/towers/test_rnn.py"],
+      "lock(unlocked_groups=all) would leave the embedding frozen"),
+    M("towers.rnn.checkpoint_drops_lengths", "align/towers/rnn.py",
+      "x = checkpoint(layer, x, lengths, use_reentrant=False)",
+      "x = checkpoint(layer, x, torch.full_like(lengths, x.shape[1]), use_reentrant=False)",
+      ["tests/towers/test_rnn.py"]),
 ]
 
 

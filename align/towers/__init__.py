@@ -5,6 +5,7 @@
       text:  {type: hf, model: /path/to/minilm, lock: true}
       audio: {type: audio, width: 192, layers: 4}
       image: {type: hf_image, model: /models/clip-vit-b32}     # or audio: {type: hf_audio, ...}
+      text:  {type: rnn_text, hidden: 128, cell: gru}          # or audio: {type: rnn_audio, ...}
 
 Each factory is called as `factory(cfg: dict, modality: str, embed_dim: int) -> Tower`
 with the tower's section minus `type`.
@@ -26,4 +27,4 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
 
 # Importing the modules registers their tower types (each imports its heavy dependency lazily).
 from align.towers import audio, hf_text, open_clip_towers, timm_image  # noqa: E402,F401
-from align.towers import hf_audio, hf_image  # noqa: E402,F401
+from align.towers import hf_audio, hf_image, rnn  # noqa: E402,F401
