@@ -267,6 +267,23 @@ MUTATIONS = [
       "x = checkpoint(layer, x, lengths, use_reentrant=False)",
       "x = checkpoint(layer, x, torch.full_like(lengths, x.shape[1]), use_reentrant=False)",
       ["tests/towers/test_rnn.py"]),
+    # -- a CLI that explains itself (issue 22, item 5) --------------------------------------------
+    M("cli.help.defaults_not_shown", "align/cli.py",
+      'return h + " (default: %(default)s)"', "return h", ["tests/test_cli.py"]),
+    M("cli.help.option_without_help", "align/cli.py",
+      's.add_argument("--shard-size", type=int, default=1000, help="samples per shard")',
+      's.add_argument("--shard-size", type=int, default=1000)', ["tests/test_cli.py"]),
+    M("cli.help_keys.recipe_values_dropped", "align/cli.py",
+      'value = f"  = {_yaml_value(set_here)}" if set_here is not dataclasses.MISSING else ""', 'value = ""',
+      ["tests/test_cli.py"]),
+    M("cli.recipes_show.header_dropped", "align/cli.py",
+      "sys.stdout.write(f.read())", 'sys.stdout.write("".join(ln for ln in f if not ln.startswith("#")))',
+      ["tests/test_cli.py"]),
+    M("config.help.field_without_help", "align/config.py",
+      'seed: int = _key(0, help="seed of weights, data order and augmentation")', "seed: int = 0",
+      ["tests/test_config.py"]),
+    M("config.help_keys.sources_skipped", "align/config.py",
+      'out += recipe_keys(inner, key + "[].")', "pass", ["tests/test_config.py", "tests/test_cli.py"]),
 ]
 
 
