@@ -284,6 +284,16 @@ MUTATIONS = [
       ["tests/test_config.py"]),
     M("config.help_keys.sources_skipped", "align/config.py",
       'out += recipe_keys(inner, key + "[].")', "pass", ["tests/test_config.py", "tests/test_cli.py"]),
+    # -- hard negatives (issue 22, item 4) --------------------------------------------------------
+    M("loss.hard_negatives.mask_ignored", "align/losses/hard_negatives.py",
+      'hard = hard.masked_fill(~NM[start:stop], float("-inf"))', "hard = hard",
+      ["tests/losses/test_hard_negatives.py"]),
+    M("loss.hard_negatives.rows_of_rank_0", "align/losses/hard_negatives.py",
+      'torch.einsum("nd,nkd->nk", q, NEG[start:stop])', 'torch.einsum("nd,nkd->nk", q, NEG[:stop - start])',
+      ["tests/losses/test_hard_negatives.py"], "local_loss: rank 1 scores rank 0's negatives"),
+    M("loss.hard_negatives.no_grad_scale", "align/losses/hard_negatives.py",
+      "a, b, neg = (scale_grad(t, self.world_size) for t in (a, b, neg))",
+      "a, b = (scale_grad(t, self.world_size) for t in (a, b))", ["tests/losses/test_hard_negatives.py"]),
 ]
 
 

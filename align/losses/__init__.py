@@ -8,7 +8,8 @@ over ranks (what DDP / Accelerate do), N processes x batch b give the loss
 and gradients of one process with batch N*b. See distributed.py.
 
 Recipes name a loss by its registered type: "clip", "siglip",
-"chunked_clip", "chunked_siglip".
+"chunked_clip", "chunked_siglip". HardNegativeClipLoss (per-sample hard-negative captions,
+hard_negatives.py) is not registered yet: the training loop does not pass negatives to losses.
 """
 import inspect
 from typing import Optional, Sequence
@@ -17,6 +18,7 @@ from align.errors import ConfigError
 from align.losses.chunked import ChunkedClipLoss, chunked_infonce_sum
 from align.losses.clip import ClipLoss
 from align.losses.distributed import gather_batch, gather_features, gather_masks
+from align.losses.hard_negatives import HardNegativeClipLoss
 from align.losses.multipair import MultiPairLoss, pair_name
 from align.losses.siglip import ChunkedSigLipLoss, SigLipLoss
 from align.registry import Registry
@@ -47,5 +49,5 @@ def build_loss(type: str, pairs: Sequence[Sequence[str]], weights: Optional[Sequ
 
 
 __all__ = ["LOSSES", "build_loss", "loss_options", "ClipLoss", "SigLipLoss", "ChunkedClipLoss", "ChunkedSigLipLoss",
-           "MultiPairLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
+           "MultiPairLoss", "HardNegativeClipLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
            "pair_name"]
