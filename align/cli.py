@@ -106,7 +106,8 @@ def cmd_data_shards(a):
                          shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
                          overwrite=a.overwrite, layout=a.layout, classnames=a.classnames, templates=a.templates,
                          val_groups_from=a.val_groups_from, max_skip_frac=a.max_skip_frac,
-                         val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None)
+                         val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None,
+                         neg_col=a.neg_col)
     print(summary_line(stats))
 
 
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("audio", "audio file paths"), ("label", "class labels (ints or names)")):
         s.add_argument(f"--{col}-col", default=None, metavar="COL",
                        help=f"column of {what} (default: detected from the column names)")
+    s.add_argument("--neg-col", default=None, metavar="COL",
+                   help="column of hard-negative captions (one per line, or a JSON list), written as each "
+                        "sample's neg.txt (see HardNegativeClipLoss)")
     s.add_argument("--image-size", type=int, default=None,
                    help="resize images (see --resize-mode; default: stored as they are)")
     s.add_argument("--resize-mode", choices=["keep", "center_crop", "border", "longest"], default="keep",

@@ -294,6 +294,15 @@ MUTATIONS = [
     M("loss.hard_negatives.no_grad_scale", "align/losses/hard_negatives.py",
       "a, b, neg = (scale_grad(t, self.world_size) for t in (a, b, neg))",
       "a, b = (scale_grad(t, self.world_size) for t in (a, b))", ["tests/losses/test_hard_negatives.py"]),
+    M("data.negatives.not_read", "align/data/stream/decode.py",
+      'out["neg"] = captions(raw[NEG_EXT]) if NEG_EXT in raw else []', 'out["neg"] = []',
+      ["tests/data/stream/test_decode.py"]),
+    M("data.negatives.mask_not_set", "align/data/stream/decode.py",
+      'neg[i, :n], mask[i, :n] = s["neg_text"], True', 'neg[i, :n] = s["neg_text"]',
+      ["tests/data/stream/test_decode.py"]),
+    M("data.shards.neg_col_ignored", "align/data/write/shards.py",
+      "negs = _negatives(row.values.get(job.neg_col), base) if job.neg_col else []", "negs = []",
+      ["tests/data/write/test_shards.py::test_neg_col_writes_hard_negatives_as_neg_txt"]),
 ]
 
 

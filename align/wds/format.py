@@ -24,6 +24,7 @@ MODALITY_EXTS = {
 MODALITIES = tuple(MODALITY_EXTS)
 LABEL_EXT = "cls"        # an integer class index, ASCII
 META_EXT = "json"        # free-form metadata, never decoded for training
+NEG_EXT = "neg.txt"      # hard-negative captions of the sample, one per line (HardNegativeClipLoss)
 
 FILE_EXTS = {
     "image": ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"),

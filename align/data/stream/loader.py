@@ -499,7 +499,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
-                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> StreamLoader:
+                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
+                       hard_negatives: int = 0) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -519,6 +520,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     augment: an align.data.stream.augment.Augmenter, or its config {modality: [stages]} (training only).
     retry_budget_s: how long an http(s) source may stay unreachable (retried with backoff) before
         the stream stops with SourceUnavailable (align.data.stream.remote).
+    hard_negatives: K > 0 adds batch["neg_text"] [B, K, L] and batch["neg_text_mask"] [B, K] from each
+        sample's neg.txt (see align.data.stream.decode).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -543,7 +546,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment)
+                            augment=augment, hard_negatives=hard_negatives)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

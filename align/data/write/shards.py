@@ -3,7 +3,8 @@
 `write_shards(input, out_dir, ...)` reads a CSV/TSV/JSONL/Parquet file, a
 folder of pairs or a Hugging Face dataset (see `shard_sources`), re-encodes
 every sample (images -> RGB jpg/webp/png, optionally resized; audio -> mono
-FLAC at `sample_rate`; captions -> `txt`, one per line; labels -> `cls`; the
+FLAC at `sample_rate`; captions -> `txt`, one per line; hard-negative captions (neg_col) -> `neg.txt`;
+labels -> `cls`; the
 rest -> `json`) and writes `DIR/{prefix}-{000000}.tar`, or, with
 `layout="clip_benchmark"`, CLIP_benchmark's wds layout (an eval set that
 `data.val`, `align bench` and the `clip_benchmark` CLI read directly):
@@ -50,6 +51,7 @@ from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, _audio, _image
 from align.data.write.inputs import (MODALITIES, Row, SkipRow, Source, jsonable, open_source, read_captions,
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
+from align.wds.format import NEG_EXT
 from align.wds.writer import SampleWriter
 
 LAYOUTS = ("shards", "clip_benchmark")
@@ -77,6 +79,7 @@ class _Job:
     sample_rate: int = 16000
     extra_cols: List[str] = field(default_factory=list)
     more_text_cols: List[str] = field(default_factory=list)  # text_col "a,b": captions of b join a's
+    neg_col: Optional[str] = None            # hard-negative captions -> the sample's neg.txt
     classes: Optional[List[str]] = None      # class names: labels are their indices
     string_labels: bool = False              # labels are names (-> index in classes), not integers
     layout: str = "shards"
@@ -106,6 +109,19 @@ class _Job:
                 end += 1
             yield from self.source.rows(picked[run], picked[end - 1] + 1)
             run = end
+
+
+def _negatives(value, base) -> List[str]:
+    """A row's hard-negative captions: newline-separated, a JSON list string, or a list; [] when none."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    try:
+        return read_captions(value, base)
+    except SkipRow:          # no negatives for this row: a normal sample
+        return []
 
 
 def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
@@ -145,6 +161,10 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
                     pass
             members["txt"] = "\n".join(caps).encode("utf-8")
             meta["captions"] = len(caps)
+            negs = _negatives(row.values.get(job.neg_col), base) if job.neg_col else []
+            if negs:
+                members[NEG_EXT] = "\n".join(negs).encode("utf-8")
+                meta["negatives"] = len(negs)
         else:
             label = read_label(value, base)
             if job.string_labels:  # label names -> their index in the class list
@@ -303,7 +323,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                  prefix: str = "shard", workers: int = 1, split: Optional[str] = None,
                  progress: bool = True, overwrite: bool = False, layout: str = "shards", classnames=None,
                  templates=None, val_groups_from: Optional[str] = None, val_groups: Optional[List[str]] = None,
-                 max_skip_frac: Optional[float] = None) -> Dict[str, Any]:
+                 max_skip_frac: Optional[float] = None, neg_col: Optional[str] = None) -> Dict[str, Any]:
     """Write `input` as `out_dir/{prefix}-NNNNNN.tar` shards (or CLIP_benchmark's layout, see the module
     docstring); return the stats (also in out_dir/stats.json) plus `pattern`, a brace pattern of the
     shards. A *_col of None auto-detects the column, False leaves the modality out. String labels
@@ -311,7 +331,8 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     val_groups_from/val_groups: rows of those groups -> out_dir/val (clip_benchmark layout), the rest
     -> out_dir/train; the stats are train's, with val's under "val".
     Raises DataError after writing when no sample was written, or more than max_skip_frac of the
-    rows were skipped."""
+    rows were skipped. neg_col: a column of hard-negative captions (newline-separated, a JSON list or a
+    list) written as each sample's neg.txt (rows without any get none)."""
     if resize_mode not in RESIZE_MODES:
         raise ConfigError(f"resize_mode {resize_mode!r} unknown; valid: {', '.join(RESIZE_MODES)}")
     if image_format not in IMAGE_FORMATS:
@@ -347,6 +368,10 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 raise DataError(f"{source.description}: no column {col!r} for text; "
                                 f"available columns: {', '.join(map(str, source.columns))}")
     columns = resolve_columns(source, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
+    if neg_col is not None and (neg_col not in source.columns or "text" not in columns):
+        raise DataError(f"{source.description}: --neg-col {neg_col!r}: " + (
+            "hard negatives are captions; the input needs a text column" if neg_col in source.columns else
+            f"no such column; available columns: {', '.join(map(str, source.columns))}"))
     n_rows = len(source)
     if n_rows == 0:
         raise DataError(f"input {source.description} has no rows")
@@ -374,12 +399,15 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 "prefix": prefix, "split": split}
     if more_text:
         settings["more_text_cols"] = more_text
+    if neg_col is not None:
+        settings["neg_col"] = neg_col
     if classnames is not None or eval_set:
         settings.update(classes=classes, templates=tmpl, layout=layout)
     common = dict(source=source, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
                   resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
-                  sample_rate=sample_rate, more_text_cols=more_text,
-                  extra_cols=[c for c in source.columns if c not in columns.values() and c not in more_text],
+                  sample_rate=sample_rate, more_text_cols=more_text, neg_col=neg_col,
+                  extra_cols=[c for c in source.columns if c not in columns.values() and c not in more_text
+                              and c != neg_col],
                   classes=classes, string_labels=string_labels)
     if val_groups_from is None:
         parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
