@@ -2,6 +2,7 @@
 Transformer towers of recipes/demo.yaml.
 
     python benchmarks/rnn_towers.py [--out /tmp/rnn_towers] [--nice 10] [NAME ...] [override ...]
+    python benchmarks/rnn_towers.py --towers-only      # forward+backward of each tower alone (seconds)
 
 NAME (default: all of VARIANTS, in order) is `align demo` with the variant's overrides, run one after another
 in its own process (`align demo --no-progress --out OUT/NAME`; the data is built once, in OUT/data, and
@@ -9,6 +10,8 @@ linked into each run).  Overrides after the names apply to every variant (`train
 Each run's OUT/NAME/report/timing.json gives training samples/s and zero-shot acc1 on val and on the held-out
 groups; the script prints one Markdown table of them.  Time figures depend on the machine's load: run the
 variants on the same machine under the same load (this script runs them back to back for that reason).
+--towers-only times each tower's forward+backward alone (batch 64, 1 thread, the towers interleaved, median
+of the repeats), which a shared machine disturbs less than whole runs.
 """
 import argparse
 import json
@@ -60,12 +63,46 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def towers_only(repeats: int = 7, batch: int = 64) -> None:
+    import statistics
+
+    import torch
+    import yaml
+
+    from align.config import load_recipe, resolve_recipe
+    from align.model import build_model
+    torch.set_num_threads(1)
+    demo = load_recipe(resolve_recipe("demo")).model
+    towers = {"text: open_clip transformer": build_model(demo).towers["text"],
+              "audio: AST transformer": build_model(demo).towers["audio"]}
+    from align.towers import build_tower
+    towers["text: rnn_text"] = build_tower(yaml.safe_load(RNN_TEXT), "text", demo.embed_dim)
+    towers["audio: rnn_audio"] = build_tower(yaml.safe_load(RNN_AUDIO), "audio", demo.embed_dim)
+    inputs = {k: (t.tokenize(["a handwritten seven."] * batch) if k.startswith("text") else t.dummy_input(batch))
+              for k, t in towers.items()}
+    times = {k: [] for k in towers}
+    for r in range(repeats + 1):
+        for k, t in towers.items():
+            t0 = time.perf_counter()
+            t.train()(inputs[k]).sum().backward()
+            if r:                                            # the first round warms up
+                times[k].append(time.perf_counter() - t0)
+    print("| tower | forward+backward, batch 64 (ms) | samples/s |\n|---|---|---|")
+    for k, v in times.items():
+        ms = 1000 * statistics.median(v)
+        print(f"| {k} | {ms:.1f} | {batch / ms * 1000:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/rnn_towers", help="output folder (default: /tmp/rnn_towers)")
     p.add_argument("--nice", type=int, default=10, help="niceness of each run (default: 10)")
+    p.add_argument("--towers-only", action="store_true", help="time each tower alone instead of whole demo runs")
     p.add_argument("rest", nargs="*", help="variant names, then recipe overrides (key=value)")
     a = p.parse_args()
+    if a.towers_only:
+        towers_only()
+        return
     names = [x for x in a.rest if "=" not in x] or list(VARIANTS)
     extra = [x for x in a.rest if "=" in x]
     unknown = [n for n in names if n not in VARIANTS]
