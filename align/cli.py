@@ -2,7 +2,8 @@
 
     align demo [--out DIR]                         build data, train, benchmark, report
     align train RECIPE.yaml [key=value ...]        train a recipe (also under `accelerate launch`)
-    align recipes                                  list shipped recipes
+    align recipes [--show NAME]                    list shipped recipes, or print one
+    align train NAME --help-keys                   every recipe key: type, default, meaning
     align data demo|shards|inspect|stats ...             build and check webdataset shards
     align bench zeroshot|retrieval|suite ...       benchmarks on FAISS indexes
     align export RUN --out DIR --format ...        open_clip / ONNX export
@@ -10,8 +11,11 @@
 User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.  A remote data
 source that stayed unreachable for data.retry_budget_s ends `align train` with a checkpoint, one line
 `align: source unavailable: URL: ...` and status 75 (EX_TEMPFAIL: rerun the same command to resume).
+Every option has a help line; `HelpFormatter` adds its default, so the two cannot disagree
+(tests/test_cli.py fails on an option without help).
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,18 +27,68 @@ EXIT_SOURCE_UNAVAILABLE = 75   # sysexits.h EX_TEMPFAIL: a temporary failure, wo
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_train(a):
+    if a.help_keys:
+        print(help_keys(a.recipe, a.overrides))
+        return
+    if a.recipe is None:
+        raise AlignError("train: give a recipe (a YAML path or a shipped name: `align recipes`)")
     from align.config import load_recipe
     from align.train.loop import train
     recipe = load_recipe(resolve_recipe(a.recipe), a.overrides)
     train(recipe, progress=not a.no_progress)
 
 
+def _yaml_value(v) -> str:
+    import yaml
+    if v is dataclasses.MISSING:
+        return "(required)"
+    return yaml.safe_dump(v, default_flow_style=True, width=10 ** 6).strip().removesuffix("\n...").strip()
+
+
+def help_keys(recipe=None, overrides=None) -> str:
+    """The `--help-keys` table, generated from align.config's dataclasses (align.config.recipe_keys); with a
+    recipe, the values it sets (its YAML plus overrides) are shown beside the defaults."""
+    from align.config import load_recipe_dict, recipe_keys
+    given = load_recipe_dict(resolve_recipe(recipe), overrides) if recipe else None
+    lines = [f"Recipe keys{' (= the value ' + recipe + ' sets)' if given is not None else ''}; "
+             f"override any with KEY=VALUE (YAML):"]
+    for k in recipe_keys():
+        if k["type"] == "section":
+            lines += ["", f"{k['key']}:  {k['help']}"]
+            continue
+        default = "" if k["default"] is None and "null" not in k["type"] else _yaml_value(k["default"])
+        set_here = _lookup(given, k["key"]) if given is not None else dataclasses.MISSING
+        value = f"  = {_yaml_value(set_here)}" if set_here is not dataclasses.MISSING else ""
+        lines.append(f"  {k['key']:34s} {k['type']:26s} default {default or '-'}{value}")
+        lines.append(f"  {'':34s} {k['help']}")
+    from align.towers import TOWERS
+    lines += ["", "model.towers.MODALITY.type: a tower type; its options are listed in its module's docstring:"]
+    for name in TOWERS.names():
+        mod = sys.modules[TOWERS.get(name).__module__]
+        lines.append(f"  {name:14s} {mod.__name__}: {(mod.__doc__ or '').strip().splitlines()[0]}")
+    return "\n".join(lines)
+
+
+def _lookup(d, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return dataclasses.MISSING
+        d = d[part]
+    return d
+
+
 def cmd_recipes(a):
+    if a.show:
+        path = resolve_recipe(a.show)
+        print(f"# {path}")
+        with open(path) as f:
+            sys.stdout.write(f.read())
+        return
     d = recipes_dir()
     for name in shipped_recipes():
         head = recipe_header(os.path.join(d, name + ".yaml")).splitlines()
         print(f"{name:16s} {head[0] if head else ''}")
-    print(f"({d}; `align train NAME` or a path to your own YAML)")
+    print(f"({d}; `align recipes --show NAME` prints one; `align train NAME` or a path to your own YAML)")
 
 
 def cmd_demo(a):
@@ -57,7 +111,7 @@ def cmd_data_shards(a):
                          overwrite=a.overwrite, layout=a.layout, classnames=a.classnames, templates=a.templates,
                          val_groups_from=a.val_groups_from, max_skip_frac=a.max_skip_frac,
                          val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None,
-                         limits=_limits(a), follow_links=a.follow_links)
+                         limits=_limits(a), follow_links=a.follow_links, neg_col=a.neg_col)
     print(summary_line(stats))
 
 
@@ -73,7 +127,7 @@ def _add_limit_options(s) -> None:
     from align.limits import DataLimits
     for f in dataclasses.fields(DataLimits):
         s.add_argument("--" + f.name.replace("_", "-"), type=float if f.type in (float, "float") else int,
-                       default=None, metavar="N", help=f"data.limits.{f.name} (default {f.default})")
+                       default=None, metavar="N", help=f"data.limits.{f.name}: {f.metadata['help']} (default {f.default})")
 
 
 def _limits(a):
@@ -123,50 +177,91 @@ def cmd_export(a):
         print("\n".join(summary_lines(result)))
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds ' (default: X)' to an option's help when it has a default worth saying (not None/False) and the
+    help does not give one itself."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if ("default" in h or d is None or d is False or d is argparse.SUPPRESS or d == []
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return h
+        return h + " (default: %(default)s)"
+
+
+class AlignParser(argparse.ArgumentParser):
+    """ArgumentParser whose help shows defaults; subparsers are built with the same class (argparse's rule)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="align", description="CLIP-style contrastive pretraining across images, "
-                                                          "text and audio.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = AlignParser(prog="align", description="CLIP-style contrastive pretraining across images, text and audio.",
+                    epilog="`align COMMAND --help` explains a command; `align train NAME --help-keys` every "
+                           "recipe key.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     s = sub.add_parser("demo", help="build the demo data, train recipes/demo.yaml, benchmark, report")
-    s.add_argument("--out", default="align_demo", help="output directory (default: ./align_demo)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-progress", action="store_true")
-    s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.max_steps=100")
+    s.add_argument("--out", default="align_demo", help="output directory (data/, run/, report/)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the data split, voices, weights and data order")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    s.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE, e.g. train.max_steps=100")
     s.set_defaults(fn=cmd_demo)
 
-    s = sub.add_parser("train", help="train a recipe")
-    s.add_argument("recipe", help="recipe YAML path or shipped recipe name")
-    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=128 output_dir=runs/x")
-    s.add_argument("--no-progress", action="store_true")
+    s = sub.add_parser("train", help="train a recipe (also under `accelerate launch`)",
+                       description="Train a recipe. `--help-keys` lists every recipe key with its type, default "
+                                   "and meaning (with NAME: also the values that recipe sets).")
+    s.add_argument("recipe", nargs="?", default=None,
+                   help="recipe YAML path or shipped recipe name (`align recipes`)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides KEY=VALUE, e.g. train.batch_size=128 "
+                                                "output_dir=runs/x")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    s.add_argument("--help-keys", action="store_true",
+                   help="list every recipe key (type, default, one line of meaning) and exit; nothing is trained")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("recipes", help="list shipped recipes")
+    s = sub.add_parser("recipes", help="list shipped recipes, or print one with --show")
+    s.add_argument("--show", default=None, metavar="NAME",
+                   help="print this recipe (shipped name or path), its header comment included")
     s.set_defaults(fn=cmd_recipes)
 
-    data = sub.add_parser("data", help="build and inspect webdataset shards").add_subparsers(dest="data_cmd",
-                                                                                             required=True)
+    data = sub.add_parser("data", help="build and inspect webdataset shards").add_subparsers(
+        dest="data_cmd", required=True, metavar="SUBCOMMAND")
     s = data.add_parser("demo", help="write the built-in digits image-text-audio dataset")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--out", required=True, help="output directory (train/, val/, heldout/, demo.json)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the split and of every random draw")
+    s.add_argument("--workers", type=int, default=None, help="speech synthesis processes (default: CPU count)")
     s.set_defaults(fn=cmd_data_demo)
 
     s = data.add_parser("shards", help="turn a CSV/TSV/JSONL/Parquet file, a folder of pairs or a HF dataset "
                                        "into shards")
-    s.add_argument("input")
-    s.add_argument("--out", required=True)
-    for col in ("image", "text", "audio", "label"):
-        s.add_argument(f"--{col}-col", default=None)
-    s.add_argument("--image-size", type=int, default=None)
-    s.add_argument("--resize-mode", choices=["keep", "center_crop", "border", "longest"], default="keep")
-    s.add_argument("--image-format", choices=["jpg", "webp", "png"], default="jpg")
-    s.add_argument("--image-quality", type=int, default=95)
-    s.add_argument("--sample-rate", type=int, default=16000)
-    s.add_argument("--shard-size", type=int, default=1000)
-    s.add_argument("--prefix", default="shard")
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--split", default=None, help="split of a Hugging Face dataset")
+    s.add_argument("input", help="CSV/TSV/JSONL/Parquet file, folder of same-stem files (a.jpg + a.txt), or "
+                                 "a Hugging Face dataset (Hub name or saved folder)")
+    s.add_argument("--out", required=True, help="output folder of the shards (and stats.json)")
+    for col, what in (("image", "image paths or URLs"), ("text", "captions (a,b: several caption columns)"),
+                      ("audio", "audio file paths"), ("label", "class labels (ints or names)")):
+        s.add_argument(f"--{col}-col", default=None, metavar="COL",
+                       help=f"column of {what} (default: detected from the column names)")
+    s.add_argument("--neg-col", default=None, metavar="COL",
+                   help="column of hard-negative captions (one per line, or a JSON list), written as each "
+                        "sample's neg.txt (see HardNegativeClipLoss)")
+    s.add_argument("--image-size", type=int, default=None,
+                   help="resize images (see --resize-mode; default: stored as they are)")
+    s.add_argument("--resize-mode", choices=["keep", "center_crop", "border", "longest"], default="keep",
+                   help="keep: shorter side = size; longest: longer side = size; center_crop: size x size; "
+                        "border: longer side = size, padded black")
+    s.add_argument("--image-format", choices=["jpg", "webp", "png"], default="jpg", help="format images are "
+                                                                                        "stored in")
+    s.add_argument("--image-quality", type=int, default=95, help="jpg/webp quality, 1-100")
+    s.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate (Hz), stored "
+                                                                  "as flac")
+    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    s.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar")
+    s.add_argument("--workers", type=int, default=1, help="processes decoding and encoding media")
+    s.add_argument("--split", default=None, help="split of a Hugging Face dataset (e.g. train)")
     s.add_argument("--overwrite", action="store_true", help="replace an unrelated non-empty --out")
     s.add_argument("--layout", choices=["shards", "clip_benchmark"], default="shards",
                    help="clip_benchmark: an eval set (OUT/test/N.tar, classnames, templates) for data.val, "
@@ -189,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_data_shards)
 
     s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
-    s.add_argument("pattern")
+    s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
     s.add_argument("-n", type=int, default=3, help="samples to print")
     s.add_argument("--modalities", default="image,text,audio",
                    help="modalities training will request (counts skips as a run with them would)")
@@ -198,10 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = data.add_parser("stats", help="log-mel mean/std of the audio in shards (for the audio tower's "
                                       "norm_mean/norm_std)")
-    s.add_argument("pattern")
+    s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
     s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
-    s.add_argument("-n", type=int, default=None, help="at most this many samples")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.towers.audio.clip_seconds=1")
     s.set_defaults(fn=cmd_data_stats)
 
@@ -209,11 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub, cmd_bench)
 
     s = sub.add_parser("export", help="export a run or checkpoint for open_clip and/or ONNX")
-    s.add_argument("model", help="run dir, checkpoint dir")
-    s.add_argument("--out", required=True)
-    s.add_argument("--format", choices=["open_clip", "onnx", "all"], default="all")
+    s.add_argument("model", help="run dir, checkpoint dir or export to export")
+    s.add_argument("--out", required=True, help="export folder (built aside, moved into place when checked)")
+    s.add_argument("--format", choices=["open_clip", "onnx", "all"], default="all",
+                   help="all: both (open_clip skipped, with a one-line note, when the towers cannot be expressed "
+                        "in it)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    s.add_argument("--report", action="append", help="extra result JSON file or folder for the model card")
+    s.add_argument("--report", action="append", help="extra result JSON file or folder for the model card "
+                                                     "(repeatable)")
     s.add_argument("--interpolate-with", default=None, metavar="START",
                    help="WiSE-FT: interpolate the weights with this starting model (align run/export, open_clip "
                         "checkpoint or folder)")

@@ -23,118 +23,144 @@ from align.shipped import resolve_shipped, shipped_names
 from align.limits import DataLimits   # data.limits: sizes a shard may claim (the dataclass lives with its checks)
 
 
-def _num(default, *, ge=None, gt=None, le=None, lt=None):
-    """A numeric field with bounds, checked at load (see _check_bounds)."""
+def _num(default, *, ge=None, gt=None, le=None, lt=None, help: str = ""):
+    """A numeric field with bounds, checked at load (see _check_bounds), and its one-line help."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    return field(default=default, metadata={"bounds": bounds})
+    return field(default=default, metadata={"bounds": bounds, "help": help})
+
+
+def _key(default=dataclasses.MISSING, *, help: str, factory=dataclasses.MISSING):
+    """A field with its one-line help (what `align train NAME --help-keys` prints). factory: mutable default."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
-    towers: Dict[str, Dict[str, Any]] = field(default_factory=dict)   # modality -> {type: ..., ...}
-    # Dual towers from one open_clip architecture: a name ("ViT-B-32"), a JSON config file, or an inline
-    # config. Fills towers.image and towers.text (type open_clip) where the recipe does not set them.
-    open_clip: Optional[Union[str, Dict[str, Any]]] = None
-    embed_dim: Optional[int] = _num(None, ge=1)             # default: the open_clip config's, else 512
-    init_logit_scale: float = 2.6592600369262695            # log(1 / 0.07), as CLIP
-    max_logit_scale: float = _num(100.0, gt=0)
-    init_logit_bias: Optional[float] = None                 # set (e.g. -10) for SigLIP
-    # Weights-only start (align run/checkpoint/export, open_clip checkpoint file or folder); step and
-    # optimizer start fresh, the temperature is the source's. See align/train/init_from.py.
-    init_from: Optional[str] = None
+    """The towers and the shared embedding space."""
+    towers: Dict[str, Dict[str, Any]] = _key(
+        factory=dict, help="modality -> {type: TOWER_TYPE, ...tower options}; the types are listed below")
+    open_clip: Optional[Union[str, Dict[str, Any]]] = _key(
+        None, help="image+text towers from one open_clip architecture: a name (ViT-B-32), a JSON file or an "
+                   "inline config; fills towers.image/text where unset")
+    embed_dim: Optional[int] = _num(None, ge=1, help="shared embedding size (default: the open_clip config's, "
+                                                     "else 512)")
+    init_logit_scale: float = _key(2.6592600369262695, help="starting log temperature: log(1 / 0.07), as CLIP")
+    max_logit_scale: float = _num(100.0, gt=0, help="cap on exp(logit_scale) (CLIP's 100)")
+    init_logit_bias: Optional[float] = _key(None, help="starting logit bias; set (e.g. -10) for SigLIP")
+    init_from: Optional[str] = _key(
+        None, help="weights-only start: align run/checkpoint/export or open_clip checkpoint file/folder; step "
+                   "and optimizer start fresh")
 
 
 @dataclass
 class LossConfig:
-    type: str = "clip"                                      # a LOSSES name (align.losses)
-    pairs: List[List[str]] = field(default_factory=lambda: [["image", "text"]])
-    weights: Optional[List[float]] = None                   # per pair; default all 1
-    chunk_size: int = _num(4096, ge=1)                      # chunked losses only
+    """The contrastive objective."""
+    type: str = _key("clip", help="loss name: clip | siglip | chunked_clip | chunked_siglip (align.losses)")
+    pairs: List[List[str]] = _key(factory=lambda: [["image", "text"]],
+                                  help="modality pairs the loss aligns, e.g. [[image, text], [audio, text]]")
+    weights: Optional[List[float]] = _key(None, help="one weight per pair (default: all 1)")
+    chunk_size: int = _num(4096, ge=1, help="rows per block of the chunked losses (memory vs speed)")
 
 
 @dataclass
 class SourceConfig:
-    urls: Union[str, List[str]]
-    weight: float = _num(1.0, ge=0)
+    """One weighted training source (an entry of data.train)."""
+    urls: Union[str, List[str]] = _key(help="shard pattern(s): dir, brace pattern, http(s) URL")
+    weight: float = _num(1.0, ge=0, help="sampling weight against the other sources")
 
 
 @dataclass
 class DataConfig:
-    train: Union[str, List[Union[str, SourceConfig]]] = "synthetic"   # pattern(s), sources, or "synthetic"
-    val: Optional[str] = None                               # CLIP_benchmark-layout dir for periodic eval
-    samples_per_epoch: Optional[int] = _num(None, ge=1)
-    resampled: bool = False
-    shuffle_buffer: int = _num(1000, ge=0)
-    num_workers: int = _num(2, ge=0)
-    allow_pipe: bool = False                                # pipe: URLs run shell commands
-    retry_budget_s: float = _num(300.0, gt=0)               # http(s) source unreachable this long: stop the run
-    max_skip_frac: Optional[float] = _num(None, ge=0, le=1)  # abort when the skip rate exceeds this
-    synthetic_size: int = _num(10000, ge=1)                 # samples per epoch for data.train=synthetic
-    synthetic_caption: str = "Dummy caption"                # its text (open_clip's synthetic caption)
-    # Training augmentations, {image|audio: [{type: ..., ...}]}: see align.data.stream.augment (off when unset).
-    augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = None
-    limits: DataLimits = field(default_factory=DataLimits)  # e.g. data.limits.max_image_pixels=200000000
+    """Training and validation data."""
+    train: Union[str, List[Union[str, SourceConfig]]] = _key(
+        "synthetic", help="shard pattern(s), a list of {urls, weight} sources, or synthetic")
+    val: Optional[str] = _key(None, help="CLIP_benchmark-layout dir for the periodic and final eval")
+    samples_per_epoch: Optional[int] = _num(None, ge=1, help="epoch length in samples, over all processes "
+                                                                "(train.epochs needs it)")
+    resampled: bool = _key(False, help="draw shards with replacement (endless stream, as webdataset's resampled)")
+    shuffle_buffer: int = _num(1000, ge=0, help="samples held in the shuffle buffer (0: no shuffling)")
+    num_workers: int = _num(2, ge=0, help="DataLoader worker processes per training process")
+    allow_pipe: bool = _key(False, help="allow pipe: URLs (they run shell commands)")
+    retry_budget_s: float = _num(300.0, gt=0, help="seconds an http(s) source may stay unreachable before the "
+                                                   "run stops")
+    max_skip_frac: Optional[float] = _num(None, ge=0, le=1, help="abort when the fraction of skipped samples "
+                                                                 "exceeds this")
+    synthetic_size: int = _num(10000, ge=1, help="samples per epoch for data.train=synthetic")
+    synthetic_caption: str = _key("Dummy caption", help="the caption of synthetic samples (open_clip's)")
+    augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = _key(
+        None, help="training augmentations {image|audio: [{type: ..., ...}]} (align.data.stream.augment); "
+                   "off when unset")
+    limits: DataLimits = _key(factory=DataLimits, help="the sizes a shard may claim, checked before any "
+                              "allocation (align.limits), e.g. data.limits.max_image_pixels=200000000")
 
 
 @dataclass
 class FsdpConfig:
     """train.sharding=fsdp: torch FSDP2 (fully_shard per tower block, then the root)."""
-    reshard_after_forward: bool = True                      # free gathered block weights after forward (less memory)
-    param_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"   # dtype parameters are gathered and computed in
-    reduce_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype gradients are reduce-scattered in
+    reshard_after_forward: bool = _key(True, help="free gathered block weights after forward (less memory)")
+    param_dtype: Literal["fp32", "bf16", "fp16"] = _key("fp32", help="dtype parameters are gathered and "
+                                                                     "computed in")
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] = _key("fp32", help="dtype gradients are reduce-scattered in")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _num(64, ge=1)                        # per process
-    max_steps: Optional[int] = _num(None, ge=1)
-    epochs: Optional[int] = _num(None, ge=1)
-    accum_steps: int = _num(1, ge=1)                        # micro-batches per step (GradCache: all negatives kept)
-    lr: float = _num(5e-4, ge=0)
-    weight_decay: float = _num(0.2, ge=0)
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = _num(1e-6, ge=0)
-    warmup_steps: int = _num(0, ge=0)
-    min_lr_ratio: float = _num(0.0, ge=0, le=1)
-    grad_clip: Optional[float] = _num(None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_every: int = _num(0, ge=0)                   # steps; 0 = only at the end
-    keep_last: int = _num(2, ge=1)
-    log_every: int = _num(10, ge=1)
-    compile: bool = False
-    grad_checkpointing: bool = False
-    max_bad_steps: int = _num(5, ge=1)                      # consecutive NaN/Inf losses before stopping
-    num_threads: Optional[int] = _num(None, ge=1)           # torch CPU threads
-    deterministic: bool = False                             # deterministic GPU kernels (slower)
-    wandb_project: Optional[str] = None                     # also log to Weights & Biases (pip install wandb)
-    # Fine-tuning controls (align/train/optim.py): per-tower base lr, layer-wise lr decay, unlock a locked tower at a step
-    tower_lr: Dict[str, float] = field(default_factory=dict)
-    layer_decay: Optional[float] = None
-    unlock_at_step: Dict[str, int] = field(default_factory=dict)
-    sharding: Literal["ddp", "fsdp"] = "ddp"                # fsdp: parameters, grads, optimizer state sharded
-    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    """Optimisation and the training loop."""
+    batch_size: int = _num(64, ge=1, help="samples per step per process")
+    max_steps: Optional[int] = _num(None, ge=1, help="stop after this many steps (set it or epochs)")
+    epochs: Optional[int] = _num(None, ge=1, help="stop after this many epochs (set it or max_steps)")
+    accum_steps: int = _num(1, ge=1, help="micro-batches per step (GradCache: every negative kept)")
+    lr: float = _num(5e-4, ge=0, help="peak learning rate (AdamW)")
+    weight_decay: float = _num(0.2, ge=0, help="AdamW weight decay (not on biases, norms, temperature, "
+                                                   "embeddings)")
+    betas: List[float] = _key(factory=lambda: [0.9, 0.98], help="AdamW betas [beta1, beta2]")
+    eps: float = _num(1e-6, ge=0, help="AdamW epsilon")
+    warmup_steps: int = _num(0, ge=0, help="linear warm-up steps before the cosine decay")
+    min_lr_ratio: float = _num(0.0, ge=0, le=1, help="floor of the cosine decay, as a fraction of lr")
+    grad_clip: Optional[float] = _num(None, gt=0, help="clip the global gradient norm to this")
+    precision: Literal["fp32", "bf16", "fp16"] = _key("fp32", help="training precision (autocast)")
+    checkpoint_every: int = _num(0, ge=0, help="steps between checkpoints; 0 = only at the end")
+    keep_last: int = _num(2, ge=1, help="checkpoints kept")
+    log_every: int = _num(10, ge=1, help="steps between log lines / metrics")
+    compile: bool = _key(False, help="torch.compile the model")
+    grad_checkpointing: bool = _key(False, help="recompute activations in backward, where a tower can")
+    max_bad_steps: int = _num(5, ge=1, help="consecutive NaN/Inf losses before the run stops")
+    num_threads: Optional[int] = _num(None, ge=1, help="torch CPU threads (default: torch's)")
+    deterministic: bool = _key(False, help="deterministic GPU kernels (slower)")
+    wandb_project: Optional[str] = _key(None, help="also log to this Weights & Biases project (pip install wandb)")
+    tower_lr: Dict[str, float] = _key(factory=dict, help="per-tower base lr, e.g. {text: 1.0e-5}")
+    layer_decay: Optional[float] = _key(None, help="layer-wise lr decay in (0, 1] (fine-tuning)")
+    unlock_at_step: Dict[str, int] = _key(factory=dict, help="unlock a locked tower at a step, e.g. {text: 500}")
+    sharding: Literal["ddp", "fsdp"] = _key("ddp", help="ddp, or fsdp: parameters, grads and optimizer state "
+                                                        "sharded")
+    fsdp: FsdpConfig = _key(factory=FsdpConfig, help="FSDP2 settings (train.sharding=fsdp)")
 
 
 @dataclass
 class EvalConfig:
-    every: int = _num(0, ge=0)                              # steps; 0 = only at the end
-    tasks: List[str] = field(default_factory=lambda: ["zeroshot", "retrieval"])
-    best_metric: Optional[str] = None                       # e.g. "image/zeroshot/acc1": keep the best ckpt
-    batch_size: int = _num(256, ge=1)
+    """Evaluation during and after training (on data.val)."""
+    every: int = _num(0, ge=0, help="steps between evals; 0 = only at the end")
+    tasks: List[str] = _key(factory=lambda: ["zeroshot", "retrieval"], help="benchmark tasks (align.bench)")
+    best_metric: Optional[str] = _key(None, help="keep the best checkpoint by this metric, e.g. "
+                                                 "image/zeroshot/acc1")
+    batch_size: int = _num(256, ge=1, help="eval batch size")
 
 
 @dataclass
 class Recipe:
-    model: ModelConfig
-    output_dir: str = "runs/run"
-    seed: int = 0
-    resume: str = "auto"                                    # auto | none | PATH
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    name: Optional[str] = None
-    description: Optional[str] = None
+    """A training recipe: the YAML `align train` reads."""
+    model: ModelConfig = _key(help="towers and embedding space")
+    output_dir: str = _key("runs/run", help="run folder: checkpoints, metrics, summary")
+    seed: int = _key(0, help="seed of weights, data order and augmentation")
+    resume: str = _key("auto", help="auto (the run's last checkpoint) | none | PATH")
+    loss: LossConfig = _key(factory=LossConfig, help="the contrastive objective")
+    data: DataConfig = _key(factory=DataConfig, help="training and validation data")
+    train: TrainConfig = _key(factory=TrainConfig, help="optimisation and the loop")
+    eval: EvalConfig = _key(factory=EvalConfig, help="evaluation")
+    name: Optional[str] = _key(None, help="model name (model card)")
+    description: Optional[str] = _key(None, help="one line about the recipe (model card)")
 
 
 # -- typed conversion ------------------------------------------------------------------------
@@ -403,6 +429,62 @@ def _check_finetune(r: Recipe) -> None:
 
 def recipe_to_dict(r: Recipe) -> dict:
     return dataclasses.asdict(r)
+
+
+# -- key reference (`align train NAME --help-keys`) -----------------------------------------------
+def type_name(tp) -> str:
+    """A field's type as a recipe writer reads it: int, number, list[str], map[str, any], fp32|bf16|fp16, ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:
+        opts = [type_name(a) for a in args if a is not type(None)]
+        return " | ".join(opts) + (" | null" if type(None) in args else "")
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (list, List):
+        return f"list[{type_name(args[0])}]"
+    if origin in (dict, Dict):
+        return f"map[{type_name(args[0])}, {type_name(args[1])}]"
+    if dataclasses.is_dataclass(tp):
+        return "section" if tp is not SourceConfig else "{urls, weight}"
+    return {str: "str", int: "int", float: "number", bool: "bool", Any: "any"}.get(tp, str(tp))
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        v = f.default_factory()
+        return None if dataclasses.is_dataclass(v) else v
+    return dataclasses.MISSING
+
+
+def recipe_keys(cls=None, prefix: str = "") -> List[dict]:
+    """Every recipe key, from the same dataclasses that validate recipes: [{key, type, default, help}, ...].
+
+    Sections come before their keys; a dataclass inside a list (data.train's sources) is listed as KEY[].FIELD.
+    default is dataclasses.MISSING for a required key; help is the field's metadata["help"] ("" if none)."""
+    cls = cls or Recipe
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        out.append({"key": key, "type": type_name(tp), "default": _default(f),
+                    "help": (f.metadata or {}).get("help", "")})
+        if dataclasses.is_dataclass(tp):
+            out += recipe_keys(tp, key + ".")
+        for inner in _nested_dataclasses(tp):
+            out += recipe_keys(inner, key + "[].")
+    return out
+
+
+def _nested_dataclasses(tp) -> List[type]:
+    """Dataclasses anywhere inside a list/union type (not the type itself): data.train -> [SourceConfig]."""
+    found = []
+    for a in typing.get_args(tp):
+        for d in ([a] if dataclasses.is_dataclass(a) else _nested_dataclasses(a)):
+            if d not in found:
+                found.append(d)
+    return found
 
 
 # -- shipped recipes -------------------------------------------------------------------------

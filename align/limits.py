@@ -18,24 +18,24 @@ from typing import Any, Optional
 from align.errors import ConfigError, DataError
 
 
-def _limit(default, **bounds):
-    """A limit field; its bounds are checked when a recipe is loaded (align.config reads this metadata)."""
-    return field(default=default, metadata={"bounds": bounds})
+def _limit(default, help: str, **bounds):
+    """A limit field; its bounds are checked when a recipe is loaded (align.config reads this metadata), and
+    its help is what `align train --help-keys` and the `--max-*` options of `align data` print."""
+    return field(default=default, metadata={"bounds": bounds, "help": help})
 
 
 @dataclass
 class DataLimits:
     """Sizes a shard may claim (recipe key `data.limits`); past one, the sample is skipped and counted."""
-    max_member_bytes: int = _limit(256 << 20, ge=1)         # any tar member (image, audio, anything)
-    max_image_pixels: int = _limit(89_478_485, ge=1)        # width x height (PIL's decompression-bomb bound)
-    max_audio_seconds: float = _limit(600.0, gt=0)          # frames / sample rate, from the file header
-    max_audio_samples: int = _limit(57_600_000, ge=1)       # frames x channels decoded (float32: 230 MB)
-    max_audio_channels: int = _limit(8, ge=1)
-    min_sample_rate: int = _limit(1000, ge=1)               # Hz
-    max_sample_rate: int = _limit(384_000, ge=1)            # Hz
-    max_text_bytes: int = _limit(65536, ge=1)               # a txt member (one caption per line)
-    max_json_bytes: int = _limit(1 << 20, ge=1)             # a json member
-
+    max_member_bytes: int = _limit(256 << 20, "bytes any tar member may hold (image, audio, anything)", ge=1)
+    max_image_pixels: int = _limit(89_478_485, "width x height from the image header (PIL's bomb bound)", ge=1)
+    max_audio_seconds: float = _limit(600.0, "audio length from the file header (frames / sample rate)", gt=0)
+    max_audio_samples: int = _limit(57_600_000, "frames x channels decoded (float32: 230 MB)", ge=1)
+    max_audio_channels: int = _limit(8, "audio channels", ge=1)
+    min_sample_rate: int = _limit(1000, "lowest audio sample rate accepted, Hz", ge=1)
+    max_sample_rate: int = _limit(384_000, "highest audio sample rate accepted, Hz", ge=1)
+    max_text_bytes: int = _limit(65536, "bytes of a txt member (one caption per line)", ge=1)
+    max_json_bytes: int = _limit(1 << 20, "bytes of a json member", ge=1)
 
 # Skip reasons (user-facing; align.data.stream.faults re-exports them with the other reasons).
 MEMBER_TOO_LARGE = "member too large"

@@ -177,6 +177,23 @@ def test_data_train_source_with_unknown_key_names_it(tiny_recipe):
 def test_unknown_tower_type_lists_registered_types(tiny_recipe):
     tiny_recipe["model"] = {"embed_dim": 16, "towers": {"image": {"type": "open_clip", "model": "ViT-B-32"},
                                                         "text": {"type": "bert"}}}
-    _one_line_error(tiny_recipe, "model.towers.text.type", "'bert'", "audio, audio_cnn, hf, hf_audio, hf_image, open_clip, timm")
+    _one_line_error(tiny_recipe, "model.towers.text.type", "'bert'", "audio, audio_cnn, hf, hf_audio, hf_image, open_clip, rnn_audio, rnn_text, timm")
     tiny_recipe["model"]["towers"]["text"] = {"model": "x"}
     _one_line_error(tiny_recipe, "model.towers.text.type: missing", "open_clip")
+
+
+def test_every_recipe_field_has_help_text():
+    """`align train --help-keys` reads field metadata["help"]: a new key without one fails here."""
+    import dataclasses
+    from align import config
+    missing = []
+    for cls in (config.Recipe, config.ModelConfig, config.LossConfig, config.SourceConfig, config.DataConfig,
+                config.FsdpConfig, config.TrainConfig, config.EvalConfig):
+        missing += [f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls) if not (f.metadata or {}).get("help")]
+    assert not missing, f"config fields without help=: {missing}"
+    keys = {k["key"]: k for k in config.recipe_keys()}
+    assert keys["train.fsdp.param_dtype"]["type"] == "fp32|bf16|fp16"
+    assert keys["model"]["default"] is dataclasses.MISSING and keys["train.betas"]["default"] == [0.9, 0.98]
+    # every dataclass reachable from Recipe is listed (so a new section is checked above too)
+    assert {k.rsplit(".", 1)[0] for k in keys if "." in k} >= {"model", "loss", "data", "train", "train.fsdp",
+                                                                "eval", "data.train[]"}

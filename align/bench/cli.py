@@ -37,7 +37,7 @@ def _common(s) -> None:
 
 def add_bench_parser(sub, fn):
     bench = sub.add_parser("bench", help="zero-shot and retrieval benchmarks on FAISS").add_subparsers(
-        dest="bench_cmd", required=True)
+        dest="bench_cmd", required=True, metavar="SUBCOMMAND")
     for name, helptext in (("zeroshot", "zero-shot classification (image or audio)"),
                            ("retrieval", "retrieval recall@k between two modalities")):
         s = bench.add_parser(name, help=helptext)
@@ -45,19 +45,20 @@ def add_bench_parser(sub, fn):
         s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
         s.add_argument("--dataset", required=True, help="dataset dir (CLIP_benchmark local layout, ...)")
         s.add_argument("--out", required=True, help="result JSON")
-        s.add_argument("--split", default="test")
+        s.add_argument("--split", default="test", help="split of the dataset (wds / hf layouts)")
         s.add_argument("--index", default="flat", help="flat (exact) | flat_faiss | ivf | hnsw | ivfpq")
-        s.add_argument("--batch-size", type=int, default=256)
-        s.add_argument("--cache-dir", default=None, help="embedding cache (default: none)")
+        s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+        s.add_argument("--cache-dir", default=None, help="folder caching embeddings between runs (default: no cache)")
         s.add_argument("--type", default="wds", help="dataset layout: wds | imagefolder | audiofolder | hf | csv")
         _common(s)
         if name == "zeroshot":
-            s.add_argument("--modality", default="image", choices=["image", "audio"])
+            s.add_argument("--modality", default="image", choices=["image", "audio"], help="modality classified")
             s.add_argument("--classnames", default=None, help="file, one class name per line")
             s.add_argument("--templates", default=None, help="file (one template with {c} per line) or builtin name")
         else:
-            s.add_argument("--query", default="text", choices=["text", "image", "audio"])
-            s.add_argument("--gallery", default="image", choices=["text", "image", "audio"])
+            s.add_argument("--query", default="text", choices=["text", "image", "audio"], help="query modality")
+            s.add_argument("--gallery", default="image", choices=["text", "image", "audio"],
+                           help="modality searched")
             s.add_argument("--by-class", action="store_true",
                            help="emergent retrieval: a hit is an item of the same class (no paired data)")
         s.set_defaults(fn=fn)
@@ -68,9 +69,9 @@ def add_bench_parser(sub, fn):
     s.add_argument("--pretrained", action="append", default=None,
                    help="weights of the open_clip:ARCH models, one per such --model, in order")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--cache-dir", default=None, help="embedding cache")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--cache-dir", default=None, help="folder caching embeddings between runs (default: no cache)")
+    s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+    s.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     _common(s)
     s.set_defaults(fn=fn)
 

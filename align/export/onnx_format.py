@@ -177,7 +177,7 @@ def _text_kind(tower) -> str:
         return "open_clip_hf" if tower.text_cfg.get("hf_tokenizer_name") else "open_clip_simple"
     if hasattr(tower, "tokenizer") and hasattr(tower.tokenizer, "save_pretrained"):
         return "hf"
-    return "unknown"
+    return getattr(tower, "tokenizer_kind", "unknown")   # e.g. rnn_text: open_clip's SimpleTokenizer
 
 
 def save_tokenizer(tower, out_dir: str) -> Dict[str, object]:
@@ -190,7 +190,7 @@ def save_tokenizer(tower, out_dir: str) -> Dict[str, object]:
         os.makedirs(tdir, exist_ok=True)
         shutil.copyfile(default_bpe(), os.path.join(tdir, os.path.basename(default_bpe())))
         entry.update(bpe_path=f"tokenizer/{os.path.basename(default_bpe())}",
-                     tokenizer_kwargs=dict(tower.text_cfg.get("tokenizer_kwargs", {})),
+                     tokenizer_kwargs=dict(getattr(tower, "text_cfg", {}).get("tokenizer_kwargs", {})),
                      how="open_clip.tokenizer.SimpleTokenizer(bpe_path, context_length, **tokenizer_kwargs)(texts)")
     elif kind == "open_clip_hf":
         tower.tokenize(["x"])                   # builds the tokenizer

@@ -15,6 +15,8 @@ Modules:
   chunked       InfoNCE without the [N, N] logits (chunked logsumexp with recomputation)
   multipair     MultiPairLoss: a weighted sum over several modality pairs
   distributed   the cross-process gathers the losses share
+  hard_negatives HardNegativeClipLoss: per-sample hard-negative captions join that sample's row; not
+                registered yet (the training loop does not pass negatives to losses)
 """
 import inspect
 from typing import Optional, Sequence
@@ -23,6 +25,7 @@ from align.errors import ConfigError
 from align.losses.chunked import ChunkedClipLoss, chunked_infonce_sum
 from align.losses.clip import ClipLoss
 from align.losses.distributed import gather_batch, gather_features, gather_masks
+from align.losses.hard_negatives import HardNegativeClipLoss
 from align.losses.multipair import MultiPairLoss, pair_name
 from align.losses.siglip import ChunkedSigLipLoss, SigLipLoss
 from align.registry import Registry
@@ -53,5 +56,5 @@ def build_loss(type: str, pairs: Sequence[Sequence[str]], weights: Optional[Sequ
 
 
 __all__ = ["LOSSES", "build_loss", "loss_options", "ClipLoss", "SigLipLoss", "ChunkedClipLoss", "ChunkedSigLipLoss",
-           "MultiPairLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
+           "MultiPairLoss", "HardNegativeClipLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
            "pair_name"]

@@ -5,6 +5,7 @@
       text:  {type: hf, model: /path/to/minilm, lock: true}
       audio: {type: audio, width: 192, layers: 4}
       image: {type: hf_image, model: /models/clip-vit-b32}     # or audio: {type: hf_audio, ...}
+      text:  {type: rnn_text, hidden: 128, cell: gru}          # or audio: {type: rnn_audio, ...}
 
 Each factory is called as `factory(cfg: dict, modality: str, embed_dim: int) -> Tower`
 with the tower's section minus `type`.
@@ -19,6 +20,7 @@ Modules (the model layer: towers import nothing from data, train or bench):
   hf_audio          `hf_audio`: a Hugging Face audio encoder (AST, Whisper encoder, ...)
   audio             `audio` (AST-style transformer) and `audio_cnn` over log-mel features
   audio_features    the audio front end: resample, crop, log-mel (what `align data stats` measures)
+  rnn               `rnn_text` and `rnn_audio`: bidirectional GRU/LSTM over tokens or log-mel frames
 """
 from align.registry import Registry
 from align.towers.base import Tower
@@ -37,4 +39,4 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
 
 # Importing the modules registers their tower types (each imports its heavy dependency lazily).
 from align.towers import audio, hf_text, open_clip_towers, timm_image  # noqa: E402,F401
-from align.towers import hf_audio, hf_image  # noqa: E402,F401
+from align.towers import hf_audio, hf_image, rnn  # noqa: E402,F401

@@ -24,6 +24,7 @@ MODALITY_EXTS = {
 MODALITIES = tuple(MODALITY_EXTS)   # ("image", "text", "audio"): the one list of align's modalities, in this order
 LABEL_EXT = "cls"        # an integer class index, ASCII
 META_EXT = "json"        # free-form metadata, never decoded for training
+NEG_EXT = "neg.txt"      # hard-negative captions of the sample, one per line (HardNegativeClipLoss)
 
 FILE_EXTS = {
     "image": ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"),

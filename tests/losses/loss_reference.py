@@ -34,3 +34,17 @@ def embeddings(n, d, dtype=torch.float64, seed=0):
     a = F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1).requires_grad_()
     b = F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=-1).requires_grad_()
     return a, b
+
+
+def ref_hard_negative_clip(a, b, neg, neg_mask, s, mask=None):
+    """ref_clip, plus in row i of the a -> b direction the valid negatives neg[i, k] (neg_mask[i, k])."""
+    idx = valid_rows(a.shape[0], mask)
+    total = a.sum() * 0
+    for i in idx:
+        row = [s * torch.dot(a[i], b[j]) for j in idx]
+        row += [s * torch.dot(a[i], neg[i, k]) for k in range(neg.shape[1]) if bool(neg_mask[i, k])]
+        logits = torch.stack(row)
+        total = total - (logits[idx.index(i)] - torch.logsumexp(logits, 0))
+        col = torch.stack([s * torch.dot(b[i], a[j]) for j in idx])
+        total = total - (col[idx.index(i)] - torch.logsumexp(col, 0))
+    return total / (2 * len(idx)) if idx else total

@@ -11,6 +11,11 @@ Transform contract (see `build_train_loader`):
            and squeezed to [L] here, so tokenization runs in the workers
 - "audio": (np.float32 mono wave [T], sample_rate) -> Tensor[...] of a fixed
            shape in training (the transform crops/pads and computes features)
+
+Hard negatives (`SampleDecoder(hard_negatives=K)`): a sample's `neg.txt` member holds captions that must
+not match it, one per line. Up to K of them (the first K; the rest are counted in `negatives_dropped`)
+are tokenized with the text transform, and collate() pads them to batch["neg_text"] long [B, K, L] with
+batch["neg_text_mask"] bool [B, K] (False: no negative there) for align.losses.HardNegativeClipLoss.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from align.data.stream.faults import (
     UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
 )
 from align.errors import DataError
-from align.wds.format import LABEL_EXT, MODALITIES, MODALITY_EXTS, pick
+from align.wds.format import LABEL_EXT, MODALITIES, MODALITY_EXTS, NEG_EXT, pick
 from align.wds.reader import Oversize
 
 
@@ -63,13 +68,14 @@ def present(raw: dict, modalities) -> dict[str, str]:
 
 
 def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str | None = None,
-               limits: DataLimits | None = None) -> dict:
+               limits: DataLimits | None = None, negatives: bool = False) -> dict:
     """raw sample -> {modality: PIL image | (wave [T], sr) | [caption], "cls": int (-1 = none)}.
 
     Raises SkipSample(reason) for the first problem found: first a member over its size limit (an
     `Oversize` marker from the tar reader, whatever its extension), then too few modalities, then each
     modality's decoding (sizes from the media headers checked against `limits` before decoding).
     caption_seed: pick one caption line at random, seeded by it (training); None picks the first.
+    negatives: with text, also "neg": the captions of the `neg.txt` member ([] when the sample has none).
     """
     limits = as_limits(limits)
     for ext, value in raw.items():
@@ -111,6 +117,11 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
                 out[m] = [lines[random.Random(caption_seed).randrange(len(lines))]]
             else:
                 out[m] = [lines[0]]
+    if negatives and "text" in out:
+        try:
+            out["neg"] = captions(raw[NEG_EXT]) if NEG_EXT in raw else []
+        except UnicodeDecodeError as exn:
+            raise SkipSample(UNDECODABLE_TEXT, f"{NEG_EXT}: {exn!r}") from None
     out["cls"] = -1
     if LABEL_EXT in raw:
         try:
@@ -186,7 +197,8 @@ class SampleDecoder:
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
-                 seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None):
+                 seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None,
+                 hard_negatives: int = 0):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -199,6 +211,12 @@ class SampleDecoder:
         self.seed = seed
         self.min_modalities = min(min_modalities, len(self.modalities))
         self.limits = as_limits(limits)   # data.limits: also what the shard reader is given (loader)
+        if isinstance(hard_negatives, bool) or not isinstance(hard_negatives, int) or hard_negatives < 0:
+            raise DataError(f"hard_negatives must be an integer >= 0, got {hard_negatives!r}")
+        if hard_negatives and "text" not in self.modalities:
+            raise DataError("hard_negatives are captions: they need the 'text' modality")
+        self.hard_negatives = hard_negatives       # K: negatives kept per sample (the batch is padded to K)
+        self.negatives_dropped = 0                 # negatives beyond K, in this process (worker)
         self._templates: dict[str, torch.Tensor] = {}
         # align.data.stream.augment.Augmenter (training only): image stages before the image transform, wave
         # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
@@ -219,8 +237,16 @@ class SampleDecoder:
     def _decode(self, raw: dict, epoch: int, seed: int) -> dict:
         url, key = raw.get(URL), raw[KEY]
         caption_seed = f"align:caption:{self.seed}:{epoch}:{url}:{key}" if self.train else None
-        decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits)
+        decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits,
+                             negatives=self.hard_negatives > 0)
         out = {KEY: key, "cls": decoded.pop("cls"), SEED: seed}
+        negs = decoded.pop("neg", [])
+        if negs:
+            self.negatives_dropped += max(0, len(negs) - self.hard_negatives)
+            try:
+                out["neg_text"] = self._negatives(negs[:self.hard_negatives])        # long [k, L]
+            except Exception as exn:
+                raise SkipSample(TRANSFORM_FAILED.format(modality="text"), f"{NEG_EXT}: {exn!r}") from None
         aug_seed = None
         if self.train and self.augment:
             # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key)
@@ -246,6 +272,13 @@ class SampleDecoder:
             t = torch.as_tensor(t)
         if modality == "text" and t.ndim >= 2 and t.shape[0] == 1:
             t = t[0]  # [1, L] -> [L]
+        return t
+
+    def _negatives(self, negs: list[str]) -> torch.Tensor:
+        """k captions -> long [k, L] with the text transform (it tokenizes a list in one call)."""
+        t = torch.as_tensor(self.transforms["text"](negs))
+        if t.ndim != 2 or t.shape[0] != len(negs):
+            raise ValueError(f"the text transform gave {tuple(t.shape)} for {len(negs)} captions")
         return t
 
     def template(self, modality: str) -> torch.Tensor:
@@ -300,6 +333,8 @@ class SampleDecoder:
                                     f"({batch[KEY][0]}, ...): {exn!r}") from None
             batch[mask_key(m)] = torch.tensor([m in s for s in samples], dtype=torch.bool)
         batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
+        if self.hard_negatives:
+            self._collate_negatives(samples, batch)
         return batch
 
     def _per_batch(self, tf, x: torch.Tensor, samples: list[dict]) -> torch.Tensor:
@@ -309,3 +344,14 @@ class SampleDecoder:
             return tf.per_batch(x)
         gens = [torch.Generator().manual_seed(s.get(SEED, 0) ^ 0x5EC) for s in samples]
         return tf.per_batch(x, generator=gens)
+
+    def _collate_negatives(self, samples: list[dict], batch: dict) -> None:
+        """batch["neg_text"] long [B, K, L] (0 = padding) and batch["neg_text_mask"] bool [B, K]."""
+        b, k, length = len(samples), self.hard_negatives, batch["text"].shape[-1]
+        neg = torch.zeros(b, k, length, dtype=batch["text"].dtype)
+        mask = torch.zeros(b, k, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            if "neg_text" in s:
+                n = s["neg_text"].shape[0]
+                neg[i, :n], mask[i, :n] = s["neg_text"], True
+        batch["neg_text"], batch["neg_text_mask"] = neg, mask

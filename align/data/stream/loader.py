@@ -351,7 +351,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
-                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None) -> StreamLoader:
+                       augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
+                       hard_negatives: int = 0) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -373,6 +374,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         the stream stops with SourceUnavailable (align.data.stream.remote).
     limits: data.limits (align.limits.DataLimits or a mapping; None: the defaults), given to the tar reader
         and the decoders.
+    hard_negatives: K > 0 adds batch["neg_text"] [B, K, L] and batch["neg_text_mask"] [B, K] from each
+        sample's neg.txt (see align.data.stream.decode).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -397,7 +400,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment, limits=limits)
+                            augment=augment, limits=limits, hard_negatives=hard_negatives)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

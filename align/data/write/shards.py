@@ -3,7 +3,8 @@
 `write_shards(input, out_dir, ...)` reads a CSV/TSV/JSONL/Parquet file, a
 folder of pairs or a Hugging Face dataset (see align.data.write.inputs), re-encodes
 every sample (images -> RGB jpg/webp/png, optionally resized; audio -> mono
-FLAC at `sample_rate`; captions -> `txt`, one per line; labels -> `cls`; the
+FLAC at `sample_rate`; captions -> `txt`, one per line; hard-negative captions (neg_col) -> `neg.txt`;
+labels -> `cls`; the
 rest -> `json`) and writes `DIR/{prefix}-{000000}.tar`, or, with
 `layout="clip_benchmark"`, CLIP_benchmark's wds layout (an eval set that
 `data.val`, `align bench` and the `clip_benchmark` CLI read directly):
@@ -48,6 +49,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from align.data.write import eval_sets
 from align.data.stream.faults import format_counts
 from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, encode_audio, encode_image
+from align.wds.format import NEG_EXT
 from align.data.write.inputs import (COLUMN_KINDS, Row, SkipRow, Input, jsonable, open_input, read_captions,
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
@@ -85,6 +87,7 @@ class _Job:
     indices: Optional[List[int]] = None      # the input rows of this output (None: all), in order
     skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
     limits: Optional[DataLimits] = None      # data.limits: inputs past them are skipped (align.limits)
+    neg_col: Optional[str] = None            # hard-negative captions -> the sample's neg.txt
 
     def __post_init__(self):
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
@@ -110,6 +113,19 @@ class _Job:
                 end += 1
             yield from self.inp.rows(picked[run], picked[end - 1] + 1)
             run = end
+
+
+def _negatives(value, base, limits) -> List[str]:
+    """A row's hard-negative captions: newline-separated, a JSON list string, or a list; [] when none."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    try:
+        return read_captions(value, base, limits)
+    except SkipRow:          # no negatives for this row: a normal sample
+        return []
 
 
 def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
@@ -152,6 +168,10 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
                 raise SkipRow(TEXT_TOO_LONG, f"text: {len(members['txt'])} bytes of captions, over "
                                              f"data.limits.max_text_bytes={job.limits.max_text_bytes}")
             meta["captions"] = len(caps)
+            negs = _negatives(row.values.get(job.neg_col), base, job.limits) if job.neg_col else []
+            if negs:
+                members[NEG_EXT] = "\n".join(negs).encode("utf-8")
+                meta["negatives"] = len(negs)
         else:
             label = read_label(value, base)
             if job.string_labels:  # label names -> their index in the class list
@@ -355,7 +375,8 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                  prefix: str = "shard", workers: int = 1, split: Optional[str] = None,
                  progress: bool = True, overwrite: bool = False, layout: str = "shards", classnames=None,
                  templates=None, val_groups_from: Optional[str] = None, val_groups: Optional[List[str]] = None,
-                 max_skip_frac: Optional[float] = None, limits=None, follow_links: bool = False) -> Dict[str, Any]:
+                 max_skip_frac: Optional[float] = None, limits=None, follow_links: bool = False,
+                 neg_col: Optional[str] = None) -> Dict[str, Any]:
     """Write `input` as `out_dir/{prefix}-NNNNNN.tar` shards (or CLIP_benchmark's layout, see the module
     docstring); return the stats (also in out_dir/stats.json) plus `pattern`, a brace pattern of the
     shards. A *_col of None auto-detects the column, False leaves the modality out. String labels
@@ -365,7 +386,9 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     Raises DataError after writing when no sample was written, or more than max_skip_frac of the
     rows were skipped.  limits: data.limits (align.limits.DataLimits or a mapping): inputs past them are
     skipped under the reasons training counts.  follow_links: read linked files and folders that lead
-    out of an input folder (default: such rows are skipped as "link out of the input folder")."""
+    out of an input folder (default: such rows are skipped as "link out of the input folder").
+    neg_col: a column of hard-negative captions (newline-separated, a JSON list or a list) written as each
+    sample's neg.txt (rows without any get none)."""
     image_format = _check_options(resize_mode=resize_mode, image_format=image_format, layout=layout,
                                   val_groups_from=val_groups_from, val_groups=val_groups, max_skip_frac=max_skip_frac,
                                   image_size=image_size, image_quality=image_quality, sample_rate=sample_rate,
@@ -383,6 +406,10 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 raise DataError(f"{inp.description}: no column {col!r} for text; "
                                 f"available columns: {', '.join(map(str, inp.columns))}")
     columns = resolve_columns(inp, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
+    if neg_col is not None and (neg_col not in inp.columns or "text" not in columns):
+        raise DataError(f"{inp.description}: --neg-col {neg_col!r}: " + (
+            "hard negatives are captions; the input needs a text column" if neg_col in inp.columns else
+            f"no such column; available columns: {', '.join(map(str, inp.columns))}"))
     n_rows = len(inp)
     if n_rows == 0:
         raise DataError(f"input {inp.description} has no rows")
@@ -407,12 +434,15 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         settings["limits"] = dataclasses.asdict(limits)
     if follow_links:
         settings["follow_links"] = True
+    if neg_col is not None:
+        settings["neg_col"] = neg_col
     if classnames is not None or eval_set:
         settings.update(classes=classes, templates=tmpl, layout=layout)
     common = dict(inp=inp, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
                   resize_mode=resize_mode, image_format=image_format, image_quality=image_quality,
-                  sample_rate=sample_rate, more_text_cols=more_text,
-                  extra_cols=[c for c in inp.columns if c not in columns.values() and c not in more_text],
+                  sample_rate=sample_rate, more_text_cols=more_text, neg_col=neg_col,
+                  extra_cols=[c for c in inp.columns if c not in columns.values() and c not in more_text
+                              and c != neg_col],
                   classes=classes, string_labels=string_labels, limits=limits)
     if val_groups_from is None:
         parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),

@@ -352,3 +352,25 @@ def test_several_text_columns_become_several_captions(tmp_path):
     assert meta["captions"] == 2 and "b" not in meta.get("extra", {}) and meta["extra"]["note"] == "x"
     with pytest.raises(DataError, match=r"no column 'c' for text; available columns: filepath, a, b, note"):
         write_shards(tmp_path / "d.csv", tmp_path / "o2", image_col="filepath", text_col="a,c", progress=False)
+
+
+def test_neg_col_writes_hard_negatives_as_neg_txt(tmp_path, capsys):
+    """--neg-col: newline-separated or JSON-list cells -> each sample's neg.txt; rows without any get none."""
+    from align.cli import main
+    (tmp_path / "imgs").mkdir()
+    negs = ["a red dog\na blue cat", '["x y", "z"]', ""]
+    rows = []
+    for i, n in enumerate(negs):
+        _jpg(tmp_path / "imgs" / f"{i}.jpg")
+        rows.append({"filepath": f"imgs/{i}.jpg", "caption": f"photo {i}", "negs": n})
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["data", "shards", str(tmp_path / "d.csv"), "--out", str(out), "--neg-col", "negs"]) == 0
+    m = _all_members(out)
+    got = {k.split(".")[0]: v.decode() for k, v in m.items() if k.endswith(".neg.txt")}
+    assert sorted(got.values()) == ["a red dog\na blue cat", "x y\nz"] and len(got) == 2
+    metas = [json.loads(v) for k, v in m.items() if k.endswith(".json")]
+    assert sorted(x.get("negatives", 0) for x in metas) == [0, 2, 2]
+    assert not any("negs" in json.dumps(x) for x in metas)      # not also copied into the json extras
+    with pytest.raises(DataError, match="--neg-col 'nope': no such column"):
+        write_shards(tmp_path / "d.csv", tmp_path / "o2", neg_col="nope", progress=False)
