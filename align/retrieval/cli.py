@@ -68,6 +68,20 @@ def cmd_search(a):
           else format_hits(res))
 
 
+def cmd_filter(a):
+    from align.retrieval.filter import filter_shards, summary_line
+    model = _load(a)
+    s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
+                      emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress)
+    if s is not None:
+        print(summary_line(s, a.out))
+
+
+def cmd_serve(a):
+    from align.retrieval.serve import serve
+    serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
+
+
 def add_retrieval_parsers(sub, data_sub) -> None:
     s = sub.add_parser("embed", help="embed every modality of shards or an eval set (resumable, sharded .npy + "
                                      "Parquet)")
@@ -106,3 +120,26 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("serve", help="a search page and JSON /search API over an index (127.0.0.1 by default)")
+    s.add_argument("index", help="an `align index` output folder")
+    _model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413 (default 10)")
+    s.set_defaults(fn=cmd_serve)
+
+    s = data_sub.add_parser("filter", help="drop low image/audio-text scores (DataComp CLIP score) and "
+                                           "near-duplicates; writes filtered shards and dropped.jsonl")
+    s.add_argument("shards", help="shard pattern/list/folder (local)")
+    _model_args(s)
+    s.add_argument("--out", required=True)
+    s.add_argument("--min-score", type=float, default=None, help="drop samples whose media-caption cosine is below S")
+    s.add_argument("--keep-top", type=float, default=None, help="keep the best fraction F of the scored samples")
+    s.add_argument("--dedup", type=float, default=None, metavar="COS",
+                   help="drop later copies whose media cosine to a kept sample is >= COS (e.g. 0.95)")
+    s.add_argument("--emb", default=None, help="an `align embed` output of the same shards (else computed in "
+                                               "OUT/emb)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_filter)

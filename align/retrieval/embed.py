@@ -221,7 +221,8 @@ def read_manifest(emb_dir: str) -> dict:
 
 
 def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
-    """-> (vectors [N, D] float32, rows DataFrame in the same order) of one modality, all parts in order."""
+    """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
+    in order."""
     import pandas as pd
 
     man = read_manifest(emb_dir)
@@ -244,7 +245,10 @@ def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False)
         raise DataError(f"{emb_dir}: no {modality} embeddings (modalities embedded: "
                         f"{', '.join(man.get('modalities', []))})")
     rows = pd.concat(tables, ignore_index=True)
-    return np.concatenate(vecs), rows
+    x = np.concatenate(vecs)
+    # float16 rows are unit-norm only to ~1e-3: re-normalise in float32 so cosines (and exact copies' 1.0) hold
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x, rows
 
 
 def embedded_modalities(emb_dir: str) -> List[str]:

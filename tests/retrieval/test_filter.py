@@ -1,0 +1,88 @@
+"""`align data filter`: CLIP-score filtering, near-duplicate removal, dropped.jsonl and the filtered shards."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from align.cli import main
+from align.retrieval.embed import load_embeddings
+from align.retrieval.filter import clip_scores
+from align.wds.format import group_samples
+from align.wds.reader import iter_members
+from tests.retrieval.conftest import tri_sample
+from tests.wds_helpers import write_shard
+
+
+def _samples(shard_dir):
+    out = {}
+    for f in sorted(os.listdir(shard_dir)):
+        with open(os.path.join(shard_dir, f), "rb") as fh:
+            for s in group_samples(iter_members(fh)):
+                out[s.pop("__key__")] = s
+    return out
+
+
+@pytest.fixture
+def corpus(tmp_path, tri_run):
+    """12 image+text(+audio) samples, an exact copy of s0 (key dup), a broken jpg, a text-only sample."""
+    d = tmp_path / "shards"
+    d.mkdir()
+    a = [tri_sample(f"s{i}", i) for i in range(6)]
+    b = [tri_sample(f"t{i}", 50 + i) for i in range(6)]
+    b.append(dict(a[0], __key__="dup"))
+    b.append(dict(tri_sample("broken", 99), jpg=b"no jpeg"))
+    b.append({"__key__": "textonly", "txt": "just words"})
+    write_shard(d / "a.tar", a)
+    write_shard(d / "b.tar", b)
+    run, _ = tri_run
+    assert main(["embed", run, "--data", str(d), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    return run, d, tmp_path / "emb"
+
+
+def test_min_score_and_dedup_with_given_embeddings(tmp_path, capsys, corpus):
+    run, shards, emb = corpus
+    m, mr = load_embeddings(str(emb), "image")
+    t, tr = load_embeddings(str(emb), "text")
+    scores = dict(zip(mr["key"], clip_scores(m, mr, t, tr)))
+    cut = float(np.median(list(scores.values())))
+    out = tmp_path / "f"
+    capsys.readouterr()
+    assert main(["data", "filter", str(shards), "--model", run, "--out", str(out), "--emb", str(emb),
+                 "--min-score", str(cut), "--dedup", "0.99999", "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("filter: 15 samples, kept ") and "undecodable 1" in line, line
+    assert not os.path.exists(out / "emb")                       # the given embeddings were used
+    dropped = [json.loads(x) for x in open(out / "dropped.jsonl")]
+    low = {d["key"] for d in dropped if d["reason"] == "low_score"}
+    assert low == {k for k, s in scores.items() if s < cut}
+    assert all(abs(d["score"] - scores[d["key"]]) < 1e-4 for d in dropped if d["reason"] == "low_score")
+    dups = [d for d in dropped if d["reason"] == "near_duplicate"]
+    if "s0" not in low:                                          # the copy is dropped, the original kept
+        assert [(d["key"], d["duplicate_of"]) for d in dups] == [("dup", "s0")] and dups[0]["score"] > 0.9999
+    assert [d["key"] for d in dropped if d["reason"] == "undecodable"] == ["broken"]
+    kept = _samples(out / "shards")
+    assert set(kept) == {"s0", "s1", "s2", "s3", "s4", "s5", "t0", "t1", "t2", "t3", "t4", "t5", "dup", "broken",
+                         "textonly"} - {d["key"] for d in dropped}
+    assert "textonly" in kept and kept["s1" if "s1" in kept else next(iter(kept))]
+    src = _samples(shards)
+    assert all(kept[k] == src[k] for k in kept)                  # bytes unchanged
+    summary = json.load(open(out / "summary.json"))
+    assert summary["kept"] == len(kept) and sum(summary["dropped"].values()) == len(dropped)
+
+
+def test_keep_top_and_bad_options(tmp_path, capsys, corpus):
+    run, shards, emb = corpus
+    out = tmp_path / "k"
+    assert main(["data", "filter", str(shards), "--model", run, "--out", str(out), "--keep-top", "0.25",
+                 "--no-progress"]) == 0
+    dropped = [json.loads(x) for x in open(out / "dropped.jsonl")]
+    assert sum(d["reason"] == "low_score" for d in dropped) == 13 - 4      # 13 scored, ceil(0.25 * 13) kept
+    assert os.path.isdir(out / "emb")                                       # computed when --emb is not given
+    for extra, msg in [(["--min-score", "0.1", "--keep-top", "0.5"], "not both"),
+                       (["--keep-top", "1.5"], "--keep-top 1.5"),
+                       ([], "nothing to do")]:
+        capsys.readouterr()
+        assert main(["data", "filter", str(shards), "--model", run, "--out", str(tmp_path / "x"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
