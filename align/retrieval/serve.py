@@ -25,6 +25,7 @@ from align.errors import AlignError
 from align.retrieval.search import Index, check_model, load_indexes, search_all
 
 MAX_K = 1000
+DRAIN_MAX = 64 << 20
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 _SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif"),
                (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"), (b"ID3", "audio/mpeg"), (b"\xff\xfb", "audio/mpeg"))
@@ -151,6 +152,16 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, data, ctype)
         raise HttpError(404, f"no such page: {u.path}")
 
+    def _drain(self, n: int) -> None:
+        """Read and drop an oversized body (up to DRAIN_MAX) so the client, still sending, gets the 413
+        instead of a reset connection; a larger one is cut off by closing the connection."""
+        left = min(n, DRAIN_MAX)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+
     def _post(self):
         u = urlparse(self.path)
         qs = parse_qs(u.query)
@@ -160,6 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         if length is None or not length.isdigit():
             raise HttpError(411, "an upload needs a Content-Length")
         if int(length) > self.service.max_upload:
+            self._drain(int(length))
             raise HttpError(413, f"upload of {int(length)} bytes is over the {self.service.max_upload} byte limit")
         body = self.rfile.read(int(length))
         if (self.headers.get("Content-Type") or "").startswith("application/json"):
