@@ -65,3 +65,13 @@ def test_bad_queries_are_one_line(built, capsys, tmp_path):
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], (extra, err)
+
+
+def test_another_model_is_refused(built, capsys, tmp_path):
+    from tests.export.conftest import TINY_AUDIO_CNN, make_run
+    _, d = built
+    other, _ = make_run(tmp_path, towers={"audio": TINY_AUDIO_CNN}, seed=3)
+    capsys.readouterr()
+    assert main(["search", str(d / "ix"), "--model", other, "--text", "a cat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another embedding space" in err[0]
