@@ -16,14 +16,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tests.retrieval.planted import clean_shards, planted_shards, train_shapes_model  # noqa: E402
-
-
-def precision_recall(dropped, truth, reason, kind):
-    got = {d["key"] for d in dropped if d["reason"] == reason}
-    want = {k for k, v in truth.items() if v == kind}
-    tp = len(got & want)
-    return tp / max(len(got), 1), tp / max(len(want), 1), len(got), len(want)
+from tests.retrieval.planted import clean_shards, planted_shards, precision_recall, train_shapes_model  # noqa: E402
 
 
 def main():

@@ -122,3 +122,11 @@ def train_shapes_model(train_dir, run_dir, steps: int = 300, seed: int = 0):
                       "eval": {"every": 0}})
     train(r, progress=False)
     return str(run_dir)
+
+
+def precision_recall(dropped, truth, reason, kind):
+    """(precision, recall, n dropped for `reason`, n planted of `kind`) of a filter's dropped.jsonl records."""
+    got = {d["key"] for d in dropped if d["reason"] == reason}
+    want = {k for k, v in truth.items() if v == kind}
+    tp = len(got & want)
+    return tp / max(len(got), 1), tp / max(len(want), 1), len(got), len(want)

@@ -94,8 +94,7 @@ def test_a_trained_model_finds_planted_mismatches_and_copies(tmp_path):
     images with similar captions as close as copies: benchmarks/RESULTS.md, issue 21)."""
     import align
     from align.retrieval.filter import filter_shards
-    from benchmarks.retrieval_filter import precision_recall
-    from tests.retrieval.planted import clean_shards, planted_shards, train_shapes_model
+    from tests.retrieval.planted import clean_shards, planted_shards, precision_recall, train_shapes_model
     clean_shards(tmp_path / "train", 3000)
     run = train_shapes_model(tmp_path / "train", tmp_path / "run", steps=500)
     _, truth = planted_shards(tmp_path / "planted", 400, 40, 40)
