@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import faiss  # noqa: E402
 
 from align.bench.index import build_index  # noqa: E402
-from align.retrieval.index_build import _latency_ms, choose_index, recall_at, tune  # noqa: E402
+from align.retrieval.index_build import latency_ms, choose_index, recall_at, tune  # noqa: E402
 
 
 def make_gallery(n, dim, clusters, spread, seed, chunk=65536):
@@ -116,8 +116,8 @@ def main():
     print(f"exact top-10 for {len(q)} queries in {time.perf_counter() - t:.1f} s", flush=True)
     tuned = tune(index, q, exact, 10, a.max_latency_ms) if kind != "flat_faiss" else {}
     rec = recall_at(index, q, exact, 10)
-    p50, p99 = _latency_ms(index, q[:200], 10)
-    p50k, p99k = _latency_ms(index, q[:100], 1000)
+    p50, p99 = latency_ms(index, q[:200], 10)
+    p50k, p99k = latency_ms(index, q[:100], 1000)
     knob = {k: v for k, v in tuned.items() if k in ("nprobe", "ef_search")}
     print(f"RESULT n={a.n} dim={a.dim} {kind} {params} {knob} build {build_s:.1f} s, peak rss {rss.peak:.2f} GB, "
           f"recall@10 {rec:.4f}, k=10 p50 {p50:.2f} ms p99 {p99:.2f} ms, k=1000 p50 {p50k:.2f} ms p99 {p99k:.2f} ms "

@@ -73,7 +73,7 @@ def choose_index(n: int, d: int, max_memory: int, max_latency_ms: float) -> Tupl
                                                  f"{max_memory / 1e9:.2f} GB budget")
 
 
-def _latency_ms(index, queries: np.ndarray, k: int) -> Tuple[float, float]:
+def latency_ms(index, queries: np.ndarray, k: int) -> Tuple[float, float]:
     """p50 / p99 of one-query searches, ms."""
     times = []
     for q in queries:
@@ -106,7 +106,7 @@ def tune(index, queries: np.ndarray, exact: np.ndarray, k: int, max_latency_ms: 
     for v in values:
         set_(v)
         rec = recall_at(index, queries, exact, k)
-        p50, p99 = _latency_ms(index, lat_q, k)
+        p50, p99 = latency_ms(index, lat_q, k)
         sweep.append({name: v, "recall": round(rec, 4), "p50_ms": round(p50, 3)})
         if p50 > max_latency_ms and best is not None:
             break
@@ -145,7 +145,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     kk = min(k, n)
     exact = exact_topk(vectors, queries, kk)
     if kind == "flat_faiss":
-        p50, p99 = _latency_ms(index, queries[:100], kk)
+        p50, p99 = latency_ms(index, queries[:100], kk)
         tuned = {"recall": recall_at(index, queries, exact, kk), "p50_ms": p50, "p99_ms": p99}
     else:
         tuned = tune(index, queries, exact, kk, max_latency_ms)
