@@ -179,8 +179,14 @@ class Handler(BaseHTTPRequestHandler):
                 req = json.loads(body or b"{}")
             except ValueError:
                 raise HttpError(400, "body is not JSON") from None
-            return self._json(200, self.service.query("text", str(req.get("text", "")), int(req.get("k", 10)),
-                                                      req.get("target")))
+            if not isinstance(req, dict):
+                raise HttpError(400, "JSON body must be an object: {\"text\": ..., \"k\": 10}")
+            k, target = req.get("k", 10), req.get("target")
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise HttpError(400, f"k={k!r} is not an integer")
+            if isinstance(target, str):
+                target = [t.strip() for t in target.split(",") if t.strip()]
+            return self._json(200, self.service.query("text", str(req.get("text", "")), k, target or None))
         modality = qs.get("modality", [""])[0]
         return self._json(200, self.service.query(modality, body, _int(qs, "k", 10), _targets(qs)))
 

@@ -66,6 +66,9 @@ def test_text_search_and_media(server):
     assert status == 200 and sorted(json.loads(body)["results"]) == ["image", "text"]
     status, _, body = _post(base + "/search", json.dumps({"text": "blue dog", "k": 2}).encode(), "application/json")
     assert status == 200 and len(json.loads(body)["results"]["image"]) == 2
+    status, _, body = _post(base + "/search", json.dumps({"text": "blue dog", "target": "image"}).encode(),
+                            "application/json")
+    assert status == 200 and list(json.loads(body)["results"]) == ["image"]
 
 
 @pytest.mark.parametrize("how,expect,msg", [
@@ -80,9 +83,12 @@ def test_text_search_and_media(server):
     (("GET", "/search?modality=image&q=/etc/passwd"), 400, "POST image/audio"),
     (("GET", "/media/image/999"), 404, "no image item"),
     (("GET", "/nope"), 404, "no such page"),
+    (("POST", "/search", b'{"text": "a", "k": "ten"}', "application/json"), 400, "not an integer"),
+    (("POST", "/search", b'["a"]', "application/json"), 400, "must be an object"),
+    (("POST", "/search", b'{"text": ', "application/json"), 400, "not JSON"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, how, expect, msg):
     base, _ = server
-    status, ctype, body = _get(base + how[1]) if how[0] == "GET" else _post(base + how[1], how[2])
+    status, ctype, body = _get(base + how[1]) if how[0] == "GET" else _post(base + how[1], *how[2:])
     assert status == expect and ctype == "application/json" and msg in json.loads(body)["error"], body
     assert _get(base + "/search?q=still+alive")[0] == 200          # the server carries on
