@@ -69,6 +69,11 @@ def test_min_score_and_dedup_with_given_embeddings(tmp_path, capsys, corpus):
     assert all(kept[k] == src[k] for k in kept)                  # bytes unchanged
     summary = json.load(open(out / "summary.json"))
     assert summary["kept"] == len(kept) and sum(summary["dropped"].values()) == len(dropped)
+    # dedup alone: the exact copy (stored in float16) is found at cosine 1 and its original kept
+    assert main(["data", "filter", str(shards), "--model", run, "--out", str(tmp_path / "d"), "--emb", str(emb),
+                 "--dedup", "0.99999", "--no-progress"]) == 0
+    dups = [json.loads(x) for x in open(tmp_path / "d" / "dropped.jsonl") if "near_duplicate" in x]
+    assert [(d["key"], d["duplicate_of"]) for d in dups] == [("dup", "s0")] and dups[0]["score"] > 0.99999
 
 
 def test_keep_top_and_bad_options(tmp_path, capsys, corpus):
