@@ -111,3 +111,27 @@ def test_a_trained_model_finds_planted_mismatches_and_copies(tmp_path):
     p, r, _, n_planted = precision_recall(dropped, truth, "near_duplicate", "near_duplicate")
     base = n_planted / s["samples"]
     assert r >= 0.3 and p >= 2 * base, (p, r, base)     # far better than dropping at random, far from perfect
+
+
+@pytest.mark.slow   # three interpreters start torch: ~60-90 s on the shared 2-core machine
+def test_two_processes_filter_like_one(tmp_path, corpus):
+    """RANK / WORLD_SIZE as accelerate launch sets them: each process embeds its parts, process 0 waits for all
+    parts, then selects and writes; dropped.jsonl and the shards equal one process's."""
+    import subprocess
+    import sys
+    run, shards, _ = corpus
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = [sys.executable, "-m", "align.cli", "data", "filter", str(shards), "--model", run, "--min-score", "0.0",
+            "--dedup", "0.99999", "--no-progress", "--out"]
+    one = subprocess.run(args + [str(tmp_path / "one")], env=dict(os.environ, PYTHONPATH=root), capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
+    procs = [subprocess.Popen(args + [str(tmp_path / "two")], env=dict(os.environ, PYTHONPATH=root, RANK=str(r),
+                                                                       WORLD_SIZE="2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0].startswith("filter: 15 samples") and outs[1][0] == ""      # only process 0 reports
+    assert open(tmp_path / "one" / "dropped.jsonl").read() == open(tmp_path / "two" / "dropped.jsonl").read()
+    for f in ("a.tar", "b.tar"):
+        assert (tmp_path / "one" / "shards" / f).read_bytes() == (tmp_path / "two" / "shards" / f).read_bytes()
