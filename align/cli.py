@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", default=None, help="WiSE-FT weight of the fine-tuned model, 0..1 (default 0.5); "
                                                  "a list (0,0.5,1) writes OUT/alpha-<a> per value")
     s.set_defaults(fn=cmd_export)
+
+    # -- retrieval (issue 21): embed / index / search / serve and `data filter`, parsed in align/retrieval/cli.py
+    from align.retrieval.cli import add_retrieval_parsers
+    add_retrieval_parsers(sub, data)
     return p
 
 

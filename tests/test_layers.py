@@ -37,12 +37,13 @@ GROUPS = {
     "bench": ["align.bench"],
     "export": ["align.export"],
     "demo": ["align.demo"],
+    "retrieval": ["align.retrieval"],
     "api": ["align.api"],
     "config": ["align.config"],
     "cli": ["align.cli"],
 }
 LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,
-         "train": 3, "bench": 3, "export": 3, "demo": 3, "api": 3, "config": 3, "cli": 4}
+         "train": 3, "bench": 3, "export": 3, "demo": 3, "retrieval": 3, "api": 3, "config": 3, "cli": 4}
 BELOW_APP = {"data", "model", "wds", "media", "base"}
 APP = {g for g, n in LAYER.items() if n == 3}
 # group -> the groups it may import (its own group always)
@@ -68,13 +69,18 @@ APP_SHARED = {
     "align.bench",                      # the BENCHMARKS registry of runners
     "align.bench.models",               # the model factory (align.load, align bench --model)
     "align.bench.datasets",             # eval sets for the runners
-    "align.bench.embed",
+    "align.bench.embed",                # batched, cached encoding (also align.retrieval's)
+    "align.bench.index",                # the FAISS index registry (align.retrieval builds on it)
+    "align.bench.cli",                  # check_device: one --device rule for bench and retrieval commands
     "align.bench.report",               # result files and tables
 }
 # (importer, imported) -> why; must be a function-level (lazy) import
 EXCEPTIONS = {
     ("align", "align.bench.models"): "align.load() is the model factory's public face",
     ("align", "align.bench"): "its package runs first when align.load imports align.bench.models",
+    ("align", "align.retrieval.embed"): "align.embed() is the corpus embedder's public face",
+    ("align", "align.retrieval.search"): "align.Index (lazy module __getattr__) is the search index's public face",
+    ("align", "align.retrieval"): "its package runs first when align.embed / align.Index import its modules",
 }
 
 

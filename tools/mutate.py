@@ -367,6 +367,23 @@ MUTATIONS = [
     M("data.shards.neg_col_ignored", "align/data/write/shards.py",
       "negs = _negatives(row.values.get(job.neg_col), base) if job.neg_col else []", "negs = []",
       ["tests/data/write/test_shards.py::test_neg_col_writes_hard_negatives_as_neg_txt"]),
+    # -- retrieval app (issue 21) -----------------------------------------------------------------
+    M("retrieval.embed.resume_ignores_markers", "align/retrieval/embed.py",
+      "    if not (os.path.isfile(p) and os.path.isfile(os.path.join(out_dir, f\"{part}.parquet\"))):",
+      "    if True:", ["tests/retrieval/test_embed.py"]),
+    M("retrieval.embed.no_renormalise", "align/retrieval/embed.py",
+      "    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)", "    pass",
+      ["tests/retrieval/test_filter.py"]),
+    M("retrieval.index.untuned", "align/retrieval/index_build.py",
+      "    set_(best[name])", "    set_(values[0])", ["tests/retrieval/test_index_build.py"]),
+    M("retrieval.filter.keeps_the_copy", "align/retrieval/filter.py",
+      "if j > i and j not in dropped:", "if j < i and j not in dropped:", ["tests/retrieval/test_filter.py"]),
+    M("retrieval.filter.cut_inclusive", "align/retrieval/filter.py",
+      "for i in np.flatnonzero(scored & (scores < threshold)):",
+      "for i in np.flatnonzero(scored & (scores <= threshold)):", ["tests/retrieval/test_filter.py"]),
+    M("retrieval.serve.binds_everywhere", "align/retrieval/serve.py",
+      "def make_server(index_dir: str, model, host: str = \"127.0.0.1\"",
+      "def make_server(index_dir: str, model, host: str = \"0.0.0.0\"", ["tests/retrieval/test_serve.py"]),
 ]
 
 

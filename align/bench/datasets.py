@@ -273,6 +273,18 @@ def open_wds(path: str, *, split: str = "test", classnames=None, templates=None,
                       problems=problems, files=shards + meta, options={"split": split})
 
 
+def open_shard_files(shards: Sequence[str], *, name: Optional[str] = None) -> WdsDataset:
+    """Plain training shards (local uncompressed tars, no CLIP_benchmark layout files) as one dataset,
+    items in shard order; keys are `shard basename:sample key`, captions the `txt` lines."""
+    items: List[Item] = []
+    problems: List[str] = []
+    for shard in shards:
+        items += _wds_items(shard, shard, problems)
+    items = [it for it in items if it.media or it.captions]
+    return WdsDataset(name or (shards[0] if len(shards) == 1 else "shards"), items, name=name, problems=problems,
+                      files=list(shards), options={"shards": len(shards)})
+
+
 def _classnames(spec) -> Optional[List[str]]:
     """None, a list of names, or a .txt/.json file of names."""
     if spec is None or isinstance(spec, list):

@@ -1,0 +1,145 @@
+"""Argument parsing for `align embed | index | search | serve` and `align data filter`; the work is in
+align.retrieval's modules. `add_retrieval_parsers(sub, data_sub)` is called once from align/cli.py."""
+from __future__ import annotations
+
+import json
+import os
+
+MODEL_HELP = "align run dir, checkpoint or export; open_clip:ARCH (with --pretrained); local-dir:DIR"
+
+
+def _device(a) -> str:
+    """--device, else this process's GPU under accelerate launch (LOCAL_RANK), else cuda / cpu."""
+    import torch
+
+    from align.bench.cli import check_device
+    if a.device:
+        return check_device(a.device)
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def _load(a):
+    from align.bench.models import load_model
+    return load_model(a.model, pretrained=a.pretrained, device=_device(a))
+
+
+def _model_args(s) -> None:
+    s.add_argument("--model", required=True, help=MODEL_HELP)
+    s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
+    s.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+
+
+def cmd_embed(a):
+    from align.retrieval.embed import dist_env, embed_corpus
+    model = _load(a)
+    mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
+    s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
+                     num_workers=a.num_workers, precision=a.precision, split=a.split, progress=not a.no_progress)
+    print(s.line(a.out, *dist_env()))
+
+
+def cmd_index(a):
+    from align.retrieval.index_build import build_indexes, summary_line
+    mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
+    for s in build_indexes(a.emb, a.out, max_memory=a.max_memory, max_latency_ms=a.max_latency_ms, kind=a.kind,
+                           modalities=mods, n_queries=a.queries):
+        print(summary_line(s))
+
+
+def _query(a):
+    given = [(m, v) for m, v in (("text", a.text), ("image", a.image), ("audio", a.audio)) if v is not None]
+    if len(given) != 1:
+        from align.errors import ConfigError
+        raise ConfigError("search: give exactly one of --text, --image, --audio")
+    return given[0]
+
+
+def cmd_search(a):
+    from align.retrieval.search import check_model, format_hits, load_indexes, search_all
+    indexes = load_indexes(a.index)
+    model = _load(a)
+    check_model(indexes, model)
+    modality, value = _query(a)
+    targets = [t.strip() for t in a.target.split(",") if t.strip()] if a.target else None
+    res = search_all(indexes, model, modality, value, k=a.k, targets=targets)
+    print(json.dumps({"query": {modality: value}, "results": res}, indent=1, default=str) if a.json
+          else format_hits(res))
+
+
+def cmd_filter(a):
+    from align.retrieval.filter import filter_shards, summary_line
+    model = _load(a)
+    s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
+                      emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress)
+    if s is not None:
+        print(summary_line(s, a.out))
+
+
+def cmd_serve(a):
+    from align.retrieval.serve import serve
+    serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
+
+
+def add_retrieval_parsers(sub, data_sub) -> None:
+    s = sub.add_parser("embed", help="embed every modality of shards or an eval set (resumable, sharded .npy + "
+                                     "Parquet)")
+    s.add_argument("model", help=MODEL_HELP)
+    s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
+    s.add_argument("--data", required=True, help="shard pattern/list/folder, or a CLIP_benchmark-layout eval set")
+    s.add_argument("--out", required=True, help="output folder (re-run the same command to finish a killed run)")
+    s.add_argument("--split", default="test", help="split of an eval set (default: test)")
+    s.add_argument("--modalities", default=None, help="comma list (default: all the model and data share)")
+    s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored vector type")
+    s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
+    s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding samples")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast while encoding")
+    s.add_argument("--device", default=None, help="torch device (default: this process's GPU, else cpu)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    s.set_defaults(fn=cmd_embed)
+
+    s = sub.add_parser("index", help="build FAISS indexes from `align embed` output, chosen by size and budget")
+    s.add_argument("emb", help="an `align embed` output folder")
+    s.add_argument("--out", required=True, help="output folder: one index per modality, with its settings.json")
+    s.add_argument("--max-memory", default="4GB", help="memory budget of one index (default 4GB)")
+    s.add_argument("--max-latency-ms", type=float, default=10.0, help="latency budget of one k=10 query (default 10)")
+    s.add_argument("--kind", default=None, help="force flat_faiss | ivf | hnsw | ivfpq (default: chosen)")
+    s.add_argument("--modalities", default=None, help="comma list (default: every embedded modality)")
+    s.add_argument("--queries", type=int, default=500, help="held-aside queries for recall@10 (default 500)")
+    s.set_defaults(fn=cmd_index)
+
+    s = sub.add_parser("search", help="search an index by text, image or audio")
+    s.add_argument("index", help="an `align index` output folder")
+    _model_args(s)
+    s.add_argument("--text", default=None, help="a text query")
+    s.add_argument("--image", default=None, help="image file")
+    s.add_argument("--audio", default=None, help="audio file")
+    s.add_argument("--target", default=None, help="comma list of indexed modalities to search (default: the "
+                                                  "others)")
+    s.add_argument("--k", type=int, default=10, help="results per searched modality")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.set_defaults(fn=cmd_search)
+
+    s = sub.add_parser("serve", help="a search page and JSON /search API over an index (127.0.0.1 by default)")
+    s.add_argument("index", help="an `align index` output folder")
+    _model_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads get 413 (default 10)")
+    s.set_defaults(fn=cmd_serve)
+
+    s = data_sub.add_parser("filter", help="drop low image/audio-text scores (DataComp CLIP score) and "
+                                           "near-duplicates; writes filtered shards and dropped.jsonl")
+    s.add_argument("shards", help="shard pattern/list/folder (local)")
+    _model_args(s)
+    s.add_argument("--out", required=True, help="output folder: filtered shards, dropped.jsonl, summary.json")
+    s.add_argument("--min-score", type=float, default=None, help="drop samples whose media-caption cosine is below S")
+    s.add_argument("--keep-top", type=float, default=None, help="keep the best fraction F of the scored samples")
+    s.add_argument("--dedup", type=float, default=None, metavar="COS",
+                   help="drop later copies whose media cosine to a kept sample is >= COS (e.g. 0.95)")
+    s.add_argument("--emb", default=None, help="an `align embed` output of the same shards (else computed in "
+                                               "OUT/emb)")
+    s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    s.set_defaults(fn=cmd_filter)

@@ -1,0 +1,262 @@
+"""`align embed`: embeddings of a whole corpus, one part per source shard, resumable and split across processes.
+
+    align embed MODEL --data SHARDS_OR_EVAL_SET --out EMB/ [--dtype float16|float32]
+
+`--data` is a shard pattern / list / folder of `.tar` files (what `data.train` takes, local files) or a
+CLIP_benchmark-layout eval set (ROOT/{split}/nshards.txt). Each source shard becomes one *part*:
+
+    EMB/manifest.json                   model, source shards, part names, dtype (identical from every process)
+    EMB/parts/part-00007.image.npy      [N_image, D] float16|float32, rows L2-normalised
+    EMB/parts/part-00007.text.npy       [N_text, D]  one row per caption
+    EMB/parts/part-00007.parquet        one row per vector: key, caption, shard, modality, row (in that
+                                        modality's .npy), media_offset/media_size (the member's byte range
+                                        in the shard, -1 for text), part
+    EMB/parts/part-00007.done.json      counts; written last, so a part without it is redone after a kill
+
+Under `accelerate launch --num_processes N` (or torchrun) process r embeds parts r, r+N, r+2N, ...;
+every part is computed the same way whichever process does it, so the output equals one process's.
+Encoding reuses align.bench.embed (batched, skip-and-count broken samples).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from align.bench.datasets import open_shard_files
+from align.bench.embed import MissingModalityError, embed_dataset, model_fingerprint
+from align.data.stream.sources import expand_urls
+from align.errors import ConfigError, DataError
+
+MEDIA = ("image", "audio")
+ORDER = ("image", "audio", "text")
+DTYPES = {"float16": np.float16, "float32": np.float32}
+COLUMNS = ["key", "caption", "shard", "modality", "row", "media_offset", "media_size", "part"]
+
+
+@dataclass
+class EmbedSummary:
+    parts: int = 0
+    done_before: int = 0           # parts skipped because a previous run finished them
+    items: int = 0                 # samples read by this process
+    vectors: Dict[str, int] = field(default_factory=dict)
+    skipped: int = 0               # samples that failed to decode
+    seconds: float = 0.0
+
+    def line(self, out: str, rank: int = 0, world: int = 1) -> str:
+        who = f"process {rank}/{world}: " if world > 1 else ""
+        vec = ", ".join(f"{m} {n}" for m, n in self.vectors.items()) or "none"
+        rate = self.items / self.seconds if self.seconds > 0 else 0.0
+        return (f"embed: {who}{self.parts} part(s) ({self.done_before} already done), {self.items} samples, "
+                f"vectors: {vec}, {self.skipped} skipped, {rate:.1f} samples/s, {self.seconds:.1f} s -> {out}")
+
+
+def source_shards(data: str, split: str = "test") -> List[str]:
+    """A CLIP_benchmark eval set (ROOT/split/nshards.txt) -> its tars; else a local shard pattern/list/folder."""
+    nfile = os.path.join(data, split, "nshards.txt")
+    if os.path.isdir(data) and os.path.isfile(nfile):
+        try:
+            n = int(open(nfile).read().strip())
+        except ValueError:
+            raise DataError(f"{nfile} does not hold an integer") from None
+        return [os.path.join(data, split, f"{i}.tar") for i in range(n)]
+    shards = expand_urls(data)
+    for s in shards:
+        if "://" in s or s.startswith("pipe:"):
+            raise DataError(f"{s}: align embed reads local shards only (copy remote shards first)")
+        if not os.path.isfile(s):
+            raise DataError(f"{s}: no such shard")
+    return [os.path.abspath(s) for s in shards]
+
+
+def dist_env() -> tuple:
+    """(rank, world size) from accelerate launch / torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def part_name(i: int) -> str:
+    return f"part-{i:05d}"
+
+
+def _atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _check_manifest(out: str, manifest: dict) -> None:
+    """A resumed run must be the same model, shards and dtype; otherwise the old parts would be mixed in."""
+    path = os.path.join(out, "manifest.json")
+    if os.path.isfile(path):
+        old = json.load(open(path))
+        for k in ("model_fingerprint", "shards", "dtype", "modalities"):
+            if old.get(k) != manifest.get(k):
+                raise ConfigError(f"{out}: holds embeddings of another run ({k} differs: {str(old.get(k))[:80]} vs "
+                                  f"{str(manifest.get(k))[:80]}); use a new --out or delete it")
+    _atomic(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+
+
+def _part_rows(ds, modality: str, ids: np.ndarray, shard: str, part: str) -> List[dict]:
+    """One metadata row per vector of `modality` (ids: item index of each row)."""
+    prefix = len(os.path.basename(shard)) + 1          # item keys are "<shard basename>:<sample key>"
+    rows, seen = [], {}
+    for r, i in enumerate(ids):
+        it = ds.items[int(i)]
+        if modality == "text":
+            j = seen.get(int(i), 0)                     # the j-th caption of item i (one text row per caption)
+            seen[int(i)] = j + 1
+            caption, off, size = it.captions[j], -1, -1
+        else:
+            caption = (it.captions or [""])[0]
+            _, off, size = it.media[modality]
+        rows.append({"key": it.key[prefix:], "caption": caption, "shard": shard, "modality": modality, "row": r,
+                     "media_offset": int(off), "media_size": int(size), "part": part})
+    return rows
+
+
+def embed_part(model, shard: str, out_dir: str, part: str, modalities: List[str], *, dtype: str,
+               batch_size: int, device, num_workers: int, precision: Optional[str]) -> dict:
+    """Embed every modality of one shard into out_dir/part.*; returns the part's counts (done.json)."""
+    import pandas as pd
+
+    try:
+        ds = open_shard_files([shard], name=os.path.basename(shard))
+    except DataError as e:
+        if "has no items" not in str(e):
+            raise
+        ds = None                                       # an empty shard: an empty, finished part
+    rows: List[dict] = []
+    counts = {"part": part, "shard": shard, "items": len(ds) if ds else 0, "vectors": {}, "skipped": 0,
+              "errors": []}
+    for m in modalities:
+        if ds is None or m not in ds.modalities:
+            continue
+        try:
+            emb = embed_dataset(model, ds, m, batch_size=batch_size, device=device, num_workers=num_workers,
+                                progress=False, precision=precision)
+        except DataError as e:                          # every sample of this modality failed to decode
+            counts["skipped"] += sum(1 for it in ds.items if m in it.media)
+            counts["errors"].append(str(e))
+            continue
+        vec_path = os.path.join(out_dir, f"{part}.{m}.npy")
+        _atomic(vec_path, lambda f: np.save(f, emb.vectors.astype(DTYPES[dtype])))
+        rows += _part_rows(ds, m, emb.ids, shard, part)
+        counts["vectors"][m] = int(len(emb.vectors))
+        counts["skipped"] += emb.skipped
+        counts["errors"] += emb.errors[:3]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    _atomic(os.path.join(out_dir, f"{part}.parquet"), lambda f: table.to_parquet(f, index=False))
+    _atomic(os.path.join(out_dir, f"{part}.done.json"), lambda f: f.write(json.dumps(counts).encode()))
+    return counts
+
+
+def part_done(out_dir: str, part: str) -> Optional[dict]:
+    p = os.path.join(out_dir, f"{part}.done.json")
+    if not (os.path.isfile(p) and os.path.isfile(os.path.join(out_dir, f"{part}.parquet"))):
+        return None
+    try:
+        return json.load(open(p))
+    except (OSError, ValueError):
+        return None                                     # a damaged marker: redo the part
+
+
+def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] = None, dtype: str = "float16",
+                 batch_size: int = 64, device=None, num_workers: int = 0, precision: Optional[str] = None,
+                 split: str = "test", progress: bool = True, rank: Optional[int] = None,
+                 world_size: Optional[int] = None) -> EmbedSummary:
+    """Embed every shard of `data` into `out` (see the module docstring); this process's share of the parts."""
+    from tqdm.auto import tqdm
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    r0, w0 = dist_env()
+    rank, world = (r0 if rank is None else rank), (w0 if world_size is None else world_size)
+    have = list(getattr(model, "modalities", []))
+    mods = [m for m in ORDER if m in (modalities or have)]
+    missing = [m for m in (modalities or []) if m not in have]
+    if missing:
+        raise MissingModalityError(f"model {getattr(model, 'name', '?')!r} cannot encode {missing[0]!r} "
+                                   f"(its modalities: {', '.join(have)})")
+    shards = source_shards(data, split)
+    parts_dir = os.path.join(out, "parts")
+    os.makedirs(parts_dir, exist_ok=True)
+    manifest = {"model": getattr(model, "name", ""), "model_fingerprint": model_fingerprint(model),
+                "data": data, "shards": shards, "parts": [part_name(i) for i in range(len(shards))],
+                "dtype": dtype, "modalities": mods, "normalised": True}
+    _check_manifest(out, manifest)
+    mine = [i for i in range(len(shards)) if i % world == rank]
+    summary = EmbedSummary(parts=len(mine))
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(mine), desc="embed", unit="part", disable=not progress, dynamic_ncols=True)
+    for i in mine:
+        counts = part_done(parts_dir, part_name(i))
+        if counts is not None:
+            summary.done_before += 1
+        else:
+            counts = embed_part(model, shards[i], parts_dir, part_name(i), mods, dtype=dtype,
+                                batch_size=batch_size, device=device, num_workers=num_workers, precision=precision)
+            summary.items += counts["items"]
+            summary.skipped += counts["skipped"]
+        for m, n in counts["vectors"].items():
+            summary.vectors[m] = summary.vectors.get(m, 0) + n
+        dt = time.perf_counter() - t0
+        bar.set_postfix_str(f"{summary.items / dt if dt > 0 else 0:.1f} items/s", refresh=False)
+        bar.update(1)
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+# ------------------------------------------------------------------ reading an EMB folder
+def read_manifest(emb_dir: str) -> dict:
+    path = os.path.join(emb_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise DataError(f"{emb_dir}: not an `align embed` output (no manifest.json)")
+    return json.load(open(path))
+
+
+def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
+    """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
+    in order."""
+    import pandas as pd
+
+    man = read_manifest(emb_dir)
+    parts_dir = os.path.join(emb_dir, "parts")
+    vecs, tables, unfinished = [], [], []
+    for part in man["parts"]:
+        counts = part_done(parts_dir, part)
+        if counts is None:
+            unfinished.append(part)
+            continue
+        if modality not in counts["vectors"]:
+            continue
+        t = pd.read_parquet(os.path.join(parts_dir, f"{part}.parquet"))
+        tables.append(t[t["modality"] == modality].sort_values("row"))
+        vecs.append(np.load(os.path.join(parts_dir, f"{part}.{modality}.npy")).astype(np.float32))
+    if unfinished and not allow_partial:
+        raise DataError(f"{emb_dir}: {len(unfinished)} part(s) not finished (first: {unfinished[0]}); "
+                        f"re-run `align embed` with the same arguments to finish them")
+    if not vecs:
+        raise DataError(f"{emb_dir}: no {modality} embeddings (modalities embedded: "
+                        f"{', '.join(man.get('modalities', []))})")
+    rows = pd.concat(tables, ignore_index=True)
+    x = np.concatenate(vecs)
+    # float16 rows are unit-norm only to ~1e-3: re-normalise in float32 so cosines (and exact copies' 1.0) hold
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x, rows
+
+
+def embedded_modalities(emb_dir: str) -> List[str]:
+    """Modalities with at least one vector in a finished part."""
+    man = read_manifest(emb_dir)
+    found = set()
+    for part in man["parts"]:
+        counts = part_done(os.path.join(emb_dir, "parts"), part)
+        if counts:
+            found |= set(counts["vectors"])
+    return [m for m in ORDER if m in found]

@@ -1,0 +1,191 @@
+"""`align data filter`: DataComp-style CLIP-score filtering and near-duplicate removal, with a report.
+
+    align data filter SHARDS --model MODEL --out FILTERED/ [--min-score S | --keep-top F] [--dedup COS] [--emb EMB/]
+
+1. Embeddings: `--emb` (an `align embed` output of the same shards) or computed into FILTERED/emb.
+2. Score: cosine of each sample's media (image, else audio) and its first caption. `--min-score S` drops
+   scores below S; `--keep-top F` keeps the best fraction F of the scored samples (DataComp's two modes).
+3. Dedup (`--dedup COS`): among the samples left, a FAISS range search finds every pair with media cosine
+   >= COS; samples are visited in corpus order and each one not yet dropped drops its later neighbours
+   (the first copy is kept). Exact (IndexFlatIP) up to EXACT_DEDUP_MAX vectors, IVF beyond.
+4. Samples whose media failed to decode are dropped as `undecodable`.
+Writes FILTERED/shards/<source shard name> (align's shard writer, sample bytes unchanged),
+FILTERED/dropped.jsonl (key, shard, reason, score, duplicate_of) and FILTERED/summary.json.
+Under `accelerate launch` every process embeds its share of the parts; process 0 waits for all parts
+and then selects and writes, so the output equals one process's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from typing import Dict, List, Optional
+
+import faiss
+import numpy as np
+
+from align.errors import ConfigError, DataError
+from align.retrieval.embed import (MEDIA, dist_env, embed_corpus, embedded_modalities, load_embeddings,
+                                   part_done, read_manifest, source_shards)
+from align.bench.index import build_index
+from align.wds.format import group_samples, pick
+from align.wds.reader import index_members, iter_members
+from align.wds.writer import SampleWriter
+
+EXACT_DEDUP_MAX = 200_000
+WAIT_S = 3600.0
+
+
+def _wait_for_parts(emb_dir: str, timeout_s: float = WAIT_S) -> None:
+    """Process 0 of several: wait until every part has its done marker (the other processes' share)."""
+    man = read_manifest(emb_dir)
+    t0 = time.monotonic()
+    while True:
+        left = [p for p in man["parts"] if part_done(os.path.join(emb_dir, "parts"), p) is None]
+        if not left:
+            return
+        if time.monotonic() - t0 > timeout_s:
+            raise DataError(f"{emb_dir}: {len(left)} part(s) still unfinished after {timeout_s:.0f} s "
+                            f"(first: {left[0]}); did another process fail?")
+        time.sleep(1.0)
+
+
+def clip_scores(media: np.ndarray, mrows, text: np.ndarray, trows) -> np.ndarray:
+    """Cosine of each media row with its sample's first caption; NaN where the sample has no caption."""
+    first = {}
+    for i, (shard, key) in enumerate(zip(trows["shard"], trows["key"])):
+        first.setdefault((shard, key), i)
+    idx = np.array([first.get((s, k), -1) for s, k in zip(mrows["shard"], mrows["key"])], dtype=np.int64)
+    scores = np.full(len(media), np.nan, dtype=np.float32)
+    ok = idx >= 0
+    scores[ok] = np.einsum("nd,nd->n", media[ok], text[idx[ok]])
+    return scores
+
+
+def dedup(vectors: np.ndarray, threshold: float) -> Dict[int, tuple]:
+    """Near-duplicates among `vectors` [N, D]: {dropped row: (kept row, cosine)}, first copy kept."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(x) <= EXACT_DEDUP_MAX:
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+    else:                                   # O(N^2) exact pairs get slow: IVF range search (may miss a few)
+        index = build_index("ivf", x, nprobe=32)
+    lims, sims, ids = index.range_search(x, float(threshold))
+    dropped: Dict[int, tuple] = {}
+    for i in range(len(x)):
+        if i in dropped:
+            continue
+        for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
+            if j > i and j not in dropped:
+                dropped[int(j)] = (i, float(s))
+    return dropped
+
+
+def select(scores: np.ndarray, media: np.ndarray, *, min_score: Optional[float], keep_top: Optional[float],
+           dedup_cos: Optional[float]):
+    """-> ({row to drop: {"reason", "score", "dup_of" (row)}}, score threshold used or None);
+    score filtering first, dedup among the rest."""
+    drop: Dict[int, dict] = {}
+    scored = ~np.isnan(scores)
+    threshold = min_score
+    if keep_top is not None and scored.any():
+        # keep the best ceil(F * n) scored samples; ties at the cut are kept
+        n_keep = int(np.ceil(keep_top * scored.sum()))
+        threshold = float(np.sort(scores[scored])[::-1][max(n_keep - 1, 0)]) if n_keep else np.inf
+    if threshold is not None:
+        for i in np.flatnonzero(scored & (scores < threshold)):
+            drop[int(i)] = {"reason": "low_score", "score": float(scores[i])}
+    if dedup_cos is not None:
+        left = np.array([i for i in range(len(media)) if i not in drop], dtype=np.int64)
+        for j, (i, s) in dedup(media[left], dedup_cos).items():
+            drop[int(left[j])] = {"reason": "near_duplicate", "score": s, "dup_of": int(left[i])}
+    return drop, threshold
+
+
+def _write_shards(shards: List[str], out_dir: str, dropped_keys: set) -> Counter:
+    """Copy every sample not in dropped_keys {(shard, key)} into out_dir/<shard name>; returns counts."""
+    os.makedirs(out_dir, exist_ok=True)
+    counts: Counter = Counter()
+    for shard in shards:
+        dest = os.path.join(out_dir, os.path.basename(shard))
+        tmp = dest + ".tmp"
+        with open(shard, "rb") as f, SampleWriter(tmp) as w:
+            for sample in group_samples(iter_members(f)):
+                key = sample.pop("__key__")
+                if (shard, key) in dropped_keys:
+                    continue
+                w.write(key, sample)
+                counts["kept"] += 1
+        os.replace(tmp, dest)
+    return counts
+
+
+def _media_keys(shards: List[str], modality: str) -> List[tuple]:
+    """(shard, key) of every sample that carries `modality` (text-only samples have nothing to score)."""
+    out = []
+    for shard in shards:
+        with open(shard, "rb") as f:
+            members = ((n, None) for n, _, _, _ in index_members(f, lambda n: False))
+            out += [(shard, s["__key__"]) for s in group_samples(members) if pick(s, modality)]
+    return out
+
+
+def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = None, keep_top: Optional[float] = None,
+                  dedup_cos: Optional[float] = None, emb: Optional[str] = None, batch_size: int = 256,
+                  progress: bool = True) -> Optional[dict]:
+    """Filter the shards of `data` into `out` (module docstring). Returns the summary (None on processes > 0)."""
+    if min_score is not None and keep_top is not None:
+        raise ConfigError("data filter: give --min-score or --keep-top, not both")
+    if keep_top is not None and not 0 < keep_top <= 1:
+        raise ConfigError(f"--keep-top {keep_top}: a fraction in (0, 1]")
+    if dedup_cos is not None and not 0 < dedup_cos <= 1:
+        raise ConfigError(f"--dedup {dedup_cos}: a cosine in (0, 1]")
+    if min_score is None and keep_top is None and dedup_cos is None:
+        raise ConfigError("data filter: nothing to do; give --min-score, --keep-top and/or --dedup")
+    shards = source_shards(data)
+    t0 = time.perf_counter()
+    if emb is None:
+        emb = os.path.join(out, "emb")
+        embed_corpus(model, data, emb, batch_size=batch_size, progress=progress)
+    elif read_manifest(emb)["shards"] != shards:
+        raise ConfigError(f"--emb {emb}: embeds other shards than {data}")
+    rank, world = dist_env()
+    if rank != 0:
+        return None
+    if world > 1:
+        _wait_for_parts(emb)
+    have = embedded_modalities(emb)
+    m = next((x for x in MEDIA if x in have), None)
+    if m is None:
+        raise DataError(f"{emb}: no image or audio embeddings to filter on")
+    media, mrows = load_embeddings(emb, m)
+    text, trows = load_embeddings(emb, "text") if "text" in have else (np.zeros((0, media.shape[1])), None)
+    scores = clip_scores(media, mrows, text, trows) if trows is not None else np.full(len(media), np.nan)
+    drop, threshold = select(scores, media, min_score=min_score, keep_top=keep_top, dedup_cos=dedup_cos)
+    keys = list(zip(mrows["shard"], mrows["key"]))
+    records = [{"key": keys[i][1], "shard": keys[i][0], "reason": d["reason"], "score": round(d["score"], 5),
+                **({"duplicate_of": keys[d["dup_of"]][1]} if "dup_of" in d else {})} for i, d in sorted(drop.items())]
+    embedded = set(keys)
+    records += [{"key": k, "shard": s, "reason": "undecodable", "score": None}
+                for s, k in _media_keys(shards, m) if (s, k) not in embedded]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "dropped.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    counts = _write_shards(shards, os.path.join(out, "shards"), {(r["shard"], r["key"]) for r in records})
+    by_reason = Counter(r["reason"] for r in records)
+    total = counts["kept"] + len(records)
+    summary = {"samples": total, "kept": counts["kept"], "dropped": dict(by_reason), "modality": m,
+               "min_score": min_score, "keep_top": keep_top, "dedup": dedup_cos,
+               "score_threshold": threshold,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    summary["samples_per_s"] = round(total / max(summary["seconds"], 1e-9), 1)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def summary_line(s: dict, out: str) -> str:
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items())) or "none"
+    return (f"filter: {s['samples']} samples, kept {s['kept']}, dropped: {reasons} ({s['modality']}-text scores; "
+            f"{s['samples_per_s']:.1f} samples/s) -> {out}")

@@ -1,0 +1,190 @@
+"""`align index`: a FAISS index per embedded modality, chosen from the corpus size and a memory/latency budget.
+
+    align index EMB/ --out INDEX/ [--max-memory 4GB] [--max-latency-ms 10] [--kind flat_faiss|ivf|hnsw|ivfpq]
+
+The choice (`choose_index`), in order:
+  flat_faiss  exact inner product, when the vectors fit the memory budget and one query's full scan
+              (N*D*4 bytes read at ~SCAN_BYTES_PER_MS) fits the latency budget;
+  ivf         IVF-Flat when the float32 vectors still fit the memory budget;
+  ivfpq       IVF-PQ otherwise, with as many sub-quantizer bytes per vector as the budget allows.
+The index types come from align.bench.index's registry. Approximate indexes are then tuned on a
+held-aside query sample: nprobe (IVF) or efSearch (HNSW) grows until recall@10 against exact search
+reaches `target_recall` (0.95) or the measured p50 latency passes the budget. Queries are the vectors of
+another embedded modality when there is one (the cross-modal queries the index will serve, e.g. captions
+for the image index), else a random sample of the corpus.
+
+    INDEX/index.json                 modalities, model, source EMB folder
+    INDEX/<modality>/index.faiss     faiss.write_index
+    INDEX/<modality>/settings.json   kind, parameters, why, recall@10, latency, build seconds, memory
+    INDEX/<modality>/rows.parquet    row metadata (key, caption, shard, byte range, ...) in index id order
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import List, Optional, Tuple
+
+import faiss
+import numpy as np
+
+from align.bench.index import INDEXES, build_index, default_nlist, describe_index, exact_topk
+from align.errors import ConfigError, DataError
+from align.retrieval.embed import embedded_modalities, load_embeddings, read_manifest
+
+SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
+TARGET_RECALL = 0.95
+PROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+EF_SEARCH = (16, 32, 64, 128, 256, 512)
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_bytes(text) -> int:
+    """'4GB', '512MiB', '1e9' -> bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"--max-memory {text!r}: give a size such as 4GB, 512MB or 2GiB")
+    try:
+        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    except ValueError:
+        raise ConfigError(f"--max-memory {text!r}: {m.group(1)!r} is not a number") from None
+
+
+def choose_index(n: int, d: int, max_memory: int, max_latency_ms: float) -> Tuple[str, dict, str]:
+    """-> (kind, build parameters, one-line reason) for N vectors of dim D."""
+    flat = n * d * 4
+    if flat <= max_memory and flat <= max_latency_ms * SCAN_BYTES_PER_MS:
+        return "flat_faiss", {}, (f"exact: {n} x {d} float32 ({flat / 1e6:.1f} MB) fits the memory budget and a "
+                                  f"full scan fits {max_latency_ms:g} ms")
+    nlist = default_nlist(n)
+    if flat + nlist * d * 4 <= max_memory:
+        return "ivf", {"nlist": nlist}, (f"IVF-Flat: a full scan of {flat / 1e6:.0f} MB would pass "
+                                         f"{max_latency_ms:g} ms; the float32 vectors fit {max_memory / 1e9:.2f} GB")
+    per_vec = max_memory / n - 8                     # bytes per vector left after its 8-byte id
+    m = max([x for x in range(1, min(d, 64) + 1) if d % x == 0 and x <= per_vec] or [0])
+    if m == 0:
+        raise ConfigError(f"--max-memory {max_memory / 1e9:.3g} GB is too small for {n} vectors "
+                          f"(IVF-PQ needs >= {9 * n / 1e9:.3g} GB)")
+    return "ivfpq", {"nlist": nlist, "pq_m": m}, (f"IVF-PQ{m}: the float32 vectors ({flat / 1e9:.2f} GB) pass the "
+                                                 f"{max_memory / 1e9:.2f} GB budget")
+
+
+def latency_ms(index, queries: np.ndarray, k: int) -> Tuple[float, float]:
+    """p50 / p99 of one-query searches, ms."""
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], k)
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def recall_at(index, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean |approx top-k ∩ exact top-k| / k over the queries (exact: [Q, >=k] ids)."""
+    _, got = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return float(np.mean([len(np.intersect1d(a[a >= 0], e[:k])) / k for a, e in zip(got, exact)]))
+
+
+def _knob(index) -> Tuple[str, tuple, object]:
+    """(parameter name, values to try, setter) of an approximate index's speed/recall knob."""
+    if isinstance(index, faiss.IndexHNSW):
+        return "ef_search", EF_SEARCH, lambda v: setattr(index.hnsw, "efSearch", int(v))
+    ivf = faiss.extract_index_ivf(index)
+    return "nprobe", tuple(p for p in PROBES if p <= ivf.nlist), lambda v: setattr(ivf, "nprobe", int(v))
+
+
+def tune(index, queries: np.ndarray, exact: np.ndarray, k: int, max_latency_ms: float,
+         target: float = TARGET_RECALL) -> dict:
+    """Grow the knob until recall@k >= target or p50 passes the budget; keep the last setting within budget."""
+    name, values, set_ = _knob(index)
+    lat_q = queries[: min(len(queries), 100)]
+    best, sweep = None, []
+    for v in values:
+        set_(v)
+        rec = recall_at(index, queries, exact, k)
+        p50, p99 = latency_ms(index, lat_q, k)
+        sweep.append({name: v, "recall": round(rec, 4), "p50_ms": round(p50, 3)})
+        if p50 > max_latency_ms and best is not None:
+            break
+        best = {name: v, "recall": rec, "p50_ms": p50, "p99_ms": p99}
+        if rec >= target:
+            break
+    set_(best[name])
+    return dict(best, sweep=sweep)
+
+
+def _queries(emb_dir: str, modality: str, vectors: np.ndarray, n: int, seed: int) -> Tuple[np.ndarray, str]:
+    rng = np.random.default_rng(seed)
+    for other in embedded_modalities(emb_dir):
+        if other != modality:
+            q, _ = load_embeddings(emb_dir, other)
+            if len(q) and q.shape[1] == vectors.shape[1]:
+                return q[np.sort(rng.choice(len(q), min(n, len(q)), replace=False))], other
+    return vectors[np.sort(rng.choice(len(vectors), min(n, len(vectors)), replace=False))], modality
+
+
+def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int, max_latency_ms: float,
+                   kind: Optional[str] = None, n_queries: int = 500, k: int = 10, seed: int = 0) -> dict:
+    """Build, tune and write one modality's index; returns its settings."""
+    vectors, rows = load_embeddings(emb_dir, modality)          # [N, D] float32
+    n, d = vectors.shape
+    if kind:
+        if kind == "flat" or kind not in INDEXES:
+            raise ConfigError(f"--kind {kind!r}: use one of flat_faiss, ivf, hnsw, ivfpq")
+        params, why = {}, f"--kind {kind}"
+    else:
+        kind, params, why = choose_index(n, d, max_memory, max_latency_ms)
+    t0 = time.perf_counter()
+    index = build_index(kind, vectors, seed=seed, **params)
+    build_s = time.perf_counter() - t0
+    queries, qsrc = _queries(emb_dir, modality, vectors, n_queries, seed)
+    kk = min(k, n)
+    exact = exact_topk(vectors, queries, kk)
+    if kind == "flat_faiss":
+        p50, p99 = latency_ms(index, queries[:100], kk)
+        tuned = {"recall": recall_at(index, queries, exact, kk), "p50_ms": p50, "p99_ms": p99}
+    else:
+        tuned = tune(index, queries, exact, kk, max_latency_ms)
+    os.makedirs(out_dir, exist_ok=True)
+    faiss.write_index(index, os.path.join(out_dir, "index.faiss"))
+    rows.reset_index(drop=True).to_parquet(os.path.join(out_dir, "rows.parquet"), index=False)
+    settings = {"modality": modality, "kind": kind, "why": why, "n": int(n), "dim": int(d),
+                **describe_index(index), f"recall@{kk}": round(tuned["recall"], 4),
+                "p50_ms": round(tuned["p50_ms"], 3), "p99_ms": round(tuned["p99_ms"], 3),
+                "tuning": tuned.get("sweep", []), "queries": {"n": int(len(queries)), "from": qsrc},
+                "build_s": round(build_s, 2), "index_bytes": int(faiss.serialize_index(index).nbytes),
+                "budget": {"max_memory": int(max_memory), "max_latency_ms": max_latency_ms}}
+    with open(os.path.join(out_dir, "settings.json"), "w") as f:
+        json.dump(settings, f, indent=1)
+    return settings
+
+
+def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: float = 10.0,
+                  kind: Optional[str] = None, modalities: Optional[List[str]] = None, n_queries: int = 500,
+                  seed: int = 0) -> List[dict]:
+    """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json."""
+    man = read_manifest(emb_dir)
+    have = embedded_modalities(emb_dir)
+    mods = modalities or have
+    bad = [m for m in mods if m not in have]
+    if bad:
+        raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
+    mem = parse_bytes(max_memory)
+    results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
+                              kind=kind, n_queries=n_queries, seed=seed) for m in mods]
+    with open(os.path.join(out, "index.json"), "w") as f:
+        json.dump({"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
+                   "embeddings": os.path.abspath(emb_dir)}, f, indent=1)
+    return results
+
+
+def summary_line(s: dict) -> str:
+    knob = next((f", {x}={s[x]}" for x in ("nprobe", "ef_search") if x in s), "")
+    rec = next(v for key, v in s.items() if key.startswith("recall@"))
+    return (f"index {s['modality']}: {s['kind']}{knob}, {s['n']} x {s['dim']}, recall@10 {rec:.3f} vs exact "
+            f"({s['queries']['n']} {s['queries']['from']} queries), p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
+            f"built in {s['build_s']:.1f} s, {s['index_bytes'] / 1e6:.1f} MB ({s['why']})")

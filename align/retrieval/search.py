@@ -1,0 +1,165 @@
+"""The `Index` object and cross-modal queries (`align search`).
+
+    from align.retrieval import Index
+    index = Index.load("INDEX/", modality="image")          # or INDEX/image
+    scores, ids = index.search(vectors, k=10)               # vectors [Q, D] float32, L2-normalised
+    index.rows(ids[0])                                      # [{key, caption, shard, ...}] of the hits
+
+    align search INDEX --model MODEL --text "a dog" | --image FILE | --audio FILE [--k 10] [--target image] [--json]
+
+A query of one modality searches every other indexed modality by default (text -> image and audio,
+audio -> image and text, image -> image is asked for with --target image).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+import faiss
+import numpy as np
+
+from align.errors import AlignError, ConfigError, DataError
+
+QUERY_MODALITIES = ("text", "image", "audio")
+
+
+class Index:
+    """One modality's FAISS index plus the metadata row of every id."""
+
+    def __init__(self, index: faiss.Index, rows, settings: dict, path: str):
+        self.index, self.table, self.settings, self.path = index, rows, settings, path
+        self.modality = settings.get("modality", "")
+        self._records = rows.to_dict("records")
+
+    @classmethod
+    def load(cls, path: str, modality: Optional[str] = None) -> "Index":
+        """INDEX/<modality> (an index.faiss folder) or INDEX/ plus `modality` (default: the only/first one)."""
+        import pandas as pd
+
+        if not os.path.isfile(os.path.join(path, "index.faiss")):
+            mods = index_modalities(path)
+            if modality is None:
+                modality = mods[0]
+            if modality not in mods:
+                raise DataError(f"{path}: no {modality} index (indexed: {', '.join(mods)})")
+            path = os.path.join(path, modality)
+        try:
+            index = faiss.read_index(os.path.join(path, "index.faiss"))
+            settings = json.load(open(os.path.join(path, "settings.json")))
+            rows = pd.read_parquet(os.path.join(path, "rows.parquet"))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DataError(f"{path}: not a readable `align index` folder: {str(e).splitlines()[0][:200]}") from None
+        if len(rows) != index.ntotal:
+            raise DataError(f"{path}: rows.parquet has {len(rows)} rows but the index holds {index.ntotal} vectors")
+        return cls(index, rows, settings, path)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search(self, vectors: np.ndarray, k: int = 10):
+        """vectors [Q, D] -> (scores [Q, k] float32 cosine, ids [Q, k] int64; -1 where fewer than k found)."""
+        q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ConfigError(f"query vectors have dim {q.shape[1]}, the {self.modality} index has {self.dim} "
+                              f"(a different model?)")
+        return self.index.search(q, int(max(1, min(k, len(self)))))
+
+    def rows(self, ids) -> List[dict]:
+        return [dict(self._records[int(i)], id=int(i)) for i in ids if i >= 0]
+
+    def results(self, vectors: np.ndarray, k: int = 10) -> List[List[dict]]:
+        """Per query: hits as row dicts with `score` and `rank`."""
+        scores, ids = self.search(vectors, k)
+        out = []
+        for s_row, i_row in zip(scores, ids):
+            hits = self.rows(i_row)
+            for r, (h, s) in enumerate(zip(hits, s_row)):
+                h.update(score=float(s), rank=r + 1)
+            out.append(hits)
+        return out
+
+
+def index_modalities(path: str) -> List[str]:
+    meta = os.path.join(path, "index.json")
+    if not os.path.isfile(meta):
+        raise DataError(f"{path}: not an `align index` output (no index.json or index.faiss)")
+    return list(json.load(open(meta))["modalities"])
+
+
+def load_indexes(path: str) -> Dict[str, Index]:
+    if os.path.isfile(os.path.join(path, "index.faiss")):
+        ix = Index.load(path)
+        return {ix.modality: ix}
+    return {m: Index.load(path, m) for m in index_modalities(path)}
+
+
+# ----------------------------------------------------------------------------- queries
+def encode_query(model, modality: str, value) -> np.ndarray:
+    """One query -> [1, D] float32 normalised. value: a string (text), or image/audio bytes or a file path."""
+    import torch
+    import torch.nn.functional as F
+
+    from align.bench.datasets import SampleError, decode_audio, decode_image
+
+    if modality not in QUERY_MODALITIES:
+        raise ConfigError(f"unknown query modality {modality!r}; use one of {', '.join(QUERY_MODALITIES)}")
+    if modality not in getattr(model, "modalities", []):
+        raise ConfigError(f"model {getattr(model, 'name', '?')!r} cannot encode {modality} "
+                          f"(its modalities: {', '.join(model.modalities)})")
+    with torch.no_grad():
+        if modality == "text":
+            if not str(value).strip():
+                raise ConfigError("empty text query")
+            z = model.encode_text(model.tokenize([str(value)]))
+        else:
+            if isinstance(value, str) and not os.path.isfile(value):
+                raise DataError(f"{value}: no such {modality} file")
+            try:
+                x = decode_image(value) if modality == "image" else decode_audio(value)
+            except SampleError as e:
+                raise DataError(f"{value if isinstance(value, str) else 'upload'}: {e}") from None
+            tf = getattr(model, f"{modality}_transform")
+            t = tf(x) if modality == "image" else tf(*x)
+            z = getattr(model, f"encode_{modality}")(t[None])
+    return F.normalize(z.float(), dim=-1).cpu().numpy()
+
+
+def search_all(indexes: Dict[str, Index], model, modality: str, value, k: int = 10,
+               targets: Optional[List[str]] = None) -> Dict[str, List[dict]]:
+    """Query of `modality` against the target indexes (default: every indexed modality but its own)."""
+    targets = targets or [m for m in indexes if m != modality] or list(indexes)
+    bad = [t for t in targets if t not in indexes]
+    if bad:
+        raise DataError(f"no {bad[0]} index here (indexed: {', '.join(indexes)})")
+    if k < 1:
+        raise ConfigError(f"--k {k}: must be >= 1")
+    q = encode_query(model, modality, value)
+    return {t: indexes[t].results(q, k)[0] for t in targets}
+
+
+def format_hits(results: Dict[str, List[dict]]) -> str:
+    lines = []
+    for target, hits in results.items():
+        lines.append(f"{target}:")
+        for h in hits:
+            cap = (h.get("caption") or "").replace("\n", " ")[:70]
+            lines.append(f"  {h['rank']:3d}  {h['score']:.4f}  {h['key']}  {cap}  ({os.path.basename(h['shard'])})")
+    return "\n".join(lines)
+
+
+def check_model(indexes: Dict[str, Index], model) -> None:
+    """The model must be the one that embedded the corpus (same fingerprint when the index recorded it)."""
+    from align.bench.embed import model_fingerprint
+
+    any_ix = next(iter(indexes.values()))
+    meta = os.path.join(os.path.dirname(any_ix.path), "index.json")
+    if os.path.isfile(meta):
+        fp = json.load(open(meta)).get("model_fingerprint")
+        if fp and fp != model_fingerprint(model):
+            raise AlignError(f"{os.path.dirname(any_ix.path)}: built from model {fp}, but --model has fingerprint "
+                             f"{model_fingerprint(model)}; queries would land in another embedding space")

@@ -1,0 +1,213 @@
+"""`align serve INDEX --model MODEL`: a search page and a JSON API on the standard library's ThreadingHTTPServer.
+
+    GET  /                                   the page: query box, image/audio upload, result grid
+    GET  /search?q=TEXT[&k=10][&target=image,audio]                  text query -> JSON
+    POST /search?modality=image|audio[&k=..][&target=..]  body=file  image/audio query -> JSON
+    GET  /media/<modality>/<id>              the sample's bytes, read from its shard by byte range
+    GET  /health                             indexes and sizes
+
+JSON answers: {"query": ..., "results": {target: [{rank, score, key, caption, shard, id, media_url}]}}.
+Bad requests get a 4xx with {"error": one line}: 400 empty query, unknown modality, undecodable upload,
+bad k; 413 upload over --max-upload-mb; 411 upload without Content-Length; 404 unknown path or id.
+Binds to 127.0.0.1 unless --host says otherwise. Encoding runs under one lock (a CPU model is not faster
+with several queries encoding at once on a small machine); the HTTP threads stay responsive around it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict
+from urllib.parse import parse_qs, urlparse
+
+from align.errors import AlignError
+from align.retrieval.search import Index, check_model, load_indexes, search_all
+
+MAX_K = 1000
+DRAIN_MAX = 64 << 20
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+_SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif"),
+               (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"), (b"ID3", "audio/mpeg"), (b"\xff\xfb", "audio/mpeg"))
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def content_type(data: bytes) -> str:
+    """MIME type from the first bytes (RIFF holds WAV or WebP)."""
+    if data[:4] == b"RIFF":
+        return "image/webp" if data[8:12] == b"WEBP" else "audio/wav"
+    return next((t for sig, t in _SIGNATURES if data.startswith(sig)), "application/octet-stream")
+
+
+class SearchService:
+    """Indexes + model; answers queries and media requests (shared by every request thread)."""
+
+    def __init__(self, indexes: Dict[str, Index], model, max_upload: int = 10 << 20):
+        self.indexes, self.model, self.max_upload = indexes, model, max_upload
+        self.lock = threading.Lock()
+
+    def query(self, modality: str, value, k: int, targets) -> dict:
+        if modality not in ("text", "image", "audio"):
+            raise HttpError(400, f"unknown modality {modality!r}; use text, image or audio")
+        if modality == "text" and not str(value or "").strip():
+            raise HttpError(400, "empty query: give q=TEXT or upload an image/audio file")
+        if modality != "text" and not value:
+            raise HttpError(400, f"empty {modality} upload")
+        if not 1 <= k <= MAX_K:
+            raise HttpError(400, f"k={k}: must be 1..{MAX_K}")
+        try:
+            with self.lock:
+                res = search_all(self.indexes, self.model, modality, value, k=k, targets=targets)
+        except AlignError as e:
+            raise HttpError(400, str(e).replace("upload: ", f"uploaded {modality}: ")) from None
+        for target, hits in res.items():
+            for h in hits:
+                h["media_url"] = f"/media/{target}/{h['id']}" if target != "text" else None
+        return {"query": {"modality": modality, **({"text": value} if modality == "text" else {})},
+                "results": res}
+
+    def media(self, modality: str, ident: str):
+        ix = self.indexes.get(modality)
+        if ix is None or modality == "text" or not ident.isdigit() or int(ident) >= len(ix):
+            raise HttpError(404, f"no {modality} item {ident}")
+        row = ix.rows([int(ident)])[0]
+        try:
+            with open(row["shard"], "rb") as f:
+                f.seek(int(row["media_offset"]))
+                data = f.read(int(row["media_size"]))
+        except OSError as e:
+            raise HttpError(404, f"{row['shard']}: cannot read: {e.strerror}") from None
+        return data, content_type(data)
+
+
+def _int(qs: dict, name: str, default: int) -> int:
+    v = qs.get(name, [str(default)])[0]
+    try:
+        return int(v)
+    except ValueError:
+        raise HttpError(400, f"{name}={v!r} is not an integer") from None
+
+
+def _targets(qs: dict):
+    t = [x.strip() for x in qs.get("target", [""])[0].split(",") if x.strip()]
+    return t or None
+
+
+class Handler(BaseHTTPRequestHandler):
+    service: SearchService = None          # set by make_server on a subclass
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):     # quiet: one line per request is noise under load
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj) -> None:
+        self._send(status, json.dumps(obj, default=str).encode(), "application/json")
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except HttpError as e:
+            self.close_connection = e.status in (411, 413)   # the unread body would poison the connection
+            self._json(e.status, {"error": str(e)})
+        except Exception as e:  # a bug must not kill the thread silently; the client still gets an answer
+            self._json(500, {"error": f"{type(e).__name__}: {e}"})
+
+    def do_GET(self):
+        self._guard(self._get)
+
+    def do_POST(self):
+        self._guard(self._post)
+
+    def _get(self):
+        u = urlparse(self.path)
+        qs = parse_qs(u.query)
+        if u.path in ("/", "/index.html"):
+            with open(PAGE, "rb") as f:
+                return self._send(200, f.read(), "text/html; charset=utf-8")
+        if u.path == "/health":
+            return self._json(200, {"ok": True, "indexes": {m: len(ix) for m, ix in self.service.indexes.items()}})
+        if u.path == "/search":
+            modality = qs.get("modality", ["text"])[0]
+            if modality != "text":    # never read a server-side path named in a URL: files come as uploads
+                raise HttpError(400, f"modality={modality!r}: GET /search takes text (q=...); POST image/audio files")
+            return self._json(200, self.service.query("text", qs.get("q", [""])[0], _int(qs, "k", 10),
+                                                      _targets(qs)))
+        parts = u.path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "media":
+            data, ctype = self.service.media(parts[1], parts[2])
+            return self._send(200, data, ctype)
+        raise HttpError(404, f"no such page: {u.path}")
+
+    def _drain(self, n: int) -> None:
+        """Read and drop an oversized body (up to DRAIN_MAX) so the client, still sending, gets the 413
+        instead of a reset connection; a larger one is cut off by closing the connection."""
+        left = min(n, DRAIN_MAX)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+    def _post(self):
+        u = urlparse(self.path)
+        qs = parse_qs(u.query)
+        if u.path != "/search":
+            raise HttpError(404, f"no such endpoint: POST {u.path}")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise HttpError(411, "an upload needs a Content-Length")
+        if int(length) > self.service.max_upload:
+            self._drain(int(length))
+            raise HttpError(413, f"upload of {int(length)} bytes is over the {self.service.max_upload} byte limit")
+        body = self.rfile.read(int(length))
+        if (self.headers.get("Content-Type") or "").startswith("application/json"):
+            try:
+                req = json.loads(body or b"{}")
+            except ValueError:
+                raise HttpError(400, "body is not JSON") from None
+            if not isinstance(req, dict):
+                raise HttpError(400, "JSON body must be an object: {\"text\": ..., \"k\": 10}")
+            k, target = req.get("k", 10), req.get("target")
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise HttpError(400, f"k={k!r} is not an integer")
+            if isinstance(target, str):
+                target = [t.strip() for t in target.split(",") if t.strip()]
+            return self._json(200, self.service.query("text", str(req.get("text", "")), k, target or None))
+        modality = qs.get("modality", [""])[0]
+        return self._json(200, self.service.query(modality, body, _int(qs, "k", 10), _targets(qs)))
+
+
+def make_server(index_dir: str, model, host: str = "127.0.0.1", port: int = 8080,
+                max_upload_mb: float = 10.0) -> ThreadingHTTPServer:
+    indexes = load_indexes(index_dir)
+    check_model(indexes, model)
+    handler = type("BoundHandler", (Handler,), {"service": SearchService(indexes, model,
+                                                                          int(max_upload_mb * (1 << 20)))})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve(index_dir: str, model, host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 10.0) -> None:
+    server = make_server(index_dir, model, host, port, max_upload_mb)
+    h, p = server.server_address[:2]
+    sizes = ", ".join(f"{m} {len(ix)}" for m, ix in server.RequestHandlerClass.service.indexes.items())
+    print(f"serving {index_dir} ({sizes}) on http://{h}:{p}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,140 @@
+"""`align embed`: per-part .npy + Parquet for every modality, resumable, split across processes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from align.cli import main
+from align.retrieval.embed import embed_corpus, load_embeddings
+from tests.retrieval.conftest import tri_shards
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _files(out):
+    d = os.path.join(out, "parts")
+    return sorted(f for f in os.listdir(d) if not f.endswith(".done.json"))
+
+
+def _same_output(a, b):
+    assert _files(a) == _files(b)
+    for f in _files(a):
+        pa, pb = os.path.join(a, "parts", f), os.path.join(b, "parts", f)
+        if f.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(pa), np.load(pb))
+        else:
+            pd.testing.assert_frame_equal(pd.read_parquet(pa), pd.read_parquet(pb))
+
+
+def test_embed_cli_writes_every_modality(tmp_path, capsys, tri_run):
+    run, model = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=4, broken=(1, 2))
+    out = tmp_path / "emb"
+    assert main(["embed", run, "--data", str(tmp_path / "shards"), "--out", str(out), "--batch-size", "3",
+                 "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("embed: 2 part(s) (0 already done), 8 samples, vectors: image 7, audio 8, text 8, "
+                           "1 skipped"), line
+    assert "samples/s" in line
+    img, rows = load_embeddings(str(out), "image")
+    assert img.shape == (7, 16) and np.load(out / "parts" / "part-00000.image.npy").dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=2e-3)
+    assert list(rows["key"]) == ["s00_000", "s00_001", "s00_002", "s00_003", "s01_000", "s01_001", "s01_003"]
+    assert set(rows["modality"]) == {"image"} and list(rows["row"]) == [0, 1, 2, 3, 0, 1, 2]
+    txt, trows = load_embeddings(str(out), "text")
+    assert trows["caption"].iloc[5] == "a bird dog number 101" and (trows["media_offset"] == -1).all()
+    # the stored byte range is the image member itself
+    r = rows.iloc[4]
+    with open(r["shard"], "rb") as f:
+        f.seek(r["media_offset"])
+        assert f.read(r["media_size"])[:2] == b"\xff\xd8"
+    # vectors equal what the model gives for the same sample
+    from align.bench.datasets import decode_image
+    import torch
+    with open(r["shard"], "rb") as f:
+        f.seek(r["media_offset"])
+        x = model.image_transform(decode_image(f.read(r["media_size"])))
+    with torch.no_grad():
+        z = model.encode_image(x[None]).numpy()[0]
+    np.testing.assert_allclose(img[4], z, atol=2e-3)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAfter:
+    """Wraps a model; encode_image raises after `n` calls (a kill in the middle of a run)."""
+
+    def __init__(self, model, n):
+        self.m, self.n = model, n
+
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+    def encode_image(self, x):
+        self.n -= 1
+        if self.n < 0:
+            raise _Killed()
+        return self.m.encode_image(x)
+
+
+def test_resume_skips_finished_parts_and_matches_a_clean_run(tmp_path, tri_run):
+    _, model = tri_run
+    shards = tri_shards(tmp_path / "shards", n_shards=4, per_shard=3)
+    data = str(tmp_path / "shards")
+    with pytest.raises(_Killed):
+        embed_corpus(_DiesAfter(model, 2), data, str(tmp_path / "a"), progress=False, batch_size=8)
+    done = sorted(f for f in os.listdir(tmp_path / "a" / "parts") if f.endswith(".done.json"))
+    assert done == ["part-00000.done.json", "part-00001.done.json"]
+    # a half-written part (vectors, no marker) is redone, not trusted
+    np.save(tmp_path / "a" / "parts" / "part-00002.image.npy", np.zeros((1, 16), np.float16))
+    s = embed_corpus(model, data, str(tmp_path / "a"), progress=False, batch_size=8)
+    assert (s.parts, s.done_before, s.items) == (4, 2, 6)
+    embed_corpus(model, data, str(tmp_path / "b"), progress=False, batch_size=8)
+    _same_output(tmp_path / "a", tmp_path / "b")
+    # another model into the same folder is refused, not mixed in
+    from align.errors import ConfigError
+    with pytest.raises(ConfigError, match="embeddings of another run"):
+        embed_corpus(model, shards[0], str(tmp_path / "a"), progress=False)
+
+
+def _cli(args, env_extra):
+    env = dict(os.environ, PYTHONPATH=ROOT, **env_extra)
+    return subprocess.run([sys.executable, "-m", "align.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow   # three interpreters start torch: ~60 s on the shared 2-core machine
+def test_two_processes_split_the_parts_and_equal_one(tmp_path, tri_run):
+    """RANK / WORLD_SIZE as accelerate launch sets them: each process takes every other part."""
+    run, _ = tri_run
+    tri_shards(tmp_path / "shards", n_shards=3, per_shard=3)
+    base = ["embed", run, "--data", str(tmp_path / "shards"), "--no-progress"]
+    one = _cli(base + ["--out", str(tmp_path / "one")], {})
+    assert one.returncode == 0, one.stderr
+    procs = [subprocess.Popen([sys.executable, "-m", "align.cli", *base, "--out", str(tmp_path / "two")],
+                              env=dict(os.environ, PYTHONPATH=ROOT, RANK=str(r), WORLD_SIZE="2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "process 0/2: 2 part(s)" in outs[0][0] and "process 1/2: 1 part(s)" in outs[1][0]
+    _same_output(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch(tmp_path, tri_run):
+    run, _ = tri_run
+    tri_shards(tmp_path / "shards", n_shards=3, per_shard=2)
+    base = ["embed", run, "--data", str(tmp_path / "shards"), "--no-progress"]
+    assert _cli(base + ["--out", str(tmp_path / "one")], {}).returncode == 0
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                        "-m", "align.cli", *base, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    _same_output(tmp_path / "one", tmp_path / "two")

@@ -1,0 +1,77 @@
+"""`align search`: text -> image/audio, image -> image, audio -> image through an index built from `align embed`."""
+import json
+
+import pytest
+
+from align.cli import main
+from tests.retrieval.conftest import tri_shards
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tri_run):
+    run, model = tri_run
+    d = tmp_path_factory.mktemp("search")
+    tri_shards(d / "shards", n_shards=2, per_shard=6)
+    assert main(["embed", run, "--data", str(d / "shards"), "--out", str(d / "emb"), "--no-progress"]) == 0
+    assert main(["index", str(d / "emb"), "--out", str(d / "ix")]) == 0
+    return run, d
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_direction(built, capsys, tmp_path):
+    run, d = built
+    capsys.readouterr()
+    base = ["search", str(d / "ix"), "--model", run, "--json", "--k", "3"]
+    assert main(base + ["--text", "a bird dog number 101"]) == 0
+    res = _json(capsys)["results"]
+    assert sorted(res) == ["audio", "image"] and len(res["image"]) == 3
+    assert [h["rank"] for h in res["audio"]] == [1, 2, 3] and res["image"][0]["score"] >= res["image"][1]["score"]
+    # image -> image: a corpus image finds itself first, cosine ~1
+    from align.retrieval import Index
+    ix = Index.load(str(d / "ix"), "image")
+    row = ix.rows([4])[0]
+    with open(row["shard"], "rb") as f:
+        f.seek(row["media_offset"])
+        (tmp_path / "q.jpg").write_bytes(f.read(row["media_size"]))
+    assert main(base + ["--image", str(tmp_path / "q.jpg"), "--target", "image"]) == 0
+    top = _json(capsys)["results"]["image"][0]
+    assert top["key"] == row["key"] and top["score"] > 0.99
+    # audio -> image (and text) from a corpus audio clip
+    a = Index.load(str(d / "ix"), "audio").rows([0])[0]
+    with open(a["shard"], "rb") as f:
+        f.seek(a["media_offset"])
+        (tmp_path / "q.flac").write_bytes(f.read(a["media_size"]))
+    assert main(base + ["--audio", str(tmp_path / "q.flac")]) == 0
+    assert sorted(_json(capsys)["results"]) == ["image", "text"]
+    assert main(["search", str(d / "ix"), "--model", run, "--text", "red cat", "--target", "image"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("image:\n    1  ") and "shard-00" in out
+
+
+def test_bad_queries_are_one_line(built, capsys, tmp_path):
+    run, d = built
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    base = ["search", str(d / "ix"), "--model", run]
+    for extra, msg in [(["--text", "a", "--image", "x.jpg"], "exactly one of"),
+                       (["--text", "   "], "empty text query"),
+                       (["--image", str(tmp_path / "nope.jpg")], "no such image file"),
+                       (["--image", str(tmp_path / "bad.jpg")], "cannot decode image"),
+                       (["--text", "a", "--target", "video"], "no video index"),
+                       (["--text", "a", "--k", "0"], "--k 0")]:
+        capsys.readouterr()
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (extra, err)
+
+
+def test_another_model_is_refused(built, capsys, tmp_path):
+    from tests.export.conftest import TINY_AUDIO_CNN, make_run
+    _, d = built
+    other, _ = make_run(tmp_path, towers={"audio": TINY_AUDIO_CNN}, seed=3)
+    capsys.readouterr()
+    assert main(["search", str(d / "ix"), "--model", other, "--text", "a cat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another embedding space" in err[0]
