@@ -1,0 +1,125 @@
+"""Progress that reads well on a terminal and in a log file.
+
+On a terminal: tqdm's bar, as before. When stderr is not a terminal (a scheduler's log, `> run.log`,
+`| tee`): one plain line every `every_s` seconds (and at the end), never a `\\r`, so `tail` and `grep`
+work — open_clip's and Accelerate's habit. The same call serves training, shard writing, embedding
+and the benchmarks:
+
+    with progress(total=1200, desc="train", unit="step", initial=0) as bar:
+        bar.update(1); bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+    # log file:  train: 240/1200 step (20%), 4.1 step/s, ETA 3m54s, loss=1.234, lr=4.8e-04
+
+`ALIGN_PROGRESS=plain|bar` forces either form (tests, CI logs viewed in a browser).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Iterable, Optional
+
+PLAIN_EVERY_S = 30.0
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(0, s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+class PlainProgress:
+    """tqdm's update/set_postfix/close/iteration API, printing one line per interval."""
+
+    def __init__(self, iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: str = "",
+                 unit: str = "it", initial: int = 0, every_s: float = PLAIN_EVERY_S, file=None,
+                 clock=time.monotonic, **_ignored):
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.desc, self.unit = total, desc, unit
+        self.n = self._start_n = initial
+        self.every_s = every_s
+        self.file = file or sys.stderr
+        self._clock = clock
+        self._t0 = self._last = clock()
+        self._postfix = ""
+        self._printed_n = None
+
+    def line(self) -> str:
+        elapsed = self._clock() - self._t0
+        rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"]
+        if self.total:
+            parts[0] += f" ({100 * self.n / self.total:.0f}%)"
+        parts.append(f"{rate:.3g} {self.unit}/s")
+        if self.total and rate > 0:
+            parts.append(f"ETA {_fmt_time((self.total - self.n) / rate)}")
+        else:
+            parts.append(f"elapsed {_fmt_time(elapsed)}")
+        if self._postfix:
+            parts.append(self._postfix)
+        return (f"{self.desc}: " if self.desc else "") + ", ".join(parts)
+
+    def _emit(self) -> None:
+        print(self.line(), file=self.file, flush=True)
+        self._last = self._clock()
+        self._printed_n = self.n
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._clock() - self._last >= self.every_s:
+            self._emit()
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = dict(ordered_dict or {}, **kwargs)
+        self._postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        self.desc = desc
+
+    def close(self) -> None:
+        if self._printed_n != self.n:
+            self._emit()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Off(PlainProgress):
+    """disable=True: counts, prints nothing."""
+
+    def _emit(self) -> None:
+        self._printed_n = self.n
+
+
+def _plain_wanted(file) -> bool:
+    mode = os.environ.get("ALIGN_PROGRESS", "").lower()
+    if mode in ("plain", "bar"):
+        return mode == "plain"
+    try:
+        return not (file or sys.stderr).isatty()
+    except (AttributeError, ValueError):
+        return True
+
+
+def progress(iterable: Optional[Iterable] = None, *, disable: bool = False, every_s: float = PLAIN_EVERY_S,
+             file=None, **kwargs):
+    """A tqdm bar on a terminal, PlainProgress elsewhere (see module docstring); kwargs as tqdm's."""
+    if disable:
+        return _Off(iterable, file=file, **kwargs)
+    if _plain_wanted(file):
+        return PlainProgress(iterable, every_s=every_s, file=file, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, file=file, **kwargs)

@@ -1,0 +1,135 @@
+"""What clusters do to a run: preemption signals, and a peer that stops making progress.
+
+Preemption: schedulers send SIGTERM (SLURM, Kubernetes, spot instances; SLURM's `--signal` sends
+SIGUSR1 ahead of the end) and SIGKILL after a grace period. `Preemption` turns SIGTERM/SIGUSR1 into
+a flag that the loop reads between steps; `agreed()` all-reduces it so that every rank stops after
+the same step, writes one checkpoint and exits with PREEMPTED_EXIT (75, EX_TEMPFAIL: "try again").
+A second signal while the checkpoint is written changes nothing: the write finishes, and the atomic
+rename keeps the previous checkpoint whole if SIGKILL comes first.
+
+A hung peer: a rank stopped by a stuck NFS read or a deadlocked data worker blocks every other rank
+in the next collective, silently, until the process group's timeout. `Watchdog` is a thread on every
+rank: each finished step writes `RUN/heartbeat/rank-N.json` (step, time, host); when this rank has
+finished no step for `timeout_s`, it names the rank whose heartbeat is oldest (the one that stopped),
+with its host and last step, in one line, and ends the process with HUNG_EXIT so that the launcher
+tears the job down and a scheduler can restart it (`resume=auto` carries on from the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Callable, Optional
+
+PREEMPTED_EXIT = 75      # EX_TEMPFAIL: preempted, checkpoint written, run the same command again
+HUNG_EXIT = 70           # a rank made no progress for train.dist_timeout_s; resume=auto continues
+HEARTBEAT_DIR = "heartbeat"
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 -> a flag read between steps (handlers restored by `restore`)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._previous = {}
+
+    def install(self) -> "Preemption":
+        if threading.current_thread() is not threading.main_thread():
+            return self          # signal handlers can only be set from the main thread
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def agreed(self, reduce_max: Optional[Callable] = None) -> bool:
+        """True on every rank when any rank was signalled: `reduce_max(int) -> int` is the all-reduce."""
+        flag = int(self.requested)
+        return bool(reduce_max(flag)) if reduce_max is not None else bool(flag)
+
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else "none"
+
+
+class Watchdog:
+    """Per-rank progress watchdog (see module docstring). `beat(step)` after each finished step."""
+
+    def __init__(self, run_dir: str, *, rank: int, world_size: int, timeout_s: float,
+                 on_hang: Callable[[str], None] = None, poll_s: Optional[float] = None):
+        self.dir = os.path.join(run_dir, HEARTBEAT_DIR)
+        os.makedirs(self.dir, exist_ok=True)
+        self.rank, self.world_size = rank, world_size
+        self.timeout_s = float(timeout_s)
+        self.on_hang = on_hang or _exit_hung
+        self.poll_s = poll_s if poll_s is not None else max(0.05, min(5.0, self.timeout_s / 10))
+        self.host = socket.gethostname()
+        self._last = time.time()
+        self._step = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _path(self, rank: int) -> str:
+        return os.path.join(self.dir, f"rank-{rank}.json")
+
+    def beat(self, step: int) -> None:
+        self._step, self._last = step, time.time()
+        tmp = self._path(self.rank) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"rank": self.rank, "host": self.host, "step": step, "time": self._last}, f)
+        os.replace(tmp, self._path(self.rank))
+
+    def start(self) -> "Watchdog":
+        self.beat(self._step)
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="align-watchdog")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def culprit(self) -> str:
+        """One line naming the rank whose heartbeat is oldest (this one if none is older)."""
+        beats = []
+        for r in range(self.world_size):
+            try:
+                with open(self._path(r)) as f:
+                    beats.append(json.load(f))
+            except (OSError, ValueError):
+                beats.append({"rank": r, "host": "?", "step": "?", "time": 0.0})
+        worst = min(beats, key=lambda b: b["time"])
+        age = time.time() - worst["time"] if worst["time"] else float("inf")
+        return (f"rank {worst['rank']} on host {worst['host']} made no progress for {age:.0f} s "
+                f"(last step {worst['step']}); rank {self.rank} waited {time.time() - self._last:.0f} s "
+                f"(train.dist_timeout_s={self.timeout_s:g}); stopping the launch, resume=auto continues")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if time.time() - self._last > self.timeout_s:
+                self.on_hang(self.culprit())
+                return
+
+
+def _exit_hung(line: str) -> None:
+    import sys
+
+    print(f"align: error: {line}", file=sys.stderr, flush=True)
+    os._exit(HUNG_EXIT)     # the main thread is stuck in a collective: only a hard exit ends it

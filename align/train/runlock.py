@@ -1,0 +1,152 @@
+"""One writer per directory: the lock a run (or a shard-writing job) holds on its output for its whole life.
+
+Built on flufl.lock (GNU Mailman's lock): it takes the lock with link(2), which is atomic on NFS, where
+flock(2) is not; it records the holder's host and pid; and each lock has a *lifetime* that the holder
+refreshes (the heartbeat), after which any contender breaks it. That is what a requeued job on another
+node needs. filelock was the other candidate: its FileLock is flock-based (unsafe on NFS) and its
+SoftFileLock records no owner and never expires, so a SIGKILLed run would block its own requeue.
+
+    with RunLock(run_dir, lifetime_s=300):        # raises DirectoryBusy with one line if a live run holds it
+        ...                                       # a daemon thread refreshes the lock every lifetime/3
+
+Taken over, with one line saying so: a lock whose holder ran on this host and whose pid is gone (a
+SIGKILLed run: at once), and a lock whose heartbeat is older than its lifetime (another host: the
+holder stopped refreshing). Beside the lock, `RUN/align.lock.json` says who holds it (host, pid,
+since, command line, last heartbeat) for the refusal message and for people.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from datetime import timedelta
+
+from align.errors import AlignError
+
+log = logging.getLogger("align.train")
+
+LOCK_NAME = "align.lock"
+INFO_NAME = "align.lock.json"
+
+
+class DirectoryBusy(AlignError):
+    """Another live process holds the directory's lock."""
+
+
+class RunLock:
+    """The lock on `directory` (see module docstring). `what` names the holder kind in messages."""
+
+    def __init__(self, directory: str, *, lifetime_s: float = 300.0, what: str = "run"):
+        from flufl.lock import Lock
+
+        self.directory = os.path.abspath(directory)
+        self.lifetime_s = float(lifetime_s)
+        self.what = what
+        os.makedirs(self.directory, exist_ok=True)
+        self._lock = Lock(os.path.join(self.directory, LOCK_NAME), lifetime=timedelta(seconds=self.lifetime_s))
+        self._info_path = os.path.join(self.directory, INFO_NAME)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.took_over: str | None = None   # the line said when a stale lock was taken over
+
+    # ------------------------------------------------------------------ holder info
+    def holder(self) -> dict:
+        """Who holds (or last held) the lock, from the info file; {} when none was written."""
+        try:
+            with open(self._info_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _write_info(self, started: float) -> None:
+        info = {"host": self._lock.hostname, "pid": os.getpid(), "since": started, "heartbeat": time.time(),
+                "command": " ".join(sys.argv)}
+        tmp = f"{self._info_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, self._info_path)
+
+    def _describe(self, info: dict) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
+        beat = f", last heartbeat {time.time() - info['heartbeat']:.0f} s ago" if "heartbeat" in info else ""
+        return (f"host {info.get('host', '?')} pid {info.get('pid', '?')} since {since}{beat}"
+                f" ({info.get('command', '?')})")
+
+    # ------------------------------------------------------------------ take / release
+    def _break_if_stale(self) -> None:
+        """Remove a lock whose holder is provably gone: flufl's `stale` state (this host, pid not running)."""
+        from flufl.lock import LockState
+
+        if self._lock.state != LockState.stale:
+            return
+        try:
+            content = open(self._lock.lockfile).read()
+            host, pid = self._lock.details[:2]
+        except Exception:   # released meanwhile: nothing to break
+            return
+        info = self.holder()
+        self.took_over = (f"{self.directory}: taking over the lock of a {self.what} that is gone "
+                          f"({self._describe(info) if info else f'host {host} pid {pid}'}, no such process)")
+        try:
+            if open(self._lock.lockfile).read() == content:   # nobody took it meanwhile
+                os.unlink(self._lock.lockfile)
+        except OSError:
+            pass
+
+    def acquire(self) -> "RunLock":
+        from flufl.lock import TimeOutError
+
+        self._break_if_stale()
+        info = self.holder()
+        expired = "heartbeat" in info and time.time() - info["heartbeat"] > self.lifetime_s
+        # flufl breaks a lock whose lifetime has passed on its own; 3 s covers its retry interval.
+        try:
+            self._lock.lock(timeout=timedelta(seconds=3))
+        except TimeOutError:
+            raise DirectoryBusy(
+                f"{self.directory}: another {self.what} holds this directory ({self._describe(info)}); "
+                f"wait for it to end, or use another output directory") from None
+        if expired and not self.took_over:
+            self.took_over = (f"{self.directory}: taking over the lock of a {self.what} whose heartbeat stopped "
+                              f"({self._describe(info)})")
+        if self.took_over:
+            log.warning(self.took_over)
+        started = time.time()
+        self._write_info(started)
+        self._thread = threading.Thread(target=self._heartbeat, args=(started,), daemon=True,
+                                        name="align-lock-heartbeat")
+        self._thread.start()
+        return self
+
+    def _heartbeat(self, started: float) -> None:
+        every = max(0.05, min(30.0, self.lifetime_s / 3))
+        while not self._stop.wait(every):
+            try:
+                self._lock.refresh()
+                self._write_info(started)
+            except Exception as exn:  # a full disk or a lost mount must not kill the run from a thread
+                log.warning("%s: could not refresh the lock (%s)", self.directory, exn)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            os.unlink(self._info_path)
+        except OSError:
+            pass
+        try:
+            self._lock.unlock(unconditionally=True)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

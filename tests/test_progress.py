@@ -1,0 +1,64 @@
+"""align/progress.py: a tqdm bar on a terminal; one plain line per interval in a log file, never a \\r."""
+
+import io
+import os
+import subprocess
+import sys
+
+from align.progress import PlainProgress, progress
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_plain_progress_prints_one_line_per_interval_with_rate_eta_and_postfix():
+    out, clock = io.StringIO(), _Clock()
+    bar = PlainProgress(total=100, desc="train", unit="step", every_s=10, file=out, clock=clock)
+    for i in range(100):
+        clock.t += 1.0                       # one step a second
+        bar.update(1)
+        bar.set_postfix(loss=f"{1 / (i + 1):.3f}")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert len(lines) == 10                  # t = 10, 20, ..., 100 s; close adds none (already printed)
+    assert lines[0] == "train: 10/100 step (10%), 1 step/s, ETA 1m30s, loss=0.111"  # postfix of the step before
+    assert lines[-1].startswith("train: 100/100 step (100%)")
+
+
+def test_close_prints_the_final_count_once_and_disable_prints_nothing():
+    out, clock = io.StringIO(), _Clock()
+    with PlainProgress(total=5, desc="x", every_s=100, file=out, clock=clock) as bar:
+        bar.update(5)
+    assert out.getvalue().splitlines() == ["x: 5/5 it (100%), 0 it/s, elapsed 0s"]
+    quiet = io.StringIO()
+    for _ in progress(range(3), disable=True, file=quiet):
+        pass
+    assert quiet.getvalue() == ""
+
+
+def test_not_a_terminal_means_plain_lines_and_a_terminal_means_tqdm(monkeypatch):
+    monkeypatch.delenv("ALIGN_PROGRESS", raising=False)
+    assert isinstance(progress(total=3, file=io.StringIO()), PlainProgress)
+    monkeypatch.setenv("ALIGN_PROGRESS", "bar")
+    from tqdm.auto import tqdm
+    bar = progress(total=3, file=io.StringIO())
+    assert isinstance(bar, tqdm)
+    bar.close()
+
+
+def test_a_piped_run_writes_no_carriage_return():
+    code = ("from align.progress import progress\n"
+            "for _ in progress(range(50), desc='work', every_s=0.0): pass\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("ALIGN_PROGRESS", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "\r" not in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("work: 50/50 it (100%)")

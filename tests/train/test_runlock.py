@@ -1,0 +1,114 @@
+"""align/train/runlock.py: one live writer per directory; stale locks (dead pid, stopped heartbeat) taken over."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from align.train.runlock import INFO_NAME, LOCK_NAME, DirectoryBusy, RunLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _holder(directory, lifetime_s=60.0):
+    """A separate process that takes the lock, says so on stdout, and sleeps until killed."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from align.train.runlock import RunLock
+        lock = RunLock({str(directory)!r}, lifetime_s={lifetime_s}).acquire()
+        print("locked", flush=True)
+        time.sleep(600)
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def _snapshot(directory):
+    return {n: open(os.path.join(directory, n), "rb").read() for n in sorted(os.listdir(directory))}
+
+
+def test_a_live_holder_refuses_a_second_writer_in_one_line_and_nothing_changes(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 20}\n')
+    p = _holder(tmp_path)
+    try:
+        before = _snapshot(tmp_path)
+        with pytest.raises(DirectoryBusy) as e:
+            RunLock(str(tmp_path)).acquire()
+        msg = str(e.value)
+        assert "\n" not in msg and f"pid {p.pid}" in msg and RunLock(str(tmp_path)).holder()["host"] in msg and "since" in msg
+        assert _snapshot(tmp_path) == before            # byte for byte: no claim file left, info untouched
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_sigkilled_holder_is_taken_over_at_once_with_one_line(tmp_path, caplog):
+    p = _holder(tmp_path)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    t0 = time.monotonic()
+    lock = RunLock(str(tmp_path), lifetime_s=600).acquire()   # the lifetime is long: only the dead pid frees it
+    try:
+        assert time.monotonic() - t0 < 3
+        assert lock.took_over and f"pid {p.pid}" in lock.took_over and "gone" in lock.took_over
+        assert any(lock.took_over == r.getMessage() for r in caplog.records)
+        assert RunLock(str(tmp_path)).holder()["pid"] == os.getpid()
+    finally:
+        lock.release()
+
+
+def _plant_foreign_lock(directory, age_s: float, lifetime_s: float):
+    """A lock held by a process on another host, its expiry (mtime = last refresh + lifetime) set by hand."""
+    claim = os.path.join(directory, f"{LOCK_NAME}|node-elsewhere|4242|1")
+    with open(claim, "w") as f:
+        f.write(claim)
+    os.link(claim, os.path.join(directory, LOCK_NAME))
+    expires = time.time() - age_s + lifetime_s
+    os.utime(claim, (expires, expires))
+    import json
+    with open(os.path.join(directory, INFO_NAME), "w") as f:
+        json.dump({"host": "node-elsewhere", "pid": 4242, "since": time.time() - 3600,
+                   "heartbeat": time.time() - age_s, "command": "align train x"}, f)
+
+
+def test_another_hosts_lock_is_respected_while_its_heartbeat_is_fresh(tmp_path):
+    _plant_foreign_lock(str(tmp_path), age_s=5, lifetime_s=300)
+    with pytest.raises(DirectoryBusy, match="host node-elsewhere pid 4242"):
+        RunLock(str(tmp_path), lifetime_s=300).acquire()
+
+
+def test_another_hosts_lock_with_a_stale_heartbeat_is_taken_over(tmp_path):
+    _plant_foreign_lock(str(tmp_path), age_s=400, lifetime_s=300)   # flufl allows 10 s of clock slop
+    lock = RunLock(str(tmp_path), lifetime_s=300).acquire()
+    try:
+        assert "heartbeat stopped" in lock.took_over and "node-elsewhere" in lock.took_over
+    finally:
+        lock.release()
+
+
+def test_the_heartbeat_keeps_a_live_lock_past_its_lifetime(tmp_path):
+    p = _holder(tmp_path, lifetime_s=0.6)
+    try:
+        time.sleep(1.5)                                   # 2.5 lifetimes: only refreshes keep it
+        with pytest.raises(DirectoryBusy):
+            RunLock(str(tmp_path), lifetime_s=0.6).acquire()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_release_frees_the_directory_and_the_context_manager_releases_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunLock(str(tmp_path)):
+            assert os.path.exists(tmp_path / LOCK_NAME)
+            raise RuntimeError("boom")
+    assert not os.path.exists(tmp_path / LOCK_NAME) and not os.path.exists(tmp_path / INFO_NAME)
+    with RunLock(str(tmp_path)) as again:
+        assert again.took_over is None
