@@ -215,7 +215,7 @@ def test_clip_benchmark_cli_and_align_bench_agree_on_a_held_out_split(tmp_path):
                  "--val-groups-from", "site", "--val-groups", "s1,s3", "--templates", "openai_imagenet_7"]) == 0
     run, _ = make_run(tmp_path / "m")
     export(run, str(tmp_path / "export"), fmt="open_clip", progress=False)
-    compat = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "clip_benchmark_compat.py")
+    compat = os.path.join(os.path.dirname(__file__), "..", "..", "..", "tools", "clip_benchmark_compat.py")
     cmd = [sys.executable, compat, "eval", "--model", f"local-dir:{tmp_path / 'export'}", "--pretrained", "",
            "--dataset", "wds/val", "--dataset_root", str(tmp_path / "data" / "val"),
            "--task", "zeroshot_classification", "--no_amp", "--num_workers", "0", "--batch_size", "16",
