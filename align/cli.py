@@ -77,6 +77,24 @@ def _lookup(d, key: str):
     return d
 
 
+def cmd_checkpoints(a):
+    """One line per checkpoint of a run: its name, step, size and whether it verifies (align.train.manifest)."""
+    from align.train import rundir
+    from align.train.manifest import has_manifest, verify
+    from align.train.storage import dir_bytes
+    ckpts = rundir.list_checkpoints(rundir.checkpoints_dir(a.run))
+    if not ckpts:
+        raise AlignError(f"{a.run}: no complete checkpoint (is it a run directory?)")
+    bad = 0
+    for c in ckpts:
+        problem = verify(c)
+        bad += problem is not None
+        step = (rundir.read_state(c) or {}).get("step", "?")
+        status = ("DAMAGED: " + problem) if problem else ("ok" if has_manifest(c) else "ok (no manifest: not checked)")
+        print(f"{os.path.basename(c):<22} step {step!s:>8}  {dir_bytes(c) / 1e6:9.1f} MB  {status}")
+    return 1 if bad else 0
+
+
 def cmd_recipes(a):
     if a.show:
         path = resolve_recipe(a.show)
@@ -223,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list every recipe key (type, default, one line of meaning) and exit; nothing is trained")
     s.set_defaults(fn=cmd_train)
 
+    s = sub.add_parser("checkpoints", help="list a run's checkpoints: step, size, and whether each verifies")
+    s.add_argument("run", help="a run directory (output_dir)")
+    s.set_defaults(fn=cmd_checkpoints)
+
     s = sub.add_parser("recipes", help="list shipped recipes, or print one with --show")
     s.add_argument("--show", default=None, metavar="NAME",
                    help="print this recipe (shipped name or path), its header comment included")
@@ -334,7 +356,7 @@ def main(argv=None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.fn(args)
+        rc = args.fn(args)          # a command may return its exit status (align checkpoints: 1 when damaged)
     except SourceUnavailable as e:
         print(f"align: source unavailable: {e}", file=sys.stderr)
         return EXIT_SOURCE_UNAVAILABLE
@@ -347,7 +369,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:   # `align recipes | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit's flush
         return 141
-    return 0
+    return rc if type(rc) is int else 0
 
 
 if __name__ == "__main__":

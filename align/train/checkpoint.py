@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from align.errors import AlignError
 from align.train import hooks
+from align.train.manifest import write_manifest
 from align.train.rundir import (DCP_DIR, DCP_METADATA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
                                 is_checkpoint_dir, is_dcp_store, is_sharded_checkpoint, list_checkpoints, old_name,
                                 rank_file, read_state, rng_file, tmp_name, weights_path)
@@ -224,6 +225,7 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
     if rank == 0:
         # `sharded` is what is_sharded_checkpoint reads back (align.load, export, init_from, resume)
         _write_json(os.path.join(tmp, STATE), dict(state or {}, rng=rmeta, sharded=sharded is not None))
+        write_manifest(tmp)                   # last: the sizes and hashes resume and load verify
         old = None
         if os.path.exists(final):             # replacing e.g. "best": move the old aside first
             old = os.path.join(ckpt_dir, old_name(name))

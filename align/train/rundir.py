@@ -23,12 +23,15 @@
 test of whether a checkpoint holds DCP shards: it reads the flag state.json records.
 """
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from typing import List, Optional
 
 from align.errors import AlignError
+
+log = logging.getLogger("align.train")
 
 # -- the run dir ---------------------------------------------------------------------------------
 CONFIG = "config.yaml"
@@ -92,9 +95,29 @@ def list_checkpoints(ckpt_dir: str) -> List[str]:
 
 
 def newest_checkpoint(run_dir: str) -> Optional[str]:
-    """The newest complete step checkpoint of a run, or None."""
-    found = list_checkpoints(checkpoints_dir(run_dir))
-    return found[-1] if found else None
+    """The newest complete step checkpoint of a run that verifies against its manifest, or None when the
+    run has none. A damaged newer one is left in place and named in one warning line; when every
+    checkpoint is damaged, AlignError names the newest one's damaged file."""
+    return newest_intact(list_checkpoints(checkpoints_dir(run_dir)))
+
+
+def newest_intact(ckpts: List[str]) -> Optional[str]:
+    """The newest of `ckpts` (oldest first) whose files match its manifest (align.train.manifest)."""
+    from align.train.manifest import verify
+
+    first_problem = None
+    for ckpt in reversed(ckpts):
+        problem = verify(ckpt)
+        if problem is None:
+            if first_problem:
+                log.warning("checkpoint %s is damaged (%s); using %s instead, and leaving the damaged one in "
+                            "place for inspection", first_problem[0],
+                            first_problem[1], ckpt)
+            return ckpt
+        first_problem = first_problem or (ckpt, problem)
+    if first_problem:
+        raise AlignError(f"no intact checkpoint: {first_problem[1]}")
+    return None
 
 
 def read_state(ckpt: str) -> Optional[dict]:
@@ -180,6 +203,11 @@ def locate(path: str) -> Located:
             raise AlignError(f"{p}: run has no complete checkpoint yet")
         return Located("run", p, ckpt, weights_path(ckpt))
     if is_checkpoint_dir(p):
+        from align.train.manifest import verify
+
+        problem = verify(p)
+        if problem:
+            raise AlignError(f"damaged checkpoint: {problem}")
         return Located("checkpoint", find_run_dir(p), p, weights_path(p))
     raise AlignError(f"{p}: not an align run, checkpoint or export (no {CONFIG}, {MODEL}, {DCP_DIR}/ "
                      f"or {EXPORT_CONFIG})")

@@ -99,8 +99,7 @@ def resolve_resume(r: Recipe) -> Optional[str]:
     if r.resume == "none":
         return None
     if r.resume == "auto":
-        found = rundir.list_checkpoints(rundir.checkpoints_dir(r.output_dir))
-        return found[-1] if found else None
+        return rundir.newest_checkpoint(r.output_dir)     # the newest intact one (damaged ones named, skipped)
     return r.resume
 
 

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from align.train.manifest import MANIFEST, has_manifest, verify, write_manifest
 
 
@@ -52,3 +54,58 @@ def test_a_checkpoint_without_a_manifest_is_taken_as_it_is(tmp_path):
     d.mkdir()
     (d / "model.safetensors").write_bytes(b"x")
     assert not has_manifest(str(d)) and verify(str(d)) is None
+
+
+# -- through training, resume, align.load and `align checkpoints` ---------------------------------------------
+
+
+def _trained(tiny_recipe, steps):
+    from tests.train.test_train import _run
+    tiny_recipe["train"]["max_steps"] = steps
+    assert _run(tiny_recipe) == 0
+    return tiny_recipe["output_dir"]
+
+
+def test_resume_auto_falls_back_from_a_truncated_checkpoint_with_one_line(tiny_recipe, caplog, capsys):
+    import json
+
+    from align.cli import main
+    from align.train import rundir
+    from align.train.setup import resolve_resume
+    from align.config import parse_recipe
+    from tests.train.test_train import _run
+
+    run = _trained(tiny_recipe, 6)                      # checkpoints at steps 3 and 6
+    ckpts = rundir.list_checkpoints(rundir.checkpoints_dir(run))
+    assert [has_manifest(c) for c in ckpts] == [True, True] and all(verify(c) is None for c in ckpts)
+    newest = os.path.join(ckpts[-1], "model.safetensors")
+    with open(newest, "r+b") as f:
+        f.truncate(os.path.getsize(newest) // 2)
+    assert resolve_resume(parse_recipe(tiny_recipe)) == ckpts[0]
+    lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(lines) == 1 and newest in lines[0] and ckpts[0] in lines[0] and "\n" not in lines[0]
+    assert os.path.getsize(newest) > 0                  # left in place for inspection
+    assert main(["checkpoints", run]) == 1              # `align checkpoints` names it too
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["step-00000003", "step", "3"] and out[0].endswith("ok")
+    assert "DAMAGED" in out[1] and newest in out[1]
+    tiny_recipe["train"]["max_steps"] = 8               # resume=auto carries on from step 3 and finishes
+    assert _run(tiny_recipe) == 0
+    rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    assert rows[-1]["step"] == 8
+
+
+def test_align_load_of_a_damaged_checkpoint_names_the_file_in_one_line(tiny_recipe):
+    import align
+    from align.errors import AlignError
+    from align.train import rundir
+
+    run = _trained(tiny_recipe, 3)
+    ckpt = rundir.list_checkpoints(rundir.checkpoints_dir(run))[-1]
+    with open(os.path.join(ckpt, "state.json"), "a") as f:
+        f.write(" ")                                    # one byte more than the manifest says
+    with pytest.raises(AlignError) as e:
+        align.load(run)
+    assert "no intact checkpoint" in str(e.value) and "state.json" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(AlignError, match="damaged checkpoint: .*state.json"):
+        align.load(ckpt)
