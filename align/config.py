@@ -127,6 +127,8 @@ class TrainConfig:
     compile: bool = _key(False, help="torch.compile the model")
     grad_checkpointing: bool = _key(False, help="recompute activations in backward, where a tower can")
     max_bad_steps: int = _num(5, ge=1, help="consecutive NaN/Inf losses before the run stops")
+    lock_timeout_s: float = _num(300.0, gt=0, help="the run dir's lock is taken over when its holder's heartbeat "
+                                                   "is this old (another host; a dead pid on this one: at once)")
     num_threads: Optional[int] = _num(None, ge=1, help="torch CPU threads (default: torch's)")
     deterministic: bool = _key(False, help="deterministic GPU kernels (slower)")
     wandb_project: Optional[str] = _key(None, help="also log to this Weights & Biases project (pip install wandb)")

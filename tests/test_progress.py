@@ -62,3 +62,31 @@ def test_a_piped_run_writes_no_carriage_return():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "\r" not in r.stderr
     assert r.stderr.splitlines()[-1].startswith("work: 50/50 it (100%)")
+
+
+def test_align_train_piped_to_a_file_prints_plain_progress_lines(tiny_recipe, tmp_path):
+    import yaml
+    path = tmp_path / "r.yaml"
+    tiny_recipe["train"]["max_steps"] = 4
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("ALIGN_PROGRESS", None)
+    r = subprocess.run([sys.executable, "-m", "align.cli", "train", str(path)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "\r" not in r.stderr and "\r" not in r.stdout
+    lines = [l for l in r.stderr.splitlines() if l.startswith("train: ")]
+    assert len(lines) == 1                      # a short run: the closing line only (one per 30 s otherwise)
+    assert lines[0].startswith("train: 4/4 step (100%)") and "loss=" in lines[0] and "data_wait=" in lines[0]
+
+
+def test_a_resumed_run_drops_metrics_rows_past_its_checkpoint(tiny_recipe):
+    import json
+    from tests.train.test_train import _run
+    run = tiny_recipe["output_dir"]
+    assert _run(tiny_recipe, kill_at=4) != 0    # checkpoint at 3, row for step 4 written, then SIGKILL
+    steps = [json.loads(l)["step"] for l in open(os.path.join(run, "metrics.jsonl"))]
+    assert steps == [2, 4]
+    assert _run(tiny_recipe) == 0               # resumes from step 3: logs 4 and 6 again
+    steps = [json.loads(l)["step"] for l in open(os.path.join(run, "metrics.jsonl"))]
+    assert steps == [2, 4, 6]                   # strictly increasing, no step twice

@@ -3,7 +3,8 @@
 Accelerate is used directly: one process on CPU/GPU, or several through `accelerate launch` (DDP; FSDP2
 with train.sharding: fsdp). `train()` below reads in this order (each part is named in its module):
 
-  1. settings   thread count and determinism for the run, restored when it ends        setup.process_settings
+  1. settings   thread count and determinism for the run, restored when it ends;       setup.process_settings
+                the run dir's lock, held until the run ends (one live writer)          setup.hold_run_dir
   2. engine     accelerator; model, loss, optimizer, schedule                          setup.build_engine
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
                 then the loader, then the RNG                                          setup.build_loader
@@ -26,15 +27,15 @@ from align.train import rundir
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
-from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, process_settings,
-                               resolve_resume, restore_rng, resume, save, write_config)
+from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, hold_run_dir,
+                               process_settings, resolve_resume, restore_rng, resume, save, write_config)
 from align.train.step import train_step
 
 __all__ = ["train", "build_loader", "resolve_resume", "run_val"]
 
 
 def train(r: Recipe, progress: bool = True) -> dict:
-    with process_settings(r.train):
+    with process_settings(r.train), hold_run_dir(r):    # one live writer per output_dir (align.train.runlock)
         acc = build_accelerator(r)
         set_seed(r.seed)
         resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)

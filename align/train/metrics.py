@@ -37,13 +37,19 @@ class RunLogger:
     """One run's reporting (see the module docstring). `eng`: align.train.setup.Engine."""
 
     def __init__(self, r: Recipe, eng, state: TrainState, progress: bool = True):
-        from tqdm.auto import tqdm
+        from align.progress import progress as progress_bar
+        from align.train.storage import truncate_metrics
         self.r, self.eng, self.acc, self.is_main = r, eng, eng.acc, eng.acc.is_main_process
         self.acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
         self.path = os.path.join(r.output_dir, rundir.METRICS)
+        if self.is_main:
+            # rows past the step this run resumes from were logged by a run that died after its last
+            # checkpoint: drop them, so metrics.jsonl never holds a step twice
+            truncate_metrics(self.path, state.step)
         self.f = open(self.path, "a") if self.is_main else None
-        self.bar = tqdm(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
-                        unit="step", dynamic_ncols=True)
+        # a bar on a terminal; one plain line every 30 s in a log file (align.progress)
+        self.bar = progress_bar(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
+                                unit="step", desc="train", dynamic_ncols=True)
         self.loss = float("nan")            # of the last step taken: the summary's final_loss
         self.t_start = time.perf_counter() - state.elapsed_s
         self._window()
@@ -90,7 +96,8 @@ class RunLogger:
             self._write(rec)
             self.acc.log({f"train/{k}": v for k, v in rec.items() if k not in ("step", "epoch")
                           and not isinstance(v, dict)}, step=state.step)
-            self.bar.set_postfix(loss=f"{self.loss:.3f}", sps=f"{sps:.0f}", lr=f"{rec['lr']:.2e}")
+            self.bar.set_postfix(loss=f"{self.loss:.3f}", lr=f"{rec['lr']:.2e}", samples_per_s=f"{sps:.0f}",
+                                 data_wait=f"{rec['data_wait_frac']:.1%}")
             self._window()
         self.bar.update(1)
 

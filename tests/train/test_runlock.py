@@ -112,3 +112,45 @@ def test_release_frees_the_directory_and_the_context_manager_releases_on_error(t
     assert not os.path.exists(tmp_path / LOCK_NAME) and not os.path.exists(tmp_path / INFO_NAME)
     with RunLock(str(tmp_path)) as again:
         assert again.took_over is None
+
+
+# -- through `align train` ------------------------------------------------------------------------------------
+
+
+def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recipe, tmp_path):
+    import yaml
+
+    from tests.train.test_train import _run
+    run = tiny_recipe["output_dir"]
+    assert _run(tiny_recipe) == 0
+    p = _holder(run)                                  # a live run holds it now
+    try:
+        def snapshot():
+            return {os.path.relpath(os.path.join(d, f), run): open(os.path.join(d, f), "rb").read()
+                    for d, _, fs in os.walk(run) for f in fs}
+        before = snapshot()
+        path = tmp_path / "again.yaml"
+        tiny_recipe["train"]["max_steps"] = 9
+        path.write_text(yaml.safe_dump(tiny_recipe))
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("align: error: ") and f"pid {p.pid}" in last and "another run holds" in last
+        assert snapshot() == before
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_sigkilled_runs_lock_is_taken_over_and_resume_carries_on(tiny_recipe):
+    import json
+
+    from tests.train.test_train import _run
+    run = tiny_recipe["output_dir"]
+    assert _run(tiny_recipe, kill_at=3) != 0          # SIGKILLed after step 3: its lock stays behind
+    assert os.path.exists(os.path.join(run, LOCK_NAME))
+    assert _run(tiny_recipe) == 0                     # taken over (the pid is gone), resumed, finished
+    assert [json.loads(l)["step"] for l in open(os.path.join(run, "metrics.jsonl"))][-1] == 6
+    assert not os.path.exists(os.path.join(run, LOCK_NAME))   # released at the end
