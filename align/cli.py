@@ -22,6 +22,7 @@ import sys
 
 from align.config import recipe_header, recipes_dir, resolve_recipe, shipped_recipes
 from align.errors import AlignError, SourceUnavailable
+from align.train.guard import PREEMPTED_EXIT, Preempted
 
 EXIT_SOURCE_UNAVAILABLE = 75   # sysexits.h EX_TEMPFAIL: a temporary failure, worth retrying
 
@@ -357,6 +358,9 @@ def main(argv=None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         rc = args.fn(args)          # a command may return its exit status (align checkpoints: 1 when damaged)
+    except Preempted as e:
+        print(f"align: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except SourceUnavailable as e:
         print(f"align: source unavailable: {e}", file=sys.stderr)
         return EXIT_SOURCE_UNAVAILABLE

@@ -17,6 +17,7 @@ tears the job down and a scheduler can restart it (`resume=auto` carries on from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ import socket
 import threading
 import time
 from typing import Callable, Optional
+
+from align.errors import AlignError
 
 PREEMPTED_EXIT = 75      # EX_TEMPFAIL: preempted, checkpoint written, run the same command again
 HUNG_EXIT = 70           # a rank made no progress for train.dist_timeout_s; resume=auto continues
@@ -66,6 +69,34 @@ class Preemption:
 
     def name(self) -> str:
         return signal.Signals(self.signal).name if self.signal else "none"
+
+
+class Preempted(AlignError):
+    """The run stopped at a step boundary on SIGTERM/SIGUSR1, its checkpoint written (exit PREEMPTED_EXIT)."""
+
+
+@contextlib.contextmanager
+def catch_preemption():
+    """Preemption installed for the block, the previous handlers restored after it."""
+    p = Preemption().install()
+    try:
+        yield p
+    finally:
+        p.restore()
+
+
+def all_ranks_max(flag: int) -> int:
+    """MAX of an int over the process group (the flag itself with one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    backend = dist.get_backend()
+    t = torch.tensor([flag], device="cuda" if backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 class Watchdog:

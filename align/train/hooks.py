@@ -21,6 +21,7 @@ SIGKILL_RANK = "ALIGN_TEST_SIGKILL_RANK"
 KILL_STAMP = "ALIGN_TEST_KILL_STAMP"
 SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
 RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
+SIGTERM_AT_STEP = "ALIGN_TEST_SIGTERM_AT_STEP"     # a scheduler's SIGTERM, arriving during that step
 
 
 def _die() -> None:
@@ -41,6 +42,7 @@ class TestHooks:
     def __init__(self, rank: int):
         self.rank = rank
         self.kill_at = int(os.environ.get(SIGKILL_AT_STEP, "0"))
+        self.term_at = int(os.environ.get(SIGTERM_AT_STEP, "0"))
         self.kill_rank = os.environ.get(SIGKILL_RANK, str(rank))
         prefix = os.environ.get(RECORD_KEYS)
         self.keys_f = open(f"{prefix}.rank{rank}.jsonl", "a") if prefix else None
@@ -54,6 +56,8 @@ class TestHooks:
 
     def after_step(self, step: int) -> None:
         """Called once step `step` is complete (logged, evaluated, checkpointed)."""
+        if self.term_at and step == self.term_at and self.kill_rank == str(self.rank):
+            os.kill(os.getpid(), signal.SIGTERM)
         if self.kill_at and step == self.kill_at and self.kill_rank == str(self.rank):
             if os.environ.get(KILL_STAMP):
                 with open(os.environ[KILL_STAMP], "w") as f:

@@ -11,7 +11,7 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
   4. each step  fetch batch -> train_step: embed, contrastive loss, NaN guard,          step.train_step
                 backward, clip, optimizer and schedule, clamp temperature
                 -> count it -> unlock due towers -> log -> eval (best) -> checkpoint   state, metrics, setup.save
-                -> test hooks                                                          hooks
+                -> test hooks -> preempted? checkpoint and stop (exit 75)              hooks, guard
   5. the end    final checkpoint, eval, summary                                        metrics.RunLogger
 
 "step" is the number of optimizer steps taken (TrainState.step): a step whose loss is NaN/Inf updates no
@@ -28,14 +28,17 @@ from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, hold_run_dir,
-                               process_settings, resolve_resume, restore_rng, resume, save, write_config)
+                               process_settings, resolve_resume, restore_rng, resume, save, stop_if_preempted,
+                               write_config)
+from align.train.guard import catch_preemption
 from align.train.step import train_step
 
 __all__ = ["train", "build_loader", "resolve_resume", "run_val"]
 
 
 def train(r: Recipe, progress: bool = True) -> dict:
-    with process_settings(r.train), hold_run_dir(r):    # one live writer per output_dir (align.train.runlock)
+    # one live writer per output_dir (runlock); SIGTERM/SIGUSR1 stop at a step boundary with a checkpoint (guard)
+    with process_settings(r.train), hold_run_dir(r), catch_preemption() as preempt:
         acc = build_accelerator(r)
         set_seed(r.seed)
         resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
@@ -79,6 +82,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 state.elapsed_s = log.elapsed()
                 last_good = save(eng, state, loader, r)
             hooks.after_step(state.step)
+            stop_if_preempted(eng, state, loader, r, log, preempt)
         log.close_bar()
         hooks.close()
         if hasattr(loader, "close"):

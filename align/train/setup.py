@@ -61,6 +61,19 @@ def hold_run_dir(r: Recipe):
         lock.release()
 
 
+def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
+    """Between steps: when any rank got SIGTERM/SIGUSR1 (all ranks agree, align.train.guard), write a
+    checkpoint at this step on every rank and stop with one line (align.train.guard.Preempted, exit 75)."""
+    from align.train.guard import Preempted, all_ranks_max
+    if not preempt.agreed(all_ranks_max):
+        return
+    state.elapsed_s = log.elapsed()
+    ckpt = save(eng, state, loader, r)
+    log.close_bar()
+    raise Preempted(f"preempted ({preempt.name()}) at step {state.step}, checkpoint written to {ckpt}; "
+                    f"resume with the same command")
+
+
 def build_accelerator(r: Recipe):
     """The Accelerator for train.precision, refusing the launches it would silently run otherwise."""
     from accelerate import Accelerator
