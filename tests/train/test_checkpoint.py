@@ -99,7 +99,7 @@ def test_a_leftover_tmp_dir_of_the_same_step_is_replaced_by_the_next_save(tmp_pa
     (leftover / "model.safetensors").write_bytes(b"partial")
     (leftover / "rank-1.json").write_text("{}")                # a part the new save does not write
     path = save_checkpoint(str(tmp_path), "step-00000002", m.state_dict(), None, {"step": 2})
-    assert not leftover.exists() and sorted(os.listdir(path)) == ["model.safetensors", "rng-0.safetensors",
-                                                                   "state.json"]
+    assert not leftover.exists() and sorted(os.listdir(path)) == ["manifest.json", "model.safetensors",
+                                                                   "rng-0.safetensors", "state.json"]
     m2 = torch.nn.Linear(2, 2)
     assert load_checkpoint(path, m2)["step"] == 2 and torch.equal(m2.weight, m.weight)

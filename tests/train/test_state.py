@@ -59,6 +59,7 @@ def test_checkpoint_written_before_train_state_resumes_bitwise(tmp_path):
     import shutil
     shutil.copytree(ck, run / "checkpoints" / "step-00000002")
     json.dump(old, open(run / "checkpoints" / "step-00000002" / rundir.STATE, "w"))
+    os.remove(run / "checkpoints" / "step-00000002" / "manifest.json")   # the oldest checkpoints had none
     train_dict(dict(base, output_dir=str(run)))
     assert checkpoints(str(run)) == ["step-00000002", "step-00000004"]
     got = load_file(os.path.join(run, "checkpoints", "step-00000004", rundir.MODEL))
