@@ -76,6 +76,9 @@ class PlainProgress:
         items = dict(ordered_dict or {}, **kwargs)
         self._postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self._postfix = s
+
     def set_description(self, desc: str, refresh: bool = True) -> None:
         self.desc = desc
 

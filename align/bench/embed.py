@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from align.progress import progress as tqdm   # plain lines off a terminal
 
 from align.bench.datasets import BenchDataset, SampleError
 from align.errors import AlignError, ConfigError, DataError

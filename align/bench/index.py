@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
+from align.progress import progress as tqdm   # plain lines off a terminal
 
 from align.bench.exact import ExactIndex
 from align.errors import ConfigError, DataError

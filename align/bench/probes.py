@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm.auto import tqdm
+from align.progress import progress as tqdm   # plain lines off a terminal
 
 from align.errors import AlignError, DataError
 

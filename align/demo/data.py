@@ -289,7 +289,7 @@ def _encode_chunk(jobs: Sequence[dict]) -> List[Tuple[str, int, Dict[str, bytes]
 
 
 def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
-    from tqdm import tqdm
+    from align.progress import progress as tqdm   # plain lines off a terminal
 
     from align.data.write.eval_sets import write_clip_benchmark_meta
 

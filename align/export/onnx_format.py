@@ -244,7 +244,7 @@ def preprocess_json(model, out_dir: str, files: Dict[str, str]) -> dict:
 
 def write(model, out_dir: str, progress: bool = False) -> dict:
     """Exports every tower + preprocess.json; returns {"files": [...], "parity": {m: {...}}, "exporter": {...}}."""
-    from tqdm import tqdm
+    from align.progress import progress as tqdm   # plain lines off a terminal
     files, parity, exporter = {}, {}, {}
     for m in tqdm(model.modalities, desc="onnx export", disable=not progress, leave=False):
         tower = model.towers[m]

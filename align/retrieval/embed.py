@@ -170,7 +170,7 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
                  split: str = "test", progress: bool = True, rank: Optional[int] = None,
                  world_size: Optional[int] = None) -> EmbedSummary:
     """Embed every shard of `data` into `out` (see the module docstring); this process's share of the parts."""
-    from tqdm.auto import tqdm
+    from align.progress import progress as tqdm   # plain lines off a terminal
 
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")

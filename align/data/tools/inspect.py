@@ -142,7 +142,7 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
     if bad or not modalities:
         raise DataError(f"modalities {list(modalities)}: each must be one of {', '.join(MODALITIES)}")
     paths, missing = expand_pattern(pattern)
-    from tqdm.auto import tqdm
+    from align.progress import progress as tqdm   # plain lines off a terminal
     first: List[dict] = []
     shards = []
     for path in tqdm(paths, unit="shard", desc="inspect", disable=not progress or len(paths) < 2):

@@ -18,7 +18,7 @@ def feature_stats(pattern, transform: Callable, modality: str = "audio", max_sam
     """Mean and std over every element of transform(sample) for the first `max_samples` samples (all: None).
 
     Returns {"norm_mean", "norm_std", "samples", "skipped"} (mean/std rounded to 4 decimals)."""
-    from tqdm.auto import tqdm
+    from align.progress import progress as tqdm   # plain lines off a terminal
 
     loader = build_eval_loader(pattern, transforms={modality: transform}, batch_size=batch_size,
                                modalities=[modality], min_modalities=1)

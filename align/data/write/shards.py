@@ -499,7 +499,7 @@ def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templa
             records[idx] = rec
     pending = [i for i in range(job.n_shards) if i not in records]
 
-    from tqdm.auto import tqdm
+    from align.progress import progress as tqdm   # plain lines off a terminal
     done_rows = sum(r["rows"] for r in records.values())
     with tqdm(total=n_rows, initial=done_rows, unit="sample", desc=f"shards -> {out}", disable=not progress) as bar:
         n_proc = min(workers, len(pending))
