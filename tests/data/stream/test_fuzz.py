@@ -14,6 +14,7 @@ The fast suite runs a small derandomized sample; `pytest -m slow tests/data/stre
 10,000 shards and prints the figures (benchmarks/RESULTS.md).
 """
 import logging
+import os
 import resource
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from tests.data.stream.fuzz_shards import fuzzed_shards, intact_good_keys  # noq
 from tests.wds_helpers import TRANSFORMS  # noqa: E402
 
 MODALITIES = ["image", "text", "audio"]
-SLOW_SHARDS = 10_000
+SLOW_SHARDS = int(os.environ.get("ALIGN_FUZZ_SHARDS", "10000"))
 MEMORY_BOUND_MB = 2048    # peak RSS growth allowed over the slow run (what a node must spare for one reader)
 ADDRESS_HEADROOM_GB = 3   # virtual memory the fuzzed readers may add to the process (RLIMIT_AS)
 
