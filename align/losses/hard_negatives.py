@@ -22,9 +22,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
-from align.errors import AlignError, ConfigError
+from align.errors import AlignError
+from align.losses.clip import ClipLoss
 from align.losses.distributed import as_scale, check_dist, check_pair, compact, gather_batch, scale_grad, zero_loss
 
 
@@ -38,22 +38,11 @@ def check_negatives(a: torch.Tensor, neg: torch.Tensor, neg_mask: Optional[torch
                          f"{neg_mask.dtype} {tuple(neg_mask.shape)}")
 
 
-class HardNegativeClipLoss(nn.Module):
+class HardNegativeClipLoss(ClipLoss):
     """Dense InfoNCE whose query rows also score their own hard-negative captions; see the module docstring.
 
-    rank, world_size, gather_with_grad, local_loss: as ClipLoss.
+    rank, world_size, gather_with_grad, local_loss: as ClipLoss (its constructor and checks, inherited).
     """
-
-    uses_logit_bias = False
-
-    def __init__(self, rank: int = 0, world_size: int = 1, gather_with_grad: bool = True,
-                 local_loss: bool = False):
-        super().__init__()
-        if local_loss and not gather_with_grad and world_size > 1:
-            raise ConfigError("loss: local_loss=True needs gather_with_grad=True (otherwise gradients "
-                              "from the other ranks' rows are dropped)")
-        self.rank, self.world_size = rank, world_size
-        self.gather_with_grad, self.local_loss = gather_with_grad, local_loss
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale, mask: Optional[torch.Tensor] = None,
                 neg: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
