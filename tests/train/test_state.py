@@ -95,3 +95,30 @@ def test_a_nan_step_advances_neither_the_step_nor_the_schedule(tmp_path, monkeyp
     monkeypatch.setattr(AlignModel, "forward", spied_forward)
     train_dict(recipe(tmp_path, "ref", train={"max_steps": 4, "log_every": 1, "checkpoint_every": 0}))
     assert lrs == [s["groups"][0]["lr"] for s in spy.steps]
+
+
+def test_resume_restores_the_rng_states_the_checkpoint_saved(tiny_recipe):
+    """restore_rng puts back torch's, Python's and numpy's RNGs as the checkpoint saved them (the tiny models
+    draw nothing random after resuming, so only a direct check sees a resume that forgot them)."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from align.train.checkpoint import set_rng_state
+    from align.train.setup import restore_rng
+    from tests.train.test_train import _run
+    assert _run(tiny_recipe) == 0
+    ckpt = rundir.newest_checkpoint(tiny_recipe["output_dir"])
+    set_rng_state(load_file(os.path.join(ckpt, rundir.rng_file(0))),
+                  json.load(open(os.path.join(ckpt, rundir.STATE)))["rng"])
+    want = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    scrambled = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    restore_rng(SimpleNamespace(rank=0, acc=SimpleNamespace(print=lambda *a: None)), ckpt, SimpleNamespace(step=6))
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
+    assert not torch.equal(got[0], scrambled[0])
