@@ -128,6 +128,26 @@ def _negatives(value, base, limits) -> List[str]:
         return []
 
 
+def _text_members(row: Row, value, base, job: _Job, members: Dict[str, bytes], meta: Dict[str, Any]) -> None:
+    """The row's captions -> members["txt"] (one per line; more caption columns join), its hard negatives ->
+    members["neg.txt"]; SkipRow past data.limits.max_text_bytes."""
+    caps = read_captions(value, base, job.limits)
+    for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
+        try:
+            caps += read_captions(row.values.get(col), base, job.limits)
+        except SkipRow:
+            pass
+    members["txt"] = "\n".join(caps).encode("utf-8")
+    if len(members["txt"]) > job.limits.max_text_bytes:   # training would skip it: so do we, now
+        raise SkipRow(TEXT_TOO_LONG, f"text: {len(members['txt'])} bytes of captions, over "
+                                     f"data.limits.max_text_bytes={job.limits.max_text_bytes}")
+    meta["captions"] = len(caps)
+    negs = _negatives(row.values.get(job.neg_col), base, job.limits) if job.neg_col else []
+    if negs:
+        members[NEG_EXT] = "\n".join(negs).encode("utf-8")
+        meta["negatives"] = len(negs)
+
+
 def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
     """One row -> tar members {ext: bytes} and the modalities it holds, or SkipRow."""
     if row.error:
@@ -157,21 +177,7 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
                 meta["source"][mod] = name
             meta[mod] = info
         elif mod == "text":
-            caps = read_captions(value, base, job.limits)
-            for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
-                try:
-                    caps += read_captions(row.values.get(col), base, job.limits)
-                except SkipRow:
-                    pass
-            members["txt"] = "\n".join(caps).encode("utf-8")
-            if len(members["txt"]) > job.limits.max_text_bytes:   # training would skip it: so do we, now
-                raise SkipRow(TEXT_TOO_LONG, f"text: {len(members['txt'])} bytes of captions, over "
-                                             f"data.limits.max_text_bytes={job.limits.max_text_bytes}")
-            meta["captions"] = len(caps)
-            negs = _negatives(row.values.get(job.neg_col), base, job.limits) if job.neg_col else []
-            if negs:
-                members[NEG_EXT] = "\n".join(negs).encode("utf-8")
-                meta["negatives"] = len(negs)
+            _text_members(row, value, base, job, members, meta)
         else:
             label = read_label(value, base)
             if job.string_labels:  # label names -> their index in the class list
@@ -398,18 +404,9 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     inp = open_input(input, split=split, exclude=out.resolve(), follow_links=follow_links)
     if inp.kind == "folder" and Path(inp.base_dir).resolve() == out.resolve():
         raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
-    more_text = []
-    if isinstance(text_col, str) and "," in text_col:   # --text-col a,b: several caption columns
-        text_col, *more_text = [c.strip() for c in text_col.split(",") if c.strip()] or [None]
-        for col in more_text:
-            if col not in inp.columns:
-                raise DataError(f"{inp.description}: no column {col!r} for text; "
-                                f"available columns: {', '.join(map(str, inp.columns))}")
+    text_col, more_text = _split_text_col(inp, text_col)
     columns = resolve_columns(inp, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
-    if neg_col is not None and (neg_col not in inp.columns or "text" not in columns):
-        raise DataError(f"{inp.description}: --neg-col {neg_col!r}: " + (
-            "hard negatives are captions; the input needs a text column" if neg_col in inp.columns else
-            f"no such column; available columns: {', '.join(map(str, inp.columns))}"))
+    _check_neg_col(inp, neg_col, columns)
     n_rows = len(inp)
     if n_rows == 0:
         raise DataError(f"input {inp.description} has no rows")
@@ -417,10 +414,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     if eval_set and "label" not in columns and "text" not in columns:
         raise DataError("an eval set (clip_benchmark layout) needs a label column (zero-shot classification) "
                         "or a text column (retrieval); name it with label_col / text_col")
-    classes, string_labels = eval_sets.resolve_classes(inp, columns.get("label"), classnames)
-    if eval_set and "label" in columns and classes is None:
-        classes = eval_sets.integer_classes(inp, columns["label"])
-    tmpl = _zeroshot_templates(templates, columns) if eval_set and "label" in columns else None
+    classes, string_labels, tmpl = _eval_classes(inp, columns, classnames, templates, eval_set)
     local = isinstance(input, (str, os.PathLike)) and Path(os.fspath(input)).expanduser().exists()
     settings = {"version": JOB_VERSION,
                 "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else inp.description, "input_kind": inp.kind,
@@ -428,14 +422,10 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                 "image_size": image_size, "resize_mode": resize_mode, "image_format": image_format,
                 "image_quality": image_quality, "sample_rate": sample_rate, "shard_size": shard_size,
                 "prefix": prefix, "split": split}
-    if more_text:
-        settings["more_text_cols"] = more_text
-    if limits != DEFAULT_LIMITS:   # only then: the job.json of earlier runs stays valid for resuming
-        settings["limits"] = dataclasses.asdict(limits)
-    if follow_links:
-        settings["follow_links"] = True
-    if neg_col is not None:
-        settings["neg_col"] = neg_col
+    # optional settings only when set: the job.json of earlier runs stays valid for resuming
+    settings.update({k: v for k, v in (("more_text_cols", more_text),
+                                       ("limits", dataclasses.asdict(limits) if limits != DEFAULT_LIMITS else None),
+                                       ("follow_links", follow_links or None), ("neg_col", neg_col)) if v})
     if classnames is not None or eval_set:
         settings.update(classes=classes, templates=tmpl, layout=layout)
     common = dict(inp=inp, columns=columns, shard_size=shard_size, prefix=prefix, image_size=image_size,
@@ -465,6 +455,34 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     if len(results) > 1:
         stats["val"] = results["val"]
     return stats
+
+
+def _eval_classes(inp, columns, classnames, templates, eval_set):
+    """(class names or None, whether labels are strings, zero-shot templates of an eval set or None)."""
+    classes, string_labels = eval_sets.resolve_classes(inp, columns.get("label"), classnames)
+    if eval_set and "label" in columns and classes is None:
+        classes = eval_sets.integer_classes(inp, columns["label"])
+    tmpl = _zeroshot_templates(templates, columns) if eval_set and "label" in columns else None
+    return classes, string_labels, tmpl
+
+
+def _split_text_col(inp, text_col):
+    """--text-col a,b: several caption columns -> (first, [the others]), each checked to exist."""
+    if not (isinstance(text_col, str) and "," in text_col):
+        return text_col, []
+    text_col, *more_text = [c.strip() for c in text_col.split(",") if c.strip()] or [None]
+    for col in more_text:
+        if col not in inp.columns:
+            raise DataError(f"{inp.description}: no column {col!r} for text; "
+                            f"available columns: {', '.join(map(str, inp.columns))}")
+    return text_col, more_text
+
+
+def _check_neg_col(inp, neg_col, columns) -> None:
+    if neg_col is not None and (neg_col not in inp.columns or "text" not in columns):
+        raise DataError(f"{inp.description}: --neg-col {neg_col!r}: " + (
+            "hard negatives are captions; the input needs a text column" if neg_col in inp.columns else
+            f"no such column; available columns: {', '.join(map(str, inp.columns))}"))
 
 
 def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Optional[float]) -> None:
