@@ -44,7 +44,8 @@ def register(name: str) -> Callable[[type], type]:
 
 def sample_seed(seed: int, epoch: int, url: Optional[str], key: str) -> int:
     """A 64-bit seed that names one visit of one sample (no global state involved)."""
-    h = hashlib.blake2b(f"align:augment:{seed}:{epoch}:{url}:{key}".encode(), digest_size=8).digest()
+    text = f"align:augment:{seed}:{epoch}:{url}:{key}".encode("utf-8", "surrogateescape")   # keys may hold surrogates
+    h = hashlib.blake2b(text, digest_size=8).digest()
     return int.from_bytes(h, "little")
 
 

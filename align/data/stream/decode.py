@@ -114,7 +114,10 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
             if not lines:
                 raise SkipSample(EMPTY_CAPTION)
             if caption_seed is not None and len(lines) > 1:
-                out[m] = [lines[random.Random(caption_seed).randrange(len(lines))]]
+                # bytes seed the same as their str (random.seed encodes a str); a key read from a damaged tar
+                # name may hold surrogates, which str.encode() refuses
+                rng = random.Random(caption_seed.encode("utf-8", "surrogateescape"))
+                out[m] = [lines[rng.randrange(len(lines))]]
             else:
                 out[m] = [lines[0]]
     if negatives and "text" in out:
@@ -135,7 +138,8 @@ def transform_seed(seed: int, epoch: int, url: str | None, key: str) -> int:
     """The 62-bit seed of one sample's tower transforms in one epoch: a function of (seed, epoch, the sample's
     shard and key), i.e. of its place in the epoch's global order, never of the rank or worker reading it.
     (With data.resampled a shard drawn twice in an epoch repeats its crops, as its augmentations do.)"""
-    h = hashlib.blake2b(f"align:transforms:{seed}:{epoch}:{url}:{key}".encode(), digest_size=8).digest()
+    text = f"align:transforms:{seed}:{epoch}:{url}:{key}".encode("utf-8", "surrogateescape")   # keys may hold
+    h = hashlib.blake2b(text, digest_size=8).digest()                                         # surrogates
     return int.from_bytes(h, "little") >> 2
 
 

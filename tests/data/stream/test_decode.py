@@ -73,3 +73,23 @@ def test_align_train_on_a_folder_with_issue_24s_shard_beside_good_ones_exits_0(t
     skipped = summary["skipped"]   # the first epoch's counts, and the second's if step 7 read the bad shard
     assert set(skipped) == {"audio sample rate out of range", "image too large", "corrupt tar"}
     assert skipped["audio sample rate out of range"] == 2 * skipped["image too large"] == 2 * skipped["corrupt tar"]
+
+
+def test_a_key_with_undecodable_name_bytes_is_seeded_not_a_crash():
+    """A tar name with bytes that are not UTF-8 becomes a key with surrogates (the reader decodes with
+    surrogateescape); the per-sample seeds hash it instead of failing on str.encode() (found by the slow fuzz test)."""
+    import hashlib
+    import random
+
+    from align.data.stream.augment import sample_seed
+    from align.data.stream.decode import decode_raw, transform_seed
+    key = b"k\x80".decode("utf-8", "surrogateescape")
+    assert transform_seed(0, 1, "u", key) != transform_seed(0, 1, "u", "k")
+    assert sample_seed(0, 1, "u", key) != sample_seed(0, 1, "u", "k")
+    # plain keys keep their seeds: the same bytes as str.encode()
+    want = int.from_bytes(hashlib.blake2b(b"align:transforms:0:1:u:k", digest_size=8).digest(), "little") >> 2
+    assert transform_seed(0, 1, "u", "k") == want
+    raw = {"__key__": key, "txt": b"one\ntwo\nthree", "jpg": b"x"}
+    out = decode_raw(raw, ["text"], 1, caption_seed=f"align:caption:0:0:u:{key}")
+    assert out["text"][0] in ("one", "two", "three")
+    assert random.Random(b"abc").random() == random.Random("abc").random()
