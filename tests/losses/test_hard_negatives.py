@@ -1,11 +1,8 @@
 """HardNegativeClipLoss against the plain loop reference, in one process and in 2 gloo processes."""
-import os
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -13,6 +10,7 @@ from align.errors import AlignError
 from align.losses import ClipLoss
 from align.losses.hard_negatives import HardNegativeClipLoss
 from tests.losses.loss_reference import embeddings, ref_hard_negative_clip
+from tests.losses.gloo import run_workers
 
 N, K = 10, 3
 
@@ -129,18 +127,7 @@ def _worker(rank, world, init_file, out_path):
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist_hn")
-    out = tmp / "results.pt"
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    ctx = mp.start_processes(_worker, args=(2, str(tmp / "init"), str(out)), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed workers did not finish within 120 s")
-    return torch.load(out, weights_only=True)
+    return run_workers(_worker, tmp_path_factory.mktemp("dist_hn"))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -7,18 +7,16 @@ as DDP does. Rank 0 saves the results; the tests compare them with a single
 process on the full batch. The last case runs gradcache_step on a real DDP
 model (no_sync for all but the last micro-batch).
 """
-import os
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from align.train.gradcache import gradcache_step
 from align.losses import build_loss, gather_features, gather_masks
+from tests.losses.gloo import run_workers
 
 N = 10
 PAIRS_IT = [("image", "text")]
@@ -142,19 +140,7 @@ def _worker(rank, world, init_file, out_path):
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
-    out = tmp / "results.pt"
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    # fork: the children reuse the already-imported torch (spawn re-imports it: ~10 s on a busy box)
-    ctx = mp.start_processes(_worker, args=(2, str(tmp / "init"), str(out)), nprocs=2, join=False,
-                             start_method="fork")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed workers did not finish within 120 s")
-    return torch.load(out, weights_only=True)
+    return run_workers(_worker, tmp_path_factory.mktemp("dist"))
 
 
 def reference(case):
