@@ -11,7 +11,6 @@ call, FAISS on --threads OpenMP threads.
 import argparse
 import os
 import sys
-import threading
 import time
 
 import numpy as np
@@ -22,20 +21,7 @@ import faiss  # noqa: E402
 
 from align.bench.index import build_index  # noqa: E402
 from align.retrieval.index_build import latency_ms, choose_index, recall_at, tune  # noqa: E402
-
-
-def make_gallery(n, dim, clusters, spread, seed, chunk=65536):
-    """[n, dim] unit vectors around random unit centres (as benchmarks/retrieval_scale.py builds them)."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((n, dim), dtype=np.float32)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        x = centres[rng.integers(0, clusters, e - s)]
-        x += (spread / np.sqrt(dim)) * rng.standard_normal((e - s, dim), dtype=np.float32)
-        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+from retrieval_scale import RssPeak, make_gallery  # noqa: E402  (the same gallery and memory probe)
 
 
 def make_queries(gallery, rows, noise, seed):
@@ -44,27 +30,6 @@ def make_queries(gallery, rows, noise, seed):
     q = gallery[rows] + (noise / np.sqrt(gallery.shape[1])) * rng.standard_normal((len(rows), gallery.shape[1]),
                                                                                  dtype=np.float32)
     return q / np.linalg.norm(q, axis=1, keepdims=True)
-
-
-class RssPeak:
-    """This process's resident memory, sampled every 20 ms; `.peak` (GB) since the last reset()."""
-
-    def __init__(self):
-        self.peak = 0.0
-        threading.Thread(target=self._run, daemon=True).start()
-
-    @staticmethod
-    def now() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
-
-    def reset(self):
-        self.peak = self.now()
-
-    def _run(self):
-        while True:
-            time.sleep(0.02)
-            self.peak = max(self.peak, self.now())
 
 
 def exact_top(gallery, queries, k, chunk=131072):
