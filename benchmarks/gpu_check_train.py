@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 from gpu_check import CAPTION, child_env, run_cmd  # noqa: E402
+from loss_memory import reset_hwm, status_kb  # noqa: E402  (one /proc reader for both benchmarks)
 
 # Runs open_clip_train's main() in-process, then prints torch's peak memory, on CPU the peak RSS
 # (argv: CONFIG_JSON_OR_'' ARGS...).
@@ -252,7 +253,7 @@ def fits(probe: StepProbe, b: int, cap: float) -> dict:
             torch.cuda.synchronize()
             peak, ok = torch.cuda.max_memory_reserved(), True
         else:
-            peak = (_status_kb("VmHWM") * 1024 - base) if base is not None else peak_rss()
+            peak = (status_kb("VmHWM") * 1024 - base) if base is not None else peak_rss()
             ok = peak <= cap
     except torch.cuda.OutOfMemoryError:      # (= torch.OutOfMemoryError on torch >= 2.5)
         probe.opt.zero_grad(set_to_none=True)
@@ -263,22 +264,10 @@ def fits(probe: StepProbe, b: int, cap: float) -> dict:
     return {"batch": b, "fits": ok, "peak_bytes": peak, "seconds": round(time.time() - t, 2)}
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _reset_hwm():
-    """Reset the kernel's peak-RSS counter (as benchmarks/loss_memory.py does); None if not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kb("VmRSS") * 1024
-    except OSError:
-        return None
+    """The peak-RSS counter reset (benchmarks/loss_memory.py's), in bytes; None if not allowed."""
+    kb = reset_hwm()
+    return None if kb is None else kb * 1024
 
 
 def search_max_batch(fits_fn, start: int, limit: int, step: int, time_left) -> dict:

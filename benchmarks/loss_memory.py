@@ -48,12 +48,22 @@ IMPLS = ("open_clip", "align_chunked")
 
 # ---------------------------------------------------------------- one measurement
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_hwm():
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; returns that RSS in KB, None if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return status_kb("VmRSS")
+    except OSError:
+        return None
 
 
 def _make_loss(impl: str, chunk: int):
@@ -103,16 +113,14 @@ def measure(impl: str, n: int, dim: int, chunk: int, device: str) -> dict:
         del a, b, s
         torch.cuda.empty_cache()
         return out
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                                  # reset VmHWM to the current RSS
-        method, base = "VmHWM-VmRSS", _status_kb("VmRSS")
-    except OSError:
-        method, base = "ru_maxrss delta", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_hwm()
+    method = "VmHWM-VmRSS" if base is not None else "ru_maxrss delta"
+    if base is None:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     _fwd_bwd(loss_fn, a, b, s)
     seconds = time.perf_counter() - t0
-    top = _status_kb("VmHWM") if method == "VmHWM-VmRSS" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    top = status_kb("VmHWM") if method == "VmHWM-VmRSS" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak": (top - base) * 1024, "seconds": seconds, "method": method}
 
 
