@@ -8,7 +8,6 @@
   rundir      the name of every file of a run dir; run / checkpoint / export from a path; is it sharded (DCP)
   checkpoint  checkpoint files: save (atomic), verify, load (safetensors / DCP)
   manifest    every checkpoint file's size and sha256, written last; verify() names a damaged file
-  runlock     one live writer per run dir (flufl.lock: NFS-safe, heartbeat, stale locks taken over)
   guard       preemption signals (SIGTERM/SIGUSR1) as an agreed flag; the per-rank progress watchdog
   storage     a full disk as one line; metrics rows past a resumed checkpoint dropped
   hooks       fault injection for the tests (environment variables; inert otherwise)

@@ -46,14 +46,14 @@ def process_settings(tc):
 
 @contextlib.contextmanager
 def hold_run_dir(r: Recipe):
-    """The run directory's lock (align.train.runlock), taken by the launch's global rank 0 before anything is
+    """The run directory's lock (align.runlock), taken by the launch's global rank 0 before anything is
     written there (the Accelerator's trackers already write RUN/tb) and held for the whole run. The other
     ranks block in the process group's rendezvous until rank 0 joins, i.e. until it holds the lock; when
     it cannot, it exits with one line and the launcher ends the rest."""
     if int(os.environ.get("RANK", "0")) != 0:
         yield None
         return
-    from align.train.runlock import RunLock
+    from align.runlock import RunLock
     lock = RunLock(r.output_dir, lifetime_s=r.train.lock_timeout_s).acquire()
     try:
         yield lock

@@ -3,5 +3,6 @@
   inputs      users' inputs (CSV/TSV/JSONL/Parquet, folders of pairs, HF datasets) as `Input`s, column
               detection, raw-value readers
   media       re-encoding one row's media: images -> jpg/webp/png, audio -> mono FLAC
-  shards      the shard-writing job (workers, resume, stats.json, skipped.jsonl)
+  shards      the shard-writing job (workers, resume, stats.json, skipped.jsonl), one job per --out (its lock)
+  jobdir      the job's --out folder: a resume of the same job, refused when foreign, overwrite of its own files
   eval_sets   CLIP_benchmark-layout eval sets: class names, group splits"""

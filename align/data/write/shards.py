@@ -37,7 +37,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -54,11 +53,11 @@ from align.data.write.inputs import (COLUMN_KINDS, Row, SkipRow, Input, jsonable
                                       read_label, read_media, resolve_columns)
 from align.errors import ConfigError, DataError
 from align.limits import DataLimits, DEFAULT_LIMITS, JSON_TOO_LARGE, TEXT_TOO_LONG, as_limits
+from align.runlock import RunLock
+from align.data.write.jobdir import CB_SPLIT, prepare_dir, write_json_atomic
 from align.wds.writer import SampleWriter
 
 LAYOUTS = ("shards", "clip_benchmark")
-CB_SPLIT = "test"          # the split CLIP_benchmark's CLI and `align bench` read by default
-CB_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
 JOB_VERSION = 1
 
 
@@ -220,20 +219,6 @@ def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
     return members, {m for m in job.columns}
 
 
-def _write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if lines:
-            for item in obj:
-                f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
-        else:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------- shards
 
 
@@ -267,7 +252,7 @@ def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
     record = {"shard": f"{name}.tar", "rows": stop - start, "written": written, "skipped": len(skipped),
               "by_reason": dict(sorted(by_reason.items())), "modalities": dict(sorted(mods.items())),
               "bytes": final.stat().st_size, "skipped_rows": skipped}
-    _write_json_atomic(job.out_dir / ".done" / f"{name}.json", record)
+    write_json_atomic(job.out_dir / ".done" / f"{name}.json", record)
     return record
 
 
@@ -296,44 +281,6 @@ def _done_record(job: _Job, idx: int) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _prepare_dir(out: Path, settings: Dict[str, Any], overwrite: bool) -> None:
-    """Create `out`, or accept it as a previous run of this job, or refuse it."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    job_path = out / ".done" / "job.json"
-    previous = None
-    if job_path.is_file():
-        try:
-            previous = json.loads(job_path.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
-    if previous == settings and not overwrite:
-        return  # resume
-    if any(out.iterdir()) and not overwrite:
-        if previous is None:
-            raise DataError(f"output {out} is not empty and holds no previous run of this job "
-                            "(no .done/job.json); choose an empty directory or pass overwrite=True")
-        diff = [k for k in sorted(set(settings) | set(previous)) if settings.get(k) != previous.get(k)]
-        raise DataError(f"output {out} holds a run with other settings ({', '.join(diff)} differ: "
-                        + "; ".join(f"{k}: was {previous.get(k)!r}, now {settings.get(k)!r}" for k in diff[:3])
-                        + "); choose another directory or pass overwrite=True")
-    if any(out.iterdir()):
-        # overwrite=True: remove only what a shard job writes, never the user's other files.
-        prefixes = {settings["prefix"], (previous or {}).get("prefix") or settings["prefix"]}
-        for p in out.iterdir():
-            if p.name in ("stats.json", "skipped.jsonl", "classes.json") + CB_FILES or any(
-                    re.fullmatch(re.escape(px) + r"-\d+\.tar(\.tmp)?", p.name) for px in prefixes):
-                p.unlink()
-        if (out / CB_SPLIT).is_dir():  # a clip_benchmark layout's shards
-            for p in (out / CB_SPLIT).iterdir():
-                if p.name == "nshards.txt" or re.fullmatch(r"\d+\.tar(\.tmp)?", p.name):
-                    p.unlink()
-        shutil.rmtree(out / ".done", ignore_errors=True)
-    (out / ".done").mkdir(exist_ok=True)
-    _write_json_atomic(job_path, settings)
 
 
 def _check_options(*, resize_mode, image_format, layout, val_groups_from, val_groups, max_skip_frac, image_size,
@@ -439,15 +386,17 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                            layout=layout, **common))]
     else:
         train_rows, val_rows, no_group = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
-        if out.exists() and not out.is_dir():
-            raise DataError(f"output {out} exists and is not a directory")
         held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
         parts = [(name, _Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
                              n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
                              **common))
                  for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
                                                 ("val", val_rows, "clip_benchmark", {}))]
-    results = {name: _write_part(job, overwrite, workers, progress, tmpl) for name, job in parts}
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a directory")
+    # One writer per --out (align.runlock): a second job on it is refused in one line, changing no file.
+    with RunLock(out, what="shard job (align data shards)"):
+        results = {name: _write_part(job, overwrite, workers, progress, tmpl) for name, job in parts}
     _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
     for st in results.values():
         del st["rows"]
@@ -506,7 +455,7 @@ def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templa
     out, n_rows = job.out_dir, job.n_rows
     if n_rows == 0:
         raise DataError(f"no input row goes to {out}")
-    _prepare_dir(out, job.settings, overwrite)
+    prepare_dir(out, job.settings, overwrite)
     job.shard_dir.mkdir(exist_ok=True)
     for p in job.shard_dir.glob("*.tar.tmp"):  # left by an interrupted run
         p.unlink()
@@ -550,10 +499,10 @@ def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templa
     stats = {"written": sum(r["written"] for r in ordered), "skipped": sum(r["skipped"] for r in ordered),
              "by_reason": dict(sorted(by_reason.items())),
              "modalities": {m: mods.get(m, 0) for m in COLUMN_KINDS}, "shards": job.n_shards}
-    _write_json_atomic(out / "skipped.jsonl", [s for r in ordered for s in r["skipped_rows"]], lines=True)
+    write_json_atomic(out / "skipped.jsonl", [s for r in ordered for s in r["skipped_rows"]], lines=True)
     if job.classes is not None and job.layout == "shards":
-        _write_json_atomic(out / "classes.json", job.classes)
-    _write_json_atomic(out / "stats.json", stats)
+        write_json_atomic(out / "classes.json", job.classes)
+    write_json_atomic(out / "stats.json", stats)
     last = job.n_shards - 1
     if job.layout == "clip_benchmark":
         eval_sets.write_clip_benchmark_meta(out, job.n_shards, job.classes if "label" in job.columns else None,

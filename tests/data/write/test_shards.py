@@ -374,3 +374,38 @@ def test_neg_col_writes_hard_negatives_as_neg_txt(tmp_path, capsys):
     assert not any("negs" in json.dumps(x) for x in metas)      # not also copied into the json extras
     with pytest.raises(DataError, match="--neg-col 'nope': no such column"):
         write_shards(tmp_path / "d.csv", tmp_path / "o2", neg_col="nope", progress=False)
+
+
+def test_a_busy_out_is_refused_in_one_line_and_a_finished_job_leaves_no_lock(tmp_path):
+    """Two `align data shards` on one --out: the second is refused while the first holds it (align.runlock),
+    changing no file; a job that ends releases it, and a later run of the same job resumes as before."""
+    import os
+    import subprocess
+    import sys
+
+    from align.runlock import DirectoryBusy, is_lock_file
+    from tests.test_runlock import ROOT, _holder
+
+    def snapshot():       # every file under out but the holder's own lock files (its heartbeat rewrites them)
+        return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*"))
+                if f.is_file() and not is_lock_file(f.name)}
+    csv = _mixed_csv(tmp_path, n=4)
+    out = tmp_path / "out"
+    write_shards(csv, out, progress=False)
+    assert not [p.name for p in out.iterdir() if is_lock_file(p.name)]      # released at the end
+    write_shards(csv, out, progress=False)                                    # same job again: a resume
+    p = _holder(out)                                                          # another job writes there now
+    try:
+        before = snapshot()
+        with pytest.raises(DirectoryBusy, match=rf"another shard job .* pid {p.pid}"):
+            write_shards(csv, out, overwrite=True, progress=False)
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "align.cli", "data", "shards", str(csv), "--out", str(out),
+                            ], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().startswith("align: error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert snapshot() == before
+    finally:
+        p.kill()
+        p.wait()
+    write_shards(csv, out, progress=False)              # the holder is gone (SIGKILL): its lock is taken over

@@ -1,4 +1,4 @@
-"""align/train/runlock.py: one live writer per directory; stale locks (dead pid, stopped heartbeat) taken over."""
+"""align/runlock.py: one live writer per directory; stale locks (dead pid, stopped heartbeat) taken over."""
 
 import os
 import signal
@@ -10,16 +10,16 @@ import time
 
 import pytest
 
-from align.train.runlock import INFO_NAME, LOCK_NAME, DirectoryBusy, RunLock
+from align.runlock import INFO_NAME, LOCK_NAME, DirectoryBusy, RunLock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _holder(directory, lifetime_s=60.0):
     """A separate process that takes the lock, says so on stdout, and sleeps until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from align.train.runlock import RunLock
+        from align.runlock import RunLock
         lock = RunLock({str(directory)!r}, lifetime_s={lifetime_s}).acquire()
         print("locked", flush=True)
         time.sleep(600)

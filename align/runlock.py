@@ -27,10 +27,16 @@ from datetime import timedelta
 
 from align.errors import AlignError
 
-log = logging.getLogger("align.train")
+log = logging.getLogger("align")
 
 LOCK_NAME = "align.lock"
 INFO_NAME = "align.lock.json"
+
+
+def is_lock_file(name: str) -> bool:
+    """A file the lock itself keeps in the directory (the lock, flufl's claim files `align.lock|host|pid|n`,
+    the holder info and its temporary copies): not the user's, never a reason to call a directory non-empty."""
+    return name == LOCK_NAME or name.startswith(LOCK_NAME + "|") or name.startswith(INFO_NAME)
 
 
 class DirectoryBusy(AlignError):
