@@ -39,6 +39,39 @@ def is_lock_file(name: str) -> bool:
     return name == LOCK_NAME or name.startswith(LOCK_NAME + "|") or name.startswith(INFO_NAME)
 
 
+def live_holder(directory: str) -> str | None:
+    """Who holds `directory`'s lock now ("host H pid P since ..."), or None when nobody live does: no lock, a
+    holder on this host that is gone, or a lock past its lifetime (its heartbeat stopped)."""
+    from flufl.lock import Lock, LockState
+
+    path = os.path.join(os.path.abspath(directory), LOCK_NAME)
+    if not os.path.exists(path):
+        return None
+    lock = Lock(path)
+    try:
+        if lock.state in (LockState.unlocked, LockState.stale) or lock.expiration.timestamp() < time.time():
+            return None
+    except OSError:           # released meanwhile
+        return None
+    return describe(read_holder(os.path.join(os.path.abspath(directory), INFO_NAME)))
+
+
+def read_holder(info_path: str) -> dict:
+    """The holder info a lock writes beside itself (host, pid, since, command, heartbeat); {} if none."""
+    try:
+        with open(info_path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def describe(info: dict) -> str:
+    """A holder in words: "host H pid P since 2026-12-02 19:00:00, last heartbeat 3 s ago (align train r.yaml)"."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
+    beat = f", last heartbeat {time.time() - info['heartbeat']:.0f} s ago" if "heartbeat" in info else ""
+    return f"host {info.get('host', '?')} pid {info.get('pid', '?')} since {since}{beat} ({info.get('command', '?')})"
+
+
 class DirectoryBusy(AlignError):
     """Another live process holds the directory's lock."""
 
@@ -62,11 +95,7 @@ class RunLock:
     # ------------------------------------------------------------------ holder info
     def holder(self) -> dict:
         """Who holds (or last held) the lock, from the info file; {} when none was written."""
-        try:
-            with open(self._info_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return read_holder(self._info_path)
 
     def _write_info(self, started: float) -> None:
         info = {"host": self._lock.hostname, "pid": os.getpid(), "since": started, "heartbeat": time.time(),
@@ -75,12 +104,6 @@ class RunLock:
         with open(tmp, "w") as f:
             json.dump(info, f)
         os.replace(tmp, self._info_path)
-
-    def _describe(self, info: dict) -> str:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
-        beat = f", last heartbeat {time.time() - info['heartbeat']:.0f} s ago" if "heartbeat" in info else ""
-        return (f"host {info.get('host', '?')} pid {info.get('pid', '?')} since {since}{beat}"
-                f" ({info.get('command', '?')})")
 
     # ------------------------------------------------------------------ take / release
     def _break_if_stale(self) -> None:
@@ -96,7 +119,7 @@ class RunLock:
             return
         info = self.holder()
         self.took_over = (f"{self.directory}: taking over the lock of a {self.what} that is gone "
-                          f"({self._describe(info) if info else f'host {host} pid {pid}'}, no such process)")
+                          f"({describe(info) if info else f'host {host} pid {pid}'}, no such process)")
         try:
             if open(self._lock.lockfile).read() == content:   # nobody took it meanwhile
                 os.unlink(self._lock.lockfile)
@@ -114,11 +137,11 @@ class RunLock:
             self._lock.lock(timeout=timedelta(seconds=3))
         except TimeOutError:
             raise DirectoryBusy(
-                f"{self.directory}: another {self.what} holds this directory ({self._describe(info)}); "
+                f"{self.directory}: another {self.what} holds this directory ({describe(info)}); "
                 f"wait for it to end, or use another output directory") from None
         if expired and not self.took_over:
             self.took_over = (f"{self.directory}: taking over the lock of a {self.what} whose heartbeat stopped "
-                              f"({self._describe(info)})")
+                              f"({describe(info)})")
         if self.took_over:
             log.warning(self.took_over)
         started = time.time()

@@ -154,3 +154,18 @@ def test_a_sigkilled_runs_lock_is_taken_over_and_resume_carries_on(tiny_recipe):
     assert _run(tiny_recipe) == 0                     # taken over (the pid is gone), resumed, finished
     assert [json.loads(l)["step"] for l in open(os.path.join(run, "metrics.jsonl"))][-1] == 6
     assert not os.path.exists(os.path.join(run, LOCK_NAME))   # released at the end
+
+
+def test_live_holder_names_a_live_holder_only(tmp_path):
+    from align.runlock import live_holder
+    assert live_holder(str(tmp_path)) is None                     # never locked
+    p = _holder(tmp_path)
+    try:
+        assert f"pid {p.pid}" in live_holder(str(tmp_path))
+    finally:
+        p.kill()
+        p.wait()
+    assert live_holder(str(tmp_path)) is None                     # SIGKILLed: its lock is stale
+    with RunLock(str(tmp_path), lifetime_s=60):
+        assert f"pid {os.getpid()}" in live_holder(str(tmp_path))
+    assert live_holder(str(tmp_path)) is None                     # released

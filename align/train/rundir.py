@@ -19,7 +19,7 @@
     EXPORT/                           `align export`: align_config.json (EXPORT_CONFIG) + align_model.safetensors
 
 `locate(path)` answers "which model is this" for align.load, export and model.init_from alike: a run dir
-(its newest checkpoint), a checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
+(its newest intact complete checkpoint; of a run in progress, its last complete one, named in one line), a checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
 test of whether a checkpoint holds DCP shards: it reads the flag state.json records.
 """
 import json
@@ -198,9 +198,14 @@ def locate(path: str) -> Located:
                 return Located("export", None, None, os.path.join(p, name))
         raise AlignError(f"{p}: export has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}")
     if os.path.isfile(os.path.join(p, CONFIG)):
-        ckpt = newest_checkpoint(p)
+        from align.runlock import live_holder
+        ckpt, holder = newest_checkpoint(p), live_holder(p)
         if ckpt is None:
-            raise AlignError(f"{p}: run has no complete checkpoint yet")
+            raise AlignError(f"{p}: run has no complete checkpoint yet"
+                             + (f" (it is in progress: {holder})" if holder else ""))
+        if holder:      # a live run writes here: its newer checkpoints are not complete yet
+            log.warning("%s: a run is in progress (%s); reading its last complete checkpoint, %s", p, holder,
+                        os.path.basename(ckpt))
         return Located("run", p, ckpt, weights_path(ckpt))
     if is_checkpoint_dir(p):
         from align.train.manifest import verify

@@ -109,3 +109,48 @@ def test_locate_names_what_it_cannot_read(tmp_path):
         rundir.locate(str(run))
     assert rundir.find_run_dir(str(run)) == str(run)
     assert rundir.step_name(12) == "step-00000012" and rundir.STEP_RE.match(rundir.step_name(12))
+
+
+@pytest.mark.slow
+def test_export_and_load_during_a_run_read_its_last_complete_checkpoint_and_say_which(tiny_recipe, tmp_path):
+    """A live `align train` writes checkpoints every 2 steps; `align export RUN` and align.load(RUN) taken
+    meanwhile read a complete one (never the .tmp being written), say it is a run in progress and name it.
+    Slow (about a minute on 2 cores): a real training process runs beside them."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    import align
+    from tests.test_runlock import ROOT
+    run = tiny_recipe["output_dir"]
+    tiny_recipe["train"].update(max_steps=100000, checkpoint_every=2, keep_last=100)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    trainer = subprocess.Popen([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 240
+        while not rundir.list_checkpoints(rundir.checkpoints_dir(run)) and time.time() < deadline:
+            time.sleep(0.5)
+        assert trainer.poll() is None, "the run ended before the readers came"
+        out = tmp_path / "exported"
+        r = subprocess.run([sys.executable, "-m", "align.cli", "export", run, "--out", str(out), "--format",
+                            "open_clip"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        said = [ln for ln in r.stderr.splitlines() if "a run is in progress" in ln]
+        assert said and f"pid {trainer.pid}" in said[0], r.stderr
+        name = said[0].rsplit(", ", 1)[1].strip()                 # "... its last complete checkpoint, step-N"
+        assert rundir.STEP_RE.match(name)
+        ckpt = os.path.join(rundir.checkpoints_dir(run), name)
+        _same(align.load(str(out)), align.load(ckpt))             # the export is that checkpoint's model
+        model = align.load(run)                                   # in-process: also a complete checkpoint
+        assert trainer.poll() is None
+        assert any(rundir.STEP_RE.match(n) for n in os.listdir(rundir.checkpoints_dir(run)))
+        assert model.logit_scale.numel() == 1
+    finally:
+        trainer.kill()
+        trainer.wait()
