@@ -169,3 +169,29 @@ def test_live_holder_names_a_live_holder_only(tmp_path):
     with RunLock(str(tmp_path), lifetime_s=60):
         assert f"pid {os.getpid()}" in live_holder(str(tmp_path))
     assert live_holder(str(tmp_path)) is None                     # released
+
+
+@pytest.mark.slow
+def test_the_double_launch_of_the_issue_leaves_one_runs_metrics_with_strictly_increasing_steps(tiny_recipe, tmp_path):
+    """Issue 25's reproduction: the same `align train` started twice, 3 s apart, on one output_dir. The second
+    is refused with one line naming the first; metrics.jsonl holds the first run's steps once each, in order.
+    Slow (a real training of about 30 s on 2 cores)."""
+    import json
+
+    import yaml
+    run = tiny_recipe["output_dir"]
+    tiny_recipe["train"].update(max_steps=2000, checkpoint_every=500, log_every=100)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(3)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    line = second.stderr.strip()
+    assert "\n" not in line and "another run holds this directory" in line and f" pid {first.pid} " in line, line
+    steps = [json.loads(ln)["step"] for ln in open(os.path.join(run, "metrics.jsonl")) if ln.strip()]
+    assert steps == sorted(set(steps)) and steps[-1] == 2000, steps
