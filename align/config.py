@@ -94,6 +94,9 @@ class DataConfig:
                    "off when unset")
     limits: DataLimits = _key(factory=DataLimits, help="the sizes a shard may claim, checked before any "
                               "allocation (align.limits), e.g. data.limits.max_image_pixels=200000000")
+    val_split: Optional[Dict[str, Any]] = _key(
+        None, help="hold out unseen groups of the training shards as the val set: {groups_from: FIELD, groups: "
+                   "[...] | frac: 0.1} (align.data.stream.val_split); instead of data.val")
 
 
 @dataclass
@@ -392,6 +395,14 @@ def _check(r: Recipe) -> None:
     if r.data.augment:
         from align.data.stream.augment import build_augmenter
         build_augmenter(r.data.augment, "data.augment")   # one-line ConfigError on a bad stage
+    if r.data.val_split is not None:
+        from align.data.stream.val_split import ValSplit
+        ValSplit.from_config(r.data.val_split, r.seed)       # one-line ConfigError on a bad key or value
+        if r.data.val:
+            raise ConfigError("data.val and data.val_split: give one (val_split makes the val set from the "
+                              "training shards' held-out groups)")
+        if r.data.train == "synthetic":
+            raise ConfigError("data.val_split carves groups out of training shards; data.train is synthetic")
     _check_finetune(r)
     _check_eval(r)
 

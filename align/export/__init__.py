@@ -94,6 +94,21 @@ def _verify_align(model, d: str) -> float:
     return max((float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].numel()), default=0.0)
 
 
+def _default_checkpoint(model_path: str) -> str:
+    """A run dir exports its best checkpoint by the held-out metric (eval.best_metric) when the run kept one,
+    said in one line; otherwise `model_path` as it is (a run's newest intact checkpoint, a checkpoint, an export)."""
+    from align.train.rundir import best_of_run
+    found = best_of_run(model_path)
+    if found is None:
+        return model_path
+    best, state = found
+    value = state.get("best")
+    print(f"{model_path}: exporting its best checkpoint by {state.get('best_metric') or 'eval.best_metric'} "
+          f"(step {state.get('step')}" + (f", {value:.4f}" if isinstance(value, (int, float)) else "")
+          + "); to export the last one, give its checkpoint directory (checkpoints/step-N)", flush=True)
+    return best
+
+
 def _list_files(d: str) -> List[str]:
     out = []
     for root, _, names in os.walk(d):
@@ -132,7 +147,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
         raise AlignError(f"export: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     src, dst = os.path.abspath(model_path), os.path.abspath(out_dir)
     _check_out_dir(src, dst, overwrite)
-    model = load(model_path).eval()
+    model = load(_default_checkpoint(model_path)).eval()
     wise = None
     if interpolate_with is not None:
         from align.export.wise_ft import apply_wise_ft

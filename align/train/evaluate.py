@@ -78,6 +78,17 @@ def metric_keys(tasks: Sequence[str], modalities: Sequence[str], prompts: Option
     return out
 
 
+def tasks_with_something_to_score(val_dir: str, tasks: Sequence[str], modalities: Sequence[str]):
+    """-> (the tasks of `tasks` that have something to score on `val_dir` for a model with `modalities`,
+    the others)."""
+    from align.bench.datasets import open_wds
+    ds = open_wds(val_dir, split="test")
+    have = [m for m in ds.modalities if m in modalities]
+    prompts = bool(ds.classnames) and "text" in modalities
+    keep = [t for t in tasks if eval_entries([t], have, prompts=prompts)]
+    return keep, [t for t in tasks if t not in keep]
+
+
 def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str],
                   best_metric: Optional[str] = None) -> None:
     """Before training: every task in `tasks` has something to score on `val_dir` (CLIP_benchmark layout)

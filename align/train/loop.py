@@ -8,6 +8,7 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
   2. engine     accelerator; model, loss, optimizer, schedule                          setup.build_engine
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
                 then the loader, then the RNG                                          setup.build_loader
+                data.val_split's held-out groups written out as the val set            setup.carve_val_split
   4. each step  fetch batch -> train_step: embed, contrastive loss, NaN guard,          step.train_step
                 backward, clip, optimizer and schedule, clamp temperature
                 -> count it -> unlock due towers -> log -> eval (best) -> checkpoint   state, metrics, setup.save
@@ -27,9 +28,9 @@ from align.train import rundir
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
-from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, hold_run_dir,
-                               process_settings, resolve_resume, restore_rng, resume, save, stop_if_preempted,
-                               write_config)
+from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, carve_val_split,
+                               hold_run_dir, process_settings, resolve_resume, restore_rng, resume, save,
+                               stop_if_preempted, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -48,6 +49,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)
         write_config(r, acc.is_main_process)
+        r = carve_val_split(r, eng)            # data.val_split: its held-out groups become data.val (RUN/val_split)
         if r.data.val:                         # fail now, not at the first eval, when a task has nothing to score
             from align.train.evaluate import check_val_set
             check_val_set(r.data.val, r.eval.tasks, eng.core.modalities, best_metric=r.eval.best_metric)
@@ -74,6 +76,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
             log.step(state, res, loader)
             if r.eval.every and r.data.val and state.step % r.eval.every == 0 and state.step < eng.total_steps:
                 res = evaluate(eng, r, state.step)
+                log.heldout(res, state.step)   # warns once when held-out falls while the train loss falls
                 metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
                 if state.improves(metric):
                     save(eng, state, loader, r, rundir.BEST, {"best_metric": r.eval.best_metric})

@@ -8,8 +8,10 @@ loss/PAIR (unweighted, per modality pair). A weights-only start writes a step-0 
 Files are written by the main process; trackers log on it only.
 """
 import json
+import math
 import os
 import time
+from typing import Optional
 
 from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
@@ -46,11 +48,13 @@ class RunLogger:
             # rows past the step this run resumes from were logged by a run that died after its last
             # checkpoint: drop them, so metrics.jsonl never holds a step twice
             truncate_metrics(self.path, state.step)
+            truncate_metrics(os.path.join(r.output_dir, rundir.EVAL), state.step)
         self.f = open(self.path, "a") if self.is_main else None
         # a bar on a terminal; one plain line every 30 s in a log file (align.progress)
         self.bar = progress_bar(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
                                 unit="step", desc="train", dynamic_ncols=True)
         self.loss = float("nan")            # of the last step taken: the summary's final_loss
+        self.overfit = OverfitWatch()
         self.t_start = time.perf_counter() - state.elapsed_s
         self._window()
         if eng.init_row is not None:
@@ -104,6 +108,14 @@ class RunLogger:
     def close_bar(self) -> None:
         self.bar.close()
 
+    def heldout(self, results: dict, step: int) -> None:
+        """After a periodic evaluation: one warning when the held-out metric falls while the loss falls."""
+        name = heldout_metric(results, self.r.eval.best_metric)
+        line = self.overfit.check(name, results.get(name) if name else None, self.loss, step)
+        if line:
+            self.close_bar()
+            self.acc.print(f"warning: {line}")
+
     def summary(self, state: TrainState, loader, final: str, results: dict) -> dict:
         """summary.json, the trackers' end, loss.png and one console line (main process); returns the summary
         ({} on other ranks). Collective: a sharded model's FLOPs are counted by a forward on every rank."""
@@ -129,10 +141,50 @@ class RunLogger:
                 {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         for tracker in acc.trackers:   # not acc.end_training(): that also destroys the process group
             tracker.finish()
-        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT))
+        held = heldout_metric(results, r.eval.best_metric)
+        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT),
+                        eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held)
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
-                  f", skipped {sum(loader.skipped.values())} samples -> {r.output_dir}")
+                  + (f", held-out {held} {results[held]:.4f}" if held else "")
+                  + f", skipped {sum(loader.skipped.values())} samples -> {r.output_dir}")
         return summary
+
+
+def heldout_metric(results: dict, best_metric: Optional[str]) -> Optional[str]:
+    """The held-out figure a person looks at first: eval.best_metric, else the first zero-shot acc1 or
+    retrieval R@1 of the results; None without results."""
+    if best_metric and best_metric in results:
+        return best_metric
+    for end in ("/zeroshot/acc1", "retrieval/image_retrieval_recall@1", "retrieval/audio_retrieval_recall@1",
+                "recall@1"):
+        for k in results:
+            if k.endswith(end):
+                return k
+    return None
+
+
+class OverfitWatch:
+    """Warns once when the held-out metric has fallen at `patience` evaluations in a row while the training
+    loss kept falling: the model is fitting its training groups, not the task (train.max_steps or the data)."""
+
+    def __init__(self, patience: int = 2):
+        self.patience, self.said = patience, False
+        self.prev: Optional[tuple] = None      # (metric, train loss) at the previous evaluation
+        self.falls = 0
+
+    def check(self, name: Optional[str], metric: Optional[float], loss: float, step: int) -> Optional[str]:
+        if name is None or metric is None or not math.isfinite(loss):
+            return None
+        if self.prev is not None:
+            worse, learning = metric < self.prev[0], loss < self.prev[1]
+            self.falls = self.falls + 1 if (worse and learning) else 0
+        self.prev = (metric, loss)
+        if self.falls >= self.patience and not self.said:
+            self.said = True
+            return (f"held-out {name} fell at {self.falls} evaluations in a row (now {metric:.4f} at step {step}) "
+                    f"while the training loss kept falling ({loss:.4f}): the model fits its training groups; "
+                    f"the best checkpoint so far is kept when eval.best_metric is set")
+        return None
 
 
 def run_val(core, r: Recipe, acc, step: int) -> dict:

@@ -7,6 +7,7 @@
       summary.json                    SUMMARY      the figures of the finished run
       loss.png                        LOSS_PLOT    the loss curve
       tb/                             TB_DIR       TensorBoard events
+      val_split/                      VAL_SPLIT    data.val_split's held-out samples as a CLIP_benchmark-layout val set
       checkpoints/                    CHECKPOINTS
         step-00000100/                step_name(100); `best/` (BEST) is the best eval so far
           state.json                  STATE        counters, data position, RNG, schedule; `sharded`: DCP or not
@@ -40,6 +41,7 @@ EVAL = "eval.jsonl"
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 TB_DIR = "tb"
+VAL_SPLIT = "val_split"
 CHECKPOINTS = "checkpoints"
 
 # -- a checkpoint dir ----------------------------------------------------------------------------
@@ -118,6 +120,23 @@ def newest_intact(ckpts: List[str]) -> Optional[str]:
     if first_problem:
         raise AlignError(f"no intact checkpoint: {first_problem[1]}")
     return None
+
+
+def best_of_run(path: str) -> Optional[tuple]:
+    """(the `best` checkpoint dir, its state) of a run dir that kept one (eval.best_metric) and whose files
+    verify; None for anything else (a checkpoint dir, an export, a run without one)."""
+    from align.train.manifest import verify
+    if not os.path.isfile(os.path.join(path, CONFIG)):
+        return None
+    best = os.path.join(checkpoints_dir(path), BEST)
+    state = read_state(best) if os.path.isdir(best) else None
+    if state is None:
+        return None
+    problem = verify(best)
+    if problem:
+        log.warning("the best checkpoint %s is damaged (%s); using the newest intact step checkpoint", best, problem)
+        return None
+    return best, state
 
 
 def read_state(ckpt: str) -> Optional[dict]:

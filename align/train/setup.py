@@ -258,7 +258,60 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
-        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits)
+        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r))
+
+
+def _val_split(r: Recipe):
+    if r.data.val_split is None:
+        return None
+    from align.data.stream.val_split import ValSplit
+    return ValSplit.from_config(r.data.val_split, r.seed)
+
+
+def carve_val_split(r: Recipe, eng: Engine) -> Recipe:
+    """data.val_split: its held-out samples copied (rank 0, once per split) into RUN/val_split, a CLIP_benchmark-
+    layout val set; returns the recipe with data.val pointing there (and eval.tasks without those that have
+    nothing to score on it, said in one line). The training stream never reads those samples (build_loader)."""
+    import dataclasses
+    split = _val_split(r)
+    if split is None:
+        return r
+    from align.data.stream.sources import SourceSpec, resolve_sources
+    from align.data.stream.val_split import write_val_set
+    from align.train.evaluate import tasks_with_something_to_score
+    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
+    specs = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
+    urls = [u for src in resolve_sources(specs, allow_pipe=r.data.allow_pipe) for u in src.urls]
+    out = os.path.join(r.output_dir, rundir.VAL_SPLIT)
+    if eng.acc.is_main_process:
+        counts = write_val_set(split, urls, out, classnames=_classnames_beside(urls), allow_pipe=r.data.allow_pipe,
+                               limits=r.data.limits)
+        groups = counts.get("groups", {})
+        eng.acc.print(f"data.val_split: held out {counts['held_out']} samples"
+                      + (f" of {groups['held_out']} groups" if split.groups_from else "")
+                      + f" ({split.describe()}) -> {out}; training on {counts['trained']}"
+                      + (f" of {groups['trained']} groups" if split.groups_from else "")
+                      + (f"; {counts['no_group']} without {split.groups_from!r} are used by neither"
+                         if counts["no_group"] else ""))
+    eng.acc.wait_for_everyone()
+    tasks, dropped = tasks_with_something_to_score(out, r.eval.tasks, eng.core.modalities)
+    if dropped:
+        eng.acc.print(f"data.val_split: eval.tasks {', '.join(dropped)} have nothing to score on the held-out "
+                      f"samples (no class names beside the shards); evaluating {', '.join(tasks) or 'nothing'}")
+    return dataclasses.replace(r, data=dataclasses.replace(r.data, val=out),
+                               eval=dataclasses.replace(r.eval, tasks=tasks))
+
+
+def _classnames_beside(urls: list):
+    """The class names `align data shards` wrote beside local shards (classes.json), or None."""
+    import json
+    for u in urls[:1]:
+        path = os.path.join(os.path.dirname(u), "classes.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                names = json.load(f)
+            return names if isinstance(names, list) and names else None
+    return None
 
 
 class Batches:

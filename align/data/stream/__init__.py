@@ -10,4 +10,5 @@
   loader      StreamLoader: the loader with its exact-resume state; build_train_loader / build_eval_loader
   pack        packing a batch's tensors for the trip from worker to trainer
   resume      elastic resume (another world size) from any checkpoint
+  val_split   data.val_split: unseen groups carved out of the training shards as the val set
   synthetic   synthetic batches (data.train: synthetic)"""

@@ -352,7 +352,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
-                       hard_negatives: int = 0) -> StreamLoader:
+                       hard_negatives: int = 0, val_split=None) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -376,6 +376,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         and the decoders.
     hard_negatives: K > 0 adds batch["neg_text"] [B, K, L] and batch["neg_text_mask"] [B, K] from each
         sample's neg.txt (see align.data.stream.decode).
+    val_split: an align.data.stream.val_split.ValSplit: its held-out samples (and those without a group) are
+        never read for training.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -415,7 +417,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         resolved, decoder, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, resampled=resampled,
         shuffle_buffer=shuffle_buffer if train else 0, allow_pipe=allow_pipe, train=train,
         drop_last=train if drop_last is None else drop_last, batches_per_rank=batches_per_rank,
-        retry_budget_s=retry_budget_s)
+        retry_budget_s=retry_budget_s, val_split=val_split)
     loader = StreamLoader(dataset, num_workers=num_workers, epoch=epoch, max_skip_frac=max_skip_frac,
                           pin_memory=pin_memory, prefetch_factor=prefetch_factor,
                           start_next_epoch_early=start_next_epoch_early)

@@ -3,7 +3,8 @@
 A worker reads its plan's segments in order (an ordinary epoch: one segment per worker, its own stream; the
 rest of an elastically resumed epoch: pieces of the checkpoint's streams, align.data.stream.resume):
 
-    stream (r0, w0) of the epoch: shards split by rank then worker, mixed and shuffle-buffered (seeded)
+    stream (r0, w0) of the epoch: shards split by rank then worker, mixed, data.val_split's held-out samples
+      dropped (align.data.stream.val_split), and shuffle-buffered (seeded)
       -> pass the first `raw` samples undecoded (read before the checkpoint; faults muted)
       -> decode and drop `skip` good samples (another reader trains on them; faults muted)
       -> decode + augment + transforms `take` good samples (broken ones counted and skipped), seeded per
@@ -68,7 +69,8 @@ class StreamDataset(IterableDataset):
 
     def __init__(self, sources: list[ResolvedSource], decoder: SampleDecoder, *, batch_size: int, rank: int,
                  world_size: int, seed: int, resampled: bool, shuffle_buffer: int, allow_pipe: bool,
-                 train: bool, drop_last: bool, batches_per_rank: int | None, retry_budget_s: float):
+                 train: bool, drop_last: bool, batches_per_rank: int | None, retry_budget_s: float,
+                 val_split=None):
         super().__init__()
         self.sources = sources
         self.decoder = decoder
@@ -79,6 +81,7 @@ class StreamDataset(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.allow_pipe = allow_pipe
         self.retry_budget_s = retry_budget_s
+        self.val_split = val_split        # align.data.stream.val_split.ValSplit: held-out samples never trained on
         self.train = train
         self.drop_last = drop_last
         self.batches_per_rank = batches_per_rank
@@ -112,6 +115,8 @@ class StreamDataset(IterableDataset):
         else:
             stream = mix_streams(streams, [s.weight for s in self.sources],
                                  rng_for("mix", self.seed, epoch, rank, lw))
+        if self.val_split is not None:     # before the shuffle: a checkpoint's data position counts kept samples
+            stream = self.val_split.train_filter(stream)
         if self.train and self.shuffle_buffer > 1:
             import webdataset as wds
 
