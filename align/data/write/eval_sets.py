@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from align.data.stream.val_split import name_field
 from align.data.write.inputs import Input, SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
 
 GROUP_MISSING = "group: missing"
-_FIELD_SEP = re.compile(r"[/\\_-]")
 
 
 def parse_group_spec(spec: str, columns: Sequence[str]) -> Tuple[str, Optional[int]]:
@@ -45,14 +45,7 @@ def group_value(value: Any, field: Optional[int], base_dir: Path) -> Optional[st
     if is_missing(value) or isinstance(value, (bytes, bytearray, list)):
         return None
     text = str(value).strip()
-    if field is None:
-        return text
-    stem = re.sub(r"\.[^./\\]*$", "", text)  # drop the extension
-    parts = [p for p in _FIELD_SEP.split(stem) if p]
-    try:
-        return parts[field]
-    except IndexError:
-        return None
+    return text if field is None else name_field(text, field)
 
 
 def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
