@@ -158,20 +158,36 @@ def _limits(a):
 
 
 def cmd_data_stats(a):
-    from align.data.tools.stats import feature_stats
+    from align.data.tools.stats import feature_stats, image_size_stats, modalities_present
     from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
-    keys = {}
+    r = None
     if a.recipe:
         from align.config import load_recipe
-        tower = load_recipe(resolve_recipe(a.recipe), a.overrides).model.towers.get("audio")
-        if not tower:
-            raise AlignError(f"data stats: recipe {a.recipe} has no audio tower")
-        keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
-    fe = AudioFrontend(**keys).validate("model.towers.audio")
-    stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress)
-    print(json.dumps(stats))
-    print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
-          f"model.towers.audio.norm_std={stats['norm_std']}")
+        r = load_recipe(resolve_recipe(a.recipe), a.overrides)
+    have = modalities_present(a.pattern)
+    if not have & {"image", "audio"}:
+        raise AlignError(f"data stats: no image or audio found in the first samples of {a.pattern}")
+    if "image" in have:
+        patch = ((r.model.towers.get("image") or {}).get("config") or {}).get("vision_cfg", {}).get("patch_size") \
+            if r is not None else None
+        st = image_size_stats(a.pattern, max_samples=a.n or 2000, multiple=patch or 4)
+        print(json.dumps({"image": st}))
+        print(f"images: {st['images']} read, width {st['width']['min']}-{st['width']['max']} (median "
+              f"{st['width']['median']:g}), height {st['height']['min']}-{st['height']['max']} (median "
+              f"{st['height']['median']:g}); image_size: auto trains at {st['image_size']} px "
+              f"(median longest side, a multiple of {patch or 4})")
+    if "audio" in have:
+        keys = {}
+        if r is not None:
+            tower = r.model.towers.get("audio")
+            if not tower:
+                raise AlignError(f"data stats: recipe {a.recipe} has no audio tower")
+            keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
+        fe = AudioFrontend(**keys).validate("model.towers.audio")
+        stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress)
+        print(json.dumps(stats))
+        print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
+              f"model.towers.audio.norm_std={stats['norm_std']}")
 
 
 def cmd_bench(a):
@@ -314,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_options(s)
     s.set_defaults(fn=cmd_data_inspect)
 
-    s = data.add_parser("stats", help="log-mel mean/std of the audio in shards (for the audio tower's "
-                                      "norm_mean/norm_std)")
+    s = data.add_parser("stats", help="image sizes (what image_size: auto trains at) and the log-mel mean/std of "
+                                      "the audio in shards (for the audio tower's norm_mean/norm_std)")
     s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
     s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
     s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all)")

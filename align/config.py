@@ -395,6 +395,11 @@ def _check(r: Recipe) -> None:
     if r.data.augment:
         from align.data.stream.augment import build_augmenter
         build_augmenter(r.data.augment, "data.augment")   # one-line ConfigError on a bad stage
+    vision = ((r.model.towers.get("image") or {}).get("config") or {})
+    vision = vision.get("vision_cfg") if isinstance(vision, dict) else None
+    if isinstance(vision, dict) and vision.get("image_size") == "auto" and r.data.train == "synthetic":
+        raise ConfigError("model.open_clip.vision_cfg.image_size: auto reads the training images' sizes; "
+                          "data.train is synthetic (give a number)")
     if r.data.val_split is not None:
         from align.data.stream.val_split import ValSplit
         ValSplit.from_config(r.data.val_split, r.seed)       # one-line ConfigError on a bad key or value

@@ -5,7 +5,8 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
 
   1. settings   thread count and determinism for the run, restored when it ends;       setup.process_settings
                 the run dir's lock, held until the run ends (one live writer)          setup.hold_run_dir
-  2. engine     accelerator; model, loss, optimizer, schedule                          setup.build_engine
+  2. engine     accelerator; image_size: auto from the data; model, loss, optimizer,   setup.build_engine
+                schedule
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
                 then the loader, then the RNG                                          setup.build_loader
                 data.val_split's held-out groups written out as the val set            setup.carve_val_split
@@ -29,8 +30,8 @@ from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, carve_val_split,
-                               hold_run_dir, process_settings, resolve_resume, restore_rng, resume, save,
-                               stop_if_preempted, write_config)
+                               hold_run_dir, process_settings, resolve_auto_image_size, resolve_resume, restore_rng,
+                               resume, save, stop_if_preempted, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -41,6 +42,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # one live writer per output_dir (runlock); SIGTERM/SIGUSR1 stop at a step boundary with a checkpoint (guard)
     with process_settings(r.train), hold_run_dir(r), catch_preemption() as preempt:
         acc = build_accelerator(r)
+        r = resolve_auto_image_size(r, acc.print)   # image_size: auto -> the training images' own size
         set_seed(r.seed)
         resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
         eng = build_engine(r, acc, resume_path)

@@ -261,6 +261,32 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r))
 
 
+def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:
+    """An open_clip image tower's `vision_cfg.image_size: auto` -> the median longest side of the training
+    shards' images, a multiple of its patch size (align.data.tools.stats.image_size_stats, the number `align data
+    stats` prints). Every rank reads the same first images, so all agree without a collective; config.yaml records
+    the number, so align.load and export rebuild the same model."""
+    import copy
+    tower = r.model.towers.get("image") or {}
+    vision = (tower.get("config") or {}).get("vision_cfg") or {}
+    if vision.get("image_size") != "auto":
+        return r
+    from align.data.tools.stats import image_size_stats
+    patch = vision.get("patch_size") or 4
+    st = image_size_stats(r.data.train if isinstance(r.data.train, str) else
+                          [x if isinstance(x, str) else x.urls for x in r.data.train][0],
+                          multiple=patch, allow_pipe=r.data.allow_pipe)
+    if not st["images"]:
+        raise AlignError(f"model.towers.image: image_size auto found no image in data.train={r.data.train!r}")
+    r = copy.deepcopy(r)
+    r.model.towers["image"]["config"]["vision_cfg"]["image_size"] = st["image_size"]
+    if isinstance(r.model.open_clip, dict) and "vision_cfg" in r.model.open_clip:
+        r.model.open_clip["vision_cfg"]["image_size"] = st["image_size"]
+    printer(f"image_size: auto -> {st['image_size']} px (median longest side of {st['images']} training images: "
+            f"{st['width']['median']:g}x{st['height']['median']:g}; a multiple of the patch size {patch})")
+    return r
+
+
 def _val_split(r: Recipe):
     if r.data.val_split is None:
         return None

@@ -1,4 +1,10 @@
-"""`align data stats`: the mean and std of a feature transform's output over the audio in shards.
+"""`align data stats`: what the data looks like to a recipe -- image sizes, and the log-mel mean/std of its audio.
+
+Image sizes (`image_size_stats`) are read from the image headers only (nothing is decoded); their median longest
+side, rounded to a multiple of the patch size, is what a recipe's `image_size: auto` trains at, so the input size
+follows the data instead of a number chosen for other data.
+
+Audio: the mean and std of a feature transform's output over the audio in shards.
 
 The CLI passes the audio tower's eval front end without its normalisation (align.towers.audio_features
 `unnormalised_eval_frontend`), so the numbers are those of the log-mel the tower sees (same resampling,
@@ -6,7 +12,9 @@ trimming, level normalisation, clip length; padding included) and go into the to
 `norm_mean` / `norm_std` in place of AST's AudioSet constants. This module reads shards only; it does not
 know what the transform computes.
 """
+import io
 import math
+import statistics
 from typing import Callable, Optional
 
 from align.data.stream.loader import build_eval_loader
@@ -41,3 +49,63 @@ def feature_stats(pattern, transform: Callable, modality: str = "audio", max_sam
     std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
     return {"norm_mean": round(mean, 4), "norm_std": round(std, 4), "samples": n,
             "skipped": sum(loader.skipped.values())}
+
+
+def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_pipe: bool = False) -> dict:
+    """Widths and heights of the first `max_samples` images of the shards at `pattern`, from their headers.
+
+    Returns {"images", "unreadable", "width": {min, median, max}, "height": {...}, "image_size"}: image_size is
+    the median longest side rounded to the nearest multiple of `multiple` (the patch size), at least `multiple`.
+    {"images": 0} when the shards hold no image."""
+    from PIL import Image
+
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import resolve_sources, shard_samples
+    from align.wds.format import pick
+
+    widths, heights, unreadable = [], [], 0
+    faults = FaultCounter(warn=False)
+    for src in resolve_sources(pattern, allow_pipe=allow_pipe):
+        for url in src.urls:
+            for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
+                ext = pick(raw, "image")
+                if ext is None:
+                    continue
+                try:
+                    with Image.open(io.BytesIO(raw[ext])) as im:     # the header only: no pixel is decoded
+                        w, h = im.size
+                except Exception:
+                    unreadable += 1
+                    continue
+                widths.append(w)
+                heights.append(h)
+                if len(widths) >= max_samples:
+                    break
+            if len(widths) >= max_samples:
+                break
+    if not widths:
+        return {"images": 0, "unreadable": unreadable}
+    longest = statistics.median(max(w, h) for w, h in zip(widths, heights))
+    size = max(multiple, int(round(longest / multiple)) * multiple)
+
+    def spread(v):
+        return {"min": min(v), "median": statistics.median(v), "max": max(v)}
+    return {"images": len(widths), "unreadable": unreadable, "width": spread(widths), "height": spread(heights),
+            "image_size": size}
+
+
+def modalities_present(pattern, max_samples: int = 50, allow_pipe: bool = False) -> set:
+    """The modalities found among the first samples of the shards at `pattern`."""
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import resolve_sources, shard_samples
+    from align.wds.format import MODALITIES, pick
+
+    found, n = set(), 0
+    for src in resolve_sources(pattern, allow_pipe=allow_pipe):
+        for url in src.urls:
+            for raw in shard_samples(url, FaultCounter(warn=False), allow_pipe=allow_pipe):
+                found |= {m for m in MODALITIES if pick(raw, m)}
+                n += 1
+                if n >= max_samples:
+                    return found
+    return found
