@@ -9,7 +9,7 @@ Everything is plain torch/numpy/scipy (no torchaudio):
       -> crop / zero-pad to `clip_seconds`
       -> |STFT|^2 (Hann window, centred frames, zero padding at the edges)
       -> mel filterbank (HTK or Slaney scale, optional Slaney area norm)
-      -> log(mel + log_offset) -> (x - norm_mean) / norm_std
+      -> log(mel + log_offset) -> (x - norm_mean) / norm_std, or per-utterance CMVN (`cmvn: utterance`)
       -> float32 [n_mels, frames], frames = 1 + clip_samples // hop_length
 
 The defaults (25 ms window, 10 ms hop at 16 kHz, natural log, mean -4.27 / std 4.57)
@@ -103,6 +103,7 @@ class AudioFrontend:
     trim_db: float = 0.0       # > 0: cut leading/trailing 10 ms frames quieter than (loudest frame - trim_db)
     normalize: str = "none"    # none | peak | rms: scale each recording to target_db (dBFS)
     target_db: float = -1.0    # peak: -1 dBFS is usual; rms: e.g. -20
+    cmvn: str = "none"         # none | utterance: each mel bin to mean 0, std 1 over the recording's own frames
 
     @classmethod
     def keys(cls):
@@ -135,6 +136,8 @@ class AudioFrontend:
             bad("target_db", "must be a number of dBFS in [-80, 0]")
         if isinstance(self.trim_db, bool) or not isinstance(self.trim_db, (int, float)) or self.trim_db < 0:
             bad("trim_db", "must be a number >= 0 (0: no trimming)")
+        if self.cmvn not in ("none", "utterance"):
+            bad("cmvn", "must be 'none' or 'utterance'")
         for k in ("freq_mask", "time_mask"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 0:
                 bad(k, "must be an integer >= 0")
@@ -179,8 +182,23 @@ class LogMel(nn.Module):
         power = spec.real ** 2 + spec.imag ** 2
         mel = torch.einsum("nft,fm->nmt", power, self.fb)                 # [N, n_mels, frames]
         logmel = torch.log(mel + fe.log_offset)
-        out = (logmel - fe.norm_mean) / fe.norm_std
+        if fe.cmvn == "utterance":
+            out = utterance_cmvn(logmel, math.log(fe.log_offset))
+        else:
+            out = (logmel - fe.norm_mean) / fe.norm_std
         return out.reshape(*lead, fe.n_mels, out.shape[-1])
+
+
+def utterance_cmvn(logmel: torch.Tensor, floor: float, eps: float = 1e-5) -> torch.Tensor:
+    """Per-utterance cepstral mean and variance normalisation of log-mel [N, n_mels, T]: each mel bin to mean 0
+    and std 1 over the recording's own frames, so a speaker's vocal tract and a microphone's colour (a per-bin
+    offset in the log domain) drop out. Frames of the zero padding (every bin at the log floor) are left out of
+    the statistics and set to 0 (the mean)."""
+    valid = (logmel.amax(dim=-2, keepdim=True) > floor + 1e-3).to(logmel.dtype)            # [N, 1, T]
+    n = valid.sum(dim=-1, keepdim=True).clamp_min(1.0)                                     # [N, 1, 1]
+    mean = (logmel * valid).sum(dim=-1, keepdim=True) / n                                  # [N, n_mels, 1]
+    var = (((logmel - mean) * valid) ** 2).sum(dim=-1, keepdim=True) / n
+    return (logmel - mean) / torch.sqrt(var + eps) * valid
 
 
 # ---- waveform handling -------------------------------------------------------------------

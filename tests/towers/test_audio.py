@@ -386,3 +386,31 @@ def test_trim_silence_and_level_normalisation_train_and_eval():
         clip = AudioPreprocess(fe, train=train).per_sample((w, sr))[0].numpy()
         assert abs(np.abs(clip).max() - 10 ** (-1 / 20)) < 1e-5
         assert np.abs(clip[:160]).max() > 0.3                                 # the tone starts the clip
+
+
+def test_utterance_cmvn_matches_a_plain_reference_and_ignores_the_padding():
+    """cmvn: utterance -> each mel bin of each recording to mean 0, std 1 over its own (unpadded) frames;
+    a per-bin offset (a microphone's colour, a speaker's vocal tract) drops out."""
+    from align.towers.audio_features import utterance_cmvn
+    g = torch.Generator().manual_seed(0)
+    floor = math.log(1e-6)
+    x = torch.randn(3, 8, 20, generator=g) * 3 - 2
+    lengths = [20, 13, 5]
+    for i, n in enumerate(lengths):
+        x[i, :, n:] = floor                                               # zero padding after the recording
+    out = utterance_cmvn(x, floor)
+    for i, n in enumerate(lengths):
+        v = x[i, :, :n].double().numpy()
+        ref = (v - v.mean(axis=1, keepdims=True)) / np.sqrt(v.var(axis=1, keepdims=True) + 1e-5)
+        assert np.allclose(out[i, :, :n].double().numpy(), ref, atol=1e-5)
+        assert torch.all(out[i, :, n:] == 0)
+    shifted = x.clone()
+    shifted[:, :, :] += torch.linspace(-1, 1, 8)[None, :, None]           # a per-bin offset ...
+    for i, n in enumerate(lengths):
+        shifted[i, :, n:] = floor
+    assert torch.allclose(utterance_cmvn(shifted, floor), out, atol=1e-4)  # ... is gone
+    fe = AudioFrontend(clip_seconds=0.2, n_mels=16, cmvn="utterance").validate("t")
+    feats = LogMel(fe)(torch.randn(2, fe.clip_samples, generator=g) * 0.1)
+    assert feats.shape == (2, 16, fe.n_frames) and abs(float(feats.mean())) < 1e-4
+    with pytest.raises(ConfigError, match="cmvn"):
+        AudioFrontend(cmvn="global").validate("t")

@@ -389,6 +389,35 @@ class SpecAugment(Stage):
         return x
 
 
+@register("vtlp")
+class Vtlp(Stage):
+    """Vocal tract length perturbation (Jaitly & Hinton 2013) on the log-mel: the frequency axis warped by a factor
+    alpha drawn from `alpha`, piecewise linear so the top bin stays put (the warp bends at `boundary` of the axis).
+    A longer or shorter vocal tract shifts every formant by one factor, so this shows a model the other speakers
+    it will meet. Warping mel bins rather than Hz is the usual approximation on log-mel features."""
+    modality, level = "audio", "logmel"
+    defaults = {"alpha": [0.9, 1.1], "boundary": 0.8}
+
+    def check(self):
+        self._range("alpha", 0.5, 2.0)
+        self._num(self.params["boundary"], "boundary", 0.1, 0.95)
+
+    def apply(self, x, rng):
+        # x: [n_mels, T] (or [C, n_mels, T]); out[i] = x at source position s(i), linearly interpolated
+        lo, hi = self.params["alpha"]
+        alpha, n = float(rng.uniform(lo, hi)), x.shape[-2]
+        top, b = n - 1, self.params["boundary"] * (n - 1)
+        pos = torch.arange(n, dtype=torch.float64)
+        knee = min(b, top / alpha)                   # keep the warped knee inside the axis
+        src = torch.where(pos <= knee, pos * alpha,
+                          knee * alpha + (pos - knee) * (top - knee * alpha) / max(top - knee, 1e-9))
+        src = src.clamp(0, top)
+        i0 = src.floor().long().clamp(max=top)
+        i1 = (i0 + 1).clamp(max=top)
+        w = (src - i0).to(x.dtype).unsqueeze(-1)     # [n_mels, 1]
+        return x.index_select(-2, i0) * (1 - w) + x.index_select(-2, i1) * w
+
+
 # ---- the per-modality chains ---------------------------------------------------------------------
 
 class Augmenter:

@@ -205,6 +205,26 @@ def test_spec_augment_masks_bands_and_frames():
     assert torch.equal(outs[0], st(x, rng(0)))
 
 
+def test_vtlp_warps_the_mel_axis_by_alpha_and_keeps_the_top_bin():
+    n, t = 40, 6
+    x = torch.zeros(n, t)
+    x[10] = 1.0                                                         # one formant at bin 10
+    ident = stage("vtlp", alpha=[1.0, 1.0])(x, rng())
+    assert torch.allclose(ident, x)
+    # out[i] = x[alpha * i]: with alpha 2 the formant moves down to bin 5; with alpha 0.5 up to bin 20
+    down, up = stage("vtlp", alpha=[2.0, 2.0], boundary=0.9)(x, rng()), stage("vtlp", alpha=[0.5, 0.5])(x, rng())
+    assert int(down[:, 0].argmax()) == 5 and int(up[:, 0].argmax()) == 20
+    ramp = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, t)
+    for a in (0.9, 1.1, 1.3):
+        y = stage("vtlp", alpha=[a, a])(ramp, rng())
+        assert float(y[-1, 0]) == n - 1 and float(y[0, 0]) == 0             # both ends stay put
+        assert bool((y[1:, 0] >= y[:-1, 0]).all())                          # monotone: no folding
+    st = stage("vtlp")
+    assert torch.equal(st(ramp, rng(3)), st(ramp, rng(3))) and not torch.equal(st(ramp, rng(3)), st(ramp, rng(4)))
+    with pytest.raises(ConfigError, match="alpha"):
+        stage("vtlp", alpha=[1.2, 1.1])
+
+
 def test_sample_seed_depends_on_every_part():
     base = sample_seed(0, 0, "a.tar", "k")
     assert base == sample_seed(0, 0, "a.tar", "k")
