@@ -94,6 +94,9 @@ class DataConfig:
                    "off when unset")
     limits: DataLimits = _key(factory=DataLimits, help="the sizes a shard may claim, checked before any "
                               "allocation (align.limits), e.g. data.limits.max_image_pixels=200000000")
+    text_keys: Optional[Dict[str, float]] = _key(
+        None, help="several caption sources drawn by weight, one per sample and epoch (as open_clip's "
+                   "--json-text-key-probs): {MEMBER_EXT | json:PATH: weight}, e.g. {txt: 0.7, json:extra.long: 0.3}")
     val_split: Optional[Dict[str, Any]] = _key(
         None, help="hold out unseen groups of the training shards as the val set: {groups_from: FIELD, groups: "
                    "[...] | frac: 0.1} (align.data.stream.val_split); instead of data.val")
@@ -400,6 +403,15 @@ def _check(r: Recipe) -> None:
     if isinstance(vision, dict) and vision.get("image_size") == "auto" and r.data.train == "synthetic":
         raise ConfigError("model.open_clip.vision_cfg.image_size: auto reads the training images' sizes; "
                           "data.train is synthetic (give a number)")
+    if r.data.text_keys is not None:
+        tk = r.data.text_keys
+        if not tk or any(not str(k).strip() or str(k).startswith("__") or str(k) == "json:" for k in tk) or \
+                any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf")
+                    for w in tk.values()) or not sum(tk.values()) > 0:
+            raise ConfigError(f"data.text_keys: {{member extension or json:PATH: weight >= 0}} with a positive sum, "
+                              f"got {tk!r}")
+        if "text" not in r.model.towers:
+            raise ConfigError("data.text_keys: the model has no text tower")
     if r.data.val_split is not None:
         from align.data.stream.val_split import ValSplit
         ValSplit.from_config(r.data.val_split, r.seed)       # one-line ConfigError on a bad key or value

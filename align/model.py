@@ -101,7 +101,11 @@ class AlignModel(nn.Module):
         out = {}
         for m, tower in self.towers.items():
             if m == "text":
-                out[m] = CachedTokenize(tower.tokenize) if tower.tokenize_is_deterministic else tower.tokenize
+                ctx = getattr(tower, "context_length", None)
+                counts = tower.count_tokens(["a"]) is not None and isinstance(ctx, int)
+                out[m] = CachedTokenize(tower.tokenize, maxsize=16384 if tower.tokenize_is_deterministic else 0,
+                                        count_tokens=tower.count_tokens if counts else None,
+                                        context_length=ctx if counts else None)
             else:
                 out[m] = tower.preprocess(train=train)
         return out

@@ -36,6 +36,11 @@ class Tower(nn.Module):
     # False for a tokenizer with random parts (e.g. open_clip's random token dropping): never cached.
     tokenize_is_deterministic: bool = True
 
+    def count_tokens(self, texts: List[str]) -> Optional[List[int]]:
+        """Text towers: each text's token count before truncation (special tokens included), so the loader can
+        count the captions `tokenize` cuts at `context_length`; None when the tower cannot tell."""
+        return None
+
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
         """Recompute activations in backward instead of storing them; False: this tower cannot."""
         return False
@@ -60,12 +65,15 @@ class CachedTokenize:
     The data pipeline tokenizes one caption per sample in its workers; datasets
     whose captions repeat (class templates, keyword captions) then skip the
     tokenizer (~0.4 ms per caption for open_clip's BPE) on every repeat.  Only
-    for deterministic tokenizers; batches of several captions pass straight through.
+    for deterministic tokenizers (maxsize 0: no cache); batches of several captions pass straight through.
     """
 
-    def __init__(self, tokenize: Callable[[List[str]], torch.Tensor], maxsize: int = 16384):
+    def __init__(self, tokenize: Callable[[List[str]], torch.Tensor], maxsize: int = 16384, *,
+                 count_tokens: Optional[Callable] = None, context_length: Optional[int] = None):
         self.tokenize = tokenize
         self.maxsize = maxsize
+        # the tower's own, for counting captions cut at the context length (align.data.stream.decode)
+        self.count_tokens, self.context_length = count_tokens, context_length
         self.cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self.hits = self.misses = 0
 

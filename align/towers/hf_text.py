@@ -106,6 +106,9 @@ class HFTextTower(LockableTower):
         return self.tokenizer(list(texts), padding="max_length", truncation=True,
                               max_length=self.context_length, return_tensors="pt")["input_ids"]
 
+    def count_tokens(self, texts: List[str]) -> List[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
         return hf_grad_checkpointing(self.model, enable)
 

@@ -20,6 +20,7 @@ checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting tempera
 """
 import copy
 import json
+import logging
 import os
 from typing import List, Optional
 
@@ -29,6 +30,8 @@ from torch import nn
 from align.errors import ConfigError
 from align.towers import TOWERS
 from align.towers.base import Tower
+
+log = logging.getLogger("align.towers")
 
 _KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
          "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg",
@@ -187,6 +190,18 @@ class OpenClipTower(Tower):
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
         return self._tokenizer(list(texts))
 
+    def count_tokens(self, texts: List[str]) -> Optional[List[int]]:
+        if self.modality != "text":
+            return None
+        self.tokenize(["a"])                     # builds the tokenizer
+        tok = self._tokenizer
+        if hasattr(tok, "encode") and hasattr(tok, "sot_token_id"):           # SimpleTokenizer: <sot> text <eot>
+            return [len(tok.encode(t)) + 2 for t in texts]
+        inner = getattr(tok, "tokenizer", None)                              # open_clip's HFTokenizer
+        if inner is not None:
+            return [len(inner(t)["input_ids"]) for t in texts]
+        return None
+
     # -- locking / misc -----------------------------------------------------------------------
     def lock(self, unlocked_groups: int = 0) -> None:
         if self.modality == "image":
@@ -231,6 +246,22 @@ def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
                           f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
 
 
+KEEP_POSITIONS = 20     # Long-CLIP: the first ~20 positions carry most of what CLIP learned; keep them as they are
+
+
+def stretch_positions(pe: torch.Tensor, length: int, keep: int = KEEP_POSITIONS) -> torch.Tensor:
+    """A text tower's positional embedding [n, width] for `length` tokens: the first `keep` rows unchanged, the
+    rest linearly interpolated over the remaining length (Zhang et al. 2024, Long-CLIP); fewer tokens: the first
+    `length` rows."""
+    n = pe.shape[0]
+    if length <= n:
+        return pe[:length].clone()
+    keep = min(keep, n - 1)
+    tail = pe[keep:].t()[None].float()                                           # [1, width, n - keep]
+    stretched = torch.nn.functional.interpolate(tail, size=length - keep, mode="linear", align_corners=True)
+    return torch.cat([pe[:keep], stretched[0].t().to(pe.dtype)], dim=0)          # [length, width]
+
+
 def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, where: str) -> None:
     """Copies the tower's half of an open_clip checkpoint into it (only this tower is built).
 
@@ -246,6 +277,13 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
     for k, v in own.items():
         if k not in mine:
             raise ConfigError(f"{where}.pretrained: tensor {k!r} of the {tower.modality} tower is not in the checkpoint")
+        if k.endswith("positional_embedding") and tower.modality == "text" and mine[k].ndim == 2 \
+                and mine[k].shape[1:] == v.shape[1:] and mine[k].shape[0] != v.shape[0]:
+            # text_cfg.context_length other than the checkpoint's: stretch (or cut) its positions (long text)
+            mine[k] = stretch_positions(mine[k], v.shape[0])
+            log.warning("%s.pretrained: text context %d -> %d tokens: the first %d positions kept, the rest "
+                        "stretched (Long-CLIP's knowledge-preserved stretching); fine-tune on long captions",
+                        where, int(sd[prefix + k].shape[0]), v.shape[0], min(KEEP_POSITIONS, v.shape[0]))
         if tuple(mine[k].shape) != tuple(v.shape):
             raise ConfigError(f"{where}.pretrained: tensor {k!r} has shape {list(mine[k].shape)} in the checkpoint "
                               f"but {list(v.shape)} in the tower")

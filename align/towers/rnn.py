@@ -149,6 +149,9 @@ class RNNTextTower(_RNNTower):
     def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
         return self._tokenizer(list(texts))
 
+    def count_tokens(self, texts: List[str]) -> List[int]:
+        return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation
+
     def lengths(self, ids: torch.Tensor) -> torch.Tensor:
         """long [B, L] -> [B]: tokens up to and including <end_of_text> (the largest id, as open_clip pools)."""
         return ids.argmax(dim=1) + 1

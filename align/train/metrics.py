@@ -130,7 +130,7 @@ class RunLogger:
         summary = {"steps": state.step, "final_loss": self.loss, "wall_time_s": wall, "samples_per_s": sps,
                    "data_wait_frac": state.data_wait_s / max(wall, 1e-9),
                    "flops_per_sample": flops, "peak_flops": peak,
-                   "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped),
+                   "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {})),
                    "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
                    "world_size": self.eng.world, "precision": r.train.precision}
         with open(os.path.join(r.output_dir, rundir.SUMMARY), "w") as f:
@@ -146,7 +146,9 @@ class RunLogger:
                         eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held)
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
                   + (f", held-out {held} {results[held]:.4f}" if held else "")
-                  + f", skipped {sum(loader.skipped.values())} samples -> {r.output_dir}")
+                  + f", skipped {sum(loader.skipped.values())} samples"
+                  + "".join(f", {n} {what}" for what, n in sorted(getattr(loader, "noted", {}).items()))
+                  + f" -> {r.output_dir}")
         return summary
 
 

@@ -258,7 +258,8 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
-        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r))
+        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
+        text_keys=r.data.text_keys)
 
 
 def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:

@@ -51,9 +51,16 @@ def test_random_token_dropping_tokenizer_is_never_cached():
     cfg = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "tokenizer_kwargs": {"reduction_mask": "random"}}}
     txt = build_tower({"type": "open_clip", "config": cfg}, "text", 16)
     img = build_tower({"type": "open_clip", "config": cfg}, "image", 16)
-    assert not isinstance(AlignModel({"image": img, "text": txt}).transforms(train=True)["text"], CachedTokenize)
+    random_tf = AlignModel({"image": img, "text": txt}).transforms(train=True)["text"]
+    random_tf(["a photo of a dog"])
+    random_tf(["a photo of a dog"])
+    assert not getattr(random_tf, "cache", {}) and getattr(random_tf, "hits", 0) == 0       # nothing cached
     plain = build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP}, "text", 16)
-    assert isinstance(AlignModel({"image": img, "text": plain}).transforms(train=True)["text"], CachedTokenize)
+    plain_tf = AlignModel({"image": img, "text": plain}).transforms(train=True)["text"]
+    assert isinstance(plain_tf, CachedTokenize)
+    plain_tf(["a photo of a dog"])
+    plain_tf(["a photo of a dog"])
+    assert plain_tf.hits == 1
 
 
 def _text_tower(**text_cfg):
@@ -128,3 +135,32 @@ def test_unknown_key_and_name():
         build_tower({"type": "open_clip", "model": "ViT-Nope"}, "image", 16)
     with pytest.raises(ConfigError, match="unknown tower type"):
         build_tower({"type": "open-clip"}, "image", 16)
+
+
+def test_long_text_from_a_pretrained_checkpoint_stretches_its_positions(tmp_path, caplog):
+    """text_cfg.context_length 40 over a checkpoint trained at 12: the first positions are kept, the rest
+    stretched (Long-CLIP), the tower reads 40 tokens, and a caption of 40 tokens is no longer cut."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from align.towers.open_clip_towers import KEEP_POSITIONS, stretch_positions
+    pe = torch.randn(12, 8)
+    out = stretch_positions(pe, 30, keep=5)
+    assert out.shape == (30, 8) and torch.equal(out[:5], pe[:5])
+    assert torch.allclose(out[5], pe[5]) and torch.allclose(out[-1], pe[-1])          # the ends of the tail
+    assert torch.equal(stretch_positions(pe, 10), pe[:10])
+    src = open_clip.model.CLIP(16, TINY_OPEN_CLIP["vision_cfg"], TINY_OPEN_CLIP["text_cfg"])
+    path = str(tmp_path / "tiny.safetensors")
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, path)
+    long_cfg = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "context_length": 40}}
+    tower = build_tower({"type": "open_clip", "config": long_cfg, "pretrained": path}, "text", 16)
+    got = dict(tower.net.named_parameters())
+    name = next(k for k in got if k.endswith("positional_embedding"))
+    old = src.positional_embedding.detach()
+    keep = min(KEEP_POSITIONS, old.shape[0] - 1)                                      # 11 of the tiny 12
+    assert got[name].shape[0] == 40 and torch.equal(got[name][:keep].detach(), old[:keep])
+    assert torch.allclose(got[name][-1].detach(), old[-1])
+    assert "text context 12 -> 40 tokens" in caplog.text
+    caption = " ".join(["dog"] * 30)
+    assert tower.count_tokens([caption]) == [32] and tower.tokenize([caption]).shape == (1, 40)
+    assert tower(tower.tokenize([caption])).shape == (1, 16)

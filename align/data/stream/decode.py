@@ -13,8 +13,8 @@ Transform contract (see `build_train_loader`):
            shape in training (the transform crops/pads and computes features)
 
 Hard negatives (`SampleDecoder(hard_negatives=K)`): a sample's `neg.txt` member holds captions that must
-not match it, one per line. Up to K of them (the first K; the rest are counted in `negatives_dropped`)
-are tokenized with the text transform, and collate() pads them to batch["neg_text"] long [B, K, L] with
+not match it, one per line. Up to K of them (the first K; the rest are counted in `noted`, shipped with the
+batches) are tokenized with the text transform, and collate() pads them to batch["neg_text"] long [B, K, L] with
 batch["neg_text_mask"] bool [B, K] (False: no negative there) for align.losses.HardNegativeClipLoss.
 """
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import random
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -66,8 +68,48 @@ def present(raw: dict, modalities) -> dict[str, str]:
     return found
 
 
+CAPTION_TRUNCATED = "captions cut at the context length"
+NEGATIVES_DROPPED = "hard negatives beyond data's K"
+
+
+def keyed_captions(raw: dict, key: str) -> list[str] | None:
+    """The captions a data.text_keys key names in a raw sample, or None when the sample lacks it: a member
+    extension (`txt`, `long.txt`: one caption per line or a JSON list) or `json:PATH`, a dotted path into the
+    sample's .json whose value is a string or a list of strings (`json:extra.caption_long` for a column that
+    `align data shards` kept)."""
+    if not key.startswith("json:"):
+        return captions(raw[key]) if key in raw else None
+    try:
+        value = json.loads(raw["json"]) if "json" in raw else None
+    except ValueError:
+        return None
+    for part in key[5:].split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    return [c.strip() for c in value if isinstance(c, str) and c.strip()]
+
+
+def pick_text_key(raw: dict, text_keys, rng: random.Random | None):
+    """(key, captions) drawn by weight among the keys of `text_keys` [(key, weight)] the sample has (rng None:
+    the first it has); (None, None) when it has none of them."""
+    have = [(k, w, c) for k, w in text_keys if w > 0 for c in [keyed_captions(raw, k)] if c]
+    if not have:
+        return None, None
+    if rng is None or len(have) == 1:
+        return have[0][0], have[0][2]
+    x, acc = rng.random() * sum(w for _, w, _ in have), 0.0
+    for k, w, c in have:
+        acc += w
+        if x < acc:
+            return k, c
+    return have[-1][0], have[-1][2]
+
+
 def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str | None = None,
-               limits: DataLimits | None = None, negatives: bool = False) -> dict:
+               limits: DataLimits | None = None, negatives: bool = False, text_keys=None) -> dict:
     """raw sample -> {modality: PIL image | (wave [T], sr) | [caption], "cls": int (-1 = none)}.
 
     Raises SkipSample(reason) for the first problem found: first a member over its size limit (an
@@ -75,19 +117,27 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
     modality's decoding (sizes from the media headers checked against `limits` before decoding).
     caption_seed: pick one caption line at random, seeded by it (training); None picks the first.
     negatives: with text, also "neg": the captions of the `neg.txt` member ([] when the sample has none).
+    text_keys: data.text_keys, [(key, weight)]: the text is drawn from one of these keys (keyed_captions), by
+    weight (seeded by caption_seed; the first present without it), then one of its captions as above.
     """
     limits = as_limits(limits)
     for ext, value in raw.items():
         if isinstance(value, Oversize):
             raise SkipSample(value.reason, value.describe(ext))
-    found = present(raw, modalities)
+    keyed = None
+    if text_keys and "text" in modalities:
+        rng = random.Random(f"{caption_seed}:key".encode("utf-8", "surrogateescape")) if caption_seed else None
+        keyed = pick_text_key(raw, text_keys, rng)[1]
+    found = present(raw, [m for m in modalities if not (m == "text" and text_keys)])
+    if keyed:
+        found["text"] = "keyed"
     if len(found) < min_modalities:
         reason = FEW_MODALITIES if min_modalities == 2 else (
             "no requested modality" if min_modalities == 1 else f"fewer than {min_modalities} modalities")
         raise SkipSample(reason, f"has {sorted(k for k in raw if not k.startswith('__'))}")
     out: dict = {}
     for m, ext in found.items():
-        data = raw[ext]
+        data = raw[ext] if ext != "keyed" else b""
         if m == "image":
             try:
                 out[m] = decode_image(data, limits)
@@ -102,6 +152,8 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
                 raise SkipSample(exn.reason, exn.detail) from None
             except Exception as exn:
                 raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
+        elif ext == "keyed":                        # data.text_keys: drawn above
+            lines = keyed
         else:
             if len(data) > limits.max_text_bytes:   # bytes that did not come through the tar reader
                 raise SkipSample(TEXT_TOO_LONG, f"{ext}: {len(data)} bytes, over data.limits.max_text_bytes="
@@ -110,6 +162,7 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
                 lines = captions(data)
             except UnicodeDecodeError as exn:
                 raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
+        if m == "text":
             if not lines:
                 raise SkipSample(EMPTY_CAPTION)
             if caption_seed is not None and len(lines) > 1:
@@ -201,7 +254,7 @@ class SampleDecoder:
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
                  seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None,
-                 hard_negatives: int = 0):
+                 hard_negatives: int = 0, text_keys=None):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -219,7 +272,11 @@ class SampleDecoder:
         if hard_negatives and "text" not in self.modalities:
             raise DataError("hard_negatives are captions: they need the 'text' modality")
         self.hard_negatives = hard_negatives       # K: negatives kept per sample (the batch is padded to K)
-        self.negatives_dropped = 0                 # negatives beyond K, in this process (worker)
+        # data.text_keys as [(key, weight)]: the text of a sample is drawn from one of these (keyed_captions)
+        self.text_keys = [(str(k), float(w)) for k, w in (text_keys or {}).items()] or None
+        # Events that change no sample's fate but that a user should hear of, counted in this process (worker)
+        # and shipped with each batch (keys.NOTED): captions cut at the context length, negatives beyond K.
+        self.noted: Counter = Counter()
         self._templates: dict[str, torch.Tensor] = {}
         # align.data.stream.augment.Augmenter (training only): image stages before the image transform, wave
         # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
@@ -241,11 +298,12 @@ class SampleDecoder:
         url, key = raw.get(URL), raw[KEY]
         caption_seed = f"align:caption:{self.seed}:{epoch}:{url}:{key}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits,
-                             negatives=self.hard_negatives > 0)
+                             negatives=self.hard_negatives > 0, text_keys=self.text_keys)
         out = {KEY: key, "cls": decoded.pop("cls"), SEED: seed}
         negs = decoded.pop("neg", [])
         if negs:
-            self.negatives_dropped += max(0, len(negs) - self.hard_negatives)
+            if len(negs) > self.hard_negatives:
+                self.noted[NEGATIVES_DROPPED] += len(negs) - self.hard_negatives
             try:
                 out["neg_text"] = self._negatives(negs[:self.hard_negatives])        # long [k, L]
             except Exception as exn:
@@ -266,8 +324,16 @@ class SampleDecoder:
                 raise SkipSample(TRANSFORM_FAILED.format(modality=m), repr(exn)) from None
         return out
 
+    def take_noted(self) -> dict:
+        """The noted counts since the last call (and reset them)."""
+        out, self.noted = dict(self.noted), Counter()
+        return out
+
     def _apply(self, modality: str, value) -> torch.Tensor:
         tf = self.transforms[modality]
+        count = getattr(tf, "count_tokens", None) if modality == "text" else None
+        if count is not None and count(value)[0] > tf.context_length:     # value: [caption]
+            self.noted[CAPTION_TRUNCATED] += 1
         # A two-stage transform (e.g. the audio front end) does its per-sample part here and its
         # batched part in collate(): see AudioPreprocess.per_sample / per_batch.
         t = tf.per_sample(value) if hasattr(tf, "per_batch") else tf(value)

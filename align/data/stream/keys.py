@@ -11,6 +11,7 @@ WORKER = "__worker__"      # int: the logical worker that built the item
 RAW = "__raw__"            # int: raw samples that worker has read from its (current) stream so far
 SEEN = "__seen__"          # int: raw samples read (+ unreadable shards) since the worker's last item
 SKIPPED = "__skipped__"    # dict reason -> count: samples/shards skipped since the worker's last item
+NOTED = "__noted__"        # dict event -> count: noted, not skipped (captions cut, ...) since the worker's last item
 SEG = "__seg__"            # (segment index, raw, taken): elastic position of the item's last sample
 FLUSH = "__flush__"        # True: the worker's last item (no batch; carries its final counts)
 ERROR = "__error__"        # str: a DataError raised in the worker, re-raised as one line by the loader

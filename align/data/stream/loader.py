@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from align.data.stream.decode import SampleDecoder
 from align.data.stream.faults import skip_rate_error
-from align.data.stream.keys import ERROR, UNAVAILABLE, FLUSH, RAW, SEEN, SEG, SKIPPED, WORKER
+from align.data.stream.keys import ERROR, UNAVAILABLE, FLUSH, NOTED, RAW, SEEN, SEG, SKIPPED, WORKER
 from align.data.stream.pack import unpack_tensors
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable
 from align.data.stream.sources import SourceSpec, resolve_sources
@@ -95,6 +95,7 @@ class StreamLoader:
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.skipped: Counter = Counter()
+        self.noted: Counter = Counter()       # events noted, not skipped (captions cut, ...), whole run
         self.seen = 0
         self._ahead: tuple[int, object] | None = None  # (epoch, DataLoader iterator) started early
         self.start_next_epoch_early = start_next_epoch_early
@@ -167,6 +168,7 @@ class StreamLoader:
             "worker_batches": list(self._wbatches), "worker_done": list(self._done),
             "num_workers": n, "rank": ds.rank, "world_size": ds.world_size, "seed": ds.seed,
             "batch_size": ds.batch_size, "resampled": ds.resampled, "skipped": dict(self.skipped), "seen": self.seen,
+            "noted": dict(self.noted),
             "worker_quota": [ds.quota(lw, n) for lw in range(n)],
             # elastic resume: what is left of later epochs for this rank (align.data.stream.resume)
             "later": [{"epoch": w["epoch"], "segments": w["segments"], "quota": w["quota"]} for w in self._later],
@@ -213,6 +215,7 @@ class StreamLoader:
         self._wbatches = [int(x) for x in state["worker_batches"]]
         self._done = [bool(x) for x in state["worker_done"]]
         self.skipped = Counter(state.get("skipped", {}))
+        self.noted = Counter(state.get("noted", {}))
         self.seen = int(state.get("seen", 0))
         self._later = [dict(w) for w in state.get("later", [])]
         if "segments" in state:
@@ -315,6 +318,7 @@ class StreamLoader:
         self._raw[lw] = item[RAW]
         self.seen += item[SEEN]
         self.skipped.update(item[SKIPPED])
+        self.noted.update(item.get(NOTED, {}))
         self._next_worker = (lw + 1) % self.n_logical
         flush = item.get(FLUSH, False)
         if flush:
@@ -352,7 +356,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
-                       hard_negatives: int = 0, val_split=None) -> StreamLoader:
+                       hard_negatives: int = 0, val_split=None, text_keys=None) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -378,6 +382,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         sample's neg.txt (see align.data.stream.decode).
     val_split: an align.data.stream.val_split.ValSplit: its held-out samples (and those without a group) are
         never read for training.
+    text_keys: {key: weight} (data.text_keys): a sample's caption is drawn from one of these sources by weight,
+        seeded per sample and epoch (align.data.stream.decode.keyed_captions).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -402,7 +408,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment, limits=limits, hard_negatives=hard_negatives)
+                            augment=augment, limits=limits, hard_negatives=hard_negatives, text_keys=text_keys)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

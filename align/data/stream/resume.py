@@ -128,4 +128,5 @@ def load_elastic(loader, states: list) -> None:
         olds += states[ds.world_size:]
     for st in olds:
         loader.skipped.update(st.get("skipped", {}))
+        loader.noted.update(st.get("noted", {}))
         loader.seen += int(st.get("seen", 0))

@@ -22,7 +22,7 @@ class SyntheticLoader:
         self.epoch = (resume_state or {}).get("epoch", 0)
         self.start = (resume_state or {}).get("batches", 0)
         self.yielded = self.start
-        self.skipped, self.seen = {}, 0
+        self.skipped, self.noted, self.seen = {}, {}, 0
         # One fixed input per tower, permuted per batch: cheap to produce, like open_clip's synthetic set.
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from align.data.stream.decode import SampleDecoder, rng_preserving
 from align.data.stream.faults import FaultCounter, SkipSample
-from align.data.stream.keys import ERROR, FLUSH, UNAVAILABLE, KEY, RAW, SEEN, SEG, SKIPPED, URL, WORKER
+from align.data.stream.keys import ERROR, FLUSH, UNAVAILABLE, KEY, NOTED, RAW, SEEN, SEG, SKIPPED, URL, WORKER
 from align.data.stream.pack import pack_tensors
 from align.data.stream.sources import (
     ResolvedSource, epoch_shards, mix_streams, resampled_shards, rng_for, samples_from_shards, split_shards,
@@ -151,7 +151,8 @@ class StreamDataset(IterableDataset):
         if run.pending and not self.drop_last:
             yield self._emit(run, lw)
         delta, extra = run.faults.take_delta()
-        yield {FLUSH: True, WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta}
+        yield {FLUSH: True, WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta,
+               NOTED: self.decoder.take_noted()}
 
     def _read_segment(self, seg: list, lw: int, epoch: int, run: Run, quota: int | None):
         """Segment `run.k` = [r0, w0, raw, skip, take, world0, workers0] of `lw`: pass `raw` samples of stream
@@ -173,6 +174,7 @@ class StreamDataset(IterableDataset):
             run.out += 1
             got += self._decode(sample, epoch, run) is not None
         faults.muted, run.taken = False, 0
+        self.decoder.take_noted()              # what the muted part noted is another reader's to count
         while (take is None or run.taken < take) and (quota is None or run.batches < quota):
             sample = next(it, None)
             if sample is None:
@@ -208,6 +210,7 @@ class StreamDataset(IterableDataset):
         if get_worker_info() is not None:
             batch = pack_tensors(batch)
         delta, extra = run.faults.take_delta()
-        batch.update({WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta, SEG: (run.k, run.out, run.taken)})
+        batch.update({WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta, NOTED: self.decoder.take_noted(),
+                      SEG: (run.k, run.out, run.taken)})
         run.pending, run.seen = [], 0
         return batch

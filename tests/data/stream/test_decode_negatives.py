@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from align.data.stream.decode import SampleDecoder
+from align.data.stream.decode import NEGATIVES_DROPPED, SampleDecoder
 from align.data.stream.faults import SkipSample
 from align.data.stream.loader import build_train_loader
 from align.errors import DataError
@@ -21,7 +21,7 @@ def _raw(key, negs=None, seed=0):
 def test_negatives_are_tokenized_truncated_to_k_and_masked():
     dec = SampleDecoder(["image", "text"], TRANSFORMS, train=True, hard_negatives=2)
     samples = [dec(_raw("a", "zebra\n\nyak\nwolf\n"), 0), dec(_raw("b"), 0), dec(_raw("c", "ox"), 0)]
-    assert dec.negatives_dropped == 1                       # "wolf": beyond K = 2
+    assert dec.take_noted() == {NEGATIVES_DROPPED: 1}       # "wolf": beyond K = 2
     batch = dec.collate(samples)
     assert batch["neg_text"].shape == (3, 2, L_TEXT) and batch["neg_text"].dtype == torch.long
     assert batch["neg_text_mask"].tolist() == [[True, True], [False, False], [True, False]]
