@@ -120,3 +120,21 @@ def test_bad_text_keys_are_one_line(bad, tiny_recipe):
     tiny_recipe["data"]["text_keys"] = bad
     with pytest.raises(ConfigError, match="data.text_keys"):
         parse_recipe(tiny_recipe)
+
+
+def test_the_recipe_key_reaches_the_training_stream(tmp_path):
+    """data.text_keys through align.train.setup.build_loader: the stream draws from the json key."""
+    from align.config import parse_recipe
+    from align.model import build_model
+    from align.train.setup import build_loader
+    from tests.switch_helpers import recipe
+    s = image_text("k0")
+    s["txt"] = b"plain"
+    s["json"] = json.dumps({"extra": {"long": "from json"}}).encode()
+    pattern = write_shard(tmp_path / "s.tar", [s] * 1)
+    r = parse_recipe(recipe(tmp_path, "run", data={"train": pattern, "num_workers": 0, "shuffle_buffer": 0,
+                                                   "text_keys": {"json:extra.long": 1.0}}, train={"batch_size": 1}))
+    model = build_model(r.model)
+    loader = build_loader(r, model, 0, 1, None)
+    batch = next(iter(loader))
+    assert torch.equal(batch["text"][0], model.transforms(train=True)["text"](["from json"])[0])
