@@ -357,7 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with Optuna; each trial is a run dir",
                        description="Optuna study over recipe keys. data.val must be the *selection* groups "
                                    "(unseen in training, and not the groups you report on). Rerun the same "
-                                   "command after a kill: interrupted trials resume in their run dirs.")
+                                   "command after a kill: interrupted trials resume in their run dirs.",
+                       epilog="SPACE.yaml, one recipe key a line: train.lr: {log_uniform: [1.0e-4, 3.0e-3]} | "
+                              "train.max_steps: {int: [100, 400], step: 50} | train.weight_decay: {uniform: "
+                              "[0.0, 0.3]} | data.augment: {choice: {none: null, blur: {image: [{type: blur}]}}}. "
+                              "Writes OUT/trial-NNNN (run dirs), OUT/sweep.csv, sweep.md, sweep.png; prints the "
+                              "best run dir (align export takes it).")
     s.add_argument("recipe", help="recipe YAML path or shipped recipe name; needs data.val and eval.best_metric")
     s.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE for every trial, e.g. data.val=DIR")
     s.add_argument("--space", required=True, help="YAML: recipe key -> {log_uniform|uniform|int: [low, high]} "

@@ -97,6 +97,7 @@ def write_plot(rows: List[dict], params: List[Param], metric: str, out_png: str,
             ax.set_xticklabels([_short(lb) for lb in p.labels], rotation=20, fontsize=7)
         elif p.log:
             ax.set_xscale("log")
+            ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=20)
         ax.set_xlabel(p.key)
         ax.set_ylabel(metric, fontsize=8)
         ax.grid(alpha=0.3)

@@ -90,11 +90,16 @@ def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, s
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
     kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}   # several writers wait
-    try:
-        st = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
-                        grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=retry)
-    except Exception as e:        # a bad URL, an unreachable server, a missing driver: one line
-        raise AlignError(f"--storage {storage}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            st = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                            grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=retry)
+            break
+        except Exception as e:    # a bad URL, an unreachable server, a missing driver: one line
+            # two sweeps started together on a new database both create its tables: one loses (IntegrityError)
+            if type(e).__name__ not in ("IntegrityError", "OperationalError") or attempt == 4:
+                raise AlignError(f"--storage {storage}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            time.sleep(0.5 + attempt)
     chosen = (optuna.pruners.MedianPruner(n_startup_trials=startup) if pruner == "median"
               else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=st, study_name=name, direction="maximize", load_if_exists=True,
@@ -103,8 +108,9 @@ def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, s
     if had is None:
         study.set_user_attr("space", space)
     elif had != space:
-        raise ConfigError(f"study {name!r} in {storage} was made with another space ({had}); use --study NEW "
-                          f"for this one")
+        differ = sorted(k for k in set(had) | set(space) if had.get(k) != space.get(k))
+        raise ConfigError(f"study {name!r} in {storage} was made with another space (it differs in "
+                          f"{', '.join(differ)}); use --study NEW (or another --out) for this one")
     return study, retry
 
 
@@ -198,6 +204,11 @@ def run_loop(optuna, sw: Sweep, n_trials: int, say) -> None:
         try:
             sw.study.optimize(lambda t: objective(sw, t), n_trials=1, catch=(trials.TrialFailed,),
                               callbacks=[callback])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # this trial's heartbeat came late and another sweep failed (and re-queued) it meanwhile: the run
+            # dir keeps what this one trained; the retry resumes from it or is refused by the run dir's lock
+            say(f"trial {sw.running}: another sweep marked it failed while it ran here (a late heartbeat; "
+                f"--heartbeat sets the interval); its retry goes on from its run dir")
         except KeyboardInterrupt as e:
             how = "SIGTERM" if isinstance(e, SweepStopped) else "Ctrl-C"
             t = next((t for t in sw.study.get_trials(deepcopy=False) if t.number == sw.running), None)

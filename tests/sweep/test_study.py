@@ -170,3 +170,24 @@ def test_a_killed_sweep_rerun_resumes_its_trial_in_the_same_run_dir(tmp_path):
     assert t0.state.name == "FAIL" and t1.state.name == "COMPLETE"
     assert t1.system_attrs["failed_trial"] == 0 and t1.params == t0.params
     assert t1.user_attrs["run_dir"] == str(out / "trial-0000") and study.best_trial.number == 1
+
+
+@pytest.mark.slow
+def test_two_live_sweeps_on_one_study_train_different_run_dirs(tmp_path):
+    """The same command twice at once (one SQLite study): every trial number, so every run dir, is trained by
+    one sweep only; the second one's start-up wait does not take the first one's live trial for a dead one."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "align.cli", "sweep", sweep_recipe(tmp_path, max_steps=20, every=10),
+           "--space", space_file(tmp_path), "--trials", "4", "--out", str(out), "--heartbeat", "2"]
+    procs = [subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ran = [[int(line.split("] trial ")[1].split()[0]) for line in o.splitlines() if " finished; " in line]
+           for o in outs]
+    assert ran[0] and ran[1] and not set(ran[0]) & set(ran[1])            # no trial ran in both
+    study = optuna.load_study(study_name="recipe", storage=f"sqlite:///{out}/study.db")
+    states = [t.state.name for t in study.trials]
+    assert "FAIL" not in states and states.count("COMPLETE") + states.count("PRUNED") >= 4
+    dirs = [t.user_attrs["run_dir"] for t in study.trials]
+    assert len(set(dirs)) == len(dirs) and all(os.path.isdir(d) for d in dirs)
