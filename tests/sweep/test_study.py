@@ -191,3 +191,31 @@ def test_two_live_sweeps_on_one_study_train_different_run_dirs(tmp_path):
     assert "FAIL" not in states and states.count("COMPLETE") + states.count("PRUNED") >= 4
     dirs = [t.user_attrs["run_dir"] for t in study.trials]
     assert len(set(dirs)) == len(dirs) and all(os.path.isdir(d) for d in dirs)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_checkpoints_the_trial_and_queues_it_for_the_rerun(tmp_path):
+    """A scheduler's SIGTERM to the sweep: the trial's run checkpoints, the sweep exits 75 with one line, and the
+    rerun resumes the trial in its run dir at once (queued by the retry callback: no heartbeat wait)."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "align.cli", "sweep", sweep_recipe(tmp_path, max_steps=300, every=100,
+           checkpoint_every=10), "--space", space_file(tmp_path), "--trials", "1", "--out", str(out),
+           "--heartbeat", "30"]
+    first = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = out / "trial-0000" / "checkpoints"
+    deadline = time.time() + 120
+    while not (ckpts.is_dir() and any(d.startswith("step-") for d in os.listdir(ckpts))):
+        assert time.time() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 75
+    assert err.strip().splitlines() == [f"align: trial 0 interrupted (SIGTERM); its run checkpointed and it is "
+                                        f"queued again: rerun the same command to resume it in {out / 'trial-0000'}"]
+    stopped_at = max(int(d.split("-")[1]) for d in os.listdir(ckpts) if d.startswith("step-"))
+    t0 = time.time()
+    second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "RUNNING" not in second.stdout and time.time() - t0 < 90        # no 4 x 30 s heartbeat wait
+    assert f"at step {stopped_at}" in (out / "trial-0000" / "train.log").read_text()
+    assert "1 (retry of 0)  COMPLETE" in second.stdout and not (out / "trial-0001").exists()
