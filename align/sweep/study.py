@@ -213,7 +213,8 @@ def run_loop(optuna, sw: Sweep, n_trials: int, say) -> None:
             how = "SIGTERM" if isinstance(e, SweepStopped) else "Ctrl-C"
             t = next((t for t in sw.study.get_trials(deepcopy=False) if t.number == sw.running), None)
             if t is None or t.state.name != "FAIL":
-                raise SweepStopped(f"sweep interrupted ({how}) between trials; rerun the same command to go on") from None
+                raise SweepStopped(f"sweep interrupted ({how}) between trials; rerun the same command to go "
+                                   f"on") from None
             sw.retry(sw.study, t)
             raise SweepStopped(f"trial {t.number} interrupted ({how}); its run checkpointed and it is queued again: "
                                f"rerun the same command to resume it in {t.user_attrs.get('run_dir', '?')}") from None

@@ -93,7 +93,8 @@ def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(t
         assert summary["steps"] == 4 and r["value"] == summary["metrics"][METRIC]
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         assert cfg["train"]["lr"] == r["train.lr"] and cfg["train"]["warmup_steps"] == r["train.warmup_steps"]
-    assert [line.split(":")[0].split("] ")[1] for line in lines if " finished; " in line] == ["trial 0 complete", "trial 1 complete"]
+    finished = [line.split(":")[0].split("] ")[1] for line in lines if " finished; " in line]
+    assert finished == ["trial 0 complete", "trial 1 complete"]                  # one progress line per trial
     best = max(rows, key=lambda r: r["value"])
     assert res["best_run_dir"] == best["run_dir"] and res["best_value"] == best["value"]
     assert any(line.startswith(f"best run: {best['run_dir']}") for line in lines)
