@@ -7,6 +7,7 @@
     align data demo|shards|inspect|stats ...             build and check webdataset shards
     align bench zeroshot|retrieval|suite ...       benchmarks on FAISS indexes
     align export RUN --out DIR --format ...        open_clip / ONNX export
+    align sweep RECIPE --space S.yaml --trials N   recipe settings chosen on data.val with Optuna
 
 User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.  A remote data
 source that stayed unreachable for data.retry_budget_s ends `align train` with a checkpoint, one line
@@ -212,6 +213,16 @@ def cmd_export(a):
         print("\n".join(summary_lines(result)))
 
 
+def cmd_sweep(a):
+    from align.sweep.study import SweepStopped, run_sweep
+    try:
+        run_sweep(a.recipe, a.space, a.trials, storage=a.storage, study=a.study, out=a.out, overrides=a.overrides,
+                  pruner=a.pruner, prune_after=a.prune_after, heartbeat_s=a.heartbeat)
+    except SweepStopped as e:
+        print(f"align: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT if "SIGTERM" in str(e) else 130
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Adds ' (default: X)' to an option's help when it has a default worth saying (not None/False) and the
     help does not give one itself."""
@@ -357,6 +368,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", default=None, help="WiSE-FT weight of the fine-tuned model, 0..1 (default 0.5); "
                                                  "a list (0,0.5,1) writes OUT/alpha-<a> per value")
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("sweep", help="choose recipe settings by the val metric (eval.best_metric on data.val) "
+                                     "with Optuna; each trial is a run dir",
+                       description="Optuna study over recipe keys. data.val must be the *selection* groups "
+                                   "(unseen in training, and not the groups you report on). Rerun the same "
+                                   "command after a kill: interrupted trials resume in their run dirs.",
+                       epilog="SPACE.yaml, one recipe key a line: train.lr: {log_uniform: [1.0e-4, 3.0e-3]} | "
+                              "train.max_steps: {int: [100, 400], step: 50} | train.weight_decay: {uniform: "
+                              "[0.0, 0.3]} | data.augment: {choice: {none: null, blur: {image: [{type: blur}]}}}. "
+                              "Writes OUT/trial-NNNN (run dirs), OUT/sweep.csv, sweep.md, sweep.png; prints the "
+                              "best run dir (align export takes it).")
+    s.add_argument("recipe", help="recipe YAML path or shipped recipe name; needs data.val and eval.best_metric")
+    s.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE for every trial, e.g. data.val=DIR")
+    s.add_argument("--space", required=True, help="YAML: recipe key -> {log_uniform|uniform|int: [low, high]} "
+                                                  "or {choice: [...]}")
+    s.add_argument("--trials", type=int, required=True, help="finished (complete or pruned) trials the study "
+                                                             "should hold")
+    s.add_argument("--storage", default=None, help="Optuna storage URL, shared by several machines "
+                                                   "(default: sqlite:///OUT/study.db)")
+    s.add_argument("--study", default=None, help="study name (default: the recipe's file name)")
+    s.add_argument("--out", default=None, help="folder of the trials' run dirs and the summary (default: "
+                                               "sweeps/RECIPE)")
+    s.add_argument("--pruner", choices=["median", "none"], default="median",
+                   help="median: stop a trial whose intermediate eval is below the median of earlier trials "
+                        "at that step")
+    s.add_argument("--prune-after", type=int, default=2, help="finished trials before the pruner stops any")
+    s.add_argument("--heartbeat", type=int, default=10, help="seconds between Optuna heartbeats; a trial "
+                                                             "silent for 3x this is retried")
+    s.set_defaults(fn=cmd_sweep)
 
     # -- retrieval (issue 21): embed / index / search / serve and `data filter`, parsed in align/retrieval/cli.py
     from align.retrieval.cli import add_retrieval_parsers

@@ -2,7 +2,7 @@
 
     cli      align.cli
       |
-    app      align.train  align.bench  align.export  align.demo  align.api  align.config
+    app      align.train  align.bench  align.export  align.demo  align.api  align.sweep  align.config
       |      (siblings import each other only through APP_SHARED)
     core     align.data (stream, write, tools)      model: align.model, align.towers, align.losses,
       |                                                    align.open_clip_files
@@ -40,11 +40,13 @@ GROUPS = {
     "demo": ["align.demo"],
     "retrieval": ["align.retrieval"],
     "api": ["align.api"],
+    "sweep": ["align.sweep"],
     "config": ["align.config"],
     "cli": ["align.cli"],
 }
 LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,
-         "train": 3, "bench": 3, "export": 3, "demo": 3, "retrieval": 3, "api": 3, "config": 3, "cli": 4}
+         "train": 3, "bench": 3, "export": 3, "demo": 3, "retrieval": 3, "api": 3, "sweep": 3, "config": 3,
+         "cli": 4}
 BELOW_APP = {"data", "model", "wds", "media", "base"}
 APP = {g for g, n in LAYER.items() if n == 3}
 # group -> the groups it may import (its own group always)

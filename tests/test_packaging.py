@@ -88,7 +88,7 @@ def test_distribution_name_is_not_the_taken_align():
 
 
 @pytest.mark.parametrize("folder,extras", [
-    ("align", ("hf", "export", "wandb")),          # the library: dependencies + its optional extras
+    ("align", ("hf", "export", "wandb", "sweep")),  # the library: dependencies + its optional extras
     ("tests", ("dev",)),                           # the README's test command installs .[dev]
     ("benchmarks", ("dev",)),
     ("tools", ("dev",)),
@@ -101,7 +101,7 @@ def test_every_imported_package_is_declared(folder, extras):
 
 def test_library_needs_no_test_only_package():
     """align/ imports nothing that only the dev extra declares."""
-    lib = _declared("hf", "export", "wandb")
+    lib = _declared("hf", "export", "wandb", "sweep")
     dev_only = _declared("dev") - lib
     assert not {m for m in _imports("align") if _dist(m) in dev_only}
 

@@ -419,6 +419,14 @@ MUTATIONS = [
     M("retrieval.serve.binds_everywhere", "align/retrieval/serve.py",
       "def make_server(index_dir: str, model, host: str = \"127.0.0.1\"",
       "def make_server(index_dir: str, model, host: str = \"0.0.0.0\"", ["tests/retrieval/test_serve.py"]),
+    # -- sweep (align/sweep): pruning stops the run; the space is checked by the recipe; choices map back ----
+    M("sweep.prune.never_stops", "align/sweep/trial.py",
+      "if rc is None and trial.should_prune():", "if rc is None and False:", ["tests/sweep/test_study.py"]),
+    M("sweep.space.values_unchecked", "align/sweep/space.py",
+      "            parse_recipe(data)", "            pass", ["tests/sweep/test_space.py"]),
+    M("sweep.choice.label_not_value", "align/sweep/space.py",
+      "return self.values[self.labels.index(stored)] if self.kind == \"choice\" else stored", "return stored",
+      ["tests/sweep/test_space.py"]),
 ]
 
 

@@ -1,0 +1,279 @@
+"""`align sweep RECIPE --space SPACE.yaml --trials N`: the Optuna study, its storage, and the loop over trials.
+
+The objective is the recipe's eval.best_metric on data.val, maximised (align keeps the `best` checkpoint by
+the same rule: higher is better). data.val must hold the *selection* groups (e.g. speakers or writers
+that neither training nor the final report uses): the sweep picks settings by that set, so its figures
+are optimistic by the selection and the chosen run is reported on another set of unseen groups.
+
+Storage: `sqlite:///DIR/study.db` by default; any Optuna storage URL (postgresql://, mysql://) lets several
+machines share one study, each running the same command (its own --out, or a shared one). Optuna's RDB
+storage is used as it is: its heartbeat (heartbeat_interval, grace_period) marks a trial whose sweep died
+FAIL, and RetryHeartbeatStaleTrialCallback queues a copy with the same params (system attr
+`failed_trial`: the original number), which the next sweep to ask for a trial runs in the *original*
+trial's run dir with resume=auto. A rerun of a killed sweep first waits one grace period when the study
+has RUNNING trials, to learn which are dead. Two live sweeps never train one run dir: the run dir's lock
+(align.train.runlock) refuses a second `align train` with one line, and that trial fails.
+
+N counts finished trials (COMPLETE or PRUNED) in the study: rerunning the command after a kill finishes
+the same N; several machines together overshoot by at most the trials running when N is reached.
+"""
+import copy
+import os
+import signal
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from align.config import load_recipe_dict, parse_recipe, resolve_recipe
+from align.errors import AlignError, ConfigError
+from align.sweep import report, trial as trials
+from align.sweep.space import Param, describe_space, load_space
+
+FINISHED = ("COMPLETE", "PRUNED")
+MAX_FAILS_IN_ROW = 3
+
+
+class SweepStopped(KeyboardInterrupt):
+    """SIGTERM to the sweep: handled like Ctrl-C (the running trial checkpoints and is queued again)."""
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise AlignError("align sweep needs Optuna: pip install 'align-clip[sweep]'") from None
+    # the sweep prints its own line per trial (a failed trial's one-line error included, not a traceback)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+@dataclass
+class Sweep:
+    """What every trial of one sweep shares."""
+    recipe_path: str
+    overrides: List[str]
+    params: List[Param]
+    metric: str
+    out: str
+    study: object = None
+    retry: object = None                 # the RetryHeartbeatStaleTrialCallback the storage calls
+    poll_s: float = 0.5
+    running: Optional[int] = None        # the Optuna number of the trial this process is running
+    stopped: set = field(default_factory=set)
+    fails_in_row: int = 0
+    t_start: float = 0.0
+
+
+def load_sweep_recipe(recipe: str, overrides: List[str]):
+    """(path, recipe dict, Recipe); one line when the recipe cannot be swept (no data.val or best_metric)."""
+    path = resolve_recipe(recipe)
+    data = load_recipe_dict(path, overrides)
+    try:
+        r = parse_recipe(copy.deepcopy(data))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not r.data.val or not r.eval.best_metric:
+        missing = " and ".join(k for k, v in (("data.val", r.data.val), ("eval.best_metric", r.eval.best_metric))
+                               if not v)
+        raise ConfigError(f"{path}: align sweep maximises eval.best_metric on data.val (the selection groups' "
+                          f"val set); this recipe has no {missing} (set it in the recipe or as KEY=VALUE)")
+    from align.train.evaluate import check_val_set
+    check_val_set(r.data.val, r.eval.tasks, list(r.model.towers), best_metric=r.eval.best_metric)
+    return path, data, r
+
+
+def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, startup: int, space: dict):
+    """The study (created or loaded), its storage with Optuna's heartbeat and retry callback."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}   # several writers wait
+    for attempt in range(5):
+        try:
+            st = RDBStorage(storage, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                            grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=retry)
+            break
+        except Exception as e:    # a bad URL, an unreachable server, a missing driver: one line
+            # two sweeps started together on a new database both create its tables: one loses (IntegrityError)
+            if type(e).__name__ not in ("IntegrityError", "OperationalError") or attempt == 4:
+                raise AlignError(f"--storage {storage}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            time.sleep(0.5 + attempt)
+    chosen = (optuna.pruners.MedianPruner(n_startup_trials=startup) if pruner == "median"
+              else optuna.pruners.NopPruner())
+    study = optuna.create_study(storage=st, study_name=name, direction="maximize", load_if_exists=True,
+                                pruner=chosen)
+    had = study.user_attrs.get("space")
+    if had is None:
+        study.set_user_attr("space", space)
+    elif had != space:
+        differ = sorted(k for k in set(had) | set(space) if had.get(k) != space.get(k))
+        raise ConfigError(f"study {name!r} in {storage} was made with another space (it differs in "
+                          f"{', '.join(differ)}); use --study NEW (or another --out) for this one")
+    return study, retry
+
+
+def _count(study, states) -> int:
+    return sum(t.state.name in states for t in study.get_trials(deepcopy=False))
+
+
+def wait_for_stale(optuna, sw: Sweep, heartbeat_s: int, say) -> None:
+    """A rerun after a kill: RUNNING trials may be the dead sweep's; after one grace period without a
+    heartbeat Optuna fails them and the retry callback queues them again (live sweeps keep beating)."""
+    running = [t.number for t in sw.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    if not running:
+        return
+    wait = 3 * heartbeat_s + heartbeat_s
+    say(f"trials {running} are RUNNING: waiting {wait} s for Optuna's heartbeat to tell a live sweep's "
+        f"from a killed one's (a killed one's is resumed here, in its run dir)")
+    time.sleep(wait)
+    optuna.storages.fail_stale_trials(sw.study)
+
+
+def objective(sw: Sweep, trial) -> float:
+    """One trial: its values, its run dir (the original trial's for a retry), `align train`, watched."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    sw.running = trial.number
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    first = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)      # a retry: the original's number
+    number = trial.number if first is None else first
+    values = {p.key: p.suggest(trial) for p in sw.params}
+    run_dir = os.path.abspath(os.path.join(sw.out, f"trial-{number:04d}"))
+    trial.set_user_attr("run_dir", run_dir)
+    trial.set_user_attr("host", socket.gethostname())
+    proc = trials.start(trials.train_command(sw.recipe_path, sw.overrides, values, run_dir), run_dir)
+    try:
+        rc, pruned = trials.watch(proc, trial, run_dir, sw.metric, sw.poll_s)
+    except BaseException:          # Ctrl-C, SIGTERM, a storage error: the run checkpoints before we go
+        trials.stop(proc)
+        raise
+    if pruned:
+        raise optuna.TrialPruned(f"at step {pruned[0]}: {sw.metric}={pruned[1]:.4f}")
+    try:
+        return trials.outcome(rc, run_dir, sw.metric)
+    except trials.TrialFailed as e:
+        trial.set_user_attr("error", str(e))
+        if isinstance(e, trials.TrialStopped):
+            sw.stopped.add(trial.number)
+        raise
+
+
+def progress_line(sw: Sweep, study, t) -> str:
+    """One line per finished trial: number, state, value, params, run dir, best so far."""
+    params = " ".join(f"{k}={report.fmt(v)}" for k, v in t.params.items())
+    if t.state.name == "COMPLETE":
+        what = f"{sw.metric}={t.value:.4f}"
+    elif t.state.name == "PRUNED" and t.intermediate_values:
+        step = max(t.intermediate_values)
+        what = f"pruned at step {step}, {sw.metric}={t.intermediate_values[step]:.4f}"
+    else:
+        what = t.user_attrs.get("error", "failed")
+    try:
+        best = f"best so far: trial {study.best_trial.number} ({study.best_value:.4f})"
+    except ValueError:
+        best = "no finished trial yet"
+    done = _count(study, FINISHED)
+    return (f"[{time.time() - sw.t_start:6.0f}s] trial {t.number} {t.state.name.lower()}: {what}  {params}  "
+            f"-> {t.user_attrs.get('run_dir', '?')}  ({done} finished; {best})")
+
+
+def _after_trial(sw: Sweep, say):
+    """Optuna callback after each trial: the progress line, a stopped trial queued again, failures counted."""
+    def callback(study, t):
+        if t.state.name == "FAIL" and t.number in sw.stopped:
+            sw.retry(study, t)
+        say(progress_line(sw, study, t))
+        sw.fails_in_row = sw.fails_in_row + 1 if t.state.name == "FAIL" else 0
+    return callback
+
+
+def run_loop(optuna, sw: Sweep, n_trials: int, say) -> None:
+    """Trials until the study has n_trials finished ones and no queued retry; one trial per optimize() call,
+    so that Optuna's own stale check (fail_stale_trials) runs before each. Ctrl-C / SIGTERM: the running
+    trial's run checkpoints, the trial is failed and queued again (the same callback as a stale one)."""
+    callback = _after_trial(sw, say)
+    while True:
+        optuna.storages.fail_stale_trials(sw.study)
+        if _count(sw.study, FINISHED) >= n_trials and not _count(sw.study, ("WAITING",)):
+            return
+        if sw.fails_in_row >= MAX_FAILS_IN_ROW:
+            raise AlignError(f"{sw.fails_in_row} trials in a row failed; the last: "
+                             f"{sw.study.trials[-1].user_attrs.get('error', '?')}")
+        try:
+            sw.study.optimize(lambda t: objective(sw, t), n_trials=1, catch=(trials.TrialFailed,),
+                              callbacks=[callback])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # this trial's heartbeat came late and another sweep failed (and re-queued) it meanwhile: the run
+            # dir keeps what this one trained; the retry resumes from it or is refused by the run dir's lock
+            say(f"trial {sw.running}: another sweep marked it failed while it ran here (a late heartbeat; "
+                f"--heartbeat sets the interval); its retry goes on from its run dir")
+        except KeyboardInterrupt as e:
+            how = "SIGTERM" if isinstance(e, SweepStopped) else "Ctrl-C"
+            t = next((t for t in sw.study.get_trials(deepcopy=False) if t.number == sw.running), None)
+            if t is None or t.state.name != "FAIL":
+                raise SweepStopped(f"sweep interrupted ({how}) between trials; rerun the same command to go "
+                                   f"on") from None
+            sw.retry(sw.study, t)
+            raise SweepStopped(f"trial {t.number} interrupted ({how}); its run checkpointed and it is queued again: "
+                               f"rerun the same command to resume it in {t.user_attrs.get('run_dir', '?')}") from None
+
+
+def _raise_stopped(signum, frame):
+    raise SweepStopped("SIGTERM")
+
+
+def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = None, study: Optional[str] = None,
+              out: Optional[str] = None, overrides: Optional[List[str]] = None, pruner: str = "median",
+              prune_after: int = 2, heartbeat_s: int = 10, poll_s: float = 0.5, say=None) -> dict:
+    """The sweep (module docstring); returns {"best_run_dir", "best_value", "rows", "files"}."""
+    say = say or (lambda line: print(line, flush=True))
+    optuna = _optuna()
+    if n_trials < 1:
+        raise AlignError(f"--trials: must be >= 1, got {n_trials}")
+    path, data, r = load_sweep_recipe(recipe, list(overrides or []))
+    params = load_space(space, data)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out = out or os.path.join("sweeps", stem)
+    os.makedirs(out, exist_ok=True)
+    storage = storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
+    name = study or stem
+    st, retry = open_study(optuna, storage, name, heartbeat_s, pruner, prune_after, describe_space(params))
+    sw = Sweep(path, list(overrides or []), params, r.eval.best_metric, out, st, retry, poll_s,
+               t_start=time.time())
+    say(f"sweep {name!r}: {n_trials} trials of {path}, maximising {sw.metric} on data.val={r.data.val} "
+        f"(the selection groups: report the chosen run on other unseen groups); storage {storage}; runs in {out}")
+    if pruner == "median" and not r.eval.every:
+        say("eval.every=0: the runs evaluate only at their end, so there is nothing to prune on (set eval.every)")
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        wait_for_stale(optuna, sw, heartbeat_s, say)
+        run_loop(optuna, sw, n_trials, say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return summarise(sw, say)
+
+
+def summarise(sw: Sweep, say) -> dict:
+    """The table (printed, CSV, Markdown), the plot, and the best trial's run dir."""
+    rows = report.trial_rows(sw.study, sw.params)
+    try:
+        best = sw.study.best_trial
+    except ValueError:
+        best = None
+    files = report.write_tables(rows, sw.metric, sw.out)
+    plot = report.write_plot(rows, sw.params, sw.metric, os.path.join(sw.out, report.PLOT),
+                             best.number if best else None)
+    for line in report.table(rows, sw.metric):
+        say(line)
+    say(f"tables: {', '.join(files)}" + (f"; plot: {plot}" if plot else ""))
+    if best is None:
+        say("no trial finished: no best run")
+        return {"best_run_dir": None, "best_value": None, "rows": rows, "files": files + [plot]}
+    run_dir = best.user_attrs.get("run_dir")     # none for a trial added to the study by hand (study.add_trial)
+    say(f"best: trial {best.number}, {sw.metric}={best.value:.4f}, "
+        f"{' '.join(f'{k}={report.fmt(v)}' for k, v in best.params.items())}")
+    say(f"best run: {run_dir}   (align export {run_dir} --out EXPORT_DIR)" if run_dir else
+        "best run: none (the best trial was added to the study without a run dir)")
+    return {"best_run_dir": run_dir, "best_value": best.value, "rows": rows, "files": files + [plot]}

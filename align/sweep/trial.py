@@ -1,0 +1,159 @@
+"""One trial: a normal run directory, trained by `align train` in a child process and watched from outside.
+
+The training loop has no callbacks, and the sweep adds none: it starts
+
+    python -m align.cli train RECIPE [overrides] KEY=VALUE... output_dir=DIR/trial-NNNN resume=auto --no-progress
+
+with stdout and stderr appended to DIR/trial-NNNN/train.log, reads RUN/eval.jsonl as rows appear (one per
+eval.every steps, and the final eval), and reports eval.best_metric from each row to Optuna as an
+intermediate value at its step. To prune, it sends SIGTERM: align's preemption (align.train.guard) stops
+at the next step boundary, writes a checkpoint and exits 75 (EX_TEMPFAIL). The finished run's value is
+summary.json's final metric, i.e. the model that `align.load(RUN)` and `align export RUN` take.
+
+The child runs in its own session, so a Ctrl-C at the terminal reaches the sweep only (which then stops
+the child with SIGTERM, so that it checkpoints); on Linux the child also gets SIGTERM when the sweep dies
+in any way, SIGKILL included (prctl PR_SET_PDEATHSIG), so no orphan keeps the run dir's lock and a rerun
+of the sweep resumes the trial from that checkpoint (`resume=auto`).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+from align.errors import AlignError
+from align.sweep.space import override
+from align.train import rundir
+
+PREEMPTED_EXIT = 75        # align.train.guard.PREEMPTED_EXIT (tests/sweep checks they agree)
+LOG = "train.log"          # the child's stdout and stderr, in the run dir
+
+
+class TrialFailed(AlignError):
+    """The trial's `align train` ended with an error, or gave no value: the trial is FAIL, the sweep goes on."""
+
+
+class TrialStopped(TrialFailed):
+    """The trial's `align train` was stopped from outside (exit 75, its checkpoint written): worth a retry."""
+
+
+def train_command(recipe_path: str, overrides: List[str], values: Dict[str, object], run_dir: str) -> List[str]:
+    """The `align train` command of a trial: the user's overrides, then the trial's values, then its run dir."""
+    return [sys.executable, "-m", "align.cli", "train", recipe_path, *overrides,
+            *(override(k, v) for k, v in values.items()), f"output_dir={run_dir}", "resume=auto", "--no-progress"]
+
+
+def _die_with_parent():
+    """preexec_fn (Linux): SIGTERM to the child when its parent, the sweep, dies. Resolved before the fork,
+    so the child only makes one libc call between fork and exec."""
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def preexec():
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return preexec
+
+
+def start(cmd: List[str], run_dir: str) -> subprocess.Popen:
+    """Starts the trial's training; its output goes to RUN/train.log (appended: a resumed trial keeps both)."""
+    os.makedirs(run_dir, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(os.path.join(run_dir, LOG), "ab") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True,
+                                preexec_fn=_die_with_parent() if sys.platform.startswith("linux") else None)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 600.0) -> int:
+    """SIGTERM (align writes a checkpoint at the next step boundary and exits 75); SIGKILL after grace_s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def eval_rows(run_dir: str, metric: str) -> List[Tuple[int, float]]:
+    """(step, value of `metric`) of every complete row of RUN/eval.jsonl, first row per step kept (a resumed
+    run evaluates a step again that the killed one had already evaluated)."""
+    path = os.path.join(run_dir, rundir.EVAL)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    out: Dict[int, float] = {}
+    for line in text.split("\n")[:-1]:           # the last piece is "" or a row still being written
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if metric in row and isinstance(row.get("step"), int):
+            out.setdefault(row["step"], float(row[metric]))
+    return sorted(out.items())
+
+
+def watch(proc: subprocess.Popen, trial, run_dir: str, metric: str,
+          poll_s: float = 0.5) -> Tuple[int, Optional[Tuple[int, float]]]:
+    """Reports each new eval row to the optuna `trial` while `proc` trains; stops the run (stop()) as soon as
+    the pruner says so. -> (exit status, (step, value) it was pruned at, or None)."""
+    reported = set()
+    while True:
+        rc = proc.poll()
+        for step, value in eval_rows(run_dir, metric):
+            if step in reported:
+                continue
+            reported.add(step)
+            trial.report(value, step)
+            if rc is None and trial.should_prune():
+                rc = stop(proc)
+                if rc == 0:                      # it finished while being stopped: a complete run
+                    return rc, None
+                return rc, (step, value)
+        if rc is not None:
+            return rc, None
+        time.sleep(poll_s)
+
+
+def final_value(run_dir: str, metric: str) -> float:
+    """The finished run's value: summary.json's final eval (else eval.jsonl's last row)."""
+    try:
+        with open(os.path.join(run_dir, rundir.SUMMARY)) as f:
+            value = json.load(f).get("metrics", {}).get(metric)
+    except (OSError, ValueError):
+        value = None
+    if value is None:
+        rows = eval_rows(run_dir, metric)
+        value = rows[-1][1] if rows else None
+    if value is None:
+        raise TrialFailed(f"{run_dir}: the run finished without {metric} (neither summary.json nor eval.jsonl "
+                          f"has it)")
+    return float(value)
+
+
+def last_line(run_dir: str) -> str:
+    """The last non-empty line of the trial's train.log (its one-line error, when align train failed)."""
+    try:
+        with open(os.path.join(run_dir, LOG), "rb") as f:
+            f.seek(max(0, os.path.getsize(f.name) - 4096))
+            lines = [s.strip() for s in f.read().decode(errors="replace").splitlines() if s.strip()]
+    except OSError:
+        return "(no train.log)"
+    return lines[-1] if lines else "(train.log is empty)"
+
+
+def outcome(rc: int, run_dir: str, metric: str) -> float:
+    """The value of a run that exited with `rc` (not pruned), or the TrialFailed/TrialStopped it amounts to."""
+    if rc == 0:
+        return final_value(run_dir, metric)
+    log = os.path.join(run_dir, LOG)
+    if rc == PREEMPTED_EXIT:
+        raise TrialStopped(f"align train was stopped from outside (exit 75, checkpoint written; {log})")
+    raise TrialFailed(f"align train exited with status {rc}: {last_line(run_dir)} ({log})")

@@ -1,0 +1,222 @@
+"""`align sweep` (align/sweep/study.py, trial.py, report.py): real sweeps of a tiny recipe whose trials are
+`align train` child processes; pruning by SIGTERM; a SIGKILLed sweep's trial resumed in its run dir.
+
+The recipe: tiny open_clip towers on synthetic image-text data, evaluated on a 12-item val set of 3 classes
+(zero-shot acc1 is the objective). Each trial starts a Python process (torch imports: ~5 s on a busy core)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_OPEN_CLIP
+
+optuna = pytest.importorskip("optuna")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METRIC = "image/zeroshot/acc1"
+
+
+def sweep_recipe(tmp_path, max_steps=4, every=2, checkpoint_every=0) -> str:
+    """A tiny recipe YAML with a val set (CLIP_benchmark layout) and eval.best_metric."""
+    import numpy as np
+    from tests.bench.conftest import png_bytes, write_wds
+    rng = np.random.default_rng(0)
+    samples = [(f"v{i:03d}", {"png": png_bytes(rng), "cls": str(i % 3), "txt": f"a photo number {i}"})
+               for i in range(12)]
+    val = write_wds(str(tmp_path / "val"), samples, classnames=["cat", "dog", "car"], templates=["a photo of a {c}."])
+    recipe = {"output_dir": "unused", "seed": 0,
+              "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)},
+              "data": {"train": "synthetic", "synthetic_size": 256, "num_workers": 0, "val": val},
+              "train": {"batch_size": 8, "max_steps": max_steps, "lr": 1e-3, "log_every": 2, "num_threads": 1,
+                        "checkpoint_every": checkpoint_every},
+              "eval": {"every": every, "tasks": ["zeroshot"], "best_metric": METRIC, "batch_size": 12}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def space_file(tmp_path, text="train.lr: {log_uniform: [1.0e-4, 1.0e-2]}\ntrain.warmup_steps: {int: [0, 2]}\n"):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_the_trial_exit_status_is_alignss_preemption_status():
+    from align.sweep.trial import PREEMPTED_EXIT
+    from align.train.guard import PREEMPTED_EXIT as guard
+    assert PREEMPTED_EXIT == guard
+
+
+def test_a_recipe_without_val_or_best_metric_is_refused_in_one_line(tmp_path, capsys):
+    from align.cli import main
+    recipe = sweep_recipe(tmp_path)
+    assert main(["sweep", recipe, "--space", space_file(tmp_path), "--trials", "1", "--out", str(tmp_path / "s"),
+                 "eval.best_metric=null"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "align sweep maximises eval.best_metric on data.val" in err[0] and \
+        "no eval.best_metric" in err[0]
+    assert main(["sweep", recipe, "--space", space_file(tmp_path), "--trials", "1", "--out", str(tmp_path / "s"),
+                 "data.val=null"]) == 2
+    assert "no data.val" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "s" / "trial-0000")
+
+
+def test_without_optuna_the_command_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    from align.cli import main
+    monkeypatch.setitem(sys.modules, "optuna", None)        # import optuna -> ImportError
+    assert main(["sweep", sweep_recipe(tmp_path), "--space", space_file(tmp_path), "--trials", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["align: error: align sweep needs Optuna: pip install 'align-clip[sweep]'"]
+
+
+def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(tmp_path):
+    import align
+    from align.sweep import run_sweep
+    lines = []
+    out = tmp_path / "sweep"
+    res = run_sweep(sweep_recipe(tmp_path), space_file(tmp_path), 2, out=str(out), say=lines.append, poll_s=0.2)
+    rows = res["rows"]
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for r in rows:     # each trial is a normal run dir; its value is the run's own final eval of the metric
+        run = out / f"trial-{r['trial']:04d}"
+        assert r["run_dir"] == str(run)
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["steps"] == 4 and r["value"] == summary["metrics"][METRIC]
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert cfg["train"]["lr"] == r["train.lr"] and cfg["train"]["warmup_steps"] == r["train.warmup_steps"]
+    finished = [line.split(":")[0].split("] ")[1] for line in lines if " finished; " in line]
+    assert finished == ["trial 0 complete", "trial 1 complete"]                  # one progress line per trial
+    best = max(rows, key=lambda r: r["value"])
+    assert res["best_run_dir"] == best["run_dir"] and res["best_value"] == best["value"]
+    assert any(line.startswith(f"best run: {best['run_dir']}") for line in lines)
+    csv_rows = (out / "sweep.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("trial,state,value,step,retry_of,train.lr,train.warmup_steps,run_dir")
+    assert len(csv_rows) == 3 and (out / "sweep.md").read_text().count("| COMPLETE |") == 2
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert align.load(res["best_run_dir"]).modalities      # the best trial loads (and exports) like any run
+
+
+def test_a_trial_below_the_median_is_stopped_by_sigterm_at_its_first_eval(tmp_path):
+    """A finished trial at 1.0 at every step is the median; the new trial's first eval (chance, ~0.33) is below
+    it, so the sweep stops its run there: PRUNED, the run's checkpoint written by align's preemption, long
+    before its 400 steps."""
+    from align.sweep import run_sweep
+    out = tmp_path / "sweep"
+    out.mkdir()
+    storage = f"sqlite:///{out}/study.db"
+    study = optuna.create_study(storage=storage, study_name="recipe", direction="maximize")
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    study.add_trial(optuna.create_trial(params={"train.lr": 1e-3}, distributions={"train.lr": dist}, value=1.0,
+                                        intermediate_values={s: 1.0 for s in range(2, 401, 2)}))
+    lines = []
+    res = run_sweep(sweep_recipe(tmp_path, max_steps=400), space_file(tmp_path, "train.lr: {log_uniform: "
+                    "[1.0e-4, 1.0e-2]}\n"), 2, out=str(out), prune_after=1, say=lines.append, poll_s=0.1)
+    pruned = res["rows"][1]
+    assert pruned["state"] == "PRUNED" and pruned["value"] < 1.0
+    run = out / "trial-0001"
+    log = (run / "train.log").read_text()
+    assert "preempted (SIGTERM)" in log                      # stopped by align's own preemption path
+    assert not (run / "summary.json").exists()
+    steps = [int(d.split("-")[1]) for d in os.listdir(run / "checkpoints") if d.startswith("step-")]
+    assert steps and max(steps) < 400
+    assert any(f"trial 1 pruned: pruned at step {pruned['step']}" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_rerun_resumes_its_trial_in_the_same_run_dir(tmp_path):
+    """SIGKILL the sweep mid-trial; its `align train` child gets SIGTERM (parent-death signal), checkpoints and
+    exits. The same command again: Optuna's heartbeat marks the trial stale, the retry callback queues it, and
+    it runs in trial-0000 with resume=auto, from the checkpoint (no step trained twice)."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "align.cli", "sweep", sweep_recipe(tmp_path, max_steps=1000, every=100,
+           checkpoint_every=10), "--space", space_file(tmp_path), "--trials", "1", "--out", str(out),
+           "--heartbeat", "1"]
+    first = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpts = out / "trial-0000" / "checkpoints"
+    deadline = time.time() + 120
+    while not (ckpts.is_dir() and any(d.startswith("step-") for d in os.listdir(ckpts))):
+        assert time.time() < deadline and first.poll() is None, first.communicate()[0]
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    lock_info = out / "trial-0000" / "align.lock.json"
+    deadline = time.time() + 60
+    while lock_info.exists():                                # the orphaned child checkpoints and lets go
+        assert time.time() < deadline
+        time.sleep(0.2)
+    log = (out / "trial-0000" / "train.log").read_text()
+    assert "preempted (SIGTERM)" in log
+    killed_at = max(int(d.split("-")[1]) for d in os.listdir(ckpts) if d.startswith("step-"))
+    assert killed_at < 1000
+
+    second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "trials [0] are RUNNING" in second.stdout
+    log = (out / "trial-0000" / "train.log").read_text()
+    assert f"resumed from {ckpts / f'step-{killed_at:08d}'} at step {killed_at}" in log
+    assert not (out / "trial-0001").exists()
+    steps = [json.loads(line)["step"] for line in open(out / "trial-0000" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 1000
+    study = optuna.load_study(study_name="recipe", storage=f"sqlite:///{out}/study.db")
+    t0, t1 = study.trials
+    assert t0.state.name == "FAIL" and t1.state.name == "COMPLETE"
+    assert t1.system_attrs["failed_trial"] == 0 and t1.params == t0.params
+    assert t1.user_attrs["run_dir"] == str(out / "trial-0000") and study.best_trial.number == 1
+
+
+@pytest.mark.slow
+def test_two_live_sweeps_on_one_study_train_different_run_dirs(tmp_path):
+    """The same command twice at once (one SQLite study): every trial number, so every run dir, is trained by
+    one sweep only; the second one's start-up wait does not take the first one's live trial for a dead one."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "align.cli", "sweep", sweep_recipe(tmp_path, max_steps=20, every=10),
+           "--space", space_file(tmp_path), "--trials", "4", "--out", str(out), "--heartbeat", "2"]
+    procs = [subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    ran = [[int(line.split("] trial ")[1].split()[0]) for line in o.splitlines() if " finished; " in line]
+           for o in outs]
+    assert ran[0] and ran[1] and not set(ran[0]) & set(ran[1])            # no trial ran in both
+    study = optuna.load_study(study_name="recipe", storage=f"sqlite:///{out}/study.db")
+    states = [t.state.name for t in study.trials]
+    assert "FAIL" not in states and states.count("COMPLETE") + states.count("PRUNED") >= 4
+    dirs = [t.user_attrs["run_dir"] for t in study.trials]
+    assert len(set(dirs)) == len(dirs) and all(os.path.isdir(d) for d in dirs)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_checkpoints_the_trial_and_queues_it_for_the_rerun(tmp_path):
+    """A scheduler's SIGTERM to the sweep: the trial's run checkpoints, the sweep exits 75 with one line, and the
+    rerun resumes the trial in its run dir at once (queued by the retry callback: no heartbeat wait)."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "align.cli", "sweep", sweep_recipe(tmp_path, max_steps=300, every=100,
+           checkpoint_every=10), "--space", space_file(tmp_path), "--trials", "1", "--out", str(out),
+           "--heartbeat", "30"]
+    first = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = out / "trial-0000" / "checkpoints"
+    deadline = time.time() + 120
+    while not (ckpts.is_dir() and any(d.startswith("step-") for d in os.listdir(ckpts))):
+        assert time.time() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 75
+    assert err.strip().splitlines() == [f"align: trial 0 interrupted (SIGTERM); its run checkpointed and it is "
+                                        f"queued again: rerun the same command to resume it in {out / 'trial-0000'}"]
+    stopped_at = max(int(d.split("-")[1]) for d in os.listdir(ckpts) if d.startswith("step-"))
+    t0 = time.time()
+    second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "RUNNING" not in second.stdout and time.time() - t0 < 90        # no 4 x 30 s heartbeat wait
+    assert f"at step {stopped_at}" in (out / "trial-0000" / "train.log").read_text()
+    assert "1 (retry of 0)  COMPLETE" in second.stdout and not (out / "trial-0001").exists()
