@@ -123,7 +123,11 @@ def watch(proc: subprocess.Popen, trial, run_dir: str, metric: str,
 
 
 def final_value(run_dir: str, metric: str) -> float:
-    """The finished run's value: summary.json's final eval (else eval.jsonl's last row)."""
+    """The finished run's value: that of the model `align export RUN` takes -- its best checkpoint's, when the run
+    kept one by `metric` (eval.best_metric), else summary.json's final eval (else eval.jsonl's last row)."""
+    found = rundir.best_of_run(run_dir)
+    if found is not None and found[1].get("best_metric") == metric and isinstance(found[1].get("best"), (int, float)):
+        return float(found[1]["best"])
     try:
         with open(os.path.join(run_dir, rundir.SUMMARY)) as f:
             value = json.load(f).get("metrics", {}).get(metric)

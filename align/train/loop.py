@@ -25,13 +25,12 @@ from accelerate.utils import set_seed
 
 from align.config import Recipe
 from align.errors import SourceUnavailable
-from align.train import rundir
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, carve_val_split,
-                               hold_run_dir, process_settings, resolve_auto_image_size, resolve_resume, restore_rng,
-                               resume, save, stop_if_preempted, write_config)
+                               hold_run_dir, keep_if_best, process_settings, resolve_auto_image_size, resolve_resume,
+                               restore_rng, resume, save, stop_if_preempted, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -79,9 +78,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
             if r.eval.every and r.data.val and state.step % r.eval.every == 0 and state.step < eng.total_steps:
                 res = evaluate(eng, r, state.step)
                 log.heldout(res, state.step)   # warns once when held-out falls while the train loss falls
-                metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
-                if state.improves(metric):
-                    save(eng, state, loader, r, rundir.BEST, {"best_metric": r.eval.best_metric})
+                keep_if_best(eng, state, loader, r, res)     # checkpoints/best by eval.best_metric
                 eng.model.train()
             if r.train.checkpoint_every and state.step % r.train.checkpoint_every == 0:
                 state.elapsed_s = log.elapsed()
@@ -96,6 +93,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         state.elapsed_s = log.elapsed()
         final = save(eng, state, loader, r)
         results = evaluate(eng, r, state.step) if r.data.val else {}
+        keep_if_best(eng, state, loader, r, results)         # the final model may be the best
         summary = log.summary(state, loader, final, results)
         acc.wait_for_everyone()
         return summary

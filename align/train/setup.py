@@ -74,6 +74,22 @@ def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
                     f"resume with the same command")
 
 
+def keep_if_best(eng, state, loader, r: Recipe, results: dict) -> None:
+    """After an evaluation: checkpoints/best when eval.best_metric improved. The evaluation runs on the main
+    process only, so its value is broadcast first: every rank records the same best and joins the save
+    (whose barrier would otherwise wait for ranks that never come)."""
+    if not r.eval.best_metric:
+        return
+    value = results.get(r.eval.best_metric)
+    if eng.world > 1:
+        from accelerate.utils import broadcast_object_list
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        value = box[0]
+    if state.improves(value):
+        save(eng, state, loader, r, rundir.BEST, {"best_metric": r.eval.best_metric})
+
+
 def build_accelerator(r: Recipe):
     """The Accelerator for train.precision, refusing the launches it would silently run otherwise."""
     from accelerate import Accelerator
