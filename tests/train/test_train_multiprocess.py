@@ -148,3 +148,29 @@ def test_two_machines_on_localhost_train_survive_a_kill_and_resume(ddp_ref, tmp_
     assert rc0 == 0 and rc1 == 0, out[-3000:]
     assert "resumed from" in out
     assert_same_weights(final_weights(ref), final_weights(tmp_path / "nodes"))
+
+
+@pytest.mark.slow
+def test_two_processes_carve_one_val_split_and_agree_on_the_best_checkpoint(tmp_path):
+    """data.val_split + eval.best_metric under a 2-process launch: rank 0 writes RUN/val_split once, the eval runs
+    on rank 0, and every rank joins the best checkpoint's save (the metric is broadcast): the launch finishes,
+    checkpoints/best exists with the best eval row's step, and `align export RUN` takes it."""
+    from tests.conftest import TINY_OPEN_CLIP
+    from tests.data.stream.test_val_split import _shards
+    paths, _ = _shards(tmp_path / "s", per_speaker=8)
+    metric = "text-image/retrieval/image_retrieval_recall@5"
+    base = {"seed": 0, "resume": "auto", "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)},
+            "data": {"train": paths, "num_workers": 0, "shuffle_buffer": 8, "samples_per_epoch": 64,
+                     "val_split": {"groups_from": "speaker", "groups": ["spk1", "spk5"]}},
+            "train": {"batch_size": 4, "max_steps": 12, "lr": 1e-3, "log_every": 2, "checkpoint_every": 6,
+                      "keep_last": 5, "num_threads": 1},
+            "eval": {"every": 3, "batch_size": 8, "best_metric": metric}}
+    res = launch(write_recipe(base, tmp_path, "vs"))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    run = tmp_path / "vs"
+    rows = [json.loads(x) for x in open(run / "eval.jsonl")]
+    assert [r["step"] for r in rows] == [3, 6, 9, 12]
+    best_row = max(rows, key=lambda r: (r[metric], -r["step"]))          # the first of the best values
+    state = json.load(open(run / "checkpoints" / "best" / "state.json"))
+    assert state["step"] == best_row["step"] and state["best"] == pytest.approx(best_row[metric])
+    assert (res.stdout + res.stderr).count("data.val_split: held out 16 samples of 2 groups") == 1
