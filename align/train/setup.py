@@ -374,10 +374,17 @@ class Batches:
         return [self._next() for _ in range(n)]
 
     def _next(self):
+        empty = 0                      # epochs in a row that gave this rank no batch
         while True:
             try:
                 return next(self.it)
             except StopIteration:
+                empty += 1
+                if empty >= 3:         # not a resumed epoch's empty rest: this rank reads nothing (it would spin)
+                    rank = getattr(getattr(self.loader, "dataset", None), "rank", 0)
+                    raise AlignError(f"data: rank {rank} got no batch in three epochs in "
+                                     f"a row: its share of the shards holds no usable sample (fewer shards than "
+                                     f"processes x data.num_workers, or all skipped); use more, smaller shards")
                 self.state.epoch = self.loader.epoch
                 self.it = iter(self.loader)
 

@@ -157,10 +157,10 @@ def test_two_processes_carve_one_val_split_and_agree_on_the_best_checkpoint(tmp_
     checkpoints/best exists with the best eval row's step, and `align export RUN` takes it."""
     from tests.conftest import TINY_OPEN_CLIP
     from tests.data.stream.test_val_split import _shards
-    paths, _ = _shards(tmp_path / "s", per_speaker=8)
+    _shards(tmp_path / "s", per_speaker=8)             # 2 shards: one per rank
     metric = "text-image/retrieval/image_retrieval_recall@5"
     base = {"seed": 0, "resume": "auto", "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)},
-            "data": {"train": paths, "num_workers": 0, "shuffle_buffer": 8, "samples_per_epoch": 64,
+            "data": {"train": str(tmp_path / "s"), "num_workers": 0, "shuffle_buffer": 8, "samples_per_epoch": 64,
                      "val_split": {"groups_from": "speaker", "groups": ["spk1", "spk5"]}},
             "train": {"batch_size": 4, "max_steps": 12, "lr": 1e-3, "log_every": 2, "checkpoint_every": 6,
                       "keep_last": 5, "num_threads": 1},
