@@ -6,7 +6,8 @@
   build_engine      model (init_from, tower temperature), loss, optimizer and schedule, sharded or wrapped
   resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
   build_loader      the training stream: shards through align.data.stream, or synthetic inputs
-  save              one checkpoint of the run (every rank writes its part)
+  save              one checkpoint of the run (every rank writes its part); a full disk is one line
+                    (align.train.storage)
   stop_at_data_fault  a source that stayed down or a killed data worker: a checkpoint, then one line
 """
 import contextlib
@@ -345,16 +346,22 @@ def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] 
          extra: Optional[dict] = None, data: Optional[dict] = None) -> str:
     """Checkpoint `name` (default step-N) of the run; every rank writes its part (DCP shards under fsdp, its RNG
     and data position: `data`, default the loader's), and it appears under its name only once all have
-    (align.train.checkpoint). Step checkpoints beyond train.keep_last are pruned."""
+    (align.train.checkpoint). Step checkpoints beyond train.keep_last are pruned. A full disk or an I/O error
+    removes the partial checkpoint and raises StorageError, one line naming the intact one (align.train.storage)."""
+    from align.train.storage import checkpoint_write
     acc, ckpt_dir = eng.acc, rundir.checkpoints_dir(r.output_dir)
     sd = None if eng.fsdp else acc.get_state_dict(eng.model)
     data = loader.state_dict() if data is None else data
     payload = state.to_checkpoint(data=data, scheduler=eng.scheduler.state_dict(),
                                   world_size=eng.world, global_batch=eng.global_batch,
                                   scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
-    path = save_checkpoint(ckpt_dir, name or rundir.step_name(state.step), sd, eng.optimizer, payload, rank=eng.rank,
-                           barrier=acc.wait_for_everyone, rank_state={"data": data},
-                           sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
+    # before the first checkpoint, its size is guessed as the weights plus AdamW's two moments
+    guess = 3 * sum(v.numel() * v.element_size() for v in sd.values()) if sd else None
+    ckpt = name or rundir.step_name(state.step)
+    with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
+        path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
+                               barrier=acc.wait_for_everyone, rank_state={"data": data},
+                               sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
     if name is None and acc.is_main_process:
         prune_checkpoints(ckpt_dir, r.train.keep_last)
     return path
