@@ -9,7 +9,10 @@ torch's DataLoader learns of a dead worker in two ways:
 handler and keeps its error instead of raising it; `raise_if_died()` raises it where the loop asks for data
 (align.train.setup.Batches), i.e. at a step boundary: the model and optimizer are whole, and the loader's
 position counts only the batches it handed out (align.data.stream.loader), not what the dead iterator had
-prefetched. `as_worker_death` turns torch's RuntimeError into the same one-line `DataWorkerDied`.
+prefetched. The signal may reach the process later than the death (a busy machine), so `raise_if_died`
+also runs torch's check itself (waitid without reaping: the worker stays a zombie for torch). A fetch that
+fails on a dead worker's half-sent batch (ConnectionResetError from its fd sharer) or torch's "exited
+unexpectedly" becomes the same one-line `DataWorkerDied` (`as_worker_death`).
 
 The run then writes a checkpoint at the step reached and the CLI exits with DATA_WORKER_EXIT (71, sysexits.h
 EX_OSERR); the same command (resume=auto) continues without losing or repeating a sample.
@@ -21,6 +24,7 @@ import contextlib
 import re
 import signal
 import threading
+import time
 from typing import Optional
 
 from align.errors import AlignError
@@ -68,17 +72,41 @@ def death_line(text: str) -> str:
             f"message; see `dmesg`); lower data.num_workers or data.shuffle_buffer, or give the job more memory")
 
 
+def _dead_worker(wait_s: float = 0.0) -> Optional[str]:
+    """torch's message for a dead worker of any live DataLoader iterator of this process, or None: the one its
+    SIGCHLD handler kept, else torch's own check run now (waitid(WNOWAIT): nothing is reaped), repeated for
+    up to `wait_s` (a killed worker with threads is waitable only once its last thread has exited)."""
+    from torch.utils.data._utils import signal_handling
+    deadline = time.monotonic() + wait_s
+    while True:
+        if _pending:
+            return _pending[0]
+        try:
+            signal_handling._error_if_any_worker_fails()
+        except RuntimeError as exn:
+            if is_worker_death(exn):
+                return str(exn)
+            raise
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
 def as_worker_death(exn: BaseException) -> Optional[DataWorkerDied]:
-    """torch's worker error as DataWorkerDied (naming the signal the SIGCHLD handler saw, if any); else None."""
-    if not is_worker_death(exn):
-        return None
-    return DataWorkerDied(death_line(_pending[0] if _pending else str(exn)))
+    """A failed fetch as DataWorkerDied when a data worker is dead: torch's own error, or any other error
+    (e.g. ConnectionResetError: the dead worker's batch was in the queue, its shared memory fd was not) while
+    a worker is dead; else None (the error is not a worker's death)."""
+    if isinstance(exn, AlignError):
+        return None                  # the loader's own errors (a bad source, too many skipped samples)
+    text = _dead_worker(0.0 if is_worker_death(exn) else 5.0) or (str(exn) if is_worker_death(exn) else None)
+    return DataWorkerDied(death_line(text)) if text else None
 
 
 def raise_if_died() -> None:
-    """At a step boundary: a worker death that torch's SIGCHLD handler saw, as DataWorkerDied."""
-    if _pending:
-        raise DataWorkerDied(death_line(_pending[0]))
+    """At a step boundary: a dead data worker (torch's SIGCHLD handler saw it, or its check sees it now)."""
+    text = _dead_worker()
+    if text:
+        raise DataWorkerDied(death_line(text))
 
 
 @contextlib.contextmanager

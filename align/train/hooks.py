@@ -47,17 +47,23 @@ def _children(pid: int) -> list:
 
 
 def _dead(pid: int) -> bool:
+    """Waitable (every thread exited), not reaped: what torch's worker check and SIGCHLD see."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")    # a zombie: exited, not yet reaped
-    except FileNotFoundError:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
         return True
+
+
+def _started(pid: int) -> int:
+    """A process's start time (clock ticks since boot): pids wrap around, start times do not."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
 
 
 def kill_data_worker() -> int:
     """SIGKILL this process's oldest child (the first data worker of the current epoch) and wait until it
-    has died, so that its SIGCHLD has been sent before the next step; -> its pid."""
-    kids = _children(os.getpid())
+    has died (waitable: torch's check sees it at the next step); -> its pid."""
+    kids = sorted(_children(os.getpid()), key=_started)
     if not kids:
         raise RuntimeError(f"{KILL_DATA_WORKER_AT_STEP}: this process has no data worker (data.num_workers=0?)")
     os.kill(kids[0], signal.SIGKILL)

@@ -311,8 +311,8 @@ class Batches:
             except StopIteration:
                 self.state.epoch = self.loader.epoch
                 self.it = iter(self.loader)
-            except RuntimeError as exn:    # torch: "DataLoader worker (pid N) exited unexpectedly"
-                died = as_worker_death(exn)
+            except Exception as exn:       # torch: "DataLoader worker (pid N) exited unexpectedly", or a dead
+                died = as_worker_death(exn)  # worker's half-sent batch (ConnectionResetError); else re-raised
                 if died is None:
                     raise
                 raise died from None

@@ -114,3 +114,38 @@ def test_a_take_that_fails_part_way_keeps_the_last_complete_steps_data_position(
         batches.take(2)                                  # the 5th batch was handed out, the 6th never came
     assert batches.loader.state_dict() == {"batches": 5}
     assert batches.position() == {"batches": 4}          # what a checkpoint at step 2 records
+
+
+class _HalfSentLoader(_DyingLoader):
+    """Dies as a fetch does when the dead worker's batch was in the queue but its shared-memory fd never came."""
+
+    worker_dead = False
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.handed == self.die_after:
+                type(self).worker_dead = True            # killed while the step was fetching its batches
+                raise ConnectionResetError(104, "Connection reset by peer")
+            yield batch
+
+
+def test_a_fetch_that_fails_while_a_worker_is_dead_is_that_death_and_other_errors_pass(monkeypatch):
+    from torch.utils.data._utils import signal_handling
+
+    def check():                                         # torch's check (waitid), finding the SIGKILLed worker
+        if _HalfSentLoader.worker_dead:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+    monkeypatch.setattr(signal_handling, "_error_if_any_worker_fails", check)
+    monkeypatch.setattr(_HalfSentLoader, "worker_dead", False)
+    batches = Batches(_HalfSentLoader(die_after=4), TrainState())
+    assert len(batches.take(2)) == 2
+    with pytest.raises(DataWorkerDied, match=r"pid 4242\) was killed by SIGKILL"):
+        batches.take(2)                                  # its 2nd fetch failed, not the check before it
+    assert batches.position() == {"batches": 2}         # the step that got one of its two batches: not counted
+    with pytest.raises(DataWorkerDied, match="SIGKILL"):  # and at the next step boundary, before any fetch
+        batches.take(1)
+
+    monkeypatch.setattr(_HalfSentLoader, "worker_dead", False)
+    monkeypatch.setattr(signal_handling, "_error_if_any_worker_fails", lambda: None)
+    with pytest.raises(ConnectionResetError):            # no worker is dead: not ours to rename
+        Batches(_HalfSentLoader(die_after=1), TrainState()).take(1)
