@@ -12,6 +12,9 @@
 User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.  A remote data
 source that stayed unreachable for data.retry_budget_s ends `align train` with a checkpoint, one line
 `align: source unavailable: URL: ...` and status 75 (EX_TEMPFAIL: rerun the same command to resume).
+A killed data worker ends it with a checkpoint, one line naming the signal and the likely cause, and status 71
+(EX_OSERR); a full disk (or an I/O error) while writing a checkpoint, a metrics line or an export, with one line
+naming the path, the space needed and free and the intact checkpoint, and status 74 (EX_IOERR).
 Every option has a help line; `HelpFormatter` adds its default, so the two cannot disagree
 (tests/test_cli.py fails on an option without help).
 """
@@ -422,7 +425,7 @@ def main(argv=None) -> int:
         return EXIT_SOURCE_UNAVAILABLE
     except AlignError as e:
         print(f"align: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)   # 74: a full disk (align.train.storage); 71: a data worker killed
     except KeyboardInterrupt:
         print("align: interrupted", file=sys.stderr)
         return 130

@@ -60,7 +60,7 @@ ALLOWED = {
     "cli": set(GROUPS),
 }
 # what an app group may import from another app group: the run's checkpoints and files, the val-set
-# evaluation, the model loader, the recipe, the training entry point, and the benchmark runners
+# evaluation, the model loader, the recipe, the training entry point, the full-disk line, and the benchmark runners
 APP_SHARED = {
     "align.api",                        # align.api.load: an align run, checkpoint or export
     "align.config",                     # the recipe
@@ -69,6 +69,7 @@ APP_SHARED = {
     "align.train.rundir",               # the names of a run dir's files
     "align.train.evaluate",             # val-set evaluation and its metric names
     "align.train.init_from",            # starting weights (also WiSE-FT's, in align.export)
+    "align.train.storage",              # a full disk as one line (checkpoints, metrics, align.export's files)
     "align.bench",                      # the BENCHMARKS registry of runners
     "align.bench.models",               # the model factory (align.load, align bench --model)
     "align.bench.datasets",             # eval sets for the runners

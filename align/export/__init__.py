@@ -19,7 +19,8 @@ align (and ONNX) form and named in `notes`, the card and the CLI summary.
 Each format is checked at export time: open_clip reloads the folder and must
 reproduce align's embeddings within 1e-5 (and the same tokens); onnxruntime must
 match PyTorch within 1e-4 at batch 3 and 1. The export is built in a temporary
-sibling folder and renamed into place only when every check passed.
+sibling folder and renamed into place only when every check passed; a full disk removes it and
+raises StorageError, one line with the space needed and free (align.train.storage).
 Modules: open_clip_format (open_clip's folder layout), onnx_format (one ONNX file per tower),
 model_card (the README.md of every export), wise_ft (WiSE-FT interpolation); this file: `export`.
 """
@@ -31,6 +32,7 @@ import tempfile
 from typing import List, Optional
 
 from align.errors import AlignError
+from align.train.storage import StorageError, is_storage_error, storage_line
 
 FORMATS = ("open_clip", "onnx", "all")
 AUDIO_NOTE = "audio tower not representable in open_clip format; exported in align/ONNX form"
@@ -198,10 +200,19 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
             f.write(card)
         result["files"] = _list_files(tmp)
         _finalize(tmp, dst)
-    except BaseException:
+    except BaseException as exn:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exn, Exception) and is_storage_error(exn):   # a full disk: one line, nothing left behind
+            raise StorageError(storage_line(exn, dst, _export_bytes(model, fmt), None,
+                                            kept=f"nothing was written to {dst}")) from None
         raise
     return result
+
+
+def _export_bytes(model, fmt: str) -> int:
+    """About what an export needs: the weights once per weight file (align, open_clip, ONNX)."""
+    weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    return weights * {"open_clip": 2, "onnx": 2, "all": 3}[fmt]
 
 
 def summary_lines(result: dict) -> List[str]:

@@ -10,6 +10,7 @@
   manifest    every checkpoint file's size and sha256, written last; verify() names a damaged file
   guard       preemption signals (SIGTERM/SIGUSR1) as an agreed flag; the per-rank progress watchdog
   storage     a full disk as one line; metrics rows past a resumed checkpoint dropped
+  dataworkers a killed data worker (OOM killer, decoder crash): held to a step boundary, one line, exit 71
   hooks       fault injection for the tests (environment variables; inert otherwise)
   optim       AdamW parameter groups, per-tower lr, layer decay, warmup-cosine schedule
   elastic     the lr schedule by samples seen when the global batch changes on resume

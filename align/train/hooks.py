@@ -4,6 +4,8 @@
     ALIGN_TEST_SIGKILL_RANK=R       ... only on rank R (default: every rank)
     ALIGN_TEST_KILL_STAMP=FILE      ... after writing the time of death to FILE (the bounded-exit tests)
     ALIGN_TEST_SIGKILL_IN_SAVE=NAME a rank > 0 dies while writing checkpoint NAME, its part written
+    ALIGN_TEST_KILL_DATA_WORKER_AT_STEP=N  SIGKILL one of this process's data workers right after step N (as
+                                    the OOM killer does) and wait until it is dead
     ALIGN_TEST_RECORD_KEYS=PREFIX   each rank appends the sample keys of every step to PREFIX.rankR.jsonl
                                     (the no-sample-lost-or-repeated tests)
 
@@ -22,6 +24,7 @@ KILL_STAMP = "ALIGN_TEST_KILL_STAMP"
 SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
 RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
 SIGTERM_AT_STEP = "ALIGN_TEST_SIGTERM_AT_STEP"     # a scheduler's SIGTERM, arriving during that step
+KILL_DATA_WORKER_AT_STEP = "ALIGN_TEST_KILL_DATA_WORKER_AT_STEP"
 
 
 def _die() -> None:
@@ -34,6 +37,42 @@ def kill_in_save(name: str, rank: int) -> None:
         _die()
 
 
+def _children(pid: int) -> list:
+    """The child processes of `pid` (its DataLoader workers in a training process), from /proc."""
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            kids += [int(x) for x in f.read().split()]
+    return sorted(kids)
+
+
+def _dead(pid: int) -> bool:
+    """Waitable (every thread exited), not reaped: what torch's worker check and SIGCHLD see."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _started(pid: int) -> int:
+    """A process's start time (clock ticks since boot): pids wrap around, start times do not."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def kill_data_worker() -> int:
+    """SIGKILL this process's oldest child (the first data worker of the current epoch) and wait until it
+    has died (waitable: torch's check sees it at the next step); -> its pid."""
+    kids = sorted(_children(os.getpid()), key=_started)
+    if not kids:
+        raise RuntimeError(f"{KILL_DATA_WORKER_AT_STEP}: this process has no data worker (data.num_workers=0?)")
+    os.kill(kids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _dead(kids[0]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return kids[0]
+
+
 class TestHooks:
     """The loop's hooks for one rank (read from the environment once, at the start of a run)."""
 
@@ -43,6 +82,7 @@ class TestHooks:
         self.rank = rank
         self.kill_at = int(os.environ.get(SIGKILL_AT_STEP, "0"))
         self.term_at = int(os.environ.get(SIGTERM_AT_STEP, "0"))
+        self.kill_worker_at = int(os.environ.get(KILL_DATA_WORKER_AT_STEP, "0"))
         self.kill_rank = os.environ.get(SIGKILL_RANK, str(rank))
         prefix = os.environ.get(RECORD_KEYS)
         self.keys_f = open(f"{prefix}.rank{rank}.jsonl", "a") if prefix else None
@@ -56,6 +96,8 @@ class TestHooks:
 
     def after_step(self, step: int) -> None:
         """Called once step `step` is complete (logged, evaluated, checkpointed)."""
+        if self.kill_worker_at and step == self.kill_worker_at and self.kill_rank == str(self.rank):
+            kill_data_worker()
         if self.term_at and step == self.term_at and self.kill_rank == str(self.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         if self.kill_at and step == self.kill_at and self.kill_rank == str(self.rank):

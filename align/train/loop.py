@@ -14,6 +14,8 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
                 backward, clip, optimizer and schedule, clamp temperature
                 -> count it -> unlock due towers -> log -> eval (best) -> checkpoint   state, metrics, setup.save
                 -> test hooks -> preempted? checkpoint and stop (exit 75)              hooks, guard
+                (a source down, a data worker killed: checkpoint and stop, one line   setup.stop_at_data_fault
+                 a full disk: the partial checkpoint removed, one line                 storage)
   5. the end    final checkpoint, eval, summary                                        metrics.RunLogger
 
 "step" is the number of optimizer steps taken (TrainState.step): a step whose loss is NaN/Inf updates no
@@ -25,12 +27,13 @@ from accelerate.utils import set_seed
 
 from align.config import Recipe
 from align.errors import SourceUnavailable
+from align.train.dataworkers import DataWorkerDied
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, carve_val_split,
                                hold_run_dir, keep_if_best, process_settings, resolve_auto_image_size, resolve_resume,
-                               restore_rng, resume, save, stop_if_preempted, write_config)
+                               restore_rng, resume, save, stop_at_data_fault, stop_if_preempted, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -63,10 +66,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
             t0 = time.perf_counter()
             try:
                 micro = batches.take(r.train.accum_steps)
-            except SourceUnavailable as exn:   # a remote source stayed down for data.retry_budget_s: keep the work
-                state.elapsed_s = log.elapsed()
-                ckpt = save(eng, state, loader, r)
-                raise SourceUnavailable(f"{exn}; saved {ckpt} at step {state.step}, rerun to resume") from None
+            except (SourceUnavailable, DataWorkerDied) as exn:   # a source down for data.retry_budget_s, a
+                stop_at_data_fault(eng, state, batches, r, log, exn)  # killed data worker: checkpoint, one line
             log.waited(time.perf_counter() - t0, state)
             hooks.record_keys(state.step, state.epoch, micro)
             res = train_step(eng, micro, r.train.grad_clip)

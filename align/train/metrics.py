@@ -17,6 +17,7 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.train import rundir
 from align.train.state import TrainState
+from align.train.storage import append_line
 from align.train.step import StepResult
 
 
@@ -49,7 +50,8 @@ class RunLogger:
             # checkpoint: drop them, so metrics.jsonl never holds a step twice
             truncate_metrics(self.path, state.step)
             truncate_metrics(os.path.join(r.output_dir, rundir.EVAL), state.step)
-        self.f = open(self.path, "a") if self.is_main else None
+        # unbuffered: a full disk fails the write of that row, which append_line then cuts back whole
+        self.f = open(self.path, "ab", buffering=0) if self.is_main else None
         # a bar on a terminal; one plain line every 30 s in a log file (align.progress)
         self.bar = progress_bar(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
                                 unit="step", desc="train", dynamic_ncols=True)
@@ -65,9 +67,8 @@ class RunLogger:
         self.t_window, self.wait_window, self.n_window = time.perf_counter(), 0.0, 0
 
     def _write(self, row: dict) -> None:
-        if self.is_main:
-            self.f.write(json.dumps(row) + "\n")
-            self.f.flush()
+        if self.is_main:     # a full disk: one line naming the intact checkpoint (align.train.storage)
+            append_line(self.f, self.path, json.dumps(row) + "\n", rundir.checkpoints_dir(self.r.output_dir))
 
     def elapsed(self) -> float:
         """Training wall time of the run, resumed parts included."""

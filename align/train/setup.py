@@ -1,11 +1,14 @@
 """Everything the training loop needs before its first step, and the checkpoint it leaves after one.
 
-  process_settings  torch's thread count and determinism flags for the run, restored when it ends
+  process_settings  torch's thread count and determinism flags for the run, restored when it ends; a data
+                    worker's death held for the next step boundary (align.train.dataworkers)
   build_accelerator Accelerate (DDP / one process; FSDP through train.sharding), with the trackers
   build_engine      model (init_from, tower temperature), loss, optimizer and schedule, sharded or wrapped
   resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
   build_loader      the training stream: shards through align.data.stream, or synthetic inputs
-  save              one checkpoint of the run (every rank writes its part)
+  save              one checkpoint of the run (every rank writes its part); a full disk is one line
+                    (align.train.storage)
+  stop_at_data_fault  a source that stayed down or a killed data worker: a checkpoint, then one line
 """
 import contextlib
 import os
@@ -26,7 +29,9 @@ from align.train.step import Objective
 @contextlib.contextmanager
 def process_settings(tc):
     """train.num_threads and train.deterministic for the run; torch's previous values come back when it ends,
-    normally or by an exception (they are process-wide: a notebook or test that trains must not keep them)."""
+    normally or by an exception (they are process-wide: a notebook or test that trains must not keep them).
+    Also for the run: a DataLoader worker's death waits for the next step boundary (align.train.dataworkers)."""
+    from align.train.dataworkers import deferred_worker_errors
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
     try:
@@ -37,7 +42,8 @@ def process_settings(tc):
             # there. Filling fresh memory is never needed for that and costs ~25% of a small CPU step.
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.utils.deterministic.fill_uninitialized_memory = False
-        yield
+        with deferred_worker_errors():
+            yield
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
@@ -363,18 +369,39 @@ class Batches:
     The loader moves on to its next epoch by itself when one runs out. After an elastic resume from ranks
     in different epochs, that may be the rest of an older epoch than the checkpoint's
     (align.data.stream.resume), so the epoch is read from the loader, never counted here.
+
+    A take that fails (a source down, a data worker killed: align.train.dataworkers) leaves `position()` at
+    the data position of the last complete step, also when some of the step's micro-batches were handed out.
     """
 
     def __init__(self, loader, state: TrainState):
         self.loader, self.state = loader, state
         state.epoch = loader.epoch     # this rank's own epoch (ranks of a checkpoint may be in different ones)
         self.it = iter(loader)     # made now: its seed draw comes before the RNG restore of a resume
+        self._before = None        # the position before a take that failed part-way
 
     def take(self, n: int) -> list:
-        return [self._next() for _ in range(n)]
+        from align.train.dataworkers import raise_if_died
+        raise_if_died()            # a worker died during the last step: stop here, between steps
+        self._before = self.loader.state_dict() if n > 1 else None
+        got = []
+        try:
+            for _ in range(n):
+                got.append(self._next())
+        except BaseException:
+            if not got:
+                self._before = None        # nothing of this step was handed out: the loader's own position
+            raise
+        self._before = None
+        return got
+
+    def position(self):
+        """The data position after the last complete step (what a checkpoint written now must record)."""
+        return self._before if self._before is not None else self.loader.state_dict()
 
     def _next(self):
         empty = 0                      # epochs in a row that gave this rank no batch
+        from align.train.dataworkers import as_worker_death
         while True:
             try:
                 return next(self.it)
@@ -387,6 +414,26 @@ class Batches:
                                      f"processes x data.num_workers, or all skipped); use more, smaller shards")
                 self.state.epoch = self.loader.epoch
                 self.it = iter(self.loader)
+            except Exception as exn:       # torch: "DataLoader worker (pid N) exited unexpectedly", or a dead
+                died = as_worker_death(exn)  # worker's half-sent batch (ConnectionResetError); else re-raised
+                if died is None:
+                    raise
+                raise died from None
+
+
+def stop_at_data_fault(eng, state, batches: Batches, r: Recipe, log, exn) -> None:
+    """The data stopped between steps (SourceUnavailable: a remote source stayed down; DataWorkerDied: a data
+    worker was killed): write a checkpoint at this step, its data position the last complete step's, and
+    raise the same error as one line naming it. A multi-process launch writes none for a dead worker (the
+    other ranks are mid-step, in a collective): resume=auto continues from the last periodic checkpoint."""
+    from align.train.dataworkers import DataWorkerDied
+    log.close_bar()
+    if isinstance(exn, DataWorkerDied) and eng.world > 1:
+        raise DataWorkerDied(f"{exn} (rank {eng.rank}; no checkpoint written in a multi-process launch: "
+                             f"resume=auto continues from the last one)") from None
+    state.elapsed_s = log.elapsed()
+    ckpt = save(eng, state, batches.loader, r, data=batches.position())
+    raise type(exn)(f"{exn}; saved {ckpt} at step {state.step}, rerun the same command to resume") from None
 
 
 def write_config(r: Recipe, is_main: bool) -> None:
@@ -399,18 +446,25 @@ def write_config(r: Recipe, is_main: bool) -> None:
 
 
 def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] = None,
-         extra: Optional[dict] = None) -> str:
+         extra: Optional[dict] = None, data: Optional[dict] = None) -> str:
     """Checkpoint `name` (default step-N) of the run; every rank writes its part (DCP shards under fsdp, its RNG
-    and data position), and it appears under its name only once all have (align.train.checkpoint). Step
-    checkpoints beyond train.keep_last are pruned."""
+    and data position: `data`, default the loader's), and it appears under its name only once all have
+    (align.train.checkpoint). Step checkpoints beyond train.keep_last are pruned. A full disk or an I/O error
+    removes the partial checkpoint and raises StorageError, one line naming the intact one (align.train.storage)."""
+    from align.train.storage import checkpoint_write
     acc, ckpt_dir = eng.acc, rundir.checkpoints_dir(r.output_dir)
     sd = None if eng.fsdp else acc.get_state_dict(eng.model)
-    payload = state.to_checkpoint(data=loader.state_dict(), scheduler=eng.scheduler.state_dict(),
+    data = loader.state_dict() if data is None else data
+    payload = state.to_checkpoint(data=data, scheduler=eng.scheduler.state_dict(),
                                   world_size=eng.world, global_batch=eng.global_batch,
                                   scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
-    path = save_checkpoint(ckpt_dir, name or rundir.step_name(state.step), sd, eng.optimizer, payload, rank=eng.rank,
-                           barrier=acc.wait_for_everyone, rank_state={"data": loader.state_dict()},
-                           sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
+    # before the first checkpoint, its size is guessed as the weights plus AdamW's two moments
+    guess = 3 * sum(v.numel() * v.element_size() for v in sd.values()) if sd else None
+    ckpt = name or rundir.step_name(state.step)
+    with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
+        path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
+                               barrier=acc.wait_for_everyone, rank_state={"data": data},
+                               sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
     if name is None and acc.is_main_process:
         prune_checkpoints(ckpt_dir, r.train.keep_last)
     return path

@@ -1,10 +1,14 @@
 """A full or failing disk as one clear line, and a metrics log that never holds a step twice.
 
-    need = estimate_checkpoint_bytes(ckpt_dir)           # the newest checkpoint's size, else None
-    warn_if_tight(out_dir, need)                          # one warning when the next one will not fit
-    try: save(...)
-    except Exception as exn:
-        if is_storage_error(exn): raise StorageError(storage_line(exn, path, need, intact))
+    with checkpoint_write(ckpt_dir, name, is_main, fallback_need):   # align.train.setup.save
+        save_checkpoint(...)
+      - before: warn_if_tight with the newest checkpoint's size (one warning when the next will not fit);
+      - on ENOSPC/EIO/EDQUOT/EROFS (also wrapped by safetensors or torch): the .tmp dir removed, and
+        StorageError(storage_line(...)): the path, the space needed and free, the intact checkpoint.
+    guard_write(path, need, intact) does the same for any other write (an export);
+    append_line(f, path, line, ckpt_dir) appends a metrics line, cut back to the last whole line on failure.
+
+StorageError carries exit_code STORAGE_EXIT (74, sysexits.h EX_IOERR), which the CLI returns.
 
 `truncate_metrics(path, step)` drops the metrics rows past the checkpoint a resume starts from, so a
 run that failed after its last checkpoint and was resumed does not log those steps twice.
@@ -17,11 +21,15 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager, suppress
 from typing import Optional
 
 from align.errors import AlignError
+from align.train.rundir import list_checkpoints, tmp_name
 
 log = logging.getLogger("align.train")
+
+STORAGE_EXIT = 74          # sysexits.h EX_IOERR: a write failed (full disk, I/O error); free space and rerun
 
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
 _STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system")
@@ -29,6 +37,8 @@ _STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota e
 
 class StorageError(AlignError):
     """Writing a checkpoint, a metrics line or an export failed for lack of space or an I/O error."""
+
+    exit_code = STORAGE_EXIT
 
 
 def is_storage_error(exn: BaseException) -> bool:
@@ -66,13 +76,85 @@ def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Optional[str]) -> str:
-    """The one line: what failed, where, space needed and free, and which checkpoint is intact."""
-    reason = next((w for w in _STORAGE_WORDS if w in str(exn)), None) or (
-        os.strerror(exn.errno) if isinstance(exn, OSError) and exn.errno else type(exn).__name__)
-    keep = f"the intact checkpoint is {intact}" if intact else "no intact checkpoint exists yet"
-    return (f"{path}: {reason} (needs about {_human(need)}, {_human(free_bytes(path))} free); partial files "
-            f"removed; {keep}; free space and run the same command to resume")
+def _reason(exn: BaseException) -> str:
+    """The OS's words for the failure, also when a library wrapped it (the innermost OSError's)."""
+    e = exn
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return os.strerror(e.errno)
+        word = next((w for w in _STORAGE_WORDS if w in str(e)), None)
+        if word:
+            return word
+        e = e.__cause__ or e.__context__
+    return type(exn).__name__
+
+
+def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Optional[str],
+                 kept: Optional[str] = None) -> str:
+    """The one line: what failed, where, space needed and free, and which checkpoint is intact (or `kept`:
+    what else is unharmed, e.g. an export's source)."""
+    keep = kept or (f"the intact checkpoint is {intact}" if intact else "no intact checkpoint exists yet")
+    again = "run the same command again" if kept else "run the same command to resume"
+    return (f"{path}: {_reason(exn)} (needs about {_human(need)}, {_human(free_bytes(path))} free); partial files "
+            f"removed; {keep}; free space and {again}")
+
+
+def newest_step_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """The newest complete step checkpoint (renamed into place: whole when written), or None."""
+    found = list_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def estimate_checkpoint_bytes(ckpt_dir: str) -> Optional[int]:
+    """The next checkpoint's size, guessed as the newest one's; None before the first."""
+    newest = newest_step_checkpoint(ckpt_dir)
+    return dir_bytes(newest) if newest else None
+
+
+@contextmanager
+def guard_write(path: str, need: Optional[int], intact: Optional[str], kept: Optional[str] = None,
+                partial: Optional[str] = None):
+    """Around a write to `path`: a storage failure becomes StorageError (one line); `partial` (a file or
+    folder the write leaves half-made) is removed first. Other errors pass unchanged."""
+    try:
+        yield
+    except Exception as exn:
+        if not is_storage_error(exn):
+            raise
+        if partial and os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+        elif partial and os.path.exists(partial):
+            os.remove(partial)
+        raise StorageError(storage_line(exn, path, need, intact, kept)) from None
+
+
+@contextmanager
+def checkpoint_write(ckpt_dir: str, name: str, is_main: bool, fallback_need: Optional[int] = None):
+    """Around writing checkpoint `name`: warn ahead when it will not fit, and on a full disk remove its
+    .tmp dir and stop with one line naming the checkpoint that is still intact."""
+    need = estimate_checkpoint_bytes(ckpt_dir) or fallback_need
+    if is_main:
+        warn_if_tight(ckpt_dir, need)
+    with guard_write(os.path.join(ckpt_dir, name), need, newest_step_checkpoint(ckpt_dir),
+                     partial=os.path.join(ckpt_dir, tmp_name(name))):
+        yield
+
+
+def append_line(f, path: str, line: str, ckpt_dir: str) -> None:
+    """Append `line` to `f`, the unbuffered binary file at `path` (so that nothing is left in a buffer to be
+    written later). A full disk cuts the file back to its last whole line and raises StorageError naming the
+    checkpoint a resume starts from (its rows past it are dropped then: truncate_metrics)."""
+    data = memoryview(line.encode())
+    end = os.fstat(f.fileno()).st_size
+    try:
+        while data:
+            data = data[f.write(data):]
+    except Exception as exn:
+        if not is_storage_error(exn):
+            raise
+        with suppress(OSError):
+            f.truncate(end)
+        raise StorageError(storage_line(exn, path, len(line.encode()), newest_step_checkpoint(ckpt_dir))) from None
 
 
 def warn_if_tight(directory: str, need: Optional[int], margin: float = 1.1) -> bool:

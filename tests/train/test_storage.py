@@ -1,9 +1,19 @@
-"""align/train/storage.py: disk errors recognised through library wrappers, one line, metrics rows past a resume dropped."""
+"""align/train/storage.py: disk errors recognised through library wrappers, one line, metrics rows past a resume dropped;
+a full disk at a checkpoint (on a small tmpfs where it may mount one), at a metrics line and at an export."""
 
 import errno
+import io
 import json
+import os
+import subprocess
+import sys
 
-from align.train.storage import is_storage_error, storage_line, truncate_metrics, warn_if_tight
+import pytest
+import yaml
+
+from align.train.storage import (STORAGE_EXIT, StorageError, is_storage_error, storage_line, truncate_metrics,
+                                 warn_if_tight)
+from tests.switch_helpers import final_weights, metrics, recipe, train_dict
 
 
 class SafetensorError(Exception):
@@ -45,3 +55,168 @@ def test_truncate_metrics_keeps_rows_up_to_the_resume_step_and_drops_a_cut_line(
     assert truncate_metrics(str(p), 20) == 3
     assert [json.loads(l)["step"] for l in p.read_text().splitlines()] == [10, 20]
     assert truncate_metrics(str(p), 20) == 0
+
+
+# -- a full disk in a run and an export: one line, partial files removed, the intact checkpoint resumes -------------
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = {"max_steps": 6, "checkpoint_every": 2, "log_every": 1}
+
+
+def _tmpfs(path, size: int) -> bool:
+    """Mount a tmpfs of `size` bytes at `path` (root only; CI runs as root); False where it may not."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size) -> a folder on a tmpfs of that size, or None where mounting is not allowed (the test
+    then fakes ENOSPC); .grow(size) frees space by resizing it. Unmounted at the end."""
+    mounted = []
+
+    class Disk:
+        def __call__(self, size):
+            d = tmp_path / "disk"
+            if not _tmpfs(d, size):
+                return None
+            mounted.append(d)
+            return d
+
+        def grow(self, size):
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(mounted[0])], check=True)
+
+    yield Disk()
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def _align(args, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600, **kw)
+
+
+def _fail_writes_into(monkeypatch, module, marker: str):
+    """Fake ENOSPC as safetensors raises it: the write of any file whose path contains `marker` leaves half a
+    file, then fails."""
+    real = module.save_file
+
+    def save_file(tensors, path, *a, **k):
+        if marker in str(path):
+            with open(path, "wb") as f:
+                f.write(b"\0" * 1000)
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                               "message: \"No space left on device\" })")
+        return real(tensors, path, *a, **k)
+    monkeypatch.setattr(module, "save_file", save_file)
+    return real
+
+
+def _check_the_line(line: str, run_dir: str) -> None:
+    ckpts = os.path.join(run_dir, "checkpoints")
+    assert "\n" not in line and f"{ckpts}/step-00000004: No space left on device (needs about " in line, line
+    assert " free); partial files removed; the intact checkpoint is " + f"{ckpts}/step-00000002" in line, line
+    assert sorted(os.listdir(ckpts)) == ["step-00000002"]                   # no .step-00000004.tmp left
+    from align.train.manifest import verify
+    from align.train.checkpoint import load_checkpoint
+    assert verify(os.path.join(ckpts, "step-00000002")) is None
+    assert load_checkpoint(os.path.join(ckpts, "step-00000002"), restore_rng=False)["step"] == 2
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_resume_logs_no_step_twice(tmp_path, small_disk,
+                                                                                    monkeypatch):
+    """On a tmpfs that holds one checkpoint and a half: the write of the second fails. (Without mount rights:
+    the same with ENOSPC faked at the write.)"""
+    ref = recipe(tmp_path, "ref", train=TRAIN, resume="auto")
+    train_dict(ref)
+    ckpt_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
+                     os.walk(os.path.join(ref["output_dir"], "checkpoints", "step-00000002")) for f in fs)
+    disk = small_disk(int(ckpt_bytes * 1.5) + (1 << 20))          # + 1 MB for the logs
+    if disk is None:                                               # no mount rights: fake ENOSPC in process
+        import align.train.checkpoint as ck
+        r = recipe(tmp_path, "run", train=TRAIN, resume="auto")
+        real = _fail_writes_into(monkeypatch, ck, ".step-00000004.tmp")
+        with pytest.raises(StorageError) as e:
+            train_dict(r)
+        _check_the_line(str(e.value), r["output_dir"])
+        monkeypatch.setattr(ck, "save_file", real)                 # space freed
+        train_dict(r)
+    else:
+        r = recipe(disk, "run", train=TRAIN, resume="auto")
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(r))
+        p = _align(["train", str(tmp_path / "run.yaml"), "--no-progress"])
+        assert p.returncode == STORAGE_EXIT, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr and "SafetensorError" not in p.stderr, p.stderr[-3000:]
+        lines = [line for line in p.stderr.splitlines() if line.startswith("align: ")]
+        assert len(lines) == 1 and lines[0].startswith("align: error: "), p.stderr[-3000:]
+        _check_the_line(lines[0], r["output_dir"])
+        assert "will not fit" in p.stderr                          # said ahead, before the write
+        assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4]
+        small_disk.grow(ckpt_bytes * 4 + (4 << 20))                    # space freed
+        train_dict(r)                                              # the same recipe resumes (in process: faster)
+    assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]     # no step twice
+    a, b = final_weights(ref["output_dir"]), final_weights(r["output_dir"])
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_whole_lines(tmp_path, monkeypatch):
+    import align.train.metrics as m
+
+    class FullAtStep5(io.FileIO):
+        def write(self, data):
+            if b'"step": 5,' in bytes(data):
+                super().write(bytes(data)[:7])                     # half the row reached the disk
+                raise OSError(28, "No space left on device")
+            return super().write(data)
+
+    def full_open(path, mode="r", buffering=-1, **kw):
+        if not (str(path).endswith("metrics.jsonl") and "a" in mode):
+            return open(path, mode, buffering, **kw)
+        raw = FullAtStep5(path, "ab")                              # the file as the RunLogger opens it
+        if "b" in mode:
+            return raw if buffering == 0 else io.BufferedWriter(raw)
+        return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+    r = recipe(tmp_path, "run", train=TRAIN, resume="auto")
+    monkeypatch.setattr(m, "open", full_open, raising=False)
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    path = os.path.join(r["output_dir"], "metrics.jsonl")
+    line = str(e.value)
+    assert line.startswith(f"{path}: No space left on device (needs about ") and "\n" not in line, line
+    assert line.endswith(f"the intact checkpoint is {r['output_dir']}/checkpoints/step-00000004; free space and "
+                         f"run the same command to resume"), line
+    assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4]        # the cut row removed
+    monkeypatch.undo()
+    train_dict(r)
+    assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_export_to_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, small_disk, monkeypatch):
+    r = recipe(tmp_path, "run", train={"max_steps": 1})
+    train_dict(r)
+    disk = small_disk(256 << 10)                                   # 256 KB: not even the align weights fit
+    if disk is not None:
+        p = _align(["export", r["output_dir"], "--out", str(disk / "exp"), "--format", "open_clip"])
+        assert p.returncode == STORAGE_EXIT, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr
+        lines = [line for line in p.stderr.splitlines() if line.startswith("align: ")]
+        assert len(lines) == 1, p.stderr[-3000:]
+        line = lines[0].removeprefix("align: error: ")
+        out = disk
+    else:                                                          # no mount rights: fake ENOSPC in process
+        import safetensors.torch
+
+        from align.export import export
+        out = tmp_path / "exports"
+        out.mkdir()
+        _fail_writes_into(monkeypatch, safetensors.torch, "align_model.safetensors")
+        with pytest.raises(StorageError) as e:
+            export(r["output_dir"], str(out / "exp"), fmt="open_clip", progress=False)
+        line = str(e.value)
+    assert line.startswith(f"{out / 'exp'}: No space left on device (needs about ") and "\n" not in line, line
+    assert "nothing was written to" in line and "free space and run the same command again" in line, line
+    assert os.listdir(out) == []                                   # the temporary sibling folder removed
