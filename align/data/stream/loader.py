@@ -352,7 +352,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
-                       hard_negatives: int = 0, val_split=None) -> StreamLoader:
+                       hard_negatives: int = 0, val_split=None, teacher: tuple = ()) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -378,6 +378,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         sample's neg.txt (see align.data.stream.decode).
     val_split: an align.data.stream.val_split.ValSplit: its held-out samples (and those without a group) are
         never read for training.
+    teacher: modalities whose stored teacher embeddings (teacher_<m>.npy members) become batch["teacher_<m>"]
+        float [B, Et] (align.data.stream.stored_teacher); a sample without them is skipped and counted.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -402,7 +404,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment, limits=limits, hard_negatives=hard_negatives)
+                            augment=augment, limits=limits, hard_negatives=hard_negatives,
+                            teacher=teacher)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:
