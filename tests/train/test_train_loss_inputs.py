@@ -145,3 +145,17 @@ def test_distill_online_and_stored_teachers_give_the_reference_loss_at_step_1(tm
     # the teacher matters: a plain CLIP student starts elsewhere
     clip = ref_distill(out["image"].double(), out["text"].double(), ta, tb, float(out["logit_scale"]), 1 / scale, 0.0)
     assert abs(got_online - clip.item()) > 1e-3 and math.isfinite(got_online)
+
+
+def test_hard_negatives_under_gradcache_give_the_same_step_1_loss(tmp_path):
+    """train.accum_steps=2 x batch 4 (GradCache: the neg embeddings and their [b, K] masks concatenated over
+    micro-batches) logs the loss of batch 8 in one piece."""
+    pattern = _shards(tmp_path / "shards", negatives=True)
+    losses = []
+    for name, batch, accum in (("one", 8, 1), ("gc", 4, 2)):
+        r = recipe(tmp_path, name, data={"train": pattern, "shuffle_buffer": 1},
+                   loss={"type": "hard_negative_clip", "hard_negatives": 2},
+                   train={"max_steps": 1, "batch_size": batch, "accum_steps": accum})
+        train_dict(r)
+        losses.append(metrics(r["output_dir"])[0]["loss"])
+    assert abs(losses[0] - losses[1]) < 1e-5
