@@ -159,3 +159,13 @@ def test_hard_negatives_under_gradcache_give_the_same_step_1_loss(tmp_path):
         train_dict(r)
         losses.append(metrics(r["output_dir"])[0]["loss"])
     assert abs(losses[0] - losses[1]) < 1e-5
+
+
+def test_an_open_clip_teacher_needs_a_local_file_and_nothing_downloads(tmp_path):
+    """teacher: open_clip:ARCH with a tag (or nothing) is refused in one line before open_clip is asked."""
+    from align.config import DistillConfig
+    from align.train.teacher import build_teacher
+    for pretrained in (None, "openai", str(tmp_path / "missing.safetensors")):
+        cfg = DistillConfig(teacher="open_clip:ViT-B-32", pretrained=pretrained)
+        with pytest.raises(ConfigError, match=r"^loss.distill.teacher=open_clip:ViT-B-32: give loss.distill.pretrained"):
+            build_teacher(cfg, [["image", "text"]], "cpu")
