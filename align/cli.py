@@ -161,6 +161,31 @@ def _limits(a):
                       if getattr(a, f.name, None) is not None})
 
 
+def cmd_data_reinforce(a):
+    import math
+
+    from align.data.stream.sources import resolve_sources
+    from align.data.write.reinforce import teacher_encoders, write_reinforced
+    from align.train.teacher import load_online
+    urls = [u for src in resolve_sources(a.pattern) for u in src.urls]
+    remote = [u for u in urls if "://" in u or not os.path.isfile(u)]
+    if remote:
+        raise AlignError(f"data reinforce: {remote[0]} is not a local shard file (copy the shards here first)")
+    model = load_online(a.teacher, a.pretrained, "cpu")
+    wanted = [m.strip() for m in a.modalities.split(",") if m.strip()]
+    encoders = teacher_encoders(model, batch_size=a.batch_size)
+    missing = [m for m in wanted if m not in encoders]
+    if missing:
+        raise AlignError(f"data reinforce: the teacher {a.teacher} has no {missing} tower (it has "
+                         f"{', '.join(sorted(encoders))})")
+    scale = math.exp(float(model.logit_scale.detach()))
+    counts = write_reinforced(urls, a.out, {m: encoders[m] for m in wanted},
+                              {"teacher": a.teacher, "pretrained": a.pretrained, "logit_scale": scale})
+    print(f"reinforced {counts['samples']} samples of {counts['shards']} shards with {a.teacher}'s "
+          f"{', '.join(wanted)} embeddings -> {a.out} (skipped {counts['skipped']}); train with "
+          f"data.train={a.out} loss.type=distill_clip loss.distill.teacher=stored")
+
+
 def cmd_data_stats(a):
     from align.data.tools.stats import feature_stats, image_size_stats, modalities_present
     from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
@@ -352,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.towers.audio.clip_seconds=1")
     s.set_defaults(fn=cmd_data_stats)
+
+    s = data.add_parser("reinforce", help="copy shards adding a frozen teacher's per-sample embeddings "
+                                          "(loss.distill.teacher=stored: distillation without running the teacher)")
+    s.add_argument("pattern", help="local shard folder, file or brace pattern")
+    s.add_argument("--teacher", required=True, help="an align run/export, or open_clip:ARCH with --pretrained FILE")
+    s.add_argument("--pretrained", default=None, help="open_clip:ARCH teachers: a local checkpoint file "
+                                                       "(nothing is downloaded)")
+    s.add_argument("--out", required=True, help="folder of the reinforced shards (same names) and teacher.json")
+    s.add_argument("--modalities", default="image,text", help="teacher embeddings to store (default image,text)")
+    s.add_argument("--batch-size", type=int, default=64, help="samples per teacher forward (default 64)")
+    s.set_defaults(fn=cmd_data_reinforce)
 
     from align.bench.cli import add_bench_parser
     add_bench_parser(sub, cmd_bench)

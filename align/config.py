@@ -55,13 +55,29 @@ class ModelConfig:
 
 
 @dataclass
+class DistillConfig:
+    """loss.distill: a KL term towards a frozen teacher's in-batch similarities (align.losses.distill)."""
+    teacher: str = _key(help="RUN | EXPORT | open_clip:ARCH (with pretrained: FILE; nothing downloads) | stored "
+                             "(per-sample teacher_<modality>.npy members written by align data reinforce)")
+    pretrained: Optional[str] = _key(None, help="open_clip:ARCH teachers: a local checkpoint file")
+    weight: float = _num(1.0, ge=0, help="weight of the KL term beside the contrastive loss (open_clip's 1)")
+    temperature: Optional[float] = _num(None, gt=0, help="divides the teacher's similarities (default: the "
+                                                         "teacher's own 1/logit_scale)")
+
+
+@dataclass
 class LossConfig:
     """The contrastive objective."""
-    type: str = _key("clip", help="loss name: clip | siglip | chunked_clip | chunked_siglip (align.losses)")
+    type: str = _key("clip", help="loss name: clip | siglip | chunked_clip | chunked_siglip | hard_negative_clip | "
+                                  "distill_clip (align.losses)")
     pairs: List[List[str]] = _key(factory=lambda: [["image", "text"]],
                                   help="modality pairs the loss aligns, e.g. [[image, text], [audio, text]]")
     weights: Optional[List[float]] = _key(None, help="one weight per pair (default: all 1)")
     chunk_size: int = _num(4096, ge=1, help="rows per block of the chunked losses (memory vs speed)")
+    hard_negatives: int = _num(0, ge=0, help="K: up to K captions of each sample's neg.txt join its row as extra "
+                                             "negatives (loss.type: hard_negative_clip); 0 = off")
+    distill: Optional[DistillConfig] = _key(None, help="distil from a frozen teacher (loss.type: distill_clip): "
+                                                        "{teacher, pretrained, weight, temperature}")
 
 
 @dataclass
@@ -390,6 +406,7 @@ def _check(r: Recipe) -> None:
         raise ConfigError(f"loss.type: unknown loss {r.loss.type!r}; valid: {', '.join(LOSSES.names())}")
     if getattr(LOSSES.get(r.loss.type), "uses_logit_bias", False) and r.model.init_logit_bias is None:
         raise ConfigError(f"model.init_logit_bias: required for loss.type={r.loss.type} (e.g. -10)")
+    _check_loss_inputs(r, LOSSES.get(r.loss.type))
     if len(r.train.betas) != 2 or not all(0 <= b < 1 for b in r.train.betas):
         raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {r.train.betas}")
     if r.train.sharding == "fsdp" and "fp16" in (r.train.precision, r.train.fsdp.param_dtype):
@@ -422,6 +439,22 @@ def _check(r: Recipe) -> None:
             raise ConfigError("data.val_split carves groups out of training shards; data.train is synthetic")
     _check_finetune(r)
     _check_eval(r)
+
+
+def _check_loss_inputs(r: Recipe, cls) -> None:
+    """loss.hard_negatives and loss.distill: only with a loss type that takes them, and it needs them."""
+    takes_neg, takes_teacher = getattr(cls, "takes_negatives", False), getattr(cls, "takes_teacher", False)
+    if r.loss.hard_negatives and not takes_neg:
+        raise ConfigError(f"loss.hard_negatives: loss.type={r.loss.type} takes no hard negatives; use "
+                          "loss.type=hard_negative_clip")
+    if r.loss.hard_negatives and (r.data.train == "synthetic" or "text" not in r.model.towers):
+        raise ConfigError("loss.hard_negatives: needs shards with neg.txt members and a text tower")
+    if r.loss.distill is not None and not takes_teacher:
+        raise ConfigError(f"loss.distill: loss.type={r.loss.type} takes no teacher; use loss.type=distill_clip")
+    if takes_teacher and r.loss.distill is None:
+        raise ConfigError(f"loss.type={r.loss.type}: set loss.distill.teacher (RUN, EXPORT, open_clip:ARCH or stored)")
+    if r.loss.distill is not None and r.loss.distill.teacher == "stored" and r.data.train == "synthetic":
+        raise ConfigError("loss.distill.teacher=stored reads teacher members of the shards; data.train is synthetic")
 
 
 def _check_eval(r: Recipe) -> None:

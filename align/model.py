@@ -21,6 +21,8 @@ from align.towers.base import CachedTokenize, Tower
 
 from align.wds.format import MODALITIES
 
+NEG_TEXT = "neg_text"    # batch key of hard-negative captions (align.data.stream.decode; align.losses.multipair)
+
 
 def weights_fingerprint(module: nn.Module) -> str:
     """A hash of a module's weights: sha256 over the sorted state_dict's names and raw bytes, 16 hex digits.
@@ -56,6 +58,12 @@ class AlignModel(nn.Module):
         through forward: DDP then averages its gradient and GradCache replays it like the towers.
         """
         out = {m: F.normalize(tower(batch[m]), dim=-1) for m, tower in self.towers.items() if m in batch}
+        if NEG_TEXT in batch and "text" in self.towers:
+            # hard-negative captions long [B, K, L] -> [B, K, E], through the text tower in this forward (so DDP
+            # and GradCache see them like the captions); padded slots are embedded too, the loss masks them
+            neg = batch[NEG_TEXT]
+            z = self.towers["text"](neg.reshape(-1, neg.shape[-1]))
+            out[NEG_TEXT] = F.normalize(z, dim=-1).reshape(neg.shape[0], neg.shape[1], -1)
         out["logit_scale"] = self.logit_scale.exp()
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias

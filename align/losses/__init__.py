@@ -8,15 +8,15 @@ over ranks (what DDP / Accelerate do), N processes x batch b give the loss
 and gradients of one process with batch N*b. See distributed.py.
 
 Recipes name a loss by its registered type: "clip", "siglip",
-"chunked_clip", "chunked_siglip".
+"chunked_clip", "chunked_siglip", "hard_negative_clip" (loss.hard_negatives: K), "distill_clip" (loss.distill).
 Modules:
   clip          ClipLoss: symmetric InfoNCE with masks, exact across processes
   siglip        SigLipLoss (and its chunked form): sigmoid loss with a learnable bias
   chunked       InfoNCE without the [N, N] logits (chunked logsumexp with recomputation)
   multipair     MultiPairLoss: a weighted sum over several modality pairs
   distributed   the cross-process gathers the losses share
-  hard_negatives HardNegativeClipLoss: per-sample hard-negative captions join that sample's row; not
-                registered yet (the training loop does not pass negatives to losses)
+  hard_negatives HardNegativeClipLoss: per-sample hard-negative captions join that sample's row
+  distill       DistillClipLoss: InfoNCE + KL towards a frozen teacher's in-batch similarities
 """
 import inspect
 from typing import Optional, Sequence
@@ -25,6 +25,7 @@ from align.errors import ConfigError
 from align.losses.chunked import ChunkedClipLoss, chunked_infonce_sum
 from align.losses.clip import ClipLoss
 from align.losses.distributed import gather_batch, gather_features, gather_masks
+from align.losses.distill import DistillClipLoss
 from align.losses.hard_negatives import HardNegativeClipLoss
 from align.losses.multipair import MultiPairLoss, pair_name
 from align.losses.siglip import ChunkedSigLipLoss, SigLipLoss
@@ -35,6 +36,8 @@ LOSSES.register("clip")(ClipLoss)
 LOSSES.register("siglip")(SigLipLoss)
 LOSSES.register("chunked_clip")(ChunkedClipLoss)
 LOSSES.register("chunked_siglip")(ChunkedSigLipLoss)
+LOSSES.register("hard_negative_clip")(HardNegativeClipLoss)     # takes_negatives: batch neg_text rows
+LOSSES.register("distill_clip")(DistillClipLoss)                # takes_teacher: teacher_<modality> embeddings
 
 
 def loss_options(type: str) -> list:
@@ -56,5 +59,5 @@ def build_loss(type: str, pairs: Sequence[Sequence[str]], weights: Optional[Sequ
 
 
 __all__ = ["LOSSES", "build_loss", "loss_options", "ClipLoss", "SigLipLoss", "ChunkedClipLoss", "ChunkedSigLipLoss",
-           "MultiPairLoss", "HardNegativeClipLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
+           "MultiPairLoss", "HardNegativeClipLoss", "DistillClipLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
            "pair_name"]

@@ -44,6 +44,8 @@ class HardNegativeClipLoss(ClipLoss):
     rank, world_size, gather_with_grad, local_loss: as ClipLoss (its constructor and checks, inherited).
     """
 
+    takes_negatives = True
+
     def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale, mask: Optional[torch.Tensor] = None,
                 neg: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """a: [B, D] queries, b: [B, D] their captions (normalised); logit_scale: exp'ed scalar; mask: bool [B];

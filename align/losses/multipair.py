@@ -4,6 +4,13 @@ E.g. pairs [["image", "text"], ["audio", "text"]] for an ImageBind/CLAP-like
 triple tower. A sample missing a modality (mask False) is left out of every
 pair that needs it and still counts in the pairs it has; the pair masks are
 combined before the pair loss gathers them, so this holds across processes.
+
+Extra inputs of some pair losses travel in the same dicts, under fixed keys:
+  features["neg_text"] [B, K, E], masks["neg_text"] bool [B, K]: hard-negative captions (AlignModel.forward
+      embeds batch["neg_text"]); a loss with `takes_negatives` gets them in every pair with text (text as the
+      caption side: CLIP is symmetric, so (text, x) is scored as (x, text)).
+  features["teacher_<modality>"] [B, Et]: a frozen teacher's embeddings (align.train.teacher); a loss with
+      `takes_teacher` gets teacher_a / teacher_b of its pair.
 """
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -11,6 +18,10 @@ import torch
 from torch import nn
 
 from align.errors import AlignError, ConfigError
+
+
+NEG_TEXT = "neg_text"              # the batch/feature key of hard negatives (also align.model, align.data.stream)
+TEACHER = "teacher_"               # + modality: a teacher's embeddings (align.train.teacher, stored members)
 
 
 def pair_name(pair: Sequence[str]) -> str:
@@ -65,10 +76,25 @@ class MultiPairLoss(nn.Module):
                 bias = _per_pair(logit_bias, name, "logit_bias")
                 loss = self.pair_loss(features[x], features[y], scale, bias, mask=mask)
             else:  # a bias does not change a softmax loss; it is simply not used
-                loss = self.pair_loss(features[x], features[y], scale, mask=mask)
+                a, b, extra = self._extras(features, masks, x, y, name)
+                loss = self.pair_loss(features[a], features[b], scale, mask=mask, **extra)
             logs[name] = loss.detach()
             total = w * loss if total is None else total + w * loss
         return total, logs
+
+    def _extras(self, features, masks, x, y, name):
+        """(a, b, extra kwargs) of the pair loss: hard negatives and/or the teacher's embeddings, when it takes them."""
+        extra = {}
+        if getattr(self.pair_loss, "takes_negatives", False) and NEG_TEXT in features and "text" in (x, y):
+            x, y = (y, x) if x == "text" else (x, y)                   # text is the caption side
+            extra = {"neg": features[NEG_TEXT], "neg_mask": (masks or {}).get(NEG_TEXT)}
+        if getattr(self.pair_loss, "takes_teacher", False):
+            missing = [m for m in (x, y) if TEACHER + m not in features]
+            if missing:
+                raise AlignError(f"loss pair {name}: no teacher embeddings of {missing} (the teacher has "
+                                 f"{sorted(k[len(TEACHER):] for k in features if k.startswith(TEACHER))})")
+            extra = {"teacher_a": features[TEACHER + x], "teacher_b": features[TEACHER + y]}
+        return x, y, extra
 
     @staticmethod
     def _pair_mask(masks, x, y, n, name):

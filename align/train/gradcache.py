@@ -95,8 +95,8 @@ def _concat_masks(micro_batches, masks_key, sizes, device) -> Optional[Dict[str,
             t = m.get(k) if m else None
             if t is None:
                 t = torch.ones(n, dtype=torch.bool, device=device)
-            elif t.dtype != torch.bool or t.shape != (n,):
-                raise AlignError(f"gradcache: micro_batches[{i}][{masks_key!r}][{k!r}] must be bool [{n}], "
+            elif t.dtype != torch.bool or t.dim() == 0 or t.shape[0] != n:    # [b] or [b, K] (hard negatives)
+                raise AlignError(f"gradcache: micro_batches[{i}][{masks_key!r}][{k!r}] must be bool [{n}, ...], "
                                  f"got {t.dtype} {tuple(t.shape)}")
             parts.append(t.to(device))
         out[k] = torch.cat(parts)

@@ -137,6 +137,7 @@ class Engine:
     global_batch: int                  # samples per optimizer step, all ranks: batch x world x accum_steps
     fsdp: bool
     init_row: Optional[dict] = None    # the step-0 metrics row of a weights-only start (its temperature)
+    teacher: Optional[object] = None   # loss.distill: batch -> {"teacher_<m>": [B, Et]} (align.train.teacher)
 
     @property
     def rank(self) -> int:
@@ -171,11 +172,13 @@ def _start_weights(model: AlignModel, r: Recipe, printer) -> Optional[dict]:
     return row
 
 
-def _objective(r: Recipe, rank: int, world: int) -> Objective:
+def _objective(r: Recipe, rank: int, world: int, distill_temperature: Optional[float] = None) -> Objective:
     from align.losses import build_loss, loss_options
     weights = r.loss.weights or [1.0] * len(r.loss.pairs)
     # loss.chunk_size goes to the loss classes that take it (by their signature, not by their name)
     loss_opts = {"chunk_size": r.loss.chunk_size} if "chunk_size" in loss_options(r.loss.type) else {}
+    if r.loss.distill is not None:     # the teacher's temperature is resolved when it is loaded (build_teacher)
+        loss_opts.update(weight=r.loss.distill.weight, temperature=distill_temperature)
     loss_fn = build_loss(r.loss.type, pairs=[tuple(p) for p in r.loss.pairs], weights=weights, rank=rank,
                          world_size=world, **loss_opts)
     return Objective(loss_fn)
@@ -206,7 +209,8 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
                          "(DDP fixes the set of trained parameters when it wraps the model)")
     if r.train.grad_checkpointing:
         enable_grad_checkpointing(model)
-    objective = _objective(r, rank, world)
+    teacher, temperature = _teacher(r, acc)
+    objective = _objective(r, rank, world, temperature)
     total_steps = _total_steps(r, world)
     if fsdp:
         # FSDP2 shards the model in place (each tower block, then the root), so the optimizer below is built
@@ -225,7 +229,30 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
     schedule_by_samples(scheduler, global_batch)
     if r.train.compile:
         model = torch.compile(model)
-    return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row)
+    return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row,
+                  teacher)
+
+
+def _teacher(r: Recipe, acc):
+    """loss.distill -> (the frozen teacher, its temperature), or (None, None)."""
+    if r.loss.distill is None:
+        return None, None
+    from align.train.teacher import build_teacher
+    teacher, temperature = build_teacher(r.loss.distill, r.loss.pairs, acc.device, _first_shard_dir(r))
+    acc.print(f"loss.distill: teacher {r.loss.distill.teacher} ({', '.join(teacher.modalities)}), "
+              f"temperature {temperature:.4g}, weight {r.loss.distill.weight:g}")
+    return teacher, temperature
+
+
+def _first_shard_dir(r: Recipe) -> Optional[str]:
+    """The folder of the first training shard (a stored teacher's teacher.json is there), or None."""
+    if r.data.train == "synthetic":
+        return None
+    from align.data.stream.sources import SourceSpec, resolve_sources
+    first = r.data.train[0] if isinstance(r.data.train, list) else r.data.train
+    spec = SourceSpec(urls=first) if isinstance(first, str) else SourceSpec(urls=first.urls, weight=first.weight)
+    urls = resolve_sources([spec], allow_pipe=r.data.allow_pipe)[0].urls
+    return os.path.dirname(urls[0]) if urls and "://" not in urls[0] else None
 
 
 def resume(eng: Engine, path: Optional[str]):
@@ -281,7 +308,15 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
-        text_keys=r.data.text_keys)
+        text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r))
+
+
+def _stored_teacher(r: Recipe) -> tuple:
+    """The modalities whose teacher embeddings the shards carry (loss.distill.teacher=stored), else ()."""
+    if r.loss.distill is None or r.loss.distill.teacher != "stored":
+        return ()
+    from align.train.teacher import teacher_modalities
+    return tuple(teacher_modalities(r.loss.pairs))
 
 
 def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:

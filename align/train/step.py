@@ -17,6 +17,7 @@ from typing import Dict, List
 import torch
 
 from align.data.stream.keys import mask_key
+from align.losses.multipair import NEG_TEXT
 
 MASKS = "masks"        # the micro-batch key gradcache_step concatenates: {modality: bool [b]}
 
@@ -54,8 +55,20 @@ def backward_if_finite(acc, loss: torch.Tensor) -> None:
 
 
 def batch_masks(batch: dict, modalities) -> Dict[str, torch.Tensor]:
-    """{modality: bool [b]} for the modalities the batch marks as partly missing."""
-    return {m: batch[mask_key(m)] for m in modalities if mask_key(m) in batch}
+    """{modality: bool [b]} for the modalities the batch marks as partly missing, and {"neg_text": bool [b, K]}
+    when the batch carries hard negatives (loss.hard_negatives)."""
+    out = {m: batch[mask_key(m)] for m in modalities if mask_key(m) in batch}
+    if NEG_TEXT in batch:
+        out[NEG_TEXT] = batch[mask_key(NEG_TEXT)]
+    return out
+
+
+def embedder(eng):
+    """batch -> features: the model's embeddings (hard negatives included), plus the frozen teacher's
+    {"teacher_<m>": [b, Et]} under loss.distill (constants: GradCache passes no gradient to them)."""
+    if getattr(eng, "teacher", None) is None:
+        return eng.model
+    return lambda b: {**eng.model(b), **eng.teacher(b)}
 
 
 def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
@@ -67,16 +80,17 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     acc, model = eng.acc, eng.model
     micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
     masks = [batch_masks(b, eng.core.modalities) for b in micro]
+    embed = embedder(eng)
     if len(micro) == 1:
         with acc.autocast():
-            loss = eng.objective(model(micro[0]), masks[0])
+            loss = eng.objective(embed(micro[0]), masks[0])
         backward_if_finite(acc, loss)
     else:
         from align.train.gradcache import gradcache_step
         for b, m in zip(micro, masks):
             b[MASKS] = m
         with acc.autocast():
-            loss = gradcache_step(model, micro, eng.objective, masks_key=MASKS, no_sync=partial(acc.no_sync, model),
+            loss = gradcache_step(embed, micro, eng.objective, masks_key=MASKS, no_sync=partial(acc.no_sync, model),
                                   loss_backward=partial(backward_if_finite, acc))
     if not is_finite(loss):
         eng.optimizer.zero_grad(set_to_none=True)

@@ -11,4 +11,5 @@
   pack        packing a batch's tensors for the trip from worker to trainer
   resume      elastic resume (another world size) from any checkpoint
   val_split   data.val_split: unseen groups carved out of the training shards as the val set
+  stored_teacher  loss.distill.teacher=stored: the teacher_<modality>.npy members of reinforced shards
   synthetic   synthetic batches (data.train: synthetic)"""

@@ -34,6 +34,7 @@ from align.limits import DataLimits, LimitExceeded, as_limits
 from align.media.audio import decode_audio
 from align.media.image import decode_image
 from align.data.stream.augment import sample_seed
+from align.data.stream.stored_teacher import collate_teacher, read_teacher
 from align.data.stream.keys import AUG, KEY, SEED, URL, mask_key
 from align.data.stream.faults import (
     BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TEXT_TOO_LONG, TRANSFORM_FAILED, UNDECODABLE_AUDIO,
@@ -254,7 +255,7 @@ class SampleDecoder:
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
                  seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None,
-                 hard_negatives: int = 0, text_keys=None):
+                 hard_negatives: int = 0, text_keys=None, teacher: tuple = ()):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -277,6 +278,7 @@ class SampleDecoder:
         # Events that change no sample's fate but that a user should hear of, counted in this process (worker)
         # and shipped with each batch (keys.NOTED): captions cut at the context length, negatives beyond K.
         self.noted: Counter = Counter()
+        self.teacher = tuple(teacher)              # modalities of stored teacher embeddings to read (stored_teacher)
         self._templates: dict[str, torch.Tensor] = {}
         # align.data.stream.augment.Augmenter (training only): image stages before the image transform, wave
         # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
@@ -308,6 +310,8 @@ class SampleDecoder:
                 out["neg_text"] = self._negatives(negs[:self.hard_negatives])        # long [k, L]
             except Exception as exn:
                 raise SkipSample(TRANSFORM_FAILED.format(modality="text"), f"{NEG_EXT}: {exn!r}") from None
+        if self.teacher:
+            out.update(read_teacher(raw, self.teacher))        # {teacher_<m>: float [Et]}
         aug_seed = None
         if self.train and self.augment:
             # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key)
@@ -404,6 +408,8 @@ class SampleDecoder:
         batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
         if self.hard_negatives:
             self._collate_negatives(samples, batch)
+        if self.teacher:
+            collate_teacher(samples, batch, self.teacher)
         return batch
 
     def _per_batch(self, tf, x: torch.Tensor, samples: list[dict]) -> torch.Tensor:

@@ -356,7 +356,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
-                       hard_negatives: int = 0, val_split=None, text_keys=None) -> StreamLoader:
+                       hard_negatives: int = 0, val_split=None, text_keys=None, teacher: tuple = ()) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -384,6 +384,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         never read for training.
     text_keys: {key: weight} (data.text_keys): a sample's caption is drawn from one of these sources by weight,
         seeded per sample and epoch (align.data.stream.decode.keyed_captions).
+    teacher: modalities whose stored teacher embeddings (teacher_<m>.npy members) become batch["teacher_<m>"]
+        float [B, Et] (align.data.stream.stored_teacher); a sample without them is skipped and counted.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
@@ -408,7 +410,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
-                            augment=augment, limits=limits, hard_negatives=hard_negatives, text_keys=text_keys)
+                            augment=augment, limits=limits, hard_negatives=hard_negatives, text_keys=text_keys,
+                            teacher=teacher)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

@@ -1,0 +1,118 @@
+"""`align data reinforce`: a "reinforced" copy of shards, each sample carrying a frozen teacher's embeddings.
+
+MobileCLIP's reinforced training (DataCompDR) stores the teacher's embeddings with each sample so that
+distillation costs nothing at train time. Here every sample of every input shard is copied unchanged into a
+shard of the same name under `out_dir`, plus one `teacher_<modality>.npy` member per teacher modality (float32
+[Et], L2-normalised; align.data.stream.stored_teacher reads them), and `out_dir/teacher.json` records the teacher,
+its logit scale (loss.distill's default temperature is its inverse), modalities and width.
+
+The teacher embeds each sample with its own eval transforms: the image un-augmented, the first caption of
+`txt`. Training with random crops or several captions per sample then distils from the embedding of that one
+view (what a single stored view of MobileCLIP's also does). A sample the teacher cannot read is left out and
+counted, as training would skip it.
+
+    write_reinforced(urls, out_dir, teacher_encoders(model), meta={"teacher": spec, "logit_scale": 100.0})
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Callable, Dict, Iterable, List
+
+import numpy as np
+
+from align.data.stream.stored_teacher import META, member
+from align.wds.format import pick, split_name
+from align.wds.reader import iter_tar
+from align.wds.writer import SampleWriter
+
+
+def _samples(path: str) -> Iterable[dict]:
+    """The samples of one local tar, in order: {"__key__": key, ext: bytes}."""
+    cur: dict = {}
+    with open(path, "rb") as f:
+        for name, data in iter_tar(f):
+            parts = split_name(name)
+            if parts is None or not isinstance(data, bytes):
+                continue
+            key, ext = parts
+            if cur and cur["__key__"] != key:
+                yield cur
+                cur = {}
+            cur.setdefault("__key__", key)
+            cur[ext] = data
+    if cur:
+        yield cur
+
+
+def teacher_encoders(model, batch_size: int = 64) -> Dict[str, Callable[[List[bytes]], np.ndarray]]:
+    """A loaded teacher (align.load / an open_clip model via align.bench.models) -> {modality: members ->
+    float32 [n, Et]}: images through its image_transform, the first caption through its tokenizer."""
+    import torch
+
+    from align.data.stream.decode import captions
+    from align.media.image import decode_image
+
+    def run(fn, xs):
+        with torch.no_grad():
+            return torch.cat([fn(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size)]).float().numpy()
+
+    out = {}
+    if "image" in model.modalities:
+        tf = model.image_transform
+        out["image"] = lambda items: run(lambda chunk: model.encode_image(
+            torch.stack([tf(decode_image(b).convert("RGB")) for b in chunk])), items)
+    if "text" in model.modalities:
+        out["text"] = lambda items: run(lambda chunk: model.encode_text(
+            model.tokenize([captions(b)[0] for b in chunk])), items)
+    return out
+
+
+def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable[[List[bytes]], np.ndarray]],
+                     meta: dict) -> dict:
+    """Copies each local shard in `urls` to out_dir/<same name> with the teacher members added; writes
+    out_dir/teacher.json (meta + modalities + embed_dim). Returns {"samples", "shards", "skipped"}."""
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {"samples": 0, "shards": 0, "skipped": 0}
+    width = None
+    for url in urls:
+        samples = list(_samples(url))
+        exts = {m: [pick(s, m) for s in samples] for m in encoders}
+        keep = [i for i in range(len(samples)) if all(exts[m][i] is not None for m in encoders)]
+        embs = {}
+        for m, enc in encoders.items():
+            try:
+                embs[m] = enc([samples[i][exts[m][i]] for i in keep])
+            except Exception as exn:       # one bad member: embed one at a time, skip those that fail
+                embs[m], keep = _one_by_one(enc, samples, exts[m], keep, exn)
+        with SampleWriter(os.path.join(out_dir, os.path.basename(url))) as w:
+            for row, i in enumerate(keep):
+                s = dict(samples[i])
+                key = s.pop("__key__")
+                for m in encoders:
+                    buf = io.BytesIO()
+                    np.save(buf, np.asarray(embs[m][row], dtype=np.float32), allow_pickle=False)
+                    s[member(m)] = buf.getvalue()
+                    width = len(embs[m][row])
+                w.write(key, s)
+        counts["samples"] += len(keep)
+        counts["skipped"] += len(samples) - len(keep)
+        counts["shards"] += 1
+    with open(os.path.join(out_dir, META), "w") as f:
+        json.dump(dict(meta, modalities=sorted(encoders), embed_dim=width), f, indent=1)
+    return counts
+
+
+def _one_by_one(enc, samples, exts, keep, exn):
+    rows, kept = [], []
+    for i in keep:
+        try:
+            rows.append(enc([samples[i][exts[i]]])[0])
+            kept.append(i)
+        except Exception:
+            pass
+    if not kept:
+        raise exn
+    return np.stack(rows), kept
+

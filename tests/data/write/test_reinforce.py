@@ -1,0 +1,34 @@
+"""align data reinforce's writer: every member copied unchanged, one teacher_<m>.npy member per teacher
+modality (the encoder's row of that sample), teacher.json beside; a sample the teacher cannot embed is
+left out and counted."""
+import io
+import json
+
+import numpy as np
+
+from align.data.write.reinforce import _samples, write_reinforced
+from tests.wds_helpers import image_text, write_shard
+
+
+def test_members_copied_and_teacher_members_added(tmp_path):
+    samples = [image_text(f"k{j}", seed=j) for j in range(5)]
+    samples[1]["neg.txt"] = "a dog"
+    del samples[3]["jpg"]                                   # no image: the image teacher cannot embed it
+    src = write_shard(tmp_path / "s-000.tar", samples)
+    enc = {"image": lambda items: np.stack([np.full(3, len(b), np.float32) for b in items]),
+           "text": lambda items: np.stack([np.full(2, float(b[-1]), np.float32) for b in items])}
+    counts = write_reinforced([src], str(tmp_path / "out"), enc, {"teacher": "T", "logit_scale": 50.0})
+    assert counts == {"samples": 4, "shards": 1, "skipped": 1}
+    out = list(_samples(str(tmp_path / "out" / "s-000.tar")))
+    assert [s["__key__"] for s in out] == ["k0", "k1", "k2", "k4"]
+    by_key = {s["__key__"]: s for s in samples}
+    for s in out:
+        orig = by_key[s["__key__"]]
+        for ext, data in orig.items():
+            if ext != "__key__":
+                assert s[ext] == (data.encode() if isinstance(data, str) else data)
+        img = np.load(io.BytesIO(s["teacher_image.npy"]))
+        txt = np.load(io.BytesIO(s["teacher_text.npy"]))
+        assert img.tolist() == [float(len(orig["jpg"]))] * 3 and txt.tolist() == [float(s["txt"][-1])] * 2
+    meta = json.load(open(tmp_path / "out" / "teacher.json"))
+    assert (meta["teacher"], meta["logit_scale"], meta["modalities"]) == ("T", 50.0, ["image", "text"])
