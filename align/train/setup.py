@@ -9,16 +9,18 @@
 """
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Optional
 
 import torch
 
 from align.config import Recipe, recipe_to_dict
-from align.errors import AlignError
+from align.errors import AlignError, DataError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train import rundir
 from align.train.checkpoint import data_states, load_checkpoint, prune_checkpoints, save_checkpoint
+from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
 
@@ -61,6 +63,27 @@ def hold_run_dir(r: Recipe):
         lock.release()
 
 
+@contextlib.contextmanager
+def watch_ranks(r: Recipe, lock):
+    """The step watchdog and the long waits of a multi-process run (align.train.guard.StepWatch), stopped when
+    the run ends; a hung peer ends this process with one line and exit 70, the run dir's lock released."""
+    from align.train.guard import watch_steps
+    with watch_steps(r.output_dir, r.train.dist_timeout_s, lock.release if lock is not None else None) as w:
+        yield w
+
+
+def evaluate_and_keep_best(eng, state: TrainState, loader, r: Recipe) -> None:
+    """A mid-run eval: rank 0 scores while the others wait (a long wait, not bound by train.dist_timeout_s);
+    every rank agrees on whether it is a new best, since the `best` checkpoint is written by all of them."""
+    from align.train.metrics import evaluate
+    with eng.watch.paused():
+        res = evaluate(eng, r, state.step)
+        metric = res.get(r.eval.best_metric) if r.eval.best_metric else None
+        if eng.watch.any(state.improves(metric)):
+            save(eng, state, loader, r, rundir.BEST, {"best_metric": r.eval.best_metric})
+    eng.model.train()
+
+
 def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
     """Between steps: when any rank got SIGTERM/SIGUSR1 (all ranks agree, align.train.guard), write a
     checkpoint at this step on every rank and stop with one line (align.train.guard.Preempted, exit 75)."""
@@ -77,7 +100,9 @@ def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
 def build_accelerator(r: Recipe):
     """The Accelerator for train.precision, refusing the launches it would silently run otherwise."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
+    from align.train.guard import collective_timeout_s
     from align.train.metrics import build_trackers
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[r.train.precision]
     # Without CUDA, `accelerate launch --multi_gpu --num_processes N` starts N processes that only
@@ -90,8 +115,10 @@ def build_accelerator(r: Recipe):
         # summary said fp16.  (bf16 autocast does run on CPU.)
         raise AlignError("train.precision=fp16 needs a GPU: on CPU Accelerate runs it as fp32; "
                          "use train.precision=bf16 or fp32")
+    # train.dist_timeout_s bounds every collective (the default is 30 minutes); see guard.collective_timeout_s
+    pg = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s(r.train.dist_timeout_s)))
     try:
-        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu, log_with=build_trackers(r))
+        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu, log_with=build_trackers(r), kwargs_handlers=[pg])
     except ImportError as exn:  # e.g. a DeepSpeed launch config without deepspeed installed
         raise AlignError(f"accelerate: {exn}") from None
     for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
@@ -115,6 +142,7 @@ class Engine:
     global_batch: int                  # samples per optimizer step, all ranks: batch x world x accum_steps
     fsdp: bool
     init_row: Optional[dict] = None    # the step-0 metrics row of a weights-only start (its temperature)
+    watch: StepWatch = field(default_factory=lambda: StepWatch("", 0))   # the loop's; inert until started
 
     @property
     def rank(self) -> int:
@@ -169,7 +197,7 @@ def _total_steps(r: Recipe, world: int) -> int:
     return total_steps
 
 
-def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
+def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[StepWatch] = None) -> Engine:
     """Model, loss, optimizer and schedule on `acc`; a fresh start gets its init_from / tower temperature."""
     from align.train.elastic import schedule_by_samples
     from align.train.optim import build_optimizer, build_scheduler
@@ -203,7 +231,8 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
     schedule_by_samples(scheduler, global_batch)
     if r.train.compile:
         model = torch.compile(model)
-    return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row)
+    return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row,
+                  watch or StepWatch("", 0))
 
 
 def resume(eng: Engine, path: Optional[str]):
@@ -278,12 +307,18 @@ class Batches:
         return [self._next() for _ in range(n)]
 
     def _next(self):
+        fresh = False                  # self.it has yielded nothing since it was made here
         while True:
             try:
                 return next(self.it)
             except StopIteration:
+                if fresh:
+                    # Retrying would spin here for ever while the other ranks wait in the next collective.
+                    raise DataError(f"data: epoch {self.state.epoch} gave rank {os.environ.get('RANK', '0')} "
+                                    f"no batch (too few shards or samples for this rank: a rank reads every "
+                                    f"world_size-th shard; use more shards, at least one batch each)")
                 self.state.epoch = self.loader.epoch
-                self.it = iter(self.loader)
+                self.it, fresh = iter(self.loader), True
 
 
 def write_config(r: Recipe, is_main: bool) -> None:
@@ -301,13 +336,15 @@ def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] 
     and data position), and it appears under its name only once all have (align.train.checkpoint). Step
     checkpoints beyond train.keep_last are pruned."""
     acc, ckpt_dir = eng.acc, rundir.checkpoints_dir(r.output_dir)
-    sd = None if eng.fsdp else acc.get_state_dict(eng.model)
-    payload = state.to_checkpoint(data=loader.state_dict(), scheduler=eng.scheduler.state_dict(),
-                                  world_size=eng.world, global_batch=eng.global_batch,
-                                  scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
-    path = save_checkpoint(ckpt_dir, name or rundir.step_name(state.step), sd, eng.optimizer, payload, rank=eng.rank,
-                           barrier=acc.wait_for_everyone, rank_state={"data": loader.state_dict()},
-                           sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
-    if name is None and acc.is_main_process:
-        prune_checkpoints(ckpt_dir, r.train.keep_last)
+    with eng.watch.paused():           # a long write is no hang; rank 0's own writes are waited out (long barrier)
+        sd = None if eng.fsdp else acc.get_state_dict(eng.model)
+        payload = state.to_checkpoint(data=loader.state_dict(), scheduler=eng.scheduler.state_dict(),
+                                      world_size=eng.world, global_batch=eng.global_batch,
+                                      scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+                                      **(extra or {}))
+        path = save_checkpoint(ckpt_dir, name or rundir.step_name(state.step), sd, eng.optimizer, payload,
+                               rank=eng.rank, barrier=eng.watch.barrier, rank_state={"data": loader.state_dict()},
+                               sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
+        if name is None and acc.is_main_process:
+            prune_checkpoints(ckpt_dir, r.train.keep_last)
     return path
