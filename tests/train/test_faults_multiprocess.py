@@ -206,3 +206,33 @@ def test_ranks_with_unequal_shards_and_no_samples_per_epoch_drift_apart_but_fini
         assert [r["step"] for r in rows] == list(range(16))
         epochs[rank] = rows[-1]["epoch"]
     assert max(epochs.values()) >= 3 and epochs[0] != epochs[1], epochs   # several epochs, drifted apart
+
+
+@pytest.mark.slow
+def test_a_mid_run_eval_with_best_metric_keeps_the_ranks_in_step(ddp_ref, tmp_path):
+    """Rank 0 evaluates alone; whether it is a new best must be agreed, since every rank writes the `best`
+    checkpoint (one rank saving while the other trains on mismatched the collectives and hung)."""
+    import numpy as np
+    import yaml
+
+    from tests.bench.conftest import png_bytes, write_wds
+    base, _ = ddp_ref
+    rng = np.random.default_rng(0)
+    samples = [(f"v{i:03d}", {"png": png_bytes(rng), "cls": str(i % 3), "txt": f"a photo number {i}"})
+               for i in range(12)]
+    val = write_wds(str(tmp_path / "val"), samples, classnames=["cat", "dog", "car"], templates=["a photo of a {c}."])
+    d = json.loads(json.dumps(base))
+    d["data"]["val"] = val
+    d["eval"] = {"every": 2, "tasks": ["zeroshot"], "best_metric": "image/zeroshot/acc1", "batch_size": 6}
+    d["train"]["dist_timeout_s"] = 20
+    d["output_dir"] = str(tmp_path / "best")
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(d))
+    res = launch(path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "best" / "eval.jsonl")]
+    assert [row["step"] for row in rows] == [2, 4, 6, 8]
+    ckpts = os.listdir(tmp_path / "best" / "checkpoints")
+    assert "best" in ckpts and "step-00000008" in ckpts
+    assert os.path.isfile(tmp_path / "best" / "checkpoints" / "best" / "rank-1.json")   # both ranks wrote it
