@@ -53,8 +53,8 @@ class Preemption:
         self._previous = {}
 
     def install(self) -> "Preemption":
-        if threading.current_thread() is not threading.main_thread():
-            return self          # signal handlers can only be set from the main thread
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return self          # installed already; signal handlers can only be set from the main thread
         for s in self.SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         return self
@@ -87,8 +87,14 @@ class Preempted(AlignError):
 
 @contextlib.contextmanager
 def catch_preemption():
-    """Preemption installed for the block, the previous handlers restored after it."""
-    p = Preemption().install()
+    """Preemption installed for the block, the previous handlers restored after it.
+
+    In a launch, ranks > 0 install it only when the loop calls `install()` once the process group exists:
+    until then SIGTERM ends them at once (they hold nothing yet). Caught, it would leave a rank blocked in
+    the rendezvous, e.g. for a rank 0 that was refused the run dir's lock, until the launcher's SIGKILL."""
+    p = Preemption()
+    if int(os.environ.get("RANK", "0")) == 0:
+        p.install()
     try:
         yield p
     finally:

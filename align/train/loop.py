@@ -42,6 +42,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     with process_settings(r.train), hold_run_dir(r) as lock, catch_preemption() as preempt, \
             watch_ranks(r, lock) as watch:
         acc = build_accelerator(r)
+        preempt.install()                      # ranks > 0 catch SIGTERM from here on (guard.catch_preemption)
         set_seed(r.seed)
         resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
         eng = build_engine(r, acc, resume_path, watch)

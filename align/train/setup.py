@@ -6,6 +6,9 @@
   resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
   build_loader      the training stream: shards through align.data.stream, or synthetic inputs
   save              one checkpoint of the run (every rank writes its part)
+  watch_ranks       multi-process: the step watchdog and the long waits (align.train.guard.StepWatch)
+  evaluate_and_keep_best  a mid-run eval on rank 0, the `best` checkpoint agreed by every rank
+  stop_if_preempted SIGTERM/SIGUSR1 on any rank: a checkpoint at the step reached, exit 75
 """
 import contextlib
 import os

@@ -21,8 +21,8 @@ import time
 import pytest
 
 from align.train.guard import HUNG_EXIT
-from tests.train.test_train_multiprocess import (ACCELERATE, assert_same_weights, ddp_ref, final_weights,  # noqa: F401,F811
-                                                  launch, write_recipe)
+from tests.train.test_train_multiprocess import ACCELERATE, assert_same_weights, final_weights, launch, write_recipe
+from tests.train.test_train_multiprocess import ddp_ref  # noqa: F401,F811  the shared reference run (a fixture)
 from tests.wds_helpers import image_text, make_shards, write_shard
 
 # The launcher's own exit status when it was sent SIGTERM: accelerate's torchrun forwards the signal to the
@@ -173,13 +173,18 @@ def test_a_two_process_launch_takes_one_lock_and_a_held_dir_refuses_every_rank(d
     with RunLock(str(held)):
         before = {n: (held / n).read_bytes() for n in os.listdir(held) if not n.startswith("align.lock")}
         names = sorted(os.listdir(held))
-        res = launch(write_recipe(base, tmp_path, "held"))
+        t0 = time.time()
+        # rank 1 must end when the launcher asks (SIGTERM), not wait in the rendezvous for its SIGKILL
+        res = launch(write_recipe(base, tmp_path, "held"), {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "150"})
+        took = time.time() - t0
+        print(f"refused launch ended after {took:.1f}s, exit {res.returncode}")
         after = {n: (held / n).read_bytes() for n in os.listdir(held) if not n.startswith("align.lock")}
         assert sorted(os.listdir(held)) == names and after == before
     out = res.stdout + res.stderr
     assert res.returncode != 0
     lines = [ln for ln in out.splitlines() if "holds this directory" in ln]
     assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0], out[-3000:]
+    assert took < 120
 
 
 @pytest.mark.slow
