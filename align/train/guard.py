@@ -13,8 +13,9 @@ rank: each finished step writes `RUN/heartbeat/rank-N.json` (step, time, host); 
 finished no step for `timeout_s`, it names the rank whose heartbeat is oldest (the one that stopped),
 with its host and last step, in one line, and ends the process with HUNG_EXIT so that the launcher
 tears the job down and a scheduler can restart it (`resume=auto` carries on from the last checkpoint).
-Each rank also notes when it holds its next batch (`fetched`): a rank that holds it waits in a collective
-for the others, so the culprit is the rank that is furthest behind (step, then batch in hand, then time).
+Each rank also notes when it is at a collective (`fetched`: it holds its next batch; `collective()`): a rank
+stalled there waits for the others, so the culprit is the rank furthest behind (step, then not at a
+collective, then time). These marks stay in memory; the watchdog thread writes them every poll.
 
 `StepWatch` is what the loop holds (multi-process runs; inert with one process): the watchdog, paused
 through legitimately long work that is not a step (the first step's warm-up and loader start, evaluation,
@@ -127,8 +128,12 @@ class Watchdog:
         self.on_hang = on_hang or _exit_hung
         self.poll_s = poll_s if poll_s is not None else max(0.05, min(5.0, self.timeout_s / 10))
         self.host = socket.gethostname()
-        self._last = time.time()
+        self._last = time.time()          # when this rank last finished a step (the verdict's clock)
         self._step = 0
+        self._waiting = False             # at a collective: if it stalls here, it waits for another rank
+        self._since = self._last          # when (step, waiting) last changed: the heartbeat's time
+        self._dirty = False
+        self._io = threading.Lock()
         self._paused = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -137,20 +142,37 @@ class Watchdog:
         return os.path.join(self.dir, f"rank-{rank}.json")
 
     def beat(self, step: int) -> None:
-        """Step `step` is finished."""
-        self._step, self._last = step, time.time()
-        self._write(step, fetched=False)
+        """Step `step` is finished (written at once: one small file a step)."""
+        self._step, self._waiting, self._last = step, False, time.time()
+        self._since = self._last
+        self._flush()
+
+    def waiting(self, on: bool = True) -> None:
+        """This rank is (on) or no longer is at a collective. Kept in memory; the watchdog thread writes it
+        within poll_s, so a rank's marks cost nothing in its step."""
+        self._waiting, self._since, self._dirty = on, time.time(), True
 
     def fetched(self) -> None:
         """This rank holds the batch of its next step: from here on it waits for the others, if anyone."""
-        self._write(self._step, fetched=True)
+        self.waiting(True)
 
-    def _write(self, step: int, fetched: bool) -> None:
-        tmp = self._path(self.rank) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"rank": self.rank, "host": self.host, "step": step, "fetched": fetched,
-                       "time": time.time()}, f)
-        os.replace(tmp, self._path(self.rank))
+    @contextlib.contextmanager
+    def collective(self):
+        """Waiting for the other ranks during the block (e.g. the all-reduce that agrees on preemption)."""
+        self.waiting(True)
+        try:
+            yield
+        finally:
+            self.waiting(False)
+
+    def _flush(self) -> None:
+        with self._io:
+            self._dirty = False
+            tmp = f"{self._path(self.rank)}.{threading.get_ident()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"rank": self.rank, "host": self.host, "step": self._step, "waiting": self._waiting,
+                           "time": self._since}, f)
+            os.replace(tmp, self._path(self.rank))
 
     @contextlib.contextmanager
     def paused(self):
@@ -174,7 +196,7 @@ class Watchdog:
             self._thread.join(timeout=5)
 
     def culprit(self) -> str:
-        """One line naming the rank furthest behind: lowest step, then no batch in hand, then oldest heartbeat."""
+        """One line naming the rank furthest behind: lowest step, then not waiting at a collective, then oldest."""
         beats = []
         for r in range(self.world_size):
             try:
@@ -183,7 +205,7 @@ class Watchdog:
             except (OSError, ValueError):
                 beats.append({"rank": r, "host": "?", "step": "?", "time": 0.0})
         worst = min(beats, key=lambda b: (b["step"] if isinstance(b["step"], int) else -1,
-                                          b.get("fetched", False), b["time"]))
+                                          b.get("waiting", False), b["time"]))
         age = time.time() - worst["time"] if worst["time"] else float("inf")
         return (f"rank {worst['rank']} on host {worst['host']} made no progress for {age:.0f} s "
                 f"(last step {worst['step']}); rank {self.rank} waited {time.time() - self._last:.0f} s "
@@ -191,6 +213,11 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
+            if self._dirty:
+                try:
+                    self._flush()
+                except OSError:       # a full disk or a lost mount: the verdict below still stands
+                    pass
             if not self._paused and time.time() - self._last > self.timeout_s:
                 self.on_hang(self.culprit())
                 return
@@ -237,6 +264,9 @@ class StepWatch:
     def fetched(self) -> None:
         if self.dog is not None:
             self.dog.fetched()
+
+    def collective(self):
+        return self.dog.collective() if self.dog is not None else contextlib.nullcontext()
 
     def beat(self, step: int) -> None:
         if self.dog is not None:

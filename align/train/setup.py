@@ -91,8 +91,9 @@ def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
     """Between steps: when any rank got SIGTERM/SIGUSR1 (all ranks agree, align.train.guard), write a
     checkpoint at this step on every rank and stop with one line (align.train.guard.Preempted, exit 75)."""
     from align.train.guard import Preempted, all_ranks_max
-    if not preempt.agreed(all_ranks_max):
-        return
+    with eng.watch.collective():       # a rank stalled here waits for another (the watchdog names that one)
+        if not preempt.agreed(all_ranks_max):
+            return
     state.elapsed_s = log.elapsed()
     ckpt = save(eng, state, loader, r)
     log.close_bar()
