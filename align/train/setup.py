@@ -310,19 +310,22 @@ class Batches:
     def take(self, n: int) -> list:
         return [self._next() for _ in range(n)]
 
+    MAX_EMPTY_EPOCHS = 10
+
     def _next(self):
-        fresh = False                  # self.it has yielded nothing since it was made here
+        empty = -1                     # epochs started here that gave no batch (the one running may be a rest)
         while True:
             try:
                 return next(self.it)
             except StopIteration:
-                if fresh:
-                    # Retrying would spin here for ever while the other ranks wait in the next collective.
-                    raise DataError(f"data: epoch {self.state.epoch} gave rank {os.environ.get('RANK', '0')} "
-                                    f"no batch (too few shards or samples for this rank: a rank reads every "
-                                    f"world_size-th shard; use more shards, at least one batch each)")
+                empty += 1
+                if empty >= self.MAX_EMPTY_EPOCHS:
+                    # e.g. fewer shards than ranks: retrying would spin for ever, the other ranks waiting
+                    raise DataError(f"data: {empty} epochs in a row gave rank {os.environ.get('RANK', '0')} no batch "
+                                    f"(a rank reads every world_size-th shard: use more shards than ranks x "
+                                    f"data.num_workers, each of at least one batch)")
                 self.state.epoch = self.loader.epoch
-                self.it, fresh = iter(self.loader), True
+                self.it = iter(self.loader)
 
 
 def write_config(r: Recipe, is_main: bool) -> None:

@@ -31,10 +31,18 @@ def test_batches_roll_into_the_next_epoch_whatever_its_length():
     assert got == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)] and state.epoch == 2
 
 
-def test_an_epoch_without_a_batch_is_one_line_not_an_endless_loop():
+def test_an_empty_epoch_now_and_then_is_skipped():
+    """e.g. a rank whose shards this epoch are smaller than a batch"""
+    state = TrainState()
+    b = Batches(EpochLoader([1, 0, 0, 2]), state)
+    assert b.take(3) == [(0, 0), (3, 0), (3, 1)] and state.epoch == 3
+
+
+def test_a_rank_whose_epochs_stay_empty_gets_one_line_not_an_endless_loop():
+    """e.g. fewer shards than ranks: this rank reads none, every epoch"""
     state = TrainState()
     b = Batches(EpochLoader([2, 0]), state)
     assert b.take(2) == [(0, 0), (0, 1)]
     with pytest.raises(DataError) as e:
         b.take(1)
-    assert "gave rank 0 no batch" in str(e.value) and "\n" not in str(e.value)
+    assert "10 epochs in a row gave rank 0 no batch" in str(e.value) and "\n" not in str(e.value)
