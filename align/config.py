@@ -151,6 +151,9 @@ class TrainConfig:
     max_bad_steps: int = _num(5, ge=1, help="consecutive NaN/Inf losses before the run stops")
     lock_timeout_s: float = _num(300.0, gt=0, help="the run dir's lock is taken over when its holder's heartbeat "
                                                    "is this old (another host; a dead pid on this one: at once)")
+    dist_timeout_s: float = _num(300.0, gt=0, help="multi-process: a collective waits this long, and a rank "
+                                                   "that finishes no step for this long is named and the launch "
+                                                   "ends (exit 70; resume=auto continues)")
     num_threads: Optional[int] = _num(None, ge=1, help="torch CPU threads (default: torch's)")
     deterministic: bool = _key(False, help="deterministic GPU kernels (slower)")
     wandb_project: Optional[str] = _key(None, help="also log to this Weights & Biases project (pip install wandb)")

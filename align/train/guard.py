@@ -13,6 +13,15 @@ rank: each finished step writes `RUN/heartbeat/rank-N.json` (step, time, host); 
 finished no step for `timeout_s`, it names the rank whose heartbeat is oldest (the one that stopped),
 with its host and last step, in one line, and ends the process with HUNG_EXIT so that the launcher
 tears the job down and a scheduler can restart it (`resume=auto` carries on from the last checkpoint).
+Each rank also notes when it is at a collective (`fetched`: it holds its next batch; `collective()`): a rank
+stalled there waits for the others, so the culprit is the rank furthest behind (step, then not at a
+collective, then time). These marks stay in memory; the watchdog thread writes them every poll.
+
+`StepWatch` is what the loop holds (multi-process runs; inert with one process): the watchdog, paused
+through legitimately long work that is not a step (the first step's warm-up and loader start, evaluation,
+checkpoint writes), and a second, gloo process group with a long timeout for the waits around work that
+only some ranks do (rank 0 evaluates or writes the weights while the others wait). The default group's
+collective timeout is train.dist_timeout_s, so such a wait on it would end the run falsely.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import signal
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Callable, Optional
 
 from align.errors import AlignError
@@ -31,6 +41,7 @@ from align.errors import AlignError
 PREEMPTED_EXIT = 75      # EX_TEMPFAIL: preempted, checkpoint written, run the same command again
 HUNG_EXIT = 70           # a rank made no progress for train.dist_timeout_s; resume=auto continues
 HEARTBEAT_DIR = "heartbeat"
+LONG_WAIT_S = 24 * 3600  # waits for one rank's evaluation or checkpoint write (StepWatch.barrier / any)
 
 
 class Preemption:
@@ -43,8 +54,8 @@ class Preemption:
         self._previous = {}
 
     def install(self) -> "Preemption":
-        if threading.current_thread() is not threading.main_thread():
-            return self          # signal handlers can only be set from the main thread
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return self          # installed already; signal handlers can only be set from the main thread
         for s in self.SIGNALS:
             self._previous[s] = signal.signal(s, self._handle)
         return self
@@ -77,8 +88,14 @@ class Preempted(AlignError):
 
 @contextlib.contextmanager
 def catch_preemption():
-    """Preemption installed for the block, the previous handlers restored after it."""
-    p = Preemption().install()
+    """Preemption installed for the block, the previous handlers restored after it.
+
+    In a launch, ranks > 0 install it only when the loop calls `install()` once the process group exists:
+    until then SIGTERM ends them at once (they hold nothing yet). Caught, it would leave a rank blocked in
+    the rendezvous, e.g. for a rank 0 that was refused the run dir's lock, until the launcher's SIGKILL."""
+    p = Preemption()
+    if int(os.environ.get("RANK", "0")) == 0:
+        p.install()
     try:
         yield p
     finally:
@@ -111,8 +128,13 @@ class Watchdog:
         self.on_hang = on_hang or _exit_hung
         self.poll_s = poll_s if poll_s is not None else max(0.05, min(5.0, self.timeout_s / 10))
         self.host = socket.gethostname()
-        self._last = time.time()
+        self._last = time.time()          # when this rank last finished a step (the verdict's clock)
         self._step = 0
+        self._waiting = False             # at a collective: if it stalls here, it waits for another rank
+        self._since = self._last          # when (step, waiting) last changed: the heartbeat's time
+        self._dirty = False
+        self._io = threading.Lock()
+        self._paused = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -120,14 +142,50 @@ class Watchdog:
         return os.path.join(self.dir, f"rank-{rank}.json")
 
     def beat(self, step: int) -> None:
-        self._step, self._last = step, time.time()
-        tmp = self._path(self.rank) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"rank": self.rank, "host": self.host, "step": step, "time": self._last}, f)
-        os.replace(tmp, self._path(self.rank))
+        """Step `step` is finished (written at once: one small file a step)."""
+        self._step, self._waiting, self._last = step, False, time.time()
+        self._since = self._last
+        self._flush()
 
-    def start(self) -> "Watchdog":
-        self.beat(self._step)
+    def waiting(self, on: bool = True) -> None:
+        """This rank is (on) or no longer is at a collective. Kept in memory; the watchdog thread writes it
+        within poll_s, so a rank's marks cost nothing in its step."""
+        self._waiting, self._since, self._dirty = on, time.time(), True
+
+    def fetched(self) -> None:
+        """This rank holds the batch of its next step: from here on it waits for the others, if anyone."""
+        self.waiting(True)
+
+    @contextlib.contextmanager
+    def collective(self):
+        """Waiting for the other ranks during the block (e.g. the all-reduce that agrees on preemption)."""
+        self.waiting(True)
+        try:
+            yield
+        finally:
+            self.waiting(False)
+
+    def _flush(self) -> None:
+        with self._io:
+            self._dirty = False
+            tmp = f"{self._path(self.rank)}.{threading.get_ident()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"rank": self.rank, "host": self.host, "step": self._step, "waiting": self._waiting,
+                           "time": self._since}, f)
+            os.replace(tmp, self._path(self.rank))
+
+    @contextlib.contextmanager
+    def paused(self):
+        """No verdict during the block (long work that is not a step); the clock restarts after it."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+            self._last = time.time()
+
+    def start(self, step: Optional[int] = None) -> "Watchdog":
+        self.beat(self._step if step is None else step)
         self._thread = threading.Thread(target=self._watch, daemon=True, name="align-watchdog")
         self._thread.start()
         return self
@@ -138,7 +196,7 @@ class Watchdog:
             self._thread.join(timeout=5)
 
     def culprit(self) -> str:
-        """One line naming the rank whose heartbeat is oldest (this one if none is older)."""
+        """One line naming the rank furthest behind: lowest step, then not waiting at a collective, then oldest."""
         beats = []
         for r in range(self.world_size):
             try:
@@ -146,7 +204,8 @@ class Watchdog:
                     beats.append(json.load(f))
             except (OSError, ValueError):
                 beats.append({"rank": r, "host": "?", "step": "?", "time": 0.0})
-        worst = min(beats, key=lambda b: b["time"])
+        worst = min(beats, key=lambda b: (b["step"] if isinstance(b["step"], int) else -1,
+                                          b.get("waiting", False), b["time"]))
         age = time.time() - worst["time"] if worst["time"] else float("inf")
         return (f"rank {worst['rank']} on host {worst['host']} made no progress for {age:.0f} s "
                 f"(last step {worst['step']}); rank {self.rank} waited {time.time() - self._last:.0f} s "
@@ -154,13 +213,119 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
-            if time.time() - self._last > self.timeout_s:
+            if self._dirty:
+                try:
+                    self._flush()
+                except OSError:       # a full disk or a lost mount: the verdict below still stands
+                    pass
+            if not self._paused and time.time() - self._last > self.timeout_s:
                 self.on_hang(self.culprit())
                 return
 
 
-def _exit_hung(line: str) -> None:
+def _exit_hung(line: str, cleanup: Optional[Callable[[], None]] = None) -> None:
     import sys
 
     print(f"align: error: {line}", file=sys.stderr, flush=True)
+    if cleanup is not None:
+        try:
+            cleanup()       # e.g. release the run dir's lock, as an ordinary error would
+        except Exception:
+            pass
     os._exit(HUNG_EXIT)     # the main thread is stuck in a collective: only a hard exit ends it
+
+
+class StepWatch:
+    """The loop's guard against a hung peer (module docstring); every method is a no-op with one process.
+
+    Made before the process group (it only reads RANK/WORLD_SIZE); `start` once the group exists, after
+    which the first step runs paused (warm-up, loader start) and each finished step beats.
+    """
+
+    def __init__(self, run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None):
+        self.run_dir, self.timeout_s = run_dir, timeout_s
+        self.on_hang = lambda line: _exit_hung(line, cleanup)
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.dog: Optional[Watchdog] = None
+        self._group = None
+        self._warmup = contextlib.nullcontext()
+
+    def start(self, step: int) -> "StepWatch":
+        if self.world > 1:
+            import torch.distributed as dist
+            self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=LONG_WAIT_S))
+            self.dog = Watchdog(self.run_dir, rank=self.rank, world_size=self.world, timeout_s=self.timeout_s,
+                                on_hang=self.on_hang).start(step)
+            self._warmup = self.dog.paused()
+            self._warmup.__enter__()        # until the first step of this process is finished
+        return self
+
+    def fetched(self) -> None:
+        if self.dog is not None:
+            self.dog.fetched()
+
+    def collective(self):
+        return self.dog.collective() if self.dog is not None else contextlib.nullcontext()
+
+    def beat(self, step: int) -> None:
+        if self.dog is not None:
+            self._end_warmup()
+            self.dog.beat(step)
+
+    def _end_warmup(self) -> None:
+        if self._warmup is not None:
+            self._warmup.__exit__(None, None, None)
+            self._warmup = None
+
+    def paused(self):
+        return self.dog.paused() if self.dog is not None else contextlib.nullcontext()
+
+    def barrier(self) -> None:
+        """Every rank here, however long one rank's own work took (not bound by train.dist_timeout_s)."""
+        import torch.distributed as dist
+        if self._group is not None:
+            dist.barrier(group=self._group)
+        elif self.world > 1 and dist.is_available() and dist.is_initialized():
+            dist.barrier()           # not started yet: the default group
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any: after work that only some ranks did (long timeout)."""
+        if self._group is None:
+            return bool(flag)
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([int(bool(flag))])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(t.item())
+
+    def share(self, value: Optional[float]) -> Optional[float]:
+        """Rank 0's number (None: none) on every rank, over the long-timeout group: a result only rank 0 computed."""
+        if self._group is None:
+            return value
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
+        dist.broadcast(t, src=0, group=self._group)
+        x = float(t.item())
+        return None if x != x else x
+
+    def stop(self) -> None:
+        if self.dog is not None:
+            self.dog.stop()
+            self.dog = None
+
+
+def collective_timeout_s(dist_timeout_s: float) -> float:
+    """The process group's timeout: a little longer than the watchdog's, so that its one line comes first."""
+    return dist_timeout_s + min(60.0, dist_timeout_s)
+
+
+@contextlib.contextmanager
+def watch_steps(run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None):
+    """A StepWatch for the block, stopped when it ends, normally or by an error."""
+    w = StepWatch(run_dir, timeout_s, cleanup)
+    try:
+        yield w
+    finally:
+        w.stop()

@@ -1,11 +1,15 @@
 """Fault injection and recording for the tests, driven by environment variables; inert when they are unset.
 
     ALIGN_TEST_SIGKILL_AT_STEP=N    SIGKILL this process right after step N (its checkpoint, if due, written)
-    ALIGN_TEST_SIGKILL_RANK=R       ... only on rank R (default: every rank)
+    ALIGN_TEST_SIGKILL_RANK=R       ... only on rank R (default: every rank); also for the two hooks below
+    ALIGN_TEST_SIGTERM_AT_STEP=N    SIGTERM this process during step N (a scheduler's preemption)
+    ALIGN_TEST_SIGSTOP_AT_STEP=N    SIGSTOP this process right after step N, as a stuck NFS read would stop it,
+                                    after writing "PID TIME" to ALIGN_TEST_STOPPED_PID (the test's cleanup)
     ALIGN_TEST_KILL_STAMP=FILE      ... after writing the time of death to FILE (the bounded-exit tests)
     ALIGN_TEST_SIGKILL_IN_SAVE=NAME a rank > 0 dies while writing checkpoint NAME, its part written
     ALIGN_TEST_KILL_DATA_WORKER_AT_STEP=N  SIGKILL one of this process's data workers right after step N (as
                                     the OOM killer does) and wait until it is dead
+    ALIGN_TEST_STEP_SLEEP_S=S       sleep S seconds after every step (a slow run to signal or inspect mid-way)
     ALIGN_TEST_RECORD_KEYS=PREFIX   each rank appends the sample keys of every step to PREFIX.rankR.jsonl
                                     (the no-sample-lost-or-repeated tests)
 
@@ -25,6 +29,9 @@ SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
 RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
 SIGTERM_AT_STEP = "ALIGN_TEST_SIGTERM_AT_STEP"     # a scheduler's SIGTERM, arriving during that step
 KILL_DATA_WORKER_AT_STEP = "ALIGN_TEST_KILL_DATA_WORKER_AT_STEP"
+SIGSTOP_AT_STEP = "ALIGN_TEST_SIGSTOP_AT_STEP"     # a hung rank (the watchdog tests)
+STOPPED_PID = "ALIGN_TEST_STOPPED_PID"
+STEP_SLEEP_S = "ALIGN_TEST_STEP_SLEEP_S"
 
 
 def _die() -> None:
@@ -83,6 +90,8 @@ class TestHooks:
         self.kill_at = int(os.environ.get(SIGKILL_AT_STEP, "0"))
         self.term_at = int(os.environ.get(SIGTERM_AT_STEP, "0"))
         self.kill_worker_at = int(os.environ.get(KILL_DATA_WORKER_AT_STEP, "0"))
+        self.stop_at = int(os.environ.get(SIGSTOP_AT_STEP, "0"))
+        self.sleep_s = float(os.environ.get(STEP_SLEEP_S, "0"))
         self.kill_rank = os.environ.get(SIGKILL_RANK, str(rank))
         prefix = os.environ.get(RECORD_KEYS)
         self.keys_f = open(f"{prefix}.rank{rank}.jsonl", "a") if prefix else None
@@ -98,8 +107,14 @@ class TestHooks:
         """Called once step `step` is complete (logged, evaluated, checkpointed)."""
         if self.kill_worker_at and step == self.kill_worker_at and self.kill_rank == str(self.rank):
             kill_data_worker()
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
         if self.term_at and step == self.term_at and self.kill_rank == str(self.rank):
             os.kill(os.getpid(), signal.SIGTERM)
+        if self.stop_at and step == self.stop_at and self.kill_rank == str(self.rank):
+            with open(os.environ[STOPPED_PID], "w") as f:
+                f.write(f"{os.getpid()} {time.time()}")
+            os.kill(os.getpid(), signal.SIGSTOP)
         if self.kill_at and step == self.kill_at and self.kill_rank == str(self.rank):
             if os.environ.get(KILL_STAMP):
                 with open(os.environ[KILL_STAMP], "w") as f:

@@ -5,6 +5,7 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
 
   1. settings   thread count and determinism for the run, restored when it ends;       setup.process_settings
                 the run dir's lock, held until the run ends (one live writer)          setup.hold_run_dir
+                several processes: a step watchdog naming a hung rank (exit 70)        setup.watch_ranks, guard
   2. engine     accelerator; image_size: auto from the data; model, loss, optimizer,   setup.build_engine
                 schedule
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
@@ -13,7 +14,7 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
   4. each step  fetch batch -> train_step: embed, contrastive loss, NaN guard,          step.train_step
                 backward, clip, optimizer and schedule, clamp temperature
                 -> count it -> unlock due towers -> log -> eval (best) -> checkpoint   state, metrics, setup.save
-                -> test hooks -> preempted? checkpoint and stop (exit 75)              hooks, guard
+                -> heartbeat -> test hooks -> preempted? checkpoint and stop (exit 75)   guard, hooks
                 (a source down, a data worker killed: checkpoint and stop, one line   setup.stop_at_data_fault
                  a full disk: the partial checkpoint removed, one line                 storage)
   5. the end    final checkpoint, eval, summary                                        metrics.RunLogger
@@ -32,8 +33,9 @@ from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, carve_val_split,
-                               hold_run_dir, keep_if_best, process_settings, resolve_auto_image_size, resolve_resume,
-                               restore_rng, resume, save, stop_at_data_fault, stop_if_preempted, write_config)
+                               evaluate_and_keep_best, hold_run_dir, keep_if_best, process_settings,
+                               resolve_auto_image_size, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
+                               stop_if_preempted, watch_ranks, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -41,13 +43,16 @@ __all__ = ["train", "build_loader", "resolve_resume", "run_val"]
 
 
 def train(r: Recipe, progress: bool = True) -> dict:
-    # one live writer per output_dir (runlock); SIGTERM/SIGUSR1 stop at a step boundary with a checkpoint (guard)
-    with process_settings(r.train), hold_run_dir(r), catch_preemption() as preempt:
+    # one live writer per output_dir (runlock); SIGTERM/SIGUSR1 stop at a step boundary with a checkpoint and
+    # a rank that finishes no step for train.dist_timeout_s is named and ends the launch (guard)
+    with process_settings(r.train), hold_run_dir(r) as lock, catch_preemption() as preempt, \
+            watch_ranks(r, lock) as watch:
         acc = build_accelerator(r)
+        preempt.install()                      # ranks > 0 catch SIGTERM from here on (guard.catch_preemption)
         r = resolve_auto_image_size(r, acc.print)   # image_size: auto -> the training images' own size
         set_seed(r.seed)
         resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
-        eng = build_engine(r, acc, resume_path)
+        eng = build_engine(r, acc, resume_path, watch)
         state, data_resume = resume(eng, resume_path)
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
@@ -61,6 +66,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         for m in unlock_due(eng.core, r.train.unlock_at_step, state.step):    # resumed past an unlock step
             acc.print(f"unlocked the {m} tower (train.unlock_at_step.{m}={r.train.unlock_at_step[m]})")
         eng.model.train()
+        watch.start(state.step)                # the first step runs unwatched: warm-up, loader start
 
         while state.step < eng.total_steps:
             t0 = time.perf_counter()
@@ -69,6 +75,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
             except (SourceUnavailable, DataWorkerDied) as exn:   # a source down for data.retry_budget_s, a
                 stop_at_data_fault(eng, state, batches, r, log, exn)  # killed data worker: checkpoint, one line
             log.waited(time.perf_counter() - t0, state)
+            watch.fetched()                    # from here on this rank waits for the others, if anyone
             hooks.record_keys(state.step, state.epoch, micro)
             res = train_step(eng, micro, r.train.grad_clip)
             if not state.record_step(res.stepped, eng.global_batch, r.train.max_bad_steps, last_good):
@@ -77,13 +84,12 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 acc.print(f"unlocked the {m} tower at step {state.step}")
             log.step(state, res, loader)
             if r.eval.every and r.data.val and state.step % r.eval.every == 0 and state.step < eng.total_steps:
-                res = evaluate(eng, r, state.step)
+                res = evaluate_and_keep_best(eng, state, loader, r)   # rank 0 scores, every rank saves a best
                 log.heldout(res, state.step)   # warns once when held-out falls while the train loss falls
-                keep_if_best(eng, state, loader, r, res)     # checkpoints/best by eval.best_metric
-                eng.model.train()
             if r.train.checkpoint_every and state.step % r.train.checkpoint_every == 0:
                 state.elapsed_s = log.elapsed()
                 last_good = save(eng, state, loader, r)
+            watch.beat(state.step)
             hooks.after_step(state.step)
             stop_if_preempted(eng, state, loader, r, log, preempt)
         log.close_bar()
@@ -91,10 +97,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
         if hasattr(loader, "close"):
             loader.close()                     # workers started early for an epoch that will not run
 
+        watch.stop()
         state.elapsed_s = log.elapsed()
         final = save(eng, state, loader, r)
         results = evaluate(eng, r, state.step) if r.data.val else {}
         keep_if_best(eng, state, loader, r, results)         # the final model may be the best
         summary = log.summary(state, loader, final, results)
-        acc.wait_for_everyone()
+        watch.barrier()                        # rank 0 evaluated while the others waited (a long wait)
         return summary

@@ -8,20 +8,25 @@
   build_loader      the training stream: shards through align.data.stream, or synthetic inputs
   save              one checkpoint of the run (every rank writes its part); a full disk is one line
                     (align.train.storage)
+  watch_ranks       multi-process: the step watchdog and the long waits (align.train.guard.StepWatch)
+  evaluate_and_keep_best  a mid-run eval on rank 0, the `best` checkpoint agreed by every rank
+  stop_if_preempted SIGTERM/SIGUSR1 on any rank: a checkpoint at the step reached, exit 75
   stop_at_data_fault  a source that stayed down or a killed data worker: a checkpoint, then one line
 """
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Optional
 
 import torch
 
 from align.config import Recipe, recipe_to_dict
-from align.errors import AlignError
+from align.errors import AlignError, DataError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train import rundir
 from align.train.checkpoint import data_states, load_checkpoint, prune_checkpoints, save_checkpoint
+from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
 
@@ -67,12 +72,33 @@ def hold_run_dir(r: Recipe):
         lock.release()
 
 
+@contextlib.contextmanager
+def watch_ranks(r: Recipe, lock):
+    """The step watchdog and the long waits of a multi-process run (align.train.guard.StepWatch), stopped when
+    the run ends; a hung peer ends this process with one line and exit 70, the run dir's lock released."""
+    from align.train.guard import watch_steps
+    with watch_steps(r.output_dir, r.train.dist_timeout_s, lock.release if lock is not None else None) as w:
+        yield w
+
+
+def evaluate_and_keep_best(eng, state: TrainState, loader, r: Recipe) -> dict:
+    """A mid-run eval: rank 0 scores while the others wait (a long wait, not bound by train.dist_timeout_s),
+    then checkpoints/best when eval.best_metric improved (keep_if_best). -> the results (rank 0; {} elsewhere)."""
+    from align.train.metrics import evaluate
+    with eng.watch.paused():
+        res = evaluate(eng, r, state.step)
+        keep_if_best(eng, state, loader, r, res)
+    eng.model.train()
+    return res
+
+
 def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
     """Between steps: when any rank got SIGTERM/SIGUSR1 (all ranks agree, align.train.guard), write a
     checkpoint at this step on every rank and stop with one line (align.train.guard.Preempted, exit 75)."""
     from align.train.guard import Preempted, all_ranks_max
-    if not preempt.agreed(all_ranks_max):
-        return
+    with eng.watch.collective():       # a rank stalled here waits for another (the watchdog names that one)
+        if not preempt.agreed(all_ranks_max):
+            return
     state.elapsed_s = log.elapsed()
     ckpt = save(eng, state, loader, r)
     log.close_bar()
@@ -82,24 +108,21 @@ def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
 
 def keep_if_best(eng, state, loader, r: Recipe, results: dict) -> None:
     """After an evaluation: checkpoints/best when eval.best_metric improved. The evaluation runs on the main
-    process only, so its value is broadcast first: every rank records the same best and joins the save
-    (whose barrier would otherwise wait for ranks that never come)."""
+    process only, so its value is shared first (over the watch's long-timeout group: rank 0 may have evaluated
+    for longer than train.dist_timeout_s): every rank records the same best and joins the save, whose barrier
+    would otherwise wait for ranks that never come."""
     if not r.eval.best_metric:
         return
-    value = results.get(r.eval.best_metric)
-    if eng.world > 1:
-        from accelerate.utils import broadcast_object_list
-        box = [value]
-        broadcast_object_list(box, from_process=0)
-        value = box[0]
-    if state.improves(value):
+    if state.improves(eng.watch.share(results.get(r.eval.best_metric))):
         save(eng, state, loader, r, rundir.BEST, {"best_metric": r.eval.best_metric})
 
 
 def build_accelerator(r: Recipe):
     """The Accelerator for train.precision, refusing the launches it would silently run otherwise."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
+    from align.train.guard import collective_timeout_s
     from align.train.metrics import build_trackers
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[r.train.precision]
     # Without CUDA, `accelerate launch --multi_gpu --num_processes N` starts N processes that only
@@ -112,8 +135,10 @@ def build_accelerator(r: Recipe):
         # summary said fp16.  (bf16 autocast does run on CPU.)
         raise AlignError("train.precision=fp16 needs a GPU: on CPU Accelerate runs it as fp32; "
                          "use train.precision=bf16 or fp32")
+    # train.dist_timeout_s bounds every collective (the default is 30 minutes); see guard.collective_timeout_s
+    pg = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s(r.train.dist_timeout_s)))
     try:
-        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu, log_with=build_trackers(r))
+        acc = Accelerator(mixed_precision=mp, cpu=multi_cpu, log_with=build_trackers(r), kwargs_handlers=[pg])
     except ImportError as exn:  # e.g. a DeepSpeed launch config without deepspeed installed
         raise AlignError(f"accelerate: {exn}") from None
     for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
@@ -138,6 +163,7 @@ class Engine:
     fsdp: bool
     init_row: Optional[dict] = None    # the step-0 metrics row of a weights-only start (its temperature)
     teacher: Optional[object] = None   # loss.distill: batch -> {"teacher_<m>": [B, Et]} (align.train.teacher)
+    watch: StepWatch = field(default_factory=lambda: StepWatch("", 0))   # the loop's; inert until started
 
     @property
     def rank(self) -> int:
@@ -194,7 +220,7 @@ def _total_steps(r: Recipe, world: int) -> int:
     return total_steps
 
 
-def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
+def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[StepWatch] = None) -> Engine:
     """Model, loss, optimizer and schedule on `acc`; a fresh start gets its init_from / tower temperature."""
     from align.train.elastic import schedule_by_samples
     from align.train.optim import build_optimizer, build_scheduler
@@ -230,7 +256,7 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str]) -> Engine:
     if r.train.compile:
         model = torch.compile(model)
     return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row,
-                  teacher)
+                  teacher, watch or StepWatch("", 0))
 
 
 def _teacher(r: Recipe, acc):
@@ -434,19 +460,21 @@ class Batches:
         """The data position after the last complete step (what a checkpoint written now must record)."""
         return self._before if self._before is not None else self.loader.state_dict()
 
+    MAX_EMPTY_EPOCHS = 10
+
     def _next(self):
-        empty = 0                      # epochs in a row that gave this rank no batch
+        empty = -1                     # epochs started here that gave no batch (the one running may be a rest)
         from align.train.dataworkers import as_worker_death
         while True:
             try:
                 return next(self.it)
             except StopIteration:
                 empty += 1
-                if empty >= 3:         # not a resumed epoch's empty rest: this rank reads nothing (it would spin)
-                    rank = getattr(getattr(self.loader, "dataset", None), "rank", 0)
-                    raise AlignError(f"data: rank {rank} got no batch in three epochs in "
-                                     f"a row: its share of the shards holds no usable sample (fewer shards than "
-                                     f"processes x data.num_workers, or all skipped); use more, smaller shards")
+                if empty >= self.MAX_EMPTY_EPOCHS:
+                    # e.g. fewer shards than ranks: retrying would spin for ever, the other ranks waiting
+                    raise DataError(f"data: {empty} epochs in a row gave rank {os.environ.get('RANK', '0')} no batch "
+                                    f"(a rank reads every world_size-th shard: use more shards than ranks x "
+                                    f"data.num_workers, each of at least one batch)")
                 self.state.epoch = self.loader.epoch
                 self.it = iter(self.loader)
             except Exception as exn:       # torch: "DataLoader worker (pid N) exited unexpectedly", or a dead
@@ -488,18 +516,20 @@ def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] 
     removes the partial checkpoint and raises StorageError, one line naming the intact one (align.train.storage)."""
     from align.train.storage import checkpoint_write
     acc, ckpt_dir = eng.acc, rundir.checkpoints_dir(r.output_dir)
-    sd = None if eng.fsdp else acc.get_state_dict(eng.model)
-    data = loader.state_dict() if data is None else data
-    payload = state.to_checkpoint(data=data, scheduler=eng.scheduler.state_dict(),
-                                  world_size=eng.world, global_batch=eng.global_batch,
-                                  scaler=acc.scaler.state_dict() if acc.scaler is not None else None, **(extra or {}))
-    # before the first checkpoint, its size is guessed as the weights plus AdamW's two moments
-    guess = 3 * sum(v.numel() * v.element_size() for v in sd.values()) if sd else None
-    ckpt = name or rundir.step_name(state.step)
-    with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
-        path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
-                               barrier=acc.wait_for_everyone, rank_state={"data": data},
-                               sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
-    if name is None and acc.is_main_process:
-        prune_checkpoints(ckpt_dir, r.train.keep_last)
+    with eng.watch.paused():           # a long write is no hang; rank 0's own writes are waited out (long barrier)
+        sd = None if eng.fsdp else acc.get_state_dict(eng.model)
+        data = loader.state_dict() if data is None else data
+        payload = state.to_checkpoint(data=data, scheduler=eng.scheduler.state_dict(),
+                                      world_size=eng.world, global_batch=eng.global_batch,
+                                      scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
+                                      **(extra or {}))
+        # before the first checkpoint, its size is guessed as the weights plus AdamW's two moments
+        guess = 3 * sum(v.numel() * v.element_size() for v in sd.values()) if sd else None
+        ckpt = name or rundir.step_name(state.step)
+        with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
+            path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
+                                   barrier=eng.watch.barrier, rank_state={"data": data},
+                                   sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
+        if name is None and acc.is_main_process:
+            prune_checkpoints(ckpt_dir, r.train.keep_last)
     return path

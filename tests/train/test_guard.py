@@ -73,3 +73,46 @@ def test_a_hung_process_exits_with_the_documented_code_and_one_line(tmp_path):
     assert r.returncode == HUNG_EXIT and time.time() - t0 < 15
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("align: error: rank 0 on host")
+
+
+def test_the_rank_furthest_behind_is_named_not_one_that_waits_with_its_batch(tmp_path):
+    """Both ranks finished step 5 at about the same time; rank 0 then holds its next batch (it waits in a
+    collective), rank 1 does not (stuck reading): rank 1 is named even though its heartbeat is newer."""
+    hung = []
+    r0 = Watchdog(str(tmp_path), rank=0, world_size=2, timeout_s=0.3, on_hang=hung.append, poll_s=0.05)
+    r1 = Watchdog(str(tmp_path), rank=1, world_size=2, timeout_s=0.3, on_hang=lambda line: None)
+    r0.start(5)
+    r0.fetched()                       # rank 0's heartbeat is the older one
+    time.sleep(0.05)
+    r1.beat(5)
+    deadline = time.time() + 5
+    while not hung and time.time() < deadline:
+        time.sleep(0.05)
+    r0.stop()
+    assert len(hung) == 1 and hung[0].startswith("rank 1 on host ") and "(last step 5)" in hung[0]
+
+
+def test_a_paused_watchdog_gives_no_verdict_and_restarts_its_clock(tmp_path):
+    hung = []
+    w = Watchdog(str(tmp_path), rank=0, world_size=1, timeout_s=0.2, on_hang=hung.append, poll_s=0.02).start()
+    with w.paused():                   # an evaluation or checkpoint write longer than the timeout
+        time.sleep(0.5)
+    time.sleep(0.1)                    # less than the timeout since the pause ended
+    assert hung == []
+    time.sleep(0.4)
+    w.stop()
+    assert len(hung) == 1
+
+
+def test_a_step_watch_with_one_process_does_nothing(tmp_path, monkeypatch):
+    from align.train.guard import StepWatch
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    w = StepWatch(str(tmp_path / "run"), 0.01).start(0)
+    w.fetched()
+    w.beat(1)
+    with w.paused():
+        pass
+    w.barrier()
+    assert w.any(True) and not w.any(False)
+    w.stop()
+    assert not os.path.exists(tmp_path / "run")         # no heartbeat files for a single process

@@ -420,8 +420,11 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                             "get none of it; use more, smaller shards for an even split", src.name, len(src.urls),
                             readers)
         if world_size > 1 and samples_per_epoch is None and train:
-            log.warning("data: %d ranks without samples_per_epoch may yield different numbers of batches per "
-                        "epoch (distributed training then hangs); set data.samples_per_epoch", world_size)
+            # align's step-based loop keeps such ranks in step: each starts its next epoch by itself
+            # (align.train.setup.Batches). Only a loop that ends every rank's epoch together would wait.
+            log.info("data: %d ranks without samples_per_epoch read different shards, so their epochs may differ "
+                     "in length and drift apart (each rank's epoch counter is its own); set "
+                     "data.samples_per_epoch for equal epochs", world_size)
     dataset = StreamDataset(
         resolved, decoder, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, resampled=resampled,
         shuffle_buffer=shuffle_buffer if train else 0, allow_pipe=allow_pipe, train=train,

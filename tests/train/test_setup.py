@@ -1,0 +1,48 @@
+"""align/train/setup.py's Batches: each rank rolls into its next epoch on its own; an epoch with no batch is an
+error, not a spin (which would leave the other ranks waiting in their next collective)."""
+
+import pytest
+
+from align.errors import DataError
+from align.train.setup import Batches
+from align.train.state import TrainState
+
+
+class EpochLoader:
+    """Epoch e yields sizes[e] batches (the last size repeats); counts the epochs started."""
+
+    def __init__(self, sizes):
+        self.sizes, self.epoch, self.started = sizes, 0, 0
+
+    def __iter__(self):
+        self.started += 1
+        if self.started > 50:                  # bounds the spin of a Batches without the empty-epoch check
+            raise RuntimeError("Batches kept restarting an empty epoch")
+        n = self.sizes[min(self.epoch, len(self.sizes) - 1)]
+        for i in range(n):
+            yield (self.epoch, i)
+        self.epoch += 1
+
+
+def test_batches_roll_into_the_next_epoch_whatever_its_length():
+    state = TrainState()
+    b = Batches(EpochLoader([1, 3, 2]), state)
+    got = b.take(4) + b.take(2)
+    assert got == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)] and state.epoch == 2
+
+
+def test_an_empty_epoch_now_and_then_is_skipped():
+    """e.g. a rank whose shards this epoch are smaller than a batch"""
+    state = TrainState()
+    b = Batches(EpochLoader([1, 0, 0, 2]), state)
+    assert b.take(3) == [(0, 0), (3, 0), (3, 1)] and state.epoch == 3
+
+
+def test_a_rank_whose_epochs_stay_empty_gets_one_line_not_an_endless_loop():
+    """e.g. fewer shards than ranks: this rank reads none, every epoch"""
+    state = TrainState()
+    b = Batches(EpochLoader([2, 0]), state)
+    assert b.take(2) == [(0, 0), (0, 1)]
+    with pytest.raises(DataError) as e:
+        b.take(1)
+    assert "10 epochs in a row gave rank 0 no batch" in str(e.value) and "\n" not in str(e.value)
