@@ -66,9 +66,9 @@ def test_small_data_recipes_train_on_demo_data_with_data_train_alone(demo_data, 
     import align
     assert set(align.load(str(run)).modalities) == modalities
     r = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
-    # Issue 20: a stage stays in a default only where it won on real unseen writers/speakers (the headers'
-    # figures): augmentation is on for speech (unseen speakers), off for scans (it cost ~50 points there).
-    assert bool(r.data.augment) == (name == "small-audio-text"), r.data.augment
+    # Issue 20: a stage stays in a default only where it won on real unseen writers/speakers by more than the
+    # seed spread (the headers' figures): it cost ~50 points on scans and did not clear the noise on speech.
+    assert not r.data.augment, r.data.augment
 
 
 @pytest.mark.slow
