@@ -18,6 +18,17 @@ leaves each flite voice out in turn (four runs); slt is the only female flite vo
 asks the model for a voice higher than any real voice it trained on.  flite is installed with
 apt-get when it is missing and this runs as root; otherwise the script stops with one line saying how.
 The default test suite never needs flite.
+
+On real sets built by `benchmarks/real_sets.py` (people's scans or voices, split by writer / speaker into
+train / selection / report groups; the split is in BUILT/split.json and printed):
+
+    python benchmarks/generalisation.py --built BUILT --recipe small-image-text [--seeds 0 1]
+                                        [--variants default noaug] [--out DIR] [override ...]
+
+trains RECIPE on BUILT/train once per seed and variant (`default`: the recipe as shipped; `noaug`: the same
+with data.augment=null; a finished run dir under --out is reused) and prints zero-shot acc1 on the selection
+groups and on the report groups, one row per run, then each variant's mean and seed spread (max - min).
+Choose by the selection column only; the report column is for reporting.
 """
 from __future__ import annotations
 
@@ -155,8 +166,59 @@ def run_one(a, flite: str, heldout: str, train_flite) -> dict:
     return result
 
 
+VARIANTS = {"default": [], "noaug": ["data.augment=null"]}
+
+
+def run_built(a) -> dict:
+    """Train a.recipe on a.built/train per seed x variant; score a.built/selection and a.built/report."""
+    import align
+    from align.config import load_recipe, resolve_recipe
+    from align.train.evaluate import evaluate_model
+    from align.train.loop import train
+    split = json.loads((Path(a.built) / "split.json").read_text())
+    print(f"groups (seed {split['seed']}): " + ", ".join(f"{k} {v}" for k, v in split["n_groups"].items())
+          + "; samples: " + ", ".join(f"{k} {v}" for k, v in split["samples"].items()))
+    rows = []
+    for variant in a.variants:
+        for seed in a.seeds:
+            run_dir = os.path.join(a.out, a.recipe, f"{variant}-seed{seed}")
+            overrides = [f"data.train={os.path.join(a.built, 'train')}", f"output_dir={run_dir}", f"seed={seed}",
+                         "eval.tasks=[]", *([f"train.max_steps={a.steps}"] if a.steps else []),
+                         *VARIANTS[variant], *a.overrides]
+            if not os.path.exists(os.path.join(run_dir, "summary.json")):     # a finished run is reused
+                train(load_recipe(resolve_recipe(a.recipe), [*overrides, "resume=none"]), progress=True)
+            model, row = align.load(run_dir), {"variant": variant, "seed": seed, "run_dir": run_dir}
+            for part in ("selection", "report"):
+                res = evaluate_model(model, os.path.join(a.built, part), tasks=("zeroshot",))
+                row[part] = round(next(v for k, v in res.items() if k.endswith("zeroshot/acc1")), 4)
+            rows.append(row)
+            print(f"{a.recipe} {variant:8s} seed {seed}: selection acc1 {100 * row['selection']:5.1f} %  "
+                  f"report acc1 {100 * row['report']:5.1f} %", flush=True)
+    means = {}
+    for variant in a.variants:
+        got = [r for r in rows if r["variant"] == variant]
+        means[variant] = {p: {"mean": round(float(np.mean([r[p] for r in got])), 4),
+                              "spread": round(float(np.ptp([r[p] for r in got])), 4)} for p in ("selection", "report")}
+        m = means[variant]
+        print(f"{a.recipe} {variant:8s} over seeds {a.seeds}: selection {100 * m['selection']['mean']:.1f} % "
+              f"(spread {100 * m['selection']['spread']:.1f}), report {100 * m['report']['mean']:.1f} % "
+              f"(spread {100 * m['report']['spread']:.1f})")
+    summary = {"built": os.path.abspath(a.built), "recipe": a.recipe, "split": {k: split[k] for k in
+               ("seed", "fracs", "n_groups", "samples")}, "rows": rows, "means": means}
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, f"result-{a.recipe}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--built", default=None, help="a real set from benchmarks/real_sets.py (train/ selection/ "
+                    "report/ split.json): train --recipe on it and score the selection and report groups")
+    ap.add_argument("--recipe", default="small-audio-text", help="recipe for --built (default small-audio-text)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds for --built (default 0 1)")
+    ap.add_argument("--variants", nargs="+", default=["default", "noaug"], choices=sorted(VARIANTS),
+                    help="for --built: default (recipe as shipped) and/or noaug (data.augment=null)")
     ap.add_argument("--heldout", nargs="+", default=["slt"],
                     help="flite voice(s) to hold out, one training run each (default slt; `all`: every voice "
                          "in turn, trained on the other three)")
@@ -168,6 +230,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "align_generalisation"))
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.batch_size=64")
     a = ap.parse_args()
+    if a.built:
+        print(json.dumps(run_built(a)))
+        return
     heldouts = FLITE_VOICES if a.heldout == ["all"] else a.heldout
     for h in heldouts:
         if h not in FLITE_VOICES:

@@ -66,7 +66,9 @@ def test_small_data_recipes_train_on_demo_data_with_data_train_alone(demo_data, 
     import align
     assert set(align.load(str(run)).modalities) == modalities
     r = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
-    assert r.data.augment, "the small-data recipes train with augmentation on"
+    # Issue 20: a stage stays in a default only where it won on real unseen writers/speakers by more than the
+    # seed spread (the headers' figures): it cost ~50 points on scans and did not clear the noise on speech.
+    assert not r.data.augment, r.data.augment
 
 
 @pytest.mark.slow

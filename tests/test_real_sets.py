@@ -1,0 +1,89 @@
+"""benchmarks/real_sets.py: the writer / speaker split of the real development sets is disjoint and complete.
+
+Tiny fake inputs written here (an idx image file, QMNIST-style writer labels, wav files named like the
+speaker folders the builder reads); --no-shards keeps it fast (no `align data shards` run).
+"""
+import csv
+import gzip
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import real_sets  # noqa: E402
+
+
+def groups_of(path):
+    with open(path, newline="") as f:
+        return {row["group"] for row in csv.DictReader(f)}
+
+
+def assert_disjoint_and_complete(out, all_groups):
+    seen = {s: groups_of(out / f"{s}.csv") for s in real_sets.SPLITS}
+    split = json.loads((out / "split.json").read_text())
+    listed = {s: set(split["groups"][s]) for s in real_sets.SPLITS}
+    for a, b in (("train", "selection"), ("train", "report"), ("selection", "report")):
+        assert not seen[a] & seen[b], f"{a} and {b} share groups {seen[a] & seen[b]}"
+        assert not listed[a] & listed[b]
+    assert set().union(*listed.values()) == {str(g) for g in all_groups}
+    for s in real_sets.SPLITS:
+        assert seen[s] and seen[s] <= listed[s]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_groups_is_disjoint_seeded_and_gives_every_split_a_group(seed):
+    groups = [f"w{i % 7}" for i in range(50)]
+    cut = real_sets.split_groups(groups, (0.6, 0.2, 0.2), seed)
+    assert set(cut) == set(groups) and set(cut.values()) == set(real_sets.SPLITS)
+    assert cut == real_sets.split_groups(list(reversed(groups)), (0.6, 0.2, 0.2), seed)   # order-free
+    with pytest.raises(ValueError):
+        real_sets.split_groups(["a", "b", "a"])
+
+
+def test_scans_split_writers_disjointly_and_reads_a_truncated_gzip(tmp_path):
+    n, rng = 60, np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    blob = gzip.compress(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) - 900])    # a cut-off download
+    writers = [f"{i % 10}\t{i % 10}\t{100 + i % 9}\t0\t0\t0\t0\t0" for i in range(n)]
+    with gzip.open(tmp_path / "labels.tsv.gz", "wt") as f:
+        f.write("\n".join(writers) + "\n")
+    out = tmp_path / "scans"
+    summary = real_sets.main(["scans", "--images", str(tmp_path / "train-images-idx3-ubyte.gz"), "--writers",
+                              str(tmp_path / "labels.tsv.gz"), "--out", str(out), "--n-train", "30",
+                              "--n-eval", "8", "--no-shards"])
+    read = summary["source"]["images_read"]
+    assert 0 < read < n                     # the complete images before the cut
+    assert_disjoint_and_complete(out, {100 + i % 9 for i in range(read)})
+    with pytest.raises(SystemExit):          # MNIST's test split is reserved
+        real_sets.main(["scans", "--images", str(tmp_path / "t10k-images-idx3-ubyte.gz"), "--writers",
+                        str(tmp_path / "labels.tsv.gz"), "--out", str(tmp_path / "x"), "--no-shards"])
+
+
+def write_wav(path, seconds=0.2, sr=8000):
+    import soundfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), np.zeros(int(seconds * sr), np.float32), sr)
+
+
+def test_speech_split_speakers_disjointly_and_refuses_reserved_speakers(tmp_path):
+    rec = tmp_path / "recordings"
+    speakers = [f"man_{i}" for i in range(4)] + [f"woman_{i}" for i in range(4)]
+    for spk in speakers:
+        for d in range(3):
+            write_wav(rec / spk / f"{spk}_0{d}.wav")
+    (rec / "man_9").mkdir()
+    (rec / "man_9" / "man_9_01.mp3").write_bytes(b"\x00\x00\x00\x18ftypM4A ")   # undecodable: left out
+    out = tmp_path / "speech"
+    summary = real_sets.main(["speech", "--recordings", str(rec), "--out", str(out), "--no-shards"])
+    assert summary["source"]["undecodable_left_out"] == 1
+    assert_disjoint_and_complete(out, set(speakers))
+    write_wav(rec / "jackson" / "jackson_3.wav")       # a Free Spoken Digit Dataset speaker
+    with pytest.raises(SystemExit, match="reserved"):
+        real_sets.main(["speech", "--recordings", str(rec), "--out", str(tmp_path / "y"), "--no-shards"])
