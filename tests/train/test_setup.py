@@ -14,6 +14,9 @@ class EpochLoader:
     def __init__(self, sizes):
         self.sizes, self.epoch, self.started = sizes, 0, 0
 
+    def state_dict(self):                      # Batches keeps the position before a multi-batch take
+        return {"epoch": self.epoch, "started": self.started}
+
     def __iter__(self):
         self.started += 1
         if self.started > 50:                  # bounds the spin of a Batches without the empty-epoch check
