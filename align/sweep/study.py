@@ -12,7 +12,7 @@ FAIL, and RetryHeartbeatStaleTrialCallback queues a copy with the same params (s
 `failed_trial`: the original number), which the next sweep to ask for a trial runs in the *original*
 trial's run dir with resume=auto. A rerun of a killed sweep first waits one grace period when the study
 has RUNNING trials, to learn which are dead. Two live sweeps never train one run dir: the run dir's lock
-(align.train.runlock) refuses a second `align train` with one line, and that trial fails.
+(align.runlock) refuses a second `align train` with one line, and that trial fails.
 
 N counts finished trials (COMPLETE or PRUNED) in the study: rerunning the command after a kill finishes
 the same N; several machines together overshoot by at most the trials running when N is reached.

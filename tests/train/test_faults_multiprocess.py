@@ -148,7 +148,7 @@ def _children(pid):
 
 @pytest.mark.slow
 def test_a_two_process_launch_takes_one_lock_and_a_held_dir_refuses_every_rank(ddp_ref, tmp_path):
-    from align.train.runlock import RunLock
+    from align.runlock import RunLock
     base, _ = ddp_ref
     path = write_recipe(base, tmp_path, "one")
     run = tmp_path / "one"
