@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -10,7 +9,7 @@ from align.errors import AlignError
 from align.losses import ClipLoss
 from align.losses.hard_negatives import HardNegativeClipLoss
 from tests.losses.loss_reference import embeddings, ref_hard_negative_clip
-from tests.losses.gloo import run_workers
+from tests.losses.gloo import run_cases
 
 N, K = 10, 3
 
@@ -108,26 +107,9 @@ def run_case(case, rank, world):
     return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-def _worker(rank, world, init_file, out_path):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    results = {}
-    for case in CASES:
-        loss, grads = run_case(case, rank, world)
-        for g in grads.values():                          # DDP: average over ranks
-            dist.all_reduce(g)
-            g /= world
-        losses = [torch.zeros(()).double() for _ in range(world)]
-        dist.all_gather(losses, loss)
-        results[case] = {"losses": torch.stack(losses), "grads": grads}
-    if rank == 0:
-        torch.save(results, out_path)
-    dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
-    return run_workers(_worker, tmp_path_factory.mktemp("dist_hn"))
+    return run_cases(CASES, run_case, tmp_path_factory.mktemp("dist_hn"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
