@@ -8,6 +8,8 @@ The spies patch classes, not align.train's internals, so they survive edits of t
 import copy
 import json
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -90,3 +92,17 @@ class Spy:
 
     def grad_norm(self, i):
         return float(torch.sqrt(sum((g.double() ** 2).sum() for g in self.steps[i]["grads"] if g is not None)))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_align_train(r: dict, tmp_path, name: str, **env_extra) -> subprocess.CompletedProcess:
+    """`align train` of recipe dict `r` (written to tmp_path/NAME.yaml) in a fresh process with env_extra set;
+    this checkout's align first on the path."""
+    import yaml
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(r))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
+    return subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=600)

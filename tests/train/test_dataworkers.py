@@ -4,28 +4,17 @@ Also: torch's messages read as one line, and a take that fails part-way keeps th
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-import yaml
 from safetensors.torch import load_file
 
 from align.train.dataworkers import DATA_WORKER_EXIT, DataWorkerDied, death_line, is_worker_death
 from align.train.setup import Batches
 from align.train.state import TrainState
-from tests.switch_helpers import recipe
+from tests.switch_helpers import recipe, run_align_train
 from tests.wds_helpers import make_shards
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _align_train(r: dict, tmp_path, name: str, **env_extra):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(r))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
-    return subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=600)
 
 
 def _steps(keys_log):
@@ -43,12 +32,12 @@ def test_a_killed_data_worker_stops_with_one_line_and_a_checkpoint_and_resume_lo
     train = {"batch_size": 4, "max_steps": 10, "checkpoint_every": 3, "log_every": 1}
     data = {"train": pattern, "num_workers": 2, "shuffle_buffer": 8}
     ref = recipe(tmp_path, "ref", data=data, train=train, resume="auto")
-    p = _align_train(ref, tmp_path, "ref", ALIGN_TEST_RECORD_KEYS=str(tmp_path / "ref-keys"))
+    p = run_align_train(ref, tmp_path, "ref", ALIGN_TEST_RECORD_KEYS=str(tmp_path / "ref-keys"))
     assert p.returncode == 0, p.stderr[-3000:]
 
     run = recipe(tmp_path, "run", data=data, train=train, resume="auto")
     log = str(tmp_path / "run-keys")
-    p = _align_train(run, tmp_path, "run", ALIGN_TEST_RECORD_KEYS=log, ALIGN_TEST_KILL_DATA_WORKER_AT_STEP="4")
+    p = run_align_train(run, tmp_path, "run", ALIGN_TEST_RECORD_KEYS=log, ALIGN_TEST_KILL_DATA_WORKER_AT_STEP="4")
     assert p.returncode == DATA_WORKER_EXIT, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     lines = [line for line in p.stderr.splitlines() if line.startswith("align: ")]
@@ -61,7 +50,7 @@ def test_a_killed_data_worker_stops_with_one_line_and_a_checkpoint_and_resume_lo
         state = json.load(f)
     assert state["step"] == 4 and state["data"]["batches"] == 4     # the data position: the 4 batches trained
 
-    p = _align_train(run, tmp_path, "run", ALIGN_TEST_RECORD_KEYS=log)
+    p = run_align_train(run, tmp_path, "run", ALIGN_TEST_RECORD_KEYS=log)
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"resumed from {ckpt} at step 4" in p.stderr + p.stdout
     want, got = _steps(tmp_path / "ref-keys"), _steps(log)

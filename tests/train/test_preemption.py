@@ -2,31 +2,17 @@
 exit 75; resume=auto then ends on the uninterrupted run's weights, bitwise."""
 
 import os
-import subprocess
-import sys
-
-import yaml
-from safetensors.torch import load_file
 
 from align.train.guard import PREEMPTED_EXIT
+from tests.switch_helpers import run_align_train
 from tests.train.test_train import _final_weights
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _align_train(recipe: dict, tmp_path, name: str, **env_extra):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
-    return subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_resume_is_bitwise(tiny_recipe, tmp_path):
     ref = dict(tiny_recipe, output_dir=str(tmp_path / "ref"))
-    assert _align_train(ref, tmp_path, "ref").returncode == 0
+    assert run_align_train(ref, tmp_path, "ref").returncode == 0
 
-    r = _align_train(tiny_recipe, tmp_path, "run", ALIGN_TEST_SIGTERM_AT_STEP="2")   # checkpoints every 3
+    r = run_align_train(tiny_recipe, tmp_path, "run", ALIGN_TEST_SIGTERM_AT_STEP="2")   # checkpoints every 3
     assert r.returncode == PREEMPTED_EXIT, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("align: preempted (SIGTERM) at step 2, checkpoint written") and "same command" in last
@@ -35,6 +21,6 @@ def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_resume_is_bitwise(t
     assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["step-00000002"]
     assert not os.path.exists(os.path.join(run, "align.lock"))      # released on the way out
 
-    assert _align_train(tiny_recipe, tmp_path, "run").returncode == 0   # the same command resumes
+    assert run_align_train(tiny_recipe, tmp_path, "run").returncode == 0   # the same command resumes
     a, b = _final_weights(ref["output_dir"]), _final_weights(run)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
