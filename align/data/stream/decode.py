@@ -335,9 +335,6 @@ class SampleDecoder:
 
     def _apply(self, modality: str, value) -> torch.Tensor:
         tf = self.transforms[modality]
-        count = getattr(tf, "count_tokens", None) if modality == "text" else None
-        if count is not None and count(value)[0] > tf.context_length:     # value: [caption]
-            self.noted[CAPTION_TRUNCATED] += 1
         # A two-stage transform (e.g. the audio front end) does its per-sample part here and its
         # batched part in collate(): see AudioPreprocess.per_sample / per_batch.
         t = tf.per_sample(value) if hasattr(tf, "per_batch") else tf(value)
@@ -345,6 +342,11 @@ class SampleDecoder:
             t = torch.as_tensor(t)
         if modality == "text" and t.ndim >= 2 and t.shape[0] == 1:
             t = t[0]  # [1, L] -> [L]
+        count = getattr(tf, "count_tokens", None) if modality == "text" else None
+        # Only a row that fills the whole context can have been cut (a shorter one ends in padding, id 0; a cut one
+        # ends in the end-of-text token): count the tokens, a second tokenizer pass, for those alone.
+        if count is not None and t.ndim == 1 and int(t[-1]) != 0 and count(value)[0] > tf.context_length:
+            self.noted[CAPTION_TRUNCATED] += 1
         return t
 
     def _negatives(self, negs: list[str]) -> torch.Tensor:

@@ -18,6 +18,7 @@ CLIP_benchmark-layout eval set (RUN/val_split/) that the periodic evaluation rea
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -90,12 +91,15 @@ class ValSplit:
         return (f"a random {self.frac:.0%} of samples (no groups_from: the held-out figures then measure groups "
                 f"the model also trained on; name the speaker/writer field for a test on unseen ones)")
 
+    @functools.cached_property
+    def _field(self) -> tuple:
+        """groups_from as (name, field index or None), parsed once: `audio:0` -> ("audio", 0)."""
+        m = re.fullmatch(r"(.+):(-?\d+)", self.groups_from)
+        return (m.group(1), int(m.group(2))) if m else (self.groups_from, None)
+
     def group_of(self, raw: dict) -> Optional[str]:
         """The group of one raw sample (members by extension, `__key__`), or None when it has none."""
-        name, index = self.groups_from, None
-        m = re.fullmatch(r"(.+):(-?\d+)", name)
-        if m:
-            name, index = m.group(1), int(m.group(2))
+        name, index = self._field
         if name == "key":
             return name_field(raw.get("__key__", ""), index)
         try:
