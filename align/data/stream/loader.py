@@ -348,6 +348,31 @@ class StreamLoader:
         self._take_later()
 
 
+def _batches_per_rank(batch_size, rank, world_size, num_workers, max_skip_frac, resampled, train,
+                      samples_per_epoch) -> int | None:
+    """The loader's arguments checked (one DataError line each); -> batches per rank per epoch (None: until the
+    shards end)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise DataError(f"data loader: rank {rank!r} is not in [0, world_size={world_size!r})")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise DataError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+    if max_skip_frac is not None and not (0 <= max_skip_frac <= 1):
+        raise DataError(f"data.max_skip_frac must be in [0, 1], got {max_skip_frac!r}")
+    if resampled and not train:
+        raise DataError("data.resampled is for training only; eval reads every shard once")
+    batches_per_rank = None
+    if samples_per_epoch is not None:
+        if not isinstance(samples_per_epoch, int) or samples_per_epoch < 1:
+            raise DataError(f"data.samples_per_epoch must be a positive integer, got {samples_per_epoch!r}")
+        batches_per_rank = samples_per_epoch // (world_size * batch_size)
+        if batches_per_rank == 0:
+            raise DataError(f"data.samples_per_epoch={samples_per_epoch} is smaller than one global batch "
+                            f"(world_size {world_size} x batch_size {batch_size})")
+    return batches_per_rank
+
+
 def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str, Callable], batch_size: int,
                        modalities: list[str], rank: int = 0, world_size: int = 1, num_workers: int = 2,
                        seed: int = 0, epoch: int = 0, samples_per_epoch: int | None = None, resampled: bool = False,
@@ -387,24 +412,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     teacher: modalities whose stored teacher embeddings (teacher_<m>.npy members) become batch["teacher_<m>"]
         float [B, Et] (align.data.stream.stored_teacher); a sample without them is skipped and counted.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-        raise DataError(f"data loader: rank {rank!r} is not in [0, world_size={world_size!r})")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise DataError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
-    if max_skip_frac is not None and not (0 <= max_skip_frac <= 1):
-        raise DataError(f"data.max_skip_frac must be in [0, 1], got {max_skip_frac!r}")
-    if resampled and not train:
-        raise DataError("data.resampled is for training only; eval reads every shard once")
-    batches_per_rank = None
-    if samples_per_epoch is not None:
-        if not isinstance(samples_per_epoch, int) or samples_per_epoch < 1:
-            raise DataError(f"data.samples_per_epoch must be a positive integer, got {samples_per_epoch!r}")
-        batches_per_rank = samples_per_epoch // (world_size * batch_size)
-        if batches_per_rank == 0:
-            raise DataError(f"data.samples_per_epoch={samples_per_epoch} is smaller than one global batch "
-                            f"(world_size {world_size} x batch_size {batch_size})")
+    batches_per_rank = _batches_per_rank(batch_size, rank, world_size, num_workers, max_skip_frac, resampled,
+                                         train, samples_per_epoch)
     resolved = resolve_sources(sources, allow_pipe=allow_pipe)
     if isinstance(augment, dict):
         from align.data.stream.augment import build_augmenter

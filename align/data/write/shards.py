@@ -392,11 +392,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                              **common))
                  for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
                                                 ("val", val_rows, "clip_benchmark", {}))]
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output {out} exists and is not a directory")
-    # One writer per --out (align.runlock): a second job on it is refused in one line, changing no file.
-    with RunLock(out, what="shard job (align data shards)"):
-        results = {name: _write_part(job, overwrite, workers, progress, tmpl) for name, job in parts}
+    results = _write_parts(out, parts, overwrite, workers, progress, tmpl)
     _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
     for st in results.values():
         del st["rows"]
@@ -404,6 +400,15 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     if len(results) > 1:
         stats["val"] = results["val"]
     return stats
+
+
+def _write_parts(out: Path, parts, overwrite: bool, workers: int, progress: bool, tmpl) -> Dict[str, Dict[str, Any]]:
+    """Each (name, job) of `parts` written under `out`, holding out's lock; -> {name: that part's stats}."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a directory")
+    # One writer per --out (align.runlock): a second job on it is refused in one line, changing no file.
+    with RunLock(out, what="shard job (align data shards)"):
+        return {name: _write_part(job, overwrite, workers, progress, tmpl) for name, job in parts}
 
 
 def _eval_classes(inp, columns, classnames, templates, eval_set):
