@@ -1,17 +1,25 @@
-"""Embed throughput: `align embed` against a plain open_clip batch loop, same model, data and machine.
+"""Embed throughput: `align embed` against clip-retrieval's `inference`, same open_clip model, data and machine.
 
-clip-retrieval's `inference` is the reference the issue names; here it is NOT run (see RESULTS.md: the wheel
-downloads, but its dependency set was not installed in a venv on this offline, shared machine), so the
-baseline is the loop a user writes by hand: read each tar with `tarfile`, PIL-decode, open_clip's preprocess,
-batches of --batch-size through encode_image / encode_text under torch.no_grad, normalise, np.save.
-The model is open_clip --arch with random weights saved to a file (no download); the data are --n
---size x --size JPEGs with captions in shards of 100.
+clip-retrieval pins webdataset<0.3, numpy<2 and pyarrow<16, so it cannot share align's environment; it runs
+from its own venv (`--cr-venv`, made by `tools/make_clip_retrieval_env.sh`).  Both tools run as the user
+runs them, one command each, and the wall time of the whole command is timed (model load, warm-up, decode,
+encode, writing).  The model is open_clip --arch with random weights saved to a local file (no download),
+passed to clip-retrieval as `open_clip:ARCH/<file>` and to align as `open_clip:ARCH --pretrained <file>`.
+The data are --n JPEGs (--size px) with captions of --words words (LAION-like length; 17 as in the
+throughput benchmark) in shards of 100, read by both as webdataset tars (`jpg`, `txt`).  Each setting runs
+--repeats times, the tools alternating, so load from other jobs falls on both.  At the end the two tools'
+image and text vectors are compared key by key (they must be the same embeddings, or the timing compares
+different work).
 
-    python benchmarks/retrieval_embed.py --arch ViT-B-32 --n 256 --workers 0 1
+    python benchmarks/retrieval_embed.py --cr-venv /work/crenv/venv --arch ViT-B-32 --n 256 \\
+        --align-workers 0 1 --cr-workers 1 4 [--plain]
+
+`--plain` adds a hand-written open_clip batch loop (tarfile + PIL + preprocess + encode) as a third row.
 """
 import argparse
 import io
 import os
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -25,14 +33,19 @@ import torch  # noqa: E402
 
 from tests.retrieval.planted import random_pair  # noqa: E402
 
+FILLER = "seen in a photo with soft light a plain frame and a little shadow under it".split()
 
-def make_data(d, n, size):
+
+def make_data(d, n, size, words=17):
+    """n JPEG + caption samples in shards of 100 under d; captions padded to `words` words."""
     from align.wds.writer import write_shard
     from PIL import Image
     rng = np.random.default_rng(0)
     samples = []
     for i in range(n):
         img, cap = random_pair(rng)
+        extra = max(0, words - len(cap.split()))
+        cap = " ".join(cap.split() + FILLER[:extra])
         b = io.BytesIO()
         img.resize((size, size), Image.BILINEAR).save(b, format="JPEG", quality=90)
         samples.append({"__key__": f"k{i:06d}", "jpg": b.getvalue(), "txt": cap})
@@ -41,12 +54,13 @@ def make_data(d, n, size):
 
 
 def plain_loop(arch, weights, shards, out, batch_size):
+    """The loop a user writes by hand; returns (samples, seconds)."""
     import open_clip
     from PIL import Image
+    t = time.perf_counter()
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
     tok = open_clip.get_tokenizer(arch)
     model.eval()
-    t = time.perf_counter()
     n = 0
     for si, shard in enumerate(shards):
         imgs, caps = {}, {}
@@ -71,34 +85,112 @@ def plain_loop(arch, weights, shards, out, batch_size):
     return n, time.perf_counter() - t
 
 
+def timed(cmd, env=None):
+    """Run a command; (seconds, exit code, last lines of its output)."""
+    t = time.perf_counter()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return time.perf_counter() - t, p.returncode, "\n".join(p.stdout.strip().splitlines()[-3:])
+
+
+def run_clip_retrieval(cr_venv, arch, weights, shards, out, batch_size, workers):
+    # clip-retrieval brace-expands --input_dataset: a list of absolute paths goes inside braces
+    data = "{" + ",".join(shards) + "}" if len(shards) > 1 else shards[0]
+    cmd = [os.path.join(cr_venv, "bin", "clip-retrieval"), "inference", "--input_dataset", data,
+           "--output_folder", out, "--input_format", "webdataset", "--clip_model", f"open_clip:{arch}/{weights}",
+           "--batch_size", str(batch_size), "--num_prepro_workers", str(workers), "--enable_wandb", "False",
+           "--enable_metadata", "False"]
+    env = {**os.environ, "PYTHONPATH": ""}
+    return timed(cmd, env)
+
+
+def cr_own_rate(out):
+    """clip-retrieval's own timing (stats/*.json: read + inference + write, no model load or warm-up)."""
+    import json
+    try:
+        st = [json.load(open(os.path.join(out, "stats", f))) for f in os.listdir(os.path.join(out, "stats"))]
+    except OSError:
+        return ""
+    n, t = sum(s["sample_count"] for s in st), sum(s["total_duration"] for s in st)
+    return f" | its own stats: {n} samples in {t:.1f} s = {n / t:.2f} samples/s" if t else ""
+
+
+def run_align(arch, weights, data_dir, out, batch_size, workers, threads):
+    cmd = [sys.executable, "-m", "align.cli", "embed", f"open_clip:{arch}", "--pretrained", weights,
+           "--data", data_dir, "--out", out, "--batch-size", str(batch_size), "--num-workers", str(workers),
+           "--dtype", "float16", "--no-progress"]
+    return timed(cmd, {**os.environ, "OMP_NUM_THREADS": str(threads)})
+
+
+def compare_outputs(cr_out, align_out):
+    """Max over samples of 1 - cosine between the two tools' image and text vectors, matched by key."""
+    import pandas as pd
+    from align.retrieval.embed import load_embeddings
+    meta = pd.concat([pd.read_parquet(os.path.join(cr_out, "metadata", f))
+                      for f in sorted(os.listdir(os.path.join(cr_out, "metadata")))], ignore_index=True)
+    keys = [os.path.basename(str(k)) for k in meta["image_path"]]
+    res = {}
+    for mod, sub in (("image", "img_emb"), ("text", "text_emb")):
+        cr = np.concatenate([np.load(os.path.join(cr_out, sub, f)).astype(np.float32)
+                             for f in sorted(os.listdir(os.path.join(cr_out, sub)))])
+        cr /= np.linalg.norm(cr, axis=1, keepdims=True)
+        x, rows = load_embeddings(align_out, mod)
+        row_of = {k: i for i, k in enumerate(rows["key"])}
+        mine = x[[row_of[k] for k in keys]]
+        res[mod] = float(np.max(1.0 - np.sum(cr * mine, axis=1)))
+    return res, len(keys)
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cr-venv", required=True, help="venv with clip-retrieval (tools/make_clip_retrieval_env.sh)")
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--words", type=int, default=17)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--align-workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--cr-workers", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plain", action="store_true", help="also time a hand-written open_clip loop")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a new temp folder)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import open_clip
-    from align.bench.models import load_model
-    from align.retrieval.embed import embed_corpus
-    d = tempfile.mkdtemp(prefix="embed_bench_")
+    d = a.work or tempfile.mkdtemp(prefix="embed_bench_")
+    os.makedirs(d, exist_ok=True)
     weights = os.path.join(d, "weights.pt")
     torch.save(open_clip.create_model(a.arch).state_dict(), weights)
-    shards = make_data(os.path.join(d, "shards"), a.n, a.size)
-    os.makedirs(os.path.join(d, "plain"))
-    n, dt = plain_loop(a.arch, weights, shards, os.path.join(d, "plain"), a.batch_size)
-    print(f"plain open_clip loop: {n} samples (image + caption) in {dt:.1f} s = {n / dt:.1f} samples/s", flush=True)
-    model = load_model({"model": f"open_clip:{a.arch}", "pretrained": weights})
-    for w in a.workers:
-        t = time.perf_counter()
-        s = embed_corpus(model, os.path.join(d, "shards"), os.path.join(d, f"emb{w}"), batch_size=a.batch_size,
-                         num_workers=w, progress=False)
-        dt2 = time.perf_counter() - t
-        print(f"align embed --num-workers {w}: {s.items} samples in {dt2:.1f} s = {s.items / dt2:.1f} samples/s "
-              f"({s.items / dt2 / (n / dt):.2f}x the plain loop)", flush=True)
+    shards = make_data(os.path.join(d, "shards"), a.n, a.size, a.words)
+    print(f"data: {a.n} samples ({a.size} px JPEG + {a.words}-word caption) in {len(shards)} shards; "
+          f"model open_clip {a.arch} (random weights, local file); batch {a.batch_size}", flush=True)
+    best = {}
+    for r in range(a.repeats):
+        for w in a.cr_workers:
+            out = os.path.join(d, f"cr{w}_{r}")
+            dt, rc, tail = run_clip_retrieval(a.cr_venv, a.arch, weights, shards, out, a.batch_size, w)
+            print(f"clip-retrieval inference --num_prepro_workers {w}: {a.n} samples in {dt:.1f} s = "
+                  f"{a.n / dt:.2f} samples/s (exit {rc}){cr_own_rate(out)}", flush=True)
+            if rc:
+                print(tail)
+            else:
+                best["cr"] = min(best.get("cr", (1e9, ""))[0], dt), out
+        for w in a.align_workers:
+            out = os.path.join(d, f"align{w}_{r}")
+            dt, rc, tail = run_align(a.arch, weights, os.path.join(d, "shards"), out, a.batch_size, w, a.threads)
+            print(f"align embed --num-workers {w}: {a.n} samples in {dt:.1f} s = {a.n / dt:.2f} samples/s "
+                  f"(exit {rc}) | {tail.splitlines()[-1] if tail else ''}", flush=True)
+            if not rc:
+                best["align"] = min(best.get("align", (1e9, ""))[0], dt), out
+    if a.plain:
+        os.makedirs(os.path.join(d, "plain"), exist_ok=True)
+        n, dt = plain_loop(a.arch, weights, shards, os.path.join(d, "plain"), a.batch_size)
+        print(f"plain open_clip loop (in this process): {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s")
+    if "cr" in best and "align" in best:
+        diff, n = compare_outputs(best["cr"][1], best["align"][1])
+        print(f"same vectors: {n} keys matched; max 1-cos image {diff['image']:.2e}, text {diff['text']:.2e}")
+        print(f"RESULT best align {a.n / best['align'][0]:.2f} samples/s vs best clip-retrieval "
+              f"{a.n / best['cr'][0]:.2f} samples/s: {best['cr'][0] / best['align'][0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from torch import nn
 
 from align.errors import AlignError, ConfigError
 from align.model import weights_fingerprint
+from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
 MODEL_SOURCES: Registry = Registry("model source")   # scheme -> loader(rest, pretrained, device) -> model
@@ -44,6 +45,10 @@ class OpenClipModel(nn.Module):
         self._tokenizer = tokenizer
         self.name, self.pretrained = name, pretrained
         self._fp: Optional[str] = None
+        # causal text encoders: drop the padding after the batch's last EOT (a CLIP holds its text parts
+        # itself; a CustomTextCLIP's encode_text is its .text tower's forward)
+        text = getattr(net, "text", None)
+        self._trim_net = net if can_trim_text(net) else text if text is not None and can_trim_text(text) else None
 
     @property
     def modalities(self) -> List[str]:
@@ -58,7 +63,10 @@ class OpenClipModel(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:   # long [B,L] -> [B,E]
-        z = self.net.encode_text(tokens)
+        if self._trim_net is not None and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            z = trimmed_text_forward(self._trim_net, tokens)   # same features, ~context/caption-length less work
+        else:
+            z = self.net.encode_text(tokens)
         return F.normalize(z, dim=-1) if normalize else z
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:

@@ -169,3 +169,31 @@ def test_align_load_and_align_bench_go_through_one_factory(tmp_path, monkeypatch
     ds = classification_wds(tmp_path / "cls", n=12, n_classes=3)
     assert main(["bench", "zeroshot", "--model", "fake:z", "--dataset", ds, "--out", str(tmp_path / "r.json")]) == 0
     assert calls == [("align", "runs/x", None), ("fake", "y", "tag"), ("fake", "z", None)]
+
+
+@pytest.mark.parametrize("custom_text", [False, True])
+def test_text_features_skip_the_padding_and_match_open_clips_own(custom_text):
+    """align embed / bench encode open_clip captions only up to the batch's last end-of-text token: the same
+    features as open_clip's full-context encode_text (causal mask), for a fraction of the work."""
+    from torch.utils.flop_counter import FlopCounterMode
+    import open_clip
+    torch.manual_seed(0)
+    cls = open_clip.model.CustomTextCLIP if custom_text else open_clip.model.CLIP
+    text_cfg = {**TINY_OPEN_CLIP["text_cfg"], "context_length": 40}
+    net = cls(16, TINY_OPEN_CLIP["vision_cfg"], text_cfg).eval()
+    tok = open_clip.tokenizer.SimpleTokenizer(context_length=40)
+    model = OpenClipModel(net, None, tok, "tiny", None)
+    texts = ["a dog", "a red car on a long road", "", "one two three four five six seven eight nine ten eleven"]
+    tokens = model.tokenize(texts)
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1] // 2      # the test needs padding to trim
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens), F.normalize(net.encode_text(tokens), dim=-1),
+                                   atol=1e-5, rtol=1e-5)
+        for i in range(len(texts)):                                     # batch-of-one: other trim lengths
+            torch.testing.assert_close(model.encode_text(tokens[i:i + 1]),
+                                       F.normalize(net.encode_text(tokens[i:i + 1]), dim=-1), atol=1e-5, rtol=1e-5)
+        with FlopCounterMode(display=False) as trimmed:
+            model.encode_text(tokens)
+        with FlopCounterMode(display=False) as full:
+            net.encode_text(tokens)
+    assert trimmed.get_total_flops() < 0.6 * full.get_total_flops()
