@@ -177,7 +177,8 @@ def build_open_clip_vit(spec: dict, where: str) -> nn.Module:
     if ("model" in spec) == ("vision_cfg" in spec):
         raise ConfigError(f"{where}: give exactly one of 'model' (open_clip config name) or 'vision_cfg'")
     import open_clip
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from open_clip.model import CLIPVisionCfg
+    from align.towers.open_clip_towers import build_single_tower
     from open_clip.transformer import VisionTransformer
     if "model" in spec:
         mc = open_clip.get_model_config(spec["model"])
@@ -196,7 +197,7 @@ def build_open_clip_vit(spec: dict, where: str) -> nn.Module:
     if cfg.timm_model_name or isinstance(cfg.layers, (list, tuple)) or cfg.attentional_pool:
         raise ConfigError(f"{where}: only plain open_clip ViTs are supported (not timm, ResNet "
                           f"or attentional-pool towers)")
-    visual = _build_vision_tower(out_dim, cfg, quick_gelu=bool(quick_gelu))
+    visual = build_single_tower("image", out_dim, cfg, quick_gelu=bool(quick_gelu))
     assert isinstance(visual, VisionTransformer)
     if spec.get("weights"):
         sd = load_weights_file(spec["weights"], f"{where}.weights")

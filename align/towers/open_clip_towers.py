@@ -68,12 +68,26 @@ def resolve_model_cfg(cfg: dict, where: str) -> dict:
     return copy.deepcopy(model_cfg)
 
 
+# open_clip builds one tower alone only through private helpers (model._build_vision_tower /
+# _build_text_tower), and align imports no other package's private name.  So a tower is built as part of
+# open_clip's public CustomTextCLIP, with a stand-in of a few hundred parameters for the other tower.
+STANDIN_VISION_CFG = {"image_size": 8, "patch_size": 8, "width": 8, "layers": 1, "head_width": 8}
+STANDIN_TEXT_CFG = {"context_length": 2, "vocab_size": 2, "width": 8, "heads": 1, "layers": 1}
+
+
+def build_single_tower(modality: str, embed_dim: int, cfg, quick_gelu: bool = False) -> nn.Module:
+    """open_clip's image tower (a dict/CLIPVisionCfg) or text tower (dict/CLIPTextCfg) for `cfg`."""
+    from open_clip.model import CustomTextCLIP
+    if modality == "image":
+        return CustomTextCLIP(embed_dim, cfg, STANDIN_TEXT_CFG, quick_gelu=quick_gelu).visual
+    return CustomTextCLIP(embed_dim, STANDIN_VISION_CFG, cfg, quick_gelu=quick_gelu).text
+
+
 class OpenClipTower(Tower):
     """Wraps an open_clip VisionTransformer / TextTransformer (or timm/HF-backed variant)."""
 
     def __init__(self, modality: str, embed_dim: int, model_cfg: dict, cfg: dict):
         super().__init__()
-        from open_clip.model import _build_text_tower, _build_vision_tower
         self.modality = modality
         self.embed_dim = embed_dim
         self.model_cfg = model_cfg          # full open_clip model cfg, kept for export
@@ -81,10 +95,10 @@ class OpenClipTower(Tower):
         quick_gelu = bool(cfg.get("quick_gelu", model_cfg.get("quick_gelu", False)))
         if modality == "image":
             self.vision_cfg = dict(model_cfg.get("vision_cfg", {}))
-            self.net = _build_vision_tower(embed_dim, self.vision_cfg, quick_gelu)
+            self.net = build_single_tower("image", embed_dim, self.vision_cfg, quick_gelu)
         elif modality == "text":
             self.text_cfg = dict(model_cfg.get("text_cfg", {}))
-            self.net = _build_text_tower(embed_dim, self.text_cfg, quick_gelu)
+            self.net = build_single_tower("text", embed_dim, self.text_cfg, quick_gelu)
             self._tokenizer = None
             # open_clip's reduction_mask tokenizers (random / shuffle / ...) drop tokens at random.
             self.tokenize_is_deterministic = not self.text_cfg.get("tokenizer_kwargs", {}).get("reduction_mask")

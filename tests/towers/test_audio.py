@@ -212,9 +212,10 @@ def test_audio_tower_lock_freezes_and_runs_without_grad():
 
 def _vit_state(tmp_path, vision_cfg):
     from safetensors.torch import save_file
-    from open_clip.model import _build_vision_tower
+    from open_clip.model import CustomTextCLIP
     torch.manual_seed(0)
-    vit = _build_vision_tower(24, vision_cfg)
+    vit = CustomTextCLIP(24, vision_cfg, {"context_length": 2, "vocab_size": 2, "width": 8, "heads": 1,
+                                          "layers": 1}).visual
     sd = {f"visual.{k}": v.contiguous() for k, v in vit.state_dict().items()}
     sd["logit_scale"] = torch.ones([])                 # other open_clip keys are ignored
     path = tmp_path / "vit.safetensors"
