@@ -15,6 +15,12 @@ Nothing is downloaded. Prints one summary line and writes OUT/corpus.json.
 
     python benchmarks/retrieval_corpus.py --out corpus/ --gb 2.2
     align embed RUN --data 'corpus/shard-{000000..000014}.tar' --out emb/     # the pattern is printed
+    python benchmarks/retrieval_corpus.py --out corpus/ --check-filter FILTERED/
+
+Samples that draw the same source digit are near-copies (the same drawing under other noise, JPEG-encoded
+again). `--check-filter` scores an `align data filter ... --dedup COS` output against that truth: among the
+samples not dropped as low_score, every sample whose source digit came earlier is a copy; precision is the
+share of near_duplicate drops whose duplicate_of has the same source digit, recall the share of copies dropped.
 """
 import argparse
 import io
@@ -73,6 +79,34 @@ def make_sample(i, seed, digits, labels, bank, noise, args):
     return out
 
 
+def source_digit(i, seed, n_digits=1797):
+    """The source digit index sample i drew (make_sample's first draw)."""
+    return int(np.random.default_rng([seed, i]).integers(n_digits))
+
+
+def check_filter(corpus_dir, filtered_dir):
+    """Near-duplicate precision/recall of a filter output against the source-digit truth (module docstring)."""
+    info = json.load(open(os.path.join(corpus_dir, "corpus.json")))
+    seed, n = info["args"]["seed"], info["samples"]
+    recs = [json.loads(line) for line in open(os.path.join(filtered_dir, "dropped.jsonl"))]
+    low = {int(r["key"]) for r in recs if r["reason"] == "low_score"}
+    dups = {int(r["key"]): int(r["duplicate_of"]) for r in recs if r["reason"] == "near_duplicate"}
+    seen, copies = set(), set()
+    for i in range(n):
+        if i in low:
+            continue
+        src = source_digit(i, seed)
+        if src in seen:
+            copies.add(i)
+        seen.add(src)
+    right = sum(source_digit(i, seed) == source_digit(k, seed) for i, k in dups.items())
+    prec = right / len(dups) if dups else float("nan")
+    rec = len(copies & set(dups)) / len(copies) if copies else float("nan")
+    print(f"near_duplicate: precision {prec:.3f} recall {rec:.3f} ({len(dups)} dropped as near_duplicate, "
+          f"{right} of them copies of their duplicate_of; {len(copies)} copies among {n - len(low)} samples "
+          f"not dropped as low_score; {len(seen)} distinct source digits)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -86,7 +120,11 @@ def main(argv=None):
     p.add_argument("--audio-every", type=int, default=4, help="every N-th sample also carries speech (0: none)")
     p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--check-filter", default=None, metavar="FILTERED",
+                   help="instead of writing: score this `align data filter` output of --out's corpus")
     args = p.parse_args(argv)
+    if args.check_filter:
+        return check_filter(args.out, args.check_filter)
 
     from sklearn.datasets import load_digits
 
