@@ -103,8 +103,9 @@ def check_filter(corpus_dir, filtered_dir):
     prec = right / len(dups) if dups else float("nan")
     rec = len(copies & set(dups)) / len(copies) if copies else float("nan")
     print(f"near_duplicate: precision {prec:.3f} recall {rec:.3f} ({len(dups)} dropped as near_duplicate, "
-          f"{right} of them copies of their duplicate_of; {len(copies)} copies among {n - len(low)} samples "
-          f"not dropped as low_score; {len(seen)} distinct source digits)")
+          f"{right} of them copies of their duplicate_of, {len(set(dups) - copies)} the first of their source "
+          f"digit; {len(copies)} copies among {n - len(low)} samples not dropped as low_score; {len(seen)} "
+          f"distinct source digits)")
 
 
 def main(argv=None):
