@@ -128,13 +128,18 @@ def test_two_processes_split_the_parts_and_equal_one(tmp_path, tri_run):
 
 @pytest.mark.slow
 def test_under_accelerate_launch(tmp_path, tri_run):
+    """Two processes under `accelerate launch` split the parts and write what one process writes.
+    `--cpu --num_processes 2` is not two processes: accelerate's simple launcher starts ONE (multi-CPU needs
+    mpirun), which also writes the same output; `--multi_gpu` on a machine without GPUs starts two over torchrun.
+    Hence the check that both processes reported their share."""
     run, _ = tri_run
     tri_shards(tmp_path / "shards", n_shards=3, per_shard=2)
     base = ["embed", run, "--data", str(tmp_path / "shards"), "--no-progress"]
     assert _cli(base + ["--out", str(tmp_path / "one")], {}).returncode == 0
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                        "-m", "align.cli", *base, "--out", str(tmp_path / "two")], env=env, capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "align.cli", *base, "--out",
+                        str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "process 0/2: 2 part(s)" in p.stdout and "process 1/2: 1 part(s)" in p.stdout, p.stdout
     _same_output(tmp_path / "one", tmp_path / "two")
