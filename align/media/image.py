@@ -27,6 +27,12 @@ def open_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
             img = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
         except Image.DecompressionBombError as exn:
             raise LimitExceeded(IMAGE_TOO_LARGE, str(exn)) from None
+        except Image.UnidentifiedImageError:
+            # PIL's own message ends in the repr of the in-memory buffer ("<_io.BytesIO object at 0x...>"),
+            # which tells a user nothing; the caller names the file, key or upload
+            what = data if isinstance(data, str) else f"{len(data)} bytes"
+            raise Image.UnidentifiedImageError(f"cannot identify image file ({what}): not a format PIL "
+                                               f"reads") from None
     check_image_size(img.size[0], img.size[1], limits)
     return img
 

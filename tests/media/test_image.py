@@ -40,3 +40,11 @@ def test_empty_zero_size_and_truncated_images_are_errors_not_crashes(data):
     with pytest.raises(Exception) as exn:
         decode_image(data)
     assert not isinstance(exn.value, (MemoryError, LimitExceeded))
+
+
+def test_unreadable_bytes_are_named_without_a_buffer_repr():
+    from PIL import UnidentifiedImageError
+    from align.media.image import open_image
+    with pytest.raises(UnidentifiedImageError) as e:
+        open_image(b"this is not an image at all")
+    assert "object at 0x" not in str(e.value) and "27 bytes" in str(e.value)
