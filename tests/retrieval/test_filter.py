@@ -82,7 +82,13 @@ def test_keep_top_and_bad_options(tmp_path, capsys, corpus):
     assert main(["data", "filter", str(shards), "--model", run, "--out", str(out), "--keep-top", "0.25",
                  "--no-progress"]) == 0
     dropped = [json.loads(x) for x in open(out / "dropped.jsonl")]
-    assert sum(d["reason"] == "low_score" for d in dropped) == 13 - 4      # 13 scored, ceil(0.25 * 13) kept
+    m, mr = load_embeddings(str(emb), "image")
+    t, tr = load_embeddings(str(emb), "text")
+    scores = dict(zip(mr["key"], clip_scores(m, mr, t, tr)))              # 13 scored (dup is s0's copy)
+    cut = sorted(scores.values(), reverse=True)[4 - 1]                     # ceil(0.25 * 13) = 4 kept ...
+    low = {d["key"] for d in dropped if d["reason"] == "low_score"}
+    assert len(scores) == 13 and low == {k for k, v in scores.items() if v < cut - 1e-6}   # ... plus ties at the cut
+    assert 13 - len(low) - 4 == sum(abs(v - cut) <= 1e-6 for v in scores.values()) - 1
     assert os.path.isdir(out / "emb")                                       # computed when --emb is not given
     for extra, msg in [(["--min-score", "0.1", "--keep-top", "0.5"], "not both"),
                        (["--keep-top", "1.5"], "--keep-top 1.5"),
