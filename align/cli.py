@@ -24,7 +24,7 @@ import json
 import os
 import sys
 
-from align.config import recipe_header, recipes_dir, resolve_recipe, shipped_recipes
+from align.shipped import recipe_header, recipes_dir, resolve_recipe, shipped_recipes
 from align.errors import AlignError, SourceUnavailable
 from align.train.guard import PREEMPTED_EXIT, Preempted
 
@@ -51,9 +51,10 @@ def _yaml_value(v) -> str:
 
 
 def help_keys(recipe=None, overrides=None) -> str:
-    """The `--help-keys` table, generated from align.config's dataclasses (align.config.recipe_keys); with a
+    """The `--help-keys` table, generated from align.config's dataclasses (align.config_keys.recipe_keys); with a
     recipe, the values it sets (its YAML plus overrides) are shown beside the defaults."""
-    from align.config import load_recipe_dict, recipe_keys
+    from align.config import load_recipe_dict
+    from align.config_keys import recipe_keys
     given = load_recipe_dict(resolve_recipe(recipe), overrides) if recipe else None
     lines = [f"Recipe keys{' (= the value ' + recipe + ' sets)' if given is not None else ''}; "
              f"override any with KEY=VALUE (YAML):"]

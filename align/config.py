@@ -19,7 +19,6 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 
 from align.errors import ConfigError
-from align.shipped import resolve_shipped, shipped_names
 from align.limits import DataLimits   # data.limits: sizes a shard may claim (the dataclass lives with its checks)
 
 
@@ -495,97 +494,3 @@ def _check_finetune(r: Recipe) -> None:
 
 def recipe_to_dict(r: Recipe) -> dict:
     return dataclasses.asdict(r)
-
-
-# -- key reference (`align train NAME --help-keys`) -----------------------------------------------
-def type_name(tp) -> str:
-    """A field's type as a recipe writer reads it: int, number, list[str], map[str, any], fp32|bf16|fp16, ..."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union:
-        opts = [type_name(a) for a in args if a is not type(None)]
-        return " | ".join(opts) + (" | null" if type(None) in args else "")
-    if origin is Literal:
-        return "|".join(str(a) for a in args)
-    if origin in (list, List):
-        return f"list[{type_name(args[0])}]"
-    if origin in (dict, Dict):
-        return f"map[{type_name(args[0])}, {type_name(args[1])}]"
-    if dataclasses.is_dataclass(tp):
-        return "section" if tp is not SourceConfig else "{urls, weight}"
-    return {str: "str", int: "int", float: "number", bool: "bool", Any: "any"}.get(tp, str(tp))
-
-
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        v = f.default_factory()
-        return None if dataclasses.is_dataclass(v) else v
-    return dataclasses.MISSING
-
-
-def recipe_keys(cls=None, prefix: str = "") -> List[dict]:
-    """Every recipe key, from the same dataclasses that validate recipes: [{key, type, default, help}, ...].
-
-    Sections come before their keys; a dataclass inside a list (data.train's sources) is listed as KEY[].FIELD.
-    default is dataclasses.MISSING for a required key; help is the field's metadata["help"] ("" if none)."""
-    cls = cls or Recipe
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        key, tp = f"{prefix}{f.name}", hints[f.name]
-        out.append({"key": key, "type": type_name(tp), "default": _default(f),
-                    "help": (f.metadata or {}).get("help", "")})
-        if dataclasses.is_dataclass(tp):
-            out += recipe_keys(tp, key + ".")
-        for inner in _nested_dataclasses(tp):
-            out += recipe_keys(inner, key + "[].")
-    return out
-
-
-def _nested_dataclasses(tp) -> List[type]:
-    """Dataclasses anywhere inside a list/union type (not the type itself): data.train -> [SourceConfig]."""
-    found = []
-    for a in typing.get_args(tp):
-        for d in ([a] if dataclasses.is_dataclass(a) else _nested_dataclasses(a)):
-            if d not in found:
-                found.append(d)
-    return found
-
-
-# -- shipped recipes -------------------------------------------------------------------------
-_PKG = os.path.dirname(os.path.abspath(__file__))
-
-
-def recipes_dir() -> str:
-    """$ALIGN_RECIPES, else the recipes installed with the package (align/recipes: the repo's recipes/
-    folder, shipped as package data), else those of a source checkout or editable install (recipes/)."""
-    if os.environ.get("ALIGN_RECIPES"):
-        return os.environ["ALIGN_RECIPES"]
-    candidates = [os.path.join(_PKG, "recipes"), os.path.join(os.path.dirname(_PKG), "recipes")]
-    for d in candidates:
-        if os.path.isdir(d):
-            return d
-    raise ConfigError(f"no shipped recipes: neither {' nor '.join(candidates)} exists (a broken install? "
-                      f"reinstall align-clip, or set ALIGN_RECIPES to a folder of recipes)")
-
-
-def resolve_recipe(name: str) -> str:
-    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml): align.shipped's rules."""
-    return resolve_shipped(name, recipes_dir(), "recipe")
-
-
-def shipped_recipes() -> List[str]:
-    """Names of the shipped recipes (`align recipes`), sorted."""
-    return shipped_names(recipes_dir())
-
-
-def recipe_header(path: str) -> str:
-    """The opening comment block of a recipe (what it trains, launch, runtime)."""
-    lines = []
-    with open(path) as f:
-        for line in f:
-            if not line.startswith("#"):
-                break
-            lines.append(line[1:].strip())
-    return "\n".join(lines)

@@ -25,3 +25,41 @@ def resolve_shipped(name: str, folder: str, kind: str) -> str:
         return cand
     raise ConfigError(f"{kind} not found: {name} (not a file, nor a shipped {kind}: "
                       f"{', '.join(shipped_names(folder))})")
+
+
+# -- recipes -------------------------------------------------------------------------
+_PKG = os.path.dirname(os.path.abspath(__file__))
+
+
+def recipes_dir() -> str:
+    """$ALIGN_RECIPES, else the recipes installed with the package (align/recipes: the repo's recipes/
+    folder, shipped as package data), else those of a source checkout or editable install (recipes/)."""
+    if os.environ.get("ALIGN_RECIPES"):
+        return os.environ["ALIGN_RECIPES"]
+    candidates = [os.path.join(_PKG, "recipes"), os.path.join(os.path.dirname(_PKG), "recipes")]
+    for d in candidates:
+        if os.path.isdir(d):
+            return d
+    raise ConfigError(f"no shipped recipes: neither {' nor '.join(candidates)} exists (a broken install? "
+                      f"reinstall align-clip, or set ALIGN_RECIPES to a folder of recipes)")
+
+
+def resolve_recipe(name: str) -> str:
+    """A path, or the name of a shipped recipe (`demo` -> recipes/demo.yaml): align.shipped's rules."""
+    return resolve_shipped(name, recipes_dir(), "recipe")
+
+
+def shipped_recipes() -> List[str]:
+    """Names of the shipped recipes (`align recipes`), sorted."""
+    return shipped_names(recipes_dir())
+
+
+def recipe_header(path: str) -> str:
+    """The opening comment block of a recipe (what it trains, launch, runtime)."""
+    lines = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line[1:].strip())
+    return "\n".join(lines)

@@ -66,7 +66,8 @@ def run_one(name: str, data: str, out: str, extra: list) -> dict:
     import torch
     torch.set_num_threads(1)
     import align
-    from align.config import load_recipe, resolve_recipe
+    from align.config import load_recipe
+    from align.shipped import resolve_recipe
     from align.train.evaluate import evaluate_model
     from align.train.loop import train
     run = os.path.join(out, "runs", name)

@@ -137,7 +137,8 @@ FLITE_VOICES = ["awb", "rms", "slt", "kal"]
 def run_one(a, flite: str, heldout: str, train_flite) -> dict:
     """Build the data with `heldout` left out, train small-audio-text, score seen and held-out voices."""
     import align
-    from align.config import load_recipe, resolve_recipe
+    from align.config import load_recipe
+    from align.shipped import resolve_recipe
     from align.train.evaluate import evaluate_model
     from align.train.loop import train
     out = os.path.join(a.out, f"heldout-{heldout}")
@@ -172,7 +173,8 @@ VARIANTS = {"default": [], "noaug": ["data.augment=null"]}
 def run_built(a) -> dict:
     """Train a.recipe on a.built/train per seed x variant; score a.built/selection and a.built/report."""
     import align
-    from align.config import load_recipe, resolve_recipe
+    from align.config import load_recipe
+    from align.shipped import resolve_recipe
     from align.train.evaluate import evaluate_model
     from align.train.loop import train
     split = json.loads((Path(a.built) / "split.json").read_text())

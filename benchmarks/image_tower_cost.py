@@ -22,7 +22,8 @@ VARIANTS = {
 
 
 def main() -> None:
-    from align.config import load_recipe, resolve_recipe
+    from align.config import load_recipe
+    from align.shipped import resolve_recipe
     from align.model import build_model
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)

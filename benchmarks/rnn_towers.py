@@ -69,7 +69,8 @@ def towers_only(repeats: int = 7, batch: int = 64) -> None:
     import torch
     import yaml
 
-    from align.config import load_recipe, resolve_recipe
+    from align.config import load_recipe
+    from align.shipped import resolve_recipe
     from align.model import build_model
     torch.set_num_threads(1)
     demo = load_recipe(resolve_recipe("demo")).model

@@ -61,7 +61,7 @@ def test_installed_console_script():
 
 
 def test_recipes_come_from_the_package_or_the_checkout(monkeypatch, tmp_path, capsys):
-    from align import config
+    from align import shipped as config
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert config.recipes_dir() == os.path.join(root, "recipes")          # source checkout / editable install
     assert config.resolve_recipe("demo") == os.path.join(root, "recipes", "demo.yaml")
@@ -77,8 +77,8 @@ def test_recipes_come_from_the_package_or_the_checkout(monkeypatch, tmp_path, ca
 
 def test_missing_recipes_folder_is_one_line(monkeypatch, tmp_path, capsys):
     """A broken install (no recipes anywhere) used to crash `align recipes` with a traceback."""
-    from align import config
-    monkeypatch.setattr(config, "_PKG", str(tmp_path / "site-packages" / "align"))
+    from align import shipped
+    monkeypatch.setattr(shipped, "_PKG", str(tmp_path / "site-packages" / "align"))
     code, err = _run(["recipes"], capsys)
     assert code == 2 and err.count("\n") == 1 and "no shipped recipes" in err and "ALIGN_RECIPES" in err
 
@@ -132,7 +132,7 @@ def test_help_shows_defaults(capsys):
 
 
 def test_help_keys_lists_every_recipe_key_with_type_default_and_help(capsys):
-    from align.config import recipe_keys
+    from align.config_keys import recipe_keys
     assert main(["train", "--help-keys"]) == 0
     out = capsys.readouterr().out
     for k in recipe_keys():
@@ -151,7 +151,7 @@ def test_help_keys_lists_every_recipe_key_with_type_default_and_help(capsys):
 
 
 def test_recipes_show_prints_the_recipe_with_its_header(capsys):
-    from align.config import resolve_recipe
+    from align.shipped import resolve_recipe
     assert main(["recipes", "--show", "demo"]) == 0
     out = capsys.readouterr().out
     text = open(resolve_recipe("demo")).read()

@@ -191,7 +191,8 @@ def test_every_recipe_field_has_help_text():
                 config.FsdpConfig, config.TrainConfig, config.EvalConfig):
         missing += [f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls) if not (f.metadata or {}).get("help")]
     assert not missing, f"config fields without help=: {missing}"
-    keys = {k["key"]: k for k in config.recipe_keys()}
+    from align.config_keys import recipe_keys
+    keys = {k["key"]: k for k in recipe_keys()}
     assert keys["train.fsdp.param_dtype"]["type"] == "fp32|bf16|fp16"
     assert keys["model"]["default"] is dataclasses.MISSING and keys["train.betas"]["default"] == [0.9, 0.98]
     # every dataclass reachable from Recipe is listed (so a new section is checked above too)

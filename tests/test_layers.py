@@ -41,7 +41,7 @@ GROUPS = {
     "retrieval": ["align.retrieval"],
     "api": ["align.api"],
     "sweep": ["align.sweep"],
-    "config": ["align.config"],
+    "config": ["align.config", "align.config_keys"],
     "cli": ["align.cli"],
 }
 LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,
@@ -64,6 +64,7 @@ ALLOWED = {
 APP_SHARED = {
     "align.api",                        # align.api.load: an align run, checkpoint or export
     "align.config",                     # the recipe
+    "align.config_keys",                # the recipe key reference (sweep spaces check their keys)
     "align.train",                      # `from align.train import train` (the package's lazy entry point)
     "align.train.checkpoint",           # checkpoint files
     "align.train.rundir",               # the names of a run dir's files

@@ -175,7 +175,7 @@ def test_installed_wheel_runs_from_any_directory(wheel, tmp_path):
     assert {"demo", "bind", "clip-vit-b32"} <= {line.split()[0] for line in out.stdout.splitlines()}
     assert site in out.stdout                       # listed from the installed package, not this checkout
     assert run("demo", "--help").returncode == 0
-    probe = subprocess.run([py, "-c", "import align.config as c, align.bench.suite as s; "
+    probe = subprocess.run([py, "-c", "import align.shipped as c, align.bench.suite as s; "
                             "print(c.resolve_recipe('demo')); print(s.load_suite('demo')[0]['dataset'])"],
                            cwd=elsewhere, env=env, capture_output=True, text=True)
     recipe, dataset = probe.stdout.split()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from align.config import recipe_header
+from align.shipped import recipe_header
 from align.config import load_recipe
 
 RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "recipes", "*.yaml")))

@@ -395,7 +395,7 @@ MUTATIONS = [
     M("config.help.field_without_help", "align/config.py",
       'seed: int = _key(0, help="seed of weights, data order and augmentation")', "seed: int = 0",
       ["tests/test_config.py"]),
-    M("config.help_keys.sources_skipped", "align/config.py",
+    M("config.help_keys.sources_skipped", "align/config_keys.py",
       'out += recipe_keys(inner, key + "[].")', "pass", ["tests/test_config.py", "tests/test_cli.py"]),
     # -- hard negatives (issue 22, item 4) --------------------------------------------------------
     M("loss.hard_negatives.mask_ignored", "align/losses/hard_negatives.py",

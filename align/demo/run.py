@@ -15,7 +15,7 @@ import shutil
 import time
 from typing import List, Optional
 
-from align.config import resolve_recipe
+from align.shipped import resolve_recipe
 
 
 def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[str]] = None,

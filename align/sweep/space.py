@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from align.config import apply_override, parse_recipe, recipe_keys
+from align.config import apply_override, parse_recipe
+from align.config_keys import recipe_keys
 from align.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")

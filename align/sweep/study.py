@@ -26,8 +26,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from align.config import load_recipe_dict, parse_recipe, resolve_recipe
+from align.config import load_recipe_dict, parse_recipe
 from align.errors import AlignError, ConfigError
+from align.shipped import resolve_recipe
 from align.sweep import report, trial as trials
 from align.sweep.space import Param, describe_space, load_space
 
