@@ -1,7 +1,8 @@
 """Shard writing (`align data shards`).
 
   inputs      users' inputs (CSV/TSV/JSONL/Parquet, folders of pairs, HF datasets) as `Input`s, column
-              detection, raw-value readers
+              detection
+  values      raw-value readers: a row's media -> bytes, captions, label; SkipRow when a row cannot be used
   media       re-encoding one row's media: images -> jpg/webp/png, audio -> mono FLAC
   shards      the shard-writing job (workers, resume, stats.json, skipped.jsonl), one job per --out (its lock)
   jobdir      the job's --out folder: a resume of the same job, refused when foreign, overwrite of its own files

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from align.data.stream.val_split import name_field
-from align.data.write.inputs import Input, SkipRow, class_names, is_missing, read_label
+from align.data.write.inputs import Input
+from align.data.write.values import SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
 
 GROUP_MISSING = "group: missing"

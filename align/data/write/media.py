@@ -13,7 +13,7 @@ import numpy as np
 from align.media.audio import decode_audio, encode_flac, resample
 from align.media.image import open_image
 from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
-from align.data.write.inputs import SkipRow
+from align.data.write.values import SkipRow
 from align.errors import DataError
 from align.limits import LimitExceeded, check_audio_header, check_image_size
 

@@ -49,8 +49,8 @@ from align.data.write import eval_sets
 from align.data.stream.faults import format_counts
 from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, encode_audio, encode_image
 from align.wds.format import NEG_EXT
-from align.data.write.inputs import (COLUMN_KINDS, Row, SkipRow, Input, jsonable, open_input, read_captions,
-                                      read_label, read_media, resolve_columns)
+from align.data.write.inputs import COLUMN_KINDS, Row, Input, open_input, resolve_columns
+from align.data.write.values import SkipRow, jsonable, read_captions, read_label, read_media
 from align.errors import ConfigError, DataError
 from align.limits import DataLimits, DEFAULT_LIMITS, JSON_TOO_LARGE, TEXT_TOO_LONG, as_limits
 from align.runlock import RunLock

@@ -1,0 +1,162 @@
+"""Readers of one raw input value (align.data.write): a row's media (path, bytes, a `datasets` Image/Audio dict)
+-> bytes, its captions -> a list of strings, its label -> a class name; `SkipRow(reason, detail)` when a row
+cannot be used (counted by reason in the shard writer's report, never silently lost). The inputs that hold
+the rows are in align.data.write.inputs.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+from align.data.stream.faults import EMPTY_CAPTION, UNDECODABLE_TEXT
+from align.limits import DataLimits, MEMBER_TOO_LARGE, TEXT_TOO_LONG, as_limits
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN or an empty string."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+class SkipRow(Exception):
+    """A row cannot become a sample. `reason` is the short category counted in
+    stats.json; `detail` the full line for skipped.jsonl; `source` the file."""
+
+    def __init__(self, reason: str, detail: str, source: Optional[str] = None):
+        super().__init__(detail)
+        self.reason, self.detail, self.source = reason, detail, source
+
+
+def _check_file_size(path: Path, limit: int, reason: str, what: str, shown: str) -> None:
+    """SkipRow(reason) when the file at `path` is larger than `limit` bytes (checked before reading it)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return   # reading it reports the error
+    if size > limit:
+        raise SkipRow(reason, f"{what}: {shown!r} is {size} bytes, over the limit of {limit}", str(path))
+
+
+def _check_bytes(data, limits: DataLimits, mod: str) -> None:
+    if len(data) > limits.max_member_bytes:
+        raise SkipRow(MEMBER_TOO_LARGE, f"{mod}: {len(data)} bytes, over data.limits.max_member_bytes="
+                                        f"{limits.max_member_bytes}")
+
+
+def read_media(value: Any, base_dir: Path, mod: str,
+               limits: Optional[DataLimits] = None) -> Tuple[Any, Optional[str], Optional[str]]:
+    """Raw column value -> (payload, shown name, resolved path). payload is bytes,
+    a PIL image, or (array [T] or [T, C], sample_rate) for decoded audio.  A file larger than
+    limits.max_member_bytes is not read (SkipRow "member too large")."""
+    limits = as_limits(limits)
+    if isinstance(value, dict):  # datasets Image/Audio feature or a parquet struct
+        if value.get("bytes"):
+            _check_bytes(value["bytes"], limits, mod)
+            return bytes(value["bytes"]), value.get("path") or None, None
+        if value.get("array") is not None and mod == "audio":
+            sr = value.get("sampling_rate") or value.get("sample_rate")
+            if not sr:
+                raise SkipRow("audio: unsupported value", "audio: decoded array without sampling_rate")
+            return (np.asarray(value["array"], dtype=np.float32), int(sr)), value.get("path"), None
+        value = value.get("path")
+    if is_missing(value):
+        raise SkipRow(f"{mod}: missing", f"{mod}: no value")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        _check_bytes(value, limits, mod)
+        return bytes(value), None, None
+    if mod == "image" and hasattr(value, "mode") and hasattr(value, "size"):  # a PIL image
+        return value, None, None
+    if isinstance(value, (str, Path)):
+        text = str(value) if isinstance(value, str) else value.relative_to(base_dir).as_posix()
+        if re.match(r"^[a-z][a-z0-9+.-]*://", text):
+            raise SkipRow(f"{mod}: URL not supported", f"{mod}: URLs are not read, download first: {text!r}")
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        _check_file_size(path, limits.max_member_bytes, MEMBER_TOO_LARGE, mod, text)
+        try:
+            return path.read_bytes(), text, str(path)
+        except FileNotFoundError:
+            raise SkipRow(f"{mod}: file not found", f"{mod}: file not found {text!r}", str(path)) from None
+        except OSError as e:
+            raise SkipRow(f"{mod}: cannot read file", f"{mod}: cannot read {text!r} ({e.strerror})", str(path)) from None
+    raise SkipRow(f"{mod}: unsupported value", f"{mod}: unsupported value of type {type(value).__name__}")
+
+
+def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = None) -> List[str]:
+    """A caption string (newline-separated), list of captions, or .txt Path -> captions.
+    A .txt file over limits.max_text_bytes is not read (SkipRow "caption too long")."""
+    if isinstance(value, Path):
+        name = value.relative_to(base_dir).as_posix()
+        _check_file_size(value, as_limits(limits).max_text_bytes, TEXT_TOO_LONG, "text", name)
+        try:
+            value = value.read_bytes()
+        except OSError as e:
+            raise SkipRow("text: cannot read file", f"text: cannot read {name!r} ({e.strerror})", str(value)) from None
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise SkipRow(UNDECODABLE_TEXT, f"text: not UTF-8 ({e.reason} at byte {e.start})") from None
+    if is_missing(value):
+        items: List[Any] = []
+    elif isinstance(value, str):
+        items = value.splitlines()
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        items = [line for v in value if not is_missing(v) for line in str(v).splitlines()]
+    else:
+        items = [str(value)]
+    caps = [c.strip() for c in items if c.strip()]
+    if not caps:
+        raise SkipRow(EMPTY_CAPTION, "text: empty caption")
+    return caps
+
+
+def read_label(value: Any, base_dir: Path) -> str:
+    if isinstance(value, Path):
+        try:
+            value = value.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SkipRow("label: cannot read file", f"label: cannot read {value.name!r} ({e})") from None
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if is_missing(value) or isinstance(value, (list, dict, bytes)):
+        raise SkipRow("label: missing", "label: no value")
+    return str(value).strip()
+
+
+def class_names(values: List[Any], base_dir: Path) -> Optional[List[str]]:
+    """Labels that are all integers stay as they are (None). Otherwise the sorted
+    distinct label strings are the classes: `cls` holds the index into them,
+    because shard readers expect `cls` to be an integer."""
+    names = set()
+    for v in values:
+        try:
+            names.add(read_label(v, base_dir))
+        except SkipRow:
+            continue  # counted when the row is written
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return None
+    return sorted(names)
+
+
+def jsonable(value: Any) -> Any:
+    """value -> JSON-safe copy, or raise TypeError/ValueError if it is not."""
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(type(value).__name__)
