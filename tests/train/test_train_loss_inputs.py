@@ -74,7 +74,9 @@ def test_hard_negatives_join_the_loss_at_step_1(tmp_path, monkeypatch):
     plain = ref_hard_negative_clip(out["image"].double(), out["text"].double(), rec["neg_ref"].double(),
                                    torch.zeros_like(mask), s)
     got = metrics(r["output_dir"])[0]["loss"]
-    assert abs(got - want.item()) < 1e-4 and abs(got - plain.item()) > 1e-3
+    # equal to the reference to ~1e-7 (float32 step vs float64 reference); the negatives move it by ~1e-3 at
+    # this random init (7e-4 .. 2e-3 between tower inits), so 1e-4 separates "joined" from "ignored"
+    assert abs(got - want.item()) < 1e-5 and abs(got - plain.item()) > 1e-4
 
 
 def test_hard_negatives_need_a_loss_that_takes_them(tmp_path):
