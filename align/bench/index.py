@@ -183,6 +183,47 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 81
     return scores, ids
 
 
+def refine_search(index: faiss.Index, store: np.ndarray, queries: np.ndarray, k: int, factor: int,
+                  block: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k after re-scoring the index's top k*factor candidates with the stored vectors.
+
+    store: the corpus [N, D] (float16 or float32; a np.load(..., mmap_mode="r") memmap is read only at the
+    candidates' rows). Scores are float32 inner products with the stored rows (exact up to float16 rounding
+    of the corpus). -> (scores [Q, k], ids [Q, k]; -1 / -inf where fewer than k candidates)."""
+    q = _f32(queries)
+    kk = int(min(k * factor, index.ntotal))
+    _, cand = index.search(q, kk)                                                  # [Q, kF] candidate ids
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    ids = np.full((len(q), k), -1, np.int64)
+    for s in range(0, len(q), block):
+        c = cand[s:s + block]
+        uniq, pos = np.unique(c[c >= 0], return_inverse=True)                     # sorted rows: sequential reads
+        vec = np.asarray(store[uniq], dtype=np.float32)                            # [U, D]
+        sc = np.full(c.shape, -np.inf, np.float32)                                 # [B, kF]
+        rows, cols = np.nonzero(c >= 0)
+        sc[rows, cols] = np.einsum("nd,nd->n", vec[pos], q[s:s + block][rows])
+        top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        got = min(k, sc.shape[1])
+        scores[s:s + block, :got] = np.take_along_axis(sc, top, 1)
+        ids[s:s + block, :got] = np.where(np.isfinite(scores[s:s + block, :got]), np.take_along_axis(c, top, 1), -1)
+    return scores, ids
+
+
+class Refined:
+    """An index whose search re-ranks k*factor candidates with a stored copy of the vectors (refine_search)."""
+
+    def __init__(self, index: faiss.Index, store: np.ndarray, factor: int):
+        if len(store) != index.ntotal or store.shape[1] != index.d:
+            raise DataError(f"re-rank store has shape {tuple(store.shape)}, the index holds {index.ntotal} x {index.d}")
+        self.index, self.store, self.factor = index, store, int(factor)
+
+    ntotal = property(lambda self: self.index.ntotal)
+    d = property(lambda self: self.index.d)
+
+    def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        return refine_search(self.index, self.store, queries, k, self.factor)
+
+
 def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k gallery ids [Q, k] by inner product (ExactIndex: float64 scores, ties -> lower id)."""
     index = ExactIndex(np.shape(gallery)[1])
