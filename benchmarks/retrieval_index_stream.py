@@ -15,8 +15,8 @@ retrieval_index.py, uses normal noise, so the two scripts' data differ slightly)
   4. exact:   exact top-10 of every query, streaming the chunks again (float32 matrix products, merged top-k).
   5. tune:    align.retrieval.index_build.tune (nprobe grows until recall@10 >= 0.95 or p50 > budget), then
               p50/p99 of one-query searches at k=10 and k=1000 on --threads FAISS threads.
-  6. re-rank: with --store, search k * F candidates and re-score them with the float16 rows read from the
-              memmap (exact cosine up to float16 rounding), for each F in --refine.
+  6. re-rank: with --store, align index's re-rank of an ivfpq index (index_build.tune_refined: k * F
+              candidates re-scored with the float16 rows read from the memmap; nprobe and F tuned together).
 
     python benchmarks/retrieval_index_stream.py --n 10000000 --nlist 4096 --store /tmp/corpus_f16.npy
     python benchmarks/retrieval_index_stream.py --n 20000 --dim 64 --queries 50    # a tiny check
@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import faiss  # noqa: E402
 
-from align.bench.index import INDEXES  # noqa: E402
-from align.retrieval.index_build import choose_index, latency_ms, recall_at, tune  # noqa: E402
+from align.bench.index import INDEXES, Refined  # noqa: E402
+from align.retrieval.index_build import choose_index, latency_ms, recall_at, tune, tune_refined  # noqa: E402
 from retrieval_scale import RssPeak  # noqa: E402  (the memory probe)
 
 
@@ -122,29 +122,16 @@ def exact_all(corpus, queries, k):
     return top.ids()
 
 
-def reranked(index, store, q, k, factor):
-    """Top-k of q [Q, d] after re-scoring index's top k*factor candidates with the float16 store rows."""
-    _, cand = index.search(q, k * factor)                                            # [Q, kF]
-    out = np.empty((len(q), k), np.int64)
-    for r, (qq, c) in enumerate(zip(q, cand)):
-        c = np.sort(c[c >= 0])                                                       # sorted: sequential reads
-        sc = store[c].astype(np.float32) @ qq                                        # [kF]
-        out[r] = c[np.argsort(-sc)[:k]]
-    return out
-
-
-def rerank_report(index, store, q, exact, factors):
-    for f in factors:
-        got = reranked(index, store, q, 10, f)
-        rec = float(np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(got, exact)]))
-        times = []
-        for qq in q[:200]:
-            t = time.perf_counter()
-            reranked(index, store, qq[None], 10, f)
-            times.append((time.perf_counter() - t) * 1e3)
-        print(f"RERANK factor {f} ({10 * f} candidates from the index, float16 rows from {store.filename}): "
-              f"recall@10 {rec:.4f}, k=10 p50 {np.percentile(times, 50):.2f} ms p99 {np.percentile(times, 99):.2f} ms",
-              flush=True)
+def refine_report(index, store, q, exact, max_latency_ms):
+    """align index's re-rank (tune_refined: nprobe and F tuned together) -> one RESULT-REFINE line."""
+    tuned = tune_refined(index, store, q, exact, 10, max_latency_ms)
+    ref = Refined(index, store, tuned["refine"])
+    p50, p99 = latency_ms(ref, q[:200], 10)
+    p50k, p99k = latency_ms(ref, q[:100], 1000)
+    print(f"RESULT-REFINE nprobe {faiss.extract_index_ivf(index).nprobe}, F {tuned['refine']} ({10 * tuned['refine']} "
+          f"candidates, float16 rows from {store.filename}): recall@10 {recall_at(ref, q, exact, 10):.4f}, "
+          f"k=10 p50 {p50:.2f} ms p99 {p99:.2f} ms, k=1000 p50 {p50k:.2f} ms p99 {p99k:.2f} ms; "
+          f"sweep {tuned['sweep']}", flush=True)
 
 
 def main(argv=None):
@@ -162,7 +149,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="FAISS threads for the latency figures")
     p.add_argument("--build-threads", type=int, default=0, help="FAISS threads for train/add (0: all)")
     p.add_argument("--store", default=None, help="write a float16 .npy copy here and measure re-ranking")
-    p.add_argument("--refine", type=int, nargs="*", default=[2, 5, 10, 30], help="re-rank factors F")
     a = p.parse_args(argv)
     if a.build_threads:
         faiss.omp_set_num_threads(a.build_threads)
@@ -204,7 +190,7 @@ def main(argv=None):
           f"recall@10 {rec:.4f}, k=10 p50 {p50:.2f} ms p99 {p99:.2f} ms, k=1000 p50 {p50k:.2f} ms p99 {p99k:.2f} ms "
           f"({a.threads} FAISS thread(s)); sweep {tuned.get('sweep')}", flush=True)
     if store is not None:
-        rerank_report(index, np.load(a.store, mmap_mode="r"), q, exact, a.refine)
+        refine_report(index, np.load(a.store, mmap_mode="r"), q, exact, a.max_latency_ms)
     print(f"total {time.perf_counter() - t_all:.1f} s, peak rss {rss.peak:.2f} GB; load avg {os.getloadavg()}")
 
 

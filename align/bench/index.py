@@ -189,9 +189,11 @@ def refine_search(index: faiss.Index, store: np.ndarray, queries: np.ndarray, k:
 
     store: the corpus [N, D] (float16 or float32; a np.load(..., mmap_mode="r") memmap is read only at the
     candidates' rows). Scores are float32 inner products with the stored rows (exact up to float16 rounding
-    of the corpus). -> (scores [Q, k], ids [Q, k]; -1 / -inf where fewer than k candidates)."""
+    of the corpus). For k > 10 the extra candidates stay those of k = 10 (k + 10*(factor-1)), so a k=1000
+    query reads ~1,000 + 10*F rows, not 1,000*F. -> (scores [Q, k], ids [Q, k]; -1 / -inf where fewer
+    than k candidates)."""
     q = _f32(queries)
-    kk = int(min(k * factor, index.ntotal))
+    kk = int(min(k + (factor - 1) * min(k, 10), index.ntotal))
     _, cand = index.search(q, kk)                                                  # [Q, kF] candidate ids
     scores = np.full((len(q), k), -np.inf, np.float32)
     ids = np.full((len(q), k), -1, np.int64)
