@@ -9,14 +9,15 @@ The choice (`choose_index`), in order:
   ivfpq       IVF-PQ otherwise, with as many sub-quantizer bytes per vector as the budget allows.
 The index types come from align.bench.index's registry. Approximate indexes are then tuned on a
 held-aside query sample: nprobe (IVF) or efSearch (HNSW) grows until recall@10 against exact search
-reaches `target_recall` (0.95) or the measured p50 latency passes the budget.
-IVF-PQ's compressed codes alone rarely reach 0.95 (synthetic 10M x 512, PQ64: see benchmarks/RESULTS.md),
+reaches `target_recall` (0.95) or the measured p50 latency passes the budget. Queries are the vectors of
+another embedded modality when there is one (the cross-modal queries the index will serve, e.g. captions
+for the image index), else a random sample of the corpus.
+
+IVF-PQ's compressed codes alone do not reach 0.95 (synthetic 10M x 512, PQ64: 0.31; benchmarks/RESULTS.md),
 so an ivfpq index is re-ranked (unless refine=False / --no-refine): a float16 copy of the vectors is
 written to disk beside it (vectors.f16.npy, 2*N*D bytes, read through a memmap only at the candidates'
 rows, so it is not held in memory), the search takes k*F candidates from IVF-PQ and re-scores them
-with those rows, and F grows through REFINE (4, 16, 64) until the tuned recall reaches the target. Queries are the vectors of
-another embedded modality when there is one (the cross-modal queries the index will serve, e.g. captions
-for the image index), else a random sample of the corpus.
+with those rows, and F grows through REFINE (4, 16, 64, 256) until the tuned recall reaches the target.
 
     INDEX/index.json                 modalities, model, source EMB folder
     INDEX/<modality>/index.faiss     faiss.write_index
@@ -43,7 +44,7 @@ SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat i
 TARGET_RECALL = 0.95
 PROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
-REFINE = (4, 16, 64)           # ivfpq re-rank: candidates = k * F
+REFINE = (4, 16, 64, 256)      # ivfpq re-rank: candidates = k * F (10M x 512, PQ64: F=30 gave 0.88)
 STORE = "vectors.f16.npy"
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}

@@ -69,7 +69,7 @@ def test_ivfpq_is_reranked_from_a_float16_copy_to_the_recall_target(tmp_path):
     assert "refine" not in raw and raw["recall@10"] < 0.9
     assert "vectors.f16.npy" not in os.listdir(tmp_path / "raw" / "image")
     [s] = build_indexes(emb, str(tmp_path / "ix"), kind="ivfpq", modalities=["image"], n_queries=200)
-    assert s["refine"] in (4, 16, 64) and s["recall@10"] >= 0.95 and "re-ranks" in s["why"]
+    assert s["refine"] in (4, 16, 64, 256) and s["recall@10"] >= 0.95 and "re-ranks" in s["why"]
     store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
     assert store.dtype == np.float16 and store.shape == img.shape
     np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
