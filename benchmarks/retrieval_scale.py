@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import faiss  # noqa: E402
 import torch  # noqa: E402
 
-from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows  # noqa: E402
+from align.bench.index import EXACT, build_index, describe_index, exact_topk, sample_rows, search  # noqa: E402
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -89,9 +89,12 @@ def run_search(index, gallery, a, ks, label, sample=None, sample_q=None, compare
     t_search, cpu, same, worst = 0.0, 0.0, 0, 0.0
     for s in range(0, a.n, a.batch_size):
         e = min(a.n, s + a.batch_size)
-        q = make_queries(gallery, s, e, a.noise, a.seed)                     # [B, dim] (not timed)
+        t0 = time.time()
+        q = make_queries(gallery, s, e, a.noise, a.seed)                     # [B, dim] (not in the search time)
+        a.t_queries = getattr(a, "t_queries", 0.0) + time.time() - t0
         t0, c0 = time.time(), time.process_time()
-        _, ids = index.search(q, max(ks))                                    # [B, 10]
+        # align.bench.index.search: list-major scan for IVF-Flat batches unless --faiss-scan
+        _, ids = search(index, q, max(ks), batch_size=len(q), list_major=False if a.faiss_scan else None)  # [B, 10]
         t_search += time.time() - t0
         cpu += time.process_time() - c0
         ids_all[s:e] = ids
@@ -135,7 +138,7 @@ def main(argv=None):
     p.add_argument("--index", default="flat", choices=["flat", "flat_faiss", "ivf", "hnsw", "ivfpq"])
     p.add_argument("--sample", type=int, default=None,
                    help="queries checked against exact search (default 10000; flat: 1000 vs float64 brute force)")
-    p.add_argument("--batch-size", type=int, default=16_384, help="queries per search call")
+    p.add_argument("--batch-size", type=int, default=65_536, help="queries per search call")
     p.add_argument("--clusters", type=int, default=1000)
     p.add_argument("--spread", type=float, default=0.7, help="within-cluster noise (norm of the offset)")
     p.add_argument("--noise", type=float, default=3.0, help="query noise (norm of the offset from its item)")
@@ -143,7 +146,11 @@ def main(argv=None):
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--scoring", default="bf16", choices=["bf16", "fp32", "fp64"], help="flat: low-precision scoring")
     p.add_argument("--no-compare", action="store_true", help="flat: skip the FAISS float32 run (the old path)")
-    p.add_argument("--threads", type=int, default=0, help="FAISS and torch threads (0 = their defaults)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="FAISS and torch threads (0 = their defaults; 1 is faster on a loaded shared machine)")
+    p.add_argument("--train-size", type=int, default=None, help="ivf/ivfpq: rows sampled to train (40 * nlist)")
+    p.add_argument("--faiss-scan", action="store_true",
+                   help="ivf: FAISS's own per-query list scan instead of align's list-major batch search")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.threads:
@@ -152,6 +159,7 @@ def main(argv=None):
     if a.sample is None:
         a.sample = 1000 if a.index == "flat" else 10_000
     ks = (1, 5, 10)
+    t_start = time.time()
     rss = RssPeak()
     t0 = time.time()
     gallery = make_gallery(a.n, a.dim, a.clusters, a.spread, a.seed)
@@ -161,7 +169,7 @@ def main(argv=None):
         params["scoring"] = a.scoring
     rss.reset()
     t0 = time.time()
-    index = build_index(a.index, gallery, progress=True, **params)
+    index = build_index(a.index, gallery, progress=True, train_size=a.train_size, **params)
     t_build = time.time() - t0
     sample = sample_rows(a.n, a.sample, a.seed)
     sample_q = np.empty((len(sample), a.dim), dtype=np.float32)
@@ -170,13 +178,18 @@ def main(argv=None):
     print(f"retrieval_scale: n={a.n} dim={a.dim} index={a.index} {describe_index(index)} "
           f"threads faiss={faiss.omp_get_max_threads()} torch={torch.get_num_threads()} cpu={cpu_name()}")
     print(f"  data {t_data:.1f}s  build {t_build:.1f}s  search {t_search:.1f}s "
-          f"({a.n / t_search:.0f} queries/s, batch {a.batch_size}; CPU time {cpu_new:.1f}s)  peak RSS during build+search {peak:.2f} GB")
+          f"({a.n / t_search:.0f} queries/s, batch {a.batch_size}; CPU time {cpu_new:.1f}s)  "
+          f"query generation {a.t_queries:.1f}s  peak RSS during build+search {peak:.2f} GB")
     print("  recall (own item): " + "  ".join(f"R@{k}={hits[k] / a.n:.4f}" for k in ks))
     if a.index not in EXACT:
         t0 = time.time()
-        r = recall_against_exact(index, gallery, sample_q, max(ks))
-        print(f"  recall@{max(ks)} vs exact top-{max(ks)} on {len(sample)} sampled queries: {r:.4f} "
-              f"({time.time() - t0:.1f}s)")
+        k = max(ks)
+        exact = exact_topk(gallery, sample_q, k)                              # [S, k]
+        got = ids_new[sample]                                                 # the index's top-k from the run
+        r = np.mean([len(np.intersect1d(g_[g_ >= 0], e)) / k for g_, e in zip(got, exact)])
+        own_ex, own_ix = ((x == sample[:, None]).any(1).mean() for x in (exact, got))
+        print(f"  recall@{k} vs exact top-{k} on {len(sample)} sampled queries: {r:.4f}; own-item R@{k} on them: "
+              f"exact {own_ex:.4f}, index {own_ix:.4f} ({time.time() - t0:.1f}s)")
     if a.index == "flat" and not a.no_compare:
         del index
         rss.reset()
@@ -201,7 +214,8 @@ def main(argv=None):
         ref_ok = check_float64(gallery, sample_q, ids_new[sample], max(ks))
         print(f"  top-{max(ks)} equal to the float64 brute force (numpy argsort, ties -> lower id) on {len(sample)} "
               f"sampled queries: {ref_ok}/{len(sample)} ({time.time() - t0:.1f}s)")
-    print(f"  peak memory (ru_maxrss, whole process): {peak_rss_gb():.2f} GB")
+    print(f"  peak memory (ru_maxrss, whole process): {peak_rss_gb():.2f} GB; wall {time.time() - t_start:.1f}s; "
+          f"load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def cpu_name() -> str:

@@ -17,10 +17,11 @@ exact top-k an approximate index finds, on a sample of queries.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import faiss
 import numpy as np
+import torch
 from align.progress import progress as tqdm   # plain lines off a terminal
 
 from align.bench.exact import ExactIndex
@@ -110,17 +111,119 @@ def build_index(name: str, gallery: np.ndarray, *, train_size: Optional[int] = N
     return index
 
 
+def _ivf_flat_lists(ivf: faiss.IndexIVFFlat) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Each inverted list as (vectors [n_l, D] float32, ids [n_l] int64): views of FAISS's memory, no copy."""
+    inv, d, out = ivf.invlists, ivf.d, []
+    for lst in range(ivf.nlist):
+        n = inv.list_size(lst)
+        if n == 0:
+            out.append((np.empty((0, d), np.float32), np.empty(0, np.int64)))
+            continue
+        codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * inv.code_size)           # uint8 [n * 4D]
+        out.append((codes.view(np.float32).reshape(n, d), faiss.rev_swig_ptr(inv.get_ids(lst), n)))
+    return out
+
+
+def list_major_search(index: faiss.Index, queries: np.ndarray, k: int, lists=None) -> Tuple[np.ndarray, np.ndarray]:
+    """IVF-Flat (inner product) search of a large query batch, one inverted list at a time.
+
+    FAISS scans each query's nprobe lists on its own: a 1M-query batch reads every list ~nprobe*Q/nlist
+    times from memory, one vector at a time. Here the (query, probe) pairs are grouped by list, and each
+    list is scored against all its queries in one matrix product ([m, D] @ [D, n_l], BLAS), then top-k.
+    Same probes (the quantizer's top-nprobe) and exact float32 inner products as index.search, so the
+    same results up to float rounding among near-ties. -> (scores [Q, k], ids [Q, k]; -1 / -inf where
+    the probed lists hold fewer than k items)."""
+    ivf = faiss.extract_index_ivf(index)
+    q = _f32(queries)
+    nq, p = len(q), int(ivf.nprobe)
+    lists = lists if lists is not None else _ivf_flat_lists(ivf)
+    _, probe = ivf.quantizer.search(q, p)                                         # [Q, P] list ids
+    flat = probe.ravel()
+    order = np.argsort(flat, kind="stable")                                       # pairs grouped by list
+    bounds = np.searchsorted(flat[order], np.arange(ivf.nlist + 1))
+    cand_s = np.full((nq * p, k), -np.inf, np.float32)                            # [Q*P, k] per-pair top-k
+    cand_i = np.full((nq * p, k), -1, np.int64)
+    qt = torch.from_numpy(q)
+    for lst in np.flatnonzero(np.diff(bounds)):
+        vecs, ids = lists[lst]
+        if len(ids) == 0:
+            continue
+        pairs = order[bounds[lst]:bounds[lst + 1]]
+        sc = qt[torch.from_numpy(pairs // p)] @ torch.from_numpy(vecs).T           # [m, n_l]
+        kk = min(k, len(ids))
+        top = torch.topk(sc, kk, dim=1)
+        cand_s[pairs, :kk] = top.values.numpy()
+        cand_i[pairs, :kk] = ids[top.indices.numpy()]
+    cand_s, cand_i = cand_s.reshape(nq, p * k), cand_i.reshape(nq, p * k)         # [Q, P*k] -> top-k
+    top = torch.topk(torch.from_numpy(cand_s), k, dim=1)
+    return top.values.numpy(), np.take_along_axis(cand_i, top.indices.numpy(), 1)
+
+
+def _list_major_ok(index: faiss.Index, batch: int) -> bool:
+    """IVF-Flat by inner product, and enough queries per list (>= 8 pairs) for list-major search to pay."""
+    return (isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
+            and batch * index.nprobe >= 8 * index.nlist)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 8192,
-           progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+           progress: bool = False, list_major: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product: (scores [Q, k] float32, ids [Q, k] int64); k is clipped to the gallery size.
-    ids are -1 where an approximate index found fewer than k items."""
+    ids are -1 where an approximate index found fewer than k items. list_major (None: when it pays, see
+    _list_major_ok): IVF-Flat batches go through list_major_search."""
     k = int(min(k, index.ntotal))
     q = len(queries)
     scores = np.empty((q, k), dtype=np.float32)
     ids = np.empty((q, k), dtype=np.int64)
+    use = _list_major_ok(index, min(q, batch_size)) if list_major is None else list_major
+    lists = _ivf_flat_lists(faiss.extract_index_ivf(index)) if use else None
     for s in tqdm(range(0, q, batch_size), desc="search", disable=not progress or q <= batch_size):
-        scores[s:s + batch_size], ids[s:s + batch_size] = index.search(_f32(queries[s:s + batch_size]), k)
+        qb = _f32(queries[s:s + batch_size])
+        scores[s:s + batch_size], ids[s:s + batch_size] = (list_major_search(index, qb, k, lists) if use
+                                                           else index.search(qb, k))
     return scores, ids
+
+
+def refine_search(index: faiss.Index, store: np.ndarray, queries: np.ndarray, k: int, factor: int,
+                  block: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k after re-scoring the index's top k*factor candidates with the stored vectors.
+
+    store: the corpus [N, D] (float16 or float32; a np.load(..., mmap_mode="r") memmap is read only at the
+    candidates' rows). Scores are float32 inner products with the stored rows (exact up to float16 rounding
+    of the corpus). For k > 10 the extra candidates stay those of k = 10 (k + 10*(factor-1)), so a k=1000
+    query reads ~1,000 + 10*F rows, not 1,000*F. -> (scores [Q, k], ids [Q, k]; -1 / -inf where fewer
+    than k candidates)."""
+    q = _f32(queries)
+    kk = int(min(k + (factor - 1) * min(k, 10), index.ntotal))
+    _, cand = index.search(q, kk)                                                  # [Q, kF] candidate ids
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    ids = np.full((len(q), k), -1, np.int64)
+    for s in range(0, len(q), block):
+        c = cand[s:s + block]
+        uniq, pos = np.unique(c[c >= 0], return_inverse=True)                     # sorted rows: sequential reads
+        vec = np.asarray(store[uniq], dtype=np.float32)                            # [U, D]
+        sc = np.full(c.shape, -np.inf, np.float32)                                 # [B, kF]
+        rows, cols = np.nonzero(c >= 0)
+        sc[rows, cols] = np.einsum("nd,nd->n", vec[pos], q[s:s + block][rows])
+        top = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        got = min(k, sc.shape[1])
+        scores[s:s + block, :got] = np.take_along_axis(sc, top, 1)
+        ids[s:s + block, :got] = np.where(np.isfinite(scores[s:s + block, :got]), np.take_along_axis(c, top, 1), -1)
+    return scores, ids
+
+
+class Refined:
+    """An index whose search re-ranks k*factor candidates with a stored copy of the vectors (refine_search)."""
+
+    def __init__(self, index: faiss.Index, store: np.ndarray, factor: int):
+        if len(store) != index.ntotal or store.shape[1] != index.d:
+            raise DataError(f"re-rank store has shape {tuple(store.shape)}, the index holds {index.ntotal} x {index.d}")
+        self.index, self.store, self.factor = index, store, int(factor)
+
+    ntotal = property(lambda self: self.index.ntotal)
+    d = property(lambda self: self.index.d)
+
+    def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        return refine_search(self.index, self.store, queries, k, self.factor)
 
 
 def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -13,10 +13,17 @@ reaches `target_recall` (0.95) or the measured p50 latency passes the budget. Qu
 another embedded modality when there is one (the cross-modal queries the index will serve, e.g. captions
 for the image index), else a random sample of the corpus.
 
+IVF-PQ's compressed codes alone do not reach 0.95 (synthetic 10M x 512, PQ64: 0.31; benchmarks/RESULTS.md),
+so an ivfpq index is re-ranked (unless refine=False / --no-refine): a float16 copy of the vectors is
+written to disk beside it (vectors.f16.npy, 2*N*D bytes, read through a memmap only at the candidates'
+rows, so it is not held in memory), the search takes k*F candidates from IVF-PQ and re-scores them
+with those rows, and F grows through REFINE (4, 16, 64, 256) until the tuned recall reaches the target.
+
     INDEX/index.json                 modalities, model, source EMB folder
     INDEX/<modality>/index.faiss     faiss.write_index
     INDEX/<modality>/settings.json   kind, parameters, why, recall@10, latency, build seconds, memory
     INDEX/<modality>/rows.parquet    row metadata (key, caption, shard, byte range, ...) in index id order
+    INDEX/<modality>/vectors.f16.npy ivfpq only: the float16 vectors for the re-rank (settings "refine": F)
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from typing import List, Optional, Tuple
 import faiss
 import numpy as np
 
-from align.bench.index import INDEXES, build_index, default_nlist, describe_index, exact_topk
+from align.bench.index import INDEXES, Refined, build_index, default_nlist, describe_index, exact_topk
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import embedded_modalities, load_embeddings, read_manifest
 
@@ -37,6 +44,8 @@ SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat i
 TARGET_RECALL = 0.95
 PROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
+REFINE = (4, 16, 64, 256)      # ivfpq re-rank: candidates = k * F (10M x 512, PQ64: F=30 gave 0.88)
+STORE = "vectors.f16.npy"
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
 
@@ -98,15 +107,17 @@ def _knob(index) -> Tuple[str, tuple, object]:
 
 
 def tune(index, queries: np.ndarray, exact: np.ndarray, k: int, max_latency_ms: float,
-         target: float = TARGET_RECALL) -> dict:
-    """Grow the knob until recall@k >= target or p50 passes the budget; keep the last setting within budget."""
+         target: float = TARGET_RECALL, searcher=None) -> dict:
+    """Grow the knob until recall@k >= target or p50 passes the budget; keep the last setting within budget.
+    searcher: what is measured (default the index itself; a Refined wrapper of it for a re-ranked index)."""
     name, values, set_ = _knob(index)
+    searcher = searcher if searcher is not None else index
     lat_q = queries[: min(len(queries), 100)]
     best, sweep = None, []
     for v in values:
         set_(v)
-        rec = recall_at(index, queries, exact, k)
-        p50, p99 = latency_ms(index, lat_q, k)
+        rec = recall_at(searcher, queries, exact, k)
+        p50, p99 = latency_ms(searcher, lat_q, k)
         sweep.append({name: v, "recall": round(rec, 4), "p50_ms": round(p50, 3)})
         if p50 > max_latency_ms and best is not None:
             break
@@ -127,8 +138,30 @@ def _queries(emb_dir: str, modality: str, vectors: np.ndarray, n: int, seed: int
     return vectors[np.sort(rng.choice(len(vectors), min(n, len(vectors)), replace=False))], modality
 
 
+def write_store(vectors: np.ndarray, path: str, rows: int = 65536) -> np.ndarray:
+    """vectors [N, D] -> a float16 .npy at path, written in blocks (no whole float16 copy in memory); its memmap."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=vectors.shape)
+    for s in range(0, len(vectors), rows):
+        out[s:s + rows] = vectors[s:s + rows]
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+def tune_refined(index, store, queries, exact, k: int, max_latency_ms: float) -> dict:
+    """tune() with a re-rank of k*F candidates, F through REFINE until recall@k reaches the target."""
+    sweeps = []
+    for f in REFINE:
+        tuned = tune(index, queries, exact, k, max_latency_ms, searcher=Refined(index, store, f))
+        sweeps += [dict(e, refine=f) for e in tuned["sweep"]]
+        if tuned["recall"] >= TARGET_RECALL or tuned["p50_ms"] > max_latency_ms:
+            break
+    return dict(tuned, refine=f, sweep=sweeps)
+
+
 def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int, max_latency_ms: float,
-                   kind: Optional[str] = None, n_queries: int = 500, k: int = 10, seed: int = 0) -> dict:
+                   kind: Optional[str] = None, n_queries: int = 500, k: int = 10, seed: int = 0,
+                   refine: bool = True) -> dict:
     """Build, tune and write one modality's index; returns its settings."""
     vectors, rows = load_embeddings(emb_dir, modality)          # [N, D] float32
     n, d = vectors.shape
@@ -144,17 +177,22 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     queries, qsrc = _queries(emb_dir, modality, vectors, n_queries, seed)
     kk = min(k, n)
     exact = exact_topk(vectors, queries, kk)
+    os.makedirs(out_dir, exist_ok=True)
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
         tuned = {"recall": recall_at(index, queries, exact, kk), "p50_ms": p50, "p99_ms": p99}
+    elif kind == "ivfpq" and refine:
+        store = write_store(vectors, os.path.join(out_dir, STORE))
+        tuned = tune_refined(index, store, queries, exact, kk, max_latency_ms)
+        why += f"; re-ranks k*{tuned['refine']} candidates with the float16 vectors in {STORE}"
     else:
         tuned = tune(index, queries, exact, kk, max_latency_ms)
-    os.makedirs(out_dir, exist_ok=True)
     faiss.write_index(index, os.path.join(out_dir, "index.faiss"))
     rows.reset_index(drop=True).to_parquet(os.path.join(out_dir, "rows.parquet"), index=False)
     settings = {"modality": modality, "kind": kind, "why": why, "n": int(n), "dim": int(d),
                 **describe_index(index), f"recall@{kk}": round(tuned["recall"], 4),
                 "p50_ms": round(tuned["p50_ms"], 3), "p99_ms": round(tuned["p99_ms"], 3),
+                **({"refine": tuned["refine"], "store": STORE} if "refine" in tuned else {}),
                 "tuning": tuned.get("sweep", []), "queries": {"n": int(len(queries)), "from": qsrc},
                 "build_s": round(build_s, 2), "index_bytes": int(faiss.serialize_index(index).nbytes),
                 "budget": {"max_memory": int(max_memory), "max_latency_ms": max_latency_ms}}
@@ -165,7 +203,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
 
 def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: float = 10.0,
                   kind: Optional[str] = None, modalities: Optional[List[str]] = None, n_queries: int = 500,
-                  seed: int = 0) -> List[dict]:
+                  seed: int = 0, refine: bool = True) -> List[dict]:
     """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json."""
     man = read_manifest(emb_dir)
     have = embedded_modalities(emb_dir)
@@ -175,7 +213,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
     results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
-                              kind=kind, n_queries=n_queries, seed=seed) for m in mods]
+                              kind=kind, n_queries=n_queries, seed=seed, refine=refine) for m in mods]
     with open(os.path.join(out, "index.json"), "w") as f:
         json.dump({"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
                    "embeddings": os.path.abspath(emb_dir)}, f, indent=1)
@@ -183,7 +221,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
 
 
 def summary_line(s: dict) -> str:
-    knob = next((f", {x}={s[x]}" for x in ("nprobe", "ef_search") if x in s), "")
+    knob = "".join(f", {x}={s[x]}" for x in ("nprobe", "ef_search", "refine") if x in s)
     rec = next(v for key, v in s.items() if key.startswith("recall@"))
     return (f"index {s['modality']}: {s['kind']}{knob}, {s['n']} x {s['dim']}, recall@10 {rec:.3f} vs exact "
             f"({s['queries']['n']} {s['queries']['from']} queries), p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import faiss
 import numpy as np
 
+from align.bench.index import Refined
 from align.errors import AlignError, ConfigError, DataError
 
 QUERY_MODALITIES = ("text", "image", "audio")
@@ -52,6 +53,13 @@ class Index:
             raise DataError(f"{path}: not a readable `align index` folder: {str(e).splitlines()[0][:200]}") from None
         if len(rows) != index.ntotal:
             raise DataError(f"{path}: rows.parquet has {len(rows)} rows but the index holds {index.ntotal} vectors")
+        if settings.get("refine"):           # ivfpq: re-rank k*F candidates with the float16 vectors (memmap)
+            store = os.path.join(path, settings.get("store", "vectors.f16.npy"))
+            try:
+                index = Refined(index, np.load(store, mmap_mode="r"), settings["refine"])
+            except (OSError, ValueError) as e:
+                raise DataError(f"{store}: the re-rank vectors of this ivfpq index are unreadable: "
+                                f"{str(e).splitlines()[0][:200]}") from None
         return cls(index, rows, settings, path)
 
     def __len__(self) -> int:

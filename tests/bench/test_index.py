@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
+import align.bench.index as bench_index
 from align.bench.index import (INDEXES, build_index, default_nlist, default_pq_m, describe_index, exact_topk,
-                               recall_against_exact, search)
+                               list_major_search, recall_against_exact, search)
 from align.errors import ConfigError, DataError
 
 
@@ -104,3 +105,31 @@ def test_defaults_and_bad_params():
         build_index("ivfpq", g, pq_m=5)
     with pytest.raises(DataError, match="non-empty"):
         build_index("flat", np.zeros((0, 4), np.float32))
+
+
+def test_list_major_ivf_search_gives_faiss_results(monkeypatch):
+    g = _clustered(6000, 32, 50, seed=6)
+    q = _norm(_clustered(3000, 32, 50, seed=6) + 0.1 * np.random.default_rng(7).standard_normal((3000, 32)))
+    idx = build_index("ivf", g, nlist=40, nprobe=3)
+    ref_s, ref_i = idx.search(q, 10)
+    got_s, got_i = list_major_search(idx, q, 10)
+    assert np.mean(got_i == ref_i) >= 0.999                    # same probes, same exact float32 scores
+    np.testing.assert_allclose(got_s, ref_s, atol=1e-5)
+    # k beyond what one probed list holds: -1 / -inf padding where FAISS pads too
+    idx.nprobe = 1
+    ref_s, ref_i = idx.search(q[:200], 400)
+    got_s, got_i = list_major_search(idx, q[:200], 400)
+    np.testing.assert_array_equal(got_i == -1, ref_i == -1)
+    assert (got_i == -1).any() and np.isneginf(got_s[got_i == -1]).all()
+    np.testing.assert_array_equal(np.sort(got_i, 1), np.sort(ref_i, 1))
+    # search() takes the list-major path for IVF-Flat batches with >= 8 (query, list) pairs per list
+    idx.nprobe = 3
+    calls = []
+    real = bench_index.list_major_search
+    monkeypatch.setattr(bench_index, "list_major_search", lambda *a: calls.append(len(a[1])) or real(*a))
+    s, i = search(idx, q, 10, batch_size=1000)                 # 1000 * 3 >= 8 * 40
+    assert calls == [1000, 1000, 1000] and np.mean(i == idx.search(q, 10)[1]) >= 0.999
+    calls.clear()
+    search(idx, q[:50], 10)                                    # 50 * 3 < 8 * 40: FAISS's own search
+    search(build_index("ivfpq", g, nlist=40, pq_m=8), q, 10)   # not IVF-Flat
+    assert calls == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from align.bench.index import exact_topk
-from align.errors import ConfigError
+from align.errors import ConfigError, DataError
 from align.retrieval import Index
 from align.retrieval.index_build import build_indexes, choose_index, parse_bytes
 from tests.retrieval.conftest import clustered, write_emb
@@ -57,3 +57,30 @@ def test_small_corpus_is_exact_and_kind_can_be_forced(tmp_path):
     with pytest.raises(ConfigError, match="--kind"):
         build_indexes(emb, str(tmp_path / "x"), kind="annoy")
     assert sorted(os.listdir(tmp_path / "a" / "audio")) == ["index.faiss", "rows.parquet", "settings.json"]
+
+
+def test_ivfpq_is_reranked_from_a_float16_copy_to_the_recall_target(tmp_path):
+    img = clustered(20_000, 32, seed=0)
+    txt = clustered(300, 32, seed=1)
+    emb = write_emb(tmp_path / "emb", {"image": img, "text": txt}, per_part=7000)
+    # PQ's 4-byte codes alone stay far below 0.95 at any nprobe
+    [raw] = build_indexes(emb, str(tmp_path / "raw"), kind="ivfpq", modalities=["image"], n_queries=200,
+                          refine=False)
+    assert "refine" not in raw and raw["recall@10"] < 0.9
+    assert "vectors.f16.npy" not in os.listdir(tmp_path / "raw" / "image")
+    [s] = build_indexes(emb, str(tmp_path / "ix"), kind="ivfpq", modalities=["image"], n_queries=200)
+    assert s["refine"] in (4, 16, 64, 256) and s["recall@10"] >= 0.95 and "re-ranks" in s["why"]
+    store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
+    assert store.dtype == np.float16 and store.shape == img.shape
+    np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
+    # the reloaded Index re-ranks: fresh queries reach the recall, scores are the cosines of the returned rows
+    ix = Index.load(str(tmp_path / "ix"), modality="image")
+    q = clustered(200, 32, seed=7)
+    scores, got = ix.search(q, 10)
+    ex = exact_topk(img, q, 10)
+    assert np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(got, ex)]) >= 0.9
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, img[got]), atol=2e-3)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    os.remove(tmp_path / "ix" / "image" / "vectors.f16.npy")
+    with pytest.raises(DataError, match="re-rank vectors"):
+        Index.load(str(tmp_path / "ix"), modality="image")
