@@ -25,10 +25,11 @@ train / selection / report groups; the split is in BUILT/split.json and printed)
     python benchmarks/generalisation.py --built BUILT --recipe small-image-text [--seeds 0 1]
                                         [--variants default noaug] [--out DIR] [override ...]
 
-trains RECIPE on BUILT/train once per seed and variant (`default`: the recipe as shipped; `noaug`: the same
-with data.augment=null; a finished run dir under --out is reused) and prints zero-shot acc1 on the selection
-groups and on the report groups, one row per run, then each variant's mean and seed spread (max - min).
-Choose by the selection column only; the report column is for reporting.
+trains RECIPE (a shipped recipe's name, e.g. small-image-text-lit for the locked pretrained text tower, or a
+recipe file) on BUILT/train once per seed and variant (`default`: the recipe as shipped; `noaug`: the same
+with data.augment=null; a finished run dir under --out/NAME is reused, NAME the recipe file's stem) and prints
+zero-shot acc1 on the selection groups and on the report groups, one row per run, then each variant's mean
+and seed spread (max - min). Choose by the selection column only; the report column is for reporting.
 """
 from __future__ import annotations
 
@@ -170,6 +171,11 @@ def run_one(a, flite: str, heldout: str, train_flite) -> dict:
 VARIANTS = {"default": [], "noaug": ["data.augment=null"]}
 
 
+def recipe_name(recipe: str) -> str:
+    """Run-folder / result-file name of a recipe given by name or path: `recipes/x.yaml` -> `x`."""
+    return Path(recipe).name[:-5] if recipe.endswith(".yaml") else Path(recipe).name
+
+
 def run_built(a) -> dict:
     """Train a.recipe on a.built/train per seed x variant; score a.built/selection and a.built/report."""
     import align
@@ -180,10 +186,10 @@ def run_built(a) -> dict:
     split = json.loads((Path(a.built) / "split.json").read_text())
     print(f"groups (seed {split['seed']}): " + ", ".join(f"{k} {v}" for k, v in split["n_groups"].items())
           + "; samples: " + ", ".join(f"{k} {v}" for k, v in split["samples"].items()))
-    rows = []
+    rows, name = [], recipe_name(a.recipe)
     for variant in a.variants:
         for seed in a.seeds:
-            run_dir = os.path.join(a.out, a.recipe, f"{variant}-seed{seed}")
+            run_dir = os.path.join(a.out, name, f"{variant}-seed{seed}")
             overrides = [f"data.train={os.path.join(a.built, 'train')}", f"output_dir={run_dir}", f"seed={seed}",
                          "eval.tasks=[]", *([f"train.max_steps={a.steps}"] if a.steps else []),
                          *VARIANTS[variant], *a.overrides]
@@ -194,7 +200,7 @@ def run_built(a) -> dict:
                 res = evaluate_model(model, os.path.join(a.built, part), tasks=("zeroshot",))
                 row[part] = round(next(v for k, v in res.items() if k.endswith("zeroshot/acc1")), 4)
             rows.append(row)
-            print(f"{a.recipe} {variant:8s} seed {seed}: selection acc1 {100 * row['selection']:5.1f} %  "
+            print(f"{name} {variant:8s} seed {seed}: selection acc1 {100 * row['selection']:5.1f} %  "
                   f"report acc1 {100 * row['report']:5.1f} %", flush=True)
     means = {}
     for variant in a.variants:
@@ -202,18 +208,18 @@ def run_built(a) -> dict:
         means[variant] = {p: {"mean": round(float(np.mean([r[p] for r in got])), 4),
                               "spread": round(float(np.ptp([r[p] for r in got])), 4)} for p in ("selection", "report")}
         m = means[variant]
-        print(f"{a.recipe} {variant:8s} over seeds {a.seeds}: selection {100 * m['selection']['mean']:.1f} % "
+        print(f"{name} {variant:8s} over seeds {a.seeds}: selection {100 * m['selection']['mean']:.1f} % "
               f"(spread {100 * m['selection']['spread']:.1f}), report {100 * m['report']['mean']:.1f} % "
               f"(spread {100 * m['report']['spread']:.1f})")
     summary = {"built": os.path.abspath(a.built), "recipe": a.recipe, "split": {k: split[k] for k in
                ("seed", "fracs", "n_groups", "samples")}, "rows": rows, "means": means}
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, f"result-{a.recipe}.json"), "w") as f:
+    with open(os.path.join(a.out, f"result-{name}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--built", default=None, help="a real set from benchmarks/real_sets.py (train/ selection/ "
                     "report/ split.json): train --recipe on it and score the selection and report groups")
@@ -231,7 +237,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "align_generalisation"))
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.batch_size=64")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.built:
         print(json.dumps(run_built(a)))
         return

@@ -101,3 +101,39 @@ def test_config_errors(tmp_path):
 def test_preprocess_config_is_json(plain):
     cfg = json.loads(json.dumps(plain.preprocess_config()))
     assert cfg["context_length"] == 64 and cfg["pad_token_id"] == plain.tokenizer.pad_token_id
+
+
+def test_cache_texts_skips_the_frozen_encoder_for_rows_seen_before():
+    cfg = {"type": "hf", "model": ALIAS, "context_length": 16, "lock": True}
+    cached, plain = build_tower({**cfg, "cache_texts": 3}, "text", 32), build_tower(cfg, "text", 32)
+    plain.load_state_dict(cached.state_dict())
+    rows = []
+    cached.model.embeddings.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    cached.train()
+    for batch in (["a seven", "x", "a seven"], ["x", "a seven"], ["a one", "x"]):
+        ids = cached.tokenize(batch)
+        y = cached(ids)
+        torch.testing.assert_close(y, plain(ids), atol=0, rtol=0)         # exact: same frozen outputs
+        y.sum().backward()                                                # the head still learns
+    assert rows == [3, 1]                 # first batch: 3 rows (2 distinct); then only "a one" is new
+    assert (cached.cache_hits, cached.cache_misses) == (3, 4) and cached.head.weight.grad.abs().sum() > 0
+    assert len(cached.cache) <= 3
+
+    # new weights (a checkpoint loading) or an unlocked encoder: cached rows are stale and are not used
+    with torch.no_grad():
+        plain.model.embeddings.word_embeddings.weight.mul_(2)
+    cached.load_state_dict(plain.state_dict())
+    ids = cached.tokenize(["a seven", "x"])
+    torch.testing.assert_close(cached(ids), plain(ids), atol=0, rtol=0)
+    cached.trunk_locked = False                                           # as train.unlock_at_step does
+    before = len(rows)
+    cached(ids)
+    assert len(rows) == before + 1 and not cached.cache
+
+
+def test_cache_texts_needs_a_fully_locked_encoder():
+    for cfg in ({}, {"lock": True, "unlocked_layers": 1}):
+        with pytest.raises(ConfigError, match="cache_texts: only with lock: true"):
+            build_tower({"type": "hf", "model": ALIAS, "cache_texts": 8, **cfg}, "text", 8)
+    with pytest.raises(ConfigError, match="cache_texts: must be an integer >= 0"):
+        build_tower({"type": "hf", "model": ALIAS, "cache_texts": -1, "lock": True}, "text", 8)
