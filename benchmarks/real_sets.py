@@ -2,6 +2,7 @@
 
     python benchmarks/real_sets.py scans  --images GZ --writers TSV_GZ --out DIR [--n-train 8000] [--n-eval 2000]
     python benchmarks/real_sets.py speech --recordings DIR_OR_GIT_DIR --out DIR
+    python benchmarks/real_sets.py bengali --recordings DIR_OR_GIT_DIR --out DIR [--eval-per-digit 10] [--min-digits 8]
     (common: [--seed 0] [--fracs 0.6 0.2 0.2] [--no-shards])
 
 Both split the *groups* (writers, speakers) three ways, disjoint and seeded: train groups, selection groups
@@ -21,12 +22,21 @@ speech: real recordings of spoken digits, one folder per speaker holding SPEAKER
         .wav/.flac), D the digit -- the layout of github.com/CaCuCkA/ukranian-spoken-digits `recordings/`
         (88 speakers, Ukrainian). A bare git directory is read with `git show` (a `fetch` mirror).
         The Free Spoken Digit Dataset is reserved: a file whose name carries one of its speakers is refused.
+bengali: real recordings of spoken digits in Bengali, one folder per digit word (sunno ek dui tin char panch
+        choy sat aat noi), many takes per speaker, the speaker's name in the file name in several spellings
+        (`ek_abhijit_ (3).wav`, `PAPPU_M_8_EK_04.wav`, `srijita_dui_ (12).wav`) -- the layout of
+        github.com/BachchuPaul/Bengali-Isolated-Spoken-Digit (~13,500 one-second 16 kHz clips, ~34 speakers).
+        The label is the folder; files without a speaker name ("My recording 7.wav") and speakers recorded
+        on fewer than --min-digits digits (name typos) are left out, and so are byte-identical copies of a
+        file (one speaker's single take per digit is there 50 times). Eval splits keep at most
+        --eval-per-digit takes per speaker and digit, so every unseen speaker weighs about the same.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -54,6 +64,13 @@ SPEECH_TEMPLATES = ["a recording of someone saying {c}.", "the spoken word {c}."
                     "a voice saying the number {c}."]
 RESERVED_SPEAKERS = re.compile(r"jackson|nicolas|theo|yweweler|george|lucas", re.I)   # FSDD's speakers
 AUDIO_NAME = re.compile(r"^(?P<spk>.+)_(?P<digit>\d{1,2})\.(?:mp3|wav|flac)$")
+# bengali: folder -> digit, and every spelling of a digit word seen in its file names (dropped to find the speaker)
+BENGALI_FOLDERS = {"sunno": 0, "ek": 1, "dui": 2, "tin": 3, "char": 4, "panch": 5, "choy": 6, "sat": 7, "aat": 8,
+                   "noi": 9}
+BENGALI_WORDS = set(BENGALI_FOLDERS) | {"shunno", "choi", "chhoy", "sath", "aath", "ath", "noy"}
+# One person, two spellings: the repo holds two sessions of the same ten people (`NAME_M_40_EK_01.wav` and
+# `ek_name_1.wav`); eight names match exactly, these do not. Merged so that one voice never straddles two splits.
+BENGALI_ALIASES = {"subha": "subhendhu", "tansu": "nityansh", "dabashri": "debashri"}
 
 
 def split_groups(groups: Sequence, fracs: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> Dict:
@@ -187,8 +204,80 @@ def build_speech(a) -> dict:
                                                                  "undecodable_left_out": len(undecodable)})
 
 
+def bengali_speaker(filename: str):
+    """The speaker's name (lower case) in a bengali file name, or None when it names none ("My recording 3.wav").
+
+    The first token that is not a digit word, a number, a sex letter (M/F) or a sample rate ("16KHz"), with
+    BENGALI_ALIASES applied."""
+    stem = os.path.splitext(filename)[0].lower()
+    tokens = [t for t in re.split(r"[_\s()\-.]+", stem) if t]
+    if not tokens or tokens[0] == "my":
+        return None
+    name = [t for t in tokens if t not in BENGALI_WORDS and not re.fullmatch(r"\d+|[mf]|\d+khz", t)]
+    return BENGALI_ALIASES.get(name[0], name[0]) if name else None
+
+
+def extract_git(src: str, dest: Path) -> Path:
+    """A bare git dir's HEAD tree written under dest (once); a folder is returned as it is."""
+    if not ((Path(src) / "HEAD").is_file() and (Path(src) / "objects").is_dir()):
+        return Path(src)
+    if not dest.is_dir():
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", src, "archive", "HEAD"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def build_bengali(a) -> dict:
+    root = extract_git(a.recordings, Path(a.out) / "source")
+    found, nameless, undecodable, copies = [], 0, [], 0   # (path, speaker, digit)
+    seen = set()                # sha1 of the bytes: one speaker's take copied 50 times is one take
+    for folder, digit in BENGALI_FOLDERS.items():
+        for f in sorted((root / folder).glob("*.wav")):
+            spk, data = bengali_speaker(f.name), f.read_bytes()
+            digest = hashlib.sha1(data).hexdigest()
+            if spk is None:
+                nameless += 1
+            elif digest in seen:
+                copies += 1
+            elif not decodable(data):
+                undecodable.append(str(f))
+            else:
+                found.append((f, spk, digit))
+            seen.add(digest)
+    reserved = sorted({s for _, s, _ in found if RESERVED_SPEAKERS.search(s)})
+    if reserved:
+        sys.exit(f"speaker {reserved[0]}: a Free Spoken Digit Dataset speaker; that set is reserved, not used")
+    digits_of: Dict[str, set] = {}
+    for _, spk, digit in found:
+        digits_of.setdefault(spk, set()).add(digit)
+    few = sorted(s for s, d in digits_of.items() if len(d) < a.min_digits)
+    items = [it for it in found if it[1] not in few]
+    print(f"{len(items)} recordings by {len(digits_of) - len(few)} speakers; left out: {nameless} without a "
+          f"speaker name, {copies} byte-identical copies, {len(undecodable)} undecodable, speakers on "
+          f"< {a.min_digits} digits: {few}")
+    cut = split_groups([s for _, s, _ in items], a.fracs, a.seed)
+    rng = np.random.default_rng(a.seed)
+    rows: Dict[str, list] = {s: [] for s in SPLITS}
+    takes: Dict[tuple, list] = {}
+    for f, spk, digit in items:
+        takes.setdefault((spk, digit), []).append(f)
+    for (spk, digit), files in sorted(takes.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        split = cut[spk]
+        keep = [files[i] for i in sorted(rng.permutation(len(files))[:a.eval_per_digit])] \
+            if split != "train" else files
+        for f in keep:
+            text = caption(rng, SPEECH_CAPTIONS, digit) if split == "train" else CLASSNAMES[digit]
+            rows[split].append((str(f.resolve()), text, spk))
+    source = {"recordings": os.path.abspath(a.recordings), "without_speaker_left_out": nameless,
+              "identical_copies_left_out": copies,
+              "undecodable_left_out": len(undecodable), "speakers_left_out": few}
+    return finish(a, Path(a.out), rows, cut, "audio", SPEECH_TEMPLATES, source)
+
+
 def finish(a, out: Path, rows: Dict[str, list], cut: Dict, media: str, templates, source: dict) -> dict:
     """Write the CSVs, split.json and (unless --no-shards) the shards via `align data shards`."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
     (out / "templates.json").write_text(json.dumps(templates))
     for split in SPLITS:
@@ -216,7 +305,7 @@ def finish(a, out: Path, rows: Dict[str, list], cut: Dict, media: str, templates
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="kind", required=True)
-    for name in ("scans", "speech"):
+    for name in ("scans", "speech", "bengali"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True)
         p.add_argument("--seed", type=int, default=0, help="seeds the group split and the subsets")
@@ -228,8 +317,14 @@ def parse(argv=None):
             p.add_argument("--writers", required=True, help="QMNIST qmnist-train-labels.tsv.gz")
             p.add_argument("--n-train", type=int, default=8000)
             p.add_argument("--n-eval", type=int, default=2000, help="at most this many per eval split")
-        else:
+        elif name == "speech":
             p.add_argument("--recordings", required=True, help="folder (or bare git dir) of SPK/SPK_D.mp3")
+        else:
+            p.add_argument("--recordings", required=True, help="folder (or bare git dir) of DIGITWORD/*.wav")
+            p.add_argument("--eval-per-digit", type=int, default=10,
+                           help="at most this many takes per speaker and digit in selection / report")
+            p.add_argument("--min-digits", type=int, default=8,
+                           help="speakers recorded on fewer digits than this are left out")
     a = ap.parse_args(argv)
     if a.kind == "scans" and re.search(r"t10k|test", os.path.basename(a.images), re.I):
         ap.error(f"--images {a.images}: MNIST's test split is reserved; give the training images")
@@ -238,7 +333,7 @@ def parse(argv=None):
 
 def main(argv=None) -> dict:
     a = parse(argv)
-    return build_scans(a) if a.kind == "scans" else build_speech(a)
+    return {"scans": build_scans, "speech": build_speech, "bengali": build_bengali}[a.kind](a)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,43 @@ def test_speech_split_speakers_disjointly_and_refuses_reserved_speakers(tmp_path
     write_wav(rec / "jackson" / "jackson_3.wav")       # a Free Spoken Digit Dataset speaker
     with pytest.raises(SystemExit, match="reserved"):
         real_sets.main(["speech", "--recordings", str(rec), "--out", str(tmp_path / "y"), "--no-shards"])
+
+
+def test_bengali_reads_speakers_from_every_spelling_and_splits_them_disjointly(tmp_path):
+    rec = tmp_path / "bengali"
+    rng = np.random.default_rng(1)
+
+    def noise_wav(path):            # distinct bytes per file (write_wav's silence would make copies)
+        import soundfile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(path), (0.1 * rng.standard_normal(400)).astype(np.float32), 8000)
+    speakers = [f"spk{c}" for c in "abcdefgh"]
+    for i, spk in enumerate(speakers):
+        for folder, digit in real_sets.BENGALI_FOLDERS.items():
+            for take in range(3):
+                name = (f"{folder}_{spk}_{take}.wav" if i % 3 == 0 else
+                        f"{spk.upper()}_M_40_{folder.upper()}_0{take}.wav" if i % 3 == 1 else
+                        f"{spk}_{folder}_ ({take}).wav")
+                noise_wav(rec / folder / name)
+    for folder in real_sets.BENGALI_FOLDERS:          # the same person as "subhendhu", in the other session's spelling
+        noise_wav(rec / folder / f"{folder}_subha_1.wav")
+        noise_wav(rec / folder / f"SUBHENDHU_M_40_{folder.upper()}_01.wav")
+    write_wav(rec / "ek" / "My recording 3.wav")                                  # no speaker: left out
+    (rec / "dui" / "spka_dui_ (9).wav").write_bytes((rec / "dui" / "dui_spka_0.wav").read_bytes())  # a copy
+    noise_wav(rec / "tin" / "typo_tin_1.wav")                                      # one digit only: left out
+    out = tmp_path / "built"
+    summary = real_sets.main(["bengali", "--recordings", str(rec), "--out", str(out), "--no-shards",
+                              "--eval-per-digit", "2"])
+    src = summary["source"]
+    assert (src["without_speaker_left_out"], src["identical_copies_left_out"]) == (1, 1)
+    assert src["speakers_left_out"] == ["typo"]
+    assert_disjoint_and_complete(out, set(speakers) | {"subhendhu"})
+    with open(out / "selection.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    per = {}
+    for row in rows:
+        per[(row["group"], row["label"])] = per.get((row["group"], row["label"]), 0) + 1
+    assert set(per.values()) <= {1, 2} and max(per.values()) == 2      # at most --eval-per-digit takes each
+    noise_wav(rec / "ek" / "ek_jackson_1.wav")                          # a Free Spoken Digit Dataset speaker
+    with pytest.raises(SystemExit, match="reserved"):
+        real_sets.main(["bengali", "--recordings", str(rec), "--out", str(tmp_path / "z"), "--no-shards"])
