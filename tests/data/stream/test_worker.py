@@ -66,7 +66,13 @@ def test_a_samples_random_transforms_do_not_depend_on_the_layout_or_a_resume(tmp
         common = set(one) & set(run)
         assert len(common) >= 24                                                  # of 32 (short batches dropped)
         for key in common:
-            assert torch.equal(one[key], run[key]), key
+            # Images bit for bit. Audio to 1e-5: its log-mel is a matmul over the whole batch, and on some CPUs
+            # (seen on an AMD EPYC) BLAS picks another kernel for another batch make-up, 1 ulp apart; a crop
+            # or a mask drawn differently moves values by far more than that.
+            if key.startswith("a"):
+                assert torch.allclose(one[key], run[key], rtol=0, atol=1e-5), key
+            else:
+                assert torch.equal(one[key], run[key]), key
     assert any(not torch.equal(one[k], plain[k]) for k in set(one) & set(plain))  # augmentation is on
     assert len({tuple(one[k].flatten().tolist()) for k in one if k.startswith("i")}) > 1
 
