@@ -285,6 +285,8 @@ def _embed_media(model, dataset, modality, batch_size, device, num_workers, prog
     if transform is None:
         raise AlignError(f"model {getattr(model, 'name', '?')!r} has no {modality}_transform")
     indices = np.array([i for i, it in enumerate(dataset.items) if modality in it.media], dtype=np.int64)
+    # no more workers than batches: a worker with nothing to decode only costs its start-up
+    num_workers = min(num_workers, -(-len(indices) // batch_size))
     loader = torch.utils.data.DataLoader(_MediaView(dataset, modality, transform, indices), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers, collate_fn=list)
     vecs, ids, errors, skipped = [], [], [], 0

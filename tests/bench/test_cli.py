@@ -1,11 +1,13 @@
 """`align bench` from the command line: open_clip models, --device / --num-workers / --precision, suites
 that put a starting model and its fine-tuned version side by side."""
 import json
+import os
 
 import pytest
 import torch
 import yaml
 
+from align.bench.cli import default_workers
 from align.cli import main
 from tests.bench.conftest import classification_wds
 
@@ -27,13 +29,20 @@ def _err(capsys):
     return capsys.readouterr().err.strip().splitlines()
 
 
+def test_default_decode_workers_follow_the_usable_cpus(monkeypatch):
+    for cpus, want in ((1, 1), (2, 2), (6, 6), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert default_workers() == want
+
+
 def test_zeroshot_with_an_open_clip_model_workers_and_bf16(tmp_path, capsys, oc_arch, two_checkpoints):
     ds = classification_wds(tmp_path / "cls", n=24, n_classes=6)
     base = ["bench", "zeroshot", "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt"),
             "--dataset", ds, "--batch-size", "5"]
-    assert main(base + ["--out", str(tmp_path / "a.json")]) == 0
+    assert main(base + ["--out", str(tmp_path / "a.json"), "--num-workers", "0"]) == 0
     assert "device cpu, precision fp32, 0 decode worker(s)" in capsys.readouterr().out
-    assert main(base + ["--out", str(tmp_path / "b.json"), "--num-workers", "2", "--device", "cpu"]) == 0
+    assert main(base + ["--out", str(tmp_path / "b.json"), "--device", "cpu"]) == 0       # default: sized to the CPUs
+    assert f"{default_workers()} decode worker(s)" in capsys.readouterr().out
     a, b = json.load(open(tmp_path / "a.json")), json.load(open(tmp_path / "b.json"))
     assert a["model"] == oc_arch and a["pretrained"] == str(two_checkpoints / "start.pt")
     assert a["metrics"] == b["metrics"] and a["n"] == b["n"]          # parallel decoding changes nothing
