@@ -79,14 +79,21 @@ def main():
     t = time.perf_counter()
     exact = exact_top(x, q, 10)
     print(f"exact top-10 for {len(q)} queries in {time.perf_counter() - t:.1f} s", flush=True)
+    tune_and_report(index, kind, params, q, exact, build_s, rss.peak, a)
+
+
+def tune_and_report(index, kind, params, q, exact, build_s, peak_gb, a) -> None:
+    """align index's tuning (nprobe / ef_search up to recall@10 >= 0.95 or the latency budget), then the
+    RESULT line: recall@10 against `exact` and one-query p50/p99 at k=10 and k=1000 (also used by
+    retrieval_index_stream.py)."""
     tuned = tune(index, q, exact, 10, a.max_latency_ms) if kind != "flat_faiss" else {}
     rec = recall_at(index, q, exact, 10)
     p50, p99 = latency_ms(index, q[:200], 10)
     p50k, p99k = latency_ms(index, q[:100], 1000)
     knob = {k: v for k, v in tuned.items() if k in ("nprobe", "ef_search")}
-    print(f"RESULT n={a.n} dim={a.dim} {kind} {params} {knob} build {build_s:.1f} s, peak rss {rss.peak:.2f} GB, "
+    print(f"RESULT n={a.n} dim={a.dim} {kind} {params} {knob} build {build_s:.1f} s, peak rss {peak_gb:.2f} GB, "
           f"recall@10 {rec:.4f}, k=10 p50 {p50:.2f} ms p99 {p99:.2f} ms, k=1000 p50 {p50k:.2f} ms p99 {p99k:.2f} ms "
-          f"({a.threads} FAISS thread(s)); sweep {tuned.get('sweep')}")
+          f"({a.threads} FAISS thread(s)); sweep {tuned.get('sweep')}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import faiss  # noqa: E402
 
 from align.bench.index import INDEXES, Refined  # noqa: E402
-from align.retrieval.index_build import choose_index, latency_ms, recall_at, tune, tune_refined  # noqa: E402
+from align.retrieval.index_build import choose_index, latency_ms, recall_at, tune_refined  # noqa: E402
+from retrieval_index import tune_and_report  # noqa: E402
 from retrieval_scale import RssPeak  # noqa: E402  (the memory probe)
 
 
@@ -181,14 +182,7 @@ def main(argv=None):
     exact = exact_all(corpus, q, 10)
     print(f"exact top-10 for {len(q)} queries in {time.perf_counter() - t:.1f} s (streamed again)", flush=True)
     faiss.omp_set_num_threads(a.threads)
-    tuned = tune(index, q, exact, 10, a.max_latency_ms) if kind != "flat_faiss" else {}
-    rec = recall_at(index, q, exact, 10)
-    p50, p99 = latency_ms(index, q[:200], 10)
-    p50k, p99k = latency_ms(index, q[:100], 1000)
-    knob = {k: v for k, v in tuned.items() if k in ("nprobe", "ef_search")}
-    print(f"RESULT n={a.n} dim={a.dim} {kind} {params} {knob} build {build_s:.1f} s, peak rss {rss.peak:.2f} GB, "
-          f"recall@10 {rec:.4f}, k=10 p50 {p50:.2f} ms p99 {p99:.2f} ms, k=1000 p50 {p50k:.2f} ms p99 {p99k:.2f} ms "
-          f"({a.threads} FAISS thread(s)); sweep {tuned.get('sweep')}", flush=True)
+    tune_and_report(index, kind, params, q, exact, build_s, rss.peak, a)
     if store is not None:
         refine_report(index, np.load(a.store, mmap_mode="r"), q, exact, a.max_latency_ms)
     print(f"total {time.perf_counter() - t_all:.1f} s, peak rss {rss.peak:.2f} GB; load avg {os.getloadavg()}")
