@@ -1,7 +1,7 @@
 """`align bench zeroshot` against the clip_benchmark CLI on the same model, data and machine (issue 23 item 2).
 
     python benchmarks/zeroshot_speed.py --work /tmp/zs_speed [--items 10000] [--classes 100] [--px 256]
-        [--model small|tiny] [--repeats 2] [--workers N] [--precision fp32]
+        [--model small|tiny] [--repeats 2] [--workers N] [--cb-workers N] [--precision fp32]
 
 What it does, once: writes N synthetic JPEGs (benchmarks/gpu_check.py's images: a random 8x8 colour grid
 upsampled to PX, plus noise) in C classes with 10 templates as a CLIP_benchmark webdataset (align's shard
@@ -55,6 +55,8 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=None,
                    help="decode workers for both (default: align's own default, given to clip_benchmark too)")
+    p.add_argument("--cb-workers", type=int, default=None,
+                   help="clip_benchmark's --num_workers (default: the same as align's; its CLI's own default is 4)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=2)
     return p.parse_args(argv)
@@ -134,9 +136,10 @@ def main(argv=None):
                 sec, m, w = run_align(ctx, a, ds, export, r)
                 workers = w if workers is None else workers
             else:
-                sec, m = run_cb(ctx, a, ds, export, workers, r)
+                sec, m = run_cb(ctx, a, ds, export, workers if a.cb_workers is None else a.cb_workers, r)
             walls[who].append(sec)
-            print(f"RESULT run={r} who={who} wall_s={sec:.2f} workers={workers} acc1={m['acc1']:.4f} "
+            w = workers if who == "align" or a.cb_workers is None else a.cb_workers
+            print(f"RESULT run={r} who={who} wall_s={sec:.2f} workers={w} acc1={m['acc1']:.4f} "
                   f"acc5={m['acc5']:.4f} load={os.getloadavg()[0]:.1f}", flush=True)
             if who == "align":
                 acc_align = m["acc1"]

@@ -164,3 +164,18 @@ def test_worker_processes_give_the_same_embeddings_and_skip_counts(tmp_path, fak
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.vectors, b.vectors)
     assert a.skipped == b.skipped == 1 and 5 not in b.ids
+
+
+def test_a_transform_of_varying_shape_is_one_line_and_a_batch_crosses_from_a_worker_as_one_tensor(tmp_path):
+    from align.bench.embed import _collate
+    from align.errors import AlignError
+    ds = open_dataset(classification_wds(tmp_path / "d", n=6), "wds")
+    m = FakeModel()
+    sizes = iter([8, 8, 4, 8, 8, 8] * 4)
+    base = m.image_transform
+    m.image_transform = lambda img: base(img)[..., :next(sizes)]           # one image comes out narrower
+    for workers in (0, 2):
+        with pytest.raises(AlignError, match=r"different shapes .* it must return a fixed shape"):
+            embed_dataset(m, ds, "image", batch_size=6, num_workers=workers, progress=False)
+    ids, x, errors = _collate([(0, torch.zeros(3, 2), None), (1, None, "bad"), (2, torch.ones(3, 2), None)])
+    assert ids == [0, 2] and errors == ["bad"] and isinstance(x, torch.Tensor) and x.shape == (2, 3, 2)
