@@ -23,6 +23,7 @@ BUCKETS = [
     ("step: forward text", ("encode_text", "TextTransformer", "trimmed_text_forward")),
 ]
 OUTSIDE = [
+    ("idle: background threads waiting (queue feeder, run-lock heartbeat, log writer)", ("Condition.wait",)),
     ("data: waiting for a batch", ("Batches.take", "take (align/train")),
     ("evaluation", ("evaluate",)),
     ("checkpoint", ("save (align/train", "save_checkpoint")),
@@ -42,7 +43,7 @@ def bucket(stack: str) -> str:
     for name, keys in OUTSIDE:
         if any(k in stack for k in keys):
             return name
-    return "other (threads: lock heartbeat, queue feeders, writers)"
+    return "other"
 
 
 def summarise(lines):
@@ -66,9 +67,11 @@ def main(argv=None):
     if not total:
         raise SystemExit(f"{argv[0]}: no samples (is it py-spy's --format raw output?)")
     step = sum(v for k, v in counts.items() if k.startswith("step:"))
+    busy = total - sum(v for k, v in counts.items() if k.startswith("idle:"))
     for name, n in counts.most_common():
         print(f"{100 * n / total:5.1f} %  {name}")
-    print(f"{total} samples; inside train_step {100 * step / total:.1f} %")
+    print(f"{total} samples; inside train_step {100 * step / total:.1f} % of all, {100 * step / max(1, busy):.1f} % "
+          f"of the samples not idle")
 
 
 if __name__ == "__main__":
