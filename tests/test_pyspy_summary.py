@@ -1,10 +1,13 @@
 """tools/pyspy_summary.py: py-spy raw stacks land in the step's parts, idle threads apart."""
+import importlib.util
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-
-from pyspy_summary import summarise  # noqa: E402
+# tools/ is not a package: load the script by its path
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "pyspy_summary.py")
+_spec = importlib.util.spec_from_file_location("pyspy_summary", _PATH)
+pyspy_summary = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pyspy_summary)
+summarise = pyspy_summary.summarise
 
 RAW = """\
 <module> (align/cli.py:1);train (align/train/loop.py:80);train_step (align/train/step.py:90);backward (torch/_tensor.py:623) 50
