@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import faiss  # noqa: E402
 import torch  # noqa: E402
 
-from align.bench.index import EXACT, build_index, describe_index, exact_topk, sample_rows, search  # noqa: E402
+from align.bench.index import EXACT, build_index, describe_index, exact_topk, sample_rows, search, topk_recall  # noqa: E402
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -186,7 +186,7 @@ def main(argv=None):
         k = max(ks)
         exact = exact_topk(gallery, sample_q, k)                              # [S, k]
         got = ids_new[sample]                                                 # the index's top-k from the run
-        r = np.mean([len(np.intersect1d(g_[g_ >= 0], e)) / k for g_, e in zip(got, exact)])
+        r = topk_recall(got, exact, k)
         own_ex, own_ix = ((x == sample[:, None]).any(1).mean() for x in (exact, got))
         print(f"  recall@{k} vs exact top-{k} on {len(sample)} sampled queries: {r:.4f}; own-item R@{k} on them: "
               f"exact {own_ex:.4f}, index {own_ix:.4f} ({time.time() - t0:.1f}s)")

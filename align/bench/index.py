@@ -233,14 +233,19 @@ def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return index.search(queries, k)[1]
 
 
+def topk_recall(got: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """Mean over queries of |got top-k ∩ exact top-k| / k (k-recall@k); got [Q, >=k] ids, -1 where an
+    approximate index found fewer (a miss); exact [Q, >=k] ids."""
+    return float(np.mean([len(np.intersect1d(g[:k][g[:k] >= 0], e[:k], assume_unique=True)) / k
+                          for g, e in zip(got, exact)]))
+
+
 def recall_against_exact(approx_index: faiss.Index, gallery: np.ndarray, queries_sample: np.ndarray,
                          k: int) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / k (k-recall@k of the approximate index)."""
+    """k-recall@k of the approximate index against exact search on a sample of queries (topk_recall)."""
     exact = exact_topk(gallery, queries_sample, k)               # [Q, k]
     _, approx = search(approx_index, queries_sample, k)          # [Q, k]
-    k = exact.shape[1]
-    hits = [len(np.intersect1d(a[a >= 0], e, assume_unique=True)) for a, e in zip(approx, exact)]
-    return float(np.sum(hits) / (len(exact) * k))
+    return topk_recall(approx, exact, exact.shape[1])
 
 
 def describe_index(index: faiss.Index) -> dict:

@@ -36,7 +36,7 @@ from typing import List, Optional, Tuple
 import faiss
 import numpy as np
 
-from align.bench.index import INDEXES, Refined, build_index, default_nlist, describe_index, exact_topk
+from align.bench.index import INDEXES, Refined, build_index, default_nlist, describe_index, exact_topk, topk_recall
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import embedded_modalities, load_embeddings, read_manifest
 
@@ -95,7 +95,7 @@ def latency_ms(index, queries: np.ndarray, k: int) -> Tuple[float, float]:
 def recall_at(index, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Mean |approx top-k ∩ exact top-k| / k over the queries (exact: [Q, >=k] ids)."""
     _, got = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return float(np.mean([len(np.intersect1d(a[a >= 0], e[:k])) / k for a, e in zip(got, exact)]))
+    return topk_recall(got, exact, k)
 
 
 def _knob(index) -> Tuple[str, tuple, object]:

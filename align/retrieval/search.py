@@ -54,7 +54,8 @@ class Index:
         if len(rows) != index.ntotal:
             raise DataError(f"{path}: rows.parquet has {len(rows)} rows but the index holds {index.ntotal} vectors")
         if settings.get("refine"):           # ivfpq: re-rank k*F candidates with the float16 vectors (memmap)
-            store = os.path.join(path, settings.get("store", "vectors.f16.npy"))
+            from align.retrieval.index_build import STORE
+            store = os.path.join(path, settings.get("store", STORE))
             try:
                 index = Refined(index, np.load(store, mmap_mode="r"), settings["refine"])
             except (OSError, ValueError) as e:

@@ -116,7 +116,7 @@ class OpenClipTower(Tower):
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # image [B,3,H,W] | text long [B,L] -> [B,E]
         if self._trimmable and self.trim_padding and not _tracing():
-            return self._text_forward_trimmed(x)
+            return trimmed_text_forward(self.net, x)
         return self.net(x)
 
     # Padding trimming (see trimmed_text_forward below): same embeddings, less work.
@@ -124,9 +124,6 @@ class OpenClipTower(Tower):
 
     def _can_trim(self) -> bool:
         return can_trim_text(self.net)
-
-    def _text_forward_trimmed(self, text: torch.Tensor) -> torch.Tensor:  # long [B, L] -> [B, E]
-        return trimmed_text_forward(self.net, text)
 
     # -- preprocessing ---------------------------------------------------------------------
     @property

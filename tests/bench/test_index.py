@@ -133,3 +133,15 @@ def test_list_major_ivf_search_gives_faiss_results(monkeypatch):
     search(idx, q[:50], 10)                                    # 50 * 3 < 8 * 40: FAISS's own search
     search(build_index("ivfpq", g, nlist=40, pq_m=8), q, 10)   # not IVF-Flat
     assert calls == []
+
+
+def test_topk_recall_against_a_plain_count():
+    from align.bench.index import topk_recall
+    rng = np.random.default_rng(3)
+    exact = np.stack([rng.permutation(50)[:12] for _ in range(40)])            # [Q, 12] distinct ids
+    got = np.stack([rng.permutation(50)[:12] for _ in range(40)])
+    got[::5, -3:] = -1                                                           # fewer than k found
+    for k in (1, 5, 10):
+        plain = sum(len(set(g[:k].tolist()) & set(e[:k].tolist()) - {-1}) for g, e in zip(got, exact)) / (40 * k)
+        assert abs(topk_recall(got, exact, k) - plain) < 1e-12
+    assert topk_recall(exact, exact, 10) == 1.0
