@@ -87,6 +87,14 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(wave.astype(np.float64), up, down, axis=-1, window=taps).astype(np.float32)
 
 
+def preload_resampler() -> None:
+    """Import the resampler's scipy parts now, in this process.
+
+    Data workers are forked anew each epoch and inherit what their parent imported; a lazy import in
+    `resample` ran in every one of them (21 % of a demo worker's CPU: benchmarks/RESULTS.md, issue 23)."""
+    import scipy.signal  # noqa: F401  (resample_poly, firwin)
+
+
 _CACHED_MAX_RATIO = 2000   # largest of (up, down) whose filter is cached: at most 40,001 taps (320 KB)
 
 

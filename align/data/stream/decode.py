@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from align.limits import DataLimits, LimitExceeded, as_limits
-from align.media.audio import decode_audio
+from align.media.audio import decode_audio, preload_resampler
 from align.media.image import decode_image
 from align.data.stream.augment import sample_seed
 from align.data.stream.stored_teacher import collate_teacher, read_teacher
@@ -283,6 +283,8 @@ class SampleDecoder:
         # align.data.stream.augment.Augmenter (training only): image stages before the image transform, wave
         # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
         self.augment = augment if train else None
+        if "audio" in self.modalities:
+            preload_resampler()   # the workers forked for each epoch inherit it instead of importing it again
         if self.augment and self.augment.wave_stages + self.augment.logmel_stages and "audio" in transforms \
                 and not hasattr(transforms["audio"], "per_batch"):
             raise DataError("data.augment.audio needs the audio towers' two-stage front end (per_sample/per_batch)")
