@@ -11,7 +11,11 @@ align's one writer (`align.wds.writer`).  Run:
     python benchmarks/data_throughput.py [--n-image 2000] [--n-audio 2000] [--workers 0 1 2]
 
 Figures depend on the CPU and on other load; with N workers the pipeline can use
-N cores.  "steady" excludes the time to the first batch (worker start-up);
+N cores.  `--step-ms MS ...` adds a consumer: after each batch the main process computes (1-thread
+matmuls, a busy core as a training step is) for MS milliseconds, and the "wait" column is the share
+of the time after the first batch spent waiting for the next one: the data-wait share a training
+step of that length would see (`align train`'s `data_wait_frac`).  At the default worker count
+(data.num_workers: 2), e.g.  `--workers 2 --step-ms 100 250 500`.  "steady" excludes the time to the first batch (worker start-up);
 "cpu ms/sample" (this process + its workers) is the figure least affected by
 other load on a shared machine.
 """
@@ -98,24 +102,40 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def time_epoch(shards, transforms, modalities, workers, batch_size) -> tuple[int, float, float, float]:
-    """One epoch -> (samples, samples/s, steady samples/s after the first batch, CPU ms per sample)."""
+def busy(ms: float, a: torch.Tensor) -> None:
+    """Keep this process's core computing for `ms` milliseconds (a stand-in for a training step)."""
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        a @ a
+
+
+def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: float = 0.0):
+    """One epoch -> (samples, samples/s, steady samples/s after the first batch, CPU ms per sample, wait share
+    after the first batch when each batch is followed by `step_ms` of compute)."""
     loader = build_train_loader(shards, transforms=transforms, batch_size=batch_size, modalities=modalities,
                                 num_workers=workers, shuffle_buffer=1000, drop_last=False,
                                 start_next_epoch_early=False)  # one epoch: no workers for the next
+    a = torch.randn(128, 128)
     cpu0 = _cpu_seconds()
-    n, n_first, t0, t_first = 0, 0, time.perf_counter(), None
-    for batch in loader:
+    n, n_first, t0, t_first, waited = 0, 0, time.perf_counter(), None, 0.0
+    it, t_ask = iter(loader), time.perf_counter()
+    for batch in it:
+        t_got = time.perf_counter()
         if t_first is None:
-            t_first, n_first = time.perf_counter(), len(batch["__key__"])
+            t_first, n_first = t_got, len(batch["__key__"])
+        else:
+            waited += t_got - t_ask
         n += len(batch["__key__"])
+        if step_ms:
+            busy(step_ms, a)
+        t_ask = time.perf_counter()
     t1 = time.perf_counter()
     loader.close()  # the workers exit on a background thread; wait, so their CPU time is counted
     cpu_ms = 1000 * (_cpu_seconds() - cpu0) / max(n, 1)
     if loader.skipped:
         print(f"  (skipped: {dict(loader.skipped)})")
     steady = (n - n_first) / (t1 - t_first) if n > n_first and t1 > t_first else float("nan")
-    return n, n / (t1 - t0), steady, cpu_ms
+    return n, n / (t1 - t0), steady, cpu_ms, waited / max(t1 - t_first, 1e-9)
 
 
 def main(argv=None) -> None:
@@ -126,6 +146,8 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--dir", default=None, help="reuse/keep shards here instead of a temp dir")
+    ap.add_argument("--step-ms", type=float, nargs="+", default=[0.0],
+                    help="compute after each batch, as a training step (0: none, the pipeline alone)")
     args = ap.parse_args(argv)
 
     import open_clip
@@ -147,11 +169,14 @@ def main(argv=None) -> None:
     print(f"cpu cores: {os.cpu_count()}, torch threads per process: 1, batch size {args.batch_size}")
     print(f"image: open_clip image_transform(224, is_train=True) on 256x256 JPEG + ViT-B-32 tokenizer")
     print(f"audio: {aud_name} on 10 s 16 kHz FLAC + ViT-B-32 tokenizer")
-    print(f"{'workload':<12}{'workers':>8}{'samples':>9}{'samples/s':>11}{'steady/s':>10}{'cpu ms/sample':>15}")
+    print(f"{'workload':<12}{'workers':>8}{'step ms':>8}{'samples':>9}{'samples/s':>11}{'steady/s':>10}"
+          f"{'cpu ms/sample':>15}{'wait':>8}")
     for name, shards, mods in (("image-text", img, ["image", "text"]), ("audio-text", aud, ["audio", "text"])):
         for w in args.workers:
-            n, rate, steady, cpu_ms = time_epoch(shards, transforms, mods, w, args.batch_size)
-            print(f"{name:<12}{w:>8}{n:>9}{rate:>11.1f}{steady:>10.1f}{cpu_ms:>15.1f}", flush=True)
+            for ms in args.step_ms:
+                n, rate, steady, cpu_ms, wait = time_epoch(shards, transforms, mods, w, args.batch_size, ms)
+                print(f"{name:<12}{w:>8}{ms:>8.0f}{n:>9}{rate:>11.1f}{steady:>10.1f}{cpu_ms:>15.1f}{wait:>8.1%}",
+                      flush=True)
     if tmp is not None:
         tmp.cleanup()
 
