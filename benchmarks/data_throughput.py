@@ -11,13 +11,15 @@ align's one writer (`align.wds.writer`).  Run:
     python benchmarks/data_throughput.py [--n-image 2000] [--n-audio 2000] [--workers 0 1 2]
 
 Figures depend on the CPU and on other load; with N workers the pipeline can use
-N cores.  `--step-ms MS ...` adds a consumer: after each batch the main process computes (1-thread
-matmuls, a busy core as a training step is) for MS milliseconds, and the "wait" column is the share
-of the time after the first batch spent waiting for the next one: the data-wait share a training
-step of that length would see (`align train`'s `data_wait_frac`).  At the default worker count
-(data.num_workers: 2), e.g.  `--workers 2 --step-ms 100 250 500`.  "steady" excludes the time to the first batch (worker start-up);
+N cores.  "steady" excludes the time to the first batch (worker start-up);
 "cpu ms/sample" (this process + its workers) is the figure least affected by
 other load on a shared machine.
+
+`--step-ms MS ...` adds a consumer: after each batch the main process computes (1-thread matmuls, a
+busy core as a training step is) for MS milliseconds, and the "wait" column is the share of the time
+after the first batch spent waiting for the next one: the data-wait share a training step of that
+length would see (`align train`'s `data_wait_frac`).  At the default worker count
+(data.num_workers: 2): `--workers 2 --step-ms 100 250 500`.
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: flo
     a = torch.randn(128, 128)
     cpu0 = _cpu_seconds()
     n, n_first, t0, t_first, waited = 0, 0, time.perf_counter(), None, 0.0
-    it, t_ask = iter(loader), time.perf_counter()
-    for batch in it:
+    t_ask = t0
+    for batch in loader:
         t_got = time.perf_counter()
         if t_first is None:
             t_first, n_first = t_got, len(batch["__key__"])

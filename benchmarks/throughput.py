@@ -95,7 +95,8 @@ def run_open_clip(a, model, tmp, i):
            "--model", name, "--epochs", "1", "--precision", {"fp32": "fp32", "bf16": "amp_bf16",
                                                                  "fp16": "amp"}[a.precision],
            "--workers", "0", "--log-every-n-steps", "1", "--save-frequency", "0", "--lr", "5e-4", "--warmup", "2",
-           "--logs", logs, "--name", "bench", "--seed", str(i), "--report-to", ""] + (["--torchcompile"] if a.compile else [])
+           "--logs", logs, "--name", "bench", "--seed", str(i), "--report-to", ""]
+    cmd += ["--torchcompile"] if a.compile else []
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     text = p.stdout + p.stderr

@@ -136,9 +136,9 @@ def main(argv=None):
                 sec, m, w = run_align(ctx, a, ds, export, r)
                 workers = w if workers is None else workers
             else:
-                sec, m = run_cb(ctx, a, ds, export, workers if a.cb_workers is None else a.cb_workers, r)
+                w = workers if a.cb_workers is None else a.cb_workers
+                sec, m = run_cb(ctx, a, ds, export, w, r)
             walls[who].append(sec)
-            w = workers if who == "align" or a.cb_workers is None else a.cb_workers
             print(f"RESULT run={r} who={who} wall_s={sec:.2f} workers={w} acc1={m['acc1']:.4f} "
                   f"acc5={m['acc5']:.4f} load={os.getloadavg()[0]:.1f}", flush=True)
             if who == "align":

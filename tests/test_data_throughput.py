@@ -1,12 +1,11 @@
 """benchmarks/data_throughput.py: the wait share its consumer sees is the time spent in next(loader)."""
-import importlib.util
 import os
+import sys
 
-# benchmarks/ is not a package: load the script by its path
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "data_throughput.py")
-_spec = importlib.util.spec_from_file_location("data_throughput", _PATH)
-data_throughput = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(data_throughput)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import data_throughput  # noqa: E402
 
 
 def test_the_wait_share_falls_as_the_step_grows(tmp_path, capsys):
