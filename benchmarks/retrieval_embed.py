@@ -11,9 +11,13 @@ throughput benchmark) in shards of 100, read by both as webdataset tars (`jpg`, 
 image and text vectors are compared key by key (they must be the same embeddings, or the timing compares
 different work).
 
-    python benchmarks/retrieval_embed.py --cr-venv /work/crenv/venv --arch ViT-B-32 --n 256 \\
-        --align-workers 0 1 --cr-workers 1 4 [--plain]
+    python benchmarks/retrieval_embed.py --cr-venv /work/crenv/venv --arch ViT-B-32 --n 200 600 \\
+        --align-workers 0 1 --align-engines torch onnxruntime --cr-workers 1 4 [--plain]
 
+`--align-engines` runs `align embed --engine E` for each E (onnxruntime: the image tower in onnxruntime,
+align.bench.engine). With two corpus sizes (`--n A B`, the first A samples of both are the same) the
+*steady-state* rate of each setting is (B - A) / (t_B - t_A): the fixed costs (start-up, model load,
+warm-up, export) cancel, and what is left is the per-sample cost, which is what a large corpus pays.
 `--plain` adds a hand-written open_clip batch loop (tarfile + PIL + preprocess + encode) as a third row.
 """
 import argparse
@@ -121,10 +125,10 @@ def cr_own_rate(out):
     return f" | its own stats: {n} samples in {t:.1f} s = {n / t:.2f} samples/s" if t else ""
 
 
-def run_align(arch, weights, data_dir, out, batch_size, workers, threads):
+def run_align(arch, weights, data_dir, out, batch_size, workers, threads, engine="torch"):
     cmd = [sys.executable, "-m", "align.cli", "embed", f"open_clip:{arch}", "--pretrained", weights,
            "--data", data_dir, "--out", out, "--batch-size", str(batch_size), "--num-workers", str(workers),
-           "--dtype", "float16", "--no-progress"]
+           "--dtype", "float16", "--engine", engine, "--no-progress"]
     return timed(cmd, {**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
@@ -151,11 +155,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cr-venv", required=True, help="venv with clip-retrieval (tools/make_clip_retrieval_env.sh)")
     ap.add_argument("--arch", default="ViT-B-32")
-    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--n", type=int, nargs="+", default=[256], help="corpus size(s); two sizes give steady rates")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--words", type=int, default=17)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--align-workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--align-engines", nargs="+", default=["torch"], choices=["torch", "onnxruntime"])
     ap.add_argument("--cr-workers", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -168,37 +173,63 @@ def main():
     os.makedirs(d, exist_ok=True)
     weights = os.path.join(d, "weights.pt")
     torch.save(open_clip.create_model(a.arch).state_dict(), weights)
-    shards = make_data(os.path.join(d, "shards"), a.n, a.size, a.words)
-    print(f"data: {a.n} samples ({a.size} px JPEG + {a.words}-word caption) in {len(shards)} shards; "
-          f"model open_clip {a.arch} (random weights, local file); batch {a.batch_size}", flush=True)
-    best = {}
+    sizes = sorted(set(a.n))
+    shards = {n: make_data(os.path.join(d, f"shards{n}"), n, a.size, a.words) for n in sizes}
+    print(f"data: {', '.join(map(str, sizes))} samples ({a.size} px JPEG + {a.words}-word caption) in shards of "
+          f"100; model open_clip {a.arch} (random weights, local file); batch {a.batch_size}", flush=True)
+    best = {}   # (setting, n) -> (seconds, output folder, CPU seconds): the fastest repeat
     for r in range(a.repeats):
-        for w in a.cr_workers:
-            out = os.path.join(d, f"cr{w}_{r}")
-            dt, rc, tail = run_clip_retrieval(a.cr_venv, a.arch, weights, shards, out, a.batch_size, w)
-            print(f"clip-retrieval inference --num_prepro_workers {w}: {a.n} samples in {dt:.1f} s = "
-                  f"{a.n / dt:.2f} samples/s, {CPU[-1]:.0f} CPU s (exit {rc}){cr_own_rate(out)}", flush=True)
-            if rc:
-                print(tail)
-            elif dt < best.get("cr", (1e9,))[0]:
-                best["cr"] = dt, out, CPU[-1]
-        for w in a.align_workers:
-            out = os.path.join(d, f"align{w}_{r}")
-            dt, rc, tail = run_align(a.arch, weights, os.path.join(d, "shards"), out, a.batch_size, w, a.threads)
-            print(f"align embed --num-workers {w}: {a.n} samples in {dt:.1f} s = {a.n / dt:.2f} samples/s, "
-                  f"{CPU[-1]:.0f} CPU s (exit {rc}) | {tail.splitlines()[-1] if tail else ''}", flush=True)
-            if not rc and dt < best.get("align", (1e9,))[0]:
-                best["align"] = dt, out, CPU[-1]
+        for n in sizes:
+            for w in a.cr_workers:
+                name, out = f"clip-retrieval inference --num_prepro_workers {w}", os.path.join(d, f"cr{w}_{n}_{r}")
+                dt, rc, tail = run_clip_retrieval(a.cr_venv, a.arch, weights, shards[n], out, a.batch_size, w)
+                print(f"{name}: {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s, {CPU[-1]:.0f} CPU s "
+                      f"(exit {rc}){cr_own_rate(out)}", flush=True)
+                if rc:
+                    print(tail)
+                elif dt < best.get((name, n), (1e9,))[0]:
+                    best[(name, n)] = dt, out, CPU[-1]
+            for e in a.align_engines:
+                for w in a.align_workers:
+                    name, out = f"align embed --engine {e} --num-workers {w}", os.path.join(d, f"al{e}{w}_{n}_{r}")
+                    dt, rc, tail = run_align(a.arch, weights, os.path.join(d, f"shards{n}"), out, a.batch_size, w,
+                                             a.threads, e)
+                    print(f"{name}: {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s, {CPU[-1]:.0f} CPU s "
+                          f"(exit {rc}) | {tail.splitlines()[-1] if tail else ''}", flush=True)
+                    if not rc and dt < best.get((name, n), (1e9,))[0]:
+                        best[(name, n)] = dt, out, CPU[-1]
     if a.plain:
         os.makedirs(os.path.join(d, "plain"), exist_ok=True)
-        n, dt = plain_loop(a.arch, weights, shards, os.path.join(d, "plain"), a.batch_size)
+        n, dt = plain_loop(a.arch, weights, shards[sizes[-1]], os.path.join(d, "plain"), a.batch_size)
         print(f"plain open_clip loop (in this process): {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s")
-    if "cr" in best and "align" in best:
-        diff, n = compare_outputs(best["cr"][1], best["align"][1])
-        print(f"same vectors: {n} keys matched; max 1-cos image {diff['image']:.2e}, text {diff['text']:.2e}")
-        (ta, _, ca), (tc, _, cc) = best["align"], best["cr"]
-        print(f"RESULT best align {a.n / ta:.2f} samples/s vs best clip-retrieval {a.n / tc:.2f} samples/s: "
+    report(best, sizes)
+
+
+def report(best, sizes):
+    """The two tools' vectors compared, end-to-end ratios at the largest size, steady-state ratios."""
+    n = sizes[-1]
+    cr = {k: v for k, v in best.items() if k[0].startswith("clip-retrieval") and k[1] == n}
+    al = {k: v for k, v in best.items() if k[0].startswith("align") and k[1] == n}
+    if not (cr and al):
+        return
+    kc = min(cr, key=lambda k: cr[k][0])
+    for ka in sorted(al, key=lambda k: al[k][0]):
+        diff, m = compare_outputs(cr[kc][1], al[ka][1])
+        print(f"same vectors ({ka[0]} vs {kc[0]}): {m} keys matched; max 1-cos image {diff['image']:.2e}, "
+              f"text {diff['text']:.2e}")
+    for ka in sorted(al, key=lambda k: al[k][0]):
+        (ta, _, ca), (tc, _, cc) = al[ka], cr[kc]
+        print(f"RESULT end to end, {n} samples: {ka[0]} {n / ta:.2f} samples/s vs {kc[0]} {n / tc:.2f}: "
               f"{tc / ta:.2f}x wall; CPU seconds {ca:.0f} vs {cc:.0f}: {cc / ca:.2f}x")
+    if len(sizes) < 2:
+        return
+    lo, hi = sizes[0], sizes[-1]
+    rate = {s: (hi - lo) / (best[(s, hi)][0] - best[(s, lo)][0])
+            for s in {k[0] for k in best} if (s, lo) in best and (s, hi) in best}
+    crs = max((s for s in rate if s.startswith("clip-retrieval")), key=rate.get, default=None)
+    for s in sorted(rate, key=rate.get, reverse=True):
+        print(f"steady state ({hi} - {lo} samples): {s}: {rate[s]:.2f} samples/s"
+              + (f" = {rate[s] / rate[crs]:.2f}x {crs}" if crs and s.startswith("align") else ""))
 
 
 if __name__ == "__main__":

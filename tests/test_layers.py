@@ -75,6 +75,7 @@ APP_SHARED = {
     "align.bench.models",               # the model factory (align.load, align bench --model)
     "align.bench.datasets",             # eval sets for the runners
     "align.bench.embed",                # batched, cached encoding (also align.retrieval's)
+    "align.bench.engine",               # --engine torch | onnxruntime (also align embed's and filter's)
     "align.bench.index",                # the FAISS index registry (align.retrieval builds on it)
     "align.bench.cli",                  # check_device: one --device rule for bench and retrieval commands
     "align.bench.report",               # result files and tables

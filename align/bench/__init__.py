@@ -22,6 +22,7 @@ Modules:
   probes        linear probe, CCA baseline, fusion probe (the numerics); probe_tasks: their suite runners
   datasets      benchmark datasets over several on-disk layouts (wds, folders, HF, CSV)
   embed         batched, disk-cached encoding
+  engine        --engine torch | onnxruntime: media encoders run by onnxruntime on the CPU
   index         FAISS indexes by type name; exact: exact top-k (bf16 scoring + float64 re-rank)
   models        the model factory (`align.load`, `align bench --model`): align runs, open_clip models
   report        result dicts, JSON/CSV files, the Markdown table

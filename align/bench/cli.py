@@ -3,7 +3,8 @@
 Every subcommand takes the models of align.bench.models (run dirs, checkpoints, exports,
 `open_clip:ARCH --pretrained TAG|FILE`, `local-dir:DIR`) and the run settings
 --device (cuda when present, else cpu), --num-workers (DataLoader workers that decode and
-transform samples in parallel; default: one per usable CPU, at most 8) and --precision (fp32 | bf16 | fp16 autocast while encoding).
+transform samples in parallel; default: one per usable CPU, at most 8), --precision (fp32 | bf16 | fp16
+autocast while encoding) and --engine (torch | onnxruntime: align.bench.engine).
 """
 import torch
 
@@ -41,6 +42,13 @@ def check_device(device: str) -> str:
     return device
 
 
+def add_engine_argument(s) -> None:
+    """--engine of every command that encodes a dataset (align bench, align embed, align data filter)."""
+    s.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+                   help="torch (default) | onnxruntime: image/audio encoders exported to ONNX and run by "
+                        "onnxruntime on the CPU (faster there; text stays in torch)")
+
+
 def _common(s) -> None:
     s.add_argument("--device", default=None, help="torch device for encoding (default: cuda when present, else cpu)")
     s.add_argument("--num-workers", type=int, default=None,
@@ -48,6 +56,7 @@ def _common(s) -> None:
                         "0 decodes in the main process)")
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast while encoding (fp16 needs CUDA); embeddings are re-normalised in float32")
+    add_engine_argument(s)
 
 
 def add_bench_parser(sub, fn):
@@ -93,7 +102,8 @@ def add_bench_parser(sub, fn):
 
 def run_bench_cli(a):
     from align.bench.embed import check_precision
-    from align.bench.models import load_model, pair_pretrained
+    from align.bench.engine import with_engine
+    from align.bench.models import load_model as load_plain, pair_pretrained
     from align.bench.report import summary_line, write_json
     from align.errors import ConfigError
 
@@ -103,7 +113,11 @@ def run_bench_cli(a):
         a.num_workers = default_workers()
     if a.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
-    print(f"bench: device {device}, precision {a.precision}, {a.num_workers} decode worker(s)")
+    print(f"bench: device {device}, precision {a.precision}, engine {a.engine}, {a.num_workers} decode worker(s)")
+
+    def load_model(spec, pretrained=None, device=device):
+        return with_engine(load_plain(spec, pretrained=pretrained, device=device), a.engine, device, a.precision)
+
     if a.bench_cmd == "suite":
         from align.bench.report import markdown_table
         from align.bench.suite import run_suite

@@ -12,7 +12,7 @@ encodes nothing):
     cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.ids.npy   [N] int64 item index
     cache_dir/{model_fingerprint}/{dataset_fingerprint}/{modality}.json      meta (written last)
 `model_fingerprint` is `model.fingerprint()` or a hash of the state_dict (plus `-bf16` / `-fp16`
-when encoded under that autocast precision);
+when encoded under that autocast precision, `-onnxruntime` under that engine);
 `dataset_fingerprint` hashes the data files' names/sizes/mtimes, the layout
 options and the model's transform settings. Prompt lists are cached under
 `cache_dir/{model_fingerprint}/prompts-{hash of the prompts}/text.npy`.
@@ -146,9 +146,12 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _model_key(model, precision: str) -> str:
-    """Cache folder of a model: its fingerprint, plus the precision when not fp32 (other numbers, other cache)."""
+    """Cache folder of a model: its fingerprint, plus the precision when not fp32 and the engine when not torch
+    (other numbers, other cache)."""
     fp = model_fingerprint(model)
-    return fp if precision == "fp32" else f"{fp}-{precision}"
+    fp = fp if precision == "fp32" else f"{fp}-{precision}"
+    engine = getattr(model, "engine", "torch")
+    return fp if engine == "torch" else f"{fp}-{engine}"
 
 
 def _encode(model, modality: str, batch, device, precision: str = "fp32") -> np.ndarray:

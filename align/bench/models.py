@@ -64,7 +64,8 @@ class OpenClipModel(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:   # long [B,L] -> [B,E]
         if self._trim_net is not None and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            z = trimmed_text_forward(self._trim_net, tokens)   # same features, ~context/caption-length less work
+            # same features, ~context/caption-length less work; exact length (eager: no shapes to keep few)
+            z = trimmed_text_forward(self._trim_net, tokens, multiple=1)
         else:
             z = self.net.encode_text(tokens)
         return F.normalize(z, dim=-1) if normalize else z

@@ -21,8 +21,11 @@ def _device(a) -> str:
 
 
 def _load(a):
+    from align.bench.engine import with_engine
     from align.bench.models import load_model
-    return load_model(a.model, pretrained=a.pretrained, device=_device(a))
+    device = _device(a)
+    model = load_model(a.model, pretrained=a.pretrained, device=device)
+    return with_engine(model, getattr(a, "engine", "torch"), device, getattr(a, "precision", "fp32"))
 
 
 def _model_args(s) -> None:
@@ -83,6 +86,7 @@ def cmd_serve(a):
 
 
 def add_retrieval_parsers(sub, data_sub) -> None:
+    from align.bench.cli import add_engine_argument
     s = sub.add_parser("embed", help="embed every modality of shards or an eval set (resumable, sharded .npy + "
                                      "Parquet)")
     s.add_argument("model", help=MODEL_HELP)
@@ -96,6 +100,7 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding samples")
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast while encoding")
     s.add_argument("--device", default=None, help="torch device (default: this process's GPU, else cpu)")
+    add_engine_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_embed)
 
@@ -143,5 +148,6 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--emb", default=None, help="an `align embed` output of the same shards (else computed in "
                                                "OUT/emb)")
     s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
+    add_engine_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_filter)

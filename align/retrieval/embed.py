@@ -5,7 +5,8 @@
 `--data` is a shard pattern / list / folder of `.tar` files (what `data.train` takes, local files) or a
 CLIP_benchmark-layout eval set (ROOT/{split}/nshards.txt). Each source shard becomes one *part*:
 
-    EMB/manifest.json                   model, source shards, part names, dtype (identical from every process)
+    EMB/manifest.json                   model, source shards, part names, dtype, engine (identical from every
+                                        process)
     EMB/parts/part-00007.image.npy      [N_image, D] float16|float32, rows L2-normalised
     EMB/parts/part-00007.text.npy       [N_text, D]  one row per caption
     EMB/parts/part-00007.parquet        one row per vector: key, caption, shard, modality, row (in that
@@ -94,7 +95,8 @@ def _check_manifest(out: str, manifest: dict) -> None:
     path = os.path.join(out, "manifest.json")
     if os.path.isfile(path):
         old = json.load(open(path))
-        for k in ("model_fingerprint", "shards", "dtype", "modalities"):
+        old.setdefault("engine", "torch")               # written before --engine existed
+        for k in ("model_fingerprint", "engine", "shards", "dtype", "modalities"):
             if old.get(k) != manifest.get(k):
                 raise ConfigError(f"{out}: holds embeddings of another run ({k} differs: {str(old.get(k))[:80]} vs "
                                   f"{str(manifest.get(k))[:80]}); use a new --out or delete it")
@@ -187,7 +189,8 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
     os.makedirs(parts_dir, exist_ok=True)
     manifest = {"model": getattr(model, "name", ""), "model_fingerprint": model_fingerprint(model),
                 "data": data, "shards": shards, "parts": [part_name(i) for i in range(len(shards))],
-                "dtype": dtype, "modalities": mods, "normalised": True}
+                "dtype": dtype, "modalities": mods, "normalised": True,
+                "engine": getattr(model, "engine", "torch")}  # torch | onnxruntime (align.bench.engine)
     _check_manifest(out, manifest)
     mine = [i for i in range(len(shards)) if i % world == rank]
     summary = EmbedSummary(parts=len(mine))

@@ -323,13 +323,14 @@ def can_trim_text(net) -> bool:
     return parts is not None and parts[0] in ("argmax", "eos") and getattr(net, "attn_mask", None) is not None
 
 
-def trimmed_text_forward(net, text: torch.Tensor) -> torch.Tensor:  # long [B, L] -> [B, E] (not normalised)
-    """net's text features (a TextTransformer's forward / a CLIP's encode_text) over the positions up to the
-    batch's last end-of-text token, rounded up to a multiple of 8 (few distinct shapes)."""
+def trimmed_text_forward(net, text: torch.Tensor, multiple: int = 8) -> torch.Tensor:  # long [B, L] -> [B, E]
+    """net's text features (a TextTransformer's forward / a CLIP's encode_text; not normalised) over the
+    positions up to the batch's last end-of-text token, rounded up to a multiple of `multiple`: 8 in training
+    (few distinct shapes, so few torch.compile graphs), 1 for inference in eager mode (align embed / bench)."""
     from open_clip.transformer import text_global_pool
     pool, eos = _text_parts(net)
     end = text.argmax(dim=-1) if pool == "argmax" else (text == eos).int().argmax(dim=-1)   # [B]
-    n = min(text.shape[1], -(-(int(end.max()) + 1) // 8) * 8)
+    n = min(text.shape[1], -(-(int(end.max()) + 1) // multiple) * multiple)
     if n == text.shape[1]:
         return net(text) if not hasattr(net, "encode_text") else net.encode_text(text)
     text = text[:, :n]                                                                   # [B, n]

@@ -40,7 +40,7 @@ def test_zeroshot_with_an_open_clip_model_workers_and_bf16(tmp_path, capsys, oc_
     base = ["bench", "zeroshot", "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt"),
             "--dataset", ds, "--batch-size", "5"]
     assert main(base + ["--out", str(tmp_path / "a.json"), "--num-workers", "0"]) == 0
-    assert "device cpu, precision fp32, 0 decode worker(s)" in capsys.readouterr().out
+    assert "device cpu, precision fp32, engine torch, 0 decode worker(s)" in capsys.readouterr().out
     assert main(base + ["--out", str(tmp_path / "b.json"), "--device", "cpu"]) == 0       # default: sized to the CPUs
     assert f"{default_workers()} decode worker(s)" in capsys.readouterr().out
     a, b = json.load(open(tmp_path / "a.json")), json.load(open(tmp_path / "b.json"))
