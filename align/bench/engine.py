@@ -151,6 +151,8 @@ def torch_engine(model, device: str = "cpu", precision: str = "fp32"):
 
 @ENGINES.register("onnxruntime")
 def onnxruntime_engine(model, device: str = "cpu", precision: str = "fp32"):
+    params = model.parameters() if callable(getattr(model, "parameters", None)) else ()
+    device = device if torch.device(device).type != "cpu" else str(next((p.device for p in params), "cpu"))
     if torch.device(device).type != "cpu":
         raise ConfigError(f"--engine onnxruntime runs on the CPU (its CPU provider); this run's device is "
                           f"{device}: use --engine torch on a GPU, or --device cpu")

@@ -21,11 +21,8 @@ def _device(a) -> str:
 
 
 def _load(a):
-    from align.bench.engine import with_engine
     from align.bench.models import load_model
-    device = _device(a)
-    model = load_model(a.model, pretrained=a.pretrained, device=device)
-    return with_engine(model, getattr(a, "engine", "torch"), device, getattr(a, "precision", "fp32"))
+    return load_model(a.model, pretrained=a.pretrained, device=_device(a))
 
 
 def _model_args(s) -> None:
@@ -39,7 +36,8 @@ def cmd_embed(a):
     model = _load(a)
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
-                     num_workers=a.num_workers, precision=a.precision, split=a.split, progress=not a.no_progress)
+                     num_workers=a.num_workers, precision=a.precision, split=a.split, progress=not a.no_progress,
+                     engine=a.engine)
     print(s.line(a.out, *dist_env()))
 
 
@@ -75,7 +73,7 @@ def cmd_filter(a):
     from align.retrieval.filter import filter_shards, summary_line
     model = _load(a)
     s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
-                      emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress)
+                      emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress, engine=a.engine)
     if s is not None:
         print(summary_line(s, a.out))
 

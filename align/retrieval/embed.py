@@ -30,6 +30,7 @@ import numpy as np
 
 from align.bench.datasets import open_shard_files
 from align.bench.embed import MissingModalityError, embed_dataset, model_fingerprint
+from align.bench.engine import with_engine
 from align.data.stream.sources import expand_urls
 from align.errors import ConfigError, DataError
 
@@ -170,10 +171,12 @@ def part_done(out_dir: str, part: str) -> Optional[dict]:
 def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] = None, dtype: str = "float16",
                  batch_size: int = 64, device=None, num_workers: int = 0, precision: Optional[str] = None,
                  split: str = "test", progress: bool = True, rank: Optional[int] = None,
-                 world_size: Optional[int] = None) -> EmbedSummary:
-    """Embed every shard of `data` into `out` (see the module docstring); this process's share of the parts."""
+                 world_size: Optional[int] = None, engine: str = "torch") -> EmbedSummary:
+    """Embed every shard of `data` into `out` (see the module docstring); this process's share of the parts.
+    engine: torch | onnxruntime (align.bench.engine: image/audio encoders run by onnxruntime on the CPU)."""
     from align.progress import progress as tqdm   # plain lines off a terminal
 
+    model = with_engine(model, engine, str(device or "cpu"), precision or "fp32")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     r0, w0 = dist_env()

@@ -23,8 +23,8 @@ def test_embed_through_onnxruntime_equals_torch_for_every_modality(tmp_path, tri
     tri_shards(tmp_path / "shards", n_shards=2, per_shard=5)
     ort = with_engine(model, "onnxruntime")
     assert isinstance(ort, OnnxRuntimeModel) and ort.modalities == model.modalities
-    for m, e in (("torch", model), ("ort", ort)):
-        embed_corpus(e, data, str(tmp_path / m), dtype="float32", batch_size=4, progress=False)
+    embed_corpus(model, data, str(tmp_path / "torch"), dtype="float32", batch_size=4, progress=False)
+    embed_corpus(ort, data, str(tmp_path / "ort"), dtype="float32", batch_size=4, progress=False)
     for mod in ("image", "audio", "text"):
         a, ra = load_embeddings(str(tmp_path / "torch"), mod)
         b, rb = load_embeddings(str(tmp_path / "ort"), mod)
@@ -42,7 +42,13 @@ def test_embed_through_onnxruntime_equals_torch_for_every_modality(tmp_path, tri
     assert (man["engine"], ref["engine"]) == ("onnxruntime", "torch")
     assert man["model_fingerprint"] == ref["model_fingerprint"]        # same weights: the same model searches both
     with pytest.raises(ConfigError, match="engine differs"):
-        embed_corpus(ort, data, str(tmp_path / "torch"), dtype="float32", progress=False)
+        embed_corpus(model, data, str(tmp_path / "torch"), dtype="float32", progress=False, engine="onnxruntime")
+    # the Python API takes the engine too
+    import align
+    s = align.embed(run, data, str(tmp_path / "api"), dtype="float32", progress=False, engine="onnxruntime")
+    assert s.vectors == {"image": 10, "audio": 10, "text": 10}
+    np.testing.assert_allclose(load_embeddings(str(tmp_path / "api"), "image")[0],
+                               load_embeddings(str(tmp_path / "ort"), "image")[0], atol=1e-6)
 
 
 def test_a_wrong_export_is_refused_in_one_line(tri_run):
