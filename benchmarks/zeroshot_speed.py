@@ -1,7 +1,7 @@
 """`align bench zeroshot` against the clip_benchmark CLI on the same model, data and machine (issue 23 item 2).
 
     python benchmarks/zeroshot_speed.py --work /tmp/zs_speed [--items 10000] [--classes 100] [--px 256]
-        [--model small|tiny] [--repeats 2] [--workers N] [--cb-workers N] [--precision fp32]
+        [--model small|tiny] [--repeats 2] [--workers N] [--cb-workers N] [--precision fp32] [--engine torch]
 
 What it does, once: writes N synthetic JPEGs (benchmarks/gpu_check.py's images: a random 8x8 colour grid
 upsampled to PX, plus noise) in C classes with 10 templates as a CLIP_benchmark webdataset (align's shard
@@ -58,6 +58,8 @@ def parse(argv=None):
     p.add_argument("--cb-workers", type=int, default=None,
                    help="clip_benchmark's --num_workers (default: the same as align's; its CLI's own default is 4)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+                   help="align bench --engine (onnxruntime: the image tower in onnxruntime on the CPU)")
     p.add_argument("--repeats", type=int, default=2)
     return p.parse_args(argv)
 
@@ -91,7 +93,7 @@ def setup(a):
 def run_align(ctx, a, ds, export, tag):
     out = ctx.path(f"align_{tag}.json")
     cmd = [ctx.python, "-m", "align.cli", "bench", "zeroshot", "--model", export, "--dataset", ds, "--out", out,
-           "--device", "cpu", "--precision", a.precision, "--batch-size", str(a.batch_size)]
+           "--device", "cpu", "--precision", a.precision, "--batch-size", str(a.batch_size), "--engine", a.engine]
     if a.workers is not None:
         cmd += ["--num-workers", str(a.workers)]
     rc, log, sec = run_cmd(cmd, 3600, env=child_env(ctx))
@@ -124,7 +126,8 @@ def main(argv=None):
     ctx, ds, export = setup(a)
     load = os.getloadavg()
     print(f"zeroshot_speed: model {a.model}, {a.items} items x {a.classes} classes x 10 templates, {a.px} px, "
-          f"batch {a.batch_size}, {a.precision}, cpus {os.cpu_count()}, load {load[0]:.1f}", flush=True)
+          f"batch {a.batch_size}, {a.precision}, align engine {a.engine}, cpus {os.cpu_count()}, "
+          f"load {load[0]:.1f}", flush=True)
     walls = {"align": [], "clip_benchmark": []}
     workers = a.workers
     for r in range(a.repeats):
