@@ -7,9 +7,9 @@
                  the padding after the batch's last end-of-text token (an exported graph would run all
                  context positions)
 
-Why: on CPU, onnxruntime's fused attention, layer-norm and GELU kernels run a ViT-B/32 image tower ~10-25 %
-faster than eager PyTorch on the same threads (benchmarks/retrieval_embed.py; RESULTS "Retrieval app"), and
-the image tower is most of an embedding job. The embeddings are the same up to float rounding: each export is
+Why: on a 2-core CPU onnxruntime ran a ViT-B/32 image tower ~1.1x faster than eager PyTorch on the same
+threads (median of 6 batches of 64), and the image tower is most of an embedding job (RESULTS "Embed
+throughput, steady state and --engine onnxruntime"). A tiny tower gains nothing: the export costs seconds. The embeddings are the same up to float rounding: each export is
 checked against the torch encoder on the batch it was traced on (max abs difference <= PARITY_ATOL). The
 weights' fingerprint stays the model's (an index embedded by either engine is searched by the same model);
 the `engine` attribute keys the embedding cache and `align embed`'s manifest apart, so a run never mixes the
@@ -168,4 +168,6 @@ def with_engine(model, engine: str = "torch", device: str = "cpu", precision: st
     """The model wrapped for `engine` (a name in ENGINES); --engine torch returns it unchanged."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: use one of {', '.join(ENGINES.names())}")
+    if getattr(model, "engine", "torch") == engine:
+        return model                               # already wrapped (a model passed on with its engine)
     return ENGINES.get(engine)(model, device=device, precision=precision)

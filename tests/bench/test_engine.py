@@ -78,6 +78,8 @@ def test_bad_engine_settings_are_config_errors(tri_run):
         with pytest.raises(ConfigError, match=msg):
             with_engine(model, **kw)
     assert with_engine(model, "torch") is model
+    ort = with_engine(model, "onnxruntime")
+    assert with_engine(ort, "onnxruntime") is ort                    # never wrapped twice
 
 
 def test_bench_zeroshot_and_embed_cli_take_the_engine(tmp_path, capsys, tri_run):
