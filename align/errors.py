@@ -4,6 +4,15 @@ Anything raised as `AlignError` is caught by the CLI and printed as
 `align: error: <message>`; the message must name the file, key or sample
 and say what is wrong.
 """
+import re
+
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+
+
+def without_reprs(text: str, name: str = "the bytes given") -> str:
+    """A library's error text with Python object reprs replaced by `name`: PIL and libsndfile name an
+    in-memory file "<_io.BytesIO object at 0x7f...>", which tells a user nothing."""
+    return _OBJECT_REPR.sub(name, text)
 
 
 class AlignError(Exception):

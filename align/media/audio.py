@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import numpy as np
 import soundfile
 
-from align.errors import DataError
+from align.errors import DataError, without_reprs
 from align.limits import DataLimits, LimitExceeded, as_limits, check_audio_header
 
 
@@ -39,7 +39,7 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
             sr = f.samplerate
     except (RuntimeError, ValueError, TypeError, EOFError, OverflowError, MemoryError) as e:
         # LibsndfileError is a RuntimeError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = without_reprs(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: cannot decode audio ({len(data)} bytes): {first}") from None
     if wave.shape[0] == 0:
         raise DataError(f"{name}: audio has no samples")

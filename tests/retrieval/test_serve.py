@@ -91,4 +91,5 @@ def test_bad_requests_get_a_clear_4xx(server, how, expect, msg):
     base, _ = server
     status, ctype, body = _get(base + how[1]) if how[0] == "GET" else _post(base + how[1], *how[2:])
     assert status == expect and ctype == "application/json" and msg in json.loads(body)["error"], body
+    assert " at 0x" not in json.loads(body)["error"], body          # no Python object repr in a user's message
     assert _get(base + "/search?q=still+alive")[0] == 200          # the server carries on
