@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from align.templates import Templates, get_templates, load_classnames
-from align.errors import ConfigError, DataError, without_reprs
+from align.errors import ConfigError, DataError
 from align.registry import Registry
 from align.wds.format import FILE_EXTS, LABEL_EXT, MODALITIES, file_modality, group_samples, pick
 from align.wds.reader import Oversize, index_members
@@ -93,8 +93,7 @@ def decode_image(data: Union[bytes, str]):
     except LimitExceeded as e:
         raise SampleError(f"{e.reason}: {e.detail}", e.reason) from None
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...)
-        raise SampleError(f"cannot decode image: {type(e).__name__}: {without_reprs(str(e))}",
-                          UNDECODABLE_IMAGE) from None
+        raise SampleError(f"cannot decode image: {type(e).__name__}: {e}", UNDECODABLE_IMAGE) from None
 
 
 def decode_audio(data: Union[bytes, str]):
