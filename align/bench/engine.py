@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 import weakref
 from typing import Dict, Tuple
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from align.errors import AlignError, ConfigError
 from align.registry import Registry
+from align.towers.onnx_trace import export_torchscript, onnx_tracing
 
 ENGINES: Registry = Registry("engine")       # name -> wrap(model, device, precision) -> model
 PARITY_ATOL = 1e-4                           # on L2-normalised outputs, as `align export --format onnx` checks
@@ -53,10 +53,7 @@ class _Encoder(nn.Module):
 
 
 def _export(model, modality: str, x: torch.Tensor, path: str) -> None:
-    """Trace model.encode_<modality> on x [B, ...] into path (dynamic batch axis)."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    # nn.MultiheadAttention's inference fast path emits an op without an ONNX symbolic: off while tracing
-    torch.backends.mha.set_fastpath_enabled(False)
+    """Trace model.encode_<modality> on x [B, ...] into path (dynamic batch axis; align.towers.onnx_trace)."""
     # the tracer refuses weights that require grad unless they are the traced module's own parameters
     # (a wrapper that is not an nn.Module): no grad for the export, restored after
     params = list(model.parameters()) if callable(getattr(model, "parameters", None)) else []
@@ -64,17 +61,13 @@ def _export(model, modality: str, x: torch.Tensor, path: str) -> None:
     for p in params:
         p.requires_grad_(False)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")    # the legacy exporter's deprecation and tracer warnings
-            torch.onnx.export(_Encoder(model, modality).eval(), (x,), path, dynamo=False, input_names=["input"],
-                              output_names=["embedding"], opset_version=17,
-                              dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+        with onnx_tracing(), torch.no_grad():
+            export_torchscript(_Encoder(model, modality).eval(), x, path)
     except Exception as e:  # noqa: BLE001  any tracing/export failure is one line naming the way out
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise AlignError(f"--engine onnxruntime: cannot export the {modality} encoder of "
                          f"{getattr(model, 'name', '?')!r} to ONNX ({msg}); use --engine torch") from None
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
         for p, g in zip(params, grad):
             p.requires_grad_(g)
 

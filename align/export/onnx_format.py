@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -29,10 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from align.errors import AlignError
+from align.towers.onnx_trace import INPUT, OUTPUT, export_torchscript, onnx_tracing
 
-OPSET = 17
 PARITY_ATOL = 1e-4
-INPUT, OUTPUT = "input", "embedding"
 
 
 class NormalizedTower(nn.Module):
@@ -48,8 +46,7 @@ class NormalizedTower(nn.Module):
 
 def _export(module, x, path: str, dynamo: bool) -> None:
     if not dynamo:
-        torch.onnx.export(module, (x,), path, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=OPSET)
+        export_torchscript(module, x, path)
         return
     batch = torch.export.Dim("batch", min=1)
     prog = torch.onnx.export(module, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
@@ -83,23 +80,13 @@ def export_tower(tower, path: str) -> str:
     module = NormalizedTower(tower).eval()
     x = example_input(tower, 2)
     errors = []
-    # nn.MultiheadAttention's inference fast path (eval, no grad or frozen weights) emits
-    # aten::_native_multi_head_attention, which has no ONNX symbolic: switch it off while tracing.
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with warnings.catch_warnings():
-            # The legacy exporter warns that it is deprecated and that advanced indexing with negative
-            # indices would be wrong; open_clip's text pooling indexes with argmax (never negative).
-            warnings.simplefilter("ignore")
-            for name, dynamo in (("torchscript", False), ("dynamo", True)):
-                try:
-                    _export(module, x, path, dynamo)
-                    return name
-                except Exception as e:  # noqa: BLE001  try the other exporter; report both if it fails too
-                    errors.append(f"{name} exporter: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}")
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    with onnx_tracing():
+        for name, dynamo in (("torchscript", False), ("dynamo", True)):
+            try:
+                _export(module, x, path, dynamo)
+                return name
+            except Exception as e:  # noqa: BLE001  try the other exporter; report both if it fails too
+                errors.append(f"{name} exporter: {(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}")
     raise AlignError(f"{path}: ONNX export of the {tower.modality} tower failed ({'; '.join(errors)})")
 
 

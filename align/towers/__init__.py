@@ -21,6 +21,7 @@ Modules (the model layer: towers import nothing from data, train or bench):
   audio             `audio` (AST-style transformer) and `audio_cnn` over log-mel features
   audio_features    the audio front end: resample, crop, log-mel (what `align data stats` measures)
   rnn               `rnn_text` and `rnn_audio`: bidirectional GRU/LSTM over tokens or log-mel frames
+  onnx_trace        tracing an encoder to ONNX (dynamic batch): shared by `align export` and `--engine onnxruntime`
 """
 from align.registry import Registry
 from align.towers.base import Tower
