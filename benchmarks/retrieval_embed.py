@@ -125,10 +125,10 @@ def cr_own_rate(out):
     return f" | its own stats: {n} samples in {t:.1f} s = {n / t:.2f} samples/s" if t else ""
 
 
-def run_align(arch, weights, data_dir, out, batch_size, workers, threads, engine="torch"):
+def run_align(arch, weights, data_dir, out, batch_size, workers, threads, engine="torch", precision="fp32"):
     cmd = [sys.executable, "-m", "align.cli", "embed", f"open_clip:{arch}", "--pretrained", weights,
            "--data", data_dir, "--out", out, "--batch-size", str(batch_size), "--num-workers", str(workers),
-           "--dtype", "float16", "--engine", engine, "--no-progress"]
+           "--dtype", "float16", "--engine", engine, "--precision", precision, "--no-progress"]
     return timed(cmd, {**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
@@ -161,6 +161,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--align-workers", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--align-engines", nargs="+", default=["torch"], choices=["torch", "onnxruntime"])
+    ap.add_argument("--align-precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                    help="align's --precision (bf16: autocast, native on CPUs with AVX512-BF16 or AMX; "
+                         "clip-retrieval has no CPU choice: its wrapper runs fp32 on CPU, bf16/fp16 on CUDA)")
     ap.add_argument("--cr-workers", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -189,20 +192,27 @@ def main():
                     print(tail)
                 elif dt < best.get((name, n), (1e9,))[0]:
                     best[(name, n)] = dt, out, CPU[-1]
-            for e in a.align_engines:
-                for w in a.align_workers:
-                    name, out = f"align embed --engine {e} --num-workers {w}", os.path.join(d, f"al{e}{w}_{n}_{r}")
-                    dt, rc, tail = run_align(a.arch, weights, os.path.join(d, f"shards{n}"), out, a.batch_size, w,
-                                             a.threads, e)
-                    print(f"{name}: {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s, {CPU[-1]:.0f} CPU s "
-                          f"(exit {rc}) | {tail.splitlines()[-1] if tail else ''}", flush=True)
-                    if not rc and dt < best.get((name, n), (1e9,))[0]:
-                        best[(name, n)] = dt, out, CPU[-1]
+            for e, p, w in align_settings(a):
+                name = f"align embed --engine {e}" + (f" --precision {p}" if p != "fp32" else "") \
+                    + f" --num-workers {w}"
+                out = os.path.join(d, f"al{e}{p}{w}_{n}_{r}")
+                dt, rc, tail = run_align(a.arch, weights, os.path.join(d, f"shards{n}"), out, a.batch_size, w,
+                                         a.threads, e, p)
+                print(f"{name}: {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s, {CPU[-1]:.0f} CPU s "
+                      f"(exit {rc}) | {tail.splitlines()[-1] if tail else ''}", flush=True)
+                if not rc and dt < best.get((name, n), (1e9,))[0]:
+                    best[(name, n)] = dt, out, CPU[-1]
     if a.plain:
         os.makedirs(os.path.join(d, "plain"), exist_ok=True)
         n, dt = plain_loop(a.arch, weights, shards[sizes[-1]], os.path.join(d, "plain"), a.batch_size)
         print(f"plain open_clip loop (in this process): {n} samples in {dt:.1f} s = {n / dt:.2f} samples/s")
     report(best, sizes)
+
+
+def align_settings(a):
+    """(engine, precision, workers) of each align row; onnxruntime encodes in fp32 only."""
+    return [(e, p, w) for e in a.align_engines for p in a.align_precisions for w in a.align_workers
+            if not (e == "onnxruntime" and p != "fp32")]
 
 
 def report(best, sizes):

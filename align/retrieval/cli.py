@@ -96,7 +96,9 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored vector type")
     s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding samples")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast while encoding")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast while encoding (bf16: ~2x faster on CPUs with native bf16, slower without; "
+                        "fp16 needs CUDA); recorded in the manifest")
     s.add_argument("--device", default=None, help="torch device (default: this process's GPU, else cpu)")
     add_engine_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")

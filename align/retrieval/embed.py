@@ -5,8 +5,8 @@
 `--data` is a shard pattern / list / folder of `.tar` files (what `data.train` takes, local files) or a
 CLIP_benchmark-layout eval set (ROOT/{split}/nshards.txt). Each source shard becomes one *part*:
 
-    EMB/manifest.json                   model, source shards, part names, dtype, engine (identical from every
-                                        process)
+    EMB/manifest.json                   model, source shards, part names, dtype, engine, precision (identical
+                                        from every process)
     EMB/parts/part-00007.image.npy      [N_image, D] float16|float32, rows L2-normalised
     EMB/parts/part-00007.text.npy       [N_text, D]  one row per caption
     EMB/parts/part-00007.parquet        one row per vector: key, caption, shard, modality, row (in that
@@ -92,12 +92,14 @@ def _atomic(path: str, write) -> None:
 
 
 def _check_manifest(out: str, manifest: dict) -> None:
-    """A resumed run must be the same model, shards and dtype; otherwise the old parts would be mixed in."""
+    """A resumed run must be the same model, engine, precision, shards and dtype; otherwise the old parts would be
+    mixed in."""
     path = os.path.join(out, "manifest.json")
     if os.path.isfile(path):
         old = json.load(open(path))
         old.setdefault("engine", "torch")               # written before --engine existed
-        for k in ("model_fingerprint", "engine", "shards", "dtype", "modalities"):
+        old.setdefault("precision", "fp32")             # written before the manifest recorded it
+        for k in ("model_fingerprint", "engine", "precision", "shards", "dtype", "modalities"):
             if old.get(k) != manifest.get(k):
                 raise ConfigError(f"{out}: holds embeddings of another run ({k} differs: {str(old.get(k))[:80]} vs "
                                   f"{str(manifest.get(k))[:80]}); use a new --out or delete it")
@@ -193,7 +195,8 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
     manifest = {"model": getattr(model, "name", ""), "model_fingerprint": model_fingerprint(model),
                 "data": data, "shards": shards, "parts": [part_name(i) for i in range(len(shards))],
                 "dtype": dtype, "modalities": mods, "normalised": True,
-                "engine": getattr(model, "engine", "torch")}  # torch | onnxruntime (align.bench.engine)
+                "engine": getattr(model, "engine", "torch"),  # torch | onnxruntime (align.bench.engine)
+                "precision": precision or "fp32"}             # autocast while encoding: other numbers
     _check_manifest(out, manifest)
     mine = [i for i in range(len(shards)) if i % world == rank]
     summary = EmbedSummary(parts=len(mine))

@@ -103,6 +103,34 @@ def test_resume_skips_finished_parts_and_matches_a_clean_run(tmp_path, tri_run):
         embed_corpus(model, shards[0], str(tmp_path / "a"), progress=False)
 
 
+
+def test_bf16_vectors_are_recorded_and_never_mixed_with_fp32(tmp_path, tri_run):
+    """--precision bf16 autocasts the encoders (other numbers than fp32, close to them); the manifest records the
+    precision, and resuming an fp32 output in bf16 is refused instead of mixing the two."""
+    from align.errors import ConfigError
+    _, model = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=4)
+    data = str(tmp_path / "shards")
+    embed_corpus(model, data, str(tmp_path / "fp32"), dtype="float32", progress=False, batch_size=8)
+    embed_corpus(model, data, str(tmp_path / "bf16"), dtype="float32", progress=False, batch_size=8,
+                 precision="bf16")
+    man = json.load(open(tmp_path / "bf16" / "manifest.json"))
+    assert (man["precision"], json.load(open(tmp_path / "fp32" / "manifest.json"))["precision"]) == ("bf16", "fp32")
+    for mod in ("image", "audio", "text"):
+        a, b = load_embeddings(str(tmp_path / "fp32"), mod)[0], load_embeddings(str(tmp_path / "bf16"), mod)[0]
+        assert a.shape == b.shape == (8, 16)
+        assert np.abs(a - b).max() > 0                      # autocast really ran in bfloat16
+        assert (1.0 - np.sum(a * b, axis=1)).max() < 0.02    # and gives nearly the same directions
+    with pytest.raises(ConfigError, match="precision differs"):
+        embed_corpus(model, data, str(tmp_path / "fp32"), dtype="float32", progress=False, precision="bf16")
+    # a manifest written before precision was recorded means fp32: resuming it in fp32 is allowed
+    path = tmp_path / "fp32" / "manifest.json"
+    old = json.load(open(path))
+    del old["precision"]
+    path.write_text(json.dumps(old))
+    s = embed_corpus(model, data, str(tmp_path / "fp32"), dtype="float32", progress=False)
+    assert (s.done_before, s.items) == (2, 0)
+
 def _cli(args, env_extra):
     env = dict(os.environ, PYTHONPATH=ROOT, **env_extra)
     return subprocess.run([sys.executable, "-m", "align.cli", *args], env=env, capture_output=True, text=True,
