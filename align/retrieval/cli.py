@@ -73,7 +73,8 @@ def cmd_filter(a):
     from align.retrieval.filter import filter_shards, summary_line
     model = _load(a)
     s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
-                      emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress, engine=a.engine)
+                      emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress, engine=a.engine,
+                      precision=a.precision)
     if s is not None:
         print(summary_line(s, a.out))
 
@@ -81,6 +82,12 @@ def cmd_filter(a):
 def cmd_serve(a):
     from align.retrieval.serve import serve
     serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
+
+
+def add_precision_argument(s) -> None:
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast while encoding (bf16: ~2x faster on CPUs with native bf16, slower without; "
+                        "fp16 needs CUDA); recorded in the embeddings' manifest")
 
 
 def add_retrieval_parsers(sub, data_sub) -> None:
@@ -96,9 +103,7 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored vector type")
     s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding samples")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast while encoding (bf16: ~2x faster on CPUs with native bf16, slower without; "
-                        "fp16 needs CUDA); recorded in the manifest")
+    add_precision_argument(s)
     s.add_argument("--device", default=None, help="torch device (default: this process's GPU, else cpu)")
     add_engine_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
@@ -148,6 +153,7 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--emb", default=None, help="an `align embed` output of the same shards (else computed in "
                                                "OUT/emb)")
     s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
+    add_precision_argument(s)
     add_engine_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_filter)

@@ -133,9 +133,10 @@ def _media_keys(shards: List[str], modality: str) -> List[tuple]:
 
 def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = None, keep_top: Optional[float] = None,
                   dedup_cos: Optional[float] = None, emb: Optional[str] = None, batch_size: int = 256,
-                  progress: bool = True, engine: str = "torch") -> Optional[dict]:
+                  progress: bool = True, engine: str = "torch", precision: Optional[str] = None) -> Optional[dict]:
     """Filter the shards of `data` into `out` (module docstring). Returns the summary (None on processes > 0).
-    engine: how the embeddings are computed when `emb` is not given (align.bench.engine)."""
+    engine, precision: how the embeddings are computed when `emb` is not given (align.bench.engine; autocast
+    fp32 | bf16 | fp16, as `align embed --precision`)."""
     if min_score is not None and keep_top is not None:
         raise ConfigError("data filter: give --min-score or --keep-top, not both")
     if keep_top is not None and not 0 < keep_top <= 1:
@@ -148,7 +149,7 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     t0 = time.perf_counter()
     if emb is None:
         emb = os.path.join(out, "emb")
-        embed_corpus(model, data, emb, batch_size=batch_size, progress=progress, engine=engine)
+        embed_corpus(model, data, emb, batch_size=batch_size, progress=progress, engine=engine, precision=precision)
     elif read_manifest(emb)["shards"] != shards:
         raise ConfigError(f"--emb {emb}: embeds other shards than {data}")
     rank, world = dist_env()

@@ -77,19 +77,27 @@ def test_min_score_and_dedup_with_given_embeddings(tmp_path, capsys, corpus):
 
 
 def test_keep_top_and_bad_options(tmp_path, capsys, corpus):
-    run, shards, emb = corpus
+    run, shards, _ = corpus
     out = tmp_path / "k"
     assert main(["data", "filter", str(shards), "--model", run, "--out", str(out), "--keep-top", "0.25",
                  "--no-progress"]) == 0
     dropped = [json.loads(x) for x in open(out / "dropped.jsonl")]
-    m, mr = load_embeddings(str(emb), "image")
-    t, tr = load_embeddings(str(emb), "text")
+    assert os.path.isdir(out / "emb")                                       # computed when --emb is not given
+    # the reference: the scores of the vectors the filter used. (s0 and its copy "dup" are encoded in other
+    # batches, so their scores may differ in the last bits: only exact ties at the cut are ties.)
+    m, mr = load_embeddings(str(out / "emb"), "image")
+    t, tr = load_embeddings(str(out / "emb"), "text")
     scores = dict(zip(mr["key"], clip_scores(m, mr, t, tr)))              # 13 scored (dup is s0's copy)
     cut = sorted(scores.values(), reverse=True)[4 - 1]                     # ceil(0.25 * 13) = 4 kept ...
     low = {d["key"] for d in dropped if d["reason"] == "low_score"}
-    assert len(scores) == 13 and low == {k for k, v in scores.items() if v < cut - 1e-6}   # ... plus ties at the cut
-    assert 13 - len(low) - 4 == sum(abs(v - cut) <= 1e-6 for v in scores.values()) - 1
-    assert os.path.isdir(out / "emb")                                       # computed when --emb is not given
+    assert len(scores) == 13 and low == {k for k, v in scores.items() if v < cut}   # ... plus exact ties at the cut
+    assert 13 - len(low) == sum(v >= cut for v in scores.values()) >= 4
+    assert json.load(open(out / "emb" / "manifest.json"))["precision"] == "fp32"
+    # --precision reaches the embeddings it computes (bf16 autocast), and they are recorded as such
+    assert main(["data", "filter", str(shards), "--model", run, "--out", str(tmp_path / "kb"), "--keep-top", "0.25",
+                 "--precision", "bf16", "--no-progress"]) == 0
+    assert json.load(open(tmp_path / "kb" / "emb" / "manifest.json"))["precision"] == "bf16"
+    assert np.abs(load_embeddings(str(tmp_path / "kb" / "emb"), "image")[0] - m).max() > 0
     for extra, msg in [(["--min-score", "0.1", "--keep-top", "0.5"], "not both"),
                        (["--keep-top", "1.5"], "--keep-top 1.5"),
                        ([], "nothing to do")]:
