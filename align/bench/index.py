@@ -233,6 +233,21 @@ def exact_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return index.search(queries, k)[1]
 
 
+def exact_topk_chunks(chunks, queries: np.ndarray, k: int) -> np.ndarray:
+    """exact_topk over a gallery that arrives as (first row, block [m, D]) chunks in row order, never held whole:
+    each block's exact top-k, merged by float64 inner product, ties -> lower id. -> ids [Q, min(k, N)]."""
+    q64 = np.asarray(queries, dtype=np.float64)                                   # [Q, D]
+    best_s = np.empty((len(q64), 0))                                              # [Q, <=k] float64
+    best_i = np.empty((len(q64), 0), np.int64)                                    # [Q, <=k] gallery ids
+    for first, block in chunks:
+        ids = exact_topk(block, queries, min(k, len(block)))                      # [Q, kk] ids in the block
+        s = np.einsum("qd,qkd->qk", q64, np.asarray(block)[ids].astype(np.float64))  # [Q, kk]
+        s, ids = np.concatenate([best_s, s], 1), np.concatenate([best_i, ids + first], 1)
+        order = np.lexsort((ids, -s), axis=1)[:, :k]                              # score desc, then id asc
+        best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(ids, order, 1)
+    return best_i
+
+
 def topk_recall(got: np.ndarray, exact: np.ndarray, k: int) -> float:
     """Mean over queries of |got top-k ∩ exact top-k| / k (k-recall@k); got [Q, >=k] ids, -1 where an
     approximate index found fewer (a miss); exact [Q, >=k] ids."""

@@ -229,35 +229,97 @@ def read_manifest(emb_dir: str) -> dict:
     return json.load(open(path))
 
 
-def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
-    """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
-    in order."""
-    import pandas as pd
-
+def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False) -> List[str]:
+    """Paths (without suffix) of the finished parts holding `modality`, in order; unfinished parts are an error
+    unless allow_partial, and no vectors at all is one."""
     man = read_manifest(emb_dir)
     parts_dir = os.path.join(emb_dir, "parts")
-    vecs, tables, unfinished = [], [], []
+    found, unfinished = [], []
     for part in man["parts"]:
         counts = part_done(parts_dir, part)
         if counts is None:
             unfinished.append(part)
-            continue
-        if modality not in counts["vectors"]:
-            continue
-        t = pd.read_parquet(os.path.join(parts_dir, f"{part}.parquet"))
-        tables.append(t[t["modality"] == modality].sort_values("row"))
-        vecs.append(np.load(os.path.join(parts_dir, f"{part}.{modality}.npy")).astype(np.float32))
+        elif modality in counts["vectors"]:
+            found.append(os.path.join(parts_dir, part))
     if unfinished and not allow_partial:
         raise DataError(f"{emb_dir}: {len(unfinished)} part(s) not finished (first: {unfinished[0]}); "
                         f"re-run `align embed` with the same arguments to finish them")
-    if not vecs:
+    if not found:
         raise DataError(f"{emb_dir}: no {modality} embeddings (modalities embedded: "
                         f"{', '.join(man.get('modalities', []))})")
-    rows = pd.concat(tables, ignore_index=True)
-    x = np.concatenate(vecs)
-    # float16 rows are unit-norm only to ~1e-3: re-normalise in float32 so cosines (and exact copies' 1.0) hold
+    return found
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """float32 rows re-normalised in place: float16 rows are unit-norm only to ~1e-3, and cosines (and exact
+    copies' 1.0) should hold."""
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x, rows
+    return x
+
+
+def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
+    """The row table (key, caption, shard, ...) of one modality's vectors, all parts in order."""
+    import pandas as pd
+
+    tables = []
+    for base in _finished_parts(emb_dir, modality, allow_partial):
+        t = pd.read_parquet(f"{base}.parquet")
+        tables.append(t[t["modality"] == modality].sort_values("row"))
+    return pd.concat(tables, ignore_index=True)
+
+
+def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
+    """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
+    in order. (EmbeddingParts reads the same vectors without holding them all.)"""
+    x = np.concatenate([np.load(f"{base}.{modality}.npy").astype(np.float32)
+                        for base in _finished_parts(emb_dir, modality, allow_partial)])
+    return _unit(x), load_rows(emb_dir, modality, allow_partial=allow_partial)
+
+
+class EmbeddingParts:
+    """One modality's vectors of an `align embed` output read part by part through memmaps, never all at once:
+    what `align index` builds a compressed index from when the float32 vectors would pass its memory budget.
+
+        parts.shape                  (N, D)
+        parts.chunks(rows=65536)     yields (first row, float32 [m, D] L2-normalised), m <= rows (one part
+                                     larger than rows comes whole), in row order
+        parts.take(ids)              float32 [len(ids), D] L2-normalised rows at sorted ids
+    The rows are load_embeddings' rows, in the same order and with the same values."""
+
+    def __init__(self, emb_dir: str, modality: str, *, allow_partial: bool = False):
+        self.paths = [f"{base}.{modality}.npy" for base in _finished_parts(emb_dir, modality, allow_partial)]
+        shapes = [self._open(i).shape for i in range(len(self.paths))]     # headers only; no map is kept open
+        self.starts = np.cumsum([0] + [sh[0] for sh in shapes])            # [parts + 1]
+        self.shape = (int(self.starts[-1]), int(shapes[0][1]))
+
+    def _open(self, i: int) -> np.ndarray:
+        # mapped when read and released after: a corpus of many parts would otherwise hold one map per part
+        # (Linux allows ~65k maps per process)
+        return np.load(self.paths[i], mmap_mode="r")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def chunks(self, rows: int = 65536):
+        block, first = [], 0
+        for i in range(len(self.paths)):
+            if block and sum(len(b) for b in block) + int(self.starts[i + 1] - self.starts[i]) > rows:
+                yield first, _unit(np.concatenate(block).astype(np.float32))
+                block = []
+            if not block:
+                first = int(self.starts[i])
+            block.append(np.asarray(self._open(i)))
+        if block:
+            yield first, _unit(np.concatenate(block).astype(np.float32))
+
+    def take(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.shape[1]), np.float32)
+        part = np.searchsorted(self.starts, ids, side="right") - 1           # the part each id lies in
+        for p in np.unique(part):
+            sel = part == p
+            out[sel] = self._open(p)[ids[sel] - self.starts[p]]
+        return _unit(out)
 
 
 def embedded_modalities(emb_dir: str) -> List[str]:

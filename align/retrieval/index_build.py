@@ -19,6 +19,12 @@ written to disk beside it (vectors.f16.npy, 2*N*D bytes, read through a memmap o
 rows, so it is not held in memory), the search takes k*F candidates from IVF-PQ and re-scores them
 with those rows, and F grows through REFINE (4, 16, 64, 256) until the tuned recall reaches the target.
 
+An ivfpq index is built without holding the vectors (align.retrieval.embed.EmbeddingParts: the parts are
+memmapped and read in chunks of ~65k rows): it trains on the same random sample build_index draws, adds chunk
+by chunk, writes the float16 copy and computes the exact top-k for the recall check chunk by chunk
+(exact_topk_chunks), so the memory budget also bounds the build. The other kinds hold the float32 vectors
+in the index anyway and load them whole.
+
     INDEX/index.json                 modalities, model, source EMB folder
     INDEX/<modality>/index.faiss     faiss.write_index
     INDEX/<modality>/settings.json   kind, parameters, why, recall@10, latency, build seconds, memory
@@ -36,9 +42,10 @@ from typing import List, Optional, Tuple
 import faiss
 import numpy as np
 
-from align.bench.index import INDEXES, Refined, build_index, default_nlist, describe_index, exact_topk, topk_recall
+from align.bench.index import (INDEXES, Refined, build_index, default_nlist, describe_index, exact_topk,
+                               exact_topk_chunks, sample_rows, topk_recall)
 from align.errors import ConfigError, DataError
-from align.retrieval.embed import embedded_modalities, load_embeddings, read_manifest
+from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
 TARGET_RECALL = 0.95
@@ -128,24 +135,41 @@ def tune(index, queries: np.ndarray, exact: np.ndarray, k: int, max_latency_ms: 
     return dict(best, sweep=sweep)
 
 
-def _queries(emb_dir: str, modality: str, vectors: np.ndarray, n: int, seed: int) -> Tuple[np.ndarray, str]:
+def _queries(emb_dir: str, modality: str, parts: EmbeddingParts, n: int, seed: int) -> Tuple[np.ndarray, str]:
+    """n query vectors [<=n, D]: a sample of another embedded modality of the same dim, else of the corpus."""
     rng = np.random.default_rng(seed)
     for other in embedded_modalities(emb_dir):
         if other != modality:
-            q, _ = load_embeddings(emb_dir, other)
-            if len(q) and q.shape[1] == vectors.shape[1]:
-                return q[np.sort(rng.choice(len(q), min(n, len(q)), replace=False))], other
-    return vectors[np.sort(rng.choice(len(vectors), min(n, len(vectors)), replace=False))], modality
+            q = EmbeddingParts(emb_dir, other)
+            if len(q) and q.shape[1] == parts.shape[1]:
+                return q.take(np.sort(rng.choice(len(q), min(n, len(q)), replace=False))), other
+    return parts.take(np.sort(rng.choice(len(parts), min(n, len(parts)), replace=False))), modality
 
 
-def write_store(vectors: np.ndarray, path: str, rows: int = 65536) -> np.ndarray:
-    """vectors [N, D] -> a float16 .npy at path, written in blocks (no whole float16 copy in memory); its memmap."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=vectors.shape)
-    for s in range(0, len(vectors), rows):
-        out[s:s + rows] = vectors[s:s + rows]
+def write_store(parts: EmbeddingParts, path: str) -> np.ndarray:
+    """The vectors -> a float16 .npy at path, written chunk by chunk (never whole in memory); its memmap."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=parts.shape)
+    for first, x in parts.chunks():
+        out[first:first + len(x)] = x
     out.flush()
     del out
     return np.load(path, mmap_mode="r")
+
+
+def build_streamed(kind: str, parts: EmbeddingParts, *, seed: int = 0, rows: int = 65536, **params):
+    """build_index(kind, all vectors) without holding them: the same training sample (sample_rows with the same
+    seed and size) gathered from the parts, then the parts added in chunks of ~`rows` -> the same index."""
+    n, d = parts.shape
+    try:
+        index = INDEXES.get(kind)(d, n, **params)
+    except TypeError as e:
+        raise ConfigError(f"index {kind}: bad parameters {sorted(params)}: {e}") from None
+    if not index.is_trained:
+        nlist = getattr(faiss.extract_index_ivf(index), "nlist", 1)
+        index.train(parts.take(sample_rows(n, min(n, max(40 * nlist, 10000)), seed)))
+    for _, x in parts.chunks(rows):
+        index.add(x)
+    return index
 
 
 def tune_refined(index, store, queries, exact, k: int, max_latency_ms: float) -> dict:
@@ -163,26 +187,32 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
                    kind: Optional[str] = None, n_queries: int = 500, k: int = 10, seed: int = 0,
                    refine: bool = True) -> dict:
     """Build, tune and write one modality's index; returns its settings."""
-    vectors, rows = load_embeddings(emb_dir, modality)          # [N, D] float32
-    n, d = vectors.shape
+    parts = EmbeddingParts(emb_dir, modality)                   # [N, D], read part by part
+    rows = load_rows(emb_dir, modality)
+    n, d = parts.shape
     if kind:
         if kind == "flat" or kind not in INDEXES:
             raise ConfigError(f"--kind {kind!r}: use one of flat_faiss, ivf, hnsw, ivfpq")
         params, why = {}, f"--kind {kind}"
     else:
         kind, params, why = choose_index(n, d, max_memory, max_latency_ms)
+    # IVF-PQ is chosen when the float32 vectors pass the memory budget: then they are never held whole (train
+    # on a sample, add and check recall chunk by chunk); the other kinds hold them in the index anyway
+    streamed = kind == "ivfpq"
+    vectors = None if streamed else np.concatenate([x for _, x in parts.chunks()])   # [N, D] float32
     t0 = time.perf_counter()
-    index = build_index(kind, vectors, seed=seed, **params)
+    index = build_streamed(kind, parts, seed=seed, **params) if streamed else build_index(kind, vectors, seed=seed,
+                                                                                            **params)
     build_s = time.perf_counter() - t0
-    queries, qsrc = _queries(emb_dir, modality, vectors, n_queries, seed)
+    queries, qsrc = _queries(emb_dir, modality, parts, n_queries, seed)
     kk = min(k, n)
-    exact = exact_topk(vectors, queries, kk)
+    exact = exact_topk_chunks(parts.chunks(), queries, kk) if streamed else exact_topk(vectors, queries, kk)
     os.makedirs(out_dir, exist_ok=True)
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
         tuned = {"recall": recall_at(index, queries, exact, kk), "p50_ms": p50, "p99_ms": p99}
     elif kind == "ivfpq" and refine:
-        store = write_store(vectors, os.path.join(out_dir, STORE))
+        store = write_store(parts, os.path.join(out_dir, STORE))
         tuned = tune_refined(index, store, queries, exact, kk, max_latency_ms)
         why += f"; re-ranks k*{tuned['refine']} candidates with the float16 vectors in {STORE}"
     else:
@@ -194,7 +224,8 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
                 "p50_ms": round(tuned["p50_ms"], 3), "p99_ms": round(tuned["p99_ms"], 3),
                 **({"refine": tuned["refine"], "store": STORE} if "refine" in tuned else {}),
                 "tuning": tuned.get("sweep", []), "queries": {"n": int(len(queries)), "from": qsrc},
-                "build_s": round(build_s, 2), "index_bytes": int(faiss.serialize_index(index).nbytes),
+                "build_s": round(build_s, 2), "streamed": streamed,
+                "index_bytes": int(faiss.serialize_index(index).nbytes),
                 "budget": {"max_memory": int(max_memory), "max_latency_ms": max_latency_ms}}
     with open(os.path.join(out_dir, "settings.json"), "w") as f:
         json.dump(settings, f, indent=1)

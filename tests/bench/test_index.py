@@ -4,6 +4,7 @@ import pytest
 
 import align.bench.index as bench_index
 from align.bench.index import (INDEXES, build_index, default_nlist, default_pq_m, describe_index, exact_topk,
+                               exact_topk_chunks,
                                list_major_search, recall_against_exact, search)
 from align.errors import ConfigError, DataError
 
@@ -145,3 +146,19 @@ def test_topk_recall_against_a_plain_count():
         plain = sum(len(set(g[:k].tolist()) & set(e[:k].tolist()) - {-1}) for g, e in zip(got, exact)) / (40 * k)
         assert abs(topk_recall(got, exact, k) - plain) < 1e-12
     assert topk_recall(exact, exact, 10) == 1.0
+
+
+def test_exact_topk_over_chunks_equals_exact_topk():
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((1000, 24)).astype(np.float32)
+    q = rng.standard_normal((40, 24)).astype(np.float32)
+    cuts = [0, 1, 300, 301, 650, 1000]                  # uneven chunks, two of a single row
+    chunks = [(a, g[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    for k in (1, 10, 50):
+        np.testing.assert_array_equal(exact_topk_chunks(iter(chunks), q, k), exact_topk(g, q, k))
+    assert exact_topk_chunks(iter(chunks[:2]), q, 10).shape == (40, 10)     # two chunks, 301 rows
+    # exact copies in other chunks score the same: ties go to the lower id, whichever chunk found them
+    g[700] = g[10]
+    g[999] = g[10]
+    assert exact_topk_chunks(iter(chunks), g[10:11], 3)[0].tolist() == [10, 700, 999]
+    assert exact_topk_chunks(iter(chunks[::-1]), g[10:11], 3)[0].tolist() == [10, 700, 999]

@@ -5,10 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from align.bench.index import exact_topk
+from align.bench.index import build_index, exact_topk
 from align.errors import ConfigError, DataError
 from align.retrieval import Index
-from align.retrieval.index_build import build_indexes, choose_index, parse_bytes
+from align.retrieval.embed import EmbeddingParts, load_embeddings, load_rows
+from align.retrieval.index_build import build_indexes, build_streamed, choose_index, parse_bytes
 from tests.retrieval.conftest import clustered, write_emb
 
 
@@ -84,3 +85,40 @@ def test_ivfpq_is_reranked_from_a_float16_copy_to_the_recall_target(tmp_path):
     os.remove(tmp_path / "ix" / "image" / "vectors.f16.npy")
     with pytest.raises(DataError, match="re-rank vectors"):
         Index.load(str(tmp_path / "ix"), modality="image")
+
+
+def test_embedding_parts_read_what_load_embeddings_reads(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((1000, 16)).astype(np.float32)             # not unit length: both re-normalise
+    emb = write_emb(tmp_path / "emb", {"image": img}, per_part=70)
+    full, rows = load_embeddings(emb, "image")
+    parts = EmbeddingParts(emb, "image")
+    assert parts.shape == full.shape == (1000, 16) and len(parts) == 1000
+    got = list(parts.chunks(rows=300))
+    assert [first for first, _ in got] == [0, 280, 560, 840]              # whole parts of 70, <= 300 rows a chunk
+    np.testing.assert_allclose(np.concatenate([x for _, x in got]), full, rtol=0, atol=1e-7)
+    ids = np.sort(rng.choice(1000, 57, replace=False))
+    np.testing.assert_allclose(parts.take(ids), full[ids], rtol=0, atol=1e-7)
+    assert list(load_rows(emb, "image")["key"]) == list(rows["key"])
+
+
+def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path):
+    import faiss
+    img = clustered(20_000, 32, seed=0)
+    txt = clustered(300, 32, seed=1)
+    emb = write_emb(tmp_path / "emb", {"image": img, "text": txt}, per_part=3000)
+    # the streamed build (sample gathered from the parts, added in chunks) is build_index on the whole array
+    a = build_streamed("ivfpq", EmbeddingParts(emb, "image"), seed=0, rows=5000, nlist=64, pq_m=8)
+    b = build_index("ivfpq", load_embeddings(emb, "image")[0], seed=0, nlist=64, pq_m=8)
+    assert a.ntotal == b.ntotal == 20_000
+    q = clustered(50, 32, seed=5)
+    for ix in (a, b):
+        faiss.extract_index_ivf(ix).nprobe = 8
+    (sa, ia), (sb, ib) = a.search(q, 10), b.search(q, 10)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(sa, sb, atol=1e-5)
+    # `align index` under a memory budget below the float32 vectors (2.56 MB) streams and still re-ranks to 0.95
+    [s] = build_indexes(emb, str(tmp_path / "ix"), max_memory="1MB", modalities=["image"], n_queries=200)
+    assert s["kind"] == "ivfpq" and s["streamed"] and s["recall@10"] >= 0.95 and s["queries"]["from"] == "text"
+    store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
+    np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
