@@ -70,23 +70,31 @@ def parse_bytes(text) -> int:
         raise ConfigError(f"--max-memory {text!r}: {m.group(1)!r} is not a number") from None
 
 
+def size_text(b: float) -> str:
+    """Bytes as a person reads them: 512 B, 12.3 KB, 45.6 MB, 2.05 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.3g} {unit}" if b < 100 * scale else f"{b / scale:.0f} {unit}"
+    return f"{int(b)} B"
+
+
 def choose_index(n: int, d: int, max_memory: int, max_latency_ms: float) -> Tuple[str, dict, str]:
     """-> (kind, build parameters, one-line reason) for N vectors of dim D."""
     flat = n * d * 4
     if flat <= max_memory and flat <= max_latency_ms * SCAN_BYTES_PER_MS:
-        return "flat_faiss", {}, (f"exact: {n} x {d} float32 ({flat / 1e6:.1f} MB) fits the memory budget and a "
+        return "flat_faiss", {}, (f"exact: {n} x {d} float32 ({size_text(flat)}) fits the memory budget and a "
                                   f"full scan fits {max_latency_ms:g} ms")
     nlist = default_nlist(n)
     if flat + nlist * d * 4 <= max_memory:
-        return "ivf", {"nlist": nlist}, (f"IVF-Flat: a full scan of {flat / 1e6:.0f} MB would pass "
-                                         f"{max_latency_ms:g} ms; the float32 vectors fit {max_memory / 1e9:.2f} GB")
+        return "ivf", {"nlist": nlist}, (f"IVF-Flat: a full scan of {size_text(flat)} would pass "
+                                         f"{max_latency_ms:g} ms; the float32 vectors fit {size_text(max_memory)}")
     per_vec = max_memory / n - 8                     # bytes per vector left after its 8-byte id
     m = max([x for x in range(1, min(d, 64) + 1) if d % x == 0 and x <= per_vec] or [0])
     if m == 0:
-        raise ConfigError(f"--max-memory {max_memory / 1e9:.3g} GB is too small for {n} vectors "
-                          f"(IVF-PQ needs >= {9 * n / 1e9:.3g} GB)")
-    return "ivfpq", {"nlist": nlist, "pq_m": m}, (f"IVF-PQ{m}: the float32 vectors ({flat / 1e9:.2f} GB) pass the "
-                                                 f"{max_memory / 1e9:.2f} GB budget")
+        raise ConfigError(f"--max-memory {size_text(max_memory)} is too small for {n} vectors "
+                          f"(IVF-PQ needs >= {size_text(9 * n)})")
+    return "ivfpq", {"nlist": nlist, "pq_m": m}, (f"IVF-PQ{m}: the float32 vectors ({size_text(flat)}) pass the "
+                                                 f"{size_text(max_memory)} budget")
 
 
 def latency_ms(index, queries: np.ndarray, k: int) -> Tuple[float, float]:
@@ -256,4 +264,4 @@ def summary_line(s: dict) -> str:
     rec = next(v for key, v in s.items() if key.startswith("recall@"))
     return (f"index {s['modality']}: {s['kind']}{knob}, {s['n']} x {s['dim']}, recall@10 {rec:.3f} vs exact "
             f"({s['queries']['n']} {s['queries']['from']} queries), p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
-            f"built in {s['build_s']:.1f} s, {s['index_bytes'] / 1e6:.1f} MB ({s['why']})")
+            f"built in {s['build_s']:.1f} s, {size_text(s['index_bytes'])} ({s['why']})")

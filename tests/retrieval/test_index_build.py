@@ -20,6 +20,8 @@ def test_choice_follows_size_and_budget():
     assert kind == "ivf" and params["nlist"] == 4000
     kind, params, why = choose_index(10_000_000, 512, 4e9, 10)               # 20 GB float32 > 4 GB
     assert kind == "ivfpq" and 512 % params["pq_m"] == 0 and 10_000_000 * (params["pq_m"] + 8) <= 4e9
+    assert why == "IVF-PQ64: the float32 vectors (20.5 GB) pass the 4 GB budget"
+    assert choose_index(1343, 128, 1e5, 10)[2] == "IVF-PQ64: the float32 vectors (688 KB) pass the 100 KB budget"
     with pytest.raises(ConfigError, match="too small"):
         choose_index(10_000_000, 512, 5e7, 10)
     assert parse_bytes("4GB") == 4_000_000_000 and parse_bytes("2GiB") == 2 ** 31
