@@ -164,9 +164,19 @@ def write_store(parts: EmbeddingParts, path: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def build_streamed(kind: str, parts: EmbeddingParts, *, seed: int = 0, rows: int = 65536, **params):
+def counted(chunks, bar):
+    """Pass (first row, block) chunks through, advancing a progress bar by each block's rows."""
+    for first, x in chunks:
+        yield first, x
+        bar.update(len(x))
+
+
+def build_streamed(kind: str, parts: EmbeddingParts, *, seed: int = 0, rows: int = 65536, progress: bool = False,
+                   **params):
     """build_index(kind, all vectors) without holding them: the same training sample (sample_rows with the same
     seed and size) gathered from the parts, then the parts added in chunks of ~`rows` -> the same index."""
+    from align.progress import progress as tqdm   # plain lines off a terminal
+
     n, d = parts.shape
     try:
         index = INDEXES.get(kind)(d, n, **params)
@@ -175,8 +185,9 @@ def build_streamed(kind: str, parts: EmbeddingParts, *, seed: int = 0, rows: int
     if not index.is_trained:
         nlist = getattr(faiss.extract_index_ivf(index), "nlist", 1)
         index.train(parts.take(sample_rows(n, min(n, max(40 * nlist, 10000)), seed)))
-    for _, x in parts.chunks(rows):
-        index.add(x)
+    with tqdm(total=n, desc=f"index {kind}: add", unit="row", disable=not progress) as bar:
+        for _, x in counted(parts.chunks(rows), bar):
+            index.add(x)
     return index
 
 
@@ -193,8 +204,10 @@ def tune_refined(index, store, queries, exact, k: int, max_latency_ms: float) ->
 
 def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int, max_latency_ms: float,
                    kind: Optional[str] = None, n_queries: int = 500, k: int = 10, seed: int = 0,
-                   refine: bool = True) -> dict:
-    """Build, tune and write one modality's index; returns its settings."""
+                   refine: bool = True, progress: bool = False) -> dict:
+    """Build, tune and write one modality's index; returns its settings. progress: bars (plain lines off a
+    terminal) over the adds and the exact check, which take minutes from millions of vectors."""
+    from align.progress import progress as tqdm
     parts = EmbeddingParts(emb_dir, modality)                   # [N, D], read part by part
     rows = load_rows(emb_dir, modality)
     n, d = parts.shape
@@ -209,12 +222,17 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     streamed = kind == "ivfpq"
     vectors = None if streamed else np.concatenate([x for _, x in parts.chunks()])   # [N, D] float32
     t0 = time.perf_counter()
-    index = build_streamed(kind, parts, seed=seed, **params) if streamed else build_index(kind, vectors, seed=seed,
-                                                                                            **params)
+    index = (build_streamed(kind, parts, seed=seed, progress=progress, **params) if streamed
+             else build_index(kind, vectors, seed=seed, progress=progress, **params))
     build_s = time.perf_counter() - t0
     queries, qsrc = _queries(emb_dir, modality, parts, n_queries, seed)
     kk = min(k, n)
-    exact = exact_topk_chunks(parts.chunks(), queries, kk) if streamed else exact_topk(vectors, queries, kk)
+    if streamed:
+        with tqdm(total=n, desc=f"index {modality}: exact top-{kk} of {len(queries)} queries", unit="row",
+                  disable=not progress) as bar:
+            exact = exact_topk_chunks(counted(parts.chunks(), bar), queries, kk)
+    else:
+        exact = exact_topk(vectors, queries, kk)
     os.makedirs(out_dir, exist_ok=True)
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
@@ -242,7 +260,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
 
 def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: float = 10.0,
                   kind: Optional[str] = None, modalities: Optional[List[str]] = None, n_queries: int = 500,
-                  seed: int = 0, refine: bool = True) -> List[dict]:
+                  seed: int = 0, refine: bool = True, progress: bool = False) -> List[dict]:
     """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json."""
     man = read_manifest(emb_dir)
     have = embedded_modalities(emb_dir)
@@ -252,7 +270,8 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
     results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
-                              kind=kind, n_queries=n_queries, seed=seed, refine=refine) for m in mods]
+                              kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress)
+               for m in mods]
     with open(os.path.join(out, "index.json"), "w") as f:
         json.dump({"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
                    "embeddings": os.path.abspath(emb_dir)}, f, indent=1)

@@ -104,7 +104,7 @@ def test_embedding_parts_read_what_load_embeddings_reads(tmp_path):
     assert list(load_rows(emb, "image")["key"]) == list(rows["key"])
 
 
-def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path):
+def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path, capsys, monkeypatch):
     import faiss
     img = clustered(20_000, 32, seed=0)
     txt = clustered(300, 32, seed=1)
@@ -120,7 +120,12 @@ def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path):
     np.testing.assert_array_equal(ia, ib)
     np.testing.assert_allclose(sa, sb, atol=1e-5)
     # `align index` under a memory budget below the float32 vectors (2.56 MB) streams and still re-ranks to 0.95
-    [s] = build_indexes(emb, str(tmp_path / "ix"), max_memory="1MB", modalities=["image"], n_queries=200)
+    monkeypatch.setenv("ALIGN_PROGRESS", "plain")
+    capsys.readouterr()
+    [s] = build_indexes(emb, str(tmp_path / "ix"), max_memory="1MB", modalities=["image"], n_queries=200,
+                        progress=True)
     assert s["kind"] == "ivfpq" and s["streamed"] and s["recall@10"] >= 0.95 and s["queries"]["from"] == "text"
+    err = capsys.readouterr().err                   # the minutes-long passes over the parts show their progress
+    assert "index ivfpq: add: 20000/20000 row" in err and "index image: exact top-10 of 200 queries: 20000/20000" in err
     store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
     np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
