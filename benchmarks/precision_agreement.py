@@ -22,17 +22,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def topk(q: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest inner products of each row of q [Q, D] with x [N, D] -> [Q, k] (exact)."""
-    s = q.astype(np.float64) @ x.astype(np.float64).T
-    return np.argsort(-s, axis=1, kind="stable")[:, :k]
-
-
-def overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over rows of |set(a_i) ∩ set(b_i)| / k for two [Q, k] index arrays."""
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a.tolist(), b.tolist())]))
-
-
 def cpu_flags() -> str:
     try:
         flags = set(open("/proc/cpuinfo").read().split())
@@ -53,6 +42,7 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=10)
     a = ap.parse_args(argv)
     import torch
+    from align.bench.index import exact_topk, topk_recall
     from align.bench.models import load_model
     from align.retrieval.embed import embed_corpus, load_embeddings
 
@@ -84,7 +74,9 @@ def main(argv=None):
             if q == c:
                 continue
             k = min(a.k, len(vecs["fp32"][c]))
-            same = overlap(topk(vecs["fp32"][q], vecs["fp32"][c], k), topk(vecs["bf16"][q], vecs["bf16"][c], k))
+            # the share of each fp32 top-k that the bf16 top-k keeps (k-recall@k of bf16 against fp32)
+            same = topk_recall(exact_topk(vecs["bf16"][c], vecs["bf16"][q], k),
+                               exact_topk(vecs["fp32"][c], vecs["fp32"][q], k), k)
             print(f"RESULT {q} -> {c} top-{k}: {100 * same:.2f} % the same in bf16 as in fp32 "
                   f"({len(vecs['fp32'][q])} queries, {len(vecs['fp32'][c])} items)")
 

@@ -12,7 +12,7 @@ retrieval_index.py, uses normal noise, so the two scripts' data differ slightly)
               rows (default max(40 * nlist, 10000), the size build_index samples).
   3. add:     chunk by chunk; the rows of the --queries held-out query ids are kept (queries are noisy
               copies of them). --store PATH also writes the corpus as a float16 .npy memmap for re-ranking.
-  4. exact:   exact top-10 of every query, streaming the chunks again (float32 matrix products, merged top-k).
+  4. exact:   exact top-10 of every query, streaming the chunks again (align.bench.index.exact_topk_chunks).
   5. tune:    align.retrieval.index_build.tune (nprobe grows until recall@10 >= 0.95 or p50 > budget), then
               p50/p99 of one-query searches at k=10 and k=1000 on --threads FAISS threads.
   6. re-rank: with --store, align index's re-rank of an ivfpq index (index_build.tune_refined: k * F
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import faiss  # noqa: E402
 
-from align.bench.index import INDEXES, Refined  # noqa: E402
+from align.bench.index import INDEXES, Refined, exact_topk_chunks  # noqa: E402
 from align.retrieval.index_build import choose_index, latency_ms, recall_at, tune_refined  # noqa: E402
 from retrieval_index import tune_and_report  # noqa: E402
 from retrieval_scale import RssPeak  # noqa: E402  (the memory probe)
@@ -66,27 +66,6 @@ class Corpus:
         return x
 
 
-class TopK:
-    """Running exact top-k of Q queries over streamed chunks (scores [Q, k], ids [Q, k])."""
-
-    def __init__(self, queries, k):
-        self.q, self.k = queries, k
-        self.s = np.full((len(queries), k), -np.inf, np.float32)
-        self.i = np.zeros((len(queries), k), np.int64)
-
-    def update(self, x, start):
-        sc = self.q @ x.T                                                            # [Q, m]
-        kk = min(self.k, sc.shape[1])
-        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
-        s_all = np.concatenate([self.s, np.take_along_axis(sc, part, 1)], 1)        # [Q, k + kk]
-        i_all = np.concatenate([self.i, part + start], 1)
-        top = np.argpartition(-s_all, self.k - 1, axis=1)[:, :self.k]
-        self.s, self.i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
-
-    def ids(self):
-        return np.take_along_axis(self.i, np.argsort(-self.s, 1), 1)
-
-
 def train(index, corpus, size):
     """Train on the first chunks' rows (i.i.d. rows: a uniform sample of the corpus) -> (rows, seconds)."""
     parts, have, i = [], 0, 0
@@ -117,10 +96,8 @@ def add_all(index, corpus, rows, store=None):
 
 
 def exact_all(corpus, queries, k):
-    top = TopK(queries, k)
-    for i in range(len(corpus)):
-        top.update(corpus.chunk(i), i * corpus.size)
-    return top.ids()
+    """Exact top-k ids [Q, k] over the corpus, made again chunk by chunk (what `align index` does on the parts)."""
+    return exact_topk_chunks(((i * corpus.size, corpus.chunk(i)) for i in range(len(corpus))), queries, k)
 
 
 def refine_report(index, store, q, exact, max_latency_ms):

@@ -88,24 +88,35 @@ def _ivfpq(d: int, n: int, nlist: Optional[int] = None, nprobe: int = 16, pq_m: 
     return index
 
 
+def create_index(name: str, d: int, n: int, **params) -> faiss.Index:
+    """An empty index `name` for n vectors of dim d; bad parameters are one line."""
+    try:
+        return INDEXES.get(name)(d, n, **params)
+    except TypeError as e:
+        raise ConfigError(f"index {name}: bad parameters {sorted(params)}: {e}") from None
+
+
+def training_rows(index: faiss.Index, n: int, train_size: Optional[int] = None, seed: int = 0) -> Optional[np.ndarray]:
+    """Sorted gallery rows an untrained index trains on (default max(40 * nlist, 10000) of them); None if it
+    needs no training."""
+    if index.is_trained:  # (ExactIndex is always trained)
+        return None
+    nlist = getattr(faiss.extract_index_ivf(index), "nlist", 1)
+    return sample_rows(n, min(n, int(train_size or max(40 * nlist, 10000))), seed)
+
+
 def build_index(name: str, gallery: np.ndarray, *, train_size: Optional[int] = None, seed: int = 0,
                 add_batch: int = 65536, progress: bool = False, **params) -> faiss.Index:
     """Create index `name` for gallery [N, D] float32, train it on a sample if needed, and add the gallery."""
-    factory = INDEXES.get(name)
+    INDEXES.get(name)                                  # an unknown name fails before the gallery is checked
     gallery = np.asarray(gallery)
     if gallery.ndim != 2 or len(gallery) == 0:
         raise DataError(f"index {name}: gallery must be a non-empty [N, D] array, got shape {gallery.shape}")
     n, d = gallery.shape
-    try:
-        index = factory(d, n, **params)
-    except TypeError as e:
-        raise ConfigError(f"index {name}: bad parameters {sorted(params)}: {e}") from None
-    if not index.is_trained:  # (ExactIndex is always trained)
-        nlist = getattr(faiss.extract_index_ivf(index), "nlist", 1)
-        size = min(n, int(train_size or max(40 * nlist, 10000)))
-        rng = np.random.default_rng(seed)
-        sample = gallery if size >= n else gallery[np.sort(rng.choice(n, size, replace=False))]
-        index.train(_f32(sample))
+    index = create_index(name, d, n, **params)
+    rows = training_rows(index, n, train_size, seed)
+    if rows is not None:
+        index.train(_f32(gallery if len(rows) == n else gallery[rows]))
     for s in tqdm(range(0, n, add_batch), desc=f"index {name}: add", disable=not progress or n <= add_batch):
         index.add(_f32(gallery[s:s + add_batch]))
     return index

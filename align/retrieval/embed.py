@@ -257,23 +257,27 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
-    """The row table (key, caption, shard, ...) of one modality's vectors, all parts in order."""
+def _rows(bases: List[str], modality: str):
     import pandas as pd
 
     tables = []
-    for base in _finished_parts(emb_dir, modality, allow_partial):
+    for base in bases:
         t = pd.read_parquet(f"{base}.parquet")
         tables.append(t[t["modality"] == modality].sort_values("row"))
     return pd.concat(tables, ignore_index=True)
 
 
+def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
+    """The row table (key, caption, shard, ...) of one modality's vectors, all parts in order."""
+    return _rows(_finished_parts(emb_dir, modality, allow_partial), modality)
+
+
 def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
     """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
     in order. (EmbeddingParts reads the same vectors without holding them all.)"""
-    x = np.concatenate([np.load(f"{base}.{modality}.npy").astype(np.float32)
-                        for base in _finished_parts(emb_dir, modality, allow_partial)])
-    return _unit(x), load_rows(emb_dir, modality, allow_partial=allow_partial)
+    bases = _finished_parts(emb_dir, modality, allow_partial)
+    x = np.concatenate([np.load(f"{base}.{modality}.npy").astype(np.float32) for base in bases])
+    return _unit(x), _rows(bases, modality)
 
 
 class EmbeddingParts:

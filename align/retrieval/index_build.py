@@ -42,8 +42,8 @@ from typing import List, Optional, Tuple
 import faiss
 import numpy as np
 
-from align.bench.index import (INDEXES, Refined, build_index, default_nlist, describe_index, exact_topk,
-                               exact_topk_chunks, sample_rows, topk_recall)
+from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, describe_index,
+                               exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
 
@@ -178,13 +178,10 @@ def build_streamed(kind: str, parts: EmbeddingParts, *, seed: int = 0, rows: int
     from align.progress import progress as tqdm   # plain lines off a terminal
 
     n, d = parts.shape
-    try:
-        index = INDEXES.get(kind)(d, n, **params)
-    except TypeError as e:
-        raise ConfigError(f"index {kind}: bad parameters {sorted(params)}: {e}") from None
-    if not index.is_trained:
-        nlist = getattr(faiss.extract_index_ivf(index), "nlist", 1)
-        index.train(parts.take(sample_rows(n, min(n, max(40 * nlist, 10000)), seed)))
+    index = create_index(kind, d, n, **params)
+    sample = training_rows(index, n, seed=seed)
+    if sample is not None:
+        index.train(parts.take(sample))
     with tqdm(total=n, desc=f"index {kind}: add", unit="row", disable=not progress) as bar:
         for _, x in counted(parts.chunks(rows), bar):
             index.add(x)
