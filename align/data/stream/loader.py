@@ -307,8 +307,14 @@ class StreamLoader:
             elif all(self._done):
                 # Every worker has sent its last item: torch's own end-of-data handling would now join
                 # the worker processes on this thread (~50 ms); let a background thread run it instead.
-                self._drain = threading.Thread(target=_drain, args=(items,), daemon=True)
-                self._drain.start()
+                # Never with 0 workers: the rest of the stream then runs in this process, and its RNG
+                # save/restore (decode.rng_preserving) on another thread would race the next epoch's
+                # per-sample seeding here, changing random crops at random (same samples, other weights).
+                if self.num_workers > 0:
+                    self._drain = threading.Thread(target=_drain, args=(items,), daemon=True)
+                    self._drain.start()
+                else:
+                    _drain(items)
                 break
         self._end_epoch()
 

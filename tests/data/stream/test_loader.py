@@ -243,3 +243,20 @@ def test_worker_transforms_are_seeded_per_stream(tmp_path):
     b = [b["image"] for b in build_train_loader(paths, **kw)]
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 2
     assert not np.allclose(a[0][0, 0, 0, 0].item(), a[1][0, 0, 0, 0].item())
+
+
+def test_in_process_decoding_touches_the_global_rng_only_on_the_training_thread(tmp_path, monkeypatch):
+    """0 workers: the stream seeds and restores the global RNGs around each sample (decode._GlobalRngs,
+    rng_preserving). Its end of epoch once ran on a background thread, whose restore raced the next
+    epoch's seeding and changed random crops at random (a resumed run's weights differed ~1 run in 6)."""
+    import threading
+    paths, _ = make_shards(tmp_path, 2, 4)
+    threads = []
+    real = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda s: (threads.append(threading.current_thread()), real(s))[1])
+    tf = dict(TRANSFORMS, image=lambda img: torch.rand(1).expand(3, 4, 4).clone())
+    loader = build_train_loader(paths, **_kw(transforms=tf, modalities=["image", "text"]))
+    a = [b["image"] for _ in range(2) for b in loader]            # two epochs
+    assert len(a) == 4 and threads and set(threads) == {threading.main_thread()}
+    loader.set_epoch(0)
+    assert all(torch.equal(x, y) for x, y in zip(a, [b["image"] for _ in range(2) for b in loader]))
