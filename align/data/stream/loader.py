@@ -294,6 +294,7 @@ class StreamLoader:
         if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start():
             items = self._ahead[1]
         else:
+            self._join_drain()  # never fork while the last epoch's workers are being joined
             items = self._start(self._plan())
         self._ahead = None
         for item in items:
