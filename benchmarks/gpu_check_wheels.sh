@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PKGS="open_clip_torch ftfy wcwidth webdataset braceexpand faiss-cpu soundfile cffi pycparser clip-benchmark"
+PKGS="open_clip_torch ftfy wcwidth webdataset braceexpand faiss-cpu soundfile cffi pycparser clip-benchmark flufl.lock atpublic"
 DIR=${1:-.whl}
 if [ "$DIR" = .whl ]; then
   EXCL=$(git rev-parse --git-path info/exclude)

@@ -116,11 +116,13 @@ def gather_masks(mask: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
 @dataclass
 class GatheredBatch:
     """Global view of a local batch. tensors: [N_pad, D] each; mask: bool [N_pad];
-    rows [start, stop) of them are this rank's (padding included)."""
+    rows [start, stop) of them are this rank's (padding included). all_valid: known on the host that every
+    row is valid (one process, no mask given), so compact() need not read the mask back from the device."""
     tensors: List[torch.Tensor]
     mask: torch.Tensor
     start: int
     stop: int
+    all_valid: bool = False
 
 
 def gather_batch(tensors: Sequence[torch.Tensor], mask: Optional[torch.Tensor], rank: int,
@@ -132,10 +134,11 @@ def gather_batch(tensors: Sequence[torch.Tensor], mask: Optional[torch.Tensor], 
     """
     n = tensors[0].shape[0]
     device = tensors[0].device
+    given = mask is not None
     if mask is None:
         mask = torch.ones(n, dtype=torch.bool, device=device)
     if world_size == 1:
-        return GatheredBatch(list(tensors), mask, 0, n)
+        return GatheredBatch(list(tensors), mask, 0, n, all_valid=not given)
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size)]
     dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
     n_max = int(max(int(s) for s in sizes))
@@ -151,7 +154,9 @@ def compact(batch: GatheredBatch):
     """Keep only valid rows. Returns (tensors [N, D] each, start, stop) with [start, stop)
     this rank's valid rows in the compacted order. N may be 0."""
     m = batch.mask
-    if bool(m.all()):  # global value: same branch on every rank
+    # bool(m.all()) waits for the device (a host sync mid-step, measured in benchmarks/gpu_step_profile.py);
+    # all_valid answers it on the host where that is known. Global value: same branch on every rank.
+    if batch.all_valid or bool(m.all()):
         return batch.tensors, batch.start, batch.stop
     start = int(m[:batch.start].sum())
     stop = start + int(m[batch.start:batch.stop].sum())

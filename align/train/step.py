@@ -54,6 +54,11 @@ def backward_if_finite(acc, loss: torch.Tensor) -> None:
         acc.backward(loss)
 
 
+def all_true_on_host(m: torch.Tensor) -> bool:
+    """True for a host (CPU) bool tensor with every entry True; a device tensor is not read (no sync)."""
+    return m.device.type == "cpu" and bool(m.all())
+
+
 def batch_masks(batch: dict, modalities) -> Dict[str, torch.Tensor]:
     """{modality: bool [b]} for the modalities the batch marks as partly missing, and {"neg_text": bool [b, K]}
     when the batch carries hard negatives (loss.hard_negatives)."""
@@ -78,13 +83,18 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     Leaves the gradients zeroed; the caller counts the step (TrainState.record_step).
     """
     acc, model = eng.acc, eng.model
+    # masks that are all True on the host say nothing (a modality absent from the masks counts as present):
+    # dropped here, so the loss never reads them back from the device (a sync mid-step)
+    masks = [{k: m.to(acc.device) for k, m in batch_masks(b, eng.core.modalities).items() if not all_true_on_host(m)}
+             for b in micro]
     micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
-    masks = [batch_masks(b, eng.core.modalities) for b in micro]
     embed = embedder(eng)
     if len(micro) == 1:
         with acc.autocast():
             loss = eng.objective(embed(micro[0]), masks[0])
-        backward_if_finite(acc, loss)
+        finite = is_finite(loss)               # the step's one read of the loss before backward
+        if finite:
+            acc.backward(loss)
     else:
         from align.train.gradcache import gradcache_step
         for b, m in zip(micro, masks):
@@ -92,7 +102,8 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
         with acc.autocast():
             loss = gradcache_step(embed, micro, eng.objective, masks_key=MASKS, no_sync=partial(acc.no_sync, model),
                                   loss_backward=partial(backward_if_finite, acc))
-    if not is_finite(loss):
+        finite = is_finite(loss)
+    if not finite:
         eng.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss.detach(), False)
     if grad_clip:

@@ -63,3 +63,15 @@ def test_bad_inputs_are_one_line_errors():
         ClipLoss(rank=3, world_size=2)(a, b, 1.0)
     with pytest.raises(ConfigError, match="gather_with_grad"):
         ClipLoss(rank=0, world_size=2, local_loss=True, gather_with_grad=False)
+
+
+def test_compact_trusts_a_host_known_all_valid_batch_and_reads_a_given_mask():
+    from align.losses.distributed import compact, gather_batch
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    g = gather_batch([a, b], None, 0, 1)
+    assert g.all_valid                                  # no mask, one process: nothing to read back
+    assert not gather_batch([a, b], torch.ones(5, dtype=torch.bool), 0, 1).all_valid
+    mask = torch.tensor([1, 0, 1, 1, 0], dtype=torch.bool)
+    (A, B), start, stop = compact(gather_batch([a, b], mask, 0, 1))
+    assert torch.equal(A, a[mask]) and (start, stop) == (0, 3)
+    assert ClipLoss()(a, b, 10.0) == pytest.approx(float(ref_clip(a, b, torch.tensor(10.0), None)), rel=1e-5)

@@ -1,0 +1,109 @@
+"""align.train.step.train_step: masks that say nothing are dropped on the host, masks that exclude rows still
+do, the NaN guard reads the loss once, and the synthetic loader's batches follow the model's device."""
+import copy
+
+import pytest
+import torch
+
+from align.config import parse_recipe
+from align.data.stream.synthetic import SyntheticLoader
+from align.losses import ClipLoss
+from align.train import step as step_mod
+from align.train.setup import build_accelerator, build_engine
+
+
+def make_engine(recipe):
+    torch.manual_seed(0)
+    r = parse_recipe(recipe)
+    eng = build_engine(r, build_accelerator(r), None)
+    eng.model.train()
+    return eng
+
+
+@pytest.fixture
+def engine(tiny_recipe):
+    return make_engine(tiny_recipe)
+
+
+def a_batch(eng, b=8):
+    loader = SyntheticLoader(eng.core, b, samples_per_epoch=b * 4)
+    return next(iter(loader))            # image [b, 3, 16, 16], text [b, 12], "<m>_mask" bool [b] on the host
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def spy_masks(monkeypatch, eng):
+    seen = []
+    orig = eng.objective.loss_fn
+
+    def loss_fn(feats, mask, *a):
+        seen.append(mask)
+        return orig(feats, mask, *a)
+    monkeypatch.setattr(eng.objective, "loss_fn", loss_fn)
+    return seen
+
+
+def test_all_true_host_masks_are_dropped_and_change_nothing(engine, tiny_recipe, monkeypatch):
+    batch = a_batch(engine)
+    assert any(k.endswith("mask") for k in batch)
+    twin = make_engine(tiny_recipe)                 # the same weights (same seed)
+    for p, q in zip(params(engine.model), params(twin.model)):
+        assert torch.equal(p, q)
+    seen = spy_masks(monkeypatch, engine)
+    res = step_mod.train_step(engine, [batch])
+    assert seen == [None]                          # nothing for the loss to read back from the device
+    bare = {k: v for k, v in batch.items() if not k.endswith("mask")}
+    res2 = step_mod.train_step(twin, [bare])
+    assert res.stepped and res2.stepped
+    assert torch.equal(res.loss, res2.loss)
+    for p, q in zip(params(engine.model), params(twin.model)):
+        assert torch.equal(p, q)
+
+
+def test_a_mask_with_false_rows_still_excludes_them(engine, monkeypatch):
+    batch = a_batch(engine)
+    keep = torch.tensor([1, 1, 0, 1, 1, 0, 1, 1], dtype=torch.bool)
+    mkey = [k for k in batch if k.startswith("image") and k.endswith("mask")][0]
+    batch[mkey] = keep.clone()
+    with torch.no_grad():
+        engine.model.eval()                        # the reference from the same weights (no dropout here)
+        feats = engine.model({k: v for k, v in batch.items() if k in ("image", "text")})
+        want = ClipLoss()(feats["image"][keep], feats["text"][keep], feats["logit_scale"])
+        engine.model.train()
+    seen = spy_masks(monkeypatch, engine)
+    res = step_mod.train_step(engine, [batch])
+    assert torch.equal(seen[0]["image"], keep)
+    assert torch.allclose(res.loss, want, atol=1e-5)
+
+
+def test_nan_loss_updates_nothing_and_reads_the_loss_once(engine, monkeypatch):
+    batch = a_batch(engine)
+    before = params(engine.model)
+    orig = engine.objective.loss_fn
+    monkeypatch.setattr(engine.objective, "loss_fn",
+                        lambda *a: (lambda t, p: (t * float("nan"), p))(*orig(*a)))
+    reads = []
+    real = step_mod.is_finite
+    monkeypatch.setattr(step_mod, "is_finite", lambda loss: reads.append(1) or real(loss))
+    res = step_mod.train_step(engine, [batch])
+    assert not res.stepped and len(reads) == 1
+    for p, q in zip(before, params(engine.model)):
+        assert torch.equal(p, q)
+    assert all(p.grad is None for p in engine.model.parameters())
+
+
+def test_a_finite_step_reads_the_loss_once(engine, monkeypatch):
+    reads = []
+    real = step_mod.is_finite
+    monkeypatch.setattr(step_mod, "is_finite", lambda loss: reads.append(1) or real(loss))
+    assert step_mod.train_step(engine, [a_batch(engine)]).stepped
+    assert len(reads) == 1
+
+
+def test_synthetic_batches_follow_the_model_device(engine):
+    core = copy.deepcopy(engine.core).to("meta")   # a device other than the host, without a GPU
+    batch = next(iter(SyntheticLoader(core, 4, samples_per_epoch=16)))
+    assert batch["image"].device.type == "meta" and batch["text"].device.type == "meta"
+    assert all(v.device.type == "cpu" for k, v in batch.items() if k.endswith("mask"))
