@@ -1,7 +1,8 @@
 """Training: the engine behind `align train`, laid out so that a reader finds each part by name.
 
   loop        train(recipe): the whole loop on one page, in the order of its docstring
-  setup       accelerator, model/loss/optimizer/schedule (the Engine), resume, the loader, saving a checkpoint
+  setup       accelerator, model/loss/optimizer/schedule (the Engine), resume, saving a checkpoint
+  feed        the training loader (shards or synthetic), its batches across epochs, data.val_split's held-out set
   step        train_step: forward, loss, NaN guard, backward, clip, optimizer and schedule (plain and GradCache)
   state       TrainState: the counters a checkpoint saves; "step" = optimizer steps taken
   metrics     RunLogger: metrics.jsonl, trackers, progress bar, eval.jsonl, summary.json and loss.png
@@ -26,7 +27,7 @@ checkpoint (align.train.checkpoint) does not import the loop and its engines.
 """
 
 _LAZY = {"train": "align.train.loop", "resolve_resume": "align.train.setup", "run_val": "align.train.metrics",
-         "build_loader": "align.train.setup"}
+         "build_loader": "align.train.feed"}
 
 
 def __getattr__(name):

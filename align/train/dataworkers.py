@@ -7,7 +7,7 @@ torch's DataLoader learns of a dead worker in two ways:
     batch from that worker.
 `deferred_worker_errors()` (held for the whole run by align.train.setup.process_settings) wraps torch's
 handler and keeps its error instead of raising it; `raise_if_died()` raises it where the loop asks for data
-(align.train.setup.Batches), i.e. at a step boundary: the model and optimizer are whole, and the loader's
+(align.train.feed.Batches), i.e. at a step boundary: the model and optimizer are whole, and the loader's
 position counts only the batches it handed out (align.data.stream.loader), not what the dead iterator had
 prefetched. The signal may reach the process later than the death (a busy machine), so `raise_if_died`
 also runs torch's check itself (waitid without reaping: the worker stays a zombie for torch). A fetch that

@@ -6,11 +6,11 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
   1. settings   thread count and determinism for the run, restored when it ends;       setup.process_settings
                 the run dir's lock, held until the run ends (one live writer)          setup.hold_run_dir
                 several processes: a step watchdog naming a hung rank (exit 70)        setup.watch_ranks, guard
-  2. engine     accelerator; image_size: auto from the data; model, loss, optimizer,   setup.build_engine
+  2. engine     accelerator; image_size: auto from the data; model, loss, optimizer,   feed, setup.build_engine
                 schedule
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
-                then the loader, then the RNG                                          setup.build_loader
-                data.val_split's held-out groups written out as the val set            setup.carve_val_split
+                then the loader, then the RNG                                          feed.build_loader
+                data.val_split's held-out groups written out as the val set            feed.carve_val_split
   4. each step  fetch batch -> train_step: embed, contrastive loss, NaN guard,          step.train_step
                 backward, clip, optimizer and schedule, clamp temperature
                 -> count it -> unlock due towers -> log -> eval (best) -> checkpoint   state, metrics, setup.save
@@ -32,9 +32,9 @@ from align.train.dataworkers import DataWorkerDied
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
-from align.train.setup import (Batches, build_accelerator, build_engine, build_loader, carve_val_split,
-                               evaluate_and_keep_best, hold_run_dir, keep_if_best, process_settings,
-                               resolve_auto_image_size, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
+from align.train.feed import Batches, build_loader, carve_val_split, resolve_auto_image_size
+from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, hold_run_dir, keep_if_best,
+                               process_settings, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
                                stop_if_preempted, watch_ranks, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step

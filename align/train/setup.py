@@ -5,7 +5,6 @@
   build_accelerator Accelerate (DDP / one process; FSDP through train.sharding), with the trackers
   build_engine      model (init_from, tower temperature), loss, optimizer and schedule, sharded or wrapped
   resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
-  build_loader      the training stream: shards through align.data.stream, or synthetic inputs
   save              one checkpoint of the run (every rank writes its part); a full disk is one line
                     (align.train.storage)
   watch_ranks       multi-process: the step watchdog and the long waits (align.train.guard.StepWatch)
@@ -22,7 +21,7 @@ from typing import Optional
 import torch
 
 from align.config import Recipe, recipe_to_dict
-from align.errors import AlignError, DataError
+from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train import rundir
 from align.train.checkpoint import data_states, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -309,185 +308,8 @@ def restore_rng(eng: Engine, path: Optional[str], state: TrainState) -> None:
         eng.acc.print(f"resumed from {path} at step {state.step}")
 
 
-def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state):
-    """The training stream: real shards through the streaming pipeline, or synthetic inputs.
-
-    resume_state: the data position of every rank of the checkpoint (a list, index = rank); the loader
-    re-partitions it when the world size, per-rank batch or number of workers changed.
-    """
-    if r.data.train == "synthetic":
-        from align.data.stream.synthetic import SyntheticLoader
-        if resume_state is not None:
-            # Synthetic batches have no identity: after a change of world size or batch, continue at the
-            # same fraction of the epoch.
-            old = resume_state[rank] if len(resume_state) == world else resume_state[0]
-            done = old["batches"] * old.get("batch_size", r.train.batch_size) * len(resume_state)
-            resume_state = {"epoch": old["epoch"], "batches": done // (r.train.batch_size * world)}
-        return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
-                               samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state,
-                               caption=r.data.synthetic_caption)
-    from align.data.stream.loader import SourceSpec, build_train_loader
-    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
-    sources = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
-    return build_train_loader(
-        sources, transforms=model.transforms(train=True), batch_size=r.train.batch_size,
-        modalities=model.modalities, rank=rank, world_size=world, num_workers=r.data.num_workers, seed=r.seed,
-        epoch=(resume_state or [{}])[0].get("epoch", 0), samples_per_epoch=r.data.samples_per_epoch,
-        resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
-        max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
-        retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
-        text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r))
-
-
-def _stored_teacher(r: Recipe) -> tuple:
-    """The modalities whose teacher embeddings the shards carry (loss.distill.teacher=stored), else ()."""
-    if r.loss.distill is None or r.loss.distill.teacher != "stored":
-        return ()
-    from align.train.teacher import teacher_modalities
-    return tuple(teacher_modalities(r.loss.pairs))
-
-
-def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:
-    """An open_clip image tower's `vision_cfg.image_size: auto` -> the median longest side of the training
-    shards' images, a multiple of its patch size (align.data.tools.stats.image_size_stats, the number `align data
-    stats` prints). Every rank reads the same first images, so all agree without a collective; config.yaml records
-    the number, so align.load and export rebuild the same model."""
-    import copy
-    tower = r.model.towers.get("image") or {}
-    vision = (tower.get("config") or {}).get("vision_cfg") or {}
-    if vision.get("image_size") != "auto":
-        return r
-    from align.data.tools.stats import image_size_stats
-    patch = vision.get("patch_size") or 4
-    st = image_size_stats(r.data.train if isinstance(r.data.train, str) else
-                          [x if isinstance(x, str) else x.urls for x in r.data.train][0],
-                          multiple=patch, allow_pipe=r.data.allow_pipe)
-    if not st["images"]:
-        raise AlignError(f"model.towers.image: image_size auto found no image in data.train={r.data.train!r}")
-    r = copy.deepcopy(r)
-    r.model.towers["image"]["config"]["vision_cfg"]["image_size"] = st["image_size"]
-    if isinstance(r.model.open_clip, dict) and "vision_cfg" in r.model.open_clip:
-        r.model.open_clip["vision_cfg"]["image_size"] = st["image_size"]
-    printer(f"image_size: auto -> {st['image_size']} px (median longest side of {st['images']} training images: "
-            f"{st['width']['median']:g}x{st['height']['median']:g}; a multiple of the patch size {patch})")
-    return r
-
-
-def _val_split(r: Recipe):
-    if r.data.val_split is None:
-        return None
-    from align.data.stream.val_split import ValSplit
-    return ValSplit.from_config(r.data.val_split, r.seed)
-
-
-def carve_val_split(r: Recipe, eng: Engine) -> Recipe:
-    """data.val_split: its held-out samples copied (rank 0, once per split) into RUN/val_split, a CLIP_benchmark-
-    layout val set; returns the recipe with data.val pointing there (and eval.tasks without those that have
-    nothing to score on it, said in one line). The training stream never reads those samples (build_loader)."""
-    import dataclasses
-    split = _val_split(r)
-    if split is None:
-        return r
-    from align.data.stream.sources import SourceSpec, resolve_sources
-    from align.data.stream.val_split import write_val_set
-    from align.train.evaluate import tasks_with_something_to_score
-    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
-    specs = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
-    urls = [u for src in resolve_sources(specs, allow_pipe=r.data.allow_pipe) for u in src.urls]
-    out = os.path.join(r.output_dir, rundir.VAL_SPLIT)
-    if eng.acc.is_main_process:
-        counts = write_val_set(split, urls, out, classnames=_classnames_beside(urls), allow_pipe=r.data.allow_pipe,
-                               limits=r.data.limits)
-        groups = counts.get("groups", {})
-        eng.acc.print(f"data.val_split: held out {counts['held_out']} samples"
-                      + (f" of {groups['held_out']} groups" if split.groups_from else "")
-                      + f" ({split.describe()}) -> {out}; training on {counts['trained']}"
-                      + (f" of {groups['trained']} groups" if split.groups_from else "")
-                      + (f"; {counts['no_group']} without {split.groups_from!r} are used by neither"
-                         if counts["no_group"] else ""))
-    eng.acc.wait_for_everyone()
-    tasks, dropped = tasks_with_something_to_score(out, r.eval.tasks, eng.core.modalities)
-    if dropped:
-        eng.acc.print(f"data.val_split: eval.tasks {', '.join(dropped)} have nothing to score on the held-out "
-                      f"samples (no class names beside the shards); evaluating {', '.join(tasks) or 'nothing'}")
-    return dataclasses.replace(r, data=dataclasses.replace(r.data, val=out),
-                               eval=dataclasses.replace(r.eval, tasks=tasks))
-
-
-def _classnames_beside(urls: list):
-    """The class names `align data shards` wrote beside local shards (classes.json), or None."""
-    import json
-    for u in urls[:1]:
-        path = os.path.join(os.path.dirname(u), "classes.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                names = json.load(f)
-            return names if isinstance(names, list) and names else None
-    return None
-
-
-class Batches:
-    """The loader's batches across epochs; TrainState.epoch follows the loader's own epoch.
-
-    The loader moves on to its next epoch by itself when one runs out. After an elastic resume from ranks
-    in different epochs, that may be the rest of an older epoch than the checkpoint's
-    (align.data.stream.resume), so the epoch is read from the loader, never counted here.
-
-    A take that fails (a source down, a data worker killed: align.train.dataworkers) leaves `position()` at
-    the data position of the last complete step, also when some of the step's micro-batches were handed out.
-    """
-
-    def __init__(self, loader, state: TrainState):
-        self.loader, self.state = loader, state
-        state.epoch = loader.epoch     # this rank's own epoch (ranks of a checkpoint may be in different ones)
-        self.it = iter(loader)     # made now: its seed draw comes before the RNG restore of a resume
-        self._before = None        # the position before a take that failed part-way
-
-    def take(self, n: int) -> list:
-        from align.train.dataworkers import raise_if_died
-        raise_if_died()            # a worker died during the last step: stop here, between steps
-        self._before = self.loader.state_dict() if n > 1 else None
-        got = []
-        try:
-            for _ in range(n):
-                got.append(self._next())
-        except BaseException:
-            if not got:
-                self._before = None        # nothing of this step was handed out: the loader's own position
-            raise
-        self._before = None
-        return got
-
-    def position(self):
-        """The data position after the last complete step (what a checkpoint written now must record)."""
-        return self._before if self._before is not None else self.loader.state_dict()
-
-    MAX_EMPTY_EPOCHS = 10
-
-    def _next(self):
-        empty = -1                     # epochs started here that gave no batch (the one running may be a rest)
-        from align.train.dataworkers import as_worker_death
-        while True:
-            try:
-                return next(self.it)
-            except StopIteration:
-                empty += 1
-                if empty >= self.MAX_EMPTY_EPOCHS:
-                    # e.g. fewer shards than ranks: retrying would spin for ever, the other ranks waiting
-                    raise DataError(f"data: {empty} epochs in a row gave rank {os.environ.get('RANK', '0')} no batch "
-                                    f"(a rank reads every world_size-th shard: use more shards than ranks x "
-                                    f"data.num_workers, each of at least one batch)")
-                self.state.epoch = self.loader.epoch
-                self.it = iter(self.loader)
-            except Exception as exn:       # torch: "DataLoader worker (pid N) exited unexpectedly", or a dead
-                died = as_worker_death(exn)  # worker's half-sent batch (ConnectionResetError); else re-raised
-                if died is None:
-                    raise
-                raise died from None
-
-
-def stop_at_data_fault(eng, state, batches: Batches, r: Recipe, log, exn) -> None:
-    """The data stopped between steps (SourceUnavailable: a remote source stayed down; DataWorkerDied: a data
+def stop_at_data_fault(eng, state, batches, r: Recipe, log, exn) -> None:
+    """The data stopped between steps (batches: align.train.feed.Batches; SourceUnavailable: a remote source stayed down; DataWorkerDied: a data
     worker was killed): write a checkpoint at this step, its data position the last complete step's, and
     raise the same error as one line naming it. A multi-process launch writes none for a dead worker (the
     other ranks are mid-step, in a collective): resume=auto continues from the last periodic checkpoint."""

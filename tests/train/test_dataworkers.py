@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from align.train.dataworkers import DATA_WORKER_EXIT, DataWorkerDied, death_line, is_worker_death
-from align.train.setup import Batches
+from align.train.feed import Batches
 from align.train.state import TrainState
 from tests.switch_helpers import recipe, run_align_train
 from tests.wds_helpers import make_shards

@@ -437,7 +437,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                             readers)
         if world_size > 1 and samples_per_epoch is None and train:
             # align's step-based loop keeps such ranks in step: each starts its next epoch by itself
-            # (align.train.setup.Batches). Only a loop that ends every rank's epoch together would wait.
+            # (align.train.feed.Batches). Only a loop that ends every rank's epoch together would wait.
             log.info("data: %d ranks without samples_per_epoch read different shards, so their epochs may differ "
                      "in length and drift apart (each rank's epoch counter is its own); set "
                      "data.samples_per_epoch for equal epochs", world_size)

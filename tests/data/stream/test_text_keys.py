@@ -123,10 +123,10 @@ def test_bad_text_keys_are_one_line(bad, tiny_recipe):
 
 
 def test_the_recipe_key_reaches_the_training_stream(tmp_path):
-    """data.text_keys through align.train.setup.build_loader: the stream draws from the json key."""
+    """data.text_keys through align.train.feed.build_loader: the stream draws from the json key."""
     from align.config import parse_recipe
     from align.model import build_model
-    from align.train.setup import build_loader
+    from align.train.feed import build_loader
     from tests.switch_helpers import recipe
     s = image_text("k0")
     s["txt"] = b"plain"

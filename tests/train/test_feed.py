@@ -1,10 +1,10 @@
-"""align/train/setup.py's Batches: each rank rolls into its next epoch on its own; an epoch with no batch is an
+"""align/train/feed.py's Batches: each rank rolls into its next epoch on its own; an epoch with no batch is an
 error, not a spin (which would leave the other ranks waiting in their next collective)."""
 
 import pytest
 
 from align.errors import DataError
-from align.train.setup import Batches
+from align.train.feed import Batches
 from align.train.state import TrainState
 
 
