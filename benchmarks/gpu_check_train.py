@@ -5,7 +5,9 @@ Throughput is measured as benchmarks/throughput.py measures it: both trainers on
 first `warmup` steps left out. Here each trainer runs inside a small wrapper (`align-run` below, and
 OC_WRAPPER for open_clip_train) that also reads torch's peak GPU memory when training ends.
 open_clip_train gets data workers (throughput.py runs it with --workers 0, which on a GPU would leave
-it waiting for its per-sample PIL transform); align's synthetic batches are built in-process.
+it waiting for its per-sample PIL transform); align's synthetic batches are gathered on the GPU from a pool
+that lives there (align.data.stream.synthetic), so align's data wait is near zero and open_clip_train's is not:
+benchmarks/gpu_step_profile.py times both bare steps with the data already on the device.
 
 Three runs: align (text padding trimmed, its default), align with trimming off (the same work as
 open_clip, which runs all 77 text positions) and open_clip_train. MFU = counted training FLOPs per
