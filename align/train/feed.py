@@ -87,9 +87,10 @@ def _val_split(r: Recipe):
 
 
 def carve_val_split(r: Recipe, eng) -> Recipe:
-    """eng: the run's align.train.setup.Engine. data.val_split: its held-out samples copied (rank 0, once per split) into RUN/val_split, a CLIP_benchmark-
+    """data.val_split: its held-out samples copied (rank 0, once per split) into RUN/val_split, a CLIP_benchmark-
     layout val set; returns the recipe with data.val pointing there (and eval.tasks without those that have
-    nothing to score on it, said in one line). The training stream never reads those samples (build_loader)."""
+    nothing to score on it, said in one line). The training stream never reads those samples (build_loader).
+    eng: the run's align.train.setup.Engine."""
     import dataclasses
     split = _val_split(r)
     if split is None:
