@@ -309,10 +309,11 @@ def restore_rng(eng: Engine, path: Optional[str], state: TrainState) -> None:
 
 
 def stop_at_data_fault(eng, state, batches, r: Recipe, log, exn) -> None:
-    """The data stopped between steps (batches: align.train.feed.Batches; SourceUnavailable: a remote source stayed down; DataWorkerDied: a data
-    worker was killed): write a checkpoint at this step, its data position the last complete step's, and
-    raise the same error as one line naming it. A multi-process launch writes none for a dead worker (the
-    other ranks are mid-step, in a collective): resume=auto continues from the last periodic checkpoint."""
+    """The data stopped between steps (SourceUnavailable: a remote source stayed down; DataWorkerDied: a data
+    worker was killed): write a checkpoint at this step, its data position the last complete step's
+    (batches: align.train.feed.Batches), and raise the same error as one line naming it. A multi-process
+    launch writes none for a dead worker (the other ranks are mid-step, in a collective): resume=auto
+    continues from the last periodic checkpoint."""
     from align.train.dataworkers import DataWorkerDied
     log.close_bar()
     if isinstance(exn, DataWorkerDied) and eng.world > 1:
