@@ -48,10 +48,13 @@ def is_finite(loss: torch.Tensor) -> bool:
     return bool(torch.isfinite(loss.detach()).all())
 
 
-def backward_if_finite(acc, loss: torch.Tensor) -> None:
-    """The one backward of a step (Accelerate's, so fp16 loss scaling applies), skipped for a NaN/Inf loss."""
-    if is_finite(loss):
+def backward_if_finite(acc, loss: torch.Tensor) -> bool:
+    """The one backward of a step (Accelerate's, so fp16 loss scaling applies), skipped for a NaN/Inf loss.
+    -> whether the loss was finite."""
+    finite = is_finite(loss)
+    if finite:
         acc.backward(loss)
+    return finite
 
 
 def all_true_on_host(m: torch.Tensor) -> bool:
@@ -84,17 +87,15 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     """
     acc, model = eng.acc, eng.model
     # masks that are all True on the host say nothing (a modality absent from the masks counts as present):
-    # dropped here, so the loss never reads them back from the device (a sync mid-step)
-    masks = [{k: m.to(acc.device) for k, m in batch_masks(b, eng.core.modalities).items() if not all_true_on_host(m)}
-             for b in micro]
+    # decided before the move and dropped, so the loss never reads them back from the device (a sync mid-step)
+    said = [{k for k, m in batch_masks(b, eng.core.modalities).items() if not all_true_on_host(m)} for b in micro]
     micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+    masks = [{k: m for k, m in batch_masks(b, eng.core.modalities).items() if k in ks} for b, ks in zip(micro, said)]
     embed = embedder(eng)
     if len(micro) == 1:
         with acc.autocast():
             loss = eng.objective(embed(micro[0]), masks[0])
-        finite = is_finite(loss)               # the step's one read of the loss before backward
-        if finite:
-            acc.backward(loss)
+        finite = backward_if_finite(acc, loss)   # the step's one read of the loss
     else:
         from align.train.gradcache import gradcache_step
         for b, m in zip(micro, masks):
