@@ -4,7 +4,11 @@
 float32 wave at 16 kHz with leading/trailing silence trimmed. The library is
 initialised once per process (AUDIO_OUTPUT_SYNCHRONOUS: audio arrives in a
 callback during `espeak_Synth`); eSpeak keeps global state, so every call
-holds a module lock, and a forked child re-initialises with a fresh lock.
+holds a module lock. A forked child gets a fresh lock and loads a private copy
+of the library: calling `espeak_Initialize` a second time on the globals it
+inherited leaves phoneme pointers into freed tables (seen as "Invalid
+instruction ... for phoneme" and a hung child), and a fresh copy also makes
+the child synthesise exactly what a fresh process would.
 
 Determinism: eSpeak's wave generator keeps function-static state (pitch
 flutter phase, AGC) across utterances, so the same call can differ by a few
@@ -14,6 +18,8 @@ synthesises fixed chunks of samples in fresh worker processes.
 """
 import ctypes
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Tuple
@@ -59,9 +65,13 @@ class Voice(NamedTuple):
 
 
 class _Engine:
-    """The loaded library plus the buffer its synth callback fills (one per process)."""
+    """The loaded library plus the buffer its synth callback fills (one per process).
 
-    def __init__(self):
+    private: load a copy of the shared object under a new name, so the dynamic
+    loader gives it its own globals (a forked child whose parent had loaded it).
+    """
+
+    def __init__(self, private: bool = False):
         try:
             import espeakng_loader
         except ImportError:
@@ -69,10 +79,14 @@ class _Engine:
                              "(pip install espeakng-loader)") from None
         lib_path = espeakng_loader.get_library_path()
         self.data_path = espeakng_loader.get_data_path()
+        self.lib_path = lib_path if not private else _private_copy(lib_path)
         try:
-            lib = ctypes.CDLL(lib_path)
+            lib = ctypes.CDLL(self.lib_path)
         except OSError as e:
-            raise AlignError(f"cannot load eSpeak NG library {lib_path}: {e}") from None
+            raise AlignError(f"cannot load eSpeak NG library {self.lib_path}: {e}") from None
+        finally:
+            if private:  # the mapping stays; nothing is left on disk
+                shutil.rmtree(os.path.dirname(self.lib_path), ignore_errors=True)
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
@@ -106,9 +120,23 @@ class _Engine:
         return 0
 
 
+def _private_copy(lib_path: str) -> str:
+    """Copy the library into a new temporary folder; returns the copy's path."""
+    folder = tempfile.mkdtemp(prefix="align-espeak-")
+    dst = os.path.join(folder, os.path.basename(lib_path))
+    try:
+        shutil.copyfile(lib_path, dst)
+    except OSError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise AlignError(f"cannot copy eSpeak NG library {lib_path} to {folder} for a forked "
+                         f"process: {e}") from None
+    return dst
+
+
 _lock = threading.Lock()
 _engine: Optional[_Engine] = None
 _engine_pid: Optional[int] = None
+_loaded = False                # this address space already holds an initialised eSpeak
 
 
 def _reset_after_fork() -> None:
@@ -126,8 +154,10 @@ if hasattr(os, "register_at_fork"):
 def _get_engine() -> _Engine:
     """Call with `_lock` held."""
     global _engine, _engine_pid
+    global _loaded
     if _engine is None or _engine_pid != os.getpid():
-        _engine, _engine_pid = _Engine(), os.getpid()
+        _engine, _engine_pid = _Engine(private=_loaded), os.getpid()
+        _loaded = True
     return _engine
 
 

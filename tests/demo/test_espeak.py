@@ -1,6 +1,8 @@
 """Tests for align.demo.espeak: eSpeak NG synthesis through ctypes."""
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -118,12 +120,24 @@ def test_threads_share_the_engine_safely():
 
 def _child_synth(word):
     wave, sr = espeak.synthesize(word)
-    return len(wave), sr, float(np.sqrt(np.mean(wave ** 2))), espeak._engine_pid == os.getpid()
+    return wave, sr, espeak._engine_pid == os.getpid(), espeak._engine.lib_path
+
+
+def _fresh_process_synth(word):
+    code = ("import sys, numpy as np; from align.demo import espeak; "
+            f"w, _ = espeak.synthesize({word!r}); sys.stdout.buffer.write(w.tobytes())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=120)
+    return np.frombuffer(out.stdout, dtype=np.float32)
 
 
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork")
-def test_forked_children_reinitialise_even_if_forked_mid_call():
-    espeak.synthesize("four")                 # parent initialised first
+def test_forked_children_load_their_own_engine_even_if_forked_mid_call():
+    # the parent synthesised with other voices first, so its eSpeak globals are
+    # far from fresh; a child that re-initialised them in place could read
+    # freed phoneme tables (a hang in CI) and spoke differently from a fresh process
+    for voice in ("en-gb-scotland", "de", "en-us+f3"):
+        espeak.synthesize("four", voice=voice)
+    parent_lib = espeak._engine.lib_path
     # fork while the parent holds the engine lock (as if another thread were
     # synthesising): children must get a fresh lock instead of deadlocking
     with espeak._lock:
@@ -132,5 +146,9 @@ def test_forked_children_reinitialise_even_if_forked_mid_call():
         out = pool.map_async(_child_synth, ["four", "five"]).get(timeout=60)
     finally:
         pool.terminate()
-    for n, sr, rms, own_engine in out:
-        assert sr == 16000 and n > 0.15 * sr and rms > 0.02 and own_engine
+    for (wave, sr, own_engine, lib), word in zip(out, ["four", "five"]):
+        assert sr == 16000 and own_engine and lib != parent_lib
+        assert not os.path.exists(lib)            # the private copy is not left on disk
+        np.testing.assert_array_equal(wave, _fresh_process_synth(word))
+    # the parent's own engine is untouched by its children
+    assert espeak._engine.lib_path == parent_lib and espeak.synthesize("four")[0].size > 0
