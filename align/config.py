@@ -105,7 +105,7 @@ class DataConfig:
     synthetic_size: int = _num(10000, ge=1, help="samples per epoch for data.train=synthetic")
     synthetic_caption: str = _key("Dummy caption", help="the caption of synthetic samples (open_clip's)")
     augment: Optional[Dict[str, Optional[List[Dict[str, Any]]]]] = _key(
-        None, help="training augmentations {image|audio: [{type: ..., ...}]} (align.data.stream.augment); "
+        None, help="training augmentations {image|audio|text: [{type: ..., ...}]} (align.data.stream.augment); "
                    "off when unset")
     limits: DataLimits = _key(factory=DataLimits, help="the sizes a shard may claim, checked before any "
                               "allocation (align.limits), e.g. data.limits.max_image_pixels=200000000")

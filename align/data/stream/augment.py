@@ -4,11 +4,13 @@
       augment:
         image: [{type: random_resized_crop, scale: [0.6, 1]}, {type: affine, degrees: 10}, {type: blur}, {type: stroke}]
         audio: [{type: gain, db: [-6, 6]}, {type: noise, snr_db: [10, 30]}, {type: spec_augment}]
+        text: [{type: word_dropout, rate: 0.2}]
 
 They run in the data workers (`SampleDecoder`, training only) between decoding and
 the tower's own transform:
 
     image:  PIL RGB --image stages--> tower transform -> [3, H, W]
+    text:   the caption drawn for this visit (str) --text stages--> tokenizer -> [L]
     audio:  wave --tower per_sample (resample, trim, normalise, crop)--> clip [C, L] at the
             front end's rate --wave stages--> per_batch log-mel [B, n_mels, T] --log-mel stages-->
 
@@ -60,7 +62,7 @@ class Stage:
 
     type_name = ""
     modality = ""           # "image" | "audio"
-    level = ""              # image: "pil"; audio: "wave" (clip [C, L]) or "logmel" ([n_mels, T])
+    level = ""              # image: "pil"; audio: "wave" (clip [C, L]) or "logmel" ([n_mels, T]); text: "str"
     defaults: Dict[str, Any] = {}
 
     def __init__(self, params: dict, where: str):
@@ -418,19 +420,45 @@ class Vtlp(Stage):
         return x.index_select(-2, i0) * (1 - w) + x.index_select(-2, i1) * w
 
 
+# ---- text: the caption string, before the tokenizer ---------------------------------------------
+
+@register("word_dropout")
+class WordDropout(Stage):
+    """Drop each whitespace-separated word with probability `rate`, keeping at least one (drawn at random).
+
+    A small from-scratch text tower trained on a few caption phrasings learns them as wholes; zero-shot
+    prompts are other phrasings. Captions with words missing make the class word carry the embedding."""
+    modality, level = "text", "str"
+    defaults = {"rate": 0.2}
+
+    def check(self):
+        self.rate = self._num(self.params["rate"], "rate", 0, 0.95)
+
+    def apply(self, text, rng):
+        words = text.split()
+        if len(words) < 2:
+            return text
+        keep = rng.random(len(words)) >= self.rate
+        if not keep.any():
+            keep[int(rng.integers(len(words)))] = True
+        return " ".join(w for w, k in zip(words, keep) if k)
+
+
 # ---- the per-modality chains ---------------------------------------------------------------------
 
 class Augmenter:
-    """The configured stages: `image(img, seed)`, `wave(clips, sr, seed)`, `logmel(feats, seeds)`."""
+    """The configured stages: `image(img, seed)`, `text(caption, seed)`, `wave(clips, sr, seed)`,
+    `logmel(feats, seeds)`."""
 
     def __init__(self, stages: Dict[str, List[Stage]]):
         self.stages = stages
         self.image_stages = list(stages.get("image", []))
         self.wave_stages = [s for s in stages.get("audio", []) if s.level == "wave"]
         self.logmel_stages = [s for s in stages.get("audio", []) if s.level == "logmel"]
+        self.text_stages = list(stages.get("text", []))
 
     def __bool__(self) -> bool:
-        return bool(self.image_stages or self.wave_stages or self.logmel_stages)
+        return bool(self.image_stages or self.wave_stages or self.logmel_stages or self.text_stages)
 
     def modalities(self) -> List[str]:
         return [m for m, s in self.stages.items() if s]
@@ -439,6 +467,11 @@ class Augmenter:
         for i, st in enumerate(self.image_stages):
             img = st(img, _rng(seed, i))
         return img
+
+    def text(self, caption: str, seed: int) -> str:
+        for i, st in enumerate(self.text_stages):
+            caption = st(caption, _rng(seed, 300 + i))
+        return caption
 
     def wave(self, clips: torch.Tensor, sr: int, seed: int) -> torch.Tensor:
         """clips: float32 [C, L] at `sr` -> same shape."""
@@ -468,9 +501,8 @@ def build_augmenter(cfg: Optional[dict], where: str = "data.augment") -> Optiona
         raise ConfigError(f"{where}: expected a mapping of modality -> list of stages, got {cfg!r}")
     stages: Dict[str, List[Stage]] = {}
     for modality, items in cfg.items():
-        if modality not in ("image", "audio"):
-            raise ConfigError(f"{where}.{modality}: augmentations exist for image and audio (text: several "
-                              f"captions per sample are drawn from automatically)")
+        if modality not in ("image", "audio", "text"):
+            raise ConfigError(f"{where}.{modality}: augmentations exist for image, audio and text")
         if items is None:
             continue
         if not isinstance(items, list):

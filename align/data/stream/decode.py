@@ -323,6 +323,8 @@ class SampleDecoder:
             try:
                 if m == "image" and self.augment and self.augment.image_stages:
                     value = self.augment.image(value, aug_seed)
+                if m == "text" and self.augment and self.augment.text_stages:
+                    value = [self.augment.text(c, aug_seed) for c in value]      # [the drawn caption]
                 out[m] = self._apply(m, value)
                 if m == "audio" and self.augment and self.augment.wave_stages:
                     out[m] = self.augment.wave(out[m], self.transforms[m].fe.sample_rate, aug_seed)

@@ -19,7 +19,7 @@ from tests.wds_helpers import TRANSFORMS, audio_text, image_text, image_tf, text
 
 def stage(name, **params):
     aug = build_augmenter({STAGES.get(name).modality: [dict(type=name, **params)]})
-    return (aug.image_stages + aug.wave_stages + aug.logmel_stages)[0]
+    return (aug.image_stages + aug.wave_stages + aug.logmel_stages + aug.text_stages)[0]
 
 
 def rng(seed=0):
@@ -237,7 +237,9 @@ def test_sample_seed_depends_on_every_part():
     ({"image": [{"type": "blur", "radius": 2}]}, r"data.augment.image\[0\]: unknown key\(s\) \['radius'\]"),
     ({"image": [{"type": "blur", "sigma": [2, 1]}]}, r"data.augment.image\[0\].sigma: low 2.0 is above high 1.0"),
     ({"image": [{"type": "gain"}]}, r"gain is a audio augmentation, not image"),
-    ({"text": []}, r"data.augment.text: augmentations exist for image and audio"),
+    ({"video": []}, r"data.augment.video: augmentations exist for image, audio and text"),
+    ({"text": [{"type": "gain"}]}, r"gain is a audio augmentation, not text"),
+    ({"text": [{"type": "word_dropout", "rate": 1.0}]}, r"text\[0\].rate: expected a number in \[0, 0.95\]"),
     ({"audio": [{"type": "noise", "folder": "/does/not/exist"}]}, r"folder: '/does/not/exist' is not a folder"),
     ({"audio": [{"type": "spec_augment", "freq_masks": -1}]}, r"freq_masks: expected an integer >= 0"),
     ({"image": [{"type": "grayscale", "p": 2}]}, r"\.p: expected a number in \[0, 1\]"),
@@ -279,6 +281,44 @@ def test_several_captions_as_lines_or_json_list_one_drawn_per_visit():
     assert dec(raw, 3)["text"].tolist() == dec(raw, 3)["text"].tolist()
     ev = SampleDecoder(["image", "text"], TRANSFORMS, train=False)
     assert ev(raw, 5)["text"].tolist() == text_tf(["zero"])[0].tolist()   # eval: always the first
+
+
+def test_word_dropout_keeps_an_ordered_nonempty_subset_at_the_rate():
+    st = stage("word_dropout", rate=0.3)
+    words = "a voice says the number seven".split()
+    kept = []
+    for seed in range(3000):
+        out = st(" ".join(words), rng(seed)).split()
+        it = iter(words)
+        assert out and all(w in it for w in out)          # a subsequence, in order, never empty
+        kept.append(len(out))
+    # each of 6 words kept with p 0.7 (the keep-one rule adds 0.3**6 / 6 per word): mean 4.2 +- 0.05
+    assert abs(np.mean(kept) - 6 * 0.7) < 0.05
+    assert st("seven", rng(0)) == "seven"                 # one word: nothing to drop
+    assert all(st("two words", rng(s)) for s in range(200)) and stage("word_dropout", rate=0.95)("a b", rng(1))
+    assert st("a voice says seven", rng(5)) == st("a voice says seven", rng(5))
+    assert stage("word_dropout", rate=0.0)(" ".join(words), rng(0)) == " ".join(words)
+
+
+def _chars(captions):            # [caption] -> LongTensor[1, 64] of char codes (wds_helpers' text_tf keeps 4)
+    out = torch.zeros(1, 64, dtype=torch.long)
+    out[0, :len(captions[0])] = torch.tensor([ord(c) for c in captions[0][:64]])
+    return out
+
+
+def test_word_dropout_runs_on_the_drawn_caption_in_training_only():
+    caption = "a voice says the number seven"
+    aug = build_augmenter({"text": [{"type": "word_dropout", "rate": 0.5}]})
+    raw = dict(image_text("k", caption=caption), __url__="u.tar")
+    raw = {k: v.encode() if isinstance(v, str) and not k.startswith("__") else v for k, v in raw.items()}
+    tfs = dict(TRANSFORMS, text=_chars)
+    read = lambda dec, epoch: "".join(chr(c) for c in dec(raw, epoch)["text"].tolist() if c)   # noqa: E731
+    dec = SampleDecoder(["image", "text"], tfs, train=True, augment=aug)
+    seen = [read(dec, epoch) for epoch in range(10)]
+    assert len(set(seen)) >= 3 and any(len(t.split()) < 6 for t in seen)   # words dropped, anew per visit
+    assert read(dec, 3) == seen[3]                                           # seeded by (seed, epoch, url, key)
+    ev = SampleDecoder(["image", "text"], tfs, train=False, augment=aug)
+    assert all(read(ev, e) == caption for e in range(5))                     # eval: the caption as written
 
 
 # ---- the loader: augmentation on, exact resume -------------------------------------------------
