@@ -129,3 +129,19 @@ def test_open_clip_tower_with_hf_text_encoder(tmp_path):
     ns = {}
     exec(readme_snippet(out), ns)
     assert np.array_equal(ns["tokenize"](texts), model.tokenize(texts).numpy())
+
+
+def test_tokenizer_kwargs_travel_with_the_export(tmp_path):
+    """A text tower trained with open_clip's canonicalising tokenizer (punctuation dropped, lower case): the
+    exported open_clip model's get_tokenizer must tokenize prompts the same way, or zero-shot prompts with a
+    full stop would meet tokens the tower never trained on."""
+    cfg = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "tokenizer_kwargs": {"clean": "canonicalize"}}}
+    run, model = make_run(tmp_path, open_clip=False, towers={"image": {"type": "open_clip", "config": cfg},
+                                                              "text": {"type": "open_clip", "config": cfg}})
+    texts = ["The spoken word Seven.", "the spoken word seven", "a voice, saying: 7!"]
+    tokens = model.tokenize(texts)
+    assert torch.equal(tokens[0], tokens[1])                      # the tower's own tokenizer canonicalises
+    out = str(tmp_path / "export")
+    export(run, out, fmt="open_clip", progress=False)
+    import open_clip
+    assert torch.equal(open_clip.get_tokenizer(f"local-dir:{out}")(texts), tokens)
