@@ -67,8 +67,11 @@ def test_small_data_recipes_train_on_demo_data_with_data_train_alone(demo_data, 
     assert set(align.load(str(run)).modalities) == modalities
     r = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
     # Issue 20: a stage stays in a default only where it won on real unseen writers/speakers by more than the
-    # seed spread (the headers' figures): it cost ~50 points on scans and did not clear the noise on speech.
-    assert not r.data.augment, r.data.augment
+    # seed spread (the headers' figures): it cost ~50 points on scans; on speech the mild stages won on both sets
+    augment = {"small-image-text": None, "small-audio-text": {"audio": [
+        {"type": "speed", "factor": [0.9, 1.1]}, {"type": "gain", "db": [-6, 6]},
+        {"type": "spec_augment", "freq_masks": 2, "freq_width": 6, "time_masks": 2, "time_width": 8}]}}[name]
+    assert r.data.augment == augment, r.data.augment
 
 
 @pytest.mark.slow
