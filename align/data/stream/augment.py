@@ -61,7 +61,7 @@ class Stage:
     """One augmentation: checked parameters, applied with an explicit generator."""
 
     type_name = ""
-    modality = ""           # "image" | "audio"
+    modality = ""           # "image" | "audio" | "text"
     level = ""              # image: "pil"; audio: "wave" (clip [C, L]) or "logmel" ([n_mels, T]); text: "str"
     defaults: Dict[str, Any] = {}
 
