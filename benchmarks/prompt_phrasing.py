@@ -7,8 +7,8 @@ the split's own templates and with other template sets.
 A from-scratch text tower trained on a few caption phrasings may embed a prompt phrased another way badly;
 if the same audio embeddings score higher with prompts shaped like the training captions, the text side
 costs that much. Each set is `NAME=TEMPLATE|TEMPLATE|...` ({c} = the class name). The split is a
-CLIP_benchmark folder (`benchmarks/real_sets.py` writes them); its files are linked into a temporary copy
-whose template file is replaced, so nothing in it is written. Prints one row per run and a JSON summary.
+CLIP_benchmark folder (`benchmarks/real_sets.py` writes them), opened once and read only; each run's media
+embeddings are computed once and reused for every template set. Prints one row per run and a JSON summary.
 Diagnostic only: use a selection split, never choose anything by a report split.
 """
 from __future__ import annotations
@@ -17,19 +17,6 @@ import argparse
 import json
 import os
 import tempfile
-
-TEMPLATES_FILE = "zeroshot_classification_templates.txt"
-
-
-def with_templates(split: str, templates: list, tmp: str) -> str:
-    """A folder with every file of `split` linked in and its template file replaced by `templates`."""
-    out = tempfile.mkdtemp(dir=tmp)
-    for name in os.listdir(split):
-        if name != TEMPLATES_FILE:
-            os.symlink(os.path.abspath(os.path.join(split, name)), os.path.join(out, name))
-    with open(os.path.join(out, TEMPLATES_FILE), "w") as f:
-        f.write("\n".join(templates) + "\n")
-    return out
 
 
 def main(argv=None) -> dict:
@@ -45,19 +32,23 @@ def main(argv=None) -> dict:
             ap.error(f"--templates {item!r}: expected NAME=TEMPLATE|TEMPLATE with {{c}} in each")
         sets[name] = body.split("|")
     import align
-    from align.train.evaluate import evaluate_model
+    from align.bench.datasets import open_wds
+    from align.bench.zeroshot import zeroshot_classification
+    ds = open_wds(a.split, split="test")
+    sets = {"split's own": None, **sets}                 # None: the split's own template file
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = {"split's own": a.split, **{n: with_templates(a.split, t, tmp) for n, t in sets.items()}}
-        for run in a.runs:
-            model = align.load(run)
-            row = {"run": run}
-            for name, folder in folders.items():
-                res = evaluate_model(model, folder, tasks=("zeroshot",))
-                row[name] = round(next(v for k, v in res.items() if k.endswith("zeroshot/acc1")), 4)
-            rows.append(row)
-            print(f"{run}: " + "  ".join(f"{n} {100 * row[n]:.1f} %" for n in folders), flush=True)
-    summary = {"split": os.path.abspath(a.split), "templates": sets, "rows": rows}
+    for run in a.runs:
+        model = align.load(run)
+        modality = next(m for m in ("audio", "image") if m in ds.modalities and m in model.modalities)
+        row = {"run": run}
+        with tempfile.TemporaryDirectory() as cache:     # the media embeddings once per run, every set reuses them
+            for name, templates in sets.items():
+                res = zeroshot_classification(model, ds, modality=modality, templates=templates, cache_dir=cache,
+                                              progress=False)
+                row[name] = round(res["metrics"]["acc1"], 4)
+        rows.append(row)
+        print(f"{run}: " + "  ".join(f"{n} {100 * row[n]:.1f} %" for n in sets), flush=True)
+    summary = {"split": os.path.abspath(a.split), "templates": {n: t for n, t in sets.items() if t}, "rows": rows}
     print(json.dumps(summary))
     return summary
 
