@@ -213,11 +213,23 @@ def cmd_data_stats(a):
             if not tower:
                 raise AlignError(f"data stats: recipe {a.recipe} has no audio tower")
             keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
+        from align.data.tools.stats import audio_duration_stats
+        from align.train.feed import clip_seconds_measure
+        dur = audio_duration_stats(a.pattern, clip_seconds_measure(keys), max_samples=a.n or 2000,
+                                   progress=not a.no_progress)
+        if dur["clips"] and keys.get("clip_seconds") == "auto":
+            keys["clip_seconds"] = dur["clip_seconds"]
         fe = AudioFrontend(**keys).validate("model.towers.audio")
         stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress)
         print(json.dumps(stats))
         print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
               f"model.towers.audio.norm_std={stats['norm_std']}")
+        if dur["clips"]:
+            sec = dur["seconds"]
+            print(json.dumps({"audio_seconds": dur}))
+            print(f"audio: {dur['clips']} clips read ({dur['unreadable']} unreadable), {sec['min']:g}-{sec['max']:g} "
+                  f"s after trimming (median {sec['median']:g}, 99th percentile {sec['p99']:g}); clip_seconds: auto "
+                  f"trains at {dur['clip_seconds']:g} s")
 
 
 def cmd_bench(a):
@@ -370,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_options(s)
     s.set_defaults(fn=cmd_data_inspect)
 
-    s = data.add_parser("stats", help="image sizes (what image_size: auto trains at) and the log-mel mean/std of "
-                                      "the audio in shards (for the audio tower's norm_mean/norm_std)")
+    s = data.add_parser("stats", help="image sizes (what image_size: auto trains at), the log-mel mean/std of "
+                                      "the audio in shards (for the audio tower's norm_mean/norm_std) and the clips' "
+                                      "durations (what clip_seconds: auto trains at)")
     s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
     s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
     s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all)")

@@ -422,6 +422,10 @@ def _check(r: Recipe) -> None:
     if isinstance(vision, dict) and vision.get("image_size") == "auto" and r.data.train == "synthetic":
         raise ConfigError("model.open_clip.vision_cfg.image_size: auto reads the training images' sizes; "
                           "data.train is synthetic (give a number)")
+    for m, tower in r.model.towers.items():
+        if isinstance(tower, dict) and tower.get("clip_seconds") == "auto" and r.data.train == "synthetic":
+            raise ConfigError(f"model.towers.{m}.clip_seconds: auto reads the training clips' durations; "
+                              f"data.train is synthetic (give a number of seconds)")
     if r.data.text_keys is not None:
         tk = r.data.text_keys
         if not tk or any(not str(k).strip() or str(k).startswith("__") or str(k) == "json:" for k in tk) or \

@@ -117,8 +117,12 @@ class AudioFrontend:
                 bad(k, "must be a positive integer")
         if self.win_length > self.n_fft:
             bad("win_length", f"must be <= n_fft ({self.n_fft})")
-        if not self.clip_seconds > 0:
-            bad("clip_seconds", "must be > 0")
+        if self.clip_seconds == "auto":
+            bad("clip_seconds", "auto is set from data.train's clips by `align train` (config.yaml then records "
+                                "the seconds); here give a number of seconds")
+        if isinstance(self.clip_seconds, bool) or not isinstance(self.clip_seconds, (int, float)) \
+                or not self.clip_seconds > 0:
+            bad("clip_seconds", "must be a number of seconds > 0")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             bad("f_max", f"need 0 <= f_min < f_max <= sample_rate/2 ({self.sample_rate / 2})")
         if self.mel_scale not in ("htk", "slaney"):

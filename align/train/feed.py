@@ -3,6 +3,7 @@
   build_loader             shards through align.data.stream (data.val_split's held-out samples left out), or
                            synthetic inputs; a resumed run continues at its data position
   resolve_auto_image_size  an image tower's `image_size: auto` -> the training images' own size
+  resolve_auto_clip_seconds an audio tower's `clip_seconds: auto` -> long enough for 99 % of the training clips
   carve_val_split          data.val_split's held-out samples written out once as RUN/val_split, the run's val set
   Batches                  the loader's batches across epochs, with the data position of the last whole step
 """
@@ -65,9 +66,7 @@ def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:
         return r
     from align.data.tools.stats import image_size_stats
     patch = vision.get("patch_size") or 4
-    st = image_size_stats(r.data.train if isinstance(r.data.train, str) else
-                          [x if isinstance(x, str) else x.urls for x in r.data.train][0],
-                          multiple=patch, allow_pipe=r.data.allow_pipe)
+    st = image_size_stats(_first_source(r), multiple=patch, allow_pipe=r.data.allow_pipe)
     if not st["images"]:
         raise AlignError(f"model.towers.image: image_size auto found no image in data.train={r.data.train!r}")
     r = copy.deepcopy(r)
@@ -77,6 +76,50 @@ def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:
     printer(f"image_size: auto -> {st['image_size']} px (median longest side of {st['images']} training images: "
             f"{st['width']['median']:g}x{st['height']['median']:g}; a multiple of the patch size {patch})")
     return r
+
+
+def resolve_auto_clip_seconds(r: Recipe, printer=print) -> Recipe:
+    """An audio tower's `clip_seconds: auto` -> the 99th percentile of the training clips' durations after the
+    tower's own silence trimming (`trim_db`), rounded up to 0.1 s (align.data.tools.stats.audio_duration_stats,
+    the number `align data stats` prints): the clip then holds nearly every recording whole, where a fixed 1 s
+    crops the longer words in training and evaluation alike. Every rank reads the same first clips, so all agree
+    without a collective; config.yaml records the number, so align.load and export rebuild the same model."""
+    import copy
+    auto = [m for m, t in r.model.towers.items() if isinstance(t, dict) and t.get("clip_seconds") == "auto"]
+    if not auto:
+        return r
+    from align.data.tools.stats import audio_duration_stats
+    r = copy.deepcopy(r)
+    for m in auto:
+        st = audio_duration_stats(_first_source(r), clip_seconds_measure(r.model.towers[m], f"model.towers.{m}"),
+                                  allow_pipe=r.data.allow_pipe)
+        if not st["clips"]:
+            raise AlignError(f"model.towers.{m}: clip_seconds auto found no readable audio in "
+                             f"data.train={r.data.train!r}")
+        r.model.towers[m]["clip_seconds"] = st["clip_seconds"]
+        sec = st["seconds"]
+        printer(f"clip_seconds: auto -> {st['clip_seconds']:g} s (99th percentile of {st['clips']} training clips "
+                f"after trimming: {sec['p99']:g} s; median {sec['median']:g} s, longest {sec['max']:g} s)")
+    return r
+
+
+def clip_seconds_measure(tower: dict, where: str = "model.towers.audio"):
+    """seconds(wave, rate) of one recording as an audio tower with these recipe keys crops it: after its silence
+    trimming (`trim_db`), the same in training and evaluation."""
+    from align.towers.audio_features import AudioFrontend, trim_silence
+    trim_db = tower.get("trim_db", AudioFrontend.trim_db)
+    if isinstance(trim_db, bool) or not isinstance(trim_db, (int, float)) or trim_db < 0:
+        raise AlignError(f"{where}.trim_db: must be a number >= 0 (0: no trimming), got {trim_db!r}")
+
+    def seconds(wave, rate: int) -> float:
+        return (trim_silence(wave, rate, trim_db) if trim_db > 0 else wave).shape[0] / rate
+    return seconds
+
+
+def _first_source(r: Recipe):
+    """data.train's first source's pattern: what the `auto` sizes are read from."""
+    return r.data.train if isinstance(r.data.train, str) else \
+        [x if isinstance(x, str) else x.urls for x in r.data.train][0]
 
 
 def _val_split(r: Recipe):

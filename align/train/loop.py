@@ -32,7 +32,8 @@ from align.train.dataworkers import DataWorkerDied
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
-from align.train.feed import Batches, build_loader, carve_val_split, resolve_auto_image_size
+from align.train.feed import (Batches, build_loader, carve_val_split, resolve_auto_clip_seconds,
+                              resolve_auto_image_size)
 from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, hold_run_dir, keep_if_best,
                                process_settings, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
                                stop_if_preempted, watch_ranks, write_config)
@@ -50,6 +51,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         acc = build_accelerator(r)
         preempt.install()                      # ranks > 0 catch SIGTERM from here on (guard.catch_preemption)
         r = resolve_auto_image_size(r, acc.print)   # image_size: auto -> the training images' own size
+        r = resolve_auto_clip_seconds(r, acc.print)  # clip_seconds: auto -> long enough for 99 % of the clips
         set_seed(r.seed)
         resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
         eng = build_engine(r, acc, resume_path, watch)

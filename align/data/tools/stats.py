@@ -4,13 +4,15 @@ Image sizes (`image_size_stats`) are read from the image headers only (nothing i
 side, rounded to a multiple of the patch size, is what a recipe's `image_size: auto` trains at, so the input size
 follows the data instead of a number chosen for other data.
 
-Audio: the mean and std of a feature transform's output over the audio in shards.
+Audio: the mean and std of a feature transform's output over the audio in shards, and the clips' durations
+(`audio_duration_stats`): their 99th percentile, rounded up to 0.1 s, is what an audio tower's `clip_seconds: auto`
+trains at, so a recipe's clip holds nearly every recording whole instead of cropping the longer words.
 
 The CLI passes the audio tower's eval front end without its normalisation (align.towers.audio_features
 `unnormalised_eval_frontend`), so the numbers are those of the log-mel the tower sees (same resampling,
 trimming, level normalisation, clip length; padding included) and go into the tower's recipe keys
 `norm_mean` / `norm_std` in place of AST's AudioSet constants. This module reads shards only; it does not
-know what the transform computes.
+know what the transform computes (nor how a tower trims a clip: `audio_duration_stats` takes that as a function).
 """
 import io
 import math
@@ -92,6 +94,56 @@ def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_
         return {"min": min(v), "median": statistics.median(v), "max": max(v)}
     return {"images": len(widths), "unreadable": unreadable, "width": spread(widths), "height": spread(heights),
             "image_size": size}
+
+
+def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, quantile: float = 0.99,
+                         step: float = 0.1, allow_pipe: bool = False, progress: bool = False) -> dict:
+    """Durations of the first `max_samples` audio clips of the shards at `pattern`, as `seconds(wave, rate)`
+    measures one (e.g. after the tower's silence trimming; wave float32 [T] mono).
+
+    Returns {"clips", "unreadable", "seconds": {min, median, p<q>, max}, "clip_seconds"}: clip_seconds is the
+    `quantile` of the durations rounded up to a multiple of `step`, at least `step`. {"clips": 0} when the
+    shards hold no readable audio. Undecodable clips are counted, never fatal."""
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import resolve_sources, shard_samples
+    from align.errors import AlignError
+    from align.media.audio import decode_audio
+    from align.progress import progress as tqdm
+    from align.wds.format import pick
+
+    durations, unreadable = [], 0
+    faults = FaultCounter(warn=False)
+    with tqdm(total=max_samples, unit="clip", desc="audio durations", disable=not progress) as bar:
+        for src in resolve_sources(pattern, allow_pipe=allow_pipe):
+            for url in src.urls:
+                for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
+                    ext = pick(raw, "audio")
+                    if ext is None:
+                        continue
+                    try:
+                        wave, rate = decode_audio(raw[ext], name=f"{url}: sample {raw.get('__key__')!r}")
+                    except AlignError:
+                        unreadable += 1
+                        continue
+                    durations.append(float(seconds(wave, rate)))
+                    bar.update(1)
+                    if len(durations) >= max_samples:
+                        break
+                if len(durations) >= max_samples:
+                    break
+            if len(durations) >= max_samples:
+                break
+    if not durations:
+        return {"clips": 0, "unreadable": unreadable}
+    ordered = sorted(durations)
+    # the nearest-rank quantile: a duration some clip has, so "holds q of the clips whole" is literally true
+    q = ordered[min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))]
+    clip = max(step, math.ceil(round(q / step, 6)) * step)           # round(): 1.0 / 0.1 is 9.999... in floats
+    label = f"p{100 * quantile:g}"
+    return {"clips": len(durations), "unreadable": unreadable,
+            "seconds": {"min": round(ordered[0], 3), "median": round(statistics.median(ordered), 3),
+                        label: round(q, 3), "max": round(ordered[-1], 3)},
+            "clip_seconds": round(clip, 3)}
 
 
 def modalities_present(pattern, max_samples: int = 50, allow_pipe: bool = False) -> set:

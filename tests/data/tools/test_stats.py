@@ -1,12 +1,15 @@
 """`align data stats` (align.data.tools.stats): the mean/std of the audio tower's un-normalised eval log-mel
-over shards equal a direct computation on the same waves; max_samples stops early; the CLI prints the keys."""
+over shards equal a direct computation on the same waves; max_samples stops early; the CLI prints the keys.
+Image sizes and `image_size: auto`; clip durations after trimming and `clip_seconds: auto`."""
 import io
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from align.data.tools.stats import feature_stats
+from align.errors import AlignError
 from align.towers.audio_features import AudioFrontend, AudioPreprocess, unnormalised_eval_frontend
 from tests.wds_helpers import write_shard
 
@@ -84,6 +87,81 @@ def test_image_size_auto_trains_at_the_datas_size_and_the_run_records_it(tmp_pat
     assert align.load(str(tmp_path / "run")).image_transform is not None
     r2 = recipe(tmp_path, "syn")
     r2["model"]["open_clip"]["vision_cfg"]["image_size"] = "auto"
-    import pytest
     with pytest.raises(ConfigError, match="image_size: auto reads the training images"):
         train_dict(r2)
+
+
+def _tone_shard(tmp_path, seconds, rate=16000, pad=0.2):
+    """Tones of the given lengths with `pad` s of silence either side, one undecodable clip, one image-only
+    sample (no audio: not counted)."""
+    import soundfile as sf
+    samples = []
+    for i, s in enumerate(seconds):
+        t = np.arange(int(round(s * rate))) / rate
+        w = np.concatenate([np.zeros(int(pad * rate)), 0.5 * np.sin(2 * np.pi * 440 * t), np.zeros(int(pad * rate))])
+        buf = io.BytesIO()
+        sf.write(buf, w.astype(np.float32), rate, format="WAV", subtype="FLOAT")
+        samples.append({"__key__": f"k{i}", "wav": buf.getvalue(), "txt": f"a tone {i}"})
+    samples.append({"__key__": "broken", "wav": b"RIFF not a wave", "txt": "x"})
+    return write_shard(tmp_path / "tones.tar", samples)
+
+
+def test_audio_durations_after_trimming_and_clip_seconds_is_the_rounded_up_percentile(tmp_path):
+    from align.data.tools.stats import audio_duration_stats
+    from align.train.feed import clip_seconds_measure
+    secs = [0.3, 0.45, 0.62, 0.81, 1.23]
+    pattern = _tone_shard(tmp_path, secs, rate=22050)
+    st = audio_duration_stats(pattern, clip_seconds_measure({"trim_db": 40}))
+    assert st["clips"] == 5 and st["unreadable"] == 1
+    # trimming works in 10 ms frames: each tone's length to within one frame
+    assert abs(st["seconds"]["min"] - 0.3) <= 0.011 and abs(st["seconds"]["max"] - 1.23) <= 0.011
+    assert abs(st["seconds"]["median"] - 0.62) <= 0.011
+    assert st["clip_seconds"] == 1.3                                  # 99th percentile of 5 clips: the longest
+    ref = np.percentile(np.array(secs), 50, method="inverted_cdf")   # nearest rank, numpy's reference
+    assert audio_duration_stats(pattern, clip_seconds_measure({"trim_db": 40}), quantile=0.5)["clip_seconds"] == \
+        pytest.approx(np.ceil(ref * 10 - 1e-6) / 10)
+    untrimmed = audio_duration_stats(pattern, clip_seconds_measure({"trim_db": 0}))   # the silence counts
+    assert abs(untrimmed["seconds"]["max"] - 1.63) <= 0.001 and untrimmed["clip_seconds"] == 1.7
+    assert audio_duration_stats(pattern, clip_seconds_measure({}), max_samples=2)["clips"] == 2
+    assert audio_duration_stats(_image_shard(tmp_path, [(8, 8)]), clip_seconds_measure({})) == \
+        {"clips": 0, "unreadable": 0}
+    with pytest.raises(AlignError, match="model.towers.audio.trim_db: must be a number"):
+        clip_seconds_measure({"trim_db": "loud"})
+
+
+def test_clip_seconds_auto_trains_at_the_clips_length_and_the_run_records_it(tmp_path, capsys):
+    import yaml
+
+    import align
+    from align.cli import main
+    from align.errors import ConfigError
+    from align.towers.audio_features import AudioFrontend
+    from tests.conftest import TINY_OPEN_CLIP
+    from tests.switch_helpers import recipe, train_dict
+    pattern = _tone_shard(tmp_path, [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.7])
+    audio = {"type": "audio_cnn", "clip_seconds": "auto", "n_mels": 16, "channels": [4, 8], "trim_db": 40}
+    model = {"embed_dim": 16, "towers": {
+        "text": {"type": "open_clip", "config": {"embed_dim": 16, "text_cfg": TINY_OPEN_CLIP["text_cfg"]}},
+        "audio": audio}}
+    r = recipe(tmp_path, "run", model=model, loss={"type": "clip", "pairs": [["audio", "text"]]},
+               data={"train": pattern, "num_workers": 0, "shuffle_buffer": 0}, train={"batch_size": 4, "max_steps": 2})
+    r["model"] = model                                               # no image tower from the base recipe
+    train_dict(r)
+    assert "clip_seconds: auto -> 0.7 s (99th percentile of 8 training clips" in capsys.readouterr().out
+    cfg = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))
+    assert cfg["model"]["towers"]["audio"]["clip_seconds"] == 0.7
+    assert align.load(str(tmp_path / "run")).towers["audio"].fe.clip_seconds == 0.7
+    # the CLI says what auto trains at, with the recipe's trimming; the log-mel stats use the resolved clip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    assert main(["data", "stats", pattern, "--recipe", str(tmp_path / "r.yaml"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "clip_seconds: auto trains at 0.7 s" in out and "1 unreadable" in out
+    assert "model.towers.audio.norm_mean=" in out
+    syn = recipe(tmp_path, "syn", model=model, loss={"type": "clip", "pairs": [["audio", "text"]]})
+    syn["model"] = model
+    with pytest.raises(ConfigError, match="clip_seconds: auto reads the training clips"):
+        train_dict(syn)
+    with pytest.raises(ConfigError, match="clip_seconds: auto is set from data.train"):
+        AudioFrontend(clip_seconds="auto").validate("model.towers.audio")
+    with pytest.raises(ConfigError, match="clip_seconds: must be a number of seconds"):
+        AudioFrontend(clip_seconds="long").validate("model.towers.audio")
