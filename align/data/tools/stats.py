@@ -61,30 +61,18 @@ def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_
     {"images": 0} when the shards hold no image."""
     from PIL import Image
 
-    from align.data.stream.faults import FaultCounter
-    from align.data.stream.sources import resolve_sources, shard_samples
-    from align.wds.format import pick
-
     widths, heights, unreadable = [], [], 0
-    faults = FaultCounter(warn=False)
-    for src in resolve_sources(pattern, allow_pipe=allow_pipe):
-        for url in src.urls:
-            for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
-                ext = pick(raw, "image")
-                if ext is None:
-                    continue
-                try:
-                    with Image.open(io.BytesIO(raw[ext])) as im:     # the header only: no pixel is decoded
-                        w, h = im.size
-                except Exception:
-                    unreadable += 1
-                    continue
-                widths.append(w)
-                heights.append(h)
-                if len(widths) >= max_samples:
-                    break
-            if len(widths) >= max_samples:
-                break
+    for _, raw, ext in _members(pattern, "image", allow_pipe):
+        try:
+            with Image.open(io.BytesIO(raw[ext])) as im:     # the header only: no pixel is decoded
+                w, h = im.size
+        except Exception:
+            unreadable += 1
+            continue
+        widths.append(w)
+        heights.append(h)
+        if len(widths) >= max_samples:
+            break
     if not widths:
         return {"images": 0, "unreadable": unreadable}
     longest = statistics.median(max(w, h) for w, h in zip(widths, heights))
@@ -104,33 +92,20 @@ def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, qu
     Returns {"clips", "unreadable", "seconds": {min, median, p<q>, max}, "clip_seconds"}: clip_seconds is the
     `quantile` of the durations rounded up to a multiple of `step`, at least `step`. {"clips": 0} when the
     shards hold no readable audio. Undecodable clips are counted, never fatal."""
-    from align.data.stream.faults import FaultCounter
-    from align.data.stream.sources import resolve_sources, shard_samples
     from align.errors import AlignError
     from align.media.audio import decode_audio
     from align.progress import progress as tqdm
-    from align.wds.format import pick
 
     durations, unreadable = [], 0
-    faults = FaultCounter(warn=False)
     with tqdm(total=max_samples, unit="clip", desc="audio durations", disable=not progress) as bar:
-        for src in resolve_sources(pattern, allow_pipe=allow_pipe):
-            for url in src.urls:
-                for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
-                    ext = pick(raw, "audio")
-                    if ext is None:
-                        continue
-                    try:
-                        wave, rate = decode_audio(raw[ext], name=f"{url}: sample {raw.get('__key__')!r}")
-                    except AlignError:
-                        unreadable += 1
-                        continue
-                    durations.append(float(seconds(wave, rate)))
-                    bar.update(1)
-                    if len(durations) >= max_samples:
-                        break
-                if len(durations) >= max_samples:
-                    break
+        for url, raw, ext in _members(pattern, "audio", allow_pipe):
+            try:
+                wave, rate = decode_audio(raw[ext], name=f"{url}: sample {raw.get('__key__')!r}")
+            except AlignError:
+                unreadable += 1
+                continue
+            durations.append(float(seconds(wave, rate)))
+            bar.update(1)
             if len(durations) >= max_samples:
                 break
     if not durations:
@@ -144,6 +119,22 @@ def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, qu
             "seconds": {"min": round(ordered[0], 3), "median": round(statistics.median(ordered), 3),
                         label: round(q, 3), "max": round(ordered[-1], 3)},
             "clip_seconds": round(clip, 3)}
+
+
+def _members(pattern, modality: str, allow_pipe: bool):
+    """(url, raw sample, extension) for every sample of the shards at `pattern` that holds `modality`, in order;
+    damaged shards are skipped quietly (the stats are of what can be read)."""
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import resolve_sources, shard_samples
+    from align.wds.format import pick
+
+    faults = FaultCounter(warn=False)
+    for src in resolve_sources(pattern, allow_pipe=allow_pipe):
+        for url in src.urls:
+            for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
+                ext = pick(raw, modality)
+                if ext is not None:
+                    yield url, raw, ext
 
 
 def modalities_present(pattern, max_samples: int = 50, allow_pipe: bool = False) -> set:
