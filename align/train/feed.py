@@ -107,9 +107,8 @@ def clip_seconds_measure(tower: dict, where: str = "model.towers.audio"):
     """seconds(wave, rate) of one recording as an audio tower with these recipe keys crops it: after its silence
     trimming (`trim_db`), the same in training and evaluation."""
     from align.towers.audio_features import AudioFrontend, trim_silence
-    trim_db = tower.get("trim_db", AudioFrontend.trim_db)
-    if isinstance(trim_db, bool) or not isinstance(trim_db, (int, float)) or trim_db < 0:
-        raise AlignError(f"{where}.trim_db: must be a number >= 0 (0: no trimming), got {trim_db!r}")
+    # the front end's own check of the key (the other keys at their defaults, which are valid)
+    trim_db = AudioFrontend(trim_db=tower.get("trim_db", AudioFrontend.trim_db)).validate(where).trim_db
 
     def seconds(wave, rate: int) -> float:
         return (trim_silence(wave, rate, trim_db) if trim_db > 0 else wave).shape[0] / rate
