@@ -16,7 +16,7 @@ from typing import Optional
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.model import AlignModel, build_model
-from align.train.checkpoint import load_weights
+from align.train.checkpoint import check_shapes, load_weights
 from align.train.rundir import EXPORT_CONFIG, find_model
 
 ALIGN_CONFIG = EXPORT_CONFIG   # written beside every export: the recipe the model came from (align.train.rundir)
@@ -33,6 +33,8 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
         t.pop("pretrained", None)
     model = build_model(recipe.model)
     sd = load_weights(weights)
+    check_shapes(sd, model, f"{weights}: weights do not fit the model of {cfg.get('name') or path}'s config",
+                 "a run directory holds the config of its last run: load a checkpoint of that run")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise AlignError(f"{weights}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

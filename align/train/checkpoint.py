@@ -258,6 +258,18 @@ def data_states(path: str, state: dict) -> list:
     return out
 
 
+def check_shapes(saved: Dict[str, torch.Tensor], model, what: str, hint: str) -> None:
+    """One AlignError line when a saved tensor has another shape than the model's of the same name (an
+    output_dir holding a run of another architecture, say), where torch's load_state_dict raises a multi-line
+    RuntimeError."""
+    own = model.state_dict()
+    other = [k for k, v in saved.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if other:
+        k = other[0]
+        raise AlignError(f"{what} ({len(other)} tensor(s) of another shape; first {k}: {list(saved[k].shape)} "
+                         f"saved, {list(own[k].shape)} in the model); {hint}")
+
+
 def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restore_rng: bool = True,
                     sharded: bool = False) -> dict:
     """Restores what is given from checkpoint dir `path`; returns its state dict (step, epoch, ...).
@@ -291,7 +303,10 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
         set_state_dict(model, opt if opt is not None else [], model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))
     elif model is not None:
-        missing, unexpected = model.load_state_dict(load_file(os.path.join(path, MODEL)), strict=False)
+        saved = load_file(os.path.join(path, MODEL))
+        check_shapes(saved, model, f"{path}: checkpoint does not fit the recipe's model",
+                     "train into another output_dir")
+        missing, unexpected = model.load_state_dict(saved, strict=False)
         if missing or unexpected:
             raise AlignError(f"{path}: checkpoint does not fit the recipe's model "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -56,6 +56,19 @@ def test_every_export_loads_with_align_load(tmp_path):
         assert res["parity"]["align"]["max_weight_diff"] == 0.0
 
 
+def test_align_load_of_weights_that_do_not_fit_the_config_is_one_line(tmp_path):
+    """A run dir whose config.yaml was rewritten by a run of another model (resume=none into the same output_dir):
+    align.load names the tensor and both shapes in one AlignError line instead of torch's multi-line error."""
+    run, _ = make_run(tmp_path, embed_dim=16)
+    cfg = yaml.safe_load(open(os.path.join(run, "config.yaml")))
+    cfg["model"]["embed_dim"] = 24
+    yaml.safe_dump(cfg, open(os.path.join(run, "config.yaml"), "w"))
+    with pytest.raises(AlignError) as e:
+        align.load(run)
+    msg = str(e.value)
+    assert "\n" not in msg and "weights do not fit the model" in msg and "saved, [" in msg and "in the model" in msg
+
+
 def test_export_does_not_depend_on_outside_files(tmp_path):
     """A recipe naming an open_clip config file: the export inlines it, so deleting the file is harmless."""
     cfg_file = tmp_path / "arch.json"

@@ -39,6 +39,19 @@ def test_roundtrip_model_optimizer_rng(tmp_path):
     assert torch.equal(s1[0]["exp_avg"], s2[0]["exp_avg"]) and float(s1[0]["step"]) == float(s2[0]["step"])
 
 
+def test_a_checkpoint_of_another_architecture_is_one_line_naming_the_tensor(tmp_path):
+    """resume=auto into an output_dir that holds a run of another model: one AlignError line, model untouched."""
+    path = save_checkpoint(str(tmp_path), "step-00000001", torch.nn.Linear(4, 3).state_dict(), None, {"step": 1})
+    other = torch.nn.Linear(5, 3)
+    before = other.weight.detach().clone()
+    with pytest.raises(AlignError) as e:
+        load_checkpoint(path, other)
+    msg = str(e.value)
+    assert "\n" not in msg and "does not fit" in msg and "weight: [3, 4] saved, [3, 5] in the model" in msg
+    assert "1 tensor(s)" in msg and "another output_dir" in msg
+    assert torch.equal(other.weight, before)
+
+
 def test_interrupted_write_leaves_previous_loadable(tmp_path):
     m = torch.nn.Linear(2, 2)
     save_checkpoint(str(tmp_path), "step-00000001", m.state_dict(), None, {"step": 1})
