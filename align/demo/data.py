@@ -14,7 +14,11 @@ webdataset that trains and benchmarks in minutes on a CPU:
                                        spoken by eSpeak voices never heard in training, drawn in
                                        another rendering (smaller, off-centre, thinner or thicker
                                        strokes, another blur) -- what generalisation, not memorisation,
-                                       is measured on
+                                       is reported on (`align demo` prints it)
+    OUT/selection/...                  the same val digits in other held-out groups, same layout: voices
+                                       heard neither in training nor in heldout/, and another camera
+                                       (drawn larger, less blur) -- what recipe settings are chosen by
+                                       (benchmarks/demo_sweep.py), so heldout/ stays an unbiased report
 
 Each sample: `png` (the 8x8 digit upsampled bicubically to image_size, 0-255,
 RGB, white ink on black), `txt` (one caption from CAPTION_TEMPLATES), `flac`
@@ -42,7 +46,7 @@ import numpy as np
 from align.errors import DataError
 from align.wds.writer import NumberedShards
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 SAMPLES_PER_SHARD = 256
 SAMPLE_RATE = 16000
 IMAGE_MODE = "RGB"
@@ -83,6 +87,12 @@ HELDOUT_VOICE_VARIANTS = ["m5", "f3", "f4"]
 # the image side, shifted off-centre, strokes thinned or thickened (3x3 min/max filter), Gaussian blur.
 HELDOUT_SCALE = (0.55, 0.8)
 HELDOUT_BLUR = (0.6, 1.2)       # radius in pixels at 32 px
+# The selection groups: other accents and variants again, and the held-out style drawn larger with less blur.
+SELECTION_VOICE_BASES = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+SELECTION_VOICE_VARIANTS = ["m6", "f5"]
+SELECTION_SCALE = (0.6, 0.9)
+SELECTION_BLUR = (0.3, 0.8)
+HELD_SPLITS = ("selection", "heldout")
 RATE_RANGE = (130, 210)    # words per minute, inclusive
 PITCH_RANGE = (30, 70)     # eSpeak pitch 0-100, inclusive
 
@@ -112,7 +122,11 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
         if all(old.get(k) == v for k, v in settings.items()):
             _check_complete(out, old)
             return old
-        if not overwrite:
+        if all(old.get(k) == v for k, v in settings.items() if k != "version"):
+            # the same settings written by another version of this builder: derived data, ours to replace
+            print(f"demo: {out} was built by demo data version {old.get('version')}; rebuilding it as version "
+                  f"{DEMO_VERSION}", file=sys.stderr)
+        elif not overwrite:
             diff = ", ".join(f"{k}={old.get(k)!r} (asked {v!r})" for k, v in settings.items()
                              if old.get(k) != v)
             raise DataError(f"{manifest_path}: demo was built with other settings: {diff}; "
@@ -129,7 +143,7 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
         manifest = _build(tmp, settings, workers, progress)
         out.mkdir(exist_ok=True)
         # replace only what a previous build of ours wrote; manifest goes last
-        for name in ("demo.json", "train", "val", "heldout"):
+        for name in ("demo.json", "train", "val", *HELD_SPLITS):
             old_path = out / name
             if old_path.is_dir():
                 shutil.rmtree(old_path)
@@ -137,7 +151,8 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
                 old_path.unlink()
         os.replace(tmp / "train", out / "train")
         os.replace(tmp / "val", out / "val")
-        os.replace(tmp / "heldout", out / "heldout")
+        for split in HELD_SPLITS:
+            os.replace(tmp / split, out / split)
         os.replace(tmp / "demo.json", manifest_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,18 +194,17 @@ def _read_manifest(path: Path) -> dict:
 
 def _check_complete(out: Path, manifest: dict) -> None:
     try:
-        shards = (list(manifest["train"]["shards"]) + list(manifest["val"]["shards"])
-                  + list(manifest["heldout"]["shards"]))
+        shards = [s for split in ("train", "val", *HELD_SPLITS) for s in manifest[split]["shards"]]
     except (KeyError, TypeError):
-        raise DataError(f"{out / 'demo.json'}: manifest has no train/val shard lists") from None
+        raise DataError(f"{out / 'demo.json'}: manifest has no train/val/selection/heldout shard lists") from None
     missing = [s for s in shards if not (out / s).is_file()]
     if missing:
         raise DataError(f"{out}: demo dataset is incomplete, missing {missing[0]} "
                         f"({len(missing)} shard(s)); delete the directory and build again")
 
 
-def _plan(settings: dict) -> Tuple[List[dict], List[dict], List[dict]]:
-    """All random draws, in the parent: per-sample jobs for the train, val and held-out splits."""
+def _plan(settings: dict) -> Dict[str, List[dict]]:
+    """All random draws, in the parent: per-sample jobs of the train, val, selection and held-out splits."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     digits = load_digits()
@@ -216,28 +230,36 @@ def _plan(settings: dict) -> Tuple[List[dict], List[dict], List[dict]]:
         raise DataError(f"build_demo: limit={settings['limit']} with val_frac={settings['val_frac']} "
                         "leaves no training samples")
 
-    # held-out groups (drawn after the draws above, so train/val stay what they were)
-    h_base = rng.integers(len(HELDOUT_VOICE_BASES), size=n)
-    h_variant = rng.integers(len(HELDOUT_VOICE_VARIANTS), size=n)
-    h_scale = rng.uniform(*HELDOUT_SCALE, size=n)
-    h_offset = rng.uniform(0, 1, size=(n, 2))
-    h_stroke = rng.integers(0, 2, size=n)       # 0: thinner, 1: thicker
-    h_blur = rng.uniform(*HELDOUT_BLUR, size=n)
+    # held-out groups, drawn after the draws above (so train/val stay what they were), the report groups
+    # (heldout/) before the selection groups (so heldout/ stays what it was in version 2)
+    def held_draws(bases, variants, scale, blur) -> dict:
+        return {"bases": bases, "variants": variants, "base": rng.integers(len(bases), size=n),
+                "variant": rng.integers(len(variants), size=n), "scale": rng.uniform(*scale, size=n),
+                "offset": rng.uniform(0, 1, size=(n, 2)),
+                "stroke": rng.integers(0, 2, size=n),       # 0: thinner, 1: thicker
+                "blur": rng.uniform(*blur, size=n)}
 
-    def job(i: int, heldout: bool = False) -> dict:
-        v = (HELDOUT_VOICE_VARIANTS[h_variant[i]] if heldout else VOICE_VARIANTS[variant[i]])
-        b = HELDOUT_VOICE_BASES[h_base[i]] if heldout else VOICE_BASES[base[i]]
+    held = {"heldout": held_draws(HELDOUT_VOICE_BASES, HELDOUT_VOICE_VARIANTS, HELDOUT_SCALE, HELDOUT_BLUR)}
+    held["selection"] = held_draws(SELECTION_VOICE_BASES, SELECTION_VOICE_VARIANTS, SELECTION_SCALE, SELECTION_BLUR)
+
+    def job(i: int, split: Optional[str] = None) -> dict:
+        if split is None:
+            b, v = VOICE_BASES[base[i]], VOICE_VARIANTS[variant[i]]
+        else:
+            d = held[split]
+            b, v = d["bases"][d["base"][i]], d["variants"][d["variant"][i]]
         j = {"key": f"digit{i:05d}", "index": int(i), "label": int(labels[i]),
              "image": images[i], "image_size": settings["image_size"],
              "voice": b + (f"+{v}" if v else ""),
              "rate": int(rate[i]), "pitch": int(pitch[i]), "template": int(template[i])}
-        if heldout:
-            j["render"] = {"scale": float(h_scale[i]), "offset": [float(x) for x in h_offset[i]],
-                           "stroke": "thicker" if h_stroke[i] else "thinner", "blur": float(h_blur[i])}
+        if split is not None:
+            d = held[split]
+            j["render"] = {"scale": float(d["scale"][i]), "offset": [float(x) for x in d["offset"][i]],
+                           "stroke": "thicker" if d["stroke"][i] else "thinner", "blur": float(d["blur"][i])}
         return j
 
-    return ([job(i) for i in train_idx], [job(i) for i in val_idx],
-            [job(i, heldout=True) for i in val_idx])
+    return {"train": [job(i) for i in train_idx], "val": [job(i) for i in val_idx],
+            **{split: [job(i, split) for i in val_idx] for split in HELD_SPLITS}}
 
 
 def render_digit(grid: np.ndarray, size: int, render: Optional[dict] = None):
@@ -293,20 +315,16 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
 
     from align.data.write.eval_sets import write_clip_benchmark_meta
 
-    train_jobs, val_jobs, held_jobs = _plan(settings)
-    (tmp / "train").mkdir(parents=True)
-    (tmp / "val" / "test").mkdir(parents=True)
-    (tmp / "heldout" / "test").mkdir(parents=True)
+    jobs = _plan(settings)
     per = settings["samples_per_shard"]
-    train_w = NumberedShards(tmp / "train", lambda i: f"train-{i:06d}.tar", per)
-    val_w = NumberedShards(tmp / "val" / "test", lambda i: f"{i}.tar", per)
-    held_w = NumberedShards(tmp / "heldout" / "test", lambda i: f"{i}.tar", per)
-    writers = {"train": train_w, "val": val_w, "heldout": held_w}
-    per_class = {"train": [0] * len(CLASSNAMES), "val": [0] * len(CLASSNAMES), "heldout": [0] * len(CLASSNAMES)}
+    (tmp / "train").mkdir(parents=True)
+    writers = {"train": NumberedShards(tmp / "train", lambda i: f"train-{i:06d}.tar", per)}
+    for split in ("val", *HELD_SPLITS):
+        (tmp / split / "test").mkdir(parents=True)
+        writers[split] = NumberedShards(tmp / split / "test", lambda i: f"{i}.tar", per)
+    per_class = {split: [0] * len(CLASSNAMES) for split in writers}
     # chunks never straddle splits; their composition depends only on the settings
-    chunks = [("train", train_jobs[i:i + _CHUNK]) for i in range(0, len(train_jobs), _CHUNK)]
-    chunks += [("val", val_jobs[i:i + _CHUNK]) for i in range(0, len(val_jobs), _CHUNK)]
-    chunks += [("heldout", held_jobs[i:i + _CHUNK]) for i in range(0, len(held_jobs), _CHUNK)]
+    chunks = [(split, js[i:i + _CHUNK]) for split, js in jobs.items() for i in range(0, len(js), _CHUNK)]
     # forkserver children start from a process that never synthesised (fresh eSpeak
     # state); one task per child gives every chunk its own fresh process
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -315,7 +333,7 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
         # import everything the workers need once, in the server, not per chunk
         ctx.set_forkserver_preload(["align.demo.data", "align.demo.espeak", "align.media.audio",
                                     "scipy.signal", "PIL.Image", "PIL.PngImagePlugin", "soundfile"])
-    bar = tqdm(total=len(train_jobs) + len(val_jobs) + len(held_jobs), desc="demo", unit="sample", disable=not progress)
+    bar = tqdm(total=sum(map(len, jobs.values())), desc="demo", unit="sample", disable=not progress)
     results = _map_in_fresh_processes(ctx, [c for _, c in chunks], min(workers, len(chunks)))
     try:
         for (split, _), samples in zip(chunks, results):
@@ -330,6 +348,7 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
         for w in writers.values():
             w.close()
 
+    train_w, val_w = writers["train"], writers["val"]
     n_train, n_val = sum(train_w.sizes), sum(val_w.sizes)
     # the keys of align.data.write.shards.write_shards' stats.json, plus the demo's own
     stats = {"written": n_train, "skipped": 0, "by_reason": {},
@@ -337,32 +356,44 @@ def _build(tmp: Path, settings: dict, workers: int, progress: bool) -> dict:
              "shards": len(train_w.names), "shard_sizes": dict(zip(train_w.names, train_w.sizes)),
              "per_class": dict(zip(CLASSNAMES, per_class["train"]))}
     _write_text(tmp / "train" / "stats.json", json.dumps(stats, indent=2) + "\n")
-    for split, w in (("val", val_w), ("heldout", held_w)):
-        write_clip_benchmark_meta(tmp / split, len(w.names), CLASSNAMES, TEMPLATES)
+    for split in ("val", *HELD_SPLITS):
+        write_clip_benchmark_meta(tmp / split, len(writers[split].names), CLASSNAMES, TEMPLATES)
 
     last_train = len(train_w.names) - 1
     manifest = dict(settings)
     manifest.update({
         "name": "align-demo-digits",
         "image_mode": IMAGE_MODE, "sample_rate": SAMPLE_RATE, "keys": list(KEYS),
-        "counts": {"train": n_train, "val": n_val, "heldout": sum(held_w.sizes), "total": n_train + n_val},
+        "counts": {"train": n_train, "val": n_val, **{split: sum(writers[split].sizes) for split in HELD_SPLITS},
+                   "total": n_train + n_val},
         "per_class": per_class,
         "train": {"pattern": f"train/train-{{000000..{last_train:06d}}}.tar",
-                  "shards": [f"train/{u}" for u in train_w.names], "sizes": train_w.sizes},
-        "val": {"clip_benchmark": {"dataset_name": "wds/demo", "dataset_root": "val", "split": "test"},
-                "pattern": f"val/test/{{0..{len(val_w.names) - 1}}}.tar",
-                "shards": [f"val/test/{u}" for u in val_w.names], "sizes": val_w.sizes},
-        "heldout": {"clip_benchmark": {"dataset_name": "wds/demo", "dataset_root": "heldout", "split": "test"},
-                    "pattern": f"heldout/test/{{0..{len(held_w.names) - 1}}}.tar",
-                    "shards": [f"heldout/test/{u}" for u in held_w.names], "sizes": held_w.sizes,
-                    "voices": {"bases": HELDOUT_VOICE_BASES, "variants": HELDOUT_VOICE_VARIANTS},
-                    "train_voices": {"bases": VOICE_BASES, "variants": VOICE_VARIANTS},
-                    "rendering": {"scale": list(HELDOUT_SCALE), "blur": list(HELDOUT_BLUR),
-                                  "stroke": ["thinner", "thicker"], "offset": "random in the margin"}},
+                  "shards": [f"train/{u}" for u in train_w.names], "sizes": train_w.sizes,
+                  "voices": {"bases": VOICE_BASES, "variants": VOICE_VARIANTS}},
+        "val": _eval_split("val", val_w),
+        "selection": dict(_eval_split("selection", writers["selection"]),
+                          voices={"bases": SELECTION_VOICE_BASES, "variants": SELECTION_VOICE_VARIANTS},
+                          rendering=_rendering(SELECTION_SCALE, SELECTION_BLUR)),
+        "heldout": dict(_eval_split("heldout", writers["heldout"]),
+                        voices={"bases": HELDOUT_VOICE_BASES, "variants": HELDOUT_VOICE_VARIANTS},
+                        train_voices={"bases": VOICE_BASES, "variants": VOICE_VARIANTS},
+                        rendering=_rendering(HELDOUT_SCALE, HELDOUT_BLUR)),
         "classnames": CLASSNAMES, "templates": TEMPLATES,
     })
     _write_text(tmp / "demo.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _eval_split(split: str, w: NumberedShards) -> dict:
+    """The manifest entry of an evaluation split in CLIP_benchmark's wds layout."""
+    return {"clip_benchmark": {"dataset_name": "wds/demo", "dataset_root": split, "split": "test"},
+            "pattern": f"{split}/test/{{0..{len(w.names) - 1}}}.tar",
+            "shards": [f"{split}/test/{u}" for u in w.names], "sizes": w.sizes}
+
+
+def _rendering(scale, blur) -> dict:
+    return {"scale": list(scale), "blur": list(blur), "stroke": ["thinner", "thicker"],
+            "offset": "random in the margin"}
 
 
 def _map_in_fresh_processes(ctx, chunks: List[List[dict]], workers: int):

@@ -1,7 +1,7 @@
 """`align demo`: build the digits dataset, train recipes/demo.yaml, benchmark val, write a report.
 
     align demo --out align_demo
-      align_demo/data/     train shards + val in CLIP_benchmark's local layout
+      align_demo/data/     train shards; val, selection/ and heldout/ in CLIP_benchmark's local layout
       align_demo/run/      the training run (config.yaml, checkpoints/, metrics.jsonl, tb/, summary.json)
       align_demo/report/   result JSONs (CLIP_benchmark shape), results.md, loss.png, retrieval.png
       align_demo/report/heldout/   the same on the held-out groups (unseen voices, another rendering)

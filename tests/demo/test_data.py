@@ -180,6 +180,29 @@ def test_overwrite_replaces_only_what_the_demo_wrote(tmp_path):
     assert json.loads((out / "demo.json").read_text()) == m
 
 
+def test_a_build_of_another_demo_version_is_rebuilt_in_place(small_demo, tmp_path, monkeypatch, capsys):
+    """`align demo` after an upgrade: data the demo wrote with the same settings but another builder version is
+    replaced (one line says so); other content of the folder stays."""
+    import shutil
+
+    root, m, _ = small_demo
+    out = tmp_path / "copy"
+    shutil.copytree(root / "a", out)
+    (out / "notes.txt").write_text("keep me")
+    old = dict(m, version=demo.DEMO_VERSION - 1)
+    (out / "demo.json").write_text(json.dumps(old))
+    shutil.rmtree(out / "selection")                    # version 2 had no selection split
+    monkeypatch.setattr(demo, "SAMPLES_PER_SHARD", 16)
+    monkeypatch.setattr(demo, "_CHUNK", 16)
+    capsys.readouterr()
+    new = demo.build_demo(out, seed=3, limit=LIMIT, workers=2, progress=False)
+    assert f"built by demo data version {demo.DEMO_VERSION - 1}; rebuilding" in capsys.readouterr().err
+    assert new == m and _files(out / "selection") == _files(root / "a" / "selection")
+    assert (out / "notes.txt").read_text() == "keep me"
+    with pytest.raises(DataError, match="other settings"):   # another seed is still refused without overwrite
+        demo.build_demo(out, seed=4, limit=LIMIT, progress=False)
+
+
 @pytest.mark.slow
 def test_full_build(tmp_path):
     m = demo.build_demo(tmp_path / "full", progress=False)
@@ -187,37 +210,60 @@ def test_full_build(tmp_path):
     assert m["counts"]["val"] / 1797 >= 0.2 and min(m["per_class"]["val"]) > 0
 
 
-def test_heldout_split_uses_unseen_voices_and_another_rendering(small_demo):
+HELD = {"heldout": (demo.HELDOUT_VOICE_BASES, demo.HELDOUT_VOICE_VARIANTS, demo.HELDOUT_SCALE, demo.HELDOUT_BLUR),
+        "selection": (demo.SELECTION_VOICE_BASES, demo.SELECTION_VOICE_VARIANTS, demo.SELECTION_SCALE,
+                      demo.SELECTION_BLUR)}
+
+
+def _voices(samples) -> set:
+    return {json.loads(s["json"])["voice"] for s in samples}
+
+
+@pytest.mark.parametrize("split", sorted(HELD))
+def test_held_splits_use_unseen_voices_and_another_rendering(small_demo, split):
     from PIL import Image
     import io
 
     root, m, _ = small_demo
+    bases, variants, scale, blur = HELD[split]
     train = _samples(sorted((root / "a" / "train").glob("*.tar")))
     val = {s["__key__"]: s for s in _samples(sorted((root / "a" / "val" / "test").glob("*.tar")))}
-    held = _samples(sorted((root / "a" / "heldout" / "test").glob("*.tar")))
-    assert sorted(s["__key__"] for s in held) == sorted(val) and m["counts"]["heldout"] == len(val)
-    nshards = int((root / "a" / "heldout" / "test" / "nshards.txt").read_text())
-    assert [f"heldout/test/{i}.tar" for i in range(nshards)] == m["heldout"]["shards"]
-    assert (root / "a" / "heldout" / "classnames.txt").read_text() == (root / "a" / "val" / "classnames.txt").read_text()
-    train_voices = {json.loads(s["json"])["voice"] for s in train} | {json.loads(s["json"])["voice"] for s in val.values()}
+    held = _samples(sorted((root / "a" / split / "test").glob("*.tar")))
+    assert sorted(s["__key__"] for s in held) == sorted(val) and m["counts"][split] == len(val)
+    nshards = int((root / "a" / split / "test" / "nshards.txt").read_text())
+    assert [f"{split}/test/{i}.tar" for i in range(nshards)] == m[split]["shards"]
+    assert (root / "a" / split / "classnames.txt").read_text() == (root / "a" / "val" / "classnames.txt").read_text()
+    assert m[split]["voices"] == {"bases": bases, "variants": variants}
     held_voices = set()
     for s in held:
         meta, ref = json.loads(s["json"]), val[s["__key__"]]
         base, _, variant = meta["voice"].partition("+")
-        assert base in demo.HELDOUT_VOICE_BASES and variant in demo.HELDOUT_VOICE_VARIANTS
+        assert base in bases and variant in variants
         held_voices.add(meta["voice"])
         assert s["cls"] == ref["cls"] and s["flac"] != ref["flac"]
         r = meta["render"]
-        assert demo.HELDOUT_SCALE[0] <= r["scale"] <= demo.HELDOUT_SCALE[1] and r["stroke"] in ("thinner", "thicker")
+        assert scale[0] <= r["scale"] <= scale[1] and blur[0] <= r["blur"] <= blur[1]
+        assert r["stroke"] in ("thinner", "thicker")
         a = np.asarray(Image.open(io.BytesIO(s["png"])).convert("L"), np.float64)
         b = np.asarray(Image.open(io.BytesIO(ref["png"])).convert("L"), np.float64)
-        assert a.shape == b.shape == (32, 32)
-        ink = lambda x: (x > 64).sum()
-        assert ink(a) < ink(b)                                          # drawn smaller
-    assert not held_voices & train_voices and len(held_voices) >= 3
+        assert a.shape == b.shape == (32, 32) and np.abs(a - b).mean() > 5
+        if split == "heldout":
+            ink = lambda x: (x > 64).sum()
+            assert ink(a) < ink(b)                                      # drawn smaller
+    assert not held_voices & (_voices(train) | _voices(val.values())) and len(held_voices) >= 3
     for s in train:
         base, _, variant = json.loads(s["json"])["voice"].partition("+")
         assert base in demo.VOICE_BASES and variant in demo.VOICE_VARIANTS + [""]
+
+
+def test_selection_and_report_groups_are_apart(small_demo):
+    """The groups that choose recipe settings (selection/) share no voice with those reported on (heldout/)."""
+    root, m, _ = small_demo
+    sel = _voices(_samples(sorted((root / "a" / "selection" / "test").glob("*.tar"))))
+    rep = _voices(_samples(sorted((root / "a" / "heldout" / "test").glob("*.tar"))))
+    assert sel and rep and not sel & rep
+    assert not set(demo.SELECTION_VOICE_BASES) & set(demo.HELDOUT_VOICE_BASES + demo.VOICE_BASES)
+    assert not set(demo.SELECTION_VOICE_VARIANTS) & set(demo.HELDOUT_VOICE_VARIANTS + demo.VOICE_VARIANTS)
 
 
 def test_render_digit_styles():
