@@ -146,7 +146,7 @@ def test_help_keys_lists_every_recipe_key_with_type_default_and_help(capsys):
     assert main(["train", "demo", "train.lr=0.01", "--help-keys"]) == 0
     out = capsys.readouterr().out
     assert any(ln.split()[0] == "train.lr" and ln.rstrip().endswith("= 0.01") for ln in out.splitlines() if ln.strip())
-    assert any(ln.split()[0] == "train.max_steps" and ln.rstrip().endswith("= 1200")
+    assert any(ln.split()[0] == "train.max_steps" and ln.rstrip().endswith("= 600")
                for ln in out.splitlines() if ln.strip())
 
 

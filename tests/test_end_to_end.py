@@ -1,6 +1,6 @@
 """End to end, small: demo shards -> train a tiny triple-tower model -> loss falls -> FAISS benchmarks.
 
-The full `align demo` (about 4 minutes) is the slow test at the bottom (`pytest -m slow`).
+The full `align demo` (about 1.5 minutes) is the slow test at the bottom (`pytest -m slow`).
 """
 import json
 import os
@@ -85,4 +85,4 @@ def test_full_demo(tmp_path):
     # 93.4-94.5 % (RESULTS.md), so 88 % leaves room for run-to-run noise and still catches a regression.
     held = {r["modality"]: r["metrics"]["acc1"] for r in out["heldout"] if r.get("modality")}
     assert held["image"] >= 0.88 and held["audio"] >= 0.88, held
-    assert out["timing"]["total_s"] <= 600
+    # its wall time is a benchmark figure (benchmarks/RESULTS.md), not a test

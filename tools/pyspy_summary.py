@@ -18,7 +18,7 @@ BUCKETS = [
     ("step: backward", ("backward",)),
     ("step: optimizer", ("optimizer_step", "adamw", "AdamW", "_fused_adamw", "step (torch/optim")),
     ("step: loss", ("losses.py", "loss.py")),
-    ("step: forward image", ("encode_image", "VisionTransformer")),
+    ("step: forward image", ("encode_image", "VisionTransformer", "ModifiedResNet")),
     ("step: forward audio", ("encode_audio", "towers/audio")),
     ("step: forward text", ("encode_text", "TextTransformer", "trimmed_text_forward")),
 ]
