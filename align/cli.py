@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build and inspect webdataset shards").add_subparsers(
         dest="data_cmd", required=True, metavar="SUBCOMMAND")
     s = data.add_parser("demo", help="write the built-in digits image-text-audio dataset")
-    s.add_argument("--out", required=True, help="output directory (train/, val/, heldout/, demo.json)")
+    s.add_argument("--out", required=True, help="output directory (train/, val/, selection/, heldout/, demo.json)")
     s.add_argument("--seed", type=int, default=0, help="seed of the split and of every random draw")
     s.add_argument("--workers", type=int, default=None, help="speech synthesis processes (default: CPU count)")
     s.set_defaults(fn=cmd_data_demo)

@@ -39,7 +39,7 @@ def vit(patch: int = 4, width: int = 64, layers: int = 2, size: int = 32) -> lis
 
 def rn(width: int, size: int = 32) -> list:
     """open_clip's ModifiedResNet (one bottleneck per stage, attention pooling) as the image tower."""
-    return [f"model.open_clip.vision_cfg={{image_size: {size}, layers: [1, 1, 1, 1], width: {width}}}"]
+    return [f"{V}={{image_size: {size}, layers: [1, 1, 1, 1], width: {width}}}"]
 
 
 def steps(n: int, batch: int = 128) -> list:
@@ -47,7 +47,8 @@ def steps(n: int, batch: int = 128) -> list:
 
 
 # name -> overrides of recipes/demo.yaml (each sets the whole image tower, batch and steps it was run with; the
-# variants before 2026-12-04 ran on the 16-core host, on the demo data of version 2, scored on its heldout/ groups)
+# variants before 2026-12-04 ran on the 16-core host with data.num_workers=2 added, on the demo data of version 2,
+# scored on its heldout/ groups)
 VARIANTS = {
     "noaug_p8_300": ["data.augment=null", *vit(8, 64, 2), *steps(300)],
     "aug_p8_600": [aug(), *vit(8, 64, 2), *steps(600)],
@@ -73,7 +74,6 @@ VARIANTS = {
     "vit_b64_600": [*vit(4, 128, 3, 24), *steps(600, 64)],
     "rn8_b64_800": [*rn(8), *steps(800, 64)],
     "rn16_b64_800": [*rn(16), *steps(800, 64)],
-    "rn8_b64_600": [*rn(8), *steps(600, 64)],
     "rn16_b64_600": [*rn(16), *steps(600, 64)],                  # recipes/demo.yaml since 2026-12-04
     "rn16_b64_500": [*rn(16), *steps(500, 64)],
     "rn16_b64_800_w2": [*rn(16), *steps(800, 64), "data.num_workers=2"],
