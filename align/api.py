@@ -16,7 +16,7 @@ from typing import Optional
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.model import AlignModel, build_model
-from align.train.checkpoint import check_shapes, load_weights
+from align.train.checkpoint import load_model_state, load_weights
 from align.train.rundir import EXPORT_CONFIG, find_model
 
 ALIGN_CONFIG = EXPORT_CONFIG   # written beside every export: the recipe the model came from (align.train.rundir)
@@ -32,12 +32,8 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
     for t in recipe.model.towers.values():
         t.pop("pretrained", None)
     model = build_model(recipe.model)
-    sd = load_weights(weights)
-    check_shapes(sd, model, f"{weights}: weights do not fit the model of {cfg.get('name') or path}'s config",
-                 "a run directory holds the config of its last run: load a checkpoint of that run")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise AlignError(f"{weights}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_model_state(model, load_weights(weights), f"{weights}: weights do not fit the model",
+                     "a run directory holds the config of its last run: load a checkpoint of that run")
     model.config = cfg
     model.name = cfg.get("name") or os.path.basename(os.path.normpath(path))
     return model.to(device).eval()

@@ -243,17 +243,16 @@ def _plan(settings: dict) -> Dict[str, List[dict]]:
     held["selection"] = held_draws(SELECTION_VOICE_BASES, SELECTION_VOICE_VARIANTS, SELECTION_SCALE, SELECTION_BLUR)
 
     def job(i: int, split: Optional[str] = None) -> dict:
-        if split is None:
+        d = held.get(split)
+        if d is None:
             b, v = VOICE_BASES[base[i]], VOICE_VARIANTS[variant[i]]
         else:
-            d = held[split]
             b, v = d["bases"][d["base"][i]], d["variants"][d["variant"][i]]
         j = {"key": f"digit{i:05d}", "index": int(i), "label": int(labels[i]),
              "image": images[i], "image_size": settings["image_size"],
              "voice": b + (f"+{v}" if v else ""),
              "rate": int(rate[i]), "pitch": int(pitch[i]), "template": int(template[i])}
-        if split is not None:
-            d = held[split]
+        if d is not None:
             j["render"] = {"scale": float(d["scale"][i]), "offset": [float(x) for x in d["offset"][i]],
                            "stroke": "thicker" if d["stroke"][i] else "thinner", "blur": float(d["blur"][i])}
         return j

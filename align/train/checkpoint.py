@@ -258,16 +258,20 @@ def data_states(path: str, state: dict) -> list:
     return out
 
 
-def check_shapes(saved: Dict[str, torch.Tensor], model, what: str, hint: str) -> None:
-    """One AlignError line when a saved tensor has another shape than the model's of the same name (an
-    output_dir holding a run of another architecture, say), where torch's load_state_dict raises a multi-line
-    RuntimeError."""
+def load_model_state(model, saved: Dict[str, torch.Tensor], what: str, hint: str) -> None:
+    """saved -> model, every tensor by name. One AlignError line starting with `what` when a saved tensor has
+    another shape than the model's of the same name (an output_dir holding a run of another architecture, say;
+    torch's load_state_dict would raise a multi-line RuntimeError; `hint` says what to do), or when names are
+    missing or unexpected."""
     own = model.state_dict()
     other = [k for k, v in saved.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if other:
         k = other[0]
         raise AlignError(f"{what} ({len(other)} tensor(s) of another shape; first {k}: {list(saved[k].shape)} "
                          f"saved, {list(own[k].shape)} in the model); {hint}")
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    if missing or unexpected:
+        raise AlignError(f"{what} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restore_rng: bool = True,
@@ -303,13 +307,8 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
         set_state_dict(model, opt if opt is not None else [], model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))
     elif model is not None:
-        saved = load_file(os.path.join(path, MODEL))
-        check_shapes(saved, model, f"{path}: checkpoint does not fit the recipe's model",
-                     "train into another output_dir")
-        missing, unexpected = model.load_state_dict(saved, strict=False)
-        if missing or unexpected:
-            raise AlignError(f"{path}: checkpoint does not fit the recipe's model "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_model_state(model, load_file(os.path.join(path, MODEL)),
+                         f"{path}: checkpoint does not fit the recipe's model", "train into another output_dir")
     if optimizer is not None and not sharded and os.path.isfile(os.path.join(path, OPTIM_META)):
         with open(os.path.join(path, OPTIM_META)) as f:
             meta = json.load(f)
