@@ -84,8 +84,8 @@ def test_full_demo(tmp_path):
     out = run_demo(out=str(tmp_path / "demo"), progress=False)
     acc = {r["modality"]: r["metrics"]["acc1"] for r in out["results"] if r.get("modality")}
     assert acc["image"] >= 0.85 and acc["audio"] >= 0.85, acc
-    # Held-out groups (unseen voices, another rendering): the target is 90 %; two idle runs gave
-    # 93.4-94.5 % (RESULTS.md), so 88 % leaves room for run-to-run noise and still catches a regression.
+    # Held-out report groups (unseen voices, another rendering): the target is 90 %; the runs of the
+    # recipe gave 93.2-96.3 % (RESULTS.md), so 88 % leaves room for run-to-run noise and still catches a regression.
     held = {r["modality"]: r["metrics"]["acc1"] for r in out["heldout"] if r.get("modality")}
     assert held["image"] >= 0.88 and held["audio"] >= 0.88, held
     # its wall time is a benchmark figure (benchmarks/RESULTS.md), not a test
