@@ -146,7 +146,7 @@ class RunLogger:
         write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT),
                         eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held)
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
-                  + (f", held-out {held} {results[held]:.4f}" if held else "")
+                  + (f", val {held} {results[held]:.4f}" if held else "")
                   + f", skipped {sum(loader.skipped.values())} samples"
                   + "".join(f", {n} {what}" for what, n in sorted(getattr(loader, "noted", {}).items()))
                   + f" -> {r.output_dir}")

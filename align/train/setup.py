@@ -174,11 +174,22 @@ class Engine:
 
 
 def resolve_resume(r: Recipe) -> Optional[str]:
-    if r.resume == "none":
-        return None
+    """The checkpoint this run starts from (None: a fresh start).
+
+    A fresh start (resume=none) or a start from another run's checkpoint (resume=PATH outside output_dir) into
+    an output_dir that already holds checkpoints would write its own over and beside that run's, and align.load
+    would then take whichever step is highest: one AlignError line instead, before anything is written."""
     if r.resume == "auto":
         return rundir.newest_checkpoint(r.output_dir)     # the newest intact one (damaged ones named, skipped)
-    return r.resume
+    mine = rundir.checkpoints_dir(r.output_dir)
+    here = rundir.list_checkpoints(mine)
+    inside = r.resume != "none" and os.path.realpath(r.resume).startswith(os.path.realpath(mine) + os.sep)
+    if here and not inside:
+        start = "a fresh start (resume=none)" if r.resume == "none" else f"a start from {r.resume}"
+        raise AlignError(f"output_dir {r.output_dir} already holds checkpoints of a run (newest "
+                         f"{os.path.basename(here[-1])}): {start} would write its own among them; resume=auto "
+                         f"continues that run, or choose another output_dir (or move its checkpoints away)")
+    return None if r.resume == "none" else r.resume
 
 
 def _start_weights(model: AlignModel, r: Recipe, printer) -> Optional[dict]:

@@ -306,8 +306,9 @@ def test_resume_auto_none_and_path(tmp_path, monkeypatch):
     assert len(spy.steps) == 2
     assert [row["step"] for row in metrics(base["output_dir"])][-2:] == [5, 6]
     spy.steps.clear()
-    train_dict(dict(base, resume="none", train=dict(base["train"], max_steps=3)))  # none: 3 fresh steps
-    assert len(spy.steps) == 3
+    fresh = dict(base, resume="none", output_dir=os.path.join(tmp_path, "fresh"), train=dict(base["train"], max_steps=3))
+    train_dict(fresh)                                                         # none: 3 fresh steps
+    assert len(spy.steps) == 3 and [row["step"] for row in metrics(fresh["output_dir"])] == [1, 2, 3]
     spy.steps.clear()
     step2 = os.path.join(tmp_path, "keep", "step-00000002")
     import shutil
@@ -315,6 +316,30 @@ def test_resume_auto_none_and_path(tmp_path, monkeypatch):
     other = recipe(tmp_path, "other", resume=step2, train={"max_steps": 4, "checkpoint_every": 0})
     train_dict(other)                                                         # PATH: steps 3 and 4
     assert len(spy.steps) == 2 and [row["step"] for row in metrics(other["output_dir"])] == [3, 4]
+
+
+def test_a_fresh_start_into_a_run_with_checkpoints_is_refused(tmp_path, monkeypatch):
+    """resume=none, or a checkpoint of another run, into an output_dir that holds checkpoints: one AlignError line
+    naming the folder and its newest checkpoint, before a step is taken or a file written; a checkpoint inside the
+    same output_dir (a rewind) is allowed."""
+    import shutil
+    spy = Spy(monkeypatch)
+    base = recipe(tmp_path, "run", resume="auto", train={"max_steps": 4, "checkpoint_every": 2})
+    train_dict(base)
+    run = base["output_dir"]
+    shutil.copytree(os.path.join(run, "checkpoints", "step-00000002"), os.path.join(tmp_path, "elsewhere"))
+    before = {p: os.path.getmtime(os.path.join(d, p)) for d, _, fs in os.walk(run) for p in fs}
+    for resume in ("none", os.path.join(tmp_path, "elsewhere")):
+        spy.steps.clear()
+        with pytest.raises(AlignError) as e:
+            train_dict(dict(base, resume=resume))
+        msg = str(e.value)
+        assert "\n" not in msg and run in msg and "step-00000004" in msg and "resume=auto" in msg
+        assert spy.steps == []
+    assert {p: os.path.getmtime(os.path.join(d, p)) for d, _, fs in os.walk(run) for p in fs} == before
+    spy.steps.clear()
+    train_dict(dict(base, resume=os.path.join(run, "checkpoints", "step-00000002")))   # a rewind: steps 3, 4
+    assert len(spy.steps) == 2
 
 
 @pytest.mark.parametrize("how", ["same_recipe", "extended"])
