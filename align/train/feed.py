@@ -57,7 +57,7 @@ def _stored_teacher(r: Recipe) -> tuple:
 def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:
     """An open_clip image tower's `vision_cfg.image_size: auto` -> the median longest side of the training
     shards' images, a multiple of its patch size (align.data.tools.stats.image_size_stats, the number `align data
-    stats` prints). Every rank reads the same first images, so all agree without a collective; config.yaml records
+    stats` prints). Every rank reads the same images, so all agree without a collective; config.yaml records
     the number, so align.load and export rebuild the same model."""
     import copy
     tower = r.model.towers.get("image") or {}
@@ -66,7 +66,7 @@ def resolve_auto_image_size(r: Recipe, printer=print) -> Recipe:
         return r
     from align.data.tools.stats import image_size_stats
     patch = vision.get("patch_size") or 4
-    st = image_size_stats(_first_source(r), multiple=patch, allow_pipe=r.data.allow_pipe)
+    st = image_size_stats(_train_sources(r), multiple=patch, allow_pipe=r.data.allow_pipe)
     if not st["images"]:
         raise AlignError(f"model.towers.image: image_size auto found no image in data.train={r.data.train!r}")
     r = copy.deepcopy(r)
@@ -82,7 +82,7 @@ def resolve_auto_clip_seconds(r: Recipe, printer=print) -> Recipe:
     """An audio tower's `clip_seconds: auto` -> the 99th percentile of the training clips' durations after the
     tower's own silence trimming (`trim_db`), rounded up to 0.1 s (align.data.tools.stats.audio_duration_stats,
     the number `align data stats` prints): the clip then holds nearly every recording whole, where a fixed 1 s
-    crops the longer words in training and evaluation alike. Every rank reads the same first clips, so all agree
+    crops the longer words in training and evaluation alike. Every rank reads the same clips, so all agree
     without a collective; config.yaml records the number, so align.load and export rebuild the same model."""
     import copy
     auto = [m for m, t in r.model.towers.items() if isinstance(t, dict) and t.get("clip_seconds") == "auto"]
@@ -91,7 +91,7 @@ def resolve_auto_clip_seconds(r: Recipe, printer=print) -> Recipe:
     from align.data.tools.stats import audio_duration_stats
     r = copy.deepcopy(r)
     for m in auto:
-        st = audio_duration_stats(_first_source(r), clip_seconds_measure(r.model.towers[m], f"model.towers.{m}"),
+        st = audio_duration_stats(_train_sources(r), clip_seconds_measure(r.model.towers[m], f"model.towers.{m}"),
                                   allow_pipe=r.data.allow_pipe)
         if not st["clips"]:
             raise AlignError(f"model.towers.{m}: clip_seconds auto found no readable audio in "
@@ -115,10 +115,11 @@ def clip_seconds_measure(tower: dict, where: str = "model.towers.audio"):
     return seconds
 
 
-def _first_source(r: Recipe):
-    """data.train's first source's pattern: what the `auto` sizes are read from."""
-    return r.data.train if isinstance(r.data.train, str) else \
-        [x if isinstance(x, str) else x.urls for x in r.data.train][0]
+def _train_sources(r: Recipe):
+    """data.train's sources (every one of them): what the `auto` sizes are read from, spread over their shards."""
+    from align.data.stream.loader import SourceSpec
+    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
+    return [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls) for s in train]
 
 
 def _val_split(r: Recipe):

@@ -54,7 +54,8 @@ def feature_stats(pattern, transform: Callable, modality: str = "audio", max_sam
 
 
 def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_pipe: bool = False) -> dict:
-    """Widths and heights of the first `max_samples` images of the shards at `pattern`, from their headers.
+    """Widths and heights of up to `max_samples` images spread over the shards at `pattern` (`_members`), from
+    their headers.
 
     Returns {"images", "unreadable", "width": {min, median, max}, "height": {...}, "image_size"}: image_size is
     the median longest side rounded to the nearest multiple of `multiple` (the patch size), at least `multiple`.
@@ -62,7 +63,7 @@ def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_
     from PIL import Image
 
     widths, heights, unreadable = [], [], 0
-    for _, raw, ext in _members(pattern, "image", allow_pipe):
+    for _, raw, ext in _members(pattern, "image", allow_pipe, max_samples):
         try:
             with Image.open(io.BytesIO(raw[ext])) as im:     # the header only: no pixel is decoded
                 w, h = im.size
@@ -86,8 +87,8 @@ def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_
 
 def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, quantile: float = 0.99,
                          step: float = 0.1, allow_pipe: bool = False, progress: bool = False) -> dict:
-    """Durations of the first `max_samples` audio clips of the shards at `pattern`, as `seconds(wave, rate)`
-    measures one (e.g. after the tower's silence trimming; wave float32 [T] mono).
+    """Durations of up to `max_samples` audio clips spread over the shards at `pattern` (`_members`), as
+    `seconds(wave, rate)` measures one (e.g. after the tower's silence trimming; wave float32 [T] mono).
 
     Returns {"clips", "unreadable", "seconds": {min, median, p<q>, max}, "clip_seconds"}: clip_seconds is the
     `quantile` of the durations rounded up to a multiple of `step`, at least `step`. {"clips": 0} when the
@@ -98,7 +99,7 @@ def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, qu
 
     durations, unreadable = [], 0
     with tqdm(total=max_samples, unit="clip", desc="audio durations", disable=not progress) as bar:
-        for url, raw, ext in _members(pattern, "audio", allow_pipe):
+        for url, raw, ext in _members(pattern, "audio", allow_pipe, max_samples):
             try:
                 wave, rate = decode_audio(raw[ext], name=f"{url}: sample {raw.get('__key__')!r}")
             except AlignError:
@@ -121,20 +122,35 @@ def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, qu
             "clip_seconds": round(clip, 3)}
 
 
-def _members(pattern, modality: str, allow_pipe: bool):
-    """(url, raw sample, extension) for every sample of the shards at `pattern` that holds `modality`, in order;
-    damaged shards are skipped quietly (the stats are of what can be read)."""
+SPREAD_SHARDS = 64     # the `auto` sizes read their samples from at most this many shards, evenly spaced
+
+
+def _members(pattern, modality: str, allow_pipe: bool, max_samples: int):
+    """(url, raw sample, extension) for up to `max_samples` samples holding `modality`, spread over the shards of
+    every source at `pattern`: up to SPREAD_SHARDS shards evenly spaced over all of them (every shard when there
+    are fewer), the same number from each, so shards written in order of class, speaker or size (or a second
+    source) are all represented, not only the first shard's first samples. Deterministic, so every rank reads the
+    same. Damaged shards are skipped quietly (the stats are of what can be read)."""
     from align.data.stream.faults import FaultCounter
     from align.data.stream.sources import resolve_sources, shard_samples
     from align.wds.format import pick
 
+    urls = [u for src in resolve_sources(pattern, allow_pipe=allow_pipe) for u in src.urls]
+    if not urls:
+        return
+    k = min(len(urls), SPREAD_SHARDS)
+    chosen = [urls[(i * len(urls)) // k] for i in range(k)]             # evenly spaced, the first included
+    per_shard = -(-max_samples // k)
     faults = FaultCounter(warn=False)
-    for src in resolve_sources(pattern, allow_pipe=allow_pipe):
-        for url in src.urls:
-            for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
-                ext = pick(raw, modality)
-                if ext is not None:
-                    yield url, raw, ext
+    for url in chosen:
+        n = 0
+        for raw in shard_samples(url, faults, allow_pipe=allow_pipe):
+            ext = pick(raw, modality)
+            if ext is not None:
+                yield url, raw, ext
+                n += 1
+                if n >= per_shard:
+                    break
 
 
 def modalities_present(pattern, max_samples: int = 50, allow_pipe: bool = False) -> set:

@@ -91,6 +91,38 @@ def test_image_size_auto_trains_at_the_datas_size_and_the_run_records_it(tmp_pat
         train_dict(r2)
 
 
+def test_the_auto_sizes_read_every_shard_and_every_source_not_the_first_samples(tmp_path, capsys):
+    """Shards written in order of size (small images first): up to max_samples images are read from every shard
+    alike (and at most SPREAD_SHARDS shards, evenly spaced), so the second shard's large images count; with two
+    sources in data.train, the second source's images count too."""
+    from align.data.stream.sources import SourceSpec
+    from align.data.tools import stats
+    from tests.switch_helpers import recipe, train_dict
+    for d in ("s0", "s1", "l0", "l1"):
+        (tmp_path / d).mkdir()
+    small = [_image_shard(tmp_path / f"s{i}", [(8, 8)] * 4) for i in range(2)]
+    large = [_image_shard(tmp_path / f"l{i}", [(40, 40)] * 4) for i in range(2)]
+    st = stats.image_size_stats(small + large, max_samples=8)
+    assert st["images"] == 8 and st["width"]["min"] == 8 and st["width"]["max"] == 40    # 2 from each shard
+    assert st["image_size"] == 24                                     # median longest side (8 + 40) / 2
+    st = stats.image_size_stats(small + large, max_samples=4)
+    assert st["images"] == 4 and st["width"]["max"] == 40
+    old = stats.SPREAD_SHARDS
+    try:                                          # more shards than SPREAD_SHARDS: evenly spaced, first included
+        stats.SPREAD_SHARDS = 2
+        st = stats.image_size_stats(small + large, max_samples=100)
+        assert st["images"] == 8 and st["width"]["min"] == 8 and st["width"]["max"] == 40
+    finally:
+        stats.SPREAD_SHARDS = old
+    two = [SourceSpec(urls=small[0]), SourceSpec(urls=large[0])]
+    assert stats.image_size_stats(two)["width"]["max"] == 40
+    r = recipe(tmp_path, "run", data={"train": [{"urls": small[0], "weight": 1.0}, {"urls": large[0], "weight": 1.0}],
+                                      "num_workers": 0, "shuffle_buffer": 0}, train={"batch_size": 4, "max_steps": 1})
+    r["model"]["open_clip"]["vision_cfg"]["image_size"] = "auto"
+    train_dict(r)
+    assert "median longest side of 8 training images: 24x24" in capsys.readouterr().out
+
+
 def _tone_shard(tmp_path, seconds, rate=16000, pad=0.2):
     """Tones of the given lengths with `pad` s of silence either side, one undecodable clip, one image-only
     sample (no audio: not counted)."""
