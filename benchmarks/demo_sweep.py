@@ -15,6 +15,7 @@ choice (benchmarks/RESULTS.md, issue 20 item 2 and issue 23 item 1).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ def run_one(name: str, data: str, out: str, extra: list) -> dict:
     from align.train.evaluate import evaluate_model
     from align.train.loop import train
     run = os.path.join(out, "runs", name)
+    shutil.rmtree(run, ignore_errors=True)      # a fresh run (align refuses resume=none into a run dir with checkpoints)
     ov = [f"output_dir={run}", "seed=0", f"data.train={data}/train", f"data.val={data}/val", "resume=none",
           "eval.tasks=[zeroshot]", "train.checkpoint_every=100000", *VARIANTS[name], *extra]
     t0 = time.time()

@@ -16,6 +16,7 @@ runs already in OUT.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -95,7 +96,8 @@ def main():
             res[name] = {"heldout_image_acc1": s["metrics"]["image/zeroshot/acc1"], "final_loss": s["final_loss"],
                          "samples_per_s": s["samples_per_s"]}
         else:
-            res[name] = run(path, name, a.out, a.nice)
+            shutil.rmtree(os.path.join(a.out, name), ignore_errors=True)    # a fresh run (align refuses resume=none
+            res[name] = run(path, name, a.out, a.nice)                     # into a run dir with checkpoints)
         res[name]["val_image_acc1"] = val_acc1(os.path.join(a.out, name), os.path.join(a.data, "val"))
         print(name, json.dumps(res[name]), flush=True)
     print(f"\n| student ({a.steps} steps x 64) | held-out image zero-shot acc1 | val image zero-shot acc1 | "

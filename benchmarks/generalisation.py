@@ -193,8 +193,8 @@ def run_built(a) -> dict:
             overrides = [f"data.train={os.path.join(a.built, 'train')}", f"output_dir={run_dir}", f"seed={seed}",
                          "eval.tasks=[]", *([f"train.max_steps={a.steps}"] if a.steps else []),
                          *VARIANTS[variant], *a.overrides]
-            if not os.path.exists(os.path.join(run_dir, "summary.json")):     # a finished run is reused
-                train(load_recipe(resolve_recipe(a.recipe), [*overrides, "resume=none"]), progress=True)
+            if not os.path.exists(os.path.join(run_dir, "summary.json")):     # a finished run is reused, an
+                train(load_recipe(resolve_recipe(a.recipe), [*overrides, "resume=auto"]), progress=True)  # interrupted one continued
             model, row = align.load(run_dir), {"variant": variant, "seed": seed, "run_dir": run_dir}
             for part in ("selection", "report"):
                 res = evaluate_model(model, os.path.join(a.built, part), tasks=("zeroshot",))

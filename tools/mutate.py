@@ -218,9 +218,16 @@ MUTATIONS = [
       "        problem = verify(ckpt)\n        if problem is None:", "        problem = None\n        if problem is None:",
       ["tests/train/test_manifest.py::test_resume_auto_falls_back_from_a_truncated_checkpoint_with_one_line"]),
     M("resume.none_ignored", "align/train/setup.py",
-      "    if r.resume == \"none\":\n        return None\n", "", [SW + "::test_resume_auto_none_and_path"]),
-    M("resume.path_ignored", "align/train/setup.py", "    return r.resume\n", "    return None\n",
+      "    return None if r.resume == \"none\" else r.resume\n", "    return r.resume\n",
       [SW + "::test_resume_auto_none_and_path"]),
+    M("resume.path_ignored", "align/train/setup.py",
+      "    return None if r.resume == \"none\" else r.resume\n", "    return None\n",
+      [SW + "::test_resume_auto_none_and_path"]),
+    M("resume.fresh_start_among_checkpoints", "align/train/setup.py", "    if here and not inside:\n",
+      "    if False:\n", [SW + "::test_a_fresh_start_into_a_run_with_checkpoints_is_refused"]),
+    M("stats.auto_sizes_from_the_first_shard", "align/data/tools/stats.py", "    k = min(len(urls), SPREAD_SHARDS)\n",
+      "    k = 1\n", ["tests/data/tools/test_stats.py::"
+                     "test_the_auto_sizes_read_every_shard_and_every_source_not_the_first_samples"]),
     # -- model.* ----------------------------------------------------------------------------------
     M("switch.model.embed_dim", "align/model.py",
       "towers[modality] = build_tower(tcfg, modality, model_cfg.embed_dim)",
