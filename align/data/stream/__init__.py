@@ -3,7 +3,8 @@
   sources     shard lists (patterns, folders, lists, weighted mixes) and their reading
   remote      http(s) shards read by the standard library
   decode      raw sample -> decoded modalities; SampleDecoder (decode + transform + collate)
-  augment     augmentation stages (image, wave, log-mel), by registered name
+  augment     augmentation stages by registered name: the chains, the image and text stages
+  augment_audio  the audio stages (wave and log-mel)
   faults      skip reasons and their counts
   keys        the batch control keys (`__worker__`, `__seen__`, ...) as named constants
   worker      the one per-worker decode loop that ordinary epochs and elastic segments share
