@@ -429,7 +429,7 @@ MUTATIONS = [
     M("data.negatives.mask_not_set", "align/data/stream/decode.py",
       'neg[i, :n], mask[i, :n] = s["neg_text"], True', 'neg[i, :n] = s["neg_text"]',
       ["tests/data/stream/test_decode_negatives.py"]),
-    M("data.shards.neg_col_ignored", "align/data/write/shards.py",
+    M("data.shards.neg_col_ignored", "align/data/write/sample.py",
       "negs = _negatives(row.values.get(job.neg_col), base, job.limits) if job.neg_col else []", "negs = []",
       ["tests/data/write/test_shards.py::test_neg_col_writes_hard_negatives_as_neg_txt"]),
     # -- issue 22: hard negatives in training, distillation -----------------------------------------

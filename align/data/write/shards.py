@@ -40,189 +40,30 @@ import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from align.data.write import eval_sets
 from align.data.stream.faults import format_counts
-from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES, encode_audio, encode_image
-from align.wds.format import NEG_EXT
-from align.data.write.inputs import COLUMN_KINDS, Row, Input, open_input, resolve_columns
-from align.data.write.values import SkipRow, jsonable, read_captions, read_label, read_media
+from align.data.write.media import IMAGE_FORMATS, RESIZE_MODES
+from align.data.write.inputs import COLUMN_KINDS, open_input, resolve_columns
+from align.data.write.sample import Job, encode_row
+from align.data.write.values import SkipRow
 from align.errors import ConfigError, DataError
-from align.limits import DataLimits, DEFAULT_LIMITS, JSON_TOO_LARGE, TEXT_TOO_LONG, as_limits
+from align.limits import DEFAULT_LIMITS, as_limits
 from align.runlock import RunLock
-from align.data.write.jobdir import CB_SPLIT, prepare_dir, write_json_atomic
+from align.data.write.jobdir import prepare_dir, write_json_atomic
 from align.wds.writer import SampleWriter
 
 LAYOUTS = ("shards", "clip_benchmark")
 JOB_VERSION = 1
 
 
-@dataclass
-class _Job:
-    """Everything a worker needs to write any shard of this job (picklable)."""
-
-    inp: Input
-    columns: Dict[str, str]          # modality -> column
-    out_dir: Path
-    settings: Dict[str, Any]         # the job.json content
-    n_rows: int
-    n_shards: int
-    shard_size: int
-    prefix: str
-    image_size: Optional[int] = None
-    resize_mode: str = "keep"
-    image_format: str = "jpg"
-    image_quality: int = 95
-    sample_rate: int = 16000
-    extra_cols: List[str] = field(default_factory=list)
-    more_text_cols: List[str] = field(default_factory=list)  # text_col "a,b": captions of b join a's
-    classes: Optional[List[str]] = None      # class names: labels are their indices
-    string_labels: bool = False              # labels are names (-> index in classes), not integers
-    layout: str = "shards"
-    indices: Optional[List[int]] = None      # the input rows of this output (None: all), in order
-    skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
-    limits: Optional[DataLimits] = None      # data.limits: inputs past them are skipped (align.limits)
-    neg_col: Optional[str] = None            # hard-negative captions -> the sample's neg.txt
-
-    def __post_init__(self):
-        self.class_index = {c: i for i, c in enumerate(self.classes or [])}
-        self.limits = as_limits(self.limits)
-
-    @property
-    def shard_dir(self) -> Path:
-        return self.out_dir / CB_SPLIT if self.layout == "clip_benchmark" else self.out_dir
-
-    def shard_name(self, idx: int) -> str:
-        return str(idx) if self.layout == "clip_benchmark" else f"{self.prefix}-{idx:06d}"
-
-    def rows(self, start: int, stop: int):
-        """The rows at positions start..stop of this output."""
-        if self.indices is None:
-            yield from self.inp.rows(start, stop)
-            return
-        picked = self.indices[start:stop]
-        run = 0
-        while run < len(picked):  # contiguous runs of input rows: one read each
-            end = run + 1
-            while end < len(picked) and picked[end] == picked[end - 1] + 1:
-                end += 1
-            yield from self.inp.rows(picked[run], picked[end - 1] + 1)
-            run = end
-
-
-def _negatives(value, base, limits) -> List[str]:
-    """A row's hard-negative captions: newline-separated, a JSON list string, or a list; [] when none."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-    try:
-        return read_captions(value, base, limits)
-    except SkipRow:          # no negatives for this row: a normal sample
-        return []
-
-
-def _text_members(row: Row, value, base, job: _Job, members: Dict[str, bytes], meta: Dict[str, Any]) -> None:
-    """The row's captions -> members["txt"] (one per line; more caption columns join), its hard negatives ->
-    members["neg.txt"]; SkipRow past data.limits.max_text_bytes."""
-    caps = read_captions(value, base, job.limits)
-    for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
-        try:
-            caps += read_captions(row.values.get(col), base, job.limits)
-        except SkipRow:
-            pass
-    members["txt"] = "\n".join(caps).encode("utf-8")
-    if len(members["txt"]) > job.limits.max_text_bytes:   # training would skip it: so do we, now
-        raise SkipRow(TEXT_TOO_LONG, f"text: {len(members['txt'])} bytes of captions, over "
-                                     f"data.limits.max_text_bytes={job.limits.max_text_bytes}")
-    meta["captions"] = len(caps)
-    negs = _negatives(row.values.get(job.neg_col), base, job.limits) if job.neg_col else []
-    if negs:
-        members[NEG_EXT] = "\n".join(negs).encode("utf-8")
-        meta["negatives"] = len(negs)
-
-
-def _sample(row: Row, key: str, job: _Job) -> Tuple[Dict[str, bytes], set]:
-    """One row -> tar members {ext: bytes} and the modalities it holds, or SkipRow."""
-    if row.error:
-        raise SkipRow(row.reason or "row: invalid", row.error)
-    if row.index in job.skip_rows:
-        raise SkipRow(*job.skip_rows[row.index])
-    base = job.inp.base_dir
-    members: Dict[str, bytes] = {}
-    meta: Dict[str, Any] = {"key": key, "source": {"row": row.index}}
-    if row.key is not None:
-        meta["source"]["key"] = row.key
-    for mod in COLUMN_KINDS:
-        if mod not in job.columns:
-            continue
-        value = row.values.get(job.columns[mod])
-        if value is None and job.inp.kind == "folder":
-            raise SkipRow(f"{mod}: missing", f"{mod}: no file for stem {row.key!r}")
-        if mod in ("image", "audio"):
-            payload, name, path = read_media(value, base, mod, job.limits)
-            try:
-                data, info = (encode_image if mod == "image" else encode_audio)(payload, name, job)
-            except SkipRow as s:
-                s.source = s.source or path
-                raise
-            members[job.image_format if mod == "image" else "flac"] = data
-            if name:
-                meta["source"][mod] = name
-            meta[mod] = info
-        elif mod == "text":
-            _text_members(row, value, base, job, members, meta)
-        else:
-            label = read_label(value, base)
-            if job.string_labels:  # label names -> their index in the class list
-                if label not in job.class_index:
-                    raise SkipRow("label: not in classnames", f"label: {label!r} is not in the class names")
-                meta["label_name"] = label
-                label = str(job.class_index[label])
-            members["cls"] = label.encode("utf-8")
-            names = job.inp.label_names.get(job.columns["label"])  # a datasets ClassLabel
-            if names and label == "-1":  # datasets' "no label"
-                raise SkipRow("label: missing", "label: -1 (no label)")
-            if not job.string_labels and job.classes is not None:
-                if not re.fullmatch(r"\d+", label) or int(label) >= len(job.classes):
-                    raise SkipRow("label: not in classnames",
-                                  f"label: {label!r} is not an index into the {len(job.classes)} class names")
-                meta["label_name"] = job.classes[int(label)]
-    extra = {}
-    for col in job.extra_cols:
-        try:
-            extra[col] = jsonable(row.values.get(col))
-        except (TypeError, ValueError):
-            pass  # bytes, images, arrays: not metadata
-    sidecar = row.values.get("__sidecar__")
-    if sidecar is not None:
-        try:
-            if Path(sidecar).stat().st_size > job.limits.max_json_bytes:
-                raise SkipRow(JSON_TOO_LARGE, f"json: sidecar {Path(sidecar).name!r} is over "
-                                              f"data.limits.max_json_bytes={job.limits.max_json_bytes}", str(sidecar))
-            obj = json.loads(Path(sidecar).read_text(encoding="utf-8"))
-            extra.update(obj if isinstance(obj, dict) else {"json": obj})
-        except (OSError, ValueError) as e:
-            raise SkipRow("json: invalid", f"json: invalid sidecar {Path(sidecar).name!r} ({e})", str(sidecar)) from None
-    if extra:
-        meta["extra"] = extra
-    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                                 allow_nan=False).encode("utf-8")
-    if len(members["json"]) > job.limits.max_json_bytes:
-        raise SkipRow(JSON_TOO_LARGE, f"json: the sample's metadata is {len(members['json'])} bytes, over "
-                                      f"data.limits.max_json_bytes={job.limits.max_json_bytes}")
-    return members, {m for m in job.columns}
-
-
 # ----------------------------------------------------------------- shards
 
 
-def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
+def _write_shard(job: Job, idx: int, tick=None) -> Dict[str, Any]:
     """Write shard `idx` (rows idx*shard_size ...) atomically; return its done-record."""
     name = job.shard_name(idx)
     final = job.shard_dir / f"{name}.tar"
@@ -235,7 +76,7 @@ def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
             for pos, row in enumerate(job.rows(start, stop)):
                 key = f"{name}-{pos:06d}"
                 try:
-                    members, have = _sample(row, key, job)
+                    members, have = encode_row(row, key, job)
                 except SkipRow as s:
                     by_reason[s.reason] += 1
                     skipped.append({"row": row.index, "key": row.key, "source": s.source or job.inp.description,
@@ -256,10 +97,10 @@ def _write_shard(job: _Job, idx: int, tick=None) -> Dict[str, Any]:
     return record
 
 
-_WORKER_JOB: Optional[_Job] = None
+_WORKER_JOB: Optional[Job] = None
 
 
-def _init_worker(job: _Job) -> None:
+def _init_worker(job: Job) -> None:
     global _WORKER_JOB
     _WORKER_JOB = job
 
@@ -269,7 +110,7 @@ def _worker_shard(idx: int) -> Dict[str, Any]:
     return _write_shard(_WORKER_JOB, idx)
 
 
-def _done_record(job: _Job, idx: int) -> Optional[Dict[str, Any]]:
+def _done_record(job: Job, idx: int) -> Optional[Dict[str, Any]]:
     """The shard's done-record if its tar is there with the recorded size."""
     name = job.shard_name(idx)
     rec_path = job.out_dir / ".done" / f"{name}.json"
@@ -382,12 +223,12 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                               and c != neg_col],
                   classes=classes, string_labels=string_labels, limits=limits)
     if val_groups_from is None:
-        parts = [("", _Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
+        parts = [("", Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
                            layout=layout, **common))]
     else:
         train_rows, val_rows, no_group = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
         held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
-        parts = [(name, _Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
+        parts = [(name, Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
                              n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
                              **common))
                  for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
@@ -455,7 +296,7 @@ def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Option
                         f"{max_skip_frac} ({format_counts(by_reason, 3)}); see {where}")
 
 
-def _write_part(job: _Job, overwrite: bool, workers: int, progress: bool, templates) -> Dict[str, Any]:
+def _write_part(job: Job, overwrite: bool, workers: int, progress: bool, templates) -> Dict[str, Any]:
     """Write (or resume) one output folder; its stats, also in its stats.json."""
     out, n_rows = job.out_dir, job.n_rows
     if n_rows == 0:

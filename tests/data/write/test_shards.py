@@ -215,16 +215,16 @@ def test_resume_after_lost_shard_and_crash(tmp_path, monkeypatch):
 
     # 1) A run that crashes while writing shard 2 leaves shards 0-1 done and a tmp file.
     out = tmp_path / "out"
-    real = shards_mod._sample
+    real = shards_mod.encode_row
 
     def crashing(row, key, job):
         if row.index == 7:
             raise RuntimeError("simulated crash")
         return real(row, key, job)
-    monkeypatch.setattr(shards_mod, "_sample", crashing)
+    monkeypatch.setattr(shards_mod, "encode_row", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         write_shards(csv, out, shard_size=3, progress=False)
-    monkeypatch.setattr(shards_mod, "_sample", real)
+    monkeypatch.setattr(shards_mod, "encode_row", real)
     assert (out / "shard-000002.tar.tmp").exists() and not (out / "shard-000002.tar").exists()
     assert not (out / "stats.json").exists()
     kept = (out / "shard-000000.tar").stat().st_mtime_ns
