@@ -116,7 +116,7 @@ def test_training_never_sees_a_held_out_group_and_evaluates_on_it(tmp_path, caps
     rows = [json.loads(x) for x in open(tmp_path / "run" / "eval.jsonl")]
     assert rows and any("text-image/retrieval" in k for k in rows[-1]), rows[-1]
     assert any(k.startswith("text-image/retrieval") for k in summary["metrics"])
-    assert "held-out text-image/retrieval/image_retrieval_recall@5" in capsys.readouterr().out
+    assert "val text-image/retrieval/image_retrieval_recall@5" in capsys.readouterr().out
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     from align.export import export
     from align.train import rundir
