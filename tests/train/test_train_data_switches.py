@@ -172,3 +172,30 @@ def test_max_skip_frac_from_the_recipe_stops_the_run(tmp_path):
                train={"max_steps": 15})
     summary = train_dict(r)
     assert summary["steps"] == 15 and sum(summary["skipped"].values()) == 40, summary["skipped"]
+
+
+def test_the_same_shards_in_another_folder_train_the_same_weights(tmp_path, shards):
+    """Crops, captions and augmentations are seeded by the shard's file name, not its path: the same shards copied
+    to another folder (node-local scratch, another mount) train bit-identical weights; the same samples under other
+    file names draw other augmentations (so the seeds do depend on the shard, and the augmentation on them)."""
+    import shutil
+
+    import torch
+
+    from tests.switch_helpers import final_weights
+    pattern, _ = shards
+    src = os.path.dirname(pattern)
+    shutil.copytree(src, tmp_path / "elsewhere" / "deeper")
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for i in range(4):
+        shutil.copy(os.path.join(src, f"s-{i:03d}.tar"), renamed / f"t-{i:03d}.tar")
+    aug = {"image": [{"type": "affine", "degrees": 20, "translate": [0.2, 0.2]}, {"type": "blur", "p": 0.5}]}
+    runs = {}
+    for name, pat in (("here", pattern), ("moved", str(tmp_path / "elsewhere" / "deeper" / "s-{000..003}.tar")),
+                      ("renamed", str(renamed / "t-{000..003}.tar"))):
+        r = recipe(tmp_path, name, data={"train": pat, "shuffle_buffer": 1, "augment": aug}, train={"max_steps": 3})
+        train_dict(r)
+        runs[name] = final_weights(r["output_dir"])
+    assert all(torch.equal(runs["here"][k], runs["moved"][k]) for k in runs["here"])
+    assert not all(torch.equal(runs["here"][k], runs["renamed"][k]) for k in runs["here"])

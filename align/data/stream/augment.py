@@ -14,7 +14,7 @@ the tower's own transform:
     audio:  wave --tower per_sample (resample, trim, normalise, crop)--> clip [C, L] at the
             front end's rate --wave stages--> per_batch log-mel [B, n_mels, T] --log-mel stages-->
 
-Every random draw comes from a generator seeded by (seed, epoch, shard URL, sample key, stage
+Every random draw comes from a generator seeded by (seed, epoch, shard file name, sample key, stage
 index), never from a global RNG: a sample gets the same augmentation whichever worker reads it
 and whether or not the run was resumed, so exact resume stays bitwise.  A different epoch draws
 again.  Captions: a sample with several (one per line, or a JSON list) gets one drawn per visit
@@ -43,9 +43,10 @@ def register(name: str) -> Callable[[type], type]:
     return deco
 
 
-def sample_seed(seed: int, epoch: int, url: Optional[str], key: str) -> int:
-    """A 64-bit seed that names one visit of one sample (no global state involved)."""
-    text = f"align:augment:{seed}:{epoch}:{url}:{key}".encode("utf-8", "surrogateescape")   # keys may hold surrogates
+def sample_seed(seed: int, epoch: int, shard: Optional[str], key: str) -> int:
+    """A 64-bit seed that names one visit of one sample (no global state involved); `shard` is the shard's file
+    name (align.data.stream.decode.shard_name), so where the shards are stored does not matter."""
+    text = f"align:augment:{seed}:{epoch}:{shard}:{key}".encode("utf-8", "surrogateescape")   # keys may hold surrogates
     h = hashlib.blake2b(text, digest_size=8).digest()
     return int.from_bytes(h, "little")
 

@@ -26,6 +26,7 @@ import json
 import random
 from collections import Counter
 from typing import Callable
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -187,11 +188,23 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
     return out
 
 
-def transform_seed(seed: int, epoch: int, url: str | None, key: str) -> int:
+def shard_name(url: str | None) -> str | None:
+    """The part of a shard's URL that the per-sample seeds use: its file name (`train-000003.tar`), without the
+    folder, host or query. The same shards copied to another folder, node-local scratch or bucket then give the
+    same crops, captions and augmentations, so a run reproduces (and resumes bitwise) wherever its data sits.
+    Two sources may hold shards of one name: their samples' seeds then differ only by key, which is harmless."""
+    if url is None:
+        return None
+    path = urlsplit(url).path if "://" in url else url
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def transform_seed(seed: int, epoch: int, shard: str | None, key: str) -> int:
     """The 62-bit seed of one sample's tower transforms in one epoch: a function of (seed, epoch, the sample's
-    shard and key), i.e. of its place in the epoch's global order, never of the rank or worker reading it.
+    shard file name and key), i.e. of its place in the epoch's global order, never of the rank or worker reading
+    it, nor of where the shards are stored (`shard_name`).
     (With data.resampled a shard drawn twice in an epoch repeats its crops, as its augmentations do.)"""
-    text = f"align:transforms:{seed}:{epoch}:{url}:{key}".encode("utf-8", "surrogateescape")   # keys may hold
+    text = f"align:transforms:{seed}:{epoch}:{shard}:{key}".encode("utf-8", "surrogateescape")   # keys may hold
     h = hashlib.blake2b(text, digest_size=8).digest()                                         # surrogates
     return int.from_bytes(h, "little") >> 2
 
@@ -293,14 +306,14 @@ class SampleDecoder:
         """raw sample -> {KEY, modality: Tensor, ..., "cls": int, SEED: int}; raises SkipSample.
 
         restore_rng: put the global RNGs back after the sample's seeded transforms (see _GlobalRngs)."""
-        url, key = raw.get(URL), raw[KEY]
-        seed = transform_seed(self.seed, epoch, url, key)
+        shard, key = shard_name(raw.get(URL)), raw[KEY]
+        seed = transform_seed(self.seed, epoch, shard, key)
         with _GlobalRngs(seed, restore_rng):
             return self._decode(raw, epoch, seed)
 
     def _decode(self, raw: dict, epoch: int, seed: int) -> dict:
-        url, key = raw.get(URL), raw[KEY]
-        caption_seed = f"align:caption:{self.seed}:{epoch}:{url}:{key}" if self.train else None
+        shard, key = shard_name(raw.get(URL)), raw[KEY]
+        caption_seed = f"align:caption:{self.seed}:{epoch}:{shard}:{key}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits,
                              negatives=self.hard_negatives > 0, text_keys=self.text_keys)
         out = {KEY: key, "cls": decoded.pop("cls"), SEED: seed}
@@ -316,8 +329,8 @@ class SampleDecoder:
             out.update(read_teacher(raw, self.teacher))        # {teacher_<m>: float [Et]}
         aug_seed = None
         if self.train and self.augment:
-            # augmentation draws from its own generators, seeded by (seed, epoch, shard URL, key)
-            aug_seed = sample_seed(self.seed, epoch, url, key)
+            # augmentation draws from its own generators, seeded by (seed, epoch, shard file name, key)
+            aug_seed = sample_seed(self.seed, epoch, shard, key)
             out[AUG] = aug_seed
         for m, value in decoded.items():
             try:
