@@ -39,7 +39,8 @@ def _req_name(req: str) -> str:
 
 # first-party modules besides align and tests: the benchmark scripts, which import each other (and the
 # GPU check's test imports them) with benchmarks/ on sys.path
-SCRIPTS = {f[:-3] for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")}
+# scripts that import each other by name (benchmarks/*.py, tools/*.py): local modules, not packages
+SCRIPTS = {f[:-3] for d in ("benchmarks", "tools") for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py")}
 
 
 def _imports(folder: str) -> dict:

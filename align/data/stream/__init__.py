@@ -5,6 +5,7 @@
   decode      raw sample -> decoded modalities; SampleDecoder (decode + transform + collate)
   augment     augmentation stages by registered name: the chains, the image and text stages
   augment_audio  the audio stages (wave and log-mel)
+  augment_stage  the stage base: STAGES registry, register, per-sample seeds, Stage
   faults      skip reasons and their counts
   keys        the batch control keys (`__worker__`, `__seen__`, ...) as named constants
   worker      the one per-worker decode loop that ordinary epochs and elastic segments share

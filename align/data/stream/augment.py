@@ -22,90 +22,18 @@ again.  Captions: a sample with several (one per line, or a JSON list) gets one 
 """
 from __future__ import annotations
 
-import hashlib
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+# the audio stages live in their own module; importing it registers them in STAGES
+from align.data.stream import augment_audio  # noqa: F401
+from align.data.stream.augment_stage import STAGES, Stage, register, sample_seed, stage_rng
 from align.errors import ConfigError
-from align.registry import Registry
 
-STAGES: Registry = Registry("augmentation")
-
-
-def register(name: str) -> Callable[[type], type]:
-    """STAGES.register, also telling the stage class its type name (for its error messages)."""
-    def deco(cls: type) -> type:
-        cls.type_name = name
-        return STAGES.register(name)(cls)
-    return deco
-
-
-def sample_seed(seed: int, epoch: int, shard: Optional[str], key: str) -> int:
-    """A 64-bit seed that names one visit of one sample (no global state involved); `shard` is the shard's file
-    name (align.data.stream.decode.shard_name), so where the shards are stored does not matter."""
-    text = f"align:augment:{seed}:{epoch}:{shard}:{key}".encode("utf-8", "surrogateescape")   # keys may hold surrogates
-    h = hashlib.blake2b(text, digest_size=8).digest()
-    return int.from_bytes(h, "little")
-
-
-def _rng(seed: int, stage: int) -> np.random.Generator:
-    return np.random.default_rng([seed, stage])
-
-
-# ---- parameter checking --------------------------------------------------------------------
-
-class Stage:
-    """One augmentation: checked parameters, applied with an explicit generator."""
-
-    type_name = ""
-    modality = ""           # "image" | "audio" | "text"
-    level = ""              # image: "pil"; audio: "wave" (clip [C, L]) or "logmel" ([n_mels, T]); text: "str"
-    defaults: Dict[str, Any] = {}
-
-    def __init__(self, params: dict, where: str):
-        unknown = sorted(set(params) - set(self.defaults) - {"type", "p"})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown} for type {self.type_name}; valid: "
-                              f"{sorted(set(self.defaults) | {'p'})}")
-        self.where = where
-        self.p = self._num(params.get("p", getattr(self, "default_p", 1.0)), "p", 0, 1)
-        self.params = {k: params.get(k, v) for k, v in self.defaults.items()}
-        self.check()
-
-    def check(self) -> None:
-        pass
-
-    def _num(self, v, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise ConfigError(f"{self.where}.{key}: expected a number in [{lo}, {hi}], got {v!r}")
-        return float(v)
-
-    def _range(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> tuple:
-        v = self.params[key]
-        if not (isinstance(v, (list, tuple)) and len(v) == 2):
-            raise ConfigError(f"{self.where}.{key}: expected [low, high], got {v!r}")
-        a, b = (self._num(x, key, lo, hi) for x in v)
-        if a > b:
-            raise ConfigError(f"{self.where}.{key}: low {a} is above high {b}")
-        return a, b
-
-    def _int(self, key: str, lo: int = 0) -> int:
-        v = self.params[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{self.where}.{key}: expected an integer >= {lo}, got {v!r}")
-        return v
-
-    def __call__(self, x, rng: np.random.Generator, **kw):
-        if self.p < 1 and rng.random() >= self.p:
-            return x
-        return self.apply(x, rng, **kw)
-
-    def apply(self, x, rng, **kw):
-        raise NotImplementedError
-
+__all__ = ["STAGES", "Stage", "register", "sample_seed", "Augmenter", "build_augmenter"]
 
 # ---- image (PIL RGB in, PIL RGB out, same size) ----------------------------------------------
 
@@ -300,18 +228,18 @@ class Augmenter:
 
     def image(self, img, seed: int):
         for i, st in enumerate(self.image_stages):
-            img = st(img, _rng(seed, i))
+            img = st(img, stage_rng(seed, i))
         return img
 
     def text(self, caption: str, seed: int) -> str:
         for i, st in enumerate(self.text_stages):
-            caption = st(caption, _rng(seed, 300 + i))
+            caption = st(caption, stage_rng(seed, 300 + i))
         return caption
 
     def wave(self, clips: torch.Tensor, sr: int, seed: int) -> torch.Tensor:
         """clips: float32 [C, L] at `sr` -> same shape."""
         for i, st in enumerate(self.wave_stages):
-            clips = st(clips, _rng(seed, 100 + i), sr=sr)
+            clips = st(clips, stage_rng(seed, 100 + i), sr=sr)
         return clips
 
     def logmel(self, feats: torch.Tensor, seeds: List[int]) -> torch.Tensor:
@@ -321,7 +249,7 @@ class Augmenter:
         out = []
         for f, seed in zip(feats, seeds):
             for i, st in enumerate(self.logmel_stages):
-                f = st(f, _rng(seed, 200 + i))
+                f = st(f, stage_rng(seed, 200 + i))
             out.append(f)
         return torch.stack(out)
 
@@ -355,7 +283,3 @@ def build_augmenter(cfg: Optional[dict], where: str = "data.augment") -> Optiona
             stages[modality].append(cls(item, w))
     aug = Augmenter(stages)
     return aug if aug else None
-
-
-# The audio stages live in their own module; importing it registers them (it imports Stage and register from here).
-from align.data.stream import augment_audio  # noqa: E402,F401

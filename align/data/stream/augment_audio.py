@@ -1,4 +1,4 @@
-"""Audio augmentation stages (registered in align.data.stream.augment's STAGES by type name).
+"""Audio augmentation stages (registered in align.data.stream.augment_stage's STAGES by type name).
 
 Wave stages run on the clip [C, L] float32 at the audio front end's rate, in the data workers, after the tower's
 per-sample resampling, trimming and crop; log-mel stages on one sample's features [n_mels, T] after the
@@ -12,7 +12,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from align.data.stream.augment import Stage, register
+from align.data.stream.augment_stage import Stage, register
 from align.errors import ConfigError, DataError
 
 
