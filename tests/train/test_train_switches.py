@@ -306,7 +306,8 @@ def test_resume_auto_none_and_path(tmp_path, monkeypatch):
     assert len(spy.steps) == 2
     assert [row["step"] for row in metrics(base["output_dir"])][-2:] == [5, 6]
     spy.steps.clear()
-    fresh = dict(base, resume="none", output_dir=os.path.join(tmp_path, "fresh"), train=dict(base["train"], max_steps=3))
+    fresh = dict(base, resume="none", output_dir=os.path.join(tmp_path, "fresh"),
+                 train=dict(base["train"], max_steps=3))
     train_dict(fresh)                                                         # none: 3 fresh steps
     assert len(spy.steps) == 3 and [row["step"] for row in metrics(fresh["output_dir"])] == [1, 2, 3]
     spy.steps.clear()

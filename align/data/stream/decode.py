@@ -260,10 +260,10 @@ def _takes_generator(fn) -> bool:
 class SampleDecoder:
     """Decode + transform one raw sample; collate decoded samples into a batch.
 
-    train=True picks a random caption (seeded by seed, epoch, shard URL and
+    train=True picks a random caption (seeded by seed, epoch, shard file name and
     key, so a resumed run picks the same one); train=False picks the first.
     Every sample's random transforms (the towers' own and the augmentation stages) are seeded by
-    (seed, epoch, shard URL, key) only: the same tensors whatever rank, worker or resume reads it.
+    (seed, epoch, shard file name, key) only: the same tensors whatever rank, worker or resume reads it.
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,

@@ -8,7 +8,7 @@ Per reader, the stream is a pure function of (seed, epoch, rank, logical worker)
       -> shuffle buffer                            (seeded: shuffle)
       -> [resume: drop the first N raw samples, undecoded, faults muted]
       -> decode + augment + transforms (broken samples counted and skipped; every random
-         transform seeded per sample by (seed, epoch, shard URL, key): align.data.stream.decode)
+         transform seeded per sample by (seed, epoch, shard file name, key): align.data.stream.decode)
       -> batches of `batch_size` built inside the worker (align.data.stream.worker: one decode
          loop for ordinary epochs and elastic segments alike)
 

@@ -8,7 +8,7 @@ rest of an elastically resumed epoch: pieces of the checkpoint's streams, align.
       -> pass the first `raw` samples undecoded (read before the checkpoint; faults muted)
       -> decode and drop `skip` good samples (another reader trains on them; faults muted)
       -> decode + augment + transforms `take` good samples (broken ones counted and skipped), seeded per
-         sample by (seed, epoch, shard URL, key) only (align.data.stream.decode), never by the layout
+         sample by (seed, epoch, shard file name, key) only (align.data.stream.decode), never by the layout
       -> batches of `batch_size`, each with its bookkeeping (align.data.stream.keys)
 
 then one flush item with its last counts.  A worker whose first MAX_ALL_SKIPPED samples were all skipped

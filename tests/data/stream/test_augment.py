@@ -316,7 +316,7 @@ def test_word_dropout_runs_on_the_drawn_caption_in_training_only():
     dec = SampleDecoder(["image", "text"], tfs, train=True, augment=aug)
     seen = [read(dec, epoch) for epoch in range(10)]
     assert len(set(seen)) >= 3 and any(len(t.split()) < 6 for t in seen)   # words dropped, anew per visit
-    assert read(dec, 3) == seen[3]                                           # seeded by (seed, epoch, url, key)
+    assert read(dec, 3) == seen[3]                                           # seeded by (seed, epoch, shard name, key)
     ev = SampleDecoder(["image", "text"], tfs, train=False, augment=aug)
     assert all(read(ev, e) == caption for e in range(5))                     # eval: the caption as written
 
