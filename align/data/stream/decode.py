@@ -309,10 +309,10 @@ class SampleDecoder:
         shard, key = shard_name(raw.get(URL)), raw[KEY]
         seed = transform_seed(self.seed, epoch, shard, key)
         with _GlobalRngs(seed, restore_rng):
-            return self._decode(raw, epoch, seed)
+            return self._decode(raw, epoch, seed, shard)
 
-    def _decode(self, raw: dict, epoch: int, seed: int) -> dict:
-        shard, key = shard_name(raw.get(URL)), raw[KEY]
+    def _decode(self, raw: dict, epoch: int, seed: int, shard: str | None) -> dict:
+        key = raw[KEY]
         caption_seed = f"align:caption:{self.seed}:{epoch}:{shard}:{key}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits,
                              negatives=self.hard_negatives > 0, text_keys=self.text_keys)
