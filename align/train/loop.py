@@ -50,10 +50,12 @@ def train(r: Recipe, progress: bool = True) -> dict:
             watch_ranks(r, lock) as watch:
         acc = build_accelerator(r)
         preempt.install()                      # ranks > 0 catch SIGTERM from here on (guard.catch_preemption)
+        # the checkpoint to resume from, or None (a fresh start); a fresh start among another run's checkpoints
+        # stops here, before the auto sizes below read the data
+        resume_path = resolve_resume(r)
         r = resolve_auto_image_size(r, acc.print)   # image_size: auto -> the training images' own size
         r = resolve_auto_clip_seconds(r, acc.print)  # clip_seconds: auto -> long enough for 99 % of the clips
         set_seed(r.seed)
-        resume_path = resolve_resume(r)        # the checkpoint to resume from, or None (a fresh start)
         eng = build_engine(r, acc, resume_path, watch)
         state, data_resume = resume(eng, resume_path)
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume)
