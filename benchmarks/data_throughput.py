@@ -20,6 +20,10 @@ busy core as a training step is) for MS milliseconds, and the "wait" column is t
 after the first batch spent waiting for the next one: the data-wait share a training step of that
 length would see (`align train`'s `data_wait_frac`).  At the default worker count
 (data.num_workers: 2): `--workers 2 --step-ms 100 250 500`.
+
+`--features step workers`: where the audio log-mel runs. "step" (the default, what `align train` does) hands
+the clips to the consumer, which computes the log-mel after each batch (its time then counts as step time);
+"workers" computes it in the data workers' collate, as align did before (issue 23).
 """
 
 from __future__ import annotations
@@ -111,12 +115,17 @@ def busy(ms: float, a: torch.Tensor) -> None:
         a @ a
 
 
-def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: float = 0.0):
+def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: float = 0.0, features: str = "step"):
     """One epoch -> (samples, samples/s, steady samples/s after the first batch, CPU ms per sample, wait share
-    after the first batch when each batch is followed by `step_ms` of compute)."""
+    after the first batch when each batch is followed by `step_ms` of compute).
+
+    features="step": the audio log-mel is computed by this consumer after each batch, as `align train` computes
+    it in its step (align.data.stream.features), so it counts as step time, not wait; "workers": in collate."""
     loader = build_train_loader(shards, transforms=transforms, batch_size=batch_size, modalities=modalities,
                                 num_workers=workers, shuffle_buffer=1000, drop_last=False,
-                                start_next_epoch_early=False)  # one epoch: no workers for the next
+                                start_next_epoch_early=False,  # one epoch: no workers for the next
+                                features_in_step=features == "step")
+    finish = loader.step_features("cpu")
     a = torch.randn(128, 128)
     cpu0 = _cpu_seconds()
     n, n_first, t0, t_first, waited = 0, 0, time.perf_counter(), None, 0.0
@@ -128,6 +137,8 @@ def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: flo
         else:
             waited += t_got - t_ask
         n += len(batch["__key__"])
+        if finish is not None:
+            batch = finish(batch)
         if step_ms:
             busy(step_ms, a)
         t_ask = time.perf_counter()
@@ -150,6 +161,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dir", default=None, help="reuse/keep shards here instead of a temp dir")
     ap.add_argument("--step-ms", type=float, nargs="+", default=[0.0],
                     help="compute after each batch, as a training step (0: none, the pipeline alone)")
+    ap.add_argument("--features", choices=["step", "workers"], nargs="+", default=["step"],
+                    help="where the audio log-mel runs: in the consumer's step (align train) or in the workers")
     args = ap.parse_args(argv)
 
     import open_clip
@@ -172,13 +185,15 @@ def main(argv=None) -> None:
     print(f"image: open_clip image_transform(224, is_train=True) on 256x256 JPEG + ViT-B-32 tokenizer")
     print(f"audio: {aud_name} on 10 s 16 kHz FLAC + ViT-B-32 tokenizer")
     print(f"{'workload':<12}{'workers':>8}{'step ms':>8}{'samples':>9}{'samples/s':>11}{'steady/s':>10}"
-          f"{'cpu ms/sample':>15}{'wait':>8}")
+          f"{'cpu ms/sample':>15}{'wait':>8}  log-mel in")
     for name, shards, mods in (("image-text", img, ["image", "text"]), ("audio-text", aud, ["audio", "text"])):
-        for w in args.workers:
-            for ms in args.step_ms:
-                n, rate, steady, cpu_ms, wait = time_epoch(shards, transforms, mods, w, args.batch_size, ms)
-                print(f"{name:<12}{w:>8}{ms:>8.0f}{n:>9}{rate:>11.1f}{steady:>10.1f}{cpu_ms:>15.1f}{wait:>8.1%}",
-                      flush=True)
+        for where in (args.features if name == "audio-text" else args.features[:1]):
+            for w in args.workers:
+                for ms in args.step_ms:
+                    n, rate, steady, cpu_ms, wait = time_epoch(shards, transforms, mods, w, args.batch_size, ms,
+                                                               where)
+                    print(f"{name:<12}{w:>8}{ms:>8.0f}{n:>9}{rate:>11.1f}{steady:>10.1f}{cpu_ms:>15.1f}"
+                          f"{wait:>8.1%}  {where if name == 'audio-text' else '-'}", flush=True)
     if tmp is not None:
         tmp.cleanup()
 

@@ -271,6 +271,11 @@ class AudioPreprocess:
         self.fe, self.train = fe, train
         self.logmel = LogMel(fe)
 
+    def to(self, device) -> "AudioPreprocess":
+        """per_batch on `device` (its window and mel filters moved there); per_sample stays numpy."""
+        self.logmel = self.logmel.to(device)
+        return self
+
     def __call__(self, sample, sr: Optional[int] = None, *,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """sample: a (wave, sample_rate) pair, or the wave with `sr` given separately."""

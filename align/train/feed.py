@@ -41,7 +41,8 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         resampled=r.data.resampled, shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
-        text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r))
+        text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r),
+        features_in_step=True)     # the log-mel on the training device: train_step runs loader.step_features
 
 
 def _stored_teacher(r: Recipe) -> tuple:

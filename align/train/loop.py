@@ -27,6 +27,7 @@ import time
 from accelerate.utils import set_seed
 
 from align.config import Recipe
+from align.data.stream.features import step_features
 from align.errors import SourceUnavailable
 from align.train.dataworkers import DataWorkerDied
 from align.train.hooks import TestHooks
@@ -59,6 +60,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         eng = build_engine(r, acc, resume_path, watch)
         state, data_resume = resume(eng, resume_path)
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume)
+        eng.features = step_features(loader, acc.device)   # audio log-mel in the step, on the device (or None)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)
         write_config(r, acc.is_main_process)

@@ -163,6 +163,7 @@ class Engine:
     init_row: Optional[dict] = None    # the step-0 metrics row of a weights-only start (its temperature)
     teacher: Optional[object] = None   # loss.distill: batch -> {"teacher_<m>": [B, Et]} (align.train.teacher)
     watch: StepWatch = field(default_factory=lambda: StepWatch("", 0))   # the loop's; inert until started
+    features: Optional[object] = None  # batch -> batch: the log-mel on the device (align.data.stream.features)
 
     @property
     def rank(self) -> int:
@@ -268,7 +269,7 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
         # compiled the second tower seen dynamic (ViT-Tiny 4.1 vs 2.6 s a step). Trimmed text: few shapes.
         model = torch.compile(model, dynamic=False)
     return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row,
-                  teacher, watch or StepWatch("", 0))
+                  teacher, watch=watch or StepWatch("", 0))
 
 
 def _teacher(r: Recipe, acc):

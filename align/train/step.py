@@ -90,6 +90,8 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     # decided before the move and dropped, so the loss never reads them back from the device (a sync mid-step)
     said = [{k for k, m in batch_masks(b, eng.core.modalities).items() if not all_true_on_host(m)} for b in micro]
     micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+    if eng.features is not None:       # the audio clips' log-mel, computed here on the device (data.stream.features)
+        micro = [eng.features(b) for b in micro]
     masks = [{k: m for k, m in batch_masks(b, eng.core.modalities).items() if k in ks} for b, ks in zip(micro, said)]
     embed = embedder(eng)
     if len(micro) == 1:

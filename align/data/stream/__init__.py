@@ -3,6 +3,8 @@
   sources     shard lists (patterns, folders, lists, weighted mixes) and their reading
   remote      http(s) shards read by the standard library
   decode      raw sample -> decoded modalities; SampleDecoder (decode + transform + collate)
+  features    the batched half of the audio front end (log-mel) and the log-mel augmentation, in collate or,
+              for a training stream, in the training step on its device (StepFeatures)
   augment     augmentation stages by registered name: the chains, the image and text stages
   augment_audio  the audio stages (wave and log-mel)
   augment_stage  the stage base: STAGES registry, register, per-sample seeds, Stage

@@ -21,7 +21,6 @@ batch["neg_text_mask"] bool [B, K] (False: no negative there) for align.losses.H
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import random
 from collections import Counter
@@ -36,7 +35,8 @@ from align.media.audio import decode_audio, preload_resampler
 from align.media.image import decode_image
 from align.data.stream.augment import sample_seed
 from align.data.stream.stored_teacher import collate_teacher, read_teacher
-from align.data.stream.keys import AUG, KEY, SEED, URL, mask_key
+from align.data.stream.features import batch_features, failed, is_two_stage
+from align.data.stream.keys import AUG, KEY, PENDING, SEED, URL, mask_key
 from align.data.stream.faults import (
     BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TEXT_TOO_LONG, TRANSFORM_FAILED, UNDECODABLE_AUDIO,
     UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
@@ -250,13 +250,6 @@ def rng_preserving(items):
         yield item
 
 
-def _takes_generator(fn) -> bool:
-    try:
-        return "generator" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class SampleDecoder:
     """Decode + transform one raw sample; collate decoded samples into a batch.
 
@@ -268,7 +261,7 @@ class SampleDecoder:
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
                  seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None,
-                 hard_negatives: int = 0, text_keys=None, teacher: tuple = ()):
+                 hard_negatives: int = 0, text_keys=None, teacher: tuple = (), features_in_step: bool = False):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -296,6 +289,9 @@ class SampleDecoder:
         # align.data.stream.augment.Augmenter (training only): image stages before the image transform, wave
         # stages after the audio front end's per-sample step, log-mel stages after its per-batch step.
         self.augment = augment if train else None
+        # training only: collate leaves the two-stage transforms' batched step (the log-mel) and the log-mel
+        # augmentation to the training step on its device (align.data.stream.features)
+        self.features_in_step = bool(features_in_step and train)
         if "audio" in self.modalities:
             preload_resampler()   # the workers forked for each epoch inherit it instead of importing it again
         if self.augment and self.augment.wave_stages + self.augment.logmel_stages and "audio" in transforms \
@@ -415,29 +411,24 @@ class SampleDecoder:
             zero = torch.zeros_like(ref)
             batch[m] = torch.stack([s[m] if m in s else zero for s in samples])
             tf = self.transforms[m]
-            if hasattr(tf, "per_batch"):
+            if self.features_in_step and is_two_stage(tf):
+                batch.setdefault(PENDING, []).append(m)     # clips [B, C, samples]: StepFeatures finishes them
+            elif hasattr(tf, "per_batch"):
                 try:
-                    batch[m] = self._per_batch(tf, batch[m], samples)
-                    if m == "audio" and self.augment and self.augment.logmel_stages:
-                        batch[m] = self.augment.logmel(batch[m], [s.get(AUG, 0) for s in samples])
+                    batch[m] = batch_features(tf, batch[m], [s.get(SEED, 0) for s in samples],
+                                              [s.get(AUG, 0) for s in samples],
+                                              self.augment if m == "audio" else None, self.train)
                 except Exception as exn:   # cannot be pinned on one sample: a transform bug, stated plainly
-                    raise DataError(f"transforms['{m}'].per_batch failed on a batch of {len(samples)} "
-                                    f"({batch[KEY][0]}, ...): {exn!r}") from None
+                    raise failed(m, len(samples), batch[KEY][0], exn) from None
             batch[mask_key(m)] = torch.tensor([m in s for s in samples], dtype=torch.bool)
         batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
+        if PENDING in batch:
+            batch[SEED], batch[AUG] = [s.get(SEED, 0) for s in samples], [s.get(AUG, 0) for s in samples]
         if self.hard_negatives:
             self._collate_negatives(samples, batch)
         if self.teacher:
             collate_teacher(samples, batch, self.teacher)
         return batch
-
-    def _per_batch(self, tf, x: torch.Tensor, samples: list[dict]) -> torch.Tensor:
-        """tf.per_batch on [B, ...]; its random draws (SpecAugment) from one generator per sample, seeded by
-        the sample (so they do not depend on which samples share its batch), where per_batch takes them."""
-        if not (self.train and _takes_generator(tf.per_batch)):
-            return tf.per_batch(x)
-        gens = [torch.Generator().manual_seed(s.get(SEED, 0) ^ 0x5EC) for s in samples]
-        return tf.per_batch(x, generator=gens)
 
     def _collate_negatives(self, samples: list[dict], batch: dict) -> None:
         """batch["neg_text"] long [B, K, L] (0 = padding) and batch["neg_text_mask"] bool [B, K]."""

@@ -19,6 +19,9 @@ UNAVAILABLE = "__unavailable__"   # bool: that error was SourceUnavailable (its 
 PACKED = "__packed__"      # (uint8 buffer, layout): the batch's tensors packed for the trip from a worker
 AUG = "__aug__"            # int (per decoded sample): the seed of its augmentation stages
 SEED = "__seed__"          # int (per decoded sample): the seed of its towers' own random transforms
+PENDING = "__pending__"    # list[str] (a batch built with features_in_step): modalities whose batched transform
+                           # step is left to the training step (align.data.stream.features), with the samples'
+                           # SEED and AUG seeds as lists under those keys
 
 
 def mask_key(modality: str) -> str:

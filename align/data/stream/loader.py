@@ -117,6 +117,15 @@ class StreamLoader:
             return None if None in q else sum(q)
         return self.dataset.batches_per_rank
 
+    def step_features(self, device):
+        """The callable that finishes this loader's batches on `device` (align.data.stream.features.StepFeatures),
+        or None when collate finishes them itself."""
+        dec = self.dataset.decoder
+        if not dec.features_in_step:
+            return None
+        from align.data.stream.features import StepFeatures
+        return StepFeatures(dec.transforms, dec.modalities, dec.augment, device)
+
     def __len__(self) -> int:
         if self.num_batches is None:
             raise TypeError("this StreamLoader has no length: pass samples_per_epoch to declare the epoch size")
@@ -388,7 +397,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        min_modalities: int = 2, pin_memory: bool = False,
                        prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
-                       hard_negatives: int = 0, val_split=None, text_keys=None, teacher: tuple = ()) -> StreamLoader:
+                       hard_negatives: int = 0, val_split=None, text_keys=None, teacher: tuple = (),
+                       features_in_step: bool = False) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -418,6 +428,9 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         seeded per sample and epoch (align.data.stream.decode.keyed_captions).
     teacher: modalities whose stored teacher embeddings (teacher_<m>.npy members) become batch["teacher_<m>"]
         float [B, Et] (align.data.stream.stored_teacher); a sample without them is skipped and counted.
+    features_in_step: (training) the batches carry the clips of two-stage transforms (audio [B, C, samples])
+        marked pending, and the consumer computes their features on its device with `loader.step_features(device)`
+        (align.data.stream.features; what `align train` does).
     """
     batches_per_rank = _batches_per_rank(batch_size, rank, world_size, num_workers, max_skip_frac, resampled,
                                          train, samples_per_epoch)
@@ -427,7 +440,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
                             augment=augment, limits=limits, hard_negatives=hard_negatives, text_keys=text_keys,
-                            teacher=teacher)
+                            teacher=teacher, features_in_step=features_in_step)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

@@ -171,6 +171,25 @@ def test_speed_changes_pitch_by_the_factor():
     assert abs(peak_hz(z) - 800) < 15
 
 
+@pytest.mark.parametrize("factor", [0.5, 0.85, 0.87, 0.9, 0.97, 1.03, 1.1, 1.13, 1.15, 1.5, 2.0])
+def test_speed_resamples_only_the_content_and_gives_the_whole_clips_values(factor):
+    """A word followed by zero padding (what the front end's crop/pad gives): the stage resamples the content and
+    the filter's reach, and every output equals the whole clip's resampling (a zero may differ only in sign)."""
+    from align.media.audio import resample
+    g = np.random.default_rng(int(factor * 100))
+    for n, length, ch in ((1500, 4000, 1), (3999, 4000, 1), (1, 4000, 2), (700, 4000, 2)):
+        x = torch.zeros(ch, length)
+        x[:, :n] = torch.from_numpy(g.standard_normal((ch, n)).astype(np.float32)) * 0.3
+        x[:, n - 1] = 0.5                                            # the content ends exactly at n
+        whole = torch.from_numpy(resample(x.numpy(), int(round(SR * factor)), SR))
+        want = torch.zeros_like(x)
+        want[..., :min(length, whole.shape[-1])] = whole[..., :length]
+        got = stage("speed", factor=[factor, factor])(x, rng(), sr=SR)
+        assert torch.equal(got, want), (factor, n, ch)
+    silent = torch.zeros(1, 4000)
+    assert torch.equal(stage("speed", factor=[factor, factor])(silent, rng(), sr=SR), silent)
+
+
 def test_white_noise_at_the_requested_snr():
     x = tone(440)
     st = stage("noise", snr_db=[10, 10])
