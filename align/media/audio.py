@@ -1,4 +1,5 @@
-"""Audio bytes <-> waves: decode any soundfile format, encode FLAC, resample.
+"""Audio bytes <-> waves: decode any soundfile format (16-bit and float WAV read with numpy), encode FLAC or
+WAV, resample.
 
 Waves are mono float32 numpy arrays [T] in [-1, 1] paired with an integer
 sample rate. Resampling is polyphase FIR (scipy.signal.resample_poly, Kaiser
@@ -7,6 +8,7 @@ window), which needs no torchaudio and is exact for rational rate ratios.
 import functools
 import io
 import math
+import struct
 from typing import Optional, Tuple
 
 import numpy as np
@@ -28,6 +30,17 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DataError(f"{name}: expected audio bytes, got {type(data).__name__}")
     limits = as_limits(limits)
+    plain = _plain_wav(data)
+    if plain is not None:               # the common WAV layouts: read with numpy, ~40x less time than soundfile
+        (dtype, scale), body, frames, channels, sr = plain
+        try:
+            check_audio_header(frames, sr, channels, limits)
+        except LimitExceeded as exn:
+            raise LimitExceeded(exn.reason, f"{name}: {exn.detail}") from None
+        raw = np.frombuffer(data, dtype=dtype, count=frames * channels, offset=body).reshape(frames, channels)
+        # libsndfile's int16 -> float is the same product (x * 2^-15, exact), so both paths give the same wave
+        wave = raw.astype(np.float32) * np.float32(scale) if scale else raw.astype(np.float32)
+        return _mono(wave, sr, name)
     try:
         with soundfile.SoundFile(io.BytesIO(bytes(data))) as f:
             try:
@@ -41,6 +54,11 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
         # LibsndfileError is a RuntimeError
         first = without_reprs(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: cannot decode audio ({len(data)} bytes): {first}") from None
+    return _mono(wave, sr, name)
+
+
+def _mono(wave: np.ndarray, sr: int, name: str) -> Tuple[np.ndarray, int]:
+    """float32 [T, C] -> (mono float32 [T], sr), refusing empty or non-finite audio."""
     if wave.shape[0] == 0:
         raise DataError(f"{name}: audio has no samples")
     mono = wave.mean(axis=1, dtype=np.float32) if wave.shape[1] > 1 else wave[:, 0]
@@ -49,19 +67,64 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
     return np.ascontiguousarray(mono, dtype=np.float32), int(sr)
 
 
+# (format tag, bits per sample) -> (numpy dtype, scale to [-1, 1]) of the WAV layouts read without soundfile
+_WAV_LAYOUTS = {(1, 16): ("<i2", 1.0 / 32768), (3, 32): ("<f4", None)}
+
+
+def _plain_wav(data) -> Optional[tuple]:
+    """((dtype, scale), data offset, frames, channels, sample rate) of a complete RIFF/WAVE file of 16-bit PCM or
+    32-bit float samples (the layouts soundfile and most tools write), else None: anything else (other sample
+    formats, WAVE_FORMAT_EXTENSIBLE, a data chunk longer than the bytes, odd headers) goes to soundfile, as before.
+    Chunks other than fmt and data (LIST, fact, ...) are skipped as libsndfile skips them."""
+    n = len(data)
+    if n < 12 or bytes(data[:4]) != b"RIFF" or bytes(data[8:12]) != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= n:
+        cid, size = bytes(data[pos:pos + 4]), int.from_bytes(bytes(data[pos + 4:pos + 8]), "little")
+        body = pos + 8
+        if not all(32 <= c < 127 for c in cid) or size >= n:
+            return None                                       # libsndfile stops at such a chunk: let it say so
+        if cid == b"fmt ":
+            if size < 16 or body + 16 > n or fmt is not None:
+                return None
+            fmt = struct.unpack_from("<HHIIHH", data, body)   # tag, channels, rate, byte rate, block align, bits
+        elif cid == b"data":
+            if fmt is None or body + size > n:
+                return None
+            tag, channels, sr, _, block, bits = fmt
+            layout = _WAV_LAYOUTS.get((tag, bits))
+            if layout is None or channels < 1 or not 1 <= sr < 2 ** 31 or block != channels * bits // 8 \
+                    or size % block:
+                return None
+            return layout, body, size // block, channels, sr
+        pos = body + size + (size & 1)                        # chunks are padded to an even length
+    return None
+
+
 def encode_flac(wave: np.ndarray, sr: int) -> bytes:
     """Encode a mono float wave [T] (values clipped to [-1, 1]) as 16-bit FLAC bytes."""
+    return _encode(wave, sr, "FLAC", "encode_flac")
+
+
+def _encode(wave: np.ndarray, sr: int, fmt: str, what: str) -> bytes:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1:
-        raise ValueError(f"encode_flac expects a mono wave [T], got shape {tuple(wave.shape)}")
+        raise ValueError(f"{what} expects a mono wave [T], got shape {tuple(wave.shape)}")
     if wave.size == 0:
-        raise ValueError("encode_flac: wave has no samples")
+        raise ValueError(f"{what}: wave has no samples")
     if not np.isfinite(wave).all():
-        raise ValueError("encode_flac: wave contains NaN or infinite samples")
+        raise ValueError(f"{what}: wave contains NaN or infinite samples")
     _check_rate(sr, "sr")
     buf = io.BytesIO()
-    soundfile.write(buf, np.clip(wave, -1.0, 1.0), int(sr), format="FLAC", subtype="PCM_16")
+    soundfile.write(buf, np.clip(wave, -1.0, 1.0), int(sr), format=fmt, subtype="PCM_16")
     return buf.getvalue()
+
+
+def encode_wav(wave: np.ndarray, sr: int) -> bytes:
+    """A mono float wave [T] (values clipped to [-1, 1]) as 16-bit PCM WAV bytes: ~2x the size of FLAC, read
+    without soundfile (decode_audio), so a data worker decodes it ~40x faster."""
+    return _encode(wave, sr, "WAV", "encode_wav")
 
 
 def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_samples_have_expected_content(small_demo):
     samples = _samples(sorted((root / "a" / "train").glob("*.tar")))
     voices = set()
     for s in samples:
-        assert set(k for k in s if not k.startswith("__")) == {"png", "txt", "flac", "cls", "json"}
+        assert set(k for k in s if not k.startswith("__")) == {"png", "txt", "wav", "cls", "json"}
         meta = json.loads(s["json"])
         idx, label = meta["source_index"], int(s["cls"])
         assert s["__key__"] == f"digit{idx:05d}"
@@ -108,7 +108,7 @@ def test_samples_have_expected_content(small_demo):
         # shrinking back to 8x8 recovers the source digit
         small = np.asarray(img.convert("L").resize((8, 8), Image.BOX), dtype=np.float64)
         assert np.corrcoef(small.ravel(), digits.images[idx].ravel())[0, 1] > 0.9
-        wave, sr = decode_audio(s["flac"], name=s["__key__"])
+        wave, sr = decode_audio(s["wav"], name=s["__key__"])
         assert sr == 16000 and 0.1 < len(wave) / sr < 1.5 and np.sqrt(np.mean(wave ** 2)) > 0.01
         assert demo.RATE_RANGE[0] <= meta["rate"] <= demo.RATE_RANGE[1]
         assert demo.PITCH_RANGE[0] <= meta["pitch"] <= demo.PITCH_RANGE[1]
@@ -240,7 +240,7 @@ def test_held_splits_use_unseen_voices_and_another_rendering(small_demo, split):
         base, _, variant = meta["voice"].partition("+")
         assert base in bases and variant in variants
         held_voices.add(meta["voice"])
-        assert s["cls"] == ref["cls"] and s["flac"] != ref["flac"]
+        assert s["cls"] == ref["cls"] and s["wav"] != ref["wav"]
         r = meta["render"]
         assert scale[0] <= r["scale"] <= scale[1] and blur[0] <= r["blur"] <= blur[1]
         assert r["stroke"] in ("thinner", "thicker")

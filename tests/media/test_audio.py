@@ -117,6 +117,7 @@ def test_a_header_past_a_limit_is_refused_before_any_sample_is_decoded(monkeypat
         raise AssertionError("decoded samples of a refused header")
 
     monkeypatch.setattr(soundfile.SoundFile, "read", no_read)
+    monkeypatch.setattr(np, "frombuffer", no_read)          # a complete WAV: align.media.audio reads it with numpy
     with pytest.raises(LimitExceeded) as exn:
         decode_audio(data, name="k1")
     assert exn.value.reason == reason and "k1" in str(exn.value)
@@ -140,3 +141,98 @@ def test_limits_are_settable_and_nan_or_empty_audio_is_undecodable():
             decode_audio(float_wav(wave))
     with pytest.raises(DataError, match="no samples"):
         decode_audio(wav_claiming(16000, data=b""))
+
+
+# ---- WAV read with numpy (align.media.audio._plain_wav) against soundfile -------------------------------------
+
+def _soundfile_only(monkeypatch):
+    """decode_audio as it was: every file through soundfile."""
+    import align.media.audio as audio_mod
+    monkeypatch.setattr(audio_mod, "_plain_wav", lambda data: None)
+
+
+def _outcome(data):
+    try:
+        wave, sr = decode_audio(data, name="k")
+        return wave, sr
+    except Exception as exn:             # the type and message a user would see
+        return type(exn).__name__, str(exn)
+
+
+def _same(a, b):
+    if isinstance(a[0], np.ndarray) and isinstance(b[0], np.ndarray):
+        return a[1] == b[1] and a[0].dtype == b[0].dtype and np.array_equal(a[0], b[0])
+    return not isinstance(a[0], np.ndarray) and not isinstance(b[0], np.ndarray) and a == b
+
+
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    import struct
+    return cid + struct.pack("<I", len(body)) + body + (b"\0" if len(body) % 2 else b"")
+
+
+def _wav(body: bytes, tag=1, channels=1, sr=16000, bits=16, extra=(), block=None) -> bytes:
+    import struct
+    block = channels * bits // 8 if block is None else block
+    fmt = struct.pack("<HHIIHH", tag, channels, sr, sr * block, block, bits)
+    chunks = _chunk(b"fmt ", fmt) + b"".join(extra) + _chunk(b"data", body)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_wav_is_read_with_numpy_and_gives_soundfiles_wave(monkeypatch, subtype, channels):
+    g = np.random.default_rng(channels)
+    wave = g.uniform(-1.2, 1.2, (3001, channels)).astype(np.float32)
+    wave[:4, 0] = [-1.0, 1.0, -32768 / 32767, 0.5]
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, 22050, format="WAV", subtype=subtype)
+    data = buf.getvalue()
+    ints = np.arange(-32768, 32768, dtype=np.int16)                     # every 16-bit value
+    every = _wav(ints.tobytes(), extra=(_chunk(b"LIST", b"INFOodd"), _chunk(b"fact", b"\x01\0\0\0")))
+    fast = [_outcome(d) for d in (data, every)]
+    import align.media.audio as audio_mod
+
+    def no_soundfile(*a, **k):
+        raise AssertionError("soundfile was used for a plain WAV")
+    monkeypatch.setattr(audio_mod.soundfile, "SoundFile", no_soundfile)
+    assert [_outcome(d)[1] for d in (data, every)] == [22050, 16000]     # read without soundfile
+    monkeypatch.undo()
+    _soundfile_only(monkeypatch)
+    assert all(_same(f, _outcome(d)) for f, d in zip(fast, (data, every)))
+    assert fast[1][0].min() == -1.0 and fast[1][0].max() == 32767 / 32768
+
+
+def test_other_wavs_and_hostile_headers_decode_or_fail_exactly_as_through_soundfile(monkeypatch):
+    """Layouts the numpy path does not read go to soundfile; damaged headers (fuzzed) give the same wave or the
+    same one-line error whichever path reads them."""
+    import struct
+    g = np.random.default_rng(0)
+    pcm = (g.integers(-3000, 3000, 800)).astype(np.int16).tobytes()
+    cases = []
+    for subtype in ("PCM_24", "PCM_U8", "PCM_32", "DOUBLE"):
+        buf = io.BytesIO()
+        soundfile.write(buf, g.uniform(-1, 1, 400).astype(np.float32), 16000, format="WAV", subtype=subtype)
+        cases.append(buf.getvalue())
+    buf = io.BytesIO()
+    soundfile.write(buf, g.uniform(-1, 1, (400, 2)).astype(np.float32), 16000, format="WAVEX", subtype="PCM_16")
+    cases += [buf.getvalue(),
+              _wav(pcm)[:-100],                                        # the data chunk cut short
+              _wav(pcm, channels=0), _wav(pcm, block=3), _wav(pcm, sr=0), _wav(b""), _wav(pcm[:-1]),
+              _wav(pcm, tag=3, bits=16), _wav(pcm).replace(b"data", b"dat\0"),
+              b"RIFF\0\0\0\0WAVE" + _chunk(b"data", pcm) + _chunk(b"fmt ", struct.pack("<HHIIHH", 1, 1, 8000,
+                                                                                       16000, 2, 16)),
+              b"RIFF\xff\xff\xff\xffWAVE" + _chunk(b"fmt ", b"\1\0\1\0") + _chunk(b"data", pcm),
+              b"RIFF\0\0\0\0WAVEfmt \xff\xff\xff\xff", b"RIFF"]
+    base = _wav(pcm, extra=(_chunk(b"LIST", b"abc"),))
+    for _ in range(300):                                             # header bytes flipped at random
+        b = bytearray(base)
+        for i in g.integers(0, 60, int(g.integers(1, 4))):
+            b[i] = int(g.integers(256))
+        cases.append(bytes(b))
+    fast = [_outcome(d) for d in cases]
+    _soundfile_only(monkeypatch)
+    slow = [_outcome(d) for d in cases]
+    bad = [i for i, (f, s) in enumerate(zip(fast, slow)) if not _same(f, s)]
+    assert not bad, [(i, fast[i] if not isinstance(fast[i][0], np.ndarray) else "wave",
+                      slow[i] if not isinstance(slow[i][0], np.ndarray) else "wave") for i in bad[:5]]
+    assert sum(isinstance(f[0], np.ndarray) for f in fast) > 50          # the fuzz kept many files readable
