@@ -97,6 +97,10 @@ class DataConfig:
     resampled: bool = _key(False, help="draw shards with replacement (endless stream, as webdataset's resampled)")
     shuffle_buffer: int = _num(1000, ge=0, help="samples held in the shuffle buffer (0: no shuffling)")
     num_workers: int = _num(2, ge=0, help="DataLoader worker processes per training process")
+    features_in: Literal["step", "workers"] = _key(
+        "step", help="where a training batch's audio log-mel is computed: step (in the training step, on its device: "
+                     "the GPU's microseconds; also where CPU workers are the bottleneck) | workers (in the data "
+                     "workers' collate: a CPU run whose workers have cores to spare, long clips, short steps)")
     allow_pipe: bool = _key(False, help="allow pipe: URLs (they run shell commands)")
     retry_budget_s: float = _num(300.0, gt=0, help="seconds an http(s) source may stay unreachable before the "
                                                    "run stops")

@@ -42,7 +42,7 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
         text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r),
-        features_in_step=True)     # the log-mel on the training device: train_step runs loader.step_features
+        features_in_step=r.data.features_in == "step")   # the log-mel on the device: train_step finishes it
 
 
 def _stored_teacher(r: Recipe) -> tuple:

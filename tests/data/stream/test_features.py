@@ -109,9 +109,9 @@ def test_step_features_own_their_transform_so_the_loader_copy_stays_on_the_host(
 
 
 def test_align_train_trains_the_same_weights_with_the_log_mel_in_the_step(tmp_path, monkeypatch):
-    """Three towers through `train()` (0 workers, log-mel augmentation on): the log-mel in the step, as align
-    train builds it, against the same run with the log-mel forced back into collate. Bit-identical weights, so
-    moving it changed no draw and no order (also of the global RNG the training's own dropout draws from)."""
+    """Three towers through `train()` (0 workers, log-mel augmentation on): data.features_in=step (the default)
+    against data.features_in=workers. Bit-identical weights, so moving the log-mel changed no draw and no order
+    (also of the global RNG the training's own dropout draws from); each reaches the loader."""
     import align.data.stream.loader as loader_mod
     from tests.switch_helpers import final_weights, recipe, train_dict
     from tests.wds_helpers import audio_text, image_text, write_shard
@@ -124,14 +124,6 @@ def test_align_train_trains_the_same_weights_with_the_log_mel_in_the_step(tmp_pa
     audio = {"type": "audio", "clip_seconds": 0.25, "n_mels": 16, "patch": 8, "width": 32, "layers": 1, "heads": 2,
              "freq_mask": 3, "time_mask": 2}
     aug = {"audio": [{"type": "gain"}, {"type": "spec_augment", "freq_masks": 1, "freq_width": 4}]}
-
-    def run(name):
-        r = recipe(tmp_path, name, data={"train": str(data / "s-{0..1}.tar"), "shuffle_buffer": 4, "augment": aug},
-                   train={"max_steps": 3}, loss={"pairs": [["image", "text"], ["audio", "text"]]})
-        r["model"]["towers"] = {"audio": audio}
-        train_dict(r)
-        return final_weights(r["output_dir"])
-
     calls = []
     real = loader_mod.build_train_loader
 
@@ -140,9 +132,16 @@ def test_align_train_trains_the_same_weights_with_the_log_mel_in_the_step(tmp_pa
         return real(*a, **kw)
 
     monkeypatch.setattr(loader_mod, "build_train_loader", spy)
-    in_step = run("step")
-    monkeypatch.setattr(loader_mod, "build_train_loader", lambda *a, **kw: real(*a, **dict(kw, features_in_step=False)))
-    in_workers = run("workers")
-    assert calls == [True]
-    assert in_step.keys() == in_workers.keys()
-    assert all(torch.equal(in_step[k], in_workers[k]) for k in in_step)
+    weights = {}
+    for where in ("step", "workers"):
+        data_cfg = {"train": str(data / "s-{0..1}.tar"), "shuffle_buffer": 4, "augment": aug}
+        if where == "workers":
+            data_cfg["features_in"] = "workers"
+        r = recipe(tmp_path, where, data=data_cfg, train={"max_steps": 3},
+                   loss={"pairs": [["image", "text"], ["audio", "text"]]})
+        r["model"]["towers"] = {"audio": audio}
+        train_dict(r)
+        weights[where] = final_weights(r["output_dir"])
+    assert calls == [True, False]
+    assert weights["step"].keys() == weights["workers"].keys()
+    assert all(torch.equal(weights["step"][k], weights["workers"][k]) for k in weights["step"])
