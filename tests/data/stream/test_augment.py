@@ -359,11 +359,11 @@ def _mixed_shards(root):
     return paths
 
 
-def _loader_kw(num_workers):
-    fe = AudioFrontend(clip_seconds=0.05, n_mels=16)
+def _loader_kw(num_workers, augment=AUG, **frontend):
+    fe = AudioFrontend(clip_seconds=0.05, n_mels=16, **frontend)
     tf = dict(TRANSFORMS, image=image_tf, audio=AudioPreprocess(fe, train=True))
     return dict(transforms=tf, batch_size=4, modalities=["image", "text", "audio"], num_workers=num_workers,
-                shuffle_buffer=6, augment=AUG, min_modalities=2)
+                shuffle_buffer=6, augment=augment, min_modalities=2)
 
 
 def _tensors(batch):

@@ -10,8 +10,8 @@ from align.data.stream.keys import AUG, PENDING, SEED
 from align.data.stream.loader import build_train_loader
 from align.errors import DataError
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
-from tests.data.stream.test_augment import _mixed_shards
-from tests.wds_helpers import TRANSFORMS, image_tf
+from tests.data.stream.test_augment import _loader_kw, _mixed_shards, _tensors
+from tests.wds_helpers import TRANSFORMS
 
 # wave stages run in the workers either way; the log-mel stages (SpecAugment, VTLP) and the tower's own
 # SpecAugment (freq_mask / time_mask, drawn from per-sample generators) move with the log-mel
@@ -21,14 +21,7 @@ AUG_CFG = {"audio": [{"type": "gain"}, {"type": "speed"}, {"type": "noise", "p":
 
 
 def _kw(num_workers, augment=AUG_CFG):
-    fe = AudioFrontend(clip_seconds=0.05, n_mels=16, freq_mask=3, time_mask=2)
-    tf = dict(TRANSFORMS, image=image_tf, audio=AudioPreprocess(fe, train=True))
-    return dict(transforms=tf, batch_size=4, modalities=["image", "text", "audio"], num_workers=num_workers,
-                shuffle_buffer=6, augment=augment, min_modalities=2)
-
-
-def _tensors(batch):
-    return {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+    return _loader_kw(num_workers, augment, freq_mask=3, time_mask=2)   # the tower's own SpecAugment draws too
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
