@@ -295,7 +295,7 @@ class SampleDecoder:
         if "audio" in self.modalities:
             preload_resampler()   # the workers forked for each epoch inherit it instead of importing it again
         if self.augment and self.augment.wave_stages + self.augment.logmel_stages and "audio" in transforms \
-                and not hasattr(transforms["audio"], "per_batch"):
+                and not is_two_stage(transforms["audio"]):
             raise DataError("data.augment.audio needs the audio towers' two-stage front end (per_sample/per_batch)")
 
     def __call__(self, raw: dict, epoch: int, restore_rng: bool = False) -> dict:
@@ -350,7 +350,7 @@ class SampleDecoder:
         tf = self.transforms[modality]
         # A two-stage transform (e.g. the audio front end) does its per-sample part here and its
         # batched part in collate(): see AudioPreprocess.per_sample / per_batch.
-        t = tf.per_sample(value) if hasattr(tf, "per_batch") else tf(value)
+        t = tf.per_sample(value) if is_two_stage(tf) else tf(value)
         if not isinstance(t, torch.Tensor):
             t = torch.as_tensor(t)
         if modality == "text" and t.ndim >= 2 and t.shape[0] == 1:
@@ -413,7 +413,7 @@ class SampleDecoder:
             tf = self.transforms[m]
             if self.features_in_step and is_two_stage(tf):
                 batch.setdefault(PENDING, []).append(m)     # clips [B, C, samples]: StepFeatures finishes them
-            elif hasattr(tf, "per_batch"):
+            elif is_two_stage(tf):
                 try:
                     batch[m] = batch_features(tf, batch[m], [s.get(SEED, 0) for s in samples],
                                               [s.get(AUG, 0) for s in samples],
