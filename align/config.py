@@ -94,7 +94,8 @@ class DataConfig:
     val: Optional[str] = _key(None, help="CLIP_benchmark-layout dir for the periodic and final eval")
     samples_per_epoch: Optional[int] = _num(None, ge=1, help="epoch length in samples, over all processes "
                                                                 "(train.epochs needs it)")
-    resampled: bool = _key(False, help="draw shards with replacement (endless stream, as webdataset's resampled)")
+    resampled: bool = _key(False, help="draw shards with replacement (endless stream, as webdataset's resampled); "
+                                       "each reading of a sample gets its own random draws")
     shuffle_buffer: int = _num(1000, ge=0, help="samples held in the shuffle buffer (0: no shuffling)")
     num_workers: int = _num(2, ge=0, help="DataLoader worker processes per training process")
     features_in: Literal["step", "workers"] = _key(

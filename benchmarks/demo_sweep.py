@@ -80,6 +80,8 @@ VARIANTS = {
     "rn16_b64_800_w2": [*rn(16), *steps(800, 64), "data.num_workers=2"],
     "rn16_b64_600_w2": [*rn(16), *steps(600, 64), "data.num_workers=2"],
     "rn16_b64_500_w2": [*rn(16), *steps(500, 64), "data.num_workers=2"],
+    # shards drawn with replacement: one endless stream, no epoch boundary (issue 23 item 4, 2026-12-05)
+    "rn16_b64_600_resampled": [*rn(16), *steps(600, 64), "data.resampled=true"],
 }
 
 

@@ -36,7 +36,7 @@ from align.media.image import decode_image
 from align.data.stream.augment import sample_seed
 from align.data.stream.stored_teacher import collate_teacher, read_teacher
 from align.data.stream.features import batch_features, failed, is_two_stage
-from align.data.stream.keys import AUG, KEY, PENDING, SEED, URL, mask_key
+from align.data.stream.keys import AUG, DRAW, KEY, PENDING, SEED, URL, mask_key
 from align.data.stream.faults import (
     BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TEXT_TOO_LONG, TRANSFORM_FAILED, UNDECODABLE_AUDIO,
     UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
@@ -199,11 +199,20 @@ def shard_name(url: str | None) -> str | None:
     return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
-def transform_seed(seed: int, epoch: int, shard: str | None, key: str) -> int:
-    """The 62-bit seed of one sample's tower transforms in one epoch: a function of (seed, epoch, the sample's
-    shard file name and key), i.e. of its place in the epoch's global order, never of the rank or worker reading
-    it, nor of where the shards are stored (`shard_name`).
-    (With data.resampled a shard drawn twice in an epoch repeats its crops, as its augmentations do.)"""
+def visit(epoch: int, raw: dict) -> int | str:
+    """What tells one reading of a sample from another in the per-sample seeds: the epoch, and with
+    data.resampled also the draw of its shard (DRAW; `epoch.draw`).  A resampled stream never ends its epoch,
+    so without the draw every later reading of a sample would repeat its first crops, captions and
+    augmentations for the whole run."""
+    draw = raw.get(DRAW)
+    return epoch if draw is None else f"{epoch}.{draw}"
+
+
+def transform_seed(seed: int, epoch: int | str, shard: str | None, key: str) -> int:
+    """The 62-bit seed of one sample's tower transforms in one visit (`visit`: the epoch, and the shard's draw
+    with data.resampled): a function of (seed, visit, the sample's shard file name and key), i.e. of its place
+    in the epoch's global order, never of the rank or worker reading it, nor of where the shards are stored
+    (`shard_name`)."""
     text = f"align:transforms:{seed}:{epoch}:{shard}:{key}".encode("utf-8", "surrogateescape")   # keys may hold
     h = hashlib.blake2b(text, digest_size=8).digest()                                         # surrogates
     return int.from_bytes(h, "little") >> 2
@@ -256,7 +265,8 @@ class SampleDecoder:
     train=True picks a random caption (seeded by seed, epoch, shard file name and
     key, so a resumed run picks the same one); train=False picks the first.
     Every sample's random transforms (the towers' own and the augmentation stages) are seeded by
-    (seed, epoch, shard file name, key) only: the same tensors whatever rank, worker or resume reads it.
+    (seed, epoch, shard file name, key) only -- with data.resampled also its shard's draw (`visit`): the
+    same tensors whatever rank, worker or resume reads it.
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
@@ -303,11 +313,12 @@ class SampleDecoder:
 
         restore_rng: put the global RNGs back after the sample's seeded transforms (see _GlobalRngs)."""
         shard, key = shard_name(raw.get(URL)), raw[KEY]
+        epoch = visit(epoch, raw)
         seed = transform_seed(self.seed, epoch, shard, key)
         with _GlobalRngs(seed, restore_rng):
             return self._decode(raw, epoch, seed, shard)
 
-    def _decode(self, raw: dict, epoch: int, seed: int, shard: str | None) -> dict:
+    def _decode(self, raw: dict, epoch: int | str, seed: int, shard: str | None) -> dict:
         key = raw[KEY]
         caption_seed = f"align:caption:{self.seed}:{epoch}:{shard}:{key}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits,
@@ -325,7 +336,7 @@ class SampleDecoder:
             out.update(read_teacher(raw, self.teacher))        # {teacher_<m>: float [Et]}
         aug_seed = None
         if self.train and self.augment:
-            # augmentation draws from its own generators, seeded by (seed, epoch, shard file name, key)
+            # augmentation draws from its own generators, seeded by (seed, visit, shard file name, key)
             aug_seed = sample_seed(self.seed, epoch, shard, key)
             out[AUG] = aug_seed
         for m, value in decoded.items():

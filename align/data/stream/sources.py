@@ -30,6 +30,7 @@ import braceexpand
 
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable, open_http
 from align.data.stream.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
+from align.data.stream.keys import DRAW
 from align.wds.format import group_samples
 from align.wds.reader import iter_tar
 from align.limits import DataLimits, member_limiter
@@ -327,15 +328,18 @@ def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe
                         limits: DataLimits | None = None) -> Iterator[dict]:
     """Chain the samples of a sequence of shards.
 
-    For an infinite (resampled) shard sequence, stop with DataError after
-    MAX_EMPTY_SHARDS_IN_A_ROW shards in a row gave no sample.
+    For an infinite (resampled) shard sequence, each sample also carries DRAW, the index of its shard's draw
+    in the sequence (the decoder seeds each visit of a sample apart by it), and the stream stops with
+    DataError after MAX_EMPTY_SHARDS_IN_A_ROW shards in a row gave no sample.
     """
     empty = 0
-    for url in urls:
+    for draw, url in enumerate(urls):
         got = False
         for sample in shard_samples(url, faults, allow_pipe=allow_pipe, retry_budget_s=retry_budget_s,
                                     limits=limits):
             got = True
+            if infinite:
+                sample[DRAW] = draw
             yield sample
         empty = 0 if got else empty + 1
         if infinite and empty >= MAX_EMPTY_SHARDS_IN_A_ROW:
