@@ -201,9 +201,9 @@ def shard_name(url: str | None) -> str | None:
 
 def visit(epoch: int, raw: dict) -> int | str:
     """What tells one reading of a sample from another in the per-sample seeds: the epoch, and with
-    data.resampled also the draw of its shard (DRAW; `epoch.draw`).  A resampled stream never ends its epoch,
-    so without the draw every later reading of a sample would repeat its first crops, captions and
-    augmentations for the whole run."""
+    data.resampled also the stream and draw of its shard (DRAW; `epoch.RANK.WORKER/k`).  A resampled stream
+    never ends its epoch, so without the draw every later reading of a sample would repeat its first crops,
+    captions and augmentations for the whole run (and two readers drawing one shard would read it alike)."""
     draw = raw.get(DRAW)
     return epoch if draw is None else f"{epoch}.{draw}"
 

@@ -7,8 +7,8 @@ training process (align.data.stream.loader) before it hands the batch out.
 
 KEY = "__key__"            # list[str]: the samples' keys (a webdataset field, kept in the batch)
 URL = "__url__"            # str: the shard a raw sample came from (a webdataset field)
-DRAW = "__draw__"          # int (data.resampled): which draw of the reader's shard sequence a raw sample came from;
-                           # a sample read again in a later draw is another visit, with its own seeds
+DRAW = "__draw__"          # str (data.resampled): "RANK.WORKER/k", the stream and the draw of its shard sequence a
+                           # raw sample came from; each reading of a sample is another visit, with its own seeds
 WORKER = "__worker__"      # int: the logical worker that built the item
 RAW = "__raw__"            # int: raw samples that worker has read from its (current) stream so far
 SEEN = "__seen__"          # int: raw samples read (+ unreadable shards) since the worker's last item

@@ -325,12 +325,13 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
 def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe: bool = False,
                         infinite: bool = False, name: str = "",
                         retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
-                        limits: DataLimits | None = None) -> Iterator[dict]:
+                        limits: DataLimits | None = None, stream_id: str = "") -> Iterator[dict]:
     """Chain the samples of a sequence of shards.
 
-    For an infinite (resampled) shard sequence, each sample also carries DRAW, the index of its shard's draw
-    in the sequence (the decoder seeds each visit of a sample apart by it), and the stream stops with
-    DataError after MAX_EMPTY_SHARDS_IN_A_ROW shards in a row gave no sample.
+    For an infinite (resampled) shard sequence, each sample also carries DRAW = "STREAM_ID/k": which stream
+    (`stream_id`, e.g. its rank and worker) and which draw k of its sequence it came from (the decoder seeds
+    each reading of a sample apart by it), and the stream stops with DataError after MAX_EMPTY_SHARDS_IN_A_ROW
+    shards in a row gave no sample.
     """
     empty = 0
     for draw, url in enumerate(urls):
@@ -339,7 +340,7 @@ def samples_from_shards(urls: Iterable[str], faults: FaultCounter, *, allow_pipe
                                     limits=limits):
             got = True
             if infinite:
-                sample[DRAW] = draw
+                sample[DRAW] = f"{stream_id}/{draw}"
             yield sample
         empty = 0 if got else empty + 1
         if infinite and empty >= MAX_EMPTY_SHARDS_IN_A_ROW:

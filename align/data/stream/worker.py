@@ -107,9 +107,11 @@ class StreamDataset(IterableDataset):
             else:
                 order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
                 urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
+            # stream_id: two readers may draw one shard at the same draw; their readings must still differ
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
                                                infinite=self.resampled, name=src.name,
-                                               retry_budget_s=self.retry_budget_s, limits=self.decoder.limits))
+                                               retry_budget_s=self.retry_budget_s, limits=self.decoder.limits,
+                                               stream_id=f"{rank}.{lw}"))
         if len(streams) == 1:
             stream = streams[0]
         else:
