@@ -77,6 +77,34 @@ def test_a_samples_random_transforms_do_not_depend_on_the_layout_or_a_resume(tmp
     assert len({tuple(one[k].flatten().tolist()) for k in one if k.startswith("i")}) > 1
 
 
+def _image_readings(batches, into):
+    for b in batches:
+        for i, key in enumerate(b["__key__"]):
+            if b["image_mask"][i]:
+                into.append((key, b["image"][i].numpy().tobytes()))
+    return into
+
+
+def test_resampled_readings_belong_to_their_stream_not_to_the_reader(tmp_path):
+    # data.resampled seeds a reading by (epoch, its stream RANK.WORKER, its shard's draw): an elastic resume on
+    # another layout reads the checkpoint's streams on, so it must give the readings those streams would have
+    # given (seeded by the reader instead, they would differ).
+    paths = _shards(tmp_path / "d")
+    kw = dict(resampled=True, samples_per_epoch=64)               # per rank and epoch: 16 batches of 2
+    cont, head, states = [], [], []
+    for r in range(2):                                            # 2 ranks x 2 workers: the whole epoch ...
+        _image_readings(build_train_loader(paths, **_kw(r, 2, 2, **kw)), cont)
+        ld = build_train_loader(paths, **_kw(r, 2, 2, **kw))       # ... and a checkpoint after 3 steps
+        it = iter(ld)
+        _image_readings([next(it) for _ in range(3)], head)
+        states.append(ld.state_dict())
+        ld.close()
+    rest = _image_readings(build_train_loader(paths, resume_state=states, **_kw(0, 1, 1, **kw)), [])
+    assert set(head) <= set(cont) and len(rest) >= 20 and set(rest) <= set(cont)   # 1 process: the same readings
+    keys = [k for k, _ in cont]
+    assert len(set(keys)) < len(keys) == len(set(cont))               # samples read more than once, each differently
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_reading_leaves_the_training_processs_rngs_alone(tmp_path, workers):
     # 0 workers: decoding runs here; 2: the DataLoader's base seed and the next epoch started early.
