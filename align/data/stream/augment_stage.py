@@ -27,7 +27,7 @@ def register(name: str) -> Callable[[type], type]:
 
 def sample_seed(seed: int, epoch: Union[int, str], shard: Optional[str], key: str) -> int:
     """A 64-bit seed that names one visit of one sample (no global state involved); `epoch` is the visit
-    (align.data.stream.decode.visit: the epoch, with data.resampled also the shard's draw); `shard` is the shard's
+    (align.data.stream.decode.visit: the epoch, with data.resampled also the stream and draw); `shard` is the shard's
     file name (align.data.stream.decode.shard_name), so where the shards are stored does not matter."""
     text = f"align:augment:{seed}:{epoch}:{shard}:{key}".encode("utf-8", "surrogateescape")   # keys may hold surrogates
     h = hashlib.blake2b(text, digest_size=8).digest()

@@ -209,9 +209,10 @@ def visit(epoch: int, raw: dict) -> int | str:
 
 
 def transform_seed(seed: int, epoch: int | str, shard: str | None, key: str) -> int:
-    """The 62-bit seed of one sample's tower transforms in one visit (`visit`: the epoch, and the shard's draw
-    with data.resampled): a function of (seed, visit, the sample's shard file name and key), i.e. of its place
-    in the epoch's global order, never of the rank or worker reading it, nor of where the shards are stored
+    """The 62-bit seed of one sample's tower transforms in one visit (`visit`: the epoch; with data.resampled
+    also the stream and draw that read it): a function of (seed, visit, the sample's shard file name and key),
+    i.e. of its place in the epoch's global order (or the resampled stream's), never of the process or worker
+    reading it (an elastic resume reads on the checkpoint's streams), nor of where the shards are stored
     (`shard_name`)."""
     text = f"align:transforms:{seed}:{epoch}:{shard}:{key}".encode("utf-8", "surrogateescape")   # keys may hold
     h = hashlib.blake2b(text, digest_size=8).digest()                                         # surrogates
@@ -265,8 +266,8 @@ class SampleDecoder:
     train=True picks a random caption (seeded by seed, epoch, shard file name and
     key, so a resumed run picks the same one); train=False picks the first.
     Every sample's random transforms (the towers' own and the augmentation stages) are seeded by
-    (seed, epoch, shard file name, key) only -- with data.resampled also its shard's draw (`visit`): the
-    same tensors whatever rank, worker or resume reads it.
+    (seed, epoch, shard file name, key) only -- with data.resampled also the stream and draw that read it
+    (`visit`): the same tensors whatever rank, worker or resume reads it.
     """
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
