@@ -152,14 +152,35 @@ def test_gain_in_decibels():
     assert torch.equal(st(x, rng(5), sr=SR), st(x, rng(5), sr=SR))
 
 
-def test_time_shift_moves_an_impulse_within_the_bound():
+@pytest.mark.parametrize("cut", [False, True])
+def test_time_shift_moves_an_impulse_within_the_bound(cut):
     x = torch.zeros(1, 1600)
     x[0, 800] = 1.0
-    st = stage("time_shift", max_seconds=0.02)                          # 320 samples at 16 kHz
+    st = stage("time_shift", max_seconds=0.02, cut=cut)                 # 320 samples at 16 kHz
     pos = [int(st(x, rng(i), sr=SR)[0].argmax()) for i in range(30)]
-    assert all(480 <= p <= 1120 for p in pos) and len(set(pos)) > 10
+    assert all(480 <= p <= 1120 for p in pos) and len(set(pos)) > 10 and min(pos) < 800 < max(pos)
     y = st(x, rng(0), sr=SR)
     assert y.shape == x.shape and float(y.sum()) == 1.0
+
+
+def test_time_shift_without_cut_never_drops_sound_of_a_trimmed_word():
+    # A trimmed word sits at the start of its zero-padded clip [C, L]: it may only move into the padding.
+    word = torch.zeros(2, 1600)
+    word[:, :400] = torch.linspace(0.1, 1.0, 400)                       # sound from sample 0 to 399, both channels
+    st, old = stage("time_shift", max_seconds=0.05), stage("time_shift", max_seconds=0.05, cut=True)
+    starts = []
+    for i in range(60):
+        y = st(word, rng(i), sr=SR)
+        start = int(torch.nonzero(y[0])[0])
+        assert torch.equal(y[:, start:start + 400], word[:, :400]) and not y[:, start + 400:].any()
+        starts.append(start)
+    assert len(set(starts)) > 20 and max(starts) <= 800                   # delays of up to 0.05 s, varied
+    assert any(old(word, rng(i), sr=SR)[0, 399] == 0 for i in range(60))  # cut: true cuts the onset at times
+    full = torch.ones(1, 1600)                                          # no padding: nothing to shift into
+    assert torch.equal(st(full, rng(3), sr=SR), full) and torch.equal(st(torch.zeros(1, 16), rng(0), sr=SR),
+                                                                      torch.zeros(1, 16))
+    with pytest.raises(ConfigError, match=r"cut: expected true or false"):
+        stage("time_shift", cut="no")
 
 
 def test_speed_changes_pitch_by_the_factor():
