@@ -7,7 +7,7 @@ per-batch log-mel (align.data.stream.augment, the whole chain). Each draws from 
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,13 @@ from align.errors import ConfigError, DataError
 
 class WaveStage(Stage):
     modality, level = "audio", "wave"
+
+
+def sound_span(a: np.ndarray) -> Optional[Tuple[int, int]]:
+    """(first, last) sample index where clip a [C, L] is not zero on some channel (its content between the
+    zero padding that crop/pad and the wave stages leave); None for a silent clip."""
+    content = np.flatnonzero(a.any(axis=0))
+    return None if content.size == 0 else (int(content[0]), int(content[-1]))
 
 
 @register("gain")
@@ -53,10 +60,10 @@ class TimeShift(WaveStage):
         reach = int(self.max_s * sr)
         lo, hi = -reach, reach
         if not self.cut:
-            sound = torch.nonzero(x.abs().reshape(-1, x.shape[-1]).amax(0) > 0)   # [k, 1]: samples with sound
-            if sound.numel() == 0:
+            span = sound_span(x.numpy())
+            if span is None:
                 return x
-            lo, hi = -min(reach, int(sound[0])), min(reach, x.shape[-1] - 1 - int(sound[-1]))
+            lo, hi = -min(reach, span[0]), min(reach, x.shape[-1] - 1 - span[1])
         n = int(rng.integers(lo, hi + 1))
         out = torch.zeros_like(x)
         if n >= 0:
@@ -84,13 +91,13 @@ class Speed(WaveStage):
         if f == 1.0:
             return x
         a = x.numpy()                                                          # [C, L]
-        content = np.flatnonzero(a.any(axis=0))
-        if content.size == 0:
+        span = sound_span(a)
+        if span is None:
             return x                                                           # silence resamples to silence
         # The clip's zero padding after the content resamples to exact zeros, so only the content and the filter's
         # reach past it are resampled: a short word in a long clip costs its own length (same values as the whole
         # clip: tests/data/stream/test_augment.py)
-        end = min(a.shape[-1], int(content[-1]) + 1 + self.REACH)
+        end = min(a.shape[-1], span[1] + 1 + self.REACH)
         # Played at sr * f, heard at sr: resample from sr * f down/up to sr.
         y = resample(a[..., :end], int(round(sr * f)), sr)                     # [C, ~end / f]
         out = np.zeros_like(a)                  # numpy: a third of the time torch's small ops take per clip
