@@ -123,7 +123,7 @@ def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: flo
     it in its step (align.data.stream.features), so it counts as step time, not wait; "workers": in collate."""
     loader = build_train_loader(shards, transforms=transforms, batch_size=batch_size, modalities=modalities,
                                 num_workers=workers, shuffle_buffer=1000, drop_last=False,
-                                start_next_epoch_early=False,  # one epoch: no workers for the next
+                                keep_workers=False,  # one epoch: the workers must not go on into the next
                                 features_in_step=features == "step")
     finish = loader.step_features("cpu")
     a = torch.randn(128, 128)

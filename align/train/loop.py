@@ -101,7 +101,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         log.close_bar()
         hooks.close()
         if hasattr(loader, "close"):
-            loader.close()                     # workers started early for an epoch that will not run
+            loader.close()                     # its workers have gone on into an epoch that will not run
 
         watch.stop()
         state.elapsed_s = log.elapsed()

@@ -10,6 +10,8 @@ URL = "__url__"            # str: the shard a raw sample came from (a webdataset
 DRAW = "__draw__"          # str (data.resampled): "RANK.WORKER/k", the stream and the draw of its shard sequence a
                            # raw sample came from; each reading of a sample is another visit, with its own seeds
 WORKER = "__worker__"      # int: the logical worker that built the item
+EPOCH = "__epoch__"        # int: the epoch the item belongs to (a worker goes on from one epoch into the next)
+IDLE = "__idle__"          # True: a worker's answer while the training process has enough of the next epoch (no data)
 RAW = "__raw__"            # int: raw samples that worker has read from its (current) stream so far
 SEEN = "__seen__"          # int: raw samples read (+ unreadable shards) since the worker's last item
 SKIPPED = "__skipped__"    # dict reason -> count: samples/shards skipped since the worker's last item

@@ -18,13 +18,18 @@ position).  `StreamLoader` consumes them in the main process, so its totals
 (`loader.seen`, `loader.skipped`) and `state_dict()` are exact: they describe
 the batches actually handed out, not what workers prefetched.
 
-Resume: torch's DataLoader hands out batches round-robin over workers,
-starting at worker 0, dropping exhausted workers.  After a restart, physical
-worker w plays logical worker (w + next_worker) % num_workers, where
-next_worker follows the last logical worker whose output was consumed, so
-the round-robin continues in exactly the same order.  At the end of its
-stream each worker sends a "flush" item (not yielded) with its last fault
-counts; a consumed flush marks the worker done.
+Order: batches are handed out round-robin over the logical workers, starting
+at worker 0, skipping workers that are done (torch's DataLoader order; the
+loader takes each worker's items in that order itself, holding any that come
+early).  After a restart, physical worker w plays logical worker
+(w + next_worker) % num_workers, where next_worker follows the last logical
+worker whose output was consumed, so the round-robin continues in exactly the
+same order.  At the end of its stream each worker sends a "flush" item (not
+yielded) with its last fault counts; a consumed flush marks the worker done.
+
+Epochs: a training loader's workers are started once and go on from epoch to
+epoch (align.data.stream.worker): each worker's items of the next epoch are
+made while this one is still being taken, and held until it ends.
 
 Elastic resume: a checkpoint written at another world size, per-rank batch
 size or number of workers, or whose ranks are in different epochs, is
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 import torch
@@ -45,7 +50,7 @@ from torch.utils.data import DataLoader
 
 from align.data.stream.decode import SampleDecoder
 from align.data.stream.faults import skip_rate_error
-from align.data.stream.keys import ERROR, UNAVAILABLE, FLUSH, NOTED, RAW, SEEN, SEG, SKIPPED, WORKER
+from align.data.stream.keys import EPOCH, ERROR, FLUSH, IDLE, NOTED, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, WORKER
 from align.data.stream.pack import unpack_tensors
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable
 from align.data.stream.sources import SourceSpec, resolve_sources
@@ -65,6 +70,46 @@ def _drain(items) -> None:
         pass
 
 
+class _Items:
+    """One DataLoader iterator over a plan, and the items it delivered before their turn.
+
+    `take(epoch, lw)` returns logical worker `lw`'s next item of `epoch`.  Items of other workers or of the
+    next epoch that arrive first are held; the gate tells the workers (align.data.stream.worker.may_send)
+    whether the next epoch's items may keep coming (fewer than `ahead_cap` held)."""
+
+    def __init__(self, items, gate, ahead_cap: int):
+        self.items, self.gate, self.ahead_cap = items, gate, ahead_cap
+        self.held: dict[tuple[int, int], deque] = {}
+        self.ahead = 0               # held items of later epochs than the one being taken
+        self.ahead_max = 0           # the most ever held (tests check the gate bounds it)
+
+    def take(self, epoch: int, lw: int) -> dict:
+        q = self.held.get((epoch, lw))
+        while not q:
+            item = next(self.items, None)
+            if item is None:
+                raise RuntimeError(f"data loader: the workers ended before logical worker {lw}'s epoch {epoch} did")
+            if IDLE in item:
+                continue
+            key = (item[EPOCH], item[WORKER])
+            self.held.setdefault(key, deque()).append(item)
+            if key[0] > epoch:
+                self.ahead += 1
+                self.ahead_max = max(self.ahead_max, self.ahead)
+                self.open_gate(epoch)
+            q = self.held.get((epoch, lw))
+        item = q.popleft()
+        if not q:
+            del self.held[(epoch, lw)]
+        return item
+
+    def open_gate(self, epoch: int) -> None:
+        """Tell the workers which epoch is being taken, and whether more of the next may come."""
+        if self.gate is not None:
+            self.ahead = sum(len(q) for (e, _), q in self.held.items() if e > epoch)
+            self.gate[0], self.gate[1] = epoch, int(self.ahead < self.ahead_cap)
+
+
 class StreamLoader:
     """Iterable over batch dicts for one epoch at a time, with exact totals and resume.
 
@@ -77,17 +122,19 @@ class StreamLoader:
     - `state_dict()` / `load_state_dict()`: the data position after the last
       batch handed out.
 
-    With workers, the next epoch's workers are started as soon as the first
-    batch of this epoch is handed out (their plan is fixed: epoch + 1 from its
-    start), so they have batches queued when this epoch ends instead of the
-    training loop stalling on worker start-up and the shuffle-buffer fill.
-    They fill at most `prefetch_factor` batches each, then wait.  The stream
-    is the same either way: a worker's output is a function of its plan only.
+    With workers and `keep_workers` (training), the worker processes are started
+    once and read every epoch: when a worker's part of this epoch ends it goes on
+    with the next from its start (epoch + 1, or the elastic work planned for it),
+    so the training loop neither waits for new workers nor for the shuffle buffer
+    to fill at an epoch's start.  Items of the next epoch are held until this one
+    ends, at most ~2 per worker beyond the prefetch (the workers' gate).  The
+    stream is the same either way: a worker's output is a function of its plan
+    only.  Without `keep_workers`, each epoch starts its own workers.
     """
 
     def __init__(self, dataset: StreamDataset, *, num_workers: int, epoch: int = 0,
                  max_skip_frac: float | None = None, pin_memory: bool = False, prefetch_factor: int | None = None,
-                 start_next_epoch_early: bool = True):
+                 keep_workers: bool = True):
         self.dataset = dataset
         self.num_workers = num_workers
         self.n_logical = max(1, num_workers)
@@ -97,8 +144,9 @@ class StreamLoader:
         self.skipped: Counter = Counter()
         self.noted: Counter = Counter()       # events noted, not skipped (captions cut, ...), whole run
         self.seen = 0
-        self._ahead: tuple[int, object] | None = None  # (epoch, DataLoader iterator) started early
-        self.start_next_epoch_early = start_next_epoch_early
+        # The workers' items (_Items) of the position's epoch, kept across epochs with keep_workers.
+        self._items: _Items | None = None
+        self.keep_workers = keep_workers and num_workers > 0 and dataset.train
         self._drain: threading.Thread | None = None
         # Elastic resume: per later epoch still holding work of the checkpoint's layout, this rank's share:
         # [{"epoch", "segments": per lw, "quota": per lw}] (align.data.stream.resume).
@@ -132,8 +180,6 @@ class StreamLoader:
         return self.num_batches
 
     def _reset(self, epoch: int) -> None:
-        if self._ahead is not None and self._ahead[0] != int(epoch):
-            self._ahead = None  # its workers shut down when the iterator is collected
         n = self.n_logical
         self.epoch = int(epoch)
         self.batches = 0  # batches handed out in this epoch
@@ -159,12 +205,14 @@ class StreamLoader:
     def start_elastic(self, epoch: int, work: list[dict]) -> None:
         """Continue at the start of `epoch` with the elastic work planned per epoch (align.data.stream.resume):
         [{"epoch", "segments": per lw, "quota": per lw}], oldest first."""
+        self._stop_workers()
         self._reset(epoch)
         self._later = [dict(w) for w in work]
         self._take_later()
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
+            self._stop_workers()
             self._reset(epoch)
             self._take_later()
 
@@ -217,6 +265,7 @@ class StreamLoader:
                 load_elastic(self, state)
                 return
         self._check_state(state, elastic=False)
+        self._stop_workers()
         self._reset(state["epoch"])
         self.batches = int(state["batches"])
         self._next_worker = int(state["next_worker"])
@@ -251,10 +300,6 @@ class StreamLoader:
                                 f"resuming needs the same {key}" + ("" if elastic else
                                 " (pass every rank's state as a list to re-partition it)"))
 
-    def _at_epoch_start(self) -> bool:
-        return (self.batches == 0 and self._next_worker == 0 and not any(self._raw) and not any(self._wbatches)
-                and not any(self._done) and (self._seg is None or self._seg["prog"] == [None] * self.n_logical))
-
     def _plan(self) -> Plan:
         """The workers' plan from the current position: an ordinary epoch is one segment per worker (its own
         stream from the raw samples it has read); an elastic rest re-bases each worker's segments."""
@@ -268,17 +313,13 @@ class StreamLoader:
         quota = [None if ds.quota(lw, n) is None else ds.quota(lw, n) - self._wbatches[lw] for lw in range(n)]
         return Plan(self.epoch, self._next_worker, list(self._done), segments, quota)
 
-    def _next_epoch_plan(self) -> Plan:
-        """The plan of the next epoch from its start (an elastic one if work was planned for it)."""
-        ds, n, e = self.dataset, self.n_logical, self.epoch + 1
-        work = next((w for w in self._later if w["epoch"] == e), None)
-        if work is not None:
-            return Plan(e, 0, [False] * n, [[list(x) for x in w] for w in work["segments"]], list(work["quota"]))
-        return Plan(e, 0, [False] * n, [[[ds.rank, lw, 0, 0, None, ds.world_size, n]] for lw in range(n)],
-                     [ds.quota(lw, n) for lw in range(n)])
-
-    def _start(self, plan: Plan):
-        """A DataLoader iterator over `plan` (workers fork here and copy the plan)."""
+    def _start(self, plan: Plan) -> _Items:
+        """The workers' items over `plan` (workers fork here and copy the plan; with keep_workers they go on
+        into the later epochs, through the shared gate)."""
+        gate = None
+        if self.keep_workers:
+            plan.later = [dict(w) for w in self._later]
+            gate = plan.gate = torch.tensor([plan.epoch, 1], dtype=torch.int64).share_memory_()
         self.dataset.plan = plan
         kwargs = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 and self.prefetch_factor else {}
         # Its own generator: DataLoader draws a base seed when the iteration starts, which with the
@@ -287,11 +328,16 @@ class StreamLoader:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, persistent_workers=False,
                             generator=torch.Generator().manual_seed(plan.epoch), **kwargs)
-        return iter(loader)
+        # held items of the next epoch: 2 per worker, beyond the prefetch queue's own
+        return _Items(iter(loader), gate, ahead_cap=2 * self.n_logical)
+
+    def _stop_workers(self) -> None:
+        """The position moves elsewhere: the workers' stream no longer fits it (they exit when collected)."""
+        self._items = None
 
     def close(self) -> None:
-        """Stop workers started ahead for the next epoch and wait until the last epoch's have exited."""
-        self._ahead = None
+        """Stop the workers and wait until the last epoch's have exited."""
+        self._stop_workers()
         self._join_drain()
 
     def _join_drain(self) -> None:
@@ -300,33 +346,36 @@ class StreamLoader:
             self._drain = None
 
     def __iter__(self):
-        if self._ahead is not None and self._ahead[0] == self.epoch and self._at_epoch_start():
-            items = self._ahead[1]
-        else:
+        if self._items is None:
             self._join_drain()  # never fork while the last epoch's workers are being joined
-            items = self._start(self._plan())
-        self._ahead = None
-        for item in items:
-            if self._ahead is None and self.start_next_epoch_early and self.num_workers > 0 and self.batches > 0:
-                self._join_drain()  # never fork while the last epoch's workers are being joined
-                self._ahead = (self.epoch + 1, self._start(self._next_epoch_plan()))
+            self._items = self._start(self._plan())
+        items, n = self._items, self.n_logical
+        items.open_gate(self.epoch)
+        lw = self._next_worker
+        while not all(self._done):
+            if self._done[lw]:
+                lw = (lw + 1) % n
+                continue
+            item = items.take(self.epoch, lw)
             if ERROR in item:
                 raise (SourceUnavailable if item.get(UNAVAILABLE) else DataError)(item[ERROR])
             if self._consume(item):
                 yield unpack_tensors(item)
-            elif all(self._done):
-                # Every worker has sent its last item: torch's own end-of-data handling would now join
-                # the worker processes on this thread (~50 ms); let a background thread run it instead.
-                # Never with 0 workers: the rest of the stream then runs in this process, and its RNG
-                # save/restore (decode.rng_preserving) on another thread would race the next epoch's
-                # per-sample seeding here, changing random crops at random (same samples, other weights).
-                if self.num_workers > 0:
-                    self._drain = threading.Thread(target=_drain, args=(items,), daemon=True)
-                    self._drain.start()
-                else:
-                    _drain(items)
-                break
+            lw = self._next_worker
+        if not self.keep_workers:
+            # Every worker has sent its last item: torch's own end-of-data handling would now join
+            # the worker processes on this thread (~50 ms); let a background thread run it instead.
+            # Never with 0 workers: the rest of the stream then runs in this process, and its RNG
+            # save/restore (decode.rng_preserving) on another thread would race the next epoch's
+            # per-sample seeding here, changing random crops at random (same samples, other weights).
+            self._items = None
+            if self.num_workers > 0:
+                self._drain = threading.Thread(target=_drain, args=(items.items,), daemon=True)
+                self._drain.start()
+            else:
+                _drain(items.items)
         self._end_epoch()
+        items.open_gate(self.epoch)
 
     def _consume(self, item: dict) -> bool:
         """Book one worker item into the position and totals; -> whether it is a batch to hand out."""
@@ -395,7 +444,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        shuffle_buffer: int = 1000, allow_pipe: bool = False, max_skip_frac: float | None = None,
                        resume_state: dict | None = None, train: bool = True, drop_last: bool | None = None,
                        min_modalities: int = 2, pin_memory: bool = False,
-                       prefetch_factor: int | None = None, start_next_epoch_early: bool = True,
+                       prefetch_factor: int | None = None, keep_workers: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
                        hard_negatives: int = 0, val_split=None, text_keys=None, teacher: tuple = (),
                        features_in_step: bool = False) -> StreamLoader:
@@ -414,7 +463,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     resampled: draw shards with replacement, seeded; infinite unless samples_per_epoch.
     drop_last: drop each worker's final partial batch (default: = train).
     min_modalities: a sample needs this many of `modalities` (capped at len(modalities)).
-    start_next_epoch_early: with workers, start the next epoch's workers during this one (see StreamLoader).
+    keep_workers: (training, with workers) the same worker processes read every epoch, going on into the next
+        while this one is taken (see StreamLoader); False: each epoch starts its own.
     augment: an align.data.stream.augment.Augmenter, or its config {modality: [stages]} (training only).
     retry_budget_s: how long an http(s) source may stay unreachable (retried with backoff) before
         the stream stops with SourceUnavailable (align.data.stream.remote).
@@ -461,7 +511,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         retry_budget_s=retry_budget_s, val_split=val_split)
     loader = StreamLoader(dataset, num_workers=num_workers, epoch=epoch, max_skip_frac=max_skip_frac,
                           pin_memory=pin_memory, prefetch_factor=prefetch_factor,
-                          start_next_epoch_early=start_next_epoch_early)
+                          keep_workers=keep_workers)
     if resume_state is not None:
         loader.load_state_dict(resume_state)
     return loader

@@ -13,17 +13,26 @@ rest of an elastically resumed epoch: pieces of the checkpoint's streams, align.
 
 then one flush item with its last counts.  A worker whose first MAX_ALL_SKIPPED samples were all skipped
 stops with one DataError line, in both cases.
+
+A training loader's workers then go on with the next epoch from its start (the plan's gate is set): the same
+processes read every epoch, so no worker is started per epoch and the next epoch's first batches are made
+while the training process still takes the last ones of this one.  The gate, shared with the training
+process, holds a worker back (it answers IDLE) while that process already has enough of the next epoch.
+Every item carries its EPOCH.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from align.data.stream.decode import SampleDecoder, rng_preserving
 from align.data.stream.faults import FaultCounter, SkipSample
-from align.data.stream.keys import ERROR, FLUSH, UNAVAILABLE, KEY, NOTED, RAW, SEEN, SEG, SKIPPED, URL, WORKER
+from align.data.stream.keys import (
+    EPOCH, ERROR, FLUSH, IDLE, KEY, NOTED, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, URL, WORKER,
+)
 from align.data.stream.pack import pack_tensors
 from align.data.stream.sources import (
     ResolvedSource, epoch_shards, mix_streams, resampled_shards, rng_for, samples_from_shards, split_shards,
@@ -46,6 +55,20 @@ class Plan:
     # read in order, and the batches still due from it (None: to the end of its segments).
     segments: list[list[list]]
     quota: list[int | None]
+    # Elastic work planned for later epochs ([{"epoch", "segments", "quota"}], oldest first), which the
+    # workers read when they go on into those epochs.
+    later: list[dict] = field(default_factory=list)
+    # Shared int64 [2] (None: the workers stop after this epoch): the epoch the training process is taking
+    # batches of, and 1 while it may receive more of the next one (see `may_send`).
+    gate: torch.Tensor | None = None
+
+
+def may_send(gate: torch.Tensor, epoch: int) -> bool:
+    """Whether an item of `epoch` may go to the training process now: one of its current epoch (or an older
+    one), or of the next while it holds few enough of those (a worker whose shards end early would otherwise
+    fill it with a whole epoch ahead)."""
+    current, more = gate.tolist()
+    return epoch <= current or (epoch == current + 1 and more == 1)
 
 
 @dataclass
@@ -94,6 +117,17 @@ class StreamDataset(IterableDataset):
         per, extra = divmod(self.batches_per_rank, n)
         return per + (1 if lw < extra else 0)
 
+    def epoch_plan(self, epoch: int, n: int, later: list[dict], gate=None) -> Plan:
+        """Epoch `epoch` from its start for `n` logical workers: the elastic work planned for it in `later`
+        (align.data.stream.resume), if any, else one stream per worker."""
+        work = next((w for w in later if w["epoch"] == epoch), None)
+        rest = [w for w in later if w["epoch"] > epoch]
+        if work is not None:
+            return Plan(epoch, 0, [False] * n, [[list(x) for x in w] for w in work["segments"]],
+                        list(work["quota"]), rest, gate)
+        return Plan(epoch, 0, [False] * n, [[[self.rank, lw, 0, 0, None, self.world_size, n]] for lw in range(n)],
+                    [self.quota(lw, n) for lw in range(n)], rest, gate)
+
     def raw_stream(self, lw: int, n: int, epoch: int, faults: FaultCounter, rank: int | None = None,
                    world_size: int | None = None):
         """Undecoded samples of logical worker `lw` of `n` of `rank` (default: this rank), in their final
@@ -132,13 +166,27 @@ class StreamDataset(IterableDataset):
         plan = self.plan
         if plan is None or len(plan.done) != n:
             raise RuntimeError("iterate the dataset through StreamLoader, which sets its plan")
+        # in the training process (0 workers) the per-sample reseeds must not touch its own RNG stream
+        yield from (self._epochs(worker, n, plan) if info is not None else rng_preserving(self._epochs(worker, n, plan)))
+
+    def _epochs(self, worker: int, n: int, plan: Plan):
+        """Physical worker `worker`'s items: its part of the plan's epoch, then, while the plan has a gate,
+        its part of each next epoch from the start (where it plays logical worker `worker`)."""
         lw = (worker + plan.next_worker) % n
-        try:
-            # in the training process (0 workers) the per-sample reseeds must not touch its own RNG stream
-            yield from (self._stream(lw, plan) if info is not None else rng_preserving(self._stream(lw, plan)))
-        except DataError as exn:
-            # Shipped as an item so the main process raises one clean line, not a worker traceback.
-            yield {ERROR: str(exn), WORKER: lw, UNAVAILABLE: isinstance(exn, SourceUnavailable)}
+        while True:
+            try:
+                for item in self._stream(lw, plan):
+                    item[EPOCH] = plan.epoch
+                    while plan.gate is not None and not may_send(plan.gate, plan.epoch):
+                        yield {IDLE: True}
+                    yield item
+            except DataError as exn:
+                # Shipped as an item so the main process raises one clean line, not a worker traceback.
+                yield {ERROR: str(exn), WORKER: lw, EPOCH: plan.epoch, UNAVAILABLE: isinstance(exn, SourceUnavailable)}
+                return
+            if plan.gate is None:
+                return
+            plan, lw = self.epoch_plan(plan.epoch + 1, n, plan.later, plan.gate), worker
 
     def _stream(self, lw: int, plan: Plan):
         """The one decode loop (an ordinary epoch is one segment per worker; an elastic rest several):

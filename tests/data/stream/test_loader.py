@@ -59,24 +59,56 @@ def test_epochs_reshuffle_and_are_reproducible(tmp_path):
     assert flat(all_keys(other_seed)) != e0
 
 
-def test_next_epoch_started_early_gives_the_same_stream(tmp_path):
-    # With workers, epoch e+1's workers start once epoch e has handed out a batch; its batches must be
-    # exactly those of a loader that starts epoch e+1 afresh.
+def _pid_tf(x):
+    """An image transform that records which process decoded the sample."""
+    import os
+    return torch.full((1,), os.getpid(), dtype=torch.int64)
+
+
+def _pids(batches):
+    return {int(p) for b in batches for p in b["image"].flatten()}
+
+
+def test_workers_go_on_into_the_next_epoch_and_give_the_same_stream(tmp_path):
+    # The same worker processes read every epoch (no new processes per epoch); every epoch's batches must be
+    # exactly those of a loader that starts each epoch with its own workers, or starts that epoch afresh.
     paths, keys = make_shards(tmp_path, 4, 6)
-    loader = build_train_loader(paths, **_kw(num_workers=2))
-    it = iter(loader)
-    e0 = [list(next(it)["__key__"]) for _ in range(2)]   # started when the second batch is asked for
-    assert loader._ahead is not None and loader._ahead[0] == 1
-    e0 += [list(b["__key__"]) for b in it]
-    e1 = all_keys(loader)
+    tf = dict(TRANSFORMS, image=_pid_tf)
+    kept = build_train_loader(paths, **_kw(num_workers=2, transforms=tf))
+    own = build_train_loader(paths, **_kw(num_workers=2, transforms=tf, keep_workers=False))
+    k_epochs = [list(kept) for _ in range(3)]
+    o_epochs = [list(own) for _ in range(3)]
+    assert kept.epoch == own.epoch == 3
+    for ke, oe in zip(k_epochs, o_epochs):
+        assert [list(b["__key__"]) for b in ke] == [list(b["__key__"]) for b in oe]
+        assert sorted(flat(b["__key__"] for b in ke)) == sorted(keys)
+        for kb, ob in zip(ke, oe):
+            assert torch.equal(kb["text"], ob["text"])
+    assert len(_pids(flat(k_epochs))) == 2                     # two processes for all three epochs
+    assert len(_pids(flat(o_epochs))) == 6                     # two per epoch
     fresh = build_train_loader(paths, **_kw(num_workers=2))
-    fresh.set_epoch(1)
-    assert e1 == all_keys(fresh) and sorted(flat(e1)) == sorted(keys)
-    loader.set_epoch(0)           # a jump elsewhere drops the early-started epoch
-    assert loader._ahead is None and all_keys(loader) == e0
-    late = build_train_loader(paths, **_kw(num_workers=2, start_next_epoch_early=False))
-    assert all_keys(late) == e0 and late._ahead is None and all_keys(late) == e1
-    late.close()
+    fresh.set_epoch(2)
+    assert all_keys(fresh) == [list(b["__key__"]) for b in k_epochs[2]]
+    kept.set_epoch(0)             # a jump elsewhere restarts the workers from that position
+    assert kept._items is None and all_keys(kept) == [list(b["__key__"]) for b in k_epochs[0]]
+    for loader in (kept, own, fresh):
+        loader.close()
+
+
+def test_a_worker_whose_shards_end_early_is_held_back(tmp_path):
+    # One shard of 1 batch, one of 12, one per worker: the worker with the short one goes on into the next
+    # epochs long before the other ends this one. The gate must bound what the training process holds (2
+    # per worker, plus what was in flight), not let it fill with an epoch ahead; the order stays the same.
+    short, _ = make_shards(tmp_path / "s", 1, 4, prefix="s")
+    long_, _ = make_shards(tmp_path / "l", 1, 48, prefix="l")
+    kw = _kw(num_workers=2, prefetch_factor=1)
+    kept = build_train_loader(short + long_, **kw)
+    epochs = [all_keys(kept) for _ in range(3)]
+    own = build_train_loader(short + long_, **dict(kw, keep_workers=False))
+    assert epochs == [all_keys(own) for _ in range(3)]
+    assert 0 < kept._items.ahead_max <= 2 * 2 + 2
+    kept.close()
+    own.close()
 
 
 def test_resampled_is_infinite_and_deterministic(tmp_path):
