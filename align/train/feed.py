@@ -191,6 +191,8 @@ class Batches:
         self.loader, self.state = loader, state
         state.epoch = loader.epoch     # this rank's own epoch (ranks of a checkpoint may be in different ones)
         self.it = iter(loader)     # made now: its seed draw comes before the RNG restore of a resume
+        if hasattr(loader, "start_reading"):
+            loader.start_reading()  # the workers make the first batches while the run finishes its set-up
         self._before = None        # the position before a take that failed part-way
 
     def take(self, n: int) -> list:

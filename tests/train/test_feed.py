@@ -49,3 +49,16 @@ def test_a_rank_whose_epochs_stay_empty_gets_one_line_not_an_endless_loop():
     with pytest.raises(DataError) as e:
         b.take(1)
     assert "10 epochs in a row gave rank 0 no batch" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_batches_start_the_loaders_reading_at_once():
+    """The data workers make the first batches while the run finishes its set-up (restore, logs, val checks)."""
+    class Starting(EpochLoader):
+        def start_reading(self):
+            self.reading = True
+
+    loader = Starting([2])
+    loader.reading = False
+    b = Batches(loader, TrainState())
+    assert loader.reading and loader.started == 0          # reading, and not a batch taken yet
+    assert b.take(1) == [(0, 0)]

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, deque
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -50,8 +50,9 @@ from torch.utils.data import DataLoader
 
 from align.data.stream.decode import SampleDecoder
 from align.data.stream.faults import skip_rate_error
-from align.data.stream.keys import EPOCH, ERROR, FLUSH, IDLE, NOTED, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, WORKER
+from align.data.stream.keys import ERROR, FLUSH, NOTED, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, WORKER
 from align.data.stream.pack import unpack_tensors
+from align.data.stream.receive import Items
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable
 from align.data.stream.sources import SourceSpec, resolve_sources
 from align.data.stream.worker import Plan, StreamDataset
@@ -62,52 +63,6 @@ __all__ = ["SourceSpec", "StreamLoader", "build_train_loader", "build_eval_loade
 log = logging.getLogger("align.data")
 
 STATE_VERSION = 1
-
-
-def _drain(items) -> None:
-    """Run an exhausted DataLoader iterator to its end (which shuts its workers down)."""
-    for _ in items:
-        pass
-
-
-class _Items:
-    """One DataLoader iterator over a plan, and the items it delivered before their turn.
-
-    `take(epoch, lw)` returns logical worker `lw`'s next item of `epoch`.  Items of other workers or of the
-    next epoch that arrive first are held; the gate tells the workers (align.data.stream.worker.may_send)
-    whether the next epoch's items may keep coming (fewer than `ahead_cap` held)."""
-
-    def __init__(self, items, gate, ahead_cap: int):
-        self.items, self.gate, self.ahead_cap = items, gate, ahead_cap
-        self.held: dict[tuple[int, int], deque] = {}
-        self.ahead = 0               # held items of later epochs than the one being taken
-        self.ahead_max = 0           # the most ever held (tests check the gate bounds it)
-
-    def take(self, epoch: int, lw: int) -> dict:
-        q = self.held.get((epoch, lw))
-        while not q:
-            item = next(self.items, None)
-            if item is None:
-                raise RuntimeError(f"data loader: the workers ended before logical worker {lw}'s epoch {epoch} did")
-            if IDLE in item:
-                continue
-            key = (item[EPOCH], item[WORKER])
-            self.held.setdefault(key, deque()).append(item)
-            if key[0] > epoch:
-                self.ahead += 1
-                self.ahead_max = max(self.ahead_max, self.ahead)
-                self.open_gate(epoch)
-            q = self.held.get((epoch, lw))
-        item = q.popleft()
-        if not q:
-            del self.held[(epoch, lw)]
-        return item
-
-    def open_gate(self, epoch: int) -> None:
-        """Tell the workers which epoch is being taken, and whether more of the next may come."""
-        if self.gate is not None:
-            self.ahead = sum(len(q) for (e, _), q in self.held.items() if e > epoch)
-            self.gate[0], self.gate[1] = epoch, int(self.ahead < self.ahead_cap)
 
 
 class StreamLoader:
@@ -144,8 +99,8 @@ class StreamLoader:
         self.skipped: Counter = Counter()
         self.noted: Counter = Counter()       # events noted, not skipped (captions cut, ...), whole run
         self.seen = 0
-        # The workers' items (_Items) of the position's epoch, kept across epochs with keep_workers.
-        self._items: _Items | None = None
+        # The workers' items (align.data.stream.receive.Items) from the position on; across epochs with keep_workers.
+        self._items: Items | None = None
         self.keep_workers = keep_workers and num_workers > 0 and dataset.train
         self._drain: threading.Thread | None = None
         # Elastic resume: per later epoch still holding work of the checkpoint's layout, this rank's share:
@@ -313,7 +268,7 @@ class StreamLoader:
         quota = [None if ds.quota(lw, n) is None else ds.quota(lw, n) - self._wbatches[lw] for lw in range(n)]
         return Plan(self.epoch, self._next_worker, list(self._done), segments, quota)
 
-    def _start(self, plan: Plan) -> _Items:
+    def _start(self, plan: Plan) -> Items:
         """The workers' items over `plan` (workers fork here and copy the plan; with keep_workers they go on
         into the later epochs, through the shared gate)."""
         gate = None
@@ -329,11 +284,16 @@ class StreamLoader:
                             pin_memory=self.pin_memory, persistent_workers=False,
                             generator=torch.Generator().manual_seed(plan.epoch), **kwargs)
         # held items of the next epoch: 2 per worker, beyond the prefetch queue's own
-        return _Items(iter(loader), gate, ahead_cap=2 * self.n_logical)
+        return Items(iter(loader), gate, ahead_cap=2 * self.n_logical, threaded=self.num_workers > 0)
 
     def _stop_workers(self) -> None:
-        """The position moves elsewhere: the workers' stream no longer fits it (they exit when collected)."""
-        self._items = None
+        """The position moves elsewhere: the workers' stream no longer fits it (they exit with its receiver)."""
+        if self._items is not None:
+            self._items.close()
+            if self._items.receiver is not None:
+                self._join_drain()
+                self._drain = self._items.receiver
+            self._items = None
 
     def close(self) -> None:
         """Stop the workers and wait until the last epoch's have exited."""
@@ -345,10 +305,15 @@ class StreamLoader:
             self._drain.join()
             self._drain = None
 
-    def __iter__(self):
+    def start_reading(self) -> None:
+        """Start reading from the current position now (with workers: fork them, so their first batches are
+        being made while the caller finishes its own set-up); iterating does it otherwise."""
         if self._items is None:
             self._join_drain()  # never fork while the last epoch's workers are being joined
             self._items = self._start(self._plan())
+
+    def __iter__(self):
+        self.start_reading()
         items, n = self._items, self.n_logical
         items.open_gate(self.epoch)
         lw = self._next_worker
@@ -363,17 +328,13 @@ class StreamLoader:
                 yield unpack_tensors(item)
             lw = self._next_worker
         if not self.keep_workers:
-            # Every worker has sent its last item: torch's own end-of-data handling would now join
-            # the worker processes on this thread (~50 ms); let a background thread run it instead.
-            # Never with 0 workers: the rest of the stream then runs in this process, and its RNG
-            # save/restore (decode.rng_preserving) on another thread would race the next epoch's
-            # per-sample seeding here, changing random crops at random (same samples, other weights).
+            # Every worker has sent its last item: torch's own end-of-data handling would now join the
+            # worker processes (~50 ms); the receiver thread runs it, off this thread. With 0 workers the
+            # rest of the stream runs here: its RNG save/restore (decode.rng_preserving) on another thread
+            # would race the next epoch's per-sample seeding (same samples, other weights).
             self._items = None
-            if self.num_workers > 0:
-                self._drain = threading.Thread(target=_drain, args=(items.items,), daemon=True)
-                self._drain.start()
-            else:
-                _drain(items.items)
+            self._join_drain()
+            self._drain = items.finish()
         self._end_epoch()
         items.open_gate(self.epoch)
 

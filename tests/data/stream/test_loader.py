@@ -2,6 +2,8 @@
 
 import itertools
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from align.data.stream.decode import decode_image
 from align.data.stream.loader import build_eval_loader, build_train_loader
+from align.data.stream.receive import RECEIVE_DEPTH
 from align.data.stream.sources import SourceSpec
 from align.errors import DataError
 from tests.wds_helpers import (
@@ -91,8 +94,27 @@ def test_workers_go_on_into_the_next_epoch_and_give_the_same_stream(tmp_path):
     assert all_keys(fresh) == [list(b["__key__"]) for b in k_epochs[2]]
     kept.set_epoch(0)             # a jump elsewhere restarts the workers from that position
     assert kept._items is None and all_keys(kept) == [list(b["__key__"]) for b in k_epochs[0]]
+    receiver = kept._items.receiver
     for loader in (kept, own, fresh):
         loader.close()
+    assert not receiver.is_alive()
+    for pid in _pids(flat(k_epochs)):                           # close() leaves no worker behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_start_reading_has_the_workers_make_batches_before_the_first_is_asked_for(tmp_path):
+    paths, keys = make_shards(tmp_path, 2, 8)
+    loader = build_train_loader(paths, **_kw(num_workers=1))
+    first = build_train_loader(paths, **_kw(num_workers=1))
+    loader.start_reading()
+    deadline = time.monotonic() + 20
+    while loader._items.receiver.q.qsize() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loader._items.receiver.q.qsize() > 0 and loader.batches == 0      # made, not yet handed out
+    assert all_keys(loader) == all_keys(first)                               # the same stream
+    loader.close()
+    first.close()
 
 
 def test_a_worker_whose_shards_end_early_is_held_back(tmp_path):
@@ -106,7 +128,7 @@ def test_a_worker_whose_shards_end_early_is_held_back(tmp_path):
     epochs = [all_keys(kept) for _ in range(3)]
     own = build_train_loader(short + long_, **dict(kw, keep_workers=False))
     assert epochs == [all_keys(own) for _ in range(3)]
-    assert 0 < kept._items.ahead_max <= 2 * 2 + 2
+    assert 0 < kept._items.ahead_max <= 2 * 2 + 2 + RECEIVE_DEPTH    # cap + prefetch + the receiver's queue
     kept.close()
     own.close()
 
