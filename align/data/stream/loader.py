@@ -325,7 +325,9 @@ class StreamLoader:
             if ERROR in item:
                 raise (SourceUnavailable if item.get(UNAVAILABLE) else DataError)(item[ERROR])
             if self._consume(item):
-                yield unpack_tensors(item)
+                # no reference to a batch handed out stays here: the training loop frees it after its step
+                item = [item]
+                yield unpack_tensors(item.pop())
             lw = self._next_worker
         if not self.keep_workers:
             # Every worker has sent its last item: torch's own end-of-data handling would now join the
