@@ -141,6 +141,7 @@ def time_epoch(shards, transforms, modalities, workers, batch_size, step_ms: flo
             batch = finish(batch)
         if step_ms:
             busy(step_ms, a)
+        batch = None      # freed after its step, as align train frees it (its shared memory unmapped: step time)
         t_ask = time.perf_counter()
     t1 = time.perf_counter()
     loader.close()  # the workers exit on a background thread; wait, so their CPU time is counted
