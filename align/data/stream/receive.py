@@ -35,6 +35,7 @@ class Receiver(threading.Thread):
             for item in self._items:
                 if IDLE not in item and not self._put(("item", item)):
                     return
+                del item                       # a batch handed out is freed by its consumer, not here later
             self._put(("end", None))
         except BaseException as exn:           # e.g. torch's "DataLoader worker ... exited unexpectedly"
             self._put(("error", exn))
