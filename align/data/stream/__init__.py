@@ -10,8 +10,10 @@
   augment_stage  the stage base: STAGES registry, register, per-sample seeds, Stage
   faults      skip reasons and their counts
   keys        the batch control keys (`__worker__`, `__seen__`, ...) as named constants
-  worker      the one per-worker decode loop that ordinary epochs and elastic segments share
+  worker      the one per-worker decode loop that ordinary epochs and elastic segments share, going on from
+              epoch to epoch behind the training process's gate
   loader      StreamLoader: the loader with its exact-resume state; build_train_loader / build_eval_loader
+  receive     the training process's side: batches taken off torch's queue on a thread, held until their turn
   pack        packing a batch's tensors for the trip from worker to trainer
   resume      elastic resume (another world size) from any checkpoint
   val_split   data.val_split: unseen groups carved out of the training shards as the val set
