@@ -64,6 +64,9 @@ log = logging.getLogger("align.data")
 
 STATE_VERSION = 1
 
+# How long close() waits for the workers to stop.
+CLOSE_WAIT_S = 30.0
+
 
 class StreamLoader:
     """Iterable over batch dicts for one epoch at a time, with exact totals and resume.
@@ -296,13 +299,17 @@ class StreamLoader:
             self._items = None
 
     def close(self) -> None:
-        """Stop the workers and wait until the last epoch's have exited."""
+        """Stop the workers and wait until they have exited (at most CLOSE_WAIT_S: a worker stuck in a read or a
+        decoder must not hang the end of a run; it is left to end with this process)."""
         self._stop_workers()
-        self._join_drain()
+        self._join_drain(CLOSE_WAIT_S)
 
-    def _join_drain(self) -> None:
+    def _join_drain(self, timeout: float | None = None) -> None:
         if self._drain is not None:
-            self._drain.join()
+            self._drain.join(timeout)
+            if self._drain.is_alive():
+                log.warning("data loader: its workers did not stop within %.0f s (one stuck in a read or a decoder?); "
+                            "they are left to end with this process", timeout)
             self._drain = None
 
     def start_reading(self) -> None:

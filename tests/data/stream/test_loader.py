@@ -361,3 +361,40 @@ def test_in_process_decoding_touches_the_global_rng_only_on_the_training_thread(
     assert len(a) == 4 and threads and set(threads) == {threading.main_thread()}
     loader.set_epoch(0)
     assert all(torch.equal(x, y) for x, y in zip(a, [b["image"] for _ in range(2) for b in loader]))
+
+
+def _hang_tf(captions):
+    """A text transform that hangs (a worker stuck in a read or a decoder) from the 5th sample of shard 01 on, so
+    each worker makes its first batch."""
+    from tests.wds_helpers import text_tf
+    if "s01_" in captions[0] and int(captions[0].rsplit("_", 1)[1]) >= 4:
+        stuck, release = os.environ["ALIGN_TEST_STUCK"], os.environ["ALIGN_TEST_RELEASE"]
+        open(stuck, "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return text_tf(captions)
+
+
+def test_close_does_not_hang_on_a_stuck_worker(tmp_path, monkeypatch, caplog):
+    import align.data.stream.loader as loader_mod
+    paths, _ = make_shards(tmp_path, 2, 8)
+    stuck, release = tmp_path / "stuck", tmp_path / "release"
+    monkeypatch.setenv("ALIGN_TEST_STUCK", str(stuck))
+    monkeypatch.setenv("ALIGN_TEST_RELEASE", str(release))
+    monkeypatch.setattr(loader_mod, "CLOSE_WAIT_S", 1.0)
+    loader = build_train_loader(paths, **_kw(num_workers=2, shuffle_buffer=0, transforms=dict(TRANSFORMS, text=_hang_tf)))
+    it = iter(loader)
+    assert len(next(it)["__key__"]) == 4                       # the worker of shard 01 is stuck on its next batch
+    deadline = time.monotonic() + 20
+    while not stuck.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stuck.exists()
+    receiver = loader._items.receiver
+    t0 = time.monotonic()
+    loader.close()
+    took = time.monotonic() - t0
+    release.touch()                                            # the worker goes on; its receiver then ends
+    assert took < 10 and "did not stop within 1 s" in caplog.text
+    receiver.join(30)
+    assert not receiver.is_alive()
