@@ -97,8 +97,6 @@ class Items:
             key = (item[EPOCH], item[WORKER])
             self.held.setdefault(key, deque()).append(item)
             if key[0] > epoch:
-                self.ahead += 1
-                self.ahead_max = max(self.ahead_max, self.ahead)
                 self.open_gate(epoch)
             q = self.held.get((epoch, lw))
         item = q.popleft()
@@ -108,8 +106,9 @@ class Items:
 
     def open_gate(self, epoch: int) -> None:
         """Tell the workers which epoch is being taken, and whether more of the next may come."""
+        self.ahead = sum(len(q) for (e, _), q in self.held.items() if e > epoch)
+        self.ahead_max = max(self.ahead_max, self.ahead)
         if self.gate is not None:
-            self.ahead = sum(len(q) for (e, _), q in self.held.items() if e > epoch)
             self.gate[0], self.gate[1] = epoch, int(self.ahead < self.ahead_cap)
 
     def finish(self):
