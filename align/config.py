@@ -146,6 +146,8 @@ class TrainConfig:
     warmup_steps: int = _num(0, ge=0, help="linear warm-up steps before the cosine decay")
     min_lr_ratio: float = _num(0.0, ge=0, le=1, help="floor of the cosine decay, as a fraction of lr")
     grad_clip: Optional[float] = _num(None, gt=0, help="clip the global gradient norm to this")
+    ema: float = _num(0.0, ge=0, lt=1, help="decay of an exponential moving average of the weights, e.g. 0.999: "
+                                            "evaluated, kept as best and exported (align.train.ema); 0 = off")
     precision: Literal["fp32", "bf16", "fp16"] = _key("fp32", help="training precision (autocast)")
     checkpoint_every: int = _num(0, ge=0, help="steps between checkpoints; 0 = only at the end")
     keep_last: int = _num(2, ge=1, help="checkpoints kept")

@@ -533,4 +533,17 @@ MUTATIONS = [
     M("sweep.choice.label_not_value", "align/sweep/space.py",
       "return self.values[self.labels.index(stored)] if self.kind == \"choice\" else stored", "return stored",
       ["tests/sweep/test_space.py"]),
+    # -- train.ema (align/train/ema.py): the average, its warm-up, evaluation and loading read it -----------
+    M("ema.no_warm_up", "align/train/ema.py",
+      "return min(self.decay, (1.0 + n) / (10.0 + n))", "return self.decay", ["tests/train/test_ema.py"]),
+    M("ema.never_updated", "align/train/loop.py",
+      "                eng.ema.update(eng.core, state.step)", "                pass", ["tests/train/test_ema.py"]),
+    M("ema.eval_on_trained_weights", "align/train/metrics.py",
+      "    if eng.ema is not None and eng.acc.is_main_process:", "    if False:", ["tests/train/test_ema.py"]),
+    M("ema.load_reads_trained_weights", "align/train/rundir.py",
+      "    return ema if os.path.isfile(ema) else os.path.join(ckpt, MODEL)", "    return os.path.join(ckpt, MODEL)",
+      ["tests/train/test_ema.py"]),
+    M("ema.resume_restarts_average", "align/train/setup.py",
+      "    if eng.ema is not None:\n        _resume_ema(eng, path, state.step)", "    pass",
+      ["tests/train/test_ema.py"]),
 ]

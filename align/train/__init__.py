@@ -14,6 +14,7 @@
   dataworkers a killed data worker (OOM killer, decoder crash): held to a step boundary, one line, exit 71
   hooks       fault injection for the tests (environment variables; inert otherwise)
   optim       AdamW parameter groups, per-tower lr, layer decay, warmup-cosine schedule
+  ema         train.ema: the moving average of the weights that evaluation, load and export read
   elastic     the lr schedule by samples seen when the global batch changes on resume
   sharding    FSDP2 wrapping (train.sharding: fsdp)
   gradcache   GradCache: accumulated steps that keep every negative

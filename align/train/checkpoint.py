@@ -2,6 +2,7 @@
 
 A checkpoint is a directory `RUN/checkpoints/step-00000100/`:
     model.safetensors      model state dict
+    ema.safetensors        train.ema: the weight average (align.train.ema), the model align.load reads
     optim.safetensors      optimizer tensors (flattened) ; optim.json: the rest
     rng.safetensors        torch CPU/CUDA generator states
     state.json             step, epoch, data position, python/numpy RNG, scheduler, scaler, counters
@@ -31,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from align.errors import AlignError
 from align.train import hooks
 from align.train.manifest import write_manifest
-from align.train.rundir import (DCP_DIR, DCP_METADATA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
+from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
                                 is_checkpoint_dir, is_dcp_store, is_sharded_checkpoint, list_checkpoints, old_name,
                                 rank_file, read_state, rng_file, tmp_name, weights_path)
 
@@ -190,10 +191,11 @@ def _unwrap_optim(optimizer):
 
 def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimizer=None, state: Optional[dict] = None,
                     rank: int = 0, *, barrier: Optional[Callable[[], None]] = None, rank_state: Optional[dict] = None,
-                    sharded=None) -> str:
+                    sharded=None, ema_sd: Optional[dict] = None) -> str:
     """Writes `ckpt_dir/name/`, visible only once complete. Every rank calls it (collective when `barrier`).
 
     model_sd / optimizer: rank 0's full model state dict and optimizer (DDP, one process).
+    ema_sd: rank 0's weight average (train.ema), written as ema.safetensors.
     sharded: the (FSDP model, optimizer) pair instead: every rank writes its shards through DCP.
     state: rank 0's counters and data position; rank_state: rank R>0's own (data position).
     """
@@ -212,6 +214,8 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
     elif rank == 0:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, os.path.join(tmp, MODEL))
+        if ema_sd is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema_sd.items()}, os.path.join(tmp, EMA))
         if optimizer is not None:
             t, meta = _flatten_optim(optimizer.state_dict())
             save_file(t, os.path.join(tmp, OPTIM))

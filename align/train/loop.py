@@ -13,7 +13,8 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
                 data.val_split's held-out groups written out as the val set            feed.carve_val_split
   4. each step  fetch batch -> train_step: embed, contrastive loss, NaN guard,          step.train_step
                 backward, clip, optimizer and schedule, clamp temperature
-                -> count it -> unlock due towers -> log -> eval (best) -> checkpoint   state, metrics, setup.save
+                -> count it -> weight average -> unlock due towers -> log -> eval     state, ema, metrics
+                (best) -> checkpoint                                                   setup.save
                 -> heartbeat -> test hooks -> preempted? checkpoint and stop (exit 75)   guard, hooks
                 (a source down, a data worker killed: checkpoint and stop, one line   setup.stop_at_data_fault
                  a full disk: the partial checkpoint removed, one line                 storage)
@@ -89,6 +90,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
             micro = None
             if not state.record_step(res.stepped, eng.global_batch, r.train.max_bad_steps, last_good):
                 continue                       # NaN/Inf: no update, no step
+            if eng.ema is not None:            # train.ema: the weight average after this step (align.train.ema)
+                eng.ema.update(eng.core, state.step)
             for m in unlock_due(eng.core, r.train.unlock_at_step, state.step):
                 acc.print(f"unlocked the {m} tower at step {state.step}")
             log.step(state, res, loader)

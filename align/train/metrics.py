@@ -133,7 +133,8 @@ class RunLogger:
                    "flops_per_sample": flops, "peak_flops": peak,
                    "mfu": (flops * sps / peak) if peak else None, "skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {})),
                    "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
-                   "world_size": self.eng.world, "precision": r.train.precision}
+                   "world_size": self.eng.world, "precision": r.train.precision,
+                   "weights": f"ema {r.train.ema:g}" if r.train.ema else "trained"}
         with open(os.path.join(r.output_dir, rundir.SUMMARY), "w") as f:
             json.dump(summary, f, indent=1)
         self.f.close()
@@ -147,6 +148,7 @@ class RunLogger:
                         eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held)
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
                   + (f", val {held} {results[held]:.4f}" if held else "")
+                  + (f", weights: their average (train.ema {r.train.ema:g})" if r.train.ema else "")
                   + f", skipped {sum(loader.skipped.values())} samples"
                   + "".join(f", {n} {what}" for what, n in sorted(getattr(loader, "noted", {}).items()))
                   + f" -> {r.output_dir}")
@@ -206,7 +208,11 @@ def run_val(core, r: Recipe, acc, step: int) -> dict:
 
 
 def evaluate(eng, r: Recipe, step: int) -> dict:
-    """run_val on the model: a plain copy gathered on the main process when it is sharded (collective)."""
+    """run_val on the model: a plain copy gathered on the main process when it is sharded (collective); with
+    train.ema, the weight average (the trained weights come back after it)."""
     from align.train.sharding import unsharded_copy
+    if eng.ema is not None and eng.acc.is_main_process:
+        with eng.ema.applied(eng.core):
+            return run_val(eng.core, r, eng.acc, step)
     core = unsharded_copy(eng.core, r.model, eng.acc.is_main_process) if eng.fsdp else eng.core
     return run_val(core, r, eng.acc, step)

@@ -12,6 +12,7 @@
         step-00000100/                step_name(100); `best/` (BEST) is the best eval so far
           state.json                  STATE        counters, data position, RNG, schedule; `sharded`: DCP or not
           model.safetensors           MODEL        the model (unsharded runs)
+          ema.safetensors             EMA          train.ema: the weight average, the model align.load reads
           optim.safetensors           OPTIM        optimizer tensors; optim.json (OPTIM_META): the rest
           dcp/                        DCP_DIR      model + optimizer as DCP shards (train.sharding: fsdp)
           rng-R.safetensors           rng_file(R)  rank R's RNG
@@ -48,6 +49,7 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"
 STATE = "state.json"
 MODEL = "model.safetensors"
+EMA = "ema.safetensors"              # train.ema's weight average (align.train.ema); preferred by weights_path
 OPTIM = "optim.safetensors"
 OPTIM_META = "optim.json"
 DCP_DIR = "dcp"
@@ -173,8 +175,11 @@ def is_checkpoint_dir(path: str) -> bool:
 
 def weights_path(ckpt: str) -> str:
     """The file (or DCP store) holding a checkpoint's model weights; align.train.checkpoint.load_weights reads
-    either."""
-    return os.path.join(ckpt, DCP_DIR) if is_sharded_checkpoint(ckpt) else os.path.join(ckpt, MODEL)
+    either. A run with train.ema gives its weight average (resume alone reads the trained weights, MODEL)."""
+    if is_sharded_checkpoint(ckpt):
+        return os.path.join(ckpt, DCP_DIR)
+    ema = os.path.join(ckpt, EMA)
+    return ema if os.path.isfile(ema) else os.path.join(ckpt, MODEL)
 
 
 # -- from a path to a model -------------------------------------------------------------------------

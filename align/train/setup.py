@@ -24,7 +24,8 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train import rundir
-from align.train.checkpoint import data_states, load_checkpoint, prune_checkpoints, save_checkpoint
+from align.train.checkpoint import data_states, load_checkpoint, load_weights, prune_checkpoints, save_checkpoint
+from align.train.ema import WeightEMA, check_ema
 from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
@@ -164,6 +165,7 @@ class Engine:
     teacher: Optional[object] = None   # loss.distill: batch -> {"teacher_<m>": [B, Et]} (align.train.teacher)
     watch: StepWatch = field(default_factory=lambda: StepWatch("", 0))   # the loop's; inert until started
     features: Optional[object] = None  # batch -> batch: the log-mel on the device (align.data.stream.features)
+    ema: Optional[WeightEMA] = None    # train.ema: the weight average of core, updated after every step
 
     @property
     def rank(self) -> int:
@@ -237,6 +239,7 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
     from align.train.optim import build_optimizer, build_scheduler
     from align.train.sharding import shard_model
     rank, world, fsdp = acc.process_index, acc.num_processes, r.train.sharding == "fsdp"
+    check_ema(r.train.ema, r.train.sharding)
     model = build_model(r.model)
     model.config = recipe_to_dict(r)
     # Weights-only starts (step and optimizer fresh); a resumed run has its own weights.
@@ -262,6 +265,8 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
     else:
         model, optimizer = acc.prepare(model, optimizer)
     core: AlignModel = acc.unwrap_model(model)
+    # the average starts at the starting weights (init_from's, or a resumed run's: setup.resume)
+    ema = WeightEMA(core, r.train.ema) if r.train.ema else None
     global_batch = r.train.batch_size * world * r.train.accum_steps
     schedule_by_samples(scheduler, global_batch)
     if r.train.compile:
@@ -269,7 +274,7 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
         # compiled the second tower seen dynamic (ViT-Tiny 4.1 vs 2.6 s a step). Trimmed text: few shapes.
         model = torch.compile(model, dynamic=False)
     return Engine(acc, model, core, objective, optimizer, scheduler, total_steps, global_batch, fsdp, init_row,
-                  teacher, watch=watch or StepWatch("", 0))
+                  teacher, watch=watch or StepWatch("", 0), ema=ema)
 
 
 def _teacher(r: Recipe, acc):
@@ -303,6 +308,8 @@ def resume(eng: Engine, path: Optional[str]):
         return TrainState(), None
     saved = load_checkpoint(path, eng.core, eng.optimizer, rank=eng.rank, restore_rng=False, sharded=eng.fsdp)
     state = TrainState.from_checkpoint(saved)
+    if eng.ema is not None:
+        _resume_ema(eng, path, state.step)
     restore_scheduler(eng.scheduler, saved["scheduler"])
     if eng.acc.scaler is not None and saved.get("scaler"):
         eng.acc.scaler.load_state_dict(saved["scaler"])
@@ -312,6 +319,16 @@ def resume(eng: Engine, path: Optional[str]):
     if note:
         eng.acc.print(note)
     return state, data_states(path, saved)
+
+
+def _resume_ema(eng: Engine, path: str, step: int) -> None:
+    """The weight average of the checkpoint; one written without train.ema starts it at the resumed weights."""
+    saved = os.path.join(path, rundir.EMA)
+    if os.path.isfile(saved):
+        eng.ema.load_state_dict(load_weights(saved), saved)
+    else:
+        eng.ema = WeightEMA(eng.core, eng.ema.decay)
+        eng.acc.print(f"train.ema: {path} has no weight average; it starts at the weights of step {step}")
 
 
 def restore_rng(eng: Engine, path: Optional[str], state: TrainState) -> None:
@@ -366,7 +383,9 @@ def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] 
         with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
             path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
                                    barrier=eng.watch.barrier, rank_state={"data": data},
-                                   sharded=(eng.model, eng.optimizer) if eng.fsdp else None)
+                                   sharded=(eng.model, eng.optimizer) if eng.fsdp else None,
+                                   ema_sd=eng.ema.state_dict() if eng.ema is not None and acc.is_main_process
+                                   else None)
         if name is None and acc.is_main_process:
             prune_checkpoints(ckpt_dir, r.train.keep_last)
     return path
