@@ -192,7 +192,11 @@ class FolderInput(Input):
     kind = "folder"
 
     def __init__(self, root: Path, exclude: Optional[Path] = None, follow_links: bool = False):
-        super().__init__(str(root), root)
+        # Absolute (not resolved: links stay links): a row's values are root / rel, and a relative one is
+        # joined to base_dir once more when read (`align data shards voices/` looked for voices/voices/x.wav)
+        # and named its group by the folder (`audio:0` gave "voices" for every file).
+        given, root = str(root), Path(os.path.abspath(root))
+        super().__init__(given, root)
         self.root = root
         self.follow_links = follow_links
         real_root = root.resolve()

@@ -181,6 +181,24 @@ def test_datasets_save_to_disk_with_image_feature(tmp_path):
     assert px.shape == (12, 12, 3) and px.min() > 240
 
 
+def test_a_folder_named_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """`align data shards voices/ --out shards/` from the folder's parent: every file is found (the folder's
+    files were once read as voices/voices/x.wav, all skipped), and a group read from the file name is the
+    speaker's field, not the folder's name."""
+    src = tmp_path / "voices"
+    src.mkdir()
+    for spk in ("p1", "p2"):
+        for d in range(3):
+            sf.write(src / f"{spk}_{d}.wav", np.zeros(1600, dtype="float32"), 16000)
+            (src / f"{spk}_{d}.txt").write_text(f"digit {d}", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    stats = write_shards("voices/", "shards", shard_size=10, progress=False, val_groups_from="audio:0",
+                         val_groups=["p2"])
+    assert stats["written"] == 3 and stats["skipped"] == 0, stats
+    assert len(_all_members(tmp_path / "shards" / "train")) == 9      # p1's 3 clips, each flac + json + txt
+    assert len(_all_members(tmp_path / "shards" / "val" / "test")) == 9   # p2's, held out
+
+
 def _mixed_csv(tmp_path, n=11):
     (tmp_path / "i").mkdir()
     rows = []
