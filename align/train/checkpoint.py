@@ -38,7 +38,8 @@ from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_
 
 # Names other modules import from here (the file layout itself is align.train.rundir's).
 __all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",
-           "load_dcp_weights", "save_checkpoint", "load_checkpoint", "prune_checkpoints", "data_states"]
+           "load_dcp_weights", "save_checkpoint", "load_checkpoint", "prune_checkpoints", "data_states",
+           "check_state_fits", "load_model_state"]
 
 
 # -- DCP: metadata read without running code, full weights gathered in one process ------------
@@ -213,9 +214,9 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
         msd, osd = get_state_dict(sharded[0], _unwrap_optim(sharded[1]))
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
     elif rank == 0:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, os.path.join(tmp, MODEL))
-        if ema_sd is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema_sd.items()}, os.path.join(tmp, EMA))
+        for sd, name in ((model_sd, MODEL), (ema_sd, EMA)):
+            if sd is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, os.path.join(tmp, name))
         if optimizer is not None:
             t, meta = _flatten_optim(optimizer.state_dict())
             save_file(t, os.path.join(tmp, OPTIM))
@@ -262,20 +263,24 @@ def data_states(path: str, state: dict) -> list:
     return out
 
 
-def load_model_state(model, saved: Dict[str, torch.Tensor], what: str, hint: str) -> None:
-    """saved -> model, every tensor by name. One AlignError line starting with `what` when a saved tensor has
-    another shape than the model's of the same name (an output_dir holding a run of another architecture, say;
-    torch's load_state_dict would raise a multi-line RuntimeError; `hint` says what to do), or when names are
-    missing or unexpected."""
-    own = model.state_dict()
+def check_state_fits(own: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor], what: str, hint: str) -> None:
+    """One AlignError line starting with `what` when a saved tensor has another shape than own's of the same name
+    (an output_dir holding a run of another architecture, say; torch's load_state_dict would raise a multi-line
+    RuntimeError; `hint` says what to do), or when names are missing or unexpected."""
     other = [k for k, v in saved.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if other:
         k = other[0]
         raise AlignError(f"{what} ({len(other)} tensor(s) of another shape; first {k}: {list(saved[k].shape)} "
                          f"saved, {list(own[k].shape)} in the model); {hint}")
-    missing, unexpected = model.load_state_dict(saved, strict=False)
+    missing, unexpected = [k for k in own if k not in saved], [k for k in saved if k not in own]
     if missing or unexpected:
         raise AlignError(f"{what} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_model_state(model, saved: Dict[str, torch.Tensor], what: str, hint: str) -> None:
+    """saved -> model, every tensor by name, once check_state_fits agrees."""
+    check_state_fits(model.state_dict(), saved, what, hint)
+    model.load_state_dict(saved)
 
 
 def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restore_rng: bool = True,

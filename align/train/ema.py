@@ -22,8 +22,7 @@ from typing import Dict
 import torch
 
 from align.errors import AlignError
-
-EMA_FILE = "ema.safetensors"
+from align.train.checkpoint import check_state_fits
 
 
 def check_ema(decay: float, sharding: str) -> None:
@@ -61,12 +60,8 @@ class WeightEMA:
         return dict(self.avg)
 
     def load_state_dict(self, saved: Dict[str, torch.Tensor], what: str) -> None:
-        missing = sorted(set(self.avg) - set(saved))
-        unexpected = sorted(set(saved) - set(self.avg))
-        other = [k for k in self.avg if k in saved and tuple(saved[k].shape) != tuple(self.avg[k].shape)]
-        if missing or unexpected or other:
-            raise AlignError(f"{what}: the weight average does not fit the model (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}, other shape {other[:3]})")
+        check_state_fits(self.avg, saved, f"{what}: the weight average does not fit the model",
+                         "train into another output_dir")
         with torch.no_grad():
             for k, a in self.avg.items():
                 a.copy_(saved[k].to(a.device, a.dtype))

@@ -377,15 +377,16 @@ def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] 
                                       world_size=eng.world, global_batch=eng.global_batch,
                                       scaler=acc.scaler.state_dict() if acc.scaler is not None else None,
                                       **(extra or {}))
-        # before the first checkpoint, its size is guessed as the weights plus AdamW's two moments
-        guess = 3 * sum(v.numel() * v.element_size() for v in sd.values()) if sd else None
+        # before the first checkpoint, its size is guessed as the weights plus AdamW's two moments (and the
+        # weight average, train.ema)
+        copies = 3 + (eng.ema is not None)
+        guess = copies * sum(v.numel() * v.element_size() for v in sd.values()) if sd else None
         ckpt = name or rundir.step_name(state.step)
         with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
             path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
                                    barrier=eng.watch.barrier, rank_state={"data": data},
                                    sharded=(eng.model, eng.optimizer) if eng.fsdp else None,
-                                   ema_sd=eng.ema.state_dict() if eng.ema is not None and acc.is_main_process
-                                   else None)
+                                   ema_sd=eng.ema.state_dict() if eng.ema is not None else None)
         if name is None and acc.is_main_process:
             prune_checkpoints(ckpt_dir, r.train.keep_last)
     return path
