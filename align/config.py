@@ -90,7 +90,8 @@ class SourceConfig:
 class DataConfig:
     """Training and validation data."""
     train: Union[str, List[Union[str, SourceConfig]]] = _key(
-        "synthetic", help="shard pattern(s), a list of {urls, weight} sources, or synthetic")
+        "synthetic", help="shard pattern(s), a list of {urls, weight} sources, a CSV/TSV/JSONL/Parquet file or folder "
+                          "of pairs (written as shards first: data.shards_cache), or synthetic")
     val: Optional[str] = _key(None, help="CLIP_benchmark-layout dir for the periodic and final eval")
     samples_per_epoch: Optional[int] = _num(None, ge=1, help="epoch length in samples, over all processes "
                                                                 "(train.epochs needs it)")
@@ -117,6 +118,9 @@ class DataConfig:
     text_keys: Optional[Dict[str, float]] = _key(
         None, help="several caption sources drawn by weight, one per sample and epoch (as open_clip's "
                    "--json-text-key-probs): {MEMBER_EXT | json:PATH: weight}, e.g. {txt: 0.7, json:extra.long: 0.3}")
+    shards_cache: Optional[str] = _key(
+        None, help="where a table or folder of pairs named in data.train is written as shards once (default "
+                   "$ALIGN_CACHE, else ~/.cache/align; align.data.write.cached)")
     val_split: Optional[Dict[str, Any]] = _key(
         None, help="hold out unseen groups of the training shards as the val set: {groups_from: FIELD, groups: "
                    "[...] | frac: 0.1} (align.data.stream.val_split); instead of data.val")

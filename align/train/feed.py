@@ -1,5 +1,6 @@
 """The training stream: the loader a run draws from, its batches across epochs, and the held-out split.
 
+  shards_from_tables       a CSV / folder of pairs in data.train -> its shards, written once (data.write.cached)
   build_loader             shards through align.data.stream (data.val_split's held-out samples left out), or
                            synthetic inputs; a resumed run continues at its data position
   resolve_auto_image_size  an image tower's `image_size: auto` -> the training images' own size
@@ -43,6 +44,37 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
         text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r),
         features_in_step=r.data.features_in == "step")   # the log-mel on the device: train_step finishes it
+
+
+def shards_from_tables(r: Recipe, acc, progress: bool = True) -> Recipe:
+    """data.train entries naming a CSV / TSV / JSONL / Parquet file or a folder of pairs -> the folder of their
+    shards (align.data.write.cached): written once by the main process while the others wait, then every rank
+    reads them. Shards, patterns and URLs are kept as they are. config.yaml records the shards read."""
+    import dataclasses
+    from align.data.write.cached import cached_shards, entry_input
+    if r.data.train == "synthetic" or not r.data.train:   # (a folder named "synthetic" is not read)
+        return r
+    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
+    inputs = [p for s in train for u in ([s] if isinstance(s, str) else
+                                         [s.urls] if isinstance(s.urls, str) else s.urls)
+              if (p := entry_input(u)) is not None]
+    if not inputs:
+        return r
+    built = {}
+    if acc.is_main_process:   # (a rank failing here stops the launch; the others' wait ends with it)
+        built = {p: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print)
+                 for p in inputs}
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        built = {p: cached_shards(p, r.data.shards_cache, build=False, printer=lambda line: None) for p in inputs}
+
+    def swap(u):
+        p = entry_input(u)
+        return u if p is None else built[p]
+    new = [swap(s) if isinstance(s, str) else dataclasses.replace(
+        s, urls=swap(s.urls) if isinstance(s.urls, str) else [swap(u) for u in s.urls]) for s in train]
+    return dataclasses.replace(r, data=dataclasses.replace(r.data, train=new if isinstance(r.data.train, list)
+                                                            else new[0]))
 
 
 def _stored_teacher(r: Recipe) -> tuple:

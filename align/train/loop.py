@@ -6,8 +6,8 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
   1. settings   thread count and determinism for the run, restored when it ends;       setup.process_settings
                 the run dir's lock, held until the run ends (one live writer)          setup.hold_run_dir
                 several processes: a step watchdog naming a hung rank (exit 70)        setup.watch_ranks, guard
-  2. engine     accelerator; image_size: auto from the data; model, loss, optimizer,   feed, setup.build_engine
-                schedule
+  2. engine     accelerator; a CSV / folder in data.train written as shards once;      feed, setup.build_engine
+                image_size: auto from the data; model, loss, optimizer, schedule
   3. resume     weights, optimizer, schedule, counters (TrainState), data position,   setup.resume, state
                 then the loader, then the RNG                                          feed.build_loader
                 data.val_split's held-out groups written out as the val set            feed.carve_val_split
@@ -35,7 +35,7 @@ from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.feed import (Batches, build_loader, carve_val_split, resolve_auto_clip_seconds,
-                              resolve_auto_image_size)
+                              resolve_auto_image_size, shards_from_tables)
 from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, hold_run_dir, keep_if_best,
                                process_settings, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
                                stop_if_preempted, watch_ranks, write_config)
@@ -55,6 +55,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         # the checkpoint to resume from, or None (a fresh start); a fresh start among another run's checkpoints
         # stops here, before the auto sizes below read the data
         resume_path = resolve_resume(r)
+        r = shards_from_tables(r, acc, progress)  # data.train=pairs.csv / voices/: written as shards once, then read
         r = resolve_auto_image_size(r, acc.print)   # image_size: auto -> the training images' own size
         r = resolve_auto_clip_seconds(r, acc.print)  # clip_seconds: auto -> long enough for 99 % of the clips
         set_seed(r.seed)

@@ -1,4 +1,4 @@
-"""Shard writing (`align data shards`).
+"""Shard writing (`align data shards`, and a CSV or folder of pairs named in data.train).
 
   inputs      users' inputs (CSV/TSV/JSONL/Parquet, folders of pairs, HF datasets) as `Input`s, column
               detection
@@ -8,4 +8,5 @@
   sample      the job's settings (Job) and one input row encoded as one sample's tar members (encode_row)
   jobdir      the job's --out folder: a resume of the same job, refused when foreign, overwrite of its own files
   eval_sets   CLIP_benchmark-layout eval sets: class names, group splits
+  cached      a table or folder of pairs named in data.train, written once as shards into a cache by content
   reinforce   `align data reinforce`: a copy of shards with a frozen teacher's per-sample embeddings"""

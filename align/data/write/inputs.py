@@ -40,7 +40,7 @@ AUTO_COLUMNS = {
     "label": ("label", "labels", "cls", "class", "class_id", "target"),
 }
 
-_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                    ".parquet": "parquet", ".pq": "parquet"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -114,6 +114,22 @@ class TableInput(Input):
         self._n = 0
         self._open()
         self._n = len(self._rows) if self._rows is not None else self._table.num_rows
+        self.kinds = self._kinds_by_suffix()
+
+    # A column whose first values all name files of one modality holds that modality: `path` of a speech CSV
+    # holds audio (the name alone says image, AUTO_COLUMNS), and `data.train=speech.csv` has no --audio-col.
+    SNIFF_ROWS = 20
+
+    def _kinds_by_suffix(self) -> Dict[str, str]:
+        kinds = {}
+        for col in self.columns:
+            head = self._table.column(col).slice(0, self.SNIFF_ROWS).to_pylist() if self._table is not None else \
+                [r.values.get(col) for r in self._rows[: self.SNIFF_ROWS] if r.error is None]
+            names = [v for v in head if isinstance(v, str) and v.strip()]
+            mods = {file_modality(v.strip()) if len(v) < 4096 and "\n" not in v else None for v in names}
+            if names and len(mods) == 1 and mods <= {"image", "audio"}:
+                kinds[col] = mods.pop()
+        return kinds
 
     def _open(self) -> None:
         if self._rows is not None or self._table is not None:
@@ -359,7 +375,7 @@ def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] 
         return HFInput(ds, f"<datasets.Dataset {ds._fingerprint}>", Path.cwd())
     path = Path(os.fspath(input)).expanduser()
     if path.is_file():
-        fmt = _TABLE_SUFFIXES.get(path.suffix.lower())
+        fmt = TABLE_SUFFIXES.get(path.suffix.lower())
         if fmt is None:
             raise DataError(f"{path}: unsupported input type {path.suffix!r}; use CSV, TSV, JSONL, Parquet, "
                             "a folder of pairs or a Hugging Face dataset")
@@ -369,7 +385,7 @@ def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] 
             return open_hf_folder(path, split)
         return FolderInput(path, exclude, follow_links=follow_links)
     text = str(input)
-    if path.suffix.lower() in _TABLE_SUFFIXES or not _HUB_NAME.match(text):
+    if path.suffix.lower() in TABLE_SUFFIXES or not _HUB_NAME.match(text):
         raise DataError(f"input not found: {text}")
     import datasets
     try:
@@ -404,7 +420,8 @@ def resolve_columns(inp: Input, given: Dict[str, Any]) -> Dict[str, str]:
         # Typed features win over names; a column typed as another modality is never guessed.
         named = [c for c in named if inp.kinds.get(c, mod) == mod]
         if typed or named:
-            out[mod] = (typed or named)[0]
+            # a typed column with a known name first (`image` over `thumb` when both hold image files)
+            out[mod] = next((c for c in named if c in typed), (typed or named)[0])
     media = [m for m in MODALITIES if m in out]
     if len(media) < 2 and not (media and "label" in out):
         found = ", ".join(f"{m}={c!r}" for m, c in out.items()) or "none"

@@ -1,0 +1,110 @@
+"""Tables and folders of pairs given where shards go: `data.train=pairs.csv`, `data.train=voices/`.
+
+A user's CSV / TSV / JSONL / Parquet file, folder of pairs (`x.wav` + `x.txt`, `x.jpg` + `x.txt`) or Hugging
+Face `save_to_disk` folder, named in data.train, is written once as shards by `write_shards` (columns
+auto-detected; the other columns, e.g. a speaker or writer, kept in each sample's json for data.val_split's
+`groups_from`) into a cache folder named by the input's content, and training reads the shards from there:
+
+    CACHE/shards/{input stem}-{hash of (absolute input path, content fingerprint, write settings)}/shard-*.tar
+
+CACHE is data.shards_cache, else $ALIGN_CACHE, else $XDG_CACHE_HOME/align, else ~/.cache/align. A second run
+on the same input (a resume, a sweep's next trial) finds the shards written and reads them at once; an edited
+input (another fingerprint: the table file's bytes, the folder's names and sizes) gets a new folder. A build cut
+short (SIGKILL, a full disk) resumes where it stopped, as `align data shards` does (.done records). Two runs
+building the same folder at once: the second waits for the first's lock (align.runlock), then reads.
+
+    entry_input(entry)  -> the input path when `entry` (one data.train entry) is a table / folder of pairs, else None
+    cached_shards(path, cache=None, build=True, ...) -> the folder of shards (written first when build)
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from align.data.write.inputs import TABLE_SUFFIXES, open_input
+from align.data.write.jobdir import write_json_atomic
+from align.errors import DataError
+from align.runlock import DirectoryBusy, live_holder
+
+CACHE_VERSION = 1
+CACHE_FILE = "cache.json"   # which input the folder holds (for people); written last, when it is complete
+# Written as `align data shards` writes by default (16 kHz FLAC audio, images re-encoded as jpg at quality 95,
+# their size kept), in at least TARGET_SHARDS shards so that ranks x data workers up to that many each read some.
+SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
+TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def entry_input(entry: str) -> Optional[Path]:
+    """The local path of a data.train entry that names a table file, a folder of pairs or a `save_to_disk`
+    folder (no `.tar` in it), else None (shards, a pattern, a URL, `synthetic`: read as before)."""
+    if not isinstance(entry, str) or _URL.match(entry) or "::" in entry or set("*?[{") & set(entry):
+        return None
+    path = Path(entry).expanduser()
+    if path.is_file():
+        return path if path.suffix.lower() in TABLE_SUFFIXES else None
+    if path.is_dir() and not glob.glob(os.path.join(glob.escape(str(path)), "*.tar")):
+        return path
+    return None
+
+
+def cache_root(given: Optional[str] = None) -> Path:
+    """The cache folder (module docstring)."""
+    if given:
+        return Path(given).expanduser()
+    if os.environ.get("ALIGN_CACHE"):
+        return Path(os.environ["ALIGN_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "align"
+
+
+def shard_size_for(n_rows: int) -> int:
+    """Samples per shard: TARGET_SHARDS shards, none above MAX_SHARD_SIZE samples."""
+    return max(1, min(MAX_SHARD_SIZE, math.ceil(n_rows / TARGET_SHARDS)))
+
+
+def cached_shards(path, cache: Optional[str] = None, *, build: bool = True, limits=None, progress: bool = True,
+                  printer: Callable[[str], None] = print, wait_s: float = 2.0) -> str:
+    """The folder holding `path`'s shards; written first (or finished) when `build` and not done.
+
+    build=False (the other ranks of a run, after rank 0 built it) only names the folder and checks it is done.
+    Raises DataError in one line for an unreadable input (write_shards' messages) or a folder not built."""
+    path = Path(path).expanduser().absolute()
+    # exclude: a cache placed inside an input folder is not part of its own input
+    inp = open_input(path, exclude=cache_root(cache).resolve())
+    key = {"version": CACHE_VERSION, "input": str(path), "fingerprint": inp.fingerprint(), "rows": len(inp),
+           "shard_size": shard_size_for(len(inp)), **SETTINGS}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name or "input")[:40]
+    out = cache_root(cache) / "shards" / f"{stem}-{digest}"
+    if (out / CACHE_FILE).is_file():     # written last: the folder is complete
+        printer(f"data.train: {path} -> its shards in {out} (written earlier)")
+        return str(out)
+    if not build:
+        raise DataError(f"{path}: its shards are not in {out} (the main process writes them first)")
+    from align.data.write.shards import write_shards
+    printer(f"data.train: {path} is a {inp.kind} input, not shards: writing {len(inp)} rows as shards to {out} "
+            f"(once; later runs on the same input read them)")
+    said = False
+    while True:
+        try:
+            stats = write_shards(path, out, shard_size=key["shard_size"], progress=progress, limits=limits,
+                                 workers=1 if len(inp) < 2000 else max(1, min(8, os.cpu_count() or 1)),
+                                 **SETTINGS)
+            break
+        except DirectoryBusy:   # another run writes the same folder: wait, then resume (= read) it
+            if not said:
+                printer(f"data.train: another process is writing {out} ({live_holder(str(out)) or 'its lock'}); "
+                        "waiting for it to finish")
+                said = True
+            time.sleep(wait_s)
+    write_json_atomic(out / CACHE_FILE, dict(key, written=stats["written"], skipped=stats["skipped"]))
+    skipped = f", {stats['skipped']} rows skipped (see {out / 'skipped.jsonl'})" if stats["skipped"] else ""
+    printer(f"data.train: {stats['written']} samples in {stats['shards']} shards{skipped}")
+    return str(out)

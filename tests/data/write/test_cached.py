@@ -1,0 +1,154 @@
+"""align.data.write.cached: a table or folder of pairs named in data.train is written once as shards into a
+cache folder named by its content, read from there by later runs, rebuilt when the input changes."""
+import csv
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from align.data.write.cached import CACHE_FILE, cached_shards, entry_input, shard_size_for
+from align.data.write.inputs import open_input, resolve_columns
+from align.errors import DataError
+from align.runlock import RunLock
+from align.wds.reader import iter_tar
+
+
+def write_wav(path, seed, seconds=0.1, sr=8000):
+    import soundfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), np.random.default_rng(seed).uniform(-0.5, 0.5, int(seconds * sr)).astype(np.float32), sr)
+
+
+def speech_csv(tmp_path, n=20, name="speech.csv"):
+    """A user's speech CSV: `path` (the name an image column would have), free-form `caption`, `speaker`."""
+    rows = []
+    for i in range(n):
+        write_wav(tmp_path / "clips" / f"c{i}.wav", i)
+        rows.append((f"clips/c{i}.wav", f"a voice says {'one two three'.split()[i % 3]}", f"s{i % 4}"))
+    with open(tmp_path / name, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("path", "caption", "speaker"))
+        w.writerows(rows)
+    return tmp_path / name
+
+
+def samples(folder):
+    """{key: {ext: bytes}} over every shard of a folder."""
+    out = {}
+    for tar in sorted(folder.glob("*.tar")):
+        for name, data in iter_tar(open(tar, "rb")):
+            key, ext = name.split(".", 1)
+            out.setdefault(key, {})[ext] = data
+    return out
+
+
+def test_entry_input_names_tables_and_folders_of_pairs_only(tmp_path):
+    table = speech_csv(tmp_path)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "shard-000000.tar").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert entry_input(str(table)) == table
+    assert entry_input(str(tmp_path / "clips")) == tmp_path / "clips"        # a folder without .tar
+    for kept in ("synthetic", str(tmp_path / "shards"), str(tmp_path / "shards" / "shard-000000.tar"),
+                 str(tmp_path / "shards" / "shard-{000000..000001}.tar"), str(tmp_path / "shards/*.tar"),
+                 "https://example.com/train.csv", "pipe:cat speech.csv", str(tmp_path / "notes.txt"),
+                 str(tmp_path / "missing.csv"), f"{table}::{table}"):
+        assert entry_input(kept) is None, kept
+
+
+def test_a_column_of_audio_file_names_is_audio_whatever_its_name(tmp_path):
+    """`path` is among the names an image column is guessed by; its .wav values make it audio."""
+    inp = open_input(speech_csv(tmp_path))
+    assert inp.kinds == {"path": "audio"}
+    assert resolve_columns(inp, {}) == {"audio": "path", "text": "caption"}
+    # two columns of image files: the one with an image column's name wins, whatever the order
+    (tmp_path / "two.csv").write_text("thumb,image,caption\na.jpg,b.jpg,x\n")
+    assert resolve_columns(open_input(tmp_path / "two.csv"), {})["image"] == "image"
+
+
+def test_a_csv_is_written_once_then_read_and_a_changed_csv_gets_its_own_folder(tmp_path):
+    table, lines = speech_csv(tmp_path), []
+    out = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lines.append)
+    got = samples(tmp_path / "cache" / "shards" / os.path.basename(out))
+    assert len(got) == 20 and len(list((tmp_path / "cache" / "shards").iterdir())) == 1
+    row3 = got["shard-000001-000001"]                   # 2 rows a shard
+    assert sorted(row3) == ["flac", "json", "txt"] and row3["txt"] == b"a voice says one"
+    assert json.loads(row3["json"])["extra"]["speaker"] == "s3"     # kept for data.val_split's groups
+    assert len(list((tmp_path / "cache" / "shards" / os.path.basename(out)).glob("*.tar"))) == 10   # 20 / 16 -> 2 a shard
+    assert lines[-1] == "data.train: 20 samples in 10 shards"
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "shards").rglob("*.tar")}
+    again = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lines.append)
+    assert again == out and "(written earlier)" in lines[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "shards").rglob("*.tar")} == first
+    # the user corrects a caption (same rows): another folder with the new caption, the first one kept
+    table.write_text(table.read_text().replace("c3.wav,a voice says one", "c3.wav,a voice says uno"))
+    changed = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lines.append)
+    assert changed != out and samples(Path(changed))["shard-000001-000001"]["txt"] == b"a voice says uno"
+    assert samples(Path(out))["shard-000001-000001"]["txt"] == b"a voice says one"
+
+
+def test_a_folder_of_pairs_with_broken_rows_is_written_with_them_skipped_and_counted(tmp_path):
+    voices = tmp_path / "voices"
+    for spk in ("anna", "ben"):
+        for i in range(3):
+            write_wav(voices / spk / f"{i}.wav", i)
+            (voices / spk / f"{i}.txt").write_text(f"digit {i}")
+    (voices / "ben" / "2.wav").write_bytes(b"RIFF not a wave")          # undecodable
+    lines = []
+    out = cached_shards(voices, str(tmp_path / "cache"), progress=False, printer=lines.append)
+    got = samples(Path(out))
+    assert len(got) == 5 and lines[-1].startswith("data.train: 5 samples in 6 shards, 1 rows skipped (see ")
+    cache = json.loads(open(os.path.join(out, CACHE_FILE)).read())
+    assert cache["written"] == 5 and cache["skipped"] == 1 and cache["input"] == str(voices)
+
+
+def test_a_build_cut_short_is_finished_not_redone(tmp_path):
+    table = speech_csv(tmp_path)
+    out = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lambda s: None)
+    tars = sorted(Path(out).glob("*.tar"))
+    os.remove(os.path.join(out, CACHE_FILE))            # as if killed after shard 3 of 10
+    for t in tars[4:]:
+        t.unlink()
+        (t.parent / ".done" / (t.name[:-4] + ".json")).unlink()
+    kept = {t.name: t.stat().st_mtime_ns for t in tars[:4]}
+    assert cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lambda s: None) == out
+    assert {t.name: t.stat().st_mtime_ns for t in tars[:4]} == kept and all(t.exists() for t in tars)
+
+
+def test_another_run_building_the_same_folder_is_waited_for(tmp_path):
+    table = speech_csv(tmp_path)
+    cache = str(tmp_path / "cache")
+    with pytest.raises(DataError, match=r"its shards are not in .* \(the main process writes them first\)"):
+        cached_shards(table, cache, build=False)
+    name = os.path.basename(cached_shards(table, str(tmp_path / "probe"), progress=False, printer=lambda s: None))
+    folder = os.path.join(cache, "shards", name)
+    lines, result = [], {}
+    lock = RunLock(folder, what="shard job (align data shards)").acquire()
+    t = threading.Thread(target=lambda: result.update(out=cached_shards(
+        table, cache, progress=False, printer=lines.append, wait_s=0.05)))
+    t.start()
+    for _ in range(300):                                # RunLock tries for a few seconds before it refuses
+        if len(lines) > 1:
+            break
+        time.sleep(0.05)
+    assert "out" not in result and lines[-1].startswith(f"data.train: another process is writing {folder} (host ")
+    assert lines[-1].endswith("waiting for it to finish")
+    lock.release()
+    t.join(60)
+    assert result["out"] == folder and len(samples(Path(folder))) == 20
+    assert cached_shards(table, cache, build=False, printer=lambda s: None) == folder
+
+
+def test_an_unreadable_table_is_one_line(tmp_path):
+    (tmp_path / "bad.csv").write_bytes(b"path,caption\n\xff\xfe,x\n")
+    with pytest.raises(DataError) as e:
+        cached_shards(tmp_path / "bad.csv", str(tmp_path / "cache"), progress=False)
+    assert "bad.csv" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shards_are_sized_for_sixteen_readers():
+    assert [shard_size_for(n) for n in (1, 16, 17, 459, 8044, 10 ** 6)] == [1, 1, 2, 29, 503, 1000]

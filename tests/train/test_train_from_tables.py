@@ -1,0 +1,66 @@
+"""`align train RECIPE data.train=voices/` / `data.train=speech.csv`: a user's folder of wav+txt or CSV trains the
+shipped small recipes with nothing else given; the shards are written once (align.data.write.cached), every
+rank reads the same ones, and data.val_split's groups come from the user's own columns / folder names."""
+import json
+import os
+
+import pytest
+import yaml
+
+from align.cli import main
+from tests.data.write.test_cached import speech_csv, write_wav
+
+
+def voices_folder(root, speakers=("anna", "ben", "cleo", "dev"), per_speaker=4):
+    """root/SPEAKER/i.wav + i.txt: a folder of pairs whose first path field is the speaker."""
+    for s, spk in enumerate(speakers):
+        for i in range(per_speaker):
+            write_wav(root / spk / f"{i}.wav", 10 * s + i, seconds=0.3, sr=16000)
+            (root / spk / f"{i}.txt").write_text(f"a voice says {'zero one two three'.split()[i]}")
+    return root
+
+
+def tiny_run(tmp_path, name, train, *more):
+    return ["train", "small-audio-text", f"data.train={train}", f"data.shards_cache={tmp_path / 'cache'}",
+            f"output_dir={tmp_path / name}", "train.max_steps=2", "train.batch_size=4", "train.checkpoint_every=0",
+            "data.num_workers=0", "data.shuffle_buffer=4", "eval.tasks=[retrieval]", "--no-progress", *more]
+
+
+def test_small_audio_text_trains_from_a_folder_of_wav_and_txt_with_held_out_speakers(tmp_path, capsys):
+    voices = voices_folder(tmp_path / "voices")
+    assert main(tiny_run(tmp_path, "run", voices, "data.val_split={groups_from: 'audio:0', groups: [dev]}")) in (0, None)
+    out = capsys.readouterr().out
+    assert f"data.train: {voices} is a folder input, not shards: writing 16 rows" in out
+    assert "data.train: 16 samples in 16 shards" in out
+    assert "data.val_split: held out 4 samples of 1 groups" in out and "training on 12 of 3 groups" in out
+    read = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))["data"]["train"]     # the shards it read
+    assert json.load(open(os.path.join(read, "cache.json")))["input"] == str(voices)
+    assert json.load(open(tmp_path / "run" / "summary.json"))["steps"] == 2
+    # a second run on the same folder (a sweep's next trial) reads the same shards, writing nothing
+    assert main(tiny_run(tmp_path, "run2", voices, "train.max_steps=1")) in (0, None)
+    assert f"data.train: {voices} -> its shards in {read} (written earlier)" in capsys.readouterr().out
+
+
+def test_a_folder_with_nothing_to_pair_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("no pairs here")
+    code = main(tiny_run(tmp_path, "run", tmp_path / "empty"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code not in (0, None) and len(err) == 1 and str(tmp_path / "empty") in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_from_one_csv_written_once(tmp_path):
+    """Rank 0 writes the CSV's shards while rank 1 waits; both read them (16 shards: one list, split by rank)."""
+    from tests.train.test_train_multiprocess import ACCELERATE
+    import subprocess
+    import sys
+    table = speech_csv(tmp_path, n=32)
+    cmd = ACCELERATE + ["--num_processes", "2", "--num_machines", "1", "-m", "align.cli"] + tiny_run(
+        tmp_path, "ddp", table, "train.max_steps=3")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert (res.stdout + res.stderr).count("is a csv input, not shards: writing 32 rows") == 1
+    assert json.load(open(tmp_path / "ddp" / "summary.json"))["steps"] == 3
+    assert len(list((tmp_path / "cache" / "shards").iterdir())) == 1
