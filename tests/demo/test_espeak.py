@@ -140,8 +140,10 @@ def test_forked_children_load_their_own_engine_even_if_forked_mid_call():
     parent_lib = espeak._engine.lib_path
     # fork while the parent holds the engine lock (as if another thread were
     # synthesising): children must get a fresh lock instead of deadlocking
+    # maxtasksperchild=1: each word in a child that spoke nothing before (on a loaded machine one child took
+    # both, and eSpeak's carried-over state made its "five" 13 samples longer than a fresh process's)
     with espeak._lock:
-        pool = mp.get_context("fork").Pool(2)
+        pool = mp.get_context("fork").Pool(2, maxtasksperchild=1)
     try:
         out = pool.map_async(_child_synth, ["four", "five"]).get(timeout=60)
     finally:
