@@ -18,6 +18,7 @@ building the same folder at once: the second waits for the first's lock (align.r
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -31,12 +32,14 @@ from typing import Callable, Optional
 from align.data.write.inputs import TABLE_SUFFIXES, open_input
 from align.data.write.jobdir import write_json_atomic
 from align.errors import DataError
+from align.limits import DEFAULT_LIMITS, as_limits
 from align.runlock import DirectoryBusy, live_holder
 
 CACHE_VERSION = 1
 CACHE_FILE = "cache.json"   # which input the folder holds (for people); written last, when it is complete
 # Written as `align data shards` writes by default (16 kHz FLAC audio, images re-encoded as jpg at quality 95,
-# their size kept), in at least TARGET_SHARDS shards so that ranks x data workers up to that many each read some.
+# their size kept), as TARGET_SHARDS shards (at most MAX_SHARD_SIZE samples each: more for a big input), so that
+# up to that many readers (ranks x data workers) each get some.
 SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
 TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
@@ -80,6 +83,9 @@ def cached_shards(path, cache: Optional[str] = None, *, build: bool = True, limi
     inp = open_input(path, exclude=cache_root(cache).resolve())
     key = {"version": CACHE_VERSION, "input": str(path), "fingerprint": inp.fingerprint(), "rows": len(inp),
            "shard_size": shard_size_for(len(inp)), **SETTINGS}
+    limits = as_limits(limits)
+    if limits != DEFAULT_LIMITS:     # data.limits decides which rows are skipped: other limits, other shards
+        key["limits"] = dataclasses.asdict(limits)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name or "input")[:40]
     out = cache_root(cache) / "shards" / f"{stem}-{digest}"

@@ -152,3 +152,16 @@ def test_an_unreadable_table_is_one_line(tmp_path):
 
 def test_shards_are_sized_for_sixteen_readers():
     assert [shard_size_for(n) for n in (1, 16, 17, 459, 8044, 10 ** 6)] == [1, 1, 2, 29, 503, 1000]
+
+
+def test_other_data_limits_get_other_shards(tmp_path):
+    """data.limits decides which rows are skipped: a run with a stricter limit must not read shards of rows it
+    would have refused, nor a later run without it the stricter run's."""
+    table = speech_csv(tmp_path, n=4)
+    write_wav(tmp_path / "clips" / "c0.wav", 0, seconds=0.3)             # the others are 0.1 s
+    quiet = lambda s: None                                  # noqa: E731
+    plain = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet)
+    strict = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet,
+                           limits={"max_audio_seconds": 0.2})
+    assert strict != plain and len(samples(Path(plain))) == 4 and len(samples(Path(strict))) == 3
+    assert cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet) == plain
