@@ -61,7 +61,8 @@ def write_tables(rows: List[dict], metric: str, out_dir: str) -> List[str]:
         w.writeheader()
         w.writerows(rows)
     with open(md_path, "w") as f:
-        f.write(f"Sweep: {metric} on data.val (higher is better); pruned trials: the last intermediate value.\n\n")
+        f.write(f"Sweep: {metric} on the held-out set (data.val or data.val_split; higher is better); pruned trials: "
+                f"the last intermediate value.\n\n")
         f.write("| " + " | ".join(metric if c == "value" else c for c in cols) + " |\n")
         f.write("|" + "---|" * len(cols) + "\n")
         for r in rows:
@@ -104,7 +105,7 @@ def write_plot(rows: List[dict], params: List[Param], metric: str, out_png: str,
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"sweep: {metric} on data.val against each setting ({len(done)} trials)", fontsize=10)
+    fig.suptitle(f"sweep: {metric} on the held-out set against each setting ({len(done)} trials)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)

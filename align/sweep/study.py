@@ -1,6 +1,7 @@
 """`align sweep RECIPE --space SPACE.yaml --trials N`: the Optuna study, its storage, and the loop over trials.
 
-The objective is the recipe's eval.best_metric on data.val, maximised (align keeps the `best` checkpoint by
+The objective is the recipe's eval.best_metric on data.val (or on the groups data.val_split carves out of the
+training data, the same in every trial), maximised (align keeps the `best` checkpoint by
 the same rule: higher is better). data.val must hold the *selection* groups (e.g. speakers or writers
 that neither training nor the final report uses): the sweep picks settings by that set, so its figures
 are optimistic by the selection and the chosen run is reported on another set of unseen groups.
@@ -76,14 +77,29 @@ def load_sweep_recipe(recipe: str, overrides: List[str]):
         r = parse_recipe(copy.deepcopy(data))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    if not r.data.val or not r.eval.best_metric:
-        missing = " and ".join(k for k, v in (("data.val", r.data.val), ("eval.best_metric", r.eval.best_metric))
-                               if not v)
-        raise ConfigError(f"{path}: align sweep maximises eval.best_metric on data.val (the selection groups' "
-                          f"val set); this recipe has no {missing} (set it in the recipe or as KEY=VALUE)")
-    from align.train.evaluate import check_val_set
-    check_val_set(r.data.val, r.eval.tasks, list(r.model.towers), best_metric=r.eval.best_metric)
+    held_out = r.data.val or r.data.val_split
+    if not held_out or not r.eval.best_metric:
+        missing = " and ".join(k for k, v in (("data.val or data.val_split", held_out),
+                                              ("eval.best_metric", r.eval.best_metric)) if not v)
+        raise ConfigError(f"{path}: align sweep maximises eval.best_metric on data.val or data.val_split (the "
+                          f"selection groups' val set); this recipe has no {missing} (set it in the recipe or as "
+                          "KEY=VALUE)")
+    if r.data.val:
+        from align.train.evaluate import check_val_set
+        check_val_set(r.data.val, r.eval.tasks, list(r.model.towers), best_metric=r.eval.best_metric)
+    # (data.val_split: each trial carves the same groups out of the training data -- a function of the split and
+    # `seed` -- into its run dir, and checks the val set there before its first step)
     return path, data, r
+
+
+def check_split_fixed(r, params: list, path: str) -> None:
+    """data.val_split with `frac` draws its groups by `seed`: a space over seed would score each trial on other
+    groups, so that is refused in one line (name the groups instead)."""
+    split = r.data.val_split
+    if not r.data.val and split and not split.get("groups") and "seed" in {p.key for p in params}:
+        raise ConfigError(f"{path}: the space sweeps `seed`, and data.val_split's frac draws its held-out groups "
+                          "by seed: trials would be scored on different groups; give data.val_split.groups "
+                          "[...] or data.val")
 
 
 def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, startup: int, space: dict):
@@ -235,6 +251,7 @@ def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = N
         raise AlignError(f"--trials: must be >= 1, got {n_trials}")
     path, data, r = load_sweep_recipe(recipe, list(overrides or []))
     params = load_space(space, data)
+    check_split_fixed(r, params, path)
     stem = os.path.splitext(os.path.basename(path))[0]
     out = out or os.path.join("sweeps", stem)
     os.makedirs(out, exist_ok=True)
@@ -243,7 +260,8 @@ def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = N
     st, retry = open_study(optuna, storage, name, heartbeat_s, pruner, prune_after, describe_space(params))
     sw = Sweep(path, list(overrides or []), params, r.eval.best_metric, out, st, retry, poll_s,
                t_start=time.time())
-    say(f"sweep {name!r}: {n_trials} trials of {path}, maximising {sw.metric} on data.val={r.data.val} "
+    held = f"data.val={r.data.val}" if r.data.val else f"the data.val_split groups ({r.data.val_split})"
+    say(f"sweep {name!r}: {n_trials} trials of {path}, maximising {sw.metric} on {held} "
         f"(the selection groups: report the chosen run on other unseen groups); storage {storage}; runs in {out}")
     if pruner == "median" and not r.eval.every:
         say("eval.every=0: the runs evaluate only at their end, so there is nothing to prune on (set eval.every)")

@@ -70,6 +70,46 @@ def test_a_recipe_without_val_or_best_metric_is_refused_in_one_line(tmp_path, ca
     assert not os.path.exists(tmp_path / "s" / "trial-0000")
 
 
+def split_recipe(tmp_path) -> str:
+    """A tiny recipe on real shards (10 speakers) whose held-out set is data.val_split's speakers, no data.val."""
+    from tests.data.stream.test_val_split import _shards
+    _shards(tmp_path / "s", per_speaker=4)
+    recipe = yaml.safe_load(open(sweep_recipe(tmp_path)))
+    recipe["data"].update(train=str(tmp_path / "s"), val=None, shuffle_buffer=8,
+                          val_split={"groups_from": "speaker", "frac": 0.2})
+    recipe["eval"].update(tasks=["retrieval"], best_metric="text-image/retrieval/image_retrieval_recall@5")
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_a_sweep_without_data_val_scores_every_trial_on_the_same_val_split_groups(tmp_path):
+    """Issue 20: the held-out groups carved from the training shards are the sweep's selection set."""
+    from align.sweep import run_sweep
+    lines, out = [], tmp_path / "sweep"
+    res = run_sweep(split_recipe(tmp_path), space_file(tmp_path), 2, out=str(out), say=lines.append, poll_s=0.2)
+    assert [r["state"] for r in res["rows"]] == ["COMPLETE", "COMPLETE"]
+    assert "on the data.val_split groups (" in lines[0] and "'groups_from': 'speaker'" in lines[0]
+    held = []
+    for r in res["rows"]:
+        run = out / f"trial-{r['trial']:04d}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert r["value"] == summary["metrics"]["text-image/retrieval/image_retrieval_recall@5"]
+        held.append((run / "val_split" / "val_split.json").read_text())
+    counts = json.loads(held[0])["counts"]
+    assert held[0] == held[1] and counts["held_out"] == 4 * counts["groups"]["held_out"] > 0   # whole speakers
+
+
+def test_sweeping_seed_over_a_frac_val_split_is_refused_in_one_line(tmp_path, capsys):
+    """The frac draws its groups by seed: trials would be scored on different speakers."""
+    from align.cli import main
+    space = space_file(tmp_path, "seed: {int: [0, 3]}\n")
+    assert main(["sweep", split_recipe(tmp_path), "--space", space, "--trials", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the space sweeps `seed`" in err[0] and "data.val_split.groups" in err[0]
+    assert not os.path.exists(tmp_path / "s" / "trial-0000")
+
+
 def test_without_optuna_the_command_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     from align.cli import main
     monkeypatch.setitem(sys.modules, "optuna", None)        # import optuna -> ImportError
