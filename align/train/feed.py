@@ -257,10 +257,14 @@ class Batches:
             except StopIteration:
                 empty += 1
                 if empty >= self.MAX_EMPTY_EPOCHS:
-                    # e.g. fewer shards than ranks: retrying would spin for ever, the other ranks waiting
+                    # e.g. fewer shards than ranks, or fewer samples than a batch (a small folder in data.train):
+                    # retrying would spin for ever, the other ranks waiting
+                    batch = getattr(getattr(self.loader, "dataset", None), "batch_size", None)
                     raise DataError(f"data: {empty} epochs in a row gave rank {os.environ.get('RANK', '0')} no batch "
-                                    f"(a rank reads every world_size-th shard: use more shards than ranks x "
-                                    f"data.num_workers, each of at least one batch)")
+                                    f"(an epoch needs at least {'one batch' if batch is None else f'{batch} samples'} "
+                                    f"per rank and data worker, incomplete batches are dropped, and a rank reads every "
+                                    f"world_size-th shard: use more samples than ranks x train.batch_size, in more "
+                                    f"shards than ranks x data.num_workers)")
                 self.state.epoch = self.loader.epoch
                 self.it = iter(self.loader)
             except Exception as exn:       # torch: "DataLoader worker (pid N) exited unexpectedly", or a dead

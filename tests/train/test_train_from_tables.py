@@ -64,3 +64,12 @@ def test_two_processes_train_from_one_csv_written_once(tmp_path):
     assert (res.stdout + res.stderr).count("is a csv input, not shards: writing 32 rows") == 1
     assert json.load(open(tmp_path / "ddp" / "summary.json"))["steps"] == 3
     assert len(list((tmp_path / "cache" / "shards").iterdir())) == 1
+
+
+def test_a_folder_smaller_than_a_batch_is_one_line_saying_so(tmp_path, capsys):
+    """6 clips, batch 8: every epoch ends before its first batch; the line says how many samples an epoch needs."""
+    voices = voices_folder(tmp_path / "voices", speakers=("anna", "ben"), per_speaker=3)
+    code = main(tiny_run(tmp_path, "run", voices, "train.batch_size=8"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code not in (0, None) and len(err) == 1
+    assert "no batch (an epoch needs at least 8 samples per rank and data worker" in err[0]
