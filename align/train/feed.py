@@ -48,29 +48,31 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
 
 def shards_from_tables(r: Recipe, acc, progress: bool = True) -> Recipe:
     """data.train entries naming a CSV / TSV / JSONL / Parquet file or a folder of pairs -> the folder of their
-    shards (align.data.write.cached): written once by the main process while the others wait, then every rank
-    reads them. Shards, patterns and URLs are kept as they are. config.yaml records the shards read."""
+    shards (align.data.write.cached): written once by the main process, whose folders the others receive (they
+    never re-read the input), then every rank reads them. Shards, patterns and URLs are kept as they are.
+    config.yaml records the shards read."""
     import dataclasses
-    from align.data.write.cached import cached_shards, entry_input
+    from align.data.write.cached import cached_shards, check_cached, entry_input
     if r.data.train == "synthetic" or not r.data.train:   # (a folder named "synthetic" is not read)
         return r
     train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
-    inputs = [p for s in train for u in ([s] if isinstance(s, str) else
-                                         [s.urls] if isinstance(s.urls, str) else s.urls)
-              if (p := entry_input(u)) is not None]
+    entries = [u for s in train for u in ([s] if isinstance(s, str) else [s.urls] if isinstance(s.urls, str)
+                                          else s.urls)]
+    inputs = {u: p for u in entries if (p := entry_input(u)) is not None}
     if not inputs:
         return r
-    built = {}
-    if acc.is_main_process:   # (a rank failing here stops the launch; the others' wait ends with it)
-        built = {p: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print)
-                 for p in inputs}
-    acc.wait_for_everyone()
-    if not acc.is_main_process:
-        built = {p: cached_shards(p, r.data.shards_cache, build=False, printer=lambda line: None) for p in inputs}
+    built = [{u: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print)
+              for u, p in inputs.items()} if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        broadcast_object_list(built)       # the other ranks wait here (a main process failing ends the launch)
+        if not acc.is_main_process:
+            for folder in built[0].values():
+                check_cached(folder)
+    folder_of = built[0]
 
     def swap(u):
-        p = entry_input(u)
-        return u if p is None else built[p]
+        return folder_of.get(u, u)
     new = [swap(s) if isinstance(s, str) else dataclasses.replace(
         s, urls=swap(s.urls) if isinstance(s.urls, str) else [swap(u) for u in s.urls]) for s in train]
     return dataclasses.replace(r, data=dataclasses.replace(r.data, train=new if isinstance(r.data.train, list)

@@ -14,7 +14,8 @@ short (SIGKILL, a full disk) resumes where it stopped, as `align data shards` do
 building the same folder at once: the second waits for the first's lock (align.runlock), then reads.
 
     entry_input(entry)  -> the input path when `entry` (one data.train entry) is a table / folder of pairs, else None
-    cached_shards(path, cache=None, build=True, ...) -> the folder of shards (written first when build)
+    cached_shards(path, cache=None, ...) -> the folder of shards (written first when not complete)
+    check_cached(folder)                 -> folder, or one line when it is not complete (the other ranks' check)
 """
 from __future__ import annotations
 
@@ -72,12 +73,10 @@ def shard_size_for(n_rows: int) -> int:
     return max(1, min(MAX_SHARD_SIZE, math.ceil(n_rows / TARGET_SHARDS)))
 
 
-def cached_shards(path, cache: Optional[str] = None, *, build: bool = True, limits=None, progress: bool = True,
+def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: bool = True,
                   printer: Callable[[str], None] = print, wait_s: float = 2.0) -> str:
-    """The folder holding `path`'s shards; written first (or finished) when `build` and not done.
-
-    build=False (the other ranks of a run, after rank 0 built it) only names the folder and checks it is done.
-    Raises DataError in one line for an unreadable input (write_shards' messages) or a folder not built."""
+    """The folder holding `path`'s shards, written first (or finished) when it is not complete. Raises DataError
+    in one line for an unreadable input (write_shards' messages)."""
     path = Path(path).expanduser().absolute()
     # exclude: a cache placed inside an input folder is not part of its own input
     inp = open_input(path, exclude=cache_root(cache).resolve())
@@ -92,8 +91,6 @@ def cached_shards(path, cache: Optional[str] = None, *, build: bool = True, limi
     if (out / CACHE_FILE).is_file():     # written last: the folder is complete
         printer(f"data.train: {path} -> its shards in {out} (written earlier)")
         return str(out)
-    if not build:
-        raise DataError(f"{path}: its shards are not in {out} (the main process writes them first)")
     from align.data.write.shards import write_shards
     printer(f"data.train: {path} is a {inp.kind} input, not shards: writing {len(inp)} rows as shards to {out} "
             f"(once; later runs on the same input read them)")
@@ -114,3 +111,12 @@ def cached_shards(path, cache: Optional[str] = None, *, build: bool = True, limi
     skipped = f", {stats['skipped']} rows skipped (see {out / 'skipped.jsonl'})" if stats["skipped"] else ""
     printer(f"data.train: {stats['written']} samples in {stats['shards']} shards{skipped}")
     return str(out)
+
+
+def check_cached(folder: str) -> str:
+    """`folder` when it holds a complete cache folder: what the other ranks check of the folder the main process
+    wrote (they never re-read the input); else one DataError line."""
+    if not os.path.isfile(os.path.join(folder, CACHE_FILE)):
+        raise DataError(f"{folder}: the main process wrote data.train's shards there and this process does not "
+                        "see them; data.shards_cache must be a folder every node shares")
+    return folder

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.data.write.cached import CACHE_FILE, cached_shards, entry_input, shard_size_for
+from align.data.write.cached import CACHE_FILE, cached_shards, check_cached, entry_input, shard_size_for
 from align.data.write.inputs import open_input, resolve_columns
 from align.errors import DataError
 from align.runlock import RunLock
@@ -122,10 +122,10 @@ def test_a_build_cut_short_is_finished_not_redone(tmp_path):
 def test_another_run_building_the_same_folder_is_waited_for(tmp_path):
     table = speech_csv(tmp_path)
     cache = str(tmp_path / "cache")
-    with pytest.raises(DataError, match=r"its shards are not in .* \(the main process writes them first\)"):
-        cached_shards(table, cache, build=False)
     name = os.path.basename(cached_shards(table, str(tmp_path / "probe"), progress=False, printer=lambda s: None))
     folder = os.path.join(cache, "shards", name)
+    with pytest.raises(DataError, match=r"this process does not see them; data.shards_cache must be a folder every"):
+        check_cached(folder)                            # what the other ranks check: not written yet
     lines, result = [], {}
     lock = RunLock(folder, what="shard job (align data shards)").acquire()
     t = threading.Thread(target=lambda: result.update(out=cached_shards(
@@ -140,7 +140,7 @@ def test_another_run_building_the_same_folder_is_waited_for(tmp_path):
     lock.release()
     t.join(60)
     assert result["out"] == folder and len(samples(Path(folder))) == 20
-    assert cached_shards(table, cache, build=False, printer=lambda s: None) == folder
+    assert check_cached(folder) == folder
 
 
 def test_an_unreadable_table_is_one_line(tmp_path):
