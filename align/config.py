@@ -92,7 +92,9 @@ class DataConfig:
     train: Union[str, List[Union[str, SourceConfig]]] = _key(
         "synthetic", help="shard pattern(s), a list of {urls, weight} sources, a CSV/TSV/JSONL/Parquet file or folder "
                           "of pairs (written as shards first: data.shards_cache), or synthetic")
-    val: Optional[str] = _key(None, help="CLIP_benchmark-layout dir for the periodic and final eval")
+    val: Optional[str] = _key(None, help="CLIP_benchmark-layout dir for the periodic and final eval, or a CSV/TSV/"
+                                          "JSONL/Parquet file or folder of pairs (written as such a dir first: "
+                                          "data.shards_cache; a label column gives zero-shot, captions retrieval)")
     samples_per_epoch: Optional[int] = _num(None, ge=1, help="epoch length in samples, over all processes "
                                                                 "(train.epochs needs it)")
     resampled: bool = _key(False, help="draw shards with replacement (endless stream, as webdataset's resampled); "

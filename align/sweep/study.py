@@ -84,9 +84,12 @@ def load_sweep_recipe(recipe: str, overrides: List[str]):
         raise ConfigError(f"{path}: align sweep maximises eval.best_metric on data.val or data.val_split (the "
                           f"selection groups' val set); this recipe has no {missing} (set it in the recipe or as "
                           "KEY=VALUE)")
-    if r.data.val:
+    from align.data.write.cached import val_input
+    if r.data.val and val_input(r.data.val) is None:
         from align.train.evaluate import check_val_set
         check_val_set(r.data.val, r.eval.tasks, list(r.model.towers), best_metric=r.eval.best_metric)
+    # (a data.val CSV / folder of pairs: the first trial writes it as an eval set in data.shards_cache, the others
+    # read that folder, and each checks it before its first step, as for data.train's tables)
     # (data.val_split: each trial carves the same groups out of the training data -- a function of the split and
     # `seed` -- into its run dir, and checks the val set there before its first step)
     return path, data, r

@@ -1,6 +1,6 @@
 """The training stream: the loader a run draws from, its batches across epochs, and the held-out split.
 
-  shards_from_tables       a CSV / folder of pairs in data.train -> its shards, written once (data.write.cached)
+  shards_from_tables       a CSV / folder of pairs in data.train (data.val) -> its shards (eval set), written once
   build_loader             shards through align.data.stream (data.val_split's held-out samples left out), or
                            synthetic inputs; a resumed run continues at its data position
   resolve_auto_image_size  an image tower's `image_size: auto` -> the training images' own size
@@ -48,35 +48,39 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
 
 def shards_from_tables(r: Recipe, acc, progress: bool = True) -> Recipe:
     """data.train entries naming a CSV / TSV / JSONL / Parquet file or a folder of pairs -> the folder of their
-    shards (align.data.write.cached): written once by the main process, whose folders the others receive (they
-    never re-read the input), then every rank reads them. Shards, patterns and URLs are kept as they are.
-    config.yaml records the shards read."""
+    shards, and such a data.val -> a CLIP_benchmark-layout folder of it (align.data.write.cached): written once
+    by the main process, whose folders the others receive (they never re-read the input), then every rank reads
+    them. Shards, patterns, URLs and CLIP_benchmark folders are kept as they are. config.yaml records the folders
+    read."""
     import dataclasses
-    from align.data.write.cached import cached_shards, check_cached, entry_input
-    if r.data.train == "synthetic" or not r.data.train:   # (a folder named "synthetic" is not read)
-        return r
-    train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
+    from align.data.write.cached import cached_shards, check_cached, entry_input, val_input
+    synthetic = r.data.train == "synthetic" or not r.data.train   # (a folder named "synthetic" is not read)
+    train = [] if synthetic else r.data.train if isinstance(r.data.train, list) else [r.data.train]
     entries = [u for s in train for u in ([s] if isinstance(s, str) else [s.urls] if isinstance(s.urls, str)
                                           else s.urls)]
-    inputs = {u: p for u in entries if (p := entry_input(u)) is not None}
+    # (key, layout, what) -> input path: data.train's as training shards, data.val's as a CLIP_benchmark set
+    inputs = {(u, "shards", "data.train"): p for u in entries if (p := entry_input(u)) is not None}
+    if r.data.val and (p := val_input(r.data.val)) is not None:
+        inputs[(r.data.val, "clip_benchmark", "data.val")] = p
     if not inputs:
         return r
-    built = [{u: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print)
-              for u, p in inputs.items()} if acc.is_main_process else None]
+    built = [{k: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print,
+                               layout=k[1], what=k[2]) for k, p in inputs.items()} if acc.is_main_process else None]
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
         broadcast_object_list(built)       # the other ranks wait here (a main process failing ends the launch)
         if not acc.is_main_process:
             for folder in built[0].values():
                 check_cached(folder)
-    folder_of = built[0]
+    folder_of = {u: f for (u, layout, _), f in built[0].items() if layout == "shards"}
+    val = built[0].get((r.data.val, "clip_benchmark", "data.val"), r.data.val)
 
     def swap(u):
         return folder_of.get(u, u)
     new = [swap(s) if isinstance(s, str) else dataclasses.replace(
         s, urls=swap(s.urls) if isinstance(s.urls, str) else [swap(u) for u in s.urls]) for s in train]
-    return dataclasses.replace(r, data=dataclasses.replace(r.data, train=new if isinstance(r.data.train, list)
-                                                            else new[0]))
+    return dataclasses.replace(r, data=dataclasses.replace(
+        r.data, val=val, train=r.data.train if synthetic else new if isinstance(r.data.train, list) else new[0]))
 
 
 def _stored_teacher(r: Recipe) -> tuple:

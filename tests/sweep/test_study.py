@@ -260,3 +260,17 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_queues_it_for_the_rerun(
     assert "RUNNING" not in second.stdout and time.time() - t0 < 90        # no 4 x 30 s heartbeat wait
     assert f"at step {stopped_at}" in (out / "trial-0000" / "train.log").read_text()
     assert "1 (retry of 0)  COMPLETE" in second.stdout and not (out / "trial-0001").exists()
+
+
+def test_a_sweep_takes_a_val_csv_that_its_trials_write_as_an_eval_set(tmp_path):
+    """data.val=val.csv: not a CLIP_benchmark folder yet, so the sweep leaves it to the trials (each run writes it
+    once into data.shards_cache and checks it before its first step) instead of refusing it."""
+    from align.sweep.study import load_sweep_recipe
+    (tmp_path / "val.csv").write_text("image,label\na.png,cat\n")
+    _, data, r = load_sweep_recipe(sweep_recipe(tmp_path), [f"data.val={tmp_path / 'val.csv'}"])
+    assert r.data.val == str(tmp_path / "val.csv")
+    from align.errors import DataError
+    with pytest.raises(DataError, match="cb/test/0.tar cannot be opened"):   # a CLIP_benchmark folder: checked now
+        (tmp_path / "cb" / "test").mkdir(parents=True)
+        (tmp_path / "cb" / "test" / "nshards.txt").write_text("1\n")
+        load_sweep_recipe(sweep_recipe(tmp_path), [f"data.val={tmp_path / 'cb'}"])

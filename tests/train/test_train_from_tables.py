@@ -1,6 +1,7 @@
 """`align train RECIPE data.train=voices/` / `data.train=speech.csv`: a user's folder of wav+txt or CSV trains the
 shipped small recipes with nothing else given; the shards are written once (align.data.write.cached), every
 rank reads the same ones, and data.val_split's groups come from the user's own columns / folder names."""
+import csv
 import json
 import os
 
@@ -73,3 +74,49 @@ def test_a_folder_smaller_than_a_batch_is_one_line_saying_so(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code not in (0, None) and len(err) == 1
     assert "no batch (an epoch needs at least 8 samples per rank and data worker" in err[0]
+
+
+def labelled_csv(tmp_path, name="val.csv", n=9, label=True):
+    """A user's held-out speakers as a CSV: `path`, `label` (the class name), `speaker` (or captions, no label)."""
+    rows = []
+    for i in range(n):
+        write_wav(tmp_path / "val_clips" / f"v{i}.wav", 100 + i)
+        word = "one two three".split()[i % 3]
+        rows.append((f"val_clips/v{i}.wav", word if label else f"a voice says {word}", f"h{i % 2}"))
+    with open(tmp_path / name, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("path", "label" if label else "caption", "speaker"))
+        w.writerows(rows)
+    return tmp_path / name
+
+
+def test_data_val_takes_a_csv_of_held_out_speakers_written_once_as_an_eval_set(tmp_path, capsys):
+    """data.val=val.csv with a label column: written as a CLIP_benchmark set (class names, zero-shot templates)
+    in the cache, scored at the end; a second run reads it; a CSV of captions is a retrieval set."""
+    table, val = speech_csv(tmp_path, n=16), labelled_csv(tmp_path)
+    assert main(tiny_run(tmp_path, "run", table, f"data.val={val}", "eval.tasks=[zeroshot]")) in (0, None)
+    out = capsys.readouterr().out
+    assert f"data.val: {val} is a csv input, not shards: writing 9 rows" in out
+    read = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))["data"]["val"]     # the eval set it scored on
+    assert sorted(open(os.path.join(read, "classnames.txt")).read().split()) == ["one", "three", "two"]
+    assert json.load(open(os.path.join(read, "cache.json")))["input"] == str(val)
+    metrics = json.load(open(tmp_path / "run" / "summary.json"))["metrics"]
+    assert 0 <= metrics["audio/zeroshot/acc1"] <= 1 and "audio/zeroshot/acc1" in out
+    # the same input as training shards is another folder (the layout is in the hash)
+    assert len(list((tmp_path / "cache" / "shards").iterdir())) == 2
+    assert main(tiny_run(tmp_path, "run2", table, f"data.val={val}", "eval.tasks=[zeroshot]",
+                         "train.max_steps=1")) in (0, None)
+    assert f"data.val: {val} -> its shards in {read} (written earlier)" in capsys.readouterr().out
+    captions = labelled_csv(tmp_path, "val_captions.csv", label=False)
+    assert main(tiny_run(tmp_path, "run3", table, f"data.val={captions}", "train.max_steps=1")) in (0, None)
+    metrics = json.load(open(tmp_path / "run3" / "summary.json"))["metrics"]
+    assert any("retrieval" in k for k in metrics) and not any("zeroshot" in k for k in metrics), metrics
+
+
+def test_a_val_csv_a_task_cannot_use_is_one_line_before_training(tmp_path, capsys):
+    """Captions only (no label column) with eval.tasks=[zeroshot]: nothing to score, said before the first step."""
+    table, captions = speech_csv(tmp_path, n=16), labelled_csv(tmp_path, "val_captions.csv", label=False)
+    code = main(tiny_run(tmp_path, "run", table, f"data.val={captions}", "eval.tasks=[zeroshot]"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code not in (0, None) and len(err) == 1 and "eval.tasks: 'zeroshot' has nothing to score" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,4 +1,4 @@
-"""Tables and folders of pairs given where shards go: `data.train=pairs.csv`, `data.train=voices/`.
+"""Tables and folders of pairs given where shards go: `data.train=pairs.csv`, `data.train=voices/`, `data.val=val.csv`.
 
 A user's CSV / TSV / JSONL / Parquet file, folder of pairs (`x.wav` + `x.txt`, `x.jpg` + `x.txt`) or Hugging
 Face `save_to_disk` folder, named in data.train, is written once as shards by `write_shards` (columns
@@ -7,6 +7,10 @@ auto-detected; the other columns, e.g. a speaker or writer, kept in each sample'
 
     CACHE/shards/{input stem}-{hash of (absolute input path, content fingerprint, write settings)}/shard-*.tar
 
+data.val takes the same inputs, written in CLIP_benchmark's layout (`layout="clip_benchmark"`: test/*.tar,
+classnames.txt and zero-shot templates from a label column, else a retrieval set of the captions), as
+`align data shards --layout clip_benchmark` writes them; the layout is part of the hash.
+
 CACHE is data.shards_cache, else $ALIGN_CACHE, else $XDG_CACHE_HOME/align, else ~/.cache/align. A second run
 on the same input (a resume, a sweep's next trial) finds the shards written and reads them at once; an edited
 input (another fingerprint: the table file's bytes, the folder's names and sizes) gets a new folder. A build cut
@@ -14,6 +18,7 @@ short (SIGKILL, a full disk) resumes where it stopped, as `align data shards` do
 building the same folder at once: the second waits for the first's lock (align.runlock), then reads.
 
     entry_input(entry)  -> the input path when `entry` (one data.train entry) is a table / folder of pairs, else None
+    val_input(val)      -> the same for data.val (a folder already in CLIP_benchmark's layout is not one)
     cached_shards(path, cache=None, ...) -> the folder of shards (written first when not complete)
     check_cached(folder)                 -> folder, or one line when it is not complete (the other ranks' check)
 """
@@ -59,6 +64,13 @@ def entry_input(entry: str) -> Optional[Path]:
     return None
 
 
+def val_input(val) -> Optional[Path]:
+    """The local path of a data.val naming a table file or folder of pairs, else None (a CLIP_benchmark folder,
+    which has test/nshards.txt, is read as it is)."""
+    path = entry_input(val)
+    return None if path is None or (path / "test" / "nshards.txt").is_file() else path
+
+
 def cache_root(given: Optional[str] = None) -> Path:
     """The cache folder (module docstring)."""
     if given:
@@ -74,14 +86,18 @@ def shard_size_for(n_rows: int) -> int:
 
 
 def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: bool = True,
-                  printer: Callable[[str], None] = print, wait_s: float = 2.0) -> str:
+                  printer: Callable[[str], None] = print, wait_s: float = 2.0, layout: str = "shards",
+                  what: str = "data.train") -> str:
     """The folder holding `path`'s shards, written first (or finished) when it is not complete. Raises DataError
-    in one line for an unreadable input (write_shards' messages)."""
+    in one line for an unreadable input (write_shards' messages). layout: "shards" (training) or
+    "clip_benchmark" (an eval set, data.val); what: the key named in the lines printed."""
     path = Path(path).expanduser().absolute()
     # exclude: a cache placed inside an input folder is not part of its own input
     inp = open_input(path, exclude=cache_root(cache).resolve())
     key = {"version": CACHE_VERSION, "input": str(path), "fingerprint": inp.fingerprint(), "rows": len(inp),
            "shard_size": shard_size_for(len(inp)), **SETTINGS}
+    if layout != "shards":           # an eval set of the same input is another folder
+        key["layout"] = layout
     limits = as_limits(limits)
     if limits != DEFAULT_LIMITS:     # data.limits decides which rows are skipped: other limits, other shards
         key["limits"] = dataclasses.asdict(limits)
@@ -89,27 +105,27 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name or "input")[:40]
     out = cache_root(cache) / "shards" / f"{stem}-{digest}"
     if (out / CACHE_FILE).is_file():     # written last: the folder is complete
-        printer(f"data.train: {path} -> its shards in {out} (written earlier)")
+        printer(f"{what}: {path} -> its shards in {out} (written earlier)")
         return str(out)
     from align.data.write.shards import write_shards
-    printer(f"data.train: {path} is a {inp.kind} input, not shards: writing {len(inp)} rows as shards to {out} "
+    printer(f"{what}: {path} is a {inp.kind} input, not shards: writing {len(inp)} rows as shards to {out} "
             f"(once; later runs on the same input read them)")
     said = False
     while True:
         try:
             stats = write_shards(path, out, shard_size=key["shard_size"], progress=progress, limits=limits,
                                  workers=1 if len(inp) < 2000 else max(1, min(8, os.cpu_count() or 1)),
-                                 **SETTINGS)
+                                 layout=layout, **SETTINGS)
             break
         except DirectoryBusy:   # another run writes the same folder: wait, then resume (= read) it
             if not said:
-                printer(f"data.train: another process is writing {out} ({live_holder(str(out)) or 'its lock'}); "
+                printer(f"{what}: another process is writing {out} ({live_holder(str(out)) or 'its lock'}); "
                         "waiting for it to finish")
                 said = True
             time.sleep(wait_s)
     write_json_atomic(out / CACHE_FILE, dict(key, written=stats["written"], skipped=stats["skipped"]))
     skipped = f", {stats['skipped']} rows skipped (see {out / 'skipped.jsonl'})" if stats["skipped"] else ""
-    printer(f"data.train: {stats['written']} samples in {stats['shards']} shards{skipped}")
+    printer(f"{what}: {stats['written']} samples in {stats['shards']} shards{skipped}")
     return str(out)
 
 
@@ -117,6 +133,6 @@ def check_cached(folder: str) -> str:
     """`folder` when it holds a complete cache folder: what the other ranks check of the folder the main process
     wrote (they never re-read the input); else one DataError line."""
     if not os.path.isfile(os.path.join(folder, CACHE_FILE)):
-        raise DataError(f"{folder}: the main process wrote data.train's shards there and this process does not "
+        raise DataError(f"{folder}: the main process wrote these shards there and this process does not "
                         "see them; data.shards_cache must be a folder every node shares")
     return folder

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.data.write.cached import CACHE_FILE, cached_shards, check_cached, entry_input, shard_size_for
+from align.data.write.cached import CACHE_FILE, cached_shards, check_cached, entry_input, shard_size_for, val_input
 from align.data.write.inputs import open_input, resolve_columns
 from align.errors import DataError
 from align.runlock import RunLock
@@ -58,6 +58,29 @@ def test_entry_input_names_tables_and_folders_of_pairs_only(tmp_path):
                  "https://example.com/train.csv", "pipe:cat speech.csv", str(tmp_path / "notes.txt"),
                  str(tmp_path / "missing.csv"), f"{table}::{table}"):
         assert entry_input(kept) is None, kept
+
+
+def test_val_input_names_tables_but_not_a_clip_benchmark_folder(tmp_path):
+    """data.val: a CSV or folder of pairs is an input to write; a folder with test/nshards.txt is read as it is."""
+    table = speech_csv(tmp_path)
+    (tmp_path / "cb" / "test").mkdir(parents=True)
+    (tmp_path / "cb" / "test" / "0.tar").write_bytes(b"")
+    assert val_input(str(table)) == table and val_input(str(tmp_path / "clips")) == tmp_path / "clips"
+    assert val_input(str(tmp_path / "cb")) == tmp_path / "cb"            # no nshards.txt: not a finished set
+    (tmp_path / "cb" / "test" / "nshards.txt").write_text("1\n")
+    for kept in (str(tmp_path / "cb"), "https://example.com/val.csv", str(tmp_path / "missing.csv")):
+        assert val_input(kept) is None, kept
+
+
+def test_the_same_table_as_an_eval_set_is_another_folder_in_clip_benchmarks_layout(tmp_path):
+    """data.train=x.csv and data.val=x.csv: the val folder is CLIP_benchmark's layout, never the training shards."""
+    table = speech_csv(tmp_path)
+    train = Path(cached_shards(table, tmp_path / "cache", progress=False, printer=lambda s: None))
+    val = Path(cached_shards(table, tmp_path / "cache", progress=False, printer=lambda s: None,
+                             layout="clip_benchmark", what="data.val"))
+    assert train != val and not (train / "test").exists()
+    assert (val / "test" / "nshards.txt").is_file() and (val / "dataset_type.txt").read_text() == "retrieval\n"
+    assert len(samples(val / "test")) == len(samples(train)) == 20
 
 
 def test_a_column_of_audio_file_names_is_audio_whatever_its_name(tmp_path):
