@@ -187,6 +187,23 @@ def cmd_data_reinforce(a):
           f"data.train={a.out} loss.type=distill_clip loss.distill.teacher=stored")
 
 
+def cmd_data_cache(a):
+    from align.data.write.cached import PRUNED, cache_root, cached_folders, prune_cached
+    rows = cached_folders(a.cache)
+    for row in rows:
+        print(f"{row['status']:26s} {row['bytes'] / 1e6:9.1f} MB  {row['folder']}"
+              + (f"  <- {row['input']}" if row["input"] else ""))
+    stale = [row for row in rows if row["status"] in PRUNED]
+    mb = sum(row["bytes"] for row in stale) / 1e6
+    if a.prune:
+        gone = prune_cached(a.cache)
+        print(f"removed {len(gone)} folders ({sum(row['bytes'] for row in gone) / 1e6:.1f} MB) of "
+              f"{cache_root(a.cache) / 'shards'}; {len(rows) - len(gone)} kept")
+    else:
+        print(f"{len(rows)} folders in {cache_root(a.cache) / 'shards'}, {len(stale)} no run reads ({mb:.1f} MB)"
+              + ("; `align data cache --prune` removes them" if stale else ""))
+
+
 def cmd_data_stats(a):
     from align.data.tools.stats import feature_stats, image_size_stats, modalities_present
     from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
@@ -391,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.towers.audio.clip_seconds=1")
     s.set_defaults(fn=cmd_data_stats)
+
+    s = data.add_parser("cache", help="list the shards data.train / data.val wrote from tables and folders of "
+                                      "pairs, and whether a run still reads each; --prune removes the others")
+    s.add_argument("--cache", default=None, help="the cache folder (default: $ALIGN_CACHE, else ~/.cache/align)")
+    s.add_argument("--prune", action="store_true", help="remove the folders no run reads: input changed or gone, "
+                                                        "another version's, builds cut short (never one in use)")
+    s.set_defaults(fn=cmd_data_cache)
 
     s = data.add_parser("reinforce", help="copy shards adding a frozen teacher's per-sample embeddings "
                                           "(loss.distill.teacher=stored: distillation without running the teacher)")

@@ -21,6 +21,9 @@ building the same folder at once: the second waits for the first's lock (align.r
     val_input(val)      -> the same for data.val (a folder already in CLIP_benchmark's layout is not one)
     cached_shards(path, cache=None, ...) -> the folder of shards (written first when not complete)
     check_cached(folder)                 -> folder, or one line when it is not complete (the other ranks' check)
+    cached_folders(cache) / prune_cached(cache) -> the cache's folders and whether a run still reads each; the
+                           removal of those none does (`align data cache [--prune]`: old folders are never
+                           removed by a run)
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from align.data.write.inputs import TABLE_SUFFIXES, open_input
 from align.data.write.jobdir import write_json_atomic
-from align.errors import DataError
+from align.errors import AlignError, DataError
 from align.limits import DEFAULT_LIMITS, as_limits
 from align.runlock import DirectoryBusy, live_holder
 
@@ -94,16 +97,8 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
     path = Path(path).expanduser().absolute()
     # exclude: a cache placed inside an input folder is not part of its own input
     inp = open_input(path, exclude=cache_root(cache).resolve())
-    key = {"version": CACHE_VERSION, "input": str(path), "fingerprint": inp.fingerprint(), "rows": len(inp),
-           "shard_size": shard_size_for(len(inp)), **SETTINGS}
-    if layout != "shards":           # an eval set of the same input is another folder
-        key["layout"] = layout
     limits = as_limits(limits)
-    if limits != DEFAULT_LIMITS:     # data.limits decides which rows are skipped: other limits, other shards
-        key["limits"] = dataclasses.asdict(limits)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name or "input")[:40]
-    out = cache_root(cache) / "shards" / f"{stem}-{digest}"
+    key, out = _key_and_folder(path, inp, cache, limits, layout)
     if (out / CACHE_FILE).is_file():     # written last: the folder is complete
         printer(f"{what}: {path} -> its shards in {out} (written earlier)")
         return str(out)
@@ -127,6 +122,76 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
     skipped = f", {stats['skipped']} rows skipped (see {out / 'skipped.jsonl'})" if stats["skipped"] else ""
     printer(f"{what}: {stats['written']} samples in {stats['shards']} shards{skipped}")
     return str(out)
+
+
+def _key_and_folder(path: Path, inp, cache, limits, layout: str):
+    """(the cache key of `path` as `inp` holds it now, the folder it names)."""
+    key = {"version": CACHE_VERSION, "input": str(path), "fingerprint": inp.fingerprint(), "rows": len(inp),
+           "shard_size": shard_size_for(len(inp)), **SETTINGS}
+    if layout != "shards":           # an eval set of the same input is another folder
+        key["layout"] = layout
+    if limits != DEFAULT_LIMITS:     # data.limits decides which rows are skipped: other limits, other shards
+        key["limits"] = dataclasses.asdict(limits)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name or "input")[:40]
+    return key, cache_root(cache) / "shards" / f"{stem}-{digest}"
+
+
+def cached_folders(cache: Optional[str] = None) -> List[dict]:
+    """Every folder under CACHE/shards: {folder, input, samples, bytes, status}. status: "current" (a run on
+    its input today reads it), "input changed" / "input gone" / "input unreadable" / "written by another
+    version" (no run reads it again), "incomplete" (a build cut short; the next run on the same input finishes
+    it) or "being written" (a live process holds its lock)."""
+    root = cache_root(cache) / "shards"
+    out = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir():
+            continue
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        row = {"folder": str(folder), "input": None, "samples": None, "bytes": size}
+        if live_holder(str(folder)):
+            row["status"] = "being written"
+        elif not (folder / CACHE_FILE).is_file():
+            row["status"] = "incomplete"
+        else:
+            row.update(_status(folder, cache))
+        out.append(row)
+    return out
+
+
+def _status(folder: Path, cache) -> dict:
+    try:
+        with open(folder / CACHE_FILE) as f:
+            saved = json.load(f)
+        path = Path(saved["input"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"status": "incomplete"}
+    row = {"input": str(path), "samples": saved.get("written")}
+    if saved.get("version") != CACHE_VERSION or any(saved.get(k) != v for k, v in SETTINGS.items()):
+        return dict(row, status="written by another version")
+    if not path.exists():
+        return dict(row, status="input gone")
+    try:
+        inp = open_input(path, exclude=cache_root(cache).resolve())
+        _, want = _key_and_folder(path, inp, cache, as_limits(saved.get("limits")), saved.get("layout", "shards"))
+    except AlignError:
+        return dict(row, status="input unreadable")
+    return dict(row, status="current" if want.name == folder.name else "input changed")
+
+
+PRUNED = ("input changed", "input gone", "input unreadable", "written by another version", "incomplete")
+
+
+def prune_cached(cache: Optional[str] = None) -> List[dict]:
+    """Removes the folders no run would read (status in PRUNED: never "current" nor "being written"); returns
+    their rows. A folder whose lock a live process takes meanwhile is left."""
+    import shutil
+    gone = []
+    for row in cached_folders(cache):
+        if row["status"] in PRUNED and not live_holder(row["folder"]):
+            shutil.rmtree(row["folder"])
+            gone.append(row)
+    return gone
 
 
 def check_cached(folder: str) -> str:

@@ -188,3 +188,44 @@ def test_other_data_limits_get_other_shards(tmp_path):
                            limits={"max_audio_seconds": 0.2})
     assert strict != plain and len(samples(Path(plain))) == 4 and len(samples(Path(strict))) == 3
     assert cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet) == plain
+
+
+def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_others(tmp_path, capsys):
+    """Runs never remove a folder (an edited CSV leaves its old one); `align data cache --prune` removes those no run
+    reads -- input edited, input gone, a build cut short -- and keeps the current ones and one being written."""
+    from align.cli import main
+    from align.data.write.cached import cached_folders, prune_cached
+    cache, quiet = str(tmp_path / "cache"), dict(progress=False, printer=lambda s: None)
+    kept = cached_shards(speech_csv(tmp_path / "a"), cache, **quiet)
+    kept_val = cached_shards(speech_csv(tmp_path / "a"), cache, layout="clip_benchmark", **quiet)
+    edited = speech_csv(tmp_path / "b")
+    old = cached_shards(edited, cache, **quiet)
+    edited.write_text(edited.read_text().replace("a voice says", "someone says"))
+    new = cached_shards(edited, cache, **quiet)
+    gone_input = speech_csv(tmp_path / "c")
+    gone = cached_shards(gone_input, cache, **quiet)
+    gone_input.unlink()
+    cut_short = Path(cache) / "shards" / "d-0123456789abcdef"
+    (cut_short).mkdir()
+    (cut_short / "shard-000000.tar").write_bytes(b"\0" * 10)
+    busy = Path(cache) / "shards" / "e-0123456789abcdef"
+    busy.mkdir()
+    status = {r["folder"]: r["status"] for r in cached_folders(cache)}
+    assert status == {kept: "current", kept_val: "current", old: "input changed", new: "current",
+                      gone: "input gone", str(cut_short): "incomplete", str(busy): "incomplete"}
+    assert main(["data", "cache", "--cache", cache]) in (0, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"7 folders in {cache}/shards, 4 no run reads ({sum(_size(f) for f in (old, gone, cut_short, busy)) / 1e6:.1f} MB); `align data cache --prune` removes them"
+    lock = RunLock(str(busy), what="shard job (align data shards)").acquire()
+    try:
+        assert {r["status"] for r in cached_folders(cache) if r["folder"] == str(busy)} == {"being written"}
+        removed = {r["folder"] for r in prune_cached(cache)}
+    finally:
+        lock.release()
+    assert removed == {old, gone, str(cut_short)}
+    assert sorted(os.listdir(Path(cache) / "shards")) == sorted(os.path.basename(f) for f in (kept, kept_val, new, busy))
+    assert len(samples(Path(new))) == 20                     # what runs read is untouched
+
+
+def _size(folder):
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
