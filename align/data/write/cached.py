@@ -52,6 +52,8 @@ CACHE_FILE = "cache.json"   # which input the folder holds (for people); written
 SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
 TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{16}$")    # NAME-HASH, as _key_and_folder names them
+JOB_FILE = ".done/job.json"     # what write_shards writes first in a folder (align.data.write.jobdir)
 
 
 def entry_input(entry: str) -> Optional[Path]:
@@ -141,7 +143,7 @@ def cached_folders(cache: Optional[str] = None) -> List[dict]:
     """Every folder under CACHE/shards: {folder, input, samples, bytes, status}. status: "current" (a run on
     its input today reads it), "input changed" / "input gone" / "input unreadable" / "written by another
     version" (no run reads it again), "incomplete" (a build cut short; the next run on the same input finishes
-    it) or "being written" (a live process holds its lock)."""
+    it), "being written" (a live process holds its lock) or NOT_OURS (a folder align did not write there)."""
     root = cache_root(cache) / "shards"
     out = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
@@ -151,6 +153,8 @@ def cached_folders(cache: Optional[str] = None) -> List[dict]:
         row = {"folder": str(folder), "input": None, "samples": None, "bytes": size}
         if live_holder(str(folder)):
             row["status"] = "being written"
+        elif not _FOLDER_NAME.match(folder.name) or not any((folder / f).is_file() for f in (CACHE_FILE, JOB_FILE)):
+            row["status"] = NOT_OURS     # (a --cache pointed at the user's own folder of shards: never removed)
         elif not (folder / CACHE_FILE).is_file():
             row["status"] = "incomplete"
         else:
@@ -179,6 +183,7 @@ def _status(folder: Path, cache) -> dict:
     return dict(row, status="current" if want.name == folder.name else "input changed")
 
 
+NOT_OURS = "not a cache folder, kept"
 PRUNED = ("input changed", "input gone", "input unreadable", "written by another version", "incomplete")
 
 

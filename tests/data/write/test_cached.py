@@ -192,7 +192,8 @@ def test_other_data_limits_get_other_shards(tmp_path):
 
 def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_others(tmp_path, capsys):
     """Runs never remove a folder (an edited CSV leaves its old one); `align data cache --prune` removes those no run
-    reads -- input edited, input gone, a build cut short -- and keeps the current ones and one being written."""
+    reads -- input edited, input gone, a build cut short -- and keeps the current ones, one being written, and any
+    folder align did not write (the user's own shards, should --cache name their parent)."""
     from align.cli import main
     from align.data.write.cached import cached_folders, prune_cached
     cache, quiet = str(tmp_path / "cache"), dict(progress=False, printer=lambda s: None)
@@ -205,17 +206,21 @@ def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_oth
     gone_input = speech_csv(tmp_path / "c")
     gone = cached_shards(gone_input, cache, **quiet)
     gone_input.unlink()
-    cut_short = Path(cache) / "shards" / "d-0123456789abcdef"
-    (cut_short).mkdir()
-    (cut_short / "shard-000000.tar").write_bytes(b"\0" * 10)
+    cut_short = Path(cached_shards(speech_csv(tmp_path / "d"), cache, **quiet))
+    (cut_short / CACHE_FILE).unlink()                   # as a build killed before its end leaves it
     busy = Path(cache) / "shards" / "e-0123456789abcdef"
     busy.mkdir()
+    mine = Path(cache) / "shards" / "mine"              # the user's own shards, where --cache was pointed
+    mine.mkdir()
+    (mine / "shard-000000.tar").write_bytes(b"\0" * 10)
     status = {r["folder"]: r["status"] for r in cached_folders(cache)}
     assert status == {kept: "current", kept_val: "current", old: "input changed", new: "current",
-                      gone: "input gone", str(cut_short): "incomplete", str(busy): "incomplete"}
+                      gone: "input gone", str(cut_short): "incomplete", str(busy): "not a cache folder, kept",
+                      str(mine): "not a cache folder, kept"}
     assert main(["data", "cache", "--cache", cache]) in (0, None)
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == f"7 folders in {cache}/shards, 4 no run reads ({sum(_size(f) for f in (old, gone, cut_short, busy)) / 1e6:.1f} MB); `align data cache --prune` removes them"
+    mb = sum(_size(f) for f in (old, gone, cut_short)) / 1e6
+    assert out[-1] == f"8 folders in {cache}/shards, 3 no run reads ({mb:.1f} MB); `align data cache --prune` removes them"
     lock = RunLock(str(busy), what="shard job (align data shards)").acquire()
     try:
         assert {r["status"] for r in cached_folders(cache) if r["folder"] == str(busy)} == {"being written"}
@@ -223,7 +228,7 @@ def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_oth
     finally:
         lock.release()
     assert removed == {old, gone, str(cut_short)}
-    assert sorted(os.listdir(Path(cache) / "shards")) == sorted(os.path.basename(f) for f in (kept, kept_val, new, busy))
+    assert sorted(os.listdir(Path(cache) / "shards")) == sorted(os.path.basename(f) for f in (kept, kept_val, new, busy, mine))
     assert len(samples(Path(new))) == 20                     # what runs read is untouched
 
 
