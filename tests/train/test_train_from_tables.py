@@ -53,18 +53,21 @@ def test_a_folder_with_nothing_to_pair_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_processes_train_from_one_csv_written_once(tmp_path):
-    """Rank 0 writes the CSV's shards while rank 1 waits; both read them (16 shards: one list, split by rank)."""
+    """Rank 0 writes the CSV's shards (and the val CSV's eval set) while rank 1 waits; both read them (16 shards:
+    one list, split by rank)."""
     from tests.train.test_train_multiprocess import ACCELERATE
     import subprocess
     import sys
-    table = speech_csv(tmp_path, n=32)
+    table, val = speech_csv(tmp_path, n=32), labelled_csv(tmp_path, "val_captions.csv", label=False)
     cmd = ACCELERATE + ["--num_processes", "2", "--num_machines", "1", "-m", "align.cli"] + tiny_run(
-        tmp_path, "ddp", table, "train.max_steps=3")
+        tmp_path, "ddp", table, "train.max_steps=3", f"data.val={val}")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert (res.stdout + res.stderr).count("is a csv input, not shards: writing 32 rows") == 1
-    assert json.load(open(tmp_path / "ddp" / "summary.json"))["steps"] == 3
-    assert len(list((tmp_path / "cache" / "shards").iterdir())) == 1
+    assert (res.stdout + res.stderr).count(f"data.val: {val} is a csv input, not shards: writing 9 rows") == 1
+    summary = json.load(open(tmp_path / "ddp" / "summary.json"))
+    assert summary["steps"] == 3 and any("retrieval" in k for k in summary["metrics"])
+    assert len(list((tmp_path / "cache" / "shards").iterdir())) == 2          # the training shards and the val set
 
 
 def test_a_folder_smaller_than_a_batch_is_one_line_saying_so(tmp_path, capsys):
