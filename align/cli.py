@@ -193,14 +193,14 @@ def cmd_data_cache(a):
     for row in rows:
         print(f"{row['status']:26s} {row['bytes'] / 1e6:9.1f} MB  {row['folder']}"
               + (f"  <- {row['input']}" if row["input"] else ""))
-    stale = [row for row in rows if row["status"] in PRUNED]
-    mb = sum(row["bytes"] for row in stale) / 1e6
     if a.prune:
-        gone = prune_cached(a.cache)
+        gone = prune_cached(rows)
         print(f"removed {len(gone)} folders ({sum(row['bytes'] for row in gone) / 1e6:.1f} MB) of "
               f"{cache_root(a.cache) / 'shards'}; {len(rows) - len(gone)} kept")
     else:
-        print(f"{len(rows)} folders in {cache_root(a.cache) / 'shards'}, {len(stale)} no run reads ({mb:.1f} MB)"
+        stale = [row for row in rows if row["status"] in PRUNED]
+        print(f"{len(rows)} folders in {cache_root(a.cache) / 'shards'}, {len(stale)} no run reads "
+              f"({sum(row['bytes'] for row in stale) / 1e6:.1f} MB)"
               + ("; `align data cache --prune` removes them" if stale else ""))
 
 

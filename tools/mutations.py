@@ -225,7 +225,7 @@ MUTATIONS = [
       "        if False:", ["tests/data/write/test_cached.py::test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_others"],
       "align data cache --prune would remove a folder a run is writing"),
     M("cached.prune_users_own_folder", "align/data/write/cached.py",
-      "        elif not _FOLDER_NAME.match(folder.name) or not any((folder / f).is_file() for f in (CACHE_FILE, JOB_FILE)):",
+      "        elif not _FOLDER_NAME.match(folder.name) or not (complete or (folder / JOB_FILE).is_file()):",
       "        elif False:", ["tests/data/write/test_cached.py::test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_others"],
       "align data cache --cache ~/data --prune would delete the user's own shard folders under ~/data/shards"),
     M("cached.edited_input_still_current", "align/data/write/cached.py",

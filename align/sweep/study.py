@@ -99,7 +99,7 @@ def check_split_fixed(r, params: list, path: str) -> None:
     """data.val_split with `frac` draws its groups by `seed`: a space over seed would score each trial on other
     groups, so that is refused in one line (name the groups instead)."""
     split = r.data.val_split
-    if not r.data.val and split and not split.get("groups") and "seed" in {p.key for p in params}:
+    if split and not split.get("groups") and "seed" in {p.key for p in params}:   # (config: never with data.val)
         raise ConfigError(f"{path}: the space sweeps `seed`, and data.val_split's frac draws its held-out groups "
                           "by seed: trials would be scored on different groups; give data.val_split.groups "
                           "[...] or data.val")

@@ -58,22 +58,22 @@ def shards_from_tables(r: Recipe, acc, progress: bool = True) -> Recipe:
     train = [] if synthetic else r.data.train if isinstance(r.data.train, list) else [r.data.train]
     entries = [u for s in train for u in ([s] if isinstance(s, str) else [s.urls] if isinstance(s.urls, str)
                                           else s.urls)]
-    # (key, layout, what) -> input path: data.train's as training shards, data.val's as a CLIP_benchmark set
-    inputs = {(u, "shards", "data.train"): p for u in entries if (p := entry_input(u)) is not None}
+    # (key, layout) -> input path: data.train's as training shards, data.val's as a CLIP_benchmark set
+    inputs = {(u, "shards"): p for u in entries if (p := entry_input(u)) is not None}
     if r.data.val and (p := val_input(r.data.val)) is not None:
-        inputs[(r.data.val, "clip_benchmark", "data.val")] = p
+        inputs[(r.data.val, "clip_benchmark")] = p
     if not inputs:
         return r
     built = [{k: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print,
-                               layout=k[1], what=k[2]) for k, p in inputs.items()} if acc.is_main_process else None]
+                               layout=k[1]) for k, p in inputs.items()} if acc.is_main_process else None]
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
         broadcast_object_list(built)       # the other ranks wait here (a main process failing ends the launch)
         if not acc.is_main_process:
             for folder in built[0].values():
                 check_cached(folder)
-    folder_of = {u: f for (u, layout, _), f in built[0].items() if layout == "shards"}
-    val = built[0].get((r.data.val, "clip_benchmark", "data.val"), r.data.val)
+    folder_of = {u: f for (u, layout), f in built[0].items() if layout == "shards"}
+    val = built[0].get((r.data.val, "clip_benchmark"), r.data.val)
 
     def swap(u):
         return folder_of.get(u, u)

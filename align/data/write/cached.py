@@ -21,7 +21,7 @@ building the same folder at once: the second waits for the first's lock (align.r
     val_input(val)      -> the same for data.val (a folder already in CLIP_benchmark's layout is not one)
     cached_shards(path, cache=None, ...) -> the folder of shards (written first when not complete)
     check_cached(folder)                 -> folder, or one line when it is not complete (the other ranks' check)
-    cached_folders(cache) / prune_cached(cache) -> the cache's folders and whether a run still reads each; the
+    cached_folders(cache) / prune_cached(rows) -> the cache's folders and whether a run still reads each; the
                            removal of those none does (`align data cache [--prune]`: old folders are never
                            removed by a run)
 """
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from align.data.write.inputs import TABLE_SUFFIXES, open_input
-from align.data.write.jobdir import write_json_atomic
+from align.data.write.jobdir import JOB_FILE, write_json_atomic
 from align.errors import AlignError, DataError
 from align.limits import DEFAULT_LIMITS, as_limits
 from align.runlock import DirectoryBusy, live_holder
@@ -53,7 +53,6 @@ SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
 TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{16}$")    # NAME-HASH, as _key_and_folder names them
-JOB_FILE = ".done/job.json"     # what write_shards writes first in a folder (align.data.write.jobdir)
 
 
 def entry_input(entry: str) -> Optional[Path]:
@@ -91,11 +90,11 @@ def shard_size_for(n_rows: int) -> int:
 
 
 def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: bool = True,
-                  printer: Callable[[str], None] = print, wait_s: float = 2.0, layout: str = "shards",
-                  what: str = "data.train") -> str:
+                  printer: Callable[[str], None] = print, wait_s: float = 2.0, layout: str = "shards") -> str:
     """The folder holding `path`'s shards, written first (or finished) when it is not complete. Raises DataError
-    in one line for an unreadable input (write_shards' messages). layout: "shards" (training) or
-    "clip_benchmark" (an eval set, data.val); what: the key named in the lines printed."""
+    in one line for an unreadable input (write_shards' messages). layout: "shards" (data.train) or
+    "clip_benchmark" (an eval set, data.val)."""
+    what = "data.val" if layout == "clip_benchmark" else "data.train"     # the key named in the lines printed
     path = Path(path).expanduser().absolute()
     # exclude: a cache placed inside an input folder is not part of its own input
     inp = open_input(path, exclude=cache_root(cache).resolve())
@@ -151,14 +150,13 @@ def cached_folders(cache: Optional[str] = None) -> List[dict]:
             continue
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         row = {"folder": str(folder), "input": None, "samples": None, "bytes": size}
+        complete = (folder / CACHE_FILE).is_file()
         if live_holder(str(folder)):
             row["status"] = "being written"
-        elif not _FOLDER_NAME.match(folder.name) or not any((folder / f).is_file() for f in (CACHE_FILE, JOB_FILE)):
+        elif not _FOLDER_NAME.match(folder.name) or not (complete or (folder / JOB_FILE).is_file()):
             row["status"] = NOT_OURS     # (a --cache pointed at the user's own folder of shards: never removed)
-        elif not (folder / CACHE_FILE).is_file():
-            row["status"] = "incomplete"
         else:
-            row.update(_status(folder, cache))
+            row.update(_status(folder, cache) if complete else {"status": "incomplete"})
         out.append(row)
     return out
 
@@ -187,12 +185,12 @@ NOT_OURS = "not a cache folder, kept"
 PRUNED = ("input changed", "input gone", "input unreadable", "written by another version", "incomplete")
 
 
-def prune_cached(cache: Optional[str] = None) -> List[dict]:
-    """Removes the folders no run would read (status in PRUNED: never "current" nor "being written"); returns
-    their rows. A folder whose lock a live process takes meanwhile is left."""
+def prune_cached(rows: List[dict]) -> List[dict]:
+    """Removes the folders of cached_folders' `rows` that no run would read (status in PRUNED: never "current",
+    "being written" nor NOT_OURS); returns their rows. A folder whose lock a live process took since is left."""
     import shutil
     gone = []
-    for row in cached_folders(cache):
+    for row in rows:
         if row["status"] in PRUNED and not live_holder(row["folder"]):
             shutil.rmtree(row["folder"])
             gone.append(row)

@@ -18,6 +18,7 @@ from align.errors import DataError
 from align.runlock import is_lock_file
 
 CB_SPLIT = "test"          # the split CLIP_benchmark's CLI and `align bench` read by default
+JOB_FILE = Path(".done") / "job.json"   # a job's settings, written first in its folder (what a resume must match)
 CB_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
 
 
@@ -46,7 +47,7 @@ def prepare_dir(out: Path, settings: Dict[str, Any], overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    job_path = out / ".done" / "job.json"
+    job_path = out / JOB_FILE
     previous = None
     if job_path.is_file():
         try:

@@ -77,7 +77,7 @@ def test_the_same_table_as_an_eval_set_is_another_folder_in_clip_benchmarks_layo
     table = speech_csv(tmp_path)
     train = Path(cached_shards(table, tmp_path / "cache", progress=False, printer=lambda s: None))
     val = Path(cached_shards(table, tmp_path / "cache", progress=False, printer=lambda s: None,
-                             layout="clip_benchmark", what="data.val"))
+                             layout="clip_benchmark"))
     assert train != val and not (train / "test").exists()
     assert (val / "test" / "nshards.txt").is_file() and (val / "dataset_type.txt").read_text() == "retrieval\n"
     assert len(samples(val / "test")) == len(samples(train)) == 20
@@ -224,7 +224,7 @@ def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_oth
     lock = RunLock(str(busy), what="shard job (align data shards)").acquire()
     try:
         assert {r["status"] for r in cached_folders(cache) if r["folder"] == str(busy)} == {"being written"}
-        removed = {r["folder"] for r in prune_cached(cache)}
+        removed = {r["folder"] for r in prune_cached(cached_folders(cache))}
     finally:
         lock.release()
     assert removed == {old, gone, str(cut_short)}
