@@ -4,7 +4,7 @@
       augment:
         image: [{type: random_resized_crop, scale: [0.6, 1]}, {type: affine, degrees: 10}, {type: blur}, {type: stroke}]
         audio: [{type: gain, db: [-6, 6]}, {type: noise, snr_db: [10, 30]}, {type: spec_augment}]
-        text: [{type: word_dropout, rate: 0.2}]
+        text: [{type: word_dropout, rate: 0.2}, {type: word_shuffle, p: 0.5}]
 
 They run in the data workers (`SampleDecoder`, training only) between decoding and
 the tower's own transform:
@@ -205,6 +205,22 @@ class WordDropout(Stage):
         if not keep.any():
             keep[int(rng.integers(len(words)))] = True
         return " ".join(w for w, k in zip(words, keep) if k)
+
+
+@register("word_shuffle")
+class WordShuffle(Stage):
+    """Put the caption's words in a random order (every word kept), with the stage's probability `p`.
+
+    The label-safe sibling of word_dropout (EDA's random swap taken to a permutation): no word is lost, so the
+    class word never is, while the tower sees its words at other positions and beside other neighbours than
+    the few training phrasings place them."""
+    modality, level = "text", "str"
+
+    def apply(self, text, rng):
+        words = text.split()
+        if len(words) < 2:
+            return text
+        return " ".join(words[i] for i in rng.permutation(len(words)))
 
 
 # ---- the per-modality chains ---------------------------------------------------------------------

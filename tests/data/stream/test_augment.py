@@ -1,5 +1,6 @@
 """Augmentation stages: each one's effect, determinism per (seed, sample), config errors, and exact
 resume of the streaming loader with augmentation on (bitwise, with and without workers)."""
+import collections
 import json
 
 import numpy as np
@@ -338,6 +339,23 @@ def test_word_dropout_keeps_an_ordered_nonempty_subset_at_the_rate():
     assert all(st("two words", rng(s)) for s in range(200)) and stage("word_dropout", rate=0.95)("a b", rng(1))
     assert st("a voice says seven", rng(5)) == st("a voice says seven", rng(5))
     assert stage("word_dropout", rate=0.0)(" ".join(words), rng(0)) == " ".join(words)
+
+
+def test_word_shuffle_permutes_every_word_with_probability_p():
+    words = "a voice says the number seven".split()
+    st = stage("word_shuffle")
+    outs = [st(" ".join(words), rng(seed)).split() for seed in range(2000)]
+    assert all(sorted(o) == sorted(words) for o in outs)                 # every word kept, none added
+    firsts = collections.Counter(o[0] for o in outs)
+    assert set(firsts) == set(words) and min(firsts.values()) > 2000 / 6 * 0.8    # each word leads ~1/6 of the time
+    assert sum(o == words for o in outs) < 2000 / 720 * 4                # the written order only by chance (1/720)
+    half = stage("word_shuffle", p=0.5)
+    same = sum(half(" ".join(words), rng(s)) == " ".join(words) for s in range(2000))
+    assert abs(same / 2000 - (0.5 + 0.5 / 720)) < 0.05                   # p: the share of visits shuffled
+    assert st("seven", rng(0)) == "seven"
+    assert st("a voice says seven", rng(5)) == st("a voice says seven", rng(5))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['rate'\] for type word_shuffle"):
+        stage("word_shuffle", rate=0.1)
 
 
 def _chars(captions):            # [caption] -> LongTensor[1, 64] of char codes (wds_helpers' text_tf keeps 4)
