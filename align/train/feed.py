@@ -46,12 +46,13 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         features_in_step=r.data.features_in == "step")   # the log-mel on the device: train_step finishes it
 
 
-def shards_from_tables(r: Recipe, acc, progress: bool = True) -> Recipe:
+def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:
     """data.train entries naming a CSV / TSV / JSONL / Parquet file or a folder of pairs -> the folder of their
     shards, and such a data.val -> a CLIP_benchmark-layout folder of it (align.data.write.cached): written once
     by the main process, whose folders the others receive (they never re-read the input), then every rank reads
     them. Shards, patterns, URLs and CLIP_benchmark folders are kept as they are. config.yaml records the folders
-    read."""
+    read. share(obj) -> rank 0's obj on every rank: StepWatch.share_object, whose wait is not bound by
+    train.dist_timeout_s (a big table takes rank 0 longer than that to write)."""
     import dataclasses
     from align.data.write.cached import cached_shards, check_cached, entry_input, val_input
     synthetic = r.data.train == "synthetic" or not r.data.train   # (a folder named "synthetic" is not read)
@@ -67,8 +68,7 @@ def shards_from_tables(r: Recipe, acc, progress: bool = True) -> Recipe:
     built = [{k: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print,
                                layout=k[1]) for k, p in inputs.items()} if acc.is_main_process else None]
     if acc.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-        broadcast_object_list(built)       # the other ranks wait here (a main process failing ends the launch)
+        built = [share(built[0])]          # the other ranks wait here (a main process failing ends the launch)
         if not acc.is_main_process:
             for folder in built[0].values():
                 check_cached(folder)

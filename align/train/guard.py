@@ -251,10 +251,17 @@ class StepWatch:
         self._group = None
         self._warmup = contextlib.nullcontext()
 
-    def start(self, step: int) -> "StepWatch":
-        if self.world > 1:
+    def connect(self) -> "StepWatch":
+        """The long-timeout group, once the process group exists (every rank calls it, in the same place):
+        for waits on one rank's own work before the first step too (share_object)."""
+        if self.world > 1 and self._group is None:
             import torch.distributed as dist
             self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=LONG_WAIT_S))
+        return self
+
+    def start(self, step: int) -> "StepWatch":
+        if self.world > 1:
+            self.connect()
             self.dog = Watchdog(self.run_dir, rank=self.rank, world_size=self.world, timeout_s=self.timeout_s,
                                 on_hang=self.on_hang).start(step)
             self._warmup = self.dog.paused()
@@ -309,6 +316,15 @@ class StepWatch:
         dist.broadcast(t, src=0, group=self._group)
         x = float(t.item())
         return None if x != x else x
+
+    def share_object(self, obj):
+        """Rank 0's picklable `obj` on every rank, however long rank 0 took to make it (after connect)."""
+        if self._group is None:
+            return obj
+        import torch.distributed as dist
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self._group)
+        return box[0]
 
     def stop(self) -> None:
         if self.dog is not None:

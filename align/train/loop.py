@@ -55,7 +55,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
         # the checkpoint to resume from, or None (a fresh start); a fresh start among another run's checkpoints
         # stops here, before the auto sizes below read the data
         resume_path = resolve_resume(r)
-        r = shards_from_tables(r, acc, progress)  # data.train=pairs.csv / voices/: written as shards once, then read
+        watch.connect()                        # its long-timeout group: the others wait out rank 0's cache build
+        r = shards_from_tables(r, acc, watch.share_object, progress)   # data.train=pairs.csv: shards once, read
         r = resolve_auto_image_size(r, acc.print)   # image_size: auto -> the training images' own size
         r = resolve_auto_clip_seconds(r, acc.print)  # clip_seconds: auto -> long enough for 99 % of the clips
         set_seed(r.seed)

@@ -70,6 +70,31 @@ def test_two_processes_train_from_one_csv_written_once(tmp_path):
     assert len(list((tmp_path / "cache" / "shards").iterdir())) == 2          # the training shards and the val set
 
 
+@pytest.mark.slow
+def test_other_ranks_wait_for_a_cache_build_longer_than_the_collective_timeout(tmp_path):
+    """A big CSV takes rank 0 longer to write than train.dist_timeout_s bounds a collective: the other ranks
+    wait on the long-timeout group (as for an evaluation) instead of failing. Induced by holding the cache
+    folder's lock from here (another writer) for 4x the collective timeout (dist_timeout_s 5 -> 10 s)."""
+    from tests.train.test_train_multiprocess import ACCELERATE
+    import subprocess
+    import time
+    from align.data.write.cached import cache_folder
+    from align.runlock import RunLock
+    table = speech_csv(tmp_path, n=16)
+    folder = cache_folder(table, str(tmp_path / "cache"))
+    os.makedirs(folder)
+    cmd = ACCELERATE + ["--num_processes", "2", "--num_machines", "1", "-m", "align.cli"] + tiny_run(
+        tmp_path, "ddp", table, "train.max_steps=2", "train.dist_timeout_s=5")
+    with RunLock(folder, what="shard job"):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(40)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]     # still waiting, not failed
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "another process is writing" in out and out.count("is a csv input, not shards: writing 16 rows") == 1
+    assert json.load(open(tmp_path / "ddp" / "summary.json"))["steps"] == 2
+
+
 def test_a_folder_smaller_than_a_batch_is_one_line_saying_so(tmp_path, capsys):
     """6 clips, batch 8: every epoch ends before its first batch; the line says how many samples an epoch needs."""
     voices = voices_folder(tmp_path / "voices", speakers=("anna", "ben"), per_speaker=3)

@@ -20,6 +20,7 @@ building the same folder at once: the second waits for the first's lock (align.r
     entry_input(entry)  -> the input path when `entry` (one data.train entry) is a table / folder of pairs, else None
     val_input(val)      -> the same for data.val (a folder already in CLIP_benchmark's layout is not one)
     cached_shards(path, cache=None, ...) -> the folder of shards (written first when not complete)
+    cache_folder(path, cache=None, ...)  -> the folder cached_shards would read or write, nothing written
     check_cached(folder)                 -> folder, or one line when it is not complete (the other ranks' check)
     cached_folders(cache) / prune_cached(rows) -> the cache's folders and whether a run still reads each; the
                            removal of those none does (`align data cache [--prune]`: old folders are never
@@ -123,6 +124,13 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
     skipped = f", {stats['skipped']} rows skipped (see {out / 'skipped.jsonl'})" if stats["skipped"] else ""
     printer(f"{what}: {stats['written']} samples in {stats['shards']} shards{skipped}")
     return str(out)
+
+
+def cache_folder(path, cache: Optional[str] = None, *, limits=None, layout: str = "shards") -> str:
+    """The folder cached_shards reads or writes for `path` as it is now (written or not)."""
+    path = Path(path).expanduser().absolute()
+    inp = open_input(path, exclude=cache_root(cache).resolve())
+    return str(_key_and_folder(path, inp, cache, as_limits(limits), layout)[1])
 
 
 def _key_and_folder(path: Path, inp, cache, limits, layout: str):
