@@ -1,6 +1,6 @@
 """The import layers of align hold: every import (function-level lazy imports included) runs down the table.
 
-    cli      align.cli
+    cli      align.cli, align.cli_data
       |
     app      align.train  align.bench  align.export  align.demo  align.api  align.sweep  align.config
       |      (siblings import each other only through APP_SHARED)
@@ -42,7 +42,7 @@ GROUPS = {
     "api": ["align.api"],
     "sweep": ["align.sweep"],
     "config": ["align.config", "align.config_keys"],
-    "cli": ["align.cli"],
+    "cli": ["align.cli", "align.cli_data"],
 }
 LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,
          "train": 3, "bench": 3, "export": 3, "demo": 3, "retrieval": 3, "api": 3, "sweep": 3, "config": 3,

@@ -1,0 +1,143 @@
+"""The `align data ...` subcommands of the command line (align.cli builds their parser and calls these).
+
+    align data demo --out DIR                  the demo's shards
+    align data shards INPUT --out DIR          a CSV / folder / dataset written as webdataset shards
+    align data inspect PATTERN                 decode the first samples, one line per problem
+    align data stats PATTERN [--recipe R]      image sizes, clip durations, log-mel mean/std for a recipe
+    align data cache [--prune]                 the shards written from tables, and which a run still reads
+    align data reinforce PATTERN --teacher T   a teacher's embeddings stored in the shards (distillation)
+"""
+import json
+import os
+
+from align.errors import AlignError
+from align.shipped import resolve_recipe
+
+
+def cmd_data_demo(a):
+    from align.demo.data import build_demo
+    man = build_demo(a.out, seed=a.seed, workers=a.workers)
+    print(json.dumps(man, indent=1))
+
+
+def cmd_data_shards(a):
+    from align.data.write.shards import summary_line, write_shards
+    stats = write_shards(a.input, a.out, image_col=a.image_col, text_col=a.text_col, audio_col=a.audio_col,
+                         label_col=a.label_col, image_size=a.image_size, resize_mode=a.resize_mode,
+                         image_format=a.image_format, image_quality=a.image_quality, sample_rate=a.sample_rate,
+                         shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
+                         overwrite=a.overwrite, layout=a.layout, classnames=a.classnames, templates=a.templates,
+                         val_groups_from=a.val_groups_from, max_skip_frac=a.max_skip_frac,
+                         val_groups=[g for g in (a.val_groups or "").split(",") if g.strip()] or None,
+                         limits=limits_of(a), follow_links=a.follow_links, neg_col=a.neg_col)
+    print(summary_line(stats))
+
+
+def cmd_data_inspect(a):
+    from align.data.tools.inspect import inspect_shards
+    inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()],
+                   limits=limits_of(a))
+
+
+def add_limit_options(s) -> None:
+    """--max-image-pixels N, ...: one option per data.limits field (align.limits.DataLimits)."""
+    import dataclasses
+    from align.limits import DataLimits
+    for f in dataclasses.fields(DataLimits):
+        s.add_argument("--" + f.name.replace("_", "-"), type=float if f.type in (float, "float") else int,
+                       default=None, metavar="N", help=f"data.limits.{f.name}: {f.metadata['help']} (default {f.default})")
+
+
+def limits_of(a):
+    """The data.limits given as options, over the defaults."""
+    import dataclasses
+    from align.limits import DataLimits, as_limits
+    return as_limits({f.name: getattr(a, f.name) for f in dataclasses.fields(DataLimits)
+                      if getattr(a, f.name, None) is not None})
+
+
+def cmd_data_reinforce(a):
+    import math
+
+    from align.data.stream.sources import resolve_sources
+    from align.data.write.reinforce import teacher_encoders, write_reinforced
+    from align.train.teacher import load_online
+    urls = [u for src in resolve_sources(a.pattern) for u in src.urls]
+    remote = [u for u in urls if "://" in u or not os.path.isfile(u)]
+    if remote:
+        raise AlignError(f"data reinforce: {remote[0]} is not a local shard file (copy the shards here first)")
+    model = load_online(a.teacher, a.pretrained, "cpu")
+    wanted = [m.strip() for m in a.modalities.split(",") if m.strip()]
+    encoders = teacher_encoders(model, batch_size=a.batch_size)
+    missing = [m for m in wanted if m not in encoders]
+    if missing:
+        raise AlignError(f"data reinforce: the teacher {a.teacher} has no {missing} tower (it has "
+                         f"{', '.join(sorted(encoders))})")
+    scale = math.exp(float(model.logit_scale.detach()))
+    counts = write_reinforced(urls, a.out, {m: encoders[m] for m in wanted},
+                              {"teacher": a.teacher, "pretrained": a.pretrained, "logit_scale": scale})
+    print(f"reinforced {counts['samples']} samples of {counts['shards']} shards with {a.teacher}'s "
+          f"{', '.join(wanted)} embeddings -> {a.out} (skipped {counts['skipped']}); train with "
+          f"data.train={a.out} loss.type=distill_clip loss.distill.teacher=stored")
+
+
+def cmd_data_cache(a):
+    from align.data.write.cached import PRUNED, cache_root, cached_folders, prune_cached
+    rows = cached_folders(a.cache)
+    for row in rows:
+        print(f"{row['status']:26s} {row['bytes'] / 1e6:9.1f} MB  {row['folder']}"
+              + (f"  <- {row['input']}" if row["input"] else ""))
+    if a.prune:
+        gone = prune_cached(rows)
+        print(f"removed {len(gone)} folders ({sum(row['bytes'] for row in gone) / 1e6:.1f} MB) of "
+              f"{cache_root(a.cache) / 'shards'}; {len(rows) - len(gone)} kept")
+    else:
+        stale = [row for row in rows if row["status"] in PRUNED]
+        print(f"{len(rows)} folders in {cache_root(a.cache) / 'shards'}, {len(stale)} no run reads "
+              f"({sum(row['bytes'] for row in stale) / 1e6:.1f} MB)"
+              + ("; `align data cache --prune` removes them" if stale else ""))
+
+
+def cmd_data_stats(a):
+    from align.data.tools.stats import feature_stats, image_size_stats, modalities_present
+    from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
+    r = None
+    if a.recipe:
+        from align.config import load_recipe
+        r = load_recipe(resolve_recipe(a.recipe), a.overrides)
+    have = modalities_present(a.pattern)
+    if not have & {"image", "audio"}:
+        raise AlignError(f"data stats: no image or audio found in the first samples of {a.pattern}")
+    if "image" in have:
+        patch = ((r.model.towers.get("image") or {}).get("config") or {}).get("vision_cfg", {}).get("patch_size") \
+            if r is not None else None
+        st = image_size_stats(a.pattern, max_samples=a.n or 2000, multiple=patch or 4)
+        print(json.dumps({"image": st}))
+        print(f"images: {st['images']} read, width {st['width']['min']}-{st['width']['max']} (median "
+              f"{st['width']['median']:g}), height {st['height']['min']}-{st['height']['max']} (median "
+              f"{st['height']['median']:g}); image_size: auto trains at {st['image_size']} px "
+              f"(median longest side, a multiple of {patch or 4})")
+    if "audio" in have:
+        keys = {}
+        if r is not None:
+            tower = r.model.towers.get("audio")
+            if not tower:
+                raise AlignError(f"data stats: recipe {a.recipe} has no audio tower")
+            keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
+        from align.data.tools.stats import audio_duration_stats
+        from align.train.feed import clip_seconds_measure
+        dur = audio_duration_stats(a.pattern, clip_seconds_measure(keys), max_samples=a.n or 2000,
+                                   progress=not a.no_progress)
+        if dur["clips"] and keys.get("clip_seconds") == "auto":
+            keys["clip_seconds"] = dur["clip_seconds"]
+        fe = AudioFrontend(**keys).validate("model.towers.audio")
+        stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress)
+        print(json.dumps(stats))
+        print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
+              f"model.towers.audio.norm_std={stats['norm_std']}")
+        if dur["clips"]:
+            sec = dur["seconds"]
+            print(json.dumps({"audio_seconds": dur}))
+            print(f"audio: {dur['clips']} clips read ({dur['unreadable']} unreadable), {sec['min']:g}-{sec['max']:g} "
+                  f"s after trimming (median {sec['median']:g}, 99th percentile {sec['p99']:g}); clip_seconds: auto "
+                  f"trains at {dur['clip_seconds']:g} s")
