@@ -238,8 +238,10 @@ def _exit_hung(line: str, cleanup: Optional[Callable[[], None]] = None) -> None:
 class StepWatch:
     """The loop's guard against a hung peer (module docstring); every method is a no-op with one process.
 
-    Made before the process group (it only reads RANK/WORLD_SIZE); `start` once the group exists, after
-    which the first step runs paused (warm-up, loader start) and each finished step beats.
+    Made before the process group (it only reads RANK/WORLD_SIZE); `connect` once the group exists (the
+    long-timeout group: waits on one rank's own work, e.g. the shards rank 0 writes before the first step);
+    `start` before the first step, after which that step runs paused (warm-up, loader start) and each
+    finished step beats.
     """
 
     def __init__(self, run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None):
