@@ -12,7 +12,7 @@ names without running anything, so config.py can check `eval.best_metric` at loa
 does the same, writing CLIP_benchmark-shaped JSONs, results.md and retrieval.png to a directory.
 """
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -78,22 +78,13 @@ def metric_keys(tasks: Sequence[str], modalities: Sequence[str], prompts: Option
     return out
 
 
-def tasks_with_something_to_score(val_dir: str, tasks: Sequence[str], modalities: Sequence[str]):
-    """-> (the tasks of `tasks` that have something to score on `val_dir` for a model with `modalities`,
-    the others)."""
-    from align.bench.datasets import open_wds
-    ds = open_wds(val_dir, split="test")
-    have = [m for m in ds.modalities if m in modalities]
-    prompts = bool(ds.classnames) and "text" in modalities
-    keep = [t for t in tasks if eval_entries([t], have, prompts=prompts)]
-    return keep, [t for t in tasks if t not in keep]
-
-
 def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str],
-                  best_metric: Optional[str] = None) -> None:
-    """Before training: every task in `tasks` has something to score on `val_dir` (CLIP_benchmark layout)
-    for a model with `modalities`, the probes find the val set's `train` split, and `best_metric` is among
-    the names this val set can produce; else one DataError line."""
+                  best_metric: Optional[str] = None) -> Tuple[List[str], List[str]]:
+    """Before training -> (the tasks of `tasks` with something to score on `val_dir` (CLIP_benchmark layout) for
+    a model with `modalities`, the others): a task with nothing to score is left out while another has something
+    (a recipe's [zeroshot, retrieval] on a labelled val set without captions; the run says so in one line), as
+    data.val_split does. One DataError line when none has, when a probe finds no `train` split, or when
+    `best_metric` is not among the names this val set can produce."""
     import fnmatch
     from align.bench import BENCHMARKS
     from align.bench.datasets import open_wds
@@ -101,19 +92,22 @@ def check_val_set(val_dir: str, tasks: Sequence[str], modalities: Sequence[str],
     ds = open_wds(val_dir, split="test")
     have = [m for m in ds.modalities if m in modalities]
     prompts = bool(ds.classnames) and "text" in modalities
+    keep = [t for t in tasks if eval_entries([t], have, prompts=prompts)]
+    if not keep:
+        raise DataError(f"eval.tasks: {', '.join(map(repr, tasks))} {'has' if len(tasks) == 1 else 'have'} nothing "
+                        f"to score on data.val={val_dir!r} (val items have {', '.join(ds.modalities) or 'nothing'}; "
+                        f"class names: {'yes' if ds.classnames else 'no'})")
     if best_metric is not None:
-        keys = metric_keys(tasks, have, prompts=prompts)
+        keys = metric_keys(keep, have, prompts=prompts)
         if not any(fnmatch.fnmatchcase(best_metric, k) for k in keys):
             raise DataError(f"eval.best_metric: {best_metric!r} cannot come out of data.val={val_dir!r} (val items "
                             f"have {', '.join(ds.modalities) or 'nothing'}); it gives: {', '.join(keys) or 'nothing'}")
-    for task in tasks:
-        if not eval_entries([task], have, prompts=prompts):
-            raise DataError(f"eval.tasks: {task!r} has nothing to score on data.val={val_dir!r} (val items have "
-                            f"{', '.join(ds.modalities) or 'nothing'}; class names: {'yes' if ds.classnames else 'no'})")
+    for task in keep:
         if "train_dataset" in getattr(BENCHMARKS.get(task), "entry_keys", ()) and \
                 not os.path.isfile(os.path.join(val_dir, "train", "nshards.txt")):
             raise DataError(f"eval.tasks: {task!r} fits on the val set's train split, but "
                             f"{os.path.join(val_dir, 'train', 'nshards.txt')} is missing")
+    return keep, [t for t in tasks if t not in keep]
 
 
 def run_tasks(model, val_dir: str, tasks: Sequence[str] = DEFAULT_TASKS, batch_size: int = 256,

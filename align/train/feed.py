@@ -6,6 +6,7 @@
   resolve_auto_image_size  an image tower's `image_size: auto` -> the training images' own size
   resolve_auto_clip_seconds an audio tower's `clip_seconds: auto` -> long enough for 99 % of the training clips
   carve_val_split          data.val_split's held-out samples written out once as RUN/val_split, the run's val set
+  fit_val_tasks            eval.tasks less those with nothing to score on data.val (one line), checked before step 1
   Batches                  the loader's batches across epochs, with the data position of the last whole step
 """
 import os
@@ -178,7 +179,6 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
         return r
     from align.data.stream.sources import SourceSpec, resolve_sources
     from align.data.stream.val_split import write_val_set
-    from align.train.evaluate import tasks_with_something_to_score
     train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
     specs = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
     urls = [u for src in resolve_sources(specs, allow_pipe=r.data.allow_pipe) for u in src.urls]
@@ -194,12 +194,23 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
                       + (f"; {counts['no_group']} without {split.groups_from!r} are used by neither"
                          if counts["no_group"] else ""))
     eng.acc.wait_for_everyone()
-    tasks, dropped = tasks_with_something_to_score(out, r.eval.tasks, eng.core.modalities)
-    if dropped:
-        eng.acc.print(f"data.val_split: eval.tasks {', '.join(dropped)} have nothing to score on the held-out "
-                      f"samples (no class names beside the shards); evaluating {', '.join(tasks) or 'nothing'}")
-    return dataclasses.replace(r, data=dataclasses.replace(r.data, val=out),
-                               eval=dataclasses.replace(r.eval, tasks=tasks))
+    # (the tasks with nothing to score on the held-out samples, e.g. zero-shot without class names beside the
+    # shards, are left out by fit_val_tasks, as for any data.val)
+    return dataclasses.replace(r, data=dataclasses.replace(r.data, val=out))
+
+
+def fit_val_tasks(r: Recipe, modalities, printer=print) -> Recipe:
+    """Before the first step: eval.tasks less those with nothing to score on data.val, said in one line
+    (align.train.evaluate.check_val_set; one DataError line when none is left)."""
+    import dataclasses
+    from align.train.evaluate import check_val_set
+    tasks, dropped = check_val_set(r.data.val, r.eval.tasks, modalities, best_metric=r.eval.best_metric)
+    if not dropped:
+        return r
+    printer(f"data.val: eval.tasks {', '.join(dropped)} {'has' if len(dropped) == 1 else 'have'} nothing to score on "
+            f"{r.data.val} (its items have no captions, or no class names to prompt with); evaluating "
+            f"{', '.join(tasks)}")
+    return dataclasses.replace(r, eval=dataclasses.replace(r.eval, tasks=tasks))
 
 
 def _classnames_beside(urls: list):

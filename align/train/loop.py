@@ -34,7 +34,7 @@ from align.train.dataworkers import DataWorkerDied
 from align.train.hooks import TestHooks
 from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
-from align.train.feed import (Batches, build_loader, carve_val_split, resolve_auto_clip_seconds,
+from align.train.feed import (Batches, build_loader, carve_val_split, fit_val_tasks, resolve_auto_clip_seconds,
                               resolve_auto_image_size, shards_from_tables)
 from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, hold_run_dir, keep_if_best,
                                process_settings, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
@@ -68,9 +68,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
         restore_rng(eng, resume_path, state)
         write_config(r, acc.is_main_process)
         r = carve_val_split(r, eng)            # data.val_split: its held-out groups become data.val (RUN/val_split)
-        if r.data.val:                         # fail now, not at the first eval, when a task has nothing to score
-            from align.train.evaluate import check_val_set
-            check_val_set(r.data.val, r.eval.tasks, eng.core.modalities, best_metric=r.eval.best_metric)
+        if r.data.val:                         # fail now, not at the first eval, when no task has anything to score
+            r = fit_val_tasks(r, eng.core.modalities, acc.print)
         log, hooks, last_good = RunLogger(r, eng, state, progress), TestHooks(eng.rank), resume_path
         for m in unlock_due(eng.core, r.train.unlock_at_step, state.step):    # resumed past an unlock step
             acc.print(f"unlocked the {m} tower (train.unlock_at_step.{m}={r.train.unlock_at_step[m]})")

@@ -52,11 +52,15 @@ def test_expansion_over_modalities():
 
 def test_val_set_checked_before_training(tmp_path):
     val = _val_set(tmp_path / "val", n=12, train=False)
-    check_val_set(val, ["zeroshot", "retrieval"], ["image", "text"])
+    assert check_val_set(val, ["zeroshot", "retrieval"], ["image", "text"]) == (["zeroshot", "retrieval"], [])
     with pytest.raises(DataError, match=r"'linear_probe' fits on the val set's train split.*train/nshards.txt"):
         check_val_set(val, ["linear_probe"], ["image", "text"])
     with pytest.raises(DataError, match=r"'zeroshot' has nothing to score"):
         check_val_set(val, ["zeroshot"], ["audio", "image"])      # no text tower: no class prompts
+    # a task with nothing to score is left out while another has something (the run says so)
+    assert check_val_set(val, ["zeroshot", "retrieval"], ["audio", "image"]) == (["retrieval"], ["zeroshot"])
+    with pytest.raises(DataError, match=r"'zeroshot', 'retrieval' have nothing to score"):
+        check_val_set(val, ["zeroshot", "retrieval"], ["audio", "depth"])
 
 
 def test_best_metric_the_val_set_cannot_give_fails_before_training(tmp_path):

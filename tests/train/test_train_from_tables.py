@@ -132,9 +132,13 @@ def test_data_val_takes_a_csv_of_held_out_speakers_written_once_as_an_eval_set(t
     assert 0 <= metrics["audio/zeroshot/acc1"] <= 1 and "audio/zeroshot/acc1" in out
     # the same input as training shards is another folder (the layout is in the hash)
     assert len(list((tmp_path / "cache" / "shards").iterdir())) == 2
-    assert main(tiny_run(tmp_path, "run2", table, f"data.val={val}", "eval.tasks=[zeroshot]",
+    # the shipped recipe's tasks, [zeroshot, retrieval]: a labelled set has no captions to retrieve, said in one line
+    assert main(tiny_run(tmp_path, "run2", table, f"data.val={val}", "eval.tasks=[zeroshot, retrieval]",
                          "train.max_steps=1")) in (0, None)
-    assert f"data.val: {val} -> its shards in {read} (written earlier)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"data.val: {val} -> its shards in {read} (written earlier)" in out
+    assert f"data.val: eval.tasks retrieval has nothing to score on {read}" in out and "evaluating zeroshot" in out
+    assert set(json.load(open(tmp_path / "run2" / "summary.json"))["metrics"]) >= {"audio/zeroshot/acc1"}
     captions = labelled_csv(tmp_path, "val_captions.csv", label=False)
     assert main(tiny_run(tmp_path, "run3", table, f"data.val={captions}", "train.max_steps=1")) in (0, None)
     metrics = json.load(open(tmp_path / "run3" / "summary.json"))["metrics"]
