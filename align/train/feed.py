@@ -66,8 +66,11 @@ def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:
         inputs[(r.data.val, "clip_benchmark")] = p
     if not inputs:
         return r
+    # the audio at the rate the audio tower reads (its sample_rate, 16 kHz by default)
+    rates = [t.get("sample_rate") for t in r.model.towers.values() if isinstance(t, dict) and t.get("sample_rate")]
     built = [{k: cached_shards(p, r.data.shards_cache, limits=r.data.limits, progress=progress, printer=acc.print,
-                               layout=k[1]) for k, p in inputs.items()} if acc.is_main_process else None]
+                               layout=k[1], sample_rate=max(rates, default=None))
+              for k, p in inputs.items()} if acc.is_main_process else None]
     if acc.num_processes > 1:
         built = [share(built[0])]          # the other ranks wait here (a main process failing ends the launch)
         if not acc.is_main_process:

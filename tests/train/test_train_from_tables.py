@@ -42,6 +42,14 @@ def test_small_audio_text_trains_from_a_folder_of_wav_and_txt_with_held_out_spea
     assert f"data.train: {voices} -> its shards in {read} (written earlier)" in capsys.readouterr().out
 
 
+def test_the_shards_carry_the_audio_at_the_audio_towers_rate(tmp_path):
+    table = speech_csv(tmp_path, n=8)
+    assert main(tiny_run(tmp_path, "run", table, "model.towers.audio.sample_rate=24000", "train.max_steps=1")) \
+        in (0, None)
+    read = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))["data"]["train"]
+    assert json.load(open(os.path.join(read, "cache.json")))["sample_rate"] == 24000
+
+
 def test_a_folder_with_nothing_to_pair_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.md").write_text("no pairs here")

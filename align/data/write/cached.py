@@ -47,10 +47,16 @@ from align.runlock import DirectoryBusy, live_holder
 
 CACHE_VERSION = 1
 CACHE_FILE = "cache.json"   # which input the folder holds (for people); written last, when it is complete
-# Written as `align data shards` writes by default (16 kHz FLAC audio, images re-encoded as jpg at quality 95,
+# Written as `align data shards` writes by default (FLAC audio at 16 kHz, or at the audio tower's `sample_rate`
+# when the recipe sets one; images re-encoded as jpg at quality 95,
 # their size kept), as TARGET_SHARDS shards (at most MAX_SHARD_SIZE samples each: more for a big input), so that
 # up to that many readers (ranks x data workers) each get some.
 SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
+
+
+def _settings(sample_rate: Optional[int]) -> dict:
+    """SETTINGS with the audio rate the run's tower reads (a 48 kHz tower must not get 16 kHz audio)."""
+    return dict(SETTINGS, sample_rate=int(sample_rate or SETTINGS["sample_rate"]))
 TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{16}$")    # NAME-HASH, as _key_and_folder names them
@@ -91,16 +97,19 @@ def shard_size_for(n_rows: int) -> int:
 
 
 def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: bool = True,
-                  printer: Callable[[str], None] = print, wait_s: float = 2.0, layout: str = "shards") -> str:
+                  printer: Callable[[str], None] = print, wait_s: float = 2.0, layout: str = "shards",
+                  sample_rate: Optional[int] = None) -> str:
     """The folder holding `path`'s shards, written first (or finished) when it is not complete. Raises DataError
     in one line for an unreadable input (write_shards' messages). layout: "shards" (data.train) or
-    "clip_benchmark" (an eval set, data.val)."""
+    "clip_benchmark" (an eval set, data.val). sample_rate: the audio's rate in the shards (default 16 kHz; the
+    audio tower's, so that a 48 kHz tower keeps its band), part of the folder's key."""
     what = "data.val" if layout == "clip_benchmark" else "data.train"     # the key named in the lines printed
     path = Path(path).expanduser().absolute()
     # exclude: a cache placed inside an input folder is not part of its own input
     inp = open_input(path, exclude=cache_root(cache).resolve())
     limits = as_limits(limits)
-    key, out = _key_and_folder(path, inp, cache, limits, layout)
+    settings = _settings(sample_rate)
+    key, out = _key_and_folder(path, inp, cache, limits, layout, settings)
     if (out / CACHE_FILE).is_file():     # written last: the folder is complete
         printer(f"{what}: {path} -> its shards in {out} (written earlier)")
         return str(out)
@@ -112,7 +121,7 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
         try:
             stats = write_shards(path, out, shard_size=key["shard_size"], progress=progress, limits=limits,
                                  workers=1 if len(inp) < 2000 else max(1, min(8, os.cpu_count() or 1)),
-                                 layout=layout, **SETTINGS)
+                                 layout=layout, **settings)
             break
         except DirectoryBusy:   # another run writes the same folder: wait, then resume (= read) it
             if not said:
@@ -126,17 +135,18 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
     return str(out)
 
 
-def cache_folder(path, cache: Optional[str] = None, *, limits=None, layout: str = "shards") -> str:
+def cache_folder(path, cache: Optional[str] = None, *, limits=None, layout: str = "shards",
+                 sample_rate: Optional[int] = None) -> str:
     """The folder cached_shards reads or writes for `path` as it is now (written or not)."""
     path = Path(path).expanduser().absolute()
     inp = open_input(path, exclude=cache_root(cache).resolve())
-    return str(_key_and_folder(path, inp, cache, as_limits(limits), layout)[1])
+    return str(_key_and_folder(path, inp, cache, as_limits(limits), layout, _settings(sample_rate))[1])
 
 
-def _key_and_folder(path: Path, inp, cache, limits, layout: str):
+def _key_and_folder(path: Path, inp, cache, limits, layout: str, settings: dict):
     """(the cache key of `path` as `inp` holds it now, the folder it names)."""
     key = {"version": CACHE_VERSION, "input": str(path), "fingerprint": inp.fingerprint(), "rows": len(inp),
-           "shard_size": shard_size_for(len(inp)), **SETTINGS}
+           "shard_size": shard_size_for(len(inp)), **settings}
     if layout != "shards":           # an eval set of the same input is another folder
         key["layout"] = layout
     if limits != DEFAULT_LIMITS:     # data.limits decides which rows are skipped: other limits, other shards
@@ -177,13 +187,15 @@ def _status(folder: Path, cache) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         return {"status": "incomplete"}
     row = {"input": str(path), "samples": saved.get("written")}
-    if saved.get("version") != CACHE_VERSION or any(saved.get(k) != v for k, v in SETTINGS.items()):
+    if saved.get("version") != CACHE_VERSION or any(saved.get(k) != v for k, v in SETTINGS.items()
+                                                     if k != "sample_rate"):   # (the rate follows the tower)
         return dict(row, status="written by another version")
     if not path.exists():
         return dict(row, status="input gone")
     try:
         inp = open_input(path, exclude=cache_root(cache).resolve())
-        _, want = _key_and_folder(path, inp, cache, as_limits(saved.get("limits")), saved.get("layout", "shards"))
+        _, want = _key_and_folder(path, inp, cache, as_limits(saved.get("limits")), saved.get("layout", "shards"),
+                                  _settings(saved.get("sample_rate")))
     except AlignError:
         return dict(row, status="input unreadable")
     return dict(row, status="current" if want.name == folder.name else "input changed")

@@ -190,6 +190,27 @@ def test_other_data_limits_get_other_shards(tmp_path):
     assert cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet) == plain
 
 
+def test_the_audio_is_written_at_the_rate_the_tower_reads_in_its_own_folder(tmp_path):
+    """A 48 kHz tower must not train on 16 kHz audio: the rate is a setting of the folder (its key), the default
+    folder stays where it was, and both are current for the cache listing."""
+    import io
+    import soundfile
+    from align.data.write.cached import cache_folder, cached_folders
+    table, quiet = speech_csv(tmp_path, n=4), (lambda s: None)
+    plain = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet)
+    wide = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet, sample_rate=48000)
+    assert wide != plain and cache_folder(table, str(tmp_path / "cache"), sample_rate=48000) == wide
+    assert cached_shards(table, str(tmp_path / "cache"), progress=False, printer=quiet, sample_rate=16000) == plain
+
+    def rates(folder):
+        return {soundfile.info(io.BytesIO(data)).samplerate for f in sorted(Path(folder).glob("*.tar"))
+                for name, data in iter_tar(open(f, "rb")) if name.endswith(".flac")}
+    assert rates(plain) == {16000} and rates(wide) == {48000}
+    assert json.load(open(Path(wide) / CACHE_FILE))["sample_rate"] == 48000
+    assert {r["folder"]: r["status"] for r in cached_folders(str(tmp_path / "cache"))} == {plain: "current",
+                                                                                          wide: "current"}
+
+
 def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_others(tmp_path, capsys):
     """Runs never remove a folder (an edited CSV leaves its old one); `align data cache --prune` removes those no run
     reads -- input edited, input gone, a build cut short -- and keeps the current ones, one being written, and any
