@@ -223,7 +223,7 @@ MUTATIONS = [
     M("evaluate.val_task_without_items_fails_the_run", "align/train/evaluate.py", "    if not keep:",
       "    if keep != list(tasks):", ["tests/train/test_evaluate.py"],
       "a recipe's [zeroshot, retrieval] on a labelled val set without captions stopped the run"),
-    M("cached.audio_rate_not_the_towers", "align/data/write/cached.py", "layout=layout, **settings)",
+    M("cached.audio_rate_not_the_towers", "align/data/write/cached.py", "layout=layout, **_settings(sample_rate))",
       "layout=layout, **SETTINGS)", ["tests/data/write/test_cached.py"],
       "a 48 kHz tower trained on 16 kHz audio from a CSV"),
     M("feed.audio_rate_not_passed", "align/train/feed.py", "layout=k[1], sample_rate=max(rates, default=None))",

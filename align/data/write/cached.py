@@ -52,11 +52,6 @@ CACHE_FILE = "cache.json"   # which input the folder holds (for people); written
 # their size kept), as TARGET_SHARDS shards (at most MAX_SHARD_SIZE samples each: more for a big input), so that
 # up to that many readers (ranks x data workers) each get some.
 SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
-
-
-def _settings(sample_rate: Optional[int]) -> dict:
-    """SETTINGS with the audio rate the run's tower reads (a 48 kHz tower must not get 16 kHz audio)."""
-    return dict(SETTINGS, sample_rate=int(sample_rate or SETTINGS["sample_rate"]))
 TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{16}$")    # NAME-HASH, as _key_and_folder names them
@@ -104,12 +99,7 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
     "clip_benchmark" (an eval set, data.val). sample_rate: the audio's rate in the shards (default 16 kHz; the
     audio tower's, so that a 48 kHz tower keeps its band), part of the folder's key."""
     what = "data.val" if layout == "clip_benchmark" else "data.train"     # the key named in the lines printed
-    path = Path(path).expanduser().absolute()
-    # exclude: a cache placed inside an input folder is not part of its own input
-    inp = open_input(path, exclude=cache_root(cache).resolve())
-    limits = as_limits(limits)
-    settings = _settings(sample_rate)
-    key, out = _key_and_folder(path, inp, cache, limits, layout, settings)
+    path, inp, limits, key, out = _locate(path, cache, limits, layout, sample_rate)
     if (out / CACHE_FILE).is_file():     # written last: the folder is complete
         printer(f"{what}: {path} -> its shards in {out} (written earlier)")
         return str(out)
@@ -121,7 +111,7 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
         try:
             stats = write_shards(path, out, shard_size=key["shard_size"], progress=progress, limits=limits,
                                  workers=1 if len(inp) < 2000 else max(1, min(8, os.cpu_count() or 1)),
-                                 layout=layout, **settings)
+                                 layout=layout, **_settings(sample_rate))
             break
         except DirectoryBusy:   # another run writes the same folder: wait, then resume (= read) it
             if not said:
@@ -138,9 +128,21 @@ def cached_shards(path, cache: Optional[str] = None, *, limits=None, progress: b
 def cache_folder(path, cache: Optional[str] = None, *, limits=None, layout: str = "shards",
                  sample_rate: Optional[int] = None) -> str:
     """The folder cached_shards reads or writes for `path` as it is now (written or not)."""
+    return str(_locate(path, cache, limits, layout, sample_rate)[-1])
+
+
+def _locate(path, cache, limits, layout: str, sample_rate: Optional[int]):
+    """(absolute path, its opened input, limits, cache key, folder) for `path` as it is now."""
     path = Path(path).expanduser().absolute()
+    # exclude: a cache placed inside an input folder is not part of its own input
     inp = open_input(path, exclude=cache_root(cache).resolve())
-    return str(_key_and_folder(path, inp, cache, as_limits(limits), layout, _settings(sample_rate))[1])
+    limits = as_limits(limits)
+    return (path, inp, limits) + _key_and_folder(path, inp, cache, limits, layout, _settings(sample_rate))
+
+
+def _settings(sample_rate: Optional[int]) -> dict:
+    """SETTINGS with the audio rate the run's tower reads (a 48 kHz tower must not get 16 kHz audio)."""
+    return dict(SETTINGS, sample_rate=int(sample_rate or SETTINGS["sample_rate"]))
 
 
 def _key_and_folder(path: Path, inp, cache, limits, layout: str, settings: dict):
