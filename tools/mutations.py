@@ -592,6 +592,14 @@ MUTATIONS = [
     M("sweep.choice.label_not_value", "align/sweep/space.py",
       "return self.values[self.labels.index(stored)] if self.kind == \"choice\" else stored", "return stored",
       ["tests/sweep/test_space.py"]),
+    # -- start-up: building the parsers (every `align` command) imports neither torch nor FAISS ------------
+    M("cli.bench_parsers_import_torch", "align/bench/cli.py",
+      "imports no torch (tests/test_cli.py): every `align` command builds them.\n\"\"\"\n",
+      "imports no torch (tests/test_cli.py): every `align` command builds them.\n\"\"\"\nimport torch\n",
+      ["tests/test_cli.py"]),
+    M("cli.retrieval_package_imports_search", "align/retrieval/__init__.py",
+      "__all__ = [\"Index\"]\n", "from align.retrieval.search import Index\n__all__ = [\"Index\"]\n",
+      ["tests/test_cli.py"]),
     # -- train.ema (align/train/ema.py): the average, its warm-up, evaluation and loading read it -----------
     M("ema.no_warm_up", "align/train/ema.py",
       "return min(self.decay, (1.0 + n) / (10.0 + n))", "return self.decay", ["tests/train/test_ema.py"]),

@@ -31,11 +31,17 @@ Modules:
 """
 from align.registry import Registry
 
-BENCHMARKS: Registry = Registry("benchmark")
-
-# Registration happens on import; BENCHMARKS must exist before these run.
-from align.bench import retrieval, zeroshot  # noqa: E402,F401
-
-from align.bench import probe_tasks  # noqa: E402,F401  linear_probe, fusion_probe, cca_retrieval
-
 __all__ = ["BENCHMARKS"]
+
+
+def __getattr__(name: str):
+    """BENCHMARKS, built on its first use (PEP 562): the runners import torch, and the package is also
+    imported for its argument parsers (align.bench.cli), which every `align` command builds -- `align --help`
+    and `align recipes` need no torch (~2 s of their start on a 2-core machine)."""
+    if name != "BENCHMARKS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    registry = globals()["BENCHMARKS"] = Registry("benchmark")   # before the runners' `from align.bench import`
+    # Registration happens on import. A runner module imported directly (align.bench.zeroshot) gets here from
+    # its own first line; it is then in sys.modules half-run, returned as it is, and registers when it goes on.
+    from align.bench import probe_tasks, retrieval, zeroshot  # noqa: F401  (+ linear_probe, fusion_probe, cca)
+    return registry

@@ -4,14 +4,15 @@ Every subcommand takes the models of align.bench.models (run dirs, checkpoints, 
 `open_clip:ARCH --pretrained TAG|FILE`, `local-dir:DIR`) and the run settings
 --device (cuda when present, else cpu), --num-workers (DataLoader workers that decode and
 transform samples in parallel; default: one per usable CPU, at most 8), --precision (fp32 | bf16 | fp16
-autocast while encoding) and --engine (torch | onnxruntime: align.bench.engine).
+autocast while encoding) and --engine (torch | onnxruntime: align.bench.engine). Building the parsers
+imports no torch (tests/test_cli.py): every `align` command builds them.
 """
-import torch
 
 MODEL_HELP = "align run dir, checkpoint or export; open_clip:ARCH (with --pretrained); local-dir:DIR (open_clip layout)"
 
 
 def default_device() -> str:
+    import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -30,6 +31,7 @@ def default_workers() -> int:
 
 def check_device(device: str) -> str:
     """A torch device this machine has, or one line saying why not."""
+    import torch
     from align.errors import ConfigError
     try:
         dev = torch.device(device)

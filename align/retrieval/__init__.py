@@ -15,6 +15,13 @@ Modules:
   serve         the search page and JSON /search API (standard-library HTTP server)
   cli           the subcommands above, for align.cli
 """
-from align.retrieval.search import Index
-
 __all__ = ["Index"]
+
+
+def __getattr__(name: str):
+    """Index on first use (PEP 562): align.cli builds this package's parsers (align.retrieval.cli) for every
+    command, and the search module imports torch and FAISS."""
+    if name == "Index":
+        from align.retrieval.search import Index
+        return Index
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
