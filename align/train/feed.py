@@ -9,6 +9,7 @@
   fit_val_tasks            eval.tasks less those with nothing to score on data.val (one line), checked before step 1
   Batches                  the loader's batches across epochs, with the data position of the last whole step
 """
+import dataclasses
 import os
 
 from align.config import Recipe
@@ -54,7 +55,6 @@ def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:
     them. Shards, patterns, URLs and CLIP_benchmark folders are kept as they are. config.yaml records the folders
     read. share(obj) -> rank 0's obj on every rank: StepWatch.share_object, whose wait is not bound by
     train.dist_timeout_s (a big table takes rank 0 longer than that to write)."""
-    import dataclasses
     from align.data.write.cached import cached_shards, check_cached, entry_input, val_input
     synthetic = r.data.train == "synthetic" or not r.data.train   # (a folder named "synthetic" is not read)
     train = [] if synthetic else r.data.train if isinstance(r.data.train, list) else [r.data.train]
@@ -176,7 +176,6 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
     layout val set; returns the recipe with data.val pointing there (and eval.tasks without those that have
     nothing to score on it, said in one line). The training stream never reads those samples (build_loader).
     eng: the run's align.train.setup.Engine."""
-    import dataclasses
     split = _val_split(r)
     if split is None:
         return r
@@ -205,7 +204,6 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
 def fit_val_tasks(r: Recipe, modalities, printer=print) -> Recipe:
     """Before the first step: eval.tasks less those with nothing to score on data.val, said in one line
     (align.train.evaluate.check_val_set; one DataError line when none is left)."""
-    import dataclasses
     from align.train.evaluate import check_val_set
     tasks, dropped = check_val_set(r.data.val, r.eval.tasks, modalities, best_metric=r.eval.best_metric)
     if not dropped:
