@@ -177,7 +177,7 @@ def test_data_train_source_with_unknown_key_names_it(tiny_recipe):
 def test_unknown_tower_type_lists_registered_types(tiny_recipe):
     tiny_recipe["model"] = {"embed_dim": 16, "towers": {"image": {"type": "open_clip", "model": "ViT-B-32"},
                                                         "text": {"type": "bert"}}}
-    _one_line_error(tiny_recipe, "model.towers.text.type", "'bert'", "audio, audio_cnn, hf, hf_audio, hf_image, open_clip, rnn_audio, rnn_text, timm")
+    _one_line_error(tiny_recipe, "model.towers.text.type", "'bert'", "audio, audio_cnn, bow_text, hf, hf_audio, hf_image, open_clip, rnn_audio, rnn_text, timm")
     tiny_recipe["model"]["towers"]["text"] = {"model": "x"}
     _one_line_error(tiny_recipe, "model.towers.text.type: missing", "open_clip")
 

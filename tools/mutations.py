@@ -470,6 +470,18 @@ MUTATIONS = [
       "x = checkpoint(layer, x, lengths, use_reentrant=False)",
       "x = checkpoint(layer, x, torch.full_like(lengths, x.shape[1]), use_reentrant=False)",
       ["tests/towers/test_rnn.py"]),
+    # -- the bag-of-words text tower (issue 20) ------------------------------------------------------
+    M("towers.bow.markers_in_the_mean", "align/towers/bow.py", "return (t >= 1) & (t < eot)", "return t <= eot",
+      ["tests/towers/test_bow.py"], "<start_of_text> and <end_of_text> averaged in with the words"),
+    M("towers.bow.mean_over_padding", "align/towers/bow.py",
+      "h = e.sum(dim=1) / m.sum(dim=1).clamp(min=1)", "h = e.sum(dim=1) / x.shape[1]", ["tests/towers/test_bow.py"]),
+    M("towers.bow.sum_not_mean", "align/towers/bow.py",
+      "h = e.sum(dim=1) / m.sum(dim=1).clamp(min=1)", "h = e.sum(dim=1)", ["tests/towers/test_bow.py"]),
+    M("towers.bow.lock_skips_ln", "align/towers/bow.py",
+      "return [[self.token_embedding, self.ln]]", "return [[self.token_embedding]]", ["tests/towers/test_bow.py"]),
+    M("towers.bow.clean_not_passed", "align/towers/bow.py",
+      "SimpleTokenizer(context_length=self.context_length, clean=clean)",
+      "SimpleTokenizer(context_length=self.context_length)", ["tests/towers/test_bow.py"]),
     # -- a CLI that explains itself (issue 22, item 5) --------------------------------------------
     M("cli.help.defaults_not_shown", "align/cli.py",
       'return h + " (default: %(default)s)"', "return h", ["tests/test_cli.py"]),

@@ -20,6 +20,7 @@ Modules (the model layer: towers import nothing from data, train or bench):
   hf_audio          `hf_audio`: a Hugging Face audio encoder (AST, Whisper encoder, ...)
   audio             `audio` (AST-style transformer) and `audio_cnn` over log-mel features
   audio_features    the audio front end: resample, crop, log-mel (what `align data stats` measures)
+  bow               `bow_text`: the mean of a caption's word embeddings (DeViSE-style, for class-like captions)
   rnn               `rnn_text` and `rnn_audio`: bidirectional GRU/LSTM over tokens or log-mel frames
   onnx_trace        tracing an encoder to ONNX (dynamic batch): shared by `align export` and `--engine onnxruntime`
 """
@@ -40,4 +41,4 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
 
 # Importing the modules registers their tower types (each imports its heavy dependency lazily).
 from align.towers import audio, hf_text, open_clip_towers, timm_image  # noqa: E402,F401
-from align.towers import hf_audio, hf_image, rnn  # noqa: E402,F401
+from align.towers import bow, hf_audio, hf_image, rnn  # noqa: E402,F401

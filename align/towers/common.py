@@ -3,6 +3,8 @@
 - `check_cfg`: reject unknown recipe keys with one line naming the key and the valid ones.
 - `build_pretrained_tower`: the factory body of the towers over a pretrained encoder (hf, hf_image,
   hf_audio, timm): keys, modality, `model` required, `lock` with `unlocked_layers|groups`.
+- `pos_int`: a positive-integer recipe key, or one line naming it.
+- `simple_tokenizer_dummy_ids`: random valid token rows for towers over open_clip's SimpleTokenizer.
 - `build_projection`: the head every tower ends with (`proj: linear | mlp | none`).
 - `LockableTower`: LiT-style locking by layer groups. Frozen parts run without
   gradient and stay in eval mode (BatchNorm statistics and dropout frozen too),
@@ -28,6 +30,23 @@ def check_cfg(cfg: Mapping, valid: Iterable[str], where: str) -> None:
     for key in cfg:
         if key not in valid:
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def pos_int(v, key: str, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"{where}.{key}: must be a positive integer, got {v!r}")
+    return v
+
+
+def simple_tokenizer_dummy_ids(tokenizer, vocab_size: int, context_length: int, batch_size: int) -> torch.Tensor:
+    """long [B, L] rows as open_clip's SimpleTokenizer writes them: <start_of_text>, random words,
+    <end_of_text> (the largest id), zero padding; lengths 2..L at random."""
+    g = torch.randint(1, vocab_size - 2, (batch_size, context_length))
+    n = torch.randint(2, context_length + 1, (batch_size, 1))
+    t = torch.arange(context_length).unsqueeze(0)
+    g[:, :1] = tokenizer.sot_token_id
+    g = torch.where(t == n - 1, torch.full_like(g, tokenizer.eot_token_id), g)
+    return torch.where(t >= n, torch.zeros_like(g), g)
 
 
 def build_pretrained_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, *, tower_type: str, encodes: str,

@@ -36,19 +36,13 @@ from torch.utils.checkpoint import checkpoint
 from align.errors import ConfigError
 from align.towers import TOWERS
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
-from align.towers.common import LockableTower, build_projection, check_cfg
+from align.towers.common import LockableTower, build_projection, check_cfg, pos_int, simple_tokenizer_dummy_ids
 
 RNN_KEYS = ("hidden", "layers", "cell", "pooling", "dropout", "proj", "lock", "unlocked_groups")
 TEXT_KEYS = RNN_KEYS + ("width", "context_length")
 AUDIO_KEYS = RNN_KEYS + ("frame_stack",)
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 POOLINGS = ("mean", "last")
-
-
-def _pos_int(v, key: str, where: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ConfigError(f"{where}.{key}: must be a positive integer, got {v!r}")
-    return v
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -87,7 +81,7 @@ class BiRNN(nn.Module):
             raise ConfigError(f"{where}.pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError(f"{where}.dropout: must be in [0, 1), got {dropout!r}")
-        hidden, layers = _pos_int(hidden, "hidden", where), _pos_int(layers, "layers", where)
+        hidden, layers = pos_int(hidden, "hidden", where), pos_int(layers, "layers", where)
         self.hidden, self.cell, self.pooling = hidden, cell, pooling
         self.layers = nn.ModuleList(BiLayer(in_dim if i == 0 else 2 * hidden, hidden, cell) for i in range(layers))
         self.dropout = nn.Dropout(dropout)
@@ -136,13 +130,12 @@ class RNNTextTower(_RNNTower):
         super().__init__()
         from open_clip.tokenizer import SimpleTokenizer
         self.embed_dim = embed_dim
-        self.context_length = _pos_int(context_length, "context_length", where)
+        self.context_length = pos_int(context_length, "context_length", where)
         if self.context_length < 2:
             raise ConfigError(f"{where}.context_length: must be >= 2 (start and end tokens), got {context_length}")
         self._tokenizer = SimpleTokenizer(context_length=self.context_length)
         self.vocab_size = len(self._tokenizer.encoder)                        # 49408
-        self.eot = self._tokenizer.eot_token_id
-        self.token_embedding = nn.Embedding(self.vocab_size, _pos_int(width, "width", where))
+        self.token_embedding = nn.Embedding(self.vocab_size, pos_int(width, "width", where))
         self.rnn = BiRNN(width, hidden, layers, cell, pooling, dropout, where)
         self.head = build_projection(2 * hidden, embed_dim, proj, where)
 
@@ -165,12 +158,7 @@ class RNNTextTower(_RNNTower):
         return [self.token_embedding]
 
     def dummy_input(self, batch_size: int) -> torch.Tensor:                # long [B, L]: SOT, words, EOT, pad
-        g = torch.randint(1, self.vocab_size - 2, (batch_size, self.context_length))
-        n = torch.randint(2, self.context_length + 1, (batch_size, 1))
-        t = torch.arange(self.context_length).unsqueeze(0)
-        g[:, :1] = self._tokenizer.sot_token_id                              # <start_of_text>
-        g = torch.where(t == n - 1, torch.full_like(g, self.eot), g)
-        return torch.where(t >= n, torch.zeros_like(g), g)
+        return simple_tokenizer_dummy_ids(self._tokenizer, self.vocab_size, self.context_length, batch_size)
 
     def preprocess_config(self) -> dict:
         return {"tower": "rnn_text", "context_length": self.context_length, "tokenizer": "open_clip.SimpleTokenizer",
@@ -187,7 +175,7 @@ class RNNAudioTower(_RNNTower):
                  where: str = "model.towers.audio"):
         super().__init__()
         self.fe, self.embed_dim = fe, embed_dim
-        self.frame_stack = _pos_int(frame_stack, "frame_stack", where)
+        self.frame_stack = pos_int(frame_stack, "frame_stack", where)
         if self.frame_stack > fe.n_frames:
             raise ConfigError(f"{where}.frame_stack: {frame_stack} is more than the clip's {fe.n_frames} frames")
         self.steps = fe.n_frames // self.frame_stack                         # trailing frames beyond are dropped

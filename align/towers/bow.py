@@ -1,0 +1,108 @@
+"""Bag-of-words text tower, `bow_text`: token embeddings averaged over a caption's words, then a projection.
+
+    towers:
+      text: {type: bow_text, width: 64, context_length: 24, clean: canonicalize}
+
+The text encoder of DeViSE and of the first visual-semantic embeddings (a caption as the mean of its word
+vectors), for small data whose captions name a class in a few wordings ("someone saying three", "the spoken
+number 3"). A transformer trained on six such wordings learns their combinations and places wordings it never
+saw (a zero-shot template, "a recording of someone saying {c}") where it likes; a mean of word vectors has no
+combinations to learn: any caption holding the class word lands near that word's direction, so every template
+of a class meets the audio that the class word met in training. It cannot model word order or negation, which is
+why the large recipes use transformers.
+
+Keys: width (token embedding size, default 128), context_length (tokens, 77), clean (open_clip SimpleTokenizer's
+text cleaning: lower | whitespace | canonicalize; default lower, as open_clip), proj (linear | mlp | none),
+lock / unlocked_groups (LiT: one group, the embedding table and its LayerNorm).
+
+Tokens: open_clip's SimpleTokenizer (the BPE vocabulary ships inside open_clip: 49408 ids, pad 0,
+<end_of_text> the largest id), as `rnn_text`. The mean is over the word tokens between <start_of_text> and
+<end_of_text>, so padding and the two markers never change an embedding; a caption of no words embeds as the
+zero vector through the LayerNorm (its bias) and the projection.
+"""
+from typing import List
+
+import torch
+from torch import nn
+
+from align.errors import ConfigError
+from align.towers import TOWERS
+from align.towers.common import LockableTower, build_projection, check_cfg, pos_int, simple_tokenizer_dummy_ids
+
+KEYS = ("width", "context_length", "clean", "proj", "lock", "unlocked_groups")
+CLEANS = ("lower", "whitespace", "canonicalize")
+
+
+def word_mask(ids: torch.Tensor) -> torch.Tensor:
+    """long [B, L] -> bool [B, L]: True at the word tokens, after <start_of_text> (position 0) and before
+    <end_of_text> (the largest id in the row, as open_clip pools); False at the markers and the padding."""
+    t = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)        # [1, L]
+    eot = ids.argmax(dim=1, keepdim=True)                                  # [B, 1]
+    return (t >= 1) & (t < eot)
+
+
+class BagOfWordsTextTower(LockableTower):
+    """Token embedding -> masked mean over the words -> LayerNorm -> projection; see the module docstring."""
+
+    modality = "text"
+    tokenizer_kind = "open_clip_simple"      # what ONNX export copies beside text.onnx
+
+    def __init__(self, embed_dim: int, *, width: int = 128, context_length: int = 77, clean: str = "lower",
+                 proj: str = "linear", where: str = "model.towers.text"):
+        super().__init__()
+        from open_clip.tokenizer import SimpleTokenizer
+        if clean not in CLEANS:
+            raise ConfigError(f"{where}.clean: {clean!r} is not one of {', '.join(CLEANS)}")
+        self.embed_dim = embed_dim
+        self.context_length = pos_int(context_length, "context_length", where)
+        if self.context_length < 3:
+            raise ConfigError(f"{where}.context_length: must be >= 3 (start, a word, end), got {context_length}")
+        self.clean = clean
+        # ONNX export writes these beside the BPE file, so the exported tokenizer cleans text the same way
+        self.text_cfg = {"tokenizer_kwargs": {"clean": clean}}
+        self._tokenizer = SimpleTokenizer(context_length=self.context_length, clean=clean)
+        self.vocab_size = len(self._tokenizer.encoder)                        # 49408
+        self.token_embedding = nn.Embedding(self.vocab_size, pos_int(width, "width", where))
+        self.ln = nn.LayerNorm(width)
+        self.head = build_projection(width, embed_dim, proj, where)
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
+        return self._tokenizer(list(texts))
+
+    def count_tokens(self, texts: List[str]) -> List[int]:
+        return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                     # long [B, L] -> [B, D]
+        with self.trunk_context():
+            m = word_mask(x).unsqueeze(-1)                                    # [B, L, 1]
+            e = self.token_embedding(x) * m                                   # [B, L, W], zero off the words
+            h = e.sum(dim=1) / m.sum(dim=1).clamp(min=1)                      # [B, W]; no words -> 0
+            h = self.ln(h)
+        return self.head(h)
+
+    def lock_groups(self) -> List:
+        return [[self.token_embedding, self.ln]]
+
+    def dummy_input(self, batch_size: int) -> torch.Tensor:                # long [B, L]: SOT, words, EOT, pad
+        return simple_tokenizer_dummy_ids(self._tokenizer, self.vocab_size, self.context_length, batch_size)
+
+    def preprocess_config(self) -> dict:
+        return {"tower": "bow_text", "context_length": self.context_length, "tokenizer": "open_clip.SimpleTokenizer",
+                "clean": self.clean, "pooling": "mean of the word tokens"}
+
+
+@TOWERS.register("bow_text")
+def build_bow_text_tower(cfg: dict, modality: str, embed_dim: int) -> BagOfWordsTextTower:
+    """Factory for `type: bow_text`."""
+    where = f"model.towers.{modality}"
+    if modality != "text":
+        raise ConfigError(f"{where}: bow_text encodes the 'text' modality, not {modality!r}")
+    check_cfg(cfg, KEYS, where)
+    lock, unlocked = cfg.get("lock", False), cfg.get("unlocked_groups", 0)
+    if not lock and "unlocked_groups" in cfg:
+        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
+    tower = BagOfWordsTextTower(embed_dim, where=where,
+                                **{k: v for k, v in cfg.items() if k not in ("lock", "unlocked_groups")})
+    if lock:
+        tower.lock(unlocked)
+    return tower
