@@ -27,7 +27,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import LockableTower, build_projection, check_cfg, pos_int, simple_tokenizer_dummy_ids
+from align.towers.common import LockableTower, build_projection, build_scratch_tower, pos_int, simple_tokenizer_dummy_ids
 
 KEYS = ("width", "context_length", "clean", "proj", "lock", "unlocked_groups")
 CLEANS = ("lower", "whitespace", "canonicalize")
@@ -94,15 +94,5 @@ class BagOfWordsTextTower(LockableTower):
 @TOWERS.register("bow_text")
 def build_bow_text_tower(cfg: dict, modality: str, embed_dim: int) -> BagOfWordsTextTower:
     """Factory for `type: bow_text`."""
-    where = f"model.towers.{modality}"
-    if modality != "text":
-        raise ConfigError(f"{where}: bow_text encodes the 'text' modality, not {modality!r}")
-    check_cfg(cfg, KEYS, where)
-    lock, unlocked = cfg.get("lock", False), cfg.get("unlocked_groups", 0)
-    if not lock and "unlocked_groups" in cfg:
-        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
-    tower = BagOfWordsTextTower(embed_dim, where=where,
-                                **{k: v for k, v in cfg.items() if k not in ("lock", "unlocked_groups")})
-    if lock:
-        tower.lock(unlocked)
-    return tower
+    return build_scratch_tower(BagOfWordsTextTower, cfg, modality, embed_dim, KEYS, tower_type="bow_text",
+                               encodes="text")

@@ -5,6 +5,8 @@
   hf_audio, timm): keys, modality, `model` required, `lock` with `unlocked_layers|groups`.
 - `pos_int`: a positive-integer recipe key, or one line naming it.
 - `simple_tokenizer_dummy_ids`: random valid token rows for towers over open_clip's SimpleTokenizer.
+- `build_scratch_tower`: the factory body of towers trained from scratch (rnn_text, bow_text): modality, keys,
+  `lock` with `unlocked_groups`.
 - `build_projection`: the head every tower ends with (`proj: linear | mlp | none`).
 - `LockableTower`: LiT-style locking by layer groups. Frozen parts run without
   gradient and stay in eval mode (BatchNorm statistics and dropout frozen too),
@@ -66,6 +68,23 @@ def build_pretrained_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, 
     tower = cls(cfg.pop("model"), embed_dim, where=where, **cfg)
     if lock:
         tower.lock(unlocked or 0)
+    return tower
+
+
+def build_scratch_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, *, tower_type: str, encodes: str,
+                        hint: str = ""):
+    """cls(embed_dim, where=..., **cfg minus the lock keys), locked when `lock: true` (all but `unlocked_groups`
+    groups); one-line ConfigError for another modality or an unknown key."""
+    where = f"model.towers.{modality}"
+    if modality != encodes:
+        raise ConfigError(f"{where}: {tower_type} encodes the {encodes!r} modality, not {modality!r}{hint}")
+    check_cfg(cfg, keys, where)
+    lock, unlocked = cfg.get("lock", False), cfg.get("unlocked_groups", 0)
+    if not lock and "unlocked_groups" in cfg:
+        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
+    tower = cls(embed_dim, where=where, **{k: v for k, v in cfg.items() if k not in ("lock", "unlocked_groups")})
+    if lock:
+        tower.lock(unlocked)
     return tower
 
 

@@ -36,7 +36,8 @@ from torch.utils.checkpoint import checkpoint
 from align.errors import ConfigError
 from align.towers import TOWERS
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
-from align.towers.common import LockableTower, build_projection, check_cfg, pos_int, simple_tokenizer_dummy_ids
+from align.towers.common import (LockableTower, build_projection, build_scratch_tower, check_cfg, pos_int,
+                                 simple_tokenizer_dummy_ids)
 
 RNN_KEYS = ("hidden", "layers", "cell", "pooling", "dropout", "proj", "lock", "unlocked_groups")
 TEXT_KEYS = RNN_KEYS + ("width", "context_length")
@@ -229,12 +230,8 @@ def _finish(tower: LockableTower, lock_spec) -> LockableTower:
 @TOWERS.register("rnn_text")
 def build_rnn_text_tower(cfg: dict, modality: str, embed_dim: int) -> RNNTextTower:
     """Factory for `type: rnn_text`."""
-    where = f"model.towers.{modality}"
-    if modality != "text":
-        raise ConfigError(f"{where}: rnn_text encodes the 'text' modality, not {modality!r} (audio: rnn_audio)")
-    check_cfg(cfg, TEXT_KEYS, where)
-    rest = {k: v for k, v in cfg.items() if k not in ("lock", "unlocked_groups")}
-    return _finish(RNNTextTower(embed_dim, where=where, **rest), _lock_spec(cfg, where))
+    return build_scratch_tower(RNNTextTower, cfg, modality, embed_dim, TEXT_KEYS, tower_type="rnn_text",
+                               encodes="text", hint=" (audio: rnn_audio)")
 
 
 @TOWERS.register("rnn_audio")
