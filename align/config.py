@@ -162,7 +162,9 @@ class TrainConfig:
     grad_checkpointing: bool = _key(False, help="recompute activations in backward, where a tower can")
     max_bad_steps: int = _num(5, ge=1, help="consecutive NaN/Inf losses before the run stops")
     lock_timeout_s: float = _num(300.0, gt=0, help="the run dir's lock is taken over when its holder's heartbeat "
-                                                   "is this old (another host; a dead pid on this one: at once)")
+                                                   "is this old (another host; a dead pid on this one: at once); "
+                                                   "multi-process: the other ranks end the launch when rank 0's "
+                                                   "heartbeat stops this long while they wait for it")
     dist_timeout_s: float = _num(300.0, gt=0, help="multi-process: a collective waits this long, and a rank "
                                                    "that finishes no step for this long is named and the launch "
                                                    "ends (exit 70; resume=auto continues)")

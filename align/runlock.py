@@ -65,6 +65,18 @@ def read_holder(info_path: str) -> dict:
         return {}
 
 
+def heartbeat_mark(directory: str):
+    """What changes while the holder of `directory`'s lock is alive: (its info file's heartbeat, the file's
+    mtime in ns), or None when there is no info file (no holder, or a directory this host does not see). Compare
+    two marks for a change, never a mark with this host's clock: the holder's clock may be another host's."""
+    path = os.path.join(os.path.abspath(directory), INFO_NAME)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return read_holder(path).get("heartbeat"), mtime
+
+
 def describe(info: dict) -> str:
     """A holder in words: "host H pid P since 2026-12-02 19:00:00, last heartbeat 3 s ago (align train r.yaml)"."""
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
@@ -159,6 +171,10 @@ class RunLock:
                 self._write_info(started)
             except Exception as exn:  # a full disk or a lost mount must not kill the run from a thread
                 log.warning("%s: could not refresh the lock (%s)", self.directory, exn)
+                try:   # a full disk: a new mtime needs no free block, so the holder still shows it is alive
+                    os.utime(self._info_path)
+                except OSError:
+                    pass
 
     def release(self) -> None:
         self._stop.set()

@@ -195,3 +195,26 @@ def test_the_double_launch_of_the_issue_leaves_one_runs_metrics_with_strictly_in
     assert "\n" not in line and "another run holds this directory" in line and f" pid {first.pid} " in line, line
     steps = [json.loads(ln)["step"] for ln in open(os.path.join(run, "metrics.jsonl")) if ln.strip()]
     assert steps == sorted(set(steps)) and steps[-1] == 2000, steps
+
+
+def test_the_heartbeat_mark_still_moves_when_the_disk_is_full(tmp_path):
+    """A full disk fails the lock's refresh and the info file's rewrite; the file's mtime (no free block
+    needed) still moves, so ranks waiting on this holder (align.train.guard) do not take it for stopped."""
+    from align.runlock import heartbeat_mark
+    lock = RunLock(str(tmp_path), lifetime_s=0.3)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    lock.acquire()
+    try:
+        lock._write_info = full
+        lock._lock.refresh = full
+        first = heartbeat_mark(str(tmp_path))
+        time.sleep(0.35)                                   # > 3 heartbeats of 0.1 s
+        second = heartbeat_mark(str(tmp_path))
+        assert first is not None and second is not None
+        assert second[0] == first[0] and second[1] != first[1]     # the same heartbeat value, a newer mtime
+    finally:
+        lock.release()
+    assert heartbeat_mark(str(tmp_path)) is None                 # released: nothing to watch

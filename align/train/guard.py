@@ -21,7 +21,11 @@ collective, then time). These marks stay in memory; the watchdog thread writes t
 through legitimately long work that is not a step (the first step's warm-up and loader start, evaluation,
 checkpoint writes), and a second, gloo process group with a long timeout for the waits around work that
 only some ranks do (rank 0 evaluates or writes the weights while the others wait). The default group's
-collective timeout is train.dist_timeout_s, so such a wait on it would end the run falsely.
+collective timeout is train.dist_timeout_s, so such a wait on it would end the run falsely. A rank 0 that
+stops during such a wait (SIGSTOP, a frozen node) would then hold the others for a day: while they wait, they
+watch rank 0's run-dir lock (align.runlock), whose heartbeat thread refreshes it every train.lock_timeout_s / 3;
+one that has not moved for train.lock_timeout_s (by this rank's own clock, so clock skew between hosts cannot
+matter) ends the launch with one line, as a hung step does.
 """
 
 from __future__ import annotations
@@ -244,8 +248,9 @@ class StepWatch:
     finished step beats.
     """
 
-    def __init__(self, run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None):
-        self.run_dir, self.timeout_s = run_dir, timeout_s
+    def __init__(self, run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None,
+                 lock_timeout_s: float = 300.0):
+        self.run_dir, self.timeout_s, self.lock_timeout_s = run_dir, timeout_s, lock_timeout_s
         self.on_hang = lambda line: _exit_hung(line, cleanup)
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -294,7 +299,8 @@ class StepWatch:
         """Every rank here, however long one rank's own work took (not bound by train.dist_timeout_s)."""
         import torch.distributed as dist
         if self._group is not None:
-            dist.barrier(group=self._group)
+            with self.rank0_alive("rank 0's own work (an evaluation, a checkpoint write)"):
+                dist.barrier(group=self._group)
         elif self.world > 1 and dist.is_available() and dist.is_initialized():
             dist.barrier()           # not started yet: the default group
 
@@ -305,7 +311,8 @@ class StepWatch:
         import torch
         import torch.distributed as dist
         t = torch.tensor([int(bool(flag))])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
+        with self.rank0_alive("the other ranks' own work"):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
         return bool(t.item())
 
     def share(self, value: Optional[float]) -> Optional[float]:
@@ -315,7 +322,8 @@ class StepWatch:
         import torch
         import torch.distributed as dist
         t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
-        dist.broadcast(t, src=0, group=self._group)
+        with self.rank0_alive("a result only rank 0 computes (an evaluation)"):
+            dist.broadcast(t, src=0, group=self._group)
         x = float(t.item())
         return None if x != x else x
 
@@ -325,8 +333,46 @@ class StepWatch:
             return obj
         import torch.distributed as dist
         box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self._group)
+        with self.rank0_alive("what rank 0 makes alone (e.g. the shards of a data.train table)"):
+            dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
+
+    @contextlib.contextmanager
+    def rank0_alive(self, what: str):
+        """Ranks > 0, during a long wait on rank 0: a thread that ends the launch with one line (on_hang) when
+        rank 0's run-dir lock heartbeat (RUN/align.lock.json) has not changed for lock_timeout_s. Nothing on
+        rank 0, and nothing to watch where the ranks do not share the run dir (no lock info file here)."""
+        if self.rank == 0 or self.world == 1:
+            yield
+            return
+        from align.runlock import INFO_NAME, heartbeat_mark, read_holder
+
+        stop = threading.Event()
+        poll = max(0.05, min(5.0, self.lock_timeout_s / 10))
+        waited_from = time.time()
+
+        def watch() -> None:
+            seen, moved = None, time.time()              # rank 0's last mark, and when it last changed (our clock)
+            while not stop.wait(poll):
+                mark = heartbeat_mark(self.run_dir)
+                if mark is None or mark != seen:
+                    seen, moved = mark, time.time()
+                    continue
+                if time.time() - moved > self.lock_timeout_s:
+                    info = read_holder(os.path.join(self.run_dir, INFO_NAME))
+                    self.on_hang(f"rank 0 (host {info.get('host', '?')} pid {info.get('pid', '?')}) stopped refreshing the run dir's lock: no heartbeat for "
+                                 f"{time.time() - moved:.0f} s (train.lock_timeout_s={self.lock_timeout_s:g}) while "
+                                 f"rank {self.rank} waited {time.time() - waited_from:.0f} s for {what}; it is "
+                                 f"stopped or its node is frozen; stopping the launch, resume=auto continues")
+                    return
+
+        t = threading.Thread(target=watch, daemon=True, name="align-rank0-watch")
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join(timeout=poll + 5)
 
     def stop(self) -> None:
         if self.dog is not None:
@@ -340,9 +386,10 @@ def collective_timeout_s(dist_timeout_s: float) -> float:
 
 
 @contextlib.contextmanager
-def watch_steps(run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None):
+def watch_steps(run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None,
+                lock_timeout_s: float = 300.0):
     """A StepWatch for the block, stopped when it ends, normally or by an error."""
-    w = StepWatch(run_dir, timeout_s, cleanup)
+    w = StepWatch(run_dir, timeout_s, cleanup, lock_timeout_s)
     try:
         yield w
     finally:

@@ -77,7 +77,8 @@ def watch_ranks(r: Recipe, lock):
     """The step watchdog and the long waits of a multi-process run (align.train.guard.StepWatch), stopped when
     the run ends; a hung peer ends this process with one line and exit 70, the run dir's lock released."""
     from align.train.guard import watch_steps
-    with watch_steps(r.output_dir, r.train.dist_timeout_s, lock.release if lock is not None else None) as w:
+    with watch_steps(r.output_dir, r.train.dist_timeout_s, lock.release if lock is not None else None,
+                     r.train.lock_timeout_s) as w:
         yield w
 
 

@@ -116,3 +116,86 @@ def test_a_step_watch_with_one_process_does_nothing(tmp_path, monkeypatch):
     assert w.any(True) and not w.any(False)
     w.stop()
     assert not os.path.exists(tmp_path / "run")         # no heartbeat files for a single process
+
+
+def test_a_rank_waiting_on_rank0_ends_the_launch_when_its_lock_heartbeat_stops_and_not_before(tmp_path, monkeypatch):
+    """Rank 1's long wait watches rank 0's run-dir lock (a live holder process, heartbeat every 0.2 s): no
+    verdict while it beats; SIGSTOP it and one line names its pid within train.lock_timeout_s (0.6 s)."""
+    from align.train.guard import StepWatch
+    from tests.test_runlock import _holder
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run = tmp_path / "run"
+    p = _holder(run, lifetime_s=0.6)
+    try:
+        w = StepWatch(str(run), 30.0, lock_timeout_s=0.6)
+        hung = []
+        w.on_hang = hung.append
+        with w.rank0_alive("the shards"):
+            time.sleep(2.0)                               # > 3 lock timeouts, the heartbeat moving
+        assert hung == []
+        os.kill(p.pid, signal.SIGSTOP)
+        t0 = time.time()
+        with w.rank0_alive("the shards"):
+            while not hung and time.time() - t0 < 10:
+                time.sleep(0.05)
+        assert len(hung) == 1 and 0.6 <= time.time() - t0 < 3, (hung, time.time() - t0)
+        assert f"pid {p.pid}" in hung[0] and "stopped refreshing the run dir's lock" in hung[0]
+        assert "rank 1 waited" in hung[0] and "the shards" in hung[0]
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        p.kill()
+        p.wait()
+
+
+def test_no_verdict_on_rank0_where_its_run_dir_is_not_seen_nor_on_rank0_itself(tmp_path, monkeypatch):
+    """Ranks on hosts that do not share the run dir have no lock file to watch; rank 0 never watches itself."""
+    from align.runlock import INFO_NAME
+    from align.train.guard import StepWatch
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    (tmp_path / "seen").mkdir()
+    (tmp_path / "seen" / INFO_NAME).write_text('{"host": "h", "pid": 1, "heartbeat": 1.0}')    # never moves
+    for rank, run in (("1", tmp_path / "unseen"), ("0", tmp_path / "seen")):
+        monkeypatch.setenv("RANK", rank)
+        w = StepWatch(str(run), 30.0, lock_timeout_s=0.1)
+        hung = []
+        w.on_hang = hung.append
+        with w.rank0_alive("x"):
+            time.sleep(0.5)
+        assert hung == [], rank
+
+
+def test_every_long_wait_of_a_step_watch_watches_rank0(tmp_path, monkeypatch):
+    """share_object (the cache build), barrier (checkpoint writes), share (an evaluation) and any: each wait of
+    a rank > 0 on the long-timeout group runs inside rank0_alive (the collectives stubbed: one process here)."""
+    import contextlib
+    import torch.distributed as dist
+    from align.train.guard import StepWatch
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    w = StepWatch(str(tmp_path / "run"), 30.0)
+    w._group = object()                                  # as after connect()
+    inside, watched = [], []
+
+    @contextlib.contextmanager
+    def alive(what):
+        watched.append(what)
+        inside.append(True)
+        yield
+        inside.pop()
+
+    def collective(name):
+        def run(*a, **k):
+            assert inside, f"{name} ran outside rank0_alive"
+            watched.append(name)
+        return run
+
+    w.rank0_alive = alive
+    for name in ("broadcast_object_list", "barrier", "broadcast", "all_reduce"):
+        monkeypatch.setattr(dist, name, collective(name))
+    assert w.share_object({"x": 1}) == {"x": 1}
+    w.barrier()
+    assert w.share(2.0) == 2.0
+    w.any(False)
+    assert watched[1::2] == ["broadcast_object_list", "barrier", "broadcast", "all_reduce"]
+    assert "data.train table" in watched[0] and "checkpoint" in watched[2]

@@ -103,6 +103,55 @@ def test_other_ranks_wait_for_a_cache_build_longer_than_the_collective_timeout(t
     assert json.load(open(tmp_path / "ddp" / "summary.json"))["steps"] == 2
 
 
+@pytest.mark.slow
+def test_a_rank0_stopped_during_the_cache_build_ends_the_launch_in_one_line(tmp_path):
+    """The long wait above has no time bound, so a rank 0 that stops in it (SIGSTOP, a frozen node) held the
+    others for a day. Induced: rank 0 waits on the cache folder (held from here), then is SIGSTOPped; rank 1
+    sees rank 0's run-dir lock heartbeat stop and ends the launch with one line within train.lock_timeout_s."""
+    from tests.train.test_train_multiprocess import ACCELERATE
+    import signal
+    import subprocess
+    import time
+    from align.data.write.cached import cache_folder
+    from align.runlock import INFO_NAME, RunLock, read_holder
+    table = speech_csv(tmp_path, n=16)
+    folder = cache_folder(table, str(tmp_path / "cache"))
+    os.makedirs(folder)
+    cmd = ACCELERATE + ["--num_processes", "2", "--num_machines", "1", "-m", "align.cli"] + tiny_run(
+        tmp_path, "ddp", table, "train.lock_timeout_s=3")
+    log = tmp_path / "launch.log"
+    pid = None
+    with RunLock(folder, what="shard job"), open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            t0 = time.time()
+            while "another process is writing" not in log.read_text() and time.time() - t0 < 180:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            pid = read_holder(str(tmp_path / "ddp" / INFO_NAME))["pid"]      # rank 0 holds the run dir
+            time.sleep(2)                                                      # rank 1 is in its wait
+            os.kill(pid, signal.SIGSTOP)
+            stopped = time.time()
+            proc.wait(timeout=120)
+            ended = time.time() - stopped
+        finally:
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert proc.returncode != 0, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "stopped refreshing the run dir's lock" in ln]
+    assert len(lines) == 1 and f"pid {pid}" in lines[0] and "rank 1 waited" in lines[0], text[-3000:]
+    assert "train.lock_timeout_s=3" in lines[0]
+    print(f"the launch ended {ended:.1f} s after the SIGSTOP: {lines[0]}")
+    assert ended < 60, ended          # 3 s of no heartbeat, then the launcher's teardown of the stopped rank
+
+
 def test_a_folder_smaller_than_a_batch_is_one_line_saying_so(tmp_path, capsys):
     """6 clips, batch 8: every epoch ends before its first batch; the line says how many samples an epoch needs."""
     voices = voices_folder(tmp_path / "voices", speakers=("anna", "ben"), per_speaker=3)
