@@ -170,3 +170,13 @@ def outside(tmp_path_factory):
     run_without_align(code, root)
     return SimpleNamespace(root=root, run=run, out=str(out), result=res, images=images, waves=waves,
                            captions=CAPTIONS, model=model)
+
+
+def assert_open_clip_format_refused(tmp_path, towers: dict, tower_class: str) -> None:
+    """`align export --format all` of a run with these towers writes align and ONNX form only, and one note says
+    open_clip's format cannot hold `tower_class` (a tower open_clip has no counterpart for)."""
+    from align.export import export
+    run, _ = make_run(tmp_path, towers=towers)
+    res = export(str(run), str(tmp_path / "out"), fmt="all", progress=False)
+    assert res["formats"] == ["align", "onnx"]
+    assert any(f"{tower_class}, not an open_clip tower" in n for n in res["notes"]), res["notes"]

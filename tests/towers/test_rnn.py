@@ -128,12 +128,8 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 
 def test_export_says_open_clip_format_cannot_hold_an_rnn_text_tower(tmp_path):
-    from align.export import export
-    from tests.export.conftest import make_run
-    run, _ = make_run(tmp_path, towers={"text": dict(TEXT)})
-    res = export(str(run), str(tmp_path / "out"), fmt="all", progress=False)
-    assert res["formats"] == ["align", "onnx"]
-    assert any("RNNTextTower, not an open_clip tower" in n for n in res["notes"])
+    from tests.export.conftest import assert_open_clip_format_refused
+    assert_open_clip_format_refused(tmp_path, {"text": dict(TEXT)}, "RNNTextTower")
 
 
 def test_tiny_training_run_lowers_the_loss():
