@@ -492,7 +492,7 @@ MUTATIONS = [
       "h = e.sum(dim=1) / m.sum(dim=1).clamp(min=1)", "h = e.sum(dim=1)", ["tests/towers/test_bow.py"]),
     M("towers.bow.lock_skips_ln", "align/towers/bow.py",
       "return [[self.token_embedding, self.ln]]", "return [[self.token_embedding]]", ["tests/towers/test_bow.py"]),
-    M("towers.bow.clean_not_passed", "align/towers/bow.py",
+    M("towers.bow.clean_not_passed", "align/towers/common.py",
       "SimpleTokenizer(context_length=self.context_length, clean=clean)",
       "SimpleTokenizer(context_length=self.context_length)", ["tests/towers/test_bow.py"]),
     # -- a CLI that explains itself (issue 22, item 5) --------------------------------------------

@@ -27,7 +27,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import LockableTower, build_projection, build_scratch_tower, pos_int, simple_tokenizer_dummy_ids
+from align.towers.common import LockableTower, SimpleTokenizerText, build_projection, build_scratch_tower, pos_int
 
 KEYS = ("width", "context_length", "clean", "proj", "lock", "unlocked_groups")
 CLEANS = ("lower", "whitespace", "canonicalize")
@@ -41,36 +41,22 @@ def word_mask(ids: torch.Tensor) -> torch.Tensor:
     return (t >= 1) & (t < eot)
 
 
-class BagOfWordsTextTower(LockableTower):
+class BagOfWordsTextTower(SimpleTokenizerText, LockableTower):
     """Token embedding -> masked mean over the words -> LayerNorm -> projection; see the module docstring."""
-
-    modality = "text"
-    tokenizer_kind = "open_clip_simple"      # what ONNX export copies beside text.onnx
 
     def __init__(self, embed_dim: int, *, width: int = 128, context_length: int = 77, clean: str = "lower",
                  proj: str = "linear", where: str = "model.towers.text"):
         super().__init__()
-        from open_clip.tokenizer import SimpleTokenizer
         if clean not in CLEANS:
             raise ConfigError(f"{where}.clean: {clean!r} is not one of {', '.join(CLEANS)}")
         self.embed_dim = embed_dim
-        self.context_length = pos_int(context_length, "context_length", where)
-        if self.context_length < 3:
-            raise ConfigError(f"{where}.context_length: must be >= 3 (start, a word, end), got {context_length}")
+        self._set_tokenizer(context_length, where, min_length=3, why="start, a word, end", clean=clean)
         self.clean = clean
         # ONNX export writes these beside the BPE file, so the exported tokenizer cleans text the same way
         self.text_cfg = {"tokenizer_kwargs": {"clean": clean}}
-        self._tokenizer = SimpleTokenizer(context_length=self.context_length, clean=clean)
-        self.vocab_size = len(self._tokenizer.encoder)                        # 49408
         self.token_embedding = nn.Embedding(self.vocab_size, pos_int(width, "width", where))
         self.ln = nn.LayerNorm(width)
         self.head = build_projection(width, embed_dim, proj, where)
-
-    def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
-        return self._tokenizer(list(texts))
-
-    def count_tokens(self, texts: List[str]) -> List[int]:
-        return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                     # long [B, L] -> [B, D]
         with self.trunk_context():
@@ -82,9 +68,6 @@ class BagOfWordsTextTower(LockableTower):
 
     def lock_groups(self) -> List:
         return [[self.token_embedding, self.ln]]
-
-    def dummy_input(self, batch_size: int) -> torch.Tensor:                # long [B, L]: SOT, words, EOT, pad
-        return simple_tokenizer_dummy_ids(self._tokenizer, self.vocab_size, self.context_length, batch_size)
 
     def preprocess_config(self) -> dict:
         return {"tower": "bow_text", "context_length": self.context_length, "tokenizer": "open_clip.SimpleTokenizer",

@@ -4,9 +4,10 @@
 - `build_pretrained_tower`: the factory body of the towers over a pretrained encoder (hf, hf_image,
   hf_audio, timm): keys, modality, `model` required, `lock` with `unlocked_layers|groups`.
 - `pos_int`: a positive-integer recipe key, or one line naming it.
-- `simple_tokenizer_dummy_ids`: random valid token rows for towers over open_clip's SimpleTokenizer.
+- `SimpleTokenizerText`: tokenizer set-up, tokenize, count_tokens, dummy_input of the text towers over
+  open_clip's SimpleTokenizer (rnn_text, bow_text).
 - `build_scratch_tower`: the factory body of towers trained from scratch (rnn_text, bow_text): modality, keys,
-  `lock` with `unlocked_groups`.
+  `lock` with `unlocked_groups` (`lock_spec` / `apply_lock`, also rnn_audio's).
 - `build_projection`: the head every tower ends with (`proj: linear | mlp | none`).
 - `LockableTower`: LiT-style locking by layer groups. Frozen parts run without
   gradient and stay in eval mode (BatchNorm statistics and dropout frozen too),
@@ -40,15 +41,37 @@ def pos_int(v, key: str, where: str) -> int:
     return v
 
 
-def simple_tokenizer_dummy_ids(tokenizer, vocab_size: int, context_length: int, batch_size: int) -> torch.Tensor:
-    """long [B, L] rows as open_clip's SimpleTokenizer writes them: <start_of_text>, random words,
-    <end_of_text> (the largest id), zero padding; lengths 2..L at random."""
-    g = torch.randint(1, vocab_size - 2, (batch_size, context_length))
-    n = torch.randint(2, context_length + 1, (batch_size, 1))
-    t = torch.arange(context_length).unsqueeze(0)
-    g[:, :1] = tokenizer.sot_token_id
-    g = torch.where(t == n - 1, torch.full_like(g, tokenizer.eot_token_id), g)
-    return torch.where(t >= n, torch.zeros_like(g), g)
+class SimpleTokenizerText:
+    """What text towers over open_clip's SimpleTokenizer share (rnn_text, bow_text): its set-up, tokenize,
+    count_tokens and dummy_input. The BPE vocabulary ships inside open_clip: 49408 ids, pad 0, <end_of_text> the
+    largest id; ONNX export copies it (tokenizer_kind) with text_cfg's tokenizer_kwargs."""
+
+    modality = "text"
+    tokenizer_kind = "open_clip_simple"      # what ONNX export copies beside text.onnx
+
+    def _set_tokenizer(self, context_length: int, where: str, *, min_length: int, why: str, clean: str = "lower"):
+        from open_clip.tokenizer import SimpleTokenizer
+        self.context_length = pos_int(context_length, "context_length", where)
+        if self.context_length < min_length:
+            raise ConfigError(f"{where}.context_length: must be >= {min_length} ({why}), got {context_length}")
+        self._tokenizer = SimpleTokenizer(context_length=self.context_length, clean=clean)
+        self.vocab_size = len(self._tokenizer.encoder)                        # 49408
+
+    def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
+        return self._tokenizer(list(texts))
+
+    def count_tokens(self, texts: List[str]) -> List[int]:
+        return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation
+
+    def dummy_input(self, batch_size: int) -> torch.Tensor:
+        """long [B, L] rows as the tokenizer writes them: <start_of_text>, random words, <end_of_text>, zero
+        padding; lengths 2..L at random."""
+        g = torch.randint(1, self.vocab_size - 2, (batch_size, self.context_length))
+        n = torch.randint(2, self.context_length + 1, (batch_size, 1))
+        t = torch.arange(self.context_length).unsqueeze(0)
+        g[:, :1] = self._tokenizer.sot_token_id
+        g = torch.where(t == n - 1, torch.full_like(g, self._tokenizer.eot_token_id), g)
+        return torch.where(t >= n, torch.zeros_like(g), g)
 
 
 def build_pretrained_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, *, tower_type: str, encodes: str,
@@ -71,6 +94,20 @@ def build_pretrained_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, 
     return tower
 
 
+def lock_spec(cfg: Mapping, where: str):
+    """(lock, unlocked_groups) of a scratch tower's section; one line for unlocked_groups without lock."""
+    lock, unlocked = cfg.get("lock", False), cfg.get("unlocked_groups", 0)
+    if not lock and "unlocked_groups" in cfg:
+        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
+    return lock, unlocked
+
+
+def apply_lock(tower: "LockableTower", spec) -> "LockableTower":
+    if spec[0]:
+        tower.lock(spec[1])
+    return tower
+
+
 def build_scratch_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, *, tower_type: str, encodes: str,
                         hint: str = ""):
     """cls(embed_dim, where=..., **cfg minus the lock keys), locked when `lock: true` (all but `unlocked_groups`
@@ -79,13 +116,9 @@ def build_scratch_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, *, 
     if modality != encodes:
         raise ConfigError(f"{where}: {tower_type} encodes the {encodes!r} modality, not {modality!r}{hint}")
     check_cfg(cfg, keys, where)
-    lock, unlocked = cfg.get("lock", False), cfg.get("unlocked_groups", 0)
-    if not lock and "unlocked_groups" in cfg:
-        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
-    tower = cls(embed_dim, where=where, **{k: v for k, v in cfg.items() if k not in ("lock", "unlocked_groups")})
-    if lock:
-        tower.lock(unlocked)
-    return tower
+    spec = lock_spec(cfg, where)
+    rest = {k: v for k, v in cfg.items() if k not in ("lock", "unlocked_groups")}
+    return apply_lock(cls(embed_dim, where=where, **rest), spec)
 
 
 def build_projection(in_dim: int, embed_dim: int, kind: str, where: str) -> nn.Module:

@@ -36,8 +36,8 @@ from torch.utils.checkpoint import checkpoint
 from align.errors import ConfigError
 from align.towers import TOWERS
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
-from align.towers.common import (LockableTower, build_projection, build_scratch_tower, check_cfg, pos_int,
-                                 simple_tokenizer_dummy_ids)
+from align.towers.common import (LockableTower, SimpleTokenizerText, apply_lock, build_projection,
+                                 build_scratch_tower, check_cfg, lock_spec, pos_int)
 
 RNN_KEYS = ("hidden", "layers", "cell", "pooling", "dropout", "proj", "lock", "unlocked_groups")
 TEXT_KEYS = RNN_KEYS + ("width", "context_length")
@@ -119,32 +119,18 @@ class _RNNTower(LockableTower):
         return [[*self._input_group(), layers[0]], *layers[1:]]
 
 
-class RNNTextTower(_RNNTower):
+class RNNTextTower(SimpleTokenizerText, _RNNTower):
     """Token embedding + bidirectional GRU/LSTM + pooling + projection; see the module docstring."""
-
-    modality = "text"
-    tokenizer_kind = "open_clip_simple"      # what ONNX export copies beside text.onnx
 
     def __init__(self, embed_dim: int, *, width: int = 128, hidden: int = 128, layers: int = 1, cell: str = "gru",
                  pooling: str = "mean", dropout: float = 0.0, context_length: int = 77, proj: str = "linear",
                  where: str = "model.towers.text"):
         super().__init__()
-        from open_clip.tokenizer import SimpleTokenizer
         self.embed_dim = embed_dim
-        self.context_length = pos_int(context_length, "context_length", where)
-        if self.context_length < 2:
-            raise ConfigError(f"{where}.context_length: must be >= 2 (start and end tokens), got {context_length}")
-        self._tokenizer = SimpleTokenizer(context_length=self.context_length)
-        self.vocab_size = len(self._tokenizer.encoder)                        # 49408
+        self._set_tokenizer(context_length, where, min_length=2, why="start and end tokens")
         self.token_embedding = nn.Embedding(self.vocab_size, pos_int(width, "width", where))
         self.rnn = BiRNN(width, hidden, layers, cell, pooling, dropout, where)
         self.head = build_projection(2 * hidden, embed_dim, proj, where)
-
-    def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
-        return self._tokenizer(list(texts))
-
-    def count_tokens(self, texts: List[str]) -> List[int]:
-        return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation
 
     def lengths(self, ids: torch.Tensor) -> torch.Tensor:
         """long [B, L] -> [B]: tokens up to and including <end_of_text> (the largest id, as open_clip pools)."""
@@ -157,9 +143,6 @@ class RNNTextTower(_RNNTower):
 
     def _input_group(self) -> List:
         return [self.token_embedding]
-
-    def dummy_input(self, batch_size: int) -> torch.Tensor:                # long [B, L]: SOT, words, EOT, pad
-        return simple_tokenizer_dummy_ids(self._tokenizer, self.vocab_size, self.context_length, batch_size)
 
     def preprocess_config(self) -> dict:
         return {"tower": "rnn_text", "context_length": self.context_length, "tokenizer": "open_clip.SimpleTokenizer",
@@ -214,19 +197,6 @@ class RNNAudioTower(_RNNTower):
                     frame_stack=self.frame_stack, cell=self.rnn.cell, pooling=self.rnn.pooling)
 
 
-def _lock_spec(cfg: dict, where: str):
-    lock, unlocked = cfg.get("lock", False), cfg.get("unlocked_groups", 0)
-    if not lock and "unlocked_groups" in cfg:
-        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
-    return lock, unlocked
-
-
-def _finish(tower: LockableTower, lock_spec) -> LockableTower:
-    if lock_spec[0]:
-        tower.lock(lock_spec[1])
-    return tower
-
-
 @TOWERS.register("rnn_text")
 def build_rnn_text_tower(cfg: dict, modality: str, embed_dim: int) -> RNNTextTower:
     """Factory for `type: rnn_text`."""
@@ -247,4 +217,4 @@ def build_rnn_audio_tower(cfg: dict, modality: str, embed_dim: int) -> RNNAudioT
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
     rest = {k: v for k, v in cfg.items() if k in AUDIO_KEYS and k not in ("lock", "unlocked_groups")}
-    return _finish(RNNAudioTower(fe, embed_dim, where=where, **rest), _lock_spec(cfg, where))
+    return apply_lock(RNNAudioTower(fe, embed_dim, where=where, **rest), lock_spec(cfg, where))
