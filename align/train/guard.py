@@ -360,9 +360,9 @@ class StepWatch:
                     continue
                 if time.time() - moved > self.lock_timeout_s:
                     info = read_holder(os.path.join(self.run_dir, INFO_NAME))
-                    self.on_hang(f"rank 0 (host {info.get('host', '?')} pid {info.get('pid', '?')}) stopped refreshing the run dir's lock: no heartbeat for "
-                                 f"{time.time() - moved:.0f} s (train.lock_timeout_s={self.lock_timeout_s:g}) while "
-                                 f"rank {self.rank} waited {time.time() - waited_from:.0f} s for {what}; it is "
+                    self.on_hang(f"rank 0 (host {info.get('host', '?')} pid {info.get('pid', '?')}) stopped "
+                                 f"refreshing the run dir's lock: no heartbeat for {time.time() - moved:.0f} s "
+                                 f"(train.lock_timeout_s={self.lock_timeout_s:g}) while rank {self.rank} waited {time.time() - waited_from:.0f} s for {what}; it is "
                                  f"stopped or its node is frozen; stopping the launch, resume=auto continues")
                     return
 
