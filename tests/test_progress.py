@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from align.progress import PlainProgress, progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +66,8 @@ def test_a_piped_run_writes_no_carriage_return():
     assert r.stderr.splitlines()[-1].startswith("work: 50/50 it (100%)")
 
 
+# Slow (~10 s, an `align train` process): the plain lines themselves are checked in-process above.
+@pytest.mark.slow
 def test_align_train_piped_to_a_file_prints_plain_progress_lines(tiny_recipe, tmp_path):
     import yaml
     path = tmp_path / "r.yaml"

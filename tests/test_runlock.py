@@ -1,5 +1,6 @@
 """align/runlock.py: one live writer per directory; stale locks (dead pid, stopped heartbeat) taken over."""
 
+import json
 import os
 import signal
 import socket
@@ -30,8 +31,19 @@ def _holder(directory, lifetime_s=60.0):
     return p
 
 
+def _content(path):
+    """A file's bytes; the lock info file without its heartbeat, which the live holder itself refreshes every
+    lifetime/3 (at most 30 s) -- on a busy machine the refused run can take longer than that."""
+    data = open(path, "rb").read()
+    if os.path.basename(path) == INFO_NAME:
+        info = json.loads(data)
+        assert isinstance(info.pop("heartbeat"), float)
+        return info
+    return data
+
+
 def _snapshot(directory):
-    return {n: open(os.path.join(directory, n), "rb").read() for n in sorted(os.listdir(directory))}
+    return {n: _content(os.path.join(directory, n)) for n in sorted(os.listdir(directory))}
 
 
 def test_a_live_holder_refuses_a_second_writer_in_one_line_and_nothing_changes(tmp_path):
@@ -72,7 +84,6 @@ def _plant_foreign_lock(directory, age_s: float, lifetime_s: float):
     os.link(claim, os.path.join(directory, LOCK_NAME))
     expires = time.time() - age_s + lifetime_s
     os.utime(claim, (expires, expires))
-    import json
     with open(os.path.join(directory, INFO_NAME), "w") as f:
         json.dump({"host": "node-elsewhere", "pid": 4242, "since": time.time() - 3600,
                    "heartbeat": time.time() - age_s, "command": "align train x"}, f)
@@ -126,7 +137,7 @@ def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recip
     p = _holder(run)                                  # a live run holds it now
     try:
         def snapshot():
-            return {os.path.relpath(os.path.join(d, f), run): open(os.path.join(d, f), "rb").read()
+            return {os.path.relpath(os.path.join(d, f), run): _content(os.path.join(d, f))
                     for d, _, fs in os.walk(run) for f in fs}
         before = snapshot()
         path = tmp_path / "again.yaml"
@@ -145,8 +156,6 @@ def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recip
 
 
 def test_a_sigkilled_runs_lock_is_taken_over_and_resume_carries_on(tiny_recipe):
-    import json
-
     from tests.train.test_train import _run
     run = tiny_recipe["output_dir"]
     assert _run(tiny_recipe, kill_at=3) != 0          # SIGKILLed after step 3: its lock stays behind
@@ -176,8 +185,6 @@ def test_the_double_launch_of_the_issue_leaves_one_runs_metrics_with_strictly_in
     """Issue 25's reproduction: the same `align train` started twice, 3 s apart, on one output_dir. The second
     is refused with one line naming the first; metrics.jsonl holds the first run's steps once each, in order.
     Slow (a real training of about 30 s on 2 cores)."""
-    import json
-
     import yaml
     run = tiny_recipe["output_dir"]
     tiny_recipe["train"].update(max_steps=2000, checkpoint_every=500, log_every=100)

@@ -8,8 +8,9 @@ Each mutation is (id, file, exact source snippet, replacement, tests), listed in
 number, so the list survives edits elsewhere in a file; a snippet that is missing or occurs more than
 once is reported as STALE (fix the list). The repository's files (git ls-files, tracked and untracked
 but not ignored) are copied to a temporary directory once (once per job with --jobs N); each mutation
-is applied there, the listed tests run (`pytest -x -q -m "not slow"`, with a timeout), and the file is
-restored before the next one. Your tree is never modified.
+is applied there, the listed tests run (`pytest -x -q -m "not slow"`, with a timeout; without the marker filter
+for an entry with slow=True, whose catching test is a slow one), and the file is restored before the next one.
+Your tree is never modified.
 
 A mutation is KILLED when its tests fail (or time out), SURVIVED when they pass. The listed tests
 must pass on the unmutated copy first (the baseline), or the run stops. Exit status 0 only when every
@@ -44,10 +45,11 @@ def copy_repo(root: str, dest: str) -> None:
         shutil.copy2(os.path.join(root, rel), os.path.join(dest, rel))
 
 
-def run_tests(copy: str, tests: List[str], timeout: float) -> str:
-    """'pass', 'fail' or 'timeout' for `pytest -x -q tests` run inside the copy."""
+def run_tests(copy: str, tests: List[str], timeout: float, slow: bool = False) -> str:
+    """'pass', 'fail' or 'timeout' for `pytest -x -q tests` run inside the copy (slow ones too if `slow`)."""
     env = dict(os.environ, PYTHONPATH=copy, PYTHONDONTWRITEBYTECODE="1")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    marks = [] if slow else ["-m", "not slow"]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *marks, *tests]
     try:
         out = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout,
                              start_new_session=True)
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     muts = [m for m in MUTATIONS if not args.only or any(s in m.id for s in args.only)]
     if args.list:
         for m in muts:
-            print(f"{m.id:48s} {m.file}  -> {' '.join(m.tests)}" + (f"  [{m.note}]" if m.note else ""))
+            print(f"{m.id:48s} {m.file}  -> {' '.join(m.tests)}" + (" (slow too)" if m.slow else "")
+                  + (f"  [{m.note}]" if m.note else ""))
         return 0
 
     t0 = time.perf_counter()
@@ -84,12 +87,18 @@ def main(argv=None) -> int:
         copies = [os.path.join(tmp, f"repo{j}") for j in range(max(1, args.jobs))]
         for c in copies:
             copy_repo(ROOT, c)
-        base_tests = sorted({t for m in todo for t in m.tests})
-        print(f"baseline: {len(base_tests)} test targets on the unmutated copy ...", flush=True)
-        base = run_tests(copies[0], base_tests, args.timeout * 3)
-        if base != "pass":
-            print(f"baseline {base}: the listed tests must pass before mutating (run them: pytest {' '.join(base_tests)})")
-            return 2
+        for slow in (False, True):      # the slow entries' tests run without the marker filter, as below
+            base_tests = sorted({t for m in todo if m.slow == slow for t in m.tests})
+            if not base_tests:
+                continue
+            print(f"baseline: {len(base_tests)} test targets on the unmutated copy{' (slow too)' if slow else ''} ...",
+                  flush=True)
+            base = run_tests(copies[0], base_tests, args.timeout * 3, slow)
+            if base != "pass":
+                marks = "" if slow else '-m "not slow" '
+                print(f"baseline {base}: the listed tests must pass before mutating (run them: pytest "
+                      f"{marks}{' '.join(base_tests)})")
+                return 2
         print(f"baseline passed in {time.perf_counter() - t0:.0f}s", flush=True)
         free = queue.Queue()
         for c in copies:
@@ -105,7 +114,7 @@ def main(argv=None) -> int:
                 try:
                     with open(path, "w") as f:
                         f.write(original.replace(m.snippet, m.replacement, 1))
-                    outcome = run_tests(copy, m.tests, args.timeout)
+                    outcome = run_tests(copy, m.tests, args.timeout, m.slow)
                 finally:
                     with open(path, "w") as f:
                         f.write(original)

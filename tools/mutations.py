@@ -2,6 +2,8 @@
 
 A snippet is text, not a line number, so the list survives edits elsewhere in a file; tools/mutate.py reports a
 snippet that is missing or occurs more than once as STALE. Add one entry per switch or guard a test covers.
+An entry whose catching test is marked `slow` says `slow=True`: tools/mutate.py then runs its tests without the
+`-m "not slow"` filter (tests/test_mutation_list.py refuses a slow node id listed without it).
 """
 from dataclasses import dataclass
 from typing import List
@@ -15,6 +17,7 @@ class Mutation:
     replacement: str
     tests: List[str]
     note: str = ""
+    slow: bool = False     # the tests that catch it are marked slow: run them anyway
 
 
 M = Mutation
@@ -192,7 +195,7 @@ MUTATIONS = [
       "return rundir.newest_checkpoint(r.output_dir)", "return None", [SW + "::test_resume_auto_none_and_path"]),
     M("preempt.not_checked", "align/train/loop.py",
       "            stop_if_preempted(eng, state, loader, r, log, preempt)\n", "",
-      ["tests/train/test_preemption.py"], "issue 25: SIGTERM killed the run with no checkpoint"),
+      ["tests/train/test_preemption.py"], "issue 25: SIGTERM killed the run with no checkpoint", slow=True),
     M("runlock.not_held", "align/train/setup.py", 'if int(os.environ.get("RANK", "0")) != 0:',
       "if True:",
       ["tests/test_runlock.py::test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file"],
@@ -204,7 +207,7 @@ MUTATIONS = [
     M("sweep.val_split_not_a_held_out_set", "align/sweep/study.py", "    held_out = r.data.val or r.data.val_split\n",
       "    held_out = r.data.val\n",
       ["tests/sweep/test_study.py::test_a_sweep_without_data_val_scores_every_trial_on_the_same_val_split_groups"],
-      "align sweep refused data.val_split (issue 20 item 6: the held-out-group metric chooses)"),
+      "align sweep refused data.val_split (issue 20 item 6: the held-out-group metric chooses)", slow=True),
     M("sweep.seed_over_frac_split_allowed", "align/sweep/study.py", "    check_split_fixed(r, params, path)\n", "",
       ["tests/sweep/test_study.py::test_sweeping_seed_over_a_frac_val_split_is_refused_in_one_line"],
       "a space over seed with a frac val_split scores each trial on other speakers"),
@@ -277,7 +280,7 @@ MUTATIONS = [
     M("dataworker.death_not_deferred", "align/train/setup.py",
       "        with deferred_worker_errors():\n            yield\n", "        yield\n",
       ["tests/train/test_dataworkers.py::test_a_killed_data_worker_stops_with_one_line_and_a_checkpoint_and_resume_loses_nothing"],
-      "issue 25: a SIGKILLed data worker ended the run in torch's traceback, raised mid-step"),
+      "issue 25: a SIGKILLed data worker ended the run in torch's traceback, raised mid-step", slow=True),
     M("dataworker.part_taken_step_counted", "align/train/feed.py",
       "return self._before if self._before is not None else self.loader.state_dict()",
       "return self.loader.state_dict()",

@@ -83,6 +83,9 @@ def split_recipe(tmp_path) -> str:
     return str(path)
 
 
+# Slow (~21 s, two trials): tools/mutate.py runs it (sweep.val_split_not_a_held_out_set); three real sweeps stay
+# in the default suite.
+@pytest.mark.slow
 def test_a_sweep_without_data_val_scores_every_trial_on_the_same_val_split_groups(tmp_path):
     """Issue 20: the held-out groups carved from the training shards are the sweep's selection set."""
     from align.sweep import run_sweep

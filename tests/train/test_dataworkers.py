@@ -26,6 +26,9 @@ def _steps(keys_log):
     return got
 
 
+# Slow (~30 s, three `align train` processes): the default suite keeps the in-process checks of the same path below
+# (Batches.take, DataWorkerDied, death_line); tools/mutate.py runs this one (dataworker.death_not_deferred).
+@pytest.mark.slow
 def test_a_killed_data_worker_stops_with_one_line_and_a_checkpoint_and_resume_loses_nothing(tmp_path):
     pattern = str(tmp_path / "shards" / "s-{000..003}.tar")
     make_shards(tmp_path / "shards", 4, 8)                  # 32 samples: 8 batches of 4 per epoch

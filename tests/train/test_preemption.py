@@ -3,11 +3,16 @@ exit 75; resume=auto then ends on the uninterrupted run's weights, bitwise."""
 
 import os
 
+import pytest
+
 from align.train.guard import PREEMPTED_EXIT
 from tests.switch_helpers import run_align_train
 from tests.train.test_train import _final_weights
 
 
+# Slow (~27 s, three `align train` processes): the default suite still induces SIGTERM on a real `align train`
+# (tests/sweep/test_study.py's pruned trial); tools/mutate.py runs this one (preempt.not_checked).
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_resume_is_bitwise(tiny_recipe, tmp_path):
     ref = dict(tiny_recipe, output_dir=str(tmp_path / "ref"))
     assert run_align_train(ref, tmp_path, "ref").returncode == 0

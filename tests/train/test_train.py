@@ -59,6 +59,9 @@ def test_metrics_and_summary(tiny_recipe):
     assert [e.step for e in tb.Scalars("train/loss/image-text")] == [2, 4, 6]
 
 
+# Slow (four `align train` processes): tests/train/test_train_resume_shards.py kills and resumes twice on shards,
+# with and without data workers, in the default suite.
+@pytest.mark.slow
 def test_sigkill_twice_then_resume_is_bitwise_identical(tiny_recipe, tmp_path):
     ref = dict(tiny_recipe, output_dir=str(tmp_path / "ref"))
     ref["train"] = dict(tiny_recipe["train"], max_steps=8, checkpoint_every=2)
