@@ -77,11 +77,17 @@ def heartbeat_mark(directory: str):
     return read_holder(path).get("heartbeat"), mtime
 
 
+COMMAND_CHARS = 80      # of the holder's command line in a refusal (the whole of it is in the info file)
+
+
 def describe(info: dict) -> str:
     """A holder in words: "host H pid P since 2026-12-02 19:00:00, last heartbeat 3 s ago (align train r.yaml)"."""
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
     beat = f", last heartbeat {time.time() - info['heartbeat']:.0f} s ago" if "heartbeat" in info else ""
-    return f"host {info.get('host', '?')} pid {info.get('pid', '?')} since {since}{beat} ({info.get('command', '?')})"
+    command = str(info.get("command", "?"))
+    if len(command) > COMMAND_CHARS:        # a launcher's command line can run to pages; the line stays one line
+        command = command[:COMMAND_CHARS - 3] + "..."
+    return f"host {info.get('host', '?')} pid {info.get('pid', '?')} since {since}{beat} ({command})"
 
 
 class DirectoryBusy(AlignError):

@@ -225,3 +225,12 @@ def test_the_heartbeat_mark_still_moves_when_the_disk_is_full(tmp_path):
     finally:
         lock.release()
     assert heartbeat_mark(str(tmp_path)) is None                 # released: nothing to watch
+
+
+def test_the_holder_in_words_cuts_a_long_command_line_and_keeps_a_short_one():
+    from align.runlock import COMMAND_CHARS, describe
+    long = "align train " + " ".join(f"model.towers.text.key{i}=value{i}" for i in range(40))
+    line = describe({"host": "h", "pid": 7, "since": time.time(), "heartbeat": time.time(), "command": long})
+    assert "\n" not in line and line.endswith(f" ({long[:COMMAND_CHARS - 3]}...)") and len(line) < 200
+    short = describe({"host": "h", "pid": 7, "command": "align train r.yaml"})
+    assert short.startswith("host h pid 7 since ?") and short.endswith("(align train r.yaml)")
