@@ -56,6 +56,7 @@ def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:
     read. share(obj) -> rank 0's obj on every rank: StepWatch.share_object, whose wait is not bound by
     train.dist_timeout_s (a big table takes rank 0 longer than that to write)."""
     from align.data.write.cached import cached_shards, check_cached, entry_input, val_input
+    check_val_exists(r)                    # before any shard is written: a recipe's default data.val may be absent
     synthetic = r.data.train == "synthetic" or not r.data.train   # (a folder named "synthetic" is not read)
     train = [] if synthetic else r.data.train if isinstance(r.data.train, list) else [r.data.train]
     entries = [u for s in train for u in ([s] if isinstance(s, str) else [s.urls] if isinstance(s.urls, str)
@@ -85,6 +86,17 @@ def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:
         s, urls=swap(s.urls) if isinstance(s.urls, str) else [swap(u) for u in s.urls]) for s in train]
     return dataclasses.replace(r, data=dataclasses.replace(
         r.data, val=val, train=r.data.train if synthetic else new if isinstance(r.data.train, list) else new[0]))
+
+
+def check_val_exists(r: Recipe) -> None:
+    """One DataError line when data.val names no file or folder (it is always local: a CLIP_benchmark folder, a
+    table or a folder of pairs). A recipe's own default can be the cause: `align train demo data.train=X` keeps
+    the demo's data.val."""
+    from align.errors import DataError
+    if r.data.val and not os.path.exists(os.path.expanduser(r.data.val)):
+        where = "" if os.path.isabs(os.path.expanduser(r.data.val)) else f" (relative to {os.getcwd()})"
+        raise DataError(f"data.val: {r.data.val!r} does not exist{where}; give data.val=DIR|CSV of held-out "
+                        f"items, or data.val=null to train without a held-out set")
 
 
 def _stored_teacher(r: Recipe) -> tuple:

@@ -42,6 +42,24 @@ def test_small_audio_text_trains_from_a_folder_of_wav_and_txt_with_held_out_spea
     assert f"data.train: {voices} -> its shards in {read} (written earlier)" in capsys.readouterr().out
 
 
+def test_a_data_val_that_does_not_exist_is_one_line_before_any_shard_is_written(tmp_path, capsys, monkeypatch):
+    """`align train demo data.train=X` keeps the demo recipe's data.val (align_demo/data/val): one line naming the
+    key and the way out, and the train CSV is not written into the cache first."""
+    monkeypatch.chdir(tmp_path)
+    table = speech_csv(tmp_path, n=8)
+    code = main(["train", "demo", f"data.train={table}", f"data.shards_cache={tmp_path / 'cache'}",
+                 f"output_dir={tmp_path / 'run'}", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code not in (0, None) and len(err) == 1, err
+    assert err[0].startswith("align: ") and "data.val: 'align_demo/data/val' does not exist (relative to " in err[0]
+    assert "data.val=null" in err[0] and str(tmp_path) in err[0]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    code = main(tiny_run(tmp_path, "run2", table, f"data.val={tmp_path / 'nowhere.csv'}"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code not in (0, None) and len(err) == 1
+    assert f"data.val: '{tmp_path / 'nowhere.csv'}' does not exist;" in err[0]
+
+
 def test_the_shards_carry_the_audio_at_the_audio_towers_rate(tmp_path):
     table = speech_csv(tmp_path, n=8)
     assert main(tiny_run(tmp_path, "run", table, "model.towers.audio.sample_rate=24000", "train.max_steps=1")) \
