@@ -277,6 +277,11 @@ MUTATIONS = [
       "            mine[k] = stretch_positions(mine[k], v.shape[0])\n", "",
       ["tests/towers/test_open_clip_towers.py::test_long_text_from_a_pretrained_checkpoint_stretches_its_positions"],
       "issue 22: a longer context over a pretrained checkpoint failed on the positional embedding"),
+    M("feed.val_existence_unchecked", "align/train/feed.py",
+      "    check_val_exists(r)                    # before", "    pass                                   # before",
+      ["tests/train/test_train_from_tables.py::"
+       "test_a_data_val_that_does_not_exist_is_one_line_before_any_shard_is_written"],
+      "`align train demo data.train=X` wrote the table's shards, then failed on the demo's own data.val"),
     M("dataworker.death_not_deferred", "align/train/setup.py",
       "        with deferred_worker_errors():\n            yield\n", "        yield\n",
       ["tests/train/test_dataworkers.py::test_a_killed_data_worker_stops_with_one_line_and_a_checkpoint_and_resume_loses_nothing"],
