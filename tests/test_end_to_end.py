@@ -72,6 +72,10 @@ def test_small_data_recipes_train_on_demo_data_with_data_train_alone(demo_data, 
         {"type": "speed", "factor": [0.9, 1.1]}, {"type": "gain", "db": [-6, 6]},
         {"type": "spec_augment", "freq_masks": 2, "freq_width": 6, "time_masks": 2, "time_width": 8}]}}[name]
     assert r.data.augment == augment, r.data.augment
+    # the text tower chosen on the selection speakers (header): the bag-of-words tower over the transformer
+    if name == "small-audio-text":
+        assert r.model.towers["text"] == {"type": "bow_text", "width": 64, "context_length": 24,
+                                          "clean": "canonicalize"}, r.model.towers["text"]
     # the batch and steps chosen on the selection speakers / writers (headers): speech 32 x 4800, scans 64 x 1200
     assert (r.train.batch_size, r.train.max_steps) == {"small-image-text": (64, 1200),
                                                        "small-audio-text": (32, 4800)}[name]
