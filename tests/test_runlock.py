@@ -43,7 +43,9 @@ def _content(path):
 
 
 def _snapshot(directory):
-    return {n: _content(os.path.join(directory, n)) for n in sorted(os.listdir(directory))}
+    """{path relative to directory: _content} of every file under it."""
+    return {os.path.relpath(os.path.join(d, f), directory): _content(os.path.join(d, f))
+            for d, _, fs in os.walk(directory) for f in fs}
 
 
 def test_a_live_holder_refuses_a_second_writer_in_one_line_and_nothing_changes(tmp_path):
@@ -136,10 +138,7 @@ def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recip
     assert _run(tiny_recipe) == 0
     p = _holder(run)                                  # a live run holds it now
     try:
-        def snapshot():
-            return {os.path.relpath(os.path.join(d, f), run): _content(os.path.join(d, f))
-                    for d, _, fs in os.walk(run) for f in fs}
-        before = snapshot()
+        before = _snapshot(run)
         path = tmp_path / "again.yaml"
         tiny_recipe["train"]["max_steps"] = 9
         path.write_text(yaml.safe_dump(tiny_recipe))
@@ -149,7 +148,7 @@ def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recip
         assert r.returncode == 2 and "Traceback" not in r.stderr
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("align: error: ") and f"pid {p.pid}" in last and "another run holds" in last
-        assert snapshot() == before
+        assert _snapshot(run) == before
     finally:
         p.kill()
         p.wait()

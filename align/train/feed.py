@@ -93,8 +93,9 @@ def check_val_exists(r: Recipe) -> None:
     table or a folder of pairs). A recipe's own default can be the cause: `align train demo data.train=X` keeps
     the demo's data.val."""
     from align.errors import DataError
-    if r.data.val and not os.path.exists(os.path.expanduser(r.data.val)):
-        where = "" if os.path.isabs(os.path.expanduser(r.data.val)) else f" (relative to {os.getcwd()})"
+    path = os.path.expanduser(r.data.val or "")
+    if path and not os.path.exists(path):
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
         raise DataError(f"data.val: {r.data.val!r} does not exist{where}; give data.val=DIR|CSV of held-out "
                         f"items, or data.val=null to train without a held-out set")
 

@@ -362,7 +362,8 @@ class StepWatch:
                     info = read_holder(os.path.join(self.run_dir, INFO_NAME))
                     self.on_hang(f"rank 0 (host {info.get('host', '?')} pid {info.get('pid', '?')}) stopped "
                                  f"refreshing the run dir's lock: no heartbeat for {time.time() - moved:.0f} s "
-                                 f"(train.lock_timeout_s={self.lock_timeout_s:g}) while rank {self.rank} waited {time.time() - waited_from:.0f} s for {what}; it is "
+                                 f"(train.lock_timeout_s={self.lock_timeout_s:g}) while rank {self.rank} waited "
+                                 f"{time.time() - waited_from:.0f} s for {what}; it is "
                                  f"stopped or its node is frozen; stopping the launch, resume=auto continues")
                     return
 
