@@ -60,6 +60,24 @@ def run_tests(copy: str, tests: List[str], timeout: float, slow: bool = False) -
     return "pass" if out.returncode == 0 else "fail"
 
 
+def baseline_passes(copy: str, todo, timeout: float) -> bool:
+    """The mutations' listed tests on the unmutated copy, each entry's as it will run (slow=True ones without the
+    marker filter); False, with the command to rerun them, when they do not pass."""
+    for slow in (False, True):
+        base_tests = sorted({t for m in todo if m.slow == slow for t in m.tests})
+        if not base_tests:
+            continue
+        print(f"baseline: {len(base_tests)} test targets on the unmutated copy{' (slow too)' if slow else ''} ...",
+              flush=True)
+        base = run_tests(copy, base_tests, timeout, slow)
+        if base != "pass":
+            marks = "" if slow else '-m "not slow" '
+            print(f"baseline {base}: the listed tests must pass before mutating (run them: pytest "
+                  f"{marks}{' '.join(base_tests)})")
+            return False
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", default=[], help="run mutations whose id contains this (repeatable)")
@@ -87,18 +105,8 @@ def main(argv=None) -> int:
         copies = [os.path.join(tmp, f"repo{j}") for j in range(max(1, args.jobs))]
         for c in copies:
             copy_repo(ROOT, c)
-        for slow in (False, True):      # the slow entries' tests run without the marker filter, as below
-            base_tests = sorted({t for m in todo if m.slow == slow for t in m.tests})
-            if not base_tests:
-                continue
-            print(f"baseline: {len(base_tests)} test targets on the unmutated copy{' (slow too)' if slow else ''} ...",
-                  flush=True)
-            base = run_tests(copies[0], base_tests, args.timeout * 3, slow)
-            if base != "pass":
-                marks = "" if slow else '-m "not slow" '
-                print(f"baseline {base}: the listed tests must pass before mutating (run them: pytest "
-                      f"{marks}{' '.join(base_tests)})")
-                return 2
+        if not baseline_passes(copies[0], todo, args.timeout * 3):
+            return 2
         print(f"baseline passed in {time.perf_counter() - t0:.0f}s", flush=True)
         free = queue.Queue()
         for c in copies:
