@@ -4,7 +4,7 @@
     align train RECIPE.yaml [key=value ...]        train a recipe (also under `accelerate launch`)
     align recipes [--show NAME]                    list shipped recipes, or print one
     align train NAME --help-keys                   every recipe key: type, default, meaning
-    align data demo|shards|inspect|stats ...             build and check webdataset shards
+    align data demo|shards|inspect|stats|...       build and check webdataset shards
     align bench zeroshot|retrieval|suite ...       benchmarks on FAISS indexes
     align export RUN --out DIR --format ...        open_clip / ONNX export
     align sweep RECIPE --space S.yaml --trials N   recipe settings chosen on data.val with Optuna
@@ -26,8 +26,7 @@ import sys
 from align.shipped import recipe_header, recipes_dir, resolve_recipe, shipped_recipes
 from align.errors import AlignError, SourceUnavailable
 from align.train.guard import PREEMPTED_EXIT, Preempted
-from align.cli_data import (add_limit_options, cmd_data_cache, cmd_data_demo, cmd_data_inspect, cmd_data_reinforce,
-                            cmd_data_shards, cmd_data_stats)
+from align.cli_data import add_data_parsers
 
 EXIT_SOURCE_UNAVAILABLE = 75   # sysexits.h EX_TEMPFAIL: a temporary failure, worth retrying
 
@@ -174,12 +173,8 @@ class AlignParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = AlignParser(prog="align", description="CLIP-style contrastive pretraining across images, text and audio.",
-                    epilog="`align COMMAND --help` explains a command; `align train NAME --help-keys` every "
-                           "recipe key.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
+def _add_run_commands(sub) -> None:
+    """align demo, train, checkpoints, recipes."""
     s = sub.add_parser("demo", help="build the demo data, train recipes/demo.yaml, benchmark, report")
     s.add_argument("--out", default="align_demo", help="output directory (data/, run/, report/)")
     s.add_argument("--seed", type=int, default=0, help="seed of the data split, voices, weights and data order")
@@ -208,100 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print this recipe (shipped name or path), its header comment included")
     s.set_defaults(fn=cmd_recipes)
 
-    data = sub.add_parser("data", help="build and inspect webdataset shards").add_subparsers(
-        dest="data_cmd", required=True, metavar="SUBCOMMAND")
-    s = data.add_parser("demo", help="write the built-in digits image-text-audio dataset")
-    s.add_argument("--out", required=True, help="output directory (train/, val/, selection/, heldout/, demo.json)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the split and of every random draw")
-    s.add_argument("--workers", type=int, default=None, help="speech synthesis processes (default: CPU count)")
-    s.set_defaults(fn=cmd_data_demo)
 
-    s = data.add_parser("shards", help="turn a CSV/TSV/JSONL/Parquet file, a folder of pairs or a HF dataset "
-                                       "into shards")
-    s.add_argument("input", help="CSV/TSV/JSONL/Parquet file, folder of same-stem files (a.jpg + a.txt), or "
-                                 "a Hugging Face dataset (Hub name or saved folder)")
-    s.add_argument("--out", required=True, help="output folder of the shards (and stats.json)")
-    for col, what in (("image", "image paths or URLs"), ("text", "captions (a,b: several caption columns)"),
-                      ("audio", "audio file paths"), ("label", "class labels (ints or names)")):
-        s.add_argument(f"--{col}-col", default=None, metavar="COL",
-                       help=f"column of {what} (default: detected from the column names)")
-    s.add_argument("--neg-col", default=None, metavar="COL",
-                   help="column of hard-negative captions (one per line, or a JSON list), written as each "
-                        "sample's neg.txt (see HardNegativeClipLoss)")
-    s.add_argument("--image-size", type=int, default=None,
-                   help="resize images (see --resize-mode; default: stored as they are)")
-    s.add_argument("--resize-mode", choices=["keep", "center_crop", "border", "longest"], default="keep",
-                   help="keep: shorter side = size; longest: longer side = size; center_crop: size x size; "
-                        "border: longer side = size, padded black")
-    s.add_argument("--image-format", choices=["jpg", "webp", "png"], default="jpg", help="format images are "
-                                                                                        "stored in")
-    s.add_argument("--image-quality", type=int, default=95, help="jpg/webp quality, 1-100")
-    s.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate (Hz), stored "
-                                                                  "as flac")
-    s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    s.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar")
-    s.add_argument("--workers", type=int, default=1, help="processes decoding and encoding media")
-    s.add_argument("--split", default=None, help="split of a Hugging Face dataset (e.g. train)")
-    s.add_argument("--overwrite", action="store_true", help="replace an unrelated non-empty --out")
-    s.add_argument("--layout", choices=["shards", "clip_benchmark"], default="shards",
-                   help="clip_benchmark: an eval set (OUT/test/N.tar, classnames, templates) for data.val, "
-                        "align bench and the clip_benchmark CLI")
-    s.add_argument("--classnames", default=None, help="class names file (.txt one per line, or .json list): "
-                                                      "the order gives the class indices")
-    s.add_argument("--templates", default=None, help="zero-shot templates: a built-in set name or a file "
-                                                     "(default: 'photo' for images, 'audio' for audio)")
-    s.add_argument("--val-groups-from", default=None, metavar="COL[:N]",
-                   help="the column holding each row's group, or COL:N for field N of the file name in COL "
-                        "(split at / _ -)")
-    s.add_argument("--val-groups", default=None, metavar="A,B,...",
-                   help="groups held out as OUT/val (clip_benchmark layout); the rest go to OUT/train")
-    s.add_argument("--max-skip-frac", type=float, default=None, metavar="F",
-                   help="exit non-zero when more than this fraction of rows is skipped (no sample written "
-                        "always is an error)")
-    s.add_argument("--follow-links", action="store_true",
-                   help="follow symbolic links that lead out of the input folder (default: skip and count them)")
-    add_limit_options(s)
-    s.set_defaults(fn=cmd_data_shards)
-
-    s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
-    s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
-    s.add_argument("-n", type=int, default=3, help="samples to print")
-    s.add_argument("--modalities", default="image,text,audio",
-                   help="modalities training will request (counts skips as a run with them would)")
-    add_limit_options(s)
-    s.set_defaults(fn=cmd_data_inspect)
-
-    s = data.add_parser("stats", help="image sizes (what image_size: auto trains at), the log-mel mean/std of "
-                                      "the audio in shards (for the audio tower's norm_mean/norm_std) and the clips' "
-                                      "durations (what clip_seconds: auto trains at)")
-    s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
-    s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
-    s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.towers.audio.clip_seconds=1")
-    s.set_defaults(fn=cmd_data_stats)
-
-    s = data.add_parser("cache", help="list the shards data.train / data.val wrote from tables and folders of "
-                                      "pairs, and whether a run still reads each; --prune removes the others")
-    s.add_argument("--cache", default=None, help="the cache folder (default: $ALIGN_CACHE, else ~/.cache/align)")
-    s.add_argument("--prune", action="store_true", help="remove the folders no run reads: input changed or gone, "
-                                                        "another version's, builds cut short (never one in use)")
-    s.set_defaults(fn=cmd_data_cache)
-
-    s = data.add_parser("reinforce", help="copy shards adding a frozen teacher's per-sample embeddings "
-                                          "(loss.distill.teacher=stored: distillation without running the teacher)")
-    s.add_argument("pattern", help="local shard folder, file or brace pattern")
-    s.add_argument("--teacher", required=True, help="an align run/export, or open_clip:ARCH with --pretrained FILE")
-    s.add_argument("--pretrained", default=None, help="open_clip:ARCH teachers: a local checkpoint file "
-                                                       "(nothing is downloaded)")
-    s.add_argument("--out", required=True, help="folder of the reinforced shards (same names) and teacher.json")
-    s.add_argument("--modalities", default="image,text", help="teacher embeddings to store (default image,text)")
-    s.add_argument("--batch-size", type=int, default=64, help="samples per teacher forward (default 64)")
-    s.set_defaults(fn=cmd_data_reinforce)
-
-    from align.bench.cli import add_bench_parser
-    add_bench_parser(sub, cmd_bench)
-
+def _add_export(sub) -> None:
+    """align export."""
     s = sub.add_parser("export", help="export a run or checkpoint for open_clip and/or ONNX")
     s.add_argument("model", help="run dir, checkpoint dir or export to export")
     s.add_argument("--out", required=True, help="export folder (built aside, moved into place when checked)")
@@ -318,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "a list (0,0.5,1) writes OUT/alpha-<a> per value")
     s.set_defaults(fn=cmd_export)
 
+
+def _add_sweep(sub) -> None:
+    """align sweep."""
     s = sub.add_parser("sweep", help="choose recipe settings by the val metric (eval.best_metric on data.val) "
                                      "with Optuna; each trial is a run dir",
                        description="Optuna study over recipe keys. data.val must be the *selection* groups "
@@ -346,6 +253,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heartbeat", type=int, default=10, help="seconds between Optuna heartbeats; a trial "
                                                              "silent for 3x this is retried")
     s.set_defaults(fn=cmd_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each command's options are added by the function named beside it."""
+    p = AlignParser(prog="align", description="CLIP-style contrastive pretraining across images, text and audio.",
+                    epilog="`align COMMAND --help` explains a command; `align train NAME --help-keys` every "
+                           "recipe key.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    _add_run_commands(sub)
+    data = add_data_parsers(sub)
+
+    from align.bench.cli import add_bench_parser
+    add_bench_parser(sub, cmd_bench)
+
+    _add_export(sub)
+    _add_sweep(sub)
 
     # -- retrieval (issue 21): embed / index / search / serve and `data filter`, parsed in align/retrieval/cli.py
     from align.retrieval.cli import add_retrieval_parsers

@@ -506,7 +506,7 @@ MUTATIONS = [
     # -- a CLI that explains itself (issue 22, item 5) --------------------------------------------
     M("cli.help.defaults_not_shown", "align/cli.py",
       'return h + " (default: %(default)s)"', "return h", ["tests/test_cli.py"]),
-    M("cli.help.option_without_help", "align/cli.py",
+    M("cli.help.option_without_help", "align/cli_data.py",
       's.add_argument("--shard-size", type=int, default=1000, help="samples per shard")',
       's.add_argument("--shard-size", type=int, default=1000)', ["tests/test_cli.py"]),
     M("cli.help_keys.recipe_values_dropped", "align/cli.py",
