@@ -14,7 +14,9 @@ process timed from start to exit (model load included):
     tools/clip_benchmark_compat.py) with the same batch size, --num_workers set to the count align chose,
     and --no_amp when --precision fp32 (clip_benchmark's default amp is bf16 autocast on CPU).
 Both must report the same acc1 (same model, same images, same templates); the script says if they differ.
-Prints one RESULT line per run and a ratio line (median wall time of clip_benchmark / align).
+Prints one RESULT line per run, align's STAGES (the result's "seconds": open dataset, load model, encode
+images, encode class prompts, index, search; the rest is start-up) and a ratio line (median wall time of
+clip_benchmark / align).
 
 Models: `small` (open_clip ViT, 64 px input, patch 8, width 192, 6 layers; text width 192, 6 layers; ~5 M
 parameters per tower: cheap enough on 2 CPU cores that the costs besides the forward pass show) and `tiny`
@@ -100,7 +102,11 @@ def run_align(ctx, a, ds, export, tag):
     if rc != 0:
         raise SystemExit(f"align bench failed (rc {rc}):\n{log[-3000:]}")
     workers = next((int(w.split()[0]) for w in log.split(", ") if "decode worker" in w), None)
-    return sec, json.load(open(out))["metrics"], workers
+    res = json.load(open(out))
+    stages = res.get("seconds", {})
+    print(f"STAGES {tag}: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items())
+          + f"; outside them (interpreter, imports, writing) {sec - sum(stages.values()):.2f} s", flush=True)
+    return sec, res["metrics"], workers
 
 
 def run_cb(ctx, a, ds, export, workers, tag):

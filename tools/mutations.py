@@ -607,6 +607,8 @@ MUTATIONS = [
       "    if good and len({tuple(t.shape) for t in good}) == 1:", "    if False:", ["tests/bench/test_embed.py"]),
     M("bench.embed.skips_uncounted", "align/bench/embed.py",
       "            skipped += len(errs)", "            skipped += 0", ["tests/bench/test_embed.py"]),
+    M("bench.seconds.directions_swapped", "align/bench/retrieval.py",
+      'clock, f"{qm}->{gm}")', 'clock, f"{gm}->{qm}")', ["tests/bench/test_retrieval.py"]),
     M("bench.index.list_major_wrong_query", "align/bench/index.py",
       "qt[torch.from_numpy(pairs // p)]", "qt[torch.from_numpy(pairs % p)]", ["tests/bench/test_index.py"]),
     M("retrieval.filter.keeps_the_copy", "align/retrieval/filter.py",

@@ -5,21 +5,47 @@ A result is what `clip_benchmark eval` dumps,
 plus align's extra fields (all optional): "benchmark" (registry name),
 "index" (type, exact, params, approximate recall vs exact), "n" (counts of items,
 queries, gallery), "skipped" (decode failures per modality), "errors" (first few
-skip reasons), "problems" (issues found while indexing the dataset).
+skip reasons), "problems" (issues found while indexing the dataset), "seconds" (wall seconds per stage
+of the run -- encoding each modality, the class prompts, building the index, the search itself --
+so a slow benchmark says where its time went; `align bench` adds the model load).
 `task` uses CLIP_benchmark's names where they exist ("zeroshot_classification",
 "zeroshot_retrieval") so `clip_benchmark build` can merge align's JSON files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 from align.errors import AlignError
 
 BASE_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
+
+
+class StageSeconds:
+    """Wall seconds per named stage of one benchmark run: `with clock("search"): ...`; clock.seconds is
+    the result's "seconds" field ({stage: s}, rounded to 0.1 ms; a stage timed twice adds up)."""
+
+    def __init__(self):
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t, 4)
+
+
+def seconds_line(result: dict) -> str:
+    """'time: load model 2.1 s, encode image 40.3 s, ...' from a result's "seconds" ('' when it has none)."""
+    sec = result.get("seconds") or {}
+    return ("time: " + ", ".join(f"{k.replace('_', ' ')} {v:.3g} s" for k, v in sec.items())) if sec else ""
 
 
 def model_name(model) -> str:

@@ -25,7 +25,7 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset
 from align.bench.embed import embed_dataset
 from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
-from align.bench.report import make_result
+from align.bench.report import StageSeconds, make_result
 from align.errors import ConfigError, DataError
 
 
@@ -43,17 +43,31 @@ def recall_at_ks(topk_ids: np.ndarray, query_groups: np.ndarray, gallery_groups:
     return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def _direction(q_vecs, q_groups, g_vecs, g_groups, ks, index, index_params, recall_sample) -> Tuple[dict, dict]:
-    """Search queries [Q, D] against gallery [G, D]; returns ({k: recall}, index info)."""
-    idx = build_index(index, g_vecs, **(index_params or {}))
+def _direction(q_vecs, q_groups, g_vecs, g_groups, ks, index, index_params, recall_sample,
+               clock: StageSeconds, where: str) -> Tuple[dict, dict]:
+    """Search queries [Q, D] against gallery [G, D]; returns ({k: recall}, index info). `where` ('text->image')
+    names this direction's stages in clock."""
+    with clock(f"index {where}"):
+        idx = build_index(index, g_vecs, **(index_params or {}))
     kmax = max(ks)
-    _, topk = search(idx, q_vecs, kmax)                         # [Q, min(kmax, G)]
+    with clock(f"search {where}"):
+        _, topk = search(idx, q_vecs, kmax)                     # [Q, min(kmax, G)]
     rec = recall_at_ks(topk, q_groups, g_groups, ks)
     info = {"params": describe_index(idx)}
     if index not in EXACT:
         rows = sample_rows(len(q_vecs), recall_sample)
-        info[f"recall_vs_exact@{kmax}"] = recall_against_exact(idx, g_vecs, q_vecs[rows], kmax)
+        with clock(f"recall_vs_exact {where}"):
+            info[f"recall_vs_exact@{kmax}"] = recall_against_exact(idx, g_vecs, q_vecs[rows], kmax)
     return rec, info
+
+
+def _encode(model, clock: StageSeconds, query, gallery, kw: dict):
+    """Embeddings of the (dataset, modality) pairs query and gallery, each timed as encode_<modality>."""
+    out = []
+    for ds, mod in (query, gallery):
+        with clock(f"encode_{mod}"):
+            out.append(embed_dataset(model, ds, mod, **kw))
+    return out
 
 
 def _check_pair(query_modality: str, gallery_modality: str) -> None:
@@ -61,12 +75,13 @@ def _check_pair(query_modality: str, gallery_modality: str) -> None:
         raise ConfigError(f"retrieval needs two different modalities, got {query_modality!r} twice")
 
 
-def _score(pairs, ks, index, index_params, recall_sample):
+def _score(pairs, ks, index, index_params, recall_sample, clock: StageSeconds):
     """pairs: [(query_mod, gallery_mod, q_vecs, q_groups, g_vecs, g_groups)] -> metrics, index info, counts."""
     metrics, info, counts = {}, {"type": index, "exact": index in EXACT}, {}
     per_dir = {}
     for qm, gm, qv, qg, gv, gg in pairs:
-        per_dir[(qm, gm)], info[f"{qm}->{gm}"] = _direction(qv, qg, gv, gg, ks, index, index_params, recall_sample)
+        per_dir[(qm, gm)], info[f"{qm}->{gm}"] = _direction(qv, qg, gv, gg, ks, index, index_params, recall_sample,
+                                                            clock, f"{qm}->{gm}")
         counts[f"{qm}->{gm}"] = {"queries": int(len(qv)), "gallery": int(len(gv))}
     for k in ks:  # CLIP_benchmark's key order: per k, each direction
         for (qm, gm), rec in per_dir.items():
@@ -83,22 +98,22 @@ def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gal
     _check_pair(query_modality, gallery_modality)
     kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
               precision=precision)
-    q = embed_dataset(model, dataset, query_modality, **kw)
-    g = embed_dataset(model, dataset, gallery_modality, **kw)
+    clock = StageSeconds()
+    q, g = _encode(model, clock, (dataset, query_modality), (dataset, gallery_modality), kw)
     common = np.intersect1d(q.ids, g.ids)                       # items that have both modalities
     if len(common) == 0:
         raise DataError(f"dataset {dataset.path!r}: no item has both {query_modality} and {gallery_modality}")
     qk, gk = np.isin(q.ids, common), np.isin(g.ids, common)
     a = (query_modality, gallery_modality, q.vectors[qk], q.ids[qk], g.vectors[gk], g.ids[gk])
     pairs = [a, (a[1], a[0], a[4], a[5], a[2], a[3])] if both_directions else [a]
-    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample)
+    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample, clock)
     n_items = {m: int(len(np.unique(e.ids))) for m, e in ((query_modality, q), (gallery_modality, g))}
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_retrieval", metrics=metrics, pretrained=pretrained,
         benchmark="retrieval", modalities=[query_modality, gallery_modality], index=info,
         n={"items": len(dataset), "paired_items": int(len(common)), "items_with": n_items, **counts},
         skipped={query_modality: q.skipped, gallery_modality: g.skipped},
-        errors=(q.errors + g.errors) or None, problems=dataset.problems or None)
+        errors=(q.errors + g.errors) or None, problems=dataset.problems or None, seconds=clock.seconds)
 
 
 def _class_groups(ds: BenchDataset, labels: np.ndarray, by_name: bool, vocab: dict) -> np.ndarray:
@@ -129,8 +144,8 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
                                 f"matches labels by class name")
     kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
               precision=precision)
-    q = embed_dataset(model, dataset, query_modality, **kw)
-    g = embed_dataset(model, gds, gallery_modality, **kw)
+    clock = StageSeconds()
+    q, g = _encode(model, clock, (dataset, query_modality), (gds, gallery_modality), kw)
     vocab: dict = {}
     qg = _class_groups(dataset, dataset.labels[q.ids], by_name, vocab)     # [Nq]
     gg = _class_groups(gds, gds.labels[g.ids], by_name, vocab)             # [Ng]
@@ -146,7 +161,7 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
     pairs = [(query_modality, gallery_modality, qv[q_ok], qg[q_ok], gv, gg)]
     if both_directions:
         pairs.append((gallery_modality, query_modality, gv[g_ok], gg[g_ok], qv, qg))
-    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample)
+    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample, clock)
     name = dataset.name if gds is dataset else f"{dataset.name}+{gds.name}"
     return make_result(
         dataset=name, model=model, task="emergent_retrieval", metrics=metrics, pretrained=pretrained,
@@ -154,7 +169,8 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
         n={**counts, "classes_shared": int(len(np.intersect1d(qg, gg))),
            "queries_without_class_match": {query_modality: int((~q_ok).sum()), gallery_modality: int((~g_ok).sum())}},
         skipped={query_modality: q.skipped, gallery_modality: g.skipped},
-        errors=(q.errors + g.errors) or None, problems=(dataset.problems + (gds.problems if by_name else [])) or None)
+        errors=(q.errors + g.errors) or None, problems=(dataset.problems + (gds.problems if by_name else [])) or None,
+        seconds=clock.seconds)
 
 
 ENTRY_KEYS = {"query", "gallery", "ks", "both_directions", "index", "index_params"}

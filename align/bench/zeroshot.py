@@ -21,7 +21,7 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset
 from align.bench.embed import embed_dataset, embed_texts
 from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
-from align.bench.report import make_result
+from align.bench.report import StageSeconds, make_result
 from align.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts_for
 from align.errors import ConfigError, DataError
 
@@ -81,8 +81,10 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
     if modality not in DEFAULT_TEMPLATES:
         raise ConfigError(f"zero-shot classification needs modality image or audio, got {modality!r}")
     names, tmpl, tmpl_name = _resolve(dataset, modality, classnames, templates)
-    emb = embed_dataset(model, dataset, modality, cache_dir=cache_dir, batch_size=batch_size, device=device,
-                        num_workers=num_workers, progress=progress, precision=precision)
+    clock = StageSeconds()
+    with clock(f"encode_{modality}"):
+        emb = embed_dataset(model, dataset, modality, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                            num_workers=num_workers, progress=progress, precision=precision)
     labels = dataset.labels[emb.ids]                       # [N]
     keep = labels >= 0
     if not keep.any():
@@ -92,23 +94,27 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
         raise DataError(f"dataset {dataset.path!r}: sample {dataset.items[emb.ids[bad]].key!r} has label "
                         f"{labels[bad]} but there are only {len(names)} class names")
     x, labels = emb.vectors[keep], labels[keep]            # [N, D], [N]
-    classes = class_vectors(model, names, tmpl, cache_dir=cache_dir, device=device, progress=progress,
-                            precision=precision)                                                 # [C, D]
+    with clock("encode_prompts"):
+        classes = class_vectors(model, names, tmpl, cache_dir=cache_dir, device=device, progress=progress,
+                                precision=precision)                                             # [C, D]
     k = min(5, len(names))
-    idx = build_index(index, classes, **(index_params or {}))
-    _, topk = search(idx, x, k)                            # [N, k] class ids, best first
+    with clock("index"):
+        idx = build_index(index, classes, **(index_params or {}))
+    with clock("search"):
+        _, topk = search(idx, x, k)                        # [N, k] class ids, best first
     metrics = zeroshot_metrics(topk, labels, len(names))
     info = {"type": index, "exact": index in EXACT, "params": describe_index(idx)}
     if index not in EXACT:
         rows = sample_rows(len(x), recall_sample)
-        info[f"recall_vs_exact@{k}"] = recall_against_exact(idx, classes, x[rows], k)
+        with clock("recall_vs_exact"):
+            info[f"recall_vs_exact@{k}"] = recall_against_exact(idx, classes, x[rows], k)
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_classification", metrics=metrics, pretrained=pretrained,
         benchmark="zeroshot", modality=modality, index=info,
         n={"items": len(dataset), "scored": int(len(x)), "unlabelled": int((~keep).sum()), "classes": len(names),
            "templates": len(tmpl)},
         templates=tmpl_name, skipped={modality: emb.skipped}, errors=emb.errors or None,
-        problems=dataset.problems or None)
+        problems=dataset.problems or None, seconds=clock.seconds)
 
 
 ENTRY_KEYS = {"modality", "classnames", "templates", "index", "index_params"}

@@ -2,6 +2,7 @@
 that put a starting model and its fine-tuned version side by side."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -40,11 +41,15 @@ def test_zeroshot_with_an_open_clip_model_workers_and_bf16(tmp_path, capsys, oc_
     base = ["bench", "zeroshot", "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt"),
             "--dataset", ds, "--batch-size", "5"]
     assert main(base + ["--out", str(tmp_path / "a.json"), "--num-workers", "0"]) == 0
-    assert "device cpu, precision fp32, engine torch, 0 decode worker(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "device cpu, precision fp32, engine torch, 0 decode worker(s)" in out
+    assert re.search(r"^time: open dataset [0-9.e-]+ s, load model [0-9.e-]+ s, encode image [0-9.e-]+ s, "
+                     r"encode prompts [0-9.e-]+ s, index [0-9.e-]+ s, search [0-9.e-]+ s$", out, re.M), out
     assert main(base + ["--out", str(tmp_path / "b.json"), "--device", "cpu"]) == 0       # default: sized to the CPUs
     assert f"{default_workers()} decode worker(s)" in capsys.readouterr().out
     a, b = json.load(open(tmp_path / "a.json")), json.load(open(tmp_path / "b.json"))
     assert a["model"] == oc_arch and a["pretrained"] == str(two_checkpoints / "start.pt")
+    assert list(a["seconds"])[:2] == ["open_dataset", "load_model"] and a["seconds"]["load_model"] > 0
     assert a["metrics"] == b["metrics"] and a["n"] == b["n"]          # parallel decoding changes nothing
     cache = tmp_path / "cache"
     assert main(base + ["--out", str(tmp_path / "c.json"), "--precision", "bf16", "--cache-dir", str(cache)]) == 0

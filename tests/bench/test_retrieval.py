@@ -56,6 +56,27 @@ def test_text_image_pipeline_matches_reference_and_names_keys_like_clip_benchmar
             _ref_recall(i.vectors, i.ids, t.vectors, t.ids, k))
     assert res["task"] == "zeroshot_retrieval"
     assert res["n"]["text->image"] == {"queries": len(t.ids), "gallery": 30}
+    assert list(res["seconds"]) == ["encode_text", "encode_image", "index text->image", "search text->image",
+                                    "index image->text", "search image->text"]
+
+
+def test_seconds_time_the_search_of_each_direction_apart_from_encoding(tmp_path, monkeypatch):
+    import time
+
+    import align.bench.retrieval as rt
+
+    real = rt.search
+
+    def slow_search(index, queries, k, **kw):     # 0.3 s for the image queries (12-d, 16 rows) only
+        if len(queries) == 16:
+            time.sleep(0.3)
+        return real(index, queries, k, **kw)
+
+    monkeypatch.setattr(rt, "search", slow_search)
+    ds = open_dataset(retrieval_wds(tmp_path / "r", n=16, caps=(2, 2)), "wds")
+    sec = retrieval(FakeModel(dim=12), ds, progress=False)["seconds"]
+    assert sec["search image->text"] >= 0.3
+    assert max(sec["search text->image"], sec["encode_text"], sec["encode_image"], sec["index image->text"]) < 0.3
 
 
 def test_audio_pairs_use_the_retrieved_modality_in_key_names(tmp_path):

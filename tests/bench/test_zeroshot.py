@@ -181,3 +181,32 @@ def test_class_ids_follow_classnames_txt_even_when_not_alphabetical(tmp_path):
     root = write_wds(tmp_path / "d", samples, classnames=names, templates=["{c}"])
     res = zeroshot_classification(_KnowsClassesByName(vocab), open_dataset(root, "wds"), progress=False)
     assert res["metrics"]["acc1"] == 1.0 and res["metrics"]["mean_per_class_recall"] == 1.0
+
+
+def _slowed(monkeypatch, module, name, seconds):
+    """Patch module.name with the same function that first sleeps `seconds`."""
+    import time
+
+    real = getattr(module, name)
+
+    def slow(*a, **kw):
+        time.sleep(seconds)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, slow)
+
+
+def test_seconds_put_each_stage_where_its_time_went(tmp_path, monkeypatch):
+    import align.bench.zeroshot as zs
+
+    root = classification_wds(tmp_path / "d", n=16, n_classes=4)
+    ds = open_dataset(root, "wds")
+    _slowed(monkeypatch, zs, "search", 0.3)
+    res = zeroshot_classification(FakeModel(dim=8), ds, progress=False)
+    sec = res["seconds"]
+    assert list(sec) == ["encode_image", "encode_prompts", "index", "search"]
+    assert sec["search"] >= 0.3 and max(sec["encode_image"], sec["encode_prompts"], sec["index"]) < 0.3
+    monkeypatch.undo()
+    _slowed(monkeypatch, zs, "class_vectors", 0.3)
+    sec = zeroshot_classification(FakeModel(dim=8), ds, progress=False, index="hnsw")["seconds"]
+    assert sec["encode_prompts"] >= 0.3 and sec["encode_image"] < 0.3 and "recall_vs_exact" in sec
