@@ -10,7 +10,9 @@ process timed from start to exit (model load included), same batch size, data wo
 Retrieval: benchmarks/retrieval_scale.py's synthetic gallery and queries (N x N, 512-d); the search runs
 on the GPU: FAISS GpuIndexFlatIP when this faiss has GPUs, else torch float32 matmul (TF32 off) + topk over
 blocks of queries, then a float64 re-rank of the top k+16 candidates. The ids are compared with align's
-exact index (`index flat`, CPU, float64 re-rank) on a sample of queries.
+exact index (`index flat`, CPU, float64 re-rank) on a sample of queries. Then align's exact index itself on
+the device (`index flat` with device=cuda, what `align bench --device cuda` searches with): all N queries,
+build + search timed, its sampled rows compared with the CPU index's (exact: they must be equal).
 """
 from __future__ import annotations
 
@@ -188,3 +190,17 @@ def part_retrieval(ctx, log) -> None:
                    "align_exact_cpu_seconds_on_sample": round(time.time() - t, 2)})
     if same != len(sample):
         log.note(f"{len(sample) - same} sampled queries' top-{k} differ from align's exact index")
+    # align's own exact index on the device (what `align bench --device cuda` searches with), all n queries,
+    # twice (the first pays CUDA start-up); its sampled rows must equal the CPU index's exactly
+    for _ in range(2):
+        t = time.time()
+        dev_index = build_index("flat", g, device=ctx.device)
+        _, dev_ids = dev_index.search(q, k)
+        dev_sec = time.time() - t
+    same_dev = int((dev_ids[sample] == ref).all(1).sum())
+    log.set(align_exact_on_device={"device": ctx.device, "seconds_build_and_search": round(dev_sec, 3),
+                                   "queries_per_s": n / dev_sec, "scoring": dev_index.describe()["scoring"],
+                                   "same_top10_as_cpu_on_sample": same_dev})
+    if same_dev != len(sample):
+        log.note(f"align's exact index on {ctx.device}: {len(sample) - same_dev} sampled queries differ from it on "
+                 f"the CPU")

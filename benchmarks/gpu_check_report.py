@@ -77,6 +77,10 @@ def rows(parts: dict) -> list:
                 _num(g.get("seconds"), "{:.2f}"), "", "", ""))
     out.append(("top-10 equal to align's exact index (sampled queries)",
                 f"{c.get('same_top10_as_align_exact', '—')}/{c.get('sample', '—')}", "", "", ""))
+    ad = rt.get("align_exact_on_device", {})
+    out.append((f"align's exact index (`index flat`) on {ad.get('device', '?')}: build + search, s; top-10 equal "
+                f"to it on the CPU ({ad.get('same_top10_as_cpu_on_sample', '—')}/{c.get('sample', '—')} sampled)",
+                _num(ad.get("seconds_build_and_search"), "{:.2f}"), "", "", ""))
     return out
 
 

@@ -53,6 +53,8 @@ def test_dry_run_measures_every_part(tmp_path):
     assert zs["align"]["metrics"]["acc1"] == pytest.approx(zs["clip_benchmark"]["metrics"]["acc1"], abs=1e-6)
     rt = parts["retrieval"]["result"]
     assert _num(rt["gpu"]["seconds"]) and rt["check"]["same_top10_as_align_exact"] == rt["check"]["sample"] > 0
+    dev = rt["align_exact_on_device"]
+    assert _num(dev["seconds_build_and_search"]) and dev["same_top10_as_cpu_on_sample"] == rt["check"]["sample"]
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# GPU check (dry-run") and "| training samples/s" in md and "| zeroshot | ok |" in md
 

@@ -24,9 +24,15 @@ s^ >= thr from the score block (no fallback search, never a miss). The bound is 
 against float64 on a sample of the gallery when the index is built; a kernel that breaks it
 (e.g. a BLAS that accumulates in bf16) switches the index to float32 scoring with its own
 bound (a = gamma_D |q| max|g|, u = 0), then to float64, with a warning.
+
+`device` ("cpu" by default; "cuda", "cuda:1") holds the gallery there and runs all three steps
+there: `align bench --device cuda` searches on the GPU as well as encoding there. On CUDA the
+scoring GEMM runs with TF32 and cuBLAS's reduced-precision bf16 reductions turned off (both
+would break the bound; the check above would catch them and fall back to slower scoring).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import List, Optional, Tuple
 
@@ -61,6 +67,34 @@ def _down(x: torch.Tensor, u: float) -> torch.Tensor:
     return x - u * x.abs()
 
 
+def check_device(device) -> torch.device:
+    """A torch device this machine has, or one line saying why not."""
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError as e:
+        raise ConfigError(f"index flat: device {device!r} is not a torch device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"index flat: device {device!r}, but this machine has no CUDA device; use device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"index flat: device {device!r}: cpu or cuda[:N]")
+    return dev
+
+
+@contextlib.contextmanager
+def _exact_cuda_matmul(dev: torch.device):
+    """TF32 and reduced-precision bf16 reductions off for the block (CUDA only; restored after)."""
+    if dev.type != "cuda":
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_tf32, m.allow_bf16_reduced_precision_reduction)
+    m.allow_tf32, m.allow_bf16_reduced_precision_reduction = False, False
+    try:
+        yield
+    finally:
+        m.allow_tf32, m.allow_bf16_reduced_precision_reduction = saved
+
+
 def _check_finite(x: torch.Tensor, what: str, offset: int = 0) -> None:
     bad = ~torch.isfinite(x).all(dim=1)
     if bad.any():
@@ -74,18 +108,20 @@ class ExactIndex:
     scoring: "bf16" (fast; default), "fp32" or "fp64" (that GEMM, with the same exact re-rank).
     batch_size: queries scored per block (the block is [batch_size, N] bf16, at most SCORE_BLOCK_BYTES).
     extra: spare candidates per query beyond k (16); doubled when more than 1/64 of a block's rows need more.
+    device: where the gallery is held and scored ("cpu", "cuda", "cuda:N"); results come back as numpy.
     """
 
     is_trained = True
 
     def __init__(self, d: int, scoring: str = "bf16", batch_size: int = 1024, extra: int = 16,
-                 check_bound: bool = True):
+                 check_bound: bool = True, device=None):
         if scoring not in UNIT_ROUNDOFF:
             raise ConfigError(f"index flat: scoring must be one of {sorted(UNIT_ROUNDOFF)}, got {scoring!r}")
         if int(batch_size) < 1 or int(extra) < 0:
             raise ConfigError(f"index flat: batch_size must be >= 1 and extra >= 0 (got {batch_size}, {extra})")
         self.d, self.scoring, self.batch_size, self.extra = int(d), scoring, int(batch_size), int(extra)
         self.check_bound = bool(check_bound)
+        self.device = check_device(device)
         self._parts: List[np.ndarray] = []
         self._g: Optional[torch.Tensor] = None
         self._rb = None                   # re-rank gather buffers (float32, float64)
@@ -100,7 +136,7 @@ class ExactIndex:
         if x.ndim != 2 or x.shape[1] != self.d:
             raise DataError(f"exact search: gallery rows must be [n, {self.d}], got {x.shape}")
         if self._g is not None:
-            self._parts, self._g = [self._g.numpy()], None
+            self._parts, self._g = [self._g.cpu().numpy()], None
         self._parts.append(x)
 
     # -- preparation --------------------------------------------------------------------------
@@ -108,6 +144,7 @@ class ExactIndex:
         if self._g is not None:
             return
         g = torch.from_numpy(np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0])
+        g = g.to(self.device)
         self._parts = []
         _check_finite(g, "gallery")
         self._g = g                                                        # [N, D] float32
@@ -146,8 +183,9 @@ class ExactIndex:
         """Low-precision score block [B, N] (bf16 or float32) into a reused buffer."""
         b, n = len(qh), len(self._gh)
         if self._buf is None or self._buf.shape[0] < b:
-            self._buf = torch.empty((b, n), dtype=self._gh.dtype)
-        return torch.mm(qh, self._gh.T, out=self._buf[:b])
+            self._buf = torch.empty((b, n), dtype=self._gh.dtype, device=self.device)
+        with _exact_cuda_matmul(self.device):
+            return torch.mm(qh, self._gh.T, out=self._buf[:b])
 
     def _bound_holds(self, rows: int = 64, cols: int = 4096) -> bool:
         """The bound against float64 on gallery rows used as queries (and their negations)."""
@@ -155,7 +193,8 @@ class ExactIndex:
         q = torch.cat([g[:rows], -g[:rows]])
         qh = q.to(self._gh.dtype)
         s_hat = self._scores(qh)[:, :cols].double()                       # [2*rows, cols]
-        s = q.double() @ g[:cols].double().T
+        with _exact_cuda_matmul(self.device):
+            s = q.double() @ g[:cols].double().T
         a = self._margin(q, qh)[:, None]
         u = UNIT_ROUNDOFF[self.scoring] * SLACK
         lo, hi = _down(s - a, u), (s + a) + u * (s + a).abs()
@@ -178,10 +217,10 @@ class ExactIndex:
             return scores, ids
         step = max(1, min(self.batch_size, SCORE_BLOCK_BYTES // (n * self._gh.element_size())))
         for s in range(0, len(q_all), step):
-            q = q_all[s:s + step]
+            q = q_all[s:s + step].to(self.device)
             _check_finite(q, "query", s)
             sc, ix = self._search_block(q, k)
-            scores[s:s + len(q)], ids[s:s + len(q)] = sc.float().numpy(), ix.numpy()
+            scores[s:s + len(q)], ids[s:s + len(q)] = sc.float().cpu().numpy(), ix.cpu().numpy()
         return scores, ids
 
     def _search_block(self, q: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +228,7 @@ class ExactIndex:
         c = min(n, k + self.extra)
         self.stats["queries"] += len(q)
         if c == n:                                  # every item is a candidate: no need to score twice
-            cand = torch.arange(n).expand(len(q), n)
+            cand = torch.arange(n, device=self.device).expand(len(q), n)
             self.stats["candidates"] += len(q) * n
             return self._rerank(q, cand, k)
         qh = q.to(self._gh.dtype)
@@ -199,8 +238,8 @@ class ExactIndex:
         a = self._margin(q, qh)                                            # [B]
         thr = _down(_lo(vals[:, k - 1].double(), u) - 2 * a, u)            # [B] every true top-k item is >= thr
         wide = vals[:, c - 1].double() >= thr                              # [B] rows whose c candidates may miss one
-        out_s = torch.empty((len(q), k), dtype=torch.float64)
-        out_i = torch.empty((len(q), k), dtype=torch.int64)
+        out_s = torch.empty((len(q), k), dtype=torch.float64, device=self.device)
+        out_i = torch.empty((len(q), k), dtype=torch.int64, device=self.device)
         narrow = torch.nonzero(~wide).flatten()
         if len(narrow):
             out_s[narrow], out_i[narrow] = self._rerank(q[narrow], cand[narrow], k)
@@ -220,16 +259,18 @@ class ExactIndex:
         step = max(1, RERANK_ELEMS // max(1, c * self.d))
         rows = min(b, step) * c
         if self._rb is None or self._rb[0].shape[0] < rows:       # reused gather buffers (no page faults per block)
-            self._rb = (torch.empty((rows, self.d)), torch.empty((rows, self.d), dtype=torch.float64))
-        out_s = torch.empty((b, k), dtype=torch.float64)
-        out_i = torch.empty((b, k), dtype=torch.int64)
+            self._rb = (torch.empty((rows, self.d), device=self.device),
+                        torch.empty((rows, self.d), dtype=torch.float64, device=self.device))
+        out_s = torch.empty((b, k), dtype=torch.float64, device=self.device)
+        out_i = torch.empty((b, k), dtype=torch.int64, device=self.device)
         q64 = q.double()
         for s in range(0, b, step):
             ids = torch.sort(cand[s:s + step], dim=1).values              # [b', C] ascending ids: ties -> lower id
             m = ids.numel()
             g32 = torch.index_select(self._g, 0, ids.flatten(), out=self._rb[0][:m])
             g64 = self._rb[1][:m].copy_(g32).view(len(ids), c, self.d)     # [b', C, D] float64
-            sc = torch.matmul(q64[s:s + step, None, :], g64.transpose(1, 2))[:, 0, :]   # [b', C] exact scores
+            with _exact_cuda_matmul(self.device):
+                sc = torch.matmul(q64[s:s + step, None, :], g64.transpose(1, 2))[:, 0, :]   # [b', C] exact scores
             order = torch.sort(sc, dim=1, descending=True, stable=True).indices[:, :k]
             out_s[s:s + step] = torch.gather(sc, 1, order)
             out_i[s:s + step] = torch.gather(ids, 1, order)
@@ -238,6 +279,7 @@ class ExactIndex:
     def describe(self) -> dict:
         q = max(1, self.stats["queries"])
         return {"ntotal": int(self.ntotal), "dim": self.d, "exact": True, "scoring": self.scoring,
+                "device": str(self.device),
                 "rerank": "float64", "extra": self.extra,
                 "mean_candidates": round(self.stats["candidates"] / q, 2), "wide_rows": self.stats["wide_rows"]}
 

@@ -2,7 +2,8 @@
 
   flat        exact (default): bf16 scoring + exact float64 re-rank of a provably complete
               candidate set (align.bench.exact.ExactIndex); params scoring (bf16 | fp32 | fp64),
-              batch_size (1024 queries per block), extra (16 spare candidates per query)
+              batch_size (1024 queries per block), extra (16 spare candidates per query), device
+              (cpu | cuda[:N]; benchmarks pass the device they encode on: index_params_on)
   flat_faiss  FAISS IndexFlatIP: exact float32 (the path before ExactIndex; for comparison)
   ivf    IVF-Flat, inner product; params nlist (default ~4*sqrt(N)), nprobe (16)
   hnsw   IndexHNSWFlat(METRIC_INNER_PRODUCT); params M (32), ef_construction (40), ef_search (64)
@@ -16,6 +17,7 @@ exact top-k an approximate index finds, on a sample of queries.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import List, Optional, Tuple
 
@@ -42,8 +44,18 @@ def default_nlist(n: int) -> int:
 
 
 @INDEXES.register("flat")
-def _flat(d: int, n: int, scoring: str = "bf16", batch_size: int = 1024, extra: int = 16) -> ExactIndex:
-    return ExactIndex(d, scoring=scoring, batch_size=batch_size, extra=extra)
+def _flat(d: int, n: int, scoring: str = "bf16", batch_size: int = 1024, extra: int = 16,
+          device: Optional[str] = None) -> ExactIndex:
+    return ExactIndex(d, scoring=scoring, batch_size=batch_size, extra=extra, device=device)
+
+
+def index_params_on(name: str, params: Optional[dict], device) -> dict:
+    """build_index params for a benchmark encoding on `device`: an index that can search on a torch device
+    (its factory takes `device`: flat) searches where the embeddings were made, unless params name a device."""
+    out = dict(params or {})
+    if device is not None and "device" not in out and "device" in inspect.signature(INDEXES.get(name)).parameters:
+        out["device"] = str(device)
+    return out
 
 
 @INDEXES.register("flat_faiss")

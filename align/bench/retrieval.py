@@ -24,7 +24,8 @@ import numpy as np
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset
 from align.bench.embed import embed_dataset
-from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
+from align.bench.index import (EXACT, build_index, describe_index, index_params_on, recall_against_exact, sample_rows,
+                               search)
 from align.bench.report import StageSeconds, make_result
 from align.errors import ConfigError, DataError
 
@@ -106,7 +107,8 @@ def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gal
     qk, gk = np.isin(q.ids, common), np.isin(g.ids, common)
     a = (query_modality, gallery_modality, q.vectors[qk], q.ids[qk], g.vectors[gk], g.ids[gk])
     pairs = [a, (a[1], a[0], a[4], a[5], a[2], a[3])] if both_directions else [a]
-    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample, clock)
+    metrics, info, counts = _score(pairs, ks, index, index_params_on(index, index_params, device), recall_sample,
+                                   clock)
     n_items = {m: int(len(np.unique(e.ids))) for m, e in ((query_modality, q), (gallery_modality, g))}
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_retrieval", metrics=metrics, pretrained=pretrained,
@@ -161,7 +163,8 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
     pairs = [(query_modality, gallery_modality, qv[q_ok], qg[q_ok], gv, gg)]
     if both_directions:
         pairs.append((gallery_modality, query_modality, gv[g_ok], gg[g_ok], qv, qg))
-    metrics, info, counts = _score(pairs, ks, index, index_params, recall_sample, clock)
+    metrics, info, counts = _score(pairs, ks, index, index_params_on(index, index_params, device), recall_sample,
+                                   clock)
     name = dataset.name if gds is dataset else f"{dataset.name}+{gds.name}"
     return make_result(
         dataset=name, model=model, task="emergent_retrieval", metrics=metrics, pretrained=pretrained,

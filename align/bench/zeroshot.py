@@ -20,7 +20,8 @@ import torch
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset
 from align.bench.embed import embed_dataset, embed_texts
-from align.bench.index import EXACT, build_index, describe_index, recall_against_exact, sample_rows, search
+from align.bench.index import (EXACT, build_index, describe_index, index_params_on, recall_against_exact, sample_rows,
+                               search)
 from align.bench.report import StageSeconds, make_result
 from align.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts_for
 from align.errors import ConfigError, DataError
@@ -99,7 +100,7 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
                                 precision=precision)                                             # [C, D]
     k = min(5, len(names))
     with clock("index"):
-        idx = build_index(index, classes, **(index_params or {}))
+        idx = build_index(index, classes, **index_params_on(index, index_params, device))
     with clock("search"):
         _, topk = search(idx, x, k)                        # [N, k] class ids, best first
     metrics = zeroshot_metrics(topk, labels, len(names))

@@ -188,3 +188,32 @@ def test_an_item_at_the_bound_is_found():
         a = float(idx._margin(torch.from_numpy(q), torch.from_numpy(q).bfloat16())[0])
         assert 0 - alpha > a and 0 - alpha < 2 * a                      # A's bf16 score: between the thresholds
         assert ids.tolist() == [[1]], f"extra={extra}: found {ids.tolist()}, the true best is item 1"
+
+
+def test_a_device_this_machine_lacks_is_one_line():
+    with pytest.raises(ConfigError, match="'gpu0' is not a torch device"):
+        ExactIndex(4, device="gpu0")
+    with pytest.raises(ConfigError, match="'meta': cpu or cuda"):
+        ExactIndex(4, device="meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device; use device cpu"):
+            ExactIndex(4, device="cuda")
+    assert ExactIndex(4, device="cpu").describe()["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh checks the same "
+                                                           "on a GPU machine against the CPU index)")
+@pytest.mark.parametrize("scoring", ["bf16", "fp32"])
+def test_cuda_search_equals_the_reference_and_restores_the_matmul_flags(scoring):
+    m = torch.backends.cuda.matmul
+    saved = (m.allow_tf32, m.allow_bf16_reduced_precision_reduction)
+    m.allow_tf32, m.allow_bf16_reduced_precision_reduction = True, True       # what the check turns off
+    try:
+        rng = np.random.default_rng(3)
+        g, q = _norm(rng.standard_normal((5000, 64))), _norm(rng.standard_normal((400, 64)))
+        idx, scores, ids = search(g, q, 10, scoring=scoring, batch_size=128, device="cuda")
+        np.testing.assert_array_equal(ids, ref_topk(g, q, 10))
+        assert idx.describe()["scoring"] == scoring and idx.describe()["device"] == "cuda"
+        assert (m.allow_tf32, m.allow_bf16_reduced_precision_reduction) == (True, True)
+    finally:
+        m.allow_tf32, m.allow_bf16_reduced_precision_reduction = saved

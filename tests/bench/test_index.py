@@ -162,3 +162,37 @@ def test_exact_topk_over_chunks_equals_exact_topk():
     g[999] = g[10]
     assert exact_topk_chunks(iter(chunks), g[10:11], 3)[0].tolist() == [10, 700, 999]
     assert exact_topk_chunks(iter(chunks[::-1]), g[10:11], 3)[0].tolist() == [10, 700, 999]
+
+
+def test_benchmarks_search_where_they_encode_when_the_index_can():
+    from align.bench.index import index_params_on
+
+    assert index_params_on("flat", None, "cuda:1") == {"device": "cuda:1"}
+    assert index_params_on("flat", {"device": "cpu", "extra": 4}, "cuda") == {"device": "cpu", "extra": 4}
+    assert index_params_on("ivf", {"nprobe": 4}, "cuda") == {"nprobe": 4}      # FAISS CPU index: no device
+    assert index_params_on("flat", {"extra": 4}, None) == {"extra": 4}
+
+
+def test_zeroshot_and_retrieval_hand_their_device_to_the_flat_index(tmp_path, monkeypatch):
+    import align.bench.retrieval as rt
+    import align.bench.zeroshot as zs
+    from align.bench.datasets import open_dataset
+    from tests.bench.conftest import FakeModel, classification_wds, retrieval_wds
+
+    seen = []
+
+    def spy(real):
+        def build(name, gallery, **params):
+            seen.append((name, params.get("device")))
+            return real(name, gallery, **params)
+        return build
+
+    monkeypatch.setattr(zs, "build_index", spy(zs.build_index))
+    monkeypatch.setattr(rt, "build_index", spy(rt.build_index))
+    cls = open_dataset(classification_wds(tmp_path / "c", n=12, n_classes=3), "wds")
+    res = zs.zeroshot_classification(FakeModel(dim=8), cls, device="cpu", progress=False)
+    assert res["index"]["params"]["device"] == "cpu"
+    rt.retrieval(FakeModel(dim=8), open_dataset(retrieval_wds(tmp_path / "r", n=10), "wds"), device="cpu",
+                 progress=False)
+    zs.zeroshot_classification(FakeModel(dim=8), cls, progress=False, index="hnsw")
+    assert seen == [("flat", "cpu"), ("flat", "cpu"), ("flat", "cpu"), ("hnsw", None)]
