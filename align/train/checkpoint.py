@@ -7,9 +7,9 @@ A checkpoint is a directory `RUN/checkpoints/step-00000100/`:
     rng.safetensors        torch CPU/CUDA generator states
     state.json             step, epoch, data position, python/numpy RNG, scheduler, scaler, counters
     rng-R.safetensors, rank-R.json   rank R's RNG and data position (R > 0)
-With `train.sharding: fsdp` the model and optimizer are a torch.distributed.checkpoint
-(DCP) directory `dcp/` instead: every rank writes its own shards of both, and DCP
-reshards them when a run resumes at another world size.
+With `train.sharding: fsdp` the model and optimizer (and train.ema's average, under "ema.") are a
+torch.distributed.checkpoint (DCP) directory `dcp/` instead: every rank writes its own shards of
+them, and DCP reshards them when a run resumes at another world size.
 
 Every rank writes into `.step-N.tmp/`; after a barrier rank 0 writes state.json last and
 renames the directory, so a kill during the write (on any rank) leaves the previous
@@ -38,7 +38,7 @@ from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_
 
 # Names other modules import from here (the file layout itself is align.train.rundir's).
 __all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",
-           "load_dcp_weights", "save_checkpoint", "load_checkpoint", "prune_checkpoints", "data_states",
+           "load_dcp_weights", "load_sharded_ema", "save_checkpoint", "load_checkpoint", "prune_checkpoints", "data_states",
            "check_state_fits", "load_model_state"]
 
 
@@ -101,10 +101,11 @@ def load_dcp_tensors(path: str, prefix: str = "model.") -> Dict[str, torch.Tenso
 
 
 def load_dcp_weights(path: str) -> Dict[str, torch.Tensor]:
-    """The full model weights of a DCP checkpoint dir, with the plain AlignModel's shapes."""
+    """The full model weights of a DCP checkpoint dir, with the plain AlignModel's shapes: its weight average
+    ("ema.", train.ema) when it holds one, as ema.safetensors is preferred beside model.safetensors."""
     from align.train.sharding import unshard_shapes
 
-    sd = load_dcp_tensors(path, "model.")
+    sd = load_dcp_tensors(path, "ema.") or load_dcp_tensors(path, "model.")
     if not sd:
         raise AlignError(f"{path}: DCP checkpoint holds no model weights")
     return unshard_shapes(sd)
@@ -196,7 +197,8 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
     """Writes `ckpt_dir/name/`, visible only once complete. Every rank calls it (collective when `barrier`).
 
     model_sd / optimizer: rank 0's full model state dict and optimizer (DDP, one process).
-    ema_sd: rank 0's weight average (train.ema), written as ema.safetensors.
+    ema_sd: the weight average (train.ema): rank 0's, written as ema.safetensors; under `sharded`, every
+    rank's DTensor shards, written into the DCP store as "ema.".
     sharded: the (FSDP model, optimizer) pair instead: every rank writes its shards through DCP.
     state: rank 0's counters and data position; rank_state: rank R>0's own (data position).
     """
@@ -212,7 +214,8 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         msd, osd = get_state_dict(sharded[0], _unwrap_optim(sharded[1]))
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, DCP_DIR))
+        dcp.save({"model": msd, "optim": osd, **({"ema": ema_sd} if ema_sd is not None else {})},
+                 checkpoint_id=os.path.join(tmp, DCP_DIR))
     elif rank == 0:
         for sd, name in ((model_sd, MODEL), (ema_sd, EMA)):
             if sd is not None:
@@ -281,6 +284,18 @@ def load_model_state(model, saved: Dict[str, torch.Tensor], what: str, hint: str
     """saved -> model, every tensor by name, once check_state_fits agrees."""
     check_state_fits(model.state_dict(), saved, what, hint)
     model.load_state_dict(saved)
+
+
+def load_sharded_ema(path: str, avg: Dict[str, torch.Tensor]) -> bool:
+    """Collective (train.sharding=fsdp): reads checkpoint `path`'s weight average into `avg` in place (this
+    rank's DTensor shards; DCP reshards to this run's world size). False when the checkpoint has none."""
+    import torch.distributed.checkpoint as dcp
+
+    store = os.path.join(path, DCP_DIR)
+    if not any(k.startswith("ema.") for k in _safe_reader(store).read_metadata().state_dict_metadata):
+        return False
+    dcp.load({"ema": avg}, storage_reader=_safe_reader(store))
+    return True
 
 
 def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restore_rng: bool = True,

@@ -13,8 +13,12 @@ are copied.
 The average is the model a run gives: evaluations during and after training score it (and `best` is chosen
 by it), and a checkpoint stores it as ema.safetensors beside the trained weights (model.safetensors), which
 resume continues from; align.load, `align export`, `align bench` and init_from read the average
-(align.train.rundir.weights_path). Single process and DDP (every rank keeps the same average; rank 0 writes
-it); train.sharding=fsdp is refused (its weights are DTensor shards, saved through DCP).
+(align.train.rundir.weights_path). Single process and DDP: every rank keeps the same average; rank 0 writes
+it. train.sharding=fsdp: the weights are DTensors sharded across the ranks, and so is the average -- each rank
+averages its own shards (no communication, 1/world of the memory), the checkpoint's DCP store holds it under
+"ema." beside "model." and "optim.", and align.load, export and init_from read the "ema." tensors
+(align.train.checkpoint.load_dcp_weights); evaluation swaps every rank's shards in before the collective
+that gathers a plain copy.
 """
 import contextlib
 from typing import Dict
@@ -25,10 +29,9 @@ from align.errors import AlignError
 from align.train.checkpoint import check_state_fits
 
 
-def check_ema(decay: float, sharding: str) -> None:
-    if decay and sharding == "fsdp":
-        raise AlignError("train.ema: not available with train.sharding=fsdp (its weights are DTensor shards "
-                         "written through DCP); use train.sharding=ddp or train.ema=0")
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (train.sharding=fsdp: its storage is the parameter's); a plain tensor as is."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 class WeightEMA:
@@ -46,17 +49,18 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, n: int) -> None:
-        """After optimizer step n: avg <- d_n * avg + (1 - d_n) * w for every floating tensor."""
+        """After optimizer step n: avg <- d_n * avg + (1 - d_n) * w for every floating tensor (shard by shard)."""
         w = 1.0 - self.decay_at(n)
         for k, v in model.state_dict().items():
-            a = self.avg[k]
+            a, v = _local(self.avg[k]), _local(v.detach())
             if a.is_floating_point():
-                a.lerp_(v.detach().to(a.dtype), w)
+                a.lerp_(v.to(a.dtype), w)
             else:
                 a.copy_(v)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        """The average (float32 for floating tensors): what a checkpoint's ema.safetensors holds."""
+        """The average (float32 for floating tensors; DTensors under fsdp): what a checkpoint's ema.safetensors
+        (or its DCP store's "ema.") holds."""
         return dict(self.avg)
 
     def load_state_dict(self, saved: Dict[str, torch.Tensor], what: str) -> None:
@@ -67,14 +71,20 @@ class WeightEMA:
                 a.copy_(saved[k].to(a.device, a.dtype))
 
     @contextlib.contextmanager
+    @torch.no_grad()
     def applied(self, model: torch.nn.Module):
-        """The average in `model` for the block (an evaluation), the trained weights back after it."""
-        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(self.avg)
+        """The average in `model` for the block (an evaluation), the trained weights back after it. Copied into
+        the tensors the state dict shares with the parameters and buffers, shard by shard under fsdp (every rank
+        calls it there; nothing is communicated)."""
+        live = {k: _local(v) for k, v in model.state_dict().items()}
+        own = {k: v.clone() for k, v in live.items()}
+        for k, v in live.items():
+            v.copy_(_local(self.avg[k]).to(v.dtype))
         try:
             yield model
         finally:
-            model.load_state_dict(own)
+            for k, v in live.items():
+                v.copy_(own[k])
 
 
 def _own_copy(v: torch.Tensor) -> torch.Tensor:

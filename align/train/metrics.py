@@ -209,8 +209,12 @@ def run_val(core, r: Recipe, acc, step: int) -> dict:
 
 def evaluate(eng, r: Recipe, step: int) -> dict:
     """run_val on the model: a plain copy gathered on the main process when it is sharded (collective); with
-    train.ema, the weight average (the trained weights come back after it)."""
+    train.ema, the weight average (the trained weights come back after it; sharded: before the gather)."""
     from align.train.sharding import unsharded_copy
+    if eng.ema is not None and eng.fsdp:
+        with eng.ema.applied(eng.core):        # every rank swaps in its shards of the average, then the gather
+            core = unsharded_copy(eng.core, r.model, eng.acc.is_main_process)
+        return run_val(core, r, eng.acc, step)
     if eng.ema is not None and eng.acc.is_main_process:
         with eng.ema.applied(eng.core):
             return run_val(eng.core, r, eng.acc, step)

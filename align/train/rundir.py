@@ -14,7 +14,7 @@
           model.safetensors           MODEL        the model (unsharded runs)
           ema.safetensors             EMA          train.ema: the weight average, the model align.load reads
           optim.safetensors           OPTIM        optimizer tensors; optim.json (OPTIM_META): the rest
-          dcp/                        DCP_DIR      model + optimizer as DCP shards (train.sharding: fsdp)
+          dcp/                        DCP_DIR      model + optimizer (+ "ema.") as DCP shards (train.sharding: fsdp)
           rng-R.safetensors           rng_file(R)  rank R's RNG
           rank-R.json                 rank_file(R) rank R's data position and RNG (R > 0)
         .step-00000100.tmp/           tmp_name()   being written; never read

@@ -24,8 +24,9 @@ from align.config import Recipe, recipe_to_dict
 from align.errors import AlignError
 from align.model import AlignModel, build_model, enable_grad_checkpointing
 from align.train import rundir
-from align.train.checkpoint import data_states, load_checkpoint, load_weights, prune_checkpoints, save_checkpoint
-from align.train.ema import WeightEMA, check_ema
+from align.train.checkpoint import (data_states, load_checkpoint, load_sharded_ema, load_weights, prune_checkpoints,
+                                   save_checkpoint)
+from align.train.ema import WeightEMA
 from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
@@ -240,7 +241,6 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
     from align.train.optim import build_optimizer, build_scheduler
     from align.train.sharding import shard_model
     rank, world, fsdp = acc.process_index, acc.num_processes, r.train.sharding == "fsdp"
-    check_ema(r.train.ema, r.train.sharding)
     model = build_model(r.model)
     model.config = recipe_to_dict(r)
     # Weights-only starts (step and optimizer fresh); a resumed run has its own weights.
@@ -325,7 +325,9 @@ def resume(eng: Engine, path: Optional[str]):
 def _resume_ema(eng: Engine, path: str, step: int) -> None:
     """The weight average of the checkpoint; one written without train.ema starts it at the resumed weights."""
     saved = os.path.join(path, rundir.EMA)
-    if os.path.isfile(saved):
+    if eng.fsdp and load_sharded_ema(path, eng.ema.state_dict()):
+        pass                      # each rank's shards of the average, read in place through DCP
+    elif not eng.fsdp and os.path.isfile(saved):
         eng.ema.load_state_dict(load_weights(saved), saved)
     else:
         eng.ema = WeightEMA(eng.core, eng.ema.decay)

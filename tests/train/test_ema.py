@@ -13,7 +13,7 @@ import align
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.train import metrics
-from align.train.ema import WeightEMA, check_ema
+from align.train.ema import WeightEMA
 from tests.train.test_train import _run
 
 
@@ -82,15 +82,82 @@ def test_evaluation_scores_the_average(monkeypatch):
     assert not torch.equal(net.lin.weight, seen["w"])              # the trained weights are back
 
 
-def test_bad_decay_and_fsdp_are_one_line():
+def test_bad_decay_is_one_line():
     with pytest.raises(AlignError, match=r"train.ema=1.5: the decay must be in \(0, 1\)"):
         WeightEMA(Net(), 1.5)
-    with pytest.raises(AlignError, match="train.ema: not available with train.sharding=fsdp"):
-        check_ema(0.999, "fsdp")
-    check_ema(0.0, "fsdp")
-    check_ema(0.999, "ddp")
     with pytest.raises(AlignError, match="train.ema"):
         parse_recipe({"model": {"open_clip": "x"}, "train": {"ema": 1.0}})
+
+
+def _ema_on_a_sharded_model(tmp_path):
+    """In a forked child (an FSDP backward's threads must stay out of pytest's process): a gloo group of one."""
+    import torch.distributed as dist
+    from align.train.checkpoint import load_sharded_ema, load_weights, save_checkpoint
+    from align.train.sharding import shard_model, unshard_shapes
+    from tests.conftest import TINY_OPEN_CLIP
+    from tests.train.test_sharding import _step, _tiny_model
+
+    model = _tiny_model()
+    shard_model(model)
+    ema = WeightEMA(model, 0.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def full(sd):     # copies: in a group of one, full_tensor() may be the shard itself
+        return unshard_shapes({k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in sd.items()})
+    ref = {k: v.double() for k, v in full(model.state_dict()).items()}
+    for n in range(1, 4):
+        _step(model, opt, n)
+        ema.update(model, n)
+        d = ema.decay_at(n)
+        ref = {k: d * ref[k] + (1 - d) * v.double() for k, v in full(model.state_dict()).items()}
+    assert all(hasattr(v, "to_local") for k, v in ema.state_dict().items() if k.endswith("weight"))   # shards
+    avg = full(ema.state_dict())
+    for k, v in ref.items():                # the plain float64 reference of the gathered weights
+        torch.testing.assert_close(avg[k].double(), v, rtol=1e-6, atol=1e-7, msg=k)
+    trained = full(model.state_dict())
+    with ema.applied(model):
+        inside = full(model.state_dict())
+    for k in avg:
+        torch.testing.assert_close(inside[k], avg[k].to(inside[k].dtype), rtol=0, atol=0, msg=k)
+    after = full(model.state_dict())
+    assert all(torch.equal(after[k], trained[k]) for k in trained)
+    assert any(not torch.equal(avg[k], trained[k]) for k in avg)          # the swap was a change
+    # evaluation gathers a plain copy that holds the average, then the trained shards are back
+    seen = {}
+    metrics_run_val = metrics.run_val
+    metrics.run_val = lambda core, r, acc, step: seen.update(sd=dict(core.state_dict())) or {}
+    try:
+        eng = SimpleNamespace(ema=ema, core=model, fsdp=True, acc=SimpleNamespace(is_main_process=True))
+        r = parse_recipe({"output_dir": str(tmp_path / "run"), "train": {"max_steps": 1},
+                          "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)}})
+        metrics.evaluate(eng, r, 3)
+    finally:
+        metrics.run_val = metrics_run_val
+    for k in avg:
+        torch.testing.assert_close(seen["sd"][k], avg[k].to(seen["sd"][k].dtype), rtol=0, atol=0, msg=k)
+    assert all(torch.equal(v, trained[k]) for k, v in full(model.state_dict()).items())
+    # the checkpoint's DCP store holds the average: load_weights (align.load, export, init_from) reads it, and
+    # resume reads it back into another sharded model's average
+    path = save_checkpoint(str(tmp_path), "step-00000003", None, opt, {"step": 3, "world_size": 1},
+                           sharded=(model, opt), ema_sd=ema.state_dict())
+    loaded = load_weights(os.path.join(path, "dcp"))
+    for k in avg:
+        assert torch.equal(loaded[k], avg[k]), k
+    other = _tiny_model()
+    shard_model(other)
+    ema_o = WeightEMA(other, 0.5)
+    assert load_sharded_ema(path, ema_o.state_dict())
+    assert all(torch.equal(v, avg[k]) for k, v in full(ema_o.state_dict()).items())
+    bare = save_checkpoint(str(tmp_path), "step-00000004", None, opt, {"step": 4, "world_size": 1},
+                           sharded=(model, opt))
+    assert not load_sharded_ema(bare, ema_o.state_dict())
+    assert all(torch.equal(v, trained[k]) for k, v in load_weights(os.path.join(bare, "dcp")).items())
+    dist.destroy_process_group()
+
+
+def test_train_ema_on_fsdp_shards_averages_evaluates_and_checkpoints(tmp_path):
+    from tests.train.test_sharding import _in_forked_child
+    _in_forked_child(_ema_on_a_sharded_model, tmp_path)
 
 
 def _ckpt(run, step):

@@ -145,6 +145,32 @@ def test_fsdp_matches_ddp_then_export_and_load_read_the_sharded_checkpoint(tiny_
 
 
 @pytest.mark.slow
+def test_fsdp_with_ema_matches_ddp_with_ema_and_a_resumed_run_continues_the_average(tiny_recipe, tmp_path):
+    from align.train.sharding import unshard_shapes
+    base = dict(tiny_recipe)
+    base["data"] = dict(base["data"], synthetic_size=512)
+    base["train"] = dict(base["train"], max_steps=6, checkpoint_every=3, log_every=1, ema=0.7)
+    for name in ("ddp", "fsdp"):
+        res = launch(write_recipe(base, tmp_path, name, sharding=name))
+        assert res.returncode == 0, res.stderr[-3000:]
+    cut = write_recipe(base, tmp_path, "cut", sharding="fsdp")          # rank 1 SIGKILLed at step 5: resume at 3
+    res, _ = killed_launch(cut, tmp_path / "stamp", {"ALIGN_TEST_SIGKILL_AT_STEP": "5", "ALIGN_TEST_SIGKILL_RANK": "1"})
+    assert res.returncode != 0
+    resumed = launch(cut)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr and "no weight average" not in resumed.stdout
+    dcp_dir = str(tmp_path / "fsdp" / "checkpoints" / "step-00000006" / "dcp")
+    avg, trained = (unshard_shapes(load_dcp_tensors(dcp_dir, p)) for p in ("ema.", "model."))
+    assert avg.keys() == trained.keys() and any(not torch.allclose(avg[k], trained[k]) for k in avg)
+    # what align.load / export read (final_weights: weights_path + load_weights) is the average, on both
+    assert_same_weights(final_weights(tmp_path / "fsdp", 6), avg, rtol=0, atol=0)
+    assert_same_weights(final_weights(tmp_path / "ddp", 6), avg, rtol=1e-5, atol=1e-5)
+    assert_same_weights(final_weights(tmp_path / "cut", 6), avg)
+    import align
+    assert_same_weights(dict(align.load(str(tmp_path / "fsdp")).state_dict()), avg, rtol=0, atol=0)
+
+
+@pytest.mark.slow
 def test_kill_in_the_middle_of_a_sharded_checkpoint_write_then_resume(tiny_recipe, tmp_path):
     base = dict(tiny_recipe)
     base["data"] = dict(base["data"], synthetic_size=512)
