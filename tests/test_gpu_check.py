@@ -51,6 +51,7 @@ def test_dry_run_measures_every_part(tmp_path):
     zs = parts["zeroshot"]["result"]
     assert _num(zs["align"]["wall_s"]) and _num(zs["clip_benchmark"]["wall_s"]) and _num(zs["speedup"])
     assert zs["align"]["metrics"]["acc1"] == pytest.approx(zs["clip_benchmark"]["metrics"]["acc1"], abs=1e-6)
+    assert {"load_model", "encode_image", "encode_prompts", "search"} <= set(zs["align"]["seconds"])
     rt = parts["retrieval"]["result"]
     assert _num(rt["gpu"]["seconds"]) and rt["check"]["same_top10_as_align_exact"] == rt["check"]["sample"] > 0
     dev = rt["align_exact_on_device"]
