@@ -41,8 +41,8 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError
 from align.bench.models import resolve_specs
-from align.bench.report import (model_name, model_pretrained, result_filename, summary_line, write_csv,
-                                write_json, write_markdown)
+from align.bench.report import (model_name, model_pretrained, result_filename, seconds_line, summary_line,
+                                write_csv, write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError
 from align.shipped import resolve_shipped, shipped_names
@@ -257,7 +257,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
             written.add(fname)
             results.append(r)
             if progress:
-                print(summary_line(r))
+                print(summary_line(r) + (f" ({seconds_line(r)[len('time: '):]})" if r.get("seconds") else ""))
         if _is_spec(m):
             del model
             gc.collect()

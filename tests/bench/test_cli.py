@@ -92,6 +92,9 @@ def test_suite_start_and_finetuned_side_by_side(tmp_path, capsys, oc_arch, two_c
     rows = [line for line in out.splitlines() if line.startswith("| cls | zeroshot_classification")]
     assert [r.split("|")[4].strip() for r in rows] == ["acc1", "acc5", "mean_per_class_recall"]
     assert "| start | finetuned |" in (tmp_path / "out" / "results.md").read_text()
+    timed = re.findall(r"zeroshot_classification: acc1=[^\n]*\(encode image [0-9.e-]+ s, encode prompts [0-9.e-]+ s, "
+                       r"index [0-9.e-]+ s, search [0-9.e-]+ s\)$", out, re.M)
+    assert len(timed) == 2, out                                         # each result with its stages' seconds
     # the same two columns from the command line (--model repeated, --pretrained paired in order)
     assert main(["bench", "suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out2"),
                  "--model", f"open_clip:{oc_arch}", "--pretrained", str(two_checkpoints / "start.pt"),
