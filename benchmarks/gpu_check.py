@@ -27,6 +27,9 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 PARTS = ("env", "data", "throughput", "maxbatch", "zeroshot", "retrieval")
+# Run only when named (`gpu_check.sh --parts compile`, a second device call: the six above fill the 8 minutes):
+#   compile   align's training with train.compile (torch.compile), the MFU remedy the first H200 run named
+OPTIONAL_PARTS = ("compile",)
 
 # The dry run's model: a tiny open_clip ViT, registered with open_clip under this name (open_clip_train
 # takes a model by name) and given to align as the same config dict.
@@ -218,7 +221,7 @@ def run_part(a) -> int:
             part_env(ctx, log)
         elif a.name == "data":
             part_data(ctx, log)
-        elif a.name in ("throughput", "maxbatch"):
+        elif a.name in ("throughput", "maxbatch", "compile"):
             import gpu_check_train
             getattr(gpu_check_train, "part_" + a.name)(ctx, log)
         else:
@@ -237,7 +240,7 @@ def run_part(a) -> int:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", choices=["part", "report"])
-    p.add_argument("name", nargs="?", choices=PARTS)
+    p.add_argument("name", nargs="?", choices=PARTS + OPTIONAL_PARTS)
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--dry-run", action="store_true")

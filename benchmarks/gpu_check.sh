@@ -25,33 +25,42 @@
 #   maxbatch   largest batch whose training step fits in 80 GB with the chunked loss (doubling, then bisection)
 #   zeroshot   `align bench zeroshot` vs the clip_benchmark CLI on the GPU, 10k items, wall time each
 #   retrieval  exact 100k x 100k search on the GPU (FAISS GPU if present, else torch matmul + topk)
+# An optional part runs only when named, in a second device call after the check (the parts' JSON of the first
+# stays in $GPU_CHECK_WORK and the report covers both):
+#   bash benchmarks/gpu_check.sh --parts compile "$OUT"     # align with train.compile (240 s budget)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 OUTDIR=""
-for arg in "$@"; do
-  case "$arg" in
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
-    -*) echo "gpu_check.sh: unknown option $arg (use --dry-run, OUTDIR)" >&2; exit 2 ;;
-    *) OUTDIR="$arg" ;;
+    --parts) ONLY=${2:-}; shift ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $1 (use --dry-run, --parts LIST, OUTDIR)" >&2; exit 2 ;;
+    *) OUTDIR="$1" ;;
   esac
+  shift
 done
+PARTS_RUN="env data throughput maxbatch zeroshot retrieval"
+if [ -n "$ONLY" ]; then PARTS_RUN=${ONLY//,/ }; fi
 OUTDIR=${OUTDIR:-./gpu_check_out}
 PY=${PYTHON:-python3}
 WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/gpu_check_work}
 mkdir -p "$OUTDIR" || exit 2
 OUTDIR=$(cd "$OUTDIR" && pwd)
 LOG="$OUTDIR/gpu_check.log"
-rm -rf "$WORK/parts" && mkdir -p "$WORK/parts" || exit 2
+if [ -z "$ONLY" ]; then rm -rf "$WORK/parts"; fi      # --parts: the earlier call's parts stay in the report
+mkdir -p "$WORK/parts" || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
 if [ "$DRY" = 1 ]; then
   FLAGS=(--dry-run)
-  declare -A BUDGET=([env]=60 [data]=60 [throughput]=300 [maxbatch]=150 [zeroshot]=240 [retrieval]=60)
+  declare -A BUDGET=([env]=60 [data]=60 [throughput]=300 [maxbatch]=150 [zeroshot]=240 [retrieval]=60 [compile]=300)
 else
   FLAGS=()
-  declare -A BUDGET=([env]=25 [data]=45 [throughput]=150 [maxbatch]=75 [zeroshot]=120 [retrieval]=40)
+  declare -A BUDGET=([env]=25 [data]=45 [throughput]=150 [maxbatch]=75 [zeroshot]=120 [retrieval]=40 [compile]=240)
 fi
 
 if [ "$DRY" = 0 ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
@@ -71,8 +80,9 @@ T0=$(date +%s)
 RCS=""
 BUDGETS=""
 echo "gpu_check: $( [ "$DRY" = 1 ] && echo dry-run || echo gpu ) -> $OUTDIR (work $WORK, python $PY, open_clip_train: ${OCPY:-none})" | tee "$LOG"
-for part in env data throughput maxbatch zeroshot retrieval; do
-  b=${BUDGET[$part]}
+for part in $PARTS_RUN; do
+  b=${BUDGET[$part]:-}
+  if [ -z "$b" ]; then echo "gpu_check.sh: no part $part (parts: ${!BUDGET[*]})" >&2; exit 2; fi
   echo "== $part (budget ${b}s) $(date -u +%H:%M:%S)" | tee -a "$LOG"
   timeout -k 10 "$b" "$PY" benchmarks/gpu_check.py part "$part" --out "$OUTDIR" --work "$WORK" \
     --budget "$b" --openclip-python "$OCPY" "${FLAGS[@]}" >>"$LOG" 2>&1

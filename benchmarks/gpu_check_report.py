@@ -13,9 +13,10 @@ GOALS = {"ratio": 1.3, "mfu": 0.45, "zs_speedup": 3.0}   # issue 23: on an H100/
 
 
 def load_parts(work: str, rcs: dict, budgets: dict) -> dict:
-    from gpu_check import PARTS
+    from gpu_check import OPTIONAL_PARTS, PARTS
     parts = {}
-    for name in PARTS:
+    ran = [n for n in OPTIONAL_PARTS if n in budgets or os.path.exists(os.path.join(work, "parts", n + ".json"))]
+    for name in PARTS + tuple(ran):
         p = os.path.join(work, "parts", name + ".json")
         d = json.load(open(p)) if os.path.exists(p) else {"status": "error", "result": {},
                                                            "error": "the part wrote no result"}
@@ -25,7 +26,7 @@ def load_parts(work: str, rcs: dict, budgets: dict) -> dict:
             d["error"] = f"killed at its time budget of {budgets.get(name)} s (exit {rc}); results so far kept"
         elif rc not in (None, 0) and d.get("status") == "ok":
             d["status"], d["error"] = "error", f"exit {rc}"
-        elif rc is None and name not in budgets:
+        elif rc is None and name not in budgets and not os.path.exists(p):   # (an earlier call's part: kept)
             d = {"status": "skipped", "result": {}}
         d["exit_code"], d["budget_s"] = rc, budgets.get(name)
         parts[name] = d
@@ -64,6 +65,11 @@ def rows(parts: dict) -> list:
     mb = parts["maxbatch"]["result"]
     out.append((f"largest batch in {mb.get('cap_gb', '?')} GB, chunked loss ({mb.get('bound', 'not measured')})",
                 str(mb.get("max_batch", "—")), "", "", ""))
+    cp = parts.get("compile", {}).get("result", {}).get("align_compiled")
+    if isinstance(cp, dict):
+        out.append(("align with train.compile: samples/s; MFU " + _pct(cp.get("mfu")),
+                    _num(cp.get("samples_per_s")), _num(oc.get("samples_per_s")) if oc else "—",
+                    _num(parts["compile"]["result"].get("ratio_to_open_clip"), "{:.2f}×"), f"≥ {GOALS['ratio']}×"))
     zs = parts["zeroshot"]["result"]
     za, zc = zs.get("align", {}), zs.get("clip_benchmark", {})
     out.append((f"zero-shot wall s, {zs.get('items', '?')} items, {zs.get('device', '?')} (`align bench` vs CB CLI)",
@@ -104,7 +110,7 @@ def markdown(report: dict) -> str:
             "| what | align | open_clip_train / CB CLI | ratio | goal |\n|---|---|---|---|---|\n")
     body = "".join(f"| {' | '.join(r)} |\n" for r in rows(report["parts"]))
     status = "\n| part | status | seconds | budget s | note |\n|---|---|---|---|---|\n" + "".join(
-        f"| {n} | {p['status']} | {p.get('seconds', '—')} | {p.get('budget_s', '—')} | {_note(p)} |\n"
+        f"| {n} | {p['status']} | {p.get('seconds', '—')} | {p.get('budget_s') or '—'} | {_note(p)} |\n"
         for n, p in report["parts"].items())
     return head + body + status
 

@@ -47,8 +47,8 @@ OC_WRAPPER = (
 
 # ------------------------------------------------------------------------------------------ align
 
-def align_recipe(ctx, name: str, trim: bool, seed: int = 0) -> dict:
-    """The recipe of throughput.py's run_align, at this check's sizes."""
+def align_recipe(ctx, name: str, trim: bool, seed: int = 0, compile: bool = False) -> dict:
+    """The recipe of throughput.py's run_align, at this check's sizes (compile: train.compile)."""
     s = ctx.s
     model = ctx.model_recipe()
     model["towers"] = {"text": {"trim_padding": trim}}
@@ -56,7 +56,8 @@ def align_recipe(ctx, name: str, trim: bool, seed: int = 0) -> dict:
             "data": {"train": "synthetic", "synthetic_size": s["batch"] * (s["steps"] + 1), "num_workers": 0,
                      "synthetic_caption": CAPTION},
             "train": {"batch_size": s["batch"], "max_steps": s["steps"], "precision": s["precision"], "lr": 5e-4,
-                      "warmup_steps": 2, "log_every": 1, "checkpoint_every": 0, "num_threads": os.cpu_count()}}
+                      "warmup_steps": 2, "log_every": 1, "checkpoint_every": 0, "num_threads": os.cpu_count(),
+                      "compile": compile}}
 
 
 def count_flops(model_section: dict, caption: str) -> float:
@@ -106,9 +107,9 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_align(ctx, name: str, trim: bool, timeout: float) -> dict:
+def run_align(ctx, name: str, trim: bool, timeout: float, compile: bool = False) -> dict:
     shutil.rmtree(ctx.path(name), ignore_errors=True)        # metrics.jsonl is appended to: start clean
-    rec = align_recipe(ctx, name, trim)
+    rec = align_recipe(ctx, name, trim, compile=compile)
     rec["gpu_check_warmup"] = ctx.s["warmup"]
     path = ctx.path(name + ".json")
     with open(path, "w") as f:
@@ -195,6 +196,28 @@ def part_throughput(ctx, log) -> None:
         log.set(ratio_untrimmed=res["align_untrimmed"]["samples_per_s"] / oc["samples_per_s"])
     if errors:
         log.data["errors"] = errors
+
+
+def part_compile(ctx, log) -> None:
+    """Optional: align (trimmed) with train.compile, the same run as part throughput's `align` otherwise; its
+    samples/s after the warm-up steps (which take the compilation), MFU, peak memory, and the ratio to the
+    uncompiled align and open_clip_train of part throughput's JSON when that part ran in this work dir."""
+    import torch
+    from align.train.perf import peak_flops
+    s = ctx.s
+    peak = peak_flops(torch.device(ctx.device), s["precision"])
+    log.set(model=s["model"], batch=s["batch"], precision=s["precision"], steps=s["steps"], warmup=s["warmup"],
+            device=ctx.device)
+    r = run_align(ctx, "tp_align_compiled", True, ctx.left(), compile=True)
+    if r.get("flops_per_sample") and peak:
+        r["mfu"] = r["flops_per_sample"] * r["samples_per_s"] / peak
+    log.set(align_compiled=r)
+    tp_path = ctx.path("parts", "throughput.json")
+    tp = json.load(open(tp_path)).get("result", {}) if os.path.exists(tp_path) else {}
+    for name in ("align", "open_clip"):
+        other = tp.get(name)
+        if isinstance(other, dict) and other.get("samples_per_s"):
+            log.set(**{f"ratio_to_{name}": r["samples_per_s"] / other["samples_per_s"]})
 
 
 # ------------------------------------------------------------------------------------------ max batch

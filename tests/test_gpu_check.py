@@ -58,6 +58,17 @@ def test_dry_run_measures_every_part(tmp_path):
     assert _num(dev["seconds_build_and_search"]) and dev["same_top10_as_cpu_on_sample"] == rt["check"]["sample"]
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# GPU check (dry-run") and "| training samples/s" in md and "| zeroshot | ok |" in md
+    # the optional part, in a second call over the same work dir: the first call's parts stay in the report
+    p = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--dry-run", "--parts", "compile",
+                        str(out)], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (out / "gpu_check.log").read_text()[-3000:]
+    parts = json.loads((out / "gpu_check.json").read_text())["parts"]
+    assert list(parts) == ["env", "data", "throughput", "maxbatch", "zeroshot", "retrieval", "compile"]
+    assert all(part["status"] == "ok" for part in parts.values()), {n: p.get("error") for n, p in parts.items()}
+    cp = parts["compile"]["result"]
+    assert _num(cp["align_compiled"]["samples_per_s"]) and _num(cp["align_compiled"]["mfu"])
+    assert _num(cp["ratio_to_align"]) and _num(cp["ratio_to_open_clip"])
+    assert "| align with train.compile" in (out / "gpu_check.md").read_text()
 
 
 def test_max_batch_search_doubles_then_bisects_to_the_step():
