@@ -20,6 +20,7 @@ options and the model's transform settings. Prompt lists are cached under
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -333,16 +334,44 @@ def _embed_text_list(model, texts: Sequence[str], batch_size, device, progress, 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+# Within `same_weights_prompts()` (a suite's loop over one model's benchmarks): prompt lists already encoded
+# by the same model object at the same precision, kept in memory -> {(id(model), precision, hash): [P, D]}.
+_PROMPT_MEMO: contextvars.ContextVar = contextvars.ContextVar("align_prompt_memo", default=None)
+
+
+@contextlib.contextmanager
+def same_weights_prompts():
+    """A block in which no model's weights change: embed_texts encodes a prompt list once per model and
+    precision (ImageNet and its variants share 1,000 classes x 80 templates), then answers from memory.
+    Outside such a block nothing is kept (evaluation during training sees new weights every time)."""
+    token = _PROMPT_MEMO.set({})
+    try:
+        yield
+    finally:
+        _PROMPT_MEMO.reset(token)
+
+
 def embed_texts(model, texts: Sequence[str], *, cache_dir: Optional[str] = None, batch_size: int = 256,
                 device=None, progress: bool = True, desc: str = "encode prompts",
                 precision: Optional[str] = None) -> np.ndarray:
-    """Encode a list of strings -> normalised float32 [len(texts), D]; cached by the prompts' hash."""
+    """Encode a list of strings -> normalised float32 [len(texts), D]; cached by the prompts' hash (on disk
+    under cache_dir; in memory within same_weights_prompts())."""
     _check_modality(model, "text")
     precision = _precision(precision)
     texts = list(texts)
+    h = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
+    memo, key = _PROMPT_MEMO.get(), (id(model), precision, h)
+    if memo is not None and key in memo:
+        return memo[key]
+    vecs = _embed_texts_cached(model, texts, h, cache_dir, batch_size, device, progress, desc, precision)
+    if memo is not None:
+        memo[key] = vecs
+    return vecs
+
+
+def _embed_texts_cached(model, texts, h, cache_dir, batch_size, device, progress, desc, precision) -> np.ndarray:
     paths = None
     if cache_dir:
-        h = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:16]
         paths = _cache_paths(cache_dir, _model_key(model, precision), f"prompts-{h}", "text")
         hit = _load_cached(*paths[1:])
         if hit is not None:

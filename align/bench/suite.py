@@ -39,7 +39,7 @@ import yaml
 
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
-from align.bench.embed import MissingModalityError
+from align.bench.embed import MissingModalityError, same_weights_prompts
 from align.bench.models import resolve_specs
 from align.bench.report import (model_name, model_pretrained, result_filename, seconds_line, summary_line,
                                 write_csv, write_json, write_markdown)
@@ -211,6 +211,39 @@ def _task_name(task: str) -> str:
     return CLIP_TASK_NAMES.get(task, task)
 
 
+def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipped: list, written: set,
+                   overwrite: bool, skip_existing: bool, run_kw: dict) -> None:
+    """run_suite's entries for one model: results (and written file names, skipped entries) appended."""
+    mname = model_name(model)
+    pre = pretrained if pretrained is not None else model_pretrained(model)
+    for e, runner, ds, aux in opened:
+        probe = {"dataset": ds.name, "pretrained": pre, "model": mname, "language": "en",
+                 "task": _task_name(e["task"])}
+        fname = result_filename(probe)
+        if fname in written:  # two entries with one dataset name and task: keep both
+            fname = fname[:-5] + f"_{e['_where'].rsplit(' ', 1)[-1]}.json"
+        path = os.path.join(out_dir, fname)
+        if os.path.exists(path) and not overwrite:
+            if skip_existing:
+                results.append(json.load(open(path)))
+                written.add(fname)
+                continue
+            raise AlignError(f"{path} exists; pass overwrite=True to replace it or skip_existing=True to keep it")
+        try:
+            r = runner(model, e, dataset=ds, **aux, **run_kw, pretrained=pre)
+        except MissingModalityError as err:
+            skipped.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
+            print(f"skip: {skipped[-1]}")
+            continue
+        if e.get("name"):
+            r["dataset"] = e["name"]
+        write_json(r, path)
+        written.add(fname)
+        results.append(r)
+        if run_kw["progress"]:
+            print(summary_line(r) + (f" ({seconds_line(r)[len('time: '):]})" if r.get("seconds") else ""))
+
+
 def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_dir: str, *,
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
               batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
@@ -227,37 +260,13 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
     opened = [(e, *_open_all(e)) for e in entries]
     os.makedirs(out_dir, exist_ok=True)
     results, skipped, written = [], [], set()
+    run_kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers,
+                  precision=precision, progress=progress)
     for m in models:
         model, pretrained = (load_fn(m), m if isinstance(m, str) else None) if _is_spec(m) else (m, None)
-        mname = model_name(model)
-        pre = pretrained if pretrained is not None else model_pretrained(model)
-        for e, runner, ds, aux in opened:
-            probe = {"dataset": ds.name, "pretrained": pre, "model": mname, "language": "en",
-                     "task": _task_name(e["task"])}
-            fname = result_filename(probe)
-            if fname in written:  # two entries with one dataset name and task: keep both
-                fname = fname[:-5] + f"_{e['_where'].rsplit(' ', 1)[-1]}.json"
-            path = os.path.join(out_dir, fname)
-            if os.path.exists(path) and not overwrite:
-                if skip_existing:
-                    results.append(json.load(open(path)))
-                    written.add(fname)
-                    continue
-                raise AlignError(f"{path} exists; pass overwrite=True to replace it or skip_existing=True to keep it")
-            try:
-                r = runner(model, e, dataset=ds, **aux, cache_dir=cache_dir, batch_size=batch_size, device=device,
-                           num_workers=num_workers, precision=precision, progress=progress, pretrained=pre)
-            except MissingModalityError as err:
-                skipped.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
-                print(f"skip: {skipped[-1]}")
-                continue
-            if e.get("name"):
-                r["dataset"] = e["name"]
-            write_json(r, path)
-            written.add(fname)
-            results.append(r)
-            if progress:
-                print(summary_line(r) + (f" ({seconds_line(r)[len('time: '):]})" if r.get("seconds") else ""))
+        with same_weights_prompts():       # one model's weights throughout: its class prompts encoded once
+            _model_entries(model, pretrained, opened, out_dir, results, skipped, written, overwrite, skip_existing,
+                           run_kw)
         if _is_spec(m):
             del model
             gc.collect()

@@ -76,6 +76,25 @@ def test_prompt_cache(tmp_path, fake_model):
     assert m2.calls["text"] == 1
 
 
+def test_prompts_are_encoded_once_per_model_and_precision_only_inside_same_weights_prompts():
+    from align.bench.embed import same_weights_prompts
+    a, b = FakeModel(seed=0), FakeModel(seed=1)
+    prompts = [f"a photo of a {c}." for c in ("dog", "cat", "car")]
+    embed_texts(a, prompts, progress=False)
+    embed_texts(a, prompts, progress=False)
+    assert a.calls["text"] == 2                                  # no block: weights may have changed (training)
+    with same_weights_prompts():
+        first = embed_texts(a, prompts, progress=False)
+        again = embed_texts(a, prompts, progress=False)
+        assert a.calls["text"] == 3 and np.array_equal(first, again)
+        embed_texts(a, prompts[:2], progress=False)              # other prompts
+        embed_texts(a, prompts, progress=False, precision="bf16")  # other precision
+        embed_texts(b, prompts, progress=False)                  # another model
+        assert (a.calls["text"], b.calls["text"]) == (5, 1)
+    embed_texts(a, prompts, progress=False)
+    assert a.calls["text"] == 6                                  # the block's memory is gone with it
+
+
 def test_broken_samples_are_skipped_and_counted(tmp_path, fake_model, capsys):
     rng = np.random.default_rng(0)
     samples = [(f"s{i}", {"png": png_bytes(rng), "cls": "0"}) for i in range(5)]

@@ -41,6 +41,21 @@ def suite_dir(tmp_path):
     return tmp_path
 
 
+def test_one_model_encodes_class_prompts_once_for_datasets_that_share_them(tmp_path):
+    classification_wds(tmp_path / "a", n=12, n_classes=4, seed=0)
+    classification_wds(tmp_path / "b", n=10, n_classes=4, seed=1)        # the same class names and templates
+    (tmp_path / "s.yaml").write_text("- {dataset: a, type: wds, task: zeroshot}\n"
+                                     "- {dataset: b, type: wds, task: zeroshot}\n")
+    model = FakeModel(name="m")
+    results = run_suite(str(tmp_path / "s.yaml"), [model], str(tmp_path / "out"), progress=False)
+    plain = FakeModel(name="m")                                          # the same weights, no suite
+    from align.bench.datasets import open_dataset
+    from align.bench.zeroshot import zeroshot_classification
+    ref = [zeroshot_classification(plain, open_dataset(str(tmp_path / d), "wds"), progress=False) for d in "ab"]
+    assert [r["metrics"] for r in results] == [r["metrics"] for r in ref]
+    assert model.calls["text"] * 2 == plain.calls["text"] > 0           # prompts encoded once, not twice
+
+
 def test_registry_has_the_three_benchmarks():
     assert {"zeroshot", "retrieval", "emergent_retrieval"} <= set(BENCHMARKS.names())
 
