@@ -73,10 +73,19 @@ class WeightEMA:
     @contextlib.contextmanager
     @torch.no_grad()
     def applied(self, model: torch.nn.Module):
-        """The average in `model` for the block (an evaluation), the trained weights back after it. Copied into
-        the tensors the state dict shares with the parameters and buffers, shard by shard under fsdp (every rank
-        calls it there; nothing is communicated)."""
-        live = {k: _local(v) for k, v in model.state_dict().items()}
+        """The average in `model` for the block (an evaluation), the trained weights back after it. Sharded
+        (fsdp): copied shard by shard into the tensors the state dict shares with the parameters (every rank
+        calls it; nothing is communicated); otherwise through load_state_dict."""
+        sd = model.state_dict()
+        if not any(hasattr(v, "to_local") for v in sd.values()):
+            own = {k: v.detach().clone() for k, v in sd.items()}
+            model.load_state_dict(self.avg)
+            try:
+                yield model
+            finally:
+                model.load_state_dict(own)
+            return
+        live = {k: _local(v) for k, v in sd.items()}
         own = {k: v.clone() for k, v in live.items()}
         for k, v in live.items():
             v.copy_(_local(self.avg[k]).to(v.dtype))
