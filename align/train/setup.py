@@ -325,11 +325,14 @@ def resume(eng: Engine, path: Optional[str]):
 def _resume_ema(eng: Engine, path: str, step: int) -> None:
     """The weight average of the checkpoint; one written without train.ema starts it at the resumed weights."""
     saved = os.path.join(path, rundir.EMA)
-    if eng.fsdp and load_sharded_ema(path, eng.ema.state_dict()):
-        pass                      # each rank's shards of the average, read in place through DCP
-    elif not eng.fsdp and os.path.isfile(saved):
+    if eng.fsdp:                  # each rank's shards of the average, read in place through DCP
+        found = load_sharded_ema(path, eng.ema.state_dict())
+    elif os.path.isfile(saved):
         eng.ema.load_state_dict(load_weights(saved), saved)
+        found = True
     else:
+        found = False
+    if not found:
         eng.ema = WeightEMA(eng.core, eng.ema.decay)
         eng.acc.print(f"train.ema: {path} has no weight average; it starts at the weights of step {step}")
 
