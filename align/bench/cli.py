@@ -30,17 +30,9 @@ def default_workers() -> int:
 
 
 def check_device(device: str) -> str:
-    """A torch device this machine has, or one line saying why not."""
-    import torch
-    from align.errors import ConfigError
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r} is not a torch device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device on this machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    """--device: a torch device this machine has, or one line saying why not (align.bench.exact's check)."""
+    from align.bench.exact import check_device as check
+    check(device, "--device", types=None)
     return device
 
 

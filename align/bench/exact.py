@@ -67,16 +67,19 @@ def _down(x: torch.Tensor, u: float) -> torch.Tensor:
     return x - u * x.abs()
 
 
-def check_device(device) -> torch.device:
-    """A torch device this machine has, or one line saying why not."""
+def check_device(device, what: str = "index flat: device", types=("cpu", "cuda")) -> torch.device:
+    """A torch device this machine has, or one line saying why not; `what` is how the user named it (also
+    `align bench --device`, align.bench.cli), `types` the device types allowed (None: any)."""
     try:
         dev = torch.device(device or "cpu")
     except RuntimeError as e:
-        raise ConfigError(f"index flat: device {device!r} is not a torch device: {e}") from None
+        raise ConfigError(f"{what} {device!r} is not a torch device: {e}") from None
+    if types and dev.type not in types:
+        raise ConfigError(f"{what} {device!r}: {' or '.join(types)}[:N]")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"index flat: device {device!r}, but this machine has no CUDA device; use device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"index flat: device {device!r}: cpu or cuda[:N]")
+        raise ConfigError(f"{what} {device}: this machine has no CUDA device; use {what.split()[-1]} cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
