@@ -80,8 +80,9 @@ def rows(parts: dict) -> list:
     st = za.get("seconds") or {}
     if st:
         rest = za["wall_s"] - sum(st.values()) if isinstance(za.get("wall_s"), (int, float)) else None
-        out.append(("`align bench` stages, s: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in st.items())
-                    + (f", start-up and the rest {rest:.2f}" if rest is not None else ""), "", "", "", ""))
+        from align.bench.report import stage_text
+        out.append(("`align bench` stages: " + stage_text(st)
+                    + (f", start-up and the rest {rest:.3g} s" if rest is not None else ""), "", "", "", ""))
     rt = parts["retrieval"]["result"]
     g, c = rt.get("gpu", {}), rt.get("check", {})
     out.append((f"exact retrieval {rt.get('n', '?')}×{rt.get('n', '?')} search on {rt.get('device', '?')}, s",

@@ -95,12 +95,10 @@ def add_bench_parser(sub, fn):
 
 
 def run_bench_cli(a):
-    import time
-
     from align.bench.embed import check_precision
     from align.bench.engine import with_engine
     from align.bench.models import load_model as load_plain, pair_pretrained
-    from align.bench.report import seconds_line, summary_line, write_json
+    from align.bench.report import StageSeconds, seconds_line, summary_line, write_json
     from align.errors import ConfigError
 
     device = check_device(a.device or default_device())
@@ -132,11 +130,11 @@ def run_bench_cli(a):
         opts["classnames"] = a.classnames
     if a.bench_cmd == "zeroshot" and a.templates:
         opts["templates"] = a.templates
-    t = time.perf_counter()
-    ds = open_dataset(a.dataset, a.type, **opts)
-    opened = time.perf_counter()
-    model = load_model(a.model, pretrained=a.pretrained, device=device)
-    loaded = time.perf_counter()
+    clock = StageSeconds()
+    with clock("open_dataset"):
+        ds = open_dataset(a.dataset, a.type, **opts)
+    with clock("load_model"):
+        model = load_model(a.model, pretrained=a.pretrained, device=device)
     kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
               num_workers=a.num_workers, precision=a.precision)
     if a.bench_cmd == "zeroshot":
@@ -148,8 +146,7 @@ def run_bench_cli(a):
     else:
         from align.bench.retrieval import retrieval
         result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
-    result["seconds"] = {"open_dataset": round(opened - t, 4), "load_model": round(loaded - opened, 4),
-                         **result.get("seconds", {})}
+    result["seconds"] = {**clock.seconds, **result.get("seconds", {})}
     write_json(result, a.out)
     print(seconds_line(result))
     print(summary_line(result) + f" -> {a.out}")

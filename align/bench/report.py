@@ -42,10 +42,14 @@ class StageSeconds:
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t, 4)
 
 
+def stage_text(seconds: Dict[str, float]) -> str:
+    """'load model 2.1 s, encode image 40.3 s, ...' from a result's "seconds"."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:.3g} s" for k, v in seconds.items())
+
+
 def seconds_line(result: dict) -> str:
-    """'time: load model 2.1 s, encode image 40.3 s, ...' from a result's "seconds" ('' when it has none)."""
-    sec = result.get("seconds") or {}
-    return ("time: " + ", ".join(f"{k.replace('_', ' ')} {v:.3g} s" for k, v in sec.items())) if sec else ""
+    """'time: load model 2.1 s, ...' from a result's "seconds" ('' when it has none)."""
+    return f"time: {stage_text(result['seconds'])}" if result.get("seconds") else ""
 
 
 def model_name(model) -> str:

@@ -41,8 +41,8 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
 from align.bench.models import resolve_specs
-from align.bench.report import (model_name, model_pretrained, result_filename, seconds_line, summary_line,
-                                write_csv, write_json, write_markdown)
+from align.bench.report import (model_name, model_pretrained, result_filename, stage_text, summary_line, write_csv,
+                                write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError
 from align.shipped import resolve_shipped, shipped_names
@@ -241,7 +241,7 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
         written.add(fname)
         results.append(r)
         if run_kw["progress"]:
-            print(summary_line(r) + (f" ({seconds_line(r)[len('time: '):]})" if r.get("seconds") else ""))
+            print(summary_line(r) + (f" ({stage_text(r['seconds'])})" if r.get("seconds") else ""))
 
 
 def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_dir: str, *,
