@@ -616,6 +616,8 @@ MUTATIONS = [
       'clock, f"{qm}->{gm}")', 'clock, f"{gm}->{qm}")', ["tests/bench/test_retrieval.py"]),
     M("bench.index.device_not_passed", "align/bench/zeroshot.py",
       "**index_params_on(index, index_params, device))", "**(index_params or {}))", ["tests/bench/test_index.py"]),
+    M("bench.exact.gpu_bytes_without_the_scoring_copy", "align/bench/exact.py",
+      "gallery = n * d * (4 + DTYPES[scoring].itemsize)", "gallery = n * d * 4", ["tests/bench/test_exact.py"]),
     M("bench.index.list_major_wrong_query", "align/bench/index.py",
       "qt[torch.from_numpy(pairs // p)]", "qt[torch.from_numpy(pairs % p)]", ["tests/bench/test_index.py"]),
     M("retrieval.filter.keeps_the_copy", "align/retrieval/filter.py",

@@ -28,7 +28,9 @@ bound (a = gamma_D |q| max|g|, u = 0), then to float64, with a warning.
 `device` ("cpu" by default; "cuda", "cuda:1") holds the gallery there and runs all three steps
 there: `align bench --device cuda` searches on the GPU as well as encoding there. On CUDA the
 scoring GEMM runs with TF32 and cuBLAS's reduced-precision bf16 reductions turned off (both
-would break the bound; the check above would catch them and fall back to slower scoring).
+would break the bound; the check above would catch them and fall back to slower scoring). A gallery
+that does not fit in the GPU's free memory is refused in one line before anything moves (and a CUDA
+out-of-memory error later in the build or a search becomes the same line), not a CUDA traceback.
 """
 from __future__ import annotations
 
@@ -98,6 +100,34 @@ def _exact_cuda_matmul(dev: torch.device):
         m.allow_tf32, m.allow_bf16_reduced_precision_reduction = saved
 
 
+def gpu_bytes(n: int, d: int, scoring: str) -> int:
+    """GPU memory the index needs for an [n, d] gallery: float32 rows + the scoring copy + the score block,
+    the re-rank buffers (float32 + float64 gathers) and the bound check's float64 [rows, cols] block."""
+    gallery = n * d * (4 + DTYPES[scoring].itemsize)
+    return gallery + SCORE_BLOCK_BYTES + RERANK_ELEMS * 12 + 128 * 4096 * 8
+
+
+def _gb(b: float) -> str:
+    return f"{b / 2 ** 30:.1f} GiB"
+
+
+def _too_big(dev: torch.device, n: int, d: int, need: int, free: Optional[int]) -> ConfigError:
+    has = f"{_gb(free)} free" if free is not None else "not enough free memory"
+    return ConfigError(f"exact search on {dev}: the gallery of {n:,} x {d} needs ~{_gb(need)} of GPU memory and "
+                       f"{dev} has {has}; search on the CPU (--device cpu / index flat device: cpu) or use a "
+                       f"compressed index (ivf_pq)")
+
+
+def check_fits(dev: torch.device, n: int, d: int, scoring: str) -> None:
+    """One line (ConfigError) when an [n, d] gallery cannot be held and scored in `dev`'s free memory."""
+    if dev.type != "cuda":
+        return
+    free, _total = torch.cuda.mem_get_info(dev)
+    need = gpu_bytes(n, d, scoring)
+    if need > free:
+        raise _too_big(dev, n, d, need, free)
+
+
 def _check_finite(x: torch.Tensor, what: str, offset: int = 0) -> None:
     bad = ~torch.isfinite(x).all(dim=1)
     if bad.any():
@@ -146,9 +176,26 @@ class ExactIndex:
     def _prepare(self) -> None:
         if self._g is not None:
             return
-        g = torch.from_numpy(np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0])
-        g = g.to(self.device)
+        host = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]     # [N, D] float32
+        check_fits(self.device, len(host), self.d, self.scoring)
+        try:
+            with self._oom_as_one_line(len(host)):
+                self._choose_scoring(torch.from_numpy(host).to(self.device))
+        except ConfigError:
+            self._g = self._gh = self._buf = self._rb = None     # nothing half-built kept on the GPU
+            raise
         self._parts = []
+
+    @contextlib.contextmanager
+    def _oom_as_one_line(self, n: int):
+        """A CUDA out-of-memory error (another process took the memory, a fallback to wider scoring) as one line."""
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+            raise _too_big(self.device, n, self.d, gpu_bytes(n, self.d, self.scoring), free) from None
+
+    def _choose_scoring(self, g: torch.Tensor) -> None:
         _check_finite(g, "gallery")
         self._g = g                                                        # [N, D] float32
         for scoring in FALLBACK[FALLBACK.index(self.scoring):]:
@@ -222,7 +269,8 @@ class ExactIndex:
         for s in range(0, len(q_all), step):
             q = q_all[s:s + step].to(self.device)
             _check_finite(q, "query", s)
-            sc, ix = self._search_block(q, k)
+            with self._oom_as_one_line(n):
+                sc, ix = self._search_block(q, k)
             scores[s:s + len(q)], ids[s:s + len(q)] = sc.float().cpu().numpy(), ix.cpu().numpy()
         return scores, ids
 
@@ -293,4 +341,4 @@ def exact_topk_reference(gallery: np.ndarray, queries: np.ndarray, k: int) -> np
     return np.argsort(-s, axis=1, kind="stable")[:, :int(min(k, len(gallery)))]
 
 
-__all__ = ["ExactIndex", "exact_topk_reference"]
+__all__ = ["ExactIndex", "check_fits", "exact_topk_reference", "gpu_bytes"]

@@ -217,3 +217,46 @@ def test_cuda_search_equals_the_reference_and_restores_the_matmul_flags(scoring)
         assert (m.allow_tf32, m.allow_bf16_reduced_precision_reduction) == (True, True)
     finally:
         m.allow_tf32, m.allow_bf16_reduced_precision_reduction = saved
+
+
+def test_a_gallery_too_big_for_the_gpu_is_refused_in_one_line_before_it_moves(monkeypatch):
+    """check_fits against a stubbed free-memory figure (no GPU here): the bytes it counts, the line it says."""
+    n, d = 1_000_000, 512
+    need = exact.gpu_bytes(n, d, "bf16")
+    assert need == n * d * (4 + 2) + exact.SCORE_BLOCK_BYTES + exact.RERANK_ELEMS * 12 + 128 * 4096 * 8
+    assert exact.gpu_bytes(n, d, "fp64") - exact.gpu_bytes(n, d, "bf16") == n * d * 6
+    seen = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (seen.append(dev) or (need - 1, 80 << 30)))
+    dev = torch.device("cuda:0")
+    with pytest.raises(ConfigError) as e:
+        exact.check_fits(dev, n, d, "bf16")
+    line = str(e.value)
+    assert "\n" not in line and "1,000,000 x 512" in line and "cuda:0" in line and "--device cpu" in line
+    assert f"{need / 2 ** 30:.1f} GiB" in line and f"{(need - 1) / 2 ** 30:.1f} GiB free" in line
+    assert seen == [dev]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (need, 80 << 30))
+    exact.check_fits(dev, n, d, "bf16")                                 # exactly enough: no error
+    exact.check_fits(torch.device("cpu"), 10 ** 12, d, "bf16")          # the CPU is never asked
+
+
+@pytest.mark.parametrize("where", ["build", "search"])
+def test_a_cuda_out_of_memory_error_becomes_one_line_and_the_index_stays_usable(monkeypatch, where):
+    rng = np.random.default_rng(5)
+    g, q = _norm(rng.standard_normal((300, 16))), _norm(rng.standard_normal((20, 16)))
+    idx = ExactIndex(16)
+    idx.add(g)
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    if where == "build":
+        monkeypatch.setattr(ExactIndex, "_bound_holds", oom)
+    else:
+        idx.search(q, 3)
+        monkeypatch.setattr(ExactIndex, "_search_block", oom)
+    with pytest.raises(ConfigError, match=r"^exact search on cpu: the gallery of 300 x 16 needs ~.* GiB .*"
+                                          r"not enough free memory; search on the CPU") as e:
+        idx.search(q, 3)
+    assert "\n" not in str(e.value)
+    monkeypatch.undo()
+    assert idx.ntotal == 300                                            # the gallery was not lost with the error
+    np.testing.assert_array_equal(idx.search(q, 3)[1], ref_topk(g, q, 3))
