@@ -212,12 +212,13 @@ def _add_shards(data) -> None:
                    help="column of hard-negative captions (one per line, or a JSON list), written as each "
                         "sample's neg.txt (see HardNegativeClipLoss)")
     s.add_argument("--image-size", type=int, default=None,
-                   help="resize images (see --resize-mode; default: stored as they are)")
+                   help="resize images (see --resize-mode; default: their own size)")
     s.add_argument("--resize-mode", choices=["keep", "center_crop", "border", "longest"], default="keep",
                    help="keep: shorter side = size; longest: longer side = size; center_crop: size x size; "
                         "border: longer side = size, padded black")
-    s.add_argument("--image-format", choices=["jpg", "webp", "png"], default="jpg", help="format images are "
-                                                                                        "stored in")
+    s.add_argument("--image-format", choices=["jpg", "webp", "png", "source"], default="jpg",
+                   help="format images are stored in; source: each JPEG, PNG or WebP kept byte for byte when "
+                        "nothing about it must change (else PNG, or JPEG for a JPEG), so no pixel is altered")
     s.add_argument("--image-quality", type=int, default=95, help="jpg/webp quality, 1-100")
     s.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate (Hz), stored "
                                                                   "as flac")

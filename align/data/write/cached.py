@@ -47,11 +47,12 @@ from align.runlock import DirectoryBusy, live_holder
 
 CACHE_VERSION = 1
 CACHE_FILE = "cache.json"   # which input the folder holds (for people); written last, when it is complete
-# Written as `align data shards` writes by default (FLAC audio at 16 kHz, or at the audio tower's `sample_rate`
-# when the recipe sets one; images re-encoded as jpg at quality 95,
-# their size kept), as TARGET_SHARDS shards (at most MAX_SHARD_SIZE samples each: more for a big input), so that
-# up to that many readers (ranks x data workers) each get some.
-SETTINGS = {"sample_rate": 16000, "image_format": "jpg", "image_quality": 95}
+# Written as `align data shards --image-format source` writes (FLAC audio at 16 kHz, or at the audio tower's
+# `sample_rate` when the recipe sets one; images as the user's own bytes where nothing must change, else
+# lossless PNG -- JPEG q95 only for a JPEG that must be rotated --, their size kept: the pixels trained on are
+# the input's), as TARGET_SHARDS shards (at most MAX_SHARD_SIZE samples each: more for a big input), so that up
+# to that many readers (ranks x data workers) each get some.
+SETTINGS = {"sample_rate": 16000, "image_format": "source", "image_quality": 95}
 TARGET_SHARDS, MAX_SHARD_SIZE = 16, 1000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{16}$")    # NAME-HASH, as _key_and_folder names them

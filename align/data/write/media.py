@@ -2,6 +2,12 @@
 
 `encode_image` / `encode_audio` take the job's settings (image_size, resize_mode, image_format,
 image_quality, sample_rate) and raise `SkipRow(reason, detail)` for media that cannot be decoded.
+
+image_format "source" keeps the user's pixels: a JPEG, PNG or WebP that needs no change (no resize, no EXIF
+rotation, RGB or grey, no transparency to flatten) is stored as its own bytes, which training decodes to the
+same RGB pixels as the writer would have; one that must change is re-encoded as PNG (lossless), or as JPEG
+at image_quality when it was a JPEG already (a photo's PNG would be several times its size). The caches of
+`data.train=pairs.csv` write this way (align.data.write.cached), so a scan or a screenshot is never JPEG-ed.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from align.errors import DataError
 from align.limits import LimitExceeded, check_audio_header, check_image_size
 
 RESIZE_MODES = ("keep", "center_crop", "border", "longest")
-IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "png": "PNG", "source": None}
+SOURCE_EXTS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}   # formats "source" stores as they are
 
 
 def _resized(img, size: int, mode: str):
@@ -45,9 +52,11 @@ def _resized(img, size: int, mode: str):
     return img
 
 
-def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
+def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any], str]:
+    """(bytes, meta, the shard extension they go under) for one image, or SkipRow."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     shown = repr(name) if name else "bytes"
+    source = None                        # the decoded file's format (bytes payloads), for image_format "source"
     if isinstance(payload, (bytes, bytearray)):
         try:
             img = open_image(bytes(payload), job.limits)   # pixels checked from the header first
@@ -62,7 +71,11 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
                 short = job.image_size if job.resize_mode in ("keep", "center_crop") else \
                     max(1, round(min(w, h) * job.image_size / max(w, h)))
                 img.draft("RGB", (short, short))
+            source = img.format
             img.load()
+            if (job.image_format == "source" and not job.image_size and orientation == 1
+                    and img.mode in ("RGB", "L") and source in SOURCE_EXTS):
+                return bytes(payload), meta, SOURCE_EXTS[source]    # decoded fine, nothing to change: as it is
             if orientation != 1:
                 img = ImageOps.exif_transpose(img)
         except LimitExceeded as e:
@@ -87,12 +100,12 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
     if job.image_size:
         img = _resized(img, job.image_size, job.resize_mode)
     buf = io.BytesIO()
-    fmt = IMAGE_FORMATS[job.image_format]
+    fmt = IMAGE_FORMATS[job.image_format] or ("JPEG" if source == "JPEG" else "PNG")
     if fmt == "PNG":
         img.save(buf, fmt, compress_level=6)
     else:
         img.save(buf, fmt, quality=job.image_quality)
-    return buf.getvalue(), meta
+    return buf.getvalue(), meta, {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
 
 
 def encode_audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:

@@ -126,11 +126,12 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
         if mod in ("image", "audio"):
             payload, name, path = read_media(value, base, mod, job.limits)
             try:
-                data, info = (encode_image if mod == "image" else encode_audio)(payload, name, job)
+                data, info, ext = encode_image(payload, name, job) if mod == "image" else \
+                    (*encode_audio(payload, name, job), "flac")
             except SkipRow as s:
                 s.source = s.source or path
                 raise
-            members[job.image_format if mod == "image" else "flac"] = data
+            members[ext] = data
             if name:
                 meta["source"][mod] = name
             meta[mod] = info

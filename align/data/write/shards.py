@@ -130,7 +130,7 @@ def _check_options(*, resize_mode, image_format, layout, val_groups_from, val_gr
     if resize_mode not in RESIZE_MODES:
         raise ConfigError(f"resize_mode {resize_mode!r} unknown; valid: {', '.join(RESIZE_MODES)}")
     if image_format not in IMAGE_FORMATS:
-        raise ConfigError(f"image_format {image_format!r} unknown; valid: jpg, webp, png")
+        raise ConfigError(f"image_format {image_format!r} unknown; valid: jpg, webp, png, source")
     if layout not in LAYOUTS:
         raise ConfigError(f"layout {layout!r} unknown; valid: {', '.join(LAYOUTS)}")
     if (val_groups_from is None) != (not val_groups):

@@ -2,6 +2,7 @@
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -428,3 +429,66 @@ def test_a_busy_out_is_refused_in_one_line_and_a_finished_job_leaves_no_lock(tmp
         p.kill()
         p.wait()
     write_shards(csv, out, progress=False)              # the holder is gone (SIGKILL): its lock is taken over
+
+
+def _source_images(tmp_path):
+    """One file per case image_format "source" must tell apart; -> {stem: the pixels training should see}."""
+    rng = np.random.default_rng(7)
+    grey = rng.integers(0, 256, (28, 20), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "scan.png")                     # a scan: kept byte for byte
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg", quality=80)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "web.webp", lossless=True)
+    rgba = np.zeros((12, 14, 4), np.uint8)
+    rgba[..., 0], rgba[:6, :, 3] = 255, 255                       # red, top half opaque, bottom transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    Image.fromarray(rng.integers(0, 256, (10, 9, 3), dtype=np.uint8)).save(tmp_path / "old.bmp")
+    rot = Image.new("RGB", (40, 20), "blue")
+    exif = rot.getexif()
+    exif[0x0112] = 6                                              # displayed rotated: 20 x 40
+    rot.save(tmp_path / "turned.jpg", exif=exif)
+    flat = np.full((12, 14, 3), 255, np.uint8)
+    flat[:6] = (255, 0, 0)                                        # transparency flattened onto white
+    return {"scan": np.repeat(grey[..., None], 3, axis=2), "photo": None, "web": None, "clear": flat,
+            "old": np.asarray(Image.open(tmp_path / "old.bmp").convert("RGB")), "turned": None}
+
+
+def test_image_format_source_keeps_the_users_bytes_and_else_stays_lossless(tmp_path):
+    from align.media.image import decode_image
+    want = _source_images(tmp_path)
+    names = {"scan": "scan.png", "photo": "photo.jpg", "web": "web.webp", "clear": "clear.png", "old": "old.bmp",
+             "turned": "turned.jpg"}
+    pd.DataFrame({"image": list(names.values()), "text": list(names)}).to_csv(tmp_path / "d.csv", index=False)
+    stats = write_shards(tmp_path / "d.csv", tmp_path / "o", image_format="source", progress=False)
+    assert stats["written"] == 6
+    m = _all_members(tmp_path / "o")
+    by_stem = {}
+    for name, data in m.items():
+        if name.endswith(".txt"):
+            by_stem[data.decode()] = name[:-len("txt")]
+    stored = {stem: next((ext, m[key + ext]) for ext in ("png", "jpg", "webp") if key + ext in m)
+              for stem, key in by_stem.items()}
+    for stem in ("scan", "photo", "web"):                         # nothing to change: the file itself
+        ext, data = stored[stem]
+        assert data == (tmp_path / names[stem]).read_bytes() and ext == names[stem].rsplit(".")[1]
+    assert np.array_equal(np.asarray(decode_image(stored["scan"][1])), want["scan"])
+    for stem in ("clear", "old"):                                 # changed or not storable as is: lossless PNG
+        ext, data = stored[stem]
+        assert ext == "png" and np.array_equal(np.asarray(decode_image(data)), want[stem])
+    ext, data = stored["turned"]                                  # a JPEG that must be rotated stays a JPEG
+    assert ext == "jpg" and Image.open(io.BytesIO(data)).size == (20, 40)
+    # with a resize every image changes: PNG, but JPEG for the JPEGs
+    write_shards(tmp_path / "d.csv", tmp_path / "r", image_format="source", image_size=8, progress=False)
+    exts = sorted(n.rsplit(".", 1)[1] for n in _all_members(tmp_path / "r") if n.rsplit(".", 1)[1] in
+                  ("png", "jpg", "webp"))
+    assert exts == ["jpg", "jpg", "png", "png", "png", "png"]
+
+
+def test_the_cache_of_a_table_keeps_a_png_scan_byte_for_byte(tmp_path):
+    from align.data.write.cached import cached_shards
+    _source_images(tmp_path)
+    pd.DataFrame({"image": ["scan.png", "photo.jpg"], "text": ["a scan", "a photo"]}).to_csv(tmp_path / "t.csv",
+                                                                                          index=False)
+    out = cached_shards(tmp_path / "t.csv", tmp_path / "cache", progress=False, printer=lambda s: None)
+    data = {n.rsplit(".", 1)[1]: b for n, b in _all_members(Path(out)).items()}
+    assert data["png"] == (tmp_path / "scan.png").read_bytes()
+    assert data["jpg"] == (tmp_path / "photo.jpg").read_bytes()
