@@ -19,11 +19,13 @@ from align.train import rundir
 from align.train.state import TrainState
 
 
-def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state):
+def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_state, pin_memory: bool = False):
     """The training stream: real shards through the streaming pipeline, or synthetic inputs.
 
     resume_state: the data position of every rank of the checkpoint (a list, index = rank); the loader
     re-partitions it when the world size, per-rank batch or number of workers changed.
+    pin_memory: batches in page-locked memory (a run on CUDA: the step's non-blocking copy of a [256, 3, 224,
+    224] float batch, 154 MB, then runs at the full host-to-device rate instead of through a staging copy).
     """
     if r.data.train == "synthetic":
         from align.data.stream.synthetic import SyntheticLoader
@@ -45,7 +47,8 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         max_skip_frac=r.data.max_skip_frac, resume_state=resume_state, train=True, augment=r.data.augment,
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
         text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r),
-        features_in_step=r.data.features_in == "step")   # the log-mel on the device: train_step finishes it
+        features_in_step=r.data.features_in == "step",   # the log-mel on the device: train_step finishes it
+        pin_memory=pin_memory)
 
 
 def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:

@@ -62,7 +62,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         set_seed(r.seed)
         eng = build_engine(r, acc, resume_path, watch)
         state, data_resume = resume(eng, resume_path)
-        loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume)
+        loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume, pin_memory=acc.device.type == "cuda")
         eng.features = step_features(loader, acc.device)   # audio log-mel in the step, on the device (or None)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)

@@ -89,7 +89,10 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     # masks that are all True on the host say nothing (a modality absent from the masks counts as present):
     # decided before the move and dropped, so the loss never reads them back from the device (a sync mid-step)
     said = [{k for k, m in batch_masks(b, eng.core.modalities).items() if not all_true_on_host(m)} for b in micro]
-    micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+    # non_blocking: from pinned batches (a CUDA run's loader) the copy is queued on the stream before the step's
+    # kernels, which read it in order; from pageable memory it is a plain copy
+    micro = [{k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+             for b in micro]
     if eng.features is not None:       # the audio clips' log-mel, computed here on the device (data.stream.features)
         micro = [eng.features(b) for b in micro]
     masks = [{k: m for k, m in batch_masks(b, eng.core.modalities).items() if k in ks} for b, ks in zip(micro, said)]

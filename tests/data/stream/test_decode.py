@@ -7,7 +7,7 @@ from tests.conftest import TINY_OPEN_CLIP
 from tests.wds_helpers import TRANSFORMS, image_text, wav_claiming, write_shard
 
 
-def _loader(tmp_path, limits: dict):
+def _loader(tmp_path, limits: dict, **kw):
     """The training stream exactly as `align train` builds it (align.train.loop.build_loader) for a recipe
     with these data.limits, over one shard of 4 ordinary samples and 3 that only some limits refuse."""
     samples = [image_text(f"g{i}", i) for i in range(4)] + [
@@ -21,7 +21,7 @@ def _loader(tmp_path, limits: dict):
                                "limits": limits},
                       "train": {"batch_size": 1, "max_steps": 1}})
     model = SimpleNamespace(transforms=lambda train: TRANSFORMS, modalities=["image", "text", "audio"])
-    return build_loader(r, model, 0, 1, None)
+    return build_loader(r, model, 0, 1, None, **kw)
 
 
 def test_recipe_limits_reach_the_reader_and_the_decoders(tmp_path):
@@ -108,3 +108,25 @@ def test_an_audio_decoder_imports_the_resampler_before_workers_fork():
             "print('scipy.signal' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_pinned_batches_for_a_cuda_run_reach_the_dataloader_and_change_no_batch(tmp_path, monkeypatch):
+    """align train on CUDA asks build_loader for page-locked batches (train.loop: pin_memory when the device is
+    cuda); the flag must reach torch's DataLoader, and the batches stay the same (here, without an accelerator,
+    torch leaves them unpinned)."""
+    import warnings
+
+    import torch
+    from align.data.stream import loader as stream_loader
+    seen = []
+
+    class SpyLoader(torch.utils.data.DataLoader):
+        def __init__(self, *a, **k):
+            seen.append(k.get("pin_memory"))
+            super().__init__(*a, **k)
+    monkeypatch.setattr(stream_loader, "DataLoader", SpyLoader)
+    plain = [b["__key__"] for b in _loader(tmp_path, {})]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # torch: "no accelerator is found" (this machine)
+        pinned = [b["__key__"] for b in _loader(tmp_path, {}, pin_memory=True)]
+    assert seen == [False, True] and pinned == plain and len(plain) == 7
