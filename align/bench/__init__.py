@@ -34,14 +34,12 @@ from align.registry import Registry
 __all__ = ["BENCHMARKS"]
 
 
-def __getattr__(name: str):
-    """BENCHMARKS, built on its first use (PEP 562): the runners import torch, and the package is also
-    imported for its argument parsers (align.bench.cli), which every `align` command builds -- `align --help`
-    and `align recipes` need no torch (~2 s of their start on a 2-core machine)."""
-    if name != "BENCHMARKS":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    registry = globals()["BENCHMARKS"] = Registry("benchmark")   # before the runners' `from align.bench import`
-    # Registration happens on import. A runner module imported directly (align.bench.zeroshot) gets here from
-    # its own first line; it is then in sys.modules half-run, returned as it is, and registers when it goes on.
+def _import_runners() -> None:
+    """The runner modules, each registering itself as it runs (`from align.bench import BENCHMARKS` finds the
+    registry defined). Imported on the registry's first lookup, not here: they import torch, and this package is
+    also imported for its argument parsers (align.bench.cli), which every `align` command builds -- `align
+    --help` and `align recipes` need no torch (~2 s of their start on a 2-core machine)."""
     from align.bench import probe_tasks, retrieval, zeroshot  # noqa: F401  (+ linear_probe, fusion_probe, cca)
-    return registry
+
+
+BENCHMARKS = Registry("benchmark", load=_import_runners)
