@@ -53,8 +53,10 @@ class TrainState:
         return False
 
     def improves(self, metric: Optional[float]) -> bool:
-        """Whether an eval `metric` is a new best (and records it)."""
-        if metric is None or (self.best is not None and metric <= self.best):
+        """Whether an eval `metric` is a new best (and records it). None or NaN (a diverged model's metric; the
+        value other ranks receive as None, align.train.guard StepWatch.share) is never a best: recorded, NaN
+        would compare False with everything and make every later evaluation "better"."""
+        if metric is None or metric != metric or (self.best is not None and metric <= self.best):
             return False
         self.best = metric
         return True

@@ -122,3 +122,14 @@ def test_resume_restores_the_rng_states_the_checkpoint_saved(tiny_recipe):
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
     assert not torch.equal(got[0], scrambled[0])
+
+
+def test_a_nan_metric_is_never_the_best_and_does_not_make_later_ones_best():
+    """One process gets the evaluation's NaN as it is (StepWatch.share passes it through; other ranks get None):
+    it must not become the best, after which every comparison would be False and any metric 'improve'."""
+    st = TrainState()
+    assert st.improves(float("nan")) is False and st.best is None
+    assert st.improves(0.5) is True and st.best == 0.5
+    assert st.improves(float("nan")) is False and st.best == 0.5
+    assert st.improves(0.4) is False and st.improves(None) is False and st.best == 0.5
+    assert st.improves(0.6) is True and st.best == 0.6
