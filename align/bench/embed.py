@@ -159,8 +159,12 @@ def _encode(model, modality: str, batch, device, precision: str = "fp32") -> np.
     """batch (tensor [B, ...] or list[str]) -> normalised float32 numpy [B, D]."""
     if modality == "text":
         batch = model.tokenize(list(batch))
-    with _autocast(device, precision):
-        out = getattr(model, _ENCODERS[modality])(batch.to(device))
+    try:
+        with _autocast(device, precision):
+            out = getattr(model, _ENCODERS[modality])(batch.to(device))
+    except torch.cuda.OutOfMemoryError:
+        raise ConfigError(f"out of memory on {device} encoding a batch of {len(batch)} {modality} items; lower "
+                          f"--batch-size (eval.batch_size in a recipe)") from None
     # re-normalise in float32 as CLIP_benchmark does (F.normalize on the model output)
     return F.normalize(out.float(), dim=-1).cpu().numpy()
 

@@ -17,6 +17,7 @@ from typing import Dict, List
 import torch
 
 from align.data.stream.keys import mask_key
+from align.errors import AlignError
 from align.losses.multipair import NEG_TEXT
 
 MASKS = "masks"        # the micro-batch key gradcache_step concatenates: {modality: bool [b]}
@@ -83,8 +84,31 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     """One optimizer step over `micro` (train.accum_steps micro-batches of the per-rank batch).
 
     eng: the run's engine (align.train.setup.Engine): acc, model, core, objective, optimizer, scheduler.
-    Leaves the gradients zeroed; the caller counts the step (TrainState.record_step).
+    Leaves the gradients zeroed; the caller counts the step (TrainState.record_step). A CUDA out-of-memory
+    error becomes one line saying which settings lower the step's memory (out_of_memory).
     """
+    try:
+        return _step(eng, micro, grad_clip)
+    except torch.cuda.OutOfMemoryError:
+        sizes = [max((len(b[m]) for m in eng.core.modalities if torch.is_tensor(b.get(m))), default=0) for b in micro]
+        raise out_of_memory(eng.acc.device, sizes) from None
+
+
+def out_of_memory(device, micro_sizes: List[int]) -> AlignError:
+    """The line for a step that ran out of device memory: where it stood, then the recipe keys that lower it."""
+    where = f"{device}"
+    if getattr(device, "type", None) == "cuda":
+        peak, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+        where += f" ({peak / 2 ** 30:.1f} GiB allocated at the peak, of {total / 2 ** 30:.1f} GiB)"
+    b, k = (micro_sizes[0] if micro_sizes else 0), len(micro_sizes)
+    return AlignError(
+        f"train: out of memory on {where} in a step of {k} micro-batch(es) of {b} samples per process; lower "
+        f"train.batch_size and raise train.accum_steps to keep the global batch (GradCache keeps every sample a "
+        f"negative), or set train.grad_checkpointing true, loss.type chunked_clip / chunked_siglip (no B x B "
+        f"matrix), train.precision bf16, train.sharding fsdp (several GPUs)")
+
+
+def _step(eng, micro: List[dict], grad_clip: float) -> StepResult:
     acc, model = eng.acc, eng.model
     # masks that are all True on the host say nothing (a modality absent from the masks counts as present):
     # decided before the move and dropped, so the loss never reads them back from the device (a sync mid-step)

@@ -198,3 +198,14 @@ def test_a_transform_of_varying_shape_is_one_line_and_a_batch_crosses_from_a_wor
             embed_dataset(m, ds, "image", batch_size=6, num_workers=workers, progress=False)
     ids, x, errors = _collate([(0, torch.zeros(3, 2), None), (1, None, "bad"), (2, torch.ones(3, 2), None)])
     assert ids == [0, 2] and errors == ["bad"] and isinstance(x, torch.Tensor) and x.shape == (2, 3, 2)
+
+
+def test_an_encoder_out_of_device_memory_is_one_line_naming_the_batch(tmp_path, fake_model, monkeypatch):
+    ds = open_dataset(classification_wds(tmp_path / "d", n=13), "wds")
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+    monkeypatch.setattr(fake_model, "encode_image", oom)
+    with pytest.raises(ConfigError, match=r"^out of memory on cpu encoding a batch of 4 image items; lower "
+                                          r"--batch-size \(eval.batch_size in a recipe\)$"):
+        embed_dataset(fake_model, ds, "image", batch_size=4, progress=False)

@@ -107,3 +107,31 @@ def test_synthetic_batches_follow_the_model_device(engine):
     batch = next(iter(SyntheticLoader(core, 4, samples_per_epoch=16)))
     assert batch["image"].device.type == "meta" and batch["text"].device.type == "meta"
     assert all(v.device.type == "cpu" for k, v in batch.items() if k.endswith("mask"))
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_a_step_out_of_device_memory_is_one_line_naming_the_batch_and_what_lowers_it(engine, monkeypatch, accum):
+    """torch raises OutOfMemoryError from the forward (here induced in the loss: no GPU on this machine);
+    align train prints one line instead of CUDA's traceback."""
+    from align.errors import AlignError
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+    monkeypatch.setattr(engine.objective, "loss_fn", oom)
+    with pytest.raises(AlignError) as e:
+        step_mod.train_step(engine, [a_batch(engine, 6) for _ in range(accum)])
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("train: out of memory on cpu in a step of ")
+    assert f"{accum} micro-batch(es) of 6 samples per process" in line
+    for key in ("train.batch_size", "train.accum_steps", "train.grad_checkpointing", "chunked_clip",
+                "train.precision bf16"):
+        assert key in line
+    assert all(p.grad is None for p in engine.model.parameters())  # nothing stepped
+
+
+def test_the_out_of_memory_line_on_cuda_says_the_peak_and_the_card(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: 70 * 2 ** 30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: type("P", (), {"total_memory": 80 * 2 ** 30}))
+    line = str(step_mod.out_of_memory(torch.device("cuda:0"), [256]))
+    assert line.startswith("train: out of memory on cuda:0 (70.0 GiB allocated at the peak, of 80.0 GiB) in a step "
+                           "of 1 micro-batch(es) of 256 samples per process;")
