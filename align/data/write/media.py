@@ -4,10 +4,11 @@
 image_quality, sample_rate) and raise `SkipRow(reason, detail)` for media that cannot be decoded.
 
 image_format "source" keeps the user's pixels: a JPEG, PNG or WebP that needs no change (no resize, no EXIF
-rotation, RGB or grey, no transparency to flatten) is stored as its own bytes, which training decodes to the
-same RGB pixels as the writer would have; one that must change is re-encoded as PNG (lossless), or as JPEG
-at image_quality when it was a JPEG already (a photo's PNG would be several times its size). The caches of
-`data.train=pairs.csv` write this way (align.data.write.cached), so a scan or a screenshot is never JPEG-ed.
+rotation, RGB or grey, no transparency to flatten) is stored as its own bytes (its metadata, EXIF included,
+comes along), which training decodes to the same RGB pixels as the writer would have; one that must change is
+re-encoded as PNG (lossless), or as JPEG at image_quality when it was a JPEG already (a photo's PNG would be
+several times its size). The caches of `data.train=pairs.csv` write this way (align.data.write.cached), so a
+scan or a screenshot is never JPEG-ed.
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
         img.save(buf, fmt, compress_level=6)
     else:
         img.save(buf, fmt, quality=job.image_quality)
-    return buf.getvalue(), meta, {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[fmt]
+    return buf.getvalue(), meta, SOURCE_EXTS[fmt]
 
 
 def encode_audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any]]:
