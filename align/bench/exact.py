@@ -103,7 +103,7 @@ def _exact_cuda_matmul(dev: torch.device):
 def gpu_bytes(n: int, d: int, scoring: str) -> int:
     """GPU memory the index needs for an [n, d] gallery: float32 rows + the scoring copy + the score block,
     the re-rank buffers (float32 + float64 gathers) and the bound check's float64 [rows, cols] block."""
-    gallery = n * d * (4 + DTYPES[scoring].itemsize)
+    gallery = n * d * (4 + DTYPES.get(scoring, torch.float64).itemsize)    # (an unknown scoring: refused later)
     return gallery + SCORE_BLOCK_BYTES + RERANK_ELEMS * 12 + 128 * 4096 * 8
 
 
@@ -115,7 +115,7 @@ def _too_big(dev: torch.device, n: int, d: int, need: int, free: Optional[int]) 
     has = f"{_gb(free)} free" if free is not None else "not enough free memory"
     return ConfigError(f"exact search on {dev}: the gallery of {n:,} x {d} needs ~{_gb(need)} of GPU memory and "
                        f"{dev} has {has}; search on the CPU (--device cpu / index flat device: cpu) or use a "
-                       f"compressed index (ivf_pq)")
+                       f"compressed index (index ivfpq)")
 
 
 def check_fits(dev: torch.device, n: int, d: int, scoring: str) -> None:

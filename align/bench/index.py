@@ -18,6 +18,7 @@ exact top-k an approximate index finds, on a sample of queries.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from typing import List, Optional, Tuple
 
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 from align.progress import progress as tqdm   # plain lines off a terminal
 
-from align.bench.exact import ExactIndex
+from align.bench.exact import ExactIndex, check_fits
 from align.errors import ConfigError, DataError
 from align.registry import Registry
 
+log = logging.getLogger("align.bench")
 INDEXES: Registry = Registry("index")
 EXACT = {"flat", "flat_faiss"}
 
@@ -49,12 +51,20 @@ def _flat(d: int, n: int, scoring: str = "bf16", batch_size: int = 1024, extra: 
     return ExactIndex(d, scoring=scoring, batch_size=batch_size, extra=extra, device=device)
 
 
-def index_params_on(name: str, params: Optional[dict], device) -> dict:
+def index_params_on(name: str, params: Optional[dict], device, gallery: Optional[Tuple[int, int]] = None) -> dict:
     """build_index params for a benchmark encoding on `device`: an index that can search on a torch device
-    (its factory takes `device`: flat) searches where the embeddings were made, unless params name a device."""
+    (its factory takes `device`: flat) searches where the embeddings were made, unless params name a device.
+    gallery (n, d), the largest gallery it will hold: one too big for that GPU's free memory stays on the CPU,
+    with a warning (a device the user named in params is kept: too big, it is refused in one line)."""
     out = dict(params or {})
     if device is not None and "device" not in out and "device" in inspect.signature(INDEXES.get(name)).parameters:
-        out["device"] = str(device)
+        dev = torch.device(device)
+        try:
+            if gallery is not None:
+                check_fits(dev, gallery[0], gallery[1], out.get("scoring", "bf16"))
+            out["device"] = str(device)
+        except ConfigError as e:
+            log.warning("%s; searching on the CPU instead", e)
     return out
 
 

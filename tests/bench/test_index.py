@@ -196,3 +196,44 @@ def test_zeroshot_and_retrieval_hand_their_device_to_the_flat_index(tmp_path, mo
                  progress=False)
     zs.zeroshot_classification(FakeModel(dim=8), cls, progress=False, index="hnsw")
     assert seen == [("flat", "cpu"), ("flat", "cpu"), ("flat", "cpu"), ("hnsw", None)]
+
+
+def test_a_gallery_too_big_for_the_encoding_gpu_is_searched_on_the_cpu_with_a_warning(monkeypatch, caplog):
+    """The device a benchmark hands the exact index is its encoding device, not the user's choice: a gallery that
+    cannot fit in that GPU's free memory (stubbed here: no GPU) stays on the CPU; a device named in the index's
+    params is kept (ExactIndex then refuses it in one line)."""
+    import logging
+
+    import torch
+    from align.bench import exact
+    from align.bench.index import index_params_on
+
+    n, d = 2_000_000, 512
+    free = {"bytes": exact.gpu_bytes(n, d, "bf16") - 1}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (free["bytes"], 80 << 30))
+    with caplog.at_level(logging.WARNING, logger="align.bench"):
+        assert index_params_on("flat", {"extra": 4}, "cuda:0", gallery=(n, d)) == {"extra": 4}
+    assert "2,000,000 x 512" in caplog.text and "searching on the CPU instead" in caplog.text
+    assert index_params_on("flat", {"device": "cuda:0"}, "cuda:0", gallery=(n, d)) == {"device": "cuda:0"}
+    assert index_params_on("flat", {"scoring": "fp32"}, "cuda:0", gallery=(n // 4, d)) == \
+        {"scoring": "fp32", "device": "cuda:0"}
+    free["bytes"] += 1
+    assert index_params_on("flat", None, "cuda:0", gallery=(n, d)) == {"device": "cuda:0"}
+
+
+def test_retrieval_hands_the_index_its_largest_gallery(tmp_path, monkeypatch):
+    import align.bench.retrieval as rt
+    from align.bench.datasets import open_dataset
+    from tests.bench.conftest import FakeModel, retrieval_wds
+
+    seen = []
+    real = rt.index_params_on
+    monkeypatch.setattr(rt, "index_params_on", lambda *a, **k: seen.append(a[3:] + tuple(k.values())) or real(*a, **k))
+    rt.retrieval(FakeModel(dim=8), open_dataset(retrieval_wds(tmp_path / "r", n=10, caps=(3, 3)), "wds"),
+                 device="cpu", progress=False)
+    assert seen == [((30, 8),)]                     # 10 images, 30 captions: image->text's gallery is the larger
+    seen.clear()
+    rt.retrieval(FakeModel(dim=8), open_dataset(retrieval_wds(tmp_path / "r1", n=10, caps=(1, 1)), "wds"),
+                 device="cpu", progress=False, both_directions=False, query_modality="image",
+                 gallery_modality="text")
+    assert seen == [((10, 8),)]
