@@ -57,14 +57,19 @@ def index_params_on(name: str, params: Optional[dict], device, gallery: Optional
     gallery (n, d), the largest gallery it will hold: one too big for that GPU's free memory stays on the CPU,
     with a warning (a device the user named in params is kept: too big, it is refused in one line)."""
     out = dict(params or {})
-    if device is not None and "device" not in out and "device" in inspect.signature(INDEXES.get(name)).parameters:
+    if device is None or "device" in out or "device" not in inspect.signature(INDEXES.get(name)).parameters:
+        return out
+    try:
         dev = torch.device(device)
+    except RuntimeError:
+        dev = None                        # not a device: the index refuses it in one line
+    if gallery is not None and dev is not None and dev.type == "cuda" and torch.cuda.is_available():
         try:
-            if gallery is not None:
-                check_fits(dev, gallery[0], gallery[1], out.get("scoring", "bf16"))
-            out["device"] = str(device)
+            check_fits(dev, gallery[0], gallery[1], out.get("scoring", "bf16"))
         except ConfigError as e:
             log.warning("%s; searching on the CPU instead", e)
+            return out
+    out["device"] = str(device)
     return out
 
 

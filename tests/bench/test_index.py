@@ -211,6 +211,7 @@ def test_a_gallery_too_big_for_the_encoding_gpu_is_searched_on_the_cpu_with_a_wa
     n, d = 2_000_000, 512
     free = {"bytes": exact.gpu_bytes(n, d, "bf16") - 1}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (free["bytes"], 80 << 30))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with caplog.at_level(logging.WARNING, logger="align.bench"):
         assert index_params_on("flat", {"extra": 4}, "cuda:0", gallery=(n, d)) == {"extra": 4}
     assert "2,000,000 x 512" in caplog.text and "searching on the CPU instead" in caplog.text
@@ -219,6 +220,7 @@ def test_a_gallery_too_big_for_the_encoding_gpu_is_searched_on_the_cpu_with_a_wa
         {"scoring": "fp32", "device": "cuda:0"}
     free["bytes"] += 1
     assert index_params_on("flat", None, "cuda:0", gallery=(n, d)) == {"device": "cuda:0"}
+    assert index_params_on("flat", None, "gpu0", gallery=(n, d)) == {"device": "gpu0"}   # refused by the index
 
 
 def test_retrieval_hands_the_index_its_largest_gallery(tmp_path, monkeypatch):
