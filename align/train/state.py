@@ -54,8 +54,9 @@ class TrainState:
 
     def improves(self, metric: Optional[float]) -> bool:
         """Whether an eval `metric` is a new best (and records it). None or NaN (a diverged model's metric; the
-        value other ranks receive as None, align.train.guard StepWatch.share) is never a best: recorded, NaN
-        would compare False with everything and make every later evaluation "better"."""
+        value other ranks receive as None, align.train.guard StepWatch.share) is never a best: NaN compares False
+        with everything, so it would replace a real best (checkpoints/best overwritten by the diverged model) and
+        the next evaluation would count as better whatever its value."""
         if metric is None or metric != metric or (self.best is not None and metric <= self.best):
             return False
         self.best = metric
