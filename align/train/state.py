@@ -53,10 +53,11 @@ class TrainState:
         return False
 
     def improves(self, metric: Optional[float]) -> bool:
-        """Whether an eval `metric` is a new best (and records it). None or NaN (a diverged model's metric; the
-        value other ranks receive as None, align.train.guard StepWatch.share) is never a best: NaN compares False
-        with everything, so it would replace a real best (checkpoints/best overwritten by the diverged model) and
-        the next evaluation would count as better whatever its value."""
+        """Whether an eval `metric` is a new best (and records it). None or NaN (a metric with nothing to
+        average, or a diverged model's; other ranks receive NaN as None, align.train.guard StepWatch.share) is
+        never a best: NaN compares False with everything, so it would replace a real best (checkpoints/best
+        overwritten by the model that scored NaN) and the next evaluation would count as better whatever its
+        value."""
         if metric is None or metric != metric or (self.best is not None and metric <= self.best):
             return False
         self.best = metric

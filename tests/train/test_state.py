@@ -126,8 +126,8 @@ def test_resume_restores_the_rng_states_the_checkpoint_saved(tiny_recipe):
 
 def test_a_nan_metric_is_never_the_best_and_does_not_make_later_ones_best():
     """One process gets the evaluation's NaN as it is (StepWatch.share passes it through; other ranks get None):
-    it must not replace the best (checkpoints/best would be overwritten by the diverged model) nor make the next
-    metric a best whatever its value."""
+    it must not replace the best (checkpoints/best would be overwritten by the model that scored NaN) nor make
+    the next metric a best whatever its value."""
     st = TrainState()
     assert st.improves(float("nan")) is False and st.best is None
     assert st.improves(0.5) is True and st.best == 0.5
