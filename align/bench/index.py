@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from align.progress import progress as tqdm   # plain lines off a terminal
 
-from align.bench.exact import ExactIndex, check_fits
+from align.bench.exact import ExactIndex, check_device, check_fits
 from align.errors import ConfigError, DataError
 from align.registry import Registry
 
@@ -60,10 +60,10 @@ def index_params_on(name: str, params: Optional[dict], device, gallery: Optional
     if device is None or "device" in out or "device" not in inspect.signature(INDEXES.get(name)).parameters:
         return out
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None                        # not a device: the index refuses it in one line
-    if gallery is not None and dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        dev = check_device(device, types=None)
+    except ConfigError:
+        dev = None                        # not a device this machine has: the index refuses it in one line
+    if gallery is not None and dev is not None and dev.type == "cuda":
         try:
             check_fits(dev, gallery[0], gallery[1], out.get("scoring", "bf16"))
         except ConfigError as e:

@@ -81,8 +81,10 @@ def _largest(pairs) -> tuple:
     return max(len(p[4]) for p in pairs), pairs[0][4].shape[1]
 
 
-def _score(pairs, ks, index, index_params, recall_sample, clock: StageSeconds):
-    """pairs: [(query_mod, gallery_mod, q_vecs, q_groups, g_vecs, g_groups)] -> metrics, index info, counts."""
+def _score(pairs, ks, index, index_params, device, recall_sample, clock: StageSeconds):
+    """pairs: [(query_mod, gallery_mod, q_vecs, q_groups, g_vecs, g_groups)] -> metrics, index info, counts.
+    The index searches on `device` (the encoding's) when it can and the largest gallery fits (index_params_on)."""
+    index_params = index_params_on(index, index_params, device, _largest(pairs))
     metrics, info, counts = {}, {"type": index, "exact": index in EXACT}, {}
     per_dir = {}
     for qm, gm, qv, qg, gv, gg in pairs:
@@ -112,8 +114,7 @@ def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gal
     qk, gk = np.isin(q.ids, common), np.isin(g.ids, common)
     a = (query_modality, gallery_modality, q.vectors[qk], q.ids[qk], g.vectors[gk], g.ids[gk])
     pairs = [a, (a[1], a[0], a[4], a[5], a[2], a[3])] if both_directions else [a]
-    metrics, info, counts = _score(pairs, ks, index, index_params_on(index, index_params, device, _largest(pairs)),
-                                   recall_sample, clock)
+    metrics, info, counts = _score(pairs, ks, index, index_params, device, recall_sample, clock)
     n_items = {m: int(len(np.unique(e.ids))) for m, e in ((query_modality, q), (gallery_modality, g))}
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_retrieval", metrics=metrics, pretrained=pretrained,
@@ -168,8 +169,7 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
     pairs = [(query_modality, gallery_modality, qv[q_ok], qg[q_ok], gv, gg)]
     if both_directions:
         pairs.append((gallery_modality, query_modality, gv[g_ok], gg[g_ok], qv, qg))
-    metrics, info, counts = _score(pairs, ks, index, index_params_on(index, index_params, device, _largest(pairs)),
-                                   recall_sample, clock)
+    metrics, info, counts = _score(pairs, ks, index, index_params, device, recall_sample, clock)
     name = dataset.name if gds is dataset else f"{dataset.name}+{gds.name}"
     return make_result(
         dataset=name, model=model, task="emergent_retrieval", metrics=metrics, pretrained=pretrained,

@@ -38,8 +38,8 @@ from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_
 
 # Names other modules import from here (the file layout itself is align.train.rundir's).
 __all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",
-           "load_dcp_weights", "load_sharded_ema", "save_checkpoint", "load_checkpoint", "prune_checkpoints", "data_states",
-           "check_state_fits", "load_model_state"]
+           "load_dcp_weights", "load_sharded_ema", "save_checkpoint", "load_checkpoint", "prune_checkpoints",
+           "data_states", "check_state_fits", "load_model_state"]
 
 
 # -- DCP: metadata read without running code, full weights gathered in one process ------------

@@ -212,6 +212,7 @@ def test_a_gallery_too_big_for_the_encoding_gpu_is_searched_on_the_cpu_with_a_wa
     free = {"bytes": exact.gpu_bytes(n, d, "bf16") - 1}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (free["bytes"], 80 << 30))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with caplog.at_level(logging.WARNING, logger="align.bench"):
         assert index_params_on("flat", {"extra": 4}, "cuda:0", gallery=(n, d)) == {"extra": 4}
     assert "2,000,000 x 512" in caplog.text and "searching on the CPU instead" in caplog.text
