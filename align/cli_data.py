@@ -160,7 +160,8 @@ def add_data_parsers(sub):
     _add_shards(data)
 
     s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
-    s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
+    s.add_argument("pattern", help="local shard folder, file, glob or brace pattern, '::' between several "
+                                   "(the shards training would read from it; no URLs)")
     s.add_argument("-n", type=int, default=3, help="samples to print")
     s.add_argument("--modalities", default="image,text,audio",
                    help="modalities training will request (counts skips as a run with them would)")

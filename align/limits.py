@@ -71,7 +71,13 @@ def as_limits(limits: Any = None) -> DataLimits:
         bad = sorted(set(limits) - names)
         if bad:
             raise ConfigError(f"data.limits.{bad[0]}: unknown limit; valid: {', '.join(sorted(names))}")
-        return dataclasses.replace(DEFAULT_LIMITS, **{k: v for k, v in limits.items() if v is not None})
+        given = {k: v for k, v in limits.items() if v is not None}
+        for f in dataclasses.fields(DataLimits):     # the bounds a recipe is checked against (align.config)
+            v, bounds = given.get(f.name), f.metadata["bounds"]
+            if v is not None and not (v >= bounds.get("ge", v) and ("gt" not in bounds or v > bounds["gt"])):
+                want = " and ".join(f"{'>=' if k == 'ge' else '>'} {b}" for k, b in bounds.items())
+                raise ConfigError(f"data.limits.{f.name}: must be {want}, got {v!r}")
+        return dataclasses.replace(DEFAULT_LIMITS, **given)
     raise ConfigError(f"data.limits: expected a mapping, got {limits!r}")
 
 

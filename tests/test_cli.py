@@ -174,3 +174,11 @@ def test_recipes_show_prints_the_recipe_with_its_header(capsys):
     assert text.startswith("# demo:")
     code, err = _run(["recipes", "--show", "nope"], capsys)
     assert code == 2 and "recipe not found: nope" in err
+
+
+@pytest.mark.parametrize("option", ["--max-text-bytes=-1", "--max-image-pixels=0", "--max-audio-seconds=0"])
+def test_a_limit_option_out_of_its_bounds_is_one_line_as_in_a_recipe(capsys, tmp_path, option):
+    """`align data inspect --max-text-bytes -1` used to run and report every caption "over the limit of -1"."""
+    code, err = _run(["data", "inspect", str(tmp_path), option], capsys)
+    name = option.split("=")[0][2:].replace("-", "_")
+    assert code == 2 and err.count("\n") == 1 and f"data.limits.{name}: must be >" in err

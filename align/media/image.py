@@ -47,4 +47,28 @@ def decode_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img.load()
-    return img.convert("RGB")
+    return to_rgb(img)
+
+
+# PIL modes whose values are not 0..255: convert("RGB") clips them, so a 16-bit scan (0..65535) comes out
+# white and a float image in 0..1 black. 16-bit grey (I;16*; I from a 16-bit PNG or TIFF) is scaled from
+# 0..65535, float grey (F) from 0..1; values outside those ranges have no agreed 8-bit meaning and are refused.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img):
+    """A decoded PIL image -> RGB, high-bit-depth grey scaled to 8 bits (not clipped); ValueError for a 32-bit
+    integer image outside 0..65535 or a float one outside [0, 1] (the caller skips it as undecodable)."""
+    if img.mode in _SIXTEEN_BIT + ("I", "F"):
+        import numpy as np
+        from PIL import Image
+
+        a = np.asarray(img).astype(np.float64)            # [H, W]
+        if not np.isfinite(a).all():
+            raise ValueError(f"{img.mode} image with NaN or infinite values")
+        top = 1.0 if img.mode == "F" else 65535.0
+        if a.size and (a.min() < 0 or a.max() > top):
+            raise ValueError(f"{'float' if img.mode == 'F' else '32-bit integer'} image with values in "
+                             f"[{a.min():g}, {a.max():g}], outside [0, {top:g}]: convert it to 8 or 16 bits")
+        img = Image.fromarray(np.rint(a * (255.0 / top)).astype(np.uint8), "L")
+    return img if img.mode == "RGB" else img.convert("RGB")

@@ -204,13 +204,15 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
     if eng.acc.is_main_process:
         counts = write_val_set(split, urls, out, classnames=_classnames_beside(urls), allow_pipe=r.data.allow_pipe,
                                limits=r.data.limits)
-        groups = counts.get("groups", {})
+        groups, skipped = counts.get("groups", {}), counts.get("skipped", {})
         eng.acc.print(f"data.val_split: held out {counts['held_out']} samples"
                       + (f" of {groups['held_out']} groups" if split.groups_from else "")
                       + f" ({split.describe()}) -> {out}; training on {counts['trained']}"
                       + (f" of {groups['trained']} groups" if split.groups_from else "")
                       + (f"; {counts['no_group']} without {split.groups_from!r} are used by neither"
-                         if counts["no_group"] else ""))
+                         if counts["no_group"] else "")
+                      + (f"; skipped {sum(skipped.values())} while copying ("
+                         + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) + ")" if skipped else ""))
     eng.acc.wait_for_everyone()
     # (the tasks with nothing to score on the held-out samples, e.g. zero-shot without class names beside the
     # shards, are left out by fit_val_tasks, as for any data.val)

@@ -48,3 +48,36 @@ def test_unreadable_bytes_are_named_without_a_buffer_repr():
     with pytest.raises(UnidentifiedImageError) as e:
         open_image(b"this is not an image at all")
     assert "object at 0x" not in str(e.value) and "27 bytes" in str(e.value)
+
+
+def _saved(arr, fmt):
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, fmt)
+    return b.getvalue()
+
+
+def test_sixteen_bit_and_float_grey_are_scaled_to_eight_bits_not_clipped():
+    """PIL's convert("RGB") clips: a 16-bit scan came out 99.6 % white, a float image in [0, 1] black."""
+    import numpy as np
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    img = np.asarray(decode_image(_saved(ramp, "PNG")))                      # [64, 64, 3] uint8
+    assert Image.open(io.BytesIO(_saved(ramp, "PNG"))).mode == "I;16"
+    assert img.shape == (64, 64, 3) and img.min() == 0 and img.max() == 255
+    assert abs(float(img.mean()) - 127.5) < 1 and len(np.unique(img)) == 256
+    np.testing.assert_array_equal(img[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+    half = np.asarray(decode_image(_saved(np.full((8, 8), 0.5, np.float32), "TIFF")))
+    assert (half == 128).all()
+    wide = np.asarray(decode_image(_saved(np.full((8, 8), 1000, np.int32), "TIFF")))
+    assert (wide == 4).all()                                                  # 1000 of 65535
+
+
+@pytest.mark.parametrize("arr, msg", [("float_big", r"float image with values in \[0, 2\], outside \[0, 1\]"),
+                                      ("int_big", r"32-bit integer image .* outside \[0, 65535\]"),
+                                      ("float_nan", "NaN or infinite")])
+def test_grey_values_without_an_eight_bit_meaning_are_refused(arr, msg):
+    import numpy as np
+    a = {"float_big": np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8),
+         "int_big": np.full((8, 8), 70000, np.int32),
+         "float_nan": np.full((8, 8), np.nan, np.float32)}[arr]
+    with pytest.raises(ValueError, match=msg):
+        decode_image(_saved(a, "TIFF"))

@@ -17,9 +17,11 @@ import http.client
 import io
 import logging
 import random
+import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from align.errors import SourceUnavailable
@@ -33,11 +35,22 @@ _BACKOFF_MAX_S = 30.0
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
+def malformed_http_url(url: str) -> str | None:
+    """Why `url` can never be fetched (no retry makes it valid), or None: what http.client refuses in a request
+    line (a space, a tab, a control character), or no host."""
+    bad = re.search(r"[\x00-\x20\x7f]", url)
+    if bad:
+        return f"holds {bad.group()!r} (percent-encode it, e.g. a space as %20)"
+    return None if urllib.parse.urlsplit(url).hostname else "has no host"
+
+
 class HttpStatusError(OSError):
     """A final (non-retried) HTTP answer, e.g. 403; 404 is raised as FileNotFoundError."""
 
 
 def _transient(exn: BaseException) -> bool:
+    if isinstance(exn, (http.client.InvalidURL, ValueError)):   # a malformed URL: no retry makes it valid
+        return False
     if isinstance(exn, urllib.error.HTTPError):
         return exn.code in _RETRY_STATUS
     return isinstance(exn, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout,
@@ -84,6 +97,9 @@ class HttpShard(io.RawIOBase):
     def _connect(self, first_error: BaseException | None = None) -> None:
         """Open (or reopen at self._pos), retrying transient errors until the budget is spent."""
         start, attempt, exn = self._clock(), 0, first_error
+        why = malformed_http_url(self.url)
+        if why:
+            raise HttpStatusError(f"{self.url}: not a valid URL: it {why}")
         while True:
             if exn is not None:
                 if isinstance(exn, urllib.error.HTTPError) and exn.code == 404:

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 import braceexpand
 
-from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable, open_http
+from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable, malformed_http_url, open_http
 from align.data.stream.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
 from align.data.stream.keys import DRAW
 from align.wds.format import group_samples
@@ -68,7 +68,7 @@ def _scheme(url: str) -> str:
     return scheme if len(scheme) > 1 else ""
 
 
-def _local_path(url: str) -> str | None:
+def local_path(url: str) -> str | None:
     """The local filesystem path for a plain path or file: URL, else None."""
     scheme = _scheme(url)
     if scheme == "":
@@ -84,7 +84,7 @@ def _expand_one(entry: str, allow_pipe: bool) -> list[str]:
         if not allow_pipe:
             raise DataError(PIPE_REFUSED.format(url=entry))
         return [entry]
-    path = _local_path(entry)
+    path = local_path(entry)
     if path is None:
         # Remote: fsspec can glob some protocols (s3://bucket/*.tar); otherwise keep as is.
         if _GLOB_CHARS & set(entry):
@@ -168,8 +168,8 @@ def resolve_sources(sources, allow_pipe: bool = False) -> list[ResolvedSource]:
         urls = expand_urls(spec.urls, allow_pipe=allow_pipe)
         if not urls:
             raise DataError(f"data source {name}: no shard URL given")
-        local = [u for u in urls if _local_path(u) is not None]
-        missing = [u for u in local if not os.path.exists(_local_path(u))]
+        local = [u for u in urls if local_path(u) is not None]
+        missing = [u for u in local if not os.path.exists(local_path(u))]
         if local and len(missing) == len(urls):
             raise DataError(f"data source {name}: no shard found (e.g. {missing[0]} does not exist)")
         if missing:
@@ -249,7 +249,12 @@ def _fsspec_knows(scheme: str) -> bool:
 def check_readable(url: str) -> None:
     """DataError at build time for a URL scheme nothing here can read (e.g. a typo'd 's3x://')."""
     scheme = _scheme(url)
-    if scheme in ("", "file", "pipe", "http", "https") or _fsspec_knows(scheme):
+    if scheme in ("http", "https"):
+        why = malformed_http_url(url)
+        if why:
+            raise DataError(f"{url!r}: not a valid {scheme} URL: it {why}")
+        return
+    if scheme in ("", "file", "pipe") or _fsspec_knows(scheme):
         return
     raise DataError(f"{url}: cannot read URL scheme '{scheme}:' (install its fsspec driver, e.g. s3fs or gcsfs)")
 
@@ -267,7 +272,7 @@ def open_shard(url: str, allow_pipe: bool = False, retry_budget_s: float = DEFAU
         from webdataset.gopen import gopen_schemes
 
         return gopen_schemes["pipe"](url, "rb", 8192)
-    path = _local_path(url)
+    path = local_path(url)
     if path is not None:
         return open(path, "rb")
     scheme = _scheme(url)

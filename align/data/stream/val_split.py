@@ -139,6 +139,7 @@ def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Opti
     records the same split and shards. Returns {"held_out", "trained", "no_group", "groups"}."""
     from align.data.stream.faults import FaultCounter
     from align.data.stream.sources import shard_samples
+    from align.wds.reader import Oversize
     from align.wds.writer import NumberedShards
 
     record = {"split": split.to_json(), "urls": list(urls)}
@@ -162,7 +163,11 @@ def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Opti
             counts[{True: "held_out", False: "trained", None: "no_group"}[side]] += 1
             if side is not None and split.groups_from is not None:
                 groups[side].add(split.group_of(raw))
-            if side:
+            big = [(ext, v) for ext, v in raw.items() if isinstance(v, Oversize)]
+            if side and big:      # a member over its limit was never read: skipped and counted, as training does
+                faults.record(big[0][1].reason, f"{raw.get('__url__', url)}:{raw['__key__']}",
+                              big[0][1].describe(big[0][0]))
+            elif side:
                 out.write(raw["__key__"], {k: v for k, v in raw.items() if not k.startswith("__")})
     out.close()
     _check(split, counts, groups)
@@ -172,6 +177,7 @@ def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Opti
         with open(os.path.join(out_dir, "classnames.txt"), "w") as f:
             f.write("".join(f"{c}\n" for c in classnames))
     counts["groups"] = {"held_out": len(groups[True]), "trained": len(groups[False])}
+    counts["skipped"] = dict(faults.total)   # held-out samples not copied and shards not read, by reason
     tmp = spec_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(dict(record, counts=counts), f)

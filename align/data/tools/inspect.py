@@ -12,16 +12,14 @@ as a dict.
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from align.data.stream.faults import (CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD,
                                FaultCounter, SkipSample, format_counts)
-from align.data.stream.sources import shard_samples
+from align.data.stream.sources import expand_urls, local_path, shard_samples
 from align.errors import DataError
 from align.limits import as_limits
 from align.data.stream.decode import decode_raw
@@ -31,27 +29,20 @@ _MAX_FAILURES_LISTED = 20  # per shard; the counts are always exact
 
 
 def expand_pattern(pattern: str) -> Tuple[List[str], List[str]]:
-    """pattern -> (existing shard paths in order, brace-expanded names that do not exist)."""
-    import braceexpand
-    if re.match(r"^[a-z][a-z0-9+.-]*:", pattern) and not os.path.exists(pattern):
+    """pattern -> (existing shard paths, named shards that do not exist), expanded by training's own
+    `expand_urls` (`::`, braces, globs, a folder's *.tar), so the same shards in the same order, a shard
+    named twice read twice, as training reads them."""
+    if re.match(r"^[a-z][a-z0-9+.-]*:", pattern) and not pattern.startswith("file:") and not os.path.exists(pattern):
         raise DataError(f"{pattern}: inspect reads local shards only (no URLs or pipe:)")
-    if os.path.isdir(pattern):
-        found = sorted(str(p) for p in Path(pattern).iterdir() if p.is_file() and re.search(r"\.tar(\.gz)?$", p.name))
-        if not found:
-            raise DataError(f"no shards (*.tar) in directory {pattern}")
-        return found, []
-    found, missing = [], []
-    for piece in braceexpand.braceexpand(pattern):
-        if any(c in piece for c in "*?["):
-            found += sorted(glob.glob(piece))
-        elif os.path.isfile(piece):
-            found.append(piece)
-        else:
-            missing.append(piece)
-    found = list(dict.fromkeys(found))
+    urls = expand_urls(pattern)
+    remote = [u for u in urls if local_path(u) is None]
+    if remote:
+        raise DataError(f"{remote[0]}: inspect reads local shards only (no URLs or pipe:)")
+    paths = [local_path(u) for u in urls]
+    found = [p for p in paths if os.path.isfile(p)]
     if not found:
         raise DataError(f"no shards match {pattern!r}")
-    return found, missing
+    return found, [p for p in paths if not os.path.isfile(p)]
 
 
 def _shown(decoded: Dict[str, Any]) -> Dict[str, Any]:

@@ -13,7 +13,9 @@ classnames.txt and zero-shot templates from a label column, else a retrieval set
 
 CACHE is data.shards_cache, else $ALIGN_CACHE, else $XDG_CACHE_HOME/align, else ~/.cache/align. A second run
 on the same input (a resume, a sweep's next trial) finds the shards written and reads them at once; an edited
-input (another fingerprint: the table file's bytes, the folder's names and sizes) gets a new folder. A build cut
+input (another fingerprint: the table file's bytes; the folder's file names, sizes and modification times)
+gets a new folder. The files a table names are not part of its fingerprint (stating a million paths at every
+start would cost more than it saves): after replacing them in place, edit or touch the table. A build cut
 short (SIGKILL, a full disk) resumes where it stopped, as `align data shards` does (.done records). Two runs
 building the same folder at once: the second waits for the first's lock (align.runlock), then reads.
 

@@ -195,6 +195,7 @@ class TableInput(Input):
 
 
 LINK_OUTSIDE = "link out of the input folder"   # a row reason (align data shards --follow-links reads them)
+_LINKED_FOLDER = "linked folder"                 # the one entry of a group that stands for a linked folder
 
 
 class FolderInput(Input):
@@ -233,6 +234,13 @@ class FolderInput(Input):
             # Hidden folders and the output folder (when nested inside) are not input.
             dirnames[:] = sorted(n for n in dirnames if not n.startswith(".")
                                  and (exclude is None or (d / n).resolve() != exclude))
+            for n in dirnames if not follow_links else ():
+                # A linked folder out of root is not entered: one row for it, skipped and counted, so its
+                # files are not lost without a word (one that leads inside root is read at its own path).
+                if (d / n).is_symlink() and not _inside((d / n).resolve(), real_root):
+                    rel = (d / n).relative_to(root).as_posix()
+                    by_stem.setdefault(rel, {})[_LINKED_FOLDER] = [rel]
+                    listing.append(f"{rel}\t->\t{os.readlink(d / n)}\n")
             for name in sorted(filenames):
                 p = d / name
                 if not follow_links and p.is_symlink() and not _inside(p.resolve(), real_root):
@@ -244,11 +252,12 @@ class FolderInput(Input):
                 rel = p.relative_to(root).as_posix()
                 stem = rel[: len(rel) - len(p.suffix)]
                 by_stem.setdefault(stem, {}).setdefault(mod or "json", []).append(rel)
-                try:
-                    size = p.stat().st_size
+                try:                       # the size and modification time: a caption edited in place to
+                    st = p.stat()          # another of the same length is another input (rsync's quick check)
+                    size, mtime = st.st_size, st.st_mtime_ns
                 except OSError:            # a dangling link: its row says "file not found" when read
-                    size = -1
-                listing.append(f"{rel}\t{size}\n")
+                    size, mtime = -1, 0
+                listing.append(f"{rel}\t{size}\t{mtime}\n")
         # A stem with only a .json sidecar is not a sample.
         self.groups = [(s, g) for s, g in sorted(by_stem.items()) if set(g) - {"json"}]
         self.columns = [m for m in COLUMN_KINDS if any(m in g for _, g in self.groups)]
@@ -266,6 +275,10 @@ class FolderInput(Input):
             stem, group = self.groups[i]
             values: Dict[str, Any] = {}
             error = reason = None
+            if _LINKED_FOLDER in group:
+                yield Row(i, stem, values, f"folder: {stem} is a link out of the input folder, not entered "
+                                           "(--follow-links reads it)", LINK_OUTSIDE)
+                continue
             for mod in self.columns:
                 files = group.get(mod, [])
                 if len(files) > 1:

@@ -58,12 +58,12 @@ def prepare_dir(out: Path, settings: Dict[str, Any], overwrite: bool) -> None:
         return  # resume
     if _user_files(out) and not overwrite:
         if previous is None:
-            raise DataError(f"output {out} is not empty and holds no previous run of this job "
-                            "(no .done/job.json); choose an empty directory or pass overwrite=True")
+            raise DataError(f"output {out} is not empty and holds no previous run of this job (no .done/job.json); "
+                            "choose an empty directory or pass --overwrite (overwrite=True from Python)")
         diff = [k for k in sorted(set(settings) | set(previous)) if settings.get(k) != previous.get(k)]
         raise DataError(f"output {out} holds a run with other settings ({', '.join(diff)} differ: "
                         + "; ".join(f"{k}: was {previous.get(k)!r}, now {settings.get(k)!r}" for k in diff[:3])
-                        + "); choose another directory or pass overwrite=True")
+                        + "); choose another directory or pass --overwrite (overwrite=True from Python)")
     if _user_files(out):
         # overwrite=True: remove only what a shard job writes, never the user's other files.
         prefixes = {settings["prefix"], (previous or {}).get("prefix") or settings["prefix"]}

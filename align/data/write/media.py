@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from align.media.audio import decode_audio, encode_flac, resample
-from align.media.image import open_image
+from align.media.image import open_image, to_rgb
 from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
 from align.data.write.values import SkipRow
 from align.errors import DataError
@@ -96,8 +96,11 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
         rgba = img.convert("RGBA")  # flatten transparency onto white, not black
         img = Image.new("RGB", rgba.size, (255, 255, 255))
         img.paste(rgba, mask=rgba.getchannel("A"))
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
+    else:
+        try:
+            img = to_rgb(img)            # 16-bit and float grey scaled to 8 bits, not clipped
+        except ValueError as e:
+            raise SkipRow(UNDECODABLE_IMAGE, f"image: {shown}: {e}") from None
     if job.image_size:
         img = _resized(img, job.image_size, job.resize_mode)
     buf = io.BytesIO()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
@@ -34,14 +35,30 @@ class SkipRow(Exception):
         self.reason, self.detail, self.source = reason, detail, source
 
 
-def _check_file_size(path: Path, limit: int, reason: str, what: str, shown: str) -> None:
-    """SkipRow(reason) when the file at `path` is larger than `limit` bytes (checked before reading it)."""
+def _read_file(path: Path, limit: int, reason: str, what: str, shown: str) -> bytes:
+    """The bytes of the regular file at `path`; SkipRow when it is missing, unreadable, not a regular file (a
+    device, a pipe, a folder: /dev/zero or a FIFO named in a table would otherwise fill memory or block forever)
+    or larger than `limit` bytes. At most limit + 1 bytes are read, so a file that grows after the size check
+    cannot exceed the limit either."""
     try:
-        size = path.stat().st_size
-    except OSError:
-        return   # reading it reports the error
-    if size > limit:
-        raise SkipRow(reason, f"{what}: {shown!r} is {size} bytes, over the limit of {limit}", str(path))
+        st = path.stat()
+    except FileNotFoundError:
+        raise SkipRow(f"{what}: file not found", f"{what}: file not found {shown!r}", str(path)) from None
+    except OSError as e:
+        raise SkipRow(f"{what}: cannot read file", f"{what}: cannot read {shown!r} ({e.strerror})", str(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+        raise SkipRow(f"{what}: not a regular file", f"{what}: {shown!r} is {kind}, not a regular file", str(path))
+    if st.st_size > limit:
+        raise SkipRow(reason, f"{what}: {shown!r} is {st.st_size} bytes, over the limit of {limit}", str(path))
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise SkipRow(f"{what}: cannot read file", f"{what}: cannot read {shown!r} ({e.strerror})", str(path)) from None
+    if len(data) > limit:
+        raise SkipRow(reason, f"{what}: {shown!r} is over the limit of {limit} bytes", str(path))
+    return data
 
 
 def _check_bytes(data, limits: DataLimits, mod: str) -> None:
@@ -57,9 +74,14 @@ def read_media(value: Any, base_dir: Path, mod: str,
     limits.max_member_bytes is not read (SkipRow "member too large")."""
     limits = as_limits(limits)
     if isinstance(value, dict):  # datasets Image/Audio feature or a parquet struct
-        if value.get("bytes"):
-            _check_bytes(value["bytes"], limits, mod)
-            return bytes(value["bytes"]), value.get("path") or None, None
+        raw = value.get("bytes")
+        if isinstance(raw, (bytes, bytearray, memoryview)) and len(raw):
+            _check_bytes(raw, limits, mod)
+            return bytes(raw), value.get("path") or None, None
+        if not is_missing(raw) and not isinstance(raw, (bytes, bytearray, memoryview)):
+            # JSON has no bytes type: base64 text or a list of numbers is refused rather than guessed at
+            raise SkipRow(f"{mod}: unsupported value", f"{mod}: the 'bytes' field holds {type(raw).__name__}, "
+                                                       "not bytes (base64 text is not decoded)")
         if value.get("array") is not None and mod == "audio":
             sr = value.get("sampling_rate") or value.get("sample_rate")
             if not sr:
@@ -78,13 +100,7 @@ def read_media(value: Any, base_dir: Path, mod: str,
         if re.match(r"^[a-z][a-z0-9+.-]*://", text):
             raise SkipRow(f"{mod}: URL not supported", f"{mod}: URLs are not read, download first: {text!r}")
         path = Path(value) if Path(value).is_absolute() else base_dir / value
-        _check_file_size(path, limits.max_member_bytes, MEMBER_TOO_LARGE, mod, text)
-        try:
-            return path.read_bytes(), text, str(path)
-        except FileNotFoundError:
-            raise SkipRow(f"{mod}: file not found", f"{mod}: file not found {text!r}", str(path)) from None
-        except OSError as e:
-            raise SkipRow(f"{mod}: cannot read file", f"{mod}: cannot read {text!r} ({e.strerror})", str(path)) from None
+        return _read_file(path, limits.max_member_bytes, MEMBER_TOO_LARGE, mod, text), text, str(path)
     raise SkipRow(f"{mod}: unsupported value", f"{mod}: unsupported value of type {type(value).__name__}")
 
 
@@ -93,11 +109,7 @@ def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = Non
     A .txt file over limits.max_text_bytes is not read (SkipRow "caption too long")."""
     if isinstance(value, Path):
         name = value.relative_to(base_dir).as_posix()
-        _check_file_size(value, as_limits(limits).max_text_bytes, TEXT_TOO_LONG, "text", name)
-        try:
-            value = value.read_bytes()
-        except OSError as e:
-            raise SkipRow("text: cannot read file", f"text: cannot read {name!r} ({e.strerror})", str(value)) from None
+        value = _read_file(value, as_limits(limits).max_text_bytes, TEXT_TOO_LONG, "text", name)
     if isinstance(value, (bytes, bytearray)):
         try:
             value = bytes(value).decode("utf-8-sig")
@@ -119,10 +131,11 @@ def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = Non
 
 def read_label(value: Any, base_dir: Path) -> str:
     if isinstance(value, Path):
+        data = _read_file(value, as_limits(None).max_text_bytes, TEXT_TOO_LONG, "label", value.name)
         try:
-            value = value.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SkipRow("label: cannot read file", f"label: cannot read {value.name!r} ({e})") from None
+            value = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SkipRow("label: cannot read file", f"label: {value.name!r} is not UTF-8 ({e.reason})") from None
     if isinstance(value, (np.integer, np.floating)):
         value = value.item()
     if isinstance(value, float) and value.is_integer():

@@ -190,3 +190,15 @@ def test_reading_a_url_starts_no_process(monkeypatch, url):
     except DataError:
         pass
     assert started == []
+
+
+@pytest.mark.parametrize("url, why", [("http://127.0.0.1:1/shard 0.tar", "holds ' '"),
+                                      ("https://127.0.0.1:1/a\tb.tar", r"holds '\\t'"), ("http:///a.tar", "has no host")])
+def test_a_malformed_http_url_is_one_line_at_once_not_an_outage(url, why):
+    """A space in an http URL was retried as a network fault for the whole budget (300 s by default), then
+    reported as `source unavailable ... rerun to resume`, which could never succeed."""
+    with pytest.raises(DataError, match=f"not a valid http.? URL: it {why}"):
+        resolve_sources(url)
+    clock = iter(range(1000)).__next__
+    with pytest.raises(remote.HttpStatusError, match="URL"):       # final at the first answer: no wait, no retry
+        remote.HttpShard(url, retry_budget_s=300, sleep=lambda s: pytest.fail("retried"), clock=clock)

@@ -130,3 +130,19 @@ def test_training_never_sees_a_held_out_group_and_evaluates_on_it(tmp_path, caps
     import align
     from tests.train.test_rundir import _same
     _same(align.load(str(tmp_path / "exp")), align.load(str(best)))
+
+
+def test_a_held_out_sample_over_a_limit_is_skipped_and_counted_not_a_crash(tmp_path):
+    """The tar reader hands a member over its limit as a marker, never its bytes: copying that into the val
+    set crashed the run before training (`txt doesn't map to a bytes`). It is skipped and counted instead."""
+    paths, speaker = _shards(tmp_path / "s")
+    big = _sample("kbig", "spk2", 999)
+    big["txt"] = "x" * 70_000                                          # over max_text_bytes (65,536)
+    paths.append(write_shard(tmp_path / "s" / "c.tar", [big]))
+    split = ValSplit.from_config({"groups_from": "speaker", "groups": ["spk2"]}, 0)
+    counts = write_val_set(split, paths, str(tmp_path / "val"))
+    assert counts["held_out"] == 5 and counts["skipped"] == {"caption too long": 1}
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import shard_samples
+    keys = {r["__key__"] for p in sorted((tmp_path / "val").glob("test/*.tar")) for r in shard_samples(str(p), FaultCounter())}
+    assert keys == {k for k, s in speaker.items() if s == "spk2"}      # the four good ones, copied

@@ -250,3 +250,21 @@ def test_limits_count_alike_in_inspect_training_bench_and_shard_writing(tmp_path
         st = write_shards(tmp_path / sub, tmp_path / f"out-{sub}", progress=False)
         written.update(st["by_reason"])
     assert written == Counter(r for k, r in expected.items() if k != "bigjson")
+
+
+def test_the_shards_inspected_are_the_shards_training_reads(tmp_path):
+    """inspect expanded patterns its own way: a folder's hidden and .tar.gz files (training reads only *.tar),
+    a shard named twice counted once (training reads it twice), and `a::b` refused (training reads both)."""
+    from align.data.stream.sources import resolve_sources
+    d = tmp_path / "d"
+    d.mkdir()
+    _tar(d / "a.tar", [("k", {"txt": b"a"})])
+    _tar(d / ".b.tar", [("k", {"txt": b"b"})])
+    _tar(tmp_path / "c.tar", [("k", {"txt": b"c"}), ("j", {"txt": b"d"})])
+    (d / "c.tar.gz").write_bytes(__import__("gzip").compress((tmp_path / "c.tar").read_bytes()))
+    for pattern in (str(d), f"{tmp_path}/{{c.tar,c*.tar}}", f"{d}/a.tar::{tmp_path}/c.tar"):
+        res = inspect_shards(pattern, quiet=True, progress=False, modalities=["text"], min_modalities=1)
+        training = [u for src in resolve_sources(pattern) for u in src.urls]
+        assert [s["path"] for s in res["shards"]] == training, pattern
+    assert inspect_shards(f"{tmp_path}/{{c.tar,c*.tar}}", quiet=True, progress=False, modalities=["text"],
+                          min_modalities=1)["samples"] == 4

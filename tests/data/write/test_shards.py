@@ -492,3 +492,20 @@ def test_the_cache_of_a_table_keeps_a_png_scan_byte_for_byte(tmp_path):
     data = {n.rsplit(".", 1)[1]: b for n, b in _all_members(Path(out)).items()}
     assert data["png"] == (tmp_path / "scan.png").read_bytes()
     assert data["jpg"] == (tmp_path / "photo.jpg").read_bytes()
+
+
+def test_a_sixteen_bit_scan_is_written_with_its_tones_and_an_unmappable_float_one_is_skipped(tmp_path):
+    """`align data shards` wrote a full-range 16-bit grey PNG as 99.6 % white (PIL's convert clips at 255)."""
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(pairs / "scan.png")
+    Image.fromarray(np.full((8, 8), 3.0, np.float32)).save(pairs / "depth.tiff")
+    for k in ("scan", "depth"):
+        (pairs / f"{k}.txt").write_text(k)
+    stats = write_shards(pairs, tmp_path / "out", image_format="png", progress=False)
+    assert stats["written"] == 1 and stats["by_reason"] == {"undecodable image": 1}
+    png = [v for k, v in _all_members(tmp_path / "out").items() if k.endswith(".png")]
+    got = np.asarray(Image.open(io.BytesIO(png[0])))
+    assert got.min() == 0 and got.max() == 255 and abs(float(got.mean()) - 127.5) < 1
+    assert "outside [0, 1]" in (tmp_path / "out" / "skipped.jsonl").read_text()
