@@ -126,7 +126,7 @@ def cmd_bench(a):
 
 
 def cmd_export(a):
-    from align.export import export, summary_lines
+    from align.export import check_out_dir, export, summary_lines
     if a.interpolate_with is None and a.alpha is not None:
         raise AlignError("export: --alpha needs --interpolate-with START")
     if a.interpolate_with is None:
@@ -135,8 +135,10 @@ def cmd_export(a):
         return
     from align.export.wise_ft import parse_alphas
     alphas = parse_alphas(a.alpha if a.alpha is not None else "0.5")
-    for al in alphas:   # several alphas: one export per alpha, OUT/alpha-<a>
-        out = a.out if len(alphas) == 1 else os.path.join(a.out, f"alpha-{al:g}")
+    outs = [a.out if len(alphas) == 1 else os.path.join(a.out, f"alpha-{al:g}") for al in alphas]
+    for out in outs:    # every target checked before the first is written: no export stops half-way
+        check_out_dir(os.path.abspath(a.model), os.path.abspath(out), a.overwrite)
+    for al, out in zip(alphas, outs):   # several alphas: one export per alpha, OUT/alpha-<a>
         result = export(a.model, out, fmt=a.format, overwrite=a.overwrite, reports=a.report or None,
                         interpolate_with=a.interpolate_with, alpha=al)
         print("\n".join(summary_lines(result)))

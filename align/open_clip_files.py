@@ -4,6 +4,8 @@ mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrain
 `model.init_from` (align.train.init_from); it imports nothing of align but its errors.
 """
 import os
+import pickle
+import re
 from typing import Dict, Optional
 
 import torch
@@ -19,6 +21,19 @@ def strip_local_dir(path: str) -> str:
     return path[len("local-dir:"):] if path.startswith("local-dir:") else path
 
 
+def load_error(path: str, exc: BaseException) -> str:
+    """Why a weights file could not be read, in one line. torch's weights-only refusal opens with advice to
+    re-run with weights_only=False (which would run the file's code): only the object it refused is kept."""
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
+        found = re.search(r"unsupported (?:GLOBAL|global:?)\s*(\S+)", text, re.IGNORECASE)
+        return (f"{path!r} holds Python objects besides tensors" + (f" ({found.group(1)})" if found else "")
+                + "; align never unpickles them (they could run code): save it as safetensors or plain tensors")
+    first = (text.splitlines() or [type(exc).__name__])[0][:200]
+    kind = "safetensors" if path.endswith(".safetensors") else "weights-only torch"
+    return f"cannot read {path!r} as a {kind} file (damaged or cut short?): {first}"
+
+
 def load_file_state(path: str, where: str) -> Dict[str, torch.Tensor]:
     """A state dict from .safetensors or a weights-only torch file.
 
@@ -32,9 +47,7 @@ def load_file_state(path: str, where: str) -> Dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  a pickle with code, a corrupt file: one line, never a traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"{where}: cannot load {path!r} as weights (safetensors or weights-only torch file): "
-                          f"{first}") from None
+        raise ConfigError(f"{where}: {load_error(path, e)}") from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):

@@ -27,6 +27,7 @@ model_card (the README.md of every export), wise_ft (WiSE-FT interpolation); thi
 import copy
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from typing import List, Optional
@@ -38,14 +39,31 @@ FORMATS = ("open_clip", "onnx", "all")
 AUDIO_NOTE = "audio tower not representable in open_clip format; exported in align/ONNX form"
 
 
-def _check_out_dir(src: str, dst: str, overwrite: bool) -> None:
+def check_out_dir(src: str, dst: str, overwrite: bool) -> None:
+    """AlignError (one line) when `dst` (absolute) cannot take an export of `src`: a file, a folder holding the
+    model itself, or a non-empty folder without overwrite."""
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise AlignError(f"export: {dst} exists and is not a folder")
-    if dst == src or src.startswith(dst.rstrip(os.sep) + os.sep):
+    # Compared as given and through links: `--out link/..` naming the run's own parent by another path
+    # would otherwise pass, and --overwrite would then delete the run being exported.
+    if any(d == s or s.startswith(d.rstrip(os.sep) + os.sep)
+           for s, d in ((src, dst), (os.path.realpath(src), os.path.realpath(dst)))):
         raise AlignError(f"export: out_dir {dst} contains the model being exported ({src}); choose another folder")
     if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
         raise AlignError(f"export: {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to "
                          f"replace it")
+
+
+def _new_folder(dst: str, what: str) -> str:
+    """An empty folder beside `dst` with the user's umask (tempfile.mkdtemp's is 0700: an export meant for
+    sharing would be unreadable to the group)."""
+    while True:
+        path = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.{what}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
 
 
 def self_contained_recipe(model) -> dict:
@@ -119,7 +137,12 @@ def _list_files(d: str) -> List[str]:
 
 
 def _finalize(tmp: str, dst: str) -> None:
-    """Moves the finished export into place; an old folder (overwrite=True) is removed only afterwards."""
+    """Moves the finished export into place; an old folder (overwrite=True) is removed only afterwards.
+    Its files get the umask's modes, read from `tmp`'s own (safetensors writes its files 0600)."""
+    mode = os.stat(tmp).st_mode & 0o666
+    for root, _, names in os.walk(tmp):
+        for n in names:
+            os.chmod(os.path.join(root, n), mode)
     old = None
     if os.path.isdir(dst) and os.listdir(dst):
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
@@ -148,7 +171,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
     if fmt not in FORMATS:
         raise AlignError(f"export: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     src, dst = os.path.abspath(model_path), os.path.abspath(out_dir)
-    _check_out_dir(src, dst, overwrite)
+    check_out_dir(src, dst, overwrite)
     model = load(_default_checkpoint(model_path)).eval()
     wise = None
     if interpolate_with is not None:
@@ -162,7 +185,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
                          f"which skips open_clip with a note)")
     info = model_card.run_info(model_path, reports)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=os.path.dirname(dst))
+    tmp = _new_folder(dst, "tmp")
     result = {"out_dir": dst, "source": src, "formats": ["align"], "files": [], "notes": [], "parity": {},
               "exporter": {}}
     if wise is not None:
@@ -179,6 +202,8 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
                 open_clip_format.write(model, tmp)
                 result["parity"]["open_clip"] = open_clip_format.verify(model, tmp)
                 result["formats"].append("open_clip")
+                if open_clip_format.local_path_note(model):
+                    result["notes"].append(open_clip_format.local_path_note(model))
                 for m in open_clip_format.extra_modalities(model):
                     result["notes"].append(AUDIO_NOTE if m == "audio" else
                                            f"{m} tower not representable in open_clip format; exported in "

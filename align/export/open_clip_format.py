@@ -109,6 +109,17 @@ def state_dict(model) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
+def local_path_note(model) -> Optional[str]:
+    """A note when the exported config names a local folder for its Hugging Face text model: open_clip builds
+    that tower from `text_cfg.hf_model_name` (AutoConfig), so the export loads only where that folder exists."""
+    name = (getattr(model.towers["text"], "text_cfg", None) or {}).get("hf_model_name") if "text" in model.towers else None
+    if not (isinstance(name, str) and os.path.isdir(name)):
+        return None
+    return (f"open_clip_config.json's text_cfg.hf_model_name is the local folder {name}: open_clip reads that "
+            "model's config.json from it when loading, so on another machine put a copy at that path or set "
+            "hf_model_name to the model's hub id (the weights and tokenizer are in this folder)")
+
+
 def _save_hf_tokenizer(model, out_dir: str) -> List[str]:
     """open_clip's get_tokenizer('local-dir:DIR') loads an hf_tokenizer_name tokenizer from DIR itself."""
     if not model.towers["text"].text_cfg.get("hf_tokenizer_name"):

@@ -34,20 +34,23 @@ def parse_alphas(text: str) -> List[float]:
 
 def interpolate_state(finetuned: Dict[str, torch.Tensor], start: Dict[str, torch.Tensor],
                       alpha: float) -> (Dict[str, torch.Tensor], dict):
-    """-> (interpolated state dict, {"interpolated": n, "kept_finetuned": [keys]})."""
-    out, kept = {}, []
+    """-> (interpolated state dict, {"interpolated": n, "kept_finetuned": [keys], "counters": n}); counters are
+    integer buffers (BatchNorm's num_batches_tracked), taken from the fine-tuned model, not interpolated."""
+    out, kept, counters = {}, [], 0
     for k, v in finetuned.items():
         s = start.get(k)
         if s is None or not v.is_floating_point():
             out[k] = v.clone()
             if s is None:
                 kept.append(k)
+            else:
+                counters += 1
             continue
         if tuple(s.shape) != tuple(v.shape):
             raise AlignError(f"--interpolate-with: tensor {k!r} has shape {list(s.shape)} in the start but "
                              f"{list(v.shape)} in the fine-tuned model")
         out[k] = ((1.0 - alpha) * s.to(torch.float32) + alpha * v.to(torch.float32)).to(v.dtype)
-    return out, {"interpolated": len(finetuned) - len(kept), "kept_finetuned": kept}
+    return out, {"interpolated": len(finetuned) - len(kept) - counters, "kept_finetuned": kept, "counters": counters}
 
 
 def apply_wise_ft(model, start_path: str, alpha: float) -> dict:
@@ -71,4 +74,5 @@ def note(report: dict) -> str:
     kept = report["kept_finetuned"]
     return (f"WiSE-FT: weights = {1 - report['alpha']:g} x start ({report['start']}) + {report['alpha']:g} x "
             f"fine-tuned; {report['interpolated']} tensors interpolated" +
-            (f", {len(kept)} only in the fine-tuned model kept as trained" if kept else ""))
+            (f", {len(kept)} only in the fine-tuned model kept as trained" if kept else "") +
+            (f", {report['counters']} integer counters kept as trained" if report.get("counters") else ""))

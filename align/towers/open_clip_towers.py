@@ -93,6 +93,7 @@ class OpenClipTower(Tower):
         self.model_cfg = model_cfg          # full open_clip model cfg, kept for export
         self.cfg = cfg
         quick_gelu = bool(cfg.get("quick_gelu", model_cfg.get("quick_gelu", False)))
+        self.quick_gelu = quick_gelu        # the activation: weights trained with one are wrong under the other
         if modality == "image":
             self.vision_cfg = dict(model_cfg.get("vision_cfg", {}))
             self.net = build_single_tower("image", embed_dim, self.vision_cfg, quick_gelu)
@@ -203,7 +204,9 @@ class OpenClipTower(Tower):
             s = self.image_size
             h, w = (s, s) if isinstance(s, int) else s
             return torch.randn(batch_size, 3, h, w)
-        vocab = int(self.text_cfg.get("vocab_size", 49408))
+        # an HF text model inside open_clip (text_cfg.hf_model_name) has its own vocabulary, not CLIP's 49408
+        hf_vocab = getattr(getattr(self.net, "config", None), "vocab_size", None)
+        vocab = int(self.text_cfg.get("vocab_size") or hf_vocab or 49408)
         return torch.randint(1, vocab - 1, (batch_size, self.context_length))
 
 

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from align.errors import AlignError
+from align.open_clip_files import load_error
 from align.train import hooks
 from align.train.manifest import write_manifest
 from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
@@ -118,14 +119,13 @@ def load_weights(path: str) -> Dict[str, torch.Tensor]:
         raise AlignError(f"no such checkpoint: {path}")
     if os.path.isdir(path) and is_dcp_store(path):
         return load_dcp_weights(path)
-    if path.endswith(".safetensors"):
-        return load_file(path)
     try:
+        if path.endswith(".safetensors"):
+            return load_file(path)
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError and friends: the file wants to run code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AlignError(f"refused to load {path}: it is not a plain tensor checkpoint (weights_only load failed: "
-                         f"{first[:200]}); align loads only safetensors or weights-only torch files") from None
+    except Exception as e:  # a truncated file, a pickle that wants to run code: one line naming the file
+        raise AlignError(f"refused to load {path}: {load_error(path, e)}" if not path.endswith(".safetensors")
+                         else load_error(path, e)) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

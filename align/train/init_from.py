@@ -19,6 +19,7 @@ logit_scale and logit_bias (SigLIP) are copied, so the temperature is the pretra
 with nothing matched is "new", e.g. an audio tower added to an image-text model), and the source
 tensors ignored. A tensor whose shape differs fails with one line naming it.
 """
+import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -105,10 +106,37 @@ def report_table(report: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def check_activation(model, path: str) -> None:
+    """ConfigError when an open_clip folder's config says another activation than the model's open_clip towers
+    (quick_gelu): every weight fits, so nothing else would notice, but the features differ (open_clip warns)."""
+    folder = os.path.abspath(strip_local_dir(path))
+    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+        return
+    try:
+        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
+            theirs = bool((json.load(f).get("model_cfg") or {}).get("quick_gelu", False))
+    except (OSError, ValueError, AttributeError):
+        return                                   # the weights' own check reports a broken folder
+    for name, tower in model.towers.items():
+        ours = getattr(tower, "quick_gelu", None)
+        if ours is not None and ours != theirs:
+            raise ConfigError(f"model.init_from: {path} was trained with quick_gelu={str(theirs).lower()} but "
+                              f"tower {name!r} uses quick_gelu={str(ours).lower()}; set quick_gelu: "
+                              f"{str(theirs).lower()} in the tower (or the open_clip model) config")
+
+
 def apply_init_from(model, path: str, printer=print) -> dict:
     """Loads `path` into `model` (weights only) and prints the table; returns the report."""
+    check_activation(model, path)
     sd, source = load_source(path)
     report = match_state(model, sd)
+    if not any(n for t, n in report["matched"].items() if t != "(model)"):
+        # Starting every tower from random weights while the user asked for a pretrained start is a failure
+        # they would only notice in the metrics (a Hugging Face model folder, another framework's file).
+        ign = report["ignored"]
+        raise ConfigError(f"model.init_from: no tensor of {source} fits this model's towers ("
+                          f"{len(ign)} source tensors, e.g. {', '.join(ign[:3]) or 'none'}): it is not a "
+                          "checkpoint of this architecture (a Hugging Face model goes in a tower's `pretrained`)")
     model.clamp_logit_scale()
     if printer:
         printer(report_table(report, source))

@@ -7,17 +7,18 @@ import torch
 
 def estimate_flops_per_sample(model) -> Optional[float]:
     """Training FLOPs per sample: 3x the forward FLOPs (forward + backward) counted by torch."""
+    was = model.training
     try:
         from torch.utils.flop_counter import FlopCounterMode
         batch = {m: t.dummy_input(2).to(next(model.parameters()).device) for m, t in model.towers.items()}
-        was = model.training
         model.eval()
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(batch)
-        model.train(was)
         return 3.0 * fc.get_total_flops() / 2
-    except Exception:
+    except Exception:   # a tower whose dummy input this count cannot build: no MFU rather than no summary
         return None
+    finally:
+        model.train(was)
 
 
 # Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, by CUDA device name.

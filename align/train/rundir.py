@@ -215,6 +215,9 @@ def locate(path: str) -> Located:
     it is none of them."""
     p = os.path.abspath(path)
     if not os.path.exists(p):
+        if path.startswith("local-dir:"):       # open_clip's name for a folder: not something align loads whole
+            raise AlignError(f"{path}: an open_clip folder is not an align model (a run, a checkpoint or an align "
+                             "export); start from it with model.init_from, or benchmark it as open_clip:ARCH")
         raise AlignError(f"no such model: {p}")
     if os.path.isfile(os.path.join(p, EXPORT_CONFIG)):
         for name in (MODEL, EXPORT_WEIGHTS):

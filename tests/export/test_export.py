@@ -115,3 +115,37 @@ def test_model_card(tmp_path):
 
 def model_config(run):
     return yaml.safe_load(open(os.path.join(run, "config.yaml")))
+
+
+def test_the_run_is_found_inside_out_through_a_link_and_the_export_is_shared_like_any_file(tmp_path, tiny_run):
+    """`--out DIR --overwrite` with the model named through a link to DIR passed the guard (paths were compared
+    as strings) and deleted the run. And tempfile.mkdtemp made every export 0700, its weights 0600."""
+    import shutil
+    import stat
+    run, _ = tiny_run
+    home = tmp_path / "home"
+    shutil.copytree(run, home / "run")
+    os.symlink(home, tmp_path / "link")
+    with pytest.raises(AlignError, match="contains the model being exported"):
+        export(str(tmp_path / "link" / "run"), str(home), fmt="open_clip", overwrite=True, progress=False)
+    assert (home / "run" / "config.yaml").is_file()
+    old = os.umask(0o022)
+    try:
+        export(run, str(tmp_path / "shared"), fmt="open_clip", progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "shared").iterdir()}
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
+    assert modes["align_model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
+
+
+def test_a_truncated_weights_file_in_an_export_is_one_line_naming_it(tmp_path, tiny_run):
+    run, _ = tiny_run
+    out = tmp_path / "e"
+    export(run, str(out), fmt="open_clip", progress=False)
+    w = out / "align_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    for call in (lambda: align.load(str(out)), lambda: export(str(out), str(tmp_path / "again"), progress=False)):
+        with pytest.raises(AlignError, match=r"cannot read '.*align_model.safetensors' as a safetensors file "
+                                             r"\(damaged or cut short\?\)"):
+            call()

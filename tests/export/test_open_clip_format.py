@@ -122,6 +122,11 @@ def test_open_clip_tower_with_hf_text_encoder(tmp_path):
     res = export(run, str(out), fmt="all", progress=False)       # includes open_clip's reload + token check
     assert "tokenizer.json" in res["files"] and "tokenizer/tokenizer.json" in res["files"]
     assert max(res["parity"]["open_clip"].values()) <= 1e-5
+    # open_clip rebuilds the tower from hf_model_name, a folder on this machine: the export says so
+    assert any(f"hf_model_name is the local folder {path}" in n for n in res["notes"])
+    # the summary's FLOP count used CLIP's 49408-token vocabulary on MiniLM's 30522 and the run crashed at its end
+    from align.train.perf import estimate_flops_per_sample
+    assert estimate_flops_per_sample(model.train()) > 0 and model.training
     import open_clip
     texts = ["A dog barking", "", "words " * 30]
     assert torch.equal(open_clip.get_tokenizer(f"local-dir:{out}")(texts), model.tokenize(texts))

@@ -34,7 +34,7 @@ def test_interpolate_state_reference():
             assert math.isclose(float(out["w"][i, j]), 0.75 * float(b["w"][i, j]) + 0.25 * float(a["w"][i, j]),
                                 rel_tol=1e-6, abs_tol=1e-7)
     assert int(out["n"]) == 5 and torch.equal(out["only"], a["only"])     # integer buffers: fine-tuned value
-    assert rep == {"interpolated": 2, "kept_finetuned": ["only"]}
+    assert rep == {"interpolated": 1, "kept_finetuned": ["only"], "counters": 1}   # n is kept, not interpolated
     with pytest.raises(AlignError, match="tensor 'w' has shape"):
         interpolate_state(a, {"w": torch.zeros(4, 3)}, 0.5)
 
@@ -72,3 +72,14 @@ def test_bad_alpha():
     for bad in ("1.5", "a", ""):
         with pytest.raises(AlignError, match="--alpha"):
             parse_alphas(bad)
+
+
+def test_cli_alpha_list_checks_every_target_before_writing_any(pair, tmp_path, capsys):
+    """A busy alpha-0.5 stopped the command after alpha-0 was written, and the rerun then failed on alpha-0."""
+    out = tmp_path / "curve"
+    (out / "alpha-0.5").mkdir(parents=True)
+    (out / "alpha-0.5" / "mine.txt").write_text("keep")
+    assert main(["export", pair["ft_run"], "--out", str(out), "--format", "open_clip", "--interpolate-with",
+                 pair["start"], "--alpha", "0,0.5,1"]) == 2
+    assert "alpha-0.5 exists and is not empty" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["alpha-0.5"]                          # nothing written
