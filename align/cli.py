@@ -89,6 +89,9 @@ def cmd_checkpoints(a):
     from align.train.manifest import has_manifest, verify
     from align.train.storage import dir_bytes
     ckpts = rundir.list_checkpoints(rundir.checkpoints_dir(a.run))
+    best = os.path.join(rundir.checkpoints_dir(a.run), rundir.BEST)
+    if rundir.is_checkpoint_dir(best):      # what `align export RUN` and align.load take by default
+        ckpts.append(best)
     if not ckpts:
         raise AlignError(f"{a.run}: no complete checkpoint (is it a run directory?)")
     bad = 0

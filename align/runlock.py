@@ -103,7 +103,12 @@ class RunLock:
         self.directory = os.path.abspath(directory)
         self.lifetime_s = float(lifetime_s)
         self.what = what
-        os.makedirs(self.directory, exist_ok=True)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise AlignError(f"{directory}: exists and is not a folder; the {what} needs a folder there")
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise AlignError(f"{directory}: cannot create the {what}'s folder ({e.strerror or e})") from None
         self._lock = Lock(os.path.join(self.directory, LOCK_NAME), lifetime=timedelta(seconds=self.lifetime_s))
         self._info_path = os.path.join(self.directory, INFO_NAME)
         self._stop = threading.Event()

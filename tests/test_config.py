@@ -198,3 +198,18 @@ def test_every_recipe_field_has_help_text():
     # every dataclass reachable from Recipe is listed (so a new section is checked above too)
     assert {k.rsplit(".", 1)[0] for k in keys if "." in k} >= {"model", "loss", "data", "train", "train.fsdp",
                                                                 "eval", "data.train[]"}
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("train:\n  max_steps: 10\n lr: 3\n", r"bad.yaml: not valid YAML at line 3, column 2: expected <block end>"),
+    ("train:\n  lr: 1.0e-3\n  lr: 2.0e-3\n", r"bad.yaml: not valid YAML at line 3, column 3: key 'lr' is written "
+                                             r"twice \(lines 2 and 3\)")])
+def test_a_recipe_that_is_not_valid_yaml_names_the_line_once(tmp_path, text, msg):
+    """The error kept only PyYAML's first line (no line, no column) and named the file twice; a key written twice
+    was taken silently, the last one winning."""
+    from align.config import load_recipe
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=msg) as e:
+        load_recipe(str(p))
+    assert str(e.value).count("bad.yaml") == 1 and "\n" not in str(e.value)

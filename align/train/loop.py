@@ -36,9 +36,9 @@ from align.train.metrics import RunLogger, evaluate, run_val
 from align.train.optim import unlock_due
 from align.train.feed import (Batches, build_loader, carve_val_split, fit_val_tasks, resolve_auto_clip_seconds,
                               resolve_auto_image_size, shards_from_tables)
-from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, hold_run_dir, keep_if_best,
-                               process_settings, resolve_resume, restore_rng, resume, save, stop_at_data_fault,
-                               stop_if_preempted, watch_ranks, write_config)
+from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, finished_summary,
+                               hold_run_dir, keep_if_best, process_settings, resolve_resume, restore_rng, resume, save,
+                               stop_at_data_fault, stop_if_preempted, watch_ranks, write_config)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -62,11 +62,16 @@ def train(r: Recipe, progress: bool = True) -> dict:
         set_seed(r.seed)
         eng = build_engine(r, acc, resume_path, watch)
         state, data_resume = resume(eng, resume_path)
+        done = finished_summary(r, state, eng.total_steps, watch.share_object) if resume_path else None
+        if done is not None:                   # trained to its end before: say so, write nothing
+            acc.print(f"{r.output_dir}: already trained to step {state.step} (train.max_steps); nothing to do, "
+                      f"nothing rewritten (raise train.max_steps to train on)")
+            return done
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume, pin_memory=acc.device.type == "cuda")
         eng.features = step_features(loader, acc.device)   # audio log-mel in the step, on the device (or None)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)
-        write_config(r, acc.is_main_process)
+        write_config(r, acc.is_main_process, state.step, acc.print)   # a resume with other settings keeps the old
         r = carve_val_split(r, eng)            # data.val_split: its held-out groups become data.val (RUN/val_split)
         if r.data.val:                         # fail now, not at the first eval, when no task has anything to score
             r = fit_val_tasks(r, eng.core.modalities, acc.print)

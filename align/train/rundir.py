@@ -114,8 +114,8 @@ def newest_intact(ckpts: List[str]) -> Optional[str]:
         problem = verify(ckpt)
         if problem is None:
             if first_problem:
-                log.warning("checkpoint %s is damaged (%s); using %s instead, and leaving the damaged one in "
-                            "place for inspection", first_problem[0],
+                log.warning("checkpoint %s is damaged (%s); using %s instead; the damaged one stays in place "
+                            "until this run writes that step again (copy it away to inspect it)", first_problem[0],
                             first_problem[1], ckpt)
             return ckpt
         first_problem = first_problem or (ckpt, problem)

@@ -13,6 +13,7 @@
   stop_at_data_fault  a source that stayed down or a killed data worker: a checkpoint, then one line
 """
 import contextlib
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -178,6 +179,41 @@ class Engine:
         return self.acc.num_processes
 
 
+def check_not_someone_elses(output_dir: str) -> None:
+    """AlignError before a fresh start into a folder whose config.yaml, metrics.jsonl, eval.jsonl or summary.json
+    a run would replace or truncate, unless its config.yaml is a recipe align wrote (a run that stopped before
+    its first checkpoint starts again in place): the user's own files of those names are not ours to rewrite."""
+    ours = (rundir.CONFIG, rundir.METRICS, rundir.EVAL, rundir.SUMMARY)
+    found = [n for n in ours if os.path.isfile(os.path.join(output_dir, n))]
+    if not found:
+        return
+    try:
+        import yaml
+        with open(os.path.join(output_dir, rundir.CONFIG), encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+        if isinstance(cfg, dict) and {"output_dir", "model", "train", "data"} <= set(cfg):
+            return                             # written by a run of align (recipe_to_dict)
+    except (OSError, ValueError, yaml.YAMLError):
+        pass
+    raise AlignError(f"output_dir {output_dir} holds {', '.join(found)} of no align run (no checkpoint, no run's "
+                     "config.yaml): a new run would overwrite them; choose an empty or new output_dir")
+
+
+def finished_summary(r: Recipe, state: TrainState, total_steps: int, share=lambda x: x) -> Optional[dict]:
+    """The run's summary.json when it was resumed at its last step and that summary is of this step: the same
+    command again (a scheduler's requeue) then changes nothing -- no config.yaml rewritten with other settings
+    over weights trained with the first ones, no NaN final loss. Rank 0 reads, every rank gets its answer."""
+    done = None
+    if int(os.environ.get("RANK", "0")) == 0 and state.step >= total_steps:
+        try:
+            with open(os.path.join(r.output_dir, rundir.SUMMARY), encoding="utf-8") as f:
+                done = json.load(f)
+        except (OSError, ValueError):
+            done = None                        # ended before its summary: the end (save, eval, summary) runs again
+        done = done if isinstance(done, dict) and done.get("steps") == state.step else None
+    return share(done)
+
+
 def resolve_resume(r: Recipe) -> Optional[str]:
     """The checkpoint this run starts from (None: a fresh start).
 
@@ -185,15 +221,25 @@ def resolve_resume(r: Recipe) -> Optional[str]:
     an output_dir that already holds checkpoints would write its own over and beside that run's, and align.load
     would then take whichever step is highest: one AlignError line instead, before anything is written."""
     if r.resume == "auto":
-        return rundir.newest_checkpoint(r.output_dir)     # the newest intact one (damaged ones named, skipped)
+        found = rundir.newest_checkpoint(r.output_dir)    # the newest intact one (damaged ones named, skipped)
+        if found is None:
+            check_not_someone_elses(r.output_dir)
+        return found
     mine = rundir.checkpoints_dir(r.output_dir)
     here = rundir.list_checkpoints(mine)
     inside = r.resume != "none" and os.path.realpath(r.resume).startswith(os.path.realpath(mine) + os.sep)
+    if not here:
+        check_not_someone_elses(r.output_dir)
     if here and not inside:
         start = "a fresh start (resume=none)" if r.resume == "none" else f"a start from {r.resume}"
         raise AlignError(f"output_dir {r.output_dir} already holds checkpoints of a run (newest "
                          f"{os.path.basename(here[-1])}): {start} would write its own among them; resume=auto "
                          f"continues that run, or choose another output_dir (or move its checkpoints away)")
+    if r.resume != "none":
+        from align.train.manifest import verify
+        problem = verify(r.resume)         # as resume=auto and align.load check it: never train on damaged weights
+        if problem:
+            raise AlignError(f"resume={r.resume}: damaged checkpoint: {problem}")
     return None if r.resume == "none" else r.resume
 
 
@@ -359,13 +405,38 @@ def stop_at_data_fault(eng, state, batches, r: Recipe, log, exn) -> None:
     raise type(exn)(f"{exn}; saved {ckpt} at step {state.step}, rerun the same command to resume") from None
 
 
-def write_config(r: Recipe, is_main: bool) -> None:
-    """RUN/config.yaml: the recipe as trained (align.load and export read it)."""
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def write_config(r: Recipe, is_main: bool, step: int = 0, printer=print) -> None:
+    """RUN/config.yaml: the recipe as trained (align.load and export read it). A run resumed at `step` with
+    other settings keeps the config its first steps were trained with as config.step-N.yaml, and says which
+    keys changed: the weights' history is not rewritten to claim the new settings."""
     os.makedirs(r.output_dir, exist_ok=True)
-    if is_main:
-        import yaml
-        with open(os.path.join(r.output_dir, rundir.CONFIG), "w") as f:
-            yaml.safe_dump(recipe_to_dict(r), f, sort_keys=False)
+    if not is_main:
+        return
+    import yaml
+    path, new = os.path.join(r.output_dir, rundir.CONFIG), recipe_to_dict(r)
+    if step and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            old = None
+        a, b = _flat(old if isinstance(old, dict) else {}), _flat(new)
+        changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if changed:
+            kept = os.path.join(r.output_dir, f"config.{rundir.step_name(step)}.yaml")
+            os.replace(path, kept)
+            printer(f"resumed at step {step} with {len(changed)} changed settings ("
+                    + "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
+                    + (" ..." if len(changed) > 4 else "") + f"); the settings of steps 1-{step}: {kept}")
+    with open(path, "w") as f:
+        yaml.safe_dump(new, f, sort_keys=False)
 
 
 def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] = None,

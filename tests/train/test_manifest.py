@@ -109,3 +109,30 @@ def test_align_load_of_a_damaged_checkpoint_names_the_file_in_one_line(tiny_reci
     assert "no intact checkpoint" in str(e.value) and "state.json" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(AlignError, match="damaged checkpoint: .*state.json"):
         align.load(ckpt)
+
+
+def test_resume_from_a_named_damaged_checkpoint_is_refused_and_align_checkpoints_checks_best(tiny_recipe, capsys):
+    """resume=PATH trained on a checkpoint that `align checkpoints` called DAMAGED; and that command listed only
+    the step-N folders, never `best/`, which `align export RUN` and align.load take by default."""
+    import shutil
+
+    from align.cli import main
+    from align.config import parse_recipe
+    from align.errors import AlignError
+    from align.train import rundir
+    from align.train.setup import resolve_resume
+
+    run = _trained(tiny_recipe, 3)
+    ckpt = rundir.list_checkpoints(rundir.checkpoints_dir(run))[-1]
+    best = os.path.join(rundir.checkpoints_dir(run), rundir.BEST)
+    shutil.copytree(ckpt, best)
+    weights = os.path.join(ckpt, "model.safetensors")
+    data = bytearray(open(weights, "rb").read())
+    data[-1] ^= 0xFF                                    # same size, another hash
+    open(weights, "wb").write(bytes(data))
+    with pytest.raises(AlignError, match=r"resume=.*step-00000003: damaged checkpoint: .*model.safetensors"):
+        resolve_resume(parse_recipe(dict(tiny_recipe, resume=ckpt)))
+    assert main(["checkpoints", run]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("step-00000003") and "DAMAGED" in out[0]
+    assert out[1].split()[:3] == ["best", "step", "3"] and out[1].endswith("ok")

@@ -403,3 +403,59 @@ def test_eval_every_tasks_best_metric_and_batch_size(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in open(os.path.join(r2["output_dir"], "eval.jsonl"))]
     assert [row["step"] for row in rows] == [2] and any("retrieval" in k for k in rows[0])
     assert not any("best" in d for d in os.listdir(os.path.join(r2["output_dir"], "checkpoints")))
+
+
+def test_the_same_command_on_a_finished_run_changes_nothing(tmp_path, monkeypatch):
+    """A requeued job re-ran a finished run: "resumed at step 4", summary.json got final_loss NaN, and with other
+    settings config.yaml was rewritten to claim them over weights trained with the first ones."""
+    spy = Spy(monkeypatch)
+    base = recipe(tmp_path, "run", resume="auto", train={"max_steps": 4, "checkpoint_every": 2})
+    first = train_dict(base)
+    run = base["output_dir"]
+    before = {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(run) for f in fs
+              if not f.startswith("align.lock") and "tb" not in d}
+    spy.steps.clear()
+    for again in (base, dict(base, train=dict(base["train"], lr=0.5))):
+        assert train_dict(again) == first and spy.steps == []
+    after = {p: open(p, "rb").read() for p in before}
+    assert after == before and math.isfinite(first["final_loss"])
+
+
+def test_a_resume_with_other_settings_keeps_the_config_of_the_first_steps(tmp_path, capsys):
+    base = recipe(tmp_path, "run", resume="auto", train={"max_steps": 2, "checkpoint_every": 2})
+    train_dict(base)
+    train_dict(dict(base, train=dict(base["train"], max_steps=4, lr=0.02)))
+    import yaml
+    run = base["output_dir"]
+    kept = yaml.safe_load(open(os.path.join(run, "config.step-00000002.yaml")))
+    now = yaml.safe_load(open(os.path.join(run, "config.yaml")))
+    assert (kept["train"]["max_steps"], now["train"]["max_steps"], now["train"]["lr"]) == (2, 4, 0.02)
+    out = capsys.readouterr().out
+    assert "resumed at step 2 with 2 changed settings (train.lr:" in out and "train.max_steps: 2 -> 4" in out
+
+
+def test_a_new_run_refuses_a_folder_of_someone_elses_files_of_its_names(tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    r = recipe(tmp_path, "mine", resume="auto", train={"max_steps": 1})
+    os.makedirs(r["output_dir"])
+    for name, text in (("config.yaml", "experiment: 7\n"), ("metrics.jsonl", '{"step": 5}\n')):
+        with open(os.path.join(r["output_dir"], name), "w") as f:
+            f.write(text)
+    for resume in ("auto", "none"):
+        with pytest.raises(AlignError, match=r"holds config.yaml, metrics.jsonl of no align run"):
+            train_dict(dict(r, resume=resume))
+    assert spy.steps == [] and open(os.path.join(r["output_dir"], "metrics.jsonl")).read() == '{"step": 5}\n'
+    os.remove(os.path.join(r["output_dir"], "config.yaml"))
+    with open(os.path.join(r["output_dir"], "notes.txt"), "w") as f:
+        f.write("mine")
+    os.remove(os.path.join(r["output_dir"], "metrics.jsonl"))
+    train_dict(r)                                     # other files are left alone and do not stop a run
+    assert open(os.path.join(r["output_dir"], "notes.txt")).read() == "mine" and len(spy.steps) == 1
+
+
+def test_an_output_dir_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for where, msg in ((tmp_path / "afile", "exists and is not a folder"),
+                       (tmp_path / "afile" / "sub", "cannot create the run's folder")):
+        with pytest.raises(AlignError, match=msg):
+            train_dict(recipe(tmp_path, "x", output_dir=str(where), train={"max_steps": 1}))
