@@ -32,7 +32,8 @@ def _model_args(s) -> None:
 
 
 def cmd_embed(a):
-    from align.retrieval.embed import dist_env, embed_corpus
+    from align.retrieval.embed import check_out, dist_env, embed_corpus
+    check_out(a.out)                                # before the model loads
     model = _load(a)
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,

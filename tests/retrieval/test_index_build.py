@@ -129,3 +129,16 @@ def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path, capsys, mo
     assert "index ivfpq: add: 10000/10000 row" in err and "index image: exact top-10 of 200 queries: 10000/10000" in err
     store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
     np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
+
+
+def test_duplicated_rows_do_not_lower_the_recall_check(tmp_path):
+    """A corpus with repeated captions has tied scores: an exact index's answer may name the other copy. The
+    check counts it (tie-aware), so flat_faiss reports 1.0 and the tuner does not chase an unreachable target."""
+    rng = np.random.default_rng(0)
+    base = clustered(300, 16, seed=3)
+    txt = base[rng.integers(0, 300, 1500)]                             # each row repeated ~5 times
+    emb = write_emb(tmp_path / "emb", {"text": txt, "image": clustered(200, 16, seed=4)}, per_part=700)
+    [s] = build_indexes(emb, str(tmp_path / "flat"), modalities=["text"], n_queries=200)
+    assert s["kind"] == "flat_faiss" and s["recall@10"] == 1.0
+    [h] = build_indexes(emb, str(tmp_path / "hnsw"), modalities=["text"], kind="hnsw", n_queries=200)
+    assert h["recall@10"] >= 0.95 and h["ef_search"] <= 64, h["tuning"]
