@@ -106,9 +106,30 @@ def result_filename(result: dict) -> str:
     return "_".join(slug(result[k]) for k in ("dataset", "pretrained", "model", "language", "task")) + ".json"
 
 
+def check_out_file(path: str, overwrite: bool = False) -> None:
+    """A result file to write, checked before the work: not a folder, not an existing file unless overwrite,
+    and its missing folders creatable (the nearest existing one is a writable folder). One line otherwise."""
+    if os.path.isdir(path):
+        raise AlignError(f"--out {path} is a folder; give a file name, e.g. {os.path.join(path, 'result.json')}")
+    if os.path.lexists(path) and not overwrite:
+        raise AlignError(f"--out {path} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise AlignError(f"--out {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AlignError(f"--out {path}: cannot write in {parent} (permission denied)")
+
+
 def write_json(result: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    """The result as JSON at path, creating its missing folders; a failure is one line naming the file."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    except OSError as e:
+        raise AlignError(f"{path}: cannot write the result: {e.strerror or e}") from None
 
 
 def _fmt(v) -> str:

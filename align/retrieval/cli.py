@@ -31,9 +31,17 @@ def _model_args(s) -> None:
     s.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
 
 
+def _check_batch(a) -> None:
+    """--batch-size before the model loads (embed_dataset checks it again for API callers)."""
+    if a.batch_size < 1:
+        from align.errors import ConfigError
+        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+
+
 def cmd_embed(a):
     from align.retrieval.embed import check_out, dist_env, embed_corpus
     check_out(a.out)                                # before the model loads
+    _check_batch(a)
     model = _load(a)
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
@@ -72,6 +80,7 @@ def cmd_search(a):
 
 def cmd_filter(a):
     from align.retrieval.filter import filter_shards, summary_line
+    _check_batch(a)
     model = _load(a)
     s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
                       emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress, engine=a.engine,

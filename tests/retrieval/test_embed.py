@@ -211,3 +211,14 @@ def test_under_accelerate_launch(tmp_path, tri_run):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "process 0/2: 2 part(s)" in p.stdout and "process 1/2: 1 part(s)" in p.stdout, p.stdout
     _same_output(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.parametrize("cmd", ["embed", "filter"])
+def test_a_batch_size_below_one_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, cmd):
+    from align.retrieval import cli as rcli
+    monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --batch-size was checked"))
+    args = (["embed", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")] if cmd == "embed" else
+            ["data", "filter", str(tmp_path), "--model", "m", "--out", str(tmp_path / "f"), "--min-score", "0"])
+    assert main(args + ["--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["align: error: --batch-size must be >= 1, got 0"]
