@@ -54,7 +54,8 @@ def cmd_index(a):
     from align.retrieval.index_build import build_indexes, summary_line
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     for s in build_indexes(a.emb, a.out, max_memory=a.max_memory, max_latency_ms=a.max_latency_ms, kind=a.kind,
-                           modalities=mods, n_queries=a.queries, refine=not a.no_refine, progress=not a.no_progress):
+                           modalities=mods, n_queries=a.queries, refine=not a.no_refine, progress=not a.no_progress,
+                           overwrite=a.overwrite):
         print(summary_line(s))
 
 
@@ -127,6 +128,8 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--kind", default=None, help="force flat_faiss | ivf | hnsw | ivfpq (default: chosen)")
     s.add_argument("--modalities", default=None, help="comma list (default: every embedded modality)")
     s.add_argument("--queries", type=int, default=500, help="held-aside queries for recall@10 (default 500)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that is not a previous "
+                                                             "index of these embeddings")
     s.add_argument("--no-refine", action="store_true", help="ivfpq: no float16 copy on disk, no re-rank of the "
                    "compressed scores (less disk, lower recall)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")

@@ -258,10 +258,33 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     return settings
 
 
+def check_out(out: str, emb_dir: str, overwrite: bool = False) -> None:
+    """--out before the build: missing, empty, or a previous index of the same embeddings (rebuilt in place);
+    anything else -- a file, a folder of other things, an index of other embeddings -- is refused unless
+    overwrite, so nothing the user put there is replaced without asking."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if overwrite or not os.path.isdir(out) or not os.listdir(out):
+        return
+    try:
+        with open(os.path.join(out, "index.json"), "rb") as f:
+            previous = json.loads(f.read()).get("embeddings")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous != os.path.abspath(emb_dir):
+        what = (f"an index of other embeddings ({previous})" if isinstance(previous, str)
+                else "no `align index` output (no readable index.json)")
+        raise ConfigError(f"--out {out}: not empty and holds {what}; choose an empty folder or pass --overwrite "
+                          f"to write over it")
+
+
 def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: float = 10.0,
                   kind: Optional[str] = None, modalities: Optional[List[str]] = None, n_queries: int = 500,
-                  seed: int = 0, refine: bool = True, progress: bool = False) -> List[dict]:
-    """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json."""
+                  seed: int = 0, refine: bool = True, progress: bool = False, overwrite: bool = False) -> List[dict]:
+    """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json.
+    out must be new, empty or a previous index of emb_dir unless overwrite (check_out)."""
+    if n_queries < 1:               # no query: no recall and no latency to measure (an IndexError after the build)
+        raise ConfigError(f"--queries must be >= 1, got {n_queries}")
     man = read_manifest(emb_dir)
     have = embedded_modalities(emb_dir)
     mods = modalities or have
@@ -269,6 +292,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
     if bad:
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
+    check_out(out, emb_dir, overwrite)
     results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
                               kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress)
                for m in mods]
