@@ -145,6 +145,10 @@ def check_entry(e: dict, where: str = "benchmark", base: str = ".") -> dict:
                           f"valid: {', '.join(sorted(allowed))}")
     if "options" in e and not isinstance(e["options"], dict):
         raise ConfigError(f"{where}: 'options' must be a mapping")
+    try:
+        getattr(runner, "check_entry", lambda entry: None)(e)   # the runner's own value checks (retrieval: ks)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     e = dict(e)
     for key in ("dataset", "classnames", "templates", "gallery_dataset", "train_dataset",
                 "gallery_classnames", "train_classnames"):

@@ -203,3 +203,14 @@ def test_the_same_model_twice_keeps_every_result(tmp_path):
                       skip_existing=True, progress=False)
     assert [r["metrics"] for r in again] == [r["metrics"] for r in results]
     assert sorted(f for f in os.listdir(out) if f.endswith(".json")) == files
+
+
+@pytest.mark.parametrize("ks", ["[]", "[0]", "[-1, 5]", "5", "[1, two]", "[1.5]", "[true]", "'1,5'", "null"])
+def test_ks_must_be_a_non_empty_list_of_positive_ints_at_load(tmp_path, ks):
+    (tmp_path / "s.yaml").write_text(f"- {{dataset: nowhere, type: wds, task: retrieval, ks: {ks}}}\n"
+                                     f"- {{dataset: nowhere, type: wds, task: emergent_retrieval, ks: [1]}}\n")
+    with pytest.raises(ConfigError, match=r"entry 0: 'ks' must be a non-empty list of positive integers"):
+        load_suite(str(tmp_path / "s.yaml"))     # at load: the dataset (which does not exist) is never opened
+    (tmp_path / "s.yaml").write_text(f"- {{dataset: nowhere, type: wds, task: emergent_retrieval, ks: {ks}}}\n")
+    with pytest.raises(ConfigError, match=r"entry 0: 'ks' must be"):
+        load_suite(str(tmp_path / "s.yaml"))
