@@ -8,7 +8,8 @@
 
 JSON answers: {"query": ..., "results": {target: [{rank, score, key, caption, shard, id, media_url}]}}.
 Bad requests get a 4xx with {"error": one line}: 400 empty query, unknown modality, undecodable upload,
-bad k, a JSON "text" that is not a string or "target" not a string / list of strings, a text body not UTF-8; 413 upload over --max-upload-mb; 411 upload without Content-Length; 404 unknown path or id.
+bad k, a JSON "text" that is not a string or "target" not a string / list of strings, a text body not UTF-8;
+413 upload over --max-upload-mb; 411 upload without Content-Length; 404 unknown path or id.
 Binds to 127.0.0.1 unless --host says otherwise. Encoding runs under one lock (a CPU model is not faster
 with several queries encoding at once on a small machine); the HTTP threads stay responsive around it.
 """
