@@ -12,7 +12,8 @@ Runner contract (what `suite.run_suite` calls):
 `entry` is the suite YAML entry; the suite has already opened `entry["dataset"]`
 (and `gallery_dataset` / `train_dataset` when the entry names them). A runner may
 set `fn.entry_keys = {...}`: the task-specific YAML keys it accepts (the suite
-rejects others). The result is built with `report.make_result` (CLIP_benchmark shape).
+rejects others), and `fn.check_entry = lambda entry: None` raising ConfigError for a bad value (checked when
+the suite loads, before any dataset is opened). The result is built with `report.make_result` (CLIP_benchmark shape).
 A runner may also set `fn.metric_keys = lambda entry: [...]`: the metric names a run of
 `entry` produces; recipes' `eval.best_metric` is checked against them at load (align.train.evaluate).
 Every task here can run during training: `eval.tasks` names them (align.train.evaluate.eval_entries).

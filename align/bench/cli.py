@@ -62,7 +62,8 @@ def add_bench_parser(sub, fn):
         s.add_argument("--model", required=True, help=MODEL_HELP)
         s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
         s.add_argument("--dataset", required=True, help="dataset dir (CLIP_benchmark local layout, ...)")
-        s.add_argument("--out", required=True, help="result JSON")
+        s.add_argument("--out", required=True, help="result JSON (missing folders are created)")
+        s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
         s.add_argument("--split", default="test", help="split of the dataset (wds / hf layouts)")
         s.add_argument("--index", default="flat", help="flat (exact) | flat_faiss | ivf | hnsw | ivfpq")
         s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
@@ -90,8 +91,30 @@ def add_bench_parser(sub, fn):
     s.add_argument("--cache-dir", default=None, help="folder caching embeddings between runs (default: no cache)")
     s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
     s.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    s.add_argument("--skip-existing", action="store_true", help="keep existing results in --out and run only the "
+                                                                 "missing ones")
     _common(s)
     s.set_defaults(fn=fn)
+
+
+def _check_args(a) -> None:
+    """Numbers and --out checked before any dataset is opened or model loaded: a bad one is one line in
+    seconds, not a traceback after the encoding."""
+    from align.bench.report import check_out_file
+    from align.bench.suite import check_out_dir
+    from align.errors import ConfigError
+    if a.num_workers is None:
+        a.num_workers = default_workers()
+    if a.num_workers < 0:
+        raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.bench_cmd == "suite":
+        if a.overwrite and a.skip_existing:
+            raise ConfigError("--overwrite replaces existing results and --skip-existing keeps them: give one")
+        check_out_dir(a.out)
+    else:
+        check_out_file(a.out, a.overwrite)
 
 
 def run_bench_cli(a):
@@ -103,10 +126,7 @@ def run_bench_cli(a):
 
     device = check_device(a.device or default_device())
     check_precision(a.precision, device)
-    if a.num_workers is None:
-        a.num_workers = default_workers()
-    if a.num_workers < 0:
-        raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
+    _check_args(a)
     print(f"bench: device {device}, precision {a.precision}, engine {a.engine}, {a.num_workers} decode worker(s)")
 
     def load_model(spec, pretrained=None, device=device):
@@ -120,7 +140,8 @@ def run_bench_cli(a):
         models = pair_pretrained(a.model, a.pretrained) if a.model else None   # None: the suite's own models:
         results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
                             cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
-                            num_workers=a.num_workers, precision=a.precision, overwrite=a.overwrite)
+                            num_workers=a.num_workers, precision=a.precision, overwrite=a.overwrite,
+                            skip_existing=a.skip_existing)
         print(markdown_table(results))
         print(f"{len(results)} results -> {a.out}")
         return

@@ -253,6 +253,8 @@ def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Opt
     num_workers > 0 decodes and transforms in DataLoader worker processes; precision: fp32 | bf16 | fp16
     autocast (default fp32)."""
     _check_modality(model, modality)
+    if batch_size < 1:          # -(-n // 0) would be a ZeroDivisionError, a negative one an empty loader
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     precision = _precision(precision)
     paths = None
     if cache_dir:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import faiss
 import numpy as np
@@ -286,19 +286,54 @@ def exact_topk_chunks(chunks, queries: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
-def topk_recall(got: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean over queries of |got top-k ∩ exact top-k| / k (k-recall@k); got [Q, >=k] ids, -1 where an
-    approximate index found fewer (a miss); exact [Q, >=k] ids."""
-    return float(np.mean([len(np.intersect1d(g[:k][g[:k] >= 0], e[:k], assume_unique=True)) / k
-                          for g, e in zip(got, exact)]))
+TIE_TOL = 1e-6   # cosines of unit float32 rows, scored in float64: equal rows score exactly equal; this absorbs
+#                  the ulp-level differences of rows that differ only by rounding (float16 copies re-normalised)
+
+
+def pair_scores(queries: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """float64 inner product of query i with gallery row ids[i, j] -> [Q, m]; -inf where ids is -1.
+    rows(flat ids) -> those gallery rows [n, D] (an array's __getitem__, EmbeddingParts.take)."""
+    flat = np.asarray(ids).reshape(-1)
+    valid = flat >= 0
+    out = np.full(flat.shape, -np.inf)
+    if valid.any():
+        q = np.repeat(np.asarray(queries, dtype=np.float64), ids.shape[1], axis=0)[valid]     # [n, D]
+        out[valid] = np.einsum("nd,nd->n", q, np.asarray(rows(flat[valid]), dtype=np.float64))
+    return out.reshape(ids.shape)
+
+
+def topk_recall(got: np.ndarray, exact: np.ndarray, k: int, *, queries: Optional[np.ndarray] = None,
+                rows: Optional[Callable[[np.ndarray], np.ndarray]] = None, tol: float = TIE_TOL) -> float:
+    """Mean over queries of the share of the k returned ids that belong in an exact top-k (k-recall@k); got
+    [Q, >=k] ids, -1 where an approximate index found fewer (a miss); exact [Q, >=k] ids.
+    With the queries and the gallery's rows: tie-aware. A returned id is a hit when its exact score is >= the
+    exact k-th score - tol, so a duplicate of an exact top-k row (same score) is not a miss: an exact index
+    scores 1.0 on a corpus with repeated captions, and a tuner does not chase an unreachable target.
+    Without them: the plain id intersection (two exact top-k lists compared, ties broken alike)."""
+    if queries is None or rows is None:
+        return float(np.mean([len(np.intersect1d(g[:k][g[:k] >= 0], e[:k], assume_unique=True)) / k
+                              for g, e in zip(got, exact)]))
+    g = np.where(_repeats(got[:, :k]), -1, got[:, :k])              # an id returned twice counts once
+    kth = pair_scores(queries, rows, exact[:, :k]).min(axis=1)        # [Q] exact k-th score
+    hits = pair_scores(queries, rows, g) >= (kth - tol)[:, None]      # [Q, k]; -1 scores -inf
+    return float(np.mean(hits.sum(axis=1) / k))
+
+
+def _repeats(ids: np.ndarray) -> np.ndarray:
+    """[Q, k] bool: True at the second and later occurrences of an id in its row."""
+    order = np.argsort(ids, axis=1, kind="stable")
+    s = np.take_along_axis(ids, order, 1)
+    dup = np.zeros_like(ids, dtype=bool)
+    np.put_along_axis(dup, order[:, 1:], s[:, 1:] == s[:, :-1], 1)
+    return dup
 
 
 def recall_against_exact(approx_index: faiss.Index, gallery: np.ndarray, queries_sample: np.ndarray,
                          k: int) -> float:
-    """k-recall@k of the approximate index against exact search on a sample of queries (topk_recall)."""
+    """k-recall@k of the approximate index against exact search on a sample of queries (topk_recall, tie-aware)."""
     exact = exact_topk(gallery, queries_sample, k)               # [Q, k]
     _, approx = search(approx_index, queries_sample, k)          # [Q, k]
-    return topk_recall(approx, exact, exact.shape[1])
+    return topk_recall(approx, exact, exact.shape[1], queries=queries_sample, rows=gallery.__getitem__)
 
 
 def describe_index(index: faiss.Index) -> dict:

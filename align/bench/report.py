@@ -18,12 +18,31 @@ import csv
 import json
 import math
 import os
+import re
 import time
 from typing import Dict, List, Optional, Sequence
 
 from align.errors import AlignError
 
 BASE_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
+# Metrics that are fractions of items, shown in % in tables (the runners' metric_keys name them). The others --
+# counts (n_train, n_test, n_components), hyperparameters (reg, best_C), a correlation (mean_canonical_corr) --
+# are shown as they are: 100 * n_train is no percentage.
+FRACTION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+_RECALL_AT = re.compile(r"recall@\d+$")
+
+
+def is_fraction(metric: str) -> bool:
+    """True for a fraction metric: acc1, acc5, mean_per_class_recall, *recall@k, and fusion rows' '<row>/acc1'."""
+    name = metric.rsplit("/", 1)[-1]
+    return name in FRACTION_METRICS or bool(_RECALL_AT.search(name))
+
+
+def metric_text(metric: str, v) -> str:
+    """A table cell: a fraction in % with 2 decimals, anything else as it is; '' for a missing or NaN value."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{100 * v:.2f}" if is_fraction(metric) else _fmt(v)
 
 
 class StageSeconds:
@@ -87,9 +106,30 @@ def result_filename(result: dict) -> str:
     return "_".join(slug(result[k]) for k in ("dataset", "pretrained", "model", "language", "task")) + ".json"
 
 
+def check_out_file(path: str, overwrite: bool = False) -> None:
+    """A result file to write, checked before the work: not a folder, not an existing file unless overwrite,
+    and its missing folders creatable (the nearest existing one is a writable folder). One line otherwise."""
+    if os.path.isdir(path):
+        raise AlignError(f"--out {path} is a folder; give a file name, e.g. {os.path.join(path, 'result.json')}")
+    if os.path.lexists(path) and not overwrite:
+        raise AlignError(f"--out {path} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise AlignError(f"--out {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AlignError(f"--out {path}: cannot write in {parent} (permission denied)")
+
+
 def write_json(result: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    """The result as JSON at path, creating its missing folders; a failure is one line naming the file."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+    except OSError as e:
+        raise AlignError(f"{path}: cannot write the result: {e.strerror or e}") from None
 
 
 def _fmt(v) -> str:
@@ -149,7 +189,8 @@ def setting(result: dict) -> str:
 
 
 def markdown_table(results: Sequence[dict]) -> str:
-    """Models side by side: one row per (dataset, task, setting, metric), one column per model; values in %."""
+    """Models side by side: one row per (dataset, task, setting, metric), one column per model; fractions in %
+    (is_fraction), counts and hyperparameters as they are."""
     labels = _labels(results)
     cols = list(labels.values())
     table: Dict[tuple, Dict[str, float]] = {}
@@ -159,17 +200,15 @@ def markdown_table(results: Sequence[dict]) -> str:
     lines = ["| dataset | task | modalities | metric | " + " | ".join(cols) + " |",
              "|---|---|---|---|" + "---:|" * len(cols)]
     for (ds, task, where, k), vals in table.items():
-        cells = []
-        for c in cols:
-            v = vals.get(c)
-            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}")
+        cells = [metric_text(k, vals.get(c)) for c in cols]
         lines.append(f"| {ds} | {task} | {where} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_markdown(results: Sequence[dict], path: str) -> None:
     with open(path, "w") as f:
-        f.write("Metrics in % (CLIP_benchmark definitions).\n\n" + markdown_table(results))
+        f.write("Accuracies and recalls in % (CLIP_benchmark definitions); counts and hyperparameters as they "
+                "are.\n\n" + markdown_table(results))
 
 
 def summary_line(result: dict) -> str:
@@ -177,7 +216,7 @@ def summary_line(result: dict) -> str:
     m = result["metrics"]
     head = [k for k in ("acc1", "acc5", "mean_per_class_recall") if k in m] or \
         [k for k in m if k.endswith("@1") or k.endswith("@5")][:4] or list(m)[:4]
-    vals = ", ".join(f"{k}={100 * m[k]:.2f}" for k in head)
+    vals = ", ".join(f"{k}={metric_text(k, m[k]) or m[k]}" for k in head)      # NaN shows as nan
     return f"{result['dataset']} | {result['model']} | {result['task']}: {vals}"
 
 

@@ -76,6 +76,15 @@ def _check_pair(query_modality: str, gallery_modality: str) -> None:
         raise ConfigError(f"retrieval needs two different modalities, got {query_modality!r} twice")
 
 
+def check_ks(ks) -> None:
+    """ks: a non-empty list of positive integers (recall@k for each); else one line, not a TypeError from
+    tuple(5) or a recall@0 of 0."""
+    ok = isinstance(ks, (list, tuple)) and len(ks) > 0 and all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks)
+    if not ok:
+        raise ConfigError(f"'ks' must be a non-empty list of positive integers such as [1, 5, 10], got {ks!r}")
+
+
 def _largest(pairs) -> tuple:
     """(rows, dim) of the largest gallery among pairs (the index's device must hold it)."""
     return max(len(p[4]) for p in pairs), pairs[0][4].shape[1]
@@ -104,6 +113,7 @@ def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gal
               pretrained: Optional[str] = None, precision: Optional[str] = None) -> dict:
     """Paired retrieval query_modality -> gallery_modality (and back when both_directions)."""
     _check_pair(query_modality, gallery_modality)
+    check_ks(ks)
     kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
               precision=precision)
     clock = StageSeconds()
@@ -143,6 +153,7 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
                        precision: Optional[str] = None) -> dict:
     """Unpaired retrieval between two modalities scored by class match (recall@k by class)."""
     _check_pair(query_modality, gallery_modality)
+    check_ks(ks)
     gds = gallery_dataset if gallery_dataset is not None else dataset
     by_name = gds is not dataset
     if by_name:
@@ -205,6 +216,15 @@ def run_emergent(model, entry: dict, *, dataset: BenchDataset, gallery_dataset=N
 
 run_retrieval.entry_keys = ENTRY_KEYS
 run_emergent.entry_keys = ENTRY_KEYS | {"gallery_dataset"}
+
+
+def _check_entry(entry: dict) -> None:
+    """The entry's values a suite checks when it loads (suite.check_entry), before any dataset is opened."""
+    if "ks" in entry:
+        check_ks(entry["ks"])
+
+
+run_retrieval.check_entry = run_emergent.check_entry = _check_entry
 
 
 def _metric_keys(entry: dict) -> list:

@@ -24,7 +24,7 @@ Example:
 Outputs in out_dir: one JSON per (entry, model) named like CLIP_benchmark's
 '{dataset}_{pretrained}_{model}_{language}_{task}.json'; `results.csv`; `results.md`
 (models side by side). An existing result JSON is never overwritten unless
-overwrite=True; skip_existing=True reuses it. results.csv/.md are regenerated.
+overwrite=True (--overwrite); skip_existing=True (--skip-existing) reuses it. results.csv/.md are regenerated.
 A model without a modality an entry needs is skipped for that entry (listed).
 """
 from __future__ import annotations
@@ -145,6 +145,10 @@ def check_entry(e: dict, where: str = "benchmark", base: str = ".") -> dict:
                           f"valid: {', '.join(sorted(allowed))}")
     if "options" in e and not isinstance(e["options"], dict):
         raise ConfigError(f"{where}: 'options' must be a mapping")
+    try:
+        getattr(runner, "check_entry", lambda entry: None)(e)   # the runner's own value checks (retrieval: ks)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     e = dict(e)
     for key in ("dataset", "classnames", "templates", "gallery_dataset", "train_dataset",
                 "gallery_classnames", "train_classnames"):
@@ -211,6 +215,18 @@ def _task_name(task: str) -> str:
     return CLIP_TASK_NAMES.get(task, task)
 
 
+def _unique_name(fname: str, where: str, written: set) -> str:
+    """fname, or fname with the entry's number (then a count) when this run already wrote it: two entries with
+    one dataset name and task, or one model given twice, keep every result instead of replacing one."""
+    if fname not in written:
+        return fname
+    stem, n = f"{fname[:-5]}_{where.rsplit(' ', 1)[-1]}", 2
+    out = f"{stem}.json"
+    while out in written:
+        out, n = f"{stem}_{n}.json", n + 1
+    return out
+
+
 def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipped: list, written: set,
                    overwrite: bool, skip_existing: bool, run_kw: dict) -> None:
     """run_suite's entries for one model: results (and written file names, skipped entries) appended."""
@@ -219,16 +235,15 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
     for e, runner, ds, aux in opened:
         probe = {"dataset": ds.name, "pretrained": pre, "model": mname, "language": "en",
                  "task": _task_name(e["task"])}
-        fname = result_filename(probe)
-        if fname in written:  # two entries with one dataset name and task: keep both
-            fname = fname[:-5] + f"_{e['_where'].rsplit(' ', 1)[-1]}.json"
+        fname = _unique_name(result_filename(probe), e["_where"], written)
         path = os.path.join(out_dir, fname)
         if os.path.exists(path) and not overwrite:
             if skip_existing:
                 results.append(json.load(open(path)))
                 written.add(fname)
                 continue
-            raise AlignError(f"{path} exists; pass overwrite=True to replace it or skip_existing=True to keep it")
+            raise AlignError(f"{path} exists; pass --overwrite (overwrite=True) to replace it or --skip-existing "
+                             f"(skip_existing=True) to keep it")
         try:
             r = runner(model, e, dataset=ds, **aux, **run_kw, pretrained=pre)
         except MissingModalityError as err:
@@ -244,12 +259,20 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
             print(summary_line(r) + (f" ({stage_text(r['seconds'])})" if r.get("seconds") else ""))
 
 
+def check_out_dir(out_dir: str) -> None:
+    """The suite's output folder: missing (created later) or a folder; a file there is one line, not a
+    FileExistsError from makedirs after the datasets were opened."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir}: exists and is not a folder (a suite writes a folder of results)")
+
+
 def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_dir: str, *,
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
               batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
               overwrite: bool = False, skip_existing: bool = False, progress: bool = True) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir).
     precision: autocast while encoding (fp32 | bf16 | fp16)."""
+    check_out_dir(out_dir)
     suite = read_suite(suite_yaml_path)
     entries = suite.entries
     if not models:  # the suite's own models: list (align.bench.models specs)

@@ -31,8 +31,17 @@ def _model_args(s) -> None:
     s.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
 
 
+def _check_batch(a) -> None:
+    """--batch-size before the model loads (embed_dataset checks it again for API callers)."""
+    if a.batch_size < 1:
+        from align.errors import ConfigError
+        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+
+
 def cmd_embed(a):
-    from align.retrieval.embed import dist_env, embed_corpus
+    from align.retrieval.embed import check_out, dist_env, embed_corpus
+    check_out(a.out)                                # before the model loads
+    _check_batch(a)
     model = _load(a)
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
@@ -45,7 +54,8 @@ def cmd_index(a):
     from align.retrieval.index_build import build_indexes, summary_line
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     for s in build_indexes(a.emb, a.out, max_memory=a.max_memory, max_latency_ms=a.max_latency_ms, kind=a.kind,
-                           modalities=mods, n_queries=a.queries, refine=not a.no_refine, progress=not a.no_progress):
+                           modalities=mods, n_queries=a.queries, refine=not a.no_refine, progress=not a.no_progress,
+                           overwrite=a.overwrite):
         print(summary_line(s))
 
 
@@ -71,6 +81,7 @@ def cmd_search(a):
 
 def cmd_filter(a):
     from align.retrieval.filter import filter_shards, summary_line
+    _check_batch(a)
     model = _load(a)
     s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
                       emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress, engine=a.engine,
@@ -80,7 +91,8 @@ def cmd_filter(a):
 
 
 def cmd_serve(a):
-    from align.retrieval.serve import serve
+    from align.retrieval.serve import check_address, serve
+    check_address(a.host, a.port)                   # before the model loads
     serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
 
 
@@ -117,6 +129,8 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--kind", default=None, help="force flat_faiss | ivf | hnsw | ivfpq (default: chosen)")
     s.add_argument("--modalities", default=None, help="comma list (default: every embedded modality)")
     s.add_argument("--queries", type=int, default=500, help="held-aside queries for recall@10 (default 500)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that is not a previous "
+                                                             "index of these embeddings")
     s.add_argument("--no-refine", action="store_true", help="ivfpq: no float16 copy on disk, no re-rank of the "
                    "compressed scores (less disk, lower recall)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")

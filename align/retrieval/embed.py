@@ -32,7 +32,7 @@ from align.bench.datasets import open_shard_files
 from align.bench.embed import MissingModalityError, embed_dataset, model_fingerprint
 from align.bench.engine import with_engine
 from align.data.stream.sources import expand_urls
-from align.errors import ConfigError, DataError
+from align.errors import ConfigError, DataError, without_reprs
 
 MEDIA = ("image", "audio")
 ORDER = ("image", "audio", "text")
@@ -65,7 +65,8 @@ def source_shards(data: str, split: str = "test") -> List[str]:
             n = int(open(nfile).read().strip())
         except ValueError:
             raise DataError(f"{nfile} does not hold an integer") from None
-        return [os.path.join(data, split, f"{i}.tar") for i in range(n)]
+        # absolute, as the pattern branch: `align serve` reads the media from these paths from any directory
+        return [os.path.abspath(os.path.join(data, split, f"{i}.tar")) for i in range(n)]
     shards = expand_urls(data)
     for s in shards:
         if "://" in s or s.startswith("pipe:"):
@@ -91,12 +92,33 @@ def _atomic(path: str, write) -> None:
     os.replace(tmp, path)
 
 
+def _load_manifest(path: str) -> dict:
+    """manifest.json as a dict; anything else is one line naming the file, not a JSONDecodeError."""
+    try:
+        with open(path, "rb") as f:
+            man = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not an `align embed` manifest ({without_reprs(str(e), 'it')})") from None
+    if not isinstance(man, dict) or not isinstance(man.get("parts", []), list):
+        raise DataError(f"{path}: not an `align embed` manifest (not a JSON object with a list of parts)")
+    return man
+
+
+def check_out(out: str) -> None:
+    """--out before the model loads: a file, or a folder whose manifest.json cannot be read, is refused."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out {out}: exists and is not a folder")
+    path = os.path.join(out, "manifest.json")
+    if os.path.isfile(path):
+        _load_manifest(path)
+
+
 def _check_manifest(out: str, manifest: dict) -> None:
     """A resumed run must be the same model, engine, precision, shards and dtype; otherwise the old parts would be
     mixed in."""
     path = os.path.join(out, "manifest.json")
     if os.path.isfile(path):
-        old = json.load(open(path))
+        old = _load_manifest(path)
         old.setdefault("engine", "torch")               # written before --engine existed
         old.setdefault("precision", "fp32")             # written before the manifest recorded it
         for k in ("model_fingerprint", "engine", "precision", "shards", "dtype", "modalities"):
@@ -226,7 +248,7 @@ def read_manifest(emb_dir: str) -> dict:
     path = os.path.join(emb_dir, "manifest.json")
     if not os.path.isfile(path):
         raise DataError(f"{emb_dir}: not an `align embed` output (no manifest.json)")
-    return json.load(open(path))
+    return _load_manifest(path)
 
 
 def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False) -> List[str]:

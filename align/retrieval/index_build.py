@@ -107,10 +107,11 @@ def latency_ms(index, queries: np.ndarray, k: int) -> Tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def recall_at(index, queries: np.ndarray, exact: np.ndarray, k: int) -> float:
-    """Mean |approx top-k ∩ exact top-k| / k over the queries (exact: [Q, >=k] ids)."""
+def recall_at(index, queries: np.ndarray, exact: np.ndarray, k: int, rows=None) -> float:
+    """k-recall@k of the index against the exact top-k ids [Q, >=k]; rows(ids) -> gallery rows makes it tie-aware
+    (a duplicate of an exact hit counts: align.bench.index.topk_recall)."""
     _, got = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return topk_recall(got, exact, k)
+    return topk_recall(got, exact, k, queries=queries, rows=rows)
 
 
 def _knob(index) -> Tuple[str, tuple, object]:
@@ -122,16 +123,17 @@ def _knob(index) -> Tuple[str, tuple, object]:
 
 
 def tune(index, queries: np.ndarray, exact: np.ndarray, k: int, max_latency_ms: float,
-         target: float = TARGET_RECALL, searcher=None) -> dict:
+         target: float = TARGET_RECALL, searcher=None, rows=None) -> dict:
     """Grow the knob until recall@k >= target or p50 passes the budget; keep the last setting within budget.
-    searcher: what is measured (default the index itself; a Refined wrapper of it for a re-ranked index)."""
+    searcher: what is measured (default the index itself; a Refined wrapper of it for a re-ranked index);
+    rows(ids) -> the gallery's rows, for a tie-aware recall (recall_at)."""
     name, values, set_ = _knob(index)
     searcher = searcher if searcher is not None else index
     lat_q = queries[: min(len(queries), 100)]
     best, sweep = None, []
     for v in values:
         set_(v)
-        rec = recall_at(searcher, queries, exact, k)
+        rec = recall_at(searcher, queries, exact, k, rows)
         p50, p99 = latency_ms(searcher, lat_q, k)
         sweep.append({name: v, "recall": round(rec, 4), "p50_ms": round(p50, 3)})
         if p50 > max_latency_ms and best is not None:
@@ -188,11 +190,11 @@ def build_streamed(kind: str, parts: EmbeddingParts, *, seed: int = 0, rows: int
     return index
 
 
-def tune_refined(index, store, queries, exact, k: int, max_latency_ms: float) -> dict:
+def tune_refined(index, store, queries, exact, k: int, max_latency_ms: float, rows=None) -> dict:
     """tune() with a re-rank of k*F candidates, F through REFINE until recall@k reaches the target."""
     sweeps = []
     for f in REFINE:
-        tuned = tune(index, queries, exact, k, max_latency_ms, searcher=Refined(index, store, f))
+        tuned = tune(index, queries, exact, k, max_latency_ms, searcher=Refined(index, store, f), rows=rows)
         sweeps += [dict(e, refine=f) for e in tuned["sweep"]]
         if tuned["recall"] >= TARGET_RECALL or tuned["p50_ms"] > max_latency_ms:
             break
@@ -230,16 +232,17 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
             exact = exact_topk_chunks(counted(parts.chunks(), bar), queries, kk)
     else:
         exact = exact_topk(vectors, queries, kk)
+    gallery = parts.take if streamed else vectors.__getitem__     # exact scores of returned ids: tie-aware recall
     os.makedirs(out_dir, exist_ok=True)
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
-        tuned = {"recall": recall_at(index, queries, exact, kk), "p50_ms": p50, "p99_ms": p99}
+        tuned = {"recall": recall_at(index, queries, exact, kk, gallery), "p50_ms": p50, "p99_ms": p99}
     elif kind == "ivfpq" and refine:
         store = write_store(parts, os.path.join(out_dir, STORE))
-        tuned = tune_refined(index, store, queries, exact, kk, max_latency_ms)
+        tuned = tune_refined(index, store, queries, exact, kk, max_latency_ms, gallery)
         why += f"; re-ranks k*{tuned['refine']} candidates with the float16 vectors in {STORE}"
     else:
-        tuned = tune(index, queries, exact, kk, max_latency_ms)
+        tuned = tune(index, queries, exact, kk, max_latency_ms, rows=gallery)
     faiss.write_index(index, os.path.join(out_dir, "index.faiss"))
     rows.reset_index(drop=True).to_parquet(os.path.join(out_dir, "rows.parquet"), index=False)
     settings = {"modality": modality, "kind": kind, "why": why, "n": int(n), "dim": int(d),
@@ -255,10 +258,33 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     return settings
 
 
+def check_out(out: str, emb_dir: str, overwrite: bool = False) -> None:
+    """--out before the build: missing, empty, or a previous index of the same embeddings (rebuilt in place);
+    anything else -- a file, a folder of other things, an index of other embeddings -- is refused unless
+    overwrite, so nothing the user put there is replaced without asking."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if overwrite or not os.path.isdir(out) or not os.listdir(out):
+        return
+    try:
+        with open(os.path.join(out, "index.json"), "rb") as f:
+            previous = json.loads(f.read()).get("embeddings")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous != os.path.abspath(emb_dir):
+        what = (f"an index of other embeddings ({previous})" if isinstance(previous, str)
+                else "no `align index` output (no readable index.json)")
+        raise ConfigError(f"--out {out}: not empty and holds {what}; choose an empty folder or pass --overwrite "
+                          f"to write over it")
+
+
 def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: float = 10.0,
                   kind: Optional[str] = None, modalities: Optional[List[str]] = None, n_queries: int = 500,
-                  seed: int = 0, refine: bool = True, progress: bool = False) -> List[dict]:
-    """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json."""
+                  seed: int = 0, refine: bool = True, progress: bool = False, overwrite: bool = False) -> List[dict]:
+    """One index per embedded modality (or `modalities`) under out/<modality>/; writes out/index.json.
+    out must be new, empty or a previous index of emb_dir unless overwrite (check_out)."""
+    if n_queries < 1:               # no query: no recall and no latency to measure (an IndexError after the build)
+        raise ConfigError(f"--queries must be >= 1, got {n_queries}")
     man = read_manifest(emb_dir)
     have = embedded_modalities(emb_dir)
     mods = modalities or have
@@ -266,6 +292,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
     if bad:
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
+    check_out(out, emb_dir, overwrite)
     results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
                               kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress)
                for m in mods]

@@ -8,7 +8,8 @@
 
 JSON answers: {"query": ..., "results": {target: [{rank, score, key, caption, shard, id, media_url}]}}.
 Bad requests get a 4xx with {"error": one line}: 400 empty query, unknown modality, undecodable upload,
-bad k; 413 upload over --max-upload-mb; 411 upload without Content-Length; 404 unknown path or id.
+bad k, a JSON "text" that is not a string or "target" not a string / list of strings, a text body not UTF-8;
+413 upload over --max-upload-mb; 411 upload without Content-Length; 404 unknown path or id.
 Binds to 127.0.0.1 unless --host says otherwise. Encoding runs under one lock (a CPU model is not faster
 with several queries encoding at once on a small machine); the HTTP threads stay responsive around it.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict
@@ -73,7 +75,8 @@ class SearchService:
 
     def media(self, modality: str, ident: str):
         ix = self.indexes.get(modality)
-        if ix is None or modality == "text" or not ident.isdigit() or int(ident) >= len(ix):
+        # ASCII digits only: str.isdigit() accepts '²', which int() then rejects (a 500)
+        if ix is None or modality == "text" or not (ident.isascii() and ident.isdigit()) or int(ident) >= len(ix):
             raise HttpError(404, f"no {modality} item {ident}")
         row = ix.rows([int(ident)])[0]
         try:
@@ -91,6 +94,21 @@ def _int(qs: dict, name: str, default: int) -> int:
         return int(v)
     except ValueError:
         raise HttpError(400, f"{name}={v!r} is not an integer") from None
+
+
+def _json_query(req: dict):
+    """(text, k, targets) of a JSON body, each of the type it must have: a 400 naming the key otherwise (a null
+    text searched for 'None', a list for its repr)."""
+    text, k, target = req.get("text", ""), req.get("k", 10), req.get("target")
+    if not isinstance(text, str):
+        raise HttpError(400, f"\"text\" must be a string, got {json.dumps(text)[:80]}")
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise HttpError(400, f"k={k!r} is not an integer")
+    if isinstance(target, str):
+        target = [t.strip() for t in target.split(",") if t.strip()]
+    if target is not None and not (isinstance(target, list) and all(isinstance(t, str) for t in target)):
+        raise HttpError(400, f"\"target\" must be a string or a list of strings, got {json.dumps(target)[:80]}")
+    return text, k, target or None
 
 
 def _targets(qs: dict):
@@ -121,7 +139,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             fn()
         except HttpError as e:
-            self.close_connection = e.status in (411, 413)   # the unread body would poison the connection
+            if e.status in (411, 413):     # the unread body would poison the connection; else as the client asked
+                self.close_connection = True
             self._json(e.status, {"error": str(e)})
         except Exception as e:  # a bug must not kill the thread silently; the client still gets an answer
             self._json(500, {"error": f"{type(e).__name__}: {e}"})
@@ -181,23 +200,39 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(400, "body is not JSON") from None
             if not isinstance(req, dict):
                 raise HttpError(400, "JSON body must be an object: {\"text\": ..., \"k\": 10}")
-            k, target = req.get("k", 10), req.get("target")
-            if not isinstance(k, int) or isinstance(k, bool):
-                raise HttpError(400, f"k={k!r} is not an integer")
-            if isinstance(target, str):
-                target = [t.strip() for t in target.split(",") if t.strip()]
-            return self._json(200, self.service.query("text", str(req.get("text", "")), k, target or None))
+            text, k, target = _json_query(req)
+            return self._json(200, self.service.query("text", text, k, target))
         modality = qs.get("modality", [""])[0]
+        if modality == "text":      # a raw text body is the query's UTF-8, not bytes to repr
+            try:
+                body = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HttpError(400, "a text body must be UTF-8") from None
         return self._json(200, self.service.query(modality, body, _int(qs, "k", 10), _targets(qs)))
+
+
+def check_address(host: str, port: int) -> None:
+    """--host / --port before the model loads: a port out of 0..65535 or a host that is no address is one line
+    (socket's OverflowError / gaierror tracebacks otherwise)."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise AlignError(f"--port {port}: must be 0..65535 (0: any free port)")
+    try:
+        socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)   # "": all
+    except (socket.gaierror, UnicodeError) as e:
+        raise AlignError(f"--host {host!r}: not an address of this machine ({e})") from None
 
 
 def make_server(index_dir: str, model, host: str = "127.0.0.1", port: int = 8080,
                 max_upload_mb: float = 10.0) -> ThreadingHTTPServer:
+    check_address(host, port)
     indexes = load_indexes(index_dir)
     check_model(indexes, model)
     handler = type("BoundHandler", (Handler,), {"service": SearchService(indexes, model,
                                                                           int(max_upload_mb * (1 << 20)))})
-    server = ThreadingHTTPServer((host, port), handler)
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:            # the port is taken, or the address is not this machine's
+        raise AlignError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     server.daemon_threads = True
     return server
 

@@ -123,3 +123,73 @@ def test_suite_export_as_start_next_to_an_align_run(tmp_path, capsys):
     assert next(line for line in lines if line.startswith("| dataset")).endswith("| start | finetuned |")
     acc1 = next(line for line in lines if line.startswith("| cls |") and "| acc1 |" in line).split("|")[5:7]
     assert acc1[0] == acc1[1]                      # the export is the run's weights: same numbers
+
+
+@pytest.fixture
+def fake_cli(monkeypatch):
+    """`align bench` with every --model loaded as a FakeModel (fast); the models loaded are listed."""
+    import align.bench.models as models
+    from tests.bench.conftest import FakeModel
+    loaded = []
+    monkeypatch.setattr(models, "load_model", lambda spec, pretrained=None, device="cpu":
+                        loaded.append(spec) or FakeModel(name=str(spec)))
+    return loaded
+
+
+def _no_work(monkeypatch):
+    """Opening a dataset or loading a model fails the test: the arguments must be refused before."""
+    import align.bench.datasets as datasets
+    import align.bench.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+    monkeypatch.setattr(datasets, "open_dataset", boom)
+    monkeypatch.setattr(models, "load_model", boom)
+
+
+@pytest.mark.parametrize("cmd", ["zeroshot", "retrieval"])
+def test_out_and_batch_size_are_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch, cmd):
+    _no_work(monkeypatch)
+    (tmp_path / "old.json").write_text("mine")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    base = ["bench", cmd, "--model", "m", "--dataset", str(tmp_path), "--device", "cpu", "--num-workers", "0"]
+    for extra, msg in [(["--out", str(tmp_path / "old.json")], "old.json exists; pass --overwrite to replace it"),
+                       (["--out", str(tmp_path / "adir")], "adir is a folder; give a file name"),
+                       (["--out", str(tmp_path / "afile" / "x.json")], "afile is a file, not a folder"),
+                       (["--out", str(tmp_path / "n.json"), "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+                       (["--out", str(tmp_path / "n.json"), "--batch-size", "-1"], "--batch-size must be >= 1")]:
+        assert main(base + extra) == 2
+        err = _err(capsys)
+        assert len(err) == 1 and err[0].startswith("align: error: ") and msg in err[0], (extra, err)
+    assert (tmp_path / "old.json").read_text() == "mine" and not (tmp_path / "n.json").exists()
+
+
+def test_out_folders_are_created_and_overwrite_replaces(tmp_path, capsys, fake_cli):
+    ds = classification_wds(tmp_path / "cls", n=6, n_classes=3)
+    out = tmp_path / "new" / "deeper" / "r.json"
+    base = ["bench", "zeroshot", "--model", "m", "--dataset", ds, "--out", str(out), "--num-workers", "0"]
+    assert main(base) == 0 and json.load(open(out))["n"]
+    out.write_text("{}")
+    assert main(base) == 2 and "pass --overwrite" in _err(capsys)[-1] and out.read_text() == "{}"
+    assert main(base + ["--overwrite"]) == 0 and json.load(open(out))["n"]
+
+
+def test_suite_out_and_existing_results_name_the_cli_flags(tmp_path, capsys, monkeypatch, fake_cli):
+    classification_wds(tmp_path / "cls", n=6, n_classes=3)
+    (tmp_path / "s.yaml").write_text("- {dataset: cls, type: wds, task: zeroshot}\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    base = ["bench", "suite", str(tmp_path / "s.yaml"), "--model", "m", "--num-workers", "0"]
+    assert main(base + ["--out", str(tmp_path / "notes.txt")]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "notes.txt: exists and is not a folder" in err[0] and fake_cli == [], err
+    out = ["--out", str(tmp_path / "out")]
+    assert main(base + out + ["--overwrite", "--skip-existing"]) == 2 and "give one" in _err(capsys)[0]
+    assert main(base + out) == 0
+    assert main(base + out) == 2
+    err = _err(capsys)[-1]
+    assert "exists; pass --overwrite (overwrite=True) to replace it or --skip-existing (skip_existing=True)" in err
+    import align.bench.zeroshot as zs
+    monkeypatch.setattr(zs, "zeroshot_classification", lambda *a, **k: pytest.fail("an existing result re-run"))
+    assert main(base + out + ["--skip-existing"]) == 0                 # the result on disk is reused
+    assert "1 results ->" in capsys.readouterr().out

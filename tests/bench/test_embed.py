@@ -209,3 +209,13 @@ def test_an_encoder_out_of_device_memory_is_one_line_naming_the_batch(tmp_path, 
     with pytest.raises(ConfigError, match=r"^out of memory on cpu encoding a batch of 4 image items; lower "
                                           r"--batch-size \(eval.batch_size in a recipe\)$"):
         embed_dataset(fake_model, ds, "image", batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+@pytest.mark.parametrize("bs", [0, -1])
+def test_a_batch_size_below_one_is_one_line(tmp_path, modality, bs):
+    """0 was a ZeroDivisionError (image) and -1 an empty loader or range; both are refused by name."""
+    from tests.bench.conftest import retrieval_wds
+    ds = open_dataset(retrieval_wds(tmp_path / "ret", n=4), "wds")
+    with pytest.raises(ConfigError, match=f"--batch-size must be >= 1, got {bs}"):
+        embed_dataset(FakeModel(), ds, modality, batch_size=bs, progress=False)

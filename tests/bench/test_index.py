@@ -136,6 +136,56 @@ def test_list_major_ivf_search_gives_faiss_results(monkeypatch):
     assert calls == []
 
 
+def _planted(n=200, d=8, q=30, copies=40, seed=0):
+    """Unit gallery [n, D] whose rows 0..copies-1 are exact copies of `copies` other rows, queries [q, D]."""
+    rng = np.random.default_rng(seed)
+    g = _norm(rng.standard_normal((n, d)))
+    g[:copies] = g[rng.choice(np.arange(copies, n), copies, replace=False)]     # tied duplicates
+    return g, _norm(rng.standard_normal((q, d)))
+
+
+def _plain_tie_recall(got, g, q, k, tol=1e-6):
+    """Reference: per query, the returned distinct ids whose float64 score >= the k-th best score - tol, / k."""
+    s = q.astype(np.float64) @ g.astype(np.float64).T                             # [Q, N]
+    total = 0
+    for i, row in enumerate(got[:, :k]):
+        kth = np.sort(s[i])[::-1][k - 1]
+        total += sum(1 for j in set(row.tolist()) - {-1} if s[i, j] >= kth - tol)
+    return total / (len(got) * k)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tie_aware_recall_against_a_plain_reference(seed):
+    """A returned duplicate of an exact top-k row (same score) is a hit, not a miss: random ids, the exact ids,
+    ids with their tied twins swapped in, repeats and -1s all score what the plain per-query count says."""
+    from align.bench.index import topk_recall
+    g, q = _planted(seed=seed)
+    rng = np.random.default_rng(seed)
+    exact = exact_topk(g, q, 10)
+    twin = {}
+    for i in range(40):
+        twin[int(np.flatnonzero((g == g[i]).all(1) & (np.arange(len(g)) != i))[0])] = i
+    twin.update({v: k for k, v in twin.items()})
+    swapped = np.array([[twin[j] if j in twin and twin[j] not in r else j for j in r] for r in exact.tolist()])
+    rand = np.stack([rng.choice(len(g), 10, replace=False) for _ in q])
+    rand[::4, -2:] = -1
+    rand[1::4, 1] = rand[1::4, 0]                                                   # an id returned twice
+    for got in (exact, swapped, rand, np.concatenate([exact[:, :5], rand[:, :5]], 1)):
+        for k in (1, 5, 10):
+            ref = _plain_tie_recall(got, g, q, k)
+            assert abs(topk_recall(got, exact, k, queries=q, rows=g.__getitem__) - ref) < 1e-12
+    assert (swapped != exact).any()                                                 # ties were really planted
+    assert topk_recall(swapped, exact, 10, queries=q, rows=g.__getitem__) == 1.0
+    assert topk_recall(swapped, exact, 10) < 1.0                                    # the plain id count misses them
+
+
+def test_an_exact_index_has_recall_one_on_a_corpus_with_duplicates():
+    """FAISS's flat index breaks ties its own way; against exact_topk it is still exact: recall 1.0."""
+    g, q = _planted(n=400, d=8, q=60, copies=150, seed=1)
+    assert recall_against_exact(build_index("flat_faiss", g), g, q, 10) == 1.0
+    assert recall_against_exact(build_index("hnsw", g, ef_search=256), g, q, 10) == 1.0
+
+
 def test_topk_recall_against_a_plain_count():
     from align.bench.index import topk_recall
     rng = np.random.default_rng(3)

@@ -98,7 +98,7 @@ def test_existing_results_are_not_overwritten_unless_asked(suite_dir):
     out, suite = str(suite_dir / "out"), str(suite_dir / "suite.yaml")
     cache = str(suite_dir / "cache")
     first = run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False)
-    with pytest.raises(AlignError, match="exists; pass overwrite=True"):
+    with pytest.raises(AlignError, match=r"exists; pass --overwrite \(overwrite=True\) to replace it or --skip-existing"):
         run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False)
     m = FakeModel(name="m")
     again = run_suite(suite, [m], out, skip_existing=True, progress=False)
@@ -186,3 +186,31 @@ def test_precision_reaches_every_suite_task(tmp_path):
     Probe.seen.clear()
     run_suite(str(tmp_path / "suite.yaml"), [Probe(name="p")], str(tmp_path / "out2"), progress=False)
     assert Probe.seen and not any(Probe.seen)
+
+
+def test_the_same_model_twice_keeps_every_result(tmp_path):
+    """Two entries with one dataset name and task, run for one model given twice: four results, four files
+    (the second model's second entry used to map to the first's `_1.json` and be refused as existing)."""
+    classification_wds(tmp_path / "cls", n=8, n_classes=4)
+    (tmp_path / "s.yaml").write_text("- {dataset: cls, type: wds, task: zeroshot}\n"
+                                     "- {dataset: cls, type: wds, task: zeroshot, modality: image}\n")
+    out = tmp_path / "out"
+    results = run_suite(str(tmp_path / "s.yaml"), [FakeModel(name="m"), FakeModel(name="m")], str(out),
+                        progress=False)
+    files = sorted(f for f in os.listdir(out) if f.endswith(".json"))
+    assert len(results) == 4 and len(files) == 4, files
+    again = run_suite(str(tmp_path / "s.yaml"), [FakeModel(name="m"), FakeModel(name="m")], str(out),
+                      skip_existing=True, progress=False)
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in results]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".json")) == files
+
+
+@pytest.mark.parametrize("ks", ["[]", "[0]", "[-1, 5]", "5", "[1, two]", "[1.5]", "[true]", "'1,5'", "null"])
+def test_ks_must_be_a_non_empty_list_of_positive_ints_at_load(tmp_path, ks):
+    (tmp_path / "s.yaml").write_text(f"- {{dataset: nowhere, type: wds, task: retrieval, ks: {ks}}}\n"
+                                     f"- {{dataset: nowhere, type: wds, task: emergent_retrieval, ks: [1]}}\n")
+    with pytest.raises(ConfigError, match=r"entry 0: 'ks' must be a non-empty list of positive integers"):
+        load_suite(str(tmp_path / "s.yaml"))     # at load: the dataset (which does not exist) is never opened
+    (tmp_path / "s.yaml").write_text(f"- {{dataset: nowhere, type: wds, task: emergent_retrieval, ks: {ks}}}\n")
+    with pytest.raises(ConfigError, match=r"entry 0: 'ks' must be"):
+        load_suite(str(tmp_path / "s.yaml"))

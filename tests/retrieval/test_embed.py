@@ -131,6 +131,46 @@ def test_bf16_vectors_are_recorded_and_never_mixed_with_fp32(tmp_path, tri_run):
     s = embed_corpus(model, data, str(tmp_path / "fp32"), dtype="float32", progress=False)
     assert (s.done_before, s.items) == (2, 0)
 
+def _eval_set(root, n_shards=2, per_shard=2):
+    """A CLIP_benchmark-layout eval set (ROOT/test/{i}.tar + nshards.txt) of image+text+audio samples."""
+    from tests.retrieval.conftest import tri_sample
+    from tests.wds_helpers import write_shard
+    (root / "test").mkdir(parents=True)
+    for i in range(n_shards):
+        write_shard(root / "test" / f"{i}.tar", [tri_sample(f"e{i}_{j}", 10 * i + j) for j in range(per_shard)])
+    (root / "test" / "nshards.txt").write_text(f"{n_shards}\n")
+
+
+def test_an_eval_set_named_relatively_is_stored_with_absolute_paths(tmp_path, monkeypatch, tri_run):
+    """`align serve` started in another folder reads the media from rows.shard: a relative path would 404.
+    `./evalset` and `evalset` are then the same shards, so a resume with either spelling matches."""
+    _, model = tri_run
+    _eval_set(tmp_path / "evalset")
+    monkeypatch.chdir(tmp_path)
+    embed_corpus(model, "evalset", "emb", modalities=["image", "text"], progress=False, batch_size=8)
+    shards = json.load(open(tmp_path / "emb" / "manifest.json"))["shards"]
+    assert shards == [str(tmp_path / "evalset" / "test" / f"{i}.tar") for i in range(2)]
+    _, rows = load_embeddings("emb", "image")
+    assert all(os.path.isabs(s) for s in rows["shard"]) and set(rows["shard"]) == set(shards)
+    s = embed_corpus(model, "./evalset/", "emb", modalities=["image", "text"], progress=False, batch_size=8)
+    assert (s.done_before, s.items) == (2, 0)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_an_unreadable_manifest_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch, text):
+    from align.retrieval import cli as rcli
+
+    def no_model(a):
+        raise AssertionError("the model was loaded before --out was checked")
+    monkeypatch.setattr(rcli, "_load", no_model)
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "manifest.json").write_bytes(text.encode("latin-1"))
+    assert main(["embed", "m", "--data", str(tmp_path), "--out", str(tmp_path / "emb"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("align: error: ") and len(err.splitlines()) == 1, err
+    assert "manifest.json: not an `align embed` manifest" in err, err
+
+
 def _cli(args, env_extra):
     env = dict(os.environ, PYTHONPATH=ROOT, **env_extra)
     return subprocess.run([sys.executable, "-m", "align.cli", *args], env=env, capture_output=True, text=True,
@@ -171,3 +211,14 @@ def test_under_accelerate_launch(tmp_path, tri_run):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "process 0/2: 2 part(s)" in p.stdout and "process 1/2: 1 part(s)" in p.stdout, p.stdout
     _same_output(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.parametrize("cmd", ["embed", "filter"])
+def test_a_batch_size_below_one_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, cmd):
+    from align.retrieval import cli as rcli
+    monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --batch-size was checked"))
+    args = (["embed", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")] if cmd == "embed" else
+            ["data", "filter", str(tmp_path), "--model", "m", "--out", str(tmp_path / "f"), "--min-score", "0"])
+    assert main(args + ["--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["align: error: --batch-size must be >= 1, got 0"]

@@ -129,3 +129,52 @@ def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path, capsys, mo
     assert "index ivfpq: add: 10000/10000 row" in err and "index image: exact top-10 of 200 queries: 10000/10000" in err
     store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
     np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
+
+
+def test_duplicated_rows_do_not_lower_the_recall_check(tmp_path):
+    """A corpus with repeated captions has tied scores: an exact index's answer may name the other copy. The
+    check counts it (tie-aware), so flat_faiss reports 1.0 and the tuner does not chase an unreachable target."""
+    rng = np.random.default_rng(0)
+    base = clustered(300, 16, seed=3)
+    txt = base[rng.integers(0, 300, 1500)]                             # each row repeated ~5 times
+    emb = write_emb(tmp_path / "emb", {"text": txt, "image": clustered(200, 16, seed=4)}, per_part=700)
+    [s] = build_indexes(emb, str(tmp_path / "flat"), modalities=["text"], n_queries=200)
+    assert s["kind"] == "flat_faiss" and s["recall@10"] == 1.0
+    [h] = build_indexes(emb, str(tmp_path / "hnsw"), modalities=["text"], kind="hnsw", n_queries=200)
+    assert h["recall@10"] >= 0.95 and h["ef_search"] <= 64, h["tuning"]
+
+
+def test_out_holding_other_things_is_refused_unless_overwrite(tmp_path, capsys):
+    """A non-empty --out that is not a previous index of these embeddings is refused before the build; a
+    previous index of the same embeddings is rebuilt in place; --overwrite writes over the rest."""
+    from align.cli import main
+    emb = write_emb(tmp_path / "emb", {"text": clustered(300, 8, seed=1)})
+    other = write_emb(tmp_path / "other", {"text": clustered(300, 8, seed=2)})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "index.json").write_text("my notes")
+    (tmp_path / "afile").write_text("x")
+    cases = [(tmp_path / "notes", "not empty and holds no `align index` output"),
+             (tmp_path / "afile", "exists and is not a folder")]
+    assert main(["index", other, "--out", str(tmp_path / "ix_other"), "--no-progress"]) == 0
+    cases.append((tmp_path / "ix_other", f"holds an index of other embeddings ({tmp_path / 'other'})"))
+    capsys.readouterr()
+    for out, msg in cases:
+        assert main(["index", emb, "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0] and ("--overwrite" in err[0]) == out.is_dir(), err
+    assert (tmp_path / "notes" / "index.json").read_text() == "my notes"
+    assert json.load(open(tmp_path / "ix_other" / "index.json"))["embeddings"] == os.path.abspath(other)
+    assert main(["index", emb, "--out", str(tmp_path / "ix"), "--no-progress"]) == 0
+    assert main(["index", os.path.join(emb, "."), "--out", str(tmp_path / "ix"), "--no-progress"]) == 0  # rebuilt
+    assert main(["index", emb, "--out", str(tmp_path / "notes"), "--no-progress", "--overwrite"]) == 0
+    assert json.load(open(tmp_path / "notes" / "index.json"))["embeddings"] == os.path.abspath(emb)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_no_queries_is_refused_before_the_build(tmp_path, capsys, monkeypatch, n):
+    import align.retrieval.index_build as ib
+    from align.cli import main
+    emb = write_emb(tmp_path / "emb", {"text": clustered(50, 8)})
+    monkeypatch.setattr(ib, "build_modality", lambda *a, **k: pytest.fail("built before --queries was checked"))
+    assert main(["index", emb, "--out", str(tmp_path / "ix"), "--queries", str(n)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"align: error: --queries must be >= 1, got {n}"]

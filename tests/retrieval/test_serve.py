@@ -19,6 +19,7 @@ def server(tmp_path_factory, tri_run):
     assert main(["embed", run, "--data", str(d / "shards"), "--out", str(d / "emb"), "--no-progress"]) == 0
     assert main(["index", str(d / "emb"), "--out", str(d / "ix")]) == 0
     srv = make_server(str(d / "ix"), model, port=0, max_upload_mb=0.01)
+    srv.index_dir = str(d / "ix")               # for the startup tests
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}", srv
@@ -86,6 +87,13 @@ def test_text_search_and_media(server):
     (("POST", "/search", b'{"text": "a", "k": "ten"}', "application/json"), 400, "not an integer"),
     (("POST", "/search", b'["a"]', "application/json"), 400, "must be an object"),
     (("POST", "/search", b'{"text": ', "application/json"), 400, "not JSON"),
+    (("POST", "/search", b'{"text": null}', "application/json"), 400, '"text" must be a string, got null'),
+    (("POST", "/search", b'{"text": ["a", "b"]}', "application/json"), 400, '"text" must be a string'),
+    (("POST", "/search", b'{"text": "a", "target": 5}', "application/json"), 400,
+     '"target" must be a string or a list of strings, got 5'),
+    (("POST", "/search", b'{"text": "a", "target": ["image", 2]}', "application/json"), 400, '"target" must be'),
+    (("POST", "/search?modality=text", b"\xff\xfe"), 400, "a text body must be UTF-8"),
+    (("GET", "/media/image/-1"), 404, "no image item"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, how, expect, msg):
     base, _ = server
@@ -93,3 +101,60 @@ def test_bad_requests_get_a_clear_4xx(server, how, expect, msg):
     assert status == expect and ctype == "application/json" and msg in json.loads(body)["error"], body
     assert " at 0x" not in json.loads(body)["error"], body          # no Python object repr in a user's message
     assert _get(base + "/search?q=still+alive")[0] == 200          # the server carries on
+
+
+def test_a_raw_text_body_and_a_target_list_are_searched_as_given(server):
+    base, _ = server
+    status, _, body = _post(base + "/search?modality=text&k=2", "seven ünïcode".encode())
+    got = json.loads(body)
+    assert status == 200 and got["query"] == {"modality": "text", "text": "seven ünïcode"}, got
+    status, _, body = _post(base + "/search", json.dumps({"text": "red", "target": ["audio"]}).encode(),
+                            "application/json")
+    assert status == 200 and list(json.loads(body)["results"]) == ["audio"]
+
+
+def test_startup_errors_are_one_line(server, tri_run, capsys, monkeypatch):
+    """A port in use, a port out of range and a host that is no address: one line each, the last two before the
+    model loads."""
+    from align.retrieval import cli as rcli
+    from align.errors import AlignError
+    _, srv = server
+    _, model = tri_run
+    taken = srv.server_address[1]
+    with pytest.raises(AlignError, match=f"cannot listen on 127.0.0.1:{taken}: Address already in use"):
+        make_server(srv.index_dir, model, port=taken)
+    monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --host/--port were checked"))
+    for extra, msg in ((["--port", "99999"], "--port 99999: must be 0..65535"),
+                       (["--port", "-1"], "--port -1: must be 0..65535"),
+                       (["--host", "999.1.1.1"], "--host '999.1.1.1': not an address of this machine")):
+        assert main(["serve", srv.index_dir, "--model", "m", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("align: error: ") and msg in err[0], err
+
+
+@pytest.mark.parametrize("ident", [b"\xb2", "\u0663".encode(), b"1\xb9"])
+def test_a_media_id_of_non_ascii_digits_is_404(server, ident):
+    """The request line is read as latin-1: byte 0xb2 is '²', which str.isdigit() accepts and int() rejects."""
+    import socket
+    from urllib.parse import urlparse
+    u = urlparse(server[0])
+    with socket.create_connection((u.hostname, u.port), timeout=30) as c:
+        c.sendall(b"GET /media/image/" + ident + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        f = c.makefile("rb")
+        head = b"".join(iter(f.readline, b"\r\n"))
+        size = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+        body = f.read(size)
+    reply = head + body
+    assert head.startswith(b"HTTP/1.1 404") and b"no image item" in body, reply
+
+
+def test_an_error_answer_closes_the_connection_when_the_client_asks(server):
+    import socket
+    from urllib.parse import urlparse
+    u = urlparse(server[0])
+    with socket.create_connection((u.hostname, u.port), timeout=30) as c:
+        c.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := c.recv(65536):          # ends when the server closes, as asked
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 404") and b"no such page" in reply

@@ -1,0 +1,38 @@
+"""Result tables: fractions (accuracy, recall) in %, counts and hyperparameters as they are."""
+import pytest
+
+from align.bench import BENCHMARKS
+from align.bench.report import is_fraction, markdown_table, summary_line, write_markdown
+
+# every metric a shipped runner names that is NOT a fraction of items
+NOT_FRACTIONS = {"best_C", "n_components", "reg", "n_train", "n_test", "mean_canonical_corr"}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS.names()))
+def test_every_runner_metric_is_classified(name):
+    """A runner's metric names (its metric_keys) are fractions unless they are counts / hyperparameters: a new
+    metric name has to be placed on one side, not multiplied by 100 by default."""
+    keys = getattr(BENCHMARKS.get(name), "metric_keys", None)
+    if keys is None:
+        pytest.skip(f"{name} declares no metric names")
+    for k in keys({}):
+        assert is_fraction(k) == (k not in NOT_FRACTIONS), k
+
+
+def test_counts_and_hyperparameters_are_not_scaled(tmp_path):
+    r = {"dataset": "d", "model": "m", "pretrained": "p", "task": "cca_retrieval",
+         "metrics": {"image_retrieval_recall@1": 0.25, "mean_canonical_corr": 0.5, "n_components": 12.0,
+                     "reg": 0.001, "n_train": 300.0, "n_test": 40.0}}
+    lp = {"dataset": "d", "model": "m", "pretrained": "p", "task": "linear_probe",
+          "metrics": {"acc1": 0.5, "mean_per_class_recall": 0.125, "best_C": 3.16}}
+    fu = {"dataset": "d", "model": "m", "pretrained": "p", "task": "fusion_probe",
+          "metrics": {"image+audio (concat)/acc1": 0.75}}
+    md = markdown_table([r, lp, fu])
+    for metric, cell in (("image_retrieval_recall@1", "25.00"), ("mean_canonical_corr", "0.5"),
+                         ("n_components", "12"), ("reg", "0.001"), ("n_train", "300"), ("n_test", "40"),
+                         ("acc1", "50.00"), ("mean_per_class_recall", "12.50"), ("best_C", "3.16"),
+                         ("image+audio (concat)/acc1", "75.00")):
+        assert f"| {metric} | {cell} |" in md, (metric, md)
+    assert "acc1=50.00, mean_per_class_recall=12.50" in summary_line(lp)
+    write_markdown([r], str(tmp_path / "results.md"))
+    assert "| n_train | 300 |" in (tmp_path / "results.md").read_text()
