@@ -238,8 +238,9 @@ def _add_sweep(sub) -> None:
                        epilog="SPACE.yaml, one recipe key a line: train.lr: {log_uniform: [1.0e-4, 3.0e-3]} | "
                               "train.max_steps: {int: [100, 400], step: 50} | train.weight_decay: {uniform: "
                               "[0.0, 0.3]} | data.augment: {choice: {none: null, blur: {image: [{type: blur}]}}}. "
-                              "Writes OUT/trial-NNNN (run dirs), OUT/sweep.csv, sweep.md, sweep.png; prints the "
-                              "best run dir (align export takes it).")
+                              "Writes OUT/STUDY/trial-NNNN (run dirs), OUT/STUDY/sweep.csv, sweep.md, sweep.png "
+                              "(one folder per study: --study NEW in the same --out meets no other study's runs); "
+                              "prints the best run dir (align export takes it).")
     s.add_argument("recipe", help="recipe YAML path or shipped recipe name; needs data.val and eval.best_metric")
     s.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE for every trial, e.g. data.val=DIR")
     s.add_argument("--space", required=True, help="YAML: recipe key -> {log_uniform|uniform|int: [low, high]} "
@@ -248,7 +249,8 @@ def _add_sweep(sub) -> None:
                                                              "should hold")
     s.add_argument("--storage", default=None, help="Optuna storage URL, shared by several machines "
                                                    "(default: sqlite:///OUT/study.db)")
-    s.add_argument("--study", default=None, help="study name (default: the recipe's file name)")
+    s.add_argument("--study", default=None, help="study name; its runs go to OUT/STUDY (default: the recipe's "
+                                                 "file name)")
     s.add_argument("--out", default=None, help="folder of the trials' run dirs and the summary (default: "
                                                "sweeps/RECIPE)")
     s.add_argument("--pruner", choices=["median", "none"], default="median",

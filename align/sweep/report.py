@@ -1,5 +1,6 @@
 """The end of a sweep: one row per trial (number, state, value, params, run dir) as a console table,
-DIR/sweep.csv and DIR/sweep.md, and DIR/sweep.png, the metric against each parameter."""
+DIR/sweep.csv and DIR/sweep.md, and DIR/sweep.png, the metric against each parameter (DIR: the study's own
+folder, OUT/STUDY, so that another study in the same --out keeps its own)."""
 import csv
 import math
 import os

@@ -13,8 +13,11 @@ null/bool/int/float/str, so a list entry that is a mapping or a list is stored u
 Checked against the recipe's own schema (align.config): a key must be a recipe key (`align train NAME
 --help-keys`) or lie inside one of its free-form mappings (model.towers.audio.width,
 model.open_clip.vision_cfg.width, data.augment.image) whose parent the recipe has; and the recipe, with
-each end of the range (each choice) set, must still load. Every bad key gives one line naming the file and
-the key; all of them are reported together.
+each end of the range (each choice) set, must still load -- and build its towers where the value changes
+a tower's section (model.towers.*, model.open_clip.*, model.embed_dim): the recipe's schema leaves a tower's
+options to the tower, which checks them when the model is built, so a typo such as
+model.towers.audio.widht would otherwise pass here and fail every trial. Every bad key gives one line naming
+the file and the key; all of them are reported together.
 """
 import copy
 import math
@@ -188,16 +191,50 @@ def _lookup(d: dict, key: str) -> Any:
     return d
 
 
+def yaml_problem(e: "yaml.YAMLError") -> str:
+    """PyYAML's error as one line with where it is: "line L, column C: PROBLEM" (its str() spreads over lines)."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+    mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    if context and context_mark is not None:
+        context += f" at {at(context_mark)}"
+    return (f"{at(mark)}: " if mark is not None else "") + problem + (f" ({context})" if context else "")
+
+
 def check_values(p: Param, recipe: dict) -> Optional[str]:
-    """Why the recipe refuses one of `p`'s values (None when it loads with each of them)."""
+    """Why the recipe refuses one of `p`'s values (None when it loads, and builds the towers the value changes,
+    with each of them)."""
+    base = None
     for v in p.ends():
         data = copy.deepcopy(recipe)
         try:
             apply_override(data, override(p.key, v))
-            parse_recipe(data)
+            r = parse_recipe(data)
+            if p.key.startswith("model."):
+                base = base or parse_recipe(copy.deepcopy(recipe))
+                check_towers(r.model, base.model)
         except ConfigError as e:
             return f"the recipe refuses {p.key}={_label(v)}: {e}"
     return None
+
+
+def check_towers(model, base) -> None:
+    """Builds each tower of `model` (a parsed ModelConfig) whose section or embed_dim differs from `base`'s, the
+    way the model is built (align.towers.build_tower), for the checks the recipe's schema leaves to the towers
+    (unknown or bad options); ConfigError as the build gives it, or naming the tower when the library under it
+    refuses (open_clip's vision_cfg takes no unknown key either: a TypeError). The rest is built by each trial."""
+    from align.towers import build_tower
+    for modality, cfg in model.towers.items():
+        if cfg != base.towers.get(modality) or model.embed_dim != base.embed_dim:
+            try:
+                build_tower(cfg, modality, model.embed_dim)
+            except ConfigError:
+                raise
+            except Exception as e:     # the tower's library refused its options: what every trial would hit
+                raise ConfigError(f"model.towers.{modality}: {type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0]}") from None
 
 
 def load_space(path: str, recipe: dict) -> List[Param]:
@@ -209,7 +246,7 @@ def load_space(path: str, recipe: dict) -> List[Param]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the space ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a space maps recipe keys to distributions, e.g. "
                           f"train.lr: {{log_uniform: [1.0e-4, 3.0e-3]}}")

@@ -17,6 +17,13 @@ has RUNNING trials, to learn which are dead. Two live sweeps never train one run
 
 N counts finished trials (COMPLETE or PRUNED) in the study: rerunning the command after a kill finishes
 the same N; several machines together overshoot by at most the trials running when N is reached.
+
+Layout: each study has its own folder in --out, OUT/STUDY/ (STUDY: --study, default the recipe's file name),
+holding its trials' run dirs OUT/STUDY/trial-NNNN and its summary (sweep.csv, sweep.md, sweep.png); the
+default storage OUT/study.db holds every study of that --out. So `--study NEW` in the same --out never
+meets another study's runs; and each run dir records whose trial it is (trial.claim_run_dir): a study made
+anew under an old name (study.db deleted) is refused at start, before anything trains, instead of resuming
+the old study's finished runs as its own.
 """
 import copy
 import os
@@ -59,7 +66,7 @@ class Sweep:
     overrides: List[str]
     params: List[Param]
     metric: str
-    out: str
+    out: str                             # the study's folder, OUT/STUDY: its run dirs and summary
     study: object = None
     retry: object = None                 # the RetryHeartbeatStaleTrialCallback the storage calls
     poll_s: float = 0.5
@@ -130,12 +137,30 @@ def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, s
     elif had != space:
         differ = sorted(k for k in set(had) | set(space) if had.get(k) != space.get(k))
         raise ConfigError(f"study {name!r} in {storage} was made with another space (it differs in "
-                          f"{', '.join(differ)}); use --study NEW (or another --out) for this one")
+                          f"{', '.join(differ)}); use --study NEW for this one (its runs go to their own folder, "
+                          f"OUT/NEW)")
     return study, retry
 
 
 def _count(study, states) -> int:
     return sum(t.state.name in states for t in study.get_trials(deepcopy=False))
+
+
+def started_at(study, number: int) -> Optional[str]:
+    """When trial `number` of the study started (ISO time; None when the study has no such trial): what its run
+    dir records, and what a study made anew under the same name does not share."""
+    t = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    return t.datetime_start.isoformat() if t is not None and t.datetime_start is not None else None
+
+
+def check_trial_dirs(sw: Sweep, name: str) -> None:
+    """Up front, before anything trains: every non-empty OUT/STUDY/trial-NNNN must be that trial of this very
+    study (its record names it and its start time), else one line (trials.RunDirTaken)."""
+    for entry in sorted(os.listdir(sw.out)):
+        number = entry.removeprefix("trial-")
+        path = os.path.join(sw.out, entry)
+        if entry.startswith("trial-") and number.isdigit() and os.path.isdir(path) and os.listdir(path):
+            trials.claim_run_dir(path, name, int(number), started_at(sw.study, int(number)))
 
 
 def wait_for_stale(optuna, sw: Sweep, heartbeat_s: int, say) -> None:
@@ -161,6 +186,7 @@ def objective(sw: Sweep, trial) -> float:
     number = trial.number if first is None else first
     values = {p.key: p.suggest(trial) for p in sw.params}
     run_dir = os.path.abspath(os.path.join(sw.out, f"trial-{number:04d}"))
+    trials.claim_run_dir(run_dir, trial.study.study_name, number, started_at(trial.study, number))
     trial.set_user_attr("run_dir", run_dir)
     trial.set_user_attr("host", socket.gethostname())
     proc = trials.start(trials.train_command(sw.recipe_path, sw.overrides, values, run_dir), run_dir)
@@ -244,28 +270,50 @@ def _raise_stopped(signum, frame):
     raise SweepStopped("SIGTERM")
 
 
+def check_options(n_trials: int, prune_after: int, heartbeat_s: int, study: Optional[str], out: Optional[str]):
+    """The command's own options, before the recipe is read: one line naming the option."""
+    for opt, value, low in (("--trials", n_trials, 1), ("--prune-after", prune_after, 0),
+                            ("--heartbeat", heartbeat_s, 1)):
+        if value < low:
+            raise AlignError(f"{opt}: must be >= {low}, got {value}")
+    if study is not None and (not study.strip() or study in (".", "..") or "/" in study or os.sep in study):
+        raise AlignError(f"--study {study!r}: the study's runs go to the folder OUT/STUDY, so its name must be a "
+                         f"folder name (not empty, '.' or '..', no '/')")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise AlignError(f"--out {out}: not a folder (the sweep writes its studies' run dirs and study.db in it)")
+
+
+def make_folder(path: str, option: str = "--out") -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise AlignError(f"{option} {path}: cannot create this folder ({e.strerror or e})") from None
+
+
 def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = None, study: Optional[str] = None,
               out: Optional[str] = None, overrides: Optional[List[str]] = None, pruner: str = "median",
               prune_after: int = 2, heartbeat_s: int = 10, poll_s: float = 0.5, say=None) -> dict:
     """The sweep (module docstring); returns {"best_run_dir", "best_value", "rows", "files"}."""
     say = say or (lambda line: print(line, flush=True))
     optuna = _optuna()
-    if n_trials < 1:
-        raise AlignError(f"--trials: must be >= 1, got {n_trials}")
+    check_options(n_trials, prune_after, heartbeat_s, study, out)
     path, data, r = load_sweep_recipe(recipe, list(overrides or []))
     params = load_space(space, data)
     check_split_fixed(r, params, path)
     stem = os.path.splitext(os.path.basename(path))[0]
     out = out or os.path.join("sweeps", stem)
-    os.makedirs(out, exist_ok=True)
-    storage = storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     name = study or stem
+    folder = os.path.join(out, name)                    # this study's run dirs and summary (module docstring)
+    make_folder(out)
+    make_folder(folder)
+    storage = storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
     st, retry = open_study(optuna, storage, name, heartbeat_s, pruner, prune_after, describe_space(params))
-    sw = Sweep(path, list(overrides or []), params, r.eval.best_metric, out, st, retry, poll_s,
+    sw = Sweep(path, list(overrides or []), params, r.eval.best_metric, folder, st, retry, poll_s,
                t_start=time.time())
+    check_trial_dirs(sw, name)
     held = f"data.val={r.data.val}" if r.data.val else f"the data.val_split groups ({r.data.val_split})"
     say(f"sweep {name!r}: {n_trials} trials of {path}, maximising {sw.metric} on {held} "
-        f"(the selection groups: report the chosen run on other unseen groups); storage {storage}; runs in {out}")
+        f"(the selection groups: report the chosen run on other unseen groups); storage {storage}; runs in {folder}")
     if pruner == "median" and not r.eval.every:
         say("eval.every=0: the runs evaluate only at their end, so there is nothing to prune on (set eval.every)")
     previous = signal.signal(signal.SIGTERM, _raise_stopped)

@@ -2,9 +2,9 @@
 
 The training loop has no callbacks, and the sweep adds none: it starts
 
-    python -m align.cli train RECIPE [overrides] KEY=VALUE... output_dir=DIR/trial-NNNN resume=auto --no-progress
+    python -m align.cli train RECIPE [overrides] KEY=VALUE... output_dir=OUT/STUDY/trial-NNNN resume=auto --no-progress
 
-with stdout and stderr appended to DIR/trial-NNNN/train.log, reads RUN/eval.jsonl as rows appear (one per
+with stdout and stderr appended to RUN/train.log, reads RUN/eval.jsonl as rows appear (one per
 eval.every steps, and the final eval), and reports eval.best_metric from each row to Optuna as an
 intermediate value at its step. To prune, it sends SIGTERM: align's preemption (align.train.guard) stops
 at the next step boundary, writes a checkpoint and exits 75 (EX_TEMPFAIL). The finished run's value is
@@ -14,6 +14,11 @@ The child runs in its own session, so a Ctrl-C at the terminal reaches the sweep
 the child with SIGTERM, so that it checkpoints); on Linux the child also gets SIGTERM when the sweep dies
 in any way, SIGKILL included (prctl PR_SET_PDEATHSIG), so no orphan keeps the run dir's lock and a rerun
 of the sweep resumes the trial from that checkpoint (`resume=auto`).
+
+Because of resume=auto, a run dir must never be another trial's: before its first start a trial writes
+RUN/sweep_trial.json (study name, trial number, and the Optuna trial's start time, which a study made anew
+under the same name -- study.db deleted -- does not share), and a trial whose run dir holds anything else
+is refused in one line (claim_run_dir) instead of "resuming" a finished run of another study.
 """
 import json
 import os
@@ -29,6 +34,7 @@ from align.train import rundir
 
 PREEMPTED_EXIT = 75        # align.train.guard.PREEMPTED_EXIT (tests/sweep checks they agree)
 LOG = "train.log"          # the child's stdout and stderr, in the run dir
+RECORD = "sweep_trial.json"   # whose trial the run dir is: {"study", "trial", "started"}
 
 
 class TrialFailed(AlignError):
@@ -37,6 +43,42 @@ class TrialFailed(AlignError):
 
 class TrialStopped(TrialFailed):
     """The trial's `align train` was stopped from outside (exit 75, its checkpoint written): worth a retry."""
+
+
+class RunDirTaken(AlignError):
+    """The trial's run dir holds a run that is not this study's trial: the sweep stops (not one failed trial)."""
+
+
+def read_record(run_dir: str) -> Optional[dict]:
+    """RUN/sweep_trial.json, or None when the run dir has none (or an unreadable one)."""
+    try:
+        with open(os.path.join(run_dir, RECORD)) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def claim_run_dir(run_dir: str, study: str, number: int, started: Optional[str]) -> None:
+    """Makes `run_dir` trial `number` of `study` (its original start time `started`), or refuses in one line
+    when it holds something else: a run of another study or of a study made anew under this name (resume=auto
+    would take its checkpoint and its value as this trial's), or files of no trial."""
+    want = {"study": study, "trial": number, "started": started}
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        rec = read_record(run_dir)
+        if rec == want:
+            return
+        what = (f"files of no sweep trial (no {RECORD})" if rec is None else
+                f"trial {rec.get('trial')} of a study {rec.get('study')!r} started {rec.get('started')}")
+        mine = f"started {started}" if started else "which has no such trial"
+        raise RunDirTaken(f"{run_dir}: holds {what}, not trial {number} of this study {study!r} ({mine}); a "
+                          f"study made anew under the same name (study.db deleted, another --storage) does not "
+                          f"reuse its runs: remove it, or use another --study or --out")
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, RECORD + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(want, f)
+    os.replace(tmp, os.path.join(run_dir, RECORD))
 
 
 def train_command(recipe_path: str, overrides: List[str], values: Dict[str, object], run_dir: str) -> List[str]:

@@ -107,6 +107,26 @@ def test_keys_inside_free_form_mappings_need_a_parent_the_recipe_has():
 def test_a_space_that_is_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match=r"space\.yaml: a space maps recipe keys to distributions"):
         load_space(_space(tmp_path, "- train.lr\n"), RECIPE)
-    with pytest.raises(ConfigError, match=r"space\.yaml: not valid YAML"):
-        load_space(_space(tmp_path, "train.lr: {log_uniform: [1\n"), RECIPE)
+    with pytest.raises(ConfigError) as e:
+        load_space(_space(tmp_path, "train.lr: {log_uniform: [1.0e-4, 1]}\ntrain.eps: {uniform: [0\n"), RECIPE)
+    assert str(e.value).endswith("space.yaml: not valid YAML: line 3, column 1: expected ',' or ']', but got "
+                                 "'<stream end>' (while parsing a flow sequence at line 2, column 22)")
     assert isinstance(parse_distribution("a", {"int": [1, 8], "log": True}), Param)
+
+
+def test_a_tower_option_typo_is_refused_before_any_trial(tmp_path):
+    """The recipe schema leaves a tower's options to the tower (checked when the model is built): the space
+    builds the towers a value changes, so a typo fails here, not in every trial."""
+    recipe = dict(RECIPE, model={"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP), "towers": {"image": {}}})
+    space = _space(tmp_path, "model.towers.image.widht: {choice: [32, 64]}\n"
+                             "model.open_clip.vision_cfg.widht: {choice: [32, 64]}\n"
+                             "model.open_clip.vision_cfg.width: {choice: [32, 64]}\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(space, recipe)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{space}: model.towers.image.widht: the recipe refuses model.towers.image.widht=32: "
+                               f"model.towers.image: unknown key(s) ['widht']")
+    assert lines[1].startswith(f"{space}: model.open_clip.vision_cfg.widht: the recipe refuses "
+                               f"model.open_clip.vision_cfg.widht=32: model.towers.image: TypeError: ") and \
+        "'widht'" in lines[1]

@@ -67,7 +67,7 @@ def test_a_recipe_without_val_or_best_metric_is_refused_in_one_line(tmp_path, ca
     assert main(["sweep", recipe, "--space", space_file(tmp_path), "--trials", "1", "--out", str(tmp_path / "s"),
                  "data.val=null"]) == 2
     assert "no data.val" in capsys.readouterr().err
-    assert not os.path.exists(tmp_path / "s" / "trial-0000")
+    assert not os.path.exists(tmp_path / "s")
 
 
 def split_recipe(tmp_path) -> str:
@@ -95,7 +95,7 @@ def test_a_sweep_without_data_val_scores_every_trial_on_the_same_val_split_group
     assert "on the data.val_split groups (" in lines[0] and "'groups_from': 'speaker'" in lines[0]
     held = []
     for r in res["rows"]:
-        run = out / f"trial-{r['trial']:04d}"
+        run = out / "split" / f"trial-{r['trial']:04d}"
         summary = json.loads((run / "summary.json").read_text())
         assert r["value"] == summary["metrics"]["text-image/retrieval/image_retrieval_recall@5"]
         held.append((run / "val_split" / "val_split.json").read_text())
@@ -107,10 +107,10 @@ def test_sweeping_seed_over_a_frac_val_split_is_refused_in_one_line(tmp_path, ca
     """The frac draws its groups by seed: trials would be scored on different speakers."""
     from align.cli import main
     space = space_file(tmp_path, "seed: {int: [0, 3]}\n")
-    assert main(["sweep", split_recipe(tmp_path), "--space", space, "--trials", "1", "--out", str(tmp_path / "s")]) == 2
+    assert main(["sweep", split_recipe(tmp_path), "--space", space, "--trials", "1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the space sweeps `seed`" in err[0] and "data.val_split.groups" in err[0]
-    assert not os.path.exists(tmp_path / "s" / "trial-0000")
+    assert not os.path.exists(tmp_path / "o")
 
 
 def test_without_optuna_the_command_says_how_to_install_it(tmp_path, capsys, monkeypatch):
@@ -130,7 +130,7 @@ def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(t
     rows = res["rows"]
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
     for r in rows:     # each trial is a normal run dir; its value is the run's own final eval of the metric
-        run = out / f"trial-{r['trial']:04d}"
+        run = out / "recipe" / f"trial-{r['trial']:04d}"
         assert r["run_dir"] == str(run)
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == 4 and r["value"] == summary["metrics"][METRIC]
@@ -141,10 +141,10 @@ def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(t
     best = max(rows, key=lambda r: r["value"])
     assert res["best_run_dir"] == best["run_dir"] and res["best_value"] == best["value"]
     assert any(line.startswith(f"best run: {best['run_dir']}") for line in lines)
-    csv_rows = (out / "sweep.csv").read_text().splitlines()
+    csv_rows = (out / "recipe" / "sweep.csv").read_text().splitlines()
     assert csv_rows[0].startswith("trial,state,value,step,retry_of,train.lr,train.warmup_steps,run_dir")
-    assert len(csv_rows) == 3 and (out / "sweep.md").read_text().count("| COMPLETE |") == 2
-    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(csv_rows) == 3 and (out / "recipe" / "sweep.md").read_text().count("| COMPLETE |") == 2
+    assert (out / "recipe" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert align.load(res["best_run_dir"]).modalities      # the best trial loads (and exports) like any run
 
 
@@ -165,7 +165,7 @@ def test_a_trial_below_the_median_is_stopped_by_sigterm_at_its_first_eval(tmp_pa
                     "[1.0e-4, 1.0e-2]}\n"), 2, out=str(out), prune_after=1, say=lines.append, poll_s=0.1)
     pruned = res["rows"][1]
     assert pruned["state"] == "PRUNED" and pruned["value"] < 1.0
-    run = out / "trial-0001"
+    run = out / "recipe" / "trial-0001"
     log = (run / "train.log").read_text()
     assert "preempted (SIGTERM)" in log                      # stopped by align's own preemption path
     assert not (run / "summary.json").exists()
@@ -184,19 +184,19 @@ def test_a_killed_sweep_rerun_resumes_its_trial_in_the_same_run_dir(tmp_path):
            checkpoint_every=10), "--space", space_file(tmp_path), "--trials", "1", "--out", str(out),
            "--heartbeat", "1"]
     first = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ckpts = out / "trial-0000" / "checkpoints"
+    ckpts = out / "recipe" / "trial-0000" / "checkpoints"
     deadline = time.time() + 120
     while not (ckpts.is_dir() and any(d.startswith("step-") for d in os.listdir(ckpts))):
         assert time.time() < deadline and first.poll() is None, first.communicate()[0]
         time.sleep(0.1)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    lock_info = out / "trial-0000" / "align.lock.json"
+    lock_info = out / "recipe" / "trial-0000" / "align.lock.json"
     deadline = time.time() + 60
     while lock_info.exists():                                # the orphaned child checkpoints and lets go
         assert time.time() < deadline
         time.sleep(0.2)
-    log = (out / "trial-0000" / "train.log").read_text()
+    log = (out / "recipe" / "trial-0000" / "train.log").read_text()
     assert "preempted (SIGTERM)" in log
     killed_at = max(int(d.split("-")[1]) for d in os.listdir(ckpts) if d.startswith("step-"))
     assert killed_at < 1000
@@ -204,16 +204,16 @@ def test_a_killed_sweep_rerun_resumes_its_trial_in_the_same_run_dir(tmp_path):
     second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "trials [0] are RUNNING" in second.stdout
-    log = (out / "trial-0000" / "train.log").read_text()
+    log = (out / "recipe" / "trial-0000" / "train.log").read_text()
     assert f"resumed from {ckpts / f'step-{killed_at:08d}'} at step {killed_at}" in log
-    assert not (out / "trial-0001").exists()
-    steps = [json.loads(line)["step"] for line in open(out / "trial-0000" / "metrics.jsonl")]
+    assert not (out / "recipe" / "trial-0001").exists()
+    steps = [json.loads(line)["step"] for line in open(out / "recipe" / "trial-0000" / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == 1000
     study = optuna.load_study(study_name="recipe", storage=f"sqlite:///{out}/study.db")
     t0, t1 = study.trials
     assert t0.state.name == "FAIL" and t1.state.name == "COMPLETE"
     assert t1.system_attrs["failed_trial"] == 0 and t1.params == t0.params
-    assert t1.user_attrs["run_dir"] == str(out / "trial-0000") and study.best_trial.number == 1
+    assert t1.user_attrs["run_dir"] == str(out / "recipe" / "trial-0000") and study.best_trial.number == 1
 
 
 @pytest.mark.slow
@@ -246,7 +246,7 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_queues_it_for_the_rerun(
            checkpoint_every=10), "--space", space_file(tmp_path), "--trials", "1", "--out", str(out),
            "--heartbeat", "30"]
     first = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpts = out / "trial-0000" / "checkpoints"
+    ckpts = out / "recipe" / "trial-0000" / "checkpoints"
     deadline = time.time() + 120
     while not (ckpts.is_dir() and any(d.startswith("step-") for d in os.listdir(ckpts))):
         assert time.time() < deadline and first.poll() is None, first.communicate()
@@ -254,15 +254,16 @@ def test_sigterm_to_the_sweep_checkpoints_the_trial_and_queues_it_for_the_rerun(
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 75
+    run = out / "recipe" / "trial-0000"
     assert err.strip().splitlines() == [f"align: trial 0 interrupted (SIGTERM); its run checkpointed and it is "
-                                        f"queued again: rerun the same command to resume it in {out / 'trial-0000'}"]
+                                        f"queued again: rerun the same command to resume it in {run}"]
     stopped_at = max(int(d.split("-")[1]) for d in os.listdir(ckpts) if d.startswith("step-"))
     t0 = time.time()
     second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "RUNNING" not in second.stdout and time.time() - t0 < 90        # no 4 x 30 s heartbeat wait
-    assert f"at step {stopped_at}" in (out / "trial-0000" / "train.log").read_text()
-    assert "1 (retry of 0)  COMPLETE" in second.stdout and not (out / "trial-0001").exists()
+    assert f"at step {stopped_at}" in (out / "recipe" / "trial-0000" / "train.log").read_text()
+    assert "1 (retry of 0)  COMPLETE" in second.stdout and not (out / "recipe" / "trial-0001").exists()
 
 
 def test_a_sweep_takes_a_val_csv_that_its_trials_write_as_an_eval_set(tmp_path):
@@ -277,3 +278,48 @@ def test_a_sweep_takes_a_val_csv_that_its_trials_write_as_an_eval_set(tmp_path):
         (tmp_path / "cb" / "test").mkdir(parents=True)
         (tmp_path / "cb" / "test" / "nshards.txt").write_text("1\n")
         load_sweep_recipe(sweep_recipe(tmp_path), [f"data.val={tmp_path / 'cb'}"])
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--out", "FILE"], "align: error: --out {FILE}: not a folder"),
+    (["--prune-after", "-1"], "align: error: --prune-after: must be >= 0, got -1"),
+    (["--heartbeat", "0"], "align: error: --heartbeat: must be >= 1, got 0"),
+    (["--study", "a/b"], "align: error: --study 'a/b': the study's runs go to the folder OUT/STUDY"),
+])
+def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys, args, line):
+    from align.cli import main
+    (tmp_path / "file").write_text("")
+    args = [str(tmp_path / "file") if a == "FILE" else a for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+    assert main(["sweep", sweep_recipe(tmp_path), "--space", space_file(tmp_path), "--trials", "1", *out,
+                 *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line.replace("{FILE}", str(tmp_path / "file"))), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_another_study_in_the_same_out_trains_its_own_runs_and_a_study_made_anew_is_refused(tmp_path):
+    """--study NEW in an --out that holds a finished study: its trial 0 is a new run in OUT/NEW (not the old
+    trial-0000 "resumed" at its last step with the old value), and each study keeps its own tables. Then the
+    storage deleted: the study made anew under the old name refuses the old runs before anything trains."""
+    from align.errors import AlignError
+    from align.sweep import run_sweep
+    out, recipe = tmp_path / "sweep", sweep_recipe(tmp_path)
+    first = run_sweep(recipe, space_file(tmp_path, "train.lr: {log_uniform: [1.0e-4, 1.0e-2]}\n"), 1, out=str(out),
+                      say=[].append, poll_s=0.2)
+    table = (out / "recipe" / "sweep.csv").read_text()
+    second = run_sweep(recipe, space_file(tmp_path, "train.lr: {log_uniform: [1.0e-5, 1.0e-4]}\n"), 1,
+                       study="NEW", out=str(out), say=[].append, poll_s=0.2)
+    run = out / "NEW" / "trial-0000"
+    assert second["rows"][0]["run_dir"] == str(run)
+    assert first["rows"][0]["run_dir"] == str(out / "recipe" / "trial-0000")
+    assert "resumed from" not in (run / "train.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == second["rows"][0]["train.lr"] < 1e-4
+    assert (out / "recipe" / "sweep.csv").read_text() == table and (out / "NEW" / "sweep.csv").is_file()
+    (out / "study.db").unlink()
+    lines = []
+    with pytest.raises(AlignError, match=f"^{out / 'recipe' / 'trial-0000'}: holds trial 0 of a study 'recipe' "):
+        run_sweep(recipe, space_file(tmp_path, "train.lr: {log_uniform: [1.0e-4, 1.0e-2]}\n"), 1, out=str(out),
+                  say=lines.append, poll_s=0.2)
+    assert not lines                                       # refused before the first trial (no line said)
