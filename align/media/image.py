@@ -8,6 +8,7 @@ larger images than PIL's default.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import Optional, Union
 
@@ -25,8 +26,11 @@ def open_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the check below decides
         try:
             img = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
-        except Image.DecompressionBombError as exn:
-            raise LimitExceeded(IMAGE_TOO_LARGE, str(exn)) from None
+        except Image.DecompressionBombError as exn:   # past twice PIL's bound: its message quotes PIL's number
+            found = re.search(r"\((\d+) pixels\)", str(exn))
+            claimed = f"{found.group(1)} pixels" if found else "an image size"
+            raise LimitExceeded(IMAGE_TOO_LARGE, f"{claimed}, over data.limits.max_image_pixels="
+                                                 f"{limits.max_image_pixels}") from None
         except Image.UnidentifiedImageError:
             # PIL's own message ends in the repr of the in-memory buffer ("<_io.BytesIO object at 0x...>"),
             # which tells a user nothing; the caller names the file, key or upload

@@ -20,6 +20,7 @@ def test_a_20000_by_20000_png_is_refused_from_its_header(monkeypatch):
     with pytest.raises(LimitExceeded) as exn:
         decode_image(data)
     assert exn.value.reason == "image too large" and "400000000 pixels" in str(exn.value)
+    assert "data.limits.max_image_pixels=89478485" in str(exn.value)       # the limit in force, not PIL's 2x
 
 
 def test_the_pixel_limit_is_one_setting_both_ways():

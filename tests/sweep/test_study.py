@@ -298,6 +298,7 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys, args, line):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow   # 20 s: two real sweeps; test_trial.py checks the run-dir claim in the default suite
 def test_another_study_in_the_same_out_trains_its_own_runs_and_a_study_made_anew_is_refused(tmp_path):
     """--study NEW in an --out that holds a finished study: its trial 0 is a new run in OUT/NEW (not the old
     trial-0000 "resumed" at its last step with the old value), and each study keeps its own tables. Then the
