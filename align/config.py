@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 
 from align.errors import ConfigError
+from align.yaml_files import read_yaml
 from align.limits import DataLimits   # data.limits: sizes a shard may claim (the dataclass lives with its checks)
 
 
@@ -339,37 +340,6 @@ def apply_override(data: dict, item: str) -> None:
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node = node[p]
     node[parts[-1]] = value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last, silently: a
-    recipe with two `lr:` lines trains with whichever came second)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    f"while reading the mapping at line {node.start_mark.line + 1}", node.start_mark,
-                    f"key {key!r} is written twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
-                    key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str):
-    """A YAML file's data; ConfigError naming the line and column of a syntax error or a repeated key."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
 
 
 def load_recipe_dict(path: str, overrides: Optional[List[str]] = None) -> dict:

@@ -35,8 +35,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Union
 
-import yaml
-
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
@@ -45,6 +43,7 @@ from align.bench.report import (model_name, model_pretrained, result_filename, s
                                 write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError
+from align.yaml_files import read_yaml
 from align.shipped import resolve_shipped, shipped_names
 
 COMMON_KEYS = {"dataset", "type", "task", "name", "split", "classnames", "templates", "options"}
@@ -90,13 +89,7 @@ class Suite:
 def read_suite(name: str) -> Suite:
     """Parse and validate a suite YAML (a path or a shipped suite's name), once."""
     path = resolve_suite(name)
-    try:
-        with open(path) as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"suite {path!r} cannot be read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"suite {path!r} is not valid YAML: {e}") from None
+    doc = read_yaml(path)      # one line with the line and column (PyYAML's own message spans several)
     models = []
     if isinstance(doc, dict):
         extra = set(doc) - {"benchmarks", "models"}

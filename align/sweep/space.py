@@ -29,6 +29,7 @@ import yaml
 from align.config import apply_override, parse_recipe
 from align.config_keys import recipe_keys
 from align.errors import ConfigError
+from align.yaml_files import read_yaml
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
 OPTIONS = {"uniform": {"step"}, "log_uniform": set(), "int": {"step", "log"}, "choice": set()}
@@ -191,18 +192,6 @@ def _lookup(d: dict, key: str) -> Any:
     return d
 
 
-def yaml_problem(e: "yaml.YAMLError") -> str:
-    """PyYAML's error as one line with where it is: "line L, column C: PROBLEM" (its str() spreads over lines)."""
-    def at(mark) -> str:
-        return f"line {mark.line + 1}, column {mark.column + 1}"
-    mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    context = getattr(e, "context", None)
-    if context and context_mark is not None:
-        context += f" at {at(context_mark)}"
-    return (f"{at(mark)}: " if mark is not None else "") + problem + (f" ({context})" if context else "")
-
-
 def check_values(p: Param, recipe: dict) -> Optional[str]:
     """Why the recipe refuses one of `p`'s values (None when it loads, and builds the towers the value changes,
     with each of them)."""
@@ -240,13 +229,7 @@ def check_towers(model, base) -> None:
 def load_space(path: str, recipe: dict) -> List[Param]:
     """SPACE.yaml -> [Param], checked against `recipe` (a recipe dict, overrides applied); ConfigError with
     one line per bad key ("SPACE: KEY: what is wrong")."""
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the space ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    raw = read_yaml(path)       # one line with the line and column; a key written twice refused
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a space maps recipe keys to distributions, e.g. "
                           f"train.lr: {{log_uniform: [1.0e-4, 3.0e-3]}}")

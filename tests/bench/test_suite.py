@@ -214,3 +214,13 @@ def test_ks_must_be_a_non_empty_list_of_positive_ints_at_load(tmp_path, ks):
     (tmp_path / "s.yaml").write_text(f"- {{dataset: nowhere, type: wds, task: emergent_retrieval, ks: {ks}}}\n")
     with pytest.raises(ConfigError, match=r"entry 0: 'ks' must be"):
         load_suite(str(tmp_path / "s.yaml"))
+
+
+def test_a_suite_that_is_not_valid_yaml_is_one_line_with_its_place(tmp_path):
+    """PyYAML's message spans several lines; the suite's error quoted it whole."""
+    from align.bench.suite import read_suite
+    p = tmp_path / "s.yaml"
+    p.write_text("benchmarks:\n  - {task: zeroshot, dataset: x\n")
+    with pytest.raises(ConfigError) as e:
+        read_suite(str(p))
+    assert "\n" not in str(e.value) and "s.yaml: not valid YAML at line 3, column 1" in str(e.value)

@@ -109,7 +109,7 @@ def test_a_space_that_is_not_a_mapping(tmp_path):
         load_space(_space(tmp_path, "- train.lr\n"), RECIPE)
     with pytest.raises(ConfigError) as e:
         load_space(_space(tmp_path, "train.lr: {log_uniform: [1.0e-4, 1]}\ntrain.eps: {uniform: [0\n"), RECIPE)
-    assert str(e.value).endswith("space.yaml: not valid YAML: line 3, column 1: expected ',' or ']', but got "
+    assert str(e.value).endswith("space.yaml: not valid YAML at line 3, column 1: expected ',' or ']', but got "
                                  "'<stream end>' (while parsing a flow sequence at line 2, column 22)")
     assert isinstance(parse_distribution("a", {"int": [1, 8], "log": True}), Param)
 
