@@ -112,7 +112,8 @@ def state_dict(model) -> Dict[str, torch.Tensor]:
 def local_path_note(model) -> Optional[str]:
     """A note when the exported config names a local folder for its Hugging Face text model: open_clip builds
     that tower from `text_cfg.hf_model_name` (AutoConfig), so the export loads only where that folder exists."""
-    name = (getattr(model.towers["text"], "text_cfg", None) or {}).get("hf_model_name") if "text" in model.towers else None
+    text = model.towers["text"] if "text" in model.towers else None
+    name = (getattr(text, "text_cfg", None) or {}).get("hf_model_name")
     if not (isinstance(name, str) and os.path.isdir(name)):
         return None
     return (f"open_clip_config.json's text_cfg.hf_model_name is the local folder {name}: open_clip reads that "

@@ -131,7 +131,8 @@ class RunLogger:
         summary = {"steps": state.step, "final_loss": self.loss, "wall_time_s": wall, "samples_per_s": sps,
                    "data_wait_frac": state.data_wait_s / max(wall, 1e-9),
                    "flops_per_sample": flops, "peak_flops": peak,
-                   "mfu": (flops * sps / peak) if peak and flops else None, "skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {})),
+                   "mfu": (flops * sps / peak) if peak and flops else None, "skipped": dict(loader.skipped),
+                   "noted": dict(getattr(loader, "noted", {})),
                    "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
                    "world_size": self.eng.world, "precision": r.train.precision,
                    "weights": f"ema {r.train.ema:g}" if r.train.ema else "trained"}
