@@ -10,7 +10,9 @@ ConfigError with one line naming the key and the valid values. Tower options
 beyond `type` are validated by the tower factories when the model is built.
 """
 import dataclasses
+import difflib
 import fnmatch
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -285,6 +287,8 @@ def _check_bounds(value, f: dataclasses.Field, key: str) -> None:
     bounds = f.metadata.get("bounds") if f.metadata else None
     if not bounds or value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):     # .inf passes `> 0`; NaN passes nothing
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     ok = {"ge": value >= bounds.get("ge", value), "gt": "gt" not in bounds or value > bounds["gt"],
           "le": value <= bounds.get("le", value), "lt": "lt" not in bounds or value < bounds["lt"]}
     if not all(ok.values()):
@@ -307,8 +311,9 @@ def _to_dataclass(cls, data: dict, prefix: str):
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"unknown key {where!r}; valid keys{' in ' + prefix if prefix else ''}: "
-                          f"{', '.join(sorted(fields))}")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        raise ConfigError(f"unknown key {where!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():

@@ -156,7 +156,7 @@ def test_negative_and_out_of_range_values_fail_at_load(tiny_recipe, key, value, 
 
 
 def test_nan_lr_fails(tmp_path, tiny_recipe):
-    with pytest.raises(ConfigError, match=r"train.lr: must be >= 0, got nan"):
+    with pytest.raises(ConfigError, match=r"train.lr: must be a finite number, got nan"):
         load_recipe(_write(tmp_path, tiny_recipe), ["train.lr=.nan"])
 
 
@@ -213,3 +213,13 @@ def test_a_recipe_that_is_not_valid_yaml_names_the_line_once(tmp_path, text, msg
     with pytest.raises(ConfigError, match=msg) as e:
         load_recipe(str(p))
     assert str(e.value).count("bad.yaml") == 1 and "\n" not in str(e.value)
+
+
+def test_a_typo_is_answered_with_the_key_meant_and_infinity_is_not_a_number(tmp_path, tiny_recipe):
+    """`train.lr=.inf` passed `lr > 0` and failed only at run time (a NaN loss); a typo listed every key but did
+    not say which one was meant."""
+    with pytest.raises(ConfigError, match=r"unknown key 'train.wramup_steps' \(did you mean 'warmup_steps'\?\)"):
+        load_recipe(_write(tmp_path, tiny_recipe), ["train.wramup_steps=3"])
+    for bad in (".inf", "-.inf", ".nan"):
+        with pytest.raises(ConfigError, match=r"train.lr: must be a finite number"):
+            load_recipe(_write(tmp_path, tiny_recipe), [f"train.lr={bad}"])
