@@ -19,6 +19,7 @@ import torch
 from align.data.stream.keys import mask_key
 from align.errors import AlignError
 from align.losses.multipair import NEG_TEXT
+from align.train.guard import HUNG_EXIT
 
 MASKS = "masks"        # the micro-batch key gradcache_step concatenates: {modality: bool [b]}
 
@@ -92,6 +93,30 @@ def train_step(eng, micro: List[dict], grad_clip: float = 0.0) -> StepResult:
     except torch.cuda.OutOfMemoryError:
         sizes = [max((len(b[m]) for m in eng.core.modalities if torch.is_tensor(b.get(m))), default=0) for b in micro]
         raise out_of_memory(eng.acc.device, sizes) from None
+    except RuntimeError as e:      # torch.distributed's errors are RuntimeErrors (DistBackendError, gloo's)
+        if eng.world > 1 and peer_lost(e):
+            raise PeerLost(f"rank {eng.rank}: another process of the launch is gone (a collective failed: "
+                           f"{(str(e).strip().splitlines() or [''])[0][:160]}); the launch ends, and resume=auto "
+                           "continues from the last checkpoint") from None
+        raise
+
+
+# What the backends say when the process at the other end of a collective died (SIGKILL, OOM killer, a node
+# lost): gloo's socket errors, NCCL's aborted communicator. Any other RuntimeError is raised as it is.
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "remote process exited or there was a network error")
+
+
+def peer_lost(e: BaseException) -> bool:
+    import torch.distributed as dist
+    network = getattr(dist, "DistNetworkError", ())
+    return (bool(network) and isinstance(e, network)) or any(p in str(e) for p in _PEER_GONE)
+
+
+class PeerLost(AlignError):
+    """A collective failed because a peer process died: one line, and the exit status of a hung peer (the same
+    remedy: the launcher ends the rest; resume=auto continues)."""
+    exit_code = HUNG_EXIT
 
 
 def out_of_memory(device, micro_sizes: List[int]) -> AlignError:

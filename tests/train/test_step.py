@@ -135,3 +135,26 @@ def test_the_out_of_memory_line_on_cuda_says_the_peak_and_the_card(monkeypatch):
     line = str(step_mod.out_of_memory(torch.device("cuda:0"), [256]))
     assert line.startswith("train: out of memory on cuda:0 (70.0 GiB allocated at the peak, of 80.0 GiB) in a step "
                            "of 1 micro-batch(es) of 256 samples per process;")
+
+
+@pytest.mark.parametrize("message, ours", [
+    ("[../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:5035: Connection reset by peer. This is typically "
+     "caused by a remote worker hanging", True),
+    ("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)", False)])
+def test_a_peer_that_died_mid_step_is_one_line_and_the_hung_peer_exit(engine, monkeypatch, message, ours):
+    """A SIGKILLed rank left the survivor with gloo's 30-line traceback and no line naming what happened; any
+    other error is raised as it is."""
+    from align.train.guard import HUNG_EXIT
+
+    def gone(*a, **k):
+        raise RuntimeError(message)
+    monkeypatch.setattr(engine.objective, "loss_fn", gone)
+    monkeypatch.setattr(type(engine), "world", property(lambda self: 2))
+    with pytest.raises(Exception) as e:
+        step_mod.train_step(engine, [a_batch(engine, 6)])
+    if ours:
+        assert isinstance(e.value, step_mod.PeerLost) and e.value.exit_code == HUNG_EXIT == 70
+        line = str(e.value)
+        assert "\n" not in line and "another process of the launch is gone" in line and "resume=auto" in line
+    else:
+        assert not isinstance(e.value, step_mod.PeerLost) and str(e.value) == message
