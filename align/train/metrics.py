@@ -150,10 +150,19 @@ class RunLogger:
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
                   + (f", val {held} {results[held]:.4f}" if held else "")
                   + (f", weights: their average (train.ema {r.train.ema:g})" if r.train.ema else "")
-                  + f", skipped {sum(loader.skipped.values())} samples"
+                  + skipped_words(loader.skipped)
                   + "".join(f", {n} {what}" for what, n in sorted(getattr(loader, "noted", {}).items()))
                   + f" -> {r.output_dir}")
         return summary
+
+
+def skipped_words(skipped: dict) -> str:
+    """", skipped N samples" for the end line, counting samples only: a duplicate file inside a sample drops that
+    file, not the sample, and an unreadable shard is no sample (as `align data inspect` counts them)."""
+    from align.data.stream.faults import DUPLICATE_FILE, SHARD_REASONS
+    apart = {k: n for k, n in skipped.items() if (k in SHARD_REASONS or k == DUPLICATE_FILE) and n}
+    samples = sum(n for k, n in skipped.items() if k not in apart)
+    return f", skipped {samples} samples" + "".join(f", {n} {k}" for k, n in sorted(apart.items()))
 
 
 def heldout_metric(results: dict, best_metric: Optional[str]) -> Optional[str]:

@@ -1,7 +1,7 @@
 """align/train/metrics.py and plots.py: the held-out figure, the overfitting warning, the loss plot's panels."""
 import json
 
-from align.train.metrics import OverfitWatch, heldout_metric
+from align.train.metrics import OverfitWatch, heldout_metric, skipped_words
 from align.train.plots import write_loss_plot
 
 
@@ -38,3 +38,13 @@ def test_the_loss_plot_gets_a_held_out_panel_only_when_there_are_evaluations(tmp
     assert h2 > h1 * 1.4                                   # a second panel below the loss
     assert write_loss_plot(str(m), str(tmp_path / "c.png"), eval_path=str(e), metric="other") and \
         mpimg.imread(str(tmp_path / "c.png")).shape[0] == h1
+
+
+def test_the_end_line_counts_skipped_samples_not_duplicate_files_or_shards():
+    """A shard with two samples skipped and two duplicate files (each dropping a file, not its sample) ended with
+    "skipped 4 samples"; inspect said 2."""
+    from align.data.stream.faults import CORRUPT_TAR, DUPLICATE_FILE, UNDECODABLE_IMAGE
+    assert skipped_words({UNDECODABLE_IMAGE: 2, DUPLICATE_FILE: 2}) == \
+        f", skipped 2 samples, 2 {DUPLICATE_FILE}"
+    assert skipped_words({CORRUPT_TAR: 1}) == f", skipped 0 samples, 1 {CORRUPT_TAR}"
+    assert skipped_words({}) == ", skipped 0 samples"

@@ -56,6 +56,18 @@ class Row:
     reason: Optional[str] = None    # the error's short category, e.g. "row: invalid JSON"
 
 
+def _first_bad_byte(path: Path, e: UnicodeDecodeError) -> str:
+    """Where the file stops being UTF-8, as a person finds it: byte offset and line. The error a reader raises
+    counts from the start of its own buffer (pandas decodes in chunks), not of the file."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        line = data.count(b"\n", 0, whole.start) + 1
+        return f"{whole.reason} at byte {whole.start}, line {line}"
+    return f"{e.reason}"
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -168,7 +180,7 @@ class TableInput(Input):
         except FileNotFoundError:
             raise DataError(f"input file not found: {self.path}") from None
         except UnicodeDecodeError as e:
-            raise DataError(f"{self.path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise DataError(f"{self.path}: not UTF-8 text ({_first_bad_byte(self.path, e)})") from None
         except (OSError, ValueError) as e:  # pandas ParserError and pyarrow errors are ValueError/OSError
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"cannot read {self.kind.upper()} file {self.path}: {first}") from None

@@ -116,3 +116,14 @@ def test_a_bytes_field_that_is_not_bytes_skips_its_row(tmp_path):
     stats = write_shards(tmp_path / "t.jsonl", tmp_path / "out", progress=False)
     assert stats["written"] == 1 and stats["by_reason"] == {"image: unsupported value": 2}
     assert "the 'bytes' field holds str, not bytes" in (tmp_path / "out" / "skipped.jsonl").read_text()
+
+
+def test_a_table_that_is_not_utf8_names_the_byte_and_line_in_the_file(tmp_path):
+    """pandas decodes in chunks and its error counts from the chunk: "at byte 3" for a byte at 47."""
+    from align.errors import DataError
+    rows = (b"path,caption\n" + b"".join(b"a%d.jpg,a fine caption %d\n" % (i, i) for i in range(3000))
+            + b"b.jpg,caf\xe9\n")
+    (tmp_path / "t.csv").write_bytes(rows)
+    with pytest.raises(DataError, match=f"not UTF-8 text \\(invalid continuation byte at byte {len(rows) - 2}, "
+                                        f"line 3002\\)"):
+        write_shards(tmp_path / "t.csv", tmp_path / "out", progress=False)
