@@ -144,5 +144,6 @@ def test_a_held_out_sample_over_a_limit_is_skipped_and_counted_not_a_crash(tmp_p
     assert counts["held_out"] == 5 and counts["skipped"] == {"caption too long": 1}
     from align.data.stream.faults import FaultCounter
     from align.data.stream.sources import shard_samples
-    keys = {r["__key__"] for p in sorted((tmp_path / "val").glob("test/*.tar")) for r in shard_samples(str(p), FaultCounter())}
+    keys = {r["__key__"] for p in sorted((tmp_path / "val").glob("test/*.tar"))
+            for r in shard_samples(str(p), FaultCounter())}
     assert keys == {k for k, s in speaker.items() if s == "spk2"}      # the four good ones, copied
