@@ -762,4 +762,10 @@ MUTATIONS = [
       "    if isinstance(value, float) and not math.isfinite(value):", "    if False:", ["tests/test_config.py"]),
     M("train.step.peer_lost_traceback", "align/train/step.py",
       "        if eng.world > 1 and peer_lost(e):", "        if False:", ["tests/train/test_step.py"]),
+    M("towers.open_clip.string_split_into_characters", "align/towers/open_clip_towers.py",
+      "        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))",
+      "        return self._tokenizer(list(texts))", ["tests/towers/test_open_clip_towers.py"]),
+    M("retrieval.search.queries_not_normalised", "align/retrieval/search.py",
+      "        q = np.ascontiguousarray(q / np.where(norms > 0, norms, 1.0), dtype=np.float32)\n", "",
+      ["tests/retrieval/test_search.py::test_index_search_normalises_queries_and_refuses_k_below_one"]),
 ]

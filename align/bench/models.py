@@ -71,7 +71,7 @@ class OpenClipModel(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:
-        return self._tokenizer(list(texts))
+        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def fingerprint(self) -> str:
         """A hash of the weights (benchmark caches key on it); computed once, weights do not change in a bench."""

@@ -71,12 +71,18 @@ class Index:
         return int(self.index.d)
 
     def search(self, vectors: np.ndarray, k: int = 10):
-        """vectors [Q, D] -> (scores [Q, k] float32 cosine, ids [Q, k] int64; -1 where fewer than k found)."""
+        """vectors [Q, D] -> (scores [Q, k'] float32 cosine, ids [Q, k'] int64), k' = min(k, len(self)); an
+        approximate index may find fewer than k' (id -1). The queries are L2-normalised here (the gallery is),
+        so the scores are cosines whatever the queries' scale."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k: must be a positive integer, got {k!r}")
         q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ConfigError(f"query vectors have dim {q.shape[1]}, the {self.modality} index has {self.dim} "
                               f"(a different model?)")
-        return self.index.search(q, int(max(1, min(k, len(self)))))
+        norms = np.linalg.norm(q, axis=1, keepdims=True)                       # [Q, 1]
+        q = np.ascontiguousarray(q / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+        return self.index.search(q, int(min(k, len(self))))
 
     def rows(self, ids) -> List[dict]:
         return [dict(self._records[int(i)], id=int(i)) for i in ids if i >= 0]

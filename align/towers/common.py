@@ -58,7 +58,7 @@ class SimpleTokenizerText:
         self.vocab_size = len(self._tokenizer.encoder)                        # 49408
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
-        return self._tokenizer(list(texts))
+        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def count_tokens(self, texts: List[str]) -> List[int]:
         return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation

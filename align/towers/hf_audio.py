@@ -69,6 +69,8 @@ class HFAudioPreprocess:
             return torch.stack([values, out["attention_mask"][0].to(values.dtype)])    # [2, N]
         if default_clip_samples(self.fe) is None:        # the extractor does not fix a length: we do
             w = crop_or_pad(np.ascontiguousarray(w, dtype=np.float32), 0, self.clip)
+        elif w.shape[0] < rate // 20:    # under 50 ms: shorter than a filterbank window (AST: 25 ms) fails inside
+            w = crop_or_pad(np.ascontiguousarray(w, dtype=np.float32), 0, rate // 20)   # transformers; zeros after
         out = self.fe(w, sampling_rate=rate, return_tensors="pt")
         return out[self.fe.model_input_names[0]][0].float()
 

@@ -117,6 +117,8 @@ class HFTextTower(LockableTower):
     def tokenize(self, texts: List[str]) -> torch.Tensor:                 # -> long [B, context_length]
         if isinstance(texts, str):
             texts = [texts]
+        if len(texts) == 0:                      # transformers' tokenizers fail on an empty batch
+            return torch.zeros((0, self.context_length), dtype=torch.long)
         return self.tokenizer(list(texts), padding="max_length", truncation=True,
                               max_length=self.context_length, return_tensors="pt")["input_ids"]
 

@@ -176,7 +176,7 @@ class OpenClipTower(Tower):
             else:
                 # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
-        return self._tokenizer(list(texts))
+        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def count_tokens(self, texts: List[str]) -> Optional[List[int]]:
         if self.modality != "text":
@@ -331,6 +331,8 @@ def trimmed_text_forward(net, text: torch.Tensor, multiple: int = 8) -> torch.Te
     positions up to the batch's last end-of-text token, rounded up to a multiple of `multiple`: 8 in training
     (few distinct shapes, so few torch.compile graphs), 1 for inference in eager mode (align embed / bench)."""
     from open_clip.transformer import text_global_pool
+    if text.shape[0] == 0:                   # no caption: nothing to trim (max() of an empty tensor raises)
+        return net(text) if not hasattr(net, "encode_text") else net.encode_text(text)
     pool, eos = _text_parts(net)
     end = text.argmax(dim=-1) if pool == "argmax" else (text == eos).int().argmax(dim=-1)   # [B]
     n = min(text.shape[1], -(-(int(end.max()) + 1) // multiple) * multiple)

@@ -75,3 +75,24 @@ def test_another_model_is_refused(built, capsys, tmp_path):
     assert main(["search", str(d / "ix"), "--model", other, "--text", "a cat"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another embedding space" in err[0]
+
+
+def test_index_search_normalises_queries_and_refuses_k_below_one(built):
+    """Index.search: scores are cosines whatever the queries' scale (q * 10 gave 10x the cosine), k < 1 is one
+    line (it returned one hit), and k past the gallery gives the gallery."""
+    import numpy as np
+
+    from align.errors import ConfigError
+    from align.retrieval.search import Index
+    _, d = built
+    ix = Index.load(str(d / "ix"), "image")
+    q = np.random.default_rng(0).standard_normal((2, ix.dim)).astype(np.float32)
+    s1, i1 = ix.search(q, k=3)
+    s10, i10 = ix.search(10 * q, k=3)
+    np.testing.assert_allclose(s1, s10, rtol=1e-5)
+    np.testing.assert_array_equal(i1, i10)
+    assert np.all(np.abs(s1) <= 1 + 1e-5)
+    assert ix.search(q, k=10 ** 6)[1].shape == (2, len(ix))
+    for k in (0, -1, 2.5):
+        with pytest.raises(ConfigError, match="k: must be a positive integer"):
+            ix.search(q, k=k)

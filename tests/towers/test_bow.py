@@ -154,3 +154,8 @@ def test_tiny_training_run_lowers_the_loss():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_a_string_is_one_caption_not_one_per_character():
+    tower = _text()
+    assert tower.tokenize("hello").shape[0] == 1 and torch.equal(tower.tokenize("hello"), tower.tokenize(["hello"]))

@@ -151,3 +151,12 @@ def test_every_trainable_parameter_gets_a_gradient(folders, kind):
 def test_layerdrop_is_off(folders):
     tower = _tower(folders, "hubert")
     assert tower.trunk.config.layerdrop == 0.0
+
+
+def test_a_clip_shorter_than_a_filterbank_window_is_padded_not_a_transformers_error(folders):
+    """AST's extractor raised ValueError on waves under 400 samples (25 ms at 16 kHz): 1 sample, 50 samples."""
+    tower = _tower(folders, "ast")
+    full = tower.preprocess(train=False)((_wave(0, 16000), 16000))
+    for n in (1, 50, 399):
+        feats = tower.preprocess(train=False)((_wave(1, n), 16000))
+        assert feats.shape == full.shape and torch.isfinite(feats).all()

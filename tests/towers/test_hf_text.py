@@ -137,3 +137,8 @@ def test_cache_texts_needs_a_fully_locked_encoder():
             build_tower({"type": "hf", "model": ALIAS, "cache_texts": 8, **cfg}, "text", 8)
     with pytest.raises(ConfigError, match="cache_texts: must be an integer >= 0"):
         build_tower({"type": "hf", "model": ALIAS, "cache_texts": -1, "lock": True}, "text", 8)
+
+
+def test_an_empty_batch_tokenizes_to_no_rows(plain):
+    """transformers' tokenizer raised IndexError on []; align's other text towers give [0, L]."""
+    assert plain.tokenize([]).shape == (0, 64) and plain.tokenize([]).dtype == torch.long

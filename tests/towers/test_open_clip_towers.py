@@ -164,3 +164,13 @@ def test_long_text_from_a_pretrained_checkpoint_stretches_its_positions(tmp_path
     caption = " ".join(["dog"] * 30)
     assert tower.count_tokens([caption]) == [32] and tower.tokenize([caption]).shape == (1, 40)
     assert tower(tower.tokenize([caption])).shape == (1, 16)
+
+
+def test_a_string_is_one_caption_and_an_empty_batch_embeds_to_no_rows():
+    """tokenize("a photo of a cat") gave one row per character ([16, L]) and encode_text of those went on
+    without a word; an empty batch raised max() of an empty tensor in the padding trim."""
+    tower = _text_tower().eval()
+    one = tower.tokenize("a photo of a cat")
+    assert one.shape == (1, 40) and torch.equal(one, tower.tokenize(["a photo of a cat"]))
+    with torch.no_grad():
+        assert tower(tower.tokenize([])).shape == (0, 16)
