@@ -105,11 +105,17 @@ def cmd_checkpoints(a):
 
 
 def cmd_recipes(a):
-    if a.show:
+    if a.show is not None:
+        if not a.show.strip():
+            raise AlignError("recipes --show: give a recipe name or a path (`align recipes` lists them)")
         path = resolve_recipe(a.show)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise AlignError(f"{path}: cannot show it as a recipe ({getattr(e, 'strerror', None) or e})") from None
         print(f"# {path}")
-        with open(path) as f:
-            sys.stdout.write(f.read())
+        sys.stdout.write(text)
         return
     d = recipes_dir()
     for name in shipped_recipes():

@@ -61,18 +61,23 @@ def cmd_data_reinforce(a):
     import math
 
     from align.data.stream.sources import resolve_sources
-    from align.data.write.reinforce import teacher_encoders, write_reinforced
+    from align.data.write.reinforce import check_out, teacher_encoders, write_reinforced
     from align.train.teacher import load_online
     urls = [u for src in resolve_sources(a.pattern) for u in src.urls]
     remote = [u for u in urls if "://" in u or not os.path.isfile(u)]
     if remote:
         raise AlignError(f"data reinforce: {remote[0]} is not a local shard file (copy the shards here first)")
-    model = load_online(a.teacher, a.pretrained, "cpu")
     wanted = [m.strip() for m in a.modalities.split(",") if m.strip()]
+    unsupported = [m for m in wanted if m not in ("image", "text")]
+    if not wanted or unsupported:
+        raise AlignError(f"data reinforce: --modalities {a.modalities!r}: the stored teacher holds image and/or "
+                         "text embeddings" + (f" ({', '.join(unsupported)} is not supported)" if unsupported else ""))
+    check_out(urls, a.out, a.overwrite)            # before the teacher loads: nothing of the user's is replaced
+    model = load_online(a.teacher, a.pretrained, "cpu")
     encoders = teacher_encoders(model, batch_size=a.batch_size)
     missing = [m for m in wanted if m not in encoders]
     if missing:
-        raise AlignError(f"data reinforce: the teacher {a.teacher} has no {missing} tower (it has "
+        raise AlignError(f"data reinforce: the teacher {a.teacher} has no {' or '.join(missing)} tower (it has "
                          f"{', '.join(sorted(encoders))})")
     scale = math.exp(float(model.logit_scale.detach()))
     counts = write_reinforced(urls, a.out, {m: encoders[m] for m in wanted},
@@ -194,6 +199,8 @@ def add_data_parsers(sub):
     s.add_argument("--out", required=True, help="folder of the reinforced shards (same names) and teacher.json")
     s.add_argument("--modalities", default="image,text", help="teacher embeddings to store (default image,text)")
     s.add_argument("--batch-size", type=int, default=64, help="samples per teacher forward (default 64)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (files of the same "
+                                                            "names are replaced; never an input shard's folder)")
     s.set_defaults(fn=cmd_data_reinforce)
     return data
 

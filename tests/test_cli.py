@@ -182,3 +182,16 @@ def test_a_limit_option_out_of_its_bounds_is_one_line_as_in_a_recipe(capsys, tmp
     code, err = _run(["data", "inspect", str(tmp_path), option], capsys)
     name = option.split("=")[0][2:].replace("-", "_")
     assert code == 2 and err.count("\n") == 1 and f"data.limits.{name}: must be >" in err
+
+
+def test_demo_into_a_file_and_recipes_show_of_a_non_recipe_are_one_line(capsys, tmp_path):
+    """`align demo --out FILE` ended in FileExistsError's traceback (the check looked at FILE/data), and
+    `align recipes --show` of a file that is not UTF-8 in UnicodeDecodeError's; --show '' listed the recipes."""
+    (tmp_path / "afile").write_text("hi")
+    code, err = _run(["demo", "--no-progress", "--out", str(tmp_path / "afile")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "afile: exists and is not a directory" in err
+    (tmp_path / "bad.yaml").write_bytes(b"a: \xff\n")
+    code, err = _run(["recipes", "--show", str(tmp_path / "bad.yaml")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cannot show it as a recipe" in err
+    code, err = _run(["recipes", "--show", ""], capsys)
+    assert code == 2 and "give a recipe name or a path" in err

@@ -116,8 +116,9 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
         raise DataError(f"build_demo: workers must be a positive integer, got {workers!r}")
     out = Path(out_dir).expanduser()
     manifest_path = out / "demo.json"
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory")
+    for where in (out, *out.parents):        # `align demo --out FILE` puts the data at FILE/data
+        if where.exists() and not where.is_dir():
+            raise DataError(f"{where}: exists and is not a directory")
     if manifest_path.is_file():
         old = _read_manifest(manifest_path)
         if all(old.get(k) == v for k, v in settings.items()):
@@ -130,8 +131,8 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
         elif not overwrite:
             diff = ", ".join(f"{k}={old.get(k)!r} (asked {v!r})" for k, v in settings.items()
                              if old.get(k) != v)
-            raise DataError(f"{manifest_path}: demo was built with other settings: {diff}; "
-                            "pass overwrite=True or choose another directory")
+            raise DataError(f"{manifest_path}: demo was built with other settings: {diff}; choose another "
+                            f"--out (or remove {out} to rebuild it there; overwrite=True from Python)")
     elif out.is_dir() and any(out.iterdir()):
         raise DataError(f"{out}: directory is not empty and has no demo.json; "
                         "refusing to write the demo dataset into it")

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Iterable, List
 import numpy as np
 
 from align.data.stream.stored_teacher import META, member
+from align.errors import DataError
 from align.wds.format import pick, split_name
 from align.wds.reader import iter_tar
 from align.wds.writer import SampleWriter
@@ -69,6 +70,29 @@ def teacher_encoders(model, batch_size: int = 64) -> Dict[str, Callable[[List[by
     return out
 
 
+def check_out(urls: List[str], out_dir: str, overwrite: bool = False) -> None:
+    """DataError (one line) before anything is read when the copies would land on something: the folder of an
+    input shard (the user's shard rewritten in place), two inputs of one name (one file, the other lost), or a
+    non-empty --out without overwrite."""
+    out = os.path.realpath(out_dir)
+    for url in urls:
+        if os.path.dirname(os.path.realpath(url)) == out:
+            raise DataError(f"data reinforce: --out {out_dir} holds the input shard {url}: it would be rewritten "
+                            "in place; choose another folder")
+    seen: Dict[str, str] = {}
+    for url in urls:
+        name = os.path.basename(url)
+        if name in seen:
+            raise DataError(f"data reinforce: two input shards are named {name} ({seen[name]}, {url}): their "
+                            "copies would be one file in --out; rename one")
+        seen[name] = url
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"data reinforce: --out {out_dir} exists and is not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise DataError(f"data reinforce: --out {out_dir} is not empty; choose an empty folder or pass "
+                        "--overwrite (its files of the same names are replaced)")
+
+
 def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable[[List[bytes]], np.ndarray]],
                      meta: dict) -> dict:
     """Copies each local shard in `urls` to out_dir/<same name> with the teacher members added; writes
@@ -86,7 +110,8 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
                 embs[m] = enc([samples[i][exts[m][i]] for i in keep])
             except Exception as exn:       # one bad member: embed one at a time, skip those that fail
                 embs[m], keep = _one_by_one(enc, samples, exts[m], keep, exn)
-        with SampleWriter(os.path.join(out_dir, os.path.basename(url))) as w:
+        dest = os.path.join(out_dir, os.path.basename(url))
+        with SampleWriter(dest + ".tmp") as w:      # in place only when whole: a cut run leaves no half shard
             for row, i in enumerate(keep):
                 s = dict(samples[i])
                 key = s.pop("__key__")
@@ -96,6 +121,7 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
                     s[member(m)] = buf.getvalue()
                     width = len(embs[m][row])
                 w.write(key, s)
+        os.replace(dest + ".tmp", dest)
         counts["samples"] += len(keep)
         counts["skipped"] += len(samples) - len(keep)
         counts["shards"] += 1

@@ -32,3 +32,38 @@ def test_members_copied_and_teacher_members_added(tmp_path):
         assert img.tolist() == [float(len(orig["jpg"]))] * 3 and txt.tolist() == [float(s["txt"][-1])] * 2
     meta = json.load(open(tmp_path / "out" / "teacher.json"))
     assert (meta["teacher"], meta["logit_scale"], meta["modalities"]) == ("T", 50.0, ["image", "text"])
+
+
+def test_the_copies_never_land_on_the_users_files(tmp_path, capsys):
+    """--out = the input's folder rewrote the user's shard in place; two inputs of one name became one file (the
+    summary counted both); a non-empty --out lost its teacher.json. Each is one line before the teacher loads."""
+    import os
+    import shutil
+
+    import pytest
+
+    from align.cli import main
+    from align.data.write.reinforce import check_out
+    from align.errors import DataError
+    os.makedirs(tmp_path / "a")
+    src = write_shard(tmp_path / "a" / "s-000.tar", [image_text("k0")])
+    os.makedirs(tmp_path / "b")
+    shutil.copy(src, tmp_path / "b" / "s-000.tar")
+    before = open(src, "rb").read()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "teacher.json").write_text("mine")
+    cases = [([src], tmp_path / "a", "holds the input shard"),
+             ([src, str(tmp_path / "b" / "s-000.tar")], tmp_path / "o", "two input shards are named s-000.tar"),
+             ([src], tmp_path / "mine", "is not empty; choose an empty folder or pass --overwrite")]
+    for urls, out, msg in cases:
+        with pytest.raises(DataError, match=msg):
+            check_out(urls, str(out))
+    check_out([src], str(tmp_path / "mine"), overwrite=True)
+    # through the CLI, before any teacher is loaded (this one does not exist)
+    assert main(["data", "reinforce", str(tmp_path / "a"), "--teacher", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "holds the input shard" in capsys.readouterr().err
+    assert main(["data", "reinforce", str(tmp_path / "a"), "--teacher", "x", "--out", str(tmp_path / "o2"),
+                 "--modalities", "audio"]) == 2
+    assert "audio is not supported" in capsys.readouterr().err
+    assert open(src, "rb").read() == before and (tmp_path / "mine" / "teacher.json").read_text() == "mine"
