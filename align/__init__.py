@@ -28,7 +28,8 @@ def load(path: str, device: str = "cpu", pretrained=None):
 
 def embed(model, data: str, out: str, **options):
     """Embeds every modality of shards / an eval set into `out` (align.retrieval.embed.embed_corpus); `model` is a
-    loaded model or anything `align.load` takes. Returns the summary (counts, samples/s)."""
+    loaded model or anything `align.load` takes. Returns an EmbedSummary: parts (and those done before), items,
+    vectors per modality, skipped, seconds; `.line(out)` is the one-line summary the CLI prints."""
     from align.retrieval.embed import embed_corpus
     if isinstance(model, str):
         model = load(model)

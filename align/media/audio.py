@@ -188,7 +188,13 @@ def to_mono(wave, where: str = "audio") -> np.ndarray:
     tells them apart: the channel axis is the shorter one (a recording has more samples than channels);
     a square array is read as [channels, samples].
     """
-    w = np.asarray(wave, dtype=np.float32)
+    raw = np.asarray(wave)
+    if raw.dtype.kind in "iu":      # PCM integers (int16 from a WAV read as is): scaled to [-1, 1], not cast
+        info = np.iinfo(raw.dtype)
+        mid = (int(info.max) + int(info.min) + 1) / 2.0                  # 0 for signed, 2^(n-1) for unsigned
+        w = ((raw.astype(np.float64) - mid) / (int(info.max) - mid + 1)).astype(np.float32)
+    else:
+        w = raw.astype(np.float32, copy=False)
     if w.ndim == 2:
         w = w.mean(axis=int(np.argmin(w.shape)))
     if w.ndim != 1:

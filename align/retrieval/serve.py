@@ -28,6 +28,7 @@ from align.retrieval.search import Index, check_model, load_indexes, search_all
 
 MAX_K = 1000
 DRAIN_MAX = 64 << 20
+READ_TIMEOUT_S = 30.0     # a connection that sends nothing for this long is closed (Handler.timeout)
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 _SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG", "image/png"), (b"GIF8", "image/gif"),
                (b"fLaC", "audio/flac"), (b"OggS", "audio/ogg"), (b"ID3", "audio/mpeg"), (b"\xff\xfb", "audio/mpeg"))
@@ -119,6 +120,9 @@ def _targets(qs: dict):
 class Handler(BaseHTTPRequestHandler):
     service: SearchService = None          # set by make_server on a subclass
     protocol_version = "HTTP/1.1"
+    # seconds a connection may sit without sending (socketserver applies it to every read): a client that sends
+    # half a request, or holds an idle keep-alive connection, no longer holds a server thread for ever
+    timeout = READ_TIMEOUT_S
 
     def log_message(self, fmt, *args):     # quiet: one line per request is noise under load
         pass
@@ -142,6 +146,8 @@ class Handler(BaseHTTPRequestHandler):
             if e.status in (411, 413):     # the unread body would poison the connection; else as the client asked
                 self.close_connection = True
             self._json(e.status, {"error": str(e)})
+        except TimeoutError:               # the body stopped arriving (timeout): drop the connection, no answer
+            self.close_connection = True
         except Exception as e:  # a bug must not kill the thread silently; the client still gets an answer
             self._json(500, {"error": f"{type(e).__name__}: {e}"})
 

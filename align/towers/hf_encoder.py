@@ -148,6 +148,8 @@ class HFEncoderTower(LockableTower):
         return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:                    # [B, ...] -> [B, embed_dim]
+        if x.shape[0] == 0:                  # transformers' models cannot reshape an empty batch
+            return x.new_zeros((0, self.embed_dim), dtype=torch.float32)
         with self.trunk_context():
             pooled = self._pool(x)
         return self.head(pooled)

@@ -129,6 +129,8 @@ class HFTextTower(LockableTower):
         return hf_grad_checkpointing(self.model, enable)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:                # [B, L] -> [B, D]
+        if ids.shape[0] == 0:                # transformers' models cannot reshape an empty batch
+            return torch.zeros((0, self.embed_dim), device=ids.device)
         if self.cache_texts and self._cache_usable():
             return self.head(self._cached_trunk(ids))
         self.cache.clear()                                                # unlocked: cached rows are stale

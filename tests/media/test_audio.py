@@ -236,3 +236,15 @@ def test_other_wavs_and_hostile_headers_decode_or_fail_exactly_as_through_soundf
     assert not bad, [(i, fast[i] if not isinstance(fast[i][0], np.ndarray) else "wave",
                       slow[i] if not isinstance(slow[i][0], np.ndarray) else "wave") for i in bad[:5]]
     assert sum(isinstance(f[0], np.ndarray) for f in fast) > 50          # the fuzz kept many files readable
+
+
+def test_integer_pcm_is_scaled_to_plus_minus_one_not_cast():
+    """An int16 wave (a WAV read as integers) was cast to float as it was: samples of +-32768 where the towers
+    expect +-1 (log-mel features 3.4x higher). Unsigned 8-bit PCM is centred on 128."""
+    from align.media.audio import to_mono
+    np.testing.assert_allclose(to_mono(np.array([0, 16384, -32768, 32767], np.int16)),
+                               [0.0, 0.5, -1.0, 32767 / 32768])
+    np.testing.assert_allclose(to_mono(np.array([128, 0, 255], np.uint8)), [0.0, -1.0, 127 / 128])
+    stereo = np.array([[0, 0], [16384, -16384], [16384, 16384]], np.int16)                  # [samples, channels]
+    np.testing.assert_allclose(to_mono(stereo), [0.0, 0.0, 0.5])
+    assert to_mono(np.array([0.25, -0.5])).dtype == np.float32

@@ -158,3 +158,26 @@ def test_an_error_answer_closes_the_connection_when_the_client_asks(server):
         while chunk := c.recv(65536):          # ends when the server closes, as asked
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 404") and b"no such page" in reply
+
+
+def test_a_client_that_stops_sending_is_dropped_and_the_server_goes_on(server):
+    """Half a body held a server thread for ever (no read timeout): the connection is now closed after
+    Handler.timeout seconds without a byte (30 s; 0.5 s here), with no answer and no traceback."""
+    import socket
+    import time
+    from align.retrieval.serve import READ_TIMEOUT_S
+    base, srv = server
+    handler = srv.RequestHandlerClass
+    old = handler.timeout
+    assert old == READ_TIMEOUT_S == 30.0                        # socketserver's default is None: wait for ever
+    handler.timeout = 0.5
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.server_address[1]))
+        s.sendall(b"POST /search?modality=image HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        s.settimeout(10)
+        t0 = time.monotonic()
+        assert s.recv(100) == b"" and time.monotonic() - t0 < 5      # closed by the server, no answer
+        s.close()
+    finally:
+        handler.timeout = old
+    assert _get(base + "/health")[0] == 200

@@ -160,3 +160,10 @@ def test_a_clip_shorter_than_a_filterbank_window_is_padded_not_a_transformers_er
     for n in (1, 50, 399):
         feats = tower.preprocess(train=False)((_wave(1, n), 16000))
         assert feats.shape == full.shape and torch.isfinite(feats).all()
+
+
+def test_an_empty_batch_embeds_to_no_rows(folders):
+    tower = _tower(folders, "ast").eval()
+    feats = tower.preprocess(train=False)((_wave(0, 16000), 16000))
+    with torch.no_grad():
+        assert tower(feats[None][:0]).shape == (0, 16)

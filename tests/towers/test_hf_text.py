@@ -142,3 +142,8 @@ def test_cache_texts_needs_a_fully_locked_encoder():
 def test_an_empty_batch_tokenizes_to_no_rows(plain):
     """transformers' tokenizer raised IndexError on []; align's other text towers give [0, L]."""
     assert plain.tokenize([]).shape == (0, 64) and plain.tokenize([]).dtype == torch.long
+
+
+def test_an_empty_batch_embeds_to_no_rows(plain):
+    with torch.no_grad():
+        assert plain(plain.tokenize([])).shape == (0, 384)

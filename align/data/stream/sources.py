@@ -80,6 +80,11 @@ def local_path(url: str) -> str | None:
 
 def _expand_one(entry: str, allow_pipe: bool) -> list[str]:
     """Expand one written entry (after brace expansion) into shard URLs."""
+    if entry[:5].lower() == "pipe:" and not entry.startswith("pipe:"):
+        # webdataset runs only a lower-case pipe:; `PIPE:cmd` would be read as a file of that name and counted as
+        # an unreadable shard, hiding both the mistake and the command
+        raise DataError(f"{entry}: a pipe: URL is written in lower case, and runs its shell command only with "
+                        "data.allow_pipe: true")
     if entry.startswith("pipe:"):
         if not allow_pipe:
             raise DataError(PIPE_REFUSED.format(url=entry))

@@ -95,3 +95,12 @@ def test_shard_samples_groups_by_key_and_counts_duplicates(tmp_path):
 def test_unknown_url_scheme_is_a_data_error():
     with pytest.raises(DataError, match=r"s3x://bucket/a.tar: cannot read URL scheme 's3x:'"):
         build_train_loader("s3x://bucket/a.tar", **KW)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_an_upper_case_pipe_is_one_line_not_an_unreadable_shard(tmp_path, allow):
+    """`PIPE:cat x.tar` ran nothing but passed the check and was counted as an unreadable shard."""
+    marker = tmp_path / "ran"
+    with pytest.raises(DataError, match="a pipe: URL is written in lower case"):
+        expand_urls(f"PIPE:touch {marker}", allow_pipe=allow)
+    assert not marker.exists()
