@@ -51,8 +51,9 @@ def test_the_watchdog_names_the_rank_whose_heartbeat_stopped(tmp_path):
 
 
 def test_a_rank_that_keeps_stepping_is_never_stopped(tmp_path):
+    # beats every 0.1 s against a 3 s timeout: a loaded 2-core host stalled this process past a 0.3 s one once
     hung = []
-    w = Watchdog(str(tmp_path), rank=0, world_size=1, timeout_s=0.3, on_hang=hung.append, poll_s=0.05).start()
+    w = Watchdog(str(tmp_path), rank=0, world_size=1, timeout_s=3.0, on_hang=hung.append, poll_s=0.05).start()
     for step in range(10):
         time.sleep(0.1)
         w.beat(step)
