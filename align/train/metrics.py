@@ -159,10 +159,9 @@ class RunLogger:
 def skipped_words(skipped: dict) -> str:
     """", skipped N samples" for the end line, counting samples only: a duplicate file inside a sample drops that
     file, not the sample, and an unreadable shard is no sample (as `align data inspect` counts them)."""
-    from align.data.stream.faults import DUPLICATE_FILE, SHARD_REASONS
-    apart = {k: n for k, n in skipped.items() if (k in SHARD_REASONS or k == DUPLICATE_FILE) and n}
-    samples = sum(n for k, n in skipped.items() if k not in apart)
-    return f", skipped {samples} samples" + "".join(f", {n} {k}" for k, n in sorted(apart.items()))
+    from align.data.stream.faults import not_samples, skipped_samples
+    apart = sorted((k, n) for k, n in skipped.items() if not_samples(k) and n)
+    return f", skipped {skipped_samples(skipped)} samples" + "".join(f", {n} {k}" for k, n in apart)
 
 
 def heldout_metric(results: dict, best_metric: Optional[str]) -> Optional[str]:

@@ -199,12 +199,13 @@ def check_not_someone_elses(output_dir: str) -> None:
                      "config.yaml): a new run would overwrite them; choose an empty or new output_dir")
 
 
-def finished_summary(r: Recipe, state: TrainState, total_steps: int, share=lambda x: x) -> Optional[dict]:
+def finished_summary(r: Recipe, state: TrainState, total_steps: int, is_main: bool,
+                     share=lambda x: x) -> Optional[dict]:
     """The run's summary.json when it was resumed at its last step and that summary is of this step: the same
     command again (a scheduler's requeue) then changes nothing -- no config.yaml rewritten with other settings
     over weights trained with the first ones, no NaN final loss. Rank 0 reads, every rank gets its answer."""
     done = None
-    if int(os.environ.get("RANK", "0")) == 0 and state.step >= total_steps:
+    if is_main and state.step >= total_steps:
         try:
             with open(os.path.join(r.output_dir, rundir.SUMMARY), encoding="utf-8") as f:
                 done = json.load(f)

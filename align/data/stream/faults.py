@@ -132,6 +132,17 @@ def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | N
     )
 
 
+def not_samples(reason: str) -> bool:
+    """A skip reason that counts no sample: a duplicate file drops that file, not its sample, and a shard-level
+    fault (missing, unreadable, corrupt) is no sample. `align data inspect` and training's end line agree on it."""
+    return reason in SHARD_REASONS or reason == DUPLICATE_FILE
+
+
+def skipped_samples(counts: Dict[str, int]) -> int:
+    """The samples among skip counts by reason (not_samples left out)."""
+    return sum(n for k, n in counts.items() if not not_samples(k))
+
+
 def format_counts(counts: Dict[str, int], limit: Optional[int] = None) -> str:
     """{"reason": n, ...} -> "reason_a 5, reason_b 2" (most frequent first; the first `limit` only)."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -17,8 +17,8 @@ import re
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from align.data.stream.faults import (CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD,
-                               FaultCounter, SkipSample, format_counts)
+from align.data.stream.faults import (CORRUPT_TAR, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD, FaultCounter,
+                                      SkipSample, format_counts, skipped_samples)
 from align.data.stream.sources import expand_urls, local_path, shard_samples
 from align.errors import DataError
 from align.limits import as_limits
@@ -146,7 +146,7 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
         mods.update(s["modalities"])
         skipped.update(s["skipped"])
     samples = sum(s["samples"] for s in shards)
-    per_sample = sum(v for k, v in skipped.items() if k not in SHARD_REASONS and k != DUPLICATE_FILE)
+    per_sample = skipped_samples(skipped)
     result = {"pattern": pattern, "shards": shards, "missing": missing, "samples": samples,
               "seen": sum(s["seen"] for s in shards) + len(missing), "skipped": dict(sorted(skipped.items())),
               "usable": samples - per_sample if check_all else None, "modalities": dict(sorted(mods.items())),
