@@ -272,8 +272,12 @@ def _objective(r: Recipe, rank: int, world: int, distill_temperature: Optional[f
     return Objective(loss_fn)
 
 
-def _total_steps(r: Recipe, world: int) -> int:
+def _total_steps(r: Recipe, world: int, printer=print) -> int:
     total_steps = r.train.max_steps
+    if total_steps is not None and r.train.epochs is not None:
+        # A recipe's max_steps silently outranked an epochs= given on the command line (or the reverse).
+        printer(f"train: max_steps={total_steps} and epochs={r.train.epochs} are both set; the run stops at "
+                f"max_steps (epochs is not used; set train.max_steps=null to train by epochs)")
     if total_steps is None:
         if not r.data.samples_per_epoch and r.data.train != "synthetic":
             raise AlignError("train.epochs needs data.samples_per_epoch (or set train.max_steps)")
@@ -299,7 +303,7 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
         enable_grad_checkpointing(model)
     teacher, temperature = _teacher(r, acc)
     objective = _objective(r, rank, world, temperature)
-    total_steps = _total_steps(r, world)
+    total_steps = _total_steps(r, world, acc.print)
     if fsdp:
         # FSDP2 shards the model in place (each tower block, then the root), so the optimizer below is built
         # on the sharded parameters; Accelerate then prepares only the optimizer (it would wrap the model in DDP).

@@ -175,3 +175,15 @@ def test_a_sharded_launch_that_accelerate_cannot_honour_is_refused(tiny_recipe, 
     monkeypatch.setenv(flag, "true")  # what `accelerate launch --use_fsdp / --use_deepspeed` sets
     with pytest.raises(AlignError, match="needs CUDA|DeepSpeed is not installed"):
         train(parse_recipe(tiny_recipe), progress=False)
+
+
+def test_max_steps_and_epochs_both_set_says_which_one_stops_the_run(tiny_recipe):
+    from align.train.setup import _total_steps
+    said = []
+    tiny_recipe["train"]["epochs"] = 5                         # 256 samples / batch 8 = 32 steps an epoch
+    r = parse_recipe(tiny_recipe)
+    assert _total_steps(r, 1, said.append) == 6
+    assert len(said) == 1 and "max_steps=6 and epochs=5" in said[0] and "max_steps=null" in said[0]
+    tiny_recipe["train"]["max_steps"] = None                     # as `train.max_steps=null` on the command line
+    said.clear()
+    assert _total_steps(parse_recipe(tiny_recipe), 1, said.append) == 5 * 32 and said == []
