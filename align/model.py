@@ -78,6 +78,9 @@ class AlignModel(nn.Module):
         if modality not in self.towers:
             raise ConfigError(f"this model has no {modality} tower (it has: {', '.join(self.modalities)})")
         tower = self.towers[modality]
+        p = next(tower.parameters(), None)
+        if p is not None and x.is_floating_point() and p.is_floating_point() and x.dtype != p.dtype:
+            x = x.to(p.dtype)     # float64 from numpy, or float32 into a model.half(): a dtype error in the first layer
         if modality == "audio" and x.dim() == 4 and hasattr(tower, "encode_clips"):
             z = tower.encode_clips(x)     # [B, n_clips, n_mels, T] -> [B, E], clip embeddings averaged
         else:

@@ -779,4 +779,6 @@ MUTATIONS = [
     M("train.max_steps_outranks_epochs_silently", "align/train/setup.py",
       "    if total_steps is not None and r.train.epochs is not None:", "    if False:",
       ["tests/train/test_train.py::test_max_steps_and_epochs_both_set_says_which_one_stops_the_run"]),
+    M("model.input_dtype_not_cast", "align/model.py",
+      "            x = x.to(p.dtype)", "            pass", ["tests/test_model.py"]),
 ]
