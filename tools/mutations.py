@@ -781,4 +781,7 @@ MUTATIONS = [
       ["tests/train/test_train.py::test_max_steps_and_epochs_both_set_says_which_one_stops_the_run"]),
     M("model.input_dtype_not_cast", "align/model.py",
       "            x = x.to(p.dtype)", "            pass", ["tests/test_model.py"]),
+    M("train.resumed_final_loss_nan", "align/train/metrics.py",
+      "        self.loss = logged_loss(self.path, state.step) if self.is_main else float(\"nan\")",
+      "        self.loss = float(\"nan\")", ["tests/train/test_train.py::test_metrics_and_summary"]),
 ]

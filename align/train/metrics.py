@@ -41,7 +41,7 @@ class RunLogger:
 
     def __init__(self, r: Recipe, eng, state: TrainState, progress: bool = True):
         from align.progress import progress as progress_bar
-        from align.train.storage import truncate_metrics
+        from align.train.storage import logged_loss, truncate_metrics
         self.r, self.eng, self.acc, self.is_main = r, eng, eng.acc, eng.acc.is_main_process
         self.acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
         self.path = os.path.join(r.output_dir, rundir.METRICS)
@@ -55,7 +55,9 @@ class RunLogger:
         # a bar on a terminal; one plain line every 30 s in a log file (align.progress)
         self.bar = progress_bar(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
                                 unit="step", desc="train", dynamic_ncols=True)
-        self.loss = float("nan")            # of the last step taken: the summary's final_loss
+        # of the last step taken: the summary's final_loss; a run resumed at its last step (killed after its final
+        # checkpoint, before its summary) takes no step, and its final loss is the one logged at that step
+        self.loss = logged_loss(self.path, state.step) if self.is_main else float("nan")
         self.overfit = OverfitWatch()
         self.t_start = time.perf_counter() - state.elapsed_s
         self._window()

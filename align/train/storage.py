@@ -167,6 +167,22 @@ def warn_if_tight(directory: str, need: Optional[int], margin: float = 1.1) -> b
     return True
 
 
+def logged_loss(path: str, step: int) -> float:
+    """The loss a metrics.jsonl logged at `step` (the last such row), or NaN when no row holds it."""
+    loss = float("nan")
+    if step <= 0 or not os.path.isfile(path):
+        return loss
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("step") == step and isinstance(row.get("loss"), (int, float)):
+                loss = float(row["loss"])
+    return loss
+
+
 def truncate_metrics(path: str, step: int) -> int:
     """Drop rows with "step" > step from a metrics.jsonl (atomic rewrite); returns how many were dropped."""
     if not os.path.isfile(path):

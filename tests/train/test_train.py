@@ -57,6 +57,12 @@ def test_metrics_and_summary(tiny_recipe):
     tb = EventAccumulator(os.path.join(out, "tb")).Reload()
     assert {"train/loss", "train/loss/image-text", "train/lr"} <= set(tb.Tags()["scalars"])
     assert [e.step for e in tb.Scalars("train/loss/image-text")] == [2, 4, 6]
+    # killed after its final checkpoint, before its summary: the rerun takes no step, and its final loss is the
+    # one logged at step 6 (it was NaN)
+    os.remove(os.path.join(out, "summary.json"))
+    assert _run(tiny_recipe) == 0
+    again = json.load(open(os.path.join(out, "summary.json")))
+    assert again["steps"] == 6 and again["final_loss"] == rows[-1]["loss"] == summary["final_loss"]
 
 
 # Slow (four `align train` processes): tests/train/test_train_resume_shards.py kills and resumes twice on shards,
