@@ -180,8 +180,7 @@ def save_tokenizer(tower, out_dir: str) -> Dict[str, object]:
                      tokenizer_kwargs=dict(getattr(tower, "text_cfg", {}).get("tokenizer_kwargs", {})),
                      how="open_clip.tokenizer.SimpleTokenizer(bpe_path, context_length, **tokenizer_kwargs)(texts)")
     elif kind == "open_clip_hf":
-        tower.tokenize(["x"])                   # builds the tokenizer
-        tower._tokenizer.save_pretrained(tdir)
+        tower.save_hf_tokenizer(tdir)
         entry.update(path="tokenizer", tokenizer_kwargs=dict(tower.text_cfg.get("tokenizer_kwargs", {})),
                      how="open_clip.tokenizer.HFTokenizer(path, context_length, **tokenizer_kwargs)(texts)")
     elif kind == "hf":

@@ -126,9 +126,7 @@ def _save_hf_tokenizer(model, out_dir: str) -> List[str]:
     if not model.towers["text"].text_cfg.get("hf_tokenizer_name"):
         return []
     before = set(os.listdir(out_dir))
-    tok = model.towers["text"]
-    tok.tokenize(["x"])                       # builds the tokenizer object
-    tok._tokenizer.save_pretrained(out_dir)
+    model.towers["text"].save_hf_tokenizer(out_dir)
     return sorted(set(os.listdir(out_dir)) - before)
 
 

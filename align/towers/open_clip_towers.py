@@ -178,6 +178,13 @@ class OpenClipTower(Tower):
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
         return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
 
+    def save_hf_tokenizer(self, out_dir: str) -> None:
+        """Writes an hf_tokenizer_name tokenizer's files into out_dir (what open_clip's HFTokenizer(out_dir) reads)."""
+        if not self.text_cfg.get("hf_tokenizer_name"):
+            raise ConfigError("save_hf_tokenizer: this text tower uses open_clip's SimpleTokenizer (no HF files)")
+        self.tokenize(["x"])                     # builds the tokenizer
+        self._tokenizer.save_pretrained(out_dir)
+
     def count_tokens(self, texts: List[str]) -> Optional[List[int]]:
         if self.modality != "text":
             return None
