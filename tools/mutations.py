@@ -780,4 +780,12 @@ MUTATIONS = [
       "        if not stat.S_ISREG(st.st_mode):", "        if False:",
       ["tests/bench/test_datasets.py::test_a_device_in_a_class_folder_is_refused_unread"],
       "a link to /dev/zero in an audiofolder read until memory ran out"),
+    M("media.audio.unknown_length_as_frames", "align/media/audio.py",
+      "            known = f.frames != _UNKNOWN_FRAMES", "            known = True",
+      ["tests/media/test_audio.py::test_a_flac_stream_of_unknown_length_decodes_and_is_refused_only_past_a_limit"],
+      "a FLAC written to a pipe refused as 576460752303423.5 s of audio"),
+    M("media.audio.unknown_length_unbounded", "align/media/audio.py",
+      "                check_audio_header(n, f.samplerate, f.channels, limits)", "                pass",
+      ["tests/media/test_audio.py::test_a_flac_stream_of_unknown_length_decodes_and_is_refused_only_past_a_limit"],
+      "a stream of unknown length read whatever its length"),
 ]
