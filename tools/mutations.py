@@ -788,4 +788,13 @@ MUTATIONS = [
       "                check_audio_header(n, f.samplerate, f.channels, limits)", "                pass",
       ["tests/media/test_audio.py::test_a_flac_stream_of_unknown_length_decodes_and_is_refused_only_past_a_limit"],
       "a stream of unknown length read whatever its length"),
+    M("towers.audio.loud_float_unclipped", "align/towers/audio_features.py",
+      "    return np.clip(wave, -1.0, 1.0)", "    return wave",
+      ["tests/towers/test_audio.py::test_a_float_file_louder_than_full_scale_gives_the_features_it_was_trained_on"],
+      "a float file past +-1: clipped in the shards, unclipped through align.load's transform"),
+    M("towers.hf_audio.loud_float_unclipped", "align/towers/hf_audio.py",
+      "        w = full_scale(resample_wave(to_mono(wave), int(sr), rate))",
+      "        w = resample_wave(to_mono(wave), int(sr), rate)",
+      ["tests/towers/test_hf_audio.py::test_a_float_file_louder_than_full_scale_gives_the_input_it_was_trained_on"],
+      "hf_audio: a float file past +-1 clipped in the shards only"),
 ]
