@@ -26,6 +26,8 @@ DSW = "tests/train/test_train_data_switches.py"
 RES = "tests/train/test_train_resume_shards.py"
 WRK = "tests/data/stream/test_worker.py"
 ELA = "tests/data/stream/test_resume.py"
+AUTO_LIMITS = ("tests/data/tools/test_stats.py::"
+               "test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -799,12 +801,12 @@ MUTATIONS = [
       "hf_audio: a float file past +-1 clipped in the shards only"),
     M("train.feed.auto_clip_default_limits", "align/train/feed.py",
       "allow_pipe=r.data.allow_pipe, limits=r.data.limits)", "allow_pipe=r.data.allow_pipe)",
-      ["tests/data/tools/test_stats.py::test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through"],
+      [AUTO_LIMITS],
       "clip_seconds: auto measured clips the recipe's data.limits skip"),
     M("data.stats.auto_clip_limits_dropped", "align/data/tools/stats.py",
       "{raw.get('__key__')!r}\", limits=limits)", "{raw.get('__key__')!r}\")",
-      ["tests/data/tools/test_stats.py::test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through"]),
+      [AUTO_LIMITS]),
     M("cli.data_stats.recipe_limits_dropped", "align/cli_data.py",
       "progress=not a.no_progress, limits=r.data.limits if r is not None else None)", "progress=not a.no_progress)",
-      ["tests/data/tools/test_stats.py::test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through"]),
+      [AUTO_LIMITS]),
 ]

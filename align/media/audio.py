@@ -3,8 +3,9 @@ WAV, resample.
 
 Waves are mono float32 numpy arrays [T] in [-1, 1] paired with an integer
 sample rate; a float file may hold samples past +-1, kept here (the towers'
-front ends clip them after resampling, as the shard writer's 16-bit FLAC does). Resampling is polyphase FIR (scipy.signal.resample_poly, Kaiser
-window), which needs no torchaudio and is exact for rational rate ratios.
+front ends clip them after resampling, as the shard writer's 16-bit FLAC does).
+Resampling is polyphase FIR (scipy.signal.resample_poly, Kaiser window), which
+needs no torchaudio and is exact for rational rate ratios.
 """
 import functools
 import io
