@@ -133,7 +133,7 @@ def cmd_data_stats(a):
         from align.data.tools.stats import audio_duration_stats
         from align.train.feed import clip_seconds_measure
         dur = audio_duration_stats(a.pattern, clip_seconds_measure(keys), max_samples=a.n or 2000,
-                                   progress=not a.no_progress)
+                                   progress=not a.no_progress, limits=r.data.limits if r is not None else None)
         if dur["clips"] and keys.get("clip_seconds") == "auto":
             keys["clip_seconds"] = dur["clip_seconds"]
         fe = AudioFrontend(**keys).validate("model.towers.audio")

@@ -26,6 +26,8 @@ DSW = "tests/train/test_train_data_switches.py"
 RES = "tests/train/test_train_resume_shards.py"
 WRK = "tests/data/stream/test_worker.py"
 ELA = "tests/data/stream/test_resume.py"
+AUTO_LIMITS = ("tests/data/tools/test_stats.py::"
+               "test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -784,4 +786,35 @@ MUTATIONS = [
     M("train.resumed_final_loss_nan", "align/train/metrics.py",
       "        self.loss = logged_loss(self.path, state.step) if self.is_main else float(\"nan\")",
       "        self.loss = float(\"nan\")", ["tests/train/test_train.py::test_metrics_and_summary"]),
+    M("bench.read_file_device_read", "align/bench/datasets.py",
+      "        if not stat.S_ISREG(st.st_mode):", "        if False:",
+      ["tests/bench/test_datasets.py::test_a_device_in_a_class_folder_is_refused_unread"],
+      "a link to /dev/zero in an audiofolder read until memory ran out"),
+    M("media.audio.unknown_length_as_frames", "align/media/audio.py",
+      "            known = f.frames != _UNKNOWN_FRAMES", "            known = True",
+      ["tests/media/test_audio.py::test_a_flac_stream_of_unknown_length_decodes_and_is_refused_only_past_a_limit"],
+      "a FLAC written to a pipe refused as 576460752303423.5 s of audio"),
+    M("media.audio.unknown_length_unbounded", "align/media/audio.py",
+      "                check_audio_header(n, f.samplerate, f.channels, limits)", "                pass",
+      ["tests/media/test_audio.py::test_a_flac_stream_of_unknown_length_decodes_and_is_refused_only_past_a_limit"],
+      "a stream of unknown length read whatever its length"),
+    M("towers.audio.loud_float_unclipped", "align/towers/audio_features.py",
+      "    return np.clip(wave, -1.0, 1.0)", "    return wave",
+      ["tests/towers/test_audio.py::test_a_float_file_louder_than_full_scale_gives_the_features_it_was_trained_on"],
+      "a float file past +-1: clipped in the shards, unclipped through align.load's transform"),
+    M("towers.hf_audio.loud_float_unclipped", "align/towers/hf_audio.py",
+      "        w = full_scale(resample_wave(to_mono(wave), int(sr), rate))",
+      "        w = resample_wave(to_mono(wave), int(sr), rate)",
+      ["tests/towers/test_hf_audio.py::test_a_float_file_louder_than_full_scale_gives_the_input_it_was_trained_on"],
+      "hf_audio: a float file past +-1 clipped in the shards only"),
+    M("train.feed.auto_clip_default_limits", "align/train/feed.py",
+      "allow_pipe=r.data.allow_pipe, limits=r.data.limits)", "allow_pipe=r.data.allow_pipe)",
+      [AUTO_LIMITS],
+      "clip_seconds: auto measured clips the recipe's data.limits skip"),
+    M("data.stats.auto_clip_limits_dropped", "align/data/tools/stats.py",
+      "{raw.get('__key__')!r}\", limits=limits)", "{raw.get('__key__')!r}\")",
+      [AUTO_LIMITS]),
+    M("cli.data_stats.recipe_limits_dropped", "align/cli_data.py",
+      "progress=not a.no_progress, limits=r.data.limits if r is not None else None)", "progress=not a.no_progress)",
+      [AUTO_LIMITS]),
 ]

@@ -32,6 +32,7 @@ import hashlib
 import inspect
 import json
 import os
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -70,9 +71,14 @@ class Item:
 
 
 def _read_file(path: str) -> bytes:
-    """A media file's bytes, refused before reading when over data.limits.max_member_bytes (default)."""
+    """A media file's bytes, refused before reading when over data.limits.max_member_bytes (default) or not a
+    regular file: a link to /dev/zero named x.wav has size 0 to stat and would be read until memory ran out."""
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+            raise SampleError(f"{path} is not a regular file ({kind})")
+        size = st.st_size
         if size > DEFAULT_LIMITS.max_member_bytes:
             raise SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over the limit of "
                               f"{DEFAULT_LIMITS.max_member_bytes}", MEMBER_TOO_LARGE)

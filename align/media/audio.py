@@ -2,8 +2,10 @@
 WAV, resample.
 
 Waves are mono float32 numpy arrays [T] in [-1, 1] paired with an integer
-sample rate. Resampling is polyphase FIR (scipy.signal.resample_poly, Kaiser
-window), which needs no torchaudio and is exact for rational rate ratios.
+sample rate; a float file may hold samples past +-1, kept here (the towers'
+front ends clip them after resampling, as the shard writer's 16-bit FLAC does).
+Resampling is polyphase FIR (scipy.signal.resample_poly, Kaiser window), which
+needs no torchaudio and is exact for rational rate ratios.
 """
 import functools
 import io
@@ -26,6 +28,8 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
     key or file path) is only used in the error message.  The header's frames,
     sample rate and channels are checked against `limits` (align.limits) before
     anything is decoded: LimitExceeded past one, DataError for undecodable audio.
+    A stream whose header gives no length (a FLAC written to a pipe) is read in
+    blocks and refused as soon as it passes a limit.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DataError(f"{name}: expected audio bytes, got {type(data).__name__}")
@@ -43,18 +47,50 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
         return _mono(wave, sr, name)
     try:
         with soundfile.SoundFile(io.BytesIO(bytes(data))) as f:
+            known = f.frames != _UNKNOWN_FRAMES
             try:
-                check_audio_header(f.frames, f.samplerate, f.channels, limits)
+                check_audio_header(f.frames if known else 0, f.samplerate, f.channels, limits)
             except LimitExceeded as exn:
                 raise LimitExceeded(exn.reason, f"{name}: {exn.detail}") from None
             # [T, C] float32 whatever the file layout, so mixing down is one mean; at most f.frames rows
-            wave = f.read(dtype="float32", always_2d=True)
+            wave = f.read(dtype="float32", always_2d=True) if known else _read_unknown_length(data, limits, name)
             sr = f.samplerate
     except (RuntimeError, ValueError, TypeError, EOFError, OverflowError, MemoryError) as e:
         # LibsndfileError is a RuntimeError
         first = without_reprs(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: cannot decode audio ({len(data)} bytes): {first}") from None
     return _mono(wave, sr, name)
+
+
+# libsndfile's frame count of a stream whose header gives no length (SF_COUNT_MAX): a FLAC written to a pipe
+# (STREAMINFO total samples 0, "unknown" in the FLAC format)
+_UNKNOWN_FRAMES = 2 ** 63 - 1
+_BLOCK = 65536                   # frames read at a time from such a stream
+
+
+class _ForwardSoundFile(soundfile.SoundFile):
+    """A SoundFile read front to back only: soundfile seeks to its own position after every read, and libsndfile
+    cannot seek to the end of a stream of unknown length ("Internal psf_fseek() failed")."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _read_unknown_length(data, limits: DataLimits, name: str) -> np.ndarray:
+    """float32 [T, C]: every frame of a stream whose header gives no length, read in blocks, the limits checked
+    after each (LimitExceeded as soon as one is passed), so memory stays within them whatever the stream holds."""
+    blocks, n = [], 0
+    with _ForwardSoundFile(io.BytesIO(bytes(data))) as f:
+        while True:
+            block = f.read(_BLOCK, dtype="float32", always_2d=True)
+            n += block.shape[0]
+            try:
+                check_audio_header(n, f.samplerate, f.channels, limits)
+            except LimitExceeded as exn:
+                raise LimitExceeded(exn.reason, f"{name}: {exn.detail} (so far: the header gives no length)") from None
+            blocks.append(block)
+            if block.shape[0] < _BLOCK:
+                return np.concatenate(blocks)
 
 
 def _mono(wave: np.ndarray, sr: int, name: str) -> Tuple[np.ndarray, int]:

@@ -3,7 +3,8 @@
 Everything is plain torch/numpy/scipy (no torchaudio):
 
     wave (np.float32 [samples], sample_rate)
-      -> resample to `sample_rate` (align.media.audio.resample, scipy polyphase)
+      -> resample to `sample_rate` (align.media.audio.resample, scipy polyphase), clip to [-1, 1] (as the shard
+         writer's 16-bit FLAC holds a float file louder than full scale)
       -> optional: trim leading/trailing silence (`trim_db`), peak or RMS normalisation
          (`normalize`, `target_db`) -- the same in training and evaluation
       -> crop / zero-pad to `clip_seconds`
@@ -215,6 +216,13 @@ def resample_wave(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample(wave, int(orig_sr), int(target_sr))
 
 
+def full_scale(wave: np.ndarray) -> np.ndarray:
+    """The wave at the front end's rate clipped to [-1, 1], as the shard writer stores it (16-bit FLAC, clipped
+    after resampling): a float file with samples past +-1 then gives the same features whether training read it
+    from shards or a caller passes it to the eval transform (align.load, `align search`)."""
+    return np.clip(wave, -1.0, 1.0)
+
+
 def trim_silence(w: np.ndarray, sr: int, top_db: float) -> np.ndarray:
     """w without its leading/trailing 10 ms frames whose RMS is more than top_db below the loudest frame.
 
@@ -296,7 +304,7 @@ class AudioPreprocess:
             raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
         from align.media.audio import to_mono   # lazy like resample: soundfile stays out of `import align`
         fe = self.fe
-        w = resample_wave(to_mono(wave), int(sr), fe.sample_rate)
+        w = full_scale(resample_wave(to_mono(wave), int(sr), fe.sample_rate))
         if fe.trim_db > 0:
             w = trim_silence(w, fe.sample_rate, fe.trim_db)
         w = normalize_level(w, fe.normalize, fe.target_db)

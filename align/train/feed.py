@@ -149,7 +149,7 @@ def resolve_auto_clip_seconds(r: Recipe, printer=print) -> Recipe:
     r = copy.deepcopy(r)
     for m in auto:
         st = audio_duration_stats(_train_sources(r), clip_seconds_measure(r.model.towers[m], f"model.towers.{m}"),
-                                  allow_pipe=r.data.allow_pipe)
+                                  allow_pipe=r.data.allow_pipe, limits=r.data.limits)
         if not st["clips"]:
             raise AlignError(f"model.towers.{m}: clip_seconds auto found no readable audio in "
                              f"data.train={r.data.train!r}")

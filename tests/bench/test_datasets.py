@@ -101,6 +101,20 @@ def test_audiofolder_decodes_and_skips_broken(tmp_path):
         ds.load(1, "audio")
 
 
+def test_a_device_in_a_class_folder_is_refused_unread(tmp_path):
+    """A link to /dev/zero named x.wav has size 0 to stat, and reading it to its end filled memory for ever: a
+    path that is not a regular file is refused before it is opened (/dev/null here: the same stat, and harmless
+    to read before the fix, when it failed as undecodable audio instead)."""
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "a" / "rain")
+    (tmp_path / "a" / "rain" / "0.wav").write_bytes(wav_bytes(rng))
+    os.symlink("/dev/null", tmp_path / "a" / "rain" / "1.wav")
+    ds = open_dataset(str(tmp_path / "a"), "audiofolder")
+    assert ds.load(0, "audio")[0].shape == (80,)
+    with pytest.raises(SampleError, match=r"rain/1\.wav is not a regular file \(a device, pipe or socket\)"):
+        ds.load(1, "audio")
+
+
 def test_hf_save_to_disk_image_labels_and_audio_captions(tmp_path):
     import datasets as hfd
 

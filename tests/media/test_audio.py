@@ -248,3 +248,39 @@ def test_integer_pcm_is_scaled_to_plus_minus_one_not_cast():
     stereo = np.array([[0, 0], [16384, -16384], [16384, 16384]], np.int16)                  # [samples, channels]
     np.testing.assert_allclose(to_mono(stereo), [0.0, 0.0, 0.5])
     assert to_mono(np.array([0.25, -0.5])).dtype == np.float32
+
+
+def _flac_of_unknown_length(wave: np.ndarray, sr: int) -> bytes:
+    """FLAC bytes whose STREAMINFO gives no length (total samples 0, "unknown" in the FLAC format): what the
+    reference encoder writes to a pipe (`... | flac --force-raw-format ... - -c`)."""
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, sr, format="FLAC", subtype="PCM_16")
+    b = bytearray(buf.getvalue())
+    assert b[:4] == b"fLaC" and b[4] & 0x7F == 0                 # STREAMINFO comes first, 34 bytes after its header
+    fields = int.from_bytes(b[18:26], "big")                     # rate 20 bits, channels 3, bits 5, total samples 36
+    b[18:26] = (fields & ~((1 << 36) - 1)).to_bytes(8, "big")
+    return bytes(b)
+
+
+def test_a_flac_stream_of_unknown_length_decodes_and_is_refused_only_past_a_limit():
+    """libsndfile counts the frames of such a stream as 2^63 - 1: it was refused as 'audio too long:
+    576460752303423.5 s', and read whole (frames=-1) it would ask for that much memory. It is read in blocks now,
+    the limits checked as it goes."""
+    from align.limits import LimitExceeded
+
+    g = np.random.default_rng(3)
+    wave = (g.uniform(-0.5, 0.5, (16000 * 2 + 37, 2))).astype(np.float32)        # 2 s + 37 frames, stereo
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, 16000, format="FLAC", subtype="PCM_16")
+    unknown = _flac_of_unknown_length(wave, 16000)
+    with soundfile.SoundFile(io.BytesIO(unknown)) as f:
+        assert f.frames == 2 ** 63 - 1                                            # what the decoder is told
+    got, sr = decode_audio(unknown, name="k")
+    want, _ = decode_audio(buf.getvalue(), name="k")
+    assert sr == 16000 and got.shape == (32037,) and np.array_equal(got, want)
+    assert decode_audio(unknown, limits={"max_audio_seconds": 2.01})[0].shape == (32037,)  # 2.0023 s: within
+    for limits in ({"max_audio_seconds": 2.0}, {"max_audio_samples": 64000}):
+        with pytest.raises(LimitExceeded) as exn:
+            decode_audio(unknown, name="k7", limits=limits)
+        assert exn.value.reason == "audio too long" and str(exn.value).startswith("audio too long: k7: ")
+        assert "gives no length" in str(exn.value)

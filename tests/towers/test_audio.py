@@ -100,7 +100,7 @@ def test_logmel_batches_leading_dims():
 
 def test_eval_preprocess_is_deterministic_and_centre_crops():
     fe = AudioFrontend(**SMALL)
-    w = np.random.default_rng(1).standard_normal(3 * fe.clip_samples + 7).astype(np.float32)
+    w = (0.2 * np.random.default_rng(1).standard_normal(3 * fe.clip_samples + 7)).astype(np.float32)  # in [-1, 1]
     pre = AudioPreprocess(fe, train=False)
     a, b = pre((w, 16000)), pre((w.copy(), 16000))
     assert a.shape == (fe.n_mels, fe.n_frames) and torch.equal(a, b)
@@ -111,7 +111,7 @@ def test_eval_preprocess_is_deterministic_and_centre_crops():
 def test_eval_clips_cover_the_recording():
     fe = AudioFrontend(**SMALL, eval_clips=3)
     L = fe.clip_samples
-    w = np.random.default_rng(2).standard_normal(4 * L).astype(np.float32)
+    w = (0.2 * np.random.default_rng(2).standard_normal(4 * L)).astype(np.float32)
     out = AudioPreprocess(fe, train=False)((w, 16000))
     assert out.shape == (3, fe.n_mels, fe.n_frames)
     lm = LogMel(fe)
@@ -126,7 +126,7 @@ def test_train_crop_is_random_and_within_bounds():
     fe = AudioFrontend(sample_rate=1600, clip_seconds=0.5, n_fft=64, win_length=64, hop_length=16,
                        n_mels=8, f_min=0.0, f_max=800.0).validate("t")
     L = fe.clip_samples                                                               # 800
-    w = np.random.default_rng(3).standard_normal(L + 120).astype(np.float32)
+    w = (0.2 * np.random.default_rng(3).standard_normal(L + 120)).astype(np.float32)
     # every admissible crop, as features: [121, n_mels, T]
     allcrops = LogMel(fe)(torch.from_numpy(np.stack([w[s:s + L] for s in range(121)])))
     pre = AudioPreprocess(fe, train=True)
@@ -143,7 +143,7 @@ def test_train_crop_is_random_and_within_bounds():
 
 def test_short_audio_is_zero_padded_and_stereo_downmixed():
     fe = AudioFrontend(**SMALL)
-    w = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    w = (0.2 * np.random.default_rng(4).standard_normal(1000)).astype(np.float32)
     expect = LogMel(fe)(torch.from_numpy(crop_or_pad(w, 0, fe.clip_samples)))
     torch.testing.assert_close(AudioPreprocess(fe, train=True)((w, 16000)), expect)
     stereo = np.stack([w, w], axis=1)                                                 # soundfile [T, C]
@@ -415,3 +415,33 @@ def test_utterance_cmvn_matches_a_plain_reference_and_ignores_the_padding():
     assert feats.shape == (2, 16, fe.n_frames) and abs(float(feats.mean())) < 1e-4
     with pytest.raises(ConfigError, match="cmvn"):
         AudioFrontend(cmvn="global").validate("t")
+
+
+def test_a_float_file_louder_than_full_scale_gives_the_features_it_was_trained_on(tmp_path):
+    """A float WAV may hold samples past +-1 (a mix with overs). The shard writer stores 16-bit FLAC, clipped to
+    [-1, 1]: training saw the clipped wave, while the same file passed to the tower's eval transform (align.load
+    -> audio_transform, `align search`) was read unclipped (log-mel up to 4.6 apart, mean 1.0, at a peak of 3).
+    Both clip now, after resampling as the writer does; the rest is the FLAC's 16-bit rounding. (hf_audio:
+    tests/towers/test_hf_audio.py.)"""
+    import io
+    import tarfile
+
+    import soundfile
+
+    from align.data.write.shards import write_shards
+    from align.media.audio import decode_audio
+
+    g = np.random.default_rng(0)
+    t = np.arange(44100) / 44100.0
+    wave = (3.0 * np.sin(2 * np.pi * 440.0 * t) + 0.2 * g.standard_normal(t.size)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    soundfile.write(tmp_path / "in" / "loud.wav", wave, 44100, subtype="FLOAT")
+    (tmp_path / "in" / "loud.txt").write_text("a loud tone")
+    write_shards(tmp_path / "in", tmp_path / "out", sample_rate=16000, progress=False)
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        flac = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".flac"))
+    pre = AudioPreprocess(AudioFrontend(clip_seconds=1.0), train=False)
+    trained = pre(decode_audio(flac))                                       # the writer, then training's decoder
+    user = pre(soundfile.read(io.BytesIO((tmp_path / "in" / "loud.wav").read_bytes()), dtype="float32"))
+    assert trained.shape == user.shape
+    assert float((trained - user).abs().max()) < 0.05

@@ -167,3 +167,27 @@ def test_an_empty_batch_embeds_to_no_rows(folders):
     feats = tower.preprocess(train=False)((_wave(0, 16000), 16000))
     with torch.no_grad():
         assert tower(feats[None][:0]).shape == (0, 16)
+
+
+def test_a_float_file_louder_than_full_scale_gives_the_input_it_was_trained_on(folders):
+    """The shard writer clips a float wave past +-1 into its 16-bit FLAC; the eval transform read the same wave
+    unclipped (AST's filterbank input then differed by up to several units). Both clip after resampling now."""
+    import io
+    from types import SimpleNamespace
+
+    import soundfile
+
+    from align.data.write.media import encode_audio
+    from align.limits import as_limits
+    from align.media.audio import decode_audio
+
+    g = np.random.default_rng(0)
+    t = np.arange(44100) / 44100.0
+    wave = (3.0 * np.sin(2 * np.pi * 440.0 * t) + 0.2 * g.standard_normal(t.size)).astype(np.float32)
+    buf = io.BytesIO()
+    soundfile.write(buf, wave, 44100, format="WAV", subtype="FLOAT")
+    flac, _ = encode_audio(buf.getvalue(), "loud.wav", SimpleNamespace(limits=as_limits(None), sample_rate=16000))
+    pp = _tower(folders, "ast").preprocess(train=False)
+    trained, user = pp(decode_audio(flac)), pp((wave, 44100))             # the writer + training; a caller
+    assert trained.shape == user.shape
+    assert float((trained - user).abs().max()) < 0.05

@@ -86,9 +86,10 @@ def image_size_stats(pattern, max_samples: int = 2000, multiple: int = 4, allow_
 
 
 def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, quantile: float = 0.99,
-                         step: float = 0.1, allow_pipe: bool = False, progress: bool = False) -> dict:
+                         step: float = 0.1, allow_pipe: bool = False, progress: bool = False, limits=None) -> dict:
     """Durations of up to `max_samples` audio clips spread over the shards at `pattern` (`_members`), as
     `seconds(wave, rate)` measures one (e.g. after the tower's silence trimming; wave float32 [T] mono).
+    limits: the recipe's data.limits (None: the defaults); a clip past one is unreadable here, as training skips it.
 
     Returns {"clips", "unreadable", "seconds": {min, median, p<q>, max}, "clip_seconds"}: clip_seconds is the
     `quantile` of the durations rounded up to a multiple of `step`, at least `step`. {"clips": 0} when the
@@ -101,7 +102,7 @@ def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, qu
     with tqdm(total=max_samples, unit="clip", desc="audio durations", disable=not progress) as bar:
         for url, raw, ext in _members(pattern, "audio", allow_pipe, max_samples):
             try:
-                wave, rate = decode_audio(raw[ext], name=f"{url}: sample {raw.get('__key__')!r}")
+                wave, rate = decode_audio(raw[ext], name=f"{url}: sample {raw.get('__key__')!r}", limits=limits)
             except AlignError:
                 unreadable += 1
                 continue

@@ -197,3 +197,29 @@ def test_clip_seconds_auto_trains_at_the_clips_length_and_the_run_records_it(tmp
         AudioFrontend(clip_seconds="auto").validate("model.towers.audio")
     with pytest.raises(ConfigError, match="clip_seconds: must be a number of seconds"):
         AudioFrontend(clip_seconds="long").validate("model.towers.audio")
+
+
+def test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through(tmp_path, capsys):
+    """data.limits.max_audio_seconds 1.0: training skips the 1.1 s recording (0.7 s of tone + 0.4 s of padding),
+    yet auto measured it (0.7 s: every trained clip padded to 1.4x its longest); raised limits, the other way:
+    recordings past the default 600 s were 'unreadable' to auto while training read them."""
+    import yaml
+
+    from align.cli import main
+    from align.config import parse_recipe
+    from align.train.feed import resolve_auto_clip_seconds
+    from tests.switch_helpers import recipe
+    pattern = _tone_shard(tmp_path, [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.7])
+    model = {"embed_dim": 16, "towers": {"audio": {"type": "audio_cnn", "clip_seconds": "auto", "trim_db": 40},
+                                         "text": {"type": "bow_text", "width": 8}}}
+    said = []
+    for limits, want in (({}, 0.7), ({"max_audio_seconds": 1.0}, 0.5)):
+        r = recipe(tmp_path, "run", model=model, loss={"type": "clip", "pairs": [["audio", "text"]]},
+                   data={"train": pattern, "limits": limits})
+        r["model"] = model
+        got = resolve_auto_clip_seconds(parse_recipe(r), said.append).model.towers["audio"]["clip_seconds"]
+        assert got == want, (limits, said[-1])
+    assert "of 7 training clips" in said[-1]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))                 # `align data stats --recipe` says the same
+    assert main(["data", "stats", pattern, "--recipe", str(tmp_path / "r.yaml"), "--no-progress"]) == 0
+    assert "clip_seconds: auto trains at 0.5 s" in capsys.readouterr().out
