@@ -225,6 +225,11 @@ def to_mono(wave, where: str = "audio") -> np.ndarray:
     a square array is read as [channels, samples].
     """
     raw = np.asarray(wave)
+    if raw.dtype.kind in "iu" and raw.dtype.itemsize == 8:
+        # no audio file holds 64-bit PCM: int64 is numpy's type for a Python list of ints, whose scale (16-bit?
+        # 24-bit?) it does not carry; scaled by 2^63 it was near-silence
+        raise DataError(f"{where}: audio given as {raw.dtype} integers, whose full scale is unknown: pass an int16 "
+                        "or int32 PCM array (e.g. np.asarray(x, dtype=np.int16)) or floats in [-1, 1]")
     if raw.dtype.kind in "iu":      # PCM integers (int16 from a WAV read as is): scaled to [-1, 1], not cast
         info = np.iinfo(raw.dtype)
         mid = (int(info.max) + int(info.min) + 1) / 2.0                  # 0 for signed, 2^(n-1) for unsigned

@@ -248,6 +248,9 @@ def test_integer_pcm_is_scaled_to_plus_minus_one_not_cast():
     stereo = np.array([[0, 0], [16384, -16384], [16384, 16384]], np.int16)                  # [samples, channels]
     np.testing.assert_allclose(to_mono(stereo), [0.0, 0.0, 0.5])
     assert to_mono(np.array([0.25, -0.5])).dtype == np.float32
+    # a Python list of ints is int64 to numpy, whose scale it does not say: scaled by 2^63 it was silence
+    with pytest.raises(DataError, match=r"clip.wav: audio given as int64 integers.*int16"):
+        to_mono(np.asarray([0, 16384, -32768]), "clip.wav")
 
 
 def _flac_of_unknown_length(wave: np.ndarray, sr: int) -> bytes:
