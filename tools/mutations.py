@@ -820,4 +820,7 @@ MUTATIONS = [
     M("media.audio.int64_scaled_to_silence", "align/media/audio.py",
       '    if raw.dtype.kind in "iu" and raw.dtype.itemsize == 8:', "    if False:",
       ["tests/media/test_audio.py::test_integer_pcm_is_scaled_to_plus_minus_one_not_cast"]),
+    M("data.write.audio_array_cast_not_scaled", "align/data/write/media.py",
+      '            wave = to_mono(raw, f"audio: {shown}")', "            wave = raw.astype(np.float32).reshape(len(raw), -1).mean(axis=1)",
+      ["tests/data/write/test_shards.py::test_a_decoded_audio_array_is_scaled_and_down_mixed_as_the_towers_read_audio"]),
 ]

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from align.media.audio import decode_audio, encode_flac, resample
+from align.media.audio import decode_audio, encode_flac, resample, to_mono
 from align.media.image import open_image, to_rgb
 from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
 from align.data.write.values import SkipRow
@@ -116,15 +116,16 @@ def encode_audio(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
     shown = repr(name) if name else "bytes"
     if isinstance(payload, tuple):  # an already decoded datasets Audio array
         wave, sr = payload
+        raw = np.asarray(wave)
         try:
-            check_audio_header(wave.shape[0], int(sr), wave.shape[1] if wave.ndim == 2 else 1, job.limits)
+            # to_mono as the towers' transforms: int PCM scaled to [-1, 1] (it was cast: +-32768 into the FLAC's
+            # clip), [C, T] or [T, C] down-mixed over the shorter axis, empty / NaN refused
+            wave = to_mono(raw, f"audio: {shown}")
+            check_audio_header(len(wave), int(sr), min(raw.shape) if raw.ndim == 2 else 1, job.limits)
         except LimitExceeded as e:
             raise SkipRow(e.reason, f"audio: {shown}: {e.detail}") from None
-        wave = wave.mean(axis=1) if wave.ndim == 2 else wave  # [T, C] -> [T]
-        if wave.size == 0:
-            raise SkipRow(UNDECODABLE_AUDIO, f"audio: no samples in {shown}")
-        if not np.isfinite(wave).all():
-            raise SkipRow(UNDECODABLE_AUDIO, f"audio: NaN or infinite samples in {shown}")
+        except DataError as e:
+            raise SkipRow(UNDECODABLE_AUDIO, str(e)) from None
     else:
         try:
             wave, sr = decode_audio(payload, name=shown, limits=job.limits)

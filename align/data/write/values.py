@@ -86,7 +86,7 @@ def read_media(value: Any, base_dir: Path, mod: str,
             sr = value.get("sampling_rate") or value.get("sample_rate")
             if not sr:
                 raise SkipRow("audio: unsupported value", "audio: decoded array without sampling_rate")
-            return (np.asarray(value["array"], dtype=np.float32), int(sr)), value.get("path"), None
+            return (np.asarray(value["array"]), int(sr)), value.get("path"), None   # dtype kept: int PCM is scaled
         value = value.get("path")
     if is_missing(value):
         raise SkipRow(f"{mod}: missing", f"{mod}: no value")

@@ -509,3 +509,24 @@ def test_a_sixteen_bit_scan_is_written_with_its_tones_and_an_unmappable_float_on
     got = np.asarray(Image.open(io.BytesIO(png[0])))
     assert got.min() == 0 and got.max() == 255 and abs(float(got.mean()) - 127.5) < 1
     assert "outside [0, 1]" in (tmp_path / "out" / "skipped.jsonl").read_text()
+
+
+def test_a_decoded_audio_array_is_scaled_and_down_mixed_as_the_towers_read_audio():
+    """A datasets-style decoded array: int16 PCM was cast (+-32768 into the FLAC, clipped to full scale), a
+    [channels, samples] array was averaged over its samples (one frame per channel); NaN is one skipped row."""
+    from types import SimpleNamespace
+    from align.data.write.media import encode_audio
+    from align.data.write.values import SkipRow
+    from align.limits import DataLimits
+    job = SimpleNamespace(limits=DataLimits(), sample_rate=16000)
+    t = np.arange(1600) / 16000
+    sine = 0.5 * np.sin(2 * np.pi * 440 * t)                                      # [1600], half scale
+    pcm = np.round(sine * 32767).astype(np.int16)
+    stereo_ct = np.stack([pcm, pcm])                                            # [2, 1600]: channels first
+    for arr in (pcm, stereo_ct, stereo_ct.T, stereo_ct.astype(np.float64) / 32768):
+        flac, meta = encode_audio((arr, 16000), "clip.wav", job)
+        wave, sr = sf.read(io.BytesIO(flac), dtype="float32")
+        assert sr == 16000 and meta["duration"] == 0.1 and wave.shape == (1600,)
+        np.testing.assert_allclose(wave, sine, atol=2e-4)
+    with pytest.raises(SkipRow, match="clip.wav.*NaN"):
+        encode_audio((np.array([0.1, np.nan, 0.2], np.float32), 16000), "clip.wav", job)
