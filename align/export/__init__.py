@@ -11,7 +11,8 @@ and, by format,
     open_clip  open_clip_config.json + open_clip_model.safetensors: open_clip.create_model_and_transforms(
                'local-dir:DIR') and CLIP_benchmark's `--model local-dir:DIR` load it (image+text towers of
                type open_clip only; others are refused for fmt="open_clip")
-    onnx       <tower>.onnx per tower + preprocess.json + tokenizer/ (+ audio_mel_filterbank.npy)
+    onnx       <tower>.onnx per tower + preprocess.json + tokenizer/ (+ audio_mel_filterbank.npy; hf_image /
+               hf_audio towers: image_processor/, audio_feature_extractor/)
     all        both (open_clip skipped, with a note, when the towers cannot be expressed in it)
 Towers a format cannot carry are never dropped silently: they are exported in
 align (and ONNX) form and named in `notes`, the card and the CLI summary.
@@ -184,6 +185,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
         raise AlignError(f"export {model_path}: cannot use format open_clip: {reason}. Use fmt='onnx' (or 'all', "
                          f"which skips open_clip with a note)")
     info = model_card.run_info(model_path, reports)
+    info["checkpoint"] = model_card.checkpoint_info(getattr(model, "weights_file", None)) or info.get("checkpoint")
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     tmp = _new_folder(dst, "tmp")
     result = {"out_dir": dst, "source": src, "formats": ["align"], "files": [], "notes": [], "parity": {},
@@ -217,7 +219,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
             result["formats"].append("onnx")
             pp = o["preprocess"]
         with open(os.path.join(tmp, model_card.RUN_INFO_NAME), "w") as f:
-            json.dump({k: info[k] for k in ("run_dir", "summary", "eval", "reports")}, f, indent=1)
+            json.dump({k: info[k] for k in ("run_dir", "summary", "eval", "reports", "checkpoint")}, f, indent=1)
         result["files"] = _list_files(tmp) + ["README.md"]
         name = getattr(model, "name", None) or os.path.basename(dst)
         card = model_card.render(model, name=name, source=model_path, result=result, info=info, pp=pp)

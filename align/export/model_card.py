@@ -70,6 +70,21 @@ def run_info(model_path: str, reports: Optional[List[str]] = None) -> dict:
     return info
 
 
+def checkpoint_info(weights: Optional[str]) -> Optional[dict]:
+    """{"path", "step", "weights": "average" | "trained"} of the checkpoint whose weights file (or DCP store) a
+    model was loaded from (align.load sets model.weights_file); None for an export or a bare weights file."""
+    from align.train.checkpoint import dcp_holds_average
+    from align.train.rundir import DCP_DIR, EMA, read_state
+    if not weights:
+        return None
+    ckpt = os.path.dirname(os.path.abspath(weights))
+    state = read_state(ckpt)
+    if state is None:
+        return None
+    average = dcp_holds_average(weights) if os.path.basename(weights) == DCP_DIR else os.path.basename(weights) == EMA
+    return {"path": ckpt, "step": state.get("step"), "weights": "average" if average else "trained"}
+
+
 # -- onnxruntime snippet ------------------------------------------------------------------------
 _HEAD = '''\
 import functools, json, os
@@ -170,14 +185,28 @@ def tokenize(texts):
 _AUDIO = '''
 
 def audio_clip(wave, sample_rate):
-    """mono float32 wave in [-1, 1] -> the eval clip: centre crop or zero-pad to clip_samples."""
+    """mono float32 wave in [-1, 1] -> the eval clip: silence trimmed and level normalised when the model does
+    (trim_db, normalize), then centre crop or zero-pad to clip_samples."""
     a = PP["towers"]["audio"]["preprocess"]
     if sample_rate != a["sample_rate"]:
         raise ValueError(f"resample to {a['sample_rate']} Hz first (e.g. scipy.signal.resample_poly)")
+    w = np.asarray(wave, dtype=np.float32)
+    if a.get("trim_db", 0) > 0:                        # cut 10 ms frames more than trim_db below the loudest
+        hop = max(1, sample_rate // 100)
+        frames = np.zeros(-(-len(w) // hop) * hop)
+        frames[:len(w)] = w
+        rms = np.sqrt((frames.reshape(-1, hop) ** 2).mean(axis=1))
+        if rms.max() > 0:
+            loud = np.flatnonzero(rms >= rms.max() * 10 ** (-a["trim_db"] / 20))
+            w = w[loud[0] * hop:min(len(w), (loud[-1] + 1) * hop)]
+    if a.get("normalize", "none") != "none":           # peak or RMS level -> target_db dBFS
+        level = np.abs(w).max() if a["normalize"] == "peak" else np.sqrt(np.mean(w.astype(np.float64) ** 2))
+        if level > 1e-8:
+            w = (w * (10 ** (a["target_db"] / 20) / level)).astype(np.float32)
     n = a["clip_samples"]
-    start = max(0, (len(wave) - n) // 2)
+    start = max(0, (len(w) - n) // 2)
     out = np.zeros(n, dtype=np.float32)
-    seg = np.asarray(wave, dtype=np.float32)[start:start + n]
+    seg = w[start:start + n]
     out[:len(seg)] = seg
     return out
 
@@ -193,7 +222,53 @@ def log_mel(clip):
     frames = np.lib.stride_tricks.sliding_window_view(w, n_fft)[::hop]             # [n_frames, n_fft]
     power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2                      # [n_frames, n_freqs]
     logmel = np.log(power @ fb + a["log_offset"])                                  # [n_frames, n_mels]
+    if a.get("cmvn", "none") == "utterance":   # each bin to mean 0, std 1 over the frames that are not padding
+        valid = logmel.max(axis=1, keepdims=True) > np.log(a["log_offset"]) + 1e-3   # [n_frames, 1]
+        n = max(int(valid.sum()), 1)
+        mean = (logmel * valid).sum(axis=0) / n
+        var = (((logmel - mean) * valid) ** 2).sum(axis=0) / n
+        return ((logmel - mean) / np.sqrt(var + 1e-5) * valid).T.astype(np.float32)
     return ((logmel - a["norm_mean"]) / a["norm_std"]).T.astype(np.float32)
+'''
+
+_HF_IMAGE = '''
+
+@functools.lru_cache(maxsize=None)
+def _image_processor():
+    from transformers import AutoImageProcessor   # pip install transformers
+    return AutoImageProcessor.from_pretrained(os.path.join(EXPORT_DIR, PP["towers"]["image"]["preprocess"]["path"]))
+
+
+def preprocess_image(img):
+    """PIL image -> float32 [3, H, W], exactly as the model's eval transform (its own image processor)."""
+    x = _image_processor()(images=img.convert("RGB"), return_tensors="np")["pixel_values"][0]
+    return np.ascontiguousarray(x, dtype=np.float32)
+'''
+
+_HF_AUDIO = '''
+
+@functools.lru_cache(maxsize=None)
+def _feature_extractor():
+    from transformers import AutoFeatureExtractor   # pip install transformers
+    return AutoFeatureExtractor.from_pretrained(os.path.join(EXPORT_DIR, PP["towers"]["audio"]["preprocess"]["path"]))
+
+
+def audio_input(wave, sample_rate):
+    """mono float32 wave in [-1, 1] -> the audio tower's input for one recording (its centre clip through the
+    model's own feature extractor)."""
+    a, fe = PP["towers"]["audio"]["preprocess"], _feature_extractor()
+    if sample_rate != a["sample_rate"]:
+        raise ValueError(f"resample to {a['sample_rate']} Hz first (e.g. scipy.signal.resample_poly)")
+    n, w = a["clip_samples"], np.asarray(wave, dtype=np.float32)
+    if len(w) > n:                                                                 # centre crop
+        w = w[(len(w) - n) // 2:(len(w) - n) // 2 + n]
+    if a["packed_attention_mask"]:
+        out = fe(w, sampling_rate=sample_rate, padding="max_length", max_length=n, truncation=True,
+                 return_attention_mask=True, return_tensors="np")
+        return np.stack([out[a["input_name"]][0], out["attention_mask"][0]]).astype(np.float32)
+    pad = sample_rate // 20 if a["extractor_fixes_length"] else n     # the extractor pads to its own length
+    w = np.pad(w, (0, max(0, pad - len(w))))
+    return fe(w, sampling_rate=sample_rate, return_tensors="np")[a["input_name"]][0].astype(np.float32)
 '''
 
 
@@ -201,27 +276,33 @@ def onnx_snippet(pp: dict) -> str:
     """Self-contained Python (numpy, onnxruntime, PIL / open_clip / transformers as needed) for this export."""
     towers = pp["towers"]
     code = _HEAD
-    if "image" in towers and towers["image"]["preprocess"].get("steps"):
-        code += _IMAGE
+    if "image" in towers:
+        code += _IMAGE if towers["image"]["preprocess"].get("steps") else \
+            _HF_IMAGE if towers["image"]["preprocess"].get("path") else ""
     if "text" in towers and towers["text"]["preprocess"]["kind"] in _TEXT:
         code += _TEXT[towers["text"]["preprocess"]["kind"]]
-    if "audio" in towers and towers["audio"]["preprocess"].get("mel_filterbank"):
-        code += _AUDIO
+    if "audio" in towers:
+        code += _AUDIO if towers["audio"]["preprocess"].get("mel_filterbank") else \
+            _HF_AUDIO if towers["audio"]["preprocess"].get("path") else ""
     return code
 
 
 def _usage(pp: dict) -> str:
-    towers, lines = pp["towers"], []
-    if "image" in towers:
+    """Lines that call the snippet's functions, only those it defines (a tower it cannot preprocess gets none)."""
+    lines, defined = [], onnx_snippet(pp)
+    if "def preprocess_image(" in defined:
         lines.append('from PIL import Image\nz_img = embed("image", preprocess_image(Image.open("cat.jpg"))[None])'
                      '  # [1, E]')
-    if "text" in towers:
+    if "def tokenize(" in defined:
         lines.append('z_txt = embed("text", tokenize(["a photo of a cat", "a photo of a dog"]))  # [2, E]')
-    if "audio" in towers:
+    audio = ("log_mel(audio_clip(wave, sr))" if "def log_mel(" in defined else
+             "audio_input(wave, sr)" if "def audio_input(" in defined else None)
+    if audio:
         lines.append('import soundfile as sf\nwave, sr = sf.read("dog.wav", dtype="float32")  # mono\n'
-                     'z_aud = embed("audio", log_mel(audio_clip(wave, sr))[None])  # [1, E]')
-    mods = [m for m in ("image", "audio") if m in towers]
-    if mods and "text" in towers:
+                     f'z_aud = embed("audio", {audio}[None])  # [1, E]')
+    made = {m for m, v in (("image", "z_img ="), ("text", "z_txt ="), ("audio", "z_aud =")) if v in "".join(lines)}
+    mods = [m for m in ("image", "audio") if m in made]
+    if mods and "text" in made:
         bias = ' + PP["logit_bias"]' if pp.get("logit_bias") is not None else ""
         short = {"image": "img", "audio": "aud"}[mods[0]]
         lines.append(f'logits = PP["logit_scale"] * z_{short} @ z_txt.T{bias}  # [1, 2]')
@@ -233,6 +314,34 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def _training(recipe: dict, info: dict) -> List[str]:
+    """The card's Training section: the data, the checkpoint exported (its step; trained weights or their
+    average), and the run's figures (summary.json), said to be the whole run's when the checkpoint is not its last."""
+    L = ["## Training", "", f"- data: `{json.dumps(recipe.get('data', {}).get('train'))}`"]
+    ck, s = info.get("checkpoint"), info.get("summary") or {}
+    if ck:
+        ema = (recipe.get("train") or {}).get("ema")
+        what = (f"the moving average of the trained weights (train.ema{f' {ema:g}' if ema else ''})"
+                if ck["weights"] == "average" else "the trained weights")
+        L.append(f"- exported: the checkpoint of step {ck['step']} (`{ck['path']}`); weights: {what}")
+    if not s:
+        return L + [f"- no run summary found ({SUMMARY})", ""]
+    if ck and s.get("steps") is not None and ck["step"] != s.get("steps"):
+        L.append(f"- the figures below are the whole run's (to step {s.get('steps')}), not the exported step "
+                 f"{ck['step']}'s")
+    wall, sps = s.get("wall_time_s"), s.get("samples_per_s")
+    samples = int(round(wall * sps)) if wall and sps else None
+    loss = s.get("final_loss")
+    facts = [f"- steps: {s.get('steps')}",
+             f"- training time: {_fmt(wall)} s" if wall is not None else "",
+             f"- throughput: {_fmt(sps)} samples/s" if sps is not None else "",
+             f"- samples seen: ~{samples:,}" if samples else "",
+             f"- final loss: {_fmt(loss)}" + (" (training loss of the trained weights, not of their average)"
+                                              if ck and ck["weights"] == "average" else "") if loss is not None else "",
+             f"- processes: {s.get('world_size')}, precision {s.get('precision')}" if s.get("world_size") else ""]
+    return L + [f for f in facts if f] + [""]
 
 
 def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optional[dict]) -> str:
@@ -253,8 +362,10 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
     if result["notes"]:
         L += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     L += ["## Files", ""] + [f"- `{f}`" for f in result["files"] if "/" not in f]
-    if any(f.startswith("tokenizer/") for f in result["files"]):
-        L.append("- `tokenizer/` (tokenizer files for ONNX users)")
+    for folder, what in (("tokenizer", "tokenizer"), ("image_processor", "image processor"),
+                         ("audio_feature_extractor", "audio feature extractor")):
+        if any(f.startswith(folder + "/") for f in result["files"]):
+            L.append(f"- `{folder}/` ({what} files for ONNX users)")
     L.append("")
 
     # -- how to load --
@@ -281,20 +392,7 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
           "z = model.encode_text(model.tokenize(['a photo of a cat']))", "```", ""]
 
     # -- training and results --
-    L += ["## Training", "", f"- data: `{json.dumps(recipe.get('data', {}).get('train'))}`"]
-    s = info.get("summary") or {}
-    if s:
-        wall, sps = s.get("wall_time_s"), s.get("samples_per_s")
-        samples = int(round(wall * sps)) if wall and sps else None
-        facts = [f"- steps: {s.get('steps')}",
-                 f"- training time: {_fmt(wall)} s" if wall is not None else "",
-                 f"- throughput: {_fmt(sps)} samples/s" if sps is not None else "",
-                 f"- samples seen: ~{samples:,}" if samples else "",
-                 f"- final loss: {_fmt(s.get('final_loss'))}" if s.get("final_loss") is not None else "",
-                 f"- processes: {s.get('world_size')}, precision {s.get('precision')}" if s.get("world_size") else ""]
-        L += [f for f in facts if f] + [""]
-    else:
-        L += [f"- no run summary found ({SUMMARY})", ""]
+    L += _training(recipe, info)
     ev, reports = info.get("eval"), info.get("reports") or []
     if ev or reports:
         L += ["## Benchmarks", ""]

@@ -6,6 +6,8 @@
     preprocess.json          how raw inputs become those tensors (see `preprocess_json`)
     tokenizer/               BPE vocab (open_clip) or HF tokenizer files
     audio_mel_filterbank.npy the exact mel filterbank [n_fft // 2 + 1, n_mels] of the audio front end
+    image_processor/, audio_feature_extractor/   hf_image / hf_audio towers: the model's own transformers
+                             preprocessor (save_pretrained), so the export needs no other folder
 
 The batch axis is dynamic. Every file is checked against PyTorch with onnxruntime
 at export time (batch 3 and batch 1, max abs diff <= 1e-4); a failure raises
@@ -178,7 +180,8 @@ def save_tokenizer(tower, out_dir: str) -> Dict[str, object]:
         shutil.copyfile(default_bpe(), os.path.join(tdir, os.path.basename(default_bpe())))
         entry.update(bpe_path=f"tokenizer/{os.path.basename(default_bpe())}",
                      tokenizer_kwargs=dict(getattr(tower, "text_cfg", {}).get("tokenizer_kwargs", {})),
-                     how="open_clip.tokenizer.SimpleTokenizer(bpe_path, context_length, **tokenizer_kwargs)(texts)")
+                     how="open_clip.tokenizer.SimpleTokenizer(bpe_path=bpe_path, context_length=context_length, "
+                         "**tokenizer_kwargs)(texts)")
     elif kind == "open_clip_hf":
         tower.save_hf_tokenizer(tdir)
         entry.update(path="tokenizer", tokenizer_kwargs=dict(tower.text_cfg.get("tokenizer_kwargs", {})),
@@ -190,6 +193,57 @@ def save_tokenizer(tower, out_dir: str) -> Dict[str, object]:
                          "truncation=True, max_length=context_length)['input_ids']")
     entry["tower"] = tower.preprocess_config()
     return entry
+
+
+def image_entry(tower, out_dir: str) -> dict:
+    """preprocess.json's image entry: explicit steps, or (a transformers image processor, hf_image) the processor's
+    own files in out_dir/image_processor/, which the README snippet loads."""
+    entry = {"steps": image_steps(tower), "tower": tower.preprocess_config()}
+    processor = getattr(tower, "processor", None)
+    if entry["steps"] is None and hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(os.path.join(out_dir, "image_processor"))
+        entry.update(path="image_processor",
+                     how="transformers.AutoImageProcessor.from_pretrained(path)(images=img.convert('RGB'))"
+                         "['pixel_values']")
+    return entry
+
+
+def _eval_crop(fe) -> str:
+    """What align does to a wave before the log-mel, in order, with this front end's settings."""
+    steps = ["mono", "resample to sample_rate (polyphase)"]
+    if fe.trim_db > 0:
+        steps.append(f"cut leading/trailing 10 ms frames whose RMS is more than trim_db ({fe.trim_db:g}) below the "
+                     "loudest frame's")
+    if fe.normalize != "none":
+        steps.append(f"scale so the {fe.normalize} level is target_db ({fe.target_db:g}) dBFS (silence unchanged)")
+    steps.append("centre crop or zero-pad on the right to clip_samples")
+    norm = ("per-utterance CMVN of the log-mel (each mel bin to mean 0, std 1 over the frames that are not zero "
+            "padding; those are set to 0)" if fe.cmvn == "utterance" else "log-mel (x - norm_mean) / norm_std")
+    return ", ".join(steps) + "; then " + norm
+
+
+def audio_entry(tower, out_dir: str) -> dict:
+    """preprocess.json's audio entry: align's front end (+ its mel filterbank file), or (hf_audio) the model's
+    feature extractor files in out_dir/audio_feature_extractor/, which the README snippet loads."""
+    pp = dict(tower.preprocess_config())
+    fe = getattr(tower, "fe", None)
+    if fe is not None:
+        from align.towers.audio_features import mel_filterbank
+        fb = mel_filterbank(fe.n_fft // 2 + 1, fe.sample_rate, fe.n_mels, fe.f_min, fe.f_max,
+                            fe.mel_scale, None if fe.mel_norm == "none" else fe.mel_norm)
+        np.save(os.path.join(out_dir, "audio_mel_filterbank.npy"), fb.numpy())
+        pp.update(mel_filterbank="audio_mel_filterbank.npy", eval_crop=_eval_crop(fe))
+    elif hasattr(getattr(tower, "extractor", None), "save_pretrained"):
+        tower.extractor.save_pretrained(os.path.join(out_dir, "audio_feature_extractor"))
+        call = ("fe(wave, sampling_rate=sample_rate, padding='max_length', max_length=clip_samples, truncation=True, "
+                "return_attention_mask=True); input = stack([input_name values, attention_mask])"
+                if pp.get("packed_attention_mask") else
+                "zero-pad on the right to clip_samples (extractor_fixes_length false) or, when shorter than "
+                "sample_rate // 20, to that (true); input = fe(wave, sampling_rate=sample_rate)[input_name][0]")
+        pp.update(path="audio_feature_extractor",
+                  how="mono, resample to sample_rate, centre crop to clip_samples when longer, then " + call
+                      + "; fe = transformers.AutoFeatureExtractor.from_pretrained(path)")
+    return pp
 
 
 def preprocess_json(model, out_dir: str, files: Dict[str, str]) -> dict:
@@ -207,21 +261,11 @@ def preprocess_json(model, out_dir: str, files: Dict[str, str]) -> dict:
                  "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", int(tower.embed_dim)],
                             "l2_normalised": True}}
         if m == "image":
-            entry["preprocess"] = {"steps": image_steps(tower), "tower": tower.preprocess_config()}
+            entry["preprocess"] = image_entry(tower, out_dir)
         elif m == "text":
             entry["preprocess"] = save_tokenizer(tower, out_dir)
         elif m == "audio":
-            pp = dict(tower.preprocess_config())
-            fe = getattr(tower, "fe", None)
-            if fe is not None:
-                from align.towers.audio_features import mel_filterbank
-                fb = mel_filterbank(fe.n_fft // 2 + 1, fe.sample_rate, fe.n_mels, fe.f_min, fe.f_max,
-                                    fe.mel_scale, None if fe.mel_norm == "none" else fe.mel_norm)
-                np.save(os.path.join(out_dir, "audio_mel_filterbank.npy"), fb.numpy())
-                pp["mel_filterbank"] = "audio_mel_filterbank.npy"
-            pp["eval_crop"] = ("resample to sample_rate (polyphase), mono, centre crop or zero-pad on the right "
-                               "to clip_samples")
-            entry["preprocess"] = pp
+            entry["preprocess"] = audio_entry(tower, out_dir)
         else:
             entry["preprocess"] = tower.preprocess_config()
         out["towers"][m] = entry

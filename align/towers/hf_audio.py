@@ -116,6 +116,7 @@ class HFAudioTower(HFEncoderTower):
                 "feature_extractor": type(fe).__name__, "sample_rate": int(fe.sampling_rate),
                 "clip_samples": self.clip_samples, "input_name": self.input_name,
                 "packed_attention_mask": self.has_mask,
+                "extractor_fixes_length": default_clip_samples(fe) is not None,
                 "how": "mono, resample to sample_rate, centre crop to clip_samples, then "
                        "transformers.AutoFeatureExtractor.from_pretrained(model)(wave, sampling_rate)"
                        + ("; input = stack([input_values, attention_mask]) padded to clip_samples"

@@ -286,13 +286,18 @@ def load_model_state(model, saved: Dict[str, torch.Tensor], what: str, hint: str
     model.load_state_dict(saved)
 
 
+def dcp_holds_average(store: str) -> bool:
+    """Whether the DCP store `store` (a checkpoint's dcp/) holds train.ema's weight average (its "ema." tensors)."""
+    return any(k.startswith("ema.") for k in _safe_reader(store).read_metadata().state_dict_metadata)
+
+
 def load_sharded_ema(path: str, avg: Dict[str, torch.Tensor]) -> bool:
     """Collective (train.sharding=fsdp): reads checkpoint `path`'s weight average into `avg` in place (this
     rank's DTensor shards; DCP reshards to this run's world size). False when the checkpoint has none."""
     import torch.distributed.checkpoint as dcp
 
     store = os.path.join(path, DCP_DIR)
-    if not any(k.startswith("ema.") for k in _safe_reader(store).read_metadata().state_dict_metadata):
+    if not dcp_holds_average(store):
         return False
     dcp.load({"ema": avg}, storage_reader=_safe_reader(store))
     return True

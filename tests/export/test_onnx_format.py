@@ -1,6 +1,7 @@
 """ONNX format: onnxruntime matches PyTorch per tower, and the README snippet reproduces align without align."""
 import json
 import os
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +13,7 @@ import align
 from align.errors import AlignError
 from align.export import export, onnx_format
 from align.towers.audio_features import mel_filterbank
-from tests.export.conftest import SR, make_run, readme_snippet
+from tests.export.conftest import CAPTIONS, SR, make_run, readme_snippet
 
 
 def _ort(path):
@@ -176,17 +177,85 @@ def _weights_equal_after_load(path, model):
 
 def test_hf_image_and_audio_towers_export_to_onnx(tmp_path):
     """A model with transformers image (CLIP vision) and audio (AST) towers: fmt=all writes ONNX for all three
-    towers (parity checked at export) and notes that open_clip format cannot hold it."""
+    towers (parity checked at export) and notes that open_clip format cannot hold it. The export carries the image
+    processor and feature extractor: with the original model folders gone, the README's snippet and its usage lines
+    reproduce align (the usage called preprocess_image, log_mel and audio_clip, which the snippet never defined)."""
+    import shutil
+    import soundfile as sf
     from align.export import export
     from tests.export.conftest import make_run
     from tests.towers.hf_tiny import save_tiny
     towers = {"image": {"type": "hf_image", "model": save_tiny("clip_vision", tmp_path / "clipv")},
               "audio": {"type": "hf_audio", "model": save_tiny("ast", tmp_path / "ast")}}
-    run, _ = make_run(tmp_path, towers=towers, pairs=[["image", "text"], ["audio", "text"]])
-    res = export(run, str(tmp_path / "out"), fmt="all", progress=False)
+    run, model = make_run(tmp_path, towers=towers, pairs=[["image", "text"], ["audio", "text"]])
+    out = tmp_path / "out"
+    res = export(run, str(out), fmt="all", progress=False)
     assert {"image.onnx", "text.onnx", "audio.onnx", "preprocess.json"} <= set(res["files"])
     assert max(max(p.values()) for p in res["parity"]["onnx"].values()) <= 1e-4
     assert any("open_clip format skipped" in n for n in res["notes"])
-    pp = json.load(open(tmp_path / "out" / "preprocess.json"))
+    pp = json.load(open(out / "preprocess.json"))
     assert pp["towers"]["image"]["preprocess"]["tower"]["tower"] == "hf_image"
     assert pp["towers"]["audio"]["preprocess"]["feature_extractor"] == "ASTFeatureExtractor"
+    shutil.rmtree(tmp_path / "clipv"), shutil.rmtree(tmp_path / "ast")
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (45, 38), dtype=np.uint8), "L")
+    wave = (0.1 * rng.standard_normal(20000)).astype(np.float32)
+    img.save(tmp_path / "cat.jpg")
+    sf.write(str(tmp_path / "dog.wav"), wave, SR, subtype="FLOAT")
+    with torch.no_grad():
+        x_img, x_aud = model.image_transform(Image.open(tmp_path / "cat.jpg")), model.audio_transform((wave, SR))
+        refs = {"z_img": model.encode_image(x_img[None]).numpy(), "z_aud": model.encode_audio(x_aud[None]).numpy(),
+                "z_txt": model.encode_text(model.tokenize(["a photo of a cat", "a photo of a dog"])).numpy()}
+    card = (out / "README.md").read_text()
+    usage = re.findall(r"```python\n(.*?)```", card[card.index("### onnxruntime"):], re.S)[1]   # after the snippet
+    ns = {}
+    exec(readme_snippet(out), ns)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        exec(usage, ns)
+    finally:
+        os.chdir(cwd)
+    assert np.abs(ns["preprocess_image"](Image.open(tmp_path / "cat.jpg")) - x_img.numpy()).max() <= 1e-6
+    assert np.abs(ns["audio_input"](wave, SR) - x_aud.numpy()).max() <= 1e-6
+    for k, ref in refs.items():
+        assert np.abs(ns[k] - ref).max() <= 1e-4, k
+    assert ns["logits"].shape == (1, 2)
+
+
+def test_readme_snippet_trims_normalises_and_applies_cmvn_as_align(tmp_path):
+    """A front end with trim_db, normalize and cmvn: the README's audio_clip/log_mel give align's own features
+    (they skipped all three: features off by up to 5 and no word about it) and preprocess.json's eval_crop names
+    the three steps."""
+    audio = {"type": "audio_cnn", "clip_seconds": 0.25, "n_mels": 16, "channels": [4], "trim_db": 20.0,
+             "normalize": "peak", "target_db": -3.0, "cmvn": "utterance"}
+    run, model = make_run(tmp_path, open_clip=False, pairs=[["audio", "text"]],
+                          towers={"text": {"type": "bow_text", "width": 8, "context_length": 8}, "audio": audio})
+    out = tmp_path / "x"
+    export(run, str(out), fmt="onnx", progress=False)
+    ns = {}
+    exec(readme_snippet(out), ns)
+    rng = np.random.default_rng(0)
+    for n in (1500, 9000):                  # shorter than the 4000-sample clip, and longer
+        w = 0.001 * rng.standard_normal(n).astype(np.float32)
+        w[n // 4:3 * n // 4] += 0.2 * np.sin(np.arange(3 * n // 4 - n // 4) / 5).astype(np.float32)
+        with torch.no_grad():
+            x = model.audio_transform((w, SR))
+            z = model.encode_audio(x[None]).numpy()
+        got = ns["log_mel"](ns["audio_clip"](w, SR))
+        assert np.abs(got - x.numpy()).max() <= 1e-4, n
+        assert np.abs(ns["embed"]("audio", got[None]) - z).max() <= 1e-4, n
+    how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
+    assert "trim_db (20)" in how and "peak level is target_db (-3)" in how and "per-utterance CMVN" in how
+
+
+def test_the_simple_tokenizer_how_string_runs_as_written(outside):
+    """preprocess.json's `how` for open_clip's SimpleTokenizer, evaluated with its own names, gives align's tokens
+    (it passed context_length positionally, into additional_special_tokens: TypeError)."""
+    import open_clip
+    import open_clip.tokenizer  # noqa: F401  the `how` names open_clip.tokenizer.SimpleTokenizer
+    t = json.load(open(os.path.join(outside.out, "preprocess.json")))["towers"]["text"]["preprocess"]
+    names = {"open_clip": open_clip, "bpe_path": os.path.join(outside.out, t["bpe_path"]),
+             "context_length": t["context_length"], "tokenizer_kwargs": t["tokenizer_kwargs"], "texts": CAPTIONS}
+    tokens = eval(t["how"], names)
+    assert np.array_equal(tokens.numpy(), align.load(outside.run).tokenize(CAPTIONS).numpy())

@@ -60,6 +60,23 @@ def test_sharded_checkpoint_is_read_by_export(dcp_run, tmp_path):
     _same(align.load(str(tmp_path / "exp")), model)
     card = open(tmp_path / "exp" / "README.md").read()
     assert "- steps: 2" in card                          # the run's summary.json was found from the DCP checkpoint
+    assert "step 2" in card and "weights: the trained weights" in card
+
+
+def test_a_sharded_checkpoint_with_a_weight_average_exports_the_average_and_says_so(tmp_path):
+    """train.ema under fsdp: the DCP store's "ema." tensors are exported, and the card says they are the average."""
+    from align.export import export
+    run, model = make_run(tmp_path, seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    avg = {k: v + 0.01 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+    save_checkpoint(rundir.checkpoints_dir(run), "step-00000002", None, opt, {"step": 2}, sharded=(model, opt),
+                    ema_sd=avg)
+    export(run, str(tmp_path / "exp"), fmt="onnx", progress=False)
+    import align
+    got = align.load(str(tmp_path / "exp")).state_dict()
+    assert all(torch.equal(got[k], avg[k]) for k in avg)
+    card = open(tmp_path / "exp" / "README.md").read()
+    assert "the checkpoint of step 2" in card and "weights: the moving average of the trained weights" in card
 
 
 def test_sharded_checkpoint_is_read_by_init_from(dcp_run):
