@@ -866,4 +866,7 @@ MUTATIONS = [
       '    if ck and s.get("steps") is not None and ck["step"] != s.get("steps"):', "    if False:",
       ["tests/export/test_export.py::test_the_card_names_the_checkpoint_and_whether_it_holds_the_weight_average"],
       "an earlier checkpoint's card gave the whole run's steps and loss as its own"),
+    M("towers.audio.odd_n_fft_accepted", "align/towers/audio_features.py",
+      "        if self.n_fft % 2:", "        if False:", ["tests/towers/test_audio.py"],
+      "an odd n_fft: one STFT frame fewer than the tower expects, every clip refused"),
 ]

@@ -116,6 +116,10 @@ class AudioFrontend:
         for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "eval_clips"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) <= 0:
                 bad(k, "must be a positive integer")
+        if self.n_fft % 2:
+            # torch's centred STFT of an odd n_fft gives 1 + (L - 1) // hop frames, not n_frames (the tower then
+            # refused every clip), and the filterbank's bins assume an even FFT size
+            bad("n_fft", "must be even")
         if self.win_length > self.n_fft:
             bad("win_length", f"must be <= n_fft ({self.n_fft})")
         if self.clip_seconds == "auto":

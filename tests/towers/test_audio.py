@@ -317,6 +317,7 @@ def test_audio_cnn_layouts():
     ({"type": "audio", "normalize": "loud"}, r"normalize: must be 'none', 'peak' or 'rms'"),
     ({"type": "audio", "target_db": 3}, r"target_db: must be a number of dBFS"),
     ({"type": "audio", "trim_db": -1}, r"trim_db: must be a number >= 0"),
+    ({"type": "audio_cnn", "n_fft": 401, "win_length": 400}, r"n_fft: must be even \(got 401\)"),
 ])
 def test_config_errors(cfg, match):
     with pytest.raises(ConfigError, match=match):
