@@ -293,3 +293,16 @@ def test_the_readme_layout_names_every_align_command():
     data = set(commands(top["data"])) - named("align/cli_data.py", "align/retrieval/")
     missing += [f"data {c}" for c in sorted(data)]
     assert not missing, f"README Layout names no module for: {missing}"
+
+
+def test_tests_readme_lists_every_test_folder():
+    """tests/README.md's list of the folders that mirror align/ left out tests/retrieval/."""
+    import os
+    import re
+    from braceexpand import braceexpand
+    here = os.path.dirname(os.path.abspath(__file__))
+    intro = open(os.path.join(here, "README.md"), encoding="utf-8").read().split("\n\n")[1]
+    listed = {p.strip("/") for m in re.findall(r"`tests/([\w{},/]+/)`", intro) for p in braceexpand(m)}
+    folders = {os.path.relpath(d, here).replace(os.sep, "/") for d, dirs, files in os.walk(here)
+               if d != here and "__pycache__" not in d and any(f.startswith("test_") for f in files)}
+    assert not folders - listed, f"tests/README.md does not list: {sorted(folders - listed)}"
