@@ -195,3 +195,51 @@ def test_demo_into_a_file_and_recipes_show_of_a_non_recipe_are_one_line(capsys, 
     assert code == 2 and err.count("\n") == 1 and "cannot show it as a recipe" in err
     code, err = _run(["recipes", "--show", ""], capsys)
     assert code == 2 and "give a recipe name or a path" in err
+
+
+# -- the README's commands -----------------------------------------------------------------------
+def _readme_commands():
+    """argv (after `align`) of every `align ...` and `... -m align.cli ...` line of README's bash blocks."""
+    import re
+    import shlex
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            for part in line.split("&&"):
+                toks = shlex.split(part, comments=True)
+                if "align.cli" in toks:
+                    toks = ["align"] + toks[toks.index("align.cli") + 1:]
+                if toks[:1] == ["align"]:       # `...` stands for the rest; `[--prune]` for an optional flag
+                    cmds.append([t.strip("[]") for t in toks[1:] if t != "..."])
+    return readme, cmds
+
+
+def test_the_readmes_commands_parse_set_recipe_keys_and_read_the_shards_they_wrote():
+    """Every README command parses with `align`'s own parser and its KEY=VALUE overrides are recipe keys; a
+    pattern over a folder that README's `align data shards --out DIR` wrote names the files written there:
+    `shards/{000000..000007}.tar` (text_keys, `align embed`, `align.embed`) matched none of shard-NNNNNN.tar."""
+    import re
+    from align.cli import build_parser
+    from align.config_keys import recipe_keys
+    readme, cmds = _readme_commands()
+    parser, keys = build_parser(), {k["key"] for k in recipe_keys()}
+    assert len(cmds) > 40, "README's bash blocks were not found"
+    wrong, outs = [], set()
+    for argv in cmds:
+        try:
+            ns = parser.parse_args(argv)
+        except SystemExit:
+            wrong.append(f"`align {' '.join(argv)}` does not parse")
+            continue
+        for o in getattr(ns, "overrides", None) or []:
+            parts = o.split("=", 1)[0].split(".")
+            if not any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1)):
+                wrong.append(f"`align {' '.join(argv)}`: {o.split('=', 1)[0]} is no recipe key")
+        if argv[:2] == ["data", "shards"] and ns.layout == "shards" and not ns.val_groups:
+            outs.add((ns.out.rstrip("/"), ns.prefix))
+    for out, prefix in sorted(outs):
+        for m in re.finditer(rf"(?<![\w/.-]){re.escape(out)}/\{{", readme):
+            wrong.append(f"README reads {readme[m.start():m.start() + 30]!r}...: `align data shards --out {out}/` "
+                         f"wrote {out}/{prefix}-NNNNNN.tar")
+    assert not wrong, "\n".join(wrong)

@@ -227,3 +227,82 @@ def test_the_readme_draws_this_table():
     want = {p.rpartition(".")[2] for prefixes in GROUPS.values() for p in prefixes if p != "align"}
     want |= {m if m.count(".") == 1 else m.partition(".")[2] for m in APP_SHARED}
     assert sorted(w for w in want if w not in block) == []
+
+
+def _layout_tree():
+    """README "Layout" tree: {path it names: its description}, paths built from the indentation (2 per level)."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    start = readme.index("```", readme.index("\n## Layout")) + 3
+    entries, stack = {}, []
+    for line in readme[start:readme.index("```", start)].strip("\n").splitlines():
+        head = line[:26]
+        if not head.strip():                      # a continuation of the entry above
+            entries[path] += " " + line.strip()
+            continue
+        depth, name = (len(head) - len(head.lstrip())) // 2, head.split()[0]
+        stack[depth:] = [name.rstrip("/")]
+        path = "/".join(stack) + ("/" if name.endswith("/") else "")
+        entries[path] = line[26:].strip()
+    return root, entries
+
+
+def test_the_readme_layout_names_every_package_and_module_and_only_files_that_exist():
+    """The tree left out the whole `sweep/` package and modules of others (train's dataworkers, hooks, teacher;
+    losses' distill; stream's keys, pack, val_split, ...): every folder and file it names exists, every align/
+    package and top-level module has its line, and each package's line names each of its modules."""
+    import os
+    import re
+    root, entries = _layout_tree()
+    wrong = [f"README Layout names {p}, which does not exist" for p in entries
+             if not os.path.exists(os.path.join(root, p))]
+    for d, dirs, files in os.walk(os.path.join(root, "align")):
+        dirs[:] = [x for x in dirs if x != "__pycache__"]
+        rel = os.path.relpath(d, root).replace(os.sep, "/")
+        if rel == "align":
+            wrong += [f"README Layout has no line for align/{f}" for f in files
+                      if f.endswith(".py") and f != "__init__.py" and f"align/{f}" not in entries]
+            continue
+        if rel + "/" not in entries:
+            wrong.append(f"README Layout has no line for {rel}/")
+            continue
+        words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", entries[rel + "/"]))
+        wrong += [f"README Layout's {rel}/ does not name its module {f[:-3]}" for f in files
+                  if f.endswith(".py") and f != "__init__.py" and f[:-3] not in words]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_readme_layout_names_every_align_command():
+    """cli.py's line left out `align checkpoints`: every command and `align data` subcommand is on the line of
+    the module that parses it (cli.py, cli_data.py, or retrieval/ for embed, index, search, serve, data filter)."""
+    import argparse
+    import re
+    from align.cli import build_parser
+    _, entries = _layout_tree()
+
+    def commands(parser):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return sub.choices
+
+    def named(*paths):
+        return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(entries[p] for p in paths)))
+
+    top = commands(build_parser())
+    missing = sorted(set(top) - named("align/cli.py", "align/retrieval/"))
+    data = set(commands(top["data"])) - named("align/cli_data.py", "align/retrieval/")
+    missing += [f"data {c}" for c in sorted(data)]
+    assert not missing, f"README Layout names no module for: {missing}"
+
+
+def test_tests_readme_lists_every_test_folder():
+    """tests/README.md's list of the folders that mirror align/ left out tests/retrieval/."""
+    import os
+    import re
+    from braceexpand import braceexpand
+    here = os.path.dirname(os.path.abspath(__file__))
+    intro = open(os.path.join(here, "README.md"), encoding="utf-8").read().split("\n\n")[1]
+    listed = {p.strip("/") for m in re.findall(r"`tests/([\w{},/]+/)`", intro) for p in braceexpand(m)}
+    folders = {os.path.relpath(d, here).replace(os.sep, "/") for d, dirs, files in os.walk(here)
+               if d != here and "__pycache__" not in d and any(f.startswith("test_") for f in files)}
+    assert not folders - listed, f"tests/README.md does not list: {sorted(folders - listed)}"

@@ -88,6 +88,34 @@ def test_distribution_name_is_not_the_taken_align():
     assert PYPROJECT["project"]["scripts"] == {"align": "align.cli:main"}
 
 
+def _doc_texts() -> dict:
+    """What a user reads and copies: README.md, every recipe's header, align/'s error messages and docstrings."""
+    paths = [os.path.join(ROOT, "README.md")]
+    for folder in ("recipes", "align"):
+        for d, _, files in os.walk(os.path.join(ROOT, folder)):
+            paths += [os.path.join(d, f) for f in files if f.endswith((".yaml", ".py"))]
+    return {os.path.relpath(p, ROOT): open(p, encoding="utf-8").read() for p in paths}
+
+
+def test_every_pip_install_the_docs_show_names_this_distribution():
+    """`pip install "align[hf]"` (two recipe headers and the README said so) installs `align` 0.1.1, an unrelated
+    PyPI project: a requirement of ours is `align-clip[...]` or the checkout (`.`, `-e .`, `".[hf]"`)."""
+    bad = []
+    for name, text in _doc_texts().items():
+        for args in re.findall(r"pip install([^\n`&;|()]*)", text):     # its arguments, up to the next command
+            if any(a.strip("'\"").split("[")[0] == "align" for a in args.split()):
+                bad.append(f"{name}: 'pip install{args.rstrip()}' installs PyPI's unrelated `align`")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_readme_names_every_extra():
+    """README's install paragraph lists the extras a user can ask for (`.[sweep]` was missing from it)."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    para = readme[readme.index("Extras:"):readme.index("\n\n", readme.index("Extras:"))]
+    missing = [e for e in PYPROJECT["project"]["optional-dependencies"] if f"`.[{e}]`" not in para]
+    assert not missing, f"README's Extras list misses: {missing}"
+
+
 @pytest.mark.parametrize("folder,extras", [
     ("align", ("hf", "export", "wandb", "sweep")),  # the library: dependencies + its optional extras
     ("tests", ("dev",)),                           # the README's test command installs .[dev]

@@ -77,7 +77,10 @@ def verify(ckpt_dir: str, *, hashes: bool = True) -> Optional[str]:
             return f"{p}: missing (the checkpoint's manifest lists it)"
         size = os.path.getsize(p)
         if size != want["size"]:
-            return f"{p}: {_mb(size)}, expected {_mb(want['size'])} (damaged or cut short)"
+            got, exp = _mb(size), _mb(want["size"])
+            if got == exp:         # a few bytes apart: "34.1 MB, expected 34.1 MB" would say nothing
+                got, exp = f"{size:,} bytes", f"{want['size']:,} bytes"
+            return f"{p}: {got}, expected {exp} (damaged or cut short)"
         if hashes and _sha256(p) != want["sha256"]:
             return f"{p}: contents differ from the checkpoint's manifest (sha256 mismatch)"
     return None

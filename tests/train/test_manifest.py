@@ -30,6 +30,15 @@ def test_a_file_cut_to_half_is_named_with_its_sizes(tmp_path):
     assert msg == f"{p}: 0.15 MB, expected 0.3 MB (damaged or cut short)"
 
 
+def test_a_few_bytes_more_show_both_sizes_in_bytes(tmp_path):
+    """`align checkpoints` said "34.1 MB, expected 34.1 MB" for a file 2 bytes longer: equal in MB, say bytes."""
+    d = _ckpt(tmp_path)
+    p = d / "model.safetensors"
+    with open(p, "ab") as f:
+        f.write(b"x\n")
+    assert verify(str(d)) == f"{p}: 300,002 bytes, expected 300,000 bytes (damaged or cut short)"
+
+
 def test_a_flipped_byte_of_the_same_size_fails_the_hash(tmp_path):
     d = _ckpt(tmp_path)
     p = d / "dcp" / "__0_0.distcp"

@@ -1,6 +1,7 @@
 """align/data/stream/val_split.py: unseen groups carved out of the training shards (data.val_split)."""
 import json
 import os
+import re
 
 import pytest
 
@@ -116,7 +117,12 @@ def test_training_never_sees_a_held_out_group_and_evaluates_on_it(tmp_path, caps
     rows = [json.loads(x) for x in open(tmp_path / "run" / "eval.jsonl")]
     assert rows and any("text-image/retrieval" in k for k in rows[-1]), rows[-1]
     assert any(k.startswith("text-image/retrieval") for k in summary["metrics"])
-    assert "val text-image/retrieval/image_retrieval_recall@5" in capsys.readouterr().out
+    end = capsys.readouterr().out
+    assert "val text-image/retrieval/image_retrieval_recall@5" in end
+    # README quotes this end line ("the end line names it (`held-out audio/...`)" after the code said val)
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "..", "README.md"), encoding="utf-8").read()
+    quoted = re.search(r"the\s+end\s+line\s+names\s+it\s+\(`([^`]+)`", readme).group(1)
+    assert f", {quoted.split()[0]} text-image/retrieval/image_retrieval_recall@5 " in end, quoted
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0
     from align.export import export
     from align.train import rundir
