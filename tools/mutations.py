@@ -823,4 +823,11 @@ MUTATIONS = [
     M("data.write.audio_array_cast_not_scaled", "align/data/write/media.py",
       '            wave = to_mono(raw, f"audio: {shown}")', "            wave = raw.astype(np.float32).reshape(len(raw), -1).mean(axis=1)",
       ["tests/data/write/test_shards.py::test_a_decoded_audio_array_is_scaled_and_down_mixed_as_the_towers_read_audio"]),
+    M("train.unused_keys_not_said", "align/train/setup.py",
+      "    for line in unused_settings(r):", "    for line in []:",
+      ["tests/train/test_unused.py"], "a key the run's mode never reads (synthetic data, no data.val, ddp) ignored"),
+    M("train.synthetic_epoch_from_samples_per_epoch", "align/train/setup.py",
+      '        spe = r.data.synthetic_size if r.data.train == "synthetic" else r.data.samples_per_epoch',
+      "        spe = r.data.samples_per_epoch or r.data.synthetic_size",
+      ["tests/train/test_unused.py::test_samples_per_epoch_does_not_set_a_synthetic_epoch"]),
 ]
