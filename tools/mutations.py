@@ -830,4 +830,10 @@ MUTATIONS = [
       '        spe = r.data.synthetic_size if r.data.train == "synthetic" else r.data.samples_per_epoch',
       "        spe = r.data.samples_per_epoch or r.data.synthetic_size",
       ["tests/train/test_unused.py::test_samples_per_epoch_does_not_set_a_synthetic_epoch"]),
+    M("towers.open_clip.other_modality_key_ignored", "align/towers/open_clip_towers.py",
+      "    if other:", "    if False:", ["tests/towers/test_open_clip_towers.py::test_a_key_the_tower_would_not_read_is_refused"], "trim_padding on the image tower, image_mean on the text tower"),
+    M("towers.open_clip.unlocked_groups_without_lock", "align/towers/open_clip_towers.py",
+      '    if "unlocked_groups" in cfg and not cfg.get("lock"):', "    if False:", ["tests/towers/test_open_clip_towers.py::test_a_key_the_tower_would_not_read_is_refused"]),
+    M("towers.open_clip.pretrained_temperature_without_pretrained", "align/towers/open_clip_towers.py",
+      '    if cfg.get("pretrained_temperature") and not cfg.get("pretrained"):', "    if False:", ["tests/towers/test_open_clip_towers.py::test_a_key_the_tower_would_not_read_is_refused"]),
 ]
