@@ -836,4 +836,12 @@ MUTATIONS = [
       '    if "unlocked_groups" in cfg and not cfg.get("lock"):', "    if False:", ["tests/towers/test_open_clip_towers.py::test_a_key_the_tower_would_not_read_is_refused"]),
     M("towers.open_clip.pretrained_temperature_without_pretrained", "align/towers/open_clip_towers.py",
       '    if cfg.get("pretrained_temperature") and not cfg.get("pretrained"):', "    if False:", ["tests/towers/test_open_clip_towers.py::test_a_key_the_tower_would_not_read_is_refused"]),
+    M("cli.data_stats.overrides_without_recipe", "align/cli_data.py",
+      "    if a.overrides and not a.recipe:", "    if False:",
+      ["tests/data/tools/test_stats.py::test_logmel_stats_of_shards_match_a_direct_computation"],
+      "KEY=VALUE without --recipe changed nothing"),
+    M("bench.cli.split_of_a_layout_without_splits", "align/bench/cli.py",
+      '    if a.bench_cmd != "suite" and a.split is not None and a.type not in SPLIT_TYPES:', "    if False:",
+      ["tests/bench/test_cli.py::test_out_and_batch_size_are_refused_in_one_line_before_any_work"],
+      "--split with --type imagefolder / audiofolder / csv was dropped"),
 ]
