@@ -844,4 +844,7 @@ MUTATIONS = [
       '    if a.bench_cmd != "suite" and a.split is not None and a.type not in SPLIT_TYPES:', "    if False:",
       ["tests/bench/test_cli.py::test_out_and_batch_size_are_refused_in_one_line_before_any_work"],
       "--split with --type imagefolder / audiofolder / csv was dropped"),
+    M("sweep.prune_after_without_the_median_pruner", "align/sweep/study.py",
+      '    if prune_after is not None and pruner != "median":', "    if False:",
+      ["tests/sweep/test_study.py::test_a_bad_option_is_one_line_naming_it"], "--prune-after with --pruner none"),
 ]
