@@ -262,7 +262,8 @@ def _add_sweep(sub) -> None:
     s.add_argument("--pruner", choices=["median", "none"], default="median",
                    help="median: stop a trial whose intermediate eval is below the median of earlier trials "
                         "at that step")
-    s.add_argument("--prune-after", type=int, default=2, help="finished trials before the pruner stops any")
+    s.add_argument("--prune-after", type=int, default=None, help="finished trials before the median pruner "
+                                                                  "stops any (default 2; --pruner median only)")
     s.add_argument("--heartbeat", type=int, default=10, help="seconds between Optuna heartbeats; a trial "
                                                              "silent for 3x this is retried")
     s.set_defaults(fn=cmd_sweep)

@@ -108,6 +108,9 @@ def cmd_data_stats(a):
     from align.data.tools.stats import feature_stats, image_size_stats, modalities_present
     from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
     r = None
+    if a.overrides and not a.recipe:   # they override a recipe's keys: without one they changed nothing
+        raise AlignError(f"data stats: {a.overrides[0]} overrides a key of --recipe; give --recipe (the recipe "
+                         f"whose audio front end to measure with)")
     if a.recipe:
         from align.config import load_recipe
         r = load_recipe(resolve_recipe(a.recipe), a.overrides)
@@ -180,7 +183,7 @@ def add_data_parsers(sub):
     s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
     s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("overrides", nargs="*", help="recipe overrides, e.g. model.towers.audio.clip_seconds=1")
+    s.add_argument("overrides", nargs="*", help="overrides of --recipe's keys, e.g. model.towers.audio.clip_seconds=1")
     s.set_defaults(fn=cmd_data_stats)
 
     s = data.add_parser("cache", help="list the shards data.train / data.val wrote from tables and folders of "

@@ -8,6 +8,7 @@ autocast while encoding) and --engine (torch | onnxruntime: align.bench.engine).
 imports no torch (tests/test_cli.py): every `align` command builds them.
 """
 
+SPLIT_TYPES = ("wds", "hf")      # dataset layouts with splits (--split)
 MODEL_HELP = "align run dir, checkpoint or export; open_clip:ARCH (with --pretrained); local-dir:DIR (open_clip layout)"
 
 
@@ -64,7 +65,7 @@ def add_bench_parser(sub, fn):
         s.add_argument("--dataset", required=True, help="dataset dir (CLIP_benchmark local layout, ...)")
         s.add_argument("--out", required=True, help="result JSON (missing folders are created)")
         s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-        s.add_argument("--split", default="test", help="split of the dataset (wds / hf layouts)")
+        s.add_argument("--split", default=None, help="split of the dataset (--type wds and hf only; default: test)")
         s.add_argument("--index", default="flat", help="flat (exact) | flat_faiss | ivf | hnsw | ivfpq")
         s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
         s.add_argument("--cache-dir", default=None, help="folder caching embeddings between runs (default: no cache)")
@@ -109,6 +110,9 @@ def _check_args(a) -> None:
         raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
     if a.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.bench_cmd != "suite" and a.split is not None and a.type not in SPLIT_TYPES:
+        raise ConfigError(f"--split {a.split}: a --type {a.type} dataset has no splits "
+                          f"(only {' and '.join(SPLIT_TYPES)})")
     if a.bench_cmd == "suite":
         if a.overwrite and a.skip_existing:
             raise ConfigError("--overwrite replaces existing results and --skip-existing keeps them: give one")
@@ -146,7 +150,7 @@ def run_bench_cli(a):
         print(f"{len(results)} results -> {a.out}")
         return
     from align.bench.datasets import open_dataset
-    opts = {"split": a.split} if a.type in ("wds", "hf") else {}
+    opts = {"split": a.split} if a.split is not None else {}     # (wds and hf; their own default: test)
     if a.bench_cmd == "zeroshot" and a.classnames:
         opts["classnames"] = a.classnames
     if a.bench_cmd == "zeroshot" and a.templates:

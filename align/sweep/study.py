@@ -292,9 +292,13 @@ def make_folder(path: str, option: str = "--out") -> None:
 
 def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = None, study: Optional[str] = None,
               out: Optional[str] = None, overrides: Optional[List[str]] = None, pruner: str = "median",
-              prune_after: int = 2, heartbeat_s: int = 10, poll_s: float = 0.5, say=None) -> dict:
-    """The sweep (module docstring); returns {"best_run_dir", "best_value", "rows", "files"}."""
+              prune_after: Optional[int] = None, heartbeat_s: int = 10, poll_s: float = 0.5, say=None) -> dict:
+    """The sweep (module docstring); returns {"best_run_dir", "best_value", "rows", "files"}.
+    prune_after: finished trials before the median pruner stops any (default 2); only with pruner="median"."""
     say = say or (lambda line: print(line, flush=True))
+    if prune_after is not None and pruner != "median":     # the pruner none never reads it
+        raise AlignError(f"--prune-after: only with --pruner median (--pruner {pruner} stops no trial)")
+    prune_after = 2 if prune_after is None else prune_after
     optuna = _optuna()
     check_options(n_trials, prune_after, heartbeat_s, study, out)
     path, data, r = load_sweep_recipe(recipe, list(overrides or []))

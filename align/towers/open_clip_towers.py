@@ -36,6 +36,9 @@ log = logging.getLogger("align.towers")
 _KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
          "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg",
          "trim_padding", "pretrained_temperature"}
+# keys only one modality's tower reads: given to the other, they did nothing
+_IMAGE_KEYS = ("image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg")
+_TEXT_KEYS = ("trim_padding",)
 
 
 def _tracing() -> bool:
@@ -288,12 +291,28 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
     tower.pretrained_scales = {k: sd[k] for k in ("logit_scale", "logit_bias") if k in sd}
 
 
+def _check_unread(cfg: dict, modality: str, where: str) -> None:
+    """One line for a key this tower would not read: the other modality's, unlocked_groups without lock,
+    pretrained_temperature without pretrained."""
+    other = [k for k in (_TEXT_KEYS if modality == "image" else _IMAGE_KEYS if modality == "text" else ())
+             if k in cfg]
+    if other:
+        raise ConfigError(f"{where}.{other[0]}: only the {'text' if modality == 'image' else 'image'} tower "
+                          f"reads it (this is the {modality} tower)")
+    if "unlocked_groups" in cfg and not cfg.get("lock"):
+        raise ConfigError(f"{where}.unlocked_groups: only used with lock: true")
+    if cfg.get("pretrained_temperature") and not cfg.get("pretrained"):
+        raise ConfigError(f"{where}.pretrained_temperature: takes the temperature of the tower's pretrained "
+                          f"checkpoint; set {where}.pretrained")
+
+
 @TOWERS.register("open_clip")
 def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipTower:
     where = f"model.towers.{modality}"
     unknown = set(cfg) - _KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(_KEYS)}")
+    _check_unread(cfg, modality, where)
     model_cfg = resolve_model_cfg(cfg, where)
     native = model_cfg.get("embed_dim")
     if cfg.get("pretrained") and native is not None and native != embed_dim:

@@ -21,6 +21,7 @@
   evaluate    val-set evaluation through the benchmark registry (eval.tasks)
   init_from   weights-only start from a run, export or open_clip checkpoint (model.init_from)
   teacher     loss.distill's frozen teacher: online (run, export, open_clip:ARCH) or stored embeddings
+  unused      recipe keys the run's mode does not read (synthetic data, no data.val, ddp, ...): one line each
   perf, plots FLOPs/MFU accounting; the loss curve
 
 `from align.train import train` works as before; the submodules load only when used, so reading a

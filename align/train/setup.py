@@ -31,6 +31,7 @@ from align.train.ema import WeightEMA
 from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
+from align.train.unused import unused_settings
 
 
 @contextlib.contextmanager
@@ -281,7 +282,8 @@ def _total_steps(r: Recipe, world: int, printer=print) -> int:
     if total_steps is None:
         if not r.data.samples_per_epoch and r.data.train != "synthetic":
             raise AlignError("train.epochs needs data.samples_per_epoch (or set train.max_steps)")
-        spe = r.data.samples_per_epoch or r.data.synthetic_size
+        # a synthetic epoch is data.synthetic_size samples (the loader's); samples_per_epoch is the shards'
+        spe = r.data.synthetic_size if r.data.train == "synthetic" else r.data.samples_per_epoch
         total_steps = r.train.epochs * max(1, spe // (r.train.batch_size * world * r.train.accum_steps))
     return total_steps
 
@@ -304,6 +306,8 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
     teacher, temperature = _teacher(r, acc)
     objective = _objective(r, rank, world, temperature)
     total_steps = _total_steps(r, world, acc.print)
+    for line in unused_settings(r):      # keys this mode never reads, said instead of ignored
+        acc.print(line)
     if fsdp:
         # FSDP2 shards the model in place (each tower block, then the root), so the optimizer below is built
         # on the sharded parameters; Accelerate then prepares only the optimizer (it would wrap the model in DDP).

@@ -158,7 +158,9 @@ def test_out_and_batch_size_are_refused_in_one_line_before_any_work(tmp_path, ca
                        (["--out", str(tmp_path / "adir")], "adir is a folder; give a file name"),
                        (["--out", str(tmp_path / "afile" / "x.json")], "afile is a file, not a folder"),
                        (["--out", str(tmp_path / "n.json"), "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-                       (["--out", str(tmp_path / "n.json"), "--batch-size", "-1"], "--batch-size must be >= 1")]:
+                       (["--out", str(tmp_path / "n.json"), "--batch-size", "-1"], "--batch-size must be >= 1"),
+                       (["--out", str(tmp_path / "n.json"), "--type", "imagefolder", "--split", "val"],
+                        "--split val: a --type imagefolder dataset has no splits (only wds and hf)")]:
         assert main(base + extra) == 2
         err = _err(capsys)
         assert len(err) == 1 and err[0].startswith("align: error: ") and msg in err[0], (extra, err)
@@ -173,6 +175,8 @@ def test_out_folders_are_created_and_overwrite_replaces(tmp_path, capsys, fake_c
     out.write_text("{}")
     assert main(base) == 2 and "pass --overwrite" in _err(capsys)[-1] and out.read_text() == "{}"
     assert main(base + ["--overwrite"]) == 0 and json.load(open(out))["n"]
+    assert main(base + ["--overwrite", "--split", "test"]) == 0      # a wds dataset has splits
+    assert main(base + ["--overwrite", "--split", "val"]) == 2 and "val" in _err(capsys)[-1]
 
 
 def test_suite_out_and_existing_results_name_the_cli_flags(tmp_path, capsys, monkeypatch, fake_cli):

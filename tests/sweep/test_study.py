@@ -283,6 +283,7 @@ def test_a_sweep_takes_a_val_csv_that_its_trials_write_as_an_eval_set(tmp_path):
 @pytest.mark.parametrize("args, line", [
     (["--out", "FILE"], "align: error: --out {FILE}: not a folder"),
     (["--prune-after", "-1"], "align: error: --prune-after: must be >= 0, got -1"),
+    (["--pruner", "none", "--prune-after", "3"], "align: error: --prune-after: only with --pruner median"),
     (["--heartbeat", "0"], "align: error: --heartbeat: must be >= 1, got 0"),
     (["--study", "a/b"], "align: error: --study 'a/b': the study's runs go to the folder OUT/STUDY"),
 ])

@@ -137,6 +137,25 @@ def test_unknown_key_and_name():
         build_tower({"type": "open-clip"}, "image", 16)
 
 
+@pytest.mark.parametrize("modality, extra, named", [
+    ("image", {"trim_padding": False}, "model.towers.image.trim_padding: only the text tower"),
+    ("text", {"image_mean": [0.5, 0.5, 0.5]}, "model.towers.text.image_mean: only the image tower"),
+    ("text", {"aug_cfg": {"scale": [0.5, 1.0]}}, "model.towers.text.aug_cfg: only the image tower"),
+    ("image", {"unlocked_groups": 1}, "model.towers.image.unlocked_groups: only used with lock: true"),
+    ("image", {"pretrained_temperature": True}, "model.towers.image.pretrained_temperature: takes the temperature"),
+])
+def test_a_key_the_tower_would_not_read_is_refused(modality, extra, named):
+    """Each was accepted and did nothing: the other modality's option, unlocked_groups without lock (the other
+    tower types refuse it), pretrained_temperature without pretrained weights to take it from."""
+    with pytest.raises(ConfigError, match=named):
+        build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP, **extra}, modality, 16)
+    ok = {**extra, "lock": True} if "unlocked_groups" in extra else {}
+    if not ok and "pretrained_temperature" not in extra:
+        build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP, **extra}, "text" if modality == "image"
+                    else "image", 16)                            # the modality that reads it takes it
+    build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP, **ok}, modality, 16)
+
+
 def test_long_text_from_a_pretrained_checkpoint_stretches_its_positions(tmp_path, caplog):
     """text_cfg.context_length 40 over a checkpoint trained at 12: the first positions are kept, the rest
     stretched (Long-CLIP), the tower reads 40 tokens, and a caption of 40 tokens is no longer cut."""

@@ -39,6 +39,10 @@ def test_logmel_stats_of_shards_match_a_direct_computation(tmp_path, capsys):
     assert main(["data", "stats", pattern, "--no-progress"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert json.loads(out[0])["samples"] == 6 and "model.towers.audio.norm_mean=" in out[1]
+    # an override without --recipe changed nothing (the defaults' stats, exit 0): one line naming it now
+    assert main(["data", "stats", pattern, "--no-progress", "model.towers.audio.n_mels=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.towers.audio.n_mels=8 overrides a key of --recipe; give --recipe" in err[0], err
 
 
 def _image_shard(tmp_path, sizes):
