@@ -27,6 +27,14 @@ from align.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts
 from align.errors import ConfigError, DataError
 
 DEFAULT_TEMPLATES = {"image": "openai_imagenet", "audio": "audio"}
+# The result carries its [C, C] confusion counts up to this many classes (ImageNet's would be a million numbers).
+MAX_CONFUSION_CLASSES = 100
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """int64 [C, C] counts: row = the true class, column = the predicted (top-1) class."""
+    flat = np.asarray(labels, np.int64) * n_classes + np.asarray(pred, np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def zeroshot_metrics(topk_ids: np.ndarray, labels: np.ndarray, n_classes: int) -> Dict[str, float]:
@@ -104,6 +112,9 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
     with clock("search"):
         _, topk = search(idx, x, k)                        # [N, k] class ids, best first
     metrics = zeroshot_metrics(topk, labels, len(names))
+    confusion = None
+    if len(names) <= MAX_CONFUSION_CLASSES:     # which classes are taken for which: a report draws it (plots.py)
+        confusion = {"classes": names, "counts": confusion_matrix(topk[:, 0], labels, len(names)).tolist()}
     info = {"type": index, "exact": index in EXACT, "params": describe_index(idx)}
     if index not in EXACT:
         rows = sample_rows(len(x), recall_sample)
@@ -114,7 +125,7 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
         benchmark="zeroshot", modality=modality, index=info,
         n={"items": len(dataset), "scored": int(len(x)), "unlabelled": int((~keep).sum()), "classes": len(names),
            "templates": len(tmpl)},
-        templates=tmpl_name, skipped={modality: emb.skipped}, errors=emb.errors or None,
+        templates=tmpl_name, confusion=confusion, skipped={modality: emb.skipped}, errors=emb.errors or None,
         problems=dataset.problems or None, seconds=clock.seconds)
 
 

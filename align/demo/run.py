@@ -3,7 +3,8 @@
     align demo --out align_demo
       align_demo/data/     train shards; val, selection/ and heldout/ in CLIP_benchmark's local layout
       align_demo/run/      the training run (config.yaml, checkpoints/, metrics.jsonl, tb/, summary.json)
-      align_demo/report/   result JSONs (CLIP_benchmark shape), results.md, loss.png, retrieval.png
+      align_demo/report/   result JSONs (CLIP_benchmark shape), results.md, loss.png, retrieval.png,
+                       confusion_image.png, confusion_audio.png (zero-shot: which digit is taken for which)
       align_demo/report/heldout/   the same on the held-out groups (unseen voices, another rendering)
 
 The console table gives each metric on val (voices and rendering seen in training) beside the same

@@ -9,7 +9,8 @@ non-text modalities for a `modalities` task; a task that takes a `train_dataset`
 the val set's `train` split. `evaluate_model` runs them on FAISS through align.bench and returns flat
 `{WHERE/TASK/METRIC: value}` metrics for logs (e.g. `image/zeroshot/acc1`); `metric_keys` lists those
 names without running anything, so config.py can check `eval.best_metric` at load. `write_report`
-does the same, writing CLIP_benchmark-shaped JSONs, results.md and retrieval.png to a directory.
+does the same, writing CLIP_benchmark-shaped JSONs, results.md, retrieval.png and confusion_<modality>.png
+(zero-shot) to a directory.
 """
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -166,9 +167,12 @@ def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_cl
         results = run_tasks(model, val_dir, progress=progress, cache_dir=cache, by_class=by_class)
         if "image" in model.modalities and "text" in model.modalities:
             retrieval_figure(model, val_dir, os.path.join(out_dir, "retrieval.png"), cache_dir=cache)
+    from align.train.plots import write_confusion_plot
     for r in results:
         suffix = r["eval_key"].split("/")[0]
         write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")))
+        if r["task"] == "zeroshot_classification":
+            write_confusion_plot(r, os.path.join(out_dir, f"confusion_{suffix}.png"), title=f"{r['dataset']}: {suffix} zero-shot")
     write_markdown(results, os.path.join(out_dir, "results.md"))
     return results
 

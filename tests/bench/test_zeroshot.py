@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from align.bench.datasets import open_dataset
-from align.bench.zeroshot import class_vectors, zeroshot_classification, zeroshot_metrics
+from align.bench.zeroshot import class_vectors, confusion_matrix, zeroshot_classification, zeroshot_metrics
 from align.errors import DataError
 from tests.bench.conftest import FakeModel, classification_wds
 
@@ -68,6 +68,27 @@ def test_pipeline_matches_direct_computation(tmp_path):
     assert res["metrics"] == pytest.approx(ref, abs=1e-9)
     assert res["task"] == "zeroshot_classification" and res["index"]["exact"] is True
     assert res["n"]["scored"] == 40 and res["n"]["classes"] == 8
+    # the confusion counts: row = true class, column = the top-1 class, counted by a plain loop
+    pred = np.argmax(img @ cls.T, axis=1)
+    ref_counts = [[0] * 8 for _ in range(8)]
+    for t, p in zip(ds.labels, pred):
+        ref_counts[t][p] += 1
+    assert res["confusion"] == {"classes": ds.classnames, "counts": ref_counts}
+    assert np.trace(np.array(ref_counts)) / 40 == pytest.approx(res["metrics"]["acc1"])
+
+
+@pytest.mark.parametrize("n,c,seed", [(300, 7, 0), (5, 12, 1)])
+def test_confusion_matrix_matches_a_loop_and_the_result_keeps_it_up_to_100_classes(n, c, seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    labels, pred = rng.integers(0, c, n), rng.integers(0, c, n)
+    ref = np.zeros((c, c), np.int64)
+    for t, p in zip(labels, pred):
+        ref[t, p] += 1
+    assert np.array_equal(confusion_matrix(pred, labels, c), ref)
+    root = classification_wds(tmp_path / "d", n=4, n_classes=2)
+    names = [f"class {i}" for i in range(101)]                     # past MAX_CONFUSION_CLASSES: no counts
+    res = zeroshot_classification(FakeModel(dim=8), open_dataset(root, "wds"), classnames=names, progress=False)
+    assert "confusion" not in res and res["n"]["classes"] == 101
 
 
 def test_audio_zeroshot_with_builtin_templates_and_approx_index(tmp_path):

@@ -70,3 +70,27 @@ def test_best_metric_the_val_set_cannot_give_fails_before_training(tmp_path):
     check_val_set(val, ["zeroshot"], ["image", "text", "audio"], best_metric="image/zeroshot/acc1")
     with pytest.raises(DataError, match=r"eval.best_metric: 'audio/zeroshot/acc1' cannot come out of data.val"):
         check_val_set(val, ["zeroshot"], ["image", "text", "audio"], best_metric="audio/zeroshot/acc1")
+
+
+def test_the_report_draws_each_zero_shot_confusion_matrix_from_its_counts(tmp_path):
+    """write_report (align demo's report) writes confusion_<modality>.png beside each zero-shot JSON, drawn
+    from the JSON's counts; a result without counts draws nothing."""
+    import glob
+    import json
+    from PIL import Image
+    from align.train.evaluate import write_report
+    from align.train.plots import write_confusion_plot
+    val = _val_set(tmp_path / "val", train=False)
+    out = tmp_path / "report"
+    results = write_report(FakeModel(), val, str(out), progress=False)
+    for modality in ("image", "audio"):
+        png = out / f"confusion_{modality}.png"
+        assert Image.open(png).size[0] > 200
+        (path,) = glob.glob(str(out / f"*zeroshot_classification_{modality}.json"))
+        counts = np.array(json.load(open(path))["confusion"]["counts"])
+        assert counts.shape == (6, 6) and counts.sum() == 36                 # every val item, once
+    acc1 = next(r["metrics"]["acc1"] for r in results if r.get("modality") == "image")
+    img = next(r for r in results if r.get("modality") == "image")
+    assert np.trace(np.array(img["confusion"]["counts"])) / 36 == pytest.approx(acc1)
+    assert write_confusion_plot({"metrics": {}}, str(tmp_path / "none.png")) is None
+    assert not (tmp_path / "none.png").exists()
