@@ -11,7 +11,7 @@ align.cli.build_parser) and the functions they call.
 import json
 import os
 
-from align.errors import AlignError
+from align.errors import AlignError, ConfigError
 from align.shipped import resolve_recipe
 
 
@@ -23,9 +23,13 @@ def cmd_data_demo(a):
 
 def cmd_data_shards(a):
     from align.data.write.shards import summary_line, write_shards
+    if a.image_quality is not None and a.image_format == "png":
+        raise ConfigError("--image-quality: --image-format png is lossless and has no quality setting; "
+                          "it applies to jpg and webp (and JPEGs that --image-format source re-encodes)")
     stats = write_shards(a.input, a.out, image_col=a.image_col, text_col=a.text_col, audio_col=a.audio_col,
                          label_col=a.label_col, image_size=a.image_size, resize_mode=a.resize_mode,
-                         image_format=a.image_format, image_quality=a.image_quality, sample_rate=a.sample_rate,
+                         image_format=a.image_format, sample_rate=a.sample_rate,
+                         image_quality=95 if a.image_quality is None else a.image_quality,
                          shard_size=a.shard_size, prefix=a.prefix, workers=a.workers, split=a.split,
                          overwrite=a.overwrite, layout=a.layout, classnames=a.classnames, templates=a.templates,
                          val_groups_from=a.val_groups_from, max_skip_frac=a.max_skip_frac,
@@ -230,7 +234,9 @@ def _add_shards(data) -> None:
     s.add_argument("--image-format", choices=["jpg", "webp", "png", "source"], default="jpg",
                    help="format images are stored in; source: each JPEG, PNG or WebP kept byte for byte when "
                         "nothing about it must change (else PNG, or JPEG for a JPEG), so no pixel is altered")
-    s.add_argument("--image-quality", type=int, default=95, help="jpg/webp quality, 1-100")
+    s.add_argument("--image-quality", type=int, default=None,
+                   help="jpg/webp quality, 1-100 (default: 95); also of a JPEG that --image-format source must "
+                        "re-encode; refused with png (lossless)")
     s.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate (Hz), stored "
                                                                   "as flac")
     s.add_argument("--shard-size", type=int, default=1000, help="samples per shard")

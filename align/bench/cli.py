@@ -7,6 +7,7 @@ transform samples in parallel; default: one per usable CPU, at most 8), --precis
 autocast while encoding) and --engine (torch | onnxruntime: align.bench.engine). Building the parsers
 imports no torch (tests/test_cli.py): every `align` command builds them.
 """
+from typing import Optional
 
 SPLIT_TYPES = ("wds", "hf")      # dataset layouts with splits (--split)
 MODEL_HELP = "align run dir, checkpoint or export; open_clip:ARCH (with --pretrained); local-dir:DIR (open_clip layout)"
@@ -37,9 +38,10 @@ def check_device(device: str) -> str:
     return device
 
 
-def add_engine_argument(s) -> None:
-    """--engine of every command that encodes a dataset (align bench, align embed, align data filter)."""
-    s.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+def add_engine_argument(s, default: Optional[str] = "torch") -> None:
+    """--engine of every command that encodes a dataset (align bench, align embed, align data filter); default
+    None: the command tells a flag given from one left out (the help still says torch is the default)."""
+    s.add_argument("--engine", default=default, choices=["torch", "onnxruntime"],
                    help="torch (default) | onnxruntime: image/audio encoders exported to ONNX and run by "
                         "onnxruntime on the CPU (faster there; text stays in torch)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 MODEL_HELP = "align run dir, checkpoint or export; open_clip:ARCH (with --pretrained); local-dir:DIR"
 
@@ -38,10 +39,32 @@ def _check_batch(a) -> None:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
 
 
+def _check_precision(a) -> None:
+    """--precision against the device before the model loads (fp16 needs CUDA), as `align bench` checks it."""
+    from align.bench.embed import check_precision
+    check_precision(a.precision, _device(a))
+
+
+ENCODE_FLAGS = (("batch_size", "--batch-size"), ("precision", "--precision"), ("engine", "--engine"),
+                ("device", "--device"))
+
+
+def _check_filter_flags(a) -> None:
+    """With --emb nothing is encoded: a flag that only shapes the encoding is refused rather than ignored."""
+    given = [flag for attr, flag in ENCODE_FLAGS if getattr(a, attr) is not None]
+    if a.emb and given:
+        from align.errors import ConfigError
+        raise ConfigError(f"{given[0]}: the embeddings come from --emb {a.emb}, so nothing is encoded; leave "
+                          f"out {given[0]}, or --emb to embed the shards with it")
+    a.batch_size = 256 if a.batch_size is None else a.batch_size
+    a.precision, a.engine = a.precision or "fp32", a.engine or "torch"
+
+
 def cmd_embed(a):
     from align.retrieval.embed import check_out, dist_env, embed_corpus
     check_out(a.out)                                # before the model loads
     _check_batch(a)
+    _check_precision(a)
     model = _load(a)
     mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
@@ -81,7 +104,10 @@ def cmd_search(a):
 
 def cmd_filter(a):
     from align.retrieval.filter import filter_shards, summary_line
+    _check_filter_flags(a)
     _check_batch(a)
+    if not a.emb:
+        _check_precision(a)
     model = _load(a)
     s = filter_shards(model, a.shards, a.out, min_score=a.min_score, keep_top=a.keep_top, dedup_cos=a.dedup,
                       emb=a.emb, batch_size=a.batch_size, progress=not a.no_progress, engine=a.engine,
@@ -96,10 +122,12 @@ def cmd_serve(a):
     serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
 
 
-def add_precision_argument(s) -> None:
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+def add_precision_argument(s, default: Optional[str] = "fp32") -> None:
+    """default None (align data filter): the command tells a flag given from one left out; help says fp32."""
+    s.add_argument("--precision", default=default, choices=["fp32", "bf16", "fp16"],
                    help="autocast while encoding (bf16: ~2x faster on CPUs with native bf16, slower without; "
-                        "fp16 needs CUDA); recorded in the embeddings' manifest")
+                        "fp16 needs CUDA); recorded in the embeddings' manifest" + ("" if default else
+                                                                                   " (default: fp32)"))
 
 
 def add_retrieval_parsers(sub, data_sub) -> None:
@@ -110,7 +138,7 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
     s.add_argument("--data", required=True, help="shard pattern/list/folder, or a CLIP_benchmark-layout eval set")
     s.add_argument("--out", required=True, help="output folder (re-run the same command to finish a killed run)")
-    s.add_argument("--split", default="test", help="split of an eval set (default: test)")
+    s.add_argument("--split", default=None, help="split of an eval set (default: test); refused with shards")
     s.add_argument("--modalities", default=None, help="comma list (default: all the model and data share)")
     s.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored vector type")
     s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
@@ -126,13 +154,16 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     s.add_argument("--out", required=True, help="output folder: one index per modality, with its settings.json")
     s.add_argument("--max-memory", default="4GB", help="memory budget of one index (default 4GB)")
     s.add_argument("--max-latency-ms", type=float, default=10.0, help="latency budget of one k=10 query (default 10)")
-    s.add_argument("--kind", default=None, help="force flat_faiss | ivf | hnsw | ivfpq (default: chosen)")
+    s.add_argument("--kind", default=None, help="force flat_faiss | ivf | hnsw | ivfpq within --max-memory (ivfpq: "
+                                                "fewer PQ bytes; the others: refused when the vectors pass it) "
+                                                "(default: chosen)")
     s.add_argument("--modalities", default=None, help="comma list (default: every embedded modality)")
     s.add_argument("--queries", type=int, default=500, help="held-aside queries for recall@10 (default 500)")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out that is not a previous "
                                                              "index of these embeddings")
     s.add_argument("--no-refine", action="store_true", help="ivfpq: no float16 copy on disk, no re-rank of the "
-                   "compressed scores (less disk, lower recall)")
+                   "compressed scores (less disk, lower recall); refused with another --kind, said when another "
+                   "kind is chosen")
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_index)
 
@@ -167,8 +198,10 @@ def add_retrieval_parsers(sub, data_sub) -> None:
                    help="drop later copies whose media cosine to a kept sample is >= COS (e.g. 0.95)")
     s.add_argument("--emb", default=None, help="an `align embed` output of the same shards (else computed in "
                                                "OUT/emb)")
-    s.add_argument("--batch-size", type=int, default=256, help="items encoded per forward pass")
-    add_precision_argument(s)
-    add_engine_argument(s)
+    s.add_argument("--batch-size", type=int, default=None, help="items encoded per forward pass (default: 256); "
+                                                                "this and --precision, --engine, --device: not "
+                                                                "with --emb")
+    add_precision_argument(s, default=None)
+    add_engine_argument(s, default=None)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_filter)

@@ -57,16 +57,21 @@ class EmbedSummary:
                 f"vectors: {vec}, {self.skipped} skipped, {rate:.1f} samples/s, {self.seconds:.1f} s -> {out}")
 
 
-def source_shards(data: str, split: str = "test") -> List[str]:
-    """A CLIP_benchmark eval set (ROOT/split/nshards.txt) -> its tars; else a local shard pattern/list/folder."""
-    nfile = os.path.join(data, split, "nshards.txt")
+def source_shards(data: str, split: Optional[str] = None) -> List[str]:
+    """A CLIP_benchmark eval set (ROOT/split/nshards.txt, split default test) -> its tars; else a local shard
+    pattern/list/folder, where a split given is refused (it would select nothing)."""
+    nfile = os.path.join(data, split or "test", "nshards.txt")
+    split_dir = os.path.dirname(nfile)
     if os.path.isdir(data) and os.path.isfile(nfile):
         try:
             n = int(open(nfile).read().strip())
         except ValueError:
             raise DataError(f"{nfile} does not hold an integer") from None
         # absolute, as the pattern branch: `align serve` reads the media from these paths from any directory
-        return [os.path.abspath(os.path.join(data, split, f"{i}.tar")) for i in range(n)]
+        return [os.path.abspath(os.path.join(split_dir, f"{i}.tar")) for i in range(n)]
+    if split is not None:
+        raise ConfigError(f"--split {split}: {data} is not an eval set with that split (no {nfile}); --split "
+                          f"selects a split of a CLIP_benchmark-layout eval set, shards are read whole")
     shards = expand_urls(data)
     for s in shards:
         if "://" in s or s.startswith("pipe:"):
@@ -194,7 +199,7 @@ def part_done(out_dir: str, part: str) -> Optional[dict]:
 
 def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] = None, dtype: str = "float16",
                  batch_size: int = 64, device=None, num_workers: int = 0, precision: Optional[str] = None,
-                 split: str = "test", progress: bool = True, rank: Optional[int] = None,
+                 split: Optional[str] = None, progress: bool = True, rank: Optional[int] = None,
                  world_size: Optional[int] = None, engine: str = "torch") -> EmbedSummary:
     """Embed every shard of `data` into `out` (see the module docstring); this process's share of the parts.
     engine: torch | onnxruntime (align.bench.engine: image/audio encoders run by onnxruntime on the CPU)."""

@@ -42,8 +42,8 @@ from typing import List, Optional, Tuple
 import faiss
 import numpy as np
 
-from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, describe_index,
-                               exact_topk, exact_topk_chunks, topk_recall, training_rows)
+from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, default_pq_m,
+                               describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
 
@@ -78,6 +78,28 @@ def size_text(b: float) -> str:
     return f"{int(b)} B"
 
 
+def budget_pq_m(n: int, d: int, max_memory: int) -> int:
+    """The most IVF-PQ sub-quantizer bytes per vector (a divisor of d, <= 64) the memory budget allows."""
+    per_vec = max_memory / n - 8                     # bytes per vector left after its 8-byte id
+    m = max([x for x in range(1, min(d, 64) + 1) if d % x == 0 and x <= per_vec] or [0])
+    if m == 0:
+        raise ConfigError(f"--max-memory {size_text(max_memory)} is too small for {n} vectors "
+                          f"(IVF-PQ needs >= {size_text(9 * n)})")
+    return m
+
+
+def forced_params(kind: str, n: int, d: int, max_memory: int) -> dict:
+    """--kind KIND within --max-memory: ivfpq's default sub-quantizers, fewer when the budget needs it; the
+    other kinds hold the float32 vectors, refused in one line when those pass the budget."""
+    if kind == "ivfpq":
+        return {"pq_m": min(default_pq_m(d), budget_pq_m(n, d, max_memory))}
+    flat = n * d * 4
+    if flat > max_memory:
+        raise ConfigError(f"--kind {kind}: holds the {n} x {d} float32 vectors ({size_text(flat)}), over "
+                          f"--max-memory {size_text(max_memory)}; raise --max-memory, or leave out --kind")
+    return {}
+
+
 def choose_index(n: int, d: int, max_memory: int, max_latency_ms: float) -> Tuple[str, dict, str]:
     """-> (kind, build parameters, one-line reason) for N vectors of dim D."""
     flat = n * d * 4
@@ -88,11 +110,7 @@ def choose_index(n: int, d: int, max_memory: int, max_latency_ms: float) -> Tupl
     if flat + nlist * d * 4 <= max_memory:
         return "ivf", {"nlist": nlist}, (f"IVF-Flat: a full scan of {size_text(flat)} would pass "
                                          f"{max_latency_ms:g} ms; the float32 vectors fit {size_text(max_memory)}")
-    per_vec = max_memory / n - 8                     # bytes per vector left after its 8-byte id
-    m = max([x for x in range(1, min(d, 64) + 1) if d % x == 0 and x <= per_vec] or [0])
-    if m == 0:
-        raise ConfigError(f"--max-memory {size_text(max_memory)} is too small for {n} vectors "
-                          f"(IVF-PQ needs >= {size_text(9 * n)})")
+    m = budget_pq_m(n, d, max_memory)
     return "ivfpq", {"nlist": nlist, "pq_m": m}, (f"IVF-PQ{m}: the float32 vectors ({size_text(flat)}) pass the "
                                                  f"{size_text(max_memory)} budget")
 
@@ -213,9 +231,11 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     if kind:
         if kind == "flat" or kind not in INDEXES:
             raise ConfigError(f"--kind {kind!r}: use one of flat_faiss, ivf, hnsw, ivfpq")
-        params, why = {}, f"--kind {kind}"
+        params, why = forced_params(kind, n, d, max_memory), f"--kind {kind}"
     else:
         kind, params, why = choose_index(n, d, max_memory, max_latency_ms)
+    if not refine and kind != "ivfpq":
+        why += f"; --no-refine does not apply (only ivfpq is re-ranked, this is {kind})"
     # IVF-PQ is chosen when the float32 vectors pass the memory budget: then they are never held whole (train
     # on a sample, add and check recall chunk by chunk); the other kinds hold them in the index anyway
     streamed = kind == "ivfpq"
@@ -285,6 +305,8 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
     out must be new, empty or a previous index of emb_dir unless overwrite (check_out)."""
     if n_queries < 1:               # no query: no recall and no latency to measure (an IndexError after the build)
         raise ConfigError(f"--queries must be >= 1, got {n_queries}")
+    if kind and kind != "ivfpq" and not refine:
+        raise ConfigError(f"--no-refine: only an ivfpq index is re-ranked; --kind {kind} has nothing to refine")
     man = read_manifest(emb_dir)
     have = embedded_modalities(emb_dir)
     mods = modalities or have

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from align.cli import main
 from align.retrieval.embed import embed_corpus, load_embeddings
@@ -222,3 +223,39 @@ def test_a_batch_size_below_one_is_refused_before_the_model_loads(tmp_path, caps
     assert main(args + ["--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["align: error: --batch-size must be >= 1, got 0"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="assumes no CUDA: fp16 is refused on the CPU")
+@pytest.mark.parametrize("cmd", ["embed", "filter"])
+def test_fp16_without_cuda_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, cmd):
+    """--precision fp16 "needs CUDA" (its help; `align bench` refuses it so): on the CPU one line, exit 2, no model
+    loaded and nothing written -- not a CPU fp16 run recorded as fp16 in the manifest."""
+    from align.retrieval import cli as rcli
+    monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --precision was checked"))
+    args = (["embed", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e")] if cmd == "embed" else
+            ["data", "filter", str(tmp_path), "--model", "m", "--out", str(tmp_path / "e"), "--min-score", "0"])
+    assert main(args + ["--precision", "fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["align: error: --precision fp16 needs a CUDA device (this run is on cpu); use bf16 or fp32"]
+    assert not (tmp_path / "e").exists()
+
+
+def test_split_selects_an_eval_sets_split_and_is_refused_with_shards(tmp_path, capsys, monkeypatch, tri_run):
+    """--split picks ROOT/SPLIT of an eval set (default test); with shards it selects nothing, so it is one line
+    and exit 2 rather than ignored."""
+    from align.retrieval.embed import source_shards
+    tri_shards(tmp_path / "shards", n_shards=1, per_shard=2)
+    for split in ("test", "val"):
+        (tmp_path / "ev" / split).mkdir(parents=True)
+        (tmp_path / "ev" / split / "nshards.txt").write_text("1")
+    assert source_shards(str(tmp_path / "ev")) == [str(tmp_path / "ev" / "test" / "0.tar")]
+    assert source_shards(str(tmp_path / "ev"), "val") == [str(tmp_path / "ev" / "val" / "0.tar")]
+    from align.retrieval import cli as rcli
+    monkeypatch.setattr(rcli, "_load", lambda a: tri_run[1])
+    for data, split in ((tmp_path / "shards", "train"), (tmp_path / "ev", "train")):
+        capsys.readouterr()
+        assert main(["embed", "m", "--data", str(data), "--out", str(tmp_path / "e"), "--split", split]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"align: error: --split {split}: {data} is not an eval set"), err
+    assert main(["embed", "m", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "e"),
+                 "--no-progress"]) == 0

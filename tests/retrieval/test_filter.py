@@ -149,3 +149,27 @@ def test_two_processes_filter_like_one(tmp_path, corpus):
     assert open(tmp_path / "one" / "dropped.jsonl").read() == open(tmp_path / "two" / "dropped.jsonl").read()
     for f in ("a.tar", "b.tar"):
         assert (tmp_path / "one" / "shards" / f).read_bytes() == (tmp_path / "two" / "shards" / f).read_bytes()
+
+
+def test_encoding_flags_are_refused_with_given_embeddings_and_reach_the_embedding_without(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """With --emb nothing is encoded: --batch-size, --precision, --engine and --device are one line each (exit 2,
+    before the model loads), not silently ignored; without --emb they reach filter_shards (defaults: 256, fp32,
+    torch)."""
+    from align.retrieval import cli as rcli
+    from align.retrieval import filter as rfilter
+    loaded, seen = [], {}
+    monkeypatch.setattr(rcli, "_load", lambda a: loaded.append(a) or "model")
+    monkeypatch.setattr(rfilter, "filter_shards", lambda model, data, out, **kw: seen.update(kw))
+    base = ["data", "filter", str(tmp_path), "--model", "m", "--out", str(tmp_path / "f"), "--min-score", "0"]
+    for flag, value in (("--batch-size", "3"), ("--precision", "bf16"), ("--engine", "onnxruntime"),
+                        ("--device", "cpu")):
+        capsys.readouterr()
+        assert main(base + ["--emb", str(tmp_path / "emb"), flag, value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"align: error: {flag}: the embeddings come from --emb"), err
+    assert loaded == []
+    assert main(base + ["--emb", str(tmp_path / "emb")]) == 0 and seen["emb"] == str(tmp_path / "emb")
+    assert (seen["batch_size"], seen["precision"], seen["engine"]) == (256, "fp32", "torch")
+    assert main(base + ["--batch-size", "3", "--precision", "bf16", "--engine", "onnxruntime"]) == 0
+    assert (seen["batch_size"], seen["precision"], seen["engine"], seen["emb"]) == (3, "bf16", "onnxruntime", None)

@@ -178,3 +178,25 @@ def test_no_queries_is_refused_before_the_build(tmp_path, capsys, monkeypatch, n
     monkeypatch.setattr(ib, "build_modality", lambda *a, **k: pytest.fail("built before --queries was checked"))
     assert main(["index", emb, "--out", str(tmp_path / "ix"), "--queries", str(n)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"align: error: --queries must be >= 1, got {n}"]
+
+
+def test_a_forced_kind_keeps_the_memory_budget_and_no_refine_is_never_ignored(tmp_path):
+    """--kind within --max-memory: ivfpq takes fewer PQ bytes when the budget needs it, a kind holding the float32
+    vectors over the budget is refused; --no-refine with a forced kind other than ivfpq is refused before the
+    build, and said in the summary when the chosen kind is not ivfpq."""
+    v = clustered(200, 16)
+    emb = write_emb(tmp_path / "emb", {"image": v})
+    [s] = build_indexes(emb, str(tmp_path / "pq"), kind="ivfpq")
+    [t] = build_indexes(emb, str(tmp_path / "pq1"), kind="ivfpq", max_memory=200 * 9)     # 1 byte per vector
+    assert (s["pq_m"], t["pq_m"]) == (2, 1)
+    for kind in ("flat_faiss", "ivf", "hnsw"):
+        with pytest.raises(ConfigError, match=f"--kind {kind}: holds the 200 x 16 float32 vectors .* over "
+                                              f"--max-memory 12.8 KB"):
+            build_indexes(emb, str(tmp_path / kind), kind=kind, max_memory=200 * 16 * 4 - 1)
+        with pytest.raises(ConfigError, match=f"--no-refine: only an ivfpq index is re-ranked; --kind {kind}"):
+            build_indexes(emb, str(tmp_path / kind), kind=kind, refine=False)
+        assert not os.path.exists(tmp_path / kind)
+    [f] = build_indexes(emb, str(tmp_path / "auto"), refine=False)
+    assert f["kind"] == "flat_faiss" and "--no-refine does not apply" in f["why"]
+    [r] = build_indexes(emb, str(tmp_path / "pq0"), kind="ivfpq", refine=False)
+    assert "refine" not in r and "--no-refine" not in r["why"]

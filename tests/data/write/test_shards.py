@@ -530,3 +530,26 @@ def test_a_decoded_audio_array_is_scaled_and_down_mixed_as_the_towers_read_audio
         np.testing.assert_allclose(wave, sine, atol=2e-4)
     with pytest.raises(SkipRow, match="clip.wav.*NaN"):
         encode_audio((np.array([0.1, np.nan, 0.2], np.float32), 16000), "clip.wav", job)
+
+
+def test_image_quality_is_used_by_jpg_and_source_and_refused_with_png(tmp_path, capsys):
+    """--image-quality: a lower quality writes other JPEG bytes (jpg, and a JPEG that source must re-encode);
+    with png (lossless, no quality) it is one line and exit 2, nothing written."""
+    from align.cli import main
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in" / "a.jpg", quality=95)
+    (tmp_path / "in" / "a.txt").write_text("noise")
+
+    def jpeg(name, *args):
+        assert main(["data", "shards", str(tmp_path / "in"), "--out", str(tmp_path / name), *args]) == 0
+        return next(v for k, v in _all_members(tmp_path / name).items() if k.endswith(".jpg"))
+    for args in ([], ["--image-format", "source", "--image-size", "16"]):
+        assert jpeg(f"q10{len(args)}", "--image-quality", "10", *args) != jpeg(f"q{len(args)}", *args)
+    capsys.readouterr()
+    assert main(["data", "shards", str(tmp_path / "in"), "--out", str(tmp_path / "png"), "--image-format", "png",
+                 "--image-quality", "50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--image-quality" in err[0] and "png" in err[0]
+    assert not (tmp_path / "png").exists()
+    assert main(["data", "shards", str(tmp_path / "in"), "--out", str(tmp_path / "png"), "--image-format", "png"]) == 0
