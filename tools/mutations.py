@@ -945,4 +945,8 @@ MUTATIONS = [
       '    if not refine and kind != "ivfpq":', "    if False:",
       ["tests/retrieval/test_index_build.py::"
        "test_a_forced_kind_keeps_the_memory_budget_and_no_refine_is_never_ignored"]),
+    M("retrieval.search.query_left_on_the_cpu", "align/retrieval/search.py",
+      "            z = model.encode_text(model.tokenize([str(value)]).to(dev))",
+      "            z = model.encode_text(model.tokenize([str(value)]))",
+      ["tests/retrieval/test_search.py::test_a_query_is_encoded_on_the_models_device"]),
 ]

@@ -84,7 +84,8 @@ def _signature(obj) -> str:
     return r
 
 
-def _model_device(model, device) -> torch.device:
+def model_device(model, device=None) -> torch.device:
+    """`device` when given, else the device of the model's first parameter (cpu for a model without any)."""
     if device is not None:
         return torch.device(device)
     params = getattr(model, "parameters", None)
@@ -262,7 +263,7 @@ def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Opt
         hit = _load_cached(*paths[1:])
         if hit is not None:
             return hit
-    device = _model_device(model, device)
+    device = model_device(model, device)
     if modality == "text":
         emb = _embed_captions(model, dataset, batch_size, device, progress, precision)
     else:
@@ -382,7 +383,7 @@ def _embed_texts_cached(model, texts, h, cache_dir, batch_size, device, progress
         hit = _load_cached(*paths[1:])
         if hit is not None:
             return hit.vectors
-    vecs = _embed_text_list(model, texts, batch_size, _model_device(model, device), progress, desc, precision)
+    vecs = _embed_text_list(model, texts, batch_size, model_device(model, device), progress, desc, precision)
     if paths is not None:
         meta = {"model": getattr(model, "name", ""), "dataset": "prompts", "modality": "text"}
         _store(paths, Embeddings(vecs, np.arange(len(texts), dtype=np.int64)), meta)

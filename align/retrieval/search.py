@@ -120,17 +120,19 @@ def encode_query(model, modality: str, value) -> np.ndarray:
     import torch.nn.functional as F
 
     from align.bench.datasets import SampleError, decode_audio, decode_image
+    from align.bench.embed import model_device
 
     if modality not in QUERY_MODALITIES:
         raise ConfigError(f"unknown query modality {modality!r}; use one of {', '.join(QUERY_MODALITIES)}")
     if modality not in getattr(model, "modalities", []):
         raise ConfigError(f"model {getattr(model, 'name', '?')!r} cannot encode {modality} "
                           f"(its modalities: {', '.join(model.modalities)})")
+    dev = model_device(model)          # `align search/serve --device cuda`: the query goes where the model is
     with torch.no_grad():
         if modality == "text":
             if not str(value).strip():
                 raise ConfigError("empty text query")
-            z = model.encode_text(model.tokenize([str(value)]))
+            z = model.encode_text(model.tokenize([str(value)]).to(dev))
         else:
             if isinstance(value, str) and not os.path.isfile(value):
                 raise DataError(f"{value}: no such {modality} file")
@@ -140,7 +142,7 @@ def encode_query(model, modality: str, value) -> np.ndarray:
                 raise DataError(f"{value if isinstance(value, str) else 'upload'}: {e}") from None
             tf = getattr(model, f"{modality}_transform")
             t = tf(x) if modality == "image" else tf(*x)
-            z = getattr(model, f"encode_{modality}")(t[None])
+            z = getattr(model, f"encode_{modality}")(t[None].to(dev))
     return F.normalize(z.float(), dim=-1).cpu().numpy()
 
 

@@ -96,3 +96,39 @@ def test_index_search_normalises_queries_and_refuses_k_below_one(built):
     for k in (0, -1, 2.5):
         with pytest.raises(ConfigError, match="k: must be a positive integer"):
             ix.search(q, k=k)
+
+
+def test_a_query_is_encoded_on_the_models_device(tmp_path):
+    """`align search/serve --device cuda` loads the model there; the query's tokens and pixels stayed on the CPU
+    (a device mismatch on the first query). A model on the meta device stands in for the GPU here."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from align.retrieval.search import encode_query
+
+    class OnMeta(torch.nn.Module):
+        modalities = ["text", "image"]
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2, device="meta"))
+            self.seen = []
+
+        def tokenize(self, texts):
+            return torch.zeros(len(texts), 4, dtype=torch.long)
+
+        def image_transform(self, img):
+            return torch.zeros(3, 4, 4)
+
+        def _encode(self, x):
+            self.seen.append(x.device.type)
+            return torch.ones(len(x), 3)
+
+        encode_text = encode_image = _encode
+
+    model = OnMeta()
+    Image.new("RGB", (4, 4)).save(tmp_path / "q.png")
+    for modality, value in (("text", "a cat"), ("image", str(tmp_path / "q.png"))):
+        q = encode_query(model, modality, value)
+        np.testing.assert_allclose(q, np.full((1, 3), 3 ** -0.5), rtol=1e-6)
+    assert model.seen == ["meta", "meta"]
