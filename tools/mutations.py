@@ -949,4 +949,7 @@ MUTATIONS = [
       "            z = model.encode_text(model.tokenize([str(value)]).to(dev))",
       "            z = model.encode_text(model.tokenize([str(value)]))",
       ["tests/retrieval/test_search.py::test_a_query_is_encoded_on_the_models_device"]),
+    M("bench.suite.kept_results_of_other_settings_mixed", "align/bench/suite.py",
+      "                if differs:       # kept beside new ones", "                if False:       # kept beside new ones",
+      ["tests/bench/test_suite.py::test_existing_results_are_not_overwritten_unless_asked"]),
 ]

@@ -127,7 +127,7 @@ def run_bench_cli(a):
     from align.bench.embed import check_precision
     from align.bench.engine import with_engine
     from align.bench.models import load_model as load_plain, pair_pretrained
-    from align.bench.report import StageSeconds, seconds_line, summary_line, write_json
+    from align.bench.report import StageSeconds, record_settings, seconds_line, summary_line, write_json
     from align.errors import ConfigError
 
     device = check_device(a.device or default_device())
@@ -174,6 +174,7 @@ def run_bench_cli(a):
         from align.bench.retrieval import retrieval
         result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
     result["seconds"] = {**clock.seconds, **result.get("seconds", {})}
+    record_settings(result, model, a.precision)
     write_json(result, a.out)
     print(seconds_line(result))
     print(summary_line(result) + f" -> {a.out}")

@@ -98,6 +98,20 @@ def make_result(*, dataset: str, model, task: str, metrics: Dict[str, float], pr
     return out
 
 
+def record_settings(result: dict, model, precision: str) -> dict:
+    """The encoding settings that move a result's numbers (autocast precision, engine) written into it."""
+    result["precision"] = precision
+    result["engine"] = getattr(model, "engine", "torch")
+    return result
+
+
+def same_settings(result: dict, model, precision: str) -> Optional[str]:
+    """None when an existing result was encoded as this run encodes (or does not say), else what differs."""
+    want = record_settings({}, model, precision)
+    diff = [f"{k} {result[k]} (this run: {v})" for k, v in want.items() if k in result and result[k] != v]
+    return ", ".join(diff) or None
+
+
 def result_filename(result: dict) -> str:
     """CLIP_benchmark's default '{dataset}_{pretrained}_{model}_{language}_{task}.json', path-safe."""
     def slug(s):

@@ -39,8 +39,8 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
 from align.bench.models import resolve_specs
-from align.bench.report import (model_name, model_pretrained, result_filename, stage_text, summary_line, write_csv,
-                                write_json, write_markdown)
+from align.bench.report import (model_name, model_pretrained, record_settings, result_filename, same_settings,
+                                stage_text, summary_line, write_csv, write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError
 from align.yaml_files import read_yaml
@@ -232,7 +232,12 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
         path = os.path.join(out_dir, fname)
         if os.path.exists(path) and not overwrite:
             if skip_existing:
-                results.append(json.load(open(path)))
+                kept = json.load(open(path))
+                differs = same_settings(kept, model, run_kw["precision"])
+                if differs:       # kept beside new ones, it would mix two encodings in one table
+                    raise AlignError(f"{path}: --skip-existing keeps a result encoded with {differs}; rerun it "
+                                     f"with --overwrite or with the same settings")
+                results.append(kept)
                 written.add(fname)
                 continue
             raise AlignError(f"{path} exists; pass --overwrite (overwrite=True) to replace it or --skip-existing "
@@ -245,6 +250,7 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
             continue
         if e.get("name"):
             r["dataset"] = e["name"]
+        record_settings(r, model, run_kw["precision"])
         write_json(r, path)
         written.add(fname)
         results.append(r)

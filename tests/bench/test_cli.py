@@ -56,6 +56,7 @@ def test_zeroshot_with_an_open_clip_model_workers_and_bf16(tmp_path, capsys, oc_
     c = json.load(open(tmp_path / "c.json"))
     assert c["n"] == a["n"] and abs(c["metrics"]["acc1"] - a["metrics"]["acc1"]) <= 0.25
     assert [p.name.endswith("-bf16") for p in cache.iterdir()] == [True]   # bf16 embeddings cached apart
+    assert (a["precision"], a["engine"], c["precision"]) == ("fp32", "torch", "bf16")  # the result says how
 
 
 def test_bad_settings_are_one_line(tmp_path, capsys, oc_arch, two_checkpoints):

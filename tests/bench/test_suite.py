@@ -106,6 +106,10 @@ def test_existing_results_are_not_overwritten_unless_asked(suite_dir):
     m = FakeModel(name="m")
     run_suite(suite, [m], out, cache_dir=cache, overwrite=True, progress=False)
     assert sum(m.calls.values()) == 0  # overwritten from the embedding cache
+    # each result records how it was encoded; kept results encoded otherwise are not mixed into a bf16 table
+    assert {(r["precision"], r["engine"]) for r in first} == {("fp32", "torch")}
+    with pytest.raises(AlignError, match=r"--skip-existing keeps a result encoded with precision fp32 \(this run: bf16\)"):
+        run_suite(suite, [FakeModel(name="m")], out, skip_existing=True, precision="bf16", progress=False)
 
 
 def test_suite_validation_errors(suite_dir):
