@@ -952,4 +952,7 @@ MUTATIONS = [
     M("bench.suite.kept_results_of_other_settings_mixed", "align/bench/suite.py",
       "                if differs:       # kept beside new ones", "                if False:       # kept beside new ones",
       ["tests/bench/test_suite.py::test_existing_results_are_not_overwritten_unless_asked"]),
+    M("retrieval.filter.emb_of_another_model", "align/retrieval/filter.py",
+      '        if manifest.get("model_fingerprint") not in (None, model_fingerprint(model)):', "        if False:",
+      ["tests/retrieval/test_filter.py::test_embeddings_of_another_model_are_refused"]),
 ]

@@ -28,6 +28,7 @@ import numpy as np
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import (MEDIA, dist_env, embed_corpus, embedded_modalities, load_embeddings,
                                    part_done, read_manifest, source_shards)
+from align.bench.embed import model_fingerprint
 from align.bench.index import build_index
 from align.wds.format import group_samples, pick
 from align.wds.reader import index_members, iter_members
@@ -150,8 +151,14 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     if emb is None:
         emb = os.path.join(out, "emb")
         embed_corpus(model, data, emb, batch_size=batch_size, progress=progress, engine=engine, precision=precision)
-    elif read_manifest(emb)["shards"] != shards:
-        raise ConfigError(f"--emb {emb}: embeds other shards than {data}")
+    else:
+        manifest = read_manifest(emb)
+        if manifest["shards"] != shards:
+            raise ConfigError(f"--emb {emb}: embeds other shards than {data}")
+        if manifest.get("model_fingerprint") not in (None, model_fingerprint(model)):
+            # the scores come from --emb alone: another model's vectors would be filtered under this model's name
+            raise ConfigError(f"--emb {emb}: embedded by another model ({manifest.get('model') or '?'}) than "
+                              f"--model {getattr(model, 'name', '?')}; give that model, or leave out --emb")
     rank, world = dist_env()
     if rank != 0:
         return None

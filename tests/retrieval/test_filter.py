@@ -173,3 +173,21 @@ def test_encoding_flags_are_refused_with_given_embeddings_and_reach_the_embeddin
     assert (seen["batch_size"], seen["precision"], seen["engine"]) == (256, "fp32", "torch")
     assert main(base + ["--batch-size", "3", "--precision", "bf16", "--engine", "onnxruntime"]) == 0
     assert (seen["batch_size"], seen["precision"], seen["engine"], seen["emb"]) == (3, "bf16", "onnxruntime", None)
+
+
+def test_embeddings_of_another_model_are_refused(tmp_path, capsys, corpus):
+    """With --emb the scores come from the embeddings alone: another model's vectors were filtered under
+    --model's name without a word."""
+    import shutil
+    run, shards, emb = corpus
+    other = tmp_path / "emb_other"
+    shutil.copytree(emb, other)
+    manifest = json.load(open(other / "manifest.json"))
+    manifest.update(model="another-model", model_fingerprint="0" * len(manifest["model_fingerprint"]))
+    json.dump(manifest, open(other / "manifest.json", "w"))
+    capsys.readouterr()
+    assert main(["data", "filter", str(shards), "--model", run, "--out", str(tmp_path / "f"), "--emb", str(other),
+                 "--dedup", "0.99999", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--emb {other}: embedded by another model (another-model)" in err[0], err
+    assert not (tmp_path / "f").exists()
