@@ -64,9 +64,11 @@ class AlignModel(nn.Module):
             neg = batch[NEG_TEXT]
             z = self.towers["text"](neg.reshape(-1, neg.shape[-1]))
             out[NEG_TEXT] = F.normalize(z, dim=-1).reshape(neg.shape[0], neg.shape[1], -1)
-        out["logit_scale"] = self.logit_scale.exp()
+        # 0-dim, and tensors of their own: under FSDP2 the parameters are [1] (sharding.shard_model), and the
+        # unsharded parameter's storage is freed when forward ends, so the parameter itself must not leave it
+        out["logit_scale"] = self.logit_scale.reshape(()).exp()
         if self.logit_bias is not None:
-            out["logit_bias"] = self.logit_bias
+            out["logit_bias"] = self.logit_bias.reshape(()).clone()
         return out
 
     def clamp_logit_scale(self) -> None:

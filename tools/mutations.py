@@ -955,4 +955,17 @@ MUTATIONS = [
     M("retrieval.filter.emb_of_another_model", "align/retrieval/filter.py",
       '        if manifest.get("model_fingerprint") not in (None, model_fingerprint(model)):', "        if False:",
       ["tests/retrieval/test_filter.py::test_embeddings_of_another_model_are_refused"]),
+    M("model.fsdp_scale_not_0_dim", "align/model.py",
+      'out["logit_scale"] = self.logit_scale.reshape(()).exp()', 'out["logit_scale"] = self.logit_scale.exp()',
+      ["tests/train/test_sharding.py::test_a_sharded_siglip_model_steps_like_the_plain_one_with_and_without_gradcache"],
+      "train.sharding=fsdp with train.accum_steps > 1: GradCache took the [1] scale for a batch of 1 and refused"),
+    M("model.fsdp_bias_freed_storage", "align/model.py",
+      'out["logit_bias"] = self.logit_bias.reshape(()).clone()', 'out["logit_bias"] = self.logit_bias',
+      ["tests/train/test_sharding.py::test_a_sharded_siglip_model_steps_like_the_plain_one_with_and_without_gradcache"],
+      "train.sharding=fsdp with SigLIP: the loss read the unsharded bias FSDP had freed (a segfault)"),
+    M("loss.multipair.unused_bias_no_grad", "align/losses/multipair.py",
+      "            total = total + 0.0 * logit_bias.sum()", "            pass",
+      ["tests/losses/test_multipair_loss.py::"
+       "test_an_unused_logit_bias_gets_a_zero_gradient_so_ddp_averages_and_steps_again"],
+      "a CLIP loss with model.init_logit_bias under DDP: gradients never averaged, step 2 raised"),
 ]

@@ -80,6 +80,10 @@ class MultiPairLoss(nn.Module):
                 loss = self.pair_loss(features[a], features[b], scale, mask=mask, **extra)
             logs[name] = loss.detach()
             total = w * loss if total is None else total + w * loss
+        if not uses_bias and torch.is_tensor(logit_bias) and logit_bias.requires_grad:
+            # a trainable bias the loss ignores gets a zero gradient: DDP waits for one from every parameter, and
+            # without it never averaged the step's gradients (and failed the next step)
+            total = total + 0.0 * logit_bias.sum()
         return total, logs
 
     def _extras(self, features, masks, x, y, name):

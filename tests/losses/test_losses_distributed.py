@@ -37,6 +37,10 @@ CASES = {
     "multipair_nograd_masks_uneven": ("clip", {"gather_with_grad": False}, PAIRS_3, None, [4, 6], True),
     "multipair_chunked_local_masks_uneven": ("chunked_clip", {"chunk_size": 2, "local_loss": True}, PAIRS_3,
                                              [1.0, 2.0], [7, 3], True),
+    # SigLIP (its bias too) on uneven ranks, and a rank that holds no rows at all (an exhausted shard)
+    "multipair_siglip_masks_uneven": ("siglip", {}, PAIRS_3, [1.0, 0.5], [7, 3], True),
+    "multipair_chunked_siglip_rank_without_rows": ("chunked_siglip", {"chunk_size": 3}, PAIRS_3, None, [10, 0], True),
+    "multipair_clip_local_rank_without_rows": ("clip", {"local_loss": True}, PAIRS_3, None, [0, 10], True),
 }
 REFERENCE_TYPE = {"clip": "clip", "chunked_clip": "clip", "siglip": "siglip", "chunked_siglip": "siglip"}
 

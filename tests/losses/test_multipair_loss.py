@@ -1,6 +1,7 @@
 """MultiPairLoss and build_loss against per-pair loop references."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from align.errors import AlignError, ConfigError
 from align.losses import LOSSES, ChunkedClipLoss, ClipLoss, MultiPairLoss, SigLipLoss, build_loss
@@ -80,3 +81,70 @@ def test_registry_and_build_loss():
         build_loss("clipp", [["image", "text"]])
     with pytest.raises(ConfigError, match="loss.chunk_size: not an option of loss type 'clip'"):
         build_loss("clip", [["image", "text"]], chunk_size=4)
+
+
+# -- a model with a logit bias trained with a softmax loss, under DDP ---------------------------------------------
+class _BiasedTwoTower(torch.nn.Module):
+    """What AlignModel is with model.init_logit_bias set: a trainable bias a CLIP loss never reads."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.image, self.text = torch.nn.Linear(6, 4).double(), torch.nn.Linear(5, 4).double()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+        self.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, dtype=torch.float64))
+
+    def forward(self, b):
+        return {"image": F.normalize(self.image(b["image"]), dim=-1), "text": F.normalize(self.text(b["text"]), dim=-1),
+                "logit_scale": self.logit_scale.exp(), "logit_bias": self.logit_bias.clone()}
+
+
+def _biased_batch(lo=0, hi=8):
+    g = torch.Generator().manual_seed(3)
+    return {k: v[lo:hi] for k, v in {"image": torch.randn(8, 6, generator=g, dtype=torch.float64),
+                                     "text": torch.randn(8, 5, generator=g, dtype=torch.float64)}.items()}
+
+
+def _biased_grads(rank, world):
+    """Two plain steps' and one GradCache step's gradients, through DDP when world > 1 (rank r: rows 4r..4r+3)."""
+    from align.train.gradcache import gradcache_step
+    model = _BiasedTwoTower()
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    loss = build_loss("clip", [["image", "text"]], rank=rank, world_size=world)
+    fn = lambda f, m: loss(f, m, f["logit_scale"], f["logit_bias"])[0]   # noqa: E731  (as align.train.step)
+    lo, hi = (4 * rank, 4 * rank + 4) if world > 1 else (0, 8)
+    out = []
+    for _ in range(2):                    # DDP fails the 2nd forward when the 1st left a reduction open
+        model.zero_grad()
+        fn(model(_biased_batch(lo, hi)), None).backward()
+    out.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    model.zero_grad()
+    half = (hi - lo) // 2
+    gradcache_step(model, [_biased_batch(lo, lo + half), _biased_batch(lo + half, hi)], fn,
+                   no_sync=getattr(model, "no_sync", None))
+    out.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    return out
+
+
+def _biased_worker(rank, world, init_file, out_path):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    got = _biased_grads(rank, world)
+    if rank == 0:
+        torch.save(got, out_path)
+    dist.destroy_process_group()
+
+
+def test_an_unused_logit_bias_gets_a_zero_gradient_so_ddp_averages_and_steps_again(tmp_path):
+    """loss.type clip with model.init_logit_bias: DDP waited for the bias's gradient, so the step's gradients
+    were never averaged and the next forward raised "Expected to have finished reduction"."""
+    from tests.losses.gloo import run_workers
+    got = run_workers(_biased_worker, tmp_path)
+    want = _biased_grads(0, 1)
+    for g, w in zip(got, want):
+        for k, v in w.items():
+            k2 = "module." + k
+            assert torch.allclose(g[k2], v, atol=1e-12), k
+        assert float(g["module.logit_bias"]) == 0.0

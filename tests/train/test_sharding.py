@@ -59,7 +59,12 @@ def _in_forked_child(fn, *args):
             send.send(traceback.format_exc())
     p = ctx.Process(target=child)
     p.start()
-    err = recv.recv() if recv.poll(300) else "child gave no answer in 300 s"
+    send.close()                # ours: a child that dies (a segfault) then ends the wait at once, with EOFError
+    try:
+        err = recv.recv() if recv.poll(300) else "child gave no answer in 300 s"
+    except EOFError:
+        p.join(10)
+        err = f"child died without an answer (exit code {p.exitcode})"
     if p.is_alive():
         p.kill()
     p.join()
@@ -100,6 +105,44 @@ def _round_trip(tmp_path):
     torch.testing.assert_close(plain.logit_scale, model.logit_scale.full_tensor().reshape(()))
     with pytest.raises(AlignError, match="same train.sharding"):
         load_checkpoint(path, _tiny_model())
+    dist.destroy_process_group()
+
+
+def test_a_sharded_siglip_model_steps_like_the_plain_one_with_and_without_gradcache():
+    _in_forked_child(_sharded_siglip_steps)
+
+
+def _sharded_siglip_steps():
+    """FSDP2 stores logit_scale/logit_bias as [1]: forward returned them so, and the bias as the unsharded
+    parameter itself, whose storage FSDP frees when forward ends. GradCache refused the [1] scale ("embeddings
+    disagree on batch size") and the SigLIP loss read the freed bias (a segfault, or garbage)."""
+    import copy
+
+    import torch.distributed as dist
+    from align.losses import build_loss
+    from align.train.gradcache import gradcache_step
+    from align.train.sharding import full_value, shard_model
+    plain = build_model(parse_recipe({"output_dir": "/tmp/x", "train": {"max_steps": 1}, "loss": {"type": "siglip"},
+                                      "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP),
+                                                "init_logit_bias": -2.0}}).model)
+    sharded = shard_model(copy.deepcopy(plain))          # no launch: a gloo group of one
+    loss = build_loss("siglip", [["image", "text"]])
+
+    def fn(f, masks):
+        return loss(f, masks, f["logit_scale"], f["logit_bias"])[0]
+    g = torch.Generator().manual_seed(0)
+    batch = {m: t.dummy_input(4) + 0.1 * torch.randn(t.dummy_input(4).shape, generator=g)
+             if t.dummy_input(4).is_floating_point() else t.dummy_input(4) for m, t in plain.towers.items()}
+    fn(plain(batch), None).backward()
+    for step in ("plain", "gradcache"):
+        sharded.zero_grad()
+        if step == "plain":
+            fn(sharded(batch), None).backward()
+        else:
+            gradcache_step(sharded, [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}], fn)
+        for (k, p), q in zip(plain.named_parameters(), sharded.parameters()):
+            err = (full_value(q.grad).reshape(p.shape) - p.grad).abs().max().item()   # fp32: relative to the largest
+            assert err <= 1e-5 * p.grad.abs().max().item() + 1e-7, (step, k, err)
     dist.destroy_process_group()
 
 
