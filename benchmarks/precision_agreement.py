@@ -36,7 +36,8 @@ def main(argv=None):
     ap.add_argument("model")
     ap.add_argument("--data", required=True)
     ap.add_argument("--pretrained", default=None)
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default=None,
+                    help="split of a CLIP_benchmark-layout eval set (default: test); not with shards")
     ap.add_argument("--work", default=None)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--k", type=int, default=10)
