@@ -45,8 +45,12 @@ def _step(model, opt, seed):
 def _in_forked_child(fn, *args):
     """Runs fn in a forked child and re-raises its failure here. An FSDP backward starts autograd threads that
     a later fork (the training tests fork their runs) cannot inherit, so it must not run in pytest's process."""
+    import gc
     import multiprocessing as mp
     import traceback
+    # Collect garbage here, not in the child: an onnxruntime session an earlier test left unreachable (an export's
+    # parity check) destroyed in the forked child waits forever on its thread pool, which the child does not have
+    gc.collect()
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
 
