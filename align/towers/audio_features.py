@@ -227,6 +227,19 @@ def full_scale(wave: np.ndarray) -> np.ndarray:
     return np.clip(wave, -1.0, 1.0)
 
 
+def wave_at(sample, rate: int) -> np.ndarray:
+    """(wave, sample_rate) -> mono float32 [T] at `rate`, clipped to full scale: the first steps of every audio
+    front end (this one's AudioPreprocess and hf_audio's), before cropping."""
+    from align.media.audio import to_mono   # lazy like resample: soundfile stays out of `import align`
+    try:
+        wave, sr = sample
+    except (TypeError, ValueError):
+        raise DataError("audio: expected a (wave, sample_rate) pair") from None
+    if not isinstance(sr, (int, np.integer)) or sr <= 0:
+        raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
+    return full_scale(resample_wave(to_mono(wave), int(sr), rate))
+
+
 def trim_silence(w: np.ndarray, sr: int, top_db: float) -> np.ndarray:
     """w without its leading/trailing 10 ms frames whose RMS is more than top_db below the loudest frame.
 
@@ -300,15 +313,8 @@ class AudioPreprocess:
         """(wave, sample_rate) -> cropped/padded clips at the front end's rate, float32 [C, clip_samples]."""
         if sr is not None:
             sample = (sample, sr)
-        try:
-            wave, sr = sample
-        except (TypeError, ValueError):
-            raise DataError("audio: expected a (wave, sample_rate) pair") from None
-        if not isinstance(sr, (int, np.integer)) or sr <= 0:
-            raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
-        from align.media.audio import to_mono   # lazy like resample: soundfile stays out of `import align`
         fe = self.fe
-        w = full_scale(resample_wave(to_mono(wave), int(sr), fe.sample_rate))
+        w = wave_at(sample, fe.sample_rate)
         if fe.trim_db > 0:
             w = trim_silence(w, fe.sample_rate, fe.trim_db)
         w = normalize_level(w, fe.normalize, fe.target_db)

@@ -25,7 +25,7 @@ import torch
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.audio_features import clip_starts, crop_or_pad, full_scale, resample_wave
+from align.towers.audio_features import clip_starts, crop_or_pad, wave_at
 from align.towers.common import build_pretrained_tower
 from align.towers.hf_encoder import HFEncoderTower
 
@@ -50,14 +50,8 @@ class HFAudioPreprocess:
         self.fe, self.clip, self.has_mask, self.train = extractor, clip_samples, has_mask, train
 
     def __call__(self, sample, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        from align.media.audio import to_mono
-        from align.errors import DataError
-        try:
-            wave, sr = sample
-        except (TypeError, ValueError):
-            raise DataError("audio: expected a (wave, sample_rate) pair") from None
         rate = int(self.fe.sampling_rate)
-        w = full_scale(resample_wave(to_mono(wave), int(sr), rate))          # clipped as the shard writer stores it
+        w = wave_at(sample, rate)          # mono at the extractor's rate, clipped as the shard writer stores it
         if w.shape[0] > self.clip:
             start = (int(torch.randint(0, w.shape[0] - self.clip + 1, (1,), generator=generator)) if self.train
                      else int(clip_starts(w.shape[0], self.clip, 1)[0]))
