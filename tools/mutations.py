@@ -42,7 +42,8 @@ MUTATIONS = [
       "return F.softplus(z).sum() - z.diagonal(offset=offset).sum()",
       "return F.softplus(z).sum() + z.diagonal(offset=offset).sum()", ["tests/losses/test_siglip_loss.py"]),
     M("loss.siglip.bias_dropped", "align/losses/siglip.py",
-      "z = s * (x @ y.T) + t", "z = s * (x @ y.T)", ["tests/losses/test_siglip_loss.py"]),
+      "z = (x @ y.T).to(acc) * s.to(acc) + t.to(acc)", "z = (x @ y.T).to(acc) * s.to(acc)",
+      ["tests/losses/test_siglip_loss.py"]),
     M("loss.chunked.column_rescale", "align/losses/chunked.py",
       "col_sum.mul_(torch.exp(col_max - new_max))", "col_sum.mul_(1.0)", ["tests/losses/test_chunked_loss.py"]),
     M("loss.chunked.local_one_direction", "align/losses/chunked.py",
@@ -965,4 +966,13 @@ MUTATIONS = [
       ["tests/losses/test_multipair_loss.py::"
        "test_an_unused_logit_bias_gets_a_zero_gradient_so_ddp_averages_and_steps_again"],
       "a CLIP loss with model.init_logit_bias under DDP: gradients never averaged, step 2 raised"),
+    M("loss.chunked_clip.bf16_sum_returned", "align/losses/chunked.py",
+      "        return total  # in >= fp32, as ClipLoss", "        return total.to(x.dtype)  # in >= fp32, as ClipLoss",
+      ["tests/losses/test_siglip_loss.py::test_bf16_autocast_returns_an_fp32_loss_close_to_the_fp32_one"]),
+    M("loss.siglip.bf16_logits_summed", "align/losses/siglip.py",
+      "    z = (x @ y.T).to(acc) * s.to(acc) + t", "    z = s * (x @ y.T) + t",
+      ["tests/losses/test_siglip_loss.py::test_bf16_autocast_returns_an_fp32_loss_close_to_the_fp32_one"]),
+    M("loss.chunked_siglip.bf16_sum_returned", "align/losses/siglip.py",
+      "        return total  # in >= fp32 (see", "        return total.to(x.dtype)  # in >= fp32 (see",
+      ["tests/losses/test_siglip_loss.py::test_bf16_autocast_returns_an_fp32_loss_close_to_the_fp32_one"]),
 ]

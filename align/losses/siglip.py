@@ -21,8 +21,10 @@ from align.losses.distributed import as_scale, check_dist, check_pair, compact, 
 
 
 def _siglip_rows_sum(x, y, s, t, offset: int):
-    """x: [n, D] queries, y: [M, D]; the positive of row r is column offset + r. Returns a sum."""
-    z = s * (x @ y.T) + t                                   # [n, M]
+    """x: [n, D] queries, y: [M, D]; the positive of row r is column offset + r. Returns a sum, in >= fp32
+    (a bf16 sum of n*M softplus terms under autocast is ~0.5 % off)."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    z = (x @ y.T).to(acc) * s.to(acc) + t.to(acc)           # [n, M]
     return F.softplus(z).sum() - z.diagonal(offset=offset).sum()
 
 
@@ -70,7 +72,7 @@ class _ChunkedSigLipSum(torch.autograd.Function):
             del z
         ctx.save_for_backward(x, y, s, t)
         ctx.offset, ctx.chunk = offset, chunk
-        return total.to(x.dtype)
+        return total  # in >= fp32 (see _siglip_rows_sum)
 
     @staticmethod
     def backward(ctx, grad):
