@@ -975,4 +975,13 @@ MUTATIONS = [
     M("loss.chunked_siglip.bf16_sum_returned", "align/losses/siglip.py",
       "        return total  # in >= fp32 (see", "        return total.to(x.dtype)  # in >= fp32 (see",
       ["tests/losses/test_siglip_loss.py::test_bf16_autocast_returns_an_fp32_loss_close_to_the_fp32_one"]),
+    M("wds.format.ignored_members_silent", "align/wds/format.py",
+      "                if on_ignored is not None and not is_metadata(name):", "                if False:",
+      ["tests/data/stream/test_sources.py::test_members_outside_any_sample_are_counted_not_lost", "tests/bench/test_datasets.py::test_wds_members_outside_any_sample_are_reported"]),
+    M("wds.format.metadata_members_counted", "align/wds/format.py",
+      "                if on_ignored is not None and not is_metadata(name):",
+      "                if on_ignored is not None:",
+      ["tests/data/stream/test_sources.py::test_members_outside_any_sample_are_counted_not_lost", "tests/bench/test_datasets.py::test_wds_members_outside_any_sample_are_reported"]),
+    M("data.faults.ignored_members_counted_as_samples", "align/data/stream/faults.py",
+      "reason in (DUPLICATE_FILE, NOT_A_SAMPLE)", "reason in (DUPLICATE_FILE,)", ["tests/data/stream/test_sources.py::test_members_outside_any_sample_are_counted_not_lost"]),
 ]

@@ -212,13 +212,13 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
         f = open(shard, "rb")
     except OSError as e:
         raise DataError(f"dataset {path!r}: shard {shard} cannot be opened as a plain tar: {e.strerror or e}") from None
-    items, dups = [], []
+    items, dups, ignored = [], [], []
     with f:
         try:
             members = ((name, (shard, offset, size, data)) for name, offset, size, data
                        in index_members(f, want=lambda n: n.lower().endswith((".cls", ".txt")),
                                               limits=member_limiter(DEFAULT_LIMITS)))
-            for sample in group_samples(members, dups.append):
+            for sample in group_samples(members, dups.append, ignored.append):
                 it = Item(key=f"{os.path.basename(shard)}:{sample['__key__']}")
                 for modality in ("image", "audio"):
                     ext = pick(sample, modality)
@@ -241,6 +241,9 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
             raise DataError(f"dataset {path!r}: shard {shard} is corrupt: {e}") from None
     if dups:
         problems.append(f"{shard}: {len(dups)} repeated files in a sample ignored (first: {dups[0]})")
+    if ignored:
+        problems.append(f"{shard}: {len(ignored)} files outside any sample ignored (no extension or a hidden name; "
+                        f"first: {ignored[0]})")
     return items
 
 

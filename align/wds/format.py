@@ -44,15 +44,21 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^./][^./]*)\.([^/]*)$")
 _T = TypeVar("_T")
 
 
+def is_metadata(name: str) -> bool:
+    """webdataset's `__*__` metadata members (`__index__`, `dir/__meta__`): not samples, by convention."""
+    base = name.rsplit("/", 1)[-1]
+    return len(base) > 4 and base.startswith("__") and base.endswith("__")
+
+
 def split_name(name: str) -> tuple[str, str] | None:
     """Member name -> (key, lower-cased extension), or None for a member that is not part of a sample
     (no extension, a name starting with '.', or webdataset's `__*__` metadata members)."""
     m = _KEY_EXT.match(name)
     if m is None:
         return None
-    key = m.group(1)
-    if name.endswith("__") and key.rsplit("/", 1)[-1].startswith("__"):
+    if is_metadata(name):
         return None
+    key = m.group(1)
     return key, m.group(2).lower()
 
 
@@ -64,11 +70,14 @@ def check_key(key: str) -> None:
 
 
 def group_samples(members: Iterable[tuple[str, _T]],
-                  on_duplicate: Callable[[str], None] | None = None) -> Iterator[dict]:
+                  on_duplicate: Callable[[str], None] | None = None,
+                  on_ignored: Callable[[str], None] | None = None) -> Iterator[dict]:
     """(member name, value) in archive order -> {"__key__": key, ext: value, ...} per sample.
 
     A repeated extension within one sample is not a new sample: it is reported to on_duplicate(name)
-    and dropped (the first one is kept).  When the member stream raises (a damaged tar), the sample
+    and dropped (the first one is kept).  A member that belongs to no sample (no extension, or a name
+    starting with '.', such as `.DS_Store` or macOS's `._x.jpg`) is reported to on_ignored(name), so a
+    reader can count it; webdataset's `__*__` metadata members are not reported.  When the member stream raises (a damaged tar), the sample
     being read is dropped unless the exception's `member` names a member of a *later* sample, which
     proves it complete; then it is yielded and the exception re-raised.
     """
@@ -77,6 +86,8 @@ def group_samples(members: Iterable[tuple[str, _T]],
         for name, value in members:
             split = split_name(name)
             if split is None:
+                if on_ignored is not None and not is_metadata(name):
+                    on_ignored(name)
                 continue
             key, ext = split
             if current is None or key != current["__key__"]:

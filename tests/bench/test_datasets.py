@@ -176,3 +176,16 @@ def test_fingerprint_tracks_files_and_options(tmp_path):
     with open(os.path.join(root, "val", "0.tar"), "ab") as f:
         f.write(b"\0" * 1024)
     assert open_dataset(root, "wds", split="val").fingerprint() != fp
+
+
+def test_wds_members_outside_any_sample_are_reported(tmp_path):
+    import tarfile
+    rng = np.random.default_rng(0)
+    root = write_wds(tmp_path / "d", [("a", {"png": png_bytes(rng), "cls": "1"})])
+    shard = os.path.join(root, "test", "0.tar")
+    with tarfile.open(shard, "a") as tf:
+        for name in ("README", "._a.png", "__index__"):
+            tf.addfile(tarfile.TarInfo(name))
+    ds = open_dataset(root, "wds")
+    assert len(ds) == 1 and ds.problems == [
+        f"{shard}: 2 files outside any sample ignored (no extension or a hidden name; first: README)"]

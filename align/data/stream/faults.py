@@ -32,6 +32,7 @@ MISSING_SHARD = "missing shard"
 UNREADABLE_SHARD = "unreadable shard"
 CORRUPT_TAR = "corrupt tar"
 DUPLICATE_FILE = "duplicate file in sample"
+NOT_A_SAMPLE = "member outside any sample (no extension or a hidden name)"
 
 # A size claimed by the input past its limit (data.limits): the reasons live with the limits, in the base
 # layer, because the media decoders and the tar reader below this package raise them.
@@ -134,8 +135,9 @@ def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | N
 
 def not_samples(reason: str) -> bool:
     """A skip reason that counts no sample: a duplicate file drops that file, not its sample, and a shard-level
-    fault (missing, unreadable, corrupt) is no sample. `align data inspect` and training's end line agree on it."""
-    return reason in SHARD_REASONS or reason == DUPLICATE_FILE
+    fault (missing, unreadable, corrupt) is no sample, nor is a member outside any sample. `align data inspect` and
+    training's end line agree on it."""
+    return reason in SHARD_REASONS or reason in (DUPLICATE_FILE, NOT_A_SAMPLE)
 
 
 def skipped_samples(counts: Dict[str, int]) -> int:

@@ -29,7 +29,8 @@ from urllib.parse import urlparse
 import braceexpand
 
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable, malformed_http_url, open_http
-from align.data.stream.faults import CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, UNREADABLE_SHARD, FaultCounter
+from align.data.stream.faults import (CORRUPT_TAR, DUPLICATE_FILE, MISSING_SHARD, NOT_A_SAMPLE, UNREADABLE_SHARD,
+                                      FaultCounter)
 from align.data.stream.keys import DRAW
 from align.wds.format import group_samples
 from align.wds.reader import iter_tar
@@ -315,8 +316,11 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
     def duplicate(name: str) -> None:
         faults.record(DUPLICATE_FILE, f"file {name} in {url}", "", per_sample=False)
 
+    def ignored(name: str) -> None:
+        faults.record(NOT_A_SAMPLE, f"file {name} in {url}", "", per_sample=False)
+
     try:
-        for sample in group_samples(iter_tar(stream, member_limiter(limits)), duplicate):
+        for sample in group_samples(iter_tar(stream, member_limiter(limits)), duplicate, ignored):
             sample["__url__"] = url
             yield sample
     except SourceUnavailable:

@@ -24,7 +24,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")   # dev extra: pip install -e .[dev]
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from align.data.stream.faults import DUPLICATE_FILE, SHARD_REASONS  # noqa: E402
+from align.data.stream.faults import not_samples  # noqa: E402
 from align.data.stream.loader import build_train_loader  # noqa: E402
 from align.data.tools.inspect import inspect_shard  # noqa: E402
 from tests.data.stream.fuzz_shards import fuzzed_shards, intact_good_keys  # noqa: E402
@@ -54,7 +54,7 @@ def check_one(fuzzed, path, totals: Counter | None = None) -> None:
     loader = build_train_loader(str(path), transforms=TRANSFORMS, batch_size=3, modalities=MODALITIES,
                                 num_workers=0, drop_last=False, shuffle_buffer=0, train=True)
     trained = [k for b in loader for k in b["__key__"]]
-    per_sample = {r: n for r, n in info["skipped"].items() if r not in SHARD_REASONS and r != DUPLICATE_FILE}
+    per_sample = {r: n for r, n in info["skipped"].items() if not not_samples(r)}
     # every sample read is decoded (trained) or counted under a reason, and both paths agree on each
     assert len(trained) + sum(per_sample.values()) == info["samples"]
     assert dict(loader.skipped) == info["skipped"]

@@ -104,3 +104,34 @@ def test_an_upper_case_pipe_is_one_line_not_an_unreadable_shard(tmp_path, allow)
     with pytest.raises(DataError, match="a pipe: URL is written in lower case"):
         expand_urls(f"PIPE:touch {marker}", allow_pipe=allow)
     assert not marker.exists()
+
+
+def _add_members(path, names):
+    import tarfile
+    with tarfile.open(path, "a") as tf:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+
+
+def test_members_outside_any_sample_are_counted_not_lost(tmp_path):
+    # webdataset drops a member with no extension or a hidden name without a word; a tar made on macOS carries
+    # `._x.jpg` beside each file, and `README` or `0001` (no extension) is a sample nobody will ever train on
+    from align.data.stream.faults import NOT_A_SAMPLE
+    from align.data.tools.inspect import inspect_shards
+    from align.train.metrics import skipped_words
+    from tests.wds_helpers import image_text, write_shard
+
+    path = write_shard(tmp_path / "s.tar", [image_text("a", seed=1), image_text("b", seed=2)])
+    _add_members(path, ["README", "._b.jpg", "dir/.DS_Store", "__index__", "dir/__meta__", "0003"])
+    faults = FaultCounter()
+    assert [s["__key__"] for s in shard_samples(path, faults)] == ["a", "b"]
+    assert dict(faults.total) == {NOT_A_SAMPLE: 4}        # webdataset's __*__ metadata is not counted
+    loader = build_train_loader(path, transforms=TRANSFORMS, batch_size=2, modalities=("image", "text"),
+                                num_workers=0, drop_last=False, shuffle_buffer=0)
+    assert [k for b in loader for k in b["__key__"]] == ["a", "b"]
+    assert dict(loader.skipped) == {NOT_A_SAMPLE: 4}
+    assert skipped_words(dict(loader.skipped)) == f", skipped 0 samples, 4 {NOT_A_SAMPLE}"
+    res = inspect_shards(path, quiet=True, progress=False, modalities=("image", "text"))
+    assert res["skipped"] == {NOT_A_SAMPLE: 4} and res["usable"] == 2
