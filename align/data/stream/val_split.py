@@ -196,6 +196,19 @@ def _check(split: ValSplit, counts: dict, groups: dict) -> None:
                             f"({len(seen)} groups: {some or 'none'})")
     if counts["held_out"] == 0:
         raise DataError(f"data.val_split ({split.describe()}) holds out no sample"
-                        + (f"; {counts['no_group']} samples have no {split.groups_from!r}" if counts["no_group"] else ""))
+                        + (f"; {counts['no_group']} samples have no {split.groups_from!r}" if counts["no_group"] else "")
+                        + _draw_hint(split, groups))
     if counts["trained"] == 0:
-        raise DataError(f"data.val_split ({split.describe()}) holds out every sample: nothing is left to train on")
+        raise DataError(f"data.val_split ({split.describe()}) holds out every sample: nothing is left to train on"
+                        + _draw_hint(split, groups))
+
+
+def _draw_hint(split: ValSplit, groups: dict) -> str:
+    """With frac over few groups the seeded draw (each group held out with probability frac) can take none or
+    all of them: say how many groups there are and how to name the held-out ones instead."""
+    seen = sorted(g for g in groups[True] | groups[False] if g is not None)
+    if split.groups or split.groups_from is None or len(seen) < 2:
+        return ""
+    some = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
+    return (f"; the seeded draw over its {len(seen)} groups ({some}) took {len(groups[True])}: name the held-out "
+            f"ones, e.g. data.val_split={{groups_from: {split.groups_from}, groups: [{seen[0]}]}}")

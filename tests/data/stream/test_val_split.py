@@ -153,3 +153,15 @@ def test_a_held_out_sample_over_a_limit_is_skipped_and_counted_not_a_crash(tmp_p
     keys = {r["__key__"] for p in sorted((tmp_path / "val").glob("test/*.tar"))
             for r in shard_samples(str(p), FaultCounter())}
     assert keys == {k for k, s in speaker.items() if s == "spk2"}      # the four good ones, copied
+
+
+def test_a_draw_over_few_groups_that_takes_none_says_how_to_name_them(tmp_path):
+    # each group is held out with probability frac: 3 speakers at frac 0.05 usually give none; the line says
+    # how many groups there are and how to name the held-out ones
+    paths = [write_shard(tmp_path / "s.tar", [_sample(f"k{i}", f"spk{i % 3}", i) for i in range(6)])]
+    seed = next(s for s in range(100) if not any(ValSplit("speaker", frac=0.05, seed=s).side(
+        {"json": json.dumps({"speaker": f"spk{g}"})}) for g in range(3)))
+    with pytest.raises(DataError, match=re.escape(
+            "holds out no sample; the seeded draw over its 3 groups (spk0, spk1, spk2) took 0: name the held-out "
+            "ones, e.g. data.val_split={groups_from: speaker, groups: [spk0]}")):
+        write_val_set(ValSplit("speaker", frac=0.05, seed=seed), paths, str(tmp_path / "v"))
