@@ -223,7 +223,8 @@ def _add_export(sub) -> None:
     s.add_argument("--format", choices=["open_clip", "onnx", "all"], default="all",
                    help="all: both (open_clip skipped, with a one-line note, when the towers cannot be expressed "
                         "in it)")
-    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in --out (a folder of other files is never replaced)")
     s.add_argument("--report", action="append", help="extra result JSON file or folder for the model card "
                                                      "(repeatable)")
     s.add_argument("--interpolate-with", default=None, metavar="START",

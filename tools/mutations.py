@@ -987,4 +987,8 @@ MUTATIONS = [
     M("data.val_split.draw_hint_dropped", "align/data/stream/val_split.py",
       "    if split.groups or split.groups_from is None or len(seen) < 2:", "    if True:",
       ["tests/data/stream/test_val_split.py::test_a_draw_over_few_groups_that_takes_none_says_how_to_name_them"]),
+    M("export.overwrite_any_folder", "align/export/__init__.py",
+      "    if names and RUN_INFO_NAME not in names:", "    if False:",
+      ["tests/export/test_export.py::test_never_overwrites_without_asking"],
+      "align export RUN --out . --overwrite in a project folder deleted the project"),
 ]

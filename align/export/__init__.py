@@ -42,7 +42,8 @@ AUDIO_NOTE = "audio tower not representable in open_clip format; exported in ali
 
 def check_out_dir(src: str, dst: str, overwrite: bool) -> None:
     """AlignError (one line) when `dst` (absolute) cannot take an export of `src`: a file, a folder holding the
-    model itself, or a non-empty folder without overwrite."""
+    model itself, a non-empty folder without overwrite, or with overwrite a non-empty folder that holds no
+    earlier export."""
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise AlignError(f"export: {dst} exists and is not a folder")
     # Compared as given and through links: `--out link/..` naming the run's own parent by another path
@@ -50,9 +51,16 @@ def check_out_dir(src: str, dst: str, overwrite: bool) -> None:
     if any(d == s or s.startswith(d.rstrip(os.sep) + os.sep)
            for s, d in ((src, dst), (os.path.realpath(src), os.path.realpath(dst)))):
         raise AlignError(f"export: out_dir {dst} contains the model being exported ({src}); choose another folder")
-    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+    names = sorted(os.listdir(dst)) if os.path.isdir(dst) else []
+    if names and not overwrite:
         raise AlignError(f"export: {dst} exists and is not empty; pass overwrite=True (CLI: --overwrite) to "
                          f"replace it")
+    # overwrite replaces an earlier export only: `--out . --overwrite` in a project folder would delete the project
+    from align.export.model_card import RUN_INFO_NAME
+    if names and RUN_INFO_NAME not in names:
+        raise AlignError(f"export: {dst} holds files that are not an align export ({', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}; an export has {RUN_INFO_NAME}): overwrite replaces "
+                         f"only an earlier export; choose a new or empty folder")
 
 
 def _new_folder(dst: str, what: str) -> str:

@@ -33,8 +33,15 @@ def test_never_overwrites_without_asking(tmp_path, tiny_run):
     with pytest.raises(AlignError, match="exists and is not empty; pass overwrite=True"):
         export(run, str(out), fmt="onnx", progress=False)
     assert os.listdir(out) == ["mine.txt"] and (out / "mine.txt").read_text() == "user data"
+    # overwrite replaces an earlier export, never a folder of other files (`--out . --overwrite` in a project)
+    with pytest.raises(AlignError, match=r"holds files that are not an align export \(mine.txt; an export has "
+                                         r"align_run_info.json\): overwrite replaces only an earlier export"):
+        export(run, str(out), fmt="onnx", overwrite=True, progress=False)
+    assert os.listdir(out) == ["mine.txt"] and (out / "mine.txt").read_text() == "user data"
+    os.remove(out / "mine.txt")
+    export(run, str(out), fmt="open_clip", progress=False)
     res = export(run, str(out), fmt="onnx", overwrite=True, progress=False)
-    assert "mine.txt" not in os.listdir(out) and "text.onnx" in res["files"]
+    assert "open_clip_model.safetensors" not in os.listdir(out) and "text.onnx" in res["files"]
     assert sorted(os.listdir(tmp_path)) == ["out", "run"]                 # no temp or .old folders left
     empty = tmp_path / "empty"
     empty.mkdir()
