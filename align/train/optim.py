@@ -71,6 +71,29 @@ def param_lrs(model: nn.Module, tc) -> Dict[str, float]:
     return lrs
 
 
+def unused_lr_settings(model: nn.Module, tc) -> List[str]:
+    """One line per fine-tuning setting this model gives nothing to act on, said before step 1 (as
+    align.train.unused does for recipe keys): a tower_lr for a tower locked for the whole run, a layer_decay
+    for a tower without a block list (all its parameters then take the tower's base lr)."""
+    later = set((getattr(tc, "unlock_at_step", None) or {}).keys())
+    towers = getattr(model, "towers", {})
+    lines = []
+    for m, lr in sorted((getattr(tc, "tower_lr", None) or {}).items()):
+        tower = towers[m] if m in towers else None
+        if tower is not None and m not in later and not any(p.requires_grad for p in tower.parameters()):
+            lines.append(f"train.tower_lr.{m}={lr:g}: not used (the {m} tower is locked for the whole run: "
+                         f"none of its parameters trains)")
+    decay = getattr(tc, "layer_decay", None)
+    if decay is not None:
+        flat = [m for m, t in sorted(towers.items()) if layer_list(t) is None
+                and (m in later or any(p.requires_grad for p in t.parameters()))]
+        if flat:
+            lines.append(f"train.layer_decay={decay:g}: not used (the {', '.join(flat)} tower"
+                         f"{'s have' if len(flat) > 1 else ' has'} no list of layers to decay over: every parameter "
+                         f"there takes the tower's base lr)")
+    return lines
+
+
 def build_optimizer(model: nn.Module, tc, device_type: str = "cpu") -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, temperature and embeddings; fused kernels where torch has them.
 

@@ -291,7 +291,7 @@ def _total_steps(r: Recipe, world: int, printer=print) -> int:
 def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[StepWatch] = None) -> Engine:
     """Model, loss, optimizer and schedule on `acc`; a fresh start gets its init_from / tower temperature."""
     from align.train.elastic import schedule_by_samples
-    from align.train.optim import build_optimizer, build_scheduler
+    from align.train.optim import build_optimizer, build_scheduler, unused_lr_settings
     from align.train.sharding import shard_model
     rank, world, fsdp = acc.process_index, acc.num_processes, r.train.sharding == "fsdp"
     model = build_model(r.model)
@@ -306,7 +306,7 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
     teacher, temperature = _teacher(r, acc)
     objective = _objective(r, rank, world, temperature)
     total_steps = _total_steps(r, world, acc.print)
-    for line in unused_settings(r):      # keys this mode never reads, said instead of ignored
+    for line in unused_settings(r) + unused_lr_settings(model, r.train):   # said instead of ignored
         acc.print(line)
     if fsdp:
         # FSDP2 shards the model in place (each tower block, then the root), so the optimizer below is built

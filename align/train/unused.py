@@ -5,7 +5,7 @@ trained for a smoke test on `data.train=synthetic`, a template recipe without `d
 keys it does not use instead of ignoring them without a word:
 
   data.train=synthetic      the shard stream's keys (shuffle_buffer, num_workers, augment, samples_per_epoch, ...)
-  data.train = shards       data.synthetic_size, data.synthetic_caption
+  data.train = shards       data.synthetic_size, data.synthetic_caption; data.features_in without an audio tower
   no data.val / val_split   eval.every, eval.tasks, eval.best_metric, eval.batch_size (nothing is evaluated)
   train.sharding=ddp        train.fsdp.*
   loss.type                 loss.chunk_size for a loss that is not chunked; model.init_logit_bias for a softmax
@@ -59,6 +59,9 @@ def unused_settings(r: Recipe) -> List[str]:
                                                  "data.synthetic_size sets the epoch")
     else:
         lines += _line(changed(d, SYNTHETIC_KEYS, "data"), "data.train is not synthetic")
+        if "audio" not in r.model.towers:
+            lines += _line(changed(d, ("features_in",), "data"), "no audio tower: it says where the audio "
+                                                                  "log-mel is computed")
     if not d.val and d.val_split is None:
         lines += _line(changed(r.eval, EVAL_KEYS, "eval"), "no data.val or data.val_split: nothing is evaluated")
     if r.train.sharding != "fsdp":

@@ -53,3 +53,26 @@ def test_samples_per_epoch_does_not_set_a_synthetic_epoch(tmp_path):
                train={"batch_size": 4, "max_steps": None, "epochs": 1})
     assert train_dict(r)["steps"] == 8
     assert [row["epoch"] for row in metrics(r["output_dir"])] == [0] * 8
+
+
+def test_fine_tuning_settings_with_nothing_to_act_on_are_named(tmp_path, capsys):
+    """train.tower_lr for a tower locked for the whole run; train.layer_decay for a tower without a list of
+    layers (bow_text): each one line before step 1. A decay over the image tower's blocks is not named."""
+    r = recipe(tmp_path, "ft", train={"max_steps": 1, "tower_lr": {"image": 1e-4, "text": 1e-5}, "layer_decay": 0.8})
+    del r["data"]["num_workers"]
+    r["model"]["towers"] = {"image": {"lock": True}, "text": {"type": "bow_text", "width": 16}}
+    train_dict(r)
+    assert _unused_lines(capsys) == [
+        "train.tower_lr.image=0.0001: not used (the image tower is locked for the whole run: none of its "
+        "parameters trains)",
+        "train.layer_decay=0.8: not used (the text tower has no list of layers to decay over: every parameter "
+        "there takes the tower's base lr)"]
+
+
+def test_features_in_without_an_audio_tower_is_named(tmp_path):
+    from align.config import parse_recipe
+    from align.train.unused import unused_settings
+    r = recipe(tmp_path, "fi", data={"train": str(tmp_path / "shards"), "features_in": "workers", "num_workers": 1})
+    del r["data"]["synthetic_size"]
+    assert unused_settings(parse_recipe(r)) == [
+        "data.features_in=workers: not used (no audio tower: it says where the audio log-mel is computed)"]
