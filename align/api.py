@@ -10,14 +10,13 @@ open_clip models load through `align.load` (align.bench.models.OpenClipModel), f
     model = align.load("open_clip:ViT-B-32", pretrained="laion2b_s34b_b79k")   # or a checkpoint file
     model = align.load("local-dir:exports/demo")                               # open_clip's hub layout
 """
-import os
 from typing import Optional
 
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.model import AlignModel, build_model
 from align.train.checkpoint import load_model_state, load_weights
-from align.train.rundir import EXPORT_CONFIG, find_model
+from align.train.rundir import EXPORT_CONFIG, display_name, find_model
 
 ALIGN_CONFIG = EXPORT_CONFIG   # written beside every export: the recipe the model came from (align.train.rundir)
 
@@ -36,5 +35,5 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
                      "a run directory holds the config of its last run: load a checkpoint of that run")
     model.config = cfg
     model.weights_file = weights             # the file or DCP store read (align.export names its checkpoint)
-    model.name = cfg.get("name") or os.path.basename(os.path.normpath(path))
+    model.name = cfg.get("name") or display_name(path)
     return model.to(device).eval()

@@ -124,6 +124,16 @@ def newest_intact(ckpts: List[str]) -> Optional[str]:
     return None
 
 
+def display_name(path: str) -> str:
+    """What to call the model at `path` (a model card's title): the folder's name, and for a checkpoint inside a
+    run, the run's name before it ("demo step-00000300", "demo best"), not the checkpoint folder's alone."""
+    p = os.path.normpath(os.path.abspath(path))
+    parent = os.path.dirname(p)
+    if os.path.basename(parent) == CHECKPOINTS and os.path.basename(os.path.dirname(parent)):
+        return f"{os.path.basename(os.path.dirname(parent))} {os.path.basename(p)}"
+    return os.path.basename(p)
+
+
 def best_of_run(path: str) -> Optional[tuple]:
     """(the `best` checkpoint dir, its state) of a run dir that kept one (eval.best_metric) and whose files
     verify; None for anything else (a checkpoint dir, an export, a run without one)."""

@@ -180,3 +180,13 @@ def test_the_card_names_the_checkpoint_and_whether_it_holds_the_weight_average(t
     card2 = open(export(str(tmp_path / "first"), str(tmp_path / "again"), fmt="onnx", progress=False)["out_dir"]
                  + "/README.md").read()
     assert f"- exported: the checkpoint of step 1 (`{first}`)" in card2
+
+
+def test_a_checkpoints_card_is_titled_by_its_run_and_step(tmp_path, tiny_run):
+    """Exporting RUN/checkpoints/step-00000001 titled the card "# step-00000001", which says nothing of the run."""
+    run, _ = tiny_run
+    ckpt = os.path.join(run, "checkpoints", "step-00000001")
+    export(ckpt, str(tmp_path / "e1"), fmt="open_clip", progress=False)
+    assert open(tmp_path / "e1" / "README.md").readline() == "# run step-00000001\n"
+    export(run, str(tmp_path / "e2"), fmt="open_clip", progress=False)         # a run dir: its own name
+    assert open(tmp_path / "e2" / "README.md").readline() == "# run\n"
