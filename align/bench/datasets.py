@@ -437,10 +437,16 @@ def open_csv(path: str, *, path_column=None, caption_column=None, label_column=N
     if not os.path.isfile(path):
         raise DataError(f"dataset {path!r} does not exist (expected a CSV file)")
     sep = sep or ("\t" if path.endswith(".tsv") else ",")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=sep)
-        header = reader.fieldnames or []
-        rows = list(reader)
+    # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark, which utf-8 kept in the first column's name
+    # ("\ufefffilepath": no path column); `align data shards` reads the same file without it
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            reader = csv.DictReader(f, delimiter=sep)
+            header = reader.fieldnames or []
+            rows = list(reader)
+        except UnicodeDecodeError as e:        # one line naming the file, not a traceback
+            raise DataError(f"dataset {path!r}: not UTF-8 text ({e.reason}, byte 0x{e.object[e.start]:02x}); "
+                            f"save it as UTF-8") from None
     if not rows:
         raise DataError(f"dataset {path!r} has no rows")
 
@@ -474,7 +480,10 @@ def open_csv(path: str, *, path_column=None, caption_column=None, label_column=N
                 continue
             it = by_path[fpath] = Item(key=rel, media={modality: fpath}, captions=[] if ccol else None)
         if ccol and row.get(ccol) is not None:
-            it.captions.append(row[ccol])
+            if row[ccol].strip():
+                it.captions.append(row[ccol])
+            else:       # not a caption to retrieve by: "" was scored as a text query like any other
+                problems.append(f"line {n}: empty caption for {rel!r} skipped")
         if lcol and row.get(lcol) not in (None, ""):
             try:
                 it.label = int(row[lcol])

@@ -51,6 +51,23 @@ def decode_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img.load()
+    return upright_rgb(img)
+
+
+def upright_rgb(img):
+    """A loaded PIL image -> RGB as a viewer shows it, the one normalisation every reader shares (training,
+    `align data shards`, bench, embed, search): its EXIF orientation applied (a phone photo stored on its side
+    and tagged "rotate 90"), transparency flattened onto white (not onto the hidden colour under it, often
+    black), high-bit-depth grey scaled (to_rgb). ValueError as to_rgb."""
+    from PIL import Image, ImageOps
+
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
     return to_rgb(img)
 
 
@@ -58,6 +75,7 @@ def decode_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
 # white and a float image in 0..1 black. 16-bit grey (I;16*; I from a 16-bit PNG or TIFF) is scaled from
 # 0..65535, float grey (F) from 0..1; values outside those ranges have no agreed 8-bit meaning and are refused.
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+ORIENTATION = 0x0112     # the EXIF tag of how a stored image is turned for display; 5-8 swap width and height
 
 
 def to_rgb(img):

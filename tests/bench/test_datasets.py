@@ -1,5 +1,7 @@
 """Dataset layouts: CLIP_benchmark wds, class folders, Hugging Face save_to_disk, CSV; errors name the path."""
+import json
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -168,6 +170,56 @@ def test_csv_groups_captions_by_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         open_dataset(str(tmp_path / "missing.csv"), "csv")
 
+
+
+def test_csv_from_a_spreadsheet_bom_bad_bytes_and_empty_captions(tmp_path):
+    """A CSV saved by a spreadsheet starts with a byte-order mark (was: "no path column", header
+    ['\\ufefffilepath', ...]); a Latin-1 one was a UnicodeDecodeError traceback; an empty or blank caption was
+    scored as a text query like any other (`align data shards` skips all three cases' captions the same way)."""
+    rng = np.random.default_rng(0)
+    for n in ("a.png", "b.png", "c.png"):
+        (tmp_path / n).write_bytes(png_bytes(rng))
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbffilepath,caption\r\na.png,a red dog\r\nb.png,\r\nc.png,\"  \"\r\n")
+    ds = open_dataset(str(tmp_path / "bom.csv"), "csv")
+    assert [it.captions for it in ds.items] == [["a red dog"], [], []]
+    assert ds.problems == ["line 3: empty caption for 'b.png' skipped", "line 4: empty caption for 'c.png' skipped"]
+    (tmp_path / "latin.csv").write_bytes(b"filepath,caption\na.png,un caf\xe9\n")
+    with pytest.raises(DataError, match=r"latin.csv'?: not UTF-8 text \(invalid continuation byte, byte 0xe9\)"):
+        open_dataset(str(tmp_path / "latin.csv"), "csv")
+
+
+def test_imagefolder_pixels_are_what_the_shard_writer_stores(tmp_path):
+    """Bench and embed read the user's files, training the shards `align data shards` wrote from them: a photo
+    tagged "rotate 90" and a logo on a transparent background came out on their side and on black in the
+    bench, upright and on white in training."""
+    from PIL import Image
+
+    from align.data.write.shards import write_shards
+    from align.media.image import decode_image
+    os.makedirs(tmp_path / "f" / "x")
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (10, 16, 3), dtype=np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 8                                               # displayed turned 90 degrees anticlockwise
+    photo.save(tmp_path / "f" / "x" / "photo.png", exif=exif)
+    logo = np.zeros((6, 8, 4), np.uint8)
+    logo[:, :4] = (0, 200, 0, 255)                                 # green left half, transparent right half
+    Image.fromarray(logo, "RGBA").save(tmp_path / "f" / "x" / "logo.png")
+    for stem in ("photo", "logo"):
+        (tmp_path / "f" / "x" / f"{stem}.txt").write_text(f"a {stem}")   # the writer wants pairs; bench ignores it
+    ds = open_dataset(str(tmp_path / "f"), "imagefolder")
+    write_shards(tmp_path / "f", tmp_path / "o", image_format="png", progress=False)
+    stored = {}
+    with tarfile.open(next((tmp_path / "o").glob("*.tar"))) as tar:
+        for m in tar.getmembers():
+            if m.name.endswith(".json"):
+                stem = json.loads(tar.extractfile(m).read())["source"]["key"]
+                stored[os.path.basename(stem)] = tar.extractfile(m.name[:-4] + "png").read()
+    assert set(stored) == {"photo", "logo"}
+    for i, it in enumerate(ds.items):
+        bench = np.asarray(ds.load(i, "image"))
+        assert np.array_equal(bench, np.asarray(decode_image(stored[it.key.split(os.sep)[-1][:-4]])))
+    assert np.asarray(ds.load(1, "image")).shape == (16, 10, 3)   # upright
+    assert (np.asarray(ds.load(0, "image"))[:, 4:] == 255).all()   # on white
 
 def test_fingerprint_tracks_files_and_options(tmp_path):
     root = classification_wds(tmp_path / "d", n=4, n_classes=2, split="val")

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from align.media.audio import decode_audio, encode_flac, resample, to_mono
-from align.media.image import open_image, to_rgb
+from align.media.image import ORIENTATION, open_image, upright_rgb
 from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
 from align.data.write.values import SkipRow
 from align.errors import DataError
@@ -55,14 +55,14 @@ def _resized(img, size: int, mode: str):
 
 def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, Any], str]:
     """(bytes, meta, the shard extension they go under) for one image, or SkipRow."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     shown = repr(name) if name else "bytes"
     source = None                        # the decoded file's format (bytes payloads), for image_format "source"
     if isinstance(payload, (bytes, bytearray)):
         try:
             img = open_image(bytes(payload), job.limits)   # pixels checked from the header first
             w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)  # EXIF orientation; 5-8 swap width and height
+            orientation = img.getexif().get(ORIENTATION, 1)  # 5-8 swap width and height
             if orientation in (5, 6, 7, 8):
                 w, h = h, w
             meta = {"width": w, "height": h, "mode": img.mode}
@@ -77,8 +77,6 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
             if (job.image_format == "source" and not job.image_size and orientation == 1
                     and img.mode in ("RGB", "L") and source in SOURCE_EXTS):
                 return bytes(payload), meta, SOURCE_EXTS[source]    # decoded fine, nothing to change: as it is
-            if orientation != 1:
-                img = ImageOps.exif_transpose(img)
         except LimitExceeded as e:
             raise SkipRow(e.reason, f"image: {shown}: {e.detail}") from None
         except UnidentifiedImageError:
@@ -92,15 +90,10 @@ def encode_image(payload, name: Optional[str], job) -> Tuple[bytes, Dict[str, An
             check_image_size(img.size[0], img.size[1], job.limits)
         except LimitExceeded as e:
             raise SkipRow(e.reason, f"image: {shown}: {e.detail}") from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")  # flatten transparency onto white, not black
-        img = Image.new("RGB", rgba.size, (255, 255, 255))
-        img.paste(rgba, mask=rgba.getchannel("A"))
-    else:
-        try:
-            img = to_rgb(img)            # 16-bit and float grey scaled to 8 bits, not clipped
-        except ValueError as e:
-            raise SkipRow(UNDECODABLE_IMAGE, f"image: {shown}: {e}") from None
+    try:
+        img = upright_rgb(img)   # as training decodes: EXIF-rotated, transparency on white, 16-bit grey scaled
+    except Exception as e:      # ValueError (grey without an 8-bit meaning), PIL's errors from a damaged EXIF
+        raise SkipRow(UNDECODABLE_IMAGE, f"image: {shown}: {e}") from None
     if job.image_size:
         img = _resized(img, job.image_size, job.resize_mode)
     buf = io.BytesIO()

@@ -474,6 +474,7 @@ def test_image_format_source_keeps_the_users_bytes_and_else_stays_lossless(tmp_p
     for stem in ("clear", "old"):                                 # changed or not storable as is: lossless PNG
         ext, data = stored[stem]
         assert ext == "png" and np.array_equal(np.asarray(decode_image(data)), want[stem])
+        assert Image.open(io.BytesIO(data)).mode == "RGB"          # flattened in the shard, not only when read
     ext, data = stored["turned"]                                  # a JPEG that must be rotated stays a JPEG
     assert ext == "jpg" and Image.open(io.BytesIO(data)).size == (20, 40)
     # with a resize every image changes: PNG, but JPEG for the JPEGs
