@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from align.errors import ConfigError
+from align.media.image import UprightThen
 from align.towers import build_tower
 from align.towers.base import CachedTokenize, Tower
-
 from align.wds.format import MODALITIES
 
 NEG_TEXT = "neg_text"    # batch key of hard-negative captions (align.data.stream.decode; align.losses.multipair)
@@ -103,7 +103,8 @@ class AlignModel(nn.Module):
 
     @property
     def image_transform(self):
-        return self.towers["image"].preprocess(train=False) if "image" in self.towers else None
+        """PIL image -> [3, H, W]: upright RGB first (EXIF turn, transparency on white), as align decodes files."""
+        return UprightThen(self.towers["image"].preprocess(train=False)) if "image" in self.towers else None
 
     @property
     def audio_transform(self):
@@ -119,6 +120,8 @@ class AlignModel(nn.Module):
                 out[m] = CachedTokenize(tower.tokenize, maxsize=16384 if tower.tokenize_is_deterministic else 0,
                                         count_tokens=tower.count_tokens if counts else None,
                                         context_length=ctx if counts else None)
+            elif m == "image":
+                out[m] = UprightThen(tower.preprocess(train=train))
             else:
                 out[m] = tower.preprocess(train=train)
         return out

@@ -26,3 +26,30 @@ def test_float64_and_half_inputs_are_cast_to_the_towers_dtype(tiny_recipe):
         assert torch.equal(model.encode_audio(audio_in), model.encode_audio(audio_in.float()))
         tokens = model.tokenize(["a cat", "two dogs"])
         assert tokens.dtype == torch.long and model.encode_text(tokens).dtype == torch.float32  # ids stay integers
+
+
+def test_the_image_transform_sees_a_file_as_align_decodes_it(tiny_recipe, tmp_path):
+    """model.image_transform(Image.open(path)) (the Python API) against the transform of the pixels align decodes
+    from the same file (training, `align embed`): equal for a photo stored on its side with EXIF orientation 6 and
+    for an RGBA image whose transparent pixels hide black; the transform without the upright step differs."""
+    import io
+
+    from PIL import Image
+
+    from align.media.image import decode_image
+    model = _model(tiny_recipe)
+    side = Image.fromarray(np.repeat(np.linspace(0, 255, 36, dtype=np.uint8)[None, :, None], 18, 0).repeat(3, 2))
+    exif = side.getexif()
+    exif[0x0112] = 6
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[:8, :, 0], rgba[:8, :, 3] = 200, 255                  # top half red and opaque, bottom transparent black
+    files = {"side.jpg": (side, {"exif": exif, "quality": 95}), "clear.png": (Image.fromarray(rgba), {})}
+    for name, (img, kw) in files.items():
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG" if name.endswith("jpg") else "PNG", **kw)
+        path = tmp_path / name
+        path.write_bytes(buf.getvalue())
+        want = model.towers["image"].preprocess(train=False)(decode_image(str(path)))
+        assert torch.equal(model.image_transform(Image.open(path)), want), name
+        assert torch.equal(model.transforms(train=False)["image"](Image.open(path)), want), name
+        assert not torch.equal(model.towers["image"].preprocess(train=False)(Image.open(path)), want), name

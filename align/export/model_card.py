@@ -114,7 +114,16 @@ def preprocess_image(img):
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
     for s in PP["towers"]["image"]["preprocess"]["steps"]:
         op = s["op"]
-        if op == "to_rgb":
+        if op == "to_rgb":                             # as align decodes a file: EXIF turn, alpha onto white
+            from PIL import ImageOps
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+            elif img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):   # high bit depth: scaled, not clipped
+                a = np.asarray(img, dtype=np.float64) * (255.0 if img.mode == "F" else 255.0 / 65535.0)
+                img = Image.fromarray(np.rint(a).astype(np.uint8), "L")
             img = img.convert("RGB")
         elif op == "resize_shortest":                  # shorter side -> size, aspect kept (torchvision Resize(int))
             w, h = img.size
@@ -376,6 +385,9 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
               "tokenizer = open_clip.get_tokenizer('local-dir:path/to/this/folder')",
               "z_img = model.encode_image(preprocess(image)[None], normalize=True)",
               "z_txt = model.encode_text(tokenizer(['a photo of a cat']), normalize=True)", "```", "",
+              "open_clip's `preprocess` converts with PIL's `convert('RGB')`; align trained on images turned by "
+              "their EXIF orientation and with transparency on white: for such files pass "
+              "`align.media.image.upright_rgb(image)` (or the same steps, as the onnxruntime code below does).", "",
               "CLIP_benchmark: `clip_benchmark eval --model local-dir:path/to/this/folder --pretrained '' "
               "--no_amp ...` (on CPU `--no_amp` avoids bfloat16 autocast).", ""]
     if pp is not None:

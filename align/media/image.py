@@ -71,6 +71,21 @@ def upright_rgb(img):
     return to_rgb(img)
 
 
+class UprightThen:
+    """A model's image transform that first makes the PIL image upright RGB (`upright_rgb`), so that
+    `align.load(...).image_transform(Image.open(path))` sees the pixels `align embed` / training decode from the same
+    file. Idempotent on a decoded image (already upright, RGB). A class, not a closure: DataLoader workers pickle it."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(upright_rgb(img))
+
+    def __repr__(self) -> str:
+        return f"UprightThen({self.transform!r})"
+
+
 # PIL modes whose values are not 0..255: convert("RGB") clips them, so a 16-bit scan (0..65535) comes out
 # white and a float image in 0..1 black. 16-bit grey (I;16*; I from a 16-bit PNG or TIFF) is scaled from
 # 0..65535, float grey (F) from 0..1; values outside those ranges have no agreed 8-bit meaning and are refused.

@@ -85,7 +85,8 @@ SR = 16000
 
 
 def write_images(d):
-    """Non-square RGB, grey and RGBA PNGs: the transform's resize/crop/convert paths all run."""
+    """Non-square RGB, grey and RGBA PNGs, and a JPEG stored on its side with EXIF orientation 6 (a phone photo):
+    the transform's resize/crop/convert paths and align's upright decoding all run."""
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(0)
@@ -95,6 +96,11 @@ def write_images(d):
         p = os.path.join(d, f"img{i}.png")
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(p)
         paths.append(p)
+    img = Image.fromarray(np.repeat(np.linspace(0, 255, 36, dtype=np.uint8)[None, :, None], 18, 0).repeat(3, 2))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    paths.append(os.path.join(d, "img3.jpg"))
+    img.save(paths[-1], quality=95, exif=exif)
     return paths
 
 

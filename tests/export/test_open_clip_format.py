@@ -26,8 +26,11 @@ def test_open_clip_alone_reproduces_align(outside):
     assert cfg["preprocess_cfg"]["size"] == 16 and cfg["preprocess_cfg"]["resize_mode"] == "shortest"
 
     model = align.load(outside.run)     # the original run, not the export
+    # open_clip's preprocess is the tower's own transform; align.load's image_transform first turns a file upright
+    # and puts transparency on white (as align decodes files; the card says so), so compare the tower's own
+    tower_tf = model.towers["image"].preprocess(train=False)
     with torch.no_grad():
-        z_img = model.encode_image(torch.stack([model.image_transform(Image.open(p)) for p in outside.images]))
+        z_img = model.encode_image(torch.stack([tower_tf(Image.open(p)) for p in outside.images]))
         tokens = model.tokenize(outside.captions)
         z_txt = model.encode_text(tokens)
     assert np.array_equal(np.load(root / "oc_tokens.npy"), tokens.numpy())
