@@ -1031,4 +1031,7 @@ MUTATIONS = [
     M("export.snippet_to_rgb_plain", "align/export/model_card.py",
       "            img = ImageOps.exif_transpose(img)", "            img = img.convert('RGBA').convert('RGB')",
       ["tests/export/test_onnx_format.py::test_readme_snippet_reproduces_align_without_align"]),
+    M("bench.datasets.negative_cls_unsaid", "align/bench/datasets.py",
+      "                        if label < 0:\n", "                        if False:\n",
+      ["tests/bench/test_datasets.py::test_wds_bad_label_is_reported_not_fatal"]),
 ]

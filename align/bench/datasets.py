@@ -231,9 +231,13 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
                 if LABEL_EXT in sample:
                     raw = sample[LABEL_EXT][3].decode("utf-8", "replace").strip()
                     try:
-                        it.label = int(raw)
+                        label = int(raw)
                     except ValueError:
                         problems.append(f"{it.key}: cls {raw[:20]!r} is not an integer")
+                    else:   # -1 is "no label" here: a negative class index is said, then left out
+                        it.label = label if label >= 0 else -1
+                        if label < 0:
+                            problems.append(f"{it.key}: cls {label} is negative; left unlabelled")
                 if "txt" in sample:  # as CLIP_benchmark: str.splitlines
                     it.captions = sample["txt"][3].decode("utf-8", "replace").splitlines()
                 items.append(it)

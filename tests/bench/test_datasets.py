@@ -39,10 +39,12 @@ def test_wds_prefers_clip_benchmark_image_key_order_and_reads_captions(tmp_path)
 
 def test_wds_bad_label_is_reported_not_fatal(tmp_path):
     rng = np.random.default_rng(0)
-    samples = [("a", {"png": png_bytes(rng), "cls": "x1"}), ("b", {"png": png_bytes(rng), "cls": "2"})]
+    samples = [("a", {"png": png_bytes(rng), "cls": "x1"}), ("b", {"png": png_bytes(rng), "cls": "2"}),
+               ("c", {"png": png_bytes(rng), "cls": "-2"})]
     root = write_wds(tmp_path / "d", samples)
     ds = open_dataset(root, "wds")
-    assert list(ds.labels) == [-1, 2] and "cls 'x1' is not an integer" in ds.problems[0]
+    assert list(ds.labels) == [-1, 2, -1]
+    assert ds.problems == ["0.tar:a: cls 'x1' is not an integer", "0.tar:c: cls -2 is negative; left unlabelled"]
 
 
 def test_wds_errors_name_the_path(tmp_path):
