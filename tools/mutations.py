@@ -965,4 +965,42 @@ MUTATIONS = [
       ["tests/losses/test_multipair_loss.py::"
        "test_an_unused_logit_bias_gets_a_zero_gradient_so_ddp_averages_and_steps_again"],
       "a CLIP loss with model.init_logit_bias under DDP: gradients never averaged, step 2 raised"),
+    # -- faults audit: long retrieval jobs and the bench cache under kills, damage and a full disk ----------------
+    M("retrieval.embed.part_sizes_unchecked", "align/retrieval/embed.py",
+      "    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else \"done.json is not an object\"",
+      "    problem = None",
+      ["tests/retrieval/test_embed.py::"
+       "test_a_part_cut_short_after_it_finished_is_named_when_read_and_redone_by_a_rerun"],
+      "a finished part cut short afterwards was skipped by a rerun and read into a numpy traceback"),
+    M("retrieval.embed.full_disk_traceback", "align/retrieval/embed.py",
+      "        with guard_write(path, None, None, kept=",
+      "        with (lambda *a, **k: __import__(\"contextlib\").nullcontext())(path, None, None, kept=",
+      ["tests/retrieval/test_embed.py::"
+       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"],
+      "ENOSPC while writing a part of `align embed` was an OSError traceback"),
+    M("retrieval.embed.partial_tmp_left", "align/retrieval/embed.py",
+      "    except BaseException:\n        if os.path.exists(tmp):\n            os.remove(tmp)\n        raise\n"
+      "    os.replace(tmp, path)",
+      "    except BaseException:\n        raise\n    os.replace(tmp, path)",
+      ["tests/retrieval/test_embed.py::"
+       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"]),
+    M("retrieval.index.killed_build_read_as_an_index", "align/retrieval/search.py",
+      "    if info.get(\"complete\") is False:", "    if False:",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"],
+      "a rebuild killed after its first modality was read as an index: the old index.json over new and old parts"),
+    M("retrieval.index.marker_not_written_first", "align/retrieval/index_build.py",
+      "                              before_write=lambda: write_meta(out, dict(meta, complete=False)))",
+      "                              before_write=None)",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"]),
+    M("bench.cache.full_disk_traceback", "align/bench/embed.py",
+      "        if not is_storage_error(e):\n            raise\n        for p in (vec_p, ids_p):",
+      "        if True:\n            raise\n        for p in (vec_p, ids_p):",
+      ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"],
+      "ENOSPC while caching an entry ended `align bench` in a traceback and left a half-written .tmp file"),
+    M("bench.cache.partial_tmp_left", "align/bench/embed.py",
+      "        if os.path.exists(tmp):                 # never a half-written file left in the cache\n"
+      "            os.remove(tmp)", "        pass",
+      ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"]),
 ]

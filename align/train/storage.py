@@ -95,7 +95,8 @@ def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Opt
     what else is unharmed, e.g. an export's source)."""
     keep = kept or (f"the intact checkpoint is {intact}" if intact else "no intact checkpoint exists yet")
     again = "run the same command again" if kept else "run the same command to resume"
-    return (f"{path}: {_reason(exn)} (needs about {_human(need)}, {_human(free_bytes(path))} free); partial files "
+    needs = f"needs about {_human(need)}, " if need is not None else ""          # (unknown before the write)
+    return (f"{path}: {_reason(exn)} ({needs}{_human(free_bytes(path))} free); partial files "
             f"removed; {keep}; free space and {again}")
 
 
