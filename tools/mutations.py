@@ -1003,4 +1003,12 @@ MUTATIONS = [
       "        if os.path.exists(tmp):                 # never a half-written file left in the cache\n"
       "            os.remove(tmp)", "        pass",
       ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"]),
+    M("sweep.full_study_db_traceback", "align/sweep/study.py",
+      "    except Exception as e:\n        if not is_storage_error(e):\n            raise\n        where = ",
+      "    except Exception as e:\n        if True:\n            raise\n        where = ",
+      ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"],
+      "SQLite's 'database or disk is full' under study.db was Optuna's 100-line StorageInternalError traceback"),
+    M("storage.sqlite_full_not_a_storage_error", "align/train/storage.py",
+      "                  \"database or disk is full\")", "                  \"(no such message)\")",
+      ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"]),
 ]

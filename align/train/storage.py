@@ -32,7 +32,8 @@ log = logging.getLogger("align.train")
 STORAGE_EXIT = 74          # sysexits.h EX_IOERR: a write failed (full disk, I/O error); free space and rerun
 
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
-_STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system")
+_STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system",
+                  "database or disk is full")        # SQLite's SQLITE_FULL (an Optuna study.db)
 
 
 class StorageError(AlignError):
