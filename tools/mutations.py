@@ -967,7 +967,8 @@ MUTATIONS = [
       "a CLIP loss with model.init_logit_bias under DDP: gradients never averaged, step 2 raised"),
     # -- faults audit: long retrieval jobs and the bench cache under kills, damage and a full disk ----------------
     M("retrieval.embed.part_sizes_unchecked", "align/retrieval/embed.py",
-      "    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else \"done.json is not an object\"",
+      "    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else "
+      "\"done.json is not an object\"",
       "    problem = None",
       ["tests/retrieval/test_embed.py::"
        "test_a_part_cut_short_after_it_finished_is_named_when_read_and_redone_by_a_rerun"],
@@ -990,8 +991,8 @@ MUTATIONS = [
        "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"],
       "a rebuild killed after its first modality was read as an index: the old index.json over new and old parts"),
     M("retrieval.index.marker_not_written_first", "align/retrieval/index_build.py",
-      "                              before_write=lambda: write_meta(out, dict(meta, complete=False)))",
-      "                              before_write=None)",
+      "                                          before_write=lambda: write_meta(out, dict(meta, complete=False))))",
+      "                                          before_write=None))",
       ["tests/retrieval/test_index_build.py::"
        "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"]),
     M("bench.cache.full_disk_traceback", "align/bench/embed.py",
@@ -1011,4 +1012,10 @@ MUTATIONS = [
     M("storage.sqlite_full_not_a_storage_error", "align/train/storage.py",
       "                  \"database or disk is full\")", "                  \"(no such message)\")",
       ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"]),
+    M("retrieval.index.full_disk_traceback", "align/retrieval/index_build.py",
+      "        with guard_write(os.path.join(out, m), None, None, kept=kept, partial=os.path.join(out, m)):",
+      "        with __import__(\"contextlib\").nullcontext():",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_full_disk_while_writing_an_index_is_one_line_and_a_rerun_finishes_it"],
+      "ENOSPC while `align index` wrote a modality was a traceback that left its half-written folder"),
 ]

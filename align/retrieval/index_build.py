@@ -48,6 +48,7 @@ from align.bench.index import (INDEXES, Refined, build_index, create_index, defa
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
+from align.train.storage import guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
 TARGET_RECALL = 0.95
@@ -324,11 +325,17 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
             "embeddings": os.path.abspath(emb_dir)}
     # before the first file: an index.json that says the build is under way, so that a build killed half-way is
     # never read as an index (an old one's modalities beside new ones) and the same command rebuilds it (check_out)
-    results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
-                              kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress,
-                              before_write=lambda: write_meta(out, dict(meta, complete=False)))
-               for m in mods]
-    write_meta(out, dict(meta, complete=True))
+    # a full disk: one line (StorageError), the modality's half-written folder removed
+    kept = "the embeddings are untouched"
+    results = []
+    for m in mods:
+        with guard_write(os.path.join(out, m), None, None, kept=kept, partial=os.path.join(out, m)):
+            results.append(build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem,
+                                          max_latency_ms=max_latency_ms, kind=kind, n_queries=n_queries, seed=seed,
+                                          refine=refine, progress=progress,
+                                          before_write=lambda: write_meta(out, dict(meta, complete=False))))
+    with guard_write(os.path.join(out, "index.json"), None, None, kept=kept):
+        write_meta(out, dict(meta, complete=True))
     return results
 
 
@@ -336,8 +343,13 @@ def write_meta(out: str, meta: dict) -> None:
     """out/index.json, replaced atomically."""
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, "index.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, os.path.join(out, "index.json"))
 
 

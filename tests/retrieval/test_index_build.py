@@ -237,3 +237,28 @@ def test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_
     for m, v in new.items():
         assert len(ixs[m]) == 150 and ixs[m].index.reconstruct_n(0, 150).tolist() == \
             (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32).tolist()
+
+
+def test_a_full_disk_while_writing_an_index_is_one_line_and_a_rerun_finishes_it(tmp_path, monkeypatch, capsys):
+    """ENOSPC while `align index` wrote (reproduced on a 200 KB tmpfs: pyarrow's OSError from rows.parquet) was a
+    traceback that left the half-written modality folder; now one line, exit 74, the folder removed."""
+    import faiss
+
+    from align.cli import main
+    emb, out = write_emb(tmp_path / "emb", {"image": clustered(100, 8, seed=1)}), str(tmp_path / "ix")
+    real = faiss.write_index
+
+    def full(index, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 10)
+        raise RuntimeError(f"Error in faiss::FileIOWriter: fwrite to {path}: No space left on device")
+    monkeypatch.setattr(faiss, "write_index", full)
+    assert main(["index", emb, "--out", out, "--no-progress"]) == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"align: error: {out}/image: No space left on device (") and \
+        "partial files removed; the embeddings are untouched" in err[0], err
+    assert sorted(os.listdir(out)) == ["index.json"]
+    assert json.load(open(os.path.join(out, "index.json")))["complete"] is False
+    monkeypatch.setattr(faiss, "write_index", real)
+    assert main(["index", emb, "--out", out, "--no-progress"]) == 0
+    assert len(Index.load(out, modality="image")) == 100
