@@ -1034,4 +1034,57 @@ MUTATIONS = [
     M("bench.datasets.negative_cls_unsaid", "align/bench/datasets.py",
       "                        if label < 0:\n", "                        if False:\n",
       ["tests/bench/test_datasets.py::test_wds_bad_label_is_reported_not_fatal"]),
+    # -- faults audit: long retrieval jobs and the bench cache under kills, damage and a full disk ----------------
+    M("retrieval.embed.part_sizes_unchecked", "align/retrieval/embed.py",
+      "    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else "
+      "\"done.json is not an object\"",
+      "    problem = None",
+      ["tests/retrieval/test_embed.py::"
+       "test_a_part_cut_short_after_it_finished_is_named_when_read_and_redone_by_a_rerun"],
+      "a finished part cut short afterwards was skipped by a rerun and read into a numpy traceback"),
+    M("retrieval.embed.full_disk_traceback", "align/retrieval/embed.py",
+      "        with guard_write(path, None, None, kept=",
+      "        with (lambda *a, **k: __import__(\"contextlib\").nullcontext())(path, None, None, kept=",
+      ["tests/retrieval/test_embed.py::"
+       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"],
+      "ENOSPC while writing a part of `align embed` was an OSError traceback"),
+    M("retrieval.embed.partial_tmp_left", "align/retrieval/embed.py",
+      "    except BaseException:\n        if os.path.exists(tmp):\n            os.remove(tmp)\n        raise\n"
+      "    os.replace(tmp, path)",
+      "    except BaseException:\n        raise\n    os.replace(tmp, path)",
+      ["tests/retrieval/test_embed.py::"
+       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"]),
+    M("retrieval.index.killed_build_read_as_an_index", "align/retrieval/search.py",
+      "    if info.get(\"complete\") is False:", "    if False:",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"],
+      "a rebuild killed after its first modality was read as an index: the old index.json over new and old parts"),
+    M("retrieval.index.marker_not_written_first", "align/retrieval/index_build.py",
+      "                                          before_write=lambda: write_meta(out, dict(meta, complete=False))))",
+      "                                          before_write=None))",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"]),
+    M("bench.cache.full_disk_traceback", "align/bench/embed.py",
+      "        if not is_storage_error(e):\n            raise\n        for p in (vec_p, ids_p):",
+      "        if True:\n            raise\n        for p in (vec_p, ids_p):",
+      ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"],
+      "ENOSPC while caching an entry ended `align bench` in a traceback and left a half-written .tmp file"),
+    M("bench.cache.partial_tmp_left", "align/bench/embed.py",
+      "        if os.path.exists(tmp):                 # never a half-written file left in the cache\n"
+      "            os.remove(tmp)", "        pass",
+      ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"]),
+    M("sweep.full_study_db_traceback", "align/sweep/study.py",
+      "    except Exception as e:\n        if not is_storage_error(e):\n            raise\n        where = ",
+      "    except Exception as e:\n        if True:\n            raise\n        where = ",
+      ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"],
+      "SQLite's 'database or disk is full' under study.db was Optuna's 100-line StorageInternalError traceback"),
+    M("storage.sqlite_full_not_a_storage_error", "align/train/storage.py",
+      "                  \"database or disk is full\")", "                  \"(no such message)\")",
+      ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"]),
+    M("retrieval.index.full_disk_traceback", "align/retrieval/index_build.py",
+      "        with guard_write(os.path.join(out, m), None, None, kept=kept, partial=os.path.join(out, m)):",
+      "        with __import__(\"contextlib\").nullcontext():",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_full_disk_while_writing_an_index_is_one_line_and_a_rerun_finishes_it"],
+      "ENOSPC while `align index` wrote a modality was a traceback that left its half-written folder"),
 ]

@@ -24,6 +24,7 @@ import contextvars
 import hashlib
 import json
 import os
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -179,8 +180,13 @@ def _cache_paths(cache_dir: str, model_fp: str, data_fp: str, modality: str):
 
 def _atomic_save(path: str, write) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+    except BaseException:
+        if os.path.exists(tmp):                 # never a half-written file left in the cache
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 
@@ -198,14 +204,32 @@ def _load_cached(vec_p, ids_p, meta_p) -> Optional[Embeddings]:
                       errors=meta.get("errors", []), cached=True)
 
 
+_CACHE_FULL_SAID = set()     # the cache dirs a full disk was reported for (one line each per process)
+
+
 def _store(paths, emb: Embeddings, meta: dict) -> None:
+    """The cache entry (meta last: an entry without it is never read). A full disk is one line on stderr and the
+    benchmark goes on with the embeddings in hand, uncached; other errors pass."""
+    from align.train.storage import is_storage_error
     d, vec_p, ids_p, meta_p = paths
-    os.makedirs(d, exist_ok=True)
-    _atomic_save(vec_p, lambda f: np.save(f, emb.vectors))
-    _atomic_save(ids_p, lambda f: np.save(f, emb.ids))
     meta = dict(meta, n=int(len(emb.vectors)), dim=int(emb.vectors.shape[1]) if emb.vectors.ndim == 2 else 0,
                 skipped=emb.skipped, missing=emb.missing, errors=emb.errors, created=time.time())
-    _atomic_save(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    try:
+        os.makedirs(d, exist_ok=True)
+        _atomic_save(vec_p, lambda f: np.save(f, emb.vectors))
+        _atomic_save(ids_p, lambda f: np.save(f, emb.ids))
+        _atomic_save(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    except OSError as e:
+        if not is_storage_error(e):
+            raise
+        for p in (vec_p, ids_p):                # an entry without its meta is never read: nothing half-kept
+            with contextlib.suppress(OSError):
+                os.remove(p)
+        cache = os.path.dirname(os.path.dirname(d))
+        if cache not in _CACHE_FULL_SAID:
+            _CACHE_FULL_SAID.add(cache)
+            print(f"align: warning: {vec_p}: {e.strerror or str(e)}; embeddings are not cached in {cache} "
+                  f"(the results are not affected; free space to cache them)", file=sys.stderr, flush=True)
 
 
 def dataset_fingerprint(model, dataset: BenchDataset) -> str:

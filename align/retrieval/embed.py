@@ -12,7 +12,9 @@ CLIP_benchmark-layout eval set (ROOT/{split}/nshards.txt). Each source shard bec
     EMB/parts/part-00007.parquet        one row per vector: key, caption, shard, modality, row (in that
                                         modality's .npy), media_offset/media_size (the member's byte range
                                         in the shard, -1 for text), part
-    EMB/parts/part-00007.done.json      counts; written last, so a part without it is redone after a kill
+    EMB/parts/part-00007.done.json      counts and each file's size; written last, so a part without it (or
+                                        whose files are not that size: cut short by a kill or a full disk)
+                                        is redone by a rerun, and refused in one line naming the file when read
 
 Under `accelerate launch --num_processes N` (or torchrun) process r embeds parts r, r+N, r+2N, ...;
 every part is computed the same way whichever process does it, so the output equals one process's.
@@ -33,6 +35,7 @@ from align.bench.embed import MissingModalityError, embed_dataset, model_fingerp
 from align.bench.engine import with_engine
 from align.data.stream.sources import expand_urls
 from align.errors import ConfigError, DataError, without_reprs
+from align.train.storage import guard_write
 
 MEDIA = ("image", "audio")
 ORDER = ("image", "audio", "text")
@@ -91,9 +94,18 @@ def part_name(i: int) -> str:
 
 
 def _atomic(path: str, write) -> None:
+    """write(f) into a temporary file renamed to `path`; a full disk is one line (StorageError), and the
+    temporary file never outlives a failure (a kill aside)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
+    try:
+        with guard_write(path, None, None, kept="the finished parts are kept (a rerun redoes only the others)",
+                         partial=tmp):
+            with open(tmp, "wb") as f:
+                write(f)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 
@@ -183,18 +195,44 @@ def embed_part(model, shard: str, out_dir: str, part: str, modalities: List[str]
         counts["errors"] += emb.errors[:3]
     table = pd.DataFrame(rows, columns=COLUMNS)
     _atomic(os.path.join(out_dir, f"{part}.parquet"), lambda f: table.to_parquet(f, index=False))
+    counts["files"] = {n: os.path.getsize(os.path.join(out_dir, n)) for n in part_files(part, counts["vectors"])}
     _atomic(os.path.join(out_dir, f"{part}.done.json"), lambda f: f.write(json.dumps(counts).encode()))
     return counts
 
 
-def part_done(out_dir: str, part: str) -> Optional[dict]:
+def part_files(part: str, vectors: dict) -> List[str]:
+    """The files of a finished part: its table and one .npy per embedded modality."""
+    return [f"{part}.parquet"] + [f"{part}.{m}.npy" for m in vectors]
+
+
+def part_damage(out_dir: str, part: str, counts: dict) -> Optional[str]:
+    """None when the part's files have the sizes its done.json recorded (a done.json written before it
+    recorded them: taken as it is), else one line naming the first file that differs."""
+    for name, size in (counts.get("files") or {}).items():
+        p = os.path.join(out_dir, name)
+        got = os.path.getsize(p) if os.path.isfile(p) else None
+        if got != size:
+            return f"{p}: {'missing' if got is None else f'{got:,} bytes'}, {size:,} bytes when its part finished " \
+                   f"(damaged or cut short)"
+    return None
+
+
+def part_done(out_dir: str, part: str, damage: Optional[list] = None) -> Optional[dict]:
+    """The part's counts when it finished and its files are whole; else None (a rerun redoes it). damage: a
+    list that gets the line naming a damaged file."""
     p = os.path.join(out_dir, f"{part}.done.json")
     if not (os.path.isfile(p) and os.path.isfile(os.path.join(out_dir, f"{part}.parquet"))):
         return None
     try:
-        return json.load(open(p))
+        counts = json.load(open(p))
     except (OSError, ValueError):
         return None                                     # a damaged marker: redo the part
+    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else "done.json is not an object"
+    if problem:
+        if damage is not None:
+            damage.append(problem)
+        return None
+    return counts
 
 
 def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] = None, dtype: str = "float16",
@@ -261,13 +299,15 @@ def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False) ->
     unless allow_partial, and no vectors at all is one."""
     man = read_manifest(emb_dir)
     parts_dir = os.path.join(emb_dir, "parts")
-    found, unfinished = [], []
+    found, unfinished, damage = [], [], []
     for part in man["parts"]:
-        counts = part_done(parts_dir, part)
+        counts = part_done(parts_dir, part, damage)
         if counts is None:
             unfinished.append(part)
         elif modality in counts["vectors"]:
             found.append(os.path.join(parts_dir, part))
+    if damage and not allow_partial:
+        raise DataError(f"{damage[0]}; re-run `align embed` with the same arguments to redo its part")
     if unfinished and not allow_partial:
         raise DataError(f"{emb_dir}: {len(unfinished)} part(s) not finished (first: {unfinished[0]}); "
                         f"re-run `align embed` with the same arguments to finish them")

@@ -25,7 +25,9 @@ by chunk, writes the float16 copy and computes the exact top-k for the recall ch
 (exact_topk_chunks), so the memory budget also bounds the build. The other kinds hold the float32 vectors
 in the index anyway and load them whole.
 
-    INDEX/index.json                 modalities, model, source EMB folder
+    INDEX/index.json                 modalities, model, source EMB folder; written first with "complete": false
+                                     and again when every modality is built (a killed build is refused
+                                     when read, and the same command rebuilds it)
     INDEX/<modality>/index.faiss     faiss.write_index
     INDEX/<modality>/settings.json   kind, parameters, why, recall@10, latency, build seconds, memory
     INDEX/<modality>/rows.parquet    row metadata (key, caption, shard, byte range, ...) in index id order
@@ -46,6 +48,7 @@ from align.bench.index import (INDEXES, Refined, build_index, create_index, defa
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
+from align.train.storage import guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
 TARGET_RECALL = 0.95
@@ -221,9 +224,10 @@ def tune_refined(index, store, queries, exact, k: int, max_latency_ms: float, ro
 
 def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int, max_latency_ms: float,
                    kind: Optional[str] = None, n_queries: int = 500, k: int = 10, seed: int = 0,
-                   refine: bool = True, progress: bool = False) -> dict:
+                   refine: bool = True, progress: bool = False, before_write=None) -> dict:
     """Build, tune and write one modality's index; returns its settings. progress: bars (plain lines off a
-    terminal) over the adds and the exact check, which take minutes from millions of vectors."""
+    terminal) over the adds and the exact check, which take minutes from millions of vectors. before_write():
+    called before anything is written to out_dir (build_indexes marks the index as being built)."""
     from align.progress import progress as tqdm
     parts = EmbeddingParts(emb_dir, modality)                   # [N, D], read part by part
     rows = load_rows(emb_dir, modality)
@@ -253,6 +257,8 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     else:
         exact = exact_topk(vectors, queries, kk)
     gallery = parts.take if streamed else vectors.__getitem__     # exact scores of returned ids: tie-aware recall
+    if before_write is not None:
+        before_write()
     os.makedirs(out_dir, exist_ok=True)
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
@@ -315,13 +321,36 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
     check_out(out, emb_dir, overwrite)
-    results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
-                              kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress)
-               for m in mods]
-    with open(os.path.join(out, "index.json"), "w") as f:
-        json.dump({"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
-                   "embeddings": os.path.abspath(emb_dir)}, f, indent=1)
+    meta = {"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
+            "embeddings": os.path.abspath(emb_dir)}
+    # before the first file: an index.json that says the build is under way, so that a build killed half-way is
+    # never read as an index (an old one's modalities beside new ones) and the same command rebuilds it (check_out)
+    # a full disk: one line (StorageError), the modality's half-written folder removed
+    kept = "the embeddings are untouched"
+    results = []
+    for m in mods:
+        with guard_write(os.path.join(out, m), None, None, kept=kept, partial=os.path.join(out, m)):
+            results.append(build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem,
+                                          max_latency_ms=max_latency_ms, kind=kind, n_queries=n_queries, seed=seed,
+                                          refine=refine, progress=progress,
+                                          before_write=lambda: write_meta(out, dict(meta, complete=False))))
+    with guard_write(os.path.join(out, "index.json"), None, None, kept=kept):
+        write_meta(out, dict(meta, complete=True))
     return results
+
+
+def write_meta(out: str, meta: dict) -> None:
+    """out/index.json, replaced atomically."""
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, "index.json.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, os.path.join(out, "index.json"))
 
 
 def summary_line(s: dict) -> str:

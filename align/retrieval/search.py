@@ -103,7 +103,11 @@ def index_modalities(path: str) -> List[str]:
     meta = os.path.join(path, "index.json")
     if not os.path.isfile(meta):
         raise DataError(f"{path}: not an `align index` output (no index.json or index.faiss)")
-    return list(json.load(open(meta))["modalities"])
+    info = json.load(open(meta))
+    if info.get("complete") is False:           # (an index.json of before the flag: complete)
+        raise DataError(f"{path}: its `align index` build did not finish (stopped part-way); run the same "
+                        f"`align index` command again to rebuild it")
+    return list(info["modalities"])
 
 
 def load_indexes(path: str) -> Dict[str, Index]:

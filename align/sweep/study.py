@@ -25,6 +25,7 @@ meets another study's runs; and each run dir records whose trial it is (trial.cl
 anew under an old name (study.db deleted) is refused at start, before anything trains, instead of resuming
 the old study's finished runs as its own.
 """
+import contextlib
 import copy
 import os
 import signal
@@ -39,6 +40,7 @@ from align.errors import AlignError, ConfigError
 from align.shipped import resolve_recipe
 from align.sweep import report, trial as trials
 from align.sweep.space import Param, describe_space, load_space
+from align.train.storage import StorageError, is_storage_error, storage_line
 
 FINISHED = ("COMPLETE", "PRUNED")
 MAX_FAILS_IN_ROW = 3
@@ -123,6 +125,8 @@ def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, s
                             grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=retry)
             break
         except Exception as e:    # a bad URL, an unreachable server, a missing driver: one line
+            if is_storage_error(e):                     # a full disk: storage_guard's line, without retrying
+                raise
             # two sweeps started together on a new database both create its tables: one loses (IntegrityError)
             if type(e).__name__ not in ("IntegrityError", "OperationalError") or attempt == 4:
                 raise AlignError(f"--storage {storage}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
@@ -140,6 +144,22 @@ def open_study(optuna, storage: str, name: str, heartbeat_s: int, pruner: str, s
                           f"{', '.join(differ)}); use --study NEW for this one (its runs go to their own folder, "
                           f"OUT/NEW)")
     return study, retry
+
+
+@contextlib.contextmanager
+def storage_guard(storage: str):
+    """A full disk under the study's storage (SQLite: "database or disk is full") is one line, StorageError (exit
+    74) naming the database, instead of Optuna's traceback (StorageInternalError, which blames invalid data)."""
+    try:
+        yield
+    except AlignError:
+        raise
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        where = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else storage
+        raise StorageError(storage_line(e, where, None, None, kept="the study's finished trials are kept in it")) \
+            from None
 
 
 def _count(study, states) -> int:
@@ -311,6 +331,15 @@ def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = N
     make_folder(out)
     make_folder(folder)
     storage = storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
+    with storage_guard(storage):
+        sw = _run_study(optuna, storage, name, path, r, params, n_trials, overrides, folder, pruner, prune_after,
+                        heartbeat_s, poll_s, say)
+    return summarise(sw, say)
+
+
+def _run_study(optuna, storage, name, path, r, params, n_trials, overrides, folder, pruner, prune_after,
+               heartbeat_s, poll_s, say) -> Sweep:
+    """run_sweep's study: opened and its trials run."""
     st, retry = open_study(optuna, storage, name, heartbeat_s, pruner, prune_after, describe_space(params))
     sw = Sweep(path, list(overrides or []), params, r.eval.best_metric, folder, st, retry, poll_s,
                t_start=time.time())
@@ -326,7 +355,7 @@ def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = N
         run_loop(optuna, sw, n_trials, say)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return summarise(sw, say)
+    return sw
 
 
 def summarise(sw: Sweep, say) -> dict:

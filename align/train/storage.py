@@ -32,7 +32,8 @@ log = logging.getLogger("align.train")
 STORAGE_EXIT = 74          # sysexits.h EX_IOERR: a write failed (full disk, I/O error); free space and rerun
 
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
-_STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system")
+_STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system",
+                  "database or disk is full")        # SQLite's SQLITE_FULL (an Optuna study.db)
 
 
 class StorageError(AlignError):
@@ -95,7 +96,8 @@ def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Opt
     what else is unharmed, e.g. an export's source)."""
     keep = kept or (f"the intact checkpoint is {intact}" if intact else "no intact checkpoint exists yet")
     again = "run the same command again" if kept else "run the same command to resume"
-    return (f"{path}: {_reason(exn)} (needs about {_human(need)}, {_human(free_bytes(path))} free); partial files "
+    needs = f"needs about {_human(need)}, " if need is not None else ""          # (unknown before the write)
+    return (f"{path}: {_reason(exn)} ({needs}{_human(free_bytes(path))} free); partial files "
             f"removed; {keep}; free space and {again}")
 
 

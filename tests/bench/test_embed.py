@@ -219,3 +219,30 @@ def test_a_batch_size_below_one_is_one_line(tmp_path, modality, bs):
     ds = open_dataset(retrieval_wds(tmp_path / "ret", n=4), "wds")
     with pytest.raises(ConfigError, match=f"--batch-size must be >= 1, got {bs}"):
         embed_dataset(FakeModel(), ds, modality, batch_size=bs, progress=False)
+
+
+def test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on(tmp_path, capsys, monkeypatch):
+    """ENOSPC while an entry was cached: an OSError traceback ended the benchmark, and the half-written
+    image.npy.tmpPID stayed in the cache. Now: one warning line, the same results, nothing half-kept."""
+    import errno
+
+    import align.bench.embed as E
+    root = classification_wds(tmp_path / "d", n=10)
+    want = zeroshot_classification(FakeModel(), open_dataset(root, "wds"), progress=False)["metrics"]
+    real = np.save
+
+    def save(f, a, *args, **kw):
+        f.write(b"\0" * 50)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(E.np, "save", save)
+    cache = str(tmp_path / "cache")
+    capsys.readouterr()
+    got = zeroshot_classification(FakeModel(), open_dataset(root, "wds"), cache_dir=cache, progress=False)
+    assert got["metrics"] == want
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"align: warning: {cache}/") and \
+        f"No space left on device; embeddings are not cached in {cache} " in err[0], err
+    assert [f for _, _, fs in os.walk(cache) for f in fs] == []
+    monkeypatch.setattr(E.np, "save", real)                   # space again: the next run caches
+    zeroshot_classification(FakeModel(), open_dataset(root, "wds"), cache_dir=cache, progress=False)
+    assert sum(f.endswith(".json") for _, _, fs in os.walk(cache) for f in fs) == 2

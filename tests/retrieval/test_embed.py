@@ -259,3 +259,59 @@ def test_split_selects_an_eval_sets_split_and_is_refused_with_shards(tmp_path, c
         assert len(err) == 1 and err[0].startswith(f"align: error: --split {split}: {data} is not an eval set"), err
     assert main(["embed", "m", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "e"),
                  "--no-progress"]) == 0
+
+
+def test_a_part_cut_short_after_it_finished_is_named_when_read_and_redone_by_a_rerun(tmp_path, tri_run):
+    """A finished part whose .npy was cut short (a copy interrupted, a damaged disk) was taken as done: `align index`
+    died in a numpy traceback (mmap length) and a rerun of `align embed` skipped it."""
+    from align.errors import DataError
+    _, model = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=3)
+    out, data = str(tmp_path / "a"), str(tmp_path / "shards")
+    embed_corpus(model, data, out, progress=False, batch_size=8)
+    good = np.load(os.path.join(out, "parts", "part-00001.image.npy"))
+    cut = os.path.join(out, "parts", "part-00001.image.npy")
+    size = os.path.getsize(cut)
+    os.truncate(cut, size - 8)
+    with pytest.raises(DataError, match=f"^{cut}: {size - 8} bytes, {size} bytes when its part finished .*re-run "
+                                        f"`align embed`"):
+        load_embeddings(out, "image")
+    s = embed_corpus(model, data, out, progress=False, batch_size=8)
+    assert (s.done_before, s.items) == (1, 3)                             # the damaged part alone was redone
+    np.testing.assert_array_equal(load_embeddings(out, "image")[0][3:], good.astype(np.float32) /
+                                  np.linalg.norm(good.astype(np.float32), axis=1, keepdims=True))
+
+
+def test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file(tmp_path, tri_run, monkeypatch,
+                                                                                 capsys):
+    """ENOSPC while a part's vectors were written: a traceback, and the half-written .npy.tmpPID stayed in parts/
+    (as it did after a Ctrl-C in the middle of a write)."""
+    import errno
+
+    import align.retrieval.embed as E
+    run, model = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=3)
+    out = str(tmp_path / "a")
+    real, calls = np.save, []
+
+    def save(f, a, *args, **kw):
+        calls.append(1)
+        if len(calls) == 4:                               # part 1's first .npy: part 0's three are written
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, a, *args, **kw)
+    monkeypatch.setattr(E.np, "save", save)
+    assert main(["embed", run, "--data", str(tmp_path / "shards"), "--out", out, "--no-progress"]) == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"align: error: {out}/parts/part-00001.image.npy: No space left on "
+                                               f"device (") and "partial files removed" in err[0], err
+    part0 = [f"part-00000.{x}" for x in ("audio.npy", "done.json", "image.npy", "parquet", "text.npy")]
+    assert sorted(os.listdir(os.path.join(out, "parts"))) == part0
+
+    def interrupted(f, a, *args, **kw):                   # Ctrl-C in the middle of a write
+        f.write(b"\0" * 100)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(E.np, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embed_corpus(model, str(tmp_path / "shards"), out, progress=False)
+    assert sorted(os.listdir(os.path.join(out, "parts"))) == part0

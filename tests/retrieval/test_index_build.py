@@ -200,3 +200,65 @@ def test_a_forced_kind_keeps_the_memory_budget_and_no_refine_is_never_ignored(tm
     assert f["kind"] == "flat_faiss" and "--no-refine does not apply" in f["why"]
     [r] = build_indexes(emb, str(tmp_path / "pq0"), kind="ivfpq", refine=False)
     assert "refine" not in r and "--no-refine" not in r["why"]
+
+
+def test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A rebuild in place (new vectors under the same EMB path) killed after its first modality left the old
+    index.json over a new image/ and an old text/, read without a word; and a first build killed part-way could not
+    be rerun without --overwrite. Now index.json says the build is under way until it is done."""
+    import shutil
+
+    import align.retrieval.index_build as ib
+    from align.cli import main
+    from align.retrieval.search import load_indexes
+    emb, out = str(tmp_path / "emb"), str(tmp_path / "ix")
+    write_emb(emb, {"image": clustered(200, 8, seed=1), "text": clustered(200, 8, seed=2)})
+    assert main(["index", emb, "--out", out, "--no-progress"]) == 0
+    shutil.rmtree(emb)
+    new = {"image": clustered(150, 8, seed=3), "text": clustered(150, 8, seed=4)}
+    write_emb(emb, new)
+    real = ib.build_modality
+
+    def killed_at_text(emb_dir, modality, *a, **k):
+        if modality == "text":
+            raise KeyboardInterrupt
+        return real(emb_dir, modality, *a, **k)
+    monkeypatch.setattr(ib, "build_modality", killed_at_text)
+    with pytest.raises(KeyboardInterrupt):
+        build_indexes(emb, out)
+    with pytest.raises(DataError, match="build did not finish .*run the same `align index` command again"):
+        load_indexes(out)
+    monkeypatch.setattr(ib, "build_modality", real)
+    shutil.rmtree(os.path.join(out, "image"))            # a first build killed part-way: rerun as it was
+    capsys.readouterr()
+    assert main(["index", emb, "--out", out, "--no-progress"]) == 0, capsys.readouterr().err
+    ixs = load_indexes(out)
+    for m, v in new.items():
+        assert len(ixs[m]) == 150 and ixs[m].index.reconstruct_n(0, 150).tolist() == \
+            (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32).tolist()
+
+
+def test_a_full_disk_while_writing_an_index_is_one_line_and_a_rerun_finishes_it(tmp_path, monkeypatch, capsys):
+    """ENOSPC while `align index` wrote (reproduced on a 200 KB tmpfs: pyarrow's OSError from rows.parquet) was a
+    traceback that left the half-written modality folder; now one line, exit 74, the folder removed."""
+    import faiss
+
+    from align.cli import main
+    emb, out = write_emb(tmp_path / "emb", {"image": clustered(100, 8, seed=1)}), str(tmp_path / "ix")
+    real = faiss.write_index
+
+    def full(index, path):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 10)
+        raise RuntimeError(f"Error in faiss::FileIOWriter: fwrite to {path}: No space left on device")
+    monkeypatch.setattr(faiss, "write_index", full)
+    assert main(["index", emb, "--out", out, "--no-progress"]) == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"align: error: {out}/image: No space left on device (") and \
+        "partial files removed; the embeddings are untouched" in err[0], err
+    assert sorted(os.listdir(out)) == ["index.json"]
+    assert json.load(open(os.path.join(out, "index.json")))["complete"] is False
+    monkeypatch.setattr(faiss, "write_index", real)
+    assert main(["index", emb, "--out", out, "--no-progress"]) == 0
+    assert len(Index.load(out, modality="image")) == 100
