@@ -48,7 +48,7 @@ from align.wds.reader import Oversize
 
 def captions(data: bytes) -> list[str]:
     """`txt` bytes -> non-empty stripped lines, or the strings of a JSON list (may be empty: the caller skips)."""
-    text = data.decode("utf-8")
+    text = data.decode("utf-8-sig")     # a byte-order mark (Notepad, Excel) is no part of the first caption
     if text.lstrip().startswith("["):  # several captions written as a JSON list
         import json
         try:
