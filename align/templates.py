@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from typing import Dict, List, Union
 
 from align.errors import DataError
@@ -117,13 +118,16 @@ def check_templates(templates: Templates, where: str) -> Templates:
 
 def check_classnames(names: List[str], where: str) -> List[str]:
     """The class names, or DataError naming the first one listed twice: zero-shot scores both on the same
-    prompts, so the second is never the top class and its items always count as wrong."""
+    prompts, so the second is never the top class and its items always count as wrong. Two Unicode forms of
+    one name (NFC 'café' and NFD, as macOS writes folder names) count as one: the tokenizers read them alike."""
     seen: Dict[str, int] = {}
     for i, n in enumerate(names):
-        if n in seen:
-            raise DataError(f"{where}: class name {n!r} is listed twice (classes {seen[n]} and {i}); zero-shot "
-                            f"cannot tell them apart: give each class its own name")
-        seen[n] = i
+        key = unicodedata.normalize("NFC", n)
+        if key in seen:
+            forms = "" if n == names[seen[key]] else f" (as {names[seen[key]]!r} and {n!r}, two Unicode forms)"
+            raise DataError(f"{where}: class name {n!r} is listed twice{forms} (classes {seen[key]} and {i}); "
+                            f"zero-shot cannot tell them apart: give each class its own name")
+        seen[key] = i
     return names
 
 

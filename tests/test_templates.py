@@ -1,5 +1,6 @@
 """Prompt templates: built-in sets, .txt/.json files, class-specific prompts, clear errors."""
 import json
+import unicodedata
 
 import pytest
 
@@ -71,3 +72,8 @@ def test_check_classnames_names_the_first_name_listed_twice():
     assert check_classnames(["кіт", "猫", "Кіт"], "x") == ["кіт", "猫", "Кіт"]
     with pytest.raises(DataError, match=r"^x: class name 'кіт' is listed twice \(classes 0 and 2\)"):
         check_classnames(["кіт", "猫", "кіт"], "x")
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    with pytest.raises(DataError, match=r"class name 'cafe\u0301' is listed twice \(as 'café' and 'cafe\u0301', two "
+                                        r"Unicode forms\) \(classes 0 and 1\)"):
+        check_classnames([nfc, nfd], "x")
