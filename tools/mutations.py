@@ -1054,4 +1054,7 @@ MUTATIONS = [
     M("templates.classnames_unicode_forms_distinct", "align/templates.py",
       '        key = unicodedata.normalize("NFC", n)', "        key = n",
       ["tests/test_templates.py::test_check_classnames_names_the_first_name_listed_twice"]),
+    M("decode.captions_json_gap_literal", "align/data/stream/decode.py",
+      "and any(isinstance(c, str) for c in items):", "and all(isinstance(c, str) for c in items):",
+      ["tests/data/stream/test_decode.py::test_a_json_list_of_captions_with_a_gap_keeps_its_captions"]),
 ]

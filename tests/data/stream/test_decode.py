@@ -142,3 +142,15 @@ def test_a_txt_member_with_a_byte_order_mark_reads_as_without():
     raw = {"__key__": "k", "txt": bom + '["a cat"]'.encode("utf-8"), "neg.txt": bom + b"a dog\na car"}
     out = decode_raw(raw, ["text"], 1, negatives=True)
     assert out["text"] == ["a cat"] and out["neg"] == ["a dog", "a car"]
+
+
+def test_a_json_list_of_captions_with_a_gap_keeps_its_captions():
+    """json.dumps of a row's captions padded with None / NaN: the whole list used to be the caption, its
+    literal text (Cyrillic as '\\u043a\\u0456\\u0442' escapes); its strings are the captions, as for a json: key."""
+    import json
+
+    from align.data.stream.decode import captions, decode_raw
+    assert captions(json.dumps(["кіт", None, float("nan"), " 猫 ", ""]).encode()) == ["кіт", "猫"]
+    assert captions(b"[1, 2]") == ["[1, 2]"]                     # no string in it: a caption of its own
+    raw = {"__key__": "k", "txt": json.dumps([None, "বিড়াল"]).encode()}
+    assert decode_raw(raw, ["text"], 1, caption_seed="s")["text"] == ["বিড়াল"]
