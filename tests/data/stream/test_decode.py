@@ -1,4 +1,4 @@
-"""align.data.stream.decode with data.limits: the recipe's limits reach the tar reader and the decoders."""
+"""align.data.stream.decode: data.limits reach the tar reader and the decoders; captions read from txt members."""
 from types import SimpleNamespace
 
 from align.config import parse_recipe
