@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from typing import Dict, List, Union
 
 from align.errors import DataError
@@ -63,7 +64,8 @@ BUILTIN_TEMPLATES: Dict[str, List[str]] = {
 
 def _read_lines(path: str, what: str) -> List[str]:
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        # utf-8-sig: a file saved by Notepad or Excel starts with a byte-order mark, which utf-8 keeps in line 1
+        with open(path, "r", encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f.read().splitlines()]
     except OSError as e:
         raise DataError(f"{what} file {path!r} cannot be read: {e.strerror or e}") from None
@@ -75,7 +77,7 @@ def _read_lines(path: str, what: str) -> List[str]:
 
 def _read_json(path: str, what: str):
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             return json.load(f)
     except OSError as e:
         raise DataError(f"{what} file {path!r} cannot be read: {e.strerror or e}") from None
@@ -105,7 +107,28 @@ def check_templates(templates: Templates, where: str) -> Templates:
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise DataError(f"{where}: template {bad[0]!r} has no '{{c}}' placeholder for the class name")
+    for t in templates:                 # other braces fail str.format later, when the prompts are built
+        try:
+            t.format(c="x")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise DataError(f"{where}: template {t!r} holds a brace other than the '{{c}}' placeholder "
+                            f"({type(e).__name__}: {e}); write a literal brace as '{{{{' or '}}}}'") from None
     return templates
+
+
+def check_classnames(names: List[str], where: str) -> List[str]:
+    """The class names, or DataError naming the first one listed twice: zero-shot scores both on the same
+    prompts, so the second is never the top class and its items always count as wrong. Two Unicode forms of
+    one name (NFC 'café' and NFD, as macOS writes folder names) count as one: the tokenizers read them alike."""
+    seen: Dict[str, int] = {}
+    for i, n in enumerate(names):
+        key = unicodedata.normalize("NFC", n)
+        if key in seen:
+            forms = "" if n == names[seen[key]] else f" (as {names[seen[key]]!r} and {n!r}, two Unicode forms)"
+            raise DataError(f"{where}: class name {n!r} is listed twice{forms} (classes {seen[key]} and {i}); "
+                            f"zero-shot cannot tell them apart: give each class its own name")
+        seen[key] = i
+    return names
 
 
 def get_templates(spec: Union[str, Templates]) -> Templates:

@@ -1,9 +1,11 @@
 """Prompt templates: built-in sets, .txt/.json files, class-specific prompts, clear errors."""
 import json
+import unicodedata
 
 import pytest
 
-from align.templates import BUILTIN_TEMPLATES, OPENAI_IMAGENET, get_templates, load_classnames, prompts_for
+from align.templates import (BUILTIN_TEMPLATES, OPENAI_IMAGENET, check_classnames, get_templates, load_classnames,
+                             prompts_for)
 from align.errors import DataError
 
 
@@ -38,3 +40,40 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "broken.json").write_text("[")
     with pytest.raises(DataError, match="not valid JSON"):
         get_templates(str(tmp_path / "broken.json"))
+
+
+@pytest.mark.parametrize("template, named", [("a {c} shaped like {}", "IndexError"),
+                                             ("a {c} at {place}", "KeyError: 'place'"),
+                                             ("a photo of a {c} }", "ValueError")])
+def test_a_template_with_another_brace_is_one_line_naming_it(tmp_path, template, named):
+    """Only {c} is filled: another brace used to pass the check and fail later in str.format (a bare KeyError /
+    IndexError / ValueError from align bench). Doubled braces stay literal; braces and % in a class name are text."""
+    (tmp_path / "t.txt").write_text(f"a photo of a {{c}}.\n{template}\n")
+    with pytest.raises(DataError, match=r"t.txt.*holds a brace other than the '\{c\}' placeholder \(" + named):
+        get_templates(str(tmp_path / "t.txt"))
+    with pytest.raises(DataError, match="brace other than"):
+        get_templates([template])
+    assert prompts_for("{x} 100%", get_templates(["a {{literal}} {c}."])) == ["a {literal} {x} 100%."]
+
+
+def test_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Notepad / Excel start a UTF-8 file with a BOM: it was kept in the first class name ('\\ufeffcat'), so
+    `align data shards --classnames` skipped every 'cat' row and class-specific prompts had none for it."""
+    bom = "\ufeff".encode("utf-8")
+    (tmp_path / "c.txt").write_bytes(bom + "кіт\nবিড়াল\n猫\n".encode("utf-8"))
+    assert load_classnames(str(tmp_path / "c.txt")) == ["кіт", "বিড়াল", "猫"]
+    (tmp_path / "t.txt").write_bytes(bom + b"a photo of a {c}.\n")
+    assert get_templates(str(tmp_path / "t.txt")) == ["a photo of a {c}."]
+    (tmp_path / "c.json").write_bytes(bom + json.dumps(["кіт", "猫"]).encode("utf-8"))
+    assert load_classnames(str(tmp_path / "c.json")) == ["кіт", "猫"]
+
+
+def test_check_classnames_names_the_first_name_listed_twice():
+    assert check_classnames(["кіт", "猫", "Кіт"], "x") == ["кіт", "猫", "Кіт"]
+    with pytest.raises(DataError, match=r"^x: class name 'кіт' is listed twice \(classes 0 and 2\)"):
+        check_classnames(["кіт", "猫", "кіт"], "x")
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    with pytest.raises(DataError, match=r"class name 'cafe\u0301' is listed twice \(as 'café' and 'cafe\u0301', two "
+                                        r"Unicode forms\) \(classes 0 and 1\)"):
+        check_classnames([nfc, nfd], "x")

@@ -23,7 +23,7 @@ from align.bench.embed import embed_dataset, embed_texts
 from align.bench.index import (EXACT, build_index, describe_index, index_params_on, recall_against_exact, sample_rows,
                                search)
 from align.bench.report import StageSeconds, make_result
-from align.templates import BUILTIN_TEMPLATES, Templates, get_templates, prompts_for
+from align.templates import BUILTIN_TEMPLATES, Templates, check_classnames, get_templates, prompts_for
 from align.errors import ConfigError, DataError
 
 DEFAULT_TEMPLATES = {"image": "openai_imagenet", "audio": "audio"}
@@ -75,6 +75,8 @@ def _resolve(dataset: BenchDataset, modality: str, classnames, templates):
         names = load_classnames(names)
     if not names:
         raise DataError(f"dataset {dataset.path!r} has no class names: add classnames.txt or pass classnames")
+    check_classnames(list(names), f"dataset {dataset.path!r}" if classnames is None else
+                     f"classnames file {classnames!r}" if isinstance(classnames, str) else "classnames")
     if templates is None:
         templates = dataset.templates if dataset.templates is not None else DEFAULT_TEMPLATES[modality]
     name = templates if isinstance(templates, str) and templates in BUILTIN_TEMPLATES else None

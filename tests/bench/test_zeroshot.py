@@ -113,6 +113,21 @@ def test_label_beyond_classnames_is_a_data_error(tmp_path):
         zeroshot_classification(FakeModel(), open_dataset(root, "wds"), progress=False)
 
 
+
+def test_a_class_name_listed_twice_is_a_data_error(tmp_path):
+    """Two classes of one name get the same class vector: the second was never the top class, so its items all
+    counted as wrong (acc1 1/3 on 3 classes, confusion column 2 empty) without a word. Non-ASCII names are fine."""
+    root = classification_wds(tmp_path / "d", n=12, n_classes=3)
+    with open(tmp_path / "d" / "classnames.txt", "w", encoding="utf-8") as f:
+        f.write("кіт\n猫\nкіт\n")
+    with pytest.raises(DataError, match=r"dataset '.*d': class name 'кіт' is listed twice \(classes 0 and 2\)"):
+        zeroshot_classification(FakeModel(), open_dataset(root, "wds"), progress=False)
+    with pytest.raises(DataError, match="^classnames: class name 'x' is listed twice"):
+        zeroshot_classification(FakeModel(), open_dataset(root, "wds"), classnames=["x", "y", "x"], progress=False)
+    res = zeroshot_classification(FakeModel(), open_dataset(root, "wds"), classnames=["кіт", "猫", "বিড়াল"],
+                                  progress=False)
+    assert res["n"]["classes"] == 3 and res["confusion"]["classes"] == ["кіт", "猫", "বিড়াল"]
+
 def test_text_modality_is_a_config_error(tmp_path):
     from align.errors import ConfigError
 

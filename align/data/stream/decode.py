@@ -47,16 +47,19 @@ from align.wds.reader import Oversize
 
 
 def captions(data: bytes) -> list[str]:
-    """`txt` bytes -> non-empty stripped lines, or the strings of a JSON list (may be empty: the caller skips)."""
-    text = data.decode("utf-8")
+    """`txt` bytes -> non-empty stripped lines, or the non-empty strings of a JSON list (may be empty: the caller
+    skips)."""
+    text = data.decode("utf-8-sig")     # a byte-order mark (Notepad, Excel) is no part of the first caption
     if text.lstrip().startswith("["):  # several captions written as a JSON list
         import json
         try:
             items = json.loads(text)
         except ValueError:
             items = None
-        if isinstance(items, list) and all(isinstance(c, str) for c in items):
-            return [c.strip() for c in items if c.strip()]
+        # a gap in the list (null, NaN: a shorter row of a table's caption columns) is no caption, as in
+        # keyed_captions; a list of no string at all ("[1, 2]") stays text
+        if isinstance(items, list) and any(isinstance(c, str) for c in items):
+            return [c.strip() for c in items if isinstance(c, str) and c.strip()]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

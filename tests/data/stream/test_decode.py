@@ -1,4 +1,4 @@
-"""align.data.stream.decode with data.limits: the recipe's limits reach the tar reader and the decoders."""
+"""align.data.stream.decode: data.limits reach the tar reader and the decoders; captions read from txt members."""
 from types import SimpleNamespace
 
 from align.config import parse_recipe
@@ -130,3 +130,27 @@ def test_pinned_batches_for_a_cuda_run_reach_the_dataloader_and_change_no_batch(
         warnings.simplefilter("ignore")              # torch: "no accelerator is found" (this machine)
         pinned = [b["__key__"] for b in _loader(tmp_path, {}, pin_memory=True)]
     assert seen == [False, True] and pinned == plain and len(plain) == 7
+
+
+def test_a_txt_member_with_a_byte_order_mark_reads_as_without():
+    """A txt saved by Notepad or Excel starts with a BOM: it stayed in the first caption, and a JSON list of
+    captions behind it was trained on as its literal text ('\\ufeff["кіт", "猫"]')."""
+    from align.data.stream.decode import captions, decode_raw
+    bom = "\ufeff".encode("utf-8")
+    assert captions(bom + '["кіт на килимку", "猫"]'.encode("utf-8")) == ["кіт на килимку", "猫"]
+    assert captions(bom + "বিড়াল\nقطة".encode("utf-8")) == ["বিড়াল", "قطة"]
+    raw = {"__key__": "k", "txt": bom + '["a cat"]'.encode("utf-8"), "neg.txt": bom + b"a dog\na car"}
+    out = decode_raw(raw, ["text"], 1, negatives=True)
+    assert out["text"] == ["a cat"] and out["neg"] == ["a dog", "a car"]
+
+
+def test_a_json_list_of_captions_with_a_gap_keeps_its_captions():
+    """json.dumps of a row's captions padded with None / NaN: the whole list used to be the caption, its
+    literal text (Cyrillic as '\\u043a\\u0456\\u0442' escapes); its strings are the captions, as for a json: key."""
+    import json
+
+    from align.data.stream.decode import captions, decode_raw
+    assert captions(json.dumps(["кіт", None, float("nan"), " 猫 ", ""]).encode()) == ["кіт", "猫"]
+    assert captions(b"[1, 2]") == ["[1, 2]"]                     # no string in it: a caption of its own
+    raw = {"__key__": "k", "txt": json.dumps([None, "বিড়াল"]).encode()}
+    assert decode_raw(raw, ["text"], 1, caption_seed="s")["text"] == ["বিড়াল"]
