@@ -24,27 +24,16 @@ import numpy as np
 
 from align.data.stream.stored_teacher import META, member
 from align.errors import DataError
-from align.wds.format import pick, split_name
+from align.wds.format import group_samples, pick
 from align.wds.reader import iter_tar
 from align.wds.writer import SampleWriter
 
 
 def _samples(path: str) -> Iterable[dict]:
-    """The samples of one local tar, in order: {"__key__": key, ext: bytes}."""
-    cur: dict = {}
+    """The samples of one local tar, in order: {"__key__": key, ext: bytes}, grouped as training groups them
+    (align.wds.format.group_samples: a repeated extension keeps its first file)."""
     with open(path, "rb") as f:
-        for name, data in iter_tar(f):
-            parts = split_name(name)
-            if parts is None or not isinstance(data, bytes):
-                continue
-            key, ext = parts
-            if cur and cur["__key__"] != key:
-                yield cur
-                cur = {}
-            cur.setdefault("__key__", key)
-            cur[ext] = data
-    if cur:
-        yield cur
+        yield from group_samples(iter_tar(f))
 
 
 def teacher_encoders(model, batch_size: int = 64) -> Dict[str, Callable[[List[bytes]], np.ndarray]]:
