@@ -965,4 +965,18 @@ MUTATIONS = [
       ["tests/losses/test_multipair_loss.py::"
        "test_an_unused_logit_bias_gets_a_zero_gradient_so_ddp_averages_and_steps_again"],
       "a CLIP loss with model.init_logit_bias under DDP: gradients never averaged, step 2 raised"),
+    # -- users see one line (UX audit) --------------------------------------------------------------
+    M("cli.out_folder_not_creatable_traceback", "align/errors.py",
+      "    except OSError as e:\n        why = \"a file is on the way\"",
+      "    except ValueError as e:\n        why = \"a file is on the way\"",
+      ["tests/retrieval/test_index_build.py::test_an_out_that_cannot_be_created_is_one_line",
+       "tests/retrieval/test_embed.py::test_an_out_that_cannot_be_created_is_one_line",
+       "tests/export/test_export.py::test_an_out_that_cannot_be_written_is_one_line"],
+      "align embed/index/export/bench suite/data filter/data demo: an --out that cannot be created was a traceback"),
+    M("export.tmp_folder_refused_traceback", "align/export/__init__.py",
+      "        except OSError as e:     # read-only, no permission", "        except ValueError as e:     # read-only, no permission",
+      ["tests/export/test_export.py::test_an_out_that_cannot_be_written_is_one_line"]),
+    M("embed.negative_workers_traceback", "align/retrieval/cli.py",
+      'if getattr(a, "num_workers", 0) < 0:', 'if False:',
+      ["tests/retrieval/test_embed.py::test_negative_workers_are_refused_before_the_model_loads"]),
 ]

@@ -44,7 +44,7 @@ import numpy as np
 
 from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, default_pq_m,
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
-from align.errors import ConfigError, DataError
+from align.errors import ConfigError, DataError, make_folder
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
@@ -315,6 +315,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
     check_out(out, emb_dir, overwrite)
+    make_folder(out, "index")
     results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
                               kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress)
                for m in mods]

@@ -170,6 +170,17 @@ def test_out_holding_other_things_is_refused_unless_overwrite(tmp_path, capsys):
     assert json.load(open(tmp_path / "notes" / "index.json"))["embeddings"] == os.path.abspath(emb)
 
 
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    """--out under a file (or a read-only place): one line naming it, not os.makedirs' traceback."""
+    from align.cli import main
+    emb = write_emb(tmp_path / "emb", {"text": clustered(50, 8, seed=1)})
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "ix"
+    assert main(["index", emb, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"align: error: {out}: cannot create the index folder (a file is on the way)"]
+
+
 @pytest.mark.parametrize("n", [0, -1])
 def test_no_queries_is_refused_before_the_build(tmp_path, capsys, monkeypatch, n):
     import align.retrieval.index_build as ib
