@@ -38,3 +38,15 @@ def test_errors_name_the_file(tmp_path):
     (tmp_path / "broken.json").write_text("[")
     with pytest.raises(DataError, match="not valid JSON"):
         get_templates(str(tmp_path / "broken.json"))
+
+
+def test_a_binary_file_is_one_line_naming_it(tmp_path):
+    """`align bench zeroshot --templates x.png` (or --classnames) was the UTF-8 codec's traceback."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    for name in ("x.png", "x.json"):
+        (tmp_path / name).write_bytes(png)
+        with pytest.raises(DataError) as e:
+            get_templates(str(tmp_path / name))
+        assert name in str(e.value) and ("not UTF-8 text" in str(e.value) or "not valid JSON" in str(e.value))
+        with pytest.raises(DataError, match=name):
+            load_classnames(str(tmp_path / name))

@@ -979,4 +979,7 @@ MUTATIONS = [
     M("embed.negative_workers_traceback", "align/retrieval/cli.py",
       'if getattr(a, "num_workers", 0) < 0:', 'if False:',
       ["tests/retrieval/test_embed.py::test_negative_workers_are_refused_before_the_model_loads"]),
+    M("templates.binary_file_traceback", "align/templates.py",
+      "    except UnicodeDecodeError:     # a PNG or a model", "    except KeyError:     # a PNG or a model",
+      ["tests/test_templates.py::test_a_binary_file_is_one_line_naming_it"]),
 ]
