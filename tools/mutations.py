@@ -982,4 +982,7 @@ MUTATIONS = [
     M("templates.binary_file_traceback", "align/templates.py",
       "    except UnicodeDecodeError:     # a PNG or a model", "    except KeyError:     # a PNG or a model",
       ["tests/test_templates.py::test_a_binary_file_is_one_line_naming_it"]),
+    M("export.missing_report_ignored", "align/export/__init__.py",
+      "    model_card.check_reports(reports)\n", "",
+      ["tests/export/test_export.py::test_a_report_that_is_missing_or_no_result_is_one_line"]),
 ]

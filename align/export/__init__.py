@@ -175,6 +175,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
         raise AlignError(f"export: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     src, dst = os.path.abspath(model_path), os.path.abspath(out_dir)
     check_out_dir(src, dst, overwrite)
+    model_card.check_reports(reports)
     model = load(_default_checkpoint(model_path)).eval()
     wise = None
     if interpolate_with is not None:
