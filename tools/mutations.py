@@ -985,4 +985,7 @@ MUTATIONS = [
     M("export.missing_report_ignored", "align/export/__init__.py",
       "    model_card.check_reports(reports)\n", "",
       ["tests/export/test_export.py::test_a_report_that_is_missing_or_no_result_is_one_line"]),
+    M("serve.upload_limit_not_positive", "align/retrieval/serve.py",
+      "    if not max_upload_mb > 0:", "    if False:",
+      ["tests/retrieval/test_serve.py::test_startup_errors_are_one_line"]),
 ]

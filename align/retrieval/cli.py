@@ -121,7 +121,7 @@ def cmd_filter(a):
 
 def cmd_serve(a):
     from align.retrieval.serve import check_address, serve
-    check_address(a.host, a.port)                   # before the model loads
+    check_address(a.host, a.port, a.max_upload_mb)  # before the model loads
     serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
 
 
