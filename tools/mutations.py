@@ -988,4 +988,10 @@ MUTATIONS = [
     M("serve.upload_limit_not_positive", "align/retrieval/serve.py",
       "    if not max_upload_mb > 0:", "    if False:",
       ["tests/retrieval/test_serve.py::test_startup_errors_are_one_line"]),
+    M("data_stats.sample_count_not_checked", "align/cli_data.py",
+      "    if a.n is not None and a.n < 1:", "    if False:",
+      ["tests/test_cli.py::test_data_stats_and_inspect_refuse_a_sample_count_out_of_range"]),
+    M("data_inspect.negative_sample_count", "align/cli_data.py",
+      "    if a.n < 0:", "    if False:",
+      ["tests/test_cli.py::test_data_stats_and_inspect_refuse_a_sample_count_out_of_range"]),
 ]
