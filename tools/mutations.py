@@ -994,4 +994,7 @@ MUTATIONS = [
     M("data_inspect.negative_sample_count", "align/cli_data.py",
       "    if a.n < 0:", "    if False:",
       ["tests/test_cli.py::test_data_stats_and_inspect_refuse_a_sample_count_out_of_range"]),
+    M("sweep.plot_title_cut", "align/sweep/report.py",
+      'fig.savefig(out_png, dpi=90, bbox_inches="tight")', "fig.savefig(out_png, dpi=90)",
+      ["tests/sweep/test_report.py::test_the_plot_of_a_one_key_sweep_shows_its_whole_title"]),
 ]
