@@ -997,4 +997,7 @@ MUTATIONS = [
     M("sweep.plot_title_cut", "align/sweep/report.py",
       'fig.savefig(out_png, dpi=90, bbox_inches="tight")', "fig.savefig(out_png, dpi=90)",
       ["tests/sweep/test_report.py::test_the_plot_of_a_one_key_sweep_shows_its_whole_title"]),
+    M("feed.nothing_readable_said_as_too_few_samples", "align/train/feed.py",
+      "                    self._raise_if_nothing_was_readable(empty)\n", "",
+      ["tests/train/test_feed.py::test_data_train_that_nothing_can_be_read_from_says_so"]),
 ]
