@@ -1000,4 +1000,7 @@ MUTATIONS = [
     M("feed.nothing_readable_said_as_too_few_samples", "align/train/feed.py",
       "                    self._raise_if_nothing_was_readable(empty)\n", "",
       ["tests/train/test_feed.py::test_data_train_that_nothing_can_be_read_from_says_so"]),
+    M("bench.unknown_index_after_encoding", "align/bench/cli.py",
+      "        INDEXES.get(a.index)\n", "        pass\n",
+      ["tests/bench/test_cli.py::test_out_and_batch_size_are_refused_in_one_line_before_any_work"]),
 ]
