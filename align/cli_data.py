@@ -73,6 +73,8 @@ def cmd_data_reinforce(a):
     remote = [u for u in urls if "://" in u or not os.path.isfile(u)]
     if remote:
         raise AlignError(f"data reinforce: {remote[0]} is not a local shard file (copy the shards here first)")
+    if a.batch_size < 1:     # was range()'s ValueError traceback after the teacher had loaded
+        raise AlignError(f"data reinforce: --batch-size must be >= 1, got {a.batch_size}")
     wanted = [m.strip() for m in a.modalities.split(",") if m.strip()]
     unsupported = [m for m in wanted if m not in ("image", "text")]
     if not wanted or unsupported:

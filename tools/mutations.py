@@ -1003,4 +1003,13 @@ MUTATIONS = [
     M("bench.unknown_index_after_encoding", "align/bench/cli.py",
       "        INDEXES.get(a.index)\n", "        pass\n",
       ["tests/bench/test_cli.py::test_out_and_batch_size_are_refused_in_one_line_before_any_work"]),
+    M("reinforce.unreadable_shard_traceback", "align/data/write/reinforce.py",
+      "        except (EOFError, OSError) as e:    # an empty file", "        except KeyError as e:    # an empty file",
+      ["tests/data/write/test_reinforce.py::test_a_shard_that_cannot_be_read_or_embedded_is_one_line"]),
+    M("reinforce.nothing_embedded_traceback", "align/data/write/reinforce.py",
+      "    if not kept:      # not one sample", "    if not kept:      # not one sample\n        raise exn",
+      ["tests/data/write/test_reinforce.py::test_a_shard_that_cannot_be_read_or_embedded_is_one_line"]),
+    M("reinforce.batch_size_not_checked", "align/cli_data.py",
+      "    if a.batch_size < 1:     # was range()", "    if False:     # was range()",
+      ["tests/data/write/test_reinforce.py::test_a_batch_size_below_one_is_refused_before_the_teacher_loads"]),
 ]
