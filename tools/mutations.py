@@ -1012,4 +1012,7 @@ MUTATIONS = [
     M("reinforce.batch_size_not_checked", "align/cli_data.py",
       "    if a.batch_size < 1:     # was range()", "    if False:     # was range()",
       ["tests/data/write/test_reinforce.py::test_a_batch_size_below_one_is_refused_before_the_teacher_loads"]),
+    M("report.retrieval_figure_says_val", "align/train/evaluate.py",
+      'retrieval on {os.path.basename(os.path.normpath(val_dir))} (top {k})"', 'retrieval on val (top 5)"',
+      ["tests/train/test_evaluate.py::test_the_retrieval_figure_names_the_set_it_searched"]),
 ]
