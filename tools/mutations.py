@@ -1015,4 +1015,7 @@ MUTATIONS = [
     M("report.retrieval_figure_says_val", "align/train/evaluate.py",
       'retrieval on {os.path.basename(os.path.normpath(val_dir))} (top {k})"', 'retrieval on val (top 5)"',
       ["tests/train/test_evaluate.py::test_the_retrieval_figure_names_the_set_it_searched"]),
+    M("index.latency_budget_not_positive", "align/retrieval/index_build.py",
+      "    if not max_latency_ms > 0:", "    if False:",
+      ["tests/retrieval/test_index_build.py::test_a_latency_budget_not_above_zero_is_refused_before_the_build"]),
 ]

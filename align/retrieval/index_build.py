@@ -305,6 +305,8 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
     out must be new, empty or a previous index of emb_dir unless overwrite (check_out)."""
     if n_queries < 1:               # no query: no recall and no latency to measure (an IndexError after the build)
         raise ConfigError(f"--queries must be >= 1, got {n_queries}")
+    if not max_latency_ms > 0:      # 0 or -1 built an index chosen as if a full scan "would pass -1 ms"
+        raise ConfigError(f"--max-latency-ms must be > 0, got {max_latency_ms:g}")
     if kind and kind != "ivfpq" and not refine:
         raise ConfigError(f"--no-refine: only an ivfpq index is re-ranked; --kind {kind} has nothing to refine")
     man = read_manifest(emb_dir)

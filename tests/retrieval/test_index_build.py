@@ -191,6 +191,17 @@ def test_no_queries_is_refused_before_the_build(tmp_path, capsys, monkeypatch, n
     assert capsys.readouterr().err.strip().splitlines() == [f"align: error: --queries must be >= 1, got {n}"]
 
 
+@pytest.mark.parametrize("ms", ["0", "-1"])
+def test_a_latency_budget_not_above_zero_is_refused_before_the_build(tmp_path, capsys, monkeypatch, ms):
+    """--max-latency-ms -1 built an index and said a full scan "would pass -1 ms"."""
+    import align.retrieval.index_build as ib
+    from align.cli import main
+    emb = write_emb(tmp_path / "emb", {"text": clustered(50, 8)})
+    monkeypatch.setattr(ib, "build_modality", lambda *a, **k: pytest.fail("built before --max-latency-ms was checked"))
+    assert main(["index", emb, "--out", str(tmp_path / "ix"), "--max-latency-ms", ms]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"align: error: --max-latency-ms must be > 0, got {ms}"]
+
+
 def test_a_forced_kind_keeps_the_memory_budget_and_no_refine_is_never_ignored(tmp_path):
     """--kind within --max-memory: ivfpq takes fewer PQ bytes when the budget needs it, a kind holding the float32
     vectors over the budget is refused; --no-refine with a forced kind other than ivfpq is refused before the
