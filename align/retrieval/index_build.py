@@ -253,7 +253,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     else:
         exact = exact_topk(vectors, queries, kk)
     gallery = parts.take if streamed else vectors.__getitem__     # exact scores of returned ids: tie-aware recall
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir, "index")     # after the checks: a refused --kind leaves no folder
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
         tuned = {"recall": recall_at(index, queries, exact, kk, gallery), "p50_ms": p50, "p99_ms": p99}
@@ -317,7 +317,6 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
     check_out(out, emb_dir, overwrite)
-    make_folder(out, "index")
     results = [build_modality(emb_dir, m, os.path.join(out, m), max_memory=mem, max_latency_ms=max_latency_ms,
                               kind=kind, n_queries=n_queries, seed=seed, refine=refine, progress=progress)
                for m in mods]

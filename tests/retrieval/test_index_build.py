@@ -178,7 +178,7 @@ def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
     out = tmp_path / "afile" / "ix"
     assert main(["index", emb, "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"align: error: {out}: cannot create the index folder (a file is on the way)"]
+    assert err == [f"align: error: {out / 'text'}: cannot create the index folder (a file is on the way)"]
 
 
 @pytest.mark.parametrize("n", [0, -1])
