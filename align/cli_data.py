@@ -40,6 +40,8 @@ def cmd_data_shards(a):
 
 def cmd_data_inspect(a):
     from align.data.tools.inspect import inspect_shards
+    if a.n < 0:
+        raise ConfigError(f"-n {a.n}: the samples to print must be >= 0 (0: the summary only)")
     inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()],
                    limits=limits_of(a))
 
@@ -71,6 +73,8 @@ def cmd_data_reinforce(a):
     remote = [u for u in urls if "://" in u or not os.path.isfile(u)]
     if remote:
         raise AlignError(f"data reinforce: {remote[0]} is not a local shard file (copy the shards here first)")
+    if a.batch_size < 1:     # was range()'s ValueError traceback after the teacher had loaded
+        raise AlignError(f"data reinforce: --batch-size must be >= 1, got {a.batch_size}")
     wanted = [m.strip() for m in a.modalities.split(",") if m.strip()]
     unsupported = [m for m in wanted if m not in ("image", "text")]
     if not wanted or unsupported:
@@ -112,6 +116,8 @@ def cmd_data_stats(a):
     from align.data.tools.stats import feature_stats, image_size_stats, modalities_present
     from align.towers.audio_features import AudioFrontend, unnormalised_eval_frontend
     r = None
+    if a.n is not None and a.n < 1:   # -3 read 1 image and 9 clips ("9/-3 clip (-300%)"); 0 meant 2000
+        raise ConfigError(f"-n {a.n}: at most this many samples must be >= 1 (leave -n out for the default)")
     if a.overrides and not a.recipe:   # they override a recipe's keys: without one they changed nothing
         raise AlignError(f"data stats: {a.overrides[0]} overrides a key of --recipe; give --recipe (the recipe "
                          f"whose audio front end to measure with)")
@@ -174,7 +180,7 @@ def add_data_parsers(sub):
     s = data.add_parser("inspect", help="print samples, modalities and decode failures of shards")
     s.add_argument("pattern", help="local shard folder, file, glob or brace pattern, '::' between several "
                                    "(the shards training would read from it; no URLs)")
-    s.add_argument("-n", type=int, default=3, help="samples to print")
+    s.add_argument("-n", type=int, default=3, help="samples to print (0: the summary only)")
     s.add_argument("--modalities", default="image,text,audio",
                    help="modalities training will request (counts skips as a run with them would)")
     add_limit_options(s)
@@ -185,7 +191,8 @@ def add_data_parsers(sub):
                                       "durations (what clip_seconds: auto trains at)")
     s.add_argument("pattern", help="shard folder, file, brace pattern or URL")
     s.add_argument("--recipe", default=None, help="use this recipe's audio front end (default: the defaults)")
-    s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all)")
+    s.add_argument("-n", type=int, default=None, help="at most this many samples (default: all for the log-mel "
+                                                      "mean/std, 2000 for image sizes and clip durations)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("overrides", nargs="*", help="overrides of --recipe's keys, e.g. model.towers.audio.clip_seconds=1")
     s.set_defaults(fn=cmd_data_stats)

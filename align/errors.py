@@ -19,6 +19,18 @@ class AlignError(Exception):
     """A user-facing error: bad recipe, bad path, bad sample, refused file."""
 
 
+def make_folder(path, what: str = "output", shown=None) -> None:
+    """os.makedirs(path, exist_ok=True), or one AlignError line naming the folder (or `shown`: the --out a
+    temporary folder is built for) and why not (a read-only place, no permission, a file on the way): an --out
+    that cannot be written is never a bare traceback."""
+    import os
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        why = "a file is on the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise AlignError(f"{shown or path}: cannot create the {what} folder ({why})") from None
+
+
 class ConfigError(AlignError):
     """A recipe key is unknown, mistyped, or missing."""
 

@@ -69,6 +69,8 @@ def _read_lines(path: str, what: str) -> List[str]:
             lines = [line.strip() for line in f.read().splitlines()]
     except OSError as e:
         raise DataError(f"{what} file {path!r} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:     # a PNG or a model given as the file: one line, not the codec's traceback
+        raise DataError(f"{what} file {path!r} is not UTF-8 text (one entry per line)") from None
     lines = [line for line in lines if line]
     if not lines:
         raise DataError(f"{what} file {path!r} is empty")
@@ -81,7 +83,7 @@ def _read_json(path: str, what: str):
             return json.load(f)
     except OSError as e:
         raise DataError(f"{what} file {path!r} cannot be read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} file {path!r} is not valid JSON: {e}") from None
 
 

@@ -243,3 +243,17 @@ def test_the_readmes_commands_parse_set_recipe_keys_and_read_the_shards_they_wro
             wrong.append(f"README reads {readme[m.start():m.start() + 30]!r}...: `align data shards --out {out}/` "
                          f"wrote {out}/{prefix}-NNNNNN.tar")
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("args, msg", [(["stats", "-n", "-3"], "-n -3: at most this many samples must be >= 1"),
+                                       (["stats", "-n", "0"], "-n 0: at most this many samples must be >= 1"),
+                                       (["inspect", "-n", "-1"], "-n -1: the samples to print must be >= 0")])
+def test_data_stats_and_inspect_refuse_a_sample_count_out_of_range(capsys, tmp_path, args, msg):
+    """`align data stats -n -3` read 1 image and 9 clips ("9/-3 clip (-300%)"); `-n 0` meant 2000 images;
+    `align data inspect -n -1` printed nothing and said nothing."""
+    from tests.wds_helpers import image_text, make_shards
+    make_shards(tmp_path / "s", 1, 2, kind=image_text)
+    code, err = _run(["data", args[0], str(tmp_path / "s"), *args[1:]], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"align: error: {msg}"), err
+    assert main(["data", "inspect", str(tmp_path / "s"), "-n", "0"]) == 0     # 0: the summary only

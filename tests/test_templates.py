@@ -77,3 +77,13 @@ def test_check_classnames_names_the_first_name_listed_twice():
     with pytest.raises(DataError, match=r"class name 'cafe\u0301' is listed twice \(as 'café' and 'cafe\u0301', two "
                                         r"Unicode forms\) \(classes 0 and 1\)"):
         check_classnames([nfc, nfd], "x")
+def test_a_binary_file_is_one_line_naming_it(tmp_path):
+    """`align bench zeroshot --templates x.png` (or --classnames) was the UTF-8 codec's traceback."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    for name in ("x.png", "x.json"):
+        (tmp_path / name).write_bytes(png)
+        with pytest.raises(DataError) as e:
+            get_templates(str(tmp_path / name))
+        assert name in str(e.value) and ("not UTF-8 text" in str(e.value) or "not valid JSON" in str(e.value))
+        with pytest.raises(DataError, match=name):
+            load_classnames(str(tmp_path / name))

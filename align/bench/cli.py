@@ -112,6 +112,9 @@ def _check_args(a) -> None:
         raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
     if a.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.bench_cmd != "suite":       # an unknown --index was refused only after the whole dataset was encoded
+        from align.bench.index import INDEXES
+        INDEXES.get(a.index)
     if a.bench_cmd != "suite" and a.split is not None and a.type not in SPLIT_TYPES:
         raise ConfigError(f"--split {a.split}: a --type {a.type} dataset has no splits "
                           f"(only {' and '.join(SPLIT_TYPES)})")

@@ -42,7 +42,7 @@ from align.bench.models import resolve_specs
 from align.bench.report import (model_name, model_pretrained, record_settings, result_filename, same_settings,
                                 stage_text, summary_line, write_csv, write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
-from align.errors import AlignError, ConfigError
+from align.errors import AlignError, ConfigError, make_folder
 from align.yaml_files import read_yaml
 from align.shipped import resolve_shipped, shipped_names
 
@@ -280,7 +280,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
         raise ConfigError("run_suite: models given as paths need load_fn (e.g. align.load)")
     # open every dataset first: a bad path fails in seconds, not after hours of encoding
     opened = [(e, *_open_all(e)) for e in entries]
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir, "suite's results")
     results, skipped, written = [], [], set()
     run_kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers,
                   precision=precision, progress=progress)

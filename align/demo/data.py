@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from align.errors import DataError
+from align.errors import DataError, make_folder
 from align.wds.writer import NumberedShards
 
 DEMO_VERSION = 3
@@ -138,9 +138,9 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
                         "refusing to write the demo dataset into it")
 
     t0 = time.time()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    make_folder(tmp, "demo data's", shown=out)   # a read-only --out: one line before any speech is synthesised
     try:
         manifest = _build(tmp, settings, workers, progress)
         out.mkdir(exist_ok=True)

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from typing import List, Optional
 
-from align.errors import AlignError
+from align.errors import AlignError, make_folder
 from align.train.storage import StorageError, is_storage_error, storage_line
 
 FORMATS = ("open_clip", "onnx", "all")
@@ -73,6 +73,8 @@ def _new_folder(dst: str, what: str) -> str:
             return path
         except FileExistsError:
             continue
+        except OSError as e:     # read-only, no permission: one line, not a traceback after the model loaded
+            raise AlignError(f"export: cannot write beside {dst} ({e.strerror or e})") from None
 
 
 def self_contained_recipe(model) -> dict:
@@ -181,6 +183,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
         raise AlignError(f"export: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     src, dst = os.path.abspath(model_path), os.path.abspath(out_dir)
     check_out_dir(src, dst, overwrite)
+    model_card.check_reports(reports)
     model = load(_default_checkpoint(model_path)).eval()
     wise = None
     if interpolate_with is not None:
@@ -194,7 +197,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
                          f"which skips open_clip with a note)")
     info = model_card.run_info(model_path, reports)
     info["checkpoint"] = model_card.checkpoint_info(getattr(model, "weights_file", None)) or info.get("checkpoint")
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    make_folder(os.path.dirname(dst), "export's parent")
     tmp = _new_folder(dst, "tmp")
     result = {"out_dir": dst, "source": src, "formats": ["align"], "files": [], "notes": [], "parity": {},
               "exporter": {}}

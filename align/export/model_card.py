@@ -35,6 +35,18 @@ def _result_jsons(paths: List[str]) -> List[dict]:
     return out
 
 
+def check_reports(reports: Optional[List[str]]) -> None:
+    """The --report paths the user named, before the model loads: each an existing result JSON file, or a folder
+    holding at least one (a missing or wrong file was silently left off the card). One line otherwise."""
+    from align.errors import AlignError
+    for p in reports or []:
+        if not os.path.exists(p):
+            raise AlignError(f"--report {p}: no such file or folder")
+        if not _result_jsons([p]):
+            what = "holds no result JSON" if os.path.isdir(p) else "is not a result JSON"
+            raise AlignError(f"--report {p}: {what} (an `align bench` result: dataset, model, task, metrics, ...)")
+
+
 def run_info(model_path: str, reports: Optional[List[str]] = None) -> dict:
     """{"run_dir", "summary", "eval", "reports"} from the run behind model_path (+ explicit report paths).
 

@@ -33,10 +33,13 @@ def _model_args(s) -> None:
 
 
 def _check_batch(a) -> None:
-    """--batch-size before the model loads (embed_dataset checks it again for API callers)."""
+    """--batch-size (and `align embed`'s --num-workers) before the model loads (embed_dataset checks the batch size
+    again for API callers)."""
+    from align.errors import ConfigError
     if a.batch_size < 1:
-        from align.errors import ConfigError
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if getattr(a, "num_workers", 0) < 0:     # torch's DataLoader raised a ValueError traceback after the load
+        raise ConfigError(f"--num-workers must be >= 0 (0 decodes in this process), got {a.num_workers}")
 
 
 def _check_precision(a) -> None:
@@ -118,7 +121,7 @@ def cmd_filter(a):
 
 def cmd_serve(a):
     from align.retrieval.serve import check_address, serve
-    check_address(a.host, a.port)                   # before the model loads
+    check_address(a.host, a.port, a.max_upload_mb)  # before the model loads
     serve(a.index, _load(a), host=a.host, port=a.port, max_upload_mb=a.max_upload_mb)
 
 

@@ -34,7 +34,7 @@ from align.bench.datasets import open_shard_files
 from align.bench.embed import MissingModalityError, embed_dataset, model_fingerprint
 from align.bench.engine import with_engine
 from align.data.stream.sources import expand_urls
-from align.errors import ConfigError, DataError, without_reprs
+from align.errors import ConfigError, DataError, make_folder, without_reprs
 from align.train.storage import guard_write
 
 MEDIA = ("image", "audio")
@@ -256,7 +256,7 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
                                    f"(its modalities: {', '.join(have)})")
     shards = source_shards(data, split)
     parts_dir = os.path.join(out, "parts")
-    os.makedirs(parts_dir, exist_ok=True)
+    make_folder(parts_dir, "embeddings")
     manifest = {"model": getattr(model, "name", ""), "model_fingerprint": model_fingerprint(model),
                 "data": data, "shards": shards, "parts": [part_name(i) for i in range(len(shards))],
                 "dtype": dtype, "modalities": mods, "normalised": True,

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import faiss
 import numpy as np
 
-from align.errors import ConfigError, DataError
+from align.errors import ConfigError, DataError, make_folder
 from align.retrieval.embed import (MEDIA, dist_env, embed_corpus, embedded_modalities, load_embeddings,
                                    part_done, read_manifest, source_shards)
 from align.bench.embed import model_fingerprint
@@ -178,7 +178,7 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     embedded = set(keys)
     records += [{"key": k, "shard": s, "reason": "undecodable", "score": None}
                 for s, k in _media_keys(shards, m) if (s, k) not in embedded]
-    os.makedirs(out, exist_ok=True)
+    make_folder(out, "filtered shards'")
     with open(os.path.join(out, "dropped.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     counts = _write_shards(shards, os.path.join(out, "shards"), {(r["shard"], r["key"]) for r in records})

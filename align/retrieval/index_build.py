@@ -46,7 +46,7 @@ import numpy as np
 
 from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, default_pq_m,
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
-from align.errors import ConfigError, DataError
+from align.errors import ConfigError, DataError, make_folder
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
 from align.train.storage import guard_write
 
@@ -259,7 +259,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     gallery = parts.take if streamed else vectors.__getitem__     # exact scores of returned ids: tie-aware recall
     if before_write is not None:
         before_write()
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir, "index")     # after the checks: a refused --kind leaves no folder
     if kind == "flat_faiss":
         p50, p99 = latency_ms(index, queries[:100], kk)
         tuned = {"recall": recall_at(index, queries, exact, kk, gallery), "p50_ms": p50, "p99_ms": p99}
@@ -311,6 +311,8 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
     out must be new, empty or a previous index of emb_dir unless overwrite (check_out)."""
     if n_queries < 1:               # no query: no recall and no latency to measure (an IndexError after the build)
         raise ConfigError(f"--queries must be >= 1, got {n_queries}")
+    if not max_latency_ms > 0:      # 0 or -1 built an index chosen as if a full scan "would pass -1 ms"
+        raise ConfigError(f"--max-latency-ms must be > 0, got {max_latency_ms:g}")
     if kind and kind != "ivfpq" and not refine:
         raise ConfigError(f"--no-refine: only an ivfpq index is re-ranked; --kind {kind} has nothing to refine")
     man = read_manifest(emb_dir)
@@ -341,7 +343,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
 
 def write_meta(out: str, meta: dict) -> None:
     """out/index.json, replaced atomically."""
-    os.makedirs(out, exist_ok=True)
+    make_folder(out, "index")
     tmp = os.path.join(out, "index.json.tmp")
     try:
         with open(tmp, "w") as f:

@@ -217,11 +217,15 @@ class Handler(BaseHTTPRequestHandler):
         return self._json(200, self.service.query(modality, body, _int(qs, "k", 10), _targets(qs)))
 
 
-def check_address(host: str, port: int) -> None:
-    """--host / --port before the model loads: a port out of 0..65535 or a host that is no address is one line
-    (socket's OverflowError / gaierror tracebacks otherwise)."""
+def check_address(host: str, port: int, max_upload_mb: float = 10.0) -> None:
+    """--host / --port / --max-upload-mb before the model loads: a port out of 0..65535, a host that is no address
+    or an upload limit <= 0 (every upload would get 413) is one line (socket's OverflowError / gaierror tracebacks
+    otherwise)."""
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise AlignError(f"--port {port}: must be 0..65535 (0: any free port)")
+    if not max_upload_mb > 0:
+        raise AlignError(f"--max-upload-mb {max_upload_mb:g}: must be > 0 (every image or audio upload would be "
+                         f"refused)")
     try:
         socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)   # "": all
     except (socket.gaierror, UnicodeError) as e:
@@ -230,7 +234,7 @@ def check_address(host: str, port: int) -> None:
 
 def make_server(index_dir: str, model, host: str = "127.0.0.1", port: int = 8080,
                 max_upload_mb: float = 10.0) -> ThreadingHTTPServer:
-    check_address(host, port)
+    check_address(host, port, max_upload_mb)
     indexes = load_indexes(index_dir)
     check_model(indexes, model)
     handler = type("BoundHandler", (Handler,), {"service": SearchService(indexes, model,

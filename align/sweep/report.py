@@ -108,7 +108,7 @@ def write_plot(rows: List[dict], params: List[Param], metric: str, out_png: str,
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"sweep: {metric} on the held-out set against each setting ({len(done)} trials)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
+    fig.savefig(out_png, dpi=90, bbox_inches="tight")   # the title is wider than one key's panel
     plt.close(fig)
     return out_png
 

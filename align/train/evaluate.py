@@ -197,7 +197,8 @@ def table(columns: Dict[str, Sequence[dict]]) -> str:
 
 def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: int = 5,
                      cache_dir: Optional[str] = None) -> Optional[str]:
-    """Text queries (one per class, from the zero-shot templates) and their top-k val images."""
+    """Text queries (one per class, from the zero-shot templates) and their top-k images of the set at val_dir
+    (the title names it: the demo draws val and heldout)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -225,7 +226,7 @@ def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: i
             ax.set_title("✓" if ok else "✗", color="green" if ok else "red", fontsize=9)
             ax.axis("off")
         axes[i, 0].text(-0.1, 0.5, text, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
-    fig.suptitle("text -> image retrieval on val (top 5)", fontsize=10)
+    fig.suptitle(f"text -> image retrieval on {os.path.basename(os.path.normpath(val_dir))} (top {k})", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90, bbox_inches="tight")
     plt.close(fig)

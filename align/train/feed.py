@@ -284,6 +284,16 @@ class Batches:
 
     MAX_EMPTY_EPOCHS = 10
 
+    def _raise_if_nothing_was_readable(self, empty: int) -> None:
+        """Every sample and shard read was skipped (a text file or an empty tar as data.train): say that, not
+        "use more samples than ranks x train.batch_size"."""
+        skipped = dict(getattr(self.loader, "skipped", None) or {})
+        if skipped and sum(skipped.values()) >= getattr(self.loader, "seen", 0):
+            reasons = ", ".join(f"{r} {c}" for r, c in sorted(skipped.items(), key=lambda rc: -rc[1])[:3])
+            raise DataError(f"data: nothing in data.train could be read in {empty} epochs on rank "
+                            f"{os.environ.get('RANK', '0')}: every sample or shard was skipped ({reasons}); the "
+                            f"warnings above name them, `align data inspect PATTERN` checks each shard")
+
     def _next(self):
         empty = -1                     # epochs started here that gave no batch (the one running may be a rest)
         from align.train.dataworkers import as_worker_death
@@ -295,6 +305,7 @@ class Batches:
                 if empty >= self.MAX_EMPTY_EPOCHS:
                     # e.g. fewer shards than ranks, or fewer samples than a batch (a small folder in data.train):
                     # retrying would spin for ever, the other ranks waiting
+                    self._raise_if_nothing_was_readable(empty)
                     batch = getattr(getattr(self.loader, "dataset", None), "batch_size", None)
                     raise DataError(f"data: {empty} epochs in a row gave rank {os.environ.get('RANK', '0')} no batch "
                                     f"(an epoch needs at least {'one batch' if batch is None else f'{batch} samples'} "

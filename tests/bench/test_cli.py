@@ -161,7 +161,9 @@ def test_out_and_batch_size_are_refused_in_one_line_before_any_work(tmp_path, ca
                        (["--out", str(tmp_path / "n.json"), "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
                        (["--out", str(tmp_path / "n.json"), "--batch-size", "-1"], "--batch-size must be >= 1"),
                        (["--out", str(tmp_path / "n.json"), "--type", "imagefolder", "--split", "val"],
-                        "--split val: a --type imagefolder dataset has no splits (only wds and hf)")]:
+                        "--split val: a --type imagefolder dataset has no splits (only wds and hf)"),
+                       (["--out", str(tmp_path / "n.json"), "--index", "bogus"],     # was: after the encoding
+                        "unknown index type 'bogus'; valid: flat, flat_faiss, hnsw, ivf, ivfpq")]:
         assert main(base + extra) == 2
         err = _err(capsys)
         assert len(err) == 1 and err[0].startswith("align: error: ") and msg in err[0], (extra, err)

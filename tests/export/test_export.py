@@ -52,6 +52,44 @@ def test_never_overwrites_without_asking(tmp_path, tiny_run):
         export(run, str(tmp_path / "x"), fmt="tflite")
 
 
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, tiny_run, monkeypatch):
+    """--out under a file, or in a folder where mkdir is refused (PermissionError, as for a user without write
+    permission there): one line naming it, not a traceback after the model loaded; nothing left behind."""
+    run, _ = tiny_run
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(AlignError) as e:
+        export(run, str(tmp_path / "afile" / "out"), fmt="onnx", progress=False)
+    assert str(e.value) == f"{tmp_path / 'afile'}: cannot create the export's parent folder (a file is on the way)"
+    (tmp_path / "ro").mkdir()
+    real_mkdir = os.mkdir
+
+    def refused(path, *a, **k):
+        if os.path.dirname(os.path.abspath(path)) == str(tmp_path / "ro"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_mkdir(path, *a, **k)
+    monkeypatch.setattr(os, "mkdir", refused)
+    with pytest.raises(AlignError) as e:
+        export(run, str(tmp_path / "ro" / "out"), fmt="onnx", progress=False)
+    assert str(e.value) == f"export: cannot write beside {tmp_path / 'ro' / 'out'} (Permission denied)"
+    assert os.listdir(tmp_path / "ro") == []
+
+
+def test_a_report_that_is_missing_or_no_result_is_one_line(tmp_path, tiny_run):
+    """`align export RUN --out O --report nope.json` exported and left the report off the card without a word."""
+    run, _ = tiny_run
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    for path, msg in ((tmp_path / "nope.json", "no such file or folder"), (tmp_path / "notes.txt", "is not a result"),
+                      (tmp_path / "empty", "holds no result JSON")):
+        with pytest.raises(AlignError) as e:
+            export(run, str(tmp_path / "out"), fmt="onnx", reports=[str(path)], progress=False)
+        assert str(e.value).startswith(f"--report {path}: {msg}")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "r.json").write_text(json.dumps(REPORT))
+    export(run, str(tmp_path / "out"), fmt="onnx", reports=[str(tmp_path / "r.json")], progress=False)
+    assert "wds/mydata" in (tmp_path / "out" / "README.md").read_text()
+
+
 def test_every_export_loads_with_align_load(tmp_path):
     run, model = make_run(tmp_path, logit_bias=-10.0)
     for fmt in ("open_clip", "onnx", "all"):

@@ -225,6 +225,27 @@ def test_a_batch_size_below_one_is_refused_before_the_model_loads(tmp_path, caps
     assert err == ["align: error: --batch-size must be >= 1, got 0"]
 
 
+def test_negative_workers_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """`align embed --num-workers -1` was torch's DataLoader ValueError traceback, after the model loaded."""
+    from align.retrieval import cli as rcli
+    monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --num-workers was checked"))
+    assert main(["embed", "m", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--num-workers", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["align: error: --num-workers must be >= 0 (0 decodes in this process), got -1"]
+
+
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys, tri_run):
+    """--out under a file (or a read-only place): one line naming it, not os.makedirs' traceback."""
+    run, _ = tri_run
+    tri_shards(tmp_path / "shards", n_shards=1, per_shard=2)
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "emb"
+    assert main(["embed", run, "--data", str(tmp_path / "shards"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"align: error: {out / 'parts'}: cannot create the embeddings folder (a file is on the way)"]
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="assumes no CUDA: fp16 is refused on the CPU")
 @pytest.mark.parametrize("cmd", ["embed", "filter"])
 def test_fp16_without_cuda_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, cmd):

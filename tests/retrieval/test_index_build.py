@@ -170,6 +170,17 @@ def test_out_holding_other_things_is_refused_unless_overwrite(tmp_path, capsys):
     assert json.load(open(tmp_path / "notes" / "index.json"))["embeddings"] == os.path.abspath(emb)
 
 
+def test_an_out_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    """--out under a file (or a read-only place): one line naming it, not os.makedirs' traceback."""
+    from align.cli import main
+    emb = write_emb(tmp_path / "emb", {"text": clustered(50, 8, seed=1)})
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "ix"
+    assert main(["index", emb, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"align: error: {out}: cannot create the index folder (a file is on the way)"]
+
+
 @pytest.mark.parametrize("n", [0, -1])
 def test_no_queries_is_refused_before_the_build(tmp_path, capsys, monkeypatch, n):
     import align.retrieval.index_build as ib
@@ -178,6 +189,17 @@ def test_no_queries_is_refused_before_the_build(tmp_path, capsys, monkeypatch, n
     monkeypatch.setattr(ib, "build_modality", lambda *a, **k: pytest.fail("built before --queries was checked"))
     assert main(["index", emb, "--out", str(tmp_path / "ix"), "--queries", str(n)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"align: error: --queries must be >= 1, got {n}"]
+
+
+@pytest.mark.parametrize("ms", ["0", "-1"])
+def test_a_latency_budget_not_above_zero_is_refused_before_the_build(tmp_path, capsys, monkeypatch, ms):
+    """--max-latency-ms -1 built an index and said a full scan "would pass -1 ms"."""
+    import align.retrieval.index_build as ib
+    from align.cli import main
+    emb = write_emb(tmp_path / "emb", {"text": clustered(50, 8)})
+    monkeypatch.setattr(ib, "build_modality", lambda *a, **k: pytest.fail("built before --max-latency-ms was checked"))
+    assert main(["index", emb, "--out", str(tmp_path / "ix"), "--max-latency-ms", ms]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"align: error: --max-latency-ms must be > 0, got {ms}"]
 
 
 def test_a_forced_kind_keeps_the_memory_budget_and_no_refine_is_never_ignored(tmp_path):

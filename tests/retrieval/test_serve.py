@@ -114,8 +114,8 @@ def test_a_raw_text_body_and_a_target_list_are_searched_as_given(server):
 
 
 def test_startup_errors_are_one_line(server, tri_run, capsys, monkeypatch):
-    """A port in use, a port out of range and a host that is no address: one line each, the last two before the
-    model loads."""
+    """A port in use, a port out of range, a host that is no address and an upload limit <= 0: one line each, all
+    but the first before the model loads."""
     from align.retrieval import cli as rcli
     from align.errors import AlignError
     _, srv = server
@@ -126,7 +126,9 @@ def test_startup_errors_are_one_line(server, tri_run, capsys, monkeypatch):
     monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --host/--port were checked"))
     for extra, msg in ((["--port", "99999"], "--port 99999: must be 0..65535"),
                        (["--port", "-1"], "--port -1: must be 0..65535"),
-                       (["--host", "999.1.1.1"], "--host '999.1.1.1': not an address of this machine")):
+                       (["--host", "999.1.1.1"], "--host '999.1.1.1': not an address of this machine"),
+                       (["--max-upload-mb", "0"], "--max-upload-mb 0: must be > 0"),       # every upload got 413
+                       (["--max-upload-mb", "-5"], "--max-upload-mb -5: must be > 0")):
         assert main(["serve", srv.index_dir, "--model", "m", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("align: error: ") and msg in err[0], err

@@ -94,3 +94,20 @@ def test_the_report_draws_each_zero_shot_confusion_matrix_from_its_counts(tmp_pa
     assert np.trace(np.array(img["confusion"]["counts"])) / 36 == pytest.approx(acc1)
     assert write_confusion_plot({"metrics": {}}, str(tmp_path / "none.png")) is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_retrieval_figure_names_the_set_it_searched(tmp_path, monkeypatch):
+    """The demo draws retrieval.png for val and for heldout; both were titled "on val (top 5)", whatever the set
+    and k."""
+    import matplotlib.figure
+    from PIL import Image
+    from align.train.evaluate import retrieval_figure
+    titles = []
+    real = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda self, t, **kw: titles.append(t) or real(self, t, **kw))
+    val = _val_set(tmp_path / "heldout", n=12, train=False)
+    png = str(tmp_path / "r.png")
+    assert retrieval_figure(FakeModel(), val, png, n_queries=2, k=3) == png
+    assert titles == ["text -> image retrieval on heldout (top 3)"]
+    assert Image.open(png).size[0] > 100

@@ -62,3 +62,22 @@ def test_batches_start_the_loaders_reading_at_once():
     b = Batches(loader, TrainState())
     assert loader.reading and loader.started == 0          # reading, and not a batch taken yet
     assert b.take(1) == [(0, 0)]
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b""])
+def test_data_train_that_nothing_can_be_read_from_says_so(tmp_path, capsys, tiny_recipe, content):
+    """A text file or an empty file as data.train: every shard is skipped as a corrupt tar. The run's last line
+    said "use more samples than ranks x train.batch_size", as for a too-small folder; it says nothing could be
+    read and why."""
+    import yaml
+
+    from align.cli import main
+    (tmp_path / "notes.tar").write_bytes(content)
+    tiny_recipe["data"].update(train=str(tmp_path / "notes.tar"))
+    del tiny_recipe["data"]["synthetic_size"]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["train", str(tmp_path / "r.yaml"), "--no-progress"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("align: error: data: nothing in data.train could be read in 10 epochs on rank 0: every "
+                           "sample or shard was skipped (corrupt tar "), last
+    assert "batch_size" not in last

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List
 import numpy as np
 
 from align.data.stream.stored_teacher import META, member
-from align.errors import DataError
+from align.errors import DataError, without_reprs
 from align.wds.format import group_samples, pick
 from align.wds.reader import iter_tar
 from align.wds.writer import SampleWriter
@@ -90,7 +90,11 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
     counts = {"samples": 0, "shards": 0, "skipped": 0}
     width = None
     for url in urls:
-        samples = list(_samples(url))
+        try:
+            samples = list(_samples(url))
+        except (EOFError, OSError) as e:    # an empty file, a text file, a cut tar: one line, not the reader's
+            raise DataError(f"data reinforce: {url}: not a readable tar ({e}); `align data inspect` checks "
+                            f"shards") from None
         exts = {m: [pick(s, m) for s in samples] for m in encoders}
         keep = [i for i in range(len(samples)) if all(exts[m][i] is not None for m in encoders)]
         embs = {}
@@ -98,7 +102,7 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
             try:
                 embs[m] = enc([samples[i][exts[m][i]] for i in keep])
             except Exception as exn:       # one bad member: embed one at a time, skip those that fail
-                embs[m], keep = _one_by_one(enc, samples, exts[m], keep, exn)
+                embs[m], keep = _one_by_one(enc, samples, exts[m], keep, exn, f"{url}: {m}")
         dest = os.path.join(out_dir, os.path.basename(url))
         with SampleWriter(dest + ".tmp") as w:      # in place only when whole: a cut run leaves no half shard
             for row, i in enumerate(keep):
@@ -119,7 +123,7 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
     return counts
 
 
-def _one_by_one(enc, samples, exts, keep, exn):
+def _one_by_one(enc, samples, exts, keep, exn, where: str):
     rows, kept = [], []
     for i in keep:
         try:
@@ -127,7 +131,8 @@ def _one_by_one(enc, samples, exts, keep, exn):
             kept.append(i)
         except Exception:
             pass
-    if not kept:
-        raise exn
+    if not kept:      # not one sample: the teacher or the shard is wrong, said in one line (was the traceback)
+        raise DataError(f"data reinforce: {where}: the teacher embedded no sample (the first error: "
+                        f"{type(exn).__name__}: {without_reprs(str(exn))})") from None
     return np.stack(rows), kept
 

@@ -67,3 +67,34 @@ def test_the_copies_never_land_on_the_users_files(tmp_path, capsys):
                  "--modalities", "audio"]) == 2
     assert "audio is not supported" in capsys.readouterr().err
     assert open(src, "rb").read() == before and (tmp_path / "mine" / "teacher.json").read_text() == "mine"
+
+
+def test_a_shard_that_cannot_be_read_or_embedded_is_one_line(tmp_path):
+    """An empty file or a text file as a shard was the tar reader's EOFError traceback; a shard of which the
+    teacher embeds no sample re-raised the first sample's exception (PIL's traceback). Each is one line naming
+    the shard."""
+    import pytest
+
+    from PIL import Image
+
+    from align.errors import DataError
+    enc = {"image": lambda items: np.stack([np.asarray(Image.open(io.BytesIO(b))).mean(axis=(0, 1)) for b in items])}
+    (tmp_path / "empty.tar").write_bytes(b"")
+    (tmp_path / "notes.tar").write_text("hello\n")
+    bad = write_shard(tmp_path / "bad-000.tar", [dict(image_text(f"k{j}"), jpg=b"not a jpeg") for j in range(2)])
+    for path, msg in ((tmp_path / "empty.tar", "not a readable tar"), (tmp_path / "notes.tar", "not a readable tar"),
+                      (bad, "image: the teacher embedded no sample (the first error: UnidentifiedImageError")):
+        with pytest.raises(DataError) as e:
+            write_reinforced([str(path)], str(tmp_path / "out"), enc, {"teacher": "T"})
+        assert str(e.value).startswith(f"data reinforce: {path}: {msg}") and "\n" not in str(e.value)
+
+
+def test_a_batch_size_below_one_is_refused_before_the_teacher_loads(tmp_path, capsys):
+    """--batch-size 0 was range()'s ValueError traceback after the teacher had loaded."""
+    from align.cli import main
+    (tmp_path / "a").mkdir()
+    write_shard(tmp_path / "a" / "s-000.tar", [image_text("k0")])
+    assert main(["data", "reinforce", str(tmp_path / "a"), "--teacher", str(tmp_path / "no-model"),
+                 "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "align: error: data reinforce: --batch-size must be >= 1, got 0"]
