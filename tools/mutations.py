@@ -965,4 +965,12 @@ MUTATIONS = [
       ["tests/losses/test_multipair_loss.py::"
        "test_an_unused_logit_bias_gets_a_zero_gradient_so_ddp_averages_and_steps_again"],
       "a CLIP loss with model.init_logit_bias under DDP: gradients never averaged, step 2 raised"),
+    M("api.load_keeps_pretrained_temperature", "align/api.py",
+      "        drop_pretrained(t)", "        t.pop(\"pretrained\", None)",
+      ["tests/export/test_export.py::test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports"],
+      "a run trained with a tower's pretrained_temperature: align.load refused its own config"),
+    M("export.recipe_keeps_pretrained_temperature", "align/export/__init__.py",
+      "        drop_pretrained(t)", "        t.pop(\"pretrained\", None)",
+      ["tests/export/test_export.py::test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports"],
+      "the export's align_config.json kept pretrained_temperature without pretrained: the export did not load"),
 ]

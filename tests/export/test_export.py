@@ -173,3 +173,20 @@ def test_the_card_names_the_checkpoint_and_whether_it_holds_the_weight_average(t
     card2 = open(export(str(tmp_path / "first"), str(tmp_path / "again"), fmt="onnx", progress=False)["out_dir"]
                  + "/README.md").read()
     assert f"- exported: the checkpoint of step 1 (`{first}`)" in card2
+
+
+def test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports(tmp_path):
+    """A run trained with a tower's `pretrained` + `pretrained_temperature: true` could be neither loaded nor
+    exported: loading drops `pretrained` (the weights are in the checkpoint) and the lone pretrained_temperature
+    was refused (`... pretrained_temperature: ... set model.towers.image.pretrained`)."""
+    from safetensors.torch import save_file
+    from align.export import open_clip_format, self_contained_recipe
+    _, src = make_run(tmp_path / "src", seed=5)
+    weights = str(tmp_path / "oc.safetensors")
+    save_file({k: v.contiguous() for k, v in open_clip_format.state_dict(src).items()}, weights)
+    run, model = make_run(tmp_path / "ft", towers={"image": {"pretrained": weights, "pretrained_temperature": True},
+                                                   "text": {"pretrained": weights}})
+    loaded = align.load(run)
+    assert _weights_equal(loaded, model)
+    towers = self_contained_recipe(model)["model"]["towers"]        # what an export's align_config.json holds
+    assert not {"pretrained", "pretrained_temperature"} & (set(towers["image"]) | set(towers["text"]))
