@@ -28,6 +28,8 @@ WRK = "tests/data/stream/test_worker.py"
 ELA = "tests/data/stream/test_resume.py"
 AUTO_LIMITS = ("tests/data/tools/test_stats.py::"
                "test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through")
+HF_TEXT = "tests/towers/test_hf_text.py::"
+HF_WEIGHTS = "tests/towers/test_hf_image.py::test_weights_transformers_cannot_use_are_one_line_naming_the_file"
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -973,4 +975,22 @@ MUTATIONS = [
       "        drop_pretrained(t)", "        t.pop(\"pretrained\", None)",
       ["tests/export/test_export.py::test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports"],
       "the export's align_config.json kept pretrained_temperature without pretrained: the export did not load"),
+    M("hf.tokenizer_without_files_accepted", "align/towers/common.py",
+      "    if unk is not None and ids and all(i == unk for i in ids):", "    if False:",
+      [HF_TEXT + "test_a_folder_without_its_tokenizer_files_is_one_line_not_a_tokenizer_that_knows_no_word"],
+      "a folder without tokenizer files: transformers' empty BertTokenizer mapped every word to [UNK]"),
+    M("hf.missing_path_sent_to_the_hub", "align/towers/common.py",
+      'name.count("/") > 1', 'name.count("/") > 99',
+      [HF_TEXT + "test_a_path_that_is_no_folder_is_one_line_not_a_hub_id_error"],
+      "a mistyped local folder went to the Hub as a repo id"),
+    M("hf.weights_of_other_shapes_raw_error", "align/towers/common.py",
+      "    if bad:", "    if False:", [HF_WEIGHTS],
+      "weights whose shapes differ from config.json: transformers' RuntimeError traceback (or random weights)"),
+    M("hf.weights_of_another_architecture_accepted", "align/towers/common.py",
+      "    if total and 2 * len(missing) >= total:", "    if False:", [HF_WEIGHTS],
+      "another architecture's weights: transformers started the model at random beside a report, training went on"),
+    M("hf.pickle_or_cut_file_traceback", "align/towers/common.py",
+      "    except Exception as e:  # noqa: BLE001  pickle, damaged file",
+      "    except OSError as e:  # pickle, damaged file", [HF_WEIGHTS],
+      "a pickle with code / a cut-short safetensors file: a traceback advising weights_only=False"),
 ]
