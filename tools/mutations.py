@@ -993,4 +993,9 @@ MUTATIONS = [
       "    except Exception as e:  # noqa: BLE001  pickle, damaged file",
       "    except OSError as e:  # pickle, damaged file", [HF_WEIGHTS],
       "a pickle with code / a cut-short safetensors file: a traceback advising weights_only=False"),
+    M("open_clip.tower_pretrained_activation_unchecked", "align/towers/open_clip_towers.py",
+      "    if theirs is not None and theirs != tower.quick_gelu:", "    if False:",
+      ["tests/train/test_init_from.py::"
+       "test_a_towers_pretrained_open_clip_folder_trained_with_another_activation_is_refused"],
+      "a tower's pretrained folder trained with quick_gelu loaded into a GELU tower without a word"),
 ]

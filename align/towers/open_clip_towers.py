@@ -267,7 +267,12 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
 
     Keeps the checkpoint's logit_scale / logit_bias in `tower.pretrained_scales` (used by
     `pretrained_temperature: true`, see align.train.init_from.apply_tower_temperature)."""
-    from align.open_clip_files import load_file_state, open_clip_to_align
+    from align.open_clip_files import folder_quick_gelu, load_file_state, open_clip_to_align
+    theirs = folder_quick_gelu(pretrained)
+    if theirs is not None and theirs != tower.quick_gelu:
+        raise ConfigError(f"{where}.pretrained: {pretrained} was trained with quick_gelu={str(theirs).lower()} but "
+                          f"this tower uses quick_gelu={str(tower.quick_gelu).lower()}; set {where}.quick_gelu: "
+                          f"{str(theirs).lower()}")
     sd = open_clip_to_align(load_file_state(pretrained_file(name, pretrained, where), f"{where}.pretrained"))
     prefix = f"towers.{tower.modality}.net."
     mine = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -333,6 +333,25 @@ def test_an_open_clip_folder_trained_with_another_activation_is_refused(source, 
     apply_init_from(_model_quick(), "local-dir:" + str(folder), printer=None)
 
 
+def test_a_towers_pretrained_open_clip_folder_trained_with_another_activation_is_refused(source, tmp_path):
+    """A tower's `pretrained` folder took weights trained with quick_gelu into a GELU tower without a word (its
+    features differ; init_from refuses the same folder)."""
+    from align.towers import build_tower
+    folder = tmp_path / "qg"
+    shutil.copytree(source["oc"], folder)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["quick_gelu"] = True
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    base = {"type": "open_clip", "config": json.loads(json.dumps(TINY_OPEN_CLIP))}
+    for pretrained in (str(folder), "local-dir:" + str(folder)):
+        with pytest.raises(ConfigError, match=r"model.towers.text.pretrained: .*qg was trained with quick_gelu=true "
+                                              r"but this tower uses quick_gelu=false; set model.towers.text.quick_gelu"):
+            build_tower(dict(base, pretrained=pretrained), "text", 16)
+    tower = build_tower(dict(base, pretrained=str(folder), quick_gelu=True), "text", 16)
+    for k, v in tower.net.state_dict().items():
+        assert torch.equal(v, source["model"].towers.text.net.state_dict()[k]), k
+
+
 def _model_quick():
     tiny = json.loads(json.dumps(TINY_OPEN_CLIP))
     tiny["quick_gelu"] = True
