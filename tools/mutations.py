@@ -998,4 +998,8 @@ MUTATIONS = [
       ["tests/train/test_init_from.py::"
        "test_a_towers_pretrained_open_clip_folder_trained_with_another_activation_is_refused"],
       "a tower's pretrained folder trained with quick_gelu loaded into a GELU tower without a word"),
+    M("init_from.hf_advice_points_at_pretrained", "align/train/init_from.py",
+      '"{type: hf | hf_image | hf_audio, model: FOLDER})")', '"goes in a tower\'s `pretrained`)")',
+      ["tests/train/test_init_from.py::test_a_source_with_no_tensor_for_any_tower_is_an_error_not_a_fresh_start"],
+      "init_from of a Hugging Face file advised an open_clip tower's `pretrained`, which refuses it"),
 ]

@@ -130,7 +130,8 @@ def apply_init_from(model, path: str, printer=print) -> dict:
         ign = report["ignored"]
         raise ConfigError(f"model.init_from: no tensor of {source} fits this model's towers ("
                           f"{len(ign)} source tensors, e.g. {', '.join(ign[:3]) or 'none'}): it is not a "
-                          "checkpoint of this architecture (a Hugging Face model goes in a tower's `pretrained`)")
+                          "checkpoint of this architecture (a Hugging Face model folder is a tower of its own: "
+                          "{type: hf | hf_image | hf_audio, model: FOLDER})")
     model.clamp_logit_scale()
     if printer:
         printer(report_table(report, source))

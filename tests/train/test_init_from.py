@@ -316,8 +316,9 @@ def test_a_source_with_no_tensor_for_any_tower_is_an_error_not_a_fresh_start(tmp
     m = _model()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ConfigError, match=r"no tensor of open_clip weights .*hf_like.bin fits this model's towers "
-                                          r"\(1 source tensors, e.g. bert.embeddings"):
-        apply_init_from(m, path, printer=None)
+                                          r"\(1 source tensors, e.g. bert.embeddings.*a Hugging Face model folder "
+                                          r"is a tower of its own: \{type: hf \| hf_image \| hf_audio, model: "):
+        apply_init_from(m, path, printer=None)      # (it said: goes in a tower's `pretrained`, which refuses it)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items() if k.startswith("towers."))
 
 
