@@ -30,6 +30,8 @@ AUTO_LIMITS = ("tests/data/tools/test_stats.py::"
                "test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through")
 HF_TEXT = "tests/towers/test_hf_text.py::"
 HF_WEIGHTS = "tests/towers/test_hf_image.py::test_weights_transformers_cannot_use_are_one_line_naming_the_file"
+OC_HF_TOKENIZER = ("tests/towers/test_open_clip_towers.py::"
+                   "test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one_line")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -1002,4 +1004,10 @@ MUTATIONS = [
       '"{type: hf | hf_image | hf_audio, model: FOLDER})")', '"goes in a tower\'s `pretrained`)")',
       ["tests/train/test_init_from.py::test_a_source_with_no_tensor_for_any_tower_is_an_error_not_a_fresh_start"],
       "init_from of a Hugging Face file advised an open_clip tower's `pretrained`, which refuses it"),
+    M("open_clip.hf_tokenizer_without_files_accepted", "align/towers/open_clip_towers.py",
+      "        check_hf_tokenizer(tok.tokenizer, name, key)", "        pass",
+      [OC_HF_TOKENIZER], "text_cfg.hf_tokenizer_name without tokenizer files: every word [UNK]"),
+    M("open_clip.hf_tokenizer_missing_folder_traceback", "align/towers/open_clip_towers.py",
+      "        path, _ = hf_location(name, key)", "        path = name",
+      [OC_HF_TOKENIZER], "a missing text_cfg.hf_tokenizer_name folder: a transformers repo-id traceback"),
 ]

@@ -283,19 +283,20 @@ def hf_lock_groups(model: nn.Module, where: str, what: str) -> List:
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
-def hf_location(name, where: str):
-    """(folder or Hub id, local_files_only) for a Hugging Face tower's `model`. A folder is read offline; a Hub id
-    goes through transformers' cache (offline with HF_HUB_OFFLINE=1); a path that is no folder is one line."""
+def hf_location(name, key: str):
+    """(folder or Hub id, local_files_only) for the recipe key `key` naming a Hugging Face model or tokenizer. A
+    folder is read offline; a Hub id goes through transformers' cache (offline with HF_HUB_OFFLINE=1); a path
+    that is no folder is one line."""
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.model: expected a local folder or a Hub id, got {name!r}")
+        raise ConfigError(f"{key}: expected a local folder or a Hub id, got {name!r}")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         return str(path), True
     if path.exists():
-        raise ConfigError(f"{where}.model: {name!r} is a file; give the folder that holds its config.json")
+        raise ConfigError(f"{key}: {name!r} is a file; give the folder that holds its config.json")
     if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
-        raise ConfigError(f"{where}.model: no such folder {name!r} (a Hub id is NAME or ORG/NAME)")
+        raise ConfigError(f"{key}: no such folder {name!r} (a Hub id is NAME or ORG/NAME)")
     return name, offline
 
 
@@ -336,12 +337,12 @@ def hf_model(cls, name: str, path: str, local: bool, where: str, what: str) -> n
     return model
 
 
-def check_hf_tokenizer(tok, name: str, where: str) -> None:
+def check_hf_tokenizer(tok, name: str, key: str) -> None:
     """A folder without its tokenizer files still gives transformers a tokenizer (an empty vocabulary) that maps
     every word to the unknown token: one line instead of training on captions that all read alike."""
     unk = getattr(tok, "unk_token_id", None)
     ids = tok("a photo of a dog", add_special_tokens=False)["input_ids"]
     if unk is not None and ids and all(i == unk for i in ids):
-        raise ConfigError(f"{where}.model: the tokenizer of {name!r} maps every word to its unknown token "
+        raise ConfigError(f"{key}: the tokenizer of {name!r} maps every word to its unknown token "
                           f"({len(tok)} entries): the folder lacks its tokenizer files (tokenizer.json, vocab.txt, "
                           "...)")

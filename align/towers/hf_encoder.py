@@ -48,14 +48,14 @@ def load_preprocessor(auto_class: str, name, where: str, what: str):
     """The model folder's own preprocessor through transformers' `auto_class` (AutoImageProcessor,
     AutoFeatureExtractor); a folder without one fails with one line naming `what`."""
     cls = getattr(require_transformers(where), auto_class)
-    path, local = hf_location(name, where)
+    path, local = hf_location(name, f"{where}.model")
     return hf_load(cls, name, path, local, where, f"no {what} for")
 
 
 def load_trunk(name: str, modality: str, where: str) -> nn.Module:
     """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
     AutoModel = require_transformers(where).AutoModel
-    path, local = hf_location(name, where)
+    path, local = hf_location(name, f"{where}.model")
     model = hf_model(AutoModel, name, path, local, where, "transformers.AutoModel cannot load")
     sub = getattr(model, SUBMODEL_ATTR[modality], None)
     if isinstance(sub, nn.Module):

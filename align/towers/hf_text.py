@@ -61,7 +61,7 @@ def resolve_model(name: str, where: str):
         except ImportError:
             raise ConfigError(f"{where}.model: alias {name!r} needs the package: {install}") from None
         return str(getattr(mod, fn)()), True
-    return hf_location(name, where)
+    return hf_location(name, f"{where}.model")
 
 
 class HFTextTower(LockableTower):
@@ -81,7 +81,7 @@ class HFTextTower(LockableTower):
             raise ConfigError(f"{where}.context_length: must be an integer >= 2, got {context_length!r}")
         path, local = resolve_model(model, where)
         self.tokenizer = hf_load(AutoTokenizer, model, path, local, where, "cannot load the tokenizer of")
-        check_hf_tokenizer(self.tokenizer, model, where)
+        check_hf_tokenizer(self.tokenizer, model, f"{where}.model")
         self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model")
         if isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None

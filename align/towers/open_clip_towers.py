@@ -174,12 +174,25 @@ class OpenClipTower(Tower):
             from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
             kwargs = dict(self.text_cfg.get("tokenizer_kwargs", {}))
             if self.text_cfg.get("hf_tokenizer_name"):
-                self._tokenizer = HFTokenizer(self.text_cfg["hf_tokenizer_name"], context_length=self.context_length,
-                                              **kwargs)
+                self._tokenizer = self._hf_tokenizer(HFTokenizer, self.text_cfg["hf_tokenizer_name"], kwargs)
             else:
                 # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
         return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
+
+    def _hf_tokenizer(self, cls, name: str, kwargs: dict):
+        """open_clip's HFTokenizer of text_cfg.hf_tokenizer_name (a folder or a Hub id); a missing folder, a failed
+        load or a folder without its tokenizer files (an empty vocabulary) is one line naming the key."""
+        from align.towers.common import check_hf_tokenizer, hf_location
+        key = f"model.towers.{self.modality}.text_cfg.hf_tokenizer_name"
+        path, _ = hf_location(name, key)
+        try:
+            tok = cls(path, context_length=self.context_length, **kwargs)
+        except Exception as e:  # noqa: BLE001  missing files, offline Hub id: one line, never a traceback
+            raise ConfigError(f"{key}: cannot load the tokenizer {name!r} "
+                              f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from None
+        check_hf_tokenizer(tok.tokenizer, name, key)
+        return tok
 
     def save_hf_tokenizer(self, out_dir: str) -> None:
         """Writes an hf_tokenizer_name tokenizer's files into out_dir (what open_clip's HFTokenizer(out_dir) reads)."""
