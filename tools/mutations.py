@@ -1010,4 +1010,10 @@ MUTATIONS = [
     M("open_clip.hf_tokenizer_missing_folder_traceback", "align/towers/open_clip_towers.py",
       "        path, _ = hf_location(name, key)", "        path = name",
       [OC_HF_TOKENIZER], "a missing text_cfg.hf_tokenizer_name folder: a transformers repo-id traceback"),
+    M("train.resume_reads_towers_pretrained", "align/train/setup.py",
+      "    model = build_model(_without_pretrained(r.model) if resume_path else r.model)",
+      "    model = build_model(r.model)",
+      ["tests/train/test_init_from.py::"
+       "test_a_resumed_run_reads_its_weights_from_the_checkpoint_not_its_towers_pretrained"],
+      "a run started from a tower's pretrained file could not resume once the file had moved"),
 ]

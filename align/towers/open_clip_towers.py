@@ -249,6 +249,9 @@ def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
     import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
     cfg = get_pretrained_cfg(name, pretrained) if name else {}
+    if not name:
+        raise ConfigError(f"{where}.pretrained: no such file or folder {pretrained!r} (an open_clip tag needs the "
+                          f"architecture's name in {where}.model)")
     if not cfg:
         raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
                           f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name or '')) or 'none'})")

@@ -185,8 +185,12 @@ def test_open_clip_tower_pretrained_builds_only_its_tower(source, monkeypatch):
 def test_open_clip_tower_pretrained_errors(source, tmp_path):
     base = {"type": "open_clip", "config": json.loads(json.dumps(TINY_OPEN_CLIP))}   # no embed_dim of its own
     from align.towers import build_tower
-    with pytest.raises(ConfigError, match="neither a file, a folder nor an open_clip tag"):
+    with pytest.raises(ConfigError, match=r"no such file or folder 'no_such_tag' \(an open_clip tag needs the "
+                                          r"architecture's name in model.towers.image.model\)"):
         build_tower(dict(base, pretrained="no_such_tag"), "image", 16)
+    from align.towers.open_clip_towers import pretrained_file
+    with pytest.raises(ConfigError, match="'no_such_tag' is neither a file, a folder nor an open_clip tag of 'RN50'"):
+        pretrained_file("RN50", "no_such_tag", "model.towers.image")
     with pytest.raises(ConfigError, match=r"tensor 'proj' has shape \[32, 16\] in the checkpoint but \[32, 8\]"):
         build_tower(dict(base, pretrained="local-dir:" + source["oc"]), "image", 8)
 
@@ -358,3 +362,21 @@ def _model_quick():
     tiny["quick_gelu"] = True
     d = {"model": {"embed_dim": 16, "open_clip": tiny}, "train": {"max_steps": 1}}
     return build_model(parse_recipe(d).model)
+
+
+def test_a_resumed_run_reads_its_weights_from_the_checkpoint_not_its_towers_pretrained(source, tiny_recipe, tmp_path):
+    """A run started from a tower's `pretrained` file could not resume once the file had moved (or, for a tag,
+    downloaded it again): the checkpoint holds the weights. A fresh start still needs the file, in one line."""
+    from align.train.loop import train
+    weights = str(tmp_path / "start.safetensors")
+    shutil.copy(os.path.join(source["oc"], "open_clip_model.safetensors"), weights)
+    tiny_recipe["model"]["towers"] = {"image": {"pretrained": weights}}
+    tiny_recipe["train"].update(max_steps=2, checkpoint_every=2)
+    train(parse_recipe(tiny_recipe), progress=False)
+    os.remove(weights)
+    tiny_recipe["train"].update(max_steps=3)
+    train(parse_recipe(tiny_recipe), progress=False)
+    assert os.path.isdir(os.path.join(tiny_recipe["output_dir"], "checkpoints", "step-00000003"))
+    tiny_recipe.update(output_dir=str(tmp_path / "fresh"))
+    with pytest.raises(ConfigError, match=r"model.towers.image.pretrained: no such file or folder .*start.safetensors"):
+        train(parse_recipe(tiny_recipe), progress=False)
