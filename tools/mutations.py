@@ -1016,4 +1016,8 @@ MUTATIONS = [
       ["tests/train/test_init_from.py::"
        "test_a_resumed_run_reads_its_weights_from_the_checkpoint_not_its_towers_pretrained"],
       "a run started from a tower's pretrained file could not resume once the file had moved"),
+    M("rundir.other_library_model_unnamed", "align/train/rundir.py",
+      "    if other:", "    if False:",
+      ["tests/train/test_rundir.py::test_another_librarys_model_is_named_with_how_align_takes_it"],
+      "align.load of a Hugging Face folder: 'cannot find the run's config.yaml at PARENT/config.yaml'"),
 ]

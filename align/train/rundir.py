@@ -210,6 +210,25 @@ def find_run_dir(path: str) -> Optional[str]:
     return None
 
 
+def other_library_model(p: str) -> Optional[str]:
+    """What an existing path that holds no align files is, when it is another library's model, and how align takes
+    it; None otherwise. A Hugging Face folder has a model.safetensors, as an align checkpoint does."""
+    if os.path.isfile(p):
+        folder = os.path.dirname(p)
+        if any(os.path.isfile(os.path.join(folder, f)) for f in (EXPORT_CONFIG, STATE)):
+            return f"a file of one: load its folder {folder}"
+        return ("a weights file: an open_clip checkpoint is benchmarked as open_clip:ARCH with pretrained FILE, and "
+                "starts a fine-tune as model.init_from")
+    if any(os.path.isfile(os.path.join(p, f)) for f in (CONFIG, EXPORT_CONFIG, STATE)):
+        return None
+    if os.path.isfile(os.path.join(p, "open_clip_config.json")):
+        return f"an open_clip folder: load it as local-dir:{p}; it starts a fine-tune as model.init_from"
+    if os.path.isfile(os.path.join(p, "config.json")):
+        return ("a Hugging Face model folder (config.json): it is a tower of its own "
+                "({type: hf | hf_image | hf_audio, model: FOLDER})")
+    return None
+
+
 def locate(path: str) -> Located:
     """A run dir (its newest checkpoint), a checkpoint dir (plain or DCP) or an export; one AlignError line if
     it is none of them."""
@@ -219,6 +238,9 @@ def locate(path: str) -> Located:
             raise AlignError(f"{path}: an open_clip folder is not an align model (a run, a checkpoint or an align "
                              "export); start from it with model.init_from, or benchmark it as open_clip:ARCH")
         raise AlignError(f"no such model: {p}")
+    other = other_library_model(p)
+    if other:
+        raise AlignError(f"{p}: not an align run, checkpoint or export but {other}")
     if os.path.isfile(os.path.join(p, EXPORT_CONFIG)):
         for name in (MODEL, EXPORT_WEIGHTS):
             if os.path.isfile(os.path.join(p, name)):

@@ -171,3 +171,23 @@ def test_export_and_load_during_a_run_read_its_last_complete_checkpoint_and_say_
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_another_librarys_model_is_named_with_how_align_takes_it(tmp_path):
+    """An open_clip folder, a Hugging Face folder (its model.safetensors made it look like an align checkpoint:
+    `cannot find the run's config.yaml at PARENT/config.yaml`) or a weights file given to align.load / init_from."""
+    oc, hf, ckpt = tmp_path / "oc", tmp_path / "hf", tmp_path / "ckpt"
+    for d, files in ((oc, ("open_clip_config.json", "open_clip_model.safetensors")),
+                     (hf, ("config.json", "model.safetensors")), (ckpt, (rundir.STATE, rundir.MODEL))):
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("{}")
+    with pytest.raises(AlignError, match=f"not an align run, checkpoint or export but an open_clip folder: load it as "
+                                         f"local-dir:{oc}"):
+        rundir.locate(str(oc))
+    with pytest.raises(AlignError, match=r"but a Hugging Face model folder \(config.json\): it is a tower of its own"):
+        rundir.locate(str(hf))
+    with pytest.raises(AlignError, match="but a weights file: an open_clip checkpoint is benchmarked as open_clip:ARCH"):
+        rundir.locate(str(oc / "open_clip_model.safetensors"))
+    with pytest.raises(AlignError, match=f"but a file of one: load its folder {ckpt}"):
+        rundir.locate(str(ckpt / rundir.MODEL))
