@@ -32,6 +32,8 @@ HF_TEXT = "tests/towers/test_hf_text.py::"
 HF_WEIGHTS = "tests/towers/test_hf_image.py::test_weights_transformers_cannot_use_are_one_line_naming_the_file"
 OC_HF_TOKENIZER = ("tests/towers/test_open_clip_towers.py::"
                    "test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one_line")
+RUN_ANYWHERE = ("tests/train/test_rundir.py::"
+                "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -1020,4 +1022,10 @@ MUTATIONS = [
       "    if other:", "    if False:",
       ["tests/train/test_rundir.py::test_another_librarys_model_is_named_with_how_align_takes_it"],
       "align.load of a Hugging Face folder: 'cannot find the run's config.yaml at PARENT/config.yaml'"),
+    M("rundir.relative_hf_folder_in_config", "align/train/rundir.py",
+      '            t["model"] = os.path.abspath(t["model"])', "            pass", [RUN_ANYWHERE],
+      "a relative Hugging Face folder in RUN/config.yaml: align.load from another directory failed"),
+    M("rundir.relative_config_file_in_config", "align/train/rundir.py",
+      '            t["config_file"] = os.path.abspath(t["config_file"])', "            pass", [RUN_ANYWHERE],
+      "a relative open_clip JSON in RUN/config.yaml: align.load from another directory: no such file"),
 ]

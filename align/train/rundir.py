@@ -210,6 +210,24 @@ def find_run_dir(path: str) -> Optional[str]:
     return None
 
 
+HF_TOWERS = ("hf", "hf_image", "hf_audio")
+
+
+def absolute_model_paths(recipe: dict) -> dict:
+    """The recipe dict with the model section's local files as absolute paths (model.open_clip's JSON, a tower's
+    config_file, a Hugging Face tower's folder): align.load and export rebuild the towers from RUN/config.yaml,
+    from whatever directory they run in."""
+    m = recipe.get("model") or {}
+    if isinstance(m.get("open_clip"), str) and m["open_clip"].endswith(".json") and os.path.isfile(m["open_clip"]):
+        m["open_clip"] = os.path.abspath(m["open_clip"])
+    for t in (m.get("towers") or {}).values():
+        if isinstance(t.get("config_file"), str) and os.path.isfile(t["config_file"]):
+            t["config_file"] = os.path.abspath(t["config_file"])
+        if t.get("type") in HF_TOWERS and isinstance(t.get("model"), str) and os.path.isdir(t["model"]):
+            t["model"] = os.path.abspath(t["model"])
+    return recipe
+
+
 def other_library_model(p: str) -> Optional[str]:
     """What an existing path that holds no align files is, when it is another library's model, and how align takes
     it; None otherwise. A Hugging Face folder has a model.safetensors, as an align checkpoint does."""

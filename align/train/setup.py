@@ -441,7 +441,7 @@ def write_config(r: Recipe, is_main: bool, step: int = 0, printer=print) -> None
     if not is_main:
         return
     import yaml
-    path, new = os.path.join(r.output_dir, rundir.CONFIG), recipe_to_dict(r)
+    path, new = os.path.join(r.output_dir, rundir.CONFIG), rundir.absolute_model_paths(recipe_to_dict(r))
     if step and os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
