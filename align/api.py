@@ -15,6 +15,7 @@ from typing import Optional
 from align.config import parse_recipe
 from align.errors import AlignError
 from align.model import AlignModel, build_model
+from align.towers import drop_pretrained
 from align.train.checkpoint import load_model_state, load_weights
 from align.train.rundir import EXPORT_CONFIG, display_name, find_model
 
@@ -29,7 +30,7 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
     recipe = parse_recipe(cfg)
     # Pretrained tower weights are in the checkpoint: do not fetch them again.
     for t in recipe.model.towers.values():
-        t.pop("pretrained", None)
+        drop_pretrained(t)
     model = build_model(recipe.model)
     load_model_state(model, load_weights(weights), f"{weights}: weights do not fit the model",
                      "a run directory holds the config of its last run: load a checkpoint of that run")

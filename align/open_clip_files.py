@@ -3,6 +3,7 @@ open_clip and open_clip_train write them), hub-layout folders (open_clip_config.
 mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrained` (towers) and by
 `model.init_from` (align.train.init_from); it imports nothing of align but its errors.
 """
+import json
 import os
 import pickle
 import re
@@ -65,6 +66,20 @@ def open_clip_folder_weights(folder: str) -> Optional[str]:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
     return None
+
+
+def folder_quick_gelu(path: str) -> Optional[bool]:
+    """The activation (quick_gelu) an open_clip folder's config says its weights were trained with; None when
+    `path` (`local-dir:DIR`, DIR) is no open_clip folder or its config cannot be read (the weights' own check
+    reports a broken folder). Every tensor fits either activation, so only the config can tell."""
+    folder = os.path.abspath(strip_local_dir(path))
+    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+        return None
+    try:
+        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
+            return bool((json.load(f).get("model_cfg") or {}).get("quick_gelu", False))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def open_clip_to_align(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

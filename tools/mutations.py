@@ -28,6 +28,12 @@ WRK = "tests/data/stream/test_worker.py"
 ELA = "tests/data/stream/test_resume.py"
 AUTO_LIMITS = ("tests/data/tools/test_stats.py::"
                "test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_through")
+HF_TEXT = "tests/towers/test_hf_text.py::"
+HF_WEIGHTS = "tests/towers/test_hf_image.py::test_weights_transformers_cannot_use_are_one_line_naming_the_file"
+OC_HF_TOKENIZER = ("tests/towers/test_open_clip_towers.py::"
+                   "test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one_line")
+RUN_ANYWHERE = ("tests/train/test_rundir.py::"
+                "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -1164,4 +1170,61 @@ MUTATIONS = [
     M("index.latency_budget_not_positive", "align/retrieval/index_build.py",
       "    if not max_latency_ms > 0:", "    if False:",
       ["tests/retrieval/test_index_build.py::test_a_latency_budget_not_above_zero_is_refused_before_the_build"]),
+    M("api.load_keeps_pretrained_temperature", "align/api.py",
+      "        drop_pretrained(t)", "        t.pop(\"pretrained\", None)",
+      ["tests/export/test_export.py::test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports"],
+      "a run trained with a tower's pretrained_temperature: align.load refused its own config"),
+    M("export.recipe_keeps_pretrained_temperature", "align/export/__init__.py",
+      "        drop_pretrained(t)", "        t.pop(\"pretrained\", None)",
+      ["tests/export/test_export.py::test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports"],
+      "the export's align_config.json kept pretrained_temperature without pretrained: the export did not load"),
+    M("hf.tokenizer_without_files_accepted", "align/towers/common.py",
+      "    if unk is not None and ids and all(i == unk for i in ids):", "    if False:",
+      [HF_TEXT + "test_a_folder_without_its_tokenizer_files_is_one_line_not_a_tokenizer_that_knows_no_word"],
+      "a folder without tokenizer files: transformers' empty BertTokenizer mapped every word to [UNK]"),
+    M("hf.missing_path_sent_to_the_hub", "align/towers/common.py",
+      'name.count("/") > 1', 'name.count("/") > 99',
+      [HF_TEXT + "test_a_path_that_is_no_folder_is_one_line_not_a_hub_id_error"],
+      "a mistyped local folder went to the Hub as a repo id"),
+    M("hf.weights_of_other_shapes_raw_error", "align/towers/common.py",
+      "    if bad:", "    if False:", [HF_WEIGHTS],
+      "weights whose shapes differ from config.json: transformers' RuntimeError traceback (or random weights)"),
+    M("hf.weights_of_another_architecture_accepted", "align/towers/common.py",
+      "    if total and 2 * len(missing) >= total:", "    if False:", [HF_WEIGHTS],
+      "another architecture's weights: transformers started the model at random beside a report, training went on"),
+    M("hf.pickle_or_cut_file_traceback", "align/towers/common.py",
+      "    except Exception as e:  # noqa: BLE001  pickle, damaged file",
+      "    except OSError as e:  # pickle, damaged file", [HF_WEIGHTS],
+      "a pickle with code / a cut-short safetensors file: a traceback advising weights_only=False"),
+    M("open_clip.tower_pretrained_activation_unchecked", "align/towers/open_clip_towers.py",
+      "    if theirs is not None and theirs != tower.quick_gelu:", "    if False:",
+      ["tests/train/test_init_from.py::"
+       "test_a_towers_pretrained_open_clip_folder_trained_with_another_activation_is_refused"],
+      "a tower's pretrained folder trained with quick_gelu loaded into a GELU tower without a word"),
+    M("init_from.hf_advice_points_at_pretrained", "align/train/init_from.py",
+      '"{type: hf | hf_image | hf_audio, model: FOLDER})")', '"goes in a tower\'s `pretrained`)")',
+      ["tests/train/test_init_from.py::test_a_source_with_no_tensor_for_any_tower_is_an_error_not_a_fresh_start"],
+      "init_from of a Hugging Face file advised an open_clip tower's `pretrained`, which refuses it"),
+    M("open_clip.hf_tokenizer_without_files_accepted", "align/towers/open_clip_towers.py",
+      "        check_hf_tokenizer(tok.tokenizer, name, key)", "        pass",
+      [OC_HF_TOKENIZER], "text_cfg.hf_tokenizer_name without tokenizer files: every word [UNK]"),
+    M("open_clip.hf_tokenizer_missing_folder_traceback", "align/towers/open_clip_towers.py",
+      "        path, _ = hf_location(name, key)", "        path = name",
+      [OC_HF_TOKENIZER], "a missing text_cfg.hf_tokenizer_name folder: a transformers repo-id traceback"),
+    M("train.resume_reads_towers_pretrained", "align/train/setup.py",
+      "    model = build_model(_without_pretrained(r.model) if resume_path else r.model)",
+      "    model = build_model(r.model)",
+      ["tests/train/test_init_from.py::"
+       "test_a_resumed_run_reads_its_weights_from_the_checkpoint_not_its_towers_pretrained"],
+      "a run started from a tower's pretrained file could not resume once the file had moved"),
+    M("rundir.other_library_model_unnamed", "align/train/rundir.py",
+      "    if other:", "    if False:",
+      ["tests/train/test_rundir.py::test_another_librarys_model_is_named_with_how_align_takes_it"],
+      "align.load of a Hugging Face folder: 'cannot find the run's config.yaml at PARENT/config.yaml'"),
+    M("rundir.relative_hf_folder_in_config", "align/train/rundir.py",
+      '            t["model"] = os.path.abspath(t["model"])', "            pass", [RUN_ANYWHERE],
+      "a relative Hugging Face folder in RUN/config.yaml: align.load from another directory failed"),
+    M("rundir.relative_config_file_in_config", "align/train/rundir.py",
+      '            t["config_file"] = os.path.abspath(t["config_file"])', "            pass", [RUN_ANYWHERE],
+      "a relative open_clip JSON in RUN/config.yaml: align.load from another directory: no such file"),
 ]

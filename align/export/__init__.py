@@ -84,6 +84,7 @@ def self_contained_recipe(model) -> dict:
     `pretrained` weights and `init_from_vit.weights` are dropped (the export's weights replace them);
     `resume` is set to none. hf towers keep `model` (their architecture and tokenizer come from it).
     """
+    from align.towers import drop_pretrained
     from align.towers.open_clip_towers import OpenClipTower
     r = copy.deepcopy(model.config or {})
     r["resume"] = "none"
@@ -93,9 +94,9 @@ def self_contained_recipe(model) -> dict:
     for mod, tower in model.towers.items():
         t = dict(towers.get(mod, {}))
         if isinstance(tower, OpenClipTower):
-            keep = {k: v for k, v in tower.cfg.items() if k not in ("model", "config", "config_file", "pretrained")}
+            keep = {k: v for k, v in tower.cfg.items() if k not in ("model", "config", "config_file")}
             t = {"type": "open_clip", "config": copy.deepcopy(tower.model_cfg), **keep}
-        t.pop("pretrained", None)
+        drop_pretrained(t)
         if isinstance(t.get("init_from_vit"), dict):
             t["init_from_vit"] = {k: v for k, v in t["init_from_vit"].items() if k != "weights"}
         towers[mod] = t

@@ -39,6 +39,17 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
     return TOWERS.get(kind)(cfg, modality, embed_dim)
 
 
+PRETRAINED_KEYS = ("pretrained", "pretrained_temperature")
+
+
+def drop_pretrained(cfg: dict) -> dict:
+    """A tower section without what reads pretrained weights at build time (`pretrained` and the
+    `pretrained_temperature` that needs it), for a model whose weights come from a checkpoint instead."""
+    for key in PRETRAINED_KEYS:
+        cfg.pop(key, None)
+    return cfg
+
+
 # Importing the modules registers their tower types (each imports its heavy dependency lazily).
 from align.towers import audio, hf_text, open_clip_towers, timm_image  # noqa: E402,F401
 from align.towers import bow, hf_audio, hf_image, rnn  # noqa: E402,F401

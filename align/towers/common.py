@@ -13,8 +13,12 @@
   gradient and stay in eval mode (BatchNorm statistics and dropout frozen too),
   while the projection head always stays trainable (it is new for the shared space).
 - `load_weights_file`: safetensors or `torch.load(weights_only=True)`, nothing else.
+- `hf_location`, `hf_load`, `hf_model`, `check_hf_tokenizer`: the Hugging Face towers' loading (hf, hf_image,
+  hf_audio): a local folder read offline, a path that is no folder, an unreadable or pickled weights file, weights
+  of another shape or architecture, a folder without its tokenizer: one ConfigError line each.
 """
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterable, List, Mapping, Sequence, Union
 
@@ -274,3 +278,71 @@ def hf_lock_groups(model: nn.Module, where: str, what: str) -> List:
             (post if seen else pre).append(p)
     blocks = list(layers)
     return [pre, *blocks[:-1], [blocks[-1], post]]
+
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def hf_location(name, key: str):
+    """(folder or Hub id, local_files_only) for the recipe key `key` naming a Hugging Face model or tokenizer. A
+    folder is read offline; a Hub id goes through transformers' cache (offline with HF_HUB_OFFLINE=1); a path
+    that is no folder is one line."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{key}: expected a local folder or a Hub id, got {name!r}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        return str(path), True
+    if path.exists():
+        raise ConfigError(f"{key}: {name!r} is a file; give the folder that holds its config.json")
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
+        raise ConfigError(f"{key}: no such folder {name!r} (a Hub id is NAME or ORG/NAME)")
+    return name, offline
+
+
+def _hf_reason(path: str, e: BaseException) -> str:
+    """Why transformers could not load `path`, in one line; a pickled or damaged weights file is named."""
+    from align.open_clip_files import load_error
+    text = str(e).strip()
+    if type(e).__name__ in ("UnpicklingError", "SafetensorError") or text.startswith("Weights only load failed"):
+        weights = os.path.join(path, HF_WEIGHTS[0 if type(e).__name__ == "SafetensorError" else 1])
+        return load_error(weights if os.path.isfile(weights) else path, e)
+    return (text.splitlines() or [type(e).__name__])[0][:200]
+
+
+def hf_load(cls, name: str, path: str, local: bool, where: str, what: str, **kwargs):
+    """`cls.from_pretrained(path, local_files_only=local, **kwargs)`; any failure is one ConfigError line."""
+    try:
+        return cls.from_pretrained(path, local_files_only=local, **kwargs)
+    except Exception as e:  # noqa: BLE001  pickle, damaged file, missing file, offline: one line, never a traceback
+        raise ConfigError(f"{where}.model: {what} {name!r} ({_hf_reason(path, e)})") from None
+
+
+def hf_model(cls, name: str, path: str, local: bool, where: str, what: str) -> nn.Module:
+    """`hf_load` of a model in float32; weights whose shapes differ from its config, or a file that holds few
+    of its tensors (another architecture's), are one line: transformers would start those tensors at random."""
+    model, info = hf_load(cls, name, path, local, where, what, dtype=torch.float32, output_loading_info=True,
+                          ignore_mismatched_sizes=True)
+    bad = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]))
+    if bad:
+        key, theirs, ours = bad[0][:3]
+        raise ConfigError(f"{where}.model: the weights of {name!r} do not fit its config.json: tensor {key!r} has "
+                          f"shape {list(theirs)} in the weights but {list(ours)} in the model ({len(bad)} such)")
+    missing, total = sorted(info.get("missing_keys") or []), len(model.state_dict())
+    if total and 2 * len(missing) >= total:
+        kind = getattr(model.config, "model_type", type(model).__name__)
+        raise ConfigError(f"{where}.model: the weights of {name!r} are not those of its {kind} config.json: "
+                          f"{len(missing)} of its {total} tensors are missing (e.g. {', '.join(missing[:2])}), "
+                          f"{len(info.get('unexpected_keys') or [])} others are there instead")
+    return model
+
+
+def check_hf_tokenizer(tok, name: str, key: str) -> None:
+    """A folder without its tokenizer files still gives transformers a tokenizer (an empty vocabulary) that maps
+    every word to the unknown token: one line instead of training on captions that all read alike."""
+    unk = getattr(tok, "unk_token_id", None)
+    ids = tok("a photo of a dog", add_special_tokens=False)["input_ids"]
+    if unk is not None and ids and all(i == unk for i in ids):
+        raise ConfigError(f"{key}: the tokenizer of {name!r} maps every word to its unknown token "
+                          f"({len(tok)} entries): the folder lacks its tokenizer files (tokenizer.json, vocab.txt, "
+                          "...)")

@@ -22,27 +22,18 @@ Locking is LiT-style (see common.LockableTower): `lock: true` freezes the trunk,
 length is config.num_hidden_layers, or the stages of a hierarchical model); the
 projection always trains.
 """
-import os
-from pathlib import Path
 from typing import List
 
 import torch
 from torch import nn
 
 from align.errors import ConfigError
-from align.towers.common import LockableTower, build_projection, hf_grad_checkpointing, hf_lock_groups
+from align.towers.common import (LockableTower, build_projection, hf_grad_checkpointing, hf_load, hf_location,
+                                 hf_lock_groups, hf_model)
 
 POOLINGS = ("auto", "pooler", "cls", "mean")
 # What `modality` looks for on a two-tower checkpoint.
 SUBMODEL_ATTR = {"image": "vision_model", "audio": "audio_model"}
-
-
-def resolve_source(name, where: str):
-    """(folder or Hub id, local_files_only) for a recipe's `model` value."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.model: expected a local folder or a Hub id, got {name!r}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    return name, offline or Path(name).is_dir()
 
 
 def require_transformers(where: str):
@@ -57,22 +48,15 @@ def load_preprocessor(auto_class: str, name, where: str, what: str):
     """The model folder's own preprocessor through transformers' `auto_class` (AutoImageProcessor,
     AutoFeatureExtractor); a folder without one fails with one line naming `what`."""
     cls = getattr(require_transformers(where), auto_class)
-    path, local = resolve_source(name, where)
-    try:
-        return cls.from_pretrained(path, local_files_only=local)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"{where}.model: no {what} for {name!r} ({str(e).splitlines()[0][:200]})") from None
+    path, local = hf_location(name, f"{where}.model")
+    return hf_load(cls, name, path, local, where, f"no {what} for")
 
 
 def load_trunk(name: str, modality: str, where: str) -> nn.Module:
     """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
     AutoModel = require_transformers(where).AutoModel
-    path, local = resolve_source(name, where)
-    try:
-        model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"{where}.model: cannot load {name!r} with transformers.AutoModel "
-                          f"({str(e).splitlines()[0][:200]})") from None
+    path, local = hf_location(name, f"{where}.model")
+    model = hf_model(AutoModel, name, path, local, where, "transformers.AutoModel cannot load")
     sub = getattr(model, SUBMODEL_ATTR[modality], None)
     if isinstance(sub, nn.Module):
         return sub

@@ -31,9 +31,7 @@ tokenizer therefore must have a pad token distinct from its special tokens.
 HF's own pooler head (BERT's tanh-CLS) is dropped: pooling happens here, and an unused
 pooler would leave DDP with parameters that never get gradients.
 """
-import os
 from collections import OrderedDict
-from pathlib import Path
 from typing import List
 
 import torch
@@ -41,8 +39,8 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.towers import TOWERS
-from align.towers.common import (LockableTower, build_pretrained_tower, build_projection, hf_grad_checkpointing,
-                                 hf_lock_groups)
+from align.towers.common import (LockableTower, build_pretrained_tower, build_projection, check_hf_tokenizer,
+                                 hf_grad_checkpointing, hf_load, hf_location, hf_lock_groups, hf_model)
 
 KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers", "cache_texts")
 POOLINGS = ("mean", "cls", "eos", "max")
@@ -56,17 +54,14 @@ LOCAL_MODELS = {
 
 def resolve_model(name: str, where: str):
     """(path or Hub name, local_files_only) for a recipe's `model` value."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.model: expected a model name or folder, got {name!r}")
-    if name in LOCAL_MODELS:
+    if isinstance(name, str) and name in LOCAL_MODELS:
         module, fn, install = LOCAL_MODELS[name]
         try:
             mod = __import__(module)
         except ImportError:
             raise ConfigError(f"{where}.model: alias {name!r} needs the package: {install}") from None
         return str(getattr(mod, fn)()), True
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    return name, offline or Path(name).is_dir()
+    return hf_location(name, f"{where}.model")
 
 
 class HFTextTower(LockableTower):
@@ -85,13 +80,9 @@ class HFTextTower(LockableTower):
         if not isinstance(context_length, int) or context_length < 2:
             raise ConfigError(f"{where}.context_length: must be an integer >= 2, got {context_length!r}")
         path, local = resolve_model(model, where)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-            self.model = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            aliases = ", ".join(LOCAL_MODELS)
-            raise ConfigError(f"{where}.model: cannot load {model!r} ({str(e).splitlines()[0][:200]}); "
-                              f"use a local folder or an alias ({aliases})") from None
+        self.tokenizer = hf_load(AutoTokenizer, model, path, local, where, "cannot load the tokenizer of")
+        check_hf_tokenizer(self.tokenizer, model, f"{where}.model")
+        self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model")
         if isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None
         tok = self.tokenizer

@@ -174,12 +174,25 @@ class OpenClipTower(Tower):
             from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
             kwargs = dict(self.text_cfg.get("tokenizer_kwargs", {}))
             if self.text_cfg.get("hf_tokenizer_name"):
-                self._tokenizer = HFTokenizer(self.text_cfg["hf_tokenizer_name"], context_length=self.context_length,
-                                              **kwargs)
+                self._tokenizer = self._hf_tokenizer(HFTokenizer, self.text_cfg["hf_tokenizer_name"], kwargs)
             else:
                 # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
         return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
+
+    def _hf_tokenizer(self, cls, name: str, kwargs: dict):
+        """open_clip's HFTokenizer of text_cfg.hf_tokenizer_name (a folder or a Hub id); a missing folder, a failed
+        load or a folder without its tokenizer files (an empty vocabulary) is one line naming the key."""
+        from align.towers.common import check_hf_tokenizer, hf_location
+        key = f"model.towers.{self.modality}.text_cfg.hf_tokenizer_name"
+        path, _ = hf_location(name, key)
+        try:
+            tok = cls(path, context_length=self.context_length, **kwargs)
+        except Exception as e:  # noqa: BLE001  missing files, offline Hub id: one line, never a traceback
+            raise ConfigError(f"{key}: cannot load the tokenizer {name!r} "
+                              f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from None
+        check_hf_tokenizer(tok.tokenizer, name, key)
+        return tok
 
     def save_hf_tokenizer(self, out_dir: str) -> None:
         """Writes an hf_tokenizer_name tokenizer's files into out_dir (what open_clip's HFTokenizer(out_dir) reads)."""
@@ -236,6 +249,9 @@ def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
     import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
     cfg = get_pretrained_cfg(name, pretrained) if name else {}
+    if not name:
+        raise ConfigError(f"{where}.pretrained: no such file or folder {pretrained!r} (an open_clip tag needs the "
+                          f"architecture's name in {where}.model)")
     if not cfg:
         raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
                           f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name or '')) or 'none'})")
@@ -267,7 +283,12 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
 
     Keeps the checkpoint's logit_scale / logit_bias in `tower.pretrained_scales` (used by
     `pretrained_temperature: true`, see align.train.init_from.apply_tower_temperature)."""
-    from align.open_clip_files import load_file_state, open_clip_to_align
+    from align.open_clip_files import folder_quick_gelu, load_file_state, open_clip_to_align
+    theirs = folder_quick_gelu(pretrained)
+    if theirs is not None and theirs != tower.quick_gelu:
+        raise ConfigError(f"{where}.pretrained: {pretrained} was trained with quick_gelu={str(theirs).lower()} but "
+                          f"this tower uses quick_gelu={str(tower.quick_gelu).lower()}; set {where}.quick_gelu: "
+                          f"{str(theirs).lower()}")
     sd = open_clip_to_align(load_file_state(pretrained_file(name, pretrained, where), f"{where}.pretrained"))
     prefix = f"towers.{tower.modality}.net."
     mine = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

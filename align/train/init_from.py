@@ -19,15 +19,14 @@ logit_scale and logit_bias (SigLIP) are copied, so the temperature is the pretra
 with nothing matched is "new", e.g. an audio tower added to an image-text model), and the source
 tensors ignored. A tensor whose shape differs fails with one line naming it.
 """
-import json
 import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from align.errors import ConfigError
-from align.open_clip_files import (OPEN_CLIP_CONFIG, load_file_state, open_clip_folder_weights, open_clip_to_align,
-                                     strip_local_dir)
+from align.open_clip_files import (OPEN_CLIP_CONFIG, folder_quick_gelu, load_file_state, open_clip_folder_weights,
+                                     open_clip_to_align, strip_local_dir)
 from align.train.rundir import EXPORT_CONFIG, locate
 
 
@@ -109,14 +108,9 @@ def report_table(report: dict, source: str) -> str:
 def check_activation(model, path: str) -> None:
     """ConfigError when an open_clip folder's config says another activation than the model's open_clip towers
     (quick_gelu): every weight fits, so nothing else would notice, but the features differ (open_clip warns)."""
-    folder = os.path.abspath(strip_local_dir(path))
-    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+    theirs = folder_quick_gelu(path)
+    if theirs is None:
         return
-    try:
-        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
-            theirs = bool((json.load(f).get("model_cfg") or {}).get("quick_gelu", False))
-    except (OSError, ValueError, AttributeError):
-        return                                   # the weights' own check reports a broken folder
     for name, tower in model.towers.items():
         ours = getattr(tower, "quick_gelu", None)
         if ours is not None and ours != theirs:
@@ -136,7 +130,8 @@ def apply_init_from(model, path: str, printer=print) -> dict:
         ign = report["ignored"]
         raise ConfigError(f"model.init_from: no tensor of {source} fits this model's towers ("
                           f"{len(ign)} source tensors, e.g. {', '.join(ign[:3]) or 'none'}): it is not a "
-                          "checkpoint of this architecture (a Hugging Face model goes in a tower's `pretrained`)")
+                          "checkpoint of this architecture (a Hugging Face model folder is a tower of its own: "
+                          "{type: hf | hf_image | hf_audio, model: FOLDER})")
     model.clamp_logit_scale()
     if printer:
         printer(report_table(report, source))

@@ -220,6 +220,43 @@ def find_run_dir(path: str) -> Optional[str]:
     return None
 
 
+HF_TOWERS = ("hf", "hf_image", "hf_audio")
+
+
+def absolute_model_paths(recipe: dict) -> dict:
+    """The recipe dict with the model section's local files as absolute paths (model.open_clip's JSON, a tower's
+    config_file, a Hugging Face tower's folder): align.load and export rebuild the towers from RUN/config.yaml,
+    from whatever directory they run in."""
+    m = recipe.get("model") or {}
+    if isinstance(m.get("open_clip"), str) and m["open_clip"].endswith(".json") and os.path.isfile(m["open_clip"]):
+        m["open_clip"] = os.path.abspath(m["open_clip"])
+    for t in (m.get("towers") or {}).values():
+        if isinstance(t.get("config_file"), str) and os.path.isfile(t["config_file"]):
+            t["config_file"] = os.path.abspath(t["config_file"])
+        if t.get("type") in HF_TOWERS and isinstance(t.get("model"), str) and os.path.isdir(t["model"]):
+            t["model"] = os.path.abspath(t["model"])
+    return recipe
+
+
+def other_library_model(p: str) -> Optional[str]:
+    """What an existing path that holds no align files is, when it is another library's model, and how align takes
+    it; None otherwise. A Hugging Face folder has a model.safetensors, as an align checkpoint does."""
+    if os.path.isfile(p):
+        folder = os.path.dirname(p)
+        if any(os.path.isfile(os.path.join(folder, f)) for f in (EXPORT_CONFIG, STATE)):
+            return f"a file of one: load its folder {folder}"
+        return ("a weights file: an open_clip checkpoint is benchmarked as open_clip:ARCH with pretrained FILE, and "
+                "starts a fine-tune as model.init_from")
+    if any(os.path.isfile(os.path.join(p, f)) for f in (CONFIG, EXPORT_CONFIG, STATE)):
+        return None
+    if os.path.isfile(os.path.join(p, "open_clip_config.json")):
+        return f"an open_clip folder: load it as local-dir:{p}; it starts a fine-tune as model.init_from"
+    if os.path.isfile(os.path.join(p, "config.json")):
+        return ("a Hugging Face model folder (config.json): it is a tower of its own "
+                "({type: hf | hf_image | hf_audio, model: FOLDER})")
+    return None
+
+
 def locate(path: str) -> Located:
     """A run dir (its newest checkpoint), a checkpoint dir (plain or DCP) or an export; one AlignError line if
     it is none of them."""
@@ -229,6 +266,9 @@ def locate(path: str) -> Located:
             raise AlignError(f"{path}: an open_clip folder is not an align model (a run, a checkpoint or an align "
                              "export); start from it with model.init_from, or benchmark it as open_clip:ARCH")
         raise AlignError(f"no such model: {p}")
+    other = other_library_model(p)
+    if other:
+        raise AlignError(f"{p}: not an align run, checkpoint or export but {other}")
     if os.path.isfile(os.path.join(p, EXPORT_CONFIG)):
         for name in (MODEL, EXPORT_WEIGHTS):
             if os.path.isfile(os.path.join(p, name)):

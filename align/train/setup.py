@@ -288,13 +288,25 @@ def _total_steps(r: Recipe, world: int, printer=print) -> int:
     return total_steps
 
 
+def _without_pretrained(model_cfg):
+    """A copy of the model section whose towers read no pretrained weights when built."""
+    import copy
+    from align.towers import drop_pretrained
+    cfg = copy.deepcopy(model_cfg)
+    for t in cfg.towers.values():
+        drop_pretrained(t)
+    return cfg
+
+
 def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[StepWatch] = None) -> Engine:
     """Model, loss, optimizer and schedule on `acc`; a fresh start gets its init_from / tower temperature."""
     from align.train.elastic import schedule_by_samples
     from align.train.optim import build_optimizer, build_scheduler, unused_lr_settings
     from align.train.sharding import shard_model
     rank, world, fsdp = acc.process_index, acc.num_processes, r.train.sharding == "fsdp"
-    model = build_model(r.model)
+    # A resumed run has its own weights: a tower's `pretrained` (a file that may have moved, a tag that would
+    # download again) is not read
+    model = build_model(_without_pretrained(r.model) if resume_path else r.model)
     model.config = recipe_to_dict(r)
     # Weights-only starts (step and optimizer fresh); a resumed run has its own weights.
     init_row = None if resume_path else _start_weights(model, r, acc.print)
@@ -429,7 +441,7 @@ def write_config(r: Recipe, is_main: bool, step: int = 0, printer=print) -> None
     if not is_main:
         return
     import yaml
-    path, new = os.path.join(r.output_dir, rundir.CONFIG), recipe_to_dict(r)
+    path, new = os.path.join(r.output_dir, rundir.CONFIG), rundir.absolute_model_paths(recipe_to_dict(r))
     if step and os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:

@@ -133,6 +133,7 @@ def unsharded_copy(model: nn.Module, model_cfg, is_main: bool) -> nn.Module:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from align.model import build_model
+    from align.towers import drop_pretrained
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main:
@@ -140,7 +141,7 @@ def unsharded_copy(model: nn.Module, model_cfg, is_main: bool) -> nn.Module:
     import copy
     cfg = copy.deepcopy(model_cfg)
     for t in cfg.towers.values():
-        t.pop("pretrained", None)     # the weights come from the sharded model, not from a download
+        drop_pretrained(t)            # the weights come from the sharded model, not from a download
     plain = build_model(cfg)
     plain.load_state_dict(unshard_shapes(sd))
     plain.config = getattr(model, "config", {})

@@ -228,3 +228,20 @@ def test_a_checkpoints_card_is_titled_by_its_run_and_step(tmp_path, tiny_run):
     assert open(tmp_path / "e1" / "README.md").readline() == "# run step-00000001\n"
     export(run, str(tmp_path / "e2"), fmt="open_clip", progress=False)         # a run dir: its own name
     assert open(tmp_path / "e2" / "README.md").readline() == "# run\n"
+
+
+def test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports(tmp_path):
+    """A run trained with a tower's `pretrained` + `pretrained_temperature: true` could be neither loaded nor
+    exported: loading drops `pretrained` (the weights are in the checkpoint) and the lone pretrained_temperature
+    was refused (`... pretrained_temperature: ... set model.towers.image.pretrained`)."""
+    from safetensors.torch import save_file
+    from align.export import open_clip_format, self_contained_recipe
+    _, src = make_run(tmp_path / "src", seed=5)
+    weights = str(tmp_path / "oc.safetensors")
+    save_file({k: v.contiguous() for k, v in open_clip_format.state_dict(src).items()}, weights)
+    run, model = make_run(tmp_path / "ft", towers={"image": {"pretrained": weights, "pretrained_temperature": True},
+                                                   "text": {"pretrained": weights}})
+    loaded = align.load(run)
+    assert _weights_equal(loaded, model)
+    towers = self_contained_recipe(model)["model"]["towers"]        # what an export's align_config.json holds
+    assert not {"pretrained", "pretrained_temperature"} & (set(towers["image"]) | set(towers["text"]))

@@ -116,3 +116,40 @@ def test_clip_vision_trains_beside_open_clip_text(folders, tmp_path):
     final = _final_weights(r["output_dir"])
     k = "towers.image.trunk.encoder.layers.0.mlp.fc1.weight"
     assert k in final and not torch.equal(final[k], init[k])
+
+
+def test_weights_transformers_cannot_use_are_one_line_naming_the_file(folders, tmp_path):
+    """A pickle with code, a cut-short safetensors file, weights of other shapes or of another architecture (which
+    transformers loads as random weights beside a report): one ConfigError line each, nothing unpickled."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    sd = load_file(os.path.join(folders["clip_vision"], "model.safetensors"))
+
+    def variant(name, weights=None, raw=None):
+        d = tmp_path / name
+        shutil.copytree(folders["clip_vision"], d)
+        os.remove(d / "model.safetensors")
+        if raw is not None:
+            (d / "model.safetensors").write_bytes(raw)
+        elif name == "pickle":
+            torch.save(weights, d / "pytorch_model.bin")
+        else:
+            save_file(weights, str(d / "model.safetensors"))
+        return str(d)
+
+    class Code:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+    cases = {
+        variant("pickle", dict(sd, extra=Code())): r"pickle/pytorch_model.bin' holds Python objects besides tensors",
+        variant("cut", raw=open(os.path.join(folders["clip_vision"], "model.safetensors"), "rb").read()[:999]):
+            r"cut/model.safetensors' as a safetensors file \(damaged or cut short\?\)",
+        variant("shape", dict(sd, **{"post_layernorm.weight": torch.ones(48)})):
+            r"do not fit its config.json: tensor 'post_layernorm.weight' has shape \[48\] in the weights but \[32\]",
+        variant("other", load_file(os.path.join(folders["dinov2"], "model.safetensors"))):
+            r"are not those of its clip_vision_model config.json: \d+ of its \d+ tensors are missing",
+    }
+    for folder, msg in cases.items():
+        with pytest.raises(ConfigError, match=r"model.towers.image.model: .*" + msg):
+            build_tower({"type": "hf_image", "model": folder}, "image", 16)
+    assert not (tmp_path / "ran").exists()

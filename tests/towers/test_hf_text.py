@@ -1,5 +1,6 @@
 """Tests for the Hugging Face text tower, using the offline all-MiniLM-L6-v2 package."""
 import json
+import os
 
 import pytest
 import torch
@@ -147,3 +148,38 @@ def test_an_empty_batch_tokenizes_to_no_rows(plain):
 def test_an_empty_batch_embeds_to_no_rows(plain):
     with torch.no_grad():
         assert plain(plain.tokenize([])).shape == (0, 384)
+
+
+def _tiny_bert(folder):
+    """A 1-layer BERT with MiniLM's tokenizer, saved as a Hub download leaves it (config, weights, tokenizer)."""
+    import transformers as T
+    from align.towers.hf_text import resolve_model
+    tok = T.AutoTokenizer.from_pretrained(resolve_model(ALIAS, "t")[0])
+    T.BertModel(T.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32, max_position_embeddings=32)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_folder_without_its_tokenizer_files_is_one_line_not_a_tokenizer_that_knows_no_word(tmp_path):
+    """transformers builds a BertTokenizer with an empty vocabulary (5 special tokens) for a folder without
+    vocab.txt / tokenizer.json: every caption became [CLS] [UNK] ... [SEP] and training went on."""
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    tower = build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+    assert len(set(tower.tokenize(["a photo of a dog"])[0].tolist())) > 4
+    for f in os.listdir(folder):
+        if f.startswith(("tokenizer", "vocab", "special_tokens")):
+            os.remove(os.path.join(folder, f))
+    with pytest.raises(ConfigError, match=r"model.towers.text.model: the tokenizer of .*bert' maps every word to its "
+                                          r"unknown token \(5 entries\): the folder lacks its tokenizer files"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+
+
+def test_a_path_that_is_no_folder_is_one_line_not_a_hub_id_error(tmp_path):
+    """A mistyped local folder went to the Hub as a repo id ('Repo id must be in the form ...')."""
+    for name in (str(tmp_path / "no_such_model"), "./models/minilm", "models/sentence/minilm"):
+        with pytest.raises(ConfigError, match=f"model.towers.text.model: no such folder '{name}'"):
+            build_tower({"type": "hf", "model": name}, "text", 8)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="model.safetensors' is a file; give the folder that holds its config.json"):
+        build_tower({"type": "hf", "model": str(tmp_path / "model.safetensors")}, "text", 8)

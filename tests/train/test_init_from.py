@@ -185,8 +185,12 @@ def test_open_clip_tower_pretrained_builds_only_its_tower(source, monkeypatch):
 def test_open_clip_tower_pretrained_errors(source, tmp_path):
     base = {"type": "open_clip", "config": json.loads(json.dumps(TINY_OPEN_CLIP))}   # no embed_dim of its own
     from align.towers import build_tower
-    with pytest.raises(ConfigError, match="neither a file, a folder nor an open_clip tag"):
+    with pytest.raises(ConfigError, match=r"no such file or folder 'no_such_tag' \(an open_clip tag needs the "
+                                          r"architecture's name in model.towers.image.model\)"):
         build_tower(dict(base, pretrained="no_such_tag"), "image", 16)
+    from align.towers.open_clip_towers import pretrained_file
+    with pytest.raises(ConfigError, match="'no_such_tag' is neither a file, a folder nor an open_clip tag of 'RN50'"):
+        pretrained_file("RN50", "no_such_tag", "model.towers.image")
     with pytest.raises(ConfigError, match=r"tensor 'proj' has shape \[32, 16\] in the checkpoint but \[32, 8\]"):
         build_tower(dict(base, pretrained="local-dir:" + source["oc"]), "image", 8)
 
@@ -316,8 +320,9 @@ def test_a_source_with_no_tensor_for_any_tower_is_an_error_not_a_fresh_start(tmp
     m = _model()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ConfigError, match=r"no tensor of open_clip weights .*hf_like.bin fits this model's towers "
-                                          r"\(1 source tensors, e.g. bert.embeddings"):
-        apply_init_from(m, path, printer=None)
+                                          r"\(1 source tensors, e.g. bert.embeddings.*a Hugging Face model folder "
+                                          r"is a tower of its own: \{type: hf \| hf_image \| hf_audio, model: "):
+        apply_init_from(m, path, printer=None)      # (it said: goes in a tower's `pretrained`, which refuses it)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items() if k.startswith("towers."))
 
 
@@ -333,8 +338,45 @@ def test_an_open_clip_folder_trained_with_another_activation_is_refused(source, 
     apply_init_from(_model_quick(), "local-dir:" + str(folder), printer=None)
 
 
+def test_a_towers_pretrained_open_clip_folder_trained_with_another_activation_is_refused(source, tmp_path):
+    """A tower's `pretrained` folder took weights trained with quick_gelu into a GELU tower without a word (its
+    features differ; init_from refuses the same folder)."""
+    from align.towers import build_tower
+    folder = tmp_path / "qg"
+    shutil.copytree(source["oc"], folder)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["quick_gelu"] = True
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    base = {"type": "open_clip", "config": json.loads(json.dumps(TINY_OPEN_CLIP))}
+    for pretrained in (str(folder), "local-dir:" + str(folder)):
+        with pytest.raises(ConfigError, match=r"model.towers.text.pretrained: .*qg was trained with quick_gelu=true "
+                                              r"but this tower uses quick_gelu=false; set model.towers.text.quick_"):
+            build_tower(dict(base, pretrained=pretrained), "text", 16)
+    tower = build_tower(dict(base, pretrained=str(folder), quick_gelu=True), "text", 16)
+    for k, v in tower.net.state_dict().items():
+        assert torch.equal(v, source["model"].towers.text.net.state_dict()[k]), k
+
+
 def _model_quick():
     tiny = json.loads(json.dumps(TINY_OPEN_CLIP))
     tiny["quick_gelu"] = True
     d = {"model": {"embed_dim": 16, "open_clip": tiny}, "train": {"max_steps": 1}}
     return build_model(parse_recipe(d).model)
+
+
+def test_a_resumed_run_reads_its_weights_from_the_checkpoint_not_its_towers_pretrained(source, tiny_recipe, tmp_path):
+    """A run started from a tower's `pretrained` file could not resume once the file had moved (or, for a tag,
+    downloaded it again): the checkpoint holds the weights. A fresh start still needs the file, in one line."""
+    from align.train.loop import train
+    weights = str(tmp_path / "start.safetensors")
+    shutil.copy(os.path.join(source["oc"], "open_clip_model.safetensors"), weights)
+    tiny_recipe["model"]["towers"] = {"image": {"pretrained": weights}}
+    tiny_recipe["train"].update(max_steps=2, checkpoint_every=2)
+    train(parse_recipe(tiny_recipe), progress=False)
+    os.remove(weights)
+    tiny_recipe["train"].update(max_steps=3)
+    train(parse_recipe(tiny_recipe), progress=False)
+    assert os.path.isdir(os.path.join(tiny_recipe["output_dir"], "checkpoints", "step-00000003"))
+    tiny_recipe.update(output_dir=str(tmp_path / "fresh"))
+    with pytest.raises(ConfigError, match=r"model.towers.image.pretrained: no such file or folder .*start.safetensors"):
+        train(parse_recipe(tiny_recipe), progress=False)

@@ -171,3 +171,46 @@ def test_export_and_load_during_a_run_read_its_last_complete_checkpoint_and_say_
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_another_librarys_model_is_named_with_how_align_takes_it(tmp_path):
+    """An open_clip folder, a Hugging Face folder (its model.safetensors made it look like an align checkpoint:
+    `cannot find the run's config.yaml at PARENT/config.yaml`) or a weights file given to align.load / init_from."""
+    oc, hf, ckpt = tmp_path / "oc", tmp_path / "hf", tmp_path / "ckpt"
+    for d, files in ((oc, ("open_clip_config.json", "open_clip_model.safetensors")),
+                     (hf, ("config.json", "model.safetensors")), (ckpt, (rundir.STATE, rundir.MODEL))):
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("{}")
+    with pytest.raises(AlignError, match=f"not an align run, checkpoint or export but an open_clip folder: load it as "
+                                         f"local-dir:{oc}"):
+        rundir.locate(str(oc))
+    with pytest.raises(AlignError, match=r"but a Hugging Face model folder \(config.json\): it is a tower of its own"):
+        rundir.locate(str(hf))
+    with pytest.raises(AlignError, match="but a weights file: an open_clip checkpoint is benchmarked as open_clip:"):
+        rundir.locate(str(oc / "open_clip_model.safetensors"))
+    with pytest.raises(AlignError, match=f"but a file of one: load its folder {ckpt}"):
+        rundir.locate(str(ckpt / rundir.MODEL))
+
+
+def test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere(tmp_path, monkeypatch):
+    """A recipe naming its open_clip JSON and a Hugging Face folder relative to where `align train` ran wrote them
+    so into RUN/config.yaml: align.load / export from another directory said `no such file 'arch.json'`."""
+    import yaml
+    from align.config import parse_recipe
+    from align.model import build_model
+    from align.train.setup import write_config
+    from tests.conftest import TINY_OPEN_CLIP
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "hf_folder").mkdir(parents=True)
+    elsewhere.mkdir()
+    (work / "arch.json").write_text(json.dumps({"model_cfg": dict(TINY_OPEN_CLIP, embed_dim=16)}))
+    monkeypatch.chdir(work)
+    r = parse_recipe({"output_dir": "run", "model": {"open_clip": "arch.json", "towers": {"audio": {
+        "type": "hf_audio", "model": "hf_folder"}}}, "loss": {"pairs": [["image", "text"]]}, "train": {"max_steps": 1}})
+    write_config(r, True)
+    monkeypatch.chdir(elsewhere)
+    cfg = yaml.safe_load(open(work / "run" / rundir.CONFIG))
+    assert cfg["model"]["towers"]["audio"]["model"] == str(work / "hf_folder")
+    del cfg["model"]["towers"]["audio"]
+    build_model(parse_recipe(cfg).model)           # the open_clip JSON is found from another directory
