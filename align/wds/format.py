@@ -77,9 +77,9 @@ def group_samples(members: Iterable[tuple[str, _T]],
     A repeated extension within one sample is not a new sample: it is reported to on_duplicate(name)
     and dropped (the first one is kept).  A member that belongs to no sample (no extension, or a name
     starting with '.', such as `.DS_Store` or macOS's `._x.jpg`) is reported to on_ignored(name), so a
-    reader can count it; webdataset's `__*__` metadata members are not reported.  When the member stream raises (a damaged tar), the sample
-    being read is dropped unless the exception's `member` names a member of a *later* sample, which
-    proves it complete; then it is yielded and the exception re-raised.
+    reader can count it; webdataset's `__*__` metadata members are not reported.  When the member stream
+    raises (a damaged tar), the sample being read is dropped unless the exception's `member` names a member
+    of a *later* sample, which proves it complete; then it is yielded and the exception re-raised.
     """
     current: dict | None = None
     try:

@@ -195,9 +195,8 @@ def _check(split: ValSplit, counts: dict, groups: dict) -> None:
             raise DataError(f"data.val_split.groups {', '.join(absent)} not found in {split.groups_from!r} "
                             f"({len(seen)} groups: {some or 'none'})")
     if counts["held_out"] == 0:
-        raise DataError(f"data.val_split ({split.describe()}) holds out no sample"
-                        + (f"; {counts['no_group']} samples have no {split.groups_from!r}" if counts["no_group"] else "")
-                        + _draw_hint(split, groups))
+        none = f"; {counts['no_group']} samples have no {split.groups_from!r}" if counts["no_group"] else ""
+        raise DataError(f"data.val_split ({split.describe()}) holds out no sample{none}" + _draw_hint(split, groups))
     if counts["trained"] == 0:
         raise DataError(f"data.val_split ({split.describe()}) holds out every sample: nothing is left to train on"
                         + _draw_hint(split, groups))
