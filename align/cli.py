@@ -118,9 +118,13 @@ def cmd_recipes(a):
         sys.stdout.write(text)
         return
     d = recipes_dir()
-    for name in shipped_recipes():
+    names = shipped_recipes()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
         head = recipe_header(os.path.join(d, name + ".yaml")).splitlines()
-        print(f"{name:16s} {head[0] if head else ''}")
+        first = head[0] if head else ""
+        first = first[len(name) + 2:] if first.startswith(f"{name}: ") else first   # "demo: ..." says the name again
+        print(f"{name:{width}s}  {first}")
     print(f"({d}; `align recipes --show NAME` prints one; `align train NAME` or a path to your own YAML)")
 
 

@@ -87,7 +87,11 @@ def test_recipes_come_from_the_package_or_the_checkout(monkeypatch, tmp_path, ca
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "mine.yaml").write_text("# mine: a recipe of my own\n")
     monkeypatch.setenv("ALIGN_RECIPES", str(tmp_path / "own"))
-    assert main(["recipes"]) == 0 and "mine: a recipe of my own" in capsys.readouterr().out
+    (tmp_path / "own" / "a-much-longer-recipe-name.yaml").write_text("# a-much-longer-recipe-name: the other one\n")
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # one column of names, each description after it once (names longer than 16 characters pushed theirs along)
+    assert lines[:2] == ["a-much-longer-recipe-name  the other one", "mine                       a recipe of my own"]
 
 
 def test_missing_recipes_folder_is_one_line(monkeypatch, tmp_path, capsys):

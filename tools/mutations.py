@@ -1233,4 +1233,10 @@ MUTATIONS = [
     M("rundir.relative_config_file_in_config", "align/train/rundir.py",
       '            t["config_file"] = os.path.abspath(t["config_file"])', "            pass", [RUN_ANYWHERE],
       "a relative open_clip JSON in RUN/config.yaml: align.load from another directory: no such file"),
+    M("cli.recipes_fixed_width", "align/cli.py",
+      "    width = max((len(n) for n in names), default=0)", "    width = 16",
+      ["tests/test_cli.py::test_recipes_come_from_the_package_or_the_checkout"]),
+    M("retrieval.cli.empty_modalities_read_as_all", "align/retrieval/cli.py",
+      "    if not mods:\n        raise ConfigError(f\"--modalities", "    if False:\n        raise ConfigError(f\"--modalities",
+      ["tests/retrieval/test_embed.py::test_a_modalities_list_of_nothing_is_one_line_not_all"]),
 ]

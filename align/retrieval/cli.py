@@ -63,13 +63,25 @@ def _check_filter_flags(a) -> None:
     a.precision, a.engine = a.precision or "fp32", a.engine or "torch"
 
 
+def _modalities(text):
+    """--modalities "image,text" -> ["image", "text"]; None (all) when not given; one line for a list of nothing
+    (",", " "), which read as "all"."""
+    from align.errors import ConfigError
+    if text is None:
+        return None
+    mods = [m.strip() for m in text.split(",") if m.strip()]
+    if not mods:
+        raise ConfigError(f"--modalities: a comma list of modalities (image, text, audio), got {text!r}")
+    return mods
+
+
 def cmd_embed(a):
     from align.retrieval.embed import check_out, dist_env, embed_corpus
     check_out(a.out)                                # before the model loads
     _check_batch(a)
     _check_precision(a)
+    mods = _modalities(a.modalities)
     model = _load(a)
-    mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
                      num_workers=a.num_workers, precision=a.precision, split=a.split, progress=not a.no_progress,
                      engine=a.engine)
@@ -78,7 +90,7 @@ def cmd_embed(a):
 
 def cmd_index(a):
     from align.retrieval.index_build import build_indexes, summary_line
-    mods = [m.strip() for m in a.modalities.split(",") if m.strip()] if a.modalities else None
+    mods = _modalities(a.modalities)
     for s in build_indexes(a.emb, a.out, max_memory=a.max_memory, max_latency_ms=a.max_latency_ms, kind=a.kind,
                            modalities=mods, n_queries=a.queries, refine=not a.no_refine, progress=not a.no_progress,
                            overwrite=a.overwrite):

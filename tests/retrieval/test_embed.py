@@ -336,3 +336,14 @@ def test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file
     with pytest.raises(KeyboardInterrupt):
         embed_corpus(model, str(tmp_path / "shards"), out, progress=False)
     assert sorted(os.listdir(os.path.join(out, "parts"))) == part0
+
+
+@pytest.mark.parametrize("command", ["embed", "index"])
+def test_a_modalities_list_of_nothing_is_one_line_not_all(tmp_path, capsys, monkeypatch, command):
+    """`--modalities ","` (or " ") read as "every modality"."""
+    from align.retrieval import cli as rcli
+    monkeypatch.setattr(rcli, "_load", lambda a: pytest.fail("the model was loaded before --modalities was checked"))
+    args = (["embed", "m", "--data", str(tmp_path)] if command == "embed" else ["index", str(tmp_path)])
+    assert main(args + ["--out", str(tmp_path / "o"), "--modalities", " , "]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["align: error: --modalities: a comma list of modalities (image, text, audio), got ' , '"]
