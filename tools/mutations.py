@@ -1239,4 +1239,7 @@ MUTATIONS = [
     M("retrieval.cli.empty_modalities_read_as_all", "align/retrieval/cli.py",
       "    if not mods:\n        raise ConfigError(f\"--modalities", "    if False:\n        raise ConfigError(f\"--modalities",
       ["tests/retrieval/test_embed.py::test_a_modalities_list_of_nothing_is_one_line_not_all"]),
+    M("rundir.inline_hf_text_folder_relative", "align/train/rundir.py",
+      "                text_cfg[key] = os.path.abspath(text_cfg[key])", "                pass",
+      ["tests/train/test_rundir.py::test_an_inline_configs_local_hf_text_folders_are_made_absolute"]),
 ]

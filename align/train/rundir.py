@@ -230,11 +230,17 @@ def absolute_model_paths(recipe: dict) -> dict:
     m = recipe.get("model") or {}
     if isinstance(m.get("open_clip"), str) and m["open_clip"].endswith(".json") and os.path.isfile(m["open_clip"]):
         m["open_clip"] = os.path.abspath(m["open_clip"])
+    configs = [m.get("open_clip")]                    # inline open_clip configs: their HF text folders
     for t in (m.get("towers") or {}).values():
         if isinstance(t.get("config_file"), str) and os.path.isfile(t["config_file"]):
             t["config_file"] = os.path.abspath(t["config_file"])
         if t.get("type") in HF_TOWERS and isinstance(t.get("model"), str) and os.path.isdir(t["model"]):
             t["model"] = os.path.abspath(t["model"])
+        configs.append(t.get("config"))
+    for text_cfg in (c.get("text_cfg") for c in configs if isinstance(c, dict)):
+        for key in ("hf_model_name", "hf_tokenizer_name"):
+            if isinstance(text_cfg, dict) and isinstance(text_cfg.get(key), str) and os.path.isdir(text_cfg[key]):
+                text_cfg[key] = os.path.abspath(text_cfg[key])
     return recipe
 
 

@@ -214,3 +214,15 @@ def test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_fr
     assert cfg["model"]["towers"]["audio"]["model"] == str(work / "hf_folder")
     del cfg["model"]["towers"]["audio"]
     build_model(parse_recipe(cfg).model)           # the open_clip JSON is found from another directory
+
+
+def test_an_inline_configs_local_hf_text_folders_are_made_absolute(tmp_path, monkeypatch):
+    """text_cfg.hf_model_name / hf_tokenizer_name naming local folders inside an inline open_clip config (the
+    model's or a tower's) stayed relative in RUN/config.yaml; a hub id (no such folder) is left as it is."""
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recipe = {"model": {"open_clip": {"text_cfg": {"hf_tokenizer_name": "tok", "hf_model_name": "org/bert"}},
+                        "towers": {"text": {"type": "open_clip", "config": {"text_cfg": {"hf_model_name": "tok"}}}}}}
+    m = rundir.absolute_model_paths(recipe)["model"]
+    assert m["open_clip"]["text_cfg"] == {"hf_tokenizer_name": str(tmp_path / "tok"), "hf_model_name": "org/bert"}
+    assert m["towers"]["text"]["config"]["text_cfg"] == {"hf_model_name": str(tmp_path / "tok")}
