@@ -34,6 +34,8 @@ OC_HF_TOKENIZER = ("tests/towers/test_open_clip_towers.py::"
                    "test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one_line")
 RUN_ANYWHERE = ("tests/train/test_rundir.py::"
                 "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
+NAN_EMB = ("tests/bench/test_embed.py::"
+           "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -628,6 +630,15 @@ MUTATIONS = [
       "    if good and len({tuple(t.shape) for t in good}) == 1:", "    if False:", ["tests/bench/test_embed.py"]),
     M("bench.embed.skips_uncounted", "align/bench/embed.py",
       "            skipped += len(errs)", "            skipped += 0", ["tests/bench/test_embed.py"]),
+    M("bench.embed.nan_embedding_unchecked", "align/bench/embed.py",
+      "    check_finite(emb.vectors, lambda r:", "    (lambda *a: None)(emb.vectors, lambda r:", [NAN_EMB],
+      "a NaN image embedding: FAISS flat ranked it as a number; index flat named a row, not the sample"),
+    M("bench.embed.nan_prompt_unchecked", "align/bench/embed.py",
+      "    check_finite(vecs, lambda r:", "    (lambda *a: None)(vecs, lambda r:", [NAN_EMB],
+      "a NaN prompt embedding: 'gallery row 1' of the class vectors, no prompt named"),
+    M("bench.embed.nan_check_never_fires", "align/bench/embed.py",
+      "    bad = ~np.isfinite(vectors).all(axis=1) if vectors.ndim == 2 else np.zeros(0, bool)",
+      "    bad = np.zeros(len(vectors), bool)", [NAN_EMB]),
     M("bench.suite.prompts_encoded_per_dataset", "align/bench/suite.py",
       "        with same_weights_prompts():", "        if True:", ["tests/bench/test_suite.py"]),
     M("bench.embed.prompt_memo_ignores_the_model", "align/bench/embed.py",
