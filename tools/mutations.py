@@ -36,6 +36,8 @@ RUN_ANYWHERE = ("tests/train/test_rundir.py::"
                 "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
 NAN_EMB = ("tests/bench/test_embed.py::"
            "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
+PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
+               "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -639,6 +641,16 @@ MUTATIONS = [
     M("bench.embed.nan_check_never_fires", "align/bench/embed.py",
       "    bad = ~np.isfinite(vectors).all(axis=1) if vectors.ndim == 2 else np.zeros(0, bool)",
       "    bad = np.zeros(len(vectors), bool)", [NAN_EMB]),
+    M("bench.linear_probe.labels_by_number", "align/bench/probe_tasks.py",
+      "    yte = _train_labels(train_dataset, dataset, yte)\n    res = linear_probe(",
+      "    res = linear_probe(", [PROBE_NAMES],
+      "val/ lacking a class folder of train/: its classes scored against train/'s by number (acc1 0.5 for 1.0)"),
+    M("bench.fusion_probe.labels_by_number", "align/bench/probe_tasks.py",
+      "    yte = _train_labels(train_dataset, dataset, yte)\n    rows = fusion_report(",
+      "    rows = fusion_report(", [PROBE_NAMES]),
+    M("bench.probe.unknown_test_class_silent", "align/bench/probe_tasks.py",
+      "        if name is None or str(name).strip().lower() not in index:",
+      "        if name is None:", [PROBE_NAMES]),
     M("bench.suite.prompts_encoded_per_dataset", "align/bench/suite.py",
       "        with same_weights_prompts():", "        if True:", ["tests/bench/test_suite.py"]),
     M("bench.embed.prompt_memo_ignores_the_model", "align/bench/embed.py",
