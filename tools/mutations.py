@@ -38,6 +38,7 @@ NAN_EMB = ("tests/bench/test_embed.py::"
            "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
+TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -655,6 +656,12 @@ MUTATIONS = [
       '        ds = r["dataset"] if n == 1 else f"{r[\'dataset\']} #{n}"', '        ds = r["dataset"]',
       ["tests/bench/test_report.py::test_a_second_result_on_one_dataset_gets_rows_of_its_own"],
       "two suite entries on one dataset: results.md kept only the second one's numbers"),
+    M("bench.index.untrainable_params_traceback", "align/bench/index.py",
+      "        check_trainable(name, index, len(rows))", "        pass", [TRAINABLE],
+      "nlist / 2**pq_nbits above the gallery's rows: a FAISS C++ assertion traceback"),
+    M("bench.index.pq_centroids_unchecked", "align/bench/index.py",
+      "    if isinstance(index, faiss.IndexIVFPQ):\n        need.append(",
+      "    if False:\n        need.append(", [TRAINABLE]),
     M("bench.suite.prompts_encoded_per_dataset", "align/bench/suite.py",
       "        with same_weights_prompts():", "        if True:", ["tests/bench/test_suite.py"]),
     M("bench.embed.prompt_memo_ignores_the_model", "align/bench/embed.py",
