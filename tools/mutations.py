@@ -640,7 +640,7 @@ MUTATIONS = [
       "    check_finite(vecs, lambda r:", "    (lambda *a: None)(vecs, lambda r:", [NAN_EMB],
       "a NaN prompt embedding: 'gallery row 1' of the class vectors, no prompt named"),
     M("bench.embed.nan_check_never_fires", "align/bench/embed.py",
-      "    bad = ~np.isfinite(vectors).all(axis=1) if vectors.ndim == 2 else np.zeros(0, bool)",
+      "    bad = ~np.isfinite(vectors.sum(axis=1, dtype=np.float64)) if vectors.ndim == 2 else np.zeros(0, bool)",
       "    bad = np.zeros(len(vectors), bool)", [NAN_EMB]),
     M("bench.linear_probe.labels_by_number", "align/bench/probe_tasks.py",
       "    yte = _train_labels(train_dataset, dataset, yte)\n    res = linear_probe(",
