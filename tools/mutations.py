@@ -34,6 +34,11 @@ OC_HF_TOKENIZER = ("tests/towers/test_open_clip_towers.py::"
                    "test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one_line")
 RUN_ANYWHERE = ("tests/train/test_rundir.py::"
                 "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
+NAN_EMB = ("tests/bench/test_embed.py::"
+           "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
+PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
+               "test_probes_match_the_test_classes_to_the_train_classes_by_name")
+TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -628,6 +633,35 @@ MUTATIONS = [
       "    if good and len({tuple(t.shape) for t in good}) == 1:", "    if False:", ["tests/bench/test_embed.py"]),
     M("bench.embed.skips_uncounted", "align/bench/embed.py",
       "            skipped += len(errs)", "            skipped += 0", ["tests/bench/test_embed.py"]),
+    M("bench.embed.nan_embedding_unchecked", "align/bench/embed.py",
+      "    check_finite(emb.vectors, lambda r:", "    (lambda *a: None)(emb.vectors, lambda r:", [NAN_EMB],
+      "a NaN image embedding: FAISS flat ranked it as a number; index flat named a row, not the sample"),
+    M("bench.embed.nan_prompt_unchecked", "align/bench/embed.py",
+      "    check_finite(vecs, lambda r:", "    (lambda *a: None)(vecs, lambda r:", [NAN_EMB],
+      "a NaN prompt embedding: 'gallery row 1' of the class vectors, no prompt named"),
+    M("bench.embed.nan_check_never_fires", "align/bench/embed.py",
+      "    bad = ~np.isfinite(vectors.sum(axis=1, dtype=np.float64)) if vectors.ndim == 2 else np.zeros(0, bool)",
+      "    bad = np.zeros(len(vectors), bool)", [NAN_EMB]),
+    M("bench.linear_probe.labels_by_number", "align/bench/probe_tasks.py",
+      "    yte = _train_labels(train_dataset, dataset, yte)\n    res = linear_probe(",
+      "    res = linear_probe(", [PROBE_NAMES],
+      "val/ lacking a class folder of train/: its classes scored against train/'s by number (acc1 0.5 for 1.0)"),
+    M("bench.fusion_probe.labels_by_number", "align/bench/probe_tasks.py",
+      "    yte = _train_labels(train_dataset, dataset, yte)\n    rows = fusion_report(",
+      "    rows = fusion_report(", [PROBE_NAMES]),
+    M("bench.probe.unknown_test_class_silent", "align/bench/probe_tasks.py",
+      "        if name is None or str(name).strip().lower() not in index:",
+      "        if name is None:", [PROBE_NAMES]),
+    M("bench.report.second_result_overwrites_the_first", "align/bench/report.py",
+      '        ds = r["dataset"] if n == 1 else f"{r[\'dataset\']} #{n}"', '        ds = r["dataset"]',
+      ["tests/bench/test_report.py::test_a_second_result_on_one_dataset_gets_rows_of_its_own"],
+      "two suite entries on one dataset: results.md kept only the second one's numbers"),
+    M("bench.index.untrainable_params_traceback", "align/bench/index.py",
+      "        check_trainable(name, index, len(rows))", "        pass", [TRAINABLE],
+      "nlist / 2**pq_nbits above the gallery's rows: a FAISS C++ assertion traceback"),
+    M("bench.index.pq_centroids_unchecked", "align/bench/index.py",
+      "    if isinstance(index, faiss.IndexIVFPQ):\n        need.append(",
+      "    if False:\n        need.append(", [TRAINABLE]),
     M("bench.suite.prompts_encoded_per_dataset", "align/bench/suite.py",
       "        with same_weights_prompts():", "        if True:", ["tests/bench/test_suite.py"]),
     M("bench.embed.prompt_memo_ignores_the_model", "align/bench/embed.py",

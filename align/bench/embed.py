@@ -172,6 +172,18 @@ def _encode(model, modality: str, batch, device, precision: str = "fp32") -> np.
 
 
 # ------------------------------------------------------------------- caching
+def check_finite(vectors: np.ndarray, name, what: str, precision: str) -> None:
+    """One line (DataError) naming the first row of `vectors` [N, D] with a NaN or inf, by name(row): a NaN
+    embedding (e.g. an fp16 overflow) would otherwise be ranked as a number by FAISS, or refused later by row
+    number in another array. Checked before anything is cached. By the float64 row sums: the rows are
+    L2-normalised (|x| <= 1, no overflow), so a row is finite iff its sum is, without an [N, D] bool array."""
+    bad = ~np.isfinite(vectors.sum(axis=1, dtype=np.float64)) if vectors.ndim == 2 else np.zeros(0, bool)
+    if bad.any():
+        hint = "; encode in fp32 (--precision fp32)" if precision != "fp32" else ""
+        raise DataError(f"{what} {name(int(np.flatnonzero(bad)[0]))} is NaN or inf ({int(bad.sum())} of "
+                        f"{len(vectors)} rows){hint}")
+
+
 def _cache_paths(cache_dir: str, model_fp: str, data_fp: str, modality: str):
     d = os.path.join(cache_dir, model_fp, data_fp)
     return d, os.path.join(d, f"{modality}.npy"), os.path.join(d, f"{modality}.ids.npy"), \
@@ -292,6 +304,8 @@ def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Opt
         emb = _embed_captions(model, dataset, batch_size, device, progress, precision)
     else:
         emb = _embed_media(model, dataset, modality, batch_size, device, num_workers, progress, precision)
+    check_finite(emb.vectors, lambda r: f"sample {dataset.items[emb.ids[r]].key!r}",
+                 f"dataset {dataset.path!r}: the model's {modality} embedding of", precision)
     if len(emb.vectors) == 0:
         first = emb.errors[0] if emb.errors else f"no item has {modality}"
         raise DataError(f"dataset {dataset.path!r}: no {modality} could be encoded ({first})")
@@ -408,6 +422,7 @@ def _embed_texts_cached(model, texts, h, cache_dir, batch_size, device, progress
         if hit is not None:
             return hit.vectors
     vecs = _embed_text_list(model, texts, batch_size, model_device(model, device), progress, desc, precision)
+    check_finite(vecs, lambda r: f"prompt {texts[r]!r}", "the model's text embedding of", precision)
     if paths is not None:
         meta = {"model": getattr(model, "name", ""), "dataset": "prompts", "modality": "text"}
         _store(paths, Embeddings(vecs, np.arange(len(texts), dtype=np.int64)), meta)

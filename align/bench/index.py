@@ -132,6 +132,20 @@ def training_rows(index: faiss.Index, n: int, train_size: Optional[int] = None, 
     return sample_rows(n, min(n, int(train_size or max(40 * nlist, 10000))), seed)
 
 
+def check_trainable(name: str, index: faiss.Index, n_train: int) -> None:
+    """One line (ConfigError) when k-means cannot train `index` on n_train rows: nlist lists, or 2**pq_nbits
+    centroids per sub-quantizer, need at least that many rows (FAISS stops with a C++ assertion traceback)."""
+    need = [("nlist", int(faiss.extract_index_ivf(index).nlist), "lists")]
+    if isinstance(index, faiss.IndexIVFPQ):
+        need.append(("pq_nbits", 2 ** int(index.pq.nbits), "centroids per sub-quantizer"))
+    for param, k, what in need:
+        if n_train < k:
+            value = k if param == "nlist" else int(math.log2(k))
+            raise ConfigError(f"index {name}: {param}={value} ({k} {what}) needs at least {k} rows to train on, the "
+                              f"gallery gives {n_train}; lower {param} or use index flat (exact) for a gallery "
+                              f"this small")
+
+
 def build_index(name: str, gallery: np.ndarray, *, train_size: Optional[int] = None, seed: int = 0,
                 add_batch: int = 65536, progress: bool = False, **params) -> faiss.Index:
     """Create index `name` for gallery [N, D] float32, train it on a sample if needed, and add the gallery."""
@@ -143,6 +157,7 @@ def build_index(name: str, gallery: np.ndarray, *, train_size: Optional[int] = N
     index = create_index(name, d, n, **params)
     rows = training_rows(index, n, train_size, seed)
     if rows is not None:
+        check_trainable(name, index, len(rows))
         index.train(_f32(gallery if len(rows) == n else gallery[rows]))
     for s in tqdm(range(0, n, add_batch), desc=f"index {name}: add", disable=not progress or n <= add_batch):
         index.add(_f32(gallery[s:s + add_batch]))

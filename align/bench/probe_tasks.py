@@ -48,6 +48,27 @@ def _aligned(model, ds, modalities: Sequence[str], ctx: dict, need_label: bool =
     return {m: np.stack([per[m][i] for i in keep]) for m in modalities}, labels[keep]
 
 
+def _train_labels(train_ds, test_ds, yte: np.ndarray) -> np.ndarray:
+    """The test split's labels in the train split's numbering, matched by class name (trimmed, lower case) when
+    both datasets name their classes: two image folders with different class folders (val/ lacking one of
+    train/'s) number the same class differently. Labels stay as they are when either has no class names."""
+    tn, sn = train_ds.classnames, test_ds.classnames
+    if not tn or not sn or list(tn) == list(sn):
+        return yte
+    index: Dict[str, int] = {}
+    for i, name in enumerate(tn):
+        index.setdefault(str(name).strip().lower(), i)
+    out = np.empty_like(yte)
+    for j, label in enumerate(yte):
+        name = sn[label] if 0 <= label < len(sn) else None
+        if name is None or str(name).strip().lower() not in index:
+            raise DataError(f"dataset {test_ds.path!r}: class {name!r} (label {int(label)}) is not a class of the "
+                            f"train dataset {train_ds.path!r} ({len(tn)} classes: {', '.join(map(str, tn[:5]))}"
+                            f"{', ...' if len(tn) > 5 else ''})")
+        out[j] = index[str(name).strip().lower()]
+    return out
+
+
 def _numeric(d: dict) -> dict:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float, np.floating, np.integer))
             and not isinstance(v, bool)}
@@ -58,6 +79,7 @@ def run_linear_probe(model, entry: dict, *, dataset, train_dataset, **ctx) -> di
     m = entry.get("modality", "image")
     tr, ytr = _aligned(model, train_dataset, [m], ctx)
     te, yte = _aligned(model, dataset, [m], ctx)
+    yte = _train_labels(train_dataset, dataset, yte)
     res = linear_probe(tr[m], ytr, te[m], yte, seed=entry.get("seed", 0), progress=ctx.get("progress", True))
     keep = {k: res[k] for k in ("acc1", "acc5", "mean_per_class_recall", "best_C") if k in res}
     return make_result(dataset=dataset.name, model=model, task="linear_probe", metrics=_numeric(keep),
@@ -77,6 +99,7 @@ def run_fusion_probe(model, entry: dict, *, dataset, train_dataset, **ctx) -> di
     mods, methods = _fusion_params(entry)
     tr, ytr = _aligned(model, train_dataset, mods, ctx)
     te, yte = _aligned(model, dataset, mods, ctx)
+    yte = _train_labels(train_dataset, dataset, yte)
     rows = fusion_report(tr, ytr, te, yte, methods=methods, progress=ctx.get("progress", True),
                          seed=entry.get("seed", 0))
     metrics = {}

@@ -204,13 +204,19 @@ def setting(result: dict) -> str:
 
 def markdown_table(results: Sequence[dict]) -> str:
     """Models side by side: one row per (dataset, task, setting, metric), one column per model; fractions in %
-    (is_fraction), counts and hyperparameters as they are."""
+    (is_fraction), counts and hyperparameters as they are. A model's second result for one (dataset, task,
+    setting) -- two suite entries on one dataset with other templates or another index -- gets rows of its own,
+    the dataset cell marked '#2' (then '#3'), not the first result's cells overwritten."""
     labels = _labels(results)
     cols = list(labels.values())
     table: Dict[tuple, Dict[str, float]] = {}
+    seen: Dict[tuple, int] = {}
     for r in results:
+        col, where = labels[(r["model"], r["pretrained"])], (r["dataset"], r["task"], setting(r))
+        n = seen[(where, col)] = seen.get((where, col), 0) + 1
+        ds = r["dataset"] if n == 1 else f"{r['dataset']} #{n}"
         for k, v in r.get("metrics", {}).items():
-            table.setdefault((r["dataset"], r["task"], setting(r), k), {})[labels[(r["model"], r["pretrained"])]] = v
+            table.setdefault((ds, r["task"], where[2], k), {})[col] = v
     lines = ["| dataset | task | modalities | metric | " + " | ".join(cols) + " |",
              "|---|---|---|---|" + "---:|" * len(cols)]
     for (ds, task, where, k), vals in table.items():

@@ -110,6 +110,37 @@ def test_broken_samples_are_skipped_and_counted(tmp_path, fake_model, capsys):
     assert again.cached and again.skipped == 1 and again.errors == e.errors
 
 
+class _NanModel(FakeModel):
+    """Image row 2 of every batch and the embedding of any prompt with 'class1' are NaN (an fp16 overflow)."""
+
+    def encode_image(self, x):
+        out = super().encode_image(x)
+        if len(out) > 2:
+            out[2] = float("nan")
+        return out
+
+    def encode_text(self, tokens):
+        out = super().encode_text(tokens)
+        out[(tokens == self.tokenize(["class1"])[0, 0]).any(1)] = float("inf")
+        return out
+
+
+def test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached(tmp_path):
+    """Before: FAISS's flat index ranked NaN image rows as numbers (acc1 came out) and index flat named
+    'query row 1' of the labelled subset, no sample; a NaN prompt was 'gallery row 1' of the class vectors."""
+    ds = open_dataset(classification_wds(tmp_path / "d", n=6, n_classes=3), "wds")
+    cache = tmp_path / "c"
+    for index in ("flat_faiss", "flat"):
+        with pytest.raises(DataError, match=r"image embedding of sample '0\.tar:s0000002' is NaN or inf "
+                                            r"\(1 of 6 rows\)$"):
+            zeroshot_classification(_NanModel(), ds, index=index, cache_dir=str(cache), progress=False)
+    assert not list(cache.rglob("image.npy"))
+    with pytest.raises(DataError, match="text embedding of prompt 'a photo of a class1 thing7.' is NaN or inf"):
+        embed_texts(_NanModel(), ["a photo of a class0", "a photo of a class1 thing7."], progress=False)
+    with pytest.raises(DataError, match="fp32"):
+        embed_dataset(_NanModel(), ds, "image", precision="bf16", progress=False)
+
+
 def test_nothing_decodable_is_a_data_error(tmp_path, fake_model):
     ds = open_dataset(write_wds(tmp_path / "d", [("a", {"png": b"junk", "cls": "0"})]), "wds")
     with pytest.raises(DataError, match="no image could be encoded.*cannot decode image"):

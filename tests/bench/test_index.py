@@ -108,6 +108,21 @@ def test_defaults_and_bad_params():
         build_index("flat", np.zeros((0, 4), np.float32))
 
 
+def test_lists_or_centroids_more_than_the_gallery_rows_are_one_line():
+    """Before: FAISS's C++ assertion as a RuntimeError traceback ('Error in void faiss::Clustering::train_encoded
+    ... Number of training points (100) should be at least as large as number of clusters (256)'): a suite's
+    index_params on a 100-class zero-shot, or ivfpq's defaults on a one-item gallery."""
+    g = _norm(np.random.default_rng(0).standard_normal((100, 16)))
+    with pytest.raises(ConfigError, match=r"^index ivfpq: pq_nbits=8 \(256 centroids per sub-quantizer\) needs at "
+                                          r"least 256 rows to train on, the gallery gives 100; lower pq_nbits"):
+        build_index("ivfpq", g, pq_nbits=8)
+    with pytest.raises(ConfigError, match=r"^index ivf: nlist=200 \(200 lists\) needs at least 200 rows"):
+        build_index("ivf", g, nlist=200)
+    with pytest.raises(ConfigError, match=r"^index ivfpq: pq_nbits=1 .* the gallery gives 1; .*index flat"):
+        build_index("ivfpq", g[:1])
+    assert build_index("ivfpq", g, pq_nbits=6).ntotal == 100 and build_index("ivf", g, nlist=100).ntotal == 100
+
+
 def test_list_major_ivf_search_gives_faiss_results(monkeypatch):
     g = _clustered(6000, 32, 50, seed=6)
     q = _norm(_clustered(3000, 32, 50, seed=6) + 0.1 * np.random.default_rng(7).standard_normal((3000, 32)))

@@ -86,3 +86,37 @@ def test_fusion_and_cca_runners_equal_direct_calls(tmp_path):
     recalls = [k for k in ref if "_recall@" in k]
     assert len(recalls) == 6 and {k: got[k] for k in recalls} == {k: ref[k] for k in recalls}
     assert got["mean_canonical_corr"] == ref["mean_canonical_corr"]
+
+
+def _colour_folders(root, split, classes, n, rng):
+    """An image folder whose classes are solid colours with noise: linearly separable for FakeModel."""
+    from PIL import Image
+    colour = {"cat": (255, 0, 0), "dog": (0, 255, 0), "fish": (0, 0, 255)}
+    for c in classes:
+        os.makedirs(root / split / c)
+        for j in range(n):
+            a = np.array(colour[c])[None, None] * 0.8 + rng.integers(0, 50, (8, 8, 3))
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(root / split / c / f"{j}.png")
+
+
+def test_probes_match_the_test_classes_to_the_train_classes_by_name(tmp_path):
+    """val/ lacks train/'s 'dog' folder, so its 'fish' is label 1 there and 2 in train/. Before: labels were matched
+    by number (val fish scored as train dog): acc1 0.5 on colours any probe separates; now 1.0. A val class train/
+    lacks is one line naming it."""
+    import pytest
+    from align.bench.datasets import open_imagefolder
+    from align.errors import DataError
+    rng = np.random.default_rng(0)
+    _colour_folders(tmp_path, "train", ["cat", "dog", "fish"], 6, rng)
+    _colour_folders(tmp_path, "val", ["cat", "fish"], 4, rng)
+    tr, va = open_imagefolder(str(tmp_path / "train")), open_imagefolder(str(tmp_path / "val"))
+    model = FakeModel(name="fake")
+    lp = BENCHMARKS.get("linear_probe")(model, {"modality": "image"}, dataset=va, train_dataset=tr, progress=False)
+    fp = BENCHMARKS.get("fusion_probe")(model, {"modalities": ["image"], "methods": ["concat"]}, dataset=va,
+                                        train_dataset=tr, progress=False)
+    assert lp["metrics"]["acc1"] == 1.0 and fp["metrics"]["image/acc1"] == 1.0
+    _colour_folders(tmp_path, "train2", ["cat", "dog"], 2, rng)
+    with pytest.raises(DataError, match=r"val': class 'fish' \(label 1\) is not a class of the train dataset "
+                                        r".*train2' \(2 classes: cat, dog\)"):
+        BENCHMARKS.get("linear_probe")(model, {"modality": "image"}, dataset=va,
+                                       train_dataset=open_imagefolder(str(tmp_path / "train2")), progress=False)

@@ -36,3 +36,18 @@ def test_counts_and_hyperparameters_are_not_scaled(tmp_path):
     assert "acc1=50.00, mean_per_class_recall=12.50" in summary_line(lp)
     write_markdown([r], str(tmp_path / "results.md"))
     assert "| n_train | 300 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_second_result_on_one_dataset_gets_rows_of_its_own():
+    """Two suite entries on one dataset (other templates, another index), two models: before, the second entry's
+    numbers overwrote the first's cells (acc1 20.00 / 30.00 vanished from results.md without a word)."""
+    def res(model, acc1):
+        return {"dataset": "cls", "model": model, "pretrained": "p", "task": "zeroshot_classification",
+                "modality": "image", "metrics": {"acc1": acc1}}
+
+    table = markdown_table([res("a", 0.2), res("a", 0.25), res("b", 0.3), res("b", 0.35)])
+    rows = [line for line in table.splitlines() if "acc1" in line]
+    assert rows == ["| cls | zeroshot_classification | image | acc1 | 20.00 | 30.00 |",
+                    "| cls #2 | zeroshot_classification | image | acc1 | 25.00 | 35.00 |"]
+    one = markdown_table([res("a", 0.2), {**res("a", 0.5), "modality": "audio"}])   # other settings: one row each
+    assert "| cls | zeroshot_classification | audio | acc1 | 50.00 |" in one and "#2" not in one
