@@ -526,6 +526,22 @@ MUTATIONS = [
       "            self._final.__enter__()", "            pass",
       ["tests/train/test_guard.py::"
        "test_after_the_last_step_the_watchdog_gives_no_verdict_but_keeps_writing_its_heartbeat"]),
+    # -- a full disk seen by one rank while a checkpoint is written ------------------------------------------
+    M("checkpoint.failed_part_said_at_once", "align/train/checkpoint.py",
+      "        code, own = 2 * (rank + 1) + int(is_storage_error(exn)), exn", "        raise",
+      ["tests/train/test_checkpoint.py::"
+       "test_a_full_disk_seen_by_one_rank_ends_every_rank_with_one_line_and_no_partial_checkpoint"],
+      "rank 1 removed the partial dir under rank 0 (a bare 'No such file or directory' traceback there)"),
+    M("checkpoint.dcp_failure_as_checkpoint_exception", "align/train/checkpoint.py",
+      "            if rank in exn.failures:", "            raise",
+      ["tests/train/test_checkpoint.py::"
+       "test_a_full_disk_in_one_ranks_dcp_shards_is_its_one_line_not_a_checkpoint_exception"],
+      "fsdp: a full disk in one rank's DCP shards was a CheckpointException traceback on every rank, .tmp left"),
+    M("setup.checkpoint_failure_not_agreed", "align/train/setup.py",
+      "agree=eng.watch.most, ", "",
+      ["tests/train/test_faults_multiprocess.py::"
+       "test_a_full_disk_seen_by_one_rank_ends_both_with_one_line_each_then_resume_matches"],
+      "rank 0 renames a checkpoint whose rank-1 part failed into place", slow=True),
     M("loop.final_save_unwatched", "align/train/loop.py",
       "        watch.finish()", "        watch.stop()",
       ["tests/train/test_faults_multiprocess.py::"

@@ -308,14 +308,19 @@ class StepWatch:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any: after work that only some ranks did (long timeout)."""
+        return bool(self.most(int(bool(flag))))
+
+    def most(self, value: int) -> int:
+        """The largest of the ranks' `value`s on every rank (a barrier too), however long the others' own work took:
+        how a checkpoint write learns that some rank failed its part (align.train.checkpoint)."""
         if self._group is None:
-            return bool(flag)
+            return all_ranks_max(int(value))      # not started: the default group, or one process
         import torch
         import torch.distributed as dist
-        t = torch.tensor([int(bool(flag))])
+        t = torch.tensor([int(value)])
         with self.others_alive("the other ranks' own work"):
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(t.item())
+        return int(t.item())
 
     def share(self, value: Optional[float]) -> Optional[float]:
         """Rank 0's number (None: none) on every rank, over the long-timeout group: a result only rank 0 computed."""

@@ -7,6 +7,8 @@
                                     after writing "PID TIME" to ALIGN_TEST_STOPPED_PID (the test's cleanup)
     ALIGN_TEST_KILL_STAMP=FILE      ... after writing the time of death to FILE (the bounded-exit tests)
     ALIGN_TEST_SIGKILL_IN_SAVE=NAME a rank > 0 dies while writing checkpoint NAME, its part written
+    ALIGN_TEST_ENOSPC_IN_SAVE=NAME  rank ALIGN_TEST_SIGKILL_RANK (default 1) alone gets ENOSPC for its part of
+                                    checkpoint NAME (a full disk only one rank sees)
     ALIGN_TEST_SIGSTOP_IN_SAVE=NAME rank ALIGN_TEST_SIGKILL_RANK (default 1) stops (SIGSTOP) there instead, after
                                     writing "PID TIME" to ALIGN_TEST_STOPPED_PID (a node frozen mid-write)
     ALIGN_TEST_KILL_DATA_WORKER_AT_STEP=N  SIGKILL one of this process's data workers right after step N (as
@@ -29,6 +31,7 @@ SIGKILL_RANK = "ALIGN_TEST_SIGKILL_RANK"
 KILL_STAMP = "ALIGN_TEST_KILL_STAMP"
 SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
 SIGSTOP_IN_SAVE = "ALIGN_TEST_SIGSTOP_IN_SAVE"
+ENOSPC_IN_SAVE = "ALIGN_TEST_ENOSPC_IN_SAVE"
 RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
 SIGTERM_AT_STEP = "ALIGN_TEST_SIGTERM_AT_STEP"     # a scheduler's SIGTERM, arriving during that step
 KILL_DATA_WORKER_AT_STEP = "ALIGN_TEST_KILL_DATA_WORKER_AT_STEP"
@@ -47,6 +50,13 @@ def kill_in_save(name: str, rank: int) -> None:
         _die()
     if os.environ.get(SIGSTOP_IN_SAVE) == name and os.environ.get(SIGKILL_RANK, "1") == str(rank):
         _stop()
+
+
+def full_disk_in_save(name: str, rank: int) -> None:
+    """Called by save_checkpoint once this rank's part is written, as a failed write of it."""
+    if os.environ.get(ENOSPC_IN_SAVE) == name and os.environ.get(SIGKILL_RANK, "1") == str(rank):
+        import errno
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{ENOSPC_IN_SAVE}={name}")
 
 
 def _stop() -> None:

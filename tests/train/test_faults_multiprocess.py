@@ -138,6 +138,27 @@ def test_a_rank_stopped_in_the_final_checkpoint_write_is_named_by_rank0_then_res
 
 
 @pytest.mark.slow
+def test_a_full_disk_seen_by_one_rank_ends_both_with_one_line_each_then_resume_matches(ddp_ref, tmp_path):
+    """Rank 1 alone gets ENOSPC for its part of step-4: each rank says one line and exits 74 (before, rank 1 removed
+    the partial dir under rank 0, which crashed with a bare traceback); step-2 stays the newest, resume matches."""
+    base, ref = ddp_ref
+    path = write_recipe(base, tmp_path, "full")
+    res = launch(path, {"ALIGN_TEST_ENOSPC_IN_SAVE": "step-00000004"})
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "[rank0]: Traceback" not in out and "[rank1]: Traceback" not in out, out[-3000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("align: error: ")]
+    assert len(lines) == 2 and any("No space left on device" in ln for ln in lines), out[-3000:]
+    assert any("rank 1 could not write its part" in ln for ln in lines), lines
+    assert "(exitcode: 74)" in out, out[-3000:]                     # torchrun's report of the first failure
+    assert sorted(os.listdir(tmp_path / "full" / "checkpoints")) == ["step-00000002"]
+
+    resumed = launch(path)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "step-00000002" in out, out[-2000:]
+    assert_same_weights(final_weights(ref), final_weights(tmp_path / "full"))
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_checkpoints_every_rank_at_one_step_and_resume_matches(ddp_ref, tmp_path):
     base, ref = ddp_ref
     path = write_recipe(base, tmp_path, "term")
