@@ -542,6 +542,10 @@ MUTATIONS = [
       ["tests/train/test_faults_multiprocess.py::"
        "test_a_full_disk_seen_by_one_rank_ends_both_with_one_line_each_then_resume_matches"],
       "rank 0 renames a checkpoint whose rank-1 part failed into place", slow=True),
+    M("guard.peer_signal_unnamed", "align/train/guard.py",
+      "        if got and not mine:", "        if False:",
+      ["tests/train/test_guard.py::test_a_rank_that_got_no_signal_names_the_one_another_rank_got"],
+      "SIGTERM to rank 1 only: rank 0 said 'preempted (none)'"),
     M("loop.final_save_unwatched", "align/train/loop.py",
       "        watch.finish()", "        watch.stop()",
       ["tests/train/test_faults_multiprocess.py::"

@@ -57,6 +57,7 @@ class Preemption:
 
     def __init__(self):
         self.signal: Optional[int] = None
+        self.peer_signal: Optional[int] = None    # another rank's, learnt in `agreed`
         self._previous = {}
 
     def install(self) -> "Preemption":
@@ -80,12 +81,20 @@ class Preemption:
         return self.signal is not None
 
     def agreed(self, reduce_max: Optional[Callable] = None) -> bool:
-        """True on every rank when any rank was signalled: `reduce_max(int) -> int` is the all-reduce."""
-        flag = int(self.requested)
-        return bool(reduce_max(flag)) if reduce_max is not None else bool(flag)
+        """True on every rank when any rank was signalled: `reduce_max(int) -> int` is the all-reduce (of the
+        signal numbers, so that a rank that got none can say which one stopped the run)."""
+        mine = int(self.signal or 0)
+        got = reduce_max(mine) if reduce_max is not None else mine
+        if got and not mine:
+            self.peer_signal = got
+        return bool(got)
 
     def name(self) -> str:
-        return signal.Signals(self.signal).name if self.signal else "none"
+        if self.signal:
+            return signal.Signals(self.signal).name
+        if self.peer_signal:
+            return f"{signal.Signals(self.peer_signal).name} to another rank"
+        return "none"
 
 
 class Preempted(AlignError):

@@ -35,6 +35,15 @@ def test_every_rank_agrees_when_any_rank_was_signalled():
     assert [r.agreed(reduce_max) for r in ranks] == [False, False]
 
 
+def test_a_rank_that_got_no_signal_names_the_one_another_rank_got():
+    """SIGTERM to rank 1 only (as some schedulers do): rank 0's preemption line said "preempted (none)"."""
+    ranks = [Preemption(), Preemption()]
+    ranks[1].signal = signal.SIGTERM
+    reduce_max = lambda n: max(int(r.signal or 0) for r in ranks)     # all_reduce(MAX) of the signal numbers
+    assert [r.agreed(reduce_max) for r in ranks] == [True, True]
+    assert [r.name() for r in ranks] == ["SIGTERM to another rank", "SIGTERM"]
+
+
 def test_the_watchdog_names_the_rank_whose_heartbeat_stopped(tmp_path):
     hung = []
     r0 = Watchdog(str(tmp_path), rank=0, world_size=2, timeout_s=0.5, on_hang=hung.append, poll_s=0.05)
