@@ -546,6 +546,11 @@ MUTATIONS = [
       "        if got and not mine:", "        if False:",
       ["tests/train/test_guard.py::test_a_rank_that_got_no_signal_names_the_one_another_rank_got"],
       "SIGTERM to rank 1 only: rank 0 said 'preempted (none)'"),
+    M("guard.peer_lost_traceback", "align/train/guard.py",
+      "        if w.world == 1 or word is None:", "        if True:",
+      ["tests/train/test_guard.py::"
+       "test_a_collective_that_lost_its_peer_is_one_line_in_a_launch_and_unchanged_otherwise"],
+      "rank 1 SIGKILLed: rank 0 printed gloo's traceback ('Connection reset by peer')"),
     M("loop.final_save_unwatched", "align/train/loop.py",
       "        watch.finish()", "        watch.stop()",
       ["tests/train/test_faults_multiprocess.py::"

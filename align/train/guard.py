@@ -446,12 +446,30 @@ def collective_timeout_s(dist_timeout_s: float) -> float:
     return dist_timeout_s + min(60.0, dist_timeout_s)
 
 
+class PeerLost(AlignError):
+    """A collective failed because another rank is gone (SIGKILL, out of memory, a lost node)."""
+
+    exit_code = HUNG_EXIT
+
+
+# How gloo and NCCL word a collective whose peer process is gone.
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited")
+
+
 @contextlib.contextmanager
 def watch_steps(run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None,
                 lock_timeout_s: float = 300.0):
-    """A StepWatch for the block, stopped when it ends, normally or by an error."""
+    """A StepWatch for the block, stopped when it ends, normally or by an error. In a multi-process launch, a
+    collective that failed because another rank died is one line (PeerLost), not the backend's traceback."""
     w = StepWatch(run_dir, timeout_s, cleanup, lock_timeout_s)
     try:
         yield w
+    except RuntimeError as exn:           # torch.distributed's DistError family
+        word = next((g for g in PEER_GONE if g in str(exn)), None)
+        if w.world == 1 or word is None:
+            raise
+        raise PeerLost(f"rank {w.rank} lost its connection to another rank ({word}): that rank died (killed, out "
+                       f"of memory, or its node was lost; the launcher's report names it); resume=auto continues "
+                       f"from the last complete checkpoint") from None
     finally:
         w.stop()

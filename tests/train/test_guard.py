@@ -305,3 +305,25 @@ def test_after_the_last_step_the_watchdog_gives_no_verdict_but_keeps_writing_its
         seen.add(path.read_text())
     w.stop()
     assert hung == [] and len(seen) > 3, (hung, len(seen))
+
+
+def test_a_collective_that_lost_its_peer_is_one_line_in_a_launch_and_unchanged_otherwise(tmp_path, monkeypatch):
+    """Rank 1 SIGKILLed mid-checkpoint-write: rank 0 printed gloo's 30-line traceback ('Connection reset by peer')."""
+    import pytest
+    from align.train.guard import PeerLost, watch_steps
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                        "[127.0.0.1]:25290: Connection reset by peer. This is typically caused by ...")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PeerLost) as e:
+        with watch_steps(str(tmp_path), 30.0):
+            raise gloo
+    assert str(e.value).startswith("rank 0 lost its connection to another rank (Connection reset by peer)")
+    assert "\n" not in str(e.value) and e.value.exit_code == HUNG_EXIT
+    with pytest.raises(RuntimeError, match="shape mismatch"):      # any other error passes unchanged
+        with watch_steps(str(tmp_path), 30.0):
+            raise RuntimeError("shape mismatch")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection reset by peer"):
+        with watch_steps(str(tmp_path), 30.0):
+            raise gloo
