@@ -39,6 +39,8 @@ NAN_EMB = ("tests/bench/test_embed.py::"
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
+RANK0_WATCHES = ("tests/train/test_guard.py::"
+                 "test_rank0_waiting_on_the_others_ends_the_launch_when_one_is_stopped_and_not_before")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -505,15 +507,60 @@ MUTATIONS = [
       ["tests/towers/test_rnn.py"]),
     # -- a rank 0 that stops while the others wait for it (long waits) ---------------------------------
     M("guard.rank0_unwatched_in_share_object", "align/train/guard.py",
-      'with self.rank0_alive("what rank 0 makes alone (e.g. the shards of a data.train table)"):',
+      'with self.others_alive("what rank 0 makes alone (e.g. the shards of a data.train table)"):',
       "with contextlib.nullcontext():",
       ["tests/train/test_guard.py::test_every_long_wait_of_a_step_watch_watches_rank0"],
       "rank 1 waits a day for a SIGSTOPped rank 0"),
     M("guard.rank0_unwatched_in_barrier", "align/train/guard.py",
-      'with self.rank0_alive("rank 0\'s own work (an evaluation, a checkpoint write)"):', "with contextlib.nullcontext():",
-      ["tests/train/test_guard.py::test_every_long_wait_of_a_step_watch_watches_rank0"]),
+      'with self.others_alive("the others\' own work (their part of a checkpoint, an evaluation)"):',
+      "with contextlib.nullcontext():",
+      ["tests/train/test_guard.py::test_every_long_wait_of_a_step_watch_watches_rank0",
+       "tests/train/test_guard.py::test_every_long_wait_of_rank0_watches_the_other_ranks"]),
     M("guard.rank0_verdict_without_a_change", "align/train/guard.py",
-      "if mark is None or mark != seen:", "if mark is None:", ["tests/train/test_guard.py"]),
+      "if mark is None or mark != seen[r][0]:", "if mark is None:", ["tests/train/test_guard.py"]),
+    # -- rank 0 waiting for a rank > 0 that stopped in the middle of a checkpoint write -------------------
+    M("guard.rank0_trusts_the_others_in_long_waits", "align/train/guard.py",
+      "return self.ranks_alive(what) if self.rank == 0 else self.rank0_alive(what)", "return self.rank0_alive(what)",
+      [RANK0_WATCHES, "tests/train/test_guard.py::test_every_long_wait_of_rank0_watches_the_other_ranks"],
+      "rank 0 waited a day in a checkpoint's barrier for a SIGSTOPped rank 1, silently"),
+    M("guard.no_heartbeat_while_paused", "align/train/guard.py",
+      "            self._ticks += 1", "            pass",
+      [RANK0_WATCHES],
+      "a rank busy in its part of a checkpoint write (watchdog paused) would be named as stopped"),
+    M("guard.final_pause_dropped", "align/train/guard.py",
+      "            self._final.__enter__()", "            pass",
+      ["tests/train/test_guard.py::"
+       "test_after_the_last_step_the_watchdog_gives_no_verdict_but_keeps_writing_its_heartbeat"]),
+    # -- a full disk seen by one rank while a checkpoint is written ------------------------------------------
+    M("checkpoint.failed_part_said_at_once", "align/train/checkpoint.py",
+      "        code, own = 2 * (rank + 1) + int(is_storage_error(exn)), exn", "        raise",
+      ["tests/train/test_checkpoint.py::"
+       "test_a_full_disk_seen_by_one_rank_ends_every_rank_with_one_line_and_no_partial_checkpoint"],
+      "rank 1 removed the partial dir under rank 0 (a bare 'No such file or directory' traceback there)"),
+    M("checkpoint.dcp_failure_as_checkpoint_exception", "align/train/checkpoint.py",
+      "            if rank in exn.failures:", "            raise",
+      ["tests/train/test_checkpoint.py::"
+       "test_a_full_disk_in_one_ranks_dcp_shards_is_its_one_line_not_a_checkpoint_exception"],
+      "fsdp: a full disk in one rank's DCP shards was a CheckpointException traceback on every rank, .tmp left"),
+    M("setup.checkpoint_failure_not_agreed", "align/train/setup.py",
+      "agree=eng.watch.most, ", "",
+      ["tests/train/test_faults_multiprocess.py::"
+       "test_a_full_disk_seen_by_one_rank_ends_both_with_one_line_each_then_resume_matches"],
+      "rank 0 renames a checkpoint whose rank-1 part failed into place", slow=True),
+    M("guard.peer_signal_unnamed", "align/train/guard.py",
+      "        if got and not mine:", "        if False:",
+      ["tests/train/test_guard.py::test_a_rank_that_got_no_signal_names_the_one_another_rank_got"],
+      "SIGTERM to rank 1 only: rank 0 said 'preempted (none)'"),
+    M("guard.peer_lost_traceback", "align/train/guard.py",
+      "        if w.world == 1 or word is None:", "        if True:",
+      ["tests/train/test_guard.py::"
+       "test_a_collective_that_lost_its_peer_is_one_line_in_a_launch_and_unchanged_otherwise"],
+      "rank 1 SIGKILLed: rank 0 printed gloo's traceback ('Connection reset by peer')"),
+    M("loop.final_save_unwatched", "align/train/loop.py",
+      "        watch.finish()", "        watch.stop()",
+      ["tests/train/test_faults_multiprocess.py::"
+       "test_a_rank_stopped_in_the_final_checkpoint_write_is_named_by_rank0_then_resume_carries_on"],
+      "rank 0 waited a day in the final checkpoint's barrier for a stopped rank 1", slow=True),
     M("runlock.no_mtime_on_a_full_disk", "align/runlock.py", "                    os.utime(self._info_path)\n",
       "                    pass\n",
       ["tests/test_runlock.py::test_the_heartbeat_mark_still_moves_when_the_disk_is_full"]),

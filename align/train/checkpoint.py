@@ -36,6 +36,7 @@ from align.train.manifest import write_manifest
 from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
                                 is_checkpoint_dir, is_dcp_store, is_sharded_checkpoint, list_checkpoints, old_name,
                                 rank_file, read_state, rng_file, tmp_name, weights_path)
+from align.train.storage import StorageError, is_storage_error, newest_step_checkpoint
 
 # Names other modules import from here (the file layout itself is align.train.rundir's).
 __all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",
@@ -193,7 +194,7 @@ def _unwrap_optim(optimizer):
 
 def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimizer=None, state: Optional[dict] = None,
                     rank: int = 0, *, barrier: Optional[Callable[[], None]] = None, rank_state: Optional[dict] = None,
-                    sharded=None, ema_sd: Optional[dict] = None) -> str:
+                    sharded=None, ema_sd: Optional[dict] = None, agree: Optional[Callable[[int], int]] = None) -> str:
     """Writes `ckpt_dir/name/`, visible only once complete. Every rank calls it (collective when `barrier`).
 
     model_sd / optimizer: rank 0's full model state dict and optimizer (DDP, one process).
@@ -201,35 +202,35 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
     rank's DTensor shards, written into the DCP store as "ema.".
     sharded: the (FSDP model, optimizer) pair instead: every rank writes its shards through DCP.
     state: rank 0's counters and data position; rank_state: rank R>0's own (data position).
+    agree: the MAX of an int over the ranks (a barrier too). A rank whose part fails (a full disk it alone
+    sees) says so there instead of leaving the others waiting; rank 0 then removes the partial dir, the
+    failed rank raises its error and the others one line naming it.
     """
     barrier = barrier or (lambda: None)
+    agree = agree or (lambda code: (barrier(), code)[1])
     final = os.path.join(ckpt_dir, name)
     tmp = os.path.join(ckpt_dir, tmp_name(name))
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     barrier()
-    if sharded is not None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        msd, osd = get_state_dict(sharded[0], _unwrap_optim(sharded[1]))
-        dcp.save({"model": msd, "optim": osd, **({"ema": ema_sd} if ema_sd is not None else {})},
-                 checkpoint_id=os.path.join(tmp, DCP_DIR))
-    elif rank == 0:
-        for sd, name in ((model_sd, MODEL), (ema_sd, EMA)):
-            if sd is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, os.path.join(tmp, name))
-        if optimizer is not None:
-            t, meta = _flatten_optim(optimizer.state_dict())
-            save_file(t, os.path.join(tmp, OPTIM))
-            _write_json(os.path.join(tmp, OPTIM_META), meta)
-    rt, rmeta = rng_state()
-    save_file(rt, os.path.join(tmp, rng_file(rank)))
-    if rank > 0:
-        _write_json(os.path.join(tmp, rank_file(rank)), dict(rank_state or {}, rng=rmeta))
+    code, own = 0, None
+    try:
+        rmeta = _write_part(tmp, model_sd, optimizer, rank, rank_state, sharded, ema_sd)
+        hooks.full_disk_in_save(name, rank)
+    except Exception as exn:            # said after every rank has done its part (below)
+        code, own = 2 * (rank + 1) + int(is_storage_error(exn)), exn
     hooks.kill_in_save(name, rank)            # the kill-mid-write test: a rank > 0 dies with its part written
-    barrier()
+    failed = agree(code)
+    if failed:
+        if rank == 0:                         # rank 0 made the dir; only it removes it, once all are done
+            shutil.rmtree(tmp, ignore_errors=True)
+        if own is not None:
+            raise own
+        other = failed // 2 - 1
+        kind = StorageError if failed % 2 else AlignError
+        raise kind(f"{final}: rank {other} could not write its part of the checkpoint (its own line says why); "
+                   f"partial files removed; the newest intact checkpoint is {newest_step_checkpoint(ckpt_dir)}")
     if rank == 0:
         # `sharded` is what is_sharded_checkpoint reads back (align.load, export, init_from, resume)
         _write_json(os.path.join(tmp, STATE), dict(state or {}, rng=rmeta, sharded=sharded is not None))
@@ -244,6 +245,36 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def _write_part(tmp: str, model_sd, optimizer, rank: int, rank_state, sharded, ema_sd) -> dict:
+    """This rank's files of a checkpoint in its `.tmp` dir (save_checkpoint); -> this rank's RNG meta."""
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        msd, osd = get_state_dict(sharded[0], _unwrap_optim(sharded[1]))
+        try:
+            dcp.save({"model": msd, "optim": osd, **({"ema": ema_sd} if ema_sd is not None else {})},
+                     checkpoint_id=os.path.join(tmp, DCP_DIR))
+        except CheckpointException as exn:    # a BaseException, raised on every rank when any rank's part failed:
+            if rank in exn.failures:          # this rank's own error (a full disk: one line); the others learn
+                raise exn.failures[rank][0] from None     # of it from save_checkpoint's agreement
+    elif rank == 0:
+        for sd, name in ((model_sd, MODEL), (ema_sd, EMA)):
+            if sd is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, os.path.join(tmp, name))
+        if optimizer is not None:
+            t, meta = _flatten_optim(optimizer.state_dict())
+            save_file(t, os.path.join(tmp, OPTIM))
+            _write_json(os.path.join(tmp, OPTIM_META), meta)
+    rt, rmeta = rng_state()
+    save_file(rt, os.path.join(tmp, rng_file(rank)))
+    if rank > 0:
+        _write_json(os.path.join(tmp, rank_file(rank)), dict(rank_state or {}, rng=rmeta))
+    return rmeta
 
 
 def prune_checkpoints(ckpt_dir: str, keep_last: int) -> None:

@@ -25,7 +25,9 @@ collective timeout is train.dist_timeout_s, so such a wait on it would end the r
 stops during such a wait (SIGSTOP, a frozen node) would then hold the others for a day: while they wait, they
 watch rank 0's run-dir lock (align.runlock), whose heartbeat thread refreshes it every train.lock_timeout_s / 3;
 one that has not moved for train.lock_timeout_s (by this rank's own clock, so clock skew between hosts cannot
-matter) ends the launch with one line, as a hung step does.
+matter) ends the launch with one line, as a hung step does. Rank 0, waiting there for the others' parts of a
+checkpoint, watches their heartbeat files in turn: each watchdog thread rewrites its file every poll, paused or
+not, so one that has not changed for train.dist_timeout_s is a stopped process or a frozen node (ranks_alive).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Preemption:
 
     def __init__(self):
         self.signal: Optional[int] = None
+        self.peer_signal: Optional[int] = None    # another rank's, learnt in `agreed`
         self._previous = {}
 
     def install(self) -> "Preemption":
@@ -78,12 +81,20 @@ class Preemption:
         return self.signal is not None
 
     def agreed(self, reduce_max: Optional[Callable] = None) -> bool:
-        """True on every rank when any rank was signalled: `reduce_max(int) -> int` is the all-reduce."""
-        flag = int(self.requested)
-        return bool(reduce_max(flag)) if reduce_max is not None else bool(flag)
+        """True on every rank when any rank was signalled: `reduce_max(int) -> int` is the all-reduce (of the
+        signal numbers, so that a rank that got none can say which one stopped the run)."""
+        mine = int(self.signal or 0)
+        got = reduce_max(mine) if reduce_max is not None else mine
+        if got and not mine:
+            self.peer_signal = got
+        return bool(got)
 
     def name(self) -> str:
-        return signal.Signals(self.signal).name if self.signal else "none"
+        if self.signal:
+            return signal.Signals(self.signal).name
+        if self.peer_signal:
+            return f"{signal.Signals(self.peer_signal).name} to another rank"
+        return "none"
 
 
 class Preempted(AlignError):
@@ -133,10 +144,10 @@ class Watchdog:
         self.poll_s = poll_s if poll_s is not None else max(0.05, min(5.0, self.timeout_s / 10))
         self.host = socket.gethostname()
         self._last = time.time()          # when this rank last finished a step (the verdict's clock)
+        self._ticks = 0                   # the thread's polls, in the heartbeat: "this process is not stopped"
         self._step = 0
         self._waiting = False             # at a collective: if it stalls here, it waits for another rank
         self._since = self._last          # when (step, waiting) last changed: the heartbeat's time
-        self._dirty = False
         self._io = threading.Lock()
         self._paused = 0
         self._stop = threading.Event()
@@ -154,7 +165,7 @@ class Watchdog:
     def waiting(self, on: bool = True) -> None:
         """This rank is (on) or no longer is at a collective. Kept in memory; the watchdog thread writes it
         within poll_s, so a rank's marks cost nothing in its step."""
-        self._waiting, self._since, self._dirty = on, time.time(), True
+        self._waiting, self._since = on, time.time()
 
     def fetched(self) -> None:
         """This rank holds the batch of its next step: from here on it waits for the others, if anyone."""
@@ -171,11 +182,10 @@ class Watchdog:
 
     def _flush(self) -> None:
         with self._io:
-            self._dirty = False
             tmp = f"{self._path(self.rank)}.{threading.get_ident()}.tmp"
             with open(tmp, "w") as f:
-                json.dump({"rank": self.rank, "host": self.host, "step": self._step, "waiting": self._waiting,
-                           "time": self._since}, f)
+                json.dump({"rank": self.rank, "host": self.host, "pid": os.getpid(), "step": self._step,
+                           "waiting": self._waiting, "time": self._since, "alive": self._ticks}, f)
             os.replace(tmp, self._path(self.rank))
 
     @contextlib.contextmanager
@@ -217,11 +227,11 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
-            if self._dirty:
-                try:
-                    self._flush()
-                except OSError:       # a full disk or a lost mount: the verdict below still stands
-                    pass
+            self._ticks += 1          # every poll, paused or not: rank 0 waiting on this rank watches it
+            try:
+                self._flush()
+            except OSError:           # a full disk or a lost mount: the verdict below still stands
+                pass
             if not self._paused and time.time() - self._last > self.timeout_s:
                 self.on_hang(self.culprit())
                 return
@@ -257,6 +267,7 @@ class StepWatch:
         self.dog: Optional[Watchdog] = None
         self._group = None
         self._warmup = contextlib.nullcontext()
+        self._final = None
 
     def connect(self) -> "StepWatch":
         """The long-timeout group, once the process group exists (every rank calls it, in the same place):
@@ -299,21 +310,26 @@ class StepWatch:
         """Every rank here, however long one rank's own work took (not bound by train.dist_timeout_s)."""
         import torch.distributed as dist
         if self._group is not None:
-            with self.rank0_alive("rank 0's own work (an evaluation, a checkpoint write)"):
+            with self.others_alive("the others' own work (their part of a checkpoint, an evaluation)"):
                 dist.barrier(group=self._group)
         elif self.world > 1 and dist.is_available() and dist.is_initialized():
             dist.barrier()           # not started yet: the default group
 
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any: after work that only some ranks did (long timeout)."""
+        return bool(self.most(int(bool(flag))))
+
+    def most(self, value: int) -> int:
+        """The largest of the ranks' `value`s on every rank (a barrier too), however long the others' own work took:
+        how a checkpoint write learns that some rank failed its part (align.train.checkpoint)."""
         if self._group is None:
-            return bool(flag)
+            return all_ranks_max(int(value))      # not started: the default group, or one process
         import torch
         import torch.distributed as dist
-        t = torch.tensor([int(bool(flag))])
-        with self.rank0_alive("the other ranks' own work"):
+        t = torch.tensor([int(value)])
+        with self.others_alive("the other ranks' own work"):
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(t.item())
+        return int(t.item())
 
     def share(self, value: Optional[float]) -> Optional[float]:
         """Rank 0's number (None: none) on every rank, over the long-timeout group: a result only rank 0 computed."""
@@ -322,7 +338,7 @@ class StepWatch:
         import torch
         import torch.distributed as dist
         t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
-        with self.rank0_alive("a result only rank 0 computes (an evaluation)"):
+        with self.others_alive("a result only rank 0 computes (an evaluation)"):
             dist.broadcast(t, src=0, group=self._group)
         x = float(t.item())
         return None if x != x else x
@@ -333,47 +349,91 @@ class StepWatch:
             return obj
         import torch.distributed as dist
         box = [obj]
-        with self.rank0_alive("what rank 0 makes alone (e.g. the shards of a data.train table)"):
+        with self.others_alive("what rank 0 makes alone (e.g. the shards of a data.train table)"):
             dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
 
-    @contextlib.contextmanager
+    def others_alive(self, what: str):
+        """Around a long wait on the long-timeout group: ranks > 0 watch rank 0 (rank0_alive), rank 0 watches
+        the others (ranks_alive)."""
+        return self.ranks_alive(what) if self.rank == 0 else self.rank0_alive(what)
+
     def rank0_alive(self, what: str):
         """Ranks > 0, during a long wait on rank 0: a thread that ends the launch with one line (on_hang) when
         rank 0's run-dir lock heartbeat (RUN/align.lock.json) has not changed for lock_timeout_s. Nothing on
         rank 0, and nothing to watch where the ranks do not share the run dir (no lock info file here)."""
         if self.rank == 0 or self.world == 1:
-            yield
-            return
+            return contextlib.nullcontext()
         from align.runlock import INFO_NAME, heartbeat_mark, read_holder
 
+        def line(_rank, stalled_s, waited_s):
+            info = read_holder(os.path.join(self.run_dir, INFO_NAME))
+            return (f"rank 0 (host {info.get('host', '?')} pid {info.get('pid', '?')}) stopped refreshing the run "
+                    f"dir's lock: no heartbeat for {stalled_s:.0f} s (train.lock_timeout_s={self.lock_timeout_s:g}) "
+                    f"while rank {self.rank} waited {waited_s:.0f} s for {what}; it is stopped or its node is frozen; "
+                    f"stopping the launch, resume=auto continues")
+        return self._stall_watch({0: lambda: heartbeat_mark(self.run_dir)}, self.lock_timeout_s, line)
+
+    def ranks_alive(self, what: str):
+        """Rank 0, during a long wait on the others (their parts of a checkpoint: FSDP shards, RNG, data position):
+        one line (on_hang) naming a rank whose watchdog thread has written no heartbeat for train.dist_timeout_s
+        (a SIGSTOPped process or a frozen node: its threads stop too; long work of its own does not stop them).
+        Nothing before the watchdog starts, nor for a rank whose heartbeat file this host does not see."""
+        if self.rank != 0 or self.world == 1 or self.dog is None:
+            return contextlib.nullcontext()
+
+        def mark(r):
+            try:
+                with open(self.dog._path(r)) as f:
+                    return f.read()
+            except OSError:
+                return None
+
+        def line(r, stalled_s, waited_s):
+            try:
+                b = json.loads(mark(r) or "{}")
+            except ValueError:
+                b = {}
+            return (f"rank {r} (host {b.get('host', '?')} pid {b.get('pid', '?')}) stopped: its watchdog wrote no "
+                    f"heartbeat for {stalled_s:.0f} s (train.dist_timeout_s={self.timeout_s:g}) while rank 0 waited "
+                    f"{waited_s:.0f} s for {what}; it is stopped or its node is frozen; stopping the launch, "
+                    f"resume=auto continues")
+        return self._stall_watch({r: (lambda r=r: mark(r)) for r in range(1, self.world)}, self.timeout_s, line)
+
+    @contextlib.contextmanager
+    def _stall_watch(self, marks: dict, limit_s: float, line: Callable):
+        """A thread for the block: `marks[rank]()` read every poll; when one has not changed for limit_s (by this
+        rank's clock: the writer's may be another host's), on_hang(line(rank, stalled s, waited s)). None: unseen."""
         stop = threading.Event()
-        poll = max(0.05, min(5.0, self.lock_timeout_s / 10))
+        poll = max(0.05, min(5.0, limit_s / 10))
         waited_from = time.time()
 
         def watch() -> None:
-            seen, moved = None, time.time()              # rank 0's last mark, and when it last changed (our clock)
+            seen = {r: (None, time.time()) for r in marks}   # each rank's last mark, and when it last changed
             while not stop.wait(poll):
-                mark = heartbeat_mark(self.run_dir)
-                if mark is None or mark != seen:
-                    seen, moved = mark, time.time()
-                    continue
-                if time.time() - moved > self.lock_timeout_s:
-                    info = read_holder(os.path.join(self.run_dir, INFO_NAME))
-                    self.on_hang(f"rank 0 (host {info.get('host', '?')} pid {info.get('pid', '?')}) stopped "
-                                 f"refreshing the run dir's lock: no heartbeat for {time.time() - moved:.0f} s "
-                                 f"(train.lock_timeout_s={self.lock_timeout_s:g}) while rank {self.rank} waited "
-                                 f"{time.time() - waited_from:.0f} s for {what}; it is "
-                                 f"stopped or its node is frozen; stopping the launch, resume=auto continues")
-                    return
+                for r, read in marks.items():
+                    mark = read()
+                    if mark is None or mark != seen[r][0]:
+                        seen[r] = (mark, time.time())
+                    elif time.time() - seen[r][1] > limit_s:
+                        self.on_hang(line(r, time.time() - seen[r][1], time.time() - waited_from))
+                        return
 
-        t = threading.Thread(target=watch, daemon=True, name="align-rank0-watch")
+        t = threading.Thread(target=watch, daemon=True, name="align-peer-watch")
         t.start()
         try:
             yield
         finally:
             stop.set()
             t.join(timeout=poll + 5)
+
+    def finish(self) -> None:
+        """The steps are over: no verdict from here on (the final checkpoint, an evaluation), while the watchdog
+        thread still writes this rank's heartbeat, which rank 0's last waits watch (ranks_alive)."""
+        if self.dog is not None:
+            self._end_warmup()
+            self._final = self.dog.paused()     # held (a dropped generator would end the pause at once)
+            self._final.__enter__()             # for good: `stop` ends the thread
 
     def stop(self) -> None:
         if self.dog is not None:
@@ -386,12 +446,30 @@ def collective_timeout_s(dist_timeout_s: float) -> float:
     return dist_timeout_s + min(60.0, dist_timeout_s)
 
 
+class PeerLost(AlignError):
+    """A collective failed because another rank is gone (SIGKILL, out of memory, a lost node)."""
+
+    exit_code = HUNG_EXIT
+
+
+# How gloo and NCCL word a collective whose peer process is gone.
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited")
+
+
 @contextlib.contextmanager
 def watch_steps(run_dir: str, timeout_s: float, cleanup: Optional[Callable[[], None]] = None,
                 lock_timeout_s: float = 300.0):
-    """A StepWatch for the block, stopped when it ends, normally or by an error."""
+    """A StepWatch for the block, stopped when it ends, normally or by an error. In a multi-process launch, a
+    collective that failed because another rank died is one line (PeerLost), not the backend's traceback."""
     w = StepWatch(run_dir, timeout_s, cleanup, lock_timeout_s)
     try:
         yield w
+    except RuntimeError as exn:           # torch.distributed's DistError family
+        word = next((g for g in PEER_GONE if g in str(exn)), None)
+        if w.world == 1 or word is None:
+            raise
+        raise PeerLost(f"rank {w.rank} lost its connection to another rank ({word}): that rank died (killed, out "
+                       f"of memory, or its node was lost; the launcher's report names it); resume=auto continues "
+                       f"from the last complete checkpoint") from None
     finally:
         w.stop()

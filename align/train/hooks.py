@@ -7,6 +7,10 @@
                                     after writing "PID TIME" to ALIGN_TEST_STOPPED_PID (the test's cleanup)
     ALIGN_TEST_KILL_STAMP=FILE      ... after writing the time of death to FILE (the bounded-exit tests)
     ALIGN_TEST_SIGKILL_IN_SAVE=NAME a rank > 0 dies while writing checkpoint NAME, its part written
+    ALIGN_TEST_ENOSPC_IN_SAVE=NAME  rank ALIGN_TEST_SIGKILL_RANK (default 1) alone gets ENOSPC for its part of
+                                    checkpoint NAME (a full disk only one rank sees)
+    ALIGN_TEST_SIGSTOP_IN_SAVE=NAME rank ALIGN_TEST_SIGKILL_RANK (default 1) stops (SIGSTOP) there instead, after
+                                    writing "PID TIME" to ALIGN_TEST_STOPPED_PID (a node frozen mid-write)
     ALIGN_TEST_KILL_DATA_WORKER_AT_STEP=N  SIGKILL one of this process's data workers right after step N (as
                                     the OOM killer does) and wait until it is dead
     ALIGN_TEST_STEP_SLEEP_S=S       sleep S seconds after every step (a slow run to signal or inspect mid-way)
@@ -26,6 +30,8 @@ SIGKILL_AT_STEP = "ALIGN_TEST_SIGKILL_AT_STEP"
 SIGKILL_RANK = "ALIGN_TEST_SIGKILL_RANK"
 KILL_STAMP = "ALIGN_TEST_KILL_STAMP"
 SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
+SIGSTOP_IN_SAVE = "ALIGN_TEST_SIGSTOP_IN_SAVE"
+ENOSPC_IN_SAVE = "ALIGN_TEST_ENOSPC_IN_SAVE"
 RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
 SIGTERM_AT_STEP = "ALIGN_TEST_SIGTERM_AT_STEP"     # a scheduler's SIGTERM, arriving during that step
 KILL_DATA_WORKER_AT_STEP = "ALIGN_TEST_KILL_DATA_WORKER_AT_STEP"
@@ -42,6 +48,21 @@ def kill_in_save(name: str, rank: int) -> None:
     """Called by save_checkpoint between writing a rank's part and the barrier."""
     if os.environ.get(SIGKILL_IN_SAVE) == name and rank > 0:
         _die()
+    if os.environ.get(SIGSTOP_IN_SAVE) == name and os.environ.get(SIGKILL_RANK, "1") == str(rank):
+        _stop()
+
+
+def full_disk_in_save(name: str, rank: int) -> None:
+    """Called by save_checkpoint once this rank's part is written, as a failed write of it."""
+    if os.environ.get(ENOSPC_IN_SAVE) == name and os.environ.get(SIGKILL_RANK, "1") == str(rank):
+        import errno
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{ENOSPC_IN_SAVE}={name}")
+
+
+def _stop() -> None:
+    with open(os.environ[STOPPED_PID], "w") as f:
+        f.write(f"{os.getpid()} {time.time()}")
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _children(pid: int) -> list:
@@ -112,9 +133,7 @@ class TestHooks:
         if self.term_at and step == self.term_at and self.kill_rank == str(self.rank):
             os.kill(os.getpid(), signal.SIGTERM)
         if self.stop_at and step == self.stop_at and self.kill_rank == str(self.rank):
-            with open(os.environ[STOPPED_PID], "w") as f:
-                f.write(f"{os.getpid()} {time.time()}")
-            os.kill(os.getpid(), signal.SIGSTOP)
+            _stop()
         if self.kill_at and step == self.kill_at and self.kill_rank == str(self.rank):
             if os.environ.get(KILL_STAMP):
                 with open(os.environ[KILL_STAMP], "w") as f:

@@ -116,7 +116,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
         if hasattr(loader, "close"):
             loader.close()                     # its workers have gone on into an epoch that will not run
 
-        watch.stop()
+        watch.finish()                         # no verdict from here on; heartbeats go on (rank 0's last waits)
         state.elapsed_s = log.elapsed()
         final = save(eng, state, loader, r)
         results = evaluate(eng, r, state.step) if r.data.val else {}

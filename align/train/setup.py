@@ -482,7 +482,7 @@ def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] 
         ckpt = name or rundir.step_name(state.step)
         with checkpoint_write(ckpt_dir, ckpt, acc.is_main_process, guess):
             path = save_checkpoint(ckpt_dir, ckpt, sd, eng.optimizer, payload, rank=eng.rank,
-                                   barrier=eng.watch.barrier, rank_state={"data": data},
+                                   barrier=eng.watch.barrier, agree=eng.watch.most, rank_state={"data": data},
                                    sharded=(eng.model, eng.optimizer) if eng.fsdp else None,
                                    ema_sd=eng.ema.state_dict() if eng.ema is not None else None)
         if name is None and acc.is_main_process:

@@ -116,3 +116,83 @@ def test_a_leftover_tmp_dir_of_the_same_step_is_replaced_by_the_next_save(tmp_pa
                                                                    "rng-0.safetensors", "state.json"]
     m2 = torch.nn.Linear(2, 2)
     assert load_checkpoint(path, m2)["step"] == 2 and torch.equal(m2.weight, m.weight)
+
+
+@pytest.mark.parametrize("full_on", [0, 1])
+def test_a_full_disk_seen_by_one_rank_ends_every_rank_with_one_line_and_no_partial_checkpoint(tmp_path, monkeypatch,
+                                                                                              full_on):
+    """Two ranks (threads here) write step-2 after step-1; one of them alone gets ENOSPC for its part. Before,
+    the failing rank removed the shared .tmp dir at once while rank 0 still wrote into it (rank 1 full: rank 0
+    crashed with 'No such file or directory', a bare traceback) or waited in the barrier for it. Now every rank
+    finishes its part, they agree, the failing rank raises its own error, the other one line naming it, and
+    rank 0 alone removes the partial dir: step-1 stays the newest checkpoint."""
+    import errno
+
+    import align.train.checkpoint as ck
+    from align.train.storage import StorageError
+    model = torch.nn.Linear(4, 3)
+    save_checkpoint(str(tmp_path), "step-00000001", model.state_dict(), state={"step": 1, "world_size": 2})
+    doomed = "model.safetensors" if full_on == 0 else "rng-1.safetensors"
+    real = ck.save_file
+
+    def save_file(t, path, *a, **k):
+        if ".step-00000002.tmp" in path and path.endswith(doomed):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(t, path, *a, **k)
+    monkeypatch.setattr(ck, "save_file", save_file)
+    raised = _two_ranks_save(tmp_path, model.state_dict(), None)
+    other = 1 - full_on
+    assert isinstance(raised[full_on], OSError) and raised[full_on].errno == errno.ENOSPC, raised
+    assert isinstance(raised[other], StorageError), raised
+    line = str(raised[other])
+    assert f"rank {full_on} could not write its part" in line and "\n" not in line
+    assert line.endswith(os.path.join(str(tmp_path), "step-00000001"))
+    assert sorted(os.listdir(tmp_path)) == ["step-00000001"]
+
+
+def _two_ranks_save(tmp_path, model_sd, sharded):
+    """save_checkpoint of step-2 by ranks 0 and 1 (threads, a shared barrier and MAX) -> {rank: what it raised}."""
+    import threading
+    gate, codes, raised = threading.Barrier(2, timeout=5), [], {}
+
+    def agree(code):
+        codes.append(code)
+        gate.wait()
+        return max(codes)
+
+    def rank(r):
+        try:
+            save_checkpoint(str(tmp_path), "step-00000002", model_sd, state={"step": 2}, rank=r, barrier=gate.wait,
+                            agree=agree, rank_state={"data": None}, sharded=sharded)
+        except BaseException as exn:
+            raised[r] = exn
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    [t.start() for t in threads]
+    [t.join(timeout=30) for t in threads]
+    return raised
+
+
+def test_a_full_disk_in_one_ranks_dcp_shards_is_its_one_line_not_a_checkpoint_exception(tmp_path, monkeypatch):
+    """train.sharding=fsdp: DCP raises CheckpointException -- a BaseException, which the full-disk guard never
+    saw -- on every rank when rank 1 alone could not write its shards: each rank printed a traceback, exit 1, the
+    .tmp dir left. Now rank 1 raises its own OSError (one line, exit 74 in the CLI), rank 0 one line naming rank
+    1, and the partial dir is removed."""
+    import errno
+    import traceback
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from align.train.storage import StorageError, is_storage_error
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(str(tmp_path), "step-00000001", model.state_dict(), state={"step": 1, "world_size": 2})
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "__1_0.distcp")
+
+    def save(*a, **k):
+        raise CheckpointException("failed", {1: (full, traceback.StackSummary())})
+    monkeypatch.setattr(dcp, "save", save)
+    raised = _two_ranks_save(tmp_path, None, (model, opt))
+    assert isinstance(raised[1], OSError) and is_storage_error(raised[1]), raised
+    assert isinstance(raised[0], StorageError) and "rank 1 could not write its part" in str(raised[0]), raised
+    assert sorted(os.listdir(tmp_path)) == ["step-00000001"]

@@ -2,7 +2,8 @@
 lock, and ranks whose shards differ in size (issue 25).
 
 - rank 1 stopped (SIGSTOP): rank 0's watchdog names it in one line within train.dist_timeout_s, the launch
-  ends non-zero, and resume=auto finishes on the uninterrupted run's weights;
+  ends non-zero, and resume=auto finishes on the uninterrupted run's weights; the same for rank 1 stopped in the
+  middle of the final checkpoint write, where rank 0 waits on the long-timeout group;
 - SIGTERM to the launcher: every rank finishes its step, they agree on it, one checkpoint is written there, the
   launcher exits 128 + SIGTERM (143), and the resumed run ends on the uninterrupted run's weights;
 - a 2-process launch takes one lock (rank 0's), and a launch on a directory another live process holds is
@@ -97,6 +98,64 @@ def test_a_stopped_rank_is_named_and_ends_the_launch_then_resume_carries_on(ddp_
     assert resumed.returncode == 0, out[-2000:]
     assert "resumed from" in out and "step-00000004" in out
     assert_same_weights(final_weights(ref), final_weights(tmp_path / "hung"))
+
+
+def _stopped_launch(path, stopped, env):
+    """A background launch in which a rank SIGSTOPs itself -> (output, seconds from the stop to the end)."""
+    proc = background(path, dict(env, ALIGN_TEST_STOPPED_PID=str(stopped)))
+    try:
+        out = proc.communicate(timeout=300)[0]
+        end = time.time()
+    finally:
+        end_group(proc)
+        if stopped.exists():              # never leave a stopped process behind
+            try:
+                os.kill(int(stopped.read_text().split()[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return proc, out, end - float(stopped.read_text().split()[1])
+
+
+@pytest.mark.slow
+def test_a_rank_stopped_in_the_final_checkpoint_write_is_named_by_rank0_then_resume_carries_on(ddp_ref, tmp_path):
+    """Rank 1 stops (SIGSTOP) with its part of the last checkpoint written: rank 0 waited for it in the write's
+    barrier on the 24 h group, silently, until the scheduler's limit. Now it names rank 1 in one line within
+    train.dist_timeout_s; step-6 stays the newest complete checkpoint and resume=auto matches the reference."""
+    base, ref = ddp_ref
+    path = write_recipe(base, tmp_path, "stopsave", dist_timeout_s=10, checkpoint_every=3)
+    proc, out, took = _stopped_launch(path, tmp_path / "stopped", {"ALIGN_TEST_SIGSTOP_IN_SAVE": "step-00000008"})
+    print(f"launch ended {took:.1f}s after rank 1 stopped; exit {proc.returncode}")
+    assert proc.returncode != 0, out[-3000:]
+    lines = [ln for ln in out.splitlines() if "stopped: its watchdog wrote no heartbeat" in ln]
+    assert len(lines) == 1 and lines[0].startswith("align: error: rank 1 (host "), out[-3000:]
+    assert f"exitcode  : {HUNG_EXIT}" in out and took < 10 + SHUTDOWN_GRACE_S + MARGIN_S
+    assert newest_step(tmp_path / "stopsave") == 6
+
+    resumed = launch(path)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "step-00000006" in out, out[-2000:]
+    assert_same_weights(final_weights(ref), final_weights(tmp_path / "stopsave"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_seen_by_one_rank_ends_both_with_one_line_each_then_resume_matches(ddp_ref, tmp_path):
+    """Rank 1 alone gets ENOSPC for its part of step-4: each rank says one line and exits 74 (before, rank 1 removed
+    the partial dir under rank 0, which crashed with a bare traceback); step-2 stays the newest, resume matches."""
+    base, ref = ddp_ref
+    path = write_recipe(base, tmp_path, "full")
+    res = launch(path, {"ALIGN_TEST_ENOSPC_IN_SAVE": "step-00000004"})
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "[rank0]: Traceback" not in out and "[rank1]: Traceback" not in out, out[-3000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("align: error: ")]
+    assert len(lines) == 2 and any("No space left on device" in ln for ln in lines), out[-3000:]
+    assert any("rank 1 could not write its part" in ln for ln in lines), lines
+    assert "(exitcode: 74)" in out, out[-3000:]                     # torchrun's report of the first failure
+    assert sorted(os.listdir(tmp_path / "full" / "checkpoints")) == ["step-00000002"]
+
+    resumed = launch(path)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "step-00000002" in out, out[-2000:]
+    assert_same_weights(final_weights(ref), final_weights(tmp_path / "full"))
 
 
 @pytest.mark.slow

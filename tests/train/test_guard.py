@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,15 @@ def test_every_rank_agrees_when_any_rank_was_signalled():
     assert [r.agreed(reduce_max) for r in ranks] == [True, True]
     ranks[1].signal = None
     assert [r.agreed(reduce_max) for r in ranks] == [False, False]
+
+
+def test_a_rank_that_got_no_signal_names_the_one_another_rank_got():
+    """SIGTERM to rank 1 only (as some schedulers do): rank 0's preemption line said "preempted (none)"."""
+    ranks = [Preemption(), Preemption()]
+    ranks[1].signal = signal.SIGTERM
+    reduce_max = lambda n: max(int(r.signal or 0) for r in ranks)     # all_reduce(MAX) of the signal numbers
+    assert [r.agreed(reduce_max) for r in ranks] == [True, True]
+    assert [r.name() for r in ranks] == ["SIGTERM to another rank", "SIGTERM"]
 
 
 def test_the_watchdog_names_the_rank_whose_heartbeat_stopped(tmp_path):
@@ -200,3 +210,120 @@ def test_every_long_wait_of_a_step_watch_watches_rank0(tmp_path, monkeypatch):
     w.any(False)
     assert watched[1::2] == ["broadcast_object_list", "barrier", "broadcast", "all_reduce"]
     assert "data.train table" in watched[0] and "checkpoint" in watched[2]
+
+
+def _stepping_rank1(run):
+    """A separate process with rank 1's watchdog, paused (as in a checkpoint write) until it is killed."""
+    code = textwrap.dedent(f"""
+        import time
+        from align.train.guard import Watchdog
+        dog = Watchdog({str(run)!r}, rank=1, world_size=2, timeout_s=0.5, poll_s=0.05).start(4)
+        with dog.paused():
+            print("started", flush=True)
+            time.sleep(600)
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert p.stdout.readline().strip() == "started"
+    return p
+
+
+def test_rank0_waiting_on_the_others_ends_the_launch_when_one_is_stopped_and_not_before(tmp_path, monkeypatch):
+    """Rank 0 in a long wait (the barrier of a checkpoint write) watches the other ranks' heartbeat files, which
+    their watchdog threads rewrite every poll even while paused: a rank busy in its own part of the write is
+    never named; SIGSTOP it and one line names its rank and pid within train.dist_timeout_s (0.5 s). Before,
+    rank 0 waited there on the 24 h group for a stopped rank 1, silently."""
+    from align.train.guard import StepWatch
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run = tmp_path / "run"
+    p = _stepping_rank1(run)
+    try:
+        w = StepWatch(str(run), 0.5)
+        hung = []
+        w.on_hang = hung.append
+        w.dog = Watchdog(str(run), rank=0, world_size=2, timeout_s=0.5, on_hang=hung.append, poll_s=0.05)
+        with w.dog.paused(), w.others_alive("a checkpoint write"):
+            time.sleep(1.5)                                # > 3 timeouts, rank 1 alive (paused, not stopped)
+        assert hung == []
+        os.kill(p.pid, signal.SIGSTOP)
+        t0 = time.time()
+        with w.dog.paused(), w.others_alive("a checkpoint write"):
+            while not hung and time.time() - t0 < 10:
+                time.sleep(0.05)
+        assert len(hung) == 1 and 0.5 <= time.time() - t0 < 3, (hung, time.time() - t0)
+        assert hung[0].startswith(f"rank 1 (host {socket.gethostname()} pid {p.pid}) stopped"), hung[0]
+        assert "rank 0 waited" in hung[0] and "a checkpoint write" in hung[0] and "\n" not in hung[0]
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        p.kill()
+        p.wait()
+
+
+def test_every_long_wait_of_rank0_watches_the_other_ranks(tmp_path, monkeypatch):
+    """The barrier of a checkpoint write (and the other long waits) of rank 0 runs inside ranks_alive."""
+    import contextlib
+    import torch.distributed as dist
+    from align.train.guard import StepWatch
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    w = StepWatch(str(tmp_path / "run"), 30.0)
+    w._group = object()
+    inside = []
+
+    @contextlib.contextmanager
+    def alive(what):
+        inside.append(what)
+        yield
+
+    w.ranks_alive = alive
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: None)
+    monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: None)
+    w.barrier()
+    w.any(False)
+    assert len(inside) == 2 and "checkpoint" in inside[0], inside
+
+
+def test_after_the_last_step_the_watchdog_gives_no_verdict_but_keeps_writing_its_heartbeat(tmp_path, monkeypatch):
+    """finish() (the final checkpoint and evaluation follow): no hang verdict, the heartbeat file still moves,
+    so rank 0's last barrier can tell a stopped rank from a busy one."""
+    from align.train.guard import StepWatch
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(StepWatch, "connect", lambda self: self)
+    w = StepWatch(str(tmp_path), 0.3)
+    hung = []
+    w.on_hang = hung.append
+    w.start(0)
+    w.dog.poll_s = 0.05
+    w.beat(1)
+    w.finish()
+    path = tmp_path / "heartbeat" / "rank-1.json"
+    seen = set()
+    for _ in range(20):
+        time.sleep(0.05)
+        seen.add(path.read_text())
+    w.stop()
+    assert hung == [] and len(seen) > 3, (hung, len(seen))
+
+
+def test_a_collective_that_lost_its_peer_is_one_line_in_a_launch_and_unchanged_otherwise(tmp_path, monkeypatch):
+    """Rank 1 SIGKILLed mid-checkpoint-write: rank 0 printed gloo's 30-line traceback ('Connection reset by peer')."""
+    import pytest
+    from align.train.guard import PeerLost, watch_steps
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                        "[127.0.0.1]:25290: Connection reset by peer. This is typically caused by ...")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(PeerLost) as e:
+        with watch_steps(str(tmp_path), 30.0):
+            raise gloo
+    assert str(e.value).startswith("rank 0 lost its connection to another rank (Connection reset by peer)")
+    assert "\n" not in str(e.value) and e.value.exit_code == HUNG_EXIT
+    with pytest.raises(RuntimeError, match="shape mismatch"):      # any other error passes unchanged
+        with watch_steps(str(tmp_path), 30.0):
+            raise RuntimeError("shape mismatch")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection reset by peer"):
+        with watch_steps(str(tmp_path), 30.0):
+            raise gloo
