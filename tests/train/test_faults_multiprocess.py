@@ -71,19 +71,8 @@ def test_a_stopped_rank_is_named_and_ends_the_launch_then_resume_carries_on(ddp_
     base, ref = ddp_ref
     path = write_recipe(base, tmp_path, "hung", dist_timeout_s=10)
     stopped = tmp_path / "stopped"          # "PID TIME" of rank 1, written just before it stops itself
-    proc = background(path, {"ALIGN_TEST_SIGSTOP_AT_STEP": "5", "ALIGN_TEST_SIGKILL_RANK": "1",
-                             "ALIGN_TEST_STOPPED_PID": str(stopped)})
-    try:
-        out = proc.communicate(timeout=300)[0]
-        end = time.time()
-    finally:
-        end_group(proc)
-        if stopped.exists():              # never leave a stopped process behind
-            try:
-                os.kill(int(stopped.read_text().split()[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    took = end - float(stopped.read_text().split()[1])
+    proc, out, took = _stopped_launch(path, stopped, {"ALIGN_TEST_SIGSTOP_AT_STEP": "5",
+                                                      "ALIGN_TEST_SIGKILL_RANK": "1"})
     print(f"launch ended {took:.1f}s after rank 1 stopped; exit {proc.returncode}")
     assert proc.returncode != 0, out[-3000:]
     lines = [ln for ln in out.splitlines() if "made no progress" in ln]
