@@ -1136,17 +1136,17 @@ MUTATIONS = [
        "test_a_part_cut_short_after_it_finished_is_named_when_read_and_redone_by_a_rerun"],
       "a finished part cut short afterwards was skipped by a rerun and read into a numpy traceback"),
     M("retrieval.embed.full_disk_traceback", "align/retrieval/embed.py",
-      "        with guard_write(path, None, None, kept=",
-      "        with (lambda *a, **k: __import__(\"contextlib\").nullcontext())(path, None, None, kept=",
+      "    with guard_write(path, None, None, kept=",
+      "    with (lambda *a, **k: __import__(\"contextlib\").nullcontext())(path, None, None, kept=",
       ["tests/retrieval/test_embed.py::"
        "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"],
       "ENOSPC while writing a part of `align embed` was an OSError traceback"),
-    M("retrieval.embed.partial_tmp_left", "align/retrieval/embed.py",
-      "    except BaseException:\n        if os.path.exists(tmp):\n            os.remove(tmp)\n        raise\n"
-      "    os.replace(tmp, path)",
-      "    except BaseException:\n        raise\n    os.replace(tmp, path)",
+    M("storage.atomic_write_leaves_its_tmp", "align/train/storage.py",
+      "        with suppress(OSError):\n            os.remove(tmp)\n        raise\n    os.replace(tmp, path)",
+      "        raise\n    os.replace(tmp, path)",
       ["tests/retrieval/test_embed.py::"
-       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"]),
+       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file",
+       "tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"]),
     M("retrieval.index.killed_build_read_as_an_index", "align/retrieval/search.py",
       "    if info.get(\"complete\") is False:", "    if False:",
       ["tests/retrieval/test_index_build.py::"
@@ -1162,10 +1162,6 @@ MUTATIONS = [
       "        if True:\n            raise\n        for p in (vec_p, ids_p):",
       ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"],
       "ENOSPC while caching an entry ended `align bench` in a traceback and left a half-written .tmp file"),
-    M("bench.cache.partial_tmp_left", "align/bench/embed.py",
-      "        if os.path.exists(tmp):                 # never a half-written file left in the cache\n"
-      "            os.remove(tmp)", "        pass",
-      ["tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"]),
     M("sweep.full_study_db_traceback", "align/sweep/study.py",
       "    except Exception as e:\n        if not is_storage_error(e):\n            raise\n        where = ",
       "    except Exception as e:\n        if True:\n            raise\n        where = ",

@@ -190,18 +190,6 @@ def _cache_paths(cache_dir: str, model_fp: str, data_fp: str, modality: str):
         os.path.join(d, f"{modality}.json")
 
 
-def _atomic_save(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-    except BaseException:
-        if os.path.exists(tmp):                 # never a half-written file left in the cache
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
-
-
 def _load_cached(vec_p, ids_p, meta_p) -> Optional[Embeddings]:
     if not (os.path.isfile(meta_p) and os.path.isfile(vec_p) and os.path.isfile(ids_p)):
         return None
@@ -222,15 +210,15 @@ _CACHE_FULL_SAID = set()     # the cache dirs a full disk was reported for (one 
 def _store(paths, emb: Embeddings, meta: dict) -> None:
     """The cache entry (meta last: an entry without it is never read). A full disk is one line on stderr and the
     benchmark goes on with the embeddings in hand, uncached; other errors pass."""
-    from align.train.storage import is_storage_error
+    from align.train.storage import atomic_write, is_storage_error
     d, vec_p, ids_p, meta_p = paths
     meta = dict(meta, n=int(len(emb.vectors)), dim=int(emb.vectors.shape[1]) if emb.vectors.ndim == 2 else 0,
                 skipped=emb.skipped, missing=emb.missing, errors=emb.errors, created=time.time())
     try:
         os.makedirs(d, exist_ok=True)
-        _atomic_save(vec_p, lambda f: np.save(f, emb.vectors))
-        _atomic_save(ids_p, lambda f: np.save(f, emb.ids))
-        _atomic_save(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write(vec_p, lambda f: np.save(f, emb.vectors))
+        atomic_write(ids_p, lambda f: np.save(f, emb.ids))
+        atomic_write(meta_p, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     except OSError as e:
         if not is_storage_error(e):
             raise

@@ -35,7 +35,7 @@ from align.bench.embed import MissingModalityError, embed_dataset, model_fingerp
 from align.bench.engine import with_engine
 from align.data.stream.sources import expand_urls
 from align.errors import ConfigError, DataError, make_folder, without_reprs
-from align.train.storage import guard_write
+from align.train.storage import atomic_write, guard_write
 
 MEDIA = ("image", "audio")
 ORDER = ("image", "audio", "text")
@@ -94,19 +94,9 @@ def part_name(i: int) -> str:
 
 
 def _atomic(path: str, write) -> None:
-    """write(f) into a temporary file renamed to `path`; a full disk is one line (StorageError), and the
-    temporary file never outlives a failure (a kill aside)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with guard_write(path, None, None, kept="the finished parts are kept (a rerun redoes only the others)",
-                         partial=tmp):
-            with open(tmp, "wb") as f:
-                write(f)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
+    """write(f) into `path` whole or not at all (storage.atomic_write); a full disk is one line (StorageError)."""
+    with guard_write(path, None, None, kept="the finished parts are kept (a rerun redoes only the others)"):
+        atomic_write(path, write)
 
 
 def _load_manifest(path: str) -> dict:

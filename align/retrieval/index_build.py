@@ -48,7 +48,7 @@ from align.bench.index import (INDEXES, Refined, build_index, create_index, defa
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError, make_folder
 from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
-from align.train.storage import guard_write
+from align.train.storage import atomic_write, guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
 TARGET_RECALL = 0.95
@@ -344,15 +344,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
 def write_meta(out: str, meta: dict) -> None:
     """out/index.json, replaced atomically."""
     make_folder(out, "index")
-    tmp = os.path.join(out, "index.json.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, os.path.join(out, "index.json"))
+    atomic_write(os.path.join(out, "index.json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def summary_line(s: dict) -> str:

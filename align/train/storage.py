@@ -6,6 +6,7 @@
       - on ENOSPC/EIO/EDQUOT/EROFS (also wrapped by safetensors or torch): the .tmp dir removed, and
         StorageError(storage_line(...)): the path, the space needed and free, the intact checkpoint.
     guard_write(path, need, intact) does the same for any other write (an export);
+    atomic_write(path, write) writes a file whole or not at all (a temporary file renamed into place);
     append_line(f, path, line, ckpt_dir) appends a metrics line, cut back to the last whole line on failure.
 
 StorageError carries exit_code STORAGE_EXIT (74, sysexits.h EX_IOERR), which the CLI returns.
@@ -128,6 +129,21 @@ def guard_write(path: str, need: Optional[int], intact: Optional[str], kept: Opt
         elif partial and os.path.exists(partial):
             os.remove(partial)
         raise StorageError(storage_line(exn, path, need, intact, kept)) from None
+
+
+def atomic_write(path: str, write) -> None:
+    """write(f) into a temporary file beside `path` (binary), renamed to `path` when whole: a reader never sees
+    half a file, and the temporary file never outlives a failure (a kill aside): a full disk, a ^C or an error of
+    `write` removes it before the error goes on."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+    except BaseException:
+        with suppress(OSError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
 
 
 @contextmanager
