@@ -246,15 +246,15 @@ def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
             raise ConfigError(f"{where}.pretrained: {pretrained!r} is a folder without open_clip_config.json and "
                               f"open_clip_model.safetensors / open_clip_pytorch_model.bin")
         return found
-    import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-    cfg = get_pretrained_cfg(name, pretrained) if name else {}
     if not name:
         raise ConfigError(f"{where}.pretrained: no such file or folder {pretrained!r} (an open_clip tag needs the "
                           f"architecture's name in {where}.model)")
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+    cfg = get_pretrained_cfg(name, pretrained)
     if not cfg:
         raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
-                          f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name or '')) or 'none'})")
+                          f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
     try:
         return download_pretrained(cfg)
     except Exception as e:  # noqa: BLE001  offline, hub error: one line
