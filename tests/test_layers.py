@@ -41,7 +41,7 @@ GROUPS = {
     "retrieval": ["align.retrieval"],
     "api": ["align.api"],
     "sweep": ["align.sweep"],
-    "config": ["align.config", "align.config_keys"],
+    "config": ["align.config", "align.config_keys", "align.config_types"],
     "cli": ["align.cli", "align.cli_data"],
 }
 LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,

@@ -21,7 +21,8 @@ Modules:
   zeroshot      zero-shot classification (image or audio)
   retrieval     cross-modal and emergent retrieval recall@k
   probes        linear probe, CCA baseline, fusion probe (the numerics); probe_tasks: their suite runners
-  datasets      benchmark datasets over several on-disk layouts (wds, folders, HF, CSV)
+  datasets      benchmark datasets over several on-disk layouts (wds, folders; datasets_tables: HF, CSV;
+                dataset_items: the items, the base class and the decoders)
   embed         batched, disk-cached encoding
   engine        --engine torch | onnxruntime: media encoders run by onnxruntime on the CPU
   index         FAISS indexes by type name; exact: exact top-k (bf16 scoring + float64 re-rank)
