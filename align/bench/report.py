@@ -225,10 +225,44 @@ def markdown_table(results: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(results: Sequence[dict], path: str) -> None:
+def mean_table(results: Sequence[dict]) -> str:
+    """Each model's mean over datasets (in %), one row per (task, modalities, fraction metric) that two or more
+    datasets report; '' when there is no such row. A model without a result on every one of those datasets (a
+    failed or skipped entry) gets '-': a mean over fewer sets would not compare with the others. A dataset's
+    second result (#2 in markdown_table) does not enter the mean: each dataset counts once."""
+    labels = _labels(results)
+    cols = list(labels.values())
+    groups: Dict[tuple, Dict[str, Dict[str, float]]] = {}   # (task, setting, metric) -> dataset -> column -> value
+    for r in results:
+        col = labels[(r["model"], r["pretrained"])]
+        for k, v in r.get("metrics", {}).items():
+            if is_fraction(k) and isinstance(v, (int, float)):
+                groups.setdefault((r["task"], setting(r), k), {}).setdefault(r["dataset"], {}).setdefault(col, v)
+    lines = []
+    for (task, where, k), by_ds in groups.items():
+        if len(by_ds) < 2:
+            continue
+        cells = [metric_text(k, sum(d[c] for d in by_ds.values()) / len(by_ds))
+                 if all(c in d for d in by_ds.values()) else "-" for c in cols]
+        lines.append(f"| {task} | {where} | {k} | {len(by_ds)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | modalities | metric | datasets | " + " | ".join(cols) + " |",
+                      "|---|---|---|---:|" + "---:|" * len(cols)] + lines) + "\n"
+
+
+def write_markdown(results: Sequence[dict], path: str, failed: Sequence[str] = ()) -> None:
+    """results.md: the table of every result, the mean over datasets where two or more share a metric, and the
+    entries that did not run (`failed`: one line each, as the suite printed them)."""
+    text = ("Accuracies and recalls in % (CLIP_benchmark definitions); counts and hyperparameters as they "
+            "are.\n\n" + markdown_table(results))
+    means = mean_table(results)
+    if means:
+        text += "\n## Mean over datasets\n\n" + means
+    if failed:
+        text += "\n## Not run\n\n" + "".join(f"- {line}\n" for line in failed)
     with open(path, "w") as f:
-        f.write("Accuracies and recalls in % (CLIP_benchmark definitions); counts and hyperparameters as they "
-                "are.\n\n" + markdown_table(results))
+        f.write(text)
 
 
 def summary_line(result: dict) -> str:

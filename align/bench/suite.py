@@ -23,9 +23,11 @@ Example:
 
 Outputs in out_dir: one JSON per (entry, model) named like CLIP_benchmark's
 '{dataset}_{pretrained}_{model}_{language}_{task}.json'; `results.csv`; `results.md`
-(models side by side). An existing result JSON is never overwritten unless
-overwrite=True (--overwrite); skip_existing=True (--skip-existing) reuses it. results.csv/.md are regenerated.
-A model without a modality an entry needs is skipped for that entry (listed).
+(models side by side, then each model's mean over the datasets that share a task and metric). An existing
+result JSON is never overwritten unless overwrite=True (--overwrite); skip_existing=True (--skip-existing)
+reuses it. results.csv/.md are regenerated. A model without a modality an entry needs is skipped for that entry
+(listed). An entry that fails on its data (an AlignError) or a model that cannot load is a `fail:` line and the
+suite goes on; results.md lists them under "Not run", and the suite then ends in an error naming the first.
 """
 from __future__ import annotations
 
@@ -220,9 +222,11 @@ def _unique_name(fname: str, where: str, written: set) -> str:
     return out
 
 
-def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipped: list, written: set,
-                   overwrite: bool, skip_existing: bool, run_kw: dict) -> None:
-    """run_suite's entries for one model: results (and written file names, skipped entries) appended."""
+def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipped: list, failed: list,
+                   written: set, overwrite: bool, skip_existing: bool, run_kw: dict) -> None:
+    """run_suite's entries for one model: results (and written file names, skipped and failed entries) appended.
+    An entry that fails on its data or settings (an AlignError: no image decodes, no labels, NaN embeddings) is
+    one `fail:` line and the next entry runs: one bad set must not cost the hours the others take."""
     mname = model_name(model)
     pre = pretrained if pretrained is not None else model_pretrained(model)
     for e, runner, ds, aux in opened:
@@ -247,6 +251,10 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
         except MissingModalityError as err:
             skipped.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
             print(f"skip: {skipped[-1]}")
+            continue
+        except AlignError as err:
+            failed.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
+            print(f"fail: {failed[-1]}")
             continue
         if e.get("name"):
             r["dataset"] = e["name"]
@@ -281,19 +289,28 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
     # open every dataset first: a bad path fails in seconds, not after hours of encoding
     opened = [(e, *_open_all(e)) for e in entries]
     make_folder(out_dir, "suite's results")
-    results, skipped, written = [], [], set()
+    results, skipped, failed, written = [], [], [], set()
     run_kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers,
                   precision=precision, progress=progress)
     for m in models:
-        model, pretrained = (load_fn(m), m if isinstance(m, str) else None) if _is_spec(m) else (m, None)
+        try:
+            model, pretrained = (load_fn(m), m if isinstance(m, str) else None) if _is_spec(m) else (m, None)
+        except AlignError as err:          # a model that cannot load: its entries are not run, the next model is
+            failed.append(f"model {m!r}: {err} ({len(opened)} entries not run)")
+            print(f"fail: {failed[-1]}")
+            continue
         with same_weights_prompts():       # one model's weights throughout: its class prompts encoded once
-            _model_entries(model, pretrained, opened, out_dir, results, skipped, written, overwrite, skip_existing,
-                           run_kw)
+            _model_entries(model, pretrained, opened, out_dir, results, skipped, failed, written, overwrite,
+                           skip_existing, run_kw)
         if _is_spec(m):
             del model
             gc.collect()
     write_csv(results, os.path.join(out_dir, "results.csv"))
-    write_markdown(results, os.path.join(out_dir, "results.md"))
+    write_markdown(results, os.path.join(out_dir, "results.md"), failed)
     print(f"suite: {len(results)} results for {len(models)} model(s) in {out_dir} (results.csv, results.md)"
-          + (f"; {len(skipped)} skipped (model lacks a modality)" if skipped else ""))
+          + (f"; {len(skipped)} skipped (model lacks a modality)" if skipped else "")
+          + (f"; {len(failed)} failed" if failed else ""))
+    if failed:     # the finished results are written; the run still ends in an error, naming the first failure
+        raise AlignError(f"suite: {len(failed)} failed (listed under 'Not run' in "
+                         f"{os.path.join(out_dir, 'results.md')}); first: {failed[0]}")
     return results

@@ -51,3 +51,25 @@ def test_a_second_result_on_one_dataset_gets_rows_of_its_own():
                     "| cls #2 | zeroshot_classification | image | acc1 | 25.00 | 35.00 |"]
     one = markdown_table([res("a", 0.2), {**res("a", 0.5), "modality": "audio"}])   # other settings: one row each
     assert "| cls | zeroshot_classification | audio | acc1 | 50.00 |" in one and "#2" not in one
+
+
+def test_the_mean_over_datasets_counts_each_dataset_once_and_no_model_short_of_one():
+    """results.md's mean table against a plain mean: per (task, modalities, metric) two or more datasets report;
+    a model lacking one of them gets '-', and a dataset's second result (#2) does not enter the mean."""
+    import random
+    rng = random.Random(0)
+
+    def res(ds, model, acc1, modality="image"):
+        return {"dataset": ds, "model": model, "pretrained": "p", "task": "zeroshot_classification",
+                "modality": modality, "metrics": {"acc1": acc1, "n_test": 40.0}}
+
+    a = {d: rng.random() for d in ("x", "y", "z")}
+    b = {d: rng.random() for d in ("x", "y")}                     # b has no result on z (a failed entry)
+    results = [res(d, "a", v) for d, v in a.items()] + [res(d, "b", v) for d, v in b.items()]
+    results += [res("x", "a", 0.99), res("solo", "a", 0.5, "audio")]      # a second result on x; one audio set
+    from align.bench.report import mean_table
+    table = mean_table(results)
+    assert table.splitlines()[2:] == [f"| zeroshot_classification | image | acc1 | 3 | {100 * sum(a.values()) / 3:.2f} | - |"]
+    assert mean_table([res("x", "a", 0.5)]) == ""                  # one dataset: no mean table
+    assert mean_table([res("x", "a", 0.2), res("y", "a", 0.6)]).splitlines()[2] == \
+        "| zeroshot_classification | image | acc1 | 2 | 40.00 |"

@@ -228,3 +228,31 @@ def test_a_suite_that_is_not_valid_yaml_is_one_line_with_its_place(tmp_path):
     with pytest.raises(ConfigError) as e:
         read_suite(str(p))
     assert "\n" not in str(e.value) and "s.yaml: not valid YAML at line 3, column 1" in str(e.value)
+
+
+def test_a_failed_entry_or_model_does_not_stop_the_others(tmp_path, capsys):
+    """An entry whose every image is broken and a model that cannot load: before, the first error ended the suite
+    and results.md was never written. Now each is one `fail:` line, the other entries run and are written,
+    results.md lists the failures under 'Not run', and the suite still ends in an error naming the first."""
+    for c in ("cat", "dog"):
+        os.makedirs(tmp_path / "broken" / c)
+        (tmp_path / "broken" / c / "0.png").write_bytes(b"not a png at all")
+    classification_wds(tmp_path / "good", n=12, n_classes=4)
+    (tmp_path / "s.yaml").write_text("- {dataset: broken, type: imagefolder, task: zeroshot}\n"
+                                     "- {dataset: good, type: wds, task: zeroshot}\n")
+
+    def load_fn(path):
+        raise DataError(f"{path}: not a model folder")
+
+    out = tmp_path / "out"
+    with pytest.raises(AlignError, match=r"^suite: 2 failed \(listed under 'Not run' in .*results\.md\); first: "
+                                         r"suite .*entry 0 \(zeroshot on broken\) for m: .*no image could be encoded"):
+        run_suite(str(tmp_path / "s.yaml"), [FakeModel(name="m"), "nowhere"], str(out), load_fn=load_fn,
+                  progress=False)
+    printed = capsys.readouterr().out
+    assert printed.count("fail: ") == 2 and "model 'nowhere': nowhere: not a model folder" in printed
+    assert [f for f in os.listdir(out) if f.endswith(".json")] == ["good_fake-0-16_m_en_zeroshot_classification.json"]
+    md = (out / "results.md").read_text()
+    not_run = md[md.index("## Not run"):].splitlines()[2:]
+    assert len(not_run) == 2 and "no image could be encoded" in not_run[0] and "nowhere" in not_run[1]
+    assert "| good | zeroshot_classification | image | acc1 |" in md
