@@ -67,16 +67,16 @@ def test_seconds_time_the_search_of_each_direction_apart_from_encoding(tmp_path,
 
     real = rt.search
 
-    def slow_search(index, queries, k, **kw):     # 0.3 s for the image queries (12-d, 16 rows) only
+    def slow_search(index, queries, k, **kw):     # 1 s for the image queries (12-d, 16 rows) only
         if len(queries) == 16:
-            time.sleep(0.3)
+            time.sleep(1.0)
         return real(index, queries, k, **kw)
 
     monkeypatch.setattr(rt, "search", slow_search)
     ds = open_dataset(retrieval_wds(tmp_path / "r", n=16, caps=(2, 2)), "wds")
     sec = retrieval(FakeModel(dim=12), ds, progress=False)["seconds"]
-    assert sec["search image->text"] >= 0.3
-    assert max(sec["search text->image"], sec["encode_text"], sec["encode_image"], sec["index image->text"]) < 0.3
+    assert sec["search image->text"] >= 1.0
+    assert max(sec["search text->image"], sec["encode_text"], sec["encode_image"], sec["index image->text"]) < 1.0
 
 
 def test_audio_pairs_use_the_retrieved_modality_in_key_names(tmp_path):

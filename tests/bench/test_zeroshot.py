@@ -237,12 +237,13 @@ def test_seconds_put_each_stage_where_its_time_went(tmp_path, monkeypatch):
 
     root = classification_wds(tmp_path / "d", n=16, n_classes=4)
     ds = open_dataset(root, "wds")
-    _slowed(monkeypatch, zs, "search", 0.3)
+    # 1 s: the other stages take ~0.01 s here, but up to ~0.4 s on a loaded 2-core machine (0.3 s flaked once)
+    _slowed(monkeypatch, zs, "search", 1.0)
     res = zeroshot_classification(FakeModel(dim=8), ds, progress=False)
     sec = res["seconds"]
     assert list(sec) == ["encode_image", "encode_prompts", "index", "search"]
-    assert sec["search"] >= 0.3 and max(sec["encode_image"], sec["encode_prompts"], sec["index"]) < 0.3
+    assert sec["search"] >= 1.0 and max(sec["encode_image"], sec["encode_prompts"], sec["index"]) < 1.0
     monkeypatch.undo()
-    _slowed(monkeypatch, zs, "class_vectors", 0.3)
+    _slowed(monkeypatch, zs, "class_vectors", 1.0)
     sec = zeroshot_classification(FakeModel(dim=8), ds, progress=False, index="hnsw")["seconds"]
-    assert sec["encode_prompts"] >= 0.3 and sec["encode_image"] < 0.3 and "recall_vs_exact" in sec
+    assert sec["encode_prompts"] >= 1.0 and sec["encode_image"] < 1.0 and "recall_vs_exact" in sec
