@@ -1336,4 +1336,9 @@ MUTATIONS = [
     M("bench.report.second_result_in_mean", "align/bench/report.py",
       '.setdefault(r["dataset"], {}).setdefault(col, v)', '.setdefault(r["dataset"], {}).update({col: v})',
       ["tests/bench/test_report.py"]),
+    M("retrieval.index_modality_folder_ignores_build_flag", "align/retrieval/search.py",
+      "            index_modalities(os.path.dirname(os.path.abspath(path)))", "            pass",
+      ["tests/retrieval/test_index_build.py::"
+       "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"],
+      "INDEX/text named directly after a rebuild killed part-way: the old index read without a word"),
 ]

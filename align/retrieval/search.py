@@ -45,6 +45,10 @@ class Index:
             if modality not in mods:
                 raise DataError(f"{path}: no {modality} index (indexed: {', '.join(mods)})")
             path = os.path.join(path, modality)
+        elif os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "index.json")):
+            # INDEX/<modality> named directly: its build's flag is one folder up (a rebuild killed part-way leaves
+            # this modality's old files beside the others' new ones)
+            index_modalities(os.path.dirname(os.path.abspath(path)))
         try:
             index = faiss.read_index(os.path.join(path, "index.faiss"))
             settings = json.load(open(os.path.join(path, "settings.json")))

@@ -251,6 +251,10 @@ def test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_
         build_indexes(emb, out)
     with pytest.raises(DataError, match="build did not finish .*run the same `align index` command again"):
         load_indexes(out)
+    from align.retrieval.search import Index
+    for m in ("image", "text"):               # a modality's folder named directly: text/ is the old index
+        with pytest.raises(DataError, match="build did not finish"):
+            Index.load(os.path.join(out, m))
     monkeypatch.setattr(ib, "build_modality", real)
     shutil.rmtree(os.path.join(out, "image"))            # a first build killed part-way: rerun as it was
     capsys.readouterr()
