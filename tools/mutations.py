@@ -1341,4 +1341,10 @@ MUTATIONS = [
       ["tests/retrieval/test_index_build.py::"
        "test_a_build_killed_part_way_is_never_read_as_an_index_and_the_same_command_rebuilds_it"],
       "INDEX/text named directly after a rebuild killed part-way: the old index read without a word"),
+    M("train.evaluate.figure_one_class_axes", "align/train/evaluate.py",
+      "figsize=(1.6 * k, 1.7 * len(queries)), squeeze=False)", "figsize=(1.6 * k, 1.7 * len(queries)))",
+      ["tests/train/test_evaluate.py::test_the_retrieval_figure_draws_a_set_of_one_class_or_fewer_items_than_k"]),
+    M("train.evaluate.figure_k_over_items", "align/train/evaluate.py",
+      "    k = min(k, len(emb.vectors))", "    pass",
+      ["tests/train/test_evaluate.py::test_the_retrieval_figure_draws_a_set_of_one_class_or_fewer_items_than_k"]),
 ]

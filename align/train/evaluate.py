@@ -214,8 +214,10 @@ def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: i
     queries = [tmpl[0].format(c=c) for c in names]                  # the dataset's first prompt template
     with torch.no_grad():
         q = model.encode_text(model.tokenize(queries)).cpu().numpy()
+    k = min(k, len(emb.vectors))                                     # a set of fewer than k images shows them all
     top = np.argsort(-q @ emb.vectors.T, axis=1)[:, :k]            # [n_queries, k] rows of emb
-    fig, axes = plt.subplots(len(queries), k, figsize=(1.6 * k, 1.7 * len(queries)))
+    # squeeze=False: axes stays [rows, k] with one class or k == 1 (a 1-D array of axes failed at axes[i, j])
+    fig, axes = plt.subplots(len(queries), k, figsize=(1.6 * k, 1.7 * len(queries)), squeeze=False)
     labels = ds.labels
     for i, text in enumerate(queries):
         for j in range(k):

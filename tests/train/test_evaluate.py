@@ -111,3 +111,17 @@ def test_the_retrieval_figure_names_the_set_it_searched(tmp_path, monkeypatch):
     assert retrieval_figure(FakeModel(), val, png, n_queries=2, k=3) == png
     assert titles == ["text -> image retrieval on heldout (top 3)"]
     assert Image.open(png).size[0] > 100
+
+
+@pytest.mark.parametrize("n_classes, n_items", [(1, 4), (6, 3)])
+def test_the_retrieval_figure_draws_a_set_of_one_class_or_fewer_items_than_k(tmp_path, n_classes, n_items):
+    """One class (a 1-row grid) or 3 items under k=5: before, an IndexError from the axes or the top-k ids."""
+    from PIL import Image
+    from align.train.evaluate import retrieval_figure
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i:05d}", {"cls": str(i % n_classes), "png": png_bytes(rng)}) for i in range(n_items)]
+    val = write_wds(tmp_path / "v", samples, split="test", classnames=NAMES[:n_classes], templates=["a {c}."])
+    png = str(tmp_path / "r.png")
+    assert retrieval_figure(FakeModel(), str(val), png, n_queries=5, k=5) == png
+    w, h = Image.open(png).size
+    assert w > 100 and h > 50
