@@ -60,6 +60,20 @@ def test_installed_console_script():
     # its error path (exit 2, one line): tests/train/test_train_data_switches.py's pipe: refusal
 
 
+def test_python_dash_m_align_is_the_align_command(tmp_path):
+    """`python -m align ...` where the console script is not on PATH (a --user or --target install, a venv not
+    activated): before, "No module named align.__main__". Its exit status is the command's (2: a bad argument)."""
+    import os
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, "-m", "align", "recipes"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and "demo" in out.stdout, out.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-m", "align", "train", "no_such_recipe.yaml"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("align: error: recipe not found: no_such_recipe.yaml"), \
+        (bad.returncode, bad.stderr[-2000:])
+
+
 def test_the_parsers_import_no_torch_so_help_and_recipes_start_at_once():
     """Every `align` command builds every parser; torch (and FAISS) come with the command that needs them, not
     with `align --help` or `align recipes` (2.2-2.8 s before on a 2-core machine, 0.1 s after). The benchmark

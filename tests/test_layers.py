@@ -42,7 +42,7 @@ GROUPS = {
     "api": ["align.api"],
     "sweep": ["align.sweep"],
     "config": ["align.config", "align.config_keys", "align.config_types"],
-    "cli": ["align.cli", "align.cli_data"],
+    "cli": ["align.cli", "align.cli_data", "align.__main__"],
 }
 LAYER = {"base": 0, "wds": 1, "media": 1, "data": 2, "model": 2,
          "train": 3, "bench": 3, "export": 3, "demo": 3, "retrieval": 3, "api": 3, "sweep": 3, "config": 3,

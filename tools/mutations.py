@@ -1347,4 +1347,6 @@ MUTATIONS = [
     M("train.evaluate.figure_k_over_items", "align/train/evaluate.py",
       "    k = min(k, len(emb.vectors))", "    pass",
       ["tests/train/test_evaluate.py::test_the_retrieval_figure_draws_a_set_of_one_class_or_fewer_items_than_k"]),
+    M("main_module.exit_status_lost", "align/__main__.py", "    sys.exit(main())", "    main()",
+      ["tests/test_cli.py::test_python_dash_m_align_is_the_align_command"]),
 ]
