@@ -36,6 +36,8 @@ RUN_ANYWHERE = ("tests/train/test_rundir.py::"
                 "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
 NAN_EMB = ("tests/bench/test_embed.py::"
            "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
+PART_BYTES = ("tests/retrieval/test_embed.py::"
+              "test_a_part_whose_bytes_changed_keeping_its_size_is_named_when_read_and_redone_by_a_rerun")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
@@ -1129,7 +1131,7 @@ MUTATIONS = [
       ["tests/bench/test_datasets.py::test_wds_bad_label_is_reported_not_fatal"]),
     # -- faults audit: long retrieval jobs and the bench cache under kills, damage and a full disk ----------------
     M("retrieval.embed.part_sizes_unchecked", "align/retrieval/embed.py",
-      "    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else "
+      "    problem = part_damage(out_dir, part, counts, verify) if isinstance(counts, dict) else "
       "\"done.json is not an object\"",
       "    problem = None",
       ["tests/retrieval/test_embed.py::"
@@ -1349,4 +1351,17 @@ MUTATIONS = [
       ["tests/train/test_evaluate.py::test_the_retrieval_figure_draws_a_set_of_one_class_or_fewer_items_than_k"]),
     M("main_module.exit_status_lost", "align/__main__.py", "    sys.exit(main())", "    main()",
       ["tests/test_cli.py::test_python_dash_m_align_is_the_align_command"]),
+    M("bench.embed.cache_checksum_unchecked", "align/bench/embed.py",
+      '    if sums and (sums.get("vectors") != content_hash(vecs)',
+      '    if False and (sums.get("vectors") != content_hash(vecs)',
+      ["tests/bench/test_embed.py::test_a_cache_entry_whose_bytes_changed_on_disk_is_encoded_again"],
+      "a zero-filled block in a cached .npy: the metrics silently changed"),
+    M("retrieval.embed.part_checksum_unchecked", "align/retrieval/embed.py",
+      "        if file_hash(p) != want:", "        if False:",
+      [PART_BYTES]),
+    M("retrieval.embed.rerun_skips_damaged_part", "align/retrieval/embed.py",
+      "counts = part_done(parts_dir, part_name(i), verify=True)", "counts = part_done(parts_dir, part_name(i))",
+      [PART_BYTES]),
+    M("retrieval.index_reads_parts_unverified", "align/retrieval/index_build.py",
+      "EmbeddingParts(emb_dir, modality, verify=True)", "EmbeddingParts(emb_dir, modality)", [PART_BYTES]),
 ]

@@ -190,6 +190,12 @@ def _cache_paths(cache_dir: str, model_fp: str, data_fp: str, modality: str):
         os.path.join(d, f"{modality}.json")
 
 
+def content_hash(a: np.ndarray) -> str:
+    """A checksum of an array's values (blake2b, 128 bits; ~1 GB/s): a cache entry whose bytes changed on disk
+    (a zero-filled block after a crash, a flipped bit) has the right size and header but not this."""
+    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).hexdigest()
+
+
 def _load_cached(vec_p, ids_p, meta_p) -> Optional[Embeddings]:
     if not (os.path.isfile(meta_p) and os.path.isfile(vec_p) and os.path.isfile(ids_p)):
         return None
@@ -199,6 +205,11 @@ def _load_cached(vec_p, ids_p, meta_p) -> Optional[Embeddings]:
     except (OSError, ValueError):
         return None  # a damaged cache entry is re-encoded, not trusted
     if len(vecs) != len(ids) or meta.get("n") != len(vecs):
+        return None
+    sums = meta.get("blake2b")               # (an entry cached before the checksums: taken as it is)
+    if sums and (sums.get("vectors") != content_hash(vecs) or sums.get("ids") != content_hash(ids)):
+        print(f"align: warning: {vec_p}: the cached embeddings changed on disk since they were written (checksum "
+              f"differs); encoding again", file=sys.stderr, flush=True)
         return None
     return Embeddings(vecs, ids, skipped=meta.get("skipped", 0), missing=meta.get("missing", 0),
                       errors=meta.get("errors", []), cached=True)
@@ -213,7 +224,8 @@ def _store(paths, emb: Embeddings, meta: dict) -> None:
     from align.train.storage import atomic_write, is_storage_error
     d, vec_p, ids_p, meta_p = paths
     meta = dict(meta, n=int(len(emb.vectors)), dim=int(emb.vectors.shape[1]) if emb.vectors.ndim == 2 else 0,
-                skipped=emb.skipped, missing=emb.missing, errors=emb.errors, created=time.time())
+                skipped=emb.skipped, missing=emb.missing, errors=emb.errors, created=time.time(),
+                blake2b={"vectors": content_hash(emb.vectors), "ids": content_hash(emb.ids)})
     try:
         os.makedirs(d, exist_ok=True)
         atomic_write(vec_p, lambda f: np.save(f, emb.vectors))

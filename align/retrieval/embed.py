@@ -12,9 +12,10 @@ CLIP_benchmark-layout eval set (ROOT/{split}/nshards.txt). Each source shard bec
     EMB/parts/part-00007.parquet        one row per vector: key, caption, shard, modality, row (in that
                                         modality's .npy), media_offset/media_size (the member's byte range
                                         in the shard, -1 for text), part
-    EMB/parts/part-00007.done.json      counts and each file's size; written last, so a part without it (or
-                                        whose files are not that size: cut short by a kill or a full disk)
-                                        is redone by a rerun, and refused in one line naming the file when read
+    EMB/parts/part-00007.done.json      counts and each file's size and checksum (blake2b); written last, so
+                                        a part without it (or whose files are not that size: cut short by a
+                                        kill or a full disk; or whose bytes changed: a damaged disk) is redone
+                                        by a rerun, and refused in one line naming the file when read
 
 Under `accelerate launch --num_processes N` (or torchrun) process r embeds parts r, r+N, r+2N, ...;
 every part is computed the same way whichever process does it, so the output equals one process's.
@@ -22,6 +23,7 @@ Encoding reuses align.bench.embed (batched, skip-and-count broken samples).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -186,6 +188,7 @@ def embed_part(model, shard: str, out_dir: str, part: str, modalities: List[str]
     table = pd.DataFrame(rows, columns=COLUMNS)
     _atomic(os.path.join(out_dir, f"{part}.parquet"), lambda f: table.to_parquet(f, index=False))
     counts["files"] = {n: os.path.getsize(os.path.join(out_dir, n)) for n in part_files(part, counts["vectors"])}
+    counts["blake2b"] = {n: file_hash(os.path.join(out_dir, n)) for n in counts["files"]}   # read back: page cache
     _atomic(os.path.join(out_dir, f"{part}.done.json"), lambda f: f.write(json.dumps(counts).encode()))
     return counts
 
@@ -195,21 +198,36 @@ def part_files(part: str, vectors: dict) -> List[str]:
     return [f"{part}.parquet"] + [f"{part}.{m}.npy" for m in vectors]
 
 
-def part_damage(out_dir: str, part: str, counts: dict) -> Optional[str]:
+def file_hash(path: str) -> str:
+    """blake2b (128 bits) of a file's bytes, read in 16 MB blocks (~1 GB/s on one core)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def part_damage(out_dir: str, part: str, counts: dict, verify: bool = False) -> Optional[str]:
     """None when the part's files have the sizes its done.json recorded (a done.json written before it
-    recorded them: taken as it is), else one line naming the first file that differs."""
+    recorded them: taken as it is), else one line naming the first file that differs. verify: also their
+    checksums (a zero-filled block or a flipped bit keeps the size): reads every file, so only where the vectors
+    are read anyway (`align index`, `align data filter`) and where a rerun decides what to redo."""
     for name, size in (counts.get("files") or {}).items():
         p = os.path.join(out_dir, name)
         got = os.path.getsize(p) if os.path.isfile(p) else None
         if got != size:
             return f"{p}: {'missing' if got is None else f'{got:,} bytes'}, {size:,} bytes when its part finished " \
                    f"(damaged or cut short)"
+    for name, want in (counts.get("blake2b") or {}).items() if verify else ():
+        p = os.path.join(out_dir, name)
+        if file_hash(p) != want:
+            return f"{p}: its bytes changed since its part finished (checksum differs: damaged)"
     return None
 
 
-def part_done(out_dir: str, part: str, damage: Optional[list] = None) -> Optional[dict]:
+def part_done(out_dir: str, part: str, damage: Optional[list] = None, verify: bool = False) -> Optional[dict]:
     """The part's counts when it finished and its files are whole; else None (a rerun redoes it). damage: a
-    list that gets the line naming a damaged file."""
+    list that gets the line naming a damaged file; verify: checksums too (part_damage)."""
     p = os.path.join(out_dir, f"{part}.done.json")
     if not (os.path.isfile(p) and os.path.isfile(os.path.join(out_dir, f"{part}.parquet"))):
         return None
@@ -217,7 +235,7 @@ def part_done(out_dir: str, part: str, damage: Optional[list] = None) -> Optiona
         counts = json.load(open(p))
     except (OSError, ValueError):
         return None                                     # a damaged marker: redo the part
-    problem = part_damage(out_dir, part, counts) if isinstance(counts, dict) else "done.json is not an object"
+    problem = part_damage(out_dir, part, counts, verify) if isinstance(counts, dict) else "done.json is not an object"
     if problem:
         if damage is not None:
             damage.append(problem)
@@ -258,7 +276,7 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
     t0 = time.perf_counter()
     bar = tqdm(total=len(mine), desc="embed", unit="part", disable=not progress, dynamic_ncols=True)
     for i in mine:
-        counts = part_done(parts_dir, part_name(i))
+        counts = part_done(parts_dir, part_name(i), verify=True)      # a damaged part is embedded again
         if counts is not None:
             summary.done_before += 1
         else:
@@ -284,14 +302,14 @@ def read_manifest(emb_dir: str) -> dict:
     return _load_manifest(path)
 
 
-def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False) -> List[str]:
+def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False, verify: bool = False) -> List[str]:
     """Paths (without suffix) of the finished parts holding `modality`, in order; unfinished parts are an error
-    unless allow_partial, and no vectors at all is one."""
+    unless allow_partial, and no vectors at all is one. verify: the parts' checksums too (reads them all)."""
     man = read_manifest(emb_dir)
     parts_dir = os.path.join(emb_dir, "parts")
     found, unfinished, damage = [], [], []
     for part in man["parts"]:
-        counts = part_done(parts_dir, part, damage)
+        counts = part_done(parts_dir, part, damage, verify)
         if counts is None:
             unfinished.append(part)
         elif modality in counts["vectors"]:
@@ -332,7 +350,7 @@ def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
 def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
     """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
     in order. (EmbeddingParts reads the same vectors without holding them all.)"""
-    bases = _finished_parts(emb_dir, modality, allow_partial)
+    bases = _finished_parts(emb_dir, modality, allow_partial, verify=True)
     x = np.concatenate([np.load(f"{base}.{modality}.npy").astype(np.float32) for base in bases])
     return _unit(x), _rows(bases, modality)
 
@@ -347,8 +365,8 @@ class EmbeddingParts:
         parts.take(ids)              float32 [len(ids), D] L2-normalised rows at sorted ids
     The rows are load_embeddings' rows, in the same order and with the same values."""
 
-    def __init__(self, emb_dir: str, modality: str, *, allow_partial: bool = False):
-        self.paths = [f"{base}.{modality}.npy" for base in _finished_parts(emb_dir, modality, allow_partial)]
+    def __init__(self, emb_dir: str, modality: str, *, allow_partial: bool = False, verify: bool = False):
+        self.paths = [f"{base}.{modality}.npy" for base in _finished_parts(emb_dir, modality, allow_partial, verify)]
         shapes = [self._open(i).shape for i in range(len(self.paths))]     # headers only; no map is kept open
         self.starts = np.cumsum([0] + [sh[0] for sh in shapes])            # [parts + 1]
         self.shape = (int(self.starts[-1]), int(shapes[0][1]))

@@ -229,7 +229,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     terminal) over the adds and the exact check, which take minutes from millions of vectors. before_write():
     called before anything is written to out_dir (build_indexes marks the index as being built)."""
     from align.progress import progress as tqdm
-    parts = EmbeddingParts(emb_dir, modality)                   # [N, D], read part by part
+    parts = EmbeddingParts(emb_dir, modality, verify=True)      # [N, D], read part by part; checksums checked
     rows = load_rows(emb_dir, modality)
     n, d = parts.shape
     if kind:

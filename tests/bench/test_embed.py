@@ -44,6 +44,33 @@ def test_second_run_encodes_nothing(tmp_path):
     assert meta["n"] == 10 and meta["dim"] == 16 and meta["modality"] == "image"
 
 
+@pytest.mark.parametrize("damage", ["zeros", "bit"])
+def test_a_cache_entry_whose_bytes_changed_on_disk_is_encoded_again(tmp_path, capsys, damage):
+    """Same size, same header, other values (a block zero-filled after a crash, one flipped bit): before, the
+    cached vectors were used as they were and the metrics silently changed. Now the entry's checksum differs: a
+    warning, the set is encoded again (the same numbers as the first run), and the rewritten entry is used."""
+    from align.bench.embed import dataset_fingerprint
+    root = classification_wds(tmp_path / "d", n=10)
+    cache = str(tmp_path / "cache")
+    first = embed_dataset(FakeModel(), open_dataset(root, "wds"), "image", cache_dir=cache, progress=False)
+    m = FakeModel()
+    vec_p = os.path.join(cache, m.fingerprint(), dataset_fingerprint(m, open_dataset(root, "wds")), "image.npy")
+    raw = bytearray(open(vec_p, "rb").read())
+    if damage == "zeros":
+        raw[-256:] = bytes(256)
+    else:
+        raw[-5] ^= 0x10
+    open(vec_p, "wb").write(bytes(raw))
+    capsys.readouterr()
+    again = embed_dataset(m, open_dataset(root, "wds"), "image", cache_dir=cache, progress=False)
+    assert m.calls["image"] > 0 and not again.cached
+    assert "the cached embeddings changed on disk since they were written" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    third = FakeModel()
+    assert embed_dataset(third, open_dataset(root, "wds"), "image", cache_dir=cache, progress=False).cached
+    assert third.calls["image"] == 0
+
+
 def test_cache_key_follows_weights_files_and_transforms(tmp_path):
     root = classification_wds(tmp_path / "d", n=6)
     cache = str(tmp_path / "cache")

@@ -303,6 +303,30 @@ def test_a_part_cut_short_after_it_finished_is_named_when_read_and_redone_by_a_r
                                   np.linalg.norm(good.astype(np.float32), axis=1, keepdims=True))
 
 
+def test_a_part_whose_bytes_changed_keeping_its_size_is_named_when_read_and_redone_by_a_rerun(tmp_path, tri_run):
+    """A finished part's .npy with a block zeroed in place (what a crash can leave; same size, same header): its
+    vectors were read as they were, by `align index` and `align data filter`, and a rerun skipped the part. Now
+    the checksum in done.json names the file, `align index` refuses it, and a rerun redoes that part alone."""
+    from align.errors import DataError
+    from align.retrieval.index_build import build_indexes
+    _, model = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=3)
+    out, data = str(tmp_path / "a"), str(tmp_path / "shards")
+    embed_corpus(model, data, out, progress=False, batch_size=8)
+    good = load_embeddings(out, "image")[0]
+    hit = os.path.join(out, "parts", "part-00001.image.npy")
+    raw = bytearray(open(hit, "rb").read())
+    raw[-64:] = bytes(64)
+    open(hit, "wb").write(bytes(raw))
+    for read in (lambda: load_embeddings(out, "image"), lambda: build_indexes(out, str(tmp_path / "ix"))):
+        with pytest.raises(DataError, match=f"^{hit}: its bytes changed since its part finished .*re-run `align "
+                                            f"embed`"):
+            read()
+    s = embed_corpus(model, data, out, progress=False, batch_size=8)
+    assert (s.done_before, s.items) == (1, 3)                             # the damaged part alone was redone
+    np.testing.assert_array_equal(load_embeddings(out, "image")[0], good)
+
+
 def test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file(tmp_path, tri_run, monkeypatch,
                                                                                  capsys):
     """ENOSPC while a part's vectors were written: a traceback, and the half-written .npy.tmpPID stayed in parts/
