@@ -1319,4 +1319,8 @@ MUTATIONS = [
     M("rundir.inline_hf_text_folder_relative", "align/train/rundir.py",
       "                text_cfg[key] = os.path.abspath(text_cfg[key])", "                pass",
       ["tests/train/test_rundir.py::test_an_inline_configs_local_hf_text_folders_are_made_absolute"]),
+    M("onnx.open_clip_steps_rgb_after_resize", "align/export/onnx_format.py",
+      '        return [{"op": "to_rgb"}] + geo + [to_float, norm]', '        return geo + [{"op": "to_rgb"}, to_float, norm]',
+      ["tests/export/test_onnx_format.py::test_open_clip_image_steps_make_rgb_before_resizing_as_align_does"],
+      "the ONNX card's preprocess_image resized palette/1-bit images with NEAREST: embeddings off align.load's"),
 ]
