@@ -1323,4 +1323,12 @@ MUTATIONS = [
       '        return [{"op": "to_rgb"}] + geo + [to_float, norm]', '        return geo + [{"op": "to_rgb"}, to_float, norm]',
       ["tests/export/test_onnx_format.py::test_open_clip_image_steps_make_rgb_before_resizing_as_align_does"],
       "the ONNX card's preprocess_image resized palette/1-bit images with NEAREST: embeddings off align.load's"),
+    M("bench.models.pathlib_path_refused", "align/bench/models.py",
+      "    if isinstance(spec, os.PathLike):\n        spec = os.fspath(spec)",
+      "    if False:\n        spec = os.fspath(spec)",
+      ["tests/bench/test_models.py::test_align_load_takes_a_pathlib_path"],
+      "align.load(pathlib.Path(run)): 'a model is a string or a mapping ...; got PosixPath'"),
+    M("api.embed_pathlib_model_not_loaded", "align/__init__.py",
+      '    if isinstance(model, str) or hasattr(model, "__fspath__"):', "    if isinstance(model, str):",
+      ["tests/bench/test_models.py::test_align_load_takes_a_pathlib_path"]),
 ]

@@ -148,7 +148,9 @@ def split_scheme(spec: str):
 
 
 def spec_fields(spec: Union[str, dict], where: str = "model") -> dict:
-    """A string or {model, pretrained, name} mapping -> {"model", "pretrained", "name"} (validated)."""
+    """A string (or a pathlib.Path) or {model, pretrained, name} mapping -> {"model", "pretrained", "name"}."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)          # align.load(Path("runs/x")), as open() and every path function take
     if isinstance(spec, str):
         return {"model": spec, "pretrained": None, "name": None}
     if not isinstance(spec, dict):

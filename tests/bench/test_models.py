@@ -172,6 +172,21 @@ def test_align_load_and_align_bench_go_through_one_factory(tmp_path, monkeypatch
     assert calls == [("align", "runs/x", None), ("fake", "y", "tag"), ("fake", "z", None)]
 
 
+def test_align_load_takes_a_pathlib_path(tmp_path, monkeypatch):
+    """align.load(Path(run)) loads the run (it was refused: 'a model is a string or a mapping ...; got PosixPath'),
+    and align.embed takes a Path as the model to load."""
+    import pathlib
+    from align.bench import models as bm
+    from tests.bench.conftest import FakeModel
+    calls = []
+    monkeypatch.setitem(bm.MODEL_SOURCES._items, "align",
+                        lambda rest, pretrained=None, device="cpu": calls.append(rest) or FakeModel(name=rest))
+    assert align.load(pathlib.Path("runs") / "x").name == os.path.join("runs", "x")
+    monkeypatch.setattr("align.retrieval.embed.embed_corpus", lambda model, data, out, **kw: model.name)
+    assert align.embed(pathlib.Path("runs/y"), "d", "o") == "runs/y"
+    assert calls == [os.path.join("runs", "x"), "runs/y"]
+
+
 @pytest.mark.parametrize("custom_text", [False, True])
 def test_text_features_skip_the_padding_and_match_open_clips_own(custom_text):
     """align embed / bench encode open_clip captions only up to the batch's last end-of-text token: the same
