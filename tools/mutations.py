@@ -1352,4 +1352,10 @@ MUTATIONS = [
       '        if not hasattr(img, "getexif"):', "        if False:",
       ["tests/media/test_image.py::test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image"],
       "model.image_transform(numpy array): 'ndarray' object has no attribute 'getexif'"),
+    M("audio.scipy_rate_data_order", "align/towers/audio_features.py",
+      "        if np.ndim(sr) > 0 and isinstance(wave, (int, np.integer)):", "        if False:", ["tests/towers/test_audio.py::test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line"],
+      "audio_transform(scipy.io.wavfile.read(path)): numpy's 2-line repr of the wave as the 'sample rate'"),
+    M("audio.bool_sample_rate", "align/towers/audio_features.py",
+      "isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr <= 0:",
+      "isinstance(sr, (int, np.integer)) or sr <= 0:", ["tests/towers/test_audio.py::test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line"], "a sample rate of True read as 1 Hz"),
 ]
