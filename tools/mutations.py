@@ -1358,4 +1358,8 @@ MUTATIONS = [
     M("audio.bool_sample_rate", "align/towers/audio_features.py",
       "isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr <= 0:",
       "isinstance(sr, (int, np.integer)) or sr <= 0:", ["tests/towers/test_audio.py::test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line"], "a sample rate of True read as 1 Hz"),
+    M("bench.models.load_device_unchecked", "align/bench/models.py",
+      '    check_device(device, "device", types=None)', "    pass",
+      ["tests/bench/test_models.py::test_a_device_this_machine_lacks_is_one_line_before_the_model_loads"],
+      "align.load(run, device='cuda') without a GPU: torch's 'Found no NVIDIA driver' traceback after loading"),
 ]

@@ -167,6 +167,8 @@ def spec_fields(spec: Union[str, dict], where: str = "model") -> dict:
 def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device: str = "cpu"):
     """A benchmark model from a spec (see the module docstring), in eval mode on `device`."""
     f = spec_fields(spec)
+    from align.bench.exact import check_device
+    check_device(device, "device", types=None)     # before any weights load: "gpu", or cuda on a machine without
     scheme, rest = split_scheme(f["model"])
     model = MODEL_SOURCES.get(scheme)(rest, pretrained=f["pretrained"] or pretrained, device=device)
     if f["name"]:

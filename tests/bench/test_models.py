@@ -187,6 +187,22 @@ def test_align_load_takes_a_pathlib_path(tmp_path, monkeypatch):
     assert calls == [os.path.join("runs", "x"), "runs/y"]
 
 
+def test_a_device_this_machine_lacks_is_one_line_before_the_model_loads(monkeypatch):
+    """align.load(run, device="gpu") ended in torch's "Expected one of cpu, cuda, ... device type" traceback from
+    model.to(), and device="cuda" on a machine without one in "Found no NVIDIA driver"; one ConfigError line
+    naming the device, before any weights are read."""
+    from align.bench import models as bm
+    loaded = []
+    monkeypatch.setitem(bm.MODEL_SOURCES._items, "align", lambda rest, pretrained=None, device="cpu": loaded.append(1))
+    with pytest.raises(ConfigError, match="^device 'gpu' is not a torch device"):
+        align.load("runs/x", device="gpu")
+    with pytest.raises(ConfigError, match="^device cuda:999: this machine has (no|[0-9]+) CUDA device"):
+        align.load("runs/x", device="cuda:999")
+    assert loaded == []
+    align.load("runs/x", device=torch.device("cpu"))
+    assert loaded == [1]
+
+
 @pytest.mark.parametrize("custom_text", [False, True])
 def test_text_features_skip_the_padding_and_match_open_clips_own(custom_text):
     """align embed / bench encode open_clip captions only up to the batch's last end-of-text token: the same
