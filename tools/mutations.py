@@ -1362,4 +1362,10 @@ MUTATIONS = [
       '    check_device(device, "device", types=None)', "    pass",
       ["tests/bench/test_models.py::test_a_device_this_machine_lacks_is_one_line_before_the_model_loads"],
       "align.load(run, device='cuda') without a GPU: torch's 'Found no NVIDIA driver' traceback after loading"),
+    M("bench.models.open_clip_encode_text_unchecked", "align/bench/models.py",
+      '        check_input("text", tokens, getattr(self.net, "context_length", None))', "        pass", ["tests/bench/test_models.py::test_open_clip_models_refuse_what_align_models_refuse_in_one_line"],
+      "align.load('local-dir:EXPORT').encode_text('a cat'): \"'str' object has no attribute 'shape'\""),
+    M("bench.models.open_clip_tokenize_unchecked", "align/bench/models.py",
+      "        return self._tokenizer(text_list(texts))",
+      "        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))", ["tests/bench/test_models.py::test_open_clip_models_refuse_what_align_models_refuse_in_one_line"]),
 ]

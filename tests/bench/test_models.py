@@ -203,6 +203,22 @@ def test_a_device_this_machine_lacks_is_one_line_before_the_model_loads(monkeypa
     assert loaded == [1]
 
 
+def test_open_clip_models_refuse_what_align_models_refuse_in_one_line(oc_arch, oc_net):
+    """align.load("local-dir:EXPORT") / open_clip:ARCH models: encode_text("a cat") failed with "'str' object has
+    no attribute 'shape'", tokenize(["a", None]) with open_clip's "object of type 'NoneType' has no len()"; the same
+    AlignError lines as an align model's (align.model.check_input, text_list)."""
+    import open_clip
+    model = OpenClipModel(oc_net, None, open_clip.get_tokenizer(oc_arch), oc_arch, None)
+    for call, arg, message in [(model.encode_text, "a cat", "encode_text: expected a torch.Tensor batch, got str"),
+                               (model.encode_text, torch.ones(1, 40, dtype=torch.long),
+                                "encode_text: 40 tokens per text, over this model's context_length 12"),
+                               (model.encode_image, torch.zeros(3, 16, 16), "encode_image: expected a float batch"),
+                               (model.tokenize, ["a", None], r"tokenize: texts\[1\] is NoneType")]:
+        with pytest.raises(AlignError, match=message):
+            call(arg)
+    assert torch.equal(model.tokenize("a cat"), open_clip.get_tokenizer(oc_arch)(["a cat"]))
+
+
 @pytest.mark.parametrize("custom_text", [False, True])
 def test_text_features_skip_the_padding_and_match_open_clips_own(custom_text):
     """align embed / bench encode open_clip captions only up to the batch's last end-of-text token: the same
