@@ -118,8 +118,8 @@ def _saved_image(img) -> bytes:
 
 def test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image():
     """model.image_transform (UprightThen) given a numpy array, a tensor, a path or None failed with
-    "'ndarray' object has no attribute 'getexif'"; it is one line saying what it got and how to make a PIL image,
-    and the transform it wraps never runs."""
+    "'ndarray' object has no attribute 'getexif'", and a 0x0 image with ZeroDivisionError; it is one line saying what
+    it got (and how to make a PIL image), and the transform it wraps never runs."""
     import numpy as np
     import torch
 
@@ -131,4 +131,7 @@ def test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image():
                       ("cat.png", "str"), (None, "NoneType")]:
         with pytest.raises(AlignError, match=f"image_transform: expected a PIL image, got {name}: .*fromarray"):
             t(bad)
+    for size in ((0, 0), (7, 0)):       # torchvision's resize divided by zero
+        with pytest.raises(AlignError, match=f"image_transform: the image has no pixels \\({size[0]}x{size[1]}\\)"):
+            t(Image.new("RGB", size))
     assert seen == [] and t(Image.new("L", (5, 3))) == (5, 3) and seen == ["RGB"]
