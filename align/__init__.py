@@ -31,7 +31,7 @@ def embed(model, data: str, out: str, **options):
     loaded model or anything `align.load` takes. Returns an EmbedSummary: parts (and those done before), items,
     vectors per modality, skipped, seconds; `.line(out)` is the one-line summary the CLI prints."""
     from align.retrieval.embed import embed_corpus
-    if isinstance(model, str):
+    if isinstance(model, str) or hasattr(model, "__fspath__"):     # a path (str or pathlib.Path), not a model
         model = load(model)
     return embed_corpus(model, data, out, **options)
 

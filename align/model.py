@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.errors import ConfigError
+from align.errors import AlignError, ConfigError
 from align.media.image import UprightThen
 from align.towers import build_tower
 from align.towers.base import CachedTokenize, Tower
@@ -80,6 +80,7 @@ class AlignModel(nn.Module):
         if modality not in self.towers:
             raise ConfigError(f"this model has no {modality} tower (it has: {', '.join(self.modalities)})")
         tower = self.towers[modality]
+        check_input(modality, x, getattr(tower, "context_length", None))
         p = next(tower.parameters(), None)
         if p is not None and x.is_floating_point() and p.is_floating_point() and x.dtype != p.dtype:
             x = x.to(p.dtype)     # float64 from numpy, or float32 into a model.half(): a dtype error in the first layer
@@ -99,7 +100,7 @@ class AlignModel(nn.Module):
         return self.encode("audio", features, normalize)
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:
-        return self.towers["text"].tokenize(texts)
+        return self.towers["text"].tokenize(text_list(texts))
 
     @property
     def image_transform(self):
@@ -129,6 +130,43 @@ class AlignModel(nn.Module):
     def fingerprint(self) -> str:
         """A hash of the weights (benchmark caches key on it): `weights_fingerprint`."""
         return weights_fingerprint(self)
+
+
+_HOW = {"image": "torch.stack([model.image_transform(img), ...])", "text": "model.tokenize(texts)",
+        "audio": "torch.stack([model.audio_transform((wave, sample_rate)), ...])"}
+
+
+def check_input(modality: str, x, context_length=None) -> None:
+    """One AlignError line naming encode_<modality> and what is wrong with its batch: not a tensor (a str, list,
+    PIL image or numpy array went on to fail deep in torch), text that is not integer ids [B, L] or longer than
+    the context, an image batch that is not float [B, C, H, W]."""
+    what = f"encode_{modality}"
+    if not isinstance(x, torch.Tensor):
+        raise AlignError(f"{what}: expected a torch.Tensor batch, got {type(x).__name__}: pass {_HOW[modality]}")
+    got = f"got {str(x.dtype).replace('torch.', '')} {list(x.shape)}"
+    if modality == "text":
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or x.dim() != 2:
+            raise AlignError(f"{what}: expected integer token ids [B, L] from model.tokenize(texts), {got}")
+        if isinstance(context_length, int) and x.shape[1] > context_length:
+            raise AlignError(f"{what}: {x.shape[1]} tokens per text, over this model's context_length "
+                             f"{context_length}: tokenize with model.tokenize(texts)")
+    elif modality == "image" and (not x.is_floating_point() or x.dim() != 4):
+        raise AlignError(f"{what}: expected a float batch [B, 3, H, W] (model.image_transform per image, "
+                         f"stacked), {got}")
+
+
+def text_list(texts) -> List[str]:
+    """tokenize's argument as a list of str (one string: a list of one); AlignError naming the first item that is
+    not a string (open_clip's tokenizer failed with "object of type 'int' has no len()")."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise AlignError(f"tokenize: expected a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise AlignError(f"tokenize: texts[{i}] is {type(t).__name__} ({t!r:.40}), not a string")
+    return texts
 
 
 def build_model(model_cfg) -> AlignModel:

@@ -1,8 +1,10 @@
 """align.model: the dict of towers an open_clip user calls encode_* on."""
 import numpy as np
+import pytest
 import torch
 
 from align.config import parse_recipe
+from align.errors import AlignError
 from align.model import build_model
 
 
@@ -53,3 +55,34 @@ def test_the_image_transform_sees_a_file_as_align_decodes_it(tiny_recipe, tmp_pa
         assert torch.equal(model.image_transform(Image.open(path)), want), name
         assert torch.equal(model.transforms(train=False)["image"](Image.open(path)), want), name
         assert not torch.equal(model.towers["image"].preprocess(train=False)(Image.open(path)), want), name
+
+
+def test_what_users_pass_to_encode_and_tokenize_is_one_line_naming_the_argument(tiny_recipe):
+    """A caption string, a PIL image, a numpy array, float token ids, tokens of another context length, an image
+    without its batch axis, a uint8 batch, texts with None or an int in them: each failed deep in torch or open_clip
+    (AttributeError 'no attribute is_floating_point', IndexError, a size mismatch in the positional embedding) or,
+    for 77 tokens of a short caption, worked while a long one failed; now one AlignError naming the call."""
+    from PIL import Image
+    model = _model(tiny_recipe)
+    ctx = model.towers["text"].context_length
+    tokens = model.tokenize(["a cat", "a dog"])
+    long = torch.ones(1, ctx + 5, dtype=torch.long)
+    cases = [(model.encode_text, "a cat", r"encode_text: expected a torch.Tensor batch, got str"),
+             (model.encode_text, tokens.numpy(), "encode_text: expected a torch.Tensor batch, got ndarray"),
+             (model.encode_text, tokens.float(), r"encode_text: expected integer token ids \[B, L\].*float32"),
+             (model.encode_text, tokens[0], r"encode_text: expected integer token ids .*int64 \[%d\]" % ctx),
+             (model.encode_text, long, f"encode_text: {ctx + 5} tokens per text, over this model's context_length"),
+             (model.encode_image, Image.new("RGB", (16, 16)), "encode_image: expected a torch.Tensor batch, got Image"),
+             (model.encode_image, torch.zeros(3, 16, 16), r"encode_image: expected a float batch .*\[3, 16, 16\]"),
+             (model.encode_image, torch.zeros(1, 3, 16, 16, dtype=torch.uint8), "encode_image: .*got uint8"),
+             (model.encode_audio, [0.0] * 10, "encode_audio: expected a torch.Tensor batch, got list"),
+             (model.tokenize, ["a cat", None], r"tokenize: texts\[1\] is NoneType \(None\), not a string"),
+             (model.tokenize, [3], r"tokenize: texts\[0\] is int"),
+             (model.tokenize, None, "tokenize: expected a list of strings, got NoneType")]
+    for call, arg, message in cases:
+        with pytest.raises(AlignError, match=message):
+            call(arg)
+    with torch.no_grad():       # what is valid still embeds: a string is a list of one, int32 ids are ids
+        assert torch.equal(model.tokenize("a cat"), tokens[:1])
+        assert torch.equal(model.encode_text(tokens.int()), model.encode_text(tokens))
+        assert model.encode_text(model.tokenize([])).shape == (0, model.towers["text"].embed_dim)

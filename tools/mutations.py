@@ -43,6 +43,12 @@ PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
 RANK0_WATCHES = ("tests/train/test_guard.py::"
                  "test_rank0_waiting_on_the_others_ends_the_launch_when_one_is_stopped_and_not_before")
+API_INPUTS = ("tests/test_model.py::"
+              "test_what_users_pass_to_encode_and_tokenize_is_one_line_naming_the_argument")
+SCIPY_RATE = ("tests/towers/test_audio.py::"
+              "test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line")
+OC_API_INPUTS = ("tests/bench/test_models.py::"
+                 "test_open_clip_models_refuse_what_align_models_refuse_in_one_line")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -1364,4 +1370,58 @@ MUTATIONS = [
       [PART_BYTES]),
     M("retrieval.index_reads_parts_unverified", "align/retrieval/index_build.py",
       "EmbeddingParts(emb_dir, modality, verify=True)", "EmbeddingParts(emb_dir, modality)", [PART_BYTES]),
+    M("onnx.open_clip_steps_rgb_after_resize", "align/export/onnx_format.py",
+      '        return [{"op": "to_rgb"}] + geo + [to_float, norm]',
+      '        return geo + [{"op": "to_rgb"}, to_float, norm]',
+      ["tests/export/test_onnx_format.py::test_open_clip_image_steps_make_rgb_before_resizing_as_align_does"],
+      "the ONNX card's preprocess_image resized palette/1-bit images with NEAREST: embeddings off align.load's"),
+    M("bench.models.pathlib_path_refused", "align/bench/models.py",
+      "    if isinstance(spec, os.PathLike):\n        spec = os.fspath(spec)",
+      "    if False:\n        spec = os.fspath(spec)",
+      ["tests/bench/test_models.py::test_align_load_takes_a_pathlib_path"],
+      "align.load(pathlib.Path(run)): 'a model is a string or a mapping ...; got PosixPath'"),
+    M("api.embed_pathlib_model_not_loaded", "align/__init__.py",
+      '    if isinstance(model, str) or hasattr(model, "__fspath__"):', "    if isinstance(model, str):",
+      ["tests/bench/test_models.py::test_align_load_takes_a_pathlib_path"]),
+    M("model.encode_not_a_tensor", "align/model.py",
+      "    if not isinstance(x, torch.Tensor):\n        raise AlignError(f\"{what}: expected a torch.Tensor",
+      "    if False:\n        raise AlignError(f\"{what}: expected a torch.Tensor",
+      [API_INPUTS], "encode_text('a cat'): 'str' object has no attribute 'is_floating_point'"),
+    M("model.encode_text_ids_shape", "align/model.py",
+      "        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or x.dim() != 2:",
+      "        if False:", [API_INPUTS], "float token ids: an embedding RuntimeError; 1-D ids: IndexError"),
+    M("model.encode_text_over_context", "align/model.py",
+      "        if isinstance(context_length, int) and x.shape[1] > context_length:", "        if False:",
+      [API_INPUTS], "77-token ids into a 16-token model: short captions embedded, long ones a size-mismatch traceback"),
+    M("model.encode_image_float_4d", "align/model.py",
+      '    elif modality == "image" and (not x.is_floating_point() or x.dim() != 4):', "    elif False:",
+      [API_INPUTS], "an image without its batch axis or a uint8 batch: a traceback from the first layer"),
+    M("model.tokenize_item_not_a_string", "align/model.py",
+      "        if not isinstance(t, str):\n            raise AlignError(f\"tokenize: texts[",
+      "        if False:\n            raise AlignError(f\"tokenize: texts[",
+      [API_INPUTS], "tokenize(['a', None]): \"object of type 'NoneType' has no len()\" from open_clip"),
+    M("image.transform_of_a_non_pil_image", "align/media/image.py",
+      '        if not hasattr(img, "getexif"):', "        if False:",
+      ["tests/media/test_image.py::test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image"],
+      "model.image_transform(numpy array): 'ndarray' object has no attribute 'getexif'"),
+    M("audio.scipy_rate_data_order", "align/towers/audio_features.py",
+      "        if np.ndim(sr) > 0 and isinstance(wave, (int, np.integer)):", "        if False:", [SCIPY_RATE],
+      "audio_transform(scipy.io.wavfile.read(path)): numpy's 2-line repr of the wave as the 'sample rate'"),
+    M("audio.bool_sample_rate", "align/towers/audio_features.py",
+      "isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr <= 0:",
+      "isinstance(sr, (int, np.integer)) or sr <= 0:", [SCIPY_RATE], "a sample rate of True read as 1 Hz"),
+    M("bench.models.load_device_unchecked", "align/bench/models.py",
+      '    check_device(device, "device", types=None)', "    pass",
+      ["tests/bench/test_models.py::test_a_device_this_machine_lacks_is_one_line_before_the_model_loads"],
+      "align.load(run, device='cuda') without a GPU: torch's 'Found no NVIDIA driver' traceback after loading"),
+    M("bench.models.open_clip_encode_text_unchecked", "align/bench/models.py",
+      '        check_input("text", tokens, getattr(self.net, "context_length", None))', "        pass", [OC_API_INPUTS],
+      "align.load('local-dir:EXPORT').encode_text('a cat'): \"'str' object has no attribute 'shape'\""),
+    M("bench.models.open_clip_tokenize_unchecked", "align/bench/models.py",
+      "        return self._tokenizer(text_list(texts))",
+      "        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))", [OC_API_INPUTS]),
+    M("image.transform_of_a_zero_size_image", "align/media/image.py",
+      "        if 0 in img.size:", "        if False:",
+      ["tests/media/test_image.py::test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image"],
+      "model.image_transform(Image.new('RGB', (0, 0))): ZeroDivisionError in torchvision's resize"),
 ]

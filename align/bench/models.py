@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from align.errors import AlignError, ConfigError
-from align.model import weights_fingerprint
+from align.model import check_input, text_list, weights_fingerprint
 from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
@@ -59,10 +59,12 @@ class OpenClipModel(nn.Module):
         return self.net.logit_scale
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:  # [B,3,H,W] -> [B,E]
+        check_input("image", images)            # one line, as AlignModel's (align.model.check_input)
         z = self.net.encode_image(images)
         return F.normalize(z, dim=-1) if normalize else z
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:   # long [B,L] -> [B,E]
+        check_input("text", tokens, getattr(self.net, "context_length", None))
         if self._trim_net is not None and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             # same features, ~context/caption-length less work; exact length (eager: no shapes to keep few)
             z = trimmed_text_forward(self._trim_net, tokens, multiple=1)
@@ -71,7 +73,7 @@ class OpenClipModel(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:
-        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
+        return self._tokenizer(text_list(texts))
 
     def fingerprint(self) -> str:
         """A hash of the weights (benchmark caches key on it); computed once, weights do not change in a bench."""
@@ -148,7 +150,9 @@ def split_scheme(spec: str):
 
 
 def spec_fields(spec: Union[str, dict], where: str = "model") -> dict:
-    """A string or {model, pretrained, name} mapping -> {"model", "pretrained", "name"} (validated)."""
+    """A string (or a pathlib.Path) or {model, pretrained, name} mapping -> {"model", "pretrained", "name"}."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)          # align.load(Path("runs/x")), as open() and every path function take
     if isinstance(spec, str):
         return {"model": spec, "pretrained": None, "name": None}
     if not isinstance(spec, dict):
@@ -165,6 +169,8 @@ def spec_fields(spec: Union[str, dict], where: str = "model") -> dict:
 def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device: str = "cpu"):
     """A benchmark model from a spec (see the module docstring), in eval mode on `device`."""
     f = spec_fields(spec)
+    from align.bench.exact import check_device
+    check_device(device, "device", types=None)     # before any weights load: "gpu", or cuda on a machine without
     scheme, rest = split_scheme(f["model"])
     model = MODEL_SOURCES.get(scheme)(rest, pretrained=f["pretrained"] or pretrained, device=device)
     if f["name"]:

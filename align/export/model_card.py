@@ -397,8 +397,9 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
               "tokenizer = open_clip.get_tokenizer('local-dir:path/to/this/folder')",
               "z_img = model.encode_image(preprocess(image)[None], normalize=True)",
               "z_txt = model.encode_text(tokenizer(['a photo of a cat']), normalize=True)", "```", "",
-              "open_clip's `preprocess` converts with PIL's `convert('RGB')`; align trained on images turned by "
-              "their EXIF orientation and with transparency on white: for such files pass "
+              "open_clip's `preprocess` converts with PIL's `convert('RGB')` after resizing (a palette or 1-bit image "
+              "is then resized with NEAREST); align makes images RGB first, turned by their EXIF orientation and "
+              "with transparency on white: for such files pass "
               "`align.media.image.upright_rgb(image)` (or the same steps, as the onnxruntime code below does).", "",
               "CLIP_benchmark: `clip_benchmark eval --model local-dir:path/to/this/folder --pretrained '' "
               "--no_amp ...` (on CPU `--no_amp` avoids bfloat16 autocast).", ""]

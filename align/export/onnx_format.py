@@ -145,7 +145,8 @@ def image_steps(tower) -> Optional[List[dict]]:
             geo = [{"op": "resize", "size": hw, "interpolation": interp}]
         else:  # open_clip's ResizeKeepRatio (+ pad) variants
             geo = [{"op": f"open_clip_resize_{mode}", "size": hw, "interpolation": interp}]
-        return geo + [{"op": "to_rgb"}, to_float, norm]
+        # RGB first, as align's image_transform (UprightThen): PIL resizes a palette or 1-bit image with NEAREST
+        return [{"op": "to_rgb"}] + geo + [to_float, norm]
     if p.get("tower") == "timm":
         hw, pct, mode, interp = _hw(p["image_size"]), p.get("crop_pct") or 0.875, p.get("crop_mode"), \
             p["interpolation"]

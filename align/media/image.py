@@ -12,6 +12,7 @@ import re
 import warnings
 from typing import Optional, Union
 
+from align.errors import AlignError
 from align.limits import DataLimits, IMAGE_TOO_LARGE, LimitExceeded, as_limits, check_image_size
 
 
@@ -80,6 +81,11 @@ class UprightThen:
         self.transform = transform
 
     def __call__(self, img):
+        if not hasattr(img, "getexif"):   # a numpy array, tensor, path or None: "no attribute 'getexif'" before
+            raise AlignError(f"image_transform: expected a PIL image, got {type(img).__name__}: open a file with "
+                             "PIL.Image.open(path), an HWC uint8 array with PIL.Image.fromarray(array)")
+        if 0 in img.size:                 # torchvision's resize: ZeroDivisionError
+            raise AlignError(f"image_transform: the image has no pixels ({img.size[0]}x{img.size[1]})")
         return self.transform(upright_rgb(img))
 
     def __repr__(self) -> str:

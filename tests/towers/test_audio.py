@@ -165,6 +165,23 @@ def test_bad_audio_raises_data_error(sample):
         AudioPreprocess(AudioFrontend(**SMALL), train=False)(sample)
 
 
+def test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line():
+    """audio_transform(scipy.io.wavfile.read(path)) gives (rate, data): it was refused with numpy's two-line repr of
+    the wave as the 'sample rate'; it now says the pair is the other way round. A bool rate (True) is no rate: it
+    was read as 1 Hz and resampled to a 16000x longer wave."""
+    pre = AudioPreprocess(AudioFrontend(**SMALL), train=False)
+    wave = (np.sin(np.arange(4000) / 5) * 3000).astype(np.int16)
+    with pytest.raises(DataError, match=r"^audio: expected \(wave, sample_rate\), got \(sample_rate 16000, a wave\): "
+                                        r"scipy.io.wavfile.read returns \(rate, data\), pass \(data, rate\)$"):
+        pre((16000, wave))
+    with pytest.raises(DataError, match=r"^audio: sample rate must be a positive integer, got an array of shape "
+                                        r"\(2,\)$"):
+        pre((wave, np.array([16000, 16000])))
+    with pytest.raises(DataError, match="sample rate must be a positive integer, got True"):
+        pre((wave[:10], True))     # (read as 1 Hz: 160,000 samples)
+    assert pre((wave, np.int64(16000))).shape == pre((wave, 16000)).shape
+
+
 # ---- towers -------------------------------------------------------------------------------
 
 def test_audio_tower_shapes_grads_and_clips():
