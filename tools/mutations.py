@@ -36,6 +36,8 @@ RUN_ANYWHERE = ("tests/train/test_rundir.py::"
                 "test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_from_anywhere")
 NAN_EMB = ("tests/bench/test_embed.py::"
            "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
+FILTER_OUT = ("tests/retrieval/test_filter.py::test_an_out_that_holds_the_input_shards_or_two_inputs_of_one_"
+              "name_are_refused_before_anything")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
@@ -1319,4 +1321,11 @@ MUTATIONS = [
     M("rundir.inline_hf_text_folder_relative", "align/train/rundir.py",
       "                text_cfg[key] = os.path.abspath(text_cfg[key])", "                pass",
       ["tests/train/test_rundir.py::test_an_inline_configs_local_hf_text_folders_are_made_absolute"]),
+    M("retrieval.filter.out_over_input", "align/retrieval/filter.py",
+      "        if os.path.dirname(os.path.realpath(shard)) == dest:", "        if False:",
+      [FILTER_OUT], "`data filter --out DATA` with the input in DATA/shards rewrote the user's shard in place"),
+    M("retrieval.filter.two_inputs_one_name", "align/retrieval/filter.py",
+      "        if name in seen:\n            raise DataError(f\"data filter: two",
+      "        if False:\n            raise DataError(f\"data filter: two",
+      [FILTER_OUT], "two input shards of one name: one filtered copy replaced the other"),
 ]
