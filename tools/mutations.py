@@ -1328,4 +1328,12 @@ MUTATIONS = [
       "        if name in seen:\n            raise DataError(f\"data filter: two",
       "        if False:\n            raise DataError(f\"data filter: two",
       [FILTER_OUT], "two input shards of one name: one filtered copy replaced the other"),
+    M("yaml_files.alias_bomb_read", "align/yaml_files.py",
+      "        if _expanded_size(node) > MAX_VALUES:", "        if False:",
+      ["tests/test_yaml_files.py::test_a_billion_laughs_is_one_line_and_shared_anchors_still_read"],
+      "nine lines of YAML aliases (9**9 values) filled the memory at the first repr or JSON dump"),
+    M("yaml_files.deep_nesting_traceback", "align/yaml_files.py",
+      "    except RecursionError:", "    except ZeroDivisionError:",
+      ["tests/test_yaml_files.py::test_nesting_deeper_than_the_parser_reads_is_one_line"],
+      "3000 nested brackets in a recipe: a RecursionError traceback"),
 ]
