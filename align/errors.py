@@ -7,6 +7,14 @@ and say what is wrong.
 import re
 
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text) -> str:
+    """`text` with its control characters written as escapes (ESC as \\x1b, a newline as \\n): keys, captions and
+    member names come from the data, and printed raw an ESC sequence clears the screen, retitles the terminal or
+    writes the clipboard (OSC 52)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def without_reprs(text: str, name: str = "the bytes given") -> str:

@@ -3,6 +3,10 @@ its line and column, and a key written twice in one mapping is refused (PyYAML k
 recipe with two `lr:` lines trained with whichever came second).
 
     read_yaml(path)   -> the file's data; ConfigError "PATH: not valid YAML at line L, column C: PROBLEM"
+
+Anchors and aliases are read, but not a "billion laughs": aliases that expand to more than MAX_VALUES values are
+refused (PyYAML shares the aliased lists, and the first repr, deepcopy or JSON dump of them filled the memory), and
+so is nesting deeper than the parser's recursion allows (a RecursionError traceback before).
     yaml_problem(e)   -> a yaml.YAMLError as "line L, column C: PROBLEM (CONTEXT at line L, column C)"
 """
 import yaml
@@ -10,8 +14,37 @@ import yaml
 from align.errors import ConfigError
 
 
+MAX_VALUES = 1_000_000     # values of a file, each alias counted as the values it stands for
+
+
+def _expanded_size(root) -> int:
+    """How many nodes `root` stands for when every alias is written out (a shared node counts at each use)."""
+    sizes: dict = {}
+    order, stack = [], [root]
+    while stack:                                   # iterative: the nesting depth is the file's
+        node = stack.pop()
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = None
+        order.append(node)
+        if isinstance(node.value, list):
+            stack += [c for item in node.value for c in (item if isinstance(item, tuple) else (item,))]
+    for node in reversed(order):                   # children before parents
+        kids = node.value if isinstance(node.value, list) else []
+        sizes[id(node)] = min(1 + sum(sizes[id(c)] or 0 for item in kids
+                                      for c in (item if isinstance(item, tuple) else (item,))), MAX_VALUES + 1)
+    return sizes[id(root)]
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key written twice in one mapping."""
+    """yaml.SafeLoader that refuses a key written twice in one mapping, and aliases that expand past MAX_VALUES."""
+
+    def construct_document(self, node):
+        if _expanded_size(node) > MAX_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"its aliases expand to more than {MAX_VALUES} values (a \"billion laughs\"); write "
+                            "the values out", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
@@ -45,5 +78,7 @@ def read_yaml(path: str):
             return yaml.load(f, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML at {yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply to read") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None

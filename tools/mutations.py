@@ -38,6 +38,8 @@ NAN_EMB = ("tests/bench/test_embed.py::"
            "test_a_nan_embedding_is_one_line_naming_the_sample_and_is_never_cached")
 PART_BYTES = ("tests/retrieval/test_embed.py::"
               "test_a_part_whose_bytes_changed_keeping_its_size_is_named_when_read_and_redone_by_a_rerun")
+FILTER_OUT = ("tests/retrieval/test_filter.py::test_an_out_that_holds_the_input_shards_or_two_inputs_of_one_"
+              "name_are_refused_before_anything")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
@@ -1424,4 +1426,32 @@ MUTATIONS = [
       "        if 0 in img.size:", "        if False:",
       ["tests/media/test_image.py::test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image"],
       "model.image_transform(Image.new('RGB', (0, 0))): ZeroDivisionError in torchvision's resize"),
+    M("retrieval.filter.out_over_input", "align/retrieval/filter.py",
+      "        if os.path.dirname(os.path.realpath(shard)) == dest:", "        if False:",
+      [FILTER_OUT], "`data filter --out DATA` with the input in DATA/shards rewrote the user's shard in place"),
+    M("retrieval.filter.two_inputs_one_name", "align/retrieval/filter.py",
+      "        if name in seen:\n            raise DataError(f\"data filter: two",
+      "        if False:\n            raise DataError(f\"data filter: two",
+      [FILTER_OUT], "two input shards of one name: one filtered copy replaced the other"),
+    M("yaml_files.alias_bomb_read", "align/yaml_files.py",
+      "        if _expanded_size(node) > MAX_VALUES:", "        if False:",
+      ["tests/test_yaml_files.py::test_a_billion_laughs_is_one_line_and_shared_anchors_still_read"],
+      "nine lines of YAML aliases (9**9 values) filled the memory at the first repr or JSON dump"),
+    M("yaml_files.deep_nesting_traceback", "align/yaml_files.py",
+      "    except RecursionError:", "    except ZeroDivisionError:",
+      ["tests/test_yaml_files.py::test_nesting_deeper_than_the_parser_reads_is_one_line"],
+      "3000 nested brackets in a recipe: a RecursionError traceback"),
+    M("retrieval.search.hits_printed_raw", "align/retrieval/search.py",
+      "            cap = printable((h.get(\"caption\") or \"\").replace(\"\\n\", \" \")[:70])",
+      "            cap = (h.get(\"caption\") or \"\").replace(\"\\n\", \" \")[:70]",
+      ["tests/retrieval/test_search.py::test_printed_hits_escape_the_control_characters_of_keys_and_captions"],
+      "a caption's ESC sequences reached the terminal raw from `align search`"),
+    M("inspect.keys_printed_raw", "align/data/tools/inspect.py",
+      "            print(printable(_show(sample)))", "            print(_show(sample))",
+      ["tests/data/tools/test_inspect.py::test_printed_keys_escape_their_control_characters"],
+      "a key's ESC sequences reached the terminal raw from `align data inspect`"),
+    M("faults.warning_printed_raw", "align/data/stream/faults.py",
+      "        log.warning(printable(msg) + tail)", "        log.warning(msg + tail)",
+      ["tests/data/stream/test_faults.py::test_a_warning_escapes_the_control_characters_of_a_member_name"],
+      "a member name's ESC sequences reached the terminal raw in the skip warning"),
 ]

@@ -122,6 +122,23 @@ def _write_shards(shards: List[str], out_dir: str, dropped_keys: set) -> Counter
     return counts
 
 
+def check_out(shards: List[str], out: str) -> None:
+    """DataError (one line) before anything is read when a filtered copy would land on an input: an input shard in
+    OUT/shards (the user's shard rewritten in place, its dropped samples lost) or two inputs of one name (one copy
+    would replace the other)."""
+    dest = os.path.realpath(os.path.join(out, "shards"))
+    seen: Dict[str, str] = {}
+    for shard in shards:
+        if os.path.dirname(os.path.realpath(shard)) == dest:
+            raise DataError(f"data filter: --out {out} would write its filtered copy over the input shard {shard}; "
+                            "choose another --out")
+        name = os.path.basename(shard)
+        if name in seen:
+            raise DataError(f"data filter: two input shards are named {name} ({seen[name]}, {shard}): their "
+                            "filtered copies would be one file in --out; rename one")
+        seen[name] = shard
+
+
 def _media_keys(shards: List[str], modality: str) -> List[tuple]:
     """(shard, key) of every sample that carries `modality` (text-only samples have nothing to score)."""
     out = []
@@ -147,6 +164,7 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     if min_score is None and keep_top is None and dedup_cos is None:
         raise ConfigError("data filter: nothing to do; give --min-score, --keep-top and/or --dedup")
     shards = source_shards(data)
+    check_out(shards, out)
     t0 = time.perf_counter()
     if emb is None:
         emb = os.path.join(out, "emb")

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from align.bench.index import Refined
-from align.errors import AlignError, ConfigError, DataError
+from align.errors import AlignError, ConfigError, DataError, printable
 
 QUERY_MODALITIES = ("text", "image", "audio")
 
@@ -172,8 +172,9 @@ def format_hits(results: Dict[str, List[dict]]) -> str:
     for target, hits in results.items():
         lines.append(f"{target}:")
         for h in hits:
-            cap = (h.get("caption") or "").replace("\n", " ")[:70]
-            lines.append(f"  {h['rank']:3d}  {h['score']:.4f}  {h['key']}  {cap}  ({os.path.basename(h['shard'])})")
+            cap = printable((h.get("caption") or "").replace("\n", " ")[:70])
+            lines.append(f"  {h['rank']:3d}  {h['score']:.4f}  {printable(h['key'])}  {cap}  "
+                         f"({printable(os.path.basename(h['shard']))})")
     return "\n".join(lines)
 
 

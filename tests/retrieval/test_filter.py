@@ -191,3 +191,25 @@ def test_embeddings_of_another_model_are_refused(tmp_path, capsys, corpus):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--emb {other}: embedded by another model (another-model)" in err[0], err
     assert not (tmp_path / "f").exists()
+
+
+def test_an_out_that_holds_the_input_shards_or_two_inputs_of_one_name_are_refused_before_anything(tmp_path, capsys,
+                                                                                                    tri_run):
+    """`--out DATA` with the input in DATA/shards rewrote the user's shard in place (its dropped samples lost);
+    a.tar twice (from two folders) made one copy replace the other. Both are one line, and no file is touched."""
+    run, _ = tri_run
+    src = tmp_path / "data" / "shards"
+    src.mkdir(parents=True)
+    shard = write_shard(src / "a.tar", [tri_sample(f"s{i}", i) for i in range(4)])
+    before = open(shard, "rb").read()
+    (tmp_path / "other").mkdir()
+    twin = write_shard(tmp_path / "other" / "a.tar", [tri_sample("t0", 9)])
+    for data, out, msg in [(str(src), tmp_path / "data", "over the input shard"),
+                           (f"{shard}::{twin}", tmp_path / "f", "two input shards are named a.tar")]:
+        capsys.readouterr()
+        assert main(["data", "filter", data, "--model", run, "--out", str(out), "--keep-top", "0.5",
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+    assert open(shard, "rb").read() == before and sorted(os.listdir(src)) == ["a.tar"]
+    assert not (tmp_path / "data" / "emb").exists() and not (tmp_path / "f").exists()

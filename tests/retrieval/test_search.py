@@ -132,3 +132,13 @@ def test_a_query_is_encoded_on_the_models_device(tmp_path):
         q = encode_query(model, modality, value)
         np.testing.assert_allclose(q, np.full((1, 3), 3 ** -0.5), rtol=1e-6)
     assert model.seen == ["meta", "meta"]
+
+
+def test_printed_hits_escape_the_control_characters_of_keys_and_captions():
+    """A shard's key or caption holding ESC sequences reached the terminal raw from `align search` (a screen clear,
+    a new window title, an OSC 52 clipboard write)."""
+    from align.retrieval.search import format_hits
+    text = format_hits({"image": [{"rank": 1, "score": 0.5, "key": "k\x1b]0;pwned\x07", "shard": "/x/a.tar",
+                                   "caption": "cap\x1b[2J\x1b]52;c;ZXZpbA==\x07"}]})
+    assert "\x1b" not in text and "\x07" not in text
+    assert "k\\x1b]0;pwned\\x07" in text and "cap\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07" in text

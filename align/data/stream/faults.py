@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Dict, Optional
 
-from align.errors import DataError
+from align.errors import DataError, printable
 
 log = logging.getLogger("align.data")
 
@@ -103,7 +103,7 @@ class FaultCounter:
         msg = f"skipping {where}: {reason}"
         if detail:
             msg += f" ({detail[:200]})"
-        log.warning(msg + tail)
+        log.warning(printable(msg) + tail)
 
     def take_delta(self) -> tuple[dict[str, int], int]:
         """(counts by reason, extra seen units) recorded since the previous call."""

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from align.data.stream.faults import (CORRUPT_TAR, MISSING_SHARD, SHARD_REASONS, UNREADABLE_SHARD, FaultCounter,
                                       SkipSample, format_counts, skipped_samples)
 from align.data.stream.sources import expand_urls, local_path, shard_samples
-from align.errors import DataError
+from align.errors import DataError, printable
 from align.limits import as_limits
 from align.data.stream.decode import decode_raw
 from align.wds.format import MODALITIES
@@ -154,15 +154,15 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
               "first": first}
     if not quiet:
         for sample in first:
-            print(_show(sample))
+            print(printable(_show(sample)))
         for s in shards:
             if s["error"] or s["skipped"] or len(s["layouts"]) > 1 or s["duplicate_keys"]:
                 fails = "; ".join(f"{f['key']}: {f['reason']}" + (f" ({f['error'][:80]})" if f["error"] else "")
                                   for f in s["failures"][:3])
-                print(f"{s['path']}: {s['samples']} samples {s['layouts']}"
+                print(printable(f"{s['path']}: {s['samples']} samples {s['layouts']}"
                       + (f", skipped {format_counts(s['skipped'])} ({fails})" if s["skipped"] else "")
                       + (f", {s['duplicate_keys']} repeated keys" if s["duplicate_keys"] else "")
-                      + (f", {s['error']}" if s["error"] else ""))
+                      + (f", {s['error']}" if s["error"] else "")))
         for m in missing:
             print(f"{m}: missing")
         exts = ", ".join(f"{k} {v}" for k, v in result["modalities"].items()) or "none"

@@ -158,3 +158,11 @@ def test_missing_modality_zero_filled_even_when_no_sample_has_it(tmp_path):
     assert batch["audio"].shape == (4, 2, 8) and not batch["audio"].any()
     assert batch["audio_mask"].tolist() == [False] * 4 and batch["image_mask"].all()
     assert batch["text"].dtype == torch.long
+
+
+def test_a_warning_escapes_the_control_characters_of_a_member_name(caplog):
+    """The skip warning printed a member's name raw: `<ESC>[2J` in a tar member name cleared the training terminal."""
+    with caplog.at_level(logging.WARNING, logger="align.data"):
+        FaultCounter().record("not a sample", "file k\x1b[2J\x1b]0;pwned\x07 in x.tar", "", per_sample=False)
+    text = caplog.text
+    assert "\x1b" not in text and "\x07" not in text and "k\\x1b[2J\\x1b]0;pwned\\x07" in text, text

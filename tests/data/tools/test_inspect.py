@@ -268,3 +268,12 @@ def test_the_shards_inspected_are_the_shards_training_reads(tmp_path):
         assert [s["path"] for s in res["shards"]] == training, pattern
     assert inspect_shards(f"{tmp_path}/{{c.tar,c*.tar}}", quiet=True, progress=False, modalities=["text"],
                           min_modalities=1)["samples"] == 4
+
+
+def test_printed_keys_escape_their_control_characters(tmp_path, capsys):
+    """A member named `k<ESC>]0;pwned<BEL><ESC>[2J.txt` was printed raw by `align data inspect`: the terminal's
+    title changed and its screen was cleared."""
+    write_shard(tmp_path / "a.tar", [{"__key__": "k\x1b]0;pwned\x07\x1b[2J", "txt": "a caption"}])
+    inspect_shards(str(tmp_path / "a.tar"), progress=False, modalities=["text"], min_modalities=1)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "k\\x1b]0;pwned\\x07\\x1b[2J" in out, out
