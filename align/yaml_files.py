@@ -3,11 +3,11 @@ its line and column, and a key written twice in one mapping is refused (PyYAML k
 recipe with two `lr:` lines trained with whichever came second).
 
     read_yaml(path)   -> the file's data; ConfigError "PATH: not valid YAML at line L, column C: PROBLEM"
+    yaml_problem(e)   -> a yaml.YAMLError as "line L, column C: PROBLEM (CONTEXT at line L, column C)"
 
 Anchors and aliases are read, but not a "billion laughs": aliases that expand to more than MAX_VALUES values are
 refused (PyYAML shares the aliased lists, and the first repr, deepcopy or JSON dump of them filled the memory), and
 so is nesting deeper than the parser's recursion allows (a RecursionError traceback before).
-    yaml_problem(e)   -> a yaml.YAMLError as "line L, column C: PROBLEM (CONTEXT at line L, column C)"
 """
 import yaml
 
