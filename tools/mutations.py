@@ -1319,4 +1319,13 @@ MUTATIONS = [
     M("rundir.inline_hf_text_folder_relative", "align/train/rundir.py",
       "                text_cfg[key] = os.path.abspath(text_cfg[key])", "                pass",
       ["tests/train/test_rundir.py::test_an_inline_configs_local_hf_text_folders_are_made_absolute"]),
+    M("bench.models.offline_tag_no_way_out", "align/bench/models.py",
+      "                            hint=\"\" if is_file else OFFLINE_HINT)", "                            hint=\"\")",
+      ["tests/bench/test_models.py::test_a_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
+      "offline, open_clip:ARCH --pretrained TAG: open_clip's download error cut mid-word, no local-file way out"),
+    M("towers.open_clip.offline_tag_no_way_out", "align/towers/open_clip_towers.py",
+      "[:200]} (offline? fetch them \"", "[:200]} \"",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_a_pretrained_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
+      "offline, a tower's pretrained: TAG: the fetch error named no local-file way out"),
 ]
