@@ -1328,4 +1328,8 @@ MUTATIONS = [
       ["tests/towers/test_open_clip_towers.py::"
        "test_a_pretrained_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
       "offline, a tower's pretrained: TAG: the fetch error named no local-file way out"),
+    M("export.open_clip_refusal_python_keyword", "align/export/__init__.py",
+      "Use --format onnx (or all, \"", "Use fmt='onnx' (or 'all', \"",
+      ["tests/export/test_export.py::test_a_format_open_clip_cannot_hold_is_refused_naming_the_command_lines_flag"],
+      "align export --format open_clip of a bow/rnn/audio-only run told a command-line user to use fmt='onnx'"),
 ]
