@@ -1454,4 +1454,17 @@ MUTATIONS = [
       "        log.warning(printable(msg) + tail)", "        log.warning(msg + tail)",
       ["tests/data/stream/test_faults.py::test_a_warning_escapes_the_control_characters_of_a_member_name"],
       "a member name's ESC sequences reached the terminal raw in the skip warning"),
+    M("bench.models.offline_tag_no_way_out", "align/bench/models.py",
+      "                            hint=\"\" if is_file else OFFLINE_HINT)", "                            hint=\"\")",
+      ["tests/bench/test_models.py::test_a_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
+      "offline, open_clip:ARCH --pretrained TAG: open_clip's download error cut mid-word, no local-file way out"),
+    M("towers.open_clip.offline_tag_no_way_out", "align/towers/open_clip_towers.py",
+      "[:200]} (offline? fetch them \"", "[:200]} \"",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_a_pretrained_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
+      "offline, a tower's pretrained: TAG: the fetch error named no local-file way out"),
+    M("export.open_clip_refusal_python_keyword", "align/export/__init__.py",
+      "Use --format onnx (or all, \"", "Use fmt='onnx' (or 'all', \"",
+      ["tests/export/test_export.py::test_a_format_open_clip_cannot_hold_is_refused_naming_the_command_lines_flag"],
+      "align export --format open_clip of a bow/rnn/audio-only run told a command-line user to use fmt='onnx'"),
 ]

@@ -82,13 +82,17 @@ class OpenClipModel(nn.Module):
         return self._fp
 
 
-def _open_clip_error(what: str, e: Exception) -> AlignError:
+def _open_clip_error(what: str, e: Exception, hint: str = "") -> AlignError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return AlignError(f"{what}: open_clip cannot load it: {type(e).__name__}: {msg[:300]}")
+    return AlignError(f"{what}: open_clip cannot load it: {type(e).__name__}: {msg[:300]}{hint}")
+
+
+# a tag open_clip could not fetch (no network, hub down): the way out, after open_clip's own (cut) message
+OFFLINE_HINT = " (offline? fetch the weights where a network is and pass the file: --pretrained FILE)"
 
 
 def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, what: str, name: str,
-                     label: Optional[str]) -> OpenClipModel:
+                     label: Optional[str], hint: str = "") -> OpenClipModel:
     import open_clip
     try:
         # weights_only=True: a .pt/.bin checkpoint is read with torch.load(weights_only=True), never unpickled code
@@ -96,7 +100,7 @@ def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, wh
                                                                    weights_only=True)
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as e:  # unknown arch, missing file, offline tag, shape mismatch: one line naming the model
-        raise _open_clip_error(what, e) from None
+        raise _open_clip_error(what, e, hint) from None
     return OpenClipModel(net.eval(), preprocess, tokenizer, name, label)
 
 
@@ -116,7 +120,8 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
         raise ConfigError(f"model open_clip:{arch}: pretrained {pretrained!r} is neither a file nor an open_clip tag "
                           f"for {arch} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})")
     label = os.path.abspath(pretrained) if is_file else pretrained
-    return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label)
+    return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label,
+                            hint="" if is_file else OFFLINE_HINT)
 
 
 @MODEL_SOURCES.register("local-dir")

@@ -194,8 +194,8 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
         wise = apply_wise_ft(model, interpolate_with, float(alpha))
     reason = open_clip_format.unsupported_reason(model)
     if fmt == "open_clip" and reason:
-        raise AlignError(f"export {model_path}: cannot use format open_clip: {reason}. Use fmt='onnx' (or 'all', "
-                         f"which skips open_clip with a note)")
+        raise AlignError(f"export {model_path}: cannot use format open_clip: {reason}. Use --format onnx (or all, "
+                         f"which skips open_clip with a note; fmt= in Python)")
     info = model_card.run_info(model_path, reports)
     info["checkpoint"] = model_card.checkpoint_info(getattr(model, "weights_file", None)) or info.get("checkpoint")
     make_folder(os.path.dirname(dst), "export's parent")
@@ -223,7 +223,7 @@ def export(model_path: str, out_dir: str, fmt: str = "open_clip", overwrite: boo
                                            f"{m} tower not representable in open_clip format; exported in "
                                            f"align/ONNX form")
                     if fmt == "open_clip":
-                        result["notes"][-1] += " (ONNX files only with fmt='all' or 'onnx')"
+                        result["notes"][-1] += " (ONNX files only with --format all or onnx)"
         pp = None
         if fmt in ("onnx", "all"):
             o = onnx_format.write(model, tmp, progress=progress)

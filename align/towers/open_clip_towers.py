@@ -259,7 +259,8 @@ def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
         return download_pretrained(cfg)
     except Exception as e:  # noqa: BLE001  offline, hub error: one line
         raise ConfigError(f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}: "
-                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]} (offline? fetch them "
+                          f"where a network is and set {where}.pretrained to the file)") from None
 
 
 KEEP_POSITIONS = 20     # Long-CLIP: the first ~20 positions carry most of what CLIP learned; keep them as they are

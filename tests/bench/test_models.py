@@ -247,3 +247,21 @@ def test_text_features_skip_the_padding_and_match_open_clips_own(custom_text):
         with FlopCounterMode(display=False) as bucketed:     # training's rounding: 16 positions here, not 13
             trimmed_text_forward(net.text if custom_text else net, tokens)
     assert trimmed.get_total_flops() < bucketed.get_total_flops() < 0.6 * full.get_total_flops()
+
+
+def test_a_tag_open_clip_cannot_fetch_names_the_offline_way_out(monkeypatch, tmp_path):
+    """Offline, open_clip's download error (cut at 300 characters) was all the line said: now it ends with the way
+    out, a local weights file. A file that fails to load gets no such hint (it is not a download)."""
+    import open_clip
+
+    def offline(*a, **k):
+        raise RuntimeError("Failed to download weights for tag 'openai': " + "x" * 400)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    with pytest.raises(AlignError, match=r"open_clip cannot load it: RuntimeError: Failed to download .*x "
+                                         r"\(offline\? fetch the weights where a network is and pass the file: "
+                                         r"--pretrained FILE\)$"):
+        load_model("open_clip:RN50", pretrained="openai")
+    (tmp_path / "w.pt").write_bytes(b"x")
+    with pytest.raises(AlignError) as e:
+        load_model("open_clip:RN50", pretrained=str(tmp_path / "w.pt"))
+    assert "offline" not in str(e.value)

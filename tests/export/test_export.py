@@ -245,3 +245,14 @@ def test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports(tmp
     assert _weights_equal(loaded, model)
     towers = self_contained_recipe(model)["model"]["towers"]        # what an export's align_config.json holds
     assert not {"pretrained", "pretrained_temperature"} & (set(towers["image"]) | set(towers["text"]))
+
+
+def test_a_format_open_clip_cannot_hold_is_refused_naming_the_command_lines_flag(tmp_path, capsys):
+    """`align export RUN --format open_clip` of a run open_clip's format cannot hold said "Use fmt='onnx'", the
+    Python keyword, to a command-line user: it names `--format onnx` (and `all`)."""
+    from align.cli import main
+    run, _ = make_run(tmp_path, towers={"text": {"type": "bow_text", "width": 16, "context_length": 12}})
+    assert main(["export", run, "--out", str(tmp_path / "out"), "--format", "open_clip"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot use format open_clip" in err and "Use --format onnx (or all" in err, err
+    assert "fmt='onnx'" not in err and not os.path.exists(tmp_path / "out")

@@ -216,3 +216,18 @@ def test_an_hf_tokenizer_folder_that_is_missing_or_has_no_tokenizer_files_is_one
     shutil.copytree(gt.get_model_path(), tmp_path / "minilm")
     ids = tower(tmp_path / "minilm").tokenize(["a photo of a dog"])[0].tolist()
     assert ids[:7] == [101, 1037, 6302, 1997, 1037, 3899, 102]               # [CLS] a photo of a dog [SEP]
+
+
+def test_a_pretrained_tag_open_clip_cannot_fetch_names_the_offline_way_out(monkeypatch):
+    """A tower's `pretrained:` tag that open_clip cannot download (no network) is one line ending with the way out:
+    set the key to a local weights file."""
+    import open_clip.pretrained as ocp
+    from align.towers.open_clip_towers import pretrained_file
+
+    def offline(*a, **k):
+        raise RuntimeError("Failed to download file (open_clip_pytorch_model.bin): Please check your connection")
+    monkeypatch.setattr(ocp, "download_pretrained", offline)
+    with pytest.raises(ConfigError, match=r"^model.towers.image.pretrained: cannot fetch open_clip weights "
+                                          r"RN50/openai: Failed to download .*connection \(offline\? fetch them "
+                                          r"where a network is and set model.towers.image.pretrained to the file\)$"):
+        pretrained_file("RN50", "openai", "model.towers.image")
