@@ -1467,4 +1467,8 @@ MUTATIONS = [
       "Use --format onnx (or all, \"", "Use fmt='onnx' (or 'all', \"",
       ["tests/export/test_export.py::test_a_format_open_clip_cannot_hold_is_refused_naming_the_command_lines_flag"],
       "align export --format open_clip of a bow/rnn/audio-only run told a command-line user to use fmt='onnx'"),
+    M("serve.json_depth_bomb_500", "align/retrieval/serve.py",
+      "            except RecursionError:", "            except MemoryError:",
+      ["tests/retrieval/test_serve.py::test_bad_requests_get_a_clear_4xx"],
+      "a 10 kB body of nested brackets: a 500 naming RecursionError"),
 ]

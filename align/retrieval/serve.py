@@ -204,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
                 req = json.loads(body or b"{}")
             except ValueError:
                 raise HttpError(400, "body is not JSON") from None
+            except RecursionError:          # [[[[...]]]] deeper than the parser recurses: a 500 with its name before
+                raise HttpError(400, "JSON body nested too deeply") from None
             if not isinstance(req, dict):
                 raise HttpError(400, "JSON body must be an object: {\"text\": ..., \"k\": 10}")
             text, k, target = _json_query(req)

@@ -87,6 +87,7 @@ def test_text_search_and_media(server):
     (("POST", "/search", b'{"text": "a", "k": "ten"}', "application/json"), 400, "not an integer"),
     (("POST", "/search", b'["a"]', "application/json"), 400, "must be an object"),
     (("POST", "/search", b'{"text": ', "application/json"), 400, "not JSON"),
+    (("POST", "/search", b"[" * 5000 + b"]" * 5000, "application/json"), 400, "nested too deeply"),
     (("POST", "/search", b'{"text": null}', "application/json"), 400, '"text" must be a string, got null'),
     (("POST", "/search", b'{"text": ["a", "b"]}', "application/json"), 400, '"text" must be a string'),
     (("POST", "/search", b'{"text": "a", "target": 5}', "application/json"), 400,
