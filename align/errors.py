@@ -7,7 +7,9 @@ and say what is wrong.
 import re
 
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, and the Unicode bidirectional controls (LRM/RLM, embeddings and overrides, isolates): a key
+# with U+202E RIGHT-TO-LEFT OVERRIDE prints "gpj.exe" reversed as "exe.jpg" (the "Trojan Source" trick)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text) -> str:

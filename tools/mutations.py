@@ -1471,4 +1471,7 @@ MUTATIONS = [
       "            except RecursionError:", "            except MemoryError:",
       ["tests/retrieval/test_serve.py::test_bad_requests_get_a_clear_4xx"],
       "a 10 kB body of nested brackets: a 500 naming RecursionError"),
+    M("errors.printable_keeps_bidi_overrides", "align/errors.py",
+      '\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]")', ']")', ["tests/test_errors.py"],
+      "a key holding U+202E printed 'gpj.exe' as 'exe.jpg'"),
 ]
