@@ -3,6 +3,7 @@ open_clip and open_clip_train write them), hub-layout folders (open_clip_config.
 mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrained` (towers) and by
 `model.init_from` (align.train.init_from); it imports nothing of align but its errors.
 """
+import contextlib
 import json
 import os
 import pickle
@@ -95,3 +96,71 @@ def open_clip_to_align(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         else:
             out[k] = v
     return out
+
+
+# -- open_clip tags whose weights live on the Hugging Face hub, on a machine that cannot reach it ---------------
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 3.0) -> Optional[str]:
+    """The Hugging Face endpoint's host (HF_ENDPOINT honoured) when no connection to it opens within `timeout` s,
+    else None. None without trying when a proxy is set (the hub may answer only through it) or HF_HUB_OFFLINE is
+    (huggingface_hub then reads its cache without asking)."""
+    import socket
+    from urllib.parse import urlsplit
+    if any(os.environ.get(k) for k in PROXY_VARS + ("HF_HUB_OFFLINE",)):
+        return None
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
+    except OSError:
+        return host
+    return None
+
+
+def hub_cached_weights(hf_hub: str) -> Optional[str]:
+    """The Hugging Face cache's file for an open_clip `hf_hub` entry ('org/repo/' or 'org/repo/FILE'), trying the
+    names open_clip downloads (a .safetensors alternative first, as it does), or None."""
+    from huggingface_hub import try_to_load_from_cache
+    repo, fname = os.path.split(hf_hub)
+    fname = fname or OPEN_CLIP_WEIGHTS[1]
+    names = [OPEN_CLIP_WEIGHTS[0]] if fname == OPEN_CLIP_WEIGHTS[1] else \
+        [fname[:-4] + ".safetensors"] if fname.endswith((".bin", ".pth")) else []
+    for name in names + [fname]:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def offline_tag_weights(cfg: Optional[dict], label: str, fix: str) -> Optional[str]:
+    """Before open_clip asks the hub for a tag's weights: the cached file when the hub does not answer (the file a
+    download would return), else None (let open_clip fetch them). A tag not in the cache on a machine without the
+    hub is one ConfigError at once: huggingface_hub retried 25-55 s and ended in a message cut mid-word.
+    label: the line's start, naming the key and the weights; fix: what to set instead."""
+    hub = (cfg or {}).get("hf_hub")
+    if not hub:
+        return None                      # a URL tag (openai): open_clip reads its own cache without the network
+    host = hub_unreachable()
+    if host is None:
+        return None
+    cached = hub_cached_weights(hub)
+    if cached is None:
+        raise ConfigError(f"{label}: {host} does not answer and the weights are not in the Hugging Face cache "
+                          f"(offline? fetch them where a network is and {fix})")
+    return cached
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """huggingface_hub's offline mode for the calls inside (its public `constants.HF_HUB_OFFLINE`, which it reads
+    at each call; restored after): open_clip, given a tag whose weights are cached, then reads the cache at once
+    instead of retrying an unreachable hub first."""
+    from huggingface_hub import constants
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before

@@ -40,6 +40,10 @@ PART_BYTES = ("tests/retrieval/test_embed.py::"
               "test_a_part_whose_bytes_changed_keeping_its_size_is_named_when_read_and_redone_by_a_rerun")
 FILTER_OUT = ("tests/retrieval/test_filter.py::test_an_out_that_holds_the_input_shards_or_two_inputs_of_one_"
               "name_are_refused_before_anything")
+OFFLINE_TOWER = ("tests/towers/test_open_clip_towers.py::"
+                 "test_a_pretrained_tag_without_the_hub_takes_the_cached_file_or_is_one_line_at_once")
+OFFLINE_BENCH = ("tests/bench/test_models.py::"
+                 "test_an_open_clip_tag_without_the_hub_is_read_from_the_cache_by_its_tag_or_is_one_line")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
@@ -1474,4 +1478,27 @@ MUTATIONS = [
     M("errors.printable_keeps_bidi_overrides", "align/errors.py",
       '\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]")', ']")', ["tests/test_errors.py"],
       "a key holding U+202E printed 'gpj.exe' as 'exe.jpg'"),
+    M("open_clip_files.unreachable_hub_not_checked", "align/open_clip_files.py",
+      "    host = hub_unreachable()\n", "    host = None\n",
+      ["tests/test_open_clip_files.py", OFFLINE_TOWER, OFFLINE_BENCH],
+      "a tag on a machine without the hub: 25-55 s of huggingface_hub retries, then a message cut mid-word"),
+    M("open_clip_files.proxy_probed", "align/open_clip_files.py",
+      'if any(os.environ.get(k) for k in PROXY_VARS + ("HF_HUB_OFFLINE",)):', "if False:",
+      ["tests/test_open_clip_files.py"]),
+    M("open_clip_files.safetensors_name_not_tried", "align/open_clip_files.py",
+      "    names = [OPEN_CLIP_WEIGHTS[0]] if fname == OPEN_CLIP_WEIGHTS[1] else \\\n",
+      "    names = [] if fname == OPEN_CLIP_WEIGHTS[1] else \\\n", ["tests/test_open_clip_files.py"]),
+    M("towers.open_clip.cached_tag_downloaded", "align/towers/open_clip_towers.py",
+      "    if cached is not None:               # the hub does not answer; the cache holds them",
+      "    if False:", [OFFLINE_TOWER]),
+    M("bench.models.cached_tag_not_offline", "align/bench/models.py",
+      "    with hub_offline() if cached else contextlib.nullcontext():", "    with contextlib.nullcontext():",
+      [OFFLINE_BENCH]),
+    M("towers.common.hub_id_offline_retries", "align/towers/common.py",
+      "        host = hub_unreachable()\n", "        host = None\n",
+      ["tests/towers/test_hf_text.py::test_a_hub_id_without_the_hub_is_read_from_the_cache_or_is_one_line_at_once"],
+      "a Hub id on a machine without the hub: 50-100 s of retries before transformers' error"),
+    M("towers.common.cached_hub_id_asks_hub", "align/towers/common.py",
+      "            return name, True        # cached", "            return name, offline        # cached",
+      ["tests/towers/test_hf_text.py::test_a_hub_id_without_the_hub_is_read_from_the_cache_or_is_one_line_at_once"]),
 ]

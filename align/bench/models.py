@@ -17,6 +17,7 @@ A model spec is a string, or a mapping {model: ..., pretrained: ..., name: ...} 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, List, Optional, Union
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from align.errors import AlignError, ConfigError
 from align.model import check_input, text_list, weights_fingerprint
+from align.open_clip_files import hub_offline, offline_tag_weights
 from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
@@ -108,6 +110,7 @@ def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, wh
 def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "cpu") -> OpenClipModel:
     """open_clip:ARCH with pretrained TAG (resolved by open_clip) or FILE (a checkpoint open_clip can read)."""
     import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
     if not arch:
         raise ConfigError("model 'open_clip:' names no architecture; e.g. open_clip:ViT-B-32")
     if open_clip.get_model_config(arch) is None:
@@ -120,8 +123,14 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
         raise ConfigError(f"model open_clip:{arch}: pretrained {pretrained!r} is neither a file nor an open_clip tag "
                           f"for {arch} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})")
     label = os.path.abspath(pretrained) if is_file else pretrained
-    return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label,
-                            hint="" if is_file else OFFLINE_HINT)
+    cached = None if is_file else offline_tag_weights(
+        get_pretrained_cfg(arch, pretrained), f"model open_clip:{arch} pretrained {pretrained!r}: cannot fetch it",
+        "pass the file: --pretrained FILE")
+    # the hub does not answer but the weights are cached: open_clip reads them at once (no retries), still by the
+    # tag, so the tag's own settings (quick_gelu, preprocessing) apply as with a network
+    with hub_offline() if cached else contextlib.nullcontext():
+        return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label,
+                                hint="" if is_file else OFFLINE_HINT)
 
 
 @MODEL_SOURCES.register("local-dir")

@@ -297,6 +297,15 @@ def hf_location(name, key: str):
         raise ConfigError(f"{key}: {name!r} is a file; give the folder that holds its config.json")
     if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
         raise ConfigError(f"{key}: no such folder {name!r} (a Hub id is NAME or ORG/NAME)")
+    if not offline:
+        from align.open_clip_files import hub_unreachable
+        host = hub_unreachable()
+        if host is not None:         # a compute node: huggingface_hub would retry 50-100 s before any answer
+            from huggingface_hub import try_to_load_from_cache
+            if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+                raise ConfigError(f"{key}: {name!r} is not in the Hugging Face cache and {host} does not answer "
+                                  f"(offline? fetch the model where a network is and set {key} to its folder)")
+            return name, True        # cached: transformers reads the cache without asking the hub
     return name, offline
 
 

@@ -236,7 +236,7 @@ class OpenClipTower(Tower):
 def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
     """A local weights file for `pretrained`: a file path, an open_clip folder (`local-dir:DIR` or DIR),
     or an open_clip tag for the architecture `name`, downloaded (or found in the cache) by open_clip."""
-    from align.open_clip_files import open_clip_folder_weights, strip_local_dir
+    from align.open_clip_files import offline_tag_weights, open_clip_folder_weights, strip_local_dir
     local = strip_local_dir(pretrained)
     if os.path.isfile(local):
         return local
@@ -255,6 +255,10 @@ def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
     if not cfg:
         raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
                           f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
+    cached = offline_tag_weights(cfg, f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}",
+                                 f"set {where}.pretrained to the file")
+    if cached is not None:               # the hub does not answer; the cache holds them
+        return cached
     try:
         return download_pretrained(cfg)
     except Exception as e:  # noqa: BLE001  offline, hub error: one line

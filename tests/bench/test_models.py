@@ -15,6 +15,7 @@ from align.errors import AlignError, ConfigError
 from align.towers.open_clip_towers import trimmed_text_forward
 from tests.bench.conftest import OC_ARCH as ARCH, classification_wds
 from tests.conftest import TINY_OPEN_CLIP
+from tests.test_open_clip_files import cache_file, no_hub  # noqa: F401  (no_hub: a fixture)
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
@@ -265,3 +266,24 @@ def test_a_tag_open_clip_cannot_fetch_names_the_offline_way_out(monkeypatch, tmp
     with pytest.raises(AlignError) as e:
         load_model("open_clip:RN50", pretrained=str(tmp_path / "w.pt"))
     assert "offline" not in str(e.value)
+
+
+def test_an_open_clip_tag_without_the_hub_is_read_from_the_cache_by_its_tag_or_is_one_line(no_hub, tmp_path,
+                                                                                          monkeypatch):
+    """Uncached: one line at once, no download tried (huggingface_hub retried 25-55 s before). Cached: open_clip is
+    called with the tag (its quick_gelu and preprocessing apply) under huggingface_hub's offline flag, so it reads
+    the cache without retrying the hub; the flag is restored after."""
+    import huggingface_hub.constants as hc
+    import align.bench.models as bm
+    _, downloads = no_hub
+    with pytest.raises(ConfigError, match=r"^model open_clip:ViT-B-32 pretrained 'laion2b_e16': cannot fetch it: "
+                                          r"huggingface.co does not answer .*--pretrained FILE\)$"):
+        load_model("open_clip:ViT-B-32", pretrained="laion2b_e16")
+    assert downloads == []
+    cache_file(tmp_path)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    seen = []
+    monkeypatch.setattr(bm, "_build_open_clip", lambda name, pretrained, *a, **k: seen.append(
+        (name, pretrained, hc.is_offline_mode())) or "model")
+    assert bm.load_open_clip("ViT-B-32", "laion2b_e16") == "model"
+    assert seen == [("ViT-B-32", "laion2b_e16", True)] and hc.is_offline_mode() is False

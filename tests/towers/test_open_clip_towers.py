@@ -6,6 +6,7 @@ from PIL import Image
 from align.errors import ConfigError
 from align.towers import build_tower
 from tests.conftest import TINY_OPEN_CLIP
+from tests.test_open_clip_files import cache_file, no_hub  # noqa: F401  (no_hub: a fixture)
 
 
 def test_image_and_text_towers_match_open_clip_custom_text_clip():
@@ -231,3 +232,16 @@ def test_a_pretrained_tag_open_clip_cannot_fetch_names_the_offline_way_out(monke
                                           r"RN50/openai: Failed to download .*connection \(offline\? fetch them "
                                           r"where a network is and set model.towers.image.pretrained to the file\)$"):
         pretrained_file("RN50", "openai", "model.towers.image")
+
+
+def test_a_pretrained_tag_without_the_hub_takes_the_cached_file_or_is_one_line_at_once(no_hub, tmp_path):
+    """A compute node without the hub: huggingface_hub retried 25-55 s, then the cut download error; now the
+    cache's file at once, or one line naming the key, and no download is tried."""
+    from align.towers.open_clip_towers import pretrained_file
+    _, downloads = no_hub
+    with pytest.raises(ConfigError, match=r"^model.towers.image.pretrained: cannot fetch open_clip weights "
+                                          r"ViT-B-32/laion2b_e16: huggingface.co does not answer .* set "
+                                          r"model.towers.image.pretrained to the file\)$"):
+        pretrained_file("ViT-B-32", "laion2b_e16", "model.towers.image")
+    path = cache_file(tmp_path)
+    assert pretrained_file("ViT-B-32", "laion2b_e16", "model.towers.image") == path and downloads == []
