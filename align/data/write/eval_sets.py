@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from align.data.stream.val_split import name_field
+from align.data.stream.val_split import lookalike_groups, name_field
 from align.data.write.inputs import Input
 from align.data.write.values import SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
@@ -75,6 +75,15 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
             if v is None:
                 missing[i] = (GROUP_MISSING, f"{GROUP_MISSING}: no group in {spec!r}")
     return train, val, missing
+
+
+def lookalike_val_groups(inp: Input, spec: str, groups: Sequence[str]) -> List[List[str]]:
+    """Sets of the column's group ids that differ only by case, Unicode form or a number's spelling ('Alice' and
+    'alice'): separate groups, so `--val-groups alice` trains 'Alice'; the held-out ones marked "(held out)"."""
+    col, field = parse_group_spec(spec, inp.columns)
+    chosen = {str(g).strip() for g in groups}
+    found = {group_value(v, field, inp.base_dir) for v in inp.column(col)} - {None}
+    return lookalike_groups({True: found & chosen, False: found - chosen})
 
 
 def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None
