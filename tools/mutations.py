@@ -1482,4 +1482,9 @@ MUTATIONS = [
       "        stats[\"lookalike_groups\"] = eval_sets.lookalike_val_groups(inp, val_groups_from, val_groups)\n", "",
       ["tests/data/write/test_shards.py::test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of"],
       "--val-groups alice trained 'Alice', nothing said"),
+    M("eval_sets.spaced_header_unnamed", "align/data/write/eval_sets.py",
+      "    + (f\"; the header has {near[0]!r}, with spaces: name it so or fix the header\" if near else \"\"))",
+      "    )", ["tests/data/write/test_eval_sets.py::"
+               "test_a_group_column_whose_header_has_trailing_spaces_is_named_in_the_error"],
+      "a group header 'speaker ' was listed as if it were 'speaker'"),
 ]

@@ -32,8 +32,10 @@ def parse_group_spec(spec: str, columns: Sequence[str]) -> Tuple[str, Optional[i
     if m and spec not in columns:
         col, field = m.group(1), int(m.group(2))
     if col not in columns:
+        near = [str(c) for c in columns if str(c).strip() == col.strip()]   # a header with spaces reads the same
         raise DataError(f"val_groups_from {spec!r}: no column {col!r}; available columns: "
-                        f"{', '.join(map(str, columns)) or '(none)'} (a file-name field is COL:N, e.g. audio:0)")
+                        f"{', '.join(map(str, columns)) or '(none)'} (a file-name field is COL:N, e.g. audio:0)"
+                        + (f"; the header has {near[0]!r}, with spaces: name it so or fix the header" if near else ""))
     return col, field
 
 
