@@ -21,6 +21,8 @@ class Mutation:
 
 
 M = Mutation
+VSP = "tests/data/stream/test_val_split.py::"
+VSF = "tests/train/test_feed.py::test_carve_val_split_names_the_held_out_groups_and_warns_of_lookalike_ids"
 SW = "tests/train/test_train_switches.py"
 DSW = "tests/train/test_train_data_switches.py"
 RES = "tests/train/test_train_resume_shards.py"
@@ -1501,4 +1503,35 @@ MUTATIONS = [
     M("towers.common.cached_hub_id_asks_hub", "align/towers/common.py",
       "            return name, True        # cached", "            return name, offline        # cached",
       ["tests/towers/test_hf_text.py::test_a_hub_id_without_the_hub_is_read_from_the_cache_or_is_one_line_at_once"]),
+    M("val_split.lookalike_groups_unlisted", "align/data/stream/val_split.py",
+      "        counts[\"lookalike_groups\"] = lookalike_groups(groups)\n",
+      "        counts[\"lookalike_groups\"] = []\n",
+      [VSP + "test_group_ids_that_differ_only_by_case_unicode_form_or_a_numbers_spelling_are_listed", VSF],
+      "'Alice' trained while 'alice' was held out, nothing said"),
+    M("val_split.lookalike_case_sensitive", "align/data/stream/val_split.py",
+      '    text = unicodedata.normalize("NFKC", group).casefold().strip()\n', "    text = group.strip()\n",
+      [VSP + "test_group_ids_that_differ_only_by_case_unicode_form_or_a_numbers_spelling_are_listed"],
+      "case / Unicode-form variants of a group id not noticed"),
+    M("val_split.lookalike_numbers_as_text", "align/data/stream/val_split.py",
+      '        text = format(Decimal(text).normalize(), "f")\n', "        pass\n",
+      [VSP + "test_group_ids_that_differ_only_by_case_unicode_form_or_a_numbers_spelling_are_listed"],
+      "group ids 7 / 07 / 7.0 not noticed as one number"),
+    M("val_split.held_out_groups_unnamed", "align/data/stream/val_split.py",
+      '        counts["held_out_groups"] = sorted(groups[True])\n', "",
+      [VSP + "test_group_ids_that_differ_only_by_case_unicode_form_or_a_numbers_spelling_are_listed", VSF],
+      "a frac draw's held-out groups were named nowhere in the run's files"),
+    M("feed.val_split_groups_unsaid", "align/train/feed.py", "        _say_groups(counts, split, eng.acc.print)\n", "",
+      [VSF], "the run printed how many groups it held out, not which, and no look-alike warning"),
+    M("sweep.held_out_set_swept", "align/sweep/study.py", "    if moved:\n", "    if False:\n",
+      ["tests/sweep/test_study.py::test_a_space_over_the_held_out_set_itself_is_refused_in_one_line"],
+      "a space over data.val / data.val_split scored each trial on another set (the report set among them)"),
+    M("shards.lookalike_val_groups_unsaid", "align/data/write/shards.py",
+      "        stats[\"lookalike_groups\"] = eval_sets.lookalike_val_groups(inp, val_groups_from, val_groups)\n", "",
+      ["tests/data/write/test_shards.py::test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of"],
+      "--val-groups alice trained 'Alice', nothing said"),
+    M("eval_sets.spaced_header_unnamed", "align/data/write/eval_sets.py",
+      "    + (f\"; the header has {near[0]!r}, with spaces: name it so or fix the header\" if near else \"\"))",
+      "    )", ["tests/data/write/test_eval_sets.py::"
+               "test_a_group_column_whose_header_has_trailing_spaces_is_named_in_the_error"],
+      "a group header 'speaker ' was listed as if it were 'speaker'"),
 ]

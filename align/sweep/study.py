@@ -106,8 +106,16 @@ def load_sweep_recipe(recipe: str, overrides: List[str]):
 
 def check_split_fixed(r, params: list, path: str) -> None:
     """data.val_split with `frac` draws its groups by `seed`: a space over seed would score each trial on other
-    groups, so that is refused in one line (name the groups instead)."""
+    groups, so that is refused in one line (name the groups instead). So is a space over the held-out set itself
+    (data.val, data.val_split), or over data.train when data.val_split carves the held-out set out of it: the
+    sweep would pick the set a trial scores best on (a report set among them), not the best setting."""
     split = r.data.val_split
+    moved = [p.key for p in params if p.key.split(".")[:2] in (["data", "val"], ["data", "val_split"])
+             or (split and p.key.split(".")[:2] == ["data", "train"])]
+    if moved:
+        raise ConfigError(f"{path}: the space sweeps {', '.join(moved)}, which changes the held-out set each trial "
+                          "is scored on: every trial must be scored on the same selection groups; fix data.val or "
+                          "data.val_split (and its data.train) in the recipe")
     if split and not split.get("groups") and "seed" in {p.key for p in params}:   # (config: never with data.val)
         raise ConfigError(f"{path}: the space sweeps `seed`, and data.val_split's frac draws its held-out groups "
                           "by seed: trials would be scored on different groups; give data.val_split.groups "

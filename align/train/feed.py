@@ -213,10 +213,25 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
                          if counts["no_group"] else "")
                       + (f"; skipped {sum(skipped.values())} while copying ("
                          + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) + ")" if skipped else ""))
+        _say_groups(counts, split, eng.acc.print)
     eng.acc.wait_for_everyone()
     # (the tasks with nothing to score on the held-out samples, e.g. zero-shot without class names beside the
     # shards, are left out by fit_val_tasks, as for any data.val)
     return dataclasses.replace(r, data=dataclasses.replace(r.data, val=out))
+
+
+def _say_groups(counts: dict, split, printer) -> None:
+    """The held-out groups by name (all in RUN/val_split/val_split.json), and one warning per set of group ids
+    that differ only by case, Unicode form or a number's spelling (align.data.stream.val_split)."""
+    names = counts.get("held_out_groups") or []
+    if names:
+        printer(f"data.val_split: held-out groups: {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
+    for same in counts.get("lookalike_groups") or []:
+        both = any(g.endswith(" (held out)") for g in same) and not all(g.endswith(" (held out)") for g in same)
+        printer(f"warning: data.val_split: {split.groups_from!r} values {', '.join(map(repr, same))} differ only by "
+                f"case, Unicode form or a number's spelling and are separate groups"
+                + ("; they fall on both sides: if they are one group, the held-out figure measures it trained on"
+                   if both else "") + " (make them one spelling in the data, or name all of them in groups)")
 
 
 def fit_val_tasks(r: Recipe, modalities, printer=print) -> Recipe:

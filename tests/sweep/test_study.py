@@ -113,6 +113,24 @@ def test_sweeping_seed_over_a_frac_val_split_is_refused_in_one_line(tmp_path, ca
     assert not os.path.exists(tmp_path / "o")
 
 
+@pytest.mark.parametrize("which, text", [
+    ("split", "data.val_split.frac: {uniform: [0.1, 0.5]}\n"),
+    ("split", "data.val_split: {choice: {a: {groups_from: speaker, groups: [spk1]}, "
+              "b: {groups_from: speaker, groups: [spk2]}}}\n"),
+    ("split", "data.train: {choice: {a: S, b: S}}\n"),
+    ("val", "data.val: {choice: {selection: VAL, report: VAL}}\n")])
+def test_a_space_over_the_held_out_set_itself_is_refused_in_one_line(tmp_path, capsys, which, text):
+    """A space over data.val / data.val_split (or data.train, out of which val_split carves) was accepted: each
+    trial was scored on another set (the report groups among them) and the sweep picked the set, not a setting."""
+    from align.cli import main
+    rec = split_recipe(tmp_path) if which == "split" else sweep_recipe(tmp_path)
+    space = space_file(tmp_path, text.replace("VAL", str(tmp_path / "val")).replace("S", str(tmp_path / "s")))
+    assert main(["sweep", rec, "--space", space, "--trials", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changes the held-out set each trial is scored on" in err[0], err
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_without_optuna_the_command_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     from align.cli import main
     monkeypatch.setitem(sys.modules, "optuna", None)        # import optuna -> ImportError

@@ -81,3 +81,28 @@ def test_data_train_that_nothing_can_be_read_from_says_so(tmp_path, capsys, tiny
     assert last.startswith("align: error: data: nothing in data.train could be read in 10 epochs on rank 0: every "
                            "sample or shard was skipped (corrupt tar "), last
     assert "batch_size" not in last
+
+
+def test_carve_val_split_names_the_held_out_groups_and_warns_of_lookalike_ids(tmp_path):
+    """The run said only how many groups it held out, and nothing when 'Alice' trained while 'alice' was held out
+    (separate ids, differing only by case): it now names the held-out groups and warns of such sets."""
+    import json
+    import types
+    from align.config import parse_recipe
+    from align.train.feed import carve_val_split
+    from tests.data.stream.test_val_split import _sample
+    from tests.switch_helpers import recipe
+    from tests.wds_helpers import write_shard
+    samples = [_sample(f"k{i}", g, i) for i, g in enumerate(["alice", "Alice", "bob", "carl"] * 2)]
+    path = write_shard(tmp_path / "a.tar", samples)
+    r = parse_recipe(recipe(tmp_path, "run", data={"train": [path], "val_split": {"groups_from": "speaker",
+                                                                                   "groups": ["alice", "bob"]}}))
+    said = []
+    acc = types.SimpleNamespace(is_main_process=True, print=said.append, wait_for_everyone=lambda: None)
+    out = carve_val_split(r, types.SimpleNamespace(acc=acc))
+    assert out.data.val.endswith("val_split")
+    assert "data.val_split: held-out groups: alice, bob" in said
+    warn = [line for line in said if line.startswith("warning: data.val_split:")]
+    assert len(warn) == 1 and "'Alice', 'alice (held out)'" in warn[0] and "both sides" in warn[0], said
+    saved = json.load(open(tmp_path / "run" / "val_split" / "val_split.json"))
+    assert saved["counts"]["held_out_groups"] == ["alice", "bob"]

@@ -10,7 +10,10 @@ A sample's group is read from its `.json` (what `align data shards` writes): `CO
 JSON's `extra` (the input's other columns) or of the JSON itself; `COL:N` is field N (0-based, negative from the
 end) of the file name the sample came from (`source.COL`, e.g. `audio:0` for `s07_take3.wav`) or of that field's
 value, split at '/', '_' and '-' with the extension dropped (as `align data shards --val-groups-from`); `key:N`
-is field N of the sample key. A sample without a group is kept out of both sides and counted.
+is field N of the sample key. A sample without a group is kept out of both sides and counted. Group ids are
+compared as written (stripped of surrounding whitespace): ids that differ only by case, Unicode form or the
+spelling of a number ("Alice"/"alice", NFC/NFD "José", "7"/"07"/"7.0") are different groups, so each such set
+is listed (`lookalike_groups`) for the caller to warn about: one speaker may be on both sides.
 
 Training drops the held-out samples before decoding (`held_out`, applied in the worker's raw stream, so the
 data position of a checkpoint and resume are unchanged by it); `write_val_set` copies them, undecoded, into a
@@ -23,7 +26,9 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Iterable, Optional
 
 from align.errors import ConfigError, DataError
@@ -50,6 +55,26 @@ def _fraction(text: str, seed: int) -> float:
     """A stable number in [0, 1) for `text` (sha1, not Python's salted hash: the same in every process)."""
     h = hashlib.sha1(f"align:val_split:{seed}:{text}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(h[:8], "big") / 2 ** 64
+
+
+def _loose(group: str) -> str:
+    """A group id as a person reads it: NFKC, case-folded, a number by its value ("07", "7.0" -> "7")."""
+    text = unicodedata.normalize("NFKC", group).casefold().strip()
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?", text):
+        text = format(Decimal(text).normalize(), "f")
+    return text
+
+
+def lookalike_groups(sides: dict) -> list:
+    """Sets of group ids (of {side: set of ids}) that differ only by case, Unicode form or the spelling of a
+    number: [[id, ...], ...], each with the ids sorted and "(held out)" after those on the held-out side."""
+    by_loose: dict = {}
+    for side, ids in sides.items():
+        for g in ids:
+            if g is not None:
+                by_loose.setdefault(_loose(g), {})[g] = side
+    return sorted([f"{g} (held out)" if seen[g] is True else g for g in sorted(seen)]
+                  for seen in by_loose.values() if len(seen) > 1)
 
 
 @dataclass(frozen=True)
@@ -177,6 +202,9 @@ def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Opti
         with open(os.path.join(out_dir, "classnames.txt"), "w") as f:
             f.write("".join(f"{c}\n" for c in classnames))
     counts["groups"] = {"held_out": len(groups[True]), "trained": len(groups[False])}
+    if split.groups_from is not None:    # named in RUN/val_split/val_split.json, as the run's print names them
+        counts["held_out_groups"] = sorted(groups[True])
+        counts["lookalike_groups"] = lookalike_groups(groups)
     counts["skipped"] = dict(faults.total)   # held-out samples not copied and shards not read, by reason
     tmp = spec_path + ".tmp"
     with open(tmp, "w") as f:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from align.data.stream.val_split import name_field
+from align.data.stream.val_split import lookalike_groups, name_field
 from align.data.write.inputs import Input
 from align.data.write.values import SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
@@ -32,8 +32,10 @@ def parse_group_spec(spec: str, columns: Sequence[str]) -> Tuple[str, Optional[i
     if m and spec not in columns:
         col, field = m.group(1), int(m.group(2))
     if col not in columns:
+        near = [str(c) for c in columns if str(c).strip() == col.strip()]   # a header with spaces reads the same
         raise DataError(f"val_groups_from {spec!r}: no column {col!r}; available columns: "
-                        f"{', '.join(map(str, columns)) or '(none)'} (a file-name field is COL:N, e.g. audio:0)")
+                        f"{', '.join(map(str, columns)) or '(none)'} (a file-name field is COL:N, e.g. audio:0)"
+                        + (f"; the header has {near[0]!r}, with spaces: name it so or fix the header" if near else ""))
     return col, field
 
 
@@ -75,6 +77,15 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
             if v is None:
                 missing[i] = (GROUP_MISSING, f"{GROUP_MISSING}: no group in {spec!r}")
     return train, val, missing
+
+
+def lookalike_val_groups(inp: Input, spec: str, groups: Sequence[str]) -> List[List[str]]:
+    """Sets of the column's group ids that differ only by case, Unicode form or a number's spelling ('Alice' and
+    'alice'): separate groups, so `--val-groups alice` trains 'Alice'; the held-out ones marked "(held out)"."""
+    col, field = parse_group_spec(spec, inp.columns)
+    chosen = {str(g).strip() for g in groups}
+    found = {group_value(v, field, inp.base_dir) for v in inp.column(col)} - {None}
+    return lookalike_groups({True: found & chosen, False: found - chosen})
 
 
 def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None

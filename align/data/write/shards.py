@@ -240,6 +240,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     stats = dict(results[parts[0][0]])
     if len(results) > 1:
         stats["val"] = results["val"]
+        stats["lookalike_groups"] = eval_sets.lookalike_val_groups(inp, val_groups_from, val_groups)
     return stats
 
 
@@ -368,5 +369,8 @@ def summary_line(stats: Dict[str, Any]) -> str:
                 f"{' to ' + st['pattern'] if 'pattern' in st else ''}; skipped {st['skipped']}"
                 + (f" ({reasons}; see skipped.jsonl)" if reasons else ""))
     if "val" in stats:
-        return "train: " + one(stats) + "; val: " + one(stats["val"])
+        same = "; ".join(", ".join(map(repr, ids)) for ids in stats.get("lookalike_groups") or [])
+        return ("train: " + one(stats) + "; val: " + one(stats["val"])
+                + (f"; warning: group values {same} differ only by case, Unicode form or a number's spelling and "
+                   "are separate groups (make them one spelling, or name all of them in --val-groups)" if same else ""))
     return one(stats)

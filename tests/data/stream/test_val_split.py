@@ -165,3 +165,31 @@ def test_a_draw_over_few_groups_that_takes_none_says_how_to_name_them(tmp_path):
             "holds out no sample; the seeded draw over its 3 groups (spk0, spk1, spk2) took 0: name the held-out "
             "ones, e.g. data.val_split={groups_from: speaker, groups: [spk0]}")):
         write_val_set(ValSplit("speaker", frac=0.05, seed=seed), paths, str(tmp_path / "v"))
+
+
+def test_group_ids_that_differ_only_by_case_unicode_form_or_a_numbers_spelling_are_listed(tmp_path):
+    """'Alice'/'ALICE', NFC/NFD 'José' and 7/'07'/7.0 are separate groups (ids compared as written, stripped):
+    with groups [alice] the other spellings trained, silently. write_val_set now lists each such set (for the
+    run's warning) and names the held-out groups in val_split.json (a frac draw recorded only how many)."""
+    import unicodedata
+    names = ["Alice", "alice ", "ALICE", unicodedata.normalize("NFC", "José"), unicodedata.normalize("NFD", "José"),
+             7, "07", 7.0, "bob", "", None]
+    samples = []
+    for i, n in enumerate(names):
+        for j in range(2):
+            s = image_text(f"k{i}{j}", seed=i * 10 + j)
+            s["json"] = json.dumps({"key": f"k{i}{j}", "extra": {"speaker": n}})
+            samples.append(s)
+    paths = [write_shard(tmp_path / "a.tar", samples)]
+    nfc = unicodedata.normalize("NFC", "José")
+    split = ValSplit.from_config({"groups_from": "speaker", "groups": ["alice", nfc, "07"]}, 0)
+    counts = write_val_set(split, paths, str(tmp_path / "v"))
+    assert counts["no_group"] == 4 and counts["held_out"] == 6                 # '' and None: neither side
+    assert counts["held_out_groups"] == ["07", nfc, "alice"]
+    assert counts["lookalike_groups"] == sorted([["07 (held out)", "7", "7.0"],
+                                                 ["ALICE", "Alice", "alice (held out)"],
+                                                 [unicodedata.normalize("NFD", "José"), f"{nfc} (held out)"]])
+    saved = json.loads((tmp_path / "v" / "val_split.json").read_text())["counts"]
+    assert saved["held_out_groups"] == counts["held_out_groups"]
+    drawn = write_val_set(ValSplit("speaker", frac=0.5, seed=3), paths, str(tmp_path / "w"))
+    assert drawn["held_out_groups"] and len(drawn["held_out_groups"]) == drawn["groups"]["held_out"]

@@ -234,3 +234,12 @@ def test_clip_benchmark_cli_and_align_bench_agree_on_a_held_out_split(tmp_path):
         assert ours[k] == pytest.approx(v, abs=1e-6), k
     assert 0 < theirs["acc1"] < theirs["acc5"] < 1   # not all-right or all-wrong
     print(f"clip_benchmark CLI {theirs}; align bench {ours}")
+
+
+def test_a_group_column_whose_header_has_trailing_spaces_is_named_in_the_error(tmp_path):
+    """A header 'speaker ' made `--val-groups-from speaker` fail with 'no column 'speaker'; available columns:
+    text, label, speaker ' -- the list seemed to hold it. The line now names the header as it is."""
+    (tmp_path / "p.csv").write_text("text,label,speaker \nhi,a,alice\nho,b,bob\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"the header has 'speaker ', with spaces"):
+        write_shards(tmp_path / "p.csv", tmp_path / "x", text_col="text", label_col="label",
+                     val_groups_from="speaker", val_groups=["alice"], progress=False)

@@ -554,3 +554,16 @@ def test_image_quality_is_used_by_jpg_and_source_and_refused_with_png(tmp_path, 
     assert len(err) == 1 and "--image-quality" in err[0] and "png" in err[0]
     assert not (tmp_path / "png").exists()
     assert main(["data", "shards", str(tmp_path / "in"), "--out", str(tmp_path / "png"), "--image-format", "png"]) == 0
+
+
+def test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of(tmp_path):
+    """`--val-groups alice` held out 'alice' and trained 'Alice' (separate groups: ids are compared as written,
+    stripped), and the summary said nothing: one speaker on both sides. The summary line now warns."""
+    rows = "".join(f"hello {i},{spk},{'ab'[i % 2]}\n" for i, spk in enumerate(["Alice", "alice", "bob", "bob", "carl"]))
+    (tmp_path / "p.csv").write_text("text,speaker,label\n" + rows, encoding="utf-8")
+    stats = write_shards(tmp_path / "p.csv", tmp_path / "out", text_col="text", label_col="label", progress=False,
+                         val_groups_from="speaker", val_groups=["alice"])
+    assert stats["written"] == 4 and stats["val"]["written"] == 1
+    assert stats["lookalike_groups"] == [["Alice", "alice (held out)"]]
+    line = summary_line(stats)
+    assert "warning: group values 'Alice', 'alice (held out)' differ only by case" in line
