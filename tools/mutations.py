@@ -46,6 +46,8 @@ OFFLINE_TOWER = ("tests/towers/test_open_clip_towers.py::"
                  "test_a_pretrained_tag_without_the_hub_takes_the_cached_file_or_is_one_line_at_once")
 OFFLINE_BENCH = ("tests/bench/test_models.py::"
                  "test_an_open_clip_tag_without_the_hub_is_read_from_the_cache_by_its_tag_or_is_one_line")
+FILE_TWO_GROUPS = ("tests/data/write/test_shards.py::"
+                   "test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
@@ -1534,4 +1536,12 @@ MUTATIONS = [
       "    )", ["tests/data/write/test_eval_sets.py::"
                "test_a_group_column_whose_header_has_trailing_spaces_is_named_in_the_error"],
       "a group header 'speaker ' was listed as if it were 'speaker'"),
+    M("eval_sets.file_under_two_groups_on_both_sides", "align/data/write/eval_sets.py",
+      "            if f is not None and f in trained and i not in out:", "            if False:",
+      [FILE_TWO_GROUPS],
+      "x.png under alice (held out) and bob (trained): written to both sides without a word"),
+    M("eval_sets.file_paths_not_normalised", "align/data/write/eval_sets.py",
+      "            return os.path.normpath(os.path.join(inp.base_dir, os.path.expanduser(str(v).strip())))",
+      "            return str(v)",
+      ["tests/data/write/test_shards.py::test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted"]),
 ]

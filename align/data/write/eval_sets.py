@@ -12,6 +12,7 @@ Used by `align.data.write.shards.write_shards` for `layout="clip_benchmark"` and
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -77,6 +78,33 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
             if v is None:
                 missing[i] = (GROUP_MISSING, f"{GROUP_MISSING}: no group in {spec!r}")
     return train, val, missing
+
+
+FILE_ALSO_TRAINED = "file also in a train row"
+
+
+def trained_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int], val_rows: Sequence[int]
+                  ) -> Dict[int, Tuple[str, str]]:
+    """Val rows of a table whose image or audio file a train row also names (one file under two groups: the
+    held-out figure would include an item trained on) -> {row: (reason, detail)}, skipped from val and counted.
+    Paths compare as the table resolves them (relative to its folder, normalised). Folders cannot repeat a file,
+    and a Hugging Face column is not read here (it would decode every image)."""
+    if inp.kind in ("folder", "hf"):
+        return {}
+    out: Dict[int, Tuple[str, str]] = {}
+    for col in (c for m, c in columns.items() if m in ("image", "audio")):
+        values = inp.column(col)
+
+        def where(v) -> Optional[str]:
+            if is_missing(v) or not isinstance(v, (str, Path)):
+                return None
+            return os.path.normpath(os.path.join(inp.base_dir, os.path.expanduser(str(v).strip())))
+        trained = {where(values[i]) for i in train_rows} - {None}
+        for i in val_rows:
+            f = where(values[i])
+            if f is not None and f in trained and i not in out:
+                out[i] = (FILE_ALSO_TRAINED, f"{FILE_ALSO_TRAINED}: {values[i]} (another group) is trained on")
+    return out
 
 
 def lookalike_val_groups(inp: Input, spec: str, groups: Sequence[str]) -> List[List[str]]:

@@ -227,12 +227,13 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
                            layout=layout, **common))]
     else:
         train_rows, val_rows, no_group = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
+        also_trained = eval_sets.trained_files(inp, columns, train_rows, val_rows)    # val rows skipped, counted
         held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
         parts = [(name, Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
                              n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
                              **common))
                  for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
-                                                ("val", val_rows, "clip_benchmark", {}))]
+                                                ("val", val_rows, "clip_benchmark", also_trained))]
     results = _write_parts(out, parts, overwrite, workers, progress, tmpl)
     _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
     for st in results.values():
