@@ -51,6 +51,8 @@ SCIPY_RATE = ("tests/towers/test_audio.py::"
               "test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line")
 OC_API_INPUTS = ("tests/bench/test_models.py::"
                  "test_open_clip_models_refuse_what_align_models_refuse_in_one_line")
+NORM_LIMITS = ("tests/data/tools/test_stats.py::"
+               "test_norm_stats_measure_only_the_clips_the_recipes_limits_let_through")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -940,7 +942,7 @@ MUTATIONS = [
       "{raw.get('__key__')!r}\", limits=limits)", "{raw.get('__key__')!r}\")",
       [AUTO_LIMITS]),
     M("cli.data_stats.recipe_limits_dropped", "align/cli_data.py",
-      "progress=not a.no_progress, limits=r.data.limits if r is not None else None)", "progress=not a.no_progress)",
+      "progress=not a.no_progress, limits=limits)", "progress=not a.no_progress)",
       [AUTO_LIMITS]),
     M("media.audio.int64_scaled_to_silence", "align/media/audio.py",
       '    if raw.dtype.kind in "iu" and raw.dtype.itemsize == 8:', "    if False:",
@@ -1460,6 +1462,16 @@ MUTATIONS = [
       "n, w = a[\"clip_samples\"], np.asarray(wave, dtype=np.float32)",
       ["tests/export/test_onnx_format.py::test_hf_image_and_audio_towers_export_to_onnx"],
       "the README's hf_audio audio_input passed a float wave louder than full scale on unclipped"),
+    M("stats.norm_stats_default_limits", "align/cli_data.py",
+      "                              limits=limits)", "                              limits=None)",
+      [NORM_LIMITS],
+      "`align data stats --recipe`: norm_mean/norm_std measured clips the recipe's data.limits skip in training"),
+    M("stats.feature_stats_drops_limits", "align/data/tools/stats.py",
+      "modalities=[modality], min_modalities=1, limits=limits)", "modalities=[modality], min_modalities=1)",
+      [NORM_LIMITS], "feature_stats read the shards with the default limits whatever it was given"),
+    M("loader.eval_loader_drops_limits", "align/data/stream/loader.py",
+      "min_modalities=min_modalities, limits=limits)", "min_modalities=min_modalities)",
+      [NORM_LIMITS], "build_eval_loader read the shards with the default limits whatever it was given"),
     M("faults.warning_printed_raw", "align/data/stream/faults.py",
       "        log.warning(printable(msg) + tail)", "        log.warning(msg + tail)",
       ["tests/data/stream/test_faults.py::test_a_warning_escapes_the_control_characters_of_a_member_name"],
