@@ -145,12 +145,14 @@ def cmd_data_stats(a):
             keys = {k: v for k, v in tower.items() if k in AudioFrontend.keys()}
         from align.data.tools.stats import audio_duration_stats
         from align.train.feed import clip_seconds_measure
+        limits = r.data.limits if r is not None else None      # the clips training reads, for both numbers
         dur = audio_duration_stats(a.pattern, clip_seconds_measure(keys), max_samples=a.n or 2000,
-                                   progress=not a.no_progress, limits=r.data.limits if r is not None else None)
+                                   progress=not a.no_progress, limits=limits)
         if dur["clips"] and keys.get("clip_seconds") == "auto":
             keys["clip_seconds"] = dur["clip_seconds"]
         fe = AudioFrontend(**keys).validate("model.towers.audio")
-        stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress)
+        stats = feature_stats(a.pattern, unnormalised_eval_frontend(fe), max_samples=a.n, progress=not a.no_progress,
+                              limits=limits)
         print(json.dumps(stats))
         print(f"recipe keys: model.towers.audio.norm_mean={stats['norm_mean']} "
               f"model.towers.audio.norm_std={stats['norm_std']}")

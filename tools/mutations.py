@@ -59,6 +59,8 @@ SCIPY_RATE = ("tests/towers/test_audio.py::"
               "test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line")
 OC_API_INPUTS = ("tests/bench/test_models.py::"
                  "test_open_clip_models_refuse_what_align_models_refuse_in_one_line")
+NORM_LIMITS = ("tests/data/tools/test_stats.py::"
+               "test_norm_stats_measure_only_the_clips_the_recipes_limits_let_through")
 MUTATIONS = [
     # -- losses: each against its plain reference -----------------------------------------------
     M("loss.clip.one_direction", "align/losses/clip.py",
@@ -948,7 +950,7 @@ MUTATIONS = [
       "{raw.get('__key__')!r}\", limits=limits)", "{raw.get('__key__')!r}\")",
       [AUTO_LIMITS]),
     M("cli.data_stats.recipe_limits_dropped", "align/cli_data.py",
-      "progress=not a.no_progress, limits=r.data.limits if r is not None else None)", "progress=not a.no_progress)",
+      "progress=not a.no_progress, limits=limits)", "progress=not a.no_progress)",
       [AUTO_LIMITS]),
     M("media.audio.int64_scaled_to_silence", "align/media/audio.py",
       '    if raw.dtype.kind in "iu" and raw.dtype.itemsize == 8:', "    if False:",
@@ -1458,6 +1460,35 @@ MUTATIONS = [
       "            print(printable(_show(sample)))", "            print(_show(sample))",
       ["tests/data/tools/test_inspect.py::test_printed_keys_escape_their_control_characters"],
       "a key's ESC sequences reached the terminal raw from `align data inspect`"),
+    M("export.audio_clip_unclipped", "align/export/model_card.py",
+      "    w = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)",
+      "    w = np.asarray(wave, dtype=np.float32)",
+      ["tests/export/test_onnx_format.py::test_readme_snippet_clips_a_float_wave_louder_than_full_scale_as_align"],
+      "the README's audio_clip passed a float wave louder than full scale on unclipped: log-mel 4.0 off align's"),
+    M("export.hf_audio_input_unclipped", "align/export/model_card.py",
+      "n, w = a[\"clip_samples\"], np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)",
+      "n, w = a[\"clip_samples\"], np.asarray(wave, dtype=np.float32)",
+      ["tests/export/test_onnx_format.py::test_hf_image_and_audio_towers_export_to_onnx"],
+      "the README's hf_audio audio_input passed a float wave louder than full scale on unclipped"),
+    M("stats.norm_stats_default_limits", "align/cli_data.py",
+      "                              limits=limits)", "                              limits=None)",
+      [NORM_LIMITS],
+      "`align data stats --recipe`: norm_mean/norm_std measured clips the recipe's data.limits skip in training"),
+    M("stats.feature_stats_drops_limits", "align/data/tools/stats.py",
+      "modalities=[modality], min_modalities=1, limits=limits)", "modalities=[modality], min_modalities=1)",
+      [NORM_LIMITS], "feature_stats read the shards with the default limits whatever it was given"),
+    M("loader.eval_loader_drops_limits", "align/data/stream/loader.py",
+      "min_modalities=min_modalities, limits=limits)", "min_modalities=min_modalities)",
+      [NORM_LIMITS], "build_eval_loader read the shards with the default limits whatever it was given"),
+    M("write.shards.sample_rate_outside_limits", "align/data/write/shards.py",
+      '    if "audio" in columns and not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:',
+      "    if False:",
+      ["tests/data/write/test_shards.py::test_a_sample_rate_outside_the_limits_is_one_line_before_anything_is_written"],
+      "--sample-rate 500 wrote shards training skips whole; 700000 ended in the FLAC encoder's traceback"),
+    M("write.shards.sample_rate_checked_without_audio", "align/data/write/shards.py",
+      '    if "audio" in columns and not limits.min_sample_rate', "    if not limits.min_sample_rate",
+      ["tests/data/write/test_shards.py::test_a_sample_rate_outside_the_limits_is_one_line_before_anything_is_written"],
+      "an image-text input refused for a sample rate it never uses"),
     M("faults.warning_printed_raw", "align/data/stream/faults.py",
       "        log.warning(printable(msg) + tail)", "        log.warning(msg + tail)",
       ["tests/data/stream/test_faults.py::test_a_warning_escapes_the_control_characters_of_a_member_name"],

@@ -206,12 +206,12 @@ def tokenize(texts):
 _AUDIO = '''
 
 def audio_clip(wave, sample_rate):
-    """mono float32 wave in [-1, 1] -> the eval clip: silence trimmed and level normalised when the model does
-    (trim_db, normalize), then centre crop or zero-pad to clip_samples."""
+    """mono float32 wave -> the eval clip: clipped to [-1, 1] (a float file may hold louder samples), silence trimmed
+    and level normalised when the model does (trim_db, normalize), then centre crop or zero-pad to clip_samples."""
     a = PP["towers"]["audio"]["preprocess"]
     if sample_rate != a["sample_rate"]:
         raise ValueError(f"resample to {a['sample_rate']} Hz first (e.g. scipy.signal.resample_poly)")
-    w = np.asarray(wave, dtype=np.float32)
+    w = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)       # as align's front end, after resampling
     if a.get("trim_db", 0) > 0:                        # cut 10 ms frames more than trim_db below the loudest
         hop = max(1, sample_rate // 100)
         frames = np.zeros(-(-len(w) // hop) * hop)
@@ -275,12 +275,12 @@ def _feature_extractor():
 
 
 def audio_input(wave, sample_rate):
-    """mono float32 wave in [-1, 1] -> the audio tower's input for one recording (its centre clip through the
-    model's own feature extractor)."""
+    """mono float32 wave -> the audio tower's input for one recording (clipped to [-1, 1], its centre clip through
+    the model's own feature extractor)."""
     a, fe = PP["towers"]["audio"]["preprocess"], _feature_extractor()
     if sample_rate != a["sample_rate"]:
         raise ValueError(f"resample to {a['sample_rate']} Hz first (e.g. scipy.signal.resample_poly)")
-    n, w = a["clip_samples"], np.asarray(wave, dtype=np.float32)
+    n, w = a["clip_samples"], np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
     if len(w) > n:                                                                 # centre crop
         w = w[(len(w) - n) // 2:(len(w) - n) // 2 + n]
     if a["packed_attention_mask"]:

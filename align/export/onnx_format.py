@@ -211,7 +211,7 @@ def image_entry(tower, out_dir: str) -> dict:
 
 def _eval_crop(fe) -> str:
     """What align does to a wave before the log-mel, in order, with this front end's settings."""
-    steps = ["mono", "resample to sample_rate (polyphase)"]
+    steps = ["mono", "resample to sample_rate (polyphase)", "clip to [-1, 1]"]
     if fe.trim_db > 0:
         steps.append(f"cut leading/trailing 10 ms frames whose RMS is more than trim_db ({fe.trim_db:g}) below the "
                      "loudest frame's")
@@ -242,8 +242,8 @@ def audio_entry(tower, out_dir: str) -> dict:
                 "zero-pad on the right to clip_samples (extractor_fixes_length false) or, when shorter than "
                 "sample_rate // 20, to that (true); input = fe(wave, sampling_rate=sample_rate)[input_name][0]")
         pp.update(path="audio_feature_extractor",
-                  how="mono, resample to sample_rate, centre crop to clip_samples when longer, then " + call
-                      + "; fe = transformers.AutoFeatureExtractor.from_pretrained(path)")
+                  how="mono, resample to sample_rate, clip to [-1, 1], centre crop to clip_samples when longer, then "
+                      + call + "; fe = transformers.AutoFeatureExtractor.from_pretrained(path)")
     return pp
 
 

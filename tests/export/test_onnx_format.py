@@ -237,6 +237,10 @@ def test_hf_image_and_audio_towers_export_to_onnx(tmp_path):
         os.chdir(cwd)
     assert np.abs(ns["preprocess_image"](Image.open(tmp_path / "cat.jpg")) - x_img.numpy()).max() <= 1e-6
     assert np.abs(ns["audio_input"](wave, SR) - x_aud.numpy()).max() <= 1e-6
+    with torch.no_grad():      # a float wave louder than full scale: clipped as align's front end clips it
+        x_loud = model.audio_transform((30 * wave, SR)).numpy()
+    assert np.abs(ns["audio_input"](30 * wave, SR) - x_loud).max() <= 1e-5
+    assert "resample to sample_rate, clip to [-1, 1]" in pp["towers"]["audio"]["preprocess"]["how"]
     for k, ref in refs.items():
         assert np.abs(ns[k] - ref).max() <= 1e-4, k
     assert ns["logits"].shape == (1, 2)
@@ -266,6 +270,25 @@ def test_readme_snippet_trims_normalises_and_applies_cmvn_as_align(tmp_path):
         assert np.abs(ns["embed"]("audio", got[None]) - z).max() <= 1e-4, n
     how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
     assert "trim_db (20)" in how and "peak level is target_db (-3)" in how and "per-utterance CMVN" in how
+
+
+def test_readme_snippet_clips_a_float_wave_louder_than_full_scale_as_align(tmp_path):
+    """A float file may hold samples past +-1; align's front end clips them after resampling (as the shard writer's
+    16-bit FLAC stores them), but the README's audio_clip passed them on: log-mel 4.0 apart at a peak of 3, and
+    preprocess.json's eval_crop did not name the step."""
+    audio = {"type": "audio_cnn", "clip_seconds": 0.25, "n_mels": 16, "channels": [4]}
+    run, model = make_run(tmp_path, open_clip=False, pairs=[["audio", "text"]],
+                          towers={"text": {"type": "bow_text", "width": 8, "context_length": 8}, "audio": audio})
+    out = tmp_path / "x"
+    export(run, str(out), fmt="onnx", progress=False)
+    ns = {}
+    exec(readme_snippet(out), ns)
+    w = (3.0 * np.sin(np.arange(4000) / 5)).astype(np.float32)           # peak 3: louder than full scale
+    with torch.no_grad():
+        x = model.audio_transform((w, SR))
+    assert np.abs(ns["log_mel"](ns["audio_clip"](w, SR)) - x.numpy()).max() <= 1e-4
+    how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
+    assert "resample to sample_rate (polyphase), clip to [-1, 1]" in how
 
 
 def test_the_simple_tokenizer_how_string_runs_as_written(outside):

@@ -490,11 +490,11 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
 def build_eval_loader(sources: list[SourceSpec] | str, *, transforms: dict[str, Callable], batch_size: int,
                       modalities: list[str], rank: int = 0, world_size: int = 1, num_workers: int = 0,
                       allow_pipe: bool = False, max_skip_frac: float | None = None,
-                      min_modalities: int = 2) -> StreamLoader:
-    """Deterministic loader for evaluation: shards in listed order, no shuffle, first caption, keeps the last
-    partial batch.  Pass eval transforms (e.g. open_clip's `image_transform(224, is_train=False)`)."""
+                      min_modalities: int = 2, limits=None) -> StreamLoader:
+    """Deterministic loader for evaluation (limits: as build_train_loader): shards in listed order, no shuffle,
+    first caption, keeps the last partial batch.  Pass eval transforms (open_clip's `image_transform(224, False)`)."""
     return build_train_loader(
         sources, transforms=transforms, batch_size=batch_size, modalities=modalities, rank=rank,
         world_size=world_size, num_workers=num_workers, seed=0, epoch=0, samples_per_epoch=None, resampled=False,
         shuffle_buffer=0, allow_pipe=allow_pipe, max_skip_frac=max_skip_frac, train=False, drop_last=False,
-        min_modalities=min_modalities)
+        min_modalities=min_modalities, limits=limits)

@@ -24,14 +24,15 @@ from align.errors import DataError
 
 
 def feature_stats(pattern, transform: Callable, modality: str = "audio", max_samples: Optional[int] = None,
-                  batch_size: int = 64, progress: bool = True) -> dict:
+                  batch_size: int = 64, progress: bool = True, limits=None) -> dict:
     """Mean and std over every element of transform(sample) for the first `max_samples` samples (all: None).
+    limits: the recipe's data.limits (None: the defaults); a sample past one is skipped, as training skips it.
 
     Returns {"norm_mean", "norm_std", "samples", "skipped"} (mean/std rounded to 4 decimals)."""
     from align.progress import progress as tqdm   # plain lines off a terminal
 
     loader = build_eval_loader(pattern, transforms={modality: transform}, batch_size=batch_size,
-                               modalities=[modality], min_modalities=1)
+                               modalities=[modality], min_modalities=1, limits=limits)
     total, total_sq, count, n = 0.0, 0.0, 0, 0
     with tqdm(total=max_samples, unit="clip", desc=f"{modality} stats", disable=not progress) as bar:
         for batch in loader:

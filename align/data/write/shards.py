@@ -194,6 +194,10 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
     text_col, more_text = _split_text_col(inp, text_col)
     columns = resolve_columns(inp, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
+    if "audio" in columns and not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
+        # 500 Hz: shards whose every clip training skips; 700 kHz: a traceback from the FLAC encoder
+        raise ConfigError(f"sample_rate {sample_rate} Hz is outside data.limits.min_sample_rate..max_sample_rate "
+                          f"({limits.min_sample_rate}..{limits.max_sample_rate}): training would skip every clip")
     _check_neg_col(inp, neg_col, columns)
     n_rows = len(inp)
     if n_rows == 0:

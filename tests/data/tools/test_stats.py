@@ -227,3 +227,32 @@ def test_clip_seconds_auto_measures_only_the_clips_the_recipes_limits_let_throug
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))                 # `align data stats --recipe` says the same
     assert main(["data", "stats", pattern, "--recipe", str(tmp_path / "r.yaml"), "--no-progress"]) == 0
     assert "clip_seconds: auto trains at 0.5 s" in capsys.readouterr().out
+
+
+def test_norm_stats_measure_only_the_clips_the_recipes_limits_let_through(tmp_path, capsys):
+    """`align data stats --recipe` with data.limits.max_audio_seconds 0.8: training reads the three shorter
+    recordings, and the durations said so, but norm_mean / norm_std were measured over all five (the default
+    limits): numbers for audio the recipe never trains on. Now both are over the same three clips."""
+    import yaml
+
+    from align.cli import main
+    from tests.switch_helpers import recipe
+    pattern = _tone_shard(tmp_path, [0.1, 0.2, 0.3, 0.9, 1.2])             # + 0.4 s of padding: 0.5 .. 1.6 s
+    audio = {"type": "audio_cnn", "clip_seconds": 1.0, "n_mels": 16}
+    r = recipe(tmp_path, "run", model={"embed_dim": 16, "towers": {"audio": audio, "text": {"type": "bow_text"}}},
+               loss={"type": "clip", "pairs": [["audio", "text"]]},
+               data={"train": pattern, "limits": {"max_audio_seconds": 0.8}})
+    r["model"] = {"embed_dim": 16, "towers": {"audio": audio, "text": {"type": "bow_text", "width": 8}}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    assert main(["data", "stats", pattern, "--recipe", str(tmp_path / "r.yaml"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    stats = json.loads(next(line for line in out.splitlines() if line.startswith('{"norm_mean"')))
+    assert stats["samples"] == 3 and stats["skipped"] == 3                  # two too long, one undecodable
+    fe = AudioFrontend(clip_seconds=1.0, n_mels=16)
+    (tmp_path / "short").mkdir()
+    direct = feature_stats(_tone_shard(tmp_path / "short", [0.1, 0.2, 0.3]), unnormalised_eval_frontend(fe),
+                           progress=False)                                   # the same three, default limits
+    assert direct["samples"] == 3
+    assert (stats["norm_mean"], stats["norm_std"]) == (direct["norm_mean"], direct["norm_std"])
+    assert "3 clips read (3 unreadable)" in out
+

@@ -583,3 +583,21 @@ def test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_cou
     assert stats["written"] == 3 and stats["val"]["written"] == 1
     assert stats["val"]["by_reason"] == {"file also in a train row": 1}, stats["val"]
     assert "file also in a train row" in summary_line(stats)
+
+
+def test_a_sample_rate_outside_the_limits_is_one_line_before_anything_is_written(tmp_path):
+    """--sample-rate 500 wrote shards whose every clip training skips ('500 Hz, outside data.limits...'), and
+    700000 ended in the FLAC encoder's traceback; both are one line naming the limits, nothing written. An
+    image-text input does not care; raised limits let 500 Hz through."""
+    (tmp_path / "src").mkdir()
+    sf.write(tmp_path / "src" / "a.wav", np.zeros(1600), 16000)
+    (tmp_path / "src" / "a.txt").write_text("quiet")
+    for rate in (500, 700000):
+        with pytest.raises(ConfigError, match=rf"^sample_rate {rate} Hz is outside data.limits.min_sample_rate"):
+            write_shards(tmp_path / "src", tmp_path / "out", sample_rate=rate, progress=False)
+        assert not (tmp_path / "out").exists()
+    assert write_shards(tmp_path / "src", tmp_path / "low", sample_rate=500, progress=False,
+                        limits={"min_sample_rate": 400})["written"] == 1
+    (tmp_path / "img").mkdir()
+    assert write_shards(_csv_dataset(tmp_path / "img", n_good=2), tmp_path / "img_out", sample_rate=500,
+                        progress=False)["written"] == 2
