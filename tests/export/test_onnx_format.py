@@ -52,6 +52,18 @@ def test_every_tower_matches_pytorch_with_dynamic_batch(outside):
         (fe.sample_rate, fe.n_fft, fe.hop_length, fe.n_mels, fe.clip_samples)
 
 
+def image_snippet(tmp_path, steps) -> dict:
+    """The card's onnxruntime code for an image tower with these preprocessing steps, run: its namespace
+    (preprocess_image)."""
+    from align.export.model_card import onnx_snippet
+    pp = {"towers": {"image": {"file": "image.onnx", "preprocess": {"steps": steps}}}}
+    (tmp_path / "preprocess.json").write_text(json.dumps(pp))
+    (tmp_path / "README.md").write_text("### onnxruntime\n\n```python\n" + onnx_snippet(pp) + "```\n")
+    ns = {}
+    exec(readme_snippet(tmp_path), ns)
+    return ns
+
+
 def test_readme_snippet_reproduces_align_without_align(outside):
     """The README's onnxruntime code (run by an interpreter without align) == align's own preprocessing + model."""
     model, root = align.load(outside.run), outside.root
@@ -123,13 +135,7 @@ def test_image_steps_match_transform_for_timm_style_crop(tmp_path):
         "interpolation": "bilinear", "crop_pct": 0.9, "crop_mode": "center"})
     steps = onnx_format.image_steps(fake)
     assert steps[1] == {"op": "resize_shortest", "size": 26, "interpolation": "bilinear"}
-    pp = {"towers": {"image": {"file": "image.onnx", "preprocess": {"steps": steps}}}}
-    (tmp_path / "preprocess.json").write_text(json.dumps(pp))
-    (tmp_path / "README.md").write_text("### onnxruntime\n\n```python\n" +
-                                         __import__("align.export.model_card").export.model_card.onnx_snippet(pp)
-                                         + "```\n")
-    ns = {}
-    exec(readme_snippet(tmp_path), ns)
+    ns = image_snippet(tmp_path, steps)
     ref_t = transforms.Compose([transforms.Resize(26, interpolation=transforms.InterpolationMode.BILINEAR),
                                 transforms.CenterCrop(24), transforms.ToTensor(),
                                 transforms.Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.4])])
@@ -142,14 +148,7 @@ def test_open_clip_image_steps_make_rgb_before_resizing_as_align_does(tmp_path):
     that the resize changes: to_rgb came after resize/crop, and PIL resizes P and 1 images with NEAREST (pixels off
     by up to 3, embedding cosine 0.75 with align.load's on a 1-bit image)."""
     _, model = make_run(tmp_path)
-    pp = {"towers": {"image": {"file": "image.onnx",
-                               "preprocess": {"steps": onnx_format.image_steps(model.towers["image"])}}}}
-    (tmp_path / "preprocess.json").write_text(json.dumps(pp))
-    (tmp_path / "README.md").write_text("### onnxruntime\n\n```python\n" +
-                                         __import__("align.export.model_card").export.model_card.onnx_snippet(pp)
-                                         + "```\n")
-    ns = {}
-    exec(readme_snippet(tmp_path), ns)
+    ns = image_snippet(tmp_path, onnx_format.image_steps(model.towers["image"]))
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8))
     rgba = Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 60, 4), dtype=np.uint8), "RGBA")
     for img in (rgb.convert("P"), rgb.convert("1"), rgba):
