@@ -245,18 +245,25 @@ def test_hf_image_and_audio_towers_export_to_onnx(tmp_path):
     assert ns["logits"].shape == (1, 2)
 
 
-def test_readme_snippet_trims_normalises_and_applies_cmvn_as_align(tmp_path):
-    """A front end with trim_db, normalize and cmvn: the README's audio_clip/log_mel give align's own features
-    (they skipped all three: features off by up to 5 and no word about it) and preprocess.json's eval_crop names
-    the three steps."""
-    audio = {"type": "audio_cnn", "clip_seconds": 0.25, "n_mels": 16, "channels": [4], "trim_db": 20.0,
-             "normalize": "peak", "target_db": -3.0, "cmvn": "utterance"}
+def audio_snippet(tmp_path, front_end: dict):
+    """An audio_cnn + bow_text run with these front-end keys, exported to ONNX; -> (model, the card's code run:
+    its namespace, the export folder)."""
+    audio = {"type": "audio_cnn", "clip_seconds": 0.25, "n_mels": 16, "channels": [4], **front_end}
     run, model = make_run(tmp_path, open_clip=False, pairs=[["audio", "text"]],
                           towers={"text": {"type": "bow_text", "width": 8, "context_length": 8}, "audio": audio})
     out = tmp_path / "x"
     export(run, str(out), fmt="onnx", progress=False)
     ns = {}
     exec(readme_snippet(out), ns)
+    return model, ns, out
+
+
+def test_readme_snippet_trims_normalises_and_applies_cmvn_as_align(tmp_path):
+    """A front end with trim_db, normalize and cmvn: the README's audio_clip/log_mel give align's own features
+    (they skipped all three: features off by up to 5 and no word about it) and preprocess.json's eval_crop names
+    the three steps."""
+    model, ns, out = audio_snippet(tmp_path, {"trim_db": 20.0, "normalize": "peak", "target_db": -3.0,
+                                              "cmvn": "utterance"})
     rng = np.random.default_rng(0)
     for n in (1500, 9000):                  # shorter than the 4000-sample clip, and longer
         w = 0.001 * rng.standard_normal(n).astype(np.float32)
@@ -275,13 +282,7 @@ def test_readme_snippet_clips_a_float_wave_louder_than_full_scale_as_align(tmp_p
     """A float file may hold samples past +-1; align's front end clips them after resampling (as the shard writer's
     16-bit FLAC stores them), but the README's audio_clip passed them on: log-mel 4.0 apart at a peak of 3, and
     preprocess.json's eval_crop did not name the step."""
-    audio = {"type": "audio_cnn", "clip_seconds": 0.25, "n_mels": 16, "channels": [4]}
-    run, model = make_run(tmp_path, open_clip=False, pairs=[["audio", "text"]],
-                          towers={"text": {"type": "bow_text", "width": 8, "context_length": 8}, "audio": audio})
-    out = tmp_path / "x"
-    export(run, str(out), fmt="onnx", progress=False)
-    ns = {}
-    exec(readme_snippet(out), ns)
+    model, ns, out = audio_snippet(tmp_path, {})
     w = (3.0 * np.sin(np.arange(4000) / 5)).astype(np.float32)           # peak 3: louder than full scale
     with torch.no_grad():
         x = model.audio_transform((w, SR))
