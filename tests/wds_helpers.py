@@ -134,3 +134,18 @@ def set_member_size(path, name: str, size: int) -> None:
         header[148:156] = b"%06o\x00 " % sum(header)
         f.seek(offset)
         f.write(bytes(header))
+
+
+def tar_members(path) -> dict:
+    """A tar's members -> {member name: bytes}, in archive order."""
+    import tarfile
+    with tarfile.open(path) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf}
+
+
+def all_tar_members(folder) -> dict:
+    """tar_members of every *.tar in `folder` (a pathlib.Path), in file-name order, merged."""
+    res = {}
+    for p in sorted(folder.glob("*.tar")):
+        res.update(tar_members(p))
+    return res

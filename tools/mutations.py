@@ -46,7 +46,7 @@ OFFLINE_TOWER = ("tests/towers/test_open_clip_towers.py::"
                  "test_a_pretrained_tag_without_the_hub_takes_the_cached_file_or_is_one_line_at_once")
 OFFLINE_BENCH = ("tests/bench/test_models.py::"
                  "test_an_open_clip_tag_without_the_hub_is_read_from_the_cache_by_its_tag_or_is_one_line")
-FILE_TWO_GROUPS = ("tests/data/write/test_shards.py::"
+FILE_TWO_GROUPS = ("tests/data/write/test_eval_sets.py::"
                    "test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted")
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
@@ -749,10 +749,10 @@ MUTATIONS = [
       "return len(pairs[0][4]), pairs[0][4].shape[1]", ["tests/bench/test_index.py"]),
     M("data.write.source_ignores_rotation", "align/data/write/media.py",
       "if (job.image_format == \"source\" and not job.image_size and orientation == 1",
-      "if (job.image_format == \"source\" and not job.image_size", ["tests/data/write/test_shards.py"]),
+      "if (job.image_format == \"source\" and not job.image_size", ["tests/data/write/test_media.py"]),
     M("data.write.source_keeps_transparency", "align/data/write/media.py",
       "and img.mode in (\"RGB\", \"L\") and source in SOURCE_EXTS):", "and source in SOURCE_EXTS):",
-      ["tests/data/write/test_shards.py"]),
+      ["tests/data/write/test_media.py"]),
     M("train.best.nan_recorded", "align/train/state.py",
       "if metric is None or metric != metric or (self.best is not None and metric <= self.best):",
       "if metric is None or (self.best is not None and metric <= self.best):", ["tests/train/test_state.py"]),
@@ -957,7 +957,7 @@ MUTATIONS = [
       ["tests/media/test_audio.py::test_integer_pcm_is_scaled_to_plus_minus_one_not_cast"]),
     M("data.write.audio_array_cast_not_scaled", "align/data/write/media.py",
       '            wave = to_mono(raw, f"audio: {shown}")', "            wave = raw.astype(np.float32).reshape(len(raw), -1).mean(axis=1)",
-      ["tests/data/write/test_shards.py::test_a_decoded_audio_array_is_scaled_and_down_mixed_as_the_towers_read_audio"]),
+      ["tests/data/write/test_media.py::test_a_decoded_audio_array_is_scaled_and_down_mixed_as_the_towers_read_audio"]),
     # -- export audit (onnx): what a user without align needs, and what the card claims --------------------
     M("export.snippet_ignores_cmvn", "align/export/model_card.py",
       '    if a.get("cmvn", "none") == "utterance":', "    if False:",
@@ -1040,7 +1040,7 @@ MUTATIONS = [
       ["tests/train/test_evaluate.py::test_the_report_draws_each_zero_shot_confusion_matrix_from_its_counts"]),
     M("cli.data_shards.image_quality_with_png", "align/cli_data.py",
       '    if a.image_quality is not None and a.image_format == "png":', "    if False:",
-      ["tests/data/write/test_shards.py::test_image_quality_is_used_by_jpg_and_source_and_refused_with_png"],
+      ["tests/data/write/test_media.py::test_image_quality_is_used_by_jpg_and_source_and_refused_with_png"],
       "--image-quality with --image-format png was dropped"),
     M("retrieval.cli.filter_encoding_flags_with_emb", "align/retrieval/cli.py",
       "    if a.emb and given:", "    if False:",
@@ -1560,7 +1560,7 @@ MUTATIONS = [
       "a space over data.val / data.val_split scored each trial on another set (the report set among them)"),
     M("shards.lookalike_val_groups_unsaid", "align/data/write/shards.py",
       "        stats[\"lookalike_groups\"] = eval_sets.lookalike_val_groups(inp, val_groups_from, val_groups)\n", "",
-      ["tests/data/write/test_shards.py::test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of"],
+      ["tests/data/write/test_eval_sets.py::test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of"],
       "--val-groups alice trained 'Alice', nothing said"),
     M("eval_sets.spaced_header_unnamed", "align/data/write/eval_sets.py",
       "    + (f\"; the header has {near[0]!r}, with spaces: name it so or fix the header\" if near else \"\"))",
@@ -1574,5 +1574,5 @@ MUTATIONS = [
     M("eval_sets.file_paths_not_normalised", "align/data/write/eval_sets.py",
       "            return os.path.normpath(os.path.join(inp.base_dir, os.path.expanduser(str(v).strip())))",
       "            return str(v)",
-      ["tests/data/write/test_shards.py::test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted"]),
+      ["tests/data/write/test_eval_sets.py::test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted"]),
 ]

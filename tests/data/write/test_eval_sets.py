@@ -15,7 +15,7 @@ from align.bench.datasets import open_dataset
 from align.bench.zeroshot import zeroshot_classification
 from align.cli import main
 from align.data.write.eval_sets import group_value
-from align.data.write.shards import write_shards
+from align.data.write.shards import summary_line, write_shards
 from align.errors import ConfigError, DataError
 from align.wds.reader import iter_tar
 from tests.bench.conftest import FakeModel
@@ -243,3 +243,32 @@ def test_a_group_column_whose_header_has_trailing_spaces_is_named_in_the_error(t
     with pytest.raises(DataError, match=r"the header has 'speaker ', with spaces"):
         write_shards(tmp_path / "p.csv", tmp_path / "x", text_col="text", label_col="label",
                      val_groups_from="speaker", val_groups=["alice"], progress=False)
+
+
+def test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of(tmp_path):
+    """`--val-groups alice` held out 'alice' and trained 'Alice' (separate groups: ids are compared as written,
+    stripped), and the summary said nothing: one speaker on both sides. The summary line now warns."""
+    rows = "".join(f"hello {i},{spk},{'ab'[i % 2]}\n" for i, spk in enumerate(["Alice", "alice", "bob", "bob", "carl"]))
+    (tmp_path / "p.csv").write_text("text,speaker,label\n" + rows, encoding="utf-8")
+    stats = write_shards(tmp_path / "p.csv", tmp_path / "out", text_col="text", label_col="label", progress=False,
+                         val_groups_from="speaker", val_groups=["alice"])
+    assert stats["written"] == 4 and stats["val"]["written"] == 1
+    assert stats["lookalike_groups"] == [["Alice", "alice (held out)"]]
+    line = summary_line(stats)
+    assert "warning: group values 'Alice', 'alice (held out)' differ only by case" in line
+
+
+def test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted(tmp_path):
+    """One file listed under two groups (x.png under alice, held out, and bob, trained) was written to both sides
+    without a word: the held-out figure included an item trained on. The val row is skipped and counted."""
+    from PIL import Image
+    for name in ("x", "a", "b", "c"):
+        Image.new("RGB", (8, 8), (len(name) * 40, 0, 0)).save(tmp_path / f"{name}.png")
+    rows = [("x.png", "alice"), ("./x.png", "bob"), ("a.png", "alice"), ("b.png", "bob"), ("c.png", "carl")]
+    (tmp_path / "p.csv").write_text("image,text,speaker,label\n" + "".join(
+        f"{f},caption {i},{spk},{i % 2}\n" for i, (f, spk) in enumerate(rows)), encoding="utf-8")
+    stats = write_shards(tmp_path / "p.csv", tmp_path / "out", image_col="image", text_col="text", label_col="label",
+                         progress=False, val_groups_from="speaker", val_groups=["alice"])
+    assert stats["written"] == 3 and stats["val"]["written"] == 1
+    assert stats["val"]["by_reason"] == {"file also in a train row": 1}, stats["val"]
+    assert "file also in a train row" in summary_line(stats)
