@@ -17,22 +17,28 @@ from align.errors import ConfigError
 MAX_VALUES = 1_000_000     # values of a file, each alias counted as the values it stands for
 
 
+def _children(node) -> list:
+    """A node's child nodes: a sequence's items, a mapping's keys and values."""
+    if not isinstance(node.value, list):
+        return []
+    return [c for item in node.value for c in (item if isinstance(item, tuple) else (item,))]
+
+
 def _expanded_size(root) -> int:
-    """How many nodes `root` stands for when every alias is written out (a shared node counts at each use)."""
-    sizes: dict = {}
-    order, stack = [], [root]
-    while stack:                                   # iterative: the nesting depth is the file's
-        node = stack.pop()
-        if id(node) in sizes:
-            continue
-        sizes[id(node)] = None
-        order.append(node)
-        if isinstance(node.value, list):
-            stack += [c for item in node.value for c in (item if isinstance(item, tuple) else (item,))]
-    for node in reversed(order):                   # children before parents
-        kids = node.value if isinstance(node.value, list) else []
-        sizes[id(node)] = min(1 + sum(sizes[id(c)] or 0 for item in kids
-                                      for c in (item if isinstance(item, tuple) else (item,))), MAX_VALUES + 1)
+    """How many nodes `root` stands for when every alias is written out (a shared node counts at each use), capped
+    at MAX_VALUES + 1. Post-order, iteratively (the nesting depth is the file's): a node's size is summed when all
+    its children's are known, whichever path reached a shared child first."""
+    sizes: dict = {}                               # id -> size; None while the node's children are being sized
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            # None: a node still open on the path, i.e. a recursive alias back to an ancestor: counted once there
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] or 0 for c in _children(node)), MAX_VALUES + 1)
+        elif id(node) not in sizes:
+            sizes[id(node)] = None
+            stack.append((node, True))
+            stack += [(c, False) for c in _children(node) if id(c) not in sizes]
     return sizes[id(root)]
 
 

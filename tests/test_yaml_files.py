@@ -16,6 +16,13 @@ def test_a_billion_laughs_is_one_line_and_shared_anchors_still_read(tmp_path):
     with pytest.raises(ConfigError, match=r"bomb.yaml: not valid YAML at line 1, column 1: its aliases expand to "
                                           r"more than 1000000 values"):
         read_yaml(str(p))
+    # the same bomb with a later list naming the lower levels first: the count summed each level before its
+    # children were sized (672,808 for 490 million values) and let it through
+    items = ["- &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+        f"- &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")] + ["- [*a, *b]"]
+    p.write_text("\n".join(items) + "\n")
+    with pytest.raises(ConfigError, match=r"its aliases expand to more than 1000000 values"):
+        read_yaml(str(p))
     p.write_text("base: &b {lr: 1.0e-3, steps: [1, 2, 3]}\nx: *b\ny: *b\n")      # ordinary anchors are fine
     base = {"lr": 1.0e-3, "steps": [1, 2, 3]}
     assert read_yaml(str(p)) == {"base": base, "x": base, "y": base}

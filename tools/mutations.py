@@ -1575,4 +1575,9 @@ MUTATIONS = [
       "            return os.path.normpath(os.path.join(inp.base_dir, os.path.expanduser(str(v).strip())))",
       "            return str(v)",
       ["tests/data/write/test_eval_sets.py::test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted"]),
+    M("yaml_files.parent_summed_before_children", "align/yaml_files.py",
+      "            stack.append((node, True))\n            stack += [(c, False) for c in _children(node) if id(c) not in sizes]",
+      "            stack += [(c, False) for c in _children(node) if id(c) not in sizes]\n            stack.append((node, True))",
+      ["tests/test_yaml_files.py::test_a_billion_laughs_is_one_line_and_shared_anchors_still_read"],
+      "a bomb whose lower levels a later list names first: counted 672,808 of 490 million values, let through"),
 ]
