@@ -302,20 +302,34 @@ def read_manifest(emb_dir: str) -> dict:
     return _load_manifest(path)
 
 
-def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False, verify: bool = False) -> List[str]:
+REDO_PART = "re-run `align embed` with the same arguments to redo its part"
+
+
+def verify_parts(emb_dir: str) -> None:
+    """Every finished part's files against the checksums its done.json recorded, each file read once: `align
+    index` and `align data filter` call it before they read any modality's vectors. DataError naming the first
+    damaged file (a rerun of `align embed` redoes that part)."""
+    parts_dir, damage = os.path.join(emb_dir, "parts"), []
+    for part in read_manifest(emb_dir)["parts"]:
+        part_done(parts_dir, part, damage, verify=True)
+        if damage:
+            raise DataError(f"{damage[0]}; {REDO_PART}")
+
+
+def _finished_parts(emb_dir: str, modality: str, allow_partial: bool = False) -> List[str]:
     """Paths (without suffix) of the finished parts holding `modality`, in order; unfinished parts are an error
-    unless allow_partial, and no vectors at all is one. verify: the parts' checksums too (reads them all)."""
+    unless allow_partial, and no vectors at all is one."""
     man = read_manifest(emb_dir)
     parts_dir = os.path.join(emb_dir, "parts")
     found, unfinished, damage = [], [], []
     for part in man["parts"]:
-        counts = part_done(parts_dir, part, damage, verify)
+        counts = part_done(parts_dir, part, damage)
         if counts is None:
             unfinished.append(part)
         elif modality in counts["vectors"]:
             found.append(os.path.join(parts_dir, part))
     if damage and not allow_partial:
-        raise DataError(f"{damage[0]}; re-run `align embed` with the same arguments to redo its part")
+        raise DataError(f"{damage[0]}; {REDO_PART}")
     if unfinished and not allow_partial:
         raise DataError(f"{emb_dir}: {len(unfinished)} part(s) not finished (first: {unfinished[0]}); "
                         f"re-run `align embed` with the same arguments to finish them")
@@ -347,10 +361,13 @@ def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
     return _rows(_finished_parts(emb_dir, modality, allow_partial), modality)
 
 
-def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False):
+def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False, verify: bool = True):
     """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
-    in order. (EmbeddingParts reads the same vectors without holding them all.)"""
-    bases = _finished_parts(emb_dir, modality, allow_partial, verify=True)
+    in order. (EmbeddingParts reads the same vectors without holding them all.) verify: every part's checksums
+    first (verify_parts; False where the caller has just done it)."""
+    if verify:
+        verify_parts(emb_dir)
+    bases = _finished_parts(emb_dir, modality, allow_partial)
     x = np.concatenate([np.load(f"{base}.{modality}.npy").astype(np.float32) for base in bases])
     return _unit(x), _rows(bases, modality)
 
@@ -365,8 +382,8 @@ class EmbeddingParts:
         parts.take(ids)              float32 [len(ids), D] L2-normalised rows at sorted ids
     The rows are load_embeddings' rows, in the same order and with the same values."""
 
-    def __init__(self, emb_dir: str, modality: str, *, allow_partial: bool = False, verify: bool = False):
-        self.paths = [f"{base}.{modality}.npy" for base in _finished_parts(emb_dir, modality, allow_partial, verify)]
+    def __init__(self, emb_dir: str, modality: str, *, allow_partial: bool = False):
+        self.paths = [f"{base}.{modality}.npy" for base in _finished_parts(emb_dir, modality, allow_partial)]
         shapes = [self._open(i).shape for i in range(len(self.paths))]     # headers only; no map is kept open
         self.starts = np.cumsum([0] + [sh[0] for sh in shapes])            # [parts + 1]
         self.shape = (int(self.starts[-1]), int(shapes[0][1]))

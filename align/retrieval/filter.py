@@ -27,7 +27,7 @@ import numpy as np
 
 from align.errors import ConfigError, DataError, make_folder
 from align.retrieval.embed import (MEDIA, dist_env, embed_corpus, embedded_modalities, load_embeddings,
-                                   part_done, read_manifest, source_shards)
+                                   part_done, read_manifest, source_shards, verify_parts)
 from align.bench.embed import model_fingerprint
 from align.bench.index import build_index
 from align.wds.format import group_samples, pick
@@ -186,8 +186,10 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     m = next((x for x in MEDIA if x in have), None)
     if m is None:
         raise DataError(f"{emb}: no image or audio embeddings to filter on")
-    media, mrows = load_embeddings(emb, m)
-    text, trows = load_embeddings(emb, "text") if "text" in have else (np.zeros((0, media.shape[1])), None)
+    verify_parts(emb)                  # the checksums of every part, once for both modalities
+    media, mrows = load_embeddings(emb, m, verify=False)
+    text, trows = (load_embeddings(emb, "text", verify=False) if "text" in have
+                   else (np.zeros((0, media.shape[1])), None))
     scores = clip_scores(media, mrows, text, trows) if trows is not None else np.full(len(media), np.nan)
     drop, threshold = select(scores, media, min_score=min_score, keep_top=keep_top, dedup_cos=dedup_cos)
     keys = list(zip(mrows["shard"], mrows["key"]))

@@ -47,7 +47,7 @@ import numpy as np
 from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, default_pq_m,
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError, make_folder
-from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest
+from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest, verify_parts
 from align.train.storage import atomic_write, guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
@@ -229,7 +229,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     terminal) over the adds and the exact check, which take minutes from millions of vectors. before_write():
     called before anything is written to out_dir (build_indexes marks the index as being built)."""
     from align.progress import progress as tqdm
-    parts = EmbeddingParts(emb_dir, modality, verify=True)      # [N, D], read part by part; checksums checked
+    parts = EmbeddingParts(emb_dir, modality)                   # [N, D], read part by part
     rows = load_rows(emb_dir, modality)
     n, d = parts.shape
     if kind:
@@ -323,6 +323,7 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
         raise DataError(f"{emb_dir}: no {bad[0]} embeddings (embedded: {', '.join(have) or 'none'})")
     mem = parse_bytes(max_memory)
     check_out(out, emb_dir, overwrite)
+    verify_parts(emb_dir)             # the parts' checksums, once for every modality built below
     meta = {"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
             "embeddings": os.path.abspath(emb_dir)}
     # before the first file: an index.json that says the build is under way, so that a build killed half-way is

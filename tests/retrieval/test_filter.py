@@ -213,3 +213,18 @@ def test_an_out_that_holds_the_input_shards_or_two_inputs_of_one_name_are_refuse
         assert len(err) == 1 and msg in err[0], err
     assert open(shard, "rb").read() == before and sorted(os.listdir(src)) == ["a.tar"]
     assert not (tmp_path / "data" / "emb").exists() and not (tmp_path / "f").exists()
+
+
+def test_given_embeddings_with_a_part_damaged_in_place_are_refused_in_one_line(tmp_path, capsys, corpus):
+    """A part's .npy with a block zeroed (same size and header): `align data filter --emb` checks every part's
+    checksums once before it reads the image and text vectors, and names the file."""
+    run, shards, emb = corpus
+    hit = emb / "parts" / "part-00000.text.npy"
+    raw = bytearray(hit.read_bytes())
+    raw[-32:] = bytes(32)
+    hit.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["data", "filter", str(shards), "--model", run, "--out", str(tmp_path / "f"), "--emb", str(emb),
+                 "--dedup", "0.99", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{hit}: its bytes changed since its part finished" in err[0], err
