@@ -1562,7 +1562,7 @@ MUTATIONS = [
       ["tests/sweep/test_study.py::test_a_space_over_the_held_out_set_itself_is_refused_in_one_line"],
       "a space over data.val / data.val_split scored each trial on another set (the report set among them)"),
     M("shards.lookalike_val_groups_unsaid", "align/data/write/shards.py",
-      "        stats[\"lookalike_groups\"] = eval_sets.lookalike_val_groups(inp, val_groups_from, val_groups)\n", "",
+      "        stats[\"lookalike_groups\"] = lookalike\n", "",
       ["tests/data/write/test_eval_sets.py::test_val_groups_that_differ_only_by_case_from_a_trained_group_are_warned_of"],
       "--val-groups alice trained 'Alice', nothing said"),
     M("eval_sets.spaced_header_unnamed", "align/data/write/eval_sets.py",

@@ -53,9 +53,12 @@ def group_value(value: Any, field: Optional[int], base_dir: Path) -> Optional[st
 
 
 def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
-                    ) -> Tuple[List[int], List[int], Dict[int, Tuple[str, str]]]:
-    """-> (train rows, val rows, rows without a group value -> (reason, detail)); the latter stay in
-    the train list and are skipped there (a row of unknown group could belong to a held-out one)."""
+                    ) -> Tuple[List[int], List[int], Dict[int, Tuple[str, str]], List[List[str]]]:
+    """-> (train rows, val rows, rows without a group value -> (reason, detail), look-alike group ids); rows
+    without a group stay in the train list and are skipped there (a row of unknown group could belong to a
+    held-out one). The look-alike ids are the sets that differ only by case, Unicode form or a number's spelling
+    ('Alice' and 'alice'): separate groups, so `--val-groups alice` trains 'Alice'; held-out ones marked
+    "(held out)" (val_split.lookalike_groups)."""
     col, field = parse_group_spec(spec, inp.columns)
     wanted = [str(g).strip() for g in groups if str(g).strip()]
     if not wanted:
@@ -77,7 +80,7 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
             train.append(i)
             if v is None:
                 missing[i] = (GROUP_MISSING, f"{GROUP_MISSING}: no group in {spec!r}")
-    return train, val, missing
+    return train, val, missing, lookalike_groups({True: found & chosen, False: found - chosen})
 
 
 FILE_ALSO_TRAINED = "file also in a train row"
@@ -105,15 +108,6 @@ def trained_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int]
             if f is not None and f in trained and i not in out:
                 out[i] = (FILE_ALSO_TRAINED, f"{FILE_ALSO_TRAINED}: {values[i]} (another group) is trained on")
     return out
-
-
-def lookalike_val_groups(inp: Input, spec: str, groups: Sequence[str]) -> List[List[str]]:
-    """Sets of the column's group ids that differ only by case, Unicode form or a number's spelling ('Alice' and
-    'alice'): separate groups, so `--val-groups alice` trains 'Alice'; the held-out ones marked "(held out)"."""
-    col, field = parse_group_spec(spec, inp.columns)
-    chosen = {str(g).strip() for g in groups}
-    found = {group_value(v, field, inp.base_dir) for v in inp.column(col)} - {None}
-    return lookalike_groups({True: found & chosen, False: found - chosen})
 
 
 def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None

@@ -230,7 +230,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         parts = [("", Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
                            layout=layout, **common))]
     else:
-        train_rows, val_rows, no_group = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
+        train_rows, val_rows, no_group, lookalike = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
         also_trained = eval_sets.trained_files(inp, columns, train_rows, val_rows)    # val rows skipped, counted
         held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
         parts = [(name, Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
@@ -245,7 +245,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     stats = dict(results[parts[0][0]])
     if len(results) > 1:
         stats["val"] = results["val"]
-        stats["lookalike_groups"] = eval_sets.lookalike_val_groups(inp, val_groups_from, val_groups)
+        stats["lookalike_groups"] = lookalike
     return stats
 
 
