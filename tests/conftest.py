@@ -1,10 +1,30 @@
-"""Shared test helpers: a tiny open_clip config and recipe dict used across tests."""
+"""Shared test helpers: a tiny open_clip config and recipe dict used across tests, and child processes that
+import this checkout's align (checkout_env, start_python)."""
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def checkout_env(**extra) -> dict:
+    """os.environ with this checkout first on PYTHONPATH, so a child process imports the align under test."""
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def start_python(code: str, ready: str) -> subprocess.Popen:
+    """`python -c code` (dedented) in a child process with checkout_env, returned once it has printed `ready`."""
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True,
+                         env=checkout_env())
+    assert p.stdout.readline().strip() == ready
+    return p
+
 
 TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16, "mlp_ratio": 2.0},

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from tests.conftest import TINY_OPEN_CLIP
+from tests.conftest import TINY_OPEN_CLIP, checkout_env
 
 
 def recipe(tmp_path, name, base=None, **sections):
@@ -94,15 +94,12 @@ class Spy:
         return float(torch.sqrt(sum((g.double() ** 2).sum() for g in self.steps[i]["grads"] if g is not None)))
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def run_align_train(r: dict, tmp_path, name: str, **env_extra) -> subprocess.CompletedProcess:
     """`align train` of recipe dict `r` (written to tmp_path/NAME.yaml) in a fresh process with env_extra set;
     this checkout's align first on the path."""
     import yaml
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(r))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_extra)
+    env = checkout_env(**env_extra)
     return subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=600)

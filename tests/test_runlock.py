@@ -6,29 +6,23 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from align.runlock import INFO_NAME, LOCK_NAME, DirectoryBusy, RunLock
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import checkout_env, start_python
 
 
 def _holder(directory, lifetime_s=60.0):
     """A separate process that takes the lock, says so on stdout, and sleeps until killed."""
-    code = textwrap.dedent(f"""
+    return start_python(f"""
         import sys, time
         from align.runlock import RunLock
         lock = RunLock({str(directory)!r}, lifetime_s={lifetime_s}).acquire()
         print("locked", flush=True)
         time.sleep(600)
-    """)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert p.stdout.readline().strip() == "locked"
-    return p
+    """, "locked")
 
 
 def _content(path):
@@ -142,7 +136,7 @@ def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recip
         path = tmp_path / "again.yaml"
         tiny_recipe["train"]["max_steps"] = 9
         path.write_text(yaml.safe_dump(tiny_recipe))
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = checkout_env()
         r = subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
                            capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -189,7 +183,7 @@ def test_the_double_launch_of_the_issue_leaves_one_runs_metrics_with_strictly_in
     tiny_recipe["train"].update(max_steps=2000, checkpoint_every=500, log_every=100)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = checkout_env()
     cmd = [sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(3)

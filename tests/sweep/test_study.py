@@ -13,11 +13,10 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import TINY_OPEN_CLIP
+from tests.conftest import TINY_OPEN_CLIP, checkout_env
 
 optuna = pytest.importorskip("optuna")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRIC = "image/zeroshot/acc1"
 
 
@@ -47,7 +46,7 @@ def space_file(tmp_path, text="train.lr: {log_uniform: [1.0e-4, 1.0e-2]}\ntrain.
 
 
 def env():
-    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return checkout_env()
 
 
 def test_the_trial_exit_status_is_alignss_preemption_status():

@@ -9,6 +9,7 @@ import textwrap
 import time
 
 from align.train.guard import HUNG_EXIT, Preemption, Watchdog
+from tests.conftest import start_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,6 +130,17 @@ def test_a_step_watch_with_one_process_does_nothing(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "run")         # no heartbeat files for a single process
 
 
+def _stop_until_named(p, hung: list, watching) -> float:
+    """SIGSTOP process p, then wait inside the block `watching()` opens until a line lands in `hung` (at most
+    10 s); -> the seconds from the stop to the line."""
+    os.kill(p.pid, signal.SIGSTOP)
+    t0 = time.time()
+    with watching():
+        while not hung and time.time() - t0 < 10:
+            time.sleep(0.05)
+    return time.time() - t0
+
+
 def test_a_rank_waiting_on_rank0_ends_the_launch_when_its_lock_heartbeat_stops_and_not_before(tmp_path, monkeypatch):
     """Rank 1's long wait watches rank 0's run-dir lock (a live holder process, heartbeat every 0.2 s): no
     verdict while it beats; SIGSTOP it and one line names its pid within train.lock_timeout_s (0.6 s)."""
@@ -145,12 +157,8 @@ def test_a_rank_waiting_on_rank0_ends_the_launch_when_its_lock_heartbeat_stops_a
         with w.rank0_alive("the shards"):
             time.sleep(2.0)                               # > 3 lock timeouts, the heartbeat moving
         assert hung == []
-        os.kill(p.pid, signal.SIGSTOP)
-        t0 = time.time()
-        with w.rank0_alive("the shards"):
-            while not hung and time.time() - t0 < 10:
-                time.sleep(0.05)
-        assert len(hung) == 1 and 0.6 <= time.time() - t0 < 3, (hung, time.time() - t0)
+        took = _stop_until_named(p, hung, lambda: w.rank0_alive("the shards"))
+        assert len(hung) == 1 and 0.6 <= took < 3, (hung, took)
         assert f"pid {p.pid}" in hung[0] and "stopped refreshing the run dir's lock" in hung[0]
         assert "rank 1 waited" in hung[0] and "the shards" in hung[0]
     finally:
@@ -214,18 +222,14 @@ def test_every_long_wait_of_a_step_watch_watches_rank0(tmp_path, monkeypatch):
 
 def _stepping_rank1(run):
     """A separate process with rank 1's watchdog, paused (as in a checkpoint write) until it is killed."""
-    code = textwrap.dedent(f"""
+    return start_python(f"""
         import time
         from align.train.guard import Watchdog
         dog = Watchdog({str(run)!r}, rank=1, world_size=2, timeout_s=0.5, poll_s=0.05).start(4)
         with dog.paused():
             print("started", flush=True)
             time.sleep(600)
-    """)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert p.stdout.readline().strip() == "started"
-    return p
+    """, "started")
 
 
 def test_rank0_waiting_on_the_others_ends_the_launch_when_one_is_stopped_and_not_before(tmp_path, monkeypatch):
@@ -246,12 +250,9 @@ def test_rank0_waiting_on_the_others_ends_the_launch_when_one_is_stopped_and_not
         with w.dog.paused(), w.others_alive("a checkpoint write"):
             time.sleep(1.5)                                # > 3 timeouts, rank 1 alive (paused, not stopped)
         assert hung == []
-        os.kill(p.pid, signal.SIGSTOP)
-        t0 = time.time()
-        with w.dog.paused(), w.others_alive("a checkpoint write"):
-            while not hung and time.time() - t0 < 10:
-                time.sleep(0.05)
-        assert len(hung) == 1 and 0.5 <= time.time() - t0 < 3, (hung, time.time() - t0)
+        with w.dog.paused():
+            took = _stop_until_named(p, hung, lambda: w.others_alive("a checkpoint write"))
+        assert len(hung) == 1 and 0.5 <= took < 3, (hung, took)
         assert hung[0].startswith(f"rank 1 (host {socket.gethostname()} pid {p.pid}) stopped"), hung[0]
         assert "rank 0 waited" in hung[0] and "a checkpoint write" in hung[0] and "\n" not in hung[0]
     finally:

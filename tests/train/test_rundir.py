@@ -140,12 +140,12 @@ def test_export_and_load_during_a_run_read_its_last_complete_checkpoint_and_say_
     import yaml
 
     import align
-    from tests.test_runlock import ROOT
+    from tests.conftest import checkout_env
     run = tiny_recipe["output_dir"]
     tiny_recipe["train"].update(max_steps=100000, checkpoint_every=2, keep_last=100)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = checkout_env()
     trainer = subprocess.Popen([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:

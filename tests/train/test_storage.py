@@ -13,6 +13,7 @@ import yaml
 
 from align.train.storage import (STORAGE_EXIT, StorageError, is_storage_error, storage_line, truncate_metrics,
                                  warn_if_tight)
+from tests.conftest import checkout_env
 from tests.switch_helpers import final_weights, metrics, recipe, train_dict
 
 
@@ -58,7 +59,6 @@ def test_truncate_metrics_keeps_rows_up_to_the_resume_step_and_drops_a_cut_line(
 
 
 # -- a full disk in a run and an export: one line, partial files removed, the intact checkpoint resumes -------------
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = {"max_steps": 6, "checkpoint_every": 2, "log_every": 1}
 
 
@@ -95,7 +95,7 @@ def small_disk(tmp_path):
 
 
 def _align(args, **kw):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = checkout_env()
     return subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, env=env,
                           timeout=600, **kw)
 

@@ -341,12 +341,12 @@ def test_neg_col_writes_hard_negatives_as_neg_txt(tmp_path, capsys):
 def test_a_busy_out_is_refused_in_one_line_and_a_finished_job_leaves_no_lock(tmp_path):
     """Two `align data shards` on one --out: the second is refused while the first holds it (align.runlock),
     changing no file; a job that ends releases it, and a later run of the same job resumes as before."""
-    import os
     import subprocess
     import sys
 
     from align.runlock import DirectoryBusy, is_lock_file
-    from tests.test_runlock import ROOT, _holder
+    from tests.conftest import checkout_env
+    from tests.test_runlock import _holder
 
     def snapshot():       # every file under out but the holder's own lock files (its heartbeat rewrites them)
         return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*"))
@@ -361,7 +361,7 @@ def test_a_busy_out_is_refused_in_one_line_and_a_finished_job_leaves_no_lock(tmp
         before = snapshot()
         with pytest.raises(DirectoryBusy, match=rf"another shard job .* pid {p.pid}"):
             write_shards(csv, out, overwrite=True, progress=False)
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = checkout_env()
         r = subprocess.run([sys.executable, "-m", "align.cli", "data", "shards", str(csv), "--out", str(out),
                             ], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
