@@ -194,10 +194,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         raise DataError(f"output folder {out} is the input folder; write the shards elsewhere")
     text_col, more_text = _split_text_col(inp, text_col)
     columns = resolve_columns(inp, {"image": image_col, "text": text_col, "audio": audio_col, "label": label_col})
-    if "audio" in columns and not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
-        # 500 Hz: shards whose every clip training skips; 700 kHz: a traceback from the FLAC encoder
-        raise ConfigError(f"sample_rate {sample_rate} Hz is outside data.limits.min_sample_rate..max_sample_rate "
-                          f"({limits.min_sample_rate}..{limits.max_sample_rate}): training would skip every clip")
+    _check_sample_rate(columns, sample_rate, limits)
     _check_neg_col(inp, neg_col, columns)
     n_rows = len(inp)
     if n_rows == 0:
@@ -230,14 +227,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         parts = [("", Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
                            layout=layout, **common))]
     else:
-        train_rows, val_rows, no_group, lookalike = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
-        also_trained = eval_sets.trained_files(inp, columns, train_rows, val_rows)    # val rows skipped, counted
-        held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
-        parts = [(name, Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
-                             n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
-                             **common))
-                 for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
-                                                ("val", val_rows, "clip_benchmark", also_trained))]
+        parts, lookalike = _held_out_parts(out, settings, common, val_groups_from, val_groups)
     results = _write_parts(out, parts, overwrite, workers, progress, tmpl)
     _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
     for st in results.values():
@@ -277,6 +267,30 @@ def _split_text_col(inp, text_col):
             raise DataError(f"{inp.description}: no column {col!r} for text; "
                             f"available columns: {', '.join(map(str, inp.columns))}")
     return text_col, more_text
+
+
+def _held_out_parts(out: Path, settings: dict, common: dict, val_groups_from: str, val_groups: List[str]):
+    """write_shards' two jobs for held-out groups: out/train (the other rows; rows without a group skipped) and
+    out/val (clip_benchmark layout; rows whose file a train row also names skipped); -> ([(name, Job)], the
+    look-alike group ids)."""
+    inp, shard_size = common["inp"], common["shard_size"]
+    train_rows, val_rows, no_group, lookalike = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
+    also_trained = eval_sets.trained_files(inp, common["columns"], train_rows, val_rows)   # skipped, counted
+    held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
+    parts = [(name, Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
+                        n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
+                        **common))
+             for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
+                                            ("val", val_rows, "clip_benchmark", also_trained))]
+    return parts, lookalike
+
+
+def _check_sample_rate(columns: dict, sample_rate: int, limits) -> None:
+    """An audio input's --sample-rate inside data.limits: 500 Hz wrote shards whose every clip training skips,
+    700 kHz ended in the FLAC encoder's traceback."""
+    if "audio" in columns and not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
+        raise ConfigError(f"sample_rate {sample_rate} Hz is outside data.limits.min_sample_rate..max_sample_rate "
+                          f"({limits.min_sample_rate}..{limits.max_sample_rate}): training would skip every clip")
 
 
 def _check_neg_col(inp, neg_col, columns) -> None:
