@@ -335,7 +335,9 @@ MUTATIONS = [
       ["tests/train/test_dataworkers.py::test_a_take_that_fails_part_way_keeps_the_last_complete_steps_data_position"]),
     M("storage.partial_checkpoint_kept", "align/train/storage.py",
       "partial=os.path.join(ckpt_dir, tmp_name(name))):", "partial=None):",
-      ["tests/train/test_storage.py::test_a_full_disk_at_a_checkpoint_is_one_line_and_the_resume_logs_no_step_twice"],
+      ["tests/train/test_storage.py::test_a_full_disk_at_a_checkpoint_is_one_line_and_the_resume_logs_no_step_twice",
+       "tests/train/test_storage.py::"
+       "test_a_full_disk_at_the_manifest_after_every_part_is_written_removes_the_partial_checkpoint"],
       "issue 25: a full disk left .step-N.tmp behind"),
     M("storage.cut_metrics_row_kept", "align/train/storage.py", "            f.truncate(end)\n", "            pass\n",
       ["tests/train/test_storage.py::test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_whole_lines"]),

@@ -163,6 +163,30 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_resume_logs_no_step_twi
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+def test_a_full_disk_at_the_manifest_after_every_part_is_written_removes_the_partial_checkpoint(tmp_path,
+                                                                                            monkeypatch):
+    """The last write of a checkpoint (rank 0's manifest, after the parts): save_checkpoint's own clean-up covers
+    only a failed part, so here checkpoint_write's guard is what removes .step-00000004.tmp and says the line."""
+    import errno
+    import align.train.checkpoint as ck
+    real = ck.write_manifest
+
+    def manifest(tmp):
+        if tmp.endswith(".step-00000004.tmp"):
+            with open(os.path.join(tmp, "manifest.json"), "wb") as f:
+                f.write(b"{")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(tmp, "manifest.json"))
+        return real(tmp)
+    monkeypatch.setattr(ck, "write_manifest", manifest)
+    r = recipe(tmp_path, "run", train=TRAIN, resume="auto")
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    _check_the_line(str(e.value), r["output_dir"])
+    monkeypatch.setattr(ck, "write_manifest", real)                 # space freed
+    train_dict(r)
+    assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_whole_lines(tmp_path, monkeypatch):
     import align.train.metrics as m
 
