@@ -48,6 +48,10 @@ OFFLINE_BENCH = ("tests/bench/test_models.py::"
                  "test_an_open_clip_tag_without_the_hub_is_read_from_the_cache_by_its_tag_or_is_one_line")
 FILE_TWO_GROUPS = ("tests/data/write/test_eval_sets.py::"
                    "test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted")
+FILE_COPY = ("tests/data/write/test_eval_sets.py::"
+             "test_a_val_rows_file_that_is_a_byte_copy_of_a_train_rows_file_is_skipped_counted_and_warned_of")
+VS_COPY = VSP + "test_a_held_out_sample_whose_image_bytes_a_trained_sample_has_is_left_out_and_counted"
+VSF_COPY = "tests/train/test_feed.py::test_carve_val_split_warns_of_held_out_samples_left_out_as_copies_of_trained_ones"
 PROBE_NAMES = ("tests/bench/test_probe_tasks.py::"
                "test_probes_match_the_test_classes_to_the_train_classes_by_name")
 TRAINABLE = "tests/bench/test_index.py::test_lists_or_centroids_more_than_the_gallery_rows_are_one_line"
@@ -1577,9 +1581,38 @@ MUTATIONS = [
       [FILE_TWO_GROUPS],
       "x.png under alice (held out) and bob (trained): written to both sides without a word"),
     M("eval_sets.file_paths_not_normalised", "align/data/write/eval_sets.py",
-      "            return os.path.normpath(os.path.join(inp.base_dir, os.path.expanduser(str(v).strip())))",
-      "            return str(v)",
+      "    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(str(v).strip())))",
+      "    return str(v)",
       ["tests/data/write/test_eval_sets.py::test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_counted"]),
+    M("eval_sets.file_copy_on_both_sides", "align/data/write/eval_sets.py",
+      "            if twin is not None and i not in out:", "            if False:", [FILE_COPY],
+      "v_copy.bmp (held out) a byte copy of t1.bmp (trained): written to both sides without a word"),
+    M("eval_sets.file_copy_by_size_only", "align/data/write/eval_sets.py",
+      "    digests = {f: _digest(f) for f, n in sizes.items() if n in both}",
+      "    digests = {f: n for f, n in sizes.items() if n in both}", [FILE_COPY],
+      "a held-out file of a train file's size but other bytes taken for a copy"),
+    M("eval_sets.file_copy_hashes_every_file", "align/data/write/eval_sets.py",
+      "    digests = {f: _digest(f) for f, n in sizes.items() if n in both}",
+      "    digests = {f: _digest(f) for f, n in sizes.items() if n is not None}", [FILE_COPY],
+      "every file read and hashed, also those whose size no file on the other side has"),
+    M("shards.file_copies_unsaid", "align/data/write/shards.py",
+      "            stats[\"copies_of_trained\"] = copies\n", "", [FILE_COPY],
+      "byte copies left out of val without the summary's warning naming them"),
+    M("val_split.trained_copy_kept_in_val", "align/data/stream/val_split.py",
+      "                if d in self.held:\n", "                if False:\n", [VS_COPY, VSF_COPY],
+      "a held-out sample with a trained sample's image bytes copied into RUN/val_split"),
+    M("val_split.trained_copy_uncounted", "align/data/stream/val_split.py",
+      "        counts[\"skipped\"][COPY_OF_TRAINED] = len(copies.dropped)\n", "", [VS_COPY],
+      "held-out copies left out of the val set without being counted"),
+    M("val_split.trained_copy_seen_only_after", "align/data/stream/val_split.py",
+      "            elif side is False:\n                copies.trained(raw, url, index)\n",
+      "            elif side is False and copies.names:\n                copies.trained(raw, url, index)\n",
+      [VS_COPY], "only trained samples read after a held-out copy compared (the digests of earlier ones not kept)"),
+    M("val_split.all_copies_not_refused", "align/data/stream/val_split.py",
+      "        if len(self.dropped) == len(self.names):\n", "        if False:\n", [VS_COPY],
+      "a split whose every held-out sample is a trained copy wrote an empty val set"),
+    M("feed.val_split_copies_unsaid", "align/train/feed.py", "    if copies:\n", "    if False:\n", [VSF_COPY],
+      "held-out samples left out as trained copies without a word in the run's output"),
     M("yaml_files.parent_summed_before_children", "align/yaml_files.py",
       "            stack.append((node, True))\n            stack += [(c, False) for c in _children(node) if id(c) not in sizes]",
       "            stack += [(c, False) for c in _children(node) if id(c) not in sizes]\n            stack.append((node, True))",

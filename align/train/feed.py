@@ -221,8 +221,9 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
 
 
 def _say_groups(counts: dict, split, printer) -> None:
-    """The held-out groups by name (all in RUN/val_split/val_split.json), and one warning per set of group ids
-    that differ only by case, Unicode form or a number's spelling (align.data.stream.val_split)."""
+    """The held-out groups by name (all in RUN/val_split/val_split.json), one warning per set of group ids that
+    differ only by case, Unicode form or a number's spelling, and one for held-out samples left out as byte copies
+    of trained ones (align.data.stream.val_split)."""
     names = counts.get("held_out_groups") or []
     if names:
         printer(f"data.val_split: held-out groups: {', '.join(names[:20])}" + (" ..." if len(names) > 20 else ""))
@@ -232,6 +233,11 @@ def _say_groups(counts: dict, split, printer) -> None:
                 f"case, Unicode form or a number's spelling and are separate groups"
                 + ("; they fall on both sides: if they are one group, the held-out figure measures it trained on"
                    if both else "") + " (make them one spelling in the data, or name all of them in groups)")
+    copies = counts.get("copies_of_trained")
+    if copies:
+        printer(f"warning: data.val_split: {copies['count']} held-out samples have an image or audio member "
+                f"byte-identical to a trained sample's (e.g. {' and '.join(copies['example'])}): left out of the "
+                "val set, which would score items trained on")
 
 
 def fit_val_tasks(r: Recipe, modalities, printer=print) -> Recipe:

@@ -106,3 +106,25 @@ def test_carve_val_split_names_the_held_out_groups_and_warns_of_lookalike_ids(tm
     assert len(warn) == 1 and "'Alice', 'alice (held out)'" in warn[0] and "both sides" in warn[0], said
     saved = json.load(open(tmp_path / "run" / "val_split" / "val_split.json"))
     assert saved["counts"]["held_out_groups"] == ["alice", "bob"]
+
+
+def test_carve_val_split_warns_of_held_out_samples_left_out_as_copies_of_trained_ones(tmp_path):
+    """A held-out sample with a trained sample's image bytes (one file filed under two speakers) is left out of
+    RUN/val_split (align.data.stream.val_split); the run says so in one warning naming how many and one pair."""
+    import types
+    from align.config import parse_recipe
+    from align.train.feed import carve_val_split
+    from tests.data.stream.test_val_split import _sample
+    from tests.switch_helpers import recipe
+    from tests.wds_helpers import write_shard
+    samples = [_sample(f"k{i}", g, i) for i, g in enumerate(["alice", "bob", "carl"] * 2)] + [_sample("kc", "alice", 1)]
+    path = write_shard(tmp_path / "a.tar", samples)                 # kc (alice, held out): k1's image (bob)
+    r = parse_recipe(recipe(tmp_path, "run", data={"train": [path], "val_split": {"groups_from": "speaker",
+                                                                                   "groups": ["alice"]}}))
+    said = []
+    acc = types.SimpleNamespace(is_main_process=True, print=said.append, wait_for_everyone=lambda: None)
+    carve_val_split(r, types.SimpleNamespace(acc=acc))
+    warn = [line for line in said if "byte-identical" in line]
+    assert warn == [f"warning: data.val_split: 1 held-out samples have an image or audio member byte-identical to a "
+                    f"trained sample's (e.g. {path}:kc and {path}:k1): left out of the val set, which would score "
+                    f"items trained on"], said

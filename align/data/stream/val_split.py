@@ -17,7 +17,9 @@ is listed (`lookalike_groups`) for the caller to warn about: one speaker may be 
 
 Training drops the held-out samples before decoding (`held_out`, applied in the worker's raw stream, so the
 data position of a checkpoint and resume are unchanged by it); `write_val_set` copies them, undecoded, into a
-CLIP_benchmark-layout eval set (RUN/val_split/) that the periodic evaluation reads as `data.val`.
+CLIP_benchmark-layout eval set (RUN/val_split/) that the periodic evaluation reads as `data.val`, less the held-out
+samples whose image or audio bytes a trained sample also has (a file copied, one recording filed under two
+speakers: `TrainedCopies`), which are counted.
 """
 from __future__ import annotations
 
@@ -26,15 +28,20 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import unicodedata
+from array import array
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable, Optional
 
 from align.errors import ConfigError, DataError
+from align.wds.format import MODALITY_EXTS
 
 _FIELD_SEP = re.compile(r"[/\\_-]")
 SPEC_FILE = "val_split.json"
+COPY_OF_TRAINED = "image/audio bytes also in a trained sample"
+_MEDIA_EXTS = frozenset(MODALITY_EXTS["image"] + MODALITY_EXTS["audio"])
 
 
 def name_field(text: str, index: Optional[int]) -> Optional[str]:
@@ -157,14 +164,107 @@ class ValSplit:
         return {"groups_from": self.groups_from, "groups": sorted(self.groups), "frac": self.frac, "seed": self.seed}
 
 
+def _media_digests(raw: dict) -> list:
+    """64-bit blake2b digests (ints) of a raw sample's image and audio members."""
+    return [int.from_bytes(hashlib.blake2b(v, digest_size=8).digest(), "big")
+            for ext, v in raw.items() if ext.lower() in _MEDIA_EXTS and isinstance(v, (bytes, bytearray))]
+
+
+class TrainedCopies:
+    """Held-out samples with an image or audio member byte-identical to a trained sample's (a file copied, one
+    recording filed under two speakers): the held-out figure would include an item trained on. They are left out
+    of the val set and counted (`dropped`, `example`), as `align data shards --val-groups` leaves out such rows.
+
+    The one pass that finds the held-out samples holds every sample's bytes in memory anyway, so each media member
+    is hashed there: CPU only, no second read of the shards. Grouping by size first, as align.data.write does for
+    files on disk, would save nothing here: a trained member arrives before the held-out sizes are all known, so
+    only a second read of the shards could hash the ones that turn out to matter. A trained member is kept as 8
+    bytes of digest and 8 of position (no names: ten million fit in 160 MB); a false match of 64-bit digests
+    (odds about n_trained * n_held_out / 2**64) would only leave one held-out sample out, counted."""
+
+    def __init__(self):
+        self.train, self.train_at = array("Q"), array("Q")   # digest; shard index << 32 | sample index in it
+        self.urls: dict = {}            # shard url -> its index
+        self.held: dict = {}            # digest -> positions (in write order) of the held-out samples that have it
+        self.names: list = []           # "url:key" of each written held-out sample
+        self.dropped: set = set()       # positions left out
+        self.example: Optional[list] = None   # [held-out sample, trained sample] of the first copy
+
+    def held_out(self, raw: dict, name: str) -> None:
+        for d in _media_digests(raw):
+            self.held.setdefault(d, []).append(len(self.names))
+        self.names.append(name)
+
+    def trained(self, raw: dict, url: str, index: int) -> None:
+        for d in _media_digests(raw):
+            self.train.append(d)
+            self.train_at.append(self.urls.setdefault(url, len(self.urls)) << 32 | index)
+
+    def leave_out(self, out, split: ValSplit, *, allow_pipe: bool, limits) -> list:
+        """The copies dropped from `out` (an align.wds.writer.NumberedShards, closed), whose shards are rewritten
+        without them when there are any; -> the val set's shard paths. DataError when no held-out sample is left."""
+        first = None
+        if self.held:
+            for j, d in enumerate(self.train):
+                if d in self.held:
+                    self.dropped.update(self.held[d])
+                    first = j if first is None else first
+        if first is None:
+            return out.paths
+        at = self.train_at[first]
+        url = next(u for u, i in self.urls.items() if i == at >> 32)
+        self.example = [self.names[min(self.held[self.train[first]])],
+                        _sample_name(url, at & 0xFFFFFFFF, allow_pipe=allow_pipe, limits=limits)]
+        if len(self.dropped) == len(self.names):
+            raise DataError(f"data.val_split ({split.describe()}): each of its {len(self.names)} held-out samples "
+                            f"has an image or audio member byte-identical to a trained sample's (e.g. "
+                            f"{' and '.join(self.example)}): the val set would score only items trained on")
+        return _without(out, self.dropped, limits)
+
+
+def _sample_name(url: str, index: int, *, allow_pipe: bool, limits) -> str:
+    """"url:key" of the index-th sample of a shard (read again up to it: only to name one example)."""
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import shard_samples
+
+    for i, raw in enumerate(shard_samples(url, FaultCounter(), allow_pipe=allow_pipe, limits=limits)):
+        if i == index:
+            return f"{raw.get('__url__', url)}:{raw['__key__']}"
+    return f"{url} (sample {index + 1})"
+
+
+def _without(out, dropped: set, limits) -> list:
+    """`out`'s shards written again without the samples at positions `dropped` (beside them, then moved in)."""
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import shard_samples
+    from align.wds.writer import NumberedShards
+
+    tmp = out.directory.parent / (out.directory.name + ".kept")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    kept = NumberedShards(tmp, out.name_fn, out.per_shard)
+    position = 0
+    for path in out.paths:
+        for raw in shard_samples(path, FaultCounter(), limits=limits):
+            if position not in dropped:
+                kept.write(raw["__key__"], {k: v for k, v in raw.items() if not k.startswith("__")})
+            position += 1
+    kept.close()
+    for path in out.paths:
+        os.remove(path)
+    for name in kept.names:
+        os.replace(tmp / name, out.directory / name)
+    tmp.rmdir()
+    return [str(out.directory / name) for name in kept.names]
+
+
 def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Optional[list] = None,
                   allow_pipe: bool = False, limits=None, per_shard: int = 2000) -> dict:
     """Copy the held-out samples of `urls` (undecoded) into `out_dir` in CLIP_benchmark's layout
     (test/0.tar.., test/nshards.txt, classnames.txt when given); reused as it is when its val_split.json
-    records the same split and shards. Returns {"held_out", "trained", "no_group", "groups"}."""
+    records the same split and shards. Held-out samples with an image or audio member byte-identical to a trained
+    sample's are left out (`TrainedCopies`). Returns {"held_out", "trained", "no_group", "groups", ...}."""
     from align.data.stream.faults import FaultCounter
-    from align.data.stream.sources import shard_samples
-    from align.wds.reader import Oversize
     from align.wds.writer import NumberedShards
 
     record = {"split": split.to_json(), "urls": list(urls)}
@@ -178,12 +278,44 @@ def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Opti
     os.makedirs(test, exist_ok=True)
     for name in os.listdir(test):            # a split with other settings: its shards are not ours to keep
         os.remove(os.path.join(test, name))
-    counts = {"held_out": 0, "trained": 0, "no_group": 0}
     groups = {True: set(), False: set()}
     faults = FaultCounter()
+    copies = TrainedCopies()
     out = NumberedShards(test, lambda i: f"{i}.tar", per_shard)
+    counts = _copy_held_out(split, urls, out, faults, groups, copies, allow_pipe=allow_pipe, limits=limits)
+    out.close()
+    _check(split, counts, groups)
+    paths = copies.leave_out(out, split, allow_pipe=allow_pipe, limits=limits)
+    with open(os.path.join(test, "nshards.txt"), "w") as f:
+        f.write(f"{len(paths)}\n")
+    if classnames:
+        with open(os.path.join(out_dir, "classnames.txt"), "w") as f:
+            f.write("".join(f"{c}\n" for c in classnames))
+    counts["groups"] = {"held_out": len(groups[True]), "trained": len(groups[False])}
+    if split.groups_from is not None:    # named in RUN/val_split/val_split.json, as the run's print names them
+        counts["held_out_groups"] = sorted(groups[True])
+        counts["lookalike_groups"] = lookalike_groups(groups)
+    counts["skipped"] = dict(faults.total)   # held-out samples not copied and shards not read, by reason
+    if copies.dropped:
+        counts["skipped"][COPY_OF_TRAINED] = len(copies.dropped)
+        counts["copies_of_trained"] = {"count": len(copies.dropped), "example": copies.example}
+    tmp = spec_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(record, counts=counts), f)
+    os.replace(tmp, spec_path)
+    return counts
+
+
+def _copy_held_out(split: ValSplit, urls: list, out, faults, groups: dict, copies: "TrainedCopies", *,
+                   allow_pipe: bool, limits) -> dict:
+    """The one pass over `urls`: held-out samples written to `out`, each side's groups collected into `groups`,
+    every sample's media shown to `copies`; -> {"held_out", "trained", "no_group"}."""
+    from align.data.stream.sources import shard_samples
+    from align.wds.reader import Oversize
+
+    counts = {"held_out": 0, "trained": 0, "no_group": 0}
     for url in urls:
-        for raw in shard_samples(url, faults, allow_pipe=allow_pipe, limits=limits):
+        for index, raw in enumerate(shard_samples(url, faults, allow_pipe=allow_pipe, limits=limits)):
             side = split.side(raw)
             counts[{True: "held_out", False: "trained", None: "no_group"}[side]] += 1
             if side is not None and split.groups_from is not None:
@@ -194,22 +326,9 @@ def write_val_set(split: ValSplit, urls: list, out_dir: str, *, classnames: Opti
                               big[0][1].describe(big[0][0]))
             elif side:
                 out.write(raw["__key__"], {k: v for k, v in raw.items() if not k.startswith("__")})
-    out.close()
-    _check(split, counts, groups)
-    with open(os.path.join(test, "nshards.txt"), "w") as f:
-        f.write(f"{len(out.paths)}\n")
-    if classnames:
-        with open(os.path.join(out_dir, "classnames.txt"), "w") as f:
-            f.write("".join(f"{c}\n" for c in classnames))
-    counts["groups"] = {"held_out": len(groups[True]), "trained": len(groups[False])}
-    if split.groups_from is not None:    # named in RUN/val_split/val_split.json, as the run's print names them
-        counts["held_out_groups"] = sorted(groups[True])
-        counts["lookalike_groups"] = lookalike_groups(groups)
-    counts["skipped"] = dict(faults.total)   # held-out samples not copied and shards not read, by reason
-    tmp = spec_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(dict(record, counts=counts), f)
-    os.replace(tmp, spec_path)
+                copies.held_out(raw, f"{raw.get('__url__', url)}:{raw['__key__']}")
+            elif side is False:
+                copies.trained(raw, url, index)
     return counts
 
 

@@ -6,14 +6,18 @@ Used by `align.data.write.shards.write_shards` for `layout="clip_benchmark"` and
     datasets ClassLabel's names, integers 0..max, or the user's own class-names file);
   * `split_by_groups`: which input rows belong to held-out groups (speakers, writers, sites), by a
     column's value or by a field of a file name;
+  * `trained_files` / `copied_files`: the held-out rows whose image or audio file a train row also names, or
+    has a byte copy of under another path (skipped from val and counted);
   * `write_clip_benchmark_meta`: `test/nshards.txt`, `classnames.txt`,
     `zeroshot_classification_templates.txt` or `dataset_type.txt`, as CLIP_benchmark's
     `build_wds_dataset` and `align bench` read them.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -84,6 +88,26 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
 
 
 FILE_ALSO_TRAINED = "file also in a train row"
+FILE_COPY_TRAINED = "file content also in a train row"
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def _file_of(v: Any, base_dir: Path) -> Optional[str]:
+    """The file a row's image/audio value names, as the table resolves it (relative to its folder, normalised);
+    None for a missing value, bytes, a dict or a URL."""
+    if is_missing(v) or not isinstance(v, (str, Path)) or _URL.match(str(v).strip()):
+        return None
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(str(v).strip())))
+
+
+def _shown(v: Any, base_dir: Path) -> str:
+    """A row's file as the user named it (a folder's file relative to the folder)."""
+    if isinstance(v, Path) and v.is_absolute():
+        try:
+            return v.relative_to(base_dir).as_posix()
+        except ValueError:
+            return str(v)
+    return str(v).strip()
 
 
 def trained_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int], val_rows: Sequence[int]
@@ -97,17 +121,79 @@ def trained_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int]
     out: Dict[int, Tuple[str, str]] = {}
     for col in (c for m, c in columns.items() if m in ("image", "audio")):
         values = inp.column(col)
-
-        def where(v) -> Optional[str]:
-            if is_missing(v) or not isinstance(v, (str, Path)):
-                return None
-            return os.path.normpath(os.path.join(inp.base_dir, os.path.expanduser(str(v).strip())))
-        trained = {where(values[i]) for i in train_rows} - {None}
+        trained = {_file_of(values[i], inp.base_dir) for i in train_rows} - {None}
         for i in val_rows:
-            f = where(values[i])
+            f = _file_of(values[i], inp.base_dir)
             if f is not None and f in trained and i not in out:
                 out[i] = (FILE_ALSO_TRAINED, f"{FILE_ALSO_TRAINED}: {values[i]} (another group) is trained on")
     return out
+
+
+def _media_files(inp: Input, columns: Dict[str, str], rows: Sequence[int]) -> Dict[int, List[Tuple[str, str]]]:
+    """{row: [(resolved file, as named), ...]} of the image/audio files `rows` name."""
+    out: Dict[int, List[Tuple[str, str]]] = {}
+    for col in (c for m, c in columns.items() if m in ("image", "audio")):
+        values = inp.column(col)
+        for i in rows:
+            f = _file_of(values[i], inp.base_dir)
+            if f is not None:
+                out.setdefault(i, []).append((f, _shown(values[i], inp.base_dir)))
+    return out
+
+
+def _size(path: str, limit: int) -> Optional[int]:
+    """A regular file's size; None when it cannot be read or is over `limit` (the writer skips its row)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size <= limit else None
+
+
+def _digest(path: str) -> Optional[bytes]:
+    """blake2b (128 bits) of a file's bytes, read in 1 MB blocks; None when it cannot be read."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.digest()
+
+
+def copied_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int], val_rows: Sequence[int],
+                 limit: int) -> Tuple[Dict[int, Tuple[str, str]], Optional[List[str]]]:
+    """Val rows whose image or audio file has the same bytes as a train row's file under another path (a file
+    copied, one recording filed under two speakers: the held-out figure would include an item trained on)
+    -> ({row: (reason, detail)}, [val file, train file] of the first, or None); skipped from val and counted
+    like `trained_files`' rows, which the caller leaves out of `val_rows`. Files over `limit` bytes (the writer
+    skips them) and a Hugging Face column (bytes inside the dataset) are not compared."""
+    if inp.kind == "hf" or not val_rows:
+        return {}, None
+    held, trained = _media_files(inp, columns, val_rows), _media_files(inp, columns, train_rows)
+    train_files = {f: shown for files in trained.values() for f, shown in files}
+    # Sizes first (one stat per file): a file whose size no file on the other side has cannot be a copy, so only
+    # the files of a size found on both sides are read and hashed; hashing all of them would read the whole
+    # dataset here and once more when the shards are written.
+    sizes = {f: _size(f, limit) for f in {f for files in held.values() for f, _ in files} | set(train_files)}
+    held_sizes = {sizes[f] for files in held.values() for f, _ in files} - {None}
+    both = held_sizes & {sizes[f] for f in train_files} - {None}
+    digests = {f: _digest(f) for f, n in sizes.items() if n in both}
+    by_digest: Dict[bytes, str] = {}
+    for f in sorted(train_files):
+        if digests.get(f) is not None:
+            by_digest.setdefault(digests[f], f)
+    out: Dict[int, Tuple[str, str]] = {}
+    example = None
+    for i in val_rows:
+        for f, shown in held.get(i, []):
+            twin = by_digest.get(digests.get(f)) if f not in train_files else None   # same path: trained_files
+            if twin is not None and i not in out:
+                out[i] = (FILE_COPY_TRAINED, f"{FILE_COPY_TRAINED}: {shown} has the same bytes as "
+                                             f"{train_files[twin]} (another group), which is trained on")
+                example = example or [shown, train_files[twin]]
+    return out, example
 
 
 def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None

@@ -227,7 +227,7 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
         parts = [("", Job(out_dir=out, settings=settings, n_rows=n_rows, n_shards=math.ceil(n_rows / shard_size),
                            layout=layout, **common))]
     else:
-        parts, lookalike = _held_out_parts(out, settings, common, val_groups_from, val_groups)
+        parts, lookalike, copies = _held_out_parts(out, settings, common, val_groups_from, val_groups)
     results = _write_parts(out, parts, overwrite, workers, progress, tmpl)
     _check_skips([(job.out_dir, results[name]) for name, job in parts], max_skip_frac)
     for st in results.values():
@@ -236,6 +236,8 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     if len(results) > 1:
         stats["val"] = results["val"]
         stats["lookalike_groups"] = lookalike
+        if copies:
+            stats["copies_of_trained"] = copies
     return stats
 
 
@@ -271,18 +273,21 @@ def _split_text_col(inp, text_col):
 
 def _held_out_parts(out: Path, settings: dict, common: dict, val_groups_from: str, val_groups: List[str]):
     """write_shards' two jobs for held-out groups: out/train (the other rows; rows without a group skipped) and
-    out/val (clip_benchmark layout; rows whose file a train row also names skipped); -> ([(name, Job)], the
-    look-alike group ids)."""
+    out/val (clip_benchmark layout; rows whose file a train row also names, or a copy of it, skipped); -> ([(name,
+    Job)], the look-alike group ids, {"count", "example": [val file, train file]} of the copies or None)."""
     inp, shard_size = common["inp"], common["shard_size"]
     train_rows, val_rows, no_group, lookalike = eval_sets.split_by_groups(inp, val_groups_from, val_groups)
     also_trained = eval_sets.trained_files(inp, common["columns"], train_rows, val_rows)   # skipped, counted
+    copies, example = eval_sets.copied_files(inp, common["columns"], train_rows,      # the same bytes, another path
+                                             [i for i in val_rows if i not in also_trained],
+                                             common["limits"].max_member_bytes)
     held = dict(settings, val_groups_from=val_groups_from, val_groups=sorted(val_groups))
     parts = [(name, Job(out_dir=out / name, settings=dict(held, part=name), n_rows=len(rows),
                         n_shards=math.ceil(len(rows) / shard_size), layout=lay, indices=rows, skip_rows=skips,
                         **common))
              for name, rows, lay, skips in (("train", train_rows, "shards", no_group),
-                                            ("val", val_rows, "clip_benchmark", also_trained))]
-    return parts, lookalike
+                                            ("val", val_rows, "clip_benchmark", {**also_trained, **copies}))]
+    return parts, lookalike, {"count": len(copies), "example": example} if copies else None
 
 
 def _check_sample_rate(columns: dict, sample_rate: int, limits) -> None:
@@ -391,5 +396,14 @@ def summary_line(stats: Dict[str, Any]) -> str:
         same = "; ".join(", ".join(map(repr, ids)) for ids in stats.get("lookalike_groups") or [])
         return ("train: " + one(stats) + "; val: " + one(stats["val"])
                 + (f"; warning: group values {same} differ only by case, Unicode form or a number's spelling and "
-                   "are separate groups (make them one spelling, or name all of them in --val-groups)" if same else ""))
+                   "are separate groups (make them one spelling, or name all of them in --val-groups)" if same else "")
+                + _copies_warning(stats.get("copies_of_trained")))
     return one(stats)
+
+
+def _copies_warning(copies: Optional[Dict[str, Any]]) -> str:
+    if not copies:
+        return ""
+    held, trained = copies["example"]
+    return (f"; warning: {copies['count']} val rows' image/audio files have the same bytes as a train row's file "
+            f"under another name (e.g. {held} and {trained}): left out of val, which would score items trained on")

@@ -193,3 +193,40 @@ def test_group_ids_that_differ_only_by_case_unicode_form_or_a_numbers_spelling_a
     assert saved["held_out_groups"] == counts["held_out_groups"]
     drawn = write_val_set(ValSplit("speaker", frac=0.5, seed=3), paths, str(tmp_path / "w"))
     assert drawn["held_out_groups"] and len(drawn["held_out_groups"]) == drawn["groups"]["held_out"]
+
+
+def _val_keys(out):
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import shard_samples
+    return [r["__key__"] for p in sorted(out.glob("test/*.tar")) for r in shard_samples(str(p), FaultCounter())]
+
+
+def test_a_held_out_sample_whose_image_bytes_a_trained_sample_has_is_left_out_and_counted(tmp_path):
+    """One image filed under two speakers (a held-out one and a trained one) was copied into the val set: the
+    held-out figure included an item trained on. Such samples are left out (the trained copy read before or after
+    it), counted, and one pair named; a member of the same size with other bytes is kept; a split whose every
+    held-out sample is such a copy is one line."""
+    from align.data.stream.val_split import COPY_OF_TRAINED
+    paths, speaker = _shards(tmp_path / "s")                       # k50 (spk5) and k61 (spk6) are in a.tar
+    first = _sample("kfirst", "spk2", 601)                         # k61's image, read before k61
+    later = _sample("kcopy", "spk2", 500)                          # k50's image, read after k50
+    odd = _sample("ksize", "spk7", 302)                            # k32's image less one bit: same size
+    odd["jpg"] = odd["jpg"][:-1] + bytes([odd["jpg"][-1] ^ 1])
+    paths = [write_shard(tmp_path / "s" / "0.tar", [first])] + paths + [write_shard(tmp_path / "s" / "c.tar",
+                                                                                   [later, odd])]
+    split = ValSplit.from_config({"groups_from": "speaker", "groups": ["spk2", "spk7"]}, 0)
+    out = tmp_path / "val"
+    counts = write_val_set(split, paths, str(out), per_shard=3)
+    assert counts["held_out"] == 11 and counts["trained"] == 32
+    assert counts["skipped"] == {COPY_OF_TRAINED: 2}
+    assert counts["copies_of_trained"] == {"count": 2, "example": [f"{paths[-1]}:kcopy", f"{paths[1]}:k50"]}
+    keys = _val_keys(out)
+    assert sorted(keys) == sorted([k for k, s in speaker.items() if s in ("spk2", "spk7")] + ["ksize"])
+    assert (out / "test" / "nshards.txt").read_text().strip() == "3" and len(list(out.glob("test/*.tar"))) == 3
+    assert not (out / "test.kept").exists()
+    assert write_val_set(split, paths, str(out), per_shard=3) == counts                     # reused as it is
+    twins = [_sample(f"d{i}", "dup", i) for i in (0, 100)]         # k00's and k10's images, under another speaker
+    paths.append(write_shard(tmp_path / "s" / "d.tar", twins))
+    with pytest.raises(DataError, match=r"each of its 2 held-out samples has an image or audio member "
+                                        r"byte-identical to a trained sample's \(e\.g\. .*d\.tar:d0 and .*a\.tar:k00"):
+        write_val_set(ValSplit("speaker", frozenset({"dup"})), paths, str(tmp_path / "v2"))

@@ -262,8 +262,8 @@ def test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_cou
     """One file listed under two groups (x.png under alice, held out, and bob, trained) was written to both sides
     without a word: the held-out figure included an item trained on. The val row is skipped and counted."""
     from PIL import Image
-    for name in ("x", "a", "b", "c"):
-        Image.new("RGB", (8, 8), (len(name) * 40, 0, 0)).save(tmp_path / f"{name}.png")
+    for i, name in enumerate(("x", "a", "b", "c")):     # four different images (a copy is another test)
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{name}.png")
     rows = [("x.png", "alice"), ("./x.png", "bob"), ("a.png", "alice"), ("b.png", "bob"), ("c.png", "carl")]
     (tmp_path / "p.csv").write_text("image,text,speaker,label\n" + "".join(
         f"{f},caption {i},{spk},{i % 2}\n" for i, (f, spk) in enumerate(rows)), encoding="utf-8")
@@ -272,3 +272,43 @@ def test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_cou
     assert stats["written"] == 3 and stats["val"]["written"] == 1
     assert stats["val"]["by_reason"] == {"file also in a train row": 1}, stats["val"]
     assert "file also in a train row" in summary_line(stats)
+
+
+def test_a_val_rows_file_that_is_a_byte_copy_of_a_train_rows_file_is_skipped_counted_and_warned_of(tmp_path,
+                                                                                                  monkeypatch):
+    """The same bytes under another name (t1.bmp copied to v_copy.bmp, the copy filed under a held-out speaker)
+    went to both sides: only one path named under two groups was noticed. The copy is skipped from val, counted
+    and named in the summary's warning; a file of the same size with other bytes is kept (sizes only pick the
+    files to hash), a file whose size no file on the other side has is not read, and the same path under two
+    groups is still its own reason."""
+    import shutil
+    from align.data.write import eval_sets
+    from align.data.stream.faults import FaultCounter
+    from align.data.stream.sources import shard_samples
+    rng = np.random.default_rng(0)
+    for name, side in (("t1", 8), ("t2", 8), ("v_same", 8), ("a", 10), ("c", 12), ("x", 6)):   # BMP: size by side
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(tmp_path / f"{name}.bmp")
+    shutil.copyfile(tmp_path / "t1.bmp", tmp_path / "v_copy.bmp")
+    assert os.path.getsize(tmp_path / "v_same.bmp") == os.path.getsize(tmp_path / "t2.bmp")
+    assert (tmp_path / "v_same.bmp").read_bytes() != (tmp_path / "t2.bmp").read_bytes()
+    rows = [("t1.bmp", "bob"), ("t2.bmp", "bob"), ("c.bmp", "carl"), ("./x.bmp", "bob"),
+            ("v_copy.bmp", "alice"), ("v_same.bmp", "alice"), ("a.bmp", "alice"), ("x.bmp", "alice")]
+    (tmp_path / "p.csv").write_text("image,text,speaker,label\n" + "".join(
+        f"{f},caption {i},{spk},{i % 2}\n" for i, (f, spk) in enumerate(rows)), encoding="utf-8")
+    hashed = []
+    real_digest = eval_sets._digest
+    monkeypatch.setattr(eval_sets, "_digest", lambda f: hashed.append(os.path.basename(f)) or real_digest(f))
+    stats = write_shards(tmp_path / "p.csv", tmp_path / "out", image_col="image", text_col="text", label_col="label",
+                         progress=False, val_groups_from="speaker", val_groups=["alice"])
+    assert stats["written"] == 4 and stats["val"]["written"] == 2
+    assert stats["val"]["by_reason"] == {"file also in a train row": 1, "file content also in a train row": 1}
+    assert stats["copies_of_trained"] == {"count": 1, "example": ["v_copy.bmp", "t1.bmp"]}
+    kept = {json.loads(r["json"])["source"]["image"] for p in sorted((tmp_path / "out" / "val").glob("test/*.tar"))
+            for r in shard_samples(str(p), FaultCounter())}
+    assert kept == {"v_same.bmp", "a.bmp"}
+    assert sorted(hashed) == ["t1.bmp", "t2.bmp", "v_copy.bmp", "v_same.bmp"]     # a, c, x: no size on both sides
+    line = summary_line(stats)
+    assert ("warning: 1 val rows' image/audio files have the same bytes as a train row's file under another name "
+            "(e.g. v_copy.bmp and t1.bmp): left out of val") in line, line
+    skipped = [json.loads(x) for x in open(tmp_path / "out" / "val" / "skipped.jsonl")]
+    assert any("v_copy.bmp has the same bytes as t1.bmp" in s["reason"] for s in skipped), skipped

@@ -175,9 +175,9 @@ def test_a_folder_named_relative_to_the_working_directory(tmp_path, monkeypatch)
     speaker's field, not the folder's name."""
     src = tmp_path / "voices"
     src.mkdir()
-    for spk in ("p1", "p2"):
-        for d in range(3):
-            sf.write(src / f"{spk}_{d}.wav", np.zeros(1600, dtype="float32"), 16000)
+    for k, spk in enumerate(("p1", "p2")):
+        for d in range(3):      # different clips: a held-out byte copy of a trained clip is left out of val
+            sf.write(src / f"{spk}_{d}.wav", np.full(1600, 0.01 * (3 * k + d + 1), dtype="float32"), 16000)
             (src / f"{spk}_{d}.txt").write_text(f"digit {d}", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     stats = write_shards("voices/", "shards", shard_size=10, progress=False, val_groups_from="audio:0",
