@@ -1585,4 +1585,13 @@ MUTATIONS = [
       "            stack += [(c, False) for c in _children(node) if id(c) not in sizes]\n            stack.append((node, True))",
       ["tests/test_yaml_files.py::test_a_billion_laughs_is_one_line_and_shared_anchors_still_read"],
       "a bomb whose lower levels a later list names first: counted 672,808 of 490 million values, let through"),
+    M("sweep.default_study_doubled", "align/sweep/study.py", "    return out, out\n",
+      "    return out, os.path.join(out, name)\n",
+      ["tests/sweep/test_study.py::test_without_out_the_recipes_study_is_sweeps_recipe_not_sweeps_recipe_recipe",
+       "tests/sweep/test_study.py::test_a_sweep_begun_in_the_old_doubled_folder_goes_on_there_said_in_one_line"],
+      "the default --out sweeps/RECIPE held the recipe's study in sweeps/RECIPE/RECIPE"),
+    M("sweep.old_doubled_folder_not_resumed", "align/sweep/study.py",
+      "    if os.path.isdir(old) and not _holds_study(out):", "    if False:",
+      ["tests/sweep/test_study.py::test_a_sweep_begun_in_the_old_doubled_folder_goes_on_there_said_in_one_line"],
+      "a study begun in sweeps/RECIPE/RECIPE started afresh in sweeps/RECIPE beside it"),
 ]
