@@ -1598,4 +1598,10 @@ MUTATIONS = [
       "    rows = _truncate(path, step)[1]\n    rows = [json.loads(line) for line in open(path) if line.strip()]\n",
       ["tests/train/test_metrics.py::test_a_resumed_run_reads_metrics_jsonl_once_for_its_cut_and_its_final_loss"],
       "a resumed run read metrics.jsonl twice: once to cut the rows past its checkpoint, once for its final loss"),
+    M("export.card.audio_clips_all_centre", "align/export/model_card.py",
+      "        starts = np.round(np.linspace(0, len(w) - n, c)).astype(np.int64)",
+      "        starts = [(len(w) - n) // 2] * c",
+      ["tests/export/test_onnx_format.py::"
+       "test_readme_snippet_embeds_a_recording_as_align_evaluates_it_with_several_clips"],
+      "eval_clips 3: the README's code embedded the centre clip, align the mean of 3 evenly spaced clips (5e-3 off)"),
 ]
