@@ -250,7 +250,8 @@ def _add_sweep(sub) -> None:
                               "train.max_steps: {int: [100, 400], step: 50} | train.weight_decay: {uniform: "
                               "[0.0, 0.3]} | data.augment: {choice: {none: null, blur: {image: [{type: blur}]}}}. "
                               "Writes OUT/STUDY/trial-NNNN (run dirs), OUT/STUDY/sweep.csv, sweep.md, sweep.png "
-                              "(one folder per study: --study NEW in the same --out meets no other study's runs); "
+                              "(by default sweeps/RECIPE/trial-NNNN, sweeps/RECIPE/sweep.csv, ...; one folder per "
+                              "study: --study NEW in the same --out meets no other study's runs); "
                               "prints the best run dir (align export takes it).")
     s.add_argument("recipe", help="recipe YAML path or shipped recipe name; needs data.val and eval.best_metric")
     s.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE for every trial, e.g. data.val=DIR")
@@ -261,9 +262,9 @@ def _add_sweep(sub) -> None:
     s.add_argument("--storage", default=None, help="Optuna storage URL, shared by several machines "
                                                    "(default: sqlite:///OUT/study.db)")
     s.add_argument("--study", default=None, help="study name; its runs go to OUT/STUDY (default: the recipe's "
-                                                 "file name)")
-    s.add_argument("--out", default=None, help="folder of the trials' run dirs and the summary (default: "
-                                               "sweeps/RECIPE)")
+                                                 "file name, whose runs go to sweeps/RECIPE without --out)")
+    s.add_argument("--out", default=None, help="folder of the studies' folders and study.db (default: sweeps/RECIPE, "
+                                               "which holds the recipe's own study's run dirs and summary itself)")
     s.add_argument("--pruner", choices=["median", "none"], default="median",
                    help="median: stop a trial whose intermediate eval is below the median of earlier trials "
                         "at that step")

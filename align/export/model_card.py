@@ -205,9 +205,10 @@ def tokenize(texts):
 
 _AUDIO = '''
 
-def audio_clip(wave, sample_rate):
-    """mono float32 wave -> the eval clip: clipped to [-1, 1] (a float file may hold louder samples), silence trimmed
-    and level normalised when the model does (trim_db, normalize), then centre crop or zero-pad to clip_samples."""
+def audio_clips(wave, sample_rate):
+    """mono float32 wave -> the eval clips [eval_clips, clip_samples]: clipped to [-1, 1] (a float file may hold
+    louder samples), silence trimmed and level normalised when the model does (trim_db, normalize), then eval_clips
+    crops of clip_samples evenly spaced from start to end (one: the centre), zero-padded when the wave is shorter."""
     a = PP["towers"]["audio"]["preprocess"]
     if sample_rate != a["sample_rate"]:
         raise ValueError(f"resample to {a['sample_rate']} Hz first (e.g. scipy.signal.resample_poly)")
@@ -224,11 +225,17 @@ def audio_clip(wave, sample_rate):
         level = np.abs(w).max() if a["normalize"] == "peak" else np.sqrt(np.mean(w.astype(np.float64) ** 2))
         if level > 1e-8:
             w = (w * (10 ** (a["target_db"] / 20) / level)).astype(np.float32)
-    n = a["clip_samples"]
-    start = max(0, (len(w) - n) // 2)
-    out = np.zeros(n, dtype=np.float32)
-    seg = w[start:start + n]
-    out[:len(seg)] = seg
+    n, c = a["clip_samples"], a.get("eval_clips", 1)
+    if len(w) <= n:
+        starts = [0] * c
+    elif c == 1:
+        starts = [(len(w) - n) // 2]
+    else:
+        starts = np.round(np.linspace(0, len(w) - n, c)).astype(np.int64)
+    out = np.zeros((c, n), dtype=np.float32)
+    for i, start in enumerate(starts):
+        seg = w[start:start + n]
+        out[i, :len(seg)] = seg
     return out
 
 
@@ -250,6 +257,13 @@ def log_mel(clip):
         var = (((logmel - mean) * valid) ** 2).sum(axis=0) / n
         return ((logmel - mean) / np.sqrt(var + 1e-5) * valid).T.astype(np.float32)
     return ((logmel - a["norm_mean"]) / a["norm_std"]).T.astype(np.float32)
+
+
+def embed_audio(wave, sample_rate):
+    """mono float32 wave -> its L2-normalised embedding [E] as align evaluates a recording: the mean of its clips'
+    L2-normalised embeddings, L2-normalised (one clip: that clip's embedding)."""
+    z = embed("audio", np.stack([log_mel(c) for c in audio_clips(wave, sample_rate)])).mean(axis=0)
+    return z / max(float(np.linalg.norm(z)), 1e-12)
 '''
 
 _HF_IMAGE = '''
@@ -316,11 +330,11 @@ def _usage(pp: dict) -> str:
                      '  # [1, E]')
     if "def tokenize(" in defined:
         lines.append('z_txt = embed("text", tokenize(["a photo of a cat", "a photo of a dog"]))  # [2, E]')
-    audio = ("log_mel(audio_clip(wave, sr))" if "def log_mel(" in defined else
-             "audio_input(wave, sr)" if "def audio_input(" in defined else None)
+    audio = ("embed_audio(wave, sr)[None]" if "def embed_audio(" in defined else
+             'embed("audio", audio_input(wave, sr)[None])' if "def audio_input(" in defined else None)
     if audio:
         lines.append('import soundfile as sf\nwave, sr = sf.read("dog.wav", dtype="float32")  # mono\n'
-                     f'z_aud = embed("audio", {audio}[None])  # [1, E]')
+                     f'z_aud = {audio}  # [1, E]')
     made = {m for m, v in (("image", "z_img ="), ("text", "z_txt ="), ("audio", "z_aud =")) if v in "".join(lines)}
     mods = [m for m in ("image", "audio") if m in made]
     if mods and "text" in made:
@@ -410,9 +424,9 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
               "implements it with numpy (tokenizers: open_clip's or transformers', from `tokenizer/`; align is not "
               "needed).", "", "```python", onnx_snippet(pp).rstrip(), "```", "", "```python", _usage(pp), "```", ""]
         if "audio" in pp["towers"] and pp["towers"]["audio"]["preprocess"].get("eval_clips", 1) > 1:
-            L += [f"Audio: align averages the L2-normalised embeddings of "
-                  f"{pp['towers']['audio']['preprocess']['eval_clips']} evenly spaced clips per recording at "
-                  f"evaluation; the snippet embeds one centre clip.", ""]
+            L += [f"Audio: align embeds a recording as the mean of the L2-normalised embeddings of its "
+                  f"{pp['towers']['audio']['preprocess']['eval_clips']} evenly spaced clips (`audio_clips`), "
+                  f"L2-normalised; `embed_audio` does the same.", ""]
     L += ["### align", "", "```python", "import align", "model = align.load('path/to/this/folder')",
           "z = model.encode_text(model.tokenize(['a photo of a cat']))", "```", ""]
 

@@ -217,10 +217,15 @@ def _eval_crop(fe) -> str:
                      "loudest frame's")
     if fe.normalize != "none":
         steps.append(f"scale so the {fe.normalize} level is target_db ({fe.target_db:g}) dBFS (silence unchanged)")
-    steps.append("centre crop or zero-pad on the right to clip_samples")
+    c = fe.eval_clips
+    steps.append("centre crop or zero-pad on the right to clip_samples" if c == 1 else
+                 f"eval_clips ({c}) crops of clip_samples starting at round(linspace(0, len - clip_samples, {c})) "
+                 f"(a wave no longer than clip_samples: zero-padded on the right, {c} times)")
     norm = ("per-utterance CMVN of the log-mel (each mel bin to mean 0, std 1 over the frames that are not zero "
             "padding; those are set to 0)" if fe.cmvn == "utterance" else "log-mel (x - norm_mean) / norm_std")
-    return ", ".join(steps) + "; then " + norm
+    embed = "" if c == 1 else ("; the recording's embedding: the mean of the clips' L2-normalised embeddings, "
+                               "L2-normalised")
+    return ", ".join(steps) + "; then " + norm + embed
 
 
 def audio_entry(tower, out_dir: str) -> dict:

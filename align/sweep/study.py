@@ -20,10 +20,11 @@ the same N; several machines together overshoot by at most the trials running wh
 
 Layout: each study has its own folder in --out, OUT/STUDY/ (STUDY: --study, default the recipe's file name),
 holding its trials' run dirs OUT/STUDY/trial-NNNN and its summary (sweep.csv, sweep.md, sweep.png); the
-default storage OUT/study.db holds every study of that --out. So `--study NEW` in the same --out never
-meets another study's runs; and each run dir records whose trial it is (trial.claim_run_dir): a study made
-anew under an old name (study.db deleted) is refused at start, before anything trains, instead of resuming
-the old study's finished runs as its own.
+default storage OUT/study.db holds every study of that --out. Without --out, OUT is sweeps/RECIPE and the
+recipe's own study is that folder itself (sweeps/RECIPE/trial-NNNN; another --study: sweeps/RECIPE/STUDY).
+So `--study NEW` in the same --out never meets another study's runs; and each run dir records whose trial it
+is (trial.claim_run_dir): a study made anew under an old name (study.db deleted) is refused at start, before
+anything trains, instead of resuming the old study's finished runs as its own.
 """
 import contextlib
 import copy
@@ -318,6 +319,30 @@ def make_folder(path: str, option: str = "--out") -> None:
         raise AlignError(f"{option} {path}: cannot create this folder ({e.strerror or e})") from None
 
 
+def study_folders(out: Optional[str], stem: str, name: str, say) -> tuple:
+    """(OUT, the study's folder). An --out given: OUT/STUDY. Without one, OUT is sweeps/RECIPE and the recipe's
+    own study (STUDY = RECIPE) is that folder itself, another study sweeps/RECIPE/STUDY. Sweeps before that put the
+    recipe's own study in sweeps/RECIPE/RECIPE: one begun there (and none in sweeps/RECIPE) goes on there."""
+    if out is not None:
+        return out, os.path.join(out, name)
+    out = os.path.join("sweeps", stem)
+    if name != stem:
+        return out, os.path.join(out, name)
+    old = os.path.join(out, name)
+    if os.path.isdir(old) and not _holds_study(out):
+        say(f"sweep {name!r}: resuming the study begun in {old} (the folder sweeps before this version used; new "
+            f"sweeps of {stem} use {out})")
+        return out, old
+    return out, out
+
+
+def _holds_study(folder: str) -> bool:
+    """A study's run dirs (trial-NNNN) or summary in folder."""
+    return os.path.isdir(folder) and any(
+        (e.startswith("trial-") and e.removeprefix("trial-").isdigit()) or e == report.CSV
+        for e in os.listdir(folder))
+
+
 def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = None, study: Optional[str] = None,
               out: Optional[str] = None, overrides: Optional[List[str]] = None, pruner: str = "median",
               prune_after: Optional[int] = None, heartbeat_s: int = 10, poll_s: float = 0.5, say=None) -> dict:
@@ -333,9 +358,8 @@ def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = N
     params = load_space(space, data)
     check_split_fixed(r, params, path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    out = out or os.path.join("sweeps", stem)
     name = study or stem
-    folder = os.path.join(out, name)                    # this study's run dirs and summary (module docstring)
+    out, folder = study_folders(out, stem, name, say)   # this study's run dirs and summary (module docstring)
     make_folder(out)
     make_folder(folder)
     storage = storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"

@@ -41,23 +41,23 @@ class RunLogger:
 
     def __init__(self, r: Recipe, eng, state: TrainState, progress: bool = True):
         from align.progress import progress as progress_bar
-        from align.train.storage import logged_loss, truncate_metrics
+        from align.train.storage import resume_metrics, truncate_metrics
         self.r, self.eng, self.acc, self.is_main = r, eng, eng.acc, eng.acc.is_main_process
         self.acc.init_trackers("align")     # starts the trackers of build_trackers (main process only)
         self.path = os.path.join(r.output_dir, rundir.METRICS)
+        # rows past the step this run resumes from were logged by a run that died after its last checkpoint: drop
+        # them, so metrics.jsonl never holds a step twice. The loss of the last step taken: the summary's
+        # final_loss; a run resumed at its last step (killed after its final checkpoint, before its summary) takes
+        # no step, and its final loss is the one logged at that step (read in the same pass)
+        self.loss = float("nan")
         if self.is_main:
-            # rows past the step this run resumes from were logged by a run that died after its last
-            # checkpoint: drop them, so metrics.jsonl never holds a step twice
-            truncate_metrics(self.path, state.step)
+            self.loss = resume_metrics(self.path, state.step)
             truncate_metrics(os.path.join(r.output_dir, rundir.EVAL), state.step)
         # unbuffered: a full disk fails the write of that row, which append_line then cuts back whole
         self.f = open(self.path, "ab", buffering=0) if self.is_main else None
         # a bar on a terminal; one plain line every 30 s in a log file (align.progress)
         self.bar = progress_bar(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
                                 unit="step", desc="train", dynamic_ncols=True)
-        # of the last step taken: the summary's final_loss; a run resumed at its last step (killed after its final
-        # checkpoint, before its summary) takes no step, and its final loss is the one logged at that step
-        self.loss = logged_loss(self.path, state.step) if self.is_main else float("nan")
         self.overfit = OverfitWatch()
         self.t_start = time.perf_counter() - state.elapsed_s
         self._window()

@@ -12,7 +12,8 @@
 StorageError carries exit_code STORAGE_EXIT (74, sysexits.h EX_IOERR), which the CLI returns.
 
 `truncate_metrics(path, step)` drops the metrics rows past the checkpoint a resume starts from, so a
-run that failed after its last checkpoint and was resumed does not log those steps twice.
+run that failed after its last checkpoint and was resumed does not log those steps twice; `resume_metrics`
+does the same and returns the loss logged at that step, from the same read.
 """
 
 from __future__ import annotations
@@ -185,33 +186,36 @@ def warn_if_tight(directory: str, need: Optional[int], margin: float = 1.1) -> b
     return True
 
 
-def logged_loss(path: str, step: int) -> float:
-    """The loss a metrics.jsonl logged at `step` (the last such row), or NaN when no row holds it."""
+def resume_metrics(path: str, step: int) -> float:
+    """truncate_metrics(path, step), and the loss the rows kept logged at `step` (the last such row; NaN when none
+    holds it): the final loss of a run resumed at its last step. One read of the file for both."""
+    rows = _truncate(path, step)[1]
     loss = float("nan")
-    if step <= 0 or not os.path.isfile(path):
+    if step <= 0:
         return loss
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and row.get("step") == step and isinstance(row.get("loss"), (int, float)):
-                loss = float(row["loss"])
+    for row in rows:
+        if isinstance(row, dict) and row.get("step") == step and isinstance(row.get("loss"), (int, float)):
+            loss = float(row["loss"])
     return loss
 
 
 def truncate_metrics(path: str, step: int) -> int:
     """Drop rows with "step" > step from a metrics.jsonl (atomic rewrite); returns how many were dropped."""
+    return _truncate(path, step)[0]
+
+
+def _truncate(path: str, step: int) -> tuple:
+    """truncate_metrics: (rows dropped, the rows kept, parsed)."""
     if not os.path.isfile(path):
-        return 0
-    keep, dropped = [], 0
+        return 0, []
+    keep, rows, dropped = [], [], 0
     with open(path) as f:
         for line in f:
             if not line.strip():
                 continue
             try:
-                row_step = json.loads(line).get("step")
+                row = json.loads(line)
+                row_step = row.get("step")
             except ValueError:                  # a line cut by the crash itself
                 dropped += 1
                 continue
@@ -219,9 +223,10 @@ def truncate_metrics(path: str, step: int) -> int:
                 dropped += 1
             else:
                 keep.append(line if line.endswith("\n") else line + "\n")
+                rows.append(row)
     if dropped:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(keep)
         os.replace(tmp, path)
-    return dropped
+    return dropped, rows

@@ -24,8 +24,9 @@ TINY_AUDIO_VIT = {"type": "audio", "clip_seconds": 0.31, "n_mels": 32, "width": 
 
 
 def make_run(root, *, towers=None, open_clip=True, embed_dim=16, logit_bias=None, summary=None, evals=None,
-             seed=0, name=None, pairs=None):
-    """Writes a run dir under root/run and returns (run_dir, model)."""
+             seed=0, name=None, pairs=None, noise=0.02):
+    """Writes a run dir under root/run and returns (run_dir, model); noise: the std of the random numbers
+    added to every parameter."""
     model_sec = {"embed_dim": embed_dim}
     if open_clip:
         model_sec["open_clip"] = json.loads(json.dumps(TINY_OPEN_CLIP))
@@ -45,7 +46,7 @@ def make_run(root, *, towers=None, open_clip=True, embed_dim=16, logit_bias=None
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+            p.add_(noise * torch.randn(p.shape, generator=g))
         for mod in model.modules():            # BatchNorm running stats too, so eval mode is exercised
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                 mod.running_mean.uniform_(-0.5, 0.5, generator=g)
@@ -152,7 +153,7 @@ np.save('ort_img_in.npy', x_img)
 np.save('ort_img.npy', embed('image', x_img))
 np.save('ort_tokens.npy', tokenize(CAPTIONS))
 np.save('ort_txt.npy', embed('text', tokenize(CAPTIONS)))
-x_aud = np.stack([log_mel(audio_clip(np.load(p), {sr})) for p in WAVES])
+x_aud = np.stack([log_mel(audio_clips(np.load(p), {sr})[0]) for p in WAVES])
 np.save('ort_aud_in.npy', x_aud)
 np.save('ort_aud.npy', embed('audio', x_aud))
 """

@@ -245,11 +245,11 @@ def test_hf_image_and_audio_towers_export_to_onnx(tmp_path):
     assert ns["logits"].shape == (1, 2)
 
 
-def audio_snippet(tmp_path, front_end: dict):
+def audio_snippet(tmp_path, front_end: dict, noise: float = 0.02):
     """An audio_cnn + bow_text run with these front-end keys, exported to ONNX; -> (model, the card's code run:
     its namespace, the export folder)."""
     audio = {"type": "audio_cnn", "clip_seconds": 0.25, "n_mels": 16, "channels": [4], **front_end}
-    run, model = make_run(tmp_path, open_clip=False, pairs=[["audio", "text"]],
+    run, model = make_run(tmp_path, open_clip=False, pairs=[["audio", "text"]], noise=noise,
                           towers={"text": {"type": "bow_text", "width": 8, "context_length": 8}, "audio": audio})
     out = tmp_path / "x"
     export(run, str(out), fmt="onnx", progress=False)
@@ -259,7 +259,7 @@ def audio_snippet(tmp_path, front_end: dict):
 
 
 def test_readme_snippet_trims_normalises_and_applies_cmvn_as_align(tmp_path):
-    """A front end with trim_db, normalize and cmvn: the README's audio_clip/log_mel give align's own features
+    """A front end with trim_db, normalize and cmvn: the README's audio_clips/log_mel give align's own features
     (they skipped all three: features off by up to 5 and no word about it) and preprocess.json's eval_crop names
     the three steps."""
     model, ns, out = audio_snippet(tmp_path, {"trim_db": 20.0, "normalize": "peak", "target_db": -3.0,
@@ -271,7 +271,7 @@ def test_readme_snippet_trims_normalises_and_applies_cmvn_as_align(tmp_path):
         with torch.no_grad():
             x = model.audio_transform((w, SR))
             z = model.encode_audio(x[None]).numpy()
-        got = ns["log_mel"](ns["audio_clip"](w, SR))
+        got = ns["log_mel"](ns["audio_clips"](w, SR)[0])
         assert np.abs(got - x.numpy()).max() <= 1e-4, n
         assert np.abs(ns["embed"]("audio", got[None]) - z).max() <= 1e-4, n
     how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
@@ -286,7 +286,7 @@ def test_readme_snippet_clips_a_float_wave_louder_than_full_scale_as_align(tmp_p
     w = (3.0 * np.sin(np.arange(4000) / 5)).astype(np.float32)           # peak 3: louder than full scale
     with torch.no_grad():
         x = model.audio_transform((w, SR))
-    assert np.abs(ns["log_mel"](ns["audio_clip"](w, SR)) - x.numpy()).max() <= 1e-4
+    assert np.abs(ns["log_mel"](ns["audio_clips"](w, SR)[0]) - x.numpy()).max() <= 1e-4
     how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
     assert "resample to sample_rate (polyphase), clip to [-1, 1]" in how
 
@@ -301,3 +301,25 @@ def test_the_simple_tokenizer_how_string_runs_as_written(outside):
              "context_length": t["context_length"], "tokenizer_kwargs": t["tokenizer_kwargs"], "texts": CAPTIONS}
     tokens = eval(t["how"], names)
     assert np.array_equal(tokens.numpy(), align.load(outside.run).tokenize(CAPTIONS).numpy())
+
+
+def test_readme_snippet_embeds_a_recording_as_align_evaluates_it_with_several_clips(tmp_path):
+    """eval_clips 3: align embeds a recording as the mean of 3 evenly spaced clips' L2-normalised embeddings; the
+    README's code embedded its centre clip only (5e-3 apart here) and said so. Its embed_audio, run here, now gives
+    align's embedding, for a recording longer than the clip and one shorter (its padded clip thrice)."""
+    model, ns, out = audio_snippet(tmp_path, {"eval_clips": 3}, noise=1.0)
+    rng = np.random.default_rng(0)
+    for n in (13000, 9001, 2500):
+        t = np.arange(n) / SR
+        w = (0.3 * np.sin(2 * np.pi * (200 + 600 * t) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+        with torch.no_grad():
+            x = model.audio_transform((w, SR))                                        # [3, n_mels, frames]
+            z = model.encode_audio(x[None]).numpy()[0]
+        clips = ns["audio_clips"](w, SR)
+        assert clips.shape == (3, model.towers["audio"].fe.clip_samples)
+        assert np.abs(np.stack([ns["log_mel"](c) for c in clips]) - x.numpy()).max() <= 1e-4, n
+        assert np.abs(ns["embed_audio"](w, SR) - z).max() <= 1e-5, n
+    card = (out / "README.md").read_text()
+    assert "embed_audio(wave, sr)" in card and "the snippet embeds one centre clip" not in card
+    how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
+    assert "eval_clips (3) crops of clip_samples" in how and "mean of the clips' L2-normalised embeddings" in how

@@ -369,3 +369,48 @@ def test_a_full_disk_under_the_study_db_is_one_line_naming_it(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"align: error: {out / 'study.db'}: database or disk is full ("), err
     assert err[0].endswith("the study's finished trials are kept in it; free space and run the same command again")
+
+
+def _folders(monkeypatch, recipe, space, **kw):
+    """run_sweep up to its study: (the study's folder, its storage, the lines said); nothing is trained."""
+    from align.sweep import study as study_mod
+    seen, lines = {}, []
+
+    def stop(optuna, storage, name, path, r, params, n_trials, overrides, folder, *rest):
+        seen.update(folder=folder, storage=storage)
+        return None
+    monkeypatch.setattr(study_mod, "_run_study", stop)
+    monkeypatch.setattr(study_mod, "summarise", lambda sw, say: {})
+    study_mod.run_sweep(recipe, space, 1, say=lines.append, **kw)
+    return seen["folder"], seen["storage"], lines
+
+
+def test_without_out_the_recipes_study_is_sweeps_recipe_not_sweeps_recipe_recipe(tmp_path, monkeypatch):
+    """The default --out is sweeps/RECIPE (the help's path); the recipe's own study was then put in
+    sweeps/RECIPE/RECIPE. Its run dirs and summary are in sweeps/RECIPE now; --study and --out as before."""
+    recipe, space = sweep_recipe(tmp_path), space_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    db = f"sqlite:///{tmp_path / 'sweeps' / 'recipe' / 'study.db'}"
+    assert _folders(monkeypatch, recipe, space) == (os.path.join("sweeps", "recipe"), db, [])
+    assert _folders(monkeypatch, recipe, space, study="recipe")[0] == os.path.join("sweeps", "recipe")
+    assert _folders(monkeypatch, recipe, space, study="NEW")[:2] == (os.path.join("sweeps", "recipe", "NEW"), db)
+    out = str(tmp_path / "o")
+    assert _folders(monkeypatch, recipe, space, out=out)[:2] == (os.path.join(out, "recipe"),
+                                                                 f"sqlite:///{tmp_path / 'o' / 'study.db'}")
+
+
+def test_a_sweep_begun_in_the_old_doubled_folder_goes_on_there_said_in_one_line(tmp_path, monkeypatch):
+    """A study begun before the fix (sweeps/RECIPE/RECIPE/trial-0000, study.db in sweeps/RECIPE) is resumed in
+    its own run dirs, not started afresh beside them; once sweeps/RECIPE holds a study, that one is used."""
+    recipe, space = sweep_recipe(tmp_path), space_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    old = tmp_path / "sweeps" / "recipe" / "recipe" / "trial-0000"
+    old.mkdir(parents=True)
+    (old / "train.log").write_text("step 1\n")
+    folder, storage, lines = _folders(monkeypatch, recipe, space)
+    assert folder == os.path.join("sweeps", "recipe", "recipe")
+    assert storage == f"sqlite:///{tmp_path / 'sweeps' / 'recipe' / 'study.db'}"      # the same study.db as then
+    assert len(lines) == 1 and f"resuming the study begun in {folder}" in lines[0], lines
+    assert os.listdir(tmp_path / "sweeps" / "recipe") == ["recipe"]                  # nothing made beside it
+    (tmp_path / "sweeps" / "recipe" / "trial-0000").mkdir()
+    assert _folders(monkeypatch, recipe, space) == (os.path.join("sweeps", "recipe"), storage, [])

@@ -48,3 +48,39 @@ def test_the_end_line_counts_skipped_samples_not_duplicate_files_or_shards():
         f", skipped 2 samples, 2 {DUPLICATE_FILE}"
     assert skipped_words({CORRUPT_TAR: 1}) == f", skipped 0 samples, 1 {CORRUPT_TAR}"
     assert skipped_words({}) == ", skipped 0 samples"
+
+
+def _logger_at(tmp_path, step: int):
+    """A RunLogger of a run resumed at `step` (its engine and accelerator reduced to what the logger reads)."""
+    from types import SimpleNamespace
+
+    from align.train.metrics import RunLogger
+    acc = SimpleNamespace(is_main_process=True, init_trackers=lambda name: None, log=lambda *a, **k: None)
+    eng = SimpleNamespace(acc=acc, total_steps=40, init_row=None)
+    state = SimpleNamespace(step=step, elapsed_s=0.0)
+    return RunLogger(SimpleNamespace(output_dir=str(tmp_path)), eng, state, progress=False)
+
+
+def test_a_resumed_run_reads_metrics_jsonl_once_for_its_cut_and_its_final_loss(tmp_path, monkeypatch):
+    """Resuming, the logger cut the rows past the checkpoint (one read of metrics.jsonl) and then read the file
+    again for the loss logged at that step. One read now; the same rows kept and the same loss (the last row of
+    the step, after a cut line and a row past it are dropped)."""
+    import builtins
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 10, "loss": 0.9}, {"step": 20, "loss": 0.7}, {"step": 20, "loss": 0.5}, {"step": 30, "loss": 0.3}]
+    real_open, reads = builtins.open, []
+
+    def counting_open(file, mode="r", *a, **k):
+        if str(file) == str(path) and "r" in mode:
+            reads.append(mode)
+        return real_open(file, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    for tail, step, loss, kept in (('{"step": 4', 20, 0.5, [10, 20, 20]), ("", 30, 0.3, [10, 20, 20, 30]),
+                                   ("", 25, None, [10, 20, 20])):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+        reads.clear()
+        logger = _logger_at(tmp_path, step)
+        logger.f.close()
+        assert len(reads) == 1, (step, reads)
+        assert logger.loss == loss if loss is not None else logger.loss != logger.loss      # NaN: no row at 25
+        assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == kept
