@@ -80,7 +80,8 @@ class AlignModel(nn.Module):
         if modality not in self.towers:
             raise ConfigError(f"this model has no {modality} tower (it has: {', '.join(self.modalities)})")
         tower = self.towers[modality]
-        check_input(modality, x, getattr(tower, "context_length", None))
+        check_input(modality, x, getattr(tower, "context_length", None),
+                    tower.input_shape() if modality == "image" else None)
         p = next(tower.parameters(), None)
         if p is not None and x.is_floating_point() and p.is_floating_point() and x.dtype != p.dtype:
             x = x.to(p.dtype)     # float64 from numpy, or float32 into a model.half(): a dtype error in the first layer
@@ -136,23 +137,31 @@ _HOW = {"image": "torch.stack([model.image_transform(img), ...])", "text": "mode
         "audio": "torch.stack([model.audio_transform((wave, sample_rate)), ...])"}
 
 
-def check_input(modality: str, x, context_length=None) -> None:
-    """One AlignError line naming encode_<modality> and what is wrong with its batch: not a tensor (a str, list,
+class InputError(AlignError, ValueError):
+    """A batch given to encode_* that the model cannot take (an AlignError line, and a ValueError)."""
+
+
+def check_input(modality: str, x, context_length=None, image_shape=None) -> None:
+    """One InputError line naming encode_<modality> and what is wrong with its batch: not a tensor (a str, list,
     PIL image or numpy array went on to fail deep in torch), text that is not integer ids [B, L] or longer than
-    the context, an image batch that is not float [B, C, H, W]."""
+    the context, an image batch that is not float [B, C, H, W] or, given the tower's `image_shape` (C, H, W),
+    not of that size (a ViT failed deep in torch, a CNN embedded it without a word)."""
     what = f"encode_{modality}"
     if not isinstance(x, torch.Tensor):
-        raise AlignError(f"{what}: expected a torch.Tensor batch, got {type(x).__name__}: pass {_HOW[modality]}")
+        raise InputError(f"{what}: expected a torch.Tensor batch, got {type(x).__name__}: pass {_HOW[modality]}")
     got = f"got {str(x.dtype).replace('torch.', '')} {list(x.shape)}"
     if modality == "text":
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or x.dim() != 2:
-            raise AlignError(f"{what}: expected integer token ids [B, L] from model.tokenize(texts), {got}")
+            raise InputError(f"{what}: expected integer token ids [B, L] from model.tokenize(texts), {got}")
         if isinstance(context_length, int) and x.shape[1] > context_length:
-            raise AlignError(f"{what}: {x.shape[1]} tokens per text, over this model's context_length "
+            raise InputError(f"{what}: {x.shape[1]} tokens per text, over this model's context_length "
                              f"{context_length}: tokenize with model.tokenize(texts)")
     elif modality == "image" and (not x.is_floating_point() or x.dim() != 4):
-        raise AlignError(f"{what}: expected a float batch [B, 3, H, W] (model.image_transform per image, "
+        raise InputError(f"{what}: expected a float batch [B, 3, H, W] (model.image_transform per image, "
                          f"stacked), {got}")
+    elif modality == "image" and image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):
+        raise InputError(f"{what}: expected [B, {', '.join(map(str, image_shape))}], this model's image size "
+                         f"(model.image_transform per image, stacked), {got}")
 
 
 def text_list(texts) -> List[str]:

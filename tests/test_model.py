@@ -86,3 +86,35 @@ def test_what_users_pass_to_encode_and_tokenize_is_one_line_naming_the_argument(
         assert torch.equal(model.tokenize("a cat"), tokens[:1])
         assert torch.equal(model.encode_text(tokens.int()), model.encode_text(tokens))
         assert model.encode_text(model.tokenize([])).shape == (0, model.towers["text"].embed_dim)
+
+
+def test_an_image_batch_of_another_size_is_one_line_naming_both_shapes():
+    """A 32 px batch into a 16 px ViT failed in torch ("The size of tensor a (65) must match ... (17)"), into
+    open_clip's ModifiedResNet likewise, and a timm ResNet embedded it without a word; every image tower now says which
+    [B, C, H, W] it takes (what model.image_transform makes) and what it got, as a ValueError and an AlignError."""
+    from PIL import Image
+
+    from align.model import AlignModel
+    from align.towers import build_tower
+    from tests.conftest import TINY_OPEN_CLIP
+    text = build_tower({"type": "open_clip", "config": dict(TINY_OPEN_CLIP, embed_dim=16)}, "text", 16)
+    resnet_cfg = dict(TINY_OPEN_CLIP, embed_dim=16, vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 16})
+    towers = {"vit": ({"type": "open_clip", "config": dict(TINY_OPEN_CLIP, embed_dim=16)}, 16),
+              "resnet": ({"type": "open_clip", "config": resnet_cfg}, 32),
+              "timm resnet": ({"type": "timm", "model": "resnet18", "image_size": [24, 32]}, (24, 32))}
+    for name, (cfg, size) in towers.items():
+        h, w = (size, size) if isinstance(size, int) else size
+        model = AlignModel({"image": build_tower(cfg, "image", 16), "text": text}).eval()
+        assert model.image_transform(Image.new("RGB", (50, 40))).shape == (3, h, w), name
+        with torch.no_grad():
+            assert model.encode_image(torch.zeros(2, 3, h, w)).shape == (2, 16), name
+            for bad in ((2, 3, h * 2, w * 2), (1, 3, h, w + 1), (2, 1, h, w), (2, 4, h, w)):
+                for error in (ValueError, AlignError):
+                    with pytest.raises(error, match=rf"^encode_image: expected \[B, 3, {h}, {w}\], this model's image "
+                                                    rf"size .*, got float32 \[{', '.join(map(str, bad))}\]$"):
+                        model.encode_image(torch.zeros(bad))
+    dynamic = build_tower({"type": "timm", "model": "vit_tiny_patch16_224", "image_size": 32,
+                           "model_kwargs": {"patch_size": 8, "depth": 1, "dynamic_img_size": True}}, "image", 16)
+    model = AlignModel({"image": dynamic, "text": text}).eval()
+    with torch.no_grad():        # a timm ViT built to take any size (dynamic_img_size) still takes any size
+        assert model.encode_image(torch.zeros(1, 3, 48, 40)).shape == (1, 16)

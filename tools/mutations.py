@@ -61,6 +61,14 @@ API_INPUTS = ("tests/test_model.py::"
               "test_what_users_pass_to_encode_and_tokenize_is_one_line_naming_the_argument")
 SCIPY_RATE = ("tests/towers/test_audio.py::"
               "test_scipy_wavfiles_rate_data_order_and_a_bool_rate_are_one_line")
+TRUNC = "tests/media/test_truncation.py"
+CUT_EVERYWHERE = ("tests/data/tools/test_inspect.py::"
+                  "test_a_cut_wav_aiff_or_mp3_is_skipped_as_a_cut_flac_is_in_every_reader")
+IMG_MODES = "tests/media/test_image.py"
+IMAGE_SIZE = "tests/test_model.py::test_an_image_batch_of_another_size_is_one_line_naming_both_shapes"
+HF_IMAGE_SIZE = ("tests/towers/test_hf_image.py::"
+                 "test_the_image_size_encode_image_takes_is_what_the_processor_makes")
+OC_IMAGE_SIZE = "tests/bench/test_models.py::test_an_open_clip_models_image_size_is_what_its_transform_makes"
 OC_API_INPUTS = ("tests/bench/test_models.py::"
                  "test_open_clip_models_refuse_what_align_models_refuse_in_one_line")
 NORM_LIMITS = ("tests/data/tools/test_stats.py::"
@@ -861,7 +869,8 @@ MUTATIONS = [
       ["tests/media/test_image.py", "tests/bench/test_datasets.py"],
       "bench/embed/training decode a phone photo on its side while `align data shards` stores it upright"),
     M("media.image.transparency_dropped", "align/media/image.py",
-      '    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):',
+      '    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "1", "L", "RGB") and key is not None) or \\\n'
+      '            (img.mode == "P" and getattr(img.palette, "mode", None) == "RGBA"):   # PIL\'s own RGBA -> P',
       "    if False:", ["tests/media/test_image.py", "tests/bench/test_datasets.py"],
       "transparent pixels decode to their hidden colour (black), not white as the shards store them"),
     M("bench.datasets.csv_bom_kept", "align/bench/datasets_tables.py",
@@ -1405,8 +1414,8 @@ MUTATIONS = [
       '    if isinstance(model, str) or hasattr(model, "__fspath__"):', "    if isinstance(model, str):",
       ["tests/bench/test_models.py::test_align_load_takes_a_pathlib_path"]),
     M("model.encode_not_a_tensor", "align/model.py",
-      "    if not isinstance(x, torch.Tensor):\n        raise AlignError(f\"{what}: expected a torch.Tensor",
-      "    if False:\n        raise AlignError(f\"{what}: expected a torch.Tensor",
+      "    if not isinstance(x, torch.Tensor):\n        raise InputError(f\"{what}: expected a torch.Tensor",
+      "    if False:\n        raise InputError(f\"{what}: expected a torch.Tensor",
       [API_INPUTS], "encode_text('a cat'): 'str' object has no attribute 'is_floating_point'"),
     M("model.encode_text_ids_shape", "align/model.py",
       "        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or x.dim() != 2:",
@@ -1637,4 +1646,69 @@ MUTATIONS = [
       ["tests/export/test_onnx_format.py::"
        "test_readme_snippet_embeds_a_recording_as_align_evaluates_it_with_several_clips"],
       "eval_clips 3: the README's code embedded the centre clip, align the mean of 3 evenly spaced clips (5e-3 off)"),
+    M("media.truncation.wav_frames_short_read", "align/media/truncation.py",
+      "        if held // frame < declared // frame:", "        if False:", [TRUNC],
+      "a WAV/AIFF cut in half decoded to half its frames without a word (libsndfile reads what is there)"),
+    M("media.truncation.streaming_placeholder_refused", "align/media/truncation.py",
+      "            if size == 0 or size >= _UNKNOWN_32:\n", "            if size == 0:\n", [TRUNC],
+      "a WAV from SoX/ffmpeg/arecord on a pipe (data size 0x7FFFF000 / 0xFFFFFFFF) refused as truncated"),
+    M("media.truncation.rf64_ds64_ignored", "align/media/truncation.py",
+      "            if size == 0xFFFFFFFF and ds64 is not None:", "            if False:", [TRUNC],
+      "an RF64 cut short read as a streaming file of unknown length"),
+    M("media.truncation.riff_pad_byte_ignored", "align/media/truncation.py",
+      "        pos = body + size + (size & 1)                                    # chunks are padded",
+      "        pos = body + size                                                 # chunks are padded", [TRUNC],
+      "an odd-sized chunk before the data misaligned the walk: the cut file went unnoticed"),
+    M("media.truncation.w64_not_read", "align/media/truncation.py", "    if head == _W64_RIFF:", "    if False:", [TRUNC]),
+    M("media.truncation.aiff_not_read", "align/media/truncation.py",
+      '    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):', "    if False:", [TRUNC]),
+    M("media.truncation.mp3_last_frame_overrun_missed", "align/media/truncation.py",
+      "        if pos + frame[1] > n:", "        if False:", [TRUNC],
+      "an MP3 without a Xing header, cut inside its last frame, decoded without a word"),
+    M("media.truncation.mp3_xing_count_ignored", "align/media/truncation.py",
+      "            declared = _xing_frames(data, pos, frame[0][0], frame[3])", "            declared = 0", [TRUNC],
+      "an MP3 cut on a frame boundary decoded without a word though its Xing header counts more frames"),
+    M("media.truncation.mp3_other_stream_walked", "align/media/truncation.py",
+      "        if frame is None or (stream is not None and frame[0] != stream):", "        if frame is None:",
+      [TRUNC], "bytes of another MPEG stream after the frames read as this stream's last frame"),
+    M("media.truncation.mp3_tag_after_cut_no_claim", "align/media/truncation.py",
+      "            if stream is None or not any(bytes(data[pos:pos + len(t)]) == t for t in _TAGS_AT_END):",
+      "            if True:", [TRUNC], "an MP3 cut and then tagged (ID3v1) went unnoticed"),
+    M("media.truncation.mp3_walk_unbounded", "align/media/truncation.py",
+      "        if count > most:", "        if False:", [TRUNC],
+      "a hostile MP3 of tiny frames walked to its end whatever data.limits.max_audio_seconds allows"),
+    M("media.audio.empty_data_chunk_read_by_numpy", "align/media/audio.py",
+      "            if fmt is None or body + size > n or size == 0:", "            if fmt is None or body + size > n:",
+      [TRUNC], "a WAV libsndfile writes to a pipe (data size 0) decoded as no samples by numpy, whole by soundfile"),
+    M("media.audio.truncation_unchecked", "align/media/audio.py", "    if cut:\n        raise DataError",
+      "    if False:\n        raise DataError", [TRUNC, CUT_EVERYWHERE]),
+    M("media.image.premultiplied_kept", "align/media/image.py",
+      "        img = img.convert(_PREMULTIPLIED[img.mode])", "        pass", [IMG_MODES],
+      'an "La" image failed with PIL\'s "conversion from La to L not supported", RGBa showed hidden colours'),
+    M("media.image.transparent_colour_dropped", "align/media/image.py",
+      '(img.mode in ("P", "1", "L", "RGB") and key is not None)', '(img.mode == "P" and key is not None)',
+      [IMG_MODES], "a PNG's tRNS colour in a 1-bit, grey or RGB image decoded as that colour, not white"),
+    M("media.image.rgba_palette_dropped", "align/media/image.py",
+      '(img.mode == "P" and getattr(img.palette, "mode", None) == "RGBA")', "False", [IMG_MODES],
+      "an in-memory palette image of RGBA colours (PIL's RGBA -> P) showed its transparent pixels' colour"),
+    M("media.image.sixteen_bit_transparent_grey_dropped", "align/media/image.py",
+      '    if img.mode in _SIXTEEN_BIT + ("I",) and isinstance(key, int):', "    if False:", [IMG_MODES]),
+    M("model.image_size_unchecked", "align/model.py",
+      '    elif modality == "image" and image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape):',
+      "    elif False:", [IMAGE_SIZE, HF_IMAGE_SIZE, OC_IMAGE_SIZE],
+      "a batch of another size failed deep in torch (ViT) or embedded without a word (CNN)"),
+    M("model.input_error_not_value_error", "align/model.py", "class InputError(AlignError, ValueError):",
+      "class InputError(AlignError):", [IMAGE_SIZE]),
+    M("timm.dynamic_img_size_refused", "align/towers/timm_image.py",
+      '        if getattr(self.trunk, "dynamic_img_size", False):', "        if False:", [IMAGE_SIZE],
+      "a timm ViT built with dynamic_img_size refused every size but its own"),
+    M("hf_image.aspect_keeping_processor_fixed", "align/towers/hf_image.py",
+      '            self.__dict__["_input_shape"] = square if square == wide else None',
+      '            self.__dict__["_input_shape"] = square', [HF_IMAGE_SIZE],
+      "an uncropped processor's batches refused for not being a square's size"),
+    M("towers.open_clip.image_size_unknown", "align/towers/open_clip_towers.py",
+      "        return (3, s, s) if isinstance(s, int) else (3, *s)", "        return None", [IMAGE_SIZE]),
+    M("bench.models.open_clip_image_size_unchecked", "align/bench/models.py",
+      '        check_input("image", images, image_shape=self.image_shape())', '        check_input("image", images)',
+      [OC_IMAGE_SIZE]),
 ]

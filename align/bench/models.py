@@ -47,6 +47,7 @@ class OpenClipModel(nn.Module):
         self._tokenizer = tokenizer
         self.name, self.pretrained = name, pretrained
         self._fp: Optional[str] = None
+        self._image_shape: object = False                # [C, H, W] image_transform makes (None: any), once known
         # causal text encoders: drop the padding after the batch's last EOT (a CLIP holds its text parts
         # itself; a CustomTextCLIP's encode_text is its .text tower's forward)
         text = getattr(net, "text", None)
@@ -61,9 +62,19 @@ class OpenClipModel(nn.Module):
         return self.net.logit_scale
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:  # [B,3,H,W] -> [B,E]
-        check_input("image", images)            # one line, as AlignModel's (align.model.check_input)
+        check_input("image", images, image_shape=self.image_shape())   # one line, as AlignModel's
         z = self.net.encode_image(images)
         return F.normalize(z, dim=-1) if normalize else z
+
+    def image_shape(self) -> Optional[tuple]:
+        """The [C, H, W] image_transform makes of a square and of a wide image when they agree, else None (no
+        transform, or one that keeps the aspect ratio): the size encode_image takes. Worked out once."""
+        if self._image_shape is False:
+            from PIL import Image
+            shapes = set() if self.image_transform is None else \
+                {tuple(self.image_transform(Image.new("RGB", size)).shape) for size in ((256, 256), (320, 192))}
+            self._image_shape = shapes.pop() if len(shapes) == 1 else None
+        return self._image_shape
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:   # long [B,L] -> [B,E]
         check_input("text", tokens, getattr(self.net, "context_length", None))

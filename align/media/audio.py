@@ -18,6 +18,7 @@ import soundfile
 
 from align.errors import DataError, without_reprs
 from align.limits import DataLimits, LimitExceeded, as_limits, check_audio_header
+from align.media.truncation import truncation
 
 
 def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[DataLimits] = None,
@@ -27,13 +28,17 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
     Multi-channel audio is mixed down by averaging channels. `name` (a sample
     key or file path) is only used in the error message.  The header's frames,
     sample rate and channels are checked against `limits` (align.limits) before
-    anything is decoded: LimitExceeded past one, DataError for undecodable audio.
+    anything is decoded: LimitExceeded past one, DataError for undecodable audio
+    and for a WAV, AIFF or MP3 file shorter than its header says (align.media.truncation).
     A stream whose header gives no length (a FLAC written to a pipe) is read in
     blocks and refused as soon as it passes a limit.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DataError(f"{name}: expected audio bytes, got {type(data).__name__}")
     limits = as_limits(limits)
+    cut = truncation(data, limits.max_audio_seconds)    # libsndfile reads a cut WAV, AIFF or MP3 as far as it goes
+    if cut:
+        raise DataError(f"{name}: {cut}")
     plain = _plain_wav(data)
     if plain is not None:               # the common WAV layouts: read with numpy, ~40x less time than soundfile
         (dtype, scale), body, frames, channels, sr = plain
@@ -126,7 +131,7 @@ def _plain_wav(data) -> Optional[tuple]:
                 return None
             fmt = struct.unpack_from("<HHIIHH", data, body)   # tag, channels, rate, byte rate, block align, bits
         elif cid == b"data":
-            if fmt is None or body + size > n:
+            if fmt is None or body + size > n or size == 0:   # 0: libsndfile reads a never-closed file to its end
                 return None
             tag, channels, sr, _, block, bits = fmt
             layout = _WAV_LAYOUTS.get((tag, bits))

@@ -59,17 +59,32 @@ def upright_rgb(img):
     """A loaded PIL image -> RGB as a viewer shows it, the one normalisation every reader shares (training,
     `align data shards`, bench, embed, search): its EXIF orientation applied (a phone photo stored on its side
     and tagged "rotate 90"), transparency flattened onto white (not onto the hidden colour under it, often
-    black), high-bit-depth grey scaled (to_rgb). ValueError as to_rgb."""
+    black): an alpha channel (RGBA, LA, PA, the premultiplied RGBa and La, a palette of RGBA colours) or a PNG/GIF
+    transparent colour (P, 1, L, RGB, 16-bit grey); high-bit-depth grey scaled (to_rgb). ValueError as to_rgb."""
     from PIL import Image, ImageOps
 
     if img.getexif().get(ORIENTATION, 1) != 1:
         img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in _PREMULTIPLIED:       # PIL converts "La" to nothing but "LA" ("conversion from La to L")
+        img = img.convert(_PREMULTIPLIED[img.mode])
+    key = img.info.get("transparency")
+    if img.mode in _SIXTEEN_BIT + ("I",) and isinstance(key, int):   # a 16-bit PNG's tRNS grey: scaled, then masked
+        import numpy as np
+        return _on_white(to_rgb(img), Image.fromarray(((np.asarray(img) != key) * 255).astype(np.uint8), "L"))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "1", "L", "RGB") and key is not None) or \
+            (img.mode == "P" and getattr(img.palette, "mode", None) == "RGBA"):   # PIL's own RGBA -> P
         rgba = img.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
+        return _on_white(rgba, rgba.getchannel("A"))
     return to_rgb(img)
+
+
+def _on_white(img, mask):
+    """RGB: `img` pasted onto white through `mask` (an L image, 255 opaque)."""
+    from PIL import Image
+
+    flat = Image.new("RGB", img.size, (255, 255, 255))
+    flat.paste(img, mask=mask)
+    return flat
 
 
 class UprightThen:
@@ -96,6 +111,7 @@ class UprightThen:
 # white and a float image in 0..1 black. 16-bit grey (I;16*; I from a 16-bit PNG or TIFF) is scaled from
 # 0..65535, float grey (F) from 0..1; values outside those ranges have no agreed 8-bit meaning and are refused.
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}   # colour multiplied by alpha -> straight alpha, then flattened
 ORIENTATION = 0x0112     # the EXIF tag of how a stored image is turned for display; 5-8 swap width and height
 
 

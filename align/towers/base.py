@@ -7,7 +7,7 @@ features), so data pipelines, benchmarks and exports ask the tower, never a
 model name.
 """
 from collections import OrderedDict
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -53,6 +53,12 @@ class Tower(nn.Module):
     def dummy_input(self, batch_size: int) -> torch.Tensor:
         """A batch of valid random inputs (synthetic data, ONNX export, FLOP counting)."""
         raise NotImplementedError
+
+    def input_shape(self) -> Optional[Tuple[int, ...]]:
+        """Image towers: the [C, H, W] of one sample that `preprocess` makes and forward expects (encode_image
+        refuses a batch of another size in one line: a ViT failed deep in torch, a CNN embedded it silently);
+        None when the tower takes any size."""
+        return None
 
     def preprocess_config(self) -> dict:
         """JSON-able description of preprocessing (for exports and model cards)."""

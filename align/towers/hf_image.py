@@ -51,6 +51,16 @@ class HFImageTower(HFEncoderTower):
     def preprocess(self, train: bool):
         return HFImagePreprocess(self.processor)
 
+    def input_shape(self):
+        """What the processor makes of a square and of a wide image: that shape when they agree (a processor that
+        resizes to a fixed size), None when it keeps the aspect ratio. Worked out once."""
+        if "_input_shape" not in self.__dict__:
+            from PIL import Image
+            pre = HFImagePreprocess(self.processor)
+            square, wide = (tuple(pre(Image.new("RGB", size)).shape) for size in ((256, 256), (320, 192)))
+            self.__dict__["_input_shape"] = square if square == wide else None
+        return self.__dict__["_input_shape"]
+
     def dummy_input(self, batch_size: int) -> torch.Tensor:              # [B, 3, H, W]
         from PIL import Image
         x = HFImagePreprocess(self.processor)(Image.new("RGB", (256, 256)))

@@ -135,6 +135,12 @@ class OpenClipTower(Tower):
         size = self.vision_cfg.get("image_size", 224)
         return tuple(size) if isinstance(size, (list, tuple)) else size
 
+    def input_shape(self):
+        if self.modality != "image":
+            return None
+        s = self.image_size
+        return (3, s, s) if isinstance(s, int) else (3, *s)
+
     def preprocess(self, train: bool):
         if self.modality != "image":
             return None

@@ -118,6 +118,11 @@ class TimmImageTower(LockableTower):
     def dummy_input(self, batch_size: int) -> torch.Tensor:
         return torch.randn(batch_size, *self.data_config["input_size"])
 
+    def input_shape(self):
+        if getattr(self.trunk, "dynamic_img_size", False):     # model_kwargs: {dynamic_img_size: true}
+            return None
+        return tuple(self.data_config["input_size"])
+
     def preprocess_config(self) -> dict:
         c = self.data_config
         return {"tower": "timm", "model": self.model_name, "image_size": list(c["input_size"][1:]),

@@ -287,3 +287,22 @@ def test_an_open_clip_tag_without_the_hub_is_read_from_the_cache_by_its_tag_or_i
         (name, pretrained, hc.is_offline_mode())) or "model")
     assert bm.load_open_clip("ViT-B-32", "laion2b_e16") == "model"
     assert seen == [("ViT-B-32", "laion2b_e16", True)] and hc.is_offline_mode() is False
+
+
+def test_an_open_clip_models_image_size_is_what_its_transform_makes(oc_arch, oc_net):
+    """open_clip:ARCH / local-dir models refuse a batch of another size than image_transform makes in the same line
+    as align models; without a transform (or one that keeps the aspect ratio) any size goes to open_clip."""
+    import open_clip
+    from PIL import Image
+
+    from align.model import InputError
+    transform = open_clip.image_transform(16, is_train=False)
+    model = OpenClipModel(oc_net, transform, open_clip.get_tokenizer(oc_arch), oc_arch, None)
+    assert model.image_shape() == (3, 16, 16) == tuple(transform(Image.new("RGB", (30, 9))).shape)
+    with torch.no_grad():
+        assert model.encode_image(torch.zeros(2, 3, 16, 16)).shape[0] == 2
+        with pytest.raises(InputError, match=r"^encode_image: expected \[B, 3, 16, 16\].*got float32 \[2, 3, 8, 8\]$"):
+            model.encode_image(torch.zeros(2, 3, 8, 8))
+    assert OpenClipModel(oc_net, None, None, oc_arch, None).image_shape() is None
+    keeps_ratio = OpenClipModel(oc_net, lambda im: torch.zeros(3, im.size[1], im.size[0]), None, oc_arch, None)
+    assert keeps_ratio.image_shape() is None

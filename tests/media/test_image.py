@@ -135,3 +135,71 @@ def test_the_image_transform_names_what_it_got_when_it_is_not_a_pil_image():
         with pytest.raises(AlignError, match=f"image_transform: the image has no pixels \\({size[0]}x{size[1]}\\)"):
             t(Image.new("RGB", size))
     assert seen == [] and t(Image.new("L", (5, 3))) == (5, 3) and seen == ["RGB"]
+
+
+def _file(img, fmt, **kw) -> bytes:
+    b = io.BytesIO()
+    img.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+def _mode_cases():
+    """(name, a PIL image or file bytes of that mode, the RGB a viewer shows): every PIL mode a decoder or a user
+    hands over. Transparent pixels show white; premultiplied La/RGBa failed with PIL's "conversion from La to L
+    not supported" (La) or showed the colour under the transparency (RGBa, a palette of RGBA colours, tRNS keys)."""
+    import numpy as np
+    W, R = (255, 255, 255), (255, 0, 0)
+    la = Image.fromarray(np.array([[[200, 255], [50, 0]]], np.uint8), "LA")         # opaque grey, transparent
+    rgba = Image.fromarray(np.array([[[255, 0, 0, 255], [0, 0, 255, 0]]], np.uint8), "RGBA")
+    pal = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    pal.putpalette([255, 0, 0, 0, 255, 0])
+    pa = pal.convert("PA")
+    pa.putalpha(Image.fromarray(np.array([[255, 0]], np.uint8)))
+    grey16 = np.array([[65535, 7, 0]], np.uint16)
+    bits = Image.fromarray(np.array([[True, False]])).convert("1")
+    return [
+        ("La", la.convert("La"), [(200,) * 3, W]),
+        ("RGBa", rgba.convert("RGBa"), [R, W]),
+        ("LA png", _file(la, "PNG"), [(200,) * 3, W]),
+        ("PA tiff", _file(pa, "TIFF"), [R, W]),
+        ("P with a transparent index", _file(pal, "PNG", transparency=1), [R, W]),
+        ("P of RGBA colours", rgba.quantize(2), [R, W]),
+        ("1", _file(bits, "PNG"), [W, (0, 0, 0)]),
+        ("1 with a transparent colour", _file(bits, "PNG", transparency=0), [W, W]),
+        ("L with a transparent grey", _file(Image.fromarray(np.array([[30, 9]], np.uint8)), "PNG", transparency=9),
+         [(30,) * 3, W]),
+        ("RGB with a transparent colour", _file(Image.fromarray(np.array([[[255, 0, 0], [1, 2, 3]]], np.uint8)),
+                                                "PNG", transparency=(1, 2, 3)), [R, W]),
+        ("I;16", _file(Image.fromarray(grey16), "PNG"), [W, (0,) * 3, (0,) * 3]),
+        ("I;16 with a transparent grey", _file(Image.fromarray(grey16), "PNG", transparency=7),
+         [W, W, (0,) * 3]),
+        ("I", _file(Image.fromarray(np.array([[65535, 0]], np.int32)), "TIFF"), [W, (0,) * 3]),
+        ("F", _file(Image.fromarray(np.array([[1.0, 0.5]], np.float32)), "TIFF"), [W, (128,) * 3]),
+        ("CMYK", _file(Image.fromarray(np.array([[[0, 255, 255, 0], [0, 0, 0, 0]]], np.uint8), "CMYK"), "TIFF"),
+         [R, W]),
+    ]
+
+
+@pytest.mark.parametrize("case", _mode_cases(), ids=lambda c: c[0])
+def test_every_pil_mode_comes_out_rgb_as_a_viewer_shows_it(case):
+    import numpy as np
+
+    from align.media.image import UprightThen, upright_rgb
+    name, given, want = case
+    img = decode_image(given) if isinstance(given, bytes) else upright_rgb(given)
+    assert img.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(img)[0], np.array(want, np.uint8))
+    if not isinstance(given, bytes):            # model.image_transform(pil_image): the same pixels
+        assert UprightThen(lambda im: np.asarray(im))(given).tolist() == np.asarray(img).tolist()
+
+
+def test_a_half_transparent_premultiplied_pixel_flattens_as_its_straight_alpha_twin():
+    import numpy as np
+
+    from align.media.image import upright_rgb
+    la = Image.fromarray(np.array([[[100, 128], [240, 64]]], np.uint8), "LA")
+    rgba = la.convert("RGBA")
+    for straight, premultiplied in ((la, la.convert("La")), (rgba, rgba.convert("RGBa"))):
+        got = np.asarray(upright_rgb(premultiplied)).astype(int)
+        assert np.abs(got - np.asarray(upright_rgb(straight)).astype(int)).max() <= 2   # 8-bit rounding
+        assert 170 <= got[0, 0, 0] <= 185                                  # 100 at alpha 128 over white: ~177

@@ -153,3 +153,28 @@ def test_weights_transformers_cannot_use_are_one_line_naming_the_file(folders, t
         with pytest.raises(ConfigError, match=r"model.towers.image.model: .*" + msg):
             build_tower({"type": "hf_image", "model": folder}, "image", 16)
     assert not (tmp_path / "ran").exists()
+
+
+def test_the_image_size_encode_image_takes_is_what_the_processor_makes(folders, tmp_path):
+    """DINOv2 interpolates its position embeddings, so a 48 px batch into this 32 px tower embedded without a word;
+    encode_image refuses it in one line. A processor that keeps the aspect ratio (no crop) has no one size: any
+    is taken."""
+    import shutil
+
+    from align.model import AlignModel, InputError
+    tower = build_tower({"type": "hf_image", "model": folders["dinov2"]}, "image", 16).eval()
+    assert tower.input_shape() == (3, 32, 32)
+    with torch.no_grad():
+        assert tower(torch.zeros(1, 3, 48, 48)).shape == (1, 16)                   # the tower itself takes it
+        model = AlignModel({"image": tower})
+        assert model.encode_image(torch.zeros(1, 3, 32, 32)).shape == (1, 16)
+        with pytest.raises(InputError, match=r"expected \[B, 3, 32, 32\].*got float32 \[1, 3, 48, 48\]$"):
+            model.encode_image(torch.zeros(1, 3, 48, 48))
+    free = tmp_path / "uncropped"
+    shutil.copytree(folders["dinov2"], free)
+    cfg = json.loads((free / "preprocessor_config.json").read_text())
+    (free / "preprocessor_config.json").write_text(json.dumps(dict(cfg, do_center_crop=False)))
+    tower = build_tower({"type": "hf_image", "model": str(free)}, "image", 16).eval()
+    assert tower.input_shape() is None
+    with torch.no_grad():
+        assert AlignModel({"image": tower}).encode_image(torch.zeros(1, 3, 40, 32)).shape == (1, 16)

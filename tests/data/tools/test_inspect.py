@@ -277,3 +277,59 @@ def test_printed_keys_escape_their_control_characters(tmp_path, capsys):
     inspect_shards(str(tmp_path / "a.tar"), progress=False, modalities=["text"], min_modalities=1)
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "k\\x1b]0;pwned\\x07\\x1b[2J" in out, out
+
+
+def test_a_cut_wav_aiff_or_mp3_is_skipped_as_a_cut_flac_is_in_every_reader(tmp_path):
+    """libsndfile refuses a FLAC cut short but read a cut WAV, AIFF or MP3 as far as it went, without a word. All
+    four are now skipped and counted as undecodable audio alike by training, `align data inspect`, `align bench` /
+    `align embed` datasets, `align data stats` and `align data shards`, each with the line saying what is missing."""
+    from align.bench.datasets import SampleError, open_dataset
+    from align.data.stream.loader import build_train_loader
+    from align.data.tools.stats import audio_duration_stats
+    from align.data.write.shards import write_shards
+    from tests.wds_helpers import TRANSFORMS, audio_text
+
+    wave = (np.sin(np.arange(8000) / 7) * 0.4).astype(np.float32)
+    cut = {}
+    for ext, fmt, subtype in (("flac", "FLAC", "PCM_16"), ("wav", "WAV", "PCM_16"), ("mp3", "MP3", "MPEG_LAYER_III"),
+                              ("aiff", "AIFF", "PCM_16")):
+        buf = io.BytesIO()
+        sf.write(buf, wave, 16000, format=fmt, subtype=subtype)
+        cut[ext] = buf.getvalue()[:len(buf.getvalue()) * 2 // 3]
+    in_shards = ("flac", "wav", "mp3")                                       # the extensions training reads
+    root = tmp_path / "cb"
+    (root / "test").mkdir(parents=True)
+    write_shard(root / "test" / "0.tar", [audio_text("g0", 1)] + [{"__key__": f"cut_{e}", e: cut[e], "txt": b"x"}
+                                                                  for e in in_shards])
+    (root / "test" / "nshards.txt").write_text("1")
+    pattern = str(root / "test" / "0.tar")
+
+    res = inspect_shards(pattern, quiet=True, progress=False, modalities=["audio", "text"])
+    failures = {f["key"]: f for s in res["shards"] for f in s["failures"]}
+    assert {k: f["reason"] for k, f in failures.items()} == {f"cut_{e}": "undecodable audio" for e in in_shards}
+    assert "truncated WAV: the header declares 8000 frames, the file holds" in str(failures["cut_wav"])
+    assert "truncated MP3: the header declares" in str(failures["cut_mp3"])
+    loader = build_train_loader(pattern, transforms=TRANSFORMS, batch_size=2, modalities=["audio", "text"],
+                                num_workers=0, drop_last=False, shuffle_buffer=0)
+    assert [k for b in loader for k in b["__key__"]] == ["g0"]
+    assert dict(loader.skipped) == res["skipped"] == {"undecodable audio": 3}
+    bench = open_dataset(str(root), "wds")
+    reasons = {}
+    for i, it in enumerate(bench.items):
+        try:
+            bench.load(i, "audio")
+        except SampleError as e:
+            reasons[it.key.split(":")[1]] = e.reason
+    assert reasons == {f"cut_{e}": "undecodable audio" for e in in_shards}
+    durations = audio_duration_stats(pattern, lambda w, r: len(w) / r)
+    assert durations["clips"] == 1 and durations["unreadable"] == 3
+
+    files = tmp_path / "clips"
+    files.mkdir()
+    for ext, data in cut.items():
+        (files / f"cut_{ext}.{ext}").write_bytes(data)
+        (files / f"cut_{ext}.txt").write_text("x")
+    (files / "g.flac").write_bytes(audio_text("g", 2)["flac"])
+    (files / "g.txt").write_text("good")
+    st = write_shards(files, tmp_path / "out", progress=False)
+    assert st["by_reason"] == {"undecodable audio": 4} and st["written"] == 1
