@@ -272,3 +272,14 @@ def test_a_val_rows_file_that_a_train_row_also_names_is_skipped_from_val_and_cou
     assert stats["written"] == 3 and stats["val"]["written"] == 1
     assert stats["val"]["by_reason"] == {"file also in a train row": 1}, stats["val"]
     assert "file also in a train row" in summary_line(stats)
+
+
+def test_a_class_name_that_a_line_end_would_cut_is_refused_and_a_line_separator_stays_inside_it(tmp_path):
+    """classnames.txt is one name per line: \\n, \\r\\n or \\r end one (as `align bench` reads it), so a name holding
+    \\r is refused like one holding \\n; a name holding U+2028 is written and read back whole (it was two names)."""
+    csv = _labelled_csv(tmp_path, n=6)
+    kw = dict(image_col="path", label_col="label", text_col=False, layout="clip_benchmark", progress=False)
+    with pytest.raises(DataError, match=r"class name 'ant\\rbee' cannot be written one per line in classnames.txt"):
+        write_shards(csv, tmp_path / "e1", classnames=["ant\rbee", "cat"], **kw)
+    write_shards(csv, tmp_path / "e2", classnames=["ant", "bee\u2028hive", "cat"], **kw)
+    assert open_dataset(str(tmp_path / "e2"), "wds").classnames == ["ant", "bee\u2028hive", "cat"]
