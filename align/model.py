@@ -17,6 +17,7 @@ from torch import nn
 
 from align.errors import AlignError, ConfigError
 from align.media.image import UprightThen
+from align.text import refuse_surrogates
 from align.towers import build_tower
 from align.towers.base import CachedTokenize, Tower
 from align.wds.format import MODALITIES
@@ -166,7 +167,8 @@ def check_input(modality: str, x, context_length=None, image_shape=None) -> None
 
 def text_list(texts) -> List[str]:
     """tokenize's argument as a list of str (one string: a list of one); AlignError naming the first item that is
-    not a string (open_clip's tokenizer failed with "object of type 'int' has no len()")."""
+    not a string (open_clip's tokenizer failed with "object of type 'int' has no len()") or that holds a lone
+    surrogate (align.text: a Hugging Face tokenizer failed with a TypeError, open_clip's read it as U+FFFD)."""
     if isinstance(texts, str):
         return [texts]
     if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
@@ -175,6 +177,7 @@ def text_list(texts) -> List[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise AlignError(f"tokenize: texts[{i}] is {type(t).__name__} ({t!r:.40}), not a string")
+    refuse_surrogates(texts)
     return texts
 
 

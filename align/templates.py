@@ -14,6 +14,7 @@ import unicodedata
 from typing import Dict, List, Union
 
 from align.errors import DataError
+from align.text import WHY, lone_surrogate, split_lines
 
 Templates = Union[List[str], Dict[str, List[str]]]
 
@@ -65,8 +66,8 @@ BUILTIN_TEMPLATES: Dict[str, List[str]] = {
 def _read_lines(path: str, what: str) -> List[str]:
     try:
         # utf-8-sig: a file saved by Notepad or Excel starts with a byte-order mark, which utf-8 keeps in line 1
-        with open(path, "r", encoding="utf-8-sig") as f:
-            lines = [line.strip() for line in f.read().splitlines()]
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:   # a line ends at \n, \r\n or \r only
+            lines = [line.strip() for line in split_lines(f.read())]
     except OSError as e:
         raise DataError(f"{what} file {path!r} cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError:     # a PNG or a model given as the file: one line, not the codec's traceback
@@ -93,8 +94,17 @@ def load_classnames(path: str) -> List[str]:
         names = _read_json(path, "classnames")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise DataError(f"classnames file {path!r} must hold a non-empty JSON list of strings")
+        for i, n in enumerate(names):
+            _refuse_surrogate(n, f"classnames file {path!r}: class name {i}")
         return names
     return _read_lines(path, "classnames")
+
+
+def _refuse_surrogate(text: str, where: str) -> None:
+    """DataError "WHERE: lone surrogate at position N" (a JSON "\\ud800" escape): no tokenizer reads the prompt."""
+    bad = lone_surrogate(text)
+    if bad:
+        raise DataError(f"{where}: {bad} ({WHY})")
 
 
 def check_templates(templates: Templates, where: str) -> Templates:
@@ -103,9 +113,13 @@ def check_templates(templates: Templates, where: str) -> Templates:
         for c, prompts in templates.items():
             if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
                 raise DataError(f"{where}: prompts for class {c!r} must be a non-empty list of strings")
+            for j, p in enumerate(prompts):
+                _refuse_surrogate(p, f"{where}: prompt {j} of class {c!r}")
         return templates
     if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
         raise DataError(f"{where}: templates must be a non-empty list of strings")
+    for j, t in enumerate(templates):
+        _refuse_surrogate(t, f"{where}: template {j}")
     bad = [t for t in templates if "{c}" not in t]
     if bad:
         raise DataError(f"{where}: template {bad[0]!r} has no '{{c}}' placeholder for the class name")
@@ -124,6 +138,7 @@ def check_classnames(names: List[str], where: str) -> List[str]:
     one name (NFC 'café' and NFD, as macOS writes folder names) count as one: the tokenizers read them alike."""
     seen: Dict[str, int] = {}
     for i, n in enumerate(names):
+        _refuse_surrogate(n, f"{where}: class name {i}")
         key = unicodedata.normalize("NFC", n)
         if key in seen:
             forms = "" if n == names[seen[key]] else f" (as {names[seen[key]]!r} and {n!r}, two Unicode forms)"

@@ -78,7 +78,8 @@ def test_what_users_pass_to_encode_and_tokenize_is_one_line_naming_the_argument(
              (model.encode_audio, [0.0] * 10, "encode_audio: expected a torch.Tensor batch, got list"),
              (model.tokenize, ["a cat", None], r"tokenize: texts\[1\] is NoneType \(None\), not a string"),
              (model.tokenize, [3], r"tokenize: texts\[0\] is int"),
-             (model.tokenize, None, "tokenize: expected a list of strings, got NoneType")]
+             (model.tokenize, None, "tokenize: expected a list of strings, got NoneType"),
+             (model.tokenize, ["a cat", "a \ud800 dog"], r"tokenize: texts\[1\]: lone surrogate at position 2 \(")]
     for call, arg, message in cases:
         with pytest.raises(AlignError, match=message):
             call(arg)

@@ -87,3 +87,27 @@ def test_a_binary_file_is_one_line_naming_it(tmp_path):
         assert name in str(e.value) and ("not UTF-8 text" in str(e.value) or "not valid JSON" in str(e.value))
         with pytest.raises(DataError, match=name):
             load_classnames(str(tmp_path / name))
+
+
+def test_a_list_file_line_ends_at_newlines_only(tmp_path):
+    """classnames.txt / templates .txt are one entry per line: \\n, \\r\\n or \\r. A U+2028 (or U+0085, \\x0c...)
+    inside a name cut it in two with str.splitlines, and the class count no longer matched the labels."""
+    (tmp_path / "c.txt").write_bytes("new\u2028york\r\nsão\x85paulo\rberlin\x0cmitte\n\ntokyo".encode())
+    assert load_classnames(str(tmp_path / "c.txt")) == ["new\u2028york", "são\x85paulo", "berlin\x0cmitte", "tokyo"]
+    (tmp_path / "t.txt").write_bytes("a photo\u2029of a {c}.\r\nthe {c}.\n".encode())
+    assert get_templates(str(tmp_path / "t.txt")) == ["a photo\u2029of a {c}.", "the {c}."]
+
+
+def test_a_class_name_or_prompt_with_a_lone_surrogate_is_one_line_naming_it(tmp_path):
+    """JSON's "\\ud800" escape in class names or templates: the prompts failed in a Hugging Face tokenizer with a
+    TypeError (open_clip's read U+FFFD instead); refused before anything is encoded, naming the entry and position."""
+    (tmp_path / "c.json").write_text('["cat", "d\\ud800g"]')
+    with pytest.raises(DataError, match=r"c\.json': class name 1: lone surrogate at position 1 \("):
+        load_classnames(str(tmp_path / "c.json"))
+    with pytest.raises(DataError, match=r"^x: class name 2: lone surrogate at position 0 \("):
+        check_classnames(["cat", "dog", "\udc80"], "x")
+    (tmp_path / "t.json").write_text('["a photo of a {c}.", "a \\udfff {c}."]')
+    with pytest.raises(DataError, match=r"t\.json': template 1: lone surrogate at position 2 \("):
+        get_templates(str(tmp_path / "t.json"))
+    with pytest.raises(DataError, match=r"^templates: prompt 1 of class 'cat': lone surrogate at position 4 \("):
+        get_templates({"cat": ["a cat", "the \ud800 cat"]})

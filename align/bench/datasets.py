@@ -12,7 +12,7 @@ Layouts (`open_dataset(path, type=...)`, explicit type names):
                ROOT/zeroshot_classification_templates.txt (`align data shards --layout
                clip_benchmark` writes it). Shards are read as training reads them
                (`align.wds`: extensions per modality, key split, duplicates); label `cls`,
-               captions `txt` (one per line).
+               captions `txt` (one per line: \\n, \\r\\n or \\r; a U+2028 is inside a caption).
   imagefolder  ROOT/<class>/**/<image>   (torchvision ImageFolder order: sorted classes, sorted files)
   audiofolder  ROOT/<class>/**/<audio>
   hf           a Hugging Face `datasets` save_to_disk folder (image and/or audio column,
@@ -36,6 +36,7 @@ from typing import List, Optional, Sequence
 from align.templates import get_templates
 from align.errors import ConfigError, DataError
 from align.registry import Registry
+from align.text import split_lines
 from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
 from align.wds.reader import Oversize, index_members
 from align.limits import DEFAULT_LIMITS, MEMBER_TOO_LARGE, member_limiter
@@ -101,8 +102,9 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
                         it.label = label if label >= 0 else -1
                         if label < 0:
                             problems.append(f"{it.key}: cls {label} is negative; left unlabelled")
-                if "txt" in sample:  # as CLIP_benchmark: str.splitlines
-                    it.captions = sample["txt"][3].decode("utf-8", "replace").splitlines()
+                if "txt" in sample:  # as CLIP_benchmark, one caption per line; but a line ends at \n, \r\n, \r
+                    # only (its str.splitlines also cuts at U+2028...: a caption `align data shards` wrote whole)
+                    it.captions = split_lines(sample["txt"][3].decode("utf-8", "replace"))
                 items.append(it)
         except (tarfile.TarError, EOFError) as e:
             raise DataError(f"dataset {path!r}: shard {shard} is corrupt: {e}") from None

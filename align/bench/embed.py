@@ -38,6 +38,7 @@ from align.progress import progress as tqdm   # plain lines off a terminal
 from align.bench.datasets import BenchDataset, SampleError
 from align.errors import AlignError, ConfigError, DataError
 from align.model import weights_fingerprint
+from align.text import lone_surrogate
 
 _ENCODERS = {"image": "encode_image", "text": "encode_text", "audio": "encode_audio"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype while encoding
@@ -319,14 +320,22 @@ def embed_dataset(model, dataset: BenchDataset, modality: str, *, cache_dir: Opt
 
 
 def _embed_captions(model, dataset, batch_size, device, progress, precision) -> Embeddings:
-    texts, ids = [], []
+    """One row per caption. An item with a caption no tokenizer reads (a lone surrogate, align.text) is a broken
+    sample: none of its captions is encoded, it is counted in `skipped` and named in `errors`."""
+    texts, ids, errors = [], [], []
     for i, it in enumerate(dataset.items):
-        for c in it.captions or []:
-            texts.append(c)
-            ids.append(i)
+        caps = it.captions or []
+        bad = next((f"caption {j + 1} of {len(caps)}: {b}" for j, c in enumerate(caps) for b in [lone_surrogate(c)]
+                    if b), "")
+        if bad:
+            errors.append(f"sample {it.key!r}: {bad}")
+            continue
+        texts += caps
+        ids += [i] * len(caps)
     missing = sum(1 for it in dataset.items if not it.captions)
     vecs = _embed_text_list(model, texts, batch_size, device, progress, f"encode {dataset.name} text", precision)
-    return Embeddings(vecs, np.asarray(ids, dtype=np.int64), missing=missing)
+    return Embeddings(vecs, np.asarray(ids, dtype=np.int64), skipped=len(errors), missing=missing,
+                      errors=errors[:MAX_ERRORS_KEPT])
 
 
 def _collate(batch):

@@ -164,8 +164,14 @@ _TEXT = {
 def _tokenizer():
     from open_clip.tokenizer import SimpleTokenizer   # pip install open_clip_torch (align is not needed)
     t = PP["towers"]["text"]["preprocess"]
-    return SimpleTokenizer(bpe_path=os.path.join(EXPORT_DIR, t["bpe_path"]), context_length=t["context_length"],
-                           **t["tokenizer_kwargs"])
+    tok = SimpleTokenizer(bpe_path=os.path.join(EXPORT_DIR, t["bpe_path"]), context_length=t["context_length"],
+                          **t["tokenizer_kwargs"])
+    if t.get("punctuation") == "unicode":      # also every Unicode punctuation mark (categories P*), as align
+        import unicodedata
+        clean = tok.clean_fn
+        tok.clean_fn = lambda x: " ".join("".join(c for c in clean(x)
+                                                  if not unicodedata.category(c).startswith("P")).split())
+    return tok
 
 
 def tokenize(texts):

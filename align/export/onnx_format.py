@@ -183,6 +183,10 @@ def save_tokenizer(tower, out_dir: str) -> Dict[str, object]:
                      tokenizer_kwargs=dict(getattr(tower, "text_cfg", {}).get("tokenizer_kwargs", {})),
                      how="open_clip.tokenizer.SimpleTokenizer(bpe_path=bpe_path, context_length=context_length, "
                          "**tokenizer_kwargs)(texts)")
+        if getattr(tower, "punctuation", "ascii") != "ascii":     # bow_text's opt-in: the exported cleaning too
+            entry.update(punctuation=tower.punctuation,
+                         how=entry["how"] + "; punctuation unicode: after the tokenizer's clean_fn, every character "
+                                            "of a Unicode punctuation category (P*) is deleted, whitespace made one")
     elif kind == "open_clip_hf":
         tower.save_hf_tokenizer(tdir)
         entry.update(path="tokenizer", tokenizer_kwargs=dict(tower.text_cfg.get("tokenizer_kwargs", {})),

@@ -21,6 +21,7 @@ import numpy as np
 
 from align.bench.index import Refined
 from align.errors import AlignError, ConfigError, DataError, printable
+from align.text import WHY, lone_surrogate
 
 QUERY_MODALITIES = ("text", "image", "audio")
 
@@ -140,6 +141,9 @@ def encode_query(model, modality: str, value) -> np.ndarray:
         if modality == "text":
             if not str(value).strip():
                 raise ConfigError("empty text query")
+            bad = lone_surrogate(str(value))
+            if bad:       # a JSON "\ud800" or a command-line byte that is not UTF-8 (argv's surrogateescape)
+                raise ConfigError(f"text query: {bad} ({WHY})")
             z = model.encode_text(model.tokenize([str(value)]).to(dev))
         else:
             if isinstance(value, str) and not os.path.isfile(value):

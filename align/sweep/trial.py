@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 from align.errors import AlignError
 from align.sweep.space import override
+from align.text import split_lines
 from align.train import rundir
 
 PREEMPTED_EXIT = 75        # align.train.guard.PREEMPTED_EXIT (tests/sweep checks they agree)
@@ -189,7 +190,8 @@ def last_line(run_dir: str) -> str:
     try:
         with open(os.path.join(run_dir, LOG), "rb") as f:
             f.seek(max(0, os.path.getsize(f.name) - 4096))
-            lines = [s.strip() for s in f.read().decode(errors="replace").splitlines() if s.strip()]
+            # a log line ends at \n (\r: a progress bar's redraw), not at a U+2028 inside an error's caption or key
+            lines = [s.strip() for s in split_lines(f.read().decode(errors="replace")) if s.strip()]
     except OSError:
         return "(no train.log)"
     return lines[-1] if lines else "(train.log is empty)"

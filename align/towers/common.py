@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
+from align.text import refuse_surrogates
 from align.towers.base import Tower
 
 PROJ_KINDS = ("linear", "mlp", "none")
@@ -62,9 +63,12 @@ class SimpleTokenizerText:
         self.vocab_size = len(self._tokenizer.encoder)                        # 49408
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:                     # list[str] -> long [B, L]
-        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        refuse_surrogates(texts)          # as every text tower (align.text): SimpleTokenizer would read U+FFFD
+        return self._tokenizer(texts)
 
     def count_tokens(self, texts: List[str]) -> List[int]:
+        refuse_surrogates(texts)
         return [len(self._tokenizer.encode(t)) + 2 for t in texts]      # <sot> text <eot>, before truncation
 
     def dummy_input(self, batch_size: int) -> torch.Tensor:

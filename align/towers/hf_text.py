@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
+from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.common import (LockableTower, build_pretrained_tower, build_projection, check_hf_tokenizer,
                                  hf_grad_checkpointing, hf_load, hf_location, hf_lock_groups, hf_model)
@@ -108,12 +109,14 @@ class HFTextTower(LockableTower):
     def tokenize(self, texts: List[str]) -> torch.Tensor:                 # -> long [B, context_length]
         if isinstance(texts, str):
             texts = [texts]
+        refuse_surrogates(texts)                 # transformers' tokenizers fail with a TypeError (align.text)
         if len(texts) == 0:                      # transformers' tokenizers fail on an empty batch
             return torch.zeros((0, self.context_length), dtype=torch.long)
         return self.tokenizer(list(texts), padding="max_length", truncation=True,
                               max_length=self.context_length, return_tensors="pt")["input_ids"]
 
     def count_tokens(self, texts: List[str]) -> List[int]:
+        refuse_surrogates(texts)
         return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
+from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.base import Tower
 
@@ -184,7 +185,9 @@ class OpenClipTower(Tower):
             else:
                 # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
-        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        refuse_surrogates(texts)          # as every text tower (align.text): open_clip's would read U+FFFD
+        return self._tokenizer(texts)
 
     def _hf_tokenizer(self, cls, name: str, kwargs: dict):
         """open_clip's HFTokenizer of text_cfg.hf_tokenizer_name (a folder or a Hub id); a missing folder, a failed
@@ -211,6 +214,7 @@ class OpenClipTower(Tower):
         if self.modality != "text":
             return None
         self.tokenize(["a"])                     # builds the tokenizer
+        refuse_surrogates(texts)
         tok = self._tokenizer
         if hasattr(tok, "encode") and hasattr(tok, "sot_token_id"):           # SimpleTokenizer: <sot> text <eot>
             return [len(tok.encode(t)) + 2 for t in texts]

@@ -304,3 +304,18 @@ def test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on(tmp_
     monkeypatch.setattr(E.np, "save", real)                   # space again: the next run caches
     zeroshot_classification(FakeModel(), open_dataset(root, "wds"), cache_dir=cache, progress=False)
     assert sum(f.endswith(".json") for _, _, fs in os.walk(cache) for f in fs) == 2
+
+
+def test_an_item_whose_caption_holds_a_lone_surrogate_is_skipped_counted_and_named(tmp_path, fake_model):
+    """A caption no tokenizer reads (JSON's "\\ud800" in a table's caption; an HF tokenizer raised a TypeError,
+    this model's str.encode a UnicodeEncodeError) skips its item's captions: the others are encoded, retrieval scores
+    the rest, and the sample and position are named."""
+    from align.bench.retrieval import retrieval
+    from tests.bench.conftest import retrieval_wds
+    ds = open_dataset(retrieval_wds(tmp_path / "d", n=6), "wds")
+    ds.items[2].captions = ["red dog", "a blue \ud800 cat"]
+    e = embed_dataset(fake_model, ds, "text", progress=False)
+    assert e.skipped == 1 and 2 not in e.ids and sorted(set(e.ids.tolist())) == [0, 1, 3, 4, 5]
+    assert e.errors == [f"sample {ds.items[2].key!r}: caption 2 of 2: lone surrogate at position 7"]
+    res = retrieval(fake_model, ds, progress=False)
+    assert res["n"]["paired_items"] == 5 and res["skipped"]["text"] == 1

@@ -214,7 +214,9 @@ def test_open_clip_models_refuse_what_align_models_refuse_in_one_line(oc_arch, o
                                (model.encode_text, torch.ones(1, 40, dtype=torch.long),
                                 "encode_text: 40 tokens per text, over this model's context_length 12"),
                                (model.encode_image, torch.zeros(3, 16, 16), "encode_image: expected a float batch"),
-                               (model.tokenize, ["a", None], r"tokenize: texts\[1\] is NoneType")]:
+                               (model.tokenize, ["a", None], r"tokenize: texts\[1\] is NoneType"),
+                               (model.tokenize, ["a", "b\udfff"],
+                                r"tokenize: texts\[1\]: lone surrogate at position 1")]:
         with pytest.raises(AlignError, match=message):
             call(arg)
     assert torch.equal(model.tokenize("a cat"), open_clip.get_tokenizer(oc_arch)(["a cat"]))

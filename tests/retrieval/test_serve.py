@@ -94,6 +94,8 @@ def test_text_search_and_media(server):
      '"target" must be a string or a list of strings, got 5'),
     (("POST", "/search", b'{"text": "a", "target": ["image", 2]}', "application/json"), 400, '"target" must be'),
     (("POST", "/search?modality=text", b"\xff\xfe"), 400, "a text body must be UTF-8"),
+    (("POST", "/search", b'{"text": "a blue \\ud800 dog"}', "application/json"), 400,      # JSON's escape: read
+     "text query: lone surrogate at position 7 ("),                   # as U+FFFD by open_clip, a 500 with an hf tower
     (("GET", "/media/image/-1"), 404, "no image item"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, how, expect, msg):

@@ -40,3 +40,11 @@ def test_a_folder_of_no_trial_is_refused(tmp_path):
     with pytest.raises(RunDirTaken, match=f"holds files of no sweep trial \\(no {RECORD}\\)"):
         claim_run_dir(str(tmp_path), "s", 0, "2024-01-01T00:00:00")
     assert not (tmp_path / RECORD).exists()
+
+
+def test_last_line_of_the_log_keeps_a_line_separator_inside_the_error(tmp_path):
+    """train.log's last line is its one-line error: a U+2028 in a caption or key it names is no line end (it was
+    cut there, and the trial reported the tail)."""
+    from align.sweep.trial import LOG, last_line
+    (tmp_path / LOG).write_bytes("step 1\r\nalign: error: caption 'a\u2028b' is bad\n\n".encode())
+    assert last_line(str(tmp_path)) == "align: error: caption 'a\u2028b' is bad"

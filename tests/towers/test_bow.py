@@ -112,7 +112,8 @@ def test_lock_freezes_the_table_and_keeps_the_head_trainable():
 @pytest.mark.parametrize("cfg,match", [
     ({"clean": "basic"}, "clean"), ({"width": 0}, "width"), ({"context_length": 2}, "context_length"),
     ({"hidden": 8}, "unknown key 'hidden'"), ({"unlocked_groups": 1}, "only used with lock"),
-    ({"proj": "none"}, "proj"),
+    ({"proj": "none"}, "proj"), ({"clean": "canonicalize", "punctuation": "all"}, r"punctuation: 'all' is not one"),
+    ({"punctuation": "unicode"}, "punctuation: unicode needs clean: canonicalize"),
 ])
 def test_config_errors_name_the_key(cfg, match):
     with pytest.raises(ConfigError, match=match):
@@ -159,3 +160,39 @@ def test_tiny_training_run_lowers_the_loss():
 def test_a_string_is_one_caption_not_one_per_character():
     tower = _text()
     assert tower.tokenize("hello").shape[0] == 1 and torch.equal(tower.tokenize("hello"), tower.tokenize(["hello"]))
+
+
+def test_punctuation_unicode_drops_every_punctuation_mark_and_the_default_keeps_its_reading(tmp_path):
+    """clean: canonicalize (open_clip's) deletes ASCII punctuation only, after ftfy straightened curly quotes: '"hello"'
+    and '“hello”' read as 'hello' but '«hello»', 'hello…' or '¿hello?' keep the mark as a word of the mean. The
+    opt-in `punctuation: unicode` deletes every P* character, and the export's own tokenize does the same; the default
+    is unchanged (small-audio-text's figures were measured with it). No vocabulary is built from the data: captions
+    and prompts share this one tokenizer."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    from align.export import onnx_format
+    from align.export.model_card import onnx_snippet
+    default, uni = _text(clean="canonicalize"), _text(clean="canonicalize", punctuation="unicode")
+    plain = default.tokenize(["hello world"])
+    marks = ["«hello» world", "hello… world", "¿hello world?", "「hello」 world", "hello — world", "‹hello› world‼"]
+    for same in ['"hello" world', "“hello” world", "(hello), world!"]:
+        assert torch.equal(default.tokenize([same]), plain) and torch.equal(uni.tokenize([same]), plain), same
+    for m in marks:
+        assert not torch.equal(default.tokenize([m]), plain), m
+        assert torch.equal(uni.tokenize([m]), plain), m
+    assert torch.equal(uni.tokenize(["hello_world $5"]), default.tokenize(["hello_world $5"]))   # as canonicalize
+    assert uni.count_tokens(["«hello» world"]) == [4] and default.count_tokens(["«hello» world"]) == [6]
+    assert torch.equal(pickle.loads(pickle.dumps(uni)).tokenize(marks), uni.tokenize(marks))     # spawned workers
+    assert uni.preprocess_config()["punctuation"] == "unicode"
+    assert "punctuation" not in onnx_format.save_tokenizer(default, str(tmp_path / "d"))
+    entry = onnx_format.save_tokenizer(uni, str(tmp_path))
+    assert entry["punctuation"] == "unicode" and entry["tokenizer_kwargs"] == {"clean": "canonicalize"}
+    pp = {"towers": {"text": {"file": "text.onnx", "preprocess": entry}}}
+    (tmp_path / "preprocess.json").write_text(json.dumps(pp))
+    ns = {}
+    exec(onnx_snippet(pp).replace('EXPORT_DIR = "."', f"EXPORT_DIR = {str(tmp_path)!r}"), ns)
+    texts = marks + ["plain words", "“quoted” words", "hello_world"]
+    assert np.array_equal(ns["tokenize"](texts), uni.tokenize(texts).numpy())

@@ -42,13 +42,15 @@ from align.data.stream.faults import (
     UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
 )
 from align.errors import DataError
+from align.text import lone_surrogate, split_lines
 from align.wds.format import LABEL_EXT, MODALITIES, MODALITY_EXTS, NEG_EXT, pick
 from align.wds.reader import Oversize
 
 
 def captions(data: bytes) -> list[str]:
     """`txt` bytes -> non-empty stripped lines, or the non-empty strings of a JSON list (may be empty: the caller
-    skips)."""
+    skips). A line ends at \\n, \\r\\n or \\r only (align.text.split_lines): a U+2028 inside a caption is no line
+    end."""
     text = data.decode("utf-8-sig")     # a byte-order mark (Notepad, Excel) is no part of the first caption
     if text.lstrip().startswith("["):  # several captions written as a JSON list
         import json
@@ -60,7 +62,18 @@ def captions(data: bytes) -> list[str]:
         # keyed_captions; a list of no string at all ("[1, 2]") stays text
         if isinstance(items, list) and any(isinstance(c, str) for c in items):
             return [c.strip() for c in items if isinstance(c, str) and c.strip()]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in split_lines(text) if line.strip()]
+
+
+def check_captions(lines: list[str], where: str) -> list[str]:
+    """`lines`, or SkipSample(UNDECODABLE_TEXT, "WHERE: lone surrogate at position N (caption i of n)") when one
+    holds a lone surrogate (a JSON "\\ud800" escape): no tokenizer reads it (align.text.lone_surrogate), so the
+    sample is skipped and counted like a member that is not UTF-8."""
+    for i, line in enumerate(lines):
+        bad = lone_surrogate(line)
+        if bad:
+            raise SkipSample(UNDECODABLE_TEXT, f"{where}: {bad} (caption {i + 1} of {len(lines)})")
+    return lines
 
 
 def present(raw: dict, modalities) -> dict[str, str]:
@@ -99,8 +112,11 @@ def keyed_captions(raw: dict, key: str) -> list[str] | None:
 
 def pick_text_key(raw: dict, text_keys, rng: random.Random | None):
     """(key, captions) drawn by weight among the keys of `text_keys` [(key, weight)] the sample has (rng None:
-    the first it has); (None, None) when it has none of them."""
+    the first it has); (None, None) when it has none of them. SkipSample when a caption of any of those keys holds a
+    lone surrogate (check_captions: the sample is skipped on every visit, whichever key a visit draws)."""
     have = [(k, w, c) for k, w in text_keys if w > 0 for c in [keyed_captions(raw, k)] if c]
+    for k, _, c in have:
+        check_captions(c, k)
     if not have:
         return None, None
     if rng is None or len(have) == 1:
@@ -164,7 +180,7 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
                 raise SkipSample(TEXT_TOO_LONG, f"{ext}: {len(data)} bytes, over data.limits.max_text_bytes="
                                                 f"{limits.max_text_bytes}")
             try:
-                lines = captions(data)
+                lines = check_captions(captions(data), ext)
             except UnicodeDecodeError as exn:
                 raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
         if m == "text":
@@ -179,7 +195,7 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
                 out[m] = [lines[0]]
     if negatives and "text" in out:
         try:
-            out["neg"] = captions(raw[NEG_EXT]) if NEG_EXT in raw else []
+            out["neg"] = check_captions(captions(raw[NEG_EXT]), NEG_EXT) if NEG_EXT in raw else []
         except UnicodeDecodeError as exn:
             raise SkipSample(UNDECODABLE_TEXT, f"{NEG_EXT}: {exn!r}") from None
     out["cls"] = -1

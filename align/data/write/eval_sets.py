@@ -247,7 +247,7 @@ def write_clip_benchmark_meta(out: Path, n_shards: int, classes: Optional[List[s
     """CLIP_benchmark's files next to out/test/*.tar: classification with classes, else retrieval."""
     _write_text(out / "test" / "nshards.txt", f"{n_shards}\n")
     if classes is not None:
-        bad = [c for c in classes if "\n" in c or not c.strip()]
+        bad = [c for c in classes if "\n" in c or "\r" in c or not c.strip()]   # the line ends templates read
         if bad:
             raise DataError(f"class name {bad[0]!r} cannot be written one per line in classnames.txt")
         _write_text(out / "classnames.txt", "\n".join(classes) + "\n")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from align.data.stream.faults import EMPTY_CAPTION
 from align.data.write.inputs import COLUMN_KINDS, Input, Row
 from align.data.write.jobdir import CB_SPLIT
 from align.data.write.media import encode_audio, encode_image
@@ -82,8 +83,10 @@ def _negatives(value, base, limits) -> List[str]:
             pass
     try:
         return read_captions(value, base, limits)
-    except SkipRow:          # no negatives for this row: a normal sample
-        return []
+    except SkipRow as s:     # an empty cell: no negatives, a normal sample; negatives that cannot be read (a lone
+        if s.reason == EMPTY_CAPTION:       # surrogate, bytes not UTF-8) skip the row, as training skips such a
+            return []                       # neg.txt (they were dropped without a word)
+        raise SkipRow(s.reason, re.sub(r"^text:", f"{NEG_EXT}:", s.detail), s.source) from None
 
 
 def _text_members(row: Row, value, base, job: Job, members: Dict[str, bytes], meta: Dict[str, Any]) -> None:
@@ -93,8 +96,9 @@ def _text_members(row: Row, value, base, job: Job, members: Dict[str, bytes], me
     for col in job.more_text_cols:   # several caption columns: one caption drawn per visit
         try:
             caps += read_captions(row.values.get(col), base, job.limits)
-        except SkipRow:
-            pass
+        except SkipRow as s:        # an empty cell adds none; a caption no tokenizer reads skips the row
+            if s.reason != EMPTY_CAPTION:
+                raise SkipRow(s.reason, re.sub(r"^text:", f"{col}:", s.detail), s.source) from None
     members["txt"] = "\n".join(caps).encode("utf-8")
     if len(members["txt"]) > job.limits.max_text_bytes:   # training would skip it: so do we, now
         raise SkipRow(TEXT_TOO_LONG, f"text: {len(members['txt'])} bytes of captions, over "

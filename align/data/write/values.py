@@ -15,6 +15,7 @@ import numpy as np
 
 from align.data.stream.faults import EMPTY_CAPTION, UNDECODABLE_TEXT
 from align.limits import DataLimits, MEMBER_TOO_LARGE, TEXT_TOO_LONG, as_limits
+from align.text import lone_surrogate, split_lines
 
 
 def is_missing(value: Any) -> bool:
@@ -105,8 +106,10 @@ def read_media(value: Any, base_dir: Path, mod: str,
 
 
 def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = None) -> List[str]:
-    """A caption string (newline-separated), list of captions, or .txt Path -> captions.
-    A .txt file over limits.max_text_bytes is not read (SkipRow "caption too long")."""
+    """A caption string (newline-separated: \\n, \\r\\n or \\r, align.text.split_lines; a U+2028 stays inside its
+    caption), list of captions, or .txt Path -> captions.
+    A .txt file over limits.max_text_bytes is not read (SkipRow "caption too long"); a caption holding a lone
+    surrogate (a JSON "\\ud800" escape) is SkipRow "undecodable text", as training skips it."""
     if isinstance(value, Path):
         name = value.relative_to(base_dir).as_posix()
         value = _read_file(value, as_limits(limits).max_text_bytes, TEXT_TOO_LONG, "text", name)
@@ -118,14 +121,18 @@ def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = Non
     if is_missing(value):
         items: List[Any] = []
     elif isinstance(value, str):
-        items = value.splitlines()
+        items = split_lines(value)
     elif isinstance(value, (list, tuple, np.ndarray)):
-        items = [line for v in value if not is_missing(v) for line in str(v).splitlines()]
+        items = [line for v in value if not is_missing(v) for line in split_lines(str(v))]
     else:
         items = [str(value)]
     caps = [c.strip() for c in items if c.strip()]
     if not caps:
         raise SkipRow(EMPTY_CAPTION, "text: empty caption")
+    for i, c in enumerate(caps):
+        bad = lone_surrogate(c)
+        if bad:
+            raise SkipRow(UNDECODABLE_TEXT, f"text: {bad} (caption {i + 1} of {len(caps)})")
     return caps
 
 
@@ -142,7 +149,11 @@ def read_label(value: Any, base_dir: Path) -> str:
         value = int(value)
     if is_missing(value) or isinstance(value, (list, dict, bytes)):
         raise SkipRow("label: missing", "label: no value")
-    return str(value).strip()
+    label = str(value).strip()
+    bad = lone_surrogate(label)
+    if bad:                 # a class name no tokenizer reads (a JSON "\ud800"): its zero-shot prompts would fail
+        raise SkipRow(UNDECODABLE_TEXT, f"label: {bad}")
+    return label
 
 
 def class_names(values: List[Any], base_dir: Path) -> Optional[List[str]]:

@@ -154,3 +154,50 @@ def test_a_json_list_of_captions_with_a_gap_keeps_its_captions():
     assert captions(b"[1, 2]") == ["[1, 2]"]                     # no string in it: a caption of its own
     raw = {"__key__": "k", "txt": json.dumps([None, "বিড়াল"]).encode()}
     assert decode_raw(raw, ["text"], 1, caption_seed="s")["text"] == ["বিড়াল"]
+
+
+def test_a_line_separator_inside_a_caption_is_no_line_end():
+    """A txt member is one caption per line: \\n, \\r\\n or \\r end one. str.splitlines also cut at U+2028, U+2029,
+    U+0085, \\x0b, \\x0c and \\x1c-\\x1e, so 'a photo<U+2028>of a cat' was two captions, one drawn per visit."""
+    from align.data.stream.decode import captions, decode_raw
+    whole = "a photo\u2028of a\u2029cat\x85on\x0bthe\x0cmat\x1cand\x1da\x1edog"
+    assert captions(f"{whole}\nsecond\r\nthird\rfourth\n".encode()) == [whole, "second", "third", "fourth"]
+    raw = {"__key__": "k", "txt": whole.encode()}
+    assert {decode_raw(raw, ["text"], 1, caption_seed=f"s{i}")["text"][0] for i in range(8)} == {whole}
+
+
+def test_a_caption_with_a_lone_surrogate_skips_its_sample_and_names_it(tmp_path, caplog):
+    """JSON's "\\ud800" escape gives a caption no tokenizer reads (a Hugging Face tokenizer raised a TypeError,
+    open_clip's read U+FFFD): the sample is skipped and counted as undecodable text, one line naming its key and
+    the position, in the txt member, in a data.text_keys json: key (whichever key a visit draws) and in neg.txt."""
+    import json
+    import logging
+
+    import pytest
+
+    from align.data.stream.decode import decode_raw
+    from align.data.stream.faults import UNDECODABLE_TEXT, SkipSample
+    bad = json.dumps(["fine", "a photo \ud800 of a cat"]).encode()           # ASCII: the escape, as JSON writes it
+    with pytest.raises(SkipSample) as e:
+        decode_raw({"__key__": "k", "txt": bad}, ["text"], 1)
+    assert e.value.reason == UNDECODABLE_TEXT
+    assert e.value.detail == "txt: lone surrogate at position 8 (caption 2 of 2)"
+    meta = json.dumps({"short": "fine", "long": ["x", "\udc80 y"]}).encode()
+    for seed in ("a", "b", "c", "d"):                                          # every draw of the key skips it
+        with pytest.raises(SkipSample, match="lone surrogate at position 0"):
+            decode_raw({"__key__": "k", "json": meta}, ["text"], 1, caption_seed=seed,
+                       text_keys=[("json:short", 1.0), ("json:long", 1.0)])
+    with pytest.raises(SkipSample, match=r"neg.txt: lone surrogate at position 1 \(caption 1 of 1\)"):
+        decode_raw({"__key__": "k", "txt": b"a cat", "neg.txt": b'["a\\udfff dog"]'}, ["text"], 1, negatives=True)
+    samples = [image_text(f"g{i}", i) for i in range(3)] + [dict(image_text("surr", 5), txt=bad.decode())]
+    write_shard(tmp_path / "s-0.tar", samples)
+    r = parse_recipe({"model": {"open_clip": dict(TINY_OPEN_CLIP)}, "output_dir": str(tmp_path / "run"),
+                      "data": {"train": str(tmp_path / "s-0.tar"), "num_workers": 0, "shuffle_buffer": 0},
+                      "train": {"batch_size": 1, "max_steps": 1}})
+    model = SimpleNamespace(transforms=lambda train: TRANSFORMS, modalities=["image", "text"])
+    loader = build_loader(r, model, 0, 1, None)
+    with caplog.at_level(logging.WARNING, logger="align.data"):
+        keys = sorted(k for b in loader for k in b["__key__"])
+    assert keys == ["g0", "g1", "g2"] and dict(loader.skipped) == {UNDECODABLE_TEXT: 1}
+    said = [r.getMessage() for r in caplog.records if "lone surrogate" in r.getMessage()]
+    assert len(said) == 1 and "surr" in said[0] and "lone surrogate at position 8" in said[0]

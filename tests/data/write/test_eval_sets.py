@@ -312,3 +312,14 @@ def test_a_val_rows_file_that_is_a_byte_copy_of_a_train_rows_file_is_skipped_cou
             "(e.g. v_copy.bmp and t1.bmp): left out of val") in line, line
     skipped = [json.loads(x) for x in open(tmp_path / "out" / "val" / "skipped.jsonl")]
     assert any("v_copy.bmp has the same bytes as t1.bmp" in s["reason"] for s in skipped), skipped
+
+
+def test_a_class_name_that_a_line_end_would_cut_is_refused_and_a_line_separator_stays_inside_it(tmp_path):
+    """classnames.txt is one name per line: \\n, \\r\\n or \\r end one (as `align bench` reads it), so a name holding
+    \\r is refused like one holding \\n; a name holding U+2028 is written and read back whole (it was two names)."""
+    csv = _labelled_csv(tmp_path, n=6)
+    kw = dict(image_col="path", label_col="label", text_col=False, layout="clip_benchmark", progress=False)
+    with pytest.raises(DataError, match=r"class name 'ant\\rbee' cannot be written one per line in classnames.txt"):
+        write_shards(csv, tmp_path / "e1", classnames=["ant\rbee", "cat"], **kw)
+    write_shards(csv, tmp_path / "e2", classnames=["ant", "bee\u2028hive", "cat"], **kw)
+    assert open_dataset(str(tmp_path / "e2"), "wds").classnames == ["ant", "bee\u2028hive", "cat"]
