@@ -35,6 +35,7 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
     load_model_state(model, load_weights(weights), f"{weights}: weights do not fit the model",
                      "a run directory holds the config of its last run: load a checkpoint of that run")
     model.config = cfg
+    model.data_limits = recipe.data.limits   # the sizes its media are decoded within (align bench, embed, search)
     model.weights_file = weights             # the file or DCP store read (align.export names its checkpoint)
     model.name = cfg.get("name") or display_name(path)
     return model.to(device).eval()

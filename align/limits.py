@@ -12,8 +12,9 @@ Past a limit, `LimitExceeded` is raised with one of the reasons below; every rea
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from align.errors import ConfigError, DataError
 
@@ -50,14 +51,92 @@ LIMIT_REASONS = (MEMBER_TOO_LARGE, IMAGE_TOO_LARGE, AUDIO_TOO_LONG, AUDIO_BAD_RA
                  TEXT_TOO_LONG, JSON_TOO_LARGE)
 
 DEFAULT_LIMITS = DataLimits()
+RECIPE_KEY = "data.limits."   # how the messages below name a limit; commands with --limit name it their way
+LIMIT_OPTION = "--limit"      # the option of align bench / embed / search / serve / data filter (NAME=VALUE)
 
 
 class LimitExceeded(DataError):
-    """A size claimed by the input is past its limit; `reason` is one of the constants above."""
+    """A size claimed by the input is past its limit; `reason` is one of the constants above, `limit` the
+    DataLimits field it is past (the detail names it as the recipe key, `data.limits.NAME`)."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, limit: Optional[str] = None):
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.limit = reason, detail, limit
+
+    def with_option(self, option: str = LIMIT_OPTION) -> str:
+        """The line for a command whose limits are set by `option NAME=VALUE` (align bench, embed, search), not
+        by a recipe key: `audio too long: 700.0 s, over max_audio_seconds=600 (--limit max_audio_seconds=VALUE
+        accepts it)`."""
+        detail = self.detail.replace(RECIPE_KEY, "")
+        return f"{self.reason}: {detail}" + (f" ({option_hint(self.limit, option)})" if self.limit else "")
+
+
+def option_hint(name: str, option: str = LIMIT_OPTION) -> str:
+    return f"{option} {name}=VALUE accepts it"
+
+
+def parse_limit_options(items: Optional[Iterable[str]], option: str = LIMIT_OPTION) -> dict:
+    """`--limit NAME=VALUE` (repeatable) -> {NAME: value}, each value of its field's type and within its bounds;
+    a bad one is one ConfigError line naming it and the valid names. None or [] -> {}."""
+    fields = {f.name: f for f in dataclasses.fields(DataLimits)}
+    valid = f"valid names: {', '.join(fields)}"
+    out = {}
+    for item in items or ():
+        name, sep, text = str(item).partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise ConfigError(f"{option} {item!r}: expected NAME=VALUE, e.g. {option} max_audio_seconds=120; {valid}")
+        f = fields.get(name)
+        if f is None:
+            raise ConfigError(f"{option} {item}: unknown limit {name!r}; {valid}")
+        kind = int if f.type in (int, "int") else float
+        value = _number(text, kind)
+        if value is None:
+            what = "a whole number" if kind is int else "a finite number"
+            raise ConfigError(f"{option} {item}: {text!r} is not {what}; {valid}")
+        problem = _out_of_bounds(f, value)
+        if problem:
+            raise ConfigError(f"{option} {item}: {name} must be {problem}; {valid}")
+        out[name] = value
+    return out
+
+
+def _number(text: str, kind):
+    """text -> kind (int or float), None when it is not one (nan and inf are none); an int field takes 2e8."""
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(x):
+        return None
+    if kind is float:
+        return x
+    try:
+        return int(text)            # exact, also past 2**53
+    except ValueError:
+        return int(x) if x.is_integer() else None
+
+
+def _out_of_bounds(f, v) -> Optional[str]:
+    """None when v is within the field's bounds, else what it must be (">= 1", "> 0")."""
+    bounds = f.metadata["bounds"]
+    if v != v or not (v >= bounds.get("ge", v) and ("gt" not in bounds or v > bounds["gt"])):   # NaN: never
+        return " and ".join(f"{'>=' if k == 'ge' else '>'} {b}" for k, b in bounds.items())
+    return None
+
+
+def override_limits(base: Any, overrides: Optional[dict]) -> DataLimits:
+    """`base` (None, a DataLimits or a mapping: as_limits) with some fields replaced (a checked mapping)."""
+    base = as_limits(base)
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def changed_limits(limits: Any) -> dict:
+    """{name: value} of the fields that differ from the defaults (empty for the defaults): what a result or a
+    cache key records, so that results and caches made under the defaults keep their form."""
+    limits = as_limits(limits)
+    return {f.name: getattr(limits, f.name) for f in dataclasses.fields(DataLimits)
+            if getattr(limits, f.name) != getattr(DEFAULT_LIMITS, f.name)}
 
 
 def as_limits(limits: Any = None) -> DataLimits:
@@ -73,9 +152,11 @@ def as_limits(limits: Any = None) -> DataLimits:
             raise ConfigError(f"data.limits.{bad[0]}: unknown limit; valid: {', '.join(sorted(names))}")
         given = {k: v for k, v in limits.items() if v is not None}
         for f in dataclasses.fields(DataLimits):     # the bounds a recipe is checked against (align.config)
-            v, bounds = given.get(f.name), f.metadata["bounds"]
-            if v is not None and not (v >= bounds.get("ge", v) and ("gt" not in bounds or v > bounds["gt"])):
-                want = " and ".join(f"{'>=' if k == 'ge' else '>'} {b}" for k, b in bounds.items())
+            v = given.get(f.name)
+            want = _out_of_bounds(f, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+            if v is not None and not isinstance(v, (int, float)) or isinstance(v, bool):
+                want = "a number"
+            if want:
                 raise ConfigError(f"data.limits.{f.name}: must be {want}, got {v!r}")
         return dataclasses.replace(DEFAULT_LIMITS, **given)
     raise ConfigError(f"data.limits: expected a mapping, got {limits!r}")
@@ -105,20 +186,23 @@ def member_limiter(limits: Any = None):
 def check_image_size(width: int, height: int, limits: DataLimits) -> None:
     if width * height > limits.max_image_pixels:
         raise LimitExceeded(IMAGE_TOO_LARGE, f"{width}x{height} = {width * height} pixels, over "
-                                             f"data.limits.max_image_pixels={limits.max_image_pixels}")
+                                             f"data.limits.max_image_pixels={limits.max_image_pixels}",
+                            "max_image_pixels")
 
 
 def check_audio_header(frames: int, sample_rate: int, channels: int, limits: DataLimits) -> None:
     """What an audio file's header claims, before a single sample is decoded."""
     if not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
         raise LimitExceeded(AUDIO_BAD_RATE, f"{sample_rate} Hz, outside data.limits.min_sample_rate.."
-                                            f"max_sample_rate ({limits.min_sample_rate}..{limits.max_sample_rate})")
+                                            f"max_sample_rate ({limits.min_sample_rate}..{limits.max_sample_rate})",
+                            "min_sample_rate" if sample_rate < limits.min_sample_rate else "max_sample_rate")
     if channels > limits.max_audio_channels:
         raise LimitExceeded(AUDIO_TOO_MANY_CHANNELS, f"{channels} channels, over data.limits.max_audio_channels="
-                                                     f"{limits.max_audio_channels}")
+                                                     f"{limits.max_audio_channels}", "max_audio_channels")
     if frames / sample_rate > limits.max_audio_seconds:
         raise LimitExceeded(AUDIO_TOO_LONG, f"{frames / sample_rate:.1f} s, over data.limits.max_audio_seconds="
-                                            f"{limits.max_audio_seconds:g}")
+                                            f"{limits.max_audio_seconds:g}", "max_audio_seconds")
     if frames * channels > limits.max_audio_samples:
         raise LimitExceeded(AUDIO_TOO_LONG, f"{frames} frames x {channels} channels, over "
-                                            f"data.limits.max_audio_samples={limits.max_audio_samples}")
+                                            f"data.limits.max_audio_samples={limits.max_audio_samples}",
+                            "max_audio_samples")

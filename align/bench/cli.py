@@ -4,8 +4,9 @@ Every subcommand takes the models of align.bench.models (run dirs, checkpoints, 
 `open_clip:ARCH --pretrained TAG|FILE`, `local-dir:DIR`) and the run settings
 --device (cuda when present, else cpu), --num-workers (DataLoader workers that decode and
 transform samples in parallel; default: one per usable CPU, at most 8), --precision (fp32 | bf16 | fp16
-autocast while encoding) and --engine (torch | onnxruntime: align.bench.engine). Building the parsers
-imports no torch (tests/test_cli.py): every `align` command builds them.
+autocast while encoding), --engine (torch | onnxruntime: align.bench.engine) and --limit NAME=VALUE (a media
+size limit over the model's recipe's data.limits, align.limits). Building the parsers imports no torch
+(tests/test_cli.py): every `align` command builds them.
 """
 from typing import Optional
 
@@ -46,6 +47,33 @@ def add_engine_argument(s, default: Optional[str] = "torch") -> None:
                         "onnxruntime on the CPU (faster there; text stays in torch)")
 
 
+def add_limit_argument(s) -> None:
+    """--limit NAME=VALUE (repeatable), of every command that decodes media for a model (align bench, embed, search,
+    serve, data filter): a field of align.limits.DataLimits over the model's recipe's data.limits."""
+    from align.limits import DataLimits, LIMIT_OPTION
+    import dataclasses
+    names = ", ".join(f.name for f in dataclasses.fields(DataLimits))
+    s.add_argument(LIMIT_OPTION, action="append", default=None, metavar="NAME=VALUE",
+                   help=f"a media size limit, repeatable (e.g. max_audio_seconds=120): replaces that one of the "
+                        f"model's recipe's data.limits (the defaults for a model without one); names: {names}")
+
+
+def limit_overrides(a) -> dict:
+    """The checked --limit NAME=VALUE options ({} when none): one line for a bad one, before anything loads."""
+    from align.limits import parse_limit_options
+    return parse_limit_options(getattr(a, "limit", None))
+
+
+def limits_line(model) -> Optional[str]:
+    """`NAME: media limits max_audio_seconds=120.0, ...` when the model's media limits differ from the defaults."""
+    from align.bench.embed import model_limits
+    from align.limits import changed_limits
+    changed = changed_limits(model_limits(model))
+    if not changed:
+        return None
+    return f"{getattr(model, 'name', 'model')}: media limits " + ", ".join(f"{k}={v}" for k, v in changed.items())
+
+
 def _common(s) -> None:
     s.add_argument("--device", default=None, help="torch device for encoding (default: cuda when present, else cpu)")
     s.add_argument("--num-workers", type=int, default=None,
@@ -54,6 +82,7 @@ def _common(s) -> None:
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast while encoding (fp16 needs CUDA); embeddings are re-normalised in float32")
     add_engine_argument(s)
+    add_limit_argument(s)
 
 
 def add_bench_parser(sub, fn):
@@ -112,6 +141,7 @@ def _check_args(a) -> None:
         raise ConfigError(f"--num-workers must be >= 0, got {a.num_workers}")
     if a.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    a.limit_overrides = limit_overrides(a)
     if a.bench_cmd != "suite":       # an unknown --index was refused only after the whole dataset was encoded
         from align.bench.index import INDEXES
         INDEXES.get(a.index)
@@ -132,6 +162,7 @@ def run_bench_cli(a):
     from align.bench.models import load_model as load_plain, pair_pretrained
     from align.bench.report import StageSeconds, record_settings, seconds_line, summary_line, write_json
     from align.errors import ConfigError
+    from align.limits import override_limits
 
     device = check_device(a.device or default_device())
     check_precision(a.precision, device)
@@ -139,7 +170,13 @@ def run_bench_cli(a):
     print(f"bench: device {device}, precision {a.precision}, engine {a.engine}, {a.num_workers} decode worker(s)")
 
     def load_model(spec, pretrained=None, device=device):
-        return with_engine(load_plain(spec, pretrained=pretrained, device=device), a.engine, device, a.precision)
+        model = load_plain(spec, pretrained=pretrained, device=device, limits=a.limit_overrides)
+        said = limits_line(model)
+        if said:
+            print(said)
+        return with_engine(model, a.engine, device, a.precision)
+
+    read_limits = override_limits(None, a.limit_overrides)   # the captions and labels read when a set is opened
 
     if a.bench_cmd == "suite":
         from align.bench.report import markdown_table
@@ -150,7 +187,7 @@ def run_bench_cli(a):
         results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
                             cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
                             num_workers=a.num_workers, precision=a.precision, overwrite=a.overwrite,
-                            skip_existing=a.skip_existing)
+                            skip_existing=a.skip_existing, limits=read_limits)
         print(markdown_table(results))
         print(f"{len(results)} results -> {a.out}")
         return
@@ -162,7 +199,7 @@ def run_bench_cli(a):
         opts["templates"] = a.templates
     clock = StageSeconds()
     with clock("open_dataset"):
-        ds = open_dataset(a.dataset, a.type, **opts)
+        ds = open_dataset(a.dataset, a.type, limits=read_limits, **opts)
     with clock("load_model"):
         model = load_model(a.model, pretrained=a.pretrained, device=device)
     kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,

@@ -1,7 +1,9 @@
 """What a benchmark dataset is, whatever its layout: `Item`s (key, label, captions, a raw handle per modality),
 `BenchDataset` (the items, class names, templates, problems found when opening, a fingerprint of its files) and
-the decoders every layout's `load` uses (training's image and audio decoders and limits). A sample that cannot be
-read raises `SampleError`, which the embedder skips and counts. The layouts are in datasets.py (shards, folders)
+the decoders every layout's `load` uses (training's image and audio decoders and limits: the model's recipe's
+`data.limits`, or the defaults, as the embedder passes them; a skip names the `--limit NAME=VALUE` option of the
+commands that decode, not the recipe key). A sample that cannot be read raises `SampleError`, which the embedder
+skips and counts. The layouts are in datasets.py (shards, folders)
 and datasets_tables.py (HF, CSV).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from align.templates import Templates, load_classnames
 from align.errors import DataError
 from align.wds.format import MODALITIES
 from align.data.stream.faults import UNDECODABLE_AUDIO, UNDECODABLE_IMAGE
-from align.limits import DEFAULT_LIMITS, MEMBER_TOO_LARGE, LimitExceeded
+from align.limits import MEMBER_TOO_LARGE, DataLimits, LimitExceeded, as_limits, option_hint
 
 
 class SampleError(Exception):
@@ -41,48 +43,66 @@ class Item:
     media: Dict[str, Any] = field(default_factory=dict)  # modality -> raw handle (see each layout)
 
 
-def _read_file(path: str) -> bytes:
-    """A media file's bytes, refused before reading when over data.limits.max_member_bytes (default) or not a
-    regular file: a link to /dev/zero named x.wav has size 0 to stat and would be read until memory ran out."""
+def member_too_large(size: int, limits: Optional[DataLimits] = None) -> Optional[SampleError]:
+    """The SampleError of a media member or file of `size` bytes over limits.max_member_bytes, else None."""
+    limit = as_limits(limits).max_member_bytes
+    if size <= limit:
+        return None
+    return SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over max_member_bytes={limit} "
+                       f"({option_hint('max_member_bytes')})", MEMBER_TOO_LARGE)
+
+
+def _read_file(path: str, limits: Optional[DataLimits] = None) -> bytes:
+    """A media file's bytes, refused before reading when over limits.max_member_bytes or not a regular file: a
+    link to /dev/zero named x.wav has size 0 to stat and would be read until memory ran out."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
             raise SampleError(f"{path} is not a regular file ({kind})")
-        size = st.st_size
-        if size > DEFAULT_LIMITS.max_member_bytes:
-            raise SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over the limit of "
-                              f"{DEFAULT_LIMITS.max_member_bytes}", MEMBER_TOO_LARGE)
+        too_large = member_too_large(st.st_size, limits)
+        if too_large is not None:
+            raise too_large
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
         raise SampleError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def decode_image(data: Union[bytes, str]):
+def _raw_bytes(data: Union[bytes, str], limits: Optional[DataLimits]) -> bytes:
+    if isinstance(data, str):
+        return _read_file(data, limits)
+    too_large = member_too_large(len(data), limits)
+    if too_large is not None:
+        raise too_large
+    return data
+
+
+def decode_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
     """bytes or path -> PIL RGB image (as webdataset's "pil" decoder: open, load, convert("RGB")), with
-    training's decoder and size limits (align.media.image, align.limits defaults)."""
+    training's decoder and size limits (align.media.image; limits: a DataLimits, None: the defaults)."""
     from align.media.image import decode_image as decode
 
-    raw = _read_file(data) if isinstance(data, str) else data
+    raw = _raw_bytes(data, limits)
     try:
-        return decode(raw)
+        return decode(raw, as_limits(limits))
     except LimitExceeded as e:
-        raise SampleError(f"{e.reason}: {e.detail}", e.reason) from None
+        raise SampleError(e.with_option(), e.reason) from None
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...)
         raise SampleError(f"cannot decode image: {type(e).__name__}: {e}", UNDECODABLE_IMAGE) from None
 
 
-def decode_audio(data: Union[bytes, str]):
+def decode_audio(data: Union[bytes, str], limits: Optional[DataLimits] = None):
     """bytes or path -> (mono float32 wave [T], sample_rate); channels are averaged (training's decoder,
-    align.media.audio, with the default limits: no NaN, sample rate and length checked from the header)."""
+    align.media.audio, with `limits` (None: the defaults): no NaN, sample rate and length checked from the
+    header)."""
     from align.media.audio import decode_audio as decode
 
-    raw = _read_file(data) if isinstance(data, str) else data
+    raw = _raw_bytes(data, limits)
     try:
-        return decode(raw, name="audio")
+        return decode(raw, name="audio", limits=as_limits(limits))
     except LimitExceeded as e:
-        raise SampleError(f"{e.reason}: {e.detail}", e.reason) from None
+        raise SampleError(e.with_option(), e.reason) from None
     except DataError as e:
         raise SampleError(f"cannot decode audio: {e}", UNDECODABLE_AUDIO) from None
 
@@ -131,19 +151,20 @@ class BenchDataset:
     def labels(self) -> np.ndarray:  # [N] int64, -1 where unlabelled
         return np.array([it.label for it in self.items], dtype=np.int64)
 
-    def load(self, i: int, modality: str):
-        """Decoded media of item i: PIL image, or (wave, sr) for audio. Raises SampleError."""
+    def load(self, i: int, modality: str, limits: Optional[DataLimits] = None):
+        """Decoded media of item i: PIL image, or (wave, sr) for audio, within `limits` (a DataLimits: the model's
+        recipe's, align.bench.embed.model_limits; None: the defaults). Raises SampleError."""
         item = self.items[i]
         if modality not in item.media:
             raise SampleError(f"{self.name}: sample {item.key!r} has no {modality}")
         try:
-            raw = self._raw(item.media[modality])
-            return decode_image(raw) if modality == "image" else decode_audio(raw)
+            raw = self._raw(item.media[modality], limits)
+            return decode_image(raw, limits) if modality == "image" else decode_audio(raw, limits)
         except SampleError as e:
             raise SampleError(f"{self.name}: sample {item.key!r}: {e}", e.reason) from None
 
-    def _raw(self, handle) -> Union[bytes, str]:
-        return handle  # a file path
+    def _raw(self, handle, limits: Optional[DataLimits] = None) -> Union[bytes, str]:
+        return handle  # a file path (its size is checked against limits when it is read)
 
     def fingerprint(self) -> str:
         """Hash of the data files' names, sizes and mtimes plus the layout options."""

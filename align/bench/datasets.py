@@ -39,10 +39,10 @@ from align.registry import Registry
 from align.text import split_lines
 from align.wds.format import FILE_EXTS, LABEL_EXT, file_modality, group_samples, pick
 from align.wds.reader import Oversize, index_members
-from align.limits import DEFAULT_LIMITS, MEMBER_TOO_LARGE, member_limiter
+from align.limits import DataLimits, member_limiter, option_hint
 # what a dataset is (and what importers of this module use): items, the base class, the decoders
 from align.bench.dataset_items import (BenchDataset, Item, SampleError, classnames_of,  # noqa: F401
-                                       decode_audio, decode_image)
+                                       decode_audio, decode_image, member_too_large)
 from align.bench.datasets_tables import open_csv, open_hf
 
 DATASET_TYPES: Registry = Registry("dataset")
@@ -54,11 +54,11 @@ DATASET_TYPES.register("csv")(open_csv)
 class WdsDataset(BenchDataset):
     kind = "wds"
 
-    def _raw(self, handle) -> bytes:
+    def _raw(self, handle, limits: Optional[DataLimits] = None) -> bytes:
         shard, offset, size = handle  # plain (uncompressed) tar: member data is a contiguous byte range
-        if size > DEFAULT_LIMITS.max_member_bytes:
-            raise SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over the limit of "
-                              f"{DEFAULT_LIMITS.max_member_bytes}", MEMBER_TOO_LARGE)
+        too_large = member_too_large(size, limits)
+        if too_large is not None:
+            raise too_large
         try:
             with open(shard, "rb") as f:
                 f.seek(offset)
@@ -70,8 +70,13 @@ class WdsDataset(BenchDataset):
         return data
 
 
-def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
-    """Items of one shard: media as byte ranges, labels and captions read now."""
+# the limit a caption or label member is read within when a set is opened (align.limits.member_limit)
+_READ_AT_OPEN = {"txt": "max_text_bytes", LABEL_EXT: "max_member_bytes"}
+
+
+def _wds_items(path: str, shard: str, problems: List[str], limits: Optional[DataLimits] = None) -> List[Item]:
+    """Items of one shard: media as byte ranges, labels and captions read now (within `limits`, None: the
+    defaults; media sizes are checked when read, against the limits the embedder passes)."""
     try:
         f = open(shard, "rb")
     except OSError as e:
@@ -81,7 +86,7 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
         try:
             members = ((name, (shard, offset, size, data)) for name, offset, size, data
                        in index_members(f, want=lambda n: n.lower().endswith((".cls", ".txt")),
-                                              limits=member_limiter(DEFAULT_LIMITS)))
+                                              limits=member_limiter(limits)))
             for sample in group_samples(members, dups.append, ignored.append):
                 it = Item(key=f"{os.path.basename(shard)}:{sample['__key__']}")
                 for modality in ("image", "audio"):
@@ -90,7 +95,8 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
                         it.media[modality] = sample[ext][:3]
                 big = [ext for ext in (LABEL_EXT, "txt") if isinstance(sample.get(ext, (0,) * 4)[3], Oversize)]
                 if big:   # a caption or label over its limit: never read (align.wds.reader)
-                    problems.append(f"{it.key}: {sample[big[0]][3].reason} ({big[0]}); sample skipped")
+                    problems.append(f"{it.key}: {sample[big[0]][3].reason} ({big[0]}); sample skipped "
+                                    f"({option_hint(_READ_AT_OPEN[big[0]])})")
                     continue
                 if LABEL_EXT in sample:
                     raw = sample[LABEL_EXT][3].decode("utf-8", "replace").strip()
@@ -117,8 +123,10 @@ def _wds_items(path: str, shard: str, problems: List[str]) -> List[Item]:
 
 
 @DATASET_TYPES.register("wds")
-def open_wds(path: str, *, split: str = "test", classnames=None, templates=None, name=None) -> WdsDataset:
-    """CLIP_benchmark's local webdataset layout (see module docstring)."""
+def open_wds(path: str, *, split: str = "test", classnames=None, templates=None, name=None,
+             limits: Optional[DataLimits] = None) -> WdsDataset:
+    """CLIP_benchmark's local webdataset layout (see module docstring); limits: what a caption or label member
+    may hold (None: the defaults)."""
     nshards_file = os.path.join(path, split, "nshards.txt")
     if not os.path.isdir(path):
         raise DataError(f"dataset {path!r} does not exist (expected a CLIP_benchmark wds folder)")
@@ -135,7 +143,7 @@ def open_wds(path: str, *, split: str = "test", classnames=None, templates=None,
     problems: List[str] = []
     shards = [os.path.join(path, split, f"{i}.tar") for i in range(nshards)]
     for shard in shards:
-        items += _wds_items(path, shard, problems)
+        items += _wds_items(path, shard, problems, limits)
     empty = [it.key for it in items if not (it.media or it.captions)]
     if empty:
         problems.append(f"{len(empty)} samples with no image, audio or txt skipped (first: {empty[0]})")
@@ -151,13 +159,14 @@ def open_wds(path: str, *, split: str = "test", classnames=None, templates=None,
                       problems=problems, files=shards + meta, options={"split": split})
 
 
-def open_shard_files(shards: Sequence[str], *, name: Optional[str] = None) -> WdsDataset:
+def open_shard_files(shards: Sequence[str], *, name: Optional[str] = None,
+                     limits: Optional[DataLimits] = None) -> WdsDataset:
     """Plain training shards (local uncompressed tars, no CLIP_benchmark layout files) as one dataset,
-    items in shard order; keys are `shard basename:sample key`, captions the `txt` lines."""
+    items in shard order; keys are `shard basename:sample key`, captions the `txt` lines (limits: as open_wds)."""
     items: List[Item] = []
     problems: List[str] = []
     for shard in shards:
-        items += _wds_items(shard, shard, problems)
+        items += _wds_items(shard, shard, problems, limits)
     items = [it for it in items if it.media or it.captions]
     return WdsDataset(name or (shards[0] if len(shards) == 1 else "shards"), items, name=name, problems=problems,
                       files=list(shards), options={"shards": len(shards)})
@@ -205,14 +214,17 @@ def open_audiofolder(path: str, *, classnames=None, templates=None, name=None) -
     return _open_folder(path, "audio", "audiofolder", classnames, templates, name)
 
 
-def open_dataset(path: str, type: str, **options) -> BenchDataset:
-    """Open `path` with the layout registered as `type` (wds, imagefolder, audiofolder, hf, csv)."""
+def open_dataset(path: str, type: str, limits: Optional[DataLimits] = None, **options) -> BenchDataset:
+    """Open `path` with the layout registered as `type` (wds, imagefolder, audiofolder, hf, csv). limits: what
+    the members read now (captions, labels of a wds set) may hold (None: the defaults; media are decoded later,
+    within the limits the embedder passes)."""
     opener = DATASET_TYPES.get(type)
-    allowed = set(inspect.signature(opener).parameters) - {"path"}
+    params = set(inspect.signature(opener).parameters)
+    allowed = params - {"path", "limits"}
     bad = sorted(set(options) - allowed)
     if bad:
         raise ConfigError(f"dataset {path!r}: option {bad[0]!r} is not valid for type {type!r}; "
                           f"valid: {', '.join(sorted(allowed))}")
     if not path:
         raise DataError("dataset path is empty")
-    return opener(path, **options)
+    return opener(path, **options, **({"limits": limits} if "limits" in params and limits is not None else {}))

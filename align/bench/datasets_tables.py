@@ -23,7 +23,7 @@ class HFDataset(BenchDataset):
         self._hf, self._columns = hf, columns or {}
         self._views: Dict[str, Any] = {}
 
-    def _raw(self, handle):
+    def _raw(self, handle, limits=None):     # bytes are checked against limits when decoded
         modality, row = handle
         col = self._columns[modality]
         if modality not in self._views:  # one-column view: reading a row must not decode the other columns

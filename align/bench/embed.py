@@ -4,7 +4,9 @@
 item that has `modality` (for "text": every caption of every item) under
 torch.no_grad with a tqdm bar, and returns L2-normalised float32 vectors [N, D]
 plus the item index of each row (several text rows can share one item).
-Samples that fail to decode or transform are skipped and counted.
+Samples that fail to decode or transform are skipped and counted. Media are decoded within the limits the model
+carries (`model.data_limits`: its recipe's `data.limits`, set by align.load and align.bench.models.load_model,
+with any `--limit NAME=VALUE` over them; the defaults for a model without one).
 
 Cache layout (a re-run with the same weights, data files and transforms
 encodes nothing):
@@ -14,7 +16,8 @@ encodes nothing):
 `model_fingerprint` is `model.fingerprint()` or a hash of the state_dict (plus `-bf16` / `-fp16`
 when encoded under that autocast precision, `-onnxruntime` under that engine);
 `dataset_fingerprint` hashes the data files' names/sizes/mtimes, the layout
-options and the model's transform settings. Prompt lists are cached under
+options, the model's transform settings and the limits that differ from the defaults (other limits skip other
+samples). Prompt lists are cached under
 `cache_dir/{model_fingerprint}/prompts-{hash of the prompts}/text.npy`.
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ from align.progress import progress as tqdm   # plain lines off a terminal
 
 from align.bench.datasets import BenchDataset, SampleError
 from align.errors import AlignError, ConfigError, DataError
+from align.limits import DataLimits, as_limits, changed_limits
 from align.model import weights_fingerprint
 from align.text import lone_surrogate
 
@@ -84,6 +88,12 @@ def _signature(obj) -> str:
     if " at 0x" in r:
         r = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
     return r
+
+
+def model_limits(model) -> DataLimits:
+    """The limits the model's media are decoded within: `model.data_limits` (its recipe's data.limits, with any
+    --limit over them), else the defaults (an open_clip model, a model built in code)."""
+    return as_limits(getattr(model, "data_limits", None))
 
 
 def model_device(model, device=None) -> torch.device:
@@ -247,8 +257,12 @@ def _store(paths, emb: Embeddings, meta: dict) -> None:
 
 def dataset_fingerprint(model, dataset: BenchDataset) -> str:
     """Data files + layout options + the model's transform settings."""
-    blob = "|".join([dataset.fingerprint(), _signature(getattr(model, "image_transform", None)),
-                     _signature(getattr(model, "audio_transform", None))])
+    parts = [dataset.fingerprint(), _signature(getattr(model, "image_transform", None)),
+             _signature(getattr(model, "audio_transform", None))]
+    changed = changed_limits(model_limits(model))
+    if changed:                 # the defaults add nothing: entries cached before limits were keyed stay valid
+        parts.append(json.dumps(changed, sort_keys=True))
+    blob = "|".join(parts)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -256,8 +270,9 @@ def dataset_fingerprint(model, dataset: BenchDataset) -> str:
 class _MediaView(torch.utils.data.Dataset):
     """Item j -> (item index, transformed tensor or None, error or None); runs in DataLoader workers."""
 
-    def __init__(self, dataset: BenchDataset, modality: str, transform, indices: np.ndarray):
+    def __init__(self, dataset: BenchDataset, modality: str, transform, indices: np.ndarray, limits: DataLimits):
         self.dataset, self.modality, self.transform, self.indices = dataset, modality, transform, indices
+        self.limits = limits
 
     def __len__(self):
         return len(self.indices)
@@ -265,7 +280,7 @@ class _MediaView(torch.utils.data.Dataset):
     def __getitem__(self, j):
         i = int(self.indices[j])
         try:
-            x = self.dataset.load(i, self.modality)
+            x = self.dataset.load(i, self.modality, self.limits)
         except SampleError as e:
             return i, None, str(e)
         try:
@@ -358,7 +373,8 @@ def _embed_media(model, dataset, modality, batch_size, device, num_workers, prog
     indices = np.array([i for i, it in enumerate(dataset.items) if modality in it.media], dtype=np.int64)
     # no more workers than batches: a worker with nothing to decode only costs its start-up
     num_workers = min(num_workers, -(-len(indices) // batch_size))
-    loader = torch.utils.data.DataLoader(_MediaView(dataset, modality, transform, indices), batch_size=batch_size,
+    view = _MediaView(dataset, modality, transform, indices, model_limits(model))
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers, collate_fn=_collate)
     vecs, ids, errors, skipped = [], [], [], 0
     bar = tqdm(total=len(indices), desc=f"encode {dataset.name} {modality}", unit="item", disable=not progress)

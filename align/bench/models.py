@@ -12,8 +12,13 @@
 `align.load` models have): `modalities`, `encode_image` / `encode_text` (L2-normalised),
 `tokenize`, `image_transform`, `audio_transform` (None), `name`, `pretrained`, `fingerprint()`.
 
-A model spec is a string, or a mapping {model: ..., pretrained: ..., name: ...} (suite YAML
+A model spec is a string, or a mapping {model: ..., pretrained: ..., name: ..., limits: ...} (suite YAML
 `models:` entries); `name` labels the model's column in the side-by-side table.
+
+Every loaded model carries `data_limits` (align.limits.DataLimits), the sizes its media are decoded within: the
+recipe's `data.limits` of an align run, checkpoint or export (and of a `local-dir:` export that holds align's
+recipe copy, align_config.json), else the defaults; a spec's `limits: {NAME: VALUE}` and then the command's
+`--limit NAME=VALUE` (load_model's `limits`) replace single fields.
 """
 from __future__ import annotations
 
@@ -26,13 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from align.errors import AlignError, ConfigError
+from align.limits import DataLimits, as_limits, override_limits, parse_limit_options
 from align.model import check_input, text_list, weights_fingerprint
 from align.open_clip_files import hub_offline, offline_tag_weights
 from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
 MODEL_SOURCES: Registry = Registry("model source")   # scheme -> loader(rest, pretrained, device) -> model
-SPEC_KEYS = {"model", "pretrained", "name"}
+SPEC_KEYS = {"model", "pretrained", "name", "limits"}
 
 
 class OpenClipModel(nn.Module):
@@ -153,8 +159,32 @@ def load_local_dir(path: str, pretrained: Optional[str] = None, device: str = "c
     if not os.path.isfile(cfg):
         raise ConfigError(f"model local-dir:{path}: no open_clip_config.json in that folder")
     path = os.path.abspath(path)
-    return _build_open_clip(f"local-dir:{path}", None, device, f"local-dir:{path}",
-                            os.path.basename(os.path.normpath(path)), path)
+    limits = export_limits(path)            # before the weights load: a bad recipe copy is one line at once
+    model = _build_open_clip(f"local-dir:{path}", None, device, f"local-dir:{path}",
+                             os.path.basename(os.path.normpath(path)), path)
+    model.data_limits = limits
+    return model
+
+
+def export_limits(folder: str) -> DataLimits:
+    """The data.limits of the recipe copy an align export keeps beside its open_clip files (align_config.json);
+    the defaults for an open_clip folder that holds none."""
+    import json
+
+    from align.api import ALIGN_CONFIG
+    p = os.path.join(folder, ALIGN_CONFIG)
+    if not os.path.isfile(p):
+        return as_limits(None)
+    try:
+        with open(p, "rb") as f:
+            recipe = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{p}: not readable as align's recipe copy ({str(e)[:200]})") from None
+    data = recipe.get("data") if isinstance(recipe, dict) else None
+    try:
+        return as_limits((data or {}).get("limits") if isinstance(data, dict) else None)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
 
 
 @MODEL_SOURCES.register("align")
@@ -175,24 +205,37 @@ def split_scheme(spec: str):
 
 
 def spec_fields(spec: Union[str, dict], where: str = "model") -> dict:
-    """A string (or a pathlib.Path) or {model, pretrained, name} mapping -> {"model", "pretrained", "name"}."""
+    """A string (or a pathlib.Path) or {model, pretrained, name, limits} mapping -> {"model", "pretrained", "name",
+    "limits"} (limits: a checked {NAME: value} mapping of align.limits.DataLimits fields, or None)."""
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)          # align.load(Path("runs/x")), as open() and every path function take
     if isinstance(spec, str):
-        return {"model": spec, "pretrained": None, "name": None}
+        return {"model": spec, "pretrained": None, "name": None, "limits": None}
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: a model is a string or a mapping with keys model, pretrained, name; "
+        raise ConfigError(f"{where}: a model is a string or a mapping with keys model, pretrained, name, limits; "
                           f"got {type(spec).__name__}")
     bad = sorted(set(spec) - SPEC_KEYS)
     if bad:
         raise ConfigError(f"{where}: unknown key {bad[0]!r}; valid: {', '.join(sorted(SPEC_KEYS))}")
     if not isinstance(spec.get("model"), str):
         raise ConfigError(f"{where}: 'model' (a path, open_clip:ARCH or local-dir:DIR) is required")
-    return {"model": spec["model"], "pretrained": spec.get("pretrained"), "name": spec.get("name")}
+    return {"model": spec["model"], "pretrained": spec.get("pretrained"), "name": spec.get("name"),
+            "limits": _spec_limits(spec.get("limits"), where)}
 
 
-def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device: str = "cpu"):
-    """A benchmark model from a spec (see the module docstring), in eval mode on `device`."""
+def _spec_limits(limits, where: str) -> Optional[dict]:
+    """A spec's `limits: {NAME: VALUE}` checked as `--limit NAME=VALUE` is (names, types, bounds); None: none."""
+    if limits is None:
+        return None
+    if not isinstance(limits, dict):
+        raise ConfigError(f"{where}: 'limits' must be a mapping of limit names to values, got {limits!r}")
+    return parse_limit_options([f"{k}={v}" for k, v in limits.items()], f"{where}: limits:") or None
+
+
+def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device: str = "cpu",
+               limits: Optional[dict] = None):
+    """A benchmark model from a spec (see the module docstring), in eval mode on `device`. limits: {NAME: value}
+    (align.limits.parse_limit_options: `--limit`) over its recipe's and its spec's data.limits."""
     f = spec_fields(spec)
     from align.bench.exact import check_device
     check_device(device, "device", types=None)     # before any weights load: "gpu", or cuda on a machine without
@@ -200,6 +243,8 @@ def load_model(spec: Union[str, dict], pretrained: Optional[str] = None, device:
     model = MODEL_SOURCES.get(scheme)(rest, pretrained=f["pretrained"] or pretrained, device=device)
     if f["name"]:
         model.name = str(f["name"])
+    if f["limits"] or limits:     # over the recipe's (align.load, local-dir: model.data_limits) or the defaults
+        model.data_limits = override_limits(override_limits(getattr(model, "data_limits", None), f["limits"]), limits)
     return model.eval() if hasattr(model, "eval") else model
 
 

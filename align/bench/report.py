@@ -23,6 +23,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from align.errors import AlignError
+from align.limits import changed_limits
 
 BASE_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
 # Metrics that are fractions of items, shown in % in tables (the runners' metric_keys name them). The others --
@@ -99,16 +100,24 @@ def make_result(*, dataset: str, model, task: str, metrics: Dict[str, float], pr
 
 
 def record_settings(result: dict, model, precision: str) -> dict:
-    """The encoding settings that move a result's numbers (autocast precision, engine) written into it."""
+    """The encoding settings that move a result's numbers (autocast precision, engine, and the media limits that
+    differ from the defaults: other samples are skipped) written into it."""
+    from align.bench.embed import model_limits
     result["precision"] = precision
     result["engine"] = getattr(model, "engine", "torch")
+    changed = changed_limits(model_limits(model))
+    if changed:
+        result["limits"] = changed
     return result
 
 
 def same_settings(result: dict, model, precision: str) -> Optional[str]:
-    """None when an existing result was encoded as this run encodes (or does not say), else what differs."""
+    """None when an existing result was encoded as this run encodes (or does not say), else what differs. A
+    result without `limits` was decoded within the defaults."""
     want = record_settings({}, model, precision)
-    diff = [f"{k} {result[k]} (this run: {v})" for k, v in want.items() if k in result and result[k] != v]
+    want.setdefault("limits", {})
+    kept = dict(result, limits=result.get("limits") or {})
+    diff = [f"{k} {kept[k]} (this run: {v})" for k, v in want.items() if k in kept and kept[k] != v]
     return ", ".join(diff) or None
 
 

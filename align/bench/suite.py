@@ -4,7 +4,8 @@ A suite is a YAML file, or the name of a suite shipped in align/bench/suites/ (`
 Relative paths in a suite file are relative to that file; in a shipped suite, to the working directory.
 
 Suite YAML: a list of entries (or {"benchmarks": [entries], "models": [specs]}; models: are
-align.bench.models specs, used when no models are passed in). Each entry:
+align.bench.models specs, used when no models are passed in; a mapping's `limits: {max_audio_seconds: 120}` replaces
+fields of that model's recipe's data.limits, and `--limit` then applies to every model). Each entry:
     dataset:   path (relative: see above)                                  required
     type:      wds | imagefolder | audiofolder | hf | csv                  required
     task:      zeroshot | retrieval | emergent_retrieval | (probes' names) required
@@ -153,11 +154,11 @@ def check_entry(e: dict, where: str = "benchmark", base: str = ".") -> dict:
     return e
 
 
-def _open_all(e: dict):
+def _open_all(e: dict, limits=None):
     runner = BENCHMARKS.get(e["task"])
-    aux = {a: _open(e, a[: -len("_dataset")]) for a in AUX_DATASETS
+    aux = {a: _open(e, a[: -len("_dataset")], limits) for a in AUX_DATASETS
            if a in e and a in getattr(runner, "entry_keys", ())}
-    return runner, _open(e), aux
+    return runner, _open(e, "", limits), aux
 
 
 def run_entry(model, *, cache_dir: Optional[str] = None, batch_size: int = 64, device=None, num_workers: int = 0,
@@ -180,12 +181,16 @@ def run_entry(model, *, cache_dir: Optional[str] = None, batch_size: int = 64, d
     return r
 
 
-def _open(entry: dict, prefix: str = "") -> BenchDataset:
-    """Open entry[dataset] (prefix "") or entry[{prefix}_dataset] with its type/split/options/classnames."""
+def _open(entry: dict, prefix: str = "", limits=None) -> BenchDataset:
+    """Open entry[dataset] (prefix "") or entry[{prefix}_dataset] with its type/split/options/classnames (limits:
+    what its captions and labels may hold, read now for every model; media are decoded within each model's)."""
     k = (lambda s: f"{prefix}_{s}") if prefix else (lambda s: s)
     path = entry[k("dataset")]
     dtype = entry.get(k("type"), entry["type"])
     opts = dict(entry.get(k("options")) or {})
+    if "limits" in opts:
+        raise ConfigError(f"{entry['_where']}: {k('options')}: 'limits' is no dataset option; limits belong to a "
+                          f"model (models: [{{model: ..., limits: {{max_audio_seconds: 120}}}}]) or to --limit")
     if entry.get(k("split")) is not None:
         opts["split"] = entry[k("split")]
     if entry.get(k("classnames")) is not None:
@@ -196,7 +201,7 @@ def _open(entry: dict, prefix: str = "") -> BenchDataset:
         if entry.get("name"):
             opts["name"] = entry["name"]
     try:
-        return open_dataset(path, dtype, **opts)
+        return open_dataset(path, dtype, limits=limits, **opts)
     except AlignError as e:
         raise type(e)(f"{entry['_where']}: {e}") from None
 
@@ -276,9 +281,12 @@ def check_out_dir(out_dir: str) -> None:
 def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_dir: str, *,
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
               batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
-              overwrite: bool = False, skip_existing: bool = False, progress: bool = True) -> List[dict]:
+              overwrite: bool = False, skip_existing: bool = False, progress: bool = True,
+              limits=None) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir).
-    precision: autocast while encoding (fp32 | bf16 | fp16)."""
+    precision: autocast while encoding (fp32 | bf16 | fp16). limits: the align.limits.DataLimits the sets'
+    captions and labels are read within when opened (None: the defaults); each model's media are decoded within
+    its own (`model.data_limits`: its recipe's, a `models:` entry's `limits:`, `--limit`)."""
     check_out_dir(out_dir)
     suite = read_suite(suite_yaml_path)
     entries = suite.entries
@@ -287,7 +295,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
     if any(_is_spec(m) for m in models) and load_fn is None:
         raise ConfigError("run_suite: models given as paths need load_fn (e.g. align.load)")
     # open every dataset first: a bad path fails in seconds, not after hours of encoding
-    opened = [(e, *_open_all(e)) for e in entries]
+    opened = [(e, *_open_all(e, limits)) for e in entries]
     make_folder(out_dir, "suite's results")
     results, skipped, failed, written = [], [], [], set()
     run_kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers,

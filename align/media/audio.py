@@ -45,7 +45,7 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
         try:
             check_audio_header(frames, sr, channels, limits)
         except LimitExceeded as exn:
-            raise LimitExceeded(exn.reason, f"{name}: {exn.detail}") from None
+            raise LimitExceeded(exn.reason, f"{name}: {exn.detail}", exn.limit) from None
         raw = np.frombuffer(data, dtype=dtype, count=frames * channels, offset=body).reshape(frames, channels)
         # libsndfile's int16 -> float is the same product (x * 2^-15, exact), so both paths give the same wave
         wave = raw.astype(np.float32) * np.float32(scale) if scale else raw.astype(np.float32)
@@ -56,7 +56,7 @@ def decode_audio(data: bytes, name: str = "<audio bytes>", limits: Optional[Data
             try:
                 check_audio_header(f.frames if known else 0, f.samplerate, f.channels, limits)
             except LimitExceeded as exn:
-                raise LimitExceeded(exn.reason, f"{name}: {exn.detail}") from None
+                raise LimitExceeded(exn.reason, f"{name}: {exn.detail}", exn.limit) from None
             # [T, C] float32 whatever the file layout, so mixing down is one mean; at most f.frames rows
             wave = f.read(dtype="float32", always_2d=True) if known else _read_unknown_length(data, limits, name)
             sr = f.samplerate
@@ -92,7 +92,8 @@ def _read_unknown_length(data, limits: DataLimits, name: str) -> np.ndarray:
             try:
                 check_audio_header(n, f.samplerate, f.channels, limits)
             except LimitExceeded as exn:
-                raise LimitExceeded(exn.reason, f"{name}: {exn.detail} (so far: the header gives no length)") from None
+                raise LimitExceeded(exn.reason, f"{name}: {exn.detail} (so far: the header gives no length)",
+                                     exn.limit) from None
             blocks.append(block)
             if block.shape[0] < _BLOCK:
                 return np.concatenate(blocks)

@@ -31,7 +31,7 @@ def open_image(data: Union[bytes, str], limits: Optional[DataLimits] = None):
             found = re.search(r"\((\d+) pixels\)", str(exn))
             claimed = f"{found.group(1)} pixels" if found else "an image size"
             raise LimitExceeded(IMAGE_TOO_LARGE, f"{claimed}, over data.limits.max_image_pixels="
-                                                 f"{limits.max_image_pixels}") from None
+                                                 f"{limits.max_image_pixels}", "max_image_pixels") from None
         except Image.UnidentifiedImageError:
             # PIL's own message ends in the repr of the in-memory buffer ("<_io.BytesIO object at 0x...>"),
             # which tells a user nothing; the caller names the file, key or upload

@@ -22,14 +22,22 @@ def _device(a) -> str:
 
 
 def _load(a):
+    from align.bench.cli import limit_overrides, limits_line
     from align.bench.models import load_model
-    return load_model(a.model, pretrained=a.pretrained, device=_device(a))
+    limits = limit_overrides(a)             # a bad --limit: one line before the weights load
+    model = load_model(a.model, pretrained=a.pretrained, device=_device(a), limits=limits)
+    said = limits_line(model)
+    if said and not getattr(a, "no_progress", False):
+        print(said, flush=True)
+    return model
 
 
 def _model_args(s) -> None:
+    from align.bench.cli import add_limit_argument
     s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
     s.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    add_limit_argument(s)
 
 
 def _check_batch(a) -> None:
@@ -49,7 +57,7 @@ def _check_precision(a) -> None:
 
 
 ENCODE_FLAGS = (("batch_size", "--batch-size"), ("precision", "--precision"), ("engine", "--engine"),
-                ("device", "--device"))
+                ("device", "--device"), ("limit", "--limit"))
 
 
 def _check_filter_flags(a) -> None:
@@ -146,7 +154,7 @@ def add_precision_argument(s, default: Optional[str] = "fp32") -> None:
 
 
 def add_retrieval_parsers(sub, data_sub) -> None:
-    from align.bench.cli import add_engine_argument
+    from align.bench.cli import add_engine_argument, add_limit_argument
     s = sub.add_parser("embed", help="embed every modality of shards or an eval set (resumable, sharded .npy + "
                                      "Parquet)")
     s.add_argument("model", help=MODEL_HELP)
@@ -161,6 +169,7 @@ def add_retrieval_parsers(sub, data_sub) -> None:
     add_precision_argument(s)
     s.add_argument("--device", default=None, help="torch device (default: this process's GPU, else cpu)")
     add_engine_argument(s)
+    add_limit_argument(s)
     s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_embed)
 

@@ -5,7 +5,8 @@
 `--data` is a shard pattern / list / folder of `.tar` files (what `data.train` takes, local files) or a
 CLIP_benchmark-layout eval set (ROOT/{split}/nshards.txt). Each source shard becomes one *part*:
 
-    EMB/manifest.json                   model, source shards, part names, dtype, engine, precision (identical
+    EMB/manifest.json                   model, source shards and their root folder, part names, dtype, engine,
+                                        precision, the media limits that differ from the defaults (identical
                                         from every process)
     EMB/parts/part-00007.image.npy      [N_image, D] float16|float32, rows L2-normalised
     EMB/parts/part-00007.text.npy       [N_text, D]  one row per caption
@@ -33,10 +34,11 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from align.bench.datasets import open_shard_files
-from align.bench.embed import MissingModalityError, embed_dataset, model_fingerprint
+from align.bench.embed import MissingModalityError, embed_dataset, model_fingerprint, model_limits
 from align.bench.engine import with_engine
 from align.data.stream.sources import expand_urls
 from align.errors import ConfigError, DataError, make_folder, without_reprs
+from align.limits import changed_limits
 from align.train.storage import atomic_write, guard_write
 
 MEDIA = ("image", "audio")
@@ -86,6 +88,18 @@ def source_shards(data: str, split: Optional[str] = None) -> List[str]:
     return [os.path.abspath(s) for s in shards]
 
 
+def corpus_root(data: str, shards: List[str]) -> str:
+    """The folder the corpus was embedded from (absolute): `data` when it is a folder holding every shard (an eval
+    set's ROOT, a folder of shards), else the deepest folder holding every shard (a pattern or list). Each shard
+    lies under it, so a path relative to it never leaves it: `align serve` answers with such paths, never the
+    server's absolute ones."""
+    paths = [os.path.abspath(s) for s in shards]
+    top = os.path.abspath(data)
+    if os.path.isdir(data) and all(os.path.commonpath([top, p]) == top for p in paths):
+        return top
+    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else top
+
+
 def dist_env() -> tuple:
     """(rank, world size) from accelerate launch / torchrun's environment; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -130,7 +144,8 @@ def _check_manifest(out: str, manifest: dict) -> None:
         old = _load_manifest(path)
         old.setdefault("engine", "torch")               # written before --engine existed
         old.setdefault("precision", "fp32")             # written before the manifest recorded it
-        for k in ("model_fingerprint", "engine", "precision", "shards", "dtype", "modalities"):
+        old.setdefault("limits", {})                    # written before it recorded them: the defaults
+        for k in ("model_fingerprint", "engine", "precision", "limits", "shards", "dtype", "modalities"):
             if old.get(k) != manifest.get(k):
                 raise ConfigError(f"{out}: holds embeddings of another run ({k} differs: {str(old.get(k))[:80]} vs "
                                   f"{str(manifest.get(k))[:80]}); use a new --out or delete it")
@@ -161,7 +176,7 @@ def embed_part(model, shard: str, out_dir: str, part: str, modalities: List[str]
     import pandas as pd
 
     try:
-        ds = open_shard_files([shard], name=os.path.basename(shard))
+        ds = open_shard_files([shard], name=os.path.basename(shard), limits=model_limits(model))
     except DataError as e:
         if "has no items" not in str(e):
             raise
@@ -269,7 +284,9 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
                 "data": data, "shards": shards, "parts": [part_name(i) for i in range(len(shards))],
                 "dtype": dtype, "modalities": mods, "normalised": True,
                 "engine": getattr(model, "engine", "torch"),  # torch | onnxruntime (align.bench.engine)
-                "precision": precision or "fp32"}             # autocast while encoding: other numbers
+                "precision": precision or "fp32",             # autocast while encoding: other numbers
+                "limits": changed_limits(model_limits(model)),  # other limits skip other samples
+                "root": corpus_root(data, shards)}            # `align serve` answers paths relative to it
     _check_manifest(out, manifest)
     mine = [i for i in range(len(shards)) if i % world == rank]
     summary = EmbedSummary(parts=len(mine))

@@ -25,9 +25,9 @@ by chunk, writes the float16 copy and computes the exact top-k for the recall ch
 (exact_topk_chunks), so the memory budget also bounds the build. The other kinds hold the float32 vectors
 in the index anyway and load them whole.
 
-    INDEX/index.json                 modalities, model, source EMB folder; written first with "complete": false
-                                     and again when every modality is built (a killed build is refused
-                                     when read, and the same command rebuilds it)
+    INDEX/index.json                 modalities, model, source EMB folder, corpus root; written first with
+                                     "complete": false and again when every modality is built (a killed
+                                     build is refused when read, and the same command rebuilds it)
     INDEX/<modality>/index.faiss     faiss.write_index
     INDEX/<modality>/settings.json   kind, parameters, why, recall@10, latency, build seconds, memory
     INDEX/<modality>/rows.parquet    row metadata (key, caption, shard, byte range, ...) in index id order
@@ -47,7 +47,8 @@ import numpy as np
 from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, default_pq_m,
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError, make_folder
-from align.retrieval.embed import EmbeddingParts, embedded_modalities, load_rows, read_manifest, verify_parts
+from align.retrieval.embed import (EmbeddingParts, corpus_root, embedded_modalities, load_rows, read_manifest,
+                                     verify_parts)
 from align.train.storage import atomic_write, guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
@@ -325,7 +326,10 @@ def build_indexes(emb_dir: str, out: str, *, max_memory="4GB", max_latency_ms: f
     check_out(out, emb_dir, overwrite)
     verify_parts(emb_dir)             # the parts' checksums, once for every modality built below
     meta = {"modalities": mods, "model": man.get("model"), "model_fingerprint": man.get("model_fingerprint"),
-            "embeddings": os.path.abspath(emb_dir)}
+            "embeddings": os.path.abspath(emb_dir),
+            # the corpus folder (`align serve` answers shard paths relative to it); embeddings of before the
+            # manifest recorded it: the deepest folder holding every shard
+            "root": man.get("root") or (corpus_root("", man["shards"]) if man.get("shards") else None)}
     # before the first file: an index.json that says the build is under way, so that a build killed half-way is
     # never read as an index (an old one's modalities beside new ones) and the same command rebuilds it (check_out)
     # a full disk: one line (StorageError), the modality's half-written folder removed

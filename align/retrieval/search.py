@@ -129,7 +129,7 @@ def encode_query(model, modality: str, value) -> np.ndarray:
     import torch.nn.functional as F
 
     from align.bench.datasets import SampleError, decode_audio, decode_image
-    from align.bench.embed import model_device
+    from align.bench.embed import model_device, model_limits
 
     if modality not in QUERY_MODALITIES:
         raise ConfigError(f"unknown query modality {modality!r}; use one of {', '.join(QUERY_MODALITIES)}")
@@ -149,7 +149,9 @@ def encode_query(model, modality: str, value) -> np.ndarray:
             if isinstance(value, str) and not os.path.isfile(value):
                 raise DataError(f"{value}: no such {modality} file")
             try:
-                x = decode_image(value) if modality == "image" else decode_audio(value)
+                # within the model's recipe's data.limits (and --limit), as its corpus was embedded
+                limits = model_limits(model)
+                x = decode_image(value, limits) if modality == "image" else decode_audio(value, limits)
             except SampleError as e:
                 raise DataError(f"{value if isinstance(value, str) else 'upload'}: {e}") from None
             tf = getattr(model, f"{modality}_transform")
@@ -180,6 +182,19 @@ def format_hits(results: Dict[str, List[dict]]) -> str:
             lines.append(f"  {h['rank']:3d}  {h['score']:.4f}  {printable(h['key'])}  {cap}  "
                          f"({printable(os.path.basename(h['shard']))})")
     return "\n".join(lines)
+
+
+def corpus_root(indexes: Dict[str, Index]) -> str:
+    """The folder the indexed corpus was embedded from (absolute; index.json's `root`), or for an index built before
+    it was recorded, the deepest folder holding every shard its rows name."""
+    any_ix = next(iter(indexes.values()))
+    meta = os.path.join(os.path.dirname(any_ix.path), "index.json")
+    if os.path.isfile(meta):
+        root = json.load(open(meta)).get("root")
+        if isinstance(root, str) and os.path.isabs(root):
+            return os.path.normpath(root)
+    dirs = {os.path.dirname(os.path.abspath(str(s))) for ix in indexes.values() for s in ix.table["shard"].unique()}
+    return os.path.commonpath(sorted(dirs)) if dirs else os.path.abspath(os.path.dirname(any_ix.path))
 
 
 def check_model(indexes: Dict[str, Index], model) -> None:

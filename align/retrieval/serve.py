@@ -6,10 +6,15 @@
     GET  /media/<modality>/<id>              the sample's bytes, read from its shard by byte range
     GET  /health                             indexes and sizes
 
-JSON answers: {"query": ..., "results": {target: [{rank, score, key, caption, shard, id, media_url}]}}.
-Bad requests get a 4xx with {"error": one line}: 400 empty query, unknown modality, undecodable upload,
-bad k, a JSON "text" that is not a string or "target" not a string / list of strings, a text body not UTF-8;
-413 upload over --max-upload-mb; 411 upload without Content-Length; 404 unknown path or id.
+JSON answers: {"query": ..., "results": {target: [{rank, score, key, caption, shard, id, media_url}]}}; `shard` is
+the shard's path relative to the corpus folder `align embed` read (`test/0.tar` of an eval set, `shard-000003.tar`
+of a folder of shards), never a path of the server. Bad requests get a 4xx with {"error": one line}: 400 empty
+query, unknown modality, undecodable upload, bad k, a JSON "text" that is not a string or "target" not a string /
+list of strings, a text body not UTF-8; 413 upload over --max-upload-mb; 411 upload without Content-Length; 404
+unknown path or id, or a shard that is no longer a file inside the corpus folder (a link out of it, say). A bug
+is a 500 {"error": "internal error (request id ID)", "request_id": ID}; stderr gets the id and the exception.
+/media/<modality>/<id> takes an index id only (ASCII digits): a path in the URL, encoded or not, is a 404, and the
+shard its row names is opened only when it resolves (links followed) to a regular file inside the corpus folder.
 Binds to 127.0.0.1 unless --host says otherwise. Encoding runs under one lock (a CPU model is not faster
 with several queries encoding at once on a small machine); the HTTP threads stay responsive around it.
 """
@@ -17,14 +22,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
+import stat
+import sys
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict
+from typing import Dict, Optional
 from urllib.parse import parse_qs, urlparse
 
-from align.errors import AlignError
-from align.retrieval.search import Index, check_model, load_indexes, search_all
+from align.errors import AlignError, printable
+from align.retrieval.search import Index, check_model, corpus_root, load_indexes, search_all
 
 MAX_K = 1000
 DRAIN_MAX = 64 << 20
@@ -48,11 +57,46 @@ def content_type(data: bytes) -> str:
 
 
 class SearchService:
-    """Indexes + model; answers queries and media requests (shared by every request thread)."""
+    """Indexes + model; answers queries and media requests (shared by every request thread). root: the corpus
+    folder (absolute; default: search.corpus_root of the indexes): answers name shards relative to it, and media
+    are read only from files inside it."""
 
-    def __init__(self, indexes: Dict[str, Index], model, max_upload: int = 10 << 20):
+    def __init__(self, indexes: Dict[str, Index], model, max_upload: int = 10 << 20, root: Optional[str] = None):
         self.indexes, self.model, self.max_upload = indexes, model, max_upload
+        self.root = os.path.abspath(root or corpus_root(indexes))
         self.lock = threading.Lock()
+
+    def shown(self, shard: str) -> str:
+        """A shard as an answer names it: its path relative to the corpus folder ('/'-separated); one that is not
+        under it (an index edited by hand) by its file name only, never a path of the server."""
+        rel = self.relative(shard)
+        return rel if rel is not None else os.path.basename(str(shard))
+
+    def relative(self, shard: str) -> Optional[str]:
+        """The shard's path under the corpus folder, or None when it is not under it (.., another folder)."""
+        shard = str(shard)
+        full = os.path.normpath(shard if os.path.isabs(shard) else os.path.join(self.root, shard))
+        if os.path.commonpath([self.root, full]) != self.root or full == self.root:
+            return None
+        return os.path.relpath(full, self.root).replace(os.sep, "/")
+
+    def _open_shard(self, rel: str):
+        """The shard at root/rel, opened for reading when it resolves (links followed) to a regular file inside
+        the corpus folder; a 404 naming `rel` otherwise (a link out of the folder, a device, a missing file)."""
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(os.path.join(self.root, rel))
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise HttpError(404, f"{rel}: not a file inside the corpus folder (a link out of it); not served")
+        try:
+            # a link put there since: refused; a FIFO: not waited on (then refused as no regular file)
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError as e:
+            raise HttpError(404, f"{rel}: cannot read: {e.strerror}") from None
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise HttpError(404, f"{rel}: not a regular file; not served")
+        return f
 
     def query(self, modality: str, value, k: int, targets) -> dict:
         if modality not in ("text", "image", "audio"):
@@ -71,6 +115,7 @@ class SearchService:
         for target, hits in res.items():
             for h in hits:
                 h["media_url"] = f"/media/{target}/{h['id']}" if target != "text" else None
+                h["shard"] = self.shown(h["shard"])
         return {"query": {"modality": modality, **({"text": value} if modality == "text" else {})},
                 "results": res}
 
@@ -80,12 +125,16 @@ class SearchService:
         if ix is None or modality == "text" or not (ident.isascii() and ident.isdigit()) or int(ident) >= len(ix):
             raise HttpError(404, f"no {modality} item {ident}")
         row = ix.rows([int(ident)])[0]
+        rel = self.relative(row["shard"])
+        if rel is None:
+            raise HttpError(404, f"{modality} item {ident}: its shard {self.shown(row['shard'])} is not inside the "
+                                 f"corpus folder; not served")
         try:
-            with open(row["shard"], "rb") as f:
+            with self._open_shard(rel) as f:
                 f.seek(int(row["media_offset"]))
                 data = f.read(int(row["media_size"]))
         except OSError as e:
-            raise HttpError(404, f"{row['shard']}: cannot read: {e.strerror}") from None
+            raise HttpError(404, f"{rel}: cannot read: {e.strerror}") from None
         return data, content_type(data)
 
 
@@ -148,8 +197,13 @@ class Handler(BaseHTTPRequestHandler):
             self._json(e.status, {"error": str(e)})
         except TimeoutError:               # the body stopped arriving (timeout): drop the connection, no answer
             self.close_connection = True
-        except Exception as e:  # a bug must not kill the thread silently; the client still gets an answer
-            self._json(500, {"error": f"{type(e).__name__}: {e}"})
+        except Exception:  # a bug must not kill the thread silently; the client still gets an answer
+            # ... a generic one: an exception's text can hold the server's paths and internals; the log has it
+            rid = secrets.token_hex(4)
+            print(f"align serve: request {rid} ({printable(self.command)} {printable(self.path[:200])}) failed:\n"
+                  f"{traceback.format_exc().rstrip()}", file=sys.stderr, flush=True)
+            self._json(500, {"error": f"internal error (request id {rid}); the server's log has the details",
+                             "request_id": rid})
 
     def do_GET(self):
         self._guard(self._get)

@@ -132,7 +132,7 @@ def fake_cli(monkeypatch):
     import align.bench.models as models
     from tests.bench.conftest import FakeModel
     loaded = []
-    monkeypatch.setattr(models, "load_model", lambda spec, pretrained=None, device="cpu":
+    monkeypatch.setattr(models, "load_model", lambda spec, pretrained=None, device="cpu", limits=None:
                         loaded.append(spec) or FakeModel(name=str(spec)))
     return loaded
 

@@ -24,9 +24,9 @@ TINY_AUDIO_VIT = {"type": "audio", "clip_seconds": 0.31, "n_mels": 32, "width": 
 
 
 def make_run(root, *, towers=None, open_clip=True, embed_dim=16, logit_bias=None, summary=None, evals=None,
-             seed=0, name=None, pairs=None, noise=0.02):
+             seed=0, name=None, pairs=None, noise=0.02, limits=None):
     """Writes a run dir under root/run and returns (run_dir, model); noise: the std of the random numbers
-    added to every parameter."""
+    added to every parameter; limits: the recipe's data.limits."""
     model_sec = {"embed_dim": embed_dim}
     if open_clip:
         model_sec["open_clip"] = json.loads(json.dumps(TINY_OPEN_CLIP))
@@ -41,6 +41,8 @@ def make_run(root, *, towers=None, open_clip=True, embed_dim=16, logit_bias=None
         d["name"] = name
     if pairs:
         d.setdefault("loss", {})["pairs"] = pairs
+    if limits:
+        d["data"]["limits"] = limits
     r = parse_recipe(d)
     model = build_model(r.model)
     g = torch.Generator().manual_seed(seed)

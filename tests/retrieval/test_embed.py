@@ -371,3 +371,43 @@ def test_a_modalities_list_of_nothing_is_one_line_not_all(tmp_path, capsys, monk
     assert main(args + ["--out", str(tmp_path / "o"), "--modalities", " , "]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["align: error: --modalities: a comma list of modalities (image, text, audio), got ' , '"]
+
+
+def test_limit_decides_what_is_embedded_and_a_resume_under_other_limits_is_refused(tmp_path, capsys, tri_run):
+    """`align embed` decoded with the default limits whatever the model's recipe said; the model's limits (here
+    --limit over them) now decide, a skip names --limit, the manifest records them and a rerun into the same --out
+    under other limits is refused rather than mixing two skip rules."""
+    run, _ = tri_run
+    tri_shards(tmp_path / "shards", n_shards=1, per_shard=3)          # 0.05 s clips
+    cmd = ["embed", run, "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "emb"), "--no-progress"]
+    assert main(cmd + ["--limit", "max_audio_seconds=0.01"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "vectors: image 3, text 3, 3 skipped" in line, line
+    done = json.load(open(tmp_path / "emb" / "parts" / "part-00000.done.json"))
+    first = done["errors"][0]
+    assert "(--limit max_audio_seconds=VALUE accepts it)" in first and "data.limits" not in first
+    assert json.load(open(tmp_path / "emb" / "manifest.json"))["limits"] == {"max_audio_seconds": 0.01}
+    assert main(cmd) == 2                                              # the recipe's limits (the defaults here)
+    assert "holds embeddings of another run (limits differs" in capsys.readouterr().err
+    assert main(cmd[:-3] + ["--out", str(tmp_path / "emb2"), "--no-progress"]) == 0
+    assert "vectors: image 3, audio 3, text 3, 0 skipped" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "emb2" / "manifest.json"))["limits"] == {}
+
+
+def test_the_manifest_records_the_corpus_folder(tmp_path, tri_run):
+    """`align serve` answers shard paths relative to it: an eval set's ROOT, a folder of shards, or for a pattern
+    the deepest folder holding every shard."""
+    from align.retrieval.embed import corpus_root
+    shards = tri_shards(tmp_path / "a" / "shards", n_shards=2, per_shard=1)
+    assert corpus_root(str(tmp_path / "a" / "shards"), shards) == str(tmp_path / "a" / "shards")
+    assert corpus_root(str(tmp_path / "a" / "shards" / "shard-{000..001}.tar"), shards) == \
+        str(tmp_path / "a" / "shards")
+    other = tri_shards(tmp_path / "b", n_shards=1, per_shard=1)
+    assert corpus_root("ignored-pattern", shards + other) == str(tmp_path)
+    assert corpus_root(str(tmp_path / "b"), shards + other) == str(tmp_path)    # a folder not holding them all
+    _, model = tri_run
+    embed_corpus(model, str(tmp_path / "a" / "shards"), str(tmp_path / "emb"), progress=False)
+    assert json.load(open(tmp_path / "emb" / "manifest.json"))["root"] == str(tmp_path / "a" / "shards")
+    _eval_set(tmp_path / "evalset")                                    # ROOT/test/N.tar: ROOT
+    embed_corpus(model, str(tmp_path / "evalset"), str(tmp_path / "emb2"), modalities=["text"], progress=False)
+    assert json.load(open(tmp_path / "emb2" / "manifest.json"))["root"] == str(tmp_path / "evalset")

@@ -153,9 +153,9 @@ def test_two_processes_filter_like_one(tmp_path, corpus):
 
 def test_encoding_flags_are_refused_with_given_embeddings_and_reach_the_embedding_without(tmp_path, capsys,
                                                                                           monkeypatch):
-    """With --emb nothing is encoded: --batch-size, --precision, --engine and --device are one line each (exit 2,
-    before the model loads), not silently ignored; without --emb they reach filter_shards (defaults: 256, fp32,
-    torch)."""
+    """With --emb nothing is encoded: --batch-size, --precision, --engine, --device and --limit are one line each
+    (exit 2, before the model loads), not silently ignored; without --emb they reach filter_shards (defaults: 256,
+    fp32, torch)."""
     from align.retrieval import cli as rcli
     from align.retrieval import filter as rfilter
     loaded, seen = [], {}
@@ -163,7 +163,7 @@ def test_encoding_flags_are_refused_with_given_embeddings_and_reach_the_embeddin
     monkeypatch.setattr(rfilter, "filter_shards", lambda model, data, out, **kw: seen.update(kw))
     base = ["data", "filter", str(tmp_path), "--model", "m", "--out", str(tmp_path / "f"), "--min-score", "0"]
     for flag, value in (("--batch-size", "3"), ("--precision", "bf16"), ("--engine", "onnxruntime"),
-                        ("--device", "cpu")):
+                        ("--device", "cpu"), ("--limit", "max_audio_seconds=5")):
         capsys.readouterr()
         assert main(base + ["--emb", str(tmp_path / "emb"), flag, value]) == 2
         err = capsys.readouterr().err.strip().splitlines()

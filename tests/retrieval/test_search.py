@@ -142,3 +142,21 @@ def test_printed_hits_escape_the_control_characters_of_keys_and_captions():
                                    "caption": "cap\x1b[2J\x1b]52;c;ZXZpbA==\x07"}]})
     assert "\x1b" not in text and "\x07" not in text
     assert "k\\x1b]0;pwned\\x07" in text and "cap\\x1b[2J\\x1b]52;c;ZXZpbA==\\x07" in text
+
+
+def test_a_query_is_decoded_within_the_models_limits_and_limit_replaces_one(built, capsys, tmp_path):
+    """The query file was decoded within the default limits whatever the model's recipe said; the model's limits
+    decide, --limit replaces one, and the refusal names --limit (the option `align search` has)."""
+    from tests.wds_helpers import flac_bytes
+    run, d = built
+    (tmp_path / "q.flac").write_bytes(flac_bytes(0, n=1600))                   # 0.1 s
+    base = ["search", str(d / "ix"), "--model", run, "--audio", str(tmp_path / "q.flac"), "--json"]
+    capsys.readouterr()
+    assert main(base) == 0
+    assert main(base + ["--limit", "max_audio_seconds=0.05"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "audio too long" in err[0] and "over max_audio_seconds=0.05" in err[0], err
+    assert err[0].endswith("(--limit max_audio_seconds=VALUE accepts it)") and "data.limits" not in err[0], err
+    assert main(base + ["--limit", "max_audio_secs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown limit 'max_audio_secs'; valid names: " in err[0], err

@@ -1,5 +1,6 @@
 """`align serve`: the JSON API and the page, against a server on 127.0.0.1 (urllib, no browser)."""
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -186,3 +187,134 @@ def test_a_client_that_stops_sending_is_dropped_and_the_server_goes_on(server):
     finally:
         handler.timeout = old
     assert _get(base + "/health")[0] == 200
+
+
+def _raw(base, target: bytes):
+    """GET `target` exactly as given (no client-side normalisation of dots or escapes) -> (status, body)."""
+    import socket
+    from urllib.parse import urlparse
+    u = urlparse(base)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as c:
+        c.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _image_id_of(srv, shard_name: str) -> int:
+    """The index id of an image row read from the shard named shard_name."""
+    table = srv.RequestHandlerClass.service.indexes["image"].table
+    return int(table.index[table["shard"].str.endswith("/" + shard_name)][0])
+
+
+def test_answers_name_shards_relative_to_the_corpus_folder_never_the_servers_paths(server):
+    """/search carried each hit's absolute shard path (the server's folder layout); it names the shard relative to
+    the folder `align embed` read, and no answer holds the server's path."""
+    base, srv = server
+    root = srv.RequestHandlerClass.service.root
+    assert json.load(open(os.path.join(srv.index_dir, "index.json")))["root"] == root
+    assert root.endswith("shards") and os.path.isdir(root)
+    for status, _, body in (_get(base + "/search?q=a+red+cat&k=10"),
+                            _post(base + "/search", json.dumps({"text": "dog", "k": 10}).encode(),
+                                  "application/json")):
+        got = json.loads(body)["results"]
+        assert status == 200 and {h["shard"] for hits in got.values() for h in hits} == {"shard-000.tar",
+                                                                                         "shard-001.tar"}
+        assert os.path.dirname(root).encode() not in body, body
+    status, body = _raw(base, b"/media/image/999999")
+    assert status == 404 and os.path.dirname(root).encode() not in body
+
+
+def test_a_bug_is_a_generic_500_with_a_request_id_and_the_log_has_the_exception(server, capsys, monkeypatch):
+    base, srv = server
+    service = srv.RequestHandlerClass.service
+
+    def broken(*a, **k):
+        raise RuntimeError(f"secret detail {service.root}/private.tar")
+    monkeypatch.setattr(service, "query", broken)
+    capsys.readouterr()
+    status, ctype, body = _get(base + "/search?q=cat")
+    answer = json.loads(body)
+    rid = answer["request_id"]
+    assert status == 500 and ctype == "application/json" and len(rid) == 8 and set(rid) <= set("0123456789abcdef")
+    assert answer["error"] == f"internal error (request id {rid}); the server's log has the details"
+    assert b"secret" not in body and b"RuntimeError" not in body and service.root.encode() not in body
+    err = capsys.readouterr().err
+    assert f"align serve: request {rid} (GET /search?q=cat) failed:" in err and "RuntimeError: secret detail" in err
+    monkeypatch.undo()
+    assert _get(base + "/search?q=still+alive")[0] == 200                     # the server carries on
+
+
+@pytest.mark.parametrize("target", [
+    b"/media/image/..%2F..%2F..%2Fetc%2Fpasswd", b"/media/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    b"/media/image/../../../etc/passwd", b"/media/../../etc/passwd", b"/media/image//etc/passwd",
+    b"/media/image/%2Fetc%2Fpasswd", b"/media/image/0/../../../etc/passwd", b"/media/%2e%2e/0",
+    b"/media/image/0%00", b"/media/image/-1", b"/media/image/0x1", b"/media/image/1e0", b"/media/image/%30",
+    b"/media/image/shard-000.tar", b"/media/text/0", b"//etc/passwd", b"/..%2f..%2fetc%2fpasswd",
+])
+def test_a_path_in_a_media_url_is_404_however_it_is_spelt(server, target):
+    """/media takes an index id (ASCII digits) only: a path, `..`, an absolute path, escapes of either, a NUL, a
+    shard's name: 404, and no byte of a file."""
+    base, _ = server
+    status, body = _raw(base, target)
+    assert status == 404 and b"root:" not in body and json.loads(body)["error"], (target, body)
+
+
+def test_media_is_read_only_from_files_inside_the_corpus_folder(server, tmp_path):
+    """A row naming a shard outside the corpus (an absolute path, `..`: an index edited by hand) and a shard
+    replaced by a link out of the folder are 404s; a link inside the folder is served."""
+    base, srv = server
+    service = srv.RequestHandlerClass.service
+    root = service.root
+    ident = _image_id_of(srv, "shard-000.tar")
+    records = service.indexes["image"]._records
+    row = records[ident]
+    good = _get(f"{base}/media/image/{ident}")
+    assert good[0] == 200 and good[2][:2] == b"\xff\xd8"
+    shard = row["shard"]
+    outside = tmp_path / "outside.tar"
+    outside.write_bytes(open(shard, "rb").read())                      # the same bytes, outside the folder
+    try:
+        for bad in (str(outside), "../outside.tar", os.path.join(root, "..", "outside.tar"), "/etc/passwd"):
+            records[ident] = dict(row, shard=bad)
+            status, _, body = _get(f"{base}/media/image/{ident}")
+            assert status == 404 and "is not inside the corpus folder" in json.loads(body)["error"], (bad, body)
+            assert str(tmp_path).encode() not in body
+        records[ident] = row
+        os.rename(shard, shard + ".moved")
+        os.symlink(outside, shard)                                     # a link out of the folder
+        status, _, body = _get(f"{base}/media/image/{ident}")
+        assert status == 404 and "a link out of it" in json.loads(body)["error"] and b"outside" not in body, body
+        os.remove(shard)
+        os.symlink(shard + ".moved", shard)                            # a link to a file inside: served
+        assert _get(f"{base}/media/image/{ident}")[2] == good[2]
+        os.remove(shard)
+        os.symlink("/dev/zero", shard)
+        assert _get(f"{base}/media/image/{ident}")[0] == 404
+        os.remove(shard)
+        os.mkfifo(shard)                                               # inside the folder, but no file: not waited on
+        status, _, body = _get(f"{base}/media/image/{ident}")
+        assert status == 404 and "not a regular file" in json.loads(body)["error"], body
+    finally:
+        records[ident] = row
+        if os.path.lexists(shard):
+            os.remove(shard)
+        os.rename(shard + ".moved", shard)
+    assert _get(f"{base}/media/image/{ident}")[2] == good[2]
+
+
+def test_an_index_that_names_no_root_takes_the_folder_holding_its_shards(tmp_path):
+    """An index built before index.json recorded the corpus folder: the deepest folder holding every shard."""
+    import pandas as pd
+
+    from align.retrieval.search import corpus_root
+
+    class Ix:
+        path = str(tmp_path / "ix" / "image")
+        table = pd.DataFrame({"shard": [str(tmp_path / "c" / "a" / "0.tar"), str(tmp_path / "c" / "b" / "1.tar")]})
+    (tmp_path / "ix").mkdir()
+    assert corpus_root({"image": Ix()}) == str(tmp_path / "c")
+    (tmp_path / "ix" / "index.json").write_text(json.dumps({"modalities": ["image"], "root": str(tmp_path / "r")}))
+    assert corpus_root({"image": Ix()}) == str(tmp_path / "r")
