@@ -11,10 +11,11 @@ the shard's path relative to the corpus folder `align embed` read (`test/0.tar` 
 of a folder of shards), never a path of the server. Bad requests get a 4xx with {"error": one line}: 400 empty
 query, unknown modality, undecodable upload, bad k, a JSON "text" that is not a string or "target" not a string /
 list of strings, a text body not UTF-8; 413 upload over --max-upload-mb; 411 upload without Content-Length; 404
-unknown path or id, or a shard that is no longer a file inside the corpus folder (a link out of it, say). A bug
+unknown path or id, a row naming a shard outside the corpus folder, or a shard that is no regular file. A bug
 is a 500 {"error": "internal error (request id ID)", "request_id": ID}; stderr gets the id and the exception.
 /media/<modality>/<id> takes an index id only (ASCII digits): a path in the URL, encoded or not, is a 404, and the
-shard its row names is opened only when it resolves (links followed) to a regular file inside the corpus folder.
+shard its row names is opened only when the row's path lies inside the corpus folder and is a regular file (a link
+is followed: shards linked in from another disk are served).
 Binds to 127.0.0.1 unless --host says otherwise. Encoding runs under one lock (a CPU model is not faster
 with several queries encoding at once on a small machine); the HTTP threads stay responsive around it.
 """
@@ -81,15 +82,13 @@ class SearchService:
         return os.path.relpath(full, self.root).replace(os.sep, "/")
 
     def _open_shard(self, rel: str):
-        """The shard at root/rel, opened for reading when it resolves (links followed) to a regular file inside
-        the corpus folder; a 404 naming `rel` otherwise (a link out of the folder, a device, a missing file)."""
-        real_root = os.path.realpath(self.root)
-        real = os.path.realpath(os.path.join(self.root, rel))
-        if os.path.commonpath([real_root, real]) != real_root:
-            raise HttpError(404, f"{rel}: not a file inside the corpus folder (a link out of it); not served")
+        """The shard at root/rel (`relative` kept the row's path lexically inside the corpus folder), opened for
+        reading when it is a regular file; a 404 naming `rel` otherwise (a device, a FIFO, a missing file). A
+        shard that is a link is followed wherever it points: folders of links into other disks are a common
+        corpus layout, the rows come from the user's own `align embed`, and a request picks only an id."""
         try:
-            # a link put there since: refused; a FIFO: not waited on (then refused as no regular file)
-            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            # a FIFO: not waited on (then refused as no regular file)
+            fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError as e:
             raise HttpError(404, f"{rel}: cannot read: {e.strerror}") from None
         f = os.fdopen(fd, "rb")

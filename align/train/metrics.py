@@ -211,6 +211,7 @@ def run_val(core, r: Recipe, acc, step: int) -> dict:
         return {}
     from align.train.evaluate import evaluate_model
     core.eval()
+    core.data_limits = r.data.limits    # the val set's media are decoded within the recipe's limits, as training's
     flat = evaluate_model(core, r.data.val, tasks=r.eval.tasks, batch_size=r.eval.batch_size, progress=False)
     acc.log({f"val/{k}": v for k, v in flat.items()}, step=step)
     with open(os.path.join(r.output_dir, rundir.EVAL), "a") as f:

@@ -125,3 +125,31 @@ def test_the_retrieval_figure_draws_a_set_of_one_class_or_fewer_items_than_k(tmp
     assert retrieval_figure(FakeModel(), str(val), png, n_queries=5, k=5) == png
     w, h = Image.open(png).size
     assert w > 100 and h > 50
+
+
+def test_the_runs_evaluation_decodes_the_val_set_within_the_recipes_data_limits(tmp_path):
+    """run_val (the periodic and final evaluation of `align train`) reads data.val within the recipe's
+    data.limits, as training reads its shards (and align bench a trained model's): here max_audio_seconds 0.05
+    skips the six 0.1 s clips, which the default limits (600 s) would have scored."""
+    import json
+    from types import SimpleNamespace
+
+    from align.limits import DataLimits
+    from align.train.metrics import run_val
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i:05d}", {"cls": str(i % 2), "png": png_bytes(rng), "txt": f"a {NAMES[i % 2]}",
+                              "flac": wav_bytes(rng, n=80 if i < 6 else 800, fmt="FLAC")}) for i in range(12)]
+    val = write_wds(tmp_path / "val", samples, classnames=NAMES[:2], templates=["a {c}."])
+    limits = DataLimits(max_audio_seconds=0.05)
+    r = SimpleNamespace(data=SimpleNamespace(val=val, limits=limits), output_dir=str(tmp_path),
+                        eval=SimpleNamespace(tasks=["zeroshot"], batch_size=4))
+    acc = SimpleNamespace(is_main_process=True, log=lambda *a, **k: None)
+    core = FakeModel()
+    core.eval = lambda: core
+    flat = run_val(core, r, acc, step=3)
+    within, default = FakeModel(), FakeModel()
+    within.data_limits = limits
+    assert flat == evaluate_model(within, val, tasks=["zeroshot"], batch_size=4)
+    assert flat["audio/zeroshot/acc1"] != evaluate_model(default, val, tasks=["zeroshot"], batch_size=4)[
+        "audio/zeroshot/acc1"]
+    assert json.loads(open(tmp_path / "eval.jsonl").read())["step"] == 3
