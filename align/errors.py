@@ -8,14 +8,16 @@ import re
 
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
 # C0 and C1 controls, and the Unicode bidirectional controls (LRM/RLM, embeddings and overrides, isolates): a key
-# with U+202E RIGHT-TO-LEFT OVERRIDE prints "gpj.exe" reversed as "exe.jpg" (the "Trojan Source" trick)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# with U+202E RIGHT-TO-LEFT OVERRIDE prints "gpj.exe" reversed as "exe.jpg" (the "Trojan Source" trick). Also the
+# line and paragraph separators U+2028/U+2029 (a terminal or log viewer breaks the one line there) and lone
+# surrogates (a file name that is not UTF-8, read with surrogateescape: print fails on them with UnicodeEncodeError)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text) -> str:
-    """`text` with its control characters written as escapes (ESC as \\x1b, a newline as \\n): keys, captions and
-    member names come from the data, and printed raw an ESC sequence clears the screen, retitles the terminal or
-    writes the clipboard (OSC 52)."""
+    """`text` with its control characters written as escapes (ESC as \\x1b, a newline as \\n, U+2028 as \\u2028, a
+    lone surrogate as \\udcff): keys, captions and member names come from the data, and printed raw an ESC sequence
+    clears the screen, retitles the terminal or writes the clipboard (OSC 52)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 

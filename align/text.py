@@ -9,6 +9,8 @@
   every text path refuses it the same way (a caption: the sample is skipped and counted; a typed text: one line).
 - `refuse_surrogates(texts, what)`: DataError naming the first text of `texts` that holds one (the text towers'
   `tokenize` and `align.model.text_list`).
+- `json_utf8(json_text)`: JSON written with ensure_ascii=False, each lone surrogate as its \\uXXXX escape, so UTF-8
+  can hold it (a key or path from a file name that is not UTF-8, read with surrogateescape) and it loads back as it was.
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ def lone_surrogate(text: str) -> str:
     """"lone surrogate at position N" for the first surrogate code point in `text`, or ""."""
     m = _SURROGATE.search(text)
     return f"lone surrogate at position {m.start()}" if m else ""
+
+
+def json_utf8(json_text: str) -> str:
+    """`json_text` (json.dumps with ensure_ascii=False) with every surrogate code point written as its JSON escape:
+    other text stays readable, and the result encodes to UTF-8 (a surrogate can only stand inside a JSON string)."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
 
 
 def refuse_surrogates(texts: Sequence[str], what: str = "tokenize") -> None:

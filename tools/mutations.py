@@ -78,6 +78,10 @@ TXT_E2E = (TXT_VALUES +
            "test_jsonl_rows_with_lone_surrogates_are_skipped_and_a_line_separator_reaches_training_and_bench")
 SURR_STREAM = "tests/data/stream/test_decode.py::test_a_caption_with_a_lone_surrogate_skips_its_sample_and_names_it"
 TOWERS_AGREE = "tests/test_text.py::test_every_text_tower_refuses_a_lone_surrogate_with_the_same_line"
+NOT_UTF8 = ("tests/data/write/test_shards.py::"
+            "test_a_folder_whose_file_names_are_not_utf8_is_written_and_its_skips_recorded")
+SNIPPET_SURROGATE = ("tests/export/test_onnx_format.py::"
+                     "test_the_snippets_tokenize_refuses_a_lone_surrogate_as_align_does_for_every_tokenizer")
 BOW_PUNCT = ("tests/towers/test_bow.py::"
              "test_punctuation_unicode_drops_every_punctuation_mark_and_the_default_keeps_its_reading")
 MUTATIONS = [
@@ -1909,4 +1913,33 @@ MUTATIONS = [
       "    core.data_limits = r.data.limits    #", "    pass    #",
       ["tests/train/test_evaluate.py::test_the_runs_evaluation_decodes_the_val_set_within_the_recipes_data_limits"],
       "the run's evaluation decoded data.val within the default limits, not the recipe's"),
+    # names that are not UTF-8, the separators printable left, the snippet's surrogate check, non-object metrics rows,
+    # --study names of a study folder's own files
+    M("follow.jsonl_lone_surrogate_unescaped", "align/data/write/jobdir.py",
+      "f.write(json_utf8(json.dumps(item, ensure_ascii=False, sort_keys=True)) + \"\\n\")",
+      "f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + \"\\n\")", [NOT_UTF8],
+      "skipped.jsonl of a sample named b'nocap\\xff': UnicodeEncodeError"),
+    M("follow.sample_json_lone_surrogate_unescaped", "align/data/write/sample.py",
+      "    members[\"json\"] = json_utf8(json.dumps(", "    members[\"json\"] = (json.dumps(", [NOT_UTF8]),
+    M("follow.folder_fingerprint_strict_utf8", "align/data/write/inputs.py",
+      ".encode(\"utf-8\", \"surrogateescape\")).hexdigest()", ".encode()).hexdigest()", [NOT_UTF8]),
+    M("follow.printable_keeps_line_separators", "align/errors.py", '\\x9f\\u2028\\u2029\\ud800', '\\x9f\\ud800',
+      ["tests/test_errors.py"], "a key holding U+2028 broke its one line in a terminal or log viewer"),
+    M("follow.printable_keeps_lone_surrogates", "align/errors.py", '\\u2029\\ud800-\\udfff\\u200e', '\\u2029\\u200e',
+      ["tests/test_errors.py"], "print of a name that is not UTF-8: UnicodeEncodeError"),
+    M("follow.snippet_tokenize_takes_a_lone_surrogate", "align/export/model_card.py",
+      "        if m:\n            raise ValueError(f\"tokenize: texts[{i}]",
+      "        if False:\n            raise ValueError(f\"tokenize: texts[{i}]", [SNIPPET_SURROGATE],
+      "the hf snippet's tokenize: transformers' TypeError 'TextEncodeInput must be Union[...]'"),
+    M("follow.metrics_row_not_an_object_read", "align/train/storage.py",
+      "            if not isinstance(row, dict):       # that", "            if row is None:       # that",
+      ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
+      "a metrics.jsonl line `3`: AttributeError on resume"),
+    M("follow.study_named_like_a_trial_dir", "align/sweep/study.py",
+      "    if study is not None and (_is_trial_dir(study) or", "    if study is not None and (False or",
+      ["tests/sweep/test_study.py::test_a_study_named_like_a_trials_run_dir_is_refused_before_anything"],
+      "--study trial-0003 without --out: inside the recipe's study's run dir trial-0003"),
+    M("follow.study_named_like_the_storage", "align/sweep/study.py",
+      "                              or study.lower().startswith(\"study.db\")):", "                              ):",
+      ["tests/sweep/test_study.py::test_a_bad_option_is_one_line_naming_it"]),
 ]

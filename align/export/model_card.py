@@ -157,6 +157,20 @@ def preprocess_image(img):
     return np.ascontiguousarray(x, dtype=np.float32)
 '''
 
+_TEXT_CHECK = '''
+
+def _texts(texts):
+    """list of str, or ValueError naming the first text holding a lone surrogate (half of a UTF-16 pair): align
+    refuses it in every text tower, and the Hugging Face tokenizers fail on it with a TypeError"""
+    import re
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        m = re.search("[\\ud800-\\udfff]", t) if isinstance(t, str) else None
+        if m:
+            raise ValueError(f"tokenize: texts[{i}]: lone surrogate at position {m.start()} (half of a UTF-16 pair, "
+                             "not a character: no tokenizer reads it)")
+    return texts'''
+
 _TEXT = {
     "open_clip_simple": '''
 
@@ -176,7 +190,8 @@ def _tokenizer():
 
 def tokenize(texts):
     """list of str -> int64 [B, context_length]"""
-    return _tokenizer()(list(texts)).numpy().astype(np.int64)
+    texts = _texts(texts)
+    return _tokenizer()(texts).numpy().astype(np.int64)
 ''',
     "open_clip_hf": '''
 
@@ -190,7 +205,8 @@ def _tokenizer():
 
 def tokenize(texts):
     """list of str -> int64 [B, context_length]"""
-    return _tokenizer()(list(texts)).numpy().astype(np.int64)
+    texts = _texts(texts)
+    return _tokenizer()(texts).numpy().astype(np.int64)
 ''',
     "hf": '''
 
@@ -202,8 +218,8 @@ def _tokenizer():
 
 def tokenize(texts):
     """list of str -> int64 [B, context_length] (right padding, truncation keeps the end token)"""
-    t = PP["towers"]["text"]["preprocess"]
-    ids = _tokenizer()(list(texts), padding="max_length", truncation=True, max_length=t["context_length"],
+    t, texts = PP["towers"]["text"]["preprocess"], _texts(texts)
+    ids = _tokenizer()(texts, padding="max_length", truncation=True, max_length=t["context_length"],
                        return_tensors="np")["input_ids"]
     return ids.astype(np.int64)
 ''',
@@ -321,7 +337,7 @@ def onnx_snippet(pp: dict) -> str:
         code += _IMAGE if towers["image"]["preprocess"].get("steps") else \
             _HF_IMAGE if towers["image"]["preprocess"].get("path") else ""
     if "text" in towers and towers["text"]["preprocess"]["kind"] in _TEXT:
-        code += _TEXT[towers["text"]["preprocess"]["kind"]]
+        code += _TEXT_CHECK + _TEXT[towers["text"]["preprocess"]["kind"]]
     if "audio" in towers:
         code += _AUDIO if towers["audio"]["preprocess"].get("mel_filterbank") else \
             _HF_AUDIO if towers["audio"]["preprocess"].get("path") else ""

@@ -308,6 +308,11 @@ def check_options(n_trials: int, prune_after: int, heartbeat_s: int, study: Opti
     if study is not None and (not study.strip() or study in (".", "..") or "/" in study or os.sep in study):
         raise AlignError(f"--study {study!r}: the study's runs go to the folder OUT/STUDY, so its name must be a "
                          f"folder name (not empty, '.' or '..', no '/')")
+    if study is not None and (_is_trial_dir(study) or study.lower() in (report.CSV, report.MARKDOWN, report.PLOT)
+                              or study.lower().startswith("study.db")):
+        raise AlignError(f"--study {study!r}: a name of what a study keeps in its folder (run dirs trial-NNNN, "
+                         f"{report.CSV}, {report.MARKDOWN}, {report.PLOT}, study.db): OUT/STUDY would be inside "
+                         "another study or its storage; name the study otherwise")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise AlignError(f"--out {out}: not a folder (the sweep writes its studies' run dirs and study.db in it)")
 
@@ -338,9 +343,12 @@ def study_folders(out: Optional[str], stem: str, name: str, say) -> tuple:
 
 def _holds_study(folder: str) -> bool:
     """A study's run dirs (trial-NNNN) or summary in folder."""
-    return os.path.isdir(folder) and any(
-        (e.startswith("trial-") and e.removeprefix("trial-").isdigit()) or e == report.CSV
-        for e in os.listdir(folder))
+    return os.path.isdir(folder) and any(_is_trial_dir(e) or e == report.CSV for e in os.listdir(folder))
+
+
+def _is_trial_dir(name: str) -> bool:
+    """`name` is of the form of a trial's run dir, trial-NNNN."""
+    return name.startswith("trial-") and name.removeprefix("trial-").isdigit()
 
 
 def run_sweep(recipe: str, space: str, n_trials: int, storage: Optional[str] = None, study: Optional[str] = None,

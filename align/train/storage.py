@@ -215,10 +215,12 @@ def _truncate(path: str, step: int) -> tuple:
                 continue
             try:
                 row = json.loads(line)
-                row_step = row.get("step")
             except ValueError:                  # a line cut by the crash itself
+                row = None
+            if not isinstance(row, dict):       # that, or JSON that is no row (`3`, `[1]`): dropped alike
                 dropped += 1
                 continue
+            row_step = row.get("step")
             if isinstance(row_step, (int, float)) and row_step > step:
                 dropped += 1
             else:

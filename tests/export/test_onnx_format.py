@@ -178,6 +178,11 @@ def test_timm_and_hf_towers(tmp_path):
     exec(readme_snippet(out), ns)
     texts = ["a dog barking loudly in the park", "", "a rather long sentence " * 8]
     assert np.array_equal(ns["tokenize"](texts), model.tokenize(texts).numpy())
+    with pytest.raises(ValueError, match=r"^tokenize: texts\[1\]: lone surrogate at position 4 ") as snippets:
+        ns["tokenize"](["ok", "bad \ud800 text"])        # was transformers' TypeError "TextEncodeInput must be..."
+    with pytest.raises(AlignError) as ours:
+        model.tokenize(["ok", "bad \ud800 text"])
+    assert str(snippets.value) == str(ours.value)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 38, 3), dtype=np.uint8))
     x = model.image_transform(img)
     assert np.abs(ns["preprocess_image"](img) - x.numpy()).max() <= 1e-6
@@ -186,6 +191,23 @@ def test_timm_and_hf_towers(tmp_path):
     assert np.abs(ns["embed"]("text", ns["tokenize"](texts)) - z_txt).max() <= 1e-4
     assert np.abs(ns["embed"]("image", ns["preprocess_image"](img)[None]) - z_img).max() <= 1e-4
     assert _weights_equal_after_load(str(out), model)
+
+
+def test_the_snippets_tokenize_refuses_a_lone_surrogate_as_align_does_for_every_tokenizer(tmp_path):
+    """A text holding half of a UTF-16 pair is one ValueError naming it, before any tokenizer is read (the HF ones
+    fail on it with a TypeError, open_clip's read it as U+FFFD): the words of align.text.refuse_surrogates."""
+    from align.export.model_card import onnx_snippet
+    from align.text import refuse_surrogates
+    for kind in ("open_clip_simple", "open_clip_hf", "hf"):
+        pp, ns = {"towers": {"text": {"file": "text.onnx", "preprocess": {"kind": kind}}}}, {}
+        (tmp_path / "preprocess.json").write_text(json.dumps(pp))
+        exec(onnx_snippet(pp).replace('EXPORT_DIR = "."', f"EXPORT_DIR = {str(tmp_path)!r}"), ns)
+        ns["_tokenizer"] = lambda: pytest.fail("a text with a lone surrogate reached the tokenizer")
+        with pytest.raises(ValueError) as snippets:
+            ns["tokenize"](["ok", "é\u2028 fine", "bad \udcff"])
+        with pytest.raises(AlignError) as ours:
+            refuse_surrogates(["ok", "é\u2028 fine", "bad \udcff"])
+        assert str(snippets.value) == str(ours.value) and "texts[2]: lone surrogate at position 4" in str(ours.value)
 
 
 def _weights_equal_after_load(path, model):

@@ -303,6 +303,8 @@ def test_a_sweep_takes_a_val_csv_that_its_trials_write_as_an_eval_set(tmp_path):
     (["--pruner", "none", "--prune-after", "3"], "align: error: --prune-after: only with --pruner median"),
     (["--heartbeat", "0"], "align: error: --heartbeat: must be >= 1, got 0"),
     (["--study", "a/b"], "align: error: --study 'a/b': the study's runs go to the folder OUT/STUDY"),
+    (["--study", "study.db"], "align: error: --study 'study.db': a name of what a study keeps in its folder"),
+    (["--study", "Sweep.csv"], "align: error: --study 'Sweep.csv': a name of what a study keeps in its folder"),
 ])
 def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys, args, line):
     from align.cli import main
@@ -314,6 +316,17 @@ def test_a_bad_option_is_one_line_naming_it(tmp_path, capsys, args, line):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(line.replace("{FILE}", str(tmp_path / "file"))), err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_study_named_like_a_trials_run_dir_is_refused_before_anything(tmp_path, capsys, monkeypatch):
+    """Without --out, --study trial-0003 was sweeps/RECIPE/trial-0003: the recipe's own study's run dir."""
+    from align.cli import main
+    recipe, space = sweep_recipe(tmp_path), space_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", recipe, "--space", space, "--trials", "1", "--study", "trial-0003"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--study 'trial-0003': a name of what a study keeps in its folder (run dirs" in err[0]
+    assert not (tmp_path / "sweeps").exists()
 
 
 @pytest.mark.slow   # 20 s: two real sweeps; test_trial.py checks the run-dir claim in the default suite

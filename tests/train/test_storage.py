@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from align.train.storage import (STORAGE_EXIT, StorageError, is_storage_error, storage_line, truncate_metrics,
-                                 warn_if_tight)
+from align.train.storage import (STORAGE_EXIT, StorageError, is_storage_error, resume_metrics, storage_line,
+                                 truncate_metrics, warn_if_tight)
 from tests.conftest import checkout_env
 from tests.switch_helpers import final_weights, metrics, recipe, train_dict
 
@@ -56,6 +56,16 @@ def test_truncate_metrics_keeps_rows_up_to_the_resume_step_and_drops_a_cut_line(
     assert truncate_metrics(str(p), 20) == 3
     assert [json.loads(l)["step"] for l in p.read_text().splitlines()] == [10, 20]
     assert truncate_metrics(str(p), 20) == 0
+
+
+def test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line(tmp_path):
+    """`3` or `[1]` (valid JSON, not an object) raised AttributeError: 'int' object has no attribute 'get'."""
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 10, "loss": 0.5}\n3\n[1]\n"x"\nnull\n{"step": 20, "loss": 0.25}\n{"step": 30}\n')
+    assert resume_metrics(str(p), 20) == 0.25
+    assert [json.loads(l)["step"] for l in p.read_text().splitlines()] == [10, 20]
+    p.write_text('{"step": 10}\n[{"step": 40}]\n')
+    assert truncate_metrics(str(p), 10) == 1 and p.read_text() == '{"step": 10}\n'
 
 
 # -- a full disk in a run and an export: one line, partial files removed, the intact checkpoint resumes -------------

@@ -274,7 +274,7 @@ class FolderInput(Input):
         self.groups = [(s, g) for s, g in sorted(by_stem.items()) if set(g) - {"json"}]
         self.columns = [m for m in COLUMN_KINDS if any(m in g for _, g in self.groups)]
         self.kinds = {m: m for m in self.columns}
-        self._fp = hashlib.sha256("".join(sorted(listing)).encode()).hexdigest()
+        self._fp = hashlib.sha256("".join(sorted(listing)).encode("utf-8", "surrogateescape")).hexdigest()
 
     def __len__(self) -> int:
         return len(self.groups)

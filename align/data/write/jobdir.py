@@ -16,6 +16,7 @@ from typing import Any, Dict
 
 from align.errors import DataError
 from align.runlock import is_lock_file
+from align.text import json_utf8
 
 CB_SPLIT = "test"          # the split CLIP_benchmark's CLI and `align bench` read by default
 JOB_FILE = Path(".done") / "job.json"   # a job's settings, written first in its folder (what a resume must match)
@@ -28,7 +29,7 @@ def write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         if lines:
             for item in obj:
-                f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
+                f.write(json_utf8(json.dumps(item, ensure_ascii=False, sort_keys=True)) + "\n")
         else:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")

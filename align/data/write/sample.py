@@ -19,6 +19,7 @@ from align.data.write.jobdir import CB_SPLIT
 from align.data.write.media import encode_audio, encode_image
 from align.data.write.values import SkipRow, jsonable, read_captions, read_label, read_media
 from align.limits import JSON_TOO_LARGE, TEXT_TOO_LONG, DataLimits, as_limits
+from align.text import json_utf8
 from align.wds.format import NEG_EXT
 
 @dataclass
@@ -175,8 +176,8 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
             raise SkipRow("json: invalid", f"json: invalid sidecar {Path(sidecar).name!r} ({e})", str(sidecar)) from None
     if extra:
         meta["extra"] = extra
-    members["json"] = json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
-                                 allow_nan=False).encode("utf-8")
+    members["json"] = json_utf8(json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                                           allow_nan=False)).encode("utf-8")
     if len(members["json"]) > job.limits.max_json_bytes:
         raise SkipRow(JSON_TOO_LARGE, f"json: the sample's metadata is {len(members['json'])} bytes, over "
                                       f"data.limits.max_json_bytes={job.limits.max_json_bytes}")

@@ -2,6 +2,7 @@
 test_media.py; held-out groups: test_eval_sets.py)."""
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -398,3 +399,29 @@ def test_end_to_end_resize_and_formats(tmp_path):
     m = _all_members(tmp_path / "o")
     img = Image.open(io.BytesIO(m["shard-000000-000001.webp"]))
     assert img.format == "WEBP" and img.size == (12, 12)
+
+
+def test_a_folder_whose_file_names_are_not_utf8_is_written_and_its_skips_recorded(tmp_path, capsys):
+    """os.fsdecode reads b"\\xff" in a name as the lone surrogate U+DCFF: the folder's fingerprint, a sample's
+    json and skipped.jsonl failed with UnicodeEncodeError; they keep it as the JSON escape "\\udcff" now."""
+    from align.cli import main
+    src = tmp_path / "src"
+    src.mkdir()
+    try:
+        _jpg(os.fsdecode(bytes(src) + b"/bad\xff.jpg"))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses a file name that is not UTF-8")
+    (src / "bad\udcff.txt").write_text("a blue square", encoding="utf-8")
+    _jpg(src / "nocap\udcff.jpg")
+    _jpg(src / "good.jpg")
+    (src / "good.txt").write_text("a red square", encoding="utf-8")
+    (src / "good.json").write_text('{"note": "déjà vu"}', encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["data", "shards", str(src), "--out", str(out)]) == 0
+    assert "wrote 2 image+text samples in 1 shards" in capsys.readouterr().out
+    assert json.loads((out / "stats.json").read_text(encoding="utf-8"))["by_reason"] == {"text: missing": 1}
+    line = (out / "skipped.jsonl").read_bytes().decode("utf-8")
+    assert '"key": "nocap\\udcff"' in line and json.loads(line)["key"] == "nocap\udcff"
+    metas = [v for k, v in sorted(_all_members(out).items()) if k.endswith(".json")]
+    assert json.loads(metas[0])["source"] == {"row": 0, "key": "bad\udcff", "image": "bad\udcff.jpg"}
+    assert "déjà vu".encode("utf-8") in metas[1]       # other text stays readable UTF-8
