@@ -1,4 +1,4 @@
-"""tools/mutations.py, the list tools/mutate.py plants: every entry must still apply (its snippet found exactly once
+"""tools/mutations/, the list tools/mutate.py plants: every entry must still apply (its snippet found exactly once
 in its file) and name test files that exist, so a code edit that orphans an entry fails here, not at release time;
 an entry whose listed test is marked slow must say slow=True, or tools/mutate.py would deselect it."""
 import ast
@@ -9,11 +9,34 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _mutations():
-    spec = importlib.util.spec_from_file_location("align_tool_mutations", os.path.join(ROOT, "tools", "mutations.py"))
+def _package():
+    """tools/mutations (a package of one list per part of align), imported under its own name."""
+    path = os.path.join(ROOT, "tools", "mutations", "__init__.py")
+    spec = importlib.util.spec_from_file_location("align_tool_mutations", path,
+                                                  submodule_search_locations=[os.path.dirname(path)])
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.MUTATIONS
+    import sys
+    sys.modules[spec.name] = mod          # its modules import `.common` relative to it
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[spec.name]
+    return mod
+
+
+def _mutations():
+    return _package().MUTATIONS
+
+
+def test_each_entry_is_listed_in_the_module_of_the_part_of_align_it_mutates():
+    """tools/mutations/train.py lists align/train's mutations, data.py align/data's, ...: a new entry put in
+    another part's list fails here, so each list stays the one place to look for a module's mutations."""
+    pkg = _package()
+    assert sum(len(m.MUTATIONS) for m in pkg.LISTS.values()) == len(pkg.MUTATIONS)
+    misplaced = [f"{m.id} ({m.file}) in {name}.py, belongs in {pkg.part_of(m.file)}.py"
+                 for name, module in pkg.LISTS.items() for m in module.MUTATIONS if pkg.part_of(m.file) != name]
+    assert not misplaced, "; ".join(misplaced)
+    assert pkg.part_of("align/train/loop.py") == "train" and pkg.part_of("align/cli.py") == "core"
 
 
 def test_every_mutation_still_applies_once_and_names_existing_tests():
@@ -28,7 +51,7 @@ def test_every_mutation_still_applies_once_and_names_existing_tests():
         if n != 1:
             stale.append(f"{m.id}: snippet found {n} times in {m.file}")
         missing += [f"{m.id}: {t}" for t in m.tests if not os.path.exists(os.path.join(ROOT, t.split("::")[0]))]
-    assert not stale, "stale mutations (update tools/mutations.py): " + "; ".join(stale)
+    assert not stale, "stale mutations (update tools/mutations/): " + "; ".join(stale)
     assert not missing, "mutations naming missing tests: " + "; ".join(missing)
 
 

@@ -4,8 +4,8 @@
     python tools/mutate.py --only loss     # ids containing "loss"
     python tools/mutate.py --list          # the list, nothing run
 
-Each mutation is (id, file, exact source snippet, replacement, tests), listed in tools/mutations.py. The snippet is text, not a line
-number, so the list survives edits elsewhere in a file; a snippet that is missing or occurs more than
+Each mutation is (id, file, exact source snippet, replacement, tests), listed in tools/mutations/ (one list
+per part of align). The snippet is text, not a line number, so the list survives edits elsewhere in a file; a snippet that is missing or occurs more than
 once is reported as STALE (fix the list). The repository's files (git ls-files, tracked and untracked
 but not ignored) are copied to a temporary directory once (once per job with --jobs N); each mutation
 is applied there, the listed tests run (`pytest -x -q -m "not slow"`, with a timeout; without the marker filter
@@ -30,7 +30,7 @@ from typing import List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mutations import MUTATIONS  # noqa: E402  (tools/mutations.py: the list)
+from mutations import MUTATIONS  # noqa: E402  (tools/mutations/: the lists)
 
 
 def repo_files(root: str) -> List[str]:
