@@ -20,7 +20,8 @@ scans:  real handwritten digits of MNIST's *training* images (`train-images-idx3
         says). Only the training split is read: MNIST's test split is reserved and never used here.
 speech: real recordings of spoken digits, one folder per speaker holding SPEAKER_D.mp3 / SPEAKER_0D.mp3 (or
         .wav/.flac), D the digit -- the layout of github.com/CaCuCkA/ukranian-spoken-digits `recordings/`
-        (88 speakers, Ukrainian). A bare git directory is read with `git show` (a `fetch` mirror).
+        (88 speakers, Ukrainian). A bare git directory is read with `git show` (a `fetch` mirror). A recording
+        byte-identical to one of an earlier split (that repo files woman_50's ten again as woman_51's) is left out.
         The Free Spoken Digit Dataset is reserved: a file whose name carries one of its speakers is refused.
 bengali: real recordings of spoken digits in Bengali, one folder per digit word (sunno ek dui tin char panch
         choy sat aat noi), many takes per speaker, the speaker's name in the file name in several spellings
@@ -190,6 +191,10 @@ def build_speech(a) -> dict:
         print(f"{len(undecodable)} of {len(files)} recordings cannot be decoded (e.g. {undecodable[0]}: "
               f"not a format libsndfile reads), left out")
     cut = split_groups([s for _, s, _ in items], a.fracs, a.seed)
+    items, copies = without_copies_across_splits(items, cut, files)
+    if copies:
+        print(f"{len(copies)} recordings are byte-identical to one of another split (one voice filed under two "
+              f"speakers, e.g. {copies[0]}): left out of the later split")
     rng = np.random.default_rng(a.seed)
     out = Path(a.out)
     rows: Dict[str, list] = {s: [] for s in SPLITS}
@@ -201,7 +206,22 @@ def build_speech(a) -> dict:
         text = caption(rng, SPEECH_CAPTIONS, digit) if split == "train" else CLASSNAMES[digit]
         rows[split].append((str(f.resolve()), text, spk))
     return finish(a, out, rows, cut, "audio", SPEECH_TEMPLATES, {"recordings": os.path.abspath(a.recordings),
-                                                                 "undecodable_left_out": len(undecodable)})
+                                                                 "undecodable_left_out": len(undecodable),
+                                                                 "copies_across_splits_left_out": len(copies)})
+
+
+def without_copies_across_splits(items: list, cut: Dict, files: Dict) -> tuple:
+    """(items, dropped paths): an item whose bytes an item of an earlier split (train, then selection, then
+    report) also has is dropped, so a recording filed under two speakers (github.com/CaCuCkA/ukranian-spoken-digits
+    holds woman_50's ten recordings again as woman_51's) never scores a held-out split with a voice trained on or
+    chosen by. Copies within one split stay (the seed-0 sets are unchanged: both of those speakers are in train)."""
+    first: Dict[str, int] = {}                      # digest -> the earliest split index holding it
+    digest = {p: hashlib.blake2b(files[p], digest_size=16).digest() for p, _, _ in items}
+    for p, spk, _ in items:
+        first[digest[p]] = min(first.get(digest[p], len(SPLITS)), SPLITS.index(cut[spk]))
+    kept = [it for it in items if SPLITS.index(cut[it[1]]) == first[digest[it[0]]]]
+    dropped = [p for p, spk, _ in items if SPLITS.index(cut[spk]) != first[digest[p]]]
+    return kept, dropped
 
 
 def bengali_speaker(filename: str):

@@ -66,23 +66,27 @@ def test_scans_split_writers_disjointly_and_reads_a_truncated_gzip(tmp_path):
                         str(tmp_path / "labels.tsv.gz"), "--out", str(tmp_path / "x"), "--no-shards"])
 
 
-def write_wav(path, seconds=0.2, sr=8000):
+def write_wav(path, seconds=0.2, sr=8000, seed=None):
+    """A short WAV: silence, or seeded noise (distinct bytes per seed)."""
     import soundfile
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), np.zeros(int(seconds * sr), np.float32), sr)
+    n = int(seconds * sr)
+    wave = np.zeros(n, np.float32) if seed is None else 0.1 * np.random.default_rng(seed).standard_normal(n)
+    soundfile.write(str(path), wave.astype(np.float32), sr)
 
 
 def test_speech_split_speakers_disjointly_and_refuses_reserved_speakers(tmp_path):
     rec = tmp_path / "recordings"
     speakers = [f"man_{i}" for i in range(4)] + [f"woman_{i}" for i in range(4)]
-    for spk in speakers:
+    for i, spk in enumerate(speakers):
         for d in range(3):
-            write_wav(rec / spk / f"{spk}_0{d}.wav")
+            write_wav(rec / spk / f"{spk}_0{d}.wav", seed=10 * i + d)
     (rec / "man_9").mkdir()
     (rec / "man_9" / "man_9_01.mp3").write_bytes(b"\x00\x00\x00\x18ftypM4A ")   # undecodable: left out
     out = tmp_path / "speech"
     summary = real_sets.main(["speech", "--recordings", str(rec), "--out", str(out), "--no-shards"])
     assert summary["source"]["undecodable_left_out"] == 1
+    assert summary["source"]["copies_across_splits_left_out"] == 0
     assert_disjoint_and_complete(out, set(speakers))
     write_wav(rec / "jackson" / "jackson_3.wav")       # a Free Spoken Digit Dataset speaker
     with pytest.raises(SystemExit, match="reserved"):
@@ -127,3 +131,28 @@ def test_bengali_reads_speakers_from_every_spelling_and_splits_them_disjointly(t
     noise_wav(rec / "ek" / "ek_jackson_1.wav")                          # a Free Spoken Digit Dataset speaker
     with pytest.raises(SystemExit, match="reserved"):
         real_sets.main(["bengali", "--recordings", str(rec), "--out", str(tmp_path / "z"), "--no-shards"])
+
+
+def test_speech_leaves_out_a_held_out_recording_that_is_a_copy_of_one_in_an_earlier_split(tmp_path):
+    """One voice filed under two speakers (the Ukrainian repo's woman_50 and woman_51 hold the same ten files):
+    when the two speakers fall in different splits, the copy in the later split (selection after train, report
+    after both) is left out and counted; copies within one split stay."""
+    rec = tmp_path / "recordings"
+    speakers = [f"spk_{i}" for i in range(6)]
+    for i, spk in enumerate(speakers):
+        for d in range(2):
+            write_wav(rec / spk / f"{spk}_0{d}.wav", seed=10 * i + d)
+    cut = real_sets.split_groups(speakers + ["twin"], seed=0)
+    source = next(s for s in speakers if cut[s] != cut["twin"])       # a speaker in another split than "twin"
+    for d in range(2):
+        (rec / "twin").mkdir(exist_ok=True)
+        (rec / "twin" / f"twin_0{d}.wav").write_bytes((rec / source / f"{source}_0{d}.wav").read_bytes())
+    write_wav(rec / "twin" / "twin_05.wav", seed=99)                  # twin's own recording: kept
+    summary = real_sets.main(["speech", "--recordings", str(rec), "--out", str(tmp_path / "o"), "--no-shards"])
+    assert summary["source"]["copies_across_splits_left_out"] == 2
+    later = "twin" if real_sets.SPLITS.index(cut["twin"]) > real_sets.SPLITS.index(cut[source]) else source
+    import csv
+    rows = {s: list(csv.DictReader(open(tmp_path / "o" / f"{s}.csv"))) for s in real_sets.SPLITS}
+    kept = [r["audio"] for r in rows[cut[later]] if r["group"] == later]
+    assert len(kept) == (1 if later == "twin" else 0), kept
+    assert sum(len(v) for v in rows.values()) == 6 * 2 + 3 - 2
