@@ -5,8 +5,8 @@
     python tools/mutate.py --list          # the list, nothing run
 
 Each mutation is (id, file, exact source snippet, replacement, tests), listed in tools/mutations/ (one list
-per part of align). The snippet is text, not a line number, so the list survives edits elsewhere in a file; a snippet that is missing or occurs more than
-once is reported as STALE (fix the list). The repository's files (git ls-files, tracked and untracked
+per part of align). The snippet is text, not a line number, so the list survives edits elsewhere in a file; a
+snippet that is missing or occurs more than once is reported as STALE (fix the list). The repository's files (git ls-files, tracked and untracked
 but not ignored) are copied to a temporary directory once (once per job with --jobs N); each mutation
 is applied there, the listed tests run (`pytest -x -q -m "not slow"`, with a timeout; without the marker filter
 for an entry with slow=True, whose catching test is a slow one), and the file is restored before the next one.
