@@ -200,7 +200,8 @@ def check_audio_header(frames: int, sample_rate: int, channels: int, limits: Dat
         raise LimitExceeded(AUDIO_TOO_MANY_CHANNELS, f"{channels} channels, over data.limits.max_audio_channels="
                                                      f"{limits.max_audio_channels}", "max_audio_channels")
     if frames / sample_rate > limits.max_audio_seconds:
-        raise LimitExceeded(AUDIO_TOO_LONG, f"{frames / sample_rate:.1f} s, over data.limits.max_audio_seconds="
+        seconds = f"{frames / sample_rate:.3f}".rstrip("0").rstrip(".")    # 0.05 s is not "0.1 s" over 0.06
+        raise LimitExceeded(AUDIO_TOO_LONG, f"{seconds} s, over data.limits.max_audio_seconds="
                                             f"{limits.max_audio_seconds:g}", "max_audio_seconds")
     if frames * channels > limits.max_audio_samples:
         raise LimitExceeded(AUDIO_TOO_LONG, f"{frames} frames x {channels} channels, over "

@@ -209,7 +209,8 @@ def _truncate(path: str, step: int) -> tuple:
     if not os.path.isfile(path):
         return 0, []
     keep, rows, dropped = [], [], 0
-    with open(path) as f:
+    # bytes a damaged disk left that are not UTF-8 make their line unreadable JSON (dropped), not the resume fail
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.strip():
                 continue
@@ -228,7 +229,7 @@ def _truncate(path: str, step: int) -> tuple:
                 rows.append(row)
     if dropped:
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(keep)
         os.replace(tmp, path)
     return dropped, rows

@@ -50,7 +50,7 @@ def test_a_run_is_benched_within_its_recipes_limits_and_limit_replaces_one(tmp_p
     r = json.load(open(tmp_path / "strict.json"))
     assert r["skipped"] == {"audio": 2} and r["n"]["scored"] == 2 and r["limits"] == {"max_audio_seconds": 0.03}
     assert "media limits max_audio_seconds=0.03" in out
-    assert "audio too long: audio: 0.1 s, over max_audio_seconds=0.03 (--limit max_audio_seconds=VALUE accepts it)" \
+    assert "audio too long: audio: 0.05 s, over max_audio_seconds=0.03 (--limit max_audio_seconds=VALUE accepts it)" \
         in r["errors"][0] and "data.limits" not in r["errors"][0]
     assert main(base + ["--out", str(tmp_path / "loose.json"), "--limit", "max_audio_seconds=1"]) == 0
     r = json.load(open(tmp_path / "loose.json"))

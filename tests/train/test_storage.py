@@ -66,6 +66,9 @@ def test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line(tmp_p
     assert [json.loads(l)["step"] for l in p.read_text().splitlines()] == [10, 20]
     p.write_text('{"step": 10}\n[{"step": 40}]\n')
     assert truncate_metrics(str(p), 10) == 1 and p.read_text() == '{"step": 10}\n'
+    p.write_bytes(b'{"step": 10, "loss": 0.5}\n{"st\xff\xfe\x00ep": 15}\n')     # bytes a damaged disk left
+    assert resume_metrics(str(p), 10) == 0.5
+    assert p.read_text() == '{"step": 10, "loss": 0.5}\n'
 
 
 # -- a full disk in a run and an export: one line, partial files removed, the intact checkpoint resumes -------------

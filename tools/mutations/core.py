@@ -200,4 +200,9 @@ MUTATIONS = [
     M("follow.study_named_like_the_storage", "align/sweep/study.py",
       "                              or study.lower().startswith(\"study.db\")):", "                              ):",
       ["tests/sweep/test_study.py::test_a_bad_option_is_one_line_naming_it"]),
+    M("limits.seconds_one_decimal", "align/limits.py",
+      '        seconds = f"{frames / sample_rate:.3f}".rstrip("0").rstrip(".")',
+      '        seconds = f"{frames / sample_rate:.1f}"',
+      ["tests/bench/test_limits.py::test_a_run_is_benched_within_its_recipes_limits_and_limit_replaces_one"],
+      "a 0.05 s clip over a 0.03 s limit was named as 0.1 s"),
 ]

@@ -417,4 +417,8 @@ MUTATIONS = [
       "            if not isinstance(row, dict):       # that", "            if row is None:       # that",
       ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
       "a metrics.jsonl line `3`: AttributeError on resume"),
+    M("storage.metrics_read_strict_utf8", "align/train/storage.py",
+      '    with open(path, encoding="utf-8", errors="replace") as f:', '    with open(path, encoding="utf-8") as f:',
+      ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
+      "a metrics.jsonl line of bytes that are not UTF-8 (a damaged disk) stopped the resume with UnicodeDecodeError"),
 ]
