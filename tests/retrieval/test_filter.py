@@ -44,6 +44,8 @@ def test_min_score_and_dedup_with_given_embeddings(tmp_path, capsys, corpus):
     run, shards, emb = corpus
     m, mr = load_embeddings(str(emb), "image")
     t, tr = load_embeddings(str(emb), "text")
+    # stored in float16 (unit to ~1e-3), read back re-normalised: cosines, and an exact copy's 1.0, hold
+    assert np.abs(np.linalg.norm(m, axis=1) - 1).max() < 1e-6 and np.abs(np.linalg.norm(t, axis=1) - 1).max() < 1e-6
     scores = dict(zip(mr["key"], clip_scores(m, mr, t, tr)))
     cut = float(np.median(list(scores.values())))
     out = tmp_path / "f"
