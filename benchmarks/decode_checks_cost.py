@@ -14,18 +14,9 @@ Prints one line per figure, best of --repeats; nothing is written to disk.
 import argparse
 import hashlib
 import io
-import time
 
 import numpy as np
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from checksum_cost import best   # run as a script: benchmarks/ is on sys.path
 
 
 def encoded(wave: np.ndarray, sr: int, fmt: str) -> bytes:

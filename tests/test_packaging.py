@@ -39,8 +39,11 @@ def _req_name(req: str) -> str:
 
 # first-party modules besides align and tests: the benchmark scripts, which import each other (and the
 # GPU check's test imports them) with benchmarks/ on sys.path
-# scripts that import each other by name (benchmarks/*.py, tools/*.py): local modules, not packages
-SCRIPTS = {f[:-3] for d in ("benchmarks", "tools") for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py")}
+# scripts that import each other by name (benchmarks/*.py, tools/*.py, and tools' own packages such as
+# tools/mutations/): local modules, not distributions
+SCRIPTS = {f[:-3] if f.endswith(".py") else f for d in ("benchmarks", "tools")
+           for f in os.listdir(os.path.join(ROOT, d))
+           if f.endswith(".py") or os.path.isfile(os.path.join(ROOT, d, f, "__init__.py"))}
 
 
 def _imports(folder: str) -> dict:
