@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from align.data.stream.val_split import lookalike_groups, name_field
-from align.data.write.inputs import Input
+from align.data.write.inputs import Input, hash_file
 from align.data.write.values import SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
 
@@ -151,15 +151,11 @@ def _size(path: str, limit: int) -> Optional[int]:
 
 
 def _digest(path: str) -> Optional[bytes]:
-    """blake2b (128 bits) of a file's bytes, read in 1 MB blocks; None when it cannot be read."""
-    h = hashlib.blake2b(digest_size=16)
+    """blake2b (128 bits) of a file's bytes; None when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return hash_file(path, hashlib.blake2b(digest_size=16)).digest()
     except OSError:
         return None
-    return h.digest()
 
 
 def copied_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int], val_rows: Sequence[int],

@@ -68,12 +68,12 @@ def _first_bad_byte(path: Path, e: UnicodeDecodeError) -> str:
     return f"{e.reason}"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def hash_file(path, h, block: int = 1 << 20):
+    """`h` (a hashlib object) fed a file's bytes, read in blocks of `block` bytes; returned. OSError as open's."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h
 
 
 class Input:
@@ -189,7 +189,7 @@ class TableInput(Input):
         return self._n
 
     def fingerprint(self) -> str:
-        return _sha256_file(self.path)
+        return hash_file(self.path, hashlib.sha256()).hexdigest()
 
     def rows(self, start: int, stop: int) -> Iterator[Row]:
         self._open()
