@@ -43,13 +43,12 @@ class Item:
     media: Dict[str, Any] = field(default_factory=dict)  # modality -> raw handle (see each layout)
 
 
-def member_too_large(size: int, limits: Optional[DataLimits] = None) -> Optional[SampleError]:
-    """The SampleError of a media member or file of `size` bytes over limits.max_member_bytes, else None."""
+def check_member_size(size: int, limits: Optional[DataLimits] = None) -> None:
+    """SampleError when a media member or file of `size` bytes is over limits.max_member_bytes."""
     limit = as_limits(limits).max_member_bytes
-    if size <= limit:
-        return None
-    return SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over max_member_bytes={limit} "
-                       f"({option_hint('max_member_bytes')})", MEMBER_TOO_LARGE)
+    if size > limit:
+        raise SampleError(f"{MEMBER_TOO_LARGE}: {size} bytes, over max_member_bytes={limit} "
+                          f"({option_hint('max_member_bytes')})", MEMBER_TOO_LARGE)
 
 
 def _read_file(path: str, limits: Optional[DataLimits] = None) -> bytes:
@@ -60,9 +59,7 @@ def _read_file(path: str, limits: Optional[DataLimits] = None) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
             raise SampleError(f"{path} is not a regular file ({kind})")
-        too_large = member_too_large(st.st_size, limits)
-        if too_large is not None:
-            raise too_large
+        check_member_size(st.st_size, limits)
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
@@ -72,9 +69,7 @@ def _read_file(path: str, limits: Optional[DataLimits] = None) -> bytes:
 def _raw_bytes(data: Union[bytes, str], limits: Optional[DataLimits]) -> bytes:
     if isinstance(data, str):
         return _read_file(data, limits)
-    too_large = member_too_large(len(data), limits)
-    if too_large is not None:
-        raise too_large
+    check_member_size(len(data), limits)
     return data
 
 

@@ -42,7 +42,7 @@ from align.wds.reader import Oversize, index_members
 from align.limits import DataLimits, member_limiter, option_hint
 # what a dataset is (and what importers of this module use): items, the base class, the decoders
 from align.bench.dataset_items import (BenchDataset, Item, SampleError, classnames_of,  # noqa: F401
-                                       decode_audio, decode_image, member_too_large)
+                                       check_member_size, decode_audio, decode_image)
 from align.bench.datasets_tables import open_csv, open_hf
 
 DATASET_TYPES: Registry = Registry("dataset")
@@ -56,9 +56,7 @@ class WdsDataset(BenchDataset):
 
     def _raw(self, handle, limits: Optional[DataLimits] = None) -> bytes:
         shard, offset, size = handle  # plain (uncompressed) tar: member data is a contiguous byte range
-        too_large = member_too_large(size, limits)
-        if too_large is not None:
-            raise too_large
+        check_member_size(size, limits)
         try:
             with open(shard, "rb") as f:
                 f.seek(offset)
