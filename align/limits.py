@@ -153,9 +153,9 @@ def as_limits(limits: Any = None) -> DataLimits:
         given = {k: v for k, v in limits.items() if v is not None}
         for f in dataclasses.fields(DataLimits):     # the bounds a recipe is checked against (align.config)
             v = given.get(f.name)
-            want = _out_of_bounds(f, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-            if v is not None and not isinstance(v, (int, float)) or isinstance(v, bool):
-                want = "a number"
+            if v is None:
+                continue
+            want = "a number" if isinstance(v, bool) or not isinstance(v, (int, float)) else _out_of_bounds(f, v)
             if want:
                 raise ConfigError(f"data.limits.{f.name}: must be {want}, got {v!r}")
         return dataclasses.replace(DEFAULT_LIMITS, **given)

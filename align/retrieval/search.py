@@ -190,7 +190,8 @@ def corpus_root(indexes: Dict[str, Index]) -> str:
     any_ix = next(iter(indexes.values()))
     meta = os.path.join(os.path.dirname(any_ix.path), "index.json")
     if os.path.isfile(meta):
-        root = json.load(open(meta)).get("root")
+        with open(meta) as f:
+            root = json.load(f).get("root")
         if isinstance(root, str) and os.path.isabs(root):
             return os.path.normpath(root)
     dirs = {os.path.dirname(os.path.abspath(str(s))) for ix in indexes.values() for s in ix.table["shard"].unique()}
