@@ -7,6 +7,7 @@
   do). Half of a UTF-16 pair (a JSON "\\ud800" escape, a name decoded with surrogateescape) is no character: UTF-8
   cannot hold it, the Hugging Face tokenizers fail on it with a TypeError and open_clip's turn it into U+FFFD, so
   every text path refuses it the same way (a caption: the sample is skipped and counted; a typed text: one line).
+- `first_surrogate(texts)`: (index, that phrase) of the first text holding one, or (-1, "").
 - `refuse_surrogates(texts, what)`: DataError naming the first text of `texts` that holds one (the text towers'
   `tokenize` and `align.model.text_list`).
 - `json_utf8(json_text)`: JSON written with ensure_ascii=False, each lone surrogate as its \\uXXXX escape, so UTF-8
@@ -15,7 +16,7 @@
 from __future__ import annotations
 
 import re
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from align.errors import DataError
 
@@ -45,9 +46,18 @@ def json_utf8(json_text: str) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
 
 
-def refuse_surrogates(texts: Sequence[str], what: str = "tokenize") -> None:
-    """DataError "WHAT: texts[i]: lone surrogate at position N (...)" for the first such text of `texts`."""
+def first_surrogate(texts: Sequence[str]) -> Tuple[int, str]:
+    """(i, "lone surrogate at position N") of the first text of `texts` (non-strings passed over) that holds one,
+    else (-1, ""): each caller names the text its own way (texts[i], caption i + 1 of n)."""
     for i, t in enumerate(texts):
         bad = lone_surrogate(t) if isinstance(t, str) else ""
         if bad:
-            raise DataError(f"{what}: texts[{i}]: {bad} ({WHY})")
+            return i, bad
+    return -1, ""
+
+
+def refuse_surrogates(texts: Sequence[str], what: str = "tokenize") -> None:
+    """DataError "WHAT: texts[i]: lone surrogate at position N (...)" for the first such text of `texts`."""
+    i, bad = first_surrogate(texts)
+    if bad:
+        raise DataError(f"{what}: texts[{i}]: {bad} ({WHY})")

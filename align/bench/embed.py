@@ -42,7 +42,7 @@ from align.bench.datasets import BenchDataset, SampleError
 from align.errors import AlignError, ConfigError, DataError
 from align.limits import DataLimits, as_limits, changed_limits
 from align.model import weights_fingerprint
-from align.text import lone_surrogate
+from align.text import first_surrogate
 
 _ENCODERS = {"image": "encode_image", "text": "encode_text", "audio": "encode_audio"}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # autocast dtype while encoding
@@ -340,10 +340,9 @@ def _embed_captions(model, dataset, batch_size, device, progress, precision) -> 
     texts, ids, errors = [], [], []
     for i, it in enumerate(dataset.items):
         caps = it.captions or []
-        bad = next((f"caption {j + 1} of {len(caps)}: {b}" for j, c in enumerate(caps) for b in [lone_surrogate(c)]
-                    if b), "")
+        j, bad = first_surrogate(caps)
         if bad:
-            errors.append(f"sample {it.key!r}: {bad}")
+            errors.append(f"sample {it.key!r}: caption {j + 1} of {len(caps)}: {bad}")
             continue
         texts += caps
         ids += [i] * len(caps)

@@ -76,10 +76,8 @@ class OpenClipModel(nn.Module):
         """The [C, H, W] image_transform makes of a square and of a wide image when they agree, else None (no
         transform, or one that keeps the aspect ratio): the size encode_image takes. Worked out once."""
         if self._image_shape is False:
-            from PIL import Image
-            shapes = set() if self.image_transform is None else \
-                {tuple(self.image_transform(Image.new("RGB", size)).shape) for size in ((256, 256), (320, 192))}
-            self._image_shape = shapes.pop() if len(shapes) == 1 else None
+            from align.media.image import transform_shape
+            self._image_shape = transform_shape(self.image_transform)
         return self._image_shape
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:   # long [B,L] -> [B,E]

@@ -87,6 +87,18 @@ def _on_white(img, mask):
     return flat
 
 
+def transform_shape(transform) -> Optional[tuple]:
+    """The shape `transform` (PIL image -> tensor) makes of a square and of a wide image when they agree (a
+    transform to a fixed size: what an image tower's encode takes); None when they differ (it keeps the aspect
+    ratio) or there is no transform."""
+    from PIL import Image
+
+    if transform is None:
+        return None
+    square, wide = (tuple(transform(Image.new("RGB", size)).shape) for size in ((256, 256), (320, 192)))
+    return square if square == wide else None
+
+
 class UprightThen:
     """A model's image transform that first makes the PIL image upright RGB (`upright_rgb`), so that
     `align.load(...).image_transform(Image.open(path))` sees the pixels `align embed` / training decode from the same

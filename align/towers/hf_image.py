@@ -55,10 +55,8 @@ class HFImageTower(HFEncoderTower):
         """What the processor makes of a square and of a wide image: that shape when they agree (a processor that
         resizes to a fixed size), None when it keeps the aspect ratio. Worked out once."""
         if "_input_shape" not in self.__dict__:
-            from PIL import Image
-            pre = HFImagePreprocess(self.processor)
-            square, wide = (tuple(pre(Image.new("RGB", size)).shape) for size in ((256, 256), (320, 192)))
-            self.__dict__["_input_shape"] = square if square == wide else None
+            from align.media.image import transform_shape
+            self.__dict__["_input_shape"] = transform_shape(HFImagePreprocess(self.processor))
         return self.__dict__["_input_shape"]
 
     def dummy_input(self, batch_size: int) -> torch.Tensor:              # [B, 3, H, W]

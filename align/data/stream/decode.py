@@ -42,7 +42,7 @@ from align.data.stream.faults import (
     UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
 )
 from align.errors import DataError
-from align.text import lone_surrogate, split_lines
+from align.text import first_surrogate, split_lines
 from align.wds.format import LABEL_EXT, MODALITIES, MODALITY_EXTS, NEG_EXT, pick
 from align.wds.reader import Oversize
 
@@ -69,10 +69,9 @@ def check_captions(lines: list[str], where: str) -> list[str]:
     """`lines`, or SkipSample(UNDECODABLE_TEXT, "WHERE: lone surrogate at position N (caption i of n)") when one
     holds a lone surrogate (a JSON "\\ud800" escape): no tokenizer reads it (align.text.lone_surrogate), so the
     sample is skipped and counted like a member that is not UTF-8."""
-    for i, line in enumerate(lines):
-        bad = lone_surrogate(line)
-        if bad:
-            raise SkipSample(UNDECODABLE_TEXT, f"{where}: {bad} (caption {i + 1} of {len(lines)})")
+    i, bad = first_surrogate(lines)
+    if bad:
+        raise SkipSample(UNDECODABLE_TEXT, f"{where}: {bad} (caption {i + 1} of {len(lines)})")
     return lines
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from align.data.stream.faults import EMPTY_CAPTION, UNDECODABLE_TEXT
 from align.limits import DataLimits, MEMBER_TOO_LARGE, TEXT_TOO_LONG, as_limits
-from align.text import lone_surrogate, split_lines
+from align.text import first_surrogate, lone_surrogate, split_lines
 
 
 def is_missing(value: Any) -> bool:
@@ -129,10 +129,9 @@ def read_captions(value: Any, base_dir: Path, limits: Optional[DataLimits] = Non
     caps = [c.strip() for c in items if c.strip()]
     if not caps:
         raise SkipRow(EMPTY_CAPTION, "text: empty caption")
-    for i, c in enumerate(caps):
-        bad = lone_surrogate(c)
-        if bad:
-            raise SkipRow(UNDECODABLE_TEXT, f"text: {bad} (caption {i + 1} of {len(caps)})")
+    i, bad = first_surrogate(caps)
+    if bad:
+        raise SkipRow(UNDECODABLE_TEXT, f"text: {bad} (caption {i + 1} of {len(caps)})")
     return caps
 
 
