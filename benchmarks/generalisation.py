@@ -238,6 +238,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "align_generalisation"))
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.batch_size=64")
     a = ap.parse_args(argv)
+    if a.built and not os.path.isfile(os.path.join(a.built, "split.json")):
+        ap.error(f"--built {a.built}: no split.json there (build the set first with benchmarks/real_sets.py)")
     if a.built:
         print(json.dumps(run_built(a)))
         return

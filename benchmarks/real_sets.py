@@ -346,6 +346,10 @@ def parse(argv=None):
             p.add_argument("--min-digits", type=int, default=8,
                            help="speakers recorded on fewer digits than this are left out")
     a = ap.parse_args(argv)
+    for opt in ("images", "writers", "recordings"):     # the downloaded inputs: one line, not a traceback
+        if getattr(a, opt, None) is not None and not os.path.exists(getattr(a, opt)):
+            ap.error(f"--{opt} {getattr(a, opt)}: no such file or folder (download it first: see this script's "
+                     f"docstring for the source of each set)")
     if a.kind == "scans" and re.search(r"t10k|test", os.path.basename(a.images), re.I):
         ap.error(f"--images {a.images}: MNIST's test split is reserved; give the training images")
     return a

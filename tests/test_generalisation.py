@@ -78,3 +78,12 @@ def test_small_audio_text_lit_trains_its_cnn_tower_with_augmentation(tmp_path, c
 def test_recipe_name_is_the_file_stem():
     assert generalisation.recipe_name("small-image-text-lit") == "small-image-text-lit"
     assert generalisation.recipe_name("/abs/path/my-recipe.yaml") == "my-recipe"
+
+
+def test_built_without_a_built_set_is_one_line(tmp_path, capsys):
+    """`--built DIR` where benchmarks/real_sets.py has not written a set: one line, nothing trained."""
+    with pytest.raises(SystemExit) as e:
+        generalisation.main(["--built", str(tmp_path / "speech"), "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no split.json" in err and str(tmp_path / "speech") in err
+    assert not (tmp_path / "runs").exists()

@@ -156,3 +156,16 @@ def test_speech_leaves_out_a_held_out_recording_that_is_a_copy_of_one_in_an_earl
     kept = [r["audio"] for r in rows[cut[later]] if r["group"] == later]
     assert len(kept) == (1 if later == "twin" else 0), kept
     assert sum(len(v) for v in rows.values()) == 6 * 2 + 3 - 2
+
+
+@pytest.mark.parametrize("argv", [["speech", "--recordings", "{tmp}/no_such_repo/recordings"],
+                                  ["bengali", "--recordings", "{tmp}/no_such_repo"],
+                                  ["scans", "--images", "{tmp}/train-images-idx3-ubyte.gz", "--writers", "{tmp}/w.gz"]])
+def test_a_missing_download_is_one_line_naming_it(tmp_path, capsys, argv):
+    """The recipes' headers give these commands for sets that must be downloaded: without the download, one line."""
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        real_sets.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "no such file or folder" in err[-1] and argv[2] in err[-1]
+    assert not (tmp_path / "out").exists()
