@@ -13,6 +13,9 @@ Taken over, with one line saying so: a lock whose holder ran on this host and wh
 SIGKILLed run: at once), and a lock whose heartbeat is older than its lifetime (another host: the
 holder stopped refreshing). Beside the lock, `RUN/align.lock.json` says who holds it (host, pid,
 since, command line, last heartbeat) for the refusal message and for people.
+
+    created = missing_dirs(run_dir)   # before the lock makes run_dir: the folders this run creates
+    remove_if_empty(created)          # after release: a run refused before its first file leaves no empty folder
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from align.errors import AlignError
 
@@ -206,3 +210,22 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def missing_dirs(path) -> list:
+    """`path` and those of its parents that do not exist yet, deepest first (what a run creates)."""
+    path, out = Path(path), []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_if_empty(dirs: list) -> None:
+    """Folders this run created, removed again when it ends having written nothing there (a recipe refused
+    before its first file left an empty runs/NAME behind), deepest first; stops at the first that holds a file."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return

@@ -67,12 +67,16 @@ def hold_run_dir(r: Recipe):
     if int(os.environ.get("RANK", "0")) != 0:
         yield None
         return
-    from align.runlock import RunLock
+    from align.runlock import RunLock, missing_dirs, remove_if_empty
+    created = missing_dirs(r.output_dir)
     lock = RunLock(r.output_dir, lifetime_s=r.train.lock_timeout_s).acquire()
     try:
         yield lock
     finally:
         lock.release()
+        remove_if_empty(created)
+
+
 
 
 @contextlib.contextmanager

@@ -53,11 +53,17 @@ def test_a_data_val_that_does_not_exist_is_one_line_before_any_shard_is_written(
     assert code not in (0, None) and len(err) == 1, err
     assert err[0].startswith("align: ") and "data.val: 'align_demo/data/val' does not exist (relative to " in err[0]
     assert "data.val=null" in err[0] and str(tmp_path) in err[0]
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()
-    code = main(tiny_run(tmp_path, "run2", table, f"data.val={tmp_path / 'nowhere.csv'}"))
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()   # no empty run folder left
+    code = main(tiny_run(tmp_path, "runs/run2", table, f"data.val={tmp_path / 'nowhere.csv'}"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code not in (0, None) and len(err) == 1
     assert f"data.val: '{tmp_path / 'nowhere.csv'}' does not exist;" in err[0]
+    assert not (tmp_path / "runs").exists()                  # the parent it created goes too
+    (tmp_path / "mine").mkdir()                              # a folder the user made stays, and so does its file
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for out in ("mine", "mine/run3"):
+        assert main(tiny_run(tmp_path, out, table, f"data.val={tmp_path / 'nowhere.csv'}")) not in (0, None)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
 
 
 def test_the_shards_carry_the_audio_at_the_audio_towers_rate(tmp_path):

@@ -421,4 +421,8 @@ MUTATIONS = [
       '    with open(path, encoding="utf-8", errors="replace") as f:', '    with open(path, encoding="utf-8") as f:',
       ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
       "a metrics.jsonl line of bytes that are not UTF-8 (a damaged disk) stopped the resume with UnicodeDecodeError"),
+    M("train.refused_run_leaves_its_folder", "align/train/setup.py", "        remove_if_empty(created)\n",
+      "        pass\n",
+      ["tests/train/test_train_from_tables.py::test_a_data_val_that_does_not_exist_is_one_line_before_any_shard_is_written"],
+      "a recipe refused before its first file left an empty runs/NAME (and the runs/ it made) behind"),
 ]
