@@ -174,6 +174,23 @@ def test_max_skip_frac_from_the_recipe_stops_the_run(tmp_path):
     assert summary["steps"] == 15 and sum(summary["skipped"].values()) == 40, summary["skipped"]
 
 
+def test_the_run_summary_adds_the_skips_every_rank_counted(tmp_path, monkeypatch, capsys):
+    """Each rank reads its own shards and counts its own skips: summary.json, the end line and metrics.jsonl add the
+    others' (stood in for here by rank 1's counts; the 2-process launch is in test_faults_multiprocess.py)."""
+    from align.train.guard import StepWatch
+    rank1 = {"skipped": {"undecodable image": 3, "undecodable audio": 2}, "noted": {"captions cut": 4}}
+    monkeypatch.setattr(StepWatch, "gather_object", lambda self, obj: [obj, rank1], raising=False)
+    r = recipe(tmp_path, "sum", data={"train": _half_broken(tmp_path, n=40), "shuffle_buffer": 1},
+               train={"max_steps": 3})
+    summary = train_dict(r)
+    with open(os.path.join(r["output_dir"], "checkpoints", "step-00000003", "state.json")) as f:
+        own = json.load(f)["data"]["skipped"]["undecodable image"]           # rank 0's own count
+    assert own > 0 and summary["skipped"] == {"undecodable image": own + 3, "undecodable audio": 2}
+    assert summary["noted"] == {"captions cut": 4}
+    assert metrics(r["output_dir"])[-1]["skipped_by_reason"] == summary["skipped"]      # metrics.jsonl's rows too
+    assert f"skipped {own + 5} samples, 4 captions cut" in capsys.readouterr().out
+
+
 def test_the_same_shards_in_another_folder_train_the_same_weights(tmp_path, shards):
     """Crops, captions and augmentations are seeded by the shard's file name, not its path: the same shards copied
     to another folder (node-local scratch, another mount) train bit-identical weights; the same samples under other

@@ -421,4 +421,11 @@ MUTATIONS = [
       '    with open(path, encoding="utf-8", errors="replace") as f:', '    with open(path, encoding="utf-8") as f:',
       ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
       "a metrics.jsonl line of bytes that are not UTF-8 (a damaged disk) stopped the resume with UnicodeDecodeError"),
+    M("summary.skips_of_rank0_only", "align/train/metrics.py", "    for theirs in gather(mine):",
+      "    for theirs in [mine]:", [DSW + "::test_the_run_summary_adds_the_skips_every_rank_counted"],
+      "a 2-process run's summary.json and end line counted rank 0's skipped samples only"),
+    M("metrics.skips_of_rank0_only", "align/train/metrics.py",
+      "counts = run_counts(loader, self.eng.watch.gather_object)", "counts = run_counts(loader, lambda mine: [mine])",
+      [DSW + "::test_the_run_summary_adds_the_skips_every_rank_counted"],
+      "a 2-process run's metrics.jsonl rows counted rank 0's skipped samples only"),
 ]
