@@ -237,7 +237,18 @@ def run_val(core, r: Recipe, acc, step: int) -> dict:
 
 def evaluate(eng, r: Recipe, step: int) -> dict:
     """run_val on the model: a plain copy gathered on the main process when it is sharded (collective); with
-    train.ema, the weight average (the trained weights come back after it; sharded: before the gather)."""
+    train.ema, the weight average (the trained weights come back after it; sharded: before the gather).
+    The global RNGs (torch CPU and CUDA, Python, NumPy) are put back afterwards: an evaluation's own draws (its
+    DataLoaders' base seeds) would shift every later dropout mask, so eval.every would change the trained weights."""
+    from align.train.checkpoint import rng_state, set_rng_state
+    saved = rng_state()
+    try:
+        return _evaluate(eng, r, step)
+    finally:
+        set_rng_state(*saved)
+
+
+def _evaluate(eng, r: Recipe, step: int) -> dict:
     from align.train.sharding import unsharded_copy
     if eng.ema is not None and eng.fsdp:
         with eng.ema.applied(eng.core):        # every rank swaps in its shards of the average, then the gather

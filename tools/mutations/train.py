@@ -428,4 +428,7 @@ MUTATIONS = [
       "counts = run_counts(loader, self.eng.watch.gather_object)", "counts = run_counts(loader, lambda mine: [mine])",
       [DSW + "::test_the_run_summary_adds_the_skips_every_rank_counted"],
       "a 2-process run's metrics.jsonl rows counted rank 0's skipped samples only"),
+    M("evaluate.rng_shifted", "align/train/metrics.py", "        set_rng_state(*saved)", "        pass",
+      ["tests/train/test_evaluate.py::test_evaluating_during_training_leaves_the_trained_weights_as_they_were"],
+      "eval.every changed the trained weights: the evaluation's draws moved every later dropout mask"),
 ]
