@@ -431,4 +431,8 @@ MUTATIONS = [
     M("evaluate.rng_shifted", "align/train/metrics.py", "        set_rng_state(*saved)", "        pass",
       ["tests/train/test_evaluate.py::test_evaluating_during_training_leaves_the_trained_weights_as_they_were"],
       "eval.every changed the trained weights: the evaluation's draws moved every later dropout mask"),
+    M("checkpoint.cuda_rng_by_name", "align/train/checkpoint.py", "key=lambda k: int(k.rsplit(\"_\", 1)[1]))]",
+      "key=str)]",
+      ["tests/train/test_state.py::test_the_cuda_rng_states_go_back_to_their_own_devices_on_a_node_of_twelve_gpus"],
+      "a node of 11+ GPUs: device 2 was given device 10's RNG state on resume"),
 ]
