@@ -119,6 +119,25 @@ def test_num_workers_decode_in_worker_processes(tmp_path, monkeypatch, shards):
     assert len(pids[2]) >= 2 and str(os.getpid()) not in pids[2]     # (the next epoch's may start early)
 
 
+def test_one_data_worker_trains_as_none_and_two_the_same_samples_in_another_order(tmp_path, monkeypatch, shards):
+    """What data.num_workers changes: 0 and 1 read the one stream per rank (same keys per step, same weights bit for
+    bit); 2 split the rank's shards between two streams taken in turn: every epoch trains the same samples (4 shards
+    of 8, nothing left in a short batch), in another order."""
+    import torch
+
+    from tests.switch_helpers import final_weights
+    pattern, keys = shards
+    steps, weights = {}, {}
+    for n in (0, 1, 2):
+        r = recipe(tmp_path, f"w{n}", data={"train": pattern, "num_workers": n, "shuffle_buffer": 4},
+                   train={"max_steps": 8, "batch_size": 4})
+        steps[n] = _keys(monkeypatch, tmp_path, r)
+        weights[n] = final_weights(r["output_dir"])
+    assert steps[0] == steps[1] and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert sorted(_flat(steps[0])) == sorted(_flat(steps[2])) == sorted(keys)       # 8 steps of 4: one epoch
+    assert steps[0] != steps[2]
+
+
 def _align_script():
     """The installed console script: next to this interpreter, else on PATH."""
     import shutil
