@@ -438,8 +438,8 @@ MUTATIONS = [
       ["tests/train/test_train_data_switches.py::"
        "test_one_data_worker_trains_as_none_and_two_the_same_samples_in_another_order"],
       "data.num_workers 0 -> 1 changed the order trained and the weights"),
-    M("loader.skip_rate_names_no_rank", "align/data/stream/loader.py",
-      'f" on rank {ds.rank} of {ds.world_size} (in the shards it reads)" if', '"" if',
+    M("faults.skip_rate_names_no_rank", "align/data/stream/faults.py",
+      'where = f" on rank {rank} of {world_size} (in the shards it reads)" if', 'where = "" if',
       ["tests/data/stream/test_faults.py::test_max_skip_frac_stops_the_run"],
       "a 2-process run stopped by data.max_skip_frac did not say which rank's shards were over it"),
 ]
