@@ -360,7 +360,7 @@ class StepWatch:
             return [obj]
         import torch.distributed as dist
         out = [None] * self.world
-        with self.others_alive("the other ranks' counts at the end of the run"):
+        with self.others_alive("the other ranks' counts (skipped samples)"):
             dist.all_gather_object(out, obj, group=self._group)
         return out
 
