@@ -298,6 +298,7 @@ def test_uneven_ranks_one_shard_all_broken_sum_their_skips_and_score_val_as_one_
     rank 0's alone). The val set, 7 samples in 1 shard (fewer shards than ranks, fewer samples than ranks x
     eval.batch_size), is scored by rank 0 alone: its figures are those of one process on the same weights."""
     import numpy as np
+    import torch
     import yaml
 
     import align
@@ -336,5 +337,10 @@ def test_uneven_ranks_one_shard_all_broken_sum_their_skips_and_score_val_as_one_
     assert rows[-1]["step"] == 6 and rows[-1]["skipped_by_reason"] == summary["skipped"]
     final = [json.loads(line) for line in open(tmp_path / "run" / "eval.jsonl")][-1]
     assert final["step"] == 6 and "image/zeroshot/acc1" in final
-    alone = evaluate_model(align.load(str(ckpt)), val, tasks=["zeroshot", "retrieval"], batch_size=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                                             # as the launch ran (train.num_threads)
+    try:
+        alone = evaluate_model(align.load(str(ckpt)), val, tasks=["zeroshot", "retrieval"], batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
     assert alone == {k: v for k, v in final.items() if k != "step"}
