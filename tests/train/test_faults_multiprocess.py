@@ -10,6 +10,8 @@ lock, and ranks whose shards differ in size (issue 25).
   refused with one line naming the holder, no file changed;
 - shards of very unequal size per rank and no data.samples_per_epoch: the ranks' epochs drift apart, but the
   step-based loop keeps them in step and finishes.
+- 3 shards on 2 ranks, one all broken: no hang, the summary adds both ranks' skips, and the val set (fewer items
+  than ranks x batch, fewer shards than ranks) scores as in one process on the same weights.
 
 Slow (several launches each): `pytest -m slow`. Helpers and the reference run come from test_train_multiprocess.
 """
