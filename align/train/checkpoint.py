@@ -171,7 +171,9 @@ def rng_state() -> (dict, dict):
 def set_rng_state(tensors: dict, meta: dict) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
     if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        # by device index: sorted names put torch_cuda_10 before torch_cuda_2 (a node of 11 or more GPUs)
+        states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("torch_cuda_")),
+                                              key=lambda k: int(k.rsplit("_", 1)[1]))]
         if states:
             torch.cuda.set_rng_state_all(states)
     py = meta["python"]

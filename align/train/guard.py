@@ -353,6 +353,17 @@ class StepWatch:
             dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
 
+    def gather_object(self, obj) -> list:
+        """Every rank's picklable `obj` (index: rank) on every rank, over the long-timeout group ([obj] with one
+        process): what each rank counted by itself, e.g. the samples its shards skipped."""
+        if self._group is None:
+            return [obj]
+        import torch.distributed as dist
+        out = [None] * self.world
+        with self.others_alive("the other ranks' counts (skipped samples)"):
+            dist.all_gather_object(out, obj, group=self._group)
+        return out
+
     def others_alive(self, what: str):
         """Around a long wait on the long-timeout group: ranks > 0 watch rank 0 (rank0_alive), rank 0 watches
         the others (ranks_alive)."""

@@ -32,7 +32,7 @@ from align.data.stream.features import step_features
 from align.errors import SourceUnavailable
 from align.train.dataworkers import DataWorkerDied
 from align.train.hooks import TestHooks
-from align.train.metrics import RunLogger, evaluate, run_val
+from align.train.metrics import RunLogger, evaluate, run_counts, run_val
 from align.train.optim import unlock_due
 from align.train.feed import (Batches, build_loader, carve_val_split, fit_val_tasks, resolve_auto_clip_seconds,
                               resolve_auto_image_size, shards_from_tables)
@@ -117,10 +117,11 @@ def train(r: Recipe, progress: bool = True) -> dict:
             loader.close()                     # its workers have gone on into an epoch that will not run
 
         watch.finish()                         # no verdict from here on; heartbeats go on (rank 0's last waits)
+        counts = run_counts(loader, watch.gather_object)     # every rank's skipped samples, for the summary
         state.elapsed_s = log.elapsed()
         final = save(eng, state, loader, r)
         results = evaluate(eng, r, state.step) if r.data.val else {}
         keep_if_best(eng, state, loader, r, results)         # the final model may be the best
-        summary = log.summary(state, loader, final, results)
+        summary = log.summary(state, loader, final, results, counts)
         watch.barrier()                        # rank 0 evaluated while the others waited (a long wait)
         return summary

@@ -3,7 +3,7 @@ eval.jsonl and the end summary (summary.json, loss.png, one console line).
 
 Rows of metrics.jsonl: every train.log_every steps and the last one: step, epoch, loss (of that step), lr,
 logit_scale (exp applied), logit_bias, samples_per_s and data_wait_frac (over the steps since the last row),
-skipped / skipped_by_reason (samples the loader dropped, whole run), bad_steps (NaN/Inf steps, whole run),
+skipped / skipped_by_reason (samples the loaders dropped, every rank, whole run), bad_steps (NaN/Inf steps, whole run),
 loss/PAIR (unweighted, per modality pair). A weights-only start writes a step-0 row with its temperature.
 Files are written by the main process; trackers log on it only.
 """
@@ -90,12 +90,13 @@ class RunLogger:
             dt = max(time.perf_counter() - self.t_window, 1e-9)
             sps = self.n_window * self.eng.global_batch / dt
             core = self.eng.core
+            counts = run_counts(loader, self.eng.watch.gather_object)    # every rank's (collective)
             rec = {"step": state.step, "epoch": state.epoch, "loss": self.loss,
                    "lr": self.eng.scheduler.get_last_lr()[0],
                    "logit_scale": float(full_value(core.logit_scale.detach()).exp()),
                    "samples_per_s": sps, "data_wait_frac": self.wait_window / dt,
                    # counted by the loader, also those at a stream's end that ride on no batch
-                   "skipped": sum(loader.skipped.values()), "skipped_by_reason": dict(loader.skipped),
+                   "skipped": sum(counts["skipped"].values()), "skipped_by_reason": counts["skipped"],
                    "bad_steps": state.bad_steps_total}
             if core.logit_bias is not None:
                 rec["logit_bias"] = float(full_value(core.logit_bias.detach()))
@@ -119,22 +120,24 @@ class RunLogger:
             self.close_bar()
             self.acc.print(f"warning: {line}")
 
-    def summary(self, state: TrainState, loader, final: str, results: dict) -> dict:
+    def summary(self, state: TrainState, loader, final: str, results: dict, counts: Optional[dict] = None) -> dict:
         """summary.json, the trackers' end, loss.png and one console line (main process); returns the summary
-        ({} on other ranks). Collective: a sharded model's FLOPs are counted by a forward on every rank."""
+        ({} on other ranks). Collective: a sharded model's FLOPs are counted by a forward on every rank.
+        counts: every rank's skipped/noted counts summed (run_counts); default: this loader's own."""
         from align.train.perf import estimate_flops_per_sample, peak_flops
         from align.train.plots import write_loss_plot
         r, acc, wall = self.r, self.acc, state.elapsed_s
         flops = estimate_flops_per_sample(self.eng.core) if self.is_main or self.eng.fsdp else None
         if not self.is_main:
             return {}
+        counts = counts or {"skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {}))}
         sps = state.samples / max(wall, 1e-9)
         peak = peak_flops(acc.device, r.train.precision) * self.eng.world
         summary = {"steps": state.step, "final_loss": self.loss, "wall_time_s": wall, "samples_per_s": sps,
                    "data_wait_frac": state.data_wait_s / max(wall, 1e-9),
                    "flops_per_sample": flops, "peak_flops": peak,
-                   "mfu": (flops * sps / peak) if peak and flops else None, "skipped": dict(loader.skipped),
-                   "noted": dict(getattr(loader, "noted", {})),
+                   "mfu": (flops * sps / peak) if peak and flops else None, "skipped": dict(counts["skipped"]),
+                   "noted": dict(counts["noted"]),
                    "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
                    "world_size": self.eng.world, "precision": r.train.precision,
                    "weights": f"ema {r.train.ema:g}" if r.train.ema else "trained"}
@@ -152,10 +155,23 @@ class RunLogger:
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
                   + (f", val {held} {results[held]:.4f}" if held else "")
                   + (f", weights: their average (train.ema {r.train.ema:g})" if r.train.ema else "")
-                  + skipped_words(loader.skipped)
-                  + "".join(f", {n} {what}" for what, n in sorted(getattr(loader, "noted", {}).items()))
+                  + skipped_words(counts["skipped"])
+                  + "".join(f", {n} {what}" for what, n in sorted(counts["noted"].items()))
                   + f" -> {r.output_dir}")
         return summary
+
+
+def run_counts(loader, gather) -> dict:
+    """{"skipped": {reason: n}, "noted": {what: n}} of every rank's loader, summed (collective: `gather` is
+    align.train.guard.StepWatch.gather_object). Each rank reads its own shards, so one rank's counts miss the
+    broken samples of the others' shards."""
+    from collections import Counter
+    mine = {"skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {}))}
+    total = {"skipped": Counter(), "noted": Counter()}
+    for theirs in gather(mine):
+        for k in total:
+            total[k].update(theirs[k])
+    return {k: dict(v) for k, v in total.items()}
 
 
 def skipped_words(skipped: dict) -> str:
@@ -221,7 +237,18 @@ def run_val(core, r: Recipe, acc, step: int) -> dict:
 
 def evaluate(eng, r: Recipe, step: int) -> dict:
     """run_val on the model: a plain copy gathered on the main process when it is sharded (collective); with
-    train.ema, the weight average (the trained weights come back after it; sharded: before the gather)."""
+    train.ema, the weight average (the trained weights come back after it; sharded: before the gather).
+    The global RNGs (torch CPU and CUDA, Python, NumPy) are put back afterwards: an evaluation's own draws (its
+    DataLoaders' base seeds) would shift every later dropout mask, so eval.every would change the trained weights."""
+    from align.train.checkpoint import rng_state, set_rng_state
+    saved = rng_state()
+    try:
+        return _evaluate(eng, r, step)
+    finally:
+        set_rng_state(*saved)
+
+
+def _evaluate(eng, r: Recipe, step: int) -> dict:
     from align.train.sharding import unsharded_copy
     if eng.ema is not None and eng.fsdp:
         with eng.ema.applied(eng.core):        # every rank swaps in its shards of the average, then the gather

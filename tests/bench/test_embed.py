@@ -319,3 +319,40 @@ def test_an_item_whose_caption_holds_a_lone_surrogate_is_skipped_counted_and_nam
     assert e.errors == [f"sample {ds.items[2].key!r}: caption 2 of 2: lone surrogate at position 7"]
     res = retrieval(fake_model, ds, progress=False)
     assert res["n"]["paired_items"] == 5 and res["skipped"]["text"] == 1
+
+
+def test_a_real_models_scores_and_rows_do_not_depend_on_the_batch_size_or_the_workers(tmp_path):
+    """An image+text+audio model (open_clip towers, an audio CNN with BatchNorm): zero-shot and retrieval on 19
+    items (clips of 19 lengths, 1-3 captions each, one broken image) give the same figures, the same rows in the same
+    order and the same vectors (to float32 rounding) at batch 1, 7 and 256, with 0 or 2 decode workers."""
+    from align.bench import BENCHMARKS
+    from align.train.evaluate import flatten
+    from tests.bench.conftest import wav_bytes
+    from tests.export.conftest import TINY_AUDIO_CNN, make_run
+    _, model = make_run(tmp_path, towers={"audio": TINY_AUDIO_CNN})
+    model.eval()
+    rng = np.random.default_rng(0)
+    samples = [(f"k{i:03d}", {"png": png_bytes(rng, size=12 + i % 5) if i != 5 else b"broken", "cls": str(i % 4),
+                              "flac": wav_bytes(rng, n=60 + 37 * i, fmt="FLAC"),
+                              "txt": "\n".join(f"caption {i} {j}" for j in range(1 + i % 3))}) for i in range(19)]
+    ds = open_dataset(write_wds(tmp_path / "d", samples, per_shard=5, classnames=list("abcd"),
+                                templates=["x {c}.", "y {c}"]), "wds")
+    entries = [{"task": "zeroshot", "modality": "image"}, {"task": "zeroshot", "modality": "audio"},
+               {"task": "retrieval", "query": "text", "gallery": "image"},
+               {"task": "retrieval", "query": "text", "gallery": "audio"}]
+    runs = {}
+    for workers, batch in ((0, 1), (2, 7), (0, 256)):
+        kw = dict(batch_size=batch, device=None, num_workers=workers, progress=False,
+                  cache_dir=str(tmp_path / f"cache-{workers}-{batch}"))        # each layout encodes once
+        emb = {m: embed_dataset(model, ds, m, **kw) for m in ("image", "audio", "text")}
+        results = [dict(BENCHMARKS.get(e["task"])(model, dict(e), dataset=ds, pretrained=None, **kw),
+                        eval_key=f"{e.get('modality') or e['query'] + '-' + e['gallery']}/{e['task']}")
+                   for e in entries]
+        runs[(workers, batch)] = (flatten(results), emb)
+    (ref, ref_emb), *others = runs.values()
+    assert len(ref) == 16 and ref_emb["image"].skipped == 1 and len(ref_emb["text"].ids) == 37
+    for flat, emb in others:
+        assert flat == ref
+        for m, e in emb.items():
+            np.testing.assert_array_equal(e.ids, ref_emb[m].ids)
+            np.testing.assert_allclose(e.vectors, ref_emb[m].vectors, rtol=0, atol=1e-6)

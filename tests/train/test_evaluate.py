@@ -4,6 +4,7 @@ import fnmatch
 
 import numpy as np
 import pytest
+import torch
 
 from align.bench import BENCHMARKS
 from align.errors import DataError
@@ -153,3 +154,25 @@ def test_the_runs_evaluation_decodes_the_val_set_within_the_recipes_data_limits(
     assert flat["audio/zeroshot/acc1"] != evaluate_model(default, val, tasks=["zeroshot"], batch_size=4)[
         "audio/zeroshot/acc1"]
     assert json.loads(open(tmp_path / "eval.jsonl").read())["step"] == 3
+
+
+def test_evaluating_during_training_leaves_the_trained_weights_as_they_were(tmp_path):
+    """An evaluation draws from the global RNG (its DataLoaders' base seeds); left shifted, every later dropout
+    mask (the audio CNN's dropout 0.2 here) moved, and eval.every changed the weights trained (1e-3 in 4 steps)."""
+    from tests.export.conftest import TINY_AUDIO_CNN
+    from tests.retrieval.conftest import tri_shards
+    from tests.switch_helpers import final_weights, recipe, train_dict
+    tri_shards(tmp_path / "shards", per_shard=8)
+    val = _val_set(tmp_path / "val", n=6, train=False)
+    weights = []
+    for every in (0, 2):
+        r = recipe(tmp_path, f"every{every}", model={"towers": {"audio": dict(TINY_AUDIO_CNN)}},
+                   data={"train": str(tmp_path / "shards" / "shard-{000..002}.tar"), "shuffle_buffer": 4, "val": val},
+                   loss={"pairs": [["image", "text"], ["audio", "text"]]}, train={"max_steps": 4},
+                   eval={"every": every, "tasks": ["zeroshot"]})
+        train_dict(r)
+        weights.append(final_weights(r["output_dir"]))
+    assert (tmp_path / "every2" / "eval.jsonl").read_text().count("\n") == 2      # evaluated at steps 2 and 4
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k

@@ -10,6 +10,8 @@ lock, and ranks whose shards differ in size (issue 25).
   refused with one line naming the holder, no file changed;
 - shards of very unequal size per rank and no data.samples_per_epoch: the ranks' epochs drift apart, but the
   step-based loop keeps them in step and finishes.
+- 3 shards on 2 ranks, one all broken: no hang, the summary adds both ranks' skips, and the val set (fewer items
+  than ranks x batch, fewer shards than ranks) scores as in one process on the same weights.
 
 Slow (several launches each): `pytest -m slow`. Helpers and the reference run come from test_train_multiprocess.
 """
@@ -289,3 +291,58 @@ def test_a_mid_run_eval_with_best_metric_keeps_the_ranks_in_step(ddp_ref, tmp_pa
     ckpts = os.listdir(tmp_path / "best" / "checkpoints")
     assert "best" in ckpts and "step-00000008" in ckpts
     assert os.path.isfile(tmp_path / "best" / "checkpoints" / "best" / "rank-1.json")   # both ranks wrote it
+
+
+@pytest.mark.slow
+def test_uneven_ranks_one_shard_all_broken_sum_their_skips_and_score_val_as_one_process(ddp_ref, tmp_path):
+    """3 shards on 2 ranks, one all broken: at seed 2 rank 1 draws only that shard in epochs 0-3, so it runs
+    through empty epochs while rank 0 trains; nothing hangs, and the summary adds both ranks' skips (it held
+    rank 0's alone). The val set, 7 samples in 1 shard (fewer shards than ranks, fewer samples than ranks x
+    eval.batch_size), is scored by rank 0 alone: its figures are those of one process on the same weights."""
+    import numpy as np
+    import torch
+    import yaml
+
+    import align
+    from align.train.evaluate import evaluate_model
+    from tests.bench.conftest import png_bytes, write_wds
+    base, _ = ddp_ref
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        write_shard(tmp_path / "shards" / f"s-{i:03d}.tar", [image_text(f"s{i}_{j:03d}", seed=j) for j in range(8)])
+    write_shard(tmp_path / "shards" / "s-002.tar", [{"__key__": f"bad_{j}", "jpg": b"not a jpeg", "txt": "x"}
+                                                    for j in range(6)])
+    rng = np.random.default_rng(0)
+    val = write_wds(str(tmp_path / "val"), [(f"v{i}", {"png": png_bytes(rng), "cls": str(i % 3), "txt": f"photo {i}"})
+                                            for i in range(7)], per_shard=8, classnames=["cat", "dog", "car"],
+                    templates=["a photo of a {c}."])
+    d = json.loads(json.dumps(base))
+    d["seed"] = 2
+    d["data"] = {"train": str(tmp_path / "shards" / "s-{000..002}.tar"), "num_workers": 0, "shuffle_buffer": 4,
+                 "samples_per_epoch": 16, "val": val}
+    d["train"].update(batch_size=2, max_steps=6, checkpoint_every=0, dist_timeout_s=60)
+    d["eval"] = {"every": 3, "tasks": ["zeroshot", "retrieval"], "batch_size": 4}
+    d["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(d))
+    res = launch(path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000006"
+    per_rank = [json.loads((ckpt / name).read_text())["data"]["skipped"].get("undecodable image", 0)
+                for name in ("state.json", "rank-1.json")]
+    assert per_rank[1] >= 24, per_rank                                   # rank 1 read the broken shard 4+ times
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped"] == {"undecodable image": sum(per_rank)}, (summary["skipped"], per_rank)
+    assert f"skipped {sum(per_rank)} samples" in out
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert rows[-1]["step"] == 6 and rows[-1]["skipped_by_reason"] == summary["skipped"]
+    final = [json.loads(line) for line in open(tmp_path / "run" / "eval.jsonl")][-1]
+    assert final["step"] == 6 and "image/zeroshot/acc1" in final
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                                             # as the launch ran (train.num_threads)
+    try:
+        alone = evaluate_model(align.load(str(ckpt)), val, tasks=["zeroshot", "retrieval"], batch_size=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert alone == {k: v for k, v in final.items() if k != "step"}

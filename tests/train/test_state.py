@@ -134,3 +134,17 @@ def test_a_nan_metric_is_never_the_best_and_does_not_make_later_ones_best():
     assert st.improves(float("nan")) is False and st.best == 0.5
     assert st.improves(0.4) is False and st.improves(None) is False and st.best == 0.5
     assert st.improves(0.6) is True and st.best == 0.6
+
+
+def test_the_cuda_rng_states_go_back_to_their_own_devices_on_a_node_of_twelve_gpus(monkeypatch):
+    """Saved as torch_cuda_0..11 and put back in device order: sorted by name, device 2 got device 10's state."""
+    import torch
+
+    from align.train.checkpoint import rng_state, set_rng_state
+    states = [torch.full((8,), i, dtype=torch.uint8) for i in range(12)]
+    put = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(states))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: put.extend(s))
+    set_rng_state(*rng_state())
+    assert [int(s[0]) for s in put] == list(range(12))

@@ -119,6 +119,25 @@ def test_num_workers_decode_in_worker_processes(tmp_path, monkeypatch, shards):
     assert len(pids[2]) >= 2 and str(os.getpid()) not in pids[2]     # (the next epoch's may start early)
 
 
+def test_one_data_worker_trains_as_none_and_two_the_same_samples_in_another_order(tmp_path, monkeypatch, shards):
+    """What data.num_workers changes: 0 and 1 read the one stream per rank (same keys per step, same weights bit for
+    bit); 2 split the rank's shards between two streams taken in turn: every epoch trains the same samples (4 shards
+    of 8, nothing left in a short batch), in another order."""
+    import torch
+
+    from tests.switch_helpers import final_weights
+    pattern, keys = shards
+    steps, weights = {}, {}
+    for n in (0, 1, 2):
+        r = recipe(tmp_path, f"w{n}", data={"train": pattern, "num_workers": n, "shuffle_buffer": 4},
+                   train={"max_steps": 8, "batch_size": 4})
+        steps[n] = _keys(monkeypatch, tmp_path, r)
+        weights[n] = final_weights(r["output_dir"])
+    assert steps[0] == steps[1] and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert sorted(_flat(steps[0])) == sorted(_flat(steps[2])) == sorted(keys)       # 8 steps of 4: one epoch
+    assert steps[0] != steps[2]
+
+
 def _align_script():
     """The installed console script: next to this interpreter, else on PATH."""
     import shutil
@@ -172,6 +191,23 @@ def test_max_skip_frac_from_the_recipe_stops_the_run(tmp_path):
                train={"max_steps": 15})
     summary = train_dict(r)
     assert summary["steps"] == 15 and sum(summary["skipped"].values()) == 40, summary["skipped"]
+
+
+def test_the_run_summary_adds_the_skips_every_rank_counted(tmp_path, monkeypatch, capsys):
+    """Each rank reads its own shards and counts its own skips: summary.json, the end line and metrics.jsonl add the
+    others' (stood in for here by rank 1's counts; the 2-process launch is in test_faults_multiprocess.py)."""
+    from align.train.guard import StepWatch
+    rank1 = {"skipped": {"undecodable image": 3, "undecodable audio": 2}, "noted": {"captions cut": 4}}
+    monkeypatch.setattr(StepWatch, "gather_object", lambda self, obj: [obj, rank1], raising=False)
+    r = recipe(tmp_path, "sum", data={"train": _half_broken(tmp_path, n=40), "shuffle_buffer": 1},
+               train={"max_steps": 3})
+    summary = train_dict(r)
+    with open(os.path.join(r["output_dir"], "checkpoints", "step-00000003", "state.json")) as f:
+        own = json.load(f)["data"]["skipped"]["undecodable image"]           # rank 0's own count
+    assert own > 0 and summary["skipped"] == {"undecodable image": own + 3, "undecodable audio": 2}
+    assert summary["noted"] == {"captions cut": 4}
+    assert metrics(r["output_dir"])[-1]["skipped_by_reason"] == summary["skipped"]      # metrics.jsonl's rows too
+    assert f"skipped {own + 5} samples, 4 captions cut" in capsys.readouterr().out
 
 
 def test_the_same_shards_in_another_folder_train_the_same_weights(tmp_path, shards):

@@ -433,4 +433,13 @@ MUTATIONS = [
     M("hf_image.aspect_keeping_processor_fixed", "align/media/image.py",
       "    return square if square == wide else None", "    return square", [HF_IMAGE_SIZE],
       "an uncropped processor's batches refused for not being a square's size (media.image.transform_shape)"),
+    M("loader.one_worker_not_the_in_process_stream", "align/data/stream/loader.py",
+      "        self.n_logical = max(1, num_workers)", "        self.n_logical = num_workers + 1",
+      ["tests/train/test_train_data_switches.py::"
+       "test_one_data_worker_trains_as_none_and_two_the_same_samples_in_another_order"],
+      "data.num_workers 0 -> 1 changed the order trained and the weights"),
+    M("faults.skip_rate_names_no_rank", "align/data/stream/faults.py",
+      'where = f" on rank {rank} of {world_size} (in the shards it reads)" if', 'where = "" if',
+      ["tests/data/stream/test_faults.py::test_max_skip_frac_stops_the_run"],
+      "a 2-process run stopped by data.max_skip_frac did not say which rank's shards were over it"),
 ]

@@ -113,11 +113,13 @@ class FaultCounter:
         return delta, extra
 
 
-def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | None) -> DataError | None:
+def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | None, rank: int = 0,
+                    world_size: int = 1) -> DataError | None:
     """The DataError to raise when the skip rate is over `max_skip_frac`, else None.
 
     skip rate = sum(skipped) / seen, where `seen` counts every raw sample read
-    plus every shard that could not be read (each counts as one).
+    plus every shard that could not be read (each counts as one). Each rank checks the shards it reads; with
+    several, the line names the rank.
     """
     if max_skip_frac is None or seen < MIN_SEEN_FOR_SKIP_CHECK:
         return None
@@ -127,8 +129,9 @@ def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | N
         return None
     top = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     top_s = ", ".join(f"{reason} ({n})" for reason, n in top)
+    where = f" on rank {rank} of {world_size} (in the shards it reads)" if world_size > 1 else ""
     return DataError(
-        f"skip rate {100 * rate:.1f}% ({total} of {seen} samples) exceeds "
+        f"skip rate {100 * rate:.1f}% ({total} of {seen} samples){where} exceeds "
         f"data.max_skip_frac={max_skip_frac}; top reasons: {top_s}"
     )
 

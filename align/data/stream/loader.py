@@ -365,7 +365,8 @@ class StreamLoader:
                 self._seg["prog"][lw] = item[SEG]
                 if self._seg["quota"][lw] is not None:
                     self._seg["quota"][lw] -= 1
-        err = skip_rate_error(dict(self.skipped), self.seen, self.max_skip_frac)
+        err = skip_rate_error(dict(self.skipped), self.seen, self.max_skip_frac, self.dataset.rank,
+                              self.dataset.world_size)
         if err is not None:
             raise err
         return not flush

@@ -126,6 +126,12 @@ def test_max_skip_frac_stops_the_run(tmp_path, num_workers):
         list(build_train_loader(shards, max_skip_frac=0.05, **kw))
     loader = build_train_loader(shards, max_skip_frac=0.5, **kw)
     assert len(list(loader)) > 0 and loader.skipped["undecodable image"] == 30
+    # each rank checks the shards it reads (one of 75 here: checked from the 100th sample on, in its second epoch),
+    # and says which rank it is
+    one = build_train_loader(shards, max_skip_frac=0.05, rank=1, world_size=2, **kw)
+    with pytest.raises(DataError, match=r"^skip rate \d+\.\d% \(\d+ of \d+ samples\) on rank 1 of 2 \(in the shards "
+                                        r"it reads\) exceeds data.max_skip_frac=0.05"):
+        list(one) + list(one)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
