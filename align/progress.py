@@ -10,10 +10,17 @@ and the benchmarks:
     # log file:  train: 240/1200 step (20%), 4.1 step/s, ETA 3m54s, loss=1.234, lr=4.8e-04
 
 `ALIGN_PROGRESS=plain|bar` forces either form (tests, CI logs viewed in a browser).
+
+`setup_console()` (the CLI calls it first): a stdout/stderr whose encoding is not UTF-8 (LANG=C with
+PYTHONUTF8=0, an ISO-8859-1 locale, PYTHONIOENCODING=ascii) writes what it cannot encode as escapes (\\u4e00)
+instead of ending the command with UnicodeEncodeError at the first caption or path; and align's warnings go to
+stderr one line each, starting on a clean line when a bar is drawn there (a data worker's warning would
+otherwise follow the bar's text on its line).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -126,3 +133,40 @@ def progress(iterable: Optional[Iterable] = None, *, disable: bool = False, ever
     from tqdm.auto import tqdm
 
     return tqdm(iterable, file=file, **kwargs)
+
+
+class WarningLines(logging.Handler):
+    """align's log records as `message` lines on the current sys.stderr; on a terminal where bars are drawn, the
+    bar's line is blanked first (spaces, then \\r: no escape codes, so TERM=dumb shows it alike). Inherited
+    by forked data workers, whose warnings then land on their own line too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            head = ""
+            if not _plain_wanted(stream):
+                try:
+                    cols = os.get_terminal_size(stream.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    cols = 80
+                head = "\r" + " " * max(cols - 1, 0) + "\r"
+            stream.write(head + self.format(record) + "\n")
+            stream.flush()
+        except Exception:          # as logging.StreamHandler: a broken stream never ends the run
+            self.handleError(record)
+
+
+def setup_console() -> None:
+    """Console streams that cannot crash on text, and align's warnings as lines (module docstring). Idempotent."""
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if enc not in ("utf8", "utf8sig") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):     # a stream already written in a way that cannot change
+                pass
+    logger = logging.getLogger("align")
+    if not any(isinstance(h, WarningLines) for h in logger.handlers):
+        handler = WarningLines(level=logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)

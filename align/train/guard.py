@@ -353,6 +353,17 @@ class StepWatch:
             dist.broadcast_object_list(box, src=0, group=self._group)
         return box[0]
 
+    def gather_object(self, obj) -> Optional[list]:
+        """Every rank's picklable `obj`, in rank order, on rank 0 (None on the others), however long rank 0's own
+        work before it took (its final evaluation): the end summary's counts of the whole launch."""
+        if self._group is None:
+            return [obj]
+        import torch.distributed as dist
+        box = [None] * self.world if self.rank == 0 else None
+        with self.others_alive("the end summary's counts"):
+            dist.gather_object(obj, box, dst=0, group=self._group)
+        return box
+
     def others_alive(self, what: str):
         """Around a long wait on the long-timeout group: ranks > 0 watch rank 0 (rank0_alive), rank 0 watches
         the others (ranks_alive)."""

@@ -126,6 +126,7 @@ class RunLogger:
         from align.train.plots import write_loss_plot
         r, acc, wall = self.r, self.acc, state.elapsed_s
         flops = estimate_flops_per_sample(self.eng.core) if self.is_main or self.eng.fsdp else None
+        skipped, noted = launch_counts(loader, self.eng.watch)     # every rank's, summed on rank 0
         if not self.is_main:
             return {}
         sps = state.samples / max(wall, 1e-9)
@@ -133,8 +134,8 @@ class RunLogger:
         summary = {"steps": state.step, "final_loss": self.loss, "wall_time_s": wall, "samples_per_s": sps,
                    "data_wait_frac": state.data_wait_s / max(wall, 1e-9),
                    "flops_per_sample": flops, "peak_flops": peak,
-                   "mfu": (flops * sps / peak) if peak and flops else None, "skipped": dict(loader.skipped),
-                   "noted": dict(getattr(loader, "noted", {})),
+                   "mfu": (flops * sps / peak) if peak and flops else None, "skipped": skipped,
+                   "noted": noted,
                    "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
                    "world_size": self.eng.world, "precision": r.train.precision,
                    "weights": f"ema {r.train.ema:g}" if r.train.ema else "trained"}
@@ -152,10 +153,25 @@ class RunLogger:
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
                   + (f", val {held} {results[held]:.4f}" if held else "")
                   + (f", weights: their average (train.ema {r.train.ema:g})" if r.train.ema else "")
-                  + skipped_words(loader.skipped)
-                  + "".join(f", {n} {what}" for what, n in sorted(getattr(loader, "noted", {}).items()))
+                  + skipped_words(skipped)
+                  + "".join(f", {n} {what}" for what, n in sorted(noted.items()))
                   + f" -> {r.output_dir}")
         return summary
+
+
+def launch_counts(loader, watch) -> tuple:
+    """(skipped, noted) by reason, summed over the launch's ranks on rank 0 (each rank's loader counts only the
+    shards it reads; collective). One process: its loader's."""
+    mine = (dict(loader.skipped), dict(getattr(loader, "noted", None) or {}))
+    every = watch.gather_object(mine) if watch is not None else [mine]
+    if every is None:                  # ranks > 0
+        return mine
+    from collections import Counter
+    skipped, noted = Counter(), Counter()
+    for s, n in every:
+        skipped.update(s)
+        noted.update(n)
+    return dict(skipped), dict(noted)
 
 
 def skipped_words(skipped: dict) -> str:

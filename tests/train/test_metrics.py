@@ -84,3 +84,29 @@ def test_a_resumed_run_reads_metrics_jsonl_once_for_its_cut_and_its_final_loss(t
         assert len(reads) == 1, (step, reads)
         assert logger.loss == loss if loss is not None else logger.loss != logger.loss      # NaN: no row at 25
         assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == kept
+
+
+def test_the_loss_plot_has_a_legend_naming_the_loss_and_the_lr_curves(tmp_path, monkeypatch):
+    """The loss and the lr curves shared one panel on two y axes with no legend: which line was the loss was
+    a guess (both y labels black)."""
+    import matplotlib.figure
+    seen = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: seen.append(fig))
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "lr": 1e-3}) + "\n" for s in range(1, 11)))
+    write_loss_plot(str(m), str(tmp_path / "a.png"))
+    legend = seen[0].axes[0].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["train loss", "lr"]
+
+
+def test_the_end_summary_sums_the_skips_of_every_rank_of_a_launch():
+    """Each rank's loader counts only the shards it reads; the summary counted rank 0's alone."""
+    from types import SimpleNamespace
+
+    from align.train.metrics import launch_counts
+    loader = SimpleNamespace(skipped={"undecodable image": 1}, noted={"duplicate file": 1})
+    rank1 = ({"undecodable image": 2, "missing shard": 1}, {})
+    both = SimpleNamespace(gather_object=lambda mine: [mine, rank1])          # rank 0 of two
+    assert launch_counts(loader, both) == ({"undecodable image": 3, "missing shard": 1}, {"duplicate file": 1})
+    other = SimpleNamespace(gather_object=lambda mine: None)                  # a rank > 0: its own
+    assert launch_counts(loader, other) == ({"undecodable image": 1}, {"duplicate file": 1})
