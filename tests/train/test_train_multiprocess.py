@@ -180,7 +180,8 @@ def test_two_processes_carve_one_val_split_and_agree_on_the_best_checkpoint(tmp_
 def test_a_launch_counts_every_ranks_skips_at_its_end_and_says_each_warning_once(tmp_path):
     """Each rank's loader counts only the shards it reads: summary.json and the end line counted rank 0's skips
     alone (rank 1's broken samples were lost from the summary), and the 'shards do not exist' warning was printed
-    by both ranks. One broken sample first in each of 2 shards (no shuffle buffer: read first), s-002 missing: 2 skipped in all."""
+    by both ranks. One broken sample first in each of 2 shards (no shuffle buffer: read first), s-002 missing:
+    2 skipped in all."""
     from tests.conftest import TINY_OPEN_CLIP
     from tests.wds_helpers import image_text, write_shard
     (tmp_path / "d").mkdir()

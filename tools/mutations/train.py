@@ -421,4 +421,12 @@ MUTATIONS = [
       '    with open(path, encoding="utf-8", errors="replace") as f:', '    with open(path, encoding="utf-8") as f:',
       ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
       "a metrics.jsonl line of bytes that are not UTF-8 (a damaged disk) stopped the resume with UnicodeDecodeError"),
+    M("metrics.summary_counts_rank0_skips_only", "align/train/metrics.py",
+      "    every = watch.gather_object(mine) if watch is not None else [mine]", "    every = [mine]",
+      ["tests/train/test_metrics.py::test_the_end_summary_sums_the_skips_of_every_rank_of_a_launch"],
+      "a launch's summary.json and end line counted rank 0's skipped samples alone"),
+    M("plots.loss_plot_without_legend", "align/train/plots.py",
+      "    lines = ax.get_lines() + ax2.get_lines()\n", "    lines = []\n",
+      ["tests/train/test_metrics.py::test_the_loss_plot_has_a_legend_naming_the_loss_and_the_lr_curves"],
+      "loss.png: the loss and lr curves on two y axes, no legend saying which is which"),
 ]
