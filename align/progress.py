@@ -13,9 +13,10 @@ and the benchmarks:
 
 `setup_console()` (the CLI calls it first): a stdout/stderr whose encoding is not UTF-8 (LANG=C with
 PYTHONUTF8=0, an ISO-8859-1 locale, PYTHONIOENCODING=ascii) writes what it cannot encode as escapes (\\u4e00)
-instead of ending the command with UnicodeEncodeError at the first caption or path; and align's warnings go to
-stderr one line each, starting on a clean line when a bar is drawn there (a data worker's warning would
-otherwise follow the bar's text on its line).
+instead of ending the command with UnicodeEncodeError at the first caption or path; stdout redirected to a file
+is line-buffered, so a job log shows each line when it is said ("resumed from ...") and in order with stderr's
+progress lines, not in 8 KB blocks at the end; and align's warnings go to stderr one line each, starting on a
+clean line when a bar is drawn there (a data worker's warning would otherwise follow the bar's text on its line).
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class PlainProgress:
     def set_description(self, desc: str, refresh: bool = True) -> None:
         self.desc = desc
 
+    @staticmethod
+    def write(s: str, file=None, end: str = "\n", nolock: bool = False) -> None:
+        """tqdm.write's: a message line (stdout by default), printed also when the bar is disabled."""
+        print(s, file=file or sys.stdout, end=end, flush=True)
+
     def close(self) -> None:
         if self._printed_n != self.n:
             self._emit()
@@ -160,9 +166,12 @@ def setup_console() -> None:
     """Console streams that cannot crash on text, and align's warnings as lines (module docstring). Idempotent."""
     for stream in (sys.stdout, sys.stderr):
         enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
-        if enc not in ("utf8", "utf8sig") and hasattr(stream, "reconfigure"):
+        change = {} if enc in ("utf8", "utf8sig") else {"errors": "backslashreplace"}
+        if not getattr(stream, "line_buffering", True):
+            change["line_buffering"] = True   # a log file: each line as it is said, in order with stderr's
+        if change and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(errors="backslashreplace")
+                stream.reconfigure(**change)
             except (ValueError, OSError):     # a stream already written in a way that cannot change
                 pass
     logger = logging.getLogger("align")

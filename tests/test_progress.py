@@ -139,3 +139,14 @@ def test_warnings_are_one_line_each_and_start_clear_of_a_bar_on_a_terminal(conso
     monkeypatch.setenv("ALIGN_PROGRESS", "bar")          # a terminal (StringIO: 80 columns assumed)
     logging.getLogger("align.data.stream.faults").warning("skipping s-001.tar: missing shard")
     assert err.getvalue() == "\r" + " " * 79 + "\r" + "skipping s-001.tar: missing shard\n"
+
+
+def test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr(console, monkeypatch):
+    """Without PYTHONUNBUFFERED, stdout redirected to a file is block-buffered: a job log showed 'resumed from ...'
+    after the run's progress lines (at exit, or 8 KB later), out of order with stderr."""
+    from align.progress import setup_console
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8"))   # as Python opens a file
+    setup_console()
+    print("resumed from run/checkpoints/step-00000010 at step 10")
+    assert raw.getvalue() == b"resumed from run/checkpoints/step-00000010 at step 10\n"   # no flush needed

@@ -110,3 +110,21 @@ def test_the_end_summary_sums_the_skips_of_every_rank_of_a_launch():
     assert launch_counts(loader, both) == ({"undecodable image": 3, "missing shard": 1}, {"duplicate file": 1})
     other = SimpleNamespace(gather_object=lambda mine: None)                  # a rank > 0: its own
     assert launch_counts(loader, other) == ({"undecodable image": 1}, {"duplicate file": 1})
+
+
+def test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning(tmp_path, capsys):
+    """A mid-run evaluation said nothing on the console (eval.jsonl only), and the overfitting warning closed the
+    progress bar: on a terminal the run went on without one."""
+    from types import SimpleNamespace
+    log = _logger_at(tmp_path, 0)
+    log.r = SimpleNamespace(output_dir=str(tmp_path), eval=SimpleNamespace(best_metric=None))
+    closed = []
+    log.bar.close = lambda: closed.append(True)
+    for step, acc, loss in ((10, 0.6, 2.0), (20, 0.5, 1.8), (30, 0.4, 1.6)):
+        log.loss = loss
+        log.heldout({"image/zeroshot/acc1": acc, "image/zeroshot/acc5": 0.9}, step)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [f"step {s}: val image/zeroshot/acc1 {a}" for s, a in ((10, "0.6000"), (20, "0.5000"),
+                                                                             (30, "0.4000"))]
+    assert len(out) == 4 and out[3].startswith("warning: held-out image/zeroshot/acc1 fell at 2 evaluations")
+    assert closed == []

@@ -206,7 +206,7 @@ MUTATIONS = [
       ["tests/bench/test_limits.py::test_a_run_is_benched_within_its_recipes_limits_and_limit_replaces_one"],
       "a 0.05 s clip over a 0.03 s limit was named as 0.1 s"),
     M("progress.non_utf8_console_strict", "align/progress.py",
-      '                stream.reconfigure(errors="backslashreplace")', "                pass",
+      '        change = {} if enc in ("utf8", "utf8sig") else {"errors": "backslashreplace"}', "        change = {}",
       ["tests/test_progress.py::test_a_non_utf8_stdout_escapes_a_caption_instead_of_crashing"],
       "LC_ALL=C (PYTHONUTF8=0) or an ISO-8859-1 locale: UnicodeEncodeError at the first caption printed"),
     M("progress.warning_on_the_bars_line", "align/progress.py",
@@ -217,4 +217,8 @@ MUTATIONS = [
       "    if not any(isinstance(h, WarningLines) for h in logger.handlers):", "    if True:",
       ["tests/test_progress.py::test_warnings_are_one_line_each_and_start_clear_of_a_bar_on_a_terminal"],
       "each warning printed twice after a second setup_console"),
+    M("progress.log_file_stdout_block_buffered", "align/progress.py",
+      '            change["line_buffering"] = True', "            pass",
+      ["tests/test_progress.py::test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr"],
+      "a job log showed 'resumed from ...' after the progress lines, at exit"),
 ]
