@@ -221,4 +221,8 @@ MUTATIONS = [
       '            change["line_buffering"] = True', "            pass",
       ["tests/test_progress.py::test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr"],
       "a job log showed 'resumed from ...' after the progress lines, at exit"),
+    M("cli.data_demo_prints_its_manifest", "align/cli_data.py",
+      "    print(f\"demo data: {c['train']} train", "    print(json.dumps(man)); print(f\"demo data: {c['train']} train",
+      ["tests/test_cli.py::test_data_demo_ends_with_one_summary_line_not_the_manifest"],
+      "`align data demo` ended with its 230-line manifest"),
 ]
