@@ -96,18 +96,7 @@ def test_a_resumed_run_drops_metrics_rows_past_its_checkpoint(tiny_recipe):
     assert steps == [2, 4, 6]                   # strictly increasing, no step twice
 
 
-@pytest.fixture
-def console(monkeypatch):
-    """setup_console's handler taken off the `align` logger again after the test."""
-    import logging
-    from align.progress import WarningLines
-    yield
-    logger = logging.getLogger("align")
-    for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
-        logger.removeHandler(h)
-
-
-def test_a_non_utf8_stdout_escapes_a_caption_instead_of_crashing(console, monkeypatch, tmp_path):
+def test_a_non_utf8_stdout_escapes_a_caption_instead_of_crashing(monkeypatch, tmp_path):
     """LC_ALL=C with PYTHONUTF8=0 (or an ISO-8859-1 locale) gave `align data inspect` a UnicodeEncodeError
     traceback at the first caption it could not encode."""
     from align.cli import main
@@ -122,7 +111,7 @@ def test_a_non_utf8_stdout_escapes_a_caption_instead_of_crashing(console, monkey
     assert "'\\u4e00\\u5f20\\u7167\\u7247 caf\\xe9'" in text and "1 shards, 1 samples" in text
 
 
-def test_warnings_are_one_line_each_and_start_clear_of_a_bar_on_a_terminal(console, monkeypatch):
+def test_warnings_are_one_line_each_and_start_clear_of_a_bar_on_a_terminal(monkeypatch):
     """A data worker's warning was written after the bar's text on the bar's line (`... 4.58step/s]skipping
     shard ...`); in a log file it stays the bare line."""
     import logging
@@ -141,7 +130,7 @@ def test_warnings_are_one_line_each_and_start_clear_of_a_bar_on_a_terminal(conso
     assert err.getvalue() == "\r" + " " * 79 + "\r" + "skipping s-001.tar: missing shard\n"
 
 
-def test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr(console, monkeypatch):
+def test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr(monkeypatch):
     """Without PYTHONUNBUFFERED, stdout redirected to a file is block-buffered: a job log showed 'resumed from ...'
     after the run's progress lines (at exit, or 8 KB later), out of order with stderr."""
     from align.progress import setup_console
