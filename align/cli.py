@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from align.progress import setup_console
+    setup_console()      # a non-UTF-8 locale escapes what it cannot write; warnings as lines, clear of the bar
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:   # key=value overrides placed after an option (e.g. `--no-progress a.b=1`)

@@ -18,7 +18,9 @@ from align.shipped import resolve_recipe
 def cmd_data_demo(a):
     from align.demo.data import build_demo
     man = build_demo(a.out, seed=a.seed, workers=a.workers)
-    print(json.dumps(man, indent=1))
+    c = man["counts"]      # one line, not the 230-line manifest (it is OUT/demo.json)
+    print(f"demo data: {c['train']} train / {c['val']} val samples (selection/, heldout/: {c['selection']} / "
+          f"{c['heldout']} val copies) -> {a.out} (manifest: {os.path.join(a.out, 'demo.json')})")
 
 
 def cmd_data_shards(a):

@@ -10,10 +10,18 @@ and the benchmarks:
     # log file:  train: 240/1200 step (20%), 4.1 step/s, ETA 3m54s, loss=1.234, lr=4.8e-04
 
 `ALIGN_PROGRESS=plain|bar` forces either form (tests, CI logs viewed in a browser).
+
+`setup_console()` (the CLI calls it first): a stdout/stderr whose encoding is not UTF-8 (LANG=C with
+PYTHONUTF8=0, an ISO-8859-1 locale, PYTHONIOENCODING=ascii) writes what it cannot encode as escapes (\\u4e00)
+instead of ending the command with UnicodeEncodeError at the first caption or path; stdout redirected to a file
+is line-buffered, so a job log shows each line when it is said ("resumed from ...") and in order with stderr's
+progress lines, not in 8 KB blocks at the end; and align's warnings go to stderr one line each, starting on a
+clean line when a bar is drawn there (a data worker's warning would otherwise follow the bar's text on its line).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -82,6 +90,11 @@ class PlainProgress:
     def set_description(self, desc: str, refresh: bool = True) -> None:
         self.desc = desc
 
+    @staticmethod
+    def write(s: str, file=None, end: str = "\n", nolock: bool = False) -> None:
+        """tqdm.write's: a message line (stdout by default), printed also when the bar is disabled."""
+        print(s, file=file or sys.stdout, end=end, flush=True)
+
     def close(self) -> None:
         if self._printed_n != self.n:
             self._emit()
@@ -126,3 +139,43 @@ def progress(iterable: Optional[Iterable] = None, *, disable: bool = False, ever
     from tqdm.auto import tqdm
 
     return tqdm(iterable, file=file, **kwargs)
+
+
+class WarningLines(logging.Handler):
+    """align's log records as `message` lines on the current sys.stderr; on a terminal where bars are drawn, the
+    bar's line is blanked first (spaces, then \\r: no escape codes, so TERM=dumb shows it alike). Inherited
+    by forked data workers, whose warnings then land on their own line too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            head = ""
+            if not _plain_wanted(stream):
+                try:
+                    cols = os.get_terminal_size(stream.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    cols = 80
+                head = "\r" + " " * max(cols - 1, 0) + "\r"
+            stream.write(head + self.format(record) + "\n")
+            stream.flush()
+        except Exception:          # as logging.StreamHandler: a broken stream never ends the run
+            self.handleError(record)
+
+
+def setup_console() -> None:
+    """Console streams that cannot crash on text, and align's warnings as lines (module docstring). Idempotent."""
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        change = {} if enc in ("utf8", "utf8sig") else {"errors": "backslashreplace"}
+        if not getattr(stream, "line_buffering", True):
+            change["line_buffering"] = True   # a log file: each line as it is said, in order with stderr's
+        if change and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(**change)
+            except (ValueError, OSError):     # a stream already written in a way that cannot change
+                pass
+    logger = logging.getLogger("align")
+    if not any(isinstance(h, WarningLines) for h in logger.handlers):
+        handler = WarningLines(level=logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)

@@ -32,6 +32,18 @@ TINY_OPEN_CLIP = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _console_handler_removed():
+    """The warning-line handler a CLI call installs on the `align` logger (align.progress.setup_console) is taken
+    off after each test, so that one test's `main(...)` does not print later tests' warnings to their stderr."""
+    yield
+    import logging
+    from align.progress import WarningLines
+    logger = logging.getLogger("align")
+    for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
+        logger.removeHandler(h)
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     """A dict recipe of a tiny dual-tower model on synthetic data."""

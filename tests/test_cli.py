@@ -275,3 +275,15 @@ def test_data_stats_and_inspect_refuse_a_sample_count_out_of_range(capsys, tmp_p
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"align: error: {msg}"), err
     assert main(["data", "inspect", str(tmp_path / "s"), "-n", "0"]) == 0     # 0: the summary only
+
+
+def test_data_demo_ends_with_one_summary_line_not_the_manifest(monkeypatch, capsys, tmp_path):
+    """`align data demo` printed its 230-line manifest (also in OUT/demo.json) and, on data already built, no line
+    saying what it holds or where."""
+    import align.demo.data as demo_data
+    counts = {"train": 1343, "val": 454, "selection": 454, "heldout": 454, "total": 1797}
+    monkeypatch.setattr(demo_data, "build_demo", lambda out, **kw: {"counts": counts, "per_class": {"train": [1] * 10}})
+    assert main(["data", "demo", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"demo data: 1343 train / 454 val samples (selection/, heldout/: 454 / 454 val copies) -> "
+                   f"{tmp_path / 'd'} (manifest: {tmp_path / 'd' / 'demo.json'})"]

@@ -94,3 +94,48 @@ def test_a_resumed_run_drops_metrics_rows_past_its_checkpoint(tiny_recipe):
     assert _run(tiny_recipe) == 0               # resumes from step 3: logs 4 and 6 again
     steps = [json.loads(l)["step"] for l in open(os.path.join(run, "metrics.jsonl"))]
     assert steps == [2, 4, 6]                   # strictly increasing, no step twice
+
+
+def test_a_non_utf8_stdout_escapes_a_caption_instead_of_crashing(monkeypatch, tmp_path):
+    """LC_ALL=C with PYTHONUTF8=0 (or an ISO-8859-1 locale) gave `align data inspect` a UnicodeEncodeError
+    traceback at the first caption it could not encode."""
+    from align.cli import main
+    from tests.wds_helpers import image_text, write_shard
+    shard = write_shard(tmp_path / "s-000.tar", [image_text("k0", caption="一张照片 café")])
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii")            # strict, as Python's stdout in such a locale
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["data", "inspect", shard]) == 0
+    out.flush()
+    text = raw.getvalue().decode("ascii")
+    assert "'\\u4e00\\u5f20\\u7167\\u7247 caf\\xe9'" in text and "1 shards, 1 samples" in text
+
+
+def test_warnings_are_one_line_each_and_start_clear_of_a_bar_on_a_terminal(monkeypatch):
+    """A data worker's warning was written after the bar's text on the bar's line (`... 4.58step/s]skipping
+    shard ...`); in a log file it stays the bare line."""
+    import logging
+    from align.progress import setup_console
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    setup_console()
+    setup_console()                                      # idempotent: one handler, one line per warning
+    monkeypatch.setenv("ALIGN_PROGRESS", "plain")        # a log file
+    logging.getLogger("align.data.stream.faults").warning("skipping s-000.tar: missing shard")
+    logging.getLogger("align.data.stream.faults").info("not shown")
+    assert err.getvalue() == "skipping s-000.tar: missing shard\n"
+    err.seek(0), err.truncate()
+    monkeypatch.setenv("ALIGN_PROGRESS", "bar")          # a terminal (StringIO: 80 columns assumed)
+    logging.getLogger("align.data.stream.faults").warning("skipping s-001.tar: missing shard")
+    assert err.getvalue() == "\r" + " " * 79 + "\r" + "skipping s-001.tar: missing shard\n"
+
+
+def test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr(monkeypatch):
+    """Without PYTHONUNBUFFERED, stdout redirected to a file is block-buffered: a job log showed 'resumed from ...'
+    after the run's progress lines (at exit, or 8 KB later), out of order with stderr."""
+    from align.progress import setup_console
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8"))   # as Python opens a file
+    setup_console()
+    print("resumed from run/checkpoints/step-00000010 at step 10")
+    assert raw.getvalue() == b"resumed from run/checkpoints/step-00000010 at step 10\n"   # no flush needed

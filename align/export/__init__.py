@@ -255,7 +255,7 @@ def _export_bytes(model, fmt: str) -> int:
 
 
 def summary_lines(result: dict) -> List[str]:
-    """What the CLI prints: one summary line, then one line per note."""
+    """What the CLI prints: one line per note, then the one summary line (last, where a person looks)."""
     par = []
     for fmt, p in result["parity"].items():
         if fmt == "align":
@@ -264,4 +264,4 @@ def summary_lines(result: dict) -> List[str]:
         par.append(f"{fmt} max diff {worst:.1e}")
     line = (f"exported {result['source']} -> {result['out_dir']} ({', '.join(result['formats'])}; "
             f"{len(result['files'])} files)" + (f"; parity: {', '.join(par)}" if par else ""))
-    return [line] + [f"note: {n}" for n in result["notes"]]
+    return [f"note: {n}" for n in result["notes"]] + [line]

@@ -98,11 +98,13 @@ def cmd_embed(a):
 
 def cmd_index(a):
     from align.retrieval.index_build import build_indexes, summary_line
-    mods = _modalities(a.modalities)
+    mods, built = _modalities(a.modalities), []
     for s in build_indexes(a.emb, a.out, max_memory=a.max_memory, max_latency_ms=a.max_latency_ms, kind=a.kind,
                            modalities=mods, n_queries=a.queries, refine=not a.no_refine, progress=not a.no_progress,
                            overwrite=a.overwrite):
         print(summary_line(s))
+        built.append(s["modality"])
+    print(f"{len(built)} index{'es' if len(built) != 1 else ''} ({', '.join(built)}) -> {a.out}")
 
 
 def _query(a):

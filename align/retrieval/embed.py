@@ -288,7 +288,9 @@ def embed_corpus(model, data: str, out: str, *, modalities: Optional[List[str]] 
     mine = [i for i in range(len(shards)) if i % world == rank]
     summary = EmbedSummary(parts=len(mine))
     t0 = time.perf_counter()
-    bar = tqdm(total=len(mine), desc="embed", unit="part", disable=not progress, dynamic_ncols=True)
+    # one bar for a launch: the processes would redraw theirs in turn on the one terminal line (each its own count)
+    bar = tqdm(total=len(mine), desc="embed" if world == 1 else f"embed, process {rank}/{world}", unit="part",
+               disable=not progress or rank != 0, dynamic_ncols=True)
     for i in mine:
         counts = part_done(parts_dir, part_name(i), verify=True)      # a damaged part is embedded again
         if counts is not None:

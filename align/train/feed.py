@@ -199,7 +199,7 @@ def carve_val_split(r: Recipe, eng) -> Recipe:
     from align.data.stream.val_split import write_val_set
     train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
     specs = [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
-    urls = [u for src in resolve_sources(specs, allow_pipe=r.data.allow_pipe) for u in src.urls]
+    urls = [u for src in resolve_sources(specs, allow_pipe=r.data.allow_pipe, warn=False) for u in src.urls]
     out = os.path.join(r.output_dir, rundir.VAL_SPLIT)
     if eng.acc.is_main_process:
         counts = write_val_set(split, urls, out, classnames=_classnames_beside(urls), allow_pipe=r.data.allow_pipe,

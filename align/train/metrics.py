@@ -113,12 +113,14 @@ class RunLogger:
         self.bar.close()
 
     def heldout(self, results: dict, step: int) -> None:
-        """After a periodic evaluation: one warning when the held-out metric falls while the loss falls."""
+        """After a periodic evaluation: its figure in one line, and one warning when the held-out metric falls while
+        the loss falls (main process). The bar stays: it is cleared for the lines and drawn again below them."""
         name = heldout_metric(results, self.r.eval.best_metric)
+        if name and self.is_main:
+            self.bar.write(f"step {step}: val {name} {results[name]:.4f}")
         line = self.overfit.check(name, results.get(name) if name else None, self.loss, step)
-        if line:
-            self.close_bar()
-            self.acc.print(f"warning: {line}")
+        if line and self.is_main:
+            self.bar.write(f"warning: {line}")
 
     def summary(self, state: TrainState, loader, final: str, results: dict, counts: Optional[dict] = None) -> dict:
         """summary.json, the trackers' end, loss.png and one console line (main process); returns the summary

@@ -34,8 +34,12 @@ def write_loss_plot(metrics_path: str, out_png: str, eval_path: Optional[str] = 
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
     ax2.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange", alpha=0.5, label="lr")
-    ax2.set_ylabel("lr")
-    ax.set_title("training loss" + (" and the held-out metric" if evals else ""))
+    ax2.set_ylabel("lr", color="tab:orange")
+    # one legend for the two y axes (which curve is which), above the panel where no curve runs
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2,
+              frameon=False, fontsize=8, borderaxespad=0.2)
+    ax.set_title("training loss" + (" and the held-out metric" if evals else ""), loc="left", fontsize=10)
     if evals:
         ev = axes[1][0]
         ev.plot([r["step"] for r in evals], [r[metric] for r in evals], marker="o", color="tab:green")

@@ -367,7 +367,7 @@ def _first_shard_dir(r: Recipe) -> Optional[str]:
     from align.data.stream.sources import SourceSpec, resolve_sources
     first = r.data.train[0] if isinstance(r.data.train, list) else r.data.train
     spec = SourceSpec(urls=first) if isinstance(first, str) else SourceSpec(urls=first.urls, weight=first.weight)
-    urls = resolve_sources([spec], allow_pipe=r.data.allow_pipe)[0].urls
+    urls = resolve_sources([spec], allow_pipe=r.data.allow_pipe, warn=False)[0].urls   # the loader warns
     return os.path.dirname(urls[0]) if urls and "://" not in urls[0] else None
 
 

@@ -151,7 +151,7 @@ def test_model_card(tmp_path):
     assert 'logits = PP["logit_scale"] * z_img @ z_txt.T  # [1, 2]' in card     # names the snippet defines
     for how in ("create_model_and_transforms('local-dir:", "onnxruntime", "align.load("):
         assert how in card, how
-    assert summary_lines(res)[0].startswith(f"exported {run} -> {out} (align, open_clip, onnx; ")
+    assert summary_lines(res)[-1].startswith(f"exported {run} -> {out} (align, open_clip, onnx; ")
 
     # re-exporting the export keeps the run facts (its align_run_info.json)
     card2 = open(export(str(out), str(tmp_path / "again"), fmt="onnx", progress=False)["out_dir"] + "/README.md").read()

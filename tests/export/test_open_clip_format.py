@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import align
 from align.errors import AlignError
-from align.export import AUDIO_NOTE, export, open_clip_format
+from align.export import AUDIO_NOTE, export, open_clip_format, summary_lines
 from tests.conftest import TINY_OPEN_CLIP
 from tests.export.conftest import TINY_AUDIO_CNN, make_run
 
@@ -76,6 +76,9 @@ def test_audio_tower_is_exported_alongside_with_a_note(tmp_path):
 
     res = export(run, str(tmp_path / "all"), fmt="all", progress=False)
     assert res["notes"] == [AUDIO_NOTE] and "audio.onnx" in res["files"]
+    # the CLI's lines: the note first, the summary (what was written where) last, as every command ends
+    assert summary_lines(res) == [f"note: {AUDIO_NOTE}", summary_lines(res)[-1]]
+    assert summary_lines(res)[-1].startswith(f"exported {run} -> ")
 
 
 def test_refuses_models_open_clip_cannot_express(tmp_path):

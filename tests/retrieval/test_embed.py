@@ -132,6 +132,21 @@ def test_bf16_vectors_are_recorded_and_never_mixed_with_fp32(tmp_path, tri_run):
     s = embed_corpus(model, data, str(tmp_path / "fp32"), dtype="float32", progress=False)
     assert (s.done_before, s.items) == (2, 0)
 
+
+def test_a_launch_draws_one_progress_bar_process_0s(tmp_path, tri_run, monkeypatch, capsys):
+    """Under `accelerate launch --num_processes 2` both processes drew their bar on the one terminal line, in turn
+    (each its own count); process 0's is the one shown, and says whose share it counts."""
+    _, model = tri_run
+    tri_shards(tmp_path / "shards", n_shards=3, per_shard=2)
+    monkeypatch.setenv("ALIGN_PROGRESS", "plain")
+    said = []
+    for rank in (0, 1):
+        embed_corpus(model, str(tmp_path / "shards"), str(tmp_path / "e"), rank=rank, world_size=2, batch_size=8)
+        said.append([line for line in capsys.readouterr().err.splitlines() if line.startswith("embed")])
+    assert len(said[0]) == 1 and said[0][0].startswith("embed, process 0/2: 2/2 part (100%)")
+    assert said[1] == []
+
+
 def _eval_set(root, n_shards=2, per_shard=2):
     """A CLIP_benchmark-layout eval set (ROOT/test/{i}.tar + nshards.txt) of image+text+audio samples."""
     from tests.retrieval.conftest import tri_sample

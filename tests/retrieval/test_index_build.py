@@ -164,7 +164,10 @@ def test_out_holding_other_things_is_refused_unless_overwrite(tmp_path, capsys):
         assert len(err) == 1 and msg in err[0] and ("--overwrite" in err[0]) == out.is_dir(), err
     assert (tmp_path / "notes" / "index.json").read_text() == "my notes"
     assert json.load(open(tmp_path / "ix_other" / "index.json"))["embeddings"] == os.path.abspath(other)
+    capsys.readouterr()
     assert main(["index", emb, "--out", str(tmp_path / "ix"), "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()       # a line per index, then where they went
+    assert out[0].startswith("index text: flat_faiss") and out[-1] == f"1 index (text) -> {tmp_path / 'ix'}"
     assert main(["index", os.path.join(emb, "."), "--out", str(tmp_path / "ix"), "--no-progress"]) == 0  # rebuilt
     assert main(["index", emb, "--out", str(tmp_path / "notes"), "--no-progress", "--overwrite"]) == 0
     assert json.load(open(tmp_path / "notes" / "index.json"))["embeddings"] == os.path.abspath(emb)

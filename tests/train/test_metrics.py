@@ -84,3 +84,47 @@ def test_a_resumed_run_reads_metrics_jsonl_once_for_its_cut_and_its_final_loss(t
         assert len(reads) == 1, (step, reads)
         assert logger.loss == loss if loss is not None else logger.loss != logger.loss      # NaN: no row at 25
         assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == kept
+
+
+def test_the_loss_plot_has_a_legend_naming_the_loss_and_the_lr_curves(tmp_path, monkeypatch):
+    """The loss and the lr curves shared one panel on two y axes with no legend: which line was the loss was
+    a guess (both y labels black)."""
+    import matplotlib.figure
+    seen = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: seen.append(fig))
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(json.dumps({"step": s, "loss": 3 - s / 10, "lr": 1e-3}) + "\n" for s in range(1, 11)))
+    write_loss_plot(str(m), str(tmp_path / "a.png"))
+    legend = seen[0].axes[0].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["train loss", "lr"]
+
+
+def test_the_end_summary_sums_the_skips_of_every_rank_of_a_launch():
+    """Each rank's loader counts only the shards it reads; the summary counted rank 0's alone."""
+    from types import SimpleNamespace
+
+    from align.train.metrics import run_counts
+    loader = SimpleNamespace(skipped={"undecodable image": 1}, noted={"duplicate file": 1})
+    rank1 = {"skipped": {"undecodable image": 2, "missing shard": 1}, "noted": {}}
+    assert run_counts(loader, lambda mine: [mine, rank1]) == {               # rank 0 of two
+        "skipped": {"undecodable image": 3, "missing shard": 1}, "noted": {"duplicate file": 1}}
+    assert run_counts(loader, lambda mine: [mine]) == {                      # one process: its own
+        "skipped": {"undecodable image": 1}, "noted": {"duplicate file": 1}}
+
+
+def test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning(tmp_path, capsys):
+    """A mid-run evaluation said nothing on the console (eval.jsonl only), and the overfitting warning closed the
+    progress bar: on a terminal the run went on without one."""
+    from types import SimpleNamespace
+    log = _logger_at(tmp_path, 0)
+    log.r = SimpleNamespace(output_dir=str(tmp_path), eval=SimpleNamespace(best_metric=None))
+    closed = []
+    log.bar.close = lambda: closed.append(True)
+    for step, acc, loss in ((10, 0.6, 2.0), (20, 0.5, 1.8), (30, 0.4, 1.6)):
+        log.loss = loss
+        log.heldout({"image/zeroshot/acc1": acc, "image/zeroshot/acc5": 0.9}, step)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [f"step {s}: val image/zeroshot/acc1 {a}" for s, a in ((10, "0.6000"), (20, "0.5000"),
+                                                                             (30, "0.4000"))]
+    assert len(out) == 4 and out[3].startswith("warning: held-out image/zeroshot/acc1 fell at 2 evaluations")
+    assert closed == []

@@ -174,3 +174,29 @@ def test_two_processes_carve_one_val_split_and_agree_on_the_best_checkpoint(tmp_
     state = json.load(open(run / "checkpoints" / "best" / "state.json"))
     assert state["step"] == best_row["step"] and state["best"] == pytest.approx(best_row[metric])
     assert (res.stdout + res.stderr).count("data.val_split: held out 16 samples of 2 groups") == 1
+
+
+@pytest.mark.slow
+def test_a_launch_counts_every_ranks_skips_at_its_end_and_says_each_warning_once(tmp_path):
+    """Each rank's loader counts only the shards it reads: summary.json and the end line counted rank 0's skips
+    alone (rank 1's broken samples were lost from the summary), and the 'shards do not exist' warning was printed
+    by both ranks. One broken sample first in each of 2 shards (no shuffle buffer: read first), s-002 missing:
+    2 skipped in all."""
+    from tests.conftest import TINY_OPEN_CLIP
+    from tests.wds_helpers import image_text, write_shard
+    (tmp_path / "d").mkdir()
+    for i in range(2):
+        broken = {"__key__": f"s{i}_bad", "jpg": b"not an image", "txt": "broken"}
+        write_shard(tmp_path / "d" / f"s-{i:03d}.tar", [broken] + [image_text(f"s{i}_{j}", seed=10 * i + j)
+                                                                   for j in range(7)])
+    base = {"seed": 0, "resume": "auto", "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)},
+            "data": {"train": str(tmp_path / "d" / "s-{000..002}.tar"), "num_workers": 0, "shuffle_buffer": 0},
+            "train": {"batch_size": 2, "max_steps": 2, "lr": 1e-3, "log_every": 1, "checkpoint_every": 2,
+                      "num_threads": 1}, "eval": {"every": 0}}
+    res = launch(write_recipe(base, tmp_path, "sk"))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert json.load(open(tmp_path / "sk" / "summary.json"))["skipped"].get("undecodable image") == 2
+    ends = [line for line in out.splitlines() if line.startswith("trained 2 steps")]
+    assert len(ends) == 1 and "skipped 2 samples" in ends[0]
+    assert out.count("1 of 3 shards do not exist") == 1

@@ -79,3 +79,5 @@ SNIPPET_SURROGATE = ("tests/export/test_onnx_format.py::"
                      "test_the_snippets_tokenize_refuses_a_lone_surrogate_as_align_does_for_every_tokenizer")
 BOW_PUNCT = ("tests/towers/test_bow.py::"
              "test_punctuation_unicode_drops_every_punctuation_mark_and_the_default_keeps_its_reading")
+LAUNCH_WARNS = ("tests/data/stream/test_sources.py::"
+                "test_a_launch_warns_of_missing_and_too_few_shards_once_not_once_per_rank")

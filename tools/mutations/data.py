@@ -442,4 +442,15 @@ MUTATIONS = [
       'where = f" on rank {rank} of {world_size} (in the shards it reads)" if', 'where = "" if',
       ["tests/data/stream/test_faults.py::test_max_skip_frac_stops_the_run"],
       "a 2-process run stopped by data.max_skip_frac did not say which rank's shards were over it"),
+    M("loader.missing_shards_warned_by_every_rank", "align/data/stream/loader.py",
+      "warn=rank == 0)   # rank 0 warns for the launch", "warn=True)   # rank 0 warns for the launch",
+      [LAUNCH_WARNS], "a 2-process launch printed 'N of M shards do not exist' twice"),
+    M("loader.too_few_shards_warned_by_every_rank", "align/data/stream/loader.py",
+      "            if len(src.urls) < readers and rank == 0:", "            if len(src.urls) < readers:",
+      [LAUNCH_WARNS], "a 2-process launch printed 'has N shards for R readers' twice"),
+    M("stats.duration_bar_ends_at_the_cap", "align/data/tools/stats.py",
+      "        bar.total = bar.n        # fewer clips", "        pass        # fewer clips",
+      ["tests/data/tools/test_stats.py::"
+       "test_the_duration_bar_ends_at_100_percent_when_the_shards_hold_fewer_clips_than_the_cap"],
+      "`align data stats` ended its bar at '1343/2000 clip (67%)'"),
 ]

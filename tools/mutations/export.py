@@ -103,4 +103,9 @@ MUTATIONS = [
       "        if m:\n            raise ValueError(f\"tokenize: texts[{i}]",
       "        if False:\n            raise ValueError(f\"tokenize: texts[{i}]", [SNIPPET_SURROGATE],
       "the hf snippet's tokenize: transformers' TypeError 'TextEncodeInput must be Union[...]'"),
+    M("export.summary_before_its_notes", "align/export/__init__.py",
+      "    return [f\"note: {n}\" for n in result[\"notes\"]] + [line]",
+      "    return [line] + [f\"note: {n}\" for n in result[\"notes\"]]",
+      ["tests/export/test_open_clip_format.py::test_audio_tower_is_exported_alongside_with_a_note"],
+      "`align export` ended on a note, its summary line above it"),
 ]

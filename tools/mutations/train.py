@@ -439,4 +439,19 @@ MUTATIONS = [
       "key=str)]",
       ["tests/train/test_state.py::test_the_cuda_rng_states_go_back_to_their_own_devices_on_a_node_of_twelve_gpus"],
       "a node of 11+ GPUs: device 2 was given device 10's RNG state on resume"),
+    M("plots.loss_plot_without_legend", "align/train/plots.py",
+      "    lines = ax.get_lines() + ax2.get_lines()\n", "    lines = []\n",
+      ["tests/train/test_metrics.py::test_the_loss_plot_has_a_legend_naming_the_loss_and_the_lr_curves"],
+      "loss.png: the loss and lr curves on two y axes, no legend saying which is which"),
+    M("metrics.mid_run_eval_unsaid", "align/train/metrics.py",
+      '            self.bar.write(f"step {step}: val {name} {results[name]:.4f}")', "            pass",
+      ["tests/train/test_metrics.py::"
+       "test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning"],
+      "a mid-run evaluation said nothing on the console"),
+    M("metrics.overfit_warning_closes_the_bar", "align/train/metrics.py",
+      '            self.bar.write(f"warning: {line}")',
+      '            self.close_bar()\n            print(f"warning: {line}")',
+      ["tests/train/test_metrics.py::"
+       "test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning"],
+      "the overfitting warning closed the bar: the rest of the run had none on a terminal"),
 ]

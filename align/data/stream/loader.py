@@ -455,7 +455,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     """
     batches_per_rank = _batches_per_rank(batch_size, rank, world_size, num_workers, max_skip_frac, resampled,
                                          train, samples_per_epoch)
-    resolved = resolve_sources(sources, allow_pipe=allow_pipe)
+    resolved = resolve_sources(sources, allow_pipe=allow_pipe, warn=rank == 0)   # rank 0 warns for the launch
     if isinstance(augment, dict):
         from align.data.stream.augment import build_augmenter
         augment = build_augmenter(augment)
@@ -465,7 +465,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:
-            if len(src.urls) < readers:
+            if len(src.urls) < readers and rank == 0:
                 log.warning("data source %s has %d shards for %d readers (world_size x num_workers): some readers "
                             "get none of it; use more, smaller shards for an even split", src.name, len(src.urls),
                             readers)

@@ -140,11 +140,12 @@ def expand_urls(urls: str | list[str], allow_pipe: bool = False) -> list[str]:
     return out
 
 
-def resolve_sources(sources, allow_pipe: bool = False) -> list[ResolvedSource]:
+def resolve_sources(sources, allow_pipe: bool = False, warn: bool = True) -> list[ResolvedSource]:
     """Turn what the user wrote into ResolvedSources, raising DataError on anything unusable.
 
     Accepts a string, a SourceSpec, a dict {"urls": ..., "weight": ...}, or a
     list of those (a list of plain strings is one source with those shards).
+    warn: False where another call says it already (ranks > 0, whose launch's rank 0 warns once for all).
     """
     if isinstance(sources, (str, SourceSpec, dict)):
         sources = [sources]
@@ -178,7 +179,7 @@ def resolve_sources(sources, allow_pipe: bool = False) -> list[ResolvedSource]:
         missing = [u for u in local if not os.path.exists(local_path(u))]
         if local and len(missing) == len(urls):
             raise DataError(f"data source {name}: no shard found (e.g. {missing[0]} does not exist)")
-        if missing:
+        if missing and warn:
             log.warning(
                 "data source %s: %d of %d shards do not exist (first: %s); they will be skipped "
                 "and counted as '%s'", name, len(missing), len(urls), missing[0], MISSING_SHARD)

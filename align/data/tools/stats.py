@@ -46,6 +46,7 @@ def feature_stats(pattern, transform: Callable, modality: str = "audio", max_sam
             bar.update(x.shape[0])
             if max_samples is not None and n >= max_samples:
                 break
+        bar.total = bar.n        # the shards held fewer than max_samples: the bar ends at 100 %, not at 67 %
     if n == 0:
         raise DataError(f"data stats: no {modality} sample could be read from {pattern}")
     mean = total / count
@@ -111,6 +112,7 @@ def audio_duration_stats(pattern, seconds: Callable, max_samples: int = 2000, qu
             bar.update(1)
             if len(durations) >= max_samples:
                 break
+        bar.total = bar.n        # fewer clips than max_samples: the bar ends at 100 %, not where they ran out
     if not durations:
         return {"clips": 0, "unreadable": unreadable}
     ordered = sorted(durations)

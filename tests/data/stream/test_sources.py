@@ -44,6 +44,22 @@ def test_partly_missing_list_warns_then_counts(tmp_path, caplog):
     assert dict(loader.skipped) == {"missing shard": 1}
 
 
+
+def test_a_launch_warns_of_missing_and_too_few_shards_once_not_once_per_rank(tmp_path, caplog):
+    """Under `accelerate launch --num_processes 2` both lines were printed by every rank (the same text twice);
+    rank 0 says them for the launch, and every rank still counts its own missing shards."""
+    paths, _ = make_shards(tmp_path / "d", 1, 4)
+    urls = [paths[0], str(tmp_path / "d" / "absent.tar")]
+    said = []
+    for rank in (0, 1):
+        caplog.clear()
+        build_train_loader(urls, **dict(KW, drop_last=True), rank=rank, world_size=3)
+        said.append([r.getMessage() for r in caplog.records if r.levelname == "WARNING"])
+    assert len(said[0]) == 2
+    assert "1 of 2 shards do not exist" in said[0][0] and "has 2 shards for 3 readers" in said[0][1]
+    assert said[1] == []
+
+
 def test_pipe_urls_refused_unless_allowed(tmp_path):
     paths, keys = make_shards(tmp_path / "d", 1, 3)
     url = f"pipe:cat {paths[0]}"

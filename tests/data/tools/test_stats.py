@@ -165,6 +165,17 @@ def test_audio_durations_after_trimming_and_clip_seconds_is_the_rounded_up_perce
         clip_seconds_measure({"trim_db": "loud"})
 
 
+
+def test_the_duration_bar_ends_at_100_percent_when_the_shards_hold_fewer_clips_than_the_cap(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """`align data stats` on 1343 clips ended its bar at "1343/2000 clip (67%)" (2000: the cap), as if cut short."""
+    from align.data.tools.stats import audio_duration_stats
+    from align.train.feed import clip_seconds_measure
+    monkeypatch.setenv("ALIGN_PROGRESS", "plain")
+    pattern = _tone_shard(tmp_path, [0.3, 0.45], rate=16000)
+    assert audio_duration_stats(pattern, clip_seconds_measure({}), progress=True)["clips"] == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("audio durations: 2/2 clip (100%)")
+
 def test_clip_seconds_auto_trains_at_the_clips_length_and_the_run_records_it(tmp_path, capsys):
     import yaml
 
