@@ -27,11 +27,16 @@ def load_error(path: str, exc: BaseException) -> str:
     """Why a weights file could not be read, in one line. torch's weights-only refusal opens with advice to
     re-run with weights_only=False (which would run the file's code): only the object it refused is kept."""
     text = str(exc).strip()
-    if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
-        found = re.search(r"unsupported (?:GLOBAL|global:?)\s*(\S+)", text, re.IGNORECASE)
-        return (f"{path!r} holds Python objects besides tensors" + (f" ({found.group(1)})" if found else "")
-                + "; align never unpickles them (they could run code): save it as safetensors or plain tensors")
     first = (text.splitlines() or [type(exc).__name__])[0][:200]
+    found = re.search(r"unsupported (?:GLOBAL|global:?)\s*(\S+)", text, re.IGNORECASE)
+    if found:
+        return (f"{path!r} holds Python objects besides tensors ({found.group(1)}); align never unpickles them "
+                "(they could run code): save it as safetensors or plain tensors")
+    if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
+        # no object refused (bytes that are no pickle: "Unsupported operand 110"): torch's own reason, not its
+        # advice to load the file with weights_only=False
+        after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines() if "WeightsUnpickler" in text else []
+        first = (after or ([first] if "weights_only" not in first else [type(exc).__name__]))[0][:200]
     kind = "safetensors" if path.endswith(".safetensors") else "weights-only torch"
     return f"cannot read {path!r} as a {kind} file (damaged or cut short?): {first}"
 
@@ -57,6 +62,34 @@ def load_file_state(path: str, where: str) -> Dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def state_dict_mismatch(text: str) -> Optional[str]:
+    """The first tensor torch's `load_state_dict` error names ("size mismatch for K: copying a param with shape
+    ... from checkpoint, the shape in current model is ...", "Missing key(s) in state_dict: ...", "Unexpected
+    key(s) ..."), as "tensor 'K' ..."; None when `text` is no such error."""
+    found = re.search(r"size mismatch for ([^:\s]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                      r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)", text)
+    if found:
+        return (f"tensor {found.group(1)!r} has shape [{found.group(2)}] in the weights but [{found.group(3)}] in the "
+                "model its config builds")
+    for kind, what in (("Missing", "of the model its config builds is not in the weights"),
+                       ("Unexpected", "of the weights is not in the model its config builds")):
+        keys = re.search(kind + r" key\(s\) in state_dict: ((?:\"[^\"]+\"(?:, )?)+)", text)
+        if keys:
+            names = re.findall(r'"([^"]+)"', keys.group(1))
+            return f"tensor {names[0]!r} {what} ({len(names)} such)"
+    return None
+
+
+def weights_error(path: str, exc: BaseException) -> Optional[str]:
+    """open_clip's failure to read or fit the weights file `path` in one line naming the file (load_error, or the
+    first tensor that does not fit); None when `exc` is about something else."""
+    text = str(exc)
+    if type(exc).__name__ in ("UnpicklingError", "SafetensorError") or "Weights only load failed" in text:
+        return load_error(path, exc)
+    mismatch = state_dict_mismatch(text)
+    return f"{path!r} does not fit the model: {mismatch}" if mismatch else None
 
 
 def open_clip_folder_weights(folder: str) -> Optional[str]:

@@ -33,7 +33,8 @@ from torch import nn
 from align.errors import AlignError, ConfigError
 from align.limits import DataLimits, as_limits, override_limits, parse_limit_options
 from align.model import check_input, text_list, weights_fingerprint
-from align.open_clip_files import hub_offline, offline_tag_weights
+from align.open_clip_files import (OPEN_CLIP_WEIGHTS, hub_offline, offline_tag_weights,
+                                   open_clip_folder_weights, weights_error)
 from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
@@ -109,7 +110,9 @@ OFFLINE_HINT = " (offline? fetch the weights where a network is and pass the fil
 
 
 def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, what: str, name: str,
-                     label: Optional[str], hint: str = "") -> OpenClipModel:
+                     label: Optional[str], hint: str = "", weights: Optional[str] = None) -> OpenClipModel:
+    """open_clip's model, eval transform and tokenizer; weights: the local file it reads (named in a failure to
+    read or fit it: a pickle, a file cut short, a tensor of another shape)."""
     import open_clip
     try:
         # weights_only=True: a .pt/.bin checkpoint is read with torch.load(weights_only=True), never unpickled code
@@ -117,6 +120,9 @@ def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, wh
                                                                    weights_only=True)
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as e:  # unknown arch, missing file, offline tag, shape mismatch: one line naming the model
+        line = weights_error(weights, e) if weights else None
+        if line:
+            raise AlignError(f"{what}: {line}") from None
         raise _open_clip_error(what, e, hint) from None
     return OpenClipModel(net.eval(), preprocess, tokenizer, name, label)
 
@@ -145,7 +151,7 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
     # tag, so the tag's own settings (quick_gelu, preprocessing) apply as with a network
     with hub_offline() if cached else contextlib.nullcontext():
         return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label,
-                                hint="" if is_file else OFFLINE_HINT)
+                                hint="" if is_file else OFFLINE_HINT, weights=pretrained if is_file else cached)
 
 
 @MODEL_SOURCES.register("local-dir")
@@ -157,11 +163,26 @@ def load_local_dir(path: str, pretrained: Optional[str] = None, device: str = "c
     if not os.path.isfile(cfg):
         raise ConfigError(f"model local-dir:{path}: no open_clip_config.json in that folder")
     path = os.path.abspath(path)
+    weights = folder_weights(path)
+    if weights is None:       # open_clip would warn and go on with random weights
+        raise ConfigError(f"model local-dir:{path}: no weights file in that folder ({' or '.join(OPEN_CLIP_WEIGHTS)}"
+                          f" beside open_clip_config.json); open_clip would start from random weights")
     limits = export_limits(path)            # before the weights load: a bad recipe copy is one line at once
     model = _build_open_clip(f"local-dir:{path}", None, device, f"local-dir:{path}",
-                             os.path.basename(os.path.normpath(path)), path)
+                             os.path.basename(os.path.normpath(path)), path, weights=weights)
     model.data_limits = limits
     return model
+
+
+def folder_weights(folder: str) -> Optional[str]:
+    """The weights file open_clip reads from a local-dir: folder (align's names first, then any .safetensors, .bin
+    or .pth, as open_clip looks), or None when it holds none."""
+    found = open_clip_folder_weights(folder)
+    if found:
+        return found
+    names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin", ".pth")))
+    names.sort(key=lambda n: not n.endswith(".safetensors"))
+    return os.path.join(folder, names[0]) if names else None
 
 
 def export_limits(folder: str) -> DataLimits:
