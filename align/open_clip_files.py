@@ -102,6 +102,50 @@ def open_clip_folder_weights(folder: str) -> Optional[str]:
     return None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")   # a Hugging Face tokenizer saved in a folder
+
+
+def read_config_file(path: str, where: str) -> dict:
+    """An open_clip model config from a JSON file: open_clip's model_configs/NAME.json, or the open_clip_config.json
+    of a hub-layout folder ({"model_cfg", "preprocess_cfg"}). Of the latter, the preprocess_cfg the weights were
+    trained with is kept as model_cfg["preprocess_cfg"], and a text_cfg.hf_tokenizer_name tokenizer is read from
+    the file's folder when that holds one (as open_clip's local-dir: does), not from the Hub id it names.
+    A file that is no JSON object is one ConfigError line naming `where` and the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: cannot read {path!r} as JSON ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_cfg", {}), dict):
+        raise ConfigError(f"{where}: {path!r} is no open_clip model config (a JSON object with vision_cfg and "
+                          f"text_cfg, or an {OPEN_CLIP_CONFIG} with model_cfg)")
+    if "model_cfg" not in data:
+        return data
+    cfg = dict(data["model_cfg"])
+    if isinstance(data.get("preprocess_cfg"), dict) and "preprocess_cfg" not in cfg:
+        cfg["preprocess_cfg"] = dict(data["preprocess_cfg"])
+    folder = os.path.dirname(os.path.abspath(path))
+    text = cfg.get("text_cfg")
+    if isinstance(text, dict) and text.get("hf_tokenizer_name") and \
+            any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+        cfg["text_cfg"] = dict(text, hf_tokenizer_name=folder)
+    return cfg
+
+
+def folder_preprocess(path: str) -> Optional[dict]:
+    """The preprocess_cfg of an open_clip folder (`local-dir:DIR` or DIR with its weights); None when `path` is no
+    such folder, its config cannot be read (the weights' own check reports a broken folder) or it has none."""
+    folder = os.path.abspath(strip_local_dir(path))
+    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+        return None
+    try:
+        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
+            pp = json.load(f).get("preprocess_cfg")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pp if isinstance(pp, dict) else None
+
+
 def folder_quick_gelu(path: str) -> Optional[bool]:
     """The activation (quick_gelu) an open_clip folder's config says its weights were trained with; None when
     `path` (`local-dir:DIR`, DIR) is no open_clip folder or its config cannot be read (the weights' own check

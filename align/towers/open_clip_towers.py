@@ -19,7 +19,6 @@ tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also
 checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
 """
 import copy
-import json
 import logging
 import os
 from typing import List, Optional
@@ -59,12 +58,11 @@ def resolve_model_cfg(cfg: dict, where: str) -> dict:
             raise ConfigError(f"{where}.model: unknown open_clip architecture {cfg['model']!r} "
                               f"(see open_clip.list_models())")
     elif cfg.get("config_file") is not None:
+        from align.open_clip_files import read_config_file
         path = cfg["config_file"]
         if not os.path.isfile(path):
             raise ConfigError(f"{where}.config_file: no such file {path!r}")
-        with open(path) as f:
-            model_cfg = json.load(f)
-        model_cfg = model_cfg.get("model_cfg", model_cfg)  # accept an open_clip_config.json too
+        model_cfg = read_config_file(path, f"{where}.config_file")   # an open_clip_config.json: its preprocessing too
     else:
         model_cfg = cfg["config"]
         if not isinstance(model_cfg, dict):
@@ -293,6 +291,35 @@ def stretch_positions(pe: torch.Tensor, length: int, keep: int = KEEP_POSITIONS)
     return torch.cat([pe[:keep], stretched[0].t().to(pe.dtype)], dim=0)          # [length, width]
 
 
+# open_clip's preprocess_cfg field -> the image tower's recipe key that sets it
+PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "interpolation",
+                   "resize_mode": "resize_mode"}
+
+
+def check_folder_preprocess(tower, source: str, where: str, tower_where: str) -> None:
+    """ConfigError when the open_clip folder `source` preprocesses images (its open_clip_config.json's
+    preprocess_cfg, what its weights were trained with) otherwise than `tower` would, for a field its recipe does
+    not set: the tower's config names an architecture or a config without the folder's preprocessing, and the
+    weights would see images normalised another way without a word."""
+    from align.open_clip_files import OPEN_CLIP_CONFIG, folder_preprocess, strip_local_dir
+    theirs = folder_preprocess(source) if getattr(tower, "modality", None) == "image" else None
+    if not theirs or not hasattr(tower, "preprocess_config"):
+        return
+    ours = tower.preprocess_config()
+    for key, recipe_key in PREPROCESS_KEYS.items():
+        if key not in theirs or tower.cfg.get(recipe_key) is not None:
+            continue
+        a, b = theirs[key], ours[key]
+        same = [round(float(v), 6) for v in a] == [round(float(v), 6) for v in b] \
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else str(a) == str(b)
+        if not same:
+            cfg = os.path.join(os.path.abspath(strip_local_dir(source)), OPEN_CLIP_CONFIG)
+            shown = list(a) if isinstance(a, (list, tuple)) else a
+            raise ConfigError(f"{where}: {cfg} preprocesses images with {key} {shown}, this image tower with "
+                              f"{list(b) if isinstance(b, tuple) else b}: take the folder's config "
+                              f"({tower_where}.config_file: {cfg}) or set {tower_where}.{recipe_key}: {shown}")
+
+
 def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, where: str) -> None:
     """Copies the tower's half of an open_clip checkpoint into it (only this tower is built).
 
@@ -304,6 +331,7 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
         raise ConfigError(f"{where}.pretrained: {pretrained} was trained with quick_gelu={str(theirs).lower()} but "
                           f"this tower uses quick_gelu={str(tower.quick_gelu).lower()}; set {where}.quick_gelu: "
                           f"{str(theirs).lower()}")
+    check_folder_preprocess(tower, pretrained, f"{where}.pretrained", where)
     sd = open_clip_to_align(load_file_state(pretrained_file(name, pretrained, where), f"{where}.pretrained"))
     prefix = f"towers.{tower.modality}.net."
     mine = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

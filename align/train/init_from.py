@@ -27,6 +27,7 @@ import torch
 from align.errors import ConfigError
 from align.open_clip_files import (OPEN_CLIP_CONFIG, folder_quick_gelu, load_file_state, open_clip_folder_weights,
                                      open_clip_to_align, strip_local_dir)
+from align.towers.open_clip_towers import check_folder_preprocess
 from align.train.rundir import EXPORT_CONFIG, locate
 
 
@@ -122,6 +123,8 @@ def check_activation(model, path: str) -> None:
 def apply_init_from(model, path: str, printer=print) -> dict:
     """Loads `path` into `model` (weights only) and prints the table; returns the report."""
     check_activation(model, path)
+    for name, tower in model.towers.items():     # an open_clip folder's image preprocessing, not a default
+        check_folder_preprocess(tower, path, "model.init_from", f"model.towers.{name}")
     sd, source = load_source(path)
     report = match_state(model, sd)
     if not any(n for t, n in report["matched"].items() if t != "(model)"):
