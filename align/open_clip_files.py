@@ -28,10 +28,10 @@ def load_error(path: str, exc: BaseException) -> str:
     re-run with weights_only=False (which would run the file's code): only the object it refused is kept."""
     text = str(exc).strip()
     first = (text.splitlines() or [type(exc).__name__])[0][:200]
-    found = re.search(r"unsupported (?:GLOBAL|global:?)\s*(\S+)", text, re.IGNORECASE)
+    found = re.search(r"unsupported globals?:?\s*(\S+)", text, re.IGNORECASE)     # torch's GLOBAL, timm's globals:
     if found:
-        return (f"{path!r} holds Python objects besides tensors ({found.group(1)}); align never unpickles them "
-                "(they could run code): save it as safetensors or plain tensors")
+        return (f"{path!r} holds Python objects besides tensors ({found.group(1).rstrip('.,;')}); align never "
+                "unpickles them (they could run code): save it as safetensors or plain tensors")
     if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
         # no object refused (bytes that are no pickle: "Unsupported operand 110"): torch's own reason, not its
         # advice to load the file with weights_only=False
@@ -86,7 +86,7 @@ def weights_error(path: str, exc: BaseException) -> Optional[str]:
     """open_clip's failure to read or fit the weights file `path` in one line naming the file (load_error, or the
     first tensor that does not fit); None when `exc` is about something else."""
     text = str(exc)
-    if type(exc).__name__ in ("UnpicklingError", "SafetensorError") or "Weights only load failed" in text:
+    if type(exc).__name__ in ("UnpicklingError", "SafetensorError") or "weights_only" in text:
         return load_error(path, exc)
     mismatch = state_dict_mismatch(text)
     return f"{path!r} does not fit the model: {mismatch}" if mismatch else None
