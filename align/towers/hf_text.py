@@ -83,7 +83,8 @@ class HFTextTower(LockableTower):
         path, local = resolve_model(model, where)
         self.tokenizer = hf_load(AutoTokenizer, model, path, local, where, "cannot load the tokenizer of")
         check_hf_tokenizer(self.tokenizer, model, f"{where}.model")
-        self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model")
+        self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model",   # pooler: dropped
+                              unused=lambda key, m: key.startswith("pooler."))
         if isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None
         tok = self.tokenizer

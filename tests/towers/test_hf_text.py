@@ -196,3 +196,22 @@ def test_a_path_that_is_no_folder_is_one_line_not_a_hub_id_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ConfigError, match="model.safetensors' is a file; give the folder that holds its config.json"):
         build_tower({"type": "hf", "model": str(tmp_path / "model.safetensors")}, "text", 8)
+
+
+def test_weights_that_lack_some_of_the_models_tensors_are_one_line_not_a_random_layer(tmp_path):
+    """A folder whose weights hold most but not all tensors of its config (a download cut to a part, a file of a
+    trimmed model): transformers started the rest at random and the tower trained on; only a file lacking at least
+    half was refused. BERT's pooler, which the tower drops, may be absent."""
+    from safetensors.torch import load_file, save_file
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    weights = os.path.join(folder, "model.safetensors")
+    sd = load_file(weights)
+    save_file({k: v for k, v in sd.items() if not k.startswith("pooler.")}, weights)
+    build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+    save_file({k: v for k, v in sd.items() if not k.startswith(("pooler.", "encoder.layer.0.attention.self.query"))},
+              weights)
+    with pytest.raises(ConfigError, match=r"^model.towers.text.model: the weights of .*bert' lack 2 of the \d+ "
+                                          r"tensors of its config.json \(e.g. encoder.layer.0.attention.self.query.bias, "
+                                          r"encoder.layer.0.attention.self.query.weight\): transformers would start "
+                                          r"them at random$"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
