@@ -211,7 +211,7 @@ def test_weights_that_lack_some_of_the_models_tensors_are_one_line_not_a_random_
     save_file({k: v for k, v in sd.items() if not k.startswith(("pooler.", "encoder.layer.0.attention.self.query"))},
               weights)
     with pytest.raises(ConfigError, match=r"^model.towers.text.model: the weights of .*bert' lack 2 of the \d+ "
-                                          r"tensors of its config.json \(e.g. encoder.layer.0.attention.self.query.bias, "
-                                          r"encoder.layer.0.attention.self.query.weight\): transformers would start "
-                                          r"them at random$"):
+                                          r"tensors of its config.json \(e.g. encoder.layer.0.attention.self.query."
+                                          r"bias, encoder.layer.0.attention.self.query.weight\): transformers would "
+                                          r"start them at random$"):
         build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)

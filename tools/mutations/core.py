@@ -205,4 +205,22 @@ MUTATIONS = [
       '        seconds = f"{frames / sample_rate:.1f}"',
       ["tests/bench/test_limits.py::test_a_run_is_benched_within_its_recipes_limits_and_limit_replaces_one"],
       "a 0.05 s clip over a 0.03 s limit was named as 0.1 s"),
+    M("local.load_error_junk_called_a_pickle", "align/open_clip_files.py",
+      "    found = re.search(r\"unsupported globals?:?\\s*(\\S+)\", text, re.IGNORECASE)",
+      "    found = re.search(r\"(?:unsupported globals?:?|weights)\\s*(\\S+)\", text, re.IGNORECASE)",
+      ["tests/bench/test_models.py::test_errors_are_one_line"],
+      "bytes that are no checkpoint were said to hold Python objects besides tensors"),
+    M("local.state_dict_mismatch_unnamed", "align/open_clip_files.py",
+      "    mismatch = state_dict_mismatch(text)\n", "    mismatch = None\n",
+      ["tests/bench/test_models.py::test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model"]),
+    M("local.config_file_preprocess_dropped", "align/open_clip_files.py",
+      '        cfg["preprocess_cfg"] = dict(data["preprocess_cfg"])', "        pass",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
+      "config_file: DIR/open_clip_config.json normalised images with OpenAI's mean/std, not the folder's"),
+    M("local.config_file_tokenizer_from_hub", "align/open_clip_files.py",
+      "        cfg[\"text_cfg\"] = dict(text, hf_tokenizer_name=folder)", "        pass",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
+      "an open_clip folder's HF tokenizer was asked of the hub by the Hub id its config names"),
 ]

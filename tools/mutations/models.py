@@ -265,4 +265,27 @@ MUTATIONS = [
     M("bow.unicode_punctuation_with_other_clean", "align/towers/bow.py",
       "        if punctuation != \"ascii\" and clean != \"canonicalize\":", "        if False:",
       ["tests/towers/test_bow.py::test_config_errors_name_the_key"]),
+    # local files as a hub download leaves them (a session of the align project: local-file audit)
+    M("local.folder_preprocess_unchecked", "align/towers/open_clip_towers.py",
+      "    check_folder_preprocess(tower, pretrained, f\"{where}.pretrained\", where)\n", "",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_an_open_clip_folder_whose_preprocessing_the_tower_would_not_apply_is_one_line"],
+      "pretrained: local-dir:DIR with an architecture named elsewhere dropped the folder's mean/std without a word"),
+    M("local.timm_folder_preprocess_ignored", "align/towers/timm_image.py",
+      "    return str(found[0]), dict(pcfg, file=str(found[0]), hf_hub_id=None, url=None)",
+      "    return str(found[0]), {\"file\": str(found[0])}",
+      ["tests/towers/test_timm_image.py::test_a_timm_hub_folder_brings_its_preprocessing_and_weights"]),
+    M("local.timm_partial_weights_accepted", "align/towers/timm_image.py",
+      "    if missing:\n        raise ConfigError(f\"{where}: {weights!r} lacks",
+      "    if False:\n        raise ConfigError(f\"{where}: {weights!r} lacks",
+      ["tests/towers/test_timm_image.py::test_a_broken_or_partial_timm_weights_file_is_one_line_never_a_random_start"],
+      "timm loads a file non-strictly once the classifier is dropped: tensors it lacked started at random"),
+    M("local.timm_cut_file_traceback", "align/towers/timm_image.py",
+      "            line = weights_error(weights, e) if weights else None\n", "            line = None\n",
+      ["tests/towers/test_timm_image.py::test_a_broken_or_partial_timm_weights_file_is_one_line_never_a_random_start"]),
+    M("local.hf_partial_weights_accepted", "align/towers/common.py",
+      "    used = [k for k in missing if not unused(k, model)]", "    used = []",
+      ["tests/towers/test_hf_text.py::"
+       "test_weights_that_lack_some_of_the_models_tensors_are_one_line_not_a_random_layer"],
+      "a folder whose weights lacked a few tensors of its config trained with those at random"),
 ]
