@@ -18,6 +18,7 @@ an open_clip folder; only this tower is built, and its half of the checkpoint is
 tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also takes the
 checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
 """
+import contextlib
 import copy
 import logging
 import os
@@ -46,13 +47,41 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def schema_model_cfg(name: str, key: str) -> dict:
+    """The architecture of `model: local-dir:DIR` (DIR/open_clip_config.json with its preprocessing and tokenizer,
+    as `config_file:`; the weights come with `pretrained:` or model.init_from, as for a named architecture) or
+    `model: hf-hub:ORG/NAME` (open_clip fetches its config). A Hub that does not answer, or a fetch that fails, is
+    one line at once (huggingface_hub retried ~25 s, then a FileNotFoundError traceback)."""
+    import open_clip
+    from align.open_clip_files import OPEN_CLIP_CONFIG, hub_offline, hub_unreachable, read_config_file
+    if name.startswith("local-dir:"):
+        path = os.path.join(name[len("local-dir:"):], OPEN_CLIP_CONFIG)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{key}: no {OPEN_CLIP_CONFIG} in {name[len('local-dir:'):]!r}")
+        return read_config_file(path, key)
+    host = hub_unreachable()
+    try:
+        with hub_offline() if host else contextlib.nullcontext():      # the cache's copy, if any, at once
+            model_cfg = open_clip.get_model_config(name)
+    except Exception as e:  # noqa: BLE001  offline, no such repo: one line
+        why = f"{host} does not answer and it is not in the Hugging Face cache" if host else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{key}: cannot fetch {name}'s {OPEN_CLIP_CONFIG} ({why}); fetch the folder where a "
+                          f"network is and give local-dir:DIR") from None
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"{key}: {name} holds no open_clip model config")
+    return model_cfg
+
+
 def resolve_model_cfg(cfg: dict, where: str) -> dict:
     """The open_clip model config (embed_dim, vision_cfg, text_cfg, ...) a tower section names."""
     import open_clip
     given = [k for k in ("model", "config", "config_file") if cfg.get(k) is not None]
     if len(given) != 1:
         raise ConfigError(f"{where}: give exactly one of 'model' (open_clip name), 'config' or 'config_file'")
-    if cfg.get("model") is not None:
+    if isinstance(cfg.get("model"), str) and cfg["model"].startswith(("local-dir:", "hf-hub:")):
+        model_cfg = schema_model_cfg(cfg["model"], f"{where}.model")
+    elif cfg.get("model") is not None:
         model_cfg = open_clip.get_model_config(cfg["model"])
         if model_cfg is None:
             raise ConfigError(f"{where}.model: unknown open_clip architecture {cfg['model']!r} "

@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from align.errors import ConfigError
-from align.open_clip_files import (OPEN_CLIP_CONFIG, folder_quick_gelu, load_file_state, open_clip_folder_weights,
-                                     open_clip_to_align, strip_local_dir)
+from align.open_clip_files import (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, folder_quick_gelu, load_file_state,
+                                   open_clip_folder_weights, open_clip_to_align, strip_local_dir)
 from align.towers.open_clip_towers import check_folder_preprocess
 from align.train.rundir import EXPORT_CONFIG, locate
 
@@ -46,6 +46,9 @@ def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, to
             weights = locate(p).weights          # a run dir, checkpoint dir (plain or DCP) or export
             sd = load_weights(weights)
         except AlignError as e:
+            if os.path.isfile(os.path.join(p, OPEN_CLIP_CONFIG)):    # a hub download copied without its weights
+                raise ConfigError(f"{where}: {p} holds {OPEN_CLIP_CONFIG} but no weights file "
+                                  f"({' or '.join(OPEN_CLIP_WEIGHTS)}) beside it") from None
             raise ConfigError(f"{where}: {e} (nor an open_clip folder with {OPEN_CLIP_CONFIG})") from None
         return dict(sd), f"align model {weights}"
     sd = load_file_state(p, where)

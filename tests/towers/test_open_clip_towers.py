@@ -306,3 +306,29 @@ def test_an_open_clip_folder_whose_preprocessing_the_tower_would_not_apply_is_on
                         for m in ("image", "text")})
     with pytest.raises(ConfigError, match=r"^model.init_from: .* preprocesses images with mean \[0.5, 0.5, 0.5\]"):
         apply_init_from(model, f"local-dir:{d}", printer=None)
+
+
+def test_model_local_dir_is_the_folders_architecture_and_hf_hub_offline_is_one_line_at_once(tmp_path, no_hub,
+                                                                                           monkeypatch):
+    """`model: local-dir:DIR` (and model.open_clip: local-dir:DIR) took the folder's model_cfg without its
+    preprocess_cfg; `model: hf-hub:ORG/NAME` without the hub retried ~25 s, then a FileNotFoundError traceback."""
+    d, _ = _hub_folder(tmp_path, TINY_OPEN_CLIP, {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    tower = build_tower({"type": "open_clip", "model": f"local-dir:{d}", "pretrained": f"local-dir:{d}"}, "image", 16)
+    assert tower.preprocess_config()["mean"] == (0.5, 0.5, 0.5)
+    with pytest.raises(ConfigError, match=r"^model.towers.image.model: no open_clip_config.json in '.*nope'$"):
+        build_tower({"type": "open_clip", "model": f"local-dir:{tmp_path / 'nope'}"}, "image", 16)
+    import huggingface_hub.constants as hc
+    import open_clip.pretrained as ocp
+    asked = []
+
+    def download(*a, **k):            # huggingface_hub's download: offline, it reads the cache and never retries
+        asked.append(hc.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+    monkeypatch.setattr(ocp, "hf_hub_download", download)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)          # as on a machine without HF_HUB_OFFLINE set
+    with pytest.raises(ConfigError, match=r"^model.towers.text.model: cannot fetch hf-hub:org/clip's "
+                                          r"open_clip_config.json \(huggingface.co does not answer and it is not in "
+                                          r"the Hugging Face cache\); fetch the folder where a network is and give "
+                                          r"local-dir:DIR$"):
+        build_tower({"type": "open_clip", "model": "hf-hub:org/clip"}, "text", 16)
+    assert no_hub[0] == [("huggingface.co", 443)] and asked == [True]      # the one probe, the cache

@@ -288,4 +288,13 @@ MUTATIONS = [
       ["tests/towers/test_hf_text.py::"
        "test_weights_that_lack_some_of_the_models_tensors_are_one_line_not_a_random_layer"],
       "a folder whose weights lacked a few tensors of its config trained with those at random"),
+    M("local.model_local_dir_without_preprocess", "align/towers/open_clip_towers.py",
+      "        return read_config_file(path, key)\n", "        return open_clip.get_model_config(name)\n",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_model_local_dir_is_the_folders_architecture_and_hf_hub_offline_is_one_line_at_once"],
+      "model: local-dir:DIR took the folder's model_cfg without its preprocess_cfg"),
+    M("local.model_hf_hub_offline_retries", "align/towers/open_clip_towers.py",
+      "        with hub_offline() if host else contextlib.nullcontext():", "        with contextlib.nullcontext():",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_model_local_dir_is_the_folders_architecture_and_hf_hub_offline_is_one_line_at_once"]),
 ]

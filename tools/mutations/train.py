@@ -421,4 +421,11 @@ MUTATIONS = [
       '    with open(path, encoding="utf-8", errors="replace") as f:', '    with open(path, encoding="utf-8") as f:',
       ["tests/train/test_storage.py::test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line"],
       "a metrics.jsonl line of bytes that are not UTF-8 (a damaged disk) stopped the resume with UnicodeDecodeError"),
+    M("local.local_dir_architecture_relative", "align/train/rundir.py",
+      '            t["model"] = _absolute_local_dir(t["model"])', "            pass",
+      ["tests/train/test_rundir.py::test_a_local_dir_architecture_is_recorded_with_an_absolute_path"]),
+    M("local.init_from_folder_without_weights_unnamed", "align/train/init_from.py",
+      "            if os.path.isfile(os.path.join(p, OPEN_CLIP_CONFIG)):    # a hub download",
+      "            if False:    # a hub download",
+      ["tests/train/test_init_from.py::test_an_open_clip_folder_copied_without_its_weights_says_so"]),
 ]
