@@ -10,9 +10,12 @@ and exports without conversion.
     image: {type: open_clip, model: ViT-B-32, pretrained: laion2b_s34b_b79k}   # tag: open_clip fetches it
     image: {type: open_clip, model: ViT-B-32, pretrained: /ckpt/epoch_32.pt, pretrained_temperature: true}
     text:  {type: open_clip, model: ViT-B-32, pretrained: local-dir:/exports/clip}
+    image: {type: open_clip, model: local-dir:/dl/clip, pretrained: local-dir:/dl/clip}   # a hub download's folder
     text:  {type: open_clip, config: {embed_dim: 64, vision_cfg: {...}, text_cfg: {...}}}
 
-`pretrained` is an open_clip tag (resolved by open_clip where a network or its cache has it), a
+`model: local-dir:DIR` is the architecture of an open_clip folder (its open_clip_config.json, with the
+preprocess_cfg and the tokenizer files beside it, as `config_file: DIR/open_clip_config.json`); its weights come
+with `pretrained`. `pretrained` is an open_clip tag (resolved by open_clip where a network or its cache has it), a
 weights file (.safetensors, or .pt/.bin loaded weights-only; open_clip_train's checkpoints too) or
 an open_clip folder; only this tower is built, and its half of the checkpoint is copied (a missing
 tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also takes the
