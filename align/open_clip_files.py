@@ -133,9 +133,12 @@ def read_config_file(path: str, where: str) -> dict:
 
 
 def folder_preprocess(path: str) -> Optional[dict]:
-    """The preprocess_cfg of an open_clip folder (`local-dir:DIR` or DIR with its weights); None when `path` is no
-    such folder, its config cannot be read (the weights' own check reports a broken folder) or it has none."""
+    """The preprocess_cfg of an open_clip folder (`local-dir:DIR` or DIR with its weights, or the weights file
+    itself taken out of it); None when `path` is no such folder, its config cannot be read (the weights' own check
+    reports a broken folder) or it has none."""
     folder = os.path.abspath(strip_local_dir(path))
+    if os.path.isfile(folder) and os.path.basename(folder) in OPEN_CLIP_WEIGHTS:
+        folder = os.path.dirname(folder)
     if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
         return None
     try:

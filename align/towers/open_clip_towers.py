@@ -345,7 +345,8 @@ def check_folder_preprocess(tower, source: str, where: str, tower_where: str) ->
         same = [round(float(v), 6) for v in a] == [round(float(v), 6) for v in b] \
             if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else str(a) == str(b)
         if not same:
-            cfg = os.path.join(os.path.abspath(strip_local_dir(source)), OPEN_CLIP_CONFIG)
+            folder = os.path.abspath(strip_local_dir(source))
+            cfg = os.path.join(os.path.dirname(folder) if os.path.isfile(folder) else folder, OPEN_CLIP_CONFIG)
             shown = list(a) if isinstance(a, (list, tuple)) else a
             raise ConfigError(f"{where}: {cfg} preprocesses images with {key} {shown}, this image tower with "
                               f"{list(b) if isinstance(b, tuple) else b}: take the folder's config "

@@ -300,6 +300,8 @@ def test_an_open_clip_folder_whose_preprocessing_the_tower_would_not_apply_is_on
                                           rf"folder's config \(model.towers.image.config_file: {cfg}\) or set "
                                           r"model.towers.image.image_mean: \[0.5, 0.5, 0.5\]$"):
         build_tower(dict(spec), "image", 16)
+    with pytest.raises(ConfigError, match=rf"^model.towers.image.pretrained: {cfg} preprocesses images with mean"):
+        build_tower(dict(spec, pretrained=str(d / "open_clip_model.safetensors")), "image", 16)   # the file alone
     tower = build_tower(dict(spec, image_mean=[0.5] * 3, image_std=[0.25] * 3), "image", 16)   # said: taken
     assert tower.preprocess_config()["std"] == (0.25, 0.25, 0.25)
     model = AlignModel({m: build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP}, m, 16)
