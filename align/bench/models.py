@@ -167,6 +167,7 @@ def load_local_dir(path: str, pretrained: Optional[str] = None, device: str = "c
     if weights is None:       # open_clip would warn and go on with random weights
         raise ConfigError(f"model local-dir:{path}: no weights file in that folder ({' or '.join(OPEN_CLIP_WEIGHTS)}"
                           f" beside open_clip_config.json); open_clip would start from random weights")
+    check_folder_tokenizer(path)
     limits = export_limits(path)            # before the weights load: a bad recipe copy is one line at once
     model = _build_open_clip(f"local-dir:{path}", None, device, f"local-dir:{path}",
                              os.path.basename(os.path.normpath(path)), path, weights=weights)
@@ -183,6 +184,23 @@ def folder_weights(folder: str) -> Optional[str]:
     names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin", ".pth")))
     names.sort(key=lambda n: not n.endswith(".safetensors"))
     return os.path.join(folder, names[0]) if names else None
+
+
+def check_folder_tokenizer(folder: str) -> None:
+    """One line when the folder's config names a Hugging Face tokenizer (text_cfg.hf_tokenizer_name) whose files
+    are not in the folder, where open_clip's local-dir: reads it (its error was "Couldn't instantiate the backend
+    tokenizer from one of:", cut there)."""
+    import json
+    from align.open_clip_files import OPEN_CLIP_CONFIG, TOKENIZER_FILES
+    try:
+        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
+            name = ((json.load(f).get("model_cfg") or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    except (OSError, ValueError, AttributeError):
+        return                               # open_clip's own line names a config it cannot read
+    if name and not any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+        raise ConfigError(f"model local-dir:{folder}: its {OPEN_CLIP_CONFIG} names the tokenizer {name!r}, whose files "
+                          f"({' or '.join(TOKENIZER_FILES)}, ...) are not in the folder: copy them there from the "
+                          "download")
 
 
 def export_limits(folder: str) -> DataLimits:

@@ -113,8 +113,9 @@ def test_errors_are_one_line(tmp_path, oc_arch):
 
 
 def test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model(tmp_path, oc_arch, oc_net):
-    """A hub download copied by hand: weights left behind, a file cut short, a pickle with code, weights of another
-    config. open_clip warned and went on with random weights for the first, and named no file for the others."""
+    """A hub download copied by hand: weights left behind, a file cut short, a pickle with code, tokenizer files left
+    behind, weights of another config. open_clip warned and went on with random weights for the first, and named no
+    file for the others ("Couldn't instantiate the backend tokenizer from one of:")."""
     import json
     from open_clip.push_to_hf_hub import save_config_for_hf
     from safetensors.torch import save_file
@@ -137,6 +138,13 @@ def test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model(
     d = folder("pickle")
     torch.save({**sd, "extra": os.path.join}, d / "open_clip_pytorch_model.bin")
     with pytest.raises(AlignError, match=r"pickle/open_clip_pytorch_model.bin' holds Python objects besides tensors"):
+        load_model(f"local-dir:{d}")
+    hf_tok = json.loads(json.dumps(cfg))
+    hf_tok["text_cfg"]["hf_tokenizer_name"] = "org/tokenizer"
+    d = folder("tokenizer", hf_tok)
+    save_file(sd, str(d / "open_clip_model.safetensors"))
+    with pytest.raises(ConfigError, match=r"tokenizer: its open_clip_config.json names the tokenizer 'org/tokenizer', "
+                                          r"whose files \(tokenizer.json or tokenizer_config.json, ...\) are not in"):
         load_model(f"local-dir:{d}")
     wide = json.loads(json.dumps(cfg))
     wide["vision_cfg"]["width"] *= 2

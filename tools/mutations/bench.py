@@ -244,4 +244,8 @@ MUTATIONS = [
     M("local.bench_weights_error_unnamed", "align/bench/models.py",
       "        line = weights_error(weights, e) if weights else None", "        line = None",
       ["tests/bench/test_models.py::test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model"]),
+    M("local.bench_folder_tokenizer_unchecked", "align/bench/models.py",
+      "    check_folder_tokenizer(path)\n", "",
+      ["tests/bench/test_models.py::test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model"],
+      "local-dir: without its HF tokenizer files: open_clip's 'Couldn't instantiate the backend tokenizer', cut"),
 ]
