@@ -34,6 +34,8 @@ from align.towers.common import (LockableTower, build_projection, hf_grad_checkp
 POOLINGS = ("auto", "pooler", "cls", "mean")
 # What `modality` looks for on a two-tower checkpoint.
 SUBMODEL_ATTR = {"image": "vision_model", "audio": "audio_model"}
+# what AutoImageProcessor / AutoFeatureExtractor read in a folder (a Processor saves the second, nesting them)
+PREPROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 
 
 def require_transformers(where: str):
@@ -47,8 +49,13 @@ def require_transformers(where: str):
 def load_preprocessor(auto_class: str, name, where: str, what: str):
     """The model folder's own preprocessor through transformers' `auto_class` (AutoImageProcessor,
     AutoFeatureExtractor); a folder without one fails with one line naming `what`."""
+    import os
     cls = getattr(require_transformers(where), auto_class)
     path, local = hf_location(name, f"{where}.model")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in PREPROCESSOR_CONFIGS):
+        raise ConfigError(f"{where}.model: no {what} for {name!r}: the folder lacks {PREPROCESSOR_CONFIGS[0]} (copy "
+                          "it from the download: it holds the input size and normalisation the weights were trained "
+                          "with)")
     return hf_load(cls, name, path, local, where, f"no {what} for")
 
 

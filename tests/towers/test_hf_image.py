@@ -82,6 +82,12 @@ def test_bad_config_is_one_line(folders, tmp_path):
         build_tower({"type": "hf_image", "model": folders["dinov2"], "pooling": "gem"}, "image", 16)
     with pytest.raises(ConfigError, match="model.towers.image.model: no image processor"):
         build_tower({"type": "hf_image", "model": str(tmp_path)}, "image", 16)
+    import shutil                  # a download copied without its preprocessor: named, not transformers' advice
+    shutil.copytree(folders["dinov2"], tmp_path / "copy")
+    (tmp_path / "copy" / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError, match=r"^model.towers.image.model: no image processor for '.*copy': the folder "
+                                          r"lacks preprocessor_config.json \(copy it from the download"):
+        build_tower({"type": "hf_image", "model": str(tmp_path / "copy")}, "image", 16)
 
 
 def test_onnx_export(folders, tmp_path):

@@ -297,4 +297,7 @@ MUTATIONS = [
       "        with hub_offline() if host else contextlib.nullcontext():", "        with contextlib.nullcontext():",
       ["tests/towers/test_open_clip_towers.py::"
        "test_model_local_dir_is_the_folders_architecture_and_hf_hub_offline_is_one_line_at_once"]),
+    M("local.hf_folder_without_preprocessor_unnamed", "align/towers/hf_encoder.py",
+      "    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in PREPROCESSOR_CONFIGS):",
+      "    if False:", ["tests/towers/test_hf_image.py::test_bad_config_is_one_line"]),
 ]
