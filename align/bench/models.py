@@ -150,8 +150,28 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
     # the hub does not answer but the weights are cached: open_clip reads them at once (no retries), still by the
     # tag, so the tag's own settings (quick_gelu, preprocessing) apply as with a network
     with hub_offline() if cached else contextlib.nullcontext():
-        return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label,
-                                hint="" if is_file else OFFLINE_HINT, weights=pretrained if is_file else cached)
+        model = _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch,
+                                 label, hint="" if is_file else OFFLINE_HINT, weights=pretrained if is_file else cached)
+    if is_file:
+        check_file_preprocess(model, arch, pretrained)
+    return model
+
+
+def check_file_preprocess(model: OpenClipModel, arch: str, path: str) -> None:
+    """One line when `path` is the weights file of an open_clip folder whose config normalises images otherwise than
+    open_clip:ARCH's transform (a file holds no preprocessing: the folder's, as local-dir:, would apply)."""
+    from align.open_clip_files import folder_preprocess
+    pp = folder_preprocess(path) or {}
+    norm = next((t for t in getattr(model.image_transform, "transforms", []) if hasattr(t, "mean")), None)
+    for key in ("mean", "std"):
+        if norm is None or key not in pp:
+            continue
+        if [round(float(v), 6) for v in pp[key]] != [round(float(v), 6) for v in getattr(norm, key)]:
+            folder = os.path.dirname(os.path.abspath(path))
+            raise ConfigError(f"model open_clip:{arch} pretrained {path!r}: the folder's open_clip_config.json "
+                              f"normalises images with {key} {list(pp[key])}, open_clip:{arch} with "
+                              f"{[round(float(v), 6) for v in getattr(norm, key)]}: load the folder as "
+                              f"local-dir:{folder}")
 
 
 @MODEL_SOURCES.register("local-dir")

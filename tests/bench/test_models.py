@@ -155,6 +155,24 @@ def test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model(
         load_model(f"local-dir:{d}")
 
 
+def test_a_weights_file_taken_out_of_a_folder_of_other_preprocessing_is_one_line(tmp_path, oc_arch, oc_net):
+    """open_clip:ARCH --pretrained DIR/open_clip_model.safetensors normalised images as ARCH's default (OpenAI's
+    mean/std), not as the folder's open_clip_config.json says: local-dir:DIR would."""
+    import json
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in oc_net.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    config = {"model_cfg": {"embed_dim": 16, **TINY_OPEN_CLIP}, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5]}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    weights = str(tmp_path / "open_clip_model.safetensors")
+    with pytest.raises(ConfigError, match=rf"^model open_clip:{oc_arch} pretrained '.*': the folder's "
+                                          r"open_clip_config.json normalises images with mean \[0.5, 0.5, 0.5\], "
+                                          rf"open_clip:{oc_arch} with \[0.481.*\]: load the folder as local-dir:"):
+        load_model(f"open_clip:{oc_arch}", pretrained=weights)
+    config["preprocess_cfg"]["mean"] = [0.48145466, 0.4578275, 0.40821073]           # the same: taken as it is
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    assert load_model(f"open_clip:{oc_arch}", pretrained=weights).pretrained == weights
+
+
 def test_scheme_parsing_and_pretrained_pairing():
     assert split_scheme("open_clip:ViT-B-32") == ("open_clip", "ViT-B-32")
     assert split_scheme("local-dir:/a/b") == ("local-dir", "/a/b")

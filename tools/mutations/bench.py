@@ -248,4 +248,7 @@ MUTATIONS = [
       "    check_folder_tokenizer(path)\n", "",
       ["tests/bench/test_models.py::test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model"],
       "local-dir: without its HF tokenizer files: open_clip's 'Couldn't instantiate the backend tokenizer', cut"),
+    M("local.bench_file_preprocess_unchecked", "align/bench/models.py",
+      "        check_file_preprocess(model, arch, pretrained)\n", "        pass\n",
+      ["tests/bench/test_models.py::test_a_weights_file_taken_out_of_a_folder_of_other_preprocessing_is_one_line"]),
 ]
