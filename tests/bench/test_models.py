@@ -160,10 +160,10 @@ def test_a_weights_file_taken_out_of_a_folder_of_other_preprocessing_is_one_line
     mean/std), not as the folder's open_clip_config.json says: local-dir:DIR would."""
     import json
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in oc_net.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    weights = str(tmp_path / "open_clip_model.safetensors")
+    save_file({k: v.contiguous() for k, v in oc_net.state_dict().items()}, weights)
     config = {"model_cfg": {"embed_dim": 16, **TINY_OPEN_CLIP}, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5]}}
     (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
-    weights = str(tmp_path / "open_clip_model.safetensors")
     with pytest.raises(ConfigError, match=rf"^model open_clip:{oc_arch} pretrained '.*': the folder's "
                                           r"open_clip_config.json normalises images with mean \[0.5, 0.5, 0.5\], "
                                           rf"open_clip:{oc_arch} with \[0.481.*\]: load the folder as local-dir:"):
