@@ -215,3 +215,24 @@ def test_weights_that_lack_some_of_the_models_tensors_are_one_line_not_a_random_
                                           r"bias, encoder.layer.0.attention.self.query.weight\): transformers would "
                                           r"start them at random$"):
         build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+
+
+def test_a_sentence_transformers_folder_that_pools_otherwise_is_named_in_a_warning(tmp_path, caplog):
+    """A BGE-style folder (1_Pooling/config.json: CLS) under the tower's default mean pooling embedded another model
+    than the checkpoint's without a word."""
+    import logging
+    import shutil
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    os.makedirs(os.path.join(folder, "1_Pooling"))
+    shutil.copy(os.path.join(resolve_model(ALIAS, "t")[0], "modules.json"), folder)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, f)
+    with caplog.at_level(logging.WARNING, logger="align.towers"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+    assert "model.towers.text.pooling: " in caplog.text and "pools cls tokens" in caplog.text
+    assert "set model.towers.text.pooling: cls" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="align.towers"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16, "pooling": "cls"}, "text", 8)
+        build_tower({"type": "hf", "model": ALIAS, "context_length": 16}, "text", 8)      # mean, as its folder
+    assert "pools" not in caplog.text

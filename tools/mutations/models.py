@@ -300,4 +300,8 @@ MUTATIONS = [
     M("local.hf_folder_without_preprocessor_unnamed", "align/towers/hf_encoder.py",
       "    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in PREPROCESSOR_CONFIGS):",
       "    if False:", ["tests/towers/test_hf_image.py::test_bad_config_is_one_line"]),
+    M("local.st_pooling_not_compared", "align/towers/hf_text.py",
+      "        warn_other_pooling(path, pooling, where)\n", "",
+      ["tests/towers/test_hf_text.py::test_a_sentence_transformers_folder_that_pools_otherwise_is_named_in_a_warning"],
+      "a BGE-style folder (CLS pooling) embedded by mean pooling without a word"),
 ]
