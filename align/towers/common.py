@@ -350,8 +350,9 @@ def hf_model(cls, name: str, path: str, local: bool, where: str, what: str, unus
                           f"{len(info.get('unexpected_keys') or [])} others are there instead")
     used = [k for k in missing if not unused(k, model)]
     if used:
+        hint = "; pooling: cls or mean does not use its pooler" if all(".pooler." in "." + k for k in used) else ""
         raise ConfigError(f"{where}.model: the weights of {name!r} lack {len(used)} of the {total} tensors of its "
-                          f"config.json (e.g. {', '.join(used[:2])}): transformers would start them at random")
+                          f"config.json (e.g. {', '.join(used[:2])}): transformers would start them at random{hint}")
     return model
 
 

@@ -59,22 +59,26 @@ def load_preprocessor(auto_class: str, name, where: str, what: str):
     return hf_load(cls, name, path, local, where, f"no {what} for")
 
 
-def _unused_half(key: str, model: nn.Module, modality: str) -> bool:
-    """True for a tensor of the part of `model` load_trunk does not keep (a two-tower checkpoint's other half, an
-    encoder-decoder's decoder)."""
-    if isinstance(getattr(model, SUBMODEL_ATTR[modality], None), nn.Module):
-        return not key.startswith(SUBMODEL_ATTR[modality] + ".")
-    if getattr(model.config, "is_encoder_decoder", False):
-        return not key.startswith(("encoder.", "model.encoder."))
-    return False
+def _unused(key: str, model: nn.Module, modality: str, pooling: str) -> bool:
+    """True for a tensor the tower never uses: of the part of `model` load_trunk does not keep (a two-tower
+    checkpoint's other half, an encoder-decoder's decoder), or of the pooler under `pooling: cls | mean` (a
+    ViTModel over a ViTForImageClassification checkpoint has none)."""
+    sub = SUBMODEL_ATTR[modality]
+    if isinstance(getattr(model, sub, None), nn.Module):
+        if not key.startswith(sub + "."):
+            return True
+        key = key[len(sub) + 1:]
+    elif getattr(model.config, "is_encoder_decoder", False) and not key.startswith(("encoder.", "model.encoder.")):
+        return True
+    return pooling in ("cls", "mean") and key.startswith("pooler.")
 
 
-def load_trunk(name: str, modality: str, where: str) -> nn.Module:
+def load_trunk(name: str, modality: str, where: str, pooling: str = "auto") -> nn.Module:
     """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
     AutoModel = require_transformers(where).AutoModel
     path, local = hf_location(name, f"{where}.model")
     model = hf_model(AutoModel, name, path, local, where, "transformers.AutoModel cannot load",
-                     unused=lambda key, m: _unused_half(key, m, modality))
+                     unused=lambda key, m: _unused(key, m, modality, pooling))
     sub = getattr(model, SUBMODEL_ATTR[modality], None)
     if isinstance(sub, nn.Module):
         return sub

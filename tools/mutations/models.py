@@ -304,4 +304,7 @@ MUTATIONS = [
       "        warn_other_pooling(path, pooling, where)\n", "",
       ["tests/towers/test_hf_text.py::test_a_sentence_transformers_folder_that_pools_otherwise_is_named_in_a_warning"],
       "a BGE-style folder (CLS pooling) embedded by mean pooling without a word"),
+    M("local.hf_unused_pooler_refused", "align/towers/hf_encoder.py",
+      '    return pooling in ("cls", "mean") and key.startswith("pooler.")', "    return False",
+      ["tests/towers/test_hf_image.py::test_a_pooler_the_checkpoint_lacks_is_refused_only_where_the_tower_uses_it"]),
 ]
