@@ -103,13 +103,15 @@ def open_clip_folder_weights(folder: str) -> Optional[str]:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")   # a Hugging Face tokenizer saved in a folder
+TOKENIZER_FOLDER = "tokenizer_folder"    # align's model config key: the folder an hf_tokenizer_name tokenizer is in
 
 
 def read_config_file(path: str, where: str) -> dict:
     """An open_clip model config from a JSON file: open_clip's model_configs/NAME.json, or the open_clip_config.json
     of a hub-layout folder ({"model_cfg", "preprocess_cfg"}). Of the latter, the preprocess_cfg the weights were
     trained with is kept as model_cfg["preprocess_cfg"], and a text_cfg.hf_tokenizer_name tokenizer is read from
-    the file's folder when that holds one (as open_clip's local-dir: does), not from the Hub id it names.
+    the file's folder when that holds one (model_cfg["tokenizer_folder"]; as open_clip's local-dir: does), not from
+    the Hub id it names.
     A file that is no JSON object is one ConfigError line naming `where` and the file."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -128,7 +130,7 @@ def read_config_file(path: str, where: str) -> dict:
     text = cfg.get("text_cfg")
     if isinstance(text, dict) and text.get("hf_tokenizer_name") and \
             any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
-        cfg["text_cfg"] = dict(text, hf_tokenizer_name=folder)
+        cfg[TOKENIZER_FOLDER] = folder      # hf_tokenizer_name keeps the Hub id an export's config names
     return cfg
 
 

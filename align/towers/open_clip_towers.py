@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
+from align.open_clip_files import TOKENIZER_FOLDER
 from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.base import Tower
@@ -210,8 +211,9 @@ class OpenClipTower(Tower):
         if self._tokenizer is None:
             from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
             kwargs = dict(self.text_cfg.get("tokenizer_kwargs", {}))
-            if self.text_cfg.get("hf_tokenizer_name"):
-                self._tokenizer = self._hf_tokenizer(HFTokenizer, self.text_cfg["hf_tokenizer_name"], kwargs)
+            if self.text_cfg.get("hf_tokenizer_name"):       # its files in an open_clip folder, else the name's
+                name = self.model_cfg.get(TOKENIZER_FOLDER) or self.text_cfg["hf_tokenizer_name"]
+                self._tokenizer = self._hf_tokenizer(HFTokenizer, name, kwargs)
             else:
                 # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)

@@ -283,6 +283,7 @@ def test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_with
     got = img.preprocess_config()
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in got.items()} == pp
     assert txt.tokenize(["a photo of a dog"])[0].tolist()[:7] == [101, 1037, 6302, 1997, 1037, 3899, 102]
+    assert txt.text_cfg["hf_tokenizer_name"] == "org/not-downloaded"        # what an export's config names
     assert no_hub[0] == []                                                   # no connection tried
     torch.testing.assert_close(img.net.proj, net.visual.proj)
 

@@ -219,7 +219,7 @@ MUTATIONS = [
        "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
       "config_file: DIR/open_clip_config.json normalised images with OpenAI's mean/std, not the folder's"),
     M("local.config_file_tokenizer_from_hub", "align/open_clip_files.py",
-      "        cfg[\"text_cfg\"] = dict(text, hf_tokenizer_name=folder)", "        pass",
+      "        cfg[TOKENIZER_FOLDER] = folder", "        pass",
       ["tests/towers/test_open_clip_towers.py::"
        "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
       "an open_clip folder's HF tokenizer was asked of the hub by the Hub id its config names"),
