@@ -348,11 +348,12 @@ def check_folder_preprocess(tower, source: str, where: str, tower_where: str) ->
             if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else str(a) == str(b)
         if not same:
             folder = os.path.abspath(strip_local_dir(source))
-            cfg = os.path.join(os.path.dirname(folder) if os.path.isfile(folder) else folder, OPEN_CLIP_CONFIG)
+            folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
             shown = list(a) if isinstance(a, (list, tuple)) else a
-            raise ConfigError(f"{where}: {cfg} preprocesses images with {key} {shown}, this image tower with "
-                              f"{list(b) if isinstance(b, tuple) else b}: take the folder's config "
-                              f"({tower_where}.config_file: {cfg}) or set {tower_where}.{recipe_key}: {shown}")
+            raise ConfigError(f"{where}: {os.path.join(folder, OPEN_CLIP_CONFIG)} preprocesses images with {key} "
+                              f"{shown}, this image tower with {list(b) if isinstance(b, tuple) else b}: take the "
+                              f"folder's architecture ({tower_where}.model or model.open_clip: local-dir:{folder}) "
+                              f"or set {tower_where}.{recipe_key}: {shown}")
 
 
 def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, where: str) -> None:

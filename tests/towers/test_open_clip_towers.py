@@ -298,8 +298,8 @@ def test_an_open_clip_folder_whose_preprocessing_the_tower_would_not_apply_is_on
     spec = {"type": "open_clip", "config": TINY_OPEN_CLIP, "pretrained": str(d)}
     with pytest.raises(ConfigError, match=rf"^model.towers.image.pretrained: {cfg} preprocesses images with mean "
                                           rf"\[0.5, 0.5, 0.5\], this image tower with \[0.4814.*\]: take the "
-                                          rf"folder's config \(model.towers.image.config_file: {cfg}\) or set "
-                                          r"model.towers.image.image_mean: \[0.5, 0.5, 0.5\]$"):
+                                          rf"folder's architecture \(model.towers.image.model or model.open_clip: "
+                                          rf"local-dir:{d}\) or set model.towers.image.image_mean: \[0.5, 0.5, 0.5\]$"):
         build_tower(dict(spec), "image", 16)
     with pytest.raises(ConfigError, match=rf"^model.towers.image.pretrained: {cfg} preprocesses images with mean"):
         build_tower(dict(spec, pretrained=str(d / "open_clip_model.safetensors")), "image", 16)   # the file alone
