@@ -27,11 +27,16 @@ def load_error(path: str, exc: BaseException) -> str:
     """Why a weights file could not be read, in one line. torch's weights-only refusal opens with advice to
     re-run with weights_only=False (which would run the file's code): only the object it refused is kept."""
     text = str(exc).strip()
-    if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
-        found = re.search(r"unsupported (?:GLOBAL|global:?)\s*(\S+)", text, re.IGNORECASE)
-        return (f"{path!r} holds Python objects besides tensors" + (f" ({found.group(1)})" if found else "")
-                + "; align never unpickles them (they could run code): save it as safetensors or plain tensors")
     first = (text.splitlines() or [type(exc).__name__])[0][:200]
+    found = re.search(r"unsupported globals?:?\s*(\S+)", text, re.IGNORECASE)     # torch's GLOBAL, timm's globals:
+    if found:
+        return (f"{path!r} holds Python objects besides tensors ({found.group(1).rstrip('.,;')}); align never "
+                "unpickles them (they could run code): save it as safetensors or plain tensors")
+    if isinstance(exc, pickle.UnpicklingError) or text.startswith("Weights only load failed"):
+        # no object refused (bytes that are no pickle: "Unsupported operand 110"): torch's own reason, not its
+        # advice to load the file with weights_only=False
+        after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines() if "WeightsUnpickler" in text else []
+        first = (after or ([first] if "weights_only" not in first else [type(exc).__name__]))[0][:200]
     kind = "safetensors" if path.endswith(".safetensors") else "weights-only torch"
     return f"cannot read {path!r} as a {kind} file (damaged or cut short?): {first}"
 
@@ -59,6 +64,34 @@ def load_file_state(path: str, where: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
+def state_dict_mismatch(text: str) -> Optional[str]:
+    """The first tensor torch's `load_state_dict` error names ("size mismatch for K: copying a param with shape
+    ... from checkpoint, the shape in current model is ...", "Missing key(s) in state_dict: ...", "Unexpected
+    key(s) ..."), as "tensor 'K' ..."; None when `text` is no such error."""
+    found = re.search(r"size mismatch for ([^:\s]+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+                      r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)", text)
+    if found:
+        return (f"tensor {found.group(1)!r} has shape [{found.group(2)}] in the weights but [{found.group(3)}] in the "
+                "model its config builds")
+    for kind, what in (("Missing", "of the model its config builds is not in the weights"),
+                       ("Unexpected", "of the weights is not in the model its config builds")):
+        keys = re.search(kind + r" key\(s\) in state_dict: ((?:\"[^\"]+\"(?:, )?)+)", text)
+        if keys:
+            names = re.findall(r'"([^"]+)"', keys.group(1))
+            return f"tensor {names[0]!r} {what} ({len(names)} such)"
+    return None
+
+
+def weights_error(path: str, exc: BaseException) -> Optional[str]:
+    """open_clip's failure to read or fit the weights file `path` in one line naming the file (load_error, or the
+    first tensor that does not fit); None when `exc` is about something else."""
+    text = str(exc)
+    if type(exc).__name__ in ("UnpicklingError", "SafetensorError") or "weights_only" in text:
+        return load_error(path, exc)
+    mismatch = state_dict_mismatch(text)
+    return f"{path!r} does not fit the model: {mismatch}" if mismatch else None
+
+
 def open_clip_folder_weights(folder: str) -> Optional[str]:
     """The weights file of an open_clip hub-layout folder, or None when `folder` is not one."""
     if not os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)):
@@ -67,6 +100,55 @@ def open_clip_folder_weights(folder: str) -> Optional[str]:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
     return None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")   # a Hugging Face tokenizer saved in a folder
+TOKENIZER_FOLDER = "tokenizer_folder"    # align's model config key: the folder an hf_tokenizer_name tokenizer is in
+
+
+def read_config_file(path: str, where: str) -> dict:
+    """An open_clip model config from a JSON file: open_clip's model_configs/NAME.json, or the open_clip_config.json
+    of a hub-layout folder ({"model_cfg", "preprocess_cfg"}). Of the latter, the preprocess_cfg the weights were
+    trained with is kept as model_cfg["preprocess_cfg"], and a text_cfg.hf_tokenizer_name tokenizer is read from
+    the file's folder when that holds one (model_cfg["tokenizer_folder"]; as open_clip's local-dir: does), not from
+    the Hub id it names.
+    A file that is no JSON object is one ConfigError line naming `where` and the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: cannot read {path!r} as JSON ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_cfg", {}), dict):
+        raise ConfigError(f"{where}: {path!r} is no open_clip model config (a JSON object with vision_cfg and "
+                          f"text_cfg, or an {OPEN_CLIP_CONFIG} with model_cfg)")
+    if "model_cfg" not in data:
+        return data
+    cfg = dict(data["model_cfg"])
+    if isinstance(data.get("preprocess_cfg"), dict) and "preprocess_cfg" not in cfg:
+        cfg["preprocess_cfg"] = dict(data["preprocess_cfg"])
+    folder = os.path.dirname(os.path.abspath(path))
+    text = cfg.get("text_cfg")
+    if isinstance(text, dict) and text.get("hf_tokenizer_name") and \
+            any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+        cfg[TOKENIZER_FOLDER] = folder      # hf_tokenizer_name keeps the Hub id an export's config names
+    return cfg
+
+
+def folder_preprocess(path: str) -> Optional[dict]:
+    """The preprocess_cfg of an open_clip folder (`local-dir:DIR` or DIR with its weights, or the weights file
+    itself taken out of it); None when `path` is no such folder, its config cannot be read (the weights' own check
+    reports a broken folder) or it has none."""
+    folder = os.path.abspath(strip_local_dir(path))
+    if os.path.isfile(folder) and os.path.basename(folder) in OPEN_CLIP_WEIGHTS:
+        folder = os.path.dirname(folder)
+    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+        return None
+    try:
+        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
+            pp = json.load(f).get("preprocess_cfg")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pp if isinstance(pp, dict) else None
 
 
 def folder_quick_gelu(path: str) -> Optional[bool]:

@@ -33,7 +33,8 @@ from torch import nn
 from align.errors import AlignError, ConfigError
 from align.limits import DataLimits, as_limits, override_limits, parse_limit_options
 from align.model import check_input, text_list, weights_fingerprint
-from align.open_clip_files import hub_offline, offline_tag_weights
+from align.open_clip_files import (OPEN_CLIP_WEIGHTS, hub_offline, offline_tag_weights,
+                                   open_clip_folder_weights, weights_error)
 from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
@@ -109,7 +110,9 @@ OFFLINE_HINT = " (offline? fetch the weights where a network is and pass the fil
 
 
 def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, what: str, name: str,
-                     label: Optional[str], hint: str = "") -> OpenClipModel:
+                     label: Optional[str], hint: str = "", weights: Optional[str] = None) -> OpenClipModel:
+    """open_clip's model, eval transform and tokenizer; weights: the local file it reads (named in a failure to
+    read or fit it: a pickle, a file cut short, a tensor of another shape)."""
     import open_clip
     try:
         # weights_only=True: a .pt/.bin checkpoint is read with torch.load(weights_only=True), never unpickled code
@@ -117,6 +120,9 @@ def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, wh
                                                                    weights_only=True)
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as e:  # unknown arch, missing file, offline tag, shape mismatch: one line naming the model
+        line = weights_error(weights, e) if weights else None
+        if line:
+            raise AlignError(f"{what}: {line}") from None
         raise _open_clip_error(what, e, hint) from None
     return OpenClipModel(net.eval(), preprocess, tokenizer, name, label)
 
@@ -144,8 +150,28 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
     # the hub does not answer but the weights are cached: open_clip reads them at once (no retries), still by the
     # tag, so the tag's own settings (quick_gelu, preprocessing) apply as with a network
     with hub_offline() if cached else contextlib.nullcontext():
-        return _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch, label,
-                                hint="" if is_file else OFFLINE_HINT)
+        model = _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch,
+                                 label, hint="" if is_file else OFFLINE_HINT, weights=pretrained if is_file else cached)
+    if is_file:
+        check_file_preprocess(model, arch, pretrained)
+    return model
+
+
+def check_file_preprocess(model: OpenClipModel, arch: str, path: str) -> None:
+    """One line when `path` is the weights file of an open_clip folder whose config normalises images otherwise than
+    open_clip:ARCH's transform (a file holds no preprocessing: the folder's, as local-dir:, would apply)."""
+    from align.open_clip_files import folder_preprocess
+    pp = folder_preprocess(path) or {}
+    norm = next((t for t in getattr(model.image_transform, "transforms", []) if hasattr(t, "mean")), None)
+    for key in ("mean", "std"):
+        if norm is None or key not in pp:
+            continue
+        if [round(float(v), 6) for v in pp[key]] != [round(float(v), 6) for v in getattr(norm, key)]:
+            folder = os.path.dirname(os.path.abspath(path))
+            raise ConfigError(f"model open_clip:{arch} pretrained {path!r}: the folder's open_clip_config.json "
+                              f"normalises images with {key} {list(pp[key])}, open_clip:{arch} with "
+                              f"{[round(float(v), 6) for v in getattr(norm, key)]}: load the folder as "
+                              f"local-dir:{folder}")
 
 
 @MODEL_SOURCES.register("local-dir")
@@ -157,11 +183,44 @@ def load_local_dir(path: str, pretrained: Optional[str] = None, device: str = "c
     if not os.path.isfile(cfg):
         raise ConfigError(f"model local-dir:{path}: no open_clip_config.json in that folder")
     path = os.path.abspath(path)
+    weights = folder_weights(path)
+    if weights is None:       # open_clip would warn and go on with random weights
+        raise ConfigError(f"model local-dir:{path}: no weights file in that folder ({' or '.join(OPEN_CLIP_WEIGHTS)}"
+                          f" beside open_clip_config.json); open_clip would start from random weights")
+    check_folder_tokenizer(path)
     limits = export_limits(path)            # before the weights load: a bad recipe copy is one line at once
     model = _build_open_clip(f"local-dir:{path}", None, device, f"local-dir:{path}",
-                             os.path.basename(os.path.normpath(path)), path)
+                             os.path.basename(os.path.normpath(path)), path, weights=weights)
     model.data_limits = limits
     return model
+
+
+def folder_weights(folder: str) -> Optional[str]:
+    """The weights file open_clip reads from a local-dir: folder (align's names first, then any .safetensors, .bin
+    or .pth, as open_clip looks), or None when it holds none."""
+    found = open_clip_folder_weights(folder)
+    if found:
+        return found
+    names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin", ".pth")))
+    names.sort(key=lambda n: not n.endswith(".safetensors"))
+    return os.path.join(folder, names[0]) if names else None
+
+
+def check_folder_tokenizer(folder: str) -> None:
+    """One line when the folder's config names a Hugging Face tokenizer (text_cfg.hf_tokenizer_name) whose files
+    are not in the folder, where open_clip's local-dir: reads it (its error was "Couldn't instantiate the backend
+    tokenizer from one of:", cut there)."""
+    import json
+    from align.open_clip_files import OPEN_CLIP_CONFIG, TOKENIZER_FILES
+    try:
+        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
+            name = ((json.load(f).get("model_cfg") or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    except (OSError, ValueError, AttributeError):
+        return                               # open_clip's own line names a config it cannot read
+    if name and not any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+        raise ConfigError(f"model local-dir:{folder}: its {OPEN_CLIP_CONFIG} names the tokenizer {name!r}, whose files "
+                          f"({' or '.join(TOKENIZER_FILES)}, ...) are not in the folder: copy them there from the "
+                          "download")
 
 
 def export_limits(folder: str) -> DataLimits:

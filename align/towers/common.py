@@ -331,9 +331,10 @@ def hf_load(cls, name: str, path: str, local: bool, where: str, what: str, **kwa
         raise ConfigError(f"{where}.model: {what} {name!r} ({_hf_reason(path, e)})") from None
 
 
-def hf_model(cls, name: str, path: str, local: bool, where: str, what: str) -> nn.Module:
-    """`hf_load` of a model in float32; weights whose shapes differ from its config, or a file that holds few
-    of its tensors (another architecture's), are one line: transformers would start those tensors at random."""
+def hf_model(cls, name: str, path: str, local: bool, where: str, what: str, unused=lambda key, model: False):
+    """`hf_load` of a model in float32; weights whose shapes differ from its config, a file that holds few of its
+    tensors (another architecture's) or lacks some the tower uses (`unused(key, model)`: those it does not, e.g.
+    the text half of a CLIPModel for an image tower), are one line: transformers would start them at random."""
     model, info = hf_load(cls, name, path, local, where, what, dtype=torch.float32, output_loading_info=True,
                           ignore_mismatched_sizes=True)
     bad = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]))
@@ -347,6 +348,11 @@ def hf_model(cls, name: str, path: str, local: bool, where: str, what: str) -> n
         raise ConfigError(f"{where}.model: the weights of {name!r} are not those of its {kind} config.json: "
                           f"{len(missing)} of its {total} tensors are missing (e.g. {', '.join(missing[:2])}), "
                           f"{len(info.get('unexpected_keys') or [])} others are there instead")
+    used = [k for k in missing if not unused(k, model)]
+    if used:
+        hint = "; pooling: cls or mean does not use its pooler" if all(".pooler." in "." + k for k in used) else ""
+        raise ConfigError(f"{where}.model: the weights of {name!r} lack {len(used)} of the {total} tensors of its "
+                          f"config.json (e.g. {', '.join(used[:2])}): transformers would start them at random{hint}")
     return model
 
 

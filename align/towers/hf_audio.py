@@ -87,7 +87,7 @@ class HFAudioTower(HFEncoderTower):
         self.clip_samples = int(round(clip_seconds * fe.sampling_rate)) if clip_seconds else (fixed or
                                                                                                10 * fe.sampling_rate)
         self.model_name = model
-        trunk = load_trunk(model, "audio", where)
+        trunk = load_trunk(model, "audio", where, pooling)
         self._finish(trunk, embed_dim, pooling, proj, where)
 
     def preprocess(self, train: bool):

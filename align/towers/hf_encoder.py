@@ -34,6 +34,8 @@ from align.towers.common import (LockableTower, build_projection, hf_grad_checkp
 POOLINGS = ("auto", "pooler", "cls", "mean")
 # What `modality` looks for on a two-tower checkpoint.
 SUBMODEL_ATTR = {"image": "vision_model", "audio": "audio_model"}
+# what AutoImageProcessor / AutoFeatureExtractor read in a folder (a Processor saves the second, nesting them)
+PREPROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 
 
 def require_transformers(where: str):
@@ -47,16 +49,36 @@ def require_transformers(where: str):
 def load_preprocessor(auto_class: str, name, where: str, what: str):
     """The model folder's own preprocessor through transformers' `auto_class` (AutoImageProcessor,
     AutoFeatureExtractor); a folder without one fails with one line naming `what`."""
+    import os
     cls = getattr(require_transformers(where), auto_class)
     path, local = hf_location(name, f"{where}.model")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, n)) for n in PREPROCESSOR_CONFIGS):
+        raise ConfigError(f"{where}.model: no {what} for {name!r}: the folder lacks {PREPROCESSOR_CONFIGS[0]} (copy "
+                          "it from the download: it holds the input size and normalisation the weights were trained "
+                          "with)")
     return hf_load(cls, name, path, local, where, f"no {what} for")
 
 
-def load_trunk(name: str, modality: str, where: str) -> nn.Module:
+def _unused(key: str, model: nn.Module, modality: str, pooling: str) -> bool:
+    """True for a tensor the tower never uses: of the part of `model` load_trunk does not keep (a two-tower
+    checkpoint's other half, an encoder-decoder's decoder), or of the pooler under `pooling: cls | mean` (a
+    ViTModel over a ViTForImageClassification checkpoint has none)."""
+    sub = SUBMODEL_ATTR[modality]
+    if isinstance(getattr(model, sub, None), nn.Module):
+        if not key.startswith(sub + "."):
+            return True
+        key = key[len(sub) + 1:]
+    elif getattr(model.config, "is_encoder_decoder", False) and not key.startswith(("encoder.", "model.encoder.")):
+        return True
+    return pooling in ("cls", "mean") and key.startswith("pooler.")
+
+
+def load_trunk(name: str, modality: str, where: str, pooling: str = "auto") -> nn.Module:
     """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
     AutoModel = require_transformers(where).AutoModel
     path, local = hf_location(name, f"{where}.model")
-    model = hf_model(AutoModel, name, path, local, where, "transformers.AutoModel cannot load")
+    model = hf_model(AutoModel, name, path, local, where, "transformers.AutoModel cannot load",
+                     unused=lambda key, m: _unused(key, m, modality, pooling))
     sub = getattr(model, SUBMODEL_ATTR[modality], None)
     if isinstance(sub, nn.Module):
         return sub

@@ -41,7 +41,7 @@ class HFImageTower(HFEncoderTower):
         from align.towers.hf_encoder import load_preprocessor, load_trunk
         self.processor = load_preprocessor("AutoImageProcessor", model, where, "image processor")
         self.model_name = model
-        trunk = load_trunk(model, "image", where)
+        trunk = load_trunk(model, "image", where, pooling)
         self._finish(trunk, embed_dim, pooling, proj, where)
 
     @property

@@ -83,7 +83,8 @@ class HFTextTower(LockableTower):
         path, local = resolve_model(model, where)
         self.tokenizer = hf_load(AutoTokenizer, model, path, local, where, "cannot load the tokenizer of")
         check_hf_tokenizer(self.tokenizer, model, f"{where}.model")
-        self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model")
+        self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model",   # pooler: dropped
+                              unused=lambda key, m: key.startswith("pooler."))
         if isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None
         tok = self.tokenizer
@@ -98,6 +99,7 @@ class HFTextTower(LockableTower):
             raise ConfigError(f"{where}.context_length: {context_length} exceeds the model's maximum "
                               f"({min(max_len, tok.model_max_length)})")
         self.model_name, self.pooling, self.context_length = model, pooling, context_length
+        warn_other_pooling(path, pooling, where)
         self.embed_dim = embed_dim
         hidden = getattr(self.model.config, "hidden_size", None) or self.model.config.d_model
         self.head = build_projection(hidden, embed_dim, proj, where)
@@ -182,6 +184,33 @@ class HFTextTower(LockableTower):
                 "context_length": self.context_length, "pad_token_id": self.pad_id,
                 "padding_side": "right", "truncation": True, "pooling": self.pooling,
                 "input": "input_ids [B, context_length]; attention mask = ids != pad_token_id"}
+
+
+# sentence-transformers' 1_Pooling/config.json flags -> the tower's pooling
+ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+              "pooling_mode_lasttoken": "eos"}
+
+
+def warn_other_pooling(path: str, pooling: str, where: str) -> None:
+    """A warning when a sentence-transformers folder (modules.json + 1_Pooling/config.json) pools otherwise than
+    the tower (`pooling`, default mean): a BGE folder's embeddings are its [CLS] token's, and a mean over them is
+    another model. A warning, not a refusal: a run trained so must stay loadable."""
+    import json
+    import logging
+    import os
+    cfg = os.path.join(path, "1_Pooling", "config.json")
+    if not (os.path.isfile(os.path.join(path, "modules.json")) and os.path.isfile(cfg)):
+        return
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            flags = json.load(f)
+        theirs = [v for k, v in ST_POOLING.items() if flags.get(k)]
+    except (OSError, ValueError, AttributeError):
+        return
+    if len(theirs) == 1 and theirs[0] != pooling:
+        logging.getLogger("align.towers").warning(
+            "%s.pooling: %s pools %s tokens (1_Pooling/config.json, as sentence-transformers embeds), this tower "
+            "%s: set %s.pooling: %s to embed as the checkpoint does", where, cfg, theirs[0], pooling, where, theirs[0])
 
 
 def pool_tokens(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -10,16 +10,19 @@ and exports without conversion.
     image: {type: open_clip, model: ViT-B-32, pretrained: laion2b_s34b_b79k}   # tag: open_clip fetches it
     image: {type: open_clip, model: ViT-B-32, pretrained: /ckpt/epoch_32.pt, pretrained_temperature: true}
     text:  {type: open_clip, model: ViT-B-32, pretrained: local-dir:/exports/clip}
+    image: {type: open_clip, model: local-dir:/dl/clip, pretrained: local-dir:/dl/clip}   # a hub download's folder
     text:  {type: open_clip, config: {embed_dim: 64, vision_cfg: {...}, text_cfg: {...}}}
 
-`pretrained` is an open_clip tag (resolved by open_clip where a network or its cache has it), a
+`model: local-dir:DIR` is the architecture of an open_clip folder (its open_clip_config.json, with the
+preprocess_cfg and the tokenizer files beside it, as `config_file: DIR/open_clip_config.json`); its weights come
+with `pretrained`. `pretrained` is an open_clip tag (resolved by open_clip where a network or its cache has it), a
 weights file (.safetensors, or .pt/.bin loaded weights-only; open_clip_train's checkpoints too) or
 an open_clip folder; only this tower is built, and its half of the checkpoint is copied (a missing
 tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also takes the
 checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
 """
+import contextlib
 import copy
-import json
 import logging
 import os
 from typing import List, Optional
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
+from align.open_clip_files import TOKENIZER_FOLDER
 from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.base import Tower
@@ -47,24 +51,51 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def schema_model_cfg(name: str, key: str) -> dict:
+    """The architecture of `model: local-dir:DIR` (DIR/open_clip_config.json with its preprocessing and tokenizer,
+    as `config_file:`; the weights come with `pretrained:` or model.init_from, as for a named architecture) or
+    `model: hf-hub:ORG/NAME` (open_clip fetches its config). A Hub that does not answer, or a fetch that fails, is
+    one line at once (huggingface_hub retried ~25 s, then a FileNotFoundError traceback)."""
+    import open_clip
+    from align.open_clip_files import OPEN_CLIP_CONFIG, hub_offline, hub_unreachable, read_config_file
+    if name.startswith("local-dir:"):
+        path = os.path.join(name[len("local-dir:"):], OPEN_CLIP_CONFIG)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{key}: no {OPEN_CLIP_CONFIG} in {name[len('local-dir:'):]!r}")
+        return read_config_file(path, key)
+    host = hub_unreachable()
+    try:
+        with hub_offline() if host else contextlib.nullcontext():      # the cache's copy, if any, at once
+            model_cfg = open_clip.get_model_config(name)
+    except Exception as e:  # noqa: BLE001  offline, no such repo: one line
+        why = f"{host} does not answer and it is not in the Hugging Face cache" if host else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{key}: cannot fetch {name}'s {OPEN_CLIP_CONFIG} ({why}); fetch the folder where a "
+                          f"network is and give local-dir:DIR") from None
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"{key}: {name} holds no open_clip model config")
+    return model_cfg
+
+
 def resolve_model_cfg(cfg: dict, where: str) -> dict:
     """The open_clip model config (embed_dim, vision_cfg, text_cfg, ...) a tower section names."""
     import open_clip
     given = [k for k in ("model", "config", "config_file") if cfg.get(k) is not None]
     if len(given) != 1:
         raise ConfigError(f"{where}: give exactly one of 'model' (open_clip name), 'config' or 'config_file'")
-    if cfg.get("model") is not None:
+    if isinstance(cfg.get("model"), str) and cfg["model"].startswith(("local-dir:", "hf-hub:")):
+        model_cfg = schema_model_cfg(cfg["model"], f"{where}.model")
+    elif cfg.get("model") is not None:
         model_cfg = open_clip.get_model_config(cfg["model"])
         if model_cfg is None:
             raise ConfigError(f"{where}.model: unknown open_clip architecture {cfg['model']!r} "
                               f"(see open_clip.list_models())")
     elif cfg.get("config_file") is not None:
+        from align.open_clip_files import read_config_file
         path = cfg["config_file"]
         if not os.path.isfile(path):
             raise ConfigError(f"{where}.config_file: no such file {path!r}")
-        with open(path) as f:
-            model_cfg = json.load(f)
-        model_cfg = model_cfg.get("model_cfg", model_cfg)  # accept an open_clip_config.json too
+        model_cfg = read_config_file(path, f"{where}.config_file")   # an open_clip_config.json: its preprocessing too
     else:
         model_cfg = cfg["config"]
         if not isinstance(model_cfg, dict):
@@ -180,8 +211,9 @@ class OpenClipTower(Tower):
         if self._tokenizer is None:
             from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
             kwargs = dict(self.text_cfg.get("tokenizer_kwargs", {}))
-            if self.text_cfg.get("hf_tokenizer_name"):
-                self._tokenizer = self._hf_tokenizer(HFTokenizer, self.text_cfg["hf_tokenizer_name"], kwargs)
+            if self.text_cfg.get("hf_tokenizer_name"):       # its files in an open_clip folder, else the name's
+                name = self.model_cfg.get(TOKENIZER_FOLDER) or self.text_cfg["hf_tokenizer_name"]
+                self._tokenizer = self._hf_tokenizer(HFTokenizer, name, kwargs)
             else:
                 # SimpleTokenizer truncates to context_length and writes <end_of_text> in the last slot.
                 self._tokenizer = SimpleTokenizer(context_length=self.context_length, **kwargs)
@@ -293,6 +325,37 @@ def stretch_positions(pe: torch.Tensor, length: int, keep: int = KEEP_POSITIONS)
     return torch.cat([pe[:keep], stretched[0].t().to(pe.dtype)], dim=0)          # [length, width]
 
 
+# open_clip's preprocess_cfg field -> the image tower's recipe key that sets it
+PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "interpolation",
+                   "resize_mode": "resize_mode"}
+
+
+def check_folder_preprocess(tower, source: str, where: str, tower_where: str) -> None:
+    """ConfigError when the open_clip folder `source` preprocesses images (its open_clip_config.json's
+    preprocess_cfg, what its weights were trained with) otherwise than `tower` would, for a field its recipe does
+    not set: the tower's config names an architecture or a config without the folder's preprocessing, and the
+    weights would see images normalised another way without a word."""
+    from align.open_clip_files import OPEN_CLIP_CONFIG, folder_preprocess, strip_local_dir
+    theirs = folder_preprocess(source) if getattr(tower, "modality", None) == "image" else None
+    if not theirs or not hasattr(tower, "preprocess_config"):
+        return
+    ours = tower.preprocess_config()
+    for key, recipe_key in PREPROCESS_KEYS.items():
+        if key not in theirs or tower.cfg.get(recipe_key) is not None:
+            continue
+        a, b = theirs[key], ours[key]
+        same = [round(float(v), 6) for v in a] == [round(float(v), 6) for v in b] \
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else str(a) == str(b)
+        if not same:
+            folder = os.path.abspath(strip_local_dir(source))
+            folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
+            shown = list(a) if isinstance(a, (list, tuple)) else a
+            raise ConfigError(f"{where}: {os.path.join(folder, OPEN_CLIP_CONFIG)} preprocesses images with {key} "
+                              f"{shown}, this image tower with {list(b) if isinstance(b, tuple) else b}: take the "
+                              f"folder's architecture ({tower_where}.model or model.open_clip: local-dir:{folder}) "
+                              f"or set {tower_where}.{recipe_key}: {shown}")
+
+
 def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, where: str) -> None:
     """Copies the tower's half of an open_clip checkpoint into it (only this tower is built).
 
@@ -304,6 +367,7 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
         raise ConfigError(f"{where}.pretrained: {pretrained} was trained with quick_gelu={str(theirs).lower()} but "
                           f"this tower uses quick_gelu={str(tower.quick_gelu).lower()}; set {where}.quick_gelu: "
                           f"{str(theirs).lower()}")
+    check_folder_preprocess(tower, pretrained, f"{where}.pretrained", where)
     sd = open_clip_to_align(load_file_state(pretrained_file(name, pretrained, where), f"{where}.pretrained"))
     prefix = f"towers.{tower.modality}.net."
     mine = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

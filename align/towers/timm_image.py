@@ -9,7 +9,10 @@ Keys:
   model          timm architecture name (timm.list_models()).
   pretrained     false (default: random init, nothing is downloaded) | true (timm's
                  weights: Hub cache / network) | a path to a weights file (.safetensors or
-                 torch file, loaded by timm with weights_only=True).
+                 torch file, loaded by timm with weights_only=True) | the folder a timm Hub
+                 download leaves (config.json + model.safetensors | pytorch_model.bin: its
+                 pretrained_cfg's mean, std, input size and crop too). A file that lacks some
+                 of the trunk's tensors is one line (timm would start them at random).
   image_size     int or [H, W]; passed to the model as img_size only when timm marks the
                  architecture's input size as fixed (ViT-style position embeddings).
   model_kwargs   extra keyword arguments for timm.create_model (e.g. {patch_size: 8}).
@@ -42,6 +45,61 @@ def to_rgb(img):
     return img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
 
 
+TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")   # a timm hub folder's weights, beside config.json
+
+
+def local_weights(path: str, model: str, kwargs: dict, where: str):
+    """(weights file, pretrained_cfg_overlay) for a local `pretrained`: a weights file, or a folder as a timm Hub
+    download leaves it (config.json + model.safetensors | pytorch_model.bin), whose pretrained_cfg (mean, std,
+    input size, crop) and model_args (set into kwargs unless given) are the folder's, as timm's local-dir: reads
+    them. A folder of another architecture, or without config.json or weights, is one line."""
+    import json
+    p = Path(path)
+    if p.is_file():
+        return str(p), {"file": str(p)}
+    if not p.is_dir():
+        raise ConfigError(f"{where}: weights file or folder {path!r} does not exist")
+    found = [p / n for n in TIMM_WEIGHTS if (p / n).is_file()]
+    if not (p / "config.json").is_file() or not found:
+        raise ConfigError(f"{where}: {path!r} is a folder without config.json and {' or '.join(TIMM_WEIGHTS)} (a timm "
+                          "Hub download); give the weights file itself")
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        arch, pcfg = cfg["architecture"], dict(cfg.get("pretrained_cfg") or {})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{where}: {str(p / 'config.json')!r} is no timm model config ({e!s:.200})") from None
+    if arch != model.split(".")[0]:
+        raise ConfigError(f"{where}: {str(p / 'config.json')!r} is the config of {arch!r}, not of {model!r}: set the "
+                          f"tower's model: {arch}")
+    for k, v in (cfg.get("model_args") or {}).items():
+        if k != "num_classes":
+            kwargs.setdefault(k, tuple(v) if isinstance(v, list) else v)
+    pcfg = {k: tuple(v) if isinstance(v, list) else v for k, v in pcfg.items() if k not in ("architecture", "tag")}
+    return str(found[0]), dict(pcfg, file=str(found[0]), hf_hub_id=None, url=None)
+
+
+def check_all_loaded(trunk, weights: str, model: str, where: str) -> None:
+    """One line when the trunk has tensors `weights` did not fill: timm loads a file non-strictly once its
+    classifier is dropped (num_classes=0), so a file of another architecture or a part of one left those
+    tensors at random without a word. A file in another layout that timm converts (its names differ) counts
+    as filled when the trunk holds its tensors' values."""
+    from timm.models import load_state_dict
+    sd = load_state_dict(weights)
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in sd]
+    if len(missing) == len(own):       # another naming, converted by timm's filter: the values must be there
+        by_shape = {}
+        for v in sd.values():
+            by_shape.setdefault(tuple(v.shape), []).append(v)
+        missing = [k for k, v in own.items() if not any(torch.equal(v, w) for w in by_shape.get(tuple(v.shape), []))]
+        if 2 * len(missing) < len(own):
+            return
+    if missing:
+        raise ConfigError(f"{where}: {weights!r} lacks {len(missing)} of the {len(own)} tensors of timm's {model!r} "
+                          f"(e.g. {', '.join(missing[:2])}): they would start at random; give weights of this "
+                          "architecture")
+
+
 class TimmImageTower(LockableTower):
     """timm backbone (pooled features) + projection; see the module docstring."""
 
@@ -64,10 +122,10 @@ class TimmImageTower(LockableTower):
             pcfg = timm.models.get_pretrained_cfg(model)
             if pcfg is not None and pcfg.fixed_input_size:
                 kwargs.setdefault("img_size", hw)
+        weights = None
         if isinstance(pretrained, str):
-            if not Path(pretrained).is_file():
-                raise ConfigError(f"{where}.pretrained: weights file {pretrained!r} does not exist")
-            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained)}
+            weights, overlay = local_weights(pretrained, model, kwargs, f"{where}.pretrained")
+            kwargs["pretrained_cfg_overlay"] = overlay
             pretrained = True
         elif not isinstance(pretrained, bool):
             raise ConfigError(f"{where}.pretrained: expected true, false or a weights path, got {pretrained!r}")
@@ -75,9 +133,13 @@ class TimmImageTower(LockableTower):
             self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **kwargs)
         except TypeError as e:
             raise ConfigError(f"{where}.model_kwargs: {e}") from None
-        except (OSError, RuntimeError, ValueError) as e:  # no network / no cached weights / shape mismatch
-            raise ConfigError(f"{where}: cannot create {model!r} (pretrained={pretrained}): "
-                              f"{str(e).splitlines()[0][:200]}") from None
+        except Exception as e:  # noqa: BLE001  no network / no cached weights / a pickle / a cut file / shape mismatch
+            from align.open_clip_files import weights_error
+            line = weights_error(weights, e) if weights else None
+            raise ConfigError(f"{where}.pretrained: {line}" if line else f"{where}: cannot create {model!r} "
+                              f"(pretrained={pretrained}): {str(e).splitlines()[0][:200]}") from None
+        if weights:
+            check_all_loaded(self.trunk, weights, model, f"{where}.pretrained")
         self.data_config = dict(resolve_model_data_config(self.trunk))
         if hw is not None:
             self.data_config["input_size"] = (3, *hw)

@@ -25,8 +25,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from align.errors import ConfigError
-from align.open_clip_files import (OPEN_CLIP_CONFIG, folder_quick_gelu, load_file_state, open_clip_folder_weights,
-                                     open_clip_to_align, strip_local_dir)
+from align.open_clip_files import (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, folder_quick_gelu, load_file_state,
+                                   open_clip_folder_weights, open_clip_to_align, strip_local_dir)
+from align.towers.open_clip_towers import check_folder_preprocess
 from align.train.rundir import EXPORT_CONFIG, locate
 
 
@@ -45,6 +46,9 @@ def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, to
             weights = locate(p).weights          # a run dir, checkpoint dir (plain or DCP) or export
             sd = load_weights(weights)
         except AlignError as e:
+            if os.path.isfile(os.path.join(p, OPEN_CLIP_CONFIG)):    # a hub download copied without its weights
+                raise ConfigError(f"{where}: {p} holds {OPEN_CLIP_CONFIG} but no weights file "
+                                  f"({' or '.join(OPEN_CLIP_WEIGHTS)}) beside it") from None
             raise ConfigError(f"{where}: {e} (nor an open_clip folder with {OPEN_CLIP_CONFIG})") from None
         return dict(sd), f"align model {weights}"
     sd = load_file_state(p, where)
@@ -122,6 +126,8 @@ def check_activation(model, path: str) -> None:
 def apply_init_from(model, path: str, printer=print) -> dict:
     """Loads `path` into `model` (weights only) and prints the table; returns the report."""
     check_activation(model, path)
+    for name, tower in model.towers.items():     # an open_clip folder's image preprocessing, not a default
+        check_folder_preprocess(tower, path, "model.init_from", f"model.towers.{name}")
     sd, source = load_source(path)
     report = match_state(model, sd)
     if not any(n for t, n in report["matched"].items() if t != "(model)"):

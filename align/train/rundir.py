@@ -223,6 +223,13 @@ def find_run_dir(path: str) -> Optional[str]:
 HF_TOWERS = ("hf", "hf_image", "hf_audio")
 
 
+def _absolute_local_dir(name):
+    """`local-dir:DIR` with DIR absolute when it is a folder here; anything else as it is."""
+    if isinstance(name, str) and name.startswith("local-dir:") and os.path.isdir(name[len("local-dir:"):]):
+        return "local-dir:" + os.path.abspath(name[len("local-dir:"):])
+    return name
+
+
 def absolute_model_paths(recipe: dict) -> dict:
     """The recipe dict with the model section's local files as absolute paths (model.open_clip's JSON, a tower's
     config_file, a Hugging Face tower's folder): align.load and export rebuild the towers from RUN/config.yaml,
@@ -230,10 +237,14 @@ def absolute_model_paths(recipe: dict) -> dict:
     m = recipe.get("model") or {}
     if isinstance(m.get("open_clip"), str) and m["open_clip"].endswith(".json") and os.path.isfile(m["open_clip"]):
         m["open_clip"] = os.path.abspath(m["open_clip"])
+    if "open_clip" in m:
+        m["open_clip"] = _absolute_local_dir(m["open_clip"])
     configs = [m.get("open_clip")]                    # inline open_clip configs: their HF text folders
     for t in (m.get("towers") or {}).values():
         if isinstance(t.get("config_file"), str) and os.path.isfile(t["config_file"]):
             t["config_file"] = os.path.abspath(t["config_file"])
+        if t.get("type") == "open_clip" and "model" in t:
+            t["model"] = _absolute_local_dir(t["model"])
         if t.get("type") in HF_TOWERS and isinstance(t.get("model"), str) and os.path.isdir(t["model"]):
             t["model"] = os.path.abspath(t["model"])
         configs.append(t.get("config"))

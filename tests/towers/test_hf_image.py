@@ -82,6 +82,12 @@ def test_bad_config_is_one_line(folders, tmp_path):
         build_tower({"type": "hf_image", "model": folders["dinov2"], "pooling": "gem"}, "image", 16)
     with pytest.raises(ConfigError, match="model.towers.image.model: no image processor"):
         build_tower({"type": "hf_image", "model": str(tmp_path)}, "image", 16)
+    import shutil                  # a download copied without its preprocessor: named, not transformers' advice
+    shutil.copytree(folders["dinov2"], tmp_path / "copy")
+    (tmp_path / "copy" / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError, match=r"^model.towers.image.model: no image processor for '.*copy': the folder "
+                                          r"lacks preprocessor_config.json \(copy it from the download"):
+        build_tower({"type": "hf_image", "model": str(tmp_path / "copy")}, "image", 16)
 
 
 def test_onnx_export(folders, tmp_path):
@@ -178,3 +184,19 @@ def test_the_image_size_encode_image_takes_is_what_the_processor_makes(folders, 
     assert tower.input_shape() is None
     with torch.no_grad():
         assert AlignModel({"image": tower}).encode_image(torch.zeros(1, 3, 40, 32)).shape == (1, 16)
+
+
+def test_a_pooler_the_checkpoint_lacks_is_refused_only_where_the_tower_uses_it(tmp_path):
+    """A ViTModel over a ViTForImageClassification download has no pooler weights: under pooling auto the tower
+    embedded through a pooler transformers started at random; cls and mean never use it."""
+    import transformers as T
+    cfg = T.ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_labels=3)
+    T.ViTForImageClassification(cfg).save_pretrained(tmp_path)
+    T.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"lack 2 of the \d+ tensors of its config.json \(e.g. pooler.dense.bias, "
+                                          r"pooler.dense.weight\): transformers would start them at random; pooling: "
+                                          r"cls or mean does not use its pooler$"):
+        build_tower({"type": "hf_image", "model": str(tmp_path)}, "image", 8)
+    for pooling in ("cls", "mean"):
+        build_tower({"type": "hf_image", "model": str(tmp_path), "pooling": pooling}, "image", 8)

@@ -196,3 +196,43 @@ def test_a_path_that_is_no_folder_is_one_line_not_a_hub_id_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ConfigError, match="model.safetensors' is a file; give the folder that holds its config.json"):
         build_tower({"type": "hf", "model": str(tmp_path / "model.safetensors")}, "text", 8)
+
+
+def test_weights_that_lack_some_of_the_models_tensors_are_one_line_not_a_random_layer(tmp_path):
+    """A folder whose weights hold most but not all tensors of its config (a download cut to a part, a file of a
+    trimmed model): transformers started the rest at random and the tower trained on; only a file lacking at least
+    half was refused. BERT's pooler, which the tower drops, may be absent."""
+    from safetensors.torch import load_file, save_file
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    weights = os.path.join(folder, "model.safetensors")
+    sd = load_file(weights)
+    save_file({k: v for k, v in sd.items() if not k.startswith("pooler.")}, weights)
+    build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+    save_file({k: v for k, v in sd.items() if not k.startswith(("pooler.", "encoder.layer.0.attention.self.query"))},
+              weights)
+    with pytest.raises(ConfigError, match=r"^model.towers.text.model: the weights of .*bert' lack 2 of the \d+ "
+                                          r"tensors of its config.json \(e.g. encoder.layer.0.attention.self.query."
+                                          r"bias, encoder.layer.0.attention.self.query.weight\): transformers would "
+                                          r"start them at random$"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+
+
+def test_a_sentence_transformers_folder_that_pools_otherwise_is_named_in_a_warning(tmp_path, caplog):
+    """A BGE-style folder (1_Pooling/config.json: CLS) under the tower's default mean pooling embedded another model
+    than the checkpoint's without a word."""
+    import logging
+    import shutil
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    os.makedirs(os.path.join(folder, "1_Pooling"))
+    shutil.copy(os.path.join(resolve_model(ALIAS, "t")[0], "modules.json"), folder)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, f)
+    with caplog.at_level(logging.WARNING, logger="align.towers"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+    assert "model.towers.text.pooling: " in caplog.text and "pools cls tokens" in caplog.text
+    assert "set model.towers.text.pooling: cls" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="align.towers"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16, "pooling": "cls"}, "text", 8)
+        build_tower({"type": "hf", "model": ALIAS, "context_length": 16}, "text", 8)      # mean, as its folder
+    assert "pools" not in caplog.text

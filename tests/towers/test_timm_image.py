@@ -82,3 +82,54 @@ def test_pretrained_weights_file(tmp_path):
     save_file({k: v.contiguous() for k, v in src.trunk.state_dict().items()}, str(path))
     t = build_tower(dict(RESNET, pretrained=str(path)), "image", 8)
     assert torch.equal(t.trunk.conv1.weight, src.trunk.conv1.weight)
+
+
+def _vit_weights():
+    torch.manual_seed(0)
+    import timm
+    return {k: v.contiguous() for k, v in timm.create_model("test_vit", num_classes=0).state_dict().items()}
+
+
+def test_a_timm_hub_folder_brings_its_preprocessing_and_weights(tmp_path):
+    """The folder a timm Hub download leaves (config.json + model.safetensors): was 'weights file does not exist';
+    its pretrained_cfg (mean, std) is the folder's, not the architecture's default tag's."""
+    from safetensors.torch import save_file
+    sd = _vit_weights()
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    pcfg = {"input_size": [3, 32, 32], "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "interpolation": "bilinear",
+            "crop_pct": 1.0, "num_classes": 1000, "classifier": "head"}
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "test_vit", "num_classes": 1000,
+                                                      "model_args": {"img_size": [32, 32]}, "pretrained_cfg": pcfg}))
+    t = build_tower({"type": "timm", "model": "test_vit", "pretrained": str(tmp_path)}, "image", 8)
+    c = t.preprocess_config()
+    assert (c["mean"], c["std"], c["image_size"], c["interpolation"]) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6],
+                                                                          [32, 32], "bilinear")
+    torch.testing.assert_close(t.trunk.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    with pytest.raises(ConfigError, match=r"config.json' is the config of 'test_vit', not of 'resnet18': set the "
+                                          r"tower's model: test_vit$"):
+        build_tower({"type": "timm", "model": "resnet18", "pretrained": str(tmp_path)}, "image", 8)
+
+
+def test_a_broken_or_partial_timm_weights_file_is_one_line_never_a_random_start(tmp_path):
+    """timm loads a file non-strictly once the classifier is dropped: tensors the file lacks started at random
+    without a word. A file cut short was a SafetensorError traceback; a pickle's line named no file."""
+    import os
+    from safetensors.torch import save_file
+    sd = _vit_weights()
+    tower = {"type": "timm", "model": "test_vit"}
+    save_file({k: v for k, v in sd.items() if not k.startswith("blocks.0.")}, str(tmp_path / "part.safetensors"))
+    with pytest.raises(ConfigError, match=r"^model.towers.image.pretrained: '.*part.safetensors' lacks 12 of the "
+                                          r"\d+ tensors of timm's 'test_vit' \(e.g. blocks.0.norm1.weight"):
+        build_tower(dict(tower, pretrained=str(tmp_path / "part.safetensors")), "image", 8)
+    save_file(sd, str(tmp_path / "cut.safetensors"))
+    data = (tmp_path / "cut.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"cannot read '.*cut.safetensors' as a safetensors file \(damaged or cut"):
+        build_tower(dict(tower, pretrained=str(tmp_path / "cut.safetensors")), "image", 8)
+    torch.save(dict(sd, extra=os.path.join), tmp_path / "code.bin")
+    with pytest.raises(ConfigError, match=r"'.*code.bin' holds Python objects besides tensors \(posixpath.join\)"):
+        build_tower(dict(tower, pretrained=str(tmp_path / "code.bin")), "image", 8)
+    save_file(dict(sd, **{"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}), str(tmp_path / "shape.safetensors"))
+    with pytest.raises(ConfigError, match=r"shape.safetensors' does not fit the model: tensor "
+                                          r"'blocks.0.attn.qkv.weight' has shape \[3, 3\] in the weights"):
+        build_tower(dict(tower, pretrained=str(tmp_path / "shape.safetensors")), "image", 8)

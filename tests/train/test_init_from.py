@@ -380,3 +380,14 @@ def test_a_resumed_run_reads_its_weights_from_the_checkpoint_not_its_towers_pret
     tiny_recipe.update(output_dir=str(tmp_path / "fresh"))
     with pytest.raises(ConfigError, match=r"model.towers.image.pretrained: no such file or folder .*start.safetensors"):
         train(parse_recipe(tiny_recipe), progress=False)
+
+
+def test_an_open_clip_folder_copied_without_its_weights_says_so(tmp_path):
+    """The line read 'not an align run ... but an open_clip folder: load it as local-dir:DIR' for the folder given
+    as local-dir:DIR, with no word of the missing weights file."""
+    (tmp_path / "open_clip_config.json").write_text('{"model_cfg": {}}')
+    for given in (str(tmp_path), f"local-dir:{tmp_path}"):
+        with pytest.raises(ConfigError, match=rf"^model.init_from: {tmp_path} holds open_clip_config.json but no "
+                                              r"weights file \(open_clip_model.safetensors or "
+                                              r"open_clip_pytorch_model.bin\) beside it$"):
+            load_source(given)

@@ -226,3 +226,16 @@ def test_an_inline_configs_local_hf_text_folders_are_made_absolute(tmp_path, mon
     m = rundir.absolute_model_paths(recipe)["model"]
     assert m["open_clip"]["text_cfg"] == {"hf_tokenizer_name": str(tmp_path / "tok"), "hf_model_name": "org/bert"}
     assert m["towers"]["text"]["config"]["text_cfg"] == {"hf_model_name": str(tmp_path / "tok")}
+
+
+def test_a_local_dir_architecture_is_recorded_with_an_absolute_path(tmp_path, monkeypatch):
+    """model.open_clip / a tower's model `local-dir:DIR` relative to where training ran: align.load elsewhere
+    looked for DIR under its own working directory."""
+    from align.train.rundir import absolute_model_paths
+    (tmp_path / "oc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = absolute_model_paths({"model": {"open_clip": "local-dir:oc", "towers": {
+        "image": {"type": "open_clip", "model": "local-dir:oc"}, "text": {"type": "open_clip", "model": "ViT-B-32"}}}})
+    assert r["model"]["open_clip"] == f"local-dir:{tmp_path / 'oc'}"
+    assert r["model"]["towers"]["image"]["model"] == f"local-dir:{tmp_path / 'oc'}"
+    assert r["model"]["towers"]["text"]["model"] == "ViT-B-32"

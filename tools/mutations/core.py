@@ -237,4 +237,22 @@ MUTATIONS = [
       "    print(f\"demo data: {c['train']} train", "    print(json.dumps(man)); print(f\"demo data: {c['train']} train",
       ["tests/test_cli.py::test_data_demo_ends_with_one_summary_line_not_the_manifest"],
       "`align data demo` ended with its 230-line manifest"),
+    M("local.load_error_junk_called_a_pickle", "align/open_clip_files.py",
+      "    found = re.search(r\"unsupported globals?:?\\s*(\\S+)\", text, re.IGNORECASE)",
+      "    found = re.search(r\"(?:unsupported globals?:?|weights)\\s*(\\S+)\", text, re.IGNORECASE)",
+      ["tests/bench/test_models.py::test_errors_are_one_line"],
+      "bytes that are no checkpoint were said to hold Python objects besides tensors"),
+    M("local.state_dict_mismatch_unnamed", "align/open_clip_files.py",
+      "    mismatch = state_dict_mismatch(text)\n", "    mismatch = None\n",
+      ["tests/bench/test_models.py::test_a_broken_local_folder_is_one_line_naming_its_file_never_a_random_model"]),
+    M("local.config_file_preprocess_dropped", "align/open_clip_files.py",
+      '        cfg["preprocess_cfg"] = dict(data["preprocess_cfg"])', "        pass",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
+      "config_file: DIR/open_clip_config.json normalised images with OpenAI's mean/std, not the folder's"),
+    M("local.config_file_tokenizer_from_hub", "align/open_clip_files.py",
+      "        cfg[TOKENIZER_FOLDER] = folder", "        pass",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
+      "an open_clip folder's HF tokenizer was asked of the hub by the Hub id its config names"),
 ]

@@ -454,4 +454,11 @@ MUTATIONS = [
       ["tests/train/test_metrics.py::"
        "test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning"],
       "the overfitting warning closed the bar: the rest of the run had none on a terminal"),
+    M("local.local_dir_architecture_relative", "align/train/rundir.py",
+      '            t["model"] = _absolute_local_dir(t["model"])', "            pass",
+      ["tests/train/test_rundir.py::test_a_local_dir_architecture_is_recorded_with_an_absolute_path"]),
+    M("local.init_from_folder_without_weights_unnamed", "align/train/init_from.py",
+      "            if os.path.isfile(os.path.join(p, OPEN_CLIP_CONFIG)):    # a hub download",
+      "            if False:    # a hub download",
+      ["tests/train/test_init_from.py::test_an_open_clip_folder_copied_without_its_weights_says_so"]),
 ]
