@@ -54,9 +54,10 @@ def _tracing() -> bool:
 def schema_model_cfg(name: str, key: str) -> dict:
     """The architecture of `model: local-dir:DIR` (DIR/open_clip_config.json with its preprocessing and tokenizer,
     as `config_file:`; the weights come with `pretrained:` or model.init_from, as for a named architecture) or
-    `model: hf-hub:ORG/NAME` (open_clip fetches its config). A Hub that does not answer, or a fetch that fails, is
+    `model: hf-hub:ORG/NAME` (its open_clip_config.json fetched, or read from the Hugging Face cache: the same
+    preprocessing and tokenizer folder as local-dir:). A Hub that does not answer, or a fetch that fails, is
     one line at once (huggingface_hub retried ~25 s, then a FileNotFoundError traceback)."""
-    import open_clip
+    from open_clip.pretrained import download_pretrained_from_hf
     from align.open_clip_files import OPEN_CLIP_CONFIG, hub_offline, hub_unreachable, read_config_file
     if name.startswith("local-dir:"):
         path = os.path.join(name[len("local-dir:"):], OPEN_CLIP_CONFIG)
@@ -65,16 +66,16 @@ def schema_model_cfg(name: str, key: str) -> dict:
         return read_config_file(path, key)
     host = hub_unreachable()
     try:
+        # the file itself, not open_clip.get_model_config (its model_cfg alone): its preprocess_cfg is what the
+        # Hub weights were trained with (SigLIP's mean/std 0.5, not OpenAI's), read as for local-dir:
         with hub_offline() if host else contextlib.nullcontext():      # the cache's copy, if any, at once
-            model_cfg = open_clip.get_model_config(name)
+            path = download_pretrained_from_hf(name[len("hf-hub:"):], filename=OPEN_CLIP_CONFIG)
     except Exception as e:  # noqa: BLE001  offline, no such repo: one line
         why = f"{host} does not answer and it is not in the Hugging Face cache" if host else \
             (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"{key}: cannot fetch {name}'s {OPEN_CLIP_CONFIG} ({why}); fetch the folder where a "
                           f"network is and give local-dir:DIR") from None
-    if not isinstance(model_cfg, dict):
-        raise ConfigError(f"{key}: {name} holds no open_clip model config")
-    return model_cfg
+    return read_config_file(path, key)
 
 
 def resolve_model_cfg(cfg: dict, where: str) -> dict:

@@ -335,3 +335,21 @@ def test_model_local_dir_is_the_folders_architecture_and_hf_hub_offline_is_one_l
                                           r"local-dir:DIR$"):
         build_tower({"type": "open_clip", "model": "hf-hub:org/clip"}, "text", 16)
     assert no_hub[0] == [("huggingface.co", 443)] and asked == [True]      # the one probe, the cache
+
+
+def test_model_hf_hub_keeps_the_preprocessing_its_config_file_names(tmp_path, no_hub, monkeypatch):
+    """`model: hf-hub:ORG/NAME` took open_clip.get_model_config's model_cfg alone: the preprocess_cfg of the Hub's
+    open_clip_config.json (SigLIP's mean/std 0.5) was dropped and images normalised with OpenAI's; read from the
+    Hugging Face cache here (the hub does not answer), as a download leaves it."""
+    import json
+
+    import huggingface_hub
+    import open_clip.pretrained as ocp
+    monkeypatch.setattr(ocp, "hf_hub_download", huggingface_hub.hf_hub_download)   # the real one: reads the cache
+    path = cache_file(tmp_path, name="open_clip_config.json", repo="org/clip")
+    with open(path, "w") as f:
+        json.dump({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
+                  f)
+    tower = build_tower({"type": "open_clip", "model": "hf-hub:org/clip"}, "image", 16)
+    assert tower.preprocess_config()["mean"] == (0.5, 0.5, 0.5) and tower.preprocess_config()["std"] == (0.5,) * 3
+    assert tower.model_cfg["vision_cfg"] == TINY_OPEN_CLIP["vision_cfg"]

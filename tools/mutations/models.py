@@ -307,4 +307,10 @@ MUTATIONS = [
     M("local.hf_unused_pooler_refused", "align/towers/hf_encoder.py",
       '    return pooling in ("cls", "mean") and key.startswith("pooler.")', "    return False",
       ["tests/towers/test_hf_image.py::test_a_pooler_the_checkpoint_lacks_is_refused_only_where_the_tower_uses_it"]),
+    M("open_clip.hf_hub_drops_preprocess_cfg", "align/towers/open_clip_towers.py",
+      'f"network is and give local-dir:DIR") from None\n    return read_config_file(path, key)\n',
+      'f"network is and give local-dir:DIR") from None\n'
+      '    return {k: v for k, v in read_config_file(path, key).items() if k != "preprocess_cfg"}\n',
+      ["tests/towers/test_open_clip_towers.py::test_model_hf_hub_keeps_the_preprocessing_its_config_file_names"],
+      "model: hf-hub:ORG/NAME normalised images with OpenAI's mean/std, not its open_clip_config.json's"),
 ]
