@@ -14,13 +14,15 @@ rest of an elastically resumed epoch: pieces of the checkpoint's streams, align.
 then one flush item with its last counts.  A worker whose first MAX_ALL_SKIPPED samples were all skipped
 stops with one DataError line, in both cases.
 
-Passes (data.samples_per_epoch, not resampled): an epoch is a number of batches, not a reading of the shards,
+Passes (data.samples_per_epoch): an epoch is a number of batches, not a reading of the shards,
 so each reader's stream goes on through its shards from epoch to epoch: epoch e starts where e - 1 stopped,
 and when the reader's shards end (a "pass" over them) it goes on with the next pass (its shards in the
 order of pass p + 1, seeded like an epoch), also inside an epoch. So every sample is trained once per pass
 whatever the epoch size; an epoch larger than a reader's shards repeats some. A segment's 8th entry is the
 pass it starts in (none: its epoch). A reader whose whole pass gave no sample stops (its shards are missing
-or empty). Without samples_per_epoch a pass is an epoch, as before.
+or empty). With data.resampled a pass is as many shard draws as a source has shards (the first source to end
+ends it), so a draw is read on from where the last epoch stopped too. Without samples_per_epoch a pass is an
+epoch, as before (resampled: endless).
 
 Quota: the rank's batches of an epoch are split over its workers that have shards (a worker without one,
 when a rank has fewer shards than workers, gets none), so num_workers does not change how much an epoch
@@ -34,6 +36,7 @@ Every item carries its EPOCH.
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -131,8 +134,8 @@ class StreamDataset(IterableDataset):
         self.train = train
         self.drop_last = drop_last
         self.batches_per_rank = batches_per_rank
-        # data.samples_per_epoch (not resampled): epochs go on through the shards, pass after pass (docstring)
-        self.carry = batches_per_rank is not None and not resampled
+        # data.samples_per_epoch: epochs go on through the shards, pass after pass (docstring)
+        self.carry = batches_per_rank is not None
         self.plan: Plan | None = None
         # (this process) the stream its last epoch ended in, kept open to go on with: a Run, or None
         self._live: Run | None = None
@@ -182,9 +185,15 @@ class StreamDataset(IterableDataset):
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
         streams = []
+        # resampled with passes: a pass is as many draws as a source has shards (the first source to end ends it),
+        # and a reading's DRAW names its pass (two passes of one epoch draw apart)
+        passes = self.resampled and self.carry
+        stream_id = f"{rank}.{lw}" + (f"/p{epoch}" if passes else "")
         for si, src in enumerate(self.sources):
             if self.resampled:
                 urls = resampled_shards(src.urls, rng_for("resample", self.seed, epoch, rank, lw, si))
+                if passes:
+                    urls = itertools.islice(urls, len(src.urls))
             else:
                 order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
                 urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
@@ -192,12 +201,12 @@ class StreamDataset(IterableDataset):
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
                                                infinite=self.resampled, name=src.name,
                                                retry_budget_s=self.retry_budget_s, limits=self.decoder.limits,
-                                               stream_id=f"{rank}.{lw}"))
+                                               stream_id=stream_id))
         if len(streams) == 1:
             stream = streams[0]
         else:
             stream = mix_streams(streams, [s.weight for s in self.sources],
-                                 rng_for("mix", self.seed, epoch, rank, lw))
+                                 rng_for("mix", self.seed, epoch, rank, lw), stop_at_first_end=passes)
         if self.val_split is not None:     # before the shuffle: a checkpoint's data position counts kept samples
             stream = self.val_split.train_filter(stream)
         if self.train and self.shuffle_buffer > 1:

@@ -46,6 +46,27 @@ def test_epochs_go_on_through_the_shards_so_every_sample_is_trained(tmp_path, wo
     assert passes[0] != passes[1]                                 # each pass in its own order
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resampled_epochs_read_their_draws_on(tmp_path, workers):
+    # 2 shards of 40, 8 samples an epoch: each epoch drew new shards and read them from their start, so 20
+    # epochs (160 readings) saw 22 of the 80 samples; a pass is now 2 draws, each read on across epochs.
+    paths, keys = make_shards(tmp_path, 2, 40)
+    got = flat(k for e in _epochs(_loader(paths, 8, workers, resampled=True), 20) for k in e)
+    assert len(got) == 160 and set(got) == set(keys)
+
+
+def test_resampled_readings_in_two_passes_of_one_epoch_get_their_own_augmentation(tmp_path):
+    # 1 shard of 4: a pass is one draw, so an epoch of 16 reads it 4 times, each time as draw 0 of its pass.
+    paths, _ = make_shards(tmp_path, 1, 4)
+    aug = {"image": [{"type": "affine", "degrees": 40, "translate": [0.3, 0.3], "scale": [0.5, 1.0]}]}
+    readings = {}
+    for b in _loader(paths, 16, resampled=True, augment=aug):
+        for k, img in zip(b["__key__"], b["image"]):
+            readings.setdefault(k, []).append(img.numpy().tobytes())
+    assert sorted(map(len, readings.values())) == [4, 4, 4, 4]
+    assert all(len(set(v)) == 4 for v in readings.values())
+
+
 def _run_epochs(loader, until, taken=None):
     """Batches through the epochs up to `until` (or only `taken` of them), as a training loop takes them."""
     out = []
@@ -81,20 +102,20 @@ def _broken(root):
     return paths
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_exact_resume_anywhere_in_the_passes(tmp_path, workers):
+@pytest.mark.parametrize("workers,resampled", [(0, False), (2, False), (2, True)])
+def test_exact_resume_anywhere_in_the_passes(tmp_path, workers, resampled):
     paths = _broken(tmp_path / "d")
-    ref_loader = _loader(paths, 10, workers)            # 5 batches an epoch; about 2 epochs a pass
+    ref_loader = _loader(paths, 10, workers, resampled=resampled)   # 5 batches an epoch; about 2 epochs a pass
     ref = _run_epochs(ref_loader, 5)
     totals = (dict(ref_loader.skipped), ref_loader.seen)
     ref_loader.close()
-    assert len(ref) == 25 and totals[0]["undecodable image"] >= 2
+    assert len(ref) == 25 and totals[0]["undecodable image"] >= 1
     for k in (3, 5, 8, 12, 19):
-        first = _loader(paths, 10, workers)
+        first = _loader(paths, 10, workers, resampled=resampled)
         head = _run_epochs(first, 5, taken=k)
         state = json.loads(json.dumps(first.state_dict()))
         first.close()
-        resumed = _loader(paths, 10, workers, resume_state=state)
+        resumed = _loader(paths, 10, workers, resampled=resampled, resume_state=state)
         resumed.set_epoch(state["epoch"])                 # an epoch loop's call keeps the position
         assert head + _run_epochs(resumed, 5) == ref, f"resume after {k} batches"
         assert (dict(resumed.skipped), resumed.seen) == totals
