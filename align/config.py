@@ -97,7 +97,8 @@ class DataConfig:
                                           "JSONL/Parquet file or folder of pairs (written as such a dir first: "
                                           "data.shards_cache; a label column gives zero-shot, captions retrieval)")
     samples_per_epoch: Optional[int] = _num(None, ge=1, help="epoch length in samples, over all processes "
-                                                                "(train.epochs needs it)")
+                                                                "(train.epochs needs it); each epoch goes on in the "
+                                                                "shards where the last one stopped")
     resampled: bool = _key(False, help="draw shards with replacement (endless stream, as webdataset's resampled); "
                                        "each reading of a sample gets its own random draws")
     shuffle_buffer: int = _num(1000, ge=0, help="samples held in the shuffle buffer (0: no shuffling)")

@@ -295,8 +295,8 @@ def test_a_mid_run_eval_with_best_metric_keeps_the_ranks_in_step(ddp_ref, tmp_pa
 
 @pytest.mark.slow
 def test_uneven_ranks_one_shard_all_broken_sum_their_skips_and_score_val_as_one_process(ddp_ref, tmp_path):
-    """3 shards on 2 ranks, one all broken: at seed 2 rank 1 draws only that shard in epochs 0-3, so it runs
-    through empty epochs while rank 0 trains; nothing hangs, and the summary adds both ranks' skips (it held
+    """3 shards on 2 ranks, one all broken: at seed 2 rank 1 draws only that shard in passes 0-3, so it reads
+    through 4 passes of broken samples while rank 0 trains; nothing hangs, and the summary adds both ranks' skips (it held
     rank 0's alone). The val set, 7 samples in 1 shard (fewer shards than ranks, fewer samples than ranks x
     eval.batch_size), is scored by rank 0 alone: its figures are those of one process on the same weights."""
     import numpy as np

@@ -1,6 +1,8 @@
 """Mutations of the data layer: streams, writers, tools, the shard format and media (align/data, align/wds, align/media)."""
 from .common import *  # noqa: F401,F403  (M and the shared test ids)
 
+EQ = "tests/data/stream/test_epoch_quota.py::"
+
 MUTATIONS = [
     M("reader.padding_not_skipped", "align/wds/reader.py",
       "_read_exact(stream, padded - size, \"tar padding\")", "pass", ["tests/wds/test_reader.py"]),
@@ -55,8 +57,8 @@ MUTATIONS = [
     M("stream.resampled_draw_ignored", "align/data/stream/decode.py",
       "    return epoch if draw is None else f\"{epoch}.{draw}\"", "    return epoch",
       ["tests/data/stream/test_loader.py"], "a resampled stream repeated each sample's first augmentation"),
-    M("stream.resampled_reader_seeded", "align/data/stream/worker.py", 'stream_id=f"{rank}.{lw}"))',
-      'stream_id=f"{self.rank}"))', ["tests/data/stream/test_worker.py"],
+    M("stream.resampled_reader_seeded", "align/data/stream/worker.py", 'stream_id = f"{rank}.{lw}" +',
+      'stream_id = f"{self.rank}" +', ["tests/data/stream/test_worker.py"],
       "a resampled reading was seeded by the process reading it, so an elastic resume read other augmentations"),
     M("stream.gate_always_open", "align/data/stream/worker.py",
       "    return epoch <= current or (epoch == current + 1 and more == 1)", "    return True",
@@ -453,4 +455,28 @@ MUTATIONS = [
       ["tests/data/tools/test_stats.py::"
        "test_the_duration_bar_ends_at_100_percent_when_the_shards_hold_fewer_clips_than_the_cap"],
       "`align data stats` ended its bar at '1343/2000 clip (67%)'"),
+    M("stream.quota_kept_by_a_worker_without_shards", "align/data/stream/worker.py",
+      "have = self.readers_with_shards(n) or list(range(n))", "have = list(range(n))",
+      [EQ + "test_an_epoch_has_its_batches_at_any_worker_count"],
+      "a rank with fewer shards than workers gave 2 batches of the 4 samples_per_epoch declared"),
+    M("stream.epoch_restarts_its_shards", "align/data/stream/loader.py",
+      "carry = (list(self._pass), list(self._raw)) if self.dataset.carry and self._seg is None else None",
+      "carry = None", [EQ + "test_epochs_go_on_through_the_shards_so_every_sample_is_trained"],
+      "with samples_per_epoch every epoch began again at its shards' start: the samples past it were never read"),
+    M("stream.kept_worker_restarts_its_shards", "align/data/stream/worker.py",
+      "                starts[lw] = self._end", "                pass",
+      [EQ + "test_epochs_go_on_through_the_shards_so_every_sample_is_trained"]),
+    M("stream.no_next_pass", "align/data/stream/worker.py",
+      "if sample is None and self.carry and run.out > 0:", "if False:",
+      [EQ + "test_epochs_go_on_through_the_shards_so_every_sample_is_trained"]),
+    M("stream.pass_not_in_the_state", "align/data/stream/loader.py",
+      "self._pass = [int(x) for x in state.get(\"worker_pass\", self._pass)]", "pass",
+      [EQ + "test_exact_resume_anywhere_in_the_passes"]),
+    M("stream.resampled_restarts_its_draws", "align/data/stream/worker.py",
+      "self.carry = batches_per_rank is not None", "self.carry = batches_per_rank is not None and not resampled",
+      [EQ + "test_resampled_epochs_read_their_draws_on"],
+      "data.resampled with samples_per_epoch read each drawn shard from its start every epoch (22 of 80 samples)"),
+    M("stream.resampled_pass_not_in_the_draw", "align/data/stream/worker.py",
+      'stream_id = f"{rank}.{lw}" + (f"/p{epoch}" if passes else "")', 'stream_id = f"{rank}.{lw}"',
+      [EQ + "test_resampled_readings_in_two_passes_of_one_epoch_get_their_own_augmentation"]),
 ]

@@ -13,10 +13,12 @@ WORKER = "__worker__"      # int: the logical worker that built the item
 EPOCH = "__epoch__"        # int: the epoch the item belongs to (a worker goes on from one epoch into the next)
 IDLE = "__idle__"          # True: a worker's answer while the training process has enough of the next epoch (no data)
 RAW = "__raw__"            # int: raw samples that worker has read from its (current) stream so far
+PASS = "__pass__"          # int: the pass over its shards that stream is in (data.samples_per_epoch: epochs go on
+                           # through the shards, align.data.stream.worker; otherwise the epoch)
 SEEN = "__seen__"          # int: raw samples read (+ unreadable shards) since the worker's last item
 SKIPPED = "__skipped__"    # dict reason -> count: samples/shards skipped since the worker's last item
 NOTED = "__noted__"        # dict event -> count: noted, not skipped (captions cut, ...) since the worker's last item
-SEG = "__seg__"            # (segment index, raw, taken): elastic position of the item's last sample
+SEG = "__seg__"            # (segment index, pass, raw, taken): elastic position of the item's last sample
 FLUSH = "__flush__"        # True: the worker's last item (no batch; carries its final counts)
 ERROR = "__error__"        # str: a DataError raised in the worker, re-raised as one line by the loader
 UNAVAILABLE = "__unavailable__"   # bool: that error was SourceUnavailable (its type does not cross processes)

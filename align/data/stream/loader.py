@@ -29,7 +29,10 @@ yielded) with its last fault counts; a consumed flush marks the worker done.
 
 Epochs: a training loader's workers are started once and go on from epoch to
 epoch (align.data.stream.worker): each worker's items of the next epoch are
-made while this one is still being taken, and held until it ends.
+made while this one is still being taken, and held until it ends.  With
+samples_per_epoch an epoch is that many batches, split over the workers that
+have shards, and it starts where the last one stopped in each worker's stream
+(passes over the shards: align.data.stream.worker), so every sample is read.
 
 Elastic resume: a checkpoint written at another world size, per-rank batch
 size or number of workers, or whose ranks are in different epochs, is
@@ -50,7 +53,7 @@ from torch.utils.data import DataLoader
 
 from align.data.stream.decode import SampleDecoder
 from align.data.stream.faults import skip_rate_error
-from align.data.stream.keys import ERROR, FLUSH, NOTED, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, WORKER
+from align.data.stream.keys import ERROR, FLUSH, NOTED, PASS, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, WORKER
 from align.data.stream.pack import unpack_tensors
 from align.data.stream.receive import Items
 from align.data.stream.remote import DEFAULT_RETRY_BUDGET_S, SourceUnavailable
@@ -74,7 +77,8 @@ class StreamLoader:
     - `for batch in loader`: one epoch (or the rest of it, after a resume or a
       `break`); at its natural end the loader moves to the next epoch.
     - `set_epoch(e)`: start epoch e from its beginning (no-op if already in e,
-      so a resumed position survives the usual `set_epoch` at the top of a loop).
+      so a resumed position survives the usual `set_epoch` at the top of a loop;
+      with samples_per_epoch, a jump to another epoch starts at pass e's start).
     - `skipped` (reason -> count) and `seen` (raw samples read + unreadable
       shards) are exact totals over the batches handed out, kept across resume.
     - `state_dict()` / `load_state_dict()`: the data position after the last
@@ -143,6 +147,7 @@ class StreamLoader:
         self.batches = 0  # batches handed out in this epoch
         self._next_worker = 0
         self._raw, self._wbatches, self._done = [0] * n, [0] * n, [False] * n
+        self._pass = [self.epoch] * n   # per lw the pass its stream is in (with samples_per_epoch: align...worker)
         # Elastic resume (this epoch only): {"segs": per lw its segments as of the last start, "prog": per lw
         # (segment index, raw, taken) of its last consumed batch, "quota0": per lw its batches of this rest of
         # the epoch, "quota": per lw those still due}.  None: an ordinary epoch.
@@ -179,7 +184,7 @@ class StreamLoader:
         n = self.n_logical
         out = {
             "version": STATE_VERSION, "epoch": self.epoch, "batches": self.batches,
-            "next_worker": self._next_worker, "worker_raw": list(self._raw),
+            "next_worker": self._next_worker, "worker_raw": list(self._raw), "worker_pass": list(self._pass),
             "worker_batches": list(self._wbatches), "worker_done": list(self._done),
             "num_workers": n, "rank": ds.rank, "world_size": ds.world_size, "seed": ds.seed,
             "batch_size": ds.batch_size, "resampled": ds.resampled, "skipped": dict(self.skipped), "seen": self.seen,
@@ -200,10 +205,10 @@ class StreamLoader:
         segs, prog = self._seg["segs"][lw], self._seg["prog"][lw]
         if prog is None:
             return [list(x) for x in segs]
-        k, raw, taken = prog
-        r0, w0, _, _, take, world0, workers0 = segs[k]
+        k, pas, raw, taken = prog
+        r0, w0, _, _, take, world0, workers0 = segs[k][:7]
         left = None if take is None else take - taken
-        rest = [] if left is not None and left <= 0 else [[r0, w0, raw, 0, left, world0, workers0]]
+        rest = [] if left is not None and left <= 0 else [[r0, w0, raw, 0, left, world0, workers0, pas]]
         return rest + [list(x) for x in segs[k + 1:]]
 
     def load_state_dict(self, state) -> None:
@@ -228,6 +233,7 @@ class StreamLoader:
         self.batches = int(state["batches"])
         self._next_worker = int(state["next_worker"])
         self._raw = [int(x) for x in state["worker_raw"]]
+        self._pass = [int(x) for x in state.get("worker_pass", self._pass)]   # (written before passes: its epoch)
         self._wbatches = [int(x) for x in state["worker_batches"]]
         self._done = [bool(x) for x in state["worker_done"]]
         self.skipped = Counter(state.get("skipped", {}))
@@ -266,8 +272,8 @@ class StreamLoader:
             sg = self._seg
             sg["segs"], sg["prog"] = [self._left(lw) for lw in range(n)], [None] * n
             return Plan(self.epoch, self._next_worker, list(self._done), [list(x) for x in sg["segs"]],
-                         list(sg["quota"]))
-        segments = [[[ds.rank, lw, self._raw[lw], 0, None, ds.world_size, n]] for lw in range(n)]
+                        list(sg["quota"]), elastic=True)
+        segments = [[[ds.rank, lw, self._raw[lw], 0, None, ds.world_size, n, self._pass[lw]]] for lw in range(n)]
         quota = [None if ds.quota(lw, n) is None else ds.quota(lw, n) - self._wbatches[lw] for lw in range(n)]
         return Plan(self.epoch, self._next_worker, list(self._done), segments, quota)
 
@@ -350,7 +356,7 @@ class StreamLoader:
     def _consume(self, item: dict) -> bool:
         """Book one worker item into the position and totals; -> whether it is a batch to hand out."""
         lw = item[WORKER]
-        self._raw[lw] = item[RAW]
+        self._raw[lw], self._pass[lw] = item[RAW], item[PASS]
         self.seen += item[SEEN]
         self.skipped.update(item[SKIPPED])
         self.noted.update(item.get(NOTED, {}))
@@ -378,9 +384,13 @@ class StreamLoader:
                  self.batches, self.dataset.rank, self.seen, total, f" ({top})" if top else "")
         if self.num_batches is not None and self.batches < self.num_batches:
             log.warning("data epoch %d ended after %d batches on rank %d, fewer than the %d declared by "
-                        "samples_per_epoch: the shards ran out", self.epoch, self.batches, self.dataset.rank,
-                        self.num_batches)
+                        "samples_per_epoch: the shards ran out (or a worker's gave no sample)", self.epoch,
+                        self.batches, self.dataset.rank, self.num_batches)
+        # with passes (samples_per_epoch), the next epoch goes on where this one stopped (align.data.stream.worker)
+        carry = (list(self._pass), list(self._raw)) if self.dataset.carry and self._seg is None else None
         self._reset(self.epoch + 1)
+        if carry is not None:
+            self._pass, self._raw = carry
         self._take_later()
 
 
@@ -429,8 +439,9 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         BoolTensor[B] (False: zeros filled in), plus batch["cls"] LongTensor[B] (-1: none),
         batch["__key__"] list[str] and bookkeeping (align.data.stream.keys: WORKER, RAW, SEEN, SKIPPED, SEG).
     samples_per_epoch: GLOBAL samples per epoch (over all ranks); each rank
-        yields samples_per_epoch // (world_size * batch_size) batches, or fewer
-        if the shards run out first (non-resampled).  None: until the shards end.
+        yields samples_per_epoch // (world_size * batch_size) batches at any num_workers, each epoch going on
+        where the last stopped (non-resampled: through the shards, pass after pass; fewer only when a worker's
+        shards give no sample at all).  None: until the shards end.
     resampled: draw shards with replacement, seeded; infinite unless samples_per_epoch.
     drop_last: drop each worker's final partial batch (default: = train).
     min_modalities: a sample needs this many of `modalities` (capped at len(modalities)).

@@ -9,6 +9,8 @@ shuffle-buffered, in a fixed order (seeded by seed, epoch, r0, w0). A segment is
     [r0, w0, raw, skip, take, world0, workers0]
         read stream (r0, w0) of layout (world0, workers0), pass its first `raw` samples undecoded,
         decode and drop `skip` good samples, then train on `take` good samples (None: to its end)
+    [..., pass]  (an optional 8th entry, data.samples_per_epoch) the pass of the stream it starts in, where
+        epochs go on through the shards (align.data.stream.worker); without it, the segment's epoch
 
 The remaining work of a checkpoint is described per epoch. Old rank r (its state in epoch E_r) owes:
 epoch E_r: what is left of it (from its raw counts and batches still due, or, for a rank that is itself
@@ -47,14 +49,14 @@ def segments_of(state: dict) -> list[Segment]:
     if "segments_left" in state:                  # the same, written before segments carried their layout
         return [list(s) + list(state["streams"]) for s in state["segments_left"]]
     segs, bs = [], state["batch_size"]
-    quotas = state.get("worker_quota")
+    quotas, passes = state.get("worker_quota"), state.get("worker_pass")
     for lw in range(state["num_workers"]):
         if state["worker_done"][lw]:
             continue
         take = None if quotas is None or quotas[lw] is None else (quotas[lw] - state["worker_batches"][lw]) * bs
         if take is None or take > 0:
             segs.append([state["rank"], lw, state["worker_raw"][lw], 0, take, state["world_size"],
-                         state["num_workers"]])
+                         state["num_workers"]] + ([passes[lw]] if passes is not None else []))
     return segs
 
 
@@ -94,10 +96,11 @@ def plan(segments: list[Segment], *, rank: int, world_size: int, num_workers: in
 def _cut(segments: list[Segment], start: int, count: int) -> list[Segment]:
     """The pieces of the end-to-end segments covering good samples [start, start + count)."""
     out, pos = [], 0
-    for r0, w0, raw, skip, take, world0, workers0 in segments:
+    for seg in segments:
+        r0, w0, raw, skip, take, world0, workers0 = seg[:7]
         lo, hi = max(start, pos), min(start + count, pos + take)
         if lo < hi:
-            out.append([r0, w0, raw, skip + (lo - pos), hi - lo, world0, workers0])
+            out.append([r0, w0, raw, skip + (lo - pos), hi - lo, world0, workers0] + list(seg[7:]))
         pos += take
     return out
 
@@ -112,9 +115,9 @@ def load_elastic(loader, states: list) -> None:
     work = []
     for epoch in range(first, last + 1):
         segs = [s for st in states for s in epoch_work(st, epoch)]
-        if any(len(s) != 7 for s in segs):
+        if any(len(s) not in (7, 8) for s in segs):
             raise DataError(f"data resume_state: a segment of epoch {epoch} is not "
-                            f"[rank, worker, raw, skip, take, world_size, num_workers]")
+                            f"[rank, worker, raw, skip, take, world_size, num_workers(, pass)]")
         mine, quota, dropped = plan(segs, rank=ds.rank, world_size=ds.world_size, num_workers=loader.num_workers,
                                     batch_size=ds.batch_size)
         work.append({"epoch": epoch, "segments": mine, "quota": quota})

@@ -222,21 +222,25 @@ def resampled_shards(urls: list[str], rng: random.Random) -> Iterator[str]:
         yield urls[rng.randrange(len(urls))]
 
 
-def mix_streams(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
+def mix_streams(streams: list[Iterator[dict]], weights: list[float], rng: random.Random,
+                stop_at_first_end: bool = False) -> Iterator[dict]:
     """Interleave sample streams, drawing the next source with probability ~ weight.
 
     An exhausted source is dropped and the rest go on (so in epoch mode every
     sample is still read once); infinite (resampled) streams never end.
+    stop_at_first_end: the mix ends with its first source (a resampled pass: the weights hold to its end).
     """
     alive = list(range(len(streams)))
     while alive:
-        if len(alive) == 1:
+        if len(alive) == 1 and not stop_at_first_end:
             yield from streams[alive[0]]
             return
         i = rng.choices(alive, weights=[weights[j] for j in alive])[0]
         try:
             yield next(streams[i])
         except StopIteration:
+            if stop_at_first_end:
+                return
             alive.remove(i)
 
 

@@ -14,6 +14,20 @@ rest of an elastically resumed epoch: pieces of the checkpoint's streams, align.
 then one flush item with its last counts.  A worker whose first MAX_ALL_SKIPPED samples were all skipped
 stops with one DataError line, in both cases.
 
+Passes (data.samples_per_epoch): an epoch is a number of batches, not a reading of the shards,
+so each reader's stream goes on through its shards from epoch to epoch: epoch e starts where e - 1 stopped,
+and when the reader's shards end (a "pass" over them) it goes on with the next pass (its shards in the
+order of pass p + 1, seeded like an epoch), also inside an epoch. So every sample is trained once per pass
+whatever the epoch size; an epoch larger than a reader's shards repeats some. A segment's 8th entry is the
+pass it starts in (none: its epoch). A reader whose whole pass gave no sample stops (its shards are missing
+or empty). With data.resampled a pass is as many shard draws as a source has shards (the first source to end
+ends it), so a draw is read on from where the last epoch stopped too. Without samples_per_epoch a pass is an
+epoch, as before (resampled: endless).
+
+Quota: the rank's batches of an epoch are split over its workers that have shards (a worker without one,
+when a rank has fewer shards than workers, gets none), so num_workers does not change how much an epoch
+trains.
+
 A training loader's workers then go on with the next epoch from its start (the plan's gate is set): the same
 processes read every epoch, so no worker is started per epoch and the next epoch's first batches are made
 while the training process still takes the last ones of this one.  The gate, shared with the training
@@ -22,6 +36,7 @@ Every item carries its EPOCH.
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,7 +46,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from align.data.stream.decode import SampleDecoder, rng_preserving
 from align.data.stream.faults import FaultCounter, SkipSample
 from align.data.stream.keys import (
-    EPOCH, ERROR, FLUSH, IDLE, KEY, NOTED, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, URL, WORKER,
+    EPOCH, ERROR, FLUSH, IDLE, KEY, NOTED, PASS, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, URL, WORKER,
 )
 from align.data.stream.pack import pack_tensors
 from align.data.stream.sources import (
@@ -61,6 +76,14 @@ class Plan:
     # Shared int64 [2] (None: the workers stop after this epoch): the epoch the training process is taking
     # batches of, and 1 while it may receive more of the next one (see `may_send`).
     gate: torch.Tensor | None = None
+    # True: the segments are elastic work (align.data.stream.resume); the next epoch then starts its own
+    # streams at their start rather than going on where this one stopped.
+    elastic: bool = False
+
+
+def seg_pass(seg: list, epoch: int) -> int:
+    """The pass a segment starts in: its 8th entry, or (written without one) its epoch."""
+    return int(seg[7]) if len(seg) > 7 else epoch
 
 
 def may_send(gate: torch.Tensor, epoch: int) -> bool:
@@ -80,7 +103,10 @@ class Run:
     seen: int = 0            # raw samples read since the last item sent
     read: int = 0            # raw samples decoded by this worker (for the all-skipped guard)
     good: int = 0            # ... of which usable
-    out: int = 0             # raw samples read from the current segment's stream
+    out: int = 0             # raw samples read from the current segment's stream (in its pass)
+    pas: int = 0             # ... its pass
+    key: tuple = ()          # ... (r0, w0, world0, workers0)
+    it: object = None        # ... its iterator
     taken: int = 0           # good samples batched from the current segment
     k: int = -1              # the current segment's index
     batches: int = 0         # batches sent
@@ -108,24 +134,48 @@ class StreamDataset(IterableDataset):
         self.train = train
         self.drop_last = drop_last
         self.batches_per_rank = batches_per_rank
+        # data.samples_per_epoch: epochs go on through the shards, pass after pass (docstring)
+        self.carry = batches_per_rank is not None
         self.plan: Plan | None = None
+        # (this process) the stream its last epoch ended in, kept open to go on with: a Run, or None
+        self._live: Run | None = None
+        self._end: tuple[int, int] | None = None        # (pass, raw) where its last epoch ended
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_live"] = None                              # an open stream stays in its process
+        return state
+
+    def readers_with_shards(self, n: int) -> list[int]:
+        """The logical workers (of `n`) of this rank that have at least one shard to read."""
+        if self.resampled:
+            return list(range(n))
+        return [lw for lw in range(n) if any(split_shards(src.urls, rank=self.rank, world_size=self.world_size,
+                                                          worker=lw, num_workers=n) for src in self.sources)]
 
     def quota(self, lw: int, n: int) -> int | None:
-        """Batches logical worker `lw` of `n` yields per epoch (None: until the data ends)."""
+        """Batches logical worker `lw` of `n` yields per epoch (None: until the data ends): the rank's batches
+        split over its workers that have shards (the first ones take the remainder)."""
         if self.batches_per_rank is None:
             return None
-        per, extra = divmod(self.batches_per_rank, n)
-        return per + (1 if lw < extra else 0)
+        have = self.readers_with_shards(n) or list(range(n))
+        if lw not in have:
+            return 0
+        per, extra = divmod(self.batches_per_rank, len(have))
+        return per + (1 if have.index(lw) < extra else 0)
 
-    def epoch_plan(self, epoch: int, n: int, later: list[dict], gate=None) -> Plan:
-        """Epoch `epoch` from its start for `n` logical workers: the elastic work planned for it in `later`
-        (align.data.stream.resume), if any, else one stream per worker."""
+    def epoch_plan(self, epoch: int, n: int, later: list[dict], gate=None, starts=None) -> Plan:
+        """Epoch `epoch` for `n` logical workers: the elastic work planned for it in `later`
+        (align.data.stream.resume), if any, else one stream per worker, from its start or, per worker, from
+        `starts[lw]` = (pass, raw) (where the last epoch stopped, with passes)."""
         work = next((w for w in later if w["epoch"] == epoch), None)
         rest = [w for w in later if w["epoch"] > epoch]
         if work is not None:
             return Plan(epoch, 0, [False] * n, [[list(x) for x in w] for w in work["segments"]],
-                        list(work["quota"]), rest, gate)
-        return Plan(epoch, 0, [False] * n, [[[self.rank, lw, 0, 0, None, self.world_size, n]] for lw in range(n)],
+                        list(work["quota"]), rest, gate, elastic=True)
+        starts = [(s if s is not None else (epoch, 0)) for s in (starts or [None] * n)]
+        return Plan(epoch, 0, [False] * n,
+                    [[[self.rank, lw, starts[lw][1], 0, None, self.world_size, n, starts[lw][0]]] for lw in range(n)],
                     [self.quota(lw, n) for lw in range(n)], rest, gate)
 
     def raw_stream(self, lw: int, n: int, epoch: int, faults: FaultCounter, rank: int | None = None,
@@ -135,9 +185,15 @@ class StreamDataset(IterableDataset):
         rank = self.rank if rank is None else rank
         world_size = self.world_size if world_size is None else world_size
         streams = []
+        # resampled with passes: a pass is as many draws as a source has shards (the first source to end ends it),
+        # and a reading's DRAW names its pass (two passes of one epoch draw apart)
+        passes = self.resampled and self.carry
+        stream_id = f"{rank}.{lw}" + (f"/p{epoch}" if passes else "")
         for si, src in enumerate(self.sources):
             if self.resampled:
                 urls = resampled_shards(src.urls, rng_for("resample", self.seed, epoch, rank, lw, si))
+                if passes:
+                    urls = itertools.islice(urls, len(src.urls))
             else:
                 order = epoch_shards(src.urls, seed=self.seed, epoch=epoch, source_index=si, shuffle=self.train)
                 urls = split_shards(order, rank=rank, world_size=world_size, worker=lw, num_workers=n)
@@ -145,12 +201,12 @@ class StreamDataset(IterableDataset):
             streams.append(samples_from_shards(urls, faults, allow_pipe=self.allow_pipe,
                                                infinite=self.resampled, name=src.name,
                                                retry_budget_s=self.retry_budget_s, limits=self.decoder.limits,
-                                               stream_id=f"{rank}.{lw}"))
+                                               stream_id=stream_id))
         if len(streams) == 1:
             stream = streams[0]
         else:
             stream = mix_streams(streams, [s.weight for s in self.sources],
-                                 rng_for("mix", self.seed, epoch, rank, lw))
+                                 rng_for("mix", self.seed, epoch, rank, lw), stop_at_first_end=passes)
         if self.val_split is not None:     # before the shuffle: a checkpoint's data position counts kept samples
             stream = self.val_split.train_filter(stream)
         if self.train and self.shuffle_buffer > 1:
@@ -171,7 +227,8 @@ class StreamDataset(IterableDataset):
 
     def _epochs(self, worker: int, n: int, plan: Plan):
         """Physical worker `worker`'s items: its part of the plan's epoch, then, while the plan has a gate,
-        its part of each next epoch from the start (where it plays logical worker `worker`)."""
+        its part of each next epoch (it plays the same logical worker throughout: with passes, it goes on in
+        the stream it has open)."""
         lw = (worker + plan.next_worker) % n
         while True:
             try:
@@ -186,50 +243,62 @@ class StreamDataset(IterableDataset):
                 return
             if plan.gate is None:
                 return
-            plan, lw = self.epoch_plan(plan.epoch + 1, n, plan.later, plan.gate), worker
+            starts = [None] * n
+            if self.carry and not plan.elastic:
+                starts[lw] = self._end
+            plan = self.epoch_plan(plan.epoch + 1, n, plan.later, plan.gate, starts)
 
     def _stream(self, lw: int, plan: Plan):
         """The one decode loop (an ordinary epoch is one segment per worker; an elastic rest several):
         logical worker `lw`'s segments in order, as batches, then a flush item with its last counts."""
+        segs = plan.segments[lw]
+        self._end = (seg_pass(segs[0], plan.epoch), segs[0][2]) if segs else (plan.epoch, 0)
+        live, self._live = self._live, None
         if plan.done[lw]:
             return
         run, quota = Run(), plan.quota[lw]
-        for run.k, seg in enumerate(plan.segments[lw]):
+        run.pas, run.out = self._end
+        for run.k, seg in enumerate(segs):
             if quota is not None and run.batches >= quota:
                 break
-            yield from self._read_segment(seg, lw, plan.epoch, run, quota)
+            yield from self._read_segment(seg, lw, plan.epoch, run, quota, live if run.k == 0 else None)
         if run.pending and not self.drop_last:
             yield self._emit(run, lw)
         delta, extra = run.faults.take_delta()
-        yield {FLUSH: True, WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta,
+        self._end, self._live = (run.pas, run.out), run
+        yield {FLUSH: True, WORKER: lw, RAW: run.out, PASS: run.pas, SEEN: run.seen + extra, SKIPPED: delta,
                NOTED: self.decoder.take_noted()}
 
-    def _read_segment(self, seg: list, lw: int, epoch: int, run: Run, quota: int | None):
-        """Segment `run.k` = [r0, w0, raw, skip, take, world0, workers0] of `lw`: pass `raw` samples of stream
-        (r0, w0) undecoded, decode and drop `skip` good ones, then batch `take` good ones (None: all)."""
-        r0, w0, raw, skip, take, world0, workers0 = seg
+    def _read_segment(self, seg: list, lw: int, epoch: int, run: Run, quota: int | None, live: Run | None):
+        """Segment `run.k` = [r0, w0, raw, skip, take, world0, workers0(, pass)] of `lw`: pass `raw` samples of
+        stream (r0, w0) undecoded, decode and drop `skip` good ones, then batch `take` good ones (None: all).
+        `live`: the stream this process's last epoch ended in, taken up if the segment starts where it stopped."""
+        r0, w0, raw, skip, take, world0, workers0 = seg[:7]
+        run.key, run.pas = (r0, w0, world0, workers0), seg_pass(seg, epoch)
+        reuse = live is not None and (live.key, live.pas, live.out) == (run.key, run.pas, raw)
+        if reuse:
+            run.it, run.faults = live.it, live.faults     # its faults so far were sent with its last flush
+        else:
+            run.it = self.raw_stream(w0, workers0, run.pas, run.faults, rank=r0, world_size=world0)
         faults = run.faults
-        it = self.raw_stream(w0, workers0, epoch, faults, rank=r0, world_size=world0)
         # Faults before the checkpoint, or in the part another reader trains on, were or are counted there.
         faults.muted = True
-        for run.out in range(1, raw + 1):
-            if next(it, None) is None:
+        for run.out in range(1, 1 if reuse else raw + 1):
+            if next(run.it, None) is None:
                 raise DataError(f"resume: stream {r0}/{w0} of epoch {epoch} ended after {run.out - 1} of the {raw} "
                                 f"samples the checkpoint says were read; the shards changed since the checkpoint")
         run.out, got = raw, 0
         while got < skip:
-            sample = next(it, None)
+            sample = self._next_raw(run)
             if sample is None:
                 break
-            run.out += 1
             got += self._decode(sample, epoch, run) is not None
         faults.muted, run.taken = False, 0
         self.decoder.take_noted()              # what the muted part noted is another reader's to count
         while (take is None or run.taken < take) and (quota is None or run.batches < quota):
-            sample = next(it, None)
+            sample = self._next_raw(run)
             if sample is None:
                 break
-            run.out += 1
             run.seen += 1
             decoded = self._decode(sample, epoch, run)
             if decoded is not None:
@@ -238,6 +307,19 @@ class StreamDataset(IterableDataset):
             if len(run.pending) == self.batch_size:
                 yield self._emit(run, lw)
                 run.batches += 1
+
+    def _next_raw(self, run: Run) -> dict | None:
+        """The next raw sample of the run's stream; with passes, its next pass when this one ends (unless this
+        pass gave no sample: the reader has nothing to read)."""
+        sample = next(run.it, None)
+        if sample is None and self.carry and run.out > 0:
+            run.pas, run.out = run.pas + 1, 0
+            r0, w0, world0, workers0 = run.key
+            run.it = self.raw_stream(w0, workers0, run.pas, run.faults, rank=r0, world_size=world0)
+            sample = next(run.it, None)
+        if sample is not None:
+            run.out += 1
+        return sample
 
     def _decode(self, sample: dict, epoch: int, run: Run) -> dict | None:
         """One sample decoded (None: skipped and counted); stops a worker whose every sample is skipped."""
@@ -260,7 +342,7 @@ class StreamDataset(IterableDataset):
         if get_worker_info() is not None:
             batch = pack_tensors(batch)
         delta, extra = run.faults.take_delta()
-        batch.update({WORKER: lw, RAW: run.out, SEEN: run.seen + extra, SKIPPED: delta, NOTED: self.decoder.take_noted(),
-                      SEG: (run.k, run.out, run.taken)})
+        batch.update({WORKER: lw, RAW: run.out, PASS: run.pas, SEEN: run.seen + extra, SKIPPED: delta,
+                      NOTED: self.decoder.take_noted(), SEG: (run.k, run.pas, run.out, run.taken)})
         run.pending, run.seen = [], 0
         return batch
