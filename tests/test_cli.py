@@ -263,6 +263,48 @@ def test_the_readmes_commands_parse_set_recipe_keys_and_read_the_shards_they_wro
     assert not wrong, "\n".join(wrong)
 
 
+README_PLACEHOLDER_RUNS = {"runs/x", "runs/y"}      # "a run of yours", as README's step 3 names them
+
+
+def _readme_models_and_writes(readme, cmds):
+    """(models README's commands and snippets read, run/export folders README's commands write)."""
+    import re
+    from align.cli import build_parser
+    from align.config import load_recipe
+    from align.shipped import resolve_recipe
+    parser, models, written = build_parser(), [], set(README_PLACEHOLDER_RUNS)
+    for argv in cmds:
+        ns = parser.parse_args(argv)
+        if argv[0] == "demo":
+            written.add(os.path.join(ns.out, "run"))
+        elif argv[0] == "train":
+            out = [o.split("=", 1)[1] for o in ns.overrides if o.startswith("output_dir=")]
+            try:
+                written.add(out[-1] if out else load_recipe(resolve_recipe(ns.recipe)).output_dir)
+            except (ConfigError, OSError):
+                pass                                 # the user's own recipe file (my_student.yaml)
+        elif argv[0] == "export":
+            written.add(ns.out.rstrip("/"))
+        if argv[0] in ("embed", "search", "serve", "export", "bench") or argv[:2] == ["data", "filter"]:
+            models += ns.model if isinstance(ns.model, list) else [ns.model]
+        if argv[:2] == ["data", "reinforce"]:
+            models.append(ns.teacher)
+    for block in re.findall(r"```python\n(.*?)```", readme, re.S):
+        models += re.findall(r"align\.(?:load|embed)\(\"([^\"]+)\"", block)
+    return models, written
+
+
+def test_the_readmes_commands_read_models_that_a_readme_command_writes():
+    """`align embed runs/demo`, `align.load("runs/demo")`, ...: no README command wrote runs/demo (`align demo`
+    writes align_demo/run), so from an empty directory every retrieval command failed with "no such model"."""
+    readme, cmds = _readme_commands()
+    models, written = _readme_models_and_writes(readme, cmds)
+    assert "align_demo/run" in written and "runs/x" in models
+    names = [m.split(":", 1)[1] if m.startswith("local-dir:") else m for m in models if not m.startswith("open_clip:")]
+    unknown = sorted({m for m in names if not any(m.rstrip("/") == w or m.startswith(w + "/") for w in written)})
+    assert not unknown, f"README reads models that no README command writes: {unknown} (written: {sorted(written)})"
+
+
 @pytest.mark.parametrize("args, msg", [(["stats", "-n", "-3"], "-n -3: at most this many samples must be >= 1"),
                                        (["stats", "-n", "0"], "-n 0: at most this many samples must be >= 1"),
                                        (["inspect", "-n", "-1"], "-n -1: the samples to print must be >= 0")])
