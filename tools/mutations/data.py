@@ -453,4 +453,8 @@ MUTATIONS = [
       ["tests/data/tools/test_stats.py::"
        "test_the_duration_bar_ends_at_100_percent_when_the_shards_hold_fewer_clips_than_the_cap"],
       "`align data stats` ended its bar at '1343/2000 clip (67%)'"),
+    M("noise.whole_folder_kept", "align/data/stream/augment_audio.py",
+      "            while self._cached_bytes > NOISE_CACHE_BYTES and len(self._cache) > 1:", "            while False:",
+      ["tests/data/stream/test_augment.py::test_a_worker_keeps_the_noise_clips_it_drew_last_within_a_byte_budget"],
+      "each data worker kept every noise clip it ever drew decoded (a whole noise folder per worker)"),
 ]
