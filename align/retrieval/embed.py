@@ -377,6 +377,26 @@ def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
     return _rows(_finished_parts(emb_dir, modality, allow_partial), modality)
 
 
+def write_rows(emb_dir: str, modality: str, path: str, *, allow_partial: bool = False) -> int:
+    """load_rows' table written to the parquet file `path` part by part, one part's rows in memory at a time (what
+    `align index` writes beside an index: load_rows held every row of the corpus, ~380 MB a million rows of keys,
+    captions and shard paths, past any --max-memory); -> the rows written."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ints = ("row", "media_offset", "media_size")
+    schema = pa.schema([(c, pa.int64() if c in ints else pa.large_string()) for c in COLUMNS])
+    n = 0
+    with pq.ParquetWriter(path, schema) as out:
+        for base in _finished_parts(emb_dir, modality, allow_partial):
+            t = pq.read_table(f"{base}.parquet").select(COLUMNS)
+            t = t.filter(pc.equal(t["modality"], modality)).sort_by("row").cast(schema)
+            out.write_table(t)
+            n += t.num_rows
+    return n
+
+
 def load_embeddings(emb_dir: str, modality: str, *, allow_partial: bool = False, verify: bool = True):
     """-> (vectors [N, D] float32, L2-normalised; rows DataFrame in the same order) of one modality, all parts
     in order. (EmbeddingParts reads the same vectors without holding them all.) verify: every part's checksums

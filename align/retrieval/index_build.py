@@ -47,8 +47,8 @@ import numpy as np
 from align.bench.index import (INDEXES, Refined, build_index, create_index, default_nlist, default_pq_m,
                                describe_index, exact_topk, exact_topk_chunks, topk_recall, training_rows)
 from align.errors import ConfigError, DataError, make_folder
-from align.retrieval.embed import (EmbeddingParts, corpus_root, embedded_modalities, load_rows, read_manifest,
-                                     verify_parts)
+from align.retrieval.embed import (EmbeddingParts, corpus_root, embedded_modalities, read_manifest, verify_parts,
+                                     write_rows)
 from align.train.storage import atomic_write, guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
@@ -231,7 +231,6 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     called before anything is written to out_dir (build_indexes marks the index as being built)."""
     from align.progress import progress as tqdm
     parts = EmbeddingParts(emb_dir, modality)                   # [N, D], read part by part
-    rows = load_rows(emb_dir, modality)
     n, d = parts.shape
     if kind:
         if kind == "flat" or kind not in INDEXES:
@@ -271,7 +270,7 @@ def build_modality(emb_dir: str, modality: str, out_dir: str, *, max_memory: int
     else:
         tuned = tune(index, queries, exact, kk, max_latency_ms, rows=gallery)
     faiss.write_index(index, os.path.join(out_dir, "index.faiss"))
-    rows.reset_index(drop=True).to_parquet(os.path.join(out_dir, "rows.parquet"), index=False)
+    write_rows(emb_dir, modality, os.path.join(out_dir, "rows.parquet"))    # part by part, never all rows at once
     settings = {"modality": modality, "kind": kind, "why": why, "n": int(n), "dim": int(d),
                 **describe_index(index), f"recall@{kk}": round(tuned["recall"], 4),
                 "p50_ms": round(tuned["p50_ms"], 3), "p99_ms": round(tuned["p99_ms"], 3),

@@ -291,3 +291,30 @@ def test_a_full_disk_while_writing_an_index_is_one_line_and_a_rerun_finishes_it(
     monkeypatch.setattr(faiss, "write_index", real)
     assert main(["index", emb, "--out", out, "--no-progress"]) == 0
     assert len(Index.load(out, modality="image")) == 100
+
+
+def test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row(tmp_path):
+    """`align index` held the row table of the whole corpus (load_rows: ~380 MB a million rows, past any
+    --max-memory) to write rows.parquet, and a loaded Index (`align serve`, `align search`) a dict per row beside
+    the table (~750 bytes a row). rows.parquet is now written one part at a time (a row group per part), the same
+    rows; an Index makes the dicts of the ids asked for."""
+    import tracemalloc
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+    emb = write_emb(tmp_path / "emb", {"image": clustered(20_000, 8, seed=0), "text": clustered(50, 8, seed=1)},
+                    per_part=700)
+    build_indexes(emb, str(tmp_path / "ix"), kind="flat_faiss", modalities=["image"], n_queries=20)
+    path = tmp_path / "ix" / "image" / "rows.parquet"
+    meta = pq.ParquetFile(path).metadata
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 700 and meta.num_rows == 20_000
+    pd.testing.assert_frame_equal(pd.read_parquet(path), load_rows(emb, "image").reset_index(drop=True))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ix = Index.load(str(tmp_path / "ix"), modality="image")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 100 * 20_000, held                # bytes a row: the table's number columns, no dict per row
+    assert ix.rows([3, -1, 19_999]) == [dict(load_rows(emb, "image").iloc[i].to_dict(), id=i) for i in (3, 19_999)]

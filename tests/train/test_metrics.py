@@ -128,3 +128,27 @@ def test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit
                                                                              (30, "0.4000"))]
     assert len(out) == 4 and out[3].startswith("warning: held-out image/zeroshot/acc1 fell at 2 evaluations")
     assert closed == []
+
+
+def test_the_loss_plot_reads_rows_one_at_a_time_and_draws_a_bounded_number_of_points(tmp_path, monkeypatch):
+    """write_loss_plot held every row of metrics.jsonl as a dict (~1.7 KB each: 1.6 GB at the end of a run of a
+    million logged steps) and drew every one into 600 pixels; each curve is thinned to MAX_POINTS now, evenly over
+    the run, the first and the last row kept, and the best held-out value marked even when its row is thinned."""
+    import matplotlib.figure
+
+    from align.train.plots import MAX_POINTS, curve
+    m, e = tmp_path / "metrics.jsonl", tmp_path / "eval.jsonl"
+    n = 2 * MAX_POINTS + 7
+    m.write_text("".join(json.dumps({"step": s, "loss": 3 - s / n, "lr": 1e-3}) + "\n" for s in range(1, n + 1)))
+    e.write_text("".join(json.dumps({"step": s, "x/acc1": 0.9 if s == 51 else 0.5}) + "\n" for s in range(1, 1001)))
+    seen = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: seen.append(fig))
+    write_loss_plot(str(m), str(tmp_path / "a.png"), eval_path=str(e), metric="x/acc1")
+    loss_line = seen[0].axes[0].get_lines()[0]
+    steps = list(loss_line.get_xdata())
+    assert MAX_POINTS // 2 <= len(steps) <= MAX_POINTS + 1 and steps[0] == 1 and steps[-1] == n
+    assert len({b - a for a, b in zip(steps[:-2], steps[1:-1])}) == 1          # evenly spaced (but the last)
+    thin = curve(str(e), ("x/acc1",), max_points=100)
+    assert len(thin["step"]) <= 101 and thin["step"][-1] == 1000 and 51 not in thin["step"]
+    assert thin["best"] == {"step": 51, "x/acc1": 0.9}
+    assert curve(str(e), ("x/acc1",))["step"] == list(range(1, 1001))           # fewer rows than MAX_POINTS: all

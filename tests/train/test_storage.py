@@ -71,6 +71,32 @@ def test_a_metrics_line_that_is_json_but_no_row_is_dropped_like_a_cut_line(tmp_p
     assert p.read_text() == '{"step": 10, "loss": 0.5}\n'
 
 
+
+def _peak_bytes(fn) -> int:
+    """The most bytes Python allocated at once while fn() ran (tracemalloc: allocations counted, not RSS)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_resume_reads_a_long_metrics_log_one_row_at_a_time(tmp_path):
+    """resume_metrics held every line and every parsed row of metrics.jsonl (~1.7 KB a row: 1.6 GB for a run of a
+    million logged steps, each resume); what it allocates no longer grows with the rows (500 vs 5,000 rows)."""
+    def peak(n: int) -> int:
+        p = tmp_path / f"metrics{n}.jsonl"
+        p.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "skipped_by_reason": {"x": s}}) + "\n"
+                             for s in range(1, n + 1)))
+        got = []
+        size = _peak_bytes(lambda: got.append(resume_metrics(str(p), n - 1)))
+        assert got == [1.0 / (n - 1)] and len(p.read_text().splitlines()) == n - 1     # the last row dropped
+        return size
+    small, big = peak(500), peak(5000)
+    assert big < 2 * small + 100_000, (small, big)
+
 # -- a full disk in a run and an export: one line, partial files removed, the intact checkpoint resumes -------------
 TRAIN = {"max_steps": 6, "checkpoint_every": 2, "log_every": 1}
 

@@ -479,4 +479,14 @@ MUTATIONS = [
     M("stream.resampled_pass_not_in_the_draw", "align/data/stream/worker.py",
       'stream_id = f"{rank}.{lw}" + (f"/p{epoch}" if passes else "")', 'stream_id = f"{rank}.{lw}"',
       [EQ + "test_resampled_readings_in_two_passes_of_one_epoch_get_their_own_augmentation"]),
+    M("noise.whole_folder_kept", "align/data/stream/augment_audio.py",
+      "            while self._cached_bytes > NOISE_CACHE_BYTES and len(self._cache) > 1:", "            while False:",
+      ["tests/data/stream/test_augment.py::test_a_worker_keeps_the_noise_clips_it_drew_last_within_a_byte_budget"],
+      "each data worker kept every noise clip it ever drew decoded (a whole noise folder per worker)"),
+    M("shards.skipped_rows_held", "align/data/write/shards.py",
+      "                records[idx] = _lean(_write_shard(job, idx, tick=bar.update))",
+      "                records[idx] = _write_shard(job, idx, tick=bar.update)",
+      ["tests/data/write/test_shards.py::"
+       "test_the_skipped_rows_wait_on_disk_not_in_memory_until_skipped_jsonl_is_written"],
+      "`align data shards` held every shard's skipped rows (a dict per skipped input row) until the end"),
 ]

@@ -191,4 +191,18 @@ MUTATIONS = [
       "    pass",
       ["tests/retrieval/test_index_build.py::test_out_holding_other_things_is_refused_unless_overwrite"],
       "`align index` ended without saying where the indexes went"),
+    M("index.rows_held_whole", "align/retrieval/index_build.py",
+      '    write_rows(emb_dir, modality, os.path.join(out_dir, "rows.parquet"))',
+      '    __import__("align.retrieval.embed", fromlist=["load_rows"]).load_rows(emb_dir, modality).to_parquet('
+      'os.path.join(out_dir, "rows.parquet"), index=False)',
+      ["tests/retrieval/test_index_build.py::"
+       "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
+      "`align index` held the row table of the whole corpus to write rows.parquet"),
+    M("index.dict_per_row", "align/retrieval/search.py",
+      "        self._arrow = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()",
+      "        self._arrow = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()\n"
+      "        self._records = rows.to_dict(\"records\")",
+      ["tests/retrieval/test_index_build.py::"
+       "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
+      "a loaded Index (`align serve`) held a dict per corpus row (~750 bytes a row)"),
 ]

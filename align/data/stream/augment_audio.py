@@ -7,7 +7,8 @@ per-batch log-mel (align.data.stream.augment, the whole chain). Each draws from 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -106,10 +107,17 @@ class Speed(WaveStage):
         return torch.from_numpy(out)
 
 
+# The decoded noise clips a data worker keeps (the most recently drawn; float32 at the front end's rate). A noise
+# folder is read at random, so an unbounded cache held all of it in every worker after enough samples: MUSAN's
+# noise part (~6 h) is 1.4 GB at 16 kHz, its music part ~10 GB, times the workers.
+NOISE_CACHE_BYTES = 256 << 20
+
+
 @register("noise")
 class Noise(WaveStage):
     """Additive noise at an SNR drawn from `snr_db`: white, or a random stretch of a random clip from
-    `folder` (wav/flac/ogg/mp3, read once per worker, resampled; looped when shorter than the clip)."""
+    `folder` (wav/flac/ogg/mp3, decoded and resampled once per worker while the clips drawn last fit
+    NOISE_CACHE_BYTES, again when drawn after being let go; looped when shorter than the clip)."""
     defaults = {"snr_db": [10.0, 30.0], "folder": None}
 
     def check(self):
@@ -124,19 +132,26 @@ class Noise(WaveStage):
                                 if f.lower().rsplit(".", 1)[-1] in ("wav", "flac", "ogg", "mp3"))
             if not self.files:
                 raise ConfigError(f"{self.where}.folder: {folder!r} holds no wav/flac/ogg/mp3 files")
-        self._cache: Dict[tuple, np.ndarray] = {}
+        self._cache: OrderedDict = OrderedDict()      # (file index, rate) -> clip, least recently drawn first
+        self._cached_bytes = 0
 
     def _clip(self, i: int, sr: int) -> np.ndarray:
-        if (i, sr) not in self._cache:
+        if (i, sr) in self._cache:
+            self._cache.move_to_end((i, sr))
+        else:
             from align.media.audio import decode_audio, resample
             from align.media.audio import to_mono
             path = self.files[i]
             try:
                 with open(path, "rb") as f:
                     wave, fsr = decode_audio(f.read(), name=path)
-                self._cache[(i, sr)] = resample(to_mono(wave, path), int(fsr), sr)
+                clip = resample(to_mono(wave, path), int(fsr), sr)
             except Exception as exn:
                 raise DataError(f"{self.where}.folder: cannot read noise file {path}: {exn}") from None
+            self._cache[(i, sr)] = clip
+            self._cached_bytes += clip.nbytes
+            while self._cached_bytes > NOISE_CACHE_BYTES and len(self._cache) > 1:   # the clip drawn stays
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return self._cache[(i, sr)]
 
     def apply(self, x, rng, sr):

@@ -124,6 +124,19 @@ def _done_record(job: Job, idx: int) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _lean(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """A shard's done-record without its skipped rows, which stay in its .done file until skipped.jsonl is
+    written (_skipped_rows): every shard's were held to the end, one dict per skipped input row."""
+    return {k: v for k, v in rec.items() if k != "skipped_rows"}
+
+
+def _skipped_rows(job: Job):
+    """Every shard's skipped rows in shard order, read from its .done record one shard at a time."""
+    for idx in range(job.n_shards):
+        rec = json.loads((job.out_dir / ".done" / f"{job.shard_name(idx)}.json").read_text(encoding="utf-8"))
+        yield from rec.get("skipped_rows", [])
+
+
 def _check_options(*, resize_mode, image_format, layout, val_groups_from, val_groups, max_skip_frac, image_size,
                    image_quality, sample_rate, shard_size, workers, prefix) -> str:
     """One-line ConfigError for the first bad option of write_shards; returns image_format ('jpeg' -> 'jpg')."""
@@ -334,7 +347,7 @@ def _write_part(job: Job, overwrite: bool, workers: int, progress: bool, templat
     for idx in range(job.n_shards):
         rec = _done_record(job, idx)
         if rec is not None:
-            records[idx] = rec
+            records[idx] = _lean(rec)
     pending = [i for i in range(job.n_shards) if i not in records]
 
     from align.progress import progress as tqdm   # plain lines off a terminal
@@ -343,7 +356,7 @@ def _write_part(job: Job, overwrite: bool, workers: int, progress: bool, templat
         n_proc = min(workers, len(pending))
         if n_proc <= 1:
             for idx in pending:
-                records[idx] = _write_shard(job, idx, tick=bar.update)
+                records[idx] = _lean(_write_shard(job, idx, tick=bar.update))
         else:
             # spawn, not fork: the parent may hold pyarrow/torch threads.
             with ProcessPoolExecutor(n_proc, mp_context=get_context("spawn"),
@@ -351,7 +364,7 @@ def _write_part(job: Job, overwrite: bool, workers: int, progress: bool, templat
                 futures = {pool.submit(_worker_shard, idx): idx for idx in pending}
                 try:
                     for fut in as_completed(futures):
-                        records[futures[fut]] = fut.result()
+                        records[futures[fut]] = _lean(fut.result())
                         bar.update(records[futures[fut]]["rows"])
                 except BrokenProcessPool:
                     raise DataError(f"a shard-writing worker process died (out of memory, or write_shards(workers="
@@ -370,7 +383,7 @@ def _write_part(job: Job, overwrite: bool, workers: int, progress: bool, templat
     stats = {"written": sum(r["written"] for r in ordered), "skipped": sum(r["skipped"] for r in ordered),
              "by_reason": dict(sorted(by_reason.items())),
              "modalities": {m: mods.get(m, 0) for m in COLUMN_KINDS}, "shards": job.n_shards}
-    write_json_atomic(out / "skipped.jsonl", [s for r in ordered for s in r["skipped_rows"]], lines=True)
+    write_json_atomic(out / "skipped.jsonl", _skipped_rows(job), lines=True)
     if job.classes is not None and job.layout == "shards":
         write_json_atomic(out / "classes.json", job.classes)
     write_json_atomic(out / "stats.json", stats)

@@ -233,6 +233,27 @@ def test_noise_from_a_folder_is_resampled_looped_and_scaled(tmp_path):
     assert abs(10 * np.log10(float(x.pow(2).mean() / added.pow(2).mean()))) < 0.01
 
 
+
+def test_a_worker_keeps_the_noise_clips_it_drew_last_within_a_byte_budget(tmp_path, monkeypatch):
+    """Every noise clip a worker ever drew stayed decoded in it: a folder of noise read at random ended up whole in
+    each data worker (MUSAN's music, ~10 GB at 16 kHz, per worker). The clips drawn last are kept within
+    NOISE_CACHE_BYTES; the noise added is the same."""
+    from align.data.stream import augment_audio
+    (tmp_path / "noise").mkdir()
+    t = np.arange(800) / 8000                                            # 0.1 s at 8 kHz: 1,600 floats at SR
+    for i in range(6):
+        sf.write(tmp_path / "noise" / f"n{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32),
+                 8000)
+    x = tone(2000)
+    free = stage("noise", snr_db=[0, 0], folder=str(tmp_path / "noise"))
+    want = [free(x, rng(i), sr=SR) for i in range(40)]                  # the budget (256 MB) holds all six
+    assert len(free._cache) == 6
+    monkeypatch.setattr(augment_audio, "NOISE_CACHE_BYTES", 2 * 1600 * 4, raising=False)
+    kept = stage("noise", snr_db=[0, 0], folder=str(tmp_path / "noise"))
+    for i, y in enumerate(want):
+        assert torch.equal(kept(x, rng(i), sr=SR), y)
+        assert len(kept._cache) <= 2 and sum(c.nbytes for c in kept._cache.values()) <= 2 * 1600 * 4
+
 def test_spec_augment_masks_bands_and_frames():
     x = torch.randn(32, 50)
     st = stage("spec_augment", freq_masks=2, freq_width=5, time_masks=3, time_width=4)

@@ -37,6 +37,29 @@ def _csv_dataset(tmp_path, n_good=6):
     return csv
 
 
+
+def test_the_skipped_rows_wait_on_disk_not_in_memory_until_skipped_jsonl_is_written(tmp_path, monkeypatch):
+    """Every shard's skipped rows (a dict per skipped input row) were held until the end, to write skipped.jsonl
+    from them: a billion-row input with a tenth broken held 100M dicts. They stay in each shard's .done record
+    and are read back one shard at a time; skipped.jsonl is the same."""
+    import gc
+    (tmp_path / "imgs").mkdir()
+    _jpg(tmp_path / "imgs" / "ok.jpg")
+    pd.DataFrame({"filepath": [f"imgs/{'ok' if i % 10 == 0 else f'missing{i}'}.jpg" for i in range(300)],
+                  "caption": [f"row {i}" for i in range(300)]}).to_csv(tmp_path / "data.csv", index=False)
+    held, real = [], shards_mod.write_json_atomic
+
+    def counting(path, obj, lines=False):
+        if path.name == "skipped.jsonl":    # the skipped-row dicts alive in lists now (the lists are gc-tracked)
+            held.append(sum(len(o) for o in gc.get_objects() if type(o) is list and o and type(o[0]) is dict
+                            and {"row", "reason", "shard"} <= set(o[0])))
+        return real(path, obj, lines)
+    monkeypatch.setattr(shards_mod, "write_json_atomic", counting)
+    stats = write_shards(tmp_path / "data.csv", tmp_path / "out", shard_size=30, progress=False)
+    assert stats["skipped"] == 270 and held == [0]
+    rows = [json.loads(line)["row"] for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    assert rows == [i for i in range(300) if i % 10]
+
 def test_csv_with_broken_rows_exact_stats_and_skipped(tmp_path):
     csv = _csv_dataset(tmp_path)
     out = tmp_path / "out"

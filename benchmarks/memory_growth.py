@@ -1,0 +1,240 @@
+"""Memory that grows with the steps, the corpus or the samples drawn: what a run of days keeps.
+
+    python benchmarks/memory_growth.py train --steps 20000 --workers 2      # RSS of the loop and its data workers
+    python benchmarks/memory_growth.py train --steps 5000 --trace           # + Python-traced MB and top growth
+    python benchmarks/memory_growth.py metrics --rows 100000                # a resume's and loss.png's reads
+    python benchmarks/memory_growth.py rows --rows 1000000                  # `align index` writing rows.parquet
+    python benchmarks/memory_growth.py index --rows 1000000                 # an Index's rows held (`align serve`)
+    python benchmarks/memory_growth.py noise                                # a data worker's decoded noise clips
+
+Each imports the `align` first on PYTHONPATH (this checkout otherwise), so `PYTHONPATH=/tmp/old python ...` measures
+another tree (e.g. `git archive BASE align | tar -x -C /tmp/old`) on the same files. Files go to --work.
+`train`: a tiny open_clip model on 8 shards of 200 image-text samples, 10 % of them broken (skipped and counted),
+one metrics row a step; a line at each tenth of the run with the training process's and its workers' RSS.
+"""
+import argparse
+import io
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # after PYTHONPATH's align
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_train_shards(out: str) -> str:
+    from PIL import Image
+
+    from align.wds.writer import write_shard
+    shards = os.path.join(out, "shards")
+    os.makedirs(shards, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        samples = []
+        for j in range(200):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            jpg = buf.getvalue() if j % 10 else b"not a jpeg" + bytes([j % 256]) * 10      # 10 % broken
+            samples.append({"__key__": f"s{i}_{j:04d}", "jpg": jpg, "txt": f"a photo number {j}"})
+        write_shard(os.path.join(shards, f"shard-{i:03d}.tar"), samples)
+    return shards
+
+
+def train(a) -> None:
+    import tracemalloc
+
+    import psutil
+
+    from align.config import parse_recipe
+    from align.train import metrics as M
+    from align.train.loop import train as run
+    tiny = {"vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16,
+                           "mlp_ratio": 2.0},
+            "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                         "mlp_ratio": 2.0}}
+    r = parse_recipe({"output_dir": os.path.join(a.work, f"run{time.time_ns()}"), "seed": 0, "resume": "none",
+                      "model": {"embed_dim": 16, "open_clip": tiny},
+                      "data": {"train": write_train_shards(a.work), "num_workers": a.workers, "shuffle_buffer": 100},
+                      "train": {"batch_size": 8, "max_steps": a.steps, "lr": 1e-3, "log_every": 1,
+                                "checkpoint_every": 0, "num_threads": 1},
+                      "eval": {"every": 0}})
+    me, snaps, every, step_row = psutil.Process(), [], max(a.steps // 10, 1), M.RunLogger.step
+
+    def step(self, state, res, loader):
+        step_row(self, state, res, loader)
+        if state.step % every == 0:
+            p = {"step": state.step, "main_rss_mb": round(me.memory_info().rss / 2**20, 1),
+                 "workers_rss_mb": [round(k.memory_info().rss / 2**20, 1) for k in me.children(recursive=True)],
+                 "skipped": sum(loader.skipped.values())}
+            if a.trace:
+                p["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 2)
+                snap = tracemalloc.take_snapshot()
+                snaps[:] = [snaps[0], snap] if snaps else [snap]      # the first and the latest
+            print(json.dumps(p), flush=True)
+    M.RunLogger.step = step
+    if a.trace:
+        tracemalloc.start(8)
+    run(r, progress=False)
+    if a.trace and len(snaps) == 2:
+        for st in snaps[1].compare_to(snaps[0], "traceback")[:5]:
+            print(f"{st.size_diff / 1024:+.1f} KiB {st.count_diff:+d} blocks: {st.traceback.format()[-2:]}")
+
+
+def metrics(a) -> None:
+    import shutil
+    import tracemalloc
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (imported before measuring)
+
+    from align.train.plots import write_loss_plot
+    from align.train.storage import resume_metrics
+    n, path = a.rows, os.path.join(a.work, f"metrics_{a.rows}.jsonl")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            for s in range(1, n + 1):
+                f.write(json.dumps({"step": s, "epoch": s // 200, "loss": 2.0 + 1.0 / s, "lr": 1e-3 * (1 - s / n),
+                                    "logit_scale": 14.09, "samples_per_s": 2024.68752134, "data_wait_frac": 0.01739,
+                                    "skipped": s, "skipped_by_reason": {"undecodable image": s}, "bad_steps": 0,
+                                    "loss/image-text": 2.0 + 1.0 / s}) + "\n")
+    print(f"{n} rows, {os.path.getsize(path) / 2**20:.1f} MB")
+    copy = path + ".copy"
+    shutil.copy(path, copy)
+    for name, fn in (("resume_metrics (10 % of the rows past the resume step)", lambda: resume_metrics(copy, n - n // 10)),
+                     ("write_loss_plot", lambda: write_loss_plot(path, os.path.join(a.work, "loss.png")))):
+        tracemalloc.start()
+        t = time.time()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"{name}: peak traced {peak / 2**20:.2f} MB, {time.time() - t:.1f} s")
+
+
+def write_emb(out: str, n: int, per: int) -> None:
+    """An `align embed`-shaped folder of n image rows (dim 8) with realistic keys, captions and shard paths."""
+    import pandas as pd
+
+    from align.retrieval.embed import COLUMNS, part_files, part_name
+    if os.path.isfile(os.path.join(out, "manifest.json")):
+        return
+    os.makedirs(os.path.join(out, "parts"), exist_ok=True)
+    names, shards = [], []
+    for p, s in enumerate(range(0, n, per)):
+        m, part, shard = min(per, n - s), part_name(p), f"/data/corpus/laion-like/shard-{p:06d}.tar"
+        names.append(part)
+        shards.append(shard)
+        np.save(os.path.join(out, "parts", f"{part}.image.npy"), np.ones((m, 8), np.float16) / np.sqrt(8))
+        pd.DataFrame({"key": [f"{p:06d}{j:05d}" for j in range(m)],
+                      "caption": [f"a photo of a small brown dog number {s + j} sitting on the grass" for j in range(m)],
+                      "shard": shard, "modality": "image", "row": np.arange(m), "media_offset": np.arange(m) * 4096,
+                      "media_size": 3000 + np.arange(m) % 500, "part": part},
+                     columns=COLUMNS).to_parquet(os.path.join(out, "parts", f"{part}.parquet"), index=False)
+        files = {f: os.path.getsize(os.path.join(out, "parts", f)) for f in part_files(part, {"image": m})}
+        with open(os.path.join(out, "parts", f"{part}.done.json"), "w") as f:
+            json.dump({"part": part, "shard": shard, "items": m, "vectors": {"image": m}, "skipped": 0,
+                       "errors": [], "files": files}, f)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump({"model": "x", "shards": shards, "parts": names, "dtype": "float16", "modalities": ["image"],
+                   "root": "/data/corpus"}, f)
+
+
+def rows(a) -> None:
+    from align.retrieval import embed
+    emb = os.path.join(a.work, f"emb_{a.rows}")
+    write_emb(emb, a.rows, a.per_part)
+    import pandas  # noqa: F401
+    import pyarrow  # noqa: F401
+    base, out = peak_mb(), os.path.join(a.work, "rows.parquet")
+    if hasattr(embed, "write_rows"):
+        how = "write_rows (part by part)"
+        embed.write_rows(emb, "image", out)
+    else:
+        how = "load_rows + to_parquet (the whole table)"
+        embed.load_rows(emb, "image").reset_index(drop=True).to_parquet(out, index=False)
+    print(f"{how}, {a.rows} rows: peak RSS +{peak_mb() - base:.0f} MB (over {base:.0f} MB)")
+
+
+def index(a) -> None:
+    import gc
+
+    import faiss
+    import psutil
+
+    from align.retrieval import Index
+    emb, ix_dir = os.path.join(a.work, f"emb_{a.rows}"), os.path.join(a.work, f"ix_{a.rows}")
+    write_emb(emb, a.rows, a.per_part)
+    if not os.path.isfile(os.path.join(ix_dir, "index.faiss")):
+        from align.retrieval.embed import load_rows
+        os.makedirs(ix_dir, exist_ok=True)
+        flat = faiss.IndexFlatIP(8)
+        flat.add(np.ones((a.rows, 8), np.float32) / np.sqrt(8))
+        faiss.write_index(flat, os.path.join(ix_dir, "index.faiss"))
+        load_rows(emb, "image").reset_index(drop=True).to_parquet(os.path.join(ix_dir, "rows.parquet"), index=False)
+        with open(os.path.join(ix_dir, "settings.json"), "w") as f:
+            json.dump({"modality": "image", "kind": "flat_faiss"}, f)
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    me = psutil.Process()
+    flat_mb = a.rows * 8 * 4 / 2**20
+    before = me.memory_info().rss
+    ix = Index.load(ix_dir)
+    gc.collect()
+    held = (me.memory_info().rss - before) / 2**20 - flat_mb
+    ids = np.random.default_rng(0).integers(0, len(ix), 1000).tolist()
+    t = time.perf_counter()
+    hits = ix.rows(ids)
+    ms = (time.perf_counter() - t) * 1e3
+    print(f"Index.load of {a.rows} rows: +{held:.0f} MB RSS held besides the {flat_mb:.0f} MB of vectors; "
+          f"rows() of 1,000 ids {ms:.1f} ms ({len(hits)} rows)")
+
+
+def noise(a) -> None:
+    import psutil
+    import soundfile as sf
+    import torch
+
+    from align.data.stream.augment import build_augmenter
+    d = os.path.join(a.work, "noise100")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        r = np.random.default_rng(0)
+        for i in range(100):
+            sf.write(os.path.join(d, f"n{i:03d}.wav"), (0.1 * r.standard_normal(90 * 16000)).astype(np.float32),
+                     16000, subtype="PCM_16")
+    st = build_augmenter({"audio": [{"type": "noise", "folder": d}]}).wave_stages[0]
+    x, me = torch.zeros(1, 16000) + 0.1, psutil.Process()
+    base, t0 = me.memory_info().rss, time.time()
+    for i in range(600):
+        st(x, np.random.default_rng(i), sr=16000)
+        if (i + 1) % 150 == 0:
+            kept = sum(c.nbytes for c in st._cache.values()) / 2**20
+            print(f"{i + 1} clips noised: {len(st._cache)} of 100 noise files (90 s each) kept decoded, {kept:.0f} MB; "
+                  f"RSS +{(me.memory_info().rss - base) / 2**20:.0f} MB; {time.time() - t0:.1f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["train", "metrics", "rows", "index", "noise"])
+    p.add_argument("--work", default="/tmp/align_memory_growth")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--trace", action="store_true", help="train: tracemalloc too (slower)")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--per-part", type=int, default=10_000)
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    import align
+    print(f"align from {os.path.dirname(os.path.dirname(os.path.abspath(align.__file__)))}", flush=True)
+    {"train": train, "metrics": metrics, "rows": rows, "index": index, "noise": noise}[a.what](a)
+
+
+if __name__ == "__main__":
+    main()
