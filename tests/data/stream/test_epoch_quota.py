@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from align.data.stream.loader import build_train_loader
-from tests.wds_helpers import TRANSFORMS, flat, image_text, make_shards, member_offset, write_shard
+from tests.data.stream.test_loader import _resume_dataset
+from tests.wds_helpers import TRANSFORMS, flat, make_shards
 
 MODS = ["image", "text"]
 
@@ -90,16 +91,7 @@ def test_0_and_1_workers_and_kept_or_own_workers_read_the_same_passes(tmp_path):
 
 def _broken(root):
     """Uneven shards with a broken image and a truncated shard (faults are counted once per reading)."""
-    root.mkdir()
-    paths = []
-    for i in range(3):
-        samples = [image_text(f"s{i}_{j}", seed=10 * i + j) for j in range(5 + 2 * i)]
-        if i == 1:
-            samples[2] = {"__key__": "s1_bad", "jpg": b"broken", "txt": "x"}
-        paths.append(write_shard(root / f"s{i}.tar", samples))
-    with open(paths[2], "r+b") as f:
-        f.truncate(member_offset(paths[2], "s2_6.jpg") + 5)
-    return paths
+    return _resume_dataset(root, shards=3, first=5, cut_shard=2)
 
 
 @pytest.mark.parametrize("workers,resampled", [(0, False), (2, False), (2, True)])

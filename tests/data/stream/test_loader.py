@@ -230,17 +230,18 @@ def test_eval_loader_is_deterministic_in_listed_order(tmp_path):
     assert 0 < sum(firsts) < 10
 
 
-def _resume_dataset(root):
-    """Uneven shards (so workers end at different times), a broken image and a truncated shard."""
+def _resume_dataset(root, shards=5, first=4, cut_shard=3):
+    """Uneven shards (so workers end at different times: `first` + 2 i samples in shard i), a broken image in
+    shard 1 and shard `cut_shard` truncated inside its sample 6."""
     root.mkdir()
     paths = []
-    for i in range(5):
-        samples = [image_text(f"s{i}_{j}", seed=10 * i + j) for j in range(4 + 2 * i)]
+    for i in range(shards):
+        samples = [image_text(f"s{i}_{j}", seed=10 * i + j) for j in range(first + 2 * i)]
         if i == 1:
             samples[2] = {"__key__": "s1_bad", "jpg": b"broken", "txt": "x"}
         paths.append(write_shard(root / f"s{i}.tar", samples))
-    cut = member_offset(paths[3], "s3_6.jpg") + 5
-    with open(paths[3], "r+b") as f:
+    cut = member_offset(paths[cut_shard], f"s{cut_shard}_6.jpg") + 5
+    with open(paths[cut_shard], "r+b") as f:
         f.truncate(cut)
     return paths
 
