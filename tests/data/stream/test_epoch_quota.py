@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from align.data.stream.loader import build_train_loader
-from tests.data.stream.test_loader import _resume_dataset
+from tests.data.stream.test_loader import resume_dataset
 from tests.wds_helpers import TRANSFORMS, flat, make_shards
 
 MODS = ["image", "text"]
@@ -91,7 +91,7 @@ def test_0_and_1_workers_and_kept_or_own_workers_read_the_same_passes(tmp_path):
 
 def _broken(root):
     """Uneven shards with a broken image and a truncated shard (faults are counted once per reading)."""
-    return _resume_dataset(root, shards=3, first=5, cut_shard=2)
+    return resume_dataset(root, shards=3, first=5, cut_shard=2)
 
 
 @pytest.mark.parametrize("workers,resampled", [(0, False), (2, False), (2, True)])

@@ -230,7 +230,7 @@ def test_eval_loader_is_deterministic_in_listed_order(tmp_path):
     assert 0 < sum(firsts) < 10
 
 
-def _resume_dataset(root, shards=5, first=4, cut_shard=3):
+def resume_dataset(root, shards=5, first=4, cut_shard=3):
     """Uneven shards (so workers end at different times: `first` + 2 i samples in shard i), a broken image in
     shard 1 and shard `cut_shard` truncated inside its sample 6."""
     root.mkdir()
@@ -248,7 +248,7 @@ def _resume_dataset(root, shards=5, first=4, cut_shard=3):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_exact_resume_gives_the_same_next_batches(tmp_path, num_workers):
-    paths = _resume_dataset(tmp_path / "d")
+    paths = resume_dataset(tmp_path / "d")
     kw = _kw(modalities=["image", "text"], batch_size=3, num_workers=num_workers, shuffle_buffer=5)
     ref_loader = build_train_loader(paths, **kw)
     ref = all_keys(ref_loader)
