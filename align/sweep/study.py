@@ -77,6 +77,7 @@ class Sweep:
     stopped: set = field(default_factory=set)
     fails_in_row: int = 0
     t_start: float = 0.0
+    say: object = print                  # the sweep's console lines (run_sweep's `say`)
 
 
 def load_sweep_recipe(recipe: str, overrides: List[str]):
@@ -218,6 +219,11 @@ def objective(sw: Sweep, trial) -> float:
     trials.claim_run_dir(run_dir, trial.study.study_name, number, started_at(trial.study, number))
     trial.set_user_attr("run_dir", run_dir)
     trial.set_user_attr("host", socket.gethostname())
+    # a trial trains for minutes to hours with its output in its log: say which one runs, on what, and where
+    sw.say(f"[{time.time() - sw.t_start:6.0f}s] trial {trial.number} started"
+           + (f" (a retry of trial {first})" if first is not None else "") + ": "
+           + " ".join(f"{k}={report.fmt(v)}" for k, v in values.items())
+           + f"  -> {run_dir} (log: {os.path.join(run_dir, trials.LOG)})")
     proc = trials.start(trials.train_command(sw.recipe_path, sw.overrides, values, run_dir), run_dir)
     try:
         rc, pruned = trials.watch(proc, trial, run_dir, sw.metric, sw.poll_s)
@@ -382,7 +388,7 @@ def _run_study(optuna, storage, name, path, r, params, n_trials, overrides, fold
     """run_sweep's study: opened and its trials run."""
     st, retry = open_study(optuna, storage, name, heartbeat_s, pruner, prune_after, describe_space(params))
     sw = Sweep(path, list(overrides or []), params, r.eval.best_metric, folder, st, retry, poll_s,
-               t_start=time.time())
+               t_start=time.time(), say=say)
     check_trial_dirs(sw, name)
     held = f"data.val={r.data.val}" if r.data.val else f"the data.val_split groups ({r.data.val_split})"
     say(f"sweep {name!r}: {n_trials} trials of {path}, maximising {sw.metric} on {held} "

@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from align.sweep.report import fmt as report_fmt
 from tests.conftest import TINY_OPEN_CLIP, checkout_env
 
 optuna = pytest.importorskip("optuna")
@@ -155,6 +156,13 @@ def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(t
         assert cfg["train"]["lr"] == r["train.lr"] and cfg["train"]["warmup_steps"] == r["train.warmup_steps"]
     finished = [line.split(":")[0].split("] ")[1] for line in lines if " finished; " in line]
     assert finished == ["trial 0 complete", "trial 1 complete"]                  # one progress line per trial
+    started = [line.split("] ")[1] for line in lines if " started: " in line]   # and one as each begins
+    assert [line.split(":")[0] for line in started] == ["trial 0 started", "trial 1 started"]
+    for line, r in zip(started, rows):
+        assert f"train.lr={report_fmt(r['train.lr'])}" in line and line.endswith(
+            f"-> {r['run_dir']} (log: {os.path.join(r['run_dir'], 'train.log')})")
+    assert lines.index(next(x for x in lines if "trial 0 started" in x)) < \
+        lines.index(next(x for x in lines if "trial 0 complete" in x))
     best = max(rows, key=lambda r: r["value"])
     assert res["best_run_dir"] == best["run_dir"] and res["best_value"] == best["value"]
     assert any(line.startswith(f"best run: {best['run_dir']}") for line in lines)
@@ -221,6 +229,7 @@ def test_a_killed_sweep_rerun_resumes_its_trial_in_the_same_run_dir(tmp_path):
     second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "trials [0] are RUNNING" in second.stdout
+    assert "] trial 1 started (a retry of trial 0): " in second.stdout      # the retry says whose run it goes on
     log = (out / "recipe" / "trial-0000" / "train.log").read_text()
     assert f"resumed from {ckpts / f'step-{killed_at:08d}'} at step {killed_at}" in log
     assert not (out / "recipe" / "trial-0001").exists()

@@ -255,4 +255,8 @@ MUTATIONS = [
       ["tests/towers/test_open_clip_towers.py::"
        "test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_without_the_hub"],
       "an open_clip folder's HF tokenizer was asked of the hub by the Hub id its config names"),
+    M("sweep.trial_start_unsaid", "align/sweep/study.py", '    sw.say(f"[{time.time() - sw.t_start:6.0f}s] trial',
+      '    (lambda line: None)(f"[{time.time() - sw.t_start:6.0f}s] trial',
+      ["tests/sweep/test_study.py::test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads"],
+      "align sweep said nothing as a trial began: a console silent for the hours a trial trains"),
 ]
