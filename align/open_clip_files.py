@@ -134,35 +134,56 @@ def read_config_file(path: str, where: str) -> dict:
     return cfg
 
 
-def folder_preprocess(path: str) -> Optional[dict]:
-    """The preprocess_cfg of an open_clip folder (`local-dir:DIR` or DIR with its weights, or the weights file
-    itself taken out of it); None when `path` is no such folder, its config cannot be read (the weights' own check
-    reports a broken folder) or it has none."""
-    folder = os.path.abspath(strip_local_dir(path))
-    if os.path.isfile(folder) and os.path.basename(folder) in OPEN_CLIP_WEIGHTS:
-        folder = os.path.dirname(folder)
-    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+def folder_config(folder: str, need_weights: bool = True) -> Optional[dict]:
+    """The open_clip_config.json of the open_clip folder `folder` as read (a JSON object), or None when it is no
+    such folder (need_weights: with its weights file beside it) or its config cannot be read (the weights' own
+    check, or open_clip's, reports a broken folder)."""
+    if not (os.path.isdir(folder) and (open_clip_folder_weights(folder) or not need_weights)):
         return None
     try:
         with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
-            pp = json.load(f).get("preprocess_cfg")
-    except (OSError, ValueError, AttributeError):
+            data = json.load(f)
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def config_field(data: Optional[dict], *keys: str):
+    """data[k0][k1]... of a folder_config, or None where a level is missing or no JSON object."""
+    for k in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(k)
+    return data
+
+
+def folder_preprocess(path: str) -> Optional[dict]:
+    """The preprocess_cfg of an open_clip folder (`local-dir:DIR` or DIR with its weights, or the weights file
+    itself taken out of it); None when `path` is no such folder, its config cannot be read or it has none."""
+    folder = os.path.abspath(strip_local_dir(path))
+    if os.path.isfile(folder) and os.path.basename(folder) in OPEN_CLIP_WEIGHTS:
+        folder = os.path.dirname(folder)
+    pp = config_field(folder_config(folder), "preprocess_cfg")
     return pp if isinstance(pp, dict) else None
+
+
+def same_preprocess_value(a, b) -> bool:
+    """Two preprocessing values alike: lists of numbers (mean, std) to 6 decimals, others (interpolation,
+    resize_mode) by their text."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return [round(float(v), 6) for v in a] == [round(float(v), 6) for v in b]
+    return str(a) == str(b)
 
 
 def folder_quick_gelu(path: str) -> Optional[bool]:
     """The activation (quick_gelu) an open_clip folder's config says its weights were trained with; None when
     `path` (`local-dir:DIR`, DIR) is no open_clip folder or its config cannot be read (the weights' own check
     reports a broken folder). Every tensor fits either activation, so only the config can tell."""
-    folder = os.path.abspath(strip_local_dir(path))
-    if not (os.path.isdir(folder) and open_clip_folder_weights(folder)):
+    data = folder_config(os.path.abspath(strip_local_dir(path)))
+    if data is None:
         return None
-    try:
-        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
-            return bool((json.load(f).get("model_cfg") or {}).get("quick_gelu", False))
-    except (OSError, ValueError, AttributeError):
-        return None
+    model_cfg = data.get("model_cfg") or {}
+    return bool(model_cfg.get("quick_gelu", False)) if isinstance(model_cfg, dict) else None
 
 
 def open_clip_to_align(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

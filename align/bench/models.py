@@ -160,13 +160,13 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
 def check_file_preprocess(model: OpenClipModel, arch: str, path: str) -> None:
     """One line when `path` is the weights file of an open_clip folder whose config normalises images otherwise than
     open_clip:ARCH's transform (a file holds no preprocessing: the folder's, as local-dir:, would apply)."""
-    from align.open_clip_files import folder_preprocess
+    from align.open_clip_files import folder_preprocess, same_preprocess_value
     pp = folder_preprocess(path) or {}
     norm = next((t for t in getattr(model.image_transform, "transforms", []) if hasattr(t, "mean")), None)
     for key in ("mean", "std"):
         if norm is None or key not in pp:
             continue
-        if [round(float(v), 6) for v in pp[key]] != [round(float(v), 6) for v in getattr(norm, key)]:
+        if not same_preprocess_value(pp[key], list(getattr(norm, key))):
             folder = os.path.dirname(os.path.abspath(path))
             raise ConfigError(f"model open_clip:{arch} pretrained {path!r}: the folder's open_clip_config.json "
                               f"normalises images with {key} {list(pp[key])}, open_clip:{arch} with "
@@ -210,13 +210,9 @@ def check_folder_tokenizer(folder: str) -> None:
     """One line when the folder's config names a Hugging Face tokenizer (text_cfg.hf_tokenizer_name) whose files
     are not in the folder, where open_clip's local-dir: reads it (its error was "Couldn't instantiate the backend
     tokenizer from one of:", cut there)."""
-    import json
-    from align.open_clip_files import OPEN_CLIP_CONFIG, TOKENIZER_FILES
-    try:
-        with open(os.path.join(folder, OPEN_CLIP_CONFIG), encoding="utf-8") as f:
-            name = ((json.load(f).get("model_cfg") or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
-    except (OSError, ValueError, AttributeError):
-        return                               # open_clip's own line names a config it cannot read
+    from align.open_clip_files import OPEN_CLIP_CONFIG, TOKENIZER_FILES, config_field, folder_config
+    # a config that cannot be read: open_clip's own line names it
+    name = config_field(folder_config(folder, need_weights=False), "model_cfg", "text_cfg", "hf_tokenizer_name")
     if name and not any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
         raise ConfigError(f"model local-dir:{folder}: its {OPEN_CLIP_CONFIG} names the tokenizer {name!r}, whose files "
                           f"({' or '.join(TOKENIZER_FILES)}, ...) are not in the folder: copy them there from the "

@@ -336,7 +336,7 @@ def check_folder_preprocess(tower, source: str, where: str, tower_where: str) ->
     preprocess_cfg, what its weights were trained with) otherwise than `tower` would, for a field its recipe does
     not set: the tower's config names an architecture or a config without the folder's preprocessing, and the
     weights would see images normalised another way without a word."""
-    from align.open_clip_files import OPEN_CLIP_CONFIG, folder_preprocess, strip_local_dir
+    from align.open_clip_files import OPEN_CLIP_CONFIG, folder_preprocess, same_preprocess_value, strip_local_dir
     theirs = folder_preprocess(source) if getattr(tower, "modality", None) == "image" else None
     if not theirs or not hasattr(tower, "preprocess_config"):
         return
@@ -345,9 +345,7 @@ def check_folder_preprocess(tower, source: str, where: str, tower_where: str) ->
         if key not in theirs or tower.cfg.get(recipe_key) is not None:
             continue
         a, b = theirs[key], ours[key]
-        same = [round(float(v), 6) for v in a] == [round(float(v), 6) for v in b] \
-            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else str(a) == str(b)
-        if not same:
+        if not same_preprocess_value(a, b):
             folder = os.path.abspath(strip_local_dir(source))
             folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
             shown = list(a) if isinstance(a, (list, tuple)) else a
