@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from align.data.stream.loader import build_train_loader  # noqa: E402
+from align.data.stream.build import build_train_loader  # noqa: E402
 
 
 def _write_shards(root: str, prefix: str, n: int, per_shard: int, desc: str, make_sample) -> list[str]:

@@ -38,7 +38,7 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         return SyntheticLoader(model, r.train.batch_size, seed=r.seed, rank=rank,
                                samples_per_epoch=r.data.synthetic_size // world, resume_state=resume_state,
                                caption=r.data.synthetic_caption)
-    from align.data.stream.loader import build_train_loader
+    from align.data.stream.build import build_train_loader
     return build_train_loader(
         _train_sources(r), transforms=model.transforms(train=True), batch_size=r.train.batch_size,
         modalities=model.modalities, rank=rank, world_size=world, num_workers=r.data.num_workers, seed=r.seed,
@@ -175,7 +175,7 @@ def clip_seconds_measure(tower: dict, where: str = "model.towers.audio"):
 def _train_sources(r: Recipe):
     """data.train as SourceSpecs (with their weights): what the loader reads, and what the `auto` sizes are read
     from, spread over the shards of every source."""
-    from align.data.stream.loader import SourceSpec
+    from align.data.stream.sources import SourceSpec
     train = r.data.train if isinstance(r.data.train, list) else [r.data.train]
     return [SourceSpec(urls=s) if isinstance(s, str) else SourceSpec(urls=s.urls, weight=s.weight) for s in train]
 

@@ -103,7 +103,7 @@ def test_hostile_member_names_are_keys_never_paths(tmp_path, monkeypatch):
     """Members named `../x`, `/abs/x`, links to /etc/passwd and devices: inspect, a training epoch and
     `align bench` read the shard and nothing is written or read outside (issue 24, item 5)."""
     from align.bench.datasets import open_dataset
-    from align.data.stream.loader import build_train_loader
+    from align.data.stream.build import build_train_loader
     from align.data.tools.inspect import inspect_shards
     from tests.wds_helpers import TRANSFORMS, jpeg_bytes
 

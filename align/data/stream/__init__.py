@@ -12,7 +12,8 @@
   keys        the batch control keys (`__worker__`, `__seen__`, ...) as named constants
   worker      the one per-worker decode loop that ordinary epochs and elastic segments share, going on from
               epoch to epoch behind the training process's gate
-  loader      StreamLoader: the loader with its exact-resume state; build_train_loader / build_eval_loader
+  loader      StreamLoader: the loader with its exact-resume state
+  build       build_train_loader / build_eval_loader: the data.* settings checked, the loader built
   receive     the training process's side: batches taken off torch's queue on a thread, held until their turn
   pack        packing a batch's tensors for the trip from worker to trainer
   resume      elastic resume (another world size) from any checkpoint

@@ -30,8 +30,8 @@ log = logging.getLogger("align.data")
 
 DEFAULT_RETRY_BUDGET_S = 300.0     # how long a source may stay unreachable before the run stops
 CONNECT_TIMEOUT_S = 30.0           # per attempt: connect and each read
-_BACKOFF_FIRST_S = 0.5
-_BACKOFF_MAX_S = 30.0
+BACKOFF_FIRST_S = 0.5              # a retry waits a random 50-100 % of FIRST * 2**attempt, at most MAX
+BACKOFF_MAX_S = 30.0
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -111,7 +111,7 @@ class HttpShard(io.RawIOBase):
                     raise SourceUnavailable(
                         f"{self.url}: unreachable for {spent:.1f} s, the retry budget "
                         f"(data.retry_budget_s={self.retry_budget_s:g}); last error: {_reason(exn)}")
-                wait = min(_BACKOFF_MAX_S, _BACKOFF_FIRST_S * 2 ** attempt) * self._rng.uniform(0.5, 1.0)
+                wait = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** attempt) * self._rng.uniform(0.5, 1.0)
                 wait = min(wait, max(0.0, self.retry_budget_s - spent))
                 log.warning("shard %s: %s; retrying in %.1f s (%.0f of %g s budget spent)",
                             self.url, _reason(exn), wait, spent, self.retry_budget_s)

@@ -19,10 +19,13 @@ so each reader's stream goes on through its shards from epoch to epoch: epoch e 
 and when the reader's shards end (a "pass" over them) it goes on with the next pass (its shards in the
 order of pass p + 1, seeded like an epoch), also inside an epoch. So every sample is trained once per pass
 whatever the epoch size; an epoch larger than a reader's shards repeats some. A segment's 8th entry is the
-pass it starts in (none: its epoch). A reader whose whole pass gave no sample stops (its shards are missing
-or empty). With data.resampled a pass is as many shard draws as a source has shards (the first source to end
-ends it), so a draw is read on from where the last epoch stopped too. Without samples_per_epoch a pass is an
-epoch, as before (resampled: endless).
+pass it starts in (none: its epoch). A pass that gives a reader no sample (its shards of that pass all
+unreadable, found only at run time) is passed over, so its share of the epoch is read from its next passes
+(which deal the shards anew) rather than lost; after MAX_EMPTY_PASSES empty passes in a row it stops. With
+data.resampled a pass is as many shard draws as a source has shards (the first source to end ends it), so a
+draw is read on from where the last epoch stopped too. Without samples_per_epoch a pass is an epoch, as
+before (resampled: endless). Each pass deals the shards to the readers anew, so uneven shards even out over
+the passes: a reader dealt fewer samples goes round them faster, but only until the next deal.
 
 Quota: the rank's batches of an epoch are split over its workers that have shards (a worker without one,
 when a rank has fewer shards than workers, gets none), so num_workers does not change how much an epoch
@@ -57,6 +60,10 @@ from align.errors import DataError, SourceUnavailable
 # A worker that has read this many raw samples without a single usable one stops with DataError
 # (otherwise a wrong modality list or a broken transform would spin through the data silently).
 MAX_ALL_SKIPPED = 1000
+
+# With passes (data.samples_per_epoch), a reader whose shards gave no sample in this many passes in a row stops
+# (its part of the epoch ends short, warned); fewer empty passes are skipped (StreamDataset._next_raw).
+MAX_EMPTY_PASSES = 8
 
 
 @dataclass
@@ -309,10 +316,14 @@ class StreamDataset(IterableDataset):
                 run.batches += 1
 
     def _next_raw(self, run: Run) -> dict | None:
-        """The next raw sample of the run's stream; with passes, its next pass when this one ends (unless this
-        pass gave no sample: the reader has nothing to read)."""
-        sample = next(run.it, None)
-        if sample is None and self.carry and run.out > 0:
+        """The next raw sample of the run's stream; with passes, its next pass when this one ends, skipping
+        passes that give no sample (the reader's shards of that pass all unreadable; each pass deals the shards
+        anew) until MAX_EMPTY_PASSES in a row gave none: the reader then has nothing to read."""
+        sample, empty = next(run.it, None), 0
+        while sample is None and self.carry:
+            empty = empty + 1 if run.out == 0 else 0
+            if empty >= MAX_EMPTY_PASSES:
+                break
             run.pas, run.out = run.pas + 1, 0
             r0, w0, world0, workers0 = run.key
             run.it = self.raw_stream(w0, workers0, run.pas, run.faults, rank=r0, world_size=world0)

@@ -19,7 +19,7 @@ import math
 import statistics
 from typing import Callable, Optional
 
-from align.data.stream.loader import build_eval_loader
+from align.data.stream.build import build_eval_loader
 from align.errors import DataError
 
 

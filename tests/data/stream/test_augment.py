@@ -11,7 +11,7 @@ from PIL import Image
 
 from align.config import parse_recipe
 from align.data.stream.augment import STAGES, build_augmenter, sample_seed
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.errors import ConfigError
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
 from align.data.stream.decode import SampleDecoder, captions

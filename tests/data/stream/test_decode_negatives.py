@@ -4,7 +4,7 @@ import torch
 
 from align.data.stream.decode import NEGATIVES_DROPPED, SampleDecoder
 from align.data.stream.faults import SkipSample
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.errors import DataError
 from tests.wds_helpers import L_TEXT, TRANSFORMS, image_text, text_tf, write_shard
 

@@ -8,7 +8,7 @@ import torch
 
 import align.data.stream.worker as stream_worker
 from align.data.stream.faults import FaultCounter, skip_rate_error
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.errors import DataError
 from tests.wds_helpers import TRANSFORMS, audio_text, flat, image_text, make_shards, member_offset, write_shard
 

@@ -7,7 +7,7 @@ import torch
 
 from align.data.stream.features import StepFeatures
 from align.data.stream.keys import AUG, PENDING, SEED
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.errors import DataError
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
 from tests.data.stream.test_augment import _loader_kw, _mixed_shards, _tensors
@@ -105,7 +105,7 @@ def test_align_train_trains_the_same_weights_with_the_log_mel_in_the_step(tmp_pa
     """Three towers through `train()` (0 workers, log-mel augmentation on): data.features_in=step (the default)
     against data.features_in=workers. Bit-identical weights, so moving the log-mel changed no draw and no order
     (also of the global RNG the training's own dropout draws from); each reaches the loader."""
-    import align.data.stream.loader as loader_mod
+    import align.data.stream.build as loader_mod
     from tests.switch_helpers import final_weights, recipe, train_dict
     from tests.wds_helpers import audio_text, image_text, write_shard
 

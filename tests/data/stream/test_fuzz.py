@@ -25,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis")   # dev extra: pip install -e .[d
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from align.data.stream.faults import not_samples  # noqa: E402
-from align.data.stream.loader import build_train_loader  # noqa: E402
+from align.data.stream.build import build_train_loader  # noqa: E402
 from align.data.tools.inspect import inspect_shard  # noqa: E402
 from tests.data.stream.fuzz_shards import fuzzed_shards, intact_good_keys  # noqa: E402
 from tests.wds_helpers import TRANSFORMS  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from align.data.stream.decode import decode_image
-from align.data.stream.loader import build_eval_loader, build_train_loader
+from align.data.stream.build import build_eval_loader, build_train_loader
 from align.data.stream.receive import RECEIVE_DEPTH
 from align.data.stream.sources import SourceSpec
 from align.errors import DataError

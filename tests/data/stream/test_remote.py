@@ -13,7 +13,7 @@ import pytest
 
 from align.data.stream import remote
 from align.data.stream.faults import FaultCounter
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.data.stream.sources import open_shard, resolve_sources, shard_samples
 from align.errors import DataError
 from tests.wds_helpers import TRANSFORMS, flat, make_shards
@@ -166,7 +166,7 @@ def test_backoff_grows_and_is_jittered():
     with pytest.raises(remote.SourceUnavailable):
         remote.HttpShard(url, retry_budget_s=60, sleep=sleep, clock=clock)
     assert sum(sleeps) == pytest.approx(60, abs=1e-6)     # the budget, and no more
-    assert max(sleeps) <= remote._BACKOFF_MAX_S
+    assert max(sleeps) <= remote.BACKOFF_MAX_S
     assert sleeps[4] > sleeps[0]                          # exponential
     assert len(set(round(s, 6) for s in sleeps)) > 3      # jittered
 

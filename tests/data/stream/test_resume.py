@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from align.data.stream import resume as elastic
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from tests.wds_helpers import TRANSFORMS, make_shards, write_shard, image_text
 
 MODS = ["image", "text"]

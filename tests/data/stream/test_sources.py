@@ -5,7 +5,7 @@ import io
 import pytest
 
 from align.data.stream.faults import FaultCounter
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.data.stream.sources import SourceSpec, expand_urls, resolve_sources, shard_samples
 from align.errors import DataError
 from tests.wds_helpers import TRANSFORMS, flat, make_shards

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from align.data.stream.decode import CAPTION_TRUNCATED, SampleDecoder, keyed_captions, pick_text_key
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from tests.wds_helpers import L_TEXT, image_tf, image_text, write_shard
 
 

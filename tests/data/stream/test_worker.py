@@ -5,7 +5,7 @@ import torch
 from torchvision import transforms as T
 
 import align.data.stream.worker as stream_worker
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.errors import DataError
 from align.towers.audio_features import AudioFrontend, AudioPreprocess
 from tests.wds_helpers import TRANSFORMS, audio_text, image_text, make_shards, write_shard

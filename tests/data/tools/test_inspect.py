@@ -130,7 +130,7 @@ def test_inspects_write_shards_output(tmp_path):
 def test_inspect_counts_every_case_as_training_does(tmp_path, modalities):
     """Planted duplicates, unknown extensions, broken members, a cut shard and a missing one: inspect's
     counts by reason and its `seen` equal a training epoch's over the same pattern."""
-    from align.data.stream.loader import build_train_loader
+    from align.data.stream.build import build_train_loader
     from tests.wds_helpers import TRANSFORMS, audio_text, image_text
 
     good = [image_text(f"g{j}", seed=j) for j in range(4)] + [audio_text(f"a{j}", seed=j) for j in range(3)]
@@ -189,7 +189,7 @@ def test_limits_count_alike_in_inspect_training_bench_and_shard_writing(tmp_path
     a training epoch, `align bench` datasets and `align data shards`; a header claiming 50 GB after one
     good sample costs the shard's rest (corrupt tar), not a MemoryError."""
     from align.bench.datasets import SampleError, open_dataset
-    from align.data.stream.loader import build_train_loader
+    from align.data.stream.build import build_train_loader
     from align.data.write.shards import write_shards
     from tests.wds_helpers import TRANSFORMS, audio_text, image_text, set_member_size
 
@@ -284,7 +284,7 @@ def test_a_cut_wav_aiff_or_mp3_is_skipped_as_a_cut_flac_is_in_every_reader(tmp_p
     four are now skipped and counted as undecodable audio alike by training, `align data inspect`, `align bench` /
     `align embed` datasets, `align data stats` and `align data shards`, each with the line saying what is missing."""
     from align.bench.datasets import SampleError, open_dataset
-    from align.data.stream.loader import build_train_loader
+    from align.data.stream.build import build_train_loader
     from align.data.tools.stats import audio_duration_stats
     from align.data.write.shards import write_shards
     from tests.wds_helpers import TRANSFORMS, audio_text

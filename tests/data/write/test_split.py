@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from align.data.stream.loader import build_train_loader
+from align.data.stream.build import build_train_loader
 from align.data.stream.sources import epoch_shards, split_shards
 from tests.wds_helpers import TRANSFORMS, flat, image_text, write_shard
 
