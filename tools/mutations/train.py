@@ -474,4 +474,8 @@ MUTATIONS = [
       '            f = [(line, json.loads(line)) and line for line in f.readlines()]',
       ["tests/train/test_storage.py::test_a_resume_reads_a_long_metrics_log_one_row_at_a_time"],
       "a resume held every line and row of metrics.jsonl (~1.7 KB a logged step)"),
+    M("metrics.logged_loss_rank0s_own", "align/train/metrics.py", "    every = gather(values)\n",
+      "    every = [values]\n",
+      ["tests/train/test_metrics.py::test_the_logged_loss_is_the_global_batchs_mean_over_ranks_not_rank0s_own"],
+      "metrics.jsonl's loss (and loss/PAIR, the summary's final_loss) was rank 0's: SigLIP's is 2x its half's share"),
 ]
