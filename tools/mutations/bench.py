@@ -251,4 +251,12 @@ MUTATIONS = [
     M("local.bench_file_preprocess_unchecked", "align/bench/models.py",
       "        check_file_preprocess(model, arch, pretrained)\n", "        pass\n",
       ["tests/bench/test_models.py::test_a_weights_file_taken_out_of_a_folder_of_other_preprocessing_is_one_line"]),
+    M("index.refine_extra_candidates_grow_with_k", "align/bench/index.py",
+      "kk = int(min(k + (factor - 1) * min(k, 10), index.ntotal))", "kk = int(min(k * factor, index.ntotal))",
+      ["tests/bench/test_index_reference.py::test_refined_search_equals_a_plain_rescoring_of_the_candidates"],
+      "a re-ranked k=1000 query read 1,000*F stored rows, not ~1,000 + 10*F (the documented candidates)"),
+    M("index.list_major_pads_with_zero", "align/bench/index.py",
+      "    cand_s = np.full((nq * p, k), -np.inf, np.float32)", "    cand_s = np.zeros((nq * p, k), np.float32)",
+      ["tests/bench/test_index_reference.py::test_list_major_search_equals_a_plain_per_query_loop"],
+      "k beyond the probed lists' items: the padding (id -1, score 0) outranked real items of negative score"),
 ]
