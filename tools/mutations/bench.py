@@ -259,4 +259,13 @@ MUTATIONS = [
       "    cand_s = np.full((nq * p, k), -np.inf, np.float32)", "    cand_s = np.zeros((nq * p, k), np.float32)",
       ["tests/bench/test_index_reference.py::test_list_major_search_equals_a_plain_per_query_loop"],
       "k beyond the probed lists' items: the padding (id -1, score 0) outranked real items of negative score"),
+    M("zeroshot.acc5_needs_six_classes", "align/bench/zeroshot.py", "    if n_classes >= 5:", "    if n_classes > 5:",
+      ["tests/bench/test_metric_edge_cases.py::test_zeroshot_metrics_through_the_exact_index_equal_a_per_sample_loop"],
+      "a set of exactly 5 classes had no acc5 (CLIP_benchmark reports it: 1.0)"),
+    M("exact.ties_to_the_higher_row", "align/bench/exact.py",
+      "ids = torch.sort(cand[s:s + step], dim=1).values",
+      "ids = torch.sort(cand[s:s + step], dim=1, descending=True).values",
+      ["tests/bench/test_metric_edge_cases.py::test_zeroshot_metrics_through_the_exact_index_equal_a_per_sample_loop",
+       "tests/bench/test_metric_edge_cases.py::test_recall_at_k_through_the_exact_index_equals_a_per_query_loop"],
+      "tied class vectors / gallery rows went to the higher row: acc@k and recall@k unlike the plain sort"),
 ]
