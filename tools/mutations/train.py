@@ -479,6 +479,7 @@ MUTATIONS = [
       ["tests/train/test_metrics.py::test_the_logged_loss_is_the_global_batchs_mean_over_ranks_not_rank0s_own"],
       "metrics.jsonl's loss (and loss/PAIR, the summary's final_loss) was rank 0's: SigLIP's is 2x its half's share"),
     M("guard.share_none_as_nan", "align/train/guard.py", "        return None if x != x else x", "        return x",
-      ["tests/train/test_guard.py::test_the_step_watchs_collectives_on_two_gloo_processes_equal_their_plain_definitions"],
+      ["tests/train/test_guard.py::"
+       "test_the_step_watchs_collectives_on_two_gloo_processes_equal_their_plain_definitions"],
       "rank 0's None (no evaluation result) arrived on the other ranks as NaN"),
 ]
