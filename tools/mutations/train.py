@@ -482,4 +482,8 @@ MUTATIONS = [
       ["tests/train/test_guard.py::"
        "test_the_step_watchs_collectives_on_two_gloo_processes_equal_their_plain_definitions"],
       "rank 0's None (no evaluation result) arrived on the other ranks as NaN"),
+    M("step.nan_guard_per_rank", "align/train/step.py", "        dist.all_reduce(ok, op=dist.ReduceOp.MIN)\n",
+      "        pass\n",
+      ["tests/train/test_step.py::test_every_rank_agrees_that_a_step_whose_global_loss_is_nan_is_nan"],
+      "SigLIP with NaN rows on one rank: the others' own loss was finite, they ran the backward alone (a hang)"),
 ]
