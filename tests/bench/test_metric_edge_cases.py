@@ -92,3 +92,22 @@ def test_recall_at_k_through_the_exact_index_equals_a_per_query_loop(case):
         assert got[1] < 1.0 and all(ids[i, 0] == i for i in range(10))
     if n_g == 3:
         assert got[5] == got[50] == 1.0
+
+
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 6), (40, 5), (90, 8)])
+def test_probe_classification_metrics_with_tied_scores_equal_a_per_sample_loop(n, c):
+    """Linear/fusion probes' acc1, acc5, mean per-class recall: integer scores (many exact ties, which go to the
+    lower class as in the zero-shot path) against a loop; acc5 NaN below 5 classes."""
+    from align.bench.probes import classification_metrics
+    rng = np.random.default_rng(n + c)
+    scores = rng.integers(0, 3, (n, c)).astype(np.float64)
+    y = rng.integers(0, c, n)
+    order = [sorted(range(c), key=lambda j: (-scores[i, j], j)) for i in range(n)]
+    got = classification_metrics(scores, y, c)
+    assert got["acc1"] == pytest.approx(np.mean([o[0] == t for o, t in zip(order, y)]), abs=1e-12)
+    if c >= 5:
+        assert got["acc5"] == pytest.approx(np.mean([t in o[:5] for o, t in zip(order, y)]), abs=1e-12)
+    else:
+        assert np.isnan(got["acc5"])
+    recalls = [np.mean([o[0] == k for o, t in zip(order, y) if t == k]) for k in sorted(set(y.tolist()))]
+    assert got["mean_per_class_recall"] == pytest.approx(np.mean(recalls), abs=1e-12)
