@@ -270,6 +270,7 @@ MUTATIONS = [
       "tied class vectors / gallery rows went to the higher row: acc@k and recall@k unlike the plain sort"),
     M("probe.metrics_ties_to_the_higher_class", "align/bench/probes.py", "    pred = scores.argmax(axis=1)",
       "    pred = scores.shape[1] - 1 - scores[:, ::-1].argmax(axis=1)",
-      ["tests/bench/test_metric_edge_cases.py::test_probe_classification_metrics_with_tied_scores_equal_a_per_sample_loop"],
+      ["tests/bench/test_metric_edge_cases.py::"
+       "test_probe_classification_metrics_with_tied_scores_equal_a_per_sample_loop"],
       "a probe's tied scores went to the higher class for acc1 and to the lower one for acc5"),
 ]
