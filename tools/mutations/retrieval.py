@@ -205,4 +205,8 @@ MUTATIONS = [
       ["tests/retrieval/test_index_build.py::"
        "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
       "a loaded Index (`align serve`) held a dict per corpus row (~750 bytes a row)"),
+    M("filter.dedup_at_cos_exclusive", "align/retrieval/filter.py",
+      "float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))", "float(threshold)",
+      ["tests/retrieval/test_filter.py::test_dedup_and_score_selection_equal_plain_loops"],
+      "FAISS's range search is > radius: a pair at exactly --dedup COS (copies at --dedup 1) was kept"),
 ]
