@@ -22,7 +22,7 @@ MUTATIONS = [
     M("retrieval.serve.json_text_of_any_type", "align/retrieval/serve.py",
       "    if not isinstance(text, str):", "    if False:", ["tests/retrieval/test_serve.py"]),
     M("retrieval.filter.keeps_the_copy", "align/retrieval/filter.py",
-      "if j > i and j not in dropped:", "if j < i and j not in dropped:", ["tests/retrieval/test_filter.py"]),
+      "if j > i and j not in dropped and", "if j < i and j not in dropped and", ["tests/retrieval/test_filter.py"]),
     M("retrieval.filter.cut_inclusive", "align/retrieval/filter.py",
       "for i in np.flatnonzero(scored & (scores < threshold)):",
       "for i in np.flatnonzero(scored & (scores <= threshold)):", ["tests/retrieval/test_filter.py"]),
