@@ -7,8 +7,7 @@ import torch.nn.functional as F
 
 from align.losses import ChunkedClipLoss, ChunkedSigLipLoss, ClipLoss, DistillClipLoss, SigLipLoss
 from align.losses.hard_negatives import HardNegativeClipLoss
-from tests.losses.loss_reference import embeddings, ref_clip, ref_hard_negative_clip, ref_siglip
-from tests.losses.test_distill import ref_distill
+from tests.losses.loss_reference import embeddings, ref_clip, ref_distill, ref_hard_negative_clip, ref_siglip
 
 
 def _batch(case, seed):
