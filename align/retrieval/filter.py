@@ -72,13 +72,15 @@ def dedup(vectors: np.ndarray, threshold: float) -> Dict[int, tuple]:
         index.add(x)
     else:                                   # O(N^2) exact pairs get slow: IVF range search (may miss a few)
         index = build_index("ivf", x, nprobe=32)
-    lims, sims, ids = index.range_search(x, float(threshold))
+    # FAISS keeps inner products > radius: a radius one float32 step below COS, and >= COS here, keeps a pair at
+    # exactly COS (the copies of --dedup 1 whose cosine rounds to 1.0 were kept)
+    lims, sims, ids = index.range_search(x, float(np.nextafter(np.float32(threshold), np.float32(-np.inf))))
     dropped: Dict[int, tuple] = {}
     for i in range(len(x)):
         if i in dropped:
             continue
         for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
-            if j > i and j not in dropped:
+            if j > i and j not in dropped and s >= np.float32(threshold):
                 dropped[int(j)] = (i, float(s))
     return dropped
 

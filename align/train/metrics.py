@@ -4,7 +4,8 @@ eval.jsonl and the end summary (summary.json, loss.png, one console line).
 Rows of metrics.jsonl: every train.log_every steps and the last one: step, epoch, loss (of that step), lr,
 logit_scale (exp applied), logit_bias, samples_per_s and data_wait_frac (over the steps since the last row),
 skipped / skipped_by_reason (samples the loaders dropped, every rank, whole run), bad_steps (NaN/Inf steps, whole run),
-loss/PAIR (unweighted, per modality pair). A weights-only start writes a step-0 row with its temperature.
+loss/PAIR (unweighted, per modality pair). loss and loss/PAIR are the global batch's: the mean over the ranks of their
+losses (mean_over_ranks), not rank 0's own. A weights-only start writes a step-0 row with its temperature.
 Files are written by the main process; trackers log on it only.
 """
 import json
@@ -91,6 +92,9 @@ class RunLogger:
             sps = self.n_window * self.eng.global_batch / dt
             core = self.eng.core
             counts = run_counts(loader, self.eng.watch.gather_object)    # every rank's (collective)
+            losses = mean_over_ranks({"loss": self.loss, **{f"loss/{pair}": float(v) for pair, v
+                                                            in res.pair_losses.items()}}, self.eng.watch.gather_object)
+            self.loss = losses["loss"]
             rec = {"step": state.step, "epoch": state.epoch, "loss": self.loss,
                    "lr": self.eng.scheduler.get_last_lr()[0],
                    "logit_scale": float(full_value(core.logit_scale.detach()).exp()),
@@ -100,7 +104,7 @@ class RunLogger:
                    "bad_steps": state.bad_steps_total}
             if core.logit_bias is not None:
                 rec["logit_bias"] = float(full_value(core.logit_bias.detach()))
-            rec.update({f"loss/{pair}": float(v) for pair, v in res.pair_losses.items()})   # unweighted, per pair
+            rec.update({k: v for k, v in losses.items() if k != "loss"})   # unweighted, per pair
             self._write(rec)
             self.acc.log({f"train/{k}": v for k, v in rec.items() if k not in ("step", "epoch")
                           and not isinstance(v, dict)}, step=state.step)
@@ -174,6 +178,15 @@ def run_counts(loader, gather) -> dict:
         for k in total:
             total[k].update(theirs[k])
     return {k: dict(v) for k, v in total.items()}
+
+
+def mean_over_ranks(values: dict, gather) -> dict:
+    """{name: mean over every rank of that rank's value} (collective: `gather` is StepWatch.gather_object).
+    A rank's SigLIP loss (any loss with local_loss) is world_size x its own rows' share of the global batch's loss,
+    so rank 0's value alone is not the loss of the batch the step trained on; the mean over ranks is, for every
+    loss (align.losses.distributed). CLIP's global mode holds that value on every rank already."""
+    every = gather(values)
+    return {k: sum(float(v[k]) for v in every) / len(every) for k in values}
 
 
 def skipped_words(skipped: dict) -> str:

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Dict, List
 
 import torch
+import torch.distributed as dist
 
 from align.data.stream.keys import mask_key
 from align.errors import AlignError
@@ -47,7 +48,14 @@ class StepResult:
 
 
 def is_finite(loss: torch.Tensor) -> bool:
-    return bool(torch.isfinite(loss.detach()).all())
+    """Whether the step's loss is finite on every rank (one read of it). A rank's loss may be its own rows' share
+    of the batch's (SigLIP: align.losses.distributed), finite while another rank's is NaN; the batch's loss, their
+    mean, is NaN then, and a rank that ran the backward alone would wait in its collectives for the others."""
+    ok = torch.isfinite(loss.detach()).all()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ok = ok.to(torch.int32).reshape(1)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
 
 
 def backward_if_finite(acc, loss: torch.Tensor) -> bool:

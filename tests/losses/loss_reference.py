@@ -1,4 +1,6 @@
 """Plain, loop-by-loop reference losses for the tests (slow, obviously right)."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -48,3 +50,21 @@ def ref_hard_negative_clip(a, b, neg, neg_mask, s, mask=None):
         col = torch.stack([s * torch.dot(b[i], a[j]) for j in idx])
         total = total - (col[idx.index(i)] - torch.logsumexp(col, 0))
     return total / (2 * len(idx)) if idx else total
+
+
+def ref_distill(a, b, ta, tb, s, T, weight, mask=None):
+    """Loops over rows: CLIP's two cross-entropies plus weight * sum_j p_j (log p_j - log q_j), both ways."""
+    keep = [i for i in range(a.shape[0]) if mask is None or bool(mask[i])]
+    a, b, ta, tb = a[keep], b[keep], ta[keep], tb[keep]
+    n, total = len(keep), 0.0
+    for q, k, tq, tk in ((a, b, ta, tb), (b, a, tb, ta)):
+        for i in range(n):
+            logits = [s * (q[i] @ k[j]) for j in range(n)]
+            lse = torch.logsumexp(torch.stack(logits), 0)
+            total = total + (lse - logits[i])                                  # InfoNCE row
+            tl = [float(tq[i] @ tk[j]) / T for j in range(n)]
+            tz = math.log(sum(math.exp(x) for x in tl))
+            for j in range(n):
+                p = math.exp(tl[j] - tz)
+                total = total + weight * p * ((tl[j] - tz) - (logits[j] - lse))
+    return total / (2 * n)

@@ -1,8 +1,6 @@
 """DistillClipLoss against a plain per-row reference (InfoNCE + weight * KL of the in-batch similarity
 distributions, both directions), in one process and in 2 gloo processes."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,27 +9,9 @@ from torch import nn
 from align.errors import AlignError, ConfigError
 from align.losses import LOSSES, ClipLoss, DistillClipLoss, build_loss
 from tests.losses.gloo import run_cases
-from tests.losses.loss_reference import embeddings
+from tests.losses.loss_reference import embeddings, ref_distill
 
 N = 10
-
-
-def ref_distill(a, b, ta, tb, s, T, weight, mask=None):
-    """Loops over rows: CLIP's two cross-entropies plus weight * sum_j p_j (log p_j - log q_j), both ways."""
-    keep = [i for i in range(a.shape[0]) if mask is None or bool(mask[i])]
-    a, b, ta, tb = a[keep], b[keep], ta[keep], tb[keep]
-    n, total = len(keep), 0.0
-    for q, k, tq, tk in ((a, b, ta, tb), (b, a, tb, ta)):
-        for i in range(n):
-            logits = [s * (q[i] @ k[j]) for j in range(n)]
-            lse = torch.logsumexp(torch.stack(logits), 0)
-            total = total + (lse - logits[i])                                  # InfoNCE row
-            tl = [float(tq[i] @ tk[j]) / T for j in range(n)]
-            tz = math.log(sum(math.exp(x) for x in tl))
-            for j in range(n):
-                p = math.exp(tl[j] - tz)
-                total = total + weight * p * ((tl[j] - tz) - (logits[j] - lse))
-    return total / (2 * n)
 
 
 def _teacher(n=N, d=6, seed=3):

@@ -41,6 +41,11 @@ CASES = {
     "multipair_siglip_masks_uneven": ("siglip", {}, PAIRS_3, [1.0, 0.5], [7, 3], True),
     "multipair_chunked_siglip_rank_without_rows": ("chunked_siglip", {"chunk_size": 3}, PAIRS_3, None, [10, 0], True),
     "multipair_clip_local_rank_without_rows": ("clip", {"local_loss": True}, PAIRS_3, None, [0, 10], True),
+    # a rank holding a single row (the last, short batch of an epoch)
+    "chunked_siglip_one_row_on_a_rank": ("chunked_siglip", {"chunk_size": 4}, PAIRS_IT, None, [9, 1], False),
+    "clip_local_one_row_on_a_rank": ("clip", {"local_loss": True}, PAIRS_IT, None, [1, 9], False),
+    "chunked_clip_nograd_one_row_on_a_rank": ("chunked_clip", {"chunk_size": 3, "gather_with_grad": False},
+                                              PAIRS_IT, None, [9, 1], False),
 }
 REFERENCE_TYPE = {"clip": "clip", "chunked_clip": "clip", "siglip": "siglip", "chunked_siglip": "siglip"}
 

@@ -230,3 +230,53 @@ def test_given_embeddings_with_a_part_damaged_in_place_are_refused_in_one_line(t
                  "--dedup", "0.99", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{hit}: its bytes changed since its part finished" in err[0], err
+
+
+def _exact_rows(n, rng):
+    """Unit rows of four +-0.5 entries in 8: every cosine a multiple of 0.25, exact in float32 (ties at COS)."""
+    x = np.zeros((n, 8), np.float32)
+    for i in range(n):
+        x[i, rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    return x
+
+
+def _plain_dedup(x, cos):
+    """Visit rows in order; a row not yet dropped drops every later row not yet dropped at cosine >= cos."""
+    s = x.astype(np.float64) @ x.astype(np.float64).T
+    dropped = {}
+    for i in range(len(x)):
+        if i not in dropped:
+            for j in range(i + 1, len(x)):
+                if j not in dropped and s[i, j] >= cos:
+                    dropped[j] = (i, s[i, j])
+    return dropped
+
+
+@pytest.mark.parametrize("cos", [0.25, 0.5, 0.75, 1.0])
+def test_dedup_and_score_selection_equal_plain_loops(cos):
+    """dedup against a double loop, exact cosines included: FAISS's range search keeps inner products > radius, so a
+    pair at exactly COS (the exact copies of --dedup 1) was kept, though --dedup says >= COS. select: low scores
+    dropped (ties at a --keep-top cut kept, no caption never), dedup among the rest, by their rows."""
+    from align.retrieval.filter import dedup, select
+    rng = np.random.default_rng(int(cos * 4))
+    x = _exact_rows(60, rng)
+    x[40:50] = x[:10]                                                   # exact copies
+    got = dedup(x, cos)
+    want = _plain_dedup(x, cos)
+    assert {j: i for j, (i, _) in got.items()} == {j: i for j, (i, _) in want.items()}
+    assert all(abs(got[j][1] - want[j][1]) < 1e-6 for j in want)
+    assert all(j in got for j in range(40, 50) if j - 40 not in want)  # a copy of a kept row is dropped
+    scores = rng.integers(0, 5, 60).astype(np.float32) / 4              # tied scores
+    scores[::7] = np.nan                                                # no caption
+    for kw in ({"min_score": 0.5, "keep_top": None}, {"min_score": None, "keep_top": 0.3}):
+        drop, thr = select(scores, x, dedup_cos=cos, **kw)
+        scored = [i for i in range(60) if not np.isnan(scores[i])]
+        if kw["keep_top"]:
+            n_keep = int(np.ceil(0.3 * len(scored)))
+            assert thr == sorted((scores[i] for i in scored), reverse=True)[n_keep - 1]
+        low = {i for i in scored if scores[i] < thr}
+        assert {i for i, d in drop.items() if d["reason"] == "low_score"} == low
+        left = [i for i in range(60) if i not in low]
+        near = _plain_dedup(x[left], cos)
+        assert {i: d["dup_of"] for i, d in drop.items() if d["reason"] == "near_duplicate"} == \
+            {left[j]: left[i] for j, (i, _) in near.items()}

@@ -328,3 +328,35 @@ def test_a_collective_that_lost_its_peer_is_one_line_in_a_launch_and_unchanged_o
     with pytest.raises(RuntimeError, match="Connection reset by peer"):
         with watch_steps(str(tmp_path), 30.0):
             raise gloo
+
+
+def _collectives_worker(rank, world, init_file, out_path):
+    """StepWatch's object and number collectives on a real 2-process gloo group; rank 0 saves what it got."""
+    import torch
+    import torch.distributed as dist
+
+    from align.train.guard import StepWatch
+    from align.train.metrics import mean_over_ranks
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    w = StepWatch(os.path.dirname(out_path), timeout_s=60).connect()
+    got = {"gathered": w.gather_object({"rank": rank, "items": list(range(rank + 2)), "none": None}),
+           "most": w.most(5 - 3 * rank), "any": [w.any(rank == 1), w.any(False)],
+           "share": [w.share(2.5 if rank == 0 else 7.0), w.share(None if rank == 0 else 1.0)],
+           "share_object": w.share_object({"from": rank}),
+           "mean": mean_over_ranks({"loss": 1.0 + 2 * rank, "loss/a-b": 4.0 * rank}, w.gather_object)}
+    if rank == 0:
+        torch.save(got, out_path)
+    dist.destroy_process_group()
+
+
+def test_the_step_watchs_collectives_on_two_gloo_processes_equal_their_plain_definitions(tmp_path):
+    """gather_object: every rank's object in rank order; most: the max; any: or; share / share_object: rank 0's (its
+    None as None); mean_over_ranks (the logged loss): the plain mean of the ranks' values."""
+    from tests.losses.gloo import run_workers
+    got = run_workers(_collectives_worker, tmp_path)
+    assert got["gathered"] == [{"rank": r, "items": list(range(r + 2)), "none": None} for r in range(2)]
+    assert got["most"] == max(5 - 3 * r for r in range(2)) == 5
+    assert got["any"] == [True, False]
+    assert got["share"] == [2.5, None] and got["share_object"] == {"from": 0}
+    assert got["mean"] == {"loss": (1.0 + 3.0) / 2, "loss/a-b": (0.0 + 4.0) / 2}

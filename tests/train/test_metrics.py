@@ -152,3 +152,58 @@ def test_the_loss_plot_reads_rows_one_at_a_time_and_draws_a_bounded_number_of_po
     assert len(thin["step"]) <= 101 and thin["step"][-1] == 1000 and 51 not in thin["step"]
     assert thin["best"] == {"step": 51, "x/acc1": 0.9}
     assert curve(str(e), ("x/acc1",))["step"] == list(range(1, 1001))           # fewer rows than MAX_POINTS: all
+
+
+def _siglip_rank_losses(rank, world, init_file, out_path):
+    """Each rank's SigLIP loss (total and per pair) on its half of an 8-row batch, over gloo; rank 0 saves both."""
+    import torch
+    import torch.distributed as dist
+
+    from align.losses import build_loss
+    from tests.losses.loss_reference import embeddings
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    a, b = embeddings(8, 5, seed=4)
+    lo, hi = 4 * rank, 4 * rank + 4
+    total, pairs = build_loss("siglip", [["image", "text"]], rank=rank, world_size=world)(
+        {"image": a[lo:hi].detach(), "text": b[lo:hi].detach()}, None, 10.0, -3.0)
+    every = [None] * world
+    dist.all_gather_object(every, (float(total), {k: float(v) for k, v in pairs.items()}))
+    if rank == 0:
+        torch.save(torch.tensor([[t, p["image-text"]] for t, p in every], dtype=torch.float64), out_path)
+    dist.destroy_process_group()
+
+
+def test_the_logged_loss_is_the_global_batchs_mean_over_ranks_not_rank0s_own(tmp_path):
+    """With SigLIP on 2 processes each rank's loss is 2 x its own rows' share of the batch's loss: metrics.jsonl,
+    the trackers and the end summary showed rank 0's, a noisy figure (x world_size its rows) that is not the loss of
+    the batch the step trained on. The row holds the mean over the ranks now: the loop reference on the whole batch."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tests.losses.gloo import run_workers
+    from tests.losses.loss_reference import embeddings, ref_siglip
+    ranks = run_workers(_siglip_rank_losses, tmp_path)                 # [[loss, loss/image-text] of rank 0, 1]
+    a, b = embeddings(8, 5, seed=4)
+    want = float(ref_siglip(a, b, 10.0, -3.0).detach())
+    assert abs(float(ranks[0, 0]) - want) > 1e-3                        # rank 0's own value is not the batch's
+    log = _logger_at(tmp_path, 0)
+    seen = []
+
+    def gather(mine):                                                   # rank 0 of two: its value, then rank 1's
+        seen.append(mine)
+        if "skipped" in mine:                                           # run_counts' gather: rank 1 skipped none
+            return [mine, {"skipped": {}, "noted": {}}]
+        return [mine, {"loss": float(ranks[1, 0]), "loss/image-text": float(ranks[1, 1])}]
+    core = SimpleNamespace(logit_scale=torch.tensor(2.3), logit_bias=torch.tensor(-3.0))
+    log.eng = SimpleNamespace(global_batch=8, total_steps=40, core=core, watch=SimpleNamespace(gather_object=gather),
+                              scheduler=SimpleNamespace(get_last_lr=lambda: [1e-3]))
+    log.r = SimpleNamespace(output_dir=str(tmp_path), train=SimpleNamespace(log_every=1))
+    res = SimpleNamespace(loss=ranks[0, 0], pair_losses={"image-text": ranks[0, 1]})
+    loader = SimpleNamespace(skipped={}, noted={})
+    log.step(SimpleNamespace(step=1, epoch=0, bad_steps_total=0), res, loader)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert abs(row["loss"] - want) < 1e-9 and abs(row["loss/image-text"] - want) < 1e-9
+    assert abs(log.loss - want) < 1e-9                                  # the summary's final_loss and the bar's
+    assert any("loss" in m for m in seen)

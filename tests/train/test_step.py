@@ -158,3 +158,36 @@ def test_a_peer_that_died_mid_step_is_one_line_and_the_hung_peer_exit(engine, mo
         assert "\n" not in line and "another process of the launch is gone" in line and "resume=auto" in line
     else:
         assert not isinstance(e.value, step_mod.PeerLost) and str(e.value) == message
+
+
+def _finite_worker(rank, world, init_file, out_path):
+    """SigLIP's loss on 2 gloo processes, rank 1's image rows NaN: what each rank's NaN guard decides."""
+    import torch.distributed as dist
+
+    from align.losses import build_loss
+    from tests.losses.loss_reference import embeddings
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    a, b = (t.detach() for t in embeddings(8, 5, seed=2))
+    a[4:6] = float("nan")                                  # rows of rank 1 (rows 4..7): an fp16 overflow there
+    out = {}
+    for typ in ("siglip", "clip"):
+        loss, _ = build_loss(typ, [["image", "text"]], rank=rank, world_size=world)(
+            {"image": a[4 * rank:4 * rank + 4], "text": b[4 * rank:4 * rank + 4]}, None, 10.0, -3.0)
+        every = [None] * world
+        dist.all_gather_object(every, (bool(torch.isfinite(loss)), step_mod.is_finite(loss)))
+        out[typ] = every
+    if rank == 0:
+        torch.save(out, out_path)
+    dist.destroy_process_group()
+
+
+def test_every_rank_agrees_that_a_step_whose_global_loss_is_nan_is_nan(tmp_path):
+    """SigLIP's loss on a rank is its own rows' share: NaN rows on rank 1 left rank 0's finite, so rank 0 ran the
+    backward (and the gather's all_reduce in it) while rank 1 skipped it: mismatched collectives, a hung launch.
+    The batch's loss (the mean over ranks) is NaN: every rank skips the step now. CLIP's global loss was NaN on
+    every rank already."""
+    from tests.losses.gloo import run_workers
+    got = run_workers(_finite_worker, tmp_path)
+    assert got["siglip"] == [(True, False), (False, False)]        # rank 0's own loss was finite: the trap
+    assert got["clip"] == [(False, False), (False, False)]

@@ -313,4 +313,7 @@ MUTATIONS = [
       '    return {k: v for k, v in read_config_file(path, key).items() if k != "preprocess_cfg"}\n',
       ["tests/towers/test_open_clip_towers.py::test_model_hf_hub_keeps_the_preprocessing_its_config_file_names"],
       "model: hf-hub:ORG/NAME normalised images with OpenAI's mean/std, not its open_clip_config.json's"),
+    M("loss.siglip.one_pair_is_zero", "align/losses/siglip.py", "        if n == 0:\n", "        if n < 2:\n",
+      ["tests/losses/test_loss_edge_cases.py::test_siglip_losses_on_edge_batches_match_the_loop_reference"],
+      "a batch (or mask) of one valid pair: SigLIP's loss is softplus(-z) of the positive, not CLIP's 0"),
 ]

@@ -22,7 +22,7 @@ MUTATIONS = [
     M("retrieval.serve.json_text_of_any_type", "align/retrieval/serve.py",
       "    if not isinstance(text, str):", "    if False:", ["tests/retrieval/test_serve.py"]),
     M("retrieval.filter.keeps_the_copy", "align/retrieval/filter.py",
-      "if j > i and j not in dropped:", "if j < i and j not in dropped:", ["tests/retrieval/test_filter.py"]),
+      "if j > i and j not in dropped and", "if j < i and j not in dropped and", ["tests/retrieval/test_filter.py"]),
     M("retrieval.filter.cut_inclusive", "align/retrieval/filter.py",
       "for i in np.flatnonzero(scored & (scores < threshold)):",
       "for i in np.flatnonzero(scored & (scores <= threshold)):", ["tests/retrieval/test_filter.py"]),
@@ -205,4 +205,8 @@ MUTATIONS = [
       ["tests/retrieval/test_index_build.py::"
        "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
       "a loaded Index (`align serve`) held a dict per corpus row (~750 bytes a row)"),
+    M("filter.dedup_at_cos_exclusive", "align/retrieval/filter.py",
+      "float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))", "float(threshold)",
+      ["tests/retrieval/test_filter.py::test_dedup_and_score_selection_equal_plain_loops"],
+      "FAISS's range search is > radius: a pair at exactly --dedup COS (copies at --dedup 1) was kept"),
 ]

@@ -474,4 +474,16 @@ MUTATIONS = [
       '            f = [(line, json.loads(line)) and line for line in f.readlines()]',
       ["tests/train/test_storage.py::test_a_resume_reads_a_long_metrics_log_one_row_at_a_time"],
       "a resume held every line and row of metrics.jsonl (~1.7 KB a logged step)"),
+    M("metrics.logged_loss_rank0s_own", "align/train/metrics.py", "    every = gather(values)\n",
+      "    every = [values]\n",
+      ["tests/train/test_metrics.py::test_the_logged_loss_is_the_global_batchs_mean_over_ranks_not_rank0s_own"],
+      "metrics.jsonl's loss (and loss/PAIR, the summary's final_loss) was rank 0's: SigLIP's is 2x its half's share"),
+    M("guard.share_none_as_nan", "align/train/guard.py", "        return None if x != x else x", "        return x",
+      ["tests/train/test_guard.py::"
+       "test_the_step_watchs_collectives_on_two_gloo_processes_equal_their_plain_definitions"],
+      "rank 0's None (no evaluation result) arrived on the other ranks as NaN"),
+    M("step.nan_guard_per_rank", "align/train/step.py", "        dist.all_reduce(ok, op=dist.ReduceOp.MIN)\n",
+      "        pass\n",
+      ["tests/train/test_step.py::test_every_rank_agrees_that_a_step_whose_global_loss_is_nan_is_nan"],
+      "SigLIP with NaN rows on one rank: the others' own loss was finite, they ran the backward alone (a hang)"),
 ]
