@@ -44,8 +44,8 @@ def cmd_data_inspect(a):
     from align.data.tools.inspect import inspect_shards
     if a.n < 0:
         raise ConfigError(f"-n {a.n}: the samples to print must be >= 0 (0: the summary only)")
-    inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()],
-                   limits=limits_of(a))
+    mods = None if a.modalities is None else [m.strip() for m in a.modalities.split(",") if m.strip()]
+    inspect_shards(a.pattern, n=a.n, modalities=mods, limits=limits_of(a))
 
 
 def add_limit_options(s) -> None:
@@ -185,8 +185,9 @@ def add_data_parsers(sub):
     s.add_argument("pattern", help="local shard folder, file, glob or brace pattern, '::' between several "
                                    "(the shards training would read from it; no URLs)")
     s.add_argument("-n", type=int, default=3, help="samples to print (0: the summary only)")
-    s.add_argument("--modalities", default="image,text,audio",
-                   help="modalities training will request (counts skips as a run with them would)")
+    s.add_argument("--modalities", default=None,
+                   help="modalities training will request (counts skips as a run with them would; default: "
+                        "image,text,audio, training's default, and the summary names those the shards hold)")
     add_limit_options(s)
     s.set_defaults(fn=cmd_data_inspect)
 

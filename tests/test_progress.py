@@ -139,3 +139,34 @@ def test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr(monke
     setup_console()
     print("resumed from run/checkpoints/step-00000010 at step 10")
     assert raw.getvalue() == b"resumed from run/checkpoints/step-00000010 at step 10\n"   # no flush needed
+
+
+def _as_rank(monkeypatch, rank, world=2):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+
+
+def test_a_launch_wide_fatal_line_is_said_once_and_a_ranks_own_with_its_rank(tmp_path, monkeypatch, capsys):
+    """Under `accelerate launch --num_processes 2` a bad recipe made both processes print `align: error: ...`:
+    the same line twice. The launch says it once (rank 0's); a line only rank 1 has is said, naming rank 1."""
+    import tempfile
+    import align.progress as P
+    from align.cli import main
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(P, "LAUNCH_GRACE_S", 0.0)
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    for rank in (0, 1):                                 # what each process of the launch does with a bad recipe
+        _as_rank(monkeypatch, rank)
+        assert main(["train", str(tmp_path / "no-such.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("align: error: ") and "no-such.yaml" in err[0], err
+    assert P.launch_line("align: error: ", "data: shard b.tar of rank 1 cannot be read") == \
+        "align: error: data: shard b.tar of rank 1 cannot be read"        # names its rank already
+    assert P.launch_line("align: error: ", "data: shard c.tar cannot be read") == \
+        "align: error: rank 1 of 2: data: shard c.tar cannot be read"     # rank 1's own: said, with its rank
+    _as_rank(monkeypatch, 0)
+    assert P.launch_line("align: error: ", "data: shard c.tar cannot be read") is None   # rank 1 said it first
+    monkeypatch.setenv("MASTER_PORT", "29518")           # another launch says its lines again
+    assert P.launch_line("align: ", "interrupted") == "align: interrupted"
+    _as_rank(monkeypatch, 0, world=1)                   # no launch: every line is said
+    assert P.launch_line("align: ", "interrupted") == P.launch_line("align: ", "interrupted") == "align: interrupted"
