@@ -28,9 +28,10 @@ Outputs in out_dir: one JSON per (entry, model) named like CLIP_benchmark's
 result JSON is never overwritten unless overwrite=True (--overwrite); skip_existing=True (--skip-existing)
 reuses it. results.csv/.md are regenerated over every result JSON in out_dir: those of earlier runs (another
 model run into the same --out) are kept and tabled beside this run's, listed in results.md with how they were
-encoded (marked where not as this run), and counted in the summary line. A model without a modality an entry needs is skipped for that entry
-(listed). An entry that fails on its data (an AlignError) or a model that cannot load is a `fail:` line and the
-suite goes on; results.md lists them under "Not run", and the suite then ends in an error naming the first.
+encoded (marked where not as this run), and counted in the summary line. A model without a modality an entry
+needs is skipped for that entry (listed). An entry that fails on its data (an AlignError) or a model that cannot
+load is a `fail:` line and the suite goes on; results.md lists them under "Not run", and the suite then ends in
+an error naming the first.
 """
 from __future__ import annotations
 

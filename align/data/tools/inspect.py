@@ -128,7 +128,8 @@ def shard_modalities(exts: Dict[str, int]) -> List[str]:
 
 
 def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False, progress: bool = True,
-                   modalities: Optional[Sequence[str]] = None, min_modalities: int = 2, limits=None) -> Dict[str, Any]:
+                   modalities: Optional[Sequence[str]] = None, min_modalities: int = 2,
+                   limits=None) -> Dict[str, Any]:
     """Inspect the shards matching `pattern`; print the first n samples and a summary (unless quiet);
     return per-shard and total counts. `skipped` (by reason) and `seen` are what training with these
     `modalities` counts (None: every modality, as training's default; the summary then names the modalities the
