@@ -102,6 +102,8 @@ def cmd_checkpoints(a):
         step = (rundir.read_state(c) or {}).get("step", "?")
         status = ("DAMAGED: " + problem) if problem else ("ok" if has_manifest(c) else "ok (no manifest: not checked)")
         print(f"{os.path.basename(c):<22} step {step!s:>8}  {dir_bytes(c) / 1e6:9.1f} MB  {status}")
+    print(f"{len(ckpts)} checkpoint(s) in {a.run}: {len(ckpts) - bad} ok, {bad} damaged"
+          + ("" if not bad else " (resume=auto carries on from the newest intact one)"))
     return 1 if bad else 0
 
 

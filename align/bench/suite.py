@@ -45,9 +45,9 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
 from align.bench.models import resolve_specs
-from align.bench.report import (model_name, model_pretrained, record_settings, result_filename, same_settings,
-                                result_files, settings_text, stage_text, summary_line, write_csv, write_json,
-                                write_markdown)
+from align.bench.report import (markdown_table, model_name, model_pretrained, record_settings, result_filename,
+                                result_files, same_settings, settings_text, stage_text, summary_line, write_csv,
+                                write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError, make_folder
 from align.yaml_files import read_yaml
@@ -298,11 +298,12 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
               batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
               overwrite: bool = False, skip_existing: bool = False, progress: bool = True,
-              limits=None) -> List[dict]:
+              limits=None, show_table: bool = False) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir).
     precision: autocast while encoding (fp32 | bf16 | fp16). limits: the align.limits.DataLimits the sets'
     captions and labels are read within when opened (None: the defaults); each model's media are decoded within
-    its own (`model.data_limits`: its recipe's, a `models:` entry's `limits:`, `--limit`)."""
+    its own (`model.data_limits`: its recipe's, a `models:` entry's `limits:`, `--limit`). show_table: print
+    results.md's table before the summary line (`align bench suite`)."""
     check_out_dir(out_dir)
     suite = read_suite(suite_yaml_path)
     entries = suite.entries
@@ -332,6 +333,8 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
     earlier = [r for name, r in result_files(out_dir) if name not in written]   # other runs' results, kept
     write_csv(results + earlier, os.path.join(out_dir, "results.csv"))
     write_markdown(results, os.path.join(out_dir, "results.md"), failed, earlier)
+    if show_table:
+        print(markdown_table(results + earlier))
     print(f"suite: {len(results)} results for {len(models)} model(s) in {out_dir} (results.csv, results.md)"
           + (f"; {len(skipped)} skipped (model lacks a modality)" if skipped else "")
           + (f"; {len(failed)} failed" if failed else "") + _earlier_note(results, earlier))
