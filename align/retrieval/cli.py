@@ -27,7 +27,7 @@ def _load(a):
     limits = limit_overrides(a)             # a bad --limit: one line before the weights load
     model = load_model(a.model, pretrained=a.pretrained, device=_device(a), limits=limits)
     said = limits_line(model)
-    if said and not getattr(a, "no_progress", False):
+    if said and not getattr(a, "no_progress", False) and os.environ.get("RANK", "0") == "0":   # once a launch
         print(said, flush=True)
     return model
 

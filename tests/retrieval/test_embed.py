@@ -459,3 +459,18 @@ def test_a_launch_prints_one_end_line_with_every_processs_totals(tmp_path):
     assert said[1] is None
     assert said[0] == ("embed: 2 processes: 3 part(s) (1 already done), 21 samples, vectors: image 2, text 7, "
                        "1 skipped, 10.5 samples/s, 2.0 s -> emb"), said[0]
+
+
+def test_the_limits_line_is_said_by_process_0_of_a_launch_only(tmp_path, tri_run, monkeypatch, capsys):
+    """`align embed --limit ...` under `accelerate launch --num_processes 2` printed `MODEL: media limits ...` once
+    per process: process 0 says it."""
+    run, _ = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=1)
+    said = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["embed", run, "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "e"),
+                     "--limit", "max_audio_seconds=1200"]) == 0
+        said.append([ln for ln in capsys.readouterr().out.splitlines() if "media limits" in ln])
+    assert len(said[0]) == 1 and "max_audio_seconds=1200" in said[0][0] and said[1] == [], said
