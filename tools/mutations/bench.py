@@ -251,4 +251,14 @@ MUTATIONS = [
     M("local.bench_file_preprocess_unchecked", "align/bench/models.py",
       "        check_file_preprocess(model, arch, pretrained)\n", "        pass\n",
       ["tests/bench/test_models.py::test_a_weights_file_taken_out_of_a_folder_of_other_preprocessing_is_one_line"]),
+    M("bench.suite_tables_only_this_run", "align/bench/suite.py",
+      "    earlier = [r for name, r in result_files(out_dir) if name not in written]", "    earlier = []",
+      ["tests/bench/test_suite.py::"
+       "test_a_second_run_into_the_same_out_tables_the_first_runs_results_beside_its_own"],
+      "results.md of a second suite run into one --out left out the results the folder still held"),
+    M("bench.suite_two_end_lines", "align/bench/cli.py",
+      "        return     # the table, then run_suite's one end line (no second one here)",
+      '        return print(f"{len(models or [])} results -> {a.out}")',
+      ["tests/bench/test_cli.py::test_suite_ends_with_its_table_then_one_end_line"],
+      "`align bench suite` said its end twice"),
 ]

@@ -489,4 +489,13 @@ MUTATIONS = [
       ["tests/data/write/test_shards.py::"
        "test_the_skipped_rows_wait_on_disk_not_in_memory_until_skipped_jsonl_is_written"],
       "`align data shards` held every shard's skipped rows (a dict per skipped input row) until the end"),
+    M("data.inspect_names_trainings_default_modalities", "align/data/tools/inspect.py",
+      '    result["checked"] = modalities if asked else shard_modalities(result["modalities"])',
+      '    result["checked"] = modalities',
+      ["tests/data/tools/test_inspect.py::test_the_summary_names_the_modalities_the_shards_hold"],
+      "`align data inspect` on image-text shards said `for modalities image+text+audio`"),
+    M("data.reinforce_without_a_bar", "align/data/write/reinforce.py",
+      'unit="shard", disable=not progress)', 'unit="shard", disable=True)',
+      ["tests/data/write/test_reinforce.py::test_a_bar_counts_the_shards_the_teacher_embeds"],
+      "`align data reinforce` showed nothing while its teacher embedded every sample"),
 ]

@@ -313,4 +313,8 @@ MUTATIONS = [
       '    return {k: v for k, v in read_config_file(path, key).items() if k != "preprocess_cfg"}\n',
       ["tests/towers/test_open_clip_towers.py::test_model_hf_hub_keeps_the_preprocessing_its_config_file_names"],
       "model: hf-hub:ORG/NAME normalised images with OpenAI's mean/std, not its open_clip_config.json's"),
+    M("models.hf_load_report_table_shown", "align/towers/common.py", "    with load_report_held():",
+      "    with contextlib.nullcontext():",
+      [HF_TEXT + "test_the_load_report_table_is_one_align_line_and_comes_back_when_the_load_fails"],
+      "transformers' LOAD REPORT table (a dozen lines) for the BERT pooler the tower drops on purpose"),
 ]

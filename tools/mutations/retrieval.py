@@ -205,4 +205,13 @@ MUTATIONS = [
       ["tests/retrieval/test_index_build.py::"
        "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
       "a loaded Index (`align serve`) held a dict per corpus row (~750 bytes a row)"),
+    M("retrieval.embed_end_line_per_process", "align/retrieval/embed.py",
+      "    if rank != 0:\n        return None\n    total = EmbedSummary(",
+      "    if rank != 0:\n        return summary\n    total = EmbedSummary(",
+      ["tests/retrieval/test_embed.py::test_a_launch_prints_one_end_line_with_every_processs_totals"],
+      "`align embed` in a 2-process launch printed one end line per process"),
+    M("retrieval.embed_limits_line_per_process", "align/retrieval/cli.py",
+      'and os.environ.get("RANK", "0") == "0":', ":",
+      ["tests/retrieval/test_embed.py::test_the_limits_line_is_said_by_process_0_of_a_launch_only"],
+      "`align embed --limit` in a launch said its media limits once per process"),
 ]
