@@ -189,6 +189,12 @@ def setup_console() -> None:
         logger.addHandler(handler)
 
 
+def main_process() -> bool:
+    """False in the processes of a launch other than rank 0: where every process builds the same model, a line about
+    it (a tower's warning) is said by rank 0 alone, not once per process."""
+    return os.environ.get("RANK", "0").strip() in ("0", "")
+
+
 def _launch_folder() -> str:
     """A folder shared by this launch's processes on this machine: named by their launcher (the parent process
     torchrun's agent is), its port and restart count; launches' folders older than a day are removed."""

@@ -392,7 +392,8 @@ def hf_model(cls, name: str, path: str, local: bool, where: str, what: str, unus
     said = ([f"{len(missing)} tensor(s) the tower does not use are not in the weights ({_examples(missing)})"]
             if missing else []) + ([f"{len(extra)} tensor(s) of the weights have no place in the model and are not "
                                     f"used ({_examples(extra)})"] if extra else [])
-    if said and os.environ.get("RANK", "0") == "0":
+    from align.progress import main_process
+    if said and main_process():      # every process of a launch loads it: rank 0 says it
         import logging
         logging.getLogger("align.towers").warning("%s.model: %s: loaded; %s", where, name, "; ".join(said))
     return model

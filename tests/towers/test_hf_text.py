@@ -270,3 +270,27 @@ def test_the_load_report_table_is_one_align_line_and_comes_back_when_the_load_fa
         assert [r.getMessage().splitlines()[1] for r in got] == ["key | MISMATCH"]
     finally:
         log.removeHandler(handler)
+
+
+def test_a_towers_warnings_are_said_by_process_0_of_a_launch_only(tmp_path, caplog, monkeypatch):
+    """Every process of a launch builds the same towers, and each said their warnings (another pooling than the
+    folder's, the tensors left out): the same lines once per process. Process 0 says them."""
+    import logging
+    import shutil
+    from safetensors.torch import load_file, save_file
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    weights = os.path.join(folder, "model.safetensors")
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("pooler.")}, weights)
+    os.makedirs(os.path.join(folder, "1_Pooling"))
+    shutil.copy(os.path.join(resolve_model(ALIAS, "t")[0], "modules.json"), folder)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, f)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="align.towers"):
+            build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+        said.append([r.getMessage() for r in caplog.records if r.name == "align.towers"])
+    assert len(said[0]) == 2 and "pools cls tokens" in said[0][1] and said[1] == [], said
