@@ -275,4 +275,8 @@ MUTATIONS = [
       '    (lambda line: None)(f"{len(ckpts)} checkpoint(s) in {a.run}: {len(ckpts) - bad} ok, {bad} damaged"',
       ["tests/test_cli.py::test_checkpoints_ends_with_one_summary_line"],
       "`align checkpoints` ended without a line on the whole"),
+    M("cli.tower_warning_once_per_process", "align/progress.py",
+      '    return os.environ.get("RANK", "0").strip() in ("0", "")', "    return True",
+      [HF_TEXT + "test_a_towers_warnings_are_said_by_process_0_of_a_launch_only"],
+      "every process of a launch said the towers' warnings: the same lines once per process"),
 ]

@@ -317,8 +317,4 @@ MUTATIONS = [
       "    with contextlib.nullcontext():",
       [HF_TEXT + "test_the_load_report_table_is_one_align_line_and_comes_back_when_the_load_fails"],
       "transformers' LOAD REPORT table (a dozen lines) for the BERT pooler the tower drops on purpose"),
-    M("models.tower_warning_once_per_process", "align/progress.py",
-      '    return os.environ.get("RANK", "0").strip() in ("0", "")', "    return True",
-      [HF_TEXT + "test_a_towers_warnings_are_said_by_process_0_of_a_launch_only"],
-      "every process of a launch said the towers' warnings: the same lines once per process"),
 ]
