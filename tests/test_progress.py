@@ -170,3 +170,21 @@ def test_a_launch_wide_fatal_line_is_said_once_and_a_ranks_own_with_its_rank(tmp
     assert P.launch_line("align: ", "interrupted") == "align: interrupted"
     _as_rank(monkeypatch, 0, world=1)                   # no launch: every line is said
     assert P.launch_line("align: ", "interrupted") == P.launch_line("align: ", "interrupted") == "align: interrupted"
+
+
+def test_every_bar_in_align_says_what_it_counts():
+    """The ONNX export, index add, search and probe bars counted "it" (tqdm's default unit): every progress bar in
+    align names its unit."""
+    import ast
+    import glob
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    unnamed = []
+    for path in glob.glob(os.path.join(root, "align", "**", "*.py"), recursive=True):
+        if path.endswith(os.path.join("align", "progress.py")):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("tqdm", "progress_bar") or \
+                    isinstance(node, ast.Call) and getattr(node.func, "id", None) == "progress" and node.keywords:
+                if not any(k.arg == "unit" for k in node.keywords):
+                    unnamed.append(f"{os.path.relpath(path, root)}:{node.lineno}")
+    assert unnamed == [], unnamed

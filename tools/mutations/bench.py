@@ -261,4 +261,8 @@ MUTATIONS = [
       '        return print(f"{len(models or [])} results -> {a.out}")',
       ["tests/bench/test_cli.py::test_suite_ends_with_its_table_then_one_end_line"],
       "`align bench suite` said its end twice"),
+    M("bench.search_bar_counts_it", "align/bench/index.py",
+      'desc=f"search, {batch_size} queries a batch", unit="batch",', 'desc="search",',
+      ["tests/test_progress.py::test_every_bar_in_align_says_what_it_counts"],
+      "the index add, search and probe bars counted `it`"),
 ]
