@@ -498,4 +498,9 @@ MUTATIONS = [
       'unit="shard", disable=not progress)', 'unit="shard", disable=True)',
       ["tests/data/write/test_reinforce.py::test_a_bar_counts_the_shards_the_teacher_embeds"],
       "`align data reinforce` showed nothing while its teacher embedded every sample"),
+    M("data.shards_of_a_shard_folder_unsaid", "align/data/write/inputs.py",
+      '        tars = list(Path(inp.base_dir).glob("*.tar")) if isinstance(inp, FolderInput) and not cols else []',
+      "        tars = []",
+      ["tests/data/write/test_inputs.py::test_a_folder_of_shards_given_as_pairs_is_one_line_saying_so"],
+      "`align data shards SHARDS/` said `found none; available columns: (none)` of a folder of shards"),
 ]
