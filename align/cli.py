@@ -9,7 +9,8 @@
     align export RUN --out DIR --format ...        open_clip / ONNX export
     align sweep RECIPE --space S.yaml --trials N   recipe settings chosen on data.val with Optuna
 
-User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2.  A remote data
+User errors (AlignError) print as one line, `align: error: ...`, and exit with status 2; under `accelerate launch`
+the line is printed once for the launch, not once per process (one only some ranks meet: with the rank).  A remote data
 source that stayed unreachable for data.retry_budget_s ends `align train` with a checkpoint, one line
 `align: source unavailable: URL: ...` and status 75 (EX_TEMPFAIL: rerun the same command to resume).
 A killed data worker ends it with a checkpoint, one line naming the signal and the likely cause, and status 71
@@ -101,6 +102,8 @@ def cmd_checkpoints(a):
         step = (rundir.read_state(c) or {}).get("step", "?")
         status = ("DAMAGED: " + problem) if problem else ("ok" if has_manifest(c) else "ok (no manifest: not checked)")
         print(f"{os.path.basename(c):<22} step {step!s:>8}  {dir_bytes(c) / 1e6:9.1f} MB  {status}")
+    print(f"{len(ckpts)} checkpoint(s) in {a.run}: {len(ckpts) - bad} ok, {bad} damaged"
+          + ("" if not bad else " (resume=auto carries on from the newest intact one)"))
     return 1 if bad else 0
 
 
@@ -297,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fatal(prefix: str, message: str) -> None:
+    """A fatal line on stderr; under a launch, once for the launch (a line only one rank has: with its rank)."""
+    from align.progress import launch_line
+    line = launch_line(prefix, message)
+    if line is not None:
+        print(line, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     from align.progress import setup_console
     setup_console()      # a non-UTF-8 locale escapes what it cannot write; warnings as lines, clear of the bar
@@ -310,16 +321,16 @@ def main(argv=None) -> int:
     try:
         rc = args.fn(args)          # a command may return its exit status (align checkpoints: 1 when damaged)
     except Preempted as e:
-        print(f"align: {e}", file=sys.stderr)
+        _fatal("align: ", str(e))
         return PREEMPTED_EXIT
     except SourceUnavailable as e:
-        print(f"align: source unavailable: {e}", file=sys.stderr)
+        _fatal("align: source unavailable: ", str(e))
         return EXIT_SOURCE_UNAVAILABLE
     except AlignError as e:
-        print(f"align: error: {e}", file=sys.stderr)
+        _fatal("align: error: ", str(e))
         return getattr(e, "exit_code", 2)   # 74: a full disk (align.train.storage); 71: a data worker killed
     except KeyboardInterrupt:
-        print("align: interrupted", file=sys.stderr)
+        _fatal("align: ", "interrupted")
         return 130
     except BrokenPipeError:   # `align recipes | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit's flush

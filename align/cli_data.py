@@ -17,7 +17,7 @@ from align.shipped import resolve_recipe
 
 def cmd_data_demo(a):
     from align.demo.data import build_demo
-    man = build_demo(a.out, seed=a.seed, workers=a.workers)
+    man = build_demo(a.out, seed=a.seed, workers=a.workers, summary=False)     # the one end line is the one below
     c = man["counts"]      # one line, not the 230-line manifest (it is OUT/demo.json)
     print(f"demo data: {c['train']} train / {c['val']} val samples (selection/, heldout/: {c['selection']} / "
           f"{c['heldout']} val copies) -> {a.out} (manifest: {os.path.join(a.out, 'demo.json')})")
@@ -44,8 +44,8 @@ def cmd_data_inspect(a):
     from align.data.tools.inspect import inspect_shards
     if a.n < 0:
         raise ConfigError(f"-n {a.n}: the samples to print must be >= 0 (0: the summary only)")
-    inspect_shards(a.pattern, n=a.n, modalities=[m.strip() for m in a.modalities.split(",") if m.strip()],
-                   limits=limits_of(a))
+    mods = None if a.modalities is None else [m.strip() for m in a.modalities.split(",") if m.strip()]
+    inspect_shards(a.pattern, n=a.n, modalities=mods, limits=limits_of(a))
 
 
 def add_limit_options(s) -> None:
@@ -91,7 +91,8 @@ def cmd_data_reinforce(a):
                          f"{', '.join(sorted(encoders))})")
     scale = math.exp(float(model.logit_scale.detach()))
     counts = write_reinforced(urls, a.out, {m: encoders[m] for m in wanted},
-                              {"teacher": a.teacher, "pretrained": a.pretrained, "logit_scale": scale})
+                              {"teacher": a.teacher, "pretrained": a.pretrained, "logit_scale": scale},
+                              progress=not a.no_progress)
     print(f"reinforced {counts['samples']} samples of {counts['shards']} shards with {a.teacher}'s "
           f"{', '.join(wanted)} embeddings -> {a.out} (skipped {counts['skipped']}); train with "
           f"data.train={a.out} loss.type=distill_clip loss.distill.teacher=stored")
@@ -185,8 +186,9 @@ def add_data_parsers(sub):
     s.add_argument("pattern", help="local shard folder, file, glob or brace pattern, '::' between several "
                                    "(the shards training would read from it; no URLs)")
     s.add_argument("-n", type=int, default=3, help="samples to print (0: the summary only)")
-    s.add_argument("--modalities", default="image,text,audio",
-                   help="modalities training will request (counts skips as a run with them would)")
+    s.add_argument("--modalities", default=None,
+                   help="modalities training will request (counts skips as a run with them would; default: "
+                        "image,text,audio, training's default, and the summary names those the shards hold)")
     add_limit_options(s)
     s.set_defaults(fn=cmd_data_inspect)
 
@@ -219,6 +221,7 @@ def add_data_parsers(sub):
     s.add_argument("--batch-size", type=int, default=64, help="samples per teacher forward (default 64)")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (files of the same "
                                                             "names are replaced; never an input shard's folder)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     s.set_defaults(fn=cmd_data_reinforce)
     return data
 

@@ -202,7 +202,8 @@ def enable_grad_checkpointing(model) -> list:
     done, missing = [], []
     for name, tower in model.towers.items():
         (done if tower.set_grad_checkpointing(True) else missing).append(name)
-    if missing:
+    from align.progress import main_process
+    if missing and main_process():      # a launch: rank 0 says it, not every process
         import logging
         logging.getLogger("align.train").warning(
             "train.grad_checkpointing: tower(s) %s have no gradient checkpointing; they run as before", missing)

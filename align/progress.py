@@ -17,17 +17,25 @@ instead of ending the command with UnicodeEncodeError at the first caption or pa
 is line-buffered, so a job log shows each line when it is said ("resumed from ...") and in order with stderr's
 progress lines, not in 8 KB blocks at the end; and align's warnings go to stderr one line each, starting on a
 clean line when a bar is drawn there (a data worker's warning would otherwise follow the bar's text on its line).
+
+`launch_line(prefix, message)` (the CLI's fatal lines): under `accelerate launch` / torchrun every process meets a
+launch-wide error (a bad recipe key, a missing data.val) and printed it, the same line once per process. The
+first process of the launch on this machine to say a line says it (rank 0 first: the others wait LAUNCH_GRACE_S);
+the others, with the same line, say nothing; a line only one process has (a rank's own shards) is said with its
+rank. Each machine of a multi-machine launch says it once, on its own console.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Iterable, Optional
 
 PLAIN_EVERY_S = 30.0
+LAUNCH_GRACE_S = 0.5    # a rank other than 0 waits this long before its fatal line: rank 0 says a shared one
 
 
 def _fmt_time(s: float) -> str:
@@ -179,3 +187,53 @@ def setup_console() -> None:
         handler = WarningLines(level=logging.WARNING)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+
+
+def main_process() -> bool:
+    """False in the processes of a launch other than rank 0: where every process builds the same model, a line about
+    it (a tower's warning) is said by rank 0 alone, not once per process."""
+    return os.environ.get("RANK", "0").strip() in ("0", "")
+
+
+def _launch_folder() -> str:
+    """A folder shared by this launch's processes on this machine: named by their launcher (the parent process
+    torchrun's agent is), its port and restart count; launches' folders older than a day are removed."""
+    import shutil
+    import tempfile
+    top, uid = tempfile.gettempdir(), getattr(os, "getuid", lambda: 0)()
+    name = (f"align-launch-{uid}-{os.getppid()}-{os.environ.get('MASTER_PORT', '')}-"
+            f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+    try:
+        for old in os.listdir(top):
+            path = os.path.join(top, old)
+            if old.startswith(f"align-launch-{uid}-") and old != name and time.time() - os.path.getmtime(path) > 86400:
+                shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
+    return os.path.join(top, name)
+
+
+def launch_line(prefix: str, message: str) -> Optional[str]:
+    """`prefix + message` to print for a fatal error, or None where another process of this launch has said the
+    same message (module docstring). Outside a launch (WORLD_SIZE unset or 1): the line as it is."""
+    import hashlib
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return prefix + message
+    if world <= 1:
+        return prefix + message
+    named = rank == 0 or re.search(rf"\brank {rank}\b", message)      # feed.py's lines name their rank already
+    own = prefix + (message if named else f"rank {rank} of {world}: {message}")
+    if rank != 0:
+        time.sleep(LAUNCH_GRACE_S)
+    key = hashlib.sha256(message.encode("utf-8", "backslashreplace")).hexdigest()[:24]
+    try:
+        folder = _launch_folder()
+        os.makedirs(folder, exist_ok=True)
+        os.close(os.open(os.path.join(folder, key), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return None                  # another process of the launch said this line
+    except OSError:
+        return own                   # no shared folder: better twice than never
+    return own

@@ -329,3 +329,32 @@ def test_data_demo_ends_with_one_summary_line_not_the_manifest(monkeypatch, caps
     out = capsys.readouterr().out.splitlines()
     assert out == [f"demo data: 1343 train / 454 val samples (selection/, heldout/: 454 / 454 val copies) -> "
                    f"{tmp_path / 'd'} (manifest: {tmp_path / 'd' / 'demo.json'})"]
+
+
+def test_data_demo_says_its_end_line_once(monkeypatch, capsys, tmp_path):
+    """`align data demo` ended with two lines saying the same counts: the builder's `demo: wrote ...` and the
+    command's `demo data: ...`: one line now (the command's)."""
+    import align.demo.data as demo_data
+    real = demo_data.build_demo
+    monkeypatch.setattr(demo_data, "build_demo", lambda out, **kw: real(out, **dict(kw, limit=20, workers=1)))
+    assert main(["data", "demo", "--out", str(tmp_path / "d")]) == 0
+    said = capsys.readouterr()
+    ends = [ln for ln in (said.out + said.err).splitlines() if "train /" in ln]
+    assert len(ends) == 1 and ends[0].startswith("demo data: "), said
+
+
+def test_checkpoints_ends_with_one_summary_line(tmp_path, capsys):
+    """`align checkpoints RUN` listed each checkpoint (hashing every file: minutes on a large run) and ended without
+    a word on the whole: one line counts them, ok and damaged."""
+    import torch
+    from align.train.checkpoint import save_checkpoint
+    ckpts = tmp_path / "run" / "checkpoints"
+    for step in (1, 2):
+        save_checkpoint(str(ckpts), f"step-{step:08d}", {"w": torch.zeros(4)}, state={"step": step})
+    assert main(["checkpoints", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"2 checkpoint(s) in {tmp_path / 'run'}: 2 ok, 0 damaged"
+    with open(ckpts / "step-00000002" / "model.safetensors", "ab") as f:
+        f.write(b"x")
+    assert main(["checkpoints", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (f"2 checkpoint(s) in {tmp_path / 'run'}: 1 ok, 1 damaged "
+                                                        f"(resume=auto carries on from the newest intact one)")

@@ -139,3 +139,52 @@ def test_stdout_to_a_log_file_is_written_line_by_line_in_order_with_stderr(monke
     setup_console()
     print("resumed from run/checkpoints/step-00000010 at step 10")
     assert raw.getvalue() == b"resumed from run/checkpoints/step-00000010 at step 10\n"   # no flush needed
+
+
+def _as_rank(monkeypatch, rank, world=2):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+
+
+def test_a_launch_wide_fatal_line_is_said_once_and_a_ranks_own_with_its_rank(tmp_path, monkeypatch, capsys):
+    """Under `accelerate launch --num_processes 2` a bad recipe made both processes print `align: error: ...`:
+    the same line twice. The launch says it once (rank 0's); a line only rank 1 has is said, naming rank 1."""
+    import tempfile
+    import align.progress as P
+    from align.cli import main
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(P, "LAUNCH_GRACE_S", 0.0)
+    monkeypatch.setenv("MASTER_PORT", "29517")
+    for rank in (0, 1):                                 # what each process of the launch does with a bad recipe
+        _as_rank(monkeypatch, rank)
+        assert main(["train", str(tmp_path / "no-such.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("align: error: ") and "no-such.yaml" in err[0], err
+    assert P.launch_line("align: error: ", "data: shard b.tar of rank 1 cannot be read") == \
+        "align: error: data: shard b.tar of rank 1 cannot be read"        # names its rank already
+    assert P.launch_line("align: error: ", "data: shard c.tar cannot be read") == \
+        "align: error: rank 1 of 2: data: shard c.tar cannot be read"     # rank 1's own: said, with its rank
+    _as_rank(monkeypatch, 0)
+    assert P.launch_line("align: error: ", "data: shard c.tar cannot be read") is None   # rank 1 said it first
+    monkeypatch.setenv("MASTER_PORT", "29518")           # another launch says its lines again
+    assert P.launch_line("align: ", "interrupted") == "align: interrupted"
+    _as_rank(monkeypatch, 0, world=1)                   # no launch: every line is said
+    assert P.launch_line("align: ", "interrupted") == P.launch_line("align: ", "interrupted") == "align: interrupted"
+
+
+def test_every_bar_in_align_says_what_it_counts():
+    """The ONNX export, index add, search and probe bars counted "it" (tqdm's default unit): every progress bar in
+    align names its unit."""
+    import ast
+    import glob
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    unnamed = []
+    for path in glob.glob(os.path.join(root, "align", "**", "*.py"), recursive=True):
+        if path.endswith(os.path.join("align", "progress.py")):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("tqdm", "progress_bar") or \
+                    isinstance(node, ast.Call) and getattr(node.func, "id", None) == "progress" and node.keywords:
+                if not any(k.arg == "unit" for k in node.keywords):
+                    unnamed.append(f"{os.path.relpath(path, root)}:{node.lineno}")
+    assert unnamed == [], unnamed

@@ -179,18 +179,14 @@ def run_bench_cli(a):
     read_limits = override_limits(None, a.limit_overrides)   # the captions and labels read when a set is opened
 
     if a.bench_cmd == "suite":
-        from align.bench.report import markdown_table
         from align.bench.suite import run_suite
         if not a.model and a.pretrained:
             raise ConfigError("--pretrained pairs with --model open_clip:ARCH; the suite's models: give their own")
         models = pair_pretrained(a.model, a.pretrained) if a.model else None   # None: the suite's own models:
-        results = run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device),
-                            cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
-                            num_workers=a.num_workers, precision=a.precision, overwrite=a.overwrite,
-                            skip_existing=a.skip_existing, limits=read_limits)
-        print(markdown_table(results))
-        print(f"{len(results)} results -> {a.out}")
-        return
+        run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device), cache_dir=a.cache_dir,
+                  batch_size=a.batch_size, device=device, num_workers=a.num_workers, precision=a.precision,
+                  overwrite=a.overwrite, skip_existing=a.skip_existing, limits=read_limits, show_table=True)
+        return     # the table, then run_suite's one end line (no second one here)
     from align.bench.datasets import open_dataset
     opts = {"split": a.split} if a.split is not None else {}     # (wds and hf; their own default: test)
     if a.bench_cmd == "zeroshot" and a.classnames:

@@ -159,7 +159,8 @@ def build_index(name: str, gallery: np.ndarray, *, train_size: Optional[int] = N
     if rows is not None:
         check_trainable(name, index, len(rows))
         index.train(_f32(gallery if len(rows) == n else gallery[rows]))
-    for s in tqdm(range(0, n, add_batch), desc=f"index {name}: add", disable=not progress or n <= add_batch):
+    for s in tqdm(range(0, n, add_batch), desc=f"index {name}: add, {add_batch} rows a batch", unit="batch",
+                  disable=not progress or n <= add_batch):
         index.add(_f32(gallery[s:s + add_batch]))
     return index
 
@@ -229,7 +230,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 81
     ids = np.empty((q, k), dtype=np.int64)
     use = _list_major_ok(index, min(q, batch_size)) if list_major is None else list_major
     lists = _ivf_flat_lists(faiss.extract_index_ivf(index)) if use else None
-    for s in tqdm(range(0, q, batch_size), desc="search", disable=not progress or q <= batch_size):
+    for s in tqdm(range(0, q, batch_size), desc=f"search, {batch_size} queries a batch", unit="batch",
+                  disable=not progress or q <= batch_size):
         qb = _f32(queries[s:s + batch_size])
         scores[s:s + batch_size], ids[s:s + batch_size] = (list_major_search(index, qb, k, lists) if use
                                                            else index.search(qb, k))

@@ -153,7 +153,7 @@ def _linear_probe(train_x, train_y, test_x, test_y, *, val_frac, Cs, seed, max_i
     if len(Cs) == 1 or len(val_idx) == 0:
         best_C = Cs[0]
     else:
-        for C in tqdm(Cs, desc="linear probe: C sweep", disable=not progress, leave=False):
+        for C in tqdm(Cs, desc="linear probe: C sweep", unit="C value", disable=not progress, leave=False):
             clf, _ = _fit_logreg(train_x[fit_idx], ytr[fit_idx], C, max_iter)
             p = clf.predict_proba(train_x[val_idx])  # [N_val, K]: every class keeps >= 1 sample in the fit split
             val_acc[C] = float((p.argmax(1) == ytr[val_idx]).mean())
@@ -417,7 +417,8 @@ def _fusion_probe(train, train_y, test, test_y, *, method, epochs, lr, weight_de
         model = _build_fusion(method, dims, k, hidden)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     best = (float("inf"), -1, None)  # (val loss, step, state)
-    for step in tqdm(range(epochs), desc=f"fusion probe ({method})", disable=not progress, leave=False):
+    for step in tqdm(range(epochs), desc=f"fusion probe ({method})", unit="epoch", disable=not progress,
+                     leave=False):
         model.train()
         opt.zero_grad()
         F.cross_entropy(model(x_fit), y_fit).backward()
@@ -453,7 +454,7 @@ def fusion_report(train: Dict[str, np.ndarray], train_y, test: Dict[str, np.ndar
     jobs = [(m, {m: train[m]}, {m: test[m]}, "concat") for m in train]
     jobs += [("+".join(train) + f" ({meth})", train, test, meth) for meth in methods]
     rows = []
-    for label, tr, te, meth in tqdm(jobs, desc="fusion report", disable=not progress):
+    for label, tr, te, meth in tqdm(jobs, desc="fusion report", unit="probe", disable=not progress):
         r = fusion_probe(tr, train_y, te, test_y, method=meth, progress=False, **kwargs)
         r["row"] = label
         r["method"] = "single" if len(tr) == 1 else meth

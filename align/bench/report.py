@@ -260,14 +260,42 @@ def mean_table(results: Sequence[dict]) -> str:
                       "|---|---|---|---:|" + "---:|" * len(cols)] + lines) + "\n"
 
 
-def write_markdown(results: Sequence[dict], path: str, failed: Sequence[str] = ()) -> None:
-    """results.md: the table of every result, the mean over datasets where two or more share a metric, and the
-    entries that did not run (`failed`: one line each, as the suite printed them)."""
+def settings_text(result: dict) -> str:
+    """How a result was encoded (record_settings), in words: 'precision fp32, engine torch[, limits {...}]'."""
+    limits = result.get("limits") or {}
+    return (f"precision {result.get('precision', 'fp32')}, engine {result.get('engine', 'torch')}"
+            + (f", limits {json.dumps(limits, sort_keys=True)}" if limits else ""))
+
+
+def earlier_text(results: Sequence[dict], earlier: Sequence[dict]) -> str:
+    """results.md's list of the results an earlier run left in the folder: per model column, how many and how
+    they were encoded, marked where that is not how this run encoded (a table must not mix them unsaid)."""
+    labels = _labels(list(results) + list(earlier))
+    now = {settings_text(r) for r in results}
+    groups: Dict[tuple, List[str]] = {}
+    for r in earlier:
+        groups.setdefault((labels[(r["model"], r["pretrained"])], settings_text(r)), []).append(r["dataset"])
+    lines = []
+    for (col, how), sets in groups.items():
+        other = f" -- NOT as this run encoded ({' / '.join(sorted(now))})" if now and how not in now else ""
+        lines.append(f"- {col}: {len(sets)} result(s) ({', '.join(dict.fromkeys(sets))}), {how}{other}\n")
+    return "".join(lines)
+
+
+def write_markdown(results: Sequence[dict], path: str, failed: Sequence[str] = (),
+                   earlier: Sequence[dict] = ()) -> None:
+    """results.md: the table of every result, the mean over datasets where two or more share a metric, the
+    results of earlier runs in the folder that the tables include (`earlier`: named, with how they were encoded)
+    and the entries that did not run (`failed`: one line each, as the suite printed them)."""
+    every = list(results) + list(earlier)
     text = ("Accuracies and recalls in % (CLIP_benchmark definitions); counts and hyperparameters as they "
-            "are.\n\n" + markdown_table(results))
-    means = mean_table(results)
+            "are.\n\n" + markdown_table(every))
+    means = mean_table(every)
     if means:
         text += "\n## Mean over datasets\n\n" + means
+    if earlier:
+        text += ("\n## Results of earlier runs in this folder (in the tables above)\n\n"
+                 + earlier_text(results, earlier))
     if failed:
         text += "\n## Not run\n\n" + "".join(f"- {line}\n" for line in failed)
     with open(path, "w") as f:
@@ -283,8 +311,9 @@ def summary_line(result: dict) -> str:
     return f"{result['dataset']} | {result['model']} | {result['task']}: {vals}"
 
 
-def load_results(out_dir: str) -> List[dict]:
-    """Every result JSON in out_dir (files lacking CLIP_benchmark's keys are ignored)."""
+def result_files(out_dir: str) -> List[tuple]:
+    """(file name, result) for every result JSON in out_dir, by name (files lacking CLIP_benchmark's keys are
+    ignored)."""
     out = []
     for name in sorted(os.listdir(out_dir)):
         if name.endswith(".json"):
@@ -293,5 +322,10 @@ def load_results(out_dir: str) -> List[dict]:
             except (OSError, ValueError):
                 continue
             if isinstance(r, dict) and all(k in r for k in BASE_KEYS):
-                out.append(r)
+                out.append((name, r))
     return out
+
+
+def load_results(out_dir: str) -> List[dict]:
+    """Every result JSON in out_dir (files lacking CLIP_benchmark's keys are ignored)."""
+    return [r for _, r in result_files(out_dir)]

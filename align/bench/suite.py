@@ -26,9 +26,12 @@ Outputs in out_dir: one JSON per (entry, model) named like CLIP_benchmark's
 '{dataset}_{pretrained}_{model}_{language}_{task}.json'; `results.csv`; `results.md`
 (models side by side, then each model's mean over the datasets that share a task and metric). An existing
 result JSON is never overwritten unless overwrite=True (--overwrite); skip_existing=True (--skip-existing)
-reuses it. results.csv/.md are regenerated. A model without a modality an entry needs is skipped for that entry
-(listed). An entry that fails on its data (an AlignError) or a model that cannot load is a `fail:` line and the
-suite goes on; results.md lists them under "Not run", and the suite then ends in an error naming the first.
+reuses it. results.csv/.md are regenerated over every result JSON in out_dir: those of earlier runs (another
+model run into the same --out) are kept and tabled beside this run's, listed in results.md with how they were
+encoded (marked where not as this run), and counted in the summary line. A model without a modality an entry
+needs is skipped for that entry (listed). An entry that fails on its data (an AlignError) or a model that cannot
+load is a `fail:` line and the suite goes on; results.md lists them under "Not run", and the suite then ends in
+an error naming the first.
 """
 from __future__ import annotations
 
@@ -42,8 +45,9 @@ from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
 from align.bench.models import resolve_specs
-from align.bench.report import (model_name, model_pretrained, record_settings, result_filename, same_settings,
-                                stage_text, summary_line, write_csv, write_json, write_markdown)
+from align.bench.report import (markdown_table, model_name, model_pretrained, record_settings, result_filename,
+                                result_files, same_settings, settings_text, stage_text, summary_line, write_csv,
+                                write_json, write_markdown)
 from align.templates import BUILTIN_TEMPLATES
 from align.errors import AlignError, ConfigError, make_folder
 from align.yaml_files import read_yaml
@@ -271,6 +275,18 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
             print(summary_line(r) + (f" ({stage_text(r['seconds'])})" if r.get("seconds") else ""))
 
 
+def _earlier_note(results: List[dict], earlier: List[dict]) -> str:
+    """The summary's words on results an earlier run left in --out, which results.csv/.md take in beside this
+    run's (one column per model): how many, of which models, and whether they were encoded otherwise."""
+    if not earlier:
+        return ""
+    models = ", ".join(dict.fromkeys(str(r["model"]) for r in earlier))
+    now = {settings_text(r) for r in results}
+    other = sum(1 for r in earlier if now and settings_text(r) not in now)
+    return (f"; the tables also hold {len(earlier)} result(s) of earlier runs in that folder ({models})"
+            + (f", {other} of them encoded otherwise (listed in results.md)" if other else ""))
+
+
 def check_out_dir(out_dir: str) -> None:
     """The suite's output folder: missing (created later) or a folder; a file there is one line, not a
     FileExistsError from makedirs after the datasets were opened."""
@@ -282,11 +298,12 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
               batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
               overwrite: bool = False, skip_existing: bool = False, progress: bool = True,
-              limits=None) -> List[dict]:
+              limits=None, show_table: bool = False) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir).
     precision: autocast while encoding (fp32 | bf16 | fp16). limits: the align.limits.DataLimits the sets'
     captions and labels are read within when opened (None: the defaults); each model's media are decoded within
-    its own (`model.data_limits`: its recipe's, a `models:` entry's `limits:`, `--limit`)."""
+    its own (`model.data_limits`: its recipe's, a `models:` entry's `limits:`, `--limit`). show_table: print
+    results.md's table before the summary line (`align bench suite`)."""
     check_out_dir(out_dir)
     suite = read_suite(suite_yaml_path)
     entries = suite.entries
@@ -313,11 +330,14 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
         if _is_spec(m):
             del model
             gc.collect()
-    write_csv(results, os.path.join(out_dir, "results.csv"))
-    write_markdown(results, os.path.join(out_dir, "results.md"), failed)
+    earlier = [r for name, r in result_files(out_dir) if name not in written]   # other runs' results, kept
+    write_csv(results + earlier, os.path.join(out_dir, "results.csv"))
+    write_markdown(results, os.path.join(out_dir, "results.md"), failed, earlier)
+    if show_table:
+        print(markdown_table(results + earlier))
     print(f"suite: {len(results)} results for {len(models)} model(s) in {out_dir} (results.csv, results.md)"
           + (f"; {len(skipped)} skipped (model lacks a modality)" if skipped else "")
-          + (f"; {len(failed)} failed" if failed else ""))
+          + (f"; {len(failed)} failed" if failed else "") + _earlier_note(results, earlier))
     if failed:     # the finished results are written; the run still ends in an error, naming the first failure
         raise AlignError(f"suite: {len(failed)} failed (listed under 'Not run' in "
                          f"{os.path.join(out_dir, 'results.md')}); first: {failed[0]}")

@@ -100,7 +100,7 @@ PITCH_RANGE = (30, 70)     # eSpeak pitch 0-100, inclusive
 
 def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int = 32,
                workers: Optional[int] = None, progress: bool = True,
-               limit: Optional[int] = None, overwrite: bool = False) -> dict:
+               limit: Optional[int] = None, overwrite: bool = False, summary: bool = True) -> dict:
     """Write the demo dataset to `out_dir` and return its manifest (also OUT/demo.json).
 
     If OUT/demo.json already records the same settings, return it without
@@ -108,6 +108,7 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
     one built with other settings is replaced only with overwrite=True.
     limit: use only the first N digits (tests, N >= 20). workers: synthesis
     processes (default: CPU count, at most 8); does not change the output.
+    summary: with progress, a line saying what was written (False: the caller says it, as `align data demo`).
     """
     settings = _check_settings(seed, val_frac, image_size, limit)
     if workers is None:
@@ -158,7 +159,7 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
         os.replace(tmp / "demo.json", manifest_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if progress:
+    if progress and summary:
         c = manifest["counts"]
         print(f"demo: wrote {c['train']} train / {c['val']} val samples "
               f"({len(manifest['train']['shards'])} + {len(manifest['val']['shards'])} shards) "

@@ -286,12 +286,18 @@ def write(model, out_dir: str, progress: bool = False) -> dict:
     """Exports every tower + preprocess.json; returns {"files": [...], "parity": {m: {...}}, "exporter": {...}}."""
     from align.progress import progress as tqdm   # plain lines off a terminal
     files, parity, exporter = {}, {}, {}
-    for m in tqdm(model.modalities, desc="onnx export", disable=not progress, leave=False):
+    # one tower a step: traced to TOWER.onnx, then run by onnxruntime against torch (the parity check)
+    bar = tqdm(total=len(model.modalities), desc="onnx export + parity check", unit="tower", disable=not progress,
+               leave=False)
+    for m in model.modalities:
         tower = model.towers[m]
         files[m] = f"{m}.onnx"
+        bar.set_postfix_str(f"{m} -> {files[m]}", refresh=True)
         path = os.path.join(out_dir, files[m])
         exporter[m] = export_tower(tower, path)
         parity[m] = check_tower(tower, path)
+        bar.update(1)
+    bar.close()
     pp = preprocess_json(model, out_dir, files)
     with open(os.path.join(out_dir, "preprocess.json"), "w") as f:
         json.dump(pp, f, indent=1)

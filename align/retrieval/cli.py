@@ -27,7 +27,7 @@ def _load(a):
     limits = limit_overrides(a)             # a bad --limit: one line before the weights load
     model = load_model(a.model, pretrained=a.pretrained, device=_device(a), limits=limits)
     said = limits_line(model)
-    if said and not getattr(a, "no_progress", False):
+    if said and not getattr(a, "no_progress", False) and os.environ.get("RANK", "0") == "0":   # once a launch
         print(said, flush=True)
     return model
 
@@ -84,7 +84,7 @@ def _modalities(text):
 
 
 def cmd_embed(a):
-    from align.retrieval.embed import check_out, dist_env, embed_corpus
+    from align.retrieval.embed import check_out, dist_env, embed_corpus, launch_totals
     check_out(a.out)                                # before the model loads
     _check_batch(a)
     _check_precision(a)
@@ -93,7 +93,10 @@ def cmd_embed(a):
     s = embed_corpus(model, a.data, a.out, modalities=mods, dtype=a.dtype, batch_size=a.batch_size,
                      num_workers=a.num_workers, precision=a.precision, split=a.split, progress=not a.no_progress,
                      engine=a.engine)
-    print(s.line(a.out, *dist_env()))
+    rank, world = dist_env()
+    total = launch_totals(s, rank, world)         # a launch: one line, rank 0's, with every process's counts
+    if total is not None:
+        print(total.line(a.out, rank, world, launch=total is not s))
 
 
 def cmd_index(a):

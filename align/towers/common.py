@@ -331,28 +331,71 @@ def hf_load(cls, name: str, path: str, local: bool, where: str, what: str, **kwa
         raise ConfigError(f"{where}.model: {what} {name!r} ({_hf_reason(path, e)})") from None
 
 
+@contextlib.contextmanager
+def load_report_held():
+    """transformers 5 logs a LOAD REPORT table (tens of lines: each tensor missing from the weights or not used)
+    on every from_pretrained that does not match exactly, also for tensors align drops on purpose (the text
+    pooler, a CLIPModel's other half). hf_model checks the same lists itself and says one line, so the table is
+    held back; when the load fails, it is let through (it explains transformers' error)."""
+    import logging
+    held = []
+
+    def keep(record) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            held.append(record)
+            return False
+        return True
+
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addFilter(keep)
+    try:
+        yield held
+    except BaseException:
+        log.removeFilter(keep)
+        for record in held:
+            log.handle(record)
+        raise
+    finally:
+        log.removeFilter(keep)
+
+
+def _examples(keys: Sequence[str]) -> str:
+    return ", ".join(keys[:2]) + (", ..." if len(keys) > 2 else "")
+
+
 def hf_model(cls, name: str, path: str, local: bool, where: str, what: str, unused=lambda key, model: False):
     """`hf_load` of a model in float32; weights whose shapes differ from its config, a file that holds few of its
     tensors (another architecture's) or lacks some the tower uses (`unused(key, model)`: those it does not, e.g.
-    the text half of a CLIPModel for an image tower), are one line: transformers would start them at random."""
-    model, info = hf_load(cls, name, path, local, where, what, dtype=torch.float32, output_loading_info=True,
-                          ignore_mismatched_sizes=True)
+    the text half of a CLIPModel for an image tower), are one line: transformers would start them at random.
+    Tensors it lacks that the tower does not use, and tensors of the file the model has no place for, are one
+    warning line (rank 0's), in place of transformers' LOAD REPORT table (load_report_held)."""
+    with load_report_held():
+        model, info = hf_load(cls, name, path, local, where, what, dtype=torch.float32, output_loading_info=True,
+                              ignore_mismatched_sizes=True)
     bad = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]))
     if bad:
         key, theirs, ours = bad[0][:3]
         raise ConfigError(f"{where}.model: the weights of {name!r} do not fit its config.json: tensor {key!r} has "
                           f"shape {list(theirs)} in the weights but {list(ours)} in the model ({len(bad)} such)")
     missing, total = sorted(info.get("missing_keys") or []), len(model.state_dict())
+    extra = sorted(info.get("unexpected_keys") or [])
     if total and 2 * len(missing) >= total:
         kind = getattr(model.config, "model_type", type(model).__name__)
         raise ConfigError(f"{where}.model: the weights of {name!r} are not those of its {kind} config.json: "
                           f"{len(missing)} of its {total} tensors are missing (e.g. {', '.join(missing[:2])}), "
-                          f"{len(info.get('unexpected_keys') or [])} others are there instead")
+                          f"{len(extra)} others are there instead")
     used = [k for k in missing if not unused(k, model)]
     if used:
         hint = "; pooling: cls or mean does not use its pooler" if all(".pooler." in "." + k for k in used) else ""
         raise ConfigError(f"{where}.model: the weights of {name!r} lack {len(used)} of the {total} tensors of its "
                           f"config.json (e.g. {', '.join(used[:2])}): transformers would start them at random{hint}")
+    said = ([f"{len(missing)} tensor(s) the tower does not use are not in the weights ({_examples(missing)})"]
+            if missing else []) + ([f"{len(extra)} tensor(s) of the weights have no place in the model and are not "
+                                    f"used ({_examples(extra)})"] if extra else [])
+    from align.progress import main_process
+    if said and main_process():      # every process of a launch loads it: rank 0 says it
+        import logging
+        logging.getLogger("align.towers").warning("%s.model: %s: loaded; %s", where, name, "; ".join(said))
     return model
 
 

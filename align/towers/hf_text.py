@@ -207,7 +207,8 @@ def warn_other_pooling(path: str, pooling: str, where: str) -> None:
         theirs = [v for k, v in ST_POOLING.items() if flags.get(k)]
     except (OSError, ValueError, AttributeError):
         return
-    if len(theirs) == 1 and theirs[0] != pooling:
+    from align.progress import main_process
+    if len(theirs) == 1 and theirs[0] != pooling and main_process():     # a launch: rank 0 says it
         logging.getLogger("align.towers").warning(
             "%s.pooling: %s pools %s tokens (1_Pooling/config.json, as sentence-transformers embeds), this tower "
             "%s: set %s.pooling: %s to embed as the checkpoint does", where, cfg, theirs[0], pooling, where, theirs[0])

@@ -32,6 +32,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.open_clip_files import TOKENIZER_FOLDER
+from align.progress import main_process
 from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.base import Tower
@@ -380,9 +381,10 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
                 and mine[k].shape[1:] == v.shape[1:] and mine[k].shape[0] != v.shape[0]:
             # text_cfg.context_length other than the checkpoint's: stretch (or cut) its positions (long text)
             mine[k] = stretch_positions(mine[k], v.shape[0])
-            log.warning("%s.pretrained: text context %d -> %d tokens: the first %d positions kept, the rest "
-                        "stretched (Long-CLIP's knowledge-preserved stretching); fine-tune on long captions",
-                        where, int(sd[prefix + k].shape[0]), v.shape[0], min(KEEP_POSITIONS, v.shape[0]))
+            if main_process():      # every process of a launch builds the tower: rank 0 says it
+                log.warning("%s.pretrained: text context %d -> %d tokens: the first %d positions kept, the rest "
+                            "stretched (Long-CLIP's knowledge-preserved stretching); fine-tune on long captions",
+                            where, int(sd[prefix + k].shape[0]), v.shape[0], min(KEEP_POSITIONS, v.shape[0]))
         if tuple(mine[k].shape) != tuple(v.shape):
             raise ConfigError(f"{where}.pretrained: tensor {k!r} has shape {list(mine[k].shape)} in the checkpoint "
                               f"but {list(v.shape)} in the tower")

@@ -199,4 +199,17 @@ def test_suite_out_and_existing_results_name_the_cli_flags(tmp_path, capsys, mon
     import align.bench.zeroshot as zs
     monkeypatch.setattr(zs, "zeroshot_classification", lambda *a, **k: pytest.fail("an existing result re-run"))
     assert main(base + out + ["--skip-existing"]) == 0                 # the result on disk is reused
-    assert "1 results ->" in capsys.readouterr().out
+    assert "suite: 1 results for 1 model(s) in " in capsys.readouterr().out
+
+
+def test_suite_ends_with_its_table_then_one_end_line(tmp_path, capsys, fake_cli):
+    """`align bench suite` said its end twice: run_suite's `suite: N results for M model(s) in OUT ...`, then the
+    table, then `N results -> OUT`. The table comes first, then the one end line."""
+    classification_wds(tmp_path / "cls", n=6, n_classes=3)
+    (tmp_path / "s.yaml").write_text("- {dataset: cls, type: wds, task: zeroshot}\n")
+    assert main(["bench", "suite", str(tmp_path / "s.yaml"), "--model", "m", "--num-workers", "0", "--out",
+                 str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    ends = [ln for ln in lines if "results" in ln and str(tmp_path / "out") in ln]
+    assert ends == [lines[-1]] and lines[-1].startswith("suite: 1 results for 1 model(s) in "), lines
+    assert any(ln.startswith("| dataset | task | modalities | metric | m |") for ln in lines[:-1])

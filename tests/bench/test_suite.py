@@ -256,3 +256,25 @@ def test_a_failed_entry_or_model_does_not_stop_the_others(tmp_path, capsys):
     not_run = md[md.index("## Not run"):].splitlines()[2:]
     assert len(not_run) == 2 and "no image could be encoded" in not_run[0] and "nowhere" in not_run[1]
     assert "| good | zeroshot_classification | image | acc1 |" in md
+
+
+def test_a_second_run_into_the_same_out_tables_the_first_runs_results_beside_its_own(suite_dir, capsys):
+    """`align bench suite --out DIR` run again with another model kept the first run's JSON files, but results.md
+    and results.csv listed only the second run's: the folder held results its tables did not show. Both runs'
+    results are now tabled side by side, named; those encoded otherwise (another precision) are marked."""
+    out, suite = str(suite_dir / "out"), str(suite_dir / "suite.yaml")
+    first = run_suite(suite, [FakeModel(name="fakeA")], out, progress=False)
+    capsys.readouterr()
+    second = run_suite(suite, [FakeModel(seed=1, name="fakeB")], out, progress=False, precision="bf16")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.endswith(f"; the tables also hold {len(first)} result(s) of earlier runs in that folder (fakeA), "
+                         f"{len(first)} of them encoded otherwise (listed in results.md)"), line
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| dataset | task | modalities | metric | fakeB | fakeA |" in md
+    row = [ln for ln in md.splitlines() if ln.startswith("| cls | zeroshot_classification | image | acc1 |")][0]
+    assert row.endswith(f"| {100 * second[0]['metrics']['acc1']:.2f} | {100 * first[0]['metrics']['acc1']:.2f} |")
+    assert (f"- fakeA: {len(first)} result(s) (aud+cls, cls, ret, sounds), precision fp32, engine torch -- NOT as this "
+            f"run encoded (precision bf16, engine torch)") in md
+    rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+    assert sorted(r["model"] for r in rows) == ["fakeA"] * len(first) + ["fakeB"] * len(second)
+    assert len([f for f in os.listdir(out) if f.endswith(".json")]) == len(first) + len(second)   # none replaced

@@ -345,3 +345,18 @@ def test_readme_snippet_embeds_a_recording_as_align_evaluates_it_with_several_cl
     assert "embed_audio(wave, sr)" in card and "the snippet embeds one centre clip" not in card
     how = json.load(open(out / "preprocess.json"))["towers"]["audio"]["preprocess"]["eval_crop"]
     assert "eval_clips (3) crops of clip_samples" in how and "mean of the clips' L2-normalised embeddings" in how
+
+
+def test_the_progress_line_counts_towers_and_says_what_it_does(tmp_path, monkeypatch, capsys):
+    """The ONNX bar counted "it" under "onnx export": it counts towers, each traced and then checked against
+    PyTorch by onnxruntime, and names the tower it is on."""
+    _, model = make_run(tmp_path)
+    monkeypatch.setattr(onnx_format, "export_tower", lambda tower, path: "torchscript")
+    monkeypatch.setattr(onnx_format, "check_tower", lambda tower, path: {"max_abs_diff": 0.0})
+    monkeypatch.setenv("ALIGN_PROGRESS", "plain")
+    (tmp_path / "out").mkdir()
+    onnx_format.write(model, str(tmp_path / "out"), progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("onnx")]
+    n = len(model.modalities)
+    assert len(lines) == 1 and lines[0].startswith(f"onnx export + parity check: {n}/{n} tower (100%)"), lines
+    assert f"{model.modalities[-1]} -> {model.modalities[-1]}.onnx" in lines[0] and " it" not in lines[0], lines

@@ -215,7 +215,7 @@ def test_under_accelerate_launch(tmp_path, tri_run):
     """Two processes under `accelerate launch` split the parts and write what one process writes.
     `--cpu --num_processes 2` is not two processes: accelerate's simple launcher starts ONE (multi-CPU needs
     mpirun), which also writes the same output; `--multi_gpu` on a machine without GPUs starts two over torchrun.
-    Hence the check that both processes reported their share."""
+    Hence the check that the one end line (process 0's) counts both processes' parts."""
     run, _ = tri_run
     tri_shards(tmp_path / "shards", n_shards=3, per_shard=2)
     base = ["embed", run, "--data", str(tmp_path / "shards"), "--no-progress"]
@@ -225,7 +225,8 @@ def test_under_accelerate_launch(tmp_path, tri_run):
                         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "align.cli", *base, "--out",
                         str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "process 0/2: 2 part(s)" in p.stdout and "process 1/2: 1 part(s)" in p.stdout, p.stdout
+    ends = [ln for ln in p.stdout.splitlines() if ln.startswith("embed:")]
+    assert len(ends) == 1 and ends[0].startswith("embed: 2 processes: 3 part(s) (0 already done), 6 samples"), p.stdout
     _same_output(tmp_path / "one", tmp_path / "two")
 
 
@@ -426,3 +427,50 @@ def test_the_manifest_records_the_corpus_folder(tmp_path, tri_run):
     _eval_set(tmp_path / "evalset")                                    # ROOT/test/N.tar: ROOT
     embed_corpus(model, str(tmp_path / "evalset"), str(tmp_path / "emb2"), modalities=["text"], progress=False)
     assert json.load(open(tmp_path / "emb2" / "manifest.json"))["root"] == str(tmp_path / "evalset")
+
+
+def _totals_worker(rank, port, out):
+    import json as _json
+    from align.retrieval.embed import EmbedSummary, launch_totals
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    mine = EmbedSummary(parts=2 - rank, done_before=rank, items=10 + rank, vectors={"text": 3 + rank, "image": 1},
+                        skipped=rank, seconds=1.0 + rank)
+    total = launch_totals(mine, rank, 2)
+    with open(f"{out}.{rank}", "w") as f:
+        _json.dump(None if total is None else total.line("emb", rank, 2, launch=total is not mine), f)
+
+
+def test_a_launch_prints_one_end_line_with_every_processs_totals(tmp_path):
+    """Under `accelerate launch --num_processes 2` each process printed its own end line (two lines, each a share):
+    the processes' counts are gathered over gloo and process 0 prints one line with the launch's totals."""
+    import multiprocessing
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_totals_worker, args=(r, port, str(tmp_path / "said"))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    said = [json.load(open(tmp_path / f"said.{r}")) for r in (0, 1)]
+    assert said[1] is None
+    assert said[0] == ("embed: 2 processes: 3 part(s) (1 already done), 21 samples, vectors: image 2, text 7, "
+                       "1 skipped, 10.5 samples/s, 2.0 s -> emb"), said[0]
+
+
+def test_the_limits_line_is_said_by_process_0_of_a_launch_only(tmp_path, tri_run, monkeypatch, capsys):
+    """`align embed --limit ...` under `accelerate launch --num_processes 2` printed `MODEL: media limits ...` once
+    per process: process 0 says it."""
+    run, _ = tri_run
+    tri_shards(tmp_path / "shards", n_shards=2, per_shard=1)
+    said = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["embed", run, "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "e"),
+                     "--limit", "max_audio_seconds=1200"]) == 0
+        said.append([ln for ln in capsys.readouterr().out.splitlines() if "media limits" in ln])
+    assert len(said[0]) == 1 and "max_audio_seconds=1200" in said[0][0] and said[1] == [], said

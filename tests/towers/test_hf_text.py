@@ -236,3 +236,61 @@ def test_a_sentence_transformers_folder_that_pools_otherwise_is_named_in_a_warni
         build_tower({"type": "hf", "model": folder, "context_length": 16, "pooling": "cls"}, "text", 8)
         build_tower({"type": "hf", "model": ALIAS, "context_length": 16}, "text", 8)      # mean, as its folder
     assert "pools" not in caplog.text
+
+
+def test_the_load_report_table_is_one_align_line_and_comes_back_when_the_load_fails(tmp_path, capfd, caplog):
+    """transformers 5 printed its LOAD REPORT table (a dozen lines) for the BERT pooler the tower drops on purpose:
+    align, which checks the same lists, says one line instead; a load that fails lets the table through."""
+    import logging
+    from safetensors.torch import load_file, save_file
+    from align.towers.common import load_report_held
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    weights = os.path.join(folder, "model.safetensors")
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("pooler.")}, weights)
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="align.towers"):
+        build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+    said = capfd.readouterr()
+    assert "LOAD REPORT" not in said.out + said.err and "MISSING" not in said.out + said.err, said.err
+    lines = [r.getMessage() for r in caplog.records if r.name == "align.towers"]
+    assert lines == [f"model.towers.text.model: {folder}: loaded; 2 tensor(s) the tower does not use are not in "
+                     f"the weights (pooler.dense.bias, pooler.dense.weight)"], lines
+    log = logging.getLogger("transformers.modeling_utils")
+    got = []
+    handler = logging.Handler()
+    handler.emit = got.append
+    log.addHandler(handler)
+    try:
+        with load_report_held():
+            log.warning("BertModel LOAD REPORT from: x\nkey | MISSING")
+        assert got == []
+        with pytest.raises(RuntimeError), load_report_held():
+            log.warning("BertModel LOAD REPORT from: x\nkey | MISMATCH")
+            raise RuntimeError("the load failed")
+        assert [r.getMessage().splitlines()[1] for r in got] == ["key | MISMATCH"]
+    finally:
+        log.removeHandler(handler)
+
+
+def test_a_towers_warnings_are_said_by_process_0_of_a_launch_only(tmp_path, caplog, monkeypatch):
+    """Every process of a launch builds the same towers, and each said their warnings (another pooling than the
+    folder's, the tensors left out): the same lines once per process. Process 0 says them."""
+    import logging
+    import shutil
+    from safetensors.torch import load_file, save_file
+    folder = _tiny_bert(str(tmp_path / "bert"))
+    weights = os.path.join(folder, "model.safetensors")
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("pooler.")}, weights)
+    os.makedirs(os.path.join(folder, "1_Pooling"))
+    shutil.copy(os.path.join(resolve_model(ALIAS, "t")[0], "modules.json"), folder)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, f)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="align.towers"):
+            build_tower({"type": "hf", "model": folder, "context_length": 16}, "text", 8)
+        said.append([r.getMessage() for r in caplog.records if r.name == "align.towers"])
+    assert len(said[0]) == 2 and "pools cls tokens" in said[0][1] and said[1] == [], said

@@ -346,3 +346,16 @@ def test_uneven_ranks_one_shard_all_broken_sum_their_skips_and_score_val_as_one_
     finally:
         torch.set_num_threads(threads)
     assert alone == {k: v for k, v in final.items() if k != "step"}
+
+
+@pytest.mark.slow
+def test_a_launch_wide_error_is_one_line_not_one_per_process(tmp_path):
+    """Every process of a launch meets a recipe without its model and printed `align: error: ...`: the line came
+    twice."""
+    (tmp_path / "r.yaml").write_text("train: {max_steps: 2}\n")                    # no model
+    cmd = ACCELERATE + ["--num_processes", "2", "--num_machines", "1", "-m", "align.cli", "train",
+                        str(tmp_path / "r.yaml"), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    said = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("align: error:")]
+    assert len(said) == 1 and "missing required key 'model'" in said[0] and "rank" not in said[0], res.stderr[-3000:]

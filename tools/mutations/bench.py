@@ -273,4 +273,18 @@ MUTATIONS = [
       ["tests/bench/test_metric_edge_cases.py::"
        "test_probe_classification_metrics_with_tied_scores_equal_a_per_sample_loop"],
       "a probe's tied scores went to the higher class for acc1 and to the lower one for acc5"),
+    M("bench.suite_tables_only_this_run", "align/bench/suite.py",
+      "    earlier = [r for name, r in result_files(out_dir) if name not in written]", "    earlier = []",
+      ["tests/bench/test_suite.py::"
+       "test_a_second_run_into_the_same_out_tables_the_first_runs_results_beside_its_own"],
+      "results.md of a second suite run into one --out left out the results the folder still held"),
+    M("bench.suite_two_end_lines", "align/bench/cli.py",
+      "        return     # the table, then run_suite's one end line (no second one here)",
+      '        return print(f"{len(models or [])} results -> {a.out}")',
+      ["tests/bench/test_cli.py::test_suite_ends_with_its_table_then_one_end_line"],
+      "`align bench suite` said its end twice"),
+    M("bench.search_bar_counts_it", "align/bench/index.py",
+      'desc=f"search, {batch_size} queries a batch", unit="batch",', 'desc="search",',
+      ["tests/test_progress.py::test_every_bar_in_align_says_what_it_counts"],
+      "the index add, search and probe bars counted `it`"),
 ]

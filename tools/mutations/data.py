@@ -507,4 +507,18 @@ MUTATIONS = [
       ["tests/data/write/test_shards.py::"
        "test_the_skipped_rows_wait_on_disk_not_in_memory_until_skipped_jsonl_is_written"],
       "`align data shards` held every shard's skipped rows (a dict per skipped input row) until the end"),
+    M("data.inspect_names_trainings_default_modalities", "align/data/tools/inspect.py",
+      '    result["checked"] = modalities if asked else shard_modalities(result["modalities"])',
+      '    result["checked"] = modalities',
+      ["tests/data/tools/test_inspect.py::test_the_summary_names_the_modalities_the_shards_hold"],
+      "`align data inspect` on image-text shards said `for modalities image+text+audio`"),
+    M("data.reinforce_without_a_bar", "align/data/write/reinforce.py",
+      'unit="shard", disable=not progress)', 'unit="shard", disable=True)',
+      ["tests/data/write/test_reinforce.py::test_a_bar_counts_the_shards_the_teacher_embeds"],
+      "`align data reinforce` showed nothing while its teacher embedded every sample"),
+    M("data.shards_of_a_shard_folder_unsaid", "align/data/write/inputs.py",
+      '        tars = list(Path(inp.base_dir).glob("*.tar")) if isinstance(inp, FolderInput) and not cols else []',
+      "        tars = []",
+      ["tests/data/write/test_inputs.py::test_a_folder_of_shards_given_as_pairs_is_one_line_saying_so"],
+      "`align data shards SHARDS/` said `found none; available columns: (none)` of a folder of shards"),
 ]

@@ -108,4 +108,8 @@ MUTATIONS = [
       "    return [line] + [f\"note: {n}\" for n in result[\"notes\"]]",
       ["tests/export/test_open_clip_format.py::test_audio_tower_is_exported_alongside_with_a_note"],
       "`align export` ended on a note, its summary line above it"),
+    M("export.onnx_bar_counts_it", "align/export/onnx_format.py", 'unit="tower", disable=not progress,',
+      'unit="it", disable=not progress,',
+      ["tests/export/test_onnx_format.py::test_the_progress_line_counts_towers_and_says_what_it_does"],
+      "the ONNX export bar counted `it`"),
 ]

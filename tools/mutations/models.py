@@ -316,4 +316,8 @@ MUTATIONS = [
     M("loss.siglip.one_pair_is_zero", "align/losses/siglip.py", "        if n == 0:\n", "        if n < 2:\n",
       ["tests/losses/test_loss_edge_cases.py::test_siglip_losses_on_edge_batches_match_the_loop_reference"],
       "a batch (or mask) of one valid pair: SigLIP's loss is softplus(-z) of the positive, not CLIP's 0"),
+    M("models.hf_load_report_table_shown", "align/towers/common.py", "    with load_report_held():",
+      "    with contextlib.nullcontext():",
+      [HF_TEXT + "test_the_load_report_table_is_one_align_line_and_comes_back_when_the_load_fails"],
+      "transformers' LOAD REPORT table (a dozen lines) for the BERT pooler the tower drops on purpose"),
 ]

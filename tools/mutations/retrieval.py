@@ -209,4 +209,13 @@ MUTATIONS = [
       "float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))", "float(threshold)",
       ["tests/retrieval/test_filter.py::test_dedup_and_score_selection_equal_plain_loops"],
       "FAISS's range search is > radius: a pair at exactly --dedup COS (copies at --dedup 1) was kept"),
+    M("retrieval.embed_end_line_per_process", "align/retrieval/embed.py",
+      "    if rank != 0:\n        return None\n    total = EmbedSummary(",
+      "    if rank != 0:\n        return summary\n    total = EmbedSummary(",
+      ["tests/retrieval/test_embed.py::test_a_launch_prints_one_end_line_with_every_processs_totals"],
+      "`align embed` in a 2-process launch printed one end line per process"),
+    M("retrieval.embed_limits_line_per_process", "align/retrieval/cli.py",
+      'and os.environ.get("RANK", "0") == "0":', ":",
+      ["tests/retrieval/test_embed.py::test_the_limits_line_is_said_by_process_0_of_a_launch_only"],
+      "`align embed --limit` in a launch said its media limits once per process"),
 ]

@@ -23,7 +23,7 @@ from align.data.stream.sources import expand_urls, local_path, shard_samples
 from align.errors import DataError, printable
 from align.limits import as_limits
 from align.data.stream.decode import decode_raw
-from align.wds.format import MODALITIES
+from align.wds.format import MODALITIES, MODALITY_EXTS
 
 _MAX_FAILURES_LISTED = 20  # per shard; the counts are always exact
 
@@ -122,13 +122,22 @@ def _show(sample: Dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def shard_modalities(exts: Dict[str, int]) -> List[str]:
+    """The modalities whose members the shards hold (member extension -> count, as inspect_shard counts them)."""
+    return [m for m in MODALITIES if any(exts.get(e) for e in MODALITY_EXTS[m])]
+
+
 def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False, progress: bool = True,
-                   modalities: Sequence[str] = MODALITIES, min_modalities: int = 2, limits=None) -> Dict[str, Any]:
+                   modalities: Optional[Sequence[str]] = None, min_modalities: int = 2,
+                   limits=None) -> Dict[str, Any]:
     """Inspect the shards matching `pattern`; print the first n samples and a summary (unless quiet);
     return per-shard and total counts. `skipped` (by reason) and `seen` are what training with these
-    `modalities` counts. check_all=False decodes only the first n samples (all tars are still read).
+    `modalities` counts (None: every modality, as training's default; the summary then names the modalities the
+    shards hold, `result["checked"]`). check_all=False decodes only the first n samples (all tars are still read).
     limits: data.limits, as training's (align.limits.DataLimits or a mapping of some of its fields)."""
     limits = as_limits(limits)
+    asked = modalities is not None
+    modalities = list(modalities) if asked else list(MODALITIES)
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise DataError(f"modalities {list(modalities)}: each must be one of {', '.join(MODALITIES)}")
@@ -152,6 +161,7 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
               "usable": samples - per_sample if check_all else None, "modalities": dict(sorted(mods.items())),
               "corrupt": [s["path"] for s in shards if s["skipped"].get(CORRUPT_TAR) or s["skipped"].get(UNREADABLE_SHARD)],
               "first": first}
+    result["checked"] = modalities if asked else shard_modalities(result["modalities"])
     if not quiet:
         for sample in first:
             print(printable(_show(sample)))
@@ -169,6 +179,8 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
         print(f"{len(shards)} shards, {samples} samples ({exts}); skipped "
               + (f"{sum(skipped.values())} ({format_counts(skipped)})" if skipped else "0")
               + ("" if check_all else f" in the first {n} samples")
-              + f" for modalities {'+'.join(modalities)}; {len(result['corrupt'])} corrupt/truncated shards; "
+              + f" for modalities {'+'.join(result['checked']) or 'none'}"
+              + ("" if asked else " (found in the shards)")
+              + f"; {len(result['corrupt'])} corrupt/truncated shards; "
               f"{len(missing)} missing")
     return result

@@ -450,6 +450,10 @@ def resolve_columns(inp: Input, given: Dict[str, Any]) -> Dict[str, str]:
     media = [m for m in MODALITIES if m in out]
     if len(media) < 2 and not (media and "label" in out):
         found = ", ".join(f"{m}={c!r}" for m, c in out.items()) or "none"
+        tars = list(Path(inp.base_dir).glob("*.tar")) if isinstance(inp, FolderInput) and not cols else []
+        if tars:       # `align data shards SHARDS/`: the folder holds webdataset shards, not pairs
+            raise DataError(f"{inp.description}: holds {len(tars)} .tar file(s) and no pairs: webdataset shards "
+                            "already? `align data inspect` checks them and data.train takes the folder as it is")
         raise DataError(f"{inp.description}: need two of image/text/audio, or one plus a label "
                         f"(found {found}); available columns: {', '.join(map(str, cols)) or '(none)'}; "
                         "name them with image_col/text_col/audio_col/label_col")

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List
 import numpy as np
 
 from align.data.stream.stored_teacher import META, member
-from align.errors import DataError, without_reprs
+from align.errors import DataError, make_folder, without_reprs
 from align.wds.format import group_samples, pick
 from align.wds.reader import iter_tar
 from align.wds.writer import SampleWriter
@@ -83,12 +83,15 @@ def check_out(urls: List[str], out_dir: str, overwrite: bool = False) -> None:
 
 
 def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable[[List[bytes]], np.ndarray]],
-                     meta: dict) -> dict:
+                     meta: dict, progress: bool = False) -> dict:
     """Copies each local shard in `urls` to out_dir/<same name> with the teacher members added; writes
-    out_dir/teacher.json (meta + modalities + embed_dim). Returns {"samples", "shards", "skipped"}."""
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir/teacher.json (meta + modalities + embed_dim). Returns {"samples", "shards", "skipped"}. progress: a
+    bar over the shards (the teacher runs over every sample: hours on a large corpus)."""
+    from align.progress import progress as tqdm   # plain lines off a terminal
+    make_folder(out_dir, "reinforced shards'")
     counts = {"samples": 0, "shards": 0, "skipped": 0}
     width = None
+    bar = tqdm(total=len(urls), desc="reinforce (teacher embeddings)", unit="shard", disable=not progress)
     for url in urls:
         try:
             samples = list(_samples(url))
@@ -118,6 +121,9 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
         counts["samples"] += len(keep)
         counts["skipped"] += len(samples) - len(keep)
         counts["shards"] += 1
+        bar.set_postfix_str(f"{counts['samples']} samples, {counts['skipped']} skipped", refresh=False)
+        bar.update(1)
+    bar.close()
     with open(os.path.join(out_dir, META), "w") as f:
         json.dump(dict(meta, modalities=sorted(encoders), embed_dim=width), f, indent=1)
     return counts

@@ -333,3 +333,17 @@ def test_a_cut_wav_aiff_or_mp3_is_skipped_as_a_cut_flac_is_in_every_reader(tmp_p
     (files / "g.txt").write_text("good")
     st = write_shards(files, tmp_path / "out", progress=False)
     assert st["by_reason"] == {"undecodable audio": 4} and st["written"] == 1
+
+
+def test_the_summary_names_the_modalities_the_shards_hold(tmp_path, capsys):
+    """`align data inspect` on image-text shards said "for modalities image+text+audio" (training's default, which
+    it counts skips with): the summary names the modalities the shards hold; asked for some, it names those."""
+    from align.cli import main
+    _tar(tmp_path / "a.tar", [("k0", {"png": _png(), "txt": b"a green box"}), ("k1", {"png": _png(), "txt": b"b"})])
+    assert main(["data", "inspect", str(tmp_path / "a.tar"), "-n", "0"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "for modalities image+text (found in the shards);" in last and "audio" not in last, last
+    res = inspect_shards(str(tmp_path / "a.tar"), quiet=True, progress=False, modalities=["text", "image"])
+    assert res["checked"] == ["text", "image"] and res["usable"] == 2
+    assert main(["data", "inspect", str(tmp_path / "a.tar"), "-n", "0", "--modalities", "image,text,audio"]) == 0
+    assert "for modalities image+text+audio;" in capsys.readouterr().out

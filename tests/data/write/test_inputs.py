@@ -9,6 +9,7 @@ import pytest
 from align.cli import main
 from align.data.write.inputs import LINK_OUTSIDE, FolderInput
 from align.data.write.shards import write_shards
+from align.errors import DataError
 from align.wds.reader import iter_tar
 from tests.wds_helpers import jpeg_bytes
 
@@ -127,3 +128,14 @@ def test_a_table_that_is_not_utf8_names_the_byte_and_line_in_the_file(tmp_path):
     with pytest.raises(DataError, match=f"not UTF-8 text \\(invalid continuation byte at byte {len(rows) - 2}, "
                                         f"line 3002\\)"):
         write_shards(tmp_path / "t.csv", tmp_path / "out", progress=False)
+
+
+def test_a_folder_of_shards_given_as_pairs_is_one_line_saying_so(tmp_path):
+    """`align data shards SHARDS/ --out X` on a folder of webdataset shards said "need two of image/text/audio ...
+    (found none); available columns: (none)": it says the folder holds shards, which need no writing."""
+    from tests.wds_helpers import image_text, write_shard
+    (tmp_path / "shards").mkdir()
+    write_shard(tmp_path / "shards" / "a.tar", [image_text("k0", seed=0)])
+    with pytest.raises(DataError, match=r"shards: holds 1 \.tar file\(s\) and no pairs: webdataset shards already\?"):
+        write_shards(str(tmp_path / "shards"), str(tmp_path / "out"), progress=False)
+    assert main(["data", "shards", str(tmp_path / "shards"), "--out", str(tmp_path / "out2")]) == 2

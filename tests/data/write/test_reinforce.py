@@ -98,3 +98,16 @@ def test_a_batch_size_below_one_is_refused_before_the_teacher_loads(tmp_path, ca
                  "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "align: error: data reinforce: --batch-size must be >= 1, got 0"]
+
+
+def test_a_bar_counts_the_shards_the_teacher_embeds(tmp_path, monkeypatch, capsys):
+    """`align data reinforce` runs a teacher over every sample (hours on a corpus) and showed nothing until its end
+    line: a bar (a plain line off a terminal) counts the shards done, with the samples embedded and skipped."""
+    srcs = [write_shard(tmp_path / f"s-{i:03d}.tar", [image_text(f"k{i}{j}", seed=j) for j in range(2)])
+            for i in range(3)]
+    enc = {"text": lambda items: np.stack([np.full(2, 1.0, np.float32) for _ in items])}
+    monkeypatch.setenv("ALIGN_PROGRESS", "plain")
+    write_reinforced(srcs, str(tmp_path / "out"), enc, {"teacher": "T"}, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("reinforce")]
+    assert len(lines) == 1 and lines[0].startswith("reinforce (teacher embeddings): 3/3 shard (100%)"), lines
+    assert lines[0].endswith("6 samples, 0 skipped"), lines
