@@ -259,4 +259,7 @@ MUTATIONS = [
       '    (lambda line: None)(f"[{time.time() - sw.t_start:6.0f}s] trial',
       ["tests/sweep/test_study.py::test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads"],
       "align sweep said nothing as a trial began: a console silent for the hours a trial trains"),
+    M("cli.data_inspect.pair_of_one_modality", "align/cli_data.py",
+      "if not a or not b or \"-\" in b or a == b:", "if not a or not b or \"-\" in b:",
+      ["tests/data/tools/test_inspect.py::test_pairs_skip_a_sample_in_no_loss_pair_as_training_does"]),
 ]

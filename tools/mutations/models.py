@@ -313,4 +313,7 @@ MUTATIONS = [
       '    return {k: v for k, v in read_config_file(path, key).items() if k != "preprocess_cfg"}\n',
       ["tests/towers/test_open_clip_towers.py::test_model_hf_hub_keeps_the_preprocessing_its_config_file_names"],
       "model: hf-hub:ORG/NAME normalised images with OpenAI's mean/std, not its open_clip_config.json's"),
+    M("loss.multipair.pair_mask_one_side", "align/losses/multipair.py",
+      "return found[0] & found[1] if len(found) == 2 else found[0]", "return found[0]",
+      ["tests/train/test_three_towers.py::test_the_step_loss_is_the_reference_over_each_pairs_present_rows"]),
 ]

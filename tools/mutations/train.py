@@ -474,4 +474,12 @@ MUTATIONS = [
       '            f = [(line, json.loads(line)) and line for line in f.readlines()]',
       ["tests/train/test_storage.py::test_a_resume_reads_a_long_metrics_log_one_row_at_a_time"],
       "a resume held every line and row of metrics.jsonl (~1.7 KB a logged step)"),
+    M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
+      "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
+      ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
+      "an image-audio sample under bind's pairs trained in no pair, counted as trained, never as skipped"),
+    M("feed.weight_zero_pair_kept", "align/train/feed.py",
+      "return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w > 0] or None",
+      "return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w >= 0] or None",
+      ["tests/train/test_three_towers.py::test_a_pair_of_weight_zero_keeps_no_sample"]),
 ]
