@@ -4,7 +4,8 @@
 - a sample is trained in every pair of loss.pairs it has both modalities of; one in none of them (image-audio under
   bind's [[image, text], [audio, text]]) is skipped and counted as `no pair of loss.pairs`, never trained for
   nothing while counted as trained;
-- the step's loss is the plain reference over each pair's present rows (tests/losses/loss_reference.py);
+- the step's loss is the plain reference over each pair's present rows (tests/losses/loss_reference.py); a step
+  with no row of a pair logs no loss for it (not a loss of 0);
 - (slow) a run SIGKILLed mid-way (GradCache, a data worker) resumes to the uninterrupted run's weights and skip counts;
 - (slow) 2 processes over gloo each train their shard's pairs and the summary adds up both ranks' skips.
 """
@@ -110,6 +111,22 @@ def test_a_pair_of_weight_zero_keeps_no_sample():
     assert trained_pairs(parse_recipe(r)) is None
     del r["loss"]["weights"]
     assert trained_pairs(parse_recipe(r)) == [("image", "text"), ("audio", "text"), ("audio", "image")]
+
+
+def test_a_step_without_a_pairs_rows_logs_no_loss_for_it(tmp_path):
+    """8 image-text samples, then 8 audio-text ones, read in order (no shuffle buffer), batches of 8: step 1's
+    metrics row holds loss/image-text alone, equal to its loss, step 2's loss/audio-text alone (step 1 logged
+    loss/audio-text 0.0, a perfect pair to whoever reads the log)."""
+    samples = [{"__key__": f"it{i}", "jpg": jpeg_bytes(i, 16), "txt": f"a photo {i}"} for i in range(8)]
+    samples += [{"__key__": f"at{i}", "flac": flac_bytes(i, 8000), "txt": f"a sound {i}"} for i in range(8)]
+    shard = write_shard(tmp_path / "two-000.tar", samples)
+    r = three_tower_recipe(tmp_path, "split", shard, BIND, max_steps=2)
+    train_dict(r)
+    rows = metrics(r["output_dir"])
+    assert [sorted(k for k in row if k.startswith("loss/")) for row in rows] == [["loss/image-text"],
+                                                                                  ["loss/audio-text"]]
+    assert abs(rows[0]["loss/image-text"] - rows[0]["loss"]) < 1e-6
+    assert abs(rows[1]["loss/audio-text"] - rows[1]["loss"]) < 1e-6
 
 
 @pytest.mark.slow

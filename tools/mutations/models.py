@@ -316,4 +316,12 @@ MUTATIONS = [
     M("loss.multipair.pair_mask_one_side", "align/losses/multipair.py",
       "return found[0] & found[1] if len(found) == 2 else found[0]", "return found[0]",
       ["tests/train/test_three_towers.py::test_the_step_loss_is_the_reference_over_each_pairs_present_rows"]),
+    M("loss.multipair.empty_pair_logged_as_zero", "align/losses/multipair.py",
+      "            if not had_no_rows(loss):", "            if True:",
+      ["tests/losses/test_multipair_loss.py::test_a_pair_without_a_row_adds_zero_and_is_left_out_of_the_logs",
+       "tests/train/test_three_towers.py::test_a_step_without_a_pairs_rows_logs_no_loss_for_it"],
+      "a step without a row of a pair logged its loss as 0.0, a perfect pair to whoever read metrics.jsonl"),
+    M("loss.zero_loss_unmarked", "align/losses/distributed.py",
+      "    setattr(out, NO_ROWS, True)\n", "",
+      ["tests/losses/test_multipair_loss.py::test_a_pair_without_a_row_adds_zero_and_is_left_out_of_the_logs"]),
 ]
