@@ -194,7 +194,8 @@ def zero_loss(*tensors) -> torch.Tensor:
         if torch.is_tensor(t):
             z = t.sum() * 0.0
             out = z if out is None else out + z
-    setattr(out, NO_ROWS, True)
+    if out is not None:
+        setattr(out, NO_ROWS, True)
     return out
 
 
