@@ -45,7 +45,20 @@ def cmd_data_inspect(a):
     if a.n < 0:
         raise ConfigError(f"-n {a.n}: the samples to print must be >= 0 (0: the summary only)")
     mods = None if a.modalities is None else [m.strip() for m in a.modalities.split(",") if m.strip()]
-    inspect_shards(a.pattern, n=a.n, modalities=mods, limits=limits_of(a))
+    inspect_shards(a.pattern, n=a.n, modalities=mods, limits=limits_of(a), pairs=pair_list(a.pairs))
+
+
+def pair_list(text):
+    """--pairs image-text,audio-text -> [("image", "text"), ("audio", "text")] (None: none given)."""
+    if text is None:
+        return None
+    out = []
+    for item in (p.strip() for p in text.split(",")):
+        a, _, b = item.partition("-")
+        if not a or not b or "-" in b or a == b:
+            raise ConfigError(f"--pairs {text!r}: {item!r} is not two different modalities as A-B (image-text)")
+        out.append((a, b))
+    return out
 
 
 def add_limit_options(s) -> None:
@@ -189,6 +202,8 @@ def add_data_parsers(sub):
     s.add_argument("--modalities", default=None,
                    help="modalities training will request (counts skips as a run with them would; default: "
                         "image,text,audio, training's default, and the summary names those the shards hold)")
+    s.add_argument("--pairs", default=None, help="the recipe's loss.pairs as A-B,C-D (image-text,audio-text): a "
+                                                 "sample in none of them is skipped, as training skips it")
     add_limit_options(s)
     s.set_defaults(fn=cmd_data_inspect)
 

@@ -182,12 +182,23 @@ def as_scale(x, like: torch.Tensor) -> torch.Tensor:
     return x.reshape(())
 
 
+NO_ROWS = "align_no_rows"     # set on zero_loss's tensor: the pair had no valid row on any rank (had_no_rows)
+
+
 def zero_loss(*tensors) -> torch.Tensor:
     """A 0 that is still connected to every input, so backward (and the gathers'
-    collectives inside it) runs on every rank even when nothing is valid."""
+    collectives inside it) runs on every rank even when nothing is valid. Marked (NO_ROWS) so that the pair's
+    log is left out rather than read as a loss of 0 (align.losses.multipair)."""
     out = None
     for t in tensors:
         if torch.is_tensor(t):
             z = t.sum() * 0.0
             out = z if out is None else out + z
+    if out is not None:
+        setattr(out, NO_ROWS, True)
     return out
+
+
+def had_no_rows(loss: torch.Tensor) -> bool:
+    """Whether a pair loss is zero_loss's: no valid row in the global batch (the same answer on every rank)."""
+    return bool(getattr(loss, NO_ROWS, False))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from align.errors import AlignError, ConfigError
+from align.losses.distributed import had_no_rows
 
 
 NEG_TEXT = "neg_text"              # the batch/feature key of hard negatives (also align.model, align.data.stream)
@@ -61,7 +62,8 @@ class MultiPairLoss(nn.Module):
         """features: modality -> [B, D]; masks: modality -> bool [B] (True = present; a
         modality absent from `masks` counts as present everywhere); logit_scale /
         logit_bias: a scalar or a mapping pair name ("image-text") -> scalar.
-        Returns (weighted total, {pair name: detached pair loss} for logging)."""
+        Returns (weighted total, {pair name: detached pair loss} for logging; a pair with no row in the global
+        batch, which adds 0 to the total, is left out of it)."""
         total, logs = None, {}
         uses_bias = getattr(self.pair_loss, "uses_logit_bias", False)
         for (x, y), w in zip(self.pairs, self.weights):
@@ -78,7 +80,8 @@ class MultiPairLoss(nn.Module):
             else:  # a bias does not change a softmax loss; it is simply not used
                 a, b, extra = self._extras(features, masks, x, y, name)
                 loss = self.pair_loss(features[a], features[b], scale, mask=mask, **extra)
-            logs[name] = loss.detach()
+            if not had_no_rows(loss):     # a pair without a row in the batch has no loss to log (not a loss of 0)
+                logs[name] = loss.detach()
             total = w * loss if total is None else total + w * loss
         if not uses_bias and torch.is_tensor(logit_bias) and logit_bias.requires_grad:
             # a trainable bias the loss ignores gets a zero gradient: DDP waits for one from every parameter, and

@@ -48,7 +48,14 @@ def build_loader(r: Recipe, model: AlignModel, rank: int, world: int, resume_sta
         retry_budget_s=r.data.retry_budget_s, limits=r.data.limits, val_split=_val_split(r),
         text_keys=r.data.text_keys, hard_negatives=r.loss.hard_negatives, teacher=_stored_teacher(r),
         features_in_step=r.data.features_in == "step",   # the log-mel on the device: train_step finishes it
-        pin_memory=pin_memory)
+        pin_memory=pin_memory, pairs=trained_pairs(r))
+
+
+def trained_pairs(r: Recipe):
+    """The loss.pairs of a weight above 0 (a sample in none of them is skipped and counted: it would train
+    nothing), or None (no check) when every weight is 0."""
+    weights = r.loss.weights or [1.0] * len(r.loss.pairs)
+    return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w > 0] or None
 
 
 def shards_from_tables(r: Recipe, acc, share, progress: bool = True) -> Recipe:

@@ -34,6 +34,22 @@ def test_weighted_sum_with_masks_matches_reference():
         assert torch.allclose(g, w, atol=1e-12)
 
 
+
+@pytest.mark.parametrize("pair_loss", ["clip", "chunked_clip", "siglip"])
+def test_a_pair_without_a_row_adds_zero_and_is_left_out_of_the_logs(pair_loss):
+    """No sample with audio in the batch: the audio-text pair adds 0 (gradient included) and has no log entry,
+    where it logged a loss of 0.0 (a perfect pair to the reader of metrics.jsonl); image-text is logged as before."""
+    feats, masks = batch()
+    masks["audio"] = torch.zeros(B, dtype=torch.bool)
+    s, t = torch.tensor(8.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    loss = {"clip": ClipLoss(), "chunked_clip": ChunkedClipLoss(chunk_size=2), "siglip": SigLipLoss()}[pair_loss]
+    total, logs = MultiPairLoss([["image", "text"], ["audio", "text"]], None, loss)(feats, masks, s, t)
+    it = ref_siglip(feats["image"], feats["text"], 8.0, -2.0, masks["image"]) if pair_loss == "siglip" else \
+        ref_clip(feats["image"], feats["text"], 8.0, masks["image"])
+    assert set(logs) == {"image-text"} and torch.allclose(logs["image-text"], it, atol=1e-10)
+    assert torch.allclose(total, it, atol=1e-10)
+    assert torch.count_nonzero(torch.autograd.grad(total, feats["audio"])[0]) == 0
+
 def test_pair_mask_is_and_of_both_modalities():
     feats, masks = batch()
     masks["text"] = torch.tensor([0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)

@@ -279,4 +279,7 @@ MUTATIONS = [
       '    return os.environ.get("RANK", "0").strip() in ("0", "")', "    return True",
       [HF_TEXT + "test_a_towers_warnings_are_said_by_process_0_of_a_launch_only"],
       "every process of a launch said the towers' warnings: the same lines once per process"),
+    M("cli.data_inspect.pair_of_one_modality", "align/cli_data.py",
+      "if not a or not b or \"-\" in b or a == b:", "if not a or not b or \"-\" in b:",
+      ["tests/data/tools/test_inspect.py::test_pairs_skip_a_sample_in_no_loss_pair_as_training_does"]),
 ]

@@ -521,4 +521,13 @@ MUTATIONS = [
       "        tars = []",
       ["tests/data/write/test_inputs.py::test_a_folder_of_shards_given_as_pairs_is_one_line_saying_so"],
       "`align data shards SHARDS/` said `found none; available columns: (none)` of a folder of shards"),
+    M("decode.sample_in_no_loss_pair_kept", "align/data/stream/decode.py",
+      "    if pairs and not any(a in found and b in found for a, b in pairs):", "    if False:",
+      ["tests/data/stream/test_decode.py::test_a_sample_in_no_loss_pair_is_skipped_before_its_media_are_decoded",
+       "tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
+      "an image-audio sample under bind's pairs trained in no pair, counted as trained, never as skipped"),
+    M("inspect.loss_pairs_ignored", "align/data/tools/inspect.py",
+      "decode_raw(raw, modalities, min_modalities, limits=limits, pairs=pairs)",
+      "decode_raw(raw, modalities, min_modalities, limits=limits)",
+      ["tests/data/tools/test_inspect.py::test_pairs_skip_a_sample_in_no_loss_pair_as_training_does"]),
 ]

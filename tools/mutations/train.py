@@ -486,4 +486,12 @@ MUTATIONS = [
       "        pass\n",
       ["tests/train/test_step.py::test_every_rank_agrees_that_a_step_whose_global_loss_is_nan_is_nan"],
       "SigLIP with NaN rows on one rank: the others' own loss was finite, they ran the backward alone (a hang)"),
+    M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
+      "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
+      ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
+      "an image-audio sample under bind's pairs trained in no pair, counted as trained, never as skipped"),
+    M("feed.weight_zero_pair_kept", "align/train/feed.py",
+      "return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w > 0] or None",
+      "return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w >= 0] or None",
+      ["tests/train/test_three_towers.py::test_a_pair_of_weight_zero_keeps_no_sample"]),
 ]

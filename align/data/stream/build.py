@@ -57,7 +57,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
                        prefetch_factor: int | None = None, keep_workers: bool = True,
                        augment=None, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S, limits=None,
                        hard_negatives: int = 0, val_split=None, text_keys=None, teacher: tuple = (),
-                       features_in_step: bool = False) -> StreamLoader:
+                       features_in_step: bool = False, pairs=None) -> StreamLoader:
     """Build the streaming loader.  Raises DataError (one line) on unusable input.
 
     sources: pattern string, SourceSpec, {"urls", "weight"} dict, or a list of them.
@@ -92,6 +92,8 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
     features_in_step: (training) the batches carry the clips of two-stage transforms (audio [B, C, samples])
         marked pending, and the consumer computes their features on its device with `loader.step_features(device)`
         (align.data.stream.features; what `align train` does).
+    pairs: the loss's modality pairs [(a, b), ...] (loss.pairs): a sample that has no pair's two modalities is
+        skipped and counted (`no pair of loss.pairs`: it would train nothing); None: no such check.
     """
     batches_per_rank = _batches_per_rank(batch_size, rank, world_size, num_workers, max_skip_frac, resampled,
                                          train, samples_per_epoch)
@@ -101,7 +103,7 @@ def build_train_loader(sources: list[SourceSpec] | str, *, transforms: dict[str,
         augment = build_augmenter(augment)
     decoder = SampleDecoder(modalities, transforms, train=train, seed=seed, min_modalities=min_modalities,
                             augment=augment, limits=limits, hard_negatives=hard_negatives, text_keys=text_keys,
-                            teacher=teacher, features_in_step=features_in_step)
+                            teacher=teacher, features_in_step=features_in_step, pairs=pairs)
     readers = world_size * max(1, num_workers)
     if not resampled:
         for src in resolved:

@@ -38,7 +38,7 @@ from align.data.stream.stored_teacher import collate_teacher, read_teacher
 from align.data.stream.features import batch_features, failed, is_two_stage
 from align.data.stream.keys import AUG, DRAW, KEY, PENDING, SEED, URL, mask_key
 from align.data.stream.faults import (
-    BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, TEXT_TOO_LONG, TRANSFORM_FAILED, UNDECODABLE_AUDIO,
+    BAD_CLS, EMPTY_CAPTION, FEW_MODALITIES, NO_LOSS_PAIR, TEXT_TOO_LONG, TRANSFORM_FAILED, UNDECODABLE_AUDIO,
     UNDECODABLE_IMAGE, UNDECODABLE_TEXT, SkipSample,
 )
 from align.errors import DataError
@@ -129,11 +129,12 @@ def pick_text_key(raw: dict, text_keys, rng: random.Random | None):
 
 
 def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str | None = None,
-               limits: DataLimits | None = None, negatives: bool = False, text_keys=None) -> dict:
+               limits: DataLimits | None = None, negatives: bool = False, text_keys=None, pairs=None) -> dict:
     """raw sample -> {modality: PIL image | (wave [T], sr) | [caption], "cls": int (-1 = none)}.
 
     Raises SkipSample(reason) for the first problem found: first a member over its size limit (an
-    `Oversize` marker from the tar reader, whatever its extension), then too few modalities, then each
+    `Oversize` marker from the tar reader, whatever its extension), then too few modalities, then (given
+    `pairs`, the loss's modality pairs) no pair whose two modalities the sample both has, then each
     modality's decoding (sizes from the media headers checked against `limits` before decoding).
     caption_seed: pick one caption line at random, seeded by it (training); None picks the first.
     negatives: with text, also "neg": the captions of the `neg.txt` member ([] when the sample has none).
@@ -155,6 +156,11 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
         reason = FEW_MODALITIES if min_modalities == 2 else (
             "no requested modality" if min_modalities == 1 else f"fewer than {min_modalities} modalities")
         raise SkipSample(reason, f"has {sorted(k for k in raw if not k.startswith('__'))}")
+    if pairs and not any(a in found and b in found for a, b in pairs):
+        # e.g. image+audio under bind's [[image, text], [audio, text]]: in no pair of the loss, it would train
+        # nothing (every pair masks it out) while it counts as trained
+        raise SkipSample(NO_LOSS_PAIR, f"has {'+'.join(sorted(found))}; loss.pairs: "
+                                       f"{', '.join(f'{a}-{b}' for a, b in pairs)}")
     out: dict = {}
     for m, ext in found.items():
         data = raw[ext] if ext != "keyed" else b""
@@ -290,7 +296,8 @@ class SampleDecoder:
 
     def __init__(self, modalities: list[str], transforms: dict[str, Callable], *, train: bool,
                  seed: int = 0, min_modalities: int = 2, augment=None, limits: DataLimits | None = None,
-                 hard_negatives: int = 0, text_keys=None, teacher: tuple = (), features_in_step: bool = False):
+                 hard_negatives: int = 0, text_keys=None, teacher: tuple = (), features_in_step: bool = False,
+                 pairs=None):
         unknown = [m for m in modalities if m not in MODALITY_EXTS]
         if unknown or not modalities:
             raise DataError(f"data modalities {list(modalities)}: each must be one of {list(MODALITIES)}")
@@ -302,6 +309,8 @@ class SampleDecoder:
         self.train = train
         self.seed = seed
         self.min_modalities = min(min_modalities, len(self.modalities))
+        # the loss's modality pairs (training): a sample in none of them is skipped and counted (decode_raw)
+        self.pairs = [tuple(p) for p in pairs] if pairs else None
         self.limits = as_limits(limits)   # data.limits: also what the shard reader is given (loader)
         if isinstance(hard_negatives, bool) or not isinstance(hard_negatives, int) or hard_negatives < 0:
             raise DataError(f"hard_negatives must be an integer >= 0, got {hard_negatives!r}")
@@ -341,7 +350,7 @@ class SampleDecoder:
         key = raw[KEY]
         caption_seed = f"align:caption:{self.seed}:{epoch}:{shard}:{key}" if self.train else None
         decoded = decode_raw(raw, self.modalities, self.min_modalities, caption_seed, self.limits,
-                             negatives=self.hard_negatives > 0, text_keys=self.text_keys)
+                             negatives=self.hard_negatives > 0, text_keys=self.text_keys, pairs=self.pairs)
         out = {KEY: key, "cls": decoded.pop("cls"), SEED: seed}
         negs = decoded.pop("neg", [])
         if negs:

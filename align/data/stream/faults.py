@@ -27,6 +27,7 @@ UNDECODABLE_TEXT = "undecodable text"
 EMPTY_CAPTION = "empty caption"
 BAD_CLS = "bad cls"
 FEW_MODALITIES = "fewer than 2 modalities"
+NO_LOSS_PAIR = "no pair of loss.pairs"   # modalities, but none of the pairs the loss trains on
 TRANSFORM_FAILED = "{modality} transform failed"
 MISSING_SHARD = "missing shard"
 UNREADABLE_SHARD = "unreadable shard"

@@ -62,9 +62,10 @@ def _shown(decoded: Dict[str, Any]) -> Dict[str, Any]:
 
 def inspect_shard(path: str, decode: Optional[int] = None, first: Optional[List[dict]] = None,
                   n_first: int = 0, modalities: Sequence[str] = MODALITIES, min_modalities: int = 2,
-                  limits=None) -> Dict[str, Any]:
+                  limits=None, pairs=None) -> Dict[str, Any]:
     """Read one shard. decode: how many samples to decode (None = all). Appends up to
-    n_first sample summaries to `first`. limits: data.limits (DataLimits or a mapping; None: defaults)."""
+    n_first sample summaries to `first`. limits: data.limits (DataLimits or a mapping; None: defaults).
+    pairs: the loss's modality pairs, as training skips a sample in none of them (decode_raw)."""
     info: Dict[str, Any] = {"path": path, "bytes": os.path.getsize(path), "samples": 0, "seen": 0,
                             "skipped": Counter(), "modalities": Counter(), "layouts": Counter(), "failures": [],
                             "duplicate_keys": 0, "error": None}
@@ -84,7 +85,7 @@ def inspect_shard(path: str, decode: Optional[int] = None, first: Optional[List[
             continue
         shown: Dict[str, Any] = {"key": key, "shard": os.path.basename(path)}
         try:
-            shown.update(_shown(decode_raw(raw, modalities, min_modalities, limits=limits)))
+            shown.update(_shown(decode_raw(raw, modalities, min_modalities, limits=limits, pairs=pairs)))
         except SkipSample as s:
             info["skipped"][s.reason] += 1
             if len(info["failures"]) < _MAX_FAILURES_LISTED:
@@ -129,11 +130,12 @@ def shard_modalities(exts: Dict[str, int]) -> List[str]:
 
 def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool = False, progress: bool = True,
                    modalities: Optional[Sequence[str]] = None, min_modalities: int = 2,
-                   limits=None) -> Dict[str, Any]:
+                   limits=None, pairs=None) -> Dict[str, Any]:
     """Inspect the shards matching `pattern`; print the first n samples and a summary (unless quiet);
     return per-shard and total counts. `skipped` (by reason) and `seen` are what training with these
-    `modalities` counts (None: every modality, as training's default; the summary then names the modalities the
-    shards hold, `result["checked"]`). check_all=False decodes only the first n samples (all tars are still read).
+    `modalities` (None: every modality, as training's default; the summary then names the modalities the
+    shards hold, `result["checked"]`) and loss `pairs` [(a, b), ...] (a sample in none of them is skipped) counts.
+    check_all=False decodes only the first n samples (all tars are still read).
     limits: data.limits, as training's (align.limits.DataLimits or a mapping of some of its fields)."""
     limits = as_limits(limits)
     asked = modalities is not None
@@ -141,6 +143,9 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or not modalities:
         raise DataError(f"modalities {list(modalities)}: each must be one of {', '.join(MODALITIES)}")
+    bad = [f"{a}-{b}" for a, b in pairs or () if a not in modalities or b not in modalities]
+    if bad:
+        raise DataError(f"pairs {', '.join(bad)}: each modality must be one of {'+'.join(modalities)}")
     paths, missing = expand_pattern(pattern)
     from align.progress import progress as tqdm   # plain lines off a terminal
     first: List[dict] = []
@@ -148,7 +153,7 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
     for path in tqdm(paths, unit="shard", desc="inspect", disable=not progress or len(paths) < 2):
         budget = None if check_all else max(0, n - len(first))
         shards.append(inspect_shard(path, decode=budget, first=first, n_first=n, modalities=modalities,
-                                    min_modalities=min_modalities, limits=limits))
+                                    min_modalities=min_modalities, limits=limits, pairs=pairs))
     mods: Counter = Counter()
     skipped: Counter = Counter({MISSING_SHARD: len(missing)} if missing else {})
     for s in shards:
@@ -181,6 +186,7 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
               + ("" if check_all else f" in the first {n} samples")
               + f" for modalities {'+'.join(result['checked']) or 'none'}"
               + ("" if asked else " (found in the shards)")
+              + (f" and pairs {', '.join(f'{a}-{b}' for a, b in pairs)}" if pairs else "")
               + f"; {len(result['corrupt'])} corrupt/truncated shards; "
               f"{len(missing)} missing")
     return result

@@ -16,7 +16,8 @@ def _loader(tmp_path, limits: dict, **kw):
         dict(image_text("bigjson", 8), json="[" + "0," * 400 + "0]"),                   # 803 bytes
     ]
     write_shard(tmp_path / "s-0.tar", samples)
-    r = parse_recipe({"model": {"open_clip": dict(TINY_OPEN_CLIP)}, "output_dir": str(tmp_path / "run"),
+    r = parse_recipe({"model": {"open_clip": dict(TINY_OPEN_CLIP), "towers": {"audio": {"type": "audio"}}},
+                      "loss": {"pairs": [["image", "text"], ["audio", "text"]]}, "output_dir": str(tmp_path / "run"),
                       "data": {"train": str(tmp_path / "s-0.tar"), "num_workers": 0, "shuffle_buffer": 0,
                                "limits": limits},
                       "train": {"batch_size": 1, "max_steps": 1}})
@@ -201,3 +202,26 @@ def test_a_caption_with_a_lone_surrogate_skips_its_sample_and_names_it(tmp_path,
     assert keys == ["g0", "g1", "g2"] and dict(loader.skipped) == {UNDECODABLE_TEXT: 1}
     said = [r.getMessage() for r in caplog.records if "lone surrogate" in r.getMessage()]
     assert len(said) == 1 and "surr" in said[0] and "lone surrogate at position 8" in said[0]
+
+
+def test_a_sample_in_no_loss_pair_is_skipped_before_its_media_are_decoded():
+    """decode_raw(pairs=...): a sample without both modalities of any pair raises SkipSample(`no pair of
+    loss.pairs`) naming what it has, before decoding (a broken image is not what it is skipped for); a caption
+    from data.text_keys counts as its text."""
+    import pytest
+
+    from align.data.stream.decode import decode_raw
+    from align.data.stream.faults import NO_LOSS_PAIR, SkipSample
+    from tests.wds_helpers import audio_text
+    pairs = [("image", "text"), ("audio", "text")]
+    mods = ["image", "text", "audio"]
+    with pytest.raises(SkipSample) as e:
+        decode_raw({"__key__": "k", "jpg": b"not an image", "flac": b"nor audio"}, mods, pairs=pairs)
+    assert e.value.reason == NO_LOSS_PAIR and e.value.detail == "has audio+image; loss.pairs: image-text, audio-text"
+    a = dict(audio_text("k"), txt=b"a sound k")
+    assert decode_raw(a, mods, pairs=pairs)["text"] == ["a sound k"]
+    keyed = {"__key__": "k", "flac": a["flac"], "json": b'{"c": "a keyed caption"}'}
+    assert decode_raw(keyed, mods, pairs=pairs, text_keys=[("json:c", 1.0)])["text"] == ["a keyed caption"]
+    assert set(decode_raw(keyed, mods, pairs=[("audio", "text")], text_keys=[("json:c", 1.0)])) >= {"audio"}
+    with pytest.raises(SkipSample, match="no pair of loss.pairs"):
+        decode_raw(keyed, mods, pairs=[("image", "text")], text_keys=[("json:c", 1.0)])

@@ -347,3 +347,28 @@ def test_the_summary_names_the_modalities_the_shards_hold(tmp_path, capsys):
     assert res["checked"] == ["text", "image"] and res["usable"] == 2
     assert main(["data", "inspect", str(tmp_path / "a.tar"), "-n", "0", "--modalities", "image,text,audio"]) == 0
     assert "for modalities image+text+audio;" in capsys.readouterr().out
+
+
+def test_pairs_skip_a_sample_in_no_loss_pair_as_training_does(tmp_path, capsys):
+    """--pairs image-text,audio-text (bind's loss.pairs): an image-audio sample without a caption is skipped as
+    `no pair of loss.pairs` in inspect as in a training epoch given the same pairs; without --pairs it counts as
+    usable. A malformed --pairs item is one line naming it."""
+    from align.cli import main
+    from align.data.stream.build import build_train_loader
+    from tests.wds_helpers import TRANSFORMS, audio_text, image_text
+
+    ia = {"__key__": "ia", "jpg": image_text("x")["jpg"], "flac": audio_text("y")["flac"]}
+    write_shard(tmp_path / "m-0.tar", [image_text("it"), audio_text("at"), ia])
+    pairs = [("image", "text"), ("audio", "text")]
+    res = inspect_shards(str(tmp_path / "m-0.tar"), quiet=True, progress=False, pairs=pairs)
+    loader = build_train_loader(str(tmp_path / "m-0.tar"), transforms=TRANSFORMS, batch_size=1, num_workers=0,
+                                modalities=["image", "text", "audio"], shuffle_buffer=0, pairs=pairs)
+    assert sorted(k for b in loader for k in b["__key__"]) == ["at", "it"]
+    assert res["skipped"] == dict(loader.skipped) == {"no pair of loss.pairs": 1} and res["usable"] == 2
+    assert inspect_shards(str(tmp_path / "m-0.tar"), quiet=True, progress=False)["usable"] == 3
+    assert main(["data", "inspect", str(tmp_path / "m-0.tar"), "--pairs", "image-text,audio-text"]) in (0, None)
+    assert "skipped 1 (no pair of loss.pairs 1)" in capsys.readouterr().out
+    for bad in ("image", "image-image", "image-text,audio-", "image-speech"):
+        assert main(["data", "inspect", str(tmp_path / "m-0.tar"), "--pairs", bad]) not in (0, None)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pairs" in err[0], err
