@@ -42,9 +42,13 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
 PRETRAINED_KEYS = ("pretrained", "pretrained_temperature")
 
 
-def drop_pretrained(cfg: dict) -> dict:
+def drop_pretrained(cfg: dict, modality: str = "") -> dict:
     """A tower section without what reads pretrained weights at build time (`pretrained` and the
-    `pretrained_temperature` that needs it), for a model whose weights come from a checkpoint instead."""
+    `pretrained_temperature` that needs it), for a model whose weights come from a checkpoint instead. An open_clip
+    text tower keeps the tokenizer files of its `pretrained` folder (as `tokenizer_folder`)."""
+    if modality == "text" and cfg.get("type") == "open_clip":
+        from align.towers.open_clip_towers import keep_pretrained_tokenizer
+        keep_pretrained_tokenizer(cfg)
     for key in PRETRAINED_KEYS:
         cfg.pop(key, None)
     return cfg

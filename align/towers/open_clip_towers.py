@@ -20,6 +20,11 @@ weights file (.safetensors, or .pt/.bin loaded weights-only; open_clip_train's c
 an open_clip folder; only this tower is built, and its half of the checkpoint is copied (a missing
 tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also takes the
 checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
+
+An architecture whose text_cfg names a Hugging Face tokenizer (`hf_tokenizer_name`, a Hub id: SigLIP's
+`timm/ViT-B-16-SigLIP`) reads its files from `tokenizer_folder: DIR` when given, else from the `pretrained` open_clip
+folder when that holds them (tokenizer.json / tokenizer_config.json, as a hub download leaves them), else from the
+Hub id; a failed load names the `pretrained` folder that lacks them.
 """
 import contextlib
 import copy
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
-from align.open_clip_files import TOKENIZER_FOLDER
+from align.open_clip_files import TOKENIZER_FILES, TOKENIZER_FOLDER
 from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.base import Tower
@@ -40,10 +45,10 @@ log = logging.getLogger("align.towers")
 
 _KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
          "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg",
-         "trim_padding", "pretrained_temperature"}
+         "trim_padding", "pretrained_temperature", TOKENIZER_FOLDER}
 # keys only one modality's tower reads: given to the other, they did nothing
 _IMAGE_KEYS = ("image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg")
-_TEXT_KEYS = ("trim_padding",)
+_TEXT_KEYS = ("trim_padding", TOKENIZER_FOLDER)
 
 
 def _tracing() -> bool:
@@ -137,6 +142,7 @@ class OpenClipTower(Tower):
             self.text_cfg = dict(model_cfg.get("text_cfg", {}))
             self.net = build_single_tower("text", embed_dim, self.text_cfg, quick_gelu)
             self._tokenizer = None
+            self.tokenizer_missing_in = None     # the `pretrained` folder without tokenizer files (named on failure)
             # open_clip's reduction_mask tokenizers (random / shuffle / ...) drop tokens at random.
             self.tokenize_is_deterministic = not self.text_cfg.get("tokenizer_kwargs", {}).get("reduction_mask")
         else:
@@ -231,8 +237,13 @@ class OpenClipTower(Tower):
         try:
             tok = cls(path, context_length=self.context_length, **kwargs)
         except Exception as e:  # noqa: BLE001  missing files, offline Hub id: one line, never a traceback
-            raise ConfigError(f"{key}: cannot load the tokenizer {name!r} "
-                              f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from None
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            missing = self.tokenizer_missing_in
+            where = f"model.towers.{self.modality}"
+            raise ConfigError(f"{key}: cannot load the tokenizer {name!r} ({why})" + (
+                f"; the pretrained folder {missing} holds no tokenizer files ({' or '.join(TOKENIZER_FILES)}): "
+                f"copy them there from the tokenizer's download, or set {where}.{TOKENIZER_FOLDER}"
+                if missing else "")) from None
         check_hf_tokenizer(tok.tokenizer, name, key)
         return tok
 
@@ -405,6 +416,56 @@ def _check_unread(cfg: dict, modality: str, where: str) -> None:
                           f"checkpoint; set {where}.pretrained")
 
 
+def tokenizer_source(model_cfg: dict, cfg: dict, modality: str, where: str) -> Optional[str]:
+    """Where a text tower's Hugging Face tokenizer (text_cfg.hf_tokenizer_name) is read, set as
+    model_cfg["tokenizer_folder"]: the tower's `tokenizer_folder`, else (unless the architecture's own folder gave
+    one: model: local-dir:DIR) the `pretrained` open_clip folder when it holds the tokenizer files, as a hub
+    download leaves them; else the Hub id is asked. Returns that `pretrained` folder when it lacks them (named
+    if the Hub id then fails), else None."""
+    from align.open_clip_files import holds_tokenizer, pretrained_folder
+    if modality != "text":
+        return None
+    name = (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name")
+    given = cfg.get(TOKENIZER_FOLDER)
+    if given is not None:
+        if not name:
+            raise ConfigError(f"{where}.{TOKENIZER_FOLDER}: this architecture tokenizes with open_clip's "
+                              "SimpleTokenizer (its text_cfg names no hf_tokenizer_name): nothing reads the folder")
+        if not (isinstance(given, str) and os.path.isdir(given) and holds_tokenizer(given)):
+            raise ConfigError(f"{where}.{TOKENIZER_FOLDER}: {given!r} is no folder holding "
+                              f"{' or '.join(TOKENIZER_FILES)}")
+        model_cfg[TOKENIZER_FOLDER] = os.path.abspath(given)
+        return None
+    if not name or model_cfg.get(TOKENIZER_FOLDER) or not isinstance(cfg.get("pretrained"), str):
+        return None
+    folder = pretrained_folder(cfg["pretrained"])
+    if folder is None:
+        return None
+    if holds_tokenizer(folder):
+        model_cfg[TOKENIZER_FOLDER] = folder      # hf_tokenizer_name keeps the Hub id (what an export names)
+        return None
+    return folder
+
+
+def keep_pretrained_tokenizer(cfg: dict) -> None:
+    """For a text tower section whose weights come from elsewhere (a checkpoint; align.towers.drop_pretrained):
+    the `pretrained` open_clip folder's tokenizer files stay its tokenizer (as `tokenizer_folder`), so a run
+    trained from such a folder loads without the Hub. Only where the architecture names an HF tokenizer."""
+    from align.open_clip_files import holds_tokenizer, pretrained_folder
+    if cfg.get(TOKENIZER_FOLDER) is not None or not isinstance(cfg.get("pretrained"), str) or \
+            str(cfg.get("model") or "").startswith(("local-dir:", "hf-hub:")):   # its own folder's tokenizer
+        return
+    folder = pretrained_folder(cfg["pretrained"])
+    if folder is None or not holds_tokenizer(folder):
+        return
+    try:
+        model_cfg = resolve_model_cfg(cfg, "model.towers.text")
+    except ConfigError:
+        return                               # the build that follows names the fault
+    if (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name") and not model_cfg.get(TOKENIZER_FOLDER):
+        cfg[TOKENIZER_FOLDER] = folder
+
+
 @TOWERS.register("open_clip")
 def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipTower:
     where = f"model.towers.{modality}"
@@ -417,7 +478,10 @@ def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipT
     if cfg.get("pretrained") and native is not None and native != embed_dim:
         raise ConfigError(f"{where}: pretrained {cfg.get('model') or cfg.get('pretrained')} has embed_dim {native}, but model.embed_dim "
                           f"is {embed_dim}")
+    missing = tokenizer_source(model_cfg, cfg, modality, where)
     tower = OpenClipTower(modality, embed_dim, model_cfg, cfg)
+    if modality == "text":
+        tower.tokenizer_missing_in = missing
     if cfg.get("pretrained"):
         load_pretrained(tower, cfg.get("model"), cfg["pretrained"], where)
     if cfg.get("lock"):

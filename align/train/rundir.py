@@ -312,11 +312,31 @@ def locate(path: str) -> Located:
                      f"or {EXPORT_CONFIG})")
 
 
+def export_tokenizer_folders(recipe: dict, folder: str) -> dict:
+    """An export's recipe with its open_clip text tower's tokenizer folder found: written relative to the export
+    (its own tokenizer/ copy) it is joined to `folder`; an absolute one that is gone (an export written before the
+    copy, then moved) falls back to the tokenizer files the export holds (tokenizer/, or beside its
+    open_clip_config.json)."""
+    from align.open_clip_files import TOKENIZER_FOLDER, holds_tokenizer
+    for t in ((recipe.get("model") or {}).get("towers") or {}).values():
+        cfg = t.get("config") if isinstance(t, dict) else None
+        path = cfg.get(TOKENIZER_FOLDER) if isinstance(cfg, dict) else None
+        if not isinstance(path, str):
+            continue
+        if not os.path.isabs(path):
+            cfg[TOKENIZER_FOLDER] = os.path.join(folder, path)
+        elif not os.path.isdir(path):
+            found = [d for d in (os.path.join(folder, "tokenizer"), folder) if holds_tokenizer(d)]
+            if found:
+                cfg[TOKENIZER_FOLDER] = found[0]
+    return recipe
+
+
 def read_model_config(where: Located) -> dict:
     """The recipe dict behind a located model: the export's align_config.json or the run's config.yaml."""
     if where.kind == "export":
         with open(where.config_path) as f:
-            return json.load(f)
+            return export_tokenizer_folders(json.load(f), os.path.dirname(where.config_path))
     if where.run_dir is None:
         run = os.path.dirname(os.path.dirname(where.checkpoint))
         raise AlignError(f"{where.checkpoint}: cannot find the run's {CONFIG} at {os.path.join(run, CONFIG)}")

@@ -54,3 +54,20 @@ def save_tiny(kind: str, folder) -> str:
     T.AutoModel.from_config(cfg).save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+TINY_WORDS = ("a", "photo", "of", "dog", "cat", "red", "sofa")
+
+
+def save_tiny_tokenizer(folder) -> str:
+    """A Hugging Face tokenizer of a few words (word-level, lower-cased) saved as tokenizer.json +
+    tokenizer_config.json, as a download leaves them; ids: [UNK] 0, [PAD] 1, </s> 2, then TINY_WORDS from 3."""
+    import transformers as T
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    vocab = {w: i for i, w in enumerate(("[UNK]", "[PAD]", "</s>") + TINY_WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                              eos_token="</s>").save_pretrained(str(folder))
+    return str(folder)
