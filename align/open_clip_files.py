@@ -111,13 +111,14 @@ def holds_tokenizer(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES)
 
 
-def pretrained_folder(path: str) -> Optional[str]:
-    """The open_clip folder (absolute) a `pretrained` value names: `local-dir:DIR` or DIR holding
-    open_clip_config.json, or its weights file given alone; None for anything else (a tag, a file elsewhere)."""
-    folder = os.path.abspath(strip_local_dir(path))
-    if os.path.isfile(folder) and os.path.basename(folder) in OPEN_CLIP_WEIGHTS:
-        folder = os.path.dirname(folder)
-    return folder if os.path.isfile(os.path.join(folder, OPEN_CLIP_CONFIG)) else None
+def weights_folder(path: str) -> Optional[str]:
+    """The folder (absolute) of a `pretrained` value that is a path: `local-dir:DIR` or DIR, or the folder a weights
+    file is in; a Hugging Face tokenizer's files there go with the weights (as a hub download leaves them). None
+    for anything else (an open_clip tag)."""
+    p = os.path.abspath(strip_local_dir(path))
+    if os.path.isfile(p):
+        p = os.path.dirname(p)
+    return p if os.path.isdir(p) else None
 
 
 def read_config_file(path: str, where: str) -> dict:

@@ -45,7 +45,7 @@ PRETRAINED_KEYS = ("pretrained", "pretrained_temperature")
 def drop_pretrained(cfg: dict, modality: str = "") -> dict:
     """A tower section without what reads pretrained weights at build time (`pretrained` and the
     `pretrained_temperature` that needs it), for a model whose weights come from a checkpoint instead. An open_clip
-    text tower keeps the tokenizer files of its `pretrained` folder (as `tokenizer_folder`)."""
+    text tower keeps the tokenizer files beside its `pretrained` weights (as `tokenizer_folder`)."""
     if modality == "text" and cfg.get("type") == "open_clip":
         from align.towers.open_clip_towers import keep_pretrained_tokenizer
         keep_pretrained_tokenizer(cfg)

@@ -22,9 +22,10 @@ tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also
 checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
 
 An architecture whose text_cfg names a Hugging Face tokenizer (`hf_tokenizer_name`, a Hub id: SigLIP's
-`timm/ViT-B-16-SigLIP`) reads its files from `tokenizer_folder: DIR` when given, else from the `pretrained` open_clip
-folder when that holds them (tokenizer.json / tokenizer_config.json, as a hub download leaves them), else from the
-Hub id; a failed load names the `pretrained` folder that lacks them.
+`timm/ViT-B-16-SigLIP`) reads its files from `tokenizer_folder: DIR` when given, else from the folder of the
+`pretrained` weights (the open_clip folder, or the folder a weights file is in) when that holds them (tokenizer.json /
+tokenizer_config.json, as a hub download leaves them), else from the Hub id; a failed load names the folder that
+lacks them.
 """
 import contextlib
 import copy
@@ -241,8 +242,9 @@ class OpenClipTower(Tower):
             missing = self.tokenizer_missing_in
             where = f"model.towers.{self.modality}"
             raise ConfigError(f"{key}: cannot load the tokenizer {name!r} ({why})" + (
-                f"; the pretrained folder {missing} holds no tokenizer files ({' or '.join(TOKENIZER_FILES)}): "
-                f"copy them there from the tokenizer's download, or set {where}.{TOKENIZER_FOLDER}"
+                f"; {missing}, the folder of the pretrained weights, holds no tokenizer files "
+                f"({' or '.join(TOKENIZER_FILES)}): copy them there from the tokenizer's download, or set "
+                f"{where}.{TOKENIZER_FOLDER}"
                 if missing else "")) from None
         check_hf_tokenizer(tok.tokenizer, name, key)
         return tok
@@ -419,10 +421,10 @@ def _check_unread(cfg: dict, modality: str, where: str) -> None:
 def tokenizer_source(model_cfg: dict, cfg: dict, modality: str, where: str) -> Optional[str]:
     """Where a text tower's Hugging Face tokenizer (text_cfg.hf_tokenizer_name) is read, set as
     model_cfg["tokenizer_folder"]: the tower's `tokenizer_folder`, else (unless the architecture's own folder gave
-    one: model: local-dir:DIR) the `pretrained` open_clip folder when it holds the tokenizer files, as a hub
-    download leaves them; else the Hub id is asked. Returns that `pretrained` folder when it lacks them (named
-    if the Hub id then fails), else None."""
-    from align.open_clip_files import holds_tokenizer, pretrained_folder
+    one: model: local-dir:DIR) the folder of the `pretrained` weights (DIR, or a weights file's folder) when it
+    holds the tokenizer files, as a hub download leaves them; else the Hub id is asked. Returns that folder when it
+    lacks them (named if the Hub id then fails), else None."""
+    from align.open_clip_files import holds_tokenizer, weights_folder
     if modality != "text":
         return None
     name = (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name")
@@ -438,7 +440,7 @@ def tokenizer_source(model_cfg: dict, cfg: dict, modality: str, where: str) -> O
         return None
     if not name or model_cfg.get(TOKENIZER_FOLDER) or not isinstance(cfg.get("pretrained"), str):
         return None
-    folder = pretrained_folder(cfg["pretrained"])
+    folder = weights_folder(cfg["pretrained"])
     if folder is None:
         return None
     if holds_tokenizer(folder):
@@ -449,13 +451,13 @@ def tokenizer_source(model_cfg: dict, cfg: dict, modality: str, where: str) -> O
 
 def keep_pretrained_tokenizer(cfg: dict) -> None:
     """For a text tower section whose weights come from elsewhere (a checkpoint; align.towers.drop_pretrained):
-    the `pretrained` open_clip folder's tokenizer files stay its tokenizer (as `tokenizer_folder`), so a run
+    the tokenizer files beside its `pretrained` weights stay its tokenizer (as `tokenizer_folder`), so a run
     trained from such a folder loads without the Hub. Only where the architecture names an HF tokenizer."""
-    from align.open_clip_files import holds_tokenizer, pretrained_folder
+    from align.open_clip_files import holds_tokenizer, weights_folder
     if cfg.get(TOKENIZER_FOLDER) is not None or not isinstance(cfg.get("pretrained"), str) or \
             str(cfg.get("model") or "").startswith(("local-dir:", "hf-hub:")):   # its own folder's tokenizer
         return
-    folder = pretrained_folder(cfg["pretrained"])
+    folder = weights_folder(cfg["pretrained"])
     if folder is None or not holds_tokenizer(folder):
         return
     try:

@@ -232,7 +232,8 @@ def _absolute_local_dir(name):
 
 def absolute_model_paths(recipe: dict) -> dict:
     """The recipe dict with the model section's local files as absolute paths (model.open_clip's JSON, a tower's
-    config_file, a Hugging Face tower's folder): align.load and export rebuild the towers from RUN/config.yaml,
+    config_file, a Hugging Face tower's folder, an open_clip tower's pretrained weights and tokenizer_folder, whose
+    tokenizer files a loaded run reads): align.load and export rebuild the towers from RUN/config.yaml,
     from whatever directory they run in."""
     m = recipe.get("model") or {}
     if isinstance(m.get("open_clip"), str) and m["open_clip"].endswith(".json") and os.path.isfile(m["open_clip"]):
@@ -245,6 +246,13 @@ def absolute_model_paths(recipe: dict) -> dict:
             t["config_file"] = os.path.abspath(t["config_file"])
         if t.get("type") == "open_clip" and "model" in t:
             t["model"] = _absolute_local_dir(t["model"])
+        if t.get("type") == "open_clip":        # the tokenizer files beside the weights are read when it loads
+            for key in ("pretrained", "tokenizer_folder"):
+                value = t.get(key)
+                if isinstance(value, str) and os.path.exists(value):
+                    t[key] = os.path.abspath(value)
+                elif key in t:
+                    t[key] = _absolute_local_dir(value)
         if t.get("type") in HF_TOWERS and isinstance(t.get("model"), str) and os.path.isdir(t["model"]):
             t["model"] = os.path.abspath(t["model"])
         configs.append(t.get("config"))

@@ -392,10 +392,10 @@ def test_pretrained_folder_of_a_named_architecture_gives_its_tokenizer_without_t
     want = [3, 4, 5, 3, 6, 1, 1, 1]                                         # a photo of a dog [PAD]...
     spec = {"type": "open_clip", "model": "ViT-B-16-SigLIP"}
     key = "model.towers.text.text_cfg.hf_tokenizer_name"
-    with pytest.raises(ConfigError, match=rf"^{key}: cannot load the tokenizer 'timm/ViT-B-16-SigLIP' \(.*\); the "
-                                          rf"pretrained folder {d} holds no tokenizer files \(tokenizer.json or "
-                                          rf"tokenizer_config.json\): copy them there from the tokenizer's download, "
-                                          rf"or set model.towers.text.tokenizer_folder$"):
+    with pytest.raises(ConfigError, match=rf"^{key}: cannot load the tokenizer 'timm/ViT-B-16-SigLIP' \(.*\); {d}, "
+                                          rf"the folder of the pretrained weights, holds no tokenizer files "
+                                          rf"\(tokenizer.json or tokenizer_config.json\): copy them there from the "
+                                          rf"tokenizer's download, or set model.towers.text.tokenizer_folder$"):
         build_tower(dict(spec, pretrained=str(d)), "text", 16).tokenize(["a photo of a dog"])
     save_tiny_tokenizer(d)
     for given in (str(d), f"local-dir:{d}", str(d / "open_clip_model.safetensors")):
