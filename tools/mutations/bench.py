@@ -179,7 +179,7 @@ MUTATIONS = [
       "        return self._tokenizer(text_list(texts))",
       "        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))", [OC_API_INPUTS]),
     M("bench.models.offline_tag_no_way_out", "align/bench/models.py",
-      "hint=\"\" if is_file else OFFLINE_HINT,", "hint=\"\",",
+      "hint=tok_hint if is_file else OFFLINE_HINT,", "hint=tok_hint,",
       ["tests/bench/test_models.py::test_a_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
       "offline, open_clip:ARCH --pretrained TAG: open_clip's download error cut mid-word, no local-file way out"),
     M("bench.models.cached_tag_not_offline", "align/bench/models.py",
@@ -251,4 +251,9 @@ MUTATIONS = [
     M("local.bench_file_preprocess_unchecked", "align/bench/models.py",
       "        check_file_preprocess(model, arch, pretrained)\n", "        pass\n",
       ["tests/bench/test_models.py::test_a_weights_file_taken_out_of_a_folder_of_other_preprocessing_is_one_line"]),
+    M("offline.bench_file_tokenizer_ignored", "align/bench/models.py",
+      "    if holds_tokenizer(folder):\n        return folder, \"\"", "    if holds_tokenizer(folder):\n        return None, \"\"",
+      ["tests/bench/test_models.py::"
+       "test_an_open_clip_file_of_an_hf_tokenizer_architecture_reads_the_tokenizer_beside_it"],
+      "open_clip:ViT-B-16-SigLIP --pretrained FILE asked the Hub for its tokenizer by id: offline, an error"),
 ]

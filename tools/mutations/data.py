@@ -489,4 +489,9 @@ MUTATIONS = [
       ["tests/data/write/test_shards.py::"
        "test_the_skipped_rows_wait_on_disk_not_in_memory_until_skipped_jsonl_is_written"],
       "`align data shards` held every shard's skipped rows (a dict per skipped input row) until the end"),
+    M("offline.hub_dataset_download_read_as_pairs", "align/data/write/inputs.py",
+      "        if not len(folder) and holds_data_files(path):", "        if False:",
+      ["tests/data/write/test_inputs.py::"
+       "test_a_hub_download_of_a_dataset_is_read_from_its_folder_without_the_network"],
+      "the folder a Hub download of a dataset leaves was read as a folder of pairs, and held none"),
 ]

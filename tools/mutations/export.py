@@ -108,4 +108,8 @@ MUTATIONS = [
       "    return [line] + [f\"note: {n}\" for n in result[\"notes\"]]",
       ["tests/export/test_open_clip_format.py::test_audio_tower_is_exported_alongside_with_a_note"],
       "`align export` ended on a note, its summary line above it"),
+    M("offline.export_names_the_tokenizer_absolutely", "align/export/__init__.py",
+      "                t[\"config\"][TOKENIZER_FOLDER] = TOKENIZER_DIR          # relative: the export's own copy",
+      "                pass", [EXPORT_TOKENIZER],
+      "an align export named its tokenizer folder by an absolute path: moved to another machine, it broke"),
 ]
