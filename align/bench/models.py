@@ -36,7 +36,7 @@ from align.limits import DataLimits, as_limits, override_limits, parse_limit_opt
 from align.model import check_input, text_list, weights_fingerprint
 from align.open_clip_files import (OPEN_CLIP_WEIGHTS, hub_offline, offline_tag_weights,
                                    open_clip_folder_weights, weights_error)
-from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
+from align.towers.text_trim import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
 MODEL_SOURCES: Registry = Registry("model source")   # scheme -> loader(rest, pretrained, device) -> model

@@ -13,6 +13,7 @@ Modules (the model layer: towers import nothing from data, train or bench):
   base              the Tower contract (encoder + projection head); CachedTokenize
   common            helpers shared by the audio, Hugging Face text and timm image towers
   open_clip_towers  `open_clip`: open_clip image and text towers
+  text_trim         exact padding trimming of causal open_clip text encoders (the tower's, align.bench's)
   timm_image        `timm`: any timm image architecture
   hf_text           `hf`: a Hugging Face text encoder
   hf_encoder        the shared trunk of `hf_image` and `hf_audio`
