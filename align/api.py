@@ -29,8 +29,8 @@ def load(path: str, device: str = "cpu", pretrained: Optional[str] = None) -> Al
     cfg, weights = find_model(path)          # a run dir, checkpoint dir (plain or DCP) or export
     recipe = parse_recipe(cfg)
     # Pretrained tower weights are in the checkpoint: do not fetch them again.
-    for t in recipe.model.towers.values():
-        drop_pretrained(t)
+    for m, t in recipe.model.towers.items():
+        drop_pretrained(t, m)
     model = build_model(recipe.model)
     load_model_state(model, load_weights(weights), f"{weights}: weights do not fit the model",
                      "a run directory holds the config of its last run: load a checkpoint of that run")

@@ -106,6 +106,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")   # a Hugging Face
 TOKENIZER_FOLDER = "tokenizer_folder"    # align's model config key: the folder an hf_tokenizer_name tokenizer is in
 
 
+def holds_tokenizer(folder: str) -> bool:
+    """True when `folder` holds a Hugging Face tokenizer's files (what open_clip's HFTokenizer(folder) reads)."""
+    return any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES)
+
+
+def weights_folder(path: str) -> Optional[str]:
+    """The folder (absolute) of a `pretrained` value that is a path: `local-dir:DIR` or DIR, or the folder a weights
+    file is in; a Hugging Face tokenizer's files there go with the weights (as a hub download leaves them). None
+    for anything else (an open_clip tag)."""
+    p = os.path.abspath(strip_local_dir(path))
+    if os.path.isfile(p):
+        p = os.path.dirname(p)
+    return p if os.path.isdir(p) else None
+
+
 def read_config_file(path: str, where: str) -> dict:
     """An open_clip model config from a JSON file: open_clip's model_configs/NAME.json, or the open_clip_config.json
     of a hub-layout folder ({"model_cfg", "preprocess_cfg"}). Of the latter, the preprocess_cfg the weights were
@@ -128,8 +143,7 @@ def read_config_file(path: str, where: str) -> dict:
         cfg["preprocess_cfg"] = dict(data["preprocess_cfg"])
     folder = os.path.dirname(os.path.abspath(path))
     text = cfg.get("text_cfg")
-    if isinstance(text, dict) and text.get("hf_tokenizer_name") and \
-            any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+    if isinstance(text, dict) and text.get("hf_tokenizer_name") and holds_tokenizer(folder):
         cfg[TOKENIZER_FOLDER] = folder      # hf_tokenizer_name keeps the Hub id an export's config names
     return cfg
 

@@ -3,7 +3,8 @@
     run dir, checkpoint or export           align.load(PATH)
     open_clip:ARCH  + pretrained TAG|FILE   open_clip.create_model(ARCH, pretrained=...): a TAG resolves through
                                             open_clip (download); a FILE is a checkpoint open_clip or
-                                            open_clip_train wrote (.safetensors, or .pt/.bin loaded weights-only)
+                                            open_clip_train wrote (.safetensors, or .pt/.bin loaded weights-only);
+                                            a Hugging Face tokenizer's files beside it are ARCH's tokenizer
     local-dir:DIR                           open_clip's hub layout (open_clip_config.json +
                                             open_clip_model.safetensors | open_clip_pytorch_model.bin),
                                             as `align export` writes it
@@ -35,7 +36,7 @@ from align.limits import DataLimits, as_limits, override_limits, parse_limit_opt
 from align.model import check_input, text_list, weights_fingerprint
 from align.open_clip_files import (OPEN_CLIP_WEIGHTS, hub_offline, offline_tag_weights,
                                    open_clip_folder_weights, weights_error)
-from align.towers.open_clip_towers import can_trim_text, trimmed_text_forward
+from align.towers.text_trim import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 
 MODEL_SOURCES: Registry = Registry("model source")   # scheme -> loader(rest, pretrained, device) -> model
@@ -109,16 +110,46 @@ def _open_clip_error(what: str, e: Exception, hint: str = "") -> AlignError:
 OFFLINE_HINT = " (offline? fetch the weights where a network is and pass the file: --pretrained FILE)"
 
 
+def file_tokenizer(arch: str, path: str):
+    """(tokenizer folder, hint): the folder of the weights file `path` when open_clip:ARCH tokenizes with a Hugging
+    Face tokenizer (text_cfg.hf_tokenizer_name, a Hub id open_clip would ask) and its files are there, as a hub
+    download leaves them; else None and, for such an architecture, what a failure to fetch it should add."""
+    import open_clip
+    from align.open_clip_files import TOKENIZER_FILES, holds_tokenizer
+    name = ((open_clip.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not name:
+        return None, ""
+    if holds_tokenizer(folder):
+        return folder, ""
+    return None, (f" (its tokenizer {name} is asked of the Hub: offline, put its files ({' or '.join(TOKENIZER_FILES)})"
+                  f" beside the weights, in {folder})")
+
+
+def _tokenizer(model_name: str, folder: Optional[str]):
+    """open_clip's tokenizer of `model_name`, its Hugging Face tokenizer read from `folder` when given (as
+    open_clip.get_tokenizer builds it, with the architecture's context length and tokenizer settings)."""
+    import open_clip
+    if not folder:
+        return open_clip.get_tokenizer(model_name)
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
+    text = open_clip.get_model_config(model_name).get("text_cfg") or {}
+    return HFTokenizer(folder, context_length=text.get("context_length", DEFAULT_CONTEXT_LENGTH),
+                       tokenizer_mode=text.get("tokenizer_mode"), **dict(text.get("tokenizer_kwargs") or {}))
+
+
 def _build_open_clip(model_name: str, pretrained: Optional[str], device: str, what: str, name: str,
-                     label: Optional[str], hint: str = "", weights: Optional[str] = None) -> OpenClipModel:
+                     label: Optional[str], hint: str = "", weights: Optional[str] = None,
+                     tokenizer_folder: Optional[str] = None) -> OpenClipModel:
     """open_clip's model, eval transform and tokenizer; weights: the local file it reads (named in a failure to
-    read or fit it: a pickle, a file cut short, a tensor of another shape)."""
+    read or fit it: a pickle, a file cut short, a tensor of another shape); tokenizer_folder: where a Hugging Face
+    tokenizer's files are (else open_clip asks its Hub id)."""
     import open_clip
     try:
         # weights_only=True: a .pt/.bin checkpoint is read with torch.load(weights_only=True), never unpickled code
         net, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device,
                                                                    weights_only=True)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        tokenizer = _tokenizer(model_name, tokenizer_folder)
     except Exception as e:  # unknown arch, missing file, offline tag, shape mismatch: one line naming the model
         line = weights_error(weights, e) if weights else None
         if line:
@@ -144,6 +175,7 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
         raise ConfigError(f"model open_clip:{arch}: pretrained {pretrained!r} is neither a file nor an open_clip tag "
                           f"for {arch} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})")
     label = os.path.abspath(pretrained) if is_file else pretrained
+    folder, tok_hint = file_tokenizer(arch, pretrained) if is_file else (None, "")
     cached = None if is_file else offline_tag_weights(
         get_pretrained_cfg(arch, pretrained), f"model open_clip:{arch} pretrained {pretrained!r}: cannot fetch it",
         "pass the file: --pretrained FILE")
@@ -151,7 +183,8 @@ def load_open_clip(arch: str, pretrained: Optional[str] = None, device: str = "c
     # tag, so the tag's own settings (quick_gelu, preprocessing) apply as with a network
     with hub_offline() if cached else contextlib.nullcontext():
         model = _build_open_clip(arch, pretrained, device, f"open_clip:{arch} pretrained {pretrained!r}", arch,
-                                 label, hint="" if is_file else OFFLINE_HINT, weights=pretrained if is_file else cached)
+                                 label, hint=tok_hint if is_file else OFFLINE_HINT,
+                                 weights=pretrained if is_file else cached, tokenizer_folder=folder)
     if is_file:
         check_file_preprocess(model, arch, pretrained)
     return model

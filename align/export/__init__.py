@@ -77,13 +77,19 @@ def _new_folder(dst: str, what: str) -> str:
             raise AlignError(f"export: cannot write beside {dst} ({e.strerror or e})") from None
 
 
-def self_contained_recipe(model) -> dict:
+TOKENIZER_DIR = "tokenizer"      # an open_clip text tower's Hugging Face tokenizer files (the ONNX export's too)
+
+
+def self_contained_recipe(model, out_dir: Optional[str] = None) -> dict:
     """The recipe with every outside file reference replaced, so `align.load(DIR)` needs nothing else.
 
-    open_clip towers get their resolved model config inline (no `model` name lookup or `config_file`);
+    open_clip towers get their resolved model config inline (no `model` name lookup or `config_file`); a Hugging
+    Face tokenizer's files (text_cfg.hf_tokenizer_name) are copied into out_dir/tokenizer/ and the config names that
+    folder relative to the export (align.train.rundir.read_model_config resolves it), so the folder can move;
     `pretrained` weights and `init_from_vit.weights` are dropped (the export's weights replace them);
     `resume` is set to none. hf towers keep `model` (their architecture and tokenizer come from it).
     """
+    from align.open_clip_files import TOKENIZER_FOLDER
     from align.towers import drop_pretrained
     from align.towers.open_clip_towers import OpenClipTower
     r = copy.deepcopy(model.config or {})
@@ -94,8 +100,12 @@ def self_contained_recipe(model) -> dict:
     for mod, tower in model.towers.items():
         t = dict(towers.get(mod, {}))
         if isinstance(tower, OpenClipTower):
-            keep = {k: v for k, v in tower.cfg.items() if k not in ("model", "config", "config_file")}
+            keep = {k: v for k, v in tower.cfg.items() if k not in ("model", "config", "config_file",
+                                                                      TOKENIZER_FOLDER)}
             t = {"type": "open_clip", "config": copy.deepcopy(tower.model_cfg), **keep}
+            if out_dir and mod == "text" and tower.text_cfg.get("hf_tokenizer_name"):
+                tower.save_hf_tokenizer(os.path.join(out_dir, TOKENIZER_DIR))
+                t["config"][TOKENIZER_FOLDER] = TOKENIZER_DIR          # relative: the export's own copy
         drop_pretrained(t)
         if isinstance(t.get("init_from_vit"), dict):
             t["init_from_vit"] = {k: v for k, v in t["init_from_vit"].items() if k != "weights"}
@@ -109,7 +119,7 @@ def _write_align(model, d: str) -> List[str]:
     from safetensors.torch import save_file
     from align.train.rundir import EXPORT_CONFIG, EXPORT_WEIGHTS
     with open(os.path.join(d, EXPORT_CONFIG), "w") as f:
-        json.dump(self_contained_recipe(model), f, indent=1)
+        json.dump(self_contained_recipe(model, d), f, indent=1)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               os.path.join(d, EXPORT_WEIGHTS))
     return [EXPORT_CONFIG, EXPORT_WEIGHTS]

@@ -13,6 +13,7 @@ Modules (the model layer: towers import nothing from data, train or bench):
   base              the Tower contract (encoder + projection head); CachedTokenize
   common            helpers shared by the audio, Hugging Face text and timm image towers
   open_clip_towers  `open_clip`: open_clip image and text towers
+  text_trim         exact padding trimming of causal open_clip text encoders (the tower's, align.bench's)
   timm_image        `timm`: any timm image architecture
   hf_text           `hf`: a Hugging Face text encoder
   hf_encoder        the shared trunk of `hf_image` and `hf_audio`
@@ -42,9 +43,13 @@ def build_tower(cfg: dict, modality: str, embed_dim: int) -> Tower:
 PRETRAINED_KEYS = ("pretrained", "pretrained_temperature")
 
 
-def drop_pretrained(cfg: dict) -> dict:
+def drop_pretrained(cfg: dict, modality: str = "") -> dict:
     """A tower section without what reads pretrained weights at build time (`pretrained` and the
-    `pretrained_temperature` that needs it), for a model whose weights come from a checkpoint instead."""
+    `pretrained_temperature` that needs it), for a model whose weights come from a checkpoint instead. An open_clip
+    text tower keeps the tokenizer files beside its `pretrained` weights (as `tokenizer_folder`)."""
+    if modality == "text" and cfg.get("type") == "open_clip":
+        from align.towers.open_clip_towers import keep_pretrained_tokenizer
+        keep_pretrained_tokenizer(cfg)
     for key in PRETRAINED_KEYS:
         cfg.pop(key, None)
     return cfg

@@ -20,6 +20,12 @@ weights file (.safetensors, or .pt/.bin loaded weights-only; open_clip_train's c
 an open_clip folder; only this tower is built, and its half of the checkpoint is copied (a missing
 tensor or a shape mismatch fails naming it). `pretrained_temperature: true` also takes the
 checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting temperature.
+
+An architecture whose text_cfg names a Hugging Face tokenizer (`hf_tokenizer_name`, a Hub id: SigLIP's
+`timm/ViT-B-16-SigLIP`) reads its files from `tokenizer_folder: DIR` when given, else from the folder of the
+`pretrained` weights (the open_clip folder, or the folder a weights file is in) when that holds them (tokenizer.json /
+tokenizer_config.json, as a hub download leaves them), else from the Hub id; a failed load names the folder that
+lacks them.
 """
 import contextlib
 import copy
@@ -31,20 +37,21 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
-from align.open_clip_files import TOKENIZER_FOLDER
+from align.open_clip_files import TOKENIZER_FILES, TOKENIZER_FOLDER
 from align.progress import main_process
 from align.text import refuse_surrogates
 from align.towers import TOWERS
 from align.towers.base import Tower
+from align.towers.text_trim import can_trim_text, trimmed_text_forward  # noqa: F401  (align.bench's too)
 
 log = logging.getLogger("align.towers")
 
 _KEYS = {"model", "config", "config_file", "pretrained", "quick_gelu", "lock", "unlocked_groups",
          "grad_checkpointing", "image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg",
-         "trim_padding", "pretrained_temperature"}
+         "trim_padding", "pretrained_temperature", TOKENIZER_FOLDER}
 # keys only one modality's tower reads: given to the other, they did nothing
 _IMAGE_KEYS = ("image_mean", "image_std", "resize_mode", "interpolation", "aug_cfg")
-_TEXT_KEYS = ("trim_padding",)
+_TEXT_KEYS = ("trim_padding", TOKENIZER_FOLDER)
 
 
 def _tracing() -> bool:
@@ -138,6 +145,7 @@ class OpenClipTower(Tower):
             self.text_cfg = dict(model_cfg.get("text_cfg", {}))
             self.net = build_single_tower("text", embed_dim, self.text_cfg, quick_gelu)
             self._tokenizer = None
+            self.tokenizer_missing_in = None     # the `pretrained` folder without tokenizer files (named on failure)
             # open_clip's reduction_mask tokenizers (random / shuffle / ...) drop tokens at random.
             self.tokenize_is_deterministic = not self.text_cfg.get("tokenizer_kwargs", {}).get("reduction_mask")
         else:
@@ -157,7 +165,7 @@ class OpenClipTower(Tower):
             return trimmed_text_forward(self.net, x)
         return self.net(x)
 
-    # Padding trimming (see trimmed_text_forward below): same embeddings, less work.
+    # Padding trimming (align.towers.text_trim): same embeddings, less work.
     trim_padding: bool = True
 
     def _can_trim(self) -> bool:
@@ -232,8 +240,14 @@ class OpenClipTower(Tower):
         try:
             tok = cls(path, context_length=self.context_length, **kwargs)
         except Exception as e:  # noqa: BLE001  missing files, offline Hub id: one line, never a traceback
-            raise ConfigError(f"{key}: cannot load the tokenizer {name!r} "
-                              f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from None
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            missing = self.tokenizer_missing_in
+            where = f"model.towers.{self.modality}"
+            raise ConfigError(f"{key}: cannot load the tokenizer {name!r} ({why})" + (
+                f"; {missing}, the folder of the pretrained weights, holds no tokenizer files "
+                f"({' or '.join(TOKENIZER_FILES)}): copy them there from the tokenizer's download, or set "
+                f"{where}.{TOKENIZER_FOLDER}"
+                if missing else "")) from None
         check_hf_tokenizer(tok.tokenizer, name, key)
         return tok
 
@@ -407,6 +421,56 @@ def _check_unread(cfg: dict, modality: str, where: str) -> None:
                           f"checkpoint; set {where}.pretrained")
 
 
+def tokenizer_source(model_cfg: dict, cfg: dict, modality: str, where: str) -> Optional[str]:
+    """Where a text tower's Hugging Face tokenizer (text_cfg.hf_tokenizer_name) is read, set as
+    model_cfg["tokenizer_folder"]: the tower's `tokenizer_folder`, else (unless the architecture's own folder gave
+    one: model: local-dir:DIR) the folder of the `pretrained` weights (DIR, or a weights file's folder) when it
+    holds the tokenizer files, as a hub download leaves them; else the Hub id is asked. Returns that folder when it
+    lacks them (named if the Hub id then fails), else None."""
+    from align.open_clip_files import holds_tokenizer, weights_folder
+    if modality != "text":
+        return None
+    name = (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name")
+    given = cfg.get(TOKENIZER_FOLDER)
+    if given is not None:
+        if not name:
+            raise ConfigError(f"{where}.{TOKENIZER_FOLDER}: this architecture tokenizes with open_clip's "
+                              "SimpleTokenizer (its text_cfg names no hf_tokenizer_name): nothing reads the folder")
+        if not (isinstance(given, str) and os.path.isdir(given) and holds_tokenizer(given)):
+            raise ConfigError(f"{where}.{TOKENIZER_FOLDER}: {given!r} is no folder holding "
+                              f"{' or '.join(TOKENIZER_FILES)}")
+        model_cfg[TOKENIZER_FOLDER] = os.path.abspath(given)
+        return None
+    if not name or model_cfg.get(TOKENIZER_FOLDER) or not isinstance(cfg.get("pretrained"), str):
+        return None
+    folder = weights_folder(cfg["pretrained"])
+    if folder is None:
+        return None
+    if holds_tokenizer(folder):
+        model_cfg[TOKENIZER_FOLDER] = folder      # hf_tokenizer_name keeps the Hub id (what an export names)
+        return None
+    return folder
+
+
+def keep_pretrained_tokenizer(cfg: dict) -> None:
+    """For a text tower section whose weights come from elsewhere (a checkpoint; align.towers.drop_pretrained):
+    the tokenizer files beside its `pretrained` weights stay its tokenizer (as `tokenizer_folder`), so a run
+    trained from such a folder loads without the Hub. Only where the architecture names an HF tokenizer."""
+    from align.open_clip_files import holds_tokenizer, weights_folder
+    if cfg.get(TOKENIZER_FOLDER) is not None or not isinstance(cfg.get("pretrained"), str) or \
+            str(cfg.get("model") or "").startswith(("local-dir:", "hf-hub:")):   # its own folder's tokenizer
+        return
+    folder = weights_folder(cfg["pretrained"])
+    if folder is None or not holds_tokenizer(folder):
+        return
+    try:
+        model_cfg = resolve_model_cfg(cfg, "model.towers.text")
+    except ConfigError:
+        return                               # the build that follows names the fault
+    if (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name") and not model_cfg.get(TOKENIZER_FOLDER):
+        cfg[TOKENIZER_FOLDER] = folder
+
+
 @TOWERS.register("open_clip")
 def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipTower:
     where = f"model.towers.{modality}"
@@ -419,59 +483,12 @@ def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipT
     if cfg.get("pretrained") and native is not None and native != embed_dim:
         raise ConfigError(f"{where}: pretrained {cfg.get('model') or cfg.get('pretrained')} has embed_dim {native}, but model.embed_dim "
                           f"is {embed_dim}")
+    missing = tokenizer_source(model_cfg, cfg, modality, where)
     tower = OpenClipTower(modality, embed_dim, model_cfg, cfg)
+    if modality == "text":
+        tower.tokenizer_missing_in = missing
     if cfg.get("pretrained"):
         load_pretrained(tower, cfg.get("model"), cfg["pretrained"], where)
     if cfg.get("lock"):
         tower.lock(int(cfg.get("unlocked_groups", 0)))
     return tower
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact padding trimming for causal open_clip text encoders.  open_clip runs its text transformer
-# over all context_length positions, most of them padding (a LAION caption is ~20 of 77 tokens).
-# With a causal mask, position p sees only positions <= p, and the pooled token is the end-of-text
-# token, so the positions after the last EOT in the batch change nothing: dropping them gives the
-# same embeddings (to float rounding) and the same gradients for less work.  Used by the text tower
-# in training and by align.bench's open_clip models (embed, zero-shot class texts).
-def _text_parts(net):
-    """(pool_type, eos_id) of a TextTransformer or of a CLIP that holds its text tower's parts."""
-    from open_clip.model import CLIP
-    from open_clip.transformer import TextTransformer
-    if isinstance(net, TextTransformer):
-        if net.cls_emb is not None or getattr(net, "use_pad_mask", False) or net.output_tokens:
-            return None
-        return net.pool_type, getattr(net, "eos_id", None)
-    if isinstance(net, CLIP):                       # CLIP.encode_text: causal mask, no cls token
-        return net.text_pool_type, getattr(net, "text_eos_id", None)
-    return None
-
-
-def can_trim_text(net) -> bool:
-    """True when `trimmed_text_forward(net, text)` equals net's own text forward (to float rounding)."""
-    parts = _text_parts(net)
-    return parts is not None and parts[0] in ("argmax", "eos") and getattr(net, "attn_mask", None) is not None
-
-
-def trimmed_text_forward(net, text: torch.Tensor, multiple: int = 8) -> torch.Tensor:  # long [B, L] -> [B, E]
-    """net's text features (a TextTransformer's forward / a CLIP's encode_text; not normalised) over the
-    positions up to the batch's last end-of-text token, rounded up to a multiple of `multiple`: 8 in training
-    (few distinct shapes, so few torch.compile graphs), 1 for inference in eager mode (align embed / bench)."""
-    from open_clip.transformer import text_global_pool
-    if text.shape[0] == 0:                   # no caption: nothing to trim (max() of an empty tensor raises)
-        return net(text) if not hasattr(net, "encode_text") else net.encode_text(text)
-    pool, eos = _text_parts(net)
-    end = text.argmax(dim=-1) if pool == "argmax" else (text == eos).int().argmax(dim=-1)   # [B]
-    n = min(text.shape[1], -(-(int(end.max()) + 1) // multiple) * multiple)
-    if n == text.shape[1]:
-        return net(text) if not hasattr(net, "encode_text") else net.encode_text(text)
-    text = text[:, :n]                                                                   # [B, n]
-    cast = net.transformer.get_cast_dtype()
-    h = net.token_embedding(text).to(cast) + net.positional_embedding[:n].to(cast)      # [B, n, W]
-    h = net.transformer(h, attn_mask=net.attn_mask[:n, :n])
-    pooled = text_global_pool(net.ln_final(h), text, pool_type=pool, eos_token_id=eos)  # [B, W]
-    if net.text_projection is None:
-        return pooled
-    if isinstance(net.text_projection, nn.Linear):
-        return net.text_projection(pooled)
-    return pooled @ net.text_projection

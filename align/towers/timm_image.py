@@ -27,6 +27,7 @@ Keys:
 The trunk is created with num_classes=0, so it returns timm's pooled features [B, F].
 Preprocessing is timm's own: resolve_model_data_config + create_transform.
 """
+import contextlib
 import inspect
 from pathlib import Path
 from typing import List
@@ -78,22 +79,33 @@ def local_weights(path: str, model: str, kwargs: dict, where: str):
     return str(found[0]), dict(pcfg, file=str(found[0]), hf_hub_id=None, url=None)
 
 
-def check_all_loaded(trunk, weights: str, model: str, where: str) -> None:
-    """One line when the trunk has tensors `weights` did not fill: timm loads a file non-strictly once its
-    classifier is dropped (num_classes=0), so a file of another architecture or a part of one left those
-    tensors at random without a word. A file in another layout that timm converts (its names differ) counts
-    as filled when the trunk holds its tensors' values."""
-    from timm.models import load_state_dict
-    sd = load_state_dict(weights)
+@contextlib.contextmanager
+def load_reports():
+    """The (module, missing keys) of every `load_state_dict` on a module built inside the block (torch's public
+    global hook on submodule registration, then each parent's load_state_dict post hook): what timm's own load
+    of a weights file left unfilled, after its conversion of the file's names, without reading the file again."""
+    reports, hooks = [], {}
+
+    def keep(module, keys):
+        reports.append((module, list(keys.missing_keys)))
+
+    def on_child(module, name, child):
+        if id(module) not in hooks:
+            hooks[id(module)] = module.register_load_state_dict_post_hook(keep)
+    handle = torch.nn.modules.module.register_module_module_registration_hook(on_child)
+    try:
+        yield reports
+    finally:
+        handle.remove()
+        for hook in hooks.values():          # none stays on the model (it would not pickle, and would grow)
+            hook.remove()
+
+
+def check_all_loaded(trunk, missing: List[str], weights: str, model: str, where: str) -> None:
+    """One line when the trunk has tensors `weights` did not fill (`missing`, from timm's own load: load_reports):
+    timm loads a file non-strictly once its classifier is dropped (num_classes=0), so a file of another
+    architecture or a part of one left those tensors at random without a word."""
     own = trunk.state_dict()
-    missing = [k for k in own if k not in sd]
-    if len(missing) == len(own):       # another naming, converted by timm's filter: the values must be there
-        by_shape = {}
-        for v in sd.values():
-            by_shape.setdefault(tuple(v.shape), []).append(v)
-        missing = [k for k, v in own.items() if not any(torch.equal(v, w) for w in by_shape.get(tuple(v.shape), []))]
-        if 2 * len(missing) < len(own):
-            return
     if missing:
         raise ConfigError(f"{where}: {weights!r} lacks {len(missing)} of the {len(own)} tensors of timm's {model!r} "
                           f"(e.g. {', '.join(missing[:2])}): they would start at random; give weights of this "
@@ -130,7 +142,8 @@ class TimmImageTower(LockableTower):
         elif not isinstance(pretrained, bool):
             raise ConfigError(f"{where}.pretrained: expected true, false or a weights path, got {pretrained!r}")
         try:
-            self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **kwargs)
+            with load_reports() as reports:
+                self.trunk = timm.create_model(model, pretrained=pretrained, num_classes=0, **kwargs)
         except TypeError as e:
             raise ConfigError(f"{where}.model_kwargs: {e}") from None
         except Exception as e:  # noqa: BLE001  no network / no cached weights / a pickle / a cut file / shape mismatch
@@ -139,7 +152,8 @@ class TimmImageTower(LockableTower):
             raise ConfigError(f"{where}.pretrained: {line}" if line else f"{where}: cannot create {model!r} "
                               f"(pretrained={pretrained}): {str(e).splitlines()[0][:200]}") from None
         if weights:
-            check_all_loaded(self.trunk, weights, model, f"{where}.pretrained")
+            missing = [keys for module, keys in reports if module is self.trunk]
+            check_all_loaded(self.trunk, missing[-1] if missing else [], weights, model, f"{where}.pretrained")
         self.data_config = dict(resolve_model_data_config(self.trunk))
         if hw is not None:
             self.data_config["input_size"] = (3, *hw)

@@ -232,7 +232,8 @@ def _absolute_local_dir(name):
 
 def absolute_model_paths(recipe: dict) -> dict:
     """The recipe dict with the model section's local files as absolute paths (model.open_clip's JSON, a tower's
-    config_file, a Hugging Face tower's folder): align.load and export rebuild the towers from RUN/config.yaml,
+    config_file, a Hugging Face tower's folder, an open_clip tower's pretrained weights and tokenizer_folder, whose
+    tokenizer files a loaded run reads): align.load and export rebuild the towers from RUN/config.yaml,
     from whatever directory they run in."""
     m = recipe.get("model") or {}
     if isinstance(m.get("open_clip"), str) and m["open_clip"].endswith(".json") and os.path.isfile(m["open_clip"]):
@@ -245,6 +246,13 @@ def absolute_model_paths(recipe: dict) -> dict:
             t["config_file"] = os.path.abspath(t["config_file"])
         if t.get("type") == "open_clip" and "model" in t:
             t["model"] = _absolute_local_dir(t["model"])
+        if t.get("type") == "open_clip":        # the tokenizer files beside the weights are read when it loads
+            for key in ("pretrained", "tokenizer_folder"):
+                value = t.get(key)
+                if isinstance(value, str) and os.path.exists(value):
+                    t[key] = os.path.abspath(value)
+                elif key in t:
+                    t[key] = _absolute_local_dir(value)
         if t.get("type") in HF_TOWERS and isinstance(t.get("model"), str) and os.path.isdir(t["model"]):
             t["model"] = os.path.abspath(t["model"])
         configs.append(t.get("config"))
@@ -312,11 +320,31 @@ def locate(path: str) -> Located:
                      f"or {EXPORT_CONFIG})")
 
 
+def export_tokenizer_folders(recipe: dict, folder: str) -> dict:
+    """An export's recipe with its open_clip text tower's tokenizer folder found: written relative to the export
+    (its own tokenizer/ copy) it is joined to `folder`; an absolute one that is gone (an export written before the
+    copy, then moved) falls back to the tokenizer files the export holds (tokenizer/, or beside its
+    open_clip_config.json)."""
+    from align.open_clip_files import TOKENIZER_FOLDER, holds_tokenizer
+    for t in ((recipe.get("model") or {}).get("towers") or {}).values():
+        cfg = t.get("config") if isinstance(t, dict) else None
+        path = cfg.get(TOKENIZER_FOLDER) if isinstance(cfg, dict) else None
+        if not isinstance(path, str):
+            continue
+        if not os.path.isabs(path):
+            cfg[TOKENIZER_FOLDER] = os.path.join(folder, path)
+        elif not os.path.isdir(path):
+            found = [d for d in (os.path.join(folder, "tokenizer"), folder) if holds_tokenizer(d)]
+            if found:
+                cfg[TOKENIZER_FOLDER] = found[0]
+    return recipe
+
+
 def read_model_config(where: Located) -> dict:
     """The recipe dict behind a located model: the export's align_config.json or the run's config.yaml."""
     if where.kind == "export":
         with open(where.config_path) as f:
-            return json.load(f)
+            return export_tokenizer_folders(json.load(f), os.path.dirname(where.config_path))
     if where.run_dir is None:
         run = os.path.dirname(os.path.dirname(where.checkpoint))
         raise AlignError(f"{where.checkpoint}: cannot find the run's {CONFIG} at {os.path.join(run, CONFIG)}")

@@ -297,8 +297,8 @@ def _without_pretrained(model_cfg):
     import copy
     from align.towers import drop_pretrained
     cfg = copy.deepcopy(model_cfg)
-    for t in cfg.towers.values():
-        drop_pretrained(t)
+    for m, t in cfg.towers.items():
+        drop_pretrained(t, m)
     return cfg
 
 

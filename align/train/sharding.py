@@ -140,8 +140,8 @@ def unsharded_copy(model: nn.Module, model_cfg, is_main: bool) -> nn.Module:
         return model
     import copy
     cfg = copy.deepcopy(model_cfg)
-    for t in cfg.towers.values():
-        drop_pretrained(t)            # the weights come from the sharded model, not from a download
+    for m, t in cfg.towers.items():
+        drop_pretrained(t, m)            # the weights come from the sharded model, not from a download
     plain = build_model(cfg)
     plain.load_state_dict(unshard_shapes(sd))
     plain.config = getattr(model, "config", {})

@@ -16,6 +16,7 @@ from align.towers.open_clip_towers import trimmed_text_forward
 from tests.bench.conftest import OC_ARCH as ARCH, classification_wds
 from tests.conftest import TINY_OPEN_CLIP
 from tests.test_open_clip_files import cache_file, no_hub  # noqa: F401  (no_hub: a fixture)
+from tests.towers.test_open_clip_towers import offline  # noqa: F401  (a fixture)
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
@@ -371,3 +372,37 @@ def test_an_open_clip_models_image_size_is_what_its_transform_makes(oc_arch, oc_
     assert OpenClipModel(oc_net, None, None, oc_arch, None).image_shape() is None
     keeps_ratio = OpenClipModel(oc_net, lambda im: torch.zeros(3, im.size[1], im.size[0]), None, oc_arch, None)
     assert keeps_ratio.image_shape() is None
+
+
+def test_an_open_clip_file_of_an_hf_tokenizer_architecture_reads_the_tokenizer_beside_it(tmp_path, offline):
+    """`open_clip:ARCH --pretrained FILE` for an architecture whose tokenizer is a Hugging Face one (SigLIP's config
+    names timm/ViT-B-16-SigLIP): open_clip.get_tokenizer asked the Hub by that id, so the local form failed offline.
+    The tokenizer files beside the file (as the download's folder holds them) are read; without them the line says
+    where to put them."""
+    import copy
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+    from tests.towers.hf_tiny import save_tiny_tokenizer
+    arch = "align-test-siglip-tokenizer"
+    cfg = copy.deepcopy(open_clip.get_model_config("ViT-B-16-SigLIP"))
+    cfg.update(embed_dim=16, vision_cfg=dict(TINY_OPEN_CLIP["vision_cfg"]))
+    cfg["text_cfg"].update(context_length=8, vocab_size=16, width=32, heads=2, layers=1)
+    if open_clip.get_model_config(arch) is None:
+        (tmp_path / f"{arch}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(str(tmp_path / f"{arch}.json"))
+    torch.manual_seed(0)
+    net = open_clip.create_model(arch)
+    os.makedirs(tmp_path / "dl")
+    weights = str(tmp_path / "dl" / "open_clip_model.safetensors")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
+    with pytest.raises(AlignError, match=rf"^open_clip:{arch} pretrained '.*': open_clip cannot load it: .* \(its "
+                                         r"tokenizer timm/ViT-B-16-SigLIP is asked of the Hub: offline, put its files "
+                                         rf"\(tokenizer.json or tokenizer_config.json\) beside the weights, in "
+                                         rf"{tmp_path / 'dl'}\)$"):
+        load_model({"model": f"open_clip:{arch}", "pretrained": weights})
+    save_tiny_tokenizer(tmp_path / "dl")
+    model = load_model({"model": f"open_clip:{arch}", "pretrained": weights})
+    assert model.tokenize(["A photo of a dog."])[0].tolist() == [3, 4, 5, 3, 6, 1, 1, 1]
+    assert offline[0] == []

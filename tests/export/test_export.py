@@ -11,6 +11,8 @@ from align.errors import AlignError
 from align.export import export, summary_lines
 from tests.conftest import TINY_OPEN_CLIP
 from tests.export.conftest import make_run
+from tests.towers.test_open_clip_towers import offline  # noqa: F401  (a fixture)
+from tests.test_open_clip_files import no_hub  # noqa: F401  (offline uses it)
 
 SUMMARY = {"steps": 1234, "final_loss": 0.5, "wall_time_s": 3600.0, "samples_per_s": 250.0, "world_size": 2,
            "precision": "bf16"}
@@ -256,3 +258,34 @@ def test_a_format_open_clip_cannot_hold_is_refused_naming_the_command_lines_flag
     err = capsys.readouterr().err
     assert "cannot use format open_clip" in err and "Use --format onnx (or all" in err, err
     assert "fmt='onnx'" not in err and not os.path.exists(tmp_path / "out")
+
+
+def test_an_export_carries_its_tokenizer_and_loads_moved_without_the_original(tmp_path, monkeypatch, offline):
+    """A run fine-tuned from `model: ViT-B-16-SigLIP` + `pretrained: DIR`: align.load asked the Hub for the
+    tokenizer (the run's recipe drops `pretrained`), and the align export recorded the tokenizer folder as an
+    absolute path, so moving the export (another machine) without that folder broke it. The export holds its own
+    copy (tokenizer/, named relative to it); an export written before, whose absolute path is gone, reads it too."""
+    import shutil
+    from tests.towers.hf_tiny import save_tiny_tokenizer
+    from tests.towers.test_open_clip_towers import _hub_folder, tiny_siglip
+    d, _ = _hub_folder(tmp_path, tiny_siglip(monkeypatch), {"mean": [0.5] * 3, "std": [0.5] * 3})
+    save_tiny_tokenizer(d)
+    run, model = make_run(tmp_path, towers={"text": {"type": "open_clip", "model": "ViT-B-16-SigLIP",
+                                                     "pretrained": str(d)}})
+    texts = ["a photo of a dog", "a red cat on a sofa"]
+    want = model.encode_text(model.tokenize(texts))
+    loaded = align.load(run)                                                   # the run: offline, from DIR
+    assert torch.equal(loaded.tokenize(texts), model.tokenize(texts))
+    export(run, str(tmp_path / "e"), fmt="open_clip", progress=False)
+    recipe = json.load(open(tmp_path / "e" / "align_config.json"))
+    assert recipe["model"]["towers"]["text"]["config"]["tokenizer_folder"] == "tokenizer"
+    os.makedirs(tmp_path / "elsewhere")
+    moved = shutil.move(str(tmp_path / "e"), str(tmp_path / "elsewhere" / "e"))
+    shutil.rmtree(d)
+    again = align.load(moved)
+    torch.testing.assert_close(again.encode_text(again.tokenize(texts)), want, rtol=0, atol=1e-6)
+    recipe["model"]["towers"]["text"]["config"]["tokenizer_folder"] = str(d)  # as written before: gone now
+    json.dump(recipe, open(os.path.join(moved, "align_config.json"), "w"))
+    old = align.load(moved)
+    torch.testing.assert_close(old.encode_text(old.tokenize(texts)), want, rtol=0, atol=1e-6)
+    assert offline[0] == []

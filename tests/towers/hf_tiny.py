@@ -54,3 +54,26 @@ def save_tiny(kind: str, folder) -> str:
     T.AutoModel.from_config(cfg).save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+TINY_WORDS = ("a", "photo", "of", "dog", "cat", "red", "sofa")
+
+
+def save_tiny_tokenizer(folder) -> str:
+    """A Hugging Face tokenizer of a few words (word-level, lower-cased) saved as tokenizer.json +
+    tokenizer_config.json, as a download leaves them; ids: [UNK] 0, [PAD] 1, </s> 2, then TINY_WORDS from 3."""
+    import json
+    import tempfile
+
+    import transformers as T
+    vocab = {w: i for i, w in enumerate(("[UNK]", "[PAD]", "</s>") + TINY_WORDS)}
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer":
+            {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}}
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump(spec, f)
+        tok = T.PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"), unk_token="[UNK]",
+                                        pad_token="[PAD]", eos_token="</s>")
+    tok.save_pretrained(str(folder))
+    return str(folder)

@@ -353,3 +353,61 @@ def test_model_hf_hub_keeps_the_preprocessing_its_config_file_names(tmp_path, no
     tower = build_tower({"type": "open_clip", "model": "hf-hub:org/clip"}, "image", 16)
     assert tower.preprocess_config()["mean"] == (0.5, 0.5, 0.5) and tower.preprocess_config()["std"] == (0.5,) * 3
     assert tower.model_cfg["vision_cfg"] == TINY_OPEN_CLIP["vision_cfg"]
+
+
+def tiny_siglip(monkeypatch) -> dict:
+    """open_clip's ViT-B-16-SigLIP config shrunk (its text_cfg still names the Hub tokenizer timm/ViT-B-16-SigLIP)
+    and served under that name by open_clip.get_model_config."""
+    import copy
+
+    import open_clip
+    real = open_clip.get_model_config("ViT-B-16-SigLIP")
+    assert real["text_cfg"]["hf_tokenizer_name"] == "timm/ViT-B-16-SigLIP"
+    tiny = copy.deepcopy(real)
+    tiny.update(embed_dim=16, vision_cfg=dict(TINY_OPEN_CLIP["vision_cfg"]))
+    tiny["text_cfg"].update(context_length=8, vocab_size=16, width=32, heads=2, layers=1)
+    get = open_clip.get_model_config
+    monkeypatch.setattr(open_clip, "get_model_config",
+                        lambda name: copy.deepcopy(tiny) if name == "ViT-B-16-SigLIP" else get(name))
+    return tiny
+
+
+@pytest.fixture
+def offline(no_hub, monkeypatch):
+    """No network at all: no connection opens (no_hub) and huggingface_hub is in offline mode."""
+    import huggingface_hub.constants as hc
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    return no_hub
+
+
+def test_pretrained_folder_of_a_named_architecture_gives_its_tokenizer_without_the_hub(tmp_path, offline,
+                                                                                        monkeypatch):
+    """`model: ViT-B-16-SigLIP` + `pretrained: DIR` (a hub download copied by hand): the tokenizer was asked of the
+    Hub by the id the architecture's config names, one error line offline, while `model: local-dir:DIR` read it from
+    the folder. Now the folder's tokenizer files are read; a folder without them is named in the error line."""
+    from tests.towers.hf_tiny import save_tiny_tokenizer
+    cfg = tiny_siglip(monkeypatch)
+    d, _ = _hub_folder(tmp_path, cfg, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    want = [3, 4, 5, 3, 6, 1, 1, 1]                                         # a photo of a dog [PAD]...
+    spec = {"type": "open_clip", "model": "ViT-B-16-SigLIP"}
+    key = "model.towers.text.text_cfg.hf_tokenizer_name"
+    with pytest.raises(ConfigError, match=rf"^{key}: cannot load the tokenizer 'timm/ViT-B-16-SigLIP' \(.*\); {d}, "
+                                          rf"the folder of the pretrained weights, holds no tokenizer files "
+                                          rf"\(tokenizer.json or tokenizer_config.json\): copy them there from the "
+                                          rf"tokenizer's download, or set model.towers.text.tokenizer_folder$"):
+        build_tower(dict(spec, pretrained=str(d)), "text", 16).tokenize(["a photo of a dog"])
+    save_tiny_tokenizer(d)
+    for given in (str(d), f"local-dir:{d}", str(d / "open_clip_model.safetensors")):
+        tower = build_tower(dict(spec, pretrained=given), "text", 16)
+        assert tower.tokenize(["A photo of a dog."])[0].tolist() == want, given
+    tok = save_tiny_tokenizer(tmp_path / "tok")                             # the tower's own key
+    assert build_tower(dict(spec, tokenizer_folder=tok), "text", 16).tokenize(["a photo of a dog"])[0].tolist() == want
+    assert offline[0] == []                                                 # no connection tried
+    with pytest.raises(ConfigError, match=r"^model.towers.text.tokenizer_folder: '.*nope' is no folder holding"):
+        build_tower(dict(spec, tokenizer_folder=str(tmp_path / "nope")), "text", 16)
+    with pytest.raises(ConfigError, match=r"^model.towers.text.tokenizer_folder: this architecture tokenizes with "
+                                          r"open_clip's SimpleTokenizer"):
+        build_tower({"type": "open_clip", "config": TINY_OPEN_CLIP, "tokenizer_folder": tok}, "text", 16)
+    with pytest.raises(ConfigError, match=r"^model.towers.image.tokenizer_folder: only the text tower reads it"):
+        build_tower(dict(spec, tokenizer_folder=tok), "image", 16)

@@ -133,3 +133,26 @@ def test_a_broken_or_partial_timm_weights_file_is_one_line_never_a_random_start(
     with pytest.raises(ConfigError, match=r"shape.safetensors' does not fit the model: tensor "
                                           r"'blocks.0.attn.qkv.weight' has shape \[3, 3\] in the weights"):
         build_tower(dict(tower, pretrained=str(tmp_path / "shape.safetensors")), "image", 8)
+
+
+def test_a_timm_weights_file_is_read_once(tmp_path, monkeypatch):
+    """The check that a file filled every trunk tensor read the whole file a second time after timm loaded it;
+    it takes what timm's own load left missing. No hook stays on the trunk (it pickles)."""
+    import pickle
+    sd = _vit_weights()
+    torch.save(sd, tmp_path / "w.pth")
+    torch.save({k: v for k, v in sd.items() if not k.startswith("blocks.0.")}, tmp_path / "part.pth")
+    reads, load = [], torch.load
+
+    def counted(f, *a, **k):
+        reads.append(str(f))
+        return load(f, *a, **k)
+    monkeypatch.setattr(torch, "load", counted)
+    tower = build_tower({"type": "timm", "model": "test_vit", "pretrained": str(tmp_path / "w.pth")}, "image", 8)
+    assert reads == [str(tmp_path / "w.pth")]
+    torch.testing.assert_close(tower.trunk.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    assert not any(m._load_state_dict_post_hooks for m in tower.modules())
+    pickle.dumps(tower.trunk)
+    with pytest.raises(ConfigError, match=r"'.*part.pth' lacks 12 of the \d+ tensors of timm's 'test_vit' \(e.g. "
+                                          r"blocks.0.norm1.weight"):
+        build_tower({"type": "timm", "model": "test_vit", "pretrained": str(tmp_path / "part.pth")}, "image", 8)

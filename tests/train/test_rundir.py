@@ -239,3 +239,20 @@ def test_a_local_dir_architecture_is_recorded_with_an_absolute_path(tmp_path, mo
     assert r["model"]["open_clip"] == f"local-dir:{tmp_path / 'oc'}"
     assert r["model"]["towers"]["image"]["model"] == f"local-dir:{tmp_path / 'oc'}"
     assert r["model"]["towers"]["text"]["model"] == "ViT-B-32"
+
+
+def test_an_open_clip_towers_pretrained_path_and_tokenizer_folder_are_recorded_absolutely(tmp_path, monkeypatch):
+    """A loaded run reads the tokenizer files beside a tower's `pretrained` weights (or its tokenizer_folder): named
+    relative to where training ran, align.load elsewhere did not find them. A tag is left as it is."""
+    from align.train.rundir import absolute_model_paths
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "w.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    towers = absolute_model_paths({"model": {"towers": {
+        "image": {"type": "open_clip", "model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+        "text": {"type": "open_clip", "model": "ViT-B-32", "pretrained": "dl/w.safetensors", "tokenizer_folder": "dl"},
+        "audio": {"type": "open_clip", "model": "ViT-B-32", "pretrained": "local-dir:dl"}}}})["model"]["towers"]
+    assert towers["image"]["pretrained"] == "laion2b_s34b_b79k"
+    assert towers["text"]["pretrained"] == str(tmp_path / "dl" / "w.safetensors")
+    assert towers["text"]["tokenizer_folder"] == str(tmp_path / "dl")
+    assert towers["audio"]["pretrained"] == f"local-dir:{tmp_path / 'dl'}"

@@ -179,7 +179,7 @@ MUTATIONS = [
       "        return self._tokenizer(text_list(texts))",
       "        return self._tokenizer([texts] if isinstance(texts, str) else list(texts))", [OC_API_INPUTS]),
     M("bench.models.offline_tag_no_way_out", "align/bench/models.py",
-      "hint=\"\" if is_file else OFFLINE_HINT,", "hint=\"\",",
+      "hint=tok_hint if is_file else OFFLINE_HINT,", "hint=tok_hint,",
       ["tests/bench/test_models.py::test_a_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
       "offline, open_clip:ARCH --pretrained TAG: open_clip's download error cut mid-word, no local-file way out"),
     M("bench.models.cached_tag_not_offline", "align/bench/models.py",
@@ -287,4 +287,9 @@ MUTATIONS = [
       'desc=f"search, {batch_size} queries a batch", unit="batch",', 'desc="search",',
       ["tests/test_progress.py::test_every_bar_in_align_says_what_it_counts"],
       "the index add, search and probe bars counted `it`"),
+    M("offline.bench_file_tokenizer_ignored", "align/bench/models.py",
+      "    if holds_tokenizer(folder):\n        return folder, \"\"", "    if holds_tokenizer(folder):\n        return None, \"\"",
+      ["tests/bench/test_models.py::"
+       "test_an_open_clip_file_of_an_hf_tokenizer_architecture_reads_the_tokenizer_beside_it"],
+      "open_clip:ViT-B-16-SigLIP --pretrained FILE asked the Hub for its tokenizer by id: offline, an error"),
 ]

@@ -37,6 +37,11 @@ PART_BYTES = ("tests/retrieval/test_embed.py::"
               "test_a_part_whose_bytes_changed_keeping_its_size_is_named_when_read_and_redone_by_a_rerun")
 FILTER_OUT = ("tests/retrieval/test_filter.py::test_an_out_that_holds_the_input_shards_or_two_inputs_of_one_"
               "name_are_refused_before_anything")
+OC_PRETRAINED_TOKENIZER = ("tests/towers/test_open_clip_towers.py::"
+                           "test_pretrained_folder_of_a_named_architecture_gives_its_tokenizer_without_the_hub")
+EXPORT_TOKENIZER = ("tests/export/test_export.py::"
+                    "test_an_export_carries_its_tokenizer_and_loads_moved_without_the_original")
+TIMM_READ_ONCE = "tests/towers/test_timm_image.py::test_a_timm_weights_file_is_read_once"
 OFFLINE_TOWER = ("tests/towers/test_open_clip_towers.py::"
                  "test_a_pretrained_tag_without_the_hub_takes_the_cached_file_or_is_one_line_at_once")
 OFFLINE_BENCH = ("tests/bench/test_models.py::"

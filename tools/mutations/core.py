@@ -106,7 +106,7 @@ MUTATIONS = [
       "    if a.batch_size < 1:     # was range()", "    if False:     # was range()",
       ["tests/data/write/test_reinforce.py::test_a_batch_size_below_one_is_refused_before_the_teacher_loads"]),
     M("api.load_keeps_pretrained_temperature", "align/api.py",
-      "        drop_pretrained(t)", "        t.pop(\"pretrained\", None)",
+      "        drop_pretrained(t, m)", "        t.pop(\"pretrained\", None)",
       ["tests/export/test_export.py::test_a_run_whose_tower_took_its_pretrained_temperature_loads_and_exports"],
       "a run trained with a tower's pretrained_temperature: align.load refused its own config"),
     M("cli.recipes_fixed_width", "align/cli.py",
@@ -282,4 +282,7 @@ MUTATIONS = [
     M("cli.data_inspect.pair_of_one_modality", "align/cli_data.py",
       "if not a or not b or \"-\" in b or a == b:", "if not a or not b or \"-\" in b:",
       ["tests/data/tools/test_inspect.py::test_pairs_skip_a_sample_in_no_loss_pair_as_training_does"]),
+    M("offline.lit_minilm_uncached", "recipes/lit-minilm.yaml", ",\n           cache_texts: 4096}", "}",
+      ["tests/test_recipes.py::test_a_wholly_locked_hf_text_tower_caches_its_outputs"],
+      "lit-minilm encoded its 80 distinct demo captions with the locked MiniLM again at every step"),
 ]

@@ -530,4 +530,9 @@ MUTATIONS = [
       "decode_raw(raw, modalities, min_modalities, limits=limits, pairs=pairs)",
       "decode_raw(raw, modalities, min_modalities, limits=limits)",
       ["tests/data/tools/test_inspect.py::test_pairs_skip_a_sample_in_no_loss_pair_as_training_does"]),
+    M("offline.hub_dataset_download_read_as_pairs", "align/data/write/inputs.py",
+      "        if not len(folder) and holds_data_files(path):", "        if False:",
+      ["tests/data/write/test_inputs.py::"
+       "test_a_hub_download_of_a_dataset_is_read_from_its_folder_without_the_network"],
+      "the folder a Hub download of a dataset leaves was read as a folder of pairs, and held none"),
 ]

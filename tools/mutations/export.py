@@ -112,4 +112,8 @@ MUTATIONS = [
       'unit="it", disable=not progress,',
       ["tests/export/test_onnx_format.py::test_the_progress_line_counts_towers_and_says_what_it_does"],
       "the ONNX export bar counted `it`"),
+    M("offline.export_names_the_tokenizer_absolutely", "align/export/__init__.py",
+      "                t[\"config\"][TOKENIZER_FOLDER] = TOKENIZER_DIR          # relative: the export's own copy",
+      "                pass", [EXPORT_TOKENIZER],
+      "an align export named its tokenizer folder by an absolute path: moved to another machine, it broke"),
 ]

@@ -331,4 +331,23 @@ MUTATIONS = [
     M("loss.zero_loss_unmarked", "align/losses/distributed.py",
       "        setattr(out, NO_ROWS, True)\n", "        pass\n",
       ["tests/losses/test_multipair_loss.py::test_a_pair_without_a_row_adds_zero_and_is_left_out_of_the_logs"]),
+    # every path a hub download feeds, from local files (a session of the align project: offline audit)
+    M("offline.pretrained_folder_tokenizer_ignored", "align/towers/open_clip_towers.py",
+      "        model_cfg[TOKENIZER_FOLDER] = folder      # hf_tokenizer_name keeps the Hub id (what an export names)",
+      "        pass", [OC_PRETRAINED_TOKENIZER],
+      "model: ViT-B-16-SigLIP + pretrained: DIR asked the Hub for timm/ViT-B-16-SigLIP's tokenizer: offline, an error"),
+    M("offline.tokenizer_missing_folder_unnamed", "align/towers/open_clip_towers.py",
+      "            missing = self.tokenizer_missing_in\n", "            missing = None\n", [OC_PRETRAINED_TOKENIZER],
+      "a pretrained folder without the tokenizer files: the line did not say what was missing where"),
+    M("offline.loaded_run_asks_the_hub_for_its_tokenizer", "align/towers/__init__.py",
+      "        keep_pretrained_tokenizer(cfg)\n", "        pass\n", [EXPORT_TOKENIZER],
+      "align.load of a run trained from pretrained: DIR dropped DIR and asked the Hub for the tokenizer"),
+    M("offline.timm_weights_read_twice", "align/towers/timm_image.py",
+      "            missing = [keys for module, keys in reports if module is self.trunk]",
+      "            missing = [[k for k in self.trunk.state_dict() if k not in __import__('timm').models."
+      "load_state_dict(weights)]]",
+      [TIMM_READ_ONCE], "the check that a file filled every trunk tensor read the whole file again"),
+    M("offline.timm_load_hooks_left_on_the_trunk", "align/towers/timm_image.py",
+      "            hook.remove()\n", "            pass\n", [TIMM_READ_ONCE],
+      "the hooks that saw timm's load stayed on every module (a model that does not pickle)"),
 ]

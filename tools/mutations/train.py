@@ -494,4 +494,15 @@ MUTATIONS = [
       "return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w > 0] or None",
       "return [tuple(p) for p, w in zip(r.loss.pairs, weights) if w >= 0] or None",
       ["tests/train/test_three_towers.py::test_a_pair_of_weight_zero_keeps_no_sample"]),
+    M("offline.export_relative_tokenizer_unresolved", "align/train/rundir.py",
+      "            cfg[TOKENIZER_FOLDER] = os.path.join(folder, path)", "            pass",
+      ["tests/export/test_export.py::test_an_export_carries_its_tokenizer_and_loads_moved_without_the_original"]),
+    M("offline.old_export_tokenizer_gone", "align/train/rundir.py",
+      "                cfg[TOKENIZER_FOLDER] = found[0]", "                pass",
+      ["tests/export/test_export.py::test_an_export_carries_its_tokenizer_and_loads_moved_without_the_original"],
+      "an export written before the copy, moved without its absolute tokenizer folder, no longer loaded"),
+    M("offline.pretrained_path_recorded_relative", "align/train/rundir.py",
+      "                    t[key] = os.path.abspath(value)", "                    t[key] = value",
+      ["tests/train/test_rundir.py::"
+       "test_an_open_clip_towers_pretrained_path_and_tokenizer_folder_are_recorded_absolutely"]),
 ]

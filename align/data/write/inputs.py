@@ -10,8 +10,9 @@ Supported inputs:
   * a CSV / TSV / JSONL / Parquet file (paths are relative to its folder);
   * a folder of pairs `x.jpg` + `x.txt` [+ `x.flac`/wav/ogg/mp3] [+ `x.cls`]
     [+ `x.json` extra metadata], matched by relative stem, recursive, sorted;
-  * a Hugging Face `datasets` dataset: a `save_to_disk` folder, a Hub name,
-    or a `datasets.Dataset` object.
+  * a Hugging Face `datasets` dataset: a `save_to_disk` folder, a Hub name, the folder a Hub download
+    of one leaves (its Parquet / CSV / JSON data files, read by `datasets` locally), or a `datasets.Dataset`
+    object.
 
 Also here: `resolve_columns` (auto-detects which column holds which modality). The readers that turn one
 raw value into bytes, captions or a label, raising `SkipRow`, are in align.data.write.values.
@@ -384,6 +385,36 @@ def open_hf_folder(path: Path, split: Optional[str], only_split_ok: bool = False
     return HFInput(ds, str(path), path)
 
 
+DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".csv", ".tsv", ".jsonl", ".json")   # what `datasets` infers a folder's
+#                                                                                  data files from
+
+
+def holds_data_files(path: Path) -> bool:
+    """Whether a folder (hidden folders left out: a --local-dir download's .cache/) holds a data file `datasets`
+    reads; asked of a folder with no pair of files in it, as a Hub download of a dataset leaves it."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        if any(n.lower().endswith(DATA_FILE_SUFFIXES) for n in filenames):
+            return True
+    return False
+
+
+def open_hub_download(path: Path, split: Optional[str]) -> HFInput:
+    """A Hugging Face dataset as its Hub download leaves it (`huggingface-cli download --repo-type dataset ORG/NAME
+    --local-dir DIR`, or its snapshot in the Hugging Face cache): `datasets.load_dataset(DIR)` finds its data files
+    and splits there (README.md's configs, data/train-*.parquet, ...), with no network."""
+    import datasets
+    try:
+        ds = datasets.load_dataset(str(path), split=split)
+    except Exception as e:  # noqa: BLE001  no split of that name, unreadable files: one line
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise DataError(f"cannot read {path} as a Hugging Face dataset's download (its data files): "
+                        f"{type(e).__name__}: {msg}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        ds, split = _pick_split(ds, split, f"the Hugging Face dataset in {path}")
+    return HFInput(ds, str(path) + (f"[{split}]" if split else ""), path)
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -408,7 +439,10 @@ def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] 
     if path.is_dir():
         if is_hf_folder(path):
             return open_hf_folder(path, split)
-        return FolderInput(path, exclude, follow_links=follow_links)
+        folder = FolderInput(path, exclude, follow_links=follow_links)
+        if not len(folder) and holds_data_files(path):
+            return open_hub_download(path, split)
+        return folder
     text = str(input)
     if path.suffix.lower() in TABLE_SUFFIXES or not _HUB_NAME.match(text):
         raise DataError(f"input not found: {text}")

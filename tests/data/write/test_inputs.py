@@ -139,3 +139,31 @@ def test_a_folder_of_shards_given_as_pairs_is_one_line_saying_so(tmp_path):
     with pytest.raises(DataError, match=r"shards: holds 1 \.tar file\(s\) and no pairs: webdataset shards already\?"):
         write_shards(str(tmp_path / "shards"), str(tmp_path / "out"), progress=False)
     assert main(["data", "shards", str(tmp_path / "shards"), "--out", str(tmp_path / "out2")]) == 2
+
+
+def test_a_hub_download_of_a_dataset_is_read_from_its_folder_without_the_network(tmp_path, monkeypatch):
+    """`align data shards ORG/NAME` has a local form: the folder `huggingface-cli download --repo-type dataset`
+    leaves (README.md, data/train-*.parquet, its .cache/). It was read as a folder of pairs and held none."""
+    import socket
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def refuse(*a, **k):
+        raise OSError(101, "Network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    dl = tmp_path / "dl"
+    (dl / "data").mkdir(parents=True)
+    (dl / ".cache" / "huggingface" / "download" / "data").mkdir(parents=True)
+    (dl / "README.md").write_text("---\nlicense: cc0-1.0\n---\n# pairs\n")
+    images = [{"bytes": jpeg_bytes(s), "path": f"{s}.jpg"} for s in (1, 2, 3)]
+    pq.write_table(pa.table({"image": images, "caption": ["a red photo", "a green photo", "a blue photo"]}),
+                   dl / "data" / "train-00000-of-00001.parquet")
+    (dl / ".cache" / "huggingface" / "download" / "data" / "train-00000-of-00001.parquet.metadata").write_text("x")
+    write_shards(dl, tmp_path / "out", progress=False)
+    assert sorted(_captions(tmp_path / "out").values()) == ["a blue photo", "a green photo", "a red photo"]
+    jpgs = [data for tar in sorted((tmp_path / "out").glob("*.tar")) for name, data in iter_tar(open(tar, "rb"))
+            if name.endswith(".jpg")]
+    assert len(jpgs) == 3
