@@ -127,3 +127,4 @@ def test_a_table_that_is_not_utf8_names_the_byte_and_line_in_the_file(tmp_path):
     with pytest.raises(DataError, match=f"not UTF-8 text \\(invalid continuation byte at byte {len(rows) - 2}, "
                                         f"line 3002\\)"):
         write_shards(tmp_path / "t.csv", tmp_path / "out", progress=False)
+
