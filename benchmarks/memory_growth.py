@@ -6,6 +6,7 @@
     python benchmarks/memory_growth.py rows --rows 1000000                  # `align index` writing rows.parquet
     python benchmarks/memory_growth.py index --rows 1000000                 # an Index's rows held (`align serve`)
     python benchmarks/memory_growth.py noise                                # a data worker's decoded noise clips
+    python benchmarks/memory_growth.py shards --rows 1000000 [--jsonl]      # `align data shards` of a CSV (JSONL)
 
 Each imports the `align` first on PYTHONPATH (this checkout otherwise), so `PYTHONPATH=/tmp/old python ...` measures
 another tree (e.g. `git archive BASE align | tar -x -C /tmp/old`) on the same files. Files go to --work.
@@ -220,20 +221,50 @@ def noise(a) -> None:
                   f"RSS +{(me.memory_info().rss - base) / 2**20:.0f} MB; {time.time() - t0:.1f} s")
 
 
+def shards(a) -> None:
+    """write_shards of an --rows CSV (or JSONL) of captions and labels (no media: the input table's cost alone), in
+    this process, after one of its first 100 rows (which imports what it imports): peak RSS over that."""
+    import shutil
+
+    import psutil
+    ext = "jsonl" if a.jsonl else "csv"
+    path = os.path.join(a.work, f"table_{a.rows}.{ext}")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("" if a.jsonl else "text,label\n")
+            for i in range(a.rows):
+                text = f"a photo of a small brown dog number {i} sitting on the grass"
+                f.write(json.dumps({"text": text, "label": i % 1000}) + "\n" if a.jsonl else f"{text},{i % 1000}\n")
+    out = os.path.join(a.work, f"shards_{a.rows}_{ext}")
+    shutil.rmtree(out, ignore_errors=True)
+    from align.data.write.shards import write_shards
+    warm = os.path.join(a.work, f"table_100.{ext}")
+    with open(path) as f, open(warm, "w") as w:
+        w.writelines(f.readline() for _ in range(100))
+    shutil.rmtree(out + "_warm", ignore_errors=True)
+    write_shards(warm, out + "_warm", progress=False)
+    base, rss, t = peak_mb(), psutil.Process().memory_info().rss / 2**20, time.time()
+    st = write_shards(path, out, shard_size=10_000, progress=False)
+    print(f"write_shards of a {a.rows}-row {ext.upper()} ({os.path.getsize(path) / 2**20:.0f} MB): {st['written']} "
+          f"written, peak RSS {peak_mb():.0f} MB, +{peak_mb() - base:.0f} MB over the peak before ({base:.0f} MB), "
+          f"+{peak_mb() - rss:.0f} MB over the RSS before the call ({rss:.0f} MB); {time.time() - t:.0f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "metrics", "rows", "index", "noise"])
+    p.add_argument("what", choices=["train", "metrics", "rows", "index", "noise", "shards"])
     p.add_argument("--work", default="/tmp/align_memory_growth")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--trace", action="store_true", help="train: tracemalloc too (slower)")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--per-part", type=int, default=10_000)
+    p.add_argument("--jsonl", action="store_true", help="shards: a JSONL table, not a CSV")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     import align
     print(f"align from {os.path.dirname(os.path.dirname(os.path.abspath(align.__file__)))}", flush=True)
-    {"train": train, "metrics": metrics, "rows": rows, "index": index, "noise": noise}[a.what](a)
+    {"train": train, "metrics": metrics, "rows": rows, "index": index, "noise": noise, "shards": shards}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -398,14 +398,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def read_part_rows(base: str, modality: str):
+    """One part's rows of `modality` in vector order (by `row`), an arrow table: what load_rows and write_rows
+    both take from each part."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(f"{base}.parquet")
+    return t.filter(pc.equal(t["modality"], modality)).sort_by("row")
+
+
 def _rows(bases: List[str], modality: str):
     import pandas as pd
 
-    tables = []
-    for base in bases:
-        t = pd.read_parquet(f"{base}.parquet")
-        tables.append(t[t["modality"] == modality].sort_values("row"))
-    return pd.concat(tables, ignore_index=True)
+    return pd.concat([read_part_rows(base, modality).to_pandas() for base in bases], ignore_index=True)
 
 
 def load_rows(emb_dir: str, modality: str, *, allow_partial: bool = False):
@@ -418,7 +424,6 @@ def write_rows(emb_dir: str, modality: str, path: str, *, allow_partial: bool = 
     `align index` writes beside an index: load_rows held every row of the corpus, ~380 MB a million rows of keys,
     captions and shard paths, past any --max-memory); -> the rows written."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     ints = ("row", "media_offset", "media_size")
@@ -426,8 +431,7 @@ def write_rows(emb_dir: str, modality: str, path: str, *, allow_partial: bool = 
     n = 0
     with pq.ParquetWriter(path, schema) as out:
         for base in _finished_parts(emb_dir, modality, allow_partial):
-            t = pq.read_table(f"{base}.parquet").select(COLUMNS)
-            t = t.filter(pc.equal(t["modality"], modality)).sort_by("row").cast(schema)
+            t = read_part_rows(base, modality).select(COLUMNS).cast(schema)
             out.write_table(t)
             n += t.num_rows
     return n

@@ -30,13 +30,22 @@ class Index:
     """One modality's FAISS index plus the metadata row of every id."""
 
     def __init__(self, index: faiss.Index, rows, settings: dict, path: str):
+        """rows: the metadata rows in id order, an arrow table (Index.load: rows.parquet's, no copy when it is one
+        chunk) or a pandas DataFrame."""
         import pyarrow as pa
 
-        self.index, self.table, self.settings, self.path = index, rows, settings, path
+        self.index, self.settings, self.path = index, settings, path
         self.modality = settings.get("modality", "")
-        # the rows as one contiguous arrow table, the table's own buffers when they are one chunk (Index.load): `rows`
-        # takes the ids asked for from it (~3 ms for 1,000 ids of a million rows)
-        self._arrow = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()
+        # the rows as one contiguous arrow table: `rows` takes the ids asked for from it (~3 ms for 1,000 ids of a
+        # million rows). Index.load read them as arrow, made a DataFrame of them and an arrow table of that again,
+        # and kept both (the DataFrame as .table)
+        self._arrow = (rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
+                       ).combine_chunks()
+
+    @property
+    def table(self):
+        """The rows as a pandas DataFrame, made when asked (the Index holds them as one arrow table)."""
+        return self._arrow.to_pandas()
 
     @classmethod
     def load(cls, path: str, modality: Optional[str] = None) -> "Index":
@@ -57,8 +66,8 @@ class Index:
         try:
             index = faiss.read_index(os.path.join(path, "index.faiss"))
             settings = json.load(open(os.path.join(path, "settings.json")))
-            # one chunk a column (rows.parquet has a row group per part): the Index's arrow view is then no copy
-            rows = pq.read_table(os.path.join(path, "rows.parquet")).combine_chunks().to_pandas()
+            # one chunk a column (rows.parquet has a row group per part): the Index holds that table, no copy
+            rows = pq.read_table(os.path.join(path, "rows.parquet")).combine_chunks()
         except (OSError, RuntimeError, ValueError) as e:
             raise DataError(f"{path}: not a readable `align index` folder: {str(e).splitlines()[0][:200]}") from None
         if len(rows) != index.ntotal:
@@ -96,6 +105,12 @@ class Index:
         norms = np.linalg.norm(q, axis=1, keepdims=True)                       # [Q, 1]
         q = np.ascontiguousarray(q / np.where(norms > 0, norms, 1.0), dtype=np.float32)
         return self.index.search(q, int(min(k, len(self))))
+
+    def shards(self) -> List[str]:
+        """The shards the rows name, each once."""
+        import pyarrow.compute as pc
+
+        return pc.unique(self._arrow["shard"]).to_pylist()
 
     def rows(self, ids) -> List[dict]:
         """The metadata rows of `ids` (-1, no hit, left out) as dicts with their `id`, made for these ids only: a dict
@@ -205,7 +220,7 @@ def corpus_root(indexes: Dict[str, Index]) -> str:
             root = json.load(f).get("root")
         if isinstance(root, str) and os.path.isabs(root):
             return os.path.normpath(root)
-    dirs = {os.path.dirname(os.path.abspath(str(s))) for ix in indexes.values() for s in ix.table["shard"].unique()}
+    dirs = {os.path.dirname(os.path.abspath(str(s))) for ix in indexes.values() for s in ix.shards()}
     return os.path.commonpath(sorted(dirs)) if dirs else os.path.abspath(os.path.dirname(any_ix.path))
 
 

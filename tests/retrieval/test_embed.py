@@ -474,3 +474,23 @@ def test_the_limits_line_is_said_by_process_0_of_a_launch_only(tmp_path, tri_run
                      "--limit", "max_audio_seconds=1200"]) == 0
         said.append([ln for ln in capsys.readouterr().out.splitlines() if "media limits" in ln])
     assert len(said[0]) == 1 and "max_audio_seconds=1200" in said[0][0] and said[1] == [], said
+
+
+def test_load_rows_and_write_rows_take_each_parts_rows_of_a_modality_in_vector_order(tmp_path):
+    """load_rows (pandas) and write_rows (arrow, rows.parquet) filtered and sorted each part in two libraries; one
+    reader of a part serves both: each part's rows of the modality, by `row`, whatever order the part stores them
+    in, the table pandas gave."""
+    from align.retrieval.embed import load_rows, write_rows
+    from tests.retrieval.conftest import clustered, write_emb
+    emb = write_emb(tmp_path / "emb", {"image": clustered(30, 4, seed=0), "text": clustered(20, 4, seed=1)},
+                    per_part=12)
+    parts = sorted(p for p in (tmp_path / "emb" / "parts").iterdir() if p.suffix == ".parquet")
+    for i, p in enumerate(parts):                          # stored out of order, modalities mixed
+        pd.read_parquet(p).sample(frac=1.0, random_state=i).to_parquet(p, index=False)
+    for m in ("image", "text"):
+        tables = [pd.read_parquet(p) for p in parts]
+        want = pd.concat([t[t["modality"] == m].sort_values("row") for t in tables], ignore_index=True)
+        assert list(want["key"]) == [f"k{i:06d}" for i in range(30 if m == "image" else 20)]
+        pd.testing.assert_frame_equal(load_rows(emb, m), want)
+        assert write_rows(emb, m, str(tmp_path / f"{m}.parquet")) == len(want)
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{m}.parquet"), want)

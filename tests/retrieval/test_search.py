@@ -160,3 +160,29 @@ def test_a_query_is_decoded_within_the_models_limits_and_limit_replaces_one(buil
     assert main(base + ["--limit", "max_audio_secs=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown limit 'max_audio_secs'; valid names: " in err[0], err
+
+
+def test_an_index_loads_its_rows_as_arrow_without_a_pandas_round_trip(tmp_path, monkeypatch):
+    """Index.load read rows.parquet as arrow, made a DataFrame of it and an arrow table of that again, and kept both
+    (the DataFrame as .table): it keeps the arrow table it read, converting nothing to or from pandas; its hits and
+    its `table` (a DataFrame made when asked) are the rows load_rows gives."""
+    import pandas as pd
+    import pyarrow.pandas_compat as compat
+
+    from align.retrieval import Index
+    from align.retrieval.embed import load_rows
+    from align.retrieval.index_build import build_indexes
+    from tests.retrieval.conftest import clustered, write_emb
+    emb = write_emb(tmp_path / "emb", {"image": clustered(300, 8, seed=0)}, per_part=70)
+    build_indexes(emb, str(tmp_path / "ix"), kind="flat_faiss", modalities=["image"], n_queries=20)
+    want = load_rows(emb, "image")
+
+    def no_pandas(*a, **k):
+        raise AssertionError("rows converted between arrow and pandas")
+    monkeypatch.setattr(compat, "table_to_dataframe", no_pandas)
+    monkeypatch.setattr(compat, "dataframe_to_arrays", no_pandas)
+    ix = Index.load(str(tmp_path / "ix"), modality="image")
+    assert ix.rows([0, -1, 71, 299]) == [dict(want.iloc[i].to_dict(), id=i) for i in (0, 71, 299)]
+    assert ix.shards() == ["x.tar"]
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(ix.table, want)

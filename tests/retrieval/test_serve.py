@@ -308,13 +308,13 @@ def test_media_is_read_only_from_files_inside_the_corpus_folder(server, tmp_path
 
 def test_an_index_that_names_no_root_takes_the_folder_holding_its_shards(tmp_path):
     """An index built before index.json recorded the corpus folder: the deepest folder holding every shard."""
-    import pandas as pd
-
     from align.retrieval.search import corpus_root
 
     class Ix:
         path = str(tmp_path / "ix" / "image")
-        table = pd.DataFrame({"shard": [str(tmp_path / "c" / "a" / "0.tar"), str(tmp_path / "c" / "b" / "1.tar")]})
+
+        def shards(self):
+            return [str(tmp_path / "c" / "a" / "0.tar"), str(tmp_path / "c" / "b" / "1.tar")]
     (tmp_path / "ix").mkdir()
     assert corpus_root({"image": Ix()}) == str(tmp_path / "c")
     (tmp_path / "ix" / "index.json").write_text(json.dumps({"modalities": ["image"], "root": str(tmp_path / "r")}))

@@ -121,7 +121,8 @@ MUTATIONS = [
       'status="current" if want.name == folder.name else "input changed"', 'status="current"',
       ["tests/data/write/test_cached.py::test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_others"],
       "the folders of an edited CSV's old versions would never be pruned"),
-    M("inputs.no_kinds_by_suffix", "align/data/write/inputs.py", "        self.kinds = self._kinds_by_suffix()\n", "",
+    M("inputs.no_kinds_by_suffix", "align/data/write/table_input.py",
+      "        self.kinds = self._kinds_by_suffix(head)\n", "",
       ["tests/data/write/test_cached.py::test_a_column_of_audio_file_names_is_audio_whatever_its_name"],
       "a speech CSV's `path` column was taken for images: data.train=speech.csv could not train"),
     M("shards.out_not_locked", "align/data/write/shards.py", 'with RunLock(out, what="shard job (align data shards)"):',
@@ -535,4 +536,20 @@ MUTATIONS = [
       ["tests/data/write/test_inputs.py::"
        "test_a_hub_download_of_a_dataset_is_read_from_its_folder_without_the_network"],
       "the folder a Hub download of a dataset leaves was read as a folder of pairs, and held none"),
+    M("table_input.table_held_whole", "align/data/write/table_input.py",
+      "            self.first, self.chunk = nxt", "            self.chunk = self.chunk + nxt[1]",
+      ["tests/data/write/test_table_input.py::"
+       "test_the_rows_held_while_shards_are_written_are_one_chunk_not_the_table"],
+      "`align data shards` held a CSV/JSONL input whole, a Python dict per row"),
+    M("table_input.chunks_misnumbered", "align/data/write/table_input.py",
+      "                    i, rows = i + len(rows), []", "                    i, rows = i + len(rows) - 1, []",
+      ["tests/data/write/test_table_input.py::"
+       "test_a_table_read_in_chunks_gives_the_rows_the_whole_file_gave_in_any_order_asked"],
+      "a CSV/JSONL input is read in chunks (it was held whole): each row keeps its place in the file"),
+    M("table_input.bad_byte_held_bytes_uncounted", "align/data/write/table_input.py",
+      "                at = offset - (len(bad.object) - len(data)) + bad.start",
+      "                at = offset + bad.start",
+      ["tests/data/write/test_table_input.py::"
+       "test_a_bad_byte_at_a_read_blocks_edge_is_named_where_it_is_in_the_file"],
+      "the file is checked for UTF-8 a block at a time (it was read whole): a character across two blocks"),
 ]

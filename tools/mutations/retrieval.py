@@ -199,9 +199,8 @@ MUTATIONS = [
        "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
       "`align index` held the row table of the whole corpus to write rows.parquet"),
     M("index.dict_per_row", "align/retrieval/search.py",
-      "        self._arrow = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()",
-      "        self._arrow = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()\n"
-      "        self._records = rows.to_dict(\"records\")",
+      "                       ).combine_chunks()\n",
+      "                       ).combine_chunks()\n        self._records = self._arrow.to_pylist()\n",
       ["tests/retrieval/test_index_build.py::"
        "test_the_index_rows_are_written_part_by_part_and_an_index_holds_no_dict_per_row"],
       "a loaded Index (`align serve`) held a dict per corpus row (~750 bytes a row)"),
@@ -218,4 +217,15 @@ MUTATIONS = [
       'and os.environ.get("RANK", "0") == "0":', ":",
       ["tests/retrieval/test_embed.py::test_the_limits_line_is_said_by_process_0_of_a_launch_only"],
       "`align embed --limit` in a launch said its media limits once per process"),
+    M("index.rows_through_pandas", "align/retrieval/search.py",
+      'rows = pq.read_table(os.path.join(path, "rows.parquet")).combine_chunks()',
+      'rows = pq.read_table(os.path.join(path, "rows.parquet")).combine_chunks().to_pandas()',
+      ["tests/retrieval/test_search.py::test_an_index_loads_its_rows_as_arrow_without_a_pandas_round_trip"],
+      "Index.load made a DataFrame of rows.parquet's arrow table and an arrow table of that again, keeping both"),
+    M("embed.part_rows_unsorted", "align/retrieval/embed.py",
+      '    return t.filter(pc.equal(t["modality"], modality)).sort_by("row")',
+      '    return t.filter(pc.equal(t["modality"], modality))',
+      ["tests/retrieval/test_embed.py::"
+       "test_load_rows_and_write_rows_take_each_parts_rows_of_a_modality_in_vector_order"],
+      "load_rows and write_rows each filtered and sorted a part's rows, in pandas and in arrow"),
 ]

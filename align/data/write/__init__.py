@@ -2,6 +2,8 @@
 
   inputs      users' inputs (CSV/TSV/JSONL/Parquet, folders of pairs, HF datasets) as `Input`s, column
               detection
+  input_base  what every input is: Input (rows in order, re-openable), Row, hash_file
+  table_input a CSV/TSV/JSONL/Parquet input, read in chunks of rows (never held whole)
   values      raw-value readers: a row's media -> bytes, captions, label; SkipRow when a row cannot be used
   media       re-encoding one row's media: images -> jpg/webp/png, audio -> mono FLAC
   shards      the shard-writing job (workers, resume, stats.json, skipped.jsonl), one job per --out (its lock)

@@ -204,7 +204,7 @@ def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None
     hf_names = inp.label_names.get(label_col)
     if hf_names:
         return (given or list(hf_names)), False
-    names = class_names(inp.column(label_col), inp.base_dir)  # None: all integers
+    names = class_names(inp.iter_column(label_col), inp.base_dir)  # None: all integers
     if names is None:
         return given, False
     if given is not None:
@@ -215,7 +215,7 @@ def resolve_classes(inp: Input, label_col: Optional[str], classnames: Any = None
 def integer_classes(inp: Input, label_col: str) -> List[str]:
     """'0'..'max' for integer labels that came without names (the names are the numbers)."""
     top = -1
-    for v in inp.column(label_col):
+    for v in inp.iter_column(label_col):
         try:
             top = max(top, int(read_label(v, inp.base_dir)))
         except (SkipRow, ValueError):

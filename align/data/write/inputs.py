@@ -7,7 +7,8 @@ input once and reads only the rows of the shards it writes (`rows(start, stop)`)
 the read side's: the shard lists training streams, align.data.stream.sources.)
 
 Supported inputs:
-  * a CSV / TSV / JSONL / Parquet file (paths are relative to its folder);
+  * a CSV / TSV / JSONL / Parquet file (paths are relative to its folder; read in chunks, never whole:
+    align.data.write.table_input);
   * a folder of pairs `x.jpg` + `x.txt` [+ `x.flac`/wav/ogg/mp3] [+ `x.cls`]
     [+ `x.json` extra metadata], matched by relative stem, recursive, sorted;
   * a Hugging Face `datasets` dataset: a `save_to_disk` folder, a Hub name, the folder a Hub download
@@ -20,13 +21,13 @@ raw value into bytes, captions or a label, raising `SkipRow`, are in align.data.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from align.data.write.input_base import Input, Row, hash_file  # noqa: F401  (also imported from here)
+from align.data.write.table_input import TableInput
 from align.errors import DataError
 from align.wds.format import MODALITIES, file_modality  # file_modality: folder-of-pairs suffixes
 
@@ -44,167 +45,6 @@ AUTO_COLUMNS = {
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                    ".parquet": "parquet", ".pq": "parquet"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-@dataclass
-class Row:
-    """One input row. `error` is set when the row itself cannot be parsed."""
-
-    index: int                      # position in input order (0-based)
-    key: Optional[str]              # the input's own key (folder stem), if any
-    values: Dict[str, Any]          # column -> raw value
-    error: Optional[str] = None     # e.g. "row: invalid JSON on line 7 of x.jsonl (...)"
-    reason: Optional[str] = None    # the error's short category, e.g. "row: invalid JSON"
-
-
-def _first_bad_byte(path: Path, e: UnicodeDecodeError) -> str:
-    """Where the file stops being UTF-8, as a person finds it: byte offset and line. The error a reader raises
-    counts from the start of its own buffer (pandas decodes in chunks), not of the file."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as whole:
-        line = data.count(b"\n", 0, whole.start) + 1
-        return f"{whole.reason} at byte {whole.start}, line {line}"
-    return f"{e.reason}"
-
-
-def hash_file(path, h, block: int = 1 << 20):
-    """`h` (a hashlib object) fed a file's bytes, read in blocks of `block` bytes; returned. OSError as open's."""
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            h.update(chunk)
-    return h
-
-
-class Input:
-    """Base class: `columns`, `kinds` (column -> 'image'/'audio'/'label' hints
-    from typed inputs), `base_dir` for relative paths, `__len__`, `rows()`."""
-
-    kind = ""
-
-    def __init__(self, description: str, base_dir: Path):
-        self.description = description
-        self.base_dir = base_dir
-        self.columns: List[str] = []
-        self.kinds: Dict[str, str] = {}
-        self.label_names: Dict[str, List[str]] = {}
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """A content fingerprint, stored with the job so a resume on changed input is refused."""
-        raise NotImplementedError
-
-    def rows(self, start: int, stop: int) -> Iterator[Row]:
-        raise NotImplementedError
-
-    def column(self, col: str) -> List[Any]:
-        """All values of one column (used to collect class names before writing)."""
-        return [r.values.get(col) for r in self.rows(0, len(self))]
-
-    # Loaded data is dropped when pickled for a worker process; it re-opens lazily.
-    _lazy: tuple = ()
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for name in self._lazy:
-            state[name] = None
-        return state
-
-
-class TableInput(Input):
-    """CSV / TSV / JSONL / Parquet file. CSV cells stay strings (no NA guessing)."""
-
-    _lazy = ("_rows", "_table")
-
-    def __init__(self, path: Path, fmt: str):
-        super().__init__(str(path), path.parent)
-        self.path, self.kind = path, fmt
-        self._rows: Optional[List[Row]] = None
-        self._table = None
-        self._n = 0
-        self._open()
-        self._n = len(self._rows) if self._rows is not None else self._table.num_rows
-        self.kinds = self._kinds_by_suffix()
-
-    # A column whose first values all name files of one modality holds that modality: `path` of a speech CSV
-    # holds audio (the name alone says image, AUTO_COLUMNS), and `data.train=speech.csv` has no --audio-col.
-    SNIFF_ROWS = 20
-
-    def _kinds_by_suffix(self) -> Dict[str, str]:
-        kinds = {}
-        for col in self.columns:
-            head = self._table.column(col).slice(0, self.SNIFF_ROWS).to_pylist() if self._table is not None else \
-                [r.values.get(col) for r in self._rows[: self.SNIFF_ROWS] if r.error is None]
-            names = [v for v in head if isinstance(v, str) and v.strip()]
-            mods = {file_modality(v.strip()) if len(v) < 4096 and "\n" not in v else None for v in names}
-            if names and len(mods) == 1 and mods <= {"image", "audio"}:
-                kinds[col] = mods.pop()
-        return kinds
-
-    def _open(self) -> None:
-        if self._rows is not None or self._table is not None:
-            return
-        try:
-            if self.kind in ("csv", "tsv"):
-                import pandas as pd
-                df = pd.read_csv(self.path, sep="\t" if self.kind == "tsv" else ",", dtype=str,
-                                 keep_default_na=False, na_filter=False, encoding="utf-8")
-                self.columns = [str(c) for c in df.columns]
-                self._rows = [Row(i, None, {str(k): v for k, v in r.items()})
-                              for i, r in enumerate(df.to_dict("records"))]
-            elif self.kind == "jsonl":
-                self._rows, cols = [], {}
-                with open(self.path, encoding="utf-8") as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        i = len(self._rows)
-                        try:
-                            obj = json.loads(line)
-                            if not isinstance(obj, dict):
-                                raise ValueError(f"expected an object, got {type(obj).__name__}")
-                        except ValueError as e:
-                            self._rows.append(Row(i, f"line {lineno}", {},
-                                                  f"row: invalid JSON on line {lineno} of {self.path.name} ({e})",
-                                                  "row: invalid JSON"))
-                            continue
-                        cols.update(dict.fromkeys(obj))
-                        self._rows.append(Row(i, f"line {lineno}", obj))
-                self.columns = [str(c) for c in cols]
-            else:
-                import pyarrow.parquet as pq
-                self._table = pq.read_table(self.path)
-                self.columns = list(self._table.column_names)
-        except FileNotFoundError:
-            raise DataError(f"input file not found: {self.path}") from None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.path}: not UTF-8 text ({_first_bad_byte(self.path, e)})") from None
-        except (OSError, ValueError) as e:  # pandas ParserError and pyarrow errors are ValueError/OSError
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"cannot read {self.kind.upper()} file {self.path}: {first}") from None
-
-    def __len__(self) -> int:
-        return self._n
-
-    def fingerprint(self) -> str:
-        return hash_file(self.path, hashlib.sha256()).hexdigest()
-
-    def rows(self, start: int, stop: int) -> Iterator[Row]:
-        self._open()
-        if self._rows is not None:
-            yield from self._rows[start:stop]
-            return
-        for i, values in enumerate(self._table.slice(start, max(0, stop - start)).to_pylist(), start):
-            yield Row(i, None, values)
-
-    def column(self, col: str) -> List[Any]:
-        self._open()
-        if self._table is not None:
-            return self._table.column(col).to_pylist()
-        return [r.values.get(col) for r in self._rows]
 
 
 LINK_OUTSIDE = "link out of the input folder"   # a row reason (align data shards --follow-links reads them)

@@ -9,7 +9,7 @@ import math
 import re
 import stat
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -155,7 +155,7 @@ def read_label(value: Any, base_dir: Path) -> str:
     return label
 
 
-def class_names(values: List[Any], base_dir: Path) -> Optional[List[str]]:
+def class_names(values: Iterable[Any], base_dir: Path) -> Optional[List[str]]:
     """Labels that are all integers stay as they are (None). Otherwise the sorted
     distinct label strings are the classes: `cls` holds the index into them,
     because shard readers expect `cls` to be an integer."""
