@@ -535,4 +535,13 @@ MUTATIONS = [
       ["tests/data/write/test_inputs.py::"
        "test_a_hub_download_of_a_dataset_is_read_from_its_folder_without_the_network"],
       "the folder a Hub download of a dataset leaves was read as a folder of pairs, and held none"),
+    M("shards.mixed_table_rows_skipped", "align/data/write/sample.py",
+      "        return all(m in self.columns for m in MODALITIES)", "        return False",
+      ["tests/data/write/test_mixed_tables.py::test_a_three_modality_table_becomes_mixed_shards",
+       "tests/data/write/test_mixed_tables.py::test_training_reads_the_mixed_shards_of_one_table"],
+      "`align data shards` skipped every row of an image/text/audio table with an empty cell (\"image: missing\")"),
+    M("shards.mixed_table_one_modality_row_kept", "align/data/write/sample.py",
+      "    if mixed and len(have & set(MODALITIES)) < 2:", "    if False:",
+      ["tests/data/write/test_mixed_tables.py::test_a_three_modality_table_becomes_mixed_shards"],
+      "a mixed table's row with one modality was written as a sample training would skip"),
 ]
