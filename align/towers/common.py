@@ -304,7 +304,7 @@ def hf_location(name, key: str):
     if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
         raise ConfigError(f"{key}: no such folder {name!r} (a Hub id is NAME or ORG/NAME)")
     if not offline:
-        from align.open_clip_files import hub_unreachable
+        from align.hub import hub_unreachable
         host = hub_unreachable()
         if host is not None:         # a compute node: huggingface_hub would retry 50-100 s before any answer
             from huggingface_hub import try_to_load_from_cache

@@ -66,7 +66,8 @@ def schema_model_cfg(name: str, key: str) -> dict:
     preprocessing and tokenizer folder as local-dir:). A Hub that does not answer, or a fetch that fails, is
     one line at once (huggingface_hub retried ~25 s, then a FileNotFoundError traceback)."""
     from open_clip.pretrained import download_pretrained_from_hf
-    from align.open_clip_files import OPEN_CLIP_CONFIG, hub_offline, hub_unreachable, read_config_file
+    from align.hub import hub_offline, hub_unreachable
+    from align.open_clip_files import OPEN_CLIP_CONFIG, read_config_file
     if name.startswith("local-dir:"):
         path = os.path.join(name[len("local-dir:"):], OPEN_CLIP_CONFIG)
         if not os.path.isfile(path):

@@ -136,7 +136,7 @@ MUTATIONS = [
       "    host = hub_unreachable()\n", "    host = None\n",
       ["tests/test_open_clip_files.py", OFFLINE_TOWER, OFFLINE_BENCH],
       "a tag on a machine without the hub: 25-55 s of huggingface_hub retries, then a message cut mid-word"),
-    M("open_clip_files.proxy_probed", "align/open_clip_files.py",
+    M("open_clip_files.proxy_probed", "align/hub.py",
       'if any(os.environ.get(k) for k in PROXY_VARS + ("HF_HUB_OFFLINE",)):', "if False:",
       ["tests/test_open_clip_files.py"]),
     M("open_clip_files.safetensors_name_not_tried", "align/open_clip_files.py",
