@@ -25,7 +25,8 @@ An architecture whose text_cfg names a Hugging Face tokenizer (`hf_tokenizer_nam
 `timm/ViT-B-16-SigLIP`) reads its files from `tokenizer_folder: DIR` when given, else from the folder of the
 `pretrained` weights (the open_clip folder, or the folder a weights file is in) when that holds them (tokenizer.json /
 tokenizer_config.json, as a hub download leaves them), else (training) from the folder of `model.init_from` when
-that holds them (align.train.init_from.init_from_tokenizer), else from the Hub id; a failed load names the folder that lacks them.
+that holds them (align.train.init_from.init_from_tokenizer), else from the Hub id; a failed load names the folder
+that lacks them.
 """
 import contextlib
 import copy

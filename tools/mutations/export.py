@@ -118,9 +118,8 @@ MUTATIONS = [
       "an align export named its tokenizer folder by an absolute path: moved to another machine, it broke"),
     M("export.hf_tower_names_its_model_folder_absolutely", "align/export/__init__.py",
       "            t.update(model=f\"{HF_DIR}/{mod}\", from_config=True)            # relative: the export's own copy",
-      "            pass", ["tests/export/test_export_hf_towers.py::test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
+      "            pass",
+      ["tests/export/test_export_hf_towers.py::"
+       "test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
       "an export of hf / hf_image / hf_audio towers named their model folders absolutely: moved, it broke"),
-    M("export.hf_moved_export_folder_not_joined", "align/train/rundir.py",
-      "            t[\"model\"] = os.path.join(folder, name)", "            pass", ["tests/export/test_export_hf_towers.py::test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
-      "an export's hf/<modality> folder was not found relative to the export"),
 ]

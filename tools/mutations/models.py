@@ -352,7 +352,9 @@ MUTATIONS = [
       "the hooks that saw timm's load stayed on every module (a model that does not pickle)"),
     M("hf.from_config_reads_the_weights", "align/towers/common.py",
       "    if from_config:\n        from transformers import AutoConfig",
-      "    if False:\n        from transformers import AutoConfig", ["tests/export/test_export_hf_towers.py::test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
+      "    if False:\n        from transformers import AutoConfig",
+      ["tests/export/test_export_hf_towers.py::"
+       "test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
       "an hf tower of an export read its weights from a folder that holds none"),
     M("hf.from_config_not_a_boolean_taken", "align/towers/common.py",
       "    if not isinstance(cfg.get(\"from_config\", False), bool):", "    if False:",

@@ -182,7 +182,7 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
     have = {m for m in job.columns if m not in absent}
     if mixed and len(have & set(MODALITIES)) < 2:
         only = "+".join(m for m in MODALITIES if m in have) or "nothing"
-        raise SkipRow(FEW_MODALITIES, f"{'/'.join(absent)}: empty; only {only} left, and a sample needs two of "
+        raise SkipRow(FEW_MODALITIES, f"{'/'.join(absent)}: missing; only {only} left, and a sample needs two of "
                                       "image/text/audio")
     extra = {}
     for col in job.extra_cols:

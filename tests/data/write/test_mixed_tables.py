@@ -81,3 +81,18 @@ def test_training_reads_the_mixed_shards_of_one_table(tmp_path, capsys):
     assert [sum(v) for v in masks.values()] == [8, 8, 8]
     # each sample holds exactly two of the three
     assert all(a + b + c == 2 for a, b, c in zip(*masks.values()))
+
+
+def test_a_folder_whose_stems_hold_two_of_three_kinds_becomes_mixed_shards(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    Image.new("RGB", (8, 8)).save(d / "a.jpg")
+    (d / "a.txt").write_text("cap a")
+    sf.write(str(d / "b.wav"), np.zeros(8000, np.float32), 16000)
+    (d / "b.txt").write_text("cap b")
+    Image.new("RGB", (8, 8)).save(d / "c.jpg")
+    sf.write(str(d / "c.wav"), np.zeros(8000, np.float32), 16000)
+    (d / "e.txt").write_text("alone")
+    stats = write_shards(d, tmp_path / "out", progress=False)
+    assert stats["written"] == 3 and stats["by_reason"] == {FEW_MODALITIES: 1}
+    assert stats["modalities"] == {"image": 2, "text": 2, "audio": 2, "label": 0}
