@@ -45,6 +45,7 @@ def test_an_export_of_hf_towers_loads_moved_without_the_model_folders(tmp_path, 
     want = _embeddings(model)
     export(run, str(tmp_path / "e"), fmt="onnx", progress=False)
     recipe = json.load(open(tmp_path / "e" / "align_config.json"))
+    assert "- `hf/` (the Hugging Face towers' config.json" in (tmp_path / "e" / "README.md").read_text()
     for mod in towers:
         t = recipe["model"]["towers"][mod]
         assert t["model"] == f"hf/{mod}" and t["from_config"] is True
