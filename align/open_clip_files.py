@@ -3,7 +3,6 @@ open_clip and open_clip_train write them), hub-layout folders (open_clip_config.
 mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrained` (towers) and by
 `model.init_from` (align.train.init_from); it imports nothing of align but its errors.
 """
-import contextlib
 import json
 import os
 import pickle
@@ -13,6 +12,7 @@ from typing import Dict, Optional
 import torch
 
 from align.errors import ConfigError
+from align.hub import hub_unreachable
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -216,26 +216,6 @@ def open_clip_to_align(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 # -- open_clip tags whose weights live on the Hugging Face hub, on a machine that cannot reach it ---------------
-PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
-def hub_unreachable(timeout: float = 3.0) -> Optional[str]:
-    """The Hugging Face endpoint's host (HF_ENDPOINT honoured) when no connection to it opens within `timeout` s,
-    else None. None without trying when a proxy is set (the hub may answer only through it) or HF_HUB_OFFLINE is
-    (huggingface_hub then reads its cache without asking)."""
-    import socket
-    from urllib.parse import urlsplit
-    if any(os.environ.get(k) for k in PROXY_VARS + ("HF_HUB_OFFLINE",)):
-        return None
-    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout).close()
-    except OSError:
-        return host
-    return None
-
-
 def hub_cached_weights(hf_hub: str) -> Optional[str]:
     """The Hugging Face cache's file for an open_clip `hf_hub` entry ('org/repo/' or 'org/repo/FILE'), trying the
     names open_clip downloads (a .safetensors alternative first, as it does), or None."""
@@ -267,17 +247,3 @@ def offline_tag_weights(cfg: Optional[dict], label: str, fix: str) -> Optional[s
         raise ConfigError(f"{label}: {host} does not answer and the weights are not in the Hugging Face cache "
                           f"(offline? fetch them where a network is and {fix})")
     return cached
-
-
-@contextlib.contextmanager
-def hub_offline():
-    """huggingface_hub's offline mode for the calls inside (its public `constants.HF_HUB_OFFLINE`, which it reads
-    at each call; restored after): open_clip, given a tag whose weights are cached, then reads the cache at once
-    instead of retrying an unreachable hub first."""
-    from huggingface_hub import constants
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before

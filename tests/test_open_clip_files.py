@@ -61,7 +61,7 @@ def test_an_unreachable_hub_gives_the_cached_file_or_one_line_at_once(no_hub, tm
 
 
 def test_a_proxy_or_the_offline_flag_leaves_the_hub_to_huggingface_hub(no_hub, monkeypatch):
-    from align.open_clip_files import hub_unreachable
+    from align.hub import hub_unreachable
     tried, _ = no_hub
     assert hub_unreachable() == "huggingface.co"
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
@@ -75,7 +75,7 @@ def test_a_proxy_or_the_offline_flag_leaves_the_hub_to_huggingface_hub(no_hub, m
 
 def test_hub_offline_sets_huggingface_hubs_flag_for_the_calls_inside_and_restores_it(monkeypatch):
     import huggingface_hub.constants as hc
-    from align.open_clip_files import hub_offline
+    from align.hub import hub_offline
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
     with pytest.raises(KeyError):
         with hub_offline():

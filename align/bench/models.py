@@ -34,8 +34,8 @@ from torch import nn
 from align.errors import AlignError, ConfigError
 from align.limits import DataLimits, as_limits, override_limits, parse_limit_options
 from align.model import check_input, text_list, weights_fingerprint
-from align.open_clip_files import (OPEN_CLIP_WEIGHTS, hub_offline, offline_tag_weights,
-                                   open_clip_folder_weights, weights_error)
+from align.hub import hub_offline
+from align.open_clip_files import OPEN_CLIP_WEIGHTS, offline_tag_weights, open_clip_folder_weights, weights_error
 from align.towers.text_trim import can_trim_text, trimmed_text_forward
 from align.registry import Registry
 

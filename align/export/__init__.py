@@ -78,6 +78,19 @@ def _new_folder(dst: str, what: str) -> str:
 
 
 TOKENIZER_DIR = "tokenizer"      # an open_clip text tower's Hugging Face tokenizer files (the ONNX export's too)
+HF_DIR = "hf"                    # hf / hf_image / hf_audio towers: hf/<modality>/ holds config.json + tokenizer or
+                                 # preprocessor files (no weights: the export's own are read over the architecture)
+
+
+def save_hf_files(tower, folder: str) -> None:
+    """What an hf / hf_image / hf_audio tower needs to build, with no weights (`from_config: true`): its
+    transformers config and its tokenizer, image processor or feature extractor, each by its own save_pretrained."""
+    trunk = tower.trunk if hasattr(tower, "trunk") else tower.model
+    trunk.config.save_pretrained(folder)
+    for name in ("tokenizer", "processor", "extractor"):
+        part = getattr(tower, name, None)
+        if hasattr(part, "save_pretrained"):
+            part.save_pretrained(folder)
 
 
 def self_contained_recipe(model, out_dir: Optional[str] = None) -> dict:
@@ -87,10 +100,14 @@ def self_contained_recipe(model, out_dir: Optional[str] = None) -> dict:
     Face tokenizer's files (text_cfg.hf_tokenizer_name) are copied into out_dir/tokenizer/ and the config names that
     folder relative to the export (align.train.rundir.read_model_config resolves it), so the folder can move;
     `pretrained` weights and `init_from_vit.weights` are dropped (the export's weights replace them);
-    `resume` is set to none. hf towers keep `model` (their architecture and tokenizer come from it).
+    `resume` is set to none. hf / hf_image / hf_audio towers get the files they build from (config.json, tokenizer,
+    image processor or feature extractor; no weights) in out_dir/hf/<modality>/, named relative to the export with
+    `from_config: true` (the export's weights fill the architecture), so no model folder is needed either.
     """
     from align.open_clip_files import TOKENIZER_FOLDER
     from align.towers import drop_pretrained
+    from align.towers.hf_encoder import HFEncoderTower
+    from align.towers.hf_text import HFTextTower
     from align.towers.open_clip_towers import OpenClipTower
     r = copy.deepcopy(model.config or {})
     r["resume"] = "none"
@@ -106,6 +123,9 @@ def self_contained_recipe(model, out_dir: Optional[str] = None) -> dict:
             if out_dir and mod == "text" and tower.text_cfg.get("hf_tokenizer_name"):
                 tower.save_hf_tokenizer(os.path.join(out_dir, TOKENIZER_DIR))
                 t["config"][TOKENIZER_FOLDER] = TOKENIZER_DIR          # relative: the export's own copy
+        elif out_dir and isinstance(tower, (HFTextTower, HFEncoderTower)):
+            save_hf_files(tower, os.path.join(out_dir, HF_DIR, mod))
+            t.update(model=f"{HF_DIR}/{mod}", from_config=True)            # relative: the export's own copy
         drop_pretrained(t)
         if isinstance(t.get("init_from_vit"), dict):
             t["init_from_vit"] = {k: v for k, v in t["init_from_vit"].items() if k != "weights"}

@@ -419,10 +419,13 @@ def render(model, *, name: str, source: str, result: dict, info: dict, pp: Optio
     if result["notes"]:
         L += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     L += ["## Files", ""] + [f"- `{f}`" for f in result["files"] if "/" not in f]
-    for folder, what in (("tokenizer", "tokenizer"), ("image_processor", "image processor"),
-                         ("audio_feature_extractor", "audio feature extractor")):
+    for folder, what in (("tokenizer", "tokenizer files for ONNX users"),
+                         ("image_processor", "image processor files for ONNX users"),
+                         ("audio_feature_extractor", "audio feature extractor files for ONNX users"),
+                         ("hf", "the Hugging Face towers' config.json and tokenizer / preprocessor files, which "
+                                "align.load builds them from")):
         if any(f.startswith(folder + "/") for f in result["files"]):
-            L.append(f"- `{folder}/` ({what} files for ONNX users)")
+            L.append(f"- `{folder}/` ({what})")
     L.append("")
 
     # -- how to load --

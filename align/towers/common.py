@@ -96,6 +96,8 @@ def build_pretrained_tower(cls, cfg: dict, modality: str, embed_dim: int, keys, 
     lock, unlocked = cfg.pop("lock", False), cfg.pop(unlocked_key, None)
     if unlocked is not None and not lock:
         raise ConfigError(f"{where}.{unlocked_key}: only used with lock: true")
+    if not isinstance(cfg.get("from_config", False), bool):
+        raise ConfigError(f"{where}.from_config: true or false, got {cfg['from_config']!r}")
     tower = cls(cfg.pop("model"), embed_dim, where=where, **cfg)
     if lock:
         tower.lock(unlocked or 0)
@@ -302,7 +304,7 @@ def hf_location(name, key: str):
     if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
         raise ConfigError(f"{key}: no such folder {name!r} (a Hub id is NAME or ORG/NAME)")
     if not offline:
-        from align.open_clip_files import hub_unreachable
+        from align.hub import hub_unreachable
         host = hub_unreachable()
         if host is not None:         # a compute node: huggingface_hub would retry 50-100 s before any answer
             from huggingface_hub import try_to_load_from_cache
@@ -363,12 +365,23 @@ def _examples(keys: Sequence[str]) -> str:
     return ", ".join(keys[:2]) + (", ..." if len(keys) > 2 else "")
 
 
-def hf_model(cls, name: str, path: str, local: bool, where: str, what: str, unused=lambda key, model: False):
+def hf_model(cls, name: str, path: str, local: bool, where: str, what: str, unused=lambda key, model: False,
+             from_config: bool = False):
     """`hf_load` of a model in float32; weights whose shapes differ from its config, a file that holds few of its
     tensors (another architecture's) or lacks some the tower uses (`unused(key, model)`: those it does not, e.g.
     the text half of a CLIPModel for an image tower), are one line: transformers would start them at random.
     Tensors it lacks that the tower does not use, and tensors of the file the model has no place for, are one
-    warning line (rank 0's), in place of transformers' LOAD REPORT table (load_report_held)."""
+    warning line (rank 0's), in place of transformers' LOAD REPORT table (load_report_held).
+    from_config: the architecture of the folder's config.json only, no weights read (a tower's `from_config: true`:
+    an export's, whose weights are the export's own)."""
+    if from_config:
+        from transformers import AutoConfig
+        config = hf_load(AutoConfig, name, path, local, where, "cannot read the config.json of")
+        try:
+            return cls.from_config(config, dtype=torch.float32)
+        except Exception as e:  # noqa: BLE001  an unknown model_type, a config that does not build: one line
+            raise ConfigError(f"{where}.model: {what} {name!r} from its config.json "
+                              f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from None
     with load_report_held():
         model, info = hf_load(cls, name, path, local, where, what, dtype=torch.float32, output_loading_info=True,
                               ignore_mismatched_sizes=True)

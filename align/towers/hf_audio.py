@@ -8,7 +8,8 @@ wav2vec2 / HuBERT, the CLAP audio model, ...
 
 Keys: model, clip_seconds (crop length; default: what the feature extractor fixes, e.g.
 Whisper's chunk_length, CLAP's max_length_s, AST's max_length frames x 10 ms; else 10 s),
-pooling (auto | pooler | cls | mean), proj, lock, unlocked_layers.
+pooling (auto | pooler | cls | mean), proj, lock, unlocked_layers, from_config (true: the architecture from
+config.json, no weights read: an align export's tower, whose weights are the export's).
 
 Preprocessing runs per sample in the data workers: (wave, sample_rate) -> mono, resampled to
 the extractor's rate, cropped to clip_seconds (random crop in training, centre crop in eval),
@@ -29,7 +30,7 @@ from align.towers.audio_features import clip_starts, crop_or_pad, wave_at
 from align.towers.common import build_pretrained_tower
 from align.towers.hf_encoder import HFEncoderTower
 
-KEYS = ("model", "clip_seconds", "pooling", "proj", "lock", "unlocked_layers")
+KEYS = ("model", "clip_seconds", "pooling", "proj", "lock", "unlocked_layers", "from_config")
 AST_FRAME_SHIFT_S = 0.01       # AST's kaldi fbank: 10 ms per frame
 
 
@@ -73,7 +74,7 @@ class HFAudioTower(HFEncoderTower):
     modality = "audio"
 
     def __init__(self, model: str, embed_dim: int, *, clip_seconds: Optional[float] = None, pooling: str = "auto",
-                 proj: str = "linear", where: str = "model.towers.audio"):
+                 proj: str = "linear", from_config: bool = False, where: str = "model.towers.audio"):
         super().__init__()
         from align.towers.hf_encoder import load_preprocessor, load_trunk
         self.extractor = load_preprocessor("AutoFeatureExtractor", model, where, "feature extractor")
@@ -87,7 +88,7 @@ class HFAudioTower(HFEncoderTower):
         self.clip_samples = int(round(clip_seconds * fe.sampling_rate)) if clip_seconds else (fixed or
                                                                                                10 * fe.sampling_rate)
         self.model_name = model
-        trunk = load_trunk(model, "audio", where, pooling)
+        trunk = load_trunk(model, "audio", where, pooling, from_config=from_config)
         self._finish(trunk, embed_dim, pooling, proj, where)
 
     def preprocess(self, train: bool):

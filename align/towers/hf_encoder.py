@@ -73,12 +73,13 @@ def _unused(key: str, model: nn.Module, modality: str, pooling: str) -> bool:
     return pooling in ("cls", "mean") and key.startswith("pooler.")
 
 
-def load_trunk(name: str, modality: str, where: str, pooling: str = "auto") -> nn.Module:
-    """AutoModel.from_pretrained, then the sub-model that encodes `modality` (see module docstring)."""
+def load_trunk(name: str, modality: str, where: str, pooling: str = "auto", from_config: bool = False) -> nn.Module:
+    """AutoModel.from_pretrained (from_config: AutoModel.from_config of the folder's config.json, no weights read),
+    then the sub-model that encodes `modality` (see module docstring)."""
     AutoModel = require_transformers(where).AutoModel
     path, local = hf_location(name, f"{where}.model")
     model = hf_model(AutoModel, name, path, local, where, "transformers.AutoModel cannot load",
-                     unused=lambda key, m: _unused(key, m, modality, pooling))
+                     unused=lambda key, m: _unused(key, m, modality, pooling), from_config=from_config)
     sub = getattr(model, SUBMODEL_ATTR[modality], None)
     if isinstance(sub, nn.Module):
         return sub

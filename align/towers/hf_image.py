@@ -6,7 +6,8 @@
 
 Keys: model (a folder with config.json + weights + preprocessor_config.json, or a Hub id),
 pooling (auto | pooler | cls | mean; see hf_encoder), proj (linear | mlp | none), lock,
-unlocked_layers. A full CLIP/SigLIP checkpoint is accepted too: its `vision_model` is used.
+unlocked_layers, from_config (true: the architecture from config.json, no weights read: an align export's tower,
+whose weights are the export's). A full CLIP/SigLIP checkpoint is accepted too: its `vision_model` is used.
 
 Preprocessing is the folder's own `AutoImageProcessor` (resize, crop, rescale, normalise),
 run per sample in the data workers: PIL image -> float [3, H, W]. It is the same for train
@@ -18,7 +19,7 @@ from align.towers import TOWERS
 from align.towers.common import build_pretrained_tower
 from align.towers.hf_encoder import HFEncoderTower
 
-KEYS = ("model", "pooling", "proj", "lock", "unlocked_layers")
+KEYS = ("model", "pooling", "proj", "lock", "unlocked_layers", "from_config")
 
 
 class HFImagePreprocess:
@@ -36,12 +37,12 @@ class HFImageTower(HFEncoderTower):
     input_name = "pixel_values"
 
     def __init__(self, model: str, embed_dim: int, *, pooling: str = "auto", proj: str = "linear",
-                 where: str = "model.towers.image"):
+                 from_config: bool = False, where: str = "model.towers.image"):
         super().__init__()
         from align.towers.hf_encoder import load_preprocessor, load_trunk
         self.processor = load_preprocessor("AutoImageProcessor", model, where, "image processor")
         self.model_name = model
-        trunk = load_trunk(model, "image", where, pooling)
+        trunk = load_trunk(model, "image", where, pooling, from_config=from_config)
         self._finish(trunk, embed_dim, pooling, proj, where)
 
     @property

@@ -24,6 +24,9 @@ Keys:
                   tracing / exporting / compiling and under FSDP (every rank must run the
                   same sharded forward); cleared when weights load, the tower moves, or the
                   encoder is unlocked (train.unlock_at_step). Default 0: off.
+  from_config     true: the architecture from the folder's config.json, no weights read
+                  (an align export's towers: `model` is the export's copy of the folder's
+                  config and tokenizer files, the weights are the export's). Default false.
 
 The tower takes only input ids [B, L]; the attention mask is `ids != pad_token_id`
 (right padding), which keeps the Tower contract and ONNX export single-input. The
@@ -43,7 +46,7 @@ from align.towers import TOWERS
 from align.towers.common import (LockableTower, build_pretrained_tower, build_projection, check_hf_tokenizer,
                                  hf_grad_checkpointing, hf_load, hf_location, hf_lock_groups, hf_model)
 
-KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers", "cache_texts")
+KEYS = ("model", "pooling", "context_length", "proj", "lock", "unlocked_layers", "cache_texts", "from_config")
 POOLINGS = ("mean", "cls", "eos", "max")
 
 # Explicit aliases for models shipped inside pip packages (offline use):
@@ -71,7 +74,8 @@ class HFTextTower(LockableTower):
     modality = "text"
 
     def __init__(self, model: str, embed_dim: int, *, pooling: str = "mean", context_length: int = 77,
-                 proj: str = "linear", cache_texts: int = 0, where: str = "model.towers.text"):
+                 proj: str = "linear", cache_texts: int = 0, from_config: bool = False,
+                 where: str = "model.towers.text"):
         super().__init__()
         if isinstance(cache_texts, bool) or not isinstance(cache_texts, int) or cache_texts < 0:
             raise ConfigError(f"{where}.cache_texts: must be an integer >= 0, got {cache_texts!r}")
@@ -84,7 +88,7 @@ class HFTextTower(LockableTower):
         self.tokenizer = hf_load(AutoTokenizer, model, path, local, where, "cannot load the tokenizer of")
         check_hf_tokenizer(self.tokenizer, model, f"{where}.model")
         self.model = hf_model(AutoModel, model, path, local, where, "cannot load the model",   # pooler: dropped
-                              unused=lambda key, m: key.startswith("pooler."))
+                              unused=lambda key, m: key.startswith("pooler."), from_config=from_config)
         if isinstance(getattr(self.model, "pooler", None), nn.Module):
             self.model.pooler = None
         tok = self.tokenizer

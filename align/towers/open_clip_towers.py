@@ -24,8 +24,9 @@ checkpoint's logit_scale (and SigLIP logit_bias) as the model's starting tempera
 An architecture whose text_cfg names a Hugging Face tokenizer (`hf_tokenizer_name`, a Hub id: SigLIP's
 `timm/ViT-B-16-SigLIP`) reads its files from `tokenizer_folder: DIR` when given, else from the folder of the
 `pretrained` weights (the open_clip folder, or the folder a weights file is in) when that holds them (tokenizer.json /
-tokenizer_config.json, as a hub download leaves them), else from the Hub id; a failed load names the folder that
-lacks them.
+tokenizer_config.json, as a hub download leaves them), else (training) from the folder of `model.init_from` when
+that holds them (align.train.init_from.init_from_tokenizer), else from the Hub id; a failed load names the folder
+that lacks them.
 """
 import contextlib
 import copy
@@ -66,7 +67,8 @@ def schema_model_cfg(name: str, key: str) -> dict:
     preprocessing and tokenizer folder as local-dir:). A Hub that does not answer, or a fetch that fails, is
     one line at once (huggingface_hub retried ~25 s, then a FileNotFoundError traceback)."""
     from open_clip.pretrained import download_pretrained_from_hf
-    from align.open_clip_files import OPEN_CLIP_CONFIG, hub_offline, hub_unreachable, read_config_file
+    from align.hub import hub_offline, hub_unreachable
+    from align.open_clip_files import OPEN_CLIP_CONFIG, read_config_file
     if name.startswith("local-dir:"):
         path = os.path.join(name[len("local-dir:"):], OPEN_CLIP_CONFIG)
         if not os.path.isfile(path):
@@ -452,23 +454,30 @@ def tokenizer_source(model_cfg: dict, cfg: dict, modality: str, where: str) -> O
     return folder
 
 
-def keep_pretrained_tokenizer(cfg: dict) -> None:
-    """For a text tower section whose weights come from elsewhere (a checkpoint; align.towers.drop_pretrained):
-    the tokenizer files beside its `pretrained` weights stay its tokenizer (as `tokenizer_folder`), so a run
-    trained from such a folder loads without the Hub. Only where the architecture names an HF tokenizer."""
-    from align.open_clip_files import holds_tokenizer, weights_folder
-    if cfg.get(TOKENIZER_FOLDER) is not None or not isinstance(cfg.get("pretrained"), str) or \
-            str(cfg.get("model") or "").startswith(("local-dir:", "hf-hub:")):   # its own folder's tokenizer
+def tokenizer_folder_from(cfg: dict, folders) -> None:
+    """cfg["tokenizer_folder"] = the first of `folders` holding tokenizer files, for a text tower section with no
+    tokenizer of its own (`tokenizer_folder`, `model: local-dir:|hf-hub:`) whose architecture names an HF one."""
+    from align.open_clip_files import holds_tokenizer
+    if cfg.get(TOKENIZER_FOLDER) is not None or str(cfg.get("model") or "").startswith(("local-dir:", "hf-hub:")):
         return
-    folder = weights_folder(cfg["pretrained"])
-    if folder is None or not holds_tokenizer(folder):
+    found = next((d for d in folders if d is not None and holds_tokenizer(d)), None)
+    if found is None:
         return
     try:
         model_cfg = resolve_model_cfg(cfg, "model.towers.text")
     except ConfigError:
         return                               # the build that follows names the fault
     if (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name") and not model_cfg.get(TOKENIZER_FOLDER):
-        cfg[TOKENIZER_FOLDER] = folder
+        cfg[TOKENIZER_FOLDER] = found
+
+
+def keep_pretrained_tokenizer(cfg: dict) -> None:
+    """For a text tower section whose weights come from elsewhere (a checkpoint; align.towers.drop_pretrained):
+    the tokenizer files beside its `pretrained` weights stay its tokenizer (as `tokenizer_folder`), so a run
+    trained from such a folder loads without the Hub. Only where the architecture names an HF tokenizer."""
+    from align.open_clip_files import weights_folder
+    if isinstance(cfg.get("pretrained"), str):
+        tokenizer_folder_from(cfg, [weights_folder(cfg["pretrained"])])
 
 
 @TOWERS.register("open_clip")

@@ -57,6 +57,19 @@ def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, to
     return open_clip_to_align(sd), f"open_clip weights {p}"
 
 
+def init_from_tokenizer(cfg: dict, init_from) -> None:
+    """For an open_clip text tower section without a tokenizer of its own (nor files beside its `pretrained`
+    weights) whose architecture names a Hugging Face tokenizer (`model.open_clip: ViT-B-16-SigLIP`): the tokenizer
+    files of `model.init_from`'s folder (DIR, a weights file's folder, or an align export's tokenizer/ copy) become
+    its `tokenizer_folder`, so a fine-tuning start from a hub download reads them rather than asking the Hub."""
+    from align.open_clip_files import holds_tokenizer, weights_folder
+    from align.towers.open_clip_towers import tokenizer_folder_from
+    own = weights_folder(cfg["pretrained"]) if isinstance(cfg.get("pretrained"), str) else None
+    folder = weights_folder(init_from) if isinstance(init_from, str) else None
+    if folder is not None and not (own is not None and holds_tokenizer(own)):
+        tokenizer_folder_from(cfg, [folder, os.path.join(folder, "tokenizer")])   # tokenizer/: an align export's
+
+
 def tower_of(key: str) -> str:
     parts = key.split(".")
     return parts[1] if parts[0] == "towers" and len(parts) > 2 else "(model)"

@@ -320,13 +320,21 @@ def locate(path: str) -> Located:
                      f"or {EXPORT_CONFIG})")
 
 
+HF_TOWERS = ("hf", "hf_image", "hf_audio")
+
+
 def export_tokenizer_folders(recipe: dict, folder: str) -> dict:
     """An export's recipe with its open_clip text tower's tokenizer folder found: written relative to the export
     (its own tokenizer/ copy) it is joined to `folder`; an absolute one that is gone (an export written before the
     copy, then moved) falls back to the tokenizer files the export holds (tokenizer/, or beside its
-    open_clip_config.json)."""
+    open_clip_config.json). An hf / hf_image / hf_audio tower's `model` naming a folder of the export (hf/MODALITY,
+    its config and tokenizer or preprocessor files) is joined to `folder` too; an absolute one (an export written
+    before the copy) is kept."""
     from align.open_clip_files import TOKENIZER_FOLDER, holds_tokenizer
     for t in ((recipe.get("model") or {}).get("towers") or {}).values():
+        name = t.get("model") if isinstance(t, dict) and t.get("type") in HF_TOWERS else None
+        if isinstance(name, str) and not os.path.isabs(name) and os.path.isdir(os.path.join(folder, name)):
+            t["model"] = os.path.join(folder, name)
         cfg = t.get("config") if isinstance(t, dict) else None
         path = cfg.get(TOKENIZER_FOLDER) if isinstance(cfg, dict) else None
         if not isinstance(path, str):

@@ -308,6 +308,10 @@ def build_engine(r: Recipe, acc, resume_path: Optional[str], watch: Optional[Ste
     from align.train.optim import build_optimizer, build_scheduler, unused_lr_settings
     from align.train.sharding import shard_model
     rank, world, fsdp = acc.process_index, acc.num_processes, r.train.sharding == "fsdp"
+    text = r.model.towers.get("text")
+    if r.model.init_from and isinstance(text, dict) and text.get("type") == "open_clip":
+        from align.train.init_from import init_from_tokenizer
+        init_from_tokenizer(text, r.model.init_from)     # recorded in RUN/config.yaml: the run loads with it too
     # A resumed run has its own weights: a tower's `pretrained` (a file that may have moved, a tag that would
     # download again) is not read
     model = build_model(_without_pretrained(r.model) if resume_path else r.model)

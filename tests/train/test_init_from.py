@@ -13,6 +13,8 @@ from align.train.init_from import apply_init_from, load_source, open_clip_to_ali
 from align.model import build_model
 from tests.conftest import TINY_OPEN_CLIP
 from tests.export.conftest import TINY_AUDIO_CNN, make_run
+from tests.test_open_clip_files import no_hub  # noqa: F401  (offline uses it)
+from tests.towers.test_open_clip_towers import offline  # noqa: F401  (a fixture)
 
 SCALE = math.log(1 / 0.031)      # a temperature no fresh model has
 
@@ -391,3 +393,22 @@ def test_an_open_clip_folder_copied_without_its_weights_says_so(tmp_path):
                                               r"weights file \(open_clip_model.safetensors or "
                                               r"open_clip_pytorch_model.bin\) beside it$"):
             load_source(given)
+
+
+def test_init_from_a_hub_folder_gives_a_named_architectures_tokenizer_without_the_hub(tmp_path, tiny_recipe, offline,
+                                                                                     monkeypatch):
+    """`model.open_clip: ViT-B-16-SigLIP` (its config names the Hub tokenizer timm/ViT-B-16-SigLIP) with
+    `model.init_from: DIR` (a hub download copied by hand) asked the Hub for the tokenizer, one error line offline,
+    though DIR held its files, as `pretrained: DIR` reads them. They are read from DIR, and the run loads with them."""
+    import align
+    from align.train.loop import train
+    from tests.towers.hf_tiny import save_tiny_tokenizer
+    from tests.towers.test_open_clip_towers import _hub_folder, tiny_siglip
+    d, _ = _hub_folder(tmp_path, tiny_siglip(monkeypatch), {})
+    save_tiny_tokenizer(d)
+    tiny_recipe["model"] = {"embed_dim": 16, "open_clip": "ViT-B-16-SigLIP", "init_from": str(d)}
+    tiny_recipe["train"].update(max_steps=1, checkpoint_every=1)
+    train(parse_recipe(tiny_recipe), progress=False)
+    want = [3, 4, 5, 3, 6, 1, 1, 1]                                         # a photo of a dog [PAD]...
+    assert align.load(tiny_recipe["output_dir"]).tokenize(["a photo of a dog"])[0].tolist() == want
+    assert offline[0] == []

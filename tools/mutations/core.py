@@ -136,7 +136,7 @@ MUTATIONS = [
       "    host = hub_unreachable()\n", "    host = None\n",
       ["tests/test_open_clip_files.py", OFFLINE_TOWER, OFFLINE_BENCH],
       "a tag on a machine without the hub: 25-55 s of huggingface_hub retries, then a message cut mid-word"),
-    M("open_clip_files.proxy_probed", "align/open_clip_files.py",
+    M("open_clip_files.proxy_probed", "align/hub.py",
       'if any(os.environ.get(k) for k in PROXY_VARS + ("HF_HUB_OFFLINE",)):', "if False:",
       ["tests/test_open_clip_files.py"]),
     M("open_clip_files.safetensors_name_not_tried", "align/open_clip_files.py",
@@ -285,4 +285,10 @@ MUTATIONS = [
     M("offline.lit_minilm_uncached", "recipes/lit-minilm.yaml", ",\n           cache_texts: 4096}", "}",
       ["tests/test_recipes.py::test_a_wholly_locked_hf_text_tower_caches_its_outputs"],
       "lit-minilm encoded its 80 distinct demo captions with the locked MiniLM again at every step"),
+    M("hub.offline_leaves_datasets_online", "align/hub.py",
+      '    mods = [constants] + [sys.modules[m] for m in ("datasets.config",) if m in sys.modules]',
+      "    mods = [constants]",
+      ["tests/data/write/test_inputs.py::"
+       "test_a_hub_dataset_on_a_machine_without_the_hub_is_its_cached_copy_or_one_line_at_once"],
+      "datasets' own offline flag stayed off: a cached dataset was still asked of the hub"),
 ]

@@ -552,4 +552,18 @@ MUTATIONS = [
       ["tests/data/write/test_table_input.py::"
        "test_a_bad_byte_at_a_read_blocks_edge_is_named_where_it_is_in_the_file"],
       "the file is checked for UTF-8 a block at a time (it was read whole): a character across two blocks"),
+    M("shards.mixed_table_rows_skipped", "align/data/write/sample.py",
+      "        return all(m in self.columns for m in MODALITIES)", "        return False",
+      ["tests/data/write/test_mixed_tables.py::test_a_three_modality_table_becomes_mixed_shards",
+       "tests/data/write/test_mixed_tables.py::test_training_reads_the_mixed_shards_of_one_table"],
+      "`align data shards` skipped every row of an image/text/audio table with an empty cell (\"image: missing\")"),
+    M("shards.mixed_table_one_modality_row_kept", "align/data/write/sample.py",
+      "    if mixed and len(have & set(MODALITIES)) < 2:", "    if False:",
+      ["tests/data/write/test_mixed_tables.py::test_a_three_modality_table_becomes_mixed_shards"],
+      "a mixed table's row with one modality was written as a sample training would skip"),
+    M("offline.hub_dataset_retried_without_the_hub", "align/data/write/inputs.py",
+      "    host = hub_unreachable()      # a compute node", "    host = None      # a compute node",
+      ["tests/data/write/test_inputs.py::"
+       "test_a_hub_dataset_on_a_machine_without_the_hub_is_its_cached_copy_or_one_line_at_once"],
+      "`align data shards ORG/NAME` without a network retried the hub ~23 s before its line"),
 ]

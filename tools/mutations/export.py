@@ -116,4 +116,10 @@ MUTATIONS = [
       "                t[\"config\"][TOKENIZER_FOLDER] = TOKENIZER_DIR          # relative: the export's own copy",
       "                pass", [EXPORT_TOKENIZER],
       "an align export named its tokenizer folder by an absolute path: moved to another machine, it broke"),
+    M("export.hf_tower_names_its_model_folder_absolutely", "align/export/__init__.py",
+      "            t.update(model=f\"{HF_DIR}/{mod}\", from_config=True)            # relative: the export's own copy",
+      "            pass",
+      ["tests/export/test_export_hf_towers.py::"
+       "test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
+      "an export of hf / hf_image / hf_audio towers named their model folders absolutely: moved, it broke"),
 ]

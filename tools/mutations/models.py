@@ -350,4 +350,13 @@ MUTATIONS = [
     M("offline.timm_load_hooks_left_on_the_trunk", "align/towers/timm_image.py",
       "            hook.remove()\n", "            pass\n", [TIMM_READ_ONCE],
       "the hooks that saw timm's load stayed on every module (a model that does not pickle)"),
+    M("hf.from_config_reads_the_weights", "align/towers/common.py",
+      "    if from_config:\n        from transformers import AutoConfig",
+      "    if False:\n        from transformers import AutoConfig",
+      ["tests/export/test_export_hf_towers.py::"
+       "test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
+      "an hf tower of an export read its weights from a folder that holds none"),
+    M("hf.from_config_not_a_boolean_taken", "align/towers/common.py",
+      "    if not isinstance(cfg.get(\"from_config\", False), bool):", "    if False:",
+      ["tests/export/test_export_hf_towers.py::test_from_config_that_is_not_a_boolean_is_one_line"]),
 ]

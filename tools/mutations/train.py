@@ -505,4 +505,14 @@ MUTATIONS = [
       "                    t[key] = os.path.abspath(value)", "                    t[key] = value",
       ["tests/train/test_rundir.py::"
        "test_an_open_clip_towers_pretrained_path_and_tokenizer_folder_are_recorded_absolutely"]),
+    M("init_from.tokenizer_asked_of_the_hub", "align/train/setup.py",
+      "        init_from_tokenizer(text, r.model.init_from)", "        pass",
+      ["tests/train/test_init_from.py::"
+       "test_init_from_a_hub_folder_gives_a_named_architectures_tokenizer_without_the_hub"],
+      "model.open_clip: ViT-B-16-SigLIP with model.init_from: DIR asked the Hub for the tokenizer DIR held"),
+    M("export.hf_moved_export_folder_not_joined", "align/train/rundir.py",
+      "            t[\"model\"] = os.path.join(folder, name)", "            pass",
+      ["tests/export/test_export_hf_towers.py::"
+       "test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
+      "an export's hf/<modality> folder was not found relative to the export"),
 ]

@@ -20,6 +20,7 @@ raw value into bytes, captions or a label, raising `SkipRow`, are in align.data.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -287,12 +288,17 @@ def open_input(input: Any, split: Optional[str] = None, exclude: Optional[Path] 
     if path.suffix.lower() in TABLE_SUFFIXES or not _HUB_NAME.match(text):
         raise DataError(f"input not found: {text}")
     import datasets
+    from align.hub import hub_offline, hub_unreachable
+    host = hub_unreachable()      # a compute node: huggingface_hub would retry ~20 s before any answer
     try:
-        ds = datasets.load_dataset(text, split=split)
+        with hub_offline() if host else contextlib.nullcontext():      # the cache's copy, if any, at once
+            ds = datasets.load_dataset(text, split=split)
     except Exception as e:  # offline, unknown name, gated: all reported the same way
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot load Hugging Face dataset {text!r} (no such local path; Hub load failed, "
-                        f"are you offline?): {type(e).__name__}: {msg}") from None
+        why = (f"{host} does not answer and it is not in the Hugging Face cache; download it where a network is and "
+               "give its folder" if host else "Hub load failed, are you offline?")
+        raise DataError(f"cannot load Hugging Face dataset {text!r} (no such local path; {why}): "
+                        f"{type(e).__name__}: {msg}") from None
     if isinstance(ds, datasets.DatasetDict):
         ds, split = _pick_split(ds, split, f"Hugging Face dataset {text!r}")
     return HFInput(ds, f"{text}" + (f"[{split}]" if split else ""), Path.cwd())

@@ -3,7 +3,9 @@
 align.data.write.shards runs the job (workers, resume, stats); this module is what each worker does per row:
 read the row's media (align.data.write.values), re-encode them (align.data.write.media: images -> jpg/webp/png,
 audio -> mono FLAC), and lay out the members: captions -> `txt` (one per line), hard negatives -> `neg.txt`,
-labels -> `cls`, the rest -> `json`. A row that cannot be used raises SkipRow with a short reason.
+labels -> `cls`, the rest -> `json`. A row that cannot be used raises SkipRow with a short reason. A table with
+image, text and audio columns is mixed: a row's empty cells leave those modalities out of its sample, and a row with
+fewer than two left is skipped as "fewer than 2 modalities" (training's reason).
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from align.data.stream.faults import EMPTY_CAPTION
-from align.data.write.inputs import COLUMN_KINDS, Input, Row
+from align.data.stream.faults import EMPTY_CAPTION, FEW_MODALITIES
+from align.data.write.inputs import COLUMN_KINDS, MODALITIES, Input, Row
 from align.data.write.jobdir import CB_SPLIT
 from align.data.write.media import encode_audio, encode_image
 from align.data.write.values import SkipRow, jsonable, read_captions, read_label, read_media
@@ -48,6 +50,12 @@ class Job:
     skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
     limits: Optional[DataLimits] = None      # data.limits: inputs past them are skipped (align.limits)
     neg_col: Optional[str] = None            # hard-negative captions -> the sample's neg.txt
+
+    @property
+    def mixed(self) -> bool:
+        """All three of image/text/audio have a column: a row's empty cell leaves that modality out of its sample
+        (one with fewer than two left is skipped); with two, an empty cell skips the row."""
+        return all(m in self.columns for m in MODALITIES)
 
     def __post_init__(self):
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
@@ -111,6 +119,21 @@ def _text_members(row: Row, value, base, job: Job, members: Dict[str, bytes], me
         meta["negatives"] = len(negs)
 
 
+def _media_members(value, mod: str, job: Job, members: Dict[str, bytes], meta: Dict[str, Any]) -> None:
+    """The row's image or audio value -> members["jpg"|...|"flac"] and its info in meta; SkipRow when unusable."""
+    payload, name, path = read_media(value, job.inp.base_dir, mod, job.limits)
+    try:
+        data, info, ext = encode_image(payload, name, job) if mod == "image" else \
+            (*encode_audio(payload, name, job), "flac")
+    except SkipRow as s:
+        s.source = s.source or path
+        raise
+    members[ext] = data
+    if name:
+        meta["source"][mod] = name
+    meta[mod] = info
+
+
 def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
     """One row -> tar members {ext: bytes} and the modalities it holds, or SkipRow."""
     if row.error:
@@ -122,27 +145,25 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
     meta: Dict[str, Any] = {"key": key, "source": {"row": row.index}}
     if row.key is not None:
         meta["source"]["key"] = row.key
+    mixed = job.mixed
+    absent: List[str] = []          # a mixed table's empty cells: the sample is made of the others
     for mod in COLUMN_KINDS:
         if mod not in job.columns:
             continue
         value = row.values.get(job.columns[mod])
-        if value is None and job.inp.kind == "folder":
-            raise SkipRow(f"{mod}: missing", f"{mod}: no file for stem {row.key!r}")
-        if mod in ("image", "audio"):
-            payload, name, path = read_media(value, base, mod, job.limits)
-            try:
-                data, info, ext = encode_image(payload, name, job) if mod == "image" else \
-                    (*encode_audio(payload, name, job), "flac")
-            except SkipRow as s:
-                s.source = s.source or path
+        try:
+            if value is None and job.inp.kind == "folder":
+                raise SkipRow(f"{mod}: missing", f"{mod}: no file for stem {row.key!r}")
+            if mod in ("image", "audio"):
+                _media_members(value, mod, job, members, meta)
+            elif mod == "text":
+                _text_members(row, value, base, job, members, meta)
+        except SkipRow as s:
+            if not (mixed and s.reason in (f"{mod}: missing", EMPTY_CAPTION)):
                 raise
-            members[ext] = data
-            if name:
-                meta["source"][mod] = name
-            meta[mod] = info
-        elif mod == "text":
-            _text_members(row, value, base, job, members, meta)
-        else:
+            absent.append(mod)
+            continue
+        if mod == "label":
             label = read_label(value, base)
             if job.string_labels:  # label names -> their index in the class list
                 if label not in job.class_index:
@@ -158,6 +179,11 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
                     raise SkipRow("label: not in classnames",
                                   f"label: {label!r} is not an index into the {len(job.classes)} class names")
                 meta["label_name"] = job.classes[int(label)]
+    have = {m for m in job.columns if m not in absent}
+    if mixed and len(have & set(MODALITIES)) < 2:
+        only = "+".join(m for m in MODALITIES if m in have) or "nothing"
+        raise SkipRow(FEW_MODALITIES, f"{'/'.join(absent)}: missing; only {only} left, and a sample needs two of "
+                                      "image/text/audio")
     extra = {}
     for col in job.extra_cols:
         try:
@@ -181,4 +207,4 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
     if len(members["json"]) > job.limits.max_json_bytes:
         raise SkipRow(JSON_TOO_LARGE, f"json: the sample's metadata is {len(members['json'])} bytes, over "
                                       f"data.limits.max_json_bytes={job.limits.max_json_bytes}")
-    return members, {m for m in job.columns}
+    return members, have

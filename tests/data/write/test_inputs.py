@@ -167,3 +167,42 @@ def test_a_hub_download_of_a_dataset_is_read_from_its_folder_without_the_network
     jpgs = [data for tar in sorted((tmp_path / "out").glob("*.tar")) for name, data in iter_tar(open(tar, "rb"))
             if name.endswith(".jpg")]
     assert len(jpgs) == 3
+
+
+def test_a_hub_dataset_on_a_machine_without_the_hub_is_its_cached_copy_or_one_line_at_once(tmp_path, monkeypatch):
+    """`align data shards ORG/NAME` with no network and no HF_HUB_OFFLINE: huggingface_hub retried ~23 s before
+    its line. The hub's host is tried once (align.hub, as the towers do); it not answering, datasets loads in
+    offline mode (the cache's copy at once), and a dataset not cached is one line naming the host."""
+    import socket
+
+    import datasets
+    import datasets.config
+    import huggingface_hub.constants as hc
+
+    from align.data.write.inputs import open_input
+    for k in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    tried, offline_at_call = [], []
+
+    def refuse(address, *a, **k):
+        tried.append(address)
+        raise OSError(101, "Network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    cached = {"org/cached": datasets.Dataset.from_dict({"image": ["a.jpg"], "caption": ["a photo"]})}
+
+    def load_dataset(name, split=None):
+        offline_at_call.append((hc.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE))
+        if name in cached and datasets.config.HF_HUB_OFFLINE:
+            return cached[name]
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        open_input("org/name")
+    assert "\n" not in str(e.value) and "huggingface.co does not answer and it is not in the Hugging Face cache" \
+        in str(e.value), str(e.value)
+    assert tried == [("huggingface.co", 443)] and offline_at_call == [(True, True)]
+    assert len(open_input("org/cached")) == 1                                # the cache's copy
+    assert (hc.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == (False, False)   # restored after
