@@ -192,7 +192,10 @@ def test_installed_wheel_runs_from_any_directory(wheel, tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(site, "_reuse_test_venv.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", str(wheel)],
+    # --force-reinstall: an align_clip.egg-info in the checkout (an old `pip install -e .`) on PYTHONPATH made pip
+    # call the wheel installed already and install nothing
+    subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--force-reinstall",
+                    str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     elsewhere = tmp_path / "elsewhere"
