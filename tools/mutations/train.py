@@ -532,4 +532,9 @@ MUTATIONS = [
       ["tests/train/test_dcp_faults.py::"
        "test_sigterm_during_a_two_process_dcp_save_stops_on_that_checkpoint_and_resume_matches"],
       "the loop did not tell stop_if_preempted which checkpoint it had just written", slow=True),
+    M("resume.partial_write_unsaid", "align/train/setup.py",
+      "rundir.say_partial_writes(r.output_dir, found)", "None",
+      ["tests/train/test_dcp_faults.py::"
+       "test_an_interrupted_checkpoint_write_is_named_once_by_resume_and_by_align_checkpoints"],
+      "a checkpoint write a kill or a full disk cut short (.step-N.tmp) was ignored by resume without a word"),
 ]
