@@ -102,7 +102,12 @@ def cmd_checkpoints(a):
         step = (rundir.read_state(c) or {}).get("step", "?")
         status = ("DAMAGED: " + problem) if problem else ("ok" if has_manifest(c) else "ok (no manifest: not checked)")
         print(f"{os.path.basename(c):<22} step {step!s:>8}  {dir_bytes(c) / 1e6:9.1f} MB  {status}")
+    partial = rundir.partial_writes(rundir.checkpoints_dir(a.run))
+    for p in partial:                       # a save a kill or a full disk interrupted: resume never reads it
+        print(f"{os.path.basename(p):<22} {'':>13}  {dir_bytes(p) / 1e6:9.1f} MB  PARTIAL: an interrupted write, "
+              f"not a checkpoint (resume ignores it)")
     print(f"{len(ckpts)} checkpoint(s) in {a.run}: {len(ckpts) - bad} ok, {bad} damaged"
+          + (f", {len(partial)} partial write(s) ignored" if partial else "")
           + ("" if not bad else " (resume=auto carries on from the newest intact one)"))
     return 1 if bad else 0
 

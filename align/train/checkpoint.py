@@ -78,8 +78,11 @@ def _safe_reader(path: str):
             try:
                 with open(os.path.join(path, name), "rb") as f:
                     meta = _MetadataUnpickler(io.BytesIO(f.read())).load()
-            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-                raise AlignError(f"{path}: refused to read the DCP metadata ({e})") from None
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
+                raise AlignError(f"{path}: refused to read the DCP metadata ({e or type(e).__name__})") from None
+            except OSError as e:
+                raise AlignError(f"{os.path.join(path, name)}: cannot read the DCP metadata ({e.strerror or e}); "
+                                 f"not a complete DCP checkpoint") from None
             if getattr(meta, "storage_meta", None) is None:
                 meta.storage_meta = StorageMeta()
             meta.storage_meta.load_id = self.load_id
@@ -88,17 +91,47 @@ def _safe_reader(path: str):
     return SafeReader(path)
 
 
+def _check_dcp_files(store: str, meta) -> None:
+    """One AlignError line naming the first shard file of DCP store `store` that its metadata reads past the end
+    of (a file cut short or missing): DCP itself would fail with a traceback per rank, naming no file."""
+    need: Dict[str, int] = {}
+    for info in (getattr(meta, "storage_data", None) or {}).values():
+        rel = getattr(info, "relative_path", None)
+        if rel is not None:
+            need[rel] = max(need.get(rel, 0), int(info.offset) + int(info.length))
+    for rel, size in sorted(need.items()):
+        f = os.path.join(store, rel)
+        have = os.path.getsize(f) if os.path.isfile(f) else None
+        if have is None or have < size:
+            raise AlignError(f"{f}: " + ("missing" if have is None else f"{have:,} bytes") + f", the DCP metadata "
+                             f"reads {size:,} bytes from it (damaged or cut short)")
+
+
+def _dcp_load(want: dict, store: str, **kw) -> None:
+    """dcp.load into `want` from `store`, its files checked first; a failure is one AlignError line naming the
+    store and the first rank's error, not DCP's CheckpointException (a BaseException with a traceback a rank)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    _check_dcp_files(store, _safe_reader(store).read_metadata())
+    try:
+        dcp.load(want, storage_reader=_safe_reader(store), **kw)
+    except CheckpointException as exn:
+        rank, (err, _) = sorted(exn.failures.items())[0]
+        raise AlignError(f"{store}: cannot read the DCP checkpoint (rank {rank}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no message'})") from None
+
+
 def load_dcp_tensors(path: str, prefix: str = "model.") -> Dict[str, torch.Tensor]:
     """Every full tensor of a DCP checkpoint dir whose key starts with `prefix` (prefix removed), gathered
     from all ranks' shards in this process (no process group needed). Tensors only: nothing unpickled."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     meta = _safe_reader(path).read_metadata()
     flat = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.state_dict_metadata.items()
             if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
     if flat:
-        dcp.load(flat, storage_reader=_safe_reader(path), no_dist=True)
+        _dcp_load(flat, path, no_dist=True)
     return {k[len(prefix):]: v for k, v in flat.items()}
 
 
@@ -327,12 +360,10 @@ def dcp_holds_average(store: str) -> bool:
 def load_sharded_ema(path: str, avg: Dict[str, torch.Tensor]) -> bool:
     """Collective (train.sharding=fsdp): reads checkpoint `path`'s weight average into `avg` in place (this
     rank's DTensor shards; DCP reshards to this run's world size). False when the checkpoint has none."""
-    import torch.distributed.checkpoint as dcp
-
     store = os.path.join(path, DCP_DIR)
     if not dcp_holds_average(store):
         return False
-    dcp.load({"ema": avg}, storage_reader=_safe_reader(store))
+    _dcp_load({"ema": avg}, store)
     return True
 
 
@@ -359,13 +390,12 @@ def load_checkpoint(path: str, model=None, optimizer=None, rank: int = 0, restor
         raise AlignError(f"{path}: written with train.sharding={'fsdp' if is_dcp else 'ddp'}; "
                          f"resume it with the same train.sharding")
     if model is not None and sharded:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         opt = _unwrap_optim(optimizer) if optimizer is not None else None
         msd, osd = get_state_dict(model, opt) if opt is not None else (get_state_dict(model, [])[0], None)
         want = {"model": msd, **({"optim": osd} if opt is not None else {})}
-        dcp.load(want, storage_reader=_safe_reader(os.path.join(path, DCP_DIR)))
+        _dcp_load(want, os.path.join(path, DCP_DIR))
         set_state_dict(model, opt if opt is not None else [], model_state_dict=want["model"],
                        optim_state_dict=want.get("optim", {}))
     elif model is not None:

@@ -11,6 +11,9 @@
                                     checkpoint NAME (a full disk only one rank sees)
     ALIGN_TEST_SIGSTOP_IN_SAVE=NAME rank ALIGN_TEST_SIGKILL_RANK (default 1) stops (SIGSTOP) there instead, after
                                     writing "PID TIME" to ALIGN_TEST_STOPPED_PID (a node frozen mid-write)
+    ALIGN_TEST_SIGTERM_IN_SAVE=NAME rank ALIGN_TEST_SIGKILL_RANK (default: every rank) gets SIGTERM while writing
+                                    checkpoint NAME, its part written (a scheduler's preemption mid-save),
+                                    appending "RANK NAME" to ALIGN_TEST_KILL_STAMP if set (a write counted)
     ALIGN_TEST_KILL_DATA_WORKER_AT_STEP=N  SIGKILL one of this process's data workers right after step N (as
                                     the OOM killer does) and wait until it is dead
     ALIGN_TEST_STEP_SLEEP_S=S       sleep S seconds after every step (a slow run to signal or inspect mid-way)
@@ -32,6 +35,7 @@ KILL_STAMP = "ALIGN_TEST_KILL_STAMP"
 SIGKILL_IN_SAVE = "ALIGN_TEST_SIGKILL_IN_SAVE"
 SIGSTOP_IN_SAVE = "ALIGN_TEST_SIGSTOP_IN_SAVE"
 ENOSPC_IN_SAVE = "ALIGN_TEST_ENOSPC_IN_SAVE"
+SIGTERM_IN_SAVE = "ALIGN_TEST_SIGTERM_IN_SAVE"
 RECORD_KEYS = "ALIGN_TEST_RECORD_KEYS"
 SIGTERM_AT_STEP = "ALIGN_TEST_SIGTERM_AT_STEP"     # a scheduler's SIGTERM, arriving during that step
 KILL_DATA_WORKER_AT_STEP = "ALIGN_TEST_KILL_DATA_WORKER_AT_STEP"
@@ -50,6 +54,11 @@ def kill_in_save(name: str, rank: int) -> None:
         _die()
     if os.environ.get(SIGSTOP_IN_SAVE) == name and os.environ.get(SIGKILL_RANK, "1") == str(rank):
         _stop()
+    if os.environ.get(SIGTERM_IN_SAVE) == name and os.environ.get(SIGKILL_RANK, str(rank)) == str(rank):
+        if os.environ.get(KILL_STAMP):
+            with open(os.environ[KILL_STAMP], "a") as f:
+                f.write(f"{rank} {name}\n")
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def full_disk_in_save(name: str, rank: int) -> None:

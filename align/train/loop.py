@@ -110,7 +110,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
                 last_good = save(eng, state, loader, r)
             watch.beat(state.step)
             hooks.after_step(state.step)
-            stop_if_preempted(eng, state, loader, r, log, preempt)
+            stop_if_preempted(eng, state, loader, r, log, preempt, last_good)
         log.close_bar()
         hooks.close()
         if hasattr(loader, "close"):

@@ -98,6 +98,25 @@ def list_checkpoints(ckpt_dir: str) -> List[str]:
     return [os.path.join(ckpt_dir, n) for n in names]
 
 
+def partial_writes(ckpt_dir: str) -> List[str]:
+    """The unfinished checkpoint writes (`.NAME.tmp`, tmp_name) in `ckpt_dir`, oldest name first: a save that a kill,
+    a full disk or a crash interrupted. Never read as checkpoints; a save of the same name replaces one."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return [os.path.join(ckpt_dir, n) for n in sorted(os.listdir(ckpt_dir))
+            if n.startswith(".") and n.endswith(".tmp") and os.path.isdir(os.path.join(ckpt_dir, n))]
+
+
+def say_partial_writes(run_dir: str, found: Optional[str]) -> None:
+    """One warning (rank 0's) naming the checkpoint writes a kill or a full disk interrupted, which resume ignores."""
+    from align.progress import main_process
+    partial = partial_writes(checkpoints_dir(run_dir))
+    if partial and main_process():
+        log.warning("ignored %d unfinished checkpoint write(s) (%s: a save interrupted by a kill, a full disk or a "
+                    "crash; not checkpoints); %s", len(partial), ", ".join(os.path.basename(p) for p in partial),
+                    f"resuming from {os.path.basename(found)}" if found else "starting afresh")
+
+
 def newest_checkpoint(run_dir: str) -> Optional[str]:
     """The newest complete step checkpoint of a run that verifies against its manifest, or None when the
     run has none. A damaged newer one is left in place and named in one warning line; when every

@@ -100,15 +100,20 @@ def evaluate_and_keep_best(eng, state: TrainState, loader, r: Recipe) -> dict:
     return res
 
 
-def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt) -> None:
+def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt, written: Optional[str] = None) -> None:
     """Between steps: when any rank got SIGTERM/SIGUSR1 (all ranks agree, align.train.guard), write a
-    checkpoint at this step on every rank and stop with one line (align.train.guard.Preempted, exit 75)."""
+    checkpoint at this step on every rank and stop with one line (align.train.guard.Preempted, exit 75).
+    `written`: the checkpoint this run wrote last; when it is this step's (the signal came during that save),
+    it is the one to resume from, not written a second time in the scheduler's grace period."""
     from align.train.guard import Preempted, all_ranks_max
     with eng.watch.collective():       # a rank stalled here waits for another (the watchdog names that one)
         if not preempt.agreed(all_ranks_max):
             return
-    state.elapsed_s = log.elapsed()
-    ckpt = save(eng, state, loader, r)
+    if written and os.path.basename(written) == rundir.step_name(state.step):
+        ckpt = written
+    else:
+        state.elapsed_s = log.elapsed()
+        ckpt = save(eng, state, loader, r)
     log.close_bar()
     raise Preempted(f"preempted ({preempt.name()}) at step {state.step}, checkpoint written to {ckpt}; "
                     f"resume with the same command")
@@ -230,6 +235,7 @@ def resolve_resume(r: Recipe) -> Optional[str]:
         found = rundir.newest_checkpoint(r.output_dir)    # the newest intact one (damaged ones named, skipped)
         if found is None:
             check_not_someone_elses(r.output_dir)
+        rundir.say_partial_writes(r.output_dir, found)   # a save a kill or a full disk cut short: one line
         return found
     mine = rundir.checkpoints_dir(r.output_dir)
     here = rundir.list_checkpoints(mine)

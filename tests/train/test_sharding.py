@@ -235,6 +235,9 @@ def test_kill_in_the_middle_of_a_sharded_checkpoint_write_then_resume(tiny_recip
     resumed = launch(path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr and "step-00000002" in resumed.stdout + resumed.stderr
+    said = [ln for ln in (resumed.stdout + resumed.stderr).splitlines() if "unfinished checkpoint write" in ln]
+    assert len(said) == 1 and "(.step-00000004.tmp: " in said[0], said      # named once, by rank 0
+    assert not os.path.exists(ckpts / ".step-00000004.tmp")          # replaced by the step's new write
     assert_same_weights(final_weights(tmp_path / "ref", 6), final_weights(tmp_path / "run", 6))
     # And a plain SIGKILL of one of the two sharded workers ends the launch within the bound.
     path2 = write_recipe(base, tmp_path, "one")

@@ -24,7 +24,7 @@ MUTATIONS = [
     M("resume.auto_ignored", "align/train/setup.py",
       "found = rundir.newest_checkpoint(r.output_dir)", "found = None", [SW + "::test_resume_auto_none_and_path"]),
     M("preempt.not_checked", "align/train/loop.py",
-      "            stop_if_preempted(eng, state, loader, r, log, preempt)\n", "",
+      "            stop_if_preempted(eng, state, loader, r, log, preempt, last_good)\n", "",
       ["tests/train/test_preemption.py"], "issue 25: SIGTERM killed the run with no checkpoint", slow=True),
     M("runlock.not_held", "align/train/setup.py", 'if int(os.environ.get("RANK", "0")) != 0:',
       "if True:",
@@ -515,4 +515,36 @@ MUTATIONS = [
       ["tests/export/test_export_hf_towers.py::"
        "test_an_export_of_hf_towers_loads_moved_without_the_model_folders"],
       "an export's hf/<modality> folder was not found relative to the export"),
+    M("dcp.cut_shard_not_named", "align/train/checkpoint.py",
+      "    _check_dcp_files(store, _safe_reader(store).read_metadata())", "    pass",
+      ["tests/train/test_dcp_faults.py::"
+       "test_a_cut_dcp_shard_or_a_missing_metadata_is_named_in_one_line_and_resume_falls_back"],
+      "fsdp: a DCP shard cut short (no manifest) was DCP's CheckpointException traceback, naming no file"),
+    M("dcp.load_failure_as_checkpoint_exception", "align/train/checkpoint.py",
+      "    except CheckpointException as exn:\n        rank, (err, _)",
+      "    except AlignError as exn:\n        rank, (err, _)",
+      ["tests/train/test_dcp_faults.py::"
+       "test_a_cut_dcp_shard_or_a_missing_metadata_is_named_in_one_line_and_resume_falls_back"],
+      "fsdp: a damaged DCP shard of the right size was a CheckpointException (a BaseException), a traceback a rank"),
+    M("dcp.missing_metadata_not_named", "align/train/checkpoint.py",
+      "            except OSError as e:", "            except ImportError as e:",
+      ["tests/train/test_dcp_faults.py::"
+       "test_a_cut_dcp_shard_or_a_missing_metadata_is_named_in_one_line_and_resume_falls_back"],
+      "fsdp: a DCP checkpoint without .metadata: torch's warning tracebacks, then a CheckpointException"),
+    M("preempt.signal_in_save_writes_again", "align/train/setup.py",
+      "    if written and os.path.basename(written) == rundir.step_name(state.step):", "    if False:",
+      ["tests/train/test_dcp_faults.py::"
+       "test_a_sigterm_during_the_steps_own_save_stops_on_that_checkpoint_without_writing_it_again"],
+      "a SIGTERM during step N's save wrote step N a second time in the scheduler's grace period"),
+    M("preempt.last_save_not_passed", "align/train/loop.py",
+      "stop_if_preempted(eng, state, loader, r, log, preempt, last_good)",
+      "stop_if_preempted(eng, state, loader, r, log, preempt)",
+      ["tests/train/test_dcp_faults.py::"
+       "test_sigterm_during_a_two_process_dcp_save_stops_on_that_checkpoint_and_resume_matches"],
+      "the loop did not tell stop_if_preempted which checkpoint it had just written", slow=True),
+    M("resume.partial_write_unsaid", "align/train/setup.py",
+      "rundir.say_partial_writes(r.output_dir, found)", "None",
+      ["tests/train/test_dcp_faults.py::"
+       "test_an_interrupted_checkpoint_write_is_named_once_by_resume_and_by_align_checkpoints"],
+      "a checkpoint write a kill or a full disk cut short (.step-N.tmp) was ignored by resume without a word"),
 ]
