@@ -558,7 +558,8 @@ MUTATIONS = [
        "test_a_best_checkpoint_moved_aside_by_a_killed_replace_is_listed_and_restored_at_resume"],
       "a kill between the two renames that replace `best` left it only as .best.old, never restored"),
     M("init_from.run_tokenizer_ignored", "align/train/init_from.py",
-      "                                    run_tokenizer_folder(folder)])", "                                    None])",
+      "                                    run_tokenizer_folder(folder)])",
+      "                                    None])",
       ["tests/train/test_init_from.py::test_init_from_a_run_passes_on_the_tokenizer_folder_that_run_recorded"],
       "model.init_from: RUN did not pass on the tokenizer_folder RUN/config.yaml recorded (the Hub asked)"),
 ]
