@@ -21,6 +21,7 @@
         .best.old/                    old_name()   a replaced copy while its successor is moved in
     EXPORT/                           `align export`: align_config.json (EXPORT_CONFIG) + align_model.safetensors
 
+`write_config` writes RUN/config.yaml (a resume with other settings keeps the old one beside it).
 `locate(path)` answers "which model is this" for align.load, export and model.init_from alike: a run dir
 (its newest intact complete checkpoint; of a run in progress, its last complete one, named in one line), a checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
 test of whether a checkpoint holds DCP shards: it reads the flag state.json records.
@@ -320,6 +321,40 @@ def absolute_model_paths(recipe: dict) -> dict:
             if isinstance(text_cfg, dict) and isinstance(text_cfg.get(key), str) and os.path.isdir(text_cfg[key]):
                 text_cfg[key] = os.path.abspath(text_cfg[key])
     return recipe
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def write_config(output_dir: str, recipe: dict, is_main: bool, step: int = 0, printer=print) -> None:
+    """RUN/config.yaml: `recipe` (align.config.recipe_to_dict's) as trained; align.load and export read it. A run
+    resumed at `step` with other settings keeps the config its first steps were trained with as config.step-N.yaml,
+    and says which keys changed: the weights' history is not rewritten to claim the new settings."""
+    os.makedirs(output_dir, exist_ok=True)
+    if not is_main:
+        return
+    import yaml
+    path, new = os.path.join(output_dir, CONFIG), absolute_model_paths(recipe)
+    if step and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            old = None
+        a, b = _flat(old if isinstance(old, dict) else {}), _flat(new)
+        changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if changed:
+            kept = os.path.join(output_dir, f"config.{step_name(step)}.yaml")
+            os.replace(path, kept)
+            printer(f"resumed at step {step} with {len(changed)} changed settings ("
+                    + "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
+                    + (" ..." if len(changed) > 4 else "") + f"); the settings of steps 1-{step}: {kept}")
+    with open(path, "w") as f:
+        yaml.safe_dump(new, f, sort_keys=False)
 
 
 def other_library_model(p: str) -> Optional[str]:

@@ -314,7 +314,7 @@ MUTATIONS = [
     M("train.finished_run_trained_again", "align/train/loop.py",
       "        if done is not None:", "        if False:",
       [SW + "::test_the_same_command_on_a_finished_run_changes_nothing"]),
-    M("train.config_of_first_steps_lost", "align/train/setup.py",
+    M("train.config_of_first_steps_lost", "align/train/rundir.py",
       "            os.replace(path, kept)\n", "",
       [SW + "::test_a_resume_with_other_settings_keeps_the_config_of_the_first_steps"]),
     M("train.someone_elses_files_overwritten", "align/train/setup.py",
