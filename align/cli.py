@@ -106,8 +106,15 @@ def cmd_checkpoints(a):
     for p in partial:                       # a save a kill or a full disk interrupted: resume never reads it
         print(f"{os.path.basename(p):<22} {'':>13}  {dir_bytes(p) / 1e6:9.1f} MB  PARTIAL: an interrupted write, "
               f"not a checkpoint (resume ignores it)")
+    leftover = rundir.replaced_leftovers(rundir.checkpoints_dir(a.run))
+    for p in leftover:                      # a kill between the two renames that replace e.g. `best`
+        there = os.path.exists(os.path.join(rundir.checkpoints_dir(a.run), rundir.replaced_name(p)))
+        print(f"{os.path.basename(p):<22} {'':>13}  {dir_bytes(p) / 1e6:9.1f} MB  LEFTOVER: the replaced copy of "
+              + (f"{rundir.replaced_name(p)} (its successor is in place)" if there else
+                 f"{rundir.replaced_name(p)}, which is missing: resume=auto restores it"))
     print(f"{len(ckpts)} checkpoint(s) in {a.run}: {len(ckpts) - bad} ok, {bad} damaged"
           + (f", {len(partial)} partial write(s) ignored" if partial else "")
+          + (f", {len(leftover)} replaced copy(ies) left over" if leftover else "")
           + ("" if not bad else " (resume=auto carries on from the newest intact one)"))
     return 1 if bad else 0
 

@@ -1,7 +1,9 @@
 """Reading open_clip's files: checkpoint files (.safetensors, or .pt/.bin loaded weights-only, as
 open_clip and open_clip_train write them), hub-layout folders (open_clip_config.json + weights), and the
-mapping of open_clip's state-dict keys onto align's. Used by per-tower `pretrained` (towers) and by
-`model.init_from` (align.train.init_from); it imports nothing of align but its errors.
+mapping of open_clip's state-dict keys onto align's; the weights file a tower's `pretrained` names (a path, a
+folder, or an open_clip tag fetched or found in the cache by open_clip: pretrained_file). Used by per-tower
+`pretrained` (towers) and by `model.init_from` (align.train.init_from); of align it imports only its errors and
+align.hub.
 """
 import json
 import os
@@ -247,3 +249,36 @@ def offline_tag_weights(cfg: Optional[dict], label: str, fix: str) -> Optional[s
         raise ConfigError(f"{label}: {host} does not answer and the weights are not in the Hugging Face cache "
                           f"(offline? fetch them where a network is and {fix})")
     return cached
+
+
+def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
+    """A local weights file for `pretrained`: a file path, an open_clip folder (`local-dir:DIR` or DIR),
+    or an open_clip tag for the architecture `name`, downloaded (or found in the cache) by open_clip."""
+    local = strip_local_dir(pretrained)
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(local):
+        found = open_clip_folder_weights(local)
+        if found is None:
+            raise ConfigError(f"{where}.pretrained: {pretrained!r} is a folder without open_clip_config.json and "
+                              f"open_clip_model.safetensors / open_clip_pytorch_model.bin")
+        return found
+    if not name:
+        raise ConfigError(f"{where}.pretrained: no such file or folder {pretrained!r} (an open_clip tag needs the "
+                          f"architecture's name in {where}.model)")
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+    cfg = get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
+                          f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
+    cached = offline_tag_weights(cfg, f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}",
+                                 f"set {where}.pretrained to the file")
+    if cached is not None:               # the hub does not answer; the cache holds them
+        return cached
+    try:
+        return download_pretrained(cfg)
+    except Exception as e:  # noqa: BLE001  offline, hub error: one line
+        raise ConfigError(f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}: "
+                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]} (offline? fetch them "
+                          f"where a network is and set {where}.pretrained to the file)") from None

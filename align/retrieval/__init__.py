@@ -9,6 +9,7 @@
 An app layer beside bench/export: it imports align.bench (encoding, index registry), align.data and the model.
 Modules:
   embed         per-shard parts of L2-normalised embeddings + Parquet rows, resumable, split across processes
+  embed_summary its end line, and a launch's totals gathered onto process 0
   index_build   the FAISS index chosen from corpus size and budget, tuned to recall@10 on held-aside queries
   search        the Index object and cross-modal queries
   filter        CLIP-score filtering and near-duplicate removal (FAISS range search), dropped.jsonl

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from align.errors import ConfigError
-from align.open_clip_files import TOKENIZER_FILES, TOKENIZER_FOLDER
+from align.open_clip_files import TOKENIZER_FILES, TOKENIZER_FOLDER, pretrained_file
 from align.progress import main_process
 from align.text import refuse_surrogates
 from align.towers import TOWERS
@@ -291,40 +291,6 @@ class OpenClipTower(Tower):
         hf_vocab = getattr(getattr(self.net, "config", None), "vocab_size", None)
         vocab = int(self.text_cfg.get("vocab_size") or hf_vocab or 49408)
         return torch.randint(1, vocab - 1, (batch_size, self.context_length))
-
-
-def pretrained_file(name: Optional[str], pretrained: str, where: str) -> str:
-    """A local weights file for `pretrained`: a file path, an open_clip folder (`local-dir:DIR` or DIR),
-    or an open_clip tag for the architecture `name`, downloaded (or found in the cache) by open_clip."""
-    from align.open_clip_files import offline_tag_weights, open_clip_folder_weights, strip_local_dir
-    local = strip_local_dir(pretrained)
-    if os.path.isfile(local):
-        return local
-    if os.path.isdir(local):
-        found = open_clip_folder_weights(local)
-        if found is None:
-            raise ConfigError(f"{where}.pretrained: {pretrained!r} is a folder without open_clip_config.json and "
-                              f"open_clip_model.safetensors / open_clip_pytorch_model.bin")
-        return found
-    if not name:
-        raise ConfigError(f"{where}.pretrained: no such file or folder {pretrained!r} (an open_clip tag needs the "
-                          f"architecture's name in {where}.model)")
-    import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-    cfg = get_pretrained_cfg(name, pretrained)
-    if not cfg:
-        raise ConfigError(f"{where}.pretrained: {pretrained!r} is neither a file, a folder nor an open_clip tag of "
-                          f"{name!r} (tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
-    cached = offline_tag_weights(cfg, f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}",
-                                 f"set {where}.pretrained to the file")
-    if cached is not None:               # the hub does not answer; the cache holds them
-        return cached
-    try:
-        return download_pretrained(cfg)
-    except Exception as e:  # noqa: BLE001  offline, hub error: one line
-        raise ConfigError(f"{where}.pretrained: cannot fetch open_clip weights {name}/{pretrained}: "
-                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]} (offline? fetch them "
-                          f"where a network is and set {where}.pretrained to the file)") from None
 
 
 KEEP_POSITIONS = 20     # Long-CLIP: the first ~20 positions carry most of what CLIP learned; keep them as they are

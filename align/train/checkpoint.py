@@ -19,6 +19,7 @@ that admits only DCP's own metadata classes.
 """
 import io
 import json
+import logging
 import os
 import pickle
 import random
@@ -35,13 +36,15 @@ from align.train import hooks
 from align.train.manifest import write_manifest
 from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
                                 is_checkpoint_dir, is_dcp_store, is_sharded_checkpoint, list_checkpoints, old_name,
-                                rank_file, read_state, rng_file, tmp_name, weights_path)
+                                STEP_RE, partial_writes, rank_file, read_state, rng_file, tmp_name, weights_path)
 from align.train.storage import StorageError, is_storage_error, newest_step_checkpoint
 
 # Names other modules import from here (the file layout itself is align.train.rundir's).
 __all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",
            "load_dcp_weights", "load_sharded_ema", "save_checkpoint", "load_checkpoint", "prune_checkpoints",
            "data_states", "check_state_fits", "load_model_state"]
+
+log = logging.getLogger("align.train")
 
 
 # -- DCP: metadata read without running code, full weights gathered in one process ------------
@@ -278,8 +281,22 @@ def save_checkpoint(ckpt_dir: str, name: str, model_sd: Optional[dict], optimize
         os.replace(tmp, final)                # the atomic step
         if old:
             shutil.rmtree(old, ignore_errors=True)
+        drop_older_partials(ckpt_dir, name)
     barrier()
     return final
+
+
+def drop_older_partials(ckpt_dir: str, name: str) -> None:
+    """After step checkpoint `name` is complete: the interrupted writes of older steps (`.step-N.tmp`, which a run
+    with another checkpoint_every would never write again) are removed, named in one line. Others stay."""
+    m = STEP_RE.match(name)
+    older = [p for p in partial_writes(ckpt_dir) if m and STEP_RE.match(os.path.basename(p)[1:-len(".tmp")])
+             and os.path.basename(p)[1:-len(".tmp")] < name]
+    for p in older:
+        shutil.rmtree(p, ignore_errors=True)
+    if older:
+        log.warning("removed %d interrupted checkpoint write(s) older than %s (%s; not checkpoints)", len(older),
+                    name, ", ".join(os.path.basename(p) for p in older))
 
 
 def _write_part(tmp: str, model_sd, optimizer, rank: int, rank_state, sharded, ema_sd) -> dict:

@@ -60,14 +60,31 @@ def load_source(path: str, where: str = "model.init_from") -> Tuple[Dict[str, to
 def init_from_tokenizer(cfg: dict, init_from) -> None:
     """For an open_clip text tower section without a tokenizer of its own (nor files beside its `pretrained`
     weights) whose architecture names a Hugging Face tokenizer (`model.open_clip: ViT-B-16-SigLIP`): the tokenizer
-    files of `model.init_from`'s folder (DIR, a weights file's folder, or an align export's tokenizer/ copy) become
-    its `tokenizer_folder`, so a fine-tuning start from a hub download reads them rather than asking the Hub."""
+    files of `model.init_from`'s folder (DIR, a weights file's folder, or an align export's tokenizer/ copy), or the
+    `tokenizer_folder` an align run (or its checkpoint dir) recorded in RUN/config.yaml, become its
+    `tokenizer_folder`, so a fine-tuning start from a hub download (or a run of one) reads them, not the Hub."""
     from align.open_clip_files import holds_tokenizer, weights_folder
     from align.towers.open_clip_towers import tokenizer_folder_from
     own = weights_folder(cfg["pretrained"]) if isinstance(cfg.get("pretrained"), str) else None
     folder = weights_folder(init_from) if isinstance(init_from, str) else None
     if folder is not None and not (own is not None and holds_tokenizer(own)):
-        tokenizer_folder_from(cfg, [folder, os.path.join(folder, "tokenizer")])   # tokenizer/: an align export's
+        tokenizer_folder_from(cfg, [folder, os.path.join(folder, "tokenizer"),   # tokenizer/: an align export's
+                                    run_tokenizer_folder(folder)])
+
+
+def run_tokenizer_folder(folder: str) -> Optional[str]:
+    """The text tower's `tokenizer_folder` that the align run behind `folder` (a run dir or one of its checkpoint
+    dirs) recorded in RUN/config.yaml; None for anything else, or when it recorded none."""
+    import yaml
+    from align.train.rundir import CONFIG, find_run_dir
+    run = find_run_dir(folder)
+    try:
+        with open(os.path.join(run, CONFIG)) as f:
+            text = ((yaml.safe_load(f) or {}).get("model") or {}).get("towers", {}).get("text") or {}
+    except (OSError, TypeError, AttributeError, yaml.YAMLError):
+        return None                            # not a run (run is None), or a config.yaml not of this shape
+    found = text.get("tokenizer_folder") if isinstance(text, dict) else None
+    return found if isinstance(found, str) and os.path.isdir(found) else None
 
 
 def tower_of(key: str) -> str:

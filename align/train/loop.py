@@ -27,7 +27,7 @@ import time
 
 from accelerate.utils import set_seed
 
-from align.config import Recipe
+from align.config import Recipe, recipe_to_dict
 from align.data.stream.features import step_features
 from align.errors import SourceUnavailable
 from align.train.dataworkers import DataWorkerDied
@@ -36,9 +36,10 @@ from align.train.metrics import RunLogger, evaluate, run_counts, run_val
 from align.train.optim import unlock_due
 from align.train.feed import (Batches, build_loader, carve_val_split, fit_val_tasks, resolve_auto_clip_seconds,
                               resolve_auto_image_size, shards_from_tables)
+from align.train.rundir import write_config
 from align.train.setup import (build_accelerator, build_engine, evaluate_and_keep_best, finished_summary,
                                hold_run_dir, keep_if_best, process_settings, resolve_resume, restore_rng, resume, save,
-                               stop_at_data_fault, stop_if_preempted, watch_ranks, write_config)
+                               stop_at_data_fault, stop_if_preempted, watch_ranks)
 from align.train.guard import catch_preemption
 from align.train.step import train_step
 
@@ -72,7 +73,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
         eng.features = step_features(loader, acc.device)   # audio log-mel in the step, on the device (or None)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)
-        write_config(r, acc.is_main_process, state.step, acc.print)   # a resume with other settings keeps the old
+        write_config(r.output_dir, recipe_to_dict(r), acc.is_main_process, state.step,   # a resume with other
+                     acc.print)                                                      # settings keeps the old
         r = carve_val_split(r, eng)            # data.val_split: its held-out groups become data.val (RUN/val_split)
         if r.data.val:                         # fail now, not at the first eval, when no task has anything to score
             r = fit_val_tasks(r, eng.core.modalities, acc.print)

@@ -18,8 +18,10 @@
           rng-R.safetensors           rng_file(R)  rank R's RNG
           rank-R.json                 rank_file(R) rank R's data position and RNG (R > 0)
         .step-00000100.tmp/           tmp_name()   being written; never read
+        .best.old/                    old_name()   a replaced copy while its successor is moved in
     EXPORT/                           `align export`: align_config.json (EXPORT_CONFIG) + align_model.safetensors
 
+`write_config` writes RUN/config.yaml (a resume with other settings keeps the old one beside it).
 `locate(path)` answers "which model is this" for align.load, export and model.init_from alike: a run dir
 (its newest intact complete checkpoint; of a run in progress, its last complete one, named in one line), a checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
 test of whether a checkpoint holds DCP shards: it reads the flag state.json records.
@@ -100,21 +102,60 @@ def list_checkpoints(ckpt_dir: str) -> List[str]:
 
 def partial_writes(ckpt_dir: str) -> List[str]:
     """The unfinished checkpoint writes (`.NAME.tmp`, tmp_name) in `ckpt_dir`, oldest name first: a save that a kill,
-    a full disk or a crash interrupted. Never read as checkpoints; a save of the same name replaces one."""
+    a full disk or a crash interrupted. Never read as checkpoints; a save of the same name replaces one, and a
+    successful step save removes those of older steps (align.train.checkpoint.drop_older_partials)."""
+    return _hidden_dirs(ckpt_dir, ".tmp")
+
+
+def replaced_leftovers(ckpt_dir: str) -> List[str]:
+    """The replaced checkpoints (`.NAME.old`, old_name) a kill between save_checkpoint's two renames left behind:
+    with NAME missing, the only complete copy of NAME (restore_replaced puts it back at resume)."""
+    return _hidden_dirs(ckpt_dir, ".old")
+
+
+def _hidden_dirs(ckpt_dir: str, suffix: str) -> List[str]:
     if not os.path.isdir(ckpt_dir):
         return []
     return [os.path.join(ckpt_dir, n) for n in sorted(os.listdir(ckpt_dir))
-            if n.startswith(".") and n.endswith(".tmp") and os.path.isdir(os.path.join(ckpt_dir, n))]
+            if n.startswith(".") and n.endswith(suffix) and os.path.isdir(os.path.join(ckpt_dir, n))]
+
+
+def replaced_name(old: str) -> str:
+    """The checkpoint a `.NAME.old` dir (old_name) was the previous copy of: NAME."""
+    return os.path.basename(old)[1:-len(".old")]
+
+
+def restore_replaced(ckpt_dir: str) -> List[str]:
+    """Rank 0 at resume: every complete `.NAME.old` whose NAME is missing (a kill between the two renames that
+    replace e.g. `best`) is renamed back to NAME, as if the interrupted save had not begun; one line each.
+    -> the leftovers kept (NAME present: a stale copy the next save of NAME removes; or not complete)."""
+    kept = []
+    for old in replaced_leftovers(ckpt_dir):
+        final = os.path.join(ckpt_dir, replaced_name(old))
+        if not os.path.exists(final) and read_state(old) is not None:
+            os.replace(old, final)
+            log.warning("restored checkpoint %s from %s (a save that replaces it was interrupted between its two "
+                        "renames)", os.path.basename(final), os.path.basename(old))
+        else:
+            kept.append(old)
+    return kept
 
 
 def say_partial_writes(run_dir: str, found: Optional[str]) -> None:
-    """One warning (rank 0's) naming the checkpoint writes a kill or a full disk interrupted, which resume ignores."""
+    """One warning (rank 0's) naming the checkpoint writes a kill or a full disk interrupted, which resume ignores;
+    a replaced checkpoint left by a kill is restored (restore_replaced) or, when not needed, named."""
     from align.progress import main_process
+    if not main_process():
+        return
+    kept = restore_replaced(checkpoints_dir(run_dir))
     partial = partial_writes(checkpoints_dir(run_dir))
-    if partial and main_process():
+    if partial:
         log.warning("ignored %d unfinished checkpoint write(s) (%s: a save interrupted by a kill, a full disk or a "
                     "crash; not checkpoints); %s", len(partial), ", ".join(os.path.basename(p) for p in partial),
                     f"resuming from {os.path.basename(found)}" if found else "starting afresh")
+    if kept:
+        log.warning("left in place %d replaced checkpoint copy(ies) (%s: a kill after its replacement was in place; "
+                    "the next save of that name removes it)", len(kept), ", ".join(os.path.basename(p) for p in kept))
 
 
 def newest_checkpoint(run_dir: str) -> Optional[str]:
@@ -280,6 +321,40 @@ def absolute_model_paths(recipe: dict) -> dict:
             if isinstance(text_cfg, dict) and isinstance(text_cfg.get(key), str) and os.path.isdir(text_cfg[key]):
                 text_cfg[key] = os.path.abspath(text_cfg[key])
     return recipe
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def write_config(output_dir: str, recipe: dict, is_main: bool, step: int = 0, printer=print) -> None:
+    """RUN/config.yaml: `recipe` (align.config.recipe_to_dict's) as trained; align.load and export read it. A run
+    resumed at `step` with other settings keeps the config its first steps were trained with as config.step-N.yaml,
+    and says which keys changed: the weights' history is not rewritten to claim the new settings."""
+    os.makedirs(output_dir, exist_ok=True)
+    if not is_main:
+        return
+    import yaml
+    path, new = os.path.join(output_dir, CONFIG), absolute_model_paths(recipe)
+    if step and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            old = None
+        a, b = _flat(old if isinstance(old, dict) else {}), _flat(new)
+        changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if changed:
+            kept = os.path.join(output_dir, f"config.{step_name(step)}.yaml")
+            os.replace(path, kept)
+            printer(f"resumed at step {step} with {len(changed)} changed settings ("
+                    + "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
+                    + (" ..." if len(changed) > 4 else "") + f"); the settings of steps 1-{step}: {kept}")
+    with open(path, "w") as f:
+        yaml.safe_dump(new, f, sort_keys=False)
 
 
 def other_library_model(p: str) -> Optional[str]:

@@ -440,40 +440,6 @@ def stop_at_data_fault(eng, state, batches, r: Recipe, log, exn) -> None:
     raise type(exn)(f"{exn}; saved {ckpt} at step {state.step}, rerun the same command to resume") from None
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out
-
-
-def write_config(r: Recipe, is_main: bool, step: int = 0, printer=print) -> None:
-    """RUN/config.yaml: the recipe as trained (align.load and export read it). A run resumed at `step` with
-    other settings keeps the config its first steps were trained with as config.step-N.yaml, and says which
-    keys changed: the weights' history is not rewritten to claim the new settings."""
-    os.makedirs(r.output_dir, exist_ok=True)
-    if not is_main:
-        return
-    import yaml
-    path, new = os.path.join(r.output_dir, rundir.CONFIG), rundir.absolute_model_paths(recipe_to_dict(r))
-    if step and os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                old = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError):
-            old = None
-        a, b = _flat(old if isinstance(old, dict) else {}), _flat(new)
-        changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        if changed:
-            kept = os.path.join(r.output_dir, f"config.{rundir.step_name(step)}.yaml")
-            os.replace(path, kept)
-            printer(f"resumed at step {step} with {len(changed)} changed settings ("
-                    + "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
-                    + (" ..." if len(changed) > 4 else "") + f"); the settings of steps 1-{step}: {kept}")
-    with open(path, "w") as f:
-        yaml.safe_dump(new, f, sort_keys=False)
-
-
 def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] = None,
          extra: Optional[dict] = None, data: Optional[dict] = None) -> str:
     """Checkpoint `name` (default step-N) of the run; every rank writes its part (DCP shards under fsdp, its RNG

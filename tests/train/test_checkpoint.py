@@ -196,3 +196,93 @@ def test_a_full_disk_in_one_ranks_dcp_shards_is_its_one_line_not_a_checkpoint_ex
     assert isinstance(raised[1], OSError) and is_storage_error(raised[1]), raised
     assert isinstance(raised[0], StorageError) and "rank 1 could not write its part" in str(raised[0]), raised
     assert sorted(os.listdir(tmp_path)) == ["step-00000001"]
+
+
+def test_an_older_steps_interrupted_write_is_removed_by_the_next_step_save_and_named(tmp_path, caplog):
+    """A run killed writing step 3 and resumed with another checkpoint_every never writes step 3 again: its
+    `.step-00000003.tmp` stayed forever. The next successful step save removes interrupted writes of older steps
+    (one line naming them); a newer step's and a named checkpoint's stay (a later save of that name replaces them)."""
+    m = torch.nn.Linear(2, 2)
+    for n in (".step-00000003.tmp", ".step-00000009.tmp", ".best.tmp"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "model.safetensors").write_bytes(b"partial")
+    with caplog.at_level("WARNING", logger="align.train"):
+        save_checkpoint(str(tmp_path), "step-00000004", m.state_dict(), None, {"step": 4})
+    assert sorted(os.listdir(tmp_path)) == [".best.tmp", ".step-00000009.tmp", "step-00000004"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "removed 1 interrupted checkpoint write(s) older than step-00000004 (.step-00000003.tmp; not checkpoints)"]
+    caplog.clear()
+    save_checkpoint(str(tmp_path), "best", m.state_dict(), None, {"step": 4})   # a named save removes no other
+    assert sorted(os.listdir(tmp_path)) == [".step-00000009.tmp", "best", "step-00000004"] and not caplog.records
+
+
+def _best_replace_killed(tmp_path, monkeypatch):
+    """`best` of step 1, then a save of `best` for step 2 killed between its two renames (the old one moved
+    aside, the new one not yet in place): what a SIGKILL there leaves."""
+    import align.train.checkpoint as ck
+    m = torch.nn.Linear(2, 2)
+    ckpts = tmp_path / "run" / "checkpoints"
+    save_checkpoint(str(ckpts), "step-00000001", m.state_dict(), None, {"step": 1})
+    save_checkpoint(str(ckpts), "best", m.state_dict(), None, {"step": 1})
+    real = os.replace
+
+    def killed(src, dst):
+        if str(src).endswith(".best.tmp"):
+            raise KeyboardInterrupt("killed")
+        real(src, dst)
+    monkeypatch.setattr(ck.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(str(ckpts), "best", m.state_dict(), None, {"step": 2})
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert sorted(os.listdir(ckpts)) == [".best.old", ".best.tmp", "step-00000001"]
+    return tmp_path / "run", ckpts
+
+
+def test_a_best_checkpoint_moved_aside_by_a_killed_replace_is_listed_and_restored_at_resume(tmp_path, monkeypatch,
+                                                                                            caplog, capsys):
+    """`.best.old` (the only complete `best`) was neither listed by `align checkpoints` nor named at resume; now it is
+    listed as LEFTOVER and resume=auto renames it back to `best`, saying so in one line."""
+    from types import SimpleNamespace
+    from align.cli import main
+    from align.train.rundir import read_state
+    from align.train.setup import resolve_resume
+    run, ckpts = _best_replace_killed(tmp_path, monkeypatch)
+    assert main(["checkpoints", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln for ln in lines if ln.startswith(".best.old")][0].endswith(
+        "LEFTOVER: the replaced copy of best, which is missing: resume=auto restores it"), lines
+    assert lines[-1] == (f"1 checkpoint(s) in {run}: 1 ok, 0 damaged, 1 partial write(s) ignored, "
+                         f"1 replaced copy(ies) left over"), lines
+    with caplog.at_level("WARNING", logger="align.train"):
+        found = resolve_resume(SimpleNamespace(resume="auto", output_dir=str(run)))
+    assert found == str(ckpts / "step-00000001")
+    assert sorted(os.listdir(ckpts)) == [".best.tmp", "best", "step-00000001"]
+    assert read_state(str(ckpts / "best"))["step"] == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == ("restored checkpoint best from .best.old (a save that replaces it was interrupted between "
+                       "its two renames)") and len(said) == 2 and ".best.tmp" in said[1], said
+
+
+def test_a_replaced_copy_left_beside_its_successor_is_named_and_kept(tmp_path, caplog, capsys):
+    """A kill after the new `best` was in place but before `.best.old` was removed: listed, named at resume, kept
+    (not the only copy of anything the run reads; the next save of `best` removes it)."""
+    from types import SimpleNamespace
+    from align.cli import main
+    from align.train.setup import resolve_resume
+    m = torch.nn.Linear(2, 2)
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    save_checkpoint(str(ckpts), "step-00000001", m.state_dict(), None, {"step": 1})
+    save_checkpoint(str(ckpts), "best", m.state_dict(), None, {"step": 1})
+    save_checkpoint(str(ckpts), ".best.old", m.state_dict(), None, {"step": 0})
+    assert main(["checkpoints", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "LEFTOVER: the replaced copy of best (its successor is in place)" in out, out
+    with caplog.at_level("WARNING", logger="align.train"):
+        resolve_resume(SimpleNamespace(resume="auto", output_dir=str(run)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "left in place 1 replaced checkpoint copy(ies) (.best.old: a kill after its replacement was in place; the "
+        "next save of that name removes it)"]
+    assert sorted(os.listdir(ckpts)) == [".best.old", "best", "step-00000001"]
+    save_checkpoint(str(ckpts), "best", m.state_dict(), None, {"step": 2})
+    assert sorted(os.listdir(ckpts)) == ["best", "step-00000001"]

@@ -412,3 +412,31 @@ def test_init_from_a_hub_folder_gives_a_named_architectures_tokenizer_without_th
     want = [3, 4, 5, 3, 6, 1, 1, 1]                                         # a photo of a dog [PAD]...
     assert align.load(tiny_recipe["output_dir"]).tokenize(["a photo of a dog"])[0].tolist() == want
     assert offline[0] == []
+
+
+def test_init_from_a_run_passes_on_the_tokenizer_folder_that_run_recorded(tmp_path, tiny_recipe, offline,
+                                                                          monkeypatch):
+    """`model.init_from: RUN` (a run started from a hub folder, its tokenizer_folder recorded in RUN/config.yaml)
+    did not pass that folder on: the new run asked the Hub for `timm/ViT-B-16-SigLIP`'s tokenizer (one error line
+    offline). It takes the folder the run recorded, and loads with it too."""
+    import yaml
+    import align
+    from align.train.loop import train
+    from tests.towers.hf_tiny import save_tiny_tokenizer
+    from tests.towers.test_open_clip_towers import _hub_folder, tiny_siglip
+    d, _ = _hub_folder(tmp_path, tiny_siglip(monkeypatch), {})
+    save_tiny_tokenizer(d)
+    tiny_recipe["model"] = {"embed_dim": 16, "open_clip": "ViT-B-16-SigLIP", "init_from": str(d)}
+    tiny_recipe["train"].update(max_steps=1, checkpoint_every=1)
+    first = tiny_recipe["output_dir"]
+    train(parse_recipe(tiny_recipe), progress=False)
+    for start in (first, os.path.join(first, "checkpoints", "step-00000001")):   # a run dir, a checkpoint dir
+        tiny_recipe.update(output_dir=str(tmp_path / f"second{len(start)}"))
+        tiny_recipe["model"]["init_from"] = start
+        train(parse_recipe(tiny_recipe), progress=False)
+        with open(os.path.join(tiny_recipe["output_dir"], "config.yaml")) as f:
+            text = yaml.safe_load(f)["model"]["towers"]["text"]
+        assert text["tokenizer_folder"] == str(d), text
+        assert align.load(tiny_recipe["output_dir"]).tokenize(["a photo of a dog"])[0].tolist() == [3, 4, 5, 3, 6,
+                                                                                                   1, 1, 1]
+    assert offline[0] == []

@@ -197,9 +197,9 @@ def test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_fr
     """A recipe naming its open_clip JSON and a Hugging Face folder relative to where `align train` ran wrote them
     so into RUN/config.yaml: align.load / export from another directory said `no such file 'arch.json'`."""
     import yaml
-    from align.config import parse_recipe
+    from align.config import parse_recipe, recipe_to_dict
     from align.model import build_model
-    from align.train.setup import write_config
+    from align.train.rundir import write_config
     from tests.conftest import TINY_OPEN_CLIP
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     (work / "hf_folder").mkdir(parents=True)
@@ -208,7 +208,7 @@ def test_config_yaml_names_the_models_local_files_absolutely_so_the_run_loads_fr
     monkeypatch.chdir(work)
     r = parse_recipe({"output_dir": "run", "model": {"open_clip": "arch.json", "towers": {"audio": {
         "type": "hf_audio", "model": "hf_folder"}}}, "loss": {"pairs": [["image", "text"]]}, "train": {"max_steps": 1}})
-    write_config(r, True)
+    write_config(r.output_dir, recipe_to_dict(r), True)
     monkeypatch.chdir(elsewhere)
     cfg = yaml.safe_load(open(work / "run" / rundir.CONFIG))
     assert cfg["model"]["towers"]["audio"]["model"] == str(work / "hf_folder")

@@ -291,4 +291,12 @@ MUTATIONS = [
       ["tests/data/write/test_inputs.py::"
        "test_a_hub_dataset_on_a_machine_without_the_hub_is_its_cached_copy_or_one_line_at_once"],
       "datasets' own offline flag stayed off: a cached dataset was still asked of the hub"),
+    M("towers.open_clip.offline_tag_no_way_out", "align/open_clip_files.py",
+      "[:200]} (offline? fetch them \"", "[:200]} \"",
+      ["tests/towers/test_open_clip_towers.py::"
+       "test_a_pretrained_tag_open_clip_cannot_fetch_names_the_offline_way_out"],
+      "offline, a tower's pretrained: TAG: the fetch error named no local-file way out"),
+    M("towers.open_clip.cached_tag_downloaded", "align/open_clip_files.py",
+      "    if cached is not None:               # the hub does not answer; the cache holds them",
+      "    if False:", [OFFLINE_TOWER]),
 ]

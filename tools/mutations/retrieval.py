@@ -208,7 +208,7 @@ MUTATIONS = [
       "float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))", "float(threshold)",
       ["tests/retrieval/test_filter.py::test_dedup_and_score_selection_equal_plain_loops"],
       "FAISS's range search is > radius: a pair at exactly --dedup COS (copies at --dedup 1) was kept"),
-    M("retrieval.embed_end_line_per_process", "align/retrieval/embed.py",
+    M("retrieval.embed_end_line_per_process", "align/retrieval/embed_summary.py",
       "    if rank != 0:\n        return None\n    total = EmbedSummary(",
       "    if rank != 0:\n        return summary\n    total = EmbedSummary(",
       ["tests/retrieval/test_embed.py::test_a_launch_prints_one_end_line_with_every_processs_totals"],

@@ -314,7 +314,7 @@ MUTATIONS = [
     M("train.finished_run_trained_again", "align/train/loop.py",
       "        if done is not None:", "        if False:",
       [SW + "::test_the_same_command_on_a_finished_run_changes_nothing"]),
-    M("train.config_of_first_steps_lost", "align/train/setup.py",
+    M("train.config_of_first_steps_lost", "align/train/rundir.py",
       "            os.replace(path, kept)\n", "",
       [SW + "::test_a_resume_with_other_settings_keeps_the_config_of_the_first_steps"]),
     M("train.someone_elses_files_overwritten", "align/train/setup.py",
@@ -547,4 +547,19 @@ MUTATIONS = [
       ["tests/train/test_dcp_faults.py::"
        "test_an_interrupted_checkpoint_write_is_named_once_by_resume_and_by_align_checkpoints"],
       "a checkpoint write a kill or a full disk cut short (.step-N.tmp) was ignored by resume without a word"),
+    M("checkpoint.older_tmp_kept", "align/train/checkpoint.py",
+      "        drop_older_partials(ckpt_dir, name)", "        pass",
+      ["tests/train/test_checkpoint.py::"
+       "test_an_older_steps_interrupted_write_is_removed_by_the_next_step_save_and_named"],
+      "a .step-N.tmp of a step the run never writes again (another checkpoint_every) stayed forever"),
+    M("resume.replaced_best_not_restored", "align/train/rundir.py",
+      "            os.replace(old, final)", "            pass",
+      ["tests/train/test_checkpoint.py::"
+       "test_a_best_checkpoint_moved_aside_by_a_killed_replace_is_listed_and_restored_at_resume"],
+      "a kill between the two renames that replace `best` left it only as .best.old, never restored"),
+    M("init_from.run_tokenizer_ignored", "align/train/init_from.py",
+      "                                    run_tokenizer_folder(folder)])",
+      "                                    None])",
+      ["tests/train/test_init_from.py::test_init_from_a_run_passes_on_the_tokenizer_folder_that_run_recorded"],
+      "model.init_from: RUN did not pass on the tokenizer_folder RUN/config.yaml recorded (the Hub asked)"),
 ]
