@@ -67,7 +67,8 @@ def add_limit_options(s) -> None:
     from align.limits import DataLimits
     for f in dataclasses.fields(DataLimits):
         s.add_argument("--" + f.name.replace("_", "-"), type=float if f.type in (float, "float") else int,
-                       default=None, metavar="N", help=f"data.limits.{f.name}: {f.metadata['help']} (default {f.default})")
+                       default=None, metavar="N",
+                       help=f"data.limits.{f.name}: {f.metadata['help']} (default {f.default})")
 
 
 def limits_of(a):

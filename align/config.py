@@ -388,7 +388,8 @@ def _check_finetune(r: Recipe) -> None:
                 raise ConfigError(f"train.{key}.{m}: must be > 0, got {v}")
     for m in r.train.unlock_at_step:
         if not r.model.towers[m].get("lock"):
-            raise ConfigError(f"train.unlock_at_step.{m}: the {m} tower is not locked (set model.towers.{m}.lock: true)")
+            raise ConfigError(f"train.unlock_at_step.{m}: the {m} tower is not locked "
+                              f"(set model.towers.{m}.lock: true)")
     if r.train.layer_decay is not None and not 0 < r.train.layer_decay <= 1:
         raise ConfigError(f"train.layer_decay: must be in (0, 1], got {r.train.layer_decay}")
 

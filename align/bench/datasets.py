@@ -190,7 +190,8 @@ def _open_folder(path: str, modality: str, kind: str, classnames, templates, nam
                 fpath = os.path.join(root, fname)
                 items.append(Item(key=os.path.relpath(fpath, path), label=label, media={modality: fpath}))
                 files.append(fpath)
-    problems = [f"{ignored} files without a {modality} extension ({', '.join(FILE_EXTS[modality])}) ignored"] if ignored else []
+    problems = ([f"{ignored} files without a {modality} extension ({', '.join(FILE_EXTS[modality])}) ignored"]
+                if ignored else [])
     names = classnames_of(classnames)
     if names is not None and len(names) != len(classes):
         raise DataError(f"dataset {path!r} has {len(classes)} class folders but the class names list "

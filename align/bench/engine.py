@@ -9,7 +9,8 @@
 
 Why: on a 2-core CPU onnxruntime ran a ViT-B/32 image tower ~1.1x faster than eager PyTorch on the same
 threads (median of 6 batches of 64), and the image tower is most of an embedding job (RESULTS "Embed
-throughput, steady state and --engine onnxruntime"). A tiny tower gains nothing: the export costs seconds. The embeddings are the same up to float rounding: each export is
+throughput, steady state and --engine onnxruntime"). A tiny tower gains nothing: the export costs seconds. The
+embeddings are the same up to float rounding: each export is
 checked against the torch encoder on the batch it was traced on (max abs difference <= PARITY_ATOL). The
 weights' fingerprint stays the model's (an index embedded by either engine is searched by the same model);
 the `engine` attribute keys the embedding cache and `align embed`'s manifest apart, so a run never mixes the

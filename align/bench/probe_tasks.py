@@ -32,7 +32,8 @@ def _per_item(model, ds, modality: str, ctx: dict) -> Dict[int, np.ndarray]:
 
 
 def _embed_kw(ctx: dict) -> dict:
-    return {k: ctx[k] for k in ("cache_dir", "batch_size", "device", "num_workers", "progress", "precision") if k in ctx}
+    keys = ("cache_dir", "batch_size", "device", "num_workers", "progress", "precision")
+    return {k: ctx[k] for k in keys if k in ctx}
 
 
 def _aligned(model, ds, modalities: Sequence[str], ctx: dict, need_label: bool = True):

@@ -59,5 +59,5 @@ def build_loss(type: str, pairs: Sequence[Sequence[str]], weights: Optional[Sequ
 
 
 __all__ = ["LOSSES", "build_loss", "loss_options", "ClipLoss", "SigLipLoss", "ChunkedClipLoss", "ChunkedSigLipLoss",
-           "MultiPairLoss", "HardNegativeClipLoss", "DistillClipLoss", "gather_features", "gather_masks", "gather_batch", "chunked_infonce_sum",
-           "pair_name"]
+           "MultiPairLoss", "HardNegativeClipLoss", "DistillClipLoss", "gather_features", "gather_masks",
+           "gather_batch", "chunked_infonce_sum", "pair_name"]

@@ -355,5 +355,6 @@ def summary_line(s: dict) -> str:
     knob = "".join(f", {x}={s[x]}" for x in ("nprobe", "ef_search", "refine") if x in s)
     rec = next(v for key, v in s.items() if key.startswith("recall@"))
     return (f"index {s['modality']}: {s['kind']}{knob}, {s['n']} x {s['dim']}, recall@10 {rec:.3f} vs exact "
-            f"({s['queries']['n']} {s['queries']['from']} queries), p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
+            f"({s['queries']['n']} {s['queries']['from']} queries), p50 {s['p50_ms']:.2f} ms, "
+            f"p99 {s['p99_ms']:.2f} ms, "
             f"built in {s['build_s']:.1f} s, {size_text(s['index_bytes'])} ({s['why']})")

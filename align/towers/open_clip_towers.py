@@ -358,7 +358,8 @@ def load_pretrained(tower: OpenClipTower, name: Optional[str], pretrained: str, 
         raise ConfigError(f"{where}.pretrained: the checkpoint has no {tower.modality} tower tensors")
     for k, v in own.items():
         if k not in mine:
-            raise ConfigError(f"{where}.pretrained: tensor {k!r} of the {tower.modality} tower is not in the checkpoint")
+            raise ConfigError(f"{where}.pretrained: tensor {k!r} of the {tower.modality} tower is not in the "
+                              "checkpoint")
         if k.endswith("positional_embedding") and tower.modality == "text" and mine[k].ndim == 2 \
                 and mine[k].shape[1:] == v.shape[1:] and mine[k].shape[0] != v.shape[0]:
             # text_cfg.context_length other than the checkpoint's: stretch (or cut) its positions (long text)
@@ -456,8 +457,8 @@ def build_open_clip_tower(cfg: dict, modality: str, embed_dim: int) -> OpenClipT
     model_cfg = resolve_model_cfg(cfg, where)
     native = model_cfg.get("embed_dim")
     if cfg.get("pretrained") and native is not None and native != embed_dim:
-        raise ConfigError(f"{where}: pretrained {cfg.get('model') or cfg.get('pretrained')} has embed_dim {native}, but model.embed_dim "
-                          f"is {embed_dim}")
+        raise ConfigError(f"{where}: pretrained {cfg.get('model') or cfg.get('pretrained')} has embed_dim {native}, "
+                          f"but model.embed_dim is {embed_dim}")
     missing = tokenizer_source(model_cfg, cfg, modality, where)
     tower = OpenClipTower(modality, embed_dim, model_cfg, cfg)
     if modality == "text":

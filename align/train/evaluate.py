@@ -172,7 +172,8 @@ def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_cl
         suffix = r["eval_key"].split("/")[0]
         write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")))
         if r["task"] == "zeroshot_classification":
-            write_confusion_plot(r, os.path.join(out_dir, f"confusion_{suffix}.png"), title=f"{r['dataset']}: {suffix} zero-shot")
+            write_confusion_plot(r, os.path.join(out_dir, f"confusion_{suffix}.png"),
+                                 title=f"{r['dataset']}: {suffix} zero-shot")
     write_markdown(results, os.path.join(out_dir, "results.md"))
     return results
 

@@ -103,7 +103,8 @@ def write_confusion_plot(result: dict, out_png: str, title: str = "") -> Optiona
     import numpy as np
     counts = np.asarray(conf["counts"], dtype=np.int64)                       # [C, C]
     names, n = list(conf["classes"]), len(conf["classes"])
-    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)          # [C, C]; the diagonal: each class's recall
+    # [C, C]; the diagonal: each class's recall
+    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(12.0, 2.5 + 0.35 * n)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)

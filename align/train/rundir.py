@@ -23,7 +23,8 @@
 
 `write_config` writes RUN/config.yaml (a resume with other settings keeps the old one beside it).
 `locate(path)` answers "which model is this" for align.load, export and model.init_from alike: a run dir
-(its newest intact complete checkpoint; of a run in progress, its last complete one, named in one line), a checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
+(its newest intact complete checkpoint; of a run in progress, its last complete one, named in one line), a
+checkpoint dir (plain or DCP) or an export. `is_sharded_checkpoint` is the one
 test of whether a checkpoint holds DCP shards: it reads the flag state.json records.
 """
 import json

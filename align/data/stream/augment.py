@@ -292,7 +292,8 @@ def build_augmenter(cfg: Optional[dict], where: str = "data.augment") -> Optiona
             if not isinstance(item, dict) or "type" not in item:
                 raise ConfigError(f"{w}: expected a mapping with a 'type', got {item!r}")
             if item["type"] not in STAGES:
-                raise ConfigError(f"{w}.type: unknown augmentation {item['type']!r}; valid: {', '.join(STAGES.names())}")
+                raise ConfigError(f"{w}.type: unknown augmentation {item['type']!r}; "
+                                  f"valid: {', '.join(STAGES.names())}")
             cls = STAGES.get(item["type"])
             if cls.modality != modality:
                 raise ConfigError(f"{w}.type: {item['type']} is a {cls.modality} augmentation, not {modality}")

@@ -230,7 +230,8 @@ class StreamDataset(IterableDataset):
         if plan is None or len(plan.done) != n:
             raise RuntimeError("iterate the dataset through StreamLoader, which sets its plan")
         # in the training process (0 workers) the per-sample reseeds must not touch its own RNG stream
-        yield from (self._epochs(worker, n, plan) if info is not None else rng_preserving(self._epochs(worker, n, plan)))
+        yield from (self._epochs(worker, n, plan)
+                    if info is not None else rng_preserving(self._epochs(worker, n, plan)))
 
     def _epochs(self, worker: int, n: int, plan: Plan):
         """Physical worker `worker`'s items: its part of the plan's epoch, then, while the plan has a gate,

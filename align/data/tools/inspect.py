@@ -164,7 +164,8 @@ def inspect_shards(pattern: str, n: int = 3, check_all: bool = True, quiet: bool
     result = {"pattern": pattern, "shards": shards, "missing": missing, "samples": samples,
               "seen": sum(s["seen"] for s in shards) + len(missing), "skipped": dict(sorted(skipped.items())),
               "usable": samples - per_sample if check_all else None, "modalities": dict(sorted(mods.items())),
-              "corrupt": [s["path"] for s in shards if s["skipped"].get(CORRUPT_TAR) or s["skipped"].get(UNREADABLE_SHARD)],
+              "corrupt": [s["path"] for s in shards
+                          if s["skipped"].get(CORRUPT_TAR) or s["skipped"].get(UNREADABLE_SHARD)],
               "first": first}
     result["checked"] = modalities if asked else shard_modalities(result["modalities"])
     if not quiet:

@@ -199,7 +199,8 @@ def encode_row(row: Row, key: str, job: Job) -> Tuple[Dict[str, bytes], set]:
             obj = json.loads(Path(sidecar).read_text(encoding="utf-8"))
             extra.update(obj if isinstance(obj, dict) else {"json": obj})
         except (OSError, ValueError) as e:
-            raise SkipRow("json: invalid", f"json: invalid sidecar {Path(sidecar).name!r} ({e})", str(sidecar)) from None
+            raise SkipRow("json: invalid", f"json: invalid sidecar {Path(sidecar).name!r} ({e})",
+                          str(sidecar)) from None
     if extra:
         meta["extra"] = extra
     members["json"] = json_utf8(json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":"),

@@ -117,7 +117,8 @@ def _done_record(job: Job, idx: int) -> Optional[Dict[str, Any]]:
     tar = job.shard_dir / f"{name}.tar"
     try:
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
-        if rec.get("bytes") == tar.stat().st_size and rec.get("rows") == min(job.shard_size, job.n_rows - idx * job.shard_size):
+        rows = min(job.shard_size, job.n_rows - idx * job.shard_size)
+        if rec.get("bytes") == tar.stat().st_size and rec.get("rows") == rows:
             return rec
     except (OSError, ValueError):
         pass
@@ -219,7 +220,8 @@ def write_shards(input: Any, out_dir, *, image_col=None, text_col=None, audio_co
     classes, string_labels, tmpl = _eval_classes(inp, columns, classnames, templates, eval_set)
     local = isinstance(input, (str, os.PathLike)) and Path(os.fspath(input)).expanduser().exists()
     settings = {"version": JOB_VERSION,
-                "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else inp.description, "input_kind": inp.kind,
+                "input": str(Path(os.fspath(input)).expanduser().resolve()) if local else inp.description,
+                "input_kind": inp.kind,
                 "fingerprint": inp.fingerprint(), "rows": n_rows, "columns": columns,
                 "image_size": image_size, "resize_mode": resize_mode, "image_format": image_format,
                 "image_quality": image_quality, "sample_rate": sample_rate, "shard_size": shard_size,
@@ -322,7 +324,8 @@ def _check_skips(parts: List[Tuple[Path, Dict[str, Any]]], max_skip_frac: Option
     """DataError when an output got no sample, or more than max_skip_frac of all rows were skipped."""
     for out, st in parts:
         if st["written"] == 0:
-            raise DataError(f"wrote no sample to {out}: all {st['rows']} rows were skipped ({format_counts(st['by_reason'], 3)}); "
+            raise DataError(f"wrote no sample to {out}: all {st['rows']} rows were skipped "
+                            f"({format_counts(st['by_reason'], 3)}); "
                             f"see {out / 'skipped.jsonl'}")
     skipped, rows = sum(st["skipped"] for _, st in parts), sum(st["rows"] for _, st in parts)
     if max_skip_frac is not None and skipped > max_skip_frac * rows:
