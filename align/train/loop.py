@@ -23,6 +23,7 @@ with train.sharding: fsdp). `train()` below reads in this order (each part is na
 "step" is the number of optimizer steps taken (TrainState.step): a step whose loss is NaN/Inf updates no
 weight, advances neither the step count nor the schedule, and is counted in bad_steps. No callbacks.
 """
+import contextlib
 import time
 
 from accelerate.utils import set_seed
@@ -50,7 +51,7 @@ def train(r: Recipe, progress: bool = True) -> dict:
     # one live writer per output_dir (runlock); SIGTERM/SIGUSR1 stop at a step boundary with a checkpoint and
     # a rank that finishes no step for train.dist_timeout_s is named and ends the launch (guard)
     with process_settings(r.train), hold_run_dir(r) as lock, catch_preemption() as preempt, \
-            watch_ranks(r, lock) as watch:
+            watch_ranks(r, lock) as watch, contextlib.ExitStack() as on_exit:
         acc = build_accelerator(r)
         preempt.install()                      # ranks > 0 catch SIGTERM from here on (guard.catch_preemption)
         # the checkpoint to resume from, or None (a fresh start); a fresh start among another run's checkpoints
@@ -70,6 +71,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
                       f"nothing rewritten (raise train.max_steps to train on)")
             return done
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume, pin_memory=acc.device.type == "cuda")
+        if hasattr(loader, "close"):           # a run that stops on an error (a source down, SIGTERM) stops its data
+            on_exit.callback(loader.close)     # workers and receiver thread before the interpreter ends (else its
+                                               # finalisation can meet that thread in torch: abort, not exit 75)
         eng.features = step_features(loader, acc.device)   # audio log-mel in the step, on the device (or None)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)
