@@ -186,7 +186,8 @@ def mean_over_ranks(values: dict, gather) -> dict:
     so rank 0's value alone is not the loss of the batch the step trained on; the mean over ranks is, for every
     loss (align.losses.distributed). CLIP's global mode holds that value on every rank already."""
     every = gather(values)
-    return {k: sum(float(v[k]) for v in every) / len(every) for k in values}
+    # a pair no row of a rank's batch had is not in its values (align.losses.multipair): the mean of those that have it
+    return {k: sum(have) / len(have) for k in values for have in [[float(v[k]) for v in every if k in v]]}
 
 
 def skipped_words(skipped: dict) -> str:
