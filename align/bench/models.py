@@ -243,10 +243,10 @@ def check_folder_tokenizer(folder: str) -> None:
     """One line when the folder's config names a Hugging Face tokenizer (text_cfg.hf_tokenizer_name) whose files
     are not in the folder, where open_clip's local-dir: reads it (its error was "Couldn't instantiate the backend
     tokenizer from one of:", cut there)."""
-    from align.open_clip_files import OPEN_CLIP_CONFIG, TOKENIZER_FILES, config_field, folder_config
+    from align.open_clip_files import OPEN_CLIP_CONFIG, TOKENIZER_FILES, config_field, folder_config, holds_tokenizer
     # a config that cannot be read: open_clip's own line names it
     name = config_field(folder_config(folder, need_weights=False), "model_cfg", "text_cfg", "hf_tokenizer_name")
-    if name and not any(os.path.isfile(os.path.join(folder, n)) for n in TOKENIZER_FILES):
+    if name and not holds_tokenizer(folder):
         raise ConfigError(f"model local-dir:{folder}: its {OPEN_CLIP_CONFIG} names the tokenizer {name!r}, whose files "
                           f"({' or '.join(TOKENIZER_FILES)}, ...) are not in the folder: copy them there from the "
                           "download")

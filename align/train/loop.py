@@ -71,9 +71,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
                       f"nothing rewritten (raise train.max_steps to train on)")
             return done
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume, pin_memory=acc.device.type == "cuda")
-        if hasattr(loader, "close"):           # a run that stops on an error (a source down, SIGTERM) stops its data
-            on_exit.callback(loader.close)     # workers and receiver thread before the interpreter ends (else its
-                                               # finalisation can meet that thread in torch: abort, not exit 75)
+        if hasattr(loader, "close"):           # an error exit stops its workers before the interpreter ends
+            on_exit.callback(loader.close)     # (its finalisation could meet the receiver thread in torch: abort)
         eng.features = step_features(loader, acc.device)   # audio log-mel in the step, on the device (or None)
         batches = Batches(loader, state)       # before the RNG restore: its seed draw must not shift the RNG
         restore_rng(eng, resume_path, state)
