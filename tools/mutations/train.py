@@ -486,6 +486,14 @@ MUTATIONS = [
       "        pass\n",
       ["tests/train/test_step.py::test_every_rank_agrees_that_a_step_whose_global_loss_is_nan_is_nan"],
       "SigLIP with NaN rows on one rank: the others' own loss was finite, they ran the backward alone (a hang)"),
+    M("gradcache.declined_backward_runs_pass_two", "align/train/gradcache.py",
+      "    if (loss_backward or (lambda t: t.backward()))(loss) is False:\n",
+      "    if (loss_backward or (lambda t: t.backward()))(loss) is False and False:\n",
+      ["tests/train/test_gradcache.py::test_a_declined_backward_skips_pass_two_and_leaves_no_gradient",
+       "tests/train/test_nan_multiprocess.py::"
+       "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2]"],
+      "train.accum_steps > 1 on 2+ processes: the step after a NaN/Inf one failed on every rank with DDP's "
+      "'Expected to have finished reduction' (GradCache's pass 2 ran its DDP forwards for no backward)"),
     M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
       "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
       ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
