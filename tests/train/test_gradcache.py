@@ -130,7 +130,8 @@ def test_a_declined_backward_skips_pass_two_and_leaves_no_gradient():
     def encode(mb):
         calls.append(torch.is_grad_enabled())
         return model(mb)
-    loss = gradcache_step(encode, split(data(), [4, 4, 4]), loss_fn, loss_backward=lambda t: declined.append(t) or False)
+    loss = gradcache_step(encode, split(data(), [4, 4, 4]), loss_fn,
+                          loss_backward=lambda t: declined.append(t) or False)
     assert len(declined) == 1 and loss.requires_grad is False
     assert calls == [False, False, False]                          # pass 1 only (no_grad), no re-encode with grad
     assert all(p.grad is None for p in model.parameters())

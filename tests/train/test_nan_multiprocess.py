@@ -1,9 +1,10 @@
 """A 2-process `accelerate launch` (CPU, gloo) whose loss is NaN on one rank only: the NaN guard and the logged loss in
 a real launch, where their unit tests use a stand-in for the collective (tests/train/test_step.py, test_metrics.py).
 
-- NaN on rank 1 at one attempt, InfoNCE (clip) and SigLIP, SigLIP with GradCache (train.accum_steps 2): both ranks skip that same attempt, the skip is counted once
-  (summary.json and metrics.jsonl's bad_steps: 1, not one per rank), the run finishes, every logged loss is finite and
-  the mean of the two ranks' own losses, and both ranks end on the same weights;
+- NaN on rank 1 at one attempt (InfoNCE, SigLIP, SigLIP with GradCache: train.accum_steps 2): both ranks skip that
+  same attempt, the skip is counted once (summary.json and metrics.jsonl's bad_steps: 1, not one per rank), the run
+  finishes, every logged loss is finite and the mean of the two ranks' own losses, and both ranks end on the same
+  weights;
 - NaN on rank 1 at every attempt from one on: both ranks stop after train.max_bad_steps attempts with one line for
   the launch and a non-zero exit, no traceback per rank, no hang.
 
