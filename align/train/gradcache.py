@@ -106,7 +106,7 @@ def _concat_masks(micro_batches, masks_key, sizes, device) -> Optional[Dict[str,
 def gradcache_step(encode: Callable[[dict], Mapping[str, torch.Tensor]], micro_batches: List[dict],
                    loss_fn: Callable[[Features, Optional[Dict[str, torch.Tensor]]], torch.Tensor],
                    masks_key: str = "masks", no_sync: Optional[Callable[[], ContextManager]] = None,
-                   loss_backward: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+                   loss_backward: Optional[Callable[[torch.Tensor], Optional[bool]]] = None) -> torch.Tensor:
     """One accumulated step: leaves the full-batch gradients in the parameters' .grad.
 
     encode: micro-batch -> {name: [b, ...] embedding, or 0-dim shared scalar}.
@@ -114,7 +114,8 @@ def gradcache_step(encode: Callable[[dict], Mapping[str, torch.Tensor]], micro_b
         {modality: bool [b]} and is concatenated for loss_fn.
     loss_fn: (features over all k*b samples, masks or None) -> 0-dim loss.
     no_sync: context-manager factory used for pass 2 of all but the last micro-batch.
-    loss_backward: how to backprop the loss (default loss.backward(); e.g. accelerator.backward).
+    loss_backward: how to backprop the loss (default loss.backward(); e.g. accelerator.backward). It may decline:
+        returning False (align.train.step.backward_if_finite: a NaN/Inf loss) skips pass 2, and nothing has a gradient.
     Returns the detached loss. Does not zero or step anything.
     """
     if not micro_batches:
@@ -145,7 +146,11 @@ def gradcache_step(encode: Callable[[dict], Mapping[str, torch.Tensor]], micro_b
     loss = loss_fn(cached, masks)
     if not torch.is_tensor(loss) or loss.dim() != 0 or not loss.requires_grad:
         raise AlignError("gradcache: loss_fn must return a 0-dim tensor that depends on the embeddings")
-    (loss_backward or (lambda t: t.backward()))(loss)
+    if (loss_backward or (lambda t: t.backward()))(loss) is False:
+        # No backward: pass 2 would re-encode for no gradient, and its last forward (outside no_sync) would leave DDP
+        # waiting for a backward that never comes; the next step's first backward (inside no_sync) then fed that
+        # stale iteration and its next forward failed ("Expected to have finished reduction in the prior iteration").
+        return loss.detach()
     grads = {k: v.grad for k, v in cached.items() if v.requires_grad and v.grad is not None}
     split = {k: (g.split(sizes, 0) if g.dim() > 0 else None) for k, g in grads.items()}
 

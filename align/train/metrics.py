@@ -91,9 +91,11 @@ class RunLogger:
             dt = max(time.perf_counter() - self.t_window, 1e-9)
             sps = self.n_window * self.eng.global_batch / dt
             core = self.eng.core
-            counts = run_counts(loader, self.eng.watch.gather_object)    # every rank's (collective)
-            losses = mean_over_ranks({"loss": self.loss, **{f"loss/{pair}": float(v) for pair, v
-                                                            in res.pair_losses.items()}}, self.eng.watch.gather_object)
+            mine = {"loss": self.loss, **{f"loss/{pair}": float(v) for pair, v in res.pair_losses.items()}}
+            # one collective a row: every rank's skip counts and losses in one gather (StepWatch.gather_object)
+            every = self.eng.watch.gather_object({"counts": own_counts(loader), "losses": mine})
+            counts = add_counts([theirs["counts"] for theirs in every])
+            losses = mean_over_ranks(mine, [theirs["losses"] for theirs in every])
             self.loss = losses["loss"]
             rec = {"step": state.step, "epoch": state.epoch, "loss": self.loss,
                    "lr": self.eng.scheduler.get_last_lr()[0],
@@ -171,21 +173,30 @@ def run_counts(loader, gather) -> dict:
     """{"skipped": {reason: n}, "noted": {what: n}} of every rank's loader, summed (collective: `gather` is
     align.train.guard.StepWatch.gather_object). Each rank reads its own shards, so one rank's counts miss the
     broken samples of the others' shards."""
+    return add_counts(gather(own_counts(loader)))
+
+
+def own_counts(loader) -> dict:
+    """This rank's loader's {"skipped": {reason: n}, "noted": {what: n}}."""
+    return {"skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {}))}
+
+
+def add_counts(every: list) -> dict:
+    """The sum of every rank's own_counts (`every`: index rank)."""
     from collections import Counter
-    mine = {"skipped": dict(loader.skipped), "noted": dict(getattr(loader, "noted", {}))}
     total = {"skipped": Counter(), "noted": Counter()}
-    for theirs in gather(mine):
+    for theirs in every:
         for k in total:
             total[k].update(theirs[k])
     return {k: dict(v) for k, v in total.items()}
 
 
-def mean_over_ranks(values: dict, gather) -> dict:
-    """{name: mean over every rank of that rank's value} (collective: `gather` is StepWatch.gather_object).
-    A rank's SigLIP loss (any loss with local_loss) is world_size x its own rows' share of the global batch's loss,
-    so rank 0's value alone is not the loss of the batch the step trained on; the mean over ranks is, for every
-    loss (align.losses.distributed). CLIP's global mode holds that value on every rank already."""
-    every = gather(values)
+def mean_over_ranks(values: dict, every: list) -> dict:
+    """{name: mean over every rank of that rank's value}; `values`: this rank's, `every`: every rank's (index rank,
+    gathered by the caller: StepWatch.gather_object). A rank's SigLIP loss (any loss with local_loss) is world_size x
+    its own rows' share of the global batch's loss, so rank 0's value alone is not the loss of the batch the step
+    trained on; the mean over ranks is, for every loss (align.losses.distributed). CLIP's global mode holds that value
+    on every rank already."""
     # a pair no row of a rank's batch had is not in its values (align.losses.multipair): the mean of those that have it
     return {k: sum(have) / len(have) for k in values for have in [[float(v[k]) for v in every if k in v]]}
 

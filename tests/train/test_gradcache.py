@@ -118,3 +118,20 @@ def test_bad_encode_outputs_are_clear_errors():
     calls = iter([{"image": torch.zeros(6, 4)}, {"text": torch.zeros(6, 4)}])
     with pytest.raises(AlignError, match=r"micro_batches\[1\] encoded to keys \['text'\]"):
         gradcache_step(lambda mb: next(calls), mbs, loss_fn)
+
+
+def test_a_declined_backward_skips_pass_two_and_leaves_no_gradient():
+    """loss_backward returning False (the step's NaN guard: align.train.step.backward_if_finite) ran pass 2 anyway:
+    k forwards for no gradient, the last outside no_sync, which left DDP armed for a backward that never came (the
+    next step failed on every rank; the 2-process launch is tests/train/test_nan_multiprocess.py). Only pass 1's
+    k forwards run now, and no parameter has a gradient."""
+    model, calls, declined = TinyTwoTower(), [], []
+
+    def encode(mb):
+        calls.append(torch.is_grad_enabled())
+        return model(mb)
+    loss = gradcache_step(encode, split(data(), [4, 4, 4]), loss_fn,
+                          loss_backward=lambda t: declined.append(t) or False)
+    assert len(declined) == 1 and loss.requires_grad is False
+    assert calls == [False, False, False]                          # pass 1 only (no_grad), no re-encode with grad
+    assert all(p.grad is None for p in model.parameters())

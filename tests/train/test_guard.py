@@ -340,11 +340,12 @@ def _collectives_worker(rank, world, init_file, out_path):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     w = StepWatch(os.path.dirname(out_path), timeout_s=60).connect()
+    mine = {"loss": 1.0 + 2 * rank, "loss/a-b": 4.0 * rank}
     got = {"gathered": w.gather_object({"rank": rank, "items": list(range(rank + 2)), "none": None}),
            "most": w.most(5 - 3 * rank), "any": [w.any(rank == 1), w.any(False)],
            "share": [w.share(2.5 if rank == 0 else 7.0), w.share(None if rank == 0 else 1.0)],
            "share_object": w.share_object({"from": rank}),
-           "mean": mean_over_ranks({"loss": 1.0 + 2 * rank, "loss/a-b": 4.0 * rank}, w.gather_object)}
+           "mean": mean_over_ranks(mine, w.gather_object(mine))}
     if rank == 0:
         torch.save(got, out_path)
     dist.destroy_process_group()

@@ -191,11 +191,10 @@ def test_the_logged_loss_is_the_global_batchs_mean_over_ranks_not_rank0s_own(tmp
     log = _logger_at(tmp_path, 0)
     seen = []
 
-    def gather(mine):                                                   # rank 0 of two: its value, then rank 1's
+    def gather(mine):                                                   # rank 0 of two: its row, then rank 1's
         seen.append(mine)
-        if "skipped" in mine:                                           # run_counts' gather: rank 1 skipped none
-            return [mine, {"skipped": {}, "noted": {}}]
-        return [mine, {"loss": float(ranks[1, 0]), "loss/image-text": float(ranks[1, 1])}]
+        return [mine, {"counts": {"skipped": {}, "noted": {}},           # rank 1 skipped none
+                       "losses": {"loss": float(ranks[1, 0]), "loss/image-text": float(ranks[1, 1])}}]
     core = SimpleNamespace(logit_scale=torch.tensor(2.3), logit_bias=torch.tensor(-3.0))
     log.eng = SimpleNamespace(global_batch=8, total_steps=40, core=core, watch=SimpleNamespace(gather_object=gather),
                               scheduler=SimpleNamespace(get_last_lr=lambda: [1e-3]))
@@ -206,4 +205,4 @@ def test_the_logged_loss_is_the_global_batchs_mean_over_ranks_not_rank0s_own(tmp
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert abs(row["loss"] - want) < 1e-9 and abs(row["loss/image-text"] - want) < 1e-9
     assert abs(log.loss - want) < 1e-9                                  # the summary's final_loss and the bar's
-    assert any("loss" in m for m in seen)
+    assert len(seen) == 1 and seen[0]["losses"]["loss"] == float(ranks[0, 0])   # one gather for the row

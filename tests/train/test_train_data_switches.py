@@ -198,8 +198,9 @@ def test_the_run_summary_adds_the_skips_every_rank_counted(tmp_path, monkeypatch
     others' (stood in for here by rank 1's counts; the 2-process launch is in test_faults_multiprocess.py)."""
     from align.train.guard import StepWatch
     rank1 = {"skipped": {"undecodable image": 3, "undecodable audio": 2}, "noted": {"captions cut": 4}}
-    monkeypatch.setattr(StepWatch, "gather_object",      # rank 1 stands in for the counts only
-                        lambda self, obj: [obj, rank1 if "skipped" in obj else obj], raising=False)
+    monkeypatch.setattr(StepWatch, "gather_object",      # rank 1 stands in for the counts only (a row's, the end's)
+                        lambda self, obj: [obj, {**obj, "counts": rank1} if "counts" in obj
+                                                       else rank1 if "skipped" in obj else obj], raising=False)
     r = recipe(tmp_path, "sum", data={"train": _half_broken(tmp_path, n=40), "shuffle_buffer": 1},
                train={"max_steps": 3})
     summary = train_dict(r)
