@@ -101,7 +101,8 @@ def train(r: Recipe, progress: bool = True) -> dict:
             # (~1 ms a batch), a cost of the step, not of waiting for data (data_wait_frac).
             micro = None
             if not state.record_step(res.stepped, eng.global_batch, r.train.max_bad_steps, last_good):
-                continue                       # NaN/Inf: no update, no step
+                log.bad_step(state, r.train.max_bad_steps)    # NaN/Inf: no update, no step; one line
+                continue
             if eng.ema is not None:            # train.ema: the weight average after this step (align.train.ema)
                 eng.ema.update(eng.core, state.step)
             for m in unlock_due(eng.core, r.train.unlock_at_step, state.step):

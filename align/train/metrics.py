@@ -118,6 +118,13 @@ class RunLogger:
     def close_bar(self) -> None:
         self.bar.close()
 
+    def bad_step(self, state: TrainState, max_bad_steps: int) -> None:
+        """One console line for an attempt the NaN guard skipped (main process): every rank skipped it together
+        (align.train.step.is_finite), so the line is the launch's, said once."""
+        if self.is_main:
+            self.bar.write(f"step {state.step + 1}: loss NaN/Inf, skipped without an update ({state.bad_in_row} "
+                           f"in a row; the run stops at train.max_bad_steps={max_bad_steps})")
+
     def heldout(self, results: dict, step: int) -> None:
         """After a periodic evaluation: its figure in one line, and one warning when the held-out metric falls while
         the loss falls (main process). The bar stays: it is cleared for the lines and drawn again below them."""
@@ -164,6 +171,7 @@ class RunLogger:
                   + (f", val {held} {results[held]:.4f}" if held else "")
                   + (f", weights: their average (train.ema {r.train.ema:g})" if r.train.ema else "")
                   + skipped_words(counts["skipped"])
+                  + (f", {state.bad_steps_total} NaN/Inf step(s) skipped" if state.bad_steps_total else "")
                   + "".join(f", {n} {what}" for what, n in sorted(counts["noted"].items()))
                   + f" -> {r.output_dir}")
         return summary

@@ -128,6 +128,9 @@ def test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_st
         assert seen[rank]["stepped"] == [True, True, False, True, True, True], (rank, seen[rank])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 5 and summary["bad_steps"] == 1, summary
+    said = [ln for ln in out.splitlines() if "loss NaN/Inf, skipped without an update" in ln]
+    assert len(said) == 1 and said[0].startswith("step 3: ") and "1 in a row" in said[0], out[-3000:]   # once
+    assert ", 1 NaN/Inf step(s) skipped" in out, out[-3000:]                                         # end line
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["bad_steps"] for r in rows] == [0, 0, 1, 1, 1]

@@ -82,11 +82,15 @@ def test_sigkill_twice_then_resume_is_bitwise_identical(tiny_recipe, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_nan_loss_skipped_then_stops(tiny_recipe):
+def test_nan_loss_skipped_then_stops(tiny_recipe, capsys):
+    """Each skipped attempt is said in one line (before, only the JSON files knew); the third stops the run."""
     tiny_recipe["model"]["init_logit_scale"] = float("nan")
     tiny_recipe["train"]["max_bad_steps"] = 3
     with pytest.raises(AlignError, match=r"NaN/Inf for 3 steps in a row .* last good checkpoint"):
         train(parse_recipe(tiny_recipe), progress=False)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "skipped without an update" in ln]
+    assert said == [f"step 1: loss NaN/Inf, skipped without an update ({n} in a row; the run stops at "
+                    f"train.max_bad_steps=3)" for n in (1, 2)], said
 
 
 def test_gradcache_accumulation_trains(tiny_recipe):

@@ -495,6 +495,11 @@ MUTATIONS = [
        "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2]"],
       "train.accum_steps > 1 on 2+ processes: the step after a NaN/Inf one failed on every rank with DDP's "
       "'Expected to have finished reduction' (GradCache's pass 2 ran its DDP forwards for no backward)"),
+    M("metrics.bad_step_not_said", "align/train/metrics.py",
+      "        if self.is_main:\n            self.bar.write(f\"step {state.step + 1}: loss NaN/Inf",
+      "        if False:\n            self.bar.write(f\"step {state.step + 1}: loss NaN/Inf",
+      ["tests/train/test_train.py::test_nan_loss_skipped_then_stops"],
+      "a NaN/Inf attempt skipped without a console line: only metrics.jsonl and summary.json knew"),
     M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
       "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
       ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
