@@ -162,10 +162,15 @@ def _step(eng, micro: List[dict], grad_clip: float) -> StepResult:
         from align.train.gradcache import gradcache_step
         for b, m in zip(micro, masks):
             b[MASKS] = m
+        decided = []                   # the guard's verdict, kept: asking again is one more all-reduce and read
+
+        def backward(t: torch.Tensor) -> bool:
+            decided.append(backward_if_finite(acc, t))
+            return decided[-1]
         with acc.autocast():
             loss = gradcache_step(embed, micro, eng.objective, masks_key=MASKS, no_sync=partial(acc.no_sync, model),
-                                  loss_backward=partial(backward_if_finite, acc))
-        finite = is_finite(loss)
+                                  loss_backward=backward)
+        finite = decided[-1]
     if not finite:
         eng.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss.detach(), False)

@@ -500,6 +500,12 @@ MUTATIONS = [
       "        if False:\n            self.bar.write(f\"step {state.step + 1}: loss NaN/Inf",
       ["tests/train/test_train.py::test_nan_loss_skipped_then_stops"],
       "a NaN/Inf attempt skipped without a console line: only metrics.jsonl and summary.json knew"),
+    M("step.gradcache_verdict_ignored", "align/train/step.py",
+      "        finite = decided[-1]\n",
+      "        finite = True\n",
+      ["tests/train/test_nan_multiprocess.py::"
+       "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2]"],
+      "GradCache: a NaN/Inf attempt the guard declined stepped the optimizer anyway"),
     M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
       "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
       ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
