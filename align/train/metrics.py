@@ -56,6 +56,7 @@ class RunLogger:
             truncate_metrics(os.path.join(r.output_dir, rundir.EVAL), state.step)
         # unbuffered: a full disk fails the write of that row, which append_line then cuts back whole
         self.f = open(self.path, "ab", buffering=0) if self.is_main else None
+        self.row_loss = self.loss              # the last metrics row's loss: the mean over ranks (OverfitWatch)
         # a bar on a terminal; one plain line every 30 s in a log file (align.progress)
         self.bar = progress_bar(total=eng.total_steps, initial=state.step, disable=not (progress and self.is_main),
                                 unit="step", desc="train", dynamic_ncols=True)
@@ -96,7 +97,7 @@ class RunLogger:
             every = self.eng.watch.gather_object({"counts": own_counts(loader), "losses": mine})
             counts = add_counts([theirs["counts"] for theirs in every])
             losses = mean_over_ranks(mine, [theirs["losses"] for theirs in every])
-            self.loss = losses["loss"]
+            self.loss = self.row_loss = losses["loss"]
             rec = {"step": state.step, "epoch": state.epoch, "loss": self.loss,
                    "lr": self.eng.scheduler.get_last_lr()[0],
                    "logit_scale": float(full_value(core.logit_scale.detach()).exp()),
@@ -131,7 +132,8 @@ class RunLogger:
         name = heldout_metric(results, self.r.eval.best_metric)
         if name and self.is_main:
             self.bar.write(f"step {step}: val {name} {results[name]:.4f}")
-        line = self.overfit.check(name, results.get(name) if name else None, self.loss, step)
+        # the last row's loss, not this rank's own one (a SigLIP rank's is world_size x its rows' share)
+        line = self.overfit.check(name, results.get(name) if name else None, self.row_loss, step)
         if line and self.is_main:
             self.bar.write(f"warning: {line}")
 

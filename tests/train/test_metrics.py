@@ -114,14 +114,16 @@ def test_the_end_summary_sums_the_skips_of_every_rank_of_a_launch():
 
 def test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning(tmp_path, capsys):
     """A mid-run evaluation said nothing on the console (eval.jsonl only), and the overfitting warning closed the
-    progress bar: on a terminal the run went on without one."""
+    progress bar: on a terminal the run went on without one. The warning read this rank's own loss of the last step
+    (under SigLIP world_size x its rows' share) instead of the last metrics row's, the mean over ranks."""
     from types import SimpleNamespace
     log = _logger_at(tmp_path, 0)
     log.r = SimpleNamespace(output_dir=str(tmp_path), eval=SimpleNamespace(best_metric=None))
     closed = []
     log.bar.close = lambda: closed.append(True)
     for step, acc, loss in ((10, 0.6, 2.0), (20, 0.5, 1.8), (30, 0.4, 1.6)):
-        log.loss = loss
+        # the trend is the metrics rows' loss (the mean over ranks), not this rank's own, which may rise meanwhile
+        log.row_loss, log.loss = loss, 5.0 + step
         log.heldout({"image/zeroshot/acc1": acc, "image/zeroshot/acc5": 0.9}, step)
     out = capsys.readouterr().out.splitlines()
     assert out[:3] == [f"step {s}: val image/zeroshot/acc1 {a}" for s, a in ((10, "0.6000"), (20, "0.5000"),

@@ -506,6 +506,12 @@ MUTATIONS = [
       ["tests/train/test_nan_multiprocess.py::"
        "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2]"],
       "GradCache: a NaN/Inf attempt the guard declined stepped the optimizer anyway"),
+    M("metrics.overfit_reads_rank_own_loss", "align/train/metrics.py",
+      "results.get(name) if name else None, self.row_loss, step)",
+      "results.get(name) if name else None, self.loss, step)",
+      ["tests/train/test_metrics.py::"
+       "test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning"],
+      "the overfitting warning's loss trend read this rank's own last loss, not the metrics rows' mean over ranks"),
     M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
       "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
       ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
