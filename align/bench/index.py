@@ -221,13 +221,16 @@ def _list_major_ok(index: faiss.Index, batch: int) -> bool:
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 8192,
            progress: bool = False, list_major: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product: (scores [Q, k] float32, ids [Q, k] int64); k is clipped to the gallery size.
-    ids are -1 where an approximate index found fewer than k items. list_major (None: when it pays, see
-    _list_major_ok): IVF-Flat batches go through list_major_search."""
+    """Top-k by inner product: (scores [Q, k] float32, ids [Q, k] int64); k is clipped to the gallery size (an
+    empty gallery: [Q, 0]). ids are -1 and scores -inf where an approximate index found fewer than k items (FAISS
+    pads with -3.4e38, list-major and re-ranked searches with -inf: one value for all). list_major (None: when it
+    pays, see _list_major_ok): IVF-Flat batches go through list_major_search."""
     k = int(min(k, index.ntotal))
     q = len(queries)
     scores = np.empty((q, k), dtype=np.float32)
     ids = np.empty((q, k), dtype=np.int64)
+    if k <= 0:                                         # FAISS asserts k > 0: an empty gallery finds nothing
+        return scores, ids
     use = _list_major_ok(index, min(q, batch_size)) if list_major is None else list_major
     lists = _ivf_flat_lists(faiss.extract_index_ivf(index)) if use else None
     for s in tqdm(range(0, q, batch_size), desc=f"search, {batch_size} queries a batch", unit="batch",
@@ -235,6 +238,7 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 81
         qb = _f32(queries[s:s + batch_size])
         scores[s:s + batch_size], ids[s:s + batch_size] = (list_major_search(index, qb, k, lists) if use
                                                            else index.search(qb, k))
+    scores[ids < 0] = -np.inf
     return scores, ids
 
 

@@ -32,8 +32,12 @@ MAX_CONFUSION_CLASSES = 100
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """int64 [C, C] counts: row = the true class, column = the predicted (top-1) class."""
-    flat = np.asarray(labels, np.int64) * n_classes + np.asarray(pred, np.int64)
+    """int64 [C, C] counts: row = the true class, column = the predicted (top-1) class. A prediction of -1 (an
+    approximate index that found no class for the item) is in no column: it is left out (its row's sum falls short
+    by it), never counted as class C-1 of the row above (nor a ValueError for a row-0 item)."""
+    pred, labels = np.asarray(pred, np.int64), np.asarray(labels, np.int64)
+    found = pred >= 0
+    flat = labels[found] * n_classes + pred[found]
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
@@ -113,7 +117,7 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
         idx = build_index(index, classes, **index_params_on(index, index_params, device))
     with clock("search"):
         _, topk = search(idx, x, k)                        # [N, k] class ids, best first
-    metrics = zeroshot_metrics(topk, labels, len(names))
+    metrics = zeroshot_metrics(topk, labels, len(names))      # a -1 (no class found: ivf, hnsw) is a miss
     confusion = None
     if len(names) <= MAX_CONFUSION_CLASSES:     # which classes are taken for which: a report draws it (plots.py)
         confusion = {"classes": names, "counts": confusion_matrix(topk[:, 0], labels, len(names)).tolist()}

@@ -93,9 +93,10 @@ class Index:
         return int(self.index.d)
 
     def search(self, vectors: np.ndarray, k: int = 10):
-        """vectors [Q, D] -> (scores [Q, k'] float32 cosine, ids [Q, k'] int64), k' = min(k, len(self)); an
-        approximate index may find fewer than k' (id -1). The queries are L2-normalised here (the gallery is),
-        so the scores are cosines whatever the queries' scale."""
+        """vectors [Q, D] -> (scores [Q, k'] float32 cosine, ids [Q, k'] int64), k' = min(k, len(self)) (an empty
+        index: [Q, 0]); an approximate index may find fewer than k' (id -1, score -inf: not FAISS's -3.4e38
+        padding, which reads as a score). The queries are L2-normalised here (the gallery is), so the scores are
+        cosines whatever the queries' scale."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k: must be a positive integer, got {k!r}")
         q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
@@ -104,7 +105,12 @@ class Index:
                               f"(a different model?)")
         norms = np.linalg.norm(q, axis=1, keepdims=True)                       # [Q, 1]
         q = np.ascontiguousarray(q / np.where(norms > 0, norms, 1.0), dtype=np.float32)
-        return self.index.search(q, int(min(k, len(self))))
+        k = int(min(k, len(self)))
+        if k == 0:                  # FAISS asserts k > 0
+            return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
+        scores, ids = self.index.search(q, k)
+        scores[ids < 0] = -np.inf
+        return scores, ids
 
     def shards(self) -> List[str]:
         """The shards the rows name, each once."""
@@ -115,16 +121,20 @@ class Index:
     def rows(self, ids) -> List[dict]:
         """The metadata rows of `ids` (-1, no hit, left out) as dicts with their `id`, made for these ids only: a dict
         per corpus row held for every query (`align serve`) took ~750 bytes a row, 2.6x the table itself."""
+        import pyarrow as pa
+
         ids = [int(i) for i in ids if i >= 0]
-        return [dict(r, id=i) for i, r in zip(ids, self._arrow.take(ids).to_pylist())]
+        # typed: an empty list (a query an approximate index found nothing for) is a null array arrow cannot take
+        return [dict(r, id=i) for i, r in zip(ids, self._arrow.take(pa.array(ids, pa.int64())).to_pylist())]
 
     def results(self, vectors: np.ndarray, k: int = 10) -> List[List[dict]]:
         """Per query: hits as row dicts with `score` and `rank`."""
         scores, ids = self.search(vectors, k)
         out = []
         for s_row, i_row in zip(scores, ids):
-            hits = self.rows(i_row)
-            for r, (h, s) in enumerate(zip(hits, s_row)):
+            found = i_row >= 0           # a -1 (no hit) is left out with its score, wherever it stands in the row
+            hits = self.rows(i_row[found])
+            for r, (h, s) in enumerate(zip(hits, s_row[found])):
                 h.update(score=float(s), rank=r + 1)
             out.append(hits)
         return out

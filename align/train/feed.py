@@ -312,15 +312,17 @@ class Batches:
 
     MAX_EMPTY_EPOCHS = 10
 
-    def _raise_if_nothing_was_readable(self, empty: int) -> None:
-        """Every sample and shard read was skipped (a text file or an empty tar as data.train): say that, not
-        "use more samples than ranks x train.batch_size"."""
+    def _raise_if_nothing_was_readable(self) -> None:
+        """Every sample and shard read so far was skipped (a text file or an empty tar as data.train, shards that
+        all turned out unreadable; the counts are the run's, a resume's included) when an epoch ends: say that at
+        once, not after MAX_EMPTY_EPOCHS more readings of the same shards, nor "use more samples than ranks x
+        train.batch_size"."""
         skipped = dict(getattr(self.loader, "skipped", None) or {})
         if skipped and sum(skipped.values()) >= getattr(self.loader, "seen", 0):
             reasons = ", ".join(f"{r} {c}" for r, c in sorted(skipped.items(), key=lambda rc: -rc[1])[:3])
-            raise DataError(f"data: nothing in data.train could be read in {empty} epochs on rank "
-                            f"{os.environ.get('RANK', '0')}: every sample or shard was skipped ({reasons}); the "
-                            f"warnings above name them, `align data inspect PATTERN` checks each shard")
+            raise DataError(f"data: nothing in data.train could be read on rank {os.environ.get('RANK', '0')}: "
+                            f"every sample or shard was skipped ({reasons}); the warnings above name them, "
+                            f"`align data inspect PATTERN` checks each shard")
 
     def _next(self):
         empty = -1                     # epochs started here that gave no batch (the one running may be a rest)
@@ -330,10 +332,10 @@ class Batches:
                 return next(self.it)
             except StopIteration:
                 empty += 1
+                self._raise_if_nothing_was_readable()      # (an epoch that gave a batch read a sample)
                 if empty >= self.MAX_EMPTY_EPOCHS:
                     # e.g. fewer shards than ranks, or fewer samples than a batch (a small folder in data.train):
                     # retrying would spin for ever, the other ranks waiting
-                    self._raise_if_nothing_was_readable(empty)
                     batch = getattr(getattr(self.loader, "dataset", None), "batch_size", None)
                     raise DataError(f"data: {empty} epochs in a row gave rank {os.environ.get('RANK', '0')} no batch "
                                     f"(an epoch needs at least {'one batch' if batch is None else f'{batch} samples'} "

@@ -167,14 +167,17 @@ def newest_checkpoint(run_dir: str) -> Optional[str]:
 
 
 def newest_intact(ckpts: List[str]) -> Optional[str]:
-    """The newest of `ckpts` (oldest first) whose files match its manifest (align.train.manifest)."""
+    """The newest of `ckpts` (oldest first) whose files match its manifest (align.train.manifest). The damaged
+    newer one is named by rank 0 alone in a launch: every rank resolves resume=auto (and model.init_from) over the
+    same files, so each said the same line."""
+    from align.progress import main_process
     from align.train.manifest import verify
 
     first_problem = None
     for ckpt in reversed(ckpts):
         problem = verify(ckpt)
         if problem is None:
-            if first_problem:
+            if first_problem and main_process():
                 log.warning("checkpoint %s is damaged (%s); using %s instead; the damaged one stays in place "
                             "until this run writes that step again (copy it away to inspect it)", first_problem[0],
                             first_problem[1], ckpt)
@@ -395,12 +398,13 @@ def locate(path: str) -> Located:
                 return Located("export", None, None, os.path.join(p, name))
         raise AlignError(f"{p}: export has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}")
     if os.path.isfile(os.path.join(p, CONFIG)):
+        from align.progress import main_process   # every rank of a launch locates model.init_from: rank 0 says it
         from align.runlock import live_holder
         ckpt, holder = newest_checkpoint(p), live_holder(p)
         if ckpt is None:
             raise AlignError(f"{p}: run has no complete checkpoint yet"
                              + (f" (it is in progress: {holder})" if holder else ""))
-        if holder:      # a live run writes here: its newer checkpoints are not complete yet
+        if holder and main_process():      # a live run writes here: its newer checkpoints are not complete yet
             log.warning("%s: a run is in progress (%s); reading its last complete checkpoint, %s", p, holder,
                         os.path.basename(ckpt))
         return Located("run", p, ckpt, weights_path(ckpt))

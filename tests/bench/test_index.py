@@ -305,3 +305,36 @@ def test_retrieval_hands_the_index_its_largest_gallery(tmp_path, monkeypatch):
                  device="cpu", progress=False, both_directions=False, query_modality="image",
                  gallery_modality="text")
     assert seen == [((10, 8),)]
+
+
+def empty_probe_ivf(d=8, n=6):
+    """A real IVF-Flat of 2 lists (centroids e0, -e0) whose items all sit in list 0, and a query nearest -e0: with
+    nprobe=1 FAISS finds nothing for it (ids -1, scores -3.4e38); -> (index, gallery [n, D], query [1, D])."""
+    import faiss
+    e0 = np.eye(d, dtype=np.float32)[:1]
+    quantizer = faiss.IndexFlatIP(d)
+    quantizer.add(np.concatenate([e0, -e0]))
+    ivf = faiss.IndexIVFFlat(quantizer, d, 2, faiss.METRIC_INNER_PRODUCT)
+    g = _norm(e0 + 0.1 * np.random.default_rng(0).standard_normal((n, d)).astype(np.float32))
+    ivf.add(g)
+    ivf.nprobe = 1
+    return ivf, g, -e0
+
+
+def test_search_pads_a_short_answer_with_minus_one_and_minus_inf_and_answers_an_empty_gallery():
+    """FAISS pads what an approximate index did not find with id -1 and score -3.4e38 (a number a caller could sort
+    or print as a score): search gives -inf there, as list-major and re-ranked searches do. A gallery of 0 rows
+    (FAISS asserts k > 0) gives [Q, 0]; one row with k=10 gives that row."""
+    import faiss
+    ivf, g, q = empty_probe_ivf()
+    scores, ids = search(ivf, np.concatenate([q, g[:1]]), 10)
+    assert ids.shape == (2, 6) and (ids[0] == -1).all() and np.isneginf(scores[0]).all()
+    assert sorted(ids[1]) == list(range(6)) and np.isfinite(scores[1]).all()
+    hnsw = build_index("hnsw", _norm(np.random.default_rng(2).standard_normal((200, 8))))
+    s, i = search(hnsw, _norm(np.random.default_rng(3).standard_normal((5, 8))), 1000)
+    assert (i == -1).any() and np.isneginf(s[i == -1]).all() and (s[i >= 0] >= -1.0001).all()
+    for empty in (faiss.IndexFlatIP(8), ivf.__class__(faiss.IndexFlatIP(8), 8, 1, faiss.METRIC_INNER_PRODUCT)):
+        s, i = search(empty, q, 10)
+        assert s.shape == i.shape == (1, 0)
+    s, i = search(build_index("flat_faiss", g[:1]), g, 10)
+    assert i.shape == (6, 1) and (i == 0).all() and np.isfinite(s).all()

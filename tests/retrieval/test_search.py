@@ -1,6 +1,7 @@
 """`align search`: text -> image/audio, image -> image, audio -> image through an index built from `align embed`."""
 import json
 
+import numpy as np
 import pytest
 
 from align.cli import main
@@ -186,3 +187,38 @@ def test_an_index_loads_its_rows_as_arrow_without_a_pandas_round_trip(tmp_path, 
     assert ix.shards() == ["x.tar"]
     monkeypatch.undo()
     pd.testing.assert_frame_equal(ix.table, want)
+
+
+def test_no_hit_of_an_approximate_index_reaches_the_results_and_hostile_sizes_answer():
+    """FAISS pads a short answer with id -1 and score -3.4e38. A query an IVF index found nothing for (its one
+    probed list empty) made Index.results fail (arrow cannot take an empty untyped list: `align search` and the
+    server's /search were a traceback and a 500); Index.search gave -3.4e38 as a score. Now: no hit in the results,
+    -inf in Index.search, each hit with its own cosine wherever the -1s stand; k past the corpus, one vector and
+    an empty index answer."""
+    import faiss
+    import pyarrow as pa
+
+    from align.retrieval import Index
+    from tests.bench.test_index import empty_probe_ivf
+    ivf, g, q = empty_probe_ivf()
+    rows = pa.table({"key": [f"k{i}" for i in range(6)], "shard": ["x.tar"] * 6, "caption": ["c"] * 6})
+    ix = Index(ivf, rows, {"modality": "image"}, "ix")
+    scores, ids = ix.search(np.concatenate([q, g[:1]]), 10)
+    assert (ids[0] == -1).all() and np.isneginf(scores[0]).all() and (ids[1] >= 0).all()
+    nothing, found = ix.results(np.concatenate([q, g[:1]]), 10)
+    assert nothing == [] and [h["rank"] for h in found] == list(range(1, 7))
+    assert all(h["score"] == pytest.approx(float(g[h["id"]] @ g[0]), abs=1e-5) for h in found)
+
+    class Holes:          # an index answering -1 between its hits: each hit keeps its own score
+        ntotal, d = 6, g.shape[1]
+
+        def search(self, x, k):
+            return (np.array([[0.9, -3.4028235e38, 0.5]], np.float32)[:, :k].repeat(len(x), 0),
+                    np.array([[3, -1, 5]])[:, :k].repeat(len(x), 0))
+    hits = Index(Holes(), rows, {}, "ix").results(g[:1], 3)[0]
+    assert [(h["id"], round(h["score"], 3), h["rank"]) for h in hits] == [(3, 0.9, 1), (5, 0.5, 2)]
+    one = Index(faiss.IndexFlatIP(g.shape[1]), rows.slice(0, 1), {}, "ix")
+    one.index.add(g[:1])
+    assert [h["id"] for h in one.results(g[:2], 1000)[1]] == [0]
+    empty = Index(faiss.IndexFlatIP(g.shape[1]), rows.slice(0, 0), {}, "ix")
+    assert empty.search(g[:2], 10)[1].shape == (2, 0) and empty.results(g[:2], 10) == [[], []]

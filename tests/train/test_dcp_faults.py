@@ -256,16 +256,8 @@ def test_a_sigterm_during_the_steps_own_save_stops_on_that_checkpoint_without_wr
 @pytest.fixture(scope="module")
 def fsdp_ref(tmp_path_factory):
     """One uninterrupted 2-process FSDP run of 6 steps (DCP checkpoints every 2), shared by the tests below."""
-    from tests.conftest import TINY_OPEN_CLIP
-    from tests.train.test_train_multiprocess import launch, write_recipe
-    tmp = tmp_path_factory.mktemp("fsdp-ref")
-    base = {"seed": 0, "resume": "auto", "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)},
-            "data": {"train": "synthetic", "synthetic_size": 512, "num_workers": 0},
-            "train": {"batch_size": 8, "max_steps": 6, "lr": 1e-3, "log_every": 2, "checkpoint_every": 2,
-                      "keep_last": 5, "num_threads": 1, "sharding": "fsdp"}, "eval": {"every": 0}}
-    res = launch(write_recipe(base, tmp, "ref"))
-    assert res.returncode == 0, res.stderr[-2000:]
-    return base, tmp / "ref"
+    from tests.train.test_train_multiprocess import reference_run
+    return reference_run(tmp_path_factory, "fsdp-ref", max_steps=6, sharding="fsdp")
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ def test_batches_start_the_loaders_reading_at_once():
 def test_data_train_that_nothing_can_be_read_from_says_so(tmp_path, capsys, tiny_recipe, content):
     """A text file or an empty file as data.train: every shard is skipped as a corrupt tar. The run's last line
     said "use more samples than ranks x train.batch_size", as for a too-small folder; it says nothing could be
-    read and why."""
+    read and why. It said so after reading the shard 10 times, naming it in a warning each time (each epoch); it
+    stops at the first epoch's end, and the shard is named once."""
     import yaml
 
     from align.cli import main
@@ -77,10 +78,12 @@ def test_data_train_that_nothing_can_be_read_from_says_so(tmp_path, capsys, tiny
     del tiny_recipe["data"]["synthetic_size"]
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe))
     assert main(["train", str(tmp_path / "r.yaml"), "--no-progress"]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("align: error: data: nothing in data.train could be read in 10 epochs on rank 0: every "
-                           "sample or shard was skipped (corrupt tar "), last
+    err = capsys.readouterr().err.strip().splitlines()
+    last = err[-1]
+    assert last.startswith("align: error: data: nothing in data.train could be read on rank 0: every "
+                           "sample or shard was skipped (corrupt tar 1)"), last
     assert "batch_size" not in last
+    assert len([ln for ln in err if ln.startswith("skipping shard ") and "notes.tar: corrupt tar" in ln]) == 1, err
 
 
 def test_carve_val_split_names_the_held_out_groups_and_warns_of_lookalike_ids(tmp_path):

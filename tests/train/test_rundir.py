@@ -256,3 +256,31 @@ def test_an_open_clip_towers_pretrained_path_and_tokenizer_folder_are_recorded_a
     assert towers["text"]["pretrained"] == str(tmp_path / "dl" / "w.safetensors")
     assert towers["text"]["tokenizer_folder"] == str(tmp_path / "dl")
     assert towers["audio"]["pretrained"] == f"local-dir:{tmp_path / 'dl'}"
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_the_lines_every_rank_would_say_alike_at_resume_and_init_from_are_rank_0s(tmp_path, monkeypatch, caplog,
+                                                                                rank):
+    """Every rank of a launch resolves resume=auto and locates model.init_from over the same files, so each said
+    "checkpoint ... is damaged; using ..." and "RUN: a run is in progress ...": the same line once per process.
+    Rank 0 says them for the launch (align.progress.main_process); the choice itself is every rank's."""
+    import logging
+
+    import align.runlock
+    import align.train.manifest as manifest
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(manifest, "verify", lambda c: "model.safetensors: size differs" if c.endswith("2") else None)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-00000001").mkdir(parents=True)
+    (run / rundir.CONFIG).write_text("{}")
+    monkeypatch.setattr(rundir, "list_checkpoints", lambda d: [os.path.join(d, f"step-0000000{i}") for i in (1, 2)])
+    monkeypatch.setattr(align.runlock, "live_holder", lambda p: "host h pid 123 since 10:00")
+    with caplog.at_level(logging.WARNING, logger="align"):
+        found = rundir.locate(str(run))
+    assert found.checkpoint.endswith("step-00000001")
+    said = [r.getMessage() for r in caplog.records]
+    if rank == "0":
+        assert len(said) == 2 and "step-00000002 is damaged" in said[0] and "a run is in progress" in said[1], said
+    else:
+        assert said == []

@@ -79,18 +79,25 @@ def killed_launch(recipe, stamp, env, **kw):
     return res, end - float(stamp.read_text())
 
 
-@pytest.fixture(scope="module")
-def ddp_ref(tmp_path_factory):
-    """One uninterrupted 2-process DDP run of 8 steps (checkpoints every 2), shared by the tests below."""
+def reference_run(tmp_path_factory, folder: str, **train):
+    """One uninterrupted 2-process run of the tiny model on synthetic data (8 steps, checkpoints every 2; `train`
+    overrides those keys), which the launched tests' interrupted runs must match -> (its recipe, its run dir).
+    The DDP reference below and test_dcp_faults.py's FSDP one (6 steps, sharding: fsdp) are this run."""
     from tests.conftest import TINY_OPEN_CLIP
-    tmp = tmp_path_factory.mktemp("ref")
+    tmp = tmp_path_factory.mktemp(folder)
     base = {"seed": 0, "resume": "auto", "model": {"embed_dim": 16, "open_clip": dict(TINY_OPEN_CLIP)},
             "data": {"train": "synthetic", "synthetic_size": 512, "num_workers": 0},
             "train": {"batch_size": 8, "max_steps": 8, "lr": 1e-3, "log_every": 2, "checkpoint_every": 2,
-                      "keep_last": 5, "num_threads": 1}, "eval": {"every": 0}}
+                      "keep_last": 5, "num_threads": 1, **train}, "eval": {"every": 0}}
     res = launch(write_recipe(base, tmp, "ref"))
     assert res.returncode == 0, res.stderr[-2000:]
     return base, tmp / "ref"
+
+
+@pytest.fixture(scope="module")
+def ddp_ref(tmp_path_factory):
+    """One uninterrupted 2-process DDP run of 8 steps (checkpoints every 2), shared by the tests below."""
+    return reference_run(tmp_path_factory, "ref")
 
 
 @pytest.mark.slow

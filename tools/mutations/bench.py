@@ -121,8 +121,8 @@ MUTATIONS = [
       ["tests/bench/test_cli.py::test_out_and_batch_size_are_refused_in_one_line_before_any_work"],
       "--split with --type imagefolder / audiofolder / csv was dropped"),
     M("bench.zeroshot.confusion_transposed", "align/bench/zeroshot.py",
-      "    flat = np.asarray(labels, np.int64) * n_classes + np.asarray(pred, np.int64)",
-      "    flat = np.asarray(pred, np.int64) * n_classes + np.asarray(labels, np.int64)",
+      "    flat = labels[found] * n_classes + pred[found]",
+      "    flat = pred[found] * n_classes + labels[found]",
       ["tests/bench/test_zeroshot.py"]),
     M("bench.suite.kept_results_of_other_settings_mixed", "align/bench/suite.py",
       "                if differs:       # kept beside new ones", "                if False:       # kept beside new ones",
@@ -292,4 +292,19 @@ MUTATIONS = [
       ["tests/bench/test_models.py::"
        "test_an_open_clip_file_of_an_hf_tokenizer_architecture_reads_the_tokenizer_beside_it"],
       "open_clip:ViT-B-16-SigLIP --pretrained FILE asked the Hub for its tokenizer by id: offline, an error"),
+    M("bench.index.faiss_padding_as_a_score", "align/bench/index.py",
+      "    scores[ids < 0] = -np.inf\n    return scores, ids", "    return scores, ids",
+      ["tests/bench/test_index.py::"
+       "test_search_pads_a_short_answer_with_minus_one_and_minus_inf_and_answers_an_empty_gallery"],
+      "search gave FAISS's -3.4e38 padding as a score (list-major and re-ranked searches: -inf)"),
+    M("bench.index.empty_gallery_searched", "align/bench/index.py",
+      "    if k <= 0:                                         # FAISS asserts k > 0", "    if False:",
+      ["tests/bench/test_index.py::"
+       "test_search_pads_a_short_answer_with_minus_one_and_minus_inf_and_answers_an_empty_gallery"],
+      "search of an empty index was FAISS's bare AssertionError"),
+    M("bench.zeroshot.unfound_class_in_a_cell", "align/bench/zeroshot.py",
+      "    found = pred >= 0\n", "    found = pred == pred\n",
+      ["tests/bench/test_zeroshot.py::"
+       "test_a_class_an_approximate_index_did_not_find_is_a_miss_in_no_cell_of_the_confusion_counts"],
+      "a top-1 of -1 was counted as class C-1 of the row above (a ValueError for class 0)"),
 ]

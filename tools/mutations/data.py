@@ -145,7 +145,7 @@ MUTATIONS = [
       "    k = 1\n", ["tests/data/tools/test_stats.py::"
                      "test_the_auto_sizes_read_every_shard_and_every_source_not_the_first_samples"]),
     M("faults.corrupt_tar_not_counted", "align/data/stream/sources.py",
-      "faults.record(CORRUPT_TAR, f\"shard {url}\", repr(exn), per_sample=False)", "pass",
+      "faults.record(CORRUPT_TAR, f\"shard {url}\", repr(exn), per_sample=False, shard=url)", "pass",
       ["tests/data/write/test_custom_data_e2e.py"]),
     M("faults.counted_twice", "align/data/stream/faults.py", "self._delta[reason] += 1", "self._delta[reason] += 2",
       ["tests/data/write/test_custom_data_e2e.py"]),
@@ -566,4 +566,14 @@ MUTATIONS = [
       ["tests/data/write/test_inputs.py::"
        "test_a_hub_dataset_on_a_machine_without_the_hub_is_its_cached_copy_or_one_line_at_once"],
       "`align data shards ORG/NAME` without a network retried the hub ~23 s before its line"),
+    M("stream.faults.shard_named_every_epoch", "align/data/stream/faults.py",
+      "        if said is not None and said.said(reason, shard):", "        if False:",
+      ["tests/data/stream/test_faults.py::"
+       "test_a_shard_unreadable_every_epoch_is_named_once_and_counted_every_epoch"],
+      "a shard unreadable every epoch was named again each epoch"),
+    M("stream.worker.said_per_epoch", "align/data/stream/worker.py",
+      "Run(faults=FaultCounter(said=self.said))", "Run()",
+      ["tests/data/stream/test_faults.py::"
+       "test_a_shard_unreadable_every_epoch_is_named_once_and_counted_every_epoch"],
+      "each epoch's fault counter forgot which shards were named"),
 ]

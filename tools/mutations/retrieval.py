@@ -228,4 +228,19 @@ MUTATIONS = [
       ["tests/retrieval/test_embed.py::"
        "test_load_rows_and_write_rows_take_each_parts_rows_of_a_modality_in_vector_order"],
       "load_rows and write_rows each filtered and sorted a part's rows, in pandas and in arrow"),
+    M("retrieval.search.faiss_padding_as_a_score", "align/retrieval/search.py",
+      "        scores[ids < 0] = -np.inf\n", "",
+      ["tests/retrieval/test_search.py::"
+       "test_no_hit_of_an_approximate_index_reaches_the_results_and_hostile_sizes_answer"],
+      "Index.search gave FAISS's -3.4e38 padding as the score of a missing hit"),
+    M("retrieval.search.rows_of_no_id_untyped", "align/retrieval/search.py",
+      "self._arrow.take(pa.array(ids, pa.int64()))", "self._arrow.take(ids)",
+      ["tests/retrieval/test_search.py::"
+       "test_no_hit_of_an_approximate_index_reaches_the_results_and_hostile_sizes_answer"],
+      "a query an approximate index found nothing for was a traceback in align search / a 500 in align serve"),
+    M("retrieval.search.scores_paired_by_position", "align/retrieval/search.py",
+      "            found = i_row >= 0 ", "            found = i_row == i_row ",
+      ["tests/retrieval/test_search.py::"
+       "test_no_hit_of_an_approximate_index_reaches_the_results_and_hostile_sizes_answer"],
+      "a -1 between hits shifted the scores of the hits after it"),
 ]

@@ -367,7 +367,7 @@ MUTATIONS = [
       "                  \"database or disk is full\")", "                  \"(no such message)\")",
       ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"]),
     M("feed.nothing_readable_said_as_too_few_samples", "align/train/feed.py",
-      "                    self._raise_if_nothing_was_readable(empty)\n", "",
+      "                self._raise_if_nothing_was_readable()      # (an epoch that gave a batch read a sample)\n", "",
       ["tests/train/test_feed.py::test_data_train_that_nothing_can_be_read_from_says_so"]),
     M("report.retrieval_figure_says_val", "align/train/evaluate.py",
       'retrieval on {os.path.basename(os.path.normpath(val_dir))} (top {k})"', 'retrieval on val (top 5)"',
@@ -588,4 +588,19 @@ MUTATIONS = [
       "                                    None])",
       ["tests/train/test_init_from.py::test_init_from_a_run_passes_on_the_tokenizer_folder_that_run_recorded"],
       "model.init_from: RUN did not pass on the tokenizer_folder RUN/config.yaml recorded (the Hub asked)"),
+    M("train.feed.nothing_readable_read_ten_times", "align/train/feed.py",
+      "                self._raise_if_nothing_was_readable()      # (an epoch that gave a batch read a sample)",
+      "                if empty >= self.MAX_EMPTY_EPOCHS: self._raise_if_nothing_was_readable()",
+      ["tests/train/test_feed.py::test_data_train_that_nothing_can_be_read_from_says_so"],
+      "data.train that nothing could be read from was read 10 epochs (a warning each) before its line"),
+    M("train.rundir.damaged_line_every_rank", "align/train/rundir.py",
+      "            if first_problem and main_process():", "            if first_problem:",
+      ["tests/train/test_rundir.py::"
+       "test_the_lines_every_rank_would_say_alike_at_resume_and_init_from_are_rank_0s"],
+      "every rank of a launch named the damaged checkpoint resume=auto passed over"),
+    M("train.rundir.in_progress_line_every_rank", "align/train/rundir.py",
+      "        if holder and main_process():", "        if holder:",
+      ["tests/train/test_rundir.py::"
+       "test_the_lines_every_rank_would_say_alike_at_resume_and_init_from_are_rank_0s"],
+      "every rank of a launch said model.init_from's run is in progress"),
 ]

@@ -145,6 +145,32 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
     for ext, value in raw.items():
         if isinstance(value, Oversize):
             raise SkipSample(value.reason, value.describe(ext))
+    found, keyed = _modalities_found(raw, modalities, min_modalities, caption_seed, text_keys, pairs)
+    out: dict = {}
+    for m, ext in found.items():
+        if m == "image" or m == "audio":
+            out[m] = _decode_media(m, raw, ext, limits)
+        else:
+            lines = keyed if ext == "keyed" else _text_lines(raw[ext], ext, limits)    # keyed: data.text_keys
+            out[m] = _one_caption(lines, caption_seed)
+    if negatives and "text" in out:
+        try:
+            out["neg"] = check_captions(captions(raw[NEG_EXT]), NEG_EXT) if NEG_EXT in raw else []
+        except UnicodeDecodeError as exn:
+            raise SkipSample(UNDECODABLE_TEXT, f"{NEG_EXT}: {exn!r}") from None
+    out["cls"] = -1
+    if LABEL_EXT in raw:
+        try:
+            out["cls"] = int(raw[LABEL_EXT].decode("utf-8").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise SkipSample(BAD_CLS, repr(raw[LABEL_EXT][:20])) from None
+    return out
+
+
+def _modalities_found(raw: dict, modalities, min_modalities: int, caption_seed: str | None, text_keys,
+                      pairs) -> tuple[dict[str, str], list[str] | None]:
+    """(modality -> the extension holding it, "keyed" for a text drawn from data.text_keys; those keyed captions)
+    of a raw sample; SkipSample when it has fewer than `min_modalities` of them or none of the loss's pairs."""
     keyed = None
     if text_keys and "text" in modalities:
         rng = random.Random(f"{caption_seed}:key".encode("utf-8", "surrogateescape")) if caption_seed else None
@@ -161,55 +187,43 @@ def decode_raw(raw: dict, modalities, min_modalities: int = 2, caption_seed: str
         # nothing (every pair masks it out) while it counts as trained
         raise SkipSample(NO_LOSS_PAIR, f"has {'+'.join(sorted(found))}; loss.pairs: "
                                        f"{', '.join(f'{a}-{b}' for a, b in pairs)}")
-    out: dict = {}
-    for m, ext in found.items():
-        data = raw[ext] if ext != "keyed" else b""
+    return found, keyed
+
+
+def _decode_media(m: str, raw: dict, ext: str, limits: DataLimits):
+    """Member `ext` of a raw sample decoded as modality m ("image": PIL image; "audio": (wave [T], sr)), within
+    `limits`; SkipSample (the limit's reason, or undecodable) otherwise."""
+    try:
         if m == "image":
-            try:
-                out[m] = decode_image(data, limits)
-            except LimitExceeded as exn:
-                raise SkipSample(exn.reason, f"{ext}: {exn.detail}") from None
-            except Exception as exn:
-                raise SkipSample(UNDECODABLE_IMAGE, f"{ext}: {exn!r}") from None
-        elif m == "audio":
-            try:
-                out[m] = decode_audio(data, name=raw[KEY], limits=limits)
-            except LimitExceeded as exn:
-                raise SkipSample(exn.reason, exn.detail) from None
-            except Exception as exn:
-                raise SkipSample(UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
-        elif ext == "keyed":                        # data.text_keys: drawn above
-            lines = keyed
-        else:
-            if len(data) > limits.max_text_bytes:   # bytes that did not come through the tar reader
-                raise SkipSample(TEXT_TOO_LONG, f"{ext}: {len(data)} bytes, over data.limits.max_text_bytes="
-                                                f"{limits.max_text_bytes}")
-            try:
-                lines = check_captions(captions(data), ext)
-            except UnicodeDecodeError as exn:
-                raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
-        if m == "text":
-            if not lines:
-                raise SkipSample(EMPTY_CAPTION)
-            if caption_seed is not None and len(lines) > 1:
-                # bytes seed the same as their str (random.seed encodes a str); a key read from a damaged tar
-                # name may hold surrogates, which str.encode() refuses
-                rng = random.Random(caption_seed.encode("utf-8", "surrogateescape"))
-                out[m] = [lines[rng.randrange(len(lines))]]
-            else:
-                out[m] = [lines[0]]
-    if negatives and "text" in out:
-        try:
-            out["neg"] = check_captions(captions(raw[NEG_EXT]), NEG_EXT) if NEG_EXT in raw else []
-        except UnicodeDecodeError as exn:
-            raise SkipSample(UNDECODABLE_TEXT, f"{NEG_EXT}: {exn!r}") from None
-    out["cls"] = -1
-    if LABEL_EXT in raw:
-        try:
-            out["cls"] = int(raw[LABEL_EXT].decode("utf-8").strip())
-        except (UnicodeDecodeError, ValueError):
-            raise SkipSample(BAD_CLS, repr(raw[LABEL_EXT][:20])) from None
-    return out
+            return decode_image(raw[ext], limits)
+        return decode_audio(raw[ext], name=raw[KEY], limits=limits)
+    except LimitExceeded as exn:
+        raise SkipSample(exn.reason, f"{ext}: {exn.detail}" if m == "image" else exn.detail) from None
+    except Exception as exn:
+        raise SkipSample(UNDECODABLE_IMAGE if m == "image" else UNDECODABLE_AUDIO, f"{ext}: {exn!r}") from None
+
+
+def _text_lines(data: bytes, ext: str, limits: DataLimits) -> list[str]:
+    """A text member's captions (captions, check_captions); SkipSample when it is too long or not UTF-8."""
+    if len(data) > limits.max_text_bytes:   # bytes that did not come through the tar reader
+        raise SkipSample(TEXT_TOO_LONG, f"{ext}: {len(data)} bytes, over data.limits.max_text_bytes="
+                                        f"{limits.max_text_bytes}")
+    try:
+        return check_captions(captions(data), ext)
+    except UnicodeDecodeError as exn:
+        raise SkipSample(UNDECODABLE_TEXT, repr(exn)) from None
+
+
+def _one_caption(lines: list[str], caption_seed: str | None) -> list[str]:
+    """[one of `lines`]: drawn seeded by caption_seed (training), else the first; SkipSample when there is none."""
+    if not lines:
+        raise SkipSample(EMPTY_CAPTION)
+    if caption_seed is not None and len(lines) > 1:
+        # bytes seed the same as their str (random.seed encodes a str); a key read from a damaged tar
+        # name may hold surrogates, which str.encode() refuses
+        rng = random.Random(caption_seed.encode("utf-8", "surrogateescape"))
+        return [lines[rng.randrange(len(lines))]]
+    return [lines[0]]
 
 
 def shard_name(url: str | None) -> str | None:

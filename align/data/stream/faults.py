@@ -10,10 +10,14 @@ batch so that the main process (`StreamLoader`) can keep exact totals.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
 from typing import Dict, Optional
+
+import numpy as np
+import torch
 
 from align.errors import DataError, printable
 
@@ -66,11 +70,15 @@ class FaultCounter:
     counts recorded since the previous call (what a worker attaches to the
     next batch).  `muted` is set while a resumed worker fast-forwards over
     samples whose faults were already reported before the checkpoint.
+    `said` (SaidShards): the shard faults already named by any worker of the loader: a shard that stays
+    unreadable is counted every epoch but named once, not again each epoch.
     """
 
-    def __init__(self, warn_every_s: float = WARN_EVERY_S, warn: bool = True, keep: int = 0):
+    def __init__(self, warn_every_s: float = WARN_EVERY_S, warn: bool = True, keep: int = 0,
+                 said: Optional["SaidShards"] = None):
         self.warn_every_s = warn_every_s
         self.warn = warn                 # False: count only (`align data inspect` reports itself)
+        self.said = said
         self.examples: list[tuple[str, str, str]] = []   # the first `keep` (reason, where, detail)
         self._keep = keep
         self.total: Counter = Counter()
@@ -82,7 +90,10 @@ class FaultCounter:
         self._extra_seen = 0
         self.muted = False
 
-    def record(self, reason: str, where: str, detail: str = "", per_sample: bool = True) -> None:
+    def record(self, reason: str, where: str, detail: str = "", per_sample: bool = True,
+               shard: Optional[str] = None) -> None:
+        """Count one fault; warn unless the rate limit holds it back, or (`shard`: the URL of a shard fault) a
+        worker of this loader named this shard's fault already."""
         if self.muted:
             return
         self.total[reason] += 1
@@ -93,12 +104,17 @@ class FaultCounter:
             self.examples.append((reason, where, detail))
         if not self.warn:
             return
+        said = self.said if shard is not None and reason in SHARD_REASONS else None
+        if said is not None and said.said(reason, shard):
+            return                       # named in an earlier epoch (or by another worker); counted above
         now = time.monotonic()
         last = self._last_warn.get(reason)
         if last is not None and now - last < self.warn_every_s:
             self._suppressed[reason] += 1
             return
         self._last_warn[reason] = now
+        if said is not None:
+            said.mark(reason, shard)
         more = self._suppressed.pop(reason, 0)
         tail = f" ({more} more since the last such warning)" if more else ""
         msg = f"skipping {where}: {reason}"
@@ -112,6 +128,39 @@ class FaultCounter:
         self._delta.clear()
         self._extra_seen = 0
         return delta, extra
+
+
+class SaidShards:
+    """Which shard faults (SHARD_REASONS) a loader has named: one byte a shard, a bit a reason, in shared memory,
+    made before its workers start. Each epoch deals the shards to the readers anew, so a shard that stays
+    unreadable is read by one worker, then another: each would name it again, every epoch. A shard is found by
+    the rank of its 64-bit hash among the sorted hashes of every URL (made on the first fault in a process, the
+    same order in every process: no URL-to-index dict per worker)."""
+
+    def __init__(self, urls: list[str]):
+        self._urls = urls
+        self._flags = torch.zeros(max(1, len(urls)), dtype=torch.uint8).share_memory_()
+        self._sorted: Optional[np.ndarray] = None
+
+    @staticmethod
+    def _hash(url: str) -> int:
+        return int.from_bytes(hashlib.blake2b(url.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
+
+    def _slot(self, url: str) -> Optional[int]:
+        if self._sorted is None:
+            self._sorted = np.unique(np.array([self._hash(u) for u in self._urls], dtype=np.uint64))
+        h = np.uint64(self._hash(url))
+        i = int(np.searchsorted(self._sorted, h))
+        return i if i < len(self._sorted) and self._sorted[i] == h else None
+
+    def said(self, reason: str, url: str) -> bool:
+        i = self._slot(url)
+        return i is not None and bool(int(self._flags[i]) & (1 << SHARD_REASONS.index(reason)))
+
+    def mark(self, reason: str, url: str) -> None:
+        i = self._slot(url)
+        if i is not None:
+            self._flags[i] |= 1 << SHARD_REASONS.index(reason)
 
 
 def skip_rate_error(skipped: dict[str, int], seen: int, max_skip_frac: float | None, rank: int = 0,

@@ -312,10 +312,10 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
     except DataError:
         raise
     except FileNotFoundError as exn:
-        faults.record(MISSING_SHARD, f"shard {url}", str(exn), per_sample=False)
+        faults.record(MISSING_SHARD, f"shard {url}", str(exn), per_sample=False, shard=url)
         return
     except Exception as exn:  # permissions, network, unknown scheme
-        faults.record(UNREADABLE_SHARD, f"shard {url}", repr(exn), per_sample=False)
+        faults.record(UNREADABLE_SHARD, f"shard {url}", repr(exn), per_sample=False, shard=url)
         return
 
     def duplicate(name: str) -> None:
@@ -331,9 +331,9 @@ def shard_samples(url: str, faults: FaultCounter, allow_pipe: bool = False,
     except SourceUnavailable:
         raise                 # the source is gone: stop the stream, never loop over its other shards
     except (tarfile.TarError, EOFError, zlib.error) as exn:
-        faults.record(CORRUPT_TAR, f"shard {url}", repr(exn), per_sample=False)
+        faults.record(CORRUPT_TAR, f"shard {url}", repr(exn), per_sample=False, shard=url)
     except OSError as exn:  # read error mid-stream (network, pipe exit status)
-        faults.record(UNREADABLE_SHARD, f"shard {url}", repr(exn), per_sample=False)
+        faults.record(UNREADABLE_SHARD, f"shard {url}", repr(exn), per_sample=False, shard=url)
     finally:
         try:
             stream.close()

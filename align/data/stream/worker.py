@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from align.data.stream.decode import SampleDecoder, rng_preserving
-from align.data.stream.faults import FaultCounter, SkipSample
+from align.data.stream.faults import FaultCounter, SaidShards, SkipSample
 from align.data.stream.keys import (
     EPOCH, ERROR, FLUSH, IDLE, KEY, NOTED, PASS, RAW, SEEN, SEG, SKIPPED, UNAVAILABLE, URL, WORKER,
 )
@@ -147,6 +147,8 @@ class StreamDataset(IterableDataset):
         # (this process) the stream its last epoch ended in, kept open to go on with: a Run, or None
         self._live: Run | None = None
         self._end: tuple[int, int] | None = None        # (pass, raw) where its last epoch ended
+        # the shard faults named so far, shared by this loader's workers: a shard unreadable every epoch is named once
+        self.said = SaidShards([u for src in sources for u in src.urls])
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -264,7 +266,7 @@ class StreamDataset(IterableDataset):
         live, self._live = self._live, None
         if plan.done[lw]:
             return
-        run, quota = Run(), plan.quota[lw]
+        run, quota = Run(faults=FaultCounter(said=self.said)), plan.quota[lw]
         run.pas, run.out = self._end
         for run.k, seg in enumerate(segs):
             if quota is not None and run.batches >= quota:

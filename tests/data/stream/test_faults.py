@@ -172,3 +172,29 @@ def test_a_warning_escapes_the_control_characters_of_a_member_name(caplog):
         FaultCounter().record("not a sample", "file k\x1b[2J\x1b]0;pwned\x07 in x.tar", "", per_sample=False)
     text = caplog.text
     assert "\x1b" not in text and "\x07" not in text and "k\\x1b[2J\\x1b]0;pwned\\x07" in text, text
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shard_unreadable_every_epoch_is_named_once_and_counted_every_epoch(tmp_path, num_workers):
+    """A source whose every shard is unreadable (not a tar) beside a readable one: each epoch's readers had a fault
+    counter of their own, so each epoch named the broken shards again (and each epoch deals them to other workers).
+    They are named once over the run (whichever worker reads them), and still counted every epoch."""
+    shards, _ = make_shards(tmp_path, 2, 4)
+    bad = []
+    for i in range(2):
+        (tmp_path / f"bad{i}.tar").write_bytes(b"not a tar" * 100)
+        bad.append(str(tmp_path / f"bad{i}.tar"))
+    loader = build_train_loader([{"urls": shards, "weight": 1}, {"urls": bad, "weight": 1}], transforms=TRANSFORMS,
+                                batch_size=2, modalities=["image", "text"], num_workers=num_workers)
+    said = logging.FileHandler(tmp_path / "warnings.log")     # appended to by the data workers too (forked)
+    logging.getLogger("align.data").addHandler(said)
+    try:
+        for epoch in range(4):
+            assert len(list(loader)) == 4
+            assert loader.skipped["corrupt tar"] == 2 * (epoch + 1)
+    finally:
+        logging.getLogger("align.data").removeHandler(said)
+        said.close()
+    lines = (tmp_path / "warnings.log").read_text().splitlines()
+    named = sorted(ln.split(":")[0] for ln in lines if "corrupt tar" in ln)
+    assert named == [f"skipping shard {p}" for p in bad], named
