@@ -4,9 +4,10 @@
     python benchmarks/memory_growth.py train --steps 5000 --trace           # + Python-traced MB and top growth
     python benchmarks/memory_growth.py metrics --rows 100000                # a resume's and loss.png's reads
     python benchmarks/memory_growth.py rows --rows 1000000                  # `align index` writing rows.parquet
-    python benchmarks/memory_growth.py index --rows 1000000                 # an Index's rows held (`align serve`)
+    python benchmarks/memory_growth.py index --rows 1000000                 # Index.load: held, peak (`align serve`)
     python benchmarks/memory_growth.py noise                                # a data worker's decoded noise clips
     python benchmarks/memory_growth.py shards --rows 1000000 [--jsonl]      # `align data shards` of a CSV (JSONL)
+    python benchmarks/memory_growth.py table --rows 1000000 [--jsonl|--parquet]   # its reads of the table, timed
 
 Each imports the `align` first on PYTHONPATH (this checkout otherwise), so `PYTHONPATH=/tmp/old python ...` measures
 another tree (e.g. `git archive BASE align | tar -x -C /tmp/old`) on the same files. Files go to --work.
@@ -163,38 +164,65 @@ def rows(a) -> None:
     print(f"{how}, {a.rows} rows: peak RSS +{peak_mb() - base:.0f} MB (over {base:.0f} MB)")
 
 
+def _vm_mb(key: str) -> float:
+    """VmRSS or VmHWM (the peak since the last reset) of this process from /proc/self/status, in MB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
 def index(a) -> None:
-    import gc
+    """Index.load of an --rows index of dim 8 (rows.parquet as `align index` writes it, a row group per part), in a
+    process of its own (the files are built in this one): RSS held, peak over the RSS before, rows() and search."""
+    import subprocess
 
     import faiss
-    import psutil
-
-    from align.retrieval import Index
-    emb, ix_dir = os.path.join(a.work, f"emb_{a.rows}"), os.path.join(a.work, f"ix_{a.rows}")
+    emb, ix_dir = os.path.join(a.work, f"emb_{a.rows}"), os.path.join(a.work, f"ixparts_{a.rows}")
     write_emb(emb, a.rows, a.per_part)
     if not os.path.isfile(os.path.join(ix_dir, "index.faiss")):
-        from align.retrieval.embed import load_rows
+        from align.retrieval.embed import write_rows
         os.makedirs(ix_dir, exist_ok=True)
         flat = faiss.IndexFlatIP(8)
         flat.add(np.ones((a.rows, 8), np.float32) / np.sqrt(8))
         faiss.write_index(flat, os.path.join(ix_dir, "index.faiss"))
-        load_rows(emb, "image").reset_index(drop=True).to_parquet(os.path.join(ix_dir, "rows.parquet"), index=False)
+        write_rows(emb, "image", os.path.join(ix_dir, "rows.parquet"))
         with open(os.path.join(ix_dir, "settings.json"), "w") as f:
             json.dump({"modality": "image", "kind": "flat_faiss"}, f)
+    subprocess.run([sys.executable, os.path.abspath(__file__), "index-load", "--work", ix_dir, "--rows", str(a.rows)],
+                   check=True)
+
+
+def index_load(a) -> None:
+    import gc
+
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
-    me = psutil.Process()
+
+    from align.retrieval import Index
+    Index  # noqa: B018  (the search module and FAISS imported before measuring)
     flat_mb = a.rows * 8 * 4 / 2**20
-    before = me.memory_info().rss
-    ix = Index.load(ix_dir)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                       # resets VmHWM to the RSS now (Linux)
+    before, t = _vm_mb("VmRSS"), time.perf_counter()
+    ix = Index.load(a.work)
+    load_s = time.perf_counter() - t
     gc.collect()
-    held = (me.memory_info().rss - before) / 2**20 - flat_mb
-    ids = np.random.default_rng(0).integers(0, len(ix), 1000).tolist()
-    t = time.perf_counter()
-    hits = ix.rows(ids)
-    ms = (time.perf_counter() - t) * 1e3
-    print(f"Index.load of {a.rows} rows: +{held:.0f} MB RSS held besides the {flat_mb:.0f} MB of vectors; "
-          f"rows() of 1,000 ids {ms:.1f} ms ({len(hits)} rows)")
+    held, peak = _vm_mb("VmRSS") - before - flat_mb, _vm_mb("VmHWM") - before - flat_mb
+    rng, rows_ms, search_ms = np.random.default_rng(0), [], []
+    for _ in range(30):
+        ids = rng.integers(0, len(ix), 1000).tolist()
+        t = time.perf_counter()
+        ix.rows(ids)
+        rows_ms.append((time.perf_counter() - t) * 1e3)
+        q = rng.standard_normal((64, 8)).astype(np.float32)
+        t = time.perf_counter()
+        ix.results(q, k=10)
+        search_ms.append((time.perf_counter() - t) * 1e3)
+    rows_ms.sort()
+    search_ms.sort()
+    print(f"Index.load of {a.rows} rows: {load_s:.2f} s, +{held:.0f} MB RSS held and peak +{peak:.0f} MB over the RSS "
+          f"before ({before:.0f} MB), besides the {flat_mb:.0f} MB of vectors; rows() of 1,000 ids {rows_ms[0]:.2f} / "
+          f"{rows_ms[15]:.2f} ms, results() of 64 queries k=10 {search_ms[0]:.1f} / {search_ms[15]:.1f} ms "
+          f"(best / median of 30)")
 
 
 def noise(a) -> None:
@@ -221,26 +249,42 @@ def noise(a) -> None:
                   f"RSS +{(me.memory_info().rss - base) / 2**20:.0f} MB; {time.time() - t0:.1f} s")
 
 
+def _table_file(a) -> str:
+    """An --rows table (CSV, or --jsonl / --parquet) of a 60-character caption and an integer label, made once."""
+    ext = "jsonl" if a.jsonl else "parquet" if a.parquet else "csv"
+    path = os.path.join(a.work, f"table_{a.rows}.{ext}")
+    if not os.path.exists(path):
+        texts = (f"a photo of a small brown dog number {i} sitting on the grass" for i in range(a.rows))
+        if a.parquet:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            pq.write_table(pa.table({"text": list(texts), "label": [i % 1000 for i in range(a.rows)]}), path)
+            return path
+        with open(path, "w") as f:
+            f.write("" if a.jsonl else "text,label\n")
+            for i, text in enumerate(texts):
+                f.write(json.dumps({"text": text, "label": i % 1000}) + "\n" if a.jsonl else f"{text},{i % 1000}\n")
+    return path
+
+
 def shards(a) -> None:
     """write_shards of an --rows CSV (or JSONL) of captions and labels (no media: the input table's cost alone), in
     this process, after one of its first 100 rows (which imports what it imports): peak RSS over that."""
     import shutil
 
     import psutil
-    ext = "jsonl" if a.jsonl else "csv"
-    path = os.path.join(a.work, f"table_{a.rows}.{ext}")
-    if not os.path.exists(path):
-        with open(path, "w") as f:
-            f.write("" if a.jsonl else "text,label\n")
-            for i in range(a.rows):
-                text = f"a photo of a small brown dog number {i} sitting on the grass"
-                f.write(json.dumps({"text": text, "label": i % 1000}) + "\n" if a.jsonl else f"{text},{i % 1000}\n")
+    path = _table_file(a)
+    ext = path.rsplit(".", 1)[1]
     out = os.path.join(a.work, f"shards_{a.rows}_{ext}")
     shutil.rmtree(out, ignore_errors=True)
     from align.data.write.shards import write_shards
     warm = os.path.join(a.work, f"table_100.{ext}")
-    with open(path) as f, open(warm, "w") as w:
-        w.writelines(f.readline() for _ in range(100))
+    if a.parquet:
+        import pyarrow.parquet as pq
+        pq.write_table(pq.read_table(path).slice(0, 100), warm)
+    else:
+        with open(path) as f, open(warm, "w") as w:
+            w.writelines(f.readline() for _ in range(100))
     shutil.rmtree(out + "_warm", ignore_errors=True)
     write_shards(warm, out + "_warm", progress=False)
     base, rss, t = peak_mb(), psutil.Process().memory_info().rss / 2**20, time.time()
@@ -250,21 +294,52 @@ def shards(a) -> None:
           f"+{peak_mb() - rss:.0f} MB over the RSS before the call ({rss:.0f} MB); {time.time() - t:.0f} s")
 
 
+def table(a) -> None:
+    """The reads of an --rows table that `align data shards` makes before its first shard (open_input: parses, counts,
+    finds the columns; the label column's class names) and the one its shards are written from (rows()), each timed,
+    with the Rows (a Python dict of a row's values) each made."""
+    from pathlib import Path
+
+    from align.data.write import eval_sets, table_input
+    from align.data.write.inputs import open_input
+    path, made = _table_file(a), [0]
+
+    class Counted(table_input.Row):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made[0] += 1
+    table_input.Row = Counted
+    steps = [("open_input (parse check, row count, columns)", lambda: open_input(Path(path))), (
+        "the label column's class names", lambda: eval_sets.resolve_classes(inp, "label")), (
+        "rows() (what the shards are written from)", lambda: sum(1 for _ in inp.rows(0, len(inp))))]
+    total = 0.0
+    for name, fn in steps:
+        made[0], t = 0, time.perf_counter()
+        got = fn()
+        dt = time.perf_counter() - t
+        total += dt
+        inp = got if name.startswith("open_input") else inp
+        print(f"{name}: {dt:.2f} s, {made[0]} Rows made")
+    print(f"{a.rows}-row {path.rsplit('.', 1)[1].upper()}: {total:.2f} s in all")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "metrics", "rows", "index", "noise", "shards"])
+    p.add_argument("what", choices=["train", "metrics", "rows", "index", "index-load", "noise", "shards", "table"])
     p.add_argument("--work", default="/tmp/align_memory_growth")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--trace", action="store_true", help="train: tracemalloc too (slower)")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--per-part", type=int, default=10_000)
-    p.add_argument("--jsonl", action="store_true", help="shards: a JSONL table, not a CSV")
+    p.add_argument("--jsonl", action="store_true", help="shards, table: a JSONL table, not a CSV")
+    p.add_argument("--parquet", action="store_true", help="shards, table: a Parquet table, not a CSV")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     import align
     print(f"align from {os.path.dirname(os.path.dirname(os.path.abspath(align.__file__)))}", flush=True)
-    {"train": train, "metrics": metrics, "rows": rows, "index": index, "noise": noise, "shards": shards}[a.what](a)
+    {"train": train, "metrics": metrics, "rows": rows, "index": index, "index-load": index_load, "noise": noise,
+     "shards": shards, "table": table}[a.what](a)
 
 
 if __name__ == "__main__":

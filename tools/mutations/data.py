@@ -542,7 +542,7 @@ MUTATIONS = [
        "test_the_rows_held_while_shards_are_written_are_one_chunk_not_the_table"],
       "`align data shards` held a CSV/JSONL input whole, a Python dict per row"),
     M("table_input.chunks_misnumbered", "align/data/write/table_input.py",
-      "                    i, rows = i + len(rows), []", "                    i, rows = i + len(rows) - 1, []",
+      "                i, rows = i + len(rows), []", "                i, rows = i + len(rows) - 1, []",
       ["tests/data/write/test_table_input.py::"
        "test_a_table_read_in_chunks_gives_the_rows_the_whole_file_gave_in_any_order_asked"],
       "a CSV/JSONL input is read in chunks (it was held whole): each row keeps its place in the file"),
@@ -552,6 +552,22 @@ MUTATIONS = [
       ["tests/data/write/test_table_input.py::"
        "test_a_bad_byte_at_a_read_blocks_edge_is_named_where_it_is_in_the_file"],
       "the file is checked for UTF-8 a block at a time (it was read whole): a character across two blocks"),
+    M("table_input.scan_makes_every_row", "align/data/write/table_input.py",
+      "                if len(head) < self.SNIFF_ROWS:\n"
+      "                    head += self._frame_rows(self._n, df.iloc[: self.SNIFF_ROWS - len(head)])\n",
+      "                head = (head + self._frame_rows(self._n, df))[: self.SNIFF_ROWS]\n",
+      ["tests/data/write/test_table_input.py::"
+       "test_each_row_is_made_a_dict_once_as_its_shard_is_written_and_a_bad_line_still_stops_the_job_first"],
+      "the read of a table that checks and counts it made a dict of every row, as the writing read does again"),
+    M("table_input.column_read_as_rows", "align/data/write/table_input.py",
+      "        if self.kind == \"jsonl\":\n            return (None if obj is None else obj.get(col)",
+      "        if False:\n            return (None if obj is None else obj.get(col)",
+      ["tests/data/write/test_table_input.py::"
+       "test_each_row_is_made_a_dict_once_as_its_shard_is_written_and_a_bad_line_still_stops_the_job_first"],
+      "the label column's read (class names) made a dict of every row of the table"),
+    M("table_input.missing_csv_column_read_as_empty", "align/data/write/table_input.py",
+      "else [None] * len(df)", "else [\"\"] * len(df)",
+      ["tests/data/write/test_table_input.py::test_a_columns_values_are_its_rows_values_in_every_format"]),
     M("shards.mixed_table_rows_skipped", "align/data/write/sample.py",
       "        return all(m in self.columns for m in MODALITIES)", "        return False",
       ["tests/data/write/test_mixed_tables.py::test_a_three_modality_table_becomes_mixed_shards",

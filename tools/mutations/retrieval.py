@@ -84,6 +84,11 @@ MUTATIONS = [
       ["tests/retrieval/test_embed.py::"
        "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file"],
       "ENOSPC while writing a part of `align embed` was an OSError traceback"),
+    M("retrieval.index.rows_read_whole_then_joined", "align/retrieval/search.py",
+      "        return f.read().combine_chunks()", "        return pq.read_table(path).combine_chunks()",
+      ["tests/retrieval/test_search.py::"
+       "test_index_load_holds_its_rows_once_at_the_peak_not_the_read_and_a_joined_copy"],
+      "Index.load held rows.parquet's read and its joined copy at once: twice the table at the peak"),
     M("retrieval.index.killed_build_read_as_an_index", "align/retrieval/search.py",
       "    if info.get(\"complete\") is False:", "    if False:",
       ["tests/retrieval/test_index_build.py::"
@@ -218,8 +223,7 @@ MUTATIONS = [
       ["tests/retrieval/test_embed.py::test_the_limits_line_is_said_by_process_0_of_a_launch_only"],
       "`align embed --limit` in a launch said its media limits once per process"),
     M("index.rows_through_pandas", "align/retrieval/search.py",
-      'rows = pq.read_table(os.path.join(path, "rows.parquet")).combine_chunks()',
-      'rows = pq.read_table(os.path.join(path, "rows.parquet")).combine_chunks().to_pandas()',
+      "        return f.read().combine_chunks()", "        return f.read().combine_chunks().to_pandas()",
       ["tests/retrieval/test_search.py::test_an_index_loads_its_rows_as_arrow_without_a_pandas_round_trip"],
       "Index.load made a DataFrame of rows.parquet's arrow table and an arrow table of that again, keeping both"),
     M("embed.part_rows_unsorted", "align/retrieval/embed.py",

@@ -37,11 +37,15 @@ def _first_bad_byte(path: Path, e: UnicodeDecodeError, block: int = 1 << 20) -> 
 class TableInput(Input):
     """CSV / TSV / JSONL / Parquet file. CSV cells stay strings (no NA guessing).
 
-    The table is never held whole: it is read in chunks of CHUNK_ROWS rows, once when opened (to count the rows and
-    find the columns; a file pandas or pyarrow cannot parse is refused there, in one line) and then forward as the
-    shards are written (`rows`: the chunk that holds the row asked for is kept until a later one is needed; an
-    earlier row reads the file again from its start, or for Parquet from the row group that holds it). A CSV of a
-    billion rows was held as a Python dict per row (~1 KB a row)."""
+    The table is never held whole: it is read in chunks of CHUNK_ROWS rows, once when opened (to check that it
+    parses, count the rows and find the columns; a file pandas or pyarrow cannot parse is refused there, in one line,
+    before any shard is written) and then forward as the shards are written (`rows`: the chunk that holds the row
+    asked for is kept until a later one is needed; an earlier row reads the file again from its start, or for
+    Parquet from the row group that holds it). A CSV of a billion rows was held as a Python dict per row (~1 KB a
+    row). Only `rows` makes a Row (that dict) of every row: the first read, and `iter_column`'s, make none past the
+    first SNIFF_ROWS (they made one of every row: ~3/4 of a CSV's reading time, in each read before the shards).
+    The first read cannot be the writing one: the shards' boundaries, job.json's row count, a cached table's shard
+    size and the workers' shares need the row count, and every sample a JSONL's columns, before the first shard."""
 
     _lazy = ("_cursor",)
     CHUNK_ROWS = 10_000
@@ -69,26 +73,33 @@ class TableInput(Input):
         return kinds
 
     def _scan(self) -> List[Row]:
-        """One pass over the file, a chunk at a time: the row count, the columns (a JSONL's: every key of any row, in
-        the order first seen), and the first SNIFF_ROWS rows, returned."""
+        """One pass over the file, a chunk at a time, that parses it whole: the row count, the columns (a JSONL's:
+        every key of any row, in the order first seen), and the first SNIFF_ROWS rows as Rows, returned."""
         head: List[Row] = []
         cols: Dict[str, None] = {}
         if self.kind in ("csv", "tsv"):
             import pandas as pd
             with self._reading():
                 cols = dict.fromkeys(str(c) for c in pd.read_csv(self.path, nrows=0, **self._csv_options()).columns)
+            for df in self._frames():                   # pandas parses every cell; no dict of a row is made
+                if len(head) < self.SNIFF_ROWS:
+                    head += self._frame_rows(self._n, df.iloc[: self.SNIFF_ROWS - len(head)])
+                self._n += len(df)
         elif self.kind == "parquet":
             with self._reading():
                 import pyarrow.parquet as pq
                 cols = dict.fromkeys(pq.ParquetFile(self.path).schema_arrow.names)
-        for _, chunk in self._chunks(0):
-            if len(head) < self.SNIFF_ROWS:
-                head += chunk[: self.SNIFF_ROWS - len(head)]
-            if self.kind == "jsonl":
-                for r in chunk:
-                    if r.error is None:
-                        cols.update(dict.fromkeys(r.values))
-            self._n += len(chunk)
+            for _, batch in self._batches(0, None):     # arrow decodes every page; no dict of a row is made
+                if len(head) < self.SNIFF_ROWS:
+                    head += self._batch_rows(self._n, batch.slice(0, self.SNIFF_ROWS - len(head)))
+                self._n += batch.num_rows
+        else:
+            for lineno, obj, why in self._jsonl_lines():     # json.loads of every line: any row's keys are columns
+                if obj is not None:
+                    cols.update(dict.fromkeys(obj))
+                if len(head) < self.SNIFF_ROWS:
+                    head.append(self._jsonl_row(self._n, lineno, obj, why))
+                self._n += 1
         self.columns = [str(c) for c in cols]
         return head
 
@@ -109,51 +120,81 @@ class TableInput(Input):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"cannot read {self.kind.upper()} file {self.path}: {first}") from None
 
+    def _frames(self):
+        """A CSV/TSV's DataFrames of CHUNK_ROWS rows (cells as strings), in file order."""
+        import pandas as pd
+        with self._reading():
+            with pd.read_csv(self.path, chunksize=self.CHUNK_ROWS, **self._csv_options()) as reader:
+                yield from reader
+
+    @staticmethod
+    def _frame_rows(first: int, df) -> List[Row]:
+        return [Row(first + j, None, {str(k): v for k, v in r.items()}) for j, r in enumerate(df.to_dict("records"))]
+
+    def _batches(self, start: int, columns: Optional[List[str]]):
+        """(index of its first row, arrow RecordBatch of up to CHUNK_ROWS rows) of a Parquet file in file order,
+        from the row group that holds row `start`; `columns`: only those (None: all)."""
+        with self._reading():
+            import pyarrow.parquet as pq
+            f = pq.ParquetFile(self.path)
+            group, i = 0, 0
+            while group < f.num_row_groups and i + f.metadata.row_group(group).num_rows <= start:
+                i += f.metadata.row_group(group).num_rows
+                group += 1
+            for batch in f.iter_batches(batch_size=self.CHUNK_ROWS, row_groups=range(group, f.num_row_groups),
+                                        columns=columns):
+                yield i, batch
+                i += batch.num_rows
+
+    @staticmethod
+    def _batch_rows(first: int, batch) -> List[Row]:
+        return [Row(first + j, None, v) for j, v in enumerate(batch.to_pylist())]
+
     def _chunks(self, start: int) -> Iterator[Tuple[int, List[Row]]]:
         """(index of its first row, rows) of each chunk of CHUNK_ROWS rows in file order, from the chunk holding
         row `start` for Parquet (whose row groups can be found) and from the first for CSV and JSONL."""
         with self._reading():
             if self.kind in ("csv", "tsv"):
-                import pandas as pd
                 i = 0
-                with pd.read_csv(self.path, chunksize=self.CHUNK_ROWS, **self._csv_options()) as reader:
-                    for df in reader:
-                        yield i, [Row(i + j, None, {str(k): v for k, v in r.items()})
-                                  for j, r in enumerate(df.to_dict("records"))]
-                        i += len(df)
+                for df in self._frames():
+                    yield i, self._frame_rows(i, df)
+                    i += len(df)
             elif self.kind == "jsonl":
                 yield from self._jsonl_chunks()
             else:
-                import pyarrow.parquet as pq
-                f = pq.ParquetFile(self.path)
-                group, i = 0, 0
-                while group < f.num_row_groups and i + f.metadata.row_group(group).num_rows <= start:
-                    i += f.metadata.row_group(group).num_rows
-                    group += 1
-                for batch in f.iter_batches(batch_size=self.CHUNK_ROWS, row_groups=range(group, f.num_row_groups)):
-                    yield i, [Row(i + j, None, v) for j, v in enumerate(batch.to_pylist())]
-                    i += batch.num_rows
+                for i, batch in self._batches(start, None):
+                    yield i, self._batch_rows(i, batch)
+
+    def _jsonl_lines(self) -> Iterator[Tuple[int, Optional[dict], Optional[str]]]:
+        """(line number, the object or None, why it is not one or None) of each line that is not blank."""
+        with self._reading():
+            with open(self.path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                        if not isinstance(obj, dict):
+                            raise ValueError(f"expected an object, got {type(obj).__name__}")
+                    except ValueError as e:
+                        yield lineno, None, str(e)
+                    else:
+                        yield lineno, obj, None
+
+    def _jsonl_row(self, i: int, lineno: int, obj: Optional[dict], why: Optional[str]) -> Row:
+        if obj is None:
+            return Row(i, f"line {lineno}", {}, f"row: invalid JSON on line {lineno} of {self.path.name} ({why})",
+                       "row: invalid JSON")
+        return Row(i, f"line {lineno}", obj)
 
     def _jsonl_chunks(self) -> Iterator[Tuple[int, List[Row]]]:
         rows: List[Row] = []
         i = 0
-        with open(self.path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict):
-                        raise ValueError(f"expected an object, got {type(obj).__name__}")
-                except ValueError as e:
-                    rows.append(Row(i + len(rows), f"line {lineno}", {},
-                                    f"row: invalid JSON on line {lineno} of {self.path.name} ({e})",
-                                    "row: invalid JSON"))
-                else:
-                    rows.append(Row(i + len(rows), f"line {lineno}", obj))
-                if len(rows) == self.CHUNK_ROWS:
-                    yield i, rows
-                    i, rows = i + len(rows), []
+        for lineno, obj, why in self._jsonl_lines():
+            rows.append(self._jsonl_row(i + len(rows), lineno, obj, why))
+            if len(rows) == self.CHUNK_ROWS:
+                yield i, rows
+                i, rows = i + len(rows), []
         if rows:
             yield i, rows
 
@@ -181,6 +222,14 @@ class TableInput(Input):
         return list(self.iter_column(col))
 
     def iter_column(self, col: str) -> Iterator[Any]:
+        """The column's values read a chunk at a time with no Row made: what a Row's values.get(col) gives (None
+        where a row lacks it, or is not a JSONL object)."""
+        if self.kind == "jsonl":
+            return (None if obj is None else obj.get(col) for _, obj, _ in self._jsonl_lines())
+        if self.kind in ("csv", "tsv"):
+            return (v for df in self._frames() for v in (df[col].tolist() if col in df.columns else [None] * len(df)))
+        if self.columns.count(col) == 1:             # a Parquet file: only that column is read
+            return (v for _, batch in self._batches(0, [col]) for v in batch.column(0).to_pylist())
         return (r.values.get(col) for _, chunk in self._chunks(0) for r in chunk)
 
 

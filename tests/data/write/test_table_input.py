@@ -140,3 +140,50 @@ def test_the_rows_held_while_shards_are_written_are_one_chunk_not_the_table(tmp_
         peak.clear()
         stats = write_shards(tmp_path / name, tmp_path / f"out-{name}", shard_size=7, progress=False)
         assert stats["written"] == 60 and len(peak) == 60 and 0 < max(peak) <= 10, (name, max(peak))
+
+
+def test_each_row_is_made_a_dict_once_as_its_shard_is_written_and_a_bad_line_still_stops_the_job_first(
+        tmp_path, monkeypatch):
+    """`align data shards` of a CSV/TSV/JSONL/Parquet with string labels made a Row (a Python dict of the row's values)
+    of every row three times: in the read that checks, counts and finds the columns, in the label column's read (the
+    class names) and as the shards were written. The first two make none past the first SNIFF_ROWS (the head that
+    tells an audio column from an image one), and a line pandas cannot parse late in the file still stops the job
+    before any shard is written. (The shards are those of before: the other tests of this file.)"""
+    from align.data.write import table_input
+    from align.errors import DataError
+    made = []
+
+    class Counted(table_input.Row):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self.index)
+    monkeypatch.setattr(table_input, "Row", Counted)
+    monkeypatch.setattr(table_input.TableInput, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(table_input.TableInput, "SNIFF_ROWS", 3)
+    rows = [{"text": f"caption {i}", "label": "cat dog bird".split()[i % 3]} for i in range(30)]
+    import pandas as pd
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    pd.DataFrame(rows).to_csv(tmp_path / "t.tsv", index=False, sep="\t")
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet", row_group_size=7)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("t.csv", "t.tsv", "t.jsonl", "t.parquet"):
+        made.clear()
+        stats = write_shards(tmp_path / name, tmp_path / f"out-{name}", shard_size=8, progress=False)
+        assert stats["written"] == 30 and sorted(made) == sorted([0, 1, 2] + list(range(30))), (name, made)
+        assert json.loads((tmp_path / f"out-{name}" / "classes.json").read_text()) == ["bird", "cat", "dog"], name
+    (tmp_path / "bad.csv").write_text("text,label\n" + "".join(f"caption {i},cat\n" for i in range(25)) + "a,b,c\n")
+    with pytest.raises(DataError, match=r"cannot read CSV file .*bad\.csv: Error tokenizing data.*line 27"):
+        write_shards(tmp_path / "bad.csv", tmp_path / "out-bad", shard_size=8, progress=False)
+    assert not (tmp_path / "out-bad").exists()
+
+
+def test_a_columns_values_are_its_rows_values_in_every_format(tmp_path, monkeypatch):
+    """iter_column reads one column without making a Row: its values are the Rows' values.get(col) of every row,
+    None where a row lacks the column or is not a JSON object, and None throughout for a column the table lacks."""
+    from align.data.write.inputs import open_input
+    from align.data.write.table_input import TableInput
+    monkeypatch.setattr(TableInput, "CHUNK_ROWS", 3)
+    for path in _tables(tmp_path):
+        inp = open_input(path)
+        for col in inp.columns + ["absent"]:
+            assert list(inp.iter_column(col)) == [r.values.get(col) for r in inp.rows(0, len(inp))], (path, col)
