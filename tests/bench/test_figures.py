@@ -211,7 +211,8 @@ def test_suite_writes_each_entrys_figure_beside_its_json(tmp_path, capsys, fake_
 
 def test_the_figure_needs_no_display(tmp_path):
     """A machine without a display whose matplotlib is set to an interactive backend (MPLBACKEND=TkAgg) still
-    draws: the figures use Agg."""
+    draws: the figures ask for Agg. (matplotlib 3.11 falls back to Agg by itself there, so this guards the case
+    rather than the one line; no mutation entry.)"""
     code = ("import numpy as np, align.bench.figures as f\n"
             "v = f.confusion_view_of(np.array([0, 1, 1]), np.array([0, 1, 0]), ['a', 'b'])\n"
             f"f.write_confusion_figure(v, {str(tmp_path / 'x.png')!r}, 't')\n")
