@@ -79,6 +79,7 @@ APP_SHARED = {
     "align.bench.index",                # the FAISS index registry (align.retrieval builds on it)
     "align.bench.cli",                  # check_device: one --device rule for bench and retrieval commands
     "align.bench.report",               # result files and tables
+    "align.bench.figures",              # result figures (the demo report's confusion matrices)
 }
 # (importer, imported) -> why; must be a function-level (lazy) import
 EXCEPTIONS = {

@@ -16,6 +16,8 @@ rejects others), and `fn.check_entry = lambda entry: None` raising ConfigError f
 the suite loads, before any dataset is opened). The result is built with `report.make_result` (CLIP_benchmark shape).
 A runner may also set `fn.metric_keys = lambda entry: [...]`: the metric names a run of
 `entry` produces; recipes' `eval.best_metric` is checked against them at load (align.train.evaluate).
+A runner that sets `fn.draws_figure = True` takes `figure=` (a PNG path) and draws its result there
+(figures.py); `align bench` and its suites pass it beside each JSON.
 Every task here can run during training: `eval.tasks` names them (align.train.evaluate.eval_entries).
 Modules:
   zeroshot      zero-shot classification (image or audio)
@@ -28,6 +30,7 @@ Modules:
   index         FAISS indexes by type name; exact: exact top-k (bf16 scoring + float64 re-rank)
   models        the model factory (`align.load`, `align bench --model`): align runs, open_clip models
   report        result dicts, JSON/CSV files, the Markdown table
+  figures       each result's PNG: the zero-shot confusion matrix, retrieval queries and their top items
   suite         YAML suites of benchmarks over several models
   cli           `align bench` argument parsing
 """

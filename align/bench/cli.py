@@ -85,6 +85,17 @@ def _common(s) -> None:
     add_limit_argument(s)
 
 
+PLOT_HELP = ("also draw a figure beside each result JSON (default; --no-plot: JSON only): OUT.json -> OUT.png, "
+             "zero-shot: the confusion matrix (the 20 most-confused classes when there are more); retrieval: 6 "
+             "seeded queries and their top 5 gallery items (images, captions, audio as log-mel) marked right or "
+             "wrong. Drawn from the scores already computed; an existing PNG is kept unless --overwrite")
+
+
+def add_plot_argument(s) -> None:
+    import argparse
+    s.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help=PLOT_HELP)
+
+
 def add_bench_parser(sub, fn):
     bench = sub.add_parser("bench", help="zero-shot and retrieval benchmarks on FAISS").add_subparsers(
         dest="bench_cmd", required=True, metavar="SUBCOMMAND")
@@ -95,7 +106,8 @@ def add_bench_parser(sub, fn):
         s.add_argument("--pretrained", default=None, help="open_clip:ARCH weights: an open_clip tag or a file")
         s.add_argument("--dataset", required=True, help="dataset dir (CLIP_benchmark local layout, ...)")
         s.add_argument("--out", required=True, help="result JSON (missing folders are created)")
-        s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        s.add_argument("--overwrite", action="store_true", help="replace an existing --out file (and its figure)")
+        add_plot_argument(s)
         s.add_argument("--split", default=None, help="split of the dataset (--type wds and hf only; default: test)")
         s.add_argument("--index", default="flat", help="flat (exact) | flat_faiss | ivf | hnsw | ivfpq")
         s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
@@ -122,7 +134,8 @@ def add_bench_parser(sub, fn):
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--cache-dir", default=None, help="folder caching embeddings between runs (default: no cache)")
     s.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
-    s.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    s.add_argument("--overwrite", action="store_true", help="replace existing results (and figures) in --out")
+    add_plot_argument(s)
     s.add_argument("--skip-existing", action="store_true", help="keep existing results in --out and run only the "
                                                                  "missing ones")
     _common(s)
@@ -154,6 +167,9 @@ def _check_args(a) -> None:
         check_out_dir(a.out)
     else:
         check_out_file(a.out, a.overwrite)
+        if a.plot:
+            from align.bench.figures import check_figure_path, figure_path
+            check_figure_path(figure_path(a.out), a.overwrite)
 
 
 def run_bench_cli(a):
@@ -185,7 +201,8 @@ def run_bench_cli(a):
         models = pair_pretrained(a.model, a.pretrained) if a.model else None   # None: the suite's own models:
         run_suite(a.suite, models, a.out, load_fn=lambda m: load_model(m, device=device), cache_dir=a.cache_dir,
                   batch_size=a.batch_size, device=device, num_workers=a.num_workers, precision=a.precision,
-                  overwrite=a.overwrite, skip_existing=a.skip_existing, limits=read_limits, show_table=True)
+                  overwrite=a.overwrite, skip_existing=a.skip_existing, limits=read_limits, show_table=True,
+                  plot=a.plot)
         return     # the table, then run_suite's one end line (no second one here)
     from align.bench.datasets import open_dataset
     opts = {"split": a.split} if a.split is not None else {}     # (wds and hf; their own default: test)
@@ -198,8 +215,10 @@ def run_bench_cli(a):
         ds = open_dataset(a.dataset, a.type, limits=read_limits, **opts)
     with clock("load_model"):
         model = load_model(a.model, pretrained=a.pretrained, device=device)
+    from align.bench.figures import figure_path
+    figure = figure_path(a.out) if a.plot else None
     kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
-              num_workers=a.num_workers, precision=a.precision)
+              num_workers=a.num_workers, precision=a.precision, figure=figure)
     if a.bench_cmd == "zeroshot":
         from align.bench.zeroshot import zeroshot_classification
         result = zeroshot_classification(model, ds, modality=a.modality, **kw)
@@ -213,4 +232,4 @@ def run_bench_cli(a):
     record_settings(result, model, a.precision)
     write_json(result, a.out)
     print(seconds_line(result))
-    print(summary_line(result) + f" -> {a.out}")
+    print(summary_line(result) + f" -> {a.out}" + (f" (figure {figure})" if figure else ""))

@@ -24,6 +24,7 @@ import numpy as np
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset
 from align.bench.embed import embed_dataset
+from align.bench.figures import TOP_K, Side
 from align.bench.index import (EXACT, build_index, describe_index, index_params_on, recall_against_exact, sample_rows,
                                search)
 from align.bench.report import StageSeconds, make_result
@@ -45,9 +46,9 @@ def recall_at_ks(topk_ids: np.ndarray, query_groups: np.ndarray, gallery_groups:
 
 
 def _direction(q_vecs, q_groups, g_vecs, g_groups, ks, index, index_params, recall_sample,
-               clock: StageSeconds, where: str) -> Tuple[dict, dict]:
-    """Search queries [Q, D] against gallery [G, D]; returns ({k: recall}, index info). `where` ('text->image')
-    names this direction's stages in clock."""
+               clock: StageSeconds, where: str) -> Tuple[dict, dict, np.ndarray]:
+    """Search queries [Q, D] against gallery [G, D]; returns ({k: recall}, index info, the top gallery rows
+    [Q, min(max(ks), G)], best first). `where` ('text->image') names this direction's stages in clock."""
     with clock(f"index {where}"):
         idx = build_index(index, g_vecs, **(index_params or {}))
     kmax = max(ks)
@@ -59,7 +60,7 @@ def _direction(q_vecs, q_groups, g_vecs, g_groups, ks, index, index_params, reca
         rows = sample_rows(len(q_vecs), recall_sample)
         with clock(f"recall_vs_exact {where}"):
             info[f"recall_vs_exact@{kmax}"] = recall_against_exact(idx, g_vecs, q_vecs[rows], kmax)
-    return rec, info
+    return rec, info, topk
 
 
 def _encode(model, clock: StageSeconds, query, gallery, kw: dict):
@@ -91,27 +92,43 @@ def _largest(pairs) -> tuple:
 
 
 def _score(pairs, ks, index, index_params, device, recall_sample, clock: StageSeconds):
-    """pairs: [(query_mod, gallery_mod, q_vecs, q_groups, g_vecs, g_groups)] -> metrics, index info, counts.
-    The index searches on `device` (the encoding's) when it can and the largest gallery fits (index_params_on)."""
+    """pairs: [(query_mod, gallery_mod, q_vecs, q_groups, g_vecs, g_groups)] -> metrics, index info, counts, and
+    the first pair's top gallery rows [Q, K] (its figure's). The index searches on `device` (the encoding's) when it
+    can and the largest gallery fits (index_params_on)."""
     index_params = index_params_on(index, index_params, device, _largest(pairs))
     metrics, info, counts = {}, {"type": index, "exact": index in EXACT}, {}
-    per_dir = {}
+    per_dir, first_top = {}, None
     for qm, gm, qv, qg, gv, gg in pairs:
-        per_dir[(qm, gm)], info[f"{qm}->{gm}"] = _direction(qv, qg, gv, gg, ks, index, index_params, recall_sample,
-                                                            clock, f"{qm}->{gm}")
+        per_dir[(qm, gm)], info[f"{qm}->{gm}"], top = _direction(qv, qg, gv, gg, ks, index, index_params,
+                                                                 recall_sample, clock, f"{qm}->{gm}")
+        first_top = top if first_top is None else first_top
         counts[f"{qm}->{gm}"] = {"queries": int(len(qv)), "gallery": int(len(gv))}
     for k in ks:  # CLIP_benchmark's key order: per k, each direction
         for (qm, gm), rec in per_dir.items():
             metrics[f"{gm}_retrieval_recall@{k}"] = rec[k]
-    return metrics, info, counts
+    return metrics, info, counts, first_top
+
+
+def _figure(model, out_png: str, top: np.ndarray, pair: tuple, query: Side, gallery: Side, title: str,
+            hit_means: str) -> None:
+    """The retrieval figure (align.bench.figures) of the first direction `pair` from its search's top rows: the
+    same hits the recall counted; only the shown items are loaded (within the model's media limits)."""
+    from align.bench.embed import model_limits
+    from align.bench.figures import retrieval_examples, write_retrieval_figure
+    hits = retrieval_hits(top, pair[3], pair[5])                             # [Q, K]
+    shown = retrieval_examples(top, hits)
+    head = f"{title}: {pair[0]} -> {pair[1]}, {len(shown)} of {len(top)} queries (seeded) and their top {top.shape[1]}"
+    write_retrieval_figure(shown, query, gallery, out_png, head, limits=model_limits(model), hit_means=hit_means)
 
 
 def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gallery_modality: str = "image",
               ks: Sequence[int] = (1, 5, 10), both_directions: bool = True, index: str = "flat",
               index_params: Optional[dict] = None, cache_dir: Optional[str] = None, batch_size: int = 64,
               device=None, num_workers: int = 0, recall_sample: int = 1000, progress: bool = True,
-              pretrained: Optional[str] = None, precision: Optional[str] = None) -> dict:
-    """Paired retrieval query_modality -> gallery_modality (and back when both_directions)."""
+              pretrained: Optional[str] = None, precision: Optional[str] = None,
+              figure: Optional[str] = None) -> dict:
+    """Paired retrieval query_modality -> gallery_modality (and back when both_directions). figure: a PNG path:
+    a few queries and their top gallery items drawn there, marked right/wrong (align.bench.figures)."""
     _check_pair(query_modality, gallery_modality)
     check_ks(ks)
     kw = dict(cache_dir=cache_dir, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
@@ -124,7 +141,10 @@ def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gal
     qk, gk = np.isin(q.ids, common), np.isin(g.ids, common)
     a = (query_modality, gallery_modality, q.vectors[qk], q.ids[qk], g.vectors[gk], g.ids[gk])
     pairs = [a, (a[1], a[0], a[4], a[5], a[2], a[3])] if both_directions else [a]
-    metrics, info, counts = _score(pairs, ks, index, index_params, device, recall_sample, clock)
+    metrics, info, counts, top = _score(pairs, ks, index, index_params, device, recall_sample, clock)
+    if figure:
+        _figure(model, figure, top[:, :TOP_K], a, Side(dataset, query_modality, a[3]),
+                Side(dataset, gallery_modality, a[5]), dataset.name, "the query's own item")
     n_items = {m: int(len(np.unique(e.ids))) for m, e in ((query_modality, q), (gallery_modality, g))}
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_retrieval", metrics=metrics, pretrained=pretrained,
@@ -150,8 +170,9 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
                        both_directions: bool = True, index: str = "flat", index_params: Optional[dict] = None,
                        cache_dir: Optional[str] = None, batch_size: int = 64, device=None, num_workers: int = 0,
                        recall_sample: int = 1000, progress: bool = True, pretrained: Optional[str] = None,
-                       precision: Optional[str] = None) -> dict:
-    """Unpaired retrieval between two modalities scored by class match (recall@k by class)."""
+                       precision: Optional[str] = None, figure: Optional[str] = None) -> dict:
+    """Unpaired retrieval between two modalities scored by class match (recall@k by class). figure: as
+    retrieval's, a hit being an item of the query's class."""
     _check_pair(query_modality, gallery_modality)
     check_ks(ks)
     gds = gallery_dataset if gallery_dataset is not None else dataset
@@ -169,6 +190,7 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
     qg = _class_groups(dataset, dataset.labels[q.ids], by_name, vocab)     # [Nq]
     gg = _class_groups(gds, gds.labels[g.ids], by_name, vocab)             # [Ng]
     qv, gv = q.vectors[qg >= 0], g.vectors[gg >= 0]
+    q_ids, g_ids = q.ids[qg >= 0], g.ids[gg >= 0]                            # the item of each row kept
     qg, gg = qg[qg >= 0], gg[gg >= 0]
     if len(qg) == 0 or len(gg) == 0:
         which = query_modality if len(qg) == 0 else gallery_modality
@@ -180,8 +202,11 @@ def emergent_retrieval(model, dataset: BenchDataset, *, query_modality: str = "a
     pairs = [(query_modality, gallery_modality, qv[q_ok], qg[q_ok], gv, gg)]
     if both_directions:
         pairs.append((gallery_modality, query_modality, gv[g_ok], gg[g_ok], qv, qg))
-    metrics, info, counts = _score(pairs, ks, index, index_params, device, recall_sample, clock)
+    metrics, info, counts, top = _score(pairs, ks, index, index_params, device, recall_sample, clock)
     name = dataset.name if gds is dataset else f"{dataset.name}+{gds.name}"
+    if figure:
+        _figure(model, figure, top[:, :TOP_K], pairs[0], Side(dataset, query_modality, q_ids[q_ok]),
+                Side(gds, gallery_modality, g_ids), name, "an item of the query's class")
     return make_result(
         dataset=name, model=model, task="emergent_retrieval", metrics=metrics, pretrained=pretrained,
         benchmark="emergent_retrieval", modalities=[query_modality, gallery_modality], index=info,
@@ -215,6 +240,7 @@ def run_emergent(model, entry: dict, *, dataset: BenchDataset, gallery_dataset=N
 
 
 run_retrieval.entry_keys = ENTRY_KEYS
+run_retrieval.draws_figure = run_emergent.draws_figure = True    # take figure= (a PNG path; suite.py draws it)
 run_emergent.entry_keys = ENTRY_KEYS | {"gallery_dataset"}
 
 

@@ -23,7 +23,8 @@ Example:
     - {dataset: data/coco_wds, type: wds, task: retrieval, query: text, gallery: image, index: hnsw}
 
 Outputs in out_dir: one JSON per (entry, model) named like CLIP_benchmark's
-'{dataset}_{pretrained}_{model}_{language}_{task}.json'; `results.csv`; `results.md`
+'{dataset}_{pretrained}_{model}_{language}_{task}.json', beside it the same name with .png (zero-shot and
+retrieval: align.bench.figures; plot=False / --no-plot: none); `results.csv`; `results.md`
 (models side by side, then each model's mean over the datasets that share a task and metric). An existing
 result JSON is never overwritten unless overwrite=True (--overwrite); skip_existing=True (--skip-existing)
 reuses it. results.csv/.md are regenerated over every result JSON in out_dir: those of earlier runs (another
@@ -44,6 +45,7 @@ from typing import Callable, List, Optional, Sequence, Union
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
+from align.bench.figures import figure_path
 from align.bench.models import resolve_specs
 from align.bench.report import (markdown_table, model_name, model_pretrained, record_settings, result_filename,
                                 result_files, same_settings, settings_text, stage_text, summary_line, write_csv,
@@ -232,10 +234,12 @@ def _unique_name(fname: str, where: str, written: set) -> str:
 
 
 def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipped: list, failed: list,
-                   written: set, overwrite: bool, skip_existing: bool, run_kw: dict) -> None:
+                   written: set, overwrite: bool, skip_existing: bool, run_kw: dict, plot: bool = True) -> None:
     """run_suite's entries for one model: results (and written file names, skipped and failed entries) appended.
     An entry that fails on its data or settings (an AlignError: no image decodes, no labels, NaN embeddings) is
-    one `fail:` line and the next entry runs: one bad set must not cost the hours the others take."""
+    one `fail:` line and the next entry runs: one bad set must not cost the hours the others take. plot: a runner
+    that draws (`draws_figure`) writes its figure beside the JSON (OUT.json -> OUT.png; never over a file there
+    unless overwrite)."""
     mname = model_name(model)
     pre = pretrained if pretrained is not None else model_pretrained(model)
     for e, runner, ds, aux in opened:
@@ -255,8 +259,14 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
                 continue
             raise AlignError(f"{path} exists; pass --overwrite (overwrite=True) to replace it or --skip-existing "
                              f"(skip_existing=True) to keep it")
+        figure = {}
+        if plot and getattr(runner, "draws_figure", False):     # the runner draws beside its JSON (figures.py)
+            figure["figure"] = figure_path(path)
+            if os.path.lexists(figure["figure"]) and not overwrite:
+                raise AlignError(f"{figure['figure']} exists (the figure beside {fname}); pass --overwrite "
+                                 f"(overwrite=True) to replace it or --no-plot (plot=False)")
         try:
-            r = runner(model, e, dataset=ds, **aux, **run_kw, pretrained=pre)
+            r = runner(model, e, dataset=ds, **aux, **run_kw, pretrained=pre, **figure)
         except MissingModalityError as err:
             skipped.append(f"{e['_where']} ({e['task']} on {ds.name}) for {mname}: {err}")
             print(f"skip: {skipped[-1]}")
@@ -298,12 +308,13 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
               load_fn: Optional[Callable[[str], object]] = None, cache_dir: Optional[str] = None,
               batch_size: int = 64, device=None, num_workers: int = 0, precision: str = "fp32",
               overwrite: bool = False, skip_existing: bool = False, progress: bool = True,
-              limits=None, show_table: bool = False) -> List[dict]:
+              limits=None, show_table: bool = False, plot: bool = True) -> List[dict]:
     """Run every suite entry for every model; returns the result dicts (also written to out_dir).
     precision: autocast while encoding (fp32 | bf16 | fp16). limits: the align.limits.DataLimits the sets'
     captions and labels are read within when opened (None: the defaults); each model's media are decoded within
     its own (`model.data_limits`: its recipe's, a `models:` entry's `limits:`, `--limit`). show_table: print
-    results.md's table before the summary line (`align bench suite`)."""
+    results.md's table before the summary line (`align bench suite`). plot: each zero-shot and retrieval result's
+    figure beside its JSON (align.bench.figures; `--no-plot`: none)."""
     check_out_dir(out_dir)
     suite = read_suite(suite_yaml_path)
     entries = suite.entries
@@ -326,7 +337,7 @@ def run_suite(suite_yaml_path: str, models: Sequence[Union[object, str]], out_di
             continue
         with same_weights_prompts():       # one model's weights throughout: its class prompts encoded once
             _model_entries(model, pretrained, opened, out_dir, results, skipped, failed, written, overwrite,
-                           skip_existing, run_kw)
+                           skip_existing, run_kw, plot)
         if _is_spec(m):
             del model
             gc.collect()

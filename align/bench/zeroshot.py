@@ -91,8 +91,10 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
                             templates=None, index: str = "flat", index_params: Optional[dict] = None,
                             cache_dir: Optional[str] = None, batch_size: int = 64, device=None,
                             num_workers: int = 0, recall_sample: int = 1000, progress: bool = True,
-                            pretrained: Optional[str] = None, precision: Optional[str] = None) -> dict:
-    """Zero-shot classify `dataset`'s `modality` items; returns a CLIP_benchmark-shaped result dict."""
+                            pretrained: Optional[str] = None, precision: Optional[str] = None,
+                            figure: Optional[str] = None) -> dict:
+    """Zero-shot classify `dataset`'s `modality` items; returns a CLIP_benchmark-shaped result dict.
+    figure: a PNG path: the confusion matrix (align.bench.figures) drawn there from the top-1 classes."""
     if modality not in DEFAULT_TEMPLATES:
         raise ConfigError(f"zero-shot classification needs modality image or audio, got {modality!r}")
     names, tmpl, tmpl_name = _resolve(dataset, modality, classnames, templates)
@@ -126,6 +128,10 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
         rows = sample_rows(len(x), recall_sample)
         with clock("recall_vs_exact"):
             info[f"recall_vs_exact@{k}"] = recall_against_exact(idx, classes, x[rows], k)
+    if figure:
+        from align.bench.figures import confusion_view_of, write_confusion_figure
+        write_confusion_figure(confusion_view_of(topk[:, 0], labels, names), figure,
+                               title=f"{dataset.name}: {modality} zero-shot")
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_classification", metrics=metrics, pretrained=pretrained,
         benchmark="zeroshot", modality=modality, index=info,
@@ -147,5 +153,6 @@ def run_zeroshot(model, entry: dict, *, dataset: BenchDataset, **ctx) -> dict:
 
 
 run_zeroshot.entry_keys = ENTRY_KEYS
+run_zeroshot.draws_figure = True        # takes figure= (a PNG path): `align bench suite` draws beside each JSON
 # Metric names a run of `entry` produces (acc5 only with >= 5 classes): config.py checks eval.best_metric with them.
 run_zeroshot.metric_keys = lambda entry: ["acc1", "acc5", "mean_per_class_recall"]

@@ -167,7 +167,7 @@ def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_cl
         results = run_tasks(model, val_dir, progress=progress, cache_dir=cache, by_class=by_class)
         if "image" in model.modalities and "text" in model.modalities:
             retrieval_figure(model, val_dir, os.path.join(out_dir, "retrieval.png"), cache_dir=cache)
-    from align.train.plots import write_confusion_plot
+    from align.bench.figures import write_confusion_plot
     for r in results:
         suffix = r["eval_key"].split("/")[0]
         write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")))

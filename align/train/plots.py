@@ -1,5 +1,5 @@
-"""Figures a person would rather look at than read: the training loss curve, and beside it the held-out metric;
-a zero-shot result's confusion matrix (which classes are taken for which)."""
+"""Figures a person would rather look at than read: the training loss curve, and beside it the held-out metric. (A
+zero-shot result's confusion matrix is align.bench.figures', which `align bench` and the demo report both draw.)"""
 import json
 import os
 from typing import Optional
@@ -90,38 +90,3 @@ def write_loss_plot(metrics_path: str, out_png: str, eval_path: Optional[str] = 
     plt.close(fig)
     return out_png
 
-
-def write_confusion_plot(result: dict, out_png: str, title: str = "") -> Optional[str]:
-    """A zero-shot result's confusion counts ("confusion": classes, counts [C, C], row = true class) as a heat map
-    of row fractions, each cell's count written in it when C <= 20; None when the result has no counts."""
-    conf = result.get("confusion")
-    if not conf:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    counts = np.asarray(conf["counts"], dtype=np.int64)                       # [C, C]
-    names, n = list(conf["classes"]), len(conf["classes"])
-    # [C, C]; the diagonal: each class's recall
-    frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = min(12.0, 2.5 + 0.35 * n)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if frac[i, j] > 0.5 else "black")
-    ticks = range(n) if n <= 40 else range(0, n, max(1, n // 20))
-    ax.set_xticks(list(ticks), [names[t] for t in ticks], rotation=90, fontsize=7)
-    ax.set_yticks(list(ticks), [names[t] for t in ticks], fontsize=7)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    acc = np.trace(counts) / max(counts.sum(), 1)
-    ax.set_title(f"{title or 'zero-shot'}: top-1 {100 * acc:.2f} % of {counts.sum()}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png

@@ -80,7 +80,7 @@ def test_the_report_draws_each_zero_shot_confusion_matrix_from_its_counts(tmp_pa
     import json
     from PIL import Image
     from align.train.evaluate import write_report
-    from align.train.plots import write_confusion_plot
+    from align.bench.figures import write_confusion_plot
     val = _val_set(tmp_path / "val", train=False)
     out = tmp_path / "report"
     results = write_report(FakeModel(), val, str(out), progress=False)

@@ -1,6 +1,8 @@
 """Mutations of benchmarks (align/bench)."""
 from .common import *  # noqa: F401,F403  (M and the shared test ids)
 
+FIG = "tests/bench/test_figures.py::"
+
 MUTATIONS = [
     M("retrieval.recall_at_k_off_by_one", "align/bench/retrieval.py",
       "return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}",
@@ -307,4 +309,34 @@ MUTATIONS = [
       ["tests/bench/test_zeroshot.py::"
        "test_a_class_an_approximate_index_did_not_find_is_a_miss_in_no_cell_of_the_confusion_counts"],
       "a top-1 of -1 was counted as class C-1 of the row above (a ValueError for class 0)"),
+    M("bench.figure.no_failure_shown", "align/bench/figures.py",
+      "        chosen[-1] = int(next(r for r in order if wrong[r]))", "        pass",
+      [FIG + "test_retrieval_examples_are_seeded_and_show_a_failure_when_there_is_one"],
+      "the retrieval figure's seeded queries could all be right while the set has misses: a flattering figure"),
+    M("bench.figure.marks_not_the_recalls", "align/bench/retrieval.py",
+      "    hits = retrieval_hits(top, pair[3], pair[5])", "    hits = np.ones(top.shape, bool)",
+      [FIG + "test_the_retrieval_figure_shows_the_items_the_scores_ranked_first_with_no_second_encode"]),
+    M("bench.figure.first_caption_drawn", "align/bench/figures.py",
+      "captions[row - first]", "captions[0]",
+      [FIG + "test_the_retrieval_figure_shows_the_items_the_scores_ranked_first_with_no_second_encode"],
+      "a text row drawn as its item's first caption, not the caption that was scored"),
+    M("bench.figure.confusion_not_capped", "align/bench/figures.py",
+      "    if n_classes <= max_classes:\n        return np.arange(n_classes)", "    if True:\n        return np.arange(n_classes)",
+      [FIG + "test_many_classes_show_the_most_confused_ones_and_say_so"]),
+    M("bench.figure.broken_item_crashes", "align/bench/figures.py",
+      "    except SampleError as e:\n        return \"broken\", str(e)",
+      "    except ImportError as e:\n        return \"broken\", str(e)",
+      [FIG + "test_a_broken_item_is_a_placeholder_naming_it_not_a_crash"]),
+    M("bench.cli.figure_over_a_users_file", "align/bench/cli.py",
+      "            check_figure_path(figure_path(a.out), a.overwrite)", "            pass",
+      [FIG + "test_bench_zeroshot_and_retrieval_write_a_png_beside_the_json_never_over_a_users_file"]),
+    M("bench.cli.no_figure", "align/bench/cli.py",
+      "    figure = figure_path(a.out) if a.plot else None", "    figure = None",
+      [FIG + "test_bench_zeroshot_and_retrieval_write_a_png_beside_the_json_never_over_a_users_file"]),
+    M("bench.suite.no_figure", "align/bench/suite.py",
+      "        if plot and getattr(runner, \"draws_figure\", False):", "        if False:",
+      [FIG + "test_suite_writes_each_entrys_figure_beside_its_json"]),
+    M("bench.suite.figure_over_a_users_file", "align/bench/suite.py",
+      "            if os.path.lexists(figure[\"figure\"]) and not overwrite:", "            if False:",
+      [FIG + "test_suite_writes_each_entrys_figure_beside_its_json"]),
 ]
