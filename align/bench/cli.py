@@ -8,6 +8,7 @@ autocast while encoding), --engine (torch | onnxruntime: align.bench.engine) and
 size limit over the model's recipe's data.limits, align.limits). Building the parsers imports no torch
 (tests/test_cli.py): every `align` command builds them.
 """
+import os
 from typing import Optional
 
 SPLIT_TYPES = ("wds", "hf")      # dataset layouts with splits (--split)
@@ -232,4 +233,4 @@ def run_bench_cli(a):
     record_settings(result, model, a.precision)
     write_json(result, a.out)
     print(seconds_line(result))
-    print(summary_line(result) + f" -> {a.out}" + (f" (figure {figure})" if figure else ""))
+    print(summary_line(result) + f" -> {a.out}" + (f" (figure {figure})" if figure and os.path.isfile(figure) else ""))

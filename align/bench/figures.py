@@ -14,9 +14,10 @@ demo report draws its confusion matrices with write_confusion_plot.
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +45,23 @@ def _save(fig, plt, out_png: str, **kw) -> str:
     finally:
         plt.close(fig)
     return out_png
+
+
+def drawn_or_said(out_png: str, draw: Callable[..., str], *args, **kw) -> Optional[str]:
+    """draw(*args, **kw), which draws out_png; when drawing fails (a full disk, a matplotlib fault), one warning line
+    naming the figure and None: the runner goes on and its result JSON is still written. A figure never costs the
+    results of a long benchmark."""
+    from align.errors import AlignError, printable
+    try:
+        return draw(*args, **kw)
+    except Exception as e:       # noqa: BLE001 (any drawing fault: the figure is an extra, the numbers are not)
+        why = str(e) if isinstance(e, AlignError) else f"{out_png}: {type(e).__name__}: {printable(e)}"
+        print(f"align: warning: {why}; no figure (the results are not affected)", file=sys.stderr, flush=True)
+        try:                     # a cut-short file, or the figure of the results --overwrite replaces: not theirs
+            os.remove(out_png)
+        except OSError:
+            pass
+        return None
 
 
 def _pyplot():

@@ -114,11 +114,12 @@ def _figure(model, out_png: str, top: np.ndarray, pair: tuple, query: Side, gall
     """The retrieval figure (align.bench.figures) of the first direction `pair` from its search's top rows: the
     same hits the recall counted; only the shown items are loaded (within the model's media limits)."""
     from align.bench.embed import model_limits
-    from align.bench.figures import retrieval_examples, write_retrieval_figure
+    from align.bench.figures import drawn_or_said, retrieval_examples, write_retrieval_figure
     hits = retrieval_hits(top, pair[3], pair[5])                             # [Q, K]
     shown = retrieval_examples(top, hits)
     head = f"{title}: {pair[0]} -> {pair[1]}, {len(shown)} of {len(top)} queries (seeded) and their top {top.shape[1]}"
-    write_retrieval_figure(shown, query, gallery, out_png, head, limits=model_limits(model), hit_means=hit_means)
+    drawn_or_said(out_png, write_retrieval_figure, shown, query, gallery, out_png, head, limits=model_limits(model),
+                  hit_means=hit_means)
 
 
 def retrieval(model, dataset: BenchDataset, *, query_modality: str = "text", gallery_modality: str = "image",

@@ -129,9 +129,9 @@ def zeroshot_classification(model, dataset: BenchDataset, *, modality: str = "im
         with clock("recall_vs_exact"):
             info[f"recall_vs_exact@{k}"] = recall_against_exact(idx, classes, x[rows], k)
     if figure:
-        from align.bench.figures import confusion_view_of, write_confusion_figure
-        write_confusion_figure(confusion_view_of(topk[:, 0], labels, names), figure,
-                               title=f"{dataset.name}: {modality} zero-shot")
+        from align.bench.figures import confusion_view_of, drawn_or_said, write_confusion_figure
+        drawn_or_said(figure, write_confusion_figure, confusion_view_of(topk[:, 0], labels, names), figure,
+                      title=f"{dataset.name}: {modality} zero-shot")
     return make_result(
         dataset=dataset.name, model=model, task="zeroshot_classification", metrics=metrics, pretrained=pretrained,
         benchmark="zeroshot", modality=modality, index=info,

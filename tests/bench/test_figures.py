@@ -65,6 +65,33 @@ def test_bench_zeroshot_and_retrieval_write_a_png_beside_the_json_never_over_a_u
         assert main(base + ["--overwrite"]) == 0 and _valid_png(png)[0] == "PNG"
 
 
+def test_a_figure_that_cannot_be_drawn_is_one_warning_and_the_results_are_still_written(tmp_path, capsys, fake_cli,
+                                                                                         monkeypatch):
+    """The figure is drawn inside the runner, before the result JSON is written: a full disk (or any matplotlib
+    fault) while drawing it cost the whole benchmark's results. Now one warning line; the JSON is written, exit 0,
+    and no figure is named or left (not even the one --overwrite replaces)."""
+    import errno
+
+    import matplotlib.figure
+    cls = classification_wds(tmp_path / "cls", n=12, n_classes=4)
+    ret = retrieval_wds(tmp_path / "ret", n=8)
+
+    def full(fig, path, *a, **k):
+        open(path, "wb").write(b"cut")     # a cut-short file left behind
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    for cmd, ds in (("zeroshot", cls), ("retrieval", ret)):
+        out, png = tmp_path / cmd / "r.json", tmp_path / cmd / "r.png"
+        png.parent.mkdir()
+        png.write_bytes(b"old figure")
+        assert main(["bench", cmd, "--model", "m", "--dataset", ds, "--out", str(out), "--num-workers", "0",
+                     "--overwrite"]) == 0
+        cap = capsys.readouterr()
+        warned = [ln for ln in cap.err.splitlines() if "no figure (the results are not affected)" in ln]
+        assert len(warned) == 1 and str(png) in warned[0] and "No space left on device" in warned[0], cap.err
+        assert json.load(open(out))["metrics"] and not png.exists() and "(figure" not in cap.out
+
+
 def test_zeroshot_without_class_names_is_one_line_and_writes_no_figure(tmp_path, capsys, fake_cli):
     ret = retrieval_wds(tmp_path / "ret", n=6)
     assert main(["bench", "zeroshot", "--model", "m", "--dataset", ret, "--out", str(tmp_path / "z.json"),
