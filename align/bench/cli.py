@@ -211,6 +211,6 @@ def run_bench_cli(a):
         result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
     result["seconds"] = {**clock.seconds, **result.get("seconds", {})}
     record_settings(result, model, a.precision)
-    write_json(result, a.out)
+    write_json(result, a.out, kept="nothing was written to it")
     print(seconds_line(result))
     print(summary_line(result) + f" -> {a.out}")
