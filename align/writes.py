@@ -6,6 +6,7 @@
     atomic_write(path, write)            the same without the one line (the error goes on unchanged)
     guard_write(path, need, intact, kept, partial)   any other write: a storage failure -> StorageError,
                                          `partial` (a half-made file or folder) removed first
+    save_figure(fig, path, kept=...)     a matplotlib figure (PNG) the same way
     is_storage_error(exn)                ENOSPC/EIO/EDQUOT/EROFS, also wrapped by a library (safetensors,
                                          torch, pyarrow, faiss, SQLite) as its own error
 
@@ -125,13 +126,20 @@ def atomic_write(path: str, write) -> None:
     os.replace(tmp, path)
 
 
-def write_whole(path, write, kept: str = "nothing else was changed", need: Optional[int] = None) -> None:
+def write_whole(path, write, kept: str = "nothing else was changed", need: Optional[int] = None,
+                intact: Optional[str] = None) -> None:
     """atomic_write(path, write) under guard_write: whole or not at all, and a full disk is StorageError, one line
-    naming `path` and `kept` (what is intact: "the finished shards are kept", ...)."""
-    with guard_write(str(path), need, None, kept=kept):
+    naming `path` and `kept` (what is intact: "the finished shards are kept", ...), or with `intact` (a run's
+    file) the checkpoint a resume starts from."""
+    with guard_write(str(path), need, intact, kept=None if intact else kept):
         atomic_write(str(path), write)
 
 
-def write_text_whole(path, text: str, kept: str = "nothing else was changed") -> None:
+def write_text_whole(path, text: str, kept: str = "nothing else was changed", intact: Optional[str] = None) -> None:
     """write_whole for a text file (UTF-8)."""
-    write_whole(path, lambda f: f.write(text.encode("utf-8")), kept)
+    write_whole(path, lambda f: f.write(text.encode("utf-8")), kept, intact=intact)
+
+
+def save_figure(fig, path, kept: str = "nothing else was changed", intact: Optional[str] = None, **savefig) -> None:
+    """A matplotlib figure as a PNG at `path` (write_whole: a full disk left half a PNG under its name)."""
+    write_whole(path, lambda f: fig.savefig(f, format="png", **savefig), kept, intact=intact)
