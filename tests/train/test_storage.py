@@ -309,3 +309,18 @@ def test_a_full_disk_at_the_runs_end_files_is_one_line_and_the_rerun_writes_them
     assert json.load(open(os.path.join(r["output_dir"], "summary.json")))["steps"] == 2
     assert Image.open(os.path.join(r["output_dir"], "loss.png")).size[0] > 0
     assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2]
+
+
+def test_a_full_disk_at_the_runs_config_is_one_line_and_leaves_no_cut_config(tmp_path, monkeypatch):
+    """config.yaml (what align.load and export read) was written in place: a full disk left it cut, and a traceback."""
+    from tests.diskfull import files_under, full_disk
+    r = recipe(tmp_path, "run", train={"max_steps": 1}, resume="auto")
+    disk = full_disk(monkeypatch, "config.yaml", free=100)
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    path = os.path.join(r["output_dir"], "config.yaml")
+    assert disk.failed[0].startswith(path + ".tmp") and str(e.value).startswith(f"{path}: No space left on device (")
+    assert "the run's checkpoints are untouched" in str(e.value)
+    assert not [f for f in files_under(r["output_dir"]) if "config" in f]
+    monkeypatch.undo()
+    assert train_dict(r)["steps"] == 1 and yaml.safe_load(open(path))["output_dir"] == r["output_dir"]
