@@ -5,8 +5,9 @@ that passes them writes what fits, then raises ENOSPC (as the OS does). Undo (mo
     ...                                                                  # the command: one line, exit 74
     monkeypatch.undo()                                                   # space freed: the rerun completes
 
-It patches builtins.open (and io.open, pathlib's), the lowest-level write most writers share (json, csv, tar via webdataset, np.save to a
-file, matplotlib's savefig to a file); align.writes.atomic_write's temporary file goes through it too.
+It patches builtins.open (and io.open, pathlib's), the lowest-level write most writers share (json, csv, tar via
+webdataset, np.save to a file, matplotlib's savefig to a file); align.writes.atomic_write's temporary file goes
+through it too. Writes in other processes (shard workers, a child `align`) are not affected.
 """
 import builtins
 import errno

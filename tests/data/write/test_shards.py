@@ -454,8 +454,8 @@ def test_a_folder_whose_file_names_are_not_utf8_is_written_and_its_skips_recorde
 def test_a_full_disk_while_writing_shards_is_one_line_leaves_no_partial_file_and_a_rerun_finishes(
         tmp_path, monkeypatch, capsys, layout, where):
     """ENOSPC in a shard's tar (0.3, 0.7 of the bytes) or in the last file (stats.json; clip_benchmark's templates
-    file): a traceback, and the shard's half-written .tar.tmp (or the file's .tmp) stayed. Now one line naming the file, exit 74, no partial
-    file; after space is freed the same command writes the same bytes as a clean run."""
+    file): a traceback, and the shard's half-written .tar.tmp (or the file's .tmp) stayed. Now one line naming the
+    file, exit 74, no partial file; after space is freed the same command writes the same bytes as a clean run."""
     from align.cli import main
     from tests.diskfull import files_under, full_disk
     csv = _mixed_csv(tmp_path)
