@@ -47,9 +47,11 @@ def full_disk(monkeypatch, marker: str, free: int = 0) -> Disk:
         if not (isinstance(file, (str, os.PathLike)) and marker in os.fspath(file) and set(mode) & set("wax+")):
             return real(file, mode, buffering, encoding, errors, newline, closefd, opener)
         raw = _FullFileIO(file, mode.replace("t", ""), disk)
+        if "b" in mode and buffering == 0:
+            return raw                                           # (a buffer made and dropped would close it)
         buffered = io.BufferedRandom(raw) if "+" in mode else io.BufferedWriter(raw)
         if "b" in mode:
-            return raw if buffering == 0 else buffered
+            return buffered
         return io.TextIOWrapper(buffered, encoding=encoding or "utf-8", errors=errors, newline=newline)
     monkeypatch.setattr(builtins, "open", open_)
     monkeypatch.setattr(io, "open", open_)                       # pathlib's write_text/write_bytes open with it

@@ -324,3 +324,24 @@ def test_a_full_disk_at_the_runs_config_is_one_line_and_leaves_no_cut_config(tmp
     assert not [f for f in files_under(r["output_dir"]) if "config" in f]
     monkeypatch.undo()
     assert train_dict(r)["steps"] == 1 and yaml.safe_load(open(path))["output_dir"] == r["output_dir"]
+
+
+def test_a_full_disk_at_an_eval_row_is_one_line_and_leaves_whole_rows(tmp_path, monkeypatch):
+    """eval.jsonl rows were appended with a plain write: a full disk left half a row and a traceback. Now they go
+    through append_line, as metrics rows do: one line naming the file and the intact checkpoint, the file cut back
+    to its whole rows, and the resumed run logs its evaluations."""
+    from tests.diskfull import full_disk
+    from tests.train.test_train_switches import _val_dir
+    r = recipe(tmp_path, "run", data={"val": _val_dir(tmp_path / "val")}, resume="auto",
+               train={"max_steps": 4, "checkpoint_every": 2}, eval={"every": 2, "tasks": ["zeroshot"]})
+    disk = full_disk(monkeypatch, "eval.jsonl", free=0)
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    path = os.path.join(r["output_dir"], "eval.jsonl")
+    assert disk.failed == [path] and str(e.value).startswith(f"{path}: No space left on device (needs about ")
+    assert "free space and run the same command to resume" in str(e.value) and "\n" not in str(e.value)
+    assert open(path).read() == ""                                         # the cut row removed
+    monkeypatch.undo()
+    train_dict(r)
+    rows = [json.loads(line) for line in open(path)]
+    assert rows and rows[-1]["step"] == 4 and all(isinstance(row, dict) for row in rows)
