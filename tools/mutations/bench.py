@@ -292,4 +292,11 @@ MUTATIONS = [
       ["tests/bench/test_models.py::"
        "test_an_open_clip_file_of_an_hf_tokenizer_architecture_reads_the_tokenizer_beside_it"],
       "open_clip:ViT-B-16-SigLIP --pretrained FILE asked the Hub for its tokenizer by id: offline, an error"),
+    M("writes.result_json_in_place", "align/bench/report.py", "        write_text_whole(path, text, kept)",
+      "        open(path, \"w\").write(text)", ["tests/bench/test_suite.py::"
+       "test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_finishes"],
+      "a full disk at a result JSON left it empty: the rerun said it exists, --skip-existing could not read it"),
+    M("writes.results_csv_in_place", "align/bench/report.py", "    write_text_whole(path, f.getvalue(), KEPT)",
+      "    open(path, \"w\").write(f.getvalue())", ["tests/bench/test_suite.py::"
+       "test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_finishes"], "a full disk at results.csv: a traceback, a cut table"),
 ]

@@ -228,4 +228,14 @@ MUTATIONS = [
       ["tests/retrieval/test_embed.py::"
        "test_load_rows_and_write_rows_take_each_parts_rows_of_a_modality_in_vector_order"],
       "load_rows and write_rows each filtered and sorted a part's rows, in pandas and in arrow"),
+    M("writes.filter_shard_tmp_kept", "align/retrieval/filter.py",
+      "        with guard_write(dest, None, None, kept=KEPT, partial=tmp):",
+      "        with guard_write(dest, None, None, kept=KEPT, partial=None):", ["tests/retrieval/test_filter.py::"
+       "test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean_run_does"],
+      "a full disk in a filtered shard left its .tmp in --out"),
+    M("writes.filter_summary_in_place", "align/retrieval/filter.py",
+      "    write_text_whole(os.path.join(out, \"summary.json\"), json.dumps(summary, indent=1), KEPT)",
+      "    open(os.path.join(out, \"summary.json\"), \"w\").write(json.dumps(summary, indent=1))", ["tests/retrieval/test_filter.py::"
+       "test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean_run_does"],
+      "a full disk at summary.json: a traceback and an empty summary"),
 ]
