@@ -15,7 +15,8 @@ source that stayed unreachable for data.retry_budget_s ends `align train` with a
 `align: source unavailable: URL: ...` and status 75 (EX_TEMPFAIL: rerun the same command to resume).
 A killed data worker ends it with a checkpoint, one line naming the signal and the likely cause, and status 71
 (EX_OSERR); a full disk (or an I/O error) while writing a checkpoint, a metrics line or an export, with one line
-naming the path, the space needed and free and the intact checkpoint, and status 74 (EX_IOERR).
+naming the path, the space needed and free and the intact checkpoint, and status 74 (EX_IOERR); every other
+command's writers say the same line (align.writes), and a full disk none of them guards is one line too.
 Every option has a help line; `HelpFormatter` adds its default, so the two cannot disagree
 (tests/test_cli.py fails on an option without help).
 """
@@ -28,6 +29,7 @@ from align.shipped import recipe_header, recipes_dir, resolve_recipe, shipped_re
 from align.errors import AlignError, SourceUnavailable
 from align.train.guard import PREEMPTED_EXIT, Preempted
 from align.cli_data import add_data_parsers
+from align.writes import STORAGE_EXIT, is_storage_error, storage_reason
 
 EXIT_SOURCE_UNAVAILABLE = 75   # sysexits.h EX_TEMPFAIL: a temporary failure, worth retrying
 
@@ -347,6 +349,13 @@ def main(argv=None) -> int:
     except BrokenPipeError:   # `align recipes | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit's flush
         return 141
+    except OSError as e:     # (after BrokenPipeError, one of them)
+        if not is_storage_error(e):
+            raise
+        # a write no writer of align guards (a library's: tensorboard's events file): still one line, not a traceback
+        _fatal("align: error: ", f"{e.filename or 'a write'}: {storage_reason(e)}; free space and run the same "
+                                 f"command again")
+        return STORAGE_EXIT
     return rc if type(rc) is int else 0
 
 

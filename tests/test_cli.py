@@ -358,3 +358,26 @@ def test_checkpoints_ends_with_one_summary_line(tmp_path, capsys):
     assert main(["checkpoints", str(tmp_path / "run")]) == 1
     assert capsys.readouterr().out.splitlines()[-1] == (f"2 checkpoint(s) in {tmp_path / 'run'}: 1 ok, 1 damaged "
                                                         f"(resume=auto carries on from the newest intact one)")
+
+
+def test_a_full_disk_no_writer_guards_is_still_one_line_and_status_74(tmp_path, capsys, monkeypatch):
+    """A write outside align's guarded writers (a library's file: tensorboard's events) ended in a traceback on a
+    full disk; the command line says it in one line naming the file and exits 74, as the guarded writers do. Other
+    OS errors are not hidden."""
+    import errno
+
+    import align.cli as cli
+    events = str(tmp_path / "run" / "tb" / "events.out")
+
+    def full(a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), events)
+    monkeypatch.setattr(cli, "cmd_recipes", full)
+    assert main(["recipes"]) == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"align: error: {events}: No space left on device; free space and run the same command again"]
+
+    def other(a):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    monkeypatch.setattr(cli, "cmd_recipes", other)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["recipes"])

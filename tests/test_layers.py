@@ -29,7 +29,8 @@ from tests.test_imports import MODULES, _is_pkg, _imports
 # group -> package prefixes (a module belongs to the group of its longest matching prefix)
 GROUPS = {
     "base": ["align", "align.errors", "align.registry", "align.templates", "align.shipped", "align.limits",
-             "align.progress", "align.runlock", "align.yaml_files", "align.text", "align.hub"],
+             "align.progress", "align.runlock", "align.yaml_files", "align.text", "align.hub",
+             "align.writes"],
     "wds": ["align.wds"],
     "media": ["align.media"],
     "data": ["align.data"],

@@ -216,7 +216,7 @@ def run_bench_cli(a):
         ds = open_dataset(a.dataset, a.type, limits=read_limits, **opts)
     with clock("load_model"):
         model = load_model(a.model, pretrained=a.pretrained, device=device)
-    from align.bench.figures import figure_path
+    from align.bench.figures import figure_goes_with, figure_path
     figure = figure_path(a.out) if a.plot else None
     kw = dict(index=a.index, cache_dir=a.cache_dir, batch_size=a.batch_size, device=device,
               num_workers=a.num_workers, precision=a.precision, figure=figure)
@@ -231,6 +231,7 @@ def run_bench_cli(a):
         result = retrieval(model, ds, query_modality=a.query, gallery_modality=a.gallery, **kw)
     result["seconds"] = {**clock.seconds, **result.get("seconds", {})}
     record_settings(result, model, a.precision)
-    write_json(result, a.out)
+    with figure_goes_with(figure):
+        write_json(result, a.out, kept="nothing was written to it")
     print(seconds_line(result))
     print(summary_line(result) + f" -> {a.out}" + (f" (figure {figure})" if figure and os.path.isfile(figure) else ""))

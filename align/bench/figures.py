@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -34,17 +35,30 @@ def figure_path(out_json: str) -> str:
 
 
 def _save(fig, plt, out_png: str, **kw) -> str:
-    """fig as out_png, its missing folders created (the result beside it is written after the runner returns);
-    a failure is one line naming the file."""
-    from align.errors import AlignError, make_folder
+    """fig as out_png, whole or not at all (align.writes: a full disk is one line naming the file, no half PNG
+    under its name), its missing folders created (the result beside it is written after the runner returns)."""
+    from align.errors import make_folder
+    from align.writes import save_figure
     make_folder(os.path.dirname(os.path.abspath(out_png)), "figure's")
     try:
-        fig.savefig(out_png, **kw)
-    except OSError as e:
-        raise AlignError(f"{out_png}: cannot write the figure: {e.strerror or e}") from None
+        save_figure(fig, out_png, kept="the results are kept", **kw)
     finally:
         plt.close(fig)
     return out_png
+
+
+@contextmanager
+def figure_goes_with(figure: Optional[str]):
+    """Around the write of the result `figure` was drawn for (drawn first, inside the runner): when that write
+    fails (a full disk), the figure goes too. Left beside no result it showed results nobody has, and the rerun
+    refused to draw over it ("exists")."""
+    try:
+        yield
+    except BaseException:
+        if figure:
+            with suppress(OSError):
+                os.remove(figure)
+        raise
 
 
 def drawn_or_said(out_png: str, draw: Callable[..., str], *args, **kw) -> Optional[str]:

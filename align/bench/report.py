@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -24,7 +25,10 @@ from typing import Dict, List, Optional, Sequence
 
 from align.errors import AlignError
 from align.limits import changed_limits
+from align.writes import write_text_whole
 
+# what a full disk's line (align.writes) says is intact: a suite's finished results (a rerun keeps them)
+KEPT = "the results already written are kept (with --skip-existing a rerun keeps them, not redoes them)"
 BASE_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
 # Metrics that are fractions of items, shown in % in tables (the runners' metric_keys name them). The others --
 # counts (n_train, n_test, n_components), hyperparameters (reg, best_C), a correlation (mean_canonical_corr) --
@@ -145,12 +149,14 @@ def check_out_file(path: str, overwrite: bool = False) -> None:
         raise AlignError(f"--out {path}: cannot write in {parent} (permission denied)")
 
 
-def write_json(result: dict, path: str) -> None:
-    """The result as JSON at path, creating its missing folders; a failure is one line naming the file."""
+def write_json(result: dict, path: str, kept: str = KEPT) -> None:
+    """The result as JSON at path, creating its missing folders; a failure is one line naming the file. Whole or
+    not at all (align.writes): a full disk left an empty or cut result under its name, which a rerun refused
+    ("exists") or `--skip-existing` failed to read; now StorageError (exit 74) and no file."""
+    text = json.dumps(result, indent=1)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+        write_text_whole(path, text, kept)
     except OSError as e:
         raise AlignError(f"{path}: cannot write the result: {e.strerror or e}") from None
 
@@ -175,13 +181,14 @@ def metrics_seen(results: Sequence[dict]) -> List[str]:
 def write_csv(results: Sequence[dict], path: str) -> None:
     """One row per result: dataset, model, pretrained, task, benchmark, index, then every metric seen."""
     keys = metrics_seen(results)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["dataset", "model", "pretrained", "task", "modalities", "benchmark", "index"] + keys)
-        for r in results:
-            idx = r.get("index", {}).get("type", "") if isinstance(r.get("index"), dict) else ""
-            w.writerow([r["dataset"], r["model"], r["pretrained"], r["task"], setting(r), r.get("benchmark", ""), idx]
-                       + [_fmt(r["metrics"].get(k)) for k in keys])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["dataset", "model", "pretrained", "task", "modalities", "benchmark", "index"] + keys)
+    for r in results:
+        idx = r.get("index", {}).get("type", "") if isinstance(r.get("index"), dict) else ""
+        w.writerow([r["dataset"], r["model"], r["pretrained"], r["task"], setting(r), r.get("benchmark", ""), idx]
+                   + [_fmt(r["metrics"].get(k)) for k in keys])
+    write_text_whole(path, f.getvalue(), KEPT)
 
 
 def _labels(results: Sequence[dict]) -> Dict[tuple, str]:
@@ -298,8 +305,7 @@ def write_markdown(results: Sequence[dict], path: str, failed: Sequence[str] = (
                  + earlier_text(results, earlier))
     if failed:
         text += "\n## Not run\n\n" + "".join(f"- {line}\n" for line in failed)
-    with open(path, "w") as f:
-        f.write(text)
+    write_text_whole(path, text, KEPT)
 
 
 def summary_line(result: dict) -> str:

@@ -45,7 +45,7 @@ from typing import Callable, List, Optional, Sequence, Union
 from align.bench import BENCHMARKS
 from align.bench.datasets import BenchDataset, open_dataset
 from align.bench.embed import MissingModalityError, same_weights_prompts
-from align.bench.figures import figure_path
+from align.bench.figures import figure_goes_with, figure_path
 from align.bench.models import resolve_specs
 from align.bench.report import (markdown_table, model_name, model_pretrained, record_settings, result_filename,
                                 result_files, same_settings, settings_text, stage_text, summary_line, write_csv,
@@ -278,7 +278,8 @@ def _model_entries(model, pretrained, opened, out_dir: str, results: list, skipp
         if e.get("name"):
             r["dataset"] = e["name"]
         record_settings(r, model, run_kw["precision"])
-        write_json(r, path)
+        with figure_goes_with(figure.get("figure")):
+            write_json(r, path)
         written.add(fname)
         results.append(r)
         if run_kw["progress"]:

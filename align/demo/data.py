@@ -46,6 +46,7 @@ import numpy as np
 
 from align.errors import DataError, make_folder
 from align.wds.writer import NumberedShards
+from align.writes import guard_write
 
 DEMO_VERSION = 3
 SAMPLES_PER_SHARD = 256
@@ -143,7 +144,9 @@ def build_demo(out_dir, seed: int = 0, val_frac: float = 0.25, image_size: int =
     shutil.rmtree(tmp, ignore_errors=True)
     make_folder(tmp, "demo data's", shown=out)   # a read-only --out: one line before any speech is synthesised
     try:
-        manifest = _build(tmp, settings, workers, progress)
+        # a full disk: one line naming --out (StorageError), the build folder removed (finally), --out unchanged
+        with guard_write(str(out), None, None, kept=f"{out} is unchanged (the build is all or nothing)"):
+            manifest = _build(tmp, settings, workers, progress)
         out.mkdir(exist_ok=True)
         # replace only what a previous build of ours wrote; manifest goes last
         for name in ("demo.json", "train", "val", *HELD_SPLITS):

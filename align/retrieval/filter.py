@@ -33,8 +33,10 @@ from align.bench.index import build_index
 from align.wds.format import group_samples, pick
 from align.wds.reader import index_members, iter_members
 from align.wds.writer import SampleWriter
+from align.writes import guard_write, write_text_whole
 
 EXACT_DEDUP_MAX = 200_000
+KEPT = "the embeddings in --out's emb/ are kept (a rerun reuses them)"     # a full disk's line (align.writes)
 WAIT_S = 3600.0
 
 
@@ -113,13 +115,15 @@ def _write_shards(shards: List[str], out_dir: str, dropped_keys: set) -> Counter
     for shard in shards:
         dest = os.path.join(out_dir, os.path.basename(shard))
         tmp = dest + ".tmp"
-        with open(shard, "rb") as f, SampleWriter(tmp) as w:
-            for sample in group_samples(iter_members(f)):
-                key = sample.pop("__key__")
-                if (shard, key) in dropped_keys:
-                    continue
-                w.write(key, sample)
-                counts["kept"] += 1
+        # a full disk: one line naming the shard (StorageError), its .tmp removed
+        with guard_write(dest, None, None, kept=KEPT, partial=tmp):
+            with open(shard, "rb") as f, SampleWriter(tmp) as w:
+                for sample in group_samples(iter_members(f)):
+                    key = sample.pop("__key__")
+                    if (shard, key) in dropped_keys:
+                        continue
+                    w.write(key, sample)
+                    counts["kept"] += 1
         os.replace(tmp, dest)
     return counts
 
@@ -201,8 +205,7 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     records += [{"key": k, "shard": s, "reason": "undecodable", "score": None}
                 for s, k in _media_keys(shards, m) if (s, k) not in embedded]
     make_folder(out, "filtered shards'")
-    with open(os.path.join(out, "dropped.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    write_text_whole(os.path.join(out, "dropped.jsonl"), "".join(json.dumps(r) + "\n" for r in records), KEPT)
     counts = _write_shards(shards, os.path.join(out, "shards"), {(r["shard"], r["key"]) for r in records})
     by_reason = Counter(r["reason"] for r in records)
     total = counts["kept"] + len(records)
@@ -211,8 +214,7 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
                "score_threshold": threshold,
                "seconds": round(time.perf_counter() - t0, 2)}
     summary["samples_per_s"] = round(total / max(summary["seconds"], 1e-9), 1)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_text_whole(os.path.join(out, "summary.json"), json.dumps(summary, indent=1), KEPT)
     return summary
 
 

@@ -2,13 +2,16 @@
 DIR/sweep.csv and DIR/sweep.md, and DIR/sweep.png, the metric against each parameter (DIR: the study's own
 folder, OUT/STUDY, so that another study in the same --out keeps its own)."""
 import csv
+import io
 import math
 import os
 from typing import List, Optional
 
 from align.sweep.space import Param
+from align.writes import save_figure, write_text_whole
 
 CSV, MARKDOWN, PLOT = "sweep.csv", "sweep.md", "sweep.png"
+KEPT = "the trials are kept in the study (the same command again writes only this summary)"   # a full disk's line
 
 
 def trial_rows(study, params: List[Param]) -> List[dict]:
@@ -57,17 +60,17 @@ def write_tables(rows: List[dict], metric: str, out_dir: str) -> List[str]:
     """DIR/sweep.csv and DIR/sweep.md; returns their paths."""
     csv_path, md_path = os.path.join(out_dir, CSV), os.path.join(out_dir, MARKDOWN)
     cols = list(rows[0]) if rows else ["trial", "state", "value", "step", "retry_of", "run_dir"]
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    with open(md_path, "w") as f:
-        f.write(f"Sweep: {metric} on the held-out set (data.val or data.val_split; higher is better); pruned trials: "
-                f"the last intermediate value.\n\n")
-        f.write("| " + " | ".join(metric if c == "value" else c for c in cols) + " |\n")
-        f.write("|" + "---|" * len(cols) + "\n")
-        for r in rows:
-            f.write("| " + " | ".join(fmt(r[c]).replace("|", "\\|") for c in cols) + " |\n")
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    md = [f"Sweep: {metric} on the held-out set (data.val or data.val_split; higher is better); pruned trials: "
+          f"the last intermediate value.\n\n",
+          "| " + " | ".join(metric if c == "value" else c for c in cols) + " |\n", "|" + "---|" * len(cols) + "\n"]
+    md += ["| " + " | ".join(fmt(r[c]).replace("|", "\\|") for c in cols) + " |\n" for r in rows]
+    # each whole (align.writes): a full disk is one line naming the file; the trials stay in the study
+    write_text_whole(csv_path, f.getvalue(), KEPT)
+    write_text_whole(md_path, "".join(md), KEPT)
     return [csv_path, md_path]
 
 
@@ -108,8 +111,10 @@ def write_plot(rows: List[dict], params: List[Param], metric: str, out_png: str,
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"sweep: {metric} on the held-out set against each setting ({len(done)} trials)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90, bbox_inches="tight")   # the title is wider than one key's panel
-    plt.close(fig)
+    try:               # bbox_inches: the title is wider than one key's panel
+        save_figure(fig, out_png, KEPT, dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out_png
 
 

@@ -17,8 +17,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from align.writes import save_figure
+
 # Retrieval pairs scored when both sides exist: (query, gallery); each is scored in both directions.
 PAIRS = (("text", "image"), ("text", "audio"), ("audio", "image"))
+KEPT = "the results already written are kept"   # a full disk's line (align.writes) in a report's folder
 CLASSIFIABLE = ("image", "audio")       # modalities a `modality` task (zeroshot, linear_probe) scores
 DEFAULT_TASKS = ("zeroshot", "retrieval")
 
@@ -170,7 +173,7 @@ def write_report(model, val_dir: str, out_dir: str, progress: bool = True, by_cl
     from align.bench.figures import write_confusion_plot
     for r in results:
         suffix = r["eval_key"].split("/")[0]
-        write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")))
+        write_json(r, os.path.join(out_dir, result_filename(r).replace(".json", f"_{suffix}.json")), kept=KEPT)
         if r["task"] == "zeroshot_classification":
             write_confusion_plot(r, os.path.join(out_dir, f"confusion_{suffix}.png"),
                                  title=f"{r['dataset']}: {suffix} zero-shot")
@@ -231,6 +234,8 @@ def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: i
         axes[i, 0].text(-0.1, 0.5, text, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle(f"text -> image retrieval on {os.path.basename(os.path.normpath(val_dir))} (top {k})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure(fig, out_png, kept=KEPT, dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out_png

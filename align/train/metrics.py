@@ -19,6 +19,7 @@ from align.errors import AlignError
 from align.train import rundir
 from align.train.state import TrainState
 from align.train.storage import append_line
+from align.writes import write_text_whole
 from align.train.step import StepResult
 
 
@@ -158,17 +159,18 @@ class RunLogger:
                    "bad_steps": state.bad_steps_total, "checkpoint": final, "metrics": results,
                    "world_size": self.eng.world, "precision": r.train.precision,
                    "weights": f"ema {r.train.ema:g}" if r.train.ema else "trained"}
-        with open(os.path.join(r.output_dir, rundir.SUMMARY), "w") as f:
-            json.dump(summary, f, indent=1)
+        # loss.png first, summary.json last, each whole (a full disk: one line naming it and `final`): a rerun
+        # takes a run whose summary.json is of its last step as finished (setup.finished_summary) and writes nothing
+        held = heldout_metric(results, r.eval.best_metric)
+        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT),
+                        eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held, intact=final)
+        write_text_whole(os.path.join(r.output_dir, rundir.SUMMARY), json.dumps(summary, indent=1), intact=final)
         self.f.close()
         if r.train.wandb_project:
             acc.get_tracker("wandb", unwrap=True).summary.update(
                 {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         for tracker in acc.trackers:   # not acc.end_training(): that also destroys the process group
             tracker.finish()
-        held = heldout_metric(results, r.eval.best_metric)
-        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT),
-                        eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held)
         acc.print(f"trained {state.step} steps in {wall:.0f}s ({sps:.0f} samples/s), final loss {self.loss:.3f}"
                   + (f", val {held} {results[held]:.4f}" if held else "")
                   + (f", weights: their average (train.ema {r.train.ema:g})" if r.train.ema else "")
@@ -267,8 +269,9 @@ def run_val(core, r: Recipe, acc, step: int) -> dict:
     core.data_limits = r.data.limits    # the val set's media are decoded within the recipe's limits, as training's
     flat = evaluate_model(core, r.data.val, tasks=r.eval.tasks, batch_size=r.eval.batch_size, progress=False)
     acc.log({f"val/{k}": v for k, v in flat.items()}, step=step)
-    with open(os.path.join(r.output_dir, rundir.EVAL), "a") as f:
-        f.write(json.dumps({"step": step, **flat}) + "\n")
+    path = os.path.join(r.output_dir, rundir.EVAL)
+    with open(path, "ab", buffering=0) as f:     # a full disk: one line, the file cut back to whole rows
+        append_line(f, path, json.dumps({"step": step, **flat}) + "\n", rundir.checkpoints_dir(r.output_dir))
     return flat
 
 

@@ -4,6 +4,8 @@ import json
 import os
 from typing import Optional
 
+from align.writes import save_figure
+
 
 # Points per curve at most: a 6-inch figure at 100 dpi is 600 pixels wide, so more points draw nothing more.
 MAX_POINTS = 4000
@@ -53,10 +55,11 @@ def curve(path: Optional[str], keys: tuple, max_points: int = MAX_POINTS) -> dic
 
 
 def write_loss_plot(metrics_path: str, out_png: str, eval_path: Optional[str] = None,
-                    metric: Optional[str] = None) -> Optional[str]:
+                    metric: Optional[str] = None, intact: Optional[str] = None) -> Optional[str]:
     """Loss (and lr) against step from metrics.jsonl, as a PNG; with eval.jsonl rows holding `metric`, a
     second panel shows that held-out metric against step (train loss vs held-out, on one step axis). Each curve
-    is read row by row and thinned to MAX_POINTS (curve)."""
+    is read row by row and thinned to MAX_POINTS (curve). Written whole; a full disk is StorageError naming the
+    PNG and `intact`, the run's final checkpoint."""
     rows = curve(metrics_path, ("loss", "lr"))
     if not rows["step"]:
         return None
@@ -86,7 +89,9 @@ def write_loss_plot(metrics_path: str, out_png: str, eval_path: Optional[str] = 
         ev.set_ylabel(f"held-out\n{metric}", fontsize=8)
     axes[-1][0].set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, out_png, intact=intact, dpi=100)
+    finally:
+        plt.close(fig)
     return out_png
 

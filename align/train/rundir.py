@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from align.errors import AlignError
+from align.writes import write_text_whole
 
 log = logging.getLogger("align.train")
 
@@ -357,8 +358,8 @@ def write_config(output_dir: str, recipe: dict, is_main: bool, step: int = 0, pr
             printer(f"resumed at step {step} with {len(changed)} changed settings ("
                     + "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:4])
                     + (" ..." if len(changed) > 4 else "") + f"); the settings of steps 1-{step}: {kept}")
-    with open(path, "w") as f:
-        yaml.safe_dump(new, f, sort_keys=False)
+    # whole or not at all (a cut config.yaml is what align.load and export read): a full disk is one line
+    write_text_whole(path, yaml.safe_dump(new, sort_keys=False), kept="the run's checkpoints are untouched")
 
 
 def other_library_model(p: str) -> Optional[str]:

@@ -5,11 +5,11 @@
       - before: warn_if_tight with the newest checkpoint's size (one warning when the next will not fit);
       - on ENOSPC/EIO/EDQUOT/EROFS (also wrapped by safetensors or torch): the .tmp dir removed, and
         StorageError(storage_line(...)): the path, the space needed and free, the intact checkpoint.
-    guard_write(path, need, intact) does the same for any other write (an export);
-    atomic_write(path, write) writes a file whole or not at all (a temporary file renamed into place);
+    guard_write(path, need, intact) does the same for any other write (an export), and
+    atomic_write(path, write) writes a file whole or not at all: both are align.writes', named here too;
     append_line(f, path, line, ckpt_dir) appends a metrics line, cut back to the last whole line on failure.
 
-StorageError carries exit_code STORAGE_EXIT (74, sysexits.h EX_IOERR), which the CLI returns.
+StorageError (align.writes) carries exit_code STORAGE_EXIT (74, sysexits.h EX_IOERR), which the CLI returns.
 
 `truncate_metrics(path, step)` drops the metrics rows past the checkpoint a resume starts from, so a
 run that failed after its last checkpoint and was resumed does not log those steps twice; `resume_metrics`
@@ -18,89 +18,23 @@ does the same and returns the loss logged at that step, from the same read.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import shutil
 from contextlib import contextmanager, suppress
 from typing import Optional
 
-from align.errors import AlignError
 from align.train.rundir import checkpoints_dir, list_checkpoints, tmp_name
+# the writers every command shares (a file whole or not at all, a full disk as one line), in the base layer so
+# that `align data shards` uses them too; named here as well, where training and its callers have always found them
+from align.writes import (STORAGE_EXIT, StorageError, atomic_write, free_bytes, guard_write,  # noqa: F401
+                          human_bytes, is_storage_error, storage_line)
 
 log = logging.getLogger("align.train")
-
-STORAGE_EXIT = 74          # sysexits.h EX_IOERR: a write failed (full disk, I/O error); free space and rerun
-
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS}
-_STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system",
-                  "database or disk is full")        # SQLite's SQLITE_FULL (an Optuna study.db)
-
-
-class StorageError(AlignError):
-    """Writing a checkpoint, a metrics line or an export failed for lack of space or an I/O error."""
-
-    exit_code = STORAGE_EXIT
-
-
-def is_storage_error(exn: BaseException) -> bool:
-    """ENOSPC/EIO/EDQUOT/EROFS, also when a library (safetensors, torch) re-raised it as its own error."""
-    while exn is not None:
-        if isinstance(exn, OSError) and exn.errno in _STORAGE_ERRNOS:
-            return True
-        if any(w in str(exn) for w in _STORAGE_WORDS):
-            return True
-        exn = exn.__cause__ or exn.__context__
-    return False
-
-
-def _human(n: Optional[float]) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def free_bytes(path: str) -> Optional[int]:
-    p = os.path.abspath(path)
-    while not os.path.exists(p):
-        p = os.path.dirname(p)
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
 
 
 def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-
-
-def _reason(exn: BaseException) -> str:
-    """The OS's words for the failure, also when a library wrapped it (the innermost OSError's)."""
-    e = exn
-    while e is not None:
-        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
-            return os.strerror(e.errno)
-        word = next((w for w in _STORAGE_WORDS if w in str(e)), None)
-        if word:
-            return word
-        e = e.__cause__ or e.__context__
-    return type(exn).__name__
-
-
-def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Optional[str],
-                 kept: Optional[str] = None) -> str:
-    """The one line: what failed, where, space needed and free, and which checkpoint is intact (or `kept`:
-    what else is unharmed, e.g. an export's source)."""
-    keep = kept or (f"the intact checkpoint is {intact}" if intact else "no intact checkpoint exists yet")
-    again = "run the same command again" if kept else "run the same command to resume"
-    needs = f"needs about {_human(need)}, " if need is not None else ""          # (unknown before the write)
-    return (f"{path}: {_reason(exn)} ({needs}{_human(free_bytes(path))} free); partial files "
-            f"removed; {keep}; free space and {again}")
 
 
 def newest_step_checkpoint(ckpt_dir: str) -> Optional[str]:
@@ -113,38 +47,6 @@ def estimate_checkpoint_bytes(ckpt_dir: str) -> Optional[int]:
     """The next checkpoint's size, guessed as the newest one's; None before the first."""
     newest = newest_step_checkpoint(ckpt_dir)
     return dir_bytes(newest) if newest else None
-
-
-@contextmanager
-def guard_write(path: str, need: Optional[int], intact: Optional[str], kept: Optional[str] = None,
-                partial: Optional[str] = None):
-    """Around a write to `path`: a storage failure becomes StorageError (one line); `partial` (a file or
-    folder the write leaves half-made) is removed first. Other errors pass unchanged."""
-    try:
-        yield
-    except Exception as exn:
-        if not is_storage_error(exn):
-            raise
-        if partial and os.path.isdir(partial):
-            shutil.rmtree(partial, ignore_errors=True)
-        elif partial and os.path.exists(partial):
-            os.remove(partial)
-        raise StorageError(storage_line(exn, path, need, intact, kept)) from None
-
-
-def atomic_write(path: str, write) -> None:
-    """write(f) into a temporary file beside `path` (binary), renamed to `path` when whole: a reader never sees
-    half a file, and the temporary file never outlives a failure (a kill aside): a full disk, a ^C or an error of
-    `write` removes it before the error goes on."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-    except BaseException:
-        with suppress(OSError):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -182,7 +84,7 @@ def warn_if_tight(directory: str, need: Optional[int], margin: float = 1.1) -> b
     if need is None or free is None or free >= need * margin:
         return False
     log.warning("%s: %s free, the next checkpoint needs about %s: it will not fit", directory,
-                _human(free), _human(need))
+                human_bytes(free), human_bytes(need))
     return True
 
 

@@ -19,12 +19,16 @@ from align.cli import main
 from tests.bench.conftest import FakeModel, classification_wds, retrieval_wds
 
 
-@pytest.fixture
-def fake_cli(monkeypatch):
-    """`align bench` with every --model loaded as a FakeModel."""
+def _fake_models(monkeypatch):
     import align.bench.models as models
     monkeypatch.setattr(models, "load_model", lambda spec, pretrained=None, device="cpu", limits=None:
                         FakeModel(name=str(spec)))
+
+
+@pytest.fixture
+def fake_cli(monkeypatch):
+    """`align bench` with every --model loaded as a FakeModel."""
+    _fake_models(monkeypatch)
 
 
 def _valid_png(path) -> tuple:
@@ -76,8 +80,11 @@ def test_a_figure_that_cannot_be_drawn_is_one_warning_and_the_results_are_still_
     cls = classification_wds(tmp_path / "cls", n=12, n_classes=4)
     ret = retrieval_wds(tmp_path / "ret", n=8)
 
-    def full(fig, path, *a, **k):
-        open(path, "wb").write(b"cut")     # a cut-short file left behind
+    def full(fig, target, *a, **k):        # writes a little, then the disk is full
+        if hasattr(target, "write"):
+            target.write(b"cut")
+        else:
+            open(target, "wb").write(b"cut")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
     for cmd, ds in (("zeroshot", cls), ("retrieval", ret)):
@@ -90,6 +97,24 @@ def test_a_figure_that_cannot_be_drawn_is_one_warning_and_the_results_are_still_
         warned = [ln for ln in cap.err.splitlines() if "no figure (the results are not affected)" in ln]
         assert len(warned) == 1 and str(png) in warned[0] and "No space left on device" in warned[0], cap.err
         assert json.load(open(out))["metrics"] and not png.exists() and "(figure" not in cap.out
+
+
+def test_a_result_that_cannot_be_written_takes_its_figure_with_it_and_the_rerun_draws_again(tmp_path, capsys,
+                                                                                            fake_cli, monkeypatch):
+    """The figure is drawn before the JSON: a full disk at the JSON left the figure of results nobody has, and the
+    rerun refused to draw over it ("exists"). Now the figure goes with the failed result; the rerun completes."""
+    from tests.diskfull import full_disk
+    cls = classification_wds(tmp_path / "cls", n=12, n_classes=4)
+    out, png = tmp_path / "z" / "r.json", tmp_path / "z" / "r.png"
+    cmd = ["bench", "zeroshot", "--model", "m", "--dataset", cls, "--out", str(out), "--num-workers", "0"]
+    disk = full_disk(monkeypatch, str(out), free=10)                 # only the result JSON's writes fail
+    assert main(cmd) == 74
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("align:")]   # (not the bars)
+    assert len(err) == 1 and str(out) in err[0] and "No space left on device" in err[0], err
+    assert disk.failed and not out.exists() and not png.exists()
+    monkeypatch.undo()                                               # space freed (and the fake models gone)
+    _fake_models(monkeypatch)
+    assert main(cmd) == 0 and json.load(open(out))["metrics"] and _valid_png(png)[0] == "PNG"
 
 
 def test_zeroshot_without_class_names_is_one_line_and_writes_no_figure(tmp_path, capsys, fake_cli):

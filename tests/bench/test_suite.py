@@ -278,3 +278,28 @@ def test_a_second_run_into_the_same_out_tables_the_first_runs_results_beside_its
     rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
     assert sorted(r["model"] for r in rows) == ["fakeA"] * len(first) + ["fakeB"] * len(second)
     assert len([f for f in os.listdir(out) if f.endswith(".json")]) == len(first) + len(second)   # none replaced
+
+
+@pytest.mark.parametrize("full_at", ["_zeroshot_retrieval.json", "results.csv", "results.md"])
+def test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_finishes(suite_dir, monkeypatch,
+                                                                                             full_at):
+    """ENOSPC at a result JSON left it empty (or cut) under its name: the rerun said it "exists", and with
+    --skip-existing failed reading it; at results.csv/.md a traceback and a cut table. Now one line naming the
+    file, no partial file, and the rerun (--skip-existing) tables the same results as a clean run."""
+    from align.writes import StorageError
+    from tests.diskfull import files_under, full_disk
+    suite = str(suite_dir / "suite.yaml")
+    run_suite(suite, [FakeModel(name="m")], str(suite_dir / "clean"), progress=False)
+    out = suite_dir / "out"
+    disk = full_disk(monkeypatch, full_at, free=10)
+    with pytest.raises(StorageError) as e:
+        run_suite(suite, [FakeModel(name="m")], str(out), progress=False)
+    failed = disk.failed[0].split(".tmp")[0]
+    assert str(e.value).startswith(f"{failed}: No space left on device (") and "--skip-existing" in str(e.value)
+    assert not [f for f in files_under(out) if ".tmp" in f] and not os.path.exists(failed), files_under(out)
+    for name in files_under(out):
+        json.load(open(out / name)) if name.endswith(".json") else None      # what is there is whole
+    monkeypatch.undo()                                                          # space freed
+    run_suite(suite, [FakeModel(name="m")], str(out), skip_existing=True, progress=False)
+    assert files_under(out) == files_under(suite_dir / "clean")
+    assert (out / "results.csv").read_text() == (suite_dir / "clean" / "results.csv").read_text()

@@ -278,3 +278,23 @@ def test_render_digit_styles():
     assert abs(xs0.mean() - 15.5) < 1.5 and abs(ys0.mean() - 15.5) < 1.5
     thin = np.asarray(demo.render_digit(grid, 32, dict(r, stroke="thinner")).convert("L"), np.float64)
     assert (thin > 64).sum() < (held > 64).sum()
+
+
+def test_a_full_disk_while_the_demo_data_is_built_is_one_line_and_leaves_out_unchanged(tmp_path, monkeypatch):
+    """ENOSPC in the middle of the build (a shard, a JSON): a traceback. The build folder was removed, but the line
+    named neither --out nor what to do. Now one line naming --out, nothing left beside it, and the rerun after
+    space is freed writes what a clean build writes."""
+    from align.writes import StorageError
+    from tests.diskfull import full_disk
+    clean = demo.build_demo(tmp_path / "clean", seed=0, limit=20, workers=1, progress=False)
+    out = tmp_path / "full"
+    disk = full_disk(monkeypatch, ".full.building-", free=20_000)
+    with pytest.raises(StorageError) as e:
+        demo.build_demo(out, seed=0, limit=20, workers=1, progress=False)
+    assert disk.failed and str(e.value).startswith(f"{out}: No space left on device (") and "\n" not in str(e.value)
+    assert f"{out} is unchanged (the build is all or nothing); free space and run the same command again" in \
+        str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean"]                  # no build folder, no --out
+    monkeypatch.undo()
+    assert demo.build_demo(out, seed=0, limit=20, workers=1, progress=False) == clean
+    assert _files(out) == _files(tmp_path / "clean")

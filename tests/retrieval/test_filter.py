@@ -280,3 +280,29 @@ def test_dedup_and_score_selection_equal_plain_loops(cos):
         near = _plain_dedup(x[left], cos)
         assert {i: d["dup_of"] for i, d in drop.items() if d["reason"] == "near_duplicate"} == \
             {left[j]: left[i] for j, (i, _) in near.items()}
+
+
+@pytest.mark.parametrize("full_at", ["b.tar", "dropped.jsonl", "summary.json"])
+def test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean_run_does(tmp_path, capsys, corpus,
+                                                                                         monkeypatch, full_at):
+    """ENOSPC while `align data filter` wrote: a traceback, and a filtered shard's .tmp (or a cut dropped.jsonl,
+    an empty summary.json) stayed under --out. Now one line naming the file, exit 74, nothing partial."""
+    from tests.diskfull import files_under, full_disk
+    run, shards, emb = corpus
+    args = ["data", "filter", str(shards), "--model", run, "--emb", str(emb), "--keep-top", "0.5", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0
+    out = tmp_path / "full"
+    disk = full_disk(monkeypatch, full_at, free=10)
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = disk.failed[0].split(".tmp")[0]
+    assert len(err) == 1 and err[0].startswith(f"align: error: {failed}: No space left on device (") and \
+        "the embeddings in --out's emb/ are kept" in err[0], err
+    assert not [f for f in files_under(out) if ".tmp" in f] and not os.path.exists(failed), files_under(out)
+    monkeypatch.undo()                                                          # space freed
+    assert main([*args, "--out", str(out)]) == 0
+    assert files_under(out) == files_under(tmp_path / "clean")
+    for name in files_under(out):
+        if name != "summary.json":                                              # (its seconds differ)
+            assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name

@@ -283,3 +283,65 @@ def test_an_export_to_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, small
     assert line.startswith(f"{out / 'exp'}: No space left on device (needs about ") and "\n" not in line, line
     assert "nothing was written to" in line and "free space and run the same command again" in line, line
     assert os.listdir(out) == []                                   # the temporary sibling folder removed
+
+
+@pytest.mark.parametrize("full_at", ["loss.png", "summary.json"])
+def test_a_full_disk_at_the_runs_end_files_is_one_line_and_the_rerun_writes_them(tmp_path, monkeypatch, full_at):
+    """ENOSPC at summary.json or loss.png, after the final checkpoint: a traceback, and an empty summary.json (or
+    half a PNG) under its name. Now one line naming the file and the final checkpoint, nothing partial, and the
+    same command (resume=auto) writes both; loss.png comes before summary.json, which marks the run finished."""
+    from PIL import Image
+
+    from tests.diskfull import files_under, full_disk
+    r = recipe(tmp_path, "run", train={"max_steps": 2, "checkpoint_every": 2}, resume="auto")
+    disk = full_disk(monkeypatch, full_at, free=10)
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    path, final = os.path.join(r["output_dir"], full_at), f"{r['output_dir']}/checkpoints/step-00000002"
+    assert disk.failed[0].startswith(path + ".tmp")
+    line = str(e.value)
+    assert line.startswith(f"{path}: No space left on device (") and "\n" not in line, line
+    assert f"the intact checkpoint is {final}; free space and run the same command to resume" in line, line
+    assert not [f for f in files_under(r["output_dir"]) if ".tmp" in f] and not os.path.exists(path)
+    assert not os.path.exists(os.path.join(r["output_dir"], "summary.json"))    # the run is not taken as finished
+    monkeypatch.undo()                                                            # space freed
+    assert train_dict(r)["steps"] == 2
+    assert json.load(open(os.path.join(r["output_dir"], "summary.json")))["steps"] == 2
+    assert Image.open(os.path.join(r["output_dir"], "loss.png")).size[0] > 0
+    assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2]
+
+
+def test_a_full_disk_at_the_runs_config_is_one_line_and_leaves_no_cut_config(tmp_path, monkeypatch):
+    """config.yaml (what align.load and export read) was written in place: a full disk left it cut, and a traceback."""
+    from tests.diskfull import files_under, full_disk
+    r = recipe(tmp_path, "run", train={"max_steps": 1}, resume="auto")
+    disk = full_disk(monkeypatch, "config.yaml", free=100)
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    path = os.path.join(r["output_dir"], "config.yaml")
+    assert disk.failed[0].startswith(path + ".tmp") and str(e.value).startswith(f"{path}: No space left on device (")
+    assert "the run's checkpoints are untouched" in str(e.value)
+    assert not [f for f in files_under(r["output_dir"]) if "config" in f]
+    monkeypatch.undo()
+    assert train_dict(r)["steps"] == 1 and yaml.safe_load(open(path))["output_dir"] == r["output_dir"]
+
+
+def test_a_full_disk_at_an_eval_row_is_one_line_and_leaves_whole_rows(tmp_path, monkeypatch):
+    """eval.jsonl rows were appended with a plain write: a full disk left half a row and a traceback. Now they go
+    through append_line, as metrics rows do: one line naming the file and the intact checkpoint, the file cut back
+    to its whole rows, and the resumed run logs its evaluations."""
+    from tests.diskfull import full_disk
+    from tests.train.test_train_switches import _val_dir
+    r = recipe(tmp_path, "run", data={"val": _val_dir(tmp_path / "val")}, resume="auto",
+               train={"max_steps": 4, "checkpoint_every": 2}, eval={"every": 2, "tasks": ["zeroshot"]})
+    disk = full_disk(monkeypatch, "eval.jsonl", free=0)
+    with pytest.raises(StorageError) as e:
+        train_dict(r)
+    path = os.path.join(r["output_dir"], "eval.jsonl")
+    assert disk.failed == [path] and str(e.value).startswith(f"{path}: No space left on device (needs about ")
+    assert "free space and run the same command to resume" in str(e.value) and "\n" not in str(e.value)
+    assert open(path).read() == ""                                         # the cut row removed
+    monkeypatch.undo()
+    train_dict(r)
+    rows = [json.loads(line) for line in open(path)]
+    assert rows and rows[-1]["step"] == 4 and all(isinstance(row, dict) for row in rows)

@@ -332,6 +332,15 @@ MUTATIONS = [
       "            os.remove(out_png)\n", "            pass\n",
       [FIG + "test_a_figure_that_cannot_be_drawn_is_one_warning_and_the_results_are_still_written"],
       "a cut-short figure, or the old one --overwrite replaces, left beside the new results"),
+    M("bench.cli.figure_outlives_its_failed_result", "align/bench/cli.py",
+      "    with figure_goes_with(figure):\n", "    with figure_goes_with(None):\n",
+      [FIG + "test_a_result_that_cannot_be_written_takes_its_figure_with_it_and_the_rerun_draws_again"],
+      "a full disk at the result JSON left the figure drawn before it; the rerun refused to draw over it"),
+    M("bench.suite.figure_outlives_its_failed_result", "align/bench/suite.py",
+      "        with figure_goes_with(figure.get(\"figure\")):\n", "        with figure_goes_with(None):\n",
+      ["tests/bench/test_suite.py::test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_"
+       "finishes"],
+      "a full disk at a suite's result JSON left its figure; the rerun with --skip-existing refused to draw over it"),
     M("bench.figure.broken_item_crashes", "align/bench/figures.py",
       "    except SampleError as e:\n        return \"broken\", str(e)",
       "    except ImportError as e:\n        return \"broken\", str(e)",
@@ -348,4 +357,11 @@ MUTATIONS = [
     M("bench.suite.figure_over_a_users_file", "align/bench/suite.py",
       "            if os.path.lexists(figure[\"figure\"]) and not overwrite:", "            if False:",
       [FIG + "test_suite_writes_each_entrys_figure_beside_its_json"]),
+    M("writes.result_json_in_place", "align/bench/report.py", "        write_text_whole(path, text, kept)",
+      "        open(path, \"w\").write(text)", ["tests/bench/test_suite.py::"
+       "test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_finishes"],
+      "a full disk at a result JSON left it empty: the rerun said it exists, --skip-existing could not read it"),
+    M("writes.results_csv_in_place", "align/bench/report.py", "    write_text_whole(path, f.getvalue(), KEPT)",
+      "    open(path, \"w\").write(f.getvalue())", ["tests/bench/test_suite.py::"
+       "test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_finishes"], "a full disk at results.csv: a traceback, a cut table"),
 ]

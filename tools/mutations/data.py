@@ -426,8 +426,8 @@ MUTATIONS = [
       "            if s.reason != EMPTY_CAPTION:", "            if False:",
       [TXT_E2E]),
     M("follow.jsonl_lone_surrogate_unescaped", "align/data/write/jobdir.py",
-      "f.write(json_utf8(json.dumps(item, ensure_ascii=False, sort_keys=True)) + \"\\n\")",
-      "f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + \"\\n\")", [NOT_UTF8],
+      "f.write((json_utf8(json.dumps(item, ensure_ascii=False, sort_keys=True)) + \"\\n\").encode(\"utf-8\"))",
+      "f.write((json.dumps(item, ensure_ascii=False, sort_keys=True) + \"\\n\").encode(\"utf-8\"))", [NOT_UTF8],
       "skipped.jsonl of a sample named b'nocap\\xff': UnicodeEncodeError"),
     M("follow.sample_json_lone_surrogate_unescaped", "align/data/write/sample.py",
       "    members[\"json\"] = json_utf8(json.dumps(", "    members[\"json\"] = (json.dumps(", [NOT_UTF8]),
@@ -592,4 +592,23 @@ MUTATIONS = [
       ["tests/data/stream/test_faults.py::"
        "test_a_shard_unreadable_every_epoch_is_named_once_and_counted_every_epoch"],
       "each epoch's fault counter forgot which shards were named"),
+    M("writes.shard_tmp_kept_on_a_full_disk", "align/data/write/shards.py",
+      "    with guard_write(str(final), None, None, kept=KEPT, partial=str(tmp)):",
+      "    with guard_write(str(final), None, None, kept=KEPT, partial=None):", ["tests/data/write/test_shards.py::"
+       "test_a_full_disk_while_writing_shards_is_one_line_leaves_no_partial_file_and_a_rerun_finishes"],
+      "a full disk in a shard left its .tar.tmp in --out"),
+    M("writes.job_json_in_place", "align/data/write/jobdir.py", "    write_whole(path, write, KEPT)",
+      "    write(open(path, \"wb\"))", ["tests/data/write/test_shards.py::"
+       "test_a_full_disk_while_writing_shards_is_one_line_leaves_no_partial_file_and_a_rerun_finishes",
+       "tests/data/write/test_cached.py::"
+       "test_a_full_disk_while_the_cache_is_written_is_one_line_and_never_taken_as_complete"],
+      "a full disk at stats.json (or a done-record, cache.json): a traceback and a cut file under its name"),
+    M("writes.clip_benchmark_text_in_place", "align/data/write/eval_sets.py", "    write_text_whole(path, text, KEPT)",
+      "    path.write_text(text, encoding=\"utf-8\")", ["tests/data/write/test_shards.py::"
+       "test_a_full_disk_while_writing_shards_is_one_line_leaves_no_partial_file_and_a_rerun_finishes"],
+      "a full disk at classnames/templates: a traceback and a cut file"),
+    M("writes.reinforce_tmp_kept", "align/data/write/reinforce.py", "partial=dest + \".tmp\"), SampleWriter(",
+      "partial=None), SampleWriter(",
+      ["tests/data/write/test_reinforce.py::test_a_full_disk_while_reinforcing_is_one_line_and_leaves_no_partial_file"],
+      "a full disk in a reinforced shard left its .tmp in --out"),
 ]

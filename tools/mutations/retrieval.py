@@ -247,4 +247,14 @@ MUTATIONS = [
       ["tests/retrieval/test_search.py::"
        "test_no_hit_of_an_approximate_index_reaches_the_results_and_hostile_sizes_answer"],
       "a -1 between hits shifted the scores of the hits after it"),
+    M("writes.filter_shard_tmp_kept", "align/retrieval/filter.py",
+      "        with guard_write(dest, None, None, kept=KEPT, partial=tmp):",
+      "        with guard_write(dest, None, None, kept=KEPT, partial=None):", ["tests/retrieval/test_filter.py::"
+       "test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean_run_does"],
+      "a full disk in a filtered shard left its .tmp in --out"),
+    M("writes.filter_summary_in_place", "align/retrieval/filter.py",
+      "    write_text_whole(os.path.join(out, \"summary.json\"), json.dumps(summary, indent=1), KEPT)",
+      "    open(os.path.join(out, \"summary.json\"), \"w\").write(json.dumps(summary, indent=1))", ["tests/retrieval/test_filter.py::"
+       "test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean_run_does"],
+      "a full disk at summary.json: a traceback and an empty summary"),
 ]

@@ -357,15 +357,6 @@ MUTATIONS = [
     M("rundir.display_name_checkpoint_alone", "align/train/rundir.py",
       "    if os.path.basename(parent) == CHECKPOINTS and os.path.basename(os.path.dirname(parent)):", "    if False:",
       ["tests/export/test_export.py::test_a_checkpoints_card_is_titled_by_its_run_and_step"]),
-    M("storage.atomic_write_leaves_its_tmp", "align/train/storage.py",
-      "        with suppress(OSError):\n            os.remove(tmp)\n        raise\n    os.replace(tmp, path)",
-      "        raise\n    os.replace(tmp, path)",
-      ["tests/retrieval/test_embed.py::"
-       "test_a_full_disk_while_writing_a_part_is_one_line_and_leaves_no_partial_file",
-       "tests/bench/test_embed.py::test_a_full_disk_while_caching_is_one_warning_and_the_benchmark_goes_on"]),
-    M("storage.sqlite_full_not_a_storage_error", "align/train/storage.py",
-      "                  \"database or disk is full\")", "                  \"(no such message)\")",
-      ["tests/sweep/test_study.py::test_a_full_disk_under_the_study_db_is_one_line_naming_it"]),
     M("feed.nothing_readable_said_as_too_few_samples", "align/train/feed.py",
       "                self._raise_if_nothing_was_readable()      # (an epoch that gave a batch read a sample)\n", "",
       ["tests/train/test_feed.py::test_data_train_that_nothing_can_be_read_from_says_so"]),
@@ -603,4 +594,26 @@ MUTATIONS = [
       ["tests/train/test_rundir.py::"
        "test_the_lines_every_rank_would_say_alike_at_resume_and_init_from_are_rank_0s"],
       "every rank of a launch said model.init_from's run is in progress"),
+    M("writes.summary_before_the_loss_plot", "align/train/metrics.py",
+      "        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT),\n"
+      "                        eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held, intact=final)\n"
+      "        write_text_whole(os.path.join(r.output_dir, rundir.SUMMARY), json.dumps(summary, indent=1), intact=final)\n",
+      "        write_text_whole(os.path.join(r.output_dir, rundir.SUMMARY), json.dumps(summary, indent=1), intact=final)\n"
+      "        write_loss_plot(self.path, os.path.join(r.output_dir, rundir.LOSS_PLOT),\n"
+      "                        eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held, intact=final)\n",
+      ["tests/train/test_storage.py::"
+       "test_a_full_disk_at_the_runs_end_files_is_one_line_and_the_rerun_writes_them"], "summary.json before loss.png: a full disk at the plot left a run the rerun took for finished"),
+    M("writes.loss_plot_in_place", "align/train/plots.py", "        save_figure(fig, out_png, intact=intact, dpi=100)",
+      "        fig.savefig(out_png, dpi=100)", ["tests/train/test_storage.py::"
+       "test_a_full_disk_at_the_runs_end_files_is_one_line_and_the_rerun_writes_them"], "a full disk at loss.png: a traceback and half a PNG"),
+    M("writes.eval_row_cut_kept", "align/train/metrics.py",
+      "        append_line(f, path, json.dumps({\"step\": step, **flat}) + \"\\n\", rundir.checkpoints_dir(r.output_dir))",
+      "        f.write((json.dumps({\"step\": step, **flat}) + \"\\n\").encode())",
+      ["tests/train/test_storage.py::test_a_full_disk_at_an_eval_row_is_one_line_and_leaves_whole_rows"],
+      "a full disk at an eval.jsonl row: a traceback and half a row"),
+    M("writes.config_yaml_in_place", "align/train/rundir.py",
+      "    write_text_whole(path, yaml.safe_dump(new, sort_keys=False), kept=\"the run's checkpoints are untouched\")",
+      "    open(path, \"w\").write(yaml.safe_dump(new, sort_keys=False))",
+      ["tests/train/test_storage.py::test_a_full_disk_at_the_runs_config_is_one_line_and_leaves_no_cut_config"],
+      "a full disk at config.yaml: a traceback and a cut config that align.load reads"),
 ]

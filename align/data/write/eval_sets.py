@@ -25,6 +25,8 @@ from align.data.stream.val_split import lookalike_groups, name_field
 from align.data.write.inputs import Input, hash_file
 from align.data.write.values import SkipRow, class_names, is_missing, read_label
 from align.errors import ConfigError, DataError
+from align.data.write.jobdir import KEPT
+from align.writes import write_text_whole
 
 GROUP_MISSING = "group: missing"
 
@@ -253,6 +255,5 @@ def write_clip_benchmark_meta(out: Path, n_shards: int, classes: Optional[List[s
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Whole or not at all; a full disk is one line naming the file (StorageError), no temporary file left."""
+    write_text_whole(path, text, KEPT)

@@ -17,25 +17,26 @@ from typing import Any, Dict
 from align.errors import DataError
 from align.runlock import is_lock_file
 from align.text import json_utf8
+from align.writes import write_whole
 
 CB_SPLIT = "test"          # the split CLIP_benchmark's CLI and `align bench` read by default
 JOB_FILE = Path(".done") / "job.json"   # a job's settings, written first in its folder (what a resume must match)
 CB_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
+KEPT = "the finished shards are kept (a rerun writes only the others)"     # a full disk's line says it
 
 
 def write_json_atomic(path: Path, obj: Any, lines: bool = False) -> None:
-    """`obj` as JSON (or one JSON line per item) at `path`, written to a .tmp, fsynced, then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """`obj` as JSON (or one JSON line per item) at `path`, written to a temporary file, fsynced, then renamed; a
+    full disk is one line naming `path` (StorageError), the temporary file removed."""
+    def write(f):
         if lines:
             for item in obj:
-                f.write(json_utf8(json.dumps(item, ensure_ascii=False, sort_keys=True)) + "\n")
+                f.write((json_utf8(json.dumps(item, ensure_ascii=False, sort_keys=True)) + "\n").encode("utf-8"))
         else:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_whole(path, write, KEPT)
 
 
 def _user_files(out: Path) -> list:

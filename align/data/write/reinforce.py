@@ -27,6 +27,9 @@ from align.errors import DataError, make_folder, without_reprs
 from align.wds.format import group_samples, pick
 from align.wds.reader import iter_tar
 from align.wds.writer import SampleWriter
+from align.writes import guard_write, write_text_whole
+
+KEPT = "the input shards are untouched"     # a full disk's line (align.writes) says it
 
 
 def _samples(path: str) -> Iterable[dict]:
@@ -107,7 +110,8 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
             except Exception as exn:       # one bad member: embed one at a time, skip those that fail
                 embs[m], keep = _one_by_one(enc, samples, exts[m], keep, exn, f"{url}: {m}")
         dest = os.path.join(out_dir, os.path.basename(url))
-        with SampleWriter(dest + ".tmp") as w:      # in place only when whole: a cut run leaves no half shard
+        # in place only when whole: a cut run leaves no half shard; a full disk is one line, the .tmp removed
+        with guard_write(dest, None, None, kept=KEPT, partial=dest + ".tmp"), SampleWriter(dest + ".tmp") as w:
             for row, i in enumerate(keep):
                 s = dict(samples[i])
                 key = s.pop("__key__")
@@ -124,8 +128,8 @@ def write_reinforced(urls: List[str], out_dir: str, encoders: Dict[str, Callable
         bar.set_postfix_str(f"{counts['samples']} samples, {counts['skipped']} skipped", refresh=False)
         bar.update(1)
     bar.close()
-    with open(os.path.join(out_dir, META), "w") as f:
-        json.dump(dict(meta, modalities=sorted(encoders), embed_dim=width), f, indent=1)
+    write_text_whole(os.path.join(out_dir, META), json.dumps(dict(meta, modalities=sorted(encoders), embed_dim=width),
+                                                          indent=1), KEPT)
     return counts
 
 

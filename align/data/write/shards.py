@@ -53,8 +53,9 @@ from align.data.write.values import SkipRow
 from align.errors import ConfigError, DataError
 from align.limits import DEFAULT_LIMITS, as_limits
 from align.runlock import RunLock
-from align.data.write.jobdir import prepare_dir, write_json_atomic
+from align.data.write.jobdir import KEPT, prepare_dir, write_json_atomic
 from align.wds.writer import SampleWriter
+from align.writes import guard_write
 
 LAYOUTS = ("shards", "clip_benchmark")
 JOB_VERSION = 1
@@ -71,24 +72,26 @@ def _write_shard(job: Job, idx: int, tick=None) -> Dict[str, Any]:
     start = idx * job.shard_size
     stop = min(start + job.shard_size, job.n_rows)
     written, by_reason, mods, skipped = 0, Counter(), Counter(), []
-    with open(tmp, "wb") as f:
-        with SampleWriter(f) as tar:
-            for pos, row in enumerate(job.rows(start, stop)):
-                key = f"{name}-{pos:06d}"
-                try:
-                    members, have = encode_row(row, key, job)
-                except SkipRow as s:
-                    by_reason[s.reason] += 1
-                    skipped.append({"row": row.index, "key": row.key, "source": s.source or job.inp.description,
-                                    "reason": s.detail, "shard": name})
-                else:
-                    tar.write(key, members)
-                    written += 1
-                    mods.update(have)
-                if tick is not None:
-                    tick(1)
-        f.flush()
-        os.fsync(f.fileno())
+    # a full disk: one line naming the shard (StorageError), its .tar.tmp removed; the finished shards stay
+    with guard_write(str(final), None, None, kept=KEPT, partial=str(tmp)):
+        with open(tmp, "wb") as f:
+            with SampleWriter(f) as tar:
+                for pos, row in enumerate(job.rows(start, stop)):
+                    key = f"{name}-{pos:06d}"
+                    try:
+                        members, have = encode_row(row, key, job)
+                    except SkipRow as s:
+                        by_reason[s.reason] += 1
+                        skipped.append({"row": row.index, "key": row.key, "source": s.source or job.inp.description,
+                                        "reason": s.detail, "shard": name})
+                    else:
+                        tar.write(key, members)
+                        written += 1
+                        mods.update(have)
+                    if tick is not None:
+                        tick(1)
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, final)
     record = {"shard": f"{name}.tar", "rows": stop - start, "written": written, "skipped": len(skipped),
               "by_reason": dict(sorted(by_reason.items())), "modalities": dict(sorted(mods.items())),

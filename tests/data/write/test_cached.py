@@ -255,3 +255,25 @@ def test_the_cache_lists_which_folders_a_run_still_reads_and_prunes_only_the_oth
 
 def _size(folder):
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("full_at", [".tar", CACHE_FILE])
+def test_a_full_disk_while_the_cache_is_written_is_one_line_and_never_taken_as_complete(tmp_path, monkeypatch,
+                                                                                        full_at):
+    """ENOSPC while a table's shards go to the cache (a shard, or the completion record written last): one line
+    naming the file, no partial file; the folder is not taken as complete, and the next run finishes it with a
+    clean cache's samples."""
+    from align.writes import StorageError
+    from tests.diskfull import files_under, full_disk
+    table = speech_csv(tmp_path)
+    clean = cached_shards(table, str(tmp_path / "clean"), progress=False, printer=lambda s: None)
+    disk = full_disk(monkeypatch, full_at, free=3000 if full_at == ".tar" else 0)    # mid-shard, or the record
+    with pytest.raises(StorageError) as e:
+        cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lambda s: None)
+    line = str(e.value)
+    assert disk.failed and line.startswith(f"{disk.failed[0].split('.tmp')[0]}: No space left on device ("), line
+    assert not [f for f in files_under(tmp_path / "cache") if ".tmp" in f]
+    assert not [f for f in files_under(tmp_path / "cache") if f.endswith(CACHE_FILE)]
+    monkeypatch.undo()
+    out = cached_shards(table, str(tmp_path / "cache"), progress=False, printer=lambda s: None)
+    assert samples(Path(out)) == samples(Path(clean))

@@ -3,8 +3,10 @@ modality (the encoder's row of that sample), teacher.json beside; a sample the t
 left out and counted."""
 import io
 import json
+import os
 
 import numpy as np
+import pytest
 
 from align.data.write.reinforce import _samples, write_reinforced
 from tests.wds_helpers import image_text, write_shard
@@ -111,3 +113,28 @@ def test_a_bar_counts_the_shards_the_teacher_embeds(tmp_path, monkeypatch, capsy
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("reinforce")]
     assert len(lines) == 1 and lines[0].startswith("reinforce (teacher embeddings): 3/3 shard (100%)"), lines
     assert lines[0].endswith("6 samples, 0 skipped"), lines
+
+
+@pytest.mark.parametrize("full_at", ["s-001.tar", "teacher.json"])
+def test_a_full_disk_while_reinforcing_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, full_at):
+    """ENOSPC in a reinforced shard's copy or in teacher.json: an OSError traceback, and the shard's .tmp (or a cut
+    teacher.json) stayed in --out. Now one line naming the file, nothing partial; the rerun writes a clean run's
+    bytes."""
+    from align.writes import StorageError
+    from tests.diskfull import files_under, full_disk
+    srcs = [write_shard(tmp_path / f"s-00{i}.tar", [image_text(f"k{i}{j}", seed=j) for j in range(3)])
+            for i in range(2)]
+    enc = {"image": lambda items: np.stack([np.full(3, len(b), np.float32) for b in items])}
+    write_reinforced(srcs, str(tmp_path / "clean"), enc, {"teacher": "T"})
+    out = tmp_path / "out"
+    disk = full_disk(monkeypatch, str(out / full_at), free=10)
+    with pytest.raises(StorageError) as e:
+        write_reinforced(srcs, str(out), enc, {"teacher": "T"})
+    path = str(out / full_at)
+    assert disk.failed and str(e.value).startswith(f"{path}: No space left on device (") and "\n" not in str(e.value)
+    assert "the input shards are untouched" in str(e.value) and not os.path.exists(path)
+    assert not [f for f in files_under(out) if ".tmp" in f], files_under(out)
+    monkeypatch.undo()
+    write_reinforced(srcs, str(out), enc, {"teacher": "T"})
+    assert files_under(out) == files_under(tmp_path / "clean")
+    assert all((out / f).read_bytes() == (tmp_path / "clean" / f).read_bytes() for f in files_under(out))

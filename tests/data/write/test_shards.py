@@ -449,3 +449,32 @@ def test_a_folder_whose_file_names_are_not_utf8_is_written_and_its_skips_recorde
     metas = [v for k, v in sorted(_all_members(out).items()) if k.endswith(".json")]
     assert json.loads(metas[0])["source"] == {"row": 0, "key": "bad\udcff", "image": "bad\udcff.jpg"}
     assert "déjà vu".encode("utf-8") in metas[1]       # other text stays readable UTF-8
+
+
+@pytest.mark.parametrize("layout,where", [("shards", 0.3), ("shards", 0.7), ("shards", -1), ("clip_benchmark", -1)])
+def test_a_full_disk_while_writing_shards_is_one_line_leaves_no_partial_file_and_a_rerun_finishes(
+        tmp_path, monkeypatch, capsys, layout, where):
+    """ENOSPC in a shard's tar (0.3, 0.7 of the bytes) or in the last file (stats.json; clip_benchmark's templates
+    file): a traceback, and the shard's half-written .tar.tmp (or the file's .tmp) stayed. Now one line naming the
+    file, exit 74, no partial file; after space is freed the same command writes the same bytes as a clean run."""
+    from align.cli import main
+    from tests.diskfull import files_under, full_disk
+    csv = _mixed_csv(tmp_path)
+    args = ["--shard-size", "3", "--layout", layout] + (["--label-col", "label"] if layout != "shards" else [])
+    assert main(["data", "shards", str(csv), "--out", str(tmp_path / "ref"), *args]) == 0
+    want = _snapshot(tmp_path / "ref")
+    disk = full_disk(monkeypatch, str(tmp_path / "used"), free=10 ** 9)
+    assert main(["data", "shards", str(csv), "--out", str(tmp_path / "used"), *args]) == 0
+    used = 10 ** 9 - disk.free                                   # every byte the job writes
+    monkeypatch.undo()
+    out = tmp_path / "full"                                      # as long a name as "used": the same bytes
+    disk = full_disk(monkeypatch, str(out), free=int(used * where) if where > 0 else used - 5)
+    assert main(["data", "shards", str(csv), "--out", str(out), *args]) == 74
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("align")]   # not the bar
+    failed = disk.failed[0].split(".tmp")[0]                     # name.tar.tmp, stats.json.tmpPID: the final name
+    assert len(err) == 1 and err[0].startswith(f"align: error: {failed}: No space left on device (") and \
+        "the finished shards are kept" in err[0], err
+    assert not [f for f in files_under(out) if ".tmp" in f] and not os.path.exists(failed), files_under(out)
+    monkeypatch.undo()                                           # space freed
+    assert main(["data", "shards", str(csv), "--out", str(out), *args]) == 0
+    assert _snapshot(out) == want
