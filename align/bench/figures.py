@@ -225,6 +225,21 @@ def log_mel_image(wave: np.ndarray, sr: int) -> np.ndarray:
         return LogMel(fe)(torch.from_numpy(np.ascontiguousarray(w))).numpy()
 
 
+def query_name(side: Side, row: int) -> str:
+    """What an image or audio query is, in a few words: its class name when the set has classes, else its item's
+    first caption, cut to 24 characters; "" when neither (a wrong row is read by it). A text query shows itself."""
+    if side.modality == "text":
+        return ""
+    item = side.dataset.items[int(side.ids[row])]
+    names = side.dataset.classnames
+    if names and item.label is not None and 0 <= int(item.label) < len(names):
+        words = str(names[int(item.label)])
+    else:
+        words = item.captions[0] if item.captions else ""
+    words = " ".join(str(words).split())
+    return words if len(words) <= 24 else words[:23] + "…"
+
+
 def load_cell(side: Side, row: int, limits=None) -> tuple:
     """(kind, what) of one shown row: ("image", PIL image), ("text", caption), ("audio", log-mel [M, T]), or
     ("broken", why) for an item that cannot be loaded now (its file changed since it was encoded, say)."""
@@ -270,7 +285,8 @@ def write_retrieval_figure(examples: List[dict], query: Side, gallery: Side, out
         ax = axes[i, 0]
         ax.axis("on")
         _draw_cell(ax, *load_cell(query, e["query"], limits))
-        ax.set_title(f"{query.modality} query", fontsize=8)
+        name = query_name(query, e["query"])
+        ax.set_title(f"{query.modality} query" + (f"\n{name}" if name else ""), fontsize=8)
         for j, (row, hit) in enumerate(e["shown"]):
             ax = axes[i, j + 1]
             ax.axis("on")

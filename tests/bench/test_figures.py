@@ -273,3 +273,19 @@ def test_the_figure_needs_no_display(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert _valid_png(tmp_path / "x.png")[0] == "PNG"
+
+
+def test_an_image_or_audio_query_is_named_by_its_class_or_its_first_caption(tmp_path, monkeypatch):
+    """A query cell said only "audio query": a wrong row could not be read (which digit was asked for?). It names
+    the query's class when the set has classes, else its item's first caption; a text query shows itself."""
+    cls = open_wds(classification_wds(tmp_path / "cls", n=12, n_classes=4))
+    ret = open_wds(retrieval_wds(tmp_path / "ret", n=6))
+    at = figures.Side(cls, "image", np.arange(len(cls)))
+    assert [figures.query_name(at, r) for r in range(4)] == [cls.classnames[cls.items[r].label] for r in range(4)]
+    by_caption = figures.Side(ret, "image", np.arange(len(ret)))
+    assert figures.query_name(by_caption, 2) == ret.items[2].captions[0][:24]
+    assert figures.query_name(figures.Side(ret, "text", np.arange(len(ret))), 0) == ""
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, plt, out_png, **kw: drawn.append(fig) or plt.close(fig))
+    figures.write_retrieval_figure([{"query": 1, "shown": [(0, False)]}], at, at, str(tmp_path / "f.png"), "t")
+    assert drawn[0].axes[0].get_title() == f"image query\n{cls.classnames[cls.items[1].label]}"

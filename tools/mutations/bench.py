@@ -341,6 +341,10 @@ MUTATIONS = [
       ["tests/bench/test_suite.py::test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_existing_"
        "finishes"],
       "a full disk at a suite's result JSON left its figure; the rerun with --skip-existing refused to draw over it"),
+    M("bench.figure.query_unnamed", "align/bench/figures.py",
+      "        words = str(names[int(item.label)])\n", "        words = \"\"\n",
+      [FIG + "test_an_image_or_audio_query_is_named_by_its_class_or_its_first_caption"],
+      "an image/audio query cell said only 'audio query': a wrong row could not be read"),
     M("bench.figure.broken_item_crashes", "align/bench/figures.py",
       "    except SampleError as e:\n        return \"broken\", str(e)",
       "    except ImportError as e:\n        return \"broken\", str(e)",
