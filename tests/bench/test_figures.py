@@ -261,15 +261,17 @@ def test_suite_writes_each_entrys_figure_beside_its_json(tmp_path, capsys, fake_
     assert (tmp_path / "none" / pngs[0]).read_bytes() == b"mine"
 
 
-def test_the_figure_needs_no_display(tmp_path):
-    """A machine without a display whose matplotlib is set to an interactive backend (MPLBACKEND=TkAgg) still
-    draws: the figures ask for Agg. (matplotlib 3.11 falls back to Agg by itself there, so this guards the case
-    rather than the one line; no mutation entry.)"""
+@pytest.mark.parametrize("backend", ["TkAgg", "module://a_backend_not_installed_here"])
+def test_the_figure_needs_no_display(tmp_path, backend):
+    """A machine without a display, or whose matplotlib is set to a backend that cannot load there (an interactive
+    toolkit, a third-party module backend missing on a batch node), still draws: the figures ask for Agg. (For TkAgg
+    matplotlib falls back to Agg by itself; the module backend fails at `import matplotlib.pyplot` without it.)"""
+    from tests.conftest import checkout_env
     code = ("import numpy as np, align.bench.figures as f\n"
             "v = f.confusion_view_of(np.array([0, 1, 1]), np.array([0, 1, 0]), ['a', 'b'])\n"
             f"f.write_confusion_figure(v, {str(tmp_path / 'x.png')!r}, 't')\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    env.update(MPLBACKEND="TkAgg", PYTHONPATH=os.getcwd())
+    env = {k: v for k, v in checkout_env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(MPLBACKEND=backend)
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert _valid_png(tmp_path / "x.png")[0] == "PNG"
