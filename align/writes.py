@@ -39,15 +39,23 @@ class StorageError(AlignError):
     exit_code = STORAGE_EXIT
 
 
-def is_storage_error(exn: BaseException) -> bool:
-    """ENOSPC/EIO/EDQUOT/EROFS, also when a library (safetensors, torch) re-raised it as its own error."""
+def _storage_words(exn: Optional[BaseException]) -> Optional[str]:
+    """The OS's words for a storage failure (ENOSPC/EIO/EDQUOT/EROFS) anywhere in exn's chain (a library such as
+    safetensors or torch re-raises it as its own error: the innermost OSError's, or the words in its message), or
+    None when the chain holds none."""
     while exn is not None:
         if isinstance(exn, OSError) and exn.errno in STORAGE_ERRNOS:
-            return True
-        if any(w in str(exn) for w in STORAGE_WORDS):
-            return True
+            return os.strerror(exn.errno)
+        word = next((w for w in STORAGE_WORDS if w in str(exn)), None)
+        if word:
+            return word
         exn = exn.__cause__ or exn.__context__
-    return False
+    return None
+
+
+def is_storage_error(exn: BaseException) -> bool:
+    """ENOSPC/EIO/EDQUOT/EROFS, also when a library (safetensors, torch) re-raised it as its own error."""
+    return _storage_words(exn) is not None
 
 
 def human_bytes(n: Optional[float]) -> str:
@@ -72,15 +80,7 @@ def free_bytes(path: str) -> Optional[int]:
 
 def storage_reason(exn: BaseException) -> str:
     """The OS's words for the failure, also when a library wrapped it (the innermost OSError's)."""
-    e = exn
-    while e is not None:
-        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-            return os.strerror(e.errno)
-        word = next((w for w in STORAGE_WORDS if w in str(e)), None)
-        if word:
-            return word
-        e = e.__cause__ or e.__context__
-    return type(exn).__name__
+    return _storage_words(exn) or type(exn).__name__
 
 
 def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Optional[str],
