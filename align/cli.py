@@ -342,7 +342,7 @@ def main(argv=None) -> int:
         return EXIT_SOURCE_UNAVAILABLE
     except AlignError as e:
         _fatal("align: error: ", str(e))
-        return getattr(e, "exit_code", 2)   # 74: a full disk (align.train.storage); 71: a data worker killed
+        return getattr(e, "exit_code", 2)   # 74: a full disk (align.writes); 71: a data worker killed
     except KeyboardInterrupt:
         _fatal("align: ", "interrupted")
         return 130

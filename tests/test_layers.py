@@ -71,7 +71,6 @@ APP_SHARED = {
     "align.train.rundir",               # the names of a run dir's files
     "align.train.evaluate",             # val-set evaluation and its metric names
     "align.train.init_from",            # starting weights (also WiSE-FT's, in align.export)
-    "align.train.storage",              # a full disk as one line (checkpoints, metrics, align.export's files)
     "align.bench",                      # the BENCHMARKS registry of runners
     "align.bench.models",               # the model factory (align.load, align bench --model)
     "align.bench.datasets",             # eval sets for the runners

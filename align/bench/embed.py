@@ -232,7 +232,7 @@ _CACHE_FULL_SAID = set()     # the cache dirs a full disk was reported for (one 
 def _store(paths, emb: Embeddings, meta: dict) -> None:
     """The cache entry (meta last: an entry without it is never read). A full disk is one line on stderr and the
     benchmark goes on with the embeddings in hand, uncached; other errors pass."""
-    from align.train.storage import atomic_write, is_storage_error
+    from align.writes import atomic_write, is_storage_error
     d, vec_p, ids_p, meta_p = paths
     meta = dict(meta, n=int(len(emb.vectors)), dim=int(emb.vectors.shape[1]) if emb.vectors.ndim == 2 else 0,
                 skipped=emb.skipped, missing=emb.missing, errors=emb.errors, created=time.time(),

@@ -21,7 +21,7 @@ Each format is checked at export time: open_clip reloads the folder and must
 reproduce align's embeddings within 1e-5 (and the same tokens); onnxruntime must
 match PyTorch within 1e-4 at batch 3 and 1. The export is built in a temporary
 sibling folder and renamed into place only when every check passed; a full disk removes it and
-raises StorageError, one line with the space needed and free (align.train.storage).
+raises StorageError, one line with the space needed and free (align.writes).
 Modules: open_clip_format (open_clip's folder layout), onnx_format (one ONNX file per tower),
 model_card (the README.md of every export), wise_ft (WiSE-FT interpolation); this file: `export`.
 """
@@ -34,7 +34,7 @@ import tempfile
 from typing import List, Optional
 
 from align.errors import AlignError, make_folder
-from align.train.storage import StorageError, is_storage_error, storage_line
+from align.writes import StorageError, is_storage_error, storage_line
 
 FORMATS = ("open_clip", "onnx", "all")
 AUDIO_NOTE = "audio tower not representable in open_clip format; exported in align/ONNX form"

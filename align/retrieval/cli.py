@@ -84,7 +84,8 @@ def _modalities(text):
 
 
 def cmd_embed(a):
-    from align.retrieval.embed import check_out, dist_env, embed_corpus, launch_totals
+    from align.retrieval.embed import check_out, embed_corpus
+    from align.retrieval.embed_summary import dist_env, launch_totals
     check_out(a.out)                                # before the model loads
     _check_batch(a)
     _check_precision(a)

@@ -41,8 +41,8 @@ from align.data.stream.sources import expand_urls
 from align.data.write.inputs import hash_file
 from align.errors import ConfigError, DataError, make_folder, without_reprs
 from align.limits import changed_limits
-from align.retrieval.embed_summary import ORDER, EmbedSummary, dist_env, launch_totals  # noqa: F401  (their callers')
-from align.train.storage import atomic_write, guard_write
+from align.retrieval.embed_summary import ORDER, EmbedSummary, dist_env
+from align.writes import atomic_write, guard_write
 
 MEDIA = ("image", "audio")
 DTYPES = {"float16": np.float16, "float32": np.float32}

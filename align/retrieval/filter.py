@@ -26,8 +26,9 @@ import faiss
 import numpy as np
 
 from align.errors import ConfigError, DataError, make_folder
-from align.retrieval.embed import (MEDIA, dist_env, embed_corpus, embedded_modalities, load_embeddings,
-                                   part_done, read_manifest, source_shards, verify_parts)
+from align.retrieval.embed import (MEDIA, embed_corpus, embedded_modalities, load_embeddings, part_done,
+                                   read_manifest, source_shards, verify_parts)
+from align.retrieval.embed_summary import dist_env
 from align.bench.embed import model_fingerprint
 from align.bench.index import build_index
 from align.wds.format import group_samples, pick

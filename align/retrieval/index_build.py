@@ -49,7 +49,7 @@ from align.bench.index import (INDEXES, Refined, build_index, create_index, defa
 from align.errors import ConfigError, DataError, make_folder
 from align.retrieval.embed import (EmbeddingParts, corpus_root, embedded_modalities, read_manifest, verify_parts,
                                      write_rows)
-from align.train.storage import atomic_write, guard_write
+from align.writes import atomic_write, guard_write
 
 SCAN_BYTES_PER_MS = 5e6        # one core streams ~5 GB/s of float32 in a flat inner-product scan
 TARGET_RECALL = 0.95

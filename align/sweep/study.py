@@ -41,7 +41,7 @@ from align.errors import AlignError, ConfigError
 from align.shipped import resolve_recipe
 from align.sweep import report, trial as trials
 from align.sweep.space import Param, describe_space, load_space
-from align.train.storage import StorageError, is_storage_error, storage_line
+from align.writes import StorageError, is_storage_error, storage_line
 
 FINISHED = ("COMPLETE", "PRUNED")
 MAX_FAILS_IN_ROW = 3

@@ -37,7 +37,8 @@ from align.train.manifest import write_manifest
 from align.train.rundir import (DCP_DIR, DCP_METADATA, EMA, MODEL, OPTIM, OPTIM_META, RANK_FILE_RE, STATE,
                                 is_checkpoint_dir, is_dcp_store, is_sharded_checkpoint, list_checkpoints, old_name,
                                 STEP_RE, partial_writes, rank_file, read_state, rng_file, tmp_name, weights_path)
-from align.train.storage import StorageError, is_storage_error, newest_step_checkpoint
+from align.train.storage import newest_step_checkpoint
+from align.writes import StorageError, is_storage_error
 
 # Names other modules import from here (the file layout itself is align.train.rundir's).
 __all__ = ["is_checkpoint_dir", "weights_path", "list_checkpoints", "load_weights", "load_dcp_tensors",

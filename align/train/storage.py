@@ -5,8 +5,8 @@
       - before: warn_if_tight with the newest checkpoint's size (one warning when the next will not fit);
       - on ENOSPC/EIO/EDQUOT/EROFS (also wrapped by safetensors or torch): the .tmp dir removed, and
         StorageError(storage_line(...)): the path, the space needed and free, the intact checkpoint.
-    guard_write(path, need, intact) does the same for any other write (an export), and
-    atomic_write(path, write) writes a file whole or not at all: both are align.writes', named here too;
+    (guard_write(path, need, intact) does the same for any other write, and atomic_write(path, write) writes a
+    file whole or not at all: both are align.writes', which every command imports from there);
     append_line(f, path, line, ckpt_dir) appends a metrics line, cut back to the last whole line on failure.
 
 StorageError (align.writes) carries exit_code STORAGE_EXIT (74, sysexits.h EX_IOERR), which the CLI returns.
@@ -25,10 +25,8 @@ from contextlib import contextmanager, suppress
 from typing import Optional
 
 from align.train.rundir import checkpoints_dir, list_checkpoints, tmp_name
-# the writers every command shares (a file whole or not at all, a full disk as one line), in the base layer so
-# that `align data shards` uses them too; named here as well, where training and its callers have always found them
-from align.writes import (STORAGE_EXIT, StorageError, atomic_write, free_bytes, guard_write,  # noqa: F401
-                          human_bytes, is_storage_error, storage_line)
+# the writers every command shares (a file whole or not at all, a full disk as one line), in the base layer
+from align.writes import StorageError, free_bytes, guard_write, human_bytes, is_storage_error, storage_line
 
 log = logging.getLogger("align.train")
 

@@ -431,7 +431,7 @@ def test_the_manifest_records_the_corpus_folder(tmp_path, tri_run):
 
 def _totals_worker(rank, port, out):
     import json as _json
-    from align.retrieval.embed import EmbedSummary, launch_totals
+    from align.retrieval.embed_summary import EmbedSummary, launch_totals
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     mine = EmbedSummary(parts=2 - rank, done_before=rank, items=10 + rank, vectors={"text": 3 + rank, "image": 1},
                         skipped=rank, seconds=1.0 + rank)

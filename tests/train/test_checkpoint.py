@@ -129,7 +129,7 @@ def test_a_full_disk_seen_by_one_rank_ends_every_rank_with_one_line_and_no_parti
     import errno
 
     import align.train.checkpoint as ck
-    from align.train.storage import StorageError
+    from align.writes import StorageError
     model = torch.nn.Linear(4, 3)
     save_checkpoint(str(tmp_path), "step-00000001", model.state_dict(), state={"step": 1, "world_size": 2})
     doomed = "model.safetensors" if full_on == 0 else "rng-1.safetensors"
@@ -183,7 +183,7 @@ def test_a_full_disk_in_one_ranks_dcp_shards_is_its_one_line_not_a_checkpoint_ex
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from align.train.storage import StorageError, is_storage_error
+    from align.writes import StorageError, is_storage_error
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters())
     save_checkpoint(str(tmp_path), "step-00000001", model.state_dict(), state={"step": 1, "world_size": 2})

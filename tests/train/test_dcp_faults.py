@@ -113,7 +113,8 @@ def _full_disk(run):
     import torch.distributed.checkpoint.filesystem as fs
 
     from align.train.manifest import verify
-    from align.train.storage import StorageError, checkpoint_write
+    from align.train.storage import checkpoint_write
+    from align.writes import StorageError
     model, opt, ckpts = _two_checkpoints(run)
     real = fs._write_item
 

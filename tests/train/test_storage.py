@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from align.train.storage import (STORAGE_EXIT, StorageError, is_storage_error, resume_metrics, storage_line,
-                                 truncate_metrics, warn_if_tight)
+from align.train.storage import resume_metrics, truncate_metrics, warn_if_tight
+from align.writes import STORAGE_EXIT, StorageError, is_storage_error, storage_line
 from tests.conftest import checkout_env
 from tests.switch_helpers import final_weights, metrics, recipe, train_dict
 
