@@ -141,5 +141,10 @@ def write_text_whole(path, text: str, kept: str = "nothing else was changed", in
 
 
 def save_figure(fig, path, kept: str = "nothing else was changed", intact: Optional[str] = None, **savefig) -> None:
-    """A matplotlib figure as a PNG at `path` (write_whole: a full disk left half a PNG under its name)."""
-    write_whole(path, lambda f: fig.savefig(f, format="png", **savefig), kept, intact=intact)
+    """A pyplot figure as a PNG at `path` (write_whole: a full disk left half a PNG under its name), then closed,
+    written or not (pyplot holds every figure it made until it is closed)."""
+    try:
+        write_whole(path, lambda f: fig.savefig(f, format="png", **savefig), kept, intact=intact)
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)

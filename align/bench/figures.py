@@ -34,16 +34,13 @@ def figure_path(out_json: str) -> str:
     return (out_json[:-5] if out_json.lower().endswith(".json") else out_json) + ".png"
 
 
-def _save(fig, plt, out_png: str, **kw) -> str:
+def _save(fig, out_png: str, **kw) -> str:
     """fig as out_png, whole or not at all (align.writes: a full disk is one line naming the file, no half PNG
     under its name), its missing folders created (the result beside it is written after the runner returns)."""
     from align.errors import make_folder
     from align.writes import save_figure
     make_folder(os.path.dirname(os.path.abspath(out_png)), "figure's")
-    try:
-        save_figure(fig, out_png, kept="the results are kept", **kw)
-    finally:
-        plt.close(fig)
+    save_figure(fig, out_png, kept="the results are kept", **kw)
     return out_png
 
 
@@ -71,10 +68,8 @@ def drawn_or_said(out_png: str, draw: Callable[..., str], *args, **kw) -> Option
     except Exception as e:       # noqa: BLE001 (any drawing fault: the figure is an extra, the numbers are not)
         why = str(e) if isinstance(e, AlignError) else f"{out_png}: {type(e).__name__}: {printable(e)}"
         print(f"align: warning: {why}; no figure (the results are not affected)", file=sys.stderr, flush=True)
-        try:                     # a cut-short file, or the figure of the results --overwrite replaces: not theirs
+        with suppress(OSError):  # a cut-short file, or the figure of the results --overwrite replaces: not theirs
             os.remove(out_png)
-        except OSError:
-            pass
         return None
 
 
@@ -163,7 +158,7 @@ def write_confusion_figure(view: dict, out_png: str, title: str = "") -> str:
         head += f"\nthe {s} most-confused of {view['n_classes']} classes"
     ax.set_title(head, fontsize=9)
     fig.tight_layout()
-    return _save(fig, plt, out_png, dpi=100)
+    return _save(fig, out_png, dpi=100)
 
 
 def write_confusion_plot(result: dict, out_png: str, title: str = "") -> Optional[str]:
@@ -298,7 +293,7 @@ def write_retrieval_figure(examples: List[dict], query: Side, gallery: Side, out
                 spine.set_linewidth(2)
     fig.suptitle(f"{title}\n✓: {hit_means}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, plt, out_png, dpi=90, bbox_inches="tight")
+    return _save(fig, out_png, dpi=90, bbox_inches="tight")
 
 
 def check_figure_path(path: str, overwrite: bool) -> None:

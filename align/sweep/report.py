@@ -111,10 +111,7 @@ def write_plot(rows: List[dict], params: List[Param], metric: str, out_png: str,
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"sweep: {metric} on the held-out set against each setting ({len(done)} trials)", fontsize=10)
     fig.tight_layout()
-    try:               # bbox_inches: the title is wider than one key's panel
-        save_figure(fig, out_png, KEPT, dpi=90, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure(fig, out_png, KEPT, dpi=90, bbox_inches="tight")    # bbox_inches: the title is wider than a panel
     return out_png
 
 

@@ -234,8 +234,5 @@ def retrieval_figure(model, val_dir: str, out_png: str, n_queries: int = 5, k: i
         axes[i, 0].text(-0.1, 0.5, text, transform=axes[i, 0].transAxes, ha="right", va="center", fontsize=8)
     fig.suptitle(f"text -> image retrieval on {os.path.basename(os.path.normpath(val_dir))} (top {k})", fontsize=10)
     fig.tight_layout()
-    try:
-        save_figure(fig, out_png, kept=KEPT, dpi=90, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure(fig, out_png, kept=KEPT, dpi=90, bbox_inches="tight")
     return out_png

@@ -89,9 +89,6 @@ def write_loss_plot(metrics_path: str, out_png: str, eval_path: Optional[str] = 
         ev.set_ylabel(f"held-out\n{metric}", fontsize=8)
     axes[-1][0].set_xlabel("step")
     fig.tight_layout()
-    try:
-        save_figure(fig, out_png, intact=intact, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, out_png, intact=intact, dpi=100)
     return out_png
 

@@ -288,6 +288,8 @@ def test_an_image_or_audio_query_is_named_by_its_class_or_its_first_caption(tmp_
     assert figures.query_name(by_caption, 2) == ret.items[2].captions[0][:24]
     assert figures.query_name(figures.Side(ret, "text", np.arange(len(ret))), 0) == ""
     drawn = []
-    monkeypatch.setattr(figures, "_save", lambda fig, plt, out_png, **kw: drawn.append(fig) or plt.close(fig))
+    monkeypatch.setattr(figures, "_save", lambda fig, out_png, **kw: drawn.append(fig))
     figures.write_retrieval_figure([{"query": 1, "shown": [(0, False)]}], at, at, str(tmp_path / "f.png"), "t")
     assert drawn[0].axes[0].get_title() == f"image query\n{cls.classnames[cls.items[1].label]}"
+    import matplotlib.pyplot as plt
+    plt.close(drawn[0])

@@ -603,8 +603,8 @@ MUTATIONS = [
       "                        eval_path=os.path.join(r.output_dir, rundir.EVAL), metric=held, intact=final)\n",
       ["tests/train/test_storage.py::"
        "test_a_full_disk_at_the_runs_end_files_is_one_line_and_the_rerun_writes_them"], "summary.json before loss.png: a full disk at the plot left a run the rerun took for finished"),
-    M("writes.loss_plot_in_place", "align/train/plots.py", "        save_figure(fig, out_png, intact=intact, dpi=100)",
-      "        fig.savefig(out_png, dpi=100)", ["tests/train/test_storage.py::"
+    M("writes.loss_plot_in_place", "align/train/plots.py", "    save_figure(fig, out_png, intact=intact, dpi=100)",
+      "    fig.savefig(out_png, dpi=100)", ["tests/train/test_storage.py::"
        "test_a_full_disk_at_the_runs_end_files_is_one_line_and_the_rerun_writes_them"], "a full disk at loss.png: a traceback and half a PNG"),
     M("writes.eval_row_cut_kept", "align/train/metrics.py",
       "        append_line(f, path, json.dumps({\"step\": step, **flat}) + \"\\n\", rundir.checkpoints_dir(r.output_dir))",
