@@ -64,11 +64,9 @@ def train(r: Recipe, progress: bool = True) -> dict:
         set_seed(r.seed)
         eng = build_engine(r, acc, resume_path, watch)
         state, data_resume = resume(eng, resume_path)
-        done = (finished_summary(r, state, eng.total_steps, acc.is_main_process, watch.share_object)
+        done = (finished_summary(r, state, eng.total_steps, acc.is_main_process, watch.share_object, acc.print)
                 if resume_path else None)
-        if done is not None:                   # trained to its end before: say so, write nothing
-            acc.print(f"{r.output_dir}: already trained to step {state.step} (train.max_steps); nothing to do, "
-                      f"nothing rewritten (raise train.max_steps to train on)")
+        if done is not None:                   # trained to its end before: said, nothing written
             return done
         loader = build_loader(r, eng.core, eng.rank, eng.world, data_resume, pin_memory=acc.device.type == "cuda")
         if hasattr(loader, "close"):           # an error exit stops its workers before the interpreter ends

@@ -210,10 +210,11 @@ def check_not_someone_elses(output_dir: str) -> None:
 
 
 def finished_summary(r: Recipe, state: TrainState, total_steps: int, is_main: bool,
-                     share=lambda x: x) -> Optional[dict]:
+                     share=lambda x: x, printer=print) -> Optional[dict]:
     """The run's summary.json when it was resumed at its last step and that summary is of this step: the same
     command again (a scheduler's requeue) then changes nothing -- no config.yaml rewritten with other settings
-    over weights trained with the first ones, no NaN final loss. Rank 0 reads, every rank gets its answer."""
+    over weights trained with the first ones, no NaN final loss -- and says so (`printer`: the main process's).
+    Rank 0 reads, every rank gets its answer."""
     done = None
     if is_main and state.step >= total_steps:
         try:
@@ -222,7 +223,11 @@ def finished_summary(r: Recipe, state: TrainState, total_steps: int, is_main: bo
         except (OSError, ValueError):
             done = None                        # ended before its summary: the end (save, eval, summary) runs again
         done = done if isinstance(done, dict) and done.get("steps") == state.step else None
-    return share(done)
+    done = share(done)
+    if done is not None:
+        printer(f"{r.output_dir}: already trained to step {state.step} (train.max_steps); nothing to do, nothing "
+                f"rewritten (raise train.max_steps to train on)")
+    return done
 
 
 def resolve_resume(r: Recipe) -> Optional[str]:

@@ -405,9 +405,10 @@ def test_eval_every_tasks_best_metric_and_batch_size(tmp_path, monkeypatch):
     assert not any("best" in d for d in os.listdir(os.path.join(r2["output_dir"], "checkpoints")))
 
 
-def test_the_same_command_on_a_finished_run_changes_nothing(tmp_path, monkeypatch):
+def test_the_same_command_on_a_finished_run_changes_nothing(tmp_path, monkeypatch, capsys):
     """A requeued job re-ran a finished run: "resumed at step 4", summary.json got final_loss NaN, and with other
-    settings config.yaml was rewritten to claim them over weights trained with the first ones."""
+    settings config.yaml was rewritten to claim them over weights trained with the first ones. Each rerun says so
+    in one line."""
     spy = Spy(monkeypatch)
     base = recipe(tmp_path, "run", resume="auto", train={"max_steps": 4, "checkpoint_every": 2})
     first = train_dict(base)
@@ -415,8 +416,12 @@ def test_the_same_command_on_a_finished_run_changes_nothing(tmp_path, monkeypatc
     before = {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(run) for f in fs
               if not f.startswith("align.lock") and "tb" not in d}
     spy.steps.clear()
+    capsys.readouterr()
     for again in (base, dict(base, train=dict(base["train"], lr=0.5))):
         assert train_dict(again) == first and spy.steps == []
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "already trained to step" in ln]
+    assert said == [f"{run}: already trained to step 4 (train.max_steps); nothing to do, nothing rewritten (raise "
+                    f"train.max_steps to train on)"] * 2, said
     after = {p: open(p, "rb").read() for p in before}
     assert after == before and math.isfinite(first["final_loss"])
 

@@ -503,6 +503,11 @@ MUTATIONS = [
       ["tests/train/test_metrics.py::"
        "test_each_mid_run_evaluation_is_one_line_and_the_bar_stays_after_the_overfit_warning"],
       "the overfitting warning's loss trend read this rank's own last loss, not the metrics rows' mean over ranks"),
+    M("setup.finished_run_unsaid", "align/train/setup.py",
+      "    if done is not None:\n        printer(f\"{r.output_dir}: already trained",
+      "    if False:\n        printer(f\"{r.output_dir}: already trained",
+      ["tests/train/test_train_switches.py::test_the_same_command_on_a_finished_run_changes_nothing"],
+      "the same command on a finished run changed nothing and said nothing"),
     M("feed.loss_pairs_not_given_to_the_loader", "align/train/feed.py",
       "pin_memory=pin_memory, pairs=trained_pairs(r))", "pin_memory=pin_memory, pairs=None)",
       ["tests/train/test_three_towers.py::test_a_sample_in_no_loss_pair_is_skipped_and_counted_the_others_train"],
