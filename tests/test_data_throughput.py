@@ -43,10 +43,18 @@ def test_the_log_mel_in_the_step_is_computed_by_the_consumer(tmp_path, capsys, m
     assert len(seen) == 2 and all(s[1:] == (64, 1001) for s in seen)   # the step row's 2 batches of 8, finished
 
 
-def test_busy_keeps_computing_for_the_time_asked():
-    import time
-
+def test_busy_keeps_computing_until_the_time_asked_has_passed(monkeypatch):
+    """On a clock that moves 4 ms a reading (no wall time is measured): 30 ms ends at the reading of 32 ms: the 7
+    readings from 4 to 28 ms are each followed by one matmul."""
     import torch
-    t0 = time.perf_counter()
-    data_throughput.busy(30, torch.randn(64, 64))
-    assert 0.03 <= time.perf_counter() - t0 < 0.5
+    clock = iter(range(0, 10 ** 6, 4))
+    monkeypatch.setattr(data_throughput.time, "perf_counter", lambda: next(clock) / 1000)
+    products = []
+
+    class Counted(torch.Tensor):
+        def __matmul__(self, other):
+            products.append(1)
+            return super().__matmul__(other)
+
+    data_throughput.busy(30, torch.randn(4, 4).as_subclass(Counted))
+    assert len(products) == 7
