@@ -57,7 +57,10 @@ def test_installed_console_script():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run([script, "recipes"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "demo" in out.stdout and "bind" in out.stdout, out.stderr[-2000:]
-    # its error path (exit 2, one line): tests/train/test_train_data_switches.py's pipe: refusal
+    bad = subprocess.run([script, "recipes", "--show", "no_such_recipe"], capture_output=True, text=True, env=env,
+                         timeout=300)                             # its error path: exit 2, one line
+    assert bad.returncode == 2 and bad.stderr.startswith("align: error: recipe not found: no_such_recipe") \
+        and len(bad.stderr.splitlines()) == 1, (bad.returncode, bad.stderr[-2000:])
 
 
 def test_python_dash_m_align_is_the_align_command(tmp_path):

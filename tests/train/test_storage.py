@@ -6,14 +6,12 @@ import io
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from align.train.storage import resume_metrics, truncate_metrics, warn_if_tight
 from align.writes import STORAGE_EXIT, StorageError, is_storage_error, storage_line
-from tests.conftest import checkout_env
 from tests.switch_helpers import final_weights, metrics, recipe, train_dict
 
 
@@ -133,10 +131,13 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
-def _align(args, **kw):
-    env = checkout_env()
-    return subprocess.run([sys.executable, "-m", "align.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, **kw)
+def _align(args, capfd):
+    """`align ARGS` in this process (a child would spend ~10 s importing torch and open_clip): its exit status and
+    everything it wrote to stderr, at the file-descriptor level (safetensors' and torch's own messages included)."""
+    from align.cli import main
+    capfd.readouterr()
+    rc = main(args)
+    return rc, capfd.readouterr().err
 
 
 def _fail_writes_into(monkeypatch, module, marker: str):
@@ -167,7 +168,7 @@ def _check_the_line(line: str, run_dir: str) -> None:
 
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_resume_logs_no_step_twice(tmp_path, small_disk,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, capfd):
     """On a tmpfs that holds one checkpoint and a half: the write of the second fails. (Without mount rights:
     the same with ENOSPC faked at the write.)"""
     ref = recipe(tmp_path, "ref", train=TRAIN, resume="auto")
@@ -187,16 +188,16 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_resume_logs_no_step_twi
     else:
         r = recipe(disk, "run", train=TRAIN, resume="auto")
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(r))
-        p = _align(["train", str(tmp_path / "run.yaml"), "--no-progress"])
-        assert p.returncode == STORAGE_EXIT, p.stderr[-3000:]
-        assert "Traceback" not in p.stderr and "SafetensorError" not in p.stderr, p.stderr[-3000:]
-        lines = [line for line in p.stderr.splitlines() if line.startswith("align: ")]
-        assert len(lines) == 1 and lines[0].startswith("align: error: "), p.stderr[-3000:]
+        rc, err = _align(["train", str(tmp_path / "run.yaml"), "--no-progress"], capfd)
+        assert rc == STORAGE_EXIT, err[-3000:]
+        assert "Traceback" not in err and "SafetensorError" not in err, err[-3000:]
+        lines = [line for line in err.splitlines() if line.startswith("align: ")]
+        assert len(lines) == 1 and lines[0].startswith("align: error: "), err[-3000:]
         _check_the_line(lines[0], r["output_dir"])
-        assert "will not fit" in p.stderr                          # said ahead, before the write
+        assert "will not fit" in err                               # said ahead, before the write
         assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4]
         small_disk.grow(ckpt_bytes * 4 + (4 << 20))                    # space freed
-        train_dict(r)                                              # the same recipe resumes (in process: faster)
+        train_dict(r)                                              # the same recipe resumes
     assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]     # no step twice
     a, b = final_weights(ref["output_dir"]), final_weights(r["output_dir"])
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
@@ -258,16 +259,16 @@ def test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_who
     assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]
 
 
-def test_an_export_to_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, small_disk, monkeypatch):
+def test_an_export_to_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, small_disk, monkeypatch, capfd):
     r = recipe(tmp_path, "run", train={"max_steps": 1})
     train_dict(r)
     disk = small_disk(256 << 10)                                   # 256 KB: not even the align weights fit
     if disk is not None:
-        p = _align(["export", r["output_dir"], "--out", str(disk / "exp"), "--format", "open_clip"])
-        assert p.returncode == STORAGE_EXIT, p.stderr[-3000:]
-        assert "Traceback" not in p.stderr
-        lines = [line for line in p.stderr.splitlines() if line.startswith("align: ")]
-        assert len(lines) == 1, p.stderr[-3000:]
+        rc, err = _align(["export", r["output_dir"], "--out", str(disk / "exp"), "--format", "open_clip"], capfd)
+        assert rc == STORAGE_EXIT, err[-3000:]
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("align: ")]
+        assert len(lines) == 1, err[-3000:]
         line = lines[0].removeprefix("align: error: ")
         out = disk
     else:                                                          # no mount rights: fake ENOSPC in process

@@ -5,8 +5,6 @@ Each test fails when its switch is ignored; tests/README.md maps switches to tes
 """
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -138,34 +136,28 @@ def test_one_data_worker_trains_as_none_and_two_the_same_samples_in_another_orde
     assert steps[0] != steps[2]
 
 
-def _align_script():
-    """The installed console script: next to this interpreter, else on PATH."""
-    import shutil
-    here = os.path.join(os.path.dirname(sys.executable), "align")
-    return here if os.path.exists(here) else shutil.which("align")
-
-
-def test_installed_align_script_refuses_pipe_unless_the_recipe_allows_it(tmp_path, shards):
-    """data.allow_pipe through the `align` executable: false (default) -> exit 2 and one line naming
-    the setting, and the shell command never ran; true -> trains (the command ran; in-process, as a
-    second start of the script costs ~10 s)."""
+def test_align_train_refuses_pipe_unless_the_recipe_allows_it(tmp_path, shards, capfd):
+    """data.allow_pipe through `align train` (align.cli.main, in this process): false (default) -> exit 2 and one
+    line naming the setting, and the shell command never ran; true -> trains (the command ran). The installed
+    `align` script's own exit status and line on an error: tests/test_cli.py::test_installed_console_script."""
     import yaml
-    script = _align_script()
-    assert script, "the align console script is not installed (pip install -e .)"
+
+    from align.cli import main
     marker = tmp_path / "pipe-ran"
     shard = shards[0].replace("{000..003}", "000")
     url = f"pipe:touch {marker} && cat {shard}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p))
     for allow in (False, True):
         r = recipe(tmp_path, f"pipe{allow}", data={"train": url, "allow_pipe": allow, "shuffle_buffer": 1},
                    train={"max_steps": 1})
         if not allow:
             path = tmp_path / "pipe.yaml"
             path.write_text(yaml.safe_dump(r))
-            out = subprocess.run([script, "train", str(path), "--no-progress"], capture_output=True, text=True,
-                                 env=env, timeout=300)
-            lines = out.stderr.strip().splitlines()
-            assert out.returncode == 2 and "allow_pipe" in lines[-1] and "Traceback" not in out.stderr, out.stderr
+            capfd.readouterr()
+            rc = main(["train", str(path), "--no-progress"])
+            err = capfd.readouterr().err
+            last = err.strip().splitlines()[-1]
+            assert rc == 2 and last.startswith("align: error: ") and "allow_pipe" in last, err
+            assert "Traceback" not in err, err
             assert not marker.exists()
         else:
             assert train_dict(r)["steps"] == 1 and marker.exists()

@@ -103,7 +103,7 @@ MUTATIONS = [
       [DSW + "::test_num_workers_decode_in_worker_processes"]),
     M("switch.data.allow_pipe", "align/train/feed.py", "shuffle_buffer=r.data.shuffle_buffer, allow_pipe=r.data.allow_pipe,",
       "shuffle_buffer=r.data.shuffle_buffer, allow_pipe=True,",
-      [DSW + "::test_installed_align_script_refuses_pipe_unless_the_recipe_allows_it"]),
+      [DSW + "::test_align_train_refuses_pipe_unless_the_recipe_allows_it"]),
     M("switch.data.max_skip_frac", "align/train/feed.py", "max_skip_frac=r.data.max_skip_frac,", "max_skip_frac=None,",
       [DSW + "::test_max_skip_frac_from_the_recipe_stops_the_run"]),
     M("switch.data.synthetic_size", "align/train/feed.py", "samples_per_epoch=r.data.synthetic_size // world",
@@ -483,7 +483,7 @@ MUTATIONS = [
       "    if (loss_backward or (lambda t: t.backward()))(loss) is False and False:\n",
       ["tests/train/test_gradcache.py::test_a_declined_backward_skips_pass_two_and_leaves_no_gradient",
        "tests/train/test_nan_multiprocess.py::"
-       "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2]"],
+       "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2-fork]"],
       "train.accum_steps > 1 on 2+ processes: the step after a NaN/Inf one failed on every rank with DDP's "
       "'Expected to have finished reduction' (GradCache's pass 2 ran its DDP forwards for no backward)"),
     M("metrics.bad_step_not_said", "align/train/metrics.py",
@@ -495,7 +495,7 @@ MUTATIONS = [
       "        finite = decided[-1]\n",
       "        finite = True\n",
       ["tests/train/test_nan_multiprocess.py::"
-       "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2]"],
+       "test_a_nan_loss_on_one_rank_is_skipped_by_both_counted_once_and_the_ranks_stay_equal[siglip-2-fork]"],
       "GradCache: a NaN/Inf attempt the guard declined stepped the optimizer anyway"),
     M("metrics.overfit_reads_rank_own_loss", "align/train/metrics.py",
       "results.get(name) if name else None, self.row_loss, step)",
