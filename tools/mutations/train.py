@@ -621,4 +621,7 @@ MUTATIONS = [
       "    open(path, \"w\").write(yaml.safe_dump(new, sort_keys=False))",
       ["tests/train/test_storage.py::test_a_full_disk_at_the_runs_config_is_one_line_and_leaves_no_cut_config"],
       "a full disk at config.yaml: a traceback and a cut config that align.load reads"),
+    M("perf.cpu_peak_remeasured", "align/train/perf.py", "    if threads not in _CPU_PEAKS:", "    if True:",
+      ["tests/train/test_perf.py::test_the_cpu_peak_is_measured_once_per_thread_count"],
+      "the CPU's matmul peak measured again by every run of a process (~0.25 s each)"),
 ]
