@@ -26,6 +26,56 @@ def start_python(code: str, ready: str) -> subprocess.Popen:
     return p
 
 
+def fork_main(argv: list, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`align ARGV` as its own process, forked from this one: the exit status, stdout and stderr (its data workers'
+    lines too) that `python -m align.cli ARGV` gives, without a fresh interpreter's 8-10 s of imports (torch,
+    open_clip, accelerate). Torch on one thread, a fresh Accelerate state and no inherited socket in the child, as a
+    new process has; past `timeout` s the child is killed and the test fails (a hang is never waited out)."""
+    import gc
+    import multiprocessing as mp
+    import stat
+    import tempfile
+    streams = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+
+    def child():
+        import logging
+
+        import torch
+        from accelerate.state import AcceleratorState
+
+        from align.cli import main
+        from align.progress import WarningLines
+        for fd in map(int, os.listdir("/proc/self/fd")):   # a new process inherits no socket: a server this
+            try:                                           # test shut down must not accept through the child's copy
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.close(fd)
+            except OSError:
+                pass
+        for fd, f in zip((1, 2), streams):
+            os.dup2(f.fileno(), fd)
+        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+        logger = logging.getLogger("align")
+        for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
+            logger.removeHandler(h)
+        torch.set_num_threads(1)
+        AcceleratorState._reset_state(True)
+        rc = main(list(argv))
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(rc)
+    # garbage collected here, not in the child: a native library's object (an onnxruntime session) destroyed in a
+    # forked child can wait forever on its thread pool, whose threads the child does not have
+    gc.collect()
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        pytest.fail(f"align {' '.join(map(str, argv))}: still running after {timeout} s (killed)")
+    out, err = [(f.seek(0), f.read().decode("utf-8", "replace"))[1] for f in streams]
+    return subprocess.CompletedProcess(["align", *argv], p.exitcode, out, err)
+
+
 TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16, "mlp_ratio": 2.0},
     "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1, "mlp_ratio": 2.0},

@@ -95,21 +95,23 @@ def test_two_models_side_by_side(suite_dir, capsys):
 
 
 def test_existing_results_are_not_overwritten_unless_asked(suite_dir):
+    """(plot=False: the result JSONs are what is kept or replaced; the figures beside them, never over a file
+    either, are tests/bench/test_figures.py's, and drawing them took 95% of this test's time.)"""
     out, suite = str(suite_dir / "out"), str(suite_dir / "suite.yaml")
     cache = str(suite_dir / "cache")
-    first = run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False)
+    first = run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False, plot=False)
     with pytest.raises(AlignError, match=r"exists; pass --overwrite \(overwrite=True\) to replace it or --skip-existing"):
-        run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False)
+        run_suite(suite, [FakeModel(name="m")], out, cache_dir=cache, progress=False, plot=False)
     m = FakeModel(name="m")
-    again = run_suite(suite, [m], out, skip_existing=True, progress=False)
+    again = run_suite(suite, [m], out, skip_existing=True, progress=False, plot=False)
     assert sum(m.calls.values()) == 0 and [r["metrics"] for r in again] == [r["metrics"] for r in first]
     m = FakeModel(name="m")
-    run_suite(suite, [m], out, cache_dir=cache, overwrite=True, progress=False)
+    run_suite(suite, [m], out, cache_dir=cache, overwrite=True, progress=False, plot=False)
     assert sum(m.calls.values()) == 0  # overwritten from the embedding cache
     # each result records how it was encoded; kept results encoded otherwise are not mixed into a bf16 table
     assert {(r["precision"], r["engine"]) for r in first} == {("fp32", "torch")}
     with pytest.raises(AlignError, match=r"--skip-existing keeps a result encoded with precision fp32 \(this run: bf16\)"):
-        run_suite(suite, [FakeModel(name="m")], out, skip_existing=True, precision="bf16", progress=False)
+        run_suite(suite, [FakeModel(name="m")], out, skip_existing=True, precision="bf16", progress=False, plot=False)
 
 
 def test_suite_validation_errors(suite_dir):
@@ -263,9 +265,9 @@ def test_a_second_run_into_the_same_out_tables_the_first_runs_results_beside_its
     and results.csv listed only the second run's: the folder held results its tables did not show. Both runs'
     results are now tabled side by side, named; those encoded otherwise (another precision) are marked."""
     out, suite = str(suite_dir / "out"), str(suite_dir / "suite.yaml")
-    first = run_suite(suite, [FakeModel(name="fakeA")], out, progress=False)
+    first = run_suite(suite, [FakeModel(name="fakeA")], out, progress=False, plot=False)     # (tables, not figures)
     capsys.readouterr()
-    second = run_suite(suite, [FakeModel(seed=1, name="fakeB")], out, progress=False, precision="bf16")
+    second = run_suite(suite, [FakeModel(seed=1, name="fakeB")], out, progress=False, precision="bf16", plot=False)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.endswith(f"; the tables also hold {len(first)} result(s) of earlier runs in that folder (fakeA), "
                          f"{len(first)} of them encoded otherwise (listed in results.md)"), line
@@ -285,21 +287,26 @@ def test_a_full_disk_while_a_suite_writes_is_one_line_and_a_rerun_with_skip_exis
                                                                                              full_at):
     """ENOSPC at a result JSON left it empty (or cut) under its name: the rerun said it "exists", and with
     --skip-existing failed reading it; at results.csv/.md a traceback and a cut table. Now one line naming the
-    file, no partial file, and the rerun (--skip-existing) tables the same results as a clean run."""
+    file, no partial file, and the rerun (--skip-existing) tables the same results as a clean run. Figures are drawn
+    where a result JSON fails (its figure, drawn before it, must go with it: else the rerun refused to draw over it);
+    at results.csv/.md, written after every figure, they would change nothing but this test's time (plot=False)."""
     from align.writes import StorageError
     from tests.diskfull import files_under, full_disk
-    suite = str(suite_dir / "suite.yaml")
-    run_suite(suite, [FakeModel(name="m")], str(suite_dir / "clean"), progress=False)
+    suite, plot = str(suite_dir / "suite.yaml"), full_at.endswith(".json")
+    if plot:   # the suite but its last entry: a second retrieval figure (~2 s) drawn by the clean run and the rerun
+        suite = str(suite_dir / "three.yaml")
+        (suite_dir / "three.yaml").write_text(SUITE[:SUITE.index("- dataset: aud\n")])
+    run_suite(suite, [FakeModel(name="m")], str(suite_dir / "clean"), progress=False, plot=plot)
     out = suite_dir / "out"
     disk = full_disk(monkeypatch, full_at, free=10)
     with pytest.raises(StorageError) as e:
-        run_suite(suite, [FakeModel(name="m")], str(out), progress=False)
+        run_suite(suite, [FakeModel(name="m")], str(out), progress=False, plot=plot)
     failed = disk.failed[0].split(".tmp")[0]
     assert str(e.value).startswith(f"{failed}: No space left on device (") and "--skip-existing" in str(e.value)
     assert not [f for f in files_under(out) if ".tmp" in f] and not os.path.exists(failed), files_under(out)
     for name in files_under(out):
         json.load(open(out / name)) if name.endswith(".json") else None      # what is there is whole
     monkeypatch.undo()                                                          # space freed
-    run_suite(suite, [FakeModel(name="m")], str(out), skip_existing=True, progress=False)
+    run_suite(suite, [FakeModel(name="m")], str(out), skip_existing=True, progress=False, plot=plot)
     assert files_under(out) == files_under(suite_dir / "clean")
     assert (out / "results.csv").read_text() == (suite_dir / "clean" / "results.csv").read_text()

@@ -66,15 +66,31 @@ def make_run(root, *, towers=None, open_clip=True, embed_dim=16, logit_bias=None
     return str(run), model.eval()
 
 
-def run_without_align(code: str, cwd) -> subprocess.CompletedProcess:
-    """Runs `code` in a fresh interpreter that must not import align (asserted at its end)."""
-    code += ("\nimport sys\nassert not any(m == 'align' or m.startswith('align.') for m in sys.modules), "
-             "'align imported'\n")
-    env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    p = subprocess.run([sys.executable, "-c", code], cwd=str(cwd), env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
+class WithoutAlign:
+    """A fresh interpreter that must not import align (asserted at its end), started at once: it makes its slow
+    imports (torch, open_clip, onnxruntime: ~7 s) while this process writes what it will read; run(code) then gives
+    it the code (on stdin) and waits for it."""
+
+    PRELOAD = "import numpy, torch, open_clip, onnxruntime, PIL.Image\n"
+
+    def __init__(self, cwd):
+        env = dict(os.environ, PYTHONPATH="", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        self.p = subprocess.Popen([sys.executable, "-c", self.PRELOAD + "import sys\n"
+                                   "exec(compile(sys.stdin.read(), '<code>', 'exec'))"], cwd=str(cwd), env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(self, code: str) -> str:
+        """code run to its end (exit 0, align never imported); -> its stdout."""
+        code += ("\nimport sys\nassert not any(m == 'align' or m.startswith('align.') for m in sys.modules), "
+                 "'align imported'\n")
+        out, err = self.p.communicate(code, timeout=300)
+        assert self.p.returncode == 0, err[-3000:]
+        return out
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.communicate()
 
 
 @pytest.fixture
@@ -170,13 +186,16 @@ def outside(tmp_path_factory):
 
     from align.export import export
     root = tmp_path_factory.mktemp("outside")
-    run, model = make_run(root, towers={"audio": TINY_AUDIO_VIT})
-    out = root / "export"
-    res = export(run, str(out), fmt="all", progress=False)
-    images, waves = write_images(str(root)), write_waves(str(root))
-    code = OUTSIDE.format(images=images, captions=CAPTIONS, waves=waves, out=str(out), sr=SR,
-                          snippet=readme_snippet(out))
-    run_without_align(code, root)
+    outside = WithoutAlign(root)        # its imports overlap the export's work here
+    try:
+        run, model = make_run(root, towers={"audio": TINY_AUDIO_VIT})
+        out = root / "export"
+        res = export(run, str(out), fmt="all", progress=False)
+        images, waves = write_images(str(root)), write_waves(str(root))
+        outside.run(OUTSIDE.format(images=images, captions=CAPTIONS, waves=waves, out=str(out), sr=SR,
+                                   snippet=readme_snippet(out)))
+    finally:
+        outside.close()
     return SimpleNamespace(root=root, run=run, out=str(out), result=res, images=images, waves=waves,
                            captions=CAPTIONS, model=model)
 

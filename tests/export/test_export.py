@@ -201,23 +201,25 @@ def test_a_truncated_weights_file_in_an_export_is_one_line_naming_it(tmp_path, t
 def test_the_card_names_the_checkpoint_and_whether_it_holds_the_weight_average(tmp_path):
     """A train.ema run: export takes the average, and the card says so and names the step; exporting an earlier
     checkpoint says the run's figures are not that checkpoint's (the card gave the run's steps and loss as the
-    model's, and never said which weights it held)."""
+    model's, and never said which weights it held). (open_clip format: the card is every format's; ONNX's tracing
+    and parity check would cost each of the three exports a second.)"""
     from align.train.checkpoint import save_checkpoint
     run, model = make_run(tmp_path, summary={"steps": 2, "final_loss": 0.5, "wall_time_s": 1.0, "samples_per_s": 8.0})
     avg = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     save_checkpoint(os.path.join(run, "checkpoints"), "step-00000002", model.state_dict(), state={"step": 2},
                     ema_sd=avg)
-    card = open(export(run, str(tmp_path / "last"), fmt="onnx", progress=False)["out_dir"] + "/README.md").read()
+    card = open(export(run, str(tmp_path / "last"), fmt="open_clip", progress=False)["out_dir"] + "/README.md").read()
     exported = align.load(str(tmp_path / "last")).state_dict()
     assert all(torch.equal(exported[k], avg[k]) for k in avg)
     assert "- exported: the checkpoint of step 2 (`" in card and "weights: the moving average of the trained" in card
     assert "whole run's" not in card and "- final loss: 0.5 (training loss of the trained weights" in card
     first = os.path.join(run, "checkpoints", "step-00000001")
-    card1 = open(export(first, str(tmp_path / "first"), fmt="onnx", progress=False)["out_dir"] + "/README.md").read()
+    card1 = open(export(first, str(tmp_path / "first"), fmt="open_clip", progress=False)["out_dir"] + "/README.md"
+                 ).read()
     assert f"- exported: the checkpoint of step 1 (`{first}`); weights: the trained weights" in card1
     assert "- the figures below are the whole run's (to step 2), not the exported step 1's" in card1
     # re-exporting the export keeps the checkpoint it came from
-    card2 = open(export(str(tmp_path / "first"), str(tmp_path / "again"), fmt="onnx", progress=False)["out_dir"]
+    card2 = open(export(str(tmp_path / "first"), str(tmp_path / "again"), fmt="open_clip", progress=False)["out_dir"]
                  + "/README.md").read()
     assert f"- exported: the checkpoint of step 1 (`{first}`)" in card2
 

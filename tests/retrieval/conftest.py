@@ -1,8 +1,13 @@
 """Retrieval test helpers: a tiny image+text+audio align run and small shards with all three modalities."""
+import faiss
 import pytest
 
 from tests.export.conftest import TINY_AUDIO_CNN, make_run
 from tests.wds_helpers import flac_bytes, jpeg_bytes, write_shard
+
+# one OpenMP thread, as tests/bench/conftest.py sets for the whole suite: run on their own (tools/mutate.py runs a
+# file alone), these tests trained IVF-PQ 10-20x slower on a shared 2-core machine, in FAISS's thread barriers
+faiss.omp_set_num_threads(1)
 
 WORDS = ["red", "green", "blue", "cat", "dog", "bird", "car", "tree"]
 

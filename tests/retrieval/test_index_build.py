@@ -63,9 +63,9 @@ def test_small_corpus_is_exact_and_kind_can_be_forced(tmp_path):
 
 
 def test_ivfpq_is_reranked_from_a_float16_copy_to_the_recall_target(tmp_path):
-    img = clustered(20_000, 32, seed=0)
+    img = clustered(4000, 32, seed=0)                  # 4000 rows: IVF102,PQ4x6, trained in a second
     txt = clustered(300, 32, seed=1)
-    emb = write_emb(tmp_path / "emb", {"image": img, "text": txt}, per_part=7000)
+    emb = write_emb(tmp_path / "emb", {"image": img, "text": txt}, per_part=1500)
     # PQ's 4-byte codes alone stay far below 0.95 at any nprobe
     [raw] = build_indexes(emb, str(tmp_path / "raw"), kind="ivfpq", modalities=["image"], n_queries=200,
                           refine=False)
@@ -106,27 +106,27 @@ def test_embedding_parts_read_what_load_embeddings_reads(tmp_path):
 
 def test_ivfpq_is_built_from_the_parts_without_holding_them(tmp_path, capsys, monkeypatch):
     import faiss
-    img = clustered(10_000, 32, seed=0)
+    img = clustered(3000, 32, seed=0)                  # 3000 rows: PQ's 6-bit codes train in a second
     txt = clustered(300, 32, seed=1)
-    emb = write_emb(tmp_path / "emb", {"image": img, "text": txt}, per_part=1500)
+    emb = write_emb(tmp_path / "emb", {"image": img, "text": txt}, per_part=400)
     # the streamed build (sample gathered from the parts, added in chunks) is build_index on the whole array
-    a = build_streamed("ivfpq", EmbeddingParts(emb, "image"), seed=0, rows=2500, nlist=64, pq_m=8)
+    a = build_streamed("ivfpq", EmbeddingParts(emb, "image"), seed=0, rows=1000, nlist=64, pq_m=8)
     b = build_index("ivfpq", load_embeddings(emb, "image")[0], seed=0, nlist=64, pq_m=8)
-    assert a.ntotal == b.ntotal == 10_000
+    assert a.ntotal == b.ntotal == 3000
     q = clustered(50, 32, seed=5)
     for ix in (a, b):
         faiss.extract_index_ivf(ix).nprobe = 8
     (sa, ia), (sb, ib) = a.search(q, 10), b.search(q, 10)
     np.testing.assert_array_equal(ia, ib)
     np.testing.assert_allclose(sa, sb, atol=1e-5)
-    # `align index` under a memory budget below the float32 vectors (1.28 MB) streams and still re-ranks to 0.95
+    # `align index` under a memory budget below the float32 vectors (384 KB) streams and still re-ranks to 0.95
     monkeypatch.setenv("ALIGN_PROGRESS", "plain")
     capsys.readouterr()
-    [s] = build_indexes(emb, str(tmp_path / "ix"), max_memory="1MB", modalities=["image"], n_queries=200,
+    [s] = build_indexes(emb, str(tmp_path / "ix"), max_memory="300KB", modalities=["image"], n_queries=200,
                         progress=True)
     assert s["kind"] == "ivfpq" and s["streamed"] and s["recall@10"] >= 0.95 and s["queries"]["from"] == "text"
     err = capsys.readouterr().err                   # the minutes-long passes over the parts show their progress
-    assert "index ivfpq: add: 10000/10000 row" in err and "index image: exact top-10 of 200 queries: 10000/10000" in err
+    assert "index ivfpq: add: 3000/3000 row" in err and "index image: exact top-10 of 200 queries: 3000/3000" in err
     store = np.load(tmp_path / "ix" / "image" / "vectors.f16.npy")
     np.testing.assert_allclose(store.astype(np.float32), img, atol=1e-3)
 

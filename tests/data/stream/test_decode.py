@@ -38,12 +38,10 @@ def test_align_train_on_a_folder_with_issue_24s_shard_beside_good_ones_exits_0(t
     a 50 GB size field after a good sample, a 2,147,483,647 Hz and a 1 Hz WAV, a 20000x20000 PNG; the run
     finishes every step with exit 0 and counts each under its reason (was: MemoryError, or 43 GB asked for)."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import yaml
 
+    from tests.conftest import fork_main
     from tests.wds_helpers import audio_text, png_claiming, set_member_size
 
     data = tmp_path / "data"
@@ -65,10 +63,8 @@ def test_align_train_on_a_folder_with_issue_24s_shard_beside_good_ones_exits_0(t
               # 26 usable samples: an epoch is 6 batches of 4; step 7 starts the next, so the first is all read
               "train": {"batch_size": 4, "max_steps": 7, "log_every": 1, "num_threads": 1}, "eval": {"every": 0}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    p = subprocess.run([sys.executable, "-m", "align.cli", "train", str(tmp_path / "r.yaml"), "--no-progress"],
-                       cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = fork_main(["train", str(tmp_path / "r.yaml"), "--no-progress"], timeout=600)   # its own process: a
+    assert p.returncode == 0, p.stderr[-3000:]                                         # MemoryError ends only it
     summary = json.load(open(tmp_path / "run" / "summary.json"))
     assert summary["steps"] == 7 and "Traceback" not in p.stderr
     skipped = summary["skipped"]   # the first epoch's counts, and the second's if step 7 read the bad shard

@@ -3,6 +3,7 @@ test_media.py; held-out groups: test_eval_sets.py)."""
 import io
 import json
 import os
+import re
 import tarfile
 
 import numpy as np
@@ -366,11 +367,8 @@ def test_neg_col_writes_hard_negatives_as_neg_txt(tmp_path, capsys):
 def test_a_busy_out_is_refused_in_one_line_and_a_finished_job_leaves_no_lock(tmp_path):
     """Two `align data shards` on one --out: the second is refused while the first holds it (align.runlock),
     changing no file; a job that ends releases it, and a later run of the same job resumes as before."""
-    import subprocess
-    import sys
-
-    from align.runlock import DirectoryBusy, is_lock_file
-    from tests.conftest import checkout_env
+    from align.runlock import is_lock_file
+    from tests.conftest import fork_main
     from tests.test_runlock import _holder
 
     def snapshot():       # every file under out but the holder's own lock files (its heartbeat rewrites them)
@@ -384,13 +382,11 @@ def test_a_busy_out_is_refused_in_one_line_and_a_finished_job_leaves_no_lock(tmp
     p = _holder(out)                                                          # another job writes there now
     try:
         before = snapshot()
-        with pytest.raises(DirectoryBusy, match=rf"another shard job .* pid {p.pid}"):
-            write_shards(csv, out, overwrite=True, progress=False)
-        env = checkout_env()
-        r = subprocess.run([sys.executable, "-m", "align.cli", "data", "shards", str(csv), "--out", str(out),
-                            ], capture_output=True, text=True, env=env, timeout=120)
+        # refused even with --overwrite (which would remove the holder's shards); one refusal: it waits 3 s
+        r = fork_main(["data", "shards", str(csv), "--out", str(out), "--overwrite"], timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().startswith("align: error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert re.search(rf"another shard job .* pid {p.pid}\b", r.stderr), r.stderr
         assert snapshot() == before
     finally:
         p.kill()
