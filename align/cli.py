@@ -41,8 +41,8 @@ def cmd_train(a):
     if a.recipe is None:
         raise AlignError("train: give a recipe (a YAML path or a shipped name: `align recipes`)")
     from align.config import load_recipe
+    recipe = load_recipe(resolve_recipe(a.recipe), a.overrides)   # a bad recipe is said before torch loads (~3 s)
     from align.train.loop import train
-    recipe = load_recipe(resolve_recipe(a.recipe), a.overrides)
     train(recipe, progress=not a.no_progress)
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger("align")
 
 LOCK_NAME = "align.lock"
 INFO_NAME = "align.lock.json"
+BUSY_WAIT_S = 3.0     # how long acquire() tries a held lock before refusing: flufl retries every 0.01-2 s
 
 
 def is_lock_file(name: str) -> bool:
@@ -159,9 +160,9 @@ class RunLock:
         self._break_if_stale()
         info = self.holder()
         expired = "heartbeat" in info and time.time() - info["heartbeat"] > self.lifetime_s
-        # flufl breaks a lock whose lifetime has passed on its own; 3 s covers its retry interval.
+        # flufl breaks a lock whose lifetime has passed on its own; BUSY_WAIT_S covers its retry interval.
         try:
-            self._lock.lock(timeout=timedelta(seconds=3))
+            self._lock.lock(timeout=timedelta(seconds=BUSY_WAIT_S))
         except TimeOutError:
             raise DirectoryBusy(
                 f"{self.directory}: another {self.what} holds this directory ({describe(info)}); "

@@ -107,3 +107,30 @@ def tiny_recipe(tmp_path):
                   "keep_last": 5, "num_threads": 1},
         "eval": {"every": 0},
     }
+
+
+@pytest.fixture(scope="session")
+def fresh_align_bench():
+    """One fresh interpreter for two tests (torch's import, ~3 s, paid once): it builds every `align` parser and
+    says which heavy modules that imported (tests/test_cli.py), then looks align.bench.BENCHMARKS up first from two
+    threads at once, its runners not yet imported, and says what each thread saw (tests/test_registry.py).
+    -> (the heavy modules the parsers imported, as printed; the two threads' task names, as printed)"""
+    code = """
+        import sys, threading
+        import align.cli as c
+        c.build_parser().parse_args(['recipes'])
+        print(sorted(m for m in ('torch', 'faiss', 'numpy', 'open_clip') if m in sys.modules))
+        out, b = [], threading.Barrier(2)
+        def look():
+            b.wait()
+            from align.bench import BENCHMARKS
+            out.append(BENCHMARKS.names())
+        ts = [threading.Thread(target=look) for _ in range(2)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        print(out)
+    """
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    loaded, seen = run.stdout.splitlines()
+    return loaded, seen

@@ -77,19 +77,14 @@ def test_python_dash_m_align_is_the_align_command(tmp_path):
         (bad.returncode, bad.stderr[-2000:])
 
 
-def test_the_parsers_import_no_torch_so_help_and_recipes_start_at_once():
+def test_the_parsers_import_no_torch_so_help_and_recipes_start_at_once(fresh_align_bench):
     """Every `align` command builds every parser; torch (and FAISS) come with the command that needs them, not
     with `align --help` or `align recipes` (2.2-2.8 s before on a 2-core machine, 0.1 s after). The benchmark
-    registry is still whole when asked for."""
-    code = ("import sys, align.cli as c; p = c.build_parser(); p.parse_args(['recipes']); "
-            "print(sorted(m for m in ('torch', 'faiss', 'numpy', 'open_clip') if m in sys.modules)); "
-            "from align.bench import BENCHMARKS; print(BENCHMARKS.names())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    loaded, names = out.stdout.splitlines()
+    registry is still whole when asked for (the fresh interpreter is tests/conftest.py's, shared)."""
+    loaded, seen = fresh_align_bench
     assert loaded == "[]", loaded
-    assert names == str(["cca_retrieval", "emergent_retrieval", "fusion_probe", "linear_probe", "retrieval",
-                         "zeroshot"]), names
+    names = ["cca_retrieval", "emergent_retrieval", "fusion_probe", "linear_probe", "retrieval", "zeroshot"]
+    assert seen == str([names, names]), seen
 
 
 def test_recipes_come_from_the_package_or_the_checkout(monkeypatch, tmp_path, capsys):

@@ -11,7 +11,9 @@ that register into it last; that is the registry idiom, not a cycle between two 
 `align.cli` and `align.demo` must not import each other at any level.
 """
 import ast
+import functools
 import os
+from types import MappingProxyType
 
 import pytest
 
@@ -59,8 +61,14 @@ def _targets(node, importer: str):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _tree(path: str) -> ast.Module:
+    """A module's syntax tree, parsed once for both graphs (parsing all of align is most of this file's time)."""
+    return ast.parse(open(path).read(), path)
+
+
 def _imports(path: str, name: str, module_level_only: bool):
-    tree = ast.parse(open(path).read(), path)
+    tree = _tree(path)
     found = set()
 
     def visit(node, in_function):
@@ -72,11 +80,13 @@ def _imports(path: str, name: str, module_level_only: bool):
 
     visit(tree, False)
     # drop self and own ancestor packages (the registry idiom, see the module docstring)
-    return {t for t in found if t != name and not name.startswith(t + ".")}
+    return frozenset(t for t in found if t != name and not name.startswith(t + "."))
 
 
-def _graph(module_level_only: bool) -> dict:
-    return {m: _imports(p, m, module_level_only) for m, p in MODULES.items()}
+@functools.lru_cache(maxsize=None)
+def _graph(module_level_only: bool) -> MappingProxyType:
+    """module -> the align modules it imports; built once per level and shared by the tests (read-only)."""
+    return MappingProxyType({m: _imports(p, m, module_level_only) for m, p in MODULES.items()})
 
 
 def _find_cycle(graph: dict):

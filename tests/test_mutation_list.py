@@ -2,6 +2,7 @@
 in its file) and name test files that exist, so a code edit that orphans an entry fails here, not at release time;
 an entry whose listed test is marked slow must say slow=True, or tools/mutate.py would deselect it."""
 import ast
+import functools
 import importlib.util
 import os
 from collections import Counter
@@ -55,14 +56,20 @@ def test_every_mutation_still_applies_once_and_names_existing_tests():
     assert not missing, "mutations naming missing tests: " + "; ".join(missing)
 
 
-def _slow_tests(path: str) -> set:
+def _slow_tests(path: str) -> frozenset:
     """Names of the test functions in `path` marked `@pytest.mark.slow` (every one if the module sets pytestmark)."""
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    return _slow_tests_in(open(path, encoding="utf-8").read())
+
+
+@functools.lru_cache(maxsize=None)
+def _slow_tests_in(source: str) -> frozenset:
+    """_slow_tests of a file's text, parsed once (the entries name about 1,000 tests in about 150 files)."""
+    tree = ast.parse(source)
     is_slow = lambda d: "pytest.mark.slow" in ast.unparse(d.func if isinstance(d, ast.Call) else d)  # noqa: E731
     module_slow = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
                       and "pytest.mark.slow" in ast.unparse(n.value) for n in tree.body)
-    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test")
-            and (module_slow or any(is_slow(d) for d in n.decorator_list))}
+    return frozenset(n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name.startswith("test")
+                     and (module_slow or any(is_slow(d) for d in n.decorator_list)))
 
 
 def test_an_entry_whose_listed_test_is_slow_says_slow_true():

@@ -14,6 +14,14 @@ from align.runlock import INFO_NAME, LOCK_NAME, DirectoryBusy, RunLock
 from tests.conftest import checkout_env, start_python
 
 
+@pytest.fixture
+def refuse_at_once(monkeypatch):
+    """A held lock refused at the first try, not after runlock.BUSY_WAIT_S (3 s) of flufl's retries: the tests
+    where a live holder must win (the refusal is the same line either way)."""
+    import align.runlock
+    monkeypatch.setattr(align.runlock, "BUSY_WAIT_S", 0.0)
+
+
 def _holder(directory, lifetime_s=60.0):
     """A separate process that takes the lock, says so on stdout, and sleeps until killed."""
     return start_python(f"""
@@ -42,7 +50,7 @@ def _snapshot(directory):
             for d, _, fs in os.walk(directory) for f in fs}
 
 
-def test_a_live_holder_refuses_a_second_writer_in_one_line_and_nothing_changes(tmp_path):
+def test_a_live_holder_refuses_a_second_writer_in_one_line_and_nothing_changes(tmp_path, refuse_at_once):
     (tmp_path / "metrics.jsonl").write_text('{"step": 20}\n')
     p = _holder(tmp_path)
     try:
@@ -85,7 +93,7 @@ def _plant_foreign_lock(directory, age_s: float, lifetime_s: float):
                    "heartbeat": time.time() - age_s, "command": "align train x"}, f)
 
 
-def test_another_hosts_lock_is_respected_while_its_heartbeat_is_fresh(tmp_path):
+def test_another_hosts_lock_is_respected_while_its_heartbeat_is_fresh(tmp_path, refuse_at_once):
     _plant_foreign_lock(str(tmp_path), age_s=5, lifetime_s=300)
     with pytest.raises(DirectoryBusy, match="host node-elsewhere pid 4242"):
         RunLock(str(tmp_path), lifetime_s=300).acquire()
@@ -100,10 +108,20 @@ def test_another_hosts_lock_with_a_stale_heartbeat_is_taken_over(tmp_path):
         lock.release()
 
 
-def test_the_heartbeat_keeps_a_live_lock_past_its_lifetime(tmp_path):
+def test_the_heartbeat_keeps_a_live_lock_past_its_lifetime(tmp_path, refuse_at_once):
+    """Refused after 3 lifetimes alone proves nothing (flufl breaks an expired lock only 10 s past its expiry):
+    the holder refreshed both the info file's heartbeat and the lock's expiry after its first lifetime."""
+    from flufl.lock import Lock
     p = _holder(tmp_path, lifetime_s=0.6)
     try:
-        time.sleep(1.5)                                   # 2.5 lifetimes: only refreshes keep it
+        since = RunLock(str(tmp_path)).holder()["since"]
+        time.sleep(1.8)                                   # 3 lifetimes: only refreshes keep it
+        info = RunLock(str(tmp_path)).holder()
+        assert info["since"] == since and info["heartbeat"] > since + 0.6, info
+        # flufl sets the expiry (the lock file's mtime) to the whole second below refresh time + lifetime: not
+        # refreshed, it is at most since + 0.6; refreshed in the last 0.8 s (every 0.2 s), it is beyond that
+        expires = Lock(str(tmp_path / LOCK_NAME)).expiration.timestamp()
+        assert expires > since + 0.6, (expires, since)
         with pytest.raises(DirectoryBusy):
             RunLock(str(tmp_path), lifetime_s=0.6).acquire()
     finally:
@@ -124,9 +142,13 @@ def test_release_frees_the_directory_and_the_context_manager_releases_on_error(t
 # -- through `align train` ------------------------------------------------------------------------------------
 
 
-def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recipe, tmp_path):
+def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recipe, tmp_path, capsys,
+                                                                     refuse_at_once):
+    """`align train` in this process (main() returns the exit status; a traceback would raise here): the holder
+    is another process. `python -m align` returning main()'s status is tests/test_cli.py's."""
     import yaml
 
+    from align.cli import main
     from tests.train.test_train import _run
     run = tiny_recipe["output_dir"]
     assert _run(tiny_recipe) == 0
@@ -136,11 +158,9 @@ def test_align_train_on_a_live_run_dir_is_refused_and_changes_no_file(tiny_recip
         path = tmp_path / "again.yaml"
         tiny_recipe["train"]["max_steps"] = 9
         path.write_text(yaml.safe_dump(tiny_recipe))
-        env = checkout_env()
-        r = subprocess.run([sys.executable, "-m", "align.cli", "train", str(path), "--no-progress"],
-                           capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 2 and "Traceback" not in r.stderr
-        last = r.stderr.strip().splitlines()[-1]
+        capsys.readouterr()
+        assert main(["train", str(path), "--no-progress"]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("align: error: ") and f"pid {p.pid}" in last and "another run holds" in last
         assert _snapshot(run) == before
     finally:

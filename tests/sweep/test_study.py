@@ -2,7 +2,9 @@
 `align train` child processes; pruning by SIGTERM; a SIGKILLed sweep's trial resumed in its run dir.
 
 The recipe: tiny open_clip towers on synthetic image-text data, evaluated on a 12-item val set of 3 classes
-(zero-shot acc1 is the objective). Each trial starts a Python process (torch imports: ~5 s on a busy core)."""
+(zero-shot acc1 is the objective). In the default suite each trial is a process forked from pytest (ForkedTrial:
+torch is imported already); the slow tests start `python -m align.cli train` as the sweep does (~10 s of imports
+per trial), and tests/sweep/test_trial.py checks how the sweep starts and stops that process."""
 import json
 import os
 import signal
@@ -50,6 +52,64 @@ def env():
     return checkout_env()
 
 
+class ForkedTrial:
+    """A stand-in for align.sweep.trial.start's Popen (poll, wait, send_signal, kill): the trial's `align train`
+    run by align.cli.main in a child forked from this process, its output in RUN/train.log as start() puts it.
+    Torch and open_clip are imported here already, so a trial takes ~3 s, not a fresh interpreter's ~12 s (~9 s of
+    it imports). tests/sweep/test_trial.py checks start() itself; the slow sweeps here run it."""
+
+    def __init__(self, cmd, run_dir):
+        import gc
+        import multiprocessing as mp
+
+        import open_clip  # noqa: F401  (imported once, here: every forked trial has it)
+
+        import align.train.loop  # noqa: F401
+        assert cmd[:3] == [sys.executable, "-m", "align.cli"], cmd       # what start() would run
+        os.makedirs(run_dir, exist_ok=True)
+        log = os.path.join(run_dir, "train.log")
+
+        def child():
+            os.setsid()                                       # start_new_session, as start()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)     # the sweep's handler is its own, not the trial's
+            out = open(log, "a", buffering=1)
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+            sys.stdout = sys.stderr = out
+            import logging
+
+            import torch
+            from accelerate.state import AcceleratorState
+
+            from align.progress import WarningLines
+            logger = logging.getLogger("align")     # a warning-line handler of this process writes to pytest's stderr
+            for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
+                logger.removeHandler(h)
+            torch.set_num_threads(1)
+            AcceleratorState._reset_state(True)               # a fresh process's state, as tests/train/test_train
+            from align.cli import main
+            sys.exit(main(cmd[3:]))
+        gc.collect()            # here, not in the child (tests/train/test_train.py::_run says why)
+        self._p = mp.get_context("fork").Process(target=child)
+        self._p.start()
+        self.pid = self._p.pid
+
+    def poll(self):
+        return self._p.exitcode
+
+    def wait(self, timeout=None):
+        self._p.join(timeout)
+        if self._p.exitcode is None:
+            raise subprocess.TimeoutExpired("align train (forked trial)", timeout)
+        return self._p.exitcode
+
+    def send_signal(self, sig):
+        os.kill(self._p.pid, sig)
+
+    def kill(self):
+        self._p.kill()
+
+
 def test_the_trial_exit_status_is_alignss_preemption_status():
     from align.sweep.trial import PREEMPTED_EXIT
     from align.train.guard import PREEMPTED_EXIT as guard
@@ -83,8 +143,8 @@ def split_recipe(tmp_path) -> str:
     return str(path)
 
 
-# Slow (~21 s, two trials): tools/mutate.py runs it (sweep.val_split_not_a_held_out_set); three real sweeps stay
-# in the default suite.
+# Slow (~21 s, two trials): tools/mutate.py runs it (sweep.val_split_not_a_held_out_set); two sweeps that train
+# (their trials forked: ForkedTrial) stay in the default suite.
 @pytest.mark.slow
 def test_a_sweep_without_data_val_scores_every_trial_on_the_same_val_split_groups(tmp_path):
     """Issue 20: the held-out groups carved from the training shards are the sweep's selection set."""
@@ -139,9 +199,11 @@ def test_without_optuna_the_command_says_how_to_install_it(tmp_path, capsys, mon
     assert err == ["align: error: align sweep needs Optuna: pip install 'align-clip[sweep]'"]
 
 
-def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(tmp_path):
+def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(tmp_path, monkeypatch):
+    """The trials forked from this process (ForkedTrial: the same `align train` command line, ~10 s less each)."""
     import align
-    from align.sweep import run_sweep
+    from align.sweep import run_sweep, trial
+    monkeypatch.setattr(trial, "start", ForkedTrial)
     lines = []
     out = tmp_path / "sweep"
     res = run_sweep(sweep_recipe(tmp_path), space_file(tmp_path), 2, out=str(out), say=lines.append, poll_s=0.2)
@@ -173,11 +235,12 @@ def test_a_two_trial_sweep_gives_runs_a_table_a_plot_and_a_best_run_that_loads(t
     assert align.load(res["best_run_dir"]).modalities      # the best trial loads (and exports) like any run
 
 
-def test_a_trial_below_the_median_is_stopped_by_sigterm_at_its_first_eval(tmp_path):
+def test_a_trial_below_the_median_is_stopped_by_sigterm_at_its_first_eval(tmp_path, monkeypatch):
     """A finished trial at 1.0 at every step is the median; the new trial's first eval (chance, ~0.33) is below
     it, so the sweep stops its run there: PRUNED, the run's checkpoint written by align's preemption, long
-    before its 400 steps."""
-    from align.sweep import run_sweep
+    before its 400 steps. (Its process forked from this one: ForkedTrial.)"""
+    from align.sweep import run_sweep, trial
+    monkeypatch.setattr(trial, "start", ForkedTrial)
     out = tmp_path / "sweep"
     out.mkdir()
     storage = f"sqlite:///{out}/study.db"

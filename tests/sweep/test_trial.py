@@ -1,6 +1,10 @@
 """A trial's run dir (align/sweep/trial.py): it records whose trial it is, and a run dir holding anything else
-is refused in one line instead of being resumed (resume=auto) as this trial; nothing here trains."""
+is refused in one line instead of being resumed (resume=auto) as this trial; how a trial's process is started and
+stopped. Nothing here trains (tests/sweep/test_study.py's sweeps do)."""
 import json
+import os
+import signal
+import sys
 
 import pytest
 
@@ -48,3 +52,39 @@ def test_last_line_of_the_log_keeps_a_line_separator_inside_the_error(tmp_path):
     from align.sweep.trial import LOG, last_line
     (tmp_path / LOG).write_bytes("step 1\r\nalign: error: caption 'a\u2028b' is bad\n\n".encode())
     assert last_line(str(tmp_path)) == "align: error: caption 'a\u2028b' is bad"
+
+
+def test_a_trial_starts_in_its_own_session_logging_to_its_run_dir_and_dies_with_the_sweep(tmp_path):
+    """start(): the command's stdout and stderr appended to RUN/train.log after a `$ command` line, no stdin, its
+    own session (a Ctrl-C at the terminal reaches the sweep only), SIGTERM when its parent dies (Linux), and
+    unbuffered output; stop() sends SIGTERM and returns the exit status. (The sweeps of tests/sweep/test_study.py
+    fork their trials from pytest, with the command start() is given.)"""
+    import time
+
+    from align.sweep.trial import LOG, start, stop
+    script = tmp_path / "child.py"
+    script.write_text("import ctypes, os, sys, time\n"
+                      "sig = ctypes.c_int(-1)\n"
+                      "if sys.platform.startswith('linux'):\n"
+                      "    ctypes.CDLL(None).prctl(2, ctypes.byref(sig))      # PR_GET_PDEATHSIG\n"
+                      "print(os.getsid(0), sig.value, os.environ.get('PYTHONUNBUFFERED'), repr(sys.stdin.read()))\n"
+                      "print('to stderr', file=sys.stderr)\n"
+                      "time.sleep(60)\n")
+    run, cmd = tmp_path / "run", [sys.executable, str(script)]
+    run.mkdir()
+    (run / LOG).write_text("before\n")
+    proc = start(cmd, str(run))
+    try:
+        deadline = time.monotonic() + 60
+        while "to stderr" not in (run / LOG).read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (run / LOG).read_text()
+            time.sleep(0.02)
+        assert (run / LOG).read_text().splitlines()[:3] == ["before", "", f"$ {' '.join(cmd)}"]
+        said, err = (run / LOG).read_text().splitlines()[3:5]
+        sid, deathsig, unbuffered, stdin = said.split(" ", 3)
+        assert int(sid) == proc.pid != os.getsid(0) and unbuffered == "1" and stdin == "''" and err == "to stderr"
+        if sys.platform.startswith("linux"):
+            assert int(deathsig) == signal.SIGTERM
+    finally:
+        rc = stop(proc, grace_s=30)
+    assert rc == -signal.SIGTERM

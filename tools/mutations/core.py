@@ -1,6 +1,9 @@
 """Mutations of the CLI, config, recipes, sweeps, YAML, errors and other top-level modules."""
 from .common import *  # noqa: F401,F403  (M and the shared test ids)
 
+TRIAL_START = ("tests/sweep/test_trial.py::"
+               "test_a_trial_starts_in_its_own_session_logging_to_its_run_dir_and_dies_with_the_sweep")
+
 MUTATIONS = [
     M("sweep.val_split_not_a_held_out_set", "align/sweep/study.py", "    held_out = r.data.val or r.data.val_split\n",
       "    held_out = r.data.val\n",
@@ -16,6 +19,10 @@ MUTATIONS = [
     M("runlock.no_mtime_on_a_full_disk", "align/runlock.py", "                    os.utime(self._info_path)\n",
       "                    pass\n",
       ["tests/test_runlock.py::test_the_heartbeat_mark_still_moves_when_the_disk_is_full"]),
+    M("runlock.lock_not_refreshed", "align/runlock.py", "                self._lock.refresh()\n", "",
+      ["tests/test_runlock.py::test_the_heartbeat_keeps_a_live_lock_past_its_lifetime"],
+      "the heartbeat rewrote the info file only: the lock expired one lifetime after it was taken (the test "
+      "passed: flufl breaks an expired lock only 10 s later)"),
     M("cli.help.defaults_not_shown", "align/cli.py",
       'return h + " (default: %(default)s)"', "return h", ["tests/test_cli.py"]),
     M("cli.help.option_without_help", "align/cli_data.py",
@@ -34,6 +41,11 @@ MUTATIONS = [
       'out += recipe_keys(inner, key + "[].")', "pass", ["tests/test_config.py", "tests/test_cli.py"]),
     M("sweep.prune.never_stops", "align/sweep/trial.py",
       "if rc is None and trial.should_prune():", "if rc is None and False:", ["tests/sweep/test_study.py"]),
+    M("sweep.trial_in_the_sweeps_session", "align/sweep/trial.py", "start_new_session=True,",
+      "start_new_session=False,", [TRIAL_START], "a Ctrl-C at the terminal hit the trial too, not only the sweep"),
+    M("sweep.trial_outlives_the_sweep", "align/sweep/trial.py",
+      'preexec_fn=_die_with_parent() if sys.platform.startswith("linux") else None', "preexec_fn=None",
+      [TRIAL_START], "a SIGKILLed sweep left its trial training, holding the run dir's lock"),
     M("sweep.space.values_unchecked", "align/sweep/space.py",
       "            r = parse_recipe(data)", "            r = parse_recipe(copy.deepcopy(recipe))",
       ["tests/sweep/test_space.py"]),
