@@ -26,6 +26,27 @@ def start_python(code: str, ready: str) -> subprocess.Popen:
     return p
 
 
+def as_new_process(out, err=None) -> None:
+    """In a child forked from pytest, the state a fresh process has: stdout on file `out`, stderr on `err` (default:
+    `out` too), both at the file-descriptor level (native code and data workers write there); no warning-line
+    handler pytest's process left on the "align" logger (it writes to pytest's stderr); torch on one thread (the
+    parent's OpenMP pool does not survive the fork: a child using it hangs); a fresh Accelerate state."""
+    import logging
+
+    import torch
+    from accelerate.state import AcceleratorState
+
+    from align.progress import WarningLines
+    for fd, f in zip((1, 2), (out, err or out)):
+        os.dup2(f.fileno(), fd)
+    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+    logger = logging.getLogger("align")
+    for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
+        logger.removeHandler(h)
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(True)
+
+
 def fork_main(argv: list, timeout: float = 300) -> subprocess.CompletedProcess:
     """`align ARGV` as its own process, forked from this one: the exit status, stdout and stderr (its data workers'
     lines too) that `python -m align.cli ARGV` gives, without a fresh interpreter's 8-10 s of imports (torch,
@@ -38,27 +59,14 @@ def fork_main(argv: list, timeout: float = 300) -> subprocess.CompletedProcess:
     streams = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
 
     def child():
-        import logging
-
-        import torch
-        from accelerate.state import AcceleratorState
-
         from align.cli import main
-        from align.progress import WarningLines
         for fd in map(int, os.listdir("/proc/self/fd")):   # a new process inherits no socket: a server this
             try:                                           # test shut down must not accept through the child's copy
                 if stat.S_ISSOCK(os.fstat(fd).st_mode):
                     os.close(fd)
             except OSError:
                 pass
-        for fd, f in zip((1, 2), streams):
-            os.dup2(f.fileno(), fd)
-        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
-        logger = logging.getLogger("align")
-        for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
-            logger.removeHandler(h)
-        torch.set_num_threads(1)
-        AcceleratorState._reset_state(True)
+        as_new_process(*streams)
         rc = main(list(argv))
         sys.stdout.flush(), sys.stderr.flush()
         os._exit(rc)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from align.sweep.report import fmt as report_fmt
-from tests.conftest import TINY_OPEN_CLIP, checkout_env
+from tests.conftest import TINY_OPEN_CLIP, as_new_process, checkout_env
 
 optuna = pytest.importorskip("optuna")
 
@@ -72,21 +72,7 @@ class ForkedTrial:
         def child():
             os.setsid()                                       # start_new_session, as start()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)     # the sweep's handler is its own, not the trial's
-            out = open(log, "a", buffering=1)
-            os.dup2(out.fileno(), 1)
-            os.dup2(out.fileno(), 2)
-            sys.stdout = sys.stderr = out
-            import logging
-
-            import torch
-            from accelerate.state import AcceleratorState
-
-            from align.progress import WarningLines
-            logger = logging.getLogger("align")     # a warning-line handler of this process writes to pytest's stderr
-            for h in [h for h in logger.handlers if isinstance(h, WarningLines)]:
-                logger.removeHandler(h)
-            torch.set_num_threads(1)
-            AcceleratorState._reset_state(True)               # a fresh process's state, as tests/train/test_train
+            as_new_process(open(log, "a"))                   # its output in RUN/train.log, as start() puts it
             from align.cli import main
             sys.exit(main(cmd[3:]))
         gc.collect()            # here, not in the child (tests/train/test_train.py::_run says why)

@@ -36,6 +36,7 @@ import torch
 import yaml
 
 import align
+from tests.conftest import as_new_process
 from tests.train.test_train_multiprocess import ACCELERATE, free_port
 
 HANG_S = 300
@@ -94,13 +95,7 @@ def _forked_rank(rank: int, port: int, argv, nan_at: tuple, out: str) -> None:
     Accelerate state (not the one pytest's earlier runs left), then poisoned_main; exits with its status."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    log = open(f"{out}.rank{rank}.log", "w", buffering=1)
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    sys.stdout = sys.stderr = log
-    torch.set_num_threads(1)    # also what the run restores at its end: no OpenMP pool, which a forked child lacks
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
+    as_new_process(open(f"{out}.rank{rank}.log", "w"))
     sys.exit(poisoned_main(argv, nan_at, out))
 
 
