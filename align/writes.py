@@ -18,6 +18,7 @@ checkpoint-specific parts (the intact checkpoint named, the metrics log cut back
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import shutil
@@ -31,6 +32,12 @@ STORAGE_EXIT = 74          # sysexits.h EX_IOERR: a write failed (full disk, I/O
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
 STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota exceeded", "Read-only file system",
                  "database or disk is full")        # SQLite's SQLITE_FULL (an Optuna study.db)
+
+
+# What a training run's stop lines tell the user to run next (a full disk, a preemption, a source that stayed
+# down): set for the run from its recipe's `resume` (align.train.setup.resume_words); "the same command" resumes
+# only under resume=auto, the default (under none, or a path, it would refuse or start from that path again).
+RESUME_WORDS = contextvars.ContextVar("align_resume_words", default="run the same command to resume")
 
 
 class StorageError(AlignError):
@@ -88,7 +95,7 @@ def storage_line(exn: BaseException, path: str, need: Optional[int], intact: Opt
     """The one line: what failed, where, space needed and free, and which checkpoint is intact (or `kept`:
     what else is unharmed, e.g. an export's source)."""
     keep = kept or (f"the intact checkpoint is {intact}" if intact else "no intact checkpoint exists yet")
-    again = "run the same command again" if kept else "run the same command to resume"
+    again = "run the same command again" if kept else RESUME_WORDS.get()
     needs = f"needs about {human_bytes(need)}, " if need is not None else ""     # (unknown before the write)
     return (f"{path}: {storage_reason(exn)} ({needs}{human_bytes(free_bytes(path))} free); partial files "
             f"removed; {keep}; free space and {again}")

@@ -95,4 +95,6 @@ def test_full_demo(tmp_path):
     # recipe gave 91.0-97.1 % (RESULTS.md), so 88 % leaves room for run-to-run noise and still catches a regression.
     held = {r["modality"]: r["metrics"]["acc1"] for r in out["heldout"] if r.get("modality")}
     assert held["image"] >= 0.88 and held["audio"] >= 0.88, held
+    import json
+    assert json.load(open(tmp_path / "demo" / "report" / "timing.json")) == out["timing"]
     # its wall time is a benchmark figure (benchmarks/RESULTS.md), not a test

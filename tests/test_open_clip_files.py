@@ -1,7 +1,6 @@
 """align.open_clip_files: open_clip tags whose weights live on the Hugging Face hub, on a machine that cannot reach
 it (a compute node): the cache's file at once, or one line at once -- never huggingface_hub's 25-55 s of retries.
 The network is taken away by making every connection fail, so these tests do not depend on this machine's."""
-import os
 import socket
 
 import pytest

@@ -17,6 +17,7 @@ import time
 from typing import List, Optional
 
 from align.shipped import resolve_recipe
+from align.writes import write_text_whole
 
 
 def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[str]] = None,
@@ -62,8 +63,9 @@ def run_demo(out: str = "align_demo", seed: int = 0, overrides: Optional[List[st
     accs = {f"{m}_zeroshot_acc1": flat.get(f"{m}/zeroshot/acc1") for m in ("image", "audio")}
     accs.update({f"{m}_zeroshot_acc1_heldout": flat_h.get(f"{m}/zeroshot/acc1") for m in ("image", "audio")})
     line.update({k: round(v, 4) for k, v in accs.items() if v is not None})
-    with open(os.path.join(report_dir, "timing.json"), "w") as f:
-        json.dump(line, f, indent=1)
+    # whole or not at all (a full disk: one line, the report's other files kept)
+    write_text_whole(os.path.join(report_dir, "timing.json"), json.dumps(line, indent=1),
+                     kept="the report's other files are kept")
     print(f"demo done in {total:.0f}s (data {t_data:.0f}s, train {t_train:.0f}s); report: {report_dir}/")
     return {"results": results, "heldout": heldout, "timing": line}
 

@@ -26,7 +26,7 @@ Gradient checkpointing recomputes each bidirectional layer in backward (torch.ut
 open_clip format cannot hold these towers (its text towers are transformers or HF models): `align export`
 writes them in align and ONNX form and says so in one line.
 """
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F

@@ -50,7 +50,7 @@ __all__ = ["train", "build_loader", "resolve_resume", "run_val"]
 def train(r: Recipe, progress: bool = True) -> dict:
     # one live writer per output_dir (runlock); SIGTERM/SIGUSR1 stop at a step boundary with a checkpoint and
     # a rank that finishes no step for train.dist_timeout_s is named and ends the launch (guard)
-    with process_settings(r.train), hold_run_dir(r) as lock, catch_preemption() as preempt, \
+    with process_settings(r), hold_run_dir(r) as lock, catch_preemption() as preempt, \
             watch_ranks(r, lock) as watch, contextlib.ExitStack() as on_exit:
         acc = build_accelerator(r)
         preempt.install()                      # ranks > 0 catch SIGTERM from here on (guard.catch_preemption)

@@ -1,7 +1,8 @@
 """Everything the training loop needs before its first step, and the checkpoint it leaves after one.
 
   process_settings  torch's thread count and determinism flags for the run, restored when it ends; a data
-                    worker's death held for the next step boundary (align.train.dataworkers)
+                    worker's death held for the next step boundary (align.train.dataworkers); what the run's
+                    stop lines tell the user to run next (resume_words)
   build_accelerator Accelerate (DDP / one process; FSDP through train.sharding), with the trackers
   build_engine      model (init_from, tower temperature), loss, optimizer and schedule, sharded or wrapped
   resume            weights, optimizer, schedule, counters and data position from the checkpoint to resume
@@ -32,14 +33,17 @@ from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
 from align.train.unused import unused_settings
+from align.writes import RESUME_WORDS
 
 
 @contextlib.contextmanager
-def process_settings(tc):
+def process_settings(r: Recipe):
     """train.num_threads and train.deterministic for the run; torch's previous values come back when it ends,
     normally or by an exception (they are process-wide: a notebook or test that trains must not keep them).
-    Also for the run: a DataLoader worker's death waits for the next step boundary (align.train.dataworkers)."""
+    Also for the run: a DataLoader worker's death waits for the next step boundary (align.train.dataworkers), and
+    the stop lines say how to resume under the recipe's `resume` (resume_words)."""
     from align.train.dataworkers import deferred_worker_errors
+    tc = r.train
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
     try:
@@ -50,12 +54,26 @@ def process_settings(tc):
             # there. Filling fresh memory is never needed for that and costs ~25% of a small CPU step.
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.utils.deterministic.fill_uninitialized_memory = False
-        with deferred_worker_errors():
+        with deferred_worker_errors(), resume_words(r.resume):
             yield
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         torch.utils.deterministic.fill_uninitialized_memory = saved[3]
+
+
+@contextlib.contextmanager
+def resume_words(resume: str):
+    """The words a stop line of the run (a full disk, a preemption, a source that stayed down) ends with: the same
+    command resumes only under resume=auto; under resume=none, or a path, it would refuse (the run dir holds
+    checkpoints) or start from that path again (align.writes.RESUME_WORDS)."""
+    words = ("run the same command to resume" if resume == "auto" else
+             f"run the same command with resume=auto to resume (resume={resume} would not)")
+    token = RESUME_WORDS.set(words)
+    try:
+        yield words
+    finally:
+        RESUME_WORDS.reset(token)
 
 
 @contextlib.contextmanager
@@ -116,7 +134,7 @@ def stop_if_preempted(eng, state, loader, r: Recipe, log, preempt, written: Opti
         ckpt = save(eng, state, loader, r)
     log.close_bar()
     raise Preempted(f"preempted ({preempt.name()}) at step {state.step}, checkpoint written to {ckpt}; "
-                    f"resume with the same command")
+                    f"{RESUME_WORDS.get()}")
 
 
 def keep_if_best(eng, state, loader, r: Recipe, results: dict) -> None:
@@ -442,7 +460,7 @@ def stop_at_data_fault(eng, state, batches, r: Recipe, log, exn) -> None:
                              f"resume=auto continues from the last one)") from None
     state.elapsed_s = log.elapsed()
     ckpt = save(eng, state, batches.loader, r, data=batches.position())
-    raise type(exn)(f"{exn}; saved {ckpt} at step {state.step}, rerun the same command to resume") from None
+    raise type(exn)(f"{exn}; saved {ckpt} at step {state.step}; {RESUME_WORDS.get()}") from None
 
 
 def save(eng: Engine, state: TrainState, loader, r: Recipe, name: Optional[str] = None,

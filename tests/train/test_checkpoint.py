@@ -151,7 +151,10 @@ def test_a_full_disk_seen_by_one_rank_ends_every_rank_with_one_line_and_no_parti
 
 
 def _two_ranks_save(tmp_path, model_sd, sharded):
-    """save_checkpoint of step-2 by ranks 0 and 1 (threads, a shared barrier and MAX) -> {rank: what it raised}."""
+    """save_checkpoint of step-2 by ranks 0 and 1 (threads, a shared barrier and MAX) -> {rank: what it raised}.
+    sharded: None, or a function giving each rank its own (model, optimizer): DCP's state dict initialises an
+    optimizer that has not stepped by stepping it, and two threads doing that to one optimizer race (one read
+    `exp_avg` the other had not yet made: KeyError, 1 run in ~1,800)."""
     import threading
     gate, codes, raised = threading.Barrier(2, timeout=5), [], {}
 
@@ -163,7 +166,7 @@ def _two_ranks_save(tmp_path, model_sd, sharded):
     def rank(r):
         try:
             save_checkpoint(str(tmp_path), "step-00000002", model_sd, state={"step": 2}, rank=r, barrier=gate.wait,
-                            agree=agree, rank_state={"data": None}, sharded=sharded)
+                            agree=agree, rank_state={"data": None}, sharded=sharded and sharded())
         except BaseException as exn:
             raised[r] = exn
     threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
@@ -184,15 +187,18 @@ def test_a_full_disk_in_one_ranks_dcp_shards_is_its_one_line_not_a_checkpoint_ex
     from torch.distributed.checkpoint.api import CheckpointException
 
     from align.writes import StorageError, is_storage_error
-    model = torch.nn.Linear(4, 3)
-    opt = torch.optim.AdamW(model.parameters())
-    save_checkpoint(str(tmp_path), "step-00000001", model.state_dict(), state={"step": 1, "world_size": 2})
+    save_checkpoint(str(tmp_path), "step-00000001", torch.nn.Linear(4, 3).state_dict(),
+                    state={"step": 1, "world_size": 2})
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "__1_0.distcp")
 
     def save(*a, **k):
         raise CheckpointException("failed", {1: (full, traceback.StackSummary())})
+
+    def own_model_and_optimizer():
+        model = torch.nn.Linear(4, 3)
+        return model, torch.optim.AdamW(model.parameters())
     monkeypatch.setattr(dcp, "save", save)
-    raised = _two_ranks_save(tmp_path, None, (model, opt))
+    raised = _two_ranks_save(tmp_path, None, own_model_and_optimizer)
     assert isinstance(raised[1], OSError) and is_storage_error(raised[1]), raised
     assert isinstance(raised[0], StorageError) and "rank 1 could not write its part" in str(raised[0]), raised
     assert sorted(os.listdir(tmp_path)) == ["step-00000001"]

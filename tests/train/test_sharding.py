@@ -14,7 +14,6 @@ from collections import Counter
 
 import pytest
 import torch
-import yaml
 
 from align.train.checkpoint import list_checkpoints, load_checkpoint, load_dcp_tensors, load_weights, save_checkpoint
 from align.config import parse_recipe

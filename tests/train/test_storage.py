@@ -10,8 +10,9 @@ import subprocess
 import pytest
 import yaml
 
+from align.errors import AlignError
 from align.train.storage import resume_metrics, truncate_metrics, warn_if_tight
-from align.writes import STORAGE_EXIT, StorageError, is_storage_error, storage_line
+from align.writes import RESUME_WORDS, STORAGE_EXIT, StorageError, is_storage_error, storage_line
 from tests.switch_helpers import final_weights, metrics, recipe, train_dict
 
 
@@ -227,7 +228,11 @@ def test_a_full_disk_at_the_manifest_after_every_part_is_written_removes_the_par
     assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_whole_lines(tmp_path, monkeypatch):
+@pytest.mark.parametrize("resume", ["auto", "none"])
+def test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_whole_lines(tmp_path, monkeypatch,
+                                                                                          resume):
+    """Its line says what resumes: the same command under resume=auto (the default); under resume=none the same
+    command is refused (the run dir holds checkpoints), so the line names resume=auto."""
     import align.train.metrics as m
 
     class FullAtStep5(io.FileIO):
@@ -244,17 +249,24 @@ def test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_who
         if "b" in mode:
             return raw if buffering == 0 else io.BufferedWriter(raw)
         return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
-    r = recipe(tmp_path, "run", train=TRAIN, resume="auto")
+    r = recipe(tmp_path, "run", train=TRAIN, resume=resume)
     monkeypatch.setattr(m, "open", full_open, raising=False)
     with pytest.raises(StorageError) as e:
         train_dict(r)
     path = os.path.join(r["output_dir"], "metrics.jsonl")
     line = str(e.value)
     assert line.startswith(f"{path}: No space left on device (needs about ") and "\n" not in line, line
+    words = ("run the same command to resume" if resume == "auto" else
+             "run the same command with resume=auto to resume (resume=none would not)")
     assert line.endswith(f"the intact checkpoint is {r['output_dir']}/checkpoints/step-00000004; free space and "
-                         f"run the same command to resume"), line
+                         f"{words}"), line
     assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4]        # the cut row removed
+    assert RESUME_WORDS.get() == "run the same command to resume"                 # the run's words end with it
     monkeypatch.undo()
+    if resume == "none":                                  # as the line says: the same command would not resume
+        with pytest.raises(AlignError, match="resume=auto"):
+            train_dict(r)
+        r["resume"] = "auto"
     train_dict(r)
     assert [row["step"] for row in metrics(r["output_dir"])] == [1, 2, 3, 4, 5, 6]
 

@@ -89,7 +89,6 @@ def test_two_processes_train_from_one_csv_written_once(tmp_path):
     one list, split by rank)."""
     from tests.train.test_train_multiprocess import ACCELERATE
     import subprocess
-    import sys
     table, val = speech_csv(tmp_path, n=32), labelled_csv(tmp_path, "val_captions.csv", label=False)
     cmd = ACCELERATE + ["--num_processes", "2", "--num_machines", "1", "-m", "align.cli"] + tiny_run(
         tmp_path, "ddp", table, "train.max_steps=3", f"data.val={val}")

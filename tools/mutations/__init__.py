@@ -9,15 +9,18 @@ The list is split by the part of align a mutation plants its bug in, one module 
 of the entry's file that matches names its module; tests/test_mutation_list.py checks each entry is where this
 says); MUTATIONS is their concatenation. Test ids that several entries name live in common.py.
 """
-from . import bench, core, data, export, models, retrieval, train
+from . import bench, core, data, data_write, export, models, retrieval, train, train_run
 from .common import Mutation  # noqa: F401
 
 # file prefix -> the module whose list holds its mutations; anything else (CLI, config, sweep, ...) is `core`
-PARTS = (("align/train/", "train"), ("align/data/", "data"), ("align/wds/", "data"), ("align/media/", "data"),
+PARTS = (*((f"align/train/{m}", "train_run") for m in ("checkpoint", "rundir", "storage", "manifest", "init_from",
+                                                       "state", "guard")),
+         ("align/train/", "train"), ("align/data/write/", "data_write"), ("align/data/", "data"),
+         ("align/wds/", "data"), ("align/media/", "data"),
          ("align/bench/", "bench"), ("align/retrieval/", "retrieval"), ("align/export/", "export"),
          ("align/losses/", "models"), ("align/towers/", "models"), ("align/model", "models"))
-LISTS = {"models": models, "data": data, "train": train, "bench": bench, "retrieval": retrieval, "export": export,
-         "core": core}
+LISTS = {"models": models, "data": data, "data_write": data_write, "train": train, "train_run": train_run,
+         "bench": bench, "retrieval": retrieval, "export": export, "core": core}
 
 
 def part_of(file: str) -> str:
