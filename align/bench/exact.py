@@ -255,10 +255,12 @@ class ExactIndex:
     # -- search -----------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """(scores [Q, k] float32, ids [Q, k] int64) best first; k is clipped to the gallery size."""
-        self._prepare()
         q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         if q_all.ndim != 2 or q_all.shape[1] != self.d:
             raise DataError(f"exact search: queries must be [n, {self.d}], got {tuple(q_all.shape)}")
+        if self.ntotal == 0:           # an empty gallery: k clips to 0 (it was an IndexError from _prepare)
+            return np.empty((len(q_all), 0), dtype=np.float32), np.empty((len(q_all), 0), dtype=np.int64)
+        self._prepare()
         n = len(self._g)
         k = int(min(k, n))
         scores = np.empty((len(q_all), k), dtype=np.float32)

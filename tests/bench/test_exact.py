@@ -128,6 +128,13 @@ def test_small_galleries_k_clipping_and_incremental_add():
     np.testing.assert_array_equal(idx.search(q, 10)[1], ref_topk(g2, q, 10))
     empty = idx.search(np.zeros((0, 8), np.float32), 3)
     assert empty[0].shape == (0, 3) and empty[1].shape == (0, 3)
+    nothing = ExactIndex(8)                                    # no gallery: k clips to 0 (was an IndexError)
+    s0, i0 = nothing.search(q, 3)
+    assert s0.shape == i0.shape == (9, 0) and (s0.dtype, i0.dtype) == (np.float32, np.int64)
+    with pytest.raises(DataError, match=r"queries must be \[n, 8\]"):
+        nothing.search(np.zeros((2, 7), np.float32), 3)
+    nothing.add(g)                                             # then a gallery: searched as any other
+    np.testing.assert_array_equal(nothing.search(q, 3)[1], ref_topk(g, q, 3))
 
 
 def test_bad_inputs_are_one_line_errors():

@@ -4,6 +4,10 @@ from .common import *  # noqa: F401,F403  (M and the shared test ids)
 FIG = "tests/bench/test_figures.py::"
 
 MUTATIONS = [
+    M("exact.empty_gallery_prepared", "align/bench/exact.py",
+      "        if self.ntotal == 0:           # an empty gallery", "        if False:           # an empty gallery",
+      ["tests/bench/test_exact.py::test_small_galleries_k_clipping_and_incremental_add"],
+      "an ExactIndex searched before anything was added raised IndexError"),
     M("retrieval.recall_at_k_off_by_one", "align/bench/retrieval.py",
       "return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}",
       "return {k: float(hits[:, :k + 1].any(axis=1).mean()) for k in ks}", ["tests/bench/test_retrieval.py"]),
