@@ -8,6 +8,8 @@
 3. Dedup (`--dedup COS`): among the samples left, a FAISS range search finds every pair with media cosine
    >= COS; samples are visited in corpus order and each one not yet dropped drops its later neighbours
    (the first copy is kept). Exact (IndexFlatIP) up to EXACT_DEDUP_MAX vectors, IVF beyond.
+   Scores and dedup read the vectors a chunk of parts at a time (EmbeddingParts): what stays in memory is the
+   dedup's index (the vectors left after the score filter), the scores and the row tables.
 4. Samples whose media failed to decode are dropped as `undecodable`.
 Writes FILTERED/shards/<source shard name> (align's shard writer, sample bytes unchanged),
 FILTERED/dropped.jsonl (key, shard, reason, score, duplicate_of) and FILTERED/summary.json.

@@ -400,8 +400,8 @@ def test_selection_by_parts_equals_the_in_memory_selection_bit_for_bit(tmp_path,
     for kw in ({"min_score": 0.3, "keep_top": None, "cos": 0.95}, {"min_score": None, "keep_top": 0.6, "cos": 0.9},
                {"min_score": None, "keep_top": None, "cos": 1.0}, {"min_score": None, "keep_top": 0.5, "cos": None}):
         _, want, want_thr = _in_memory_selection(str(tmp_path / "emb"), kw["min_score"], kw["keep_top"], kw["cos"])
-        got, thr, rows = F.score_and_select(str(tmp_path / "emb"), "image", ["image", "text"], min_score=kw["min_score"],
-                                            keep_top=kw["keep_top"], dedup_cos=kw["cos"])
+        got, thr, rows = F.score_and_select(str(tmp_path / "emb"), "image", ["image", "text"],
+                                            min_score=kw["min_score"], keep_top=kw["keep_top"], dedup_cos=kw["cos"])
         assert (got, thr) == (want, want_thr) and len(rows) == sum(sizes)
         if kw["cos"] is not None:
             assert any(d["reason"] == "near_duplicate" for d in got.values())
