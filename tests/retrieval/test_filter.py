@@ -405,3 +405,17 @@ def test_selection_by_parts_equals_the_in_memory_selection_bit_for_bit(tmp_path,
         assert (got, thr) == (want, want_thr) and len(rows) == sum(sizes)
         if kw["cos"] is not None:
             assert any(d["reason"] == "near_duplicate" for d in got.values())
+
+
+def test_dedup_by_parts_equals_dedup_of_the_rows_on_both_paths(tmp_path, monkeypatch):
+    """dedup_parts (the index filled by chunks, its storage the queries) equals dedup of the loaded rows exactly, on
+    the IndexFlatIP path, the IVF path past EXACT_DEDUP_MAX (here 500) and with no row left."""
+    from align.retrieval import filter as F
+    monkeypatch.setattr(F, "EXACT_DEDUP_MAX", 500)
+    monkeypatch.setattr(F, "CHUNK", 1000)
+    _write_emb(tmp_path / "emb", [(m, [1] * m) for m in (700, 900, 1300)], np.random.default_rng(3))
+    media = load_embeddings(str(tmp_path / "emb"), "image", verify=False)[0]
+    parts = F.EmbeddingParts(str(tmp_path / "emb"), "image")
+    for left in (np.arange(0, 2900, 2), np.arange(0, 2900, 7), np.zeros(0, np.int64)):
+        want = F.dedup(media[left], 0.95)
+        assert F.dedup_parts(parts, left, 0.95) == want and (len(want) > 0) == (len(left) > 0)
