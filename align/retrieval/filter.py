@@ -39,6 +39,7 @@ from align.wds.writer import SampleWriter
 from align.writes import guard_write, write_text_whole
 
 EXACT_DEDUP_MAX = 200_000
+KEY_COLUMNS = ("shard", "key")             # all the filter reads of the row tables (a sample's identity)
 CHUNK = 16384                               # rows of vectors read at a time (whole parts: one larger comes whole)
 KEPT = "the embeddings in --out's emb/ are kept (a rerun reuses them)"     # a full disk's line (align.writes)
 WAIT_S = 3600.0
@@ -178,9 +179,9 @@ def score_and_select(emb: str, m: str, have: List[str], *, min_score: Optional[f
     """Scores (media `m` against the first caption) and select() of the embeddings in `emb`, the vectors read a
     chunk of parts at a time: -> (drop, threshold, media rows). What a load of every vector gave, bit for bit;
     held: the scores, the row tables, and the dedup's index (every vector left after the score filter)."""
-    media, mrows = EmbeddingParts(emb, m), load_rows(emb, m)
+    media, mrows = EmbeddingParts(emb, m), load_rows(emb, m, columns=KEY_COLUMNS)
     if "text" in have:
-        scores = part_scores(media, mrows, EmbeddingParts(emb, "text"), load_rows(emb, "text"))
+        scores = part_scores(media, mrows, EmbeddingParts(emb, "text"), load_rows(emb, "text", columns=KEY_COLUMNS))
     else:
         scores = np.full(len(media), np.nan)
     drop, threshold = select(scores, media, min_score=min_score, keep_top=keep_top, dedup_cos=dedup_cos)
