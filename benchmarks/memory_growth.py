@@ -8,6 +8,7 @@
     python benchmarks/memory_growth.py noise                                # a data worker's decoded noise clips
     python benchmarks/memory_growth.py shards --rows 1000000 [--jsonl]      # `align data shards` of a CSV (JSONL)
     python benchmarks/memory_growth.py table --rows 1000000 [--jsonl|--parquet]   # its reads of the table, timed
+    python benchmarks/memory_growth.py filter --rows 200000 --keep-top 0.25   # `align data filter`'s selection
 
 Each imports the `align` first on PYTHONPATH (this checkout otherwise), so `PYTHONPATH=/tmp/old python ...` measures
 another tree (e.g. `git archive BASE align | tar -x -C /tmp/old`) on the same files. Files go to --work.
@@ -323,9 +324,86 @@ def table(a) -> None:
     print(f"{a.rows}-row {path.rsplit('.', 1)[1].upper()}: {total:.2f} s in all")
 
 
+def write_filter_emb(out: str, n: int, per: int, dim: int = 512) -> None:
+    """An `align embed`-shaped folder of n image rows and 2 captions a sample (float16, dim 512): captions near
+    their image (scores spread), every 20th image a near-copy of the one before (the dedup's pairs)."""
+    import pandas as pd
+
+    from align.retrieval.embed import COLUMNS, part_files, part_name
+    if os.path.isfile(os.path.join(out, "manifest.json")):
+        return
+    os.makedirs(os.path.join(out, "parts"), exist_ok=True)
+    rng, names, shards = np.random.default_rng(0), [], []
+    for p, s in enumerate(range(0, n, per)):
+        m, part, shard = min(per, n - s), part_name(p), f"/data/corpus/laion-like/shard-{p:06d}.tar"
+        names.append(part)
+        shards.append(shard)
+        x = rng.standard_normal((m, dim)).astype(np.float32)
+        x[1::20] = x[0:m - 1:20][:len(x[1::20])] + 0.05 * rng.standard_normal((len(x[1::20]), dim))
+        t = np.repeat(x, 2, axis=0) + rng.uniform(0.5, 3, (2 * m, 1)) * rng.standard_normal((2 * m, dim))
+        for mod, v in (("image", x), ("text", t)):
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            np.save(os.path.join(out, "parts", f"{part}.{mod}.npy"), v.astype(np.float16))
+        keys = [f"{p:06d}{j:05d}" for j in range(m)]
+        caps = [f"a photo of a small brown dog number {s + j // 2}" for j in range(2 * m)]
+        table = pd.DataFrame({"key": keys + [k for k in keys for _ in range(2)], "caption": [None] * m + caps,
+                              "shard": shard, "modality": ["image"] * m + ["text"] * (2 * m),
+                              "row": np.r_[np.arange(m), np.arange(2 * m)], "media_offset": 0, "media_size": 3000,
+                              "part": part}, columns=COLUMNS)
+        table.to_parquet(os.path.join(out, "parts", f"{part}.parquet"), index=False)
+        vec = {"image": m, "text": 2 * m}
+        files = {f: os.path.getsize(os.path.join(out, "parts", f)) for f in part_files(part, vec)}
+        with open(os.path.join(out, "parts", f"{part}.done.json"), "w") as f:
+            json.dump({"part": part, "shard": shard, "items": m, "vectors": vec, "skipped": 0, "errors": [],
+                       "files": files}, f)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump({"model": "x", "shards": shards, "parts": names, "dtype": "float16", "modalities": ["image", "text"],
+                   "root": "/data/corpus"}, f)
+
+
+def filter_(a) -> None:
+    """`align data filter`'s selection (scores, --keep-top, --dedup 0.95) of an --rows embedding, in a process of its
+    own (the files are written in this one): peak RSS over the RSS before, seconds, and what it dropped."""
+    import subprocess
+    emb = os.path.join(a.work, f"femb_{a.rows}")
+    write_filter_emb(emb, a.rows, a.per_part)
+    subprocess.run([sys.executable, os.path.abspath(__file__), "filter-run", "--work", emb, "--rows", str(a.rows),
+                    "--keep-top", str(a.keep_top)], check=True)
+
+
+def filter_run(a) -> None:
+    import hashlib
+
+    import faiss  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from align.retrieval import filter as F
+    from align.retrieval.embed import load_embeddings
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                       # resets VmHWM to the RSS now (Linux)
+    before, t = _vm_mb("VmRSS"), time.perf_counter()
+    kw = {"min_score": None, "keep_top": a.keep_top, "dedup_cos": 0.95}
+    if hasattr(F, "score_and_select"):
+        how = "score_and_select (a chunk at a time)"
+        drop, thr, _ = F.score_and_select(a.work, "image", ["image", "text"], **kw)
+    else:
+        how = "load_embeddings + clip_scores + select (in memory)"
+        media, mrows = load_embeddings(a.work, "image", verify=False)
+        text, trows = load_embeddings(a.work, "text", verify=False)
+        drop, thr = F.select(F.clip_scores(media, mrows, text, trows), media, **kw)
+    dt, peak = time.perf_counter() - t, _vm_mb("VmHWM") - before
+    digest = hashlib.sha256(json.dumps(sorted(drop.items()), sort_keys=True).encode()).hexdigest()[:12]
+    reasons = {r: sum(d["reason"] == r for d in drop.values()) for r in ("low_score", "near_duplicate")}
+    print(f"{how}, {a.rows} samples x 512 (2 captions each), --keep-top {a.keep_top} --dedup 0.95: {dt:.1f} s, "
+          f"peak RSS +{peak:.0f} MB over the RSS before ({before:.0f} MB); dropped {reasons}, threshold {thr!r}, "
+          f"drops sha256 {digest}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "metrics", "rows", "index", "index-load", "noise", "shards", "table"])
+    p.add_argument("what", choices=["train", "metrics", "rows", "index", "index-load", "noise", "shards", "table",
+                                     "filter", "filter-run"])
     p.add_argument("--work", default="/tmp/align_memory_growth")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--workers", type=int, default=2)
@@ -334,12 +412,13 @@ def main() -> None:
     p.add_argument("--per-part", type=int, default=10_000)
     p.add_argument("--jsonl", action="store_true", help="shards, table: a JSONL table, not a CSV")
     p.add_argument("--parquet", action="store_true", help="shards, table: a Parquet table, not a CSV")
+    p.add_argument("--keep-top", type=float, default=0.25, help="filter: the fraction kept by score")
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     import align
     print(f"align from {os.path.dirname(os.path.dirname(os.path.abspath(align.__file__)))}", flush=True)
     {"train": train, "metrics": metrics, "rows": rows, "index": index, "index-load": index_load, "noise": noise,
-     "shards": shards, "table": table}[a.what](a)
+     "shards": shards, "table": table, "filter": filter_, "filter-run": filter_run}[a.what](a)
 
 
 if __name__ == "__main__":

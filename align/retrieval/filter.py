@@ -8,6 +8,8 @@
 3. Dedup (`--dedup COS`): among the samples left, a FAISS range search finds every pair with media cosine
    >= COS; samples are visited in corpus order and each one not yet dropped drops its later neighbours
    (the first copy is kept). Exact (IndexFlatIP) up to EXACT_DEDUP_MAX vectors, IVF beyond.
+   Scores and dedup read the vectors a chunk of parts at a time (EmbeddingParts): what stays in memory is the
+   dedup's index (the vectors left after the score filter), the scores and the row tables.
 4. Samples whose media failed to decode are dropped as `undecodable`.
 Writes FILTERED/shards/<source shard name> (align's shard writer, sample bytes unchanged),
 FILTERED/dropped.jsonl (key, shard, reason, score, duplicate_of) and FILTERED/summary.json.
@@ -26,7 +28,7 @@ import faiss
 import numpy as np
 
 from align.errors import ConfigError, DataError, make_folder
-from align.retrieval.embed import (MEDIA, embed_corpus, embedded_modalities, load_embeddings, part_done,
+from align.retrieval.embed import (MEDIA, EmbeddingParts, embed_corpus, embedded_modalities, load_rows, part_done,
                                    read_manifest, source_shards, verify_parts)
 from align.retrieval.embed_summary import dist_env
 from align.bench.embed import model_fingerprint
@@ -37,6 +39,8 @@ from align.wds.writer import SampleWriter
 from align.writes import guard_write, write_text_whole
 
 EXACT_DEDUP_MAX = 200_000
+KEY_COLUMNS = ("shard", "key")             # all the filter reads of the row tables (a sample's identity)
+CHUNK = 16384                               # rows of vectors read at a time (whole parts: one larger comes whole)
 KEPT = "the embeddings in --out's emb/ are kept (a rerun reuses them)"     # a full disk's line (align.writes)
 WAIT_S = 3600.0
 
@@ -55,16 +59,52 @@ def _wait_for_parts(emb_dir: str, timeout_s: float = WAIT_S) -> None:
         time.sleep(1.0)
 
 
-def clip_scores(media: np.ndarray, mrows, text: np.ndarray, trows) -> np.ndarray:
-    """Cosine of each media row with its sample's first caption; NaN where the sample has no caption."""
+def first_captions(mrows, trows) -> np.ndarray:
+    """The text row of each media row's sample's first caption (int64), -1 where the sample has none."""
     first = {}
     for i, (shard, key) in enumerate(zip(trows["shard"], trows["key"])):
         first.setdefault((shard, key), i)
-    idx = np.array([first.get((s, k), -1) for s, k in zip(mrows["shard"], mrows["key"])], dtype=np.int64)
+    return np.array([first.get((s, k), -1) for s, k in zip(mrows["shard"], mrows["key"])], dtype=np.int64)
+
+
+def clip_scores(media: np.ndarray, mrows, text: np.ndarray, trows) -> np.ndarray:
+    """Cosine of each media row with its sample's first caption; NaN where the sample has no caption."""
+    idx = first_captions(mrows, trows)
     scores = np.full(len(media), np.nan, dtype=np.float32)
     ok = idx >= 0
     scores[ok] = np.einsum("nd,nd->n", media[ok], text[idx[ok]])
     return scores
+
+
+def part_scores(media: EmbeddingParts, mrows, text: EmbeddingParts, trows) -> np.ndarray:
+    """clip_scores, bit for bit, with the vectors read a chunk of parts at a time (EmbeddingParts): the same
+    einsum of each media row and its first caption's row, without the float32 copies of every vector."""
+    idx = first_captions(mrows, trows)
+    scores = np.full(len(media), np.nan, dtype=np.float32)
+    for first, x in media.chunks(CHUNK):
+        at = idx[first:first + len(x)]
+        ok = at >= 0
+        scores[first:first + len(x)][ok] = np.einsum("nd,nd->n", x[ok], text.take(at[ok]))
+    return scores
+
+
+def _first_copies(n: int, lims, sims, ids, threshold: float) -> Dict[int, tuple]:
+    """A range search's pairs -> {dropped row: (kept row, cosine)}: rows visited in order, each one not yet
+    dropped drops its later neighbours at >= threshold."""
+    dropped: Dict[int, tuple] = {}
+    for i in range(n):
+        if i in dropped:
+            continue
+        for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
+            if j > i and j not in dropped and s >= np.float32(threshold):
+                dropped[int(j)] = (i, float(s))
+    return dropped
+
+
+def _radius(threshold: float) -> float:
+    # FAISS keeps inner products > radius: a radius one float32 step below COS, and >= COS here, keeps a pair at
+    # exactly COS (the copies of --dedup 1 whose cosine rounds to 1.0 were kept)
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
 
 def dedup(vectors: np.ndarray, threshold: float) -> Dict[int, tuple]:
@@ -75,23 +115,45 @@ def dedup(vectors: np.ndarray, threshold: float) -> Dict[int, tuple]:
         index.add(x)
     else:                                   # O(N^2) exact pairs get slow: IVF range search (may miss a few)
         index = build_index("ivf", x, nprobe=32)
-    # FAISS keeps inner products > radius: a radius one float32 step below COS, and >= COS here, keeps a pair at
-    # exactly COS (the copies of --dedup 1 whose cosine rounds to 1.0 were kept)
-    lims, sims, ids = index.range_search(x, float(np.nextafter(np.float32(threshold), np.float32(-np.inf))))
-    dropped: Dict[int, tuple] = {}
-    for i in range(len(x)):
-        if i in dropped:
-            continue
-        for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
-            if j > i and j not in dropped and s >= np.float32(threshold):
-                dropped[int(j)] = (i, float(s))
-    return dropped
+    lims, sims, ids = index.range_search(x, _radius(threshold))
+    return _first_copies(len(x), lims, sims, ids, threshold)
 
 
-def select(scores: np.ndarray, media: np.ndarray, *, min_score: Optional[float], keep_top: Optional[float],
+def _rows_at(media: EmbeddingParts, left: np.ndarray):
+    """Yields the float32 rows at the sorted ids `left`, a chunk of parts at a time, in order."""
+    for first, x in media.chunks(CHUNK):
+        a, b = np.searchsorted(left, [first, first + len(x)])
+        if b > a:
+            yield x[left[a:b] - first]
+
+
+def dedup_parts(media: EmbeddingParts, left: np.ndarray, threshold: float) -> Dict[int, tuple]:
+    """dedup(media rows at the sorted ids `left`), the same FAISS calls on the same float32 values, without a copy
+    of them beside the index's: up to EXACT_DEDUP_MAX the IndexFlatIP's storage is filled a chunk at a time
+    (reserved first: no reallocation) and is itself the range search's queries. Above, the IVF path as dedup's."""
+    d = media.shape[1]
+    if len(left) > EXACT_DEDUP_MAX:         # the IVF trains on and searches an array of every vector (as dedup)
+        x = np.empty((len(left), d), np.float32)
+        at = 0
+        for block in _rows_at(media, left):
+            x[at:at + len(block)] = block
+            at += len(block)
+        return dedup(x, threshold)
+    index = faiss.IndexFlatIP(d)
+    index.codes.resize(len(left) * index.code_size)     # reserve: the adds below fill it without a reallocation
+    index.codes.resize(0)
+    for block in _rows_at(media, left):
+        index.add(block)
+    n = index.ntotal
+    queries = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d), np.float32)
+    lims, sims, ids = index.range_search(queries, _radius(threshold))
+    return _first_copies(n, lims, sims, ids, threshold)
+
+
+def select(scores: np.ndarray, media, *, min_score: Optional[float], keep_top: Optional[float],
            dedup_cos: Optional[float]):
     """-> ({row to drop: {"reason", "score", "dup_of" (row)}}, score threshold used or None);
-    score filtering first, dedup among the rest."""
+    score filtering first, dedup among the rest. media: float32 [N, D], or EmbeddingParts (dedup_parts)."""
     drop: Dict[int, dict] = {}
     scored = ~np.isnan(scores)
     threshold = min_score
@@ -103,10 +165,27 @@ def select(scores: np.ndarray, media: np.ndarray, *, min_score: Optional[float],
         for i in np.flatnonzero(scored & (scores < threshold)):
             drop[int(i)] = {"reason": "low_score", "score": float(scores[i])}
     if dedup_cos is not None:
-        left = np.array([i for i in range(len(media)) if i not in drop], dtype=np.int64)
-        for j, (i, s) in dedup(media[left], dedup_cos).items():
+        kept = np.ones(len(media), dtype=bool)
+        kept[list(drop)] = False
+        left = np.flatnonzero(kept).astype(np.int64)
+        pairs = dedup(media[left], dedup_cos) if isinstance(media, np.ndarray) else dedup_parts(media, left, dedup_cos)
+        for j, (i, s) in pairs.items():
             drop[int(left[j])] = {"reason": "near_duplicate", "score": s, "dup_of": int(left[i])}
     return drop, threshold
+
+
+def score_and_select(emb: str, m: str, have: List[str], *, min_score: Optional[float], keep_top: Optional[float],
+                     dedup_cos: Optional[float]):
+    """Scores (media `m` against the first caption) and select() of the embeddings in `emb`, the vectors read a
+    chunk of parts at a time: -> (drop, threshold, media rows). What a load of every vector gave, bit for bit;
+    held: the scores, the row tables, and the dedup's index (every vector left after the score filter)."""
+    media, mrows = EmbeddingParts(emb, m), load_rows(emb, m, columns=KEY_COLUMNS)
+    if "text" in have:
+        scores = part_scores(media, mrows, EmbeddingParts(emb, "text"), load_rows(emb, "text", columns=KEY_COLUMNS))
+    else:
+        scores = np.full(len(media), np.nan)
+    drop, threshold = select(scores, media, min_score=min_score, keep_top=keep_top, dedup_cos=dedup_cos)
+    return drop, threshold, mrows
 
 
 def _write_shards(shards: List[str], out_dir: str, dropped_keys: set) -> Counter:
@@ -194,11 +273,8 @@ def filter_shards(model, data: str, out: str, *, min_score: Optional[float] = No
     if m is None:
         raise DataError(f"{emb}: no image or audio embeddings to filter on")
     verify_parts(emb)                  # the checksums of every part, once for both modalities
-    media, mrows = load_embeddings(emb, m, verify=False)
-    text, trows = (load_embeddings(emb, "text", verify=False) if "text" in have
-                   else (np.zeros((0, media.shape[1])), None))
-    scores = clip_scores(media, mrows, text, trows) if trows is not None else np.full(len(media), np.nan)
-    drop, threshold = select(scores, media, min_score=min_score, keep_top=keep_top, dedup_cos=dedup_cos)
+    drop, threshold, mrows = score_and_select(emb, m, have, min_score=min_score, keep_top=keep_top,
+                                              dedup_cos=dedup_cos)
     keys = list(zip(mrows["shard"], mrows["key"]))
     records = [{"key": keys[i][1], "shard": keys[i][0], "reason": d["reason"], "score": round(d["score"], 5),
                 **({"duplicate_of": keys[d["dup_of"]][1]} if "dup_of" in d else {})} for i, d in sorted(drop.items())]

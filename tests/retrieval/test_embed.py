@@ -492,5 +492,6 @@ def test_load_rows_and_write_rows_take_each_parts_rows_of_a_modality_in_vector_o
         want = pd.concat([t[t["modality"] == m].sort_values("row") for t in tables], ignore_index=True)
         assert list(want["key"]) == [f"k{i:06d}" for i in range(30 if m == "image" else 20)]
         pd.testing.assert_frame_equal(load_rows(emb, m), want)
+        pd.testing.assert_frame_equal(load_rows(emb, m, columns=("shard", "key")), want[["shard", "key"]])
         assert write_rows(emb, m, str(tmp_path / f"{m}.parquet")) == len(want)
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{m}.parquet"), want)

@@ -306,3 +306,116 @@ def test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean
     for name in files_under(out):
         if name != "summary.json":                                              # (its seconds differ)
             assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+def _write_emb(out, parts, rng, dim=16):
+    """An `align embed`-shaped folder (float16 vectors, as embed writes them) of `parts` [(image rows, captions of
+    each sample)]; every image row a copy or near copy of an earlier part's row where rng says so."""
+    import pandas as pd
+
+    from align.retrieval.embed import COLUMNS, part_files, part_name
+    os.makedirs(out / "parts")
+    names, seen = [], []
+    for p, (m, ncap) in enumerate(parts):
+        part = part_name(p)
+        names.append(part)
+        x = rng.standard_normal((m, dim)).astype(np.float32)
+        for i in range(m):
+            if seen and rng.random() < 0.3:                       # an exact or near copy of an earlier row
+                x[i] = seen[rng.integers(len(seen))] + (0.02 * rng.standard_normal(dim) if rng.random() < 0.5 else 0)
+        seen += list(x)
+        caps = [i for i in range(m) for _ in range(ncap[i])]
+        t = x[caps] + rng.uniform(0.2, 2, (len(caps), 1)) * rng.standard_normal((len(caps), dim))
+        vec = {"image": m, **({"text": len(caps)} if caps else {})}
+        for mod, v in (("image", x), ("text", t)):
+            if mod in vec:
+                np.save(out / "parts" / f"{part}.{mod}.npy", (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(
+                    np.float16))
+        keys = [f"p{p}s{i}" for i in range(m)]
+        pd.DataFrame({"key": keys + [keys[i] for i in caps], "caption": [None] * m + [f"c{i}" for i in caps],
+                      "shard": f"/c/{p}.tar", "modality": ["image"] * m + ["text"] * len(caps),
+                      "row": np.r_[np.arange(m), np.arange(len(caps))], "media_offset": 0, "media_size": 1,
+                      "part": part}, columns=COLUMNS).to_parquet(out / "parts" / f"{part}.parquet", index=False)
+        files = {f: os.path.getsize(out / "parts" / f) for f in part_files(part, vec)}
+        (out / "parts" / f"{part}.done.json").write_text(json.dumps({"part": part, "vectors": vec, "files": files}))
+    (out / "manifest.json").write_text(json.dumps({"model": "x", "shards": [f"/c/{p}.tar" for p in range(len(parts))],
+                                                   "parts": names, "dtype": "float16"}))
+
+
+def _in_memory_selection(emb, min_score, keep_top, cos):
+    """The selection as filter_shards made it before it read the vectors by parts: every vector loaded, the scores
+    of the full arrays, FAISS's exact range search of media[left] against itself."""
+    import faiss
+    media, mrows = load_embeddings(emb, "image", verify=False)
+    text, trows = load_embeddings(emb, "text", verify=False)
+    first = {}
+    for i, k in enumerate(zip(trows["shard"], trows["key"])):
+        first.setdefault(k, i)
+    idx = np.array([first.get(k, -1) for k in zip(mrows["shard"], mrows["key"])], dtype=np.int64)
+    scores = np.full(len(media), np.nan, dtype=np.float32)
+    scores[idx >= 0] = np.einsum("nd,nd->n", media[idx >= 0], text[idx[idx >= 0]])
+    drop, scored, thr = {}, ~np.isnan(scores), min_score
+    if keep_top is not None:
+        n_keep = int(np.ceil(keep_top * scored.sum()))
+        thr = float(np.sort(scores[scored])[::-1][max(n_keep - 1, 0)]) if n_keep else np.inf
+    if thr is not None:
+        for i in np.flatnonzero(scored & (scores < thr)):
+            drop[int(i)] = {"reason": "low_score", "score": float(scores[i])}
+    if cos is not None:
+        left = np.array([i for i in range(len(media)) if i not in drop], dtype=np.int64)
+        x = media[left]
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        lims, sims, ids = index.range_search(x, float(np.nextafter(np.float32(cos), np.float32(-np.inf))))
+        gone = set()
+        for i in range(len(x)):
+            if i not in gone:
+                for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
+                    if j > i and j not in gone and s >= np.float32(cos):
+                        gone.add(j)
+                        drop[int(left[j])] = {"reason": "near_duplicate", "score": float(s), "dup_of": int(left[i])}
+    return scores, drop, thr
+
+
+@pytest.mark.parametrize("chunk", [7, 16384])
+def test_selection_by_parts_equals_the_in_memory_selection_bit_for_bit(tmp_path, monkeypatch, chunk):
+    """score_and_select reads the vectors a chunk of parts at a time and dedups from the index's own storage: its
+    scores (bitwise), drops (scores, pairs, cosines: exact) and threshold equal loading every vector, over parts of
+    several sizes (a chunk of 7 rows: parts split across chunks, one larger than a chunk, one without captions),
+    samples with 0, 1 and 2 (different) captions, and exact and near copies across parts."""
+    from align.retrieval import filter as F
+    monkeypatch.setattr(F, "CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    sizes = [5, 9, 1, 13, 4, 30]
+    parts = [(m, [(i + p) % 3 for i in range(m)]) for p, m in enumerate(sizes)]
+    parts[2] = (1, [0])                                                 # a part with no text vectors at all
+    _write_emb(tmp_path / "emb", parts, rng)
+    media = F.EmbeddingParts(str(tmp_path / "emb"), "image")
+    text = F.EmbeddingParts(str(tmp_path / "emb"), "text")
+    mrows, trows = F.load_rows(str(tmp_path / "emb"), "image"), F.load_rows(str(tmp_path / "emb"), "text")
+    want_scores = _in_memory_selection(str(tmp_path / "emb"), None, None, None)[0]
+    got_scores = F.part_scores(media, mrows, text, trows)
+    assert got_scores.dtype == np.float32 and np.array_equal(got_scores.view(np.uint32), want_scores.view(np.uint32))
+    assert np.isnan(got_scores).sum() == sum(c == 0 for _, n in parts for c in n)
+    for kw in ({"min_score": 0.3, "keep_top": None, "cos": 0.95}, {"min_score": None, "keep_top": 0.6, "cos": 0.9},
+               {"min_score": None, "keep_top": None, "cos": 1.0}, {"min_score": None, "keep_top": 0.5, "cos": None}):
+        _, want, want_thr = _in_memory_selection(str(tmp_path / "emb"), kw["min_score"], kw["keep_top"], kw["cos"])
+        got, thr, rows = F.score_and_select(str(tmp_path / "emb"), "image", ["image", "text"],
+                                            min_score=kw["min_score"], keep_top=kw["keep_top"], dedup_cos=kw["cos"])
+        assert (got, thr) == (want, want_thr) and len(rows) == sum(sizes)
+        if kw["cos"] is not None:
+            assert any(d["reason"] == "near_duplicate" for d in got.values())
+
+
+def test_dedup_by_parts_equals_dedup_of_the_rows_on_both_paths(tmp_path, monkeypatch):
+    """dedup_parts (the index filled by chunks, its storage the queries) equals dedup of the loaded rows exactly, on
+    the IndexFlatIP path, the IVF path past EXACT_DEDUP_MAX (here 500) and with no row left."""
+    from align.retrieval import filter as F
+    monkeypatch.setattr(F, "EXACT_DEDUP_MAX", 500)
+    monkeypatch.setattr(F, "CHUNK", 1000)
+    _write_emb(tmp_path / "emb", [(m, [1] * m) for m in (700, 900, 1300)], np.random.default_rng(3))
+    media = load_embeddings(str(tmp_path / "emb"), "image", verify=False)[0]
+    parts = F.EmbeddingParts(str(tmp_path / "emb"), "image")
+    for left in (np.arange(0, 2900, 2), np.arange(0, 2900, 7), np.zeros(0, np.int64)):
+        want = F.dedup(media[left], 0.95)
+        assert F.dedup_parts(parts, left, 0.95) == want and (len(want) > 0) == (len(left) > 0)

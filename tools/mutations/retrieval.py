@@ -1,6 +1,8 @@
 """Mutations of the retrieval app (align/retrieval)."""
 from .common import *  # noqa: F401,F403  (M and the shared test ids)
 
+FILTER_PARTS = "tests/retrieval/test_filter.py::test_selection_by_parts_equals_the_in_memory_selection_bit_for_bit"
+
 MUTATIONS = [
     M("retrieval.embed.resume_ignores_markers", "align/retrieval/embed.py",
       "    if not (os.path.isfile(p) and os.path.isfile(os.path.join(out_dir, f\"{part}.parquet\"))):",
@@ -257,4 +259,11 @@ MUTATIONS = [
       "    open(os.path.join(out, \"summary.json\"), \"w\").write(json.dumps(summary, indent=1))", ["tests/retrieval/test_filter.py::"
        "test_a_full_disk_while_filtering_is_one_line_and_a_rerun_writes_what_a_clean_run_does"],
       "a full disk at summary.json: a traceback and an empty summary"),
+    M("retrieval.filter.scores_of_the_last_caption", "align/retrieval/filter.py",
+      "        first.setdefault((shard, key), i)", "        first[(shard, key)] = i", [FILTER_PARTS],
+      "the score used a sample's last caption, not its first"),
+    M("retrieval.filter.scores_skip_a_chunk", "align/retrieval/filter.py",
+      "    for first, x in media.chunks(CHUNK):\n        at = idx",
+      "    for first, x in list(media.chunks(CHUNK))[1:]:\n        at = idx", [FILTER_PARTS],
+      "the scores read by parts left the first chunk's rows unscored"),
 ]
