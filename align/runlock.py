@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from align.errors import AlignError
+from align.writes import write_text_whole
 
 log = logging.getLogger("align")
 
@@ -128,10 +129,8 @@ class RunLock:
     def _write_info(self, started: float) -> None:
         info = {"host": self._lock.hostname, "pid": os.getpid(), "since": started, "heartbeat": time.time(),
                 "command": " ".join(sys.argv)}
-        tmp = f"{self._info_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-        os.replace(tmp, self._info_path)
+        # whole or not at all; a full disk is one line naming this file (a write's OSError names no file)
+        write_text_whole(self._info_path, json.dumps(info), kept="nothing else was written")
 
     # ------------------------------------------------------------------ take / release
     def _break_if_stale(self) -> None:
@@ -173,7 +172,11 @@ class RunLock:
         if self.took_over:
             log.warning(self.took_over)
         started = time.time()
-        self._write_info(started)
+        try:
+            self._write_info(started)
+        except BaseException:          # e.g. a full disk: the lock is not kept by a run that never started
+            self._lock.unlock(unconditionally=True)
+            raise
         self._thread = threading.Thread(target=self._heartbeat, args=(started,), daemon=True,
                                         name="align-lock-heartbeat")
         self._thread.start()

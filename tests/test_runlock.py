@@ -239,6 +239,22 @@ def test_the_heartbeat_mark_still_moves_when_the_disk_is_full(tmp_path):
     assert heartbeat_mark(str(tmp_path)) is None                 # released: nothing to watch
 
 
+def test_a_full_disk_at_the_first_info_write_is_one_line_naming_it_and_keeps_no_lock(tmp_path, monkeypatch):
+    """The holder's info file could not be written when the lock was taken: the OSError of a write names no file
+    (the CLI said "a write: No space left on device") and the lock stayed taken by a run that never started. Now
+    one StorageError line naming align.lock.json, no lock, no temporary file; with space the same lock is taken."""
+    from align.writes import StorageError
+    from tests.diskfull import files_under, full_disk
+    full_disk(monkeypatch, INFO_NAME, free=0)
+    with pytest.raises(StorageError) as e:
+        RunLock(str(tmp_path)).acquire()
+    assert str(e.value).startswith(f"{tmp_path / INFO_NAME}: No space left on device (") and "\n" not in str(e.value)
+    assert files_under(tmp_path) == []                            # no lock, no info file, no temporary file
+    monkeypatch.undo()                                             # space freed
+    with RunLock(str(tmp_path)) as lock:
+        assert lock.took_over is None and json.load(open(tmp_path / INFO_NAME))["pid"] == os.getpid()
+
+
 def test_the_holder_in_words_cuts_a_long_command_line_and_keeps_a_short_one():
     from align.runlock import COMMAND_CHARS, describe
     long = "align train " + " ".join(f"model.towers.text.key{i}=value{i}" for i in range(40))

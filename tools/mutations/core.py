@@ -5,6 +5,15 @@ TRIAL_START = ("tests/sweep/test_trial.py::"
                "test_a_trial_starts_in_its_own_session_logging_to_its_run_dir_and_dies_with_the_sweep")
 
 MUTATIONS = [
+    M("runlock.info_write_unguarded", "align/runlock.py",
+      'write_text_whole(self._info_path, json.dumps(info), kept="nothing else was written")',
+      'open(self._info_path, "w").write(json.dumps(info))',
+      ["tests/test_runlock.py::test_a_full_disk_at_the_first_info_write_is_one_line_naming_it_and_keeps_no_lock"],
+      "a full disk at the lock's info file said \"a write: No space left on device\", naming no file"),
+    M("runlock.lock_kept_after_a_failed_info_write", "align/runlock.py",
+      "            self._lock.unlock(unconditionally=True)\n            raise\n", "            raise\n",
+      ["tests/test_runlock.py::test_a_full_disk_at_the_first_info_write_is_one_line_naming_it_and_keeps_no_lock"],
+      "a run stopped by a full disk at its lock's info file kept the lock"),
     M("sweep.val_split_not_a_held_out_set", "align/sweep/study.py", "    held_out = r.data.val or r.data.val_split\n",
       "    held_out = r.data.val\n",
       ["tests/sweep/test_study.py::test_a_sweep_without_data_val_scores_every_trial_on_the_same_val_split_groups"],
