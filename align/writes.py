@@ -37,7 +37,8 @@ STORAGE_WORDS = ("No space left on device", "Input/output error", "Disk quota ex
 # What a training run's stop lines tell the user to run next (a full disk, a preemption, a source that stayed
 # down): set for the run from its recipe's `resume` (align.train.setup.resume_words); "the same command" resumes
 # only under resume=auto, the default (under none, or a path, it would refuse or start from that path again).
-RESUME_WORDS = contextvars.ContextVar("align_resume_words", default="run the same command to resume")
+SAME_COMMAND_RESUMES = "run the same command to resume"
+RESUME_WORDS = contextvars.ContextVar("align_resume_words", default=SAME_COMMAND_RESUMES)
 
 
 class StorageError(AlignError):

@@ -33,7 +33,7 @@ from align.train.guard import StepWatch
 from align.train.state import TrainState
 from align.train.step import Objective
 from align.train.unused import unused_settings
-from align.writes import RESUME_WORDS
+from align.writes import RESUME_WORDS, SAME_COMMAND_RESUMES
 
 
 @contextlib.contextmanager
@@ -67,11 +67,10 @@ def resume_words(resume: str):
     """The words a stop line of the run (a full disk, a preemption, a source that stayed down) ends with: the same
     command resumes only under resume=auto; under resume=none, or a path, it would refuse (the run dir holds
     checkpoints) or start from that path again (align.writes.RESUME_WORDS)."""
-    words = ("run the same command to resume" if resume == "auto" else
-             f"run the same command with resume=auto to resume (resume={resume} would not)")
-    token = RESUME_WORDS.set(words)
+    token = RESUME_WORDS.set(SAME_COMMAND_RESUMES if resume == "auto" else
+                             f"run the same command with resume=auto to resume (resume={resume} would not)")
     try:
-        yield words
+        yield
     finally:
         RESUME_WORDS.reset(token)
 

@@ -56,8 +56,8 @@ MUTATIONS = [
       ["tests/train/test_dataworkers.py::test_a_killed_data_worker_stops_with_one_line_and_a_checkpoint_and_resume_loses_nothing"],
       "issue 25: a SIGKILLed data worker ended the run in torch's traceback, raised mid-step", slow=True),
     M("setup.resume_words_ignore_the_recipe", "align/train/setup.py",
-      'words = ("run the same command to resume" if resume == "auto" else',
-      'words = ("run the same command to resume" if True else',
+      'token = RESUME_WORDS.set(SAME_COMMAND_RESUMES if resume == "auto" else',
+      'token = RESUME_WORDS.set(SAME_COMMAND_RESUMES if True else',
       ["tests/train/test_storage.py::"
        "test_a_full_disk_at_a_metrics_line_is_one_line_and_cuts_the_file_back_to_whole_lines"],
       "under resume: none a full disk's line said \"run the same command to resume\", which that command refuses"),
