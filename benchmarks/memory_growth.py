@@ -9,6 +9,7 @@
     python benchmarks/memory_growth.py shards --rows 1000000 [--jsonl]      # `align data shards` of a CSV (JSONL)
     python benchmarks/memory_growth.py table --rows 1000000 [--jsonl|--parquet]   # its reads of the table, timed
     python benchmarks/memory_growth.py filter --rows 200000 --keep-top 0.25   # `align data filter`'s selection
+    python benchmarks/memory_growth.py groups --rows 1000000                # `--val-groups-from`'s split of a CSV
 
 Each imports the `align` first on PYTHONPATH (this checkout otherwise), so `PYTHONPATH=/tmp/old python ...` measures
 another tree (e.g. `git archive BASE align | tar -x -C /tmp/old`) on the same files. Files go to --work.
@@ -324,6 +325,40 @@ def table(a) -> None:
     print(f"{a.rows}-row {path.rsplit('.', 1)[1].upper()}: {total:.2f} s in all")
 
 
+def groups(a) -> None:
+    """`align data shards --val-groups-from speaker --val-groups s0`'s split of an --rows CSV (image file, caption,
+    speaker of 1,000; the files absent, so no byte is read): split_by_groups, trained_files and copied_files in
+    this process after a 100-row warm-up, peak RSS over that and the time, with the split's sizes."""
+    from pathlib import Path
+
+    import psutil
+    from align.data.write import eval_sets as E
+    from align.data.write.inputs import open_input
+    path = os.path.join(a.work, f"groups_{a.rows}.csv")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("image,text,speaker\n")
+            f.writelines(f"images/speaker_{i % 1000}/utterance_{i:08d}.png,a photo number {i},s{i % 1000}\n"
+                         for i in range(a.rows))
+    cols = {"image": "image", "text": "text"}
+
+    def split(p):
+        inp = open_input(Path(p))
+        train, val, missing, _ = E.split_by_groups(inp, "speaker", ["s0"])
+        also = E.trained_files(inp, cols, train, val)
+        copies, _ = E.copied_files(inp, cols, train, [i for i in val if i not in also], 1 << 30)
+        return len(train), len(val), len(missing), len(also), len(copies)
+    warm = os.path.join(a.work, "groups_100.csv")
+    with open(path) as f, open(warm, "w") as w:
+        w.writelines(f.readline() for _ in range(101))
+    split(warm)
+    base, rss, t = peak_mb(), psutil.Process().memory_info().rss / 2**20, time.time()
+    got = split(path)
+    print(f"held-out split of a {a.rows}-row CSV ({os.path.getsize(path) / 2**20:.0f} MB): train/val/no group/also "
+          f"trained/copies {got}, peak RSS {peak_mb():.0f} MB, +{peak_mb() - max(base, rss):.0f} MB over the RSS and "
+          f"peak before ({rss:.0f} / {base:.0f} MB); {time.time() - t:.1f} s")
+
+
 def write_filter_emb(out: str, n: int, per: int, dim: int = 512) -> None:
     """An `align embed`-shaped folder of n image rows and 2 captions a sample (float16, dim 512): captions near
     their image (scores spread), every 20th image a near-copy of the one before (the dedup's pairs)."""
@@ -403,7 +438,7 @@ def filter_run(a) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["train", "metrics", "rows", "index", "index-load", "noise", "shards", "table",
-                                     "filter", "filter-run"])
+                                     "filter", "filter-run", "groups"])
     p.add_argument("--work", default="/tmp/align_memory_growth")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--workers", type=int, default=2)
@@ -418,7 +453,8 @@ def main() -> None:
     import align
     print(f"align from {os.path.dirname(os.path.dirname(os.path.abspath(align.__file__)))}", flush=True)
     {"train": train, "metrics": metrics, "rows": rows, "index": index, "index-load": index_load, "noise": noise,
-     "shards": shards, "table": table, "filter": filter_, "filter-run": filter_run}[a.what](a)
+     "shards": shards, "table": table, "filter": filter_, "filter-run": filter_run,
+     "groups": groups}[a.what](a)
 
 
 if __name__ == "__main__":

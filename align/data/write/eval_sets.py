@@ -14,12 +14,15 @@ Used by `align.data.write.shards.write_shards` for `layout="clip_benchmark"` and
 """
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from align.data.stream.val_split import lookalike_groups, name_field
 from align.data.write.inputs import Input, hash_file
@@ -69,8 +72,12 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
     wanted = [str(g).strip() for g in groups if str(g).strip()]
     if not wanted:
         raise ConfigError("val_groups: give at least one group to hold out")
-    values = [group_value(v, field, inp.base_dir) for v in inp.column(col)]
-    found = {v for v in values if v is not None}
+    # each row's group as a code into `index` (-1: none), read a chunk at a time: a list of every row's group
+    # string held ~60 bytes a row (600 MB at 10M rows); this holds 4 and the distinct groups
+    index: Dict[str, int] = {}
+    codes = array.array("i", (-1 if g is None else index.setdefault(g, len(index))
+                              for g in (group_value(v, field, inp.base_dir) for v in inp.iter_column(col))))
+    found = set(index)
     absent = [g for g in wanted if g not in found]
     if absent:
         some = ", ".join(sorted(found)[:8]) + (", ..." if len(found) > 8 else "")
@@ -78,14 +85,11 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
     chosen = set(wanted)
     if found <= chosen:
         raise DataError(f"val_groups hold out every group of {spec!r}: nothing is left to train on")
-    train, val, missing = [], [], {}
-    for i, v in enumerate(values):
-        if v is not None and v in chosen:
-            val.append(i)
-        else:
-            train.append(i)
-            if v is None:
-                missing[i] = (GROUP_MISSING, f"{GROUP_MISSING}: no group in {spec!r}")
+    code = np.asarray(codes, dtype=np.int32)                       # [rows]
+    held = np.isin(code, [index[g] for g in chosen])
+    train, val = np.flatnonzero(~held).tolist(), np.flatnonzero(held).tolist()
+    none = f"{GROUP_MISSING}: no group in {spec!r}"
+    missing = {i: (GROUP_MISSING, none) for i in np.flatnonzero(code < 0).tolist()}
     return train, val, missing, lookalike_groups({True: found & chosen, False: found - chosen})
 
 
@@ -122,24 +126,34 @@ def trained_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int]
         return {}
     out: Dict[int, Tuple[str, str]] = {}
     for col in (c for m, c in columns.items() if m in ("image", "audio")):
-        values = inp.column(col)
-        trained = {_file_of(values[i], inp.base_dir) for i in train_rows} - {None}
+        # the val rows' files, then one pass over the train rows asking each of them: a set of every train row's
+        # file (and a list of the column) held ~100 bytes a row
+        held = {i: v for i, v in _values_at(inp, col, val_rows)}
+        files = {_file_of(v, inp.base_dir) for v in held.values()} - {None}
+        trained = {f for _, v in _values_at(inp, col, train_rows) for f in (_file_of(v, inp.base_dir),) if f in files}
         for i in val_rows:
-            f = _file_of(values[i], inp.base_dir)
+            f = _file_of(held[i], inp.base_dir)
             if f is not None and f in trained and i not in out:
-                out[i] = (FILE_ALSO_TRAINED, f"{FILE_ALSO_TRAINED}: {values[i]} (another group) is trained on")
+                out[i] = (FILE_ALSO_TRAINED, f"{FILE_ALSO_TRAINED}: {held[i]} (another group) is trained on")
     return out
 
 
-def _media_files(inp: Input, columns: Dict[str, str], rows: Sequence[int]) -> Dict[int, List[Tuple[str, str]]]:
-    """{row: [(resolved file, as named), ...]} of the image/audio files `rows` name."""
+def _values_at(inp: Input, col: str, rows: Sequence[int]) -> Iterator[Tuple[int, Any]]:
+    """(row, value) of column `col` at `rows`, in row order, the column read a chunk at a time."""
+    want = np.zeros(len(inp), dtype=bool)                          # [rows of the input]
+    want[np.asarray(rows, dtype=np.int64)] = True
+    return ((i, v) for i, v in enumerate(inp.iter_column(col)) if i < len(want) and want[i])
+
+
+def _media_files(inp: Input, columns: Dict[str, str], rows: Sequence[int],
+                 keep=lambda f: True) -> Dict[int, List[Tuple[str, str]]]:
+    """{row: [(resolved file, as named), ...]} of the image/audio files `rows` name (only files `keep` takes)."""
     out: Dict[int, List[Tuple[str, str]]] = {}
     for col in (c for m, c in columns.items() if m in ("image", "audio")):
-        values = inp.column(col)
-        for i in rows:
-            f = _file_of(values[i], inp.base_dir)
-            if f is not None:
-                out.setdefault(i, []).append((f, _shown(values[i], inp.base_dir)))
+        for i, v in _values_at(inp, col, rows):
+            f = _file_of(v, inp.base_dir)
+            if f is not None and keep(f):
+                out.setdefault(i, []).append((f, _shown(v, inp.base_dir)))
     return out
 
 
@@ -169,13 +183,24 @@ def copied_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int],
     skips them) and a Hugging Face column (bytes inside the dataset) are not compared."""
     if inp.kind == "hf" or not val_rows:
         return {}, None
-    held, trained = _media_files(inp, columns, val_rows), _media_files(inp, columns, train_rows)
-    train_files = {f: shown for files in trained.values() for f, shown in files}
+    held = _media_files(inp, columns, val_rows)
+    held_files = {f for files in held.values() for f, _ in files}
     # Sizes first (one stat per file): a file whose size no file on the other side has cannot be a copy, so only
     # the files of a size found on both sides are read and hashed; hashing all of them would read the whole
-    # dataset here and once more when the shards are written.
-    sizes = {f: _size(f, limit) for f in {f for files in held.values() for f, _ in files} | set(train_files)}
-    held_sizes = {sizes[f] for files in held.values() for f, _ in files} - {None}
+    # dataset here and once more when the shards are written. The train rows are read in one pass that keeps
+    # only such files (and the val files' own paths, trained_files' case): a dict of every train row's file held
+    # ~150 bytes a row.
+    sizes = {f: _size(f, limit) for f in held_files}
+    held_sizes = set(sizes.values()) - {None}
+
+    def can_be_a_copy(f: str) -> bool:
+        n = sizes[f] if f in sizes else _size(f, limit)
+        if n in held_sizes:
+            sizes[f] = n
+        return n in held_sizes or f in held_files
+
+    trained = _media_files(inp, columns, train_rows, keep=can_be_a_copy)
+    train_files = {f: shown for files in trained.values() for f, shown in files}
     both = held_sizes & {sizes[f] for f in train_files} - {None}
     digests = {f: _digest(f) for f, n in sizes.items() if n in both}
     by_digest: Dict[bytes, str] = {}

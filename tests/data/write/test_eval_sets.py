@@ -323,3 +323,81 @@ def test_a_class_name_that_a_line_end_would_cut_is_refused_and_a_line_separator_
         write_shards(csv, tmp_path / "e1", classnames=["ant\rbee", "cat"], **kw)
     write_shards(csv, tmp_path / "e2", classnames=["ant", "bee\u2028hive", "cat"], **kw)
     assert open_dataset(str(tmp_path / "e2"), "wds").classnames == ["ant", "bee\u2028hive", "cat"]
+
+
+def _reference_split(inp, spec, groups, columns, limit):
+    """The held-out split as first written (every row's group and file held in lists and sets): the reference the
+    streamed split_by_groups / trained_files / copied_files must equal."""
+    from align.data.write import eval_sets as E
+    col, field = E.parse_group_spec(spec, inp.columns)
+    values = [E.group_value(v, field, inp.base_dir) for v in inp.column(col)]
+    chosen = {str(g).strip() for g in groups}
+    train, val, missing = [], [], {}
+    for i, v in enumerate(values):
+        (val if v is not None and v in chosen else train).append(i)
+        if v is None:
+            missing[i] = (E.GROUP_MISSING, f"{E.GROUP_MISSING}: no group in {spec!r}")
+    also = {}
+    media = {m: inp.column(c) for m, c in columns.items() if m in ("image", "audio")}
+    for vals in media.values():
+        trained = {E._file_of(vals[i], inp.base_dir) for i in train} - {None}
+        for i in val:
+            f = E._file_of(vals[i], inp.base_dir)
+            if f is not None and f in trained and i not in also:
+                also[i] = (E.FILE_ALSO_TRAINED, f"{E.FILE_ALSO_TRAINED}: {vals[i]} (another group) is trained on")
+    left = [i for i in val if i not in also]
+
+    def files(rows):
+        return {i: [(E._file_of(v[i], inp.base_dir), E._shown(v[i], inp.base_dir))
+                    for v in media.values() if E._file_of(v[i], inp.base_dir)] for i in rows}
+    held, train_files = files(left), {f: s for fs in files(train).values() for f, s in fs}
+    digest = {f: (E._size(f, limit), E._digest(f)) for f in {f for fs in held.values() for f, _ in fs} | set(train_files)}
+    first = {}
+    for f in sorted(train_files):
+        if digest[f][0] is not None:
+            first.setdefault(digest[f], f)
+    copies, example = {}, None
+    for i in left:
+        for f, shown in held[i]:
+            twin = first.get(digest[f]) if f not in train_files and digest[f][0] is not None else None
+            if twin is not None and i not in copies:
+                copies[i] = (E.FILE_COPY_TRAINED, f"{E.FILE_COPY_TRAINED}: {shown} has the same bytes as "
+                                                  f"{train_files[twin]} (another group), which is trained on")
+                example = example or [shown, train_files[twin]]
+    return train, val, missing, also, copies, example
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_held_out_split_read_a_chunk_at_a_time_equals_the_split_of_whole_columns(tmp_path, monkeypatch, seed):
+    """split_by_groups, trained_files and copied_files read the group and media columns a chunk at a time (a list of
+    every row's group, file and a set of every train file held ~300 bytes a row: 3 GB at 10M rows) and give what
+    the whole-column reference gives, on random tables: groups missing or repeated, one file under two groups
+    (also as ./name), byte copies under other names, files of equal size with other bytes, files absent."""
+    from align.data.write import eval_sets as E
+    from align.data.write import table_input
+    from align.data.write.inputs import open_input
+    rng = np.random.default_rng(seed)
+    names = [f"f{j}.bin" for j in range(30)]
+    for j, name in enumerate(names[:26]):                  # f26..f29 absent
+        if j % 5 == 4:                                     # a byte copy of the file before it
+            (tmp_path / name).write_bytes((tmp_path / names[j - 1]).read_bytes())
+        else:                                              # 3 sizes: many equal sizes, other bytes
+            (tmp_path / name).write_bytes(rng.integers(0, 256, 10 + 5 * (j % 3), dtype=np.uint8).tobytes())
+    groups = ["alice", "bob", "carl", "dora", ""]
+    rows = []
+    for i in range(int(rng.integers(40, 120))):
+        f = names[int(rng.integers(0, 30))] if rng.random() > 0.05 else ""
+        rows.append(f"{'./' if rng.random() < 0.2 else ''}{f},caption {i},{groups[int(rng.integers(0, 5))]}")
+    (tmp_path / "t.csv").write_text("image,text,speaker\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    inp, cols = open_input(tmp_path / "t.csv"), {"image": "image", "text": "text"}
+    held_out = sorted(rng.choice(groups[:4], size=int(rng.integers(1, 3)), replace=False).tolist())
+    ref = _reference_split(inp, "speaker", held_out, cols, 1 << 20)
+
+    def whole(self, col):
+        raise AssertionError(f"column {col!r} read whole")
+    monkeypatch.setattr(table_input.TableInput, "column", whole)
+    train, val, missing, _ = E.split_by_groups(inp, "speaker", held_out)
+    also = E.trained_files(inp, cols, train, val)
+    copies, example = E.copied_files(inp, cols, train, [i for i in val if i not in also], 1 << 20)
+    assert (train, val, missing, also, copies, example) == ref
+    assert val and also and copies and missing            # each seed's draw holds every case compared
