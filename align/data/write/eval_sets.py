@@ -62,9 +62,9 @@ def group_value(value: Any, field: Optional[int], base_dir: Path) -> Optional[st
 
 
 def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
-                    ) -> Tuple[List[int], List[int], Dict[int, Tuple[str, str]], List[List[str]]]:
-    """-> (train rows, val rows, rows without a group value -> (reason, detail), look-alike group ids); rows
-    without a group stay in the train list and are skipped there (a row of unknown group could belong to a
+                    ) -> Tuple[np.ndarray, List[int], Dict[int, Tuple[str, str]], List[List[str]]]:
+    """-> (train rows: int64 [n], 8 bytes a row where a list held 36; val rows, rows without a group value ->
+    (reason, detail), look-alike group ids); rows without a group stay in the train rows and are skipped there (a row of unknown group could belong to a
     held-out one). The look-alike ids are the sets that differ only by case, Unicode form or a number's spelling
     ('Alice' and 'alice'): separate groups, so `--val-groups alice` trains 'Alice'; held-out ones marked
     "(held out)" (val_split.lookalike_groups)."""
@@ -87,7 +87,7 @@ def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
         raise DataError(f"val_groups hold out every group of {spec!r}: nothing is left to train on")
     code = np.asarray(codes, dtype=np.int32)                       # [rows]
     held = np.isin(code, [index[g] for g in chosen])
-    train, val = np.flatnonzero(~held).tolist(), np.flatnonzero(held).tolist()
+    train, val = np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).tolist()
     none = f"{GROUP_MISSING}: no group in {spec!r}"
     missing = {i: (GROUP_MISSING, none) for i in np.flatnonzero(code < 0).tolist()}
     return train, val, missing, lookalike_groups({True: found & chosen, False: found - chosen})

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from align.data.stream.faults import EMPTY_CAPTION, FEW_MODALITIES
 from align.data.write.inputs import COLUMN_KINDS, MODALITIES, Input, Row
@@ -46,7 +46,7 @@ class Job:
     classes: Optional[List[str]] = None      # class names: labels are their indices
     string_labels: bool = False              # labels are names (-> index in classes), not integers
     layout: str = "shards"
-    indices: Optional[List[int]] = None      # the input rows of this output (None: all), in order
+    indices: Optional[Sequence[int]] = None  # the input rows of this output (None: all), in order
     skip_rows: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # row -> (reason, detail)
     limits: Optional[DataLimits] = None      # data.limits: inputs past them are skipped (align.limits)
     neg_col: Optional[str] = None            # hard-negative captions -> the sample's neg.txt
@@ -73,7 +73,7 @@ class Job:
         if self.indices is None:
             yield from self.inp.rows(start, stop)
             return
-        picked = self.indices[start:stop]
+        picked = [int(i) for i in self.indices[start:stop]]      # a list, or an int64 array (a held-out split)
         run = 0
         while run < len(picked):  # contiguous runs of input rows: one read each
             end = run + 1
