@@ -1,6 +1,9 @@
 """Mutations of the shard writers: pairs, tables and folders to shards, eval sets, reinforcement (align/data/write)."""
 from .common import *  # noqa: F401,F403  (M and the shared test ids)
 
+CHUNKED_SPLIT = ("tests/data/write/test_eval_sets.py::"
+                 "test_the_held_out_split_read_a_chunk_at_a_time_equals_the_split_of_whole_columns")
+
 MUTATIONS = [
     M("shards.relative_folder_joined_twice", "align/data/write/inputs.py",
       "given, root = str(root), Path(os.path.abspath(root))", "given, root = str(root), Path(root)",
@@ -91,11 +94,11 @@ MUTATIONS = [
       "--val-groups alice trained 'Alice', nothing said"),
     M("eval_sets.held_out_rows_read_as_trained", "align/data/write/eval_sets.py",
       "if i < len(want) and want[i])", "if i < len(want))",
-      ["tests/data/write/test_eval_sets.py::test_the_held_out_split_read_a_chunk_at_a_time_equals_the_split_of_whole_columns"],
+      [CHUNKED_SPLIT],
       "every val row's own file counted as a train row's: the whole held-out set skipped as trained on"),
     M("eval_sets.copy_check_keeps_no_candidate", "align/data/write/eval_sets.py",
       "        return n in held_sizes or f in held_files", "        return f in held_files",
-      ["tests/data/write/test_eval_sets.py::test_the_held_out_split_read_a_chunk_at_a_time_equals_the_split_of_whole_columns"],
+      [CHUNKED_SPLIT],
       "a byte copy of a train file under another name went into val again (only same paths were seen)"),
     M("eval_sets.spaced_header_unnamed", "align/data/write/eval_sets.py",
       "    + (f\"; the header has {near[0]!r}, with spaces: name it so or fix the header\" if near else \"\"))",

@@ -63,11 +63,11 @@ def group_value(value: Any, field: Optional[int], base_dir: Path) -> Optional[st
 
 def split_by_groups(inp: Input, spec: str, groups: Sequence[str]
                     ) -> Tuple[np.ndarray, List[int], Dict[int, Tuple[str, str]], List[List[str]]]:
-    """-> (train rows: int64 [n], 8 bytes a row where a list held 36; val rows, rows without a group value ->
-    (reason, detail), look-alike group ids); rows without a group stay in the train rows and are skipped there (a row of unknown group could belong to a
-    held-out one). The look-alike ids are the sets that differ only by case, Unicode form or a number's spelling
-    ('Alice' and 'alice'): separate groups, so `--val-groups alice` trains 'Alice'; held-out ones marked
-    "(held out)" (val_split.lookalike_groups)."""
+    """-> (train rows: int64 [n], 8 bytes a row where a list held 36; val rows; rows without a group value ->
+    (reason, detail); look-alike group ids). Rows without a group stay in the train rows and are skipped there (a
+    row of unknown group could belong to a held-out one). The look-alike ids are the sets that differ only by
+    case, Unicode form or a number's spelling ('Alice' and 'alice'): separate groups, so `--val-groups alice`
+    trains 'Alice'; held-out ones marked "(held out)" (val_split.lookalike_groups)."""
     col, field = parse_group_spec(spec, inp.columns)
     wanted = [str(g).strip() for g in groups if str(g).strip()]
     if not wanted:

@@ -351,7 +351,8 @@ def _reference_split(inp, spec, groups, columns, limit):
         return {i: [(E._file_of(v[i], inp.base_dir), E._shown(v[i], inp.base_dir))
                     for v in media.values() if E._file_of(v[i], inp.base_dir)] for i in rows}
     held, train_files = files(left), {f: s for fs in files(train).values() for f, s in fs}
-    digest = {f: (E._size(f, limit), E._digest(f)) for f in {f for fs in held.values() for f, _ in fs} | set(train_files)}
+    every = {f for fs in held.values() for f, _ in fs} | set(train_files)
+    digest = {f: (E._size(f, limit), E._digest(f)) for f in every}
     first = {}
     for f in sorted(train_files):
         if digest[f][0] is not None:
