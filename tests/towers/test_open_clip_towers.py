@@ -284,6 +284,9 @@ def test_an_open_clip_folders_config_brings_its_preprocessing_and_tokenizer_with
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in got.items()} == pp
     assert txt.tokenize(["a photo of a dog"])[0].tolist()[:7] == [101, 1037, 6302, 1997, 1037, 3899, 102]
     assert txt.text_cfg["hf_tokenizer_name"] == "org/not-downloaded"        # what an export's config names
+    # the config file alone, no `pretrained` folder to take the tokenizer from: the file's folder gives it
+    alone = build_tower({"type": "open_clip", "config_file": str(d / "open_clip_config.json")}, "text", 16)
+    assert alone.tokenize(["a photo of a dog"])[0].tolist()[:7] == [101, 1037, 6302, 1997, 1037, 3899, 102]
     assert no_hub[0] == []                                                   # no connection tried
     torch.testing.assert_close(img.net.proj, net.visual.proj)
 
