@@ -126,8 +126,8 @@ def trained_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int]
         return {}
     out: Dict[int, Tuple[str, str]] = {}
     for col in (c for m, c in columns.items() if m in ("image", "audio")):
-        # the val rows' files, then one pass over the train rows asking each of them: a set of every train row's
-        # file (and a list of the column) held ~100 bytes a row
+        # the val rows' files first, then one pass over the train rows asking each of them (a set of every train
+        # row's file and a list of the column, as before, held ~100 bytes a row)
         held = {i: v for i, v in _values_at(inp, col, val_rows)}
         files = {_file_of(v, inp.base_dir) for v in held.values()} - {None}
         trained = {f for _, v in _values_at(inp, col, train_rows) for f in (_file_of(v, inp.base_dir),) if f in files}
@@ -185,11 +185,11 @@ def copied_files(inp: Input, columns: Dict[str, str], train_rows: Sequence[int],
         return {}, None
     held = _media_files(inp, columns, val_rows)
     held_files = {f for files in held.values() for f, _ in files}
-    # Sizes first (one stat per file): a file whose size no file on the other side has cannot be a copy, so only
-    # the files of a size found on both sides are read and hashed; hashing all of them would read the whole
-    # dataset here and once more when the shards are written. The train rows are read in one pass that keeps
-    # only such files (and the val files' own paths, trained_files' case): a dict of every train row's file held
-    # ~150 bytes a row.
+    # Sizes first (one stat per val file, and per train row's file): a file whose size no file on the other side
+    # has cannot be a copy, so only the files of a size found on both sides are read and hashed; hashing all of
+    # them would read the whole dataset here and once more when the shards are written. The train rows are read
+    # in one pass that keeps only such files (and the val files' own paths, trained_files' case); a dict of every
+    # train row's file, as before, held ~150 bytes a row.
     sizes = {f: _size(f, limit) for f in held_files}
     held_sizes = set(sizes.values()) - {None}
 
